@@ -1,0 +1,39 @@
+"""graphopt: a compiler-style graph optimization toolkit for convolutional networks.
+
+    g = go.zoo.resnet18()                       # define (DSL) ...
+    ref = go.interpret(g, {"input": x})         # ... run in the numpy reference interpreter
+    m = go.compile(g, target="cpu")             # ... compile through TVM
+    print(go.compare(g, m, {"input": x}))       # ... and compare, output by output
+"""
+from __future__ import annotations
+
+import importlib
+
+from . import ops
+from .compare import CompareReport, compare
+from .errors import (GraphoptError, InputError, LoweringError, ModelFormatError, PassError,
+                     ShapeError, UnsupportedOpError, VerifyError)
+from .frontends import dsl
+from .ir import Graph, Node, TensorType, Value
+from .targets.reference import interpret
+from .verify import verify
+
+__version__ = "0.1.0"
+
+
+def compile(graph: Graph, target: str = "cpu"):
+    """Compile `graph` with TVM for `target` ("cpu"); returns a CompiledModel."""
+    from .targets.tvm import compile_graph
+    return compile_graph(graph, target)
+
+
+def __getattr__(name: str):
+    # The zoo is loaded on first use so that `import graphopt` stays fast.
+    if name == "zoo":
+        return importlib.import_module(".zoo", __name__)
+    raise AttributeError(f"module 'graphopt' has no attribute {name!r}")
+
+
+__all__ = ["Graph", "Node", "TensorType", "Value", "GraphoptError", "InputError", "LoweringError",
+           "ModelFormatError", "PassError", "ShapeError", "UnsupportedOpError", "VerifyError",
+           "CompareReport", "compare", "compile", "dsl", "interpret", "ops", "verify", "zoo"]

@@ -1,0 +1,57 @@
+"""Per-node statistics of a graph: parameters, multiply-accumulates, and the summary table."""
+from __future__ import annotations
+
+from .ir import Graph, Node
+
+
+def node_params(node: Node) -> int:
+    """Elements of the constant inputs a node owns as parameters (not statistics buffers)."""
+    buffers = node.op.buffer_inputs
+    return sum(v.type.numel for i, v in enumerate(node.inputs)
+               if v.is_constant and i not in buffers)
+
+
+def node_macs(node: Node) -> int:
+    return int(node.op.macs([v.type for v in node.inputs], [v.type for v in node.outputs]))
+
+
+def count_params(graph: Graph) -> int:
+    # A constant shared by several nodes counts once.
+    counted: dict[int, int] = {}
+    for node in graph.nodes:
+        for i, v in enumerate(node.inputs):
+            if v.is_constant and i not in node.op.buffer_inputs:
+                counted[id(v)] = v.type.numel
+    return sum(counted.values())
+
+
+def count_macs(graph: Graph) -> int:
+    return sum(node_macs(n) for n in graph.nodes)
+
+
+def _human(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def summary(graph: Graph) -> str:
+    """A table with one row per node (name, op, output shape, params, MACs) and the totals."""
+    rows = [("node", "op", "output", "params", "MACs")]
+    for node in graph.topological_order():
+        out = ", ".join(str(v.type) for v in node.outputs)
+        rows.append((node.name, node.op_name, out, f"{node_params(node):,}",
+                     _human(node_macs(node))))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    def fmt(r):
+        return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    lines = [f"graph '{graph.name}': inputs " +
+             ", ".join(f"{v.name}: {v.type}" for v in graph.inputs) + "; outputs " +
+             ", ".join(f"{v.name}: {v.type}" for v in graph.outputs), fmt(rows[0]),
+             "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in rows[1:]]
+    weight_bytes = sum(c.data.nbytes for c in graph.constants.values())
+    lines.append(f"total: {len(graph.nodes)} nodes, {count_params(graph):,} params "
+                 f"({weight_bytes / 2**20:.1f} MiB of constants), {_human(count_macs(graph))} MACs")
+    return "\n".join(lines)

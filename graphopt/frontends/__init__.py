@@ -1,0 +1,1 @@
+"""Ways into the IR: the Python DSL (`dsl`) and, later, model formats such as ONNX."""

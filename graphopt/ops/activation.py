@@ -1,0 +1,153 @@
+"""Unary elementwise ops: activations, softmax and dropout (identity at inference)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir import TensorType
+from .base import relax_type, Op, accumulator, expect, expect_float, register, relax
+
+
+class Unary(Op):
+    """An op whose output has its input's type."""
+
+    float_only = True
+
+    def infer(self, x: TensorType) -> TensorType:
+        if self.float_only:
+            expect_float(x)
+        return x
+
+
+@register
+@dataclass(frozen=True)
+class Relu(Unary):
+    name = "relu"
+    float_only = False
+
+    def reference(self, x):
+        return np.maximum(x, x.dtype.type(0))
+
+    def lower_tvm(self, bb, x):
+        return relax().op.nn.relu(x)
+
+
+@register
+@dataclass(frozen=True)
+class Clip(Unary):
+    """Clamp to [min, max]; relu6 is clip(0, 6). A bound of None means unbounded."""
+
+    name = "clip"
+    float_only = False
+    min: float | None = None
+    max: float | None = None
+
+    def infer(self, x):
+        expect(self.min is None or self.max is None or self.min <= self.max,
+               f"expected min <= max, found min={self.min}, max={self.max}")
+        return x
+
+    def reference(self, x):
+        lo = -np.inf if self.min is None else self.min
+        hi = np.inf if self.max is None else self.max
+        return np.clip(x, lo, hi).astype(x.dtype)
+
+    def lower_tvm(self, bb, x):
+        rx = relax()
+        dtype = relax_type(x).dtype
+        info = np.finfo(dtype) if dtype.startswith("float") else np.iinfo(dtype)
+        lo = float(info.min) if self.min is None else self.min
+        hi = float(info.max) if self.max is None else self.max
+        return rx.op.clip(x, rx.PrimValue(rx_prim(lo, dtype)), rx.PrimValue(rx_prim(hi, dtype)))
+
+
+def rx_prim(value: float, dtype: str):
+    import tvm
+    if dtype.startswith("float"):
+        return tvm.tirx.FloatImm(dtype, value)
+    return tvm.tirx.IntImm(dtype, int(value))
+
+
+@register
+@dataclass(frozen=True)
+class LeakyRelu(Unary):
+    name = "leaky_relu"
+    alpha: float = 0.01
+
+    def reference(self, x):
+        return np.where(x >= 0, x, x * x.dtype.type(self.alpha)).astype(x.dtype)
+
+    def lower_tvm(self, bb, x):
+        return relax().op.nn.leakyrelu(x, alpha=self.alpha)
+
+
+@register
+@dataclass(frozen=True)
+class Sigmoid(Unary):
+    name = "sigmoid"
+
+    def reference(self, x):
+        acc = accumulator(x.dtype)
+        # Split by sign so exp never overflows.
+        xa = x.astype(acc)
+        e = np.exp(-np.abs(xa))
+        return np.where(xa >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
+
+    def lower_tvm(self, bb, x):
+        return relax().op.sigmoid(x)
+
+
+@register
+@dataclass(frozen=True)
+class Tanh(Unary):
+    name = "tanh"
+
+    def reference(self, x):
+        return np.tanh(x.astype(accumulator(x.dtype))).astype(x.dtype)
+
+    def lower_tvm(self, bb, x):
+        return relax().op.tanh(x)
+
+
+@register
+@dataclass(frozen=True)
+class Softmax(Unary):
+    name = "softmax"
+    axis: int = -1
+
+    def infer(self, x):
+        expect_float(x)
+        expect(-x.ndim <= self.axis < x.ndim, f"expected axis in [{-x.ndim}, {x.ndim}), "
+               f"found {self.axis} for {x}")
+        return x
+
+    def reference(self, x):
+        xa = x.astype(accumulator(x.dtype))
+        e = np.exp(xa - xa.max(axis=self.axis, keepdims=True))
+        return (e / e.sum(axis=self.axis, keepdims=True)).astype(x.dtype)
+
+    def lower_tvm(self, bb, x):
+        return relax().op.nn.softmax(x, axis=self.axis)
+
+
+@register
+@dataclass(frozen=True)
+class Dropout(Unary):
+    """Identity at inference; `ratio` is kept so exports round-trip."""
+
+    name = "dropout"
+    float_only = False
+    ratio: float = 0.5
+
+    def infer(self, x):
+        expect(0.0 <= self.ratio < 1.0 and not math.isnan(self.ratio),
+               f"expected ratio in [0, 1), found {self.ratio}")
+        return x
+
+    def reference(self, x):
+        return x
+
+    def lower_tvm(self, bb, x):
+        return x

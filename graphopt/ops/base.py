@@ -1,0 +1,139 @@
+"""What every op is: a frozen dataclass of typed attributes with its shape/dtype rule, its numpy
+reference kernel and its TVM Relax lowering side by side, registered once by name."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from ..errors import ShapeError, UnsupportedOpError
+from ..ir import TensorType
+
+OPS: dict[str, type["Op"]] = {}
+
+
+def register(cls: type["Op"]) -> type["Op"]:
+    """Class decorator: add an op to the registry under `cls.name`."""
+    if cls.name in OPS:
+        raise ValueError(f"op '{cls.name}' registered twice")
+    OPS[cls.name] = cls
+    return cls
+
+
+def get_op(name: str) -> type["Op"]:
+    try:
+        return OPS[name]
+    except KeyError:
+        raise UnsupportedOpError(f"no op named '{name}'; known ops: {', '.join(sorted(OPS))}",
+                                 op=name) from None
+
+
+def expect(condition: bool, message: str) -> None:
+    """Raise a ShapeError with `message` unless `condition` holds (the node is added by the caller)."""
+    if not condition:
+        raise ShapeError(message)
+
+
+@dataclass(frozen=True)
+class Op:
+    """Base of all ops. Subclasses set `name` and `arity` and implement the four parts."""
+
+    name: ClassVar[str]
+    arity: ClassVar[tuple[int, int]] = (1, 1)          # (min, max) number of inputs
+    buffer_inputs: ClassVar[tuple[int, ...]] = ()       # constant inputs that are not parameters
+
+    # ---- the four parts ---------------------------------------------------------------------------
+    def infer(self, *inputs: TensorType) -> TensorType | tuple[TensorType, ...]:
+        """Output type(s) from input types; raises ShapeError with expected vs found."""
+        raise NotImplementedError
+
+    def reference(self, *arrays: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        """The numpy kernel: computes in the inputs' dtype (float64 when asked for precision)."""
+        raise NotImplementedError
+
+    def lower_tvm(self, bb, *args) -> Any:
+        """A Relax expression computing the op from Relax expressions of the inputs."""
+        raise NotImplementedError
+
+    def macs(self, inputs: Sequence[TensorType], outputs: Sequence[TensorType]) -> int:
+        """Multiply-accumulates, for summaries and GFLOP/s figures (0 for cheap ops)."""
+        return 0
+
+    # ---- helpers used by the IR and the interpreter -----------------------------------------------
+    def output_types(self, *inputs: TensorType) -> list[TensorType]:
+        low, high = self.arity
+        if not low <= len(inputs) <= high:
+            count = f"{low}" if low == high else f"{low} to {high}" if high < 1 << 30 else f"{low}+"
+            raise ShapeError(f"expected {count} inputs, found {len(inputs)}")
+        out = self.infer(*inputs)
+        return list(out) if isinstance(out, tuple) else [out]
+
+    def run(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        out = self.reference(*arrays)
+        return list(out) if isinstance(out, tuple) else [out]
+
+    def attrs(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def __str__(self) -> str:
+        changed = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                   if getattr(self, f.name) != f.default]
+        return f"{self.name}({', '.join(changed)})" if changed else self.name
+
+
+VARIADIC = 1 << 30
+
+
+def relax():
+    """The `tvm.relax` module, imported on first lowering so graphopt imports without TVM."""
+    from tvm import relax as _relax
+    return _relax
+
+
+def relax_type(expr) -> TensorType:
+    """Our TensorType of a (statically shaped) Relax expression."""
+    ty = expr.ty
+    return TensorType(tuple(int(d) for d in ty.shape), str(ty.dtype))
+
+
+# ---- small shape helpers shared by op families ---------------------------------------------------
+def pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, (int, np.integer)):
+        return (int(v), int(v))
+    t = tuple(int(x) for x in v)
+    if len(t) != 2:
+        raise ShapeError(f"expected an int or a pair, found {v!r}")
+    return t  # type: ignore[return-value]
+
+
+def quad(v: int | Sequence[int]) -> tuple[int, int, int, int]:
+    """Padding as (top, left, bottom, right) from an int, an (h, w) pair or a 4-tuple."""
+    if isinstance(v, (int, np.integer)):
+        return (int(v),) * 4  # type: ignore[return-value]
+    t = tuple(int(x) for x in v)
+    if len(t) == 2:
+        return (t[0], t[1], t[0], t[1])
+    if len(t) == 4:
+        return t  # type: ignore[return-value]
+    raise ShapeError(f"expected padding as an int, (h, w) or (top, left, bottom, right), found {v!r}")
+
+
+def expect_rank(t: TensorType, rank: int, what: str = "input") -> None:
+    expect(t.ndim == rank, f"expected {what} of rank {rank}, found {t} (rank {t.ndim})")
+
+
+def expect_float(t: TensorType, what: str = "input") -> None:
+    expect(t.is_float, f"expected a floating-point {what}, found {t}")
+
+
+def expect_same_dtype(*types: TensorType) -> None:
+    dtypes = {t.dtype for t in types}
+    expect(len(dtypes) == 1, f"expected inputs of one dtype, found {', '.join(map(str, types))}")
+
+
+def accumulator(dtype: np.dtype) -> type:
+    """The numpy dtype the reference kernels accumulate in: float64 stays float64, any narrower
+    float accumulates in float32 (like the GPUs and CPUs we compare with)."""
+    return np.float64 if dtype == np.float64 else np.float32

@@ -1,0 +1,208 @@
+"""Convolutions and batch normalization (NCHW activations, OIHW / IOHW weights)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir import TensorType
+from .base import (Op, accumulator, expect, expect_float, expect_rank, expect_same_dtype, pair,
+                   quad, register, relax)
+
+
+def conv_out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
+                  dilation: int) -> int:
+    return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@register
+@dataclass(frozen=True)
+class Conv2d(Op):
+    """2-D convolution: x [N, C, H, W], weight [O, C/groups, KH, KW], optional bias [O]."""
+
+    name = "conv2d"
+    arity = (2, 3)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)   # top, left, bottom, right
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "stride", pair(self.stride))
+        object.__setattr__(self, "padding", quad(self.padding))
+        object.__setattr__(self, "dilation", pair(self.dilation))
+        expect(min(self.stride) >= 1 and min(self.dilation) >= 1 and self.groups >= 1
+               and min(self.padding) >= 0,
+               f"expected positive stride/dilation/groups and non-negative padding, found {self}")
+
+    def infer(self, x, w, b=None):
+        expect_rank(x, 4, "input x"), expect_rank(w, 4, "weight")
+        expect_float(x), expect_same_dtype(x, w, *([b] if b else []))
+        n, c, h, wd = x.shape
+        o, cg, kh, kw = w.shape
+        expect(c == cg * self.groups, f"expected input channels {cg * self.groups} "
+               f"(weight {w.shape} x groups {self.groups}), found {c} in {x}")
+        expect(o % self.groups == 0, f"expected output channels {o} divisible by groups {self.groups}")
+        if b is not None:
+            expect(b.shape == (o,), f"expected bias of shape ({o},), found {b}")
+        pt, pl, pb, pr = self.padding
+        oh = conv_out_size(h, kh, self.stride[0], pt, pb, self.dilation[0])
+        ow = conv_out_size(wd, kw, self.stride[1], pl, pr, self.dilation[1])
+        expect(oh > 0 and ow > 0, f"expected a kernel that fits the padded input, found "
+               f"kernel {kh}x{kw} (dilation {self.dilation}) on {h}x{wd} padded by {self.padding}")
+        return TensorType((n, o, oh, ow), x.dtype)
+
+    def reference(self, x, w, b=None):
+        n, c, h, wd = x.shape
+        o, cg, kh, kw = w.shape
+        g, og = self.groups, o // self.groups
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        pt, pl, pb, pr = self.padding
+        oh = conv_out_size(h, kh, sh, pt, pb, dh)
+        ow = conv_out_size(wd, kw, sw, pl, pr, dw)
+        acc = accumulator(x.dtype)
+        xp = np.pad(x.astype(acc), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+        xg = xp.reshape(n, g, cg, *xp.shape[2:])
+        wg = w.astype(acc).reshape(g, og, cg, kh, kw)
+        out = np.zeros((n, g, og, oh * ow), acc)
+        # One GEMM per kernel tap (im2col without materialising the column matrix).
+        for i in range(kh):
+            for j in range(kw):
+                patch = xg[:, :, :, i * dh: i * dh + sh * (oh - 1) + 1: sh,
+                           j * dw: j * dw + sw * (ow - 1) + 1: sw].reshape(n, g, cg, oh * ow)
+                if cg == 1:   # depthwise-like: a broadcast multiply beats G tiny GEMMs
+                    out += wg[None, :, :, 0, i, j, None] * patch
+                else:
+                    out += wg[:, :, :, i, j] @ patch
+        out = out.reshape(n, o, oh, ow)
+        if b is not None:
+            out += b.astype(acc).reshape(1, o, 1, 1)
+        return out.astype(x.dtype)
+
+    def lower_tvm(self, bb, x, w, b=None):
+        R = relax().op
+        y = R.nn.conv2d(x, w, strides=self.stride, padding=self.padding, dilation=self.dilation,
+                        groups=self.groups)
+        if b is not None:
+            y = R.add(bb.emit(y), R.reshape(b, (1, -1, 1, 1)))
+        return y
+
+    def macs(self, inputs, outputs):
+        o, cg, kh, kw = inputs[1].shape
+        return outputs[0].numel * cg * kh * kw
+
+
+@register
+@dataclass(frozen=True)
+class ConvTranspose2d(Op):
+    """Transposed 2-D convolution: x [N, C, H, W], weight [C, O/groups, KH, KW], bias [O]."""
+
+    name = "conv_transpose2d"
+    arity = (2, 3)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    output_padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "stride", pair(self.stride))
+        object.__setattr__(self, "padding", quad(self.padding))
+        object.__setattr__(self, "output_padding", pair(self.output_padding))
+        object.__setattr__(self, "dilation", pair(self.dilation))
+        expect(min(self.stride) >= 1 and min(self.dilation) >= 1 and self.groups >= 1
+               and min(self.padding) >= 0 and min(self.output_padding) >= 0,
+               f"expected positive stride/dilation/groups, non-negative paddings, found {self}")
+        expect(all(op < max(s, d) for op, s, d in
+                   zip(self.output_padding, self.stride, self.dilation)),
+               f"expected output_padding smaller than stride or dilation, found {self}")
+
+    def out_hw(self, h, w, kh, kw):
+        pt, pl, pb, pr = self.padding
+        return tuple(s * (size - 1) + op + d * (k - 1) + 1 - p0 - p1 for size, k, s, d, op, p0, p1
+                     in ((h, kh, self.stride[0], self.dilation[0], self.output_padding[0], pt, pb),
+                         (w, kw, self.stride[1], self.dilation[1], self.output_padding[1], pl, pr)))
+
+    def infer(self, x, w, b=None):
+        expect_rank(x, 4, "input x"), expect_rank(w, 4, "weight")
+        expect_float(x), expect_same_dtype(x, w, *([b] if b else []))
+        n, c, h, wd = x.shape
+        cw, og, kh, kw = w.shape
+        expect(c == cw, f"expected weight with {c} input channels (dim 0), found {w}")
+        expect(c % self.groups == 0, f"expected input channels {c} divisible by groups {self.groups}")
+        o = og * self.groups
+        if b is not None:
+            expect(b.shape == (o,), f"expected bias of shape ({o},), found {b}")
+        oh, ow = self.out_hw(h, wd, kh, kw)
+        expect(oh > 0 and ow > 0, f"expected a positive output size, found {oh}x{ow}")
+        return TensorType((n, o, oh, ow), x.dtype)
+
+    def reference(self, x, w, b=None):
+        n, c, h, wd = x.shape
+        _, og, kh, kw = w.shape
+        g, cg = self.groups, c // self.groups
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        pt, pl, pb, pr = self.padding
+        full_h = sh * (h - 1) + self.output_padding[0] + dh * (kh - 1) + 1
+        full_w = sw * (wd - 1) + self.output_padding[1] + dw * (kw - 1) + 1
+        acc = accumulator(x.dtype)
+        xg = x.astype(acc).reshape(n, g, cg, h * wd)
+        wg = w.astype(acc).reshape(g, cg, og, kh, kw)
+        full = np.zeros((n, g, og, full_h, full_w), acc)
+        # The adjoint of the convolution: every kernel tap scatters a GEMM into a strided window.
+        for i in range(kh):
+            for j in range(kw):
+                contrib = np.swapaxes(wg[:, :, :, i, j], 1, 2) @ xg
+                full[:, :, :, i * dh: i * dh + sh * (h - 1) + 1: sh,
+                     j * dw: j * dw + sw * (wd - 1) + 1: sw] += contrib.reshape(n, g, og, h, wd)
+        out = full[:, :, :, pt: full_h - pb, pl: full_w - pr].reshape(n, g * og, full_h - pt - pb,
+                                                                       full_w - pl - pr)
+        if b is not None:
+            out = out + b.astype(acc).reshape(1, -1, 1, 1)
+        return np.ascontiguousarray(out).astype(x.dtype)
+
+    def lower_tvm(self, bb, x, w, b=None):
+        R = relax().op
+        y = R.nn.conv2d_transpose(x, w, strides=self.stride, padding=self.padding,
+                                  output_padding=self.output_padding, dilation=self.dilation,
+                                  groups=self.groups)
+        if b is not None:
+            y = R.add(bb.emit(y), R.reshape(b, (1, -1, 1, 1)))
+        return y
+
+    def macs(self, inputs, outputs):
+        c, og, kh, kw = inputs[1].shape
+        return inputs[0].numel * og * kh * kw
+
+
+@register
+@dataclass(frozen=True)
+class BatchNorm(Op):
+    """Inference batch normalization over channels (axis 1): inputs x, scale, bias, mean, var."""
+
+    name = "batch_norm"
+    arity = (5, 5)
+    buffer_inputs = (3, 4)   # running mean and variance are statistics, not parameters
+    epsilon: float = 1e-5
+
+    def infer(self, x, scale, bias, mean, var):
+        expect(x.ndim >= 2, f"expected input of rank >= 2, found {x}")
+        expect_float(x), expect_same_dtype(x, scale, bias, mean, var)
+        c = x.shape[1]
+        for what, t in (("scale", scale), ("bias", bias), ("mean", mean), ("var", var)):
+            expect(t.shape == (c,), f"expected {what} of shape ({c},), found {t}")
+        return x
+
+    def reference(self, x, scale, bias, mean, var):
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        acc = accumulator(x.dtype)
+        inv = (scale.astype(acc) / np.sqrt(var.astype(acc) + acc(self.epsilon))).reshape(shape)
+        y = (x.astype(acc) - mean.astype(acc).reshape(shape)) * inv + bias.astype(acc).reshape(shape)
+        return y.astype(x.dtype)
+
+    def lower_tvm(self, bb, x, scale, bias, mean, var):
+        rx = relax()
+        # training=False: Relax's default normalizes with batch statistics.
+        bn = bb.emit(rx.op.nn.batch_norm(x, scale, bias, mean, var, axis=1, epsilon=self.epsilon,
+                                         training=False))
+        return rx.TupleGetItem(bn, 0)

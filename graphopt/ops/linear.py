@@ -1,0 +1,78 @@
+"""Fully connected layers and matrix products."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir import TensorType
+from .base import Op, accumulator, expect, expect_float, expect_same_dtype, register, relax
+
+
+@register
+@dataclass(frozen=True)
+class Linear(Op):
+    """y = x @ weight.T + bias, with x [..., in], weight [out, in] (torch's layout), bias [out]."""
+
+    name = "linear"
+    arity = (2, 3)
+
+    def infer(self, x, w, b=None):
+        expect_float(x), expect_same_dtype(x, w, *([b] if b else []))
+        expect(x.ndim >= 1 and w.ndim == 2, f"expected x of rank >= 1 and a 2-D weight, found "
+               f"{x} and {w}")
+        expect(x.shape[-1] == w.shape[1], f"expected {w.shape[1]} input features (weight {w}), "
+               f"found {x.shape[-1]} in {x}")
+        if b is not None:
+            expect(b.shape == (w.shape[0],), f"expected bias of shape ({w.shape[0]},), found {b}")
+        return TensorType((*x.shape[:-1], w.shape[0]), x.dtype)
+
+    def reference(self, x, w, b=None):
+        acc = accumulator(x.dtype)
+        y = x.astype(acc) @ w.astype(acc).T
+        if b is not None:
+            y = y + b.astype(acc)
+        return y.astype(x.dtype)
+
+    def lower_tvm(self, bb, x, w, b=None):
+        R = relax().op
+        y = R.matmul(x, R.permute_dims(w, [1, 0]))
+        return R.add(bb.emit(y), b) if b is not None else y
+
+    def macs(self, inputs, outputs):
+        return outputs[0].numel * inputs[1].shape[1]
+
+
+@register
+@dataclass(frozen=True)
+class Matmul(Op):
+    """numpy.matmul semantics: batched, broadcasting, 1-D operands promoted and squeezed."""
+
+    name = "matmul"
+    arity = (2, 2)
+
+    def infer(self, a, b):
+        expect_same_dtype(a, b)
+        expect(a.ndim >= 1 and b.ndim >= 1, f"expected operands of rank >= 1, found {a} and {b}")
+        sa = a.shape if a.ndim > 1 else (1, *a.shape)
+        sb = b.shape if b.ndim > 1 else (*b.shape, 1)
+        expect(sa[-1] == sb[-2], f"expected matching inner dimensions, found {a} @ {b}")
+        try:
+            batch = tuple(np.broadcast_shapes(sa[:-2], sb[:-2]))
+        except ValueError:
+            expect(False, f"expected broadcastable batch dimensions, found {a} @ {b}")
+        shape = (*batch, *((sa[-2],) if a.ndim > 1 else ()), *((sb[-1],) if b.ndim > 1 else ()))
+        return TensorType(shape, a.dtype)
+
+    def reference(self, a, b):
+        if a.dtype.kind == "f":
+            acc = accumulator(a.dtype)
+            return np.matmul(a.astype(acc), b.astype(acc)).astype(a.dtype)
+        return np.matmul(a, b)
+
+    def lower_tvm(self, bb, a, b):
+        return relax().op.matmul(a, b)
+
+    def macs(self, inputs, outputs):
+        k = inputs[0].shape[-1]
+        return outputs[0].numel * k

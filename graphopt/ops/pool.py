@@ -1,0 +1,206 @@
+"""Spatial pooling (NCHW) and AlexNet's local response normalization."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir import TensorType
+from .base import (relax_type, Op, accumulator, expect, expect_float, expect_rank, pair, quad, register,
+                   relax)
+
+
+def pool_out_size(size, kernel, stride, pad_begin, pad_end, dilation, ceil_mode) -> int:
+    span = dilation * (kernel - 1) + 1
+    rounding = math.ceil if ceil_mode else math.floor
+    out = rounding((size + pad_begin + pad_end - span) / stride) + 1
+    # The last window must start inside the input or the leading padding (PyTorch and ONNX).
+    if ceil_mode and (out - 1) * stride >= size + pad_begin:
+        out -= 1
+    return out
+
+
+@dataclass(frozen=True)
+class Pool2d(Op):
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] | None = None          # None: equal to the kernel
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    ceil_mode: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "kernel", pair(self.kernel))
+        object.__setattr__(self, "stride", pair(self.kernel if self.stride is None else self.stride))
+        object.__setattr__(self, "padding", quad(self.padding))
+        object.__setattr__(self, "dilation", pair(self.dilation))
+        expect(min(self.kernel) >= 1 and min(self.stride) >= 1 and min(self.dilation) >= 1
+               and min(self.padding) >= 0,
+               f"expected positive kernel/stride/dilation and non-negative padding, found {self}")
+        pt, pl, pb, pr = self.padding
+        span_h = self.dilation[0] * (self.kernel[0] - 1) + 1
+        span_w = self.dilation[1] * (self.kernel[1] - 1) + 1
+        # A window lying wholly in the padding would have nothing to pool.
+        expect(max(pt, pb) < span_h and max(pl, pr) < span_w,
+               f"expected padding smaller than the kernel, found padding {self.padding} "
+               f"for kernel {self.kernel}")
+
+    def out_hw(self, h, w):
+        pt, pl, pb, pr = self.padding
+        return (pool_out_size(h, self.kernel[0], self.stride[0], pt, pb, self.dilation[0], self.ceil_mode),
+                pool_out_size(w, self.kernel[1], self.stride[1], pl, pr, self.dilation[1], self.ceil_mode))
+
+    def infer(self, x):
+        expect_rank(x, 4, "input x")
+        oh, ow = self.out_hw(*x.shape[2:])
+        expect(oh > 0 and ow > 0, f"expected a window that fits the padded input, found kernel "
+               f"{self.kernel} on {x} padded by {self.padding}")
+        return x.with_shape((*x.shape[:2], oh, ow))
+
+    def windows(self, xp, oh, ow):
+        """Yield the (N, C, oh, ow) strided view of every kernel tap of the padded input."""
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+        for i in range(kh):
+            for j in range(kw):
+                yield xp[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh,
+                         j * dw: j * dw + sw * (ow - 1) + 1: sw]
+
+    def padded(self, x, fill, oh, ow):
+        """Pad explicitly, plus the ceil-mode overhang at the end (filled with `fill` too)."""
+        pt, pl, pb, pr = self.padding
+        need_h = (oh - 1) * self.stride[0] + self.dilation[0] * (self.kernel[0] - 1) + 1
+        need_w = (ow - 1) * self.stride[1] + self.dilation[1] * (self.kernel[1] - 1) + 1
+        extra_h = max(0, need_h - (x.shape[2] + pt + pb))
+        extra_w = max(0, need_w - (x.shape[3] + pl + pr))
+        return np.pad(x, ((0, 0), (0, 0), (pt, pb + extra_h), (pl, pr + extra_w)),
+                      constant_values=fill), extra_h, extra_w
+
+
+@register
+@dataclass(frozen=True)
+class MaxPool2d(Pool2d):
+    name = "max_pool2d"
+
+    def reference(self, x):
+        oh, ow = self.out_hw(*x.shape[2:])
+        lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+        xp, _, _ = self.padded(x, lowest, oh, ow)
+        out = None
+        for win in self.windows(xp, oh, ow):
+            out = win.copy() if out is None else np.maximum(out, win)
+        return out
+
+    def lower_tvm(self, bb, x):
+        return relax().op.nn.max_pool2d(x, pool_size=self.kernel, strides=self.stride,
+                                        padding=self.padding, dilation=self.dilation,
+                                        ceil_mode=self.ceil_mode)
+
+
+@register
+@dataclass(frozen=True)
+class AvgPool2d(Pool2d):
+    """Average pooling; `count_include_pad` counts the explicit padding (never the ceil-mode
+    overhang) in the divisor, as PyTorch and ONNX do."""
+
+    name = "avg_pool2d"
+    count_include_pad: bool = False
+
+    def infer(self, x):
+        expect_float(x)
+        return super().infer(x)
+
+    def reference(self, x):
+        oh, ow = self.out_hw(*x.shape[2:])
+        acc = accumulator(x.dtype)
+        xp, extra_h, extra_w = self.padded(x.astype(acc), 0, oh, ow)
+        h, w = x.shape[2:]
+        pt, pl, pb, pr = self.padding
+        # The divisor is the pooled count of ones over the region that counts.
+        ones = np.zeros((1, 1) + xp.shape[2:], acc)
+        if self.count_include_pad:
+            ones[..., : pt + h + pb, : pl + w + pr] = 1
+        else:
+            ones[..., pt: pt + h, pl: pl + w] = 1
+        total = sum(win for win in self.windows(xp, oh, ow))
+        count = sum(win for win in self.windows(ones, oh, ow))
+        return (total / count).astype(x.dtype)
+
+    def lower_tvm(self, bb, x):
+        return relax().op.nn.avg_pool2d(x, pool_size=self.kernel, strides=self.stride,
+                                        padding=self.padding, dilation=self.dilation,
+                                        ceil_mode=self.ceil_mode,
+                                        count_include_pad=self.count_include_pad)
+
+
+@register
+@dataclass(frozen=True)
+class GlobalAvgPool2d(Op):
+    name = "global_avg_pool2d"
+
+    def infer(self, x):
+        expect_rank(x, 4, "input x"), expect_float(x)
+        return x.with_shape((*x.shape[:2], 1, 1))
+
+    def reference(self, x):
+        return x.astype(accumulator(x.dtype)).mean(axis=(2, 3), keepdims=True).astype(x.dtype)
+
+    def lower_tvm(self, bb, x):
+        return relax().op.mean(x, axis=[2, 3], keepdims=True)
+
+
+@register
+@dataclass(frozen=True)
+class GlobalMaxPool2d(Op):
+    name = "global_max_pool2d"
+
+    def infer(self, x):
+        expect_rank(x, 4, "input x")
+        return x.with_shape((*x.shape[:2], 1, 1))
+
+    def reference(self, x):
+        return x.max(axis=(2, 3), keepdims=True)
+
+    def lower_tvm(self, bb, x):
+        return relax().op.max(x, axis=[2, 3], keepdims=True)
+
+
+@register
+@dataclass(frozen=True)
+class Lrn(Op):
+    """Local response normalization across channels (AlexNet; ONNX LRN semantics):
+    y = x / (bias + alpha / size * sum of x^2 over `size` neighbouring channels) ** beta."""
+
+    name = "lrn"
+    size: int = 5
+    alpha: float = 1e-4
+    beta: float = 0.75
+    bias: float = 1.0
+
+    def infer(self, x):
+        expect_rank(x, 4, "input x"), expect_float(x)
+        expect(self.size >= 1, f"expected size >= 1, found {self.size}")
+        return x
+
+    def reference(self, x):
+        acc = accumulator(x.dtype)
+        sq = np.square(x.astype(acc))
+        before, after = (self.size - 1) // 2, self.size - 1 - (self.size - 1) // 2
+        padded = np.pad(sq, ((0, 0), (before, after), (0, 0), (0, 0)))
+        c = x.shape[1]
+        window = sum(padded[:, i: i + c] for i in range(self.size))
+        scale = (acc(self.bias) + acc(self.alpha) / self.size * window) ** acc(self.beta)
+        return (x.astype(acc) / scale).astype(x.dtype)
+
+    def lower_tvm(self, bb, x):
+        rx = relax()
+        R = rx.op
+        dtype = relax_type(x).dtype
+        before, after = (self.size - 1) // 2, self.size - 1 - (self.size - 1) // 2
+        # Sum of squares over a channel window, as a sum pool over a [N, 1, C, H*W] view.
+        n, c, h, w = relax_type(x).shape
+        sq = bb.emit(R.reshape(R.multiply(x, x), (n, 1, c, h * w)))
+        window = R.nn.avg_pool2d(sq, pool_size=(self.size, 1), strides=(1, 1),
+                                 padding=(before, 0, after, 0), count_include_pad=True)
+        window = bb.emit(R.reshape(window, (n, c, h, w)))   # mean over size = sum / size
+        base = R.add(rx.const(self.bias, dtype), R.multiply(rx.const(self.alpha, dtype), window))
+        return R.divide(x, R.power(base, rx.const(self.beta, dtype)))

@@ -1,0 +1,66 @@
+"""The names, shapes and dtypes a model takes and returns, and the check of user inputs against
+them. Shared by the interpreter, compiled modules and loaded (exported) models."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from .errors import InputError
+from .ir import Graph, TensorType
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[tuple[str, TensorType], ...]
+    outputs: tuple[tuple[str, TensorType], ...]
+
+    @classmethod
+    def of(cls, graph: Graph) -> "Signature":
+        return cls(tuple((v.name, v.type) for v in graph.inputs),
+                   tuple((v.name, v.type) for v in graph.outputs))
+
+    @property
+    def input_names(self) -> list[str]:
+        return [n for n, _ in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [n for n, _ in self.outputs]
+
+    def check(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Inputs as contiguous arrays in declaration order; InputError names what is wrong."""
+        if not isinstance(inputs, Mapping):
+            raise InputError(f"expected a dict of input name -> array, found {type(inputs).__name__}")
+        missing = [n for n in self.input_names if n not in inputs]
+        unknown = [n for n in inputs if n not in self.input_names]
+        if missing or unknown:
+            raise InputError(f"expected inputs {self.input_names}, found {list(inputs)}"
+                             + (f"; missing {missing}" if missing else "")
+                             + (f"; unknown {unknown}" if unknown else ""))
+        checked = {}
+        for name, expected in self.inputs:
+            array = inputs[name]
+            if not isinstance(array, np.ndarray):
+                array = np.asarray(array)
+            found = TensorType(array.shape, str(array.dtype)) if str(array.dtype) in \
+                ("float32", "float16", "float64", "int8", "uint8", "int32", "int64", "bool") else None
+            if found is None or found != expected:
+                raise InputError(f"input '{name}': expected {expected}, found "
+                                 f"{array.dtype}[{','.join(map(str, array.shape))}]")
+            checked[name] = np.ascontiguousarray(array)
+        return checked
+
+    def to_json(self) -> str:
+        def enc(items):
+            return [{"name": n, "shape": list(t.shape), "dtype": t.dtype} for n, t in items]
+        return json.dumps({"inputs": enc(self.inputs), "outputs": enc(self.outputs)})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Signature":
+        data = json.loads(text)
+        def dec(items):
+            return tuple((d["name"], TensorType(tuple(d["shape"]), d["dtype"])) for d in items)
+        return cls(dec(data["inputs"]), dec(data["outputs"]))

@@ -1,0 +1,1 @@
+"""Where graphs run: `reference` (the numpy interpreter) and `tvm` (compiled CPU/CUDA code)."""
