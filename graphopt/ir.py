@@ -187,11 +187,15 @@ class Graph:
         """Make every user of `old` (and the graph outputs) use `new` instead."""
         if old.type != new.type:
             raise VerifyError(f"cannot replace %{old.name}: {old.type} by %{new.name}: {new.type}")
+        # The node producing `new` may itself read `old` (a node inserted after `old`): it keeps it.
+        kept = [u for u in old.users if u is new.producer]
         for user in old.users:
+            if user is new.producer:
+                continue
             user.inputs = [new if v is old else v for v in user.inputs]
             if user not in new.users:
                 new.users.append(user)
-        old.users = []
+        old.users = kept
         # A graph output keeps its public name: the replacement takes it over when it can.
         for i, out in enumerate(self.outputs):
             if out is old:
