@@ -60,7 +60,7 @@ class Clip(Unary):
         info = np.finfo(dtype) if dtype.startswith("float") else np.iinfo(dtype)
         lo = float(info.min) if self.min is None else self.min
         hi = float(info.max) if self.max is None else self.max
-        return rx.op.clip(x, rx.PrimValue(rx_prim(lo, dtype)), rx.PrimValue(rx_prim(hi, dtype)))
+        return rx.op.clip(x, rx.prim_value(rx_prim(lo, dtype)), rx.prim_value(rx_prim(hi, dtype)))
 
 
 def rx_prim(value: float, dtype: str):

@@ -1,0 +1,92 @@
+"""Ops made by fusion passes. Each reuses the definitions of the ops it stands for, so that its
+reference kernel computes exactly what the unfused chain computes, in the same order."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .activation import Clip, LeakyRelu, Relu
+from .base import Op, expect, register
+from .conv import Conv2d
+
+EPILOGUE_ACTIVATIONS = (Relu, Clip, LeakyRelu)
+
+
+@register
+@dataclass(frozen=True)
+class FusedConv2d(Op):
+    """activation(conv2d(x, w, b) + residual): a convolution with its epilogue in one op.
+
+    Inputs: x, w, then b if `has_bias`, then residual if `has_residual` (same type as the output).
+    `conv` holds the convolution's attributes; `activation` is a Relu, Clip (relu6 = Clip(0, 6))
+    or LeakyRelu op, or None.
+
+    Relax form (what schedules look for), one binding each, in this order:
+        y = R.nn.conv2d(x, w, strides, padding, dilation, groups)
+        y = R.add(y, R.reshape(b, (1, -1, 1, 1)))      # if has_bias
+        y = R.add(y, residual)                          # if has_residual
+        y = R.nn.relu(y) | R.clip(y, lo, hi) | R.nn.leakyrelu(y, alpha)   # if activation
+    FuseOps groups the chain into ONE PrimFunc (conv2d is out-elementwise fusable).
+
+    Exporting to ONNX: Conv (with B when has_bias), then Add(residual), then Relu / Clip /
+    LeakyRelu, in that order.
+    """
+
+    name = "fused_conv2d"
+    arity = (2, 4)
+    conv: Conv2d = Conv2d()
+    activation: Relu | Clip | LeakyRelu | None = None
+    has_bias: bool = True
+    has_residual: bool = False
+
+    def __post_init__(self):
+        expect(isinstance(self.conv, Conv2d), f"expected a Conv2d for conv, found {self.conv!r}")
+        expect(self.activation is None or isinstance(self.activation, EPILOGUE_ACTIVATIONS),
+               f"expected activation relu, clip, leaky_relu or None, found {self.activation!r}")
+
+    def split(self, inputs):
+        """(x, w, bias or None, residual or None) from the input list."""
+        count = 2 + self.has_bias + self.has_residual
+        expect(len(inputs) == count, f"expected {count} inputs (x, w"
+               f"{', b' if self.has_bias else ''}{', residual' if self.has_residual else ''}), "
+               f"found {len(inputs)}")
+        bias = inputs[2] if self.has_bias else None
+        residual = inputs[-1] if self.has_residual else None
+        return inputs[0], inputs[1], bias, residual
+
+    def infer(self, *inputs):
+        x, w, b, residual = self.split(inputs)
+        out = self.conv.infer(x, w, b)
+        if residual is not None:
+            expect(residual == out, f"expected a residual of the output's type {out}, "
+                   f"found {residual}")
+        if self.activation is not None:
+            out = self.activation.infer(out)
+        return out
+
+    def reference(self, *arrays):
+        x, w, b, residual = self.split(arrays)
+        y = self.conv.reference(x, w, b)
+        if residual is not None:
+            y = y + residual
+        return self.activation.reference(y) if self.activation is not None else y
+
+    def lower_tvm(self, bb, *args):
+        from .base import relax
+        x, w, b, residual = self.split(args)
+        y = self.conv.lower_tvm(bb, x, w, b)
+        if residual is not None:
+            y = relax().op.add(bb.emit(y), residual)
+        if self.activation is not None:
+            y = self.activation.lower_tvm(bb, bb.emit(y))
+        return y
+
+    def macs(self, inputs, outputs):
+        return self.conv.macs(inputs, outputs)
+
+    def __str__(self) -> str:
+        parts = [str(self.conv)]
+        if self.has_residual:
+            parts.append("add")
+        if self.activation is not None:
+            parts.append(str(self.activation))
+        return f"{self.name}[{' + '.join(parts)}]"
