@@ -1,0 +1,45 @@
+"""The seeds' networks, written in the DSL. Every builder is `f(batch=1, seed=0, ...)` and
+returns a verified Graph with one input "input" and one output "output"; weights are drawn
+deterministically from `seed`.
+
+    g = go.zoo.resnet18(batch=8)          # or go.zoo.MODELS["resnet18"](batch=8)
+    g = go.zoo.get("vgg16", num_classes=10)
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..errors import GraphoptError
+from ..ir import Graph
+from .alexnet import alexnet
+from .dcgan import dcgan_generator
+from .deep_convnet import deep_convnet
+from .fcn import fcn
+from .googlenet import googlenet
+from .lenet import lenet5
+from .resnet import resnet18, resnet50
+from .vgg import vgg11, vgg16
+
+MODELS: dict[str, Callable[..., Graph]] = {
+    "lenet5": lenet5,
+    "alexnet": alexnet,
+    "vgg11": vgg11,
+    "vgg16": vgg16,
+    "googlenet": googlenet,
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "deep_convnet": deep_convnet,
+    "fcn": fcn,
+    "dcgan_generator": dcgan_generator,
+}
+
+
+def get(name: str, **options) -> Graph:
+    """Build the zoo model `name` with `options` (batch, seed, num_classes, ...)."""
+    if name not in MODELS:
+        raise GraphoptError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
+    return MODELS[name](**options)
+
+
+__all__ = ["MODELS", "get", "alexnet", "dcgan_generator", "deep_convnet", "fcn", "googlenet",
+           "lenet5", "resnet18", "resnet50", "vgg11", "vgg16"]
