@@ -1,0 +1,179 @@
+"""The model zoo: every network builds and verifies, has the reference parameter count and output
+shape, runs in the interpreter at a sane scale (float32 agreeing with float64), compiles for the
+CPU and matches the float64 interpreter. The big networks' interpreter and compile checks are
+marked slow."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+import graphopt as go
+from graphopt.errors import GraphoptError
+from graphopt.frontends import dsl
+from graphopt.zoo.fcn import bilinear_upsampling
+
+# name: (parameters with the default options, output shape at batch 1). Reference counts:
+# torchvision (vgg11/16, googlenet without aux heads, resnet18/50), Caffe's bvlc_alexnet, PyTorch's
+# DCGAN example; lenet5, deep_convnet and fcn are summed by hand from their layer lists.
+EXPECTED = {
+    "lenet5": (61_706, (1, 10)),
+    "alexnet": (60_965_224, (1, 1000)),
+    "vgg11": (132_863_336, (1, 1000)),
+    "vgg16": (138_357_544, (1, 1000)),
+    "googlenet": (6_624_904, (1, 1000)),
+    "resnet18": (11_689_512, (1, 1000)),
+    "resnet50": (25_557_032, (1, 1000)),
+    "deep_convnet": (123_552, (1, 10)),
+    "fcn": (109_418, (1, 21, 64, 64)),
+    "dcgan_generator": (3_576_704, (1, 3, 64, 64)),
+}
+SMALL = ("lenet5", "deep_convnet", "fcn", "dcgan_generator")
+
+
+def others_slow(fast: tuple[str, ...]) -> list:
+    """All zoo names: those in `fast` as they are, the rest marked slow."""
+    return [*fast, *(pytest.param(n, marks=pytest.mark.slow) for n in EXPECTED if n not in fast)]
+
+
+@functools.cache
+def built(name: str) -> go.Graph:
+    """Each default model is built once per test process (vgg16 alone draws 138M weights)."""
+    return go.zoo.MODELS[name]()
+
+
+def random_input(graph: go.Graph, seed: int = 0) -> dict[str, np.ndarray]:
+    shape = graph.inputs[0].shape
+    return {"input": np.random.default_rng(seed).standard_normal(shape).astype(np.float32)}
+
+
+def test_models_table_lists_every_builder():
+    assert set(go.zoo.MODELS) == set(EXPECTED)
+    assert all(getattr(go.zoo, name) is builder for name, builder in go.zoo.MODELS.items())
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_builds_verified_with_reference_param_count_and_shape(name):
+    g = built(name)
+    go.verify(g)
+    params, output_shape = EXPECTED[name]
+    assert g.input_names == ["input"] and g.output_names == ["output"]
+    assert g.num_params() == params
+    assert g.outputs[0].shape == output_shape
+
+
+@pytest.mark.parametrize("name", SMALL + ("resnet18",))
+def test_batch_option_sets_the_leading_dimension(name):
+    g = go.zoo.MODELS[name](batch=3)
+    assert g.inputs[0].shape[0] == 3 and g.outputs[0].shape[0] == 3
+
+
+@pytest.mark.parametrize("name", others_slow(SMALL + ("resnet18",)))
+def test_interpreter_float32_agrees_with_float64_at_a_sane_scale(name):
+    g = built(name)
+    feeds = random_input(g)
+    y32 = go.interpret(g, feeds)["output"]
+    y64 = go.interpret(g, feeds, dtype=np.float64)["output"]
+    assert y32.dtype == np.float32 and y64.dtype == np.float64
+    assert np.isfinite(y32).all()
+    # Output std within 1e-2..1e3 so that fp16 and int8 experiments later are meaningful.
+    assert 1e-2 < y64.std() < 1e3
+    assert np.abs(y32 - y64).max() <= 1e-4 * np.abs(y64).max()
+
+
+@pytest.mark.parametrize("name", others_slow(SMALL))
+def test_cpu_compile_matches_float64_interpreter(name):
+    g = built(name)
+    model = go.compile(g, "cpu")
+    report = go.compare(g, model, random_input(g, seed=1))
+    assert report.ok, str(report)
+
+
+def test_same_seed_same_weights_other_seed_other_weights():
+    a, b, c = go.zoo.resnet18(seed=3), go.zoo.resnet18(seed=3), go.zoo.resnet18(seed=4)
+    assert list(a.constants) == list(b.constants) == list(c.constants)
+    assert [n.name for n in a.nodes] == [n.name for n in b.nodes]
+    assert all(np.array_equal(a.constants[k].data, b.constants[k].data) for k in a.constants)
+    assert not np.array_equal(a.constants["fc.weight"].data, c.constants["fc.weight"].data)
+    feeds = random_input(a)
+    np.testing.assert_array_equal(go.interpret(a, feeds)["output"],
+                                  go.interpret(b, feeds)["output"])
+
+
+@pytest.mark.parametrize("name, nodes, weights", [
+    ("resnet18", ["conv1", "layer1.0.conv1", "layer2.0.downsample.0", "avgpool", "fc"],
+     ["layer1.0.bn1.running_var", "layer4.1.conv2.weight", "fc.bias"]),
+    ("resnet50", ["layer1.0.conv3", "layer4.2.bn3"], ["layer3.5.conv2.weight"]),
+    ("vgg16", ["features.0", "features.30", "classifier.6"], ["features.28.bias"]),
+    ("googlenet", ["conv1.conv", "inception3a.branch4.0", "inception5b.branch3.1.bn"],
+     ["inception4e.branch2.1.conv.weight", "fc.weight"]),
+    ("alexnet", ["features.2", "features.14", "classifier.6"], ["features.4.weight"]),
+    ("dcgan_generator", ["main.0", "main.13"], ["main.1.running_mean", "main.12.weight"]),
+])
+def test_names_follow_torchvision(name, nodes, weights):
+    g = built(name)
+    assert [g.node(n).name for n in nodes] == nodes
+    assert [w for w in weights if w not in g.constants] == []
+
+
+def test_get_builds_by_name_with_options():
+    g = go.zoo.get("lenet5", num_classes=7, batch=2)
+    assert g.outputs[0].shape == (2, 7)
+
+
+def test_get_unknown_model_lists_the_known_ones():
+    with pytest.raises(GraphoptError) as info:
+        go.zoo.get("resnet19")
+    assert "resnet19" in str(info.value) and all(n in str(info.value) for n in EXPECTED)
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: go.zoo.fcn(image_size=60), "multiple of 8"),
+    (lambda: go.zoo.vgg11(image_size=100), "multiple of 32"),
+    (lambda: go.zoo.lenet5(activation="gelu"), "activation"),
+])
+def test_bad_options_raise_graphopt_errors(build, message):
+    with pytest.raises(GraphoptError, match=message):
+        build()
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_fcn_upsampling_starts_as_bilinear_interpolation(factor):
+    # Away from the border (zero padding there, edge clamping in resize) the transposed
+    # convolution computes exactly the half-pixel bilinear resize.
+    with dsl.Builder("upsample") as b:
+        x = b.input("input", (1, 3, 6, 5))
+        g = b.output(bilinear_upsampling(x, factor, "up"),
+                     dsl.resize(x, scale=factor, mode="bilinear"), names=["learned", "resized"])
+    out = go.interpret(g, random_input(g), dtype=np.float64)
+    border = factor // 2
+    inner = (..., slice(border, -border), slice(border, -border))
+    assert out["learned"].shape == (1, 3, 6 * factor, 5 * factor)
+    np.testing.assert_allclose(out["learned"][inner], out["resized"][inner], atol=1e-12)
+
+
+@pytest.mark.parametrize("image_size", [32, 48])
+def test_fcn_output_is_at_input_resolution(image_size):
+    g = go.zoo.fcn(image_size=image_size, num_classes=5)
+    assert g.outputs[0].shape == (1, 5, image_size, image_size)
+
+
+def test_alexnet_without_the_two_gpu_split_has_its_known_count():
+    assert go.zoo.alexnet(grouped=False).num_params() == 62_378_344
+
+
+def test_googlenet_paper_5x5_branch():
+    g = go.zoo.googlenet(paper_5x5=True, num_classes=10)
+    assert g.node("inception3a.branch3.1.conv").inputs[1].shape == (32, 16, 5, 5)
+    assert g.outputs[0].shape == (1, 10)
+
+
+def test_resnet_residual_gamma_scales_the_last_batch_norm_of_each_block():
+    default, plain = go.zoo.resnet18(image_size=64), go.zoo.resnet18(image_size=64,
+                                                                     residual_gamma=1.0)
+    gamma = default.constants["layer1.0.bn2.weight"].data
+    assert 0.1 <= gamma.min() and gamma.max() <= 0.3
+    assert plain.constants["layer1.0.bn2.weight"].data.min() >= 0.5
+    feeds = random_input(default)
+    assert go.interpret(default, feeds)["output"].std() < go.interpret(plain, feeds)["output"].std()
