@@ -1,5 +1,10 @@
 """Compare a candidate (an optimized Graph, a compiled or a loaded model) with a reference graph,
-output by output, with tolerances derived from the dtypes involved."""
+output by output, with tolerances derived from the dtypes involved, and optionally layer by layer.
+
+Per layer, values are lined up through `Node.provenance`: a candidate node's output equals the
+output of the LAST original node it stands for (conv -> batch_norm -> relu fused into one node
+lines up with the original relu). Original nodes folded away or fused into the middle of a chain
+have no counterpart and are not compared."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,7 +13,7 @@ from typing import Mapping
 import numpy as np
 
 from .errors import GraphoptError
-from .ir import Graph
+from .ir import Graph, Node, Value
 from .targets.reference import interpret
 
 # Error allowed relative to the reference's largest magnitude, by the candidate's dtype: a few
@@ -33,13 +38,45 @@ class OutputComparison:
 
 
 @dataclass
+class LayerComparison(OutputComparison):
+    """One original layer (`name`) against the candidate node that computes its output."""
+
+    node: str                      # the candidate node
+    op: str                        # the candidate node's op
+    provenance: tuple[str, ...]    # every original node the candidate node stands for
+
+    def row(self) -> tuple[str, ...]:
+        return (self.name, f"{self.node} ({self.op})", *super().row()[2:])
+
+
+@dataclass
 class CompareReport:
     outputs: list[OutputComparison] = field(default_factory=list)
     reference_dtype: str = "float64"
+    layers: list[LayerComparison] | None = None     # per_layer=True: in reference order
 
     @property
     def ok(self) -> bool:
         return all(o.ok for o in self.outputs)
+
+    @property
+    def first_divergent(self) -> str | None:
+        """The first original layer (in the reference's topological order) whose error exceeds
+        the tolerance, or None. Needs `compare(..., per_layer=True)`."""
+        if self.layers is None:
+            raise GraphoptError("no per-layer comparison: call compare(..., per_layer=True)")
+        return next((layer.name for layer in self.layers if not layer.ok), None)
+
+    def layer(self, name: str) -> LayerComparison:
+        for layer in self.layers or ():
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def layer_table(self) -> str:
+        """Every lined-up layer: original name, candidate node, errors."""
+        head = ("layer", "candidate node", "max abs", "max rel", "cosine", "tol", "")
+        return _table(head, [layer.row() for layer in self.layers or ()])
 
     def __getitem__(self, name: str) -> OutputComparison:
         for o in self.outputs:
@@ -49,12 +86,21 @@ class CompareReport:
 
     def __str__(self) -> str:
         head = ("output", "dtype", "max abs", "max rel", "cosine", "tol", "")
-        rows = [head] + [o.row() for o in self.outputs]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lines = [f"compare against the {self.reference_dtype} reference: "
-                 + ("all outputs ok" if self.ok else "MISMATCH")]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+                 + ("all outputs ok" if self.ok else "MISMATCH"),
+                 _table(head, [o.row() for o in self.outputs])]
+        if self.layers is not None:
+            first = self.first_divergent
+            lines.append(f"per layer: {len(self.layers)} original layers lined up; first "
+                         "divergent: " + ("none" if first is None else
+                                          f"{first} (max rel {self.layer(first).max_rel:.3g})"))
         return "\n".join(lines)
+
+
+def _table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    rows = [head] + rows
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def compare_arrays(name: str, reference: np.ndarray, candidate: np.ndarray,
@@ -91,15 +137,81 @@ def run_candidate(candidate, inputs: Mapping[str, np.ndarray]) -> dict[str, np.n
 
 
 def compare(reference: Graph, candidate, inputs: Mapping[str, np.ndarray], *,
-            tolerance: float | None = None, reference_dtype=np.float64) -> CompareReport:
+            tolerance: float | None = None, reference_dtype=np.float64, per_layer: bool = False,
+            target: str | None = None) -> CompareReport:
     """Run the reference graph in the interpreter (float64 by default) and the candidate, and
-    compare every output of the reference with the candidate's output of the same name."""
-    expected = interpret(reference, inputs, dtype=reference_dtype)
-    found = run_candidate(candidate, inputs)
-    missing = [n for n in expected if n not in found]
+    compare every output of the reference with the candidate's output of the same name.
+
+    `target` ("cpu"): a Graph candidate is compiled for it first. `per_layer=True` also compares
+    every original layer that the candidate (a Graph) lines up with through provenance. A compiled
+    module exposes only its outputs, so with a `target` the candidate is compiled with every
+    lined-up value added as an extra output: each probed value is then written to memory, which
+    can split TVM fusion groups *between* graphopt nodes, while the code inside a node (a fused
+    conv with its epilogue) is unchanged."""
+    expected = interpret(reference, inputs, dtype=reference_dtype, keep=per_layer)
+    pairs = None
+    if per_layer:
+        if not isinstance(candidate, Graph):
+            raise GraphoptError(f"per-layer compare needs the candidate as a Graph (with target= "
+                                f"to compile it), found a {type(candidate).__name__}")
+        pairs = line_up(reference, candidate)
+        probes = [value for _, value in pairs]
+        if target is not None:
+            candidate = _compile(with_extra_outputs(candidate, probes), target)
+            found = candidate.run(inputs)
+        else:
+            found = interpret(candidate, inputs, keep=True)
+    else:
+        if target is not None and isinstance(candidate, Graph):
+            candidate = _compile(candidate, target)
+        found = run_candidate(candidate, inputs)
+    missing = [n for n in reference.output_names if n not in found]
     if missing:
-        raise GraphoptError(f"candidate lacks outputs {missing}; it has {list(found)}")
+        raise GraphoptError(f"candidate lacks outputs {missing}; it has {list(found)[:20]}")
     report = CompareReport(reference_dtype=np.dtype(reference_dtype).name)
-    for name, ref in expected.items():
-        report.outputs.append(compare_arrays(name, ref, np.asarray(found[name]), tolerance))
+    for name in reference.output_names:
+        report.outputs.append(compare_arrays(name, expected[name], np.asarray(found[name]),
+                                             tolerance))
+    if pairs is not None:
+        report.layers = []
+        for ref_node, value in pairs:
+            c = compare_arrays(ref_node.provenance[-1], expected[ref_node.outputs[0].name],
+                               np.asarray(found[value.name]), tolerance)
+            report.layers.append(LayerComparison(**vars(c), node=value.producer.name,
+                                                 op=value.producer.op_name,
+                                                 provenance=value.producer.provenance))
     return report
+
+
+def layer_anchor(node) -> str:
+    """The original node whose output `node`'s output equals: the last of its provenance."""
+    return node.provenance[-1]
+
+
+def line_up(reference: Graph, candidate: Graph) -> list[tuple[Node, Value]]:
+    """(reference node, candidate value) pairs computing the same original layer, in the
+    reference's topological order. Only single-output nodes of matching type are paired."""
+    by_anchor = {}
+    for node in candidate.topological_order():
+        if len(node.outputs) == 1:
+            by_anchor.setdefault(layer_anchor(node), node.outputs[0])
+    pairs = []
+    for node in reference.topological_order():
+        value = by_anchor.get(layer_anchor(node)) if len(node.outputs) == 1 else None
+        if value is not None and value.type.shape == node.outputs[0].type.shape:
+            pairs.append((node, value))
+    return pairs
+
+
+def with_extra_outputs(graph: Graph, values) -> Graph:
+    """A copy of `graph` that also returns `values` (by their names), after its own outputs."""
+    probed = graph.copy()
+    present = {v.name for v in probed.outputs}
+    extra = [probed.value(v.name) for v in values if v.name not in present]
+    probed.set_outputs([*probed.outputs, *extra])
+    return probed
+
+
+def _compile(graph: Graph, target: str):
+    from .targets.tvm import compile_graph
+    return compile_graph(graph, target)

@@ -1,0 +1,237 @@
+"""The pass framework: a pass is a function `Graph -> PassResult(graph, changed, stats)` that
+leaves its input untouched; `PassManager` runs a list of them (to a fixed point when asked),
+verifies the graph after every pass and, with `check=True`, compares it on a probe input with the
+graph before the pass, raising `PassError` naming the pass, the node and the size of the error."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..analysis import count_macs, count_params
+from ..errors import GraphoptError, PassError, VerifyError
+from ..ir import Graph
+from ..verify import verify
+
+
+@dataclass
+class PassResult:
+    graph: Graph
+    changed: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+Pass = Callable[[Graph], PassResult]
+PASSES: dict[str, Pass] = {}
+
+
+def register_pass(fn: Pass) -> Pass:
+    """Decorator: register a pass under its function name."""
+    if fn.__name__ in PASSES:
+        raise ValueError(f"pass '{fn.__name__}' registered twice")
+    PASSES[fn.__name__] = fn
+    return fn
+
+
+def resolve(passes: Sequence[str | Pass]) -> list[tuple[str, Pass]]:
+    """(name, function) for pass names from the registry or pass functions."""
+    resolved = []
+    for p in passes:
+        if callable(p):
+            resolved.append((getattr(p, "__name__", repr(p)), p))
+        elif p in PASSES:
+            resolved.append((p, PASSES[p]))
+        else:
+            raise PassError(f"no pass named {p!r}; known passes: {', '.join(sorted(PASSES))}")
+    return resolved
+
+
+def probe_inputs(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic inputs for equivalence checks: standard normal floats, small integers."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for v in graph.inputs:
+        if v.type.is_float:
+            feeds[v.name] = rng.standard_normal(v.shape).astype(v.dtype)
+        else:
+            feeds[v.name] = rng.integers(0, 2, v.shape).astype(v.dtype)
+    return feeds
+
+
+@dataclass
+class PassRecord:
+    """What one run of one pass did."""
+
+    name: str
+    round: int
+    changed: bool
+    nodes: tuple[int, int]
+    params: tuple[int, int]
+    macs: tuple[int, int]
+    seconds: float
+    max_error: float | None      # max relative output error vs the graph before (check=True)
+    stats: dict[str, Any]
+
+    def row(self) -> tuple[str, ...]:
+        rewrites = self.stats.get("rewrites", {})
+        detail = ", ".join(f"{k} x{v}" for k, v in rewrites.items()) or \
+            ", ".join(f"{k} {v}" for k, v in self.stats.items()
+                      if isinstance(v, int) and not isinstance(v, bool) and v)
+        err = "-" if self.max_error is None else f"{self.max_error:.2g}"
+        return (self.name, str(self.round), "yes" if self.changed else "no",
+                f"{self.nodes[0]} -> {self.nodes[1]}", f"{_human(self.params[0])} -> "
+                f"{_human(self.params[1])}", f"{_human(self.macs[0])} -> {_human(self.macs[1])}",
+                f"{self.seconds * 1e3:.0f} ms", err, detail)
+
+
+@dataclass
+class OptimizeResult:
+    graph: Graph
+    original: Graph
+    records: list[PassRecord]
+
+    @property
+    def changed(self) -> bool:
+        return any(r.changed for r in self.records)
+
+    @property
+    def report(self) -> str:
+        head = ("pass", "round", "changed", "nodes", "params", "MACs", "time", "max err",
+                "rewrites")
+        rows = [head] + [r.row() for r in self.records]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        lines = [f"optimize '{self.original.name}': {len(self.original.nodes)} -> "
+                 f"{len(self.graph.nodes)} nodes"]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        misses = self.misses()
+        if misses:
+            lines.append("rules that did not apply (rule: reason, count):")
+            lines += [f"  {rule}: {reason} (x{count})" for (rule, reason), count in misses[:12]]
+        return "\n".join(lines)
+
+    def misses(self) -> list[tuple[tuple[str, str], int]]:
+        """(rule, reason) pairs of the last round's misses, most frequent first. Reasons naming
+        a value are grouped by their wording after the value name."""
+        last = max((r.round for r in self.records), default=0)
+        counts: dict[tuple[str, str], int] = {}
+        for record in self.records:
+            if record.round != last:
+                continue
+            for rule, misses in record.stats.get("misses", {}).items():
+                for _, reason in misses:
+                    key = (rule, _generic(reason))
+                    counts[key] = counts.get(key, 0) + 1
+        return sorted(counts.items(), key=lambda kv: -kv[1])
+
+    def __str__(self) -> str:
+        return self.report
+
+
+def _generic(reason: str) -> str:
+    """'%layer1.conv (conv2d) has 2 uses...' -> '%... (conv2d) has 2 uses...'."""
+    words = reason.split(" ")
+    return " ".join("%..." if w.startswith("%") else w for w in words)
+
+
+def _human(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+class PassManager:
+    """Runs passes in order; `fixed_point=True` repeats the list until no pass changes the graph
+    (at most `max_rounds` times). After every pass the graph is verified; with `check=True` it is
+    interpreted (float64) on `inputs` (default: `probe_inputs`) and compared with the graph
+    before the pass, output by output, within the tolerance of each output's dtype."""
+
+    def __init__(self, passes: Sequence[str | Pass], *, check: bool = False,
+                 fixed_point: bool = False, max_rounds: int = 4,
+                 inputs: Mapping[str, np.ndarray] | None = None,
+                 tolerance: float | None = None):
+        self.passes = resolve(passes)
+        self.check, self.fixed_point, self.max_rounds = check, fixed_point, max_rounds
+        self.inputs, self.tolerance = inputs, tolerance
+
+    def run(self, graph: Graph) -> OptimizeResult:
+        verify(graph)
+        inputs = None
+        expected = None
+        if self.check:
+            inputs = dict(self.inputs) if self.inputs is not None else probe_inputs(graph)
+            expected = _interpret64(graph, inputs)
+        records: list[PassRecord] = []
+        current = graph
+        for round_ in range(1, (self.max_rounds if self.fixed_point else 1) + 1):
+            changed_this_round = False
+            for name, fn in self.passes:
+                before = current
+                start = time.perf_counter()
+                result = fn(before)
+                seconds = time.perf_counter() - start
+                after = result.graph
+                error = None     # a pass returning its input unchanged needs no checking
+                if result.changed or after is not before:
+                    _verify_after(name, after)
+                    if self.check:
+                        found = _interpret64(after, inputs)
+                        error = self._check(name, before, after, inputs, expected, found)
+                        expected = found
+                records.append(PassRecord(
+                    name, round_, result.changed, (len(before.nodes), len(after.nodes)),
+                    (count_params(before), count_params(after)),
+                    (count_macs(before), count_macs(after)), seconds, error, result.stats))
+                changed_this_round |= result.changed
+                current = after
+            if not changed_this_round:
+                break
+        return OptimizeResult(current, graph, records)
+
+    def _check(self, name: str, before: Graph, after: Graph, inputs, expected, found) -> float:
+        from ..compare import TOLERANCE, compare_arrays
+        worst, failures = 0.0, []
+        for value in before.outputs:
+            if value.name not in found:
+                raise PassError(f"pass '{name}' lost graph output '{value.name}'")
+            tol = self.tolerance if self.tolerance is not None else TOLERANCE.get(value.dtype, 1e-4)
+            c = compare_arrays(value.name, expected[value.name], found[value.name], tol)
+            worst = max(worst, c.max_rel)
+            if not c.ok:
+                failures.append(c)
+        if failures:
+            raise _divergence_error(name, before, after, inputs, failures[0], self.tolerance)
+        return worst
+
+
+def _verify_after(name: str, graph: Graph) -> None:
+    try:
+        verify(graph)
+    except VerifyError as e:
+        raise PassError(f"pass '{name}' produced an invalid graph: {e.detail}", node=e.node,
+                        op=e.op) from e
+
+
+def _interpret64(graph: Graph, inputs) -> dict[str, np.ndarray]:
+    from ..targets.reference import interpret
+    try:
+        return interpret(graph, inputs, dtype=np.float64)
+    except GraphoptError as e:
+        raise PassError(f"the interpreter fails on the graph: {e}", node=e.node, op=e.op) from e
+
+
+def _divergence_error(name: str, before: Graph, after: Graph, inputs, worst,
+                      tolerance) -> PassError:
+    """A PassError naming the first node of `after` (in `before`'s order) that diverges."""
+    from ..compare import compare
+    report = compare(before, after, inputs, per_layer=True, tolerance=tolerance)
+    layer = next((lc for lc in report.layers or () if not lc.ok), None)
+    where = "" if layer is None else \
+        f"; first divergent layer '{layer.name}' (max rel {layer.max_rel:.3g})"
+    return PassError(f"pass '{name}' changed the result: output '{worst.name}' differs by "
+                     f"{worst.max_abs:.3g} (relative {worst.max_rel:.3g}, tolerance "
+                     f"{worst.tolerance:.0e}){where}",
+                     node=None if layer is None else layer.node,
+                     op=None if layer is None else layer.op)
