@@ -152,7 +152,7 @@ class Graph:
         return value
 
     def add_constant(self, name: str, data: np.ndarray) -> Value:
-        data = np.ascontiguousarray(data)
+        data = np.ascontiguousarray(data) if np.ndim(data) else np.array(data)  # keep 0-d 0-d
         value = Value(self._claim(self.fresh_name(name)), TensorType.of(data), data=data)
         self.constants[value.name] = value
         return value
