@@ -1,0 +1,89 @@
+"""Shared test helpers and fixtures.
+
+The helpers are plain functions (importable with `from conftest import ...`) with fixture
+wrappers for tests that prefer injection:
+
+    g = one_node_graph(ops.Conv2d(stride=2), [x], [w, b])       # x is an input, w and b constants
+    ref = go.interpret(g, feeds_for(g, [x]))
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pytest
+
+from graphopt import ops
+from graphopt.ir import Graph, TensorType, Value
+
+
+def random_array(rng: np.random.Generator, shape: Sequence[int], dtype: str = "float32",
+                 low: int = -9, high: int = 10) -> np.ndarray:
+    """Standard-normal floats, or integers drawn from [low, high) for integer dtypes."""
+    if np.dtype(dtype).kind == "f":
+        return rng.standard_normal(tuple(shape)).astype(dtype)
+    return rng.integers(low, high, size=tuple(shape)).astype(dtype)
+
+
+def add_op_case(graph: Graph, prefix: str, op: ops.Op, inputs: Sequence[np.ndarray],
+                constants: Sequence[np.ndarray] = ()) -> Value:
+    """Add one application of `op` to `graph`: `inputs` become graph inputs named
+    '<prefix>.in<i>', `constants` become constants after them, the node is named `prefix` and its
+    output '<prefix>.out'. Returns that output value."""
+    args = [graph.add_input(f"{prefix}.in{i}", TensorType.of(a)) for i, a in enumerate(inputs)]
+    args += [graph.add_constant(f"{prefix}.const{i}", c) for i, c in enumerate(constants)]
+    return graph.add_node(op, args, name=prefix, output_names=[f"{prefix}.out"]).output
+
+
+def input_feeds(prefix: str, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """The feed dict matching the graph inputs `add_op_case(graph, prefix, ...)` created."""
+    return {f"{prefix}.in{i}": a for i, a in enumerate(inputs)}
+
+
+def one_node_graph(op: ops.Op, inputs: Sequence[np.ndarray], constants: Sequence[np.ndarray] = (),
+                   name: str = "node") -> Graph:
+    """A graph holding one node of `op` whose output is the graph output."""
+    graph = Graph(f"one_{op.name}")
+    graph.set_outputs([add_op_case(graph, name, op, inputs, constants)])
+    return graph
+
+
+def feeds_for(graph: Graph, arrays: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Pair the graph's inputs, in order, with `arrays`."""
+    assert len(arrays) == len(graph.inputs), "one array per graph input"
+    return {v.name: a for v, a in zip(graph.inputs, arrays)}
+
+
+def assert_close(found: np.ndarray, expected: np.ndarray, *, rtol: float, what: str = "") -> None:
+    """Elementwise |found - expected| <= rtol * (|expected| + max |expected|): a relative bound
+    that does not blow up where the reference crosses zero. Exact for integer dtypes."""
+    found, expected = np.asarray(found), np.asarray(expected)
+    if found.shape != expected.shape or found.dtype != expected.dtype:
+        raise AssertionError(f"{what}: found {found.dtype}{list(found.shape)}, expected "
+                             f"{expected.dtype}{list(expected.shape)}")
+    if expected.dtype.kind != "f":
+        mismatch = np.flatnonzero(found != expected)
+        if mismatch.size:
+            raise AssertionError(f"{what}: {mismatch.size} of {found.size} elements differ, "
+                                 f"first at flat indices {mismatch[:5]}")
+        return
+    exp = expected.astype(np.float64)
+    err = np.abs(found.astype(np.float64) - exp)
+    bound = rtol * (np.abs(exp) + np.abs(exp).max(initial=0.0))
+    if not (err <= bound).all():
+        worst = int(np.argmax(err - bound))
+        raise AssertionError(f"{what}: max error {err.max():.3g} (at flat {worst}: found "
+                             f"{found.ravel()[worst]}, expected {expected.ravel()[worst]}) "
+                             f"exceeds rtol {rtol:g}")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A fresh, seeded generator per test: reproducible data, independent of test order."""
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def graph_of():
+    """Fixture form of `one_node_graph`."""
+    return one_node_graph

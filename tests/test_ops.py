@@ -1,0 +1,480 @@
+"""Every op, attribute case by attribute case, against an independent reference.
+
+Each row of `ROWS` is one op instance with its data and the ONNX model (run by
+`onnx.reference.ReferenceEvaluator`) that says what the answer is. Every row is checked on the
+numpy interpreter (float32, and float64 where `f64` is set) and on the TVM CPU module. Compiling
+costs about a second per graph, so the rows of one op are compiled together as one multi-output
+graph (`test_compiled`), while the interpreter is checked row by row (`test_interpreter`).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+from onnx.reference import ReferenceEvaluator
+
+import graphopt as go
+from graphopt import ops
+from graphopt.errors import LoweringError
+from graphopt.ir import Graph
+
+from conftest import add_op_case, assert_close, input_feeds, one_node_graph, random_array
+
+OPSET = 19
+FP32_RTOL = 2e-5     # a few ulps of accumulated rounding, relative to the output's magnitude
+FP64_RTOL = 1e-10
+
+_rng = np.random.default_rng(2024)
+
+
+def rand(*shape: int, dtype: str = "float32", low: int = -9, high: int = 10) -> np.ndarray:
+    return random_array(_rng, shape, dtype, low, high)
+
+
+# ---- the independent reference: a small ONNX model per row ----------------------------------------
+Reference = Callable[..., np.ndarray]
+_CHECKER = onnx.checker.C.CheckerContext()
+_CHECKER.ir_version, _CHECKER.opset_imports = onnx.IR_VERSION, {"": OPSET}
+
+
+def run_onnx(nodes: Sequence[onnx.NodeProto], arrays: Sequence[np.ndarray],
+             extra: Sequence[np.ndarray] = (), engine: str = "reference") -> np.ndarray:
+    """Run ONNX `nodes` reading inputs 'in0'.. (`arrays`) and initializers 'extra0'.. and
+    producing 'out', with ReferenceEvaluator or, where its kernel is broken, onnxruntime."""
+    def info(name, array):
+        return helper.make_tensor_value_info(
+            name, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape)
+    graph = helper.make_graph(
+        list(nodes), "reference", [info(f"in{i}", a) for i, a in enumerate(arrays)],
+        [helper.make_tensor_value_info(   # every op here returns its first input's dtype
+            "out", helper.np_dtype_to_tensor_dtype(arrays[0].dtype), None)],
+        initializer=[onnx.numpy_helper.from_array(e, f"extra{i}") for i, e in enumerate(extra)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    for node in nodes:   # the evaluator ignores misspelt attributes; the checker does not
+        onnx.checker.check_node(node, _CHECKER)
+    feeds = {f"in{i}": a for i, a in enumerate(arrays)}
+    if engine == "onnxruntime":
+        import onnxruntime
+        model.ir_version = min(model.ir_version, 10)
+        session = onnxruntime.InferenceSession(model.SerializeToString(),
+                                               providers=["CPUExecutionProvider"])
+        return session.run(None, feeds)[0]
+    with np.errstate(over="ignore", invalid="ignore"):   # its sigmoid computes both branches
+        return ReferenceEvaluator(model).run(None, feeds)[0]
+
+
+def onnx_op(op_type: str, *, extra: Sequence[np.ndarray | None] = (), engine: str = "reference",
+            **attrs) -> Reference:
+    """One ONNX node fed by all of the row's arrays, then by `extra` initializers (None: an
+    omitted optional input). Float initializers follow the dtype of the first array."""
+    def reference(*arrays: np.ndarray) -> np.ndarray:
+        names = [f"in{i}" for i in range(len(arrays))]
+        given = []
+        for e in extra:
+            if e is None:
+                names.append("")
+                continue
+            if e.dtype.kind == "f" and arrays[0].dtype.kind == "f":
+                e = e.astype(arrays[0].dtype)
+            names.append(f"extra{len(given)}")
+            given.append(e)
+        node = helper.make_node(op_type, names, ["out"], **attrs)
+        return run_onnx([node], arrays, given, engine)
+    return reference
+
+
+def torch_lrn(size: int, alpha: float, beta: float, bias: float) -> Reference:
+    """torch's local_response_norm (float64-capable; equals ONNX LRN for odd sizes)."""
+    assert size % 2 == 1, "torch centres even windows differently from ONNX"
+    def reference(x: np.ndarray) -> np.ndarray:
+        import torch
+        return torch.nn.functional.local_response_norm(torch.from_numpy(x), size, alpha, beta,
+                                                       bias).numpy()
+    return reference
+
+
+def onnx_linear_nd(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Linear on a rank > 2 input (Gemm is 2-D only): MatMul(x, Transpose(w)) + b."""
+    nodes = [helper.make_node("Transpose", ["in1"], ["wt"], perm=[1, 0]),
+             helper.make_node("MatMul", ["in0", "wt"], ["xw"]),
+             helper.make_node("Add", ["xw", "in2"], ["out"])]
+    return run_onnx(nodes, [x, w, b])
+
+
+# ---- the table --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Row:
+    """`inputs` are graph inputs, `weights` graph constants; the reference sees both, in order."""
+
+    id: str
+    op: ops.Op
+    inputs: tuple[np.ndarray, ...]
+    weights: tuple[np.ndarray, ...]
+    reference: Reference
+    f64: bool = False          # also check the interpreter's float64 mode
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return self.inputs + self.weights
+
+    def graph(self) -> Graph:
+        return one_node_graph(self.op, self.inputs, self.weights, name=self.id)
+
+    def expected(self, dtype=None) -> np.ndarray:
+        arrays = self.arrays if dtype is None else [
+            a.astype(dtype) if a.dtype.kind == "f" else a for a in self.arrays]
+        return self.reference(*arrays)
+
+
+def conv_rows():
+    def row(id, x, o, k, bias=True, f64=False, **attrs):
+        op = ops.Conv2d(**attrs)
+        w = rand(o, x[1] // op.groups, *ops.base.pair(k))
+        weights = (w, rand(o)) if bias else (w,)
+        ref = onnx_op("Conv", strides=list(op.stride), pads=list(op.padding),
+                      dilations=list(op.dilation), group=op.groups)
+        return Row(f"conv2d-{id}", op, (rand(*x),), weights, ref, f64)
+    return [
+        row("3x3", (1, 4, 8, 8), 6, 3, f64=True),
+        row("3x3-pad1", (2, 3, 7, 7), 5, 3, padding=1, f64=True),
+        row("nobias", (1, 4, 8, 8), 6, 3, bias=False, padding=1),
+        row("stride2", (1, 3, 9, 9), 4, 3, stride=2, padding=1),
+        row("stride-2x1", (1, 3, 9, 8), 4, 3, stride=(2, 1)),
+        row("pad-hw", (1, 3, 7, 9), 4, 3, padding=(2, 0)),
+        row("pad-asym", (1, 3, 7, 7), 4, 3, padding=(0, 1, 2, 1), f64=True),
+        row("pad-asym-stride2", (1, 3, 10, 9), 4, 3, stride=2, padding=(1, 0, 0, 1)),
+        row("dilation2", (1, 3, 9, 9), 4, 3, dilation=2, padding=2),
+        row("dilation-2x3", (1, 2, 11, 11), 3, 3, dilation=(2, 3)),
+        row("groups2", (1, 4, 7, 7), 6, 3, groups=2, padding=1),
+        row("groups3-nobias", (1, 6, 6, 6), 9, 3, bias=False, groups=3),
+        row("depthwise", (1, 5, 8, 8), 5, 3, groups=5, padding=1, f64=True),
+        row("depthwise-mult2", (1, 4, 8, 8), 8, 3, groups=4, padding=1, stride=2),
+        row("1x1", (1, 8, 5, 5), 4, 1, f64=True),
+        row("1x1-stride2", (1, 8, 6, 6), 4, 1, stride=2, bias=False),
+        row("7x7-stride2", (1, 3, 16, 16), 8, 7, stride=2, padding=3),
+        row("odd-size", (1, 3, 13, 11), 5, (3, 5), padding=(1, 2)),
+        row("kernel-2x4", (1, 2, 9, 10), 3, (2, 4), stride=(1, 3)),
+        row("kernel-equals-input", (1, 2, 5, 5), 3, 5),
+        row("batch3", (3, 2, 6, 6), 4, 3, padding=1),
+    ]
+
+
+def conv_transpose_rows():
+    def row(id, x, o, k, bias=True, f64=False, **attrs):
+        op = ops.ConvTranspose2d(**attrs)
+        w = rand(x[1], o // op.groups, *ops.base.pair(k))
+        weights = (w, rand(o)) if bias else (w,)
+        # ReferenceEvaluator's grouped ConvTranspose crashes (onnx 1.23): onnxruntime there.
+        ref = onnx_op("ConvTranspose", strides=list(op.stride), pads=list(op.padding),
+                      output_padding=list(op.output_padding), dilations=list(op.dilation),
+                      group=op.groups, engine="onnxruntime" if op.groups > 1 else "reference")
+        return Row(f"conv_transpose2d-{id}", op, (rand(*x),), weights, ref, f64)
+    return [
+        row("3x3", (1, 3, 5, 5), 4, 3, f64=True),
+        row("stride2", (1, 3, 5, 5), 4, 3, stride=2, f64=True),
+        row("stride2-pad1", (1, 4, 6, 6), 3, 4, stride=2, padding=1),
+        row("stride2-outpad1", (1, 3, 5, 5), 2, 3, stride=2, padding=1, output_padding=1),
+        row("stride-2x3-outpad", (1, 2, 4, 5), 3, 3, stride=(2, 3), output_padding=(1, 2)),
+        row("pad-asym", (1, 3, 5, 5), 4, 3, stride=2, padding=(1, 0, 0, 2), f64=True),
+        row("dilation2", (1, 2, 5, 5), 3, 3, dilation=2, bias=False),
+        row("groups2", (1, 4, 5, 5), 6, 3, groups=2, stride=2, padding=1),
+        row("depthwise", (1, 3, 4, 4), 3, 3, groups=3, bias=False),
+        row("1x1", (2, 4, 3, 3), 5, 1),
+        row("dcgan-4x4-s2", (1, 8, 4, 4), 4, 4, stride=2, padding=1),
+    ]
+
+
+def batch_norm_rows():
+    def row(id, x, epsilon=1e-5, f64=False):
+        c = x[1]
+        weights = (rand(c), rand(c), rand(c), _rng.uniform(0.5, 2.0, c).astype(np.float32))
+        return Row(f"batch_norm-{id}", ops.BatchNorm(epsilon), (rand(*x),), weights,
+                   onnx_op("BatchNormalization", epsilon=epsilon), f64)
+    return [row("nchw", (2, 5, 4, 4), f64=True), row("eps1e-3", (1, 3, 6, 6), 1e-3),
+            row("rank2", (4, 6))]
+
+
+def activation_rows():
+    x = rand(2, 3, 5, 7) * 4
+    ints = rand(3, 8, dtype="int32")
+    lo, hi = np.float32(-1.5), np.float32(2.0)
+    return [
+        Row("relu", ops.Relu(), (x,), (), onnx_op("Relu"), f64=True),
+        Row("relu-int32", ops.Relu(), (ints,), (), onnx_op("Relu")),
+        Row("clip-relu6", ops.Clip(0.0, 6.0), (x,), (),
+            onnx_op("Clip", extra=(np.float32(0), np.float32(6))), f64=True),
+        Row("clip-both", ops.Clip(-1.5, 2.0), (x,), (), onnx_op("Clip", extra=(lo, hi))),
+        Row("clip-min-only", ops.Clip(min=-1.5), (x,), (), onnx_op("Clip", extra=(lo,))),
+        Row("clip-max-only", ops.Clip(max=2.0), (x,), (), onnx_op("Clip", extra=(None, hi))),
+        Row("clip-int32", ops.Clip(-3, 4), (ints,), (),
+            onnx_op("Clip", extra=(np.int32(-3), np.int32(4)))),
+        Row("leaky_relu-default", ops.LeakyRelu(), (x,), (), onnx_op("LeakyRelu", alpha=0.01)),
+        Row("leaky_relu-0.2", ops.LeakyRelu(0.2), (x,), (), onnx_op("LeakyRelu", alpha=0.2)),
+        # ONNX float attributes are float32: a power of two keeps the float64 check exact.
+        Row("leaky_relu-0.25", ops.LeakyRelu(0.25), (x,), (), onnx_op("LeakyRelu", alpha=0.25),
+            f64=True),
+        Row("sigmoid", ops.Sigmoid(), (x,), (), onnx_op("Sigmoid"), f64=True),
+        Row("sigmoid-large", ops.Sigmoid(), (x * 30,), (), onnx_op("Sigmoid")),
+        Row("tanh", ops.Tanh(), (x,), (), onnx_op("Tanh"), f64=True),
+        Row("softmax-last", ops.Softmax(), (x,), (), onnx_op("Softmax", axis=-1), f64=True),
+        Row("softmax-axis1", ops.Softmax(1), (x,), (), onnx_op("Softmax", axis=1)),
+        Row("softmax-axis0", ops.Softmax(0), (x,), (), onnx_op("Softmax", axis=0)),
+        Row("softmax-2d", ops.Softmax(-1), (rand(4, 10) * 10,), (), onnx_op("Softmax", axis=-1)),
+        Row("dropout", ops.Dropout(0.5), (x,), (), onnx_op("Dropout")),
+        Row("dropout-int32", ops.Dropout(0.2), (ints,), (), onnx_op("Identity")),
+    ]
+
+
+def pool_rows():
+    def row(op_type, id, x, f64=False, dtype="float32", **attrs):
+        op = (ops.MaxPool2d if op_type == "MaxPool" else ops.AvgPool2d)(**attrs)
+        onnx_attrs = dict(kernel_shape=list(op.kernel), strides=list(op.stride),
+                          pads=list(op.padding), ceil_mode=int(op.ceil_mode))
+        if op.dilation != (1, 1):
+            onnx_attrs["dilations"] = list(op.dilation)
+        if op_type == "AveragePool":
+            onnx_attrs["count_include_pad"] = int(op.count_include_pad)
+        return Row(f"{op.name}-{id}", op, (rand(*x, dtype=dtype),), (),
+                   onnx_op(op_type, **onnx_attrs), f64)
+    mx, av = "MaxPool", "AveragePool"
+    return [
+        row(mx, "2x2", (1, 3, 8, 8), kernel=2, f64=True),
+        row(mx, "3x3-s2", (2, 3, 9, 9), kernel=3, stride=2),
+        row(mx, "3x3-s2-pad1", (1, 3, 8, 8), kernel=3, stride=2, padding=1),
+        row(mx, "pad-asym", (1, 2, 7, 7), kernel=3, stride=2, padding=(1, 0, 0, 1)),
+        row(mx, "ceil", (1, 3, 8, 8), kernel=3, stride=2, ceil_mode=True),
+        row(mx, "ceil-pad1", (1, 2, 10, 10), kernel=3, stride=2, padding=1, ceil_mode=True),
+        row(mx, "kernel-2x3", (1, 2, 9, 8), kernel=(2, 3), stride=(1, 2)),
+        row(mx, "dilation2", (1, 2, 9, 9), kernel=3, stride=1, dilation=2, f64=True),
+        row(mx, "dilation2-pad-ceil", (1, 2, 10, 10), kernel=2, stride=2, padding=1, dilation=2,
+            ceil_mode=True),
+        row(mx, "int8", (1, 3, 6, 6), kernel=2, dtype="int8"),
+        row(av, "2x2", (1, 3, 8, 8), kernel=2, f64=True),
+        row(av, "3x3-s2", (2, 3, 9, 9), kernel=3, stride=2),
+        row(av, "pad1-exclude", (1, 3, 7, 7), kernel=3, stride=1, padding=1, f64=True),
+        row(av, "pad1-include", (1, 3, 7, 7), kernel=3, stride=1, padding=1,
+            count_include_pad=True),
+        row(av, "pad-asym-exclude", (1, 2, 7, 7), kernel=3, stride=2, padding=(1, 0, 0, 1)),
+        row(av, "pad-asym-include", (1, 2, 7, 7), kernel=3, stride=2, padding=(0, 1, 1, 0),
+            count_include_pad=True),
+        row(av, "ceil-exclude", (1, 3, 8, 8), kernel=3, stride=2, ceil_mode=True),
+        row(av, "ceil-include", (1, 3, 8, 8), kernel=3, stride=2, ceil_mode=True,
+            count_include_pad=True),
+        row(av, "ceil-pad1-exclude", (1, 2, 10, 10), kernel=3, stride=2, padding=1,
+            ceil_mode=True),
+        row(av, "ceil-pad1-include", (1, 2, 10, 10), kernel=3, stride=2, padding=1,
+            ceil_mode=True, count_include_pad=True, f64=True),
+        row(av, "kernel-3x2", (1, 2, 9, 8), kernel=(3, 2), stride=(2, 1)),
+    ]
+
+
+def global_pool_rows():
+    x = rand(2, 4, 5, 7)
+    return [
+        Row("global_avg_pool2d", ops.GlobalAvgPool2d(), (x,), (), onnx_op("GlobalAveragePool"),
+            f64=True),
+        Row("global_avg_pool2d-1x1", ops.GlobalAvgPool2d(), (rand(1, 6, 1, 1),), (),
+            onnx_op("GlobalAveragePool")),
+        Row("global_max_pool2d", ops.GlobalMaxPool2d(), (x,), (), onnx_op("GlobalMaxPool"),
+            f64=True),
+    ]
+
+
+def lrn_rows():
+    # ReferenceEvaluator's LRN loops over the batch axis instead of the channels (onnx 1.23), so
+    # onnxruntime is the reference; torch adds a float64 one. Both take odd sizes only: the even
+    # size row uses the evaluator with batch == channels, where its loop covers every channel.
+    def row(id, x, f64=False, **attrs):
+        op = ops.Lrn(**attrs)
+        if f64:
+            ref = torch_lrn(op.size, op.alpha, op.beta, op.bias)
+        else:
+            engine = "onnxruntime" if op.size % 2 else "reference"
+            assert engine == "onnxruntime" or x[0] >= x[1], "see the comment above"
+            ref = onnx_op("LRN", size=op.size, alpha=op.alpha, beta=op.beta, bias=op.bias,
+                          engine=engine)
+        return Row(f"lrn-{id}", op, (rand(*x) * 3,), (), ref, f64)
+    alexnet = dict(size=5, alpha=1e-4, beta=0.75, bias=2.0)
+    return [
+        row("alexnet", (1, 8, 5, 5), **alexnet),
+        row("alexnet-torch", (2, 8, 3, 3), f64=True, **alexnet),
+        row("default", (2, 6, 4, 4)),
+        row("size3-strong", (1, 7, 3, 3), size=3, alpha=0.5, beta=0.5, bias=1.0),
+        row("size3-strong-torch", (1, 7, 3, 3), f64=True, size=3, alpha=0.5, beta=0.5, bias=1.0),
+        row("size4-even", (4, 4, 3, 2), size=4, alpha=0.3, beta=0.9, bias=1.5),
+        row("size1", (1, 3, 4, 4), size=1, alpha=1.0, beta=1.0, bias=0.5),
+        row("wider-than-channels", (1, 3, 2, 2), size=7, alpha=0.2, beta=0.75, bias=1.0),
+    ]
+
+
+def linear_rows():
+    gemm = onnx_op("Gemm", transB=1)
+    return [
+        Row("linear", ops.Linear(), (rand(4, 12),), (rand(7, 12), rand(7)), gemm, f64=True),
+        Row("linear-nobias", ops.Linear(), (rand(3, 9),), (rand(5, 9),), gemm),
+        Row("linear-batch1", ops.Linear(), (rand(1, 32),), (rand(10, 32), rand(10)), gemm),
+        Row("linear-rank3", ops.Linear(), (rand(2, 3, 8),), (rand(5, 8), rand(5)), onnx_linear_nd),
+        Row("matmul-2d", ops.Matmul(), (rand(4, 6), rand(6, 5)), (), onnx_op("MatMul"), f64=True),
+        Row("matmul-batched", ops.Matmul(), (rand(3, 4, 6), rand(3, 6, 2)), (), onnx_op("MatMul")),
+        Row("matmul-broadcast", ops.Matmul(), (rand(2, 1, 4, 6), rand(3, 6, 5)), (),
+            onnx_op("MatMul")),
+        Row("matmul-weight", ops.Matmul(), (rand(2, 4, 6),), (rand(6, 3),), onnx_op("MatMul")),
+        Row("matmul-1d-left", ops.Matmul(), (rand(6), rand(2, 6, 3)), (), onnx_op("MatMul")),
+        Row("matmul-1d-right", ops.Matmul(), (rand(2, 4, 6), rand(6)), (), onnx_op("MatMul")),
+        Row("matmul-1d-both", ops.Matmul(), (rand(7), rand(7)), (), onnx_op("MatMul")),
+        Row("matmul-int32", ops.Matmul(), (rand(3, 4, dtype="int32"), rand(4, 2, dtype="int32")),
+            (), onnx_op("MatMul")),
+    ]
+
+
+def binary_rows():
+    onnx_names = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div"}
+    op_types = {"add": ops.Add, "sub": ops.Sub, "mul": ops.Mul, "div": ops.Div}
+    shapes = [("same", (2, 3, 4), (2, 3, 4)), ("bcast-channel", (2, 3, 4, 4), (1, 3, 1, 1)),
+              ("bcast-rank", (2, 3, 4), (4,)), ("bcast-both", (3, 1, 5), (1, 4, 1))]
+    rows = []
+    for (name, onnx_name), (label, sa, sb) in itertools.product(onnx_names.items(), shapes):
+        a, b = rand(*sa), rand(*sb)
+        if name == "div":
+            b = np.where(np.abs(b) < 0.25, 1.0, b).astype(np.float32)
+        rows.append(Row(f"{name}-{label}", op_types[name](), (a, b), (), onnx_op(onnx_name),
+                        f64=label == "same"))
+    rows.append(Row("add-const", ops.Add(), (rand(2, 4, 3, 3),), (rand(4, 1, 1),), onnx_op("Add")))
+    rows.append(Row("mul-scalar-const", ops.Mul(), (rand(2, 5),), (np.float32(0.75),),
+                    onnx_op("Mul")))
+    for dtype in ("int32", "int64"):
+        a = rand(4, 6, dtype=dtype, low=-20, high=21)
+        b = np.where(a % 2 == 0, 3, -4).astype(dtype) * rand(1, 6, dtype=dtype, low=1, high=3)
+        rows += [Row(f"div-{dtype}-trunc", ops.Div(), (a, b), (), onnx_op("Div")),
+                 Row(f"add-{dtype}", ops.Add(), (a, b), (), onnx_op("Add")),
+                 Row(f"sub-{dtype}", ops.Sub(), (a, b), (), onnx_op("Sub")),
+                 Row(f"mul-{dtype}", ops.Mul(), (a, b), (), onnx_op("Mul"))]
+    signs = np.array([[-7, 7, -7, 7, -1, 0, 6, -6]], np.int32)
+    rows.append(Row("div-int32-signs", ops.Div(),
+                    (signs, np.array([[2, -2, -2, 2, 3, -3, -4, 4]], np.int32)), (),
+                    onnx_op("Div")))
+    return rows
+
+
+def shape_rows():
+    x = rand(2, 3, 4, 5)
+    i64 = np.array
+    return [
+        Row("concat-axis1", ops.Concat(1), (x, rand(2, 2, 4, 5), rand(2, 1, 4, 5)), (),
+            onnx_op("Concat", axis=1), f64=True),
+        Row("concat-axis-last", ops.Concat(-1), (x, rand(2, 3, 4, 2)), (),
+            onnx_op("Concat", axis=-1)),
+        Row("concat-axis0-const", ops.Concat(0), (x,), (rand(1, 3, 4, 5),),
+            onnx_op("Concat", axis=0)),
+        Row("concat-single", ops.Concat(1), (x,), (), onnx_op("Concat", axis=1)),
+        Row("concat-int64", ops.Concat(0), (rand(2, 3, dtype="int64"), rand(1, 3, dtype="int64")),
+            (), onnx_op("Concat", axis=0)),
+        Row("flatten", ops.Flatten(), (x,), (), onnx_op("Flatten", axis=1)),
+        Row("flatten-axis0", ops.Flatten(0), (x,), (), onnx_op("Flatten", axis=0)),
+        Row("flatten-axis2", ops.Flatten(2), (x,), (), onnx_op("Flatten", axis=2)),
+        Row("flatten-axis-neg1", ops.Flatten(-1), (x,), (), onnx_op("Flatten", axis=-1)),
+        Row("reshape", ops.Reshape((6, 20)), (x,), (),
+            onnx_op("Reshape", extra=(i64([6, 20]),))),
+        Row("reshape-minus1", ops.Reshape((2, -1)), (x,), (),
+            onnx_op("Reshape", extra=(i64([2, -1]),)), f64=True),
+        Row("reshape-minus1-mid", ops.Reshape((4, -1, 5)), (x,), (),
+            onnx_op("Reshape", extra=(i64([4, -1, 5]),))),
+        Row("transpose-nhwc", ops.Transpose((0, 2, 3, 1)), (x,), (),
+            onnx_op("Transpose", perm=[0, 2, 3, 1]), f64=True),
+        Row("transpose-2d", ops.Transpose((1, 0)), (rand(3, 7),), (),
+            onnx_op("Transpose", perm=[1, 0])),
+        Row("transpose-3d", ops.Transpose((2, 0, 1)), (rand(2, 3, 4, dtype="int32"),), (),
+            onnx_op("Transpose", perm=[2, 0, 1])),
+        Row("pad-spatial", ops.Pad(((0, 0), (0, 0), (1, 2), (3, 0))), (x,), (),
+            onnx_op("Pad", extra=(i64([0, 0, 1, 3, 0, 0, 2, 0]),)), f64=True),
+        Row("pad-value", ops.Pad(((0, 0), (1, 1), (0, 2), (2, 2)), value=-1.5), (x,), (),
+            onnx_op("Pad", extra=(i64([0, 1, 0, 2, 0, 1, 2, 2]), np.float32(-1.5)))),
+        Row("pad-2d", ops.Pad(((1, 0), (0, 3)), value=2.0), (rand(3, 4),), (),
+            onnx_op("Pad", extra=(i64([1, 0, 0, 3]), np.float32(2.0)))),
+        Row("pad-int32", ops.Pad(((1, 1), (2, 0)), value=7), (rand(2, 3, dtype="int32"),), (),
+            onnx_op("Pad", extra=(i64([1, 2, 1, 0]), np.int32(7)))),
+    ]
+
+
+def resize_rows():
+    def row(id, x, size, mode="nearest", coords="half_pixel", nearest="round_prefer_floor",
+            f64=False):
+        op = ops.Resize(size, mode, coords, nearest)
+        attrs = dict(mode="linear" if mode == "bilinear" else "nearest",
+                     coordinate_transformation_mode=coords)
+        if mode == "nearest":
+            attrs["nearest_mode"] = nearest
+        sizes = np.array([*x[:2], *op.size], np.int64)
+        return Row(f"resize-{id}", op, (rand(*x),), (),
+                   onnx_op("Resize", extra=(None, None, sizes), **attrs), f64)
+    up, down = (1, 2, 4, 5), (1, 2, 9, 8)
+    rows = []
+    for nearest in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"):
+        for coords in ("half_pixel", "asymmetric", "align_corners"):
+            rows.append(row(f"nearest-{nearest}-{coords}-up", up, (8, 10), "nearest", coords,
+                            nearest))
+            rows.append(row(f"nearest-{nearest}-{coords}-down", down, (4, 3), "nearest", coords,
+                            nearest))
+    rows += [
+        row("nearest-pytorch_half_pixel-up", up, (7, 9), "nearest", "pytorch_half_pixel", "floor"),
+        row("nearest-x2-torch-default", up, (8, 10), "nearest", "asymmetric", "floor"),
+        row("nearest-non-integer-up", up, (7, 13), "nearest", "half_pixel", "round_prefer_ceil"),
+        row("bilinear-half_pixel-up", up, (8, 10), "bilinear", "half_pixel", f64=True),
+        row("bilinear-half_pixel-down", down, (4, 3), "bilinear", "half_pixel"),
+        row("bilinear-half_pixel-odd", up, (7, 11), "bilinear", "half_pixel"),
+        row("bilinear-align_corners-up", up, (8, 10), "bilinear", "align_corners", f64=True),
+        row("bilinear-align_corners-down", down, (4, 3), "bilinear", "align_corners"),
+        row("bilinear-asymmetric-up", up, (8, 10), "bilinear", "asymmetric"),
+        row("bilinear-pytorch_half_pixel-down", down, (5, 1), "bilinear", "pytorch_half_pixel"),
+    ]
+    return rows
+
+
+ROWS: list[Row] = [*conv_rows(), *conv_transpose_rows(), *batch_norm_rows(), *activation_rows(),
+                   *pool_rows(), *global_pool_rows(), *lrn_rows(), *linear_rows(),
+                   *binary_rows(), *shape_rows(), *resize_rows()]
+ROW_IDS = [r.id for r in ROWS]
+assert len(set(ROW_IDS)) == len(ROW_IDS), "row ids must be unique"
+
+
+def rows_by_op() -> dict[str, list[Row]]:
+    groups: dict[str, list[Row]] = {}
+    for r in ROWS:
+        groups.setdefault(r.op.name, []).append(r)
+    return groups
+
+
+# ---- the checks -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("row", ROWS, ids=ROW_IDS)
+def test_interpreter(row: Row):
+    """float32 interpreter (and float64 where flagged) vs the ONNX reference."""
+    g = row.graph()
+    go.verify(g)
+    feeds = input_feeds(row.id, row.inputs)
+    found = go.interpret(g, feeds)[f"{row.id}.out"]
+    assert_close(found, row.expected(), rtol=FP32_RTOL, what=f"{row.id} float32")
+    if row.f64:
+        found64 = go.interpret(g, feeds, dtype=np.float64)[f"{row.id}.out"]
+        assert_close(found64, row.expected(np.float64), rtol=FP64_RTOL, what=f"{row.id} float64")
+
+
+@pytest.mark.parametrize("op_name", sorted(rows_by_op()))
+def test_compiled(op_name: str):
+    """All rows of one op compiled as one multi-output graph; every row's output is checked."""
+    rows = rows_by_op()[op_name]
+    g = Graph(f"rows_{op_name}")
+    g.set_outputs([add_op_case(g, r.id, r.op, r.inputs, r.weights) for r in rows])
+    feeds = {k: v for r in rows for k, v in input_feeds(r.id, r.inputs).items()}
+    found = go.compile(g, "cpu").run(feeds)
+    failures = []
+    for r in rows:
+        try:
+            assert_close(found[f"{r.id}.out"], r.expected(), rtol=FP32_RTOL, what=r.id)
+        except AssertionError as e:
+            failures.append(str(e).splitlines()[0])
+    assert not failures, f"{len(failures)} of {len(rows)} rows differ:\n" + "\n".join(failures)
