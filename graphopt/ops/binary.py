@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import TensorType
-from .base import relax_type, Op, expect, expect_same_dtype, register, relax
+from .base import Op, expect, expect_same_dtype, register, relax
 
 
 def broadcast_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
@@ -65,21 +65,9 @@ class Div(Binary):
     """True division for floats; integer division truncates toward zero (ONNX/C semantics)."""
 
     name = "div"
-    relax_name = "divide"
+    relax_name = "divide"   # on integers it is TIR's Div, which truncates toward zero too
 
     def reference(self, a, b):
-        if np.issubdtype(a.dtype, np.integer):
-            return (np.trunc(a.astype(np.float64) / b)).astype(a.dtype)
+        if np.issubdtype(a.dtype, np.integer):   # exact, unlike a round trip through float64
+            return (np.abs(a) // np.abs(b) * np.sign(a) * np.sign(b)).astype(a.dtype)
         return np.divide(a, b)
-
-    def lower_tvm(self, bb, a, b):
-        R = relax().op
-        if not relax_type(a).dtype.startswith("float"):
-            # Relax's integer divide floors; ONNX's truncates.
-            q = R.floor_divide(a, b)
-            rem = R.subtract(a, R.multiply(q, b))
-            fix = R.logical_and(R.not_equal(rem, relax().const(0, relax_type(a).dtype)),
-                                R.not_equal(R.less(a, relax().const(0, relax_type(a).dtype)),
-                                            R.less(b, relax().const(0, relax_type(b).dtype))))
-            return R.add(q, R.astype(fix, relax_type(a).dtype))
-        return R.divide(a, b)
