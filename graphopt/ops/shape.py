@@ -52,7 +52,7 @@ class Flatten(Op):
     def infer(self, x):
         expect(-x.ndim <= self.axis <= x.ndim, f"expected axis in [{-x.ndim}, {x.ndim}], "
                f"found {self.axis} for {x}")
-        axis = self.axis % (x.ndim + 1) if self.axis < 0 else self.axis
+        axis = self.axis + x.ndim if self.axis < 0 else self.axis   # ONNX: -1 is the last axis
         return x.with_shape((int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:]))))
 
     def reference(self, x):
