@@ -22,9 +22,16 @@ __version__ = "0.1.0"
 
 
 def compile(graph: Graph, target: str = "cpu"):
-    """Compile `graph` with TVM for `target` ("cpu"); returns a CompiledModel."""
+    """Compile `graph` with TVM for `target` ("cpu", "cuda", "cuda:sm_80", ...); returns a
+    CompiledModel (`.run(inputs)`, `.export(path)`)."""
     from .targets.tvm import compile_graph
     return compile_graph(graph, target)
+
+
+def load(path: str):
+    """Load a library written by `CompiledModel.export`; runs with only the TVM runtime."""
+    from .runtime import load as load_exported
+    return load_exported(path)
 
 
 def __getattr__(name: str):
@@ -36,4 +43,5 @@ def __getattr__(name: str):
 
 __all__ = ["Graph", "Node", "TensorType", "Value", "GraphoptError", "InputError", "LoweringError",
            "ModelFormatError", "PassError", "ShapeError", "UnsupportedOpError", "VerifyError",
-           "CompareReport", "compare", "compile", "dsl", "interpret", "ops", "verify", "zoo"]
+           "CompareReport", "compare", "compile", "dsl", "interpret", "load", "ops", "verify",
+           "zoo"]

@@ -13,7 +13,7 @@ from ...signature import Signature
 from ...verify import verify
 from .lower import to_relax
 
-TARGETS = ("cpu",)
+TARGETS = ("cpu", "cuda", "cuda:sm_<NN>")
 
 
 def resolve_target(target: str):
@@ -21,6 +21,9 @@ def resolve_target(target: str):
     if target in ("cpu", "llvm"):
         from .cpu import host_target
         return host_target(), "cpu"
+    if target.split(":")[0] == "cuda":
+        from .cuda import cuda_target, parse_cuda_target
+        return cuda_target(parse_cuda_target(target)), "cuda"
     raise GraphoptError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
 
 
@@ -29,9 +32,11 @@ class CompiledModel:
 
     def __init__(self, executable, signature: Signature, target: str, tvm_target, device_kind: str,
                  graph_name: str = "graph", compile_seconds: float = 0.0,
-                 kernels: list[str] | None = None):
+                 kernels: list[str] | None = None, schedule_report=None):
         self.executable, self.signature = executable, signature
         self.kernels = kernels or []
+        # CUDA only: the dlight rule each kernel got (a `cuda.ScheduleReport`).
+        self.schedule_report = schedule_report
         self.target, self.tvm_target, self.device_kind = target, tvm_target, device_kind
         self.graph_name, self.compile_seconds = graph_name, compile_seconds
         self._vm = None
@@ -58,6 +63,12 @@ class CompiledModel:
 
     __call__ = run
 
+    def export(self, path: str) -> str:
+        """Write a shared library that `go.load` (or `graphopt.runtime.load`, with only the TVM
+        runtime) runs; CUDA exports embed the kernels built by nvcc for the target's arch."""
+        from .export import export_model
+        return export_model(self, path)
+
     def kernel_count(self) -> int:
         """Compiled TIR kernels (one per fused op group)."""
         return len(self.kernels)
@@ -75,19 +86,30 @@ def kernel_names(lowered_module) -> list[str]:
 
 
 def compile_graph(graph: Graph, target: str = "cpu") -> CompiledModel:
-    """Lower `graph` to Relax and compile it for `target` ("cpu")."""
+    """Lower `graph` to Relax and compile it for `target`: "cpu", "cuda" (sm_90) or
+    "cuda:sm_<NN>" (CUDA compiles without a GPU; running it needs one)."""
     import tvm
     verify(graph)
     tvm_target, device_kind = resolve_target(target)
     start = time.perf_counter()
     mod = to_relax(graph)
-    from .cpu import cpu_pipeline
+    schedule_report = None
     try:
-        with tvm_target:
-            lowered = cpu_pipeline(tvm_target)(mod)
-        executable = tvm.compile(lowered, target=tvm_target, relax_pipeline=None)
+        if device_kind == "cuda":
+            from .cuda import ScheduleReport, cuda_pipeline, nvcc_compile_callback
+            schedule_report = ScheduleReport()
+            with tvm_target:
+                lowered = cuda_pipeline(tvm_target, schedule_report)(mod)
+            with nvcc_compile_callback(tvm_target.arch):
+                executable = tvm.compile(lowered, target=tvm_target, relax_pipeline=None)
+        else:
+            from .cpu import cpu_pipeline
+            with tvm_target:
+                lowered = cpu_pipeline(tvm_target)(mod)
+            executable = tvm.compile(lowered, target=tvm_target, relax_pipeline=None)
     except Exception as e:  # TVM's own errors carry C++ context; keep the first line readable
         raise LoweringError(f"TVM failed to compile graph '{graph.name}' for {target}: "
                             f"{type(e).__name__}: {str(e).strip().splitlines()[-1]}") from e
     return CompiledModel(executable, Signature.of(graph), target, tvm_target, device_kind,
-                         graph.name, time.perf_counter() - start, kernel_names(lowered))
+                         graph.name, time.perf_counter() - start, kernel_names(lowered),
+                         schedule_report)

@@ -1,0 +1,407 @@
+"""The `graphopt` command line: one subcommand per job, each a function registered with
+`@command`. To add one, write
+
+    @command("name", "one line for the command list", MODEL, arg("--flag", help="..."))
+    def name(args) -> int:
+        ...                       # return an EXIT_* code; raise GraphoptError for bad input
+
+Shared pieces: `load_model(spec)` (zoo name or .onnx file), `load_inputs(...)`, `step(...)`
+(progress of a long step on stderr). Errors print as one line (`--debug` shows the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import GraphoptError, InputError, LoweringError, ModelFormatError, PassError
+
+EXIT_OK = 0          # the command did what was asked (and a comparison matched)
+EXIT_MISMATCH = 1    # a comparison ran and found outputs out of tolerance
+EXIT_USAGE = 2       # bad arguments, unknown model, unreadable or invalid file or input
+EXIT_FAILED = 3      # a valid request failed: compilation, an optimization pass, the runtime
+
+EPILOG = f"""exit codes: {EXIT_OK} ok, {EXIT_MISMATCH} comparison found a mismatch, {EXIT_USAGE} bad
+arguments/model/file/input, {EXIT_FAILED} compilation or run failed.
+Add --debug before the command for full tracebacks."""
+
+
+# ---- registry ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    arguments: tuple
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def arg(*flags: str, **options) -> tuple:
+    """An argparse argument, declared once and shared by the commands that take it."""
+    return flags, options
+
+
+def command(name: str, help: str, *arguments: tuple):
+    """Register the decorated `run(args) -> exit code` as subcommand `name`; its docstring is the
+    command's `--help` description."""
+    def register(run: Callable[[argparse.Namespace], int]):
+        COMMANDS[name] = Command(name, help, arguments, run)
+        return run
+    return register
+
+
+MODEL = arg("model", help="a zoo model name (e.g. resnet18; see `graphopt list`) or an .onnx file")
+BATCH = arg("--batch", type=int, default=1, help="batch size for zoo models (default 1)")
+SEED = arg("--seed", type=int, default=0, help="seed for zoo weights and random inputs (default 0)")
+TARGET = arg("--target", default="cpu",
+             help="cpu, cuda (= cuda:sm_90) or cuda:sm_<NN> such as cuda:sm_80 (default cpu)")
+INPUTS = arg("--input", dest="inputs", action="append", default=[], metavar="[NAME=]FILE",
+             help="an input as .npy (NAME= for models with several inputs) or all inputs as one "
+                  ".npz; repeatable. Default: random normal inputs from --seed")
+
+
+# ---- shared helpers ---------------------------------------------------------------------------
+
+def load_model(spec: str, batch: int = 1, seed: int = 0):
+    """A Graph from a zoo model name or a path to an .onnx file."""
+    if spec.endswith(".onnx") or os.path.sep in spec:
+        if not os.path.isfile(spec):
+            raise InputError(f"no such file: {spec}")
+        if not spec.endswith(".onnx"):
+            raise InputError(f"{spec}: expected an .onnx file or a zoo model name")
+        try:
+            from .frontends.onnx import load_onnx
+        except ImportError as e:
+            raise ModelFormatError(f"cannot read {spec}: the ONNX frontend "
+                                   f"(graphopt.frontends.onnx) is unavailable ({e})") from e
+        return load_onnx(spec)
+    from . import zoo
+    if spec not in zoo.MODELS:
+        raise InputError(f"unknown model {spec!r}: expected a zoo name ({', '.join(zoo.MODELS)}) "
+                         "or an .onnx file")
+    return zoo.MODELS[spec](batch=batch, seed=seed)
+
+
+def random_inputs(inputs: Sequence[tuple[str, tuple, str]], seed: int = 0) -> dict[str, np.ndarray]:
+    """Standard-normal floats (small integers for integer dtypes) for (name, shape, dtype)s."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, shape, dtype in inputs:
+        if np.dtype(dtype).kind == "f":
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[name] = rng.integers(-8, 8, size=shape).astype(dtype)
+    return feeds
+
+
+def load_inputs(specs: Sequence[str], inputs: Sequence[tuple[str, tuple, str]],
+                seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs from `--input` specs (NAME=FILE.npy, FILE.npy for a single-input model, or one
+    .npz holding them all), else random ones. Shapes and dtypes are checked by the model."""
+    if not specs:
+        return random_inputs(inputs, seed)
+    names = [name for name, _, _ in inputs]
+    feeds: dict[str, np.ndarray] = {}
+    for spec in specs:
+        name, _, path = spec.rpartition("=")
+        if not os.path.isfile(path):
+            raise InputError(f"no such input file: {path}")
+        try:
+            if path.endswith(".npz"):
+                with np.load(path) as archive:
+                    feeds.update({k: archive[k] for k in archive.files})
+                continue
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot read {path} as a numpy array: {e}") from e
+        if not name:
+            if len(names) != 1:
+                raise InputError(f"the model has inputs {names}: give each as NAME=FILE.npy")
+            name = names[0]
+        feeds[name] = array
+    return feeds
+
+
+_quiet = False
+
+
+@contextmanager
+def step(message: str) -> Iterator[None]:
+    """Show a long step on stderr: the message, then how long it took."""
+    start = time.perf_counter()
+    if not _quiet:
+        print(f"{message} ...", end="", file=sys.stderr, flush=True)
+    try:
+        yield
+    except BaseException:
+        if not _quiet:
+            print(" failed", file=sys.stderr, flush=True)
+        raise
+    if not _quiet:
+        print(f" done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+
+
+def table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def signature_of(model) -> list[tuple[str, tuple, str]]:
+    """(name, shape, dtype) of each input of a Graph, CompiledModel or LoadedModel."""
+    if hasattr(model, "signature"):
+        return [(n, tuple(t.shape), t.dtype) for n, t in model.signature.inputs]
+    if hasattr(model, "inputs") and model.inputs and isinstance(model.inputs[0], tuple):
+        return list(model.inputs)
+    return [(v.name, tuple(v.shape), v.dtype) for v in model.inputs]
+
+
+def compile_model(graph, target: str):
+    import graphopt as go
+    with step(f"compiling '{graph.name}' for {target}"):
+        model = go.compile(graph, target=target)
+    return model
+
+
+def median_ms(run: Callable[[], object], repeat: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def onnxruntime_ms(graph, feeds: dict, spec: str, repeat: int) -> tuple[float | None, str]:
+    """Median onnxruntime latency of the model (its .onnx file, or the graph saved as ONNX by
+    graphopt's exporter), or None and the reason it could not be timed."""
+    try:
+        import onnxruntime
+        from .frontends.onnx import save_onnx
+    except ImportError as e:
+        return None, f"missing {e.name}"
+    model = spec if spec.endswith(".onnx") else save_onnx(graph).SerializeToString()
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return median_ms(lambda: session.run(None, feeds), repeat), ""
+
+
+def default_artifact_name(graph_name: str, target: str) -> str:
+    return f"{graph_name}_{target.replace(':', '_')}.so"
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+@command("list", "list the zoo models")
+def list_models(args) -> int:
+    """List the built-in (zoo) models that the other commands accept by name."""
+    from . import zoo
+    for name in zoo.MODELS:
+        print(name)
+    return EXIT_OK
+
+
+@command("show", "print a model's layers, parameters and MACs (zoo name, .onnx or exported .so)",
+         MODEL, BATCH, SEED)
+def show(args) -> int:
+    """Print one row per node (op, output shape, parameters, MACs) and the totals. For an
+    exported .so, print its target and input/output signature."""
+    if args.model.endswith(".so"):
+        from .runtime import read_export
+        metadata, fatbin = read_export(args.model)
+        print(f"'{metadata['graph']}' exported for {metadata['target']} "
+              f"(TVM {metadata.get('tvm', '?')})")
+        for kind in ("inputs", "outputs"):
+            for d in metadata[kind]:
+                print(f"  {kind[:-1]:6} {d['name']}: {d['dtype']}[{','.join(map(str, d['shape']))}]")
+        if fatbin is not None:
+            print(f"  GPU binary: {len(fatbin):,} bytes for {metadata.get('cuda_arch')}")
+        return EXIT_OK
+    from .analysis import summary
+    print(summary(load_model(args.model, args.batch, args.seed)))
+    return EXIT_OK
+
+
+@command("compile", "compile a model with TVM and export it as a shared library",
+         MODEL, TARGET, BATCH, SEED,
+         arg("-o", "--output", help="the .so to write (default <model>_<target>.so)"))
+def compile_(args) -> int:
+    """Compile for the CPU or a CUDA arch (no GPU needed) and write one .so that `graphopt run`
+    or `go.load` runs with only the TVM runtime. CUDA libraries embed the nvcc-built binary."""
+    graph = load_model(args.model, args.batch, args.seed)
+    model = compile_model(graph, args.target)
+    output = args.output or default_artifact_name(graph.name, args.target)
+    with step(f"exporting to {output}"):
+        model.export(output)
+    print(f"{output}: '{graph.name}' for {args.target}, {model.kernel_count()} kernels, "
+          f"{os.path.getsize(output) / 2**20:.1f} MiB")
+    if model.schedule_report is not None:
+        print(model.schedule_report)
+    return EXIT_OK
+
+
+@command("compare", "compile (or load) a model and compare it with the reference interpreter",
+         MODEL, TARGET, BATCH, SEED, INPUTS,
+         arg("--library", metavar="FILE.so",
+             help="compare this exported library instead of compiling the model"),
+         arg("--tolerance", type=float, help="max error relative to the largest reference "
+             "magnitude (default by dtype: 1e-4 for float32)"))
+def compare(args) -> int:
+    """Run the model in the float64 interpreter and compiled (or from --library), and compare
+    every output. Exits 1 if any output is out of tolerance."""
+    import graphopt as go
+    graph = load_model(args.model, args.batch, args.seed)
+    if args.library:
+        with step(f"loading {args.library}"):
+            candidate = go.load(args.library)
+    else:
+        if args.target.startswith("cuda"):
+            raise InputError("comparing a CUDA build runs it, which needs a GPU: compile with "
+                             "`graphopt compile --target cuda`, then compare on the GPU machine "
+                             "with --library")
+        candidate = compile_model(graph, args.target)
+    feeds = load_inputs(args.inputs, signature_of(graph), args.seed)
+    with step("running and comparing"):
+        report = go.compare(graph, candidate, feeds, tolerance=args.tolerance)
+    print(report)
+    return EXIT_OK if report.ok else EXIT_MISMATCH
+
+
+@command("run", "run an exported .so with only the TVM runtime",
+         arg("library", metavar="FILE.so", help="a library written by `graphopt compile`"),
+         INPUTS, SEED,
+         arg("--save", metavar="FILE.npz", help="write the outputs to this .npz"),
+         arg("--expect", metavar="FILE.npz", help="compare the outputs with these (exit 1 if "
+             "any differs by more than --tolerance relative to its largest magnitude)"),
+         arg("--tolerance", type=float, default=1e-4, help="for --expect (default 1e-4)"),
+         arg("--repeat", type=int, default=0, help="also time this many runs (median)"))
+def run(args) -> int:
+    """Load the library through graphopt.runtime (no TVM compiler involved), run it once and
+    print each output's shape and statistics."""
+    from .runtime import load
+    with step(f"loading {args.library}"):
+        model = load(args.library)
+    feeds = load_inputs(args.inputs, model.inputs, args.seed)
+    outputs = model.run(feeds)
+    rows = [("output", "shape", "dtype", "min", "max", "mean")]
+    for name, a in outputs.items():
+        rows.append((name, "x".join(map(str, a.shape)), str(a.dtype), f"{a.min():.4g}",
+                     f"{a.max():.4g}", f"{a.mean():.4g}"))
+    print(table(rows))
+    if args.repeat:
+        times = model.latencies(feeds, warmup=min(10, args.repeat), repeat=args.repeat)
+        print(f"latency: median {1e3 * float(np.median(times)):.3f} ms over {args.repeat} runs")
+    if args.save:
+        np.savez(args.save, **outputs)
+    if args.expect:
+        expected = load_inputs([args.expect], [], 0)
+        bad = []
+        for name, ref in expected.items():
+            if name not in outputs or outputs[name].shape != ref.shape:
+                bad.append(f"{name}: missing or of another shape")
+                continue
+            scale = float(np.abs(ref).max(initial=0.0)) or 1.0
+            err = float(np.abs(outputs[name].astype(np.float64) - ref).max(initial=0.0)) / scale
+            if err > args.tolerance:
+                bad.append(f"{name}: relative error {err:.3g} > {args.tolerance:g}")
+        print("expected outputs: " + ("all match" if not bad else "MISMATCH " + "; ".join(bad)))
+        return EXIT_MISMATCH if bad else EXIT_OK
+    return EXIT_OK
+
+
+@command("bench", "time the compiled model against the interpreter and onnxruntime",
+         MODEL, TARGET, BATCH, SEED,
+         arg("--repeat", type=int, default=20, help="timed runs per engine (median; default 20)"))
+def bench(args) -> int:
+    """Median latency of the TVM-compiled model, the numpy interpreter and onnxruntime (from the
+    .onnx file, or from the graph exported to ONNX when graphopt can do that), as ratios to
+    the compiled model."""
+    graph = load_model(args.model, args.batch, args.seed)
+    if args.target.startswith("cuda"):
+        raise InputError("bench runs the model here; CUDA needs a GPU (use the runtime bundle, "
+                         "tools/make_bundle.py, on the GPU machine)")
+    model = compile_model(graph, args.target)
+    feeds = random_inputs(signature_of(graph), args.seed)
+    results = {}
+    with step(f"timing compiled ({args.repeat} runs)"):
+        results["compiled"] = median_ms(lambda: model.run(feeds), args.repeat)
+    import graphopt as go
+    with step("timing interpreter"):
+        results["interpreter"] = median_ms(lambda: go.interpret(graph, feeds),
+                                           max(3, args.repeat // 5))
+    with step("timing onnxruntime"):
+        ort_ms, why = onnxruntime_ms(graph, feeds, args.model, args.repeat)
+    if ort_ms is not None:
+        results["onnxruntime"] = ort_ms
+    rows = [("engine", "median ms", "x compiled")]
+    rows += [(k, f"{v:.3f}", f"{v / results['compiled']:.2f}") for k, v in results.items()]
+    print(f"'{graph.name}' batch {args.batch}, target {args.target}")
+    print(table(rows))
+    if ort_ms is None:
+        print(f"onnxruntime: not timed ({why})")
+    return EXIT_OK
+
+
+# ---- entry point ------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graphopt",
+        description="Define CNNs, compile them with TVM for CPU or CUDA, export, run and compare "
+                    "them with the reference interpreter.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in COMMANDS.values():
+        sub = subparsers.add_parser(cmd.name, help=cmd.help, description=cmd.run.__doc__,
+                                    epilog=EPILOG,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        for flags, options in cmd.arguments:
+            sub.add_argument(*flags, **options)
+        sub.set_defaults(run=cmd.run)
+    return parser
+
+
+def exit_code_for(error: BaseException) -> int:
+    if isinstance(error, (LoweringError, PassError)):
+        return EXIT_FAILED
+    if isinstance(error, GraphoptError):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    global _quiet
+    args = build_parser().parse_args(argv)
+    _quiet = args.quiet
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # every failure becomes one line and an exit code
+        if args.debug:
+            traceback.print_exc()
+        kind = "error" if isinstance(e, GraphoptError) else f"error ({type(e).__name__})"
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"graphopt {args.command}: {kind}: {message}", file=sys.stderr)
+        if not args.debug and not isinstance(e, GraphoptError):
+            print("(rerun with --debug for the traceback)", file=sys.stderr)
+        return exit_code_for(e)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

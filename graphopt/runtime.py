@@ -1,0 +1,251 @@
+"""Load and run models exported by `CompiledModel.export` with nothing but the TVM runtime:
+numpy, apache-tvm-ffi and libtvm_runtime.so (+ libtvm_runtime_cuda.so for CUDA models).
+
+    model = load("resnet18_cpu.so")
+    outputs = model.run({"input": x})        # {output name: numpy array}, as the interpreter's
+
+This file imports nothing from graphopt except its error classes, and falls back to plain
+exceptions of the same names when copied on its own next to the runtime libraries (the GPU
+bundle does that). An exported library carries, as data symbols written by `export.py`:
+- `graphopt_metadata`: JSON with the target, device and the input/output names, shapes, dtypes;
+- `graphopt_cuda_fatbin` (CUDA only): the kernels compiled by nvcc for the requested arch. TVM
+  stores CUDA *source* in the library and compiles it at load time through the global callback
+  `tvm_callback_cuda_compile`; while loading we register that callback to serve the embedded
+  binary instead, so no CUDA compiler and no `tvm` compiler package are needed.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator, Mapping
+
+import numpy as np
+
+try:
+    from .errors import InputError, ModelFormatError
+except ImportError:  # copied alone into a runtime bundle, outside the graphopt package
+    class ModelFormatError(Exception):
+        """A file that is not a loadable graphopt export, or a runtime that cannot load it."""
+
+    class InputError(Exception):
+        """Inputs that do not match the model's signature."""
+
+METADATA_SYMBOL = "graphopt_metadata"
+FATBIN_SYMBOL = "graphopt_cuda_fatbin"
+FORMAT = "graphopt-export"
+# Where libtvm_runtime*.so may be found besides the defaults (see `find_runtime_library`).
+RUNTIME_DIR_ENV = "GRAPHOPT_TVM_RUNTIME_DIR"
+CUDA_COMPILE_CALLBACK = "tvm_callback_cuda_compile"
+
+_DLPACK_DEVICE_TYPE = {"cpu": 1, "cuda": 2}
+_POOLED_ALLOCATOR = 2   # relax VM allocator kind, as tvm.relax.VirtualMachine passes it
+
+
+# ---- finding and loading the runtime libraries ------------------------------------------------
+
+def find_runtime_library(name: str, near: str | None = None) -> str:
+    """Path of `name` (e.g. libtvm_runtime.so): $GRAPHOPT_TVM_RUNTIME_DIR, the exported model's
+    folder, this file's folder, then the installed `tvm` package's lib/ (found without
+    importing it, so the compiler library is never loaded)."""
+    folders = [os.environ.get(RUNTIME_DIR_ENV), near, os.path.dirname(os.path.abspath(__file__))]
+    spec = importlib.util.find_spec("tvm") if "tvm" not in sys.modules else sys.modules["tvm"].__spec__
+    if spec is not None and spec.submodule_search_locations:
+        folders += [os.path.join(p, "lib") for p in spec.submodule_search_locations]
+    for folder in filter(None, folders):
+        candidate = os.path.join(folder, name)
+        if os.path.isfile(candidate):
+            return candidate
+    raise ModelFormatError(f"cannot find {name}: looked in {[f for f in folders if f]}; set "
+                           f"{RUNTIME_DIR_ENV} to the folder that holds it")
+
+
+_loaded_runtime_libraries: dict[str, ctypes.CDLL] = {}
+
+
+def load_runtime(device_kind: str = "cpu", near: str | None = None) -> None:
+    """Load libtvm_runtime.so (the VM and its loaders), plus the CUDA runtime for "cuda"; they
+    must be global so that the exported library's loader finds their registrations."""
+    import tvm_ffi  # noqa: F401  (loads libtvm_ffi.so, which the runtime libraries need)
+    names = ["libtvm_runtime.so"] + (["libtvm_runtime_cuda.so"] if device_kind == "cuda" else [])
+    for name in names:
+        if name not in _loaded_runtime_libraries:
+            path = find_runtime_library(name, near)
+            try:
+                _loaded_runtime_libraries[name] = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            except OSError as e:
+                needs = (" (CUDA models need a GPU machine: the NVIDIA driver's libcuda.so.1 and "
+                         "libcudart.so.13)" if "cuda" in name else "")
+                raise ModelFormatError(f"cannot load {path}: {e}{needs}") from e
+
+
+# ---- reading what an exported library carries -------------------------------------------------
+
+def read_symbol(library: ctypes.CDLL, name: str) -> bytes | None:
+    """The bytes of data symbol `name` (with its `<name>_size` companion), or None if absent."""
+    try:
+        start = ctypes.addressof(ctypes.c_char.in_dll(library, name))
+        size = ctypes.c_uint64.in_dll(library, name + "_size").value
+    except ValueError:
+        return None
+    return ctypes.string_at(start, size)
+
+
+def read_export(path: str) -> tuple[dict, bytes | None]:
+    """The metadata and (for CUDA) the GPU binary embedded in an exported library."""
+    if not os.path.isfile(path):
+        raise ModelFormatError(f"no such file: {path}")
+    import tvm_ffi  # noqa: F401  (the library's host code links against libtvm_ffi.so)
+    try:
+        library = ctypes.CDLL(os.path.abspath(path))
+    except OSError as e:
+        raise ModelFormatError(f"{path} is not a loadable shared library: {e}") from e
+    raw = read_symbol(library, METADATA_SYMBOL)
+    if raw is None:
+        raise ModelFormatError(f"{path} is not a graphopt export: symbol {METADATA_SYMBOL} "
+                               "not found (export it with CompiledModel.export)")
+    metadata = json.loads(raw.decode())
+    if metadata.get("format") != FORMAT:
+        raise ModelFormatError(f"{path}: expected metadata format {FORMAT!r}, found "
+                               f"{metadata.get('format')!r}")
+    return metadata, read_symbol(library, FATBIN_SYMBOL)
+
+
+@contextmanager
+def serving_cuda_binary(fatbin: bytes, source_sha256: str, path: str) -> Iterator[None]:
+    """While loading, answer TVM's CUDA compile callback with the prebuilt binary, checking that
+    the source TVM asks about is the one the binary was built from."""
+    import tvm_ffi
+
+    def serve(source: str) -> bytes:
+        found = hashlib.sha256(source.encode()).hexdigest()
+        if found != source_sha256:
+            raise ModelFormatError(f"{path}: the CUDA source in the library (sha256 {found[:12]}) "
+                                   f"is not the one its binary was built from ({source_sha256[:12]})")
+        return fatbin
+
+    previous = tvm_ffi.get_global_func(CUDA_COMPILE_CALLBACK, allow_missing=True)
+    tvm_ffi.register_global_func(CUDA_COMPILE_CALLBACK, serve, override=True)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            tvm_ffi.register_global_func(CUDA_COMPILE_CALLBACK, previous, override=True)
+        else:
+            tvm_ffi.remove_global_func(CUDA_COMPILE_CALLBACK)
+
+
+# ---- the loaded model -------------------------------------------------------------------------
+
+class LoadedModel:
+    """An exported model loaded into the TVM runtime: `run(inputs) -> {output name: array}`."""
+
+    def __init__(self, path: str, metadata: dict, vm, device_id: int = 0):
+        import tvm_ffi
+        self.path, self.metadata, self._vm = path, metadata, vm
+        self.device_kind = metadata["device"]
+        self.device = tvm_ffi.device(self.device_kind, device_id)
+        self._main = vm["main"]
+        self._alloc = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")
+        self._copy = tvm_ffi.get_global_func("runtime.TVMTensorCopyFromTo")
+        self._sync = tvm_ffi.get_global_func("runtime.Device_StreamSync")
+
+    target = property(lambda self: self.metadata["target"])
+    graph_name = property(lambda self: self.metadata["graph"])
+    inputs = property(lambda self: [(d["name"], tuple(d["shape"]), d["dtype"])
+                                    for d in self.metadata["inputs"]])
+    outputs = property(lambda self: [(d["name"], tuple(d["shape"]), d["dtype"])
+                                     for d in self.metadata["outputs"]])
+    input_names = property(lambda self: [n for n, _, _ in self.inputs])
+    output_names = property(lambda self: [n for n, _, _ in self.outputs])
+
+    def check(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The inputs as contiguous arrays in declaration order; InputError says what is wrong."""
+        if not isinstance(inputs, Mapping):
+            raise InputError(f"expected a dict of input name -> array, found {type(inputs).__name__}")
+        if sorted(inputs) != sorted(self.input_names):
+            raise InputError(f"expected inputs {self.input_names}, found {list(inputs)}")
+        arrays = []
+        for name, shape, dtype in self.inputs:
+            array = np.asarray(inputs[name])
+            if array.shape != shape or str(array.dtype) != dtype:
+                raise InputError(f"input '{name}': expected {dtype}[{','.join(map(str, shape))}], "
+                                 f"found {array.dtype}[{','.join(map(str, array.shape))}]")
+            arrays.append(np.ascontiguousarray(array))
+        return arrays
+
+    def _to_device(self, array: np.ndarray):
+        import tvm_ffi
+        host = tvm_ffi.from_dlpack(array)
+        if self.device_kind == "cpu":
+            return host
+        tensor = self._alloc(tvm_ffi.Shape(array.shape), tvm_ffi.dtype(str(array.dtype)),
+                             self.device, None)
+        self._copy(host, tensor, None)
+        return tensor
+
+    def _to_numpy(self, tensor) -> np.ndarray:
+        import tvm_ffi
+        if self.device_kind == "cpu":
+            return np.from_dlpack(tensor).copy()
+        host = self._alloc(tensor.shape, tensor.dtype, tvm_ffi.device("cpu", 0), None)
+        self._copy(tensor, host, None)
+        return np.from_dlpack(host).copy()
+
+    def run_device(self, device_inputs: list):
+        """One call of the model on inputs already on the device; returns device tensors."""
+        result = self._main(*device_inputs)
+        return [result] if len(self.outputs) == 1 else list(result)
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self.run_device([self._to_device(a) for a in self.check(inputs)])
+        return {name: self._to_numpy(t) for name, t in zip(self.output_names, results)}
+
+    __call__ = run
+
+    def latencies(self, inputs: Mapping[str, np.ndarray], warmup: int = 10,
+                  repeat: int = 100) -> list[float]:
+        """Seconds per call, inputs already on the device, each call waited for."""
+        device_inputs = [self._to_device(a) for a in self.check(inputs)]
+        times = []
+        for i in range(warmup + repeat):
+            start = time.perf_counter()
+            self.run_device(device_inputs)
+            self._sync(self.device, None)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+        return times
+
+    def __repr__(self) -> str:
+        return f"LoadedModel('{self.graph_name}', target={self.target!r}, path={self.path!r})"
+
+
+def load(path: str, device_id: int = 0) -> LoadedModel:
+    """Load a library written by `CompiledModel.export`; needs only the TVM runtime."""
+    path = os.fspath(path)
+    near = os.path.dirname(os.path.abspath(path))
+    load_runtime("cpu", near)
+    metadata, fatbin = read_export(path)
+    device_kind = metadata["device"]
+    if device_kind not in _DLPACK_DEVICE_TYPE:
+        raise ModelFormatError(f"{path}: unknown device {device_kind!r}")
+    load_runtime(device_kind, near)
+    import tvm_ffi
+    if device_kind == "cuda":
+        if fatbin is None:
+            raise ModelFormatError(f"{path}: a CUDA export without its embedded GPU binary")
+        with serving_cuda_binary(fatbin, metadata["cuda_source_sha256"], path):
+            library = tvm_ffi.load_module(os.path.abspath(path))
+    else:
+        library = tvm_ffi.load_module(os.path.abspath(path))
+    vm = library["vm_load_executable"]()
+    devices = [_DLPACK_DEVICE_TYPE[device_kind], device_id, _POOLED_ALLOCATOR]
+    if device_kind != "cpu":  # the VM keeps shapes and scalars on the host device
+        devices += [_DLPACK_DEVICE_TYPE["cpu"], 0, _POOLED_ALLOCATOR]
+    vm["vm_initialization"](*devices)
+    return LoadedModel(path, metadata, vm, device_id)

@@ -1,0 +1,207 @@
+"""The CUDA target: TVM's CUDA pipeline with dlight's default GPU schedules, a record of which
+schedule rule each kernel got, and the nvcc build of the kernels into a fatbin for one arch.
+
+Compiling needs no GPU: TVM's codegen keeps the kernels as CUDA source (a "fallback" module when
+the CUDA runtime cannot be loaded). `cuda_binary` compiles that source with nvcc for the target's
+arch; `export.py` embeds the result so a GPU machine loads it without any compiler.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from ...errors import GraphoptError, LoweringError
+
+DEFAULT_ARCH = "sm_90"
+_ARCH = re.compile(r"^sm_(\d{2,3})[a-z]?$")
+
+
+def parse_cuda_target(name: str) -> str:
+    """The arch of a graphopt CUDA target name: "cuda" -> sm_90, "cuda:sm_80" -> sm_80."""
+    kind, _, arch = name.partition(":")
+    arch = arch or DEFAULT_ARCH
+    if kind != "cuda" or not _ARCH.match(arch):
+        raise GraphoptError(f"bad CUDA target {name!r}; expected 'cuda' or 'cuda:sm_<NN>' "
+                            "(e.g. cuda:sm_80, cuda:sm_90)")
+    return arch
+
+
+def cuda_target(arch: str = DEFAULT_ARCH):
+    from tvm.target import Target
+    return Target({"kind": "cuda", "arch": arch})
+
+
+def nvcc_arch_flags(arch: str) -> list[str]:
+    """Machine code (SASS) for `arch` plus its PTX, which newer GPUs can still JIT."""
+    number = _ARCH.match(arch).group(1)
+    suffix = arch[3:]
+    return ["-gencode", f"arch=compute_{suffix},code=sm_{suffix}",
+            "-gencode", f"arch=compute_{number},code=compute_{number}"]
+
+
+# ---- scheduling with a record of the rule each kernel got ---------------------------------------
+
+@dataclass
+class ScheduleReport:
+    """Which dlight rule scheduled each kernel (PrimFunc). `Fallback` is dlight's generic
+    elementwise schedule: a conv or matmul that lands there runs as a naive GPU loop nest."""
+    rules: dict[str, str] = field(default_factory=dict)
+
+    def kernels_with(self, rule: str) -> list[str]:
+        return sorted(k for k, r in self.rules.items() if r == rule)
+
+    @property
+    def fallback(self) -> list[str]:
+        return self.kernels_with("Fallback")
+
+    @property
+    def naive_heavy_kernels(self) -> list[str]:
+        """Convolutions and matmuls that only got the Fallback rule: correct but naive loops.
+        (Pooling and elementwise kernels on Fallback are expected.)"""
+        return [k for k in self.fallback if re.search(r"conv|matmul|dense", k)]
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for rule in self.rules.values():
+            counts[rule] = counts.get(rule, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def __str__(self) -> str:
+        lines = ["dlight schedules: " + ", ".join(f"{r} x{n}" for r, n in self.counts().items())]
+        if self.naive_heavy_kernels:
+            lines.append("conv/matmul kernels on the naive Fallback schedule: "
+                         + ", ".join(self.naive_heavy_kernels))
+        return "\n".join(lines)
+
+
+def default_rules():
+    """dlight's GPU rules in the order TVM's CUDA pipeline tries them."""
+    from tvm.s_tir import dlight as dl
+    return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+            dl.gpu.Fallback()]
+
+
+def recording_schedule_pass(report: ScheduleReport, rules=None):
+    """dlight's ApplyDefaultSchedule, re-done here (it does not say which rule won) so that
+    `report` learns the rule applied to each PrimFunc."""
+    import tvm
+    from tvm import s_tir, tirx
+
+    rules = default_rules() if rules is None else rules
+
+    @tvm.transform.module_pass(opt_level=0, name="graphopt.RecordingDefaultSchedule")
+    def schedule(mod, _ctx):
+        target = tvm.target.Target.current(allow_none=False)
+        for gvar, func in list(mod.functions_items()):
+            if not isinstance(func, tirx.PrimFunc) or func.attrs and \
+                    "tirx.is_scheduled" in func.attrs and func.attrs["tirx.is_scheduled"] == 1:
+                continue
+            for rule in rules:
+                space = rule.apply(func, target, False)
+                if space is None:
+                    continue
+                sch = space if isinstance(space, s_tir.Schedule) else space[0]
+                mod[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                report.rules[gvar.name_hint] = type(rule).__name__
+                break
+            else:
+                report.rules[gvar.name_hint] = "none"
+        return mod
+
+    return schedule
+
+
+def cuda_pipeline(target, report: ScheduleReport):
+    """TVM's default CUDA pipeline with the dlight step replaced by the recording one."""
+    import tvm
+    from tvm.relax.backend.cuda import pipeline as cuda
+
+    def is_dlight(p) -> bool:
+        return p.info.name == "ApplyDefaultSchedule"
+
+    passes = (cuda.library_dispatch_passes(target)
+              + [p for p in cuda.legalize_passes(target) if not is_dlight(p)]
+              + [recording_schedule_pass(report)]
+              + cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target))
+    return tvm.transform.Sequential(passes, name="graphopt.cuda_pipeline")
+
+
+# ---- the GPU binary --------------------------------------------------------------------------
+
+def cuda_module(executable):
+    """The kind-"cuda" module in a compiled executable's import tree."""
+    pending = [executable.mod]
+    while pending:
+        module = pending.pop()
+        if module.kind == "cuda":
+            return module
+        pending.extend(module.imports)
+    raise LoweringError("the CUDA build holds no GPU kernels (no 'cuda' module): every kernel "
+                        "fell to host code, which happens when a PrimFunc got no GPU schedule")
+
+
+def cuda_source(executable) -> str:
+    module = cuda_module(executable)
+    return module.inspect_source("cuda") or module.inspect_source("")
+
+
+def source_digest(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+_binaries: dict[tuple[str, str], bytes] = {}
+
+
+def compile_cuda_source(source: str, arch: str) -> bytes:
+    """The fatbin nvcc builds from TVM's CUDA source for `arch` (cached per source and arch)."""
+    key = (source_digest(source), arch)
+    if key not in _binaries:
+        from tvm.support import nvcc
+        try:
+            with cuda_target(arch):
+                binary = nvcc.compile_cuda(source, target_format="fatbin",
+                                           arch=nvcc_arch_flags(arch), compiler="nvcc")
+        except (RuntimeError, OSError) as e:
+            lines = [line for line in str(e).splitlines() if "error" in line.lower()]
+            raise LoweringError(f"nvcc failed to build the CUDA kernels for {arch}: "
+                                f"{(lines or [str(e).strip()])[0][:300]}") from e
+        _binaries[key] = bytes(binary)
+    return _binaries[key]
+
+
+@contextmanager
+def nvcc_compile_callback(arch: str) -> Iterator[None]:
+    """Where the CUDA runtime is present (a GPU machine), TVM compiles kernels while building
+    through `tvm_callback_cuda_compile` (NVRTC by default): route that to nvcc for `arch`."""
+    import tvm_ffi
+    name = "tvm_callback_cuda_compile"
+    previous = tvm_ffi.get_global_func(name, allow_missing=True)
+    tvm_ffi.register_global_func(name, lambda source: compile_cuda_source(source, arch),
+                                 override=True)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            tvm_ffi.register_global_func(name, previous, override=True)
+        else:
+            tvm_ffi.remove_global_func(name)
+
+
+def fatbin_archs(fatbin: bytes) -> list[str]:
+    """The SASS archs in a fatbin, read from the ELF images it holds (e_machine EM_CUDA = 190;
+    the arch is the low byte of e_flags in the cubin ABI versions nvcc 12-13 emit)."""
+    archs = []
+    start = 0
+    while (at := fatbin.find(b"\x7fELF", start)) >= 0:
+        start = at + 4
+        header = fatbin[at:at + 64]
+        if len(header) < 52 or int.from_bytes(header[18:20], "little") != 190:
+            continue
+        flags = int.from_bytes(header[48:52], "little")
+        # ABI v1 (CUDA <= 12.8) keeps sm in bits 0-7; ABI v2 (CUDA 12.9+) in bits 8-15.
+        abi_v2 = header[8] >= 8 or (flags & 0xFF) == 0
+        archs.append(f"sm_{(flags >> 8) & 0xFF if abi_v2 else flags & 0xFF}")
+    return archs
