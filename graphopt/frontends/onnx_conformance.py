@@ -1,0 +1,195 @@
+"""The ONNX backend node test cases for the ops graphopt imports, run through `load_onnx` and then
+the reference interpreter or the compiled CPU model, compared at each case's tolerances.
+
+The cases come from `onnx.backend.test.case.node.collect_testcases()` (regenerated offline from
+the installed onnx package). Compiling costs about a second per graph, so the compiled path
+merges every case of one op into one multi-output graph and compiles that once."""
+from __future__ import annotations
+
+import collections
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import onnx
+
+from ..errors import GraphoptError, UnsupportedOpError
+from ..ir import Graph
+from .onnx_import import load_onnx
+from .onnx_load import first_line
+from .onnx_ops import ATTRIBUTE_INPUTS, TABLE
+
+# Ops that are folded at import time rather than converted, but whose cases can still pass.
+FOLDED_OPS = ("Constant", "Shape", "Size")
+
+
+@dataclass
+class Case:
+    name: str
+    op_type: str
+    model: onnx.ModelProto
+    inputs: dict
+    expected: list
+    rtol: float
+    atol: float
+
+
+@dataclass
+class Outcome:
+    case: str
+    op_type: str
+    status: str            # "passed", "skipped" or "failed"
+    reason: str = ""
+
+
+@dataclass
+class Prepared:
+    case: Case
+    graph: Graph
+    feeds: dict = field(default_factory=dict)
+
+
+def supported_op_types() -> list[str]:
+    return sorted({*TABLE, *FOLDED_OPS})
+
+
+def collect_cases(op_types: Iterable[str] | None = None) -> list[Case]:
+    """Single-node cases (one per data set) whose op graphopt imports."""
+    from onnx.backend.test.case.node import collect_testcases
+    wanted = set(op_types or supported_op_types())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        testcases = collect_testcases()
+    cases = []
+    for tc in testcases:
+        nodes = tc.model.graph.node
+        if len(nodes) != 1 or nodes[0].op_type not in wanted:
+            continue
+        for k, (inputs, outputs) in enumerate(tc.data_sets or []):
+            names = [v.name for v in tc.model.graph.input]
+            suffix = f"[{k}]" if len(tc.data_sets) > 1 else ""
+            cases.append(Case(tc.name + suffix, nodes[0].op_type, tc.model,
+                              dict(zip(names, inputs)), list(outputs), tc.rtol, tc.atol))
+    return cases
+
+
+class Skip(Exception):
+    pass
+
+
+def prepare(case: Case) -> Prepared:
+    """Import the case, with its attribute-like inputs bound as constants; Skip with the reason
+    for forms graphopt does not support."""
+    node = case.model.graph.node[0]
+    bound = {node.input[i] for i in ATTRIBUTE_INPUTS.get(case.op_type, ())
+             if i < len(node.input) and node.input[i]}
+    for name, value in case.inputs.items():
+        if not isinstance(value, (np.ndarray, np.generic)):
+            raise Skip(f"input '{name}' is a {type(value).__name__}, not a tensor")
+    try:
+        graph = load_onnx(case.model,
+                          constant_inputs={n: np.asarray(case.inputs[n]) for n in bound})
+    except UnsupportedOpError as e:
+        raise Skip(e.detail) from None
+    feeds = {n: np.asarray(v) for n, v in case.inputs.items() if n not in bound}
+    return Prepared(case, graph, feeds)
+
+
+def compare(case: Case, results: dict) -> str:
+    """'' when every output matches, else what differs."""
+    names = [v.name for v in case.model.graph.output]
+    for name, expected in zip(names, case.expected):
+        found = results.get(name)
+        if found is None:
+            return f"output '{name}' missing"
+        expected = np.asarray(expected)
+        if found.shape != expected.shape:
+            return f"output '{name}': shape {found.shape}, expected {expected.shape}"
+        if found.dtype != expected.dtype:
+            return f"output '{name}': dtype {found.dtype}, expected {expected.dtype}"
+        try:
+            np.testing.assert_allclose(found, expected, rtol=case.rtol, atol=case.atol)
+        except AssertionError as e:
+            detail = [line for line in str(e).splitlines() if "Max" in line]
+            return f"output '{name}' differs: {'; '.join(detail)}"
+    return ""
+
+
+def run_interpreter(cases: list[Case]) -> list[Outcome]:
+    from ..targets.reference import interpret
+    outcomes = []
+    for case in cases:
+        outcomes.append(_run_one(case, lambda p: interpret(p.graph, p.feeds)))
+    return outcomes
+
+
+def _run_one(case: Case, execute: Callable[[Prepared], dict]) -> Outcome:
+    try:
+        prepared = prepare(case)
+    except Skip as e:
+        return Outcome(case.name, case.op_type, "skipped", str(e))
+    except GraphoptError as e:
+        return Outcome(case.name, case.op_type, "failed", f"import: {e}")
+    try:
+        problem = compare(case, execute(prepared))
+    except Exception as e:   # the report must name the case, whatever went wrong
+        problem = f"{type(e).__name__}: {first_line(e)}"
+    return Outcome(case.name, case.op_type, "failed" if problem else "passed", problem)
+
+
+def merge(prepared: list[Prepared]) -> Graph:
+    """One graph computing every case side by side; names are prefixed with the case index."""
+    merged = Graph("conformance")
+    for i, p in enumerate(prepared):
+        mapping = {}
+        for v in p.graph.inputs:
+            mapping[id(v)] = merged.add_input(f"c{i}.{v.name}", v.type)
+        for v in p.graph.constants.values():
+            mapping[id(v)] = merged.add_constant(f"c{i}.{v.name}", v.data)
+        for node in p.graph.topological_order():
+            new = merged.add_node(node.op, [mapping[id(v)] for v in node.inputs],
+                                  name=f"c{i}.{node.name}",
+                                  output_names=[f"c{i}.{o.name}" for o in node.outputs])
+            mapping.update({id(o): n for o, n in zip(node.outputs, new.outputs)})
+        outputs = [mapping[id(v)] for v in p.graph.outputs]
+        merged.set_outputs(merged.outputs + outputs)
+    return merged
+
+
+def run_compiled(cases: list[Case], target: str = "cpu") -> list[Outcome]:
+    """Compile the cases of each op as one merged graph; a merged graph that fails to compile is
+    retried case by case so that the failure is pinned on the right case."""
+    from ..targets.tvm import compile_graph
+    outcomes: dict[str, Outcome] = {}
+    ready: dict[str, list[Prepared]] = collections.defaultdict(list)
+    for case in cases:
+        try:
+            ready[case.op_type].append(prepare(case))
+        except Skip as e:
+            outcomes[case.name] = Outcome(case.name, case.op_type, "skipped", str(e))
+        except GraphoptError as e:
+            outcomes[case.name] = Outcome(case.name, case.op_type, "failed", f"import: {e}")
+    for op_type, group in ready.items():
+        try:
+            model = compile_graph(merge(group), target)
+            feeds = {f"c{i}.{n}": a for i, p in enumerate(group) for n, a in p.feeds.items()}
+            results = model.run(feeds)
+        except Exception:
+            for p in group:
+                outcomes[p.case.name] = _run_one(
+                    p.case, lambda q: compile_graph(q.graph, target).run(q.feeds))
+            continue
+        for i, p in enumerate(group):
+            mine = {n[len(f"c{i}."):]: a for n, a in results.items() if n.startswith(f"c{i}.")}
+            problem = compare(p.case, mine)
+            outcomes[p.case.name] = Outcome(p.case.name, op_type,
+                                            "failed" if problem else "passed", problem)
+    return [outcomes[c.name] for c in cases]
+
+
+def summarize(outcomes: list[Outcome]) -> dict[str, collections.Counter]:
+    table: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for o in outcomes:
+        table[o.op_type][o.status] += 1
+    return dict(sorted(table.items()))

@@ -1,0 +1,246 @@
+"""graphopt IR -> ONNX. An export table maps each of our ops to the ONNX node(s) that compute it;
+node, value and weight names are kept. The opset is the lowest (at least 13) that expresses every
+node, for the widest runtime support; the model passes onnx.checker's full check."""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import GraphoptError, UnsupportedOpError
+from ..ir import Graph, Node
+from ..verify import verify
+
+BASE_OPSET = 13
+PROTOBUF_LIMIT = 2 ** 31 - 1   # larger models keep their weights in an external file
+
+
+class ExportContext:
+    """Collects ONNX nodes and initializers; `constant` adds attribute-like inputs (shapes,
+    pads, bounds) under names that cannot collide with the graph's own."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.used = {v.name for v in graph.values()} | {n.name for n in graph.nodes}
+        self.opset = BASE_OPSET
+
+    def require(self, opset: int) -> None:
+        self.opset = max(self.opset, opset)
+
+    def fresh(self, name: str) -> str:
+        """`name`, or `name_k`: a name used nowhere in the model yet."""
+        unique, k = name, 0
+        while unique in self.used:
+            k += 1
+            unique = f"{name}_{k}"
+        self.used.add(unique)
+        return unique
+
+    def constant(self, name: str, data) -> str:
+        unique = self.fresh(name)
+        self.initializers.append(numpy_helper.from_array(np.asarray(data), unique))
+        return unique
+
+    def add(self, op_type: str, node: Node, inputs=None, outputs=None, name=None, **attrs):
+        self.nodes.append(helper.make_node(
+            op_type, [v if isinstance(v, str) else v.name for v in (inputs or node.inputs)],
+            outputs or [v.name for v in node.outputs], name=name or node.name,
+            **{k: v for k, v in attrs.items() if v is not None}))
+
+
+EXPORTERS: dict[str, Callable[[ExportContext, Node], None]] = {}
+
+
+def exports(*op_names: str):
+    def register(fn):
+        for name in op_names:
+            EXPORTERS[name] = fn
+        return fn
+    return register
+
+
+SIMPLE = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "add": "Add", "sub": "Sub",
+          "mul": "Mul", "div": "Div", "matmul": "MatMul", "global_avg_pool2d": "GlobalAveragePool",
+          "global_max_pool2d": "GlobalMaxPool"}
+
+
+@exports(*SIMPLE)
+def simple(ex, node):
+    ex.add(SIMPLE[node.op_name], node)
+
+
+@exports("conv2d", "conv_transpose2d")
+def conv(ex, node):
+    op = node.op
+    extra = {"output_padding": list(op.output_padding)} if node.op_name == "conv_transpose2d" \
+        else {}
+    ex.add("Conv" if node.op_name == "conv2d" else "ConvTranspose", node,
+           kernel_shape=list(node.inputs[1].shape[2:]), strides=list(op.stride),
+           pads=list(op.padding), dilations=list(op.dilation), group=op.groups, **extra)
+
+
+@exports("batch_norm")
+def batch_norm(ex, node):
+    ex.add("BatchNormalization", node, epsilon=node.op.epsilon)
+
+
+@exports("max_pool2d", "avg_pool2d")
+def pool(ex, node):
+    op = node.op
+    attrs = dict(kernel_shape=list(op.kernel), strides=list(op.stride), pads=list(op.padding),
+                 ceil_mode=int(op.ceil_mode))
+    if op.dilation != (1, 1):
+        attrs["dilations"] = list(op.dilation)
+    if node.op_name == "max_pool2d":
+        ex.add("MaxPool", node, **attrs)
+    else:
+        if op.dilation != (1, 1):
+            ex.require(19)   # AveragePool gained dilations in opset 19
+        ex.add("AveragePool", node, count_include_pad=int(op.count_include_pad), **attrs)
+
+
+@exports("lrn")
+def lrn(ex, node):
+    op = node.op
+    ex.add("LRN", node, size=op.size, alpha=op.alpha, beta=op.beta, bias=op.bias)
+
+
+@exports("linear")
+def linear(ex, node):
+    x, w = node.inputs[:2]
+    if x.type.ndim == 2:
+        ex.add("Gemm", node, transB=1)
+        return
+    # Gemm is 2-D only: x @ W^T (+ b) with the transpose as a node so W keeps its name and layout.
+    w_t = ex.fresh(f"{node.name}/weight_t")
+    ex.add("Transpose", node, [w], [w_t], name=f"{node.name}/transpose", perm=[1, 0])
+    if len(node.inputs) == 2:
+        ex.add("MatMul", node, [x, w_t])
+        return
+    product = ex.fresh(f"{node.name}/product")
+    ex.add("MatMul", node, [x, w_t], [product], name=f"{node.name}/matmul")
+    ex.add("Add", node, [product, node.inputs[2]])
+
+
+@exports("clip")
+def clip(ex, node):
+    dtype = node.inputs[0].dtype
+    bounds = ["" if b is None else ex.constant(f"{node.name}.{what}", np.array(b, dtype))
+              for what, b in (("min", node.op.min), ("max", node.op.max))]
+    ex.add("Clip", node, [node.inputs[0], *bounds])
+
+
+@exports("leaky_relu")
+def leaky_relu(ex, node):
+    ex.add("LeakyRelu", node, alpha=node.op.alpha)
+
+
+@exports("softmax")
+def softmax(ex, node):
+    ex.add("Softmax", node, axis=node.op.axis)
+
+
+@exports("dropout")
+def dropout(ex, node):
+    if node.op.ratio == 0.0:
+        ex.add("Identity", node)
+    else:
+        ratio = ex.constant(f"{node.name}.ratio", np.array(node.op.ratio, np.float32))
+        ex.add("Dropout", node, [node.inputs[0], ratio])
+
+
+@exports("concat")
+def concat(ex, node):
+    ex.add("Concat", node, axis=node.op.axis)
+
+
+@exports("flatten")
+def flatten(ex, node):
+    ex.add("Flatten", node, axis=node.op.axis)
+
+
+@exports("reshape")
+def reshape(ex, node):
+    shape = ex.constant(f"{node.name}.shape", np.array(node.outputs[0].shape, np.int64))
+    ex.add("Reshape", node, [node.inputs[0], shape])
+
+
+@exports("transpose")
+def transpose(ex, node):
+    ex.add("Transpose", node, perm=list(node.op.perm))
+
+
+@exports("pad")
+def pad(ex, node):
+    x = node.inputs[0]
+    befores, afters = zip(*node.op.pads) if node.op.pads else ((), ())
+    pads = ex.constant(f"{node.name}.pads", np.array([*befores, *afters], np.int64))
+    value = ex.constant(f"{node.name}.value", np.array(node.op.value, x.dtype))
+    ex.add("Pad", node, [x, pads, value], mode="constant")
+
+
+@exports("resize")
+def resize(ex, node):
+    op = node.op
+    sizes = ex.constant(f"{node.name}.sizes", np.array(node.outputs[0].shape, np.int64))
+    ex.add("Resize", node, [node.inputs[0], "", "", sizes],
+           mode="nearest" if op.mode == "nearest" else "linear",
+           coordinate_transformation_mode=op.coordinate_transformation_mode,
+           nearest_mode=op.nearest_mode if op.mode == "nearest" else None)
+
+
+def tensor_type(value) -> onnx.TypeProto:
+    return helper.make_tensor_type_proto(helper.np_dtype_to_tensor_dtype(np.dtype(value.dtype)),
+                                         list(value.shape))
+
+
+def to_onnx(graph: Graph) -> onnx.ModelProto:
+    """The ONNX model of a verified graph."""
+    verify(graph)
+    missing = sorted({n.op_name for n in graph.nodes if n.op_name not in EXPORTERS})
+    if missing:
+        raise UnsupportedOpError(f"no ONNX export for op(s) {', '.join(missing)}")
+    ex = ExportContext(graph)
+    for node in graph.topological_order():
+        EXPORTERS[node.op_name](ex, node)
+    used = {name for n in ex.nodes for name in n.input} | set(graph.output_names)
+    initializers = [numpy_helper.from_array(c.data, c.name) for c in graph.constants.values()
+                    if c.name in used] + ex.initializers
+    outputs = {v.name for v in graph.outputs}
+    onnx_graph = helper.make_graph(
+        ex.nodes, graph.name,
+        [helper.make_value_info(v.name, tensor_type(v)) for v in graph.inputs],
+        [helper.make_value_info(v.name, tensor_type(v)) for v in graph.outputs],
+        initializer=initializers,
+        value_info=[helper.make_value_info(v.name, tensor_type(v)) for n in graph.nodes
+                    for v in n.outputs if v.name not in outputs])
+    opsets = [helper.make_opsetid("", ex.opset)]
+    model = helper.make_model(onnx_graph, opset_imports=opsets, producer_name="graphopt",
+                              ir_version=helper.find_min_ir_version_for(opsets))
+    return model
+
+
+def save_onnx(graph: Graph, path: str | os.PathLike | None = None) -> onnx.ModelProto:
+    """Export `graph` as an ONNX model (checked with onnx.checker's full check); write it to
+    `path` when given (weights go to `<path>.data` beside it past protobuf's 2 GB limit)."""
+    model = to_onnx(graph)
+    large = model.ByteSize() > PROTOBUF_LIMIT
+    if not large:
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as e:
+            raise GraphoptError(f"the exported model of graph '{graph.name}' fails onnx.checker: "
+                                f"{str(e).strip().splitlines()[0]}") from None
+    if path is not None:
+        path = os.fspath(path)
+        if large:
+            onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=os.path.basename(path) + ".data")
+        else:
+            onnx.save_model(model, path)
+    return model

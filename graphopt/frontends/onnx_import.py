@@ -1,0 +1,387 @@
+"""ONNX -> graphopt IR. The walk is generic: shape arithmetic on values known at import time
+(initializers, Constant, Shape of a static type, Gather/Unsqueeze/Concat on those...) is folded
+with onnx's reference evaluator; every other node goes through the conversion table in
+`onnx_ops`. Unsupported ops are collected over the whole model and reported together."""
+from __future__ import annotations
+
+import collections
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .. import ops
+from ..errors import GraphoptError, ModelFormatError, UnsupportedOpError
+from ..ir import DTYPES, Graph, TensorType, Value
+from ..verify import verify
+from .onnx_load import (ModelSource, check_model, default_opset, first_line, read_model,
+                        sort_nodes, upgrade_opset)
+
+# Ops evaluated at import time when all their inputs are known (shape arithmetic, constants).
+FOLDABLE = frozenset({
+    "Abs", "Add", "And", "Cast", "CastLike", "Ceil", "Concat", "ConstantOfShape", "Div", "Equal",
+    "Expand", "Flatten", "Floor", "Gather", "Greater", "Identity", "Less", "Max", "Min", "Mod",
+    "Mul", "Neg", "Not", "Or", "Range", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceSum",
+    "Reshape", "Sign", "Slice", "Sqrt", "Squeeze", "Sub", "Tile", "Transpose", "Unsqueeze",
+    "Where"})
+MAX_FOLDED_ELEMENTS = 1 << 24
+
+
+class UnsupportedForm(Exception):
+    """Raised by a converter for an attribute/input form it cannot express (collected, then
+    reported inside one UnsupportedOpError)."""
+
+
+class NodeContext:
+    """What a converter sees of one ONNX node: attributes, inputs as Values or constants, and
+    `emit` to add graphopt nodes (the last one takes the ONNX node's name and output name)."""
+
+    def __init__(self, importer: "Importer", node: onnx.NodeProto, label: str):
+        self.importer, self.node, self.name = importer, node, label
+        self.graph = importer.graph
+        self.attrs = {a.name: decode(helper.get_attribute_value(a)) for a in node.attribute}
+
+    @property
+    def op_type(self) -> str:
+        return self.node.op_type
+
+    def attr(self, name: str, default=None):
+        return self.attrs.get(name, default)
+
+    def ints(self, name: str, default: Sequence[int]) -> tuple[int, ...]:
+        return tuple(int(v) for v in self.attrs.get(name, default))
+
+    def has(self, i: int) -> bool:
+        return i < len(self.node.input) and self.node.input[i] != ""
+
+    def is_static(self, i: int) -> bool:
+        return self.has(i) and self.node.input[i] in self.importer.static
+
+    def type(self, i: int) -> TensorType:
+        return self.importer.type_of(self.node.input[i])
+
+    def input(self, i: int) -> Value:
+        return self.importer.value(self.node.input[i])
+
+    def static(self, i: int, what: str) -> np.ndarray:
+        if not self.is_static(i):
+            raise UnsupportedForm(f"{what} (input {i}) must be a constant")
+        return self.importer.static[self.node.input[i]]
+
+    def constant(self, name: str, data: np.ndarray) -> Value:
+        return self.graph.add_constant(name, np.asarray(data))
+
+    def input_as(self, i: int, shape: Sequence[int]) -> Value:
+        """Input i reshaped (a reshaped constant when it is known, else a reshape node)."""
+        if self.is_static(i):
+            return self.constant(self.node.input[i], self.static(i, "").reshape(shape))
+        return self.emit(ops.Reshape(tuple(shape)), [self.input(i)], final=False)
+
+    def emit(self, op: ops.Op, inputs: Sequence[Value], final: bool = True) -> Value:
+        if final:
+            return self.graph.add_node(op, inputs, name=self.importer.node_name(self),
+                                       output_names=[self.node.output[0]]).output
+        return self.graph.add_node(op, inputs, name=f"{self.name}/{op.name}").output
+
+    def outputs_used(self) -> int:
+        return sum(1 for o in self.node.output if o)
+
+    def single_output(self, extra: str) -> None:
+        if self.outputs_used() > 1:
+            raise UnsupportedForm(f"output {extra}")
+
+
+def decode(value):
+    """Attribute values as Python values: str for bytes, floats at their float32 precision
+    (1e-05, not 9.999999747378752e-06) so that exported graphs import back unchanged."""
+    if isinstance(value, float):
+        return as_float32(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    return value
+
+
+def as_float32(value) -> float:
+    """The shortest decimal that round-trips through float32."""
+    return float(str(np.float32(value)))
+
+
+def onnx_dtype(elem_type: int) -> str:
+    try:
+        return str(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)))
+    except Exception:
+        return onnx.TensorProto.DataType.Name(elem_type) if elem_type in \
+            onnx.TensorProto.DataType.values() else f"unknown({elem_type})"
+
+
+class Importer:
+    """One conversion of one model."""
+
+    def __init__(self, model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]],
+                 constant_inputs: Mapping[str, np.ndarray]):
+        from .onnx_ops import TABLE
+        self.table = TABLE
+        self.model, self.opset = model, default_opset(model)
+        self.graph = Graph(model.graph.name or "onnx_model")
+        self.values: dict[str, Value] = {}
+        self.static: dict[str, np.ndarray] = {}
+        self.poisoned: set[str] = set()
+        self.unsupported: dict[str, list[str]] = collections.defaultdict(list)
+        self.value_names = {name for node in model.graph.node for name in node.output}
+        self.value_names |= {v.name for v in model.graph.input}
+        self.value_names |= {t.name for t in model.graph.initializer}
+        self.declared = {v.name: v for v in model.graph.value_info}
+        self.read_initializers()
+        self.read_inputs(input_shapes, constant_inputs)
+
+    # ---- graph boundary ---------------------------------------------------------------------
+    def read_initializers(self) -> None:
+        for tensor in self.model.graph.initializer:
+            try:
+                self.static[tensor.name] = numpy_helper.to_array(tensor)
+            except Exception as e:
+                raise ModelFormatError(f"initializer '{tensor.name}' cannot be read "
+                                       f"({onnx_dtype(tensor.data_type)}"
+                                       f"{list(tensor.dims)}): {first_line(e)}") from None
+
+    def read_inputs(self, input_shapes, constant_inputs) -> None:
+        known = {v.name for v in self.model.graph.input}
+        for name in list(input_shapes) + list(constant_inputs):
+            if name not in known:
+                raise ModelFormatError(f"no graph input named '{name}'; inputs are "
+                                       f"{sorted(known)}")
+        for v in self.model.graph.input:
+            if v.name in self.static:      # old-style models list initializers as inputs too
+                continue
+            if v.name in constant_inputs:
+                self.static[v.name] = np.asarray(constant_inputs[v.name])
+                continue
+            if not v.type.HasField("tensor_type"):
+                raise UnsupportedOpError(f"graph input '{v.name}' is not a tensor")
+            tt = v.type.tensor_type
+            dtype = onnx_dtype(tt.elem_type)
+            if dtype not in DTYPES:
+                raise UnsupportedOpError(f"graph input '{v.name}' has dtype {dtype}; graphopt "
+                                         f"supports {', '.join(DTYPES)}")
+            if v.name in input_shapes:
+                shape = tuple(int(d) for d in input_shapes[v.name])
+            else:
+                if not tt.HasField("shape"):
+                    raise ModelFormatError(f"graph input '{v.name}' has no shape; pass "
+                                           f"input_shapes={{'{v.name}': (...)}}")
+                dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                        for d in tt.shape.dim]
+                symbolic = [d for d in dims if isinstance(d, str)]
+                if symbolic:
+                    raise ModelFormatError(f"graph input '{v.name}' has symbolic dimensions "
+                                           f"{symbolic} (shape {dims}); graphopt needs static "
+                                           f"shapes: pass input_shapes={{'{v.name}': (...)}}")
+                shape = tuple(dims)
+            self.values[v.name] = self.graph.add_input(v.name, TensorType(shape, dtype))
+
+    def finish_outputs(self) -> None:
+        outputs = []
+        for out in self.model.graph.output:
+            value = self.value(out.name)
+            if value.name != out.name or any(value is o for o in outputs):
+                # The output is an input, a constant, an alias or listed twice: an identity
+                # node carries the public name.
+                value = self.graph.add_node(ops.Dropout(0.0), [value], name=f"{out.name}/identity",
+                                            output_names=[out.name]).output
+            self.check_declared(out, value)
+            outputs.append(value)
+        self.graph.set_outputs(outputs)
+
+    def check_declared(self, info: onnx.ValueInfoProto, value: Value) -> None:
+        """A declared type (graph output or value_info) must agree with what we infer."""
+        if not info.type.HasField("tensor_type"):
+            return
+        tt = info.type.tensor_type
+        where = value.producer.name if value.producer is not None else None
+        op = value.producer.op_name if value.producer is not None else None
+        if tt.elem_type and onnx_dtype(tt.elem_type) != value.dtype:
+            raise ModelFormatError(f"'{info.name}' is declared {onnx_dtype(tt.elem_type)} but "
+                                   f"computes {value.type}", node=where, op=op)
+        if tt.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+            if len(dims) != value.type.ndim or any(
+                    d is not None and d != s for d, s in zip(dims, value.shape)):
+                shown = ["?" if d is None else d for d in dims]
+                raise ModelFormatError(f"'{info.name}' is declared with shape {shown} but "
+                                       f"computes {value.type}", node=where, op=op)
+
+    # ---- values ---------------------------------------------------------------------------------
+    def value(self, name: str) -> Value:
+        """The Value of an ONNX name; a known array becomes a named graph constant on first use."""
+        if name not in self.values:
+            data = self.static[name]
+            if str(data.dtype) not in DTYPES:
+                raise UnsupportedForm(f"constant '{name}' has dtype {data.dtype}")
+            self.values[name] = self.graph.add_constant(name, data)
+        return self.values[name]
+
+    def type_of(self, name: str) -> TensorType:
+        if name in self.values:
+            return self.values[name].type
+        data = self.static[name]
+        if str(data.dtype) not in DTYPES:
+            raise UnsupportedForm(f"constant '{name}' has dtype {data.dtype}")
+        return TensorType.of(data)
+
+    def node_name(self, ctx: NodeContext) -> str:
+        # Node and value names share one namespace in the IR: keep the ONNX node name unless it
+        # would take a value's name.
+        name = ctx.name
+        if name in self.value_names:
+            name = f"{name}/{ctx.op_type}"
+        return name
+
+    # ---- the walk -------------------------------------------------------------------------------
+    def run(self, nodes: list[tuple[int, str, onnx.NodeProto]]) -> Graph:
+        for _, label, node in nodes:
+            inputs = [n for n in node.input if n]
+            if any(n in self.poisoned for n in inputs):
+                self.poisoned.update(node.output)
+                continue
+            try:
+                self.convert(node, label, inputs)
+            except UnsupportedForm as e:
+                self.unsupported[f"{node.op_type} ({e})"].append(label)
+                self.poisoned.update(node.output)
+            except GraphoptError as e:
+                if e.node is not None:
+                    raise
+                raise type(e)(e.detail, node=label, op=node.op_type) from None
+            except Exception as e:   # a malformed node must never escape as a raw traceback
+                raise ModelFormatError(f"cannot convert: {type(e).__name__}: {first_line(e)}",
+                                       node=label, op=node.op_type) from None
+        self.raise_unsupported()
+        self.finish_outputs()
+        self.graph.remove_unused_constants()
+        verify(self.graph)
+        return self.graph
+
+    def convert(self, node: onnx.NodeProto, label: str, inputs: list[str]) -> None:
+        op_type = node.op_type
+        if node.domain not in ("", "ai.onnx"):
+            self.unsupported[f"{node.domain}.{op_type}"].append(label)
+            self.poisoned.update(node.output)
+            return
+        if op_type in ("Shape", "Size"):
+            results = [self.shape_of(NodeContext(self, node, label))]
+        elif op_type == "Constant":
+            results = [constant_value(NodeContext(self, node, label))]
+        elif op_type in FOLDABLE and all(n in self.static for n in inputs):
+            results = self.fold(node)
+        elif op_type in self.table:
+            out = self.table[op_type](NodeContext(self, node, label))
+            results = list(out) if isinstance(out, (list, tuple)) else [out]
+        else:
+            self.unsupported[op_type].append(label)
+            self.poisoned.update(node.output)
+            return
+        for name, result in zip(node.output, results):
+            if not name:
+                continue
+            if isinstance(result, np.ndarray):
+                self.static[name] = result
+            else:
+                self.values[name] = result
+                if name in self.declared:
+                    self.check_declared(self.declared[name], result)
+
+    def shape_of(self, ctx: NodeContext) -> np.ndarray:
+        shape = ctx.type(0).shape
+        if ctx.op_type == "Size":
+            return np.array(int(np.prod(shape, dtype=np.int64)), np.int64)
+        rank = len(shape)
+        start, end = ctx.attr("start", 0), ctx.attr("end", rank)
+        start, end = (min(max(i + rank if i < 0 else i, 0), rank) for i in (start, end))
+        return np.array(shape[start:end], np.int64)
+
+    def fold(self, node: onnx.NodeProto) -> list[np.ndarray]:
+        """Evaluate a node on known inputs with onnx's reference implementation."""
+        from onnx.reference import ReferenceEvaluator
+        feeds = {n: self.static[n] for n in node.input if n}
+        check_fold_size(node, [self.static[n] if n else None for n in node.input])
+        inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype),
+                                                a.shape) for n, a in feeds.items()]
+        outputs = [helper.make_value_info(o, onnx.TypeProto()) for o in node.output if o]
+        graph = helper.make_graph([node], "fold", inputs, outputs)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
+        results = ReferenceEvaluator(model).run(None, feeds)
+        named = dict(zip([o for o in node.output if o], results))
+        return [np.asarray(named[o]) if o else None for o in node.output]
+
+    def raise_unsupported(self) -> None:
+        if not self.unsupported:
+            return
+        parts = []
+        for kind, labels in sorted(self.unsupported.items()):
+            shown = ", ".join(labels[:5]) + (f", ... ({len(labels) - 5} more)"
+                                             if len(labels) > 5 else "")
+            parts.append(f"{kind}: {len(labels)} node{'s' if len(labels) > 1 else ''} "
+                         f"[{shown}]")
+        raise UnsupportedOpError(f"model '{self.graph.name}' uses {len(parts)} unsupported op "
+                                 f"type(s)/form(s): " + "; ".join(parts))
+
+
+def constant_value(ctx: NodeContext) -> np.ndarray:
+    for a in ctx.node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name in ("value_float", "value_int"):
+            return np.array(helper.get_attribute_value(a),
+                            np.float32 if a.name == "value_float" else np.int64)
+        if a.name in ("value_floats", "value_ints"):
+            return np.array(list(helper.get_attribute_value(a)),
+                            np.float32 if a.name == "value_floats" else np.int64)
+        if a.name in ("sparse_value", "value_string", "value_strings"):
+            raise UnsupportedForm(f"attribute '{a.name}'")
+    raise ModelFormatError("Constant has no value attribute", node=ctx.name, op="Constant")
+
+
+def check_fold_size(node: onnx.NodeProto, inputs: list[np.ndarray | None]) -> None:
+    """Refuse to fold ops whose output would be huge (a malformed or hostile model)."""
+    op = node.op_type
+    count = 0
+    if op == "ConstantOfShape":
+        count = int(np.prod(inputs[0].astype(np.float64)))
+    elif op == "Expand":
+        count = int(np.prod(np.broadcast_shapes(inputs[0].shape,
+                                                tuple(int(d) for d in inputs[1]))))
+    elif op == "Tile":
+        count = int(np.prod(np.multiply(inputs[0].shape, inputs[1]).astype(np.float64)))
+    elif op == "Range":
+        start, limit, delta = (float(np.asarray(a).reshape(-1)[0]) for a in inputs[:3])
+        count = math.ceil((limit - start) / delta) if delta != 0 else math.inf
+    if not 0 <= count <= MAX_FOLDED_ELEMENTS:
+        raise ModelFormatError(f"folding this {op} would create {count} elements (limit "
+                               f"{MAX_FOLDED_ELEMENTS})", node=node.name or None, op=op)
+
+
+def load_onnx(source: ModelSource, *, input_shapes: Mapping[str, Sequence[int]] | None = None,
+              constant_inputs: Mapping[str, np.ndarray] | None = None) -> Graph:
+    """Import an ONNX model (path, bytes or ModelProto) as a verified graphopt Graph.
+
+    `input_shapes` fixes symbolic input dimensions; `constant_inputs` binds graph inputs to
+    arrays (for inputs that must be static in graphopt, such as a Reshape's target shape)."""
+    try:
+        model = upgrade_opset(read_model(source))
+        nodes = sort_nodes(model)
+        check_model(model, [index for index, _, _ in nodes])
+        importer = Importer(model, input_shapes or {}, constant_inputs or {})
+        return importer.run(nodes)
+    except GraphoptError:
+        raise
+    except UnsupportedForm as e:
+        raise UnsupportedOpError(str(e)) from None
+    except RecursionError:
+        raise ModelFormatError("the model is nested too deeply to read") from None
+    except Exception as e:   # last line of defence: never a raw traceback from deep inside
+        raise ModelFormatError(f"cannot import the model: {type(e).__name__}: "
+                               f"{first_line(e)}") from None

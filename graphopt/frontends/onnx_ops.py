@@ -1,0 +1,390 @@
+"""The ONNX conversion table: ONNX op type -> a small function from a `NodeContext` to the
+graphopt Value(s) of the node's outputs. Forms we cannot express raise `UnsupportedForm` with
+the reason (collected into one UnsupportedOpError by the importer)."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from .. import ops
+from ..errors import ModelFormatError
+from ..ops.resize import COORDINATE_MODES
+from .onnx_import import NodeContext, UnsupportedForm, as_float32
+
+TABLE: dict[str, Callable[[NodeContext], object]] = {}
+
+# Inputs that graphopt needs as constants (they become attributes); a model that computes them
+# at run time is unsupported, a conformance case that feeds them is loaded with them bound.
+ATTRIBUTE_INPUTS = {"Clip": (1, 2), "Dropout": (1, 2), "Pad": (1, 2, 3), "Reshape": (1,),
+                    "Resize": (1, 2, 3), "Squeeze": (1,), "Unsqueeze": (1,)}
+
+
+def converts(*op_types: str):
+    def register(fn):
+        for op_type in op_types:
+            TABLE[op_type] = fn
+        return fn
+    return register
+
+
+# ---- spatial ops (2-D, and 1-D by lifting to 2-D with a unit height) -----------------------------
+class Spatial:
+    """A node's NCHW input, lifted from NCL to NC1L when the op is 1-D."""
+
+    def __init__(self, ctx: NodeContext):
+        x = ctx.type(0)
+        if x.ndim not in (3, 4):
+            raise UnsupportedForm(f"{x.ndim - 2}-D input {x} (1-D and 2-D are supported)")
+        self.ctx, self.lifted = ctx, x.ndim == 3
+        self.x = ctx.input_as(0, (*x.shape[:2], 1, x.shape[2])) if self.lifted else ctx.input(0)
+        self.sizes = x.shape[2:]
+
+    def ints(self, name: str, default: int, lifted: int = 1) -> tuple[int, ...]:
+        """A per-spatial-axis attribute; `lifted` is its value on the added unit axis."""
+        values = self.ctx.ints(name, [default] * len(self.sizes))
+        if len(values) != len(self.sizes):
+            raise ModelFormatError(f"attribute {name}={list(values)} has {len(values)} values, "
+                                   f"expected {len(self.sizes)}", node=self.ctx.name,
+                                   op=self.ctx.op_type)
+        return (lifted, *values) if self.lifted else values
+
+    def pads(self, kernel, strides, dilations) -> tuple[int, int, int, int]:
+        """Explicit (top, left, bottom, right) padding from `pads` or `auto_pad`."""
+        ctx, rank = self.ctx, len(self.sizes)
+        auto = ctx.attr("auto_pad", "NOTSET")
+        if auto in ("NOTSET", ""):
+            pads = ctx.ints("pads", [0] * 2 * rank)
+            if len(pads) != 2 * rank:
+                raise ModelFormatError(f"pads={list(pads)} has {len(pads)} values, expected "
+                                       f"{2 * rank}", node=ctx.name, op=ctx.op_type)
+            begins, ends = pads[:rank], pads[rank:]
+        elif auto == "VALID":
+            begins = ends = (0,) * rank
+        elif auto in ("SAME_UPPER", "SAME_LOWER"):
+            spatial = list(zip(self.sizes, kernel[-rank:], strides[-rank:], dilations[-rank:]))
+            totals = [max(0, (math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n)
+                      for n, k, s, d in spatial]
+            begins = tuple(t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in totals)
+            ends = tuple(t - b for t, b in zip(totals, begins))
+        else:
+            raise ModelFormatError(f"unknown auto_pad '{auto}'", node=ctx.name, op=ctx.op_type)
+        if self.lifted:
+            return (0, begins[0], 0, ends[0])
+        return (begins[0], begins[1], ends[0], ends[1])
+
+    def finish(self, op: ops.Op, inputs) -> object:
+        if not self.lifted:
+            return self.ctx.emit(op, inputs)
+        y = self.ctx.emit(op, inputs, final=False)
+        n, c, _, length = y.shape
+        return self.ctx.emit(ops.Reshape((n, c, length)), [y])
+
+
+def weight_2d(ctx: NodeContext, spatial: Spatial, index: int = 1):
+    w = ctx.type(index)
+    if w.ndim != len(spatial.sizes) + 2:
+        raise ModelFormatError(f"weight {w} has rank {w.ndim}, expected {len(spatial.sizes) + 2} "
+                               f"for input {ctx.type(0)}", node=ctx.name, op=ctx.op_type)
+    if spatial.lifted:
+        return ctx.input_as(index, (*w.shape[:2], 1, w.shape[2])), (1, w.shape[2])
+    return ctx.input(index), w.shape[2:]
+
+
+def optional_bias(ctx: NodeContext) -> list:
+    return [ctx.input(2)] if ctx.has(2) else []
+
+
+@converts("Conv")
+def conv(ctx):
+    s = Spatial(ctx)
+    w, kernel = weight_2d(ctx, s)
+    strides, dilations = s.ints("strides", 1), s.ints("dilations", 1)
+    op = ops.Conv2d(strides, s.pads(kernel, strides, dilations), dilations, ctx.attr("group", 1))
+    return s.finish(op, [s.x, w, *optional_bias(ctx)])
+
+
+@converts("ConvTranspose")
+def conv_transpose(ctx):
+    s = Spatial(ctx)
+    w, kernel = weight_2d(ctx, s)
+    strides, dilations = s.ints("strides", 1), s.ints("dilations", 1)
+    output_padding = list(s.ints("output_padding", 0, lifted=0))
+    auto = ctx.attr("auto_pad", "NOTSET")
+    sizes = (1, *s.sizes) if s.lifted else s.sizes
+    full = [st * (n - 1) + op + (k - 1) * d + 1
+            for n, k, st, d, op in zip(sizes, kernel, strides, dilations, output_padding)]
+    if "output_shape" in ctx.attrs or auto in ("SAME_UPPER", "SAME_LOWER"):
+        if "output_shape" in ctx.attrs:
+            wanted = list(ctx.ints("output_shape", ()))[-len(s.sizes):]
+            wanted = [1, *wanted] if s.lifted else wanted
+        else:
+            wanted = [n * st for n, st in zip(sizes, strides)]
+        totals = [f - o for f, o in zip(full, wanted)]
+        for i, t in enumerate(totals):
+            if t < 0:   # the output is larger than the full result: extend it at the end
+                output_padding[i] -= t
+                totals[i] = 0
+        begins = [t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in totals]
+        pads = (begins[0], begins[1], totals[0] - begins[0], totals[1] - begins[1])
+    else:
+        pads = s.pads(kernel, strides, dilations)
+    op = ops.ConvTranspose2d(strides, pads, tuple(output_padding), dilations, ctx.attr("group", 1))
+    return s.finish(op, [s.x, w, *optional_bias(ctx)])
+
+
+@converts("MaxPool", "AveragePool")
+def pool(ctx):
+    ctx.single_output("Indices (argmax)")
+    if ctx.attr("storage_order", 0) not in (0, 1):
+        raise ModelFormatError("storage_order must be 0 or 1", node=ctx.name, op=ctx.op_type)
+    s = Spatial(ctx)
+    kernel = s.ints("kernel_shape", 0)
+    strides, dilations = s.ints("strides", 1), s.ints("dilations", 1)
+    args = (kernel, strides, s.pads(kernel, strides, dilations), dilations,
+            bool(ctx.attr("ceil_mode", 0)))
+    if ctx.op_type == "MaxPool":
+        return s.finish(ops.MaxPool2d(*args), [s.x])
+    return s.finish(ops.AvgPool2d(*args, bool(ctx.attr("count_include_pad", 0))), [s.x])
+
+
+@converts("GlobalAveragePool", "GlobalMaxPool")
+def global_pool(ctx):
+    if ctx.type(0).ndim != 4:
+        raise UnsupportedForm(f"input {ctx.type(0)} (only NCHW is supported)")
+    op = ops.GlobalAvgPool2d() if ctx.op_type == "GlobalAveragePool" else ops.GlobalMaxPool2d()
+    return ctx.emit(op, [ctx.input(0)])
+
+
+@converts("LRN")
+def lrn(ctx):
+    if ctx.type(0).ndim != 4:
+        raise UnsupportedForm(f"input {ctx.type(0)} (only NCHW is supported)")
+    op = ops.Lrn(int(ctx.attr("size")), float(ctx.attr("alpha", 1e-4)),
+                 float(ctx.attr("beta", 0.75)), float(ctx.attr("bias", 1.0)))
+    return ctx.emit(op, [ctx.input(0)])
+
+
+@converts("BatchNormalization")
+def batch_norm(ctx):
+    if ctx.attr("training_mode", 0):
+        raise UnsupportedForm("training_mode=1")
+    ctx.single_output("running mean/var (training outputs)")
+    return ctx.emit(ops.BatchNorm(float(ctx.attr("epsilon", 1e-5))),
+                    [ctx.input(i) for i in range(5)])
+
+
+# ---- dense -----------------------------------------------------------------------------------
+@converts("Gemm")
+def gemm(ctx):
+    """alpha * A' @ B' + beta * C. The common exporter form (constant B, 1-D bias, no scaling)
+    becomes `linear`; everything else is composed from transpose/matmul/mul/add."""
+    alpha, beta = float(ctx.attr("alpha", 1.0)), float(ctx.attr("beta", 1.0))
+    trans_a, trans_b = ctx.attr("transA", 0), ctx.attr("transB", 0)
+    b = ctx.type(1)
+    n = b.shape[0] if trans_b else b.shape[1]
+    plain_bias = not ctx.has(2) or (beta == 1.0 and ctx.type(2).shape == (n,))
+    if not trans_a and alpha == 1.0 and ctx.is_static(1) and plain_bias:
+        if trans_b:
+            weight = ctx.input(1)
+        else:
+            weight = ctx.constant(ctx.node.input[1], ctx.static(1, "B").T)
+        return ctx.emit(ops.Linear(), [ctx.input(0), weight, *optional_bias(ctx)])
+    a = ctx.input(0)
+    if trans_a:
+        a = ctx.emit(ops.Transpose((1, 0)), [a], final=False)
+    if trans_b and ctx.is_static(1):
+        bv = ctx.constant(ctx.node.input[1], ctx.static(1, "B").T)
+    else:
+        bv = ctx.emit(ops.Transpose((1, 0)), [ctx.input(1)], final=False) if trans_b \
+            else ctx.input(1)
+    scaled, biased = alpha != 1.0, ctx.has(2) and beta != 0.0
+    y = ctx.emit(ops.Matmul(), [a, bv], final=not (scaled or biased))
+    if scaled:
+        y = ctx.emit(ops.Mul(), [y, ctx.constant(f"{ctx.name}.alpha",
+                                                np.array(alpha, y.dtype))], final=not biased)
+    if biased:
+        c = ctx.input(2)
+        if beta != 1.0:
+            c = ctx.constant(f"{ctx.name}.beta_c", ctx.static(2, "C") * np.array(beta, c.dtype)) \
+                if ctx.is_static(2) else ctx.emit(
+                    ops.Mul(), [c, ctx.constant(f"{ctx.name}.beta", np.array(beta, c.dtype))],
+                    final=False)
+        y = ctx.emit(ops.Add(), [y, c])
+    return y
+
+
+@converts("MatMul")
+def matmul(ctx):
+    return ctx.emit(ops.Matmul(), [ctx.input(0), ctx.input(1)])
+
+
+# ---- elementwise ------------------------------------------------------------------------------
+BINARY = {"Add": ops.Add, "Sub": ops.Sub, "Mul": ops.Mul, "Div": ops.Div}
+UNARY = {"Relu": ops.Relu, "Sigmoid": ops.Sigmoid, "Tanh": ops.Tanh}
+
+
+@converts(*BINARY)
+def binary(ctx):
+    return ctx.emit(BINARY[ctx.op_type](), [ctx.input(0), ctx.input(1)])
+
+
+@converts(*UNARY)
+def unary(ctx):
+    return ctx.emit(UNARY[ctx.op_type](), [ctx.input(0)])
+
+
+@converts("LeakyRelu")
+def leaky_relu(ctx):
+    return ctx.emit(ops.LeakyRelu(float(ctx.attr("alpha", 0.01))), [ctx.input(0)])
+
+
+@converts("Softmax")
+def softmax(ctx):
+    return ctx.emit(ops.Softmax(int(ctx.attr("axis", -1))), [ctx.input(0)])
+
+
+def scalar(ctx: NodeContext, index: int, what: str) -> float:
+    data = ctx.static(index, what)
+    if data.size != 1:
+        raise ModelFormatError(f"{what} must hold one value, found shape {data.shape}",
+                               node=ctx.name, op=ctx.op_type)
+    value = data.reshape(-1)[0]
+    return as_float32(value) if data.dtype.kind == "f" else float(value)
+
+
+@converts("Clip")
+def clip(ctx):
+    low = scalar(ctx, 1, "min") if ctx.has(1) else None
+    high = scalar(ctx, 2, "max") if ctx.has(2) else None
+    if low is not None and high is not None and low > high:
+        low = high    # ONNX: every value becomes max
+    return ctx.emit(ops.Clip(low, high), [ctx.input(0)])
+
+
+@converts("Dropout")
+def dropout(ctx):
+    ctx.single_output("mask")
+    if ctx.has(2) and bool(ctx.static(2, "training_mode").reshape(-1)[0]):
+        raise UnsupportedForm("training_mode=true")
+    ratio = scalar(ctx, 1, "ratio") if ctx.has(1) else 0.5
+    return ctx.emit(ops.Dropout(ratio), [ctx.input(0)])
+
+
+@converts("Identity")
+def identity(ctx):
+    return ctx.emit(ops.Dropout(0.0), [ctx.input(0)])
+
+
+# ---- shape -------------------------------------------------------------------------------------
+@converts("Concat")
+def concat(ctx):
+    return ctx.emit(ops.Concat(int(ctx.attr("axis"))),
+                    [ctx.input(i) for i in range(len(ctx.node.input))])
+
+
+@converts("Flatten")
+def flatten(ctx):
+    return ctx.emit(ops.Flatten(int(ctx.attr("axis", 1))), [ctx.input(0)])
+
+
+@converts("Reshape")
+def reshape(ctx):
+    x = ctx.type(0)
+    target = [int(d) for d in ctx.static(1, "shape").reshape(-1)]
+    if not ctx.attr("allowzero", 0):   # 0 copies the input's dimension
+        for i, d in enumerate(target):
+            if d == 0:
+                if i >= x.ndim:
+                    raise ModelFormatError(f"shape {target} copies dimension {i} of {x}, which "
+                                           f"has rank {x.ndim}", node=ctx.name, op="Reshape")
+                target[i] = x.shape[i]
+    return ctx.emit(ops.Reshape(tuple(target)), [ctx.input(0)])
+
+
+@converts("Transpose")
+def transpose(ctx):
+    rank = ctx.type(0).ndim
+    return ctx.emit(ops.Transpose(ctx.ints("perm", range(rank - 1, -1, -1))), [ctx.input(0)])
+
+
+@converts("Unsqueeze", "Squeeze")
+def squeeze(ctx):
+    """Adding or removing unit dimensions is a reshape to the static result shape."""
+    shape = list(ctx.type(0).shape)
+    axes = [int(a) for a in ctx.static(1, "axes").reshape(-1)] if ctx.has(1) else None
+    if ctx.op_type == "Unsqueeze":
+        rank = len(shape) + len(axes)
+        for axis in sorted(a % rank for a in axes):
+            shape.insert(axis, 1)
+    else:
+        drop = {i for i, d in enumerate(shape) if d == 1} if axes is None else \
+            {a % len(shape) for a in axes}
+        if any(shape[a] != 1 for a in drop):
+            raise ModelFormatError(f"cannot squeeze axes {sorted(drop)} of {ctx.type(0)}",
+                                   node=ctx.name, op="Squeeze")
+        shape = [d for i, d in enumerate(shape) if i not in drop]
+    return ctx.emit(ops.Reshape(tuple(shape)), [ctx.input(0)])
+
+
+@converts("Pad")
+def pad(ctx):
+    mode = ctx.attr("mode", "constant")
+    if mode != "constant":
+        raise UnsupportedForm(f"mode '{mode}'")
+    rank = ctx.type(0).ndim
+    pads = [int(p) for p in ctx.static(1, "pads").reshape(-1)]
+    axes = list(range(rank))
+    if ctx.has(3):
+        axes = [int(a) % rank for a in ctx.static(3, "axes").reshape(-1)]
+    if len(pads) != 2 * len(axes):
+        raise ModelFormatError(f"pads {pads} has {len(pads)} values, expected {2 * len(axes)}",
+                               node=ctx.name, op="Pad")
+    if min(pads, default=0) < 0:
+        raise UnsupportedForm("negative pads (cropping)")
+    pairs = [(0, 0)] * rank
+    for i, axis in enumerate(axes):
+        pairs[axis] = (pads[i], pads[i + len(axes)])
+    value = scalar(ctx, 2, "constant_value") if ctx.has(2) else 0.0
+    return ctx.emit(ops.Pad(tuple(pairs), value), [ctx.input(0)])
+
+
+@converts("Resize")
+def resize(ctx):
+    x = ctx.type(0)
+    if x.ndim != 4:
+        raise UnsupportedForm(f"input {x} (only NCHW is supported)")
+    mode = ctx.attr("mode", "nearest")
+    coords = ctx.attr("coordinate_transformation_mode", "half_pixel")
+    if mode not in ("nearest", "linear"):
+        raise UnsupportedForm(f"mode '{mode}'")
+    if coords not in COORDINATE_MODES:
+        raise UnsupportedForm(f"coordinate_transformation_mode '{coords}'")
+    axes = [int(a) % 4 for a in ctx.attr("axes", range(4))]
+    if ctx.has(3):
+        sizes = dict(zip(axes, (int(v) for v in ctx.static(3, "sizes").reshape(-1))))
+        policy = ctx.attr("keep_aspect_ratio_policy", "stretch")
+        if policy != "stretch":
+            pick = min if policy == "not_larger" else max
+            scale = pick(sizes[a] / x.shape[a] for a in axes)
+            sizes = {a: int(math.floor(scale * x.shape[a] + 0.5)) for a in axes}
+        out = [sizes.get(a, x.shape[a]) for a in range(4)]
+    elif ctx.has(2):
+        scales = dict(zip(axes, (float(v) for v in ctx.static(2, "scales").reshape(-1))))
+        out = [int(math.floor(x.shape[a] * scales.get(a, 1.0))) for a in range(4)]
+        # ONNX maps coordinates with the given scale (even for align_corners); our op uses the
+        # size ratio, so the two must agree.
+        for a, scale in scales.items():
+            if not math.isclose(out[a] / x.shape[a], scale, rel_tol=1e-6):
+                raise UnsupportedForm(f"scale {scale:g} on axis {a} differs from the "
+                                      f"output/input size ratio {out[a]}/{x.shape[a]}")
+    else:
+        raise ModelFormatError("Resize needs scales or sizes", node=ctx.name, op="Resize")
+    if out[:2] != list(x.shape[:2]):
+        raise UnsupportedForm(f"resizing the batch or channel axis ({list(x.shape)} -> {out})")
+    if ctx.attr("antialias", 0) and (out[2] < x.shape[2] or out[3] < x.shape[3]):
+        raise UnsupportedForm("antialias when downsampling")
+    op = ops.Resize((out[2], out[3]), "nearest" if mode == "nearest" else "bilinear", coords,
+                    ctx.attr("nearest_mode", "round_prefer_floor"))
+    return ctx.emit(op, [ctx.input(0)])
