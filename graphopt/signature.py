@@ -50,7 +50,8 @@ class Signature:
             if found is None or found != expected:
                 raise InputError(f"input '{name}': expected {expected}, found "
                                  f"{array.dtype}[{','.join(map(str, array.shape))}]")
-            checked[name] = np.ascontiguousarray(array)
+            # ascontiguousarray would turn a 0-d array into shape (1,)
+            checked[name] = np.ascontiguousarray(array) if array.ndim else array
         return checked
 
     def to_json(self) -> str:

@@ -92,6 +92,8 @@ class Reshape(Op):
 
     def lower_tvm(self, bb, x):
         shape = self.infer(relax_type(x)).shape
+        if 0 in shape:   # Relax reads a 0 as "copy this dimension"; an empty result is a constant
+            return relax().const(np.zeros(shape, relax_type(x).dtype), relax_type(x).dtype)
         return relax().op.reshape(x, shape)
 
 

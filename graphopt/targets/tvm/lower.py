@@ -17,7 +17,8 @@ def to_relax(graph: Graph):
     with bb.function("main", params):
         with bb.dataflow():
             for c in graph.constants.values():
-                env[id(c)] = relax.const(c.data)
+                # explicit dtype: relax.const narrows int64 arrays to int32 by default
+                env[id(c)] = relax.const(c.data, c.dtype)
             outputs = {id(v) for v in graph.outputs}
             for node in graph.topological_order():
                 args = [env[id(v)] for v in node.inputs]
