@@ -1,0 +1,162 @@
+"""Export / load round trips: in this process (full TVM install) and in a subprocess whose
+import path holds no `tvm` compiler package, only tvm_ffi, numpy and graphopt."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import graphopt as go
+from graphopt import runtime
+from graphopt.errors import GraphoptError, InputError, ModelFormatError
+from graphopt.frontends import dsl
+
+
+def two_output_net():
+    """conv-bn-relu-pool-linear with two outputs (logits and their softmax), batch 2."""
+    with dsl.Builder("two_heads", seed=3) as b:
+        x = b.input("image", (2, 3, 12, 12))
+        x = dsl.relu(dsl.batch_norm(dsl.conv2d(x, 6, kernel=3, padding=1)))
+        logits = dsl.linear(dsl.flatten(dsl.max_pool2d(x, 2)), 5)
+        return b.output(logits, dsl.softmax(logits), names=["logits", "probs"])
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return two_output_net()
+
+
+@pytest.fixture(scope="module")
+def feeds(graph):
+    return {"image": np.random.default_rng(0).standard_normal((2, 3, 12, 12), dtype=np.float32)}
+
+
+@pytest.fixture(scope="module")
+def compiled(graph):
+    return go.compile(graph, target="cpu")
+
+
+@pytest.fixture(scope="module")
+def exported(compiled, tmp_path_factory):
+    return compiled.export(str(tmp_path_factory.mktemp("export") / "two_heads_cpu.so"))
+
+
+def test_loaded_model_matches_compiled_bit_for_bit(compiled, exported, feeds):
+    loaded = go.load(exported)
+    expected, found = compiled.run(feeds), loaded.run(feeds)
+    assert list(found) == ["logits", "probs"]
+    for name in expected:
+        np.testing.assert_array_equal(found[name], expected[name])
+
+
+def test_loaded_model_carries_its_signature(exported):
+    loaded = go.load(exported)
+    assert loaded.inputs == [("image", (2, 3, 12, 12), "float32")]
+    assert loaded.outputs == [("logits", (2, 5), "float32"), ("probs", (2, 5), "float32")]
+    assert loaded.target == "cpu" and loaded.graph_name == "two_heads"
+
+
+def test_compare_accepts_a_loaded_model(graph, exported, feeds):
+    report = go.compare(graph, go.load(exported), feeds)
+    assert report.ok, str(report)
+    assert report.reference_dtype == "float64"
+    assert [o.name for o in report.outputs] == ["logits", "probs"]
+
+
+def test_compare_flags_a_loaded_model_of_other_weights(exported, feeds):
+    other = two_output_net()
+    other.constants[next(iter(other.constants))].data[...] += 1.0   # perturb the first weight
+    assert not go.compare(other, go.load(exported), feeds).ok
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({}, "expected inputs"),
+    ({"image": np.zeros((1, 3, 12, 12), np.float32)}, "expected float32[2,3,12,12]"),
+    ({"image": np.zeros((2, 3, 12, 12), np.float64)}, "found float64"),
+    ({"image": np.zeros((2, 3, 12, 12), np.float32), "extra": np.zeros(1)}, "expected inputs"),
+])
+def test_loaded_model_rejects_bad_inputs(exported, bad, message):
+    with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        go.load(exported).run(bad)
+
+
+def test_load_rejects_files_that_are_not_graphopt_exports(compiled, tmp_path):
+    with pytest.raises(ModelFormatError, match="no such file"):
+        go.load(str(tmp_path / "missing.so"))
+    text = tmp_path / "not_a_library.so"
+    text.write_text("hello")
+    with pytest.raises(ModelFormatError, match="not a loadable shared library"):
+        go.load(str(text))
+    plain = str(tmp_path / "plain_tvm.so")
+    compiled.executable.export_library(plain)     # TVM's export, without graphopt's metadata
+    with pytest.raises(ModelFormatError, match="not a graphopt export"):
+        go.load(plain)
+
+
+def test_export_path_must_be_a_shared_library(compiled, tmp_path):
+    with pytest.raises(GraphoptError, match="must end in .so"):
+        compiled.export(str(tmp_path / "model.tar"))
+
+
+def test_metadata_is_readable_without_loading_the_model(exported):
+    metadata, fatbin = runtime.read_export(exported)
+    assert fatbin is None
+    assert metadata["format"] == runtime.FORMAT and metadata["device"] == "cpu"
+    assert [d["name"] for d in metadata["outputs"]] == ["logits", "probs"]
+    json.dumps(metadata)
+
+
+def runtime_only_path(tmp_path) -> str:
+    """A folder for sys.path holding tvm_ffi (and its one dependency, typing_extensions), numpy
+    and graphopt, but no `tvm` package."""
+    import numpy
+    import tvm_ffi
+    import typing_extensions
+    folder = tmp_path / "runtime_only_site"
+    folder.mkdir()
+    packages = [os.path.dirname(tvm_ffi.__file__), os.path.dirname(numpy.__file__),
+                os.path.dirname(go.__file__), typing_extensions.__file__]
+    numpy_libs = os.path.join(os.path.dirname(os.path.dirname(numpy.__file__)), "numpy.libs")
+    if os.path.isdir(numpy_libs):
+        packages.append(numpy_libs)
+    for package in packages:
+        os.symlink(package, folder / os.path.basename(package))
+    return str(folder)
+
+
+def test_cpu_export_runs_with_only_the_tvm_runtime(exported, compiled, feeds, tmp_path):
+    import tvm
+    libs = tmp_path / "runtime_libs"
+    libs.mkdir()
+    wheel_lib = os.path.join(os.path.dirname(tvm.__file__), "lib", "libtvm_runtime.so")
+    os.symlink(wheel_lib, libs / "libtvm_runtime.so")
+    np.save(tmp_path / "x.npy", feeds["image"])
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path[:] = [{runtime_only_path(tmp_path)!r}] + [p for p in sys.path if "site-packages" not in p]
+        try:
+            import tvm
+            raise SystemExit("tvm must not be importable here")
+        except ImportError:
+            pass
+        import numpy as np
+        from graphopt.runtime import load
+        model = load({exported!r})
+        out = model.run({{"image": np.load({str(tmp_path / "x.npy")!r})}})
+        np.savez({str(tmp_path / "out.npz")!r}, **out)
+        assert "tvm" not in sys.modules, "the compiler package was imported"
+        print("modules:", sorted(m for m in sys.modules if m.startswith(("tvm", "graphopt"))))
+    """)
+    env = {**os.environ, runtime.RUNTIME_DIR_ENV: str(libs)}
+    done = subprocess.run([sys.executable, "-S", "-c", script], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with np.load(tmp_path / "out.npz") as found:
+        expected = compiled.run(feeds)
+        for name in expected:
+            np.testing.assert_array_equal(found[name], expected[name])
