@@ -34,6 +34,18 @@ def load(path: str):
     return load_exported(path)
 
 
+def load_onnx(source, **options) -> Graph:
+    """Import an ONNX model (path, bytes or onnx.ModelProto) as a verified Graph."""
+    from .frontends.onnx import load_onnx as import_onnx
+    return import_onnx(source, **options)
+
+
+def save_onnx(graph: Graph, path=None):
+    """Export `graph` as an onnx.ModelProto (written to `path` when given)."""
+    from .frontends.onnx import save_onnx as export_onnx
+    return export_onnx(graph, path)
+
+
 def __getattr__(name: str):
     # The zoo is loaded on first use so that `import graphopt` stays fast.
     if name == "zoo":
@@ -43,5 +55,5 @@ def __getattr__(name: str):
 
 __all__ = ["Graph", "Node", "TensorType", "Value", "GraphoptError", "InputError", "LoweringError",
            "ModelFormatError", "PassError", "ShapeError", "UnsupportedOpError", "VerifyError",
-           "CompareReport", "compare", "compile", "dsl", "interpret", "load", "ops", "verify",
-           "zoo"]
+           "CompareReport", "compare", "compile", "dsl", "interpret", "load", "load_onnx", "ops",
+           "save_onnx", "verify", "zoo"]
