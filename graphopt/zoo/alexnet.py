@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from ..frontends import dsl
 from ..ir import Graph
+from .blocks import dropout_mlp_classifier
 
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
 
@@ -38,9 +39,4 @@ def alexnet(batch: int = 1, seed: int = 0, num_classes: int = 1000, image_size: 
             x = dsl.relu(dsl.conv2d(x, 384, 3, padding=1, groups=groups, name="10"), name="11")
             x = dsl.relu(dsl.conv2d(x, 256, 3, padding=1, groups=groups, name="12"), name="13")
             x = dsl.max_pool2d(x, 3, stride=2, name="14")
-        x = dsl.flatten(x, name="flatten")
-        with b.scope("classifier"):
-            x = dsl.dropout(dsl.relu(dsl.linear(x, 4096, name="0"), name="1"), 0.5, name="2")
-            x = dsl.dropout(dsl.relu(dsl.linear(x, 4096, name="3"), name="4"), 0.5, name="5")
-            x = dsl.linear(x, num_classes, name="6")
-        return b.output(x)
+        return b.output(dropout_mlp_classifier(x, num_classes))

@@ -22,9 +22,8 @@ def _conv_bn(x: Tensor, out_channels: int, kernel: int, stride: int, conv: str, 
     x = dsl.conv2d(x, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False,
                    name=conv)
     scale = None
-    if gamma_scale != 1.0:
-        b = x.builder
-        scale = b.rng.uniform(0.5, 1.5, out_channels) * gamma_scale
+    if gamma_scale != 1.0:   # the DSL's own gamma draw, uniform(0.5, 1.5), scaled down
+        scale = x.builder.uniform(1.5 * gamma_scale, 0.5 * gamma_scale)((out_channels,))
     return dsl.batch_norm(x, scale=scale, name=bn)
 
 

@@ -10,6 +10,7 @@ from typing import Sequence
 from ..errors import ShapeError
 from ..frontends import dsl
 from ..ir import Graph
+from .blocks import dropout_mlp_classifier
 
 POOL = "M"
 CONFIGS = {
@@ -35,12 +36,7 @@ def _vgg(name: str, config: Sequence, batch: int, seed: int, num_classes: int,
                     x = dsl.conv2d(x, item, 3, padding=1, name=str(index))
                     x = dsl.relu(x, name=str(index + 1))
                     index += 2
-        x = dsl.flatten(x, name="flatten")
-        with b.scope("classifier"):
-            x = dsl.dropout(dsl.relu(dsl.linear(x, 4096, name="0"), name="1"), 0.5, name="2")
-            x = dsl.dropout(dsl.relu(dsl.linear(x, 4096, name="3"), name="4"), 0.5, name="5")
-            x = dsl.linear(x, num_classes, name="6")
-        return b.output(x)
+        return b.output(dropout_mlp_classifier(x, num_classes))
 
 
 def vgg11(batch: int = 1, seed: int = 0, num_classes: int = 1000, image_size: int = 224) -> Graph:
