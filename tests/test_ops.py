@@ -164,6 +164,51 @@ def conv_rows():
     ]
 
 
+def onnx_fused_conv(op: ops.FusedConv2d) -> Reference:
+    """fused_conv2d as the ONNX chain it stands for: Conv [-> Add residual] [-> activation]."""
+    conv = op.conv
+    act = op.activation
+    def reference(*arrays: np.ndarray) -> np.ndarray:
+        conv_inputs = ["in0", "in1"] + (["in2"] if op.has_bias else [])
+        nodes = [helper.make_node("Conv", conv_inputs, ["conv"], strides=list(conv.stride),
+                                  pads=list(conv.padding), dilations=list(conv.dilation),
+                                  group=conv.groups)]
+        last, extra = "conv", []
+        if op.has_residual:
+            nodes.append(helper.make_node("Add", ["conv", f"in{len(arrays) - 1}"], ["sum"]))
+            last = "sum"
+        if isinstance(act, ops.Relu):
+            nodes.append(helper.make_node("Relu", [last], ["act"]))
+        elif isinstance(act, ops.LeakyRelu):
+            nodes.append(helper.make_node("LeakyRelu", [last], ["act"], alpha=act.alpha))
+        elif isinstance(act, ops.Clip):
+            bounds = [np.array(b, arrays[0].dtype) for b in (act.min, act.max)]
+            extra = bounds
+            nodes.append(helper.make_node("Clip", [last, "extra0", "extra1"], ["act"]))
+        nodes.append(helper.make_node("Identity", [nodes[-1].output[0]], ["out"]))
+        return run_onnx(nodes, arrays, extra)
+    return reference
+
+
+def fused_conv_rows():
+    def row(id, x, o, activation=None, bias=True, residual=False, f64=False, **conv_attrs):
+        conv = ops.Conv2d(**conv_attrs)
+        op = ops.FusedConv2d(conv, activation, bias, residual)
+        w = rand(o, x[1] // conv.groups, 3, 3)
+        out_shape = conv.infer(*(go.TensorType(s) for s in (x, w.shape))).shape
+        weights = (w, *([rand(o)] if bias else []), *([rand(*out_shape)] if residual else []))
+        return Row(f"fused_conv2d-{id}", op, (rand(*x),), weights, onnx_fused_conv(op), f64)
+    return [
+        row("bias-relu", (1, 3, 7, 7), 4, ops.Relu(), padding=1, f64=True),
+        row("residual-relu", (1, 4, 6, 6), 4, ops.Relu(), residual=True, padding=1, f64=True),
+        row("nobias-relu6", (1, 3, 8, 8), 5, ops.Clip(0.0, 6.0), bias=False, stride=2,
+            padding=1),
+        row("leaky-depthwise", (1, 4, 6, 6), 4, ops.LeakyRelu(0.1), groups=4, padding=1),
+        row("residual-only", (1, 2, 5, 5), 3, residual=True, padding=(1, 0, 1, 2)),
+        row("plain", (2, 3, 6, 6), 2, dilation=2),
+    ]
+
+
 def conv_transpose_rows():
     def row(id, x, o, k, bias=True, f64=False, **attrs):
         op = ops.ConvTranspose2d(**attrs)
@@ -435,7 +480,7 @@ def resize_rows():
     return rows
 
 
-ROWS: list[Row] = [*conv_rows(), *conv_transpose_rows(), *batch_norm_rows(), *activation_rows(),
+ROWS: list[Row] = [*conv_rows(), *fused_conv_rows(), *conv_transpose_rows(), *batch_norm_rows(), *activation_rows(),
                    *pool_rows(), *global_pool_rows(), *lrn_rows(), *linear_rows(),
                    *binary_rows(), *shape_rows(), *resize_rows()]
 ROW_IDS = [r.id for r in ROWS]

@@ -1,0 +1,236 @@
+"""Graph construction and edits: add, replace_all_uses, remove, copy, topological order, networkx."""
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+import pytest
+
+import graphopt as go
+from graphopt import ops
+from graphopt.errors import GraphoptError, ShapeError, VerifyError
+from graphopt.ir import Graph, TensorType
+
+from conftest import one_node_graph
+
+
+def diamond() -> Graph:
+    """x -> relu -> (sigmoid, tanh) -> add -> + bias -> y. Nodes and values share one namespace,
+    so node 'relu' outputs value 'r', and so on."""
+    g = Graph("diamond")
+    x = g.add_input("x", TensorType((2, 3)))
+    r = g.add_node(ops.Relu(), [x], name="relu", output_names=["r"]).output
+    s = g.add_node(ops.Sigmoid(), [r], name="sigmoid", output_names=["s"]).output
+    t = g.add_node(ops.Tanh(), [r], name="tanh", output_names=["t"]).output
+    c = g.add_constant("bias", np.ones((3,), np.float32))
+    a = g.add_node(ops.Add(), [s, t], name="add", output_names=["a"]).output
+    y = g.add_node(ops.Add(), [a, c], name="add_bias", output_names=["y"]).output
+    g.set_outputs([y])
+    return go.verify(g)
+
+
+# ---- TensorType --------------------------------------------------------------------------------
+def test_tensor_type_properties():
+    t = TensorType((2, 3, 4), "float32")
+    assert (t.ndim, t.numel, t.is_float, str(t)) == (3, 24, True, "float32[2,3,4]")
+    assert t.with_shape((4, 6)) == TensorType((4, 6)) and t.with_dtype("int8").dtype == "int8"
+    assert TensorType.of(np.zeros((1, 2), np.int64)) == TensorType((1, 2), "int64")
+    assert TensorType([np.int64(2), 3]).shape == (2, 3)   # numpy ints normalise to int
+
+
+@pytest.mark.parametrize("shape, dtype, message", [
+    ((2, -1), "float32", "negative dimension"),
+    ((2,), "complex64", "unknown dtype 'complex64'"),
+])
+def test_tensor_type_rejects(shape, dtype, message):
+    with pytest.raises(ShapeError, match=message):
+        TensorType(shape, dtype)
+
+
+# ---- construction ----------------------------------------------------------------------------------
+def test_add_node_infers_types_and_links_users():
+    g = diamond()
+    relu = g.node("relu")
+    assert relu.output.type == TensorType((2, 3)) and relu.output.producer is relu
+    assert [u.name for u in relu.output.users] == ["sigmoid", "tanh"]
+    assert g.input_names == ["x"] and g.output_names == ["y"]
+    assert g.value("bias").is_constant and not g.value("x").is_constant
+
+
+def test_add_node_names_are_fresh():
+    g = Graph()
+    x = g.add_input("x", TensorType((4,)))
+    names = [g.add_node(ops.Relu(), [x]).name for _ in range(3)]
+    assert len(set(names)) == 3 and names[0] == "relu"
+    assert g.add_constant("w", np.zeros(2, np.float32)).name == "w"
+    assert g.add_constant("w", np.zeros(2, np.float32)).name != "w"
+
+
+def test_add_node_shape_error_names_node_and_frees_name():
+    g = Graph()
+    a, b = g.add_input("a", TensorType((2, 3))), g.add_input("b", TensorType((4, 5)))
+    with pytest.raises(ShapeError, match=r"node 'bad' \(add\): expected broadcastable shapes, "
+                                         r"found \(2, 3\) and \(4, 5\)"):
+        g.add_node(ops.Add(), [a, b], name="bad")
+    assert g.nodes == [] and g.add_node(ops.Relu(), [a], name="bad").name == "bad"
+
+
+def test_duplicate_input_name_is_rejected():
+    g = Graph("g")
+    g.add_input("x", TensorType((1,)))
+    with pytest.raises(VerifyError, match="name 'x' is already used in graph 'g'"):
+        g.add_input("x", TensorType((1,)))
+
+
+def test_multi_output_node_value_names():
+    # No registered op has two outputs yet; the IR must still name them node:i.
+    class Split(ops.Relu):
+        def infer(self, x):
+            return (x, x)
+    g = Graph()
+    x = g.add_input("x", TensorType((2,)))
+    node = g.add_node(Split(), [x], name="split")
+    assert [v.name for v in node.outputs] == ["split:0", "split:1"]
+    with pytest.raises(GraphoptError, match="has 2 outputs, not one"):
+        node.output
+
+
+# ---- edits ----------------------------------------------------------------------------------------
+def test_replace_all_uses_rewires_users_and_outputs():
+    g = diamond()
+    relu, sig = g.node("relu"), g.node("sigmoid")
+    x = g.value("x")
+    g.replace_all_uses(relu.output, x)            # skip the relu
+    assert relu.output.users == []
+    assert g.node("sigmoid").inputs == [x] and g.node("tanh").inputs == [x]
+    assert sig in x.users
+    g.remove_node(relu)
+    go.verify(g)
+    out = go.interpret(g, {"x": np.full((2, 3), -1.0, np.float32)})["y"]
+    np.testing.assert_allclose(out, 1 / (1 + np.e) + np.tanh(-1.0) + 1, rtol=1e-6)
+
+
+def test_replace_all_uses_updates_graph_outputs():
+    g = diamond()
+    old = g.outputs[0]
+    new = g.add_node(ops.Relu(), [old], name="relu_out").output
+    g.replace_all_uses(old, new)
+    assert g.outputs == [new]
+    # The replacement's own producer keeps reading the old value (no self-loop).
+    assert g.node("relu_out").inputs == [old]
+    go.verify(g)
+
+
+def test_replace_all_uses_rejects_type_change():
+    g = diamond()
+    other = g.add_input("z", TensorType((3, 2)))
+    with pytest.raises(VerifyError, match=r"cannot replace %r: float32\[2,3\] by %z"):
+        g.replace_all_uses(g.value("r"), other)
+
+
+def test_remove_node_refuses_used_outputs():
+    g = diamond()
+    with pytest.raises(VerifyError, match=r"node 'relu' \(relu\): cannot remove: output %r "
+                                          "is still used"):
+        g.remove_node(g.node("relu"))
+    with pytest.raises(VerifyError, match="node 'add_bias'"):
+        g.remove_node(g.node("add_bias"))   # a graph output
+
+
+def test_remove_node_frees_names_and_unused_constants():
+    g = diamond()
+    g.replace_all_uses(g.value("y"), g.value("a"))
+    g.remove_node(g.node("add_bias"))
+    assert g.value("bias").users == [] and g.output_names == ["a"]
+    g.remove_unused_constants()
+    assert "bias" not in g.constants
+    go.verify(g)
+    assert g.add_constant("bias", np.zeros(1, np.float32)).name == "bias"
+
+
+def test_rename_value():
+    g = diamond()
+    g.rename_value(g.value("bias"), "b")
+    g.rename_value(g.value("y"), "out")
+    assert "b" in g.constants and "bias" not in g.constants and g.output_names == ["out"]
+    go.verify(g)
+    with pytest.raises(VerifyError, match="already used"):
+        g.rename_value(g.value("out"), "x")
+
+
+# ---- queries --------------------------------------------------------------------------------------
+def test_topological_order_puts_producers_first():
+    g = diamond()
+    g.nodes.reverse()   # storage order must not matter
+    order = [n.name for n in g.topological_order()]
+    assert order.index("relu") < order.index("sigmoid") < order.index("add") < order.index(
+        "add_bias")
+    assert order.index("tanh") < order.index("add")
+
+
+def test_topological_order_is_stable():
+    g = Graph()
+    x = g.add_input("x", TensorType((1,)))
+    names = [g.add_node(ops.Relu(), [x], name=f"n{i}").name for i in range(5)]
+    assert [n.name for n in g.topological_order()] == names
+
+
+def test_copy_is_independent():
+    g = diamond()
+    c = g.copy()
+    go.verify(c)
+    assert c.output_names == g.output_names and [n.name for n in c.nodes] == [n.name for n in g.nodes]
+    assert all(a is not b for a, b in zip(c.nodes, g.nodes))
+    assert c.constants["bias"].data is g.constants["bias"].data   # immutable arrays are shared
+    c.replace_all_uses(c.value("y"), c.value("a"))
+    c.remove_node(c.node("add_bias"))
+    c.add_node(ops.Relu(), [c.value("x")], name="extra")
+    assert len(g.nodes) == 5 and "extra" not in [n.name for n in g.nodes]
+    assert g.output_names == ["y"] and g.value("a").users == [g.node("add_bias")]
+    assert g.value("x").users == [g.node("relu")]
+    go.verify(g)
+
+
+def test_copy_preserves_provenance_and_behaviour(rng):
+    g = diamond()
+    g.node("relu").provenance = ("conv", "relu")
+    c = g.copy()
+    assert c.node("relu").provenance == ("conv", "relu")
+    x = {"x": rng.standard_normal((2, 3)).astype(np.float32)}
+    np.testing.assert_array_equal(go.interpret(c, x)["y"], go.interpret(g, x)["y"])
+
+
+def test_to_networkx():
+    g = diamond()
+    nxg = g.to_networkx()
+    assert isinstance(nxg, nx.MultiDiGraph)
+    assert set(nxg.nodes) == {"relu", "sigmoid", "tanh", "add", "add_bias"}
+    assert nxg.nodes["relu"]["op"] == "relu" and nxg.nodes["add"]["node"] is g.node("add")
+    assert sorted((u, v, d["value"]) for u, v, d in nxg.edges(data=True)) == [
+        ("add", "add_bias", "a"), ("relu", "sigmoid", "r"), ("relu", "tanh", "r"),
+        ("sigmoid", "add", "s"), ("tanh", "add", "t")]
+    assert nx.is_directed_acyclic_graph(nxg)
+    assert list(nx.topological_sort(nxg))[0] == "relu"
+
+
+def test_lookup_errors_name_the_graph():
+    g = diamond()
+    with pytest.raises(GraphoptError, match="graph 'diamond' has no value named 'nope'"):
+        g.value("nope")
+    with pytest.raises(GraphoptError, match="graph 'diamond' has no node named 'nope'"):
+        g.node("nope")
+
+
+def test_repr_and_summary_mention_every_node():
+    g = diamond()
+    text = repr(g)
+    assert text.startswith("graph diamond(%x: float32[2,3])") and "return %y" in text
+    summary = g.summary()
+    assert all(n.name in summary for n in g.nodes)
+
+
+def test_num_params_excludes_batch_norm_statistics(rng):
+    c = 4
+    x = rng.standard_normal((1, c, 3, 3)).astype(np.float32)
+    stats = [np.ones(c, np.float32)] * 4
+    g = one_node_graph(ops.BatchNorm(), [x], stats)
+    assert g.num_params() == 2 * c     # scale and bias, not running mean/var
