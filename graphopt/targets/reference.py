@@ -54,6 +54,7 @@ def interpret(graph: Graph, inputs: Mapping[str, np.ndarray], *, dtype=np.float3
     result = {v.name: env[id(v)] for v in graph.outputs}
     if keep:
         named.update({v.name: env[id(v)] for v in graph.inputs})
+        named.update({c.name: env[id(c)] for c in graph.constants.values()})
         named.update(result)
         return named
     return result
