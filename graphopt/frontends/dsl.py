@@ -116,7 +116,10 @@ class Builder:
                 if value.producer is not None and not any(value is o for o in outputs):
                     self.graph.rename_value(value, name)
                 else:   # an input, a constant or an output used twice: route through an identity
-                    value = self.graph.add_node(ops.Dropout(0.0), [value], name=name).output
+                    # Nodes and values share one namespace: the node takes a derived name so
+                    # that its output can take the requested one.
+                    value = self.graph.add_node(ops.Dropout(0.0), [value], name=f"{name}.identity",
+                                                output_names=[name]).output
             outputs.append(value)
         self.graph.set_outputs(outputs)
         self._finished = True
