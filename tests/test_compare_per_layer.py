@@ -1,0 +1,80 @@
+"""compare(..., per_layer=True): values lined up through provenance across folds and fusions, the
+first divergent layer found after one weight is perturbed, and compiled candidates (probed)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphopt as go
+from graphopt import GraphoptError
+from graphopt.passes import optimize, probe_inputs
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    g = go.zoo.resnet18(image_size=32, num_classes=10)
+    return g, optimize(g).graph, probe_inputs(g)
+
+
+def test_optimized_resnet_lines_up_and_agrees(resnet):
+    g, opt, x = resnet
+    rep = go.compare(g, opt, x, per_layer=True)
+    assert rep.ok and rep.first_divergent is None
+    names = [layer.name for layer in rep.layers]
+    # Every fused group lines up with its last original node; its inner nodes have no match.
+    assert "layer1.0.relu2" in names and "layer1.0.bn2" not in names and "fc" in names
+    assert rep.layer("layer1.0.relu2").provenance == ("layer1.0.conv2", "layer1.0.bn2",
+                                                      "layer1.0.add", "layer1.0.relu2")
+    order = [n.name for n in g.topological_order()]
+    assert names == sorted(names, key=order.index)
+    assert "first divergent: none" in str(rep)
+
+
+def _perturbed(graph, anchor: str):
+    """A copy of `graph` in which the weight of the node computing `anchor` is 5% larger."""
+    g = graph.copy()
+    node = next(n for n in g.nodes if n.provenance[-1] == anchor)
+    node.inputs[1].data = node.inputs[1].data * np.float32(1.05)
+    return g
+
+
+@pytest.mark.parametrize("anchor", ["layer1.1.relu1", "layer3.0.downsample.1", "fc"])
+def test_a_perturbed_weight_in_the_optimized_graph_is_found(resnet, anchor):
+    g, opt, x = resnet
+    rep = go.compare(g, _perturbed(opt, anchor), x, per_layer=True)
+    assert not rep.ok and rep.first_divergent == anchor
+    first = [layer.name for layer in rep.layers].index(anchor)
+    assert all(layer.ok for layer in rep.layers[:first])
+
+
+def test_a_perturbed_weight_inside_a_fused_group_is_reported_at_the_group(resnet):
+    g, opt, x = resnet
+    reference = g.copy()
+    w = reference.node("layer2.0.conv2").inputs[1]
+    w.data = w.data * np.float32(1.05)
+    rep = go.compare(reference, opt, x, per_layer=True)
+    assert rep.first_divergent == "layer2.0.relu2"
+    assert "layer2.0.conv2" in rep.layer("layer2.0.relu2").provenance
+
+
+def test_first_divergent_needs_per_layer(resnet):
+    g, opt, x = resnet
+    with pytest.raises(GraphoptError, match="per_layer=True"):
+        go.compare(g, opt, x).first_divergent
+
+
+def test_compiled_candidate_is_probed_at_every_lined_up_layer():
+    with go.dsl.Builder("block", seed=0) as b:
+        x = b.input("input", (1, 4, 8, 8))
+        y = go.dsl.relu(go.dsl.batch_norm(go.dsl.conv2d(x, 4, 3, padding=1, bias=False)))
+        y = go.dsl.batch_norm(go.dsl.conv2d(y, 4, 3, padding=1, bias=False))
+        y = go.dsl.relu(go.dsl.add(y, x))
+        g = b.output(go.dsl.max_pool2d(y, 2))
+    opt = optimize(g).graph
+    x = probe_inputs(g)
+    rep = go.compare(g, opt, x, per_layer=True, target="cpu")
+    assert rep.ok and len(rep.layers) == 3 and rep.first_divergent is None
+    w = next(n for n in opt.topological_order() if n.op_name == "fused_conv2d").inputs[1]
+    w.data = w.data * np.float32(1.05)
+    rep = go.compare(g, opt, x, per_layer=True, target="cpu")
+    assert rep.first_divergent == rep.layers[0].name
