@@ -245,6 +245,9 @@ class Importer:
         for _, label, node in nodes:
             inputs = [n for n in node.input if n]
             if any(n in self.poisoned for n in inputs):
+                # Downstream of an unsupported node: its form cannot be checked, its type can.
+                if node.op_type not in self.table and node.op_type not in ("Shape", "Size"):
+                    self.unsupported[node.op_type].append(label)
                 self.poisoned.update(node.output)
                 continue
             try:

@@ -1,0 +1,261 @@
+"""The ONNX conversion table, one row per table entry and form, each checked against onnx's own
+reference evaluator; plus naming, folding of exporter shape chains, opset upgrade and errors."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import graphopt as go
+from graphopt.errors import ModelFormatError, UnsupportedOpError
+from graphopt.frontends.onnx import load_onnx
+from graphopt.frontends.onnx_ops import TABLE
+
+RNG = np.random.default_rng(0)
+
+
+def rand(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def make_model(nodes, inputs, outputs, initializers=None, opset=17, value_info=()):
+    """inputs: name -> shape (float32); outputs: names; initializers: name -> array."""
+    graph = helper.make_graph(
+        nodes, "case",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
+        initializer=[numpy_helper.from_array(np.asarray(a), n)
+                     for n, a in (initializers or {}).items()],
+        value_info=list(value_info))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return onnx.shape_inference.infer_shapes(model)   # fills in the output types
+
+
+def node(op_type, inputs, outputs=("y",), **attrs):
+    return helper.make_node(op_type, list(inputs), list(outputs), name=f"{op_type.lower()}_node",
+                            **attrs)
+
+
+def I(*values):
+    return np.array(values, np.int64)
+
+
+def F(*values):
+    return np.array(values, np.float32)
+
+
+# (id, ONNX op covered, nodes, inputs {name: shape}, initializers, expected graphopt ops)
+ROWS = [
+    ("conv_pads_bias", "Conv", [node("Conv", ["x", "w", "b"], pads=[1, 0, 2, 1], strides=[2, 1])],
+     {"x": (1, 3, 9, 8)}, {"w": rand(4, 3, 3, 3), "b": rand(4)}, ["conv2d"]),
+    ("conv_same_upper", "Conv", [node("Conv", ["x", "w"], auto_pad="SAME_UPPER", strides=[2, 2])],
+     {"x": (1, 2, 7, 8)}, {"w": rand(3, 2, 3, 2)}, ["conv2d"]),
+    ("conv_same_lower", "Conv", [node("Conv", ["x", "w"], auto_pad="SAME_LOWER", strides=[2, 3])],
+     {"x": (1, 2, 7, 6)}, {"w": rand(3, 2, 2, 2)}, ["conv2d"]),
+    ("conv_valid_group", "Conv", [node("Conv", ["x", "w"], auto_pad="VALID", group=2)],
+     {"x": (2, 4, 6, 6)}, {"w": rand(6, 2, 3, 3)}, ["conv2d"]),
+    ("conv_1d", "Conv", [node("Conv", ["x", "w", "b"], pads=[1, 1], strides=[2])],
+     {"x": (1, 3, 10)}, {"w": rand(5, 3, 3), "b": rand(5)}, ["reshape", "conv2d", "reshape"]),
+    ("conv_transpose", "ConvTranspose",
+     [node("ConvTranspose", ["x", "w", "b"], strides=[2, 2], pads=[1, 1, 1, 1],
+           output_padding=[1, 0])],
+     {"x": (1, 3, 4, 5)}, {"w": rand(3, 2, 3, 3), "b": rand(2)}, ["conv_transpose2d"]),
+    ("conv_transpose_output_shape", "ConvTranspose",
+     [node("ConvTranspose", ["x", "w"], strides=[3, 2], output_shape=[10, 8])],
+     {"x": (1, 1, 3, 3)}, {"w": rand(1, 2, 3, 3)}, ["conv_transpose2d"]),
+    ("batch_norm", "BatchNormalization",
+     [node("BatchNormalization", ["x", "s", "b", "m", "v"], epsilon=1e-3)],
+     {"x": (2, 3, 4, 4)},
+     {"s": rand(3), "b": rand(3), "m": rand(3), "v": np.abs(rand(3)) + 0.5}, ["batch_norm"]),
+    ("relu", "Relu", [node("Relu", ["x"])], {"x": (2, 5)}, {}, ["relu"]),
+    ("sigmoid", "Sigmoid", [node("Sigmoid", ["x"])], {"x": (2, 5)}, {}, ["sigmoid"]),
+    ("tanh", "Tanh", [node("Tanh", ["x"])], {"x": (2, 5)}, {}, ["tanh"]),
+    ("leaky_relu", "LeakyRelu", [node("LeakyRelu", ["x"], alpha=0.2)], {"x": (2, 5)}, {},
+     ["leaky_relu"]),
+    ("softmax_axis1", "Softmax", [node("Softmax", ["x"], axis=1)], {"x": (2, 5, 3)}, {},
+     ["softmax"]),
+    ("clip_min_max_inputs", "Clip", [node("Clip", ["x", "lo", "hi"])], {"x": (3, 4)},
+     {"lo": F(-0.5)[0], "hi": F(0.7)[0]}, ["clip"]),
+    ("clip_max_only", "Clip", [node("Clip", ["x", "", "hi"])], {"x": (3, 4)}, {"hi": F(0.1)[0]},
+     ["clip"]),
+    ("dropout_ratio", "Dropout", [node("Dropout", ["x", "r"])], {"x": (3, 4)},
+     {"r": F(0.25)[0]}, ["dropout"]),
+    ("identity", "Identity", [node("Identity", ["x"])], {"x": (3, 4)}, {}, ["dropout"]),
+    ("max_pool_ceil_pads", "MaxPool",
+     [node("MaxPool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1)],
+     {"x": (1, 2, 8, 7)}, {}, ["max_pool2d"]),
+    ("max_pool_same_upper", "MaxPool",
+     [node("MaxPool", ["x"], kernel_shape=[2, 2], strides=[2, 2], auto_pad="SAME_UPPER")],
+     {"x": (1, 2, 7, 7)}, {}, ["max_pool2d"]),
+    ("avg_pool_count_pad", "AveragePool",
+     [node("AveragePool", ["x"], kernel_shape=[3, 2], pads=[1, 0, 1, 1], count_include_pad=1)],
+     {"x": (1, 2, 6, 6)}, {}, ["avg_pool2d"]),
+    ("avg_pool_1d", "AveragePool", [node("AveragePool", ["x"], kernel_shape=[3], strides=[2])],
+     {"x": (1, 2, 9)}, {}, ["reshape", "avg_pool2d", "reshape"]),
+    ("global_avg_pool", "GlobalAveragePool", [node("GlobalAveragePool", ["x"])],
+     {"x": (2, 3, 5, 4)}, {}, ["global_avg_pool2d"]),
+    ("global_max_pool", "GlobalMaxPool", [node("GlobalMaxPool", ["x"])], {"x": (2, 3, 5, 4)}, {},
+     ["global_max_pool2d"]),
+    ("lrn", "LRN", [node("LRN", ["x"], size=3, alpha=1e-3, beta=0.7, bias=1.5)],
+     {"x": (1, 6, 3, 3)}, {}, ["lrn"]),
+    ("gemm_linear", "Gemm", [node("Gemm", ["x", "w", "b"], transB=1)], {"x": (2, 6)},
+     {"w": rand(4, 6), "b": rand(4)}, ["linear"]),
+    ("gemm_weight_not_transposed", "Gemm", [node("Gemm", ["x", "w", "b"])], {"x": (2, 6)},
+     {"w": rand(6, 4), "b": rand(4)}, ["linear"]),
+    ("gemm_trans_a_alpha_beta", "Gemm",
+     [node("Gemm", ["a", "w", "c"], transA=1, transB=1, alpha=0.5, beta=2.0)], {"a": (6, 3)},
+     {"w": rand(4, 6), "c": rand(3, 4)}, ["transpose", "matmul", "mul", "add"]),
+    ("gemm_dynamic_b_scalar_bias", "Gemm", [node("Gemm", ["a", "b", "c"], transB=1)],
+     {"a": (3, 5), "b": (2, 5)}, {"c": F(0.5)}, ["transpose", "matmul", "add"]),
+    ("matmul_batched", "MatMul", [node("MatMul", ["a", "b"])], {"a": (2, 3, 4), "b": (4, 5)}, {},
+     ["matmul"]),
+    ("add_broadcast_constant", "Add", [node("Add", ["x", "c"])], {"x": (2, 3, 4)},
+     {"c": rand(3, 1)}, ["add"]),
+    ("sub", "Sub", [node("Sub", ["x", "z"])], {"x": (2, 3), "z": (2, 3)}, {}, ["sub"]),
+    ("mul", "Mul", [node("Mul", ["x", "z"])], {"x": (2, 3), "z": (1, 3)}, {}, ["mul"]),
+    ("div", "Div", [node("Div", ["x", "c"])], {"x": (2, 3)}, {"c": F(2.0, 4.0, -8.0)}, ["div"]),
+    ("concat", "Concat", [node("Concat", ["x", "z"], axis=-1)], {"x": (2, 3), "z": (2, 2)}, {},
+     ["concat"]),
+    ("flatten_axis2", "Flatten", [node("Flatten", ["x"], axis=2)], {"x": (2, 3, 4, 5)}, {},
+     ["flatten"]),
+    ("reshape_zero_minus_one", "Reshape", [node("Reshape", ["x", "s"])], {"x": (2, 3, 4)},
+     {"s": I(0, -1, 2)}, ["reshape"]),
+    ("transpose_default", "Transpose", [node("Transpose", ["x"])], {"x": (2, 3, 4)}, {},
+     ["transpose"]),
+    ("transpose_perm", "Transpose", [node("Transpose", ["x"], perm=[0, 2, 1])], {"x": (2, 3, 4)},
+     {}, ["transpose"]),
+    ("unsqueeze", "Unsqueeze", [node("Unsqueeze", ["x", "a"])], {"x": (2, 3)}, {"a": I(0, -1)},
+     ["reshape"]),
+    ("squeeze", "Squeeze", [node("Squeeze", ["x", "a"])], {"x": (2, 1, 3, 1)}, {"a": I(1)},
+     ["reshape"]),
+    ("pad_constant_value", "Pad", [node("Pad", ["x", "p", "v"], mode="constant")],
+     {"x": (1, 2, 3, 3)}, {"p": I(0, 0, 1, 2, 0, 0, 2, 0), "v": F(1.5)[0]}, ["pad"]),
+    ("resize_nearest_scales_torch", "Resize",
+     [node("Resize", ["x", "", "sc"], mode="nearest", coordinate_transformation_mode="asymmetric",
+           nearest_mode="floor")],
+     {"x": (1, 2, 3, 4)}, {"sc": F(1, 1, 2, 2)}, ["resize"]),
+    ("resize_linear_pytorch_half_pixel", "Resize",
+     [node("Resize", ["x", "", "", "sz"], mode="linear",
+           coordinate_transformation_mode="pytorch_half_pixel")],
+     {"x": (1, 2, 4, 4)}, {"sz": I(1, 2, 7, 9)}, ["resize"]),
+    ("resize_linear_align_corners", "Resize",
+     [node("Resize", ["x", "", "sc"], mode="linear",
+           coordinate_transformation_mode="align_corners")],
+     {"x": (1, 1, 3, 3)}, {"sc": F(1, 1, 2, 2)}, ["resize"]),
+    ("constant_feeds_add", "Constant",
+     [helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(rand(1, 4), "k")),
+      node("Add", ["x", "k"])], {"x": (3, 4)}, {}, ["add"]),
+]
+
+
+def reference_outputs(model, feeds):
+    # onnxruntime, not onnx.reference: the latter's LRN disagrees with the ONNX formula.
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in model.graph.output], session.run(None, feeds)))
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
+def test_conversion_matches_onnx_reference(row):
+    _, _, nodes, inputs, initializers, expected_ops = row
+    model = make_model(nodes, inputs, ["y"], initializers)
+    graph = load_onnx(model)
+    assert [n.op_name for n in graph.topological_order()] == expected_ops
+    feeds = {name: rand(*shape) for name, shape in inputs.items()}
+    expected = reference_outputs(model, feeds)
+    found = go.interpret(graph, feeds)
+    np.testing.assert_allclose(found["y"], expected["y"], rtol=1e-5, atol=1e-5)
+
+
+def test_every_table_entry_has_a_row():
+    covered = {row[1] for row in ROWS}
+    assert set(TABLE) <= covered, f"no test row for {sorted(set(TABLE) - covered)}"
+
+
+def test_names_are_kept():
+    model = make_model([helper.make_node("Conv", ["x", "layer1.conv.weight"], ["layer1.out"],
+                                         name="layer1/conv", pads=[1, 1, 1, 1]),
+                        helper.make_node("Relu", ["layer1.out"], ["y"], name="layer1/relu")],
+                       {"x": (1, 2, 5, 5)}, ["y"], {"layer1.conv.weight": rand(3, 2, 3, 3)})
+    graph = load_onnx(model)
+    assert [n.name for n in graph.nodes] == ["layer1/conv", "layer1/relu"]
+    assert list(graph.constants) == ["layer1.conv.weight"]
+    assert graph.node("layer1/conv").output.name == "layer1.out"
+    assert graph.input_names == ["x"] and graph.output_names == ["y"]
+
+
+def torch_style_flatten_chain():
+    """What torch.onnx.export writes for `x.reshape(x.size(0), -1)`."""
+    return [
+        helper.make_node("Shape", ["x"], ["shape"], name="/Shape"),
+        helper.make_node("Constant", [], ["zero"], name="/Constant",
+                         value=numpy_helper.from_array(np.array(0, np.int64))),
+        helper.make_node("Gather", ["shape", "zero"], ["batch"], name="/Gather", axis=0),
+        helper.make_node("Unsqueeze", ["batch", "axes"], ["batch1"], name="/Unsqueeze"),
+        helper.make_node("Concat", ["batch1", "minus_one"], ["target"], name="/Concat", axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["y"], name="/Reshape"),
+    ]
+
+
+def test_shape_gather_unsqueeze_concat_reshape_chain_folds_to_a_static_reshape():
+    model = make_model(torch_style_flatten_chain(), {"x": (2, 3, 4, 4)}, ["y"],
+                       {"axes": I(0), "minus_one": I(-1)})
+    graph = load_onnx(model)
+    assert [n.op_name for n in graph.nodes] == ["reshape"]
+    assert graph.outputs[0].shape == (2, 48)
+    assert not graph.constants   # the chain's constants were used up by folding
+    x = rand(2, 3, 4, 4)
+    np.testing.assert_array_equal(go.interpret(graph, {"x": x})["y"], x.reshape(2, -1))
+
+
+def test_old_opset_is_upgraded():
+    # Opset 10 Clip takes min/max as attributes; the version converter moves them to inputs.
+    model = make_model([node("Clip", ["x"], min=-0.2, max=0.3)], {"x": (4, 4)}, ["y"], opset=10)
+    graph = load_onnx(model)
+    assert graph.nodes[0].op == go.ops.Clip(-0.2, 0.3)
+    x = rand(4, 4)
+    np.testing.assert_allclose(go.interpret(graph, {"x": x})["y"], np.clip(x, -0.2, 0.3))
+
+
+def test_symbolic_batch_needs_input_shapes():
+    model = make_model([node("Relu", ["x"])], {"x": ("batch", 3)}, ["y"])
+    with pytest.raises(ModelFormatError, match="symbolic dimensions.*batch"):
+        load_onnx(model)
+    graph = load_onnx(model, input_shapes={"x": (5, 3)})
+    assert graph.inputs[0].shape == (5, 3)
+
+
+def test_unsupported_ops_are_all_listed_with_counts():
+    model = make_model([helper.make_node("Erf", ["x"], ["b"], name="erf1"),
+                        helper.make_node("Erf", ["b"], ["c"], name="erf2"),
+                        helper.make_node("Pad", ["x", "p"], ["d"], name="pad1", mode="reflect"),
+                        helper.make_node("Cos", ["d"], ["e"], name="cos1"),
+                        node("Add", ["c", "e"], ["y"])],
+                       {"x": (2, 3)}, [], {"p": I(0, 1, 0, 1)})
+    model.graph.output.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3]))
+    with pytest.raises(UnsupportedOpError) as info:
+        load_onnx(model)
+    message = str(info.value)
+    assert "3 unsupported" in message
+    assert "Erf: 2 nodes [erf1, erf2]" in message
+    assert "Cos: 1 node [cos1]" in message
+    assert "Pad (mode 'reflect'): 1 node [pad1]" in message
+
+
+def test_runtime_shape_input_is_unsupported_form():
+    model = make_model([node("Reshape", ["x", "s"])], {"x": (2, 3)}, [])
+    model.graph.input.append(helper.make_tensor_value_info("s", TensorProto.INT64, [2]))
+    model.graph.output.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2]))
+    with pytest.raises(UnsupportedOpError, match=r"shape \(input 1\) must be a constant"):
+        load_onnx(model)
+    graph = load_onnx(model, constant_inputs={"s": I(3, 2)})
+    assert graph.output_names == ["y"] and graph.outputs[0].shape == (3, 2)
+
+
+def test_load_from_path_and_bytes(tmp_path):
+    model = make_model([node("Relu", ["x"])], {"x": (2, 3)}, ["y"])
+    path = tmp_path / "relu.onnx"
+    onnx.save_model(model, path)
+    for source in (path, str(path), path.read_bytes(), model):
+        assert [n.op_name for n in go.load_onnx(source).nodes] == ["relu"]
