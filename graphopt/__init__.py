@@ -46,14 +46,27 @@ def save_onnx(graph: Graph, path=None):
     return export_onnx(graph, path)
 
 
+def optimize(graph: Graph, passes=None, **options):
+    """Run graph passes (names; None: the default pipeline) on a copy of `graph`; returns an
+    OptimizeResult (`.graph`, `.report`). `check=True` verifies every pass on a probe input."""
+    from .passes import optimize as run_passes
+    return run_passes(graph, passes, **options)
+
+
+def bisect(graph: Graph, passes, inputs=None, **options):
+    """The first pass, and the first rewrite within it, that breaks equivalence (or None)."""
+    from .passes import bisect as bisect_passes
+    return bisect_passes(graph, passes, inputs, **options)
+
+
 def __getattr__(name: str):
     # The zoo is loaded on first use so that `import graphopt` stays fast.
-    if name == "zoo":
-        return importlib.import_module(".zoo", __name__)
+    if name in ("zoo", "passes"):
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'graphopt' has no attribute {name!r}")
 
 
 __all__ = ["Graph", "Node", "TensorType", "Value", "GraphoptError", "InputError", "LoweringError",
            "ModelFormatError", "PassError", "ShapeError", "UnsupportedOpError", "VerifyError",
-           "CompareReport", "compare", "compile", "dsl", "interpret", "load", "load_onnx", "ops",
-           "save_onnx", "verify", "zoo"]
+           "CompareReport", "bisect", "compare", "compile", "dsl", "interpret", "load", "load_onnx",
+           "ops", "optimize", "passes", "save_onnx", "verify", "zoo"]

@@ -83,14 +83,16 @@ def test_rules_leave_the_input_graph_alone_and_keep_output_names():
     assert result.graph.nodes[-1].provenance == ("relu",)
 
 
-def test_no_applicable_rule_returns_the_same_graph_with_the_reasons():
-    g = conv_relu_graph()
-    rules = [Rule("pool+relu", op("relu", op("max_pool2d")), _relu_to_clip)]
+def test_no_applicable_rule_returns_the_same_graph_with_the_near_misses():
+    g = conv_relu_graph(extra_user=True)
+    rules = [Rule("pool+relu", op("relu", op("max_pool2d")), _relu_to_clip),
+             Rule("conv+relu", op("relu", op("conv2d")), _relu_to_clip)]
     result = apply_rules(g, rules)
     assert result.graph is g and not result.changed
     conv = g.node("conv").output.name
-    assert result.stats["misses"] == {"pool+relu": [
-        ("relu", f"%{conv} is produced by conv2d, expected max_pool2d")]}
+    # A different op kind is the ordinary case; only the near miss is reported.
+    assert result.stats["misses"] == {"conv+relu": [
+        ("relu", f"%{conv} (conv2d) has 2 uses; fusing would duplicate or lose it")]}
 
 
 def test_a_check_can_refuse_a_match_with_a_reason():

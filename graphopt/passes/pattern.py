@@ -64,7 +64,12 @@ class Match(dict):
 
 
 class Miss(Exception):
-    """Why a pattern or a check does not apply."""
+    """Why a pattern or a check does not apply. A miss on an op kind (`near=False`) is the
+    ordinary case and is not reported; the others are near misses worth knowing about."""
+
+    def __init__(self, reason: str, near: bool = True):
+        super().__init__(reason)
+        self.near = near
 
 
 def use_count(graph: Graph, value: Value) -> int:
@@ -82,9 +87,10 @@ def _match(graph: Graph, pattern: Pattern, value: Value, m: Match, inner: bool) 
         node = value.producer
         if node is None:
             raise Miss(f"{what} is {'a constant' if value.is_constant else 'a graph input'}, "
-                       f"expected the output of {'/'.join(pattern.ops)}")
+                       f"expected the output of {'/'.join(pattern.ops)}", near=False)
         if node.op_name not in pattern.ops:
-            raise Miss(f"{what} is produced by {node.op_name}, expected {'/'.join(pattern.ops)}")
+            raise Miss(f"{what} is produced by {node.op_name}, expected {'/'.join(pattern.ops)}",
+                       near=False)
         if len(node.outputs) != 1:
             raise Miss(f"node '{node.name}' has {len(node.outputs)} outputs")
         if inner and not pattern.shared:
@@ -98,8 +104,8 @@ def _match(graph: Graph, pattern: Pattern, value: Value, m: Match, inner: bool) 
             m.nodes.append(node)
     if pattern.where is not None:
         reason = pattern.where(value)
-        if reason:
-            raise Miss(reason)
+        if reason:   # on the root it only narrows the kind of node: not a near miss
+            raise Miss(reason, near=inner)
     if pattern.name is not None:
         m[pattern.name] = value.producer if pattern.ops is not None else value
 
@@ -275,7 +281,7 @@ def apply_rules(graph: Graph, rules: list[Rule]) -> PassResult:
                     if reason:
                         raise Miss(reason)
                 except Miss as miss:
-                    if rule.report_misses:
+                    if rule.report_misses and miss.near:
                         misses[(rule.name, node.name)] = str(miss)
                     continue
                 if not allow_rewrite(rule.name, node.name):
