@@ -74,14 +74,48 @@ def simple(ex, node):
     ex.add(SIMPLE[node.op_name], node)
 
 
+def conv_attrs(op, weight) -> dict:
+    attrs = dict(kernel_shape=list(weight.shape[2:]), strides=list(op.stride),
+                 pads=list(op.padding), dilations=list(op.dilation), group=op.groups)
+    if hasattr(op, "output_padding"):
+        attrs["output_padding"] = list(op.output_padding)
+    return attrs
+
+
 @exports("conv2d", "conv_transpose2d")
 def conv(ex, node):
-    op = node.op
-    extra = {"output_padding": list(op.output_padding)} if node.op_name == "conv_transpose2d" \
-        else {}
     ex.add("Conv" if node.op_name == "conv2d" else "ConvTranspose", node,
-           kernel_shape=list(node.inputs[1].shape[2:]), strides=list(op.stride),
-           pads=list(op.padding), dilations=list(op.dilation), group=op.groups, **extra)
+           **conv_attrs(node.op, node.inputs[1]))
+
+
+@exports("fused_conv2d")
+def fused_conv2d(ex, node):
+    """Conv, then Add(residual), then the activation: the last node takes the fused name."""
+    op = node.op
+    x, w, bias, residual = op.split(node.inputs)
+    steps = ["conv"] + ["add"] * (residual is not None) + ["act"] * (op.activation is not None)
+    names = [ex.fresh(f"{node.name}/{step}") for step in steps[:-1]] + [node.name]
+    outputs = [ex.fresh(f"{node.name}/{step}_out") for step in steps[:-1]] + \
+        [node.outputs[0].name]
+    ex.add("Conv", node, [x, w] + ([bias] if bias is not None else []), [outputs[0]],
+           name=names[0], **conv_attrs(op.conv, w))
+    if residual is not None:
+        ex.add("Add", node, [outputs[0], residual], [outputs[1]], name=names[1])
+    if op.activation is not None:
+        activation(ex, node, op.activation, outputs[-2], outputs[-1], names[-1])
+
+
+def activation(ex, node, op, source: str, output: str, name: str) -> None:
+    """One of the activations a fused op carries (relu, clip, leaky_relu)."""
+    if op.name == "relu":
+        ex.add("Relu", node, [source], [output], name=name)
+    elif op.name == "leaky_relu":
+        ex.add("LeakyRelu", node, [source], [output], name=name, alpha=op.alpha)
+    else:
+        dtype = node.outputs[0].dtype
+        bounds = ["" if b is None else ex.constant(f"{name}.{what}", np.array(b, dtype))
+                  for what, b in (("min", op.min), ("max", op.max))]
+        ex.add("Clip", node, [source, *bounds], [output], name=name)
 
 
 @exports("batch_norm")
@@ -129,10 +163,7 @@ def linear(ex, node):
 
 @exports("clip")
 def clip(ex, node):
-    dtype = node.inputs[0].dtype
-    bounds = ["" if b is None else ex.constant(f"{node.name}.{what}", np.array(b, dtype))
-              for what, b in (("min", node.op.min), ("max", node.op.max))]
-    ex.add("Clip", node, [node.inputs[0], *bounds])
+    activation(ex, node, node.op, node.inputs[0].name, node.outputs[0].name, node.name)
 
 
 @exports("leaky_relu")
@@ -166,8 +197,13 @@ def flatten(ex, node):
 
 @exports("reshape")
 def reshape(ex, node):
-    shape = ex.constant(f"{node.name}.shape", np.array(node.outputs[0].shape, np.int64))
-    ex.add("Reshape", node, [node.inputs[0], shape])
+    # The op's own shape (with its -1) so that the model imports back to the same op; a 0 in
+    # it means an empty dimension, which ONNX reads as "copy" unless allowzero is set.
+    shape = ex.constant(f"{node.name}.shape", np.array(node.op.shape, np.int64))
+    allowzero = 1 if 0 in node.op.shape else None
+    if allowzero:
+        ex.require(14)
+    ex.add("Reshape", node, [node.inputs[0], shape], allowzero=allowzero)
 
 
 @exports("transpose")

@@ -1,0 +1,184 @@
+"""Export: every op of ours -> a valid ONNX model (onnx.checker full check, strict shape
+inference) that onnxruntime runs with our interpreter's outputs, and imports back unchanged;
+every zoo model round trips the same way."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import graphopt as go
+from graphopt import dsl
+from graphopt.frontends.onnx import load_onnx, save_onnx
+from graphopt.frontends.onnx_export import EXPORTERS
+
+
+def build(name, shape, body, dtype="float32"):
+    with dsl.Builder(name, seed=1) as b:
+        x = b.input("x", shape, dtype)
+        return b.output(body(x))
+
+
+# One row per registered op: (op, graph builder).
+ROWS = [
+    ("conv2d", lambda: build("conv", (1, 3, 9, 9), lambda x: dsl.conv2d(
+        x, 4, 3, stride=2, padding=(1, 0, 2, 1), dilation=(1, 2), name="conv1"))),
+    ("conv_transpose2d", lambda: build("deconv", (1, 4, 5, 5), lambda x: dsl.conv_transpose2d(
+        x, 2, 3, stride=2, padding=1, output_padding=1, groups=2, name="up"))),
+    ("batch_norm", lambda: build("bn", (2, 3, 4, 4), lambda x: dsl.batch_norm(x, 1e-3))),
+    ("relu", lambda: build("relu", (2, 6), dsl.relu)),
+    ("clip", lambda: build("clip", (2, 6), lambda x: dsl.clip(dsl.relu6(x), max=4.0))),
+    ("leaky_relu", lambda: build("leaky", (2, 6), lambda x: dsl.leaky_relu(x, 0.2))),
+    ("sigmoid", lambda: build("sigmoid", (2, 6), dsl.sigmoid)),
+    ("tanh", lambda: build("tanh", (2, 6), dsl.tanh)),
+    ("softmax", lambda: build("softmax", (2, 3, 4), lambda x: dsl.softmax(x, axis=1))),
+    ("dropout", lambda: build("dropout", (2, 6), lambda x: dsl.relu(dsl.dropout(x, 0.3)))),
+    ("max_pool2d", lambda: build("maxpool", (1, 2, 9, 8), lambda x: dsl.max_pool2d(
+        x, 3, 2, padding=1, ceil_mode=True))),
+    ("avg_pool2d", lambda: build("avgpool", (1, 2, 9, 8), lambda x: dsl.avg_pool2d(
+        x, 3, 2, padding=1, count_include_pad=True))),
+    ("global_avg_pool2d", lambda: build("gap", (2, 3, 5, 4), dsl.global_avg_pool2d)),
+    ("global_max_pool2d", lambda: build("gmp", (2, 3, 5, 4), dsl.global_max_pool2d)),
+    ("lrn", lambda: build("lrn", (1, 6, 3, 3), lambda x: dsl.lrn(x, 3, 1e-3, 0.7, 1.5))),
+    ("linear", lambda: build("fc", (2, 8), lambda x: dsl.linear(x, 5, name="fc"))),
+    ("matmul", lambda: build("matmul", (2, 3, 4), lambda x: dsl.matmul(
+        x, dsl.current().constant("w", np.ones((4, 2), np.float32))))),
+    ("add", lambda: build("add", (2, 3), lambda x: x + 1.5)),
+    ("sub", lambda: build("sub", (2, 3), lambda x: x - 0.5)),
+    ("mul", lambda: build("mul", (2, 3), lambda x: x * 2.0)),
+    ("div", lambda: build("div", (2, 3), lambda x: x / 4.0)),
+    ("concat", lambda: build("concat", (1, 2, 3, 3), lambda x: dsl.concat(
+        [x, dsl.relu(x)], axis=1))),
+    ("flatten", lambda: build("flatten", (2, 3, 4), lambda x: dsl.flatten(x, 2))),
+    ("reshape", lambda: build("reshape", (2, 3, 4), lambda x: dsl.reshape(x, (4, -1)))),
+    ("transpose", lambda: build("transpose", (2, 3, 4), lambda x: dsl.transpose(x, (2, 0, 1)))),
+    ("pad", lambda: build("pad", (1, 2, 3, 3), lambda x: dsl.pad(x, (1, 0, 2, 1), value=0.5))),
+    ("resize", lambda: build("resize", (1, 2, 3, 4), lambda x: dsl.resize(
+        dsl.resize(x, scale=2), size=(5, 7), mode="bilinear"))),
+]
+
+
+def fused_conv_graph():
+    graph = go.Graph("fused")
+    x = graph.add_input("x", go.TensorType((1, 3, 6, 6)))
+    rng = np.random.default_rng(0)
+    w = graph.add_constant("conv.weight", rng.standard_normal((3, 3, 3, 3)).astype(np.float32))
+    b = graph.add_constant("conv.bias", rng.standard_normal(3).astype(np.float32))
+    op = go.ops.OPS["fused_conv2d"](conv=go.ops.Conv2d(padding=1), activation=go.ops.Clip(0.0, 6.0),
+                                    has_residual=True)
+    graph.set_outputs([graph.add_node(op, [x, w, b, x], name="conv").output])
+    return graph
+
+
+# Fusion ops export as their unfused chain, so they import back unfused (same numbers).
+NOT_STRUCTURAL = {"fused_conv2d": fused_conv_graph}
+
+
+def structure(graph):
+    """What must survive a round trip: every node's name, op (with attributes) and the names of
+    the values it reads and writes, plus the graph's inputs, outputs and constants."""
+    nodes = [(n.name, n.op, [v.name for v in n.inputs], [v.name for v in n.outputs])
+             for n in graph.topological_order()]
+    constants = {name: c.data.tobytes() for name, c in graph.constants.items()}
+    return (nodes, constants, [(v.name, v.type) for v in graph.inputs],
+            [(v.name, v.type) for v in graph.outputs])
+
+
+def random_inputs(graph, seed=0):
+    rng = np.random.default_rng(seed)
+    return {v.name: rng.standard_normal(v.shape).astype(v.dtype) for v in graph.inputs}
+
+
+def check_exported(graph, rtol=1e-5, atol=1e-5):
+    model = save_onnx(graph)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    feeds = random_inputs(graph)
+    expected = go.interpret(graph, feeds)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    assert names == graph.output_names
+    for name, found in zip(names, session.run(None, feeds)):
+        scale = max(1.0, float(np.abs(expected[name]).max()))
+        np.testing.assert_allclose(found, expected[name], rtol=rtol, atol=atol * scale,
+                                   err_msg=name)
+    return model
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
+def test_op_exports_runs_in_onnxruntime_and_round_trips(row):
+    op, make = row
+    graph = make()
+    assert op in {n.op_name for n in graph.nodes}
+    model = check_exported(graph)
+    assert model.opset_import[0].version == 13
+    assert structure(load_onnx(model)) == structure(graph)
+
+
+def test_every_op_has_an_exporter_and_a_row():
+    assert set(go.ops.OPS) == set(EXPORTERS)
+    assert set(go.ops.OPS) == {op for op, _ in ROWS} | set(NOT_STRUCTURAL)
+
+
+@pytest.mark.parametrize("op", sorted(NOT_STRUCTURAL))
+def test_fused_op_exports_as_its_chain(op):
+    graph = NOT_STRUCTURAL[op]()
+    model = check_exported(graph)
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Add", "Clip"]
+    assert model.graph.node[-1].name == "conv"
+    again = load_onnx(model)
+    x = random_inputs(graph)
+    assert again.output_names == graph.output_names
+    out = graph.output_names[0]
+    np.testing.assert_allclose(go.interpret(again, x)[out], go.interpret(graph, x)[out], rtol=1e-6)
+
+
+def test_dilated_average_pool_needs_opset_19():
+    graph = build("avg_dilated", (1, 1, 9, 9), lambda x: dsl.current().apply(
+        go.ops.AvgPool2d(3, 1, 0, 2), [x]))
+    assert check_exported(graph).opset_import[0].version == 19
+
+
+def test_linear_on_rank_3_exports_through_matmul():
+    graph = build("fc3", (2, 3, 8), lambda x: dsl.linear(x, 5, name="fc"))
+    model = check_exported(graph)
+    assert [n.op_type for n in model.graph.node] == ["Transpose", "MatMul", "Add"]
+    again = load_onnx(model)
+    x = random_inputs(graph)
+    np.testing.assert_allclose(go.interpret(again, x)["output"], go.interpret(graph, x)["output"],
+                               rtol=1e-6)
+
+
+def test_save_to_path_and_load_back(tmp_path):
+    graph = go.zoo.lenet5()
+    path = tmp_path / "lenet.onnx"
+    go.save_onnx(graph, path)
+    assert structure(go.load_onnx(path)) == structure(graph)
+
+
+SMALL = {"image_size": 64}
+ZOO_DEFAULT = {"lenet5": {}, "googlenet": SMALL, "resnet18": SMALL, "deep_convnet": {},
+               "fcn": {}, "dcgan_generator": {}}
+ZOO_SLOW = {"alexnet": {}, "vgg11": {}, "vgg16": {}, "resnet50": {}}
+
+
+def check_zoo(name, options):
+    graph = go.zoo.get(name, **options)
+    model = check_exported(graph, rtol=1e-4, atol=1e-5)
+    assert structure(load_onnx(model)) == structure(graph)
+
+
+def test_zoo_lists_are_complete():
+    assert set(ZOO_DEFAULT) | set(ZOO_SLOW) == set(go.zoo.MODELS)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO_DEFAULT))
+def test_zoo_model_round_trips(name):
+    check_zoo(name, ZOO_DEFAULT[name])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ZOO_SLOW))
+def test_big_zoo_model_round_trips(name):
+    check_zoo(name, ZOO_SLOW[name])
