@@ -20,7 +20,6 @@ from onnx.reference import ReferenceEvaluator
 
 import graphopt as go
 from graphopt import ops
-from graphopt.errors import LoweringError
 from graphopt.ir import Graph
 
 from conftest import add_op_case, assert_close, input_feeds, one_node_graph, random_array
@@ -227,6 +226,8 @@ def conv_transpose_rows():
         row("stride-2x3-outpad", (1, 2, 4, 5), 3, 3, stride=(2, 3), output_padding=(1, 2)),
         row("pad-asym", (1, 3, 5, 5), 4, 3, stride=2, padding=(1, 0, 0, 2), f64=True),
         row("dilation2", (1, 2, 5, 5), 3, 3, dilation=2, bias=False),
+        row("dilation2-stride2-outpad", (1, 2, 4, 4), 3, 3, stride=2, dilation=2,
+            output_padding=1, padding=(1, 1, 0, 2)),
         row("groups2", (1, 4, 5, 5), 6, 3, groups=2, stride=2, padding=1),
         row("depthwise", (1, 3, 4, 4), 3, 3, groups=3, bias=False),
         row("1x1", (2, 4, 3, 3), 5, 1),
@@ -241,7 +242,7 @@ def batch_norm_rows():
         return Row(f"batch_norm-{id}", ops.BatchNorm(epsilon), (rand(*x),), weights,
                    onnx_op("BatchNormalization", epsilon=epsilon), f64)
     return [row("nchw", (2, 5, 4, 4), f64=True), row("eps1e-3", (1, 3, 6, 6), 1e-3),
-            row("rank2", (4, 6))]
+            row("rank2", (4, 6)), row("rank3", (2, 4, 5))]
 
 
 def activation_rows():
@@ -258,6 +259,8 @@ def activation_rows():
         Row("clip-max-only", ops.Clip(max=2.0), (x,), (), onnx_op("Clip", extra=(None, hi))),
         Row("clip-int32", ops.Clip(-3, 4), (ints,), (),
             onnx_op("Clip", extra=(np.int32(-3), np.int32(4)))),
+        Row("clip-int32-min-only", ops.Clip(min=-2), (ints,), (),
+            onnx_op("Clip", extra=(np.int32(-2),))),
         Row("leaky_relu-default", ops.LeakyRelu(), (x,), (), onnx_op("LeakyRelu", alpha=0.01)),
         Row("leaky_relu-0.2", ops.LeakyRelu(0.2), (x,), (), onnx_op("LeakyRelu", alpha=0.2)),
         # ONNX float attributes are float32: a power of two keeps the float64 check exact.
@@ -315,6 +318,9 @@ def pool_rows():
         row(av, "ceil-pad1-include", (1, 2, 10, 10), kernel=3, stride=2, padding=1,
             ceil_mode=True, count_include_pad=True, f64=True),
         row(av, "kernel-3x2", (1, 2, 9, 8), kernel=(3, 2), stride=(2, 1)),
+        row(av, "dilation2", (1, 2, 9, 9), kernel=2, stride=1, dilation=2),
+        row(av, "dilation2-pad-include", (1, 2, 8, 8), kernel=3, stride=2, padding=1, dilation=2,
+            count_include_pad=True),
     ]
 
 
@@ -465,6 +471,9 @@ def resize_rows():
                             nearest))
             rows.append(row(f"nearest-{nearest}-{coords}-down", down, (4, 3), "nearest", coords,
                             nearest))
+        # Halving with half_pixel samples at 2x + 0.5: every coordinate is a tie.
+        rows.append(row(f"nearest-{nearest}-half_pixel-down2-ties", (1, 2, 8, 10), (4, 5),
+                        "nearest", "half_pixel", nearest))
     rows += [
         row("nearest-pytorch_half_pixel-up", up, (7, 9), "nearest", "pytorch_half_pixel", "floor"),
         row("nearest-x2-torch-default", up, (8, 10), "nearest", "asymmetric", "floor"),
@@ -480,9 +489,9 @@ def resize_rows():
     return rows
 
 
-ROWS: list[Row] = [*conv_rows(), *fused_conv_rows(), *conv_transpose_rows(), *batch_norm_rows(), *activation_rows(),
-                   *pool_rows(), *global_pool_rows(), *lrn_rows(), *linear_rows(),
-                   *binary_rows(), *shape_rows(), *resize_rows()]
+ROWS: list[Row] = [*conv_rows(), *fused_conv_rows(), *conv_transpose_rows(), *batch_norm_rows(),
+                   *activation_rows(), *pool_rows(), *global_pool_rows(), *lrn_rows(),
+                   *linear_rows(), *binary_rows(), *shape_rows(), *resize_rows()]
 ROW_IDS = [r.id for r in ROWS]
 assert len(set(ROW_IDS)) == len(ROW_IDS), "row ids must be unique"
 
