@@ -1,21 +1,21 @@
-"""Per-node statistics of a graph: parameters, multiply-accumulates, and the summary table."""
+"""Per-node statistics of a graph: parameters, multiply-accumulates, and the summary table.
+
+Duck-typed over `graphopt.ir` (it does not import it) so that `Graph.summary()` can delegate here."""
 from __future__ import annotations
 
-from .ir import Graph, Node
 
-
-def node_params(node: Node) -> int:
+def node_params(node) -> int:
     """Elements of the constant inputs a node owns as parameters (not statistics buffers)."""
     buffers = node.op.buffer_inputs
     return sum(v.type.numel for i, v in enumerate(node.inputs)
                if v.is_constant and i not in buffers)
 
 
-def node_macs(node: Node) -> int:
+def node_macs(node) -> int:
     return int(node.op.macs([v.type for v in node.inputs], [v.type for v in node.outputs]))
 
 
-def count_params(graph: Graph) -> int:
+def count_params(graph) -> int:
     # A constant shared by several nodes counts once.
     counted: dict[int, int] = {}
     for node in graph.nodes:
@@ -25,7 +25,7 @@ def count_params(graph: Graph) -> int:
     return sum(counted.values())
 
 
-def count_macs(graph: Graph) -> int:
+def count_macs(graph) -> int:
     return sum(node_macs(n) for n in graph.nodes)
 
 
@@ -36,7 +36,7 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def summary(graph: Graph) -> str:
+def summary(graph) -> str:
     """A table with one row per node (name, op, output shape, params, MACs) and the totals."""
     rows = [("node", "op", "output", "params", "MACs")]
     for node in graph.topological_order():

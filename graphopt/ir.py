@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
@@ -18,7 +18,9 @@ from .errors import GraphoptError, ShapeError, VerifyError
 
 if TYPE_CHECKING:
     import networkx
-    from .ops.base import Op
+
+# A node's op is a `graphopt.ops.Op`; ir.py stays op-agnostic and does not import the ops.
+Op = Any
 
 DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int32", "int64", "bool")
 FLOAT_DTYPES = ("float16", "float32", "float64")
