@@ -130,14 +130,18 @@ class Row:
         return self.reference(*arrays)
 
 
+def conv_row(id, x, o, k, bias=True, f64=False, **attrs) -> Row:
+    """conv2d on an input of shape `x` with `o` output channels and kernel `k`."""
+    op = ops.Conv2d(**attrs)
+    w = rand(o, x[1] // op.groups, *ops.base.pair(k))
+    weights = (w, rand(o)) if bias else (w,)
+    ref = onnx_op("Conv", strides=list(op.stride), pads=list(op.padding),
+                  dilations=list(op.dilation), group=op.groups)
+    return Row(f"conv2d-{id}", op, (rand(*x),), weights, ref, f64)
+
+
 def conv_rows():
-    def row(id, x, o, k, bias=True, f64=False, **attrs):
-        op = ops.Conv2d(**attrs)
-        w = rand(o, x[1] // op.groups, *ops.base.pair(k))
-        weights = (w, rand(o)) if bias else (w,)
-        ref = onnx_op("Conv", strides=list(op.stride), pads=list(op.padding),
-                      dilations=list(op.dilation), group=op.groups)
-        return Row(f"conv2d-{id}", op, (rand(*x),), weights, ref, f64)
+    row = conv_row
     return [
         row("3x3", (1, 4, 8, 8), 6, 3, f64=True),
         row("3x3-pad1", (2, 3, 7, 7), 5, 3, padding=1, f64=True),
@@ -208,17 +212,45 @@ def fused_conv_rows():
     ]
 
 
+def conv_transpose_row(id, x, o, k, bias=True, f64=False, **attrs) -> Row:
+    op = ops.ConvTranspose2d(**attrs)
+    w = rand(x[1], o // op.groups, *ops.base.pair(k))
+    weights = (w, rand(o)) if bias else (w,)
+    # ReferenceEvaluator's grouped ConvTranspose crashes (onnx 1.23): onnxruntime there.
+    ref = onnx_op("ConvTranspose", strides=list(op.stride), pads=list(op.padding),
+                  output_padding=list(op.output_padding), dilations=list(op.dilation),
+                  group=op.groups, engine="onnxruntime" if op.groups > 1 else "reference")
+    return Row(f"conv_transpose2d-{id}", op, (rand(*x),), weights, ref, f64)
+
+
+def torch_conv_transpose(op: ops.ConvTranspose2d) -> Reference:
+    """torch's conv_transpose2d: the reference where output_padding >= stride (below dilation),
+    which ONNX implementations reject. Symmetric padding only."""
+    pt, pl, pb, pr = op.padding
+    assert (pt, pl) == (pb, pr), "torch pads symmetrically"
+    def reference(x, w, b=None):
+        import torch
+        t = [None if a is None else torch.from_numpy(a) for a in (x, w, b)]
+        return torch.nn.functional.conv_transpose2d(
+            *t, stride=op.stride, padding=(pt, pl), output_padding=op.output_padding,
+            groups=op.groups, dilation=op.dilation).numpy()
+    return reference
+
+
 def conv_transpose_rows():
-    def row(id, x, o, k, bias=True, f64=False, **attrs):
+    def torch_row(id, x, o, k, f64=False, **attrs):
         op = ops.ConvTranspose2d(**attrs)
-        w = rand(x[1], o // op.groups, *ops.base.pair(k))
-        weights = (w, rand(o)) if bias else (w,)
-        # ReferenceEvaluator's grouped ConvTranspose crashes (onnx 1.23): onnxruntime there.
-        ref = onnx_op("ConvTranspose", strides=list(op.stride), pads=list(op.padding),
-                      output_padding=list(op.output_padding), dilations=list(op.dilation),
-                      group=op.groups, engine="onnxruntime" if op.groups > 1 else "reference")
-        return Row(f"conv_transpose2d-{id}", op, (rand(*x),), weights, ref, f64)
+        weights = (rand(x[1], o // op.groups, k, k), rand(o))
+        return Row(f"conv_transpose2d-{id}", op, (rand(*x),), weights, torch_conv_transpose(op),
+                   f64)
+    row = conv_transpose_row
     return [
+        torch_row("outpad-ge-stride-torch", (1, 2, 4, 5), 3, 2, dilation=2, output_padding=1,
+                  f64=True),
+        torch_row("outpad-ge-stride-pad1-torch", (1, 2, 4, 4), 2, 3, dilation=(2, 3),
+                  stride=(1, 2), padding=1, output_padding=(1, 1)),
+        torch_row("outpad-ge-stride-pad2-torch", (1, 4, 3, 3), 4, 2, dilation=3, stride=2,
+                  padding=2, output_padding=2, groups=2),
         row("3x3", (1, 3, 5, 5), 4, 3, f64=True),
         row("stride2", (1, 3, 5, 5), 4, 3, stride=2, f64=True),
         row("stride2-pad1", (1, 4, 6, 6), 3, 4, stride=2, padding=1),
@@ -278,17 +310,21 @@ def activation_rows():
     ]
 
 
+def pool_row(op_type, id, x, f64=False, dtype="float32", **attrs) -> Row:
+    """max_pool2d (`op_type` "MaxPool") or avg_pool2d ("AveragePool") on an input of shape `x`."""
+    op = (ops.MaxPool2d if op_type == "MaxPool" else ops.AvgPool2d)(**attrs)
+    onnx_attrs = dict(kernel_shape=list(op.kernel), strides=list(op.stride),
+                      pads=list(op.padding), ceil_mode=int(op.ceil_mode))
+    if op.dilation != (1, 1):
+        onnx_attrs["dilations"] = list(op.dilation)
+    if op_type == "AveragePool":
+        onnx_attrs["count_include_pad"] = int(op.count_include_pad)
+    return Row(f"{op.name}-{id}", op, (rand(*x, dtype=dtype),), (),
+               onnx_op(op_type, **onnx_attrs), f64)
+
+
 def pool_rows():
-    def row(op_type, id, x, f64=False, dtype="float32", **attrs):
-        op = (ops.MaxPool2d if op_type == "MaxPool" else ops.AvgPool2d)(**attrs)
-        onnx_attrs = dict(kernel_shape=list(op.kernel), strides=list(op.stride),
-                          pads=list(op.padding), ceil_mode=int(op.ceil_mode))
-        if op.dilation != (1, 1):
-            onnx_attrs["dilations"] = list(op.dilation)
-        if op_type == "AveragePool":
-            onnx_attrs["count_include_pad"] = int(op.count_include_pad)
-        return Row(f"{op.name}-{id}", op, (rand(*x, dtype=dtype),), (),
-                   onnx_op(op_type, **onnx_attrs), f64)
+    row = pool_row
     mx, av = "MaxPool", "AveragePool"
     return [
         row(mx, "2x2", (1, 3, 8, 8), kernel=2, f64=True),
@@ -489,9 +525,55 @@ def resize_rows():
     return rows
 
 
+def random_rows(count: int = 8):
+    """Seeded random attribute combinations for the ops with the most interacting attributes;
+    `infer` only filters out invalid combinations, the values come from the reference."""
+    pick = np.random.default_rng(99)
+    def draw(make):
+        rows = []
+        while len(rows) < count:
+            try:
+                rows.append(make(len(rows)))
+            except go.ShapeError:
+                continue
+        return rows
+    def ints(low, high, n=2):
+        return tuple(int(v) for v in pick.integers(low, high + 1, n))
+    def conv(i):
+        groups = int(pick.choice([1, 2, 3]))
+        x = (1, groups * int(pick.integers(1, 3)), *ints(5, 12))
+        row = conv_row(f"random{i}", x, groups * int(pick.integers(1, 3)), ints(1, 4),
+                       bias=bool(pick.integers(2)), stride=ints(1, 3), padding=ints(0, 2, 4),
+                       dilation=ints(1, 2), groups=groups)
+        row.op.infer(*(go.TensorType(a.shape) for a in row.arrays))
+        return row
+    def conv_transpose(i):
+        groups = int(pick.choice([1, 2]))
+        stride, dilation = ints(1, 3), ints(1, 2)
+        # output_padding >= stride (allowed below dilation) has torch rows: ONNX rejects it.
+        out_pad = tuple(int(pick.integers(0, s)) for s in stride)
+        row = conv_transpose_row(f"random{i}", (1, 2 * groups, *ints(3, 6)), groups * 2,
+                                 ints(1, 4), stride=stride, padding=ints(0, 2, 4),
+                                 output_padding=out_pad, dilation=dilation, groups=groups)
+        row.op.infer(*(go.TensorType(a.shape) for a in row.arrays))
+        return row
+    def pool(op_type):
+        def make(i):
+            extra = {"count_include_pad": bool(pick.integers(2))} if op_type == "AveragePool" \
+                else {}
+            row = pool_row(op_type, f"random{i}", (1, 2, *ints(5, 11)), kernel=ints(1, 4),
+                           stride=ints(1, 3), padding=ints(0, 1, 4), dilation=ints(1, 2),
+                           ceil_mode=bool(pick.integers(2)), **extra)
+            row.op.infer(go.TensorType(row.inputs[0].shape))
+            return row
+        return make
+    return [*draw(conv), *draw(conv_transpose), *draw(pool("MaxPool")),
+            *draw(pool("AveragePool"))]
+
+
 ROWS: list[Row] = [*conv_rows(), *fused_conv_rows(), *conv_transpose_rows(), *batch_norm_rows(),
                    *activation_rows(), *pool_rows(), *global_pool_rows(), *lrn_rows(),
-                   *linear_rows(), *binary_rows(), *shape_rows(), *resize_rows()]
+                   *linear_rows(), *binary_rows(), *shape_rows(), *resize_rows(), *random_rows()]
 ROW_IDS = [r.id for r in ROWS]
 assert len(set(ROW_IDS)) == len(ROW_IDS), "row ids must be unique"
 
