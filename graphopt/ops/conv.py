@@ -163,9 +163,19 @@ class ConvTranspose2d(Op):
 
     def lower_tvm(self, bb, x, w, b=None):
         R = relax().op
-        y = R.nn.conv2d_transpose(x, w, strides=self.stride, padding=self.padding,
-                                  output_padding=self.output_padding, dilation=self.dilation,
+        padding, output_padding, tail = self.padding, self.output_padding, (0, 0)
+        if any(op >= s for op, s in zip(self.output_padding, self.stride)):
+            # Relax wants output_padding < stride (PyTorch allows < dilation too). The trailing
+            # output_padding rows/columns receive no kernel tap, so crop less at the end, or
+            # zero-pad the end where the crop is smaller than the output padding.
+            (pt, pl, pb, pr), (oh, ow) = self.padding, self.output_padding
+            padding, output_padding = (pt, pl, max(pb - oh, 0), max(pr - ow, 0)), (0, 0)
+            tail = (max(oh - pb, 0), max(ow - pr, 0))
+        y = R.nn.conv2d_transpose(x, w, strides=self.stride, padding=padding,
+                                  output_padding=output_padding, dilation=self.dilation,
                                   groups=self.groups)
+        if tail != (0, 0):
+            y = R.nn.pad(bb.emit(y), [0, 0, 0, 0, 0, tail[0], 0, tail[1]])
         if b is not None:
             y = R.add(bb.emit(y), R.reshape(b, (1, -1, 1, 1)))
         return y
