@@ -28,7 +28,7 @@ def build(fn, shape=(1, 3, 6, 6)):
         return b.output(*fn(b, b.input("input", shape)))
 
 
-# ---- fold_constants --------------------------------------------------------------------------------
+# ---- fold_constants ------------------------------------------------------------------------------
 def reshaped_weight(b, x):
     w = b.constant("w", np.arange(12, dtype="float32").reshape(3, 4))
     return [dsl.matmul(dsl.reshape(x, (36, 3)), dsl.transpose(dsl.reshape(w, (4, 3)), (1, 0)))]
@@ -60,7 +60,7 @@ def test_fold_constants(case, changed, ops_after):
     assert op_names(result.graph) == ops_after
 
 
-# ---- eliminate_dead_code -----------------------------------------------------------------------------
+# ---- eliminate_dead_code -------------------------------------------------------------------------
 def test_dead_branches_and_their_constants_are_removed():
     with dsl.Builder("case", seed=0) as b:
         x = b.input("input", (1, 3, 6, 6))
@@ -72,7 +72,7 @@ def test_dead_branches_and_their_constants_are_removed():
     assert run_pass("eliminate_dead_code", result.graph).graph is result.graph
 
 
-# ---- eliminate_common_subexpressions -----------------------------------------------------------------
+# ---- eliminate_common_subexpressions -------------------------------------------------------------
 def repeated_relu(b, x):
     return [dsl.relu(x) + dsl.relu(x)]
 
@@ -112,7 +112,7 @@ def test_eliminate_common_subexpressions(case, changed, ops_after):
     assert op_names(result.graph) == ops_after
 
 
-# ---- remove_identities -------------------------------------------------------------------------------
+# ---- remove_identities ---------------------------------------------------------------------------
 IDENTITY_CASES = {
     "dropout": lambda b, x: [dsl.relu(dsl.dropout(x, 0.3))],
     "same-shape reshape": lambda b, x: [dsl.relu(dsl.reshape(x, x.shape))],
@@ -144,7 +144,7 @@ def test_reshape_chains_collapse_to_one_reshape():
 
 
 NOT_IDENTITY = {
-    "broadcasting + 0": lambda b, x: [dsl.relu(x + b.constant("z", np.zeros((2, 3, 6, 6), "float32")))],
+    "broadcasting + 0": lambda b, x: [dsl.relu(x + b.constant("z", np.zeros((2, 3, 6, 6), "f4")))],
     "x + 1": lambda b, x: [dsl.relu(x + 1.0)],
     "real transpose": lambda b, x: [dsl.relu(dsl.transpose(x, (0, 1, 3, 2)))],
     "real pad": lambda b, x: [dsl.relu(dsl.pad(x, (1, 0, 0, 0)))],

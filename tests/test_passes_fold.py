@@ -28,7 +28,7 @@ def build(fn, shape=(1, 4, 7, 7), dtype="float32"):
         return b.output(*fn(b, b.input("input", shape, dtype)))
 
 
-# ---- fold_pad -----------------------------------------------------------------------------------------
+# ---- fold_pad ------------------------------------------------------------------------------------
 PAD_HITS = {
     "conv": (lambda b, x: [dsl.conv2d(dsl.pad(x, (1, 2, 0, 1)), 3, 3, padding=1, name="c")],
              "conv2d", (2, 3, 1, 2)),
@@ -78,7 +78,7 @@ def test_fold_pad_near_misses(case):
     assert result.stats["misses"]["pad into padding"]
 
 
-# ---- fold_batch_norm -------------------------------------------------------------------------------
+# ---- fold_batch_norm -----------------------------------------------------------------------------
 BN_HITS = {
     "conv": lambda b, x: [dsl.batch_norm(dsl.conv2d(x, 6, 3, padding=1, name="layer"), name="bn")],
     "conv without bias": lambda b, x: [dsl.batch_norm(dsl.conv2d(x, 6, 3, bias=False, name="layer"),

@@ -45,7 +45,7 @@ HITS = {   # case -> (fused op string, provenance of the fused node)
                         ("conv", "add", "act")),
     "bias constant + relu": (
         lambda b, x: [dsl.relu(dsl.add(conv(x, bias=False),
-                                       b.constant("c", np.arange(4, dtype="float32").reshape(4, 1, 1)),
+                                       b.constant("c", np.arange(4.0, dtype="f4")[:, None, None]),
                                        name="bias"), name="act")],
         "fused_conv2d[conv2d(padding=(1, 1, 1, 1)) + relu]", ("conv", "bias", "act")),
     "two convs into one add": (
@@ -68,10 +68,10 @@ MISSES = {
     # The conv's output has a second user: fusing would lose it or compute the conv twice.
     "conv used twice": lambda b, x: (lambda c: [dsl.relu(c) + c])(conv(x)),
     "conv is a graph output": lambda b, x: (lambda c: [c, dsl.relu(c)])(conv(x)),
-    "broadcasting residual": lambda b, x: [conv(x) + b.constant("r", np.ones((2, 4, 6, 6), "float32"))],
+    "broadcasting residual": lambda b, x: [conv(x) + b.constant("r", np.ones((2, 4, 6, 6), "f4"))],
     "sigmoid": lambda b, x: [dsl.sigmoid(conv(x))],
     "conv_transpose": lambda b, x: [dsl.relu(dsl.conv_transpose2d(x, 4, 3))],
-    "bias of the wrong shape": lambda b, x: [conv(x) + b.constant("c", np.ones((1, 1, 6, 6), "float32"))],
+    "wrong bias shape": lambda b, x: [conv(x) + b.constant("c", np.ones((1, 1, 6, 6), "f4"))],
 }
 
 

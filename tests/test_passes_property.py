@@ -46,7 +46,8 @@ def _concat(b, x, values, draw):
 
 
 def _pad_conv(b, x, values, draw):
-    return dsl.conv2d(dsl.pad(x, (2, 1, 1, 1)), draw(st.integers(1, 4)), 3, bias=draw(st.booleans()))
+    channels = draw(st.integers(1, 4))
+    return dsl.conv2d(dsl.pad(x, (2, 1, 1, 1)), channels, 3, bias=draw(st.booleans()))
 
 
 def _pad_pool(b, x, values, draw):

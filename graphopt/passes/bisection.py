@@ -33,8 +33,9 @@ class BisectResult:
                 f"{worst.max_rel:.3g} (tolerance {worst.tolerance:.0e})")
 
 
-def bisect(graph: Graph, passes: Sequence[str | Pass], inputs: Mapping[str, np.ndarray] | None = None,
-           *, tolerance: float | None = None) -> BisectResult | None:
+def bisect(graph: Graph, passes: Sequence[str | Pass],
+           inputs: Mapping[str, np.ndarray] | None = None, *,
+           tolerance: float | None = None) -> BisectResult | None:
     """Run `passes` in order, comparing each result with `graph` on `inputs` (default: a seeded
     probe); for the first pass that breaks equivalence, binary-search the number of rewrites it
     may make for the first that breaks it. None if every pass keeps the graph equivalent."""

@@ -35,7 +35,8 @@ def _scaled_weight(layer, weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 def _fold(graph: Graph, m: Match) -> Value:
     layer, bn = m["layer"], m.root
-    gamma, beta, mean, var = (m[k].data.astype(np.float64) for k in ("gamma", "beta", "mean", "var"))
+    gamma, beta, mean, var = (m[k].data.astype(np.float64)
+                              for k in ("gamma", "beta", "mean", "var"))
     weight = layer.inputs[1].data
     bias = layer.inputs[2].data.astype(np.float64) if len(layer.inputs) > 2 else 0.0
     scale = gamma / np.sqrt(var + bn.op.epsilon)
@@ -43,7 +44,8 @@ def _fold(graph: Graph, m: Match) -> Value:
     new_bias = ((bias - mean) * scale + beta).astype(weight.dtype)
     w = graph.add_constant(f"{layer.name}.weight_bn", new_weight)
     b = graph.add_constant(f"{layer.name}.bias_bn", new_bias)
-    node = graph.add_node(layer.op, [layer.inputs[0], w, b], name=graph.fresh_name(bn.name),
+    node = graph.add_node(layer.op, [layer.inputs[0], w, b],
+                          name=graph.fresh_name(f"{bn.name}.folded"),
                           provenance=merged_provenance(layer, bn))
     return node.output
 

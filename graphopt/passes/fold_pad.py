@@ -44,13 +44,13 @@ def _check(graph: Graph, m: Match) -> str | None:
 def _fold(graph: Graph, m: Match) -> Value:
     root = m.root
     node = graph.add_node(_folded_op(m), [m["x"], *root.inputs[1:]],
-                          name=graph.fresh_name(root.name),
+                          name=graph.fresh_name(f"{root.name}.padded"),
                           provenance=merged_provenance(m["pad"], root))
     return node.output
 
 
-RULES = [Rule("pad into padding", op(tuple(FILL), op("pad", any_value("x"), name="pad", shared=True)),
-              _fold, _check)]
+RULES = [Rule("pad into padding",
+              op(tuple(FILL), op("pad", any_value("x"), name="pad", shared=True)), _fold, _check)]
 
 
 @register_pass

@@ -25,7 +25,8 @@ def _parts(node: Node) -> tuple[ops.FusedConv2d, list[Value]]:
 def _epilogue_free(value: Value) -> str | None:
     fused, _ = _parts(value.producer)
     if fused.has_residual or fused.activation is not None:
-        return f"%{value.name} already ends with {'an activation' if fused.activation else 'a residual add'}"
+        ending = "an activation" if fused.activation else "a residual add"
+        return f"%{value.name} already ends with {ending}"
     return None
 
 
@@ -40,7 +41,7 @@ def _emit(graph: Graph, m: Match, fused: ops.FusedConv2d, inputs: list[Value]) -
         new_op, inputs = fused.conv, inputs
     else:
         new_op = fused
-    node = graph.add_node(new_op, inputs, name=graph.fresh_name(m.root.name),
+    node = graph.add_node(new_op, inputs, name=graph.fresh_name(f"{m.root.name}.fused"),
                           provenance=merged_provenance(conv, m.root))
     return node.output
 
@@ -70,11 +71,12 @@ def _bias_rewrite(graph: Graph, m: Match) -> Value:
     return _emit(graph, m, fused, inputs)
 
 
-# ---- conv + residual ------------------------------------------------------------------------------
+# ---- conv + residual -----------------------------------------------------------------------------
 def _residual_check(graph: Graph, m: Match) -> str | None:
     out = m["conv"].output.type
     if m["residual"].type != out or m.root.output.type != out:
-        return f"the residual %{m['residual'].name} {m['residual'].type} is not of the conv's type {out}"
+        residual = m["residual"]
+        return f"the residual %{residual.name} {residual.type} is not of the conv's type {out}"
     return None
 
 
@@ -84,7 +86,7 @@ def _residual_rewrite(graph: Graph, m: Match) -> Value:
                  [*inputs, m["residual"]])
 
 
-# ---- conv + activation ----------------------------------------------------------------------------
+# ---- conv + activation ---------------------------------------------------------------------------
 def _activation_rewrite(graph: Graph, m: Match) -> Value:
     fused, inputs = _parts(m["conv"])
     return _emit(graph, m, dataclasses.replace(fused, activation=m.root.op), inputs)

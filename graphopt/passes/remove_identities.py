@@ -64,7 +64,7 @@ def _input(graph: Graph, m: Match) -> Value:
 def _reshape_chain(graph: Graph, m: Match) -> Value:
     root = m.root
     node = graph.add_node(ops.Reshape(root.output.shape), [m["x"]],
-                          name=graph.fresh_name(root.name),
+                          name=graph.fresh_name(f"{root.name}.merged"),
                           provenance=merged_provenance(m["inner"], root))
     return node.output
 
@@ -72,7 +72,8 @@ def _reshape_chain(graph: Graph, m: Match) -> Value:
 def _transpose_chain(graph: Graph, m: Match) -> Value:
     root, inner = m.root, m["inner"]
     perm = tuple(inner.op.perm[p] for p in root.op.perm)
-    node = graph.add_node(ops.Transpose(perm), [m["x"]], name=graph.fresh_name(root.name),
+    node = graph.add_node(ops.Transpose(perm), [m["x"]],
+                          name=graph.fresh_name(f"{root.name}.merged"),
                           provenance=merged_provenance(inner, root))
     return node.output
 
