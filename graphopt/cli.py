@@ -263,6 +263,7 @@ def compare(args) -> int:
     every output. Exits 1 if any output is out of tolerance."""
     import graphopt as go
     graph = load_model(args.model, args.batch, args.seed)
+    feeds = load_inputs(args.inputs, signature_of(graph), args.seed)
     if args.library:
         with step(f"loading {args.library}"):
             candidate = go.load(args.library)
@@ -272,7 +273,6 @@ def compare(args) -> int:
                              "`graphopt compile --target cuda`, then compare on the GPU machine "
                              "with --library")
         candidate = compile_model(graph, args.target)
-    feeds = load_inputs(args.inputs, signature_of(graph), args.seed)
     with step("running and comparing"):
         report = go.compare(graph, candidate, feeds, tolerance=args.tolerance)
     print(report)

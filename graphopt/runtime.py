@@ -100,9 +100,9 @@ def read_export(path: str) -> tuple[dict, bytes | None]:
     """The metadata and (for CUDA) the GPU binary embedded in an exported library."""
     if not os.path.isfile(path):
         raise ModelFormatError(f"no such file: {path}")
-    import tvm_ffi  # noqa: F401  (the library's host code links against libtvm_ffi.so)
     try:
-        library = ctypes.CDLL(os.path.abspath(path))
+        # Lazy binding: reading data needs none of the libtvm_ffi functions the code calls.
+        library = ctypes.CDLL(os.path.abspath(path), mode=os.RTLD_LAZY)
     except OSError as e:
         raise ModelFormatError(f"{path} is not a loadable shared library: {e}") from e
     raw = read_symbol(library, METADATA_SYMBOL)
@@ -140,6 +140,27 @@ def serving_cuda_binary(fatbin: bytes, source_sha256: str, path: str) -> Iterato
             tvm_ffi.remove_global_func(CUDA_COMPILE_CALLBACK)
 
 
+# ---- tensors on a device, through the runtime's own functions (no `tvm` package) --------------
+
+def copy_to_device(array: np.ndarray, device):
+    """A new tensor on `device` (a tvm_ffi.Device) holding a copy of `array`."""
+    import tvm_ffi
+    alloc = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")
+    tensor = alloc(tvm_ffi.Shape(array.shape), tvm_ffi.dtype(str(array.dtype)), device, None)
+    tvm_ffi.get_global_func("runtime.TVMTensorCopyFromTo")(tvm_ffi.from_dlpack(
+        np.ascontiguousarray(array)), tensor)
+    return tensor
+
+
+def copy_to_host(tensor) -> np.ndarray:
+    """A numpy copy of a tensor on any device."""
+    import tvm_ffi
+    alloc = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")
+    host = alloc(tensor.shape, tensor.dtype, tvm_ffi.device("cpu", 0), None)
+    tvm_ffi.get_global_func("runtime.TVMTensorCopyFromTo")(tensor, host)
+    return np.from_dlpack(host).copy()
+
+
 # ---- the loaded model -------------------------------------------------------------------------
 
 class LoadedModel:
@@ -151,8 +172,6 @@ class LoadedModel:
         self.device_kind = metadata["device"]
         self.device = tvm_ffi.device(self.device_kind, device_id)
         self._main = vm["main"]
-        self._alloc = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")
-        self._copy = tvm_ffi.get_global_func("runtime.TVMTensorCopyFromTo")
         self._sync = tvm_ffi.get_global_func("runtime.Device_StreamSync")
 
     target = property(lambda self: self.metadata["target"])
@@ -181,21 +200,14 @@ class LoadedModel:
 
     def _to_device(self, array: np.ndarray):
         import tvm_ffi
-        host = tvm_ffi.from_dlpack(array)
         if self.device_kind == "cpu":
-            return host
-        tensor = self._alloc(tvm_ffi.Shape(array.shape), tvm_ffi.dtype(str(array.dtype)),
-                             self.device, None)
-        self._copy(host, tensor, None)
-        return tensor
+            return tvm_ffi.from_dlpack(array)   # zero-copy view of the numpy array
+        return copy_to_device(array, self.device)
 
     def _to_numpy(self, tensor) -> np.ndarray:
-        import tvm_ffi
         if self.device_kind == "cpu":
             return np.from_dlpack(tensor).copy()
-        host = self._alloc(tensor.shape, tensor.dtype, tvm_ffi.device("cpu", 0), None)
-        self._copy(tensor, host, None)
-        return np.from_dlpack(host).copy()
+        return copy_to_host(tensor)
 
     def run_device(self, device_inputs: list):
         """One call of the model on inputs already on the device; returns device tensors."""
@@ -216,7 +228,7 @@ class LoadedModel:
         for i in range(warmup + repeat):
             start = time.perf_counter()
             self.run_device(device_inputs)
-            self._sync(self.device, None)
+            self._sync(self.device, 0)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
         return times

@@ -88,9 +88,9 @@ def kernel_names(lowered_module) -> list[str]:
 def compile_graph(graph: Graph, target: str = "cpu") -> CompiledModel:
     """Lower `graph` to Relax and compile it for `target`: "cpu", "cuda" (sm_90) or
     "cuda:sm_<NN>" (CUDA compiles without a GPU; running it needs one)."""
+    tvm_target, device_kind = resolve_target(target)
     import tvm
     verify(graph)
-    tvm_target, device_kind = resolve_target(target)
     start = time.perf_counter()
     mod = to_relax(graph)
     schedule_report = None

@@ -21,8 +21,8 @@ _ARCH = re.compile(r"^sm_(\d{2,3})[a-z]?$")
 
 def parse_cuda_target(name: str) -> str:
     """The arch of a graphopt CUDA target name: "cuda" -> sm_90, "cuda:sm_80" -> sm_80."""
-    kind, _, arch = name.partition(":")
-    arch = arch or DEFAULT_ARCH
+    kind, colon, arch = name.partition(":")
+    arch = arch if colon else DEFAULT_ARCH
     if kind != "cuda" or not _ARCH.match(arch):
         raise GraphoptError(f"bad CUDA target {name!r}; expected 'cuda' or 'cuda:sm_<NN>' "
                             "(e.g. cuda:sm_80, cuda:sm_90)")

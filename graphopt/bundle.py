@@ -1,0 +1,138 @@
+"""A runtime bundle: one small folder that runs graphopt's exported models on a machine that has
+only Python + numpy (e.g. a lent GPU machine), and checks them against interpreter references.
+
+    bundle/
+      run_bundle.py            the runner (graphopt/bundle_runner.py)
+      runtime.py               graphopt/runtime.py, used on its own
+      typing_extensions.py     the one dependency of tvm_ffi
+      lib/                     libtvm_runtime.so (+ libtvm_runtime_cuda.so)
+      wheels/                  apache-tvm-ffi wheel(s) for the target Python, unpacked on first run
+      models/<case>.so         exported libraries
+      data/<case>/             inputs and float64-interpreter references as .npy
+      manifest.json            the cases: library, inputs, references, tolerance
+
+`tools/make_bundle.py` is the command-line front end.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import GraphoptError, InputError
+
+RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundle_runner.py")
+RUNTIME = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runtime.py")
+FP32_TOLERANCE = 1e-4   # relative to the largest reference magnitude, as graphopt.compare's
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str       # zoo name
+    batch: int
+    target: str      # graphopt target: cpu, cuda, cuda:sm_80, ...
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}_b{self.batch}_{self.target.replace(':', '_')}"
+
+    @classmethod
+    def parse(cls, spec: str) -> "Case":
+        """MODEL:BATCH:TARGET, e.g. resnet18:8:cuda or lenet5:1:cpu (target may hold a colon)."""
+        parts = spec.split(":", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            raise InputError(f"bad case {spec!r}: expected MODEL:BATCH:TARGET, e.g. resnet18:8:cuda")
+        return cls(parts[0], int(parts[1]), parts[2])
+
+
+def runtime_libraries(device_kinds: set[str]) -> list[str]:
+    import tvm
+    folder = os.path.join(os.path.dirname(tvm.__file__), "lib")
+    names = ["libtvm_runtime.so"] + (["libtvm_runtime_cuda.so"] if "cuda" in device_kinds else [])
+    return [os.path.join(folder, n) for n in names]
+
+
+def download_ffi_wheel(folder: str, python_version: str = "3.12") -> str:
+    """The apache-tvm-ffi wheel matching the installed version, for another CPython (pip)."""
+    from importlib.metadata import version
+    pinned = f"apache-tvm-ffi=={version('apache-tvm-ffi')}"
+    done = subprocess.run([sys.executable, "-m", "pip", "download", pinned, "--no-deps",
+                           "--only-binary=:all:", "--python-version", python_version,
+                           "--platform", "manylinux_2_28_x86_64", "-d", folder, "-q"],
+                          capture_output=True, text=True)
+    wheels = [f for f in os.listdir(folder) if f.startswith("apache_tvm_ffi") and f.endswith(".whl")]
+    if done.returncode != 0 or not wheels:
+        raise GraphoptError(f"could not download {pinned} for Python {python_version}: "
+                            f"{(done.stderr.strip().splitlines() or ['no wheel'])[-1]}")
+    return os.path.join(folder, wheels[0])
+
+
+def folder_mib(folder: str) -> float:
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(folder)
+               for f in files) / 2**20
+
+
+def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (), seed: int = 0,
+                max_mib: float = 64.0, progress: Callable[[str], None] = lambda _: None) -> dict:
+    """Build the bundle in `folder` (created; must not exist) and return its manifest."""
+    import graphopt as go
+    from . import zoo
+    if os.path.exists(folder):
+        raise InputError(f"{folder} already exists; give a new folder for the bundle")
+    unknown = [c.model for c in cases if c.model not in zoo.MODELS]
+    if unknown:
+        raise InputError(f"unknown models {unknown}; expected zoo names ({', '.join(zoo.MODELS)})")
+    for sub in ("lib", "wheels", "models", "data"):
+        os.makedirs(os.path.join(folder, sub))
+    shutil.copy(RUNNER, os.path.join(folder, "run_bundle.py"))
+    shutil.copy(RUNTIME, os.path.join(folder, "runtime.py"))
+    import typing_extensions
+    shutil.copy(typing_extensions.__file__, folder)
+    for wheel in wheels:
+        shutil.copy(wheel, os.path.join(folder, "wheels"))
+
+    manifest = {"seed": seed, "cases": []}
+    graphs = {}
+    for case in cases:
+        key = (case.model, case.batch)
+        if key not in graphs:
+            progress(f"building {case.model} batch {case.batch}")
+            graph = zoo.MODELS[case.model](batch=case.batch, seed=seed)
+            feeds = {v.name: np.random.default_rng(seed).standard_normal(v.shape).astype(v.dtype)
+                     for v in graph.inputs}
+            progress(f"float64 reference for {case.model} batch {case.batch}")
+            references = go.interpret(graph, feeds, dtype=np.float64)
+            data = os.path.join("data", f"{case.model}_b{case.batch}")
+            os.makedirs(os.path.join(folder, data))
+            files = {}
+            for kind, arrays in (("input", feeds), ("reference", references)):
+                for name, array in arrays.items():
+                    path = os.path.join(data, f"{kind}_{name}.npy".replace("/", "_"))
+                    np.save(os.path.join(folder, path), array)
+                    files.setdefault(kind, {})[name] = path
+            graphs[key] = (graph, files)
+        graph, files = graphs[key]
+        progress(f"compiling and exporting {case.name}")
+        library = os.path.join("models", case.name + ".so")
+        model = go.compile(graph, target=case.target)
+        model.export(os.path.join(folder, library))
+        manifest["cases"].append({**asdict(case), "name": case.name, "library": library,
+                                  "device": model.device_kind, "inputs": files["input"],
+                                  "references": files["reference"], "tolerance": FP32_TOLERANCE})
+    for library in runtime_libraries({c["device"] for c in manifest["cases"]}):
+        shutil.copy(library, os.path.join(folder, "lib"))
+    with open(os.path.join(folder, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    size = folder_mib(folder)
+    if size > max_mib:
+        raise GraphoptError(f"the bundle in {folder} holds {size:.1f} MiB, over the {max_mib:g} "
+                            "MiB limit: weights are embedded in each library, so bundle fewer or "
+                            "smaller cases per run")
+    manifest["mib"] = round(size, 2)
+    return manifest

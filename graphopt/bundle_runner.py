@@ -1,0 +1,94 @@
+"""Run every case of a graphopt runtime bundle: load the exported library with only the TVM
+runtime, check the outputs against the float64 interpreter's, and time it (median of many runs
+after warm-up). Copied into the bundle as run_bundle.py; needs Python, numpy and the files
+beside it (apache-tvm-ffi comes as a wheel in wheels/, unpacked into site/ on first use).
+
+    python run_bundle.py [--device cpu|cuda|all] [--warmup 10] [--repeat 100]
+
+Exit status: 0 all run cases match, 1 a mismatch, 2 the bundle cannot run here.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import zipfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def prepare_imports() -> None:
+    """Make tvm_ffi importable: unpack the wheel for this Python (if carried) into site/."""
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    site = os.path.join(HERE, "site")
+    for wheel in glob.glob(os.path.join(HERE, "wheels", f"apache_tvm_ffi-*-{tag}-*.whl")):
+        if not os.path.isdir(os.path.join(site, "tvm_ffi")):
+            with zipfile.ZipFile(wheel) as archive:
+                archive.extractall(site)
+        sys.path.insert(0, site)
+    sys.path.insert(0, HERE)   # runtime.py and typing_extensions.py
+    os.environ.setdefault("GRAPHOPT_TVM_RUNTIME_DIR", os.path.join(HERE, "lib"))
+
+
+def relative_error(found, expected) -> float:
+    import numpy as np
+    expected = expected.astype(np.float64)
+    scale = float(np.abs(expected).max(initial=0.0)) or 1.0
+    return float(np.abs(found.astype(np.float64) - expected).max(initial=0.0)) / scale
+
+
+def run_case(case: dict, warmup: int, repeat: int) -> dict:
+    import numpy as np
+    import runtime
+    model = runtime.load(os.path.join(HERE, case["library"]))
+    feeds = {name: np.load(os.path.join(HERE, path)) for name, path in case["inputs"].items()}
+    outputs = model.run(feeds)
+    errors = {name: relative_error(outputs[name], np.load(os.path.join(HERE, path)))
+              for name, path in case["references"].items()}
+    times = model.latencies(feeds, warmup=warmup, repeat=repeat)
+    return {"case": case["name"], "device": case["device"], "status": "ran",
+            "ok": all(e <= case["tolerance"] for e in errors.values()),
+            "max_rel_error": max(errors.values()), "median_ms": 1e3 * float(np.median(times)),
+            "min_ms": 1e3 * float(np.min(times)), "runs": repeat}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
+                        help="run only the cases for this device (default all)")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=100)
+    parser.add_argument("--results", default="results.json", help="where to write the results")
+    args = parser.parse_args(argv)
+    prepare_imports()
+    with open(os.path.join(HERE, "manifest.json")) as f:
+        manifest = json.load(f)
+    results = []
+    for case in manifest["cases"]:
+        if args.device not in ("all", case["device"]):
+            results.append({"case": case["name"], "device": case["device"], "status": "skipped"})
+            continue
+        try:
+            results.append(run_case(case, args.warmup, args.repeat))
+        except Exception as e:  # report the case and go on with the others
+            results.append({"case": case["name"], "device": case["device"], "status": "failed",
+                            "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"})
+    print(f"{'case':32} {'device':6} {'status':8} {'max rel err':>11} {'median ms':>10} ok")
+    for r in results:
+        if r["status"] == "ran":
+            print(f"{r['case']:32} {r['device']:6} {'ran':8} {r['max_rel_error']:11.2e} "
+                  f"{r['median_ms']:10.3f} {'yes' if r['ok'] else 'NO'}")
+        else:
+            print(f"{r['case']:32} {r['device']:6} {r['status']:8} {r.get('error', '')}")
+    with open(os.path.join(HERE, args.results) if not os.path.isabs(args.results)
+              else args.results, "w") as f:
+        json.dump({"python": sys.version.split()[0], "results": results}, f, indent=1)
+    if any(r["status"] == "failed" for r in results):
+        return 2
+    return 0 if all(r.get("ok", True) for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,162 @@
+"""The `graphopt` command, run as users run it: the installed console script in a subprocess.
+Checks outputs, exit codes (0 ok, 1 mismatch, 2 bad input, 3 failure) and one-line errors."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import graphopt as go
+from graphopt import cli
+
+
+def graphopt_command() -> list[str]:
+    script = os.path.join(os.path.dirname(sys.executable), "graphopt")
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "graphopt.cli"]
+
+
+def graphopt(*args: str, cwd=None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(graphopt_command() + list(args), capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess, code: int, fragment: str) -> None:
+    assert done.returncode == code, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and fragment in errors[0], done.stderr
+
+
+@pytest.fixture(scope="module")
+def lenet_library(tmp_path_factory):
+    """`graphopt compile lenet5` into a fresh folder; returns (folder, library path)."""
+    folder = tmp_path_factory.mktemp("cli")
+    done = graphopt("compile", "lenet5", "-o", "lenet5_cpu.so", cwd=folder)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "compiling 'lenet5' for cpu ... done" in done.stderr     # progress on stderr
+    assert "lenet5_cpu.so: 'lenet5' for cpu" in done.stdout
+    return folder, str(folder / "lenet5_cpu.so")
+
+
+def test_help_names_every_command_and_the_exit_codes():
+    done = graphopt("--help")
+    assert done.returncode == 0
+    for name in ("list", "show", "compile", "compare", "run", "bench"):
+        assert name in done.stdout
+    assert "exit codes: 0 ok, 1 comparison found a mismatch" in done.stdout
+    sub = graphopt("compile", "--help")
+    assert sub.returncode == 0 and "--target" in sub.stdout and "cuda:sm_<NN>" in sub.stdout
+
+
+def test_list_and_show_a_zoo_model():
+    listed = graphopt("list")
+    assert listed.returncode == 0 and set(go.zoo.MODELS) == set(listed.stdout.split())
+    shown = graphopt("show", "lenet5", "--batch", "4")
+    assert shown.returncode == 0, shown.stderr
+    assert "float32[4,10]" in shown.stdout and "61,706 params" in shown.stdout
+
+
+def test_show_an_onnx_file(tmp_path):
+    from graphopt.frontends.onnx import save_onnx
+    save_onnx(go.zoo.lenet5(batch=1), str(tmp_path / "lenet5.onnx"))
+    shown = graphopt("show", str(tmp_path / "lenet5.onnx"))
+    assert shown.returncode == 0, shown.stderr
+    assert "61,706 params" in shown.stdout
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (["show", "nosuchnet"], 2, "unknown model 'nosuchnet'"),
+    (["show", "missing/model.onnx"], 2, "no such file: missing/model.onnx"),
+    (["show", "missing.so"], 2, "no such file: missing.so"),
+    (["run", "missing.so"], 2, "no such file: missing.so"),
+    (["compile", "lenet5", "--target", "cuda:sm_8"], 2, "bad CUDA target 'cuda:sm_8'"),
+    (["compile", "lenet5", "--target", "tpu"], 2, "unknown target 'tpu'"),
+    (["compare", "lenet5", "--input", "nothere.npy"], 2, "no such input file: nothere.npy"),
+    (["compare", "lenet5", "--target", "cuda"], 2, "needs a GPU"),
+    (["compile", "lenet5", "--bogus"], 2, "unrecognized arguments: --bogus"),
+])
+def test_bad_requests_give_one_line_and_exit_2(args, code, fragment):
+    assert_one_line_error(graphopt(*args), code, fragment)
+
+
+def test_debug_shows_the_traceback():
+    done = graphopt("--debug", "show", "nosuchnet")
+    assert done.returncode == 2 and "Traceback" in done.stderr
+
+
+def test_wrong_input_shape_is_reported(lenet_library, tmp_path):
+    np.save(tmp_path / "bad.npy", np.zeros((1, 1, 28, 28), np.float32))
+    assert_one_line_error(graphopt("run", lenet_library[1], "--input", str(tmp_path / "bad.npy")),
+                          2, "input 'input': expected float32[1,1,32,32], found float32[1,1,28,28]")
+
+
+def test_run_with_only_the_runtime_saves_and_checks_outputs(lenet_library, tmp_path):
+    folder, library = lenet_library
+    x = np.random.default_rng(5).standard_normal((1, 1, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    expected = go.interpret(go.zoo.lenet5(batch=1), {"input": x})["output"]
+
+    np.savez(tmp_path / "good.npz", output=expected)
+    done = graphopt("run", library, "--input", str(tmp_path / "x.npy"), "--save",
+                    str(tmp_path / "out.npz"), "--repeat", "5", "--expect", str(tmp_path / "good.npz"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1x10" in done.stdout and "latency: median" in done.stdout
+    assert "expected outputs: all match" in done.stdout
+    with np.load(tmp_path / "out.npz") as saved:
+        np.testing.assert_allclose(saved["output"], expected, rtol=1e-4, atol=1e-5)
+
+    np.savez(tmp_path / "wrong.npz", output=expected + 1.0)
+    checked = graphopt("run", library, "--input", f"input={tmp_path / 'x.npy'}",
+                       "--expect", str(tmp_path / "wrong.npz"))
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert "MISMATCH" in checked.stdout
+
+
+def test_compare_a_library_with_the_interpreter(lenet_library):
+    done = graphopt("compare", "lenet5", "--library", lenet_library[1])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "float64 reference: all outputs ok" in done.stdout
+    # float32 can never equal the float64 reference exactly: tolerance 0 must report a mismatch
+    strict = graphopt("compare", "lenet5", "--library", lenet_library[1], "--tolerance", "0")
+    assert strict.returncode == 1 and "MISMATCH" in strict.stdout
+
+
+def test_show_an_exported_library(lenet_library):
+    done = graphopt("show", lenet_library[1])
+    assert done.returncode == 0, done.stderr
+    assert "'lenet5' exported for cpu" in done.stdout and "float32[1,1,32,32]" in done.stdout
+
+
+def test_main_returns_exit_codes_in_process(capsys):
+    assert cli.main(["show", "lenet5"]) == cli.EXIT_OK
+    assert cli.main(["show", "nosuchnet"]) == cli.EXIT_USAGE
+    assert "unknown model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compare_compiles_and_matches():
+    done = graphopt("compare", "lenet5", "--batch", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "all outputs ok" in done.stdout
+
+
+@pytest.mark.slow
+def test_bench_reports_ratios_to_the_compiled_model():
+    done = graphopt("bench", "lenet5", "--repeat", "5")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for engine in ("compiled", "interpreter", "onnxruntime"):
+        assert engine in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_compile_for_cuda_writes_a_library_with_the_gpu_binary(tmp_path):
+    done = graphopt("compile", "lenet5", "--target", "cuda:sm_80", "-o", "lenet5.so", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "dlight schedules:" in done.stdout
+    shown = graphopt("show", str(tmp_path / "lenet5.so"))
+    assert "GPU binary:" in shown.stdout and "for sm_80" in shown.stdout

@@ -1,0 +1,165 @@
+"""The CUDA target on a machine without a GPU: target names, dlight schedules and the report of
+naive ones, nvcc's binary for the requested arch inside the exported library, and the load-time
+callback that serves it. Running CUDA code needs a GPU and is done by the runtime bundle."""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+
+import pytest
+
+import graphopt as go
+from graphopt import runtime
+from graphopt.errors import GraphoptError, ModelFormatError
+from graphopt.frontends import dsl
+from graphopt.targets.tvm import cuda
+
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+
+
+def cuobjdump() -> str | None:
+    """CUDA's cuobjdump from PATH or from the nvidia-cuda-cuobjdump wheel, if either exists."""
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    try:
+        import nvidia
+    except ImportError:
+        return None
+    matches = [p for base in nvidia.__path__ for p in glob.glob(os.path.join(base, "*", "bin",
+                                                                             "cuobjdump"))]
+    return matches[0] if matches else None
+
+
+def small_net():
+    with dsl.Builder("small_cuda", seed=1) as b:
+        x = b.input("input", (2, 3, 16, 16))
+        x = dsl.relu(dsl.batch_norm(dsl.conv2d(x, 8, kernel=3, padding=1)))
+        x = dsl.max_pool2d(x, 2)
+        return b.output(dsl.softmax(dsl.linear(dsl.flatten(x), 10)))
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    return go.compile(small_net(), target="cuda")
+
+
+@pytest.fixture(scope="module")
+def exported(compiled, tmp_path_factory):
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not installed")
+    return compiled.export(str(tmp_path_factory.mktemp("cuda") / "small_cuda.so"))
+
+
+@pytest.mark.parametrize("name, arch", [("cuda", "sm_90"), ("cuda:sm_80", "sm_80"),
+                                        ("cuda:sm_90a", "sm_90a"), ("cuda:sm_120", "sm_120")])
+def test_cuda_target_names(name, arch):
+    assert cuda.parse_cuda_target(name) == arch
+
+
+@pytest.mark.parametrize("name", ["cuda:", "cuda:sm_8", "cuda:80", "cuda:compute_90", "gpu"])
+def test_bad_cuda_target_names_are_rejected(name):
+    with pytest.raises(GraphoptError, match="expected 'cuda' or 'cuda:sm_<NN>'|unknown target"):
+        go.compile(small_net(), target=name)
+
+
+def test_every_kernel_gets_a_dlight_schedule(compiled):
+    report = compiled.schedule_report
+    assert sorted(report.rules) == compiled.kernels
+    assert "none" not in report.rules.values()
+    conv = [k for k in report.rules if "conv2d" in k]
+    matmul = [k for k in report.rules if "matmul" in k]
+    assert conv and matmul
+    assert all(report.rules[k] == "Matmul" for k in conv + matmul), report.rules
+    assert report.naive_heavy_kernels == []
+    assert "Matmul x2" in str(report)
+
+
+def test_schedule_report_names_convolutions_left_on_the_fallback_rule():
+    report = cuda.ScheduleReport({"fused_conv2d_add": "Fallback", "max_pool2d": "Fallback",
+                                  "fused_matmul_add": "Matmul", "softmax": "GeneralReduction"})
+    assert report.fallback == ["fused_conv2d_add", "max_pool2d"]
+    assert report.naive_heavy_kernels == ["fused_conv2d_add"]
+    assert "naive Fallback schedule: fused_conv2d_add" in str(report)
+
+
+def test_the_kernels_are_gpu_kernels(compiled):
+    source = cuda.cuda_source(compiled.executable)
+    assert source.count("__global__") >= compiled.kernel_count()
+    assert compiled.device_kind == "cuda" and str(compiled.tvm_target.arch) == "sm_90"
+
+
+@needs_nvcc
+def test_export_embeds_a_binary_for_the_requested_arch(compiled, exported):
+    metadata, fatbin = runtime.read_export(exported)
+    assert metadata["device"] == "cuda" and metadata["cuda_arch"] == "sm_90"
+    assert fatbin[:4] == b"\x50\xed\x55\xba", "fatbin magic"
+    assert cuda.fatbin_archs(fatbin) == ["sm_90"]
+    source = cuda.cuda_source(compiled.executable)
+    assert metadata["cuda_source_sha256"] == cuda.source_digest(source)
+
+
+@needs_nvcc
+def test_cuobjdump_sees_sm_90_code_in_the_library(exported):
+    tool = cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not available (pip install nvidia-cuda-cuobjdump)")
+    listing = subprocess.run([tool, "-lelf", "-lptx", exported], capture_output=True, text=True)
+    assert listing.returncode == 0, listing.stderr
+    assert "sm_90.cubin" in listing.stdout and "sm_90.ptx" in listing.stdout, listing.stdout
+
+
+@needs_nvcc
+def test_nvcc_builds_for_another_arch(compiled):
+    fatbin = cuda.compile_cuda_source(cuda.cuda_source(compiled.executable), "sm_80")
+    assert cuda.fatbin_archs(fatbin) == ["sm_80"]
+
+
+@needs_nvcc
+def test_loading_serves_the_embedded_binary_to_tvms_compile_callback(exported):
+    import tvm_ffi
+    metadata, fatbin = runtime.read_export(exported)
+    before = tvm_ffi.get_global_func(runtime.CUDA_COMPILE_CALLBACK, allow_missing=True)
+    source = "extern \"C\" __global__ void k() {}"
+    with runtime.serving_cuda_binary(fatbin, cuda.source_digest(source), exported):
+        callback = tvm_ffi.get_global_func(runtime.CUDA_COMPILE_CALLBACK)
+        assert bytes(callback(source)) == fatbin
+        with pytest.raises(Exception, match="not the one its binary was built from"):
+            callback(source + " ")
+    after = tvm_ffi.get_global_func(runtime.CUDA_COMPILE_CALLBACK, allow_missing=True)
+    assert (before is None) == (after is None)
+
+
+@needs_nvcc
+def test_loading_a_cuda_export_without_a_gpu_says_what_is_missing(exported):
+    try:
+        import ctypes
+        ctypes.CDLL("libcuda.so.1")
+        pytest.skip("this machine has a CUDA driver")
+    except OSError:
+        pass
+    with pytest.raises(ModelFormatError, match="libcuda.so.1"):
+        go.load(exported)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(go.zoo.MODELS))
+def test_every_zoo_model_compiles_for_cuda(name, tmp_path):
+    graph = go.zoo.MODELS[name](batch=1)
+    model = go.compile(graph, target="cuda")
+    report = model.schedule_report
+    assert "none" not in report.rules.values()
+    assert report.naive_heavy_kernels == [], str(report)
+    if shutil.which("nvcc"):
+        metadata, fatbin = runtime.read_export(model.export(str(tmp_path / f"{name}.so")))
+        assert cuda.fatbin_archs(fatbin) == ["sm_90"]
+
+
+@needs_nvcc
+def test_small_zoo_model_compiles_and_exports_for_cuda(tmp_path):
+    model = go.compile(go.zoo.lenet5(batch=1), target="cuda")
+    assert model.schedule_report.naive_heavy_kernels == []
+    _, fatbin = runtime.read_export(model.export(str(tmp_path / "lenet5_cuda.so")))
+    assert cuda.fatbin_archs(fatbin) == ["sm_90"]

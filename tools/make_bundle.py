@@ -1,0 +1,42 @@
+"""Assemble a graphopt runtime bundle (see graphopt/bundle.py) for a machine with only Python +
+numpy, e.g. a lent GPU machine:
+
+    python tools/make_bundle.py build/bundle resnet18:1:cuda resnet18:8:cuda --ffi-wheel auto
+    # there:  python3 bundle/run_bundle.py --device cuda
+"""
+import argparse
+import sys
+
+from graphopt.bundle import Case, download_ffi_wheel, make_bundle
+from graphopt.errors import GraphoptError
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", help="the bundle folder to create")
+    parser.add_argument("cases", nargs="+", metavar="MODEL:BATCH:TARGET",
+                        help="e.g. resnet18:8:cuda, vgg16:1:cuda:sm_90, lenet5:1:cpu")
+    parser.add_argument("--ffi-wheel", action="append", default=[], metavar="WHEEL|auto",
+                        help="apache-tvm-ffi wheel(s) to carry; 'auto' downloads the cp312 one")
+    parser.add_argument("--python", default="3.12", help="Python version for --ffi-wheel auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-mib", type=float, default=64.0, help="size limit (default 64)")
+    args = parser.parse_args()
+    try:
+        cases = [Case.parse(spec) for spec in args.cases]
+        wheels = [w for w in args.ffi_wheel if w != "auto"]
+        if "auto" in args.ffi_wheel:
+            import tempfile
+            wheels.append(download_ffi_wheel(tempfile.mkdtemp(prefix="ffi-wheel-"), args.python))
+        manifest = make_bundle(args.folder, cases, wheels=wheels, seed=args.seed,
+                               max_mib=args.max_mib,
+                               progress=lambda m: print(m, file=sys.stderr, flush=True))
+    except GraphoptError as e:
+        print(f"make_bundle: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.folder}: {len(manifest['cases'])} cases, {manifest['mib']} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
