@@ -88,6 +88,13 @@ def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (
     unknown = [c.model for c in cases if c.model not in zoo.MODELS]
     if unknown:
         raise InputError(f"unknown models {unknown}; expected zoo names ({', '.join(zoo.MODELS)})")
+    # Every library embeds its weights: refuse early what cannot fit.
+    weights = {m: sum(c.data.nbytes for c in zoo.MODELS[m](batch=1, seed=seed).constants.values())
+               for m in {c.model for c in cases}}
+    estimate = sum(weights[c.model] for c in cases) / 2**20
+    if estimate > max_mib:
+        raise GraphoptError(f"the cases' weights alone take {estimate:.1f} MiB, over the "
+                            f"{max_mib:g} MiB limit; bundle fewer or smaller cases per run")
     for sub in ("lib", "wheels", "models", "data"):
         os.makedirs(os.path.join(folder, sub))
     shutil.copy(RUNNER, os.path.join(folder, "run_bundle.py"))

@@ -1,0 +1,122 @@
+"""The runtime bundle, built and run in CPU mode: the runner loads each library with only numpy,
+the carried tvm_ffi wheel and the runtime libraries, checks the float64 references and times."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from graphopt.bundle import Case, make_bundle
+from graphopt.errors import GraphoptError, InputError
+
+
+def wheel_of_installed_ffi(folder) -> str:
+    """The installed tvm_ffi packed as a wheel for this Python, standing in for the cp312 wheel
+    a GPU machine gets (the runner unpacks the one whose tag matches its Python)."""
+    import tvm_ffi
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    path = os.path.join(folder, f"apache_tvm_ffi-0.0.0-{tag}-{tag}-linux_x86_64.whl")
+    package = os.path.dirname(tvm_ffi.__file__)
+    with zipfile.ZipFile(path, "w") as wheel:
+        for root, _, files in os.walk(package):
+            for name in files:
+                if "__pycache__" not in root:
+                    full = os.path.join(root, name)
+                    wheel.write(full, os.path.relpath(full, os.path.dirname(package)))
+    return path
+
+
+def numpy_only_path(folder) -> str:
+    """A PYTHONPATH folder with numpy and nothing else."""
+    site = os.path.join(folder, "numpy_only")
+    os.makedirs(site)
+    base = os.path.dirname(os.path.dirname(np.__file__))
+    for name in ("numpy", "numpy.libs"):
+        if os.path.exists(os.path.join(base, name)):
+            os.symlink(os.path.join(base, name), os.path.join(site, name))
+    return site
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    work = tmp_path_factory.mktemp("bundle")
+    cases = [Case("lenet5", 2, "cpu")]
+    if shutil.which("nvcc"):
+        cases.append(Case("lenet5", 1, "cuda"))
+    folder = str(work / "bundle")
+    manifest = make_bundle(folder, cases, wheels=[wheel_of_installed_ffi(str(work))], max_mib=64)
+    return folder, manifest, numpy_only_path(str(work))
+
+
+def test_bundle_holds_what_the_runner_needs(bundle):
+    folder, manifest, _ = bundle
+    for name in ("run_bundle.py", "runtime.py", "typing_extensions.py", "manifest.json",
+                 "lib/libtvm_runtime.so"):
+        assert os.path.isfile(os.path.join(folder, name)), name
+    assert manifest["mib"] < 64
+    for case in manifest["cases"]:
+        assert os.path.isfile(os.path.join(folder, case["library"]))
+        for path in list(case["inputs"].values()) + list(case["references"].values()):
+            assert np.load(os.path.join(folder, path)).dtype in (np.float32, np.float64)
+    if any(c["device"] == "cuda" for c in manifest["cases"]):
+        assert os.path.isfile(os.path.join(folder, "lib", "libtvm_runtime_cuda.so"))
+
+
+def test_runner_checks_and_times_the_cpu_cases_with_only_numpy(bundle):
+    folder, manifest, numpy_site = bundle
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GRAPHOPT_TVM_RUNTIME_DIR")}
+    env["PYTHONPATH"] = numpy_site
+    done = subprocess.run([sys.executable, "-S", os.path.join(folder, "run_bundle.py"),
+                           "--device", "cpu", "--warmup", "2", "--repeat", "5"],
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with open(os.path.join(folder, "results.json")) as f:
+        results = {r["case"]: r for r in json.load(f)["results"]}
+    cpu = results["lenet5_b2_cpu"]
+    assert cpu["status"] == "ran" and cpu["ok"] and cpu["max_rel_error"] < 1e-4
+    assert cpu["median_ms"] > 0 and cpu["runs"] == 5
+    if "lenet5_b1_cuda" in results:
+        assert results["lenet5_b1_cuda"]["status"] == "skipped"
+    assert os.path.isdir(os.path.join(folder, "site", "tvm_ffi")), "the wheel was unpacked"
+
+
+def test_runner_reports_a_wrong_reference_as_a_mismatch(bundle, tmp_path):
+    folder, manifest, numpy_site = bundle
+    copy = str(tmp_path / "copy")
+    shutil.copytree(folder, copy, symlinks=True)
+    case = next(c for c in manifest["cases"] if c["device"] == "cpu")
+    reference = os.path.join(copy, next(iter(case["references"].values())))
+    np.save(reference, np.load(reference) * 2.0)
+    done = subprocess.run([sys.executable, "-S", os.path.join(copy, "run_bundle.py"), "--device",
+                           "cpu", "--warmup", "0", "--repeat", "1"],
+                          env={**os.environ, "PYTHONPATH": numpy_site}, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert " NO" in done.stdout
+
+
+@pytest.mark.parametrize("spec, case", [("resnet18:8:cuda", Case("resnet18", 8, "cuda")),
+                                        ("vgg16:1:cuda:sm_80", Case("vgg16", 1, "cuda:sm_80")),
+                                        ("lenet5:1:cpu", Case("lenet5", 1, "cpu"))])
+def test_case_specs(spec, case):
+    assert Case.parse(spec) == case
+    assert case.name.startswith(f"{case.model}_b{case.batch}_")
+
+
+@pytest.mark.parametrize("spec", ["resnet18", "resnet18:x:cuda", "resnet18:8"])
+def test_bad_case_specs(spec):
+    with pytest.raises(InputError, match="expected MODEL:BATCH:TARGET"):
+        Case.parse(spec)
+
+
+def test_bundles_over_the_size_limit_are_refused_before_compiling(tmp_path):
+    with pytest.raises(GraphoptError, match="over the 0.1 MiB limit"):
+        make_bundle(str(tmp_path / "b"), [Case("lenet5", 1, "cpu")], max_mib=0.1)
+    with pytest.raises(InputError, match="unknown models"):
+        make_bundle(str(tmp_path / "c"), [Case("nosuchnet", 1, "cpu")])
