@@ -57,6 +57,17 @@ def test_a_perturbed_weight_inside_a_fused_group_is_reported_at_the_group(resnet
     assert "layer2.0.conv2" in rep.layer("layer2.0.relu2").provenance
 
 
+def test_per_layer_needs_the_candidate_graph(resnet):
+    g, opt, x = resnet
+
+    class Outputs:      # a compiled or loaded model exposes nothing but its outputs
+        def run(self, inputs):
+            return go.interpret(opt, inputs)
+    assert go.compare(g, Outputs(), x).ok
+    with pytest.raises(GraphoptError, match="needs the candidate as a Graph"):
+        go.compare(g, Outputs(), x, per_layer=True)
+
+
 def test_first_divergent_needs_per_layer(resnet):
     g, opt, x = resnet
     with pytest.raises(GraphoptError, match="per_layer=True"):

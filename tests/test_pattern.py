@@ -112,7 +112,7 @@ def test_rewrite_limit_stops_after_k_rewrites_and_logs_them():
     assert [n.op_name for n in result.graph.topological_order()] == ["clip", "clip", "relu"]
 
 
-def test_rules_that_undo_each_other_are_reported():
+def test_rules_without_a_fixed_point_are_reported():
     g = conv_relu_graph()
     flip = [Rule("relu again", op("relu", any_value("x")),
                  lambda graph, m: graph.add_node(ops.Relu(), [m["x"]]).output)]

@@ -265,7 +265,7 @@ def apply_rules(graph: Graph, rules: list[Rule]) -> PassResult:
         progress, sweeps = False, sweeps + 1
         if sweeps > MAX_SWEEPS:
             raise PassError(f"rules {[r.name for r in rules]} still rewrite after {MAX_SWEEPS} "
-                            "sweeps over the graph: two rules undo each other")
+                            "sweeps over the graph: their rewrites match again (no fixed point)")
         removed: set[int] = set()
         for node in g.topological_order():
             if id(node) in removed or len(node.outputs) != 1:
