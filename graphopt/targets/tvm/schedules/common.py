@@ -1,0 +1,119 @@
+"""Shared pieces of the CPU schedule rules: the host's vector shape, block classification and the
+small schedule moves every rule uses (inlining elementwise blocks, parallel + vector loops)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Below this many output elements a parallel loop costs more (thread wake-up) than it saves.
+PARALLEL_MIN_ELEMENTS = 4096
+
+
+@dataclass(frozen=True)
+class VectorShape:
+    """fp32 lanes per SIMD register and registers the micro-kernels may keep as accumulators."""
+    lanes: int
+    accumulators: int
+
+    @staticmethod
+    def of(target) -> "VectorShape":
+        """AVX-512 (32 zmm) where the target's CPU has it, AVX2 (16 ymm) otherwise; detected from the
+        target's `mcpu` through LLVM, so a cross-compile target is honoured too."""
+        from tvm.target.codegen import target_has_features
+        if target_has_features("avx512f", target):
+            return VectorShape(lanes=16, accumulators=24)
+        if target_has_features("avx2", target):
+            return VectorShape(lanes=8, accumulators=12)
+        return VectorShape(lanes=4, accumulators=12)
+
+
+def is_reduction(block) -> bool:
+    from tvm import tirx
+    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in block.iter_vars)
+
+
+def iter_kinds(block) -> str:
+    """"S"/"R" per block iteration variable, e.g. "SSSSRRR" for conv2d."""
+    return "".join("R" if iv.iter_type == 2 else "S" for iv in block.iter_vars)
+
+
+def extent(loop_sref_or_rv, sch) -> int:
+    return int(sch.get(loop_sref_or_rv).extent)
+
+
+def blocks_of(sch):
+    """All blocks under the root, in program order."""
+    root = sch.get_sblock("root")
+    return sch.get_child_blocks(root)
+
+
+def inline_elementwise(sch, keep) -> None:
+    """Inline every block that is not a reduction, not a function output and not in `keep` into its
+    consumers (or, failing that, into its producer), to a fixed point."""
+    changed = True
+    while changed:
+        changed = False
+        for block in blocks_of(sch):
+            if any(sch.get(block).same_as(sch.get(k)) for k in keep) or is_reduction(sch.get(block)):
+                continue
+            if _is_output(sch, block):
+                continue
+            for move in (sch.compute_inline, sch.reverse_compute_inline):
+                try:
+                    move(block)
+                    changed = True
+                    break
+                except Exception:  # not inlinable (e.g. read by a reduction in another layout)
+                    continue
+            if changed:
+                break
+
+
+def _is_output(sch, block) -> bool:
+    return any(sch.get(block).same_as(sch.get(o)) for o in sch.get_output_blocks(sch.get_sblock("root")))
+
+
+def schedule_elementwise(sch, block, lanes: int) -> None:
+    """Parallel over the fused outer loops when there is enough work; the innermost loop stays
+    whole (fusing it in would turn every index into div/mod) and is vectorized when `lanes`
+    divide it."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    *outer, inner = loops
+    total = _product(extent(l, sch) for l in loops)
+    width = extent(inner, sch)
+    if width % lanes == 0:
+        _, vector = sch.split(inner, [None, lanes])
+        sch.vectorize(vector)
+    if outer and total >= PARALLEL_MIN_ELEMENTS:
+        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        sch.parallel(fused)
+    elif not outer and total >= PARALLEL_MIN_ELEMENTS * 4 and width % lanes == 0:
+        sch.parallel(sch.get_loops(block)[0])
+
+
+def schedule_reduction(sch, block, lanes: int) -> None:
+    """A reduction that is not a GEMM/conv (pooling, mean, softmax's max and sum): parallel over its
+    spatial loops, reduction loops innermost and unrolled when short."""
+    kinds = iter_kinds(sch.get(block))
+    loops = sch.get_loops(block)
+    if len(loops) != len(kinds):  # already moved by another rule
+        return
+    spatial = [l for l, k in zip(loops, kinds) if k == "S"]
+    reduce = [l for l, k in zip(loops, kinds) if k == "R"]
+    sch.reorder(*spatial, *reduce)
+    if spatial:
+        fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        if extent(fused, sch) * max(1, _product(extent(r, sch) for r in reduce)) >= PARALLEL_MIN_ELEMENTS \
+                and extent(fused, sch) > 1:
+            sch.parallel(fused)
+    if reduce and _product(extent(r, sch) for r in reduce) <= 16:
+        for r in reduce:
+            sch.unroll(r)
+
+
+def _product(values) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out

@@ -1,0 +1,63 @@
+"""dense / matmul with a constant right-hand side (`linear` lowers to x @ W^T, whose transpose
+FoldConstant folds): columns are the vector axis, a few rows the other side of the register
+tile, and the weight [K, N] is repacked to [N / block, K, block] so the reduction streams it."""
+from __future__ import annotations
+
+from .common import VectorShape, blocks_of, iter_kinds
+from .tiled import (WeightPacking, accumulator_writer, finish_tile, inline_elementwise,
+                    spatial_rest, balanced_tile, weight_param_index)
+
+NAME = "dense"
+MAX_ROW_TILE = 4
+
+
+def find_matmul(sch):
+    found = [b for b in blocks_of(sch) if iter_kinds(sch.get(b)) == "SSR"]
+    return found[0] if len(found) == 1 else None
+
+
+def column_block(columns: int, rows_per_tile: int, vec: VectorShape) -> int | None:
+    """Columns per tile: as many vector registers as the accumulator budget allows after the row
+    tile, dividing `columns`."""
+    for registers in range(max(1, vec.accumulators // rows_per_tile), 0, -1):
+        if columns % (registers * vec.lanes) == 0:
+            return registers * vec.lanes
+    return None
+
+
+def schedule(sch, vec: VectorShape, packable) -> list[WeightPacking] | None:
+    matmul = find_matmul(sch)
+    if matmul is None:
+        return None
+    block = sch.get(matmul)
+    i_var, j_var, k_var = (iv.var for iv in block.iter_vars)
+    weight = weight_param_index(sch.mod["main"], block, [k_var, j_var])
+    if weight is None or weight[0] not in packable:
+        return None
+    rows, columns = (int(block.iter_vars[a].dom.extent) for a in (0, 1))
+    row_tile = balanced_tile(rows, MAX_ROW_TILE)
+    col_block = column_block(columns, row_tile, vec)
+    if col_block is None:
+        return None
+
+    inline_elementwise(sch, keep=[matmul, *sch.get_producers(matmul)])
+    matmul = find_matmul(sch)
+    writer = accumulator_writer(sch, matmul)
+    if writer is None:
+        return None
+    read_index = next(a for a, r in enumerate(sch.get(matmul).reads) if r.source.same_as(weight[1]))
+    sch.transform_layout(matmul, ("read", read_index), lambda k, j: (j // col_block, k, j % col_block))
+    sch.transform_layout(matmul, ("write", 0), lambda i, j: (j // col_block, i, j % col_block))
+
+    i, j, k = sch.get_loops(matmul)
+    j_outer, j_inner = sch.split(j, [None, col_block])
+    i_outer, i_inner = sch.split(i, [None, row_tile])
+    sch.reorder(j_outer, i_outer, k, i_inner, j_inner)
+    finish_tile(sch, matmul, None, [j_outer, i_outer], j_inner, [i_inner], k, writer)
+    spatial_rest(sch, matmul)
+    return [WeightPacking(weight[0], lambda w: _pack_kn(w, col_block))]
+
+
+def _pack_kn(w, col_block: int):
+    k, n = w.shape
+    return w.reshape(k, n // col_block, col_block).transpose(1, 0, 2).copy()

@@ -1,0 +1,94 @@
+"""Register-tiled micro-kernels for the two GEMM-like PrimFunc kinds, conv2d and dense/matmul.
+
+Both are scheduled the same way: the output channels (conv) or columns (dense) are the vector
+axis, tiled by `block` lanes; a few output pixels/rows form the other side of the register tile;
+the reduction runs outside the tile, so the tile's accumulators stay in registers (`local` scope,
+channels innermost) and every step is one broadcast of an input scalar times a contiguous weight
+vector. The weight is a constant repacked offline to [N / block, ..., block] so that vector is
+one aligned load. Elementwise epilogues (bias, batch-norm scale/shift, residual add, activation)
+are computed from the accumulator tile before it leaves registers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .common import (PARALLEL_MIN_ELEMENTS, VectorShape, blocks_of, extent, inline_elementwise,
+                     is_reduction, schedule_elementwise)
+
+
+@dataclass(frozen=True)
+class WeightPacking:
+    """How one PrimFunc parameter (a constant weight) is repacked for the scheduled kernel."""
+    param_index: int
+    pack: Callable[[np.ndarray], np.ndarray]
+
+
+def weight_param_index(func, block, axis_vars) -> tuple[int, object] | None:
+    """(parameter index, buffer) of the read of `block` indexed exactly by `axis_vars` (the weight),
+    when that buffer is a parameter of the PrimFunc."""
+    for region in block.reads:
+        idx = [r.min for r in region.region]
+        if len(idx) == len(axis_vars) and all(i.same_as(v) for i, v in zip(idx, axis_vars)):
+            for i, p in enumerate(func.params):
+                if p.same_as(region.source):  # in TIRx a buffer parameter is its own Var
+                    return i, region.source
+    return None
+
+
+def balanced_tile(length: int, limit: int) -> int:
+    """Tile size at most `limit` that covers `length` in the fewest tiles, as evenly as possible
+    (the last tile is predicated when it does not divide)."""
+    limit = max(1, min(limit, length))
+    tiles = -(-length // limit)
+    return -(-length // tiles)
+
+
+def channel_block(channels: int, vec: VectorShape) -> int | None:
+    """Output channels per tile: two vector registers when they divide `channels`, else one."""
+    for block in (2 * vec.lanes, vec.lanes):
+        if channels % block == 0:
+            return block
+    return None
+
+
+def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops, first_reduce,
+                writer) -> None:
+    """Common tail of both rules: move the writer (epilogue or copy-out) under the tile loop
+    (None: the fused parallel loop), parallelize, vectorize, unroll, then split off the accumulator initialisation."""
+    fused = sch.fuse(*parallel_loops) if len(parallel_loops) > 1 else parallel_loops[0]
+    sch.parallel(fused)
+    sch.reverse_compute_at(writer, fused if tile_loop is None else tile_loop)
+    sch.vectorize(vector_loop)
+    for loop in unroll_loops:
+        sch.unroll(loop)
+    init = sch.decompose_reduction(main, first_reduce)
+    sch.vectorize(sch.get_loops(init)[-1])
+    writer_loops = sch.get_loops(writer)
+    inner = writer_loops[-1]
+    if extent(inner, sch) > 1:
+        sch.unroll(inner)
+
+
+def accumulator_writer(sch, main):
+    """Keep `main`'s results in a register tile: if an elementwise epilogue consumes them, that
+    epilogue becomes the writer and the intermediate becomes local; otherwise a copy-out block is
+    added. Returns the writer block, or None when the consumers cannot be fused (several)."""
+    consumers = sch.get_consumers(main)
+    if len(consumers) == 0:
+        return sch.cache_write(main, 0, "local")
+    if len(consumers) == 1 and not is_reduction(sch.get(consumers[0])):
+        sch.set_scope(main, 0, "local")
+        return consumers[0]
+    return None
+
+
+def spatial_rest(sch, main) -> None:
+    """Schedule the blocks left outside the tile (e.g. input padding) as elementwise work."""
+    tile_loops = {sch.get(loop) for loop in sch.get_loops(main)}
+    for block in blocks_of(sch):
+        loops = sch.get_loops(block)
+        if is_reduction(sch.get(block)) or any(sch.get(l) in tile_loops for l in loops):
+            continue
+        schedule_elementwise(sch, block, 8)
