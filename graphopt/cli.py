@@ -377,6 +377,28 @@ def optimize(args) -> int:
     return EXIT_OK
 
 
+@command("convert", "read a model (zoo name or .onnx) and write it as .onnx, optionally after passes",
+         MODEL, arg("output", metavar="OUTPUT.onnx", help="the ONNX file to write"), BATCH, SEED,
+         arg("--passes", help="comma-separated pass names to run first (default: none)"))
+def convert(args) -> int:
+    """Import the model (an .onnx file is checked and converted into graphopt's IR), optionally
+    run graph passes, and export it as ONNX (checked by onnx.checker; names kept)."""
+    from .frontends.onnx import save_onnx
+    if not args.output.endswith(".onnx"):
+        raise InputError(f"{args.output}: expected an output path ending in .onnx")
+    graph = load_model(args.model, args.batch, args.seed)
+    if args.passes:
+        from .passes import optimize as run_passes
+        names = [p.strip() for p in args.passes.split(",") if p.strip()]
+        with step(f"optimizing '{graph.name}'"):
+            graph = run_passes(graph, names).graph
+    with step(f"writing {args.output}"):
+        model = save_onnx(graph, args.output)
+    print(f"{args.output}: {len(model.graph.node)} ONNX nodes from {len(graph.nodes)} graphopt "
+          f"nodes, opset {model.opset_import[0].version}")
+    return EXIT_OK
+
+
 # ---- entry point ------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:

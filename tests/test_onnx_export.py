@@ -182,3 +182,16 @@ def test_zoo_model_round_trips(name):
 @pytest.mark.parametrize("name", sorted(ZOO_SLOW))
 def test_big_zoo_model_round_trips(name):
     check_zoo(name, ZOO_SLOW[name])
+
+
+def test_cli_convert_and_show(tmp_path, capsys):
+    from graphopt.cli import main
+    source, target = tmp_path / "lenet.onnx", tmp_path / "converted.onnx"
+    go.save_onnx(go.zoo.lenet5(), source)
+    assert main(["-q", "convert", str(source), str(target)]) == 0
+    assert structure(go.load_onnx(target)) == structure(go.zoo.lenet5())
+    assert main(["-q", "show", str(target)]) == 0
+    assert "total: 12 nodes" in capsys.readouterr().out
+    (tmp_path / "broken.onnx").write_bytes(source.read_bytes()[:100])
+    assert main(["-q", "show", str(tmp_path / "broken.onnx")]) == 2
+    assert "not a valid ONNX model" in capsys.readouterr().err
