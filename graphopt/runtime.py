@@ -54,7 +54,8 @@ def find_runtime_library(name: str, near: str | None = None) -> str:
     folder, this file's folder, then the installed `tvm` package's lib/ (found without
     importing it, so the compiler library is never loaded)."""
     folders = [os.environ.get(RUNTIME_DIR_ENV), near, os.path.dirname(os.path.abspath(__file__))]
-    spec = importlib.util.find_spec("tvm") if "tvm" not in sys.modules else sys.modules["tvm"].__spec__
+    tvm = sys.modules.get("tvm")
+    spec = tvm.__spec__ if tvm is not None else importlib.util.find_spec("tvm")
     if spec is not None and spec.submodule_search_locations:
         folders += [os.path.join(p, "lib") for p in spec.submodule_search_locations]
     for folder in filter(None, folders):
@@ -240,6 +241,8 @@ class LoadedModel:
 def load(path: str, device_id: int = 0) -> LoadedModel:
     """Load a library written by `CompiledModel.export`; needs only the TVM runtime."""
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelFormatError(f"no such file: {path}")
     near = os.path.dirname(os.path.abspath(path))
     load_runtime("cpu", near)
     metadata, fatbin = read_export(path)

@@ -85,6 +85,14 @@ def test_schedule_report_names_convolutions_left_on_the_fallback_rule():
     assert "naive Fallback schedule: fused_conv2d_add" in str(report)
 
 
+def test_schedule_report_names_convolutions_not_scheduled_as_gemm():
+    report = cuda.ScheduleReport({"fused_conv2d1_add_relu": "GeneralReduction",
+                                  "fused_conv2d_add_relu": "Matmul", "softmax": "GeneralReduction"})
+    assert report.convolutions_off_matmul == ["fused_conv2d1_add_relu"]
+    assert report.naive_heavy_kernels == []
+    assert "not scheduled as GEMM: fused_conv2d1_add_relu (GeneralReduction)" in str(report)
+
+
 def test_the_kernels_are_gpu_kernels(compiled):
     source = cuda.cuda_source(compiled.executable)
     assert source.count("__global__") >= compiled.kernel_count()

@@ -138,7 +138,8 @@ def test_cpu_export_runs_with_only_the_tvm_runtime(exported, compiled, feeds, tm
     np.save(tmp_path / "x.npy", feeds["image"])
     script = textwrap.dedent(f"""
         import sys
-        sys.path[:] = [{runtime_only_path(tmp_path)!r}] + [p for p in sys.path if "site-packages" not in p]
+        sys.path[:] = ([{runtime_only_path(tmp_path)!r}]
+                       + [p for p in sys.path if "site-packages" not in p])
         try:
             import tvm
             raise SystemExit("tvm must not be importable here")

@@ -63,6 +63,12 @@ class ScheduleReport:
         (Pooling and elementwise kernels on Fallback are expected.)"""
         return [k for k in self.fallback if re.search(r"conv|matmul|dense", k)]
 
+    @property
+    def convolutions_off_matmul(self) -> list[str]:
+        """Convolutions that dlight could not schedule as a tiled GEMM (its Matmul rule): the
+        reduction rules they get instead run one small thread block per output row."""
+        return sorted(k for k, r in self.rules.items() if "conv" in k and r != "Matmul")
+
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for rule in self.rules.values():
@@ -74,6 +80,10 @@ class ScheduleReport:
         if self.naive_heavy_kernels:
             lines.append("conv/matmul kernels on the naive Fallback schedule: "
                          + ", ".join(self.naive_heavy_kernels))
+        slow = [k for k in self.convolutions_off_matmul if k not in self.naive_heavy_kernels]
+        if slow:
+            lines.append("convolutions not scheduled as GEMM: " + ", ".join(
+                f"{k} ({self.rules[k]})" for k in slow))
         return "\n".join(lines)
 
 
