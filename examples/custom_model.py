@@ -67,7 +67,8 @@ def main() -> None:
 
     model = go.compile(graph, target="cpu")
     print(f"compiled: {model!r} in {model.compile_seconds:.1f} s")
-    print("compiled:    predicted classes", model.run(inputs)["output"].argmax(axis=1).tolist(), "\n")
+    compiled_probs = model.run(inputs)["output"]
+    print("compiled:    predicted classes", compiled_probs.argmax(axis=1).tolist(), "\n")
 
     report = go.compare(graph, model, inputs)
     print(report)
