@@ -116,6 +116,12 @@ ROWS = [
     ("sub", "Sub", [node("Sub", ["x", "z"])], {"x": (2, 3), "z": (2, 3)}, {}, ["sub"]),
     ("mul", "Mul", [node("Mul", ["x", "z"])], {"x": (2, 3), "z": (1, 3)}, {}, ["mul"]),
     ("div", "Div", [node("Div", ["x", "c"])], {"x": (2, 3)}, {"c": F(2.0, 4.0, -8.0)}, ["div"]),
+    ("sum_three", "Sum", [node("Sum", ["x", "z", "c"])], {"x": (2, 3), "z": (2, 3)},
+     {"c": rand(3)}, ["add", "add"]),
+    ("reduce_mean_spatial", "ReduceMean", [node("ReduceMean", ["x", "a"], keepdims=0)],
+     {"x": (2, 3, 4, 5)}, {"a": I(-1, 2)}, ["global_avg_pool2d", "reshape"]),
+    ("reduce_max_spatial_attr", "ReduceMax", [node("ReduceMax", ["x"], axes=[2, 3])],
+     {"x": (2, 3, 4, 5)}, {}, ["global_max_pool2d"]),
     ("concat", "Concat", [node("Concat", ["x", "z"], axis=-1)], {"x": (2, 3), "z": (2, 2)}, {},
      ["concat"]),
     ("flatten_axis2", "Flatten", [node("Flatten", ["x"], axis=2)], {"x": (2, 3, 4, 5)}, {},
@@ -150,6 +156,9 @@ ROWS = [
 ]
 
 
+OPSET = {"reduce_mean_spatial": 18}   # rows that need a newer opset than 17 (axes as input)
+
+
 def reference_outputs(model, feeds):
     # onnxruntime, not onnx.reference: the latter's LRN disagrees with the ONNX formula.
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -158,8 +167,8 @@ def reference_outputs(model, feeds):
 
 @pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
 def test_conversion_matches_onnx_reference(row):
-    _, _, nodes, inputs, initializers, expected_ops = row
-    model = make_model(nodes, inputs, ["y"], initializers)
+    row_id, _, nodes, inputs, initializers, expected_ops = row
+    model = make_model(nodes, inputs, ["y"], initializers, opset=OPSET.get(row_id, 17))
     graph = load_onnx(model)
     assert [n.op_name for n in graph.topological_order()] == expected_ops
     feeds = {name: rand(*shape) for name, shape in inputs.items()}

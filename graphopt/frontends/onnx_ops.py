@@ -17,8 +17,9 @@ TABLE: dict[str, Callable[[NodeContext], object]] = {}
 
 # Inputs that graphopt needs as constants (they become attributes); a model that computes them
 # at run time is unsupported, a conformance case that feeds them is loaded with them bound.
-ATTRIBUTE_INPUTS = {"Clip": (1, 2), "Dropout": (1, 2), "Pad": (1, 2, 3), "Reshape": (1,),
-                    "Resize": (1, 2, 3), "Squeeze": (1,), "Unsqueeze": (1,)}
+ATTRIBUTE_INPUTS = {"Clip": (1, 2), "Dropout": (1, 2), "Pad": (1, 2, 3), "ReduceMax": (1,),
+                    "ReduceMean": (1,), "Reshape": (1,), "Resize": (1, 2, 3), "Squeeze": (1,),
+                    "Unsqueeze": (1,)}
 
 
 def converts(*op_types: str):
@@ -157,6 +158,23 @@ def global_pool(ctx):
     return ctx.emit(op, [ctx.input(0)])
 
 
+@converts("ReduceMean", "ReduceMax")
+def reduce_spatial(ctx):
+    """A mean or max over H and W of NCHW (torch's `x.mean((2, 3))`) is a global pool."""
+    x = ctx.type(0)
+    axes = [int(a) for a in ctx.static(1, "axes").reshape(-1)] if ctx.has(1) else \
+        list(ctx.ints("axes", ()))
+    if x.ndim != 4 or sorted(a % 4 for a in axes) != [2, 3]:
+        raise UnsupportedForm(f"axes {axes} of {x} (only H and W of NCHW, as a global pool)")
+    if ctx.op_type == "ReduceMean" and not x.is_float:
+        raise UnsupportedForm(f"integer input {x}")
+    op = ops.GlobalAvgPool2d() if ctx.op_type == "ReduceMean" else ops.GlobalMaxPool2d()
+    if ctx.attr("keepdims", 1):
+        return ctx.emit(op, [ctx.input(0)])
+    pooled = ctx.emit(op, [ctx.input(0)], final=False)
+    return ctx.emit(ops.Reshape(x.shape[:2]), [pooled])
+
+
 @converts("LRN")
 def lrn(ctx):
     if ctx.type(0).ndim != 4:
@@ -228,6 +246,18 @@ UNARY = {"Relu": ops.Relu, "Sigmoid": ops.Sigmoid, "Tanh": ops.Tanh}
 @converts(*BINARY)
 def binary(ctx):
     return ctx.emit(BINARY[ctx.op_type](), [ctx.input(0), ctx.input(1)])
+
+
+@converts("Sum")
+def sum_(ctx):
+    """Sum of one or more tensors (with broadcasting) as a chain of adds."""
+    count = len(ctx.node.input)
+    if count == 1:
+        return ctx.emit(ops.Dropout(0.0), [ctx.input(0)])
+    total = ctx.input(0)
+    for i in range(1, count):
+        total = ctx.emit(ops.Add(), [total, ctx.input(i)], final=i == count - 1)
+    return total
 
 
 @converts(*UNARY)
