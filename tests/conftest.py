@@ -1,10 +1,8 @@
-"""Shared test helpers and fixtures.
+"""Shared test helpers (plain functions: `from conftest import ...`) and fixtures.
 
-The helpers are plain functions (importable with `from conftest import ...`) with fixture
-wrappers for tests that prefer injection:
-
-    g = one_node_graph(ops.Conv2d(stride=2), [x], [w, b])       # x is an input, w and b constants
-    ref = go.interpret(g, feeds_for(g, [x]))
+    g = one_node_graph(ops.Conv2d(stride=2), [x], [w, b], name="conv")   # x input, w b constants
+    y = go.interpret(g, input_feeds("conv", [x]))["conv.out"]
+    assert_close(y, expected, rtol=2e-5, what="conv")
 """
 from __future__ import annotations
 
@@ -48,12 +46,6 @@ def one_node_graph(op: ops.Op, inputs: Sequence[np.ndarray], constants: Sequence
     return graph
 
 
-def feeds_for(graph: Graph, arrays: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """Pair the graph's inputs, in order, with `arrays`."""
-    assert len(arrays) == len(graph.inputs), "one array per graph input"
-    return {v.name: a for v, a in zip(graph.inputs, arrays)}
-
-
 def assert_close(found: np.ndarray, expected: np.ndarray, *, rtol: float, what: str = "") -> None:
     """Elementwise |found - expected| <= rtol * (|expected| + max |expected|): a relative bound
     that does not blow up where the reference crosses zero. Exact for integer dtypes."""
@@ -82,8 +74,3 @@ def rng() -> np.random.Generator:
     """A fresh, seeded generator per test: reproducible data, independent of test order."""
     return np.random.default_rng(1234)
 
-
-@pytest.fixture
-def graph_of():
-    """Fixture form of `one_node_graph`."""
-    return one_node_graph
