@@ -64,14 +64,20 @@ def exports(*op_names: str):
     return register
 
 
-SIMPLE = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "add": "Add", "sub": "Sub",
-          "mul": "Mul", "div": "Div", "matmul": "MatMul", "global_avg_pool2d": "GlobalAveragePool",
-          "global_max_pool2d": "GlobalMaxPool"}
+# Ops that map onto one ONNX node: (ONNX op type, attributes copied under the same name).
+DIRECT = {"relu": ("Relu",), "sigmoid": ("Sigmoid",), "tanh": ("Tanh",), "add": ("Add",),
+          "sub": ("Sub",), "mul": ("Mul",), "div": ("Div",), "matmul": ("MatMul",),
+          "global_avg_pool2d": ("GlobalAveragePool",), "global_max_pool2d": ("GlobalMaxPool",),
+          "batch_norm": ("BatchNormalization", "epsilon"), "leaky_relu": ("LeakyRelu", "alpha"),
+          "softmax": ("Softmax", "axis"), "concat": ("Concat", "axis"),
+          "flatten": ("Flatten", "axis"), "transpose": ("Transpose", "perm"),
+          "lrn": ("LRN", "size", "alpha", "beta", "bias")}
 
 
-@exports(*SIMPLE)
-def simple(ex, node):
-    ex.add(SIMPLE[node.op_name], node)
+@exports(*DIRECT)
+def direct(ex, node):
+    op_type, *attributes = DIRECT[node.op_name]
+    ex.add(op_type, node, **{a: getattr(node.op, a) for a in attributes})
 
 
 def conv_attrs(op, weight) -> dict:
@@ -118,11 +124,6 @@ def activation(ex, node, op, source: str, output: str, name: str) -> None:
         ex.add("Clip", node, [source, *bounds], [output], name=name)
 
 
-@exports("batch_norm")
-def batch_norm(ex, node):
-    ex.add("BatchNormalization", node, epsilon=node.op.epsilon)
-
-
 @exports("max_pool2d", "avg_pool2d")
 def pool(ex, node):
     op = node.op
@@ -136,12 +137,6 @@ def pool(ex, node):
         if op.dilation != (1, 1):
             ex.require(19)   # AveragePool gained dilations in opset 19
         ex.add("AveragePool", node, count_include_pad=int(op.count_include_pad), **attrs)
-
-
-@exports("lrn")
-def lrn(ex, node):
-    op = node.op
-    ex.add("LRN", node, size=op.size, alpha=op.alpha, beta=op.beta, bias=op.bias)
 
 
 @exports("linear")
@@ -166,16 +161,6 @@ def clip(ex, node):
     activation(ex, node, node.op, node.inputs[0].name, node.outputs[0].name, node.name)
 
 
-@exports("leaky_relu")
-def leaky_relu(ex, node):
-    ex.add("LeakyRelu", node, alpha=node.op.alpha)
-
-
-@exports("softmax")
-def softmax(ex, node):
-    ex.add("Softmax", node, axis=node.op.axis)
-
-
 @exports("dropout")
 def dropout(ex, node):
     if node.op.ratio == 0.0:
@@ -183,16 +168,6 @@ def dropout(ex, node):
     else:
         ratio = ex.constant(f"{node.name}.ratio", np.array(node.op.ratio, np.float32))
         ex.add("Dropout", node, [node.inputs[0], ratio])
-
-
-@exports("concat")
-def concat(ex, node):
-    ex.add("Concat", node, axis=node.op.axis)
-
-
-@exports("flatten")
-def flatten(ex, node):
-    ex.add("Flatten", node, axis=node.op.axis)
 
 
 @exports("reshape")
@@ -204,11 +179,6 @@ def reshape(ex, node):
     if allowzero:
         ex.require(14)
     ex.add("Reshape", node, [node.inputs[0], shape], allowzero=allowzero)
-
-
-@exports("transpose")
-def transpose(ex, node):
-    ex.add("Transpose", node, perm=list(node.op.perm))
 
 
 @exports("pad")
