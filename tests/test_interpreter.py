@@ -8,6 +8,7 @@ import graphopt as go
 from graphopt import ops
 from graphopt.errors import GraphoptError, InputError
 from graphopt.ir import Graph, TensorType
+from graphopt.signature import Signature
 
 
 def small_net() -> Graph:
@@ -129,3 +130,11 @@ def test_kernel_with_wrong_shape_is_caught():
     with pytest.raises(GraphoptError, match=r"node 'w' \(relu\): reference kernel returned shape "
                                             r"\(1,\), expected \(2,\)"):
         go.interpret(g, {"a": np.zeros(2, np.float32)})
+
+
+def test_signature_describes_and_round_trips():
+    g = small_net()
+    sig = Signature.of(g)
+    assert sig.input_names == ["x"] and sig.output_names == ["y", "feat"]
+    assert dict(sig.outputs)["y"] == TensorType((1, 4, 1, 1))
+    assert Signature.from_json(sig.to_json()) == sig

@@ -7,6 +7,7 @@ import pytest
 
 import graphopt as go
 from graphopt import ops
+from graphopt.analysis import count_macs
 from graphopt.errors import GraphoptError, ShapeError, VerifyError
 from graphopt.ir import Graph, TensorType
 
@@ -234,3 +235,13 @@ def test_num_params_excludes_batch_norm_statistics(rng):
     stats = [np.ones(c, np.float32)] * 4
     g = one_node_graph(ops.BatchNorm(), [x], stats)
     assert g.num_params() == 2 * c     # scale and bias, not running mean/var
+
+
+def test_macs_of_conv_and_linear(rng):
+    conv = one_node_graph(ops.Conv2d(stride=2, padding=1, groups=2), [np.zeros((1, 4, 8, 8),
+                          np.float32)], [np.zeros((6, 2, 3, 3), np.float32)])
+    # output 1x6x4x4, each from 2 channels x 3x3 taps
+    assert count_macs(conv) == 6 * 4 * 4 * 2 * 9
+    fc = one_node_graph(ops.Linear(), [np.zeros((3, 5), np.float32)],
+                        [np.zeros((7, 5), np.float32), np.zeros(7, np.float32)])
+    assert count_macs(fc) == 3 * 7 * 5 and fc.num_params() == 7 * 5 + 7
