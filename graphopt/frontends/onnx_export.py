@@ -13,9 +13,9 @@ from onnx import helper, numpy_helper
 from ..errors import GraphoptError, UnsupportedOpError
 from ..ir import Graph, Node
 from ..verify import verify
+from .onnx_load import PROTOBUF_LIMIT
 
 BASE_OPSET = 13
-PROTOBUF_LIMIT = 2 ** 31 - 1   # larger models keep their weights in an external file
 
 
 class ExportContext:
@@ -233,7 +233,8 @@ def to_onnx(graph: Graph) -> onnx.ModelProto:
 
 def save_onnx(graph: Graph, path: str | os.PathLike | None = None) -> onnx.ModelProto:
     """Export `graph` as an ONNX model (checked with onnx.checker's full check); write it to
-    `path` when given (weights go to `<path>.data` beside it past protobuf's 2 GB limit)."""
+    `path` when given. Past protobuf's 2 GB limit the checker cannot run and the weights go to
+    `<path>.data` beside the model."""
     model = to_onnx(graph)
     large = model.ByteSize() > PROTOBUF_LIMIT
     if not large:

@@ -13,6 +13,7 @@ from onnx import external_data_helper
 from ..errors import ModelFormatError, UnsupportedOpError
 
 MIN_OPSET = 13
+PROTOBUF_LIMIT = 2 ** 31 - 1   # protobuf cannot serialize a larger message
 ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto]
 
 
@@ -178,6 +179,8 @@ def sort_nodes(model: onnx.ModelProto) -> list[tuple[int, str, onnx.NodeProto]]:
 
 def check_model(model: onnx.ModelProto, order: list[int]) -> None:
     """onnx.checker on the model with its nodes in dependency order (node indices `order`)."""
+    if model.ByteSize() > PROTOBUF_LIMIT:
+        return   # the checker serializes the model, which protobuf refuses past 2 GB
     if order != list(range(len(model.graph.node))):
         nodes = [onnx.NodeProto.FromString(model.graph.node[i].SerializeToString()) for i in order]
         model = onnx.ModelProto.FromString(model.SerializeToString())
