@@ -17,9 +17,10 @@ from graphopt.ir import Graph, TensorType, Value
 
 def random_array(rng: np.random.Generator, shape: Sequence[int], dtype: str = "float32",
                  low: int = -9, high: int = 10) -> np.ndarray:
-    """Standard-normal floats, or integers drawn from [low, high) for integer dtypes."""
+    """Standard-normal floats, or integers drawn from [low, high) (from 0 for unsigned)."""
     if np.dtype(dtype).kind == "f":
         return rng.standard_normal(tuple(shape)).astype(dtype)
+    low = max(low, 0) if np.dtype(dtype).kind == "u" else low
     return rng.integers(low, high, size=tuple(shape)).astype(dtype)
 
 

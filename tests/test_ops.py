@@ -305,6 +305,7 @@ def activation_rows():
         Row("softmax-axis1", ops.Softmax(1), (x,), (), onnx_op("Softmax", axis=1)),
         Row("softmax-axis0", ops.Softmax(0), (x,), (), onnx_op("Softmax", axis=0)),
         Row("softmax-2d", ops.Softmax(-1), (rand(4, 10) * 10,), (), onnx_op("Softmax", axis=-1)),
+        Row("softmax-large", ops.Softmax(1), (x * 100,), (), onnx_op("Softmax", axis=1)),
         Row("dropout", ops.Dropout(0.5), (x,), (), onnx_op("Dropout")),
         Row("dropout-int32", ops.Dropout(0.2), (ints,), (), onnx_op("Identity")),
     ]
@@ -417,6 +418,7 @@ def linear_rows():
         Row("linear-nobias", ops.Linear(), (rand(3, 9),), (rand(5, 9),), gemm),
         Row("linear-batch1", ops.Linear(), (rand(1, 32),), (rand(10, 32), rand(10)), gemm),
         Row("linear-rank3", ops.Linear(), (rand(2, 3, 8),), (rand(5, 8), rand(5)), onnx_linear_nd),
+        Row("linear-rank1", ops.Linear(), (rand(8),), (rand(3, 8), rand(3)), onnx_linear_nd),
         Row("matmul-2d", ops.Matmul(), (rand(4, 6), rand(6, 5)), (), onnx_op("MatMul"), f64=True),
         Row("matmul-batched", ops.Matmul(), (rand(3, 4, 6), rand(3, 6, 2)), (), onnx_op("MatMul")),
         Row("matmul-broadcast", ops.Matmul(), (rand(2, 1, 4, 6), rand(3, 6, 5)), (),
@@ -501,14 +503,14 @@ def shape_rows():
 
 def resize_rows():
     def row(id, x, size, mode="nearest", coords="half_pixel", nearest="round_prefer_floor",
-            f64=False):
+            f64=False, dtype="float32"):
         op = ops.Resize(size, mode, coords, nearest)
         attrs = dict(mode="linear" if mode == "bilinear" else "nearest",
                      coordinate_transformation_mode=coords)
         if mode == "nearest":
             attrs["nearest_mode"] = nearest
         sizes = np.array([*x[:2], *op.size], np.int64)
-        return Row(f"resize-{id}", op, (rand(*x),), (),
+        return Row(f"resize-{id}", op, (rand(*x, dtype=dtype),), (),
                    onnx_op("Resize", extra=(None, None, sizes), **attrs), f64)
     up, down = (1, 2, 4, 5), (1, 2, 9, 8)
     rows = []
@@ -525,6 +527,8 @@ def resize_rows():
         row("nearest-pytorch_half_pixel-up", up, (7, 9), "nearest", "pytorch_half_pixel", "floor"),
         row("nearest-x2-torch-default", up, (8, 10), "nearest", "asymmetric", "floor"),
         row("nearest-non-integer-up", up, (7, 13), "nearest", "half_pixel", "round_prefer_ceil"),
+        row("nearest-int32", up, (6, 11), "nearest", "asymmetric", "floor", dtype="int32"),
+        row("nearest-uint8-down", down, (5, 3), "nearest", "half_pixel", dtype="uint8"),
         row("bilinear-half_pixel-up", up, (8, 10), "bilinear", "half_pixel", f64=True),
         row("bilinear-half_pixel-down", down, (4, 3), "bilinear", "half_pixel"),
         row("bilinear-half_pixel-odd", up, (7, 11), "bilinear", "half_pixel"),
