@@ -1,10 +1,12 @@
 """Every op, attribute case by attribute case, against an independent reference.
 
-Each row of `ROWS` is one op instance with its data and the ONNX model (run by
-`onnx.reference.ReferenceEvaluator`) that says what the answer is. Every row is checked on the
-numpy interpreter (float32, and float64 where `f64` is set) and on the TVM CPU module. Compiling
-costs about a second per graph, so the rows of one op are compiled together as one multi-output
-graph (`test_compiled`), while the interpreter is checked row by row (`test_interpreter`).
+Each row of `ROWS` is one op instance with its data and the reference that says what the answer
+is: a one-node ONNX model run by `onnx.reference.ReferenceEvaluator`, or by onnxruntime where the
+evaluator's kernel is wrong (noted at the row), or torch where ONNX has no equivalent. Every row is
+checked on the numpy interpreter (float32, and float64 where `f64` is set) and on the TVM CPU
+module. Compiling costs about a second per graph, so the rows of one op are compiled together as
+one multi-output graph (`test_compiled`); the interpreter is checked row by row
+(`test_interpreter`). To cover a new op, add its rows to a `*_rows()` list (test_registry insists).
 """
 from __future__ import annotations
 
