@@ -10,10 +10,11 @@ from graphopt import dsl
 from graphopt.passes import PASSES, probe_inputs
 
 
-def run_pass(name: str, graph):
+def run_pass(name: str, graph, rtol: float | None = None):
+    """Run one pass; its result must verify, keep the output names and compute the same."""
     result = PASSES[name](graph)
     go.verify(result.graph)
-    report = go.compare(graph, result.graph, probe_inputs(graph))
+    report = go.compare(graph, result.graph, probe_inputs(graph), tolerance=rtol)
     assert report.ok, str(report)
     assert result.graph.output_names == graph.output_names
     return result
@@ -23,9 +24,10 @@ def op_names(graph) -> list[str]:
     return [n.op_name for n in graph.topological_order()]
 
 
-def build(fn, shape=(1, 3, 6, 6)):
+def build(fn, shape=(1, 3, 6, 6), dtype="float32"):
+    """The graph returning `fn(builder, input)` (a list of tensors)."""
     with dsl.Builder("case", seed=0) as b:
-        return b.output(*fn(b, b.input("input", shape)))
+        return b.output(*fn(b, b.input("input", shape, dtype)))
 
 
 # ---- fold_constants ------------------------------------------------------------------------------

@@ -8,24 +8,12 @@ import pytest
 
 import graphopt as go
 from graphopt import dsl
-from graphopt.passes import PASSES, probe_inputs
-
-
-def run_pass(name: str, graph, rtol: float | None = None):
-    result = PASSES[name](graph)
-    go.verify(result.graph)
-    report = go.compare(graph, result.graph, probe_inputs(graph), tolerance=rtol)
-    assert report.ok, str(report)
-    return result
-
-
-def op_names(graph) -> list[str]:
-    return [n.op_name for n in graph.topological_order()]
+from test_passes_cleanup import build as build_case
+from test_passes_cleanup import op_names, run_pass
 
 
 def build(fn, shape=(1, 4, 7, 7), dtype="float32"):
-    with dsl.Builder("case", seed=0) as b:
-        return b.output(*fn(b, b.input("input", shape, dtype)))
+    return build_case(fn, shape, dtype)
 
 
 # ---- fold_pad ------------------------------------------------------------------------------------
@@ -126,5 +114,5 @@ def test_fold_batch_norm_near_misses(case):
 def test_fold_batch_norm_leaves_the_original_weights_alone():
     g = build(BN_HITS["conv"])
     weight = g.node("layer").inputs[1].data.copy()
-    PASSES["fold_batch_norm"](g)
+    run_pass("fold_batch_norm", g)
     np.testing.assert_array_equal(g.node("layer").inputs[1].data, weight)

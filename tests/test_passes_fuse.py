@@ -7,24 +7,17 @@ import pytest
 
 import graphopt as go
 from graphopt import dsl
-from graphopt.passes import PASSES, probe_inputs
+from graphopt.passes import probe_inputs
+from test_passes_cleanup import build as build_case
+from test_passes_cleanup import op_names, run_pass
 
 
 def fuse(graph):
-    result = PASSES["fuse_conv_epilogue"](graph)
-    go.verify(result.graph)
-    report = go.compare(graph, result.graph, probe_inputs(graph))
-    assert report.ok, str(report)
-    return result
-
-
-def op_names(graph) -> list[str]:
-    return [n.op_name for n in graph.topological_order()]
+    return run_pass("fuse_conv_epilogue", graph)
 
 
 def build(fn, shape=(1, 4, 6, 6)):
-    with dsl.Builder("case", seed=0) as b:
-        return b.output(*fn(b, b.input("input", shape)))
+    return build_case(fn, shape)
 
 
 def conv(x, name="conv", **kw):

@@ -16,17 +16,18 @@ def small_resnet():
     return go.zoo.resnet18(image_size=32, num_classes=10)
 
 
-def _leaky_at(target: str, alpha: float):
-    """A pass that turns every relu into leaky_relu(0), which is exact, except `target`."""
+def relu_pass(broken_at: str | None, alpha: float):
+    """A deliberately broken pass: relu -> leaky_relu(0) everywhere (exact), except at node
+    `broken_at`, which gets leaky_relu(alpha)."""
     def rewrite(graph, m):
-        a = alpha if m.root.name == target else 0.0
+        a = alpha if m.root.name == broken_at else 0.0
         return graph.add_node(ops.LeakyRelu(a), [m["x"]], name=graph.fresh_name(m.root.name),
                               provenance=m.root.provenance).output
     rules = [Rule("relu as leaky_relu", op("relu", any_value("x")), rewrite)]
 
-    def broken_relu(graph):
+    def relu_as_leaky_relu(graph):
         return apply_rules(graph, rules)
-    return broken_relu
+    return relu_as_leaky_relu
 
 
 def test_default_pipeline_on_resnet_reports_every_pass():
@@ -56,20 +57,20 @@ def test_optimize_does_not_touch_its_input_and_twice_changes_nothing():
 
 def test_check_catches_a_broken_pass_and_names_the_node():
     g = small_resnet()
-    broken = _leaky_at("layer2.1.relu1", 0.5)
+    broken = relu_pass("layer2.1.relu1", 0.5)
     with pytest.raises(PassError) as info:
         optimize(g, ["fold_batch_norm", broken, "fuse_conv_epilogue"], check=True)
     err = info.value
-    assert "pass 'broken_relu' changed the result" in str(err)
+    assert "pass 'relu_as_leaky_relu' changed the result" in str(err)
     assert "first divergent layer 'layer2.1.relu1'" in str(err)
     assert err.op == "leaky_relu" and err.node.startswith("layer2.1.relu1")
     # The same pass with an exact rewrite everywhere passes the check.
-    optimize(g, ["fold_batch_norm", _leaky_at("none", 0.5)], check=True)
+    optimize(g, ["fold_batch_norm", relu_pass("none", 0.5)], check=True)
 
 
 def test_without_check_a_broken_pass_goes_unnoticed():
     g = small_resnet()
-    res = optimize(g, [_leaky_at("layer2.1.relu1", 0.5)])
+    res = optimize(g, [relu_pass("layer2.1.relu1", 0.5)])
     assert res.records[0].max_error is None
     assert not go.compare(g, res.graph, probe_inputs(g)).ok
 
