@@ -91,6 +91,14 @@ def huge_constant_of_shape(model):
                                                                     np.int64), "big_shape"))
 
 
+def huge_gather(model):
+    model.graph.node.insert(0, helper.make_node("Gather", ["row", "zeros"], ["many"], name="bomb"))
+    model.graph.node.insert(1, helper.make_node("Shape", ["many"], ["many_dims"], name="dims"))
+    model.graph.initializer.extend([
+        numpy_helper.from_array(np.zeros((1, 1 << 16), np.float32), "row"),
+        numpy_helper.from_array(np.zeros(1 << 16, np.int64), "zeros")])
+
+
 # (id, damage, expected error type, regex the message must match)
 DAMAGE = [
     ("truncated_bytes", lambda: valid_model().SerializeToString()[:-40], ModelFormatError,
@@ -121,6 +129,8 @@ DAMAGE = [
         "domain", "com.example")), ModelFormatError, "com.example|domain"),
     ("folding_bomb", lambda: damaged(huge_constant_of_shape), ModelFormatError,
      r"folding this ConstantOfShape would create \d+ elements"),
+    ("folding_bomb_gather", lambda: damaged(huge_gather), ModelFormatError,
+     r"node 'bomb' \(Gather\): folding this Gather would create 4294967296 elements"),
     ("no_such_file", lambda: "/nonexistent/model.onnx", ModelFormatError, "cannot read"),
     ("wrong_source_type", lambda: 42, ModelFormatError, "expected a path, bytes"),
 ]

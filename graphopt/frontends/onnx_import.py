@@ -348,22 +348,35 @@ def constant_value(ctx: NodeContext) -> np.ndarray:
     raise ModelFormatError("Constant has no value attribute", node=ctx.name, op="Constant")
 
 
+BROADCASTING = frozenset({"Add", "And", "Div", "Equal", "Greater", "Less", "Max", "Min", "Mod",
+                          "Mul", "Or", "Sub", "Where"})
+
+
 def check_fold_size(node: onnx.NodeProto, inputs: list[np.ndarray | None]) -> None:
-    """Refuse to fold ops whose output would be huge (a malformed or hostile model)."""
+    """Refuse to fold ops whose output would be huge (a malformed or hostile model); the other
+    foldable ops never produce more elements than their inputs hold."""
     op = node.op_type
     count = 0
-    if op == "ConstantOfShape":
-        count = int(np.prod(inputs[0].astype(np.float64)))
+    if op in BROADCASTING:
+        count = np.prod(np.broadcast_shapes(*(a.shape for a in inputs if a is not None)),
+                        dtype=np.float64)
+    elif op == "Gather":
+        data, indices = inputs[0], inputs[1]
+        axis = int(next((helper.get_attribute_value(a) for a in node.attribute
+                         if a.name == "axis"), 0))
+        count = data.size / max(data.shape[axis], 1) * indices.size if data.ndim else 0
+    elif op == "ConstantOfShape":
+        count = np.prod(inputs[0].astype(np.float64))
     elif op == "Expand":
-        count = int(np.prod(np.broadcast_shapes(inputs[0].shape,
-                                                tuple(int(d) for d in inputs[1]))))
+        count = np.prod(np.broadcast_shapes(inputs[0].shape, tuple(int(d) for d in inputs[1])),
+                        dtype=np.float64)
     elif op == "Tile":
-        count = int(np.prod(np.multiply(inputs[0].shape, inputs[1]).astype(np.float64)))
+        count = np.prod(np.multiply(inputs[0].shape, inputs[1]).astype(np.float64))
     elif op == "Range":
         start, limit, delta = (float(np.asarray(a).reshape(-1)[0]) for a in inputs[:3])
         count = math.ceil((limit - start) / delta) if delta != 0 else math.inf
     if not 0 <= count <= MAX_FOLDED_ELEMENTS:
-        raise ModelFormatError(f"folding this {op} would create {count} elements (limit "
+        raise ModelFormatError(f"folding this {op} would create {count:.0f} elements (limit "
                                f"{MAX_FOLDED_ELEMENTS})", node=node.name or None, op=op)
 
 
