@@ -268,3 +268,28 @@ def test_load_from_path_and_bytes(tmp_path):
     onnx.save_model(model, path)
     for source in (path, str(path), path.read_bytes(), model):
         assert [n.op_name for n in go.load_onnx(source).nodes] == ["relu"]
+
+
+def valid_at(row, opset) -> bool:
+    try:
+        onnx.checker.check_model(make_model(row[2], row[3], ["y"], row[4], opset=opset))
+        return True
+    except onnx.checker.ValidationError:
+        return False   # the form changed in that opset (an attribute became an input, ...)
+
+
+SWEEP = [(row, opset) for row in ROWS
+         for opset in (13, 19, onnx.defs.onnx_opset_version())
+         if opset != OPSET.get(row[0], 17) and valid_at(row, opset)]
+
+
+@pytest.mark.parametrize("row, opset", SWEEP, ids=[f"{r[0]}-opset{o}" for r, o in SWEEP])
+def test_conversion_across_opsets(row, opset):
+    """The same forms from opset 13 to the newest the onnx package defines."""
+    row_id, _, nodes, inputs, initializers, expected_ops = row
+    model = make_model(nodes, inputs, ["y"], initializers, opset=opset)
+    graph = load_onnx(model)
+    assert [n.op_name for n in graph.topological_order()] == expected_ops
+    feeds = {name: rand(*shape) for name, shape in inputs.items()}
+    np.testing.assert_allclose(go.interpret(graph, feeds)["y"], reference_outputs(model, feeds)["y"],
+                               rtol=1e-5, atol=1e-5)
