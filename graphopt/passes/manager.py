@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..analysis import count_macs, count_params
+from ..analysis import _human, count_macs, count_params
 from ..errors import GraphoptError, PassError, VerifyError
 from ..ir import Graph
 from ..verify import verify
@@ -133,13 +133,6 @@ def _generic(reason: str) -> str:
     """'%layer1.conv (conv2d) has 2 uses...' -> '%... (conv2d) has 2 uses...'."""
     words = reason.split(" ")
     return " ".join("%..." if w.startswith("%") else w for w in words)
-
-
-def _human(n: int) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(n)
 
 
 class PassManager:
