@@ -148,6 +148,18 @@ def test_torch_export_without_folding_keeps_batch_norm():
                  onnxruntime_outputs(data, {"input": x.numpy()})[0])
 
 
+def test_torch_export_with_dynamic_batch_needs_input_shapes():
+    model = random_resnet18(seed=4)
+    data = export(model, torch.randn(1, 3, 32, 32), dynamic_axes={"input": {0: "batch"}})
+    with pytest.raises(go.ModelFormatError, match="symbolic dimensions.*batch"):
+        go.load_onnx(data)
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    graph = go.load_onnx(data, input_shapes={"input": x.shape})
+    assert graph.outputs[0].shape == (3, 1000)
+    assert_close(go.interpret(graph, {"input": x})["logits"],
+                 onnxruntime_outputs(data, {"input": x})[0])
+
+
 @pytest.mark.slow
 def test_torch_resnet18_full_size_interpreter_and_compiled():
     x = torch.randn(1, 3, 224, 224)
