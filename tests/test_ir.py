@@ -4,6 +4,7 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import graphopt as go
 from graphopt import ops
@@ -245,3 +246,65 @@ def test_macs_of_conv_and_linear(rng):
     fc = one_node_graph(ops.Linear(), [np.zeros((3, 5), np.float32)],
                         [np.zeros((7, 5), np.float32), np.zeros(7, np.float32)])
     assert count_macs(fc) == 3 * 7 * 5 and fc.num_params() == 7 * 5 + 7
+
+
+# ---- random graphs --------------------------------------------------------------------------------
+UNARY = (ops.Relu(), ops.Tanh(), ops.Sigmoid(), ops.LeakyRelu(0.1))
+BINARY = (ops.Add(), ops.Sub(), ops.Mul())
+
+
+@st.composite
+def random_graphs(draw) -> Graph:
+    """A random DAG of elementwise ops over two inputs; any value may feed any later node."""
+    g = Graph("random")
+    values = [g.add_input(name, TensorType((2, 3))) for name in ("a", "b")]
+    for i in range(draw(st.integers(1, 12))):
+        if draw(st.booleans()):
+            op, args = draw(st.sampled_from(UNARY)), [draw(st.sampled_from(values))]
+        else:
+            op = draw(st.sampled_from(BINARY))
+            args = [draw(st.sampled_from(values)), draw(st.sampled_from(values))]
+        values.append(g.add_node(op, args, name=f"n{i}", output_names=[f"v{i}"]).output)
+    g.set_outputs(draw(st.lists(st.sampled_from(values[2:]), min_size=1, max_size=3,
+                                unique_by=id)))
+    return g
+
+
+@settings(max_examples=40, deadline=None)
+@given(random_graphs(), st.randoms(use_true_random=False))
+def test_random_graph_invariants(g, shuffle):
+    go.verify(g)
+    shuffle.shuffle(g.nodes)                    # storage order must not matter
+    go.verify(g)
+    order = g.topological_order()
+    position = {id(n): i for i, n in enumerate(order)}
+    assert all(position[id(v.producer)] < position[id(n)]
+               for n in order for v in n.inputs if v.producer is not None)
+    nxg = g.to_networkx()
+    assert nx.is_directed_acyclic_graph(nxg)
+    assert nxg.number_of_edges() == sum(v.producer is not None for n in g.nodes for v in n.inputs)
+    feeds = {"a": np.linspace(-2, 2, 6, dtype=np.float32).reshape(2, 3),
+             "b": np.linspace(1, -1, 6, dtype=np.float32).reshape(2, 3)}
+    copy = go.verify(g.copy())
+    before = go.interpret(g, feeds, keep=True)
+    after = go.interpret(copy, feeds, keep=True)
+    assert before.keys() == after.keys()
+    assert all(np.array_equal(before[k], after[k], equal_nan=True) for k in before)
+
+
+@settings(max_examples=40, deadline=None)
+@given(random_graphs(), st.data())
+def test_random_bypass_and_dead_code_removal_keep_the_graph_valid(g, data):
+    """Bypass a random node (its users read its first input instead), then drop every node
+    nothing uses: the verifier must still pass and exactly the output's ancestors remain."""
+    victim = data.draw(st.sampled_from(g.nodes))
+    g.replace_all_uses(victim.output, victim.inputs[0])
+    for node in reversed(g.topological_order()):
+        if not node.output.users and all(node.output is not o for o in g.outputs):
+            g.remove_node(node)
+    go.verify(g)
+    nxg = g.to_networkx()
+    needed = {o.producer.name for o in g.outputs if o.producer is not None}
+    needed |= {a for name in list(needed) for a in nx.ancestors(nxg, name)}
+    assert {n.name for n in g.nodes} == needed
+    assert victim not in g.nodes
