@@ -37,7 +37,8 @@ class Spatial:
     def __init__(self, ctx: NodeContext):
         x = ctx.type(0)
         if x.ndim not in (3, 4):
-            raise UnsupportedForm(f"{x.ndim - 2}-D input {x} (1-D and 2-D are supported)")
+            raise UnsupportedForm(f"{x.ndim - 2}-D input {x} (1-D and 2-D are supported)"
+                                  if x.ndim > 4 else f"input {x} of rank {x.ndim}")
         self.ctx, self.lifted = ctx, x.ndim == 3
         self.x = ctx.input_as(0, (*x.shape[:2], 1, x.shape[2])) if self.lifted else ctx.input(0)
         self.sizes = x.shape[2:]
