@@ -159,6 +159,7 @@ def test_fcn_output_is_at_input_resolution(image_size):
     assert g.outputs[0].shape == (1, 5, image_size, image_size)
 
 
+@pytest.mark.slow
 def test_alexnet_without_the_two_gpu_split_has_its_known_count():
     assert go.zoo.alexnet(grouped=False).num_params() == 62_378_344
 
