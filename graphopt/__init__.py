@@ -21,11 +21,11 @@ from .verify import verify
 __version__ = "0.1.0"
 
 
-def compile(graph: Graph, target: str = "cpu"):
+def compile(graph: Graph, target: str = "cpu", **options):
     """Compile `graph` with TVM for `target` ("cpu", "cuda", "cuda:sm_80", ...); returns a
-    CompiledModel (`.run(inputs)`, `.export(path)`)."""
+    CompiledModel (`.run(inputs)`, `.export(path)`). Options: see `compile_graph`."""
     from .targets.tvm import compile_graph
-    return compile_graph(graph, target)
+    return compile_graph(graph, target, **options)
 
 
 def load(path: str):

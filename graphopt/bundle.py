@@ -5,11 +5,16 @@ only Python + numpy (e.g. a lent GPU machine), and checks them against interpret
       run_bundle.py            the runner (graphopt/bundle_runner.py)
       runtime.py               graphopt/runtime.py, used on its own
       typing_extensions.py     the one dependency of tvm_ffi
+      graphopt/                graphopt's source (pure Python + numpy), to rebuild zoo weights
       lib/                     libtvm_runtime.so (+ libtvm_runtime_cuda.so)
       wheels/                  apache-tvm-ffi wheel(s) for the target Python, unpacked on first run
       models/<case>.so         exported libraries
       data/<case>/             inputs and float64-interpreter references as .npy
       manifest.json            the cases: library, inputs, references, tolerance
+
+By default the libraries take their weights as parameters (`compile(..., weights="params")`) and
+the runner rebuilds them from the zoo with the recorded seed, checking each against the digest
+taken at export: vgg16's 528 MiB of weights never travel, only its code does.
 
 `tools/make_bundle.py` is the command-line front end.
 """
@@ -79,8 +84,10 @@ def folder_mib(folder: str) -> float:
 
 
 def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (), seed: int = 0,
-                max_mib: float = 64.0, progress: Callable[[str], None] = lambda _: None) -> dict:
-    """Build the bundle in `folder` (created; must not exist) and return its manifest."""
+                weights: str = "params", max_mib: float = 64.0,
+                progress: Callable[[str], None] = lambda _: None) -> dict:
+    """Build the bundle in `folder` (created; must not exist) and return its manifest.
+    `weights`: "params" (rebuilt from the zoo on the target machine) or "embedded"."""
     import graphopt as go
     from . import zoo
     if os.path.exists(folder):
@@ -88,10 +95,12 @@ def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (
     unknown = [c.model for c in cases if c.model not in zoo.MODELS]
     if unknown:
         raise InputError(f"unknown models {unknown}; expected zoo names ({', '.join(zoo.MODELS)})")
-    # Every library embeds its weights: refuse early what cannot fit.
-    weights = {m: sum(c.data.nbytes for c in zoo.MODELS[m](batch=1, seed=seed).constants.values())
-               for m in {c.model for c in cases}}
-    estimate = sum(weights[c.model] for c in cases) / 2**20
+    if weights not in ("params", "embedded"):
+        raise InputError(f"weights must be 'params' or 'embedded', found {weights!r}")
+    # Embedded weights travel once per library: refuse early what cannot fit.
+    sizes = {m: sum(c.data.nbytes for c in zoo.MODELS[m](batch=1, seed=seed).constants.values())
+             for m in {c.model for c in cases}} if weights == "embedded" else {}
+    estimate = sum(sizes.get(c.model, 0) for c in cases) / 2**20
     if estimate > max_mib:
         raise GraphoptError(f"the cases' weights alone take {estimate:.1f} MiB, over the "
                             f"{max_mib:g} MiB limit; bundle fewer or smaller cases per run")
@@ -101,6 +110,10 @@ def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (
     shutil.copy(RUNTIME, os.path.join(folder, "runtime.py"))
     import typing_extensions
     shutil.copy(typing_extensions.__file__, folder)
+    if weights == "params":
+        package = os.path.dirname(os.path.abspath(__file__))
+        shutil.copytree(package, os.path.join(folder, "graphopt"),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for wheel in wheels:
         shutil.copy(wheel, os.path.join(folder, "wheels"))
 
@@ -127,11 +140,13 @@ def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (
         graph, files = graphs[key]
         progress(f"compiling and exporting {case.name}")
         library = os.path.join("models", case.name + ".so")
-        model = go.compile(graph, target=case.target)
+        model = go.compile(graph, target=case.target, weights=weights)
         model.export(os.path.join(folder, library))
         manifest["cases"].append({**asdict(case), "name": case.name, "library": library,
                                   "device": model.device_kind, "inputs": files["input"],
-                                  "references": files["reference"], "tolerance": FP32_TOLERANCE})
+                                  "references": files["reference"], "tolerance": FP32_TOLERANCE,
+                                  "weights": {"zoo": case.model, "batch": case.batch, "seed": seed}
+                                  if weights == "params" else None})
     for library in runtime_libraries({c["device"] for c in manifest["cases"]}):
         shutil.copy(library, os.path.join(folder, "lib"))
     with open(os.path.join(folder, "manifest.json"), "w") as f:

@@ -2,6 +2,7 @@
 runtime, check the outputs against the float64 interpreter's, and time it (median of many runs
 after warm-up). Copied into the bundle as run_bundle.py; needs Python, numpy and the files
 beside it (apache-tvm-ffi comes as a wheel in wheels/, unpacked into site/ on first use).
+Libraries that take their weights as parameters get them rebuilt from the bundled graphopt zoo.
 
     python run_bundle.py [--device cpu|cuda|all] [--warmup 10] [--repeat 100]
 
@@ -43,6 +44,11 @@ def run_case(case: dict, warmup: int, repeat: int) -> dict:
     import numpy as np
     import runtime
     model = runtime.load(os.path.join(HERE, case["library"]))
+    if case.get("weights"):
+        from graphopt import zoo   # the bundled source: pure Python + numpy
+        spec = case["weights"]
+        graph = zoo.MODELS[spec["zoo"]](batch=spec["batch"], seed=spec["seed"])
+        model.bind_weights({name: c.data for name, c in graph.constants.items()})
     feeds = {name: np.load(os.path.join(HERE, path)) for name, path in case["inputs"].items()}
     outputs = model.run(feeds)
     errors = {name: relative_error(outputs[name], np.load(os.path.join(HERE, path)))

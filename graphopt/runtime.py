@@ -47,6 +47,12 @@ _DLPACK_DEVICE_TYPE = {"cpu": 1, "cuda": 2}
 _POOLED_ALLOCATOR = 2   # relax VM allocator kind, as tvm.relax.VirtualMachine passes it
 
 
+def content_key(array: np.ndarray) -> str:
+    """sha256 of an array's dtype, shape and bytes: how exports name the weights they expect."""
+    array = np.ascontiguousarray(array)
+    return hashlib.sha256(f"{array.dtype}{array.shape}".encode() + array.tobytes()).hexdigest()
+
+
 # ---- finding and loading the runtime libraries ------------------------------------------------
 
 def find_runtime_library(name: str, near: str | None = None) -> str:
@@ -173,6 +179,7 @@ class LoadedModel:
         self.device_kind = metadata["device"]
         self.device = tvm_ffi.device(self.device_kind, device_id)
         self._main = vm["main"]
+        self._weight_args: list | None = [] if not self.weights else None
         self._sync = tvm_ffi.get_global_func("runtime.Device_StreamSync")
 
     target = property(lambda self: self.metadata["target"])
@@ -182,6 +189,9 @@ class LoadedModel:
     outputs = property(lambda self: [(d["name"], tuple(d["shape"]), d["dtype"])
                                      for d in self.metadata["outputs"]])
     input_names = property(lambda self: [n for n, _, _ in self.inputs])
+    # Weights the library takes as parameters (exported after compile(..., weights="params")).
+    weights = property(lambda self: [(d["name"], tuple(d["shape"]), d["dtype"])
+                                     for d in self.metadata.get("weights", [])])
     output_names = property(lambda self: [n for n, _, _ in self.outputs])
 
     def check(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -210,9 +220,31 @@ class LoadedModel:
             return np.from_dlpack(tensor).copy()
         return copy_to_host(tensor)
 
+    def bind_weights(self, weights: Mapping[str, np.ndarray], check_content: bool = True) -> None:
+        """Give a library exported with weights as parameters its weights (by name), copied to
+        the device once. `check_content` compares each with the digest recorded at export."""
+        missing = [name for name, _, _ in self.weights if name not in weights]
+        if missing:
+            raise InputError(f"missing weights {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        arrays = []
+        for entry in self.metadata.get("weights", []):
+            array = np.asarray(weights[entry["name"]])
+            if array.shape != tuple(entry["shape"]) or str(array.dtype) != entry["dtype"]:
+                raise InputError(f"weight '{entry['name']}': expected {entry['dtype']}"
+                                 f"[{','.join(map(str, entry['shape']))}], found {array.dtype}"
+                                 f"[{','.join(map(str, array.shape))}]")
+            if check_content and content_key(array) != entry["sha256"]:
+                raise InputError(f"weight '{entry['name']}' differs from the one the library "
+                                 "was exported with")
+            arrays.append(array)
+        self._weight_args = [copy_to_device(a, self.device) for a in arrays]
+
     def run_device(self, device_inputs: list):
         """One call of the model on inputs already on the device; returns device tensors."""
-        result = self._main(*device_inputs)
+        if self._weight_args is None:
+            raise InputError(f"{self.path} takes its weights as parameters: call "
+                             "bind_weights(...) first")
+        result = self._main(*device_inputs, *self._weight_args)
         return [result] if len(self.outputs) == 1 else list(result)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -68,6 +68,16 @@ def test_bundle_holds_what_the_runner_needs(bundle):
         assert os.path.isfile(os.path.join(folder, "lib", "libtvm_runtime_cuda.so"))
 
 
+def test_libraries_hold_code_and_the_runner_rebuilds_the_weights(bundle):
+    folder, manifest, _ = bundle
+    assert os.path.isfile(os.path.join(folder, "graphopt", "zoo", "__init__.py"))
+    for case in manifest["cases"]:
+        assert case["weights"] == {"zoo": "lenet5", "batch": case["batch"], "seed": 0}
+        from graphopt.runtime import read_export
+        metadata, _ = read_export(os.path.join(folder, case["library"]))
+        assert [w["name"] for w in metadata["weights"]][:2] == ["conv1.weight", "conv1.bias"]
+
+
 def test_runner_checks_and_times_the_cpu_cases_with_only_numpy(bundle):
     folder, manifest, numpy_site = bundle
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GRAPHOPT_TVM_RUNTIME_DIR")}
@@ -78,7 +88,7 @@ def test_runner_checks_and_times_the_cpu_cases_with_only_numpy(bundle):
     assert done.returncode == 0, done.stdout + done.stderr
     with open(os.path.join(folder, "results.json")) as f:
         results = {r["case"]: r for r in json.load(f)["results"]}
-    cpu = results["lenet5_b2_cpu"]
+    cpu = results["lenet5_b2_cpu"]   # weights rebuilt from the bundled zoo, digests checked
     assert cpu["status"] == "ran" and cpu["ok"] and cpu["max_rel_error"] < 1e-4
     assert cpu["median_ms"] > 0 and cpu["runs"] == 5
     if "lenet5_b1_cuda" in results:
@@ -117,6 +127,7 @@ def test_bad_case_specs(spec):
 
 def test_bundles_over_the_size_limit_are_refused_before_compiling(tmp_path):
     with pytest.raises(GraphoptError, match="over the 0.1 MiB limit"):
-        make_bundle(str(tmp_path / "b"), [Case("lenet5", 1, "cpu")], max_mib=0.1)
+        make_bundle(str(tmp_path / "b"), [Case("lenet5", 1, "cpu")], weights="embedded",
+                    max_mib=0.1)
     with pytest.raises(InputError, match="unknown models"):
         make_bundle(str(tmp_path / "c"), [Case("nosuchnet", 1, "cpu")])

@@ -161,3 +161,30 @@ def test_cpu_export_runs_with_only_the_tvm_runtime(exported, compiled, feeds, tm
         expected = compiled.run(feeds)
         for name in expected:
             np.testing.assert_array_equal(found[name], expected[name])
+
+
+def test_weights_as_parameters_round_trip(graph, feeds, compiled, tmp_path):
+    """compile(weights="params"): the library holds code only; the weights are bound at load
+    time and checked against the digests recorded at export."""
+    model = go.compile(graph, target="cpu", weights="params")
+    assert go.compare(graph, model, feeds).ok
+    path = model.export(str(tmp_path / "code_only.so"))
+    loaded = go.load(path)
+    assert [name for name, _, _ in loaded.weights] == [n for n, _ in model.weights]
+    with pytest.raises(InputError, match="call bind_weights"):
+        loaded.run(feeds)
+    constants = {name: c.data for name, c in graph.constants.items()}
+    with pytest.raises(InputError, match="missing weights"):
+        loaded.bind_weights({})
+    wrong = {**constants, model.weights[0][0]: constants[model.weights[0][0]] + 1.0}
+    with pytest.raises(InputError, match="differs from the one the library was exported with"):
+        loaded.bind_weights(wrong)
+    loaded.bind_weights(constants)
+    expected = compiled.run(feeds)
+    for name, found in loaded.run(feeds).items():
+        np.testing.assert_allclose(found, expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_weights_mode_is_rejected(graph):
+    with pytest.raises(GraphoptError, match="weights must be 'embedded' or 'params'"):
+        go.compile(graph, target="cpu", weights="somewhere")

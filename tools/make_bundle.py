@@ -20,6 +20,9 @@ def main() -> int:
                         help="apache-tvm-ffi wheel(s) to carry; 'auto' downloads the cp312 one")
     parser.add_argument("--python", default="3.12", help="Python version for --ffi-wheel auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights", choices=("params", "embedded"), default="params",
+                        help="params (default): libraries hold code only and the runner rebuilds "
+                             "the zoo weights; embedded: weights inside each library")
     parser.add_argument("--max-mib", type=float, default=64.0, help="size limit (default 64)")
     args = parser.parse_args()
     try:
@@ -29,7 +32,7 @@ def main() -> int:
             import tempfile
             wheels.append(download_ffi_wheel(tempfile.mkdtemp(prefix="ffi-wheel-"), args.python))
         manifest = make_bundle(args.folder, cases, wheels=wheels, seed=args.seed,
-                               max_mib=args.max_mib,
+                               weights=args.weights, max_mib=args.max_mib,
                                progress=lambda m: print(m, file=sys.stderr, flush=True))
     except GraphoptError as e:
         print(f"make_bundle: error: {e}", file=sys.stderr)

@@ -32,11 +32,15 @@ class CompiledModel:
 
     def __init__(self, executable, signature: Signature, target: str, tvm_target, device_kind: str,
                  graph_name: str = "graph", compile_seconds: float = 0.0,
-                 kernels: list[str] | None = None, schedule_report=None):
+                 kernels: list[str] | None = None, schedule_report=None,
+                 weights: list | None = None):
         self.executable, self.signature = executable, signature
         self.kernels = kernels or []
         # CUDA only: the dlight rule each kernel got (a `cuda.ScheduleReport`).
         self.schedule_report = schedule_report
+        # With weights="params": [(name, array)], passed after the inputs on every call.
+        self.weights = weights
+        self._weight_tensors = None
         self.target, self.tvm_target, self.device_kind = target, tvm_target, device_kind
         self.graph_name, self.compile_seconds = graph_name, compile_seconds
         self._vm = None
@@ -57,6 +61,10 @@ class CompiledModel:
         import tvm
         feeds = self.signature.check(inputs)
         args = [tvm.runtime.tensor(feeds[name], self.device) for name in self.signature.input_names]
+        if self.weights is not None:
+            if self._weight_tensors is None:
+                self._weight_tensors = [tvm.runtime.tensor(a, self.device) for _, a in self.weights]
+            args += self._weight_tensors
         result = self.vm["main"](*args)
         arrays = [result] if len(self.signature.outputs) == 1 else list(result)
         return {name: a.numpy() for name, a in zip(self.signature.output_names, arrays)}
@@ -85,14 +93,22 @@ def kernel_names(lowered_module) -> list[str]:
                   if isinstance(f, tirx.PrimFunc))
 
 
-def compile_graph(graph: Graph, target: str = "cpu") -> CompiledModel:
+def compile_graph(graph: Graph, target: str = "cpu", *,
+                  weights: str = "embedded") -> CompiledModel:
     """Lower `graph` to Relax and compile it for `target`: "cpu", "cuda" (sm_90) or
-    "cuda:sm_<NN>" (CUDA compiles without a GPU; running it needs one)."""
+    "cuda:sm_<NN>" (CUDA compiles without a GPU; running it needs one). `weights="params"`
+    keeps the weights out of the compiled code as parameters (see `weights.py`)."""
+    if weights not in ("embedded", "params"):
+        raise GraphoptError(f"weights must be 'embedded' or 'params', found {weights!r}")
     tvm_target, device_kind = resolve_target(target)
     import tvm
     verify(graph)
     start = time.perf_counter()
     mod = to_relax(graph)
+    lifted = None
+    if weights == "params":
+        from .weights import lift_weights
+        mod, lifted = lift_weights(mod, graph)
     schedule_report = None
     try:
         if device_kind == "cuda":
@@ -112,4 +128,4 @@ def compile_graph(graph: Graph, target: str = "cpu") -> CompiledModel:
                             f"{type(e).__name__}: {str(e).strip().splitlines()[-1]}") from e
     return CompiledModel(executable, Signature.of(graph), target, tvm_target, device_kind,
                          graph.name, time.perf_counter() - start, kernel_names(lowered),
-                         schedule_report)
+                         schedule_report, lifted)

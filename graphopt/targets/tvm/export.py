@@ -48,6 +48,9 @@ def export_model(model, path: str) -> str:
             source = cuda_source(model.executable)
             blobs[runtime.FATBIN_SYMBOL] = (compile_cuda_source(source, arch), ".nv_fatbin")
             extra = {"cuda_arch": arch, "cuda_source_sha256": source_digest(source)}
+        if model.weights is not None:   # compiled with weights="params": bound at load time
+            extra["weights"] = [{"name": n, "shape": list(a.shape), "dtype": str(a.dtype),
+                                 "sha256": runtime.content_key(a)} for n, a in model.weights]
         metadata = json.dumps(metadata_of(model, extra), indent=1).encode()
         blobs[runtime.METADATA_SYMBOL] = (metadata, f".rodata.{runtime.METADATA_SYMBOL}")
         assembly = []
