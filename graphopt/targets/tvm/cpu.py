@@ -22,30 +22,40 @@ def physical_cores() -> int:
         return os.cpu_count() or 1
 
 
-def cpu_pipeline(target, database=None):
-    """Fold batch norms into convolutions, legalize, fold constants, fuse elementwise epilogues
-    into their producers, swap in tuned kernels from `database` (a MetaSchedule database, if
-    given), schedule every remaining PrimFunc with graphopt's CPU rules, then lower for the VM."""
+def pre_schedule_passes(target) -> list:
+    """Fold batch norms into convolutions, legalize, fold constants (this also folds the
+    transposes of linear weights) and fuse elementwise epilogues into their producers: the
+    PrimFuncs left are what the schedule rules and MetaSchedule work on."""
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+    return ([relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference()]
+            + cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target))
+
+
+def cpu_pipeline(target, database="auto"):
+    """The whole CPU pipeline: `pre_schedule_passes`, then tuned kernels from a MetaSchedule
+    `database` ("auto": the target's database from `graphopt tune`, if any; None: no tuning
+    records), then graphopt's schedule rules for every remaining PrimFunc, then VM lowering."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
     from .schedules import apply_cpu_schedules
 
+    if database == "auto":
+        from .tuning import load_database
+        database = load_database(target)
     tuned = []
     if database is not None:
-        from tvm.s_tir import meta_schedule as ms  # noqa: F401  (registers the database pass)
         tuned = [relax.transform.MetaScheduleApplyDatabase(enable_warning=False)]
-    passes = ([relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference()]
-              + cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)
-              + tuned + [apply_cpu_schedules(target)]
+    passes = (pre_schedule_passes(target) + tuned + [apply_cpu_schedules(target)]
               + cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target))
 
     @tvm.transform.module_pass(opt_level=0, name="graphopt.CpuPipeline")
     def _pipeline(mod, _ctx):
         with target:
-            if database is not None:
-                with database:
-                    return tvm.transform.Sequential(passes)(mod)
-            return tvm.transform.Sequential(passes)(mod)
+            if database is None:
+                return tvm.transform.Sequential(passes)(mod)
+            with database:
+                return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline

@@ -8,6 +8,7 @@ from .common import VectorShape
 
 RULES = (conv2d, dense, generic)
 SCHEDULE_ATTR = "graphopt.schedule"
+TUNED = "meta_schedule"  # the SCHEDULE_ATTR of kernels taken from a tuning database
 
 
 def apply_cpu_schedules(target):
@@ -26,7 +27,11 @@ def schedule_module(mod, vec: VectorShape):
     constant_params = _constant_params(mod)
     packings = {}
     for gv, func in list(mod.functions.items()):
-        if not isinstance(func, tirx.PrimFunc) or _is_scheduled(func):
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        if _is_scheduled(func):  # e.g. swapped in from a tuning database
+            if SCHEDULE_ATTR not in func.attrs:
+                mod[gv] = func.with_attr(SCHEDULE_ATTR, TUNED)
             continue
         scheduled, rule, packing = schedule_func(func, vec, constant_params.get(gv.name_hint, set()))
         if scheduled is None:

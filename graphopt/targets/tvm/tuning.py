@@ -1,0 +1,181 @@
+"""MetaSchedule tuning on top of the deterministic CPU schedules.
+
+`tune(graph, trials)` tunes the fused kernels of `graph` (the same PrimFuncs the CPU pipeline
+schedules) and keeps, per kernel, the tuned record only when it measured faster than graphopt's
+own schedule of that kernel. Records live in a JSON database per target under the user cache
+directory (`$GRAPHOPT_TUNING_DIR`, else `$XDG_CACHE_HOME/graphopt/tuning`, else
+`~/.cache/graphopt/tuning`); `compile` applies matching records whenever that database exists.
+Nothing needs tuning: without records every kernel keeps its rule-based schedule."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import GraphoptError
+from ...ir import Graph
+
+CACHE_ENV = "GRAPHOPT_TUNING_DIR"
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "graphopt" / "tuning"
+
+
+def database_dir(target, cache_dir=None) -> Path:
+    """One directory per target: records tuned for another CPU or core count never apply."""
+    config = {k: str(v) for k, v in sorted(dict(target.export()).items())
+              if k in ("kind", "mcpu", "mtriple", "num-cores", "mattr")}
+    digest = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_root(cache_dir) / f"{config.get('mcpu', 'generic')}-{config.get('num-cores', '?')}c-{digest}"
+
+
+def load_database(target, cache_dir=None):
+    """The target's MetaSchedule database, or None when nothing was tuned for it."""
+    directory = database_dir(target, cache_dir)
+    records = directory / "database_tuning_record.json"
+    if not records.is_file() or records.stat().st_size == 0:
+        return None
+    from tvm.s_tir import meta_schedule as ms
+    return ms.database.JSONDatabase(work_dir=str(directory), allow_missing=False)
+
+
+@dataclass
+class KernelResult:
+    name: str
+    scheduled_ms: float
+    tuned_ms: float | None
+
+    @property
+    def kept(self) -> bool:
+        return self.tuned_ms is not None and self.tuned_ms < self.scheduled_ms
+
+
+@dataclass
+class TuneReport:
+    graph: str
+    database: Path
+    trials: int
+    seconds: float
+    kernels: list[KernelResult] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"tuned '{self.graph}': {self.trials} trials in {self.seconds:.0f} s -> {self.database}",
+                 f"{'kernel':48} {'scheduled ms':>12} {'tuned ms':>9}  kept"]
+        for k in self.kernels:
+            tuned = f"{k.tuned_ms:9.3f}" if k.tuned_ms is not None else f"{'-':>9}"
+            lines.append(f"{k.name:48} {k.scheduled_ms:12.3f} {tuned}  {'yes' if k.kept else 'no'}")
+        return "\n".join(lines)
+
+
+def fused_module(graph: Graph, target):
+    """`graph` legalized and fused exactly as the CPU pipeline does before scheduling."""
+    import tvm
+    from .cpu import pre_schedule_passes
+    from .lower import to_relax
+    with target:
+        return tvm.transform.Sequential(pre_schedule_passes(target))(to_relax(graph))
+
+
+# Kernels worth tuning: the GEMM-like ones. Pooling/elementwise kernels are memory-bound and
+# each extra task costs minutes of builder/runner start-up.
+TUNED_KERNELS = ("conv2d", "matmul")
+
+
+def tune(graph: Graph, trials: int = 64, cache_dir=None, max_trials_per_task: int | None = None,
+         cost_model: str = "xgb", kernels: tuple[str, ...] = TUNED_KERNELS,
+         timeout_s: float = 120.0) -> TuneReport:
+    """Run MetaSchedule on `graph`'s kernels whose names contain one of `kernels` and store the
+    records that beat graphopt's own schedules in the target's database (added to what is
+    there). `timeout_s` bounds each candidate's build and run (generous: a loaded machine)."""
+    if trials < 1:
+        raise GraphoptError(f"tune: expected trials >= 1, found {trials}")
+    from tvm.s_tir import meta_schedule as ms
+    from .cpu import host_target
+    target = host_target()
+    start = time.perf_counter()
+    mod = fused_module(graph, target)
+    with tempfile.TemporaryDirectory(prefix="graphopt-tune-") as work_dir:
+        work_db = ms.relax_integration.tune_relax(
+            mod, params={}, target=target, work_dir=work_dir, max_trials_global=trials,
+            max_trials_per_task=max_trials_per_task, op_names=list(kernels), cost_model=cost_model,
+            builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=timeout_s),
+            runner=ms.runner.LocalRunner(timeout_sec=timeout_s))
+        directory = database_dir(target, cache_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        keep_db = ms.database.JSONDatabase(work_dir=str(directory))
+        report = TuneReport(graph.name, directory, trials, 0.0)
+        for result, record, workload_mod in _compare_with_rules(mod, work_db, target, kernels):
+            report.kernels.append(result)
+            if result.kept:
+                workload = keep_db.commit_workload(workload_mod)
+                keep_db.commit_tuning_record(ms.database.TuningRecord(
+                    record.trace, workload, record.run_secs, record.target, record.args_info))
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _compare_with_rules(mod, work_db, target, kernels):
+    """Per fused kernel: (times of graphopt's schedule and of the best tuned record, the record,
+    the kernel's workload module)."""
+    import tvm
+    from tvm import tirx
+    from .schedules import VectorShape
+    from .schedules.dispatch import _constant_params, schedule_func
+    constant_params = _constant_params(mod)
+    vec = VectorShape.of(target)
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tirx.PrimFunc) or not any(k in gv.name_hint for k in kernels):
+            continue
+        workload_mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+        scheduled, _, _ = schedule_func(func, vec, constant_params.get(gv.name_hint, set()))
+        ours = time_primfunc(scheduled, target) if scheduled is not None else float("inf")
+        record = None
+        if work_db.has_workload(workload_mod):
+            top = work_db.get_top_k(work_db.commit_workload(workload_mod), 1)
+            record = top[0] if top else None
+        tuned = float(np.mean([float(s) for s in record.run_secs])) * 1e3 if record else None
+        yield KernelResult(gv.name_hint, ours, tuned), record, workload_mod
+
+
+def time_primfunc(func, target, repeat: int = 5) -> float:
+    """Best-of-`repeat` milliseconds of one PrimFunc on random inputs (its parameters' shapes)."""
+    import tvm
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+    dev = tvm.cpu()
+    rng = np.random.default_rng(0)
+    args = [tvm.runtime.tensor(rng.standard_normal([int(d) for d in p.shape]).astype(p.dtype), dev)
+            for p in func.params]
+    timer = lib.time_evaluator("main", dev, number=3, repeat=repeat, min_repeat_ms=20)
+    return float(min(timer(*args).results)) * 1e3
+
+
+def has_records(graph: Graph | None = None, cache_dir=None) -> bool:
+    """Whether a tuning database exists for this machine's target."""
+    from .cpu import host_target
+    return load_database(host_target(), cache_dir) is not None
+
+
+def compile_tuned(graph: Graph, cache_dir=None):
+    """`compile(graph, "cpu")` with the tuning database of `cache_dir` (default: the cache root)."""
+    from .compile import compile_graph
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(cache_root(cache_dir))
+    try:
+        return compile_graph(graph, "cpu")
+    finally:
+        if previous is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = previous

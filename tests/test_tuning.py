@@ -1,0 +1,95 @@
+"""Tuning database plumbing: per-target database directories, `compile` applying matching records
+(a hand-made record here, so the default run needs no MetaSchedule search), and a real but tiny
+tuning run, slow-marked."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphopt as go
+from graphopt.errors import GraphoptError
+from graphopt.frontends import dsl
+
+tvm = pytest.importorskip("tvm")
+
+from graphopt.targets.tvm import tuning  # noqa: E402
+from graphopt.targets.tvm.cpu import host_target  # noqa: E402
+from graphopt.targets.tvm.schedules import SCHEDULE_ATTR  # noqa: E402
+from graphopt.targets.tvm.schedules.dispatch import TUNED  # noqa: E402
+
+
+def _small_graph():
+    with dsl.Builder("tune_small", seed=1) as b:
+        x = b.input("input", (1, 8, 10, 10))
+        y = dsl.relu(dsl.conv2d(x, 16, 3, padding=1))
+        return b.output(dsl.linear(dsl.flatten(dsl.max_pool2d(y, 2)), 10))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(tuning.CACHE_ENV, str(tmp_path))
+    return tmp_path
+
+
+def test_database_directory_is_per_target(cache):
+    haswell = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
+    skylake = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})
+    four_cores = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 4})
+    dirs = {tuning.database_dir(t) for t in (haswell, skylake, four_cores)}
+    assert len(dirs) == 3 and all(d.parent == cache for d in dirs)
+    assert tuning.database_dir(haswell, cache_dir="/elsewhere").parent.as_posix() == "/elsewhere"
+
+
+def test_no_records_means_rule_schedules(cache):
+    assert not tuning.has_records()
+    assert tuning.load_database(host_target()) is None
+    with pytest.raises(GraphoptError, match="trials"):
+        tuning.tune(_small_graph(), trials=0)
+
+
+def _commit_handmade_record(directory, target):
+    """A tuning record for the graph's matmul kernel: a valid (if plain) schedule trace."""
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+    mod = tuning.fused_module(_small_graph(), target)
+    name, func = next((gv.name_hint, f) for gv, f in mod.functions.items() if "matmul" in gv.name_hint)
+    workload_mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    sch = s_tir.Schedule(workload_mod)
+    block = sch.get_sblock("matmul")
+    i, j, k = sch.get_loops(block)
+    sch.parallel(sch.fuse(i, j))
+    directory.mkdir(parents=True)
+    db = ms.database.JSONDatabase(work_dir=str(directory))
+    workload = db.commit_workload(workload_mod)
+    db.commit_tuning_record(ms.database.TuningRecord(
+        sch.trace, workload, [1e-6], target, ms.arg_info.ArgInfo.from_prim_func(func)))
+    return name
+
+
+def test_compile_applies_matching_records(cache):
+    target = host_target()
+    name = _commit_handmade_record(tuning.database_dir(target), target)
+    assert tuning.has_records()
+    graph = _small_graph()
+    model = go.compile(graph)
+    with target:
+        from graphopt.targets.tvm.cpu import cpu_pipeline
+        from graphopt.targets.tvm.lower import to_relax
+        lowered = cpu_pipeline(target)(to_relax(graph))
+    rules = {gv.name_hint: f.attrs[SCHEDULE_ATTR] for gv, f in lowered.functions.items()
+             if isinstance(f, tvm.tirx.PrimFunc)}
+    assert rules[name] == TUNED
+    assert {r for k, r in rules.items() if "conv2d" in k} == {"conv2d"}
+    feeds = {"input": np.random.default_rng(0).standard_normal((1, 8, 10, 10)).astype(np.float32)}
+    assert go.compare(graph, model, feeds).ok
+
+
+@pytest.mark.slow
+def test_tiny_tuning_run_keeps_only_winners(cache):
+    report = tuning.tune(_small_graph(), trials=8, cost_model="random")
+    assert {k.name for k in report.kernels} == {"fused_conv2d_add_relu", "fused_matmul_add1"}
+    assert all(k.scheduled_ms > 0 for k in report.kernels)
+    assert tuning.has_records() == any(k.kept for k in report.kernels)
+    graph = _small_graph()
+    feeds = {"input": np.random.default_rng(0).standard_normal((1, 8, 10, 10)).astype(np.float32)}
+    assert go.compare(graph, tuning.compile_tuned(graph), feeds).ok
