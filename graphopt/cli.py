@@ -399,6 +399,23 @@ def convert(args) -> int:
     return EXIT_OK
 
 
+@command("tune", "tune a model's conv/matmul kernels for this CPU with MetaSchedule",
+         MODEL, BATCH, SEED,
+         arg("--trials", type=int, default=64, help="MetaSchedule trials in all (default 64)"),
+         arg("--cache-dir", help="tuning database root (default $GRAPHOPT_TUNING_DIR or "
+                                 "~/.cache/graphopt/tuning)"))
+def tune(args) -> int:
+    """Search schedules for the model's GEMM-like kernels and keep, per kernel, the tuned one
+    only if it beats graphopt's own schedule. Later CPU compiles on this machine use the records
+    (needs the `tune` extra: xgboost, cloudpickle)."""
+    from .targets.tvm.tuning import tune as run_tuning
+    graph = load_model(args.model, args.batch, args.seed)
+    with step(f"tuning '{graph.name}' ({args.trials} trials)"):
+        report = run_tuning(graph, args.trials, args.cache_dir)
+    print(report)
+    return EXIT_OK
+
+
 # ---- entry point ------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
