@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from . import runtime
 from .errors import GraphoptError, InputError
 
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundle_runner.py")
@@ -57,10 +58,20 @@ class Case:
 
 
 def runtime_libraries(device_kinds: set[str]) -> list[str]:
+    """libtvm_runtime.so, and for CUDA libtvm_runtime_cuda.so and the CUDA runtime it links
+    against (where this machine has it), so the target needs only the NVIDIA driver."""
     import tvm
     folder = os.path.join(os.path.dirname(tvm.__file__), "lib")
-    names = ["libtvm_runtime.so"] + (["libtvm_runtime_cuda.so"] if "cuda" in device_kinds else [])
-    return [os.path.join(folder, n) for n in names]
+    libraries = [os.path.join(folder, "libtvm_runtime.so")]
+    if "cuda" in device_kinds:
+        cuda_lib = os.path.join(folder, "libtvm_runtime_cuda.so")
+        libraries.append(cuda_lib)
+        linked = subprocess.run(["ldd", cuda_lib], capture_output=True, text=True).stdout
+        for line in linked.splitlines():
+            name, _, where = line.strip().partition(" => ")
+            if name == runtime.CUDA_RUNTIME and where.startswith("/"):
+                libraries.append(where.split(" (")[0])
+    return libraries
 
 
 def download_ffi_wheel(folder: str, python_version: str = "3.12") -> str:

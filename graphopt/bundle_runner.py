@@ -4,7 +4,10 @@ after warm-up). Copied into the bundle as run_bundle.py; needs Python, numpy and
 beside it (apache-tvm-ffi comes as a wheel in wheels/, unpacked into site/ on first use).
 Libraries that take their weights as parameters get them rebuilt from the bundled graphopt zoo.
 
-    python run_bundle.py [--device cpu|cuda|all] [--warmup 10] [--repeat 100]
+    python run_bundle.py [--device cpu|cuda|all] [--warmup 10] [--repeat 100] [--torch]
+
+--torch also runs each case with PyTorch eager on the same device (graphopt/torch_eager.py, built
+from the bundled zoo) and reports its error and latency: needs torch on the machine.
 
 Exit status: 0 all run cases match, 1 a mismatch, 2 the bundle cannot run here.
 """
@@ -40,24 +43,53 @@ def relative_error(found, expected) -> float:
     return float(np.abs(found.astype(np.float64) - expected).max(initial=0.0)) / scale
 
 
-def run_case(case: dict, warmup: int, repeat: int) -> dict:
+def zoo_graph(case: dict, seed: int):
+    from graphopt import zoo   # the bundled source: pure Python + numpy
+    return zoo.MODELS[case["model"]](batch=case["batch"], seed=seed)
+
+
+def torch_eager(graph, device: str, feeds: dict, references: dict, warmup: int,
+                repeat: int) -> dict:
+    """Error against the references and median latency of PyTorch eager on `device`."""
+    import time
+    import numpy as np
+    import torch
+    from graphopt.torch_eager import TorchEager
+    forward = TorchEager(graph, device)
+    outputs = forward(feeds)
+    inputs = forward.to_device(feeds)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    times = []
+    for i in range(warmup + repeat):
+        start = time.perf_counter()
+        forward.run_tensors(inputs)
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return {"torch_max_rel_error": max(relative_error(outputs[k], r) for k, r in references.items()),
+            "torch_median_ms": 1e3 * float(np.median(times)), "torch": torch.__version__}
+
+
+def run_case(case: dict, seed: int, warmup: int, repeat: int, with_torch: bool) -> dict:
     import numpy as np
     import runtime
     model = runtime.load(os.path.join(HERE, case["library"]))
+    graph = zoo_graph(case, seed) if case.get("weights") or with_torch else None
     if case.get("weights"):
-        from graphopt import zoo   # the bundled source: pure Python + numpy
-        spec = case["weights"]
-        graph = zoo.MODELS[spec["zoo"]](batch=spec["batch"], seed=spec["seed"])
         model.bind_weights({name: c.data for name, c in graph.constants.items()})
     feeds = {name: np.load(os.path.join(HERE, path)) for name, path in case["inputs"].items()}
+    references = {name: np.load(os.path.join(HERE, path))
+                  for name, path in case["references"].items()}
     outputs = model.run(feeds)
-    errors = {name: relative_error(outputs[name], np.load(os.path.join(HERE, path)))
-              for name, path in case["references"].items()}
+    errors = {name: relative_error(outputs[name], ref) for name, ref in references.items()}
     times = model.latencies(feeds, warmup=warmup, repeat=repeat)
-    return {"case": case["name"], "device": case["device"], "status": "ran",
-            "ok": all(e <= case["tolerance"] for e in errors.values()),
-            "max_rel_error": max(errors.values()), "median_ms": 1e3 * float(np.median(times)),
-            "min_ms": 1e3 * float(np.min(times)), "runs": repeat}
+    result = {"case": case["name"], "device": case["device"], "status": "ran",
+              "ok": all(e <= case["tolerance"] for e in errors.values()),
+              "max_rel_error": max(errors.values()), "median_ms": 1e3 * float(np.median(times)),
+              "min_ms": 1e3 * float(np.min(times)), "runs": repeat}
+    if with_torch:
+        result.update(torch_eager(graph, case["device"], feeds, references, warmup, repeat))
+    return result
 
 
 def main(argv=None) -> int:
@@ -67,6 +99,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=100)
     parser.add_argument("--results", default="results.json", help="where to write the results")
+    parser.add_argument("--torch", action="store_true",
+                        help="also time PyTorch eager on the same device (needs torch)")
     args = parser.parse_args(argv)
     prepare_imports()
     with open(os.path.join(HERE, "manifest.json")) as f:
@@ -77,15 +111,19 @@ def main(argv=None) -> int:
             results.append({"case": case["name"], "device": case["device"], "status": "skipped"})
             continue
         try:
-            results.append(run_case(case, args.warmup, args.repeat))
+            results.append(run_case(case, manifest["seed"], args.warmup, args.repeat,
+                                    args.torch))
         except Exception as e:  # report the case and go on with the others
             results.append({"case": case["name"], "device": case["device"], "status": "failed",
                             "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"})
-    print(f"{'case':32} {'device':6} {'status':8} {'max rel err':>11} {'median ms':>10} ok")
+    print(f"{'case':32} {'device':6} {'status':8} {'max rel err':>11} {'median ms':>10} ok"
+          + (f" {'torch ms':>10} {'torch/ours':>10}" if args.torch else ""))
     for r in results:
         if r["status"] == "ran":
+            torch_columns = (f" {r['torch_median_ms']:10.3f} "
+                             f"{r['torch_median_ms'] / r['median_ms']:10.2f}" if args.torch else "")
             print(f"{r['case']:32} {r['device']:6} {'ran':8} {r['max_rel_error']:11.2e} "
-                  f"{r['median_ms']:10.3f} {'yes' if r['ok'] else 'NO'}")
+                  f"{r['median_ms']:10.3f} {'yes' if r['ok'] else 'NO '}" + torch_columns)
         else:
             print(f"{r['case']:32} {r['device']:6} {r['status']:8} {r.get('error', '')}")
     with open(os.path.join(HERE, args.results) if not os.path.isabs(args.results)

@@ -42,6 +42,7 @@ FORMAT = "graphopt-export"
 # Where libtvm_runtime*.so may be found besides the defaults (see `find_runtime_library`).
 RUNTIME_DIR_ENV = "GRAPHOPT_TVM_RUNTIME_DIR"
 CUDA_COMPILE_CALLBACK = "tvm_callback_cuda_compile"
+CUDA_RUNTIME = "libcudart.so.13"   # what the wheel's libtvm_runtime_cuda.so links against
 
 _DLPACK_DEVICE_TYPE = {"cpu": 1, "cuda": 2}
 _POOLED_ALLOCATOR = 2   # relax VM allocator kind, as tvm.relax.VirtualMachine passes it
@@ -79,10 +80,17 @@ def load_runtime(device_kind: str = "cpu", near: str | None = None) -> None:
     """Load libtvm_runtime.so (the VM and its loaders), plus the CUDA runtime for "cuda"; they
     must be global so that the exported library's loader finds their registrations."""
     import tvm_ffi  # noqa: F401  (loads libtvm_ffi.so, which the runtime libraries need)
-    names = ["libtvm_runtime.so"] + (["libtvm_runtime_cuda.so"] if device_kind == "cuda" else [])
+    names = ["libtvm_runtime.so"]
+    if device_kind == "cuda":
+        # A bundle may carry the CUDA runtime (libcudart.so.13) beside ours; else the system's.
+        try:
+            names.append(find_runtime_library(CUDA_RUNTIME, near))
+        except ModelFormatError:
+            pass
+        names.append("libtvm_runtime_cuda.so")
     for name in names:
         if name not in _loaded_runtime_libraries:
-            path = find_runtime_library(name, near)
+            path = name if os.path.isabs(name) else find_runtime_library(name, near)
             try:
                 _loaded_runtime_libraries[name] = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
             except OSError as e:

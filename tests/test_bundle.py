@@ -66,6 +66,8 @@ def test_bundle_holds_what_the_runner_needs(bundle):
             assert np.load(os.path.join(folder, path)).dtype in (np.float32, np.float64)
     if any(c["device"] == "cuda" for c in manifest["cases"]):
         assert os.path.isfile(os.path.join(folder, "lib", "libtvm_runtime_cuda.so"))
+        # the CUDA runtime the TVM library links against travels along (the driver does not)
+        assert os.path.isfile(os.path.join(folder, "lib", "libcudart.so.13"))
 
 
 def test_libraries_hold_code_and_the_runner_rebuilds_the_weights(bundle):
@@ -131,3 +133,17 @@ def test_bundles_over_the_size_limit_are_refused_before_compiling(tmp_path):
                     max_mib=0.1)
     with pytest.raises(InputError, match="unknown models"):
         make_bundle(str(tmp_path / "c"), [Case("nosuchnet", 1, "cpu")])
+
+
+def test_runner_times_torch_eager_on_the_same_device(bundle, tmp_path):
+    pytest.importorskip("torch")
+    folder, _, _ = bundle
+    done = subprocess.run([sys.executable, os.path.join(folder, "run_bundle.py"), "--device",
+                           "cpu", "--warmup", "1", "--repeat", "3", "--torch",
+                           "--results", str(tmp_path / "torch.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "torch/ours" in done.stdout
+    with open(tmp_path / "torch.json") as f:
+        cpu = next(r for r in json.load(f)["results"] if r["device"] == "cpu")
+    assert cpu["torch_max_rel_error"] < 1e-4 and cpu["torch_median_ms"] > 0

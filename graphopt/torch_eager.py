@@ -1,0 +1,116 @@
+"""Run a Graph eagerly with PyTorch, one `torch.nn.functional` call per node: the baseline the
+runtime bundle times compiled models against on the same device ("torch eager").
+
+    forward = TorchEager(graph, device="cuda")
+    outputs = forward({"input": x})          # {output name: numpy array}
+
+Covers the ops of the zoo's networks (not the fused ops that passes create); any other op raises
+UnsupportedOpError naming the node. torch is imported only here.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from .errors import UnsupportedOpError
+from .ir import Graph
+
+
+def _symmetric(padding) -> tuple[int, int] | None:
+    top, left, bottom, right = padding
+    return (top, left) if (top, left) == (bottom, right) else None
+
+
+def _conv2d(F, op, x, w, b=None):
+    padding = _symmetric(op.padding)
+    if padding is None:   # (top, left, bottom, right) -> F.pad's (left, right, top, bottom)
+        top, left, bottom, right = op.padding
+        x, padding = F.pad(x, (left, right, top, bottom)), 0
+    return F.conv2d(x, w, b, op.stride, padding, op.dilation, op.groups)
+
+
+def _conv_transpose2d(F, op, x, w, b=None):
+    padding = _symmetric(op.padding)
+    if padding is None:
+        raise UnsupportedOpError("asymmetric padding has no torch conv_transpose2d form")
+    return F.conv_transpose2d(x, w, b, op.stride, padding, op.output_padding, op.groups,
+                              op.dilation)
+
+
+def _pool(F, op, x, kind):
+    padding = _symmetric(op.padding)
+    if padding is None:
+        raise UnsupportedOpError("asymmetric pooling padding has no torch form")
+    if kind == "max":
+        return F.max_pool2d(x, op.kernel, op.stride, padding, op.dilation, op.ceil_mode)
+    if tuple(op.dilation) != (1, 1):
+        raise UnsupportedOpError("dilated average pooling has no torch form")
+    return F.avg_pool2d(x, op.kernel, op.stride, padding, op.ceil_mode, op.count_include_pad)
+
+
+def _table(torch, F):
+    """op name -> f(op, *input tensors) -> tensor."""
+    return {
+        "conv2d": lambda op, *a: _conv2d(F, op, *a),
+        "conv_transpose2d": lambda op, *a: _conv_transpose2d(F, op, *a),
+        "batch_norm": lambda op, x, scale, bias, mean, var: F.batch_norm(
+            x, mean, var, scale, bias, training=False, eps=op.epsilon),
+        "linear": lambda op, x, w, b=None: F.linear(x, w, b),
+        "matmul": lambda op, a, b: torch.matmul(a, b),
+        "relu": lambda op, x: F.relu(x),
+        "clip": lambda op, x: torch.clamp(x, op.min, op.max),
+        "leaky_relu": lambda op, x: F.leaky_relu(x, op.alpha),
+        "sigmoid": lambda op, x: torch.sigmoid(x),
+        "tanh": lambda op, x: torch.tanh(x),
+        "softmax": lambda op, x: F.softmax(x, op.axis),
+        "dropout": lambda op, x: x,                      # inference
+        "max_pool2d": lambda op, x: _pool(F, op, x, "max"),
+        "avg_pool2d": lambda op, x: _pool(F, op, x, "avg"),
+        "global_avg_pool2d": lambda op, x: F.adaptive_avg_pool2d(x, 1),
+        "global_max_pool2d": lambda op, x: F.adaptive_max_pool2d(x, 1),
+        "lrn": lambda op, x: F.local_response_norm(x, op.size, op.alpha, op.beta, op.bias),
+        "add": lambda op, a, b: a + b,
+        "sub": lambda op, a, b: a - b,
+        "mul": lambda op, a, b: a * b,
+        "div": lambda op, a, b: a / b,
+        "concat": lambda op, *xs: torch.cat(xs, op.axis),
+        "flatten": lambda op, x: torch.flatten(x, op.axis) if op.axis == 1 else
+        x.reshape(int(np.prod(x.shape[:op.axis])), -1),
+        "reshape": lambda op, x: x.reshape(op.shape),
+        "transpose": lambda op, x: x.permute(op.perm),
+    }
+
+
+class TorchEager:
+    """`graph` as a sequence of torch calls on `device`, weights copied there once."""
+
+    def __init__(self, graph: Graph, device: str = "cpu"):
+        import torch
+        import torch.nn.functional as F
+        self.torch, self.graph, self.device = torch, graph, torch.device(device)
+        self.table = _table(torch, F)
+        for node in graph.nodes:
+            if node.op_name not in self.table:
+                raise UnsupportedOpError("no torch eager form", node=node.name, op=node.op_name)
+        self.order = graph.topological_order()
+        self.weights = {id(c): torch.from_numpy(np.ascontiguousarray(c.data)).to(self.device)
+                        for c in graph.constants.values()}
+
+    def run_tensors(self, inputs: Mapping[str, object]) -> list:
+        """One forward on torch tensors already on the device; returns the output tensors."""
+        with self.torch.inference_mode():
+            env = dict(self.weights)
+            env.update({id(v): inputs[v.name] for v in self.graph.inputs})
+            for node in self.order:
+                env[id(node.outputs[0])] = self.table[node.op_name](
+                    node.op, *(env[id(v)] for v in node.inputs))
+            return [env[id(v)] for v in self.graph.outputs]
+
+    def to_device(self, inputs: Mapping[str, np.ndarray]) -> dict:
+        return {k: self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+                for k, a in inputs.items()}
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self.run_tensors(self.to_device(inputs))
+        return {v.name: t.cpu().numpy() for v, t in zip(self.graph.outputs, results)}
