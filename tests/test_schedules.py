@@ -3,6 +3,8 @@ of conv / dense / pool shapes (odd sizes, padding, strides, groups, channels tha
 vector), and every PrimFunc of the zoo's CNNs must come out of the CPU pipeline scheduled."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -33,7 +35,8 @@ CASES = {
         dsl.batch_norm(dsl.conv2d(x, 16, 3, padding=1, bias=False)) + x), "conv2d"),
     "dense": ((3, 37), lambda x: dsl.relu(dsl.linear(x, 24)), "dense"),
     "dense_gemv_wide": ((1, 64), lambda x: dsl.linear(x, 200), "dense"),
-    "dense_odd_out": ((5, 16), lambda x: dsl.linear(x, 10), "generic"),
+    "dense_odd_out": ((5, 16), lambda x: dsl.linear(x, 10), "dense"),
+    "dense_prime_out": ((2, 16), lambda x: dsl.linear(x, 97), "generic"),
     "max_pool_s2_p1": ((1, 8, 11, 11), lambda x: dsl.max_pool2d(x, 3, stride=2, padding=1), "generic"),
     "avg_pool": ((2, 3, 10, 9), lambda x: dsl.avg_pool2d(x, 2), "generic"),
     "global_pools": ((2, 16, 5, 5), lambda x: dsl.global_avg_pool2d(x) + dsl.global_max_pool2d(x),
@@ -47,6 +50,11 @@ def _table_graph(names):
     with dsl.Builder("schedule_table", seed=3) as b:
         outs = [CASES[n][1](b.input(n, CASES[n][0])) for n in names]
         return b.output(*outs, names=[f"{n}_out" for n in names])
+
+
+@functools.lru_cache(maxsize=None)
+def _zoo_kernels(model: str, **kwargs):
+    return _scheduled_kernels(go.zoo.MODELS[model](**kwargs))
 
 
 def _scheduled_kernels(graph):
@@ -81,10 +89,10 @@ def _loop_kinds(func) -> set[str]:
     return {kind for kind in ("parallel", "vectorized", "unroll") if f"T.{kind}(" in text}
 
 
-def assert_all_scheduled(graph):
+def assert_all_scheduled(kernels):
     """Every PrimFunc carries a rule name, and every one with real work has parallel or vector
     loops (none is left as the naive loop nest legalization produces)."""
-    for name, func in _scheduled_kernels(graph).items():
+    for name, func in kernels.items():
         assert func.attrs.get("tirx.is_scheduled"), name
         assert SCHEDULE_ATTR in func.attrs, name
         work = sum(int(np.prod([int(d) for d in p.shape])) for p in func.params[-1:])
@@ -96,12 +104,12 @@ def assert_all_scheduled(graph):
                                            ("resnet18", {"image_size": 64}),
                                            ("vgg11", {"image_size": 32})])
 def test_zoo_kernels_all_scheduled(model, kwargs):
-    assert_all_scheduled(go.zoo.MODELS[model](**kwargs))
+    assert_all_scheduled(_zoo_kernels(model, **kwargs))
 
 
 def test_gemm_kernels_get_the_tiled_rules():
     """ResNet-18's convolutions and classifier all get the register-tiled kernels."""
-    kernels = _scheduled_kernels(go.zoo.resnet18(image_size=64))
+    kernels = _zoo_kernels("resnet18", image_size=64)
     for name, func in kernels.items():
         if "conv2d" in name:
             assert func.attrs[SCHEDULE_ATTR] == "conv2d", name

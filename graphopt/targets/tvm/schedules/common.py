@@ -93,21 +93,32 @@ def schedule_elementwise(sch, block, lanes: int) -> None:
 
 
 def schedule_reduction(sch, block, lanes: int) -> None:
-    """A reduction that is not a GEMM/conv (pooling, mean, softmax's max and sum): parallel over its
-    spatial loops, reduction loops innermost and unrolled when short."""
+    """A reduction that is not a tiled GEMM/conv (pooling, mean, softmax's max and sum, small or
+    grouped convs): parallel over the outer spatial loops; when the innermost spatial loop is a
+    short row (2..8 vectors), the reduction moves outside it and the row becomes one vector
+    accumulator (a scalar reduction would wait on its add latency every step)."""
     kinds = iter_kinds(sch.get(block))
     loops = sch.get_loops(block)
     if len(loops) != len(kinds):  # already moved by another rule
         return
     spatial = [l for l, k in zip(loops, kinds) if k == "S"]
     reduce = [l for l, k in zip(loops, kinds) if k == "R"]
-    sch.reorder(*spatial, *reduce)
-    if spatial:
-        fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
-        if extent(fused, sch) * max(1, _product(extent(r, sch) for r in reduce)) >= PARALLEL_MIN_ELEMENTS \
-                and extent(fused, sch) > 1:
+    row = spatial[-1] if spatial and 2 <= extent(spatial[-1], sch) <= 8 * lanes else None
+    outer = spatial[:-1] if row is not None else spatial
+    sch.reorder(*outer, *reduce, *([row] if row is not None else []))
+    work = _product(extent(l, sch) for l in spatial + reduce)
+    if outer and work >= PARALLEL_MIN_ELEMENTS:
+        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        if extent(fused, sch) > 1:
             sch.parallel(fused)
-    if reduce and _product(extent(r, sch) for r in reduce) <= 16:
+    if row is not None and reduce:
+        try:
+            sch.vectorize(row)  # before decompose_reduction, which leaves loops unvectorizable
+            init = sch.decompose_reduction(block, reduce[0])
+            sch.vectorize(sch.get_loops(init)[-1])
+        except Exception:  # schedule primitives check before they change anything:
+            pass           # the function stays valid, with the row loop scalar
+    elif reduce and _product(extent(r, sch) for r in reduce) <= 16:
         for r in reduce:
             sch.unroll(r)
 

@@ -17,12 +17,15 @@ def find_matmul(sch):
 
 
 def column_block(columns: int, rows_per_tile: int, vec: VectorShape) -> int | None:
-    """Columns per tile: as many vector registers as the accumulator budget allows after the row
-    tile, dividing `columns`."""
-    for registers in range(max(1, vec.accumulators // rows_per_tile), 0, -1):
-        if columns % (registers * vec.lanes) == 0:
-            return registers * vec.lanes
-    return None
+    """Columns per tile: as many whole vector registers as the accumulator budget allows after
+    the row tile, dividing `columns`; failing that, the widest divisor of `columns` that fits
+    (a partial last vector, e.g. 10 or 84 classes)."""
+    registers = max(1, vec.accumulators // rows_per_tile)
+    for count in range(registers, 0, -1):
+        if columns % (count * vec.lanes) == 0:
+            return count * vec.lanes
+    fitting = [d for d in range(2, registers * vec.lanes + 1) if columns % d == 0]
+    return max(fitting) if fitting else None
 
 
 def schedule(sch, vec: VectorShape, packable) -> list[WeightPacking] | None:
