@@ -135,8 +135,6 @@ def read_export(path: str) -> tuple[dict, bytes | None]:
 def serving_cuda_binary(fatbin: bytes, source_sha256: str, path: str) -> Iterator[None]:
     """While loading, answer TVM's CUDA compile callback with the prebuilt binary, checking that
     the source TVM asks about is the one the binary was built from."""
-    import tvm_ffi
-
     def serve(source: str) -> bytes:
         found = hashlib.sha256(source.encode()).hexdigest()
         if found != source_sha256:
@@ -144,8 +142,17 @@ def serving_cuda_binary(fatbin: bytes, source_sha256: str, path: str) -> Iterato
                                    f"is not the one its binary was built from ({source_sha256[:12]})")
         return fatbin
 
+    with cuda_compile_callback(serve):
+        yield
+
+
+@contextmanager
+def cuda_compile_callback(compile_source) -> Iterator[None]:
+    """Register `compile_source(cuda_source) -> binary` as TVM's CUDA compile callback for the
+    duration, restoring whatever was registered before."""
+    import tvm_ffi
     previous = tvm_ffi.get_global_func(CUDA_COMPILE_CALLBACK, allow_missing=True)
-    tvm_ffi.register_global_func(CUDA_COMPILE_CALLBACK, serve, override=True)
+    tvm_ffi.register_global_func(CUDA_COMPILE_CALLBACK, compile_source, override=True)
     try:
         yield
     finally:

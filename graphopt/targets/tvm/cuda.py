@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from ...errors import GraphoptError, LoweringError
 
@@ -185,22 +183,11 @@ def compile_cuda_source(source: str, arch: str) -> bytes:
     return _binaries[key]
 
 
-@contextmanager
-def nvcc_compile_callback(arch: str) -> Iterator[None]:
+def nvcc_compile_callback(arch: str):
     """Where the CUDA runtime is present (a GPU machine), TVM compiles kernels while building
     through `tvm_callback_cuda_compile` (NVRTC by default): route that to nvcc for `arch`."""
-    import tvm_ffi
-    name = "tvm_callback_cuda_compile"
-    previous = tvm_ffi.get_global_func(name, allow_missing=True)
-    tvm_ffi.register_global_func(name, lambda source: compile_cuda_source(source, arch),
-                                 override=True)
-    try:
-        yield
-    finally:
-        if previous is not None:
-            tvm_ffi.register_global_func(name, previous, override=True)
-        else:
-            tvm_ffi.remove_global_func(name)
+    from ...runtime import cuda_compile_callback
+    return cuda_compile_callback(lambda source: compile_cuda_source(source, arch))
 
 
 def fatbin_archs(fatbin: bytes) -> list[str]:
