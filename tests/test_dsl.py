@@ -110,7 +110,7 @@ def test_user_weights_are_used(rng):
 
 @pytest.mark.parametrize("layer, kwargs, message", [
     (dsl.conv2d, dict(out_channels=4, kernel=3, weight=np.zeros((4, 3, 3, 3))),
-     r"node 'c': expected weight of shape \(4, 2, 3, 3\), found \(4, 3, 3, 3\)"),
+     r"node 'c' \(conv2d\): expected weight of shape \(4, 2, 3, 3\), found \(4, 3, 3, 3\)"),
     (dsl.conv2d, dict(out_channels=4, kernel=3, bias_value=np.zeros(5)),
      r"expected bias of shape \(4,\), found \(5,\)"),
     (dsl.batch_norm, dict(var=np.ones(3)), r"expected running_var of shape \(2,\), found \(3,\)"),
@@ -124,6 +124,15 @@ def test_wrong_shaped_user_weights_are_rejected(layer, kwargs, message):
             location = here()
             layer(x, name="c", **kwargs)
     assert info.value.node == "c" and f"(at {location})" in str(info.value)
+    assert info.value.op == layer.__name__
+
+
+def test_output_name_taken_by_a_node_is_refused_clearly():
+    with dsl.Builder("names") as b:
+        x = b.input("x", (1, 2, 6, 6))
+        y = dsl.relu(dsl.relu(x, name="first"), name="second")
+        with pytest.raises(go.GraphoptError, match="output name 'first' is already the name of a node"):
+            b.output(y, names=["first"])
 
 
 def constants_of(g):

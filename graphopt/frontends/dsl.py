@@ -113,6 +113,9 @@ class Builder:
         for t, name in zip(tensors, names):
             value = t.value
             if value.name != name:
+                if any(n.name == name for n in self.graph.nodes):
+                    raise GraphoptError(f"output name '{name}' is already the name of a node; "
+                                        "choose another output name")
                 if value.producer is not None and not any(value is o for o in outputs):
                     self.graph.rename_value(value, name)
                 else:   # an input, a constant or an output used twice: route through an identity
@@ -136,7 +139,8 @@ class Builder:
                              op=op.name) from None
         return Tensor(node.outputs[0], self)
 
-    def weight(self, node: str, what: str, shape: tuple[int, ...], init, given, dtype: str) -> Value:
+    def weight(self, node: str, what: str, shape: tuple[int, ...], init, given, dtype: str,
+               op: str | None = None) -> Value:
         """A named constant: the user's array (shape-checked) or a fresh draw from the seed."""
         if given is None:
             data = init(shape)
@@ -144,7 +148,7 @@ class Builder:
             data = np.asarray(given)
             if data.shape != shape:
                 raise ShapeError(f"expected {what} of shape {shape}, found {data.shape} "
-                                 f"(at {_user_location()})", node=self.qualified(node))
+                                 f"(at {_user_location()})", node=self.qualified(node), op=op)
         return self.graph.add_constant(f"{self.qualified(node)}.{what}", data.astype(dtype))
 
     def he_normal(self, fan_in: int):
@@ -208,10 +212,11 @@ def conv2d(x: Tensor, out_channels: int, kernel, stride=1, padding=0, dilation=1
                          node=b.qualified(name), op="conv2d")
     fan_in = in_channels // groups * kernel[0] * kernel[1]
     shape = (out_channels, in_channels // groups, *kernel)
-    inputs = [x, b.weight(name, "weight", shape, b.he_normal(fan_in), weight, x.dtype)]
+    inputs = [x, b.weight(name, "weight", shape, b.he_normal(fan_in), weight, x.dtype,
+                          op="conv2d")]
     if bias or bias_value is not None:
         inputs.append(b.weight(name, "bias", (out_channels,), b.uniform(1 / np.sqrt(fan_in)),
-                               bias_value, x.dtype))
+                               bias_value, x.dtype, op="conv2d"))
     return b.apply(ops.Conv2d(stride, padding, dilation, groups), inputs, name)
 
 
@@ -229,10 +234,11 @@ def conv_transpose2d(x: Tensor, out_channels: int, kernel, stride=1, padding=0, 
                          op="conv_transpose2d")
     fan_in = out_channels // groups * kernel[0] * kernel[1]
     shape = (in_channels, out_channels // groups, *kernel)
-    inputs = [x, b.weight(name, "weight", shape, b.he_normal(fan_in), weight, x.dtype)]
+    inputs = [x, b.weight(name, "weight", shape, b.he_normal(fan_in), weight, x.dtype,
+                          op="conv_transpose2d")]
     if bias or bias_value is not None:
         inputs.append(b.weight(name, "bias", (out_channels,), b.uniform(1 / np.sqrt(fan_in)),
-                               bias_value, x.dtype))
+                               bias_value, x.dtype, op="conv_transpose2d"))
     return b.apply(ops.ConvTranspose2d(stride, padding, output_padding, dilation, groups),
                    inputs, name)
 
@@ -244,11 +250,14 @@ def batch_norm(x: Tensor, epsilon: float = 1e-5, scale=None, bias=None, mean=Non
     b = _builder_of(x)
     name = _name(name, "bn")
     c = (x.shape[1],) if len(x.shape) >= 2 else (0,)
+
+    def stat(what, init, given):
+        return b.weight(name, what, c, init, given, x.dtype, op="batch_norm")
     inputs = [x,
-              b.weight(name, "weight", c, b.uniform(1.5, 0.5), scale, x.dtype),
-              b.weight(name, "bias", c, lambda s: b.rng.normal(0.0, 0.1, s), bias, x.dtype),
-              b.weight(name, "running_mean", c, lambda s: b.rng.normal(0.0, 0.1, s), mean, x.dtype),
-              b.weight(name, "running_var", c, b.uniform(1.5, 0.5), var, x.dtype)]
+              stat("weight", b.uniform(1.5, 0.5), scale),
+              stat("bias", lambda s: b.rng.normal(0.0, 0.1, s), bias),
+              stat("running_mean", lambda s: b.rng.normal(0.0, 0.1, s), mean),
+              stat("running_var", b.uniform(1.5, 0.5), var)]
     return b.apply(ops.BatchNorm(epsilon), inputs, name)
 
 
@@ -259,10 +268,10 @@ def linear(x: Tensor, out_features: int, bias: bool = True, weight=None, bias_va
     name = _name(name, "fc")
     in_features = x.shape[-1] if x.shape else 0
     inputs = [x, b.weight(name, "weight", (out_features, in_features), b.he_normal(in_features),
-                          weight, x.dtype)]
+                          weight, x.dtype, op="linear")]
     if bias or bias_value is not None:
         inputs.append(b.weight(name, "bias", (out_features,), b.uniform(1 / np.sqrt(in_features)),
-                               bias_value, x.dtype))
+                               bias_value, x.dtype, op="linear"))
     return b.apply(ops.Linear(), inputs, name)
 
 
