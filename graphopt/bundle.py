@@ -12,9 +12,10 @@ only Python + numpy (e.g. a lent GPU machine), and checks them against interpret
       data/<case>/             inputs and float64-interpreter references as .npy
       manifest.json            the cases: library, inputs, references, tolerance
 
-By default the libraries take their weights as parameters (`compile(..., weights="params")`) and
+By default CUDA libraries take their weights as parameters (`compile(..., weights="params")`) and
 the runner rebuilds them from the zoo with the recorded seed, checking each against the digest
-taken at export: vgg16's 528 MiB of weights never travel, only its code does.
+taken at export: vgg16's 528 MiB of weights never travel, only its code does. CPU libraries embed
+their weights by default, because the CPU pipeline prepacks constant weights (10x faster).
 
 `tools/make_bundle.py` is the command-line front end.
 """
@@ -57,6 +58,13 @@ class Case:
         return cls(parts[0], int(parts[1]), parts[2])
 
 
+def weights_mode(case: Case, weights: str) -> str:
+    """"params" or "embedded" for `case`; "auto" means params for CUDA, embedded for CPU."""
+    if weights != "auto":
+        return weights
+    return "params" if case.target.startswith("cuda") else "embedded"
+
+
 def runtime_libraries(device_kinds: set[str]) -> list[str]:
     """libtvm_runtime.so, and for CUDA libtvm_runtime_cuda.so and the CUDA runtime it links
     against (where this machine has it), so the target needs only the NVIDIA driver."""
@@ -95,10 +103,11 @@ def folder_mib(folder: str) -> float:
 
 
 def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (), seed: int = 0,
-                weights: str = "params", max_mib: float = 64.0,
+                weights: str = "auto", max_mib: float = 64.0,
                 progress: Callable[[str], None] = lambda _: None) -> dict:
     """Build the bundle in `folder` (created; must not exist) and return its manifest.
-    `weights`: "params" (rebuilt from the zoo on the target machine) or "embedded"."""
+    `weights`: "params" (rebuilt from the zoo on the target machine), "embedded", or "auto"
+    (params for CUDA cases, embedded for CPU ones)."""
     import graphopt as go
     from . import zoo
     if os.path.exists(folder):
@@ -106,12 +115,14 @@ def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (
     unknown = [c.model for c in cases if c.model not in zoo.MODELS]
     if unknown:
         raise InputError(f"unknown models {unknown}; expected zoo names ({', '.join(zoo.MODELS)})")
-    if weights not in ("params", "embedded"):
-        raise InputError(f"weights must be 'params' or 'embedded', found {weights!r}")
+    if weights not in ("params", "embedded", "auto"):
+        raise InputError(f"weights must be 'params', 'embedded' or 'auto', found {weights!r}")
+    mode = {c: weights_mode(c, weights) for c in cases}
     # Embedded weights travel once per library: refuse early what cannot fit.
+    embedded = [c for c in cases if mode[c] == "embedded"]
     sizes = {m: sum(c.data.nbytes for c in zoo.MODELS[m](batch=1, seed=seed).constants.values())
-             for m in {c.model for c in cases}} if weights == "embedded" else {}
-    estimate = sum(sizes.get(c.model, 0) for c in cases) / 2**20
+             for m in {c.model for c in embedded}}
+    estimate = sum(sizes[c.model] for c in embedded) / 2**20
     if estimate > max_mib:
         raise GraphoptError(f"the cases' weights alone take {estimate:.1f} MiB, over the "
                             f"{max_mib:g} MiB limit; bundle fewer or smaller cases per run")
@@ -121,7 +132,7 @@ def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (
     shutil.copy(RUNTIME, os.path.join(folder, "runtime.py"))
     import typing_extensions
     shutil.copy(typing_extensions.__file__, folder)
-    if weights == "params":
+    if "params" in mode.values():
         package = os.path.dirname(os.path.abspath(__file__))
         shutil.copytree(package, os.path.join(folder, "graphopt"),
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -151,13 +162,13 @@ def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (
         graph, files = graphs[key]
         progress(f"compiling and exporting {case.name}")
         library = os.path.join("models", case.name + ".so")
-        model = go.compile(graph, target=case.target, weights=weights)
+        model = go.compile(graph, target=case.target, weights=mode[case])
         model.export(os.path.join(folder, library))
         manifest["cases"].append({**asdict(case), "name": case.name, "library": library,
                                   "device": model.device_kind, "inputs": files["input"],
                                   "references": files["reference"], "tolerance": FP32_TOLERANCE,
                                   "weights": {"zoo": case.model, "batch": case.batch, "seed": seed}
-                                  if weights == "params" else None})
+                                  if mode[case] == "params" else None})
     for library in runtime_libraries({c["device"] for c in manifest["cases"]}):
         shutil.copy(library, os.path.join(folder, "lib"))
     with open(os.path.join(folder, "manifest.json"), "w") as f:

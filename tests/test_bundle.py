@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from graphopt.bundle import Case, make_bundle
+from graphopt.bundle import Case, make_bundle, weights_mode
 from graphopt.errors import GraphoptError, InputError
 
 
@@ -50,7 +50,8 @@ def bundle(tmp_path_factory):
     if shutil.which("nvcc"):
         cases.append(Case("lenet5", 1, "cuda"))
     folder = str(work / "bundle")
-    manifest = make_bundle(folder, cases, wheels=[wheel_of_installed_ffi(str(work))], max_mib=64)
+    manifest = make_bundle(folder, cases, wheels=[wheel_of_installed_ffi(str(work))],
+                           weights="params", max_mib=64)
     return folder, manifest, numpy_only_path(str(work))
 
 
@@ -147,3 +148,10 @@ def test_runner_times_torch_eager_on_the_same_device(bundle, tmp_path):
     with open(tmp_path / "torch.json") as f:
         cpu = next(r for r in json.load(f)["results"] if r["device"] == "cpu")
     assert cpu["torch_max_rel_error"] < 1e-4 and cpu["torch_median_ms"] > 0
+
+
+@pytest.mark.parametrize("target, weights, mode", [
+    ("cuda", "auto", "params"), ("cuda:sm_80", "auto", "params"), ("cpu", "auto", "embedded"),
+    ("cpu", "params", "params"), ("cuda", "embedded", "embedded")])
+def test_weights_travel_by_default_only_for_cpu_cases(target, weights, mode):
+    assert weights_mode(Case("resnet18", 1, target), weights) == mode

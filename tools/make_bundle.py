@@ -20,9 +20,10 @@ def main() -> int:
                         help="apache-tvm-ffi wheel(s) to carry; 'auto' downloads the cp312 one")
     parser.add_argument("--python", default="3.12", help="Python version for --ffi-wheel auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--weights", choices=("params", "embedded"), default="params",
-                        help="params (default): libraries hold code only and the runner rebuilds "
-                             "the zoo weights; embedded: weights inside each library")
+    parser.add_argument("--weights", choices=("auto", "params", "embedded"), default="auto",
+                        help="params: libraries hold code only and the runner rebuilds the zoo "
+                             "weights; embedded: weights inside each library; auto (default): "
+                             "params for CUDA cases, embedded for CPU ones")
     parser.add_argument("--max-mib", type=float, default=64.0, help="size limit (default 64)")
     args = parser.parse_args()
     try:
