@@ -91,8 +91,8 @@ def test_unknown_pass_names_are_listed():
         optimize(small_resnet(), ["fold_everything"])
 
 
-def test_every_registered_pass_is_in_the_default_pipeline():
-    assert set(PASSES) == set(DEFAULT_PIPELINE)
+def test_the_default_pipeline_names_registered_passes():
+    assert set(DEFAULT_PIPELINE) <= set(PASSES)
 
 
 def test_check_uses_the_given_inputs():
