@@ -188,3 +188,16 @@ def test_weights_as_parameters_round_trip(graph, feeds, compiled, tmp_path):
 def test_unknown_weights_mode_is_rejected(graph):
     with pytest.raises(GraphoptError, match="weights must be 'embedded' or 'params'"):
         go.compile(graph, target="cpu", weights="somewhere")
+
+
+def test_device_copies_used_for_gpu_models_work_on_the_cpu_device(exported, compiled, feeds):
+    """The copy path a CUDA model takes (allocate on the device, copy in, run, copy out),
+    exercised with the CPU as the device."""
+    import tvm_ffi
+    loaded = go.load(exported)
+    on_device = runtime.copy_to_device(feeds["image"], tvm_ffi.device("cpu", 0))
+    outputs = [runtime.copy_to_host(t) for t in loaded.run_device([on_device])]
+    expected = compiled.run(feeds)
+    for name, found in zip(loaded.output_names, outputs):
+        np.testing.assert_array_equal(found, expected[name])
+    assert len(loaded.latencies(feeds, warmup=1, repeat=3)) == 3
