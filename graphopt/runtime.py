@@ -8,6 +8,8 @@ This file imports nothing from graphopt except its error classes, and falls back
 exceptions of the same names when copied on its own next to the runtime libraries (the GPU
 bundle does that). An exported library carries, as data symbols written by `export.py`:
 - `graphopt_metadata`: JSON with the target, device and the input/output names, shapes, dtypes;
+  for a library compiled with weights as parameters, also each weight's name, shape, dtype and
+  sha256, which `LoadedModel.bind_weights` checks;
 - `graphopt_cuda_fatbin` (CUDA only): the kernels compiled by nvcc for the requested arch. TVM
   stores CUDA *source* in the library and compiles it at load time through the global callback
   `tvm_callback_cuda_compile`; while loading we register that callback to serve the embedded
@@ -59,12 +61,14 @@ def content_key(array: np.ndarray) -> str:
 def find_runtime_library(name: str, near: str | None = None) -> str:
     """Path of `name` (e.g. libtvm_runtime.so): $GRAPHOPT_TVM_RUNTIME_DIR, the exported model's
     folder, this file's folder, then the installed `tvm` package's lib/ (found without
-    importing it, so the compiler library is never loaded)."""
+    importing it, so the compiler library is never loaded). When `tvm` is already imported its
+    own lib/ comes first: its runtime is loaded, and a second copy must not be."""
     folders = [os.environ.get(RUNTIME_DIR_ENV), near, os.path.dirname(os.path.abspath(__file__))]
     tvm = sys.modules.get("tvm")
     spec = tvm.__spec__ if tvm is not None else importlib.util.find_spec("tvm")
     if spec is not None and spec.submodule_search_locations:
-        folders += [os.path.join(p, "lib") for p in spec.submodule_search_locations]
+        tvm_libs = [os.path.join(p, "lib") for p in spec.submodule_search_locations]
+        folders = tvm_libs + folders if tvm is not None else folders + tvm_libs
     for folder in filter(None, folders):
         candidate = os.path.join(folder, name)
         if os.path.isfile(candidate):
