@@ -28,8 +28,9 @@ def pre_schedule_passes(target) -> list:
     PrimFuncs left are what the schedule rules and MetaSchedule work on."""
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+    from .constant_folding import fold_constants_numpy
     return ([relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
-             vector_tanh()]
+             vector_tanh(), fold_constants_numpy()]
             + cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target))
 
 

@@ -1,0 +1,68 @@
+"""Fold constant weight arithmetic with numpy before legalization.
+
+Folding batch norms into convolutions and transposing linear weights leaves a few hundred small
+constant expressions (scale = gamma / sqrt(var + eps), w * scale, ...). Relax's FoldConstant
+compiles each distinct one with LLVM: 32 s of ResNet-18's 42 s pipeline. The same IEEE fp32
+operations in numpy take milliseconds; FoldConstant then finds nothing left to build."""
+from __future__ import annotations
+
+import numpy as np
+
+_ELEMENTWISE = {"relax.add": np.add, "relax.subtract": np.subtract,
+                "relax.multiply": np.multiply, "relax.divide": np.divide, "relax.sqrt": np.sqrt}
+
+
+def _evaluate(call, args):
+    name = call.op.name
+    if name in _ELEMENTWISE:
+        return _ELEMENTWISE[name](*args)
+    if name == "relax.reshape":
+        return np.reshape(args[0], args[1])
+    if name == "relax.permute_dims":
+        axes = call.attrs.axes
+        return np.transpose(args[0], None if axes is None else [int(a) for a in axes])
+    return None
+
+
+def fold_constants_numpy():
+    """A pass replacing every call above whose arguments are all constants by its value."""
+    import tvm
+    from tvm import relax
+
+    def as_numpy(mutator, arg):
+        if isinstance(arg, relax.Var):
+            arg = mutator.lookup_binding(arg)
+        if isinstance(arg, relax.ShapeExpr):
+            return tuple(int(v) for v in arg.values)
+        if not isinstance(arg, tvm.ir.Constant):
+            return None
+        value = arg.value  # a tensor, or a scalar such as batch norm's epsilon
+        if hasattr(value, "numpy"):
+            return value.numpy()
+        if isinstance(value, (tvm.tirx.FloatImm, tvm.tirx.IntImm)):
+            return value.value
+        return value if isinstance(value, (int, float)) else None
+
+    @relax.expr_functor.mutator
+    class NumpyFolder(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not isinstance(call.op, tvm.ir.Op) or not isinstance(call.ty, relax.TensorType):
+                return call
+            args = [as_numpy(self, a) for a in call.args]
+            if any(a is None for a in args):
+                return call
+            value = _evaluate(call, args)
+            if value is None:
+                return call
+            return relax.const(np.ascontiguousarray(value, dtype=str(call.ty.dtype)))
+
+    @tvm.transform.module_pass(opt_level=0, name="graphopt.FoldConstantsNumpy")
+    def _pass(mod, _ctx):
+        folder = NumpyFolder(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                folder.builder_.update_func(gv, folder.visit_expr(func))
+        return relax.transform.DeadCodeElimination()(folder.builder_.get())
+
+    return _pass
