@@ -133,3 +133,25 @@ def test_non_constant_weight_falls_back_and_stays_correct():
     feeds = {"a": rng.standard_normal((6, 40)).astype(np.float32),
              "b": rng.standard_normal((40, 16)).astype(np.float32)}
     assert go.compare(graph, go.compile(graph), feeds).ok
+
+
+def test_weight_arithmetic_is_folded_before_legalization():
+    """Batch-norm folding and weight transposes leave no all-constant call for Relax's (slow,
+    LLVM-compiling) FoldConstant: the numpy folder took them all."""
+    from tvm import relax
+    from graphopt.targets.tvm.constant_folding import fold_constants_numpy
+    graph = _table_graph(["conv_bn_residual", "dense"])
+    target = host_target()
+    with target:
+        mod = relax.transform.FoldBatchnormToConv2D()(to_relax(graph))
+        mod = relax.transform.DecomposeOpsForInference()(mod)
+        mod = fold_constants_numpy()(mod)
+    leftovers = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.args and all(
+                isinstance(a, (tvm.ir.Constant, relax.ShapeExpr)) for a in expr.args):
+            leftovers.append(expr.op.name)
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    assert leftovers == []

@@ -157,7 +157,7 @@ def time_primfunc(func, target, repeat: int = 5) -> float:
     rng = np.random.default_rng(0)
     args = [tvm.runtime.tensor(rng.standard_normal([int(d) for d in p.shape]).astype(p.dtype), dev)
             for p in func.params]
-    timer = lib.time_evaluator("main", dev, number=3, repeat=repeat, min_repeat_ms=20)
+    timer = lib.mod.time_evaluator("main", dev, number=3, repeat=repeat, min_repeat_ms=20)
     return float(min(timer(*args).results)) * 1e3
 
 
