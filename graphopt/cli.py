@@ -283,8 +283,9 @@ def compare(args) -> int:
          arg("library", metavar="FILE.so", help="a library written by `graphopt compile`"),
          INPUTS, SEED,
          arg("--save", metavar="FILE.npz", help="write the outputs to this .npz"),
-         arg("--expect", metavar="FILE.npz", help="compare the outputs with these (exit 1 if "
-             "any differs by more than --tolerance relative to its largest magnitude)"),
+         arg("--expect", metavar="FILE", help="compare the outputs with these (.npz by output "
+             "name, or .npy for a single output); exit 1 if any differs by more than "
+             "--tolerance relative to its largest magnitude"),
          arg("--tolerance", type=float, default=1e-4, help="for --expect (default 1e-4)"),
          arg("--repeat", type=int, default=0, help="also time this many runs (median)"))
 def run(args) -> int:
@@ -306,7 +307,7 @@ def run(args) -> int:
     if args.save:
         np.savez(args.save, **outputs)
     if args.expect:
-        expected = load_inputs([args.expect], [], 0)
+        expected = load_inputs([args.expect], model.outputs, 0)
         bad = []
         for name, ref in expected.items():
             if name not in outputs or outputs[name].shape != ref.shape:

@@ -111,9 +111,9 @@ def test_run_with_only_the_runtime_saves_and_checks_outputs(lenet_library, tmp_p
     with np.load(tmp_path / "out.npz") as saved:
         np.testing.assert_allclose(saved["output"], expected, rtol=1e-4, atol=1e-5)
 
-    np.savez(tmp_path / "wrong.npz", output=expected + 1.0)
+    np.save(tmp_path / "wrong.npy", expected + 1.0)
     checked = graphopt("run", library, "--input", f"input={tmp_path / 'x.npy'}",
-                       "--expect", str(tmp_path / "wrong.npz"))
+                       "--expect", str(tmp_path / "wrong.npy"))
     assert checked.returncode == 1, checked.stdout + checked.stderr
     assert "MISMATCH" in checked.stdout
 
