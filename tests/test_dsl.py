@@ -244,3 +244,20 @@ def test_layer_shapes(build, shape):
 def test_resize_needs_size_or_scale():
     with dsl.Builder("r") as b, pytest.raises(GraphoptError, match="needs a size or a scale"):
         dsl.resize(b.input("x", (1, 1, 2, 2)))
+
+
+@pytest.mark.parametrize("scale, mode, size", [(2, "nearest", (10, 10)), (2.0, "nearest", (10, 10)),
+                                               (1.5, "bilinear", (7, 7)), ((2, 3), "nearest", (10, 15))])
+def test_resize_by_scale_floors_like_pytorch(scale, mode, size):
+    with dsl.Builder("resize") as b:
+        y = dsl.resize(b.input("x", (1, 3, 5, 5)), scale=scale, mode=mode)
+    assert y.shape == (1, 3, *size)
+
+
+@pytest.mark.parametrize("kwargs, error", [(dict(), GraphoptError), (dict(scale=-1), ShapeError),
+                                           (dict(scale=2, mode="cubic"), GraphoptError)])
+def test_resize_bad_arguments_are_clear_errors(kwargs, error):
+    with dsl.Builder("resize") as b:
+        x = b.input("x", (1, 3, 5, 5))
+        with pytest.raises(error, match="resize"):
+            dsl.resize(x, **kwargs)

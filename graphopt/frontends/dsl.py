@@ -318,13 +318,21 @@ def pad(x, pads, value=0.0, name=None):
 
 
 def resize(x, size=None, scale=None, mode="nearest", align_corners=False, name=None):
-    """Resize H and W to `size` or by an integer `scale`; bilinear uses half_pixel coordinates
-    (PyTorch's align_corners=False) or align_corners; nearest matches PyTorch's 'nearest'."""
+    """Resize H and W to `size`, or by `scale` (output = floor(input * scale), as PyTorch's
+    scale_factor); bilinear uses half_pixel coordinates (PyTorch's align_corners=False) or
+    align_corners; nearest matches PyTorch's 'nearest'."""
+    if mode not in ("nearest", "bilinear"):
+        raise GraphoptError(f"expected mode 'nearest' or 'bilinear', found {mode!r} "
+                            f"(at {_user_location()})", op="resize")
     if size is None:
         if scale is None:
-            raise GraphoptError("resize needs a size or a scale")
-        sh, sw = ops.base.pair(scale)
-        size = (x.shape[2] * sh, x.shape[3] * sw)
+            raise GraphoptError(f"resize needs a size or a scale (at {_user_location()})",
+                                op="resize")
+        scales = (scale, scale) if isinstance(scale, (int, float)) else tuple(scale)
+        if len(scales) != 2 or not all(isinstance(s, (int, float)) and s > 0 for s in scales):
+            raise ShapeError(f"expected a positive scale or (h, w) pair of scales, found {scale!r} "
+                             f"(at {_user_location()})", op="resize")
+        size = tuple(int(np.floor(d * s)) for d, s in zip(x.shape[2:4], scales))
     if mode == "nearest":
         op = ops.Resize(size, "nearest", "asymmetric", "floor")
     else:

@@ -86,6 +86,15 @@ class CompiledModel:
                 f"{self.kernel_count()} kernels)")
 
 
+def tvm_error_summary(error: Exception) -> str:
+    """The line of a TVM error that says what went wrong: the last one naming an error or a failed
+    check, else the last line that is not a comment (TVM often ends with '# Metadata omitted')."""
+    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
+    telling = [ln for ln in lines if "Error" in ln or "Check failed" in ln]
+    plain = [ln for ln in lines if not ln.startswith("#")]
+    return (telling or plain or lines or [type(error).__name__])[-1][:500]
+
+
 def kernel_names(lowered_module) -> list[str]:
     """The TIR PrimFuncs of a lowered Relax module: each becomes one compiled kernel."""
     from tvm import tirx
@@ -123,9 +132,9 @@ def compile_graph(graph: Graph, target: str = "cpu", *,
             with tvm_target:
                 lowered = cpu_pipeline(tvm_target)(mod)
             executable = tvm.compile(lowered, target=tvm_target, relax_pipeline=None)
-    except Exception as e:  # TVM's own errors carry C++ context; keep the first line readable
+    except Exception as e:  # TVM's own errors carry C++ context; keep the telling line
         raise LoweringError(f"TVM failed to compile graph '{graph.name}' for {target}: "
-                            f"{type(e).__name__}: {str(e).strip().splitlines()[-1]}") from e
+                            f"{type(e).__name__}: {tvm_error_summary(e)}") from e
     return CompiledModel(executable, Signature.of(graph), target, tvm_target, device_kind,
                          graph.name, time.perf_counter() - start, kernel_names(lowered),
                          schedule_report, lifted)
