@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Below this many output elements a parallel loop costs more (thread wake-up) than it saves.
-PARALLEL_MIN_ELEMENTS = 4096
+# Below this much work (output elements, or multiply-adds for GEMM-like kernels) a parallel loop
+# costs more than it saves: waking a worker takes microseconds, and on a loaded machine a
+# descheduled worker stalls the whole kernel (LeNet-5 at batch 1 ran 10x slower parallel).
+PARALLEL_MIN_ELEMENTS = 1 << 16
+PARALLEL_MIN_MACS = 1 << 20
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .common import (PARALLEL_MIN_ELEMENTS, VectorShape, blocks_of, extent, inline_elementwise,
+from .common import (PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, inline_elementwise,
                      is_reduction, schedule_elementwise)
 
 
@@ -57,8 +57,12 @@ def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops,
                 writer) -> None:
     """Common tail of both rules: move the writer (epilogue or copy-out) under the tile loop
     (None: the fused parallel loop), parallelize, vectorize, unroll, then split off the accumulator initialisation."""
+    macs = 1
+    for loop in sch.get_loops(main):
+        macs *= extent(loop, sch)
     fused = sch.fuse(*parallel_loops) if len(parallel_loops) > 1 else parallel_loops[0]
-    sch.parallel(fused)
+    if macs >= PARALLEL_MIN_MACS:
+        sch.parallel(fused)
     sch.reverse_compute_at(writer, fused if tile_loop is None else tile_loop)
     sch.vectorize(vector_loop)
     for loop in unroll_loops:
