@@ -57,12 +57,23 @@ def fold_constants_numpy():
                 return call
             return relax.const(np.ascontiguousarray(value, dtype=str(call.ty.dtype)))
 
-    @tvm.transform.module_pass(opt_level=0, name="graphopt.FoldConstantsNumpy")
+    return relax_rewrite_pass(NumpyFolder, "graphopt.FoldConstantsNumpy",
+                              then=relax.transform.DeadCodeElimination())
+
+
+def relax_rewrite_pass(mutator_class, name: str, then=None):
+    """A module pass running a `PyExprMutator` class over every Relax function (and `then`, a
+    follow-up pass, on the result)."""
+    import tvm
+    from tvm import relax
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
     def _pass(mod, _ctx):
-        folder = NumpyFolder(mod)
+        mutator = mutator_class(mod)
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function):
-                folder.builder_.update_func(gv, folder.visit_expr(func))
-        return relax.transform.DeadCodeElimination()(folder.builder_.get())
+                mutator.builder_.update_func(gv, mutator.visit_expr(func))
+        result = mutator.builder_.get()
+        return then(result) if then is not None else result
 
     return _pass

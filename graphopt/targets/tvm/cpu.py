@@ -40,6 +40,7 @@ def vector_tanh():
     kernel. LeNet-5 spent a third of its time in libm's expf. exp/softmax keep the exact call."""
     import tvm
     from tvm import relax, topi
+    from .constant_folding import relax_rewrite_pass
 
     @relax.expr_functor.mutator
     class VectorTanh(relax.PyExprMutator):
@@ -50,15 +51,7 @@ def vector_tanh():
                 return self.builder_.call_te(topi.fast_tanh, call.args[0], primfunc_name_hint="tanh")
             return call
 
-    @tvm.transform.module_pass(opt_level=0, name="graphopt.VectorTanh")
-    def _pass(mod, _ctx):
-        mutator = VectorTanh(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gv, mutator.visit_expr(func))
-        return mutator.builder_.get()
-
-    return _pass
+    return relax_rewrite_pass(VectorTanh, "graphopt.VectorTanh")
 
 
 def cpu_pipeline(target, database="auto"):
