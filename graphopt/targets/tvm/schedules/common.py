@@ -36,11 +36,14 @@ def is_reduction(block) -> bool:
 
 def iter_kinds(block) -> str:
     """"S"/"R" per block iteration variable, e.g. "SSSSRRR" for conv2d."""
-    return "".join("R" if iv.iter_type == 2 else "S" for iv in block.iter_vars)
+    from tvm import tirx
+    return "".join("R" if iv.iter_type == tirx.IterVar.CommReduce else "S"
+                   for iv in block.iter_vars)
 
 
-def extent(loop_sref_or_rv, sch) -> int:
-    return int(sch.get(loop_sref_or_rv).extent)
+def extent(loop, sch) -> int:
+    """The constant trip count of a loop of `sch`."""
+    return int(sch.get(loop).extent)
 
 
 def blocks_of(sch):

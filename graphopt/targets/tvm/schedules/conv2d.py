@@ -4,16 +4,15 @@ the register-tile axis, and the weight is repacked to [OC / block, KH, KW, IC, b
 innermost reduction (input channels) walks it contiguously."""
 from __future__ import annotations
 
-from .common import VectorShape, iter_kinds
+from .common import VectorShape, blocks_of, inline_elementwise, iter_kinds
 from .tiled import (WeightPacking, accumulator_writer, channel_block, finish_tile,
-                    inline_elementwise, spatial_rest, balanced_tile, weight_param_index)
+                    spatial_rest, balanced_tile, weight_param_index)
 
 NAME = "conv2d"
 
 
 def find_conv(sch):
     """The conv2d block: 4 spatial (n, oc, oh, ow) and 3 reduction (ic, kh, kw) iterators."""
-    from .common import blocks_of
     found = [b for b in blocks_of(sch) if iter_kinds(sch.get(b)) == "SSSSRRR"]
     return found[0] if len(found) == 1 else None
 
@@ -54,7 +53,7 @@ def schedule(sch, vec: VectorShape, packable) -> list[WeightPacking] | None:
     ow_outer, ow_inner = sch.split(ow, [None, width])
     sch.reorder(n, oc_outer, oh, ow_outer, kh, kw, ic, ow_inner, oc_inner)
     finish_tile(sch, conv, ow_outer, [n, oc_outer, oh], oc_inner, [ow_inner], kh, writer)
-    spatial_rest(sch, conv)
+    spatial_rest(sch, conv, vec)
     return [WeightPacking(w_index, lambda w: _pack_oihw(w, oc_block))]
 
 

@@ -3,8 +3,8 @@ FoldConstant folds): columns are the vector axis, a few rows the other side of t
 tile, and the weight [K, N] is repacked to [N / block, K, block] so the reduction streams it."""
 from __future__ import annotations
 
-from .common import VectorShape, blocks_of, iter_kinds
-from .tiled import (WeightPacking, accumulator_writer, finish_tile, inline_elementwise,
+from .common import VectorShape, blocks_of, inline_elementwise, iter_kinds
+from .tiled import (WeightPacking, accumulator_writer, finish_tile,
                     spatial_rest, balanced_tile, weight_param_index)
 
 NAME = "dense"
@@ -57,7 +57,7 @@ def schedule(sch, vec: VectorShape, packable) -> list[WeightPacking] | None:
     i_outer, i_inner = sch.split(i, [None, row_tile])
     sch.reorder(j_outer, i_outer, k, i_inner, j_inner)
     finish_tile(sch, matmul, None, [j_outer, i_outer], j_inner, [i_inner], k, writer)
-    spatial_rest(sch, matmul)
+    spatial_rest(sch, matmul, vec)
     return [WeightPacking(weight[0], lambda w: _pack_kn(w, col_block))]
 
 

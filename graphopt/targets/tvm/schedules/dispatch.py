@@ -23,8 +23,9 @@ def apply_cpu_schedules(target):
 
 
 def schedule_module(mod, vec: VectorShape):
+    """Schedule every unscheduled PrimFunc of `mod` and repack the weights the kernels expect."""
     from tvm import tirx
-    constant_params = _constant_params(mod)
+    packable = constant_params(mod)
     packings = {}
     for gv, func in list(mod.functions.items()):
         if not isinstance(func, tirx.PrimFunc):
@@ -33,7 +34,7 @@ def schedule_module(mod, vec: VectorShape):
             if SCHEDULE_ATTR not in func.attrs:
                 mod[gv] = func.with_attr(SCHEDULE_ATTR, TUNED)
             continue
-        scheduled, rule, packing = schedule_func(func, vec, constant_params.get(gv.name_hint, set()))
+        scheduled, rule, packing = schedule_func(func, vec, packable.get(gv.name_hint, set()))
         if scheduled is None:
             continue
         mod[gv] = scheduled.with_attr("tirx.is_scheduled", True).with_attr(SCHEDULE_ATTR, rule)
@@ -61,7 +62,7 @@ def _is_scheduled(func) -> bool:
     return bool(func.attrs and func.attrs.get("tirx.is_scheduled", False))
 
 
-def _call_tir_sites(mod):
+def call_tir_sites(mod):
     """(callee name, argument list) of every call_tir in the module's Relax functions."""
     import tvm
     from tvm import relax
@@ -80,11 +81,11 @@ def _call_tir_sites(mod):
     return sites
 
 
-def _constant_params(mod) -> dict[str, set[int]]:
+def constant_params(mod) -> dict[str, set[int]]:
     """Per PrimFunc: the parameter positions that receive a constant at every call site."""
     import tvm
     result: dict[str, set[int]] = {}
-    for name, args in _call_tir_sites(mod):
+    for name, args in call_tir_sites(mod):
         constant = {i for i, a in enumerate(args) if isinstance(a, tvm.ir.Constant)}
         result[name] = result[name] & constant if name in result else constant
     return result

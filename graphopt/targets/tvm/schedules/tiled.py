@@ -14,8 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from .common import (PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, inline_elementwise,
-                     is_reduction, schedule_elementwise)
+from .common import (PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, is_reduction,
+                     schedule_elementwise)
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,10 @@ def channel_block(channels: int, vec: VectorShape) -> int | None:
 
 def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops, first_reduce,
                 writer) -> None:
-    """Common tail of both rules: move the writer (epilogue or copy-out) under the tile loop
-    (None: the fused parallel loop), parallelize, vectorize, unroll, then split off the accumulator initialisation."""
+    """Common tail of the tiled rules: fuse the outer loops (parallel when the kernel is big
+    enough), move the writer (epilogue or copy-out) under `tile_loop` (None: the fused loop),
+    vectorize and unroll the tile, then split off the accumulator initialisation (vectorize and
+    parallel must come before `decompose_reduction`, which leaves the loops unchangeable)."""
     macs = 1
     for loop in sch.get_loops(main):
         macs *= extent(loop, sch)
@@ -88,11 +90,11 @@ def accumulator_writer(sch, main):
     return None
 
 
-def spatial_rest(sch, main) -> None:
+def spatial_rest(sch, main, vec: VectorShape) -> None:
     """Schedule the blocks left outside the tile (e.g. input padding) as elementwise work."""
     tile_loops = {sch.get(loop) for loop in sch.get_loops(main)}
     for block in blocks_of(sch):
         loops = sch.get_loops(block)
         if is_reduction(sch.get(block)) or any(sch.get(l) in tile_loops for l in loops):
             continue
-        schedule_elementwise(sch, block, 8)
+        schedule_elementwise(sch, block, vec.lanes)
