@@ -9,6 +9,11 @@ from .tiled import (WeightPacking, accumulator_writer, channel_block, finish_til
                     spatial_rest, balanced_tile, weight_param_index)
 
 NAME = "conv2d"
+# Small output planes (14x14, 7x7) have few tiles per weight block; above this many output pixels
+# the weights are reused across enough tiles without input-channel blocking.
+SMALL_PLANE = 14 * 14
+# Bytes of packed weights one input-channel block may span, to stay in L1 with the accumulators.
+L1_WEIGHT_BYTES = 20 * 1024
 
 
 def find_conv(sch):
@@ -51,10 +56,29 @@ def schedule(sch, vec: VectorShape, packable) -> list[WeightPacking] | None:
     # Rows of 56, 28, 14 or 7 pixels have no divisor near the register budget: a predicated
     # last tile is cheaper than narrow tiles (measured 1.06x vs 1.2x ORT on 56 wide rows).
     ow_outer, ow_inner = sch.split(ow, [None, width])
-    sch.reorder(n, oc_outer, oh, ow_outer, kh, kw, ic, ow_inner, oc_inner)
-    finish_tile(sch, conv, ow_outer, [n, oc_outer, oh], oc_inner, [ow_inner], kh, writer)
+    ic_block = _input_channel_block(block, oc_block)
+    if ic_block:
+        # The weight block of one input-channel block stays in L1 while every tile of the
+        # output plane uses it; the plane's accumulators (<= 12.5 KB) wait in L1 between blocks.
+        # Measured (1 thread, vs ORT): 512ch 7x7 1.43 -> 1.27, 256ch 14x14 1.21 -> 1.03.
+        ic_outer, ic_inner = sch.split(ic, [None, ic_block])
+        sch.reorder(n, oc_outer, ic_outer, oh, ow_outer, kh, kw, ic_inner, ow_inner, oc_inner)
+        finish_tile(sch, conv, None, [n, oc_outer], oc_inner, [ow_inner], ic_outer, writer)
+    else:
+        sch.reorder(n, oc_outer, oh, ow_outer, kh, kw, ic, ow_inner, oc_inner)
+        finish_tile(sch, conv, ow_outer, [n, oc_outer, oh], oc_inner, [ow_inner], kh, writer)
     spatial_rest(sch, conv, vec)
     return [WeightPacking(w_index, lambda w: _pack_oihw(w, oc_block))]
+
+
+def _input_channel_block(block, oc_block: int) -> int | None:
+    """Input channels per L1 weight block for small output planes, or None (no blocking)."""
+    _, _, out_h, out_w, in_c, k_h, k_w = (int(iv.dom.extent) for iv in block.iter_vars)
+    if out_h * out_w > SMALL_PLANE:
+        return None
+    fitting = [d for d in range(1, in_c) if in_c % d == 0
+               and d * k_h * k_w * oc_block * 4 <= L1_WEIGHT_BYTES]
+    return max(fitting) if fitting and max(fitting) >= 8 else None
 
 
 def _pack_oihw(w, oc_block: int):
