@@ -16,6 +16,7 @@ from .. import ops
 from ..errors import GraphoptError, ModelFormatError, UnsupportedOpError
 from ..ir import DTYPES, Graph, TensorType, Value
 from ..verify import verify
+from .onnx_context import NodeContext, UnsupportedForm, onnx_dtype
 from .onnx_load import (ModelSource, check_model, default_opset, first_line, read_model,
                         sort_nodes, upgrade_opset)
 
@@ -27,95 +28,6 @@ FOLDABLE = frozenset({
     "Reshape", "Sign", "Slice", "Sqrt", "Squeeze", "Sub", "Tile", "Transpose", "Unsqueeze",
     "Where"})
 MAX_FOLDED_ELEMENTS = 1 << 24
-
-
-class UnsupportedForm(Exception):
-    """Raised by a converter for an attribute/input form it cannot express (collected, then
-    reported inside one UnsupportedOpError)."""
-
-
-class NodeContext:
-    """What a converter sees of one ONNX node: attributes, inputs as Values or constants, and
-    `emit` to add graphopt nodes (the last one takes the ONNX node's name and output name)."""
-
-    def __init__(self, importer: "Importer", node: onnx.NodeProto, label: str):
-        self.importer, self.node, self.name = importer, node, label
-        self.graph = importer.graph
-        self.attrs = {a.name: decode(helper.get_attribute_value(a)) for a in node.attribute}
-
-    @property
-    def op_type(self) -> str:
-        return self.node.op_type
-
-    def attr(self, name: str, default=None):
-        return self.attrs.get(name, default)
-
-    def ints(self, name: str, default: Sequence[int]) -> tuple[int, ...]:
-        return tuple(int(v) for v in self.attrs.get(name, default))
-
-    def has(self, i: int) -> bool:
-        return i < len(self.node.input) and self.node.input[i] != ""
-
-    def is_static(self, i: int) -> bool:
-        return self.has(i) and self.node.input[i] in self.importer.static
-
-    def type(self, i: int) -> TensorType:
-        return self.importer.type_of(self.node.input[i])
-
-    def input(self, i: int) -> Value:
-        return self.importer.value(self.node.input[i])
-
-    def static(self, i: int, what: str) -> np.ndarray:
-        if not self.is_static(i):
-            raise UnsupportedForm(f"{what} (input {i}) must be a constant")
-        return self.importer.static[self.node.input[i]]
-
-    def constant(self, name: str, data: np.ndarray) -> Value:
-        return self.graph.add_constant(name, np.asarray(data))
-
-    def input_as(self, i: int, shape: Sequence[int]) -> Value:
-        """Input i reshaped (a reshaped constant when it is known, else a reshape node)."""
-        if self.is_static(i):
-            return self.constant(self.node.input[i], self.static(i, "").reshape(shape))
-        return self.emit(ops.Reshape(tuple(shape)), [self.input(i)], final=False)
-
-    def emit(self, op: ops.Op, inputs: Sequence[Value], final: bool = True) -> Value:
-        if final:
-            return self.graph.add_node(op, inputs, name=self.importer.node_name(self),
-                                       output_names=[self.node.output[0]]).output
-        return self.graph.add_node(op, inputs, name=f"{self.name}/{op.name}").output
-
-    def outputs_used(self) -> int:
-        return sum(1 for o in self.node.output if o)
-
-    def single_output(self, extra: str) -> None:
-        if self.outputs_used() > 1:
-            raise UnsupportedForm(f"output {extra}")
-
-
-def decode(value):
-    """Attribute values as Python values: str for bytes, floats at their float32 precision
-    (1e-05, not 9.999999747378752e-06) so that exported graphs import back unchanged."""
-    if isinstance(value, float):
-        return as_float32(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, list):
-        return [decode(v) for v in value]
-    return value
-
-
-def as_float32(value) -> float:
-    """The shortest decimal that round-trips through float32."""
-    return float(str(np.float32(value)))
-
-
-def onnx_dtype(elem_type: int) -> str:
-    try:
-        return str(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)))
-    except Exception:
-        return onnx.TensorProto.DataType.Name(elem_type) if elem_type in \
-            onnx.TensorProto.DataType.values() else f"unknown({elem_type})"
 
 
 class Importer:

@@ -11,7 +11,7 @@ import numpy as np
 from .. import ops
 from ..errors import ModelFormatError
 from ..ops.resize import COORDINATE_MODES
-from .onnx_import import NodeContext, UnsupportedForm, as_float32
+from .onnx_context import NodeContext, UnsupportedForm, as_float32
 
 TABLE: dict[str, Callable[[NodeContext], object]] = {}
 
