@@ -64,7 +64,7 @@ def cpu_pipeline(target, database="auto"):
     from .schedules import apply_cpu_schedules
 
     if database == "auto":
-        from .tuning import load_database
+        from .tuning_database import load_database
         database = load_database(target)
     tuned = []
     if database is not None:

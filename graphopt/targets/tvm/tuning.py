@@ -8,8 +8,6 @@ directory (`$GRAPHOPT_TUNING_DIR`, else `$XDG_CACHE_HOME/graphopt/tuning`, else
 Nothing needs tuning: without records every kernel keeps its rule-based schedule."""
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import tempfile
 import time
@@ -21,34 +19,7 @@ import numpy as np
 from ...errors import GraphoptError
 from ...ir import Graph
 
-CACHE_ENV = "GRAPHOPT_TUNING_DIR"
-
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "graphopt" / "tuning"
-
-
-def database_dir(target, cache_dir=None) -> Path:
-    """One directory per target: records tuned for another CPU or core count never apply."""
-    config = {k: str(v) for k, v in sorted(dict(target.export()).items())
-              if k in ("kind", "mcpu", "mtriple", "num-cores", "mattr")}
-    digest = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
-    return cache_root(cache_dir) / f"{config.get('mcpu', 'generic')}-{config.get('num-cores', '?')}c-{digest}"
-
-
-def load_database(target, cache_dir=None):
-    """The target's MetaSchedule database, or None when nothing was tuned for it."""
-    directory = database_dir(target, cache_dir)
-    records = directory / "database_tuning_record.json"
-    if not records.is_file() or records.stat().st_size == 0:
-        return None
-    from tvm.s_tir import meta_schedule as ms
-    return ms.database.JSONDatabase(work_dir=str(directory), allow_missing=False)
+from .tuning_database import CACHE_ENV, cache_root, database_dir, load_database
 
 
 @dataclass
