@@ -1,1 +1,1 @@
-"""Ways into the IR: the Python DSL (`dsl`) and, later, model formats such as ONNX."""
+"""Ways into the IR: the Python DSL (`dsl`) and ONNX (`onnx`: import, export, conformance)."""
