@@ -8,15 +8,7 @@ import time
 import numpy as np
 
 import graphopt as go
-
-
-def median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+from graphopt.timing import median_ms
 
 
 def main() -> None:
@@ -43,8 +35,7 @@ def main() -> None:
     print(f"compiled for {m.tvm_target} in {time.perf_counter() - start:.1f} s "
           f"({m.kernel_count()} kernels)\n")
 
-    m.run(inputs)  # warm-up
-    interp_ms = median_ms(lambda: go.interpret(g, inputs), 3)
+    interp_ms = median_ms(lambda: go.interpret(g, inputs), 3, warmup=0)
     compiled_ms = median_ms(lambda: m.run(inputs), 10)
     print(f"latency (median): interpreter {interp_ms:.1f} ms, compiled {compiled_ms:.1f} ms "
           f"-> {interp_ms / compiled_ms:.1f}x faster compiled\n")

@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .errors import GraphoptError, InputError, LoweringError, ModelFormatError, PassError
+from .timing import median_ms
 
 EXIT_OK = 0          # the command did what was asked (and a comparison matched)
 EXIT_MISMATCH = 1    # a comparison ran and found outputs out of tolerance
@@ -170,17 +171,6 @@ def compile_model(graph, target: str):
     with step(f"compiling '{graph.name}' for {target}"):
         model = go.compile(graph, target=target)
     return model
-
-
-def median_ms(run: Callable[[], object], repeat: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
 
 
 def onnxruntime_ms(graph, feeds: dict, spec: str, repeat: int) -> tuple[float | None, str]:

@@ -175,7 +175,7 @@ def compare(reference: Graph, candidate, inputs: Mapping[str, np.ndarray], *,
     if pairs is not None:
         report.layers = []
         for ref_node, value in pairs:
-            c = compare_arrays(ref_node.provenance[-1], expected[ref_node.outputs[0].name],
+            c = compare_arrays(layer_anchor(ref_node), expected[ref_node.outputs[0].name],
                                np.asarray(found[value.name]), tolerance)
             report.layers.append(LayerComparison(**vars(c), node=value.producer.name,
                                                  op=value.producer.op_name,
