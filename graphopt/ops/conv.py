@@ -15,6 +15,14 @@ def conv_out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: 
     return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def add_channel_bias(bb, y, b):
+    """Relax: `y` plus a per-channel bias [C] broadcast over NCHW (no-op without a bias)."""
+    if b is None:
+        return y
+    R = relax().op
+    return R.add(bb.emit(y), R.reshape(b, (1, -1, 1, 1)))
+
+
 @register
 @dataclass(frozen=True)
 class Conv2d(Op):
@@ -83,9 +91,7 @@ class Conv2d(Op):
         R = relax().op
         y = R.nn.conv2d(x, w, strides=self.stride, padding=self.padding, dilation=self.dilation,
                         groups=self.groups)
-        if b is not None:
-            y = R.add(bb.emit(y), R.reshape(b, (1, -1, 1, 1)))
-        return y
+        return add_channel_bias(bb, y, b)
 
     def macs(self, inputs, outputs):
         o, cg, kh, kw = inputs[1].shape
@@ -176,9 +182,7 @@ class ConvTranspose2d(Op):
                                   groups=self.groups)
         if tail != (0, 0):
             y = R.nn.pad(bb.emit(y), [0, 0, 0, 0, 0, tail[0], 0, tail[1]])
-        if b is not None:
-            y = R.add(bb.emit(y), R.reshape(b, (1, -1, 1, 1)))
-        return y
+        return add_channel_bias(bb, y, b)
 
     def macs(self, inputs, outputs):
         c, og, kh, kw = inputs[1].shape
