@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import GraphoptError, InputError, LoweringError, ModelFormatError, PassError
+from .errors import GraphoptError, InputError, LoweringError, PassError
 from .timing import median_ms
 
 EXIT_OK = 0          # the command did what was asked (and a comparison matched)
@@ -80,11 +80,7 @@ def load_model(spec: str, batch: int = 1, seed: int = 0):
             raise InputError(f"no such file: {spec}")
         if not spec.endswith(".onnx"):
             raise InputError(f"{spec}: expected an .onnx file or a zoo model name")
-        try:
-            from .frontends.onnx import load_onnx
-        except ImportError as e:
-            raise ModelFormatError(f"cannot read {spec}: the ONNX frontend "
-                                   f"(graphopt.frontends.onnx) is unavailable ({e})") from e
+        from .frontends.onnx import load_onnx
         return load_onnx(spec)
     from . import zoo
     if spec not in zoo.MODELS:
