@@ -37,7 +37,15 @@ CASES = {
     "dense_gemv_wide": ((1, 64), lambda x: dsl.linear(x, 200), "dense"),
     "dense_odd_out": ((5, 16), lambda x: dsl.linear(x, 10), "dense"),
     "dense_prime_out": ((2, 16), lambda x: dsl.linear(x, 97), "generic"),
-    "max_pool_s2_p1": ((1, 8, 11, 11), lambda x: dsl.max_pool2d(x, 3, stride=2, padding=1), "generic"),
+    "max_pool_s2_p1": ((1, 8, 11, 11), lambda x: dsl.max_pool2d(x, 3, stride=2, padding=1), "pool2d"),
+    "max_pool_ceil_s1": ((1, 5, 9, 10), lambda x: dsl.max_pool2d(x, 3, stride=1, padding=1,
+                                                                  ceil_mode=True), "pool2d"),
+    "max_pool_ceil_s2": ((2, 4, 14, 13), lambda x: dsl.max_pool2d(x, 3, stride=2, ceil_mode=True),
+                         "pool2d"),
+    "max_pool_rect_asym": ((1, 3, 12, 17), lambda x: dsl.max_pool2d(
+        x, (2, 3), stride=(2, 1), padding=(0, 1, 1, 2)), "pool2d"),
+    "max_pool_dilated_relu": ((1, 4, 13, 13), lambda x: dsl.relu(dsl.max_pool2d(
+        dsl.tanh(x), 3, stride=2, dilation=2, padding=2)), "pool2d"),
     "avg_pool": ((2, 3, 10, 9), lambda x: dsl.avg_pool2d(x, 2), "generic"),
     "global_pools": ((2, 16, 5, 5), lambda x: dsl.global_avg_pool2d(x) + dsl.global_max_pool2d(x),
                      "generic"),

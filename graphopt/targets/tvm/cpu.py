@@ -30,7 +30,7 @@ def pre_schedule_passes(target) -> list:
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
     from .constant_folding import fold_constants_numpy
     return ([relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
-             vector_tanh(), fold_constants_numpy()]
+             vector_tanh(), separable_max_pool(), fold_constants_numpy()]
             + cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target))
 
 
@@ -52,6 +52,34 @@ def vector_tanh():
             return call
 
     return relax_rewrite_pass(VectorTanh, "graphopt.VectorTanh")
+
+
+def separable_max_pool():
+    """NCHW max pools as a row pass then a column pass (`schedules/pool2d.py`): contiguous vector
+    reads instead of a padded strided gather per window element."""
+    import tvm
+    from tvm import relax
+    from .constant_folding import relax_rewrite_pass
+    from .schedules.pool2d import separable_max_pool2d
+
+    @relax.expr_functor.mutator
+    class SeparableMaxPool(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.max_pool2d"):
+                return call
+            a = call.attrs
+            if a.layout != "NCHW" or a.out_layout != "NCHW" or call.ty.dtype not in ("float32",
+                                                                                     "float16"):
+                return call
+            pair = lambda v: tuple(int(i) for i in v)
+            top, left = (int(p) for p in a.padding[:2])
+            out_h, out_w = (int(call.ty.shape[i]) for i in (2, 3))
+            return self.builder_.call_te(
+                separable_max_pool2d, call.args[0], pair(a.pool_size), pair(a.strides),
+                pair(a.dilation), top, left, out_h, out_w, primfunc_name_hint="max_pool2d")
+
+    return relax_rewrite_pass(SeparableMaxPool, "graphopt.SeparableMaxPool")
 
 
 def cpu_pipeline(target, database="auto"):
