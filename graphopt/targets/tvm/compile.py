@@ -14,6 +14,8 @@ from ...verify import verify
 from .lower import to_relax
 
 TARGETS = ("cpu", "cuda", "cuda:sm_<NN>")
+# Who computes the convolutions: graphopt's TVM schedules, or oneDNN called from the module.
+KERNELS = ("tvm", "onednn")
 
 
 def resolve_target(target: str):
@@ -33,7 +35,7 @@ class CompiledModel:
     def __init__(self, executable, signature: Signature, target: str, tvm_target, device_kind: str,
                  graph_name: str = "graph", compile_seconds: float = 0.0,
                  kernels: list[str] | None = None, schedule_report=None,
-                 weights: list | None = None):
+                 weights: list | None = None, offloaded: list[str] | None = None):
         self.executable, self.signature = executable, signature
         self.kernels = kernels or []
         # CUDA only: the dlight rule each kernel got (a `cuda.ScheduleReport`).
@@ -41,6 +43,8 @@ class CompiledModel:
         # With weights="params": [(name, array)], passed after the inputs on every call.
         self.weights = weights
         self._weight_tensors = None
+        # With kernels="onednn": the convolutions sent to oneDNN (one line each).
+        self.offloaded = offloaded or []
         self.target, self.tvm_target, self.device_kind = target, tvm_target, device_kind
         self.graph_name, self.compile_seconds = graph_name, compile_seconds
         self._vm = None
@@ -103,13 +107,25 @@ def kernel_names(lowered_module) -> list[str]:
 
 
 def compile_graph(graph: Graph, target: str = "cpu", *,
-                  weights: str = "embedded") -> CompiledModel:
+                  weights: str = "embedded", kernels: str = "tvm") -> CompiledModel:
     """Lower `graph` to Relax and compile it for `target`: "cpu", "cuda" (sm_90) or
     "cuda:sm_<NN>" (CUDA compiles without a GPU; running it needs one). `weights="params"`
-    keeps the weights out of the compiled code as parameters (see `weights.py`)."""
+    keeps the weights out of the compiled code as parameters (see `weights.py`).
+    `kernels="onednn"` (CPU) runs float32 convolutions with constant weights, with their bias,
+    residual and activation, through oneDNN (see `onednn/`); the rest stays on TVM."""
     if weights not in ("embedded", "params"):
         raise GraphoptError(f"weights must be 'embedded' or 'params', found {weights!r}")
+    if kernels not in KERNELS:
+        raise GraphoptError(f"kernels must be one of {', '.join(map(repr, KERNELS))}, "
+                            f"found {kernels!r}")
     tvm_target, device_kind = resolve_target(target)
+    offloaded = None
+    if kernels == "onednn":
+        if device_kind != "cpu":
+            raise GraphoptError(f"kernels='onednn' is for the cpu target, found {target!r}")
+        from .onednn import load
+        load()   # registers the packed functions the compiled module calls
+        offloaded = []
     import tvm
     verify(graph)
     start = time.perf_counter()
@@ -130,11 +146,11 @@ def compile_graph(graph: Graph, target: str = "cpu", *,
         else:
             from .cpu import cpu_pipeline
             with tvm_target:
-                lowered = cpu_pipeline(tvm_target)(mod)
+                lowered = cpu_pipeline(tvm_target, offload=offloaded)(mod)
             executable = tvm.compile(lowered, target=tvm_target, relax_pipeline=None)
     except Exception as e:  # TVM's own errors carry C++ context; keep the telling line
         raise LoweringError(f"TVM failed to compile graph '{graph.name}' for {target}: "
                             f"{type(e).__name__}: {tvm_error_summary(e)}") from e
     return CompiledModel(executable, Signature.of(graph), target, tvm_target, device_kind,
                          graph.name, time.perf_counter() - start, kernel_names(lowered),
-                         schedule_report, lifted)
+                         schedule_report, lifted, offloaded)

@@ -22,15 +22,20 @@ def physical_cores() -> int:
         return os.cpu_count() or 1
 
 
-def pre_schedule_passes(target) -> list:
+def pre_schedule_passes(target, offload: list | None = None) -> list:
     """Fold batch norms into convolutions, legalize, fold constants (this also folds the
     transposes of linear weights) and fuse elementwise epilogues into their producers: the
-    PrimFuncs left are what the schedule rules and MetaSchedule work on."""
+    PrimFuncs left are what the schedule rules and MetaSchedule work on. With `offload` (a
+    list, filled with what was sent), convolutions with constant weights go to oneDNN first."""
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
     from .constant_folding import fold_constants_numpy
+    external = []
+    if offload is not None:
+        from .onednn.offload import offload_convolutions
+        external = [offload_convolutions(offload)]
     return ([relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
-             vector_tanh(), separable_max_pool(), fold_constants_numpy()]
+             vector_tanh(), separable_max_pool(), fold_constants_numpy()] + external
             + cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target))
 
 
@@ -82,10 +87,11 @@ def separable_max_pool():
     return relax_rewrite_pass(SeparableMaxPool, "graphopt.SeparableMaxPool")
 
 
-def cpu_pipeline(target, database="auto"):
-    """The whole CPU pipeline: `pre_schedule_passes`, then tuned kernels from a MetaSchedule
-    `database` ("auto": the target's database from `graphopt tune`, if any; None: no tuning
-    records), then graphopt's schedule rules for every remaining PrimFunc, then VM lowering."""
+def cpu_pipeline(target, database="auto", offload: list | None = None):
+    """The whole CPU pipeline: `pre_schedule_passes` (with `offload`: see there), then tuned
+    kernels from a MetaSchedule `database` ("auto": the target's database from `graphopt tune`,
+    if any; None: no tuning records), then graphopt's schedule rules for every remaining
+    PrimFunc, then VM lowering."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
@@ -97,7 +103,7 @@ def cpu_pipeline(target, database="auto"):
     tuned = []
     if database is not None:
         tuned = [relax.transform.MetaScheduleApplyDatabase(enable_warning=False)]
-    passes = (pre_schedule_passes(target) + tuned + [apply_cpu_schedules(target)]
+    passes = (pre_schedule_passes(target, offload) + tuned + [apply_cpu_schedules(target)]
               + cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target))
 
     @tvm.transform.module_pass(opt_level=0, name="graphopt.CpuPipeline")

@@ -1,0 +1,132 @@
+"""oneDNN convolutions inside compiled CPU models: `go.compile(graph, "cpu", kernels="onednn")`.
+
+`conv2d.cc` registers global packed functions (`graphopt.onednn.conv2d*`) that Relax calls
+with `call_dps_packed`; `offload.py` rewrites a Relax module to call them. This module finds
+oneDNN (the optional extra `onednn`: the `onednn-cpu-gomp` wheels, oneDNN 3.2 on the system's
+libgomp), builds the library once per source and toolchain into the user cache, and loads it.
+`python -m graphopt.targets.tvm.onednn` builds it ahead of time (`make` does)."""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from ....errors import GraphoptError
+
+SOURCE = Path(__file__).with_name("conv2d.cc")
+LIBRARY = "libgraphopt_onednn.so"
+DISTRIBUTIONS = ("onednn-cpu-gomp", "onednn-devel-cpu-gomp")
+CACHE_ENV = "GRAPHOPT_ONEDNN_DIR"
+FUNCTION_PREFIX = "graphopt.onednn."
+
+
+class OneDnnUnavailableError(GraphoptError):
+    """oneDNN, its headers or a C++ compiler is missing, or the kernel library failed to build."""
+
+
+def _installed_file(distribution: str, name: str) -> Path:
+    try:
+        files = metadata.distribution(distribution).files or []
+    except metadata.PackageNotFoundError:
+        raise OneDnnUnavailableError(
+            f"kernels='onednn' needs the Python package {distribution}: install graphopt's "
+            "'onednn' extra (pip install -e '.[onednn]'; `make` does)") from None
+    for f in files:
+        if f.name == name:
+            return Path(f.locate()).resolve()
+    raise OneDnnUnavailableError(f"{distribution} is installed but holds no {name}")
+
+
+def paths() -> dict[str, Path]:
+    """oneDNN's header and library folders, and tvm_ffi's."""
+    import tvm_ffi.libinfo
+    return {"dnnl_include": _installed_file("onednn-devel-cpu-gomp", "dnnl.hpp").parent,
+            "dnnl_lib": _installed_file("onednn-cpu-gomp", "libdnnl.so.3").parent,
+            "ffi_include": Path(tvm_ffi.libinfo.find_include_path()),
+            "ffi_lib": Path(tvm_ffi.libinfo.find_libtvm_ffi()).parent}
+
+
+def available() -> bool:
+    """Whether the oneDNN route can be built here (the wheels and a C++ compiler)."""
+    try:
+        paths()
+    except OneDnnUnavailableError:
+        return False
+    return shutil.which(os.environ.get("CXX", "g++")) is not None
+
+
+def compile_command(output: str) -> list[str]:
+    p = paths()
+    return [os.environ.get("CXX", "g++"), "-std=c++17", "-O2", "-shared", "-fPIC",
+            f"-Wl,-soname,{LIBRARY}", str(SOURCE), "-o", output,
+            f"-I{p['ffi_include']}", f"-I{p['dnnl_include']}",
+            f"-L{p['dnnl_lib']}", f"-L{p['ffi_lib']}", "-ldnnl", "-ltvm_ffi", "-lgomp",
+            # the wheels' lib/ is not on the loader's path
+            f"-Wl,-rpath,{p['dnnl_lib']}:{p['ffi_lib']}"]
+
+
+def cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "graphopt" / "onednn"
+
+
+def library_path() -> Path:
+    """Where the library for this source and toolchain lives: the folder is named by a hash of
+    the source and the compile command (which holds the absolute oneDNN and tvm_ffi paths), so
+    each environment builds its own and an edited source rebuilds."""
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest.update("\0".join(compile_command("<out>")).encode())
+    return cache_dir() / digest.hexdigest()[:16] / LIBRARY
+
+
+def build() -> Path:
+    """Build the kernel library if it is not in the cache yet; returns its path."""
+    path = library_path()
+    if path.is_file():
+        return path
+    if shutil.which(os.environ.get("CXX", "g++")) is None:
+        raise OneDnnUnavailableError("kernels='onednn' needs a C++ compiler (g++, or $CXX) to "
+                                     f"build {SOURCE.name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename: concurrent builds (test workers) never see half a file.
+    fd, partial = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    try:
+        result = subprocess.run(compile_command(partial), capture_output=True, text=True)
+        if result.returncode != 0:
+            raise OneDnnUnavailableError(f"building {SOURCE.name} failed:\n"
+                                         f"{result.stderr.strip()[-3000:]}")
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return path
+
+
+_loaded: dict[str, ctypes.CDLL] = {}
+
+
+def load() -> Path:
+    """Build (if needed) and load the kernel library, which registers its packed functions."""
+    path = build()
+    if str(path) not in _loaded:
+        import tvm_ffi  # noqa: F401  (libtvm_ffi.so first: the library links against it)
+        _loaded[str(path)] = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+    return path
+
+
+def export_link_options() -> list[str]:
+    """Linker options that make an exported model need (and find) the kernel library: it is
+    loaded with the model, so `go.load` needs no graphopt code to register the functions.
+    --no-as-needed: the model never references a symbol of it, only its registrations."""
+    folder = build().parent
+    return ["-Wl,--no-as-needed", f"-L{folder}", f"-l:{LIBRARY}",
+            f"-Wl,-rpath,$ORIGIN:{folder}", "-Wl,--as-needed"]
+
