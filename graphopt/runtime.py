@@ -123,6 +123,11 @@ def read_export(path: str) -> tuple[dict, bytes | None]:
         # Lazy binding: reading data needs none of the libtvm_ffi functions the code calls.
         library = ctypes.CDLL(os.path.abspath(path), mode=os.RTLD_LAZY)
     except OSError as e:
+        missing = str(e).split(": cannot open shared object file")[0].rsplit(": ", 1)[-1]
+        if "cannot open shared object file" in str(e) and missing != path:
+            # e.g. libgraphopt_onednn.so for a model compiled with kernels="onednn"
+            raise ModelFormatError(f"{path} needs {missing}, which the loader cannot find: put "
+                                   "it beside the model or on LD_LIBRARY_PATH") from e
         raise ModelFormatError(f"{path} is not a loadable shared library: {e}") from e
     raw = read_symbol(library, METADATA_SYMBOL)
     if raw is None:

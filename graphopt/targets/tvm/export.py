@@ -4,6 +4,8 @@ as data symbols, linked in from a small assembly file:
 - `graphopt_metadata`: JSON (format, graph, target, device, input/output names/shapes/dtypes);
 - `graphopt_cuda_fatbin` (CUDA): nvcc's fatbin for the target's arch, in a `.nv_fatbin`
   section so that CUDA's own tools (`cuobjdump`) see it as the library's GPU code.
+A model compiled with kernels="onednn" is linked against the oneDNN kernel library (found by
+rpath beside the model, then where it was built), so loading the model registers its kernels.
 """
 from __future__ import annotations
 
@@ -51,6 +53,11 @@ def export_model(model, path: str) -> str:
         if model.weights is not None:   # compiled with weights="params": bound at load time
             extra["weights"] = [{"name": n, "shape": list(a.shape), "dtype": str(a.dtype),
                                  "sha256": runtime.content_key(a)} for n, a in model.weights]
+        link_options = []
+        if model.offloaded:
+            from .onednn import LIBRARY, export_link_options
+            link_options = export_link_options()
+            extra["external_kernels"] = {"library": LIBRARY, "convolutions": len(model.offloaded)}
         metadata = json.dumps(metadata_of(model, extra), indent=1).encode()
         blobs[runtime.METADATA_SYMBOL] = (metadata, f".rodata.{runtime.METADATA_SYMBOL}")
         assembly = []
@@ -62,5 +69,6 @@ def export_model(model, path: str) -> str:
         addon = os.path.join(work, "graphopt_data.S")
         with open(addon, "w") as f:
             f.write("".join(assembly) + '\t.section .note.GNU-stack,"",@progbits\n')
-        model.executable.export_library(path, addons=[addon], workspace_dir=work)
+        model.executable.export_library(path, addons=[addon], workspace_dir=work,
+                                        **({"options": link_options} if link_options else {}))
     return path
