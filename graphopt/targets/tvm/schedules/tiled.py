@@ -54,11 +54,13 @@ def channel_block(channels: int, vec: VectorShape) -> int | None:
 
 
 def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops, first_reduce,
-                writer) -> None:
+                writer, writer_lanes: int | None = None) -> None:
     """Common tail of the tiled rules: fuse the outer loops (parallel when the kernel is big
     enough), move the writer (epilogue or copy-out) under `tile_loop` (None: the fused loop),
     vectorize and unroll the tile, then split off the accumulator initialisation (vectorize and
-    parallel must come before `decompose_reduction`, which leaves the loops unchangeable)."""
+    parallel must come before `decompose_reduction`, which leaves the loops unchangeable).
+    `writer_lanes`: the writer's innermost loop is contiguous in both the tile and the output
+    (dense), so it is vectorized by that many lanes; otherwise it is unrolled."""
     macs = 1
     for loop in sch.get_loops(main):
         macs *= extent(loop, sch)
@@ -71,9 +73,12 @@ def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops,
         sch.unroll(loop)
     init = sch.decompose_reduction(main, first_reduce)
     sch.vectorize(sch.get_loops(init)[-1])
-    writer_loops = sch.get_loops(writer)
-    inner = writer_loops[-1]
-    if extent(inner, sch) > 1:
+    inner = sch.get_loops(writer)[-1]
+    if writer_lanes and extent(inner, sch) % writer_lanes == 0:
+        registers, lanes = sch.split(inner, [None, writer_lanes])
+        sch.vectorize(lanes)
+        sch.unroll(registers)
+    elif extent(inner, sch) > 1:
         sch.unroll(inner)
 
 
