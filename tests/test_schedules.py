@@ -36,6 +36,7 @@ CASES = {
     "dense": ((3, 37), lambda x: dsl.relu(dsl.linear(x, 24)), "dense"),
     "dense_gemv_wide": ((1, 64), lambda x: dsl.linear(x, 200), "dense"),
     "dense_odd_out": ((5, 16), lambda x: dsl.linear(x, 10), "dense"),
+    "dense_half_vectors": ((7, 30), lambda x: dsl.tanh(dsl.linear(x, 84)), "dense"),
     "dense_prime_out": ((2, 16), lambda x: dsl.linear(x, 97), "generic"),
     "max_pool_s2_p1": ((1, 8, 11, 11), lambda x: dsl.max_pool2d(x, 3, stride=2, padding=1), "pool2d"),
     "max_pool_ceil_s1": ((1, 5, 9, 10), lambda x: dsl.max_pool2d(x, 3, stride=1, padding=1,

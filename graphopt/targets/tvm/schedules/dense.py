@@ -16,16 +16,18 @@ def find_matmul(sch):
     return found[0] if len(found) == 1 else None
 
 
-def column_block(columns: int, rows_per_tile: int, vec: VectorShape) -> int | None:
-    """Columns per tile: as many whole vector registers as the accumulator budget allows after
-    the row tile, dividing `columns`; failing that, the widest divisor of `columns` that fits
-    (a partial last vector, e.g. 10 or 84 classes)."""
+def column_block(columns: int, rows_per_tile: int, vec: VectorShape) -> tuple[int, int] | None:
+    """(columns per tile, lanes per register): as many whole vector registers as the accumulator
+    budget allows after the row tile, dividing `columns`; failing that, half-width registers
+    (84 classes: 3 x 4 lanes); failing that, the widest divisor of `columns` that fits, as one
+    vector with a partial tail (e.g. 10 classes)."""
     registers = max(1, vec.accumulators // rows_per_tile)
-    for count in range(registers, 0, -1):
-        if columns % (count * vec.lanes) == 0:
-            return count * vec.lanes
+    for lanes in (vec.lanes, vec.lanes // 2):
+        for count in range(registers, 0, -1):
+            if lanes >= 4 and columns % (count * lanes) == 0:
+                return count * lanes, lanes
     fitting = [d for d in range(2, registers * vec.lanes + 1) if columns % d == 0]
-    return max(fitting) if fitting else None
+    return (max(fitting), max(fitting)) if fitting else None
 
 
 def schedule(sch, vec: VectorShape, packable) -> list[WeightPacking] | None:
@@ -39,9 +41,10 @@ def schedule(sch, vec: VectorShape, packable) -> list[WeightPacking] | None:
         return None
     rows, columns = (int(block.iter_vars[a].dom.extent) for a in (0, 1))
     row_tile = balanced_tile(rows, MAX_ROW_TILE)
-    col_block = column_block(columns, row_tile, vec)
-    if col_block is None:
+    blocking = column_block(columns, row_tile, vec)
+    if blocking is None:
         return None
+    col_block, lanes = blocking
 
     inline_elementwise(sch, keep=[matmul, *sch.get_producers(matmul)])
     matmul = find_matmul(sch)
@@ -55,13 +58,13 @@ def schedule(sch, vec: VectorShape, packable) -> list[WeightPacking] | None:
     i, j, k = sch.get_loops(matmul)
     j_outer, j_inner = sch.split(j, [None, col_block])
     i_outer, i_inner = sch.split(i, [None, row_tile])
-    if col_block % vec.lanes == 0 and col_block > vec.lanes:
+    if col_block > lanes:
         # One register per vector: LLVM splits a wider vector (e.g. 24 lanes on AVX2) badly,
         # spilling the tile through the stack (LeNet-5's 64x400x120 layer ran 9x slower).
-        j_registers, j_lanes = sch.split(j_inner, [None, vec.lanes])
+        j_registers, j_lanes = sch.split(j_inner, [None, lanes])
         sch.reorder(j_outer, i_outer, k, i_inner, j_registers, j_lanes)
         finish_tile(sch, matmul, None, [j_outer, i_outer], j_lanes, [i_inner, j_registers], k,
-                    writer, writer_lanes=vec.lanes)
+                    writer, writer_lanes=lanes)
     else:
         sch.reorder(j_outer, i_outer, k, i_inner, j_inner)
         finish_tile(sch, matmul, None, [j_outer, i_outer], j_inner, [i_inner], k, writer)
