@@ -1,5 +1,6 @@
-"""CPU latency of graphopt's compiled models against the default TVM compile, ONNX Runtime and
-torch eager, all with the same thread count, measured side by side in one process.
+"""CPU latency of graphopt's compiled models (its own TVM schedules, and with kernels="onednn"
+its convolutions through oneDNN) against the default TVM compile, ONNX Runtime and torch eager,
+all with the same thread count, measured side by side in one process.
 
     .venv/bin/python benchmarks/cpu_latency.py                 # the issue's model table
     .venv/bin/python benchmarks/cpu_latency.py --models resnet18 --batches 1 --repeat 30
@@ -154,6 +155,11 @@ def tuned_compile(graph):
     return tuning.compile_tuned(graph)
 
 
+def onednn_available() -> bool:
+    from graphopt.targets.tvm import onednn
+    return onednn.available()
+
+
 # ---------------------------------------------------------------- the table
 def in_blocks(runners: dict, feeds, repeat: int, rounds: int = 3) -> dict:
     """(median, min) ms per runner. Each round runs every runner for a block of repeat/rounds
@@ -182,6 +188,8 @@ def bench_graph(graph, threads: int, repeat: int, slow_runs: int, skip: set[str]
     start = time.perf_counter()
     fast["graphopt scheduled"] = tvm_runner(go.compile(graph))
     notes["graphopt scheduled"] = f"compile {time.perf_counter() - start:.1f} s"
+    if "onednn" not in skip and onednn_available():
+        fast["graphopt (onednn)"] = tvm_runner(go.compile(graph, kernels="onednn"))
     tuned = None if "tuned" in skip else tuned_compile(graph)
     if tuned is not None:
         fast["graphopt tuned"] = tvm_runner(tuned)
@@ -235,7 +243,7 @@ def main(argv=None) -> int:
     parser.add_argument("--slow-runs", type=int, default=3,
                         help="runs of the interpreter and the default TVM compile")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["default", "interpreter", "torch", "tuned"])
+                        choices=["default", "interpreter", "torch", "tuned", "onednn"])
     args = parser.parse_args(argv)
     from graphopt.targets.tvm.cpu import physical_cores
     threads = args.threads or physical_cores()
