@@ -164,3 +164,15 @@ def test_weight_arithmetic_is_folded_before_legalization():
 
     relax.analysis.post_order_visit(mod["main"], visit)
     assert leftovers == []
+
+
+def test_float64_model_keeps_its_dtype_through_folding_and_repacking():
+    """Folded batch-norm weights and repacked kernels stay float64 (relax.const would narrow
+    them to float32 and the compile would fail on a dtype mismatch)."""
+    with dsl.Builder("float64_block", seed=2) as b:
+        x = b.input("x", (2, 16, 9, 9), dtype="float64")
+        y = dsl.relu(dsl.batch_norm(dsl.conv2d(x, 16, 3, padding=1)) + x)
+        graph = b.output(dsl.linear(dsl.flatten(dsl.max_pool2d(y, 3, stride=2)), 10))
+    feeds = {"x": np.random.default_rng(4).standard_normal((2, 16, 9, 9))}
+    report = go.compare(graph, go.compile(graph), feeds)
+    assert report.ok, str(report)

@@ -55,7 +55,8 @@ def fold_constants_numpy():
             value = _evaluate(call, args)
             if value is None:
                 return call
-            return relax.const(np.ascontiguousarray(value, dtype=str(call.ty.dtype)))
+            dtype = str(call.ty.dtype)  # explicit: relax.const narrows float64 to float32
+            return relax.const(np.ascontiguousarray(value, dtype=dtype), dtype)
 
     return relax_rewrite_pass(NumpyFolder, "graphopt.FoldConstantsNumpy",
                               then=relax.transform.DeadCodeElimination())

@@ -114,7 +114,8 @@ def _repack_call_sites(mod, packings):
             name = call.args[0].name_hint
             args = list(call.args[1].fields)
             for p in packings[name]:
-                args[p.param_index] = relax.const(p.pack(args[p.param_index].value.numpy()))
+                packed = p.pack(args[p.param_index].value.numpy())
+                args[p.param_index] = relax.const(packed, str(packed.dtype))  # keeps float64
             return relax.Call(call.op, [self.renamed[name], relax.Tuple(args)] + list(call.args[2:]),
                               call.attrs, call.ty_args)
 
