@@ -3,15 +3,17 @@
 // loaded:
 //   graphopt.onednn.conv2d(x, w, bias, attrs, activation_args, out)
 //   graphopt.onednn.conv2d_residual(x, w, bias, residual, attrs, activation_args, out)
-// computing out = activation(conv2d(x, w) + bias [+ residual]) on NCHW float32 tensors, w OIHW.
+// computing out = activation(conv2d(x, w) + bias [+ residual]) on float32 tensors, w OIHW.
 // attrs = (stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, dilation_h,
-// dilation_w, groups, activation); activation 0 none, 1 relu, 2 leaky relu (slope alpha),
-// 3 clip(alpha, beta), with activation_args = float32 [alpha, beta] (a constant tensor: float
-// scalars would cost the VM a host function call each).
+// dilation_w, groups, activation, x_layout, residual_layout, out_layout); activation 0 none,
+// 1 relu, 2 leaky relu (slope alpha), 3 clip(alpha, beta), with activation_args = float32
+// [alpha, beta] (a constant tensor: float scalars would cost the VM a host function call each);
+// layouts 0 NCHW, 1 NHWC (what oneDNN's AVX2 kernels use, so consecutive calls pass it on).
 //
-// oneDNN picks its own (blocked) layouts: the weight is reordered once per primitive and weight
-// buffer, the activation in and the output back on every call, but only when the chosen layout
-// is not plain NCHW. Bias, residual (the `sum` post-op) and activation run inside the conv.
+// oneDNN picks its own layouts: the weight is reordered once per primitive and weight buffer,
+// the input in, the residual into the output and the output back on every call, each only when
+// the chosen layout differs from the tensor's. Bias, residual (the `sum` post-op) and activation
+// run inside the conv.
 #include <dnnl.hpp>
 #include <omp.h>
 #include <tvm/ffi/container/shape.h>
@@ -36,8 +38,9 @@ using dnnl::memory;
 using Dims = memory::dims;
 
 enum Attr { kStrideH, kStrideW, kPadTop, kPadLeft, kPadBottom, kPadRight, kDilationH, kDilationW,
-            kGroups, kActivation, kNumAttrs };
+            kGroups, kActivation, kXLayout, kResidualLayout, kOutLayout, kNumAttrs };
 enum Activation { kNone = 0, kRelu = 1, kLeakyRelu = 2, kClip = 3 };
+enum Layout { kNCHW = 0, kNHWC = 1 };
 
 // Reordered weights are kept until they pass this size, then the cache starts over.
 constexpr size_t kWeightCacheBytes = size_t(1) << 30;
@@ -75,7 +78,19 @@ void* Data(const ffi::TensorView& t) {
   return static_cast<char*>(t.data_ptr()) + t.byte_offset();
 }
 
-Dims Shape4(const ffi::TensorView& t) { return {t.size(0), t.size(1), t.size(2), t.size(3)}; }
+// The logical NCHW dims of a tensor stored in `layout`.
+Dims Shape4(const ffi::TensorView& t, int64_t layout = kNCHW) {
+  if (layout == kNHWC) return {t.size(0), t.size(3), t.size(1), t.size(2)};
+  return {t.size(0), t.size(1), t.size(2), t.size(3)};
+}
+
+memory::format_tag Tag(int64_t layout) {
+  if (layout != kNCHW && layout != kNHWC) {
+    TVM_FFI_THROW(ValueError) << "graphopt.onednn.conv2d: unknown layout " << layout
+                              << " (expected 0 NCHW or 1 NHWC)";
+  }
+  return layout == kNHWC ? memory::format_tag::nhwc : memory::format_tag::nchw;
+}
 
 struct CachedWeight {
   ffi::Tensor owner;  // holds the constant alive, so its address cannot be reused by another
@@ -85,8 +100,9 @@ struct CachedWeight {
 // One convolution configuration: the primitive, the reorders it needs and its scratch buffers.
 struct Primitive {
   dnnl::convolution_forward conv;
-  memory::desc plain_src, plain_weights, plain_dst, src, weights, dst;
-  dnnl::reorder src_in, dst_out, residual_in;  // only where the layout is not plain
+  // user_*: the tensors as the caller stores them; src, weights, dst: as oneDNN chose.
+  memory::desc user_src, user_residual, user_dst, plain_weights, src, weights, dst;
+  dnnl::reorder src_in, dst_out, residual_in;  // only where the layouts differ
   memory src_buffer, dst_buffer;
   std::map<const void*, CachedWeight> weights_by_address;
 };
@@ -105,8 +121,9 @@ std::unique_ptr<Primitive> Create(const Dims& src, const Dims& weights, const Di
   Dims grouped = weights;
   if (groups > 1) grouped = {groups, weights[0] / groups, weights[1], weights[2], weights[3]};
   auto p = std::make_unique<Primitive>();
-  p->plain_src = memory::desc(src, f32, tag::nchw);
-  p->plain_dst = memory::desc(dst, f32, tag::nchw);
+  p->user_src = memory::desc(src, f32, Tag(attrs[kXLayout]));
+  p->user_residual = memory::desc(dst, f32, Tag(attrs[kResidualLayout]));
+  p->user_dst = memory::desc(dst, f32, Tag(attrs[kOutLayout]));
   p->plain_weights = memory::desc(grouped, f32, groups > 1 ? tag::goihw : tag::oihw);
   dnnl::post_ops post_ops;
   if (residual) post_ops.append_sum(1.0f);
@@ -135,17 +152,17 @@ std::unique_ptr<Primitive> Create(const Dims& src, const Dims& weights, const Di
   p->src = pd.src_desc();
   p->weights = pd.weights_desc();
   p->dst = pd.dst_desc();
-  if (p->src != p->plain_src) {
-    p->src_in = dnnl::reorder(dnnl::reorder::primitive_desc(engine, p->plain_src, engine, p->src));
+  if (p->src != p->user_src) {
+    p->src_in = dnnl::reorder(dnnl::reorder::primitive_desc(engine, p->user_src, engine, p->src));
     p->src_buffer = memory(p->src, engine);
   }
-  if (p->dst != p->plain_dst) {
-    p->dst_out = dnnl::reorder(dnnl::reorder::primitive_desc(engine, p->dst, engine, p->plain_dst));
-    if (residual) {
-      p->residual_in =
-          dnnl::reorder(dnnl::reorder::primitive_desc(engine, p->plain_dst, engine, p->dst));
-    }
+  if (p->dst != p->user_dst) {
+    p->dst_out = dnnl::reorder(dnnl::reorder::primitive_desc(engine, p->dst, engine, p->user_dst));
     p->dst_buffer = memory(p->dst, engine);
+  }
+  if (residual && p->user_residual != p->dst) {
+    p->residual_in =
+        dnnl::reorder(dnnl::reorder::primitive_desc(engine, p->user_residual, engine, p->dst));
   }
   return p;
 }
@@ -192,7 +209,8 @@ void Convolve(ffi::TensorView x, ffi::Tensor w, ffi::TensorView bias,
   int threads = NumThreads();
   // OpenMP's thread count is per calling thread; oneDNN reads it when it creates and runs.
   if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
-  Dims src = Shape4(x), weights = Shape4(ffi::TensorView(w)), dst = Shape4(out);
+  Dims src = Shape4(x, attrs[kXLayout]), weights = Shape4(ffi::TensorView(w)),
+       dst = Shape4(out, attrs[kOutLayout]);
   std::vector<int64_t> key{threads, residual != nullptr};
   for (auto dims : {&src, &weights, &dst}) key.insert(key.end(), dims->begin(), dims->end());
   key.insert(key.end(), attrs.begin(), attrs.end());
@@ -210,8 +228,8 @@ void Convolve(ffi::TensorView x, ffi::Tensor w, ffi::TensorView bias,
     auto& engine = Engine();
     dnnl::stream stream(engine);
     memory weights_memory = WeightsFor(p, w, stream);
-    memory user_src(p.plain_src, engine, Data(x));
-    memory user_dst(p.plain_dst, engine, Data(out));
+    memory user_src(p.user_src, engine, Data(x));
+    memory user_dst(p.user_dst, engine, Data(out));
     memory src_memory = user_src, dst_memory = user_dst;
     if (p.src_buffer) {
       p.src_in.execute(stream, user_src, p.src_buffer);
@@ -219,11 +237,11 @@ void Convolve(ffi::TensorView x, ffi::Tensor w, ffi::TensorView bias,
     }
     if (p.dst_buffer) dst_memory = p.dst_buffer;
     if (residual) {  // the sum post-op adds what dst holds
-      if (p.dst_buffer) {
-        memory user_residual(p.plain_dst, engine, Data(*residual));
-        p.residual_in.execute(stream, user_residual, p.dst_buffer);
-      } else if (Data(*residual) != Data(out)) {
-        std::memcpy(Data(out), Data(*residual), p.plain_dst.get_size());
+      if (p.residual_in) {
+        memory user_residual(p.user_residual, engine, Data(*residual));
+        p.residual_in.execute(stream, user_residual, dst_memory);
+      } else if (Data(*residual) != dst_memory.get_data_handle()) {
+        std::memcpy(dst_memory.get_data_handle(), Data(*residual), p.dst.get_size());
       }
     }
     memory bias_memory(memory::desc({dst[1]}, memory::data_type::f32, memory::format_tag::a),

@@ -8,7 +8,12 @@ the order FusedConv2d lowers to (see graphopt/ops/fused.py):
     add(onednn(...), r) / add(r, onednn(...))  -> onednn_residual(..., r)
     relu / leakyrelu / clip(onednn(...))       -> onednn(..., activation)
 A call is folded into its consumer only when the consumer is its one use; the unfolded call
-left behind is dead and removed. Everything else stays on TVM."""
+left behind is dead and removed. Everything else stays on TVM.
+
+Then `keep_nhwc` lets a call whose every use is a oneDNN call (as input or residual) produce
+NHWC, the layout oneDNN's AVX2 kernels compute in, and its consumers read NHWC: a value a TVM
+op or the caller sees stays NCHW (its producer reorders inside the call), so oneDNN reorders
+only at the edges of each run of convolutions."""
 from __future__ import annotations
 
 from collections import Counter
@@ -21,6 +26,18 @@ from . import FUNCTION_PREFIX
 CONV2D = FUNCTION_PREFIX + "conv2d"
 CONV2D_RESIDUAL = FUNCTION_PREFIX + "conv2d_residual"
 ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2, "clip": 3}   # conv2d.cc's Activation
+LAYOUTS = {"NCHW": 0, "NHWC": 1}                                  # conv2d.cc's Layout
+
+
+def in_layout(nchw: tuple[int, ...], layout: str) -> tuple[int, ...]:
+    """An NCHW shape as a tensor of `layout` holds it."""
+    n, c, h, w = nchw
+    return (n, h, w, c) if layout == "NHWC" else (n, c, h, w)
+
+
+def to_nchw(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+    n, *rest = shape
+    return (n, rest[2], rest[0], rest[1]) if layout == "NHWC" else (n, *rest)
 
 
 @dataclass(frozen=True)
@@ -31,21 +48,26 @@ class OneDnnConv:
     weight: object
     bias: np.ndarray
     attrs: tuple[int, ...]        # stride(2), padding(4), dilation(2), groups
-    out_type: object
+    out_shape: tuple[int, ...]    # NCHW, whatever out_layout is
     residual: object = None
     activation: str | None = None
     alpha: float = 0.0
     beta: float = 0.0
+    x_layout: str = "NCHW"        # how the tensors are stored: "NCHW" or "NHWC"
+    residual_layout: str = "NCHW"
+    out_layout: str = "NCHW"
 
     def to_relax(self):
         from tvm import relax
         args = [self.x, self.weight, relax.const(self.bias, "float32")]
         if self.residual is not None:
             args.append(self.residual)
-        args += [relax.ShapeExpr([*self.attrs, ACTIVATIONS[self.activation]]),
+        layouts = [LAYOUTS[v] for v in (self.x_layout, self.residual_layout, self.out_layout)]
+        args += [relax.ShapeExpr([*self.attrs, ACTIVATIONS[self.activation], *layouts]),
                  relax.const(np.array([self.alpha, self.beta], np.float32))]
         name = CONV2D if self.residual is None else CONV2D_RESIDUAL
-        return relax.call_dps_packed(name, relax.Tuple(args), out_ty=self.out_type)
+        out_type = relax.TensorType(in_layout(self.out_shape, self.out_layout), "float32")
+        return relax.call_dps_packed(name, relax.Tuple(args), out_ty=out_type)
 
     @classmethod
     def from_relax(cls, call) -> "OneDnnConv | None":
@@ -58,10 +80,34 @@ class OneDnnConv:
         fields = list(call.args[1].fields)
         residual = fields.pop(3) if call.args[0].global_symbol == CONV2D_RESIDUAL else None
         x, weight, bias, attrs, activation_args = fields
-        *attrs, activation = (int(v) for v in attrs.values)
+        *attrs, activation, x_layout, residual_layout, out_layout = (int(v) for v in attrs.values)
         alpha, beta = (float(v) for v in activation_args.value.numpy())
-        return cls(x, weight, bias.value.numpy(), tuple(attrs), call.ty_args[0], residual,
-                   {v: k for k, v in ACTIVATIONS.items()}[activation], alpha, beta)
+        layout = {v: k for k, v in LAYOUTS.items()}
+        out_shape = to_nchw(tuple(int(d) for d in call.ty_args[0].shape), layout[out_layout])
+        return cls(x, weight, bias.value.numpy(), tuple(attrs), out_shape, residual,
+                   {v: k for k, v in ACTIVATIONS.items()}[activation], alpha, beta,
+                   layout[x_layout], layout[residual_layout], layout[out_layout])
+
+
+def use_counts(func) -> Counter:
+    """How many times each variable is used in a Relax function."""
+    from tvm import relax
+
+    @relax.expr_functor.visitor
+    class CountUses(relax.PyExprVisitor):
+        def __init__(self):
+            super().__init__()
+            self.uses = Counter()
+
+        def visit_var_(self, var):
+            self.uses[var] += 1
+
+        def visit_dataflow_var_(self, var):
+            self.uses[var] += 1
+
+    counter = CountUses()
+    counter.visit_expr(func)
+    return counter.uses
 
 
 def offload_convolutions(report: list | None = None):
@@ -83,18 +129,6 @@ def offload_convolutions(report: list | None = None):
     def shape(expr) -> tuple[int, ...]:
         return tuple(int(d) for d in expr.ty.shape)
 
-    @relax.expr_functor.visitor
-    class CountUses(relax.PyExprVisitor):
-        def __init__(self):
-            super().__init__()
-            self.uses = Counter()
-
-        def visit_var_(self, var):
-            self.uses[var] += 1
-
-        def visit_dataflow_var_(self, var):
-            self.uses[var] += 1
-
     @relax.expr_functor.mutator
     class Offload(relax.PyExprMutator):
         def __init__(self, mod):
@@ -102,9 +136,7 @@ def offload_convolutions(report: list | None = None):
             self.uses = Counter()
 
         def visit_function_(self, func):
-            counter = CountUses()
-            counter.visit_expr(func)
-            self.uses = counter.uses
+            self.uses = use_counts(func)
             return super().visit_function_(func)
 
         def constant(self, expr):
@@ -141,7 +173,7 @@ def offload_convolutions(report: list | None = None):
             out = shape(call)
             if report is not None:
                 report.append(f"conv2d {shape(x)} x {shape(weight)} -> {out}")
-            return OneDnnConv(x, w, np.zeros(out[1], np.float32), attrs, call.ty).to_relax()
+            return OneDnnConv(x, w, np.zeros(out[1], np.float32), attrs, out).to_relax()
 
         def add(self, call):
             lhs, rhs = call.args
@@ -175,4 +207,50 @@ def offload_convolutions(report: list | None = None):
             return conv.to_relax()
 
     return relax_rewrite_pass(Offload, "graphopt.OffloadConvolutionsToOneDnn",
-                              then=relax.transform.DeadCodeElimination())
+                              then=tvm.transform.Sequential([relax.transform.DeadCodeElimination(),
+                                                             keep_nhwc()]))
+
+
+def plan_layouts(func) -> dict:
+    """{oneDNN call: (x_layout, residual_layout, out_layout)} for the calls of `func` that read or
+    write NHWC: a call's output is NHWC when every use of it is a oneDNN call's input or
+    residual (a graph output, a TVM op or an unfused add keeps it NCHW)."""
+    uses = use_counts(func)
+    convs = {binding.var: (binding.value, conv) for block in func.body.blocks
+             for binding in block.bindings
+             if (conv := OneDnnConv.from_relax(binding.value)) is not None}
+    operand_uses = Counter(operand for _, conv in convs.values()
+                           for operand in (conv.x, conv.residual) if operand is not None)
+    nhwc = {var for var in convs if operand_uses[var] == uses[var]}
+    layout = lambda expr: "NHWC" if expr in nhwc else "NCHW"
+    plan = {call: (layout(conv.x), layout(conv.residual), layout(var))
+            for var, (call, conv) in convs.items()}
+    return {call: layouts for call, layouts in plan.items() if "NHWC" in layouts}
+
+
+def keep_nhwc():
+    """oneDNN calls pass NHWC to each other (see `plan_layouts`): oneDNN's AVX2 convolutions
+    compute in NHWC, so a run of convolutions reorders only where it starts and ends."""
+    from tvm import relax
+    from ..constant_folding import relax_rewrite_pass
+
+    @relax.expr_functor.mutator
+    class KeepNhwc(relax.PyExprMutator):
+        def __init__(self, mod):
+            super().__init__(mod)
+            self.plan = {}
+
+        def visit_function_(self, func):
+            self.plan = plan_layouts(func)
+            return super().visit_function_(func)
+
+        def visit_call_(self, call):
+            layouts = self.plan.get(call)
+            call = super().visit_call_(call)
+            if layouts is None:
+                return call
+            x_layout, residual_layout, out_layout = layouts
+            return replace(OneDnnConv.from_relax(call), x_layout=x_layout,
+                           residual_layout=residual_layout, out_layout=out_layout).to_relax()
+
+    return relax_rewrite_pass(KeepNhwc, "graphopt.KeepNhwcBetweenOneDnnCalls")
