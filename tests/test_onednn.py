@@ -1,6 +1,7 @@
 """kernels="onednn": convolutions sent to oneDNN agree with the float64 interpreter over a table
-of shapes and epilogues, a zoo model, and an exported library loaded in a fresh process; what
-oneDNN cannot take stays on TVM; misuse gives GraphoptErrors."""
+of shapes and epilogues, a table of layouts passed between calls (NHWC between oneDNN calls,
+NCHW wherever TVM or the caller reads), a zoo model, and an exported library loaded in a fresh
+process; what oneDNN cannot take stays on TVM; misuse gives GraphoptErrors."""
 from __future__ import annotations
 
 import os
@@ -47,6 +48,45 @@ CASES = {
 }
 
 
+# Layouts between oneDNN calls. name: (input shape, outputs builder, each call's layouts as
+# "input[+residual]>output", sorted)
+LAYOUT_CASES = {
+    "chain": ((2, 5, 9, 9), lambda x: [dsl.relu(dsl.conv2d(dsl.conv2d(
+        dsl.relu(dsl.conv2d(x, 8, 3, padding=1)), 16, 1), 8, 3, stride=2, padding=1))],
+        ["nchw>nhwc", "nhwc>nchw", "nhwc>nhwc"]),
+    "identity_residual_from_conv": ((1, 8, 7, 7), lambda x: [dsl.conv2d(
+        _block(dsl.relu(dsl.conv2d(x, 8, 3, padding=1))), 4, 1)],
+        ["nchw>nhwc", "nhwc+nhwc>nhwc", "nhwc>nchw", "nhwc>nhwc"]),
+    "residual_is_an_nchw_value": ((1, 8, 7, 7), lambda x: [_block(x)],
+                                  ["nchw>nhwc", "nhwc+nchw>nchw"]),
+    "downsample_residual_to_pool": ((1, 8, 10, 10), lambda x: [dsl.global_avg_pool2d(dsl.relu(
+        dsl.conv2d(dsl.relu(dsl.conv2d(x, 16, 3, stride=2, padding=1)), 16, 3, padding=1)
+        + dsl.conv2d(x, 16, 1, stride=2)))],
+        ["nchw>nhwc", "nchw>nhwc", "nhwc+nhwc>nchw"]),
+    "feeds_onednn_and_tvm": ((1, 6, 8, 8), lambda x: [_feeds_conv_and_tanh(x)],
+                             ["nchw>nchw", "nchw>nhwc", "nhwc+nchw>nchw"]),
+    "graph_outputs": ((1, 6, 8, 8), lambda x: _conv_and_its_chain(x),
+                      ["nchw>nchw", "nchw>nhwc", "nhwc>nchw"]),
+}
+
+
+def _block(x):
+    """A residual block with an identity shortcut: relu(conv(relu(conv(x))) + x)."""
+    y = dsl.relu(dsl.conv2d(x, x.shape[1], 3, padding=1))
+    return dsl.relu(dsl.conv2d(y, x.shape[1], 3, padding=1) + x)
+
+
+def _feeds_conv_and_tanh(x):
+    y = dsl.relu(dsl.conv2d(x, 6, 3, padding=1))
+    return dsl.conv2d(dsl.relu(dsl.conv2d(y, 6, 3, padding=1)), 6, 1) + dsl.tanh(y)
+
+
+def _conv_and_its_chain(x):
+    """Two outputs: a conv's result, and two more convs applied to it."""
+    y = dsl.relu(dsl.conv2d(x, 6, 3, padding=1))
+    return [y, dsl.conv2d(dsl.conv2d(y, 6, 3, padding=1), 4, 1)]
+
+
 def _used_twice(x):
     """A conv whose output also feeds another op: its ReLU must not be folded into it."""
     y = dsl.conv2d(x, 8, 3, padding=1)
@@ -74,6 +114,37 @@ def test_conv_matches_interpreter(name):
     assert report.ok, str(report)
     # a second call reuses the cached primitive and reordered weight
     np.testing.assert_array_equal(model.run(feeds)["output"], model.run(feeds)["output"])
+
+
+def _layouts(graph) -> list[str]:
+    """Each oneDNN call's layouts after the CPU pipeline's Relax rewrites, as in LAYOUT_CASES."""
+    import tvm
+    from graphopt.targets.tvm.cpu import host_target, pre_schedule_passes
+    from graphopt.targets.tvm.lower import to_relax
+    from graphopt.targets.tvm.onednn.offload import OneDnnConv
+    target = host_target()
+    with target:
+        mod = tvm.transform.Sequential(pre_schedule_passes(target, offload=[]))(to_relax(graph))
+    calls = [OneDnnConv.from_relax(binding.value) for block in mod["main"].body.blocks
+             for binding in block.bindings]
+    return sorted(f"{c.x_layout}{'+' + c.residual_layout if c.residual is not None else ''}"
+                  f">{c.out_layout}".lower() for c in calls if c is not None)
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUT_CASES))
+def test_layouts_between_calls(name):
+    shape, layer, expected = LAYOUT_CASES[name]
+    with dsl.Builder(name, seed=5) as b:
+        outputs = layer(b.input("x", shape))
+        graph = b.output(*outputs, names=[f"y{i}" for i in range(len(outputs))])
+    assert _layouts(graph) == expected
+    model = go.compile(graph, "cpu", kernels="onednn")
+    feeds = _feeds(graph)
+    report = go.compare(graph, model, feeds)
+    assert report.ok, str(report)
+    first, second = model.run(feeds), model.run(feeds)
+    for key in first:
+        np.testing.assert_array_equal(first[key], second[key])
 
 
 def test_fused_conv2d_nodes():
@@ -115,6 +186,10 @@ def test_resnet18_matches_interpreter(resnet):
     graph, model = resnet
     assert len(model.offloaded) == 20   # every conv, downsample convs included
     assert not any("conv" in k for k in model.kernels)
+    # NCHW only where the stem meets max pool, max pool meets layer1 (input and residual) and
+    # layer4 meets global average pool; NHWC everywhere else.
+    layouts = _layouts(graph)
+    assert sum(layout.count("nchw") for layout in layouts) == 2 + 3, layouts
     report = go.compare(graph, model, _feeds(graph))
     assert report.ok, str(report)
 
