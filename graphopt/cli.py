@@ -66,6 +66,8 @@ BATCH = arg("--batch", type=int, default=1, help="batch size for zoo models (def
 SEED = arg("--seed", type=int, default=0, help="seed for zoo weights and random inputs (default 0)")
 TARGET = arg("--target", default="cpu",
              help="cpu, cuda (= cuda:sm_90) or cuda:sm_<NN> such as cuda:sm_80 (default cpu)")
+KERNELS = arg("--kernels", choices=("tvm", "onednn"), default="tvm",
+              help="who computes CPU convolutions: graphopt's TVM schedules (default) or oneDNN")
 INPUTS = arg("--input", dest="inputs", action="append", default=[], metavar="[NAME=]FILE",
              help="an input as .npy (NAME= for models with several inputs) or all inputs as one "
                   ".npz; repeatable. Default: random normal inputs from --seed")
@@ -162,10 +164,10 @@ def signature_of(model) -> list[tuple[str, tuple, str]]:
     return [(v.name, tuple(v.shape), v.dtype) for v in model.inputs]
 
 
-def compile_model(graph, target: str):
+def compile_model(graph, target: str, kernels: str = "tvm"):
     import graphopt as go
     with step(f"compiling '{graph.name}' for {target}"):
-        model = go.compile(graph, target=target)
+        model = go.compile(graph, target=target, kernels=kernels)
     return model
 
 
@@ -221,13 +223,13 @@ def show(args) -> int:
 
 
 @command("compile", "compile a model with TVM and export it as a shared library",
-         MODEL, TARGET, BATCH, SEED,
+         MODEL, TARGET, KERNELS, BATCH, SEED,
          arg("-o", "--output", help="the .so to write (default <model>_<target>.so)"))
 def compile_(args) -> int:
     """Compile for the CPU or a CUDA arch (no GPU needed) and write one .so that `graphopt run`
     or `go.load` runs with only the TVM runtime. CUDA libraries embed the nvcc-built binary."""
     graph = load_model(args.model, args.batch, args.seed)
-    model = compile_model(graph, args.target)
+    model = compile_model(graph, args.target, args.kernels)
     output = args.output or default_artifact_name(graph.name, args.target)
     with step(f"exporting to {output}"):
         model.export(output)
@@ -239,7 +241,7 @@ def compile_(args) -> int:
 
 
 @command("compare", "compile (or load) a model and compare it with the reference interpreter",
-         MODEL, TARGET, BATCH, SEED, INPUTS,
+         MODEL, TARGET, KERNELS, BATCH, SEED, INPUTS,
          arg("--library", metavar="FILE.so",
              help="compare this exported library instead of compiling the model"),
          arg("--tolerance", type=float, help="max error relative to the largest reference "
@@ -258,7 +260,7 @@ def compare(args) -> int:
             raise InputError("comparing a CUDA build runs it, which needs a GPU: compile with "
                              "`graphopt compile --target cuda`, then compare on the GPU machine "
                              "with --library")
-        candidate = compile_model(graph, args.target)
+        candidate = compile_model(graph, args.target, args.kernels)
     with step("running and comparing"):
         report = go.compare(graph, candidate, feeds, tolerance=args.tolerance)
     print(report)
@@ -309,7 +311,7 @@ def run(args) -> int:
 
 
 @command("bench", "time the compiled model against the interpreter and onnxruntime",
-         MODEL, TARGET, BATCH, SEED,
+         MODEL, TARGET, KERNELS, BATCH, SEED,
          arg("--repeat", type=int, default=20, help="timed runs per engine (median; default 20)"))
 def bench(args) -> int:
     """Median latency of the TVM-compiled model, the numpy interpreter and onnxruntime (from the
@@ -319,7 +321,7 @@ def bench(args) -> int:
     if args.target.startswith("cuda"):
         raise InputError("bench runs the model here; CUDA needs a GPU (use the runtime bundle, "
                          "tools/make_bundle.py, on the GPU machine)")
-    model = compile_model(graph, args.target)
+    model = compile_model(graph, args.target, args.kernels)
     feeds = random_inputs(signature_of(graph), args.seed)
     results = {}
     with step(f"timing compiled ({args.repeat} runs)"):

@@ -155,6 +155,15 @@ def test_compare_compiles_and_matches():
     assert "all outputs ok" in done.stdout
 
 
+def test_compare_with_onednn_kernels():
+    from graphopt.targets.tvm import onednn
+    if not onednn.available():
+        pytest.skip("oneDNN is not installed (the 'onednn' extra)")
+    done = graphopt("compare", "lenet5", "--kernels", "onednn", "--batch", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "all outputs ok" in done.stdout
+
+
 @pytest.mark.slow
 def test_bench_reports_ratios_to_the_compiled_model():
     done = graphopt("bench", "lenet5", "--repeat", "5")
