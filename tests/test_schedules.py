@@ -33,6 +33,12 @@ CASES = {
     "conv_oc6": ((1, 3, 12, 12), lambda x: dsl.tanh(dsl.conv2d(x, 6, 5)), "generic"),
     "conv_bn_residual": ((1, 16, 9, 9), lambda x: dsl.relu(
         dsl.batch_norm(dsl.conv2d(x, 16, 3, padding=1, bias=False)) + x), "conv2d"),
+    "winograd_7x7_residual": ((1, 256, 7, 7), lambda x: dsl.relu(
+        dsl.batch_norm(dsl.conv2d(x, 256, 3, padding=1, bias=False)) + x), "winograd"),
+    "winograd_odd_plane_batch2": ((2, 256, 5, 9), lambda x: dsl.conv2d(x, 32, 3, padding=1),
+                                  "winograd"),
+    "winograd_skipped_for_stride2": ((1, 256, 8, 8), lambda x: dsl.conv2d(x, 32, 3, stride=2,
+                                                                          padding=1), "conv2d"),
     "dense": ((3, 37), lambda x: dsl.relu(dsl.linear(x, 24)), "dense"),
     "dense_gemv_wide": ((1, 64), lambda x: dsl.linear(x, 200), "dense"),
     "dense_odd_out": ((5, 16), lambda x: dsl.linear(x, 10), "dense"),
@@ -116,12 +122,19 @@ def test_zoo_kernels_all_scheduled(model, kwargs):
     assert_all_scheduled(_zoo_kernels(model, **kwargs))
 
 
+def test_winograd_takes_the_deep_3x3_convs():
+    rules = {f.attrs[SCHEDULE_ATTR] for f in _zoo_kernels("resnet18", image_size=64).values()}
+    assert "winograd" in rules
+
+
 def test_gemm_kernels_get_the_tiled_rules():
-    """ResNet-18's convolutions and classifier all get the register-tiled kernels."""
+    """ResNet-18's convolutions and classifier all get the register-tiled kernels: the direct
+    conv, or Winograd for the 3x3 convs of the 256- and 512-channel stages."""
     kernels = _zoo_kernels("resnet18", image_size=64)
     for name, func in kernels.items():
         if "conv2d" in name:
-            assert func.attrs[SCHEDULE_ATTR] == "conv2d", name
+            expected = "winograd" if "winograd" in name else "conv2d"
+            assert func.attrs[SCHEDULE_ATTR] == expected, name
         if "matmul" in name:
             assert func.attrs[SCHEDULE_ATTR] == "dense", name
 

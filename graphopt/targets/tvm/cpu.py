@@ -36,6 +36,7 @@ def pre_schedule_passes(target, offload: list | None = None) -> list:
         external = [offload_convolutions(offload)]
     return ([relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
              vector_tanh(), separable_max_pool(), fold_constants_numpy()] + external
+            + [winograd_convolutions(target)]
             + cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target))
 
 
@@ -85,6 +86,43 @@ def separable_max_pool():
                 pair(a.dilation), top, left, out_h, out_w, primfunc_name_hint="max_pool2d")
 
     return relax_rewrite_pass(SeparableMaxPool, "graphopt.SeparableMaxPool")
+
+
+def winograd_convolutions(target):
+    """3x3 stride-1 convolutions with many channels on small planes as Winograd F(2x2, 3x3)
+    (`schedules/winograd.py`); their constant weights are transformed here, with numpy."""
+    import tvm
+    from tvm import relax
+    from .constant_folding import relax_rewrite_pass
+    from .schedules import winograd
+    from .schedules.common import VectorShape
+    vec = VectorShape.of(target)
+
+    @relax.expr_functor.mutator
+    class Winograd(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
+                return call
+            a, (x, weight) = call.attrs, call.args
+            if isinstance(weight, relax.Var):
+                weight = self.lookup_binding(weight)
+            if (not isinstance(weight, tvm.ir.Constant) or (a.data_layout, a.kernel_layout,
+                    a.out_layout) != ("NCHW", "OIHW", "NCHW")
+                    or call.ty.dtype != "float32" or x.ty.dtype != "float32"):
+                return call
+            w = weight.value.numpy()
+            out_h, out_w = (int(call.ty.shape[i]) for i in (2, 3))
+            ints = lambda v: tuple(int(i) for i in v)
+            if not winograd.applies(w.shape[1], w.shape[0], out_h, out_w, w.shape[2:],
+                                    ints(a.strides), ints(a.dilation), int(a.groups),
+                                    ints(a.padding), vec):
+                return call
+            u = winograd.transform_weight(w, winograd.channel_block(vec))
+            return self.builder_.call_te(winograd.winograd_conv2d, x, relax.const(u, str(u.dtype)),
+                                         primfunc_name_hint="conv2d_winograd")
+
+    return relax_rewrite_pass(Winograd, "graphopt.WinogradConvolutions")
 
 
 def cpu_pipeline(target, database="auto", offload: list | None = None):

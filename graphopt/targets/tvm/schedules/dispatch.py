@@ -1,12 +1,13 @@
 """The module pass that schedules every PrimFunc of a fused Relax module for the CPU: the first
-rule that accepts a function wins (conv2d, dense, separable max pool, then the generic rule), and constant weights
-are repacked at the call sites into the layout the chosen kernel reads."""
+rule that accepts a function wins (conv2d, Winograd conv2d, dense, separable max pool, then the
+generic rule), and constant weights are repacked at the call sites into the layout the chosen
+kernel reads."""
 from __future__ import annotations
 
-from . import conv2d, dense, generic, pool2d
+from . import conv2d, dense, generic, pool2d, winograd
 from .common import VectorShape
 
-RULES = (conv2d, dense, pool2d, generic)
+RULES = (conv2d, winograd, dense, pool2d, generic)
 SCHEDULE_ATTR = "graphopt.schedule"
 TUNED = "meta_schedule"  # the SCHEDULE_ATTR of kernels taken from a tuning database
 
