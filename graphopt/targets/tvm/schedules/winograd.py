@@ -3,13 +3,13 @@
 Each 2x2 output tile is computed from a 4x4 input tile with 16 multiply-adds per input channel
 instead of 36: the input tiles are transformed (`B^T d B`), multiplied by the weights transformed
 offline (`G g G^T`, a constant) in 16 independent GEMMs over the input channels, and transformed
-back (`A^T m A`). Where the planes are small and the channels many (ResNet's 14x14 and 7x7
-stages) the direct kernel cannot keep its registers busy and the GEMMs can: measured on one AVX2
-core against graphopt's direct kernel, 512 channels at 7x7 2.2 vs 3.1-3.4 ms, 256 at 14x14 1.9 vs
-2.7 ms, 512 at 28x28 38 vs 52 ms (ONNX Runtime 2.4-2.6, 2.4 and 39 ms); at 128 channels the
-transforms cost what the GEMMs save, so `applies` leaves those to the direct kernel. The
-transforms of F(2x2, 3x3) use only 0, +-1 and +-1/2: the results agree with the direct
-convolution to ~1e-6 relative."""
+back (`A^T m A`). With 256 or more input channels the GEMMs dominate and the kernel beats the
+direct one at every plane size measured (one AVX2 core, batch 1, graphopt direct / Winograd /
+ONNX Runtime, ms): 512 ch 7x7 3.4 / 2.4 / 2.7, 256 ch 14x14 2.7 / 1.7 / 2.3, 512 ch 14x14
+11.0 / 7.6 / 10.1, 512 ch 28x28 47.9 / 35.0 / 38.5, 256 ch 56x56 43.2 / 34.6 / 39.1. With 64 or
+128 channels the transforms cost more than the GEMMs save (128 ch 28x28 2.5 / 2.9 / 2.4), so
+`applies` leaves those to the direct kernel. The transforms of F(2x2, 3x3) use only 0, +-1 and
++-1/2: the results agree with the direct convolution to ~1e-6 relative."""
 from __future__ import annotations
 
 import numpy as np
@@ -20,7 +20,7 @@ NAME = "winograd"
 TILE, ALPHA = 2, 4  # output tile and input tile side
 ROWS, INPUT, GEMM, OUTPUT = "wino_rows", "wino_input", "wino_gemm", "wino_output"
 MIN_CHANNELS = 256
-MAX_PLANE = 28 * 28
+MAX_PLANE = 56 * 56  # the largest plane measured
 # Input channels per weight block in the GEMMs: 64 x 16 floats (4 KB) stay in L1 while every
 # tile of the block uses them.
 CHANNEL_BLOCK = 64
