@@ -248,3 +248,11 @@ def test_onednn_is_cpu_only():
 def test_missing_package_is_named():
     with pytest.raises(onednn.OneDnnUnavailableError, match="no-such-onednn-package"):
         onednn._installed_file("no-such-onednn-package", "dnnl.hpp")
+
+
+def test_a_second_build_in_one_process_is_refused(monkeypatch):
+    """Two builds register the same function names; loading both would abort the process."""
+    onednn.load()
+    monkeypatch.setattr(onednn, "_loaded", {"/elsewhere/libgraphopt_onednn.so": None})
+    with pytest.raises(onednn.OneDnnUnavailableError, match="already loaded"):
+        onednn.load()

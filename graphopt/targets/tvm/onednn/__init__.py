@@ -26,7 +26,8 @@ FUNCTION_PREFIX = "graphopt.onednn."
 
 
 class OneDnnUnavailableError(GraphoptError):
-    """oneDNN, its headers or a C++ compiler is missing, or the kernel library failed to build."""
+    """oneDNN, its headers or a C++ compiler is missing, or the kernel library failed to build
+    or cannot be loaded."""
 
 
 def _installed_file(distribution: str, name: str) -> Path:
@@ -116,6 +117,11 @@ _loaded: dict[str, ctypes.CDLL] = {}
 def load() -> Path:
     """Build (if needed) and load the kernel library, which registers its packed functions."""
     path = build()
+    if _loaded and str(path) not in _loaded:
+        # Both builds register the same global function names: TVM would abort the process.
+        raise OneDnnUnavailableError(
+            f"another build of the oneDNN kernel library ({next(iter(_loaded))}) is already "
+            f"loaded in this process, so {path} cannot be; restart Python to use the new one")
     if str(path) not in _loaded:
         import tvm_ffi  # noqa: F401  (libtvm_ffi.so first: the library links against it)
         _loaded[str(path)] = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
