@@ -124,6 +124,10 @@ def load() -> Path:
             f"loaded in this process, so {path} cannot be; restart Python to use the new one")
     if str(path) not in _loaded:
         import tvm_ffi  # noqa: F401  (libtvm_ffi.so first: the library links against it)
+        # oneDNN's OpenMP threads would spin after each call and starve TVM's own pool, which
+        # runs the other kernels (VGG-11 on two threads: 1.23x ORT spinning, 1.01x passive).
+        # libgomp reads this when it is loaded, with the library; a caller's setting wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         _loaded[str(path)] = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
     return path
 
