@@ -23,20 +23,23 @@ def physical_cores() -> int:
 
 
 def pre_schedule_passes(target, offload: list | None = None) -> list:
-    """Fold batch norms into convolutions, legalize, fold constants (this also folds the
-    transposes of linear weights) and fuse elementwise epilogues into their producers: the
-    PrimFuncs left are what the schedule rules and MetaSchedule work on. With `offload` (a
-    list, filled with what was sent), convolutions with constant weights go to oneDNN first."""
+    """Fold batch norms into convolutions, fold constants (this also folds the transposes of
+    linear weights), rewrite max pools and wide 3x3 convs into the forms their schedule rules
+    expect (`schedules/pool2d.py`, `schedules/winograd.py`), legalize and fuse elementwise
+    epilogues into their producers: the PrimFuncs left are what the schedule rules and
+    MetaSchedule work on. With `offload` (a list, filled with what was sent), convolutions with
+    constant weights go to oneDNN first."""
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
     from .constant_folding import fold_constants_numpy
+    from .schedules import pool2d, winograd
     external = []
     if offload is not None:
         from .onednn.offload import offload_convolutions
         external = [offload_convolutions(offload)]
     return ([relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
-             vector_tanh(), separable_max_pool(), fold_constants_numpy()] + external
-            + [winograd_convolutions(target)]
+             vector_tanh(), pool2d.rewrite(), fold_constants_numpy()] + external
+            + [winograd.rewrite(target)]
             + cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target))
 
 
@@ -58,71 +61,6 @@ def vector_tanh():
             return call
 
     return relax_rewrite_pass(VectorTanh, "graphopt.VectorTanh")
-
-
-def separable_max_pool():
-    """NCHW max pools as a row pass then a column pass (`schedules/pool2d.py`): contiguous vector
-    reads instead of a padded strided gather per window element."""
-    import tvm
-    from tvm import relax
-    from .constant_folding import relax_rewrite_pass
-    from .schedules.pool2d import separable_max_pool2d
-
-    @relax.expr_functor.mutator
-    class SeparableMaxPool(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.max_pool2d"):
-                return call
-            a = call.attrs
-            if a.layout != "NCHW" or a.out_layout != "NCHW" or call.ty.dtype not in ("float32",
-                                                                                     "float16"):
-                return call
-            pair = lambda v: tuple(int(i) for i in v)
-            top, left = (int(p) for p in a.padding[:2])
-            out_h, out_w = (int(call.ty.shape[i]) for i in (2, 3))
-            return self.builder_.call_te(
-                separable_max_pool2d, call.args[0], pair(a.pool_size), pair(a.strides),
-                pair(a.dilation), top, left, out_h, out_w, primfunc_name_hint="max_pool2d")
-
-    return relax_rewrite_pass(SeparableMaxPool, "graphopt.SeparableMaxPool")
-
-
-def winograd_convolutions(target):
-    """3x3 stride-1 convolutions with many channels on small planes as Winograd F(2x2, 3x3)
-    (`schedules/winograd.py`); their constant weights are transformed here, with numpy."""
-    import tvm
-    from tvm import relax
-    from .constant_folding import relax_rewrite_pass
-    from .schedules import winograd
-    from .schedules.common import VectorShape
-    vec = VectorShape.of(target)
-
-    @relax.expr_functor.mutator
-    class Winograd(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
-                return call
-            a, (x, weight) = call.attrs, call.args
-            if isinstance(weight, relax.Var):
-                weight = self.lookup_binding(weight)
-            if (not isinstance(weight, tvm.ir.Constant) or (a.data_layout, a.kernel_layout,
-                    a.out_layout) != ("NCHW", "OIHW", "NCHW")
-                    or call.ty.dtype != "float32" or x.ty.dtype != "float32"):
-                return call
-            w = weight.value.numpy()
-            out_h, out_w = (int(call.ty.shape[i]) for i in (2, 3))
-            ints = lambda v: tuple(int(i) for i in v)
-            if not winograd.applies(w.shape[1], w.shape[0], out_h, out_w, w.shape[2:],
-                                    ints(a.strides), ints(a.dilation), int(a.groups),
-                                    ints(a.padding), vec):
-                return call
-            u = winograd.transform_weight(w, winograd.channel_block(vec))
-            return self.builder_.call_te(winograd.winograd_conv2d, x, relax.const(u, str(u.dtype)),
-                                         primfunc_name_hint="conv2d_winograd")
-
-    return relax_rewrite_pass(Winograd, "graphopt.WinogradConvolutions")
 
 
 def cpu_pipeline(target, database="auto", offload: list | None = None):
