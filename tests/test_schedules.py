@@ -115,11 +115,19 @@ def assert_all_scheduled(kernels):
             assert _loop_kinds(func) & {"parallel", "vectorized"}, (name, func.script())
 
 
-@pytest.mark.parametrize("model, kwargs", [("lenet5", {"batch": 4}),
-                                           ("resnet18", {"image_size": 64}),
-                                           ("vgg11", {"image_size": 32})])
-def test_zoo_kernels_all_scheduled(model, kwargs):
-    assert_all_scheduled(_zoo_kernels(model, **kwargs))
+ZOO_SIZES = {"lenet5": {"batch": 4}, "resnet18": {"image_size": 64}, "vgg11": {"image_size": 32},
+             "vgg16": {"image_size": 32}, "resnet50": {"image_size": 64},
+             "googlenet": {"image_size": 96}, "alexnet": {}, "deep_convnet": {}, "fcn": {},
+             "dcgan_generator": {}}
+
+
+def test_every_zoo_model_is_in_the_table():
+    assert set(ZOO_SIZES) == set(go.zoo.MODELS)
+
+
+@pytest.mark.parametrize("model", sorted(ZOO_SIZES))
+def test_zoo_kernels_all_scheduled(model):
+    assert_all_scheduled(_zoo_kernels(model, **ZOO_SIZES[model]))
 
 
 def test_winograd_takes_the_deep_3x3_convs():
