@@ -37,6 +37,8 @@ CASES = {
         dsl.batch_norm(dsl.conv2d(x, 256, 3, padding=1, bias=False)) + x), "winograd"),
     "winograd_odd_plane_batch2": ((2, 256, 5, 9), lambda x: dsl.conv2d(x, 32, 3, padding=1),
                                   "winograd"),
+    "winograd_64_channels": ((1, 64, 10, 11), lambda x: dsl.relu(dsl.conv2d(x, 16, 3, padding=1)),
+                             "winograd"),
     "winograd_skipped_for_stride2": ((1, 256, 8, 8), lambda x: dsl.conv2d(x, 32, 3, stride=2,
                                                                           padding=1), "conv2d"),
     "dense": ((3, 37), lambda x: dsl.relu(dsl.linear(x, 24)), "dense"),
@@ -136,8 +138,8 @@ def test_winograd_takes_the_deep_3x3_convs():
 
 
 def test_gemm_kernels_get_the_tiled_rules():
-    """ResNet-18's convolutions and classifier all get the register-tiled kernels: the direct
-    conv, or Winograd for the 3x3 convs of the 256- and 512-channel stages."""
+    """ResNet-18's convolutions and classifier all get the register-tiled kernels: Winograd for
+    the 3x3 stride-1 convs, the direct conv for the rest."""
     kernels = _zoo_kernels("resnet18", image_size=64)
     for name, func in kernels.items():
         if "conv2d" in name:

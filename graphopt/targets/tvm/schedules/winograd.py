@@ -3,13 +3,14 @@
 Each 2x2 output tile is computed from a 4x4 input tile with 16 multiply-adds per input channel
 instead of 36: the input tiles are transformed (`B^T d B`), multiplied by the weights transformed
 offline (`G g G^T`, a constant) in 16 independent GEMMs over the input channels, and transformed
-back (`A^T m A`). With 256 or more input channels the GEMMs dominate and the kernel beats the
-direct one at every plane size measured (one AVX2 core, batch 1, graphopt direct / Winograd /
-ONNX Runtime, ms): 512 ch 7x7 3.4 / 2.4 / 2.7, 256 ch 14x14 2.7 / 1.7 / 2.3, 512 ch 14x14
-11.0 / 7.6 / 10.1, 512 ch 28x28 47.9 / 35.0 / 38.5, 256 ch 56x56 43.2 / 34.6 / 39.1. With 64 or
-128 channels the transforms cost more than the GEMMs save (128 ch 28x28 2.5 / 2.9 / 2.4), so
-`applies` leaves those to the direct kernel. The transforms of F(2x2, 3x3) use only 0, +-1 and
-+-1/2: the results agree with the direct convolution to ~1e-6 relative."""
+back (`A^T m A`). With 64 or more input channels on planes up to 56x56 the kernel beats the
+direct one (one AVX2 core, batch 1, graphopt direct / Winograd / ONNX Runtime, ms): 64 ch 56x56
+2.56 / 2.26 / 2.45, 128 ch 28x28 2.48 / 2.14 / 2.38, 128 ch 56x56 10.0 / 7.1 / 9.7, 256 ch 14x14
+2.66 / 1.39 / 2.36, 512 ch 7x7 3.1-3.4 / 1.65 / 2.30. With 32 channels the transforms cost more
+than the GEMMs save (32 ch 56x56 0.64 / 0.76 / 0.64), and on a 112x112 plane the transformed
+tensors leave the cache (64 ch 19.6 / 19.7 / 19.8), so `applies` leaves those to the direct
+kernel. The transforms of F(2x2, 3x3) use only 0, +-1 and +-1/2: the results agree with the
+direct convolution to ~1e-6 relative."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,8 @@ from .common import PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, inline_el
 NAME = "winograd"
 TILE, ALPHA = 2, 4  # output tile and input tile side
 ROWS, INPUT, GEMM, OUTPUT = "wino_rows", "wino_input", "wino_gemm", "wino_output"
-MIN_CHANNELS = 256
-MAX_PLANE = 56 * 56  # the largest plane measured
+MIN_CHANNELS = 64
+MAX_PLANE = 56 * 56
 # Input channels per weight block in the GEMMs: 64 x 16 floats (4 KB) stay in L1 while every
 # tile of the block uses them.
 CHANNEL_BLOCK = 64
@@ -158,7 +159,8 @@ def rewrite(target):
 def schedule(sch, vec: VectorShape, packable) -> list | None:
     """Input transform per input channel, the GEMMs register-tiled like the direct conv (output
     channels as the vector axis, a few tiles as the other side; weights streamed in L1-sized
-    channel blocks), the output transform per 2x2 tile with the epilogue inlined."""
+    channel blocks), the output transform per 2x2 tile, vectorized over output channels, with
+    the epilogue inlined."""
     names = {sch.get(b).name_hint: b for b in blocks_of(sch)}
     if not all(k in names for k in (ROWS, INPUT, GEMM, OUTPUT)):
         return None
@@ -204,13 +206,18 @@ def schedule(sch, vec: VectorShape, packable) -> list | None:
     sch.vectorize(sch.get_loops(init)[-1])
     sch.vectorize(sch.get_loops(accumulators)[-1])
 
+    # Vectors over output channels: the 16 transformed values of a tile are contiguous there
+    # (scalar reads strided by the channel count cost 0.4-0.8 ms per conv and made the kernel
+    # lose to the direct one below 256 channels).
     b, o, row, col = sch.get_loops(output)
     row_outer, row_inner = sch.split(row, [None, TILE])
     col_outer, col_inner = sch.split(col, [None, TILE])
-    sch.reorder(b, o, row_outer, col_outer, row_inner, col_inner)
+    o_outer, o_inner = sch.split(o, [None, vec.lanes])
+    sch.reorder(b, o_outer, row_outer, col_outer, row_inner, col_inner, o_inner)
     sch.unroll(row_inner)
     sch.unroll(col_inner)
-    planes = sch.fuse(b, o)
+    sch.vectorize(o_inner)
+    planes = sch.fuse(b, o_outer)
     if extent(planes, sch) > 1:
         sch.parallel(planes)
     return []
