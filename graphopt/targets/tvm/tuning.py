@@ -69,7 +69,8 @@ def tune(graph: Graph, trials: int = 64, cache_dir=None, max_trials_per_task: in
          timeout_s: float = 120.0) -> TuneReport:
     """Run MetaSchedule on `graph`'s kernels whose names contain one of `kernels` and store the
     records that beat graphopt's own schedules in the target's database (added to what is
-    there). `timeout_s` bounds each candidate's build and run (generous: a loaded machine)."""
+    there). `max_trials_per_task` defaults to an even share of `trials`. `timeout_s` bounds each
+    candidate's build and run (generous: a loaded machine)."""
     if trials < 1:
         raise GraphoptError(f"tune: expected trials >= 1, found {trials}")
     from tvm.s_tir import meta_schedule as ms
@@ -77,6 +78,10 @@ def tune(graph: Graph, trials: int = 64, cache_dir=None, max_trials_per_task: in
     target = host_target()
     start = time.perf_counter()
     mod = fused_module(graph, target)
+    if max_trials_per_task is None:
+        # Spread the budget: left unset, MetaSchedule gave all of it to the first task.
+        tasks = sum(1 for gv in mod.functions if any(k in gv.name_hint for k in kernels))
+        max_trials_per_task = max(1, -(-trials // max(1, tasks)))
     with tempfile.TemporaryDirectory(prefix="graphopt-tune-") as work_dir:
         work_db = ms.relax_integration.tune_relax(
             mod, params={}, target=target, work_dir=work_dir, max_trials_global=trials,
