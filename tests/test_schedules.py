@@ -199,3 +199,17 @@ def test_float64_model_keeps_its_dtype_through_folding_and_repacking():
     feeds = {"x": np.random.default_rng(4).standard_normal((2, 16, 9, 9))}
     report = go.compare(graph, go.compile(graph), feeds)
     assert report.ok, str(report)
+
+
+def test_rules_apply_for_an_avx512_target():
+    """The 16-lane path (this machine may lack AVX-512): every kernel is scheduled, with the
+    same rules as on AVX2."""
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512",
+                                "mtriple": "x86_64-linux-gnu", "num-cores": 2})
+    with target:
+        lowered = cpu_pipeline(target, database=None)(to_relax(go.zoo.resnet18(image_size=64)))
+    kernels = {gv.name_hint: f for gv, f in lowered.functions.items()
+               if isinstance(f, tvm.tirx.PrimFunc)}
+    assert_all_scheduled(kernels)
+    rules = {f.attrs[SCHEDULE_ATTR] for f in kernels.values()}
+    assert {"winograd", "conv2d", "dense", "pool2d"} <= rules
