@@ -3,7 +3,10 @@
 Folding batch norms into convolutions and transposing linear weights leaves a few hundred small
 constant expressions (scale = gamma / sqrt(var + eps), w * scale, ...). Relax's FoldConstant
 compiles each distinct one with LLVM: 32 s of ResNet-18's 42 s pipeline. The same IEEE fp32
-operations in numpy take milliseconds; FoldConstant then finds nothing left to build."""
+operations in numpy take milliseconds; FoldConstant then finds nothing left to build.
+
+Also the small pieces every Relax rewrite of the CPU pipeline uses: `relax_rewrite_pass`,
+`op_rewrite_pass` (one operator's calls) and `bound_constant`."""
 from __future__ import annotations
 
 import numpy as np
@@ -78,3 +81,32 @@ def relax_rewrite_pass(mutator_class, name: str, then=None):
         return then(result) if then is not None else result
 
     return _pass
+
+
+def bound_constant(mutator, expr):
+    """The Relax constant `expr` is, or is bound to in the function `mutator` visits; else None."""
+    import tvm
+    from tvm import relax
+    if isinstance(expr, relax.Var):
+        expr = mutator.lookup_binding(expr)
+    return expr if isinstance(expr, tvm.ir.Constant) else None
+
+
+def op_rewrite_pass(op_name: str, rewrite, name: str):
+    """A module pass calling `rewrite(mutator, call)` on every call of the Relax operator
+    `op_name` (e.g. "relax.nn.max_pool2d"), its arguments already rewritten; `rewrite` returns
+    the replacement (built with `mutator.builder_`) or None to keep the call."""
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class OpRewriter(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if isinstance(call.op, tvm.ir.Op) and call.op.name == op_name:
+                replacement = rewrite(self, call)
+                if replacement is not None:
+                    return replacement
+            return call
+
+    return relax_rewrite_pass(OpRewriter, name)

@@ -47,20 +47,15 @@ def vector_tanh():
     """tanh as TOPI's rational approximation (max relative error 3.5e-7 over [-12, 12], about
     3 ulp) instead of a scalar libm call per element: it vectorizes and fuses into the producing
     kernel. LeNet-5 spent a third of its time in libm's expf. exp/softmax keep the exact call."""
-    import tvm
-    from tvm import relax, topi
-    from .constant_folding import relax_rewrite_pass
+    from tvm import topi
+    from .constant_folding import op_rewrite_pass
 
-    @relax.expr_functor.mutator
-    class VectorTanh(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.tanh" \
-                    and call.args[0].ty.dtype == "float32":
-                return self.builder_.call_te(topi.fast_tanh, call.args[0], primfunc_name_hint="tanh")
-            return call
+    def fast(mutator, call):
+        if call.args[0].ty.dtype != "float32":
+            return None
+        return mutator.builder_.call_te(topi.fast_tanh, call.args[0], primfunc_name_hint="tanh")
 
-    return relax_rewrite_pass(VectorTanh, "graphopt.VectorTanh")
+    return op_rewrite_pass("relax.tanh", fast, "graphopt.VectorTanh")
 
 
 def cpu_pipeline(target, database="auto", offload: list | None = None):

@@ -115,7 +115,7 @@ def offload_convolutions(report: list | None = None):
     convolution to `report`."""
     import tvm
     from tvm import relax
-    from ..constant_folding import relax_rewrite_pass
+    from ..constant_folding import bound_constant, relax_rewrite_pass
 
     def op_name(call):
         return call.op.name if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) \
@@ -139,11 +139,6 @@ def offload_convolutions(report: list | None = None):
             self.uses = use_counts(func)
             return super().visit_function_(func)
 
-        def constant(self, expr):
-            if isinstance(expr, relax.Var):
-                expr = self.lookup_binding(expr)
-            return expr if isinstance(expr, tvm.ir.Constant) else None
-
         def producer(self, expr) -> OneDnnConv | None:
             """The oneDNN call bound to `expr`, if the caller is its only use."""
             if not isinstance(expr, relax.Var) or self.uses[expr] != 1:
@@ -164,7 +159,7 @@ def offload_convolutions(report: list | None = None):
         def conv2d(self, call):
             x, w = call.args
             a = call.attrs
-            weight = self.constant(w)
+            weight = bound_constant(self, w)
             plain = (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) == \
                 ("NCHW", "OIHW", "NCHW") and str(a.out_dtype) in ("None", "", "void", "float32")
             if weight is None or not plain or not (float32(x) and float32(call)):
@@ -182,7 +177,7 @@ def offload_convolutions(report: list | None = None):
                 if conv is None or conv.residual is not None or conv.activation is not None \
                         or shape(produced) != shape(call):
                     continue
-                bias = self.constant(other)
+                bias = bound_constant(self, other)
                 if bias is not None and float32(bias) and shape(bias) == (1, shape(call)[1], 1, 1):
                     return replace(conv, bias=conv.bias + bias.value.numpy().reshape(-1)).to_relax()
                 if float32(other) and shape(other) == shape(call):

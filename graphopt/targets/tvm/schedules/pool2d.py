@@ -47,28 +47,21 @@ def separable_max_pool2d(x, kernel, stride, dilation, pad_top, pad_left, out_h: 
 
 def rewrite():
     """The Relax pass replacing NCHW `relax.nn.max_pool2d` calls by `separable_max_pool2d`."""
-    import tvm
-    from tvm import relax
-    from ..constant_folding import relax_rewrite_pass
+    from ..constant_folding import op_rewrite_pass
 
-    @relax.expr_functor.mutator
-    class SeparableMaxPool(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.max_pool2d"):
-                return call
-            a = call.attrs
-            if a.layout != "NCHW" or a.out_layout != "NCHW" or call.ty.dtype not in ("float32",
-                                                                                     "float16"):
-                return call
-            pair = lambda v: tuple(int(i) for i in v)
-            top, left = (int(p) for p in a.padding[:2])
-            out_h, out_w = (int(call.ty.shape[i]) for i in (2, 3))
-            return self.builder_.call_te(
-                separable_max_pool2d, call.args[0], pair(a.pool_size), pair(a.strides),
-                pair(a.dilation), top, left, out_h, out_w, primfunc_name_hint="max_pool2d")
+    def separable(mutator, call):
+        a = call.attrs
+        if a.layout != "NCHW" or a.out_layout != "NCHW" or call.ty.dtype not in ("float32",
+                                                                                 "float16"):
+            return None
+        pair = lambda v: tuple(int(i) for i in v)
+        top, left = (int(p) for p in a.padding[:2])
+        out_h, out_w = (int(call.ty.shape[i]) for i in (2, 3))
+        return mutator.builder_.call_te(
+            separable_max_pool2d, call.args[0], pair(a.pool_size), pair(a.strides),
+            pair(a.dilation), top, left, out_h, out_w, primfunc_name_hint="max_pool2d")
 
-    return relax_rewrite_pass(SeparableMaxPool, "graphopt.SeparableMaxPool")
+    return op_rewrite_pass("relax.nn.max_pool2d", separable, "graphopt.SeparableMaxPool")
 
 
 def schedule(sch, vec, packable) -> list | None:
