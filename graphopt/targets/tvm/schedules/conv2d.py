@@ -69,14 +69,13 @@ def schedule(sch, vec: VectorShape, packable) -> list[WeightPacking] | None:
         # Measured (1 thread, vs ORT): 512ch 7x7 1.43 -> 1.27, 256ch 14x14 1.21 -> 1.03.
         ic_outer, ic_inner = sch.split(ic, [None, ic_block])
         sch.reorder(n, oc_outer, ic_outer, oh, ow_outer, kh, kw, ic_inner, ow_inner, oc_inner)
-        if per_image:
-            _inputs_per_image(sch, conv, n)
-        finish_tile(sch, conv, None, outer, oc_inner, [ow_inner], ic_outer, writer)
+        tile_loop, parallel_loops, first_reduce = None, outer, ic_outer
     else:
         sch.reorder(n, oc_outer, oh, ow_outer, kh, kw, ic, ow_inner, oc_inner)
-        if per_image:
-            _inputs_per_image(sch, conv, n)
-        finish_tile(sch, conv, ow_outer, outer + [oh], oc_inner, [ow_inner], kh, writer)
+        tile_loop, parallel_loops, first_reduce = ow_outer, outer + [oh], kh
+    if per_image:
+        _inputs_per_image(sch, conv, n)
+    finish_tile(sch, conv, tile_loop, parallel_loops, oc_inner, [ow_inner], first_reduce, writer)
     spatial_rest(sch, conv, vec)
     return [WeightPacking(w_index, lambda w: _pack_oihw(w, oc_block))]
 
