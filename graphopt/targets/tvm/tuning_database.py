@@ -8,16 +8,13 @@ import json
 import os
 from pathlib import Path
 
+from .user_cache import user_cache_dir
+
 CACHE_ENV = "GRAPHOPT_TUNING_DIR"
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "graphopt" / "tuning"
+    return Path(cache_dir) if cache_dir is not None else user_cache_dir("tuning", CACHE_ENV)
 
 
 def database_dir(target, cache_dir=None) -> Path:

@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ....errors import GraphoptError
+from ..user_cache import user_cache_dir
 
 SOURCE = Path(__file__).with_name("conv2d.cc")
 LIBRARY = "libgraphopt_onednn.so"
@@ -58,6 +59,10 @@ def available() -> bool:
         paths()
     except OneDnnUnavailableError:
         return False
+    return _compiler_found()
+
+
+def _compiler_found() -> bool:
     return shutil.which(os.environ.get("CXX", "g++")) is not None
 
 
@@ -72,10 +77,7 @@ def compile_command(output: str) -> list[str]:
 
 
 def cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "graphopt" / "onednn"
+    return user_cache_dir("onednn", CACHE_ENV)
 
 
 def library_path() -> Path:
@@ -92,7 +94,7 @@ def build() -> Path:
     path = library_path()
     if path.is_file():
         return path
-    if shutil.which(os.environ.get("CXX", "g++")) is None:
+    if not _compiler_found():
         raise OneDnnUnavailableError("kernels='onednn' needs a C++ compiler (g++, or $CXX) to "
                                      f"build {SOURCE.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
