@@ -64,6 +64,7 @@ def _table(torch, F):
         "sigmoid": lambda op, x: torch.sigmoid(x),
         "tanh": lambda op, x: torch.tanh(x),
         "softmax": lambda op, x: F.softmax(x, op.axis),
+        "identity": lambda op, x: x,
         "dropout": lambda op, x: x,                      # inference
         "max_pool2d": lambda op, x: _pool(F, op, x, "max"),
         "avg_pool2d": lambda op, x: _pool(F, op, x, "avg"),

@@ -206,6 +206,8 @@ def test_output_names_and_passthrough():
         r = dsl.relu(x)
         g = b.output(x, r, r, names=["same", "act", "act_again"])
     assert g.output_names == ["same", "act", "act_again"]
+    # An input, or a value returned twice, is routed through an identity node.
+    assert [n.op_name for n in g.nodes] == ["relu", "identity", "identity"]
     out = go.interpret(go.verify(g), {"x": np.array([[-1, 2], [3, -4]], np.float32)})
     np.testing.assert_array_equal(out["same"], [[-1, 2], [3, -4]])
     np.testing.assert_array_equal(out["act"], [[0, 2], [3, 0]])

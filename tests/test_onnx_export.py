@@ -27,6 +27,9 @@ ROWS = [
     ("conv_transpose2d", lambda: build("deconv", (1, 4, 5, 5), lambda x: dsl.conv_transpose2d(
         x, 2, 3, stride=2, padding=1, output_padding=1, groups=2, name="up"))),
     ("batch_norm", lambda: build("bn", (2, 3, 4, 4), lambda x: dsl.batch_norm(x, 1e-3))),
+    ("identity", lambda: build("identity", (2, 6), lambda x: dsl.relu(dsl.identity(x)))),
+    # An input returned as an output gets an identity node that carries the output's name.
+    ("identity", lambda: build("input_as_output", (2, 6), lambda x: x)),
     ("relu", lambda: build("relu", (2, 6), dsl.relu)),
     ("clip", lambda: build("clip", (2, 6), lambda x: dsl.clip(dsl.relu6(x), max=4.0))),
     ("leaky_relu", lambda: build("leaky", (2, 6), lambda x: dsl.leaky_relu(x, 0.2))),
@@ -34,6 +37,7 @@ ROWS = [
     ("tanh", lambda: build("tanh", (2, 6), dsl.tanh)),
     ("softmax", lambda: build("softmax", (2, 3, 4), lambda x: dsl.softmax(x, axis=1))),
     ("dropout", lambda: build("dropout", (2, 6), lambda x: dsl.relu(dsl.dropout(x, 0.3)))),
+    ("dropout", lambda: build("dropout0", (2, 6), lambda x: dsl.relu(dsl.dropout(x, 0.0)))),
     ("max_pool2d", lambda: build("maxpool", (1, 2, 9, 8), lambda x: dsl.max_pool2d(
         x, 3, 2, padding=1, ceil_mode=True))),
     ("avg_pool2d", lambda: build("avgpool", (1, 2, 9, 8), lambda x: dsl.avg_pool2d(
@@ -119,6 +123,14 @@ def test_op_exports_runs_in_onnxruntime_and_round_trips(row):
 def test_every_op_has_an_exporter_and_a_row():
     assert set(go.ops.OPS) == set(EXPORTERS)
     assert set(go.ops.OPS) == {op for op, _ in ROWS} | set(NOT_STRUCTURAL)
+
+
+def test_integer_dropout_exports_as_identity():
+    # ONNX Dropout takes floats only; at inference both are the identity.
+    graph = build("dropout_int", (2, 6), lambda x: dsl.flatten(dsl.dropout(x)), "int32")
+    model = check_exported(graph)
+    assert [n.op_type for n in model.graph.node] == ["Identity", "Flatten"]
+    assert [n.op_name for n in load_onnx(model).nodes] == ["identity", "flatten"]
 
 
 @pytest.mark.parametrize("op", sorted(NOT_STRUCTURAL))

@@ -82,7 +82,7 @@ ROWS = [
      ["clip"]),
     ("dropout_ratio", "Dropout", [node("Dropout", ["x", "r"])], {"x": (3, 4)},
      {"r": F(0.25)[0]}, ["dropout"]),
-    ("identity", "Identity", [node("Identity", ["x"])], {"x": (3, 4)}, {}, ["dropout"]),
+    ("identity", "Identity", [node("Identity", ["x"])], {"x": (3, 4)}, {}, ["identity"]),
     ("max_pool_ceil_pads", "MaxPool",
      [node("MaxPool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1)],
      {"x": (1, 2, 8, 7)}, {}, ["max_pool2d"]),

@@ -284,6 +284,8 @@ def activation_rows():
     ints = rand(3, 8, dtype="int32")
     lo, hi = np.float32(-1.5), np.float32(2.0)
     return [
+        Row("identity", ops.Identity(), (x,), (), onnx_op("Identity"), f64=True),
+        Row("identity-int32", ops.Identity(), (ints,), (), onnx_op("Identity")),
         Row("relu", ops.Relu(), (x,), (), onnx_op("Relu"), f64=True),
         Row("relu-int32", ops.Relu(), (ints,), (), onnx_op("Relu")),
         Row("clip-relu6", ops.Clip(0.0, 6.0), (x,), (),

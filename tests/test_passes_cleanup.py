@@ -116,6 +116,7 @@ def test_eliminate_common_subexpressions(case, changed, ops_after):
 
 # ---- remove_identities ---------------------------------------------------------------------------
 IDENTITY_CASES = {
+    "identity": lambda b, x: [dsl.relu(dsl.identity(x))],
     "dropout": lambda b, x: [dsl.relu(dsl.dropout(x, 0.3))],
     "same-shape reshape": lambda b, x: [dsl.relu(dsl.reshape(x, x.shape))],
     "identity transpose": lambda b, x: [dsl.relu(dsl.transpose(x, (0, 1, 2, 3)))],
@@ -129,6 +130,7 @@ IDENTITY_CASES = {
     "x * 1": lambda b, x: [dsl.relu(x * 1.0)],
     "x / 1 - 0": lambda b, x: [dsl.relu(x / 1.0 - 0.0)],
     "dropout output": lambda b, x: [dsl.dropout(dsl.relu(x))],
+    "identity output": lambda b, x: [dsl.identity(dsl.relu(x))],
 }
 
 
@@ -151,6 +153,7 @@ NOT_IDENTITY = {
     "real transpose": lambda b, x: [dsl.relu(dsl.transpose(x, (0, 1, 3, 2)))],
     "real pad": lambda b, x: [dsl.relu(dsl.pad(x, (1, 0, 0, 0)))],
     "input as output": lambda b, x: [dsl.dropout(x)],     # the output needs its own node
+    "input returned": lambda b, x: [x],                    # the builder's identity node stays
 }
 
 

@@ -121,7 +121,7 @@ class Builder:
                 else:   # an input, a constant or an output used twice: route through an identity
                     # Nodes and values share one namespace: the node takes a derived name so
                     # that its output can take the requested one.
-                    value = self.graph.add_node(ops.Dropout(0.0), [value], name=f"{name}.identity",
+                    value = self.graph.add_node(ops.Identity(), [value], name=f"{name}.identity",
                                                 output_names=[name]).output
             outputs.append(value)
         self.graph.set_outputs(outputs)
@@ -280,6 +280,7 @@ def _unary(op: ops.Op, x: Tensor, name: str | None) -> Tensor:
     return _builder_of(x).apply(op, [x], name)
 
 
+def identity(x, name=None): return _unary(ops.Identity(), x, name)
 def relu(x, name=None): return _unary(ops.Relu(), x, name)
 def relu6(x, name=None): return _unary(ops.Clip(0.0, 6.0), x, name or "relu6")
 def clip(x, min=None, max=None, name=None): return _unary(ops.Clip(min, max), x, name)
@@ -358,6 +359,7 @@ def concat(xs: Sequence[Tensor], axis: int = 1, name=None) -> Tensor:
 
 
 __all__ = ["Builder", "Tensor", "current", "conv2d", "conv_transpose2d", "batch_norm", "linear",
-           "relu", "relu6", "clip", "leaky_relu", "sigmoid", "tanh", "softmax", "dropout",
-           "max_pool2d", "avg_pool2d", "global_avg_pool2d", "global_max_pool2d", "lrn", "flatten",
-           "reshape", "transpose", "pad", "resize", "add", "sub", "mul", "div", "matmul", "concat"]
+           "identity", "relu", "relu6", "clip", "leaky_relu", "sigmoid", "tanh", "softmax",
+           "dropout", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "global_max_pool2d", "lrn",
+           "flatten", "reshape", "transpose", "pad", "resize", "add", "sub", "mul", "div",
+           "matmul", "concat"]

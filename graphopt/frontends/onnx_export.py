@@ -65,9 +65,10 @@ def exports(*op_names: str):
 
 
 # Ops that map onto one ONNX node: (ONNX op type, attributes copied under the same name).
-DIRECT = {"relu": ("Relu",), "sigmoid": ("Sigmoid",), "tanh": ("Tanh",), "add": ("Add",),
-          "sub": ("Sub",), "mul": ("Mul",), "div": ("Div",), "matmul": ("MatMul",),
-          "global_avg_pool2d": ("GlobalAveragePool",), "global_max_pool2d": ("GlobalMaxPool",),
+DIRECT = {"identity": ("Identity",), "relu": ("Relu",), "sigmoid": ("Sigmoid",),
+          "tanh": ("Tanh",), "add": ("Add",), "sub": ("Sub",), "mul": ("Mul",), "div": ("Div",),
+          "matmul": ("MatMul",), "global_avg_pool2d": ("GlobalAveragePool",),
+          "global_max_pool2d": ("GlobalMaxPool",),
           "batch_norm": ("BatchNormalization", "epsilon"), "leaky_relu": ("LeakyRelu", "alpha"),
           "softmax": ("Softmax", "axis"), "concat": ("Concat", "axis"),
           "flatten": ("Flatten", "axis"), "transpose": ("Transpose", "perm"),
@@ -163,11 +164,11 @@ def clip(ex, node):
 
 @exports("dropout")
 def dropout(ex, node):
-    if node.op.ratio == 0.0:
+    if not node.inputs[0].type.is_float:   # ONNX Dropout takes floats only; it is an identity
         ex.add("Identity", node)
-    else:
-        ratio = ex.constant(f"{node.name}.ratio", np.array(node.op.ratio, np.float32))
-        ex.add("Dropout", node, [node.inputs[0], ratio])
+        return
+    ratio = ex.constant(f"{node.name}.ratio", np.array(node.op.ratio, np.float32))
+    ex.add("Dropout", node, [node.inputs[0], ratio])
 
 
 @exports("reshape")

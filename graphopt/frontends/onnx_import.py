@@ -102,7 +102,7 @@ class Importer:
             if value.name != out.name or any(value is o for o in outputs):
                 # The output is an input, a constant, an alias or listed twice: an identity
                 # node carries the public name.
-                value = self.graph.add_node(ops.Dropout(0.0), [value], name=f"{out.name}/identity",
+                value = self.graph.add_node(ops.Identity(), [value], name=f"{out.name}/identity",
                                             output_names=[out.name]).output
             self.check_declared(out, value)
             outputs.append(value)

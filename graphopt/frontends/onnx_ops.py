@@ -241,7 +241,7 @@ def matmul(ctx):
 
 # ---- elementwise ------------------------------------------------------------------------------
 BINARY = {"Add": ops.Add, "Sub": ops.Sub, "Mul": ops.Mul, "Div": ops.Div}
-UNARY = {"Relu": ops.Relu, "Sigmoid": ops.Sigmoid, "Tanh": ops.Tanh}
+UNARY = {"Identity": ops.Identity, "Relu": ops.Relu, "Sigmoid": ops.Sigmoid, "Tanh": ops.Tanh}
 
 
 @converts(*BINARY)
@@ -254,7 +254,7 @@ def sum_(ctx):
     """Sum of one or more tensors (with broadcasting) as a chain of adds."""
     count = len(ctx.node.input)
     if count == 1:
-        return ctx.emit(ops.Dropout(0.0), [ctx.input(0)])
+        return ctx.emit(ops.Identity(), [ctx.input(0)])
     total = ctx.input(0)
     for i in range(1, count):
         total = ctx.emit(ops.Add(), [total, ctx.input(i)], final=i == count - 1)
@@ -301,11 +301,6 @@ def dropout(ctx):
         raise UnsupportedForm("training_mode=true")
     ratio = scalar(ctx, 1, "ratio") if ctx.has(1) else 0.5
     return ctx.emit(ops.Dropout(ratio), [ctx.input(0)])
-
-
-@converts("Identity")
-def identity(ctx):
-    return ctx.emit(ops.Dropout(0.0), [ctx.input(0)])
 
 
 # ---- shape -------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The op registry. Each family module defines its ops once (attributes, shape/dtype rule, numpy
 reference kernel, TVM lowering) and registers them; importing this package loads them all."""
 from . import activation, binary, conv, fused, linear, pool, resize, shape  # noqa: F401  (registration)
-from .activation import Clip, Dropout, LeakyRelu, Relu, Sigmoid, Softmax, Tanh
+from .activation import Clip, Dropout, Identity, LeakyRelu, Relu, Sigmoid, Softmax, Tanh
 from .base import OPS, Op, get_op, register
 from .binary import Add, Div, Mul, Sub
 from .conv import BatchNorm, Conv2d, ConvTranspose2d
@@ -13,5 +13,5 @@ from .shape import Concat, Flatten, Pad, Reshape, Transpose
 
 __all__ = ["OPS", "Op", "get_op", "register", "Add", "AvgPool2d", "BatchNorm", "Clip", "Concat",
            "Conv2d", "ConvTranspose2d", "Div", "Dropout", "Flatten", "FusedConv2d", "GlobalAvgPool2d",
-           "GlobalMaxPool2d", "LeakyRelu", "Linear", "Lrn", "Matmul", "MaxPool2d", "Mul", "Pad",
+           "GlobalMaxPool2d", "Identity", "LeakyRelu", "Linear", "Lrn", "Matmul", "MaxPool2d", "Mul", "Pad",
            "Relu", "Reshape", "Resize", "Sigmoid", "Softmax", "Sub", "Tanh", "Transpose"]

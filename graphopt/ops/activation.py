@@ -1,4 +1,4 @@
-"""Unary elementwise ops: activations, softmax and dropout (identity at inference)."""
+"""Unary elementwise ops: the identity, activations, softmax and dropout (identity at inference)."""
 from __future__ import annotations
 
 import math
@@ -18,6 +18,22 @@ class Unary(Op):
     def infer(self, x: TensorType) -> TensorType:
         if self.float_only:
             expect_float(x)
+        return x
+
+
+@register
+@dataclass(frozen=True)
+class Identity(Unary):
+    """Returns its input: gives a graph output its own node and name (an input, a constant or a
+    value returned twice), and stands for ONNX Identity."""
+
+    name = "identity"
+    float_only = False
+
+    def reference(self, x):
+        return x
+
+    def lower_tvm(self, bb, x):
         return x
 
 
@@ -134,20 +150,13 @@ class Softmax(Unary):
 
 @register
 @dataclass(frozen=True)
-class Dropout(Unary):
+class Dropout(Identity):
     """Identity at inference; `ratio` is kept so exports round-trip."""
 
     name = "dropout"
-    float_only = False
     ratio: float = 0.5
 
     def infer(self, x):
         expect(0.0 <= self.ratio < 1.0 and not math.isnan(self.ratio),
                f"expected ratio in [0, 1), found {self.ratio}")
-        return x
-
-    def reference(self, x):
-        return x
-
-    def lower_tvm(self, bb, x):
         return x

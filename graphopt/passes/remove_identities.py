@@ -1,5 +1,5 @@
-"""remove_identities: drop nodes that return their input unchanged (dropout at inference, no-op
-reshape / flatten / transpose / pad / clip / pooling, single-input concat, x + 0, x * 1, ...),
+"""remove_identities: drop nodes that return their input unchanged (identity, dropout at inference,
+no-op reshape / flatten / transpose / pad / clip / pooling, single-input concat, x + 0, x * 1, ...),
 and collapse chains of reshapes and of transposes into one node."""
 from __future__ import annotations
 
@@ -20,21 +20,25 @@ def _same_type(value: Value) -> str | None:
     return None
 
 
+# When a node of each op returns its input unchanged (its output type is checked apart).
+IDENTITY_WHEN = {
+    "identity": lambda node, op: True,
+    "dropout": lambda node, op: True,
+    "reshape": lambda node, op: True,
+    "flatten": lambda node, op: True,
+    "transpose": lambda node, op: op.perm == tuple(range(len(op.perm))),
+    "pad": lambda node, op: all(a == 0 and b == 0 for a, b in op.pads),
+    "clip": lambda node, op: op.min is None and op.max is None,
+    "concat": lambda node, op: len(node.inputs) == 1,
+    "max_pool2d": lambda node, op: _unit_window(op),
+    "avg_pool2d": lambda node, op: _unit_window(op),
+}
+
+
 def _is_identity(value: Value) -> str | None:
-    node, attrs = value.producer, value.producer.op
-    checks = {
-        "dropout": lambda: True,
-        "reshape": lambda: True,
-        "flatten": lambda: True,
-        "transpose": lambda: attrs.perm == tuple(range(len(attrs.perm))),
-        "pad": lambda: all(a == 0 and b == 0 for a, b in attrs.pads),
-        "clip": lambda: attrs.min is None and attrs.max is None,
-        "concat": lambda: len(node.inputs) == 1,
-        "max_pool2d": lambda: _unit_window(attrs),
-        "avg_pool2d": lambda: _unit_window(attrs),
-    }
-    if not checks[node.op_name]():
-        return f"{attrs} is not an identity"
+    node = value.producer
+    if not IDENTITY_WHEN[node.op_name](node, node.op):
+        return f"{node.op} is not an identity"
     return _same_type(value)
 
 
@@ -78,8 +82,7 @@ def _transpose_chain(graph: Graph, m: Match) -> Value:
     return node.output
 
 
-IDENTITY_OPS = ("dropout", "reshape", "flatten", "transpose", "pad", "clip", "concat",
-                "max_pool2d", "avg_pool2d")
+IDENTITY_OPS = tuple(IDENTITY_WHEN)
 SHAPE_OPS = ("reshape", "flatten")
 
 RULES = [
