@@ -33,6 +33,7 @@ import numpy as np
 
 from . import runtime
 from .errors import GraphoptError, InputError
+from .signature import probe_inputs
 
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundle_runner.py")
 RUNTIME = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runtime.py")
@@ -146,8 +147,7 @@ def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (
         if key not in graphs:
             progress(f"building {case.model} batch {case.batch}")
             graph = zoo.MODELS[case.model](batch=case.batch, seed=seed)
-            feeds = {v.name: np.random.default_rng(seed).standard_normal(v.shape).astype(v.dtype)
-                     for v in graph.inputs}
+            feeds = probe_inputs(graph, seed)
             progress(f"float64 reference for {case.model} batch {case.batch}")
             references = go.interpret(graph, feeds, dtype=np.float64)
             data = os.path.join("data", f"{case.model}_b{case.batch}")

@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .errors import GraphoptError, InputError, LoweringError, PassError
+from .signature import probe_inputs
 from .timing import median_ms
 
 EXIT_OK = 0          # the command did what was asked (and a comparison matched)
@@ -91,24 +92,12 @@ def load_model(spec: str, batch: int = 1, seed: int = 0):
     return zoo.MODELS[spec](batch=batch, seed=seed)
 
 
-def random_inputs(inputs: Sequence[tuple[str, tuple, str]], seed: int = 0) -> dict[str, np.ndarray]:
-    """Standard-normal floats (small integers for integer dtypes) for (name, shape, dtype)s."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for name, shape, dtype in inputs:
-        if np.dtype(dtype).kind == "f":
-            feeds[name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[name] = rng.integers(-8, 8, size=shape).astype(dtype)
-    return feeds
-
-
 def load_inputs(specs: Sequence[str], inputs: Sequence[tuple[str, tuple, str]],
                 seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs from `--input` specs (NAME=FILE.npy, FILE.npy for a single-input model, or one
     .npz holding them all), else random ones. Shapes and dtypes are checked by the model."""
     if not specs:
-        return random_inputs(inputs, seed)
+        return probe_inputs(inputs, seed)
     names = [name for name, _, _ in inputs]
     feeds: dict[str, np.ndarray] = {}
     for spec in specs:
@@ -322,7 +311,7 @@ def bench(args) -> int:
         raise InputError("bench runs the model here; CUDA needs a GPU (use the runtime bundle, "
                          "tools/make_bundle.py, on the GPU machine)")
     model = compile_model(graph, args.target, args.kernels)
-    feeds = random_inputs(signature_of(graph), args.seed)
+    feeds = probe_inputs(signature_of(graph), args.seed)
     results = {}
     with step(f"timing compiled ({args.repeat} runs)"):
         results["compiled"] = median_ms(lambda: model.run(feeds), args.repeat)

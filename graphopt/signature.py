@@ -1,10 +1,11 @@
-"""The names, shapes and dtypes a model takes and returns, and the check of user inputs against
-them. Shared by the interpreter, compiled modules and loaded (exported) models."""
+"""The names, shapes and dtypes a model takes and returns, the check of user inputs against them,
+and deterministic probe inputs. Shared by the interpreter, compiled modules, loaded (exported)
+models, the pass manager and the command line."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -65,3 +66,22 @@ class Signature:
         def dec(items):
             return tuple((d["name"], TensorType(tuple(d["shape"]), d["dtype"])) for d in items)
         return cls(dec(data["inputs"]), dec(data["outputs"]))
+
+
+def probe_inputs(inputs: Graph | Iterable[tuple[str, Sequence[int], str]],
+                 seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic inputs for equivalence checks, comparisons and timing: standard normal
+    floats, small integers (0 or 1 for bool, at least 0 for unsigned types). `inputs`: a
+    graph, or the (name, shape, dtype) of each input."""
+    if isinstance(inputs, Graph):
+        inputs = [(v.name, v.shape, v.dtype) for v in inputs.inputs]
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, shape, dtype in inputs:
+        dtype = np.dtype(dtype)
+        if dtype.kind == "f":
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            low, high = (0, 2) if dtype.kind == "b" else (max(-8, np.iinfo(dtype).min), 8)
+            feeds[name] = rng.integers(low, high, size=shape).astype(dtype)
+    return feeds

@@ -8,7 +8,7 @@ import graphopt as go
 from graphopt import ops
 from graphopt.errors import GraphoptError, InputError
 from graphopt.ir import Graph, TensorType
-from graphopt.signature import Signature
+from graphopt.signature import Signature, probe_inputs
 
 
 def small_net() -> Graph:
@@ -138,3 +138,16 @@ def test_signature_describes_and_round_trips():
     assert sig.input_names == ["x"] and sig.output_names == ["y", "feat"]
     assert dict(sig.outputs)["y"] == TensorType((1, 4, 1, 1))
     assert Signature.from_json(sig.to_json()) == sig
+
+
+def test_probe_inputs_are_deterministic_and_fit_each_dtype():
+    g = Graph("probe")
+    for name, dtype in [("f", "float32"), ("h", "float16"), ("i", "int32"), ("u", "uint8"),
+                        ("b", "bool")]:
+        g.add_input(name, TensorType((4, 5), dtype))
+    feeds = probe_inputs(g, seed=3)
+    again = probe_inputs([(v.name, v.shape, v.dtype) for v in g.inputs], seed=3)
+    assert all(np.array_equal(feeds[n], again[n]) for n in g.input_names)
+    assert {n: str(a.dtype) for n, a in feeds.items()} == {v.name: v.dtype for v in g.inputs}
+    assert np.abs(feeds["i"]).max() <= 8 and feeds["u"].max() < 8 and feeds["b"].any()
+    assert not np.array_equal(feeds["f"], probe_inputs(g, seed=4)["f"])

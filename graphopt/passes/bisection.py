@@ -10,7 +10,8 @@ import numpy as np
 
 from ..compare import CompareReport, compare
 from ..ir import Graph
-from .manager import Pass, probe_inputs, resolve
+from ..signature import probe_inputs
+from .manager import Pass, resolve
 from .pattern import rewrite_limit
 
 

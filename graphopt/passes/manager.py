@@ -13,6 +13,7 @@ import numpy as np
 from ..analysis import _human, count_macs, count_params
 from ..errors import GraphoptError, PassError, VerifyError
 from ..ir import Graph
+from ..signature import probe_inputs
 from ..verify import verify
 
 
@@ -46,18 +47,6 @@ def resolve(passes: Sequence[str | Pass]) -> list[tuple[str, Pass]]:
         else:
             raise PassError(f"no pass named {p!r}; known passes: {', '.join(sorted(PASSES))}")
     return resolved
-
-
-def probe_inputs(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic inputs for equivalence checks: standard normal floats, small integers."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for v in graph.inputs:
-        if v.type.is_float:
-            feeds[v.name] = rng.standard_normal(v.shape).astype(v.dtype)
-        else:
-            feeds[v.name] = rng.integers(0, 2, v.shape).astype(v.dtype)
-    return feeds
 
 
 @dataclass

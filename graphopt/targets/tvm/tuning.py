@@ -18,6 +18,7 @@ import numpy as np
 
 from ...errors import GraphoptError
 from ...ir import Graph
+from ...signature import probe_inputs
 
 from .tuning_database import CACHE_ENV, cache_root, database_dir, load_database
 
@@ -130,9 +131,9 @@ def time_primfunc(func, target, repeat: int = 5) -> float:
     import tvm
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
     dev = tvm.cpu()
-    rng = np.random.default_rng(0)
-    args = [tvm.runtime.tensor(rng.standard_normal([int(d) for d in p.shape]).astype(p.dtype), dev)
-            for p in func.params]
+    feeds = probe_inputs([(str(i), [int(d) for d in p.shape], p.dtype)
+                          for i, p in enumerate(func.params)])
+    args = [tvm.runtime.tensor(a, dev) for a in feeds.values()]
     timer = lib.mod.time_evaluator("main", dev, number=3, repeat=repeat, min_repeat_ms=20)
     return float(min(timer(*args).results)) * 1e3
 
