@@ -3,6 +3,8 @@
 Duck-typed over `graphopt.ir` (it does not import it) so that `Graph.summary()` can delegate here."""
 from __future__ import annotations
 
+from .table import format_table
+
 
 def node_params(node) -> int:
     """Elements of the constant inputs a node owns as parameters (not statistics buffers)."""
@@ -38,19 +40,15 @@ def _human(n: int) -> str:
 
 def summary(graph) -> str:
     """A table with one row per node (name, op, output shape, params, MACs) and the totals."""
-    rows = [("node", "op", "output", "params", "MACs")]
+    rows = []
     for node in graph.topological_order():
         out = ", ".join(str(v.type) for v in node.outputs)
         rows.append((node.name, node.op_name, out, f"{node_params(node):,}",
                      _human(node_macs(node))))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    def fmt(r):
-        return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     lines = [f"graph '{graph.name}': inputs " +
              ", ".join(f"{v.name}: {v.type}" for v in graph.inputs) + "; outputs " +
-             ", ".join(f"{v.name}: {v.type}" for v in graph.outputs), fmt(rows[0]),
-             "  ".join("-" * w for w in widths)]
-    lines += [fmt(r) for r in rows[1:]]
+             ", ".join(f"{v.name}: {v.type}" for v in graph.outputs),
+             format_table(rows, ("node", "op", "output", "params", "MACs"), right=(3, 4), rule=True)]
     weight_bytes = sum(c.data.nbytes for c in graph.constants.values())
     lines.append(f"total: {len(graph.nodes)} nodes, {count_params(graph):,} params "
                  f"({weight_bytes / 2**20:.1f} MiB of constants), {_human(count_macs(graph))} MACs")

@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import GraphoptError, InputError, LoweringError, PassError
 from .signature import probe_inputs
+from .table import format_table
 from .timing import median_ms
 
 EXIT_OK = 0          # the command did what was asked (and a comparison matched)
@@ -137,11 +138,6 @@ def step(message: str) -> Iterator[None]:
         raise
     if not _quiet:
         print(f" done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-
-
-def table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def signature_of(model) -> list[tuple[str, tuple, str]]:
@@ -277,7 +273,7 @@ def run(args) -> int:
     for name, a in outputs.items():
         rows.append((name, "x".join(map(str, a.shape)), str(a.dtype), f"{a.min():.4g}",
                      f"{a.max():.4g}", f"{a.mean():.4g}"))
-    print(table(rows))
+    print(format_table(rows))
     if args.repeat:
         times = model.latencies(feeds, warmup=min(10, args.repeat), repeat=args.repeat)
         print(f"latency: median {1e3 * float(np.median(times)):.3f} ms over {args.repeat} runs")
@@ -326,7 +322,7 @@ def bench(args) -> int:
     rows = [("engine", "median ms", "x compiled")]
     rows += [(k, f"{v:.3f}", f"{v / results['compiled']:.2f}") for k, v in results.items()]
     print(f"'{graph.name}' batch {args.batch}, target {args.target}")
-    print(table(rows))
+    print(format_table(rows))
     if ort_ms is None:
         print(f"onnxruntime: not timed ({why})")
     return EXIT_OK

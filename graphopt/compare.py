@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import GraphoptError
 from .ir import Graph, Node, Value
+from .table import format_table
 from .targets.reference import interpret
 
 # Error allowed relative to the reference's largest magnitude, by the candidate's dtype: a few
@@ -76,7 +77,7 @@ class CompareReport:
     def layer_table(self) -> str:
         """Every lined-up layer: original name, candidate node, errors."""
         head = ("layer", "candidate node", "max abs", "max rel", "cosine", "tol", "")
-        return _table(head, [layer.row() for layer in self.layers or ()])
+        return format_table([layer.row() for layer in self.layers or ()], head)
 
     def __getitem__(self, name: str) -> OutputComparison:
         for o in self.outputs:
@@ -88,19 +89,13 @@ class CompareReport:
         head = ("output", "dtype", "max abs", "max rel", "cosine", "tol", "")
         lines = [f"compare against the {self.reference_dtype} reference: "
                  + ("all outputs ok" if self.ok else "MISMATCH"),
-                 _table(head, [o.row() for o in self.outputs])]
+                 format_table([o.row() for o in self.outputs], head)]
         if self.layers is not None:
             first = self.first_divergent
             lines.append(f"per layer: {len(self.layers)} original layers lined up; first "
                          "divergent: " + ("none" if first is None else
                                           f"{first} (max rel {self.layer(first).max_rel:.3g})"))
         return "\n".join(lines)
-
-
-def _table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    rows = [head] + rows
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def compare_arrays(name: str, reference: np.ndarray, candidate: np.ndarray,

@@ -14,6 +14,7 @@ from ..analysis import _human, count_macs, count_params
 from ..errors import GraphoptError, PassError, VerifyError
 from ..ir import Graph
 from ..signature import probe_inputs
+from ..table import format_table
 from ..verify import verify
 
 
@@ -89,11 +90,9 @@ class OptimizeResult:
     def report(self) -> str:
         head = ("pass", "round", "changed", "nodes", "params", "MACs", "time", "max err",
                 "rewrites")
-        rows = [head] + [r.row() for r in self.records]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lines = [f"optimize '{self.original.name}': {len(self.original.nodes)} -> "
-                 f"{len(self.graph.nodes)} nodes"]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+                 f"{len(self.graph.nodes)} nodes",
+                 format_table([r.row() for r in self.records], head)]
         misses = self.misses()
         if misses:
             lines.append("rules that did not apply (rule: reason, count):")
