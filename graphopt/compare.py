@@ -13,14 +13,15 @@ from typing import Mapping
 import numpy as np
 
 from .errors import GraphoptError
-from .ir import Graph, Node, Value
+from .ir import DTYPES, FLOAT_DTYPES, Graph, Node, Value
 from .table import format_table
 from .targets.reference import interpret
 
 # Error allowed relative to the reference's largest magnitude, by the candidate's dtype: a few
 # hundred ulps for fp32 (deep nets accumulate rounding), fp16's 10 bits, exact for integers.
-TOLERANCE = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "int8": 0.0, "uint8": 0.0,
-             "int32": 0.0, "int64": 0.0, "bool": 0.0}
+FLOAT_TOLERANCE = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2}
+TOLERANCE = {dtype: FLOAT_TOLERANCE[dtype] if dtype in FLOAT_DTYPES else 0.0
+             for dtype in DTYPES}
 
 
 @dataclass

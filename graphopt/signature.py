@@ -10,7 +10,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from .errors import InputError
-from .ir import Graph, TensorType
+from .ir import DTYPES, Graph, TensorType
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,8 @@ class Signature:
             array = inputs[name]
             if not isinstance(array, np.ndarray):
                 array = np.asarray(array)
-            found = TensorType(array.shape, str(array.dtype)) if str(array.dtype) in \
-                ("float32", "float16", "float64", "int8", "uint8", "int32", "int64", "bool") else None
+            found = TensorType(array.shape, str(array.dtype)) if str(array.dtype) in DTYPES \
+                else None
             if found is None or found != expected:
                 raise InputError(f"input '{name}': expected {expected}, found "
                                  f"{array.dtype}[{','.join(map(str, array.shape))}]")
