@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .errors import GraphoptError, InputError, LoweringError, PassError
-from .signature import probe_inputs
+from .signature import Signature, probe_inputs
 from .table import format_table
 from .timing import median_ms
 
@@ -196,9 +196,10 @@ def show(args) -> int:
         metadata, fatbin = read_export(args.model)
         print(f"'{metadata['graph']}' exported for {metadata['target']} "
               f"(TVM {metadata.get('tvm', '?')})")
-        for kind in ("inputs", "outputs"):
-            for d in metadata[kind]:
-                print(f"  {kind[:-1]:6} {d['name']}: {d['dtype']}[{','.join(map(str, d['shape']))}]")
+        signature = Signature.from_dict(metadata)
+        for kind, items in (("input", signature.inputs), ("output", signature.outputs)):
+            for name, type_ in items:
+                print(f"  {kind:6} {name}: {type_}")
         if fatbin is not None:
             print(f"  GPU binary: {len(fatbin):,} bytes for {metadata.get('cuda_arch')}")
         return EXIT_OK

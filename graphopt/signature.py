@@ -55,17 +55,27 @@ class Signature:
             checked[name] = np.ascontiguousarray(array) if array.ndim else array
         return checked
 
-    def to_json(self) -> str:
-        def enc(items):
+    # The one encoding of a signature: `{"inputs": [{"name", "shape", "dtype"}, ...], "outputs":
+    # [...]}`. Exported libraries carry it in their metadata, which graphopt.runtime reads on its
+    # own (it runs without graphopt): tests/test_export.py checks that both read it alike.
+    def to_dict(self) -> dict:
+        def encode(items):
             return [{"name": n, "shape": list(t.shape), "dtype": t.dtype} for n, t in items]
-        return json.dumps({"inputs": enc(self.inputs), "outputs": enc(self.outputs)})
+        return {"inputs": encode(self.inputs), "outputs": encode(self.outputs)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "Signature":
+        """The signature in `data` (other keys, such as an export's target, are ignored)."""
+        def decode(items):
+            return tuple((d["name"], TensorType(tuple(d["shape"]), d["dtype"])) for d in items)
+        return cls(decode(data["inputs"]), decode(data["outputs"]))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str) -> "Signature":
-        data = json.loads(text)
-        def dec(items):
-            return tuple((d["name"], TensorType(tuple(d["shape"]), d["dtype"])) for d in items)
-        return cls(dec(data["inputs"]), dec(data["outputs"]))
+        return cls.from_dict(json.loads(text))
 
 
 def probe_inputs(inputs: Graph | Iterable[tuple[str, Sequence[int], str]],

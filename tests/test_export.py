@@ -15,6 +15,7 @@ import graphopt as go
 from graphopt import runtime
 from graphopt.errors import GraphoptError, InputError, ModelFormatError
 from graphopt.frontends import dsl
+from graphopt.signature import Signature
 
 
 def two_output_net():
@@ -103,12 +104,18 @@ def test_export_path_must_be_a_shared_library(compiled, tmp_path):
         compiled.export(str(tmp_path / "model.tar"))
 
 
-def test_metadata_is_readable_without_loading_the_model(exported):
+def test_metadata_is_readable_without_loading_the_model(compiled, exported):
     metadata, fatbin = runtime.read_export(exported)
     assert fatbin is None
     assert metadata["format"] == runtime.FORMAT and metadata["device"] == "cpu"
     assert [d["name"] for d in metadata["outputs"]] == ["logits", "probs"]
     json.dumps(metadata)
+    # The runtime reads the signature on its own (it runs without graphopt): both agree.
+    signature = Signature.from_dict(metadata)
+    assert signature == compiled.signature
+    loaded = go.load(exported)
+    assert loaded.inputs == [(n, t.shape, t.dtype) for n, t in signature.inputs]
+    assert loaded.outputs == [(n, t.shape, t.dtype) for n, t in signature.outputs]
 
 
 def runtime_only_path(tmp_path) -> str:

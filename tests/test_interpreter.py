@@ -138,6 +138,8 @@ def test_signature_describes_and_round_trips():
     assert sig.input_names == ["x"] and sig.output_names == ["y", "feat"]
     assert dict(sig.outputs)["y"] == TensorType((1, 4, 1, 1))
     assert Signature.from_json(sig.to_json()) == sig
+    assert Signature.from_dict({"target": "cpu", **sig.to_dict()}) == sig
+    assert sig.to_dict()["inputs"] == [{"name": "x", "shape": [1, 2, 6, 6], "dtype": "float32"}]
 
 
 def test_probe_inputs_are_deterministic_and_fit_each_dtype():

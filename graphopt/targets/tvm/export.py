@@ -18,13 +18,10 @@ from ... import runtime
 
 
 def metadata_of(model, extra: dict | None = None) -> dict:
-    def tensors(items):
-        return [{"name": n, "shape": list(t.shape), "dtype": t.dtype} for n, t in items]
     import tvm
     return {"format": runtime.FORMAT, "version": 1, "graph": model.graph_name,
             "target": model.target, "device": model.device_kind, "tvm": tvm.__version__,
-            "inputs": tensors(model.signature.inputs),
-            "outputs": tensors(model.signature.outputs), **(extra or {})}
+            **model.signature.to_dict(), **(extra or {})}
 
 
 def data_symbol_assembly(name: str, path: str, section: str) -> str:
