@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from graphopt.bundle import Case, make_bundle, weights_mode
+from graphopt.tools.bundle import Case, make_bundle, weights_mode
 from graphopt.errors import GraphoptError, InputError
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from graphopt.frontends import onnx_conformance as conformance
+from graphopt.tools import onnx_conformance as conformance
 
 OPS = conformance.supported_op_types()
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,5 +1,5 @@
-"""Assemble a graphopt runtime bundle (see graphopt/bundle.py) for a machine with only Python +
-numpy, e.g. a lent GPU machine:
+"""Assemble a graphopt runtime bundle (see graphopt/tools/bundle.py) for a machine with only
+Python + numpy, e.g. a lent GPU machine:
 
     python tools/make_bundle.py build/bundle resnet18:1:cuda resnet18:8:cuda --ffi-wheel auto
     # there:  python3 bundle/run_bundle.py --device cuda
@@ -7,7 +7,7 @@ numpy, e.g. a lent GPU machine:
 import argparse
 import sys
 
-from graphopt.bundle import Case, download_ffi_wheel, make_bundle
+from graphopt.tools.bundle import Case, download_ffi_wheel, make_bundle
 from graphopt.errors import GraphoptError
 
 

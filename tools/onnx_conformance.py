@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnx
 
-from graphopt.frontends import onnx_conformance as conformance
+from graphopt.tools import onnx_conformance as conformance
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -2,7 +2,7 @@
 only Python + numpy (e.g. a lent GPU machine), and checks them against interpreter references.
 
     bundle/
-      run_bundle.py            the runner (graphopt/bundle_runner.py)
+      run_bundle.py            the runner (graphopt/tools/bundle_runner.py)
       runtime.py               graphopt/runtime.py, used on its own
       typing_extensions.py     the one dependency of tvm_ffi
       graphopt/                graphopt's source (pure Python + numpy), to rebuild zoo weights
@@ -31,12 +31,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import runtime
-from .errors import GraphoptError, InputError
-from .signature import probe_inputs
+from .. import runtime
+from ..errors import GraphoptError, InputError
+from ..signature import probe_inputs
 
-RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundle_runner.py")
-RUNTIME = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runtime.py")
+HERE = os.path.dirname(os.path.abspath(__file__))
+PACKAGE = os.path.dirname(HERE)   # graphopt's source, for runners that rebuild the weights
+RUNNER = os.path.join(HERE, "bundle_runner.py")
+RUNTIME = os.path.join(PACKAGE, "runtime.py")
 FP32_TOLERANCE = 1e-4   # relative to the largest reference magnitude, as graphopt.compare's
 
 
@@ -110,7 +112,7 @@ def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (
     `weights`: "params" (rebuilt from the zoo on the target machine), "embedded", or "auto"
     (params for CUDA cases, embedded for CPU ones)."""
     import graphopt as go
-    from . import zoo
+    from .. import zoo
     if os.path.exists(folder):
         raise InputError(f"{folder} already exists; give a new folder for the bundle")
     unknown = [c.model for c in cases if c.model not in zoo.MODELS]
@@ -134,8 +136,7 @@ def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (
     import typing_extensions
     shutil.copy(typing_extensions.__file__, folder)
     if "params" in mode.values():
-        package = os.path.dirname(os.path.abspath(__file__))
-        shutil.copytree(package, os.path.join(folder, "graphopt"),
+        shutil.copytree(PACKAGE, os.path.join(folder, "graphopt"),
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for wheel in wheels:
         shutil.copy(wheel, os.path.join(folder, "wheels"))
