@@ -6,8 +6,9 @@ from .ir import Graph, TensorType
 
 
 def verify(graph: Graph) -> Graph:
-    """Check SSA, acyclicity, that every use is defined, that constants match their types and that
-    every node's output types equal its op's inference. Returns the graph; raises VerifyError."""
+    """Check SSA, acyclicity, that every use is defined and that values and their users list each
+    other, that constants match their types and that every node's output types equal its op's
+    inference. Returns the graph; raises VerifyError."""
     defined: dict[int, str] = {}
     names: set[str] = set()
 
@@ -46,6 +47,22 @@ def verify(graph: Graph) -> Graph:
             if node not in v.users:
                 raise VerifyError(f"input %{v.name} does not list this node among its users",
                                   node=node.name, op=node.op_name)
+    # The other direction: every node a value lists among its users is a node of this graph
+    # that reads the value, listed once (passes walk `users` to find what to rewrite).
+    members = {id(node) for node in graph.nodes}
+    for value in graph.values():
+        listed: set[int] = set()
+        for user in value.users:
+            if id(user) not in members:
+                raise VerifyError(f"%{value.name} lists this node among its users, but the node "
+                                  "is not in the graph", node=user.name, op=user.op_name)
+            if not any(v is value for v in user.inputs):
+                raise VerifyError(f"%{value.name} lists this node among its users, but the node "
+                                  "does not read it", node=user.name, op=user.op_name)
+            if id(user) in listed:
+                raise VerifyError(f"%{value.name} lists this node twice among its users",
+                                  node=user.name, op=user.op_name)
+            listed.add(id(user))
     for v in graph.outputs:
         if id(v) not in defined:
             raise VerifyError(f"graph output %{v.name} is not defined in the graph")

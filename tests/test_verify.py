@@ -59,6 +59,19 @@ def missing_user_link(g):
     g.value("c").users.clear()
 
 
+def stale_user_link(g):
+    g.value("x").users.append(g.node("relu"))    # relu reads c, not x
+
+
+def user_outside_graph(g):
+    ghost = Node("ghost", ops.Relu(), [g.value("c")], [])
+    g.value("c").users.append(ghost)              # never added to the graph (or removed from it)
+
+
+def user_listed_twice(g):
+    g.value("c").users.append(g.node("relu"))
+
+
 def wrong_output_type(g):
     g.node("relu").output.type = TensorType((1, 3, 5, 4))
 
@@ -99,6 +112,11 @@ CASES = [
     (dangling_use, r"node 'relu' \(relu\): input 0 \(%stray\) is not defined in the graph "
                    r"\(dangling use\)"),
     (missing_user_link, r"node 'relu' \(relu\): input %c does not list this node among its users"),
+    (stale_user_link, r"node 'relu' \(relu\): %x lists this node among its users, but the node "
+                      r"does not read it"),
+    (user_outside_graph, r"node 'ghost' \(relu\): %c lists this node among its users, but the "
+                         r"node is not in the graph"),
+    (user_listed_twice, r"node 'relu' \(relu\): %c lists this node twice among its users"),
     (wrong_output_type, r"node 'relu' \(relu\): expected output types float32\[1,3,5,5\], found "
                         r"float32\[1,3,5,4\]"),
     (wrong_output_dtype, r"node 'conv' \(conv2d\): expected output types float32\[1,3,5,5\], "
@@ -143,6 +161,7 @@ def test_self_loop_is_a_cycle():
     node = g.add_node(ops.Relu(), [x], name="r", output_names=["v"])
     node.inputs = [node.output]
     node.output.users.append(node)
+    x.users.clear()
     g.set_outputs([node.output])
     with pytest.raises(VerifyError, match=r"cycle through nodes \['r'\]"):
         verify(g)
