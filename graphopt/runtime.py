@@ -23,6 +23,7 @@ import importlib.util
 import json
 import os
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator, Mapping
@@ -171,6 +172,34 @@ def cuda_compile_callback(compile_source) -> Iterator[None]:
             tvm_ffi.remove_global_func(CUDA_COMPILE_CALLBACK)
 
 
+# ---- threads ------------------------------------------------------------------------------------
+
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's core count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+_thread_config = threading.local()
+
+
+def configure_threads(count: int) -> None:
+    """Run the calling thread's TVM kernels on `count` threads sharing the CPUs this process may
+    use. TVM keeps one thread pool per calling thread; left alone it starts with half the
+    hardware threads (one on a two-core machine) and pins the caller to a single core."""
+    if getattr(_thread_config, "count", None) == count:
+        return
+    import tvm_ffi
+    cpus = [str(c) for c in sorted(os.sched_getaffinity(0))] if hasattr(os, "sched_getaffinity") \
+        else [str(c) for c in range(os.cpu_count() or 1)]
+    # -3: kSpecifyThreadShareAllCore (src/runtime/threading_backend.cc): workers may run on any
+    # of `cpus`, and the caller is not pinned.
+    tvm_ffi.get_global_func("runtime.config_threadpool")(-3, count, cpus)
+    _thread_config.count = count
+
+
 # ---- tensors on a device, through the runtime's own functions (no `tvm` package) --------------
 
 def copy_to_device(array: np.ndarray, device):
@@ -197,9 +226,13 @@ def copy_to_host(tensor) -> np.ndarray:
 class LoadedModel:
     """An exported model loaded into the TVM runtime: `run(inputs) -> {output name: array}`."""
 
-    def __init__(self, path: str, metadata: dict, vm, device_id: int = 0):
+    def __init__(self, path: str, metadata: dict, vm, device_id: int = 0,
+                 threads: int | None = None):
         import tvm_ffi
         self.path, self.metadata, self._vm = path, metadata, vm
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise InputError(f"threads must be a positive int or None, found {threads!r}")
+        self.threads = threads or available_cores()
         self.device_kind = metadata["device"]
         self.device = tvm_ffi.device(self.device_kind, device_id)
         self._main = vm["main"]
@@ -268,6 +301,8 @@ class LoadedModel:
         if self._weight_args is None:
             raise InputError(f"{self.path} takes its weights as parameters: call "
                              "bind_weights(...) first")
+        if self.device_kind == "cpu":
+            configure_threads(self.threads)
         result = self._main(*device_inputs, *self._weight_args)
         return [result] if len(self.outputs) == 1 else list(result)
 
@@ -294,8 +329,9 @@ class LoadedModel:
         return f"LoadedModel('{self.graph_name}', target={self.target!r}, path={self.path!r})"
 
 
-def load(path: str, device_id: int = 0) -> LoadedModel:
-    """Load a library written by `CompiledModel.export`; needs only the TVM runtime."""
+def load(path: str, device_id: int = 0, threads: int | None = None) -> LoadedModel:
+    """Load a library written by `CompiledModel.export`; needs only the TVM runtime. CPU models
+    run on `threads` threads (None: every core the process may run on)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ModelFormatError(f"no such file: {path}")
@@ -319,4 +355,4 @@ def load(path: str, device_id: int = 0) -> LoadedModel:
     if device_kind != "cpu":  # the VM keeps shapes and scalars on the host device
         devices += [_DLPACK_DEVICE_TYPE["cpu"], 0, _POOLED_ALLOCATOR]
     vm["vm_initialization"](*devices)
-    return LoadedModel(path, metadata, vm, device_id)
+    return LoadedModel(path, metadata, vm, device_id, threads)

@@ -171,8 +171,9 @@ def test_cpu_export_runs_with_only_the_tvm_runtime(exported, compiled, feeds, tm
 
 
 def test_weights_as_parameters_round_trip(graph, feeds, compiled, tmp_path):
-    """compile(weights="params"): the library holds code only; the weights are bound at load
-    time and checked against the digests recorded at export."""
+    """compile(weights="params"): the library holds code only; the weights (those of the graph
+    graphopt's passes built: batch norms folded) are bound at load time and checked against the
+    digests recorded at export."""
     model = go.compile(graph, target="cpu", weights="params")
     assert go.compare(graph, model, feeds).ok
     path = model.export(str(tmp_path / "code_only.so"))
@@ -180,7 +181,8 @@ def test_weights_as_parameters_round_trip(graph, feeds, compiled, tmp_path):
     assert [name for name, _, _ in loaded.weights] == [n for n, _ in model.weights]
     with pytest.raises(InputError, match="call bind_weights"):
         loaded.run(feeds)
-    constants = {name: c.data for name, c in graph.constants.items()}
+    assert model.graph is not graph and "conv.weight_bn" in model.graph.constants
+    constants = {name: c.data for name, c in go.optimize(graph).graph.constants.items()}
     with pytest.raises(InputError, match="missing weights"):
         loaded.bind_weights({})
     wrong = {**constants, model.weights[0][0]: constants[model.weights[0][0]] + 1.0}

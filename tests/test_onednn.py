@@ -119,12 +119,15 @@ def test_conv_matches_interpreter(name):
 def _layouts(graph) -> list[str]:
     """Each oneDNN call's layouts after the CPU pipeline's Relax rewrites, as in LAYOUT_CASES."""
     import tvm
-    from graphopt.targets.tvm.cpu import host_target, pre_schedule_passes
+    from graphopt.targets.tvm.compile import optimize_for_target
+    from graphopt.targets.tvm.cpu import pre_schedule_passes
     from graphopt.targets.tvm.lower import to_relax
-    from graphopt.targets.tvm.onednn.offload import OneDnnConv
-    target = host_target()
+    from graphopt.targets.tvm.onednn.lowering import OneDnnConv
+    from graphopt.targets.tvm.options import CompileOptions
+    optimized, target = optimize_for_target(graph, "cpu", CompileOptions(kernels="onednn"))
     with target:
-        mod = tvm.transform.Sequential(pre_schedule_passes(target, offload=[]))(to_relax(graph))
+        mod = tvm.transform.Sequential(pre_schedule_passes(target, onednn=True))(
+            to_relax(optimized.graph))
     calls = [OneDnnConv.from_relax(binding.value) for block in mod["main"].body.blocks
              for binding in block.bindings]
     return sorted(f"{c.x_layout}{'+' + c.residual_layout if c.residual is not None else ''}"

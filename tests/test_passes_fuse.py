@@ -100,10 +100,50 @@ def test_resnet_blocks_fuse_to_one_node_each():
 
 
 def test_fused_conv_compiles_to_one_kernel():
+    """compile runs the fusion pass itself: conv + add + relu6 as written becomes one kernel.
+    Without the fusion pass the same graph compiles to two kernels (the conv is opaque to TVM's
+    fusion: graphopt decides what a conv kernel computes)."""
     g = build(lambda b, x: [dsl.relu6(dsl.add(conv(x), x))])
-    fused = fuse(g).graph
-    assert op_names(fused) == ["fused_conv2d"]
-    model = go.compile(fused)
+    assert op_names(fuse(g).graph) == ["fused_conv2d"]
+    model = go.compile(g)
     assert model.kernel_count() == 1, model.kernels
+    assert [n.op_name for n in model.graph.nodes] == ["fused_conv2d"]
+    without_fusion = [p for p in go.passes.DEFAULT_PIPELINE if p != "fuse_conv_epilogue"]
+    unfused = go.compile(g, passes=without_fusion)
+    assert unfused.kernel_count() == 2, unfused.kernels
     x = probe_inputs(g)
-    assert go.compare(g, model, x).ok
+    assert go.compare(g, model, x).ok and go.compare(g, unfused, x).ok
+
+
+def test_compile_report_lists_the_passes():
+    g = build(lambda b, x: [dsl.relu(conv(x))])
+    model = go.compile(g)
+    assert "fuse_conv_epilogue" in model.report and "select_conv_algorithm" in model.report
+    assert go.compile(g, passes=()).report.count("\n") == 1   # title and header: no pass ran
+
+
+def test_a_pass_reaches_the_compiled_code():
+    """A pass given to compile changes what is compiled: doubling the conv weight doubles the
+    compiled model's output (a relu commutes with the positive scale)."""
+    def double_conv_weights(graph):
+        result = graph.copy()
+        for node in result.nodes:
+            if node.op_name == "conv2d":
+                weight = node.inputs[1]
+                doubled = result.add_constant(f"{weight.name}.doubled", weight.data * 2)
+                bias = result.add_constant(f"{node.inputs[2].name}.doubled",
+                                           node.inputs[2].data * 2)
+                node.inputs[1].users.remove(node)
+                node.inputs[2].users.remove(node)
+                node.inputs[1:3] = [doubled, bias]
+                doubled.users.append(node)
+                bias.users.append(node)
+        result.remove_unused_constants()
+        return go.passes.PassResult(result, True)
+
+    g = build(lambda b, x: [dsl.relu(conv(x))])
+    x = probe_inputs(g)
+    plain = go.compile(g).run(x)["output"]
+    doubled = go.compile(g, passes=[double_conv_weights, *go.passes.DEFAULT_PIPELINE]).run(x)
+    np.testing.assert_allclose(doubled["output"], 2 * plain, rtol=1e-5, atol=1e-6)
+    assert np.abs(plain).max() > 0

@@ -1,6 +1,8 @@
 """graphopt's CPU schedule rules: every rule is checked against the float64 interpreter over a table
 of conv / dense / pool shapes (odd sizes, padding, strides, groups, channels that do not fill a
-vector), and every PrimFunc of the zoo's CNNs must come out of the CPU pipeline scheduled."""
+vector), and every PrimFunc of the zoo's CNNs must come out of the CPU pipeline scheduled.
+Which rule a kernel gets depends on the vector width: those checks compile for a pinned CPU
+(`AVX2_CPU`, or an AVX-512 one), whatever the host; results are checked on the host."""
 from __future__ import annotations
 
 import functools
@@ -13,12 +15,17 @@ from graphopt.frontends import dsl
 
 tvm = pytest.importorskip("tvm")
 
-from graphopt.targets.tvm.cpu import cpu_pipeline, host_target  # noqa: E402
+from graphopt.targets.tvm.compile import optimize_for_target  # noqa: E402
+from graphopt.targets.tvm.cpu import cpu_pipeline  # noqa: E402
 from graphopt.targets.tvm.lower import to_relax  # noqa: E402
+from graphopt.targets.tvm.options import CompileOptions  # noqa: E402
 from graphopt.targets.tvm.schedules import SCHEDULE_ATTR, VectorShape  # noqa: E402
 from graphopt.targets.tvm.schedules.common import PARALLEL_MIN_ELEMENTS  # noqa: E402
 
-# name: (input shape, layer builder, rule the main kernel must get)
+AVX2_CPU = "haswell"            # 8 float32 lanes: what the rule table below assumes
+AVX512_CPU = "skylake-avx512"   # 16 lanes
+
+# name: (input shape, layer builder, rule the main kernel must get on AVX2_CPU)
 CASES = {
     "conv3x3_odd": ((1, 5, 9, 11), lambda x: dsl.conv2d(x, 16, 3, padding=1), "conv2d"),
     "conv3x3_s2_asym_pad": ((2, 8, 13, 13), lambda x: dsl.conv2d(x, 24, 3, stride=2,
@@ -74,10 +81,12 @@ def _zoo_kernels(model: str, **kwargs):
     return _scheduled_kernels(go.zoo.MODELS[model](**kwargs))
 
 
-def _scheduled_kernels(graph):
-    target = host_target()
+def _scheduled_kernels(graph, mcpu=AVX2_CPU):
+    """The PrimFuncs `compile` builds for `graph` on `mcpu` (graphopt's passes, then the CPU
+    pipeline without tuning records)."""
+    optimized, target = optimize_for_target(graph, "cpu", CompileOptions(mcpu=mcpu))
     with target:
-        lowered = cpu_pipeline(target)(to_relax(graph))
+        lowered = cpu_pipeline(target)(to_relax(optimized.graph))
     return {gv.name_hint: f for gv, f in lowered.functions.items()
             if isinstance(f, tvm.tirx.PrimFunc)}
 
@@ -167,17 +176,13 @@ def test_non_constant_weight_falls_back_and_stays_correct():
     assert go.compare(graph, go.compile(graph), feeds).ok
 
 
-def test_weight_arithmetic_is_folded_before_legalization():
-    """Batch-norm folding and weight transposes leave no all-constant call for Relax's (slow,
-    LLVM-compiling) FoldConstant: the numpy folder took them all."""
+def test_lowering_leaves_no_constant_arithmetic():
+    """graphopt's passes fold batch norms and constants, and lowering transposes constant linear
+    weights itself: no all-constant call is left for TVM (whose FoldConstant builds each one
+    with LLVM), so TVM's constant folder is not in the pipeline at all."""
     from tvm import relax
-    from graphopt.targets.tvm.constant_folding import fold_constants_numpy
     graph = _table_graph(["conv_bn_residual", "dense"])
-    target = host_target()
-    with target:
-        mod = relax.transform.FoldBatchnormToConv2D()(to_relax(graph))
-        mod = relax.transform.DecomposeOpsForInference()(mod)
-        mod = fold_constants_numpy()(mod)
+    optimized, _ = optimize_for_target(graph, "cpu", CompileOptions(mcpu=AVX2_CPU))
     leftovers = []
 
     def visit(expr):
@@ -185,8 +190,23 @@ def test_weight_arithmetic_is_folded_before_legalization():
                 isinstance(a, (tvm.ir.Constant, relax.ShapeExpr)) for a in expr.args):
             leftovers.append(expr.op.name)
 
-    relax.analysis.post_order_visit(mod["main"], visit)
+    relax.analysis.post_order_visit(to_relax(optimized.graph)["main"], visit)
     assert leftovers == []
+
+
+def test_batch_norm_left_unfolded_lowers_without_constant_kernels():
+    """With no graphopt passes, a batch norm lowers to a multiply-add by constants computed at
+    lowering, and the model still matches the interpreter."""
+    from tvm import relax
+    graph = _table_graph(["conv_bn_residual"])
+    mod = to_relax(graph)
+    names = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: names.append(e.op.name) if isinstance(
+        e, relax.Call) and isinstance(e.op, tvm.ir.Op) else None)
+    assert "relax.nn.batch_norm" not in names and "relax.multiply" in names
+    feeds = {"conv_bn_residual": np.random.default_rng(2).standard_normal(
+        CASES["conv_bn_residual"][0]).astype(np.float32)}
+    assert go.compare(graph, go.compile(graph, passes=()), feeds).ok
 
 
 def test_float64_model_keeps_its_dtype_through_folding_and_repacking():
@@ -204,12 +224,17 @@ def test_float64_model_keeps_its_dtype_through_folding_and_repacking():
 def test_rules_apply_for_an_avx512_target():
     """The 16-lane path (this machine may lack AVX-512): every kernel is scheduled, with the
     same rules as on AVX2."""
-    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512",
-                                "mtriple": "x86_64-linux-gnu", "num-cores": 2})
-    with target:
-        lowered = cpu_pipeline(target, database=None)(to_relax(go.zoo.resnet18(image_size=64)))
-    kernels = {gv.name_hint: f for gv, f in lowered.functions.items()
-               if isinstance(f, tvm.tirx.PrimFunc)}
+    kernels = _scheduled_kernels(go.zoo.resnet18(image_size=64), mcpu=AVX512_CPU)
     assert_all_scheduled(kernels)
     rules = {f.attrs[SCHEDULE_ATTR] for f in kernels.values()}
     assert {"winograd", "conv2d", "dense", "pool2d"} <= rules
+
+
+@pytest.mark.parametrize("name", ["conv3x3_s2_asym_pad", "conv_grouped", "winograd_7x7_residual",
+                                  "dense", "max_pool_s2_p1"])
+def test_expected_rule_on_avx512(name):
+    """The rule table's tiled cases keep their rule with 16 lanes where the channels fill
+    16-lane blocks."""
+    kernels = _scheduled_kernels(_table_graph([name]), mcpu=AVX512_CPU)
+    rules = {f.attrs[SCHEDULE_ATTR] for f in kernels.values()}
+    assert CASES[name][2] in rules, (name, {k: f.attrs[SCHEDULE_ATTR] for k, f in kernels.items()})

@@ -15,6 +15,15 @@ def conv_out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: 
     return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
 
 
+# How a convolution is computed on its target, decided by a target pass (see
+# graphopt/targets/tvm/passes/select_conv_algorithm.py) and lowered as recorded:
+#   direct    the convolution itself (graphopt's conv2d schedule rule, or dlight on CUDA)
+#   winograd  Winograd F(2x2, 3x3), the weight transformed at lowering into blocks of
+#             `weight_block` output channels (targets/tvm/schedules/winograd.py)
+#   onednn    a call of oneDNN's convolution (targets/tvm/onednn/)
+CONV_ALGORITHMS = ("direct", "winograd", "onednn")
+
+
 def add_channel_bias(bb, y, b):
     """Relax: `y` plus a per-channel bias [C] broadcast over NCHW (no-op without a bias)."""
     if b is None:
@@ -34,6 +43,8 @@ class Conv2d(Op):
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)   # top, left, bottom, right
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
+    algorithm: str = "direct"     # a target decision: one of CONV_ALGORITHMS
+    weight_block: int = 0         # output channels per block of a target weight layout
 
     def __post_init__(self):
         object.__setattr__(self, "stride", pair(self.stride))
@@ -42,6 +53,10 @@ class Conv2d(Op):
         expect(min(self.stride) >= 1 and min(self.dilation) >= 1 and self.groups >= 1
                and min(self.padding) >= 0,
                f"expected positive stride/dilation/groups and non-negative padding, found {self}")
+        expect(self.algorithm in CONV_ALGORITHMS, f"expected algorithm one of "
+               f"{', '.join(CONV_ALGORITHMS)}, found {self.algorithm!r}")
+        expect(self.weight_block >= 0 and (self.algorithm != "winograd" or self.weight_block),
+               f"expected a positive weight_block for winograd, found {self.weight_block}")
 
     def infer(self, x, w, b=None):
         expect_rank(x, 4, "input x"), expect_rank(w, 4, "weight")
@@ -88,10 +103,13 @@ class Conv2d(Op):
         return out.astype(x.dtype)
 
     def lower_tvm(self, bb, x, w, b=None):
-        R = relax().op
-        y = R.nn.conv2d(x, w, strides=self.stride, padding=self.padding, dilation=self.dilation,
-                        groups=self.groups)
-        return add_channel_bias(bb, y, b)
+        from .fused import lower_conv
+        return lower_conv(bb, self, x, w, b)
+
+    @property
+    def plain(self) -> "Conv2d":
+        """The same convolution without target decisions."""
+        return Conv2d(self.stride, self.padding, self.dilation, self.groups)
 
     def macs(self, inputs, outputs):
         o, cg, kh, kw = inputs[1].shape
@@ -215,7 +233,18 @@ class BatchNorm(Op):
         return y.astype(x.dtype)
 
     def lower_tvm(self, bb, x, scale, bias, mean, var):
+        import tvm
         rx = relax()
+        params = (scale, bias, mean, var)
+        if all(isinstance(p, tvm.ir.Constant) for p in params):
+            # Constant statistics: x * s + t, with s and t computed here (float64, then the
+            # input's dtype) instead of by a kernel at every run.
+            scale_, bias_, mean_, var_ = (p.value.numpy().astype(np.float64) for p in params)
+            s = scale_ / np.sqrt(var_ + self.epsilon)
+            shape = (1, -1) + (1,) * (len(x.ty.shape) - 2)
+            dtype = str(x.ty.dtype)
+            const = lambda a: rx.const(np.ascontiguousarray(a.reshape(shape), dtype), dtype)
+            return rx.op.add(bb.emit(rx.op.multiply(x, const(s))), const(bias_ - mean_ * s))
         # training=False: Relax's default normalizes with batch statistics.
         bn = bb.emit(rx.op.nn.batch_norm(x, scale, bias, mean, var, axis=1, epsilon=self.epsilon,
                                          training=False))

@@ -35,8 +35,13 @@ class Linear(Op):
         return y.astype(x.dtype)
 
     def lower_tvm(self, bb, x, w, b=None):
-        R = relax().op
-        y = R.matmul(x, R.permute_dims(w, [1, 0]))
+        import tvm
+        rx = relax()
+        R = rx.op
+        # A constant weight is transposed here, once, rather than by a kernel at every run.
+        w_t = (rx.const(np.ascontiguousarray(w.value.numpy().T), str(w.ty.dtype))
+               if isinstance(w, tvm.ir.Constant) else R.permute_dims(w, [1, 0]))
+        y = R.matmul(x, w_t)
         return R.add(bb.emit(y), b) if b is not None else y
 
     def macs(self, inputs, outputs):

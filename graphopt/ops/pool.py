@@ -79,7 +79,11 @@ class Pool2d(Op):
 @register
 @dataclass(frozen=True)
 class MaxPool2d(Pool2d):
+    """Max pooling. `separable` (a target decision, see the CPU pass `separate_max_pools`)
+    lowers it as a row max then a column max (`targets/tvm/schedules/pool2d.py`)."""
+
     name = "max_pool2d"
+    separable: bool = False
 
     def reference(self, x):
         oh, ow = self.out_hw(*x.shape[2:])
@@ -91,6 +95,13 @@ class MaxPool2d(Pool2d):
         return out
 
     def lower_tvm(self, bb, x):
+        if self.separable:
+            from ..targets.tvm.schedules.pool2d import separable_max_pool2d
+            n, c, h, w = x.ty.shape
+            out_h, out_w = self.out_hw(int(h), int(w))
+            return bb.call_te(separable_max_pool2d, x, self.kernel, self.stride, self.dilation,
+                              self.padding[0], self.padding[1], out_h, out_w,
+                              primfunc_name_hint="max_pool2d")
         return relax().op.nn.max_pool2d(x, pool_size=self.kernel, strides=self.stride,
                                         padding=self.padding, dilation=self.dilation,
                                         ceil_mode=self.ceil_mode)

@@ -3,30 +3,66 @@ numpy inputs and returns outputs keyed like the interpreter's."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 
 from ...errors import GraphoptError, LoweringError
 from ...ir import Graph
+from ...passes.manager import OptimizeResult
+from ...runtime import configure_threads
 from ...signature import Signature
 from ...verify import verify
 from .lower import to_relax
+from .options import CompileOptions
+from .schedules.common import VectorShape
 
 TARGETS = ("cpu", "cuda", "cuda:sm_<NN>")
-# Who computes the convolutions: graphopt's TVM schedules, or oneDNN called from the module.
-KERNELS = ("tvm", "onednn")
 
 
-def resolve_target(target: str):
+def resolve_target(target: str, mcpu: str | None = None):
     """A TVM Target and device kind for a graphopt target name."""
     if target in ("cpu", "llvm"):
         from .cpu import host_target
-        return host_target(), "cpu"
+        return host_target(mcpu), "cpu"
     if target.split(":")[0] == "cuda":
+        if mcpu is not None:
+            raise GraphoptError(f"mcpu is a CPU option; the target is {target!r}")
         from .cuda import cuda_target, parse_cuda_target
         return cuda_target(parse_cuda_target(target)), "cuda"
     raise GraphoptError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
+
+
+@dataclass(frozen=True)
+class TargetContext:
+    """What a target pass needs to know about one compile."""
+
+    device_kind: str
+    vector: VectorShape | None      # CPU only
+    kernels: str
+    constant_weights: bool
+
+
+def optimize_for_target(graph: Graph, target: str = "cpu",
+                        options: CompileOptions | None = None) -> tuple[OptimizeResult, object]:
+    """graphopt's pipeline for `target` (the default pipeline then the target's passes, or
+    `options.passes`), as `compile` runs it before lowering: (OptimizeResult, TVM target)."""
+    from ...passes import DEFAULT_PIPELINE, optimize
+    from .passes import resolve_target_pass, target_passes
+    options = options or CompileOptions()
+    tvm_target, device_kind = resolve_target(target, options.mcpu)
+    vector = None
+    if device_kind == "cpu":
+        from .schedules import VectorShape
+        vector = VectorShape.of(tvm_target)
+    context = TargetContext(device_kind, vector, options.kernels, options.weights == "embedded")
+    if options.passes is None:
+        passes = list(DEFAULT_PIPELINE) + target_passes(device_kind, context)
+    else:
+        passes = [resolve_target_pass(p, device_kind, context) or p if isinstance(p, str) else p
+                  for p in options.passes]
+    return optimize(graph, passes, fixed_point=options.passes is None), tvm_target
 
 
 class CompiledModel:
@@ -34,16 +70,24 @@ class CompiledModel:
 
     def __init__(self, executable, signature: Signature, target: str, tvm_target, device_kind: str,
                  graph_name: str = "graph", compile_seconds: float = 0.0,
-                 kernels: list[str] | None = None, schedule_report=None,
-                 weights: list | None = None, offloaded: list[str] | None = None):
+                 kernels: dict[str, str] | None = None, schedule_report=None,
+                 weights: list | None = None, offloaded: list[str] | None = None,
+                 optimized: OptimizeResult | None = None,
+                 options: CompileOptions = CompileOptions()):
         self.executable, self.signature = executable, signature
-        self.kernels = kernels or []
+        # Kernel names, and per kernel the CPU schedule rule it got (`schedules`).
+        self.schedules = dict(kernels or {})
+        self.kernels = list(self.schedules)
+        # What graphopt's passes did before lowering (`report` prints it), and the graph built.
+        self.optimized = optimized
+        self.options = options
+        self.threads = options.thread_count
         # CUDA only: the dlight rule each kernel got (a `cuda.ScheduleReport`).
         self.schedule_report = schedule_report
         # With weights="params": [(name, array)], passed after the inputs on every call.
         self.weights = weights
         self._weight_tensors = None
-        # With kernels="onednn": the convolutions sent to oneDNN (one line each).
+        # With kernels="onednn": the convolutions computed by oneDNN (one line each).
         self.offloaded = offloaded or []
         self.target, self.tvm_target, self.device_kind = target, tvm_target, device_kind
         self.graph_name, self.compile_seconds = graph_name, compile_seconds
@@ -61,9 +105,23 @@ class CompiledModel:
             self._vm = relax.VirtualMachine(self.executable, self.device)
         return self._vm
 
+    @property
+    def graph(self) -> Graph | None:
+        """The graph that was lowered: the input after graphopt's passes for the target."""
+        return self.optimized.graph if self.optimized is not None else None
+
+    @property
+    def report(self) -> str:
+        """The pass table of the compile's graphopt pipeline (as `go.optimize(...).report`)."""
+        if self.optimized is None:
+            return "no graphopt passes were run"
+        return self.optimized.report
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tvm
         feeds = self.signature.check(inputs)
+        if self.device_kind == "cpu":
+            configure_threads(self.threads)
         args = [tvm.runtime.tensor(feeds[name], self.device) for name in self.signature.input_names]
         if self.weights is not None:
             if self._weight_tensors is None:
@@ -99,58 +157,65 @@ def tvm_error_summary(error: Exception) -> str:
     return (telling or plain or lines or [type(error).__name__])[-1][:500]
 
 
-def kernel_names(lowered_module) -> list[str]:
-    """The TIR PrimFuncs of a lowered Relax module: each becomes one compiled kernel."""
+def kernel_schedules(lowered_module) -> dict[str, str]:
+    """{kernel: how it was scheduled} for the TIR PrimFuncs of a lowered Relax module (each
+    becomes one compiled kernel): a CPU schedule rule's name, "meta_schedule" for a tuned
+    kernel, or "-" (CUDA: see the ScheduleReport)."""
     from tvm import tirx
-    return sorted(gv.name_hint for gv, f in lowered_module.functions.items()
-                  if isinstance(f, tirx.PrimFunc))
+    from .schedules import SCHEDULE_ATTR
+    return {gv.name_hint: str(f.attrs.get(SCHEDULE_ATTR, "-")) if f.attrs else "-"
+            for gv, f in sorted(lowered_module.functions.items(), key=lambda i: i[0].name_hint)
+            if isinstance(f, tirx.PrimFunc)}
 
 
-def compile_graph(graph: Graph, target: str = "cpu", *,
-                  weights: str = "embedded", kernels: str = "tvm") -> CompiledModel:
-    """Lower `graph` to Relax and compile it for `target`: "cpu", "cuda" (sm_90) or
-    "cuda:sm_<NN>" (CUDA compiles without a GPU; running it needs one). `weights="params"`
-    keeps the weights out of the compiled code as parameters (see `weights.py`).
-    `kernels="onednn"` (CPU) runs float32 convolutions with constant weights, with their bias,
-    residual and activation, through oneDNN (see `onednn/`); the rest stays on TVM."""
-    if weights not in ("embedded", "params"):
-        raise GraphoptError(f"weights must be 'embedded' or 'params', found {weights!r}")
-    if kernels not in KERNELS:
-        raise GraphoptError(f"kernels must be one of {', '.join(map(repr, KERNELS))}, "
-                            f"found {kernels!r}")
-    tvm_target, device_kind = resolve_target(target)
-    offloaded = None
-    if kernels == "onednn":
-        if device_kind != "cpu":
+def compile_graph(graph: Graph, target: str = "cpu", options: CompileOptions | None = None,
+                  **overrides) -> CompiledModel:
+    """Run graphopt's pipeline for `target` on `graph`, lower the result to Relax and compile it:
+    "cpu", "cuda" (sm_90) or "cuda:sm_<NN>" (CUDA compiles without a GPU; running it needs
+    one). `options` (a `CompileOptions`) and keyword overrides of its fields say how: passes,
+    mcpu, threads, tuning, kernels, weights, bounds_check (see `options.py`)."""
+    options = CompileOptions.of(options, **overrides)
+    if options.kernels == "onednn":
+        if not target.startswith(("cpu", "llvm")):
             raise GraphoptError(f"kernels='onednn' is for the cpu target, found {target!r}")
         from .onednn import load
         load()   # registers the packed functions the compiled module calls
-        offloaded = []
     import tvm
     verify(graph)
     start = time.perf_counter()
-    mod = to_relax(graph)
-    lifted = None
-    if weights == "params":
-        from .weights import lift_weights
-        mod, lifted = lift_weights(mod, graph)
+    optimized, tvm_target = optimize_for_target(graph, target, options)
+    lowered_graph = optimized.graph
+    device_kind = "cuda" if target.startswith("cuda") else "cpu"
+    weights = None
+    if options.weights == "params":
+        mod, weights = to_relax(lowered_graph, weights="params")
+    else:
+        mod = to_relax(lowered_graph)
+    offloaded = [f"{n.name}: {n.op}" for n in lowered_graph.nodes
+                 if getattr(getattr(n.op, "conv", n.op), "algorithm", None) == "onednn"]
     schedule_report = None
+    config = {"tirx.instrument_bound_checkers": True} if options.bounds_check else {}
     try:
-        if device_kind == "cuda":
-            from .cuda import ScheduleReport, cuda_pipeline, nvcc_compile_callback
-            schedule_report = ScheduleReport()
-            with tvm_target:
-                lowered = cuda_pipeline(tvm_target, schedule_report)(mod)
-            with nvcc_compile_callback(tvm_target.arch):
+        with tvm.transform.PassContext(config=config):
+            if device_kind == "cuda":
+                from .cuda import ScheduleReport, cuda_pipeline, nvcc_compile_callback
+                schedule_report = ScheduleReport()
+                with tvm_target:
+                    lowered = cuda_pipeline(tvm_target, schedule_report)(mod)
+                with nvcc_compile_callback(tvm_target.arch):
+                    executable = tvm.compile(lowered, target=tvm_target, relax_pipeline=None)
+            else:
+                from .cpu import cpu_pipeline
+                from .tuning_database import load_database
+                tuning_dir = options.tuning_dir()
+                database = load_database(tvm_target, tuning_dir) if tuning_dir else None
+                with tvm_target:
+                    lowered = cpu_pipeline(tvm_target, database,
+                                           onednn=options.kernels == "onednn")(mod)
                 executable = tvm.compile(lowered, target=tvm_target, relax_pipeline=None)
-        else:
-            from .cpu import cpu_pipeline
-            with tvm_target:
-                lowered = cpu_pipeline(tvm_target, offload=offloaded)(mod)
-            executable = tvm.compile(lowered, target=tvm_target, relax_pipeline=None)
     except Exception as e:  # TVM's own errors carry C++ context; keep the telling line
         raise LoweringError(f"TVM failed to compile graph '{graph.name}' for {target}: "
                             f"{type(e).__name__}: {tvm_error_summary(e)}") from e
     return CompiledModel(executable, Signature.of(graph), target, tvm_target, device_kind,
-                         graph.name, time.perf_counter() - start, kernel_names(lowered),
-                         schedule_report, lifted, offloaded)
+                         graph.name, time.perf_counter() - start, kernel_schedules(lowered),
+                         schedule_report, weights, offloaded, optimized, options)

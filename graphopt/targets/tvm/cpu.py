@@ -4,12 +4,15 @@ from __future__ import annotations
 import os
 
 
-def host_target():
-    """An LLVM target for this machine's CPU (its real `mcpu`, so AVX-512 is used where present)
-    with `num-cores`, which MetaSchedule needs."""
+def host_target(mcpu: str | None = None):
+    """An LLVM target for this machine's CPU (its real `mcpu`, so AVX-512 is used where present),
+    or for the LLVM CPU `mcpu` ("haswell", "skylake-avx512", ...), with `num-cores`, which
+    MetaSchedule needs."""
     from tvm.target import Target
     config = dict(Target.from_device("cpu").export())
     keep = {k: config[k] for k in ("kind", "mtriple", "mcpu") if config.get(k)}
+    if mcpu is not None:
+        keep["mcpu"] = mcpu
     keep["num-cores"] = physical_cores()
     return Target(keep)
 
@@ -22,59 +25,37 @@ def physical_cores() -> int:
         return os.cpu_count() or 1
 
 
-def pre_schedule_passes(target, offload: list | None = None) -> list:
-    """Fold batch norms into convolutions, fold constants (this also folds the transposes of
-    linear weights), rewrite max pools and wide 3x3 convs into the forms their schedule rules
-    expect (`schedules/pool2d.py`, `schedules/winograd.py`), legalize and fuse elementwise
-    epilogues into their producers: the PrimFuncs left are what the schedule rules and
-    MetaSchedule work on. With `offload` (a list, filled with what was sent), convolutions with
-    constant weights go to oneDNN first."""
+def pre_schedule_passes(target, onednn: bool = False) -> list:
+    """Legalize and fuse: what is left are the PrimFuncs the schedule rules and MetaSchedule
+    work on. graphopt's passes already folded batch norms and constants and fused the conv
+    epilogues (a `fused_conv2d` is one opaque kernel that TVM does not re-fuse); TVM's FuseOps
+    still merges the elementwise chains graphopt left alone. With `onednn`, the oneDNN calls
+    pass NHWC to each other (`onednn.lowering.keep_nhwc`)."""
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
-    from .constant_folding import fold_constants_numpy
-    from .schedules import pool2d, winograd
-    external = []
-    if offload is not None:
-        from .onednn.offload import offload_convolutions
-        external = [offload_convolutions(offload)]
-    return ([relax.transform.FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(),
-             vector_tanh(), pool2d.rewrite(), fold_constants_numpy()] + external
-            + [winograd.rewrite(target)]
-            + cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target))
+    layouts = []
+    if onednn:
+        from .onednn.lowering import keep_nhwc
+        layouts = [keep_nhwc()]
+    return ([relax.transform.DecomposeOpsForInference()] + layouts
+            + cpu_generic.library_dispatch_passes(target)
+            + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+               relax.transform.FuseOps(), relax.transform.FuseTIR()])
 
 
-def vector_tanh():
-    """tanh as TOPI's rational approximation (max relative error 3.5e-7 over [-12, 12], about
-    3 ulp) instead of a scalar libm call per element: it vectorizes and fuses into the producing
-    kernel. LeNet-5 spent a third of its time in libm's expf. exp/softmax keep the exact call."""
-    from tvm import topi
-    from .constant_folding import op_rewrite_pass
-
-    def fast(mutator, call):
-        if call.args[0].ty.dtype != "float32":
-            return None
-        return mutator.builder_.call_te(topi.fast_tanh, call.args[0], primfunc_name_hint="tanh")
-
-    return op_rewrite_pass("relax.tanh", fast, "graphopt.VectorTanh")
-
-
-def cpu_pipeline(target, database="auto", offload: list | None = None):
-    """The whole CPU pipeline: `pre_schedule_passes` (with `offload`: see there), then tuned
-    kernels from a MetaSchedule `database` ("auto": the target's database from `graphopt tune`,
-    if any; None: no tuning records), then graphopt's schedule rules for every remaining
+def cpu_pipeline(target, database=None, onednn: bool = False):
+    """The whole CPU pipeline: `pre_schedule_passes`, then tuned kernels from a MetaSchedule
+    `database` (None: no tuning records), then graphopt's schedule rules for every remaining
     PrimFunc, then VM lowering."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
     from .schedules import apply_cpu_schedules
 
-    if database == "auto":
-        from .tuning_database import load_database
-        database = load_database(target)
     tuned = []
     if database is not None:
         tuned = [relax.transform.MetaScheduleApplyDatabase(enable_warning=False)]
-    passes = (pre_schedule_passes(target, offload) + tuned + [apply_cpu_schedules(target)]
+    passes = (pre_schedule_passes(target, onednn) + tuned + [apply_cpu_schedules(target)]
               + cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target))
 
     @tvm.transform.module_pass(opt_level=0, name="graphopt.CpuPipeline")

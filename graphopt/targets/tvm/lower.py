@@ -7,18 +7,27 @@ from ...ir import Graph
 from ...ops.base import relax_type
 
 
-def to_relax(graph: Graph):
-    """Build the Relax IRModule of `graph`."""
+def to_relax(graph: Graph, weights: str = "embedded"):
+    """Build the Relax IRModule of `graph`. With `weights="params"`, every constant tensor
+    that is not a scalar becomes a parameter of `main` after the graph inputs, so the library
+    holds code only; returns (module, [(weight name, array)] in parameter order) then."""
     from tvm import relax
 
     bb = relax.BlockBuilder()
     params = [relax.Var(v.name, relax.TensorType(v.shape, v.dtype)) for v in graph.inputs]
     env = {id(v): p for v, p in zip(graph.inputs, params)}
-    with bb.function("main", params):
+    lifted = [c for c in graph.constants.values() if weights == "params" and c.data.ndim > 0]
+    for c in lifted:
+        var = relax.Var("w_" + _relax_name(c.name), relax.TensorType(c.shape, c.dtype))
+        params.append(var)
+        env[id(c)] = var
+    attrs = {"num_input": len(graph.inputs)} if lifted else None
+    with bb.function("main", params, attrs=attrs):
         with bb.dataflow():
             for c in graph.constants.values():
-                # explicit dtype: relax.const narrows int64 arrays to int32 by default
-                env[id(c)] = relax.const(c.data, c.dtype)
+                if id(c) not in env:
+                    # explicit dtype: relax.const narrows int64 arrays to int32 by default
+                    env[id(c)] = relax.const(c.data, c.dtype)
             outputs = {id(v) for v in graph.outputs}
             for node in graph.topological_order():
                 args = [env[id(v)] for v in node.inputs]
@@ -46,6 +55,8 @@ def to_relax(graph: Graph):
                     env[id(v)] = bb.emit_output(env[id(v)])
         result = [env[id(v)] for v in graph.outputs]
         bb.emit_func_output(result[0] if len(result) == 1 else relax.Tuple(result))
+    if weights == "params":
+        return bb.get(), [(c.name, c.data) for c in lifted]
     return bb.get()
 
 

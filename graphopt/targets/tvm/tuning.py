@@ -4,11 +4,10 @@
 schedules) and keeps, per kernel, the tuned record only when it measured faster than graphopt's
 own schedule of that kernel. Records live in a JSON database per target under the user cache
 directory (`$GRAPHOPT_TUNING_DIR`, else `$XDG_CACHE_HOME/graphopt/tuning`, else
-`~/.cache/graphopt/tuning`); `compile` applies matching records whenever that database exists.
-Nothing needs tuning: without records every kernel keeps its rule-based schedule."""
+`~/.cache/graphopt/tuning`); `compile(..., tuning="user")` (or a folder) applies matching
+records. Nothing needs tuning: without records every kernel keeps its rule-based schedule."""
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from ...errors import GraphoptError
 from ...ir import Graph
 from ...signature import probe_inputs
 
-from .tuning_database import CACHE_ENV, cache_root, database_dir, load_database
+from .tuning_database import cache_root, database_dir, load_database
 
 
 @dataclass
@@ -51,13 +50,17 @@ class TuneReport:
         return "\n".join(lines)
 
 
-def fused_module(graph: Graph, target):
-    """`graph` legalized and fused exactly as the CPU pipeline does before scheduling."""
+def fused_module(graph: Graph, options=None):
+    """`graph` optimized, lowered, legalized and fused exactly as `compile` does before
+    scheduling: (the module, its TVM target)."""
     import tvm
+    from .compile import optimize_for_target
     from .cpu import pre_schedule_passes
     from .lower import to_relax
+    optimized, target = optimize_for_target(graph, "cpu", options)
     with target:
-        return tvm.transform.Sequential(pre_schedule_passes(target))(to_relax(graph))
+        return tvm.transform.Sequential(pre_schedule_passes(target))(to_relax(optimized.graph)), \
+            target
 
 
 # Kernels worth tuning: the GEMM-like ones. Pooling/elementwise kernels are memory-bound and
@@ -75,10 +78,8 @@ def tune(graph: Graph, trials: int = 64, cache_dir=None, max_trials_per_task: in
     if trials < 1:
         raise GraphoptError(f"tune: expected trials >= 1, found {trials}")
     from tvm.s_tir import meta_schedule as ms
-    from .cpu import host_target
-    target = host_target()
     start = time.perf_counter()
-    mod = fused_module(graph, target)
+    mod, target = fused_module(graph)
     if max_trials_per_task is None:
         # Spread the budget: left unset, MetaSchedule gave all of it to the first task.
         tasks = sum(1 for gv in mod.functions if any(k in gv.name_hint for k in kernels))
@@ -138,21 +139,13 @@ def time_primfunc(func, target, repeat: int = 5) -> float:
     return float(min(timer(*args).results)) * 1e3
 
 
-def has_records(graph: Graph | None = None, cache_dir=None) -> bool:
+def has_records(cache_dir=None) -> bool:
     """Whether a tuning database exists for this machine's target."""
     from .cpu import host_target
-    return load_database(host_target(), cache_dir) is not None
+    return load_database(host_target(), cache_root(cache_dir)) is not None
 
 
-def compile_tuned(graph: Graph, cache_dir=None):
-    """`compile(graph, "cpu")` with the tuning database of `cache_dir` (default: the cache root)."""
+def compile_tuned(graph: Graph, cache_dir=None, **options):
+    """`compile(graph, "cpu")` with the tuning database of `cache_dir` (default: the user's)."""
     from .compile import compile_graph
-    previous = os.environ.get(CACHE_ENV)
-    os.environ[CACHE_ENV] = str(cache_root(cache_dir))
-    try:
-        return compile_graph(graph, "cpu")
-    finally:
-        if previous is None:
-            os.environ.pop(CACHE_ENV, None)
-        else:
-            os.environ[CACHE_ENV] = previous
+    return compile_graph(graph, "cpu", tuning=str(cache_root(cache_dir)), **options)

@@ -1,10 +1,15 @@
 """oneDNN convolutions inside compiled CPU models: `go.compile(graph, "cpu", kernels="onednn")`.
 
 `conv2d.cc` registers global packed functions (`graphopt.onednn.conv2d*`) that Relax calls
-with `call_dps_packed`; `offload.py` rewrites a Relax module to call them. This module finds
-oneDNN (the optional extra `onednn`: the `onednn-cpu-gomp` wheels, oneDNN 3.2 on the system's
+with `call_dps_packed`; `lowering.py` lowers the convolutions whose algorithm is "onednn" to
+them. This module finds oneDNN (the optional extra `onednn`: the `onednn-cpu-gomp` wheels, oneDNN 3.2 on the system's
 libgomp), builds the library once per source and toolchain into the user cache, and loads it.
-`python -m graphopt.targets.tvm.onednn` builds it ahead of time (`make` does)."""
+`python -m graphopt.targets.tvm.onednn` builds it ahead of time (`make` does).
+
+oneDNN's OpenMP threads spin after each call by default and starve TVM's own pool, which runs
+the other kernels (VGG-11 on two threads: 1.23x ORT spinning, 1.01x with
+`OMP_WAIT_POLICY=PASSIVE`). libgomp reads that variable when it is loaded; graphopt leaves the
+process environment to the caller, so set it before starting Python."""
 from __future__ import annotations
 
 import ctypes
@@ -126,10 +131,6 @@ def load() -> Path:
             f"loaded in this process, so {path} cannot be; restart Python to use the new one")
     if str(path) not in _loaded:
         import tvm_ffi  # noqa: F401  (libtvm_ffi.so first: the library links against it)
-        # oneDNN's OpenMP threads would spin after each call and starve TVM's own pool, which
-        # runs the other kernels (VGG-11 on two threads: 1.23x ORT spinning, 1.01x passive).
-        # libgomp reads this when it is loaded, with the library; a caller's setting wins.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         _loaded[str(path)] = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
     return path
 

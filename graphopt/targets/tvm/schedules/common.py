@@ -55,6 +55,7 @@ def blocks_of(sch):
 def inline_elementwise(sch, keep) -> None:
     """Inline every block that is not a reduction, not a function output and not in `keep` into its
     consumers (or, failing that, into its producer), to a fixed point."""
+    from tvm.s_tir import ScheduleError
     changed = True
     while changed:
         changed = False
@@ -68,7 +69,7 @@ def inline_elementwise(sch, keep) -> None:
                     move(block)
                     changed = True
                     break
-                except Exception:  # not inlinable (e.g. read by a reduction in another layout)
+                except ScheduleError:  # not inlinable (e.g. read by a reduction in another layout)
                     continue
             if changed:
                 break
@@ -103,6 +104,7 @@ def schedule_reduction(sch, block, lanes: int) -> None:
     grouped convs): parallel over the outer spatial loops; when the innermost spatial loop is a
     short row (2..8 vectors), the reduction moves outside it and the row becomes one vector
     accumulator (a scalar reduction would wait on its add latency every step)."""
+    from tvm.s_tir import ScheduleError
     kinds = iter_kinds(sch.get(block))
     loops = sch.get_loops(block)
     if len(loops) != len(kinds):  # already moved by another rule
@@ -122,7 +124,7 @@ def schedule_reduction(sch, block, lanes: int) -> None:
             sch.vectorize(row)  # before decompose_reduction, which leaves loops unvectorizable
             init = sch.decompose_reduction(block, reduce[0])
             sch.vectorize(sch.get_loops(init)[-1])
-        except Exception:  # schedule primitives check before they change anything:
+        except ScheduleError:  # schedule primitives check before they change anything:
             pass           # the function stays valid, with the row loop scalar
     elif reduce and _product(extent(r, sch) for r in reduce) <= 16:
         for r in reduce:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .common import (PARALLEL_MIN_ELEMENTS, VectorShape, blocks_of, extent,
                      inline_elementwise, iter_kinds)
-from .tiled import (WeightPacking, accumulator_writer, channel_block, finish_tile,
+from .tiled import (WeightPacking, accumulator_writer, channel_blocks, finish_tile,
                     spatial_rest, balanced_tile, weight_param_index)
 
 NAME = "conv2d"
@@ -35,16 +35,18 @@ def schedule(sch, vec: VectorShape, packable) -> list[WeightPacking] | None:
     if weight is None or weight[0] not in packable:
         return None
     out_channels, out_width = (int(block.iter_vars[i].dom.extent) for i in (1, 3))
-    oc_block = channel_block(out_channels, vec)
-    if oc_block is None or _input_varies_with_oc(block, oc_var, oc_block):
-        return None  # grouped/depthwise with small groups: the input would not be a broadcast
+    # Grouped convs need a block inside one group (else the input is not one broadcast).
+    oc_block = next((b for b in channel_blocks(out_channels, vec)
+                     if not _input_varies_with_oc(block, oc_var, b)), None)
+    if oc_block is None:
+        return None  # depthwise or small groups, or channels in no whole vector
 
     inline_elementwise(sch, keep=[conv, *sch.get_producers(conv)])
     conv = find_conv(sch)
     writer = accumulator_writer(sch, conv)
     if writer is None:
         return None
-    width = balanced_tile(out_width, vec.accumulators // (oc_block // vec.lanes))
+    width = balanced_tile(out_width, vec.accumulators // max(1, oc_block // vec.lanes))
     w_index, _ = weight
     read_index = _read_index(sch.get(conv), weight[1])
     sch.transform_layout(conv, ("read", read_index),

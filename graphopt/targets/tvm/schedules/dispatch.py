@@ -46,13 +46,15 @@ def schedule_module(mod, vec: VectorShape):
 
 def schedule_func(func, vec: VectorShape, packable: set[int]):
     """(scheduled PrimFunc, rule name, weight packings) for the first rule that applies; a rule
-    that raises part-way is discarded with its schedule and the next rule starts afresh."""
+    that a schedule primitive refuses part-way is discarded with its schedule and the next rule
+    starts afresh; any other error in a rule is a bug and propagates."""
     from tvm import s_tir
+    from tvm.s_tir import ScheduleError
     for rule in RULES:
         sch = s_tir.Schedule(func)
         try:
             packing = rule.schedule(sch, vec, packable)
-        except Exception:  # a schedule primitive refused this function's structure: next rule
+        except ScheduleError:  # a schedule primitive refused this function's structure: next rule
             continue
         if packing is not None:
             return sch.mod["main"], rule.NAME, packing

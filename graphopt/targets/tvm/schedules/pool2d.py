@@ -2,10 +2,10 @@
 
 A max pool written directly (TOPI's form) reads every window element through a strided, padded
 gather: ResNet-18's 3x3 stride-2 pool took 1.5-2 ms on one core, ten times ONNX Runtime. The max
-of a window is the max over its columns of the max over its rows, so the CPU pipeline rewrites
-`relax.nn.max_pool2d` (NCHW) into `separable_max_pool2d`: a row pass over whole contiguous input
-rows (`ROWS_BLOCK`, vectorized, padding folded into -inf) and a column pass reading that short row
-buffer (0.09 ms for the same pool, measured in one process against ORT's 0.17 ms)."""
+of a window is the max over its columns of the max over its rows, so the CPU target pass
+`separate_max_pools` marks max pools `separable`, which lower to `separable_max_pool2d`: a row
+pass over whole contiguous input rows (`ROWS_BLOCK`, vectorized, padding folded into -inf) and a
+column pass reading that short row buffer (0.09 ms for the same pool, measured in one process against ORT's 0.17 ms)."""
 from __future__ import annotations
 
 from .common import PARALLEL_MIN_ELEMENTS, blocks_of, extent, inline_elementwise
@@ -43,25 +43,6 @@ def separable_max_pool2d(x, kernel, stride, dilation, pad_top, pad_left, out_h: 
         return best
 
     return te.compute((n, c, out_h, out_w), columns, name=COLUMNS_BLOCK)
-
-
-def rewrite():
-    """The Relax pass replacing NCHW `relax.nn.max_pool2d` calls by `separable_max_pool2d`."""
-    from ..constant_folding import op_rewrite_pass
-
-    def separable(mutator, call):
-        a = call.attrs
-        if a.layout != "NCHW" or a.out_layout != "NCHW" or call.ty.dtype not in ("float32",
-                                                                                 "float16"):
-            return None
-        pair = lambda v: tuple(int(i) for i in v)
-        top, left = (int(p) for p in a.padding[:2])
-        out_h, out_w = (int(call.ty.shape[i]) for i in (2, 3))
-        return mutator.builder_.call_te(
-            separable_max_pool2d, call.args[0], pair(a.pool_size), pair(a.strides),
-            pair(a.dilation), top, left, out_h, out_w, primfunc_name_hint="max_pool2d")
-
-    return op_rewrite_pass("relax.nn.max_pool2d", separable, "graphopt.SeparableMaxPool")
 
 
 def schedule(sch, vec, packable) -> list | None:

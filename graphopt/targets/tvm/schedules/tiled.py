@@ -45,12 +45,12 @@ def balanced_tile(length: int, limit: int) -> int:
     return -(-length // tiles)
 
 
-def channel_block(channels: int, vec: VectorShape) -> int | None:
-    """Output channels per tile: two vector registers when they divide `channels`, else one."""
-    for block in (2 * vec.lanes, vec.lanes):
-        if channels % block == 0:
-            return block
-    return None
+def channel_blocks(channels: int, vec: VectorShape) -> list[int]:
+    """Output channels per tile that divide `channels`, best first: two vector registers, one,
+    then (with 16 lanes) a half-width register, as AVX2 would use (24 or 40 channels on
+    AVX-512 would otherwise have no block and fall to the generic rule)."""
+    candidates = [2 * vec.lanes, vec.lanes] + ([vec.lanes // 2] if vec.lanes >= 16 else [])
+    return [block for block in candidates if channels % block == 0]
 
 
 def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops, first_reduce,

@@ -122,33 +122,6 @@ def winograd_conv2d(x, u):
     return te.compute((n, out_c, h, w), output, name=OUTPUT)
 
 
-def rewrite(target):
-    """The Relax pass replacing the convs `applies` accepts (constant float32 weights) by
-    `winograd_conv2d`, their weights transformed here with numpy."""
-    from tvm import relax
-    from ..constant_folding import bound_constant, op_rewrite_pass
-    vec = VectorShape.of(target)
-
-    def winograd(mutator, call):
-        a, (x, weight) = call.attrs, call.args
-        weight = bound_constant(mutator, weight)
-        if (weight is None or (a.data_layout, a.kernel_layout, a.out_layout)
-                != ("NCHW", "OIHW", "NCHW")
-                or call.ty.dtype != "float32" or x.ty.dtype != "float32"):
-            return None
-        w = weight.value.numpy()
-        out_h, out_w = (int(call.ty.shape[i]) for i in (2, 3))
-        ints = lambda v: tuple(int(i) for i in v)
-        if not applies(w.shape[1], w.shape[0], out_h, out_w, w.shape[2:], ints(a.strides),
-                       ints(a.dilation), int(a.groups), ints(a.padding), vec):
-            return None
-        u = transform_weight(w, channel_block(vec))
-        return mutator.builder_.call_te(winograd_conv2d, x, relax.const(u, str(u.dtype)),
-                                        primfunc_name_hint="conv2d_winograd")
-
-    return op_rewrite_pass("relax.nn.conv2d", winograd, "graphopt.WinogradConvolutions")
-
-
 def schedule(sch, vec: VectorShape, packable) -> list | None:
     """Input transform per input channel, the GEMMs register-tiled like the direct conv (output
     channels as the vector axis, a few tiles as the other side; weights streamed in L1-sized

@@ -1,14 +1,6 @@
-"""A Relax rewrite sending float32 convolutions with a constant weight to oneDNN.
-
-Runs after batch norms are folded and before legalization. Each rule turns a Relax call into a
-`call_dps_packed` of `conv2d.cc`'s functions and the next rules fold the epilogue into it, in
-the order FusedConv2d lowers to (see graphopt/ops/fused.py):
-    conv2d(x, W)                   -> onednn(x, W, bias=0)
-    add(onednn(...), B[1,C,1,1])   -> onednn(..., bias + B)        (bias adds: folded in numpy)
-    add(onednn(...), r) / add(r, onednn(...))  -> onednn_residual(..., r)
-    relu / leakyrelu / clip(onednn(...))       -> onednn(..., activation)
-A call is folded into its consumer only when the consumer is its one use; the unfolded call
-left behind is dead and removed. Everything else stays on TVM.
+"""Lowering of convolutions whose algorithm is "onednn" (chosen by the CPU target pass
+`select_conv_algorithm`): each becomes one `call_dps_packed` of `conv2d.cc`'s functions with its
+bias, residual and activation (from the fused op's epilogue, `ops.fused.EPILOGUE`) as arguments.
 
 Then `keep_nhwc` lets a call whose every use is a oneDNN call (as input or residual) produce
 NHWC, the layout oneDNN's AVX2 kernels compute in, and its consumers read NHWC: a value a TVM
@@ -25,7 +17,6 @@ from . import FUNCTION_PREFIX
 
 CONV2D = FUNCTION_PREFIX + "conv2d"
 CONV2D_RESIDUAL = FUNCTION_PREFIX + "conv2d_residual"
-ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2, "clip": 3}   # conv2d.cc's Activation
 LAYOUTS = {"NCHW": 0, "NHWC": 1}                                  # conv2d.cc's Layout
 
 
@@ -50,7 +41,7 @@ class OneDnnConv:
     attrs: tuple[int, ...]        # stride(2), padding(4), dilation(2), groups
     out_shape: tuple[int, ...]    # NCHW, whatever out_layout is
     residual: object = None
-    activation: str | None = None
+    activation: int = 0           # conv2d.cc's Activation code (see ops.fused.EPILOGUE)
     alpha: float = 0.0
     beta: float = 0.0
     x_layout: str = "NCHW"        # how the tensors are stored: "NCHW" or "NHWC"
@@ -63,7 +54,7 @@ class OneDnnConv:
         if self.residual is not None:
             args.append(self.residual)
         layouts = [LAYOUTS[v] for v in (self.x_layout, self.residual_layout, self.out_layout)]
-        args += [relax.ShapeExpr([*self.attrs, ACTIVATIONS[self.activation], *layouts]),
+        args += [relax.ShapeExpr([*self.attrs, self.activation, *layouts]),
                  relax.const(np.array([self.alpha, self.beta], np.float32))]
         name = CONV2D if self.residual is None else CONV2D_RESIDUAL
         out_type = relax.TensorType(in_layout(self.out_shape, self.out_layout), "float32")
@@ -85,7 +76,7 @@ class OneDnnConv:
         layout = {v: k for k, v in LAYOUTS.items()}
         out_shape = to_nchw(tuple(int(d) for d in call.ty_args[0].shape), layout[out_layout])
         return cls(x, weight, bias.value.numpy(), tuple(attrs), out_shape, residual,
-                   {v: k for k, v in ACTIVATIONS.items()}[activation], alpha, beta,
+                   activation, alpha, beta,
                    layout[x_layout], layout[residual_layout], layout[out_layout])
 
 
@@ -110,100 +101,22 @@ def use_counts(func) -> Counter:
     return counter.uses
 
 
-def offload_convolutions(report: list | None = None):
-    """The rewrite as a module pass (then dead-code elimination); appends a line per offloaded
-    convolution to `report`."""
-    import tvm
-    from tvm import relax
-    from ..constant_folding import bound_constant, relax_rewrite_pass
-
-    def op_name(call):
-        return call.op.name if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) \
-            else None
-
-    def float32(expr) -> bool:
-        ty = expr.ty
-        return isinstance(ty, relax.TensorType) and str(ty.dtype) == "float32" and \
-            ty.shape is not None and all(isinstance(d, tvm.tirx.IntImm) for d in ty.shape)
-
-    def shape(expr) -> tuple[int, ...]:
-        return tuple(int(d) for d in expr.ty.shape)
-
-    @relax.expr_functor.mutator
-    class Offload(relax.PyExprMutator):
-        def __init__(self, mod):
-            super().__init__(mod)
-            self.uses = Counter()
-
-        def visit_function_(self, func):
-            self.uses = use_counts(func)
-            return super().visit_function_(func)
-
-        def producer(self, expr) -> OneDnnConv | None:
-            """The oneDNN call bound to `expr`, if the caller is its only use."""
-            if not isinstance(expr, relax.Var) or self.uses[expr] != 1:
-                return None
-            return OneDnnConv.from_relax(self.lookup_binding(expr))
-
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            name = op_name(call)
-            if name == "relax.nn.conv2d":
-                return self.conv2d(call)
-            if name == "relax.add":
-                return self.add(call)
-            if name in ("relax.nn.relu", "relax.nn.leakyrelu", "relax.clip"):
-                return self.activation(call, name)
-            return call
-
-        def conv2d(self, call):
-            x, w = call.args
-            a = call.attrs
-            weight = bound_constant(self, w)
-            plain = (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) == \
-                ("NCHW", "OIHW", "NCHW") and str(a.out_dtype) in ("None", "", "void", "float32")
-            if weight is None or not plain or not (float32(x) and float32(call)):
-                return call
-            attrs = tuple(int(v) for v in (*a.strides, *a.padding, *a.dilation)) + (int(a.groups),)
-            out = shape(call)
-            if report is not None:
-                report.append(f"conv2d {shape(x)} x {shape(weight)} -> {out}")
-            return OneDnnConv(x, w, np.zeros(out[1], np.float32), attrs, out).to_relax()
-
-        def add(self, call):
-            lhs, rhs = call.args
-            for produced, other in ((lhs, rhs), (rhs, lhs)):
-                conv = self.producer(produced)
-                if conv is None or conv.residual is not None or conv.activation is not None \
-                        or shape(produced) != shape(call):
-                    continue
-                bias = bound_constant(self, other)
-                if bias is not None and float32(bias) and shape(bias) == (1, shape(call)[1], 1, 1):
-                    return replace(conv, bias=conv.bias + bias.value.numpy().reshape(-1)).to_relax()
-                if float32(other) and shape(other) == shape(call):
-                    return replace(conv, residual=other).to_relax()
-            return call
-
-        def activation(self, call, name):
-            conv = self.producer(call.args[0])
-            if conv is None or conv.activation is not None:
-                return call
-            if name == "relax.nn.relu":
-                conv = replace(conv, activation="relu")
-            elif name == "relax.nn.leakyrelu":
-                conv = replace(conv, activation="leaky_relu", alpha=float(call.attrs.alpha))
-            else:
-                bounds = [v.value for v in call.args[1:]
-                          if isinstance(v, (tvm.tirx.FloatImm, tvm.tirx.IntImm))]
-                if len(bounds) != 2:
-                    return call
-                conv = replace(conv, activation="clip", alpha=float(bounds[0]),
-                               beta=float(bounds[1]))
-            return conv.to_relax()
-
-    return relax_rewrite_pass(Offload, "graphopt.OffloadConvolutionsToOneDnn",
-                              then=tvm.transform.Sequential([relax.transform.DeadCodeElimination(),
-                                                             keep_nhwc()]))
+def onednn_conv2d(conv, x, w, bias=None, residual=None, activation=None):
+    """Relax: a oneDNN call computing `activation(conv(x, w) + bias + residual)` (all NCHW
+    here; `keep_nhwc` may change the layouts between consecutive calls)."""
+    from ....ops.fused import EPILOGUE, ONEDNN_NO_ACTIVATION, constant_array
+    from ....ops.base import relax_type
+    x_type, w_type = relax_type(x), relax_type(w)
+    out_channels = w_type.shape[0]
+    bias_value = (constant_array(bias, conv).astype(np.float32) if bias is not None
+                  else np.zeros(out_channels, np.float32))
+    attrs = (*conv.stride, *conv.padding, *conv.dilation, conv.groups)
+    out_shape = conv.infer(x_type, w_type).shape
+    code, (alpha, beta) = ONEDNN_NO_ACTIVATION, (0.0, 0.0)
+    if activation is not None:
+        entry = EPILOGUE[activation.name]
+        code, (alpha, beta) = entry.onednn, entry.onednn_args(activation)
+    return OneDnnConv(x, w, bias_value, attrs, out_shape, residual, code, alpha, beta).to_relax()
 
 
 def plan_layouts(func) -> dict:
@@ -227,7 +140,6 @@ def keep_nhwc():
     """oneDNN calls pass NHWC to each other (see `plan_layouts`): oneDNN's AVX2 convolutions
     compute in NHWC, so a run of convolutions reorders only where it starts and ends."""
     from tvm import relax
-    from ..constant_folding import relax_rewrite_pass
 
     @relax.expr_functor.mutator
     class KeepNhwc(relax.PyExprMutator):
@@ -249,3 +161,19 @@ def keep_nhwc():
                            residual_layout=residual_layout, out_layout=out_layout).to_relax()
 
     return relax_rewrite_pass(KeepNhwc, "graphopt.KeepNhwcBetweenOneDnnCalls")
+
+
+def relax_rewrite_pass(mutator_class, name: str):
+    """A module pass running a `PyExprMutator` class over every Relax function."""
+    import tvm
+    from tvm import relax
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def _pass(mod, _ctx):
+        mutator = mutator_class(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                mutator.builder_.update_func(gv, mutator.visit_expr(func))
+        return mutator.builder_.get()
+
+    return _pass

@@ -1,0 +1,81 @@
+"""`CompileOptions`: everything a compile may be told, in one frozen object passed down
+explicitly. Nothing in the TVM target reads environment variables or changes process-wide
+settings on its own; what is not given here has a documented default."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Sequence
+
+from ...errors import GraphoptError
+from ...runtime import available_cores
+
+# Who computes the convolutions on the CPU: graphopt's TVM schedules, or oneDNN.
+KERNELS = ("tvm", "onednn")
+WEIGHTS = ("embedded", "params")
+# `tuning="user"`: the records `graphopt tune` keeps in the user's cache folder.
+USER_TUNING = "user"
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """How `go.compile` builds a model.
+
+    passes:   graphopt passes run before lowering (names or pass functions); None: the default
+              pipeline plus the target's own passes; () runs none.
+    mcpu:     the LLVM CPU to compile for ("haswell", "skylake-avx512", ...); None: this host.
+              The vector width the schedule rules use follows from it.
+    threads:  threads a compiled model runs on; None: every core the process may run on.
+    tuning:   a folder of MetaSchedule records from `graphopt tune`, "user" for the user's
+              cache folder, or None (default): no tuning records are read.
+    kernels:  "tvm" (graphopt's schedules) or "onednn" (CPU convolutions through oneDNN).
+    weights:  "embedded" (constants in the library) or "params" (bound at load time).
+    bounds_check: instrument every kernel with TVM's buffer bounds checks (a test mode: an
+              out-of-bounds access raises instead of corrupting memory).
+    """
+
+    passes: tuple | None = None
+    mcpu: str | None = None
+    threads: int | None = None
+    tuning: str | os.PathLike | None = None
+    kernels: str = "tvm"
+    weights: str = "embedded"
+    bounds_check: bool = False
+
+    def __post_init__(self):
+        if self.passes is not None and not isinstance(self.passes, tuple):
+            if isinstance(self.passes, str) or not isinstance(self.passes, Sequence):
+                raise GraphoptError(f"passes must be a list of pass names or functions, found "
+                                    f"{self.passes!r}")
+            object.__setattr__(self, "passes", tuple(self.passes))
+        if self.kernels not in KERNELS:
+            raise GraphoptError(f"kernels must be one of {', '.join(map(repr, KERNELS))}, "
+                                f"found {self.kernels!r}")
+        if self.weights not in WEIGHTS:
+            raise GraphoptError(f"weights must be 'embedded' or 'params', found {self.weights!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise GraphoptError(f"threads must be a positive int or None, found {self.threads!r}")
+
+    @classmethod
+    def of(cls, options: "CompileOptions | None" = None, **overrides) -> "CompileOptions":
+        """`options` (or the defaults) with `overrides` applied; unknown names are refused."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise GraphoptError(f"unknown compile option(s) {', '.join(unknown)}; expected "
+                                f"{', '.join(sorted(known))}")
+        return replace(options or cls(), **overrides)
+
+    @property
+    def thread_count(self) -> int:
+        return self.threads or available_cores()
+
+    def tuning_dir(self) -> Path | None:
+        """The tuning database folder root this compile reads, or None."""
+        if self.tuning is None:
+            return None
+        if str(self.tuning) == USER_TUNING:
+            from .tuning_database import cache_root
+            return cache_root()
+        return Path(self.tuning)

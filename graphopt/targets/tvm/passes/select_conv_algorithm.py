@@ -1,0 +1,47 @@
+"""select_conv_algorithm (CPU): record on each convolution how it will be computed.
+
+- "onednn" when the compile asks for oneDNN kernels (float32, constant weight and bias);
+- "winograd" (F(2x2, 3x3), weights in blocks of two vector registers of output channels) for
+  the 3x3 stride-1 convolutions where it measured faster (`schedules/winograd.applies`);
+- "direct" otherwise (graphopt's register-tiled conv2d rule)."""
+from __future__ import annotations
+
+import dataclasses
+
+from ....ir import Node
+from ....ops import Conv2d
+
+
+def select_conv_algorithm(context):
+    """The pass for one compile (`context`: vector shape, kernels, whether weights are constant)."""
+    from . import annotate
+    from ..schedules import winograd
+
+    def choose(conv: Conv2d, node: Node) -> Conv2d:
+        x, w, *rest = node.inputs
+        bias = rest[0] if rest and getattr(node.op, "has_bias", True) else None
+        plain = conv.plain
+        constant = context.constant_weights and w.is_constant and \
+            (bias is None or bias.is_constant)
+        if not constant or x.dtype != "float32" or node.outputs[0].dtype != "float32":
+            return plain
+        if context.kernels == "onednn":
+            return dataclasses.replace(plain, algorithm="onednn")
+        out_h, out_w = node.outputs[0].shape[2:]
+        if winograd.applies(w.shape[1], w.shape[0], out_h, out_w, w.shape[2:], conv.stride,
+                            conv.dilation, conv.groups, conv.padding, context.vector):
+            return dataclasses.replace(plain, algorithm="winograd",
+                                       weight_block=winograd.channel_block(context.vector))
+        return plain
+
+    def decide(node: Node):
+        if node.op_name == "conv2d":
+            return choose(node.op, node)
+        if node.op_name == "fused_conv2d":
+            return dataclasses.replace(node.op, conv=choose(node.op.conv, node))
+        return None
+
+    def select_conv_algorithm(graph):
+        return annotate(graph, decide)
+
+    return select_conv_algorithm
