@@ -38,17 +38,20 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def summary(graph) -> str:
-    """A table with one row per node (name, op, output shape, params, MACs) and the totals."""
+def summary(graph, target_choices: bool = False) -> str:
+    """A table with one row per node (name, op, output shape, params, MACs) and the totals;
+    `target_choices` adds how the target will compute each node (after its target passes)."""
     rows = []
     for node in graph.topological_order():
         out = ", ".join(str(v.type) for v in node.outputs)
-        rows.append((node.name, node.op_name, out, f"{node_params(node):,}",
-                     _human(node_macs(node))))
+        row = (node.name, node.op_name, out, f"{node_params(node):,}", _human(node_macs(node)))
+        rows.append(row + ((node.op.target_choice(),) if target_choices else ()))
+    header = ("node", "op", "output", "params", "MACs") + (("computed as",) if target_choices
+                                                          else ())
     lines = [f"graph '{graph.name}': inputs " +
              ", ".join(f"{v.name}: {v.type}" for v in graph.inputs) + "; outputs " +
              ", ".join(f"{v.name}: {v.type}" for v in graph.outputs),
-             format_table(rows, ("node", "op", "output", "params", "MACs"), right=(3, 4), rule=True)]
+             format_table(rows, header, right=(3, 4), rule=True)]
     weight_bytes = sum(c.data.nbytes for c in graph.constants.values())
     lines.append(f"total: {len(graph.nodes)} nodes, {count_params(graph):,} params "
                  f"({weight_bytes / 2**20:.1f} MiB of constants), {_human(count_macs(graph))} MACs")

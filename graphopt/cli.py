@@ -70,6 +70,12 @@ TARGET = arg("--target", default="cpu",
              help="cpu, cuda (= cuda:sm_90) or cuda:sm_<NN> such as cuda:sm_80 (default cpu)")
 KERNELS = arg("--kernels", choices=("tvm", "onednn"), default="tvm",
               help="who computes CPU convolutions: graphopt's TVM schedules (default) or oneDNN")
+PASSES = arg("--passes", help="graphopt passes run before lowering, comma-separated (default: "
+             "the default pipeline and the target's own passes; 'none': no pass)")
+THREADS = arg("--threads", type=int, help="threads the compiled model runs on (default: every "
+              "core this process may use)")
+TUNING = arg("--tuning", metavar="DIR|user", help="apply MetaSchedule records from `graphopt "
+             "tune` kept in DIR ('user': the user's cache folder); default: none")
 INPUTS = arg("--input", dest="inputs", action="append", default=[], metavar="[NAME=]FILE",
              help="an input as .npy (NAME= for models with several inputs) or all inputs as one "
                   ".npz; repeatable. Default: random normal inputs from --seed")
@@ -149,10 +155,23 @@ def signature_of(model) -> list[tuple[str, tuple, str]]:
     return [(v.name, tuple(v.shape), v.dtype) for v in model.inputs]
 
 
-def compile_model(graph, target: str, kernels: str = "tvm"):
+def pass_list(spec: str | None):
+    """--passes: None (the default pipeline and target passes), () for 'none', else the names."""
+    if spec is None:
+        return None
+    names = [p.strip() for p in spec.split(",") if p.strip()]
+    return () if names == ["none"] else names
+
+
+def compile_model(graph, args):
+    """`go.compile` with the compile options the command line gave (--target, --kernels,
+    --passes, --threads, --tuning where the command has them)."""
     import graphopt as go
-    with step(f"compiling '{graph.name}' for {target}"):
-        model = go.compile(graph, target=target, kernels=kernels)
+    options = {"kernels": getattr(args, "kernels", "tvm"),
+               "passes": pass_list(getattr(args, "passes", None)),
+               "threads": getattr(args, "threads", None), "tuning": getattr(args, "tuning", None)}
+    with step(f"compiling '{graph.name}' for {args.target}"):
+        model = go.compile(graph, target=args.target, **options)
     return model
 
 
@@ -187,10 +206,15 @@ def list_models(args) -> int:
 
 
 @command("show", "print a model's layers, parameters and MACs (zoo name, .onnx or exported .so)",
-         MODEL, BATCH, SEED)
+         MODEL, BATCH, SEED,
+         arg("--target", help="show the graph as compile builds it for this target (cpu, cuda): "
+             "after graphopt's passes, with how each node will be computed"),
+         arg("--kernels", choices=("tvm", "onednn"), default="tvm",
+             help="with --target cpu: who computes the convolutions (default tvm)"))
 def show(args) -> int:
-    """Print one row per node (op, output shape, parameters, MACs) and the totals. For an
-    exported .so, print its target and input/output signature."""
+    """Print one row per node (op, output shape, parameters, MACs) and the totals; with
+    --target, the graph compile lowers (passes run, target decisions shown) and the pass
+    table. For an exported .so, print its target and input/output signature."""
     if args.model.endswith(".so"):
         from .runtime import read_export
         metadata, fatbin = read_export(args.model)
@@ -204,18 +228,29 @@ def show(args) -> int:
             print(f"  GPU binary: {len(fatbin):,} bytes for {metadata.get('cuda_arch')}")
         return EXIT_OK
     from .analysis import summary
-    print(summary(load_model(args.model, args.batch, args.seed)))
+    graph = load_model(args.model, args.batch, args.seed)
+    if args.target is None:
+        print(summary(graph))
+        return EXIT_OK
+    from .targets.tvm.compile import optimize_for_target
+    from .targets.tvm.options import CompileOptions
+    with step(f"running graphopt's passes for {args.target}"):
+        optimized, _ = optimize_for_target(graph, args.target,
+                                           CompileOptions(kernels=args.kernels))
+    print(summary(optimized.graph, target_choices=True))
+    print()
+    print(optimized.report)
     return EXIT_OK
 
 
 @command("compile", "compile a model with TVM and export it as a shared library",
-         MODEL, TARGET, KERNELS, BATCH, SEED,
+         MODEL, TARGET, KERNELS, PASSES, THREADS, TUNING, BATCH, SEED,
          arg("-o", "--output", help="the .so to write (default <model>_<target>.so)"))
 def compile_(args) -> int:
     """Compile for the CPU or a CUDA arch (no GPU needed) and write one .so that `graphopt run`
     or `go.load` runs with only the TVM runtime. CUDA libraries embed the nvcc-built binary."""
     graph = load_model(args.model, args.batch, args.seed)
-    model = compile_model(graph, args.target, args.kernels)
+    model = compile_model(graph, args)
     output = args.output or default_artifact_name(graph.name, args.target)
     with step(f"exporting to {output}"):
         model.export(output)
@@ -227,7 +262,7 @@ def compile_(args) -> int:
 
 
 @command("compare", "compile (or load) a model and compare it with the reference interpreter",
-         MODEL, TARGET, KERNELS, BATCH, SEED, INPUTS,
+         MODEL, TARGET, KERNELS, PASSES, THREADS, TUNING, BATCH, SEED, INPUTS,
          arg("--library", metavar="FILE.so",
              help="compare this exported library instead of compiling the model"),
          arg("--tolerance", type=float, help="max error relative to the largest reference "
@@ -246,7 +281,7 @@ def compare(args) -> int:
             raise InputError("comparing a CUDA build runs it, which needs a GPU: compile with "
                              "`graphopt compile --target cuda`, then compare on the GPU machine "
                              "with --library")
-        candidate = compile_model(graph, args.target, args.kernels)
+        candidate = compile_model(graph, args)
     with step("running and comparing"):
         report = go.compare(graph, candidate, feeds, tolerance=args.tolerance)
     print(report)
@@ -255,7 +290,7 @@ def compare(args) -> int:
 
 @command("run", "run an exported .so with only the TVM runtime",
          arg("library", metavar="FILE.so", help="a library written by `graphopt compile`"),
-         INPUTS, SEED,
+         INPUTS, SEED, THREADS,
          arg("--save", metavar="FILE.npz", help="write the outputs to this .npz"),
          arg("--expect", metavar="FILE", help="compare the outputs with these (.npz by output "
              "name, or .npy for a single output); exit 1 if any differs by more than "
@@ -267,7 +302,7 @@ def run(args) -> int:
     print each output's shape and statistics."""
     from .runtime import load
     with step(f"loading {args.library}"):
-        model = load(args.library)
+        model = load(args.library, threads=args.threads)
     feeds = load_inputs(args.inputs, model.inputs, args.seed)
     outputs = model.run(feeds)
     rows = [("output", "shape", "dtype", "min", "max", "mean")]
@@ -297,7 +332,7 @@ def run(args) -> int:
 
 
 @command("bench", "time the compiled model against the interpreter and onnxruntime",
-         MODEL, TARGET, KERNELS, BATCH, SEED,
+         MODEL, TARGET, KERNELS, PASSES, THREADS, TUNING, BATCH, SEED,
          arg("--repeat", type=int, default=20, help="timed runs per engine (median; default 20)"))
 def bench(args) -> int:
     """Median latency of the TVM-compiled model, the numpy interpreter and onnxruntime (from the
@@ -307,7 +342,7 @@ def bench(args) -> int:
     if args.target.startswith("cuda"):
         raise InputError("bench runs the model here; CUDA needs a GPU (use the runtime bundle, "
                          "tools/make_bundle.py, on the GPU machine)")
-    model = compile_model(graph, args.target, args.kernels)
+    model = compile_model(graph, args)
     feeds = probe_inputs(signature_of(graph), args.seed)
     results = {}
     with step(f"timing compiled ({args.repeat} runs)"):
@@ -381,8 +416,8 @@ def convert(args) -> int:
                                  "~/.cache/graphopt/tuning)"))
 def tune(args) -> int:
     """Search schedules for the model's GEMM-like kernels and keep, per kernel, the tuned one
-    only if it beats graphopt's own schedule. Later CPU compiles on this machine use the records
-    (needs the `tune` extra: xgboost, cloudpickle)."""
+    only if it beats graphopt's own schedule. CPU compiles given `--tuning user` (or the
+    --cache-dir folder) use the records (needs the `tune` extra: xgboost, cloudpickle)."""
     from .targets.tvm.tuning import tune as run_tuning
     graph = load_model(args.model, args.batch, args.seed)
     with step(f"tuning '{graph.name}' ({args.trials} trials)"):

@@ -180,3 +180,26 @@ def test_compile_for_cuda_writes_a_library_with_the_gpu_binary(tmp_path):
     assert "dlight schedules:" in done.stdout
     shown = graphopt("show", str(tmp_path / "lenet5.so"))
     assert "GPU binary:" in shown.stdout and "for sm_80" in shown.stdout
+
+
+def test_show_for_a_target_lists_the_decisions_and_the_passes():
+    shown = graphopt("show", "resnet18", "--target", "cpu")
+    assert shown.returncode == 0, shown.stderr
+    assert "computed as" in shown.stdout and "separable" in shown.stdout
+    assert "fuse_conv_epilogue" in shown.stdout and "select_conv_algorithm" in shown.stdout
+    assert "fused_conv2d" in shown.stdout and "batch_norm" not in shown.stdout.split("optimize")[0]
+
+
+def test_compile_passes_and_threads(tmp_path):
+    """--passes none lowers the graph as written (more kernels); --threads is accepted by
+    compile and run; an unknown pass is a one-line usage error."""
+    fused = graphopt("compile", "deep_convnet", "-o", "fused.so", cwd=tmp_path)
+    plain = graphopt("compile", "deep_convnet", "--passes", "none", "--threads", "1", "-o", "plain.so",
+                     cwd=tmp_path)
+    assert fused.returncode == 0 and plain.returncode == 0, fused.stderr + plain.stderr
+    kernels = lambda done: int(done.stdout.split(" kernels")[0].rsplit(" ", 1)[-1])
+    assert kernels(plain) > kernels(fused)
+    ran = graphopt("run", str(tmp_path / "plain.so"), "--threads", "2")
+    assert ran.returncode == 0, ran.stderr
+    assert_one_line_error(graphopt("compile", "lenet5", "--passes", "no_such_pass"), 3,
+                          "no pass named 'no_such_pass'")

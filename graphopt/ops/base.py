@@ -61,6 +61,11 @@ class Op:
         """Multiply-accumulates, for summaries and GFLOP/s figures (0 for cheap ops)."""
         return 0
 
+    def target_choice(self) -> str:
+        """How a target pass decided to compute this op ("" when nothing was decided), for
+        `graphopt show --target` and the reports."""
+        return ""
+
     # ---- helpers used by the IR and the interpreter -----------------------------------------------
     def output_types(self, *inputs: TensorType) -> list[TensorType]:
         low, high = self.arity

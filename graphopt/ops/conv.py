@@ -106,6 +106,10 @@ class Conv2d(Op):
         from .fused import lower_conv
         return lower_conv(bb, self, x, w, b)
 
+    def target_choice(self) -> str:
+        block = f", {self.weight_block}-channel weight blocks" if self.weight_block else ""
+        return f"{self.algorithm}{block}"
+
     @property
     def plain(self) -> "Conv2d":
         """The same convolution without target decisions."""

@@ -117,6 +117,9 @@ class FusedConv2d(Op):
     def macs(self, inputs, outputs):
         return self.conv.macs(inputs, outputs)
 
+    def target_choice(self) -> str:
+        return self.conv.target_choice()
+
     def __str__(self) -> str:
         parts = [str(self.conv)]
         if self.has_residual:

@@ -85,6 +85,9 @@ class MaxPool2d(Pool2d):
     name = "max_pool2d"
     separable: bool = False
 
+    def target_choice(self) -> str:
+        return "separable" if self.separable else ""
+
     def reference(self, x):
         oh, ow = self.out_hw(*x.shape[2:])
         lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
