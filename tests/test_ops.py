@@ -617,9 +617,12 @@ def test_interpreter(row: Row):
     check_interpreter(row)
 
 
+@pytest.mark.parametrize("bounds_check", [False, True], ids=["", "bounds_checked"])
 @pytest.mark.parametrize("op_name", sorted(rows_by_op()))
-def test_compiled(op_name: str):
-    check_compiled(op_name, rows_by_op()[op_name])
+def test_compiled(op_name: str, bounds_check: bool):
+    """Every op's rows compiled (once more with TVM's bounds checks in every kernel, so an
+    out-of-bounds access fails here instead of corrupting a user's memory)."""
+    check_compiled(op_name, rows_by_op()[op_name], bounds_check)
 
 
 @pytest.mark.slow
@@ -629,9 +632,10 @@ def test_interpreter_wide(row: Row):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("bounds_check", [False, True], ids=["", "bounds_checked"])
 @pytest.mark.parametrize("op_name", sorted(rows_by_op(WIDE_ROWS)))
-def test_compiled_wide(op_name: str):
-    check_compiled(op_name, rows_by_op(WIDE_ROWS)[op_name])
+def test_compiled_wide(op_name: str, bounds_check: bool):
+    check_compiled(op_name, rows_by_op(WIDE_ROWS)[op_name], bounds_check)
 
 
 def check_interpreter(row: Row) -> None:
@@ -654,13 +658,13 @@ def compiles(graph: Graph) -> bool:
     return True
 
 
-def check_compiled(op_name: str, rows: Sequence[Row]) -> None:
+def check_compiled(op_name: str, rows: Sequence[Row], bounds_check: bool = False) -> None:
     """The rows of one op compiled as one multi-output graph; every row's output is checked."""
     g = Graph(f"rows_{op_name}")
     g.set_outputs([add_op_case(g, r.id, r.op, r.inputs, r.weights) for r in rows])
     feeds = {k: v for r in rows for k, v in input_feeds(r.id, r.inputs).items()}
     try:
-        model = go.compile(g, "cpu")
+        model = go.compile(g, "cpu", bounds_check=bounds_check)
     except go.LoweringError as e:   # name the rows: compile them one by one
         alone = [r.id for r in rows if not compiles(r.graph())]
         pytest.fail(f"{e}\nrows that fail to compile on their own: {alone}")

@@ -94,12 +94,13 @@ def _scheduled_kernels(graph, mcpu=AVX2_CPU):
 HALVES = [sorted(CASES)[::2], sorted(CASES)[1::2]]
 
 
+@pytest.mark.parametrize("bounds_check", [False, True], ids=["", "bounds_checked"])
 @pytest.mark.parametrize("names", HALVES, ids=["table0", "table1"])
-def test_schedules_match_interpreter(names):
+def test_schedules_match_interpreter(names, bounds_check):
     graph = _table_graph(names)
     rng = np.random.default_rng(0)
     feeds = {v.name: rng.standard_normal(v.shape).astype(np.float32) for v in graph.inputs}
-    report = go.compare(graph, go.compile(graph), feeds)
+    report = go.compare(graph, go.compile(graph, bounds_check=bounds_check), feeds)
     assert report.ok, str(report)
 
 

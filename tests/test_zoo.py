@@ -82,10 +82,13 @@ def test_interpreter_float32_agrees_with_float64_at_a_sane_scale(name):
     assert np.abs(y32 - y64).max() <= 1e-4 * np.abs(y64).max()
 
 
+@pytest.mark.parametrize("bounds_check", [False, True], ids=["", "bounds_checked"])
 @pytest.mark.parametrize("name", others_slow(SMALL))
-def test_cpu_compile_matches_float64_interpreter(name):
+def test_cpu_compile_matches_float64_interpreter(name, bounds_check):
+    """Each model compiled as users get it, and once more with TVM's bounds checks in every
+    kernel (an out-of-bounds kernel fails here instead of crashing a user)."""
     g = built(name)
-    model = go.compile(g, "cpu")
+    model = go.compile(g, "cpu", bounds_check=bounds_check)
     report = go.compare(g, model, random_input(g, seed=1))
     assert report.ok, str(report)
 
