@@ -75,7 +75,8 @@ def test_libraries_hold_code_and_the_runner_rebuilds_the_weights(bundle):
     folder, manifest, _ = bundle
     assert os.path.isfile(os.path.join(folder, "graphopt", "zoo", "__init__.py"))
     for case in manifest["cases"]:
-        assert case["weights"] == {"zoo": "lenet5", "batch": case["batch"], "seed": 0}
+        assert case["weights"] == {"zoo": "lenet5", "batch": case["batch"], "seed": 0,
+                                   "passes": "default"}
         from graphopt.runtime import read_export
         metadata, _ = read_export(os.path.join(folder, case["library"]))
         assert [w["name"] for w in metadata["weights"]][:2] == ["conv1.weight", "conv1.bias"]
@@ -155,3 +156,19 @@ def test_runner_times_torch_eager_on_the_same_device(bundle, tmp_path):
     ("cpu", "params", "params"), ("cuda", "embedded", "embedded")])
 def test_weights_travel_by_default_only_for_cpu_cases(target, weights, mode):
     assert weights_mode(Case("resnet18", 1, target), weights) == mode
+
+
+def test_runner_rebuilds_the_weights_graphopt_passes_folded():
+    """A library compiled with weights as parameters takes the weights of the optimized graph
+    (batch norms folded): the runner rebuilds exactly those from the zoo graph."""
+    import graphopt as go
+    from graphopt import dsl
+    from graphopt.tools.bundle_runner import compiled_weights
+    with dsl.Builder("bn_net", seed=3) as b:
+        x = b.input("input", (1, 3, 8, 8))
+        graph = b.output(dsl.relu(dsl.batch_norm(dsl.conv2d(x, 8, 3, padding=1))))
+    model = go.compile(graph, "cpu", weights="params")
+    rebuilt = compiled_weights(graph, {"passes": "default"})
+    assert [name for name, _ in model.weights] != sorted(graph.constants)
+    for name, array in model.weights:
+        np.testing.assert_array_equal(rebuilt[name], array)

@@ -168,7 +168,8 @@ def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (
         manifest["cases"].append({**asdict(case), "name": case.name, "library": library,
                                   "device": model.device_kind, "inputs": files["input"],
                                   "references": files["reference"], "tolerance": FP32_TOLERANCE,
-                                  "weights": {"zoo": case.model, "batch": case.batch, "seed": seed}
+                                  "weights": {"zoo": case.model, "batch": case.batch, "seed": seed,
+                                              "passes": "default"}
                                   if mode[case] == "params" else None})
     for library in runtime_libraries({c["device"] for c in manifest["cases"]}):
         shutil.copy(library, os.path.join(folder, "lib"))

@@ -43,6 +43,17 @@ def relative_error(found, expected) -> float:
     return float(np.abs(found.astype(np.float64) - expected).max(initial=0.0)) / scale
 
 
+def compiled_weights(graph, weights: dict) -> dict:
+    """The weights the library was compiled with: those of the zoo graph after the graphopt
+    passes `compile` ran ("default": the default pipeline; a list of pass names; [] none).
+    The passes are numpy code, so they rebuild the same arrays here (digests are checked)."""
+    from graphopt.passes import optimize
+    passes = weights.get("passes", [])
+    if passes != []:
+        graph = optimize(graph, None if passes == "default" else passes).graph
+    return {name: c.data for name, c in graph.constants.items()}
+
+
 def zoo_graph(case: dict, seed: int):
     from graphopt import zoo   # the bundled source: pure Python + numpy
     return zoo.MODELS[case["model"]](batch=case["batch"], seed=seed)
@@ -76,7 +87,7 @@ def run_case(case: dict, seed: int, warmup: int, repeat: int, with_torch: bool) 
     model = runtime.load(os.path.join(HERE, case["library"]))
     graph = zoo_graph(case, seed) if case.get("weights") or with_torch else None
     if case.get("weights"):
-        model.bind_weights({name: c.data for name, c in graph.constants.items()})
+        model.bind_weights(compiled_weights(graph, case["weights"]))
     feeds = {name: np.load(os.path.join(HERE, path)) for name, path in case["inputs"].items()}
     references = {name: np.load(os.path.join(HERE, path))
                   for name, path in case["references"].items()}
