@@ -259,3 +259,18 @@ def test_a_second_build_in_one_process_is_refused(monkeypatch):
     monkeypatch.setattr(onednn, "_loaded", {"/elsewhere/libgraphopt_onednn.so": None})
     with pytest.raises(onednn.OneDnnUnavailableError, match="already loaded"):
         onednn.load()
+
+
+def test_epilogue_codes_match_the_kernel_library():
+    """The epilogue table's oneDNN codes are conv2d.cc's `Activation` enum, and every
+    activation the fusion pass may fuse has a code."""
+    import re
+    from graphopt.ops.fused import EPILOGUE, ONEDNN_NO_ACTIVATION
+    from graphopt.passes.fuse_conv_epilogue import ACTIVATIONS
+    enum = re.search(r"enum Activation \{([^}]*)\}", onednn.SOURCE.read_text()).group(1)
+    codes = {name.strip(): int(value) for name, value in
+             (item.split("=") for item in enum.split(","))}
+    camel = lambda name: "k" + "".join(part.title() for part in name.split("_"))
+    assert codes.pop("kNone") == ONEDNN_NO_ACTIVATION
+    assert codes == {camel(name): entry.onednn for name, entry in EPILOGUE.items()}
+    assert set(ACTIVATIONS) == set(EPILOGUE)

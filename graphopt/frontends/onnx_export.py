@@ -113,16 +113,17 @@ def fused_conv2d(ex, node):
 
 
 def activation(ex, node, op, source: str, output: str, name: str) -> None:
-    """One of the activations a fused op carries (relu, clip, leaky_relu)."""
-    if op.name == "relu":
-        ex.add("Relu", node, [source], [output], name=name)
-    elif op.name == "leaky_relu":
-        ex.add("LeakyRelu", node, [source], [output], name=name, alpha=op.alpha)
-    else:
+    """One of the activations a fused op carries (`ops.fused.EPILOGUE`: its ONNX op type), or a
+    standalone clip. Clip's bounds are inputs; the others' attributes are copied by name."""
+    from ..ops.fused import EPILOGUE
+    op_type = EPILOGUE[op.name].onnx
+    if op.name == "clip":
         dtype = node.outputs[0].dtype
         bounds = ["" if b is None else ex.constant(f"{name}.{what}", np.array(b, dtype))
                   for what, b in (("min", op.min), ("max", op.max))]
-        ex.add("Clip", node, [source, *bounds], [output], name=name)
+        ex.add(op_type, node, [source, *bounds], [output], name=name)
+    else:
+        ex.add(op_type, node, [source], [output], name=name, **op.attrs())
 
 
 @exports("max_pool2d", "avg_pool2d")
