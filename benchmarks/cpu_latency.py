@@ -1,6 +1,7 @@
 """CPU latency of graphopt's compiled models (its own TVM schedules, and with kernels="onednn"
 its convolutions through oneDNN) against the default TVM compile, ONNX Runtime and torch eager,
-all with the same thread count, measured side by side in one process.
+all with the same thread count, measured side by side in one process. The "graphopt default"
+row is a model compiled with no thread setting at all: what a user gets.
 
     .venv/bin/python benchmarks/cpu_latency.py                 # the issue's model table
     .venv/bin/python benchmarks/cpu_latency.py --models resnet18 --batches 1 --repeat 30
@@ -63,12 +64,15 @@ def ort_runner(graph, threads: int):
 
 
 def tvm_runner(compiled):
-    """Inputs converted once: the timed call is the VM invocation plus the output copy."""
+    """Inputs converted once: the timed call is the VM invocation plus the output copy, on the
+    model's threads (as `CompiledModel.run` sets them)."""
     import tvm
+    from graphopt.runtime import configure_threads
     vm, dev = compiled.vm, compiled.device
     cache = {}
 
     def run(feeds):
+        configure_threads(compiled.threads)
         key = id(feeds)
         if key not in cache:
             cache[key] = [tvm.runtime.tensor(feeds[n], dev) for n in compiled.signature.input_names]
@@ -78,16 +82,17 @@ def tvm_runner(compiled):
     return run
 
 
-def default_tvm_compile(graph):
+def default_tvm_compile(graph, threads: int):
     """What plain `tvm.compile` gives the same Relax module: legalization and lowering only."""
     import tvm
     from graphopt.signature import Signature
     from graphopt.targets.tvm.compile import CompiledModel
     from graphopt.targets.tvm.cpu import host_target
     from graphopt.targets.tvm.lower import to_relax
+    from graphopt.targets.tvm.options import CompileOptions
     target = host_target()
     return CompiledModel(tvm.compile(to_relax(graph), target=target), Signature.of(graph), "cpu",
-                         target, "cpu", graph.name)
+                         target, "cpu", graph.name, options=CompileOptions(threads=threads))
 
 
 def torch_runner(graph, threads: int):
@@ -147,12 +152,13 @@ def torch_runner(graph, threads: int):
     return run
 
 
-def tuned_compile(graph):
-    """graphopt's compile with the MetaSchedule records of `graphopt tune`, or None without any."""
+def tuned_compile(graph, threads: int):
+    """graphopt's compile with the MetaSchedule records `graphopt tune` kept in the user's cache,
+    or None without any."""
     from graphopt.targets.tvm import tuning
-    if not tuning.has_records(graph):
+    if not tuning.has_records():
         return None
-    return tuning.compile_tuned(graph)
+    return tuning.compile_tuned(graph, threads=threads)
 
 
 def onednn_available() -> bool:
@@ -186,11 +192,15 @@ def bench_graph(graph, threads: int, repeat: int, slow_runs: int, skip: set[str]
     feeds = {v.name: rng.standard_normal(v.shape).astype(np.float32) for v in graph.inputs}
     fast, slow, notes = {}, {}, {}
     start = time.perf_counter()
-    fast["graphopt scheduled"] = tvm_runner(go.compile(graph))
+    fast["graphopt scheduled"] = tvm_runner(go.compile(graph, threads=threads))
     notes["graphopt scheduled"] = f"compile {time.perf_counter() - start:.1f} s"
+    default = go.compile(graph)
+    fast["graphopt default"] = tvm_runner(default)
+    notes["graphopt default"] = f"no thread setting: ran on {default.threads}"
     if "onednn" not in skip and onednn_available():
-        fast["graphopt (onednn)"] = tvm_runner(go.compile(graph, kernels="onednn"))
-    tuned = None if "tuned" in skip else tuned_compile(graph)
+        fast["graphopt (onednn)"] = tvm_runner(go.compile(graph, kernels="onednn",
+                                                          threads=threads))
+    tuned = None if "tuned" in skip else tuned_compile(graph, threads)
     if tuned is not None:
         fast["graphopt tuned"] = tvm_runner(tuned)
     fast["onnxruntime"] = ort_runner(graph, threads)
@@ -198,7 +208,7 @@ def bench_graph(graph, threads: int, repeat: int, slow_runs: int, skip: set[str]
     if torch_fn is not None:
         fast["torch eager"] = torch_fn
     if "default" not in skip:
-        slow["tvm default"] = tvm_runner(default_tvm_compile(graph))
+        slow["tvm default"] = tvm_runner(default_tvm_compile(graph, threads))
     if "interpreter" not in skip:
         slow["interpreter"] = lambda f: go.interpret(graph, f)[graph.outputs[0].name]
     reference = fast["onnxruntime"](feeds)
@@ -245,9 +255,11 @@ def main(argv=None) -> int:
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["default", "interpreter", "torch", "tuned", "onednn"])
     args = parser.parse_args(argv)
-    from graphopt.targets.tvm.cpu import physical_cores
-    threads = args.threads or physical_cores()
-    os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's thread pool starts
+    from graphopt.runtime import available_cores
+    threads = args.threads or available_cores()
+    # oneDNN's OpenMP workers would spin after each call and starve TVM's pool (see
+    # graphopt/targets/tvm/onednn): this process asks libgomp, before it loads, to wait passively.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import graphopt as go
 
     pairs = ([tuple(p.split(":")) for p in args.models] if args.models is not None

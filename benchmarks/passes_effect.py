@@ -1,7 +1,8 @@
-"""Effect of graphopt's default pass pipeline (`go.optimize`) on compiled CPU models: graph
-nodes, TVM kernels, compile time and latency of each model compiled as written and as
-optimized, timed side by side (runs alternate between the two) in one process, plus the
-optimized model's error against the float64 interpreter of the original.
+"""What graphopt's passes do to compiled CPU models: each zoo model compiled as written
+(`passes=()`: lowered node by node, TVM fusing only elementwise chains) and as `go.compile`
+builds it by default (graphopt's pipeline and the CPU target passes first), side by side in one
+process: graph nodes, TVM kernels, compile time and latency (runs alternate between the two),
+plus each build's error against the float64 interpreter.
 
     .venv/bin/python benchmarks/passes_effect.py       # resnet18, resnet50, vgg16, googlenet
     .venv/bin/python benchmarks/passes_effect.py --models resnet18 --repeat 5
@@ -15,9 +16,11 @@ import statistics
 import time
 
 import graphopt as go
-from graphopt.passes import probe_inputs
+from graphopt.signature import probe_inputs
+from graphopt.table import format_table
 
 MODELS = ("resnet18", "resnet50", "vgg16", "googlenet")
+BUILDS = {"as written": {"passes": ()}, "graphopt passes": {}}
 
 
 def side_by_side_ms(runs: dict, repeat: int) -> dict[str, float]:
@@ -36,48 +39,46 @@ def side_by_side_ms(runs: dict, repeat: int) -> dict[str, float]:
 
 def measure(model: str, batch: int, repeat: int) -> tuple[str, ...]:
     graph = go.zoo.MODELS[model](batch=batch, seed=0)
-    start = time.perf_counter()
-    optimized = go.optimize(graph).graph
-    optimize_s = time.perf_counter() - start
-    compiled = {}
-    compile_s = {}
-    for name, g in (("original", graph), ("optimized", optimized)):
+    compiled, seconds = {}, {}
+    for name, options in BUILDS.items():
         start = time.perf_counter()
-        compiled[name] = go.compile(g)
-        compile_s[name] = time.perf_counter() - start
+        compiled[name] = go.compile(graph, **options)
+        seconds[name] = time.perf_counter() - start
     feeds = probe_inputs(graph)
     ms = side_by_side_ms({name: (lambda m=m: m.run(feeds)) for name, m in compiled.items()},
                          repeat)
-    report = go.compare(graph, compiled["optimized"], feeds)
-    worst = max(o.max_rel for o in report.outputs)
-    return (model, f"{len(graph.nodes)} -> {len(optimized.nodes)}",
-            f"{compiled['original'].kernel_count()} -> {compiled['optimized'].kernel_count()}",
-            f"{optimize_s:.1f}", f"{compile_s['original']:.0f} / {compile_s['optimized']:.0f}",
-            f"{ms['original']:.1f}", f"{ms['optimized']:.1f}",
-            f"{ms['original'] / ms['optimized']:.2f}",
-            f"{worst:.1e} {'ok' if report.ok else 'MISMATCH'}")
+    errors = []
+    for m in compiled.values():
+        report = go.compare(graph, m, feeds)
+        errors.append(f"{max(o.max_rel for o in report.outputs):.1e}"
+                      f"{'' if report.ok else ' MISMATCH'}")
+    plain, optimized = compiled["as written"], compiled["graphopt passes"]
+    return (model, f"{len(graph.nodes)} -> {len(optimized.graph.nodes)}",
+            f"{plain.kernel_count()} -> {optimized.kernel_count()}",
+            f"{seconds['as written']:.1f} -> {seconds['graphopt passes']:.1f}",
+            f"{ms['as written']:.1f}", f"{ms['graphopt passes']:.1f}",
+            f"{ms['as written'] / ms['graphopt passes']:.2f}", " / ".join(errors))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=sorted(go.zoo.MODELS))
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=10, help="timed runs per model and variant")
+    parser.add_argument("--repeat", type=int, default=10, help="timed runs per model and build")
     args = parser.parse_args()
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, batch "
-          f"{args.batch}, {args.repeat} alternating runs each, median")
+    print(f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs "
+          f"(default threads), batch {args.batch}, {args.repeat} alternating runs each, median")
     go.compile(go.zoo.lenet5())      # load TVM before the first timed compile
-    rows = [("model", "nodes", "kernels", "optimize s", "compile s (orig / opt)",
-             "orig ms", "opt ms", "speedup", "opt vs float64 ref")]
+    header = ("model", "nodes", "kernels", "compile s", "as written ms", "optimized ms",
+              "speedup", "error vs float64 (written / optimized)")
+    rows = []
     for model in args.models:
         rows.append(measure(model, args.batch, args.repeat))
         print("  ".join(rows[-1]), flush=True)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print()
-    for r in rows:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
-        if r is rows[0]:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    table = format_table(rows, header, rule=True).splitlines()
+    for line in table:
+        print(line)
 
 
 if __name__ == "__main__":
