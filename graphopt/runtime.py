@@ -172,6 +172,24 @@ def cuda_compile_callback(compile_source) -> Iterator[None]:
             tvm_ffi.remove_global_func(CUDA_COMPILE_CALLBACK)
 
 
+# ---- inputs the kernels can read ------------------------------------------------------------------
+
+# TVM's kernels assume buffers aligned as its own allocator aligns them (kAllocAlignment) and read
+# them with aligned vector loads: a numpy array at another offset would crash them.
+ALIGNMENT = 64
+
+
+def aligned(array: np.ndarray) -> np.ndarray:
+    """`array` itself when C-contiguous and ALIGNMENT-aligned, else a copy that is."""
+    if array.flags.c_contiguous and array.ctypes.data % ALIGNMENT == 0:
+        return array
+    raw = np.empty(array.nbytes + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    copy = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    copy[...] = array
+    return copy
+
+
 # ---- threads ------------------------------------------------------------------------------------
 
 def available_cores() -> int:
@@ -269,7 +287,8 @@ class LoadedModel:
     def _to_device(self, array: np.ndarray):
         import tvm_ffi
         if self.device_kind == "cpu":
-            return tvm_ffi.from_dlpack(array)   # zero-copy view of the numpy array
+            # zero-copy where the array is aligned as the kernels assume; else an aligned copy
+            return tvm_ffi.from_dlpack(aligned(array))
         return copy_to_device(array, self.device)
 
     def _to_numpy(self, tensor) -> np.ndarray:

@@ -210,3 +210,23 @@ def test_device_copies_used_for_gpu_models_work_on_the_cpu_device(exported, comp
     for name, found in zip(loaded.output_names, outputs):
         np.testing.assert_array_equal(found, expected[name])
     assert len(loaded.latencies(feeds, warmup=1, repeat=3)) == 3
+
+
+@pytest.mark.parametrize("offset", [4, 16, 32])
+def test_loaded_model_takes_unaligned_inputs(exported, compiled, feeds, offset):
+    """Inputs at any offset from the kernels' 64-byte alignment run (an aligned copy is made)
+    and give the same outputs as aligned ones."""
+    from graphopt.runtime import ALIGNMENT, aligned
+    loaded = go.load(exported)
+    shifted = {}
+    for name, array in feeds.items():
+        raw = np.empty(array.nbytes + 2 * ALIGNMENT, np.uint8)
+        start = (-raw.ctypes.data % ALIGNMENT) + offset
+        view = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+        view[...] = array
+        assert view.ctypes.data % ALIGNMENT == offset
+        assert aligned(view).ctypes.data % ALIGNMENT == 0
+        shifted[name] = view
+    expected = compiled.run(feeds)
+    for name, found in loaded.run(shifted).items():
+        np.testing.assert_array_equal(found, expected[name])
