@@ -21,17 +21,20 @@ from .verify import verify
 __version__ = "0.1.0"
 
 
-def compile(graph: Graph, target: str = "cpu", **options):
-    """Compile `graph` with TVM for `target` ("cpu", "cuda", "cuda:sm_80", ...); returns a
-    CompiledModel (`.run(inputs)`, `.export(path)`). Options: see `compile_graph`."""
+def compile(graph: Graph, target: str = "cpu", options=None, **overrides):
+    """Run graphopt's passes for `target` ("cpu", "cuda", "cuda:sm_80", ...) on `graph`, then
+    compile the result with TVM; returns a CompiledModel (`.run(inputs)`, `.export(path)`,
+    `.report`). `options`: a `CompileOptions`; keywords override its fields (passes, mcpu,
+    threads, tuning, kernels, weights, bounds_check)."""
     from .targets.tvm import compile_graph
-    return compile_graph(graph, target, **options)
+    return compile_graph(graph, target, options, **overrides)
 
 
-def load(path: str):
-    """Load a library written by `CompiledModel.export`; runs with only the TVM runtime."""
+def load(path: str, threads: int | None = None):
+    """Load a library written by `CompiledModel.export`; runs with only the TVM runtime, on
+    `threads` threads (None: every core the process may use)."""
     from .runtime import load as load_exported
-    return load_exported(path)
+    return load_exported(path, threads=threads)
 
 
 def load_onnx(source, **options) -> Graph:
@@ -63,10 +66,12 @@ def __getattr__(name: str):
     # The zoo is loaded on first use so that `import graphopt` stays fast.
     if name in ("zoo", "passes"):
         return importlib.import_module(f".{name}", __name__)
+    if name == "CompileOptions":
+        return importlib.import_module(".targets.tvm.options", __name__).CompileOptions
     raise AttributeError(f"module 'graphopt' has no attribute {name!r}")
 
 
-__all__ = ["Graph", "Node", "TensorType", "Value", "GraphoptError", "InputError", "LoweringError",
+__all__ = ["CompileOptions", "Graph", "Node", "TensorType", "Value", "GraphoptError", "InputError", "LoweringError",
            "ModelFormatError", "PassError", "ShapeError", "UnsupportedOpError", "VerifyError",
            "CompareReport", "bisect", "compare", "compile", "dsl", "interpret", "load", "load_onnx",
            "ops", "optimize", "passes", "save_onnx", "verify", "zoo"]
