@@ -225,17 +225,40 @@ def test_float64_model_keeps_its_dtype_through_folding_and_repacking():
 def test_rules_apply_for_an_avx512_target():
     """The 16-lane path (this machine may lack AVX-512): every kernel is scheduled, with the
     same rules as on AVX2."""
-    kernels = _scheduled_kernels(go.zoo.resnet18(image_size=64), mcpu=AVX512_CPU)
+    kernels = _scheduled_kernels(go.zoo.resnet18(image_size=128), mcpu=AVX512_CPU)
     assert_all_scheduled(kernels)
     rules = {f.attrs[SCHEDULE_ATTR] for f in kernels.values()}
     assert {"winograd", "conv2d", "dense", "pool2d"} <= rules
 
 
-@pytest.mark.parametrize("name", ["conv3x3_s2_asym_pad", "conv_grouped", "winograd_7x7_residual",
-                                  "dense", "max_pool_s2_p1"])
+@pytest.mark.parametrize("name", ["conv3x3_s2_asym_pad", "conv_grouped", "dense",
+                                  "max_pool_s2_p1"])
 def test_expected_rule_on_avx512(name):
     """The rule table's tiled cases keep their rule with 16 lanes where the channels fill
     16-lane blocks."""
     kernels = _scheduled_kernels(_table_graph([name]), mcpu=AVX512_CPU)
     rules = {f.attrs[SCHEDULE_ATTR] for f in kernels.values()}
     assert CASES[name][2] in rules, (name, {k: f.attrs[SCHEDULE_ATTR] for k, f in kernels.items()})
+
+
+# (in, out channels, plane, batch) -> Winograd on AVX2 (8 lanes), on AVX-512 (16 lanes)
+WINOGRAD_CHOICES = {
+    (64, 64, 56, 1): (True, False),     # 16 lanes: the direct kernel wins below 128 channels
+    (128, 128, 28, 1): (True, True),
+    (256, 256, 14, 1): (True, True),
+    (512, 512, 7, 1): (True, False),    # 16 tiles: streaming the transformed weights loses
+    (512, 512, 7, 8): (True, True),     # 128 tiles over the batch
+    (16, 16, 56, 1): (False, False),    # too few channels for the transforms to pay
+    (64, 64, 224, 1): (False, False),   # transformed tensors leave the cache
+}
+
+
+@pytest.mark.parametrize("shape", sorted(WINOGRAD_CHOICES))
+def test_winograd_choice_per_vector_width(shape):
+    from graphopt.targets.tvm.schedules import winograd
+    in_c, out_c, plane, batch = shape
+    found = tuple(winograd.applies(in_c, out_c, plane, plane, (3, 3), (1, 1), (1, 1), 1,
+                                   (1, 1, 1, 1), VectorShape.of(tvm.target.Target(
+                                       {"kind": "llvm", "mcpu": mcpu})), batch)
+                  for mcpu in (AVX2_CPU, AVX512_CPU))
+    assert found == WINOGRAD_CHOICES[shape]

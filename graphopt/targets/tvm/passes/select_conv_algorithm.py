@@ -27,9 +27,9 @@ def select_conv_algorithm(context):
             return plain
         if context.kernels == "onednn":
             return dataclasses.replace(plain, algorithm="onednn")
-        out_h, out_w = node.outputs[0].shape[2:]
+        batch, _, out_h, out_w = node.outputs[0].shape
         if winograd.applies(w.shape[1], w.shape[0], out_h, out_w, w.shape[2:], conv.stride,
-                            conv.dilation, conv.groups, conv.padding, context.vector):
+                            conv.dilation, conv.groups, conv.padding, context.vector, batch):
             return dataclasses.replace(plain, algorithm="winograd",
                                        weight_block=winograd.channel_block(context.vector))
         return plain

@@ -23,7 +23,7 @@ class VectorShape:
         target's `mcpu` through LLVM, so a cross-compile target is honoured too."""
         from tvm.target.codegen import target_has_features
         if target_has_features("avx512f", target):
-            return VectorShape(lanes=16, accumulators=24)
+            return VectorShape(lanes=16, accumulators=28)
         if target_has_features("avx2", target):
             return VectorShape(lanes=8, accumulators=12)
         return VectorShape(lanes=4, accumulators=12)

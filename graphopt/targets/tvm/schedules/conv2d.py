@@ -15,6 +15,8 @@ NAME = "conv2d"
 SMALL_PLANE = 14 * 14
 # Bytes of packed weights one input-channel block may span, to stay in L1 with the accumulators.
 L1_WEIGHT_BYTES = 20 * 1024
+# Input channels stored together when the input is channel-blocked: one 64-byte cache line.
+INPUT_BLOCK = 16
 
 
 def find_conv(sch):
@@ -72,6 +74,12 @@ def schedule(sch, vec: VectorShape, packable) -> list[WeightPacking] | None:
         ic_outer, ic_inner = sch.split(ic, [None, ic_block])
         sch.reorder(n, oc_outer, ic_outer, oh, ow_outer, kh, kw, ic_inner, ow_inner, oc_inner)
         tile_loop, parallel_loops, first_reduce = None, outer, ic_outer
+    elif _block_input(sch, conv, weight[1]):
+        # The input is stored [N, C / 16, H, W, 16]: each tap reads 16 channels from one cache
+        # line instead of 16 planes apart (64 streams and as many TLB pages per tile).
+        ic_outer, ic_lines = sch.split(ic, [None, INPUT_BLOCK])
+        sch.reorder(n, oc_outer, oh, ow_outer, ic_outer, kh, kw, ic_lines, ow_inner, oc_inner)
+        tile_loop, parallel_loops, first_reduce = ow_outer, outer + [oh], ic_outer
     else:
         sch.reorder(n, oc_outer, oh, ow_outer, kh, kw, ic, ow_inner, oc_inner)
         tile_loop, parallel_loops, first_reduce = ow_outer, outer + [oh], kh
@@ -80,6 +88,29 @@ def schedule(sch, vec: VectorShape, packable) -> list[WeightPacking] | None:
     finish_tile(sch, conv, tile_loop, parallel_loops, oc_inner, [ow_inner], first_reduce, writer)
     spatial_rest(sch, conv, vec)
     return [WeightPacking(w_index, lambda w: _pack_oihw(w, oc_block))]
+
+
+def _block_input(sch, conv, weight_buffer) -> bool:
+    """Store the convolution's input (its padding block's output, or a copy of the parameter)
+    channel-blocked, [N, C / INPUT_BLOCK, H, W, INPUT_BLOCK], written with the channels
+    innermost. Only for ungrouped convs with whole blocks of input channels."""
+    block = sch.get(conv)
+    in_channels = int(block.iter_vars[4].dom.extent)
+    index = next(i for i, r in enumerate(block.reads) if not r.source.same_as(weight_buffer))
+    source = block.reads[index].source
+    if in_channels % INPUT_BLOCK or int(source.shape[1]) != in_channels:
+        return False
+    producers = sch.get_producers(conv)
+    if producers:
+        packer = producers[0]
+    else:
+        packer = sch.cache_read(conv, index, "global")
+    sch.transform_layout(packer, ("write", 0),
+                         lambda n, c, h, w: (n, c // INPUT_BLOCK, h, w, c % INPUT_BLOCK))
+    n, c, h, w = sch.get_loops(packer)
+    c_outer, c_inner = sch.split(c, [None, INPUT_BLOCK])
+    sch.reorder(n, c_outer, h, w, c_inner)
+    return True
 
 
 def _inputs_per_image(sch, conv, batch_loop) -> None:

@@ -20,7 +20,17 @@ from .common import PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, inline_el
 NAME = "winograd"
 TILE, ALPHA = 2, 4  # output tile and input tile side
 ROWS, INPUT, GEMM, OUTPUT = "wino_rows", "wino_input", "wino_gemm", "wino_output"
-MIN_CHANNELS = 32
+# Input channels from which the Winograd kernel beats the direct one: 32 with 8 lanes (AVX2, see
+# above); with 16 lanes (AVX-512) the direct kernel's wider FMAs win below 128 (one Xeon core, ms,
+# Winograd / direct / ORT: 64 ch 56x56 2.05 / 1.56 / 1.47, 64->128 ch 112x112 15.5 / 12.6 / 12.0,
+# 128->256 ch 56x56 10.9 / 11.9 / 11.4, 256 ch 14x14 1.02 / 1.43 / 1.45).
+MIN_CHANNELS = {8: 32, 16: 128}
+# 2x2 output tiles (over the batch) from which the transformed weights, 16/9 the size of the
+# direct kernel's, are reused enough: with 16 lanes a 7x7 plane at batch 1 (16 tiles) spends
+# more time streaming its 512-channel weights (16 MB) than the GEMMs save (ms, weights not in
+# cache, Winograd / direct: 512 ch 7x7 2.46 / 2.01 at batch 1, 12.0 / 13.8 at batch 8;
+# 256 ch 14x14 1.27 / 1.61). With 8 lanes the direct kernel is slow enough that Winograd wins.
+MIN_TILES = {8: 1, 16: 32}
 MAX_PLANE = 112 * 112
 # Input channels per weight block in the GEMMs: 64 x 16 floats (4 KB) stay in L1 while every
 # tile of the block uses them.
@@ -32,11 +42,15 @@ A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
 
 
 def applies(in_channels: int, out_channels: int, out_h: int, out_w: int, kernel, stride,
-            dilation, groups: int, padding, vec: VectorShape) -> bool:
+            dilation, groups: int, padding, vec: VectorShape, batch: int = 1) -> bool:
     """Whether a conv takes the Winograd kernel: 3x3, stride 1, 'same' padding, no dilation or
-    groups, many channels (output channels in whole two-register blocks) on a small plane."""
+    groups, many channels (output channels in whole two-register blocks) on a small plane with
+    enough tiles to reuse the transformed weights."""
+    tiles = batch * -(-out_h // TILE) * -(-out_w // TILE)
     return (tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
-            and groups == 1 and tuple(padding) == (1, 1, 1, 1) and in_channels >= MIN_CHANNELS
+            and groups == 1 and tuple(padding) == (1, 1, 1, 1)
+            and in_channels >= MIN_CHANNELS.get(vec.lanes, 32)
+            and tiles >= MIN_TILES.get(vec.lanes, 1)
             and out_channels % channel_block(vec) == 0 and out_h * out_w <= MAX_PLANE)
 
 
