@@ -265,7 +265,7 @@ def test_epilogue_codes_match_the_kernel_library():
     """The epilogue table's oneDNN codes are conv2d.cc's `Activation` enum, and every
     activation the fusion pass may fuse has a code."""
     import re
-    from graphopt.ops.fused import EPILOGUE, ONEDNN_NO_ACTIVATION
+    from graphopt.ops.epilogue import EPILOGUE, ONEDNN_NO_ACTIVATION
     from graphopt.passes.fuse_conv_epilogue import ACTIVATIONS
     enum = re.search(r"enum Activation \{([^}]*)\}", onednn.SOURCE.read_text()).group(1)
     codes = {name.strip(): int(value) for name, value in

@@ -113,9 +113,9 @@ def fused_conv2d(ex, node):
 
 
 def activation(ex, node, op, source: str, output: str, name: str) -> None:
-    """One of the activations a fused op carries (`ops.fused.EPILOGUE`: its ONNX op type), or a
+    """One of the activations a fused op carries (`ops.epilogue.EPILOGUE`: its ONNX op type), or a
     standalone clip. Clip's bounds are inputs; the others' attributes are copied by name."""
-    from ..ops.fused import EPILOGUE
+    from ..ops.epilogue import EPILOGUE
     op_type = EPILOGUE[op.name].onnx
     if op.name == "clip":
         dtype = node.outputs[0].dtype

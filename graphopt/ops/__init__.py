@@ -1,6 +1,6 @@
 """The op registry. Each family module defines its ops once (attributes, shape/dtype rule, numpy
 reference kernel, TVM lowering) and registers them; importing this package loads them all."""
-from . import activation, binary, conv, fused, linear, pool, resize, shape  # noqa: F401  (registration)
+from . import activation, binary, conv, epilogue, fused, linear, pool, resize, shape  # noqa: F401
 from .activation import Clip, Dropout, Identity, LeakyRelu, Relu, Sigmoid, Softmax, Tanh
 from .base import OPS, Op, get_op, register
 from .binary import Add, Div, Mul, Sub

@@ -103,7 +103,7 @@ class Conv2d(Op):
         return out.astype(x.dtype)
 
     def lower_tvm(self, bb, x, w, b=None):
-        from .fused import lower_conv
+        from .conv_kernel import lower_conv
         return lower_conv(bb, self, x, w, b)
 
     def target_choice(self) -> str:

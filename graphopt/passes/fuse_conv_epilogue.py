@@ -12,7 +12,7 @@ from .manager import PassResult, register_pass
 from .pattern import Match, Rule, any_value, apply_rules, const, merged_provenance, op
 
 CONVS = ("conv2d", "fused_conv2d")
-ACTIVATIONS = tuple(ops.fused.EPILOGUE)   # what a fused_conv2d may end with
+ACTIVATIONS = tuple(ops.epilogue.EPILOGUE)   # what a fused_conv2d may end with
 
 
 def _parts(node: Node) -> tuple[ops.FusedConv2d, list[Value]]:

@@ -1,6 +1,6 @@
 """Lowering of convolutions whose algorithm is "onednn" (chosen by the CPU target pass
 `select_conv_algorithm`): each becomes one `call_dps_packed` of `conv2d.cc`'s functions with its
-bias, residual and activation (from the fused op's epilogue, `ops.fused.EPILOGUE`) as arguments.
+bias, residual and activation (from the fused op's epilogue, `ops.epilogue.EPILOGUE`) as arguments.
 
 Then `keep_nhwc` lets a call whose every use is a oneDNN call (as input or residual) produce
 NHWC, the layout oneDNN's AVX2 kernels compute in, and its consumers read NHWC: a value a TVM
@@ -41,7 +41,7 @@ class OneDnnConv:
     attrs: tuple[int, ...]        # stride(2), padding(4), dilation(2), groups
     out_shape: tuple[int, ...]    # NCHW, whatever out_layout is
     residual: object = None
-    activation: int = 0           # conv2d.cc's Activation code (see ops.fused.EPILOGUE)
+    activation: int = 0           # conv2d.cc's Activation code (see ops.epilogue.EPILOGUE)
     alpha: float = 0.0
     beta: float = 0.0
     x_layout: str = "NCHW"        # how the tensors are stored: "NCHW" or "NHWC"
@@ -101,22 +101,20 @@ def use_counts(func) -> Counter:
     return counter.uses
 
 
-def onednn_conv2d(conv, x, w, bias=None, residual=None, activation=None):
+def onednn_conv2d(conv, x, w, bias=None, residual=None, activation: int = 0,
+                  alpha: float = 0.0, beta: float = 0.0):
     """Relax: a oneDNN call computing `activation(conv(x, w) + bias + residual)` (all NCHW
-    here; `keep_nhwc` may change the layouts between consecutive calls)."""
-    from ....ops.fused import EPILOGUE, ONEDNN_NO_ACTIVATION, constant_array
+    here; `keep_nhwc` may change the layouts between consecutive calls). `bias`: a numpy array
+    or None; `activation`, `alpha`, `beta`: conv2d.cc's code and arguments
+    (`ops.epilogue.EPILOGUE`)."""
     from ....ops.base import relax_type
     x_type, w_type = relax_type(x), relax_type(w)
-    out_channels = w_type.shape[0]
-    bias_value = (constant_array(bias, conv).astype(np.float32) if bias is not None
-                  else np.zeros(out_channels, np.float32))
+    bias_value = (np.asarray(bias, np.float32) if bias is not None
+                  else np.zeros(w_type.shape[0], np.float32))
     attrs = (*conv.stride, *conv.padding, *conv.dilation, conv.groups)
     out_shape = conv.infer(x_type, w_type).shape
-    code, (alpha, beta) = ONEDNN_NO_ACTIVATION, (0.0, 0.0)
-    if activation is not None:
-        entry = EPILOGUE[activation.name]
-        code, (alpha, beta) = entry.onednn, entry.onednn_args(activation)
-    return OneDnnConv(x, w, bias_value, attrs, out_shape, residual, code, alpha, beta).to_relax()
+    return OneDnnConv(x, w, bias_value, attrs, out_shape, residual, activation, alpha,
+                      beta).to_relax()
 
 
 def plan_layouts(func) -> dict:
