@@ -1,8 +1,9 @@
 """What graphopt's passes do to compiled CPU models: each zoo model compiled as written
-(`passes=()`: lowered node by node, TVM fusing only elementwise chains) and as `go.compile`
-builds it by default (graphopt's pipeline and the CPU target passes first), side by side in one
-process: graph nodes, TVM kernels, compile time and latency (runs alternate between the two),
-plus each build's error against the float64 interpreter.
+(`passes=()`: lowered node by node, TVM fusing only elementwise chains), with graphopt's default
+graph pipeline only, and as `go.compile` builds it by default (that pipeline, then the CPU target
+passes: Winograd and separable pooling chosen per node), side by side in one process: graph
+nodes, TVM kernels, compile time and latency (runs alternate between the builds), plus each
+build's error against the float64 interpreter.
 
     .venv/bin/python benchmarks/passes_effect.py       # resnet18, resnet50, vgg16, googlenet
     .venv/bin/python benchmarks/passes_effect.py --models resnet18 --repeat 5
@@ -16,11 +17,13 @@ import statistics
 import time
 
 import graphopt as go
+from graphopt.passes import DEFAULT_PIPELINE
 from graphopt.signature import probe_inputs
 from graphopt.table import format_table
 
 MODELS = ("resnet18", "resnet50", "vgg16", "googlenet")
-BUILDS = {"as written": {"passes": ()}, "graphopt passes": {}}
+BUILDS = {"as written": {"passes": ()}, "graph passes": {"passes": DEFAULT_PIPELINE},
+          "graph + target passes (default)": {}}
 
 
 def side_by_side_ms(runs: dict, repeat: int) -> dict[str, float]:
@@ -37,7 +40,8 @@ def side_by_side_ms(runs: dict, repeat: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def measure(model: str, batch: int, repeat: int) -> tuple[str, ...]:
+def measure(model: str, batch: int, repeat: int) -> list[tuple[str, ...]]:
+    """One row per build of `model`."""
     graph = go.zoo.MODELS[model](batch=batch, seed=0)
     compiled, seconds = {}, {}
     for name, options in BUILDS.items():
@@ -47,17 +51,14 @@ def measure(model: str, batch: int, repeat: int) -> tuple[str, ...]:
     feeds = probe_inputs(graph)
     ms = side_by_side_ms({name: (lambda m=m: m.run(feeds)) for name, m in compiled.items()},
                          repeat)
-    errors = []
-    for m in compiled.values():
+    written = ms["as written"]
+    rows = []
+    for name, m in compiled.items():
         report = go.compare(graph, m, feeds)
-        errors.append(f"{max(o.max_rel for o in report.outputs):.1e}"
-                      f"{'' if report.ok else ' MISMATCH'}")
-    plain, optimized = compiled["as written"], compiled["graphopt passes"]
-    return (model, f"{len(graph.nodes)} -> {len(optimized.graph.nodes)}",
-            f"{plain.kernel_count()} -> {optimized.kernel_count()}",
-            f"{seconds['as written']:.1f} -> {seconds['graphopt passes']:.1f}",
-            f"{ms['as written']:.1f}", f"{ms['graphopt passes']:.1f}",
-            f"{ms['as written'] / ms['graphopt passes']:.2f}", " / ".join(errors))
+        error = f"{max(o.max_rel for o in report.outputs):.1e}{'' if report.ok else ' MISMATCH'}"
+        rows.append((model, name, str(len(m.graph.nodes)), str(m.kernel_count()),
+                     f"{seconds[name]:.1f}", f"{ms[name]:.1f}", f"{written / ms[name]:.2f}", error))
+    return rows
 
 
 def main() -> None:
@@ -69,16 +70,15 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs "
           f"(default threads), batch {args.batch}, {args.repeat} alternating runs each, median")
     go.compile(go.zoo.lenet5())      # load TVM before the first timed compile
-    header = ("model", "nodes", "kernels", "compile s", "as written ms", "optimized ms",
-              "speedup", "error vs float64 (written / optimized)")
+    header = ("model", "build", "nodes", "kernels", "compile s", "ms", "speedup vs as written",
+              "error vs float64")
     rows = []
     for model in args.models:
-        rows.append(measure(model, args.batch, args.repeat))
-        print("  ".join(rows[-1]), flush=True)
+        for row in measure(model, args.batch, args.repeat):
+            rows.append(row)
+            print("  ".join(row), flush=True)
     print()
-    table = format_table(rows, header, rule=True).splitlines()
-    for line in table:
-        print(line)
+    print(format_table(rows, header, rule=True))
 
 
 if __name__ == "__main__":
