@@ -1,9 +1,8 @@
-"""What graphopt's passes do to compiled CPU models: each zoo model compiled as written
-(`passes=()`: lowered node by node, TVM fusing only elementwise chains), with graphopt's default
-graph pipeline only, and as `go.compile` builds it by default (that pipeline, then the CPU target
-passes: Winograd and separable pooling chosen per node), side by side in one process: graph
-nodes, TVM kernels, compile time and latency (runs alternate between the builds), plus each
-build's error against the float64 interpreter.
+"""What graphopt's graph passes do to compiled CPU models: each zoo model compiled without them
+(`passes=()`: every node lowered as written; the CPU target passes still choose each conv's
+algorithm and weight layout) and as `go.compile` builds it by default (the default pipeline
+first), side by side in one process: graph nodes, TVM kernels, compile time and latency (runs
+alternate between the builds), plus each build's error against the float64 interpreter.
 
     .venv/bin/python benchmarks/passes_effect.py       # resnet18, resnet50, vgg16, googlenet
     .venv/bin/python benchmarks/passes_effect.py --models resnet18 --repeat 5
@@ -17,13 +16,11 @@ import statistics
 import time
 
 import graphopt as go
-from graphopt.passes import DEFAULT_PIPELINE
 from graphopt.signature import probe_inputs
 from graphopt.table import format_table
 
 MODELS = ("resnet18", "resnet50", "vgg16", "googlenet")
-BUILDS = {"as written": {"passes": ()}, "graph passes": {"passes": DEFAULT_PIPELINE},
-          "graph + target passes (default)": {}}
+BUILDS = {"no graph passes": {"passes": ()}, "default pipeline": {}}
 
 
 def side_by_side_ms(runs: dict, repeat: int) -> dict[str, float]:
@@ -51,7 +48,7 @@ def measure(model: str, batch: int, repeat: int) -> list[tuple[str, ...]]:
     feeds = probe_inputs(graph)
     ms = side_by_side_ms({name: (lambda m=m: m.run(feeds)) for name, m in compiled.items()},
                          repeat)
-    written = ms["as written"]
+    written = ms["no graph passes"]
     rows = []
     for name, m in compiled.items():
         report = go.compare(graph, m, feeds)
@@ -70,7 +67,7 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs "
           f"(default threads), batch {args.batch}, {args.repeat} alternating runs each, median")
     go.compile(go.zoo.lenet5())      # load TVM before the first timed compile
-    header = ("model", "build", "nodes", "kernels", "compile s", "ms", "speedup vs as written",
+    header = ("model", "build", "nodes", "kernels", "compile s", "ms", "speedup",
               "error vs float64")
     rows = []
     for model in args.models:

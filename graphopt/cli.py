@@ -70,8 +70,9 @@ TARGET = arg("--target", default="cpu",
              help="cpu, cuda (= cuda:sm_90) or cuda:sm_<NN> such as cuda:sm_80 (default cpu)")
 KERNELS = arg("--kernels", choices=("tvm", "onednn"), default="tvm",
               help="who computes CPU convolutions: graphopt's TVM schedules (default) or oneDNN")
-PASSES = arg("--passes", help="graphopt passes run before lowering, comma-separated (default: "
-             "the default pipeline and the target's own passes; 'none': no pass)")
+PASSES = arg("--passes", help="graphopt graph passes run before lowering, comma-separated "
+             "(default: the default pipeline; 'none': no graph pass). The target's own passes "
+             "(conv algorithm, weight layout) run after them")
 THREADS = arg("--threads", type=int, help="threads the compiled model runs on (default: every "
               "core this process may use)")
 TUNING = arg("--tuning", metavar="DIR|user", help="apply MetaSchedule records from `graphopt "

@@ -119,7 +119,12 @@ def test_compile_report_lists_the_passes():
     g = build(lambda b, x: [dsl.relu(conv(x))])
     model = go.compile(g)
     assert "fuse_conv_epilogue" in model.report and "select_conv_algorithm" in model.report
-    assert go.compile(g, passes=()).report.count("\n") == 1   # title and header: no pass ran
+    bare = go.compile(g, passes=()).report
+    assert "fuse_conv_epilogue" not in bare and "select_conv_algorithm" in bare
+    no_passes = go.compile(g, passes=(), target_passes=False)
+    assert no_passes.report.count("\n") == 1   # title and header: no pass ran
+    assert no_passes.schedules == {"fused_conv2d": "generic", "relu": "generic"}   # plain
+    assert go.compare(g, no_passes, probe_inputs(g)).ok
 
 
 def test_a_pass_reaches_the_compiled_code():

@@ -17,7 +17,9 @@ def conv_out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: 
 
 # How a convolution is computed on its target, decided by a target pass (see
 # graphopt/targets/tvm/passes/select_conv_algorithm.py) and lowered as recorded:
-#   direct    the convolution itself (graphopt's conv2d schedule rule, or dlight on CUDA)
+#   direct    the convolution itself (graphopt's conv2d schedule rule, or dlight on CUDA); with
+#             a `weight_block`, the weight is packed at lowering into blocks of that many output
+#             channels ([O / block, KH, KW, I, block], `conv_kernel.pack_weight`)
 #   winograd  Winograd F(2x2, 3x3), the weight transformed at lowering into blocks of
 #             `weight_block` output channels (targets/tvm/schedules/winograd.py)
 #   onednn    a call of oneDNN's convolution (targets/tvm/onednn/)

@@ -32,6 +32,10 @@ def lower_conv(bb, conv: "Conv2d", x, w, b=None, residual=None, activation=None)
         u = transform_weight(constant_array(w, conv), conv.weight_block)
         weight, compute = relax.const(u, str(u.dtype)), winograd_conv2d
         name = "conv2d_winograd"
+    elif conv.weight_block:
+        packed = pack_weight(constant_array(w, conv), conv.weight_block)
+        weight, name = relax.const(packed, str(packed.dtype)), "conv2d"
+        compute = lambda x, w: blocked_conv2d(x, w, conv)
     else:
         weight, name = w, "conv2d"
         compute = lambda x, w: topi.nn.conv(x, w, conv.stride, conv.padding, conv.dilation,
@@ -61,3 +65,36 @@ def constant_array(expr, conv: "Conv2d"):
     expect(isinstance(expr, tvm.ir.Constant), f"{conv.algorithm} convolution needs a constant "
            f"weight, found a computed one")
     return expr.value.numpy()
+
+
+def pack_weight(weight, block: int):
+    """OIHW -> [O / block, KH, KW, I, block]: the layout the CPU conv2d rule streams (a tile
+    step reads `block` output channels of one tap and input channel as whole vectors)."""
+    o, i, h, k = weight.shape
+    return weight.reshape(o // block, block, i, h, k).transpose(0, 3, 4, 2, 1).copy()
+
+
+def blocked_conv2d(x, packed, conv: "Conv2d"):
+    """TE of an NCHW convolution reading the weight as `pack_weight` laid it out."""
+    from tvm import te, topi
+    n, channels, height, width = (int(d) for d in x.shape)
+    blocks, k_h, k_w, group_channels, block = (int(d) for d in packed.shape)
+    out_channels = blocks * block
+    per_group = out_channels // conv.groups
+    (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
+    top, left, bottom, right = conv.padding
+    padded = (topi.nn.pad(x, [0, 0, top, left], [0, 0, bottom, right], name="pad_temp")
+              if any(conv.padding) else x)
+    out_h = (height + top + bottom - d_h * (k_h - 1) - 1) // s_h + 1
+    out_w = (width + left + right - d_w * (k_w - 1) - 1) // s_w + 1
+    rc = te.reduce_axis((0, group_channels), "rc")
+    ry, rx = te.reduce_axis((0, k_h), "ry"), te.reduce_axis((0, k_w), "rx")
+
+    def channel(o):
+        return rc if conv.groups == 1 else o // per_group * group_channels + rc
+
+    return te.compute(
+        (n, out_channels, out_h, out_w),
+        lambda b, o, i, j: te.sum(padded[b, channel(o), i * s_h + ry * d_h, j * s_w + rx * d_w]
+                                  * packed[o // block, ry, rx, rc, o % block], axis=[rc, ry, rx]),
+        name="conv2d_nchw")

@@ -46,8 +46,9 @@ class TargetContext:
 
 def optimize_for_target(graph: Graph, target: str = "cpu",
                         options: CompileOptions | None = None) -> tuple[OptimizeResult, object]:
-    """graphopt's pipeline for `target` (the default pipeline then the target's passes, or
-    `options.passes`), as `compile` runs it before lowering: (OptimizeResult, TVM target)."""
+    """graphopt's pipeline for `target` as `compile` runs it before lowering: the graph passes
+    (the default pipeline, or `options.passes`), then the target's passes unless
+    `options.target_passes` is False. Returns (OptimizeResult, TVM target)."""
     from ...passes import DEFAULT_PIPELINE, optimize
     from .passes import resolve_target_pass, target_passes
     options = options or CompileOptions()
@@ -57,11 +58,11 @@ def optimize_for_target(graph: Graph, target: str = "cpu",
         from .schedules import VectorShape
         vector = VectorShape.of(tvm_target)
     context = TargetContext(device_kind, vector, options.kernels, options.weights == "embedded")
-    if options.passes is None:
-        passes = list(DEFAULT_PIPELINE) + target_passes(device_kind, context)
-    else:
-        passes = [resolve_target_pass(p, device_kind, context) or p if isinstance(p, str) else p
-                  for p in options.passes]
+    chosen = DEFAULT_PIPELINE if options.passes is None else options.passes
+    passes = [resolve_target_pass(p, device_kind, context) or p if isinstance(p, str) else p
+              for p in chosen]
+    if options.target_passes:
+        passes += target_passes(device_kind, context)
     return optimize(graph, passes, fixed_point=options.passes is None), tvm_target
 
 

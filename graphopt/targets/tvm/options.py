@@ -22,8 +22,11 @@ USER_TUNING = "user"
 class CompileOptions:
     """How `go.compile` builds a model.
 
-    passes:   graphopt passes run before lowering (names or pass functions); None: the default
-              pipeline plus the target's own passes; () runs none.
+    passes:   graphopt graph passes run before lowering (names or pass functions); None: the
+              default pipeline; () runs none.
+    target_passes: then run the target's own passes (default True): they decide how the
+              target computes each node (conv algorithm and weight layout, separable pooling);
+              without them every node lowers to its plain form, correct but unscheduled.
     mcpu:     the LLVM CPU to compile for ("haswell", "skylake-avx512", ...); None: this host.
               The vector width the schedule rules use follows from it.
     threads:  threads a compiled model runs on; None: every core the process may run on.
@@ -36,6 +39,7 @@ class CompileOptions:
     """
 
     passes: tuple | None = None
+    target_passes: bool = True
     mcpu: str | None = None
     threads: int | None = None
     tuning: str | os.PathLike | None = None

@@ -3,7 +3,9 @@
 - "onednn" when the compile asks for oneDNN kernels (float32, constant weight and bias);
 - "winograd" (F(2x2, 3x3), weights in blocks of two vector registers of output channels) for
   the 3x3 stride-1 convolutions where it measured faster (`schedules/winograd.applies`);
-- "direct" otherwise (graphopt's register-tiled conv2d rule)."""
+- "direct" otherwise (graphopt's register-tiled conv2d rule), with its weight packed into blocks
+  of one or two vector registers of output channels (`tiled.channel_blocks`), each inside one
+  group, where the weight is a constant and the channels fill such a block."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,23 +18,27 @@ def select_conv_algorithm(context):
     """The pass for one compile (`context`: vector shape, kernels, whether weights are constant)."""
     from . import annotate
     from ..schedules import winograd
+    from ..schedules.tiled import channel_blocks
 
     def choose(conv: Conv2d, node: Node) -> Conv2d:
         x, w, *rest = node.inputs
         bias = rest[0] if rest and getattr(node.op, "has_bias", True) else None
         plain = conv.plain
-        constant = context.constant_weights and w.is_constant and \
-            (bias is None or bias.is_constant)
-        if not constant or x.dtype != "float32" or node.outputs[0].dtype != "float32":
+        if not (context.constant_weights and w.is_constant) or not node.outputs[0].type.is_float:
             return plain
-        if context.kernels == "onednn":
+        float32 = x.dtype == "float32" and node.outputs[0].dtype == "float32"
+        if float32 and context.kernels == "onednn" and (bias is None or bias.is_constant):
             return dataclasses.replace(plain, algorithm="onednn")
-        batch, _, out_h, out_w = node.outputs[0].shape
-        if winograd.applies(w.shape[1], w.shape[0], out_h, out_w, w.shape[2:], conv.stride,
-                            conv.dilation, conv.groups, conv.padding, context.vector, batch):
+        batch, out_channels, out_h, out_w = node.outputs[0].shape
+        if float32 and winograd.applies(w.shape[1], out_channels, out_h, out_w, w.shape[2:],
+                                        conv.stride, conv.dilation, conv.groups, conv.padding,
+                                        context.vector, batch):
             return dataclasses.replace(plain, algorithm="winograd",
                                        weight_block=winograd.channel_block(context.vector))
-        return plain
+        per_group = out_channels // conv.groups
+        block = next((b for b in channel_blocks(out_channels, context.vector)
+                      if per_group % b == 0), 0)
+        return dataclasses.replace(plain, weight_block=block)
 
     def decide(node: Node):
         if node.op_name == "conv2d":

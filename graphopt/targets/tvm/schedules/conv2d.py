@@ -1,13 +1,13 @@
 """conv2d (NCHW, any stride/padding/dilation, grouped when a group's output channels fill a vector
 block) with fused epilogues: output channels are the vector axis, a row segment of output pixels
-the register-tile axis, and the weight is repacked to [OC / block, KH, KW, IC, block] so the
-innermost reduction (input channels) walks it contiguously."""
+the register-tile axis. The weight arrives packed as [OC / block, KH, KW, IC, block] (the block
+chosen by the target pass `select_conv_algorithm`, the packing done at lowering), so the
+innermost reduction (input channels) walks it contiguously; the rule changes no weight."""
 from __future__ import annotations
 
 from .common import (PARALLEL_MIN_ELEMENTS, VectorShape, blocks_of, extent,
                      inline_elementwise, iter_kinds)
-from .tiled import (WeightPacking, accumulator_writer, channel_blocks, finish_tile,
-                    spatial_rest, balanced_tile, weight_param_index)
+from .tiled import accumulator_writer, balanced_tile, finish_tile, spatial_rest
 
 NAME = "conv2d"
 # Small output planes (14x14, 7x7) have few tiles per weight block; above this many output pixels
@@ -25,23 +25,21 @@ def find_conv(sch):
     return found[0] if len(found) == 1 else None
 
 
-def schedule(sch, vec: VectorShape, packable) -> list[WeightPacking] | None:
-    """Schedule the conv2d PrimFunc in `sch`; returns the weight repacking it relies on, or None
-    when the function is not a conv this rule handles (the caller then discards `sch`)."""
+def schedule(sch, vec: VectorShape, packable) -> list | None:
+    """Schedule the conv2d PrimFunc in `sch`; returns [] (no weight repacking), or None when the
+    function is not a conv this rule handles (the caller then discards `sch`)."""
     conv = find_conv(sch)
     if conv is None:
         return None
     block = sch.get(conv)
     n_var, oc_var, oh_var, ow_var, ic_var, kh_var, kw_var = (iv.var for iv in block.iter_vars)
-    weight = weight_param_index(sch.mod["main"], block, [oc_var, ic_var, kh_var, kw_var])
-    if weight is None or weight[0] not in packable:
-        return None
-    out_channels, out_width = (int(block.iter_vars[i].dom.extent) for i in (1, 3))
-    # Grouped convs need a block inside one group (else the input is not one broadcast).
-    oc_block = next((b for b in channel_blocks(out_channels, vec)
-                     if not _input_varies_with_oc(block, oc_var, b)), None)
-    if oc_block is None:
-        return None  # depthwise or small groups, or channels in no whole vector
+    weight = packed_weight(sch.mod["main"], block)
+    if weight is None:
+        return None  # no weight layout was chosen for this conv (select_conv_algorithm)
+    out_width = int(block.iter_vars[3].dom.extent)
+    oc_block = int(weight.shape[4])
+    if _input_varies_with_oc(block, oc_var, oc_block, weight):
+        return None  # a block spanning groups: the input would not be one broadcast
 
     inline_elementwise(sch, keep=[conv, *sch.get_producers(conv)])
     conv = find_conv(sch)
@@ -49,10 +47,6 @@ def schedule(sch, vec: VectorShape, packable) -> list[WeightPacking] | None:
     if writer is None:
         return None
     width = balanced_tile(out_width, vec.accumulators // max(1, oc_block // vec.lanes))
-    w_index, _ = weight
-    read_index = _read_index(sch.get(conv), weight[1])
-    sch.transform_layout(conv, ("read", read_index),
-                         lambda o, i, h, w: (o // oc_block, h, w, i, o % oc_block))
     # The accumulator tile keeps channels innermost, so each tile row is whole vector registers.
     sch.transform_layout(conv, ("write", 0), lambda n, o, h, w: (n, o // oc_block, h, w, o % oc_block))
 
@@ -74,7 +68,7 @@ def schedule(sch, vec: VectorShape, packable) -> list[WeightPacking] | None:
         ic_outer, ic_inner = sch.split(ic, [None, ic_block])
         sch.reorder(n, oc_outer, ic_outer, oh, ow_outer, kh, kw, ic_inner, ow_inner, oc_inner)
         tile_loop, parallel_loops, first_reduce = None, outer, ic_outer
-    elif _block_input(sch, conv, weight[1]):
+    elif _block_input(sch, conv, weight):
         # The input is copied to [N, C / 16, H, W, 16]: each step reads 16 channels from one
         # cache line instead of 16 planes apart (1x1 convs, 1 thread, ms vs ORT: 256->64 ch
         # 56x56 1.76 -> 1.06 / 0.95, 512->128 ch 28x28 1.24 -> 0.86 / 0.79).
@@ -88,7 +82,7 @@ def schedule(sch, vec: VectorShape, packable) -> list[WeightPacking] | None:
         _inputs_per_image(sch, conv, n)
     finish_tile(sch, conv, tile_loop, parallel_loops, oc_inner, [ow_inner], first_reduce, writer)
     spatial_rest(sch, conv, vec)
-    return [WeightPacking(w_index, lambda w: _pack_oihw(w, oc_block))]
+    return []
 
 
 def _block_input(sch, conv, weight_buffer) -> bool:
@@ -136,16 +130,16 @@ def _input_channel_block(block, oc_block: int) -> int | None:
     return max(fitting) if fitting and max(fitting) >= 8 else None
 
 
-def _pack_oihw(w, oc_block: int):
-    o, i, h, k = w.shape
-    return w.reshape(o // oc_block, oc_block, i, h, k).transpose(0, 3, 4, 2, 1).copy()
+def packed_weight(func, block):
+    """The weight buffer the lowering packed ([O / block, KH, KW, I, block], see
+    `ops.conv_kernel.pack_weight`): a 5-D parameter read by the conv block, or None."""
+    for region in block.reads:
+        if len(region.source.shape) == 5 and any(p.same_as(region.source) for p in func.params):
+            return region.source
+    return None
 
 
-def _read_index(block, buffer) -> int:
-    return next(i for i, r in enumerate(block.reads) if r.source.same_as(buffer))
-
-
-def _input_varies_with_oc(block, oc_var, oc_block: int) -> bool:
+def _input_varies_with_oc(block, oc_var, oc_block: int, weight) -> bool:
     """True for grouped convs whose input channel changes inside an aligned block of output
     channels (then the input is not one broadcast per tile step). Checked by evaluating the input
     indices at the first and last channel of each block."""
@@ -155,9 +149,9 @@ def _input_varies_with_oc(block, oc_var, oc_block: int) -> bool:
     out_channels = int(block.iter_vars[1].dom.extent)
     analyzer = Analyzer()
     for region in block.reads:
+        if region.source.same_as(weight):
+            continue
         idx = [r.min for r in region.region]
-        if any(i.same_as(oc_var) for i in idx):
-            continue  # the weight
         index_map = tirx.IndexMap(iter_vars, idx, None)
         at = lambda oc: [int(analyzer.simplify(e)) for e in index_map.map_indices(
             [oc if v.same_as(oc_var) else 0 for v in iter_vars])]
