@@ -53,10 +53,7 @@ def optimize_for_target(graph: Graph, target: str = "cpu",
     from .passes import resolve_target_pass, target_passes
     options = options or CompileOptions()
     tvm_target, device_kind = resolve_target(target, options.mcpu)
-    vector = None
-    if device_kind == "cpu":
-        from .schedules import VectorShape
-        vector = VectorShape.of(tvm_target)
+    vector = VectorShape.of(tvm_target) if device_kind == "cpu" else None
     context = TargetContext(device_kind, vector, options.kernels, options.weights == "embedded")
     chosen = DEFAULT_PIPELINE if options.passes is None else options.passes
     passes = [resolve_target_pass(p, device_kind, context) or p if isinstance(p, str) else p
