@@ -9,9 +9,16 @@ def host_target(mcpu: str | None = None):
     or for the LLVM CPU `mcpu` ("haswell", "skylake-avx512", ...), with `num-cores`, which
     MetaSchedule needs."""
     from tvm.target import Target
+    from tvm.target.codegen import llvm_get_cpu_archlist
     config = dict(Target.from_device("cpu").export())
     keep = {k: config[k] for k in ("kind", "mtriple", "mcpu") if config.get(k)}
     if mcpu is not None:
+        # LLVM would only warn and compile for a generic x86-64 CPU.
+        known = llvm_get_cpu_archlist(Target({"kind": "llvm", "mtriple": keep.get("mtriple", "")}))
+        if mcpu not in known:
+            from ...errors import GraphoptError
+            raise GraphoptError(f"unknown LLVM CPU mcpu={mcpu!r}; expected one of "
+                                f"{', '.join(sorted(known))}")
         keep["mcpu"] = mcpu
     keep["num-cores"] = physical_cores()
     return Target(keep)
