@@ -5,12 +5,11 @@ target code re-discovers structure in Relax. `graphopt show --target cpu` shows 
 """
 from __future__ import annotations
 
-from collections import Counter
 from typing import Callable
 
 from ....errors import PassError
-from ....ir import Graph, Node
-from ....passes.manager import Pass, PassResult
+from ....passes.manager import Pass
+from .annotate import annotate
 from .select_conv_algorithm import select_conv_algorithm
 from .separate_max_pools import separate_max_pools
 
@@ -36,29 +35,6 @@ def resolve_target_pass(name: str, device_kind: str, context) -> Pass | None:
         if name in passes:
             raise PassError(f"pass '{name}' is a {kind} target pass; compiling for {device_kind}")
     return None
-
-
-def annotate(graph: Graph, decide: Callable[[Node], object | None]) -> PassResult:
-    """Swap each node's op for `decide(node)` where that returns a different op (same inputs
-    and output types: a recorded decision, not a rewrite); names and provenance stay."""
-    changed: Counter[str] = Counter()
-    result = graph.copy()
-    for node in result.nodes:
-        new = decide(node)
-        if new is not None and new != node.op:
-            node.op = new
-            changed[_label(new)] += 1
-    if not changed:
-        return PassResult(graph, False, {})
-    return PassResult(result, True, {"rewrites": dict(changed)})
-
-
-def _label(op) -> str:
-    conv = getattr(op, "conv", op)
-    algorithm = getattr(conv, "algorithm", None)
-    if algorithm is not None:
-        return f"{op.name} -> {algorithm}"
-    return f"{op.name} -> separable" if getattr(op, "separable", False) else op.name
 
 
 __all__ = ["TARGET_PASSES", "annotate", "resolve_target_pass", "target_passes"]

@@ -12,11 +12,11 @@ import dataclasses
 
 from ....ir import Node
 from ....ops import Conv2d
+from .annotate import annotate
 
 
 def select_conv_algorithm(context):
     """The pass for one compile (`context`: vector shape, kernels, whether weights are constant)."""
-    from . import annotate
     from ..schedules import winograd
     from ..schedules.tiled import channel_blocks
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from .annotate import annotate
+
 
 def separate_max_pools(context):
-    from . import annotate
+    """The pass for one compile (`context` is not needed: every float max pool qualifies)."""
 
     def decide(node):
         if node.op_name == "max_pool2d" and node.inputs[0].dtype in ("float32", "float16"):

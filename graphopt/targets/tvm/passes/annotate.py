@@ -1,0 +1,31 @@
+"""`annotate`: how target passes record a decision on nodes without rewriting the graph."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable
+
+from ....ir import Graph, Node
+from ....passes.manager import PassResult
+
+
+def annotate(graph: Graph, decide: Callable[[Node], object | None]) -> PassResult:
+    """Swap each node's op for `decide(node)` where that returns a different op (same inputs
+    and output types: a recorded decision, not a rewrite); names and provenance stay."""
+    changed: Counter[str] = Counter()
+    result = graph.copy()
+    for node in result.nodes:
+        new = decide(node)
+        if new is not None and new != node.op:
+            node.op = new
+            changed[_label(new)] += 1
+    if not changed:
+        return PassResult(graph, False, {})
+    return PassResult(result, True, {"rewrites": dict(changed)})
+
+
+def _label(op) -> str:
+    conv = getattr(op, "conv", op)
+    algorithm = getattr(conv, "algorithm", None)
+    if algorithm is not None:
+        return f"{op.name} -> {algorithm}"
+    return f"{op.name} -> separable" if getattr(op, "separable", False) else op.name
