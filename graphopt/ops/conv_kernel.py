@@ -2,20 +2,15 @@
 computed the way the node's `Conv2d.algorithm` says: used by `conv2d` and `fused_conv2d`."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .base import expect
 from .epilogue import EPILOGUE, ONEDNN_NO_ACTIVATION
-
-if TYPE_CHECKING:
-    from .conv import Conv2d
 
 # TVM's operator-pattern code for a kernel FuseOps must leave alone (kOpaque): graphopt's fusion
 # pass decided what this kernel computes, and TVM does not re-fuse around it.
 OPAQUE = 8
 
 
-def lower_conv(bb, conv: "Conv2d", x, w, b=None, residual=None, activation=None):
+def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
     """Relax: `activation(conv(x, w) + b + residual)` as one kernel, computed the way
     `conv.algorithm` says (see ops/conv.py's CONV_ALGORITHMS)."""
     if conv.algorithm == "onednn":
@@ -59,7 +54,7 @@ def lower_conv(bb, conv: "Conv2d", x, w, b=None, residual=None, activation=None)
                       primfunc_attrs={"op_pattern": OPAQUE})
 
 
-def constant_array(expr, conv: "Conv2d"):
+def constant_array(expr, conv):
     """The numpy value of a Relax constant weight (target algorithms repack it at lowering)."""
     import tvm
     expect(isinstance(expr, tvm.ir.Constant), f"{conv.algorithm} convolution needs a constant "
@@ -74,7 +69,7 @@ def pack_weight(weight, block: int):
     return weight.reshape(o // block, block, i, h, k).transpose(0, 3, 4, 2, 1).copy()
 
 
-def blocked_conv2d(x, packed, conv: "Conv2d"):
+def blocked_conv2d(x, packed, conv):
     """TE of an NCHW convolution reading the weight as `pack_weight` laid it out."""
     from tvm import te, topi
     n, channels, height, width = (int(d) for d in x.shape)

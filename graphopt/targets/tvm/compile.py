@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
 from ...errors import GraphoptError, LoweringError
 from ...ir import Graph
-from ...passes.manager import OptimizeResult
 from ...runtime import configure_threads
 from ...signature import Signature
 from ...verify import verify
 from .lower import to_relax
 from .options import CompileOptions
 from .schedules.common import VectorShape
+
+if TYPE_CHECKING:
+    from ...passes.manager import OptimizeResult
 
 TARGETS = ("cpu", "cuda", "cuda:sm_<NN>")
 
@@ -45,7 +47,7 @@ class TargetContext:
 
 
 def optimize_for_target(graph: Graph, target: str = "cpu",
-                        options: CompileOptions | None = None) -> tuple[OptimizeResult, object]:
+                        options: CompileOptions | None = None) -> tuple["OptimizeResult", object]:
     """graphopt's pipeline for `target` as `compile` runs it before lowering: the graph passes
     (the default pipeline, or `options.passes`), then the target's passes unless
     `options.target_passes` is False. Returns (OptimizeResult, TVM target)."""
@@ -70,7 +72,7 @@ class CompiledModel:
                  graph_name: str = "graph", compile_seconds: float = 0.0,
                  kernels: dict[str, str] | None = None, schedule_report=None,
                  weights: list | None = None, offloaded: list[str] | None = None,
-                 optimized: OptimizeResult | None = None,
+                 optimized: "OptimizeResult | None" = None,
                  options: CompileOptions = CompileOptions()):
         self.executable, self.signature = executable, signature
         # Kernel names, and per kernel the CPU schedule rule it got (`schedules`).
