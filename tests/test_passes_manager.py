@@ -44,6 +44,9 @@ def test_default_pipeline_on_resnet_reports_every_pass():
     assert fold.params[1] < fold.params[0] and fold.macs[0] == fold.macs[1]
     last_round = [r for r in res.records if r.round == res.records[-1].round]
     assert not any(r.changed for r in last_round)          # stopped at a fixed point
+    # the confirming round is one line, not a row per pass
+    assert "round 2: no pass changed the graph" in report
+    assert report.count("fold_batch_norm") == 1
 
 
 def test_optimize_does_not_touch_its_input_and_twice_changes_nothing():

@@ -90,9 +90,17 @@ class OptimizeResult:
     def report(self) -> str:
         head = ("pass", "round", "changed", "nodes", "params", "MACs", "time", "max err",
                 "rewrites")
+        # A last round that changed nothing only confirms the fixed point: one line for it.
+        last = max((r.round for r in self.records), default=0)
+        confirming = last > 1 and not any(r.changed for r in self.records if r.round == last)
+        shown = [r for r in self.records if not (confirming and r.round == last)]
         lines = [f"optimize '{self.original.name}': {len(self.original.nodes)} -> "
                  f"{len(self.graph.nodes)} nodes",
-                 format_table([r.row() for r in self.records], head)]
+                 format_table([r.row() for r in shown], head)]
+        if confirming:
+            seconds = sum(r.seconds for r in self.records if r.round == last)
+            lines.append(f"round {last}: no pass changed the graph (fixed point; "
+                         f"{seconds * 1e3:.0f} ms)")
         misses = self.misses()
         if misses:
             lines.append("rules that did not apply (rule: reason, count):")
