@@ -60,7 +60,10 @@ def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops,
     vectorize and unroll the tile, then split off the accumulator initialisation (vectorize and
     parallel must come before `decompose_reduction`, which leaves the loops unchangeable).
     `writer_lanes`: the writer's innermost loop is contiguous in both the tile and the output
-    (dense), so it is vectorized by that many lanes; otherwise it is unrolled."""
+    (dense), so it is vectorized by that many lanes; otherwise (conv: pixels, contiguous in the
+    output, strided in the channel-vector tile) it is vectorized whole, which LLVM turns into
+    register shuffles and full-width stores (resnet18 1 thread 2-4% faster than unrolled
+    scalar stores, outputs identical)."""
     macs = 1
     for loop in sch.get_loops(main):
         macs *= extent(loop, sch)
@@ -79,7 +82,7 @@ def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops,
         sch.vectorize(lanes)
         sch.unroll(registers)
     elif extent(inner, sch) > 1:
-        sch.unroll(inner)
+        sch.vectorize(inner)
 
 
 def accumulator_writer(sch, main):
