@@ -262,3 +262,16 @@ def test_winograd_choice_per_vector_width(shape):
                                        {"kind": "llvm", "mcpu": mcpu})), batch)
                   for mcpu in (AVX2_CPU, AVX512_CPU))
     assert found == WINOGRAD_CHOICES[shape]
+
+
+def test_a_bug_in_a_rule_fails_loudly(monkeypatch):
+    """A rule refused by TVM's schedule checks falls to the next rule; a Python error inside a
+    rule is a bug and fails the compile, naming it, instead of falling to the generic rule."""
+    from graphopt.targets.tvm.schedules import dense
+
+    def broken(sch, vec, packable):
+        raise AttributeError("broken rule")
+
+    monkeypatch.setattr(dense, "schedule", broken)
+    with pytest.raises(go.LoweringError, match="AttributeError: broken rule"):
+        go.compile(_table_graph(["dense"]))
