@@ -269,9 +269,22 @@ def test_a_bug_in_a_rule_fails_loudly(monkeypatch):
     rule is a bug and fails the compile, naming it, instead of falling to the generic rule."""
     from graphopt.targets.tvm.schedules import dense
 
-    def broken(sch, vec, packable):
+    def broken(sch, vec):
         raise AttributeError("broken rule")
 
     monkeypatch.setattr(dense, "schedule", broken)
     with pytest.raises(go.LoweringError, match="AttributeError: broken rule"):
         go.compile(_table_graph(["dense"]))
+
+
+def test_weight_layouts_are_decisions_on_the_nodes():
+    """The target passes record each conv's and dense layer's weight block on the node; the
+    rules read the weights as lowering packed them (a 5-D conv weight, a 3-D dense weight)."""
+    graph = _table_graph(["dense", "conv1x1"])
+    optimized, _ = optimize_for_target(graph, "cpu", CompileOptions(mcpu=AVX2_CPU))
+    choices = {n.op_name: n.op.target_choice() for n in optimized.graph.nodes}
+    assert choices == {"linear": "24-column weight blocks",
+                       "conv2d": "direct, 16-channel weight blocks", "relu": ""}
+    kernels = _scheduled_kernels(graph)
+    shapes = {name: sorted(len(p.shape) for p in f.params) for name, f in kernels.items()}
+    assert any(5 in s for s in shapes.values()) and any(3 in s for s in shapes.values())

@@ -16,6 +16,9 @@ class Linear(Op):
 
     name = "linear"
     arity = (2, 3)
+    # A target decision (CPU pass `select_dense_layout`): the weight is packed at lowering into
+    # blocks of this many output columns ([out / block, in, block]); 0: as written.
+    weight_block: int = 0
 
     def infer(self, x, w, b=None):
         expect_float(x), expect_same_dtype(x, w, *([b] if b else []))
@@ -38,11 +41,17 @@ class Linear(Op):
         import tvm
         rx = relax()
         R = rx.op
-        # A constant weight is transposed here, once, rather than by a kernel at every run.
-        w_t = (rx.const(np.ascontiguousarray(w.value.numpy().T), str(w.ty.dtype))
-               if isinstance(w, tvm.ir.Constant) else R.permute_dims(w, [1, 0]))
-        y = R.matmul(x, w_t)
+        if self.weight_block:
+            y = lower_blocked_matmul(bb, x, constant_value(w, self).T, self.weight_block)
+        else:
+            # A constant weight is transposed here, once, rather than by a kernel at every run.
+            w_t = (rx.const(np.ascontiguousarray(w.value.numpy().T), str(w.ty.dtype))
+                   if isinstance(w, tvm.ir.Constant) else R.permute_dims(w, [1, 0]))
+            y = R.matmul(x, w_t)
         return R.add(bb.emit(y), b) if b is not None else y
+
+    def target_choice(self) -> str:
+        return f"{self.weight_block}-column weight blocks" if self.weight_block else ""
 
     def macs(self, inputs, outputs):
         return outputs[0].numel * inputs[1].shape[1]
@@ -55,6 +64,8 @@ class Matmul(Op):
 
     name = "matmul"
     arity = (2, 2)
+    # As Linear's: the constant right-hand side packed in blocks of this many columns; 0: as is.
+    weight_block: int = 0
 
     def infer(self, a, b):
         expect_same_dtype(a, b)
@@ -76,8 +87,46 @@ class Matmul(Op):
         return np.matmul(a, b)
 
     def lower_tvm(self, bb, a, b):
+        if self.weight_block:
+            return lower_blocked_matmul(bb, a, constant_value(b, self), self.weight_block)
         return relax().op.matmul(a, b)
+
+    def target_choice(self) -> str:
+        return f"{self.weight_block}-column weight blocks" if self.weight_block else ""
 
     def macs(self, inputs, outputs):
         k = inputs[0].shape[-1]
         return outputs[0].numel * k
+
+
+# ---- lowering with a packed constant right-hand side (a target's weight layout) -----------------
+def pack_columns(weight, block: int) -> np.ndarray:
+    """[K, N] -> [N / block, K, block]: the layout the CPU dense rule streams (one tile step
+    reads `block` columns of one row of the weight as whole vectors)."""
+    k, n = weight.shape
+    return np.ascontiguousarray(weight.reshape(k, n // block, block).transpose(1, 0, 2))
+
+
+def lower_blocked_matmul(bb, x, weight_kn: np.ndarray, block: int):
+    """Relax: x [M, K] @ weight [K, N], the weight packed by `pack_columns` (a constant)."""
+    from tvm import te
+    rx = relax()
+    packed = pack_columns(weight_kn, block)
+
+    def blocked_matmul(x, packed):
+        rows, depth = (int(d) for d in x.shape)
+        k = te.reduce_axis((0, depth), "k")
+        return te.compute((rows, int(packed.shape[0]) * block),
+                          lambda i, j: te.sum(x[i, k] * packed[j // block, k, j % block], axis=k),
+                          name="matmul")
+
+    return bb.call_te(blocked_matmul, x, rx.const(packed, str(packed.dtype)),
+                      primfunc_name_hint="matmul")
+
+
+def constant_value(expr, op) -> np.ndarray:
+    """The numpy value of a Relax constant operand that a packed layout needs."""
+    import tvm
+    expect(isinstance(expr, tvm.ir.Constant), f"{op.name} with weight_block={op.weight_block} "
+           f"needs a constant weight, found a computed one")
+    return expr.value.numpy()

@@ -110,14 +110,13 @@ def _compare_with_rules(mod, work_db, target, kernels):
     import tvm
     from tvm import tirx
     from .schedules import VectorShape
-    from .schedules.dispatch import constant_params, schedule_func
-    packable = constant_params(mod)
+    from .schedules.dispatch import schedule_func
     vec = VectorShape.of(target)
     for gv, func in mod.functions.items():
         if not isinstance(func, tirx.PrimFunc) or not any(k in gv.name_hint for k in kernels):
             continue
         workload_mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-        scheduled, _, _ = schedule_func(func, vec, packable.get(gv.name_hint, set()))
+        scheduled, _ = schedule_func(func, vec)
         ours = time_primfunc(scheduled, target) if scheduled is not None else float("inf")
         record = None
         if work_db.has_workload(workload_mod):

@@ -1,5 +1,6 @@
 """Target passes: ordinary graphopt passes (`Graph -> PassResult`) that record on each node how
-the target will compute it (a convolution's algorithm and weight layout, separable pooling).
+the target will compute it (a convolution's algorithm and weight layout, a dense layer's weight
+layout, separable pooling).
 `compile` runs them after the default pipeline; lowering then builds what they recorded, so no
 target code re-discovers structure in Relax. `graphopt show --target cpu` shows the decisions.
 """
@@ -11,11 +12,13 @@ from ....errors import PassError
 from ....passes.manager import Pass
 from .annotate import annotate
 from .select_conv_algorithm import select_conv_algorithm
+from .select_dense_layout import select_dense_layout
 from .separate_max_pools import separate_max_pools
 
 # name -> factory(context) building the pass for one compile; `context` is a `TargetContext`.
 TARGET_PASSES: dict[str, dict[str, Callable]] = {
     "cpu": {"select_conv_algorithm": select_conv_algorithm,
+            "select_dense_layout": select_dense_layout,
             "separate_max_pools": separate_max_pools},
     "cuda": {},
 }

@@ -24,8 +24,4 @@ def annotate(graph: Graph, decide: Callable[[Node], object | None]) -> PassResul
 
 
 def _label(op) -> str:
-    conv = getattr(op, "conv", op)
-    algorithm = getattr(conv, "algorithm", None)
-    if algorithm is not None:
-        return f"{op.name} -> {algorithm}"
-    return f"{op.name} -> separable" if getattr(op, "separable", False) else op.name
+    return f"{op.name} -> {op.target_choice() or 'as written'}"

@@ -25,9 +25,9 @@ def find_conv(sch):
     return found[0] if len(found) == 1 else None
 
 
-def schedule(sch, vec: VectorShape, packable) -> list | None:
-    """Schedule the conv2d PrimFunc in `sch`; returns [] (no weight repacking), or None when the
-    function is not a conv this rule handles (the caller then discards `sch`)."""
+def schedule(sch, vec: VectorShape) -> bool:
+    """Schedule the conv2d PrimFunc in `sch`: True, or None when the function is not a conv this
+    rule handles (the caller then discards `sch`)."""
     conv = find_conv(sch)
     if conv is None:
         return None
@@ -82,7 +82,7 @@ def schedule(sch, vec: VectorShape, packable) -> list | None:
         _inputs_per_image(sch, conv, n)
     finish_tile(sch, conv, tile_loop, parallel_loops, oc_inner, [ow_inner], first_reduce, writer)
     spatial_rest(sch, conv, vec)
-    return []
+    return True
 
 
 def _block_input(sch, conv, weight_buffer) -> bool:

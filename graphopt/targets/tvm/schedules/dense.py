@@ -1,11 +1,12 @@
-"""dense / matmul with a constant right-hand side (`linear` lowers to x @ W^T, whose transpose
-FoldConstant folds): columns are the vector axis, a few rows the other side of the register
-tile, and the weight [K, N] is repacked to [N / block, K, block] so the reduction streams it."""
+"""dense / matmul with a constant right-hand side: columns are the vector axis, a few rows the
+other side of the register tile. The weight arrives packed as [N / block, K, block] (the block
+chosen by the target pass `select_dense_layout` with `dense_blocking`, the packing done at
+lowering by `ops.linear.pack_columns`), so the reduction streams it; the rule changes no
+weight."""
 from __future__ import annotations
 
 from .common import VectorShape, blocks_of, inline_elementwise, iter_kinds
-from .tiled import (WeightPacking, accumulator_writer, finish_tile,
-                    spatial_rest, balanced_tile, weight_param_index)
+from .tiled import accumulator_writer, balanced_tile, finish_tile, spatial_rest
 
 NAME = "dense"
 MAX_ROW_TILE = 4
@@ -30,20 +31,34 @@ def column_block(columns: int, rows_per_tile: int, vec: VectorShape) -> tuple[in
     return (max(fitting), max(fitting)) if fitting else None
 
 
-def schedule(sch, vec: VectorShape, packable) -> list[WeightPacking] | None:
+def dense_blocking(rows: int, columns: int, vec: VectorShape) -> tuple[int, int] | None:
+    """(columns per tile, lanes per register) for a rows x columns product, or None: what the
+    target pass records (as the packed weight's block) and the rule reads back."""
+    return column_block(columns, balanced_tile(rows, MAX_ROW_TILE), vec)
+
+
+def packed_weight(func, block):
+    """The weight the lowering packed ([N / block, K, block]): a 3-D parameter read by the
+    matmul block, or None."""
+    for region in block.reads:
+        if len(region.source.shape) == 3 and any(p.same_as(region.source) for p in func.params):
+            return region.source
+    return None
+
+
+def schedule(sch, vec: VectorShape) -> bool:
     matmul = find_matmul(sch)
     if matmul is None:
         return None
     block = sch.get(matmul)
-    i_var, j_var, k_var = (iv.var for iv in block.iter_vars)
-    weight = weight_param_index(sch.mod["main"], block, [k_var, j_var])
-    if weight is None or weight[0] not in packable:
-        return None
+    weight = packed_weight(sch.mod["main"], block)
+    if weight is None:
+        return None  # no weight layout was chosen for this product (select_dense_layout)
     rows, columns = (int(block.iter_vars[a].dom.extent) for a in (0, 1))
     row_tile = balanced_tile(rows, MAX_ROW_TILE)
     blocking = column_block(columns, row_tile, vec)
-    if blocking is None:
-        return None
+    if blocking is None or blocking[0] != int(weight.shape[2]):
+        return None  # packed for another vector width
     col_block, lanes = blocking
 
     inline_elementwise(sch, keep=[matmul, *sch.get_producers(matmul)])
@@ -51,8 +66,6 @@ def schedule(sch, vec: VectorShape, packable) -> list[WeightPacking] | None:
     writer = accumulator_writer(sch, matmul)
     if writer is None:
         return None
-    read_index = next(a for a, r in enumerate(sch.get(matmul).reads) if r.source.same_as(weight[1]))
-    sch.transform_layout(matmul, ("read", read_index), lambda k, j: (j // col_block, k, j % col_block))
     sch.transform_layout(matmul, ("write", 0), lambda i, j: (j // col_block, i, j % col_block))
 
     i, j, k = sch.get_loops(matmul)
@@ -69,9 +82,4 @@ def schedule(sch, vec: VectorShape, packable) -> list[WeightPacking] | None:
         sch.reorder(j_outer, i_outer, k, i_inner, j_inner)
         finish_tile(sch, matmul, None, [j_outer, i_outer], j_inner, [i_inner], k, writer)
     spatial_rest(sch, matmul, vec)
-    return [WeightPacking(weight[0], lambda w: _pack_kn(w, col_block))]
-
-
-def _pack_kn(w, col_block: int):
-    k, n = w.shape
-    return w.reshape(k, n // col_block, col_block).transpose(1, 0, 2).copy()
+    return True

@@ -9,11 +9,11 @@ from .common import (VectorShape, blocks_of, inline_elementwise, is_reduction,
 NAME = "generic"
 
 
-def schedule(sch, vec: VectorShape, packable) -> list:
+def schedule(sch, vec: VectorShape) -> bool:
     inline_elementwise(sch, keep=[])
     for block in blocks_of(sch):
         if is_reduction(sch.get(block)):
             schedule_reduction(sch, block, vec.lanes)
         else:
             schedule_elementwise(sch, block, vec.lanes)
-    return []
+    return True

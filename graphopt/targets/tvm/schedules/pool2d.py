@@ -45,7 +45,7 @@ def separable_max_pool2d(x, kernel, stride, dilation, pad_top, pad_left, out_h: 
     return te.compute((n, c, out_h, out_w), columns, name=COLUMNS_BLOCK)
 
 
-def schedule(sch, vec, packable) -> list | None:
+def schedule(sch, vec) -> bool:
     """Parallel over (n, c), the row pass computed per output row and both passes vectorized
     along the row; None for functions without the separable pool blocks."""
     names = {sch.get(b).name_hint: b for b in blocks_of(sch)}
@@ -60,4 +60,4 @@ def schedule(sch, vec, packable) -> list | None:
     sch.vectorize(ow)
     sch.compute_at(rows, oh)
     sch.vectorize(sch.get_loops(rows)[-1])
-    return []
+    return True

@@ -4,37 +4,14 @@ Both are scheduled the same way: the output channels (conv) or columns (dense) a
 axis, tiled by `block` lanes; a few output pixels/rows form the other side of the register tile;
 the reduction runs outside the tile, so the tile's accumulators stay in registers (`local` scope,
 channels innermost) and every step is one broadcast of an input scalar times a contiguous weight
-vector. The weight is a constant repacked offline to [N / block, ..., block] so that vector is
-one aligned load. Elementwise epilogues (bias, batch-norm scale/shift, residual add, activation)
-are computed from the accumulator tile before it leaves registers."""
+vector. The weight is a constant packed at lowering to [N / block, ..., block] (the block
+chosen by a target pass) so that vector is one aligned load. Elementwise epilogues (bias,
+batch-norm scale/shift, residual add, activation) are computed from the accumulator tile before
+it leaves registers."""
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Callable
-
-import numpy as np
 
 from .common import (PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, is_reduction,
                      schedule_elementwise)
-
-
-@dataclass(frozen=True)
-class WeightPacking:
-    """How one PrimFunc parameter (a constant weight) is repacked for the scheduled kernel."""
-    param_index: int
-    pack: Callable[[np.ndarray], np.ndarray]
-
-
-def weight_param_index(func, block, axis_vars) -> tuple[int, object] | None:
-    """(parameter index, buffer) of the read of `block` indexed exactly by `axis_vars` (the weight),
-    when that buffer is a parameter of the PrimFunc."""
-    for region in block.reads:
-        idx = [r.min for r in region.region]
-        if len(idx) == len(axis_vars) and all(i.same_as(v) for i, v in zip(idx, axis_vars)):
-            for i, p in enumerate(func.params):
-                if p.same_as(region.source):  # in TIRx a buffer parameter is its own Var
-                    return i, region.source
-    return None
 
 
 def balanced_tile(length: int, limit: int) -> int:

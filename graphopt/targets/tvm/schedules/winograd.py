@@ -136,7 +136,7 @@ def winograd_conv2d(x, u):
     return te.compute((n, out_c, h, w), output, name=OUTPUT)
 
 
-def schedule(sch, vec: VectorShape, packable) -> list | None:
+def schedule(sch, vec: VectorShape) -> bool:
     """Input transform per input channel, the GEMMs register-tiled like the direct conv (output
     channels as the vector axis, a few tiles as the other side; weights streamed in L1-sized
     channel blocks), the output transform per 2x2 tile, vectorized over output channels, with
@@ -211,4 +211,4 @@ def schedule(sch, vec: VectorShape, packable) -> list | None:
     planes = sch.fuse(b, o_outer)
     if extent(planes, sch) > 1:
         sch.parallel(planes)
-    return []
+    return True

@@ -1,0 +1,31 @@
+"""select_dense_layout (CPU): record on each linear layer, and each 2-D matmul by a constant,
+the block of output columns its weight is packed in (`schedules/dense.dense_blocking`: whole
+vector registers after the row tile, half-width ones, or one partial vector), which lowering
+packs and the dense rule streams."""
+from __future__ import annotations
+
+import dataclasses
+
+from ....ir import Node
+from .annotate import annotate
+
+
+def select_dense_layout(context):
+    """The pass for one compile (`context`: vector shape, whether weights are constant)."""
+    from ..schedules.dense import dense_blocking
+
+    def decide(node: Node):
+        if node.op_name not in ("linear", "matmul"):
+            return None
+        x, w = node.inputs[:2]
+        out = node.outputs[0]
+        packable = (context.constant_weights and w.is_constant and x.type.ndim == 2
+                    and w.type.ndim == 2 and out.type.is_float)
+        blocking = dense_blocking(out.shape[0], out.shape[1], context.vector) if packable \
+            else None
+        return dataclasses.replace(node.op, weight_block=blocking[0] if blocking else 0)
+
+    def select_dense_layout(graph):
+        return annotate(graph, decide)
+
+    return select_dense_layout
