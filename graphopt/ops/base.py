@@ -97,6 +97,15 @@ def relax():
     return _relax
 
 
+def constant_operand(expr, decision: str) -> np.ndarray:
+    """The numpy value of a Relax constant operand that a target decision (`decision`, e.g.
+    "winograd convolution") repacks at lowering; a computed operand is refused."""
+    import tvm
+    expect(isinstance(expr, tvm.ir.Constant), f"{decision} needs a constant weight, found a "
+           "computed one")
+    return expr.value.numpy()
+
+
 def relax_type(expr) -> TensorType:
     """Our TensorType of a (statically shaped) Relax expression."""
     ty = expr.ty

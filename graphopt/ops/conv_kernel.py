@@ -2,7 +2,7 @@
 computed the way the node's `Conv2d.algorithm` says: used by `conv2d` and `fused_conv2d`."""
 from __future__ import annotations
 
-from .base import expect
+from .base import constant_operand
 from .epilogue import EPILOGUE, ONEDNN_NO_ACTIVATION
 
 # TVM's operator-pattern code for a kernel FuseOps must leave alone (kOpaque): graphopt's fusion
@@ -13,22 +13,23 @@ OPAQUE = 8
 def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
     """Relax: `activation(conv(x, w) + b + residual)` as one kernel, computed the way
     `conv.algorithm` says (see ops/conv.py's CONV_ALGORITHMS)."""
+    decision = f"{conv.algorithm} convolution"   # for the error if a weight is not constant
     if conv.algorithm == "onednn":
         from ..targets.tvm.onednn.lowering import onednn_conv2d
         code, (alpha, beta) = ONEDNN_NO_ACTIVATION, (0.0, 0.0)
         if activation is not None:
             entry = EPILOGUE[activation.name]
             code, (alpha, beta) = entry.onednn, entry.onednn_args(activation)
-        bias = constant_array(b, conv) if b is not None else None
+        bias = constant_operand(b, decision) if b is not None else None
         return onednn_conv2d(conv, x, w, bias, residual, code, alpha, beta)
     from tvm import relax, te, topi
     if conv.algorithm == "winograd":
         from ..targets.tvm.schedules.winograd import transform_weight, winograd_conv2d
-        u = transform_weight(constant_array(w, conv), conv.weight_block)
+        u = transform_weight(constant_operand(w, decision), conv.weight_block)
         weight, compute = relax.const(u, str(u.dtype)), winograd_conv2d
         name = "conv2d_winograd"
     elif conv.weight_block:
-        packed = pack_weight(constant_array(w, conv), conv.weight_block)
+        packed = pack_weight(constant_operand(w, decision), conv.weight_block)
         weight, name = relax.const(packed, str(packed.dtype)), "conv2d"
         compute = lambda x, w: blocked_conv2d(x, w, conv)
     else:
@@ -52,14 +53,6 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
     return bb.call_te(kernel, x, weight, *extras,
                       primfunc_name_hint=("fused_" if fused else "") + name,
                       primfunc_attrs={"op_pattern": OPAQUE})
-
-
-def constant_array(expr, conv):
-    """The numpy value of a Relax constant weight (target algorithms repack it at lowering)."""
-    import tvm
-    expect(isinstance(expr, tvm.ir.Constant), f"{conv.algorithm} convolution needs a constant "
-           f"weight, found a computed one")
-    return expr.value.numpy()
 
 
 def pack_weight(weight, block: int):

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import TensorType
-from .base import Op, accumulator, expect, expect_float, expect_same_dtype, register, relax
+from .base import (Op, accumulator, constant_operand, expect, expect_float, expect_same_dtype,
+                   register, relax)
 
 
 @register
@@ -42,7 +43,8 @@ class Linear(Op):
         rx = relax()
         R = rx.op
         if self.weight_block:
-            y = lower_blocked_matmul(bb, x, constant_value(w, self).T, self.weight_block)
+            weight = constant_operand(w, f"packed {self.name}")
+            y = lower_blocked_matmul(bb, x, weight.T, self.weight_block)
         else:
             # A constant weight is transposed here, once, rather than by a kernel at every run.
             w_t = (rx.const(np.ascontiguousarray(w.value.numpy().T), str(w.ty.dtype))
@@ -88,7 +90,8 @@ class Matmul(Op):
 
     def lower_tvm(self, bb, a, b):
         if self.weight_block:
-            return lower_blocked_matmul(bb, a, constant_value(b, self), self.weight_block)
+            weight = constant_operand(b, f"packed {self.name}")
+            return lower_blocked_matmul(bb, a, weight, self.weight_block)
         return relax().op.matmul(a, b)
 
     def target_choice(self) -> str:
@@ -122,11 +125,3 @@ def lower_blocked_matmul(bb, x, weight_kn: np.ndarray, block: int):
 
     return bb.call_te(blocked_matmul, x, rx.const(packed, str(packed.dtype)),
                       primfunc_name_hint="matmul")
-
-
-def constant_value(expr, op) -> np.ndarray:
-    """The numpy value of a Relax constant operand that a packed layout needs."""
-    import tvm
-    expect(isinstance(expr, tvm.ir.Constant), f"{op.name} with weight_block={op.weight_block} "
-           f"needs a constant weight, found a computed one")
-    return expr.value.numpy()

@@ -2,9 +2,10 @@
 
 `conv2d.cc` registers global packed functions (`graphopt.onednn.conv2d*`) that Relax calls
 with `call_dps_packed`; `lowering.py` lowers the convolutions whose algorithm is "onednn" to
-them. This module finds oneDNN (the optional extra `onednn`: the `onednn-cpu-gomp` wheels, oneDNN 3.2 on the system's
-libgomp), builds the library once per source and toolchain into the user cache, and loads it.
-`python -m graphopt.targets.tvm.onednn` builds it ahead of time (`make` does).
+them. This module finds oneDNN (the optional extra `onednn`: the `onednn-cpu-gomp` wheels,
+oneDNN 3.2 on the system's libgomp), builds the library once per source and toolchain into the
+user cache, and loads it. `python -m graphopt.targets.tvm.onednn` builds it ahead of time
+(`make` does).
 
 oneDNN's OpenMP threads spin after each call by default and starve TVM's own pool, which runs
 the other kernels (VGG-11 on two threads: 1.23x ORT spinning, 1.01x with

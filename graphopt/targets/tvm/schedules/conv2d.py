@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .common import (PARALLEL_MIN_ELEMENTS, VectorShape, blocks_of, extent,
                      inline_elementwise, iter_kinds)
-from .tiled import accumulator_writer, balanced_tile, finish_tile, spatial_rest
+from .tiled import accumulator_writer, balanced_tile, finish_tile, packed_weight, spatial_rest
 
 NAME = "conv2d"
 # Small output planes (14x14, 7x7) have few tiles per weight block; above this many output pixels
@@ -33,7 +33,7 @@ def schedule(sch, vec: VectorShape) -> bool:
         return None
     block = sch.get(conv)
     n_var, oc_var, oh_var, ow_var, ic_var, kh_var, kw_var = (iv.var for iv in block.iter_vars)
-    weight = packed_weight(sch.mod["main"], block)
+    weight = packed_weight(sch.mod["main"], block, rank=5)   # ops.conv_kernel.pack_weight
     if weight is None:
         return None  # no weight layout was chosen for this conv (select_conv_algorithm)
     out_width = int(block.iter_vars[3].dom.extent)
@@ -128,15 +128,6 @@ def _input_channel_block(block, oc_block: int) -> int | None:
     fitting = [d for d in range(1, in_c) if in_c % d == 0
                and d * k_h * k_w * oc_block * 4 <= L1_WEIGHT_BYTES]
     return max(fitting) if fitting and max(fitting) >= 8 else None
-
-
-def packed_weight(func, block):
-    """The weight buffer the lowering packed ([O / block, KH, KW, I, block], see
-    `ops.conv_kernel.pack_weight`): a 5-D parameter read by the conv block, or None."""
-    for region in block.reads:
-        if len(region.source.shape) == 5 and any(p.same_as(region.source) for p in func.params):
-            return region.source
-    return None
 
 
 def _input_varies_with_oc(block, oc_var, oc_block: int, weight) -> bool:

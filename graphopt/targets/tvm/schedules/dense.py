@@ -6,7 +6,7 @@ weight."""
 from __future__ import annotations
 
 from .common import VectorShape, blocks_of, inline_elementwise, iter_kinds
-from .tiled import accumulator_writer, balanced_tile, finish_tile, spatial_rest
+from .tiled import accumulator_writer, balanced_tile, finish_tile, packed_weight, spatial_rest
 
 NAME = "dense"
 MAX_ROW_TILE = 4
@@ -37,21 +37,12 @@ def dense_blocking(rows: int, columns: int, vec: VectorShape) -> tuple[int, int]
     return column_block(columns, balanced_tile(rows, MAX_ROW_TILE), vec)
 
 
-def packed_weight(func, block):
-    """The weight the lowering packed ([N / block, K, block]): a 3-D parameter read by the
-    matmul block, or None."""
-    for region in block.reads:
-        if len(region.source.shape) == 3 and any(p.same_as(region.source) for p in func.params):
-            return region.source
-    return None
-
-
 def schedule(sch, vec: VectorShape) -> bool:
     matmul = find_matmul(sch)
     if matmul is None:
         return None
     block = sch.get(matmul)
-    weight = packed_weight(sch.mod["main"], block)
+    weight = packed_weight(sch.mod["main"], block, rank=3)   # ops.linear.pack_columns
     if weight is None:
         return None  # no weight layout was chosen for this product (select_dense_layout)
     rows, columns = (int(block.iter_vars[a].dom.extent) for a in (0, 1))

@@ -5,7 +5,8 @@ gather: ResNet-18's 3x3 stride-2 pool took 1.5-2 ms on one core, ten times ONNX 
 of a window is the max over its columns of the max over its rows, so the CPU target pass
 `separate_max_pools` marks max pools `separable`, which lower to `separable_max_pool2d`: a row
 pass over whole contiguous input rows (`ROWS_BLOCK`, vectorized, padding folded into -inf) and a
-column pass reading that short row buffer (0.09 ms for the same pool, measured in one process against ORT's 0.17 ms)."""
+column pass reading that short row buffer (0.09 ms for the same pool, measured in one process
+against ORT's 0.17 ms)."""
 from __future__ import annotations
 
 from .common import PARALLEL_MIN_ELEMENTS, blocks_of, extent, inline_elementwise

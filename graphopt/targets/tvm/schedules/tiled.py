@@ -14,6 +14,16 @@ from .common import (PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, is_reduc
                      schedule_elementwise)
 
 
+def packed_weight(func, block, rank: int):
+    """The weight the lowering packed for this rule ([N / block, ..., block], `rank` dims): a
+    parameter of `func` of that rank read by `block`, or None when the target pass chose no
+    layout (the rule then does not apply)."""
+    for region in block.reads:
+        if len(region.source.shape) == rank and any(p.same_as(region.source) for p in func.params):
+            return region.source
+    return None
+
+
 def balanced_tile(length: int, limit: int) -> int:
     """Tile size at most `limit` that covers `length` in the fewest tiles, as evenly as possible
     (the last tile is predicated when it does not divide)."""
