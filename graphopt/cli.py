@@ -24,6 +24,7 @@ import numpy as np
 from .errors import GraphoptError, InputError, LoweringError, PassError
 from .signature import Signature, probe_inputs
 from .table import format_table
+from .targets.tvm.options import KERNELS as COMPILE_KERNELS
 from .timing import median_ms
 
 EXIT_OK = 0          # the command did what was asked (and a comparison matched)
@@ -68,7 +69,7 @@ BATCH = arg("--batch", type=int, default=1, help="batch size for zoo models (def
 SEED = arg("--seed", type=int, default=0, help="seed for zoo weights and random inputs (default 0)")
 TARGET = arg("--target", default="cpu",
              help="cpu, cuda (= cuda:sm_90) or cuda:sm_<NN> such as cuda:sm_80 (default cpu)")
-KERNELS = arg("--kernels", choices=("tvm", "onednn"), default="tvm",
+KERNELS = arg("--kernels", choices=COMPILE_KERNELS, default="tvm",
               help="who computes CPU convolutions: graphopt's TVM schedules (default) or oneDNN")
 PASSES = arg("--passes", help="graphopt graph passes run before lowering, comma-separated "
              "(default: the default pipeline; 'none': no graph pass). The target's own passes "
@@ -210,8 +211,7 @@ def list_models(args) -> int:
          MODEL, BATCH, SEED,
          arg("--target", help="show the graph as compile builds it for this target (cpu, cuda): "
              "after graphopt's passes, with how each node will be computed"),
-         arg("--kernels", choices=("tvm", "onednn"), default="tvm",
-             help="with --target cpu: who computes the convolutions (default tvm)"))
+         KERNELS)
 def show(args) -> int:
     """Print one row per node (op, output shape, parameters, MACs) and the totals; with
     --target, the graph compile lowers (passes run, target decisions shown) and the pass

@@ -192,12 +192,15 @@ def aligned(array: np.ndarray) -> np.ndarray:
 
 # ---- threads ------------------------------------------------------------------------------------
 
+def allowed_cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity mask, not the machine's cores)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))   # not on Linux
+
+
 def available_cores() -> int:
-    """The CPUs this process may run on (its affinity mask, not the machine's core count)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return len(allowed_cpus()) or 1
 
 
 _thread_config = threading.local()
@@ -210,8 +213,7 @@ def configure_threads(count: int) -> None:
     if getattr(_thread_config, "count", None) == count:
         return
     import tvm_ffi
-    cpus = [str(c) for c in sorted(os.sched_getaffinity(0))] if hasattr(os, "sched_getaffinity") \
-        else [str(c) for c in range(os.cpu_count() or 1)]
+    cpus = [str(c) for c in allowed_cpus()]
     # -3: kSpecifyThreadShareAllCore (src/runtime/threading_backend.cc): workers may run on any
     # of `cpus`, and the caller is not pinned.
     tvm_ffi.get_global_func("runtime.config_threadpool")(-3, count, cpus)

@@ -175,17 +175,17 @@ def compile_graph(graph: Graph, target: str = "cpu", options: CompileOptions | N
     one). `options` (a `CompileOptions`) and keyword overrides of its fields say how: passes,
     mcpu, threads, tuning, kernels, weights, bounds_check (see `options.py`)."""
     options = CompileOptions.of(options, **overrides)
-    if options.kernels == "onednn":
-        if not target.startswith(("cpu", "llvm")):
-            raise GraphoptError(f"kernels='onednn' is for the cpu target, found {target!r}")
-        from .onednn import load
-        load()   # registers the packed functions the compiled module calls
     import tvm
     verify(graph)
     start = time.perf_counter()
     optimized, tvm_target = optimize_for_target(graph, target, options)
+    device_kind = "cuda" if tvm_target.kind.name == "cuda" else "cpu"
+    if options.kernels == "onednn":
+        if device_kind != "cpu":
+            raise GraphoptError(f"kernels='onednn' is for the cpu target, found {target!r}")
+        from .onednn import load
+        load()   # registers the packed functions the compiled module calls
     lowered_graph = optimized.graph
-    device_kind = "cuda" if target.startswith("cuda") else "cpu"
     weights = None
     if options.weights == "params":
         mod, weights = to_relax(lowered_graph, weights="params")
