@@ -12,7 +12,7 @@ import importlib
 from . import ops
 from .compare import CompareReport, compare
 from .errors import (GraphoptError, InputError, LoweringError, ModelFormatError, PassError,
-                     ShapeError, UnsupportedOpError, VerifyError)
+                     ShapeError, UnsupportedOpError, VerifyError, WriteError)
 from .frontends import dsl
 from .ir import Graph, Node, TensorType, Value
 from .targets.reference import interpret
@@ -44,7 +44,8 @@ def load_onnx(source, **options) -> Graph:
 
 
 def save_onnx(graph: Graph, path=None):
-    """Export `graph` as an onnx.ModelProto (written to `path` when given)."""
+    """Export `graph` as an onnx.ModelProto (written to `path` when given, atomically: a failed
+    write raises WriteError and leaves what was there)."""
     from .frontends.onnx import save_onnx as export_onnx
     return export_onnx(graph, path)
 
@@ -72,6 +73,6 @@ def __getattr__(name: str):
 
 
 __all__ = ["CompileOptions", "Graph", "Node", "TensorType", "Value", "GraphoptError", "InputError", "LoweringError",
-           "ModelFormatError", "PassError", "ShapeError", "UnsupportedOpError", "VerifyError",
+           "ModelFormatError", "PassError", "ShapeError", "UnsupportedOpError", "VerifyError", "WriteError",
            "CompareReport", "bisect", "compare", "compile", "dsl", "interpret", "load", "load_onnx",
            "ops", "optimize", "passes", "save_onnx", "verify", "zoo"]

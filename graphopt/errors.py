@@ -42,3 +42,8 @@ class PassError(GraphoptError):
 
 class ModelFormatError(GraphoptError):
     """A model file (ONNX, exported library) that is malformed or unreadable."""
+
+
+class WriteError(GraphoptError):
+    """A file that could not be written (no space, over the size limit, no such folder, no
+    permission); whatever was at the path before is left as it was."""

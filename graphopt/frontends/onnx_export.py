@@ -11,6 +11,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import GraphoptError, UnsupportedOpError
+from ..files import atomic_open, atomic_output, temporary_directory
 from ..ir import Graph, Node
 from ..verify import verify
 from .onnx_load import PROTOBUF_LIMIT
@@ -235,8 +236,8 @@ def to_onnx(graph: Graph) -> onnx.ModelProto:
 
 def save_onnx(graph: Graph, path: str | os.PathLike | None = None) -> onnx.ModelProto:
     """Export `graph` as an ONNX model (checked with onnx.checker's full check); write it to
-    `path` when given. Past protobuf's 2 GB limit the checker cannot run and the weights go to
-    `<path>.data` beside the model."""
+    `path` when given, atomically: a failed write leaves what was there. Past protobuf's 2 GB
+    limit the checker cannot run and the weights go to `<path>.data` beside the model."""
     model = to_onnx(graph)
     large = model.ByteSize() > PROTOBUF_LIMIT
     if not large:
@@ -246,10 +247,24 @@ def save_onnx(graph: Graph, path: str | os.PathLike | None = None) -> onnx.Model
             raise GraphoptError(f"the exported model of graph '{graph.name}' fails onnx.checker: "
                                 f"{str(e).strip().splitlines()[0]}") from None
     if path is not None:
-        path = os.fspath(path)
-        if large:
-            onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=os.path.basename(path) + ".data")
-        else:
-            onnx.save_model(model, path)
+        write_model(model, os.fspath(path), external_data=large)
     return model
+
+
+def write_model(model: onnx.ModelProto, path: str, external_data: bool = False) -> None:
+    """Write `model` to `path` atomically (see graphopt.files). With `external_data` the
+    weights go to `<name>.data` beside it: onnx writes both into a hidden folder there, and
+    each is renamed into place, the weights first."""
+    if not external_data:
+        with atomic_open(path) as f:
+            onnx.save_model(model, f)
+        return
+    folder, name = os.path.split(os.path.abspath(path))
+    data = name + ".data"
+    with atomic_output(path) as model_file, \
+            atomic_output(os.path.join(folder, data)) as data_file, \
+            temporary_directory(f".{name}.", dir=folder) as work:
+        onnx.save_model(model, os.path.join(work, name), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=data)
+        os.replace(os.path.join(work, data), data_file)
+        os.replace(os.path.join(work, name), model_file)
