@@ -11,8 +11,8 @@ import importlib
 
 from . import ops
 from .compare import CompareReport, compare
-from .errors import (GraphoptError, InputError, LoweringError, ModelFormatError, PassError,
-                     ShapeError, UnsupportedOpError, VerifyError, WriteError)
+from .errors import (GraphoptError, InputError, LoweringError, ModelFormatError, OptionError,
+                     PassError, ShapeError, UnsupportedOpError, VerifyError, WriteError)
 from .frontends import dsl
 from .ir import Graph, Node, TensorType, Value
 from .targets.reference import interpret
@@ -73,6 +73,6 @@ def __getattr__(name: str):
 
 
 __all__ = ["CompileOptions", "Graph", "Node", "TensorType", "Value", "GraphoptError", "InputError", "LoweringError",
-           "ModelFormatError", "PassError", "ShapeError", "UnsupportedOpError", "VerifyError", "WriteError",
+           "ModelFormatError", "OptionError", "PassError", "ShapeError", "UnsupportedOpError", "VerifyError", "WriteError",
            "CompareReport", "bisect", "compare", "compile", "dsl", "interpret", "load", "load_onnx",
            "ops", "optimize", "passes", "save_onnx", "verify", "zoo"]

@@ -47,3 +47,7 @@ class ModelFormatError(GraphoptError):
 class WriteError(GraphoptError):
     """A file that could not be written (no space, over the size limit, no such folder, no
     permission); whatever was at the path before is left as it was."""
+
+
+class OptionError(GraphoptError):
+    """A request graphopt cannot accept: an unknown pass, or an argument of the wrong kind."""
