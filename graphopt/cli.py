@@ -21,7 +21,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import GraphoptError, InputError, LoweringError, PassError
+from .errors import GraphoptError, InputError, LoweringError, PassError, WriteError
+from .files import atomic_open, safe_file_name
 from .signature import Signature, probe_inputs
 from .table import format_table
 from .targets.tvm.options import KERNELS as COMPILE_KERNELS
@@ -30,7 +31,8 @@ from .timing import median_ms
 EXIT_OK = 0          # the command did what was asked (and a comparison matched)
 EXIT_MISMATCH = 1    # a comparison ran and found outputs out of tolerance
 EXIT_USAGE = 2       # bad arguments, unknown model, unreadable or invalid file or input
-EXIT_FAILED = 3      # a valid request failed: compilation, an optimization pass, the runtime
+EXIT_FAILED = 3      # a valid request failed: compilation, an optimization pass, the runtime,
+                     # writing the output (disk full)
 
 EPILOG = f"""exit codes: {EXIT_OK} ok, {EXIT_MISMATCH} comparison found a mismatch, {EXIT_USAGE} bad
 arguments/model/file/input, {EXIT_FAILED} compilation or run failed.
@@ -192,8 +194,20 @@ def onnxruntime_ms(graph, feeds: dict, spec: str, repeat: int) -> tuple[float | 
     return median_ms(lambda: session.run(None, feeds), repeat), ""
 
 
-def default_artifact_name(graph_name: str, target: str) -> str:
-    return f"{graph_name}_{target.replace(':', '_')}.so"
+def output_path(path: str, suffix: str) -> str:
+    """An output path from the command line, checked before any work is done."""
+    if os.path.isdir(path):
+        raise InputError(f"{path} is a folder: expected the path of the {suffix} file to write")
+    if not path.endswith(suffix):
+        raise InputError(f"{path}: expected an output path ending in {suffix}")
+    return path
+
+
+def default_artifact_name(spec: str, target: str) -> str:
+    """<model>_<target>.so in the current folder, <model> being the input file's stem or the
+    zoo name (never the graph's own name, which a model file may set to anything)."""
+    stem = os.path.splitext(os.path.basename(spec))[0]
+    return f"{safe_file_name(stem)}_{safe_file_name(target, 'target')}.so"
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -246,13 +260,15 @@ def show(args) -> int:
 
 @command("compile", "compile a model with TVM and export it as a shared library",
          MODEL, TARGET, KERNELS, PASSES, THREADS, TUNING, BATCH, SEED,
-         arg("-o", "--output", help="the .so to write (default <model>_<target>.so)"))
+         arg("-o", "--output", help="the .so to write (default: <model>_<target>.so in the "
+             "current folder, <model> being the zoo name or the .onnx file's name)"))
 def compile_(args) -> int:
     """Compile for the CPU or a CUDA arch (no GPU needed) and write one .so that `graphopt run`
     or `go.load` runs with only the TVM runtime. CUDA libraries embed the nvcc-built binary."""
+    output = (output_path(args.output, ".so") if args.output
+              else default_artifact_name(args.model, args.target))
     graph = load_model(args.model, args.batch, args.seed)
     model = compile_model(graph, args)
-    output = args.output or default_artifact_name(graph.name, args.target)
     with step(f"exporting to {output}"):
         model.export(output)
     print(f"{output}: '{graph.name}' for {args.target}, {model.kernel_count()} kernels, "
@@ -302,6 +318,7 @@ def run(args) -> int:
     """Load the library through graphopt.runtime (no TVM compiler involved), run it once and
     print each output's shape and statistics."""
     from .runtime import load
+    save = output_path(args.save, ".npz") if args.save else None
     with step(f"loading {args.library}"):
         model = load(args.library, threads=args.threads)
     feeds = load_inputs(args.inputs, model.inputs, args.seed)
@@ -314,8 +331,9 @@ def run(args) -> int:
     if args.repeat:
         times = model.latencies(feeds, warmup=min(10, args.repeat), repeat=args.repeat)
         print(f"latency: median {1e3 * float(np.median(times)):.3f} ms over {args.repeat} runs")
-    if args.save:
-        np.savez(args.save, **outputs)
+    if save:
+        with atomic_open(save) as f:
+            np.savez(f, **outputs)
     if args.expect:
         expected = load_inputs([args.expect], model.outputs, 0)
         bad = []
@@ -376,6 +394,8 @@ def optimize(args) -> int:
     the graph before the pass on a probe input) and print nodes, parameters, MACs, time and
     error per pass. A pass that changes the result fails with the pass and node named."""
     from .passes import optimize as run_passes
+    if args.output:
+        output_path(args.output, ".onnx")
     graph = load_model(args.model, args.batch, args.seed)
     passes = [p.strip() for p in args.passes.split(",") if p.strip()] if args.passes else None
     with step(f"optimizing '{graph.name}'"):
@@ -395,8 +415,7 @@ def convert(args) -> int:
     """Import the model (an .onnx file is checked and converted into graphopt's IR), optionally
     run graph passes, and export it as ONNX (checked by onnx.checker; names kept)."""
     from .frontends.onnx import save_onnx
-    if not args.output.endswith(".onnx"):
-        raise InputError(f"{args.output}: expected an output path ending in .onnx")
+    output_path(args.output, ".onnx")
     graph = load_model(args.model, args.batch, args.seed)
     if args.passes:
         from .passes import optimize as run_passes
@@ -449,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def exit_code_for(error: BaseException) -> int:
-    if isinstance(error, (LoweringError, PassError)):
+    if isinstance(error, (LoweringError, PassError, WriteError)):
         return EXIT_FAILED
     if isinstance(error, GraphoptError):
         return EXIT_USAGE
