@@ -6,11 +6,13 @@ numpy, apache-tvm-ffi and libtvm_runtime.so (+ libtvm_runtime_cuda.so for CUDA m
 
 This file imports nothing from graphopt except its error classes, and falls back to plain
 exceptions of the same names when copied on its own next to the runtime libraries (the GPU
-bundle does that). An exported library carries, as data symbols written by `export.py`:
-- `graphopt_metadata`: JSON with the target, device and the input/output names, shapes, dtypes;
-  for a library compiled with weights as parameters, also each weight's name, shape, dtype and
-  sha256, which `LoadedModel.bind_weights` checks;
-- `graphopt_cuda_fatbin` (CUDA only): the kernels compiled by nvcc for the requested arch. TVM
+bundle does that). An exported library carries, written by `export.py`:
+- a trailer after its ELF image (see `read_export`): JSON metadata with the target, device and
+  the input/output names, shapes, dtypes (for a library compiled with weights as parameters,
+  also each weight's name, shape, dtype and sha256, which `LoadedModel.bind_weights` checks),
+  and the sha256 of the whole file, checked before the library is loaded;
+- `graphopt_cuda_fatbin` (CUDA only, a data symbol in the `.nv_fatbin` section, located by the
+  metadata): the kernels compiled by nvcc for the requested arch. TVM
   stores CUDA *source* in the library and compiles it at load time through the global callback
   `tvm_callback_cuda_compile`; while loading we register that callback to serve the embedded
   binary instead, so no CUDA compiler and no `tvm` compiler package are needed.
@@ -39,7 +41,6 @@ except ImportError:  # copied alone into a runtime bundle, outside the graphopt 
     class InputError(Exception):
         """Inputs that do not match the model's signature."""
 
-METADATA_SYMBOL = "graphopt_metadata"
 FATBIN_SYMBOL = "graphopt_cuda_fatbin"
 FORMAT = "graphopt-export"
 # Where libtvm_runtime*.so may be found besides the defaults (see `find_runtime_library`).
@@ -104,41 +105,82 @@ def load_runtime(device_kind: str = "cpu", near: str | None = None) -> None:
                 raise ModelFormatError(f"cannot load {path}: {e}{needs}") from e
 
 
-# ---- reading what an exported library carries -------------------------------------------------
+# ---- reading what an exported library carries, without loading it ----------------------------
+#
+# Loading a shared library runs its code (constructors, TVM's registrations), so nothing is read
+# by loading it. `export.py` appends a trailer after the ELF image, which the dynamic loader
+# ignores:
+#     <metadata JSON> <uint64 LE: JSON length> <sha256 of everything before it> <TRAILER_MAGIC>
+# The digest covers the whole file, so a truncated or altered library is refused before dlopen.
+# Only load libraries you trust: a library built to pass this check still runs its own code.
 
-def read_symbol(library: ctypes.CDLL, name: str) -> bytes | None:
-    """The bytes of data symbol `name` (with its `<name>_size` companion), or None if absent."""
-    try:
-        start = ctypes.addressof(ctypes.c_char.in_dll(library, name))
-        size = ctypes.c_uint64.in_dll(library, name + "_size").value
-    except ValueError:
-        return None
-    return ctypes.string_at(start, size)
+TRAILER_MAGIC = b"graphopt-export\x02"
+_DIGEST_BYTES = 32
+_TAIL_BYTES = 8 + _DIGEST_BYTES + len(TRAILER_MAGIC)
+MAX_METADATA_BYTES = 64 << 20
+
+
+def export_trailer(image: bytes | None, metadata: dict, digest=None) -> bytes:
+    """The bytes to append to a library image: its metadata and the digest of image + metadata.
+    Pass the image itself, or `digest`, a hashlib.sha256 object already fed with the image."""
+    raw = json.dumps(metadata, indent=1).encode()
+    digest = digest if digest is not None else hashlib.sha256(image)
+    body = raw + len(raw).to_bytes(8, "little")
+    digest.update(body)
+    return body + digest.digest() + TRAILER_MAGIC
+
+
+def _file_digest(f, size: int):
+    digest = hashlib.sha256()
+    f.seek(0)
+    left = size
+    while left:
+        chunk = f.read(min(left, 1 << 22))
+        if not chunk:
+            break
+        digest.update(chunk)
+        left -= len(chunk)
+    return digest
 
 
 def read_export(path: str) -> tuple[dict, bytes | None]:
-    """The metadata and (for CUDA) the GPU binary embedded in an exported library."""
+    """The metadata and (for CUDA) the GPU binary of an exported library, read from its trailer
+    after checking the file's digest; the library itself is not loaded."""
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise ModelFormatError(f"no such file: {path}")
-    try:
-        # Lazy binding: reading data needs none of the libtvm_ffi functions the code calls.
-        library = ctypes.CDLL(os.path.abspath(path), mode=os.RTLD_LAZY)
-    except OSError as e:
-        missing = str(e).split(": cannot open shared object file")[0].rsplit(": ", 1)[-1]
-        if "cannot open shared object file" in str(e) and missing != path:
-            # e.g. libgraphopt_onednn.so for a model compiled with kernels="onednn"
-            raise ModelFormatError(f"{path} needs {missing}, which the loader cannot find: put "
-                                   "it beside the model or on LD_LIBRARY_PATH") from e
-        raise ModelFormatError(f"{path} is not a loadable shared library: {e}") from e
-    raw = read_symbol(library, METADATA_SYMBOL)
-    if raw is None:
-        raise ModelFormatError(f"{path} is not a graphopt export: symbol {METADATA_SYMBOL} "
-                               "not found (export it with CompiledModel.export)")
-    metadata = json.loads(raw.decode())
-    if metadata.get("format") != FORMAT:
-        raise ModelFormatError(f"{path}: expected metadata format {FORMAT!r}, found "
-                               f"{metadata.get('format')!r}")
-    return metadata, read_symbol(library, FATBIN_SYMBOL)
+    not_export = (f"{path} is not a graphopt export, or was written by an older graphopt "
+                  "(export it again with CompiledModel.export)")
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < _TAIL_BYTES:
+            raise ModelFormatError(f"{not_export}: only {size} bytes")
+        f.seek(size - _TAIL_BYTES)
+        tail = f.read(_TAIL_BYTES)
+        if tail[-len(TRAILER_MAGIC):] != TRAILER_MAGIC:
+            raise ModelFormatError(f"{not_export}: no graphopt trailer at its end")
+        length = int.from_bytes(tail[:8], "little")
+        if length > min(MAX_METADATA_BYTES, size - _TAIL_BYTES):
+            raise ModelFormatError(f"{path} is damaged: its trailer claims {length:,} bytes of "
+                                   f"metadata in a {size:,}-byte file")
+        digest = _file_digest(f, size - _DIGEST_BYTES - len(TRAILER_MAGIC))
+        if digest.digest() != tail[8:8 + _DIGEST_BYTES]:
+            raise ModelFormatError(f"{path} is damaged (truncated or altered since export): its "
+                                   "sha256 differs from the one recorded at export; export it again")
+        f.seek(size - _TAIL_BYTES - length)
+        try:
+            metadata = json.loads(f.read(length).decode())
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ModelFormatError(f"{path}: unreadable metadata: {e}") from e
+        if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+            found = metadata.get("format") if isinstance(metadata, dict) else type(metadata)
+            raise ModelFormatError(f"{path}: expected metadata format {FORMAT!r}, found {found!r}")
+        fatbin = None
+        if "cuda_fatbin" in metadata:   # where the GPU binary lies inside the library file
+            offset, length = metadata["cuda_fatbin"]["offset"], metadata["cuda_fatbin"]["size"]
+            f.seek(offset)
+            fatbin = f.read(length)
+    return metadata, fatbin
 
 
 @contextmanager
@@ -175,13 +217,15 @@ def cuda_compile_callback(compile_source) -> Iterator[None]:
 # ---- inputs the kernels can read ------------------------------------------------------------------
 
 # TVM's kernels assume buffers aligned as its own allocator aligns them (kAllocAlignment) and read
-# them with aligned vector loads: a numpy array at another offset would crash them.
+# them with aligned vector loads: a numpy array at another offset would crash them. numpy's DLPack
+# export refuses read-only arrays, so those are copied too (the kernels never write an input).
 ALIGNMENT = 64
 
 
 def aligned(array: np.ndarray) -> np.ndarray:
-    """`array` itself when C-contiguous and ALIGNMENT-aligned, else a copy that is."""
-    if array.flags.c_contiguous and array.ctypes.data % ALIGNMENT == 0:
+    """`array` itself when C-contiguous, writeable and ALIGNMENT-aligned, else a copy that is."""
+    if (array.flags.c_contiguous and array.flags.writeable
+            and array.ctypes.data % ALIGNMENT == 0):
         return array
     raw = np.empty(array.nbytes + ALIGNMENT, np.uint8)
     start = -raw.ctypes.data % ALIGNMENT
@@ -246,16 +290,20 @@ def copy_to_host(tensor) -> np.ndarray:
 class LoadedModel:
     """An exported model loaded into the TVM runtime: `run(inputs) -> {output name: array}`."""
 
-    def __init__(self, path: str, metadata: dict, vm, device_id: int = 0,
+    def __init__(self, path: str, metadata: dict, new_vm, device_id: int = 0,
                  threads: int | None = None):
         import tvm_ffi
-        self.path, self.metadata, self._vm = path, metadata, vm
+        self.path, self.metadata = path, metadata
+        # A Relax VM keeps its registers and frames in the object: two threads in one VM corrupt
+        # each other. Each calling thread gets its own VM over the same loaded library (CPU
+        # constants are shared; a CUDA VM copies them to the device once per thread).
+        self._new_vm, self._per_thread = new_vm, threading.local()
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise InputError(f"threads must be a positive int or None, found {threads!r}")
         self.threads = threads or available_cores()
         self.device_kind = metadata["device"]
         self.device = tvm_ffi.device(self.device_kind, device_id)
-        self._main = vm["main"]
+        self._main_function()    # the loading thread's VM, created now so load errors show here
         self._weight_args: list | None = [] if not self.weights else None
         self._sync = tvm_ffi.get_global_func("runtime.Device_StreamSync")
 
@@ -270,6 +318,14 @@ class LoadedModel:
     weights = property(lambda self: [(d["name"], tuple(d["shape"]), d["dtype"])
                                      for d in self.metadata.get("weights", [])])
     output_names = property(lambda self: [n for n, _, _ in self.outputs])
+
+    def _main_function(self):
+        """The calling thread's VM entry point (created on the thread's first call)."""
+        main = getattr(self._per_thread, "main", None)
+        if main is None:
+            self._per_thread.vm = self._new_vm()
+            main = self._per_thread.main = self._per_thread.vm["main"]
+        return main
 
     def check(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """The inputs as contiguous arrays in declaration order; InputError says what is wrong."""
@@ -324,7 +380,7 @@ class LoadedModel:
                              "bind_weights(...) first")
         if self.device_kind == "cpu":
             configure_threads(self.threads)
-        result = self._main(*device_inputs, *self._weight_args)
+        result = self._main_function()(*device_inputs, *self._weight_args)
         return [result] if len(self.outputs) == 1 else list(result)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -350,6 +406,21 @@ class LoadedModel:
         return f"LoadedModel('{self.graph_name}', target={self.target!r}, path={self.path!r})"
 
 
+def load_library(path: str):
+    """dlopen an exported library (running its code) through the TVM runtime."""
+    import tvm_ffi
+    try:
+        return tvm_ffi.load_module(os.path.abspath(path))
+    except Exception as e:  # the FFI reports dlopen failures as RuntimeError or OSError
+        message = str(e)
+        missing = message.split(": cannot open shared object file")[0].rsplit(": ", 1)[-1]
+        if "cannot open shared object file" in message:
+            # e.g. libgraphopt_onednn.so for a model compiled with kernels="onednn"
+            raise ModelFormatError(f"{path} needs {missing}, which the loader cannot find: put "
+                                   "it beside the model or on LD_LIBRARY_PATH") from e
+        raise ModelFormatError(f"{path} cannot be loaded: {message.strip().splitlines()[-1]}") from e
+
+
 def load(path: str, device_id: int = 0, threads: int | None = None) -> LoadedModel:
     """Load a library written by `CompiledModel.export`; needs only the TVM runtime. CPU models
     run on `threads` threads (None: every core the process may run on)."""
@@ -368,12 +439,16 @@ def load(path: str, device_id: int = 0, threads: int | None = None) -> LoadedMod
         if fatbin is None:
             raise ModelFormatError(f"{path}: a CUDA export without its embedded GPU binary")
         with serving_cuda_binary(fatbin, metadata["cuda_source_sha256"], path):
-            library = tvm_ffi.load_module(os.path.abspath(path))
+            library = load_library(path)
     else:
-        library = tvm_ffi.load_module(os.path.abspath(path))
-    vm = library["vm_load_executable"]()
+        library = load_library(path)
     devices = [_DLPACK_DEVICE_TYPE[device_kind], device_id, _POOLED_ALLOCATOR]
     if device_kind != "cpu":  # the VM keeps shapes and scalars on the host device
         devices += [_DLPACK_DEVICE_TYPE["cpu"], 0, _POOLED_ALLOCATOR]
-    vm["vm_initialization"](*devices)
-    return LoadedModel(path, metadata, vm, device_id, threads)
+
+    def new_vm():
+        vm = library["vm_load_executable"]()
+        vm["vm_initialization"](*devices)
+        return vm
+
+    return LoadedModel(path, metadata, new_vm, device_id, threads)

@@ -2,6 +2,7 @@
 numpy inputs and returns outputs keyed like the interpreter's."""
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
@@ -91,7 +92,9 @@ class CompiledModel:
         self.offloaded = offloaded or []
         self.target, self.tvm_target, self.device_kind = target, tvm_target, device_kind
         self.graph_name, self.compile_seconds = graph_name, compile_seconds
-        self._vm = None
+        # One VM per calling thread: a VM's registers live in the object (see runtime.LoadedModel).
+        self._per_thread = threading.local()
+        self._weights_lock = threading.Lock()
 
     @property
     def device(self):
@@ -100,10 +103,12 @@ class CompiledModel:
 
     @property
     def vm(self):
-        if self._vm is None:
+        """The calling thread's Relax VM."""
+        vm = getattr(self._per_thread, "vm", None)
+        if vm is None:
             from tvm import relax
-            self._vm = relax.VirtualMachine(self.executable, self.device)
-        return self._vm
+            vm = self._per_thread.vm = relax.VirtualMachine(self.executable, self.device)
+        return vm
 
     @property
     def graph(self) -> Graph | None:
@@ -124,8 +129,10 @@ class CompiledModel:
             configure_threads(self.threads)
         args = [tvm.runtime.tensor(feeds[name], self.device) for name in self.signature.input_names]
         if self.weights is not None:
-            if self._weight_tensors is None:
-                self._weight_tensors = [tvm.runtime.tensor(a, self.device) for _, a in self.weights]
+            with self._weights_lock:
+                if self._weight_tensors is None:
+                    self._weight_tensors = [tvm.runtime.tensor(a, self.device)
+                                            for _, a in self.weights]
             args += self._weight_tensors
         result = self.vm["main"](*args)
         arrays = [result] if len(self.signature.outputs) == 1 else list(result)

@@ -1,25 +1,30 @@
 """`export_model`: a CompiledModel -> one shared library that `graphopt.runtime.load` runs with
-only the TVM runtime. What running needs besides TVM's own content travels inside the library
-as data symbols, linked in from a small assembly file:
-- `graphopt_metadata`: JSON (format, graph, target, device, input/output names/shapes/dtypes);
-- `graphopt_cuda_fatbin` (CUDA): nvcc's fatbin for the target's arch, in a `.nv_fatbin`
-  section so that CUDA's own tools (`cuobjdump`) see it as the library's GPU code.
+only the TVM runtime. What running needs besides TVM's own content travels inside the file:
+- metadata (format, graph, target, device, input/output names/shapes/dtypes) and the sha256 of
+  the whole file, in a trailer after the ELF image (`runtime.export_trailer`), so that a
+  library is checked and described without being loaded;
+- `graphopt_cuda_fatbin` (CUDA): nvcc's fatbin for the target's arch, a data symbol linked in
+  from a small assembly file into a `.nv_fatbin` section so that CUDA's own tools
+  (`cuobjdump`) see it as the library's GPU code; the metadata records where it lies.
 A model compiled with kernels="onednn" is linked against the oneDNN kernel library (found by
 rpath beside the model, then where it was built), so loading the model registers its kernels.
+The library is built in a temporary file beside `path` and renamed onto it once complete: a
+failed or interrupted export leaves any previous file at `path` as it was.
 """
 from __future__ import annotations
 
-import json
+import hashlib
+import mmap
 import os
-import tempfile
 
 from ...errors import GraphoptError
+from ...files import atomic_output, temporary_directory
 from ... import runtime
 
 
 def metadata_of(model, extra: dict | None = None) -> dict:
     import tvm
-    return {"format": runtime.FORMAT, "version": 1, "graph": model.graph_name,
+    return {"format": runtime.FORMAT, "version": 2, "graph": model.graph_name,
             "target": model.target, "device": model.device_kind, "tvm": tvm.__version__,
             **model.signature.to_dict(), **(extra or {})}
 
@@ -38,8 +43,10 @@ def export_model(model, path: str) -> str:
     path = os.path.abspath(os.fspath(path))
     if not path.endswith(".so"):
         raise GraphoptError(f"export path must end in .so, found {os.path.basename(path)!r}")
+    if os.path.isdir(path):
+        raise GraphoptError(f"cannot export to {path}: it is a folder")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="graphopt-export-") as work:
+    with temporary_directory("graphopt-export-") as work, atomic_output(path) as partial:
         extra, blobs = {}, {}
         if model.device_kind == "cuda":
             from .cuda import compile_cuda_source, cuda_source, source_digest
@@ -55,17 +62,28 @@ def export_model(model, path: str) -> str:
             from .onednn import LIBRARY, export_link_options
             link_options = export_link_options()
             extra["external_kernels"] = {"library": LIBRARY, "convolutions": len(model.offloaded)}
-        metadata = json.dumps(metadata_of(model, extra), indent=1).encode()
-        blobs[runtime.METADATA_SYMBOL] = (metadata, f".rodata.{runtime.METADATA_SYMBOL}")
-        assembly = []
-        for name, (data, section) in blobs.items():
-            blob_path = os.path.join(work, f"{name}.bin")
-            with open(blob_path, "wb") as f:
-                f.write(data)
-            assembly.append(data_symbol_assembly(name, blob_path, section))
-        addon = os.path.join(work, "graphopt_data.S")
-        with open(addon, "w") as f:
-            f.write("".join(assembly) + '\t.section .note.GNU-stack,"",@progbits\n')
-        model.executable.export_library(path, addons=[addon], workspace_dir=work,
+        addons = []
+        if blobs:
+            assembly = []
+            for name, (data, section) in blobs.items():
+                blob_path = os.path.join(work, f"{name}.bin")
+                with open(blob_path, "wb") as f:
+                    f.write(data)
+                assembly.append(data_symbol_assembly(name, blob_path, section))
+            addons = [os.path.join(work, "graphopt_data.S")]
+            with open(addons[0], "w") as f:
+                f.write("".join(assembly) + '\t.section .note.GNU-stack,"",@progbits\n')
+        library = os.path.join(work, "model.so")
+        model.executable.export_library(library, addons=addons, workspace_dir=work,
                                         **({"options": link_options} if link_options else {}))
+        with open(library, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as image:
+            if runtime.FATBIN_SYMBOL in blobs:   # where the linker put the GPU binary
+                fatbin = blobs[runtime.FATBIN_SYMBOL][0]
+                extra["cuda_fatbin"] = {"offset": image.find(fatbin), "size": len(fatbin)}
+                if extra["cuda_fatbin"]["offset"] < 0:
+                    raise GraphoptError(f"exporting {path}: the linked library lacks its GPU binary")
+            trailer = runtime.export_trailer(None, metadata_of(model, extra), hashlib.sha256(image))
+            with open(partial, "wb") as out:
+                out.write(image)
+                out.write(trailer)
     return path

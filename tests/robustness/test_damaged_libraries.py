@@ -1,0 +1,162 @@
+"""Exported libraries are checked before they are loaded: a truncated, byte-flipped or foreign
+library is refused with ModelFormatError, and describing one (`graphopt show`, `read_export`)
+never runs its code. Mutants are loaded in child processes: a crash fails the test, it does not
+take the suite down."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import graphopt as go
+from graphopt import runtime
+from graphopt.errors import ModelFormatError
+from graphopt.frontends import dsl
+
+pytest.importorskip("tvm")
+
+
+def tiny_net():
+    with dsl.Builder("tiny_export", seed=0) as b:
+        x = b.input("input", (1, 2, 6, 6))
+        return b.output(dsl.relu(dsl.conv2d(x, 4, 3, padding=1)))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> str:
+    return go.compile(tiny_net(), "cpu").export(str(tmp_path_factory.mktemp("lib") / "tiny.so"))
+
+
+def mutants(data: bytes, count: int, seed: int) -> list[bytes]:
+    """Truncations, byte flips, zeroed runs, inserted and appended bytes, spread over the file."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        b = bytearray(data)
+        kind = i % 5
+        at = int(rng.integers(0, len(b)))
+        if kind == 0:
+            del b[at:]
+        elif kind == 1:
+            for pos in rng.integers(0, len(b), size=int(rng.integers(1, 4))):
+                b[pos] ^= 1 << int(rng.integers(0, 8))
+        elif kind == 2:
+            end = min(len(b), at + int(rng.integers(1, 4096)))
+            b[at:end] = bytes(end - at)
+        elif kind == 3:
+            b[at:at] = bytes(rng.integers(0, 256, size=int(rng.integers(1, 64)), dtype=np.uint8))
+        else:
+            b += bytes(rng.integers(0, 256, size=int(rng.integers(1, 64)), dtype=np.uint8))
+        if bytes(b) != data:
+            out.append(bytes(b))
+    return out
+
+
+CHILD = textwrap.dedent("""
+    import json, sys
+    import graphopt as go
+    from graphopt.errors import GraphoptError
+    results = []
+    for path in sys.argv[1:]:
+        try:
+            go.load(path)
+            results.append("loaded")
+        except GraphoptError as e:
+            results.append("refused: " + str(e).splitlines()[0])
+        except BaseException as e:
+            results.append(f"raw {type(e).__name__}: {e}")
+    print(json.dumps(results))
+""")
+
+
+def load_in_child(paths: list[str]) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", CHILD, *paths], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, f"child died ({done.returncode}): {done.stderr[-2000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def check_mutants(exported: str, folder, count: int, seed: int) -> None:
+    data = open(exported, "rb").read()
+    paths = []
+    for i, mutant in enumerate(mutants(data, count, seed)):
+        path = folder / f"mutant{i}.so"
+        path.write_bytes(mutant)
+        paths.append(str(path))
+    results = load_in_child(paths)
+    bad = [(p, r) for p, r in zip(paths, results) if not r.startswith("refused")]
+    assert not bad, bad[:5]
+
+
+def test_damaged_libraries_are_refused_before_loading(exported, tmp_path):
+    check_mutants(exported, tmp_path, count=60, seed=0)
+
+
+@pytest.mark.slow
+def test_damaged_libraries_long_run(exported, tmp_path):
+    check_mutants(exported, tmp_path, count=1000, seed=1)
+
+
+def test_the_intact_library_still_loads_in_a_child(exported):
+    assert load_in_child([exported]) == ["loaded"]
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.5, 0.999])
+def test_truncated_library_is_named_damaged(exported, tmp_path, keep):
+    data = open(exported, "rb").read()
+    path = tmp_path / "cut.so"
+    path.write_bytes(data[:int(len(data) * keep)])
+    with pytest.raises(ModelFormatError, match="not a graphopt export|damaged"):
+        runtime.read_export(str(path))
+
+
+def test_flipped_byte_is_named_damaged(exported, tmp_path):
+    data = bytearray(open(exported, "rb").read())
+    data[len(data) // 3] ^= 0x10
+    path = tmp_path / "flipped.so"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFormatError, match="damaged .*sha256"):
+        go.load(str(path))
+
+
+@pytest.fixture(scope="module")
+def library_with_constructor(tmp_path_factory):
+    """A shared library whose constructor leaves a marker file: loading it runs code."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("needs a C compiler to build the test library")
+    folder = tmp_path_factory.mktemp("evil")
+    source = folder / "evil.c"
+    marker = folder / "constructor-ran"
+    source.write_text(textwrap.dedent(f"""
+        #include <stdio.h>
+        __attribute__((constructor)) static void ran(void) {{
+            FILE *f = fopen("{marker}", "w"); if (f) fclose(f);
+        }}
+    """))
+    library = folder / "evil.so"
+    subprocess.run([shutil.which("cc") or "gcc", "-shared", "-fPIC", str(source), "-o",
+                    str(library)], check=True)
+    return library, marker
+
+
+def test_describing_a_foreign_library_runs_none_of_its_code(library_with_constructor):
+    library, marker = library_with_constructor
+    done = subprocess.run([sys.executable, "-m", "graphopt.cli", "show", str(library)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "not a graphopt export" in done.stderr + done.stdout
+    with pytest.raises(ModelFormatError, match="not a graphopt export"):
+        go.load(str(library))
+    assert not marker.exists()
+
+
+def test_metadata_names_the_libraries_it_needs_before_loading(exported):
+    metadata, fatbin = runtime.read_export(exported)
+    assert metadata["format"] == runtime.FORMAT and metadata["version"] == 2
+    assert fatbin is None and "cuda_fatbin" not in metadata
