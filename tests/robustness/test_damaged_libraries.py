@@ -160,3 +160,68 @@ def test_metadata_names_the_libraries_it_needs_before_loading(exported):
     metadata, fatbin = runtime.read_export(exported)
     assert metadata["format"] == runtime.FORMAT and metadata["version"] == 2
     assert fatbin is None and "cuda_fatbin" not in metadata
+
+
+EXPORT_CHILD = textwrap.dedent("""
+    import resource, sys
+    import graphopt as go
+    from graphopt.errors import GraphoptError
+    from graphopt.frontends import dsl
+    with dsl.Builder("tiny_export", seed=1) as b:
+        x = b.input("input", (1, 2, 6, 6))
+        graph = b.output(dsl.relu(dsl.conv2d(x, 4, 3, padding=1)))
+    model = go.compile(graph, "cpu")
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+    try:
+        model.export(sys.argv[1])
+    except GraphoptError as e:
+        print("refused:", e)
+""")
+
+
+@pytest.mark.parametrize("limit", [4096, 1 << 20])
+def test_export_over_the_file_size_limit_keeps_the_old_library(exported, tmp_path, limit):
+    """Under `ulimit -f` the export is refused cleanly: the library already at the path still
+    loads, and neither its folder nor the temporary folder keeps a partial file."""
+    target = tmp_path / "model.so"
+    target.write_bytes(open(exported, "rb").read())
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    done = subprocess.run([sys.executable, "-c", EXPORT_CHILD, str(target), str(limit)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TMPDIR": str(scratch)})
+    assert done.returncode == 0 and "refused: cannot write" in done.stdout, done.stderr[-2000:]
+    assert "ulimit -f" in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.so", "tmp"]
+    assert list(scratch.iterdir()) == []
+    assert runtime.read_export(str(target))[0]["graph"] == "tiny_export"
+
+
+SIGTERM_CHILD = textwrap.dedent("""
+    import sys
+    import graphopt as go
+    model = go.compile(go.zoo.MODELS["lenet5"](batch=1, seed=0), "cpu")
+    print("exporting", flush=True)
+    while True:   # until the signal comes
+        model.export(sys.argv[1])
+""")
+
+
+def test_sigterm_during_export_leaves_nothing_behind(exported, tmp_path):
+    import signal
+    import time
+    target = tmp_path / "model.so"
+    target.write_bytes(open(exported, "rb").read())
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD, str(target)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "TMPDIR": str(scratch)})
+    assert child.stdout.readline().strip() == "exporting"
+    time.sleep(1.5)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.so", "tmp"]
+    assert list(scratch.iterdir()) == []
+    runtime.read_export(str(target))     # whole: the old library or a complete new one

@@ -16,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import resource
+import tempfile
 
-from ...errors import GraphoptError
+from ...errors import GraphoptError, WriteError
 from ...files import atomic_output, temporary_directory
 from ... import runtime
 
@@ -38,6 +40,34 @@ def data_symbol_assembly(name: str, path: str, section: str) -> str:
             f'\t.size {name}_size, 8\n')
 
 
+# What a library holds besides its weights (code, TVM's tables), with room to spare: the space
+# checked for before LLVM writes anything (see `check_room`).
+CODE_ALLOWANCE = 16 << 20
+
+
+def estimated_size(model) -> int:
+    graph = model.graph
+    weights = sum(v.data.nbytes for v in graph.constants.values()) if graph is not None else 0
+    return weights + CODE_ALLOWANCE
+
+
+def check_room(folders: list[str], needed: int, path: str) -> None:
+    """Refuse before building when the disk or `ulimit -f` cannot take the library. LLVM ends
+    the process (`LLVM ERROR: IO failure on output stream`) when its object file cannot be
+    written, which no Python handler can catch; checking first turns the likely case into a
+    WriteError with nothing left behind."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and limit < needed:
+        raise WriteError(f"cannot write {path}: the file size limit (`ulimit -f`, {limit:,} "
+                         f"bytes) is below the ~{needed:,} bytes an export needs")
+    for folder in folders:
+        stats = os.statvfs(folder)
+        free = stats.f_bavail * stats.f_frsize
+        if free < needed:
+            raise WriteError(f"cannot write {path}: {folder} has {free:,} bytes free, an export "
+                             f"needs ~{needed:,}")
+
+
 def export_model(model, path: str) -> str:
     """Write `model` (a CompiledModel) to the shared library `path`; returns the path."""
     path = os.path.abspath(os.fspath(path))
@@ -46,6 +76,7 @@ def export_model(model, path: str) -> str:
     if os.path.isdir(path):
         raise GraphoptError(f"cannot export to {path}: it is a folder")
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    check_room([tempfile.gettempdir(), os.path.dirname(path)], estimated_size(model), path)
     with temporary_directory("graphopt-export-") as work, atomic_output(path) as partial:
         extra, blobs = {}, {}
         if model.device_kind == "cuda":
