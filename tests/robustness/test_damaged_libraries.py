@@ -75,9 +75,17 @@ CHILD = textwrap.dedent("""
 """)
 
 
+CHILD_MEMORY = 4 << 30   # address space, bytes: a mutant must not make loading allocate more
+
+
+def limit_memory() -> None:
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY, CHILD_MEMORY))
+
+
 def load_in_child(paths: list[str]) -> list[str]:
     done = subprocess.run([sys.executable, "-c", CHILD, *paths], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, preexec_fn=limit_memory)
     assert done.returncode == 0, f"child died ({done.returncode}): {done.stderr[-2000:]}"
     return json.loads(done.stdout.strip().splitlines()[-1])
 
