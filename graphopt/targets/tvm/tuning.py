@@ -8,7 +8,8 @@ directory (`$GRAPHOPT_TUNING_DIR`, else `$XDG_CACHE_HOME/graphopt/tuning`, else
 records. Nothing needs tuning: without records every kernel keeps its rule-based schedule."""
 from __future__ import annotations
 
-import tempfile
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import GraphoptError
+from ...files import atomic_output, temporary_directory
 from ...ir import Graph
 from ...signature import probe_inputs
 
-from .tuning_database import cache_root, database_dir, load_database
+from .tuning_database import (RECORDS, WORKLOADS, cache_root, database_dir, load_database,
+                              read_database)
+from .user_cache import warn_corrupt
 
 
 @dataclass
@@ -84,24 +88,52 @@ def tune(graph: Graph, trials: int = 64, cache_dir=None, max_trials_per_task: in
         # Spread the budget: left unset, MetaSchedule gave all of it to the first task.
         tasks = sum(1 for gv in mod.functions if any(k in gv.name_hint for k in kernels))
         max_trials_per_task = max(1, -(-trials // max(1, tasks)))
-    with tempfile.TemporaryDirectory(prefix="graphopt-tune-") as work_dir:
+    directory = database_dir(target, cache_dir)
+    report = TuneReport(graph.name, directory, trials, 0.0)
+    with temporary_directory("graphopt-tune-") as work_dir:
         work_db = ms.relax_integration.tune_relax(
             mod, params={}, target=target, work_dir=work_dir, max_trials_global=trials,
             max_trials_per_task=max_trials_per_task, op_names=list(kernels), cost_model=cost_model,
             builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=timeout_s),
             runner=ms.runner.LocalRunner(timeout_sec=timeout_s))
-        directory = database_dir(target, cache_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        keep_db = ms.database.JSONDatabase(work_dir=str(directory))
-        report = TuneReport(graph.name, directory, trials, 0.0)
+        winners = []
         for result, record, workload_mod in _compare_with_rules(mod, work_db, target, kernels):
             report.kernels.append(result)
             if result.kept:
-                workload = keep_db.commit_workload(workload_mod)
-                keep_db.commit_tuning_record(ms.database.TuningRecord(
-                    record.trace, workload, record.run_secs, record.target, record.args_info))
+                winners.append((record, workload_mod))
+        if winners:
+            save_records(directory, winners)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def save_records(directory: Path, records) -> None:
+    """Add `records` ((TuningRecord, workload module) pairs) to the database in `directory`.
+    TVM appends to its files in place, so the new database is built in a hidden folder and
+    each file renamed into place, the workloads first: a reader never finds a record whose
+    workload is missing, a crash never leaves half a line. A damaged database is replaced."""
+    from tvm.s_tir import meta_schedule as ms
+    directory.mkdir(parents=True, exist_ok=True)
+    with temporary_directory(".graphopt-staging-", dir=directory) as staging:
+        staging = Path(staging)
+        for name in (WORKLOADS, RECORDS):
+            if (directory / name).is_file():
+                shutil.copyfile(directory / name, staging / name)
+        database, problem = read_database(staging)
+        if problem is not None:
+            warn_corrupt(directory / problem[0].relative_to(staging), problem[1],
+                         "replacing it with the new records")
+        if database is None:
+            for name in (WORKLOADS, RECORDS):
+                (staging / name).unlink(missing_ok=True)
+            database = ms.database.JSONDatabase(work_dir=str(staging))
+        for record, workload_mod in records:
+            workload = database.commit_workload(workload_mod)
+            database.commit_tuning_record(ms.database.TuningRecord(
+                record.trace, workload, record.run_secs, record.target, record.args_info))
+        for name in (WORKLOADS, RECORDS):
+            with atomic_output(directory / name) as partial:
+                os.replace(staging / name, partial)
 
 
 def _compare_with_rules(mod, work_db, target, kernels):
