@@ -90,7 +90,8 @@ def test_an_invalid_graph_is_reported_with_the_pass_name():
 
 
 def test_unknown_pass_names_are_listed():
-    with pytest.raises(PassError, match="no pass named 'fold_everything'; known passes: .*fold"):
+    with pytest.raises(go.OptionError,
+                       match="no pass named 'fold_everything'; known passes: .*fold"):
         optimize(small_resnet(), ["fold_everything"])
 
 

@@ -15,19 +15,22 @@ from . import (eliminate_common_subexpressions, eliminate_dead_code, fold_batch_
                fold_constants, fold_pad, fuse_conv_epilogue, remove_identities)
 from .bisection import BisectResult, bisect
 from .manager import (PASSES, OptimizeResult, Pass, PassManager, PassRecord, PassResult,
-                      probe_inputs, register_pass)
+                      fingerprint, pass_list, probe_inputs, register_pass)
 
 # Cleanups first so that the folds see plain conv -> batch_norm chains, fusion last.
 DEFAULT_PIPELINE = ("remove_identities", "fold_constants", "eliminate_common_subexpressions",
                     "fold_pad", "fold_batch_norm", "fuse_conv_epilogue", "eliminate_dead_code")
 
 
-def optimize(graph: Graph, passes: Sequence[str | Pass] | None = None, *, check: bool = False,
-             fixed_point: bool | None = None, inputs: Mapping[str, np.ndarray] | None = None,
+def optimize(graph: Graph, passes: str | Pass | Sequence[str | Pass] | None = None, *,
+             check: bool = False, fixed_point: bool | None = None,
+             inputs: Mapping[str, np.ndarray] | None = None,
              tolerance: float | None = None) -> OptimizeResult:
-    """Run `passes` (names or pass functions; None: `DEFAULT_PIPELINE`, repeated to a fixed
-    point) on `graph`, which is left unchanged. `check=True` compares the graph before and after
-    every pass on `inputs` (default: a seeded random probe) and raises PassError on a change."""
+    """Run `passes` (names or pass functions, or one str of comma-separated names; None:
+    `DEFAULT_PIPELINE`, repeated to a fixed point) on `graph`, which is left unchanged.
+    `check=True` compares the graph before and after every pass on `inputs` (default: a seeded
+    random probe) and raises PassError on a change. A pass that fails, changes its input or
+    returns no PassResult raises PassError naming it; an unknown pass name, OptionError."""
     if fixed_point is None:
         fixed_point = passes is None
     manager = PassManager(DEFAULT_PIPELINE if passes is None else passes, check=check,
@@ -36,4 +39,5 @@ def optimize(graph: Graph, passes: Sequence[str | Pass] | None = None, *, check:
 
 
 __all__ = ["BisectResult", "DEFAULT_PIPELINE", "PASSES", "OptimizeResult", "Pass", "PassManager",
-           "PassRecord", "PassResult", "bisect", "optimize", "probe_inputs", "register_pass"]
+           "PassRecord", "PassResult", "bisect", "fingerprint", "optimize", "pass_list",
+           "probe_inputs", "register_pass"]

@@ -1,6 +1,7 @@
 """`bisect`: find the first pass of a list, and the first rewrite within it, after which the
 graph no longer computes what the original computes. Rewrites are replayed with
-`pattern.rewrite_limit`, which every pass consults before each rewrite."""
+`pattern.rewrite_limit`, which every pass consults before each rewrite. Passes run in the
+manager's `Sandbox`, as `optimize` runs them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import numpy as np
 from ..compare import CompareReport, compare
 from ..ir import Graph
 from ..signature import probe_inputs
-from .manager import Pass, resolve
+from .manager import Pass, Sandbox, resolve
 from .pattern import rewrite_limit
 
 
@@ -34,7 +35,7 @@ class BisectResult:
                 f"{worst.max_rel:.3g} (tolerance {worst.tolerance:.0e})")
 
 
-def bisect(graph: Graph, passes: Sequence[str | Pass],
+def bisect(graph: Graph, passes: str | Pass | Sequence[str | Pass],
            inputs: Mapping[str, np.ndarray] | None = None, *,
            tolerance: float | None = None) -> BisectResult | None:
     """Run `passes` in order, comparing each result with `graph` on `inputs` (default: a seeded
@@ -46,13 +47,21 @@ def bisect(graph: Graph, passes: Sequence[str | Pass],
         report = compare(graph, candidate, inputs, tolerance=tolerance)
         return None if report.ok else report
 
-    current = graph
-    for index, (name, fn) in enumerate(resolve(passes)):
+    sandbox = Sandbox(graph)
+    try:
+        return _first_break(sandbox, resolve(passes), broken)
+    finally:
+        sandbox.restore()
+
+
+def _first_break(sandbox: Sandbox, passes: list[tuple[str, Pass]], broken) -> BisectResult | None:
+    current = sandbox.graph
+    for index, (name, fn) in enumerate(passes):
         with rewrite_limit(None) as log:
-            result = fn(current)
-        report = broken(result.graph)
+            after = sandbox.run(name, fn, current)[0].graph
+        report = broken(after)
         if report is None:
-            current = result.graph
+            current = after
             continue
         low, high = 1, len(log.entries)     # the answer k lies in [low, high]
         if high == 0:     # broke without a recorded rewrite: the pass cannot be replayed
@@ -60,13 +69,13 @@ def bisect(graph: Graph, passes: Sequence[str | Pass],
         while low < high:
             middle = (low + high) // 2
             with rewrite_limit(middle):
-                partial = fn(current).graph
+                partial = sandbox.run(name, fn, current)[0].graph
             if broken(partial) is not None:
                 high = middle
             else:
                 low = middle + 1
         with rewrite_limit(low):
-            report = broken(fn(current).graph) or report
+            report = broken(sandbox.run(name, fn, current)[0].graph) or report
         rule, node = log.entries[low - 1]
         return BisectResult(name, index, low, rule, node, report)
     return None

@@ -1,17 +1,20 @@
 """The pass framework: a pass is a function `Graph -> PassResult(graph, changed, stats)` that
 leaves its input untouched; `PassManager` runs a list of them (to a fixed point when asked),
 verifies the graph after every pass and, with `check=True`, compares it on a probe input with the
-graph before the pass, raising `PassError` naming the pass, the node and the size of the error."""
+graph before the pass, raising `PassError` naming the pass, the node and the size of the error.
+Passes run in a `Sandbox`: they cannot change the caller's graph, and one that changes its input
+in place, raises, or returns something other than a PassResult fails with a PassError naming it."""
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ..analysis import _human, count_macs, count_params
-from ..errors import GraphoptError, PassError, VerifyError
+from ..errors import GraphoptError, OptionError, PassError, VerifyError
 from ..ir import Graph
 from ..signature import probe_inputs
 from ..table import format_table
@@ -37,17 +40,137 @@ def register_pass(fn: Pass) -> Pass:
     return fn
 
 
-def resolve(passes: Sequence[str | Pass]) -> list[tuple[str, Pass]]:
+def pass_list(passes: str | Pass | Sequence[str | Pass]) -> list[str | Pass]:
+    """`passes` as a list: a str is read as comma-separated pass names, as the CLI's --passes
+    ("fold_pad" or "fold_pad,fold_batch_norm"), and a single pass function stands for itself."""
+    if isinstance(passes, str):
+        return [name.strip() for name in passes.split(",") if name.strip()]
+    if callable(passes):
+        return [passes]
+    if not isinstance(passes, Sequence):
+        raise OptionError(f"expected passes as a list of pass names or functions, or a "
+                          f"comma-separated str; found {type(passes).__name__} {passes!r}")
+    return list(passes)
+
+
+def resolve(passes: str | Pass | Sequence[str | Pass]) -> list[tuple[str, Pass]]:
     """(name, function) for pass names from the registry or pass functions."""
     resolved = []
-    for p in passes:
+    for p in pass_list(passes):
         if callable(p):
             resolved.append((getattr(p, "__name__", repr(p)), p))
-        elif p in PASSES:
+        elif isinstance(p, str) and p in PASSES:
             resolved.append((p, PASSES[p]))
+        elif isinstance(p, str):
+            raise OptionError(f"no pass named {p!r}; known passes: {', '.join(sorted(PASSES))}")
         else:
-            raise PassError(f"no pass named {p!r}; known passes: {', '.join(sorted(PASSES))}")
+            raise OptionError(f"expected a pass name or a function Graph -> PassResult, found "
+                              f"{type(p).__name__} {p!r}")
     return resolved
+
+
+class Sandbox:
+    """Runs passes so that none can change the graph it is given. The caller's graph is copied
+    (`graph`) with its constants seen through read-only buffers (no flag can make them
+    writeable), and every pass's input has its constants made read-only, so a write into one
+    raises inside the pass; the input's fingerprint before and after the pass catches the rest.
+    `result(graph)` hands the final graph back holding the caller's arrays again."""
+
+    def __init__(self, original: Graph):
+        self.graph = original.copy()
+        # id of a read-only buffer's owner -> (that owner, the caller's array, the array read)
+        self._shadows: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._frozen: list[np.ndarray] = []      # arrays the passes built, made read-only here
+        for value in self.graph.constants.values():
+            data = value.data
+            source = data if data.flags.c_contiguous else data.copy()
+            shadow = np.frombuffer(memoryview(source).toreadonly(), data.dtype)
+            self._shadows[id(shadow)] = (shadow, data, source)
+            value.data = shadow.reshape(data.shape)
+
+    def run(self, name: str, fn: Pass, graph: Graph) -> tuple[PassResult, float]:
+        """`fn(graph)` and the seconds it took; a PassError naming the pass if it fails, changes
+        `graph` or returns something other than a PassResult."""
+        for value in graph.constants.values():
+            if value.data.flags.writeable:
+                value.data.flags.writeable = False
+                self._frozen.append(value.data)
+        before = fingerprint(graph)
+        start = time.perf_counter()
+        try:
+            result = fn(graph)
+        except Exception as e:
+            if isinstance(e, ValueError) and ("read-only" in str(e) or "WRITEABLE" in str(e)):
+                raise PassError(f"pass '{name}' modified its input graph in place (it wrote into "
+                                f"a constant: {e}); return a new graph in PassResult") from e
+            detail = e.detail if isinstance(e, GraphoptError) else f"{type(e).__name__}: {e}"
+            raise PassError(f"pass '{name}' failed: {detail}", node=getattr(e, "node", None),
+                            op=getattr(e, "op", None)) from e
+        seconds = time.perf_counter() - start
+        if fingerprint(graph) != before:
+            raise PassError(f"pass '{name}' modified its input graph in place; return a new graph "
+                            f"in PassResult")
+        if not isinstance(result, PassResult) or not isinstance(result.graph, Graph):
+            found = f"a PassResult holding {type(result.graph).__name__}" \
+                if isinstance(result, PassResult) else type(result).__name__
+            raise PassError(f"pass '{name}' returned {found}; expected PassResult(graph, "
+                            f"changed, stats) with a new Graph, or its input if nothing changed")
+        return result, seconds
+
+    def result(self, graph: Graph, original: Graph) -> Graph:
+        """`graph` (built by the passes) holding the caller's arrays (or views of them) where
+        it holds read-only views of them, and the arrays made read-only here writeable again;
+        `original` itself if no pass built a new graph."""
+        self.restore()
+        if graph is self.graph:
+            return original
+        frozen = {id(_owner(a)) for a in self._frozen}
+        for value in graph.constants.values():
+            data, owner = value.data, _owner(value.data)
+            if id(owner) in self._shadows:
+                value.data = _rebase(data, *self._shadows[id(owner)])
+            elif not data.flags.writeable and id(owner) in frozen:
+                data.flags.writeable = True     # a view a pass took of an array frozen here
+        return graph
+
+    def restore(self) -> None:
+        """Make the arrays frozen here writeable again, owners before their views."""
+        for array in sorted(self._frozen, key=lambda a: a.base is not None):
+            array.flags.writeable = True
+
+
+def _owner(array: np.ndarray) -> np.ndarray:
+    """The array whose memory `array` views (numpy points every view at it), or `array`."""
+    return array.base if isinstance(array.base, np.ndarray) else array
+
+
+def _rebase(view: np.ndarray, shadow: np.ndarray, caller: np.ndarray,
+            source: np.ndarray) -> np.ndarray:
+    """The elements `view` (a view of `shadow`) shows, as the caller's array or a view of it."""
+    offset = view.__array_interface__["data"][0] - shadow.__array_interface__["data"][0]
+    if source is caller and offset == 0 and (view.shape, view.strides, view.dtype) == \
+            (caller.shape, caller.strides, caller.dtype):
+        return caller
+    return np.ndarray(view.shape, view.dtype, buffer=source, offset=offset, strides=view.strides)
+
+
+def fingerprint(graph: Graph) -> tuple:
+    """What a pass must not change in its input: names, types, ops (with their attributes: ops
+    are frozen), wiring, provenance, and each constant's array and a digest of a sample of it."""
+    return (graph.name, tuple((v.name, v.type) for v in graph.inputs),
+            tuple(v.name for v in graph.outputs),
+            tuple((key, v.name, v.type, id(v.data), _sample_digest(v.data))
+                  for key, v in graph.constants.items()),
+            tuple((n.name, id(n.op), tuple(v.name for v in n.inputs),
+                   tuple((o.name, o.type) for o in n.outputs), n.provenance)
+                  for n in graph.nodes))
+
+
+def _sample_digest(array: np.ndarray, size: int = 256) -> int:
+    """crc32 of at most `size` evenly spaced elements: cheap on any array, and it sees a write
+    that bypasses the read-only flag to any slice larger than the sampling step."""
+    flat = array.reshape(-1) if array.flags.c_contiguous else array.flat     # neither copies it
+    return zlib.crc32(flat[::max(1, array.size // size)].tobytes())
 
 
 @dataclass
@@ -132,10 +255,11 @@ def _generic(reason: str) -> str:
 
 
 class PassManager:
-    """Runs passes in order; `fixed_point=True` repeats the list until no pass changes the graph
-    (at most `max_rounds` times). After every pass the graph is verified; with `check=True` it is
-    interpreted (float64) on `inputs` (default: `probe_inputs`) and compared with the graph
-    before the pass, output by output, within the tolerance of each output's dtype."""
+    """Runs passes in order, in a `Sandbox`; `fixed_point=True` repeats the list until no pass
+    changes the graph (at most `max_rounds` times). After every pass the graph is verified; with
+    `check=True` it is interpreted (float64) on `inputs` (default: `probe_inputs`) and compared
+    with the graph before the pass, output by output, within the tolerance of each output's
+    dtype. `passes`: names or pass functions, or one str of comma-separated names."""
 
     def __init__(self, passes: Sequence[str | Pass], *, check: bool = False,
                  fixed_point: bool = False, max_rounds: int = 4,
@@ -153,31 +277,34 @@ class PassManager:
             inputs = dict(self.inputs) if self.inputs is not None else probe_inputs(graph)
             expected = _interpret64(graph, inputs)
         records: list[PassRecord] = []
-        current = graph
-        for round_ in range(1, (self.max_rounds if self.fixed_point else 1) + 1):
-            changed_this_round = False
-            for name, fn in self.passes:
-                before = current
-                start = time.perf_counter()
-                result = fn(before)
-                seconds = time.perf_counter() - start
-                after = result.graph
-                error = None     # a pass returning its input unchanged needs no checking
-                if result.changed or after is not before:
-                    _verify_after(name, after)
-                    if self.check:
-                        found = _interpret64(after, inputs)
-                        error = self._check(name, before, after, inputs, expected, found)
-                        expected = found
-                records.append(PassRecord(
-                    name, round_, result.changed, (len(before.nodes), len(after.nodes)),
-                    (count_params(before), count_params(after)),
-                    (count_macs(before), count_macs(after)), seconds, error, result.stats))
-                changed_this_round |= result.changed
-                current = after
-            if not changed_this_round:
-                break
-        return OptimizeResult(current, graph, records)
+        sandbox = Sandbox(graph)
+        current = sandbox.graph
+        try:
+            for round_ in range(1, (self.max_rounds if self.fixed_point else 1) + 1):
+                changed_this_round = False
+                for name, fn in self.passes:
+                    before = current
+                    result, seconds = sandbox.run(name, fn, before)
+                    after = result.graph
+                    error = None     # a pass returning its input unchanged needs no checking
+                    if result.changed or after is not before:
+                        _verify_after(name, after)
+                        if self.check:
+                            found = _interpret64(after, inputs)
+                            error = self._check(name, before, after, inputs, expected, found)
+                            expected = found
+                    records.append(PassRecord(
+                        name, round_, result.changed, (len(before.nodes), len(after.nodes)),
+                        (count_params(before), count_params(after)),
+                        (count_macs(before), count_macs(after)), seconds, error, result.stats))
+                    changed_this_round |= result.changed
+                    current = after
+                if not changed_this_round:
+                    break
+        except BaseException:
+            sandbox.restore()
+            raise
+        return OptimizeResult(sandbox.result(current, graph), graph, records)
 
     def _check(self, name: str, before: Graph, after: Graph, inputs, expected, found) -> float:
         from ..compare import TOLERANCE, compare_arrays

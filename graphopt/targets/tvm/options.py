@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Sequence
 
 from ...errors import GraphoptError
 from ...runtime import available_cores
@@ -22,8 +21,8 @@ USER_TUNING = "user"
 class CompileOptions:
     """How `go.compile` builds a model.
 
-    passes:   graphopt graph passes run before lowering (names or pass functions); None: the
-              default pipeline; () runs none.
+    passes:   graphopt graph passes run before lowering (names or pass functions, or one str of
+              comma-separated names); None: the default pipeline; () runs none.
     target_passes: then run the target's own passes (default True): they decide how the
               target computes each node (conv algorithm and weight layout, separable pooling);
               without them every node lowers to its plain form, correct but unscheduled.
@@ -49,10 +48,8 @@ class CompileOptions:
 
     def __post_init__(self):
         if self.passes is not None and not isinstance(self.passes, tuple):
-            if isinstance(self.passes, str) or not isinstance(self.passes, Sequence):
-                raise GraphoptError(f"passes must be a list of pass names or functions, found "
-                                    f"{self.passes!r}")
-            object.__setattr__(self, "passes", tuple(self.passes))
+            from ...passes.manager import pass_list     # a str: comma-separated pass names
+            object.__setattr__(self, "passes", tuple(pass_list(self.passes)))
         if self.kernels not in KERNELS:
             raise GraphoptError(f"kernels must be one of {', '.join(map(repr, KERNELS))}, "
                                 f"found {self.kernels!r}")
