@@ -109,6 +109,13 @@ def _umask() -> int:
     return mask
 
 
+def _permissions(old_mode: int | None, executable: bool) -> int:
+    """The old file's permissions, else the umask's; execute bits where the writer (a linker)
+    set some."""
+    mode = old_mode if old_mode is not None else 0o666 & ~_umask()
+    return mode | (0o111 & ~_umask() if executable else 0)
+
+
 def _fsync(path: str, directory: bool = False) -> None:
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
@@ -138,15 +145,16 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
     (ENOSPC, EFBIG under `ulimit -f`, ...), the temporary file is removed and `path` is left as
     it was. An OSError becomes a `WriteError` ('cannot write <path>: <cause>'); any other
     exception propagates as it is. A symbolic link at `path` is replaced, not followed. The
-    new file keeps the old one's permissions, or gets the umask's."""
+    new file keeps the old one's permissions (else the umask's), plus execute bits if the
+    writer set any."""
     path = os.fspath(path)
     folder, name = os.path.split(os.path.abspath(path))
     if os.path.isdir(path):
         raise WriteError(f"cannot write {path}: it is a folder; expected a file path")
     try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
+        old_mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError:
-        mode = 0o666 & ~_umask()
+        old_mode = None
     temporary = None
     with terminate_as_exception(), _file_size_limit_as_error():
         try:
@@ -154,9 +162,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
                 os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)))
             created = os.stat(temporary).st_ino
             yield temporary
-            # A tool that replaced the file (a linker) chose its permissions; ours had 0600.
-            if os.stat(temporary).st_ino == created:
-                os.chmod(temporary, mode)
+            # Ours was created 0600; a tool that replaced the file chose its own permissions.
+            written = os.stat(temporary)
+            if written.st_ino == created:
+                os.chmod(temporary, _permissions(old_mode, bool(written.st_mode & 0o111)))
             _fsync(temporary)
             os.replace(temporary, path)
             temporary = None

@@ -18,12 +18,12 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
 from ....errors import GraphoptError
-from ..user_cache import user_cache_dir
+from ....files import atomic_output, write_text
+from ..user_cache import user_cache_dir, warn_corrupt
 
 SOURCE = Path(__file__).with_name("conv2d.cc")
 LIBRARY = "libgraphopt_onednn.so"
@@ -96,27 +96,58 @@ def library_path() -> Path:
 
 
 def build() -> Path:
-    """Build the kernel library if it is not in the cache yet; returns its path."""
+    """Build the kernel library if the cache does not hold a sound one yet; returns its path.
+    The library is built beside its final path and renamed into place, and its sha256 kept
+    beside it: a library cut short or overwritten is found before loading (loading it could
+    kill the process with SIGBUS), reported once, and rebuilt."""
     path = library_path()
-    if path.is_file():
+    if _sound(path):
         return path
     if not _compiler_found():
         raise OneDnnUnavailableError("kernels='onednn' needs a C++ compiler (g++, or $CXX) to "
                                      f"build {SOURCE.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename: concurrent builds (test workers) never see half a file.
-    fd, partial = tempfile.mkstemp(suffix=".so", dir=path.parent)
-    os.close(fd)
-    try:
+    if path.is_dir():
+        shutil.rmtree(path)
+    with atomic_output(path) as partial:
         result = subprocess.run(compile_command(partial), capture_output=True, text=True)
         if result.returncode != 0:
             raise OneDnnUnavailableError(f"building {SOURCE.name} failed:\n"
                                          f"{result.stderr.strip()[-3000:]}")
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+        digest = _sha256(partial)
+    write_text(_checksum_path(path), digest + "\n")
     return path
+
+
+def _checksum_path(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _sound(path: Path) -> bool:
+    """Whether the cached library at `path` is the one built there (its checksum matches); a
+    damaged one is reported."""
+    if not path.exists():
+        return False
+    checksum = _checksum_path(path)
+    try:
+        if not path.is_file():
+            problem = "is not a file"
+        elif not checksum.is_file():
+            problem = "has no checksum beside it (a build cut short, or an older graphopt's)"
+        elif _sha256(path) != checksum.read_text().strip():
+            problem = "does not match its checksum from the build (truncated or overwritten)"
+        else:
+            problem = None
+    except OSError as e:
+        problem = f"is unreadable ({e.strerror})"
+    if problem is None:
+        return True
+    warn_corrupt(path, problem, "rebuilding it")
+    return False
 
 
 _loaded: dict[str, ctypes.CDLL] = {}
@@ -132,7 +163,11 @@ def load() -> Path:
             f"loaded in this process, so {path} cannot be; restart Python to use the new one")
     if str(path) not in _loaded:
         import tvm_ffi  # noqa: F401  (libtvm_ffi.so first: the library links against it)
-        _loaded[str(path)] = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        try:
+            _loaded[str(path)] = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        except OSError as e:
+            raise OneDnnUnavailableError(f"cannot load the oneDNN kernel library {path}: "
+                                         f"{e}") from None
     return path
 
 
