@@ -32,7 +32,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .. import runtime
-from ..errors import GraphoptError, InputError
+from ..errors import GraphoptError, InputError, WriteError
+from ..files import temporary_directory
 from ..signature import probe_inputs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -108,10 +109,9 @@ def folder_mib(folder: str) -> float:
 def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (), seed: int = 0,
                 weights: str = "auto", max_mib: float = 64.0,
                 progress: Callable[[str], None] = lambda _: None) -> dict:
-    """Build the bundle in `folder` (created; must not exist) and return its manifest.
-    `weights`: "params" (rebuilt from the zoo on the target machine), "embedded", or "auto"
-    (params for CUDA cases, embedded for CPU ones)."""
-    import graphopt as go
+    """Build the bundle in `folder` (created, complete or not at all; must not exist) and
+    return its manifest. `weights`: "params" (rebuilt from the zoo on the target machine),
+    "embedded", or "auto" (params for CUDA cases, embedded for CPU ones)."""
     from .. import zoo
     if os.path.exists(folder):
         raise InputError(f"{folder} already exists; give a new folder for the bundle")
@@ -129,6 +129,31 @@ def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (
     if estimate > max_mib:
         raise GraphoptError(f"the cases' weights alone take {estimate:.1f} MiB, over the "
                             f"{max_mib:g} MiB limit; bundle fewer or smaller cases per run")
+    # Built in a hidden folder beside `folder` and renamed at the end: the bundle appears
+    # complete or not at all (a failed or interrupted build leaves nothing behind).
+    parent, name = os.path.split(os.path.abspath(folder))
+    os.makedirs(parent, exist_ok=True)
+    with temporary_directory(f".{name}.", dir=parent) as staging:
+        built = os.path.join(staging, name)
+        manifest = _fill_bundle(built, cases, mode, wheels, seed, progress)
+        size = folder_mib(built)
+        if size > max_mib:
+            raise GraphoptError(f"the bundle for {folder} holds {size:.1f} MiB, over the "
+                                f"{max_mib:g} MiB limit: weights are embedded in each library, "
+                                "so bundle fewer or smaller cases per run")
+        try:
+            os.rename(built, folder)
+        except OSError as e:
+            raise WriteError(f"cannot write {folder}: {e.strerror}") from e
+    manifest["mib"] = round(size, 2)
+    return manifest
+
+
+def _fill_bundle(folder: str, cases: Sequence[Case], mode: dict, wheels: Sequence[str],
+                 seed: int, progress: Callable[[str], None]) -> dict:
+    """Write the bundle's files into the new `folder`; returns the manifest."""
+    import graphopt as go
+    from .. import zoo
     for sub in ("lib", "wheels", "models", "data"):
         os.makedirs(os.path.join(folder, sub))
     shutil.copy(RUNNER, os.path.join(folder, "run_bundle.py"))
@@ -175,10 +200,4 @@ def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (
         shutil.copy(library, os.path.join(folder, "lib"))
     with open(os.path.join(folder, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
-    size = folder_mib(folder)
-    if size > max_mib:
-        raise GraphoptError(f"the bundle in {folder} holds {size:.1f} MiB, over the {max_mib:g} "
-                            "MiB limit: weights are embedded in each library, so bundle fewer or "
-                            "smaller cases per run")
-    manifest["mib"] = round(size, 2)
     return manifest
