@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from ..errors import GraphoptError, UnsupportedOpError
+from ..files import atomic_open
 from ..frontends.onnx_import import load_onnx
 from ..frontends.onnx_load import first_line
 from ..frontends.onnx_ops import ATTRIBUTE_INPUTS, TABLE
@@ -78,10 +79,8 @@ def collect_cases(op_types: Iterable[str] | None = None,
         pass
     cases = generate_cases(wanted)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    with open(partial, "wb") as f:
+    with atomic_open(path) as f:   # a concurrent reader sees all or nothing
         pickle.dump(cases, f)
-    os.replace(partial, path)   # atomic: a concurrent reader sees all or nothing
     return cases
 
 
