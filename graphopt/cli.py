@@ -195,11 +195,15 @@ def onnxruntime_ms(graph, feeds: dict, spec: str, repeat: int) -> tuple[float | 
 
 
 def output_path(path: str, suffix: str) -> str:
-    """An output path from the command line, checked before any work is done."""
+    """An output path from the command line, checked before any work is done. The command
+    line creates no folder: the one to write into must exist."""
     if os.path.isdir(path):
         raise InputError(f"{path} is a folder: expected the path of the {suffix} file to write")
     if not path.endswith(suffix):
         raise InputError(f"{path}: expected an output path ending in {suffix}")
+    folder = os.path.dirname(path)
+    if folder and not os.path.isdir(folder):
+        raise InputError(f"{path}: the folder {folder} does not exist")
     return path
 
 

@@ -231,10 +231,10 @@ def temporary_directory(prefix: str, dir: str | os.PathLike | None = None) -> It
 
 def safe_file_name(name: str, fallback: str = "model") -> str:
     """`name` made into one plain file name for the current folder: no path separators, no
-    '..', no leading dot, no control or odd characters (each becomes '_'); `fallback` when
-    nothing is left."""
+    '..', no leading dot or dash, no control or odd characters (each becomes '_'); `fallback`
+    when nothing is left."""
     kept = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name)
     while ".." in kept:
         kept = kept.replace("..", ".")
-    kept = kept.strip("._ ")[:120].rstrip("._ ")
+    kept = kept.lstrip("._-")[:120].rstrip("._")
     return kept or fallback
