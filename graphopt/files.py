@@ -160,12 +160,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
         try:
             temporary = _unique_path(folder, f".{name[:200]}.", ".tmp", lambda p: os.close(
                 os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)))
-            created = os.stat(temporary).st_ino
             yield temporary
-            # Ours was created 0600; a tool that replaced the file chose its own permissions.
-            written = os.stat(temporary)
-            if written.st_ino == created:
-                os.chmod(temporary, _permissions(old_mode, bool(written.st_mode & 0o111)))
+            # Created 0600 (private until complete); a linker may have made it executable.
+            executable = bool(os.stat(temporary).st_mode & 0o111)
+            os.chmod(temporary, _permissions(old_mode, executable))
             _fsync(temporary)
             os.replace(temporary, path)
             temporary = None
