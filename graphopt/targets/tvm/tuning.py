@@ -114,26 +114,24 @@ def save_records(directory: Path, records) -> None:
     workload is missing, a crash never leaves half a line. A damaged database is replaced."""
     from tvm.s_tir import meta_schedule as ms
     directory.mkdir(parents=True, exist_ok=True)
+    _, problem = read_database(directory)
+    if problem is not None:
+        warn_corrupt(*problem, "replacing it with the new records")
     with temporary_directory(".graphopt-staging-", dir=directory) as staging:
-        staging = Path(staging)
-        for name in (WORKLOADS, RECORDS):
-            if (directory / name).is_file():
-                shutil.copyfile(directory / name, staging / name)
-        database, problem = read_database(staging)
-        if problem is not None:
-            warn_corrupt(directory / problem[0].relative_to(staging), problem[1],
-                         "replacing it with the new records")
-        if database is None:
+        if problem is None:
             for name in (WORKLOADS, RECORDS):
-                (staging / name).unlink(missing_ok=True)
-            database = ms.database.JSONDatabase(work_dir=str(staging))
+                if (directory / name).is_file():
+                    shutil.copyfile(directory / name, os.path.join(staging, name))
+        database = ms.database.JSONDatabase(work_dir=staging)
         for record, workload_mod in records:
             workload = database.commit_workload(workload_mod)
             database.commit_tuning_record(ms.database.TuningRecord(
                 record.trace, workload, record.run_secs, record.target, record.args_info))
         for name in (WORKLOADS, RECORDS):
+            if (directory / name).is_dir():   # a damaged entry: a folder where the file goes
+                shutil.rmtree(directory / name)
             with atomic_output(directory / name) as partial:
-                os.replace(staging / name, partial)
+                os.replace(os.path.join(staging, name), partial)
 
 
 def _compare_with_rules(mod, work_db, target, kernels):

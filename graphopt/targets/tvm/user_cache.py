@@ -12,7 +12,7 @@ class CorruptCacheWarning(UserWarning):
     ignores or rebuilds it and goes on."""
 
 
-_warned: set[str] = set()
+_warned: set[tuple[str, str]] = set()
 
 
 def user_cache_dir(name: str, env_var: str) -> Path:
@@ -26,8 +26,8 @@ def user_cache_dir(name: str, env_var: str) -> Path:
 
 def warn_corrupt(path: str | os.PathLike, problem: str, action: str) -> None:
     """Warn that cache file `path` is unusable (`problem`) and what graphopt does instead
-    (`action`), once per file per process."""
-    key = os.path.abspath(os.fspath(path))
+    (`action`), once per file and action per process."""
+    key = (os.path.abspath(os.fspath(path)), action)
     if key in _warned:
         return
     _warned.add(key)
