@@ -13,6 +13,7 @@ from pathlib import Path
 
 import onnx
 
+from graphopt.files import write_text
 from graphopt.tools import onnx_conformance as conformance
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
     compiled = [] if args.no_compile else conformance.run_compiled(cases)
     text = render(interpreted, compiled, time.perf_counter() - start)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    write_text(args.out, text)
     print(text.split("\n## Skipped")[0])
     return 0
 
