@@ -11,10 +11,15 @@ Shared pieces: `load_model(spec)` (zoo name or .onnx file), `load_inputs(...)`, 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
+import zipfile
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -33,9 +38,10 @@ EXIT_MISMATCH = 1    # a comparison ran and found outputs out of tolerance
 EXIT_USAGE = 2       # bad arguments, unknown model, unreadable or invalid file or input
 EXIT_FAILED = 3      # a valid request failed: compilation, an optimization pass, the runtime,
                      # writing the output (disk full)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as a shell reports a process it ended)
 
 EPILOG = f"""exit codes: {EXIT_OK} ok, {EXIT_MISMATCH} comparison found a mismatch, {EXIT_USAGE} bad
-arguments/model/file/input, {EXIT_FAILED} compilation or run failed.
+arguments/model/file/input, {EXIT_FAILED} compilation or run failed, {EXIT_INTERRUPTED} interrupted.
 Add --debug before the command for full tracebacks."""
 
 
@@ -66,9 +72,55 @@ def command(name: str, help: str, *arguments: tuple):
     return register
 
 
+def integer(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an int of at least `minimum`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, found {text!r}")
+        return value
+    return parse
+
+
+def tolerance(text: str) -> float:
+    """An argparse type: a finite float >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, found {text!r}")
+    return value
+
+
+def existing_file(text: str) -> str:
+    """An argparse type: the path of a file that exists."""
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return text
+
+
+def input_file(text: str) -> str:
+    """An argparse type: [NAME=]FILE with FILE an existing file."""
+    existing_file(text.rpartition("=")[2])
+    return text
+
+
+def tuning_source(text: str) -> str:
+    """An argparse type: 'user' or a folder that exists."""
+    if text != "user" and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"no such folder: {text} (expected a folder of tuning "
+                                         "records or 'user')")
+    return text
+
+
 MODEL = arg("model", help="a zoo model name (e.g. resnet18; see `graphopt list`) or an .onnx file")
-BATCH = arg("--batch", type=int, default=1, help="batch size for zoo models (default 1)")
-SEED = arg("--seed", type=int, default=0, help="seed for zoo weights and random inputs (default 0)")
+BATCH = arg("--batch", type=integer(1), default=1, help="batch size for zoo models (default 1)")
+SEED = arg("--seed", type=integer(0), default=0,
+           help="seed for zoo weights and random inputs (default 0)")
 TARGET = arg("--target", default="cpu",
              help="cpu, cuda (= cuda:sm_90) or cuda:sm_<NN> such as cuda:sm_80 (default cpu)")
 KERNELS = arg("--kernels", choices=COMPILE_KERNELS, default="tvm",
@@ -76,11 +128,13 @@ KERNELS = arg("--kernels", choices=COMPILE_KERNELS, default="tvm",
 PASSES = arg("--passes", help="graphopt graph passes run before lowering, comma-separated "
              "(default: the default pipeline; 'none': no graph pass). The target's own passes "
              "(conv algorithm, weight layout) run after them")
-THREADS = arg("--threads", type=int, help="threads the compiled model runs on (default: every "
-              "core this process may use)")
-TUNING = arg("--tuning", metavar="DIR|user", help="apply MetaSchedule records from `graphopt "
-             "tune` kept in DIR ('user': the user's cache folder); default: none")
+THREADS = arg("--threads", type=integer(1), help="threads the compiled model runs on (default: "
+              "every core this process may use)")
+TUNING = arg("--tuning", metavar="DIR|user", type=tuning_source, help="apply MetaSchedule "
+             "records from `graphopt tune` kept in DIR ('user': the user's cache folder); "
+             "default: none")
 INPUTS = arg("--input", dest="inputs", action="append", default=[], metavar="[NAME=]FILE",
+             type=input_file,
              help="an input as .npy (NAME= for models with several inputs) or all inputs as one "
                   ".npz; repeatable. Default: random normal inputs from --seed")
 
@@ -116,13 +170,13 @@ def load_inputs(specs: Sequence[str], inputs: Sequence[tuple[str, tuple, str]],
         if not os.path.isfile(path):
             raise InputError(f"no such input file: {path}")
         try:
-            if path.endswith(".npz"):
-                with np.load(path) as archive:
+            array = np.load(path, allow_pickle=False)
+            if isinstance(array, np.lib.npyio.NpzFile):
+                with array as archive:
                     feeds.update({k: archive[k] for k in archive.files})
                 continue
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise InputError(f"cannot read {path} as a numpy array: {e}") from e
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise InputError(f"cannot read {path} as a numpy array (.npy or .npz): {e}") from e
         if not name:
             if len(names) != 1:
                 raise InputError(f"the model has inputs {names}: give each as NAME=FILE.npy")
@@ -284,9 +338,9 @@ def compile_(args) -> int:
 
 @command("compare", "compile (or load) a model and compare it with the reference interpreter",
          MODEL, TARGET, KERNELS, PASSES, THREADS, TUNING, BATCH, SEED, INPUTS,
-         arg("--library", metavar="FILE.so",
+         arg("--library", metavar="FILE.so", type=existing_file,
              help="compare this exported library instead of compiling the model"),
-         arg("--tolerance", type=float, help="max error relative to the largest reference "
+         arg("--tolerance", type=tolerance, help="max error relative to the largest reference "
              "magnitude (default by dtype: 1e-4 for float32)"))
 def compare(args) -> int:
     """Run the model in the float64 interpreter and compiled (or from --library), and compare
@@ -310,14 +364,16 @@ def compare(args) -> int:
 
 
 @command("run", "run an exported .so with only the TVM runtime",
-         arg("library", metavar="FILE.so", help="a library written by `graphopt compile`"),
+         arg("library", metavar="FILE.so", type=existing_file,
+             help="a library written by `graphopt compile`"),
          INPUTS, SEED, THREADS,
          arg("--save", metavar="FILE.npz", help="write the outputs to this .npz"),
-         arg("--expect", metavar="FILE", help="compare the outputs with these (.npz by output "
-             "name, or .npy for a single output); exit 1 if any differs by more than "
-             "--tolerance relative to its largest magnitude"),
-         arg("--tolerance", type=float, default=1e-4, help="for --expect (default 1e-4)"),
-         arg("--repeat", type=int, default=0, help="also time this many runs (median)"))
+         arg("--expect", metavar="FILE", type=existing_file, help="compare the outputs with these "
+             "(.npz by output name, or .npy for a single output); exit 1 if any differs by more "
+             "than --tolerance relative to its largest magnitude"),
+         arg("--tolerance", type=tolerance, default=1e-4, help="for --expect (default 1e-4)"),
+         arg("--repeat", type=integer(0), default=0,
+             help="also time this many runs (median; default 0: no timing)"))
 def run(args) -> int:
     """Load the library through graphopt.runtime (no TVM compiler involved), run it once and
     print each output's shape and statistics."""
@@ -356,7 +412,8 @@ def run(args) -> int:
 
 @command("bench", "time the compiled model against the interpreter and onnxruntime",
          MODEL, TARGET, KERNELS, PASSES, THREADS, TUNING, BATCH, SEED,
-         arg("--repeat", type=int, default=20, help="timed runs per engine (median; default 20)"))
+         arg("--repeat", type=integer(1), default=20,
+             help="timed runs per engine (median; default 20)"))
 def bench(args) -> int:
     """Median latency of the TVM-compiled model, the numpy interpreter and onnxruntime (from the
     .onnx file, or from the graph exported to ONNX when graphopt can do that), as ratios to
@@ -390,7 +447,8 @@ def bench(args) -> int:
 @command("optimize", "run graph passes on a model, print the per-pass report, save as .onnx",
          MODEL, BATCH, SEED,
          arg("-o", "--output", metavar="FILE.onnx", help="write the optimized model here"),
-         arg("--passes", help="comma-separated pass names (default: the default pipeline)"),
+         arg("--passes", help="comma-separated pass names (default: the default pipeline; "
+             "'none': no pass)"),
          arg("--no-check", action="store_true",
              help="skip comparing each pass's result with the graph before it on a probe input"))
 def optimize(args) -> int:
@@ -401,9 +459,8 @@ def optimize(args) -> int:
     if args.output:
         output_path(args.output, ".onnx")
     graph = load_model(args.model, args.batch, args.seed)
-    passes = [p.strip() for p in args.passes.split(",") if p.strip()] if args.passes else None
     with step(f"optimizing '{graph.name}'"):
-        result = run_passes(graph, passes, check=not args.no_check)
+        result = run_passes(graph, pass_list(args.passes), check=not args.no_check)
     print(result.report)
     if args.output:
         from .frontends.onnx import save_onnx
@@ -423,9 +480,8 @@ def convert(args) -> int:
     graph = load_model(args.model, args.batch, args.seed)
     if args.passes:
         from .passes import optimize as run_passes
-        names = [p.strip() for p in args.passes.split(",") if p.strip()]
         with step(f"optimizing '{graph.name}'"):
-            graph = run_passes(graph, names).graph
+            graph = run_passes(graph, pass_list(args.passes)).graph
     with step(f"writing {args.output}"):
         model = save_onnx(graph, args.output)
     print(f"{args.output}: {len(model.graph.node)} ONNX nodes from {len(graph.nodes)} graphopt "
@@ -435,7 +491,8 @@ def convert(args) -> int:
 
 @command("tune", "tune a model's conv/matmul kernels for this CPU with MetaSchedule",
          MODEL, BATCH, SEED,
-         arg("--trials", type=int, default=64, help="MetaSchedule trials in all (default 64)"),
+         arg("--trials", type=integer(1), default=64,
+             help="MetaSchedule trials in all (default 64)"),
          arg("--cache-dir", help="tuning database root (default $GRAPHOPT_TUNING_DIR or "
                                  "~/.cache/graphopt/tuning)"))
 def tune(args) -> int:
@@ -452,8 +509,15 @@ def tune(args) -> int:
 
 # ---- entry point ------------------------------------------------------------------------------
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (exit 2) instead of the usage and the error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="graphopt",
         description="Define CNNs, compile them with TVM for CPU or CUDA, export, run and compare "
                     "them with the reference interpreter.",
@@ -472,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def exit_code_for(error: BaseException) -> int:
+    """EXIT_FAILED for a valid request that failed (lowering, a pass, writing the output, any
+    error graphopt did not foresee), EXIT_USAGE for the other GraphoptErrors: a bad argument,
+    model, file or input (OptionError, InputError, ModelFormatError, ShapeError, ...)."""
     if isinstance(error, (LoweringError, PassError, WriteError)):
         return EXIT_FAILED
     if isinstance(error, GraphoptError):
@@ -479,24 +546,62 @@ def exit_code_for(error: BaseException) -> int:
     return EXIT_FAILED
 
 
+_interrupted = False
+
+
+@contextmanager
+def interrupts_recorded() -> Iterator[None]:
+    """While inside, SIGINT is recorded before it raises KeyboardInterrupt as usual: TVM turns a
+    KeyboardInterrupt raised in its Python callbacks into a RuntimeError (and a LoweringError
+    wraps that), so `main` asks the record, not the exception, whether the user interrupted.
+    A handler the program installed itself, an ignored SIGINT and other threads are left alone."""
+    global _interrupted
+    _interrupted = False
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def record(signum, frame):
+        global _interrupted
+        _interrupted = True
+        signal.default_int_handler(signum, frame)
+    signal.signal(signal.SIGINT, record)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     global _quiet
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:     # --help, or a bad argument (one line on stderr)
+        return EXIT_OK if e.code is None else e.code if isinstance(e.code, int) else EXIT_USAGE
     _quiet = args.quiet
     try:
-        return args.run(args)
+        with interrupts_recorded():
+            code = args.run(args)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return interrupted()
     except Exception as e:  # every failure becomes one line and an exit code
+        if _interrupted:    # the interrupt surfaced as another error (see interrupts_recorded)
+            return interrupted()
         if args.debug:
             traceback.print_exc()
         kind = "error" if isinstance(e, GraphoptError) else f"error ({type(e).__name__})"
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"graphopt {args.command}: {kind}: {message}", file=sys.stderr)
-        if not args.debug and not isinstance(e, GraphoptError):
-            print("(rerun with --debug for the traceback)", file=sys.stderr)
+        hint = "" if args.debug or isinstance(e, GraphoptError) else \
+            " (rerun with --debug for the traceback)"
+        print(f"graphopt {args.command}: {kind}: {message}{hint}", file=sys.stderr)
         return exit_code_for(e)
+    return interrupted() if _interrupted else code
+
+
+def interrupted() -> int:
+    print("interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ....errors import PassError
+from ....errors import OptionError
 from ....passes.manager import Pass
 from .annotate import annotate
 from .select_conv_algorithm import select_conv_algorithm
@@ -36,7 +36,8 @@ def resolve_target_pass(name: str, device_kind: str, context) -> Pass | None:
         return TARGET_PASSES[device_kind][name](context)
     for kind, passes in TARGET_PASSES.items():
         if name in passes:
-            raise PassError(f"pass '{name}' is a {kind} target pass; compiling for {device_kind}")
+            raise OptionError(f"pass '{name}' is a {kind} target pass; compiling for "
+                              f"{device_kind}")
     return None
 
 
