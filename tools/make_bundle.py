@@ -9,6 +9,7 @@ import sys
 
 from graphopt.tools.bundle import Case, download_ffi_wheel, make_bundle
 from graphopt.errors import GraphoptError
+from graphopt.files import temporary_directory
 
 
 def main() -> int:
@@ -29,12 +30,12 @@ def main() -> int:
     try:
         cases = [Case.parse(spec) for spec in args.cases]
         wheels = [w for w in args.ffi_wheel if w != "auto"]
-        if "auto" in args.ffi_wheel:
-            import tempfile
-            wheels.append(download_ffi_wheel(tempfile.mkdtemp(prefix="ffi-wheel-"), args.python))
-        manifest = make_bundle(args.folder, cases, wheels=wheels, seed=args.seed,
-                               weights=args.weights, max_mib=args.max_mib,
-                               progress=lambda m: print(m, file=sys.stderr, flush=True))
+        with temporary_directory("ffi-wheel-") as download:
+            if "auto" in args.ffi_wheel:
+                wheels.append(download_ffi_wheel(download, args.python))
+            manifest = make_bundle(args.folder, cases, wheels=wheels, seed=args.seed,
+                                   weights=args.weights, max_mib=args.max_mib,
+                                   progress=lambda m: print(m, file=sys.stderr, flush=True))
     except GraphoptError as e:
         print(f"make_bundle: error: {e}", file=sys.stderr)
         return 2

@@ -137,9 +137,19 @@ def main(argv=None) -> int:
                   f"{r['median_ms']:10.3f} {'yes' if r['ok'] else 'NO '}" + torch_columns)
         else:
             print(f"{r['case']:32} {r['device']:6} {r['status']:8} {r.get('error', '')}")
-    with open(os.path.join(HERE, args.results) if not os.path.isabs(args.results)
-              else args.results, "w") as f:
-        json.dump({"python": sys.version.split()[0], "results": results}, f, indent=1)
+    # Written beside and renamed, so a reader never sees half a results file (this script runs
+    # on its own, without graphopt.files).
+    path = os.path.join(HERE, args.results) if not os.path.isabs(args.results) else args.results
+    partial = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(partial, "w") as f:
+            json.dump({"python": sys.version.split()[0], "results": results}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
     if any(r["status"] == "failed" for r in results):
         return 2
     return 0 if all(r.get("ok", True) for r in results) else 1
