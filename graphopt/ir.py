@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import collections
 import itertools
+import math
+import operator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -24,6 +26,25 @@ Op = Any
 
 DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int32", "int64", "bool")
 FLOAT_DTYPES = ("float16", "float32", "float64")
+# No tensor graphopt handles comes near this; a larger shape is a mistake or a hostile model, and
+# refusing it keeps every element, byte and MAC count far from any integer overflow.
+MAX_ELEMENTS = 1 << 40
+
+
+def dimension(value, what: str = "dimension") -> int:
+    """`value` as a Python int: ints and numpy integers pass, anything else (a float such as
+    8.7, a bool, a string, None) is refused rather than truncated."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ShapeError(f"expected an integer {what}, found the bool {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ShapeError(f"expected an integer {what}, found {value!r}") from None
+
+
+def _count(n: int) -> str:
+    """An element count for a message: exact up to 15 digits, else its order of magnitude."""
+    return str(n) if n < 10 ** 15 else f"~10**{len(str(n)) - 1}"
 
 
 @dataclass(frozen=True)
@@ -34,11 +55,19 @@ class TensorType:
     dtype: str = "float32"
 
     def __post_init__(self):
-        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
-        if self.dtype not in DTYPES:
+        if isinstance(self.shape, (str, bytes)) or not isinstance(self.shape, Iterable):
+            raise ShapeError(f"expected a shape as a sequence of dimensions, found {self.shape!r}")
+        shape = tuple(self.shape)
+        object.__setattr__(self, "shape", tuple(dimension(d, f"dimension in shape {shape}")
+                                                for d in shape))
+        if not isinstance(self.dtype, str) or self.dtype not in DTYPES:
             raise ShapeError(f"unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
         if any(d < 0 for d in self.shape):
             raise ShapeError(f"negative dimension in shape {self.shape}")
+        if max(self.shape, default=0) > MAX_ELEMENTS or self.numel > MAX_ELEMENTS:
+            shown = ", ".join(_count(d) for d in self.shape)
+            raise ShapeError(f"shape ({shown}) holds {_count(self.numel)} elements; graphopt "
+                             f"refuses shapes beyond 2**40 elements or 2**40 per dimension")
 
     @property
     def ndim(self) -> int:
@@ -46,7 +75,13 @@ class TensorType:
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        """Number of elements, an exact Python int."""
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Size in bytes, an exact Python int."""
+        return self.numel * np.dtype(self.dtype).itemsize
 
     @property
     def is_float(self) -> bool:
@@ -143,6 +178,8 @@ class Graph:
                 return name
 
     def _claim(self, name: str) -> str:
+        if not isinstance(name, str):
+            raise VerifyError(f"expected a str name in graph '{self.name}', found {name!r}")
         if name in self._names:
             raise VerifyError(f"name '{name}' is already used in graph '{self.name}'")
         self._names.add(name)

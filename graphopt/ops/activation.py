@@ -1,13 +1,12 @@
 """Unary elementwise ops: the identity, activations, softmax and dropout (identity at inference)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..ir import TensorType
-from .base import relax_type, Op, accumulator, expect, expect_float, register, relax
+from .base import relax_type, Op, accumulator, expect, expect_float, integer, real, register, relax
 
 
 class Unary(Op):
@@ -60,6 +59,11 @@ class Clip(Unary):
     min: float | None = None
     max: float | None = None
 
+    def __post_init__(self):
+        for field in ("min", "max"):
+            if getattr(self, field) is not None:
+                object.__setattr__(self, field, real(getattr(self, field), field, finite=False))
+
     def infer(self, x):
         expect(self.min is None or self.max is None or self.min <= self.max,
                f"expected min <= max, found min={self.min}, max={self.max}")
@@ -91,6 +95,9 @@ def rx_prim(value: float, dtype: str):
 class LeakyRelu(Unary):
     name = "leaky_relu"
     alpha: float = 0.01
+
+    def __post_init__(self):
+        object.__setattr__(self, "alpha", real(self.alpha, "alpha"))
 
     def reference(self, x):
         return np.where(x >= 0, x, x * x.dtype.type(self.alpha)).astype(x.dtype)
@@ -139,6 +146,9 @@ class Softmax(Unary):
     name = "softmax"
     axis: int = -1
 
+    def __post_init__(self):
+        object.__setattr__(self, "axis", integer(self.axis, "axis"))
+
     def infer(self, x):
         expect_float(x)
         expect(-x.ndim <= self.axis < x.ndim, f"expected axis in [{-x.ndim}, {x.ndim}), "
@@ -162,7 +172,9 @@ class Dropout(Identity):
     name = "dropout"
     ratio: float = 0.5
 
+    def __post_init__(self):
+        object.__setattr__(self, "ratio", real(self.ratio, "ratio"))
+
     def infer(self, x):
-        expect(0.0 <= self.ratio < 1.0 and not math.isnan(self.ratio),
-               f"expected ratio in [0, 1), found {self.ratio}")
+        expect(0.0 <= self.ratio < 1.0, f"expected ratio in [0, 1), found {self.ratio}")
         return x

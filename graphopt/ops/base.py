@@ -3,13 +3,15 @@ reference kernel and its TVM Relax lowering side by side, registered once by nam
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
 from ..errors import ShapeError, UnsupportedOpError
-from ..ir import TensorType
+from ..ir import TensorType, dimension
 
 OPS: dict[str, type["Op"]] = {}
 
@@ -112,26 +114,57 @@ def relax_type(expr) -> TensorType:
     return TensorType(tuple(int(d) for d in ty.shape), str(ty.dtype))
 
 
-# ---- small shape helpers shared by op families ---------------------------------------------------
-def pair(v: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(v, (int, np.integer)):
-        return (int(v), int(v))
-    t = tuple(int(x) for x in v)
-    if len(t) != 2:
-        raise ShapeError(f"expected an int or a pair, found {v!r}")
-    return t  # type: ignore[return-value]
+# ---- attribute checks shared by op families (each op validates its attributes once, in its
+# __post_init__, so the DSL, the ONNX importer and hand-built graphs get the same error) ---------
+def integer(value, what: str) -> int:
+    """An integer attribute as a Python int; a float (1.5), a bool or a string is refused."""
+    return dimension(value, what)
 
 
-def quad(v: int | Sequence[int]) -> tuple[int, int, int, int]:
+def real(value, what: str, finite: bool = True) -> float:
+    """A real-valued attribute as a Python float; NaN (and infinities when `finite`), bools,
+    strings and None are refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ShapeError(f"expected a number for {what}, found {value!r}")
+    value = float(value)
+    expect(not math.isnan(value) and (not finite or math.isfinite(value)),
+           f"expected a {'finite ' if finite else ''}number for {what}, found {value}")
+    return value
+
+
+def flag(value, what: str) -> bool:
+    """A boolean attribute: True/False (or 0/1)."""
+    expect(isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer))
+                                                    and value in (0, 1)),
+           f"expected True or False for {what}, found {value!r}")
+    return bool(value)
+
+
+def integers(value, lengths: tuple[int, ...], what: str, forms: str) -> tuple[int, ...]:
+    """A tuple of Python ints from an int (repeated `lengths[0]` times) or a sequence whose
+    length is one of `lengths`; `forms` says what is accepted, for the error."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return (int(value),) * lengths[0]
+    expect(isinstance(value, (tuple, list, np.ndarray)) and len(value) in lengths,
+           f"expected {what} as {forms}, found {value!r}")
+    return tuple(integer(x, what) for x in value)
+
+
+def int_tuple(value, what: str) -> tuple[int, ...]:
+    """A sequence of integers (a shape, a permutation) as a tuple of Python ints."""
+    expect(isinstance(value, (tuple, list, range, np.ndarray)),
+           f"expected {what} as a sequence of ints, found {value!r}")
+    return tuple(integer(x, what) for x in value)
+
+
+def pair(v: int | Sequence[int], what: str = "value") -> tuple[int, int]:
+    return integers(v, (2,), what, "an int or an (h, w) pair")  # type: ignore[return-value]
+
+
+def quad(v: int | Sequence[int], what: str = "padding") -> tuple[int, int, int, int]:
     """Padding as (top, left, bottom, right) from an int, an (h, w) pair or a 4-tuple."""
-    if isinstance(v, (int, np.integer)):
-        return (int(v),) * 4  # type: ignore[return-value]
-    t = tuple(int(x) for x in v)
-    if len(t) == 2:
-        return (t[0], t[1], t[0], t[1])
-    if len(t) == 4:
-        return t  # type: ignore[return-value]
-    raise ShapeError(f"expected padding as an int, (h, w) or (top, left, bottom, right), found {v!r}")
+    t = integers(v, (4, 2), what, "an int, (h, w) or (top, left, bottom, right)")
+    return t if len(t) == 4 else (t[0], t[1], t[0], t[1])  # type: ignore[return-value]
 
 
 def expect_rank(t: TensorType, rank: int, what: str = "input") -> None:

@@ -6,8 +6,28 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import TensorType
-from .base import (Op, accumulator, expect, expect_float, expect_rank, expect_same_dtype, pair,
-                   quad, register, relax)
+from .base import (Op, accumulator, expect, expect_float, expect_rank, expect_same_dtype, integer,
+                   pair, quad, real, register, relax)
+
+
+def conv_attributes(op) -> None:
+    """Check and normalize the attributes convolutions share (stride, padding, dilation,
+    groups; output_padding where the op has it)."""
+    for field, convert in (("stride", pair), ("padding", quad), ("output_padding", pair),
+                           ("dilation", pair), ("groups", integer)):
+        if hasattr(op, field):
+            object.__setattr__(op, field, convert(getattr(op, field), field))
+    expect(min(op.stride) >= 1 and min(op.dilation) >= 1 and op.groups >= 1
+           and min(op.padding) >= 0 and min(getattr(op, "output_padding", (0,))) >= 0,
+           f"expected positive stride/dilation/groups and non-negative padding, found {op}")
+
+
+def expect_nonempty(x: TensorType, w: TensorType) -> None:
+    """Zero-size weights or inputs (no channels, no kernel taps, no batch) describe no
+    computation a convolution can lower; they are refused rather than compiled to a library
+    that cannot load."""
+    expect(w.numel > 0, f"expected a weight with no zero dimension, found {w}")
+    expect(x.numel > 0, f"expected an input with no zero dimension, found {x}")
 
 
 def conv_out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
@@ -49,20 +69,17 @@ class Conv2d(Op):
     weight_block: int = 0         # output channels per block of a target weight layout
 
     def __post_init__(self):
-        object.__setattr__(self, "stride", pair(self.stride))
-        object.__setattr__(self, "padding", quad(self.padding))
-        object.__setattr__(self, "dilation", pair(self.dilation))
-        expect(min(self.stride) >= 1 and min(self.dilation) >= 1 and self.groups >= 1
-               and min(self.padding) >= 0,
-               f"expected positive stride/dilation/groups and non-negative padding, found {self}")
-        expect(self.algorithm in CONV_ALGORITHMS, f"expected algorithm one of "
-               f"{', '.join(CONV_ALGORITHMS)}, found {self.algorithm!r}")
+        conv_attributes(self)
+        expect(isinstance(self.algorithm, str) and self.algorithm in CONV_ALGORITHMS,
+               f"expected algorithm one of {', '.join(CONV_ALGORITHMS)}, found {self.algorithm!r}")
+        object.__setattr__(self, "weight_block", integer(self.weight_block, "weight_block"))
         expect(self.weight_block >= 0 and (self.algorithm != "winograd" or self.weight_block),
                f"expected a positive weight_block for winograd, found {self.weight_block}")
 
     def infer(self, x, w, b=None):
         expect_rank(x, 4, "input x"), expect_rank(w, 4, "weight")
         expect_float(x), expect_same_dtype(x, w, *([b] if b else []))
+        expect_nonempty(x, w)
         n, c, h, wd = x.shape
         o, cg, kh, kw = w.shape
         expect(c == cg * self.groups, f"expected input channels {cg * self.groups} "
@@ -136,13 +153,7 @@ class ConvTranspose2d(Op):
     groups: int = 1
 
     def __post_init__(self):
-        object.__setattr__(self, "stride", pair(self.stride))
-        object.__setattr__(self, "padding", quad(self.padding))
-        object.__setattr__(self, "output_padding", pair(self.output_padding))
-        object.__setattr__(self, "dilation", pair(self.dilation))
-        expect(min(self.stride) >= 1 and min(self.dilation) >= 1 and self.groups >= 1
-               and min(self.padding) >= 0 and min(self.output_padding) >= 0,
-               f"expected positive stride/dilation/groups, non-negative paddings, found {self}")
+        conv_attributes(self)
         expect(all(op < max(s, d) for op, s, d in
                    zip(self.output_padding, self.stride, self.dilation)),
                f"expected output_padding smaller than stride or dilation, found {self}")
@@ -156,6 +167,7 @@ class ConvTranspose2d(Op):
     def infer(self, x, w, b=None):
         expect_rank(x, 4, "input x"), expect_rank(w, 4, "weight")
         expect_float(x), expect_same_dtype(x, w, *([b] if b else []))
+        expect_nonempty(x, w)
         n, c, h, wd = x.shape
         cw, og, kh, kw = w.shape
         expect(c == cw, f"expected weight with {c} input channels (dim 0), found {w}")
@@ -222,6 +234,10 @@ class BatchNorm(Op):
     arity = (5, 5)
     buffer_inputs = (3, 4)   # running mean and variance are statistics, not parameters
     epsilon: float = 1e-5
+
+    def __post_init__(self):
+        object.__setattr__(self, "epsilon", real(self.epsilon, "epsilon"))
+        expect(self.epsilon >= 0, f"expected a non-negative epsilon, found {self.epsilon}")
 
     def infer(self, x, scale, bias, mean, var):
         expect(x.ndim >= 2, f"expected input of rank >= 2, found {x}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Op, expect, register
+from .base import Op, expect, flag, register
 from .conv import Conv2d
 from .conv_kernel import lower_conv
 from .epilogue import EPILOGUE, EPILOGUE_ACTIVATIONS
@@ -34,6 +34,8 @@ class FusedConv2d(Op):
         expect(isinstance(self.conv, Conv2d), f"expected a Conv2d for conv, found {self.conv!r}")
         expect(self.activation is None or isinstance(self.activation, EPILOGUE_ACTIVATIONS),
                f"expected activation {', '.join(EPILOGUE)} or None, found {self.activation!r}")
+        for field in ("has_bias", "has_residual"):
+            object.__setattr__(self, field, flag(getattr(self, field), field))
 
     def split(self, inputs):
         """(x, w, bias or None, residual or None) from the input list."""

@@ -7,7 +7,12 @@ import numpy as np
 
 from ..ir import TensorType
 from .base import (Op, accumulator, constant_operand, expect, expect_float, expect_same_dtype,
-                   register, relax)
+                   integer, register, relax)
+
+
+def weight_block_attribute(op) -> None:
+    object.__setattr__(op, "weight_block", integer(op.weight_block, "weight_block"))
+    expect(op.weight_block >= 0, f"expected a non-negative weight_block, found {op.weight_block}")
 
 
 @register
@@ -21,10 +26,16 @@ class Linear(Op):
     # blocks of this many output columns ([out / block, in, block]); 0: as written.
     weight_block: int = 0
 
+    def __post_init__(self):
+        weight_block_attribute(self)
+
     def infer(self, x, w, b=None):
         expect_float(x), expect_same_dtype(x, w, *([b] if b else []))
         expect(x.ndim >= 1 and w.ndim == 2, f"expected x of rank >= 1 and a 2-D weight, found "
                f"{x} and {w}")
+        # An empty weight (no input or no output features) is no layer; refused rather than
+        # compiled to a library that cannot load.
+        expect(w.numel > 0, f"expected a weight with no zero dimension, found {w}")
         expect(x.shape[-1] == w.shape[1], f"expected {w.shape[1]} input features (weight {w}), "
                f"found {x.shape[-1]} in {x}")
         if b is not None:
@@ -68,6 +79,9 @@ class Matmul(Op):
     arity = (2, 2)
     # As Linear's: the constant right-hand side packed in blocks of this many columns; 0: as is.
     weight_block: int = 0
+
+    def __post_init__(self):
+        weight_block_attribute(self)
 
     def infer(self, a, b):
         expect_same_dtype(a, b)

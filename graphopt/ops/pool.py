@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import TensorType
-from .base import (relax_type, Op, accumulator, expect, expect_float, expect_rank, pair, quad, register,
-                   relax)
+from .base import (relax_type, Op, accumulator, expect, expect_float, expect_rank, flag, integer,
+                   pair, quad, real, register, relax)
 
 
 def pool_out_size(size, kernel, stride, pad_begin, pad_end, dilation, ceil_mode) -> int:
@@ -30,10 +30,15 @@ class Pool2d(Op):
     ceil_mode: bool = False
 
     def __post_init__(self):
-        object.__setattr__(self, "kernel", pair(self.kernel))
-        object.__setattr__(self, "stride", pair(self.kernel if self.stride is None else self.stride))
+        object.__setattr__(self, "kernel", pair(self.kernel, "kernel"))
+        object.__setattr__(self, "stride", pair(self.kernel if self.stride is None else self.stride,
+                                                "stride"))
         object.__setattr__(self, "padding", quad(self.padding))
-        object.__setattr__(self, "dilation", pair(self.dilation))
+        object.__setattr__(self, "dilation", pair(self.dilation, "dilation"))
+        object.__setattr__(self, "ceil_mode", flag(self.ceil_mode, "ceil_mode"))
+        for field in ("separable", "count_include_pad"):   # the subclasses' flags
+            if hasattr(self, field):
+                object.__setattr__(self, field, flag(getattr(self, field), field))
         expect(min(self.kernel) >= 1 and min(self.stride) >= 1 and min(self.dilation) >= 1
                and min(self.padding) >= 0,
                f"expected positive kernel/stride/dilation and non-negative padding, found {self}")
@@ -190,9 +195,14 @@ class Lrn(Op):
     beta: float = 0.75
     bias: float = 1.0
 
+    def __post_init__(self):
+        object.__setattr__(self, "size", integer(self.size, "size"))
+        expect(self.size >= 1, f"expected size >= 1, found {self.size}")
+        for field in ("alpha", "beta", "bias"):
+            object.__setattr__(self, field, real(getattr(self, field), field))
+
     def infer(self, x):
         expect_rank(x, 4, "input x"), expect_float(x)
-        expect(self.size >= 1, f"expected size >= 1, found {self.size}")
         return x
 
     def reference(self, x):

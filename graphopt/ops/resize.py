@@ -56,13 +56,14 @@ class Resize(Op):
     nearest_mode: str = "round_prefer_floor"
 
     def __post_init__(self):
-        object.__setattr__(self, "size", pair(self.size))
-        expect(self.mode in ("nearest", "bilinear"),
+        object.__setattr__(self, "size", pair(self.size, "size"))
+        expect(isinstance(self.mode, str) and self.mode in ("nearest", "bilinear"),
                f"expected mode 'nearest' or 'bilinear', found {self.mode!r}")
-        expect(self.coordinate_transformation_mode in COORDINATE_MODES,
+        expect(isinstance(self.coordinate_transformation_mode, str)
+               and self.coordinate_transformation_mode in COORDINATE_MODES,
                f"expected coordinate_transformation_mode in {COORDINATE_MODES}, "
                f"found {self.coordinate_transformation_mode!r}")
-        expect(self.nearest_mode in NEAREST_MODES,
+        expect(isinstance(self.nearest_mode, str) and self.nearest_mode in NEAREST_MODES,
                f"expected nearest_mode in {NEAREST_MODES}, found {self.nearest_mode!r}")
         expect(min(self.size) >= 1, f"expected a positive size, found {self.size}")
 

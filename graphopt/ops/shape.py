@@ -1,12 +1,14 @@
 """Ops that move data without arithmetic: concat, flatten, reshape, transpose, pad."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..ir import TensorType
-from .base import relax_type, VARIADIC, Op, expect, expect_same_dtype, register, relax
+from .base import (relax_type, VARIADIC, Op, expect, expect_same_dtype, int_tuple, integer, real,
+                   register, relax)
 
 
 def normalize_axis(axis: int, rank: int) -> int:
@@ -20,6 +22,9 @@ class Concat(Op):
     name = "concat"
     arity = (1, VARIADIC)
     axis: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "axis", integer(self.axis, "axis"))
 
     def infer(self, *xs):
         expect_same_dtype(*xs)
@@ -49,11 +54,14 @@ class Flatten(Op):
     name = "flatten"
     axis: int = 1
 
+    def __post_init__(self):
+        object.__setattr__(self, "axis", integer(self.axis, "axis"))
+
     def infer(self, x):
         expect(-x.ndim <= self.axis <= x.ndim, f"expected axis in [{-x.ndim}, {x.ndim}], "
                f"found {self.axis} for {x}")
         axis = self.axis + x.ndim if self.axis < 0 else self.axis   # ONNX: -1 is the last axis
-        return x.with_shape((int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:]))))
+        return x.with_shape((math.prod(x.shape[:axis]), math.prod(x.shape[axis:])))
 
     def reference(self, x):
         return x.reshape(self.infer(TensorType.of(x)).shape)
@@ -72,18 +80,18 @@ class Reshape(Op):
     shape: tuple[int, ...] = ()
 
     def __post_init__(self):
-        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        object.__setattr__(self, "shape", int_tuple(self.shape, "shape"))
 
     def infer(self, x):
         shape = list(self.shape)
         expect(shape.count(-1) <= 1 and all(d >= -1 for d in shape),
                f"expected at most one -1 and no other negative size, found {self.shape}")
-        known = int(np.prod([d for d in shape if d != -1]))
+        known = math.prod(d for d in shape if d != -1)
         if -1 in shape:
             expect(known > 0 and x.numel % known == 0,
                    f"expected {x} ({x.numel} elements) to fit shape {self.shape}")
             shape[shape.index(-1)] = x.numel // known
-        expect(int(np.prod(shape)) == x.numel,
+        expect(math.prod(shape) == x.numel,
                f"expected shape {self.shape} to hold {x.numel} elements of {x}")
         return x.with_shape(shape)
 
@@ -104,7 +112,7 @@ class Transpose(Op):
     perm: tuple[int, ...] = ()
 
     def __post_init__(self):
-        object.__setattr__(self, "perm", tuple(int(d) for d in self.perm))
+        object.__setattr__(self, "perm", int_tuple(self.perm, "perm"))
 
     def infer(self, x):
         expect(sorted(self.perm) == list(range(x.ndim)),
@@ -128,7 +136,12 @@ class Pad(Op):
     value: float = 0.0
 
     def __post_init__(self):
-        object.__setattr__(self, "pads", tuple((int(a), int(b)) for a, b in self.pads))
+        expect(isinstance(self.pads, (tuple, list)) and all(
+            isinstance(p, (tuple, list)) and len(p) == 2 for p in self.pads),
+            f"expected pads as one (before, after) pair per axis, found {self.pads!r}")
+        object.__setattr__(self, "pads", tuple((integer(a, "pad"), integer(b, "pad"))
+                                               for a, b in self.pads))
+        object.__setattr__(self, "value", real(self.value, "value", finite=False))
 
     def infer(self, x):
         expect(len(self.pads) == x.ndim, f"expected {x.ndim} (before, after) pairs, found "
