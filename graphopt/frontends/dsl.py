@@ -12,10 +12,11 @@ for convolutions and linear layers, non-trivial statistics for batch_norm) unles
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import sys
 import threading
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from ..verify import verify
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _INTERNAL = tuple(os.path.join(_PACKAGE_DIR, p) for p in ("frontends", "ops", "ir.py"))
 _local = threading.local()
+T = TypeVar("T")
 
 
 def _user_location() -> str:
@@ -68,6 +70,8 @@ class Builder:
     """Collects a graph; use as a context manager so the layer functions know where to add."""
 
     def __init__(self, name: str, seed: int = 0):
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise GraphoptError(f"expected a non-negative int seed, found {seed!r}")
         self.graph = Graph(name)
         self.rng = np.random.default_rng(seed)
         self._scopes: list[str] = []
@@ -97,7 +101,12 @@ class Builder:
 
     # ---- graph boundary ---------------------------------------------------------------------------
     def input(self, name: str, shape: Sequence[int], dtype: str = "float32") -> Tensor:
-        return Tensor(self.graph.add_input(name, TensorType(tuple(shape), dtype)), self)
+        """A graph input; dimensions must be non-negative ints (8.7 or True are refused)."""
+        try:
+            type_ = TensorType(shape, dtype)
+        except ShapeError as e:
+            raise ShapeError(f"input '{name}': {e.detail} (at {_user_location()})") from None
+        return Tensor(self.graph.add_input(name, type_), self)
 
     def constant(self, name: str, data) -> Tensor:
         return Tensor(self.graph.add_constant(self.qualified(name), np.asarray(data)), self)
@@ -130,8 +139,12 @@ class Builder:
 
     # ---- used by the layer functions -------------------------------------------------------------
     def apply(self, op: ops.Op, inputs: Sequence[Tensor | Value], name: str | None = None) -> Tensor:
-        values = [t.value if isinstance(t, Tensor) else t for t in inputs]
         node_name = self.qualified(name or op.name)
+        for t in inputs:
+            if not isinstance(t, (Tensor, Value)):
+                raise GraphoptError(f"expected DSL tensors as inputs, found {type(t).__name__} "
+                                    f"(at {_user_location()})", node=node_name, op=op.name)
+        values = [t.value if isinstance(t, Tensor) else t for t in inputs]
         try:
             node = self.graph.add_node(op, values, name=node_name)
         except ShapeError as e:
@@ -143,13 +156,14 @@ class Builder:
                op: str | None = None) -> Value:
         """A named constant: the user's array (shape-checked) or a fresh draw from the seed."""
         if given is None:
-            data = init(shape)
+            data = init(shape).astype(dtype)
         else:
             data = np.asarray(given)
             if data.shape != shape:
                 raise ShapeError(f"expected {what} of shape {shape}, found {data.shape} "
                                  f"(at {_user_location()})", node=self.qualified(node), op=op)
-        return self.graph.add_constant(f"{self.qualified(node)}.{what}", data.astype(dtype))
+            data = _checked(self, node, op, lambda: convert(data, dtype, what))
+        return self.graph.add_constant(f"{self.qualified(node)}.{what}", data)
 
     def he_normal(self, fan_in: int):
         return lambda shape: self.rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
@@ -179,15 +193,72 @@ def _builder_of(*xs) -> Builder:
     return current()
 
 
+def _checked(b: Builder, name: str, op: str | None, setup: Callable[[], T]) -> T:
+    """Run a layer's setup (its op's construction, its shape checks before weights are drawn);
+    a ShapeError names the node and the user's line, like one raised when the node is added."""
+    try:
+        return setup()
+    except ShapeError as e:
+        raise ShapeError(f"{e.detail} (at {_user_location()})", node=e.node or b.qualified(name),
+                         op=e.op or op) from None
+
+
+def _op(b: Builder, name: str | None, op_class: type[ops.Op], *args) -> ops.Op:
+    """`op_class(*args)`, its attribute errors named like shape errors (see `_checked`)."""
+    return _checked(b, name or op_class.name, op_class.name, lambda: op_class(*args))
+
+
+def _count(value, what: str) -> int:
+    """A positive number of channels or features."""
+    value = ops.base.integer(value, what)
+    if value < 1:
+        raise ShapeError(f"expected a positive {what}, found {value}")
+    return value
+
+
+def convert(data, dtype: str, what: str) -> np.ndarray:
+    """`data` in `dtype`, refusing what the conversion would change silently: values that are
+    not numbers (None, strings: NaN or an error otherwise), fractions or out-of-range values for
+    an integer dtype, finite values that overflow a float dtype."""
+    try:
+        data = np.asarray(data)
+    except ValueError as e:   # ragged nested lists
+        raise ShapeError(f"expected {what} as numbers, found {e}") from None
+    if data.dtype.kind not in "biuf" or (data.dtype.kind == "b") != (dtype == "bool"):
+        raise ShapeError(f"expected {what} as {dtype} numbers, found {data.dtype} "
+                         f"{data.tolist() if data.size <= 8 else ''}".rstrip())
+    target = np.dtype(dtype)
+    if target.kind in "iu" and data.dtype.kind == "f":
+        exact = np.isfinite(data).all() and (np.floor(data) == data).all()
+        if not exact:
+            raise ShapeError(f"expected integer values for {what} ({dtype}), found {data.dtype}")
+    if target.kind in "iu" and data.size:
+        info = np.iinfo(target)
+        if data.min() < info.min or data.max() > info.max:
+            raise ShapeError(f"expected {what} within the {dtype} range "
+                             f"[{info.min}, {info.max}], found [{data.min()}, {data.max()}]")
+    with np.errstate(over="ignore"):
+        converted = data.astype(dtype)
+    if target.kind == "f" and (np.isfinite(data) & ~np.isfinite(converted)).any():
+        raise ShapeError(f"expected {what} within the {dtype} range, found values that "
+                         f"overflow it (largest magnitude {np.abs(data).max():g})")
+    return converted
+
+
 def _name(name: str | None, default: str) -> str:
     return name if name is not None else current().graph.fresh_name(current().qualified(default)) \
         .split(".")[-1]
 
 
-def _as_tensor(x, like: Tensor, b: Builder) -> Tensor:
+def _as_tensor(x, like: Tensor, b: Builder, name: str | None, op: str) -> Tensor:
+    """A tensor operand, or a number (or array) made a constant of `like`'s dtype."""
     if isinstance(x, Tensor):
         return x
-    return b.constant("const", np.asarray(x, dtype=like.dtype))
+    if not isinstance(x, (numbers.Number, np.ndarray, list, tuple)) or isinstance(x, complex):
+        raise ShapeError(f"expected a tensor or a number as operand, found {x!r} "
+                         f"(at {_user_location()})", node=b.qualified(name or op), op=op)
+    data = _checked(b, name or op, op, lambda: convert(x, like.dtype, "the operand"))
+    return b.constant("const", data)
 
 
 def _same_padding(kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -201,23 +272,44 @@ def conv2d(x: Tensor, out_channels: int, kernel, stride=1, padding=0, dilation=1
     """Convolution with a [out_channels, in/groups, kh, kw] weight; padding may be an int, (h, w),
     (top, left, bottom, right) or "same"."""
     b = _builder_of(x)
-    kernel, dilation = ops.base.pair(kernel), ops.base.pair(dilation)
-    if padding == "same":
-        padding = _same_padding(kernel, dilation)
     name = _name(name, "conv")
-    in_channels = x.shape[1] if len(x.shape) == 4 else -1
-    if in_channels % groups or out_channels % groups:
-        raise ShapeError(f"expected channels ({in_channels} in, {out_channels} out) divisible by "
-                         f"groups {groups}, found {x.value.type} (at {_user_location()})",
-                         node=b.qualified(name), op="conv2d")
-    fan_in = in_channels // groups * kernel[0] * kernel[1]
-    shape = (out_channels, in_channels // groups, *kernel)
+
+    def plan():
+        kernel_hw = ops.base.pair(kernel, "kernel")
+        pads = padding
+        if isinstance(padding, str):
+            if padding != "same":
+                raise ShapeError(f"expected padding as an int, (h, w), (top, left, bottom, "
+                                 f"right) or 'same', found {padding!r}")
+            pads = _same_padding(kernel_hw, ops.base.pair(dilation, "dilation"))
+        op = ops.Conv2d(stride, pads, dilation, groups)
+        shape = _grouped_weight(x, _count(out_channels, "out_channels"), op.groups, kernel_hw)
+        op.infer(x.value.type, TensorType(shape, x.dtype))   # before any weight is drawn
+        return op, shape
+
+    op, shape = _checked(b, name, "conv2d", plan)
+    fan_in = shape[1] * shape[2] * shape[3]
     inputs = [x, b.weight(name, "weight", shape, b.he_normal(fan_in), weight, x.dtype,
                           op="conv2d")]
     if bias or bias_value is not None:
         inputs.append(b.weight(name, "bias", (out_channels,), b.uniform(1 / np.sqrt(fan_in)),
                                bias_value, x.dtype, op="conv2d"))
-    return b.apply(ops.Conv2d(stride, padding, dilation, groups), inputs, name)
+    return b.apply(op, inputs, name)
+
+
+def _grouped_weight(x, out_channels: int, groups: int, kernel) -> tuple[int, ...]:
+    """[out_channels, in_channels / groups, kh, kw], once the channels divide by `groups`."""
+    _expect_tensor(x)
+    in_channels = x.shape[1] if len(x.shape) == 4 else 0
+    if in_channels % groups or out_channels % groups:
+        raise ShapeError(f"expected channels ({in_channels} in, {out_channels} out) divisible by "
+                         f"groups {groups}, found {x.value.type}")
+    return (out_channels, in_channels // groups, *kernel)
+
+
+def _expect_tensor(x) -> None:
+    if not isinstance(x, Tensor):
+        raise ShapeError(f"expected a DSL tensor as input, found {type(x).__name__}")
 
 
 def conv_transpose2d(x: Tensor, out_channels: int, kernel, stride=1, padding=0, output_padding=0,
@@ -225,22 +317,24 @@ def conv_transpose2d(x: Tensor, out_channels: int, kernel, stride=1, padding=0, 
                      name: str | None = None) -> Tensor:
     """Transposed convolution with a [in, out_channels/groups, kh, kw] weight."""
     b = _builder_of(x)
-    kernel = ops.base.pair(kernel)
     name = _name(name, "deconv")
-    in_channels = x.shape[1] if len(x.shape) == 4 else -1
-    if in_channels % groups or out_channels % groups:
-        raise ShapeError(f"expected channels ({in_channels} in, {out_channels} out) divisible by "
-                         f"groups {groups} (at {_user_location()})", node=b.qualified(name),
-                         op="conv_transpose2d")
-    fan_in = out_channels // groups * kernel[0] * kernel[1]
-    shape = (in_channels, out_channels // groups, *kernel)
+
+    def plan():
+        op = ops.ConvTranspose2d(stride, padding, output_padding, dilation, groups)
+        out_c, in_per_group, *kernel_hw = _grouped_weight(
+            x, _count(out_channels, "out_channels"), op.groups, ops.base.pair(kernel, "kernel"))
+        shape = (in_per_group * op.groups, out_c // op.groups, *kernel_hw)
+        op.infer(x.value.type, TensorType(shape, x.dtype))   # before any weight is drawn
+        return op, shape
+
+    op, shape = _checked(b, name, "conv_transpose2d", plan)
+    fan_in = shape[1] * shape[2] * shape[3]
     inputs = [x, b.weight(name, "weight", shape, b.he_normal(fan_in), weight, x.dtype,
                           op="conv_transpose2d")]
     if bias or bias_value is not None:
         inputs.append(b.weight(name, "bias", (out_channels,), b.uniform(1 / np.sqrt(fan_in)),
                                bias_value, x.dtype, op="conv_transpose2d"))
-    return b.apply(ops.ConvTranspose2d(stride, padding, output_padding, dilation, groups),
-                   inputs, name)
+    return b.apply(op, inputs, name)
 
 
 def batch_norm(x: Tensor, epsilon: float = 1e-5, scale=None, bias=None, mean=None, var=None,
@@ -249,6 +343,8 @@ def batch_norm(x: Tensor, epsilon: float = 1e-5, scale=None, bias=None, mean=Non
     var != 1, scale != 1) so that folding it into a convolution is really exercised."""
     b = _builder_of(x)
     name = _name(name, "bn")
+    op = _op(b, name, ops.BatchNorm, epsilon)
+    _checked(b, name, op.name, lambda: _expect_tensor(x))
     c = (x.shape[1],) if len(x.shape) >= 2 else (0,)
 
     def stat(what, init, given):
@@ -258,7 +354,7 @@ def batch_norm(x: Tensor, epsilon: float = 1e-5, scale=None, bias=None, mean=Non
               stat("bias", lambda s: b.rng.normal(0.0, 0.1, s), bias),
               stat("running_mean", lambda s: b.rng.normal(0.0, 0.1, s), mean),
               stat("running_var", b.uniform(1.5, 0.5), var)]
-    return b.apply(ops.BatchNorm(epsilon), inputs, name)
+    return b.apply(op, inputs, name)
 
 
 def linear(x: Tensor, out_features: int, bias: bool = True, weight=None, bias_value=None,
@@ -266,56 +362,66 @@ def linear(x: Tensor, out_features: int, bias: bool = True, weight=None, bias_va
     """Fully connected layer with a [out_features, in_features] weight (torch's layout)."""
     b = _builder_of(x)
     name = _name(name, "fc")
-    in_features = x.shape[-1] if x.shape else 0
+    op = ops.Linear()
+
+    def plan():
+        _expect_tensor(x)
+        shape = (_count(out_features, "out_features"), x.shape[-1] if x.shape else 0)
+        op.infer(x.value.type, TensorType(shape, x.dtype))   # before any weight is drawn
+        return shape
+
+    out_features, in_features = _checked(b, name, op.name, plan)
     inputs = [x, b.weight(name, "weight", (out_features, in_features), b.he_normal(in_features),
                           weight, x.dtype, op="linear")]
     if bias or bias_value is not None:
         inputs.append(b.weight(name, "bias", (out_features,), b.uniform(1 / np.sqrt(in_features)),
                                bias_value, x.dtype, op="linear"))
-    return b.apply(ops.Linear(), inputs, name)
+    return b.apply(op, inputs, name)
 
 
 # ---- weightless layers ---------------------------------------------------------------------------
-def _unary(op: ops.Op, x: Tensor, name: str | None) -> Tensor:
-    return _builder_of(x).apply(op, [x], name)
+def _unary(x: Tensor, name: str | None, op_class: type[ops.Op], *args) -> Tensor:
+    b = _builder_of(x)
+    return b.apply(_op(b, name, op_class, *args), [x], name)
 
 
-def identity(x, name=None): return _unary(ops.Identity(), x, name)
-def relu(x, name=None): return _unary(ops.Relu(), x, name)
-def relu6(x, name=None): return _unary(ops.Clip(0.0, 6.0), x, name or "relu6")
-def clip(x, min=None, max=None, name=None): return _unary(ops.Clip(min, max), x, name)
-def leaky_relu(x, alpha=0.01, name=None): return _unary(ops.LeakyRelu(alpha), x, name)
-def sigmoid(x, name=None): return _unary(ops.Sigmoid(), x, name)
-def tanh(x, name=None): return _unary(ops.Tanh(), x, name)
-def softmax(x, axis=-1, name=None): return _unary(ops.Softmax(axis), x, name)
-def dropout(x, ratio=0.5, name=None): return _unary(ops.Dropout(ratio), x, name)
-def global_avg_pool2d(x, name=None): return _unary(ops.GlobalAvgPool2d(), x, name)
-def global_max_pool2d(x, name=None): return _unary(ops.GlobalMaxPool2d(), x, name)
-def flatten(x, axis=1, name=None): return _unary(ops.Flatten(axis), x, name)
-def reshape(x, shape, name=None): return _unary(ops.Reshape(tuple(shape)), x, name)
-def transpose(x, perm, name=None): return _unary(ops.Transpose(tuple(perm)), x, name)
+def identity(x, name=None): return _unary(x, name, ops.Identity)
+def relu(x, name=None): return _unary(x, name, ops.Relu)
+def relu6(x, name=None): return _unary(x, name or "relu6", ops.Clip, 0.0, 6.0)
+def clip(x, min=None, max=None, name=None): return _unary(x, name, ops.Clip, min, max)
+def leaky_relu(x, alpha=0.01, name=None): return _unary(x, name, ops.LeakyRelu, alpha)
+def sigmoid(x, name=None): return _unary(x, name, ops.Sigmoid)
+def tanh(x, name=None): return _unary(x, name, ops.Tanh)
+def softmax(x, axis=-1, name=None): return _unary(x, name, ops.Softmax, axis)
+def dropout(x, ratio=0.5, name=None): return _unary(x, name, ops.Dropout, ratio)
+def global_avg_pool2d(x, name=None): return _unary(x, name, ops.GlobalAvgPool2d)
+def global_max_pool2d(x, name=None): return _unary(x, name, ops.GlobalMaxPool2d)
+def flatten(x, axis=1, name=None): return _unary(x, name, ops.Flatten, axis)
+def reshape(x, shape, name=None): return _unary(x, name, ops.Reshape, shape)
+def transpose(x, perm, name=None): return _unary(x, name, ops.Transpose, perm)
 
 
 def lrn(x, size=5, alpha=1e-4, beta=0.75, bias=1.0, name=None):
-    return _unary(ops.Lrn(size, alpha, beta, bias), x, name)
+    return _unary(x, name, ops.Lrn, size, alpha, beta, bias)
 
 
 def max_pool2d(x, kernel, stride=None, padding=0, dilation=1, ceil_mode=False, name=None):
-    return _unary(ops.MaxPool2d(kernel, stride, padding, dilation, ceil_mode), x, name)
+    return _unary(x, name, ops.MaxPool2d, kernel, stride, padding, dilation, ceil_mode)
 
 
 def avg_pool2d(x, kernel, stride=None, padding=0, ceil_mode=False, count_include_pad=False,
                name=None):
-    return _unary(ops.AvgPool2d(kernel, stride, padding, 1, ceil_mode, count_include_pad), x, name)
+    return _unary(x, name, ops.AvgPool2d, kernel, stride, padding, 1, ceil_mode,
+                  count_include_pad)
 
 
 def pad(x, pads, value=0.0, name=None):
     """`pads`: one (before, after) pair per axis, or (top, left, bottom, right) for NCHW H and W."""
-    pads = tuple(pads)
-    if len(pads) == 4 and all(isinstance(p, (int, np.integer)) for p in pads) and len(x.shape) == 4:
+    if isinstance(pads, (tuple, list)) and len(pads) == 4 and isinstance(x, Tensor) \
+            and len(x.shape) == 4 and all(isinstance(p, (int, np.integer)) for p in pads):
         t, l, bt, r = pads
         pads = ((0, 0), (0, 0), (t, bt), (l, r))
-    return _unary(ops.Pad(pads, value), x, name)
+    return _unary(x, name, ops.Pad, pads, value)
 
 
 def resize(x, size=None, scale=None, mode="nearest", align_corners=False, name=None):
@@ -329,22 +435,31 @@ def resize(x, size=None, scale=None, mode="nearest", align_corners=False, name=N
         if scale is None:
             raise GraphoptError(f"resize needs a size or a scale (at {_user_location()})",
                                 op="resize")
-        scales = (scale, scale) if isinstance(scale, (int, float)) else tuple(scale)
-        if len(scales) != 2 or not all(isinstance(s, (int, float)) and s > 0 for s in scales):
-            raise ShapeError(f"expected a positive scale or (h, w) pair of scales, found {scale!r} "
-                             f"(at {_user_location()})", op="resize")
+        scales = (scale, scale) if isinstance(scale, numbers.Real) else scale
+        if not isinstance(scales, (tuple, list)) or len(scales) != 2 or not all(
+                isinstance(s, numbers.Real) and not isinstance(s, bool) and 0 < s < float("inf")
+                for s in scales):
+            raise ShapeError(f"expected a positive finite scale or (h, w) pair of scales, found "
+                             f"{scale!r} (at {_user_location()})",
+                             node=_builder_of(x).qualified(name or "resize"), op="resize")
+        _checked(_builder_of(x), name or "resize", "resize", lambda: (
+            _expect_tensor(x), ops.base.expect_rank(x.value.type, 4, "input x")))
         size = tuple(int(np.floor(d * s)) for d, s in zip(x.shape[2:4], scales))
     if mode == "nearest":
-        op = ops.Resize(size, "nearest", "asymmetric", "floor")
-    else:
-        op = ops.Resize(size, "bilinear", "align_corners" if align_corners else "half_pixel")
-    return _unary(op, x, name)
+        return _unary(x, name, ops.Resize, size, "nearest", "asymmetric", "floor")
+    return _unary(x, name, ops.Resize, size, "bilinear",
+                  "align_corners" if align_corners else "half_pixel")
 
 
 def _binary(op: ops.Op, a, b_, name) -> Tensor:
     b = _builder_of(a, b_)
+    if not isinstance(a, Tensor) and not isinstance(b_, Tensor):
+        raise GraphoptError(f"expected a DSL tensor among the operands, found "
+                            f"{type(a).__name__} and {type(b_).__name__} (at {_user_location()})",
+                            node=b.qualified(name or op.name), op=op.name)
     like = a if isinstance(a, Tensor) else b_
-    return b.apply(op, [_as_tensor(a, like, b), _as_tensor(b_, like, b)], name)
+    return b.apply(op, [_as_tensor(a, like, b, name, op.name),
+                        _as_tensor(b_, like, b, name, op.name)], name)
 
 
 def add(a, b, name=None): return _binary(ops.Add(), a, b, name)
@@ -355,7 +470,11 @@ def matmul(a, b, name=None): return _binary(ops.Matmul(), a, b, name)
 
 
 def concat(xs: Sequence[Tensor], axis: int = 1, name=None) -> Tensor:
-    return _builder_of(*xs).apply(ops.Concat(axis), list(xs), name)
+    if not isinstance(xs, (list, tuple)):
+        raise GraphoptError(f"expected a list of tensors to concat, found {type(xs).__name__} "
+                            f"(at {_user_location()})", op="concat")
+    b = _builder_of(*xs)
+    return b.apply(_op(b, name, ops.Concat, axis), list(xs), name)
 
 
 __all__ = ["Builder", "Tensor", "current", "conv2d", "conv_transpose2d", "batch_norm", "linear",
