@@ -46,7 +46,7 @@ class Relu(Unary):
         return np.maximum(x, x.dtype.type(0))
 
     def lower_tvm(self, bb, x):
-        return relax().op.nn.relu(x)
+        return bb.call_te(clamp, x, 0, None, primfunc_name_hint="relu")
 
 
 @register
@@ -75,19 +75,31 @@ class Clip(Unary):
         return np.clip(x, lo, hi).astype(x.dtype)
 
     def lower_tvm(self, bb, x):
-        rx = relax()
-        dtype = relax_type(x).dtype
-        info = np.finfo(dtype) if dtype.startswith("float") else np.iinfo(dtype)
-        lo = float(info.min) if self.min is None else self.min
-        hi = float(info.max) if self.max is None else self.max
-        return rx.op.clip(x, rx.prim_value(rx_prim(lo, dtype)), rx.prim_value(rx_prim(hi, dtype)))
+        return bb.call_te(clamp, x, self.min, self.max, primfunc_name_hint="clip")
 
 
-def rx_prim(value: float, dtype: str):
-    import tvm
-    if dtype.startswith("float"):
-        return tvm.tirx.FloatImm(dtype, value)
-    return tvm.tirx.IntImm(dtype, int(value))
+def clamp(y, low: float | None, high: float | None):
+    """TE: `y` clamped to [low, high] (None: unbounded) as numpy's maximum and clip compute it,
+    NaN passing through (relu, clip and their fused-conv epilogues). TIR's max(y, 0) is
+    `y > 0 ? y : 0`, which would turn NaN into 0; a bound an integer dtype cannot reach is
+    dropped, a fractional one truncated (what numpy's clip then cast gives)."""
+    from tvm import te, tirx
+    dtype = str(y.dtype)
+    if not dtype.startswith("float"):
+        lowest, highest = (0, 1) if dtype == "bool" else (np.iinfo(dtype).min, np.iinfo(dtype).max)
+        low = None if low is None or low <= lowest else int(min(low, highest))
+        high = None if high is None or high >= highest else int(max(high, lowest))
+    low_, high_ = (None if v is None else tirx.const(v, dtype) for v in (low, high))
+
+    def clamped(*index):
+        value = y(*index)
+        if high_ is not None:
+            value = tirx.Select(value > high_, high_, value)
+        if low_ is not None:
+            value = tirx.Select(value < low_, low_, value)
+        return value
+
+    return te.compute(y.shape, clamped, name="clamp")
 
 
 @register

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .activation import Clip, LeakyRelu, Relu
+from .activation import Clip, LeakyRelu, Relu, clamp
 from .base import Op
 
 
@@ -31,8 +31,7 @@ def _clip_bounds(op, dtype: str) -> tuple[float, float]:
 
 
 def _te_relu(op, y):
-    from tvm import topi
-    return topi.nn.relu(y)
+    return clamp(y, 0, None)
 
 
 def _te_leaky_relu(op, y):
@@ -41,8 +40,7 @@ def _te_leaky_relu(op, y):
 
 
 def _te_clip(op, y):
-    from tvm import topi
-    return topi.clip(y, *_clip_bounds(op, str(y.dtype)))
+    return clamp(y, op.min, op.max)
 
 
 EPILOGUE = {

@@ -21,6 +21,22 @@ def pool_out_size(size, kernel, stride, pad_begin, pad_end, dilation, ceil_mode)
     return out
 
 
+def nan_max(a, b):
+    """TIR: the larger of a and b, NaN if either is NaN (numpy's maximum). TIR's max is
+    `a > b ? a : b`, which drops a NaN in `a`; max pools reduce with this instead."""
+    from tvm import tirx
+    dtype = a.dtype if hasattr(a, "dtype") else a.ty   # a TensorSlice, or any PrimExpr
+    if not str(dtype).startswith("float"):
+        return tirx.max(a, b)
+    return tirx.Select(tirx.any(tirx.isnan(a), a > b), a, b)
+
+
+def nan_max_reducer():
+    """A TE reducer with `nan_max` as its combiner."""
+    from tvm import te, tirx
+    return te.comm_reducer(nan_max, lambda dtype: tirx.min_value(dtype), name="nan_max")
+
+
 @dataclass(frozen=True)
 class Pool2d(Op):
     kernel: tuple[int, int] = (1, 1)
@@ -110,9 +126,25 @@ class MaxPool2d(Pool2d):
             return bb.call_te(separable_max_pool2d, x, self.kernel, self.stride, self.dilation,
                               self.padding[0], self.padding[1], out_h, out_w,
                               primfunc_name_hint="max_pool2d")
-        return relax().op.nn.max_pool2d(x, pool_size=self.kernel, strides=self.stride,
-                                        padding=self.padding, dilation=self.dilation,
-                                        ceil_mode=self.ceil_mode)
+        n, c, h, w = x.ty.shape
+        return bb.call_te(self.max_pool, x, *self.out_hw(int(h), int(w)),
+                          primfunc_name_hint="max_pool2d")
+
+    def max_pool(self, x, out_h: int, out_w: int):
+        """TE: the max over each window (padding reads as -inf), NaN-propagating."""
+        from tvm import te, tirx
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+        pad_top, pad_left = self.padding[:2]
+        n, c, h, w = (int(v) for v in x.shape)
+        ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+        reducer, lowest = nan_max_reducer(), tirx.min_value(x.dtype)
+
+        def window(b, ch, i, j):
+            row, col = i * sh + ry * dh - pad_top, j * sw + rx * dw - pad_left
+            inside = tirx.all(row >= 0, row < h, col >= 0, col < w)
+            return reducer(tirx.if_then_else(inside, x[b, ch, row, col], lowest), axis=[ry, rx])
+
+        return te.compute((n, c, out_h, out_w), window, name="max_pool2d")
 
 
 @register
@@ -180,7 +212,17 @@ class GlobalMaxPool2d(Op):
         return x.max(axis=(2, 3), keepdims=True)
 
     def lower_tvm(self, bb, x):
-        return relax().op.max(x, axis=[2, 3], keepdims=True)
+        return bb.call_te(global_max_pool, x, primfunc_name_hint="global_max_pool2d")
+
+
+def global_max_pool(x):
+    """TE: the max over H and W, NaN-propagating (see `nan_max`)."""
+    from tvm import te
+    n, c, h, w = (int(v) for v in x.shape)
+    ry, rx = te.reduce_axis((0, h), "ry"), te.reduce_axis((0, w), "rx")
+    reducer = nan_max_reducer()
+    return te.compute((n, c, 1, 1), lambda b, ch, i, j: reducer(x[b, ch, ry, rx], axis=[ry, rx]),
+                      name="global_max_pool2d")
 
 
 @register

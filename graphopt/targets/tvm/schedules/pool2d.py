@@ -20,6 +20,7 @@ def separable_max_pool2d(x, kernel, stride, dilation, pad_top, pad_left, out_h: 
     """TE compute of an NCHW max pool as a row max (`ROWS_BLOCK`, width padded with -inf so that
     the column pass needs no bounds checks) followed by a column max (`COLUMNS_BLOCK`)."""
     from tvm import te, tirx
+    from ....ops.pool import nan_max   # NaN-propagating, as the interpreter's maximum
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     n, c, h, w = (int(v) for v in x.shape)
     lowest = tirx.min_value(x.dtype)
@@ -31,7 +32,7 @@ def separable_max_pool2d(x, kernel, stride, dilation, pad_top, pad_left, out_h: 
             row, src_col = oh * sh + i * dh - pad_top, col - pad_left
             inside = tirx.all(row >= 0, row < h, src_col >= 0, src_col < w)
             value = tirx.if_then_else(inside, x[b, ch, row, src_col], lowest)
-            best = value if best is None else tirx.max(best, value)
+            best = value if best is None else nan_max(best, value)
         return best
 
     rows_max = te.compute((n, c, out_h, padded_w), rows, name=ROWS_BLOCK)
@@ -40,7 +41,7 @@ def separable_max_pool2d(x, kernel, stride, dilation, pad_top, pad_left, out_h: 
         best = None
         for j in range(kw):
             value = rows_max[b, ch, oh, ow * sw + j * dw]
-            best = value if best is None else tirx.max(best, value)
+            best = value if best is None else nan_max(best, value)
         return best
 
     return te.compute((n, c, out_h, out_w), columns, name=COLUMNS_BLOCK)
