@@ -38,7 +38,9 @@ def load(path: str, threads: int | None = None):
 
 
 def load_onnx(source, **options) -> Graph:
-    """Import an ONNX model (path, bytes or onnx.ModelProto) as a verified Graph."""
+    """Import an ONNX model (path, bytes or onnx.ModelProto) as a verified Graph. Options:
+    `input_shapes`, `constant_inputs`, `max_constant_bytes` (the bound on the constant arrays
+    the import creates, 1 GiB by default)."""
     from .frontends.onnx import load_onnx as import_onnx
     return import_onnx(source, **options)
 

@@ -99,6 +99,14 @@ def huge_gather(model):
         numpy_helper.from_array(np.zeros(1 << 16, np.int64), "zeros")])
 
 
+def invalid_utf8(marker: bytes) -> bytes:
+    """The valid model's bytes with the last byte of `marker` (a name, same length) made 0xff:
+    protobuf parses it, the field comes back as bytes instead of str."""
+    data = valid_model().SerializeToString()
+    assert data.count(marker) >= 1
+    return data.replace(marker, marker[:-1] + b"\xff")
+
+
 # (id, damage, expected error type, regex the message must match)
 DAMAGE = [
     ("truncated_bytes", lambda: valid_model().SerializeToString()[:-40], ModelFormatError,
@@ -131,6 +139,14 @@ DAMAGE = [
      r"folding this ConstantOfShape would create \d+ elements"),
     ("folding_bomb_gather", lambda: damaged(huge_gather), ModelFormatError,
      r"node 'bomb' \(Gather\): folding this Gather would create 4294967296 elements"),
+    ("invalid_utf8_node_name", lambda: invalid_utf8(b"flatten"), ModelFormatError,
+     r"model.graph.node\[2\].name is not valid UTF-8 text: b'flatte\\xff'"),
+    ("invalid_utf8_value_name", lambda: invalid_utf8(b"fc.weight"), ModelFormatError,
+     r"model.graph.node\[3\].input\[1\] is not valid UTF-8 text"),
+    ("invalid_utf8_graph_name", lambda: invalid_utf8(b"small"), ModelFormatError,
+     r"model.graph.name is not valid UTF-8 text"),
+    ("invalid_utf8_op_type", lambda: invalid_utf8(b"Gemm"), ModelFormatError,
+     r"model.graph.node\[3\].op_type is not valid UTF-8 text"),
     ("no_such_file", lambda: "/nonexistent/model.onnx", ModelFormatError, "cannot read"),
     ("wrong_source_type", lambda: 42, ModelFormatError, "expected a path, bytes"),
 ]

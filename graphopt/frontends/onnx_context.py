@@ -9,6 +9,7 @@ import onnx
 from onnx import helper
 
 from .. import ops
+from ..errors import ModelFormatError
 from ..ir import TensorType, Value
 
 
@@ -52,6 +53,14 @@ class NodeContext:
         if not self.is_static(i):
             raise UnsupportedForm(f"{what} (input {i}) must be a constant")
         return self.importer.static[self.node.input[i]]
+
+    def static_ints(self, i: int, what: str) -> list[int]:
+        """A constant input that ONNX defines as integers (a shape, pads, axes), flattened."""
+        data = self.static(i, what)
+        if data.dtype.kind not in "iu":
+            raise ModelFormatError(f"{what} (input {i}) must hold integers, found {data.dtype}",
+                                   node=self.name, op=self.op_type)
+        return [int(v) for v in data.reshape(-1)]
 
     def constant(self, name: str, data: np.ndarray) -> Value:
         return self.graph.add_constant(name, np.asarray(data))

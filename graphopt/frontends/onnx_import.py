@@ -10,15 +10,16 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from .. import ops
-from ..errors import GraphoptError, ModelFormatError, UnsupportedOpError
+from ..errors import GraphoptError, ModelFormatError, ShapeError, UnsupportedOpError
 from ..ir import DTYPES, Graph, TensorType, Value
 from ..verify import verify
 from .onnx_context import NodeContext, UnsupportedForm, onnx_dtype
-from .onnx_load import (ModelSource, check_model, default_opset, first_line, read_model,
-                        sort_nodes, upgrade_opset)
+from .onnx_load import (DEFAULT_MAX_CONSTANT_BYTES, ConstantBudget, ModelSource, check_model,
+                        default_opset, first_line, read_model, sort_nodes, tensor_array,
+                        upgrade_opset)
 
 # Ops evaluated at import time when all their inputs are known (shape arithmetic, constants).
 FOLDABLE = frozenset({
@@ -28,16 +29,17 @@ FOLDABLE = frozenset({
     "Reshape", "Sign", "Slice", "Sqrt", "Squeeze", "Sub", "Tile", "Transpose", "Unsqueeze",
     "Where"})
 MAX_FOLDED_ELEMENTS = 1 << 24
+FOLDED_ITEMSIZE = 8   # bytes per folded element reserved before folding (the widest numeric type)
 
 
 class Importer:
     """One conversion of one model."""
 
     def __init__(self, model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]],
-                 constant_inputs: Mapping[str, np.ndarray]):
+                 constant_inputs: Mapping[str, np.ndarray], budget: ConstantBudget):
         from .onnx_ops import TABLE
         self.table = TABLE
-        self.model, self.opset = model, default_opset(model)
+        self.model, self.opset, self.budget = model, default_opset(model), budget
         self.graph = Graph(model.graph.name or "onnx_model")
         self.values: dict[str, Value] = {}
         self.static: dict[str, np.ndarray] = {}
@@ -54,7 +56,10 @@ class Importer:
     def read_initializers(self) -> None:
         for tensor in self.model.graph.initializer:
             try:
-                self.static[tensor.name] = numpy_helper.to_array(tensor)
+                self.static[tensor.name] = tensor_array(tensor, f"initializer '{tensor.name}'",
+                                                        self.budget)
+            except GraphoptError:
+                raise
             except Exception as e:
                 raise ModelFormatError(f"initializer '{tensor.name}' cannot be read "
                                        f"({onnx_dtype(tensor.data_type)}"
@@ -80,7 +85,7 @@ class Importer:
                 raise UnsupportedOpError(f"graph input '{v.name}' has dtype {dtype}; graphopt "
                                          f"supports {', '.join(DTYPES)}")
             if v.name in input_shapes:
-                shape = tuple(int(d) for d in input_shapes[v.name])
+                shape = input_shapes[v.name]
             else:
                 if not tt.HasField("shape"):
                     raise ModelFormatError(f"graph input '{v.name}' has no shape; pass "
@@ -93,7 +98,11 @@ class Importer:
                                            f"{symbolic} (shape {dims}); graphopt needs static "
                                            f"shapes: pass input_shapes={{'{v.name}': (...)}}")
                 shape = tuple(dims)
-            self.values[v.name] = self.graph.add_input(v.name, TensorType(shape, dtype))
+            try:
+                type_ = TensorType(shape, dtype)
+            except ShapeError as e:
+                raise ShapeError(f"graph input '{v.name}': {e.detail}") from None
+            self.values[v.name] = self.graph.add_input(v.name, type_)
 
     def finish_outputs(self) -> None:
         outputs = []
@@ -171,6 +180,8 @@ class Importer:
                 if e.node is not None:
                     raise
                 raise type(e)(e.detail, node=label, op=node.op_type) from None
+            except MemoryError:
+                raise   # not the model's form: the process is out of memory
             except Exception as e:   # a malformed node must never escape as a raw traceback
                 raise ModelFormatError(f"cannot convert: {type(e).__name__}: {first_line(e)}",
                                        node=label, op=node.op_type) from None
@@ -189,7 +200,7 @@ class Importer:
         if op_type in ("Shape", "Size"):
             results = [self.shape_of(NodeContext(self, node, label))]
         elif op_type == "Constant":
-            results = [constant_value(NodeContext(self, node, label))]
+            results = [constant_value(NodeContext(self, node, label), self.budget)]
         elif op_type in FOLDABLE and all(n in self.static for n in inputs):
             results = self.fold(node)
         elif op_type in self.table:
@@ -222,7 +233,9 @@ class Importer:
         """Evaluate a node on known inputs with onnx's reference implementation."""
         from onnx.reference import ReferenceEvaluator
         feeds = {n: self.static[n] for n in node.input if n}
-        check_fold_size(node, [self.static[n] if n else None for n in node.input])
+        count = check_fold_size(node, [self.static[n] if n else None for n in node.input])
+        what = f"the folded result of this {node.op_type}"
+        self.budget.reserve(count * FOLDED_ITEMSIZE, what)
         inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype),
                                                 a.shape) for n, a in feeds.items()]
         outputs = [helper.make_value_info(o, onnx.TypeProto()) for o in node.output if o]
@@ -230,7 +243,9 @@ class Importer:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
         results = ReferenceEvaluator(model).run(None, feeds)
         named = dict(zip([o for o in node.output if o], results))
-        return [np.asarray(named[o]) if o else None for o in node.output]
+        folded = [np.asarray(named[o]) if o else None for o in node.output]
+        self.budget.charge(sum(a.nbytes for a in folded if a is not None), what)
+        return folded
 
     def raise_unsupported(self) -> None:
         if not self.unsupported:
@@ -245,10 +260,10 @@ class Importer:
                                  f"type(s)/form(s): " + "; ".join(parts))
 
 
-def constant_value(ctx: NodeContext) -> np.ndarray:
+def constant_value(ctx: NodeContext, budget: ConstantBudget) -> np.ndarray:
     for a in ctx.node.attribute:
         if a.name == "value":
-            return numpy_helper.to_array(a.t)
+            return tensor_array(a.t, f"the value of Constant '{ctx.name}'", budget)
         if a.name in ("value_float", "value_int"):
             return np.array(helper.get_attribute_value(a),
                             np.float32 if a.name == "value_float" else np.int64)
@@ -264,11 +279,17 @@ BROADCASTING = frozenset({"Add", "And", "Div", "Equal", "Greater", "Less", "Max"
                           "Mul", "Or", "Sub", "Where"})
 
 
-def check_fold_size(node: onnx.NodeProto, inputs: list[np.ndarray | None]) -> None:
-    """Refuse to fold ops whose output would be huge (a malformed or hostile model); the other
-    foldable ops never produce more elements than their inputs hold."""
+def check_fold_size(node: onnx.NodeProto, inputs: list[np.ndarray | None]) -> int:
+    """The number of elements folding `node` creates at most, computed before anything is
+    allocated; a huge one (a malformed or hostile model) is refused. Ops not listed never
+    produce more elements than their inputs hold together (Concat: the sum, even when one
+    input is repeated)."""
     op = node.op_type
-    count = 0
+    present = [a for a in inputs if a is not None]
+    if any(a.dtype.kind not in "biuf" for a in present) or (op == "Cast" and any(
+            a.name == "to" and a.i == onnx.TensorProto.STRING for a in node.attribute)):
+        raise UnsupportedForm("folding string tensors")
+    count = sum(a.size for a in present)
     if op in BROADCASTING:
         count = np.prod(np.broadcast_shapes(*(a.shape for a in inputs if a is not None)),
                         dtype=np.float64)
@@ -286,23 +307,30 @@ def check_fold_size(node: onnx.NodeProto, inputs: list[np.ndarray | None]) -> No
         count = np.prod(np.multiply(inputs[0].shape, inputs[1]).astype(np.float64))
     elif op == "Range":
         start, limit, delta = (float(np.asarray(a).reshape(-1)[0]) for a in inputs[:3])
-        count = math.ceil((limit - start) / delta) if delta != 0 else math.inf
+        span = (limit - start) / delta if delta != 0 else math.inf
+        count = math.ceil(span) if math.isfinite(span) else math.inf
     if not 0 <= count <= MAX_FOLDED_ELEMENTS:
         raise ModelFormatError(f"folding this {op} would create {count:.0f} elements (limit "
                                f"{MAX_FOLDED_ELEMENTS})", node=node.name or None, op=op)
+    return int(count)
 
 
 def load_onnx(source: ModelSource, *, input_shapes: Mapping[str, Sequence[int]] | None = None,
-              constant_inputs: Mapping[str, np.ndarray] | None = None) -> Graph:
+              constant_inputs: Mapping[str, np.ndarray] | None = None,
+              max_constant_bytes: int = DEFAULT_MAX_CONSTANT_BYTES) -> Graph:
     """Import an ONNX model (path, bytes or ModelProto) as a verified graphopt Graph.
 
     `input_shapes` fixes symbolic input dimensions; `constant_inputs` binds graph inputs to
-    arrays (for inputs that must be static in graphopt, such as a Reshape's target shape)."""
+    arrays (for inputs that must be static in graphopt, such as a Reshape's target shape).
+    `max_constant_bytes` (1 GiB by default) bounds the constant arrays the import creates
+    (initializers, external data, Constant values, folded shape arithmetic), each checked
+    before it is allocated: a larger model is refused with a ModelFormatError."""
+    budget = ConstantBudget(max_constant_bytes)
     try:
-        model = upgrade_opset(read_model(source))
+        model = upgrade_opset(read_model(source, budget))
         nodes = sort_nodes(model)
         check_model(model, [index for index, _, _ in nodes])
-        importer = Importer(model, input_shapes or {}, constant_inputs or {})
+        importer = Importer(model, input_shapes or {}, constant_inputs or {}, budget)
         return importer.run(nodes)
     except GraphoptError:
         raise
@@ -310,6 +338,8 @@ def load_onnx(source: ModelSource, *, input_shapes: Mapping[str, Sequence[int]] 
         raise UnsupportedOpError(str(e)) from None
     except RecursionError:
         raise ModelFormatError("the model is nested too deeply to read") from None
+    except MemoryError:
+        raise   # not the model's form: the process is out of memory
     except Exception as e:   # last line of defence: never a raw traceback from deep inside
         raise ModelFormatError(f"cannot import the model: {type(e).__name__}: "
                                f"{first_line(e)}") from None

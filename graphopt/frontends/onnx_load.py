@@ -1,23 +1,60 @@
-"""Reading an ONNX model safely: parse (path, bytes or ModelProto), load external weights only from
-inside the model's directory, bring old opsets up to 13, and check the graph's structure (dangling
-inputs, cycles) before anything walks it. Every failure is a `ModelFormatError` naming the node."""
+"""Reading an ONNX model safely: parse (path, bytes or ModelProto), refuse names that are not
+UTF-8, load external weights only from inside the model's directory, bring old opsets up to 13,
+and check the graph's structure (dangling inputs, cycles) before anything walks it. Every
+failure is a `ModelFormatError` naming the node.
+
+Memory is bounded: every constant array the import creates (initializers, external data,
+Constant values, folded results) is charged to a `ConstantBudget` before it is allocated, from
+the sizes its dims and dtype declare."""
 from __future__ import annotations
 
+import math
 import os
 from typing import Union
 
 import networkx as nx
+import numpy as np
 import onnx
-from onnx import external_data_helper
+from google.protobuf.descriptor import FieldDescriptor
+from onnx import external_data_helper, helper, numpy_helper
 
-from ..errors import ModelFormatError, UnsupportedOpError
+from ..errors import GraphoptError, ModelFormatError, UnsupportedOpError
 
 MIN_OPSET = 13
 PROTOBUF_LIMIT = 2 ** 31 - 1   # protobuf cannot serialize a larger message
+# What `load_onnx` may spend on constant arrays unless told otherwise (max_constant_bytes).
+DEFAULT_MAX_CONSTANT_BYTES = 1 << 30
 ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto]
+# Element types stored packed, several per byte of raw_data: bits per element.
+PACKED_BITS = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4,
+               onnx.TensorProto.FLOAT4E2M1: 4, onnx.TensorProto.INT2: 2,
+               onnx.TensorProto.UINT2: 2, onnx.TensorProto.FLOAT6E2M3: 6,
+               onnx.TensorProto.FLOAT6E3M2: 6}
 
 
-def read_model(source: ModelSource) -> onnx.ModelProto:
+class ConstantBudget:
+    """The bytes one import may spend on constant arrays; each is charged before it exists."""
+
+    def __init__(self, limit: int):
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0:
+            raise GraphoptError(f"expected max_constant_bytes as a non-negative int, found "
+                                f"{limit!r}")
+        self.limit, self.used = int(limit), 0
+
+    def reserve(self, nbytes: int, what: str) -> None:
+        """Refuse unless `nbytes` more would fit (without charging them)."""
+        if self.used + nbytes > self.limit:
+            raise ModelFormatError(
+                f"{what} needs {nbytes:,} bytes, beyond the limit on the model's constants "
+                f"({self.used:,} of max_constant_bytes={self.limit:,} already used); pass a "
+                f"larger max_constant_bytes to load_onnx for a model you trust")
+
+    def charge(self, nbytes: int, what: str) -> None:
+        self.reserve(nbytes, what)
+        self.used += nbytes
+
+
+def read_model(source: ModelSource, budget: ConstantBudget) -> onnx.ModelProto:
     """A parsed model with its external data (if any) loaded from vetted locations."""
     if isinstance(source, onnx.ModelProto):
         model, base_dir = source, None
@@ -26,6 +63,9 @@ def read_model(source: ModelSource) -> onnx.ModelProto:
     elif isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         try:
+            if os.path.getsize(path) > PROTOBUF_LIMIT:
+                raise ModelFormatError(f"'{path}' is larger than 2 GiB, more than one protobuf "
+                                       f"message can hold (weights belong in external data)")
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
@@ -34,6 +74,7 @@ def read_model(source: ModelSource) -> onnx.ModelProto:
     else:
         raise ModelFormatError(f"expected a path, bytes or onnx.ModelProto, found "
                                f"{type(source).__name__}")
+    check_strings(model, "model")
     external = [t for t in all_tensors(model.graph)
                 if external_data_helper.uses_external_data(t)]
     if external:
@@ -41,11 +82,37 @@ def read_model(source: ModelSource) -> onnx.ModelProto:
             raise ModelFormatError(f"initializer '{external[0].name}' keeps its data in an "
                                    f"external file; load the model from its path so the file "
                                    f"can be found next to it")
+        # Sized from dims and dtype before anything is read: a file can hold far more than its
+        # tensors declare.
+        sizes = [tensor_bytes(t, f"initializer '{t.name}'") for t in external]
+        budget.reserve(sum(sizes), f"the external data of {len(external)} tensor(s)")
         model = onnx.ModelProto.FromString(model.SerializeToString())   # never mutate the caller's
-        for tensor in all_tensors(model.graph):
-            if external_data_helper.uses_external_data(tensor):
-                load_external_tensor(tensor, base_dir)
+        tensors = [t for t in all_tensors(model.graph)
+                   if external_data_helper.uses_external_data(t)]
+        for tensor, size in zip(tensors, sizes):
+            load_external_tensor(tensor, base_dir, size)
     return model
+
+
+def check_strings(message, path: str) -> None:
+    """Refuse string fields (names, op types, ...) that are not valid UTF-8: protobuf hands them
+    over as bytes, which nothing downstream expects. Tensors' raw data is not walked."""
+    if isinstance(message, onnx.TensorProto):
+        fields = [(f, getattr(message, f.name)) for f in message.DESCRIPTOR.fields
+                  if f.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE)
+                  and f.name != "segment"]
+    else:
+        fields = message.ListFields()
+    for field, value in fields:
+        if field.type not in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE):
+            continue
+        repeated = field.is_repeated
+        for i, item in enumerate(value if repeated else [value]):
+            where = f"{path}.{field.name}" + (f"[{i}]" if repeated else "")
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                check_strings(item, where)
+            elif isinstance(item, bytes):
+                raise ModelFormatError(f"{where} is not valid UTF-8 text: {item[:60]!r}")
 
 
 def all_tensors(graph: onnx.GraphProto):
@@ -72,12 +139,58 @@ def parse_bytes(data: bytes, what: str) -> onnx.ModelProto:
     return model
 
 
-def load_external_tensor(tensor: onnx.TensorProto, base_dir: str) -> None:
-    """Read one external tensor after checking its location stays inside `base_dir`.
+def tensor_bytes(tensor: onnx.TensorProto, where: str) -> int:
+    """The bytes of a tensor's data as its dims and dtype declare them (raw_data's length for
+    packed element types), without reading or allocating anything."""
+    dims = list(tensor.dims)
+    if any(d < 0 for d in dims):
+        raise ModelFormatError(f"{where} has negative dims {dims}")
+    count = math.prod(dims)
+    if tensor.data_type in PACKED_BITS:
+        return (count * PACKED_BITS[tensor.data_type] + 7) // 8
+    try:
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        raise ModelFormatError(f"{where} has an unknown data type {tensor.data_type}") from None
+    return count * itemsize
+
+
+def tensor_array(tensor: onnx.TensorProto, where: str, budget: ConstantBudget) -> np.ndarray:
+    """A tensor's numpy array, after checking that its data holds exactly what its dims and
+    dtype declare and charging its size to `budget`: nothing is allocated for a tensor whose
+    dims promise more than its data holds or than the budget allows."""
+    if external_data_helper.uses_external_data(tensor):
+        raise ModelFormatError(f"{where} keeps its data in an external file, which only a "
+                               f"model's initializers and attributes may")
+    size = tensor_bytes(tensor, where)
+    count = math.prod(tensor.dims)
+    if tensor.HasField("raw_data"):
+        found = len(tensor.raw_data)
+        if tensor.data_type != onnx.TensorProto.STRING and found != size:
+            raise ModelFormatError(f"{where} declares {onnx_type(tensor)} ({size:,} bytes) but "
+                                   f"its raw_data holds {found:,} bytes")
+    elif tensor.data_type not in PACKED_BITS:
+        field = helper.tensor_dtype_to_field(tensor.data_type)
+        per_element = 2 if tensor.data_type in (onnx.TensorProto.COMPLEX64,
+                                                onnx.TensorProto.COMPLEX128) else 1
+        found = len(getattr(tensor, field))
+        if found != count * per_element:
+            raise ModelFormatError(f"{where} declares {onnx_type(tensor)} ({count:,} elements) "
+                                   f"but its {field} holds {found:,} values")
+        if tensor.data_type == onnx.TensorProto.STRING:
+            size += sum(len(item) for item in tensor.string_data)
+    budget.charge(size, where)
+    return numpy_helper.to_array(tensor)
+
+
+def load_external_tensor(tensor: onnx.TensorProto, base_dir: str, size: int) -> None:
+    """Read the `size` bytes of one external tensor after checking its location stays inside
+    `base_dir`.
 
     Written by hand rather than with onnx's loader: the location must be vetted (no `..`, no
     absolute path, no symlink leading out: the CVE-2024-27318/27319 class) before any file is
-    opened, and offset/length must be checked against the file's real size."""
+    opened, and offset/length must be checked against the tensor's size and the file's real
+    size before anything is read."""
     info = {entry.key: entry.value for entry in tensor.external_data}
     location = info.get("location", "")
     where = f"initializer '{tensor.name}'"
@@ -98,21 +211,32 @@ def load_external_tensor(tensor: onnx.TensorProto, base_dir: str) -> None:
     if not os.path.isfile(path):
         raise ModelFormatError(f"{where}: external data file '{location}' does not exist in "
                                f"'{root}'")
-    size = os.path.getsize(path)
+    file_size = os.path.getsize(path)
     try:
         offset = int(info.get("offset", 0))
-        length = int(info["length"]) if "length" in info else size - offset
+        length = int(info["length"]) if "length" in info else size
     except ValueError:
         raise ModelFormatError(f"{where}: external data offset/length are not integers: "
                                f"{info}") from None
-    if offset < 0 or length < 0 or offset + length > size:
+    if length != size:
+        raise ModelFormatError(f"{where}: external data length {length} does not match the "
+                               f"tensor's {onnx_type(tensor)} ({size} bytes)")
+    if offset < 0 or offset + length > file_size:
         raise ModelFormatError(f"{where}: external data range [{offset}, {offset + length}) "
-                               f"lies outside '{location}' ({size} bytes)")
+                               f"lies outside '{location}' ({file_size} bytes)")
     with open(path, "rb") as f:
         f.seek(offset)
         tensor.raw_data = f.read(length)
     del tensor.external_data[:]
     tensor.data_location = onnx.TensorProto.DEFAULT
+
+
+def onnx_type(tensor: onnx.TensorProto) -> str:
+    """e.g. FLOAT[1, 4], for messages."""
+    values = onnx.TensorProto.DataType.values()
+    name = onnx.TensorProto.DataType.Name(tensor.data_type) if tensor.data_type in values \
+        else f"type {tensor.data_type}"
+    return f"{name}{list(tensor.dims)}"
 
 
 def default_opset(model: onnx.ModelProto) -> int:

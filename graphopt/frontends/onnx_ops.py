@@ -163,8 +163,7 @@ def global_pool(ctx):
 def reduce_spatial(ctx):
     """A mean or max over H and W of NCHW (torch's `x.mean((2, 3))`) is a global pool."""
     x = ctx.type(0)
-    axes = [int(a) for a in ctx.static(1, "axes").reshape(-1)] if ctx.has(1) else \
-        list(ctx.ints("axes", ()))
+    axes = ctx.static_ints(1, "axes") if ctx.has(1) else list(ctx.ints("axes", ()))
     if x.ndim != 4 or sorted(a % 4 for a in axes) != [2, 3]:
         raise UnsupportedForm(f"axes {axes} of {x} (only H and W of NCHW, as a global pool)")
     if ctx.op_type == "ReduceMean" and not x.is_float:
@@ -318,7 +317,7 @@ def flatten(ctx):
 @converts("Reshape")
 def reshape(ctx):
     x = ctx.type(0)
-    target = [int(d) for d in ctx.static(1, "shape").reshape(-1)]
+    target = ctx.static_ints(1, "shape")
     if not ctx.attr("allowzero", 0):   # 0 copies the input's dimension
         for i, d in enumerate(target):
             if d == 0:
@@ -339,7 +338,7 @@ def transpose(ctx):
 def squeeze(ctx):
     """Adding or removing unit dimensions is a reshape to the static result shape."""
     shape = list(ctx.type(0).shape)
-    axes = [int(a) for a in ctx.static(1, "axes").reshape(-1)] if ctx.has(1) else None
+    axes = ctx.static_ints(1, "axes") if ctx.has(1) else None
     if ctx.op_type == "Unsqueeze":
         rank = len(shape) + len(axes)
         for axis in sorted(a % rank for a in axes):
@@ -360,10 +359,10 @@ def pad(ctx):
     if mode != "constant":
         raise UnsupportedForm(f"mode '{mode}'")
     rank = ctx.type(0).ndim
-    pads = [int(p) for p in ctx.static(1, "pads").reshape(-1)]
+    pads = ctx.static_ints(1, "pads")
     axes = list(range(rank))
     if ctx.has(3):
-        axes = [int(a) % rank for a in ctx.static(3, "axes").reshape(-1)]
+        axes = [a % rank for a in ctx.static_ints(3, "axes")]
     if len(pads) != 2 * len(axes):
         raise ModelFormatError(f"pads {pads} has {len(pads)} values, expected {2 * len(axes)}",
                                node=ctx.name, op="Pad")
@@ -389,7 +388,7 @@ def resize(ctx):
         raise UnsupportedForm(f"coordinate_transformation_mode '{coords}'")
     axes = [int(a) % 4 for a in ctx.attr("axes", range(4))]
     if ctx.has(3):
-        sizes = dict(zip(axes, (int(v) for v in ctx.static(3, "sizes").reshape(-1))))
+        sizes = dict(zip(axes, ctx.static_ints(3, "sizes")))
         policy = ctx.attr("keep_aspect_ratio_policy", "stretch")
         if policy != "stretch":
             pick = min if policy == "not_larger" else max
@@ -398,6 +397,9 @@ def resize(ctx):
         out = [sizes.get(a, x.shape[a]) for a in range(4)]
     elif ctx.has(2):
         scales = dict(zip(axes, (float(v) for v in ctx.static(2, "scales").reshape(-1))))
+        if not all(0 < v < math.inf for v in scales.values()):
+            raise ModelFormatError(f"scales {list(scales.values())} must be positive and finite",
+                                   node=ctx.name, op="Resize")
         out = [int(math.floor(x.shape[a] * scales.get(a, 1.0))) for a in range(4)]
         # ONNX maps coordinates with the given scale (even for align_corners); our op uses the
         # size ratio, so the two must agree.
