@@ -271,6 +271,8 @@ def copy_to_device(array: np.ndarray, device):
     import tvm_ffi
     alloc = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")
     tensor = alloc(tvm_ffi.Shape(array.shape), tvm_ffi.dtype(str(array.dtype)), device, None)
+    if array.size == 0:   # nothing to copy (numpy exports empty arrays with zero strides)
+        return tensor
     tvm_ffi.get_global_func("runtime.TVMTensorCopyFromTo")(tvm_ffi.from_dlpack(
         np.ascontiguousarray(array)), tensor)
     return tensor
@@ -344,7 +346,7 @@ class LoadedModel:
 
     def _to_device(self, array: np.ndarray):
         import tvm_ffi
-        if self.device_kind == "cpu":
+        if self.device_kind == "cpu" and array.size:
             # zero-copy where the array is aligned as the kernels assume; else an aligned copy
             return tvm_ffi.from_dlpack(aligned(array))
         return copy_to_device(array, self.device)

@@ -66,6 +66,32 @@ def test_zero_size_input_is_an_input_error(models):
             model.run({"input": np.zeros((0,) + SHAPE[1:], np.float32)})
 
 
+def zero_size_nets():
+    with dsl.Builder("empty_batch", seed=0) as b:
+        x = b.input("input", (0, 3, 8, 8))
+        pool = b.output(dsl.max_pool2d(dsl.relu(x), 2))
+    with dsl.Builder("empty_part", seed=0) as b:
+        x, y = b.input("a", (2, 0, 4)), b.input("b", (2, 3, 4))
+        concat = b.output(dsl.sigmoid(dsl.concat([x, y], axis=1)))
+    with dsl.Builder("empty_inner", seed=0) as b:
+        x, y = b.input("a", (2, 0)), b.input("b", (0, 3))
+        matmul = b.output(dsl.matmul(x, y))
+    return {"max_pool": pool, "concat": concat, "matmul": matmul}
+
+
+@pytest.mark.parametrize("name", sorted(zero_size_nets()))
+def test_zero_size_tensors_run_everywhere(name, tmp_path):
+    graph = zero_size_nets()[name]
+    rng = np.random.default_rng(3)
+    feeds = {v.name: rng.standard_normal(v.type.shape).astype(np.float32) for v in graph.inputs}
+    expected = go.interpret(graph, feeds)
+    compiled = go.compile(graph, "cpu")
+    loaded = go.load(compiled.export(str(tmp_path / f"{name}.so")))
+    for model in (compiled, loaded):
+        for key, found in model.run(feeds).items():
+            np.testing.assert_allclose(found, expected[key], rtol=1e-6, err_msg=key)
+
+
 @pytest.mark.parametrize("kind", ["compiled", "loaded"])
 def test_many_threads_share_one_model(models, kind):
     """Four threads call one model at once: every result is the single-threaded one (a Relax VM
