@@ -43,6 +43,9 @@ for path in sys.argv[3:]:
     except BaseException as e:   # MemoryError included: each one fails the test
         outcome = ["not a GraphoptError: " + type(e).__name__, str(e)[:300]]
     print(json.dumps({"path": path, "outcome": outcome}), flush=True)
+with open("/proc/self/status") as f:   # VmHWM: this program's own peak RSS, reset at exec
+    peak = [int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:")]
+print(json.dumps({"peak_rss": peak[0]}), flush=True)
 """
 
 
@@ -85,8 +88,9 @@ def run_child(args: list[str], timeout: float) -> ChildResult:
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([sys.executable, "-c", CHILD, *args], stdout=out, stderr=err,
                                 env=env)
-        # os.wait4 gives this child's own peak RSS (RUSAGE_CHILDREN would mix in every child
-        # this test process ever had).
+        # The child reports its own peak RSS (VmHWM) when it finishes; for a child that died,
+        # os.wait4's ru_maxrss is the fallback (on Linux it may include this process's RSS
+        # at the fork, so it only ever overstates).
         deadline, timed_out = time.monotonic() + timeout, False
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -106,8 +110,9 @@ def run_child(args: list[str], timeout: float) -> ChildResult:
     outcomes = [tuple(line["outcome"]) for line in lines if "outcome" in line]
     started = [line["start"] for line in lines if "start" in line]
     unfinished = started[-1] if len(started) > len(outcomes) else None
-    return ChildResult(outcomes, proc.returncode, timed_out, usage.ru_maxrss * 1024, stderr,
-                       unfinished)
+    peaks = [line["peak_rss"] for line in lines if "peak_rss" in line]
+    peak_rss = peaks[-1] if peaks else usage.ru_maxrss * 1024
+    return ChildResult(outcomes, proc.returncode, timed_out, peak_rss, stderr, unfinished)
 
 
 # ---- models ------------------------------------------------------------------------------------
