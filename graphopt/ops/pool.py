@@ -23,12 +23,17 @@ def pool_out_size(size, kernel, stride, pad_begin, pad_end, dilation, ceil_mode)
 
 def nan_max(a, b):
     """TIR: the larger of a and b, NaN if either is NaN (numpy's maximum). TIR's max is
-    `a > b ? a : b`, which drops a NaN in `a`; max pools reduce with this instead."""
+    `a > b ? a : b`, which drops a NaN in `a`; max pools reduce with this instead. `a` (in a
+    chain, the running maximum) is bound once by a Let: written twice, a chain of k maxima
+    would grow to 2**k terms, and the TIR simplifier with it."""
     from tvm import tirx
     dtype = a.dtype if hasattr(a, "dtype") else a.ty   # a TensorSlice, or any PrimExpr
     if not str(dtype).startswith("float"):
         return tirx.max(a, b)
-    return tirx.Select(tirx.any(tirx.isnan(a), a > b), a, b)
+    if isinstance(a, tirx.Var):
+        return tirx.Select(tirx.any(tirx.isnan(a), a > b), a, b)
+    best = tirx.Var("best", str(dtype))
+    return tirx.Let(best, a, tirx.Select(tirx.any(tirx.isnan(best), best > b), best, b))
 
 
 def nan_max_reducer():
