@@ -97,7 +97,7 @@ def main() -> None:
                          f"{rates[2] / rates[1]:.2f}", f"{rates[4] / rates[1]:.2f}"))
             ms = input_copy_ms(model, feeds, args.repeat)
             base = ms["aligned (zero-copy)"]
-            copy_rows += [(name, k, f"{v:.2f}", f"{v / base:.3f}") for k, v in ms.items()]
+            copy_rows += [(name, k, f"{v:.3f}", f"{v / base:.2f}") for k, v in ms.items()]
     print(f"host: {platform.processor() or platform.machine()}, {available_cores()} cores "
           f"allowed, {args.threads} pool thread(s) per call")
     print(format_table(rows, ("model", "calls/s, 1 caller", "2 callers", "4 callers", "2 / 1",
