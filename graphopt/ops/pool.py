@@ -21,6 +21,11 @@ def pool_out_size(size, kernel, stride, pad_begin, pad_end, dilation, ceil_mode)
     return out
 
 
+# The blocks of a separable max pool, by which the CPU schedule rule finds them.
+ROWS_BLOCK = "pool_rows_max"
+COLUMNS_BLOCK = "pool_columns_max"
+
+
 def nan_max(a, b):
     """TIR: the larger of a and b, NaN if either is NaN (numpy's maximum). TIR's max is
     `a > b ? a : b`, which drops a NaN in `a`; max pools reduce with this instead. `a` (in a
@@ -106,7 +111,8 @@ class Pool2d(Op):
 @dataclass(frozen=True)
 class MaxPool2d(Pool2d):
     """Max pooling. `separable` (a target decision, see the CPU pass `separate_max_pools`)
-    lowers it as a row max then a column max (`targets/tvm/schedules/pool2d.py`)."""
+    lowers it as a row max then a column max (`separable_max_pool`), which the CPU rule
+    `targets/tvm/schedules/pool2d.py` schedules by its block names."""
 
     name = "max_pool2d"
     separable: bool = False
@@ -124,16 +130,41 @@ class MaxPool2d(Pool2d):
         return out
 
     def lower_tvm(self, bb, x):
-        if self.separable:
-            from ..targets.tvm.schedules.pool2d import separable_max_pool2d
-            n, c, h, w = x.ty.shape
-            out_h, out_w = self.out_hw(int(h), int(w))
-            return bb.call_te(separable_max_pool2d, x, self.kernel, self.stride, self.dilation,
-                              self.padding[0], self.padding[1], out_h, out_w,
-                              primfunc_name_hint="max_pool2d")
         n, c, h, w = x.ty.shape
-        return bb.call_te(self.max_pool, x, *self.out_hw(int(h), int(w)),
+        compute = self.separable_max_pool if self.separable else self.max_pool
+        return bb.call_te(compute, x, *self.out_hw(int(h), int(w)),
                           primfunc_name_hint="max_pool2d")
+
+    def separable_max_pool(self, x, out_h: int, out_w: int):
+        """TE: the max pool as a row max (`ROWS_BLOCK`: a max over the kernel's rows for each
+        input column, the width padded with -inf so that the column pass needs no bounds
+        checks) followed by a column max (`COLUMNS_BLOCK`) over that short row buffer."""
+        from tvm import te, tirx
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+        pad_top, pad_left = self.padding[:2]
+        n, c, h, w = (int(v) for v in x.shape)
+        lowest = tirx.min_value(x.dtype)
+        padded_w = (out_w - 1) * sw + dw * (kw - 1) + 1
+
+        def rows(b, ch, oh, col):
+            best = None
+            for i in range(kh):
+                row, src_col = oh * sh + i * dh - pad_top, col - pad_left
+                inside = tirx.all(row >= 0, row < h, src_col >= 0, src_col < w)
+                value = tirx.if_then_else(inside, x[b, ch, row, src_col], lowest)
+                best = value if best is None else nan_max(best, value)
+            return best
+
+        rows_max = te.compute((n, c, out_h, padded_w), rows, name=ROWS_BLOCK)
+
+        def columns(b, ch, oh, ow):
+            best = None
+            for j in range(kw):
+                value = rows_max[b, ch, oh, ow * sw + j * dw]
+                best = value if best is None else nan_max(best, value)
+            return best
+
+        return te.compute((n, c, out_h, out_w), columns, name=COLUMNS_BLOCK)
 
     def max_pool(self, x, out_h: int, out_w: int):
         """TE: the max over each window (padding reads as -inf), NaN-propagating."""
