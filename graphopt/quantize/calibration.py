@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from ..errors import GraphoptError, InputError, ModelFormatError, OptionError
+from ..errors import InputError, ModelFormatError, OptionError
 from ..ir import Graph, Value
 from ..signature import Signature
 from ..table import format_table
@@ -102,7 +102,7 @@ class Calibration:
         return _decode(data)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write as JSON (atomically: a failed write raises WriteError and leaves what was there)."""
+        """Write as JSON, atomically (a failed write raises WriteError, leaving what was there)."""
         from ..files import write_text   # its imports cost more than all of calibration's
         write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
@@ -227,8 +227,8 @@ def _batches(batches) -> Iterator:
 
 
 def calibrate(graph: Graph, batches: Iterable[Mapping[str, np.ndarray]], method: str = "minmax",
-              *, values: Iterable[str] | None = None, progress: Callable[[int], object] | None = None,
-              **options) -> Calibration:
+              *, values: Iterable[str] | None = None,
+              progress: Callable[[int], object] | None = None, **options) -> Calibration:
     """Observe `graph`'s float activations over `batches` (an iterable of {input name: array},
     read once, one batch in memory at a time) with the reference interpreter in float32, and
     choose each one's range with `method`: "minmax", "percentile" (option `percentile`, 99.999),

@@ -1,6 +1,6 @@
 """Observers: fed a tensor's values batch by batch, they choose the range it is quantized over.
 
-    obs = make_observer("entropy")            # or "minmax", "percentile", "mse"; options as keywords
+    obs = make_observer("entropy")        # or "minmax", "percentile", "mse"; options as keywords
     for batch in batches:
         obs.observe(activation(batch))
     lo, hi = obs.range()
@@ -120,7 +120,8 @@ class HistogramObserver(Observer):
         magnitude = np.float32(max(-lo, hi))
         if magnitude > _LARGEST:
             raise InputError(f"expected values within +-{_LARGEST:.3g} (a histogram over twice "
-                             f"their range must stay finite in float32), found {lo:.3g} to {hi:.3g}")
+                             f"their range must stay finite in float32), found {lo:.3g} to "
+                             f"{hi:.3g}")
         self.zeros += int(np.count_nonzero(values == 0))
         if self.histogram is None:
             if magnitude == 0:
@@ -279,9 +280,10 @@ class EntropyObserver(HistogramObserver):
 class MSEObserver(HistogramObserver):
     """The range with the least expected squared error once quantized to `dtype` (uint8
     asymmetric by default; `symmetric=True` for int8 activations): every pair of bin edges
-    lo <= 0 <= hi (symmetric: every edge as the threshold) is tried at once. The error of a range is exact for the clipped values
-    (at their bin centres) plus scale**2 / 12 for each value inside, the mean rounding error
-    of values spread over a step; values exactly 0 are exact and cost nothing."""
+    lo <= 0 <= hi (symmetric: every edge as the threshold) is tried at once. The error of a
+    range is exact for the clipped values (at their bin centres) plus scale**2 / 12 for each
+    value inside, the mean rounding error of values spread over a step; values exactly 0 are
+    exact and cost nothing."""
 
     method = "mse"
 

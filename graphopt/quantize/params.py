@@ -90,8 +90,8 @@ def activation_params(lo: float, hi: float, dtype: str = "uint8",
     return scale[0], zero_point[0]
 
 
-def weight_params(array: np.ndarray, axis: int = 0, dtype: str = "int8",
-                  per_channel: bool = True, symmetric: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def weight_params(array: np.ndarray, axis: int = 0, dtype: str = "int8", per_channel: bool = True,
+                  symmetric: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(scales, zero_points) of a weight tensor from its own min and max, as ORT quantizes
     initializers: symmetric int8 (zero point 0, [-127, 127]) per slice along `axis` (0: the
     output channels of conv and linear weights) by default, arrays of shape (array.shape[axis],);
