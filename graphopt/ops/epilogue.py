@@ -50,5 +50,8 @@ EPILOGUE = {
     "clip": EpilogueActivation(Clip, "Clip", 3, lambda op: _clip_bounds(op, "float32"), _te_clip),
 }
 EPILOGUE_ACTIVATIONS = tuple(e.op for e in EPILOGUE.values())
+# The activations a quantized convolution's requantize epilogue applies (`qlinear_conv2d`): clamps
+# of the real value, exact on the rounded integers; leaky_relu is not one.
+QUANTIZED_EPILOGUE = ("relu", "clip")
 # conv2d.cc's code for "no activation".
 ONEDNN_NO_ACTIVATION = 0
