@@ -1,6 +1,6 @@
 """The op registry. Each family module defines its ops once (attributes, shape/dtype rule, numpy
 reference kernel, TVM lowering) and registers them; importing this package loads them all."""
-from . import activation, binary, conv, epilogue, fused, linear, pool, resize, shape  # noqa: F401
+from . import activation, binary, conv, epilogue, fused, linear, pool, quant, resize, shape  # noqa: F401
 from .activation import Clip, Dropout, Identity, LeakyRelu, Relu, Sigmoid, Softmax, Tanh
 from .base import OPS, Op, get_op, register
 from .binary import Add, Div, Mul, Sub
@@ -8,10 +8,14 @@ from .conv import BatchNorm, Conv2d, ConvTranspose2d
 from .fused import FusedConv2d
 from .linear import Linear, Matmul
 from .pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, Lrn, MaxPool2d
+from .quant import (Conv2dInteger, DequantizeLinear, MatmulInteger, QLinearConv2d, QLinearMatmul,
+                    QuantizeLinear)
 from .resize import Resize
 from .shape import Concat, Flatten, Pad, Reshape, Transpose
 
 __all__ = ["OPS", "Op", "get_op", "register", "Add", "AvgPool2d", "BatchNorm", "Clip", "Concat",
            "Conv2d", "ConvTranspose2d", "Div", "Dropout", "Flatten", "FusedConv2d", "GlobalAvgPool2d",
            "GlobalMaxPool2d", "Identity", "LeakyRelu", "Linear", "Lrn", "Matmul", "MaxPool2d", "Mul", "Pad",
-           "Relu", "Reshape", "Resize", "Sigmoid", "Softmax", "Sub", "Tanh", "Transpose"]
+           "Relu", "Reshape", "Resize", "Sigmoid", "Softmax", "Sub", "Tanh", "Transpose",
+           "Conv2dInteger", "DequantizeLinear", "MatmulInteger", "QLinearConv2d", "QLinearMatmul",
+           "QuantizeLinear"]
