@@ -113,13 +113,15 @@ def fused_conv2d(ex, node):
         activation(ex, node, op.activation, outputs[-2], outputs[-1], names[-1])
 
 
-def activation(ex, node, op, source: str, output: str, name: str) -> None:
+def activation(ex, node, op, source: str, output: str, name: str,
+               dtype: str | None = None) -> None:
     """One of the activations a fused op carries (`ops.epilogue.EPILOGUE`: its ONNX op type), or a
-    standalone clip. Clip's bounds are inputs; the others' attributes are copied by name."""
+    standalone clip. Clip's bounds are inputs (of `dtype`, by default the node's output's); the
+    others' attributes are copied by name."""
     from ..ops.epilogue import EPILOGUE
     op_type = EPILOGUE[op.name].onnx
     if op.name == "clip":
-        dtype = node.outputs[0].dtype
+        dtype = dtype or node.outputs[0].dtype
         bounds = ["" if b is None else ex.constant(f"{name}.{what}", np.array(b, dtype))
                   for what, b in (("min", op.min), ("max", op.max))]
         ex.add(op_type, node, [source, *bounds], [output], name=name)
@@ -201,6 +203,97 @@ def resize(ex, node):
            mode="nearest" if op.mode == "nearest" else "linear",
            coordinate_transformation_mode=op.coordinate_transformation_mode,
            nearest_mode=op.nearest_mode if op.mode == "nearest" else None)
+
+
+# ---- quantized -----------------------------------------------------------------------------------
+@exports("quantize_linear", "dequantize_linear")
+def linear_quantization(ex, node):
+    op = node.op
+    if op.block_size:
+        ex.require(21)   # blocked quantization
+    elif any(v.dtype == "float16" for v in (*node.inputs, *node.outputs)):
+        ex.require(19)   # float16 scales
+    ex.add("QuantizeLinear" if node.op_name == "quantize_linear" else "DequantizeLinear", node,
+           axis=op.axis, block_size=op.block_size or None)
+
+
+@exports("conv2d_integer")
+def conv2d_integer(ex, node):
+    ex.add("ConvInteger", node, **conv_attrs(node.op.conv, node.inputs[1]))
+
+
+@exports("matmul_integer")
+def matmul_integer(ex, node):
+    ex.add("MatMulInteger", node)
+
+
+@exports("qlinear_matmul")
+def qlinear_matmul(ex, node):
+    if any(v.dtype == "float16" for v in node.inputs):
+        ex.require(21)   # float16 scales
+    ex.add("QLinearMatMul", node)
+
+
+@exports("qlinear_conv2d")
+def qlinear_conv2d(ex, node):
+    """QLinearConv, then Clip on the integers for an activation; with a residual, the QDQ chain
+    the op stands for (`qlinear_conv2d_chain`)."""
+    from ..ops.quant import output_limits
+    op = node.op
+    x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, bias, residual = op.split(node.inputs)
+    if residual:
+        qlinear_conv2d_chain(ex, node)
+        return
+    inputs = [x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp] + ([bias] if bias else [])
+    if op.activation is None:
+        ex.add("QLinearConv", node, inputs, **conv_attrs(op.conv, w))
+        return
+    for value in (y_scale, y_zp):
+        if not value.is_constant:
+            raise UnsupportedOpError(f"exporting the activation needs a constant y_scale and "
+                                     f"y_zero_point; '{value.name}' is computed",
+                                     node=node.name, op=node.op_name)
+    converted = ex.fresh(f"{node.name}/conv_out")
+    ex.add("QLinearConv", node, inputs, [converted], name=ex.fresh(f"{node.name}/conv"),
+           **conv_attrs(op.conv, w))
+    limits = output_limits(op.activation, y_scale.data, y_zp.data)
+    bounds = ["" if limit is None else
+              ex.constant(f"{node.name}.{what}", np.array(limit, y_zp.dtype))
+              for what, limit in zip(("min", "max"), limits)]
+    ex.add("Clip", node, [converted, *bounds])
+
+
+def qlinear_conv2d_chain(ex, node) -> None:
+    """DequantizeLinear of x, w, the bias (scale x_scale * w_scale) and the residual, then Conv,
+    Add, the activation and QuantizeLinear: the real-valued computation a qlinear_conv2d with a
+    residual stands for (the standard QDQ form; runtimes compute it in float)."""
+    op = node.op
+    x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, bias, residual = op.split(node.inputs)
+    r, r_scale, r_zp = residual
+
+    def step(op_type, inputs, what, **attrs) -> str:
+        out = ex.fresh(f"{node.name}/{what}")
+        ex.add(op_type, node, inputs, [out], name=ex.fresh(f"{node.name}/{what}_node"), **attrs)
+        return out
+
+    if w_zp.shape != w_scale.shape:   # DequantizeLinear takes the zero point in the scale's shape
+        shape = ex.constant(f"{node.name}.w_scale_shape", np.array(w_scale.shape, np.int64))
+        w_zp = step("Expand", [w_zp, shape], "w_zero_point")
+    conv_inputs = [step("DequantizeLinear", [x, x_scale, x_zp], "x"),
+                   step("DequantizeLinear", [w, w_scale, w_zp], "w", axis=0)]
+    if bias is not None:
+        scale = step("Mul", [x_scale, w_scale], "bias_scale")
+        zeros = ex.constant(f"{node.name}.bias_zero_point", np.zeros(
+            np.broadcast_shapes(x_scale.shape, w_scale.shape), np.int32))
+        conv_inputs.append(step("DequantizeLinear", [bias, scale, zeros], "bias", axis=0))
+    value = step("Conv", conv_inputs, "conv", **conv_attrs(op.conv, w))
+    value = step("Add", [value, step("DequantizeLinear", [r, r_scale, r_zp], "residual")], "add")
+    if op.activation is not None:
+        activated = ex.fresh(f"{node.name}/{op.activation.name}")
+        activation(ex, node, op.activation, value, activated,
+                   ex.fresh(f"{node.name}/{op.activation.name}_node"), "float32")
+        value = activated
+    ex.add("QuantizeLinear", node, [value, y_scale, y_zp])
 
 
 def tensor_type(value) -> onnx.TypeProto:

@@ -11,7 +11,7 @@ import numpy as np
 from .. import ops
 from ..errors import ModelFormatError
 from ..ops.resize import COORDINATE_MODES
-from .onnx_context import NodeContext, UnsupportedForm, as_float32
+from .onnx_context import NodeContext, UnsupportedForm, as_float32, onnx_dtype
 
 TABLE: dict[str, Callable[[NodeContext], object]] = {}
 
@@ -98,12 +98,18 @@ def optional_bias(ctx: NodeContext) -> list:
     return [ctx.input(2)] if ctx.has(2) else []
 
 
-@converts("Conv")
-def conv(ctx):
+def conv_geometry(ctx: NodeContext, weight: int = 1):
+    """(Spatial input, weight Value, Conv2d) of a Conv-like node whose weight is input `weight`."""
     s = Spatial(ctx)
-    w, kernel = weight_2d(ctx, s)
+    w, kernel = weight_2d(ctx, s, weight)
     strides, dilations = s.ints("strides", 1), s.ints("dilations", 1)
     op = ops.Conv2d(strides, s.pads(kernel, strides, dilations), dilations, ctx.attr("group", 1))
+    return s, w, op
+
+
+@converts("Conv")
+def conv(ctx):
+    s, w, op = conv_geometry(ctx)
     return s.finish(op, [s.x, w, *optional_bias(ctx)])
 
 
@@ -416,3 +422,101 @@ def resize(ctx):
     op = ops.Resize((out[2], out[3]), "nearest" if mode == "nearest" else "bilinear", coords,
                     ctx.attr("nearest_mode", "round_prefer_floor"))
     return ctx.emit(op, [ctx.input(0)])
+
+
+# ---- quantized ----------------------------------------------------------------------------------
+def zero_point(ctx: NodeContext, index: int, dtype: str, like: int | None = None):
+    """Zero-point input `index`, or where the node omits it, zeros of `dtype` (a scalar, or
+    shaped like input `like`, the scale it goes with)."""
+    if ctx.has(index):
+        return ctx.input(index)
+    shape = ctx.type(like).shape if like is not None else ()
+    return ctx.constant(f"{ctx.name}.zero_point{index}", np.zeros(shape, dtype))
+
+
+def one_value(ctx: NodeContext, index: int, what: str) -> None:
+    """Input `index` must hold one value: per-row parameters of a product are not supported."""
+    if ctx.has(index) and not ops.quant.per_tensor(ctx.type(index)):
+        raise UnsupportedForm(f"{what} of shape {ctx.type(index).shape} (per-tensor is "
+                              f"supported)")
+
+
+def quantized_dtype(dtype: str, what: str) -> str:
+    if dtype not in ops.quant.QUANTIZED:
+        raise UnsupportedForm(f"{what} dtype {dtype} (int8 and uint8 are supported)")
+    return dtype
+
+
+def linear_quantization(ctx: NodeContext, op_class):
+    return op_class(int(ctx.attr("axis", 1)), int(ctx.attr("block_size", 0)))
+
+
+@converts("QuantizeLinear")
+def quantize_linear(ctx):
+    x = ctx.type(0)
+    if not x.is_float:
+        raise UnsupportedForm(f"{x.dtype} input (floating-point inputs are supported)")
+    # Runtimes divided float16 inputs in float32 until opset 23 made the division's precision the
+    # scale's dtype by default (the `precision` attribute overrides it).
+    precision = ctx.attr("precision", 0)
+    division = onnx_dtype(precision) if precision else \
+        x.dtype if ctx.importer.opset >= 23 else "float32"
+    if division != "float32":
+        raise UnsupportedForm(f"division in {division} (graphopt divides in float32)")
+    declared = ctx.attr("output_dtype", 0)
+    dtype = ctx.type(2).dtype if ctx.has(2) else onnx_dtype(declared) if declared else "uint8"
+    if declared and onnx_dtype(declared) != dtype:
+        raise ModelFormatError(f"output_dtype {onnx_dtype(declared)} differs from the zero "
+                               f"point's dtype {dtype}", node=ctx.name, op=ctx.op_type)
+    quantized_dtype(dtype, "output")
+    return ctx.emit(linear_quantization(ctx, ops.QuantizeLinear),
+                    [ctx.input(0), ctx.input(1), zero_point(ctx, 2, dtype, like=1)])
+
+
+@converts("DequantizeLinear")
+def dequantize_linear(ctx):
+    x, scale = ctx.type(0), ctx.type(1)
+    declared = ctx.attr("output_dtype", 0)
+    if declared and onnx_dtype(declared) != scale.dtype:
+        raise UnsupportedForm(f"output_dtype {onnx_dtype(declared)} other than the scale's "
+                              f"{scale.dtype}")
+    if x.dtype != "int32":
+        quantized_dtype(x.dtype, "input")
+    return ctx.emit(linear_quantization(ctx, ops.DequantizeLinear),
+                    [ctx.input(0), ctx.input(1), zero_point(ctx, 2, x.dtype, like=1)])
+
+
+@converts("ConvInteger")
+def conv_integer(ctx):
+    s, w, conv = conv_geometry(ctx)
+    zero_points = [zero_point(ctx, 2, ctx.type(0).dtype), zero_point(ctx, 3, ctx.type(1).dtype)]
+    return s.finish(ops.Conv2dInteger(conv), [s.x, w, *zero_points])
+
+
+@converts("QLinearConv")
+def qlinear_conv(ctx):
+    s, w, conv = conv_geometry(ctx, weight=3)
+    inputs = [s.x, ctx.input(1), ctx.input(2), w, *(ctx.input(i) for i in range(4, 8))]
+    return s.finish(ops.QLinearConv2d(conv, has_bias=ctx.has(8)),
+                    inputs + ([ctx.input(8)] if ctx.has(8) else []))
+
+
+def expect_matrices(ctx: NodeContext, *indices: int) -> None:
+    for i in indices:
+        if ctx.type(i).ndim < 2:
+            raise UnsupportedForm(f"1-D operand {ctx.type(i)} (rank >= 2 is supported)")
+
+
+@converts("MatMulInteger")
+def matmul_integer(ctx):
+    expect_matrices(ctx, 0, 1)
+    one_value(ctx, 2, "a_zero_point")
+    zero_points = [zero_point(ctx, 2, ctx.type(0).dtype), zero_point(ctx, 3, ctx.type(1).dtype)]
+    return ctx.emit(ops.MatmulInteger(), [ctx.input(0), ctx.input(1), *zero_points])
+
+
+@converts("QLinearMatMul")
+def qlinear_matmul(ctx):
+    expect_matrices(ctx, 0, 3)
+    one_value(ctx, 1, "a_scale"), one_value(ctx, 2, "a_zero_point")
+    return ctx.emit(ops.QLinearMatmul(), [ctx.input(i) for i in range(8)])
