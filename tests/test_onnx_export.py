@@ -75,6 +75,64 @@ def fused_conv_graph():
     return graph
 
 
+def quantized_graph(name, op, operands):
+    """A graph of one `op` node; `operands` in the op's input order, (name, TensorType) for a
+    graph input, (name, array) for a constant."""
+    graph = go.Graph(name)
+    values = [graph.add_input(n, v) if isinstance(v, go.TensorType) else
+              graph.add_constant(n, np.asarray(v)) for n, v in operands]
+    graph.set_outputs([graph.add_node(op, values, name=name).output])
+    return graph
+
+
+def int8s(shape, dtype="int8", seed=3):
+    info = np.iinfo(dtype)
+    return np.random.default_rng(seed).integers(info.min, int(info.max) + 1, shape).astype(dtype)
+
+
+def qlinear_conv_graph(activation=None, residual=False):
+    """qlinear_conv2d (u8 x, s8 w per output channel, int32 bias) with its epilogue."""
+    op = go.ops.QLinearConv2d(go.ops.Conv2d(padding=1), activation, has_residual=residual)
+    f32, u8 = np.float32, np.uint8
+    operands = [("x", go.TensorType((1, 3, 6, 6), "uint8")), ("x_scale", f32(0.02)),
+                ("x_zero_point", u8(128)), ("w", int8s((4, 3, 3, 3))),
+                ("w_scale", np.array([0.004, 0.006, 0.005, 0.008], f32)),
+                ("w_zero_point", np.int8(0)), ("y_scale", f32(0.3)), ("y_zero_point", u8(100)),
+                ("bias", np.array([-900, 0, 1200, 40], np.int32))]
+    if residual:
+        operands += [("residual", go.TensorType((1, 4, 6, 6), "uint8")),
+                     ("residual_scale", f32(0.25)), ("residual_zero_point", u8(120))]
+    return quantized_graph("qconv", op, operands)
+
+
+def quantized_rows():
+    f32 = np.float32
+    tt = go.TensorType
+    return [
+        ("quantize_linear", lambda: quantized_graph("quantize", go.ops.QuantizeLinear(axis=1), [
+            ("x", tt((2, 3, 4, 4))), ("scale", np.array([0.01, 0.02, 0.05], f32)),
+            ("zero_point", np.array([0, 128, 250], np.uint8))])),
+        ("dequantize_linear", lambda: quantized_graph("dequantize", go.ops.DequantizeLinear(), [
+            ("x", tt((2, 5), "int8")), ("scale", f32(0.1)), ("zero_point", np.int8(-3))])),
+        ("conv2d_integer", lambda: quantized_graph(
+            "conv", go.ops.Conv2dInteger(go.ops.Conv2d(stride=2, padding=(1, 0, 1, 1))), [
+                ("x", tt((1, 3, 6, 6), "uint8")), ("w", int8s((4, 3, 3, 3))),
+                ("x_zero_point", np.uint8(128)), ("w_zero_point", np.int8(0))])),
+        ("matmul_integer", lambda: quantized_graph("matmul", go.ops.MatmulInteger(), [
+            ("a", tt((2, 3, 6), "int8")), ("b", int8s((6, 5), "uint8")),
+            ("a_zero_point", np.int8(1)), ("b_zero_point", np.arange(5, dtype=np.uint8))])),
+        ("qlinear_matmul", lambda: quantized_graph("qmatmul", go.ops.QLinearMatmul(), [
+            ("a", tt((3, 6), "int8")), ("a_scale", f32(0.05)), ("a_zero_point", np.int8(2)),
+            ("b", int8s((6, 4))), ("b_scale", np.array([0.01, 0.02, 0.03, 0.04], f32)),
+            ("b_zero_point", np.zeros(4, np.int8)), ("y_scale", f32(0.2)),
+            ("y_zero_point", np.int8(-1))])),
+        ("qlinear_conv2d", qlinear_conv_graph),
+    ]
+
+
+ROWS += quantized_rows()
+
+
 # Fusion ops export as their unfused chain, so they import back unfused (same numbers).
 NOT_STRUCTURAL = {"fused_conv2d": fused_conv_graph}
 
@@ -90,8 +148,13 @@ def structure(graph):
 
 
 def random_inputs(graph, seed=0):
+    """Standard-normal values; (u)int8 inputs over their whole range."""
     rng = np.random.default_rng(seed)
-    return {v.name: rng.standard_normal(v.shape).astype(v.dtype) for v in graph.inputs}
+    def draw(v):
+        if v.dtype in ("int8", "uint8"):
+            return int8s(v.shape, v.dtype, seed=rng)
+        return rng.standard_normal(v.shape).astype(v.dtype)
+    return {v.name: draw(v) for v in graph.inputs}
 
 
 def check_exported(graph, rtol=1e-5, atol=1e-5):
@@ -144,6 +207,54 @@ def test_fused_op_exports_as_its_chain(op):
     assert again.output_names == graph.output_names
     out = graph.output_names[0]
     np.testing.assert_allclose(go.interpret(again, x)[out], go.interpret(graph, x)[out], rtol=1e-6)
+
+
+def test_qlinear_conv2d_activation_exports_as_a_clip_on_the_integers():
+    graph = qlinear_conv_graph(go.ops.Clip(0.0, 6.0))
+    model = check_exported(graph)   # exact: QLinearConv, then the clamp relu6 leaves
+    assert [n.op_type for n in model.graph.node] == ["QLinearConv", "Clip"]
+    bounds = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer
+              if t.name in model.graph.node[1].input]
+    assert [b.item() for b in bounds] == [100, 120]   # y_zero_point, + round(6 / 0.3)
+    again = load_onnx(model)
+    assert [n.op_name for n in again.topological_order()] == ["qlinear_conv2d", "clip"]
+    x = random_inputs(graph)
+    out = graph.output_names[0]
+    np.testing.assert_array_equal(go.interpret(again, x)[out], go.interpret(graph, x)[out])
+
+
+def test_qlinear_conv2d_residual_exports_as_its_qdq_chain():
+    """The real-valued chain: ONNX Runtime computes it in float32, within one step of the
+    integer computation; it imports back as that chain."""
+    graph = qlinear_conv_graph(go.ops.Relu(), residual=True)
+    model = save_onnx(graph)
+    assert [n.op_type for n in model.graph.node] == [
+        "Expand", "DequantizeLinear", "DequantizeLinear", "Mul", "DequantizeLinear", "Conv",
+        "DequantizeLinear", "Add", "Relu", "QuantizeLinear"]
+    x = random_inputs(graph)
+    out = graph.output_names[0]
+    expected = go.interpret(graph, x)[out].astype(np.int64)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    [found] = session.run(None, x)
+    assert found.dtype == np.uint8 and np.abs(found - expected).max() <= 1
+    assert len(np.unique(expected)) > 20   # not a saturated output
+    again = load_onnx(model)
+    assert sorted(n.op_name for n in again.nodes) == [
+        "add", "conv2d", "dequantize_linear", "dequantize_linear", "dequantize_linear",
+        "dequantize_linear", "quantize_linear", "relu"]
+    assert np.abs(go.interpret(again, x)[out] - expected).max() <= 1
+
+
+@pytest.mark.parametrize("op, opset", [(go.ops.QuantizeLinear(axis=1, block_size=2), 21),
+                                       (go.ops.DequantizeLinear(axis=1, block_size=2), 21)])
+def test_blocked_quantization_needs_opset_21(op, opset):
+    x = go.TensorType((2, 5)) if op.name == "quantize_linear" else go.TensorType((2, 5), "int8")
+    zero_points = int8s((2, 3), "int8")
+    graph = quantized_graph("blocked", op, [("x", x), ("scale", np.full((2, 3), 0.05, np.float32)),
+                                            ("zero_point", zero_points)])
+    model = check_exported(graph)
+    assert model.opset_import[0].version == opset
+    assert structure(load_onnx(model)) == structure(graph)
 
 
 def test_dilated_average_pool_needs_opset_19():

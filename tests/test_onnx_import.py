@@ -177,8 +177,133 @@ def test_conversion_matches_onnx_reference(row):
     np.testing.assert_allclose(found["y"], expected["y"], rtol=1e-5, atol=1e-5)
 
 
+def int8s(*shape, dtype="int8"):
+    """Integers over the whole range of `dtype`."""
+    info = np.iinfo(dtype)
+    return RNG.integers(info.min, int(info.max) + 1, shape).astype(dtype)
+
+
+def U8(*values):
+    return np.array(values, np.uint8)
+
+
+def I8(*values):
+    return np.array(values, np.int8)
+
+
+# Quantized ops, on typed inputs: (id, ONNX op covered, nodes, feeds {name: array}, initializers,
+# output dtype, expected graphopt ops, opset), each checked against onnxruntime exactly.
+QUANTIZED_ROWS = [
+    ("quantize_per_axis", "QuantizeLinear", [node("QuantizeLinear", ["x", "s", "z"], axis=1)],
+     {"x": rand(2, 3, 4) * 40}, {"s": F(0.1, 0.5, 2.0), "z": U8(0, 128, 250)}, "uint8",
+     ["quantize_linear"], 13),
+    ("quantize_without_zero_point", "QuantizeLinear", [node("QuantizeLinear", ["x", "s"])],
+     {"x": rand(3, 5) * 40}, {"s": F(0.25)[0]}, "uint8", ["quantize_linear"], 19),
+    ("quantize_output_dtype", "QuantizeLinear",
+     [node("QuantizeLinear", ["x", "s"], output_dtype=TensorProto.INT8)],
+     {"x": rand(3, 5) * 40}, {"s": F(0.25)[0]}, "int8", ["quantize_linear"], 21),
+    ("quantize_blocked", "QuantizeLinear",
+     [node("QuantizeLinear", ["x", "s", "z"], axis=0, block_size=2)],
+     {"x": rand(5, 3) * 40}, {"s": np.abs(rand(3, 3)) + 0.1, "z": int8s(3, 3)}, "int8",
+     ["quantize_linear"], 21),
+    ("dequantize_int32_without_zero_point", "DequantizeLinear",
+     [node("DequantizeLinear", ["x", "s"])],
+     {"x": RNG.integers(-10**6, 10**6, (2, 6)).astype(np.int32)}, {"s": F(1e-4)[0]},
+     "float32", ["dequantize_linear"], 13),
+    ("dequantize_per_axis", "DequantizeLinear", [node("DequantizeLinear", ["x", "s", "z"])],
+     {"x": int8s(2, 3, 4, dtype="uint8")}, {"s": F(0.1, 0.5, 2.0), "z": U8(0, 128, 255)},
+     "float32", ["dequantize_linear"], 13),
+    ("conv_integer_pads_stride", "ConvInteger",
+     [node("ConvInteger", ["x", "w", "xz"], pads=[1, 0, 2, 1], strides=[2, 1])],
+     {"x": int8s(1, 3, 7, 6, dtype="uint8")}, {"w": int8s(4, 3, 3, 3), "xz": U8(128)[0]},
+     "int32", ["conv2d_integer"], 13),
+    ("conv_integer_1d_group", "ConvInteger",
+     [node("ConvInteger", ["x", "w", "xz", "wz"], group=2, auto_pad="SAME_UPPER")],
+     {"x": int8s(1, 4, 9)}, {"w": int8s(4, 2, 3, dtype="uint8"), "xz": I8(-3)[0],
+                             "wz": U8(7)[0]},
+     "int32", ["reshape", "conv2d_integer", "reshape"], 13),
+    ("matmul_integer_per_column", "MatMulInteger",
+     [node("MatMulInteger", ["a", "b", "az", "bz"])],
+     {"a": int8s(2, 3, 6, dtype="uint8")}, {"b": int8s(6, 4), "az": U8(128)[0],
+                                          "bz": I8(0, 1, -1, 100)},
+     "int32", ["matmul_integer"], 13),
+    ("qlinear_conv_bias_per_channel", "QLinearConv",
+     [node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"],
+           auto_pad="SAME_UPPER", strides=[2, 2])],
+     {"x": int8s(1, 3, 7, 7, dtype="uint8")},
+     {"xs": F(0.02)[0], "xz": U8(128)[0], "w": int8s(4, 3, 3, 3),
+      "ws": F(0.004, 0.006, 0.005, 0.01), "wz": I8(0, 0, 0, 0), "ys": F(0.3)[0], "yz": U8(100)[0],
+      "b": RNG.integers(-2000, 2000, 4).astype(np.int32)},
+     "uint8", ["qlinear_conv2d"], 13),
+    ("qlinear_conv_int8_group", "QLinearConv",
+     [node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], group=2,
+           pads=[1, 1, 1, 1])],
+     {"x": int8s(1, 4, 5, 5)},
+     {"xs": F(0.05)[0], "xz": I8(1)[0], "w": int8s(2, 2, 3, 3), "ws": F(0.01)[0],
+      "wz": I8(0)[0], "ys": F(0.4)[0], "yz": I8(-2)[0]},
+     "int8", ["qlinear_conv2d"], 13),
+    ("qlinear_matmul_per_column", "QLinearMatMul",
+     [node("QLinearMatMul", ["a", "as", "az", "b", "bs", "bz", "ys", "yz"])],
+     {"a": int8s(2, 3, 6, dtype="uint8")},
+     {"as": F(0.03)[0], "az": U8(120)[0], "b": int8s(6, 4), "bs": F(0.01, 0.02, 0.03, 0.04),
+      "bz": I8(0, 0, 0, 0), "ys": F(0.2)[0], "yz": U8(130)[0]},
+     "uint8", ["qlinear_matmul"], 13),
+]
+
+
+def make_typed_model(nodes, feeds, initializers, out_dtype, opset, out_shape=None):
+    graph = helper.make_graph(
+        nodes, "case",
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+         for n, a in feeds.items()],
+        [helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(np.dtype(out_dtype)),
+                                       out_shape)],
+        initializer=[numpy_helper.from_array(np.asarray(a), n) for n, a in initializers.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return onnx.shape_inference.infer_shapes(model)   # fills in the output's shape if unknown
+
+
+@pytest.mark.parametrize("row", QUANTIZED_ROWS, ids=[r[0] for r in QUANTIZED_ROWS])
+def test_quantized_conversion_matches_onnxruntime(row):
+    _, _, nodes, feeds, initializers, out_dtype, expected_ops, opset = row
+    model = make_typed_model(nodes, feeds, initializers, out_dtype, opset)
+    graph = load_onnx(model)
+    assert [n.op_name for n in graph.topological_order()] == expected_ops
+    model.ir_version = min(model.ir_version, 10)   # what this onnxruntime reads
+    expected = reference_outputs(model, feeds)["y"]
+    found = go.interpret(graph, feeds)["y"]
+    assert found.dtype == expected.dtype
+    np.testing.assert_array_equal(found, expected)
+
+
+@pytest.mark.parametrize("nodes, x, initializers, opset, out, message", [
+    ([node("QuantizeLinear", ["x", "s"])], rand(4).astype(np.float16), {"s": np.float16(0.5)},
+     23, ("uint8", [4]), "QuantizeLinear .division in float16"),
+    ([node("QuantizeLinear", ["x", "s"], output_dtype=TensorProto.INT16)], rand(4),
+     {"s": F(0.5)[0]}, 21, ("int16", [4]), "output dtype int16"),
+    ([node("MatMulInteger", ["x", "b", "az"])], int8s(3, 4), {"b": int8s(4, 2), "az": I8(1, 2, 3)},
+     13, ("int32", [3, 2]), r"a_zero_point of shape \(3,\)"),
+    ([node("QLinearMatMul", ["x", "as", "az", "b", "bs", "bz", "ys", "yz"])], int8s(4),
+     {"as": F(0.1)[0], "az": I8(0)[0], "b": int8s(4, 2), "bs": F(0.1)[0], "bz": I8(0)[0],
+      "ys": F(0.1)[0], "yz": I8(0)[0]}, 13, ("int8", [2]), "1-D operand"),
+], ids=["float16-division", "int16-output", "per-row-zero-point", "1-d-operand"])
+def test_unsupported_quantized_forms_are_named(nodes, x, initializers, opset, out, message):
+    model = make_typed_model(nodes, {"x": x}, initializers, out[0], opset, out[1])
+    with pytest.raises(UnsupportedOpError, match=message):
+        load_onnx(model)
+
+
+def test_quantize_output_dtype_must_agree_with_the_zero_point():
+    model = make_typed_model(
+        [node("QuantizeLinear", ["x", "s", "z"], output_dtype=TensorProto.INT8)],
+        {"x": rand(4)}, {"s": F(0.5)[0], "z": U8(3)[0]}, "int8", 21, [4])
+    with pytest.raises(ModelFormatError, match="output_dtype int8 differs from the zero point's "
+                                               "dtype uint8"):
+        load_onnx(model)
+
+
 def test_every_table_entry_has_a_row():
-    covered = {row[1] for row in ROWS}
+    covered = {row[1] for row in ROWS} | {row[1] for row in QUANTIZED_ROWS}
     assert set(TABLE) <= covered, f"no test row for {sorted(set(TABLE) - covered)}"
 
 
