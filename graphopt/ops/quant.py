@@ -42,6 +42,7 @@ from .base import (Op, expect, expect_float, expect_rank, flag, integer, registe
                    relax_type)
 from .conv import Conv2d, conv_out_size, expect_nonempty
 from .epilogue import QUANTIZED_EPILOGUE
+from .fused import FusedConv2d
 
 QUANTIZED = ("int8", "uint8")
 
@@ -682,10 +683,5 @@ class QLinearConv2d(Op):
     def macs(self, inputs, outputs):
         return outputs[0].numel * math.prod(inputs[3].shape[1:])
 
-    def __str__(self) -> str:
-        parts = [str(self.conv)]
-        if self.has_residual:
-            parts.append("add")
-        if self.activation is not None:
-            parts.append(str(self.activation))
-        return f"{self.name}[{' + '.join(parts)}]"
+    # Printed as fused_conv2d is: qlinear_conv2d[conv2d(...) + add + relu].
+    __str__ = FusedConv2d.__str__
