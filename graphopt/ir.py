@@ -14,6 +14,7 @@ import operator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+import ml_dtypes  # registers bfloat16 with numpy (np.dtype("bfloat16"), its casts and ufuncs)
 import numpy as np
 
 from .errors import GraphoptError, ShapeError, VerifyError
@@ -24,11 +25,25 @@ if TYPE_CHECKING:
 # A node's op is a `graphopt.ops.Op`; ir.py stays op-agnostic and does not import the ops.
 Op = Any
 
-DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int32", "int64", "bool")
-FLOAT_DTYPES = ("float16", "float32", "float64")
+DTYPES = ("float32", "float16", "bfloat16", "float64", "int8", "uint8", "int32", "int64", "bool")
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+# The dtypes half-precision nodes compute in: their kernels read and write them and accumulate in
+# float32. numpy's dtype of bfloat16 (ml_dtypes) has kind "V", not "f": test a dtype with
+# `is_float_dtype`, never with `dtype.kind == "f"`.
+HALF_DTYPES = ("float16", "bfloat16")
 # No tensor graphopt handles comes near this; a larger shape is a mistake or a hostile model, and
 # refusing it keeps every element, byte and MAC count far from any integer overflow.
 MAX_ELEMENTS = 1 << 40
+
+
+def is_float_dtype(dtype) -> bool:
+    """Whether `dtype` (a name, a numpy or a TVM dtype) is one of graphopt's float dtypes."""
+    return str(dtype) in FLOAT_DTYPES
+
+
+def float_info(dtype) -> "ml_dtypes.finfo":
+    """`np.finfo` for every float dtype, bfloat16 included (numpy's own finfo refuses it)."""
+    return ml_dtypes.finfo(np.dtype(dtype))
 
 
 def dimension(value, what: str = "dimension") -> int:

@@ -10,7 +10,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from .errors import InputError
-from .ir import DTYPES, Graph, TensorType
+from .ir import DTYPES, Graph, TensorType, is_float_dtype
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def probe_inputs(inputs: Graph | Iterable[tuple[str, Sequence[int], str]],
     feeds = {}
     for name, shape, dtype in inputs:
         dtype = np.dtype(dtype)
-        if dtype.kind == "f":
+        if is_float_dtype(dtype):
             feeds[name] = rng.standard_normal(shape).astype(dtype)
         else:
             low, high = (0, 2) if dtype.kind == "b" else (max(-8, np.iinfo(dtype).min), 8)

@@ -10,7 +10,8 @@ import graphopt as go
 from graphopt import ops
 from graphopt.analysis import count_macs
 from graphopt.errors import GraphoptError, ShapeError, VerifyError
-from graphopt.ir import Graph, TensorType
+from graphopt.ir import Graph, TensorType, float_info, is_float_dtype
+from graphopt.signature import probe_inputs
 
 from conftest import one_node_graph
 
@@ -37,6 +38,27 @@ def test_tensor_type_properties():
     assert t.with_shape((4, 6)) == TensorType((4, 6)) and t.with_dtype("int8").dtype == "int8"
     assert TensorType.of(np.zeros((1, 2), np.int64)) == TensorType((1, 2), "int64")
     assert TensorType([np.int64(2), 3]).shape == (2, 3)   # numpy ints normalise to int
+
+
+def test_bfloat16_is_a_float_dtype_numpy_knows():
+    t = TensorType((2, 3), "bfloat16")
+    assert t.is_float and t.nbytes == 12 and str(t) == "bfloat16[2,3]"
+    array = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3).astype("bfloat16")
+    assert TensorType.of(array) == t
+    # numpy's dtype of bfloat16 has kind "V": graphopt tests float dtypes by name
+    assert array.dtype.kind == "V" and is_float_dtype(array.dtype) and is_float_dtype("float16")
+    assert not is_float_dtype(np.dtype("int8")) and not is_float_dtype("bool")
+    assert float(float_info("bfloat16").max) > 3e38 and float(float_info("float16").max) == 65504
+
+
+def test_bfloat16_inputs_are_checked_and_probed():
+    g = one_node_graph(ops.Relu(), [np.zeros((2, 3), "bfloat16")])
+    feeds = probe_inputs(g)
+    assert feeds["node.in0"].dtype == "bfloat16" and np.abs(feeds["node.in0"]).max() > 0
+    out = go.interpret(g, feeds)["node.out"]
+    assert out.dtype == "bfloat16" and (out.astype(np.float32) >= 0).all()
+    with pytest.raises(go.InputError, match="expected bfloat16"):
+        go.interpret(g, {"node.in0": np.zeros((2, 3), np.float32)})
 
 
 @pytest.mark.parametrize("shape, dtype, message", [

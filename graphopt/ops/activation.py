@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir import TensorType
+from ..ir import TensorType, is_float_dtype
 from .base import relax_type, Op, accumulator, expect, expect_float, integer, real, register, relax
 
 
@@ -85,7 +85,7 @@ def clamp(y, low: float | None, high: float | None):
     dropped, a fractional one truncated (what numpy's clip then cast gives)."""
     from tvm import te, tirx
     dtype = str(y.dtype)
-    if not dtype.startswith("float"):
+    if not is_float_dtype(dtype):
         lowest, highest = (0, 1) if dtype == "bool" else (np.iinfo(dtype).min, np.iinfo(dtype).max)
         low = None if low is None or low <= lowest else int(min(low, highest))
         high = None if high is None or high >= highest else int(max(high, lowest))

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..ir import is_float_dtype
 from .base import Op, accumulator, expect, expect_rank, pair, register, relax
 
 COORDINATE_MODES = ("half_pixel", "align_corners", "asymmetric", "pytorch_half_pixel")
@@ -74,7 +75,7 @@ class Resize(Op):
         return x.with_shape((*x.shape[:2], *self.size))
 
     def reference(self, x):
-        acc = accumulator(x.dtype) if x.dtype.kind == "f" else np.float64
+        acc = accumulator(x.dtype) if is_float_dtype(x.dtype) else np.float64
         (oh, ow), (h, w) = self.size, x.shape[2:]
         ys = source_coords(oh, h, self.coordinate_transformation_mode, acc)
         xs = source_coords(ow, w, self.coordinate_transformation_mode, acc)

@@ -1,5 +1,7 @@
-"""The reference interpreter: runs any graph with the ops' numpy kernels, in float32 (as written)
-or float64 (the high-precision reference), optionally keeping every intermediate value."""
+"""The reference interpreter: runs any graph with the ops' numpy kernels, each value in its own
+dtype (as written: float32, or float16 / bfloat16 computed in float32 and rounded, as their
+kernels do) or every float in float64 (the high-precision reference), optionally keeping every
+intermediate value."""
 from __future__ import annotations
 
 from typing import Mapping
@@ -7,13 +9,13 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import GraphoptError
-from ..ir import Graph
+from ..ir import Graph, is_float_dtype
 from ..signature import Signature
 
 
 def _widen(array: np.ndarray, dtype) -> np.ndarray:
     """Floating arrays move to the requested float dtype; integers and bools stay as they are."""
-    if dtype is None or array.dtype.kind != "f":
+    if dtype is None or not is_float_dtype(array.dtype):
         return array
     return array.astype(dtype, copy=False)
 
@@ -23,8 +25,10 @@ def interpret(graph: Graph, inputs: Mapping[str, np.ndarray], *, dtype=np.float3
     """Run `graph` on `inputs` (name -> array). Returns output name -> array, or with `keep=True`
     every value (inputs, constants, node outputs) by name.
 
-    `dtype=np.float64` computes every floating value in float64; the default keeps each value's
-    own dtype (float32 graphs compute in float32, float16 values stay float16)."""
+    `dtype=np.float64` computes every floating value in float64: the values a graph stores
+    (constants) or converts (a `cast` to float16 rounds) keep their rounding, nothing else
+    rounds. The default keeps each value's own dtype (float32 graphs compute in float32; float16
+    and bfloat16 values are computed in float32 and rounded to their dtype, op by op)."""
     widen = np.float64 if np.dtype(dtype) == np.float64 else None
     env: dict[int, np.ndarray] = {}
     feeds = Signature.of(graph).check(inputs)
@@ -48,7 +52,11 @@ def interpret(graph: Graph, inputs: Mapping[str, np.ndarray], *, dtype=np.float3
             if array.shape != expected:
                 raise GraphoptError(f"reference kernel returned shape {array.shape}, expected "
                                     f"{expected}", node=node.name, op=node.op_name)
-            env[id(out)] = np.asarray(array)
+            # numpy quietly widens some results (bfloat16 matmul and clip give float32).
+            if widen is None and str(array.dtype) != out.dtype:
+                raise GraphoptError(f"reference kernel returned {array.dtype}, expected "
+                                    f"{out.dtype}", node=node.name, op=node.op_name)
+            env[id(out)] = _widen(np.asarray(array), widen)
         if keep:
             named.update({out.name: env[id(out)] for out in node.outputs})
     result = {v.name: env[id(v)] for v in graph.outputs}
