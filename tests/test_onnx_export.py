@@ -60,7 +60,17 @@ ROWS = [
     ("pad", lambda: build("pad", (1, 2, 3, 3), lambda x: dsl.pad(x, (1, 0, 2, 1), value=0.5))),
     ("resize", lambda: build("resize", (1, 2, 3, 4), lambda x: dsl.resize(
         dsl.resize(x, scale=2), size=(5, 7), mode="bilinear"))),
+    ("cast", lambda: cast_graph()),
 ]
+
+
+def cast_graph():
+    """float32 -> float16 -> float32: rounds the input to float16's precision."""
+    graph = go.Graph("cast")
+    x = graph.add_input("x", go.TensorType((2, 6)))
+    half = graph.add_node(go.ops.Cast("float16"), [x], name="to_half").output
+    graph.set_outputs([graph.add_node(go.ops.Cast("float32"), [half], name="to_float").output])
+    return graph
 
 
 def fused_conv_graph():

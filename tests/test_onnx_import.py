@@ -153,6 +153,13 @@ ROWS = [
     ("constant_feeds_add", "Constant",
      [helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(rand(1, 4), "k")),
       node("Add", ["x", "k"])], {"x": (3, 4)}, {}, ["add"]),
+    # A round trip through each half dtype (onnxruntime computes Cast -> op -> Cast in float32).
+    ("cast_float16", "Cast",
+     [helper.make_node("Cast", ["x"], ["h"], name="to_half", to=TensorProto.FLOAT16),
+      node("Cast", ["h"], to=TensorProto.FLOAT)], {"x": (2, 5)}, {}, ["cast", "cast"]),
+    ("cast_bfloat16", "Cast",
+     [helper.make_node("Cast", ["x"], ["h"], name="to_bfloat16", to=TensorProto.BFLOAT16),
+      node("Cast", ["h"], to=TensorProto.FLOAT)], {"x": (2, 5)}, {}, ["cast", "cast"]),
 ]
 
 

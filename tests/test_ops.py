@@ -816,6 +816,30 @@ def qlinear_conv_rows():
     ]
 
 
+def cast_rows():
+    """ONNX Cast: float <-> half precision round to nearest even (infinity past float16's
+    range), float -> int truncates toward zero, float -> bool is x != 0 (NaN is True)."""
+    x = rand(2, 3, 4, 5) * 3
+    # Ties, float16 subnormals and its largest value; NaN and infinities only where the
+    # result is a bool (assert_close compares finite values).
+    edges = np.array([0.0, -0.0, 65504.0, 1e-6, 1.00390625, 1.0009765625 * 3, -2.7, 2.5,
+                      1e30], np.float32)
+    special = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-30, -2.5], np.float32)
+    def row(id, to, data):
+        return Row(f"cast-{id}", ops.Cast(to), (data,), (),
+                   onnx_op("Cast", to=helper.np_dtype_to_tensor_dtype(np.dtype(to))))
+    return [row("float16", "float16", x), row("bfloat16", "bfloat16", x),
+            row("float16-edges", "float16", edges[:-1]), row("bfloat16-edges", "bfloat16", edges),
+            row("from-float16", "float32", x.astype(np.float16)),
+            row("from-bfloat16", "float32", x.astype("bfloat16")),
+            row("float16-to-bfloat16", "bfloat16", x.astype(np.float16)),
+            row("bfloat16-to-float16", "float16", x.astype("bfloat16")),
+            row("float64", "float64", x),
+            row("int32", "int32", x * 10), row("from-int32", "float32", rand(3, 8, dtype="int32")),
+            row("bool", "bool", special), row("int32-to-bool", "bool", rand(3, 8, dtype="int32")),
+            row("int32-to-uint8", "uint8", rand(3, 8, dtype="int32", low=0, high=255))]
+
+
 def random_rows(count: int = 8, seed: int = 99, tag: str = "random"):
     """Seeded random attribute combinations for the ops with the most interacting attributes;
     `infer` only filters out invalid combinations, the values come from the reference."""
@@ -864,7 +888,8 @@ def random_rows(count: int = 8, seed: int = 99, tag: str = "random"):
 
 ROWS: list[Row] = [*conv_rows(), *fused_conv_rows(), *conv_transpose_rows(), *batch_norm_rows(),
                    *activation_rows(), *pool_rows(), *global_pool_rows(), *lrn_rows(),
-                   *linear_rows(), *binary_rows(), *shape_rows(), *resize_rows(), *random_rows(),
+                   *linear_rows(), *binary_rows(), *shape_rows(), *resize_rows(), *cast_rows(),
+                   *random_rows(),
                    *quantize_rows(), *dequantize_rows(), *integer_conv_rows(),
                    *integer_matmul_rows(), *qlinear_matmul_rows(), *qlinear_conv_rows()]
 ROW_IDS = [r.id for r in ROWS]

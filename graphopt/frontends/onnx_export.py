@@ -175,6 +175,11 @@ def dropout(ex, node):
     ex.add("Dropout", node, [node.inputs[0], ratio])
 
 
+@exports("cast")
+def cast(ex, node):
+    ex.add("Cast", node, to=helper.np_dtype_to_tensor_dtype(np.dtype(node.op.to)))
+
+
 @exports("reshape")
 def reshape(ex, node):
     # The op's own shape (with its -1) so that the model imports back to the same op; a 0 in
@@ -308,6 +313,8 @@ def to_onnx(graph: Graph) -> onnx.ModelProto:
     if missing:
         raise UnsupportedOpError(f"no ONNX export for op(s) {', '.join(missing)}")
     ex = ExportContext(graph)
+    if any(v.dtype == "bfloat16" for v in graph.values()):
+        ex.require(22)   # Conv, ConvTranspose and the pools take bfloat16 from opset 22
     for node in graph.topological_order():
         EXPORTERS[node.op_name](ex, node)
     used = {name for n in ex.nodes for name in n.input} | set(graph.output_names)

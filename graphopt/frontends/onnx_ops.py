@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import ops
 from ..errors import ModelFormatError
+from ..ir import DTYPES
 from ..ops.resize import COORDINATE_MODES
 from .onnx_context import NodeContext, UnsupportedForm, as_float32, onnx_dtype
 
@@ -269,6 +270,14 @@ def sum_(ctx):
 @converts(*UNARY)
 def unary(ctx):
     return ctx.emit(UNARY[ctx.op_type](), [ctx.input(0)])
+
+
+@converts("Cast")
+def cast(ctx):
+    dtype = onnx_dtype(ctx.attr("to", 0))
+    if dtype not in DTYPES or ctx.type(0).dtype not in DTYPES:
+        raise UnsupportedForm(f"dtype {dtype if dtype not in DTYPES else ctx.type(0).dtype}")
+    return ctx.emit(ops.Cast(dtype), [ctx.input(0)])
 
 
 @converts("LeakyRelu")

@@ -1,9 +1,11 @@
 """The op registry. Each family module defines its ops once (attributes, shape/dtype rule, numpy
 reference kernel, TVM lowering) and registers them; importing this package loads them all."""
-from . import activation, binary, conv, epilogue, fused, linear, pool, quant, resize, shape  # noqa: F401
+from . import (activation, binary, cast, conv, epilogue, fused, linear, pool, quant,  # noqa: F401
+               resize, shape)
 from .activation import Clip, Dropout, Identity, LeakyRelu, Relu, Sigmoid, Softmax, Tanh
 from .base import OPS, Op, get_op, register
 from .binary import Add, Div, Mul, Sub
+from .cast import Cast
 from .conv import BatchNorm, Conv2d, ConvTranspose2d
 from .fused import FusedConv2d
 from .linear import Linear, Matmul
@@ -13,7 +15,7 @@ from .quant import (Conv2dInteger, DequantizeLinear, MatmulInteger, QLinearConv2
 from .resize import Resize
 from .shape import Concat, Flatten, Pad, Reshape, Transpose
 
-__all__ = ["OPS", "Op", "get_op", "register", "Add", "AvgPool2d", "BatchNorm", "Clip", "Concat",
+__all__ = ["OPS", "Op", "get_op", "register", "Add", "AvgPool2d", "BatchNorm", "Cast", "Clip", "Concat",
            "Conv2d", "ConvTranspose2d", "Div", "Dropout", "Flatten", "FusedConv2d", "GlobalAvgPool2d",
            "GlobalMaxPool2d", "Identity", "LeakyRelu", "Linear", "Lrn", "Matmul", "MaxPool2d", "Mul", "Pad",
            "Relu", "Reshape", "Resize", "Sigmoid", "Softmax", "Sub", "Tanh", "Transpose",

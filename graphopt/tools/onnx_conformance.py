@@ -128,16 +128,23 @@ def prepare(case: Case) -> Prepared:
     node = case.model.graph.node[0]
     bound = {node.input[i] for i in ATTRIBUTE_INPUTS.get(case.op_type, ())
              if i < len(node.input) and node.input[i]}
-    for name, value in case.inputs.items():
+    inputs = {name: tensor(value) for name, value in case.inputs.items()}
+    for name, value in inputs.items():
         if not isinstance(value, (np.ndarray, np.generic)):
             raise Skip(f"input '{name}' is a {type(value).__name__}, not a tensor")
     try:
         graph = load_onnx(case.model,
-                          constant_inputs={n: np.asarray(case.inputs[n]) for n in bound})
+                          constant_inputs={n: np.asarray(inputs[n]) for n in bound})
     except UnsupportedOpError as e:   # keep only the op's part of the model-wide message
         raise Skip(re.sub(r"^model '.*?' uses \d+ unsupported .*?: ", "", e.detail)) from None
-    feeds = {n: np.asarray(v) for n, v in case.inputs.items() if n not in bound}
+    feeds = {n: np.asarray(v) for n, v in inputs.items() if n not in bound}
     return Prepared(case, graph, feeds)
+
+
+def tensor(value):
+    """A case's input or output as numpy has it: Cast's cases hold theirs as TensorProtos
+    (for the dtypes numpy lacks, bfloat16 from ml_dtypes)."""
+    return onnx.numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else value
 
 
 def compare(case: Case, results: dict) -> str:
@@ -147,11 +154,13 @@ def compare(case: Case, results: dict) -> str:
         found = results.get(name)
         if found is None:
             return f"output '{name}' missing"
-        expected = np.asarray(expected)
+        expected = np.asarray(tensor(expected))
         if found.shape != expected.shape:
             return f"output '{name}': shape {found.shape}, expected {expected.shape}"
         if found.dtype != expected.dtype:
             return f"output '{name}': dtype {found.dtype}, expected {expected.dtype}"
+        if found.dtype == "bfloat16":   # numpy's closeness tests know no bfloat16
+            found, expected = found.astype(np.float32), expected.astype(np.float32)
         try:
             np.testing.assert_allclose(found, expected, rtol=case.rtol, atol=case.atol)
         except AssertionError as e:
