@@ -273,8 +273,10 @@ def copy_to_device(array: np.ndarray, device):
     tensor = alloc(tvm_ffi.Shape(array.shape), tvm_ffi.dtype(str(array.dtype)), device, None)
     if array.size == 0:   # nothing to copy (numpy exports empty arrays with zero strides)
         return tensor
-    tvm_ffi.get_global_func("runtime.TVMTensorCopyFromTo")(tvm_ffi.from_dlpack(
-        np.ascontiguousarray(array)), tensor)
+    source = np.ascontiguousarray(array)
+    if str(array.dtype) == "bfloat16":   # numpy's DLPack has no bfloat16: its bits, as uint16
+        source = source.view(np.uint16)
+    tvm_ffi.get_global_func("runtime.TVMTensorCopyFromTo")(tvm_ffi.from_dlpack(source), tensor)
     return tensor
 
 
@@ -282,9 +284,15 @@ def copy_to_host(tensor) -> np.ndarray:
     """A numpy copy of a tensor on any device."""
     import tvm_ffi
     alloc = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")
-    host = alloc(tensor.shape, tensor.dtype, tvm_ffi.device("cpu", 0), None)
+    bits = str(tensor.dtype) == "bfloat16"   # numpy's DLPack has no bfloat16: copied as uint16
+    host = alloc(tensor.shape, tvm_ffi.dtype("uint16") if bits else tensor.dtype,
+                 tvm_ffi.device("cpu", 0), None)
     tvm_ffi.get_global_func("runtime.TVMTensorCopyFromTo")(tensor, host)
-    return np.from_dlpack(host).copy()
+    array = np.from_dlpack(host).copy()
+    if bits:
+        import ml_dtypes   # numpy's bfloat16
+        array = array.view(ml_dtypes.bfloat16)
+    return array
 
 
 # ---- the loaded model -------------------------------------------------------------------------
@@ -346,13 +354,13 @@ class LoadedModel:
 
     def _to_device(self, array: np.ndarray):
         import tvm_ffi
-        if self.device_kind == "cpu" and array.size:
+        if self.device_kind == "cpu" and array.size and str(array.dtype) != "bfloat16":
             # zero-copy where the array is aligned as the kernels assume; else an aligned copy
             return tvm_ffi.from_dlpack(aligned(array))
         return copy_to_device(array, self.device)
 
     def _to_numpy(self, tensor) -> np.ndarray:
-        if self.device_kind == "cpu":
+        if self.device_kind == "cpu" and str(tensor.dtype) != "bfloat16":
             return np.from_dlpack(tensor).copy()
         return copy_to_host(tensor)
 

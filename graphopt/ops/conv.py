@@ -8,6 +8,7 @@ import numpy as np
 from ..ir import TensorType
 from .base import (Op, accumulator, expect, expect_float, expect_rank, expect_same_dtype, integer,
                    pair, quad, real, register, relax)
+from .cast import accumulation_dtype, lower_in_float32
 
 
 def conv_attributes(op) -> None:
@@ -213,12 +214,18 @@ class ConvTranspose2d(Op):
             (pt, pl, pb, pr), (oh, ow) = self.padding, self.output_padding
             padding, output_padding = (pt, pl, max(pb - oh, 0), max(pr - ow, 0)), (0, 0)
             tail = (max(oh - pb, 0), max(ow - pr, 0))
+        # Half precision accumulates in float32 and rounds once, after the bias.
+        dtype = str(x.ty.dtype)
+        accumulate = accumulation_dtype(dtype)
         y = R.nn.conv2d_transpose(x, w, strides=self.stride, padding=padding,
                                   output_padding=output_padding, dilation=self.dilation,
-                                  groups=self.groups)
+                                  groups=self.groups, out_dtype=accumulate)
         if tail != (0, 0):
             y = R.nn.pad(bb.emit(y), [0, 0, 0, 0, 0, tail[0], 0, tail[1]])
-        return add_channel_bias(bb, y, b)
+        if accumulate == dtype:
+            return add_channel_bias(bb, y, b)
+        y = add_channel_bias(bb, y, None if b is None else bb.emit(R.astype(b, accumulate)))
+        return R.astype(bb.emit(y), dtype)
 
     def macs(self, inputs, outputs):
         c, og, kh, kw = inputs[1].shape
@@ -260,13 +267,16 @@ class BatchNorm(Op):
         params = (scale, bias, mean, var)
         if all(isinstance(p, tvm.ir.Constant) for p in params):
             # Constant statistics: x * s + t, with s and t computed here (float64, then the
-            # input's dtype) instead of by a kernel at every run.
+            # input's dtype; float32 for half precision) instead of by a kernel at every run.
             scale_, bias_, mean_, var_ = (p.value.numpy().astype(np.float64) for p in params)
             s = scale_ / np.sqrt(var_ + self.epsilon)
             shape = (1, -1) + (1,) * (len(x.ty.shape) - 2)
-            dtype = str(x.ty.dtype)
-            const = lambda a: rx.const(np.ascontiguousarray(a.reshape(shape), dtype), dtype)
-            return rx.op.add(bb.emit(rx.op.multiply(x, const(s))), const(bias_ - mean_ * s))
+
+            def affine(x):
+                dtype = str(x.ty.dtype)
+                const = lambda a: rx.const(np.ascontiguousarray(a.reshape(shape), dtype), dtype)
+                return rx.op.add(bb.emit(rx.op.multiply(x, const(s))), const(bias_ - mean_ * s))
+            return lower_in_float32(bb, x, affine)
         # training=False: Relax's default normalizes with batch statistics.
         bn = bb.emit(rx.op.nn.batch_norm(x, scale, bias, mean, var, axis=1, epsilon=self.epsilon,
                                          training=False))

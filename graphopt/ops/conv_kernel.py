@@ -2,7 +2,8 @@
 computed the way the node's `Conv2d.algorithm` says: used by `conv2d` and `fused_conv2d`."""
 from __future__ import annotations
 
-from .base import constant_operand
+from .base import constant_operand, relax_type
+from .cast import accumulation_dtype
 from .epilogue import EPILOGUE, ONEDNN_NO_ACTIVATION
 
 # TVM's operator-pattern code for a kernel FuseOps must leave alone (kOpaque): graphopt's fusion
@@ -23,6 +24,10 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
         bias = constant_operand(b, decision) if b is not None else None
         return onednn_conv2d(conv, x, w, bias, residual, code, alpha, beta)
     from tvm import relax, te, topi
+    # Half precision (a plain conv: select_conv_algorithm) accumulates in float32 through the
+    # epilogue and rounds once, at the end, as the reference kernel does.
+    dtype = relax_type(x).dtype
+    accumulate = accumulation_dtype(dtype)
     if conv.algorithm == "winograd":
         from ..targets.tvm.schedules.winograd import transform_weight, winograd_conv2d
         u = transform_weight(constant_operand(w, decision), conv.weight_block)
@@ -35,7 +40,7 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
     else:
         weight, name = w, "conv2d"
         compute = lambda x, w: topi.nn.conv(x, w, conv.stride, conv.padding, conv.dilation,
-                                            conv.groups, "NCHW", "OIHW")
+                                            conv.groups, "NCHW", "OIHW", out_dtype=accumulate)
     extras = [e for e in (b, residual) if e is not None]
 
     def kernel(x, w, *rest):
@@ -43,11 +48,13 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
         rest = list(rest)
         if b is not None:
             bias, conv_out = rest.pop(0), y
-            y = te.compute(y.shape, lambda n, c, h, w_: conv_out[n, c, h, w_] + bias[c],
-                           name="bias_add")
+            y = te.compute(y.shape, lambda n, c, h, w_: conv_out[n, c, h, w_]
+                           + bias[c].astype(conv_out.dtype), name="bias_add")
         if residual is not None:
-            y = topi.add(y, rest.pop(0))
-        return EPILOGUE[activation.name].te(activation, y) if activation is not None else y
+            add = rest.pop(0)
+            y = topi.add(y, topi.cast(add, y.dtype) if add.dtype != y.dtype else add)
+        y = EPILOGUE[activation.name].te(activation, y) if activation is not None else y
+        return topi.cast(y, dtype) if y.dtype != dtype else y
 
     fused = b is not None or residual is not None or activation is not None
     return bb.call_te(kernel, x, weight, *extras,

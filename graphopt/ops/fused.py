@@ -1,10 +1,11 @@
 """Ops made by fusion passes. Each reuses the definitions of the ops it stands for, so that its
-reference kernel computes exactly what the unfused chain computes, in the same order."""
+reference kernel computes exactly what the unfused chain computes, in the same order (in half
+precision it stays in float32 until its result, which it rounds once, as the fused kernel does)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Op, expect, flag, register
+from .base import Op, accumulator, expect, flag, register
 from .conv import Conv2d
 from .conv_kernel import lower_conv
 from .epilogue import EPILOGUE, EPILOGUE_ACTIVATIONS
@@ -58,11 +59,13 @@ class FusedConv2d(Op):
         return out
 
     def reference(self, *arrays):
-        x, w, b, residual = self.split(arrays)
+        acc = accumulator(arrays[0].dtype)
+        x, w, b, residual = self.split([a.astype(acc, copy=False) for a in arrays])
         y = self.conv.reference(x, w, b)
         if residual is not None:
             y = y + residual
-        return self.activation.reference(y) if self.activation is not None else y
+        y = self.activation.reference(y) if self.activation is not None else y
+        return y.astype(arrays[0].dtype, copy=False)
 
     def lower_tvm(self, bb, *args):
         x, w, b, residual = self.split(args)

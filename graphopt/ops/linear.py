@@ -5,9 +5,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir import TensorType
+from ..ir import TensorType, is_float_dtype
 from .base import (Op, accumulator, constant_operand, expect, expect_float, expect_same_dtype,
                    integer, register, relax)
+from .cast import accumulation_dtype
 
 
 def weight_block_attribute(op) -> None:
@@ -60,6 +61,13 @@ class Linear(Op):
             # A constant weight is transposed here, once, rather than by a kernel at every run.
             w_t = (rx.const(np.ascontiguousarray(w.value.numpy().T), str(w.ty.dtype))
                    if isinstance(w, tvm.ir.Constant) else R.permute_dims(w, [1, 0]))
+            # Half precision accumulates in float32 and rounds once, after the bias.
+            dtype = str(x.ty.dtype)
+            accumulate = accumulation_dtype(dtype)
+            if accumulate != dtype:
+                y = R.matmul(x, w_t, out_dtype=accumulate)
+                y = R.add(bb.emit(y), R.astype(b, accumulate)) if b is not None else y
+                return R.astype(bb.emit(y), dtype)
             y = R.matmul(x, w_t)
         return R.add(bb.emit(y), b) if b is not None else y
 
@@ -97,7 +105,7 @@ class Matmul(Op):
         return TensorType(shape, a.dtype)
 
     def reference(self, a, b):
-        if a.dtype.kind == "f":
+        if is_float_dtype(a.dtype):
             acc = accumulator(a.dtype)
             return np.matmul(a.astype(acc), b.astype(acc)).astype(a.dtype)
         return np.matmul(a, b)
@@ -106,7 +114,12 @@ class Matmul(Op):
         if self.weight_block:
             weight = constant_operand(b, f"packed {self.name}")
             return lower_blocked_matmul(bb, a, weight, self.weight_block)
-        return relax().op.matmul(a, b)
+        R = relax().op
+        dtype = str(a.ty.dtype)
+        accumulate = accumulation_dtype(dtype) if is_float_dtype(dtype) else dtype
+        if accumulate != dtype:   # half precision: float32 sums, rounded once
+            return R.astype(bb.emit(R.matmul(a, b, out_dtype=accumulate)), dtype)
+        return R.matmul(a, b)
 
     def target_choice(self) -> str:
         return f"{self.weight_block}-column weight blocks" if self.weight_block else ""

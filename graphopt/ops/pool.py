@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir import TensorType
+from ..ir import TensorType, is_float_dtype
 from .base import (relax_type, Op, accumulator, expect, expect_float, expect_rank, flag, integer,
                    pair, quad, real, register, relax)
+from .cast import isnan, lower_in_float32
 
 
 def pool_out_size(size, kernel, stride, pad_begin, pad_end, dilation, ceil_mode) -> int:
@@ -33,12 +34,12 @@ def nan_max(a, b):
     would grow to 2**k terms, and the TIR simplifier with it."""
     from tvm import tirx
     dtype = a.dtype if hasattr(a, "dtype") else a.ty   # a TensorSlice, or any PrimExpr
-    if not str(dtype).startswith("float"):
+    if not is_float_dtype(dtype):
         return tirx.max(a, b)
     if isinstance(a, tirx.Var):
-        return tirx.Select(tirx.any(tirx.isnan(a), a > b), a, b)
+        return tirx.Select(tirx.any(isnan(a), a > b), a, b)
     best = tirx.Var("best", str(dtype))
-    return tirx.Let(best, a, tirx.Select(tirx.any(tirx.isnan(best), best > b), best, b))
+    return tirx.Let(best, a, tirx.Select(tirx.any(isnan(best), best > b), best, b))
 
 
 def nan_max_reducer():
@@ -122,7 +123,7 @@ class MaxPool2d(Pool2d):
 
     def reference(self, x):
         oh, ow = self.out_hw(*x.shape[2:])
-        lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+        lowest = -np.inf if is_float_dtype(x.dtype) else np.iinfo(x.dtype).min
         xp, _, _ = self.padded(x, lowest, oh, ow)
         out = None
         for win in self.windows(xp, oh, ow):
@@ -213,10 +214,10 @@ class AvgPool2d(Pool2d):
         return (total / count).astype(x.dtype)
 
     def lower_tvm(self, bb, x):
-        return relax().op.nn.avg_pool2d(x, pool_size=self.kernel, strides=self.stride,
-                                        padding=self.padding, dilation=self.dilation,
-                                        ceil_mode=self.ceil_mode,
-                                        count_include_pad=self.count_include_pad)
+        return lower_in_float32(bb, x, lambda x: relax().op.nn.avg_pool2d(
+            x, pool_size=self.kernel, strides=self.stride, padding=self.padding,
+            dilation=self.dilation, ceil_mode=self.ceil_mode,
+            count_include_pad=self.count_include_pad))
 
 
 @register
@@ -232,7 +233,7 @@ class GlobalAvgPool2d(Op):
         return x.astype(accumulator(x.dtype)).mean(axis=(2, 3), keepdims=True).astype(x.dtype)
 
     def lower_tvm(self, bb, x):
-        return relax().op.mean(x, axis=[2, 3], keepdims=True)
+        return lower_in_float32(bb, x, lambda x: relax().op.mean(x, axis=[2, 3], keepdims=True))
 
 
 @register
@@ -294,6 +295,9 @@ class Lrn(Op):
         return (x.astype(acc) / scale).astype(x.dtype)
 
     def lower_tvm(self, bb, x):
+        return lower_in_float32(bb, x, lambda x: self.lower_float(bb, x))
+
+    def lower_float(self, bb, x):
         rx = relax()
         R = rx.op
         dtype = relax_type(x).dtype

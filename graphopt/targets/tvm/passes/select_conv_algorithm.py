@@ -5,7 +5,9 @@
   the 3x3 stride-1 convolutions where it measured faster (`schedules/winograd.applies`);
 - "direct" otherwise (graphopt's register-tiled conv2d rule), with its weight packed into blocks
   of one or two vector registers of output channels (`tiled.channel_blocks`), each inside one
-  group, where the weight is a constant and the channels fill such a block."""
+  group, where the weight is a constant and the channels fill such a block.
+Half-precision (float16, bfloat16) convolutions stay "direct" without a weight layout: the
+tiled, Winograd and oneDNN kernels are float32 kernels."""
 from __future__ import annotations
 
 import dataclasses
@@ -24,13 +26,13 @@ def select_conv_algorithm(context):
         x, w, *rest = node.inputs
         bias = rest[0] if rest and getattr(node.op, "has_bias", True) else None
         plain = conv.plain
-        if not (context.constant_weights and w.is_constant) or not node.outputs[0].type.is_float:
-            return plain
         float32 = x.dtype == "float32" and node.outputs[0].dtype == "float32"
-        if float32 and context.kernels == "onednn" and (bias is None or bias.is_constant):
+        if not (context.constant_weights and w.is_constant) or not float32:
+            return plain
+        if context.kernels == "onednn" and (bias is None or bias.is_constant):
             return dataclasses.replace(plain, algorithm="onednn")
         batch, out_channels, out_h, out_w = node.outputs[0].shape
-        if float32 and winograd.applies(w.shape[1], out_channels, out_h, out_w, w.shape[2:],
+        if winograd.applies(w.shape[1], out_channels, out_h, out_w, w.shape[2:],
                                         conv.stride, conv.dilation, conv.groups, conv.padding,
                                         context.vector, batch):
             return dataclasses.replace(plain, algorithm="winograd",

@@ -20,7 +20,7 @@ def select_dense_layout(context):
         x, w = node.inputs[:2]
         out = node.outputs[0]
         packable = (context.constant_weights and w.is_constant and x.type.ndim == 2
-                    and w.type.ndim == 2 and out.type.is_float)
+                    and w.type.ndim == 2 and out.dtype == "float32")   # a float32 kernel
         blocking = dense_blocking(out.shape[0], out.shape[1], context.vector) if packable \
             else None
         return dataclasses.replace(node.op, weight_block=blocking[0] if blocking else 0)

@@ -119,7 +119,10 @@ def schedule_reduction(sch, block, lanes: int) -> None:
         fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
         if extent(fused, sch) > 1:
             sch.parallel(fused)
-    if row is not None and reduce:
+    # TVM's bfloat16 legalization cannot store a vector of bfloat16 accumulators (max pools):
+    # those rows stay scalar.
+    vector_row = row is not None and str(sch.get(block).writes[0].source.dtype) != "bfloat16"
+    if vector_row and reduce:
         try:
             sch.vectorize(row)  # before decompose_reduction, which leaves loops unvectorizable
             init = sch.decompose_reduction(block, reduce[0])
