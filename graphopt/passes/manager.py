@@ -84,7 +84,9 @@ class Sandbox:
         for value in self.graph.constants.values():
             data = value.data
             source = data if data.flags.c_contiguous else data.copy()
-            shadow = np.frombuffer(memoryview(source).toreadonly(), data.dtype)
+            # Bytes: a memoryview cannot carry every dtype (bfloat16's, from ml_dtypes).
+            raw = memoryview(source.reshape(-1).view(np.uint8)).toreadonly()
+            shadow = np.frombuffer(raw, data.dtype)
             self._shadows[id(shadow)] = (shadow, data, source)
             value.data = shadow.reshape(data.shape)
 
@@ -151,7 +153,8 @@ def _rebase(view: np.ndarray, shadow: np.ndarray, caller: np.ndarray,
     if source is caller and offset == 0 and (view.shape, view.strides, view.dtype) == \
             (caller.shape, caller.strides, caller.dtype):
         return caller
-    return np.ndarray(view.shape, view.dtype, buffer=source, offset=offset, strides=view.strides)
+    return np.ndarray(view.shape, view.dtype, buffer=source.reshape(-1).view(np.uint8),
+                      offset=offset, strides=view.strides)
 
 
 def fingerprint(graph: Graph) -> tuple:
@@ -259,7 +262,7 @@ class PassManager:
     changes the graph (at most `max_rounds` times). After every pass the graph is verified; with
     `check=True` it is interpreted (float64) on `inputs` (default: `probe_inputs`) and compared
     with the graph before the pass, output by output, within the tolerance of each output's
-    dtype. `passes`: names or pass functions, or one str of comma-separated names."""
+    dtype (of the least precise float dtype either graph computes in, for a float output). `passes`: names or pass functions, or one str of comma-separated names."""
 
     def __init__(self, passes: Sequence[str | Pass], *, check: bool = False,
                  fixed_point: bool = False, max_rounds: int = 4,
@@ -307,12 +310,14 @@ class PassManager:
         return OptimizeResult(sandbox.result(current, graph), graph, records)
 
     def _check(self, name: str, before: Graph, after: Graph, inputs, expected, found) -> float:
-        from ..compare import TOLERANCE, compare_arrays
+        from ..compare import compare_arrays, tolerance_for
         worst, failures = 0.0, []
         for value in before.outputs:
             if value.name not in found:
                 raise PassError(f"pass '{name}' lost graph output '{value.name}'")
-            tol = self.tolerance if self.tolerance is not None else TOLERANCE.get(value.dtype, 1e-4)
+            # By default each output's dtype's, or the least precise float dtype computed.
+            tol = self.tolerance if self.tolerance is not None else \
+                tolerance_for(value.dtype, before, after)
             c = compare_arrays(value.name, expected[value.name], found[value.name], tol)
             worst = max(worst, c.max_rel)
             if not c.ok:
