@@ -11,8 +11,9 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..ir import Graph
-from . import (eliminate_common_subexpressions, eliminate_dead_code, fold_batch_norm,  # noqa: F401
-               fold_constants, fold_pad, fuse_conv_epilogue, remove_identities)
+from . import (convert_float_precision, eliminate_common_subexpressions,  # noqa: F401
+               eliminate_dead_code, fold_batch_norm, fold_constants, fold_pad, fuse_conv_epilogue,
+               remove_identities)
 from .bisection import BisectResult, bisect
 from .manager import (PASSES, OptimizeResult, Pass, PassManager, PassRecord, PassResult,
                       fingerprint, pass_list, probe_inputs, register_pass)

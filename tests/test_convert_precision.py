@@ -1,0 +1,352 @@
+"""float16 and bfloat16: the interpreter's half-precision kernels, the cast op at its edges, the
+convert_float16 / convert_bfloat16 passes (random graphs, keep lists, where the casts go),
+go.quantize, tolerances, ONNX round trips, and compiled CPU and CUDA models."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx.reference import ReferenceEvaluator
+
+import graphopt as go
+from graphopt import dsl, ops
+from graphopt.compare import FLOAT_TOLERANCE, tolerance_for
+from graphopt.ir import Graph, TensorType, is_float_dtype
+from graphopt.passes import PASSES, PassResult, probe_inputs
+from graphopt.passes.convert_float_precision import convert_precision
+from graphopt.targets.tvm.compile import optimize_for_target
+from graphopt.targets.tvm.options import CompileOptions
+
+from conftest import add_op_case, input_feeds, one_node_graph
+from test_onnx_export import structure
+from test_passes_property import cnn_graphs
+
+HALF = ["float16", "bfloat16"]
+PROPERTY = settings(max_examples=12, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+def half_net(batch=2):
+    """Conv + batch norm + relu, max pool, a residual conv, avg pool, linear, softmax."""
+    with dsl.Builder("half_net", seed=3) as b:
+        x = b.input("input", (batch, 3, 12, 12))
+        y = dsl.max_pool2d(dsl.relu(dsl.batch_norm(dsl.conv2d(x, 8, 3, padding=1))), 2)
+        y = dsl.relu(dsl.add(dsl.conv2d(y, 8, 3, padding=1), y))
+        y = dsl.avg_pool2d(y, 2)
+        return b.output(dsl.softmax(dsl.linear(dsl.flatten(y), 10, name="fc")))
+
+
+def casts(graph: Graph) -> list:
+    return [n for n in graph.nodes if n.op_name == "cast"]
+
+
+def assert_casts_at_boundaries(graph: Graph) -> None:
+    """Each cast joins two precisions: it reads no cast, its users are no casts and compute in
+    the dtype it casts to (or it is a graph output), and no value is cast twice to one dtype."""
+    seen = set()
+    for node in casts(graph):
+        source, out = node.inputs[0], node.output
+        assert source.dtype != out.dtype, node
+        assert source.producer is None or source.producer.op_name != "cast", node
+        for user in out.users:
+            assert user.op_name != "cast", (node, user)
+            assert all(o.dtype == out.dtype for o in user.outputs if is_float_dtype(o.dtype)), \
+                (node, user)
+        assert (source.name, out.dtype) not in seen, node
+        seen.add((source.name, out.dtype))
+
+
+def computes_in(node) -> set[str]:
+    return {v.dtype for v in node.outputs if is_float_dtype(v.dtype)}
+
+
+# ---- the interpreter's half-precision kernels ---------------------------------------------------
+@dataclass(frozen=True)
+class KernelCase:
+    op: ops.Op
+    inputs: tuple
+    weights: tuple
+
+
+def kernel_cases(rng):
+    def r(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+    fused = ops.FusedConv2d(conv=ops.Conv2d(padding=1), activation=ops.LeakyRelu(0.1),
+                            has_residual=True)
+    return {"conv2d": KernelCase(ops.Conv2d(padding=1), (r(1, 16, 6, 6),), (r(8, 16, 3, 3), r(8))),
+            "fused_conv2d": KernelCase(fused, (r(1, 16, 6, 6),), (r(16, 16, 3, 3), r(16),
+                                                                  r(1, 16, 6, 6))),
+            "linear": KernelCase(ops.Linear(), (r(3, 64),), (r(10, 64), r(10))),
+            "avg_pool2d": KernelCase(ops.AvgPool2d((3, 3), (1, 1), (1, 1, 1, 1)),
+                                     (r(1, 4, 6, 6),), ()),
+            "global_avg_pool2d": KernelCase(ops.GlobalAvgPool2d(), (r(1, 4, 7, 7),), ()),
+            "add": KernelCase(ops.Add(), (r(4, 5),), (r(4, 5),))}
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("op_name", ["conv2d", "fused_conv2d", "linear", "avg_pool2d",
+                                     "global_avg_pool2d", "add"])
+def test_half_kernels_compute_in_float32_and_round_once(op_name, dtype, rng):
+    """A half node's result is its float32 computation on the same (half) values, rounded once
+    to the half dtype: a fused conv rounds after its epilogue, not after the conv."""
+    case = kernel_cases(rng)[op_name]
+    half = [a.astype(dtype) for a in case.inputs + case.weights]
+    n = len(case.inputs)
+    found = go.interpret(one_node_graph(case.op, half[:n], half[n:]),
+                         input_feeds("node", half[:n]))["node.out"]
+    wide = [a.astype(np.float32) for a in half]
+    expected = go.interpret(one_node_graph(case.op, wide[:n], wide[n:]),
+                            input_feeds("node", wide[:n]))["node.out"]
+    assert found.dtype == dtype
+    np.testing.assert_array_equal(found.astype(np.float32), expected.astype(dtype).astype(np.float32))
+
+
+def test_interpreter_refuses_a_kernel_result_of_the_wrong_dtype():
+    @dataclass(frozen=True)
+    class Widening(ops.Relu):   # numpy's bfloat16 matmul and clip return float32
+        def reference(self, x):
+            return x.astype(np.float32)
+    g = one_node_graph(Widening(), [np.ones((2, 2), "bfloat16")])
+    with pytest.raises(go.GraphoptError, match="node 'node'.*returned float32, expected bfloat16"):
+        go.interpret(g, {"node.in0": np.ones((2, 2), "bfloat16")})
+
+
+def test_float64_interpretation_keeps_the_rounding_of_casts():
+    g = Graph("round_trip")
+    x = g.add_input("x", TensorType((4,)))
+    half = g.add_node(ops.Cast("float16"), [x], name="to_half").output
+    g.set_outputs([g.add_node(ops.Cast("float32"), [half], name="back").output])
+    feeds = {"x": np.array([1 + 2 ** -12, 1 / 3, 7.0, -1e-8], np.float32)}
+    found = go.interpret(g, feeds, dtype=np.float64)[g.output_names[0]]
+    assert found.dtype == np.float64
+    np.testing.assert_array_equal(found, feeds["x"].astype(np.float16).astype(np.float64))
+
+
+def test_cast_special_values_compiled_as_interpreted():
+    """NaN, infinities, float16 overflow, ties and NaN -> bool: the CPU module equals the
+    interpreter bit for bit (the table rows in test_ops cover finite values)."""
+    x = np.array([np.nan, np.inf, -np.inf, 65519.0, 65520.0, -1e6, 1.00048828125, 1 + 2 ** -8,
+                  3.3e38, 1e-30, -0.0, 0.0], np.float32)
+    g = Graph("casts")
+    for to in ("float16", "bfloat16", "bool"):
+        add_op_case(g, f"to_{to}", ops.Cast(to), [x])
+    g.set_outputs([v for n in g.nodes for v in n.outputs])
+    feeds = {f"to_{to}.in0": x for to in ("float16", "bfloat16", "bool")}
+    expected, found = go.interpret(g, feeds), go.compile(g, "cpu").run(feeds)
+    for name, array in expected.items():
+        assert found[name].dtype == array.dtype
+        assert np.array_equal(found[name].astype(np.float64), array.astype(np.float64),
+                              equal_nan=True), (name, found[name], array)
+    assert expected["to_bool.out"].tolist()[:3] == [True, True, True]
+
+
+# ---- the passes on random graphs ----------------------------------------------------------------
+@pytest.mark.parametrize("dtype", HALF)
+@PROPERTY
+@given(graph=cnn_graphs())
+def test_conversion_keeps_the_interface_and_the_result_within_the_dtype(dtype, graph):
+    result = PASSES[f"convert_{dtype}"](graph)
+    converted = go.verify(result.graph)
+    assert [(v.name, v.type) for v in converted.inputs] == [(v.name, v.type) for v in graph.inputs]
+    assert [(v.name, v.type) for v in converted.outputs] == \
+        [(v.name, v.type) for v in graph.outputs]
+    report = go.compare(graph, converted, probe_inputs(graph), per_layer=True)
+    assert report.ok and report.first_divergent is None, report
+    assert all(o.tolerance == FLOAT_TOLERANCE[dtype] for o in report.outputs)
+    # no keep list: every node computes in the half dtype; casts only at inputs and outputs
+    assert all(computes_in(n) == {dtype} for n in converted.nodes if n.op_name != "cast")
+    outputs = {id(v) for v in converted.outputs}
+    assert all(c.inputs[0].producer is None or id(c.output) in outputs for c in casts(converted))
+    assert_casts_at_boundaries(converted)
+    again = PASSES[f"convert_{dtype}"](converted)
+    assert not again.changed and again.graph is converted
+    go.optimize(graph, [f"convert_{dtype}"], check=True)   # the manager's check allows it too
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@PROPERTY
+@given(graph=cnn_graphs(), data=st.data())
+def test_kept_nodes_stay_float32_with_casts_only_around_them(dtype, graph, data):
+    names = [n.name for n in graph.nodes]
+    keep = data.draw(st.lists(st.sampled_from(names), max_size=3, unique=True))
+    converted = go.verify(convert_precision(dtype, keep)(graph).graph)
+    for node in converted.nodes:   # a name may be an op's too ("relu"): all of them stay
+        kept = node.name in keep or node.op_name in keep
+        if node.op_name != "cast":
+            assert computes_in(node) == ({"float32"} if kept else {dtype}), node
+    assert_casts_at_boundaries(converted)
+    assert go.compare(graph, converted, probe_inputs(graph)).ok
+    assert not convert_precision(dtype, keep)(converted).changed
+
+
+# ---- where the casts go, what stays float32 -----------------------------------------------------
+@pytest.mark.parametrize("dtype", HALF)
+def test_resnet18_has_one_cast_per_input_and_per_output(dtype):
+    g = go.zoo.resnet18()
+    res = go.quantize(g, dtype)
+    q = res.graph
+    assert [(c.inputs[0].name, c.output.name) for c in casts(q)] == \
+        [("input", f"input.{dtype}"), (f"output.{dtype}", "output")]
+    assert all(computes_in(n) == {dtype} for n in q.nodes if n.op_name != "cast")
+    assert "fold_batch_norm" in res.report and f"convert_{dtype}" in res.report
+    report = go.compare(g, q, probe_inputs(g))
+    assert report.ok and report["output"].max_rel > 1e-5, report   # converted, not exact
+    assert report["output"].max_rel < FLOAT_TOLERANCE[dtype] / 4
+
+
+def test_keep_names_nodes_original_nodes_and_ops():
+    g = go.zoo.resnet18()
+    q = go.quantize(g, "float16", keep=["fc", "layer1.0.bn1"]).graph
+    kept = {n.name for n in q.nodes if n.op_name != "cast" and computes_in(n) == {"float32"}}
+    # layer1.0.bn1 was folded and fused: the fused node standing for it stays float32
+    assert kept == {"fc", "layer1.0.relu1.fused"}
+    assert len(casts(q)) == 1 + 2 + 1    # the input, around the fused conv, before fc
+    assert_casts_at_boundaries(q)
+    by_op = go.quantize(g, "bfloat16", keep="linear").graph
+    assert [n.name for n in by_op.nodes if computes_in(n) == {"float32"} and
+            n.op_name != "cast"] == ["fc"]
+    with pytest.raises(go.OptionError, match=r"keep names \['fc9'\].*nodes are conv1, bn1"):
+        go.quantize(g, "float16", keep=["fc", "fc9"])
+    with pytest.raises(go.OptionError, match="expected keep as node or op names"):
+        go.quantize(g, "float16", keep=[3])
+
+
+def test_softmax_and_constants_beyond_float16_stay_float32():
+    with dsl.Builder("wide", seed=0) as b:
+        x = b.input("input", (1, 4))
+        y = dsl.linear(x, 6, name="fc1") * 1e5
+        g = b.output(dsl.softmax(dsl.linear(y / 1e5, 3, name="fc2")))
+    scaling = {n.name for n in g.nodes if n.op_name in ("mul", "div")}
+    res = go.quantize(g, "float16", check=True)
+    q = res.graph
+    float32 = {n.name for n in q.nodes if n.op_name != "cast" and computes_in(n) == {"float32"}}
+    assert float32 == scaling | {g.nodes[-1].name}   # * 1e5, / 1e5 (1e5 > 65504), softmax
+    assert "beyond float16's range" in res.report and "softmax stays float32" in res.report
+    assert_casts_at_boundaries(q)
+    bf16 = go.quantize(g, "bfloat16").graph       # bfloat16 holds 1e5
+    assert {n.name for n in bf16.nodes if computes_in(n) == {"float32"}} - \
+        {c.name for c in casts(bf16)} == {g.nodes[-1].name}
+
+
+def test_quantize_refuses_int8_and_unknown_dtypes():
+    g = half_net()
+    with pytest.raises(go.OptionError, match="int8.*needs a calibration.*not available in this "
+                                             "version"):
+        go.quantize(g, "int8")
+    with pytest.raises(go.OptionError, match="expected dtype one of float16, bfloat16, int8"):
+        go.quantize(g, "float8")
+    with pytest.raises(ValueError, match="expected a dtype in"):
+        convert_precision("float32")
+
+
+def test_tolerance_follows_the_least_precise_dtype_computed():
+    g = half_net()
+    q = go.quantize(g, "bfloat16").graph
+    assert tolerance_for("float32", g) == 1e-4
+    assert tolerance_for("float32", g, q) == FLOAT_TOLERANCE["bfloat16"]
+    assert tolerance_for("float16", g) == FLOAT_TOLERANCE["float16"]
+    assert tolerance_for("int32", q) == 0.0
+
+
+def test_the_check_still_catches_a_wrong_conversion():
+    """The half tolerance is no blank cheque: a conversion that also scales a weight by 1.1
+    fails the manager's check, naming the layer."""
+    def convert_badly(graph):
+        result = PASSES["convert_float16"](graph)
+        bad = result.graph.copy()
+        w = bad.node("fc").inputs[1]
+        w.data = (w.data * 1.1).astype(w.dtype)
+        return PassResult(bad, True)
+    with pytest.raises(go.PassError, match="convert_badly.*changed the result.*'fc'"):
+        go.optimize(half_net(), [convert_badly], check=True)
+
+
+# ---- ONNX ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", HALF)
+def test_onnx_round_trip(dtype):
+    """Exported (bfloat16 at opset 22, where Conv and the pools take it), imported back unchanged,
+    and run elsewhere: float16 by onnxruntime, bfloat16 by onnx's reference evaluator
+    (onnxruntime has no CPU bfloat16 Conv)."""
+    g = half_net()
+    q = PASSES[f"convert_{dtype}"](g).graph    # unfused: fused convs export as their chain
+    model = go.save_onnx(q)
+    assert model.opset_import[0].version == (22 if dtype == "bfloat16" else 13)
+    assert [n.op_type for n in model.graph.node].count("Cast") == 2
+    assert structure(go.load_onnx(model)) == structure(q)
+    feeds = probe_inputs(g)
+    mine = go.interpret(q, feeds)["output"]
+    if dtype == "float16":
+        session = ort.InferenceSession(model.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        theirs = session.run(None, feeds)[0]
+    else:
+        theirs = ReferenceEvaluator(model).run(None, feeds)[0]
+    assert np.abs(theirs - mine).max() <= FLOAT_TOLERANCE[dtype] * np.abs(mine).max()
+
+
+# ---- compiled ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("model", ["half_net", "lenet5"])
+def test_compiled_cpu_matches_the_interpreter(model, dtype):
+    g = half_net() if model == "half_net" else go.zoo.lenet5(batch=2)
+    q = go.quantize(g, dtype).graph
+    m = go.compile(q, "cpu")
+    feeds = probe_inputs(g)
+    assert go.compare(q, m, feeds).ok           # against the half graph in float64
+    report = go.compare(g, m, feeds)            # against the float32 original
+    assert report.ok and report.outputs[0].tolerance == FLOAT_TOLERANCE[dtype], report
+    # half convolutions and dense layers are plain kernels accumulating in float32
+    for node in m.graph.nodes:
+        if node.op_name in ("conv2d", "fused_conv2d", "linear"):
+            conv = getattr(node.op, "conv", node.op)
+            assert conv.target_choice() in ("", "direct"), node
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_no_winograd_onednn_or_packed_weights_for_half_layers(dtype):
+    with dsl.Builder("winograd_shaped", seed=0) as b:   # 3x3 stride 1: Winograd's shape
+        x = b.input("input", (1, 128, 14, 14))
+        y = dsl.relu(dsl.conv2d(x, 128, 3, padding=1, name="conv"))
+        graph = b.output(dsl.linear(dsl.flatten(dsl.global_avg_pool2d(y)), 32, name="fc"))
+    for kernels, algorithm in (("tvm", "winograd"), ("onednn", "onednn")):
+        options = CompileOptions(kernels=kernels)
+        plain = optimize_for_target(graph, "cpu", options)[0].graph
+        assert {n.op.conv.algorithm for n in plain.nodes if n.op_name == "fused_conv2d"} == \
+            {algorithm}                                   # float32 gets it...
+        half = optimize_for_target(go.quantize(graph, dtype).graph, "cpu", options)[0].graph
+        convs = [n.op.conv for n in half.nodes if n.op_name == "fused_conv2d"]
+        dense = [n.op for n in half.nodes if n.op_name == "linear"]
+        assert convs and all(c == c.plain for c in convs)   # ...half precision does not
+        assert dense and all(d.weight_block == 0 for d in dense)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_cuda_compiles(dtype):
+    from graphopt.targets.tvm import cuda
+    m = go.compile(go.quantize(half_net(), dtype).graph, "cuda")
+    source = cuda.cuda_source(m.executable)
+    assert source.count("__global__") >= m.kernel_count()
+    assert ("bfloat16" if dtype == "bfloat16" else "half") in source
+    if shutil.which("nvcc"):
+        assert cuda.fatbin_archs(cuda.compile_cuda_source(source, "sm_90")) == ["sm_90"]
+
+
+def test_bfloat16_weights_and_io_through_an_exported_library(tmp_path):
+    """numpy's DLPack has no bfloat16: the runtime copies its bits (weights as parameters, a
+    bfloat16 input and output) and hands back bfloat16 arrays."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 4, 6, 6)).astype("bfloat16")
+    w = rng.standard_normal((8, 4, 3, 3)).astype("bfloat16")
+    g = one_node_graph(ops.Conv2d(padding=1), [x], [w])
+    m = go.compile(g, "cpu", weights="params")
+    loaded = go.load(m.export(str(tmp_path / "bf16.so")))
+    loaded.bind_weights(dict(m.weights))
+    feeds = {"node.in0": x}
+    found, compiled = loaded.run(feeds)["node.out"], m.run(feeds)["node.out"]
+    assert found.dtype == "bfloat16" and np.array_equal(found, compiled)
+    assert go.compare(g, loaded, feeds).ok
