@@ -14,8 +14,12 @@ import operator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-import ml_dtypes  # registers bfloat16 with numpy (np.dtype("bfloat16"), its casts and ufuncs)
 import numpy as np
+
+try:
+    import ml_dtypes  # registers bfloat16 with numpy (np.dtype("bfloat16"), its casts and ufuncs)
+except ImportError:   # numpy and the TVM runtime alone (what go.load needs): no bfloat16 arrays
+    ml_dtypes = None
 
 from .errors import GraphoptError, ShapeError, VerifyError
 
@@ -41,9 +45,9 @@ def is_float_dtype(dtype) -> bool:
     return str(dtype) in FLOAT_DTYPES
 
 
-def float_info(dtype) -> "ml_dtypes.finfo":
+def float_info(dtype) -> np.finfo:
     """`np.finfo` for every float dtype, bfloat16 included (numpy's own finfo refuses it)."""
-    return ml_dtypes.finfo(np.dtype(dtype))
+    return np.finfo(dtype) if ml_dtypes is None else ml_dtypes.finfo(np.dtype(dtype))
 
 
 def dimension(value, what: str = "dimension") -> int:
