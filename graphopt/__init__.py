@@ -15,7 +15,7 @@ from .errors import (GraphoptError, InputError, LoweringError, ModelFormatError,
                      PassError, ShapeError, UnsupportedOpError, VerifyError, WriteError)
 from .frontends import dsl
 from .ir import Graph, Node, TensorType, Value
-from .quantize import Calibration, calibrate, quantize   # go.quantize: the function
+from .quantization import Calibration, calibrate, quantize
 from .targets.reference import interpret
 from .verify import verify
 

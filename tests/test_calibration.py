@@ -18,7 +18,7 @@ from onnxruntime.quantization.quant_utils import (compute_data_quant_params, com
 
 import graphopt as go
 from graphopt.errors import InputError, ModelFormatError, OptionError
-from graphopt.quantize import activation_params, make_observer, quant_range, weight_params
+from graphopt.quantization import activation_params, make_observer, quant_range, weight_params
 
 N = 100_000
 

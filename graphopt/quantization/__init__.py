@@ -1,6 +1,5 @@
 """Quantization: calibration of activation ranges and integer quantization parameters;
-`quantize(graph, "float16" | "bfloat16")` converts a graph to half precision. `go.quantize` is
-that function: import this package's other names with `from graphopt.quantize import ...`."""
+`quantize(graph, "float16" | "bfloat16")` (`go.quantize`) converts a graph to half precision."""
 from .calibration import Calibration, ValueRange, calibrate
 from .convert import quantize
 from .observers import OBSERVERS, Observer, make_observer
