@@ -1,7 +1,9 @@
 """`quantize`: a copy of a float32 graph that computes in a narrower dtype. float16 and bfloat16
 need no calibration: graphopt's default pipeline runs first (batch norms fold into their layers
 in float32, so each weight is rounded once), then `convert_float16` / `convert_bfloat16`
-(`passes/convert_float_precision.py`: where the casts go, which nodes stay float32)."""
+(`passes/convert_float_precision.py`: where the casts go, which nodes stay float32). int8 needs
+a `Calibration` of the graph's activations: the default pipeline, then `quantize_int8`
+(`passes/quantize_int8.py`: which layers compute in integers, where values are (de)quantized)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable, Mapping
@@ -12,29 +14,56 @@ from ..errors import OptionError
 from ..ir import HALF_DTYPES, Graph
 
 if TYPE_CHECKING:
+    from .calibration import Calibration
     from ..passes.manager import OptimizeResult
 
 DTYPES = (*HALF_DTYPES, "int8")
 
 
-def quantize(graph: Graph, dtype: str = "float16", keep: str | Iterable[str] = (), *,
+def quantize(graph: Graph, calib: "Calibration | str | None" = None, dtype: str | None = None,
+             keep: str | Iterable[str] = (), *, per_channel: bool = True,
              check: bool = False,
              inputs: Mapping[str, np.ndarray] | None = None) -> "OptimizeResult":
-    """`graph` (left unchanged) computing in `dtype`, "float16" or "bfloat16", its inputs and
-    outputs still float32; returns an OptimizeResult (`.graph`, `.report`). `keep`: names of
-    nodes (or of the original nodes a fused node stands for) and of ops that stay float32.
-    `check=True` compares the graph before and after every pass on `inputs` (default: a seeded
-    probe) within the tolerance of the least precise dtype computed (`compare.tolerance_for`)."""
+    """`graph` (left unchanged) computing in `dtype`, its inputs and outputs still float32;
+    returns an OptimizeResult (`.graph`, `.report`). `keep`: names of nodes (or of the original
+    nodes a fused node stands for) and of ops that stay float32. `check=True` compares the graph
+    before and after every pass on `inputs` (default: a seeded probe) within the tolerance of
+    the least precise dtype computed (`compare.tolerance_for`).
+
+    dtype "float16" (the default without a calibration) or "bfloat16": `quantize(g, "float16")`.
+    dtype "int8" (the default with one): `quantize(g, calib, keep=[...])`, `calib` made by
+    `calibrate(g, ...)` on this graph. Convolutions and linear layers compute in integers
+    (uint8 activations, int8 weights per output channel, or per tensor with
+    per_channel=False). The default pipeline runs first and renames the values it fuses; a
+    fused layer's output is quantized with the range calibrated for the output of the last
+    original node it stands for (the relu after a conv and batch norm), which is the value it
+    computes. A layer with a value the calibration has no range for stays float32, listed in
+    the report's misses."""
     from ..passes import DEFAULT_PIPELINE, PassManager
     from ..passes.convert_float_precision import convert_precision
-    if dtype == "int8":
-        raise OptionError("dtype='int8' needs a calibration of the activations and is not "
-                          "available in this version of graphopt; float16 and bfloat16 are")
+    from ..passes.quantize_int8 import quantize_int8
+    from .calibration import Calibration
+    if isinstance(calib, str) and dtype is None:   # quantize(g, "float16")
+        calib, dtype = None, calib
+    if dtype is None:
+        dtype = "float16" if calib is None else "int8"
     if dtype not in DTYPES:
         raise OptionError(f"expected dtype one of {', '.join(DTYPES)}, found {dtype!r}")
     names = check_keep(graph, keep)
-    manager = PassManager([*DEFAULT_PIPELINE, convert_precision(dtype, names)], check=check,
-                          fixed_point=True, inputs=inputs)
+    if dtype == "int8":
+        if not isinstance(calib, Calibration):
+            raise OptionError(f"dtype='int8' needs a Calibration of the graph's activations "
+                              f"(go.calibrate(graph, batches)), found {calib!r}")
+        if calib.graph != graph.name:
+            raise OptionError(f"the calibration was made on graph '{calib.graph}', not on "
+                              f"'{graph.name}'")
+        last = quantize_int8(calib, per_channel=per_channel, keep=names, source=graph)
+    elif calib is not None:
+        raise OptionError(f"dtype={dtype!r} takes no calibration, found {calib!r}")
+    else:
+        last = convert_precision(dtype, names)
+    manager = PassManager([*DEFAULT_PIPELINE, last], check=check, fixed_point=True,
+                          inputs=inputs)
     return manager.run(graph)
 
 

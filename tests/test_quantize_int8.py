@@ -1,0 +1,198 @@
+"""int8 post-training quantization: the quantize_int8 pass and go.quantize(g, calib) on LeNet-5
+and a residual conv net: which layers compute in integers, integer chains, accuracy against the
+float graph, keep lists, missing ranges, compiled CPU models and ONNX Runtime."""
+from __future__ import annotations
+
+import dataclasses
+from functools import lru_cache
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import graphopt as go
+from graphopt import dsl
+from graphopt.compare import QUANTIZED_TOLERANCE, tolerance_for
+from graphopt.passes.quantize_int8 import quantize_int8
+
+LAYERS = ("conv2d", "fused_conv2d", "linear", "matmul")
+QLINEAR = ("qlinear_conv2d", "qlinear_matmul")
+
+
+def residual_net():
+    """conv + batch norm + relu, a residual conv + batch norm + add + relu, a strided conv +
+    relu, flatten, linear: the default pipeline fuses it to three fused_conv2d and a linear."""
+    with dsl.Builder("residual_net", seed=1) as b:
+        x = b.input("input", (1, 3, 16, 16))
+        y = dsl.relu(dsl.batch_norm(dsl.conv2d(x, 8, 3, padding=1, name="c1"), name="bn1"),
+                     name="r1")
+        z = dsl.batch_norm(dsl.conv2d(y, 8, 3, padding=1, name="c2"), name="bn2")
+        z = dsl.relu(dsl.add(z, y, name="add"), name="r2")
+        z = dsl.relu(dsl.conv2d(z, 16, 3, stride=2, padding=1, name="c3"), name="r3")
+        return b.output(dsl.linear(dsl.flatten(z, name="flat"), 10, name="fc"))
+
+
+NETS = {"lenet5": go.zoo.lenet5, "residual_net": residual_net}
+
+
+def batches(graph, count: int, seed: int):
+    rng = np.random.default_rng(seed)
+    return [{v.name: rng.standard_normal(v.shape).astype(np.float32) for v in graph.inputs}
+            for _ in range(count)]
+
+
+@lru_cache(maxsize=None)
+def calibrated(model: str):
+    graph = NETS[model]()
+    return graph, go.calibrate(graph, batches(graph, 32, seed=0))
+
+
+@lru_cache(maxsize=None)
+def quantized(model: str, per_channel: bool = True):
+    graph, calib = calibrated(model)
+    return go.quantize(graph, calib, per_channel=per_channel)
+
+
+def ops_of(graph) -> list[str]:
+    return [n.op_name for n in graph.nodes]
+
+
+@pytest.mark.parametrize("model", NETS)
+def test_layers_compute_in_integers(model):
+    graph, _ = calibrated(model)
+    res = quantized(model)
+    q = res.graph
+    layers = sum(op in LAYERS for op in ops_of(go.optimize(graph).graph))
+    assert sum(op in QLINEAR for op in ops_of(q)) == layers
+    assert not any(op in LAYERS for op in ops_of(q))
+    stats = next(r.stats for r in res.records if r.name == "quantize_int8" and r.changed)
+    assert stats["nodes quantized"] == layers == len(stats["quantized"])
+    # weights are int8, per output channel
+    convs = [n for n in q.nodes if n.op_name == "qlinear_conv2d"]
+    assert all(n.inputs[3].dtype == "int8" and n.inputs[4].shape == (n.inputs[3].shape[0],)
+               for n in convs)
+    assert q.output_names == graph.output_names and q.inputs[0].type == graph.inputs[0].type
+    # running the pass again changes nothing
+    assert not quantize_int8(calibrated(model)[1], source=graph)(q).changed
+
+
+def test_chains_stay_integer():
+    q = quantized("residual_net").graph
+    # one quantize after the input, a dequantize before flatten (float), a quantize after it,
+    # a dequantize before the output; the three convs read each other's integers
+    assert ops_of(q) == ["quantize_linear", "qlinear_conv2d", "qlinear_conv2d", "qlinear_conv2d",
+                         "dequantize_linear", "flatten", "quantize_linear", "reshape",
+                         "qlinear_conv2d", "reshape", "dequantize_linear"]
+    residual = q.nodes[2]
+    assert residual.op.has_residual and residual.inputs[-3] is q.nodes[1].output
+    # LeNet-5: tanh and avg pool between its layers are float: each layer is (de)quantized once
+    lenet = ops_of(quantized("lenet5").graph)
+    assert lenet.count("quantize_linear") == lenet.count("dequantize_linear") == 5
+    for graph in (q, quantized("lenet5").graph):
+        for n in graph.nodes:
+            if n.op_name == "quantize_linear":
+                assert n.inputs[0].producer is None or \
+                    n.inputs[0].producer.op_name != "dequantize_linear"
+
+
+@pytest.mark.parametrize("model", NETS)
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_outputs_within_the_int8_tolerance(model, per_channel):
+    graph, _ = calibrated(model)
+    q = quantized(model, per_channel).graph
+    assert tolerance_for("float32", q) == QUANTIZED_TOLERANCE == 1e-1
+    assert tolerance_for("float32", graph) < QUANTIZED_TOLERANCE
+    worst = 0.0
+    for feeds in batches(graph, 8, seed=1):    # held out, same distribution
+        report = go.compare(graph, q, feeds)
+        assert report.ok, report
+        worst = max(worst, report.outputs[0].max_rel)
+    assert worst > 1e-3       # it does compute in integers
+
+
+def test_check_uses_the_int8_tolerance():
+    graph, calib = calibrated("residual_net")
+    res = go.quantize(graph, calib, check=True)
+    assert ops_of(res.graph).count("qlinear_conv2d") == 4
+
+
+def test_keep_lists():
+    graph, calib = calibrated("residual_net")
+    # by original node name (c2 was fused with bn2, add and r2) and by op name
+    q = go.quantize(graph, calib, keep=["c2", "linear"])
+    ops = ops_of(q.graph)
+    assert ops.count("qlinear_conv2d") == 2 and "fused_conv2d" in ops and "linear" in ops
+    kept = next(r.stats for r in q.records if r.name == "quantize_int8" and r.changed)["misses"]
+    reasons = dict(kept["quantize to int8"])
+    assert {"fc", *(n.name for n in q.graph.nodes if n.op_name == "fused_conv2d")} <= \
+        {name for name, why in reasons.items() if why == "kept in float32 (keep list)"}
+    feeds = batches(graph, 1, seed=2)[0]
+    assert go.compare(graph, q.graph, feeds).ok
+    with pytest.raises(go.OptionError, match="keep names"):
+        go.quantize(graph, calib, keep=["c9"])
+
+
+def test_missing_ranges_leave_the_layer_float():
+    graph, calib = calibrated("residual_net")
+    partial = dataclasses.replace(calib, values={k: v for k, v in calib.values.items()
+                                                 if k != graph.output_names[0]})
+    q = go.quantize(graph, partial)
+    assert ops_of(q.graph).count("linear") == 1
+    misses = next(r.stats for r in q.records if r.name == "quantize_int8")["misses"]
+    assert ("fc", "no calibrated range for %output") in misses["quantize to int8"]
+
+
+def test_int8_options_are_checked():
+    graph, calib = calibrated("residual_net")
+    with pytest.raises(go.OptionError, match="needs a Calibration"):
+        go.quantize(graph, "int8")
+    with pytest.raises(go.OptionError, match="made on graph 'lenet5'"):
+        go.quantize(graph, calibrated("lenet5")[1])
+    with pytest.raises(go.OptionError, match="takes no calibration"):
+        go.quantize(graph, calib, dtype="float16")
+    with pytest.raises(go.OptionError, match="activation_dtype"):
+        quantize_int8(calib, activation_dtype="int16")
+
+
+def test_matmul_by_a_constant_and_int8_activations():
+    with dsl.Builder("matmul_net", seed=2) as b:
+        x = b.input("input", (2, 4, 16))
+        w = b.constant("w", np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32))
+        graph = b.output(dsl.relu(dsl.matmul(x, w, name="mm"), name="act"))
+    calib = go.calibrate(graph, batches(graph, 16, seed=0))
+    for dtype in ("uint8", "int8"):
+        q = go.optimize(graph, [quantize_int8(calib, activation_dtype=dtype)]).graph
+        assert "qlinear_matmul" in ops_of(q) and "matmul" not in ops_of(q)
+        assert q.nodes[1].inputs[0].dtype == dtype
+        assert go.compare(graph, q, batches(graph, 1, seed=3)[0]).ok
+
+
+# ---- compiled and exported -----------------------------------------------------------------------
+def lsb(q) -> float:
+    """The output's quantization step: its dequantize's scale."""
+    last = next(n for n in q.nodes if n.output.name == q.output_names[0])
+    return float(last.inputs[1].data)
+
+
+@pytest.mark.parametrize("model", NETS)
+def test_compiled_cpu_matches_the_interpreter(model):
+    graph, _ = calibrated(model)
+    q = quantized(model).graph
+    m = go.compile(q, "cpu")
+    assert sum(op in QLINEAR for op in ops_of(m.graph)) == sum(op in QLINEAR for op in ops_of(q))
+    for feeds in batches(graph, 2, seed=4):
+        mine = go.interpret(q, feeds)["output"]
+        assert np.abs(m.run(feeds)["output"] - mine).max() <= lsb(q) * 1.001
+
+
+@pytest.mark.parametrize("model", NETS)
+def test_onnx_runs_in_onnxruntime(model):
+    graph, _ = calibrated(model)
+    q = quantized(model).graph
+    model_proto = go.save_onnx(q)
+    assert "QLinearConv" in [n.op_type for n in model_proto.graph.node]
+    session = ort.InferenceSession(model_proto.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    for feeds in batches(graph, 2, seed=5):
+        mine = go.interpret(q, feeds)["output"]
+        assert np.abs(session.run(None, feeds)[0] - mine).max() <= lsb(q) * 1.001
