@@ -27,10 +27,12 @@ FLOAT_TOLERANCE = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16"
 TOLERANCE = {dtype: FLOAT_TOLERANCE[dtype] if dtype in FLOAT_DTYPES else 0.0
              for dtype in DTYPES}
 # A float output of a graph quantizing to 8 bits (quantize_linear): each quantized layer rounds
-# its output to 1/255 of its calibrated range and the steps add up through the layers; measured
-# max |error| / max |output| of 3% to 7% on LeNet-5 and a residual conv net (32 to 64
-# calibration samples, held-out inputs of the same distribution), so 1e-1.
-QUANTIZED_TOLERANCE = 1e-1
+# its output to 1/255 of its calibrated range and the steps add up through the layers. Measured
+# max |error| / max |output| on 200 held-out inputs (32 calibration samples of the same
+# distribution): mean 2% to 4%, 99th percentile 8% to 11%, worst 12% (a residual conv net) and
+# 18% (LeNet-5: five layers, each feeding a tanh). 2e-1 is above them all and an order of
+# magnitude below the error of a wrong scale, zero point or weight layout.
+QUANTIZED_TOLERANCE = 2e-1
 
 
 def tolerance_for(dtype: str, *graphs: Graph | None) -> float:

@@ -20,12 +20,14 @@ QLINEAR = ("qlinear_conv2d", "qlinear_matmul")
 
 
 def residual_net():
-    """conv + batch norm + relu, a residual conv + batch norm + add + relu, a strided conv +
-    relu, flatten, linear: the default pipeline fuses it to three fused_conv2d and a linear."""
+    """conv + batch norm + relu, max pool, a residual conv + batch norm + add + relu, a strided
+    conv + relu, flatten, linear: the default pipeline fuses it to three fused_conv2d and a
+    linear."""
     with dsl.Builder("residual_net", seed=1) as b:
         x = b.input("input", (1, 3, 16, 16))
         y = dsl.relu(dsl.batch_norm(dsl.conv2d(x, 8, 3, padding=1, name="c1"), name="bn1"),
                      name="r1")
+        y = dsl.max_pool2d(y, 3, stride=2, padding=1, name="pool")
         z = dsl.batch_norm(dsl.conv2d(y, 8, 3, padding=1, name="c2"), name="bn2")
         z = dsl.relu(dsl.add(z, y, name="add"), name="r2")
         z = dsl.relu(dsl.conv2d(z, 16, 3, stride=2, padding=1, name="c3"), name="r3")
@@ -53,6 +55,12 @@ def quantized(model: str, per_channel: bool = True):
     return go.quantize(graph, calib, per_channel=per_channel)
 
 
+def pool_graph(op, shape):
+    with dsl.Builder("pool") as b:
+        x = b.input("x", shape)
+        return b.output(b.apply(op, [x], name="pool"), names=["y"])
+
+
 def ops_of(graph) -> list[str]:
     return [n.op_name for n in graph.nodes]
 
@@ -66,7 +74,8 @@ def test_layers_compute_in_integers(model):
     assert sum(op in QLINEAR for op in ops_of(q)) == layers
     assert not any(op in LAYERS for op in ops_of(q))
     stats = next(r.stats for r in res.records if r.name == "quantize_int8" and r.changed)
-    assert stats["nodes quantized"] == layers == len(stats["quantized"])
+    assert stats["nodes quantized"] == layers
+    assert len(stats["quantized"]) == layers + stats.get("nodes on integers", 0)
     # weights are int8, per output channel
     convs = [n for n in q.nodes if n.op_name == "qlinear_conv2d"]
     assert all(n.inputs[3].dtype == "int8" and n.inputs[4].shape == (n.inputs[3].shape[0],)
@@ -78,13 +87,22 @@ def test_layers_compute_in_integers(model):
 
 def test_chains_stay_integer():
     q = quantized("residual_net").graph
-    # one quantize after the input, a dequantize before flatten (float), a quantize after it,
-    # a dequantize before the output; the three convs read each other's integers
-    assert ops_of(q) == ["quantize_linear", "qlinear_conv2d", "qlinear_conv2d", "qlinear_conv2d",
-                         "dequantize_linear", "flatten", "quantize_linear", "reshape",
-                         "qlinear_conv2d", "reshape", "dequantize_linear"]
-    residual = q.nodes[2]
-    assert residual.op.has_residual and residual.inputs[-3] is q.nodes[1].output
+    # one quantize after the input, one dequantize before the output: the layers read each
+    # other's integers, the max pool and flatten compute on them (exactly; the flatten and the
+    # linear layer's reshape merge)
+    assert ops_of(q) == ["quantize_linear", "qlinear_conv2d", "max_pool2d", "qlinear_conv2d",
+                         "qlinear_conv2d", "reshape", "qlinear_conv2d", "reshape",
+                         "dequantize_linear"]
+    pool = q.nodes[2]
+    assert pool.output.dtype == "uint8"
+    # the max pool on integers is the float max pool of their real values, exactly
+    values = go.interpret(q, batches(q, 1, seed=6)[0], keep=True)
+    scale, zero_point = (pool.inputs[0].producer.inputs[i].data for i in (6, 7))
+    real = (values[pool.inputs[0].name].astype(np.float32) - zero_point) * scale
+    pooled = (values[pool.output.name].astype(np.float32) - zero_point) * scale
+    assert np.array_equal(pooled, go.interpret(pool_graph(pool.op, real.shape), {"x": real})["y"])
+    residual = q.nodes[3]
+    assert residual.op.has_residual and residual.inputs[-3] is q.nodes[2].output
     # LeNet-5: tanh and avg pool between its layers are float: each layer is (de)quantized once
     lenet = ops_of(quantized("lenet5").graph)
     assert lenet.count("quantize_linear") == lenet.count("dequantize_linear") == 5
@@ -100,7 +118,7 @@ def test_chains_stay_integer():
 def test_outputs_within_the_int8_tolerance(model, per_channel):
     graph, _ = calibrated(model)
     q = quantized(model, per_channel).graph
-    assert tolerance_for("float32", q) == QUANTIZED_TOLERANCE == 1e-1
+    assert tolerance_for("float32", q) == QUANTIZED_TOLERANCE == 2e-1
     assert tolerance_for("float32", graph) < QUANTIZED_TOLERANCE
     worst = 0.0
     for feeds in batches(graph, 8, seed=1):    # held out, same distribution

@@ -14,6 +14,9 @@ integers, as ONNX Runtime's static QDQ quantization does:
   reads it. A quantized layer reading another's output reads its integers: the parameters of
   a value come from its own calibrated range, so the producer's output and the consumer's
   input agree and no dequantize -> quantize pair stands between them.
+- flatten, reshape and max pools reading integers compute on them, keeping their input's scale
+  and zero point: exact, since dequantizing is increasing (max pools pad with the integer
+  dtype's minimum as float ones pad with -inf).
 
 Stay float32, with the reason in the pass's misses: nodes the `keep` list names (node names,
 names of original nodes they stand for after fusion, or op names), layers with a value that has
@@ -35,6 +38,8 @@ from .manager import Pass, PassResult
 
 RULE = "quantize to int8"
 LAYERS = ("conv2d", "fused_conv2d", "linear", "matmul")
+# Ops computing exactly on quantized values with their input's scale and zero point.
+EXACT_ON_INTEGERS = ("flatten", "reshape", "max_pool2d")
 ACTIVATION_DTYPES = ("uint8", "int8")
 
 
@@ -124,13 +129,20 @@ def _computes_float(node: Node) -> bool:
 def _quantize(graph: Graph, ranges: _Ranges, keep: frozenset[str], per_channel: bool,
               dtype: str) -> PassResult:
     order = graph.topological_order()
-    staying, chosen = {}, set()
+    staying, chosen, passing = {}, set(), set()
+    integers: set[int] = set()     # ids of the values that will exist as integers
     for node in order:
         if not _computes_float(node):
             continue
         reason = stays_float32(node, ranges, keep)
         if reason is None:
             chosen.add(id(node))
+            integers.add(id(node.output))
+        elif node.op_name in EXACT_ON_INTEGERS and len(node.inputs) == 1 and \
+                id(node.inputs[0]) in integers and \
+                "keep list" not in reason and node.output.dtype == "float32":
+            passing.add(id(node))
+            integers.add(id(node.output))
         else:
             staying[node.name] = reason
     misses = {RULE: sorted(staying.items())} if staying else {}
@@ -140,10 +152,13 @@ def _quantize(graph: Graph, ranges: _Ranges, keep: frozenset[str], per_channel: 
     for node in order:
         if id(node) in chosen:
             rebuilt.add_quantized(node)
+        elif id(node) in passing:
+            rebuilt.add_on_integers(node)
         else:
             rebuilt.add_float(node)
     rebuilt.finish()
-    stats = {"nodes quantized": len(chosen), "nodes kept float32": len(staying),
+    stats = {"nodes quantized": len(chosen), "nodes on integers": len(passing),
+             "nodes kept float32": len(staying),
              "quantize": rebuilt.quantizes, "dequantize": rebuilt.dequantizes,
              "quantized": rebuilt.quantized, "misses": misses}
     return PassResult(rebuilt.graph, True, stats)
@@ -205,6 +220,13 @@ class _Rebuild:
                                   provenance=node.provenance)
         for v, out in zip(node.outputs, new.outputs):
             self.reals[id(v)] = out
+
+    def add_on_integers(self, node: Node) -> None:
+        q, scale, zero_point = self.integers[id(node.inputs[0])]
+        new = self.graph.add_node(node.op, [q], name=node.name, provenance=node.provenance,
+                                  output_names=[f"{node.output.name}.{self.dtype}"])
+        self.integers[id(node.output)] = (new.output, scale, zero_point)
+        self.quantized.append((node.name, f"{node.op_name} on {self.dtype}"))
 
     def weights(self, w: np.ndarray, name: str) -> tuple[Value, Value, Value]:
         """int8 weights (output channels on axis 0), their scales and zero points."""
