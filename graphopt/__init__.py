@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 
 from . import ops
-from .compare import CompareReport, compare
+from . import compare as _compare
+from .compare import CompareReport
 from .errors import (GraphoptError, InputError, LoweringError, ModelFormatError, OptionError,
                      PassError, ShapeError, UnsupportedOpError, VerifyError, WriteError)
 from .frontends import dsl
@@ -20,6 +21,17 @@ from .targets.reference import interpret
 from .verify import verify
 
 __version__ = "0.1.0"
+
+
+def compare(reference: Graph, candidate, inputs, **options) -> CompareReport:
+    """Compare `candidate` (an optimized Graph, a compiled or a loaded model) with `reference`
+    run in the float64 interpreter, output by output (`per_layer=True`: layer by layer too);
+    with `target=` ("cpu", "cuda"), a Graph candidate is compiled by TVM first. The options are
+    `graphopt.compare.compare`'s."""
+    if options.get("target") is not None and options.get("compiler") is None:
+        from .targets.tvm import compile_graph
+        options["compiler"] = compile_graph
+    return _compare.compare(reference, candidate, inputs, **options)
 
 
 def compile(graph: Graph, target: str = "cpu", options=None, **overrides):

@@ -161,11 +161,13 @@ def run_candidate(candidate, inputs: Mapping[str, np.ndarray]) -> dict[str, np.n
 
 def compare(reference: Graph, candidate, inputs: Mapping[str, np.ndarray], *,
             tolerance: float | None = None, reference_dtype=np.float64, per_layer: bool = False,
-            target: str | None = None) -> CompareReport:
+            target: str | None = None, compiler=None) -> CompareReport:
     """Run the reference graph in the interpreter (float64 by default) and the candidate, and
     compare every output of the reference with the candidate's output of the same name.
 
-    `target` ("cpu"): a Graph candidate is compiled for it first. `per_layer=True` also compares
+    `target` ("cpu"): a Graph candidate is compiled for it first, by `compiler(graph, target)`
+    (`go.compare` passes TVM's; this module compiles nothing itself, so that passes may compare
+    graphs without depending on the targets that run them). `per_layer=True` also compares
     every original layer that the candidate (a Graph) lines up with through provenance. A compiled
     module exposes only its outputs, so with a `target` the candidate is compiled with every
     lined-up value added as an extra output: each probed value is then written to memory, which
@@ -190,13 +192,13 @@ def compare(reference: Graph, candidate, inputs: Mapping[str, np.ndarray], *,
         pairs = line_up(reference, candidate)
         probes = [value for _, value in pairs]
         if target is not None:
-            candidate = _compile(with_extra_outputs(candidate, probes), target)
+            candidate = _compiled(compiler, with_extra_outputs(candidate, probes), target)
             found = candidate.run(inputs)
         else:
             found = interpret(candidate, inputs, keep=True)
     else:
         if target is not None and isinstance(candidate, Graph):
-            candidate = _compile(candidate, target)
+            candidate = _compiled(compiler, candidate, target)
         found = run_candidate(candidate, inputs)
     missing = [n for n in reference.output_names if n not in found]
     if missing:
@@ -247,6 +249,8 @@ def with_extra_outputs(graph: Graph, values) -> Graph:
     return probed
 
 
-def _compile(graph: Graph, target: str):
-    from .targets.tvm import compile_graph
-    return compile_graph(graph, target)
+def _compiled(compiler, graph: Graph, target: str):
+    if compiler is None:
+        raise GraphoptError(f"compare with target={target!r} needs a compiler(graph, target): "
+                            "go.compare passes TVM's")
+    return compiler(graph, target)
