@@ -367,11 +367,13 @@ class LinearQuantization(Op):
                f"{self.block_size}")
 
     def quantized_axis(self, x: TensorType, scale: TensorType, zero_point: TensorType):
-        """The axis the parameters vary along (None: one for the whole tensor)."""
+        """The axis the parameters vary along (None: one for the whole tensor). A per-tensor
+        scale and zero point may differ in rank (a scalar and a 1-element vector), as ONNX
+        Runtime's quantize_static writes bias parameters."""
+        if not self.block_size and per_tensor(scale) and per_tensor(zero_point):
+            return None
         expect(zero_point.shape == scale.shape, f"expected a zero point of the scale's shape "
                f"{scale.shape}, found {zero_point}")
-        if not self.block_size and per_tensor(scale):
-            return None
         expect(-x.ndim <= self.axis < x.ndim, f"expected axis in [{-x.ndim}, {x.ndim}), found "
                f"{self.axis} for {x}")
         axis = self.axis % x.ndim
@@ -409,8 +411,8 @@ class LinearQuantization(Op):
 
         def kernel(x, scale, zero_point):
             def value(*index):
-                at = self.parameter_index(scale, index, axis)
-                return compute(x[index], scale[at], zero_point[at])
+                return compute(x[index], scale[self.parameter_index(scale, index, axis)],
+                               zero_point[self.parameter_index(zero_point, index, axis)])
             return te.compute(x.shape, value, name=name)
 
         return bb.call_te(kernel, x, scale, zero_point, primfunc_name_hint=name)

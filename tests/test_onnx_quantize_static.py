@@ -1,0 +1,70 @@
+"""Models quantized by ONNX Runtime's own tool (`onnxruntime.quantization.quantize_static`, the
+QDQ format it writes by default) import, interpret and compile with ONNX Runtime's results; its
+QOperator format's contrib ops (QGemm, QLinearAveragePool) are named as unsupported."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                      quantize_static)
+
+import graphopt as go
+from graphopt.errors import UnsupportedOpError
+
+pytest.importorskip("tvm")
+
+
+class Batches(CalibrationDataReader):
+    def __init__(self, name: str, shape, count: int = 8):
+        rng = np.random.default_rng(0)
+        self.batches = iter([{name: rng.standard_normal(shape).astype(np.float32)}
+                             for _ in range(count)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def quantized_lenet(folder, per_channel: bool, quant_format=QuantFormat.QDQ) -> tuple[str, str]:
+    graph = go.zoo.lenet5(batch=1, seed=0)
+    source, target = str(folder / "float.onnx"), str(folder / "int8.onnx")
+    go.save_onnx(graph, source)
+    x = graph.inputs[0]
+    quantize_static(source, target, Batches(x.name, x.type.shape), quant_format=quant_format,
+                    per_channel=per_channel, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    return target, x.name
+
+
+def activation_step(path: str) -> float:
+    """The largest scale of a DequantizeLinear reading an activation (not a weight): one
+    quantization step of the coarsest quantized value."""
+    model = onnx.load(path)
+    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    return max(float(np.max(initializers[n.input[1]])) for n in model.graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] not in initializers)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_quantize_static_qdq_model_runs_as_onnxruntime_does(tmp_path, per_channel):
+    path, name = quantized_lenet(tmp_path, per_channel)
+    graph = go.load_onnx(path)
+    ops = {n.op_name for n in graph.nodes}
+    assert {"quantize_linear", "dequantize_linear"} <= ops
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    compiled = go.compile(graph, "cpu")
+    step = activation_step(path)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        x = rng.standard_normal(graph.inputs[0].type.shape).astype(np.float32)
+        expected = session.run(None, {name: x})[0]
+        output = graph.outputs[0].name
+        for found in (go.interpret(graph, {name: x})[output], compiled.run({name: x})[output]):
+            np.testing.assert_allclose(found, expected, rtol=0, atol=step)
+
+
+def test_quantize_static_qoperator_contrib_ops_are_named(tmp_path):
+    path, _ = quantized_lenet(tmp_path, True, QuantFormat.QOperator)
+    with pytest.raises(UnsupportedOpError, match="QGemm.*QLinearAveragePool"):
+        go.load_onnx(path)
