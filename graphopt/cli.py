@@ -469,6 +469,92 @@ def optimize(args) -> int:
     return EXIT_OK
 
 
+def calibration_batches(path: str, graph) -> list[dict[str, np.ndarray]]:
+    """Calibration batches from an .npz holding, per model input, samples stacked along axis 0
+    (or an .npy for a one-input model), split into batches of the input's own leading size."""
+    feeds = load_inputs([path], [(v.name, v.type.shape, v.dtype) for v in graph.inputs], 0)
+    names = [v.name for v in graph.inputs]
+    if sorted(feeds) != sorted(names):
+        raise InputError(f"{path}: expected arrays named {names}, found {sorted(feeds)}")
+    counts = set()
+    for v in graph.inputs:
+        array, batch = feeds[v.name], v.type.shape[0] if v.type.shape else 1
+        if array.shape[1:] != tuple(v.type.shape[1:]) or batch < 1 or len(array) % batch:
+            raise InputError(f"{path}: '{v.name}' expected samples of shape "
+                             f"{tuple(v.type.shape[1:])} stacked along axis 0 in a multiple of "
+                             f"{batch}, found {array.shape}")
+        counts.add(len(array) // batch)
+    if len(counts) != 1 or 0 in counts:
+        raise InputError(f"{path}: expected the same number of samples (at least one batch) for "
+                         f"every input, found batches {sorted(counts)}")
+    batches = counts.pop()
+    return [{v.name: feeds[v.name][i * v.type.shape[0]:(i + 1) * v.type.shape[0]]
+             for v in graph.inputs} for i in range(batches)]
+
+
+@command("quantize", "quantize a model to int8 (calibrated on sample inputs), float16 or bfloat16; "
+         "save it as .onnx or compile it to a .so",
+         MODEL, BATCH, SEED,
+         arg("--dtype", choices=("int8", "float16", "bfloat16"), default="int8",
+             help="what the graph computes in (default int8)"),
+         arg("--calib", metavar="FILE.npz", type=existing_file,
+             help="int8: calibration samples, per input name an array of samples stacked along "
+             "axis 0 (split into batches of the model's batch size)"),
+         arg("--method", choices=("minmax", "percentile", "entropy", "mse"), default="minmax",
+             help="int8: how each activation's range is chosen (default minmax)"),
+         arg("--per-tensor", action="store_true",
+             help="int8: one weight scale per tensor (default: one per output channel)"),
+         arg("--keep", help="comma-separated node or op names that stay float32"),
+         TARGET,
+         arg("-o", "--output", required=True, metavar="FILE.onnx|FILE.so",
+             help="the quantized model as ONNX, or compiled for --target"))
+def quantize(args) -> int:
+    """Calibrate (int8) and quantize the model, print the pass report and how far the quantized
+    graph's outputs are from the float model's on the first calibration batch (or a probe
+    input), then write it as ONNX or compile and export it."""
+    from . import quantization
+    suffix = ".so" if args.output.endswith(".so") else ".onnx"
+    output_path(args.output, suffix)
+    if args.dtype == "int8" and not args.calib:
+        raise InputError("--dtype int8 needs --calib FILE.npz: sample inputs to calibrate "
+                         "activation ranges on")
+    keep = [k.strip() for k in args.keep.split(",") if k.strip()] if args.keep else []
+    graph = load_model(args.model, args.batch, args.seed)
+    feeds = probe_inputs(graph, args.seed)
+    if args.dtype == "int8":
+        batches = calibration_batches(args.calib, graph)
+        feeds = batches[0]
+
+        def progress(index: int) -> None:
+            if not _quiet:
+                print(f"\rcalibrating ({args.method}): batch {index + 1}/{len(batches)}",
+                      end="", file=sys.stderr, flush=True)
+
+        calib = quantization.calibrate(graph, batches, args.method, progress=progress)
+        if not _quiet:
+            print(file=sys.stderr)
+        with step(f"quantizing '{graph.name}' to int8"):
+            result = quantization.quantize(graph, calib, "int8", keep,
+                                           per_channel=not args.per_tensor)
+    else:
+        with step(f"converting '{graph.name}' to {args.dtype}"):
+            result = quantization.quantize(graph, dtype=args.dtype, keep=keep)
+    print(result.report)
+    from .compare import compare
+    print(compare(graph, result.graph, feeds))
+    if suffix == ".onnx":
+        from .frontends.onnx import save_onnx
+        with step(f"writing {args.output}"):
+            save_onnx(result.graph, args.output)
+    else:
+        from .targets.tvm import compile_graph
+        with step(f"compiling for {args.target}"):
+            model = compile_graph(result.graph, args.target)
+        with step(f"exporting to {args.output}"):
+            model.export(args.output)
+    return EXIT_OK
+
+
 @command("convert", "read a model (zoo name or .onnx) and write it as .onnx, optionally after passes",
          MODEL, arg("output", metavar="OUTPUT.onnx", help="the ONNX file to write"), BATCH, SEED,
          arg("--passes", help="comma-separated pass names to run first (default: none)"))

@@ -1,0 +1,76 @@
+"""`graphopt quantize`: int8 calibrated on an .npz of samples, float16 and bfloat16; written as
+ONNX (which onnxruntime runs) or compiled to a library (which `go.load` runs); bad requests exit 2
+with one line."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import graphopt as go
+from graphopt import cli
+
+pytest.importorskip("tvm")
+
+
+@pytest.fixture
+def samples(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    np.savez("calib.npz", input=rng.standard_normal((6, 1, 32, 32)).astype(np.float32))
+    return tmp_path
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_int8_onnx_runs_in_onnxruntime_as_the_interpreter_does(samples, capsys):
+    code, out, err = run(["quantize", "lenet5", "--calib", "calib.npz", "--method", "entropy",
+                          "-o", "lenet5_int8.onnx"], capsys)
+    assert code == 0, err
+    assert "quantize_int8" in out and "all outputs ok" in out
+    assert "batch 6/6" in err        # calibration progress
+    graph = go.load_onnx("lenet5_int8.onnx")
+    assert "qlinear_conv2d" in {n.op_name for n in graph.nodes}
+    x = np.random.default_rng(1).standard_normal((1, 1, 32, 32)).astype(np.float32)
+    expected = go.interpret(graph, {"input": x})["output"]
+    found = ort.InferenceSession("lenet5_int8.onnx", providers=["CPUExecutionProvider"]).run(
+        None, {"input": x})[0]
+    np.testing.assert_allclose(found, expected, atol=1e-2)
+
+
+def test_int8_library_loads_and_runs(samples, capsys):
+    code, _, err = run(["quantize", "lenet5", "--calib", "calib.npz", "--per-tensor",
+                        "--keep", "fc3", "-o", "lenet5_int8.so"], capsys)
+    assert code == 0, err
+    model = go.load("lenet5_int8.so")
+    out = model.run({"input": np.zeros((1, 1, 32, 32), np.float32)})["output"]
+    assert out.shape == (1, 10) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_needs_no_calibration(samples, capsys, dtype):
+    code, out, err = run(["quantize", "lenet5", "--dtype", dtype, "-o", f"l_{dtype}.onnx"],
+                         capsys)
+    assert code == 0, err
+    assert f"convert_{dtype}" in out and "all outputs ok" in out
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["quantize", "lenet5", "-o", "x.onnx"], "--dtype int8 needs --calib"),
+    (["quantize", "lenet5", "--calib", "missing.npz", "-o", "x.onnx"], "no such file"),
+    (["quantize", "lenet5", "--calib", "calib.npz", "-o", "x.txt"], "ending in .onnx"),
+    (["quantize", "lenet5", "--calib", "wrong.npz", "-o", "x.onnx"],
+     "expected samples of shape (1, 32, 32)"),
+    (["quantize", "lenet5", "--calib", "other.npz", "-o", "x.onnx"],
+     "expected arrays named ['input']"),
+])
+def test_bad_requests_exit_2(samples, capsys, argv, fragment):
+    np.savez("wrong.npz", input=np.zeros((3, 2, 32, 32), np.float32))
+    np.savez("other.npz", image=np.zeros((3, 1, 32, 32), np.float32))
+    code, _, err = run(argv, capsys)
+    assert code == 2 and fragment in err, err
+    assert not list(samples.glob("x.*"))
