@@ -29,6 +29,7 @@ from .. import ops
 from ..errors import PassError, ShapeError
 from ..ir import HALF_DTYPES, Graph, Node, Value, float_info, is_float_dtype
 from .manager import Pass, PassResult, register_pass
+from .pattern import named_in
 
 # Ops computing in float32 even in a converted graph, and why (reported with the pass's misses).
 STAY_FLOAT32 = {"softmax": "softmax stays float32 (probabilities below half precision's range)"}
@@ -61,7 +62,7 @@ def convert_bfloat16(graph: Graph) -> PassResult:
 
 def stays_float32(node: Node, dtype: str, keep: frozenset[str]) -> str | None:
     """Why a float32 node stays float32 in a graph converted to `dtype`, or None."""
-    if node.op_name in keep or node.name in keep or keep.intersection(node.provenance):
+    if named_in(node, keep):
         return "kept in float32 (keep list)"
     if node.op_name in STAY_FLOAT32:
         return STAY_FLOAT32[node.op_name]

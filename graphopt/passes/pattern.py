@@ -249,6 +249,12 @@ def merged_provenance(*nodes: Node) -> tuple[str, ...]:
     return tuple(seen)
 
 
+def named_in(node: Node, names: frozenset[str]) -> bool:
+    """Whether `names` (a keep list) names `node`: by its own name, its op's name, or the name
+    of an original node it stands for (its provenance, so kept layers stay kept after fusion)."""
+    return node.name in names or node.op_name in names or not names.isdisjoint(node.provenance)
+
+
 MAX_SWEEPS = 100
 
 

@@ -35,6 +35,7 @@ from .. import ops
 from ..errors import OptionError, PassError
 from ..ir import Graph, Node, Value, is_float_dtype
 from .manager import Pass, PassResult
+from .pattern import named_in
 
 RULE = "quantize to int8"
 LAYERS = ("conv2d", "fused_conv2d", "linear", "matmul")
@@ -93,7 +94,7 @@ class _Ranges:
 def stays_float32(node: Node, ranges: _Ranges, keep: frozenset[str]) -> str | None:
     """Why a float32 node is not quantized, or None."""
     op = node.op
-    if node.op_name in keep or node.name in keep or keep.intersection(node.provenance):
+    if named_in(node, keep):
         return "kept in float32 (keep list)"
     if node.op_name not in LAYERS:
         return f"{node.op_name} has no integer form"
@@ -140,7 +141,7 @@ def _quantize(graph: Graph, ranges: _Ranges, keep: frozenset[str], per_channel: 
             integers.add(id(node.output))
         elif node.op_name in EXACT_ON_INTEGERS and len(node.inputs) == 1 and \
                 id(node.inputs[0]) in integers and \
-                "keep list" not in reason and node.output.dtype == "float32":
+                not named_in(node, keep) and node.output.dtype == "float32":
             passing.add(id(node))
             integers.add(id(node.output))
         else:
