@@ -185,6 +185,57 @@ def test_matmul_by_a_constant_and_int8_activations():
         assert go.compare(graph, q, batches(graph, 1, seed=3)[0]).ok
 
 
+def mlp():
+    """linear - relu - linear - clip(0, 6) - linear, and a linear whose output is also a graph
+    output before its relu."""
+    with dsl.Builder("mlp", seed=3) as b:
+        x = b.input("input", (4, 32))
+        h = dsl.relu(dsl.linear(x, 24, name="fc1"), name="act1")
+        h = dsl.clip(dsl.linear(h, 16, name="fc2"), 0.0, 6.0, name="act2")
+        y = dsl.linear(h, 8, name="fc3")
+        return b.output(y, dsl.relu(y, name="act3"), names=["logits", "positive"])
+
+
+def test_relu_and_clip_after_a_layer_become_its_epilogue():
+    graph = mlp()
+    calib = go.calibrate(graph, batches(graph, 16, seed=0))
+    res = go.quantize(graph, calib)
+    q = res.graph
+    convs = [n for n in q.nodes if n.op_name == "qlinear_conv2d"]
+    assert [n.op.activation for n in convs] == [go.ops.Relu(), go.ops.Clip(0.0, 6.0), None]
+    # fc1 + act1 stands for both, its output quantized over act1's calibrated range (a relu's:
+    # from 0, so its zero point is 0 and no step is spent on negatives)
+    assert set(convs[0].provenance) == {"fc1", "act1"}
+    scale, zero_point = calib.params(graph.node("act1").output.name)
+    assert convs[0].inputs[6].data == scale and convs[0].inputs[7].data == zero_point == 0
+    # no dequantize -> relu -> quantize: one quantize for the input; fc3's output is a graph
+    # output, so act3 stays a float relu on its dequantized values
+    assert ops_of(q).count("quantize_linear") == 1
+    assert ops_of(q).count("relu") == 1 and ops_of(q).count("clip") == 0
+    stats = next(r.stats for r in res.records if r.name == "quantize_int8" and r.changed)
+    assert stats["activations in epilogues"] == 2
+    for feeds in batches(graph, 4, seed=7):
+        report = go.compare(graph, q, feeds)
+        assert report.ok, report
+    # kept activations stay float, their layer quantized over its own range
+    kept = go.quantize(graph, calib, keep=["act2"]).graph
+    assert ops_of(kept).count("clip") == 1
+    assert [n.op.activation for n in kept.nodes if n.op_name == "qlinear_conv2d"] == \
+        [go.ops.Relu(), None, None]
+    # compiled and in ONNX Runtime, within an output step of the interpreter (both outputs
+    # come from the dequantized logits)
+    feeds = batches(graph, 1, seed=8)[0]
+    mine = go.interpret(q, feeds)
+    compiled = go.compile(q, "cpu").run(feeds)
+    session = ort.InferenceSession(go.save_onnx(q).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    theirs = dict(zip(q.output_names, session.run(None, feeds)))
+    step = float(q.value("logits").producer.inputs[1].data)
+    for other in (compiled, theirs):
+        for name in q.output_names:
+            assert np.abs(other[name] - mine[name]).max() <= step * 1.001
+
+
 # ---- compiled and exported -----------------------------------------------------------------------
 def lsb(q) -> float:
     """The output's quantization step: its dequantize's scale."""

@@ -14,6 +14,10 @@ integers, as ONNX Runtime's static QDQ quantization does:
   reads it. A quantized layer reading another's output reads its integers: the parameters of
   a value come from its own calibrated range, so the producer's output and the consumer's
   input agree and no dequantize -> quantize pair stands between them.
+- a relu or clip that is the only reader of a layer's output (a linear layer's, or a conv's
+  the fusion pass left unfused) becomes the layer's requantize epilogue, and the layer's
+  output is quantized over the activation's calibrated range, as ORT's quantizer drops such
+  activations: no dequantize -> relu -> quantize, and none of the range spent on negatives;
 - flatten, reshape and max pools reading integers compute on them, keeping their input's scale
   and zero point: exact, since dequantizing is increasing (max pools pad with the integer
   dtype's minimum as float ones pad with -inf).
@@ -27,6 +31,7 @@ A walk over the graph rather than a table of rules, as `convert_float_precision`
 value needs a dequantize depends on all its users."""
 from __future__ import annotations
 
+import collections
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -35,7 +40,7 @@ from .. import ops
 from ..errors import OptionError, PassError
 from ..ir import Graph, Node, Value, is_float_dtype
 from .manager import Pass, PassResult
-from .pattern import named_in
+from .pattern import merged_provenance, named_in
 
 RULE = "quantize to int8"
 LAYERS = ("conv2d", "fused_conv2d", "linear", "matmul")
@@ -122,6 +127,25 @@ def stays_float32(node: Node, ranges: _Ranges, keep: frozenset[str]) -> str | No
     return None
 
 
+def absorbable_activation(node: Node, users: Mapping[int, list[Node]], public: set[int],
+                          ranges: _Ranges, keep: frozenset[str]) -> Node | None:
+    """The relu or clip node a quantized layer may apply in its requantize epilogue: the only
+    reader of the layer's output (which is no graph output), itself float32, not kept and
+    calibrated; or None."""
+    op = node.op
+    if node.op_name not in ("conv2d", "linear") and \
+            not (node.op_name == "fused_conv2d" and op.activation is None):
+        return None
+    readers = users.get(id(node.output), [])
+    if len(readers) != 1 or id(node.output) in public:
+        return None
+    act = readers[0]
+    if act.op_name not in ops.epilogue.QUANTIZED_EPILOGUE or len(act.outputs) != 1 or \
+            act.output.dtype != "float32" or named_in(act, keep) or ranges.get(act.output) is None:
+        return None
+    return act
+
+
 def _computes_float(node: Node) -> bool:
     return any(is_float_dtype(v.dtype) for v in node.outputs) and \
         not node.op_name.startswith(("quantize", "dequantize"))
@@ -130,15 +154,25 @@ def _computes_float(node: Node) -> bool:
 def _quantize(graph: Graph, ranges: _Ranges, keep: frozenset[str], per_channel: bool,
               dtype: str) -> PassResult:
     order = graph.topological_order()
-    staying, chosen, passing = {}, set(), set()
+    users: dict[int, list[Node]] = collections.defaultdict(list)
+    for node in order:
+        for v in node.inputs:
+            users[id(v)].append(node)
+    public = {id(v) for v in graph.outputs}
+    staying, chosen, passing, absorbed = {}, set(), set(), set()
+    epilogues: dict[int, Node] = {}    # id(layer) -> the activation it applies
     integers: set[int] = set()     # ids of the values that will exist as integers
     for node in order:
-        if not _computes_float(node):
+        if not _computes_float(node) or id(node) in absorbed:
             continue
         reason = stays_float32(node, ranges, keep)
         if reason is None:
             chosen.add(id(node))
-            integers.add(id(node.output))
+            act = absorbable_activation(node, users, public, ranges, keep)
+            if act is not None:
+                epilogues[id(node)] = act
+                absorbed.add(id(act))
+            integers.add(id((act or node).output))
         elif node.op_name in EXACT_ON_INTEGERS and len(node.inputs) == 1 and \
                 id(node.inputs[0]) in integers and \
                 not named_in(node, keep) and node.output.dtype == "float32":
@@ -151,14 +185,17 @@ def _quantize(graph: Graph, ranges: _Ranges, keep: frozenset[str], per_channel: 
         return PassResult(graph, False, {"misses": misses})
     rebuilt = _Rebuild(graph, ranges, per_channel, dtype)
     for node in order:
+        if id(node) in absorbed:
+            continue
         if id(node) in chosen:
-            rebuilt.add_quantized(node)
+            rebuilt.add_quantized(node, epilogues.get(id(node)))
         elif id(node) in passing:
             rebuilt.add_on_integers(node)
         else:
             rebuilt.add_float(node)
     rebuilt.finish()
-    stats = {"nodes quantized": len(chosen), "nodes on integers": len(passing),
+    stats = {"nodes quantized": len(chosen), "activations in epilogues": len(absorbed),
+             "nodes on integers": len(passing),
              "nodes kept float32": len(staying),
              "quantize": rebuilt.quantizes, "dequantize": rebuilt.dequantizes,
              "quantized": rebuilt.quantized, "misses": misses}
@@ -245,8 +282,11 @@ class _Rebuild:
         return self.graph.add_constant(f"{name}.int32",
                                        np.broadcast_to(q, b.shape).astype(np.int32))
 
-    def add_quantized(self, node: Node) -> None:
-        op, v = node.op, node.output
+    def add_quantized(self, node: Node, epilogue: Node | None = None) -> None:
+        """The integer form of layer `node`; with `epilogue`, the relu or clip reading its
+        output applied in its requantize step, the layer then standing for both."""
+        op, v = node.op, (epilogue or node).output
+        provenance = merged_provenance(node, epilogue) if epilogue else node.provenance
         x, x_scale, x_zp = self.integer(node.inputs[0])
         y_scale, y_zp = self.params(v)
         if node.op_name == "matmul":
@@ -258,7 +298,7 @@ class _Rebuild:
                                       w_zp, y_scale, y_zp], name=node.name,
                                       output_names=[f"{v.name}.{self.dtype}"],
                                       provenance=node.provenance)
-            return self.finish_layer(node, new.output, y_scale, y_zp)
+            return self.finish_layer(node, v, new.output, y_scale, y_zp)
         if node.op_name == "linear":
             conv, activation, residual = ops.Conv2d(), None, None
             w, b = node.inputs[1], (node.inputs[2] if len(node.inputs) > 2 else None)
@@ -274,6 +314,8 @@ class _Rebuild:
             w, b = node.inputs[1], (node.inputs[2] if has_bias else None)
             residual = node.inputs[-1] if fused and op.has_residual else None
             weight = w.data
+        if epilogue is not None:
+            activation = epilogue.op
         w_q, w_scale, w_zp = self.weights(weight, w.name)
         inputs = [x, x_scale, x_zp, w_q, w_scale, w_zp, y_scale, y_zp]
         if b is not None:
@@ -283,20 +325,24 @@ class _Rebuild:
         qop = ops.QLinearConv2d(conv=conv, activation=activation, has_bias=b is not None,
                                 has_residual=residual is not None)
         out_name = f"{v.name}.{self.dtype}"
-        new = self.graph.add_node(qop, inputs, name=node.name, provenance=node.provenance,
+        new = self.graph.add_node(qop, inputs, name=node.name, provenance=provenance,
                                   output_names=[out_name if node.op_name != "linear"
                                                 else f"{v.name}.conv"])
         y = new.output
         if node.op_name == "linear":
             y = self.graph.add_node(ops.Reshape(v.type.shape), [y], name=f"{node.name}.from_conv",
                                     output_names=[out_name]).output
-        self.finish_layer(node, y, y_scale, y_zp)
+        self.finish_layer(node, v, y, y_scale, y_zp, epilogue)
 
-    def finish_layer(self, node: Node, y: Value, y_scale: Value, y_zp: Value) -> None:
-        self.integers[id(node.output)] = (y, y_scale, y_zp)
-        self.quantized.append((node.name, f"{node.op_name} -> {y.producer.op_name}"
+    def finish_layer(self, node: Node, v: Value, y: Value, y_scale: Value, y_zp: Value,
+                     epilogue: Node | None = None) -> None:
+        """Record `y` (with its scale and zero point) as the integer form of `v`, the value
+        the layer `node` (and its `epilogue`) computes."""
+        self.integers[id(v)] = (y, y_scale, y_zp)
+        layer = node.op_name + (f" + {epilogue.op_name}" if epilogue else "")
+        self.quantized.append((node.name, f"{layer} -> {y.producer.op_name}"
                                if y.producer.op_name != "reshape" else
-                               f"{node.op_name} -> qlinear_conv2d (1x1)"))
+                               f"{layer} -> qlinear_conv2d (1x1)"))
 
     def finish(self) -> None:
         self.graph.set_outputs([self.real(v) for v in self.original.outputs])
