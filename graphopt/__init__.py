@@ -16,7 +16,7 @@ from .errors import (GraphoptError, InputError, LoweringError, ModelFormatError,
                      PassError, ShapeError, UnsupportedOpError, VerifyError, WriteError)
 from .frontends import dsl
 from .ir import Graph, Node, TensorType, Value
-from .quantization import Calibration, calibrate, quantize
+from .quantization import Calibration, calibrate, quantize, sensitivity
 from .targets.reference import interpret
 from .verify import verify
 
@@ -90,4 +90,4 @@ def __getattr__(name: str):
 __all__ = ["CompileOptions", "Graph", "Node", "TensorType", "Value", "GraphoptError", "InputError", "LoweringError",
            "ModelFormatError", "OptionError", "PassError", "ShapeError", "UnsupportedOpError", "VerifyError", "WriteError",
            "Calibration", "CompareReport", "bisect", "calibrate", "compare", "compile", "dsl", "interpret", "load", "load_onnx",
-           "ops", "optimize", "passes", "quantize", "save_onnx", "verify", "zoo"]
+           "ops", "optimize", "passes", "quantize", "save_onnx", "sensitivity", "verify", "zoo"]

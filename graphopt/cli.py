@@ -469,13 +469,17 @@ def optimize(args) -> int:
     return EXIT_OK
 
 
-def calibration_batches(path: str, graph) -> list[dict[str, np.ndarray]]:
-    """Calibration batches from an .npz holding, per model input, samples stacked along axis 0
-    (or an .npy for a one-input model), split into batches of the input's own leading size."""
+def sample_batches(path: str, graph, labels: bool = False):
+    """Batches from an .npz holding, per model input, samples stacked along axis 0 (or an .npy
+    for a one-input model), split into batches of the input's own leading size. With `labels`,
+    (batches, the .npz's optional 'labels' array: one class index per sample, or None)."""
     feeds = load_inputs([path], [(v.name, v.type.shape, v.dtype) for v in graph.inputs], 0)
     names = [v.name for v in graph.inputs]
+    classes = feeds.pop("labels", None) if labels and "labels" not in names else None
     if sorted(feeds) != sorted(names):
-        raise InputError(f"{path}: expected arrays named {names}, found {sorted(feeds)}")
+        raise InputError(f"{path}: expected arrays named {names}"
+                         f"{' (and optionally labels)' if labels else ''}, found "
+                         f"{sorted(feeds)}")
     counts = set()
     for v in graph.inputs:
         array, batch = feeds[v.name], v.type.shape[0] if v.type.shape else 1
@@ -488,8 +492,24 @@ def calibration_batches(path: str, graph) -> list[dict[str, np.ndarray]]:
         raise InputError(f"{path}: expected the same number of samples (at least one batch) for "
                          f"every input, found batches {sorted(counts)}")
     batches = counts.pop()
-    return [{v.name: feeds[v.name][i * v.type.shape[0]:(i + 1) * v.type.shape[0]]
-             for v in graph.inputs} for i in range(batches)]
+    split = [{v.name: feeds[v.name][i * v.type.shape[0]:(i + 1) * v.type.shape[0]]
+              for v in graph.inputs} for i in range(batches)]
+    if not labels:
+        return split
+    if classes is not None:
+        samples = batches * (graph.inputs[0].type.shape[0] if graph.inputs[0].type.shape else 1)
+        if classes.ndim != 1 or len(classes) != samples or \
+                not np.issubdtype(classes.dtype, np.integer):
+            raise InputError(f"{path}: expected 'labels' as {samples} integer class indices, "
+                             f"one per sample, found {classes.dtype}{list(classes.shape)}")
+    return split, classes
+
+
+def top1_metric(graph, labels: np.ndarray):
+    """Top-1 accuracy of the graph's first output (class scores on axis 1) against `labels`."""
+    name = graph.output_names[0]
+    return lambda outputs: float((outputs[name].reshape(len(labels), -1).argmax(1)
+                                  == labels).mean())
 
 
 @command("quantize", "quantize a model to int8 (calibrated on sample inputs), float16 or bfloat16; "
@@ -505,25 +525,41 @@ def calibration_batches(path: str, graph) -> list[dict[str, np.ndarray]]:
          arg("--per-tensor", action="store_true",
              help="int8: one weight scale per tensor (default: one per output channel)"),
          arg("--keep", help="comma-separated node or op names that stay float32"),
+         arg("--eval", metavar="FILE.npz", type=existing_file,
+             help="int8: held-out samples (as --calib; with an optional 'labels' array of class "
+             "indices) that --sensitivity and --budget measure on (default: the --calib ones)"),
+         arg("--sensitivity", action="store_true",
+             help="int8: print each layer's error (and top-1 drop with labels) when quantized "
+             "alone, most sensitive first"),
+         arg("--budget", type=tolerance, metavar="X",
+             help="int8: keep the fewest layers in float32 for which the relative output error "
+             "(with labels: the top-1 drop, 0.005 = half a point) stays within X"),
          TARGET,
          arg("-o", "--output", required=True, metavar="FILE.onnx|FILE.so",
              help="the quantized model as ONNX, or compiled for --target"))
 def quantize(args) -> int:
     """Calibrate (int8) and quantize the model, print the pass report and how far the quantized
-    graph's outputs are from the float model's on the first calibration batch (or a probe
-    input), then write it as ONNX or compile and export it."""
+    graph's outputs are from the float model's on the first evaluation batch (or a probe
+    input), then write it as ONNX or compile and export it. --sensitivity and --budget measure
+    on the --eval samples (top-1 against their labels when given)."""
     from . import quantization
     suffix = ".so" if args.output.endswith(".so") else ".onnx"
     output_path(args.output, suffix)
     if args.dtype == "int8" and not args.calib:
         raise InputError("--dtype int8 needs --calib FILE.npz: sample inputs to calibrate "
                          "activation ranges on")
+    int8_only = [flag for flag, given in (("--eval", args.eval), ("--budget",
+                 args.budget is not None), ("--sensitivity", args.sensitivity)) if given]
+    if args.dtype != "int8" and int8_only:
+        raise InputError(f"{', '.join(int8_only)} apply to --dtype int8, not {args.dtype}")
     keep = [k.strip() for k in args.keep.split(",") if k.strip()] if args.keep else []
     graph = load_model(args.model, args.batch, args.seed)
-    feeds = probe_inputs(graph, args.seed)
+    feeds, metric = probe_inputs(graph, args.seed), None
     if args.dtype == "int8":
-        batches = calibration_batches(args.calib, graph)
-        feeds = batches[0]
+        batches = sample_batches(args.calib, graph)
+        held_out, labels = sample_batches(args.eval or args.calib, graph, labels=True)
+        metric = top1_metric(graph, labels) if labels is not None else None
+        feeds = held_out[0]
 
         def progress(index: int) -> None:
             if not _quiet:
@@ -533,15 +569,37 @@ def quantize(args) -> int:
         calib = quantization.calibrate(graph, batches, args.method, progress=progress)
         if not _quiet:
             print(file=sys.stderr)
-        with step(f"quantizing '{graph.name}' to int8"):
+        if args.sensitivity:
+            def measured(index: int, layer: str) -> None:
+                if not _quiet:
+                    print(f"\rsensitivity: layer {index + 1} ({layer})\033[K", end="",
+                          file=sys.stderr, flush=True)
+
+            table = quantization.sensitivity(graph, calib, held_out, metric, keep=keep,
+                                             per_channel=not args.per_tensor,
+                                             progress=measured)
+            if not _quiet:
+                print(file=sys.stderr)
+            print(table)
+        with step(f"quantizing '{graph.name}' to int8"
+                  + (f" within budget {args.budget:g}" if args.budget is not None else "")):
             result = quantization.quantize(graph, calib, "int8", keep,
-                                           per_channel=not args.per_tensor)
+                                           per_channel=not args.per_tensor,
+                                           budget=args.budget,
+                                           eval_inputs=held_out if args.budget is not None
+                                           else None, metric=metric)
     else:
         with step(f"converting '{graph.name}' to {args.dtype}"):
             result = quantization.quantize(graph, dtype=args.dtype, keep=keep)
     print(result.report)
     from .compare import compare
     print(compare(graph, result.graph, feeds))
+    if metric is not None:
+        from .quantization.sensitivity import run_batches
+        scores = [metric(run_batches(g, held_out)) for g in (graph, result.graph)]
+        print(f"top-1 on {len(labels)} samples of {args.eval or args.calib}: float32 "
+              f"{scores[0]:.2%}, int8 {scores[1]:.2%} ({100 * (scores[0] - scores[1]):+.2f} "
+              f"points lost)")
     if suffix == ".onnx":
         from .frontends.onnx import save_onnx
         with step(f"writing {args.output}"):

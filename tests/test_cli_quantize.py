@@ -59,6 +59,28 @@ def test_half_precision_needs_no_calibration(samples, capsys, dtype):
     assert f"convert_{dtype}" in out and "all outputs ok" in out
 
 
+def test_sensitivity_and_budget_on_labelled_samples(samples, capsys):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((8, 1, 32, 32)).astype(np.float32)
+    lenet = go.zoo.lenet5()
+    labels = np.array([go.interpret(lenet, {"input": x[i:i + 1]})["output"].argmax()
+                       for i in range(8)])
+    np.savez("eval.npz", input=x, labels=labels)
+    code, out, err = run(["quantize", "lenet5", "--calib", "calib.npz", "--eval", "eval.npz",
+                          "--sensitivity", "--budget", "0", "-o", "lenet5_int8.onnx"], capsys)
+    assert code == 0, err
+    assert "int8 sensitivity of 'lenet5' on 8 samples" in out and "drop" in out
+    assert "sensitivity: layer 5 (fc3)" in err          # progress, one line per layer
+    assert "budget: metric drop <= 0: met" in out
+    assert "top-1 on 8 samples of eval.npz: float32 100.00%, int8 100.00%" in out
+    # without labels the budget bounds the relative output error
+    np.savez("eval.npz", input=x)
+    code, out, err = run(["quantize", "lenet5", "--calib", "calib.npz", "--eval", "eval.npz",
+                          "--budget", "0.5", "-o", "lenet5_int8.onnx"], capsys)
+    assert code == 0, err
+    assert "budget: error <= 0.5: met" in out and "top-1" not in out
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["quantize", "lenet5", "-o", "x.onnx"], "--dtype int8 needs --calib"),
     (["quantize", "lenet5", "--calib", "missing.npz", "-o", "x.onnx"], "no such file"),
@@ -67,9 +89,16 @@ def test_half_precision_needs_no_calibration(samples, capsys, dtype):
      "expected samples of shape (1, 32, 32)"),
     (["quantize", "lenet5", "--calib", "other.npz", "-o", "x.onnx"],
      "expected arrays named ['input']"),
+    (["quantize", "lenet5", "--dtype", "float16", "--budget", "0.1", "-o", "x.onnx"],
+     "--budget apply to --dtype int8"),
+    (["quantize", "lenet5", "--calib", "calib.npz", "--eval", "labelled.npz", "-o", "x.onnx"],
+     "expected 'labels' as 3 integer class indices"),
+    (["quantize", "lenet5", "--calib", "calib.npz", "--budget", "-1", "-o", "x.onnx"],
+     "expected a finite number >= 0"),
 ])
 def test_bad_requests_exit_2(samples, capsys, argv, fragment):
     np.savez("wrong.npz", input=np.zeros((3, 2, 32, 32), np.float32))
+    np.savez("labelled.npz", input=np.zeros((3, 1, 32, 32), np.float32), labels=np.zeros(2))
     np.savez("other.npz", image=np.zeros((3, 1, 32, 32), np.float32))
     code, _, err = run(argv, capsys)
     assert code == 2 and fragment in err, err

@@ -6,7 +6,7 @@ a `Calibration` of the graph's activations: the default pipeline, then `quantize
 (`passes/quantize_int8.py`: which layers compute in integers, where values are (de)quantized)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -22,13 +22,21 @@ DTYPES = (*HALF_DTYPES, "int8")
 
 def quantize(graph: Graph, calib: "Calibration | str | None" = None, dtype: str | None = None,
              keep: str | Iterable[str] = (), *, per_channel: bool = True,
-             check: bool = False,
-             inputs: Mapping[str, np.ndarray] | None = None) -> "OptimizeResult":
+             check: bool = False, inputs: Mapping[str, np.ndarray] | None = None,
+             budget: float | None = None, eval_inputs=None,
+             metric: "Callable[[Mapping[str, np.ndarray]], float] | None" = None
+             ) -> "OptimizeResult":
     """`graph` (left unchanged) computing in `dtype`, its inputs and outputs still float32;
     returns an OptimizeResult (`.graph`, `.report`). `keep`: names of nodes (or of the original
     nodes a fused node stands for) and of ops that stay float32. `check=True` compares the graph
     before and after every pass on `inputs` (default: a seeded probe) within the tolerance of
     the least precise dtype computed (`compare.tolerance_for`).
+
+    `budget` (int8): keep the fewest layers in float32, most sensitive first (`sensitivity`),
+    for which the outputs on `eval_inputs` (a {input name: array} dict or a list of them) stay
+    within it: the drop of `metric(outputs) -> float` (higher is better, e.g. top-1 accuracy,
+    0.005 for half a point) with a metric, else the relative output error (max |quantized -
+    float| / max |float|). Returns a `BudgetResult` whose report names the layers kept.
 
     dtype "float16" (the default without a calibration) or "bfloat16": `quantize(g, "float16")`.
     dtype "int8" (the default with one): `quantize(g, calib, keep=[...])`, `calib` made by
@@ -57,9 +65,18 @@ def quantize(graph: Graph, calib: "Calibration | str | None" = None, dtype: str 
         if calib.graph != graph.name:
             raise OptionError(f"the calibration was made on graph '{calib.graph}', not on "
                               f"'{graph.name}'")
+        if budget is not None:
+            from .sensitivity import quantize_within_budget
+            if eval_inputs is None:
+                raise OptionError("budget= needs eval_inputs= (the batches the budget is "
+                                  "measured on)")
+            return quantize_within_budget(graph, calib, budget, eval_inputs, metric, names,
+                                          per_channel, check=check, inputs=inputs)
         last = quantize_int8(calib, per_channel=per_channel, keep=names, source=graph)
     elif calib is not None:
         raise OptionError(f"dtype={dtype!r} takes no calibration, found {calib!r}")
+    elif budget is not None:
+        raise OptionError(f"budget= applies to int8 quantization, not to dtype={dtype!r}")
     else:
         last = convert_precision(dtype, names)
     manager = PassManager([*DEFAULT_PIPELINE, last], check=check, fixed_point=True,
