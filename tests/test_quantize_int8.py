@@ -254,6 +254,30 @@ def test_compiled_cpu_matches_the_interpreter(model):
         assert np.abs(m.run(feeds)["output"] - mine).max() <= lsb(q) * 1.001
 
 
+def test_cuda_compiles_to_integer_kernels():
+    """No GPU here: the CUDA source and nvcc's sm_90 binary. Every quantized layer is a kernel
+    reading uint8 activations and int8 weights, accumulating in int32, writing uint8."""
+    import re
+    import shutil
+    from graphopt.targets.tvm import cuda
+    q = quantized("residual_net").graph
+    m = go.compile(q, "cuda")
+    source = cuda.cuda_source(m.executable)
+    kernels = dict(re.findall(r"__global__ void __launch_bounds__\(\d+\) (\w+)\(([^)]*)\) \{",
+                              source))
+    layers = {name: params for name, params in kernels.items()
+              if "conv2d" in name and "requantize" in name}
+    assert len(layers) == ops_of(q).count("qlinear_conv2d") == 4
+    for name, params in layers.items():
+        assert "signed char* __restrict__ param_0_ptr" in params, name    # int8 weights
+        assert params.count("uchar*") >= 2, name                          # uint8 in and out
+        body = source[source.index(f"{name}({params}) {{"):]
+        body = body[:body.find("extern \"C\"")]
+        assert re.search(r"\bint \w*conv2d\w*local", body), name      # int32 accumulators
+    if shutil.which("nvcc"):
+        assert cuda.fatbin_archs(cuda.compile_cuda_source(source, "sm_90")) == ["sm_90"]
+
+
 @pytest.mark.parametrize("model", NETS)
 def test_onnx_runs_in_onnxruntime(model):
     graph, _ = calibrated(model)
