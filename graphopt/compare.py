@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import GraphoptError
 from .ir import DTYPES, FLOAT_DTYPES, Graph, Node, Value
+from .ops.quant import output_quantization
 from .table import format_table
 from .targets.reference import interpret
 
@@ -211,7 +212,11 @@ def compare(reference: Graph, candidate, inputs: Mapping[str, np.ndarray], *,
     if pairs is not None:
         report.layers = []
         for ref_node, value in pairs:
-            candidate_array = np.asarray(found[value.name])
+            candidate_array = np.asarray(found[value.name]).reshape(ref_node.outputs[0].shape)
+            if value.type.is_float != ref_node.outputs[0].type.is_float:
+                # a float layer computed in integers: its real values
+                dequantize, scale, zero_point = output_quantization(value)
+                candidate_array = dequantize.reference(candidate_array, scale, zero_point)
             c = compare_arrays(layer_anchor(ref_node), expected[ref_node.outputs[0].name],
                                candidate_array, tol(candidate_array))
             report.layers.append(LayerComparison(**vars(c), node=value.producer.name,
@@ -228,16 +233,33 @@ def layer_anchor(node) -> str:
 def line_up(reference: Graph, candidate: Graph) -> list[tuple[Node, Value]]:
     """(reference node, candidate value) pairs computing the same original layer, in the
     reference's topological order. Only single-output nodes of matching type are paired."""
-    by_anchor = {}
+    by_anchor: dict[str, list[Value]] = {}
     for node in candidate.topological_order():
         if len(node.outputs) == 1:
-            by_anchor.setdefault(layer_anchor(node), node.outputs[0])
+            by_anchor.setdefault(layer_anchor(node), []).append(node.outputs[0])
+
+    def comparable(value: Value, original: Value) -> bool:
+        return same_elements(value.type.shape, original.type.shape) and \
+            (value.type.is_float == original.type.is_float or
+             output_quantization(value) is not None)  # not an int32 accumulator
+
     pairs = []
     for node in reference.topological_order():
-        value = by_anchor.get(layer_anchor(node)) if len(node.outputs) == 1 else None
-        if value is not None and value.type.shape == node.outputs[0].type.shape:
-            pairs.append((node, value))
+        if len(node.outputs) != 1:
+            continue
+        # the last candidate value standing for the layer: a linear layer computed as a 1x1
+        # convolution is lined up at the reshape back to its shape
+        values = [v for v in by_anchor.get(layer_anchor(node), ())
+                  if comparable(v, node.outputs[0])]
+        if values:
+            pairs.append((node, values[-1]))
     return pairs
+
+
+def same_elements(shape: tuple[int, ...], other: tuple[int, ...]) -> bool:
+    """Whether two shapes hold the same elements in the same order: equal but for axes of size
+    1 (a linear layer's [N, C] output computed as a 1x1 convolution's [N, C, 1, 1])."""
+    return [d for d in shape if d != 1] == [d for d in other if d != 1]
 
 
 def with_extra_outputs(graph: Graph, values) -> Graph:

@@ -89,3 +89,34 @@ def test_compiled_candidate_is_probed_at_every_lined_up_layer():
     w.data = w.data * np.float32(1.05)
     rep = go.compare(g, opt, x, per_layer=True, target="cpu")
     assert rep.first_divergent == rep.layers[0].name
+
+
+@pytest.fixture(scope="module")
+def quantized_convnet():
+    g = go.zoo.deep_convnet(batch=2)
+    rng = np.random.default_rng(0)
+    batches = [{"input": rng.standard_normal((2, 1, 28, 28)).astype(np.float32)}
+               for _ in range(4)]
+    return g, go.quantize(g, go.calibrate(g, batches)).graph, batches[0]
+
+
+def test_int8_layers_are_read_as_the_real_values_they_stand_for(quantized_convnet):
+    """Integer values are dequantized with their own scale and zero point (max pools on
+    integers with their input's), and a linear layer computed as a 1x1 convolution lines up."""
+    g, q, x = quantized_convnet
+    rep = go.compare(g, q, x, per_layer=True)
+    assert rep.ok and rep.first_divergent is None, rep.layer_table()
+    names = [layer.name for layer in rep.layers]
+    assert names == ["relu1", "relu2", "pool1", "relu3", "relu4", "pool2", "relu5", "relu6",
+                     "pool3", "relu7", "fc2"]
+    assert {layer.op for layer in rep.layers} == {"qlinear_conv2d", "max_pool2d", "reshape"}
+    assert all(0 < layer.max_rel < 0.1 and layer.cosine > 0.999 for layer in rep.layers)
+
+
+def test_a_wrong_scale_in_an_int8_graph_is_found(quantized_convnet):
+    g, q, x = quantized_convnet
+    broken = q.copy()
+    conv = next(n for n in broken.nodes if n.provenance[-1] == "relu4")
+    conv.inputs[4].data = conv.inputs[4].data * np.float32(4)     # the weight scales
+    rep = go.compare(g, broken, x, per_layer=True)
+    assert rep.first_divergent == "relu4"

@@ -687,3 +687,34 @@ class QLinearConv2d(Op):
 
     # Printed as fused_conv2d is: qlinear_conv2d[conv2d(...) + add + relu].
     __str__ = FusedConv2d.__str__
+
+
+# ---- reading quantized values --------------------------------------------------------------------
+# Ops whose integer output keeps their integer input's scale and zero point: exact on quantized
+# values, since dequantizing is increasing and the same for every element of a per-tensor
+# quantized value. quantize_int8 runs them on integers; `output_quantization` looks through them.
+KEEPS_QUANTIZATION = ("flatten", "reshape", "max_pool2d")
+
+
+def output_quantization(value) -> tuple[DequantizeLinear, np.ndarray, np.ndarray] | None:
+    """How to read an integer value of a graph as the real numbers it stands for: (the
+    dequantize op, scale, zero point), from the quantize_linear or qlinear op that made it
+    (looking through KEEPS_QUANTIZATION ops for per-tensor values), or None where the graph
+    does not say (an int32 accumulator, a computed scale)."""
+    node, through = value.producer, False
+    while node is not None and node.op_name in KEEPS_QUANTIZATION and \
+            node.inputs[0].dtype in QUANTIZED:
+        node, through = node.inputs[0].producer, True
+    if node is None:
+        return None
+    if node.op_name == "quantize_linear":
+        op, scale, zero_point = DequantizeLinear(node.op.axis, node.op.block_size), \
+            node.inputs[1], node.inputs[2]
+    elif node.op_name in ("qlinear_conv2d", "qlinear_matmul"):
+        op, scale, zero_point = DequantizeLinear(), node.inputs[6], node.inputs[7]
+    else:
+        return None
+    if not (scale.is_constant and zero_point.is_constant) or \
+            through and not (per_tensor(scale.type) and per_tensor(zero_point.type)):
+        return None
+    return op, scale.data, zero_point.data

@@ -44,8 +44,6 @@ from .pattern import merged_provenance, named_in
 
 RULE = "quantize to int8"
 LAYERS = ("conv2d", "fused_conv2d", "linear", "matmul")
-# Ops computing exactly on quantized values with their input's scale and zero point.
-EXACT_ON_INTEGERS = ("flatten", "reshape", "max_pool2d")
 ACTIVATION_DTYPES = ("uint8", "int8")
 
 
@@ -173,7 +171,7 @@ def _quantize(graph: Graph, ranges: _Ranges, keep: frozenset[str], per_channel: 
                 epilogues[id(node)] = act
                 absorbed.add(id(act))
             integers.add(id((act or node).output))
-        elif node.op_name in EXACT_ON_INTEGERS and len(node.inputs) == 1 and \
+        elif node.op_name in ops.quant.KEEPS_QUANTIZATION and len(node.inputs) == 1 and \
                 id(node.inputs[0]) in integers and \
                 not named_in(node, keep) and node.output.dtype == "float32":
             passing.add(id(node))
@@ -331,7 +329,7 @@ class _Rebuild:
         y = new.output
         if node.op_name == "linear":
             y = self.graph.add_node(ops.Reshape(v.type.shape), [y], name=f"{node.name}.from_conv",
-                                    output_names=[out_name]).output
+                                    output_names=[out_name], provenance=provenance).output
         self.finish_layer(node, v, y, y_scale, y_zp, epilogue)
 
     def finish_layer(self, node: Node, v: Value, y: Value, y_scale: Value, y_zp: Value,
