@@ -120,3 +120,26 @@ def test_a_wrong_scale_in_an_int8_graph_is_found(quantized_convnet):
     conv.inputs[4].data = conv.inputs[4].data * np.float32(4)     # the weight scales
     rep = go.compare(g, broken, x, per_layer=True)
     assert rep.first_divergent == "relu4"
+
+
+def test_integer_outputs_of_quantizing_graphs_may_differ_by_one_step():
+    """x * 0.1 quantized: the float64 reference and a float32 run round values next to a tie
+    differently; one step is allowed there, two are not, and integer outputs of graphs that do
+    not quantize stay exact."""
+    c = np.float32(0.1)
+    ties = ((np.arange(64) + 0.5) / np.float64(c)).astype(np.float32)
+    x = np.concatenate([np.nextafter(ties, np.float32(1e9)), ties])
+    with go.dsl.Builder("tie") as b:
+        v = b.input("x", x.shape)
+        scaled = go.dsl.mul(v, b.constant("c", c))
+        one, zero = b.constant("scale", np.float32(1)), b.constant("zp", np.uint8(0))
+        g = b.output(b.apply(go.ops.QuantizeLinear(), [scaled, one, zero]), names=["y"])
+    in64 = go.interpret(g, {"x": x}, dtype=np.float64)["y"]
+    in32 = go.interpret(g, {"x": x})["y"]
+    assert 0 < np.count_nonzero(in64 != in32) and np.abs(in64.astype(int) - in32).max() == 1
+    rep = go.compare(g, g, {"x": x})
+    assert rep.ok and rep.outputs[0].steps == 1 and "1 step" in str(rep)
+    shifted = g.copy()
+    shifted.value("zp").data = np.uint8(2)
+    assert not go.compare(g, shifted, {"x": x}).ok
+    assert go.compare(g, g, {"x": x}, tolerance=0).outputs[0].steps == 0

@@ -310,7 +310,7 @@ class PassManager:
         return OptimizeResult(sandbox.result(current, graph), graph, records)
 
     def _check(self, name: str, before: Graph, after: Graph, inputs, expected, found) -> float:
-        from ..compare import compare_arrays, tolerance_for
+        from ..compare import compare_arrays, steps_for, tolerance_for
         worst, failures = 0.0, []
         for value in before.outputs:
             if value.name not in found:
@@ -318,7 +318,8 @@ class PassManager:
             # By default each output's dtype's, or the least precise float dtype computed.
             tol = self.tolerance if self.tolerance is not None else \
                 tolerance_for(value.dtype, before, after)
-            c = compare_arrays(value.name, expected[value.name], found[value.name], tol)
+            steps = 0 if self.tolerance is not None else steps_for(value.dtype, before, after)
+            c = compare_arrays(value.name, expected[value.name], found[value.name], tol, steps)
             worst = max(worst, c.max_rel)
             if not c.ok:
                 failures.append(c)
