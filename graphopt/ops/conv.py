@@ -44,7 +44,10 @@ def conv_out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: 
 #   winograd  Winograd F(2x2, 3x3), the weight transformed at lowering into blocks of
 #             `weight_block` output channels (targets/tvm/schedules/winograd.py)
 #   onednn    a call of oneDNN's convolution (targets/tvm/onednn/)
-CONV_ALGORITHMS = ("direct", "winograd", "onednn")
+#   vnni      (qlinear_conv2d only) uint8 x int8 -> int32 by AVX-512 VNNI, the weight packed at
+#             lowering into blocks of 16 output channels by 4 input channels
+#             (targets/tvm/schedules/conv2d_int8.py)
+CONV_ALGORITHMS = ("direct", "winograd", "onednn", "vnni")
 
 
 def add_channel_bias(bb, y, b):

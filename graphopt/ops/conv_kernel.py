@@ -2,7 +2,7 @@
 computed the way the node's `Conv2d.algorithm` says: used by `conv2d` and `fused_conv2d`."""
 from __future__ import annotations
 
-from .base import constant_operand, relax_type
+from .base import constant_operand, expect, relax_type
 from .cast import accumulation_dtype
 from .epilogue import EPILOGUE, ONEDNN_NO_ACTIVATION
 
@@ -15,6 +15,8 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
     """Relax: `activation(conv(x, w) + b + residual)` as one kernel, computed the way
     `conv.algorithm` says (see ops/conv.py's CONV_ALGORITHMS)."""
     decision = f"{conv.algorithm} convolution"   # for the error if a weight is not constant
+    expect(conv.algorithm != "vnni", "the vnni algorithm computes quantized convolutions "
+           "(qlinear_conv2d), not float ones")
     if conv.algorithm == "onednn":
         from ..targets.tvm.onednn.lowering import onednn_conv2d
         code, (alpha, beta) = ONEDNN_NO_ACTIVATION, (0.0, 0.0)

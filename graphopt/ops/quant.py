@@ -38,8 +38,8 @@ import numpy as np
 
 from ..ir import TensorType
 from .activation import Clip, Relu
-from .base import (Op, expect, expect_float, expect_rank, flag, integer, register, relax,
-                   relax_type)
+from .base import (Op, constant_operand, expect, expect_float, expect_rank, flag, integer,
+                   register, relax, relax_type)
 from .conv import Conv2d, conv_out_size, expect_nonempty
 from .epilogue import QUANTIZED_EPILOGUE
 from .fused import FusedConv2d
@@ -101,11 +101,14 @@ def integer_matmul_type(a: TensorType, b: TensorType) -> TensorType:
     return TensorType((*batch, a.shape[-2], b.shape[-1]), "int32")
 
 
-def conv_attribute(op) -> None:
+def conv_attribute(op, integer_kernels: tuple[str, ...] = ()) -> None:
     expect(isinstance(op.conv, Conv2d), f"expected a Conv2d for conv, found {op.conv!r}")
-    # The target decisions (Winograd, oneDNN, packed weights) are float kernels.
-    expect(op.conv == op.conv.plain, f"expected a convolution without target decisions, found "
-           f"{op.conv}")
+    # The target decisions (Winograd, oneDNN, packed weights) are float kernels, but for
+    # `integer_kernels` (VNNI).
+    expect(op.conv == op.conv.plain or op.conv.algorithm in integer_kernels,
+           f"expected a convolution without target decisions"
+           f"{' or computed by ' + ', '.join(integer_kernels) if integer_kernels else ''}, "
+           f"found {op.conv}")
 
 
 # ---- numpy: the arithmetic every kernel here is defined by ---------------------------------------
@@ -322,31 +325,38 @@ def lower_requantize(bb, acc, multiplier, y_scale, y_zp, activation, channel_axi
                      residual=()):
     """Relax: one elementwise kernel computing `requantize` of the int32 `acc` (per-channel
     values along `channel_axis`); `residual` is () or (r, r_scale / y_scale, r_zero_point)."""
-    from tvm import te, tirx
-    dtype = relax_dtype(y_zp)
-
     def kernel(acc, multiplier, y_scale, y_zp, *residual):
-        low = high = None
-        if isinstance(activation, Relu):
-            low = tirx.const(0.0, "float32")
-        elif isinstance(activation, Clip):
-            scale = value_at(y_scale, 0).astype("float32")
-            step = lambda bound: None if bound is None else tirx.nearbyint(  # noqa: E731
-                tirx.const(float(np.float32(bound)), "float32") / scale)
-            low, high = step(activation.min), step(activation.max)
-
-        def value(*index):
-            v = acc[index].astype("float32") * value_at(multiplier, index[channel_axis])
-            if residual:
-                r, r_multiplier, r_zp = residual
-                difference = r[index].astype("int32") - value_at(r_zp, 0).astype("int32")
-                v = v + difference.astype("float32") * value_at(r_multiplier, 0)
-            return te_saturate(tirx.nearbyint(v), value_at(y_zp, 0), dtype, low, high)
-
-        return te.compute(acc.shape, value, name="requantize")
+        return requantize_compute(acc, multiplier, y_scale, y_zp, activation, channel_axis,
+                                  residual)
 
     return bb.call_te(kernel, acc, multiplier, y_scale, y_zp, *residual,
                       primfunc_name_hint="requantize")
+
+
+def requantize_compute(acc, multiplier, y_scale, y_zp, activation, channel_axis: int,
+                       residual=()):
+    """TE of `requantize` of the int32 tensor `acc` (per-channel values along `channel_axis`);
+    `residual` is () or (r, r_scale / y_scale, r_zero_point)."""
+    from tvm import te, tirx
+    dtype = str(y_zp.dtype)
+    low = high = None
+    if isinstance(activation, Relu):
+        low = tirx.const(0.0, "float32")
+    elif isinstance(activation, Clip):
+        scale = value_at(y_scale, 0).astype("float32")
+        step = lambda bound: None if bound is None else tirx.nearbyint(  # noqa: E731
+            tirx.const(float(np.float32(bound)), "float32") / scale)
+        low, high = step(activation.min), step(activation.max)
+
+    def value(*index):
+        v = acc[index].astype("float32") * value_at(multiplier, index[channel_axis])
+        if residual:
+            r, r_multiplier, r_zp = residual
+            difference = r[index].astype("int32") - value_at(r_zp, 0).astype("int32")
+            v = v + difference.astype("float32") * value_at(r_multiplier, 0)
+        return te_saturate(tirx.nearbyint(v), value_at(y_zp, 0), dtype, low, high)
+
+    return te.compute(acc.shape, value, name="requantize")
 
 
 # ---- the ops -------------------------------------------------------------------------------------
@@ -613,7 +623,7 @@ class QLinearConv2d(Op):
     has_residual: bool = False
 
     def __post_init__(self):
-        conv_attribute(self)
+        conv_attribute(self, ("vnni",))
         expect(self.activation is None or self.activation.name in QUANTIZED_EPILOGUE,
                f"expected activation {', '.join(QUANTIZED_EPILOGUE)} or None, found "
                f"{self.activation!r}")
@@ -673,6 +683,9 @@ class QLinearConv2d(Op):
     def lower_tvm(self, bb, *args):
         x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, bias, residual = self.split(args)
         R = relax().op
+        if self.conv.algorithm == "vnni":
+            return self.lower_vnni(bb, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, bias,
+                                   residual)
         acc = lower_integer_conv(bb, self.conv, x, w, x_zp, w_zp)
         if bias is not None:
             acc = bb.emit(R.add(acc, bb.emit(R.reshape(bias, (1, -1, 1, 1)))))
@@ -681,6 +694,48 @@ class QLinearConv2d(Op):
             r, r_scale, r_zp = residual
             residual = (r, relax_scale_ratio(bb, (r_scale,), y_scale), r_zp)
         return lower_requantize(bb, acc, multiplier, y_scale, y_zp, self.activation, 1, residual)
+
+    def lower_vnni(self, bb, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, bias,
+                   residual):
+        """Relax: the whole layer as one kernel computing the u8 x s8 convolution by VNNI
+        (`schedules/conv2d_int8.py`), then, from its register tile, the zero-point correction
+        and bias (one int32 per output channel, folded here) and the requantize epilogue."""
+        from ..targets.tvm.schedules.conv2d_int8 import conv2d_u8s8, pack_weight
+        from .conv_kernel import OPAQUE
+        from tvm import te
+        decision = "vnni convolution"
+        rx = relax()
+        weight, x_zero_point = constant_operand(w, decision), constant_operand(x_zp, decision)
+        expect(not constant_operand(w_zp, decision).any() and weight.dtype == np.int8,
+               "the vnni convolution takes int8 weights with zero points of 0")
+        # sum((x - xz) w) = sum(x w) - xz sum(w): x is padded with xz, so the sums of w count
+        # every tap; the bias joins the same per-channel constant.
+        correction = -x_zero_point.astype(np.int64).reshape(()) * \
+            weight.astype(np.int64).sum(axis=(1, 2, 3))
+        if bias is not None:
+            correction = correction + constant_operand(bias, decision).astype(np.int64)
+        multiplier = relax_scale_ratio(bb, (x_scale, w_scale), y_scale)
+        extra = []
+        if residual:
+            r, r_scale, r_zp = residual
+            extra = [r, relax_scale_ratio(bb, (r_scale,), y_scale), r_zp]
+        conv, activation = self.conv, self.activation
+
+        def kernel(x, packed, x_zp, correction, multiplier, y_scale, y_zp, *residual):
+            acc = conv2d_u8s8(x, packed, x_zp, conv)
+            out_channels = int(correction.shape[0])
+            total = te.compute(
+                (acc.shape[0], out_channels, acc.shape[2], acc.shape[3]),
+                lambda n, c, h, w_: acc[n, c // 16, h, w_, c % 16] + correction[c],
+                name="bias_add")
+            return requantize_compute(total, multiplier, y_scale, y_zp, activation, 1,
+                                      tuple(residual))
+
+        packed = pack_weight(weight)
+        return bb.call_te(kernel, x, rx.const(packed, "int8"), x_zp,
+                          rx.const(correction.astype(np.int32), "int32"), multiplier, y_scale,
+                          y_zp, *extra, primfunc_name_hint="qlinear_conv2d_vnni",
+                          primfunc_attrs={"op_pattern": OPAQUE})
 
     def macs(self, inputs, outputs):
         return outputs[0].numel * math.prod(inputs[3].shape[1:])

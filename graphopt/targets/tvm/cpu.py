@@ -74,3 +74,15 @@ def cpu_pipeline(target, database=None, onednn: bool = False):
                 return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline
+
+
+def cpu_assembly(executable) -> str:
+    """The x86 assembly of a CPU build's kernels (its LLVM module), e.g. to check which
+    instructions a schedule emits."""
+    pending = [executable.mod]
+    while pending:
+        module = pending.pop()
+        if module.kind == "llvm":
+            return module.inspect_source("asm")
+        pending.extend(module.imports)
+    return ""

@@ -7,7 +7,13 @@
   of one or two vector registers of output channels (`tiled.channel_blocks`), each inside one
   group, where the weight is a constant and the channels fill such a block.
 Half-precision (float16, bfloat16) convolutions stay "direct" without a weight layout: the
-tiled, Winograd and oneDNN kernels are float32 kernels."""
+tiled, Winograd and oneDNN kernels are float32 kernels.
+
+A quantized convolution (`qlinear_conv2d`) is "vnni" (`schedules/conv2d_int8.py`) where the
+target CPU has AVX-512 VNNI and the layer is what vpdpbusd computes: uint8 input, constant int8
+weights with zero points of 0 (symmetric, as graphopt's and ONNX Runtime's quantizers make
+them), a constant input zero point and bias, no groups;
+otherwise it stays as written (TVM's integer conv2d)."""
 from __future__ import annotations
 
 import dataclasses
@@ -42,7 +48,24 @@ def select_conv_algorithm(context):
                       if per_group % b == 0), 0)
         return dataclasses.replace(plain, weight_block=block)
 
+    def choose_integer(node: Node):
+        conv = node.op.conv
+        x, _, x_zp, w, _, w_zp, *_ = node.inputs
+        bias = node.inputs[8] if node.op.has_bias else None
+        fits = (context.vector is not None and context.vector.vnni and conv.groups == 1
+                and x.dtype == "uint8" and w.dtype == "int8"
+                and context.constant_weights
+                and all(v.is_constant for v in (w, w_zp, x_zp, *([bias] if bias else [])))
+                and not w_zp.data.any())
+        if not fits:
+            return None if conv == conv.plain else dataclasses.replace(node.op, conv=conv.plain)
+        return dataclasses.replace(node.op, conv=dataclasses.replace(conv.plain,
+                                                                     algorithm="vnni",
+                                                                     weight_block=16))
+
     def decide(node: Node):
+        if node.op_name == "qlinear_conv2d":
+            return choose_integer(node)
         if node.op_name == "conv2d":
             return choose(node.op, node)
         if node.op_name == "fused_conv2d":

@@ -13,9 +13,11 @@ PARALLEL_MIN_MACS = 1 << 20
 
 @dataclass(frozen=True)
 class VectorShape:
-    """fp32 lanes per SIMD register and registers the micro-kernels may keep as accumulators."""
+    """fp32 lanes per SIMD register and registers the micro-kernels may keep as accumulators;
+    `vnni`: the CPU has AVX-512 VNNI (vpdpbusd: u8 x s8 dot products into int32)."""
     lanes: int
     accumulators: int
+    vnni: bool = False
 
     @staticmethod
     def of(target) -> "VectorShape":
@@ -23,7 +25,8 @@ class VectorShape:
         target's `mcpu` through LLVM, so a cross-compile target is honoured too."""
         from tvm.target.codegen import target_has_features
         if target_has_features("avx512f", target):
-            return VectorShape(lanes=16, accumulators=28)
+            return VectorShape(lanes=16, accumulators=28,
+                               vnni=bool(target_has_features("avx512vnni", target)))
         if target_has_features("avx2", target):
             return VectorShape(lanes=8, accumulators=12)
         return VectorShape(lanes=4, accumulators=12)

@@ -58,7 +58,8 @@ def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops,
     if macs >= PARALLEL_MIN_MACS:
         sch.parallel(fused)
     sch.reverse_compute_at(writer, fused if tile_loop is None else tile_loop)
-    sch.vectorize(vector_loop)
+    if vector_loop is not None:      # None: the caller tensorizes it after this
+        sch.vectorize(vector_loop)
     for loop in unroll_loops:
         sch.unroll(loop)
     init = sch.decompose_reduction(main, first_reduce)

@@ -1,0 +1,136 @@
+"""The int8 VNNI convolution (`algorithm="vnni"`, schedules/conv2d_int8.py): which quantized
+convolutions the CPU target pass sends to it, that it emits vpdpbusd for a VNNI CPU (on any x86
+host), and, where this host has VNNI, that it computes what the interpreter does, exactly, over a
+table of shapes (odd channel counts, strides, padding, dilation, batches, epilogues)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pytest
+
+import graphopt as go
+from graphopt import ops
+from graphopt.ir import Graph, TensorType
+
+pytest.importorskip("tvm")
+
+from graphopt.targets.tvm.cpu import cpu_assembly, host_target  # noqa: E402
+from graphopt.targets.tvm.schedules.common import VectorShape  # noqa: E402
+
+VNNI_CPU, PLAIN_CPU = "cascadelake", "skylake-avx512"   # AVX-512 with and without VNNI
+
+
+@lru_cache(maxsize=None)
+def host_has_vnni() -> bool:
+    return VectorShape.of(host_target()).vnni
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    in_channels: int
+    out_channels: int
+    size: int
+    kernel: int
+    stride: int = 1
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilation: int = 1
+    batch: int = 1
+    activation: object = None
+    residual: bool = False
+    groups: int = 1
+    w_zero_point: int = 0
+
+
+CASES = [
+    Case("3x3-64ch-relu", 64, 64, 14, 3, padding=(1, 1, 1, 1), activation=ops.Relu()),
+    Case("stem-3ch-7x7-s2", 3, 64, 32, 7, stride=2, padding=(3, 3, 3, 3),
+         activation=ops.Relu()),
+    Case("5x5-6ch-batch2", 6, 16, 14, 5, batch=2),
+    Case("odd-17-to-10-s2-relu6", 17, 10, 9, 3, stride=2, padding=(1, 1, 1, 1),
+         activation=ops.Clip(0.0, 6.0)),
+    Case("1x1-residual-batch3", 32, 48, 8, 1, batch=3, residual=True, activation=ops.Relu()),
+    Case("dilated", 16, 32, 11, 3, padding=(2, 2, 2, 2), dilation=2),
+    Case("asymmetric-padding-7-wide", 24, 40, 7, 3, padding=(0, 1, 1, 0)),
+    Case("linear-as-1x1", 120, 84, 1, 1, batch=4),
+]
+
+
+def quantized_conv(case: Case, seed: int = 0) -> Graph:
+    """One qlinear_conv2d with a bias (and a residual), as quantize_int8 builds it."""
+    rng = np.random.default_rng(seed)
+    g = Graph(f"qconv_{case.id}")
+    shape = (case.batch, case.in_channels, case.size, case.size)
+    x = g.add_input("x", TensorType(shape, "uint8"))
+    weight = rng.integers(-127, 128, (case.out_channels, case.in_channels // case.groups,
+                                      case.kernel, case.kernel)).astype(np.int8)
+    conv = ops.Conv2d((case.stride,) * 2, case.padding, (case.dilation,) * 2, case.groups)
+    c = g.add_constant
+    inputs = [x, c("x_scale", np.float32(0.02)), c("x_zp", np.uint8(rng.integers(0, 256))),
+              c("w", weight), c("w_scale", rng.uniform(0.001, 0.01, case.out_channels)
+                                .astype(np.float32)),
+              c("w_zp", np.full(case.out_channels, case.w_zero_point, np.int8)),
+              c("y_scale", np.float32(case.in_channels * case.kernel ** 2 * 0.03)),
+              c("y_zp", np.uint8(rng.integers(0, 256))),
+              c("bias", rng.integers(-5000, 5000, case.out_channels).astype(np.int32))]
+    if case.residual:
+        out = ops.QLinearConv2d(conv).infer(*(v.type for v in inputs))
+        inputs += [g.add_input("r", out), c("r_scale", np.float32(0.05)),
+                   c("r_zp", np.uint8(rng.integers(0, 256)))]
+    op = ops.QLinearConv2d(conv, case.activation, True, case.residual)
+    g.set_outputs([g.add_node(op, inputs, name="conv", output_names=["y"]).output])
+    return g
+
+
+def feeds(graph: Graph, seed: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {v.name: rng.integers(0, 256, v.shape).astype(np.uint8) for v in graph.inputs}
+
+
+def chosen(model) -> str:
+    return model.graph.node("conv").op.conv.algorithm
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_vnni_cpu_gets_vpdpbusd_code(case):
+    """Any x86 host: compiled for a VNNI CPU, the layer is the vnni kernel and its assembly
+    has vpdpbusd; for an AVX-512 CPU without VNNI it stays TVM's integer conv2d."""
+    graph = quantized_conv(case)
+    vnni = go.compile(graph, "cpu", mcpu=VNNI_CPU)
+    assert chosen(vnni) == "vnni" and vnni.graph.node("conv").op.conv.weight_block == 16
+    assert "vpdpbusd" in cpu_assembly(vnni.executable)
+    plain = go.compile(graph, "cpu", mcpu=PLAIN_CPU)
+    assert chosen(plain) == "direct" and "vpdpbusd" not in cpu_assembly(plain.executable)
+
+
+@pytest.mark.skipif(not host_has_vnni(), reason="this CPU has no AVX-512 VNNI: the vnni kernel "
+                    "is compile-checked only (test_vnni_cpu_gets_vpdpbusd_code)")
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_vnni_kernel_equals_the_interpreter(case):
+    graph = quantized_conv(case)
+    model = go.compile(graph, "cpu")
+    assert chosen(model) == "vnni"
+    for seed in (1, 2):
+        inputs = feeds(graph, seed)
+        np.testing.assert_array_equal(model.run(inputs)["y"], go.interpret(graph, inputs)["y"])
+
+
+@pytest.mark.parametrize("case, why", [
+    (Case("grouped", 16, 16, 8, 3, padding=(1, 1, 1, 1), groups=2), "groups"),
+    (Case("asymmetric-weights", 16, 16, 8, 3, w_zero_point=3), "w zero point"),
+], ids=["grouped", "weight-zero-point"])
+def test_layers_vpdpbusd_does_not_compute_stay_as_written(case, why):
+    graph = quantized_conv(case)
+    model = go.compile(graph, "cpu", mcpu=VNNI_CPU)
+    assert chosen(model) == "direct", why
+    if host_has_vnni():
+        inputs = feeds(graph)
+        np.testing.assert_array_equal(model.run(inputs)["y"], go.interpret(graph, inputs)["y"])
+
+
+def test_weights_as_parameters_stay_as_written():
+    """The packed weight is made at lowering from the constant: a parameter cannot be."""
+    graph = quantized_conv(CASES[0])
+    assert chosen(go.compile(graph, "cpu", mcpu=VNNI_CPU, weights="params")) == "direct"
