@@ -1,9 +1,11 @@
-"""The int8 VNNI convolution (`algorithm="vnni"`, schedules/conv2d_int8.py): which quantized
-convolutions the CPU target pass sends to it, that it emits vpdpbusd for a VNNI CPU (on any x86
-host), and, where this host has VNNI, that it computes what the interpreter does, exactly, over a
-table of shapes (odd channel counts, strides, padding, dilation, batches, epilogues)."""
+"""int8 convolutions on x86 dot-product instructions (schedules/conv2d_int8.py): which quantized
+convolutions the CPU target pass sends to them, that each instruction appears in the code built
+for a CPU that has it (on any x86 host), and, for every instruction this host has, that the
+kernel computes what the interpreter does, exactly, over a table of shapes (odd channel counts,
+strides, padding, dilation, batches, epilogues)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -16,15 +18,24 @@ from graphopt.ir import Graph, TensorType
 
 pytest.importorskip("tvm")
 
-from graphopt.targets.tvm.cpu import cpu_assembly, host_target  # noqa: E402
-from graphopt.targets.tvm.schedules.common import VectorShape  # noqa: E402
+from graphopt.targets.tvm.cpu import cpu_assembly  # noqa: E402
 
-VNNI_CPU, PLAIN_CPU = "cascadelake", "skylake-avx512"   # AVX-512 with and without VNNI
+# (LLVM CPU, the algorithm chosen for it, lanes, the /proc/cpuinfo flag needed to run it, an
+# instruction its kernel must contain)
+BUILDS = [("cascadelake", "vnni", 16, "avx512_vnni", r"vpdpbusd\s+.*zmm"),
+          ("skylake-avx512", "pmaddwd", 16, "avx512f", r"vpmaddwd\s+.*zmm"),
+          ("haswell", "pmaddwd", 8, "avx2", r"vpmaddwd\s+.*ymm")]
+VNNI_CPU = "cascadelake"
 
 
 @lru_cache(maxsize=None)
-def host_has_vnni() -> bool:
-    return VectorShape.of(host_target()).vnni
+def host_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return frozenset(next((line.split(":", 1)[1].split() for line in f
+                                   if line.startswith("flags")), []))
+    except OSError:
+        return frozenset()
 
 
 @dataclass(frozen=True)
@@ -93,25 +104,23 @@ def chosen(model) -> str:
     return model.graph.node("conv").op.conv.algorithm
 
 
+@pytest.mark.parametrize("mcpu, algorithm, lanes, flag, instruction", BUILDS,
+                         ids=[b[0] for b in BUILDS])
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_vnni_cpu_gets_vpdpbusd_code(case):
-    """Any x86 host: compiled for a VNNI CPU, the layer is the vnni kernel and its assembly
-    has vpdpbusd; for an AVX-512 CPU without VNNI it stays TVM's integer conv2d."""
+def test_each_cpu_gets_its_instruction_and_the_interpreter_s_results(case, mcpu, algorithm,
+                                                                     lanes, flag, instruction):
+    """Compiled for `mcpu` (on any x86 host), the layer is that CPU's kernel and its assembly
+    holds the instruction; where this host can run that code, the results are exact."""
     graph = quantized_conv(case)
-    vnni = go.compile(graph, "cpu", mcpu=VNNI_CPU)
-    assert chosen(vnni) == "vnni" and vnni.graph.node("conv").op.conv.weight_block == 16
-    assert "vpdpbusd" in cpu_assembly(vnni.executable)
-    plain = go.compile(graph, "cpu", mcpu=PLAIN_CPU)
-    assert chosen(plain) == "direct" and "vpdpbusd" not in cpu_assembly(plain.executable)
-
-
-@pytest.mark.skipif(not host_has_vnni(), reason="this CPU has no AVX-512 VNNI: the vnni kernel "
-                    "is compile-checked only (test_vnni_cpu_gets_vpdpbusd_code)")
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_vnni_kernel_equals_the_interpreter(case):
-    graph = quantized_conv(case)
-    model = go.compile(graph, "cpu")
-    assert chosen(model) == "vnni"
+    model = go.compile(graph, "cpu", mcpu=mcpu)
+    conv = model.graph.node("conv").op.conv
+    assert (conv.algorithm, conv.weight_block) == (algorithm, lanes)
+    assembly = cpu_assembly(model.executable)
+    assert re.search(instruction, assembly)
+    if algorithm != "vnni":
+        assert "vpdpbusd" not in assembly
+    if flag not in host_flags():
+        pytest.skip(f"this CPU has no {flag}: the {mcpu} build is compile-checked only")
     for seed in (1, 2):
         inputs = feeds(graph, seed)
         np.testing.assert_array_equal(model.run(inputs)["y"], go.interpret(graph, inputs)["y"])
@@ -125,7 +134,7 @@ def test_layers_vpdpbusd_does_not_compute_stay_as_written(case, why):
     graph = quantized_conv(case)
     model = go.compile(graph, "cpu", mcpu=VNNI_CPU)
     assert chosen(model) == "direct", why
-    if host_has_vnni():
+    if "avx512_vnni" in host_flags():
         inputs = feeds(graph)
         np.testing.assert_array_equal(model.run(inputs)["y"], go.interpret(graph, inputs)["y"])
 

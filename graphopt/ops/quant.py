@@ -40,7 +40,7 @@ from ..ir import TensorType
 from .activation import Clip, Relu
 from .base import (Op, constant_operand, expect, expect_float, expect_rank, flag, integer,
                    register, relax, relax_type)
-from .conv import Conv2d, conv_out_size, expect_nonempty
+from .conv import INTEGER_CONV_ALGORITHMS, Conv2d, conv_out_size, expect_nonempty
 from .epilogue import QUANTIZED_EPILOGUE
 from .fused import FusedConv2d
 
@@ -104,7 +104,7 @@ def integer_matmul_type(a: TensorType, b: TensorType) -> TensorType:
 def conv_attribute(op, integer_kernels: tuple[str, ...] = ()) -> None:
     expect(isinstance(op.conv, Conv2d), f"expected a Conv2d for conv, found {op.conv!r}")
     # The target decisions (Winograd, oneDNN, packed weights) are float kernels, but for
-    # `integer_kernels` (VNNI).
+    # `integer_kernels` (x86 dot-product instructions).
     expect(op.conv == op.conv.plain or op.conv.algorithm in integer_kernels,
            f"expected a convolution without target decisions"
            f"{' or computed by ' + ', '.join(integer_kernels) if integer_kernels else ''}, "
@@ -623,7 +623,7 @@ class QLinearConv2d(Op):
     has_residual: bool = False
 
     def __post_init__(self):
-        conv_attribute(self, ("vnni",))
+        conv_attribute(self, INTEGER_CONV_ALGORITHMS)
         expect(self.activation is None or self.activation.name in QUANTIZED_EPILOGUE,
                f"expected activation {', '.join(QUANTIZED_EPILOGUE)} or None, found "
                f"{self.activation!r}")
@@ -683,9 +683,9 @@ class QLinearConv2d(Op):
     def lower_tvm(self, bb, *args):
         x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, bias, residual = self.split(args)
         R = relax().op
-        if self.conv.algorithm == "vnni":
-            return self.lower_vnni(bb, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, bias,
-                                   residual)
+        if self.conv.algorithm in INTEGER_CONV_ALGORITHMS:
+            return self.lower_dot_product(bb, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp,
+                                          bias, residual)
         acc = lower_integer_conv(bb, self.conv, x, w, x_zp, w_zp)
         if bias is not None:
             acc = bb.emit(R.add(acc, bb.emit(R.reshape(bias, (1, -1, 1, 1)))))
@@ -695,19 +695,21 @@ class QLinearConv2d(Op):
             residual = (r, relax_scale_ratio(bb, (r_scale,), y_scale), r_zp)
         return lower_requantize(bb, acc, multiplier, y_scale, y_zp, self.activation, 1, residual)
 
-    def lower_vnni(self, bb, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, bias,
-                   residual):
-        """Relax: the whole layer as one kernel computing the u8 x s8 convolution by VNNI
-        (`schedules/conv2d_int8.py`), then, from its register tile, the zero-point correction
-        and bias (one int32 per output channel, folded here) and the requantize epilogue."""
-        from ..targets.tvm.schedules.conv2d_int8 import conv2d_u8s8, pack_weight
+    def lower_dot_product(self, bb, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, bias,
+                          residual):
+        """Relax: the whole layer as one kernel computing the u8 x s8 convolution by the x86
+        dot-product instruction `conv.algorithm` names (`schedules/conv2d_int8.py`), then,
+        from its register tile, the zero-point correction and bias (one int32 per output
+        channel, folded here) and the requantize epilogue."""
+        from ..targets.tvm.schedules.conv2d_int8 import DOT_PRODUCTS, conv2d_dot, pack_weight
         from .conv_kernel import OPAQUE
         from tvm import te
-        decision = "vnni convolution"
+        dot = DOT_PRODUCTS[self.conv.algorithm, self.conv.weight_block]
+        decision = f"{dot.algorithm} convolution"
         rx = relax()
         weight, x_zero_point = constant_operand(w, decision), constant_operand(x_zp, decision)
         expect(not constant_operand(w_zp, decision).any() and weight.dtype == np.int8,
-               "the vnni convolution takes int8 weights with zero points of 0")
+               f"the {decision} takes int8 weights with zero points of 0")
         # sum((x - xz) w) = sum(x w) - xz sum(w): x is padded with xz, so the sums of w count
         # every tap; the bias joins the same per-channel constant.
         correction = -x_zero_point.astype(np.int64).reshape(()) * \
@@ -722,19 +724,19 @@ class QLinearConv2d(Op):
         conv, activation = self.conv, self.activation
 
         def kernel(x, packed, x_zp, correction, multiplier, y_scale, y_zp, *residual):
-            acc = conv2d_u8s8(x, packed, x_zp, conv)
-            out_channels = int(correction.shape[0])
+            acc = conv2d_dot(x, packed, x_zp, conv, dot)
+            out_channels, lanes = int(correction.shape[0]), dot.lanes
             total = te.compute(
                 (acc.shape[0], out_channels, acc.shape[2], acc.shape[3]),
-                lambda n, c, h, w_: acc[n, c // 16, h, w_, c % 16] + correction[c],
+                lambda n, c, h, w_: acc[n, c // lanes, h, w_, c % lanes] + correction[c],
                 name="bias_add")
             return requantize_compute(total, multiplier, y_scale, y_zp, activation, 1,
                                       tuple(residual))
 
-        packed = pack_weight(weight)
-        return bb.call_te(kernel, x, rx.const(packed, "int8"), x_zp,
+        packed = pack_weight(weight, dot)
+        return bb.call_te(kernel, x, rx.const(packed, str(packed.dtype)), x_zp,
                           rx.const(correction.astype(np.int32), "int32"), multiplier, y_scale,
-                          y_zp, *extra, primfunc_name_hint="qlinear_conv2d_vnni",
+                          y_zp, *extra, primfunc_name_hint=f"qlinear_conv2d_{dot.algorithm}",
                           primfunc_attrs={"op_pattern": OPAQUE})
 
     def macs(self, inputs, outputs):

@@ -9,11 +9,11 @@
 Half-precision (float16, bfloat16) convolutions stay "direct" without a weight layout: the
 tiled, Winograd and oneDNN kernels are float32 kernels.
 
-A quantized convolution (`qlinear_conv2d`) is "vnni" (`schedules/conv2d_int8.py`) where the
-target CPU has AVX-512 VNNI and the layer is what vpdpbusd computes: uint8 input, constant int8
-weights with zero points of 0 (symmetric, as graphopt's and ONNX Runtime's quantizers make
-them), a constant input zero point and bias, no groups;
-otherwise it stays as written (TVM's integer conv2d)."""
+A quantized convolution (`qlinear_conv2d`) is computed by the x86 dot-product instruction of
+the target CPU (`schedules/conv2d_int8.py`: "vnni" with AVX-512 VNNI, else "pmaddwd") where the
+layer is what those kernels compute: uint8 input, constant int8 weights with zero points of 0
+(symmetric, as graphopt's and ONNX Runtime's quantizers make them), a constant input zero point
+and bias, no groups; otherwise it stays as written (TVM's integer conv2d)."""
 from __future__ import annotations
 
 import dataclasses
@@ -49,19 +49,19 @@ def select_conv_algorithm(context):
         return dataclasses.replace(plain, weight_block=block)
 
     def choose_integer(node: Node):
+        from ..schedules.conv2d_int8 import dot_product_for
         conv = node.op.conv
         x, _, x_zp, w, _, w_zp, *_ = node.inputs
         bias = node.inputs[8] if node.op.has_bias else None
-        fits = (context.vector is not None and context.vector.vnni and conv.groups == 1
-                and x.dtype == "uint8" and w.dtype == "int8"
-                and context.constant_weights
+        dot = dot_product_for(context.vector) if context.vector is not None else None
+        fits = (dot is not None and conv.groups == 1 and x.dtype == "uint8"
+                and w.dtype == "int8" and context.constant_weights
                 and all(v.is_constant for v in (w, w_zp, x_zp, *([bias] if bias else [])))
                 and not w_zp.data.any())
         if not fits:
             return None if conv == conv.plain else dataclasses.replace(node.op, conv=conv.plain)
-        return dataclasses.replace(node.op, conv=dataclasses.replace(conv.plain,
-                                                                     algorithm="vnni",
-                                                                     weight_block=16))
+        return dataclasses.replace(node.op, conv=dataclasses.replace(
+            conv.plain, algorithm=dot.algorithm, weight_block=dot.lanes))
 
     def decide(node: Node):
         if node.op_name == "qlinear_conv2d":

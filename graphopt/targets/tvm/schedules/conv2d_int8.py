@@ -1,46 +1,86 @@
-"""int8 convolution on AVX-512 VNNI: uint8 activations times int8 weights, accumulated in int32 by
-`vpdpbusd` (16 output channels x 4 input channels per instruction), with the requantize epilogue
-computed from the register tile. `select_conv_algorithm` records `algorithm="vnni"` on a
-`qlinear_conv2d` where the target CPU has VNNI (and the weights are constant and symmetric);
-`QLinearConv2d.lower_tvm` then builds `conv2d_u8s8` with the weight packed by `pack_weight`, and
-the rule below schedules it.
+"""int8 convolutions on x86 dot-product instructions: uint8 activations times int8 weights,
+accumulated exactly in int32, with the requantize epilogue computed from the register tile.
 
-Layouts: the weight is [ceil(O / 16), ceil(I / 4), KH, KW, 16, 4] int8, so one
-instruction's 64 weight bytes are one aligned load; the input is copied, padded with its zero
-point, to [N, ceil(I / 4), H', W', 4] uint8, so one pixel's 4 input channels are one broadcast
-int32. Channels beyond O and I are zero weights. The tile is the fp32 rule's: up to 2 x 16
-output channels by a row segment of pixels, 28 zmm accumulators, the reduction outside it.
-LLVM does not emit vpdpbusd from plain loops, so the inner step is a tensor intrinsic: TVM's own
-`dot_16x4_vnni` no longer compiles with LLVM 22 (`vpdpbusd.512` takes <64 x i8> operands), so
-graphopt registers a corrected one accumulating into a register (`local`) tile."""
+`select_conv_algorithm` records on a `qlinear_conv2d` the instruction the target CPU has
+(`DOT_PRODUCTS`: its name is the conv's `algorithm`, its lanes the `weight_block`) where the
+weights are constant and symmetric; `QLinearConv2d.lower_tvm` builds `conv2d_dot` with the weight
+packed by `pack_weight`; the rule below schedules it and tensorizes the instruction.
+
+- "vnni" (AVX-512 VNNI, `vpdpbusd`): 16 int32 lanes, each += 4 u8 x s8 products.
+- "pmaddwd" (AVX2 or AVX-512 without VNNI, `vpmaddwd`): 8 or 16 int32 lanes, each += 2 int16
+  products; the operands are widened to int16 first (input in its padded copy, weights when
+  packed), which keeps every product and sum exact. (`vpmaddubsw` multiplies u8 x s8 directly
+  but saturates its int16 pair sums, 255 * 127 * 2 > 32767: not exact for full-range weights.)
+
+Layouts: the weight is [ceil(O / lanes), ceil(I / group), KH, KW, lanes, group], so one
+instruction's weights are one aligned vector load; the input is copied, padded with its zero
+point, to [N, ceil(I / group), H', W', group], so one pixel's `group` input channels are one
+broadcast int32. Channels beyond O and I are zero weights. The tile is the fp32 rule's: up to
+2 x lanes output channels by a row segment of pixels, the reduction outside it. LLVM emits
+neither instruction from plain loops, so the inner step is a tensor intrinsic (TVM's own
+`dot_16x4_vnni` no longer compiles with LLVM 22, whose `vpdpbusd.512` takes <64 x i8>
+operands)."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from .common import VectorShape, blocks_of, inline_elementwise, iter_kinds
 from .tiled import accumulator_writer, finish_tile, spatial_rest
 
-NAME = "conv2d_int8_vnni"
-LANES = 16      # int32 accumulators per zmm: output channels per instruction
-GROUP = 4       # input channels summed per accumulator lane and instruction
-INTRINSIC = "graphopt_dot_16x4_vnni_local"
-_registered = False
+NAME = "conv2d_int8"
 
 
-def pack_weight(weight: np.ndarray) -> np.ndarray:
-    """OIHW int8 -> [ceil(O / 16), ceil(I / 4), KH, KW, 16, 4], zero-padded (the output
-    channels beyond O are computed and never read)."""
+@dataclass(frozen=True)
+class DotProduct:
+    """One x86 instruction: `lanes` int32 accumulators, each adding `group` products of
+    operands of `dtypes` (input, weight)."""
+
+    algorithm: str
+    lanes: int
+    group: int
+    dtypes: tuple[str, str]
+    llvm: str
+
+    @property
+    def intrinsic(self) -> str:
+        return f"graphopt_{self.algorithm}_{self.lanes}x{self.group}_local"
+
+
+DOT_PRODUCTS = {
+    ("vnni", 16): DotProduct("vnni", 16, 4, ("uint8", "int8"), "llvm.x86.avx512.vpdpbusd.512"),
+    ("pmaddwd", 16): DotProduct("pmaddwd", 16, 2, ("int16", "int16"),
+                                "llvm.x86.avx512.pmaddw.d.512"),
+    ("pmaddwd", 8): DotProduct("pmaddwd", 8, 2, ("int16", "int16"), "llvm.x86.avx2.pmadd.wd"),
+}
+ALGORITHMS = tuple(sorted({key[0] for key in DOT_PRODUCTS}))
+_registered: set[str] = set()
+
+
+def dot_product_for(vec: VectorShape) -> DotProduct | None:
+    """The instruction a CPU of vector shape `vec` computes int8 convolutions with."""
+    if vec.vnni:
+        return DOT_PRODUCTS["vnni", 16]
+    return DOT_PRODUCTS.get(("pmaddwd", vec.lanes))
+
+
+def pack_weight(weight: np.ndarray, dot: DotProduct) -> np.ndarray:
+    """OIHW int8 -> [ceil(O / lanes), ceil(I / group), KH, KW, lanes, group] in the
+    instruction's weight dtype, zero-padded (the output channels beyond O are computed and
+    never read)."""
     o, i, kh, kw = weight.shape
-    blocks, groups = -(-o // LANES), -(-i // GROUP)
-    padded = np.zeros((blocks * LANES, groups * GROUP, kh, kw), np.int8)
+    blocks, groups = -(-o // dot.lanes), -(-i // dot.group)
+    padded = np.zeros((blocks * dot.lanes, groups * dot.group, kh, kw), dot.dtypes[1])
     padded[:o, :i] = weight
-    return padded.reshape(blocks, LANES, groups, GROUP, kh, kw) \
+    return padded.reshape(blocks, dot.lanes, groups, dot.group, kh, kw) \
         .transpose(0, 2, 4, 5, 1, 3).copy()
 
 
-def conv2d_u8s8(x, packed, x_zero_point, conv):
+def conv2d_dot(x, packed, x_zero_point, conv, dot: DotProduct):
     """TE: sum over each window of x (padded with its zero point) times the packed weight, int32,
-    laid out [N, O / 16, OH, OW, 16] (the zero points are corrected by the caller)."""
+    laid out [N, ceil(O / lanes), OH, OW, lanes] (the zero points are corrected by the
+    caller)."""
     from tvm import te, tirx
     n, channels, height, width = (int(d) for d in x.shape)
     blocks, groups, k_h, k_w = (int(d) for d in packed.shape[:4])
@@ -49,69 +89,95 @@ def conv2d_u8s8(x, packed, x_zero_point, conv):
     out_h = (height + top + bottom - d_h * (k_h - 1) - 1) // s_h + 1
     out_w = (width + left + right - d_w * (k_w - 1) - 1) // s_w + 1
     fill = x_zero_point[(0,) * len(x_zero_point.shape)]
+    dtype, group = dot.dtypes[0], dot.group
 
     def pad_pack(b, g, i, j, c):
         inside = tirx.all(i >= top, i < top + height, j >= left, j < left + width,
-                          g * GROUP + c < channels)
-        return tirx.if_then_else(inside, x[b, g * GROUP + c, i - top, j - left], fill)
+                          g * group + c < channels)
+        return tirx.if_then_else(inside, x[b, g * group + c, i - top, j - left],
+                                 fill).astype(dtype)
 
-    grouped = te.compute((n, groups, height + top + bottom, width + left + right, GROUP),
+    grouped = te.compute((n, groups, height + top + bottom, width + left + right, group),
                          pad_pack, name="pad_pack")
     rg, ry = te.reduce_axis((0, groups), "rg"), te.reduce_axis((0, k_h), "ry")
-    rx, rc = te.reduce_axis((0, k_w), "rx"), te.reduce_axis((0, GROUP), "rc")
+    rx, rc = te.reduce_axis((0, k_w), "rx"), te.reduce_axis((0, group), "rc")
     return te.compute(
-        (n, blocks, out_h, out_w, LANES),
+        (n, blocks, out_h, out_w, dot.lanes),
         lambda b, ob, i, j, o: te.sum(
             grouped[b, rg, i * s_h + ry * d_h, j * s_w + rx * d_w, rc].astype("int32")
             * packed[ob, rg, ry, rx, o, rc].astype("int32"), axis=[rg, ry, rx, rc]),
-        name="conv2d_u8s8")
+        name="conv2d_int8")
 
 
-def register_intrinsic() -> None:
-    """Register INTRINSIC (once per process): C[16] (int32, registers) += A[4] (uint8, one
-    broadcast) . B[16, 4] (int8) by one vpdpbusd."""
-    global _registered
-    if _registered:
+def register_intrinsic(dot: DotProduct) -> None:
+    """Register `dot.intrinsic` (once per process): C[lanes] (int32, registers) += A[group]
+    (one broadcast int32 of inputs) . B[lanes, group] by one instruction."""
+    if dot.intrinsic in _registered:
         return
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
+    lanes, group = dot.lanes, dot.group
+    a_dtype, b_dtype = dot.dtypes
+    width = lanes * 32 // np.dtype(b_dtype).itemsize // 8   # operand elements per register
+    lanes_i32, operand = f"int32x{lanes}", f"{b_dtype}x{width}"
 
     @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((4,), "uint8", offset_factor=1),
-             B: T.Buffer((16, 4), "int8", offset_factor=1),
-             C: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+    def desc(A: T.Buffer((group,), a_dtype, offset_factor=1),
+             B: T.Buffer((lanes, group), b_dtype, offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i in T.serial(0, 16):
-                for k in T.serial(0, 4):
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, group):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
                         C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
-    @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((4,), "uint8", offset_factor=1),
-             B: T.Buffer((16, 4), "int8", offset_factor=1),
-             C: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            broadcast = T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16)
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                C.vload([0], dtype="int32x16"), T.reinterpret(broadcast, dtype="int8x64"),
-                B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+    if dot.algorithm == "vnni":
+        @T.prim_func(s_tir=True)
+        def impl(A: T.Buffer((group,), a_dtype, offset_factor=1),
+                 B: T.Buffer((lanes, group), b_dtype, offset_factor=1),
+                 C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+                T.writes(C[0:lanes])
+                pixel = T.reinterpret(A.vload([0], f"{a_dtype}x{group}"), dtype="int32")
+                C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(dot.llvm), C.vload([0], dtype=lanes_i32),
+                    T.reinterpret(T.broadcast(pixel, lanes), dtype=operand),
+                    B.vload([0, 0], dtype=operand), dtype=lanes_i32)
+    else:
+        @T.prim_func(s_tir=True)
+        def impl(A: T.Buffer((group,), a_dtype, offset_factor=1),
+                 B: T.Buffer((lanes, group), b_dtype, offset_factor=1),
+                 C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+                T.writes(C[0:lanes])
+                pixel = T.reinterpret(A.vload([0], f"{a_dtype}x{group}"), dtype="int32")
+                C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], dtype=lanes_i32) + \
+                    T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(dot.llvm),
+                        T.reinterpret(T.broadcast(pixel, lanes), dtype=operand),
+                        B.vload([0, 0], dtype=operand), dtype=lanes_i32)
 
-    TensorIntrin.register(INTRINSIC, desc, impl, override=True)
-    _registered = True
+    TensorIntrin.register(dot.intrinsic, desc, impl, override=True)
+    _registered.add(dot.intrinsic)
 
 
 def find_conv(sch):
-    """The conv2d_u8s8 block: 5 spatial (n, block, oh, ow, lane) and 4 reduction iterators,
-    accumulating int32."""
+    """The conv2d_dot block: 5 spatial (n, block, oh, ow, lane) and 4 reduction iterators,
+    accumulating int32, and its DotProduct (from the packed weight's lanes, group and dtype)."""
     found = [b for b in blocks_of(sch) if iter_kinds(sch.get(b)) == "SSSSSRRRR"
              and str(sch.get(b).writes[0].source.dtype) == "int32"]
-    return found[0] if len(found) == 1 else None
+    if len(found) != 1:
+        return None, None
+    block = sch.get(found[0])
+    shapes = {(int(r.source.shape[4]), int(r.source.shape[5]), str(r.source.dtype))
+              for r in block.reads if len(r.source.shape) == 6}
+    dots = [d for d in DOT_PRODUCTS.values() if (d.lanes, d.group, d.dtypes[1]) in shapes]
+    return (found[0], dots[0]) if len(dots) == 1 else (None, None)
 
 
 def row_tile(width: int, limit: int) -> int:
@@ -121,24 +187,26 @@ def row_tile(width: int, limit: int) -> int:
 
 
 def schedule(sch, vec: VectorShape) -> bool | None:
-    """Schedule a conv2d_u8s8 PrimFunc (True), or None when `sch` holds none."""
-    conv = find_conv(sch)
-    if conv is None or not vec.vnni:
+    """Schedule a conv2d_dot PrimFunc (True), or None when `sch` holds none."""
+    conv, dot = find_conv(sch)
+    if conv is None:
         return None
-    register_intrinsic()
+    register_intrinsic(dot)
     inline_elementwise(sch, keep=[conv, *sch.get_producers(conv)])
-    conv = find_conv(sch)
+    conv, _ = find_conv(sch)
     writer = accumulator_writer(sch, conv)
     if writer is None:
         return None
     n, ob, oh, ow, lane, rg, ry, rx, rc = sch.get_loops(conv)
     blocks = int(sch.get(ob).extent)
+    registers_per_block = max(1, dot.lanes // vec.lanes)
     pair = 2 if blocks % 2 == 0 else 1
-    width = row_tile(int(sch.get(ow).extent), vec.accumulators // pair)
+    width = row_tile(int(sch.get(ow).extent),
+                     max(1, vec.accumulators // (pair * registers_per_block)))
     ob_outer, ob_inner = sch.split(ob, [None, pair])
     ow_outer, ow_inner = sch.split(ow, [None, width])
     sch.reorder(n, ob_outer, oh, ow_outer, rg, ry, rx, ow_inner, ob_inner, lane, rc)
     finish_tile(sch, conv, ow_outer, [n, ob_outer, oh], None, [ow_inner, ob_inner], rg, writer)
     spatial_rest(sch, conv, vec)     # the input copy; before tensorize replaces the block
-    sch.tensorize(lane, INTRINSIC)
+    sch.tensorize(lane, dot.intrinsic)
     return True
