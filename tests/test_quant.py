@@ -63,9 +63,10 @@ def test_integer_matmul_lowers_to_a_matmul_on_int8_with_int32_accumulators():
     assert str(matmul.attrs.out_dtype) == "int32"
 
 
-def test_conv_algorithm_selection_leaves_integer_convolutions_alone():
-    """A 3x3 convolution the CPU pass sends to Winograd (or oneDNN) in float stays a plain
-    convolution when it is an integer one."""
+def test_conv_algorithm_selection_gives_integer_convolutions_integer_kernels():
+    """A 3x3 convolution the CPU pass sends to Winograd (or oneDNN) in float gets the CPU's
+    int8 dot-product kernel when it is a quantized one (AVX2 here: vpmaddwd on 8 lanes), and
+    stays as written when it is a bare ConvInteger."""
     inputs, constants = qlinear_conv_operands(channels=64, out_channels=64)
     quantized = one_node_graph(ops.QLinearConv2d(ops.Conv2d(padding=1)), inputs, constants)
     integer = one_node_graph(ops.Conv2dInteger(ops.Conv2d(padding=1)), inputs,
@@ -76,8 +77,9 @@ def test_conv_algorithm_selection_leaves_integer_convolutions_alone():
     for kernels, algorithm in (("tvm", "winograd"), ("onednn", "onednn")):
         select = select_conv_algorithm(TargetContext("cpu", VectorShape(8, 12), kernels, True))
         assert select(floating).graph.nodes[0].op.algorithm == algorithm
-        for graph in (quantized, integer):
-            assert not select(graph).changed
+        conv = select(quantized).graph.nodes[0].op.conv
+        assert (conv.algorithm, conv.weight_block) == ("pmaddwd", 8)
+        assert not select(integer).changed
 
 
 QUANTIZED_ROWS = [r for r in ROWS if r.op.name in ("qlinear_conv2d", "qlinear_matmul",
