@@ -1,0 +1,160 @@
+"""CPU latency of int8 models: graphopt's compiled int8 graph (`go.quantize`, then `go.compile`:
+the convolutions on the host CPU's dot-product instruction) and the same graph compiled for
+older CPUs this host can also run (AVX-512 without VNNI, AVX2: vpmaddwd kernels), against
+graphopt fp32, ONNX Runtime fp32 and ONNX Runtime int8 (a QDQ model from its own
+`quantize_static`: per-channel int8 weights, uint8 activations, the same calibration samples),
+side by side in one process, at 1 thread and at every core.
+
+    .venv/bin/python benchmarks/lowbit_latency.py
+    .venv/bin/python benchmarks/lowbit_latency.py --models resnet18:1 --threads 1 --repeat 30
+
+Prints median milliseconds, ratios to ORT int8 and ORT fp32, achieved GOP/s (2 x MACs) and
+the machine's int8 GEMM peak as ORT's MatMulInteger measures it (u8 x s8, 1024^3)."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import tempfile
+
+import numpy as np
+
+from cpu_latency import in_blocks, ort_runner, tvm_runner
+
+DEFAULT_MODELS = ("resnet18:1", "resnet18:8", "vgg11:1", "lenet5:1")
+# int8 builds for older CPUs than the host (LLVM CPU names), when the host can run their code.
+OLDER_CPUS = {"skylake-avx512": ("avx512f", "AVX-512, no VNNI"), "haswell": ("avx2", "AVX2")}
+
+
+def cpu_flags() -> set[str]:
+    with open("/proc/cpuinfo") as f:
+        return next((set(line.split(":", 1)[1].split()) for line in f
+                     if line.startswith("flags")), set())
+
+
+def host() -> str:
+    model, flags = "unknown CPU", cpu_flags()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+           if f in flags]
+    return f"{model}, {len(os.sched_getaffinity(0))} cores ({', '.join(isa)})"
+
+
+def ort_int8_runner(graph, calibration, threads: int, folder: str):
+    """ONNX Runtime on the QDQ model its `quantize_static` makes from graphopt's fp32 export."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+    import graphopt as go
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(calibration)
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    source = os.path.join(folder, f"{graph.name}_fp32.onnx")
+    target = os.path.join(folder, f"{graph.name}_int8.onnx")
+    go.save_onnx(graph, source)
+    quantize_static(source, target, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(target, opts, providers=["CPUExecutionProvider"])
+    return lambda feeds: session.run(None, feeds)[0]
+
+
+def int8_gemm_peak(threads: int, n: int = 1024) -> float:
+    """GOP/s of ORT's MatMulInteger (u8 x s8 -> s32) on n^3 at `threads` threads."""
+    import time
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    node = helper.make_node("MatMulInteger", ["a", "b"], ["y"])
+    graph = helper.make_graph(
+        [node], "mm", [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+                       helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), opts,
+                                   providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.integers(0, 256, (n, n), dtype=np.uint8),
+             "b": rng.integers(-128, 128, (n, n), dtype=np.int8)}
+    best = float("inf")
+    for _ in range(10):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        best = min(best, time.perf_counter() - start)
+    del onnx
+    return 2 * n ** 3 / best / 1e9
+
+
+def bench(model: str, batch: int, threads: int, repeat: int, folder: str,
+          older: bool) -> list[tuple]:
+    import graphopt as go
+    from graphopt.analysis import count_macs
+    graph = getattr(go.zoo, model)(batch=batch)
+    rng = np.random.default_rng(0)
+    shape = graph.inputs[0].shape
+    calibration = [{"input": rng.standard_normal(shape).astype(np.float32)} for _ in range(4)]
+    feeds = {"input": rng.standard_normal(shape).astype(np.float32)}
+    int8 = go.quantize(graph, go.calibrate(graph, calibration)).graph
+    def kernel_of(model) -> str:
+        convs = {n.op.conv.algorithm for n in model.graph.nodes if n.op_name == "qlinear_conv2d"}
+        return "/".join(sorted(convs))
+
+    host_build = go.compile(int8, threads=threads)
+    runners = {f"graphopt int8 ({kernel_of(host_build)})": tvm_runner(host_build)}
+    if older:
+        for mcpu, (flag, label) in OLDER_CPUS.items():
+            if flag in cpu_flags():
+                build = go.compile(int8, threads=threads, mcpu=mcpu)
+                runners[f"graphopt int8, {label} ({kernel_of(build)})"] = tvm_runner(build)
+    runners.update({
+        "graphopt fp32": tvm_runner(go.compile(graph, threads=threads)),
+        "ORT int8 (QDQ)": ort_int8_runner(graph, calibration, threads, folder),
+        "ORT fp32": ort_runner(graph, threads),
+    })
+    times = in_blocks(runners, feeds, repeat)
+    ops = 2 * count_macs(graph)
+    ort_int8, ort_fp32 = times["ORT int8 (QDQ)"][0], times["ORT fp32"][0]
+    return [(f"{model} b{batch}", f"{threads}", name, f"{ms:.2f}", f"{ms / ort_int8:.2f}",
+             f"{ms / ort_fp32:.2f}", f"{ops / ms / 1e6:.0f}") for name, (ms, _) in times.items()]
+
+
+def main() -> None:
+    from graphopt.table import format_table
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
+                        help="model:batch pairs")
+    parser.add_argument("--threads", type=int, nargs="+",
+                        default=sorted({1, len(os.sched_getaffinity(0))}))
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--older-cpus", action="store_true",
+                        help="also time int8 builds for the older CPUs this host can run")
+    args = parser.parse_args()
+    print(f"{datetime.date.today()}, {host()}")
+    for threads in args.threads:
+        print(f"int8 GEMM peak (ORT MatMulInteger 1024^3, {threads} thread"
+              f"{'s' if threads > 1 else ''}): {int8_gemm_peak(threads):.0f} GOP/s")
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for spec in args.models:
+            model, _, batch = spec.partition(":")
+            for threads in args.threads:
+                rows += bench(model, int(batch or 1), threads, args.repeat, folder,
+                              args.older_cpus)
+    print(format_table(rows, ["model", "threads", "build", "ms", "/ORT int8", "/ORT fp32",
+                              "GOP/s"]))
+
+
+if __name__ == "__main__":
+    main()
