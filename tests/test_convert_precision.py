@@ -335,6 +335,19 @@ def test_cuda_compiles(dtype):
         assert cuda.fatbin_archs(cuda.compile_cuda_source(source, "sm_90")) == ["sm_90"]
 
 
+def test_cuda_half_convolutions_run_on_tensor_cores():
+    """dlight's Matmul rule tensorizes a float16 convolution with every GEMM side over 64
+    (pixels, output channels, input channels x taps) into WMMA tensor-core tiles."""
+    from graphopt.targets.tvm import cuda
+    with dsl.Builder("tensor_cores", seed=0) as b:
+        x = b.input("input", (1, 128, 28, 28))
+        graph = b.output(dsl.relu(dsl.conv2d(x, 128, 3, padding=1, name="conv")))
+    m = go.compile(go.quantize(graph, "float16").graph, "cuda")
+    source = cuda.cuda_source(m.executable)
+    assert "wmma::mma_sync" in source and "wmma::load_matrix_sync" in source
+    assert m.schedule_report.counts().get("Matmul") == 1
+
+
 def test_bfloat16_weights_and_io_through_an_exported_library(tmp_path):
     """numpy's DLPack has no bfloat16: the runtime copies its bits (weights as parameters, a
     bfloat16 input and output) and hands back bfloat16 arrays."""
