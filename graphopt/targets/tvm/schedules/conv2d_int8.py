@@ -198,14 +198,18 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     if writer is None:
         return None
     n, ob, oh, ow, lane, rg, ry, rx, rc = sch.get_loops(conv)
-    blocks = int(sch.get(ob).extent)
     registers_per_block = max(1, dot.lanes // vec.lanes)
-    pair = 2 if blocks % 2 == 0 else 1
+    # Two blocks of output channels share each pixel's broadcast.
+    pair = 2 if int(sch.get(ob).extent) % 2 == 0 else 1
     width = row_tile(int(sch.get(ow).extent),
                      max(1, vec.accumulators // (pair * registers_per_block)))
     ob_outer, ob_inner = sch.split(ob, [None, pair])
     ow_outer, ow_inner = sch.split(ow, [None, width])
     sch.reorder(n, ob_outer, oh, ow_outer, rg, ry, rx, ow_inner, ob_inner, lane, rc)
+    # One loop over the taps: LLVM fully unrolled a 3-tap loop, saw that neighbouring pixels'
+    # taps load the same input, kept those broadcasts live across taps and spilled the
+    # accumulators (1.25 -> 0.97 ms on 64 ch 56x56); 9 taps stay a loop.
+    sch.fuse(ry, rx)
     finish_tile(sch, conv, ow_outer, [n, ob_outer, oh], None, [ow_inner, ob_inner], rg, writer)
     spatial_rest(sch, conv, vec)     # the input copy; before tensorize replaces the block
     sch.tensorize(lane, dot.intrinsic)
