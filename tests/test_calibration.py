@@ -403,6 +403,29 @@ def test_bad_batches_name_the_batch(lenet, bad, match):
         go.calibrate(graph, broken)
 
 
+def test_values_infinite_by_design_are_left_without_a_range(tmp_path):
+    """A pad with -inf before a max pool: its output has no range (the calibration says so) and
+    the layers around it still quantize; an overflow elsewhere is still a bad batch."""
+    with go.dsl.Builder("inf_pad", seed=0) as b:
+        x = b.input("input", (1, 4, 8, 8))
+        y = go.dsl.relu(go.dsl.conv2d(x, 8, 3, padding=1, name="conv1"), name="act1")
+        y = go.dsl.max_pool2d(go.dsl.pad(y, (1, 1, 1, 1), value=-np.inf, name="pad"), 3,
+                              name="pool")
+        graph = b.output(go.dsl.conv2d(y, 8, 3, name="conv2"))
+    rng = np.random.default_rng(0)
+    batches = [{"input": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(3)]
+    calib = go.calibrate(graph, batches)
+    pad_out = graph.node("pad").output.name
+    assert calib.unbounded == (pad_out,) and pad_out not in calib
+    assert graph.node("pool").output.name in calib
+    assert f"not finite, left without a range: {pad_out}" in str(calib)
+    calib.save(tmp_path / "c.json")
+    assert go.Calibration.load(tmp_path / "c.json") == calib
+    q = go.quantize(graph, calib).graph
+    assert [n.op_name for n in q.nodes].count("qlinear_conv2d") == 2
+    assert go.compare(graph, q, batches[0]).ok
+
+
 @pytest.mark.parametrize("batches, error, match", [
     ([], InputError, "at least one batch, found none"),
     (iter(()), InputError, "at least one batch"),

@@ -9,11 +9,14 @@ from functools import lru_cache
 import numpy as np
 import onnxruntime as ort
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 import graphopt as go
 from graphopt import dsl
 from graphopt.compare import QUANTIZED_TOLERANCE, tolerance_for
 from graphopt.passes.quantize_int8 import quantize_int8
+
+from test_passes_property import cnn_graphs
 
 LAYERS = ("conv2d", "fused_conv2d", "linear", "matmul")
 QLINEAR = ("qlinear_conv2d", "qlinear_matmul")
@@ -126,6 +129,34 @@ def test_outputs_within_the_int8_tolerance(model, per_channel):
         assert report.ok, report
         worst = max(worst, report.outputs[0].max_rel)
     assert worst > 1e-3       # it does compute in integers
+
+
+@settings(max_examples=12, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(graph=cnn_graphs())
+def test_random_graphs_quantize_within_the_int8_tolerance(graph):
+    """On random CNNs (convs with or without bias and batch norm, activations, pads, pools,
+    residual adds, concats, a linear head, several outputs): the quantized graph verifies,
+    keeps the interface, passes the pass manager's check and matches the float graph within
+    the int8 tolerance on calibration-like inputs; every layer computes in integers or says
+    why not; quantizing again changes nothing."""
+    samples = batches(graph, 4, seed=0)
+    calib = go.calibrate(graph, samples)
+    res = go.quantize(graph, calib, check=True, inputs=samples[0])
+    q = go.verify(res.graph)
+    assert [(v.name, v.type) for v in q.inputs] == [(v.name, v.type) for v in graph.inputs]
+    assert [(v.name, v.type) for v in q.outputs] == [(v.name, v.type) for v in graph.outputs]
+    for feeds in samples[1:3]:
+        report = go.compare(graph, q, feeds)
+        assert report.ok, report
+    records = [r for r in res.records if r.name == "quantize_int8"]
+    layers = [n for n in go.optimize(graph).graph.nodes if n.op_name in LAYERS]
+    integer = sum(op in QLINEAR for op in ops_of(q))
+    stayed = sum(len(r.stats.get("misses", {}).get("quantize to int8", []))
+                 for r in records[-1:])
+    assert integer + sum(op in LAYERS for op in ops_of(q)) == len(layers)
+    assert sum(op in LAYERS for op in ops_of(q)) <= stayed
+    assert not quantize_int8(calib, source=graph)(q).changed
 
 
 def test_check_uses_the_int8_tolerance():

@@ -42,7 +42,9 @@ class ValueRange:
 @dataclass(frozen=True)
 class Calibration:
     """Per value name, its `ValueRange`, in graph order; with the method and its options, and the
-    batches and samples (batches x the first input's leading dimension) it saw."""
+    batches and samples (batches x the first input's leading dimension) it saw. `unbounded`:
+    the values infinite by the graph's design (a pad with -inf before a max pool, and what
+    reads it): they have no range, so nothing quantizes them."""
 
     graph: str
     method: str
@@ -50,6 +52,7 @@ class Calibration:
     batches: int
     samples: int
     values: dict[str, ValueRange] = field(repr=False)
+    unbounded: tuple[str, ...] = ()
 
     def __getitem__(self, name: str) -> ValueRange:
         if name not in self.values:
@@ -82,8 +85,11 @@ class Calibration:
                  f"{self.samples} sample{'s' if self.samples != 1 else ''}")
         rows = [[v.name, str(v.count), *(f"{x:.6g}" for x in (*v.observed, *v.range))]
                 for v in self.values.values()]
-        return title + "\n" + format_table(rows, ["value", "count", "min", "max", "lo", "hi"],
-                                           right=range(1, 6), rule=True)
+        table = format_table(rows, ["value", "count", "min", "max", "lo", "hi"],
+                             right=range(1, 6), rule=True)
+        if self.unbounded:
+            table += f"\nnot finite, left without a range: {', '.join(self.unbounded)}"
+        return title + "\n" + table
 
     def __str__(self) -> str:
         return self.table()
@@ -94,7 +100,8 @@ class Calibration:
                 "options": dict(self.options), "batches": self.batches, "samples": self.samples,
                 "values": [{"name": v.name, "count": v.count, "min": v.observed[0],
                             "max": v.observed[1], "lo": v.range[0], "hi": v.range[1]}
-                           for v in self.values.values()]}
+                           for v in self.values.values()],
+                "unbounded": list(self.unbounded)}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "Calibration":
@@ -176,8 +183,11 @@ def _decode(data) -> Calibration:
             if lo > hi:
                 raise fail(f"a range with lo <= hi for value '{name}'", (lo, hi))
         values[name] = ValueRange(name, count(entry, "count"), observed, chosen)
+    unbounded = data.get("unbounded", [])       # absent in files written before it existed
+    if not isinstance(unbounded, list) or not all(isinstance(n, str) for n in unbounded):
+        raise fail("'unbounded' to be a list of value names", unbounded)
     return Calibration(get(data, "graph", (str,), "a graph name"), method, dict(options),
-                       count(data, "batches"), count(data, "samples"), values)
+                       count(data, "batches"), count(data, "samples"), values, tuple(unbounded))
 
 
 def _calibrated_values(graph: Graph, names) -> list[Value]:
@@ -226,6 +236,18 @@ def _batches(batches) -> Iterator:
                          f"{type(batches).__name__}") from None
 
 
+def makes_infinity(node, unbounded) -> bool:
+    """Whether `node` may output infinities by design: an op with an infinite attribute (a pad
+    with -inf before a max pool) or reading such a value; anything else that overflows is a bad
+    batch."""
+    if node is None:
+        return False
+    if any(v.name in unbounded for v in node.inputs):
+        return True
+    return any(isinstance(value, float) and not math.isfinite(value)
+               for value in vars(node.op).values())
+
+
 def calibrate(graph: Graph, batches: Iterable[Mapping[str, np.ndarray]], method: str = "minmax",
               *, values: Iterable[str] | None = None,
               progress: Callable[[int], object] | None = None, **options) -> Calibration:
@@ -249,7 +271,7 @@ def calibrate(graph: Graph, batches: Iterable[Mapping[str, np.ndarray]], method:
     signature = Signature.of(graph)
     first = graph.inputs[0].shape if graph.inputs else ()
     per_batch = first[0] if first else 1
-    count = 0
+    count, unbounded = 0, []
     for index, batch in enumerate(_batches(batches)):
         try:
             feeds = signature.check(batch)
@@ -258,7 +280,13 @@ def calibrate(graph: Graph, batches: Iterable[Mapping[str, np.ndarray]], method:
         except InputError as e:
             raise InputError(f"batch {index}: {e.detail}") from None
         arrays = interpret(graph, feeds, keep=True)
-        for name, observer in observers.items():
+        for name, observer in list(observers.items()):
+            if makes_infinity(producers[name], unbounded) and \
+                    not np.isfinite(arrays[name]).all():
+                # infinite by the graph's design: no range, nothing quantizes it
+                unbounded.append(name)
+                del observers[name]
+                continue
             try:
                 observer.observe(arrays[name])
             except InputError as e:
@@ -274,4 +302,5 @@ def calibrate(graph: Graph, batches: Iterable[Mapping[str, np.ndarray]], method:
         raise InputError("expected at least one batch, found none")
     chosen = {name: ValueRange(name, obs.count, obs.observed, obs.range())
               for name, obs in observers.items()}
-    return Calibration(graph.name, method, template.options, count, count * per_batch, chosen)
+    return Calibration(graph.name, method, template.options, count, count * per_batch, chosen,
+                       tuple(unbounded))
