@@ -134,33 +134,25 @@ def register_intrinsic(dot: DotProduct) -> None:
                         vi, vk = T.axis.remap("SR", [i, k])
                         C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
-    if dot.algorithm == "vnni":
-        @T.prim_func(s_tir=True)
-        def impl(A: T.Buffer((group,), a_dtype, offset_factor=1),
-                 B: T.Buffer((lanes, group), b_dtype, offset_factor=1),
-                 C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
-            with T.sblock("root"):
-                T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
-                T.writes(C[0:lanes])
-                pixel = T.reinterpret(A.vload([0], f"{a_dtype}x{group}"), dtype="int32")
+    accumulates = dot.algorithm == "vnni"     # vpdpbusd adds into C; vpmaddwd returns the sums
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((group,), a_dtype, offset_factor=1),
+             B: T.Buffer((lanes, group), b_dtype, offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            pixel = T.reinterpret(A.vload([0], f"{a_dtype}x{group}"), dtype="int32")
+            pixels = T.reinterpret(T.broadcast(pixel, lanes), dtype=operand)
+            if accumulates:
                 C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(dot.llvm), C.vload([0], dtype=lanes_i32),
-                    T.reinterpret(T.broadcast(pixel, lanes), dtype=operand),
+                    T.llvm_lookup_intrinsic_id(dot.llvm), C.vload([0], dtype=lanes_i32), pixels,
                     B.vload([0, 0], dtype=operand), dtype=lanes_i32)
-    else:
-        @T.prim_func(s_tir=True)
-        def impl(A: T.Buffer((group,), a_dtype, offset_factor=1),
-                 B: T.Buffer((lanes, group), b_dtype, offset_factor=1),
-                 C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
-            with T.sblock("root"):
-                T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
-                T.writes(C[0:lanes])
-                pixel = T.reinterpret(A.vload([0], f"{a_dtype}x{group}"), dtype="int32")
+            else:
                 C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], dtype=lanes_i32) + \
-                    T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id(dot.llvm),
-                        T.reinterpret(T.broadcast(pixel, lanes), dtype=operand),
-                        B.vload([0, 0], dtype=operand), dtype=lanes_i32)
+                    T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(dot.llvm), pixels,
+                                            B.vload([0, 0], dtype=operand), dtype=lanes_i32)
 
     TensorIntrin.register(dot.intrinsic, desc, impl, override=True)
     _registered.add(dot.intrinsic)
