@@ -20,7 +20,7 @@ from .quantization import Calibration, calibrate, quantize, sensitivity
 from .targets.reference import interpret
 from .verify import verify
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"   # the one place the version is written (pyproject.toml reads it)
 
 
 def compare(reference: Graph, candidate, inputs, **options) -> CompareReport:

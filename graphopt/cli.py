@@ -7,12 +7,15 @@
 
 Shared pieces: `load_model(spec)` (zoo name or .onnx file), `load_inputs(...)`, `step(...)`
 (progress of a long step on stderr). Errors print as one line (`--debug` shows the traceback).
+A reader that stops early (`graphopt show resnet50 | head`) ends the command quietly with exit
+141, as the shell reports other tools that SIGPIPE ended (`set -o pipefail` sees it).
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import select
 import signal
 import sys
 import threading
@@ -26,6 +29,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from . import __version__
 from .errors import GraphoptError, InputError, LoweringError, PassError, WriteError
 from .files import atomic_open, safe_file_name
 from .signature import Signature, probe_inputs
@@ -39,10 +43,12 @@ EXIT_USAGE = 2       # bad arguments, unknown model, unreadable or invalid file 
 EXIT_FAILED = 3      # a valid request failed: compilation, an optimization pass, the runtime,
                      # writing the output (disk full)
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as a shell reports a process it ended)
+EXIT_CLOSED_OUTPUT = 141  # the reader of stdout or stderr went away (128 + SIGPIPE)
 
 EPILOG = f"""exit codes: {EXIT_OK} ok, {EXIT_MISMATCH} comparison found a mismatch, {EXIT_USAGE} bad
-arguments/model/file/input, {EXIT_FAILED} compilation or run failed, {EXIT_INTERRUPTED} interrupted.
-Add --debug before the command for full tracebacks."""
+arguments/model/file/input, {EXIT_FAILED} compilation or run failed, {EXIT_INTERRUPTED} interrupted,
+{EXIT_CLOSED_OUTPUT} the output's reader stopped early (`| head`). Add --debug before the command
+for full tracebacks."""
 
 
 # ---- registry ---------------------------------------------------------------------------------
@@ -666,6 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Define CNNs, compile them with TVM for CPU or CUDA, export, run and compare "
                     "them with the reference interpreter.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"graphopt {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -718,11 +725,26 @@ def interrupts_recorded() -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line `argv` (default: sys.argv[1:]); returns the exit code (EXIT_*)."""
+    try:
+        code = run_command_line(argv)
+        sys.stdout.flush()      # a reader gone shows here, not in Python's flush at exit
+        return code
+    except BrokenPipeError:
+        code = closed_output_code()
+        if code is None:
+            raise
+        return code
+
+
+def run_command_line(argv: Sequence[str] | None) -> int:
     global _quiet
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:     # --help, or a bad argument (one line on stderr)
-        return EXIT_OK if e.code is None else e.code if isinstance(e.code, int) else EXIT_USAGE
+        if e.code in (None, 0):   # argparse ignores a failed write of the help
+            return closed_output_code() or EXIT_OK
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     _quiet = args.quiet
     try:
         with interrupts_recorded():
@@ -732,6 +754,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # every failure becomes one line and an exit code
         if _interrupted:    # the interrupt surfaced as another error (see interrupts_recorded)
             return interrupted()
+        if isinstance(e, BrokenPipeError) and closed_output_code():
+            return EXIT_CLOSED_OUTPUT   # quietly: nobody reads what was left to say
         if args.debug:
             traceback.print_exc()
         kind = "error" if isinstance(e, GraphoptError) else f"error ({type(e).__name__})"
@@ -741,6 +765,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"graphopt {args.command}: {kind}: {message}{hint}", file=sys.stderr)
         return exit_code_for(e)
     return interrupted() if _interrupted else code
+
+
+def closed_output_code() -> int | None:
+    """EXIT_CLOSED_OUTPUT if stdout or stderr is a pipe or socket whose reader has gone (a
+    BrokenPipeError from anything else is an ordinary failure), else None. The closed streams
+    are pointed at /dev/null, so that nothing written later (Python's flush at exit included)
+    fails on them again, as Python's documentation recommends for SIGPIPE."""
+    closed = []
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):   # replaced by a non-file (a test capture)
+            continue
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0)):
+            closed.append(fd)
+    for fd in closed:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return EXIT_CLOSED_OUTPUT if closed else None
 
 
 def interrupted() -> int:

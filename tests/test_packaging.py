@@ -8,6 +8,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import graphopt
+
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_LEFTOVERS = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so")
 
@@ -23,6 +25,7 @@ def test_wheel_holds_every_package_file(tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stdout + built.stderr
     wheel, = tmp_path.glob("graphopt-*.whl")
+    assert wheel.name.startswith(f"graphopt-{graphopt.__version__}-")   # one source: __init__.py
     in_wheel = set(zipfile.ZipFile(wheel).namelist())
     expected = {path.relative_to(source).as_posix()
                 for path in (source / "graphopt").rglob("*") if path.is_file()}
