@@ -136,6 +136,11 @@ class Conv2d(Op):
         return f"{self.algorithm}{block}"
 
     @property
+    def computes_integers(self) -> bool:
+        """Whether the recorded algorithm is one of the int8 kernels (qlinear_conv2d only)."""
+        return self.algorithm in INTEGER_CONV_ALGORITHMS
+
+    @property
     def plain(self) -> "Conv2d":
         """The same convolution without target decisions."""
         return Conv2d(self.stride, self.padding, self.dilation, self.groups)

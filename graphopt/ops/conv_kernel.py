@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from .base import constant_operand, expect, relax_type
 from .cast import accumulation_dtype
-from .conv import INTEGER_CONV_ALGORITHMS
 from .epilogue import EPILOGUE, ONEDNN_NO_ACTIVATION
 
 # TVM's operator-pattern code for a kernel FuseOps must leave alone (kOpaque): graphopt's fusion
@@ -16,8 +15,8 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
     """Relax: `activation(conv(x, w) + b + residual)` as one kernel, computed the way
     `conv.algorithm` says (see ops/conv.py's CONV_ALGORITHMS)."""
     decision = f"{conv.algorithm} convolution"   # for the error if a weight is not constant
-    expect(conv.algorithm not in INTEGER_CONV_ALGORITHMS, f"the {conv.algorithm} algorithm "
-           f"computes quantized convolutions (qlinear_conv2d), not float ones")
+    expect(not conv.computes_integers, f"the {conv.algorithm} algorithm computes quantized "
+           f"convolutions (qlinear_conv2d), not float ones")
     if conv.algorithm == "onednn":
         from ..targets.tvm.onednn.lowering import onednn_conv2d
         code, (alpha, beta) = ONEDNN_NO_ACTIVATION, (0.0, 0.0)

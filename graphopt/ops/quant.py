@@ -683,7 +683,7 @@ class QLinearConv2d(Op):
     def lower_tvm(self, bb, *args):
         x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, bias, residual = self.split(args)
         R = relax().op
-        if self.conv.algorithm in INTEGER_CONV_ALGORITHMS:
+        if self.conv.computes_integers:
             return self.lower_dot_product(bb, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp,
                                           bias, residual)
         acc = lower_integer_conv(bb, self.conv, x, w, x_zp, w_zp)

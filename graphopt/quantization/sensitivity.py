@@ -28,6 +28,7 @@ from ..ir import Graph
 from ..passes.manager import OptimizeResult
 from ..table import format_table
 from ..targets.reference import interpret
+from .convert import check_calibration, check_keep, convert
 
 Metric = Callable[[Mapping[str, np.ndarray]], float]
 INTEGER_LAYERS = ("qlinear_conv2d", "qlinear_matmul")
@@ -224,10 +225,10 @@ def sensitivity(graph: Graph, calib, inputs, metric: Metric | None = None, *,
     float graph's: the error and, with `metric(outputs) -> float` (higher is better), its drop.
     Layers named in `keep` are left out. `progress(index, layer)` is called after each layer.
     Returns a `Sensitivity`, most sensitive layer first."""
-    from .convert import check_keep, quantize
     if progress is not None and not callable(progress):
         raise OptionError(f"expected progress to be a callable(index, layer), found "
                           f"{type(progress).__name__}")
+    check_calibration(graph, calib)
     return layer_sensitivity(graph, calib, Evaluator(graph, inputs, metric),
                              check_keep(graph, keep), per_channel, progress)
 
@@ -235,13 +236,11 @@ def sensitivity(graph: Graph, calib, inputs, metric: Metric | None = None, *,
 def layer_sensitivity(graph: Graph, calib, evaluate: Evaluator, keep: tuple[str, ...],
                       per_channel: bool, progress=None) -> Sensitivity:
     """`sensitivity` with its evaluator made (the float graph's outputs computed once)."""
-    from .convert import quantize
-    full = quantize(graph, calib, "int8", keep, per_channel=per_channel)
+    full = convert(graph, calib, "int8", keep, per_channel)
     layers = integer_layers(full)
     rows = []
     for index, (name, op, stands_for) in enumerate(layers):
-        alone = quantize(graph, calib, "int8", keep_all_but(layers, index, keep),
-                         per_channel=per_channel)
+        alone = convert(graph, calib, "int8", keep_all_but(layers, index, keep), per_channel)
         rows.append(LayerSensitivity(name, op, stands_for, evaluate(alone.graph),
                                      evaluate.baseline))
         if progress is not None:
@@ -256,7 +255,6 @@ def quantize_within_budget(graph: Graph, calib, budget: float, eval_inputs,
                            **options) -> BudgetResult:
     """int8 `graph` with the fewest layers kept in float32, most sensitive first, for which the
     metric's drop (with `metric`) or the output error stays within `budget`."""
-    from .convert import quantize
     if isinstance(budget, bool) or not isinstance(budget, (int, float, np.floating)) or \
             not math.isfinite(budget) or budget < 0:
         raise OptionError(f"expected budget to be a finite number >= 0 (the largest "
@@ -268,7 +266,7 @@ def quantize_within_budget(graph: Graph, calib, budget: float, eval_inputs,
         return BudgetResult(chosen.graph, chosen.original, chosen.records, float(budget),
                             tuple(kept), evaluation, table, evaluate.baseline)
 
-    full = quantize(graph, calib, "int8", keep, per_channel=per_channel, **options)
+    full = convert(graph, calib, "int8", keep, per_channel, **options)
     evaluation = evaluate(full.graph)
     if evaluate.loss(evaluation) <= budget:
         return result(full, (), evaluation, None)
@@ -279,7 +277,7 @@ def quantize_within_budget(graph: Graph, calib, budget: float, eval_inputs,
     for name in table.names():
         kept.append(name)
         names = keep + tuple(n for layer in kept for n in by_name[layer].stands_for)
-        chosen = quantize(graph, calib, "int8", names, per_channel=per_channel, **options)
+        chosen = convert(graph, calib, "int8", names, per_channel, **options)
         chosen_evaluation = evaluate(chosen.graph)
         if evaluate.loss(chosen_evaluation) <= budget:
             break
