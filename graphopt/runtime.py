@@ -24,6 +24,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import platform
 import sys
 import threading
 import time
@@ -243,6 +244,31 @@ def allowed_cpus() -> list[int]:
     return list(range(os.cpu_count() or 1))   # not on Linux
 
 
+_amx_requested = False
+
+
+def enable_amx() -> bool:
+    """Ask Linux, once per process, to let it use AMX tile data (arch_prctl
+    ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA): without the permission an AMX instruction kills
+    the process with SIGILL, even on a CPU that has AMX. Returns whether it was granted; a CPU or
+    kernel without AMX says no, and no AMX kernel is built for such a CPU."""
+    global _amx_requested, _amx_granted
+    if not _amx_requested:
+        _amx_requested, _amx_granted = True, False
+        if sys.platform.startswith("linux") and platform.machine() == "x86_64":
+            SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                _amx_granted = libc.syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM,
+                                            XFEATURE_XTILEDATA) == 0
+            except (OSError, AttributeError):
+                _amx_granted = False
+    return _amx_granted
+
+
+_amx_granted = False
+
+
 def available_cores() -> int:
     return len(allowed_cpus()) or 1
 
@@ -253,7 +279,9 @@ _thread_config = threading.local()
 def configure_threads(count: int) -> None:
     """Run the calling thread's TVM kernels on `count` threads sharing the CPUs this process may
     use. TVM keeps one thread pool per calling thread; left alone it starts with half the
-    hardware threads (one on a two-core machine) and pins the caller to a single core."""
+    hardware threads (one on a two-core machine) and pins the caller to a single core. Called
+    before every run: it also lets the process use AMX tiles (`enable_amx`)."""
+    enable_amx()
     if getattr(_thread_config, "count", None) == count:
         return
     import tvm_ffi

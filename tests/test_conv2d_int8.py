@@ -21,10 +21,13 @@ pytest.importorskip("tvm")
 from graphopt.targets.tvm.cpu import cpu_assembly  # noqa: E402
 
 # (LLVM CPU, the algorithm chosen for it, lanes, the /proc/cpuinfo flag needed to run it, an
-# instruction its kernel must contain)
+# instruction its kernel must contain); on an AMX CPU the layers that fill AMX tiles get "amx"
+# (`AMX_BUILD`), the others VNNI
 BUILDS = [("cascadelake", "vnni", 16, "avx512_vnni", r"vpdpbusd\s+.*zmm"),
           ("skylake-avx512", "pmaddwd", 16, "avx512f", r"vpmaddwd\s+.*zmm"),
-          ("haswell", "pmaddwd", 8, "avx2", r"vpmaddwd\s+.*ymm")]
+          ("haswell", "pmaddwd", 8, "avx2", r"vpmaddwd\s+.*ymm"),
+          ("sapphirerapids", "vnni", 16, "avx512_vnni", r"vpdpbusd\s+.*zmm")]
+AMX_BUILD = ("sapphirerapids", "amx", 32, "amx_int8", r"tdpbusd\s+%tmm")
 VNNI_CPU = "cascadelake"
 
 
@@ -66,7 +69,20 @@ CASES = [
     Case("dilated", 16, 32, 11, 3, padding=(2, 2, 2, 2), dilation=2),
     Case("asymmetric-padding-7-wide", 24, 40, 7, 3, padding=(0, 1, 1, 0)),
     Case("linear-as-1x1", 120, 84, 1, 1, batch=4),
+    # AMX tiles: 64 input channels a step, 32 output channels, pairs of output rows
+    Case("amx-3x3-64ch", 64, 64, 14, 3, padding=(1, 1, 1, 1), activation=ops.Relu()),
+    Case("amx-1x1-residual-batch2", 128, 64, 16, 1, batch=2, residual=True,
+         activation=ops.Relu()),
+    Case("amx-s2-odd-input-relu6", 64, 128, 15, 3, stride=2, padding=(1, 1, 1, 1),
+         activation=ops.Clip(0.0, 6.0)),
+    Case("amx-dilated-96ch", 64, 96, 12, 3, padding=(2, 2, 2, 2), dilation=2),
 ]
+
+
+def fills_amx_tiles(case: Case) -> bool:
+    from graphopt.targets.tvm.schedules.conv2d_int8 import amx_applies
+    out = quantized_conv(case).node("conv").output.shape
+    return amx_applies(case.in_channels, case.out_channels, out[2], out[3], case.groups)
 
 
 def quantized_conv(case: Case, seed: int = 0) -> Graph:
@@ -111,6 +127,8 @@ def test_each_cpu_gets_its_instruction_and_the_interpreter_s_results(case, mcpu,
                                                                      lanes, flag, instruction):
     """Compiled for `mcpu` (on any x86 host), the layer is that CPU's kernel and its assembly
     holds the instruction; where this host can run that code, the results are exact."""
+    if mcpu == AMX_BUILD[0] and fills_amx_tiles(case):
+        mcpu, algorithm, lanes, flag, instruction = AMX_BUILD
     graph = quantized_conv(case)
     model = go.compile(graph, "cpu", mcpu=mcpu)
     conv = model.graph.node("conv").op.conv
@@ -143,3 +161,20 @@ def test_weights_as_parameters_stay_as_written():
     """The packed weight is made at lowering from the constant: a parameter cannot be."""
     graph = quantized_conv(CASES[0])
     assert chosen(go.compile(graph, "cpu", mcpu=VNNI_CPU, weights="params")) == "direct"
+
+
+@pytest.mark.skipif("amx_int8" not in host_flags(), reason="this CPU has no AMX-INT8: the amx "
+                    "kernel is compile-checked only")
+def test_amx_library_runs_in_a_fresh_process(tmp_path):
+    """A fresh process must ask Linux for AMX tile data before the first tile instruction (or
+    die of SIGILL): the runtime does, before every run."""
+    from test_export import run_with_only_the_runtime
+    graph = quantized_conv(CASES[-4])
+    model = go.compile(graph, "cpu", mcpu=AMX_BUILD[0])
+    assert chosen(model) == "amx"
+    path = str(tmp_path / "amx.so")
+    model.export(path)
+    inputs = feeds(graph)
+    for threads in (1, 2):
+        found = run_with_only_the_runtime(path, inputs, tmp_path / str(threads), threads)
+        np.testing.assert_array_equal(found["y"], go.interpret(graph, inputs)["y"])

@@ -136,6 +136,35 @@ def runtime_only_path(tmp_path) -> str:
     return str(folder)
 
 
+def run_with_only_the_runtime(path: str, feeds: dict, tmp_path, threads: int = 1) -> dict:
+    """The outputs of the exported library `path` on `feeds`, run in a fresh Python process
+    that has numpy, tvm_ffi, graphopt and libtvm_runtime.so but no `tvm` package."""
+    import tvm
+    folder = tmp_path / "fresh_process"
+    folder.mkdir(parents=True)
+    libs = folder / "runtime_libs"
+    libs.mkdir()
+    os.symlink(os.path.join(os.path.dirname(tvm.__file__), "lib", "libtvm_runtime.so"),
+               libs / "libtvm_runtime.so")
+    np.savez(folder / "inputs.npz", **feeds)
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path[:] = ([{runtime_only_path(folder)!r}]
+                       + [p for p in sys.path if "site-packages" not in p])
+        import numpy as np
+        from graphopt.runtime import load
+        with np.load({str(folder / "inputs.npz")!r}) as inputs:
+            out = load({path!r}, threads={threads}).run(dict(inputs))
+        np.savez({str(folder / "out.npz")!r}, **out)
+        assert "tvm" not in sys.modules, "the compiler package was imported"
+    """)
+    done = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True,
+                          env={**os.environ, runtime.RUNTIME_DIR_ENV: str(libs)}, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with np.load(folder / "out.npz") as found:
+        return dict(found)
+
+
 def test_cpu_export_runs_with_only_the_tvm_runtime(exported, compiled, feeds, tmp_path):
     import tvm
     libs = tmp_path / "runtime_libs"

@@ -312,38 +312,14 @@ def test_cuda_compiles_to_integer_kernels():
 def test_exported_int8_library_runs_with_only_the_tvm_runtime(tmp_path):
     """The quantized model's library (the host's integer kernels inside) loads and runs in a
     fresh process that has the TVM runtime but not the compiler, with the in-process results."""
-    import os
-    import subprocess
-    import sys
-    import textwrap
-    import tvm
-    from graphopt import runtime
-    from test_export import runtime_only_path
+    from test_export import run_with_only_the_runtime
     q = quantized("residual_net").graph
     model = go.compile(q, "cpu")
     path = str(tmp_path / "residual_net_int8.so")
     model.export(path)
     feeds = batches(q, 1, seed=9)[0]
-    np.save(tmp_path / "x.npy", feeds["input"])
-    libs = tmp_path / "runtime_libs"
-    libs.mkdir()
-    os.symlink(os.path.join(os.path.dirname(tvm.__file__), "lib", "libtvm_runtime.so"),
-               libs / "libtvm_runtime.so")
-    script = textwrap.dedent(f"""
-        import sys
-        sys.path[:] = ([{runtime_only_path(tmp_path)!r}]
-                       + [p for p in sys.path if "site-packages" not in p])
-        import numpy as np
-        from graphopt.runtime import load
-        out = load({path!r}, threads=1).run({{"input": np.load({str(tmp_path / "x.npy")!r})}})
-        np.savez({str(tmp_path / "out.npz")!r}, **out)
-        assert "tvm" not in sys.modules, "the compiler package was imported"
-    """)
-    done = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True,
-                          env={**os.environ, runtime.RUNTIME_DIR_ENV: str(libs)}, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    with np.load(tmp_path / "out.npz") as found:
-        np.testing.assert_array_equal(found["output"], model.run(feeds)["output"])
+    found = run_with_only_the_runtime(path, feeds, tmp_path)
+    np.testing.assert_array_equal(found["output"], model.run(feeds)["output"])
 
 
 @pytest.mark.parametrize("model", NETS)

@@ -44,11 +44,11 @@ def conv_out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: 
 #   winograd  Winograd F(2x2, 3x3), the weight transformed at lowering into blocks of
 #             `weight_block` output channels (targets/tvm/schedules/winograd.py)
 #   onednn    a call of oneDNN's convolution (targets/tvm/onednn/)
-#   vnni      (qlinear_conv2d only) uint8 x int8 -> int32 by x86 dot-product instructions:
-#   pmaddwd   AVX-512 VNNI's vpdpbusd, or vpmaddwd on int16-widened operands; the weight packed
-#             at lowering into blocks of `weight_block` output channels
+#   amx       (qlinear_conv2d only) uint8 x int8 -> int32 by x86 instructions: AMX tiles
+#   vnni      (tdpbusd), AVX-512 VNNI's vpdpbusd, or vpmaddwd on int16-widened operands; the
+#   pmaddwd   weight packed at lowering into blocks of `weight_block` output channels
 #             (targets/tvm/schedules/conv2d_int8.py)
-INTEGER_CONV_ALGORITHMS = ("vnni", "pmaddwd")
+INTEGER_CONV_ALGORITHMS = ("amx", "vnni", "pmaddwd")
 CONV_ALGORITHMS = ("direct", "winograd", "onednn", *INTEGER_CONV_ALGORITHMS)
 
 

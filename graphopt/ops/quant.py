@@ -701,11 +701,12 @@ class QLinearConv2d(Op):
         dot-product instruction `conv.algorithm` names (`schedules/conv2d_int8.py`), then,
         from its register tile, the zero-point correction and bias (one int32 per output
         channel, folded here) and the requantize epilogue."""
-        from ..targets.tvm.schedules.conv2d_int8 import DOT_PRODUCTS, conv2d_dot, pack_weight
+        from ..targets.tvm.schedules import conv2d_int8 as kernels
         from .conv_kernel import OPAQUE
         from tvm import te
-        dot = DOT_PRODUCTS[self.conv.algorithm, self.conv.weight_block]
-        decision = f"{dot.algorithm} convolution"
+        amx = self.conv.algorithm == kernels.AMX
+        dot = None if amx else kernels.DOT_PRODUCTS[self.conv.algorithm, self.conv.weight_block]
+        decision = f"{self.conv.algorithm} convolution"
         rx = relax()
         weight, x_zero_point = constant_operand(w, decision), constant_operand(x_zp, decision)
         expect(not constant_operand(w_zp, decision).any() and weight.dtype == np.int8,
@@ -722,10 +723,11 @@ class QLinearConv2d(Op):
             r, r_scale, r_zp = residual
             extra = [r, relax_scale_ratio(bb, (r_scale,), y_scale), r_zp]
         conv, activation = self.conv, self.activation
+        correction = rx.const(correction.astype(np.int32), "int32")
 
-        def kernel(x, packed, x_zp, correction, multiplier, y_scale, y_zp, *residual):
-            acc = conv2d_dot(x, packed, x_zp, conv, dot)
-            out_channels, lanes = int(correction.shape[0]), dot.lanes
+        def epilogue(acc, correction, multiplier, y_scale, y_zp, residual):
+            """acc [N, O / 16, OH, OW, 16] (blocks of `lanes`) -> the requantized NCHW output."""
+            out_channels, lanes = int(correction.shape[0]), int(acc.shape[4])
             total = te.compute(
                 (acc.shape[0], out_channels, acc.shape[2], acc.shape[3]),
                 lambda n, c, h, w_: acc[n, c // lanes, h, w_, c % lanes] + correction[c],
@@ -733,10 +735,32 @@ class QLinearConv2d(Op):
             return requantize_compute(total, multiplier, y_scale, y_zp, activation, 1,
                                       tuple(residual))
 
-        packed = pack_weight(weight, dot)
-        return bb.call_te(kernel, x, rx.const(packed, str(packed.dtype)), x_zp,
-                          rx.const(correction.astype(np.int32), "int32"), multiplier, y_scale,
-                          y_zp, *extra, primfunc_name_hint=f"qlinear_conv2d_{dot.algorithm}",
+        if amx:
+            # three kernels: the input padded and grouped by 64 channels, the AMX kernel (written
+            # by hand, complete as lowered), the epilogue reading its int32 tiles
+            packed = kernels.pack_amx_weight(weight)
+            grouped = bb.emit(bb.call_te(lambda x, zp: kernels.amx_pack_input(x, zp, conv), x,
+                                         x_zp, primfunc_name_hint="amx_pack"))
+            n, groups, height, width, _ = (int(d) for d in grouped.ty.shape)
+            out_h, out_w = integer_conv_type(conv, relax_type(x), relax_type(w)).shape[2:]
+            func = kernels.amx_conv2d(n, groups, (height, width), packed.shape[0],
+                                      weight.shape[2:], (out_h, out_w), conv)
+            acc_type = rx.TensorType((n, packed.shape[0], out_h, out_w, 16), "int32")
+            acc = bb.emit(rx.call_tir(bb.add_func(func, "qlinear_conv2d_amx"),
+                                      [grouped, rx.const(packed, "int8")], out_ty=acc_type))
+            return bb.call_te(lambda acc, c, m, s, z, *r: epilogue(acc, c, m, s, z, r), acc,
+                              correction, multiplier, y_scale, y_zp, *extra,
+                              primfunc_name_hint="requantize_tiles",
+                              primfunc_attrs={"op_pattern": OPAQUE})
+
+        def kernel(x, packed, x_zp, correction, multiplier, y_scale, y_zp, *residual):
+            return epilogue(kernels.conv2d_dot(x, packed, x_zp, conv, dot), correction,
+                            multiplier, y_scale, y_zp, residual)
+
+        packed = kernels.pack_weight(weight, dot)
+        return bb.call_te(kernel, x, rx.const(packed, str(packed.dtype)), x_zp, correction,
+                          multiplier, y_scale, y_zp, *extra,
+                          primfunc_name_hint=f"qlinear_conv2d_{dot.algorithm}",
                           primfunc_attrs={"op_pattern": OPAQUE})
 
     def macs(self, inputs, outputs):

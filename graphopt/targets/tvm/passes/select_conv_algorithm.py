@@ -10,7 +10,8 @@ Half-precision (float16, bfloat16) convolutions stay "direct" without a weight l
 tiled, Winograd and oneDNN kernels are float32 kernels.
 
 A quantized convolution (`qlinear_conv2d`) is computed by the x86 dot-product instruction of
-the target CPU (`schedules/conv2d_int8.py`: "vnni" with AVX-512 VNNI, else "pmaddwd") where the
+the target CPU (`schedules/conv2d_int8.py`: "amx" tiles where the CPU has AMX-INT8 and the layer
+fills them, else "vnni" with AVX-512 VNNI, else "pmaddwd") where the
 layer is what those kernels compute: uint8 input, constant int8 weights with zero points of 0
 (symmetric, as graphopt's and ONNX Runtime's quantizers make them), a constant input zero point
 and bias, no groups; otherwise it stays as written (TVM's integer conv2d)."""
@@ -49,7 +50,7 @@ def select_conv_algorithm(context):
         return dataclasses.replace(plain, weight_block=block)
 
     def choose_integer(node: Node):
-        from ..schedules.conv2d_int8 import dot_product_for
+        from ..schedules.conv2d_int8 import AMX, AMX_BLOCK, amx_applies, dot_product_for
         conv = node.op.conv
         x, _, x_zp, w, _, w_zp, *_ = node.inputs
         bias = node.inputs[8] if node.op.has_bias else None
@@ -60,8 +61,13 @@ def select_conv_algorithm(context):
                 and not w_zp.data.any())
         if not fits:
             return None if conv == conv.plain else dataclasses.replace(node.op, conv=conv.plain)
+        algorithm, block = dot.algorithm, dot.lanes
+        _, out_channels, out_h, out_w = node.outputs[0].shape
+        if context.vector.amx and amx_applies(x.shape[1], out_channels, out_h, out_w,
+                                              conv.groups):
+            algorithm, block = AMX, AMX_BLOCK
         return dataclasses.replace(node.op, conv=dataclasses.replace(
-            conv.plain, algorithm=dot.algorithm, weight_block=dot.lanes))
+            conv.plain, algorithm=algorithm, weight_block=block))
 
     def decide(node: Node):
         if node.op_name == "qlinear_conv2d":

@@ -206,3 +206,110 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     spatial_rest(sch, conv, vec)     # the input copy; before tensorize replaces the block
     sch.tensorize(lane, dot.intrinsic)
     return True
+
+
+# ---- AMX: 16 x 64 byte tiles, tdpbusd ------------------------------------------------------------
+# Sapphire Rapids and later: eight tile registers of up to 16 rows x 64 bytes; `tdpbusd` adds the
+# u8 x s8 products of a 16 x 64 A tile and a 16 x 64 B tile (4 input channels per int32 lane, as
+# VNNI) into a 16 x 16 int32 C tile: 16,384 multiply-adds per instruction. The kernel keeps four C
+# tiles (two output rows x two blocks of 16 channels) for a whole reduction, loading two A tiles
+# (P pixels of each row x 64 input channels) and two B tiles (64 input x 16 output channels) per
+# step of 64 input channels and one tap. It is written by hand (no TE schedule tensorizes a
+# whole reduction into tile registers) and is complete as lowered: the schedule rules skip it.
+AMX = "amx"
+AMX_CHANNELS = 64    # input channels per A tile row (64 bytes)
+AMX_BLOCK = 32       # output channels per kernel step: two C tiles of 16
+
+
+def amx_pixels(out_width: int) -> int:
+    """Pixels per A tile: the largest divisor of the output row within 16 rows."""
+    return row_tile(out_width, 16)
+
+
+def amx_applies(in_channels: int, out_channels: int, out_height: int, out_width: int,
+                groups: int) -> bool:
+    """Whether the AMX kernel computes this convolution: whole tiles of input (64) and output
+    (32) channels, pairs of output rows, at least 4 pixels per tile."""
+    return (groups == 1 and in_channels % AMX_CHANNELS == 0 and out_channels % AMX_BLOCK == 0
+            and out_height % 2 == 0 and amx_pixels(out_width) >= 4)
+
+
+def pack_amx_weight(weight: np.ndarray) -> np.ndarray:
+    """OIHW int8 -> [O / 16, I / 64, KH, KW, 16, 16, 4]: per block, tap and 64 input channels,
+    one B tile (16 rows of 4 input channels x 16 output channels)."""
+    o, i, kh, kw = weight.shape
+    return weight.reshape(o // 16, 16, i // AMX_CHANNELS, 16, 4, kh, kw) \
+        .transpose(0, 2, 5, 6, 3, 1, 4).copy()
+
+
+def amx_pack_input(x, x_zero_point, conv):
+    """TE: x padded with its zero point to [N, I / 64, H', W', 64] uint8 (A tile rows)."""
+    from tvm import te, tirx
+    n, channels, height, width = (int(d) for d in x.shape)
+    top, left, bottom, right = conv.padding
+    fill = x_zero_point[(0,) * len(x_zero_point.shape)]
+
+    def value(b, g, i, j, c):
+        inside = tirx.all(i >= top, i < top + height, j >= left, j < left + width)
+        return tirx.if_then_else(inside, x[b, g * AMX_CHANNELS + c, i - top, j - left], fill)
+
+    return te.compute((n, channels // AMX_CHANNELS, height + top + bottom, width + left + right,
+                       AMX_CHANNELS), value, name="amx_pack")
+
+
+def amx_conv2d(batch: int, groups: int, padded: tuple[int, int], blocks: int,
+               kernel: tuple[int, int], out_size: tuple[int, int], conv):
+    """The AMX kernel as a PrimFunc (xp [N, I/64, H', W', 64] uint8, wp as `pack_amx_weight`,
+    acc [N, O/16, OH, OW, 16] int32): parallel over images, output-channel pairs and row pairs;
+    each task configures the tiles (the configuration is per thread), zeroes four C tiles, runs
+    the whole reduction and stores them."""
+    from tvm.script import tirx as T
+    N, G, OB = batch, groups, blocks
+    HP, WP = padded
+    KH, KW = kernel
+    OH, OW = out_size
+    (SH, SW), (DH, DW) = conv.stride, conv.dilation
+    P = amx_pixels(OW)
+    ROW = SW * AMX_CHANNELS   # bytes between an A tile's rows (neighbouring output pixels)
+
+    def call(name, *args):
+        return T.call_llvm_intrin("void", f"llvm.x86.{name}", *args)
+
+    @T.prim_func(s_tir=True)
+    def amx(xp: T.Buffer((N, G, HP, WP, 64), "uint8"),
+            wp: T.Buffer((OB, G, KH, KW, 16, 16, 4), "int8"),
+            acc: T.Buffer((N, OB, OH, OW, 16), "int32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
+                     "graphopt.schedule": NAME + "_amx"})
+        for task in T.parallel(N * (OB // 2) * (OH // 2)):
+            n = task // ((OB // 2) * (OH // 2))
+            ob = task // (OH // 2) % (OB // 2) * 2
+            oh = task % (OH // 2) * 2
+            config = T.alloc_buffer((64,), "uint8", scope="local", align=64)
+            for i in range(64):
+                config[i] = T.uint8(0)
+            config[0] = T.uint8(1)                     # palette 1
+            for t in range(8):                         # tiles 0-3 C, 4-5 A: P rows; 6-7 B: 16
+                config[16 + 2 * t] = T.uint8(64)       # bytes per row
+                config[48 + t] = T.Select(t < 6, T.uint8(P), T.uint8(16))
+            T.evaluate(call("ldtilecfg", T.address_of(config[0])))
+            for ow in range(OW // P):
+                for t in T.unroll(4):      # unrolled: tile numbers are immediates
+                    T.evaluate(call("tilezero", T.Cast("int8", t)))
+                for g, ky, kx in T.grid(G, KH, KW):
+                    for r in T.unroll(2):
+                        T.evaluate(call("tileloadd64", T.Cast("int8", 4 + r), T.address_of(
+                            xp[n, g, (oh + r) * SH + ky * DH, ow * P * SW + kx * DW, 0]),
+                            T.int64(ROW)))
+                        T.evaluate(call("tileloadd64", T.Cast("int8", 6 + r), T.address_of(
+                            wp[ob + r, g, ky, kx, 0, 0, 0]), T.int64(64)))
+                    T.evaluate(call("tdpbusd", T.int8(0), T.int8(4), T.int8(6)))
+                    T.evaluate(call("tdpbusd", T.int8(1), T.int8(4), T.int8(7)))
+                    T.evaluate(call("tdpbusd", T.int8(2), T.int8(5), T.int8(6)))
+                    T.evaluate(call("tdpbusd", T.int8(3), T.int8(5), T.int8(7)))
+                for t in T.unroll(4):
+                    T.evaluate(call("tilestored64", T.Cast("int8", t), T.address_of(
+                        acc[n, ob + t % 2, oh + t // 2, ow * P, 0]), T.int64(64)))
+            T.evaluate(call("tilerelease"))
+
+    return amx
