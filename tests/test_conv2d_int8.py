@@ -80,9 +80,10 @@ CASES = [
 
 
 def fills_amx_tiles(case: Case) -> bool:
-    from graphopt.targets.tvm.schedules.conv2d_int8 import amx_applies
+    from graphopt.targets.tvm.schedules import amx
     out = quantized_conv(case).node("conv").output.shape
-    return amx_applies(case.in_channels, case.out_channels, out[2], out[3], case.groups)
+    return amx.applies(amx.INT8, case.in_channels, case.out_channels, out[2], out[3],
+                       case.groups)
 
 
 def quantized_conv(case: Case, seed: int = 0) -> Graph:

@@ -313,7 +313,9 @@ def test_no_winograd_onednn_or_packed_weights_for_half_layers(dtype):
         y = dsl.relu(dsl.conv2d(x, 128, 3, padding=1, name="conv"))
         graph = b.output(dsl.linear(dsl.flatten(dsl.global_avg_pool2d(y)), 32, name="fc"))
     for kernels, algorithm in (("tvm", "winograd"), ("onednn", "onednn")):
-        options = CompileOptions(kernels=kernels)
+        # an AVX-512 CPU without AMX (bfloat16 layers go to AMX tiles where there are some:
+        # test_bfloat16_convolutions_on_amx_tiles)
+        options = CompileOptions(kernels=kernels, mcpu="cascadelake")
         plain = optimize_for_target(graph, "cpu", options)[0].graph
         assert {n.op.conv.algorithm for n in plain.nodes if n.op_name == "fused_conv2d"} == \
             {algorithm}                                   # float32 gets it...
@@ -333,6 +335,40 @@ def test_cuda_compiles(dtype):
     assert ("bfloat16" if dtype == "bfloat16" else "half") in source
     if shutil.which("nvcc"):
         assert cuda.fatbin_archs(cuda.compile_cuda_source(source, "sm_90")) == ["sm_90"]
+
+
+def test_bfloat16_convolutions_on_amx_tiles():
+    """Where the CPU has AMX-BF16 (compiled for sapphirerapids on any x86 host), bfloat16
+    convolutions that fill the tiles run on tdpbf16ps, accumulating in float32 through the
+    epilogue as the interpreter does; elsewhere they stay plain."""
+    import re
+    from graphopt.targets.tvm.cpu import cpu_assembly
+    with dsl.Builder("amx_bf16", seed=0) as b:
+        x = b.input("input", (2, 64, 14, 14))
+        y = dsl.relu(dsl.batch_norm(dsl.conv2d(x, 64, 3, padding=1, name="c1")))
+        z = dsl.conv2d(y, 96, 3, stride=2, padding=1, name="c2")      # 7x7 rows: odd, plain
+        graph = b.output(dsl.relu(dsl.add(dsl.conv2d(y, 64, 1, name="c3"), y)), z)
+    half = go.quantize(graph, "bfloat16").graph
+    m = go.compile(half, "cpu", mcpu="sapphirerapids")
+    def algorithms(model):
+        return {n.provenance[0]: getattr(n.op, "conv", n.op).algorithm for n in model.graph.nodes
+                if n.op_name in ("conv2d", "fused_conv2d")}
+
+    assert algorithms(m) == {"c1": "amx", "c2": "direct", "c3": "amx"}
+    assert re.search(r"tdpbf16ps\s+%tmm", cpu_assembly(m.executable))
+    plain = go.compile(half, "cpu", mcpu="cascadelake")
+    assert set(algorithms(plain).values()) == {"direct"}
+    flags = open("/proc/cpuinfo").read()
+    if "amx_bf16" not in flags:
+        pytest.skip("this CPU has no AMX-BF16: the amx build is compile-checked only")
+    feeds = probe_inputs(graph)
+    report = go.compare(graph, m, feeds)
+    assert report.ok, report
+    expected = go.interpret(half, feeds)
+    for name, array in m.run(feeds).items():
+        scale = float(np.abs(expected[name].astype(np.float32)).max())
+        assert np.abs(array.astype(np.float32) - expected[name].astype(np.float32)).max() <= \
+            scale * 2 ** -7        # one bfloat16 rounding: the sums run in another order
 
 
 def test_cuda_half_convolutions_run_on_tensor_cores():

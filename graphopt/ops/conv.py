@@ -44,12 +44,14 @@ def conv_out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: 
 #   winograd  Winograd F(2x2, 3x3), the weight transformed at lowering into blocks of
 #             `weight_block` output channels (targets/tvm/schedules/winograd.py)
 #   onednn    a call of oneDNN's convolution (targets/tvm/onednn/)
-#   amx       (qlinear_conv2d only) uint8 x int8 -> int32 by x86 instructions: AMX tiles
-#   vnni      (tdpbusd), AVX-512 VNNI's vpdpbusd, or vpmaddwd on int16-widened operands; the
-#   pmaddwd   weight packed at lowering into blocks of `weight_block` output channels
-#             (targets/tvm/schedules/conv2d_int8.py)
-INTEGER_CONV_ALGORITHMS = ("amx", "vnni", "pmaddwd")
-CONV_ALGORITHMS = ("direct", "winograd", "onednn", *INTEGER_CONV_ALGORITHMS)
+#   amx       AMX tiles (targets/tvm/schedules/amx.py): bfloat16 convolutions (tdpbf16ps) and
+#             qlinear_conv2d (tdpbusd), input and weight packed at lowering
+#   vnni      (qlinear_conv2d only) uint8 x int8 -> int32 by AVX-512 VNNI's vpdpbusd, or
+#   pmaddwd   vpmaddwd on int16-widened operands; the weight packed at lowering into blocks of
+#             `weight_block` output channels (targets/tvm/schedules/conv2d_int8.py)
+INTEGER_CONV_ALGORITHMS = ("vnni", "pmaddwd")
+QUANTIZED_CONV_ALGORITHMS = ("amx", *INTEGER_CONV_ALGORITHMS)
+CONV_ALGORITHMS = ("direct", "winograd", "onednn", *QUANTIZED_CONV_ALGORITHMS)
 
 
 def add_channel_bias(bb, y, b):
@@ -137,7 +139,7 @@ class Conv2d(Op):
 
     @property
     def computes_integers(self) -> bool:
-        """Whether the recorded algorithm is one of the int8 kernels (qlinear_conv2d only)."""
+        """Whether the recorded algorithm is an int8-only kernel (qlinear_conv2d only)."""
         return self.algorithm in INTEGER_CONV_ALGORITHMS
 
     @property

@@ -30,7 +30,20 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
     # epilogue and rounds once, at the end, as the reference kernel does.
     dtype = relax_type(x).dtype
     accumulate = accumulation_dtype(dtype)
-    if conv.algorithm == "winograd":
+    operands = [x]
+    if conv.algorithm == "amx":
+        # AMX tiles (bfloat16): the input padded and grouped, the hand-written kernel, and this
+        # kernel's epilogue reading its float32 tiles
+        from tvm import tirx
+        from ..targets.tvm.schedules import amx as tiles
+        weight_data = constant_operand(w, decision)
+        expect(dtype in tiles.BY_INPUT and dtype != "uint8", f"the amx convolution takes "
+               f"bfloat16 here, found {dtype}")
+        operands = [tiles.lower_kernel(bb, x, lambda x: tirx.const(0, dtype), weight_data, conv,
+                                       tiles.BY_INPUT[dtype])]
+        compute = lambda acc: tiles.from_tiles(acc, weight_data.shape[0])   # noqa: E731
+        name = "conv2d_amx_epilogue"
+    elif conv.algorithm == "winograd":
         from ..targets.tvm.schedules.winograd import transform_weight, winograd_conv2d
         u = transform_weight(constant_operand(w, decision), conv.weight_block)
         weight, compute = relax.const(u, str(u.dtype)), winograd_conv2d
@@ -43,11 +56,13 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
         weight, name = w, "conv2d"
         compute = lambda x, w: topi.nn.conv(x, w, conv.stride, conv.padding, conv.dilation,
                                             conv.groups, "NCHW", "OIHW", out_dtype=accumulate)
+    if conv.algorithm != "amx":
+        operands.append(weight)
     extras = [e for e in (b, residual) if e is not None]
 
-    def kernel(x, w, *rest):
-        y = compute(x, w)
-        rest = list(rest)
+    def kernel(*args):
+        y = compute(*args[:len(operands)])
+        rest = list(args[len(operands):])
         if b is not None:
             bias, conv_out = rest.pop(0), y
             y = te.compute(y.shape, lambda n, c, h, w_: conv_out[n, c, h, w_]
@@ -59,7 +74,7 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
         return topi.cast(y, dtype) if y.dtype != dtype else y
 
     fused = b is not None or residual is not None or activation is not None
-    return bb.call_te(kernel, x, weight, *extras,
+    return bb.call_te(kernel, *operands, *extras,
                       primfunc_name_hint=("fused_" if fused else "") + name,
                       primfunc_attrs={"op_pattern": OPAQUE})
 

@@ -40,7 +40,7 @@ from ..ir import TensorType
 from .activation import Clip, Relu
 from .base import (Op, constant_operand, expect, expect_float, expect_rank, flag, integer,
                    register, relax, relax_type)
-from .conv import INTEGER_CONV_ALGORITHMS, Conv2d, conv_out_size, expect_nonempty
+from .conv import QUANTIZED_CONV_ALGORITHMS, Conv2d, conv_out_size, expect_nonempty
 from .epilogue import QUANTIZED_EPILOGUE
 from .fused import FusedConv2d
 
@@ -221,6 +221,11 @@ def is_zero(expr) -> bool:
     """A constant whose every element is zero (a term the decomposition can drop)."""
     value = constant_value(expr)
     return value is not None and not value.any()
+
+
+def tirx_const(value, dtype: str):
+    from tvm import tirx
+    return tirx.const(value, dtype)
 
 
 def relax_dtype(expr) -> str:
@@ -623,7 +628,7 @@ class QLinearConv2d(Op):
     has_residual: bool = False
 
     def __post_init__(self):
-        conv_attribute(self, INTEGER_CONV_ALGORITHMS)
+        conv_attribute(self, QUANTIZED_CONV_ALGORITHMS)
         expect(self.activation is None or self.activation.name in QUANTIZED_EPILOGUE,
                f"expected activation {', '.join(QUANTIZED_EPILOGUE)} or None, found "
                f"{self.activation!r}")
@@ -683,7 +688,7 @@ class QLinearConv2d(Op):
     def lower_tvm(self, bb, *args):
         x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, bias, residual = self.split(args)
         R = relax().op
-        if self.conv.computes_integers:
+        if self.conv.algorithm in QUANTIZED_CONV_ALGORITHMS:
             return self.lower_dot_product(bb, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp,
                                           bias, residual)
         acc = lower_integer_conv(bb, self.conv, x, w, x_zp, w_zp)
@@ -704,7 +709,7 @@ class QLinearConv2d(Op):
         from ..targets.tvm.schedules import conv2d_int8 as kernels
         from .conv_kernel import OPAQUE
         from tvm import te
-        amx = self.conv.algorithm == kernels.AMX
+        amx = self.conv.algorithm == "amx"
         dot = None if amx else kernels.DOT_PRODUCTS[self.conv.algorithm, self.conv.weight_block]
         decision = f"{self.conv.algorithm} convolution"
         rx = relax()
@@ -736,18 +741,12 @@ class QLinearConv2d(Op):
                                       tuple(residual))
 
         if amx:
-            # three kernels: the input padded and grouped by 64 channels, the AMX kernel (written
-            # by hand, complete as lowered), the epilogue reading its int32 tiles
-            packed = kernels.pack_amx_weight(weight)
-            grouped = bb.emit(bb.call_te(lambda x, zp: kernels.amx_pack_input(x, zp, conv), x,
-                                         x_zp, primfunc_name_hint="amx_pack"))
-            n, groups, height, width, _ = (int(d) for d in grouped.ty.shape)
-            out_h, out_w = integer_conv_type(conv, relax_type(x), relax_type(w)).shape[2:]
-            func = kernels.amx_conv2d(n, groups, (height, width), packed.shape[0],
-                                      weight.shape[2:], (out_h, out_w), conv)
-            acc_type = rx.TensorType((n, packed.shape[0], out_h, out_w, 16), "int32")
-            acc = bb.emit(rx.call_tir(bb.add_func(func, "qlinear_conv2d_amx"),
-                                      [grouped, rx.const(packed, "int8")], out_ty=acc_type))
+            # the input padded with its zero point and grouped by 64 channels, the AMX kernel
+            # (written by hand, complete as lowered), then the epilogue reading its int32 tiles
+            from ..targets.tvm.schedules import amx as tiles
+            fill = int(x_zero_point.reshape(-1)[0])
+            acc = tiles.lower_kernel(bb, x, lambda x: tirx_const(fill, str(x.dtype)), weight,
+                                     conv, tiles.INT8)
             return bb.call_te(lambda acc, c, m, s, z, *r: epilogue(acc, c, m, s, z, r), acc,
                               correction, multiplier, y_scale, y_zp, *extra,
                               primfunc_name_hint="requantize_tiles",

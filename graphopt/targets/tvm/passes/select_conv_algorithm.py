@@ -6,8 +6,9 @@
 - "direct" otherwise (graphopt's register-tiled conv2d rule), with its weight packed into blocks
   of one or two vector registers of output channels (`tiled.channel_blocks`), each inside one
   group, where the weight is a constant and the channels fill such a block.
-Half-precision (float16, bfloat16) convolutions stay "direct" without a weight layout: the
-tiled, Winograd and oneDNN kernels are float32 kernels.
+Half-precision (float16, bfloat16) convolutions stay "direct" without a weight layout (the
+tiled, Winograd and oneDNN kernels are float32 kernels), but for bfloat16 ones that fill AMX
+tiles where the CPU has AMX-BF16: "amx" (`schedules/amx.py`).
 
 A quantized convolution (`qlinear_conv2d`) is computed by the x86 dot-product instruction of
 the target CPU (`schedules/conv2d_int8.py`: "amx" tiles where the CPU has AMX-INT8 and the layer
@@ -26,15 +27,27 @@ from .annotate import annotate
 
 def select_conv_algorithm(context):
     """The pass for one compile (`context`: vector shape, kernels, whether weights are constant)."""
-    from ..schedules import winograd
+    from ..schedules import amx, winograd
     from ..schedules.tiled import channel_blocks
+
+    def fills_amx_tiles(node: Node, kind) -> bool:
+        """Whether the CPU has `kind`'s AMX product and the conv fills its tiles."""
+        conv = getattr(node.op, "conv", node.op)
+        _, out_channels, out_h, out_w = node.outputs[0].shape
+        return (context.vector is not None and kind.feature in context.vector.amx
+                and amx.applies(kind, node.inputs[0].shape[1], out_channels, out_h, out_w,
+                                conv.groups))
 
     def choose(conv: Conv2d, node: Node) -> Conv2d:
         x, w, *rest = node.inputs
         bias = rest[0] if rest and getattr(node.op, "has_bias", True) else None
         plain = conv.plain
         float32 = x.dtype == "float32" and node.outputs[0].dtype == "float32"
-        if not (context.constant_weights and w.is_constant) or not float32:
+        constant = context.constant_weights and w.is_constant
+        if constant and x.dtype == "bfloat16" and fills_amx_tiles(node, amx.BFLOAT16) and \
+                (bias is None or bias.is_constant):
+            return dataclasses.replace(plain, algorithm=amx.AMX, weight_block=amx.BLOCK)
+        if not constant or not float32:
             return plain
         if context.kernels == "onednn" and (bias is None or bias.is_constant):
             return dataclasses.replace(plain, algorithm="onednn")
@@ -50,7 +63,7 @@ def select_conv_algorithm(context):
         return dataclasses.replace(plain, weight_block=block)
 
     def choose_integer(node: Node):
-        from ..schedules.conv2d_int8 import AMX, AMX_BLOCK, amx_applies, dot_product_for
+        from ..schedules.conv2d_int8 import dot_product_for
         conv = node.op.conv
         x, _, x_zp, w, _, w_zp, *_ = node.inputs
         bias = node.inputs[8] if node.op.has_bias else None
@@ -62,10 +75,8 @@ def select_conv_algorithm(context):
         if not fits:
             return None if conv == conv.plain else dataclasses.replace(node.op, conv=conv.plain)
         algorithm, block = dot.algorithm, dot.lanes
-        _, out_channels, out_h, out_w = node.outputs[0].shape
-        if context.vector.amx and amx_applies(x.shape[1], out_channels, out_h, out_w,
-                                              conv.groups):
-            algorithm, block = AMX, AMX_BLOCK
+        if fills_amx_tiles(node, amx.INT8):
+            algorithm, block = amx.AMX, amx.BLOCK
         return dataclasses.replace(node.op, conv=dataclasses.replace(
             conv.plain, algorithm=algorithm, weight_block=block))
 

@@ -14,12 +14,12 @@ PARALLEL_MIN_MACS = 1 << 20
 @dataclass(frozen=True)
 class VectorShape:
     """fp32 lanes per SIMD register and registers the micro-kernels may keep as accumulators;
-    `vnni`: the CPU has AVX-512 VNNI (vpdpbusd: u8 x s8 dot products into int32); `amx`: it has
-    AMX-INT8 tiles (tdpbusd)."""
+    `vnni`: the CPU has AVX-512 VNNI (vpdpbusd: u8 x s8 dot products into int32); `amx`: the
+    AMX tile products it has ("amx-int8", "amx-bf16": LLVM's feature names)."""
     lanes: int
     accumulators: int
     vnni: bool = False
-    amx: bool = False
+    amx: tuple[str, ...] = ()
 
     @staticmethod
     def of(target) -> "VectorShape":
@@ -29,7 +29,8 @@ class VectorShape:
         if target_has_features("avx512f", target):
             return VectorShape(lanes=16, accumulators=28,
                                vnni=bool(target_has_features("avx512vnni", target)),
-                               amx=bool(target_has_features("amx-int8", target)))
+                               amx=tuple(f for f in ("amx-int8", "amx-bf16")
+                                         if target_has_features(f, target)))
         if target_has_features("avx2", target):
             return VectorShape(lanes=8, accumulators=12)
         return VectorShape(lanes=4, accumulators=12)

@@ -1,0 +1,173 @@
+"""Convolutions on AMX tiles (Sapphire Rapids and later): int8 (`tdpbusd`: uint8 x int8 into
+int32) and bfloat16 (`tdpbf16ps`: into float32).
+
+Eight tile registers of up to 16 rows x 64 bytes: one instruction adds the products of a 16 x 64
+byte A tile and a 16 x 64 byte B tile (4 int8 or 2 bfloat16 input channels per 32-bit lane, as
+VNNI) into a 16 x 16 C tile of 32-bit accumulators: 16,384 int8 or 8,192 bfloat16 multiply-adds.
+The kernel keeps four C tiles (two output rows x two blocks of 16 channels) for a whole
+reduction, loading two A tiles (P pixels of each row x one row of input channels) and two B
+tiles per step of input channels and one tap. It is written by hand (no TE schedule tensorizes a
+whole reduction into tile registers), complete as lowered: the schedule rules skip it.
+
+`select_conv_algorithm` records algorithm "amx" (weight_block 32) on a `qlinear_conv2d`, or a
+bfloat16 `conv2d` / `fused_conv2d`, where the target CPU has the AMX feature and `applies` says
+the layer fills the tiles; the lowering (`QLinearConv2d.lower_dot_product`,
+`ops.conv_kernel.lower_conv`) packs the input (`pack_input`) and the weight (`pack_weight`),
+calls `lower_kernel` and reads the accumulators back in its epilogue (`from_tiles`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NAME = "conv2d_amx"
+AMX = "amx"
+BLOCK = 32      # output channels per kernel step: two C tiles of 16
+ROW_BYTES = 64  # bytes of one tile row
+
+
+@dataclass(frozen=True)
+class AmxDtype:
+    """One kind of AMX product: operand dtypes, input channels per 32-bit lane, instruction,
+    accumulator dtype, and the target feature that has it."""
+
+    input: str
+    weight: str
+    pair: int
+    instruction: str
+    accumulator: str
+    feature: str
+
+    @property
+    def channels(self) -> int:
+        """Input channels per A tile row."""
+        return ROW_BYTES // np.dtype(self.input if self.input != "bfloat16" else "uint16").itemsize
+
+
+INT8 = AmxDtype("uint8", "int8", 4, "tdpbusd", "int32", "amx-int8")
+BFLOAT16 = AmxDtype("bfloat16", "bfloat16", 2, "tdpbf16ps", "float32", "amx-bf16")
+BY_INPUT = {kind.input: kind for kind in (INT8, BFLOAT16)}
+
+
+def pixels(out_width: int) -> int:
+    """Pixels per A tile: the largest divisor of the output row within 16 rows."""
+    return max(d for d in range(1, min(out_width, 16) + 1) if out_width % d == 0)
+
+
+def applies(kind: AmxDtype, in_channels: int, out_channels: int, out_height: int,
+            out_width: int, groups: int) -> bool:
+    """Whether the kernel computes this convolution: whole tile rows of input channels, blocks
+    of 32 output channels, pairs of output rows, at least 4 pixels per tile."""
+    return (groups == 1 and in_channels % kind.channels == 0 and out_channels % BLOCK == 0
+            and out_height % 2 == 0 and pixels(out_width) >= 4)
+
+
+def pack_weight(weight: np.ndarray, kind: AmxDtype) -> np.ndarray:
+    """OIHW -> [O / 16, I / channels, KH, KW, channels / pair, 16, pair]: per block of 16
+    output channels, tap and tile row of input channels, one B tile."""
+    o, i, kh, kw = weight.shape
+    c, pair = kind.channels, kind.pair
+    return weight.reshape(o // 16, 16, i // c, c // pair, pair, kh, kw) \
+        .transpose(0, 2, 5, 6, 3, 1, 4).copy()
+
+
+def pack_input(x, fill, conv, kind: AmxDtype):
+    """TE: x padded with `fill` (a TE expression: the zero point, or 0) to
+    [N, I / channels, H', W', channels] (A tile rows)."""
+    from tvm import te, tirx
+    n, in_channels, height, width = (int(d) for d in x.shape)
+    top, left, bottom, right = conv.padding
+    c = kind.channels
+
+    def value(b, g, i, j, k):
+        inside = tirx.all(i >= top, i < top + height, j >= left, j < left + width)
+        return tirx.if_then_else(inside, x[b, g * c + k, i - top, j - left], fill)
+
+    return te.compute((n, in_channels // c, height + top + bottom, width + left + right, c),
+                      value, name="amx_pack")
+
+
+def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blocks: int,
+           taps: tuple[int, int], out_size: tuple[int, int], conv):
+    """The PrimFunc (xp as `pack_input`, wp as `pack_weight`, acc [N, O / 16, OH, OW, 16] of
+    the accumulator dtype): parallel over images, output-channel pairs and row pairs; each task
+    configures the tiles (the configuration is per thread), zeroes four C tiles, runs the whole
+    reduction and stores them."""
+    from tvm.script import tirx as T
+    N, G, OB = batch, groups, blocks
+    HP, WP = padded
+    KH, KW = taps
+    OH, OW = out_size
+    (SH, SW), (DH, DW) = conv.stride, conv.dilation
+    C, PAIR = kind.channels, kind.pair
+    P = pixels(OW)
+    ROW = SW * ROW_BYTES   # bytes between an A tile's rows (neighbouring output pixels)
+    TASKS = N * (OB // 2) * (OH // 2)
+
+    def call(name, *args):
+        return T.call_llvm_intrin("void", f"llvm.x86.{name}", *args)
+
+    @T.prim_func(s_tir=True, private=True)   # add_func names it: one kernel per shape
+    def amx(xp: T.Buffer((N, G, HP, WP, C), kind.input),
+            wp: T.Buffer((OB, G, KH, KW, C // PAIR, 16, PAIR), kind.weight),
+            acc: T.Buffer((N, OB, OH, OW, 16), kind.accumulator)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
+                     "graphopt.schedule": NAME})
+        for task in T.parallel(TASKS):
+            n = task // ((OB // 2) * (OH // 2))
+            ob = task // (OH // 2) % (OB // 2) * 2
+            oh = task % (OH // 2) * 2
+            config = T.alloc_buffer((64,), "uint8", scope="local", align=64)
+            for i in range(64):
+                config[i] = T.uint8(0)
+            config[0] = T.uint8(1)                     # palette 1
+            for t in range(8):                         # tiles 0-3 C, 4-5 A: P rows; 6-7 B: 16
+                config[16 + 2 * t] = T.uint8(ROW_BYTES)
+                config[48 + t] = T.Select(t < 6, T.uint8(P), T.uint8(16))
+            T.evaluate(call("ldtilecfg", T.address_of(config[0])))
+            for ow in range(OW // P):
+                for t in T.unroll(4):      # unrolled: tile numbers are immediates
+                    T.evaluate(call("tilezero", T.Cast("int8", t)))
+                for g, ky, kx in T.grid(G, KH, KW):
+                    for r in T.unroll(2):
+                        T.evaluate(call("tileloadd64", T.Cast("int8", 4 + r), T.address_of(
+                            xp[n, g, (oh + r) * SH + ky * DH, ow * P * SW + kx * DW, 0]),
+                            T.int64(ROW)))
+                        T.evaluate(call("tileloadd64", T.Cast("int8", 6 + r), T.address_of(
+                            wp[ob + r, g, ky, kx, 0, 0, 0]), T.int64(ROW_BYTES)))
+                    for t in T.unroll(4):
+                        T.evaluate(call(kind.instruction, T.Cast("int8", t),
+                                        T.Cast("int8", 4 + t // 2), T.Cast("int8", 6 + t % 2)))
+                for t in T.unroll(4):
+                    T.evaluate(call("tilestored64", T.Cast("int8", t), T.address_of(
+                        acc[n, ob + t % 2, oh + t // 2, ow * P, 0]), T.int64(ROW_BYTES)))
+            T.evaluate(call("tilerelease"))
+
+    return amx
+
+
+def lower_kernel(bb, x, fill_of, weight: np.ndarray, conv, kind: AmxDtype):
+    """Relax: the packed input and the kernel's accumulators [N, O / 16, OH, OW, 16] for
+    `x` (NCHW) and the constant OIHW `weight`; `fill_of(x)` is the TE padding value."""
+    from tvm import relax
+    packed = pack_weight(weight, kind)
+    grouped = bb.emit(bb.call_te(lambda x: pack_input(x, fill_of(x), conv, kind), x,
+                                 primfunc_name_hint="amx_pack"))
+    n, groups, height, width, _ = (int(d) for d in grouped.ty.shape)
+    (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
+    k_h, k_w = weight.shape[2:]
+    out_h = (height - d_h * (k_h - 1) - 1) // s_h + 1
+    out_w = (width - d_w * (k_w - 1) - 1) // s_w + 1
+    func = kernel(kind, n, groups, (height, width), packed.shape[0], (k_h, k_w),
+                  (out_h, out_w), conv)
+    acc_type = relax.TensorType((n, packed.shape[0], out_h, out_w, 16), kind.accumulator)
+    return bb.emit(relax.call_tir(bb.add_func(func, NAME), [grouped, relax.const(packed,
+                                  kind.weight)], out_ty=acc_type))
+
+
+def from_tiles(acc, out_channels: int):
+    """TE: the accumulators [N, O / 16, OH, OW, 16] as NCHW [N, O, OH, OW]."""
+    from tvm import te
+    n, _, height, width, _ = (int(d) for d in acc.shape)
+    return te.compute((n, out_channels, height, width),
+                      lambda b, c, i, j: acc[b, c // 16, i, j, c % 16], name="from_tiles")
