@@ -1,5 +1,6 @@
-"""CPU latency of int8 models: graphopt's compiled int8 graph (`go.quantize`, then `go.compile`:
-the convolutions on the host CPU's dot-product instruction) and the same graph compiled for
+"""CPU latency of int8 and bfloat16 models: graphopt's compiled int8 graph (`go.quantize`, then
+`go.compile`: the convolutions on the host CPU's AMX tiles or dot-product instruction), its
+bfloat16 graph (AMX-BF16 tiles where the CPU has them), and the int8 graph compiled for
 older CPUs this host can also run (AVX-512 without VNNI, AVX2: vpmaddwd kernels), against
 graphopt fp32, ONNX Runtime fp32 and ONNX Runtime int8 (a QDQ model from its own
 `quantize_static`: per-channel int8 weights, uint8 activations, the same calibration samples),
@@ -107,8 +108,10 @@ def bench(model: str, batch: int, threads: int, repeat: int, folder: str,
     calibration = [{"input": rng.standard_normal(shape).astype(np.float32)} for _ in range(4)]
     feeds = {"input": rng.standard_normal(shape).astype(np.float32)}
     int8 = go.quantize(graph, go.calibrate(graph, calibration)).graph
-    def kernel_of(model) -> str:
-        convs = {n.op.conv.algorithm for n in model.graph.nodes if n.op_name == "qlinear_conv2d"}
+    def kernel_of(model, ops=("qlinear_conv2d",)) -> str:
+        """The algorithms of the model's convolutions, e.g. "amx/vnni"."""
+        convs = {getattr(n.op, "conv", n.op).algorithm for n in model.graph.nodes
+                 if n.op_name in ops}
         return "/".join(sorted(convs))
 
     host_build = go.compile(int8, threads=threads)
@@ -118,7 +121,9 @@ def bench(model: str, batch: int, threads: int, repeat: int, folder: str,
             if flag in cpu_flags():
                 build = go.compile(int8, threads=threads, mcpu=mcpu)
                 runners[f"graphopt int8, {label} ({kernel_of(build)})"] = tvm_runner(build)
+    half = go.compile(go.quantize(graph, "bfloat16").graph, threads=threads)
     runners.update({
+        f"graphopt bf16 ({kernel_of(half, ('conv2d', 'fused_conv2d'))})": tvm_runner(half),
         "graphopt fp32": tvm_runner(go.compile(graph, threads=threads)),
         "ORT int8 (QDQ)": ort_int8_runner(graph, calibration, threads, folder),
         "ORT fp32": ort_runner(graph, threads),

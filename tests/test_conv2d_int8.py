@@ -179,3 +179,23 @@ def test_amx_library_runs_in_a_fresh_process(tmp_path):
     for threads in (1, 2):
         found = run_with_only_the_runtime(path, inputs, tmp_path / str(threads), threads)
         np.testing.assert_array_equal(found["y"], go.interpret(graph, inputs)["y"])
+
+
+def test_a_network_of_amx_layers_of_several_shapes():
+    """One kernel per shape in one library (each layer's PrimFunc is named apart), each equal
+    to the interpreter where the host has AMX."""
+    with go.dsl.Builder("amx_net", seed=0) as b:
+        x = b.input("input", (1, 64, 16, 16))
+        y = go.dsl.relu(go.dsl.conv2d(x, 64, 3, padding=1, name="c1"))
+        y = go.dsl.relu(go.dsl.conv2d(y, 128, 3, stride=2, padding=1, name="c2"))
+        graph = b.output(go.dsl.conv2d(y, 64, 1, name="c3"))
+    rng = np.random.default_rng(0)
+    samples = [{"input": rng.standard_normal((1, 64, 16, 16)).astype(np.float32)}
+               for _ in range(3)]
+    q = go.quantize(graph, go.calibrate(graph, samples)).graph
+    model = go.compile(q, "cpu", mcpu=AMX_BUILD[0])
+    assert [n.op.conv.algorithm for n in model.graph.nodes if n.op_name == "qlinear_conv2d"] \
+        == ["amx"] * 3
+    if "amx_int8" in host_flags():
+        np.testing.assert_array_equal(model.run(samples[0])["output"],
+                                      go.interpret(q, samples[0])["output"])
