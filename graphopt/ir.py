@@ -196,6 +196,10 @@ class Graph:
             if name not in self._names:
                 return name
 
+    def has_name(self, name: str) -> bool:
+        """Whether a node or value of this graph is named `name` (they share one namespace)."""
+        return name in self._names
+
     def _claim(self, name: str) -> str:
         if not isinstance(name, str):
             raise VerifyError(f"expected a str name in graph '{self.name}', found {name!r}")

@@ -54,6 +54,7 @@ def test_shape_error_names_node_and_user_line():
         with pytest.raises(ShapeError) as info:
             location = here()
             dsl.add(x, y, name="merge")
+        b.output(x)
     message = str(info.value)
     assert info.value.node == "merge" and info.value.op == "add"
     assert message.startswith("node 'merge' (add): expected broadcastable shapes")
@@ -68,6 +69,7 @@ def test_shape_error_from_operator_points_at_user_line():
             with pytest.raises(ShapeError) as info:
                 location = here()
                 h + x
+        b.output(h)
     assert info.value.node == "block.add" and f"(at {location})" in str(info.value)
 
 
@@ -77,6 +79,7 @@ def test_linear_on_wrong_features_points_at_user_line():
         with pytest.raises(ShapeError) as info:
             location = here()
             dsl.linear(x, 5, weight=np.zeros((5, 11), np.float32), name="fc")
+        b.output(x)
     message = str(info.value)
     assert "node 'fc'" in message and "expected weight of shape (5, 12), found (5, 11)" in message
     assert f"(at {location})" in message
@@ -88,6 +91,7 @@ def test_conv_groups_mismatch_points_at_user_line():
         with pytest.raises(ShapeError) as info:
             location = here()
             dsl.conv2d(x, 4, kernel=3, groups=2, name="gconv")
+        b.output(x)
     assert info.value.node == "gconv" and info.value.op == "conv2d"
     assert "divisible by groups 2" in str(info.value) and f"(at {location})" in str(info.value)
 
@@ -123,6 +127,7 @@ def test_wrong_shaped_user_weights_are_rejected(layer, kwargs, message):
         with pytest.raises(ShapeError, match=message) as info:
             location = here()
             layer(x, name="c", **kwargs)
+        b.output(x)
     assert info.value.node == "c" and f"(at {location})" in str(info.value)
     assert info.value.op == layer.__name__
 
@@ -133,6 +138,7 @@ def test_output_name_taken_by_a_node_is_refused_clearly():
         y = dsl.relu(dsl.relu(x, name="first"), name="second")
         with pytest.raises(go.GraphoptError, match="output name 'first' is already the name of a node"):
             b.output(y, names=["first"])
+        b.output(y)
 
 
 def constants_of(g):
@@ -212,7 +218,7 @@ def test_output_names_and_passthrough():
     np.testing.assert_array_equal(out["same"], [[-1, 2], [3, -4]])
     np.testing.assert_array_equal(out["act"], [[0, 2], [3, 0]])
     np.testing.assert_array_equal(out["act"], out["act_again"])
-    with dsl.Builder("io") as b, pytest.raises(GraphoptError, match="expected 1 output names"):
+    with pytest.raises(GraphoptError, match="expected 1 output names"), dsl.Builder("io") as b:
         b.output(b.input("x", (1,)), names=["a", "b"])
 
 
@@ -224,6 +230,8 @@ def test_layers_outside_a_builder_fail_clearly():
 @pytest.mark.parametrize("build, shape", [
     (lambda x: dsl.conv2d(x, 4, kernel=3, padding="same"), (1, 4, 9, 9)),
     (lambda x: dsl.conv2d(x, 4, kernel=4, padding="same", dilation=2), (1, 4, 9, 9)),
+    (lambda x: dsl.conv2d(x, 4, kernel=4, padding="same", stride=2), (1, 4, 5, 5)),
+    (lambda x: dsl.conv2d(x, 4, kernel=(3, 5), padding="valid"), (1, 4, 7, 5)),
     (lambda x: dsl.conv2d(x, 6, kernel=3, groups=3, stride=2), (1, 6, 4, 4)),
     (lambda x: dsl.conv_transpose2d(x, 2, kernel=4, stride=2, padding=1), (1, 2, 18, 18)),
     (lambda x: dsl.pad(x, (1, 2, 3, 4)), (1, 3, 13, 15)),
@@ -244,7 +252,7 @@ def test_layer_shapes(build, shape):
 
 
 def test_resize_needs_size_or_scale():
-    with dsl.Builder("r") as b, pytest.raises(GraphoptError, match="needs a size or a scale"):
+    with pytest.raises(GraphoptError, match="needs a size or a scale"), dsl.Builder("r") as b:
         dsl.resize(b.input("x", (1, 1, 2, 2)))
 
 
@@ -253,6 +261,7 @@ def test_resize_needs_size_or_scale():
 def test_resize_by_scale_floors_like_pytorch(scale, mode, size):
     with dsl.Builder("resize") as b:
         y = dsl.resize(b.input("x", (1, 3, 5, 5)), scale=scale, mode=mode)
+        b.output(y)
     assert y.shape == (1, 3, *size)
 
 
@@ -263,3 +272,89 @@ def test_resize_bad_arguments_are_clear_errors(kwargs, error):
         x = b.input("x", (1, 3, 5, 5))
         with pytest.raises(error, match="resize"):
             dsl.resize(x, **kwargs)
+        b.output(x)
+
+
+def conv_with_named_padding(shape, kernel, stride, dilation, groups, padding):
+    """A one-conv graph with padding "same" or "valid", its weights and a random input."""
+    with dsl.Builder("named_padding", seed=3) as b:
+        x = b.input("input", shape)
+        g = b.output(dsl.conv2d(x, 6, kernel, stride=stride, padding=padding, dilation=dilation,
+                                groups=groups, name="conv"))
+    x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    return g, g.constants["conv.weight"].data, g.constants["conv.bias"].data, x
+
+
+# (input shape, kernel, dilation, groups, padding): torch's F.conv2d, stride 1
+NAMED_PADDING = [
+    ((1, 4, 9, 8), 3, 1, 1, "same"),
+    ((1, 4, 9, 8), 4, 1, 2, "same"),          # even kernel: the odd pad goes bottom/right
+    ((1, 4, 9, 8), 2, 1, 1, "same"),
+    ((1, 4, 9, 8), 4, 2, 1, "same"),          # dilated even kernel: 6 pads, 3 on each side
+    ((2, 4, 10, 7), (2, 3), (3, 2), 1, "same"),
+    ((1, 4, 5, 5), 5, 1, 2, "same"),          # the kernel as large as the input
+    ((1, 4, 9, 8), 1, 1, 1, "same"),
+    ((1, 4, 9, 8), 5, 1, 1, "valid"),
+    ((1, 4, 9, 8), (3, 2), (2, 3), 2, "valid"),
+]
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("shape, kernel, dilation, groups, padding", NAMED_PADDING)
+def test_named_padding_is_torchs(shape, kernel, dilation, groups, padding):
+    torch = pytest.importorskip("torch")
+    g, w, bias, x = conv_with_named_padding(shape, kernel, 1, dilation, groups, padding)
+    with torch.no_grad():
+        expected = torch.nn.functional.conv2d(
+            torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(bias), padding=padding,
+            dilation=dilation, groups=groups).numpy()
+    found = go.interpret(g, {"input": x})["output"]
+    assert found.shape == expected.shape
+    np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-5)
+
+
+# (input shape, kernel, stride, dilation): torch refuses "same" at a stride; graphopt's is
+# ONNX's auto_pad SAME_UPPER (output = ceil(input / stride), the odd pad at the end)
+STRIDED_SAME = [
+    ((1, 2, 16, 15), 3, 2, 1),
+    ((1, 2, 15, 16), 4, 3, 1),
+    ((1, 2, 9, 10), 3, (2, 3), 2),
+    ((1, 2, 7, 7), 1, 2, 1),
+]
+
+
+@pytest.mark.parametrize("shape, kernel, stride, dilation", STRIDED_SAME)
+def test_same_padding_at_a_stride_is_onnx_same_upper(shape, kernel, stride, dilation):
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+    g, w, bias, x = conv_with_named_padding(shape, kernel, stride, dilation, 1, "same")
+    pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], auto_pad="SAME_UPPER",
+                            strides=pair(stride), dilations=pair(dilation))
+    model = helper.make_model(helper.make_graph(
+        [node], "same_upper", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")]))
+    expected = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    found = go.interpret(g, {"input": x})["output"]
+    assert found.shape == expected.shape == (*shape[:1], 6, *(-(-n // s) for n, s in zip(
+        shape[2:], pair(stride))))
+    np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_two_layers_given_one_name_are_refused_naming_both():
+    with pytest.raises(GraphoptError) as info, dsl.Builder("names") as b:
+        x = b.input("x", (1, 2, 6, 6))
+        first = here()
+        y = dsl.conv2d(x, 2, kernel=3, name="c")
+        second = here()
+        dsl.conv2d(y, 2, kernel=3, name="c")
+    assert (info.value.node, info.value.op) == ("c", "conv2d")
+    assert f"the name 'c' (at {second}) is taken by node 'c' (conv2d, written at {first})" \
+        in str(info.value)
+
+
+def test_forgetting_the_output_is_refused():
+    with pytest.raises(GraphoptError, match=r"graph 'tiny' has no outputs: call `b.output"):
+        with dsl.Builder("tiny") as b:
+            dsl.relu(b.input("input", (1, 4)))

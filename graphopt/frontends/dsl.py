@@ -8,10 +8,14 @@
 Shapes are checked as each layer is written; a shape error names the node and points at the
 user's file and line. Weights are initialised deterministically from the builder's seed (He init
 for convolutions and linear layers, non-trivial statistics for batch_norm) unless given as arrays.
+Layers are written inside the `with` block, each `name=` given once, and the block ends with
+`b.output(...)`: anything else is a GraphoptError, not a silently renamed layer, a changed
+finished graph or a graph without outputs.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import numbers
 import os
 import sys
@@ -76,6 +80,8 @@ class Builder:
         self.rng = np.random.default_rng(seed)
         self._scopes: list[str] = []
         self._finished = False
+        self._closed = False
+        self._written_at: dict[str, str] = {}    # node name -> the user's file:line
 
     # ---- context ------------------------------------------------------------------------------
     def __enter__(self) -> "Builder":
@@ -84,8 +90,40 @@ class Builder:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         _stack().pop()
-        if exc_type is None and self._finished:
-            verify(self.graph)
+        self._closed = True
+        if exc_type is not None:
+            return
+        if not self._finished:
+            raise GraphoptError(f"graph '{self.graph.name}' has no outputs: call "
+                                f"`b.output(...)` inside the `with dsl.Builder(...)` block "
+                                f"(at {_user_location()})")
+        verify(self.graph)
+
+    def expect_open(self, what: str, op: str | None = None) -> None:
+        """Refuse to add `what` once the `with` block has ended: the graph is finished (and
+        verified), and a layer added now would silently change it."""
+        if self._closed:
+            raise GraphoptError(f"{what} after the `with dsl.Builder('{self.graph.name}')` "
+                                f"block ended (at {_user_location()}); the graph is finished: "
+                                f"write every layer inside the block", op=op)
+
+    def claim(self, name: str, op: str) -> str:
+        """`name` as given by the user, refused if a node or value already has it (the graph
+        would otherwise rename the second layer silently, e.g. 'c' to 'c_3')."""
+        qualified = self.qualified(name)
+        if self.graph.has_name(qualified):
+            raise GraphoptError(f"the name '{qualified}' (at {_user_location()}) is taken by "
+                                f"{self._holder(qualified)}: give each layer its own name",
+                                node=qualified, op=op)
+        return name
+
+    def _holder(self, name: str) -> str:
+        for node in self.graph.nodes:
+            if name == node.name or any(name == out.name for out in node.outputs):
+                where = self._written_at.get(node.name)
+                return f"node '{node.name}' ({node.op_name}" + \
+                    (f", written at {where})" if where else ")")
+        return f"the {'constant' if name in self.graph.constants else 'graph input'} '{name}'"
 
     @contextlib.contextmanager
     def scope(self, name: str) -> Iterator[None]:
@@ -102,6 +140,7 @@ class Builder:
     # ---- graph boundary ---------------------------------------------------------------------------
     def input(self, name: str, shape: Sequence[int], dtype: str = "float32") -> Tensor:
         """A graph input; dimensions must be non-negative ints (8.7 or True are refused)."""
+        self.expect_open(f"input '{name}' added")
         try:
             type_ = TensorType(shape, dtype)
         except ShapeError as e:
@@ -109,11 +148,13 @@ class Builder:
         return Tensor(self.graph.add_input(name, type_), self)
 
     def constant(self, name: str, data) -> Tensor:
+        self.expect_open(f"constant '{name}' added")
         return Tensor(self.graph.add_constant(self.qualified(name), np.asarray(data)), self)
 
     def output(self, *tensors: Tensor, names: Sequence[str] | None = None) -> Graph:
         """Mark the graph outputs (named 'output', or 'output0', 'output1', ... unless `names`)
         and return the finished graph."""
+        self.expect_open("`b.output(...)` called")
         if names is None:
             names = ["output"] if len(tensors) == 1 else [f"output{i}" for i in range(len(tensors))]
         if len(names) != len(tensors):
@@ -139,7 +180,9 @@ class Builder:
 
     # ---- used by the layer functions -------------------------------------------------------------
     def apply(self, op: ops.Op, inputs: Sequence[Tensor | Value], name: str | None = None) -> Tensor:
-        node_name = self.qualified(name or op.name)
+        """Add `op` on `inputs` as a node named `name` (a fresh '<op>', '<op>_1', ... if None)."""
+        self.expect_open(f"layer {op.name} called", op=op.name)
+        node_name = self.qualified(self.claim(name, op.name) if name else op.name)
         for t in inputs:
             if not isinstance(t, (Tensor, Value)):
                 raise GraphoptError(f"expected DSL tensors as inputs, found {type(t).__name__} "
@@ -150,6 +193,7 @@ class Builder:
         except ShapeError as e:
             raise ShapeError(f"{e.detail} (at {_user_location()})", node=e.node or node_name,
                              op=op.name) from None
+        self._written_at[node.name] = _user_location()
         return Tensor(node.outputs[0], self)
 
     def weight(self, node: str, what: str, shape: tuple[int, ...], init, given, dtype: str,
@@ -245,9 +289,13 @@ def convert(data, dtype: str, what: str) -> np.ndarray:
     return converted
 
 
-def _name(name: str | None, default: str) -> str:
-    return name if name is not None else current().graph.fresh_name(current().qualified(default)) \
-        .split(".")[-1]
+def _name(b: Builder, name: str | None, default: str, op: str) -> str:
+    """A layer's name before its weights are added: the user's (refused if taken), or a fresh
+    one made from `default`."""
+    b.expect_open(f"layer {op} called", op=op)
+    if name is not None:
+        return b.claim(name, op)
+    return b.graph.fresh_name(b.qualified(default)).split(".")[-1]
 
 
 def _as_tensor(x, like: Tensor, b: Builder, name: str | None, op: str) -> Tensor:
@@ -261,29 +309,38 @@ def _as_tensor(x, like: Tensor, b: Builder, name: str | None, op: str) -> Tensor
     return b.constant("const", data)
 
 
-def _same_padding(kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int, int, int]:
-    total = [d * (k - 1) for k, d in zip(kernel, dilation)]
-    return (total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2)
+def _padding_named(padding: str, sizes, kernel, stride, dilation) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) for padding "valid" (none) or "same". "same" at stride 1 is
+    torch's: output size = input size, d * (k - 1) pads in all, the odd one at the bottom/right.
+    At a larger stride (which torch refuses) it is ONNX's SAME_UPPER and TensorFlow's "SAME":
+    output size = ceil(input / stride), the odd pad at the bottom/right again."""
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding != "same":
+        raise ShapeError(f"expected padding as an int, (h, w), (top, left, bottom, right), "
+                         f"'same' or 'valid', found {padding!r}")
+    totals = [max(0, (-(-n // s) - 1) * s + d * (k - 1) + 1 - n)
+              for n, k, s, d in zip(sizes, kernel, stride, dilation)]
+    return (totals[0] // 2, totals[1] // 2, totals[0] - totals[0] // 2, totals[1] - totals[1] // 2)
 
 
 # ---- layers with weights -------------------------------------------------------------------------
 def conv2d(x: Tensor, out_channels: int, kernel, stride=1, padding=0, dilation=1, groups: int = 1,
            bias: bool = True, weight=None, bias_value=None, name: str | None = None) -> Tensor:
     """Convolution with a [out_channels, in/groups, kh, kw] weight; padding may be an int, (h, w),
-    (top, left, bottom, right) or "same"."""
+    (top, left, bottom, right), "valid" (0) or "same" (torch's at stride 1, see
+    `_padding_named`)."""
     b = _builder_of(x)
-    name = _name(name, "conv")
+    name = _name(b, name, "conv", "conv2d")
 
     def plan():
         kernel_hw = ops.base.pair(kernel, "kernel")
-        pads = padding
-        if isinstance(padding, str):
-            if padding != "same":
-                raise ShapeError(f"expected padding as an int, (h, w), (top, left, bottom, "
-                                 f"right) or 'same', found {padding!r}")
-            pads = _same_padding(kernel_hw, ops.base.pair(dilation, "dilation"))
-        op = ops.Conv2d(stride, pads, dilation, groups)
+        op = ops.Conv2d(stride, 0 if isinstance(padding, str) else padding, dilation, groups)
         shape = _grouped_weight(x, _count(out_channels, "out_channels"), op.groups, kernel_hw)
+        if isinstance(padding, str):
+            ops.base.expect_rank(x.value.type, 4, "input x")
+            op = dataclasses.replace(op, padding=_padding_named(
+                padding, x.shape[2:], kernel_hw, op.stride, op.dilation))
         op.infer(x.value.type, TensorType(shape, x.dtype))   # before any weight is drawn
         return op, shape
 
@@ -317,7 +374,7 @@ def conv_transpose2d(x: Tensor, out_channels: int, kernel, stride=1, padding=0, 
                      name: str | None = None) -> Tensor:
     """Transposed convolution with a [in, out_channels/groups, kh, kw] weight."""
     b = _builder_of(x)
-    name = _name(name, "deconv")
+    name = _name(b, name, "deconv", "conv_transpose2d")
 
     def plan():
         op = ops.ConvTranspose2d(stride, padding, output_padding, dilation, groups)
@@ -342,7 +399,7 @@ def batch_norm(x: Tensor, epsilon: float = 1e-5, scale=None, bias=None, mean=Non
     """Inference batch norm. Random statistics are deliberately non-trivial (mean != 0,
     var != 1, scale != 1) so that folding it into a convolution is really exercised."""
     b = _builder_of(x)
-    name = _name(name, "bn")
+    name = _name(b, name, "bn", "batch_norm")
     op = _op(b, name, ops.BatchNorm, epsilon)
     _checked(b, name, op.name, lambda: _expect_tensor(x))
     c = (x.shape[1],) if len(x.shape) >= 2 else (0,)
@@ -361,7 +418,7 @@ def linear(x: Tensor, out_features: int, bias: bool = True, weight=None, bias_va
            name: str | None = None) -> Tensor:
     """Fully connected layer with a [out_features, in_features] weight (torch's layout)."""
     b = _builder_of(x)
-    name = _name(name, "fc")
+    name = _name(b, name, "fc", "linear")
     op = ops.Linear()
 
     def plan():
@@ -387,7 +444,6 @@ def _unary(x: Tensor, name: str | None, op_class: type[ops.Op], *args) -> Tensor
 
 def identity(x, name=None): return _unary(x, name, ops.Identity)
 def relu(x, name=None): return _unary(x, name, ops.Relu)
-def relu6(x, name=None): return _unary(x, name or "relu6", ops.Clip, 0.0, 6.0)
 def clip(x, min=None, max=None, name=None): return _unary(x, name, ops.Clip, min, max)
 def leaky_relu(x, alpha=0.01, name=None): return _unary(x, name, ops.LeakyRelu, alpha)
 def sigmoid(x, name=None): return _unary(x, name, ops.Sigmoid)
@@ -399,6 +455,11 @@ def global_max_pool2d(x, name=None): return _unary(x, name, ops.GlobalMaxPool2d)
 def flatten(x, axis=1, name=None): return _unary(x, name, ops.Flatten, axis)
 def reshape(x, shape, name=None): return _unary(x, name, ops.Reshape, shape)
 def transpose(x, perm, name=None): return _unary(x, name, ops.Transpose, perm)
+
+
+def relu6(x, name=None):
+    """clip(x, 0, 6), its node named 'relu6' (then 'relu6_1', ...) unless `name`."""
+    return _unary(x, _name(_builder_of(x), name, "relu6", "clip"), ops.Clip, 0.0, 6.0)
 
 
 def lrn(x, size=5, alpha=1e-4, beta=0.75, bias=1.0, name=None):
@@ -453,6 +514,7 @@ def resize(x, size=None, scale=None, mode="nearest", align_corners=False, name=N
 
 def _binary(op: ops.Op, a, b_, name) -> Tensor:
     b = _builder_of(a, b_)
+    b.expect_open(f"layer {op.name} called", op=op.name)    # before a number becomes a constant
     if not isinstance(a, Tensor) and not isinstance(b_, Tensor):
         raise GraphoptError(f"expected a DSL tensor among the operands, found "
                             f"{type(a).__name__} and {type(b_).__name__} (at {_user_location()})",

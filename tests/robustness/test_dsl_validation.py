@@ -39,7 +39,9 @@ LAYERS = [
     ("conv_stride_pair_float", lambda x: dsl.conv2d(x, 4, 3, stride=(1, 1.5)), None, "conv",
      "conv2d", r"expected an integer stride, found 1.5"),
     ("conv_padding_bogus", lambda x: dsl.conv2d(x, 4, 3, padding="bogus"), None, "conv",
-     "conv2d", r"expected padding as an int, .* or 'same', found 'bogus'"),
+     "conv2d", r"expected padding as an int, .* 'same' or 'valid', found 'bogus'"),
+    ("conv_padding_same_on_rank3", lambda x: dsl.conv2d(x, 4, 3, padding="same"), (3, 8, 8),
+     "conv", "conv2d", r"expected input x of rank 4, found float32\[3,8,8\]"),
     ("conv_padding_negative", lambda x: dsl.conv2d(x, 4, 3, padding=-1), None, "conv", "conv2d",
      r"non-negative padding"),
     ("conv_dilation0", lambda x: dsl.conv2d(x, 4, 3, dilation=0), None, "conv", "conv2d",
@@ -58,6 +60,13 @@ LAYERS = [
      "conv2d", r"holds ~10\*\*19 elements; graphopt refuses shapes beyond 2\*\*40"),
     ("deconv_out0", lambda x: dsl.conv_transpose2d(x, 0, 3), None, "deconv", "conv_transpose2d",
      r"expected a positive out_channels"),
+    # torch's transposed convolutions and pools take no named padding either
+    ("deconv_padding_same", lambda x: dsl.conv_transpose2d(x, 4, 3, padding="same"), None,
+     "deconv", "conv_transpose2d", r"expected padding as an int, .* found 'same'"),
+    ("max_pool_padding_same", lambda x: dsl.max_pool2d(x, 3, padding="same"), None,
+     "max_pool2d", "max_pool2d", r"expected padding as an int, .* found 'same'"),
+    ("avg_pool_padding_valid", lambda x: dsl.avg_pool2d(x, 3, padding="valid"), None,
+     "avg_pool2d", "avg_pool2d", r"expected padding as an int, .* found 'valid'"),
     ("deconv_groups0", lambda x: dsl.conv_transpose2d(x, 4, 3, groups=0), None, "deconv",
      "conv_transpose2d", r"expected positive stride/dilation/groups"),
     ("linear_out0", lambda x: dsl.linear(dsl.flatten(x), 0), None, "fc", "linear",
@@ -188,7 +197,7 @@ def test_given_weights_are_checked_like_operands():
 
 def test_non_tensors_as_layer_inputs_are_refused():
     with dsl.Builder("bad") as b:
-        b.input("input", (1, 3, 8, 8))
+        x = b.input("input", (1, 3, 8, 8))
         with pytest.raises(ShapeError, match=r"node 'conv' \(conv2d\): expected a DSL tensor as "
                                              r"input, found ndarray"):
             dsl.conv2d(np.zeros((1, 3, 8, 8), np.float32), 4, 3, name="conv")
@@ -196,6 +205,64 @@ def test_non_tensors_as_layer_inputs_are_refused():
             dsl.relu(np.zeros(3))
         with pytest.raises(GraphoptError, match=r"expected a DSL tensor among the operands"):
             dsl.add(1, 2)
+        b.output(x)
+
+
+def scoped_twice(b, x):
+    with b.scope("block"):
+        y = dsl.relu(x, name="act")
+    with b.scope("block"):
+        dsl.relu(y, name="act")
+
+
+# (id, what the user writes inside `with dsl.Builder("misused") as b`, x being its input, error)
+MISUSES = [
+    ("two_layers_one_name", lambda b, x: dsl.conv2d(dsl.conv2d(x, 4, 3, name="c"), 4, 3, name="c"),
+     r"node 'c' \(conv2d\): the name 'c' \(at .*test_dsl_validation.py:\d+\) is taken by "
+     r"node 'c' \(conv2d, written at .*test_dsl_validation.py:\d+\): give each layer its own name"),
+    ("relu_named_like_a_conv", lambda b, x: dsl.relu(dsl.conv2d(x, 4, 3, name="c"), name="c"),
+     r"node 'c' \(relu\): the name 'c' .* is taken by node 'c' \(conv2d"),
+    ("add_named_like_a_relu", lambda b, x: dsl.add(dsl.relu(x, name="r"), x, name="r"),
+     r"node 'r' \(add\): the name 'r' .* is taken by node 'r' \(relu"),
+    ("one_name_in_one_scope", scoped_twice, r"node 'block.act' \(relu\): the name 'block.act'"),
+    ("layer_named_like_the_input", lambda b, x: dsl.batch_norm(x, name="input"),
+     r"node 'input' \(batch_norm\): the name 'input' .* is taken by the graph input 'input'"),
+    ("no_output", lambda b, x: dsl.relu(x),
+     r"graph 'misused' has no outputs: call `b.output\(...\)` inside the `with "
+     r"dsl.Builder\(...\)` block \(at .*test_dsl_validation.py:\d+\)"),
+]
+
+
+@pytest.mark.parametrize("misuse, pattern", [row[1:] for row in MISUSES],
+                         ids=[row[0] for row in MISUSES])
+def test_builder_misuse_is_a_clear_error(misuse, pattern):
+    with pytest.raises(GraphoptError, match=pattern):
+        with dsl.Builder("misused", seed=0) as b:
+            misuse(b, b.input("input", (1, 3, 8, 8)))
+
+
+# (id, what the user writes after the `with dsl.Builder("finished") as b` block, error)
+LATE = [
+    ("relu", lambda b, x: dsl.relu(x),
+     r"relu: layer relu called after the `with dsl.Builder\('finished'\)` block ended \(at "
+     r".*test_dsl_validation.py:\d+\); the graph is finished: write every layer inside"),
+    ("conv2d", lambda b, x: dsl.conv2d(x, 4, 3), r"conv2d: layer conv2d called after the"),
+    ("add", lambda b, x: x + 1, r"add: layer add called after the"),
+    ("input", lambda b, x: b.input("late", (1,)), r"input 'late' added after the"),
+    ("output", lambda b, x: b.output(x, names=["again"]), r"`b.output\(...\)` called after the"),
+]
+
+
+@pytest.mark.parametrize("late, pattern", [row[1:] for row in LATE], ids=[row[0] for row in LATE])
+def test_a_layer_after_the_block_is_refused_and_the_graph_kept(late, pattern):
+    with dsl.Builder("finished") as b:
+        x = b.input("input", (1, 3, 8, 8))
+        graph = b.output(dsl.relu(x))
+    with pytest.raises(GraphoptError, match=pattern):
+        late(b, x)
+    assert [n.op_name for n in graph.nodes] == ["relu"] and graph.output_names == ["output"]
+    assert set(graph.constants) == set()
+    go.verify(graph)
 
 
 def test_a_bad_seed_is_refused():
