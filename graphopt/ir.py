@@ -246,9 +246,14 @@ class Graph:
 
     # ---- editing --------------------------------------------------------------------------------
     def replace_all_uses(self, old: Value, new: Value) -> None:
-        """Make every user of `old` (and the graph outputs) use `new` instead."""
+        """Make every user of `old` (and the graph outputs) use `new` instead. A node built to
+        stand for `old`'s producer (nothing reads it yet, it does not read `old`, and its
+        provenance is still its own name) takes that producer's provenance, so that a pass need
+        not set it for compare's per-layer view to line the new node up with the original."""
         if old.type != new.type:
             raise VerifyError(f"cannot replace %{old.name}: {old.type} by %{new.name}: {new.type}")
+        if self._stands_in(new.producer, old):
+            new.producer.provenance = old.producer.provenance
         # The node producing `new` may itself read `old` (a node inserted after `old`): it keeps it.
         kept = [u for u in old.users if u is new.producer]
         for user in old.users:
@@ -262,6 +267,13 @@ class Graph:
         for i, out in enumerate(self.outputs):
             if out is old:
                 self.outputs[i] = new
+
+    def _stands_in(self, node: Node | None, old: Value) -> bool:
+        """Whether `node` is a fresh replacement for `old`'s producer (see replace_all_uses)."""
+        if node is None or old.producer is None or node is old.producer:
+            return False
+        return node.provenance == (node.name,) and all(v is not old for v in node.inputs) and \
+            not any(out.users or any(out is o for o in self.outputs) for out in node.outputs)
 
     def remove_node(self, node: Node) -> None:
         """Remove a node whose outputs are unused."""
