@@ -299,15 +299,18 @@ def test_compiled_cpu_matches_the_interpreter(model, dtype):
     assert go.compare(q, m, feeds).ok           # against the half graph in float64
     report = go.compare(g, m, feeds)            # against the float32 original
     assert report.ok and report.outputs[0].tolerance == FLOAT_TOLERANCE[dtype], report
-    # half convolutions and dense layers are plain kernels accumulating in float32
+    # half convolutions are the tiled float32 kernel on widened operands (AMX tiles where
+    # bfloat16 layers fill them), dense layers plain kernels accumulating in float32
     for node in m.graph.nodes:
-        if node.op_name in ("conv2d", "fused_conv2d", "linear"):
-            conv = getattr(node.op, "conv", node.op)
-            assert conv.target_choice() in ("", "direct"), node
+        if node.op_name in ("conv2d", "fused_conv2d"):
+            assert node.op.conv.algorithm in ("direct", "amx") if node.op_name == "fused_conv2d" \
+                else node.op.algorithm in ("direct", "amx"), node
+        if node.op_name == "linear":
+            assert node.op.target_choice() in ("", "direct"), node
 
 
 @pytest.mark.parametrize("dtype", HALF)
-def test_no_winograd_onednn_or_packed_weights_for_half_layers(dtype):
+def test_half_layers_get_float32_kernels_on_widened_operands_not_winograd_or_onednn(dtype):
     with dsl.Builder("winograd_shaped", seed=0) as b:   # 3x3 stride 1: Winograd's shape
         x = b.input("input", (1, 128, 14, 14))
         y = dsl.relu(dsl.conv2d(x, 128, 3, padding=1, name="conv"))
@@ -322,7 +325,8 @@ def test_no_winograd_onednn_or_packed_weights_for_half_layers(dtype):
         half = optimize_for_target(go.quantize(graph, dtype).graph, "cpu", options)[0].graph
         convs = [n.op.conv for n in half.nodes if n.op_name == "fused_conv2d"]
         dense = [n.op for n in half.nodes if n.op_name == "linear"]
-        assert convs and all(c == c.plain for c in convs)   # ...half precision does not
+        # ...half precision gets the tiled kernel, its weight packed (as float32 at lowering)
+        assert convs and all(c.algorithm == "direct" and c.weight_block for c in convs)
         assert dense and all(d.weight_block == 0 for d in dense)
 
 

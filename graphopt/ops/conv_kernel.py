@@ -49,9 +49,12 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
         weight, compute = relax.const(u, str(u.dtype)), winograd_conv2d
         name = "conv2d_winograd"
     elif conv.weight_block:
-        packed = pack_weight(constant_operand(w, decision), conv.weight_block)
-        weight, name = relax.const(packed, str(packed.dtype)), "conv2d"
-        compute = lambda x, w: blocked_conv2d(x, w, conv)
+        # half precision runs the float32 kernel on widened operands (exact: every half value
+        # is a float32), accumulating as the reference kernel does
+        packed = pack_weight(constant_operand(w, decision), conv.weight_block).astype(accumulate)
+        weight, name = relax.const(packed, accumulate), "conv2d"
+        compute = lambda x, w: blocked_conv2d(x if x.dtype == accumulate else
+                                              topi.cast(x, accumulate), w, conv)
     else:
         weight, name = w, "conv2d"
         compute = lambda x, w: topi.nn.conv(x, w, conv.stride, conv.padding, conv.dilation,

@@ -6,9 +6,11 @@
 - "direct" otherwise (graphopt's register-tiled conv2d rule), with its weight packed into blocks
   of one or two vector registers of output channels (`tiled.channel_blocks`), each inside one
   group, where the weight is a constant and the channels fill such a block.
-Half-precision (float16, bfloat16) convolutions stay "direct" without a weight layout (the
-tiled, Winograd and oneDNN kernels are float32 kernels), but for bfloat16 ones that fill AMX
-tiles where the CPU has AMX-BF16: "amx" (`schedules/amx.py`).
+Half-precision (float16, bfloat16) convolutions are "direct" with a weight block: the tiled
+float32 kernel on operands widened to float32 (the packed weight at lowering, the input in the
+kernel), which is the interpreter's arithmetic (products and sums in float32, one rounding at
+the end); never Winograd or oneDNN (float32 kernels with their own roundings). bfloat16 ones
+that fill AMX tiles where the CPU has AMX-BF16 are "amx" (`schedules/amx.py`).
 
 A quantized convolution (`qlinear_conv2d`) is computed by the x86 dot-product instruction of
 the target CPU (`schedules/conv2d_int8.py`: "amx" tiles where the CPU has AMX-INT8 and the layer
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ....ir import Node
+from ....ir import HALF_DTYPES, Node
 from ....ops import Conv2d
 from .annotate import annotate
 
@@ -47,12 +49,13 @@ def select_conv_algorithm(context):
         if constant and x.dtype == "bfloat16" and fills_amx_tiles(node, amx.BFLOAT16) and \
                 (bias is None or bias.is_constant):
             return dataclasses.replace(plain, algorithm=amx.AMX, weight_block=amx.BLOCK)
-        if not constant or not float32:
+        half = x.dtype in HALF_DTYPES and node.outputs[0].dtype == x.dtype
+        if not constant or not (float32 or half):
             return plain
-        if context.kernels == "onednn" and (bias is None or bias.is_constant):
-            return dataclasses.replace(plain, algorithm="onednn")
         batch, out_channels, out_h, out_w = node.outputs[0].shape
-        if winograd.applies(w.shape[1], out_channels, out_h, out_w, w.shape[2:],
+        if context.kernels == "onednn" and (bias is None or bias.is_constant) and float32:
+            return dataclasses.replace(plain, algorithm="onednn")
+        if float32 and winograd.applies(w.shape[1], out_channels, out_h, out_w, w.shape[2:],
                                         conv.stride, conv.dilation, conv.groups, conv.padding,
                                         context.vector, batch):
             return dataclasses.replace(plain, algorithm="winograd",
