@@ -76,6 +76,7 @@ CASES = [
     Case("amx-s2-odd-input-relu6", 64, 128, 15, 3, stride=2, padding=(1, 1, 1, 1),
          activation=ops.Clip(0.0, 6.0)),
     Case("amx-dilated-96ch", 64, 96, 12, 3, padding=(2, 2, 2, 2), dilation=2),
+    Case("amx-7x7-odd-rows-batch2", 128, 64, 7, 3, padding=(1, 1, 1, 1), batch=2),
 ]
 
 
@@ -170,7 +171,7 @@ def test_amx_library_runs_in_a_fresh_process(tmp_path):
     """A fresh process must ask Linux for AMX tile data before the first tile instruction (or
     die of SIGILL): the runtime does, before every run."""
     from test_export import run_with_only_the_runtime
-    graph = quantized_conv(CASES[-4])
+    graph = quantized_conv(CASES[-5])
     model = go.compile(graph, "cpu", mcpu=AMX_BUILD[0])
     assert chosen(model) == "amx"
     path = str(tmp_path / "amx.so")

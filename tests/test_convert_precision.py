@@ -350,7 +350,8 @@ def test_bfloat16_convolutions_on_amx_tiles():
     with dsl.Builder("amx_bf16", seed=0) as b:
         x = b.input("input", (2, 64, 14, 14))
         y = dsl.relu(dsl.batch_norm(dsl.conv2d(x, 64, 3, padding=1, name="c1")))
-        z = dsl.conv2d(y, 96, 3, stride=2, padding=1, name="c2")      # 7x7 rows: odd, plain
+        y = dsl.relu(dsl.conv2d(y, 64, 3, stride=2, padding=1, name="c4"))   # 7 rows: odd
+        z = dsl.conv2d(y, 48, 3, stride=2, padding=1, name="c2")      # 48 = 1.5 C tiles: plain
         graph = b.output(dsl.relu(dsl.add(dsl.conv2d(y, 64, 1, name="c3"), y)), z)
     half = go.quantize(graph, "bfloat16").graph
     m = go.compile(half, "cpu", mcpu="sapphirerapids")
@@ -358,7 +359,7 @@ def test_bfloat16_convolutions_on_amx_tiles():
         return {n.provenance[0]: getattr(n.op, "conv", n.op).algorithm for n in model.graph.nodes
                 if n.op_name in ("conv2d", "fused_conv2d")}
 
-    assert algorithms(m) == {"c1": "amx", "c2": "direct", "c3": "amx"}
+    assert algorithms(m) == {"c1": "amx", "c2": "direct", "c3": "amx", "c4": "amx"}
     assert re.search(r"tdpbf16ps\s+%tmm", cpu_assembly(m.executable))
     plain = go.compile(half, "cpu", mcpu="cascadelake")
     assert set(algorithms(plain).values()) == {"direct"}

@@ -5,7 +5,7 @@ Eight tile registers of up to 16 rows x 64 bytes: one instruction adds the produ
 byte A tile and a 16 x 64 byte B tile (4 int8 or 2 bfloat16 input channels per 32-bit lane, as
 VNNI) into a 16 x 16 C tile of 32-bit accumulators: 16,384 int8 or 8,192 bfloat16 multiply-adds.
 The kernel keeps four C tiles (two output rows x two blocks of 16 channels) for a whole
-reduction, loading two A tiles (P pixels of each row x one row of input channels) and two B
+reduction, loading two A tiles (P pixels of each row x one tile row of input channels) and two B
 tiles per step of input channels and one tap. It is written by hand (no TE schedule tensorizes a
 whole reduction into tile registers), complete as lowered: the schedule rules skip it.
 
@@ -57,9 +57,9 @@ def pixels(out_width: int) -> int:
 def applies(kind: AmxDtype, in_channels: int, out_channels: int, out_height: int,
             out_width: int, groups: int) -> bool:
     """Whether the kernel computes this convolution: whole tile rows of input channels, blocks
-    of 32 output channels, pairs of output rows, at least 4 pixels per tile."""
+    of 32 output channels, at least 4 pixels per tile."""
     return (groups == 1 and in_channels % kind.channels == 0 and out_channels % BLOCK == 0
-            and out_height % 2 == 0 and pixels(out_width) >= 4)
+            and pixels(out_width) >= 4)
 
 
 def pack_weight(weight: np.ndarray, kind: AmxDtype) -> np.ndarray:
@@ -90,9 +90,9 @@ def pack_input(x, fill, conv, kind: AmxDtype):
 def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blocks: int,
            taps: tuple[int, int], out_size: tuple[int, int], conv):
     """The PrimFunc (xp as `pack_input`, wp as `pack_weight`, acc [N, O / 16, OH, OW, 16] of
-    the accumulator dtype): parallel over images, output-channel pairs and row pairs; each task
-    configures the tiles (the configuration is per thread), zeroes four C tiles, runs the whole
-    reduction and stores them."""
+    the accumulator dtype): parallel over images, output-channel pairs and row pairs (the last
+    of an odd number of rows alone); each task configures the tiles (the configuration is per
+    thread), zeroes four C tiles, runs the whole reduction and stores them."""
     from tvm.script import tirx as T
     N, G, OB = batch, groups, blocks
     HP, WP = padded
@@ -102,10 +102,14 @@ def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blo
     C, PAIR = kind.channels, kind.pair
     P = pixels(OW)
     ROW = SW * ROW_BYTES   # bytes between an A tile's rows (neighbouring output pixels)
-    TASKS = N * (OB // 2) * (OH // 2)
+    PAIRS = (OH + 1) // 2  # pairs of output rows; an odd last row computes alone
+    TASKS = N * (OB // 2) * PAIRS
 
     def call(name, *args):
         return T.call_llvm_intrin("void", f"llvm.x86.{name}", *args)
+
+    def tile(t):
+        return T.int8(t)
 
     @T.prim_func(s_tir=True, private=True)   # add_func names it: one kernel per shape
     def amx(xp: T.Buffer((N, G, HP, WP, C), kind.input),
@@ -114,9 +118,9 @@ def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blo
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
                      "graphopt.schedule": NAME})
         for task in T.parallel(TASKS):
-            n = task // ((OB // 2) * (OH // 2))
-            ob = task // (OH // 2) % (OB // 2) * 2
-            oh = task % (OH // 2) * 2
+            n = task // ((OB // 2) * PAIRS)
+            ob = task // PAIRS % (OB // 2) * 2
+            oh = task % PAIRS * 2
             config = T.alloc_buffer((64,), "uint8", scope="local", align=64)
             for i in range(64):
                 config[i] = T.uint8(0)
@@ -126,21 +130,34 @@ def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blo
                 config[48 + t] = T.Select(t < 6, T.uint8(P), T.uint8(16))
             T.evaluate(call("ldtilecfg", T.address_of(config[0])))
             for ow in range(OW // P):
-                for t in T.unroll(4):      # unrolled: tile numbers are immediates
-                    T.evaluate(call("tilezero", T.Cast("int8", t)))
+                T.evaluate(call("tilezero", tile(0)))
+                T.evaluate(call("tilezero", tile(1)))
+                T.evaluate(call("tilezero", tile(2)))
+                T.evaluate(call("tilezero", tile(3)))
                 for g, ky, kx in T.grid(G, KH, KW):
-                    for r in T.unroll(2):
-                        T.evaluate(call("tileloadd64", T.Cast("int8", 4 + r), T.address_of(
-                            xp[n, g, (oh + r) * SH + ky * DH, ow * P * SW + kx * DW, 0]),
+                    T.evaluate(call("tileloadd64", tile(4), T.address_of(
+                        xp[n, g, oh * SH + ky * DH, ow * P * SW + kx * DW, 0]), T.int64(ROW)))
+                    T.evaluate(call("tileloadd64", tile(6), T.address_of(
+                        wp[ob, g, ky, kx, 0, 0, 0]), T.int64(ROW_BYTES)))
+                    T.evaluate(call("tileloadd64", tile(7), T.address_of(
+                        wp[ob + 1, g, ky, kx, 0, 0, 0]), T.int64(ROW_BYTES)))
+                    T.evaluate(call(kind.instruction, tile(0), tile(4), tile(6)))
+                    T.evaluate(call(kind.instruction, tile(1), tile(4), tile(7)))
+                    if oh + 1 < OH:
+                        T.evaluate(call("tileloadd64", tile(5), T.address_of(
+                            xp[n, g, (oh + 1) * SH + ky * DH, ow * P * SW + kx * DW, 0]),
                             T.int64(ROW)))
-                        T.evaluate(call("tileloadd64", T.Cast("int8", 6 + r), T.address_of(
-                            wp[ob + r, g, ky, kx, 0, 0, 0]), T.int64(ROW_BYTES)))
-                    for t in T.unroll(4):
-                        T.evaluate(call(kind.instruction, T.Cast("int8", t),
-                                        T.Cast("int8", 4 + t // 2), T.Cast("int8", 6 + t % 2)))
-                for t in T.unroll(4):
-                    T.evaluate(call("tilestored64", T.Cast("int8", t), T.address_of(
-                        acc[n, ob + t % 2, oh + t // 2, ow * P, 0]), T.int64(ROW_BYTES)))
+                        T.evaluate(call(kind.instruction, tile(2), tile(5), tile(6)))
+                        T.evaluate(call(kind.instruction, tile(3), tile(5), tile(7)))
+                T.evaluate(call("tilestored64", tile(0), T.address_of(
+                    acc[n, ob, oh, ow * P, 0]), T.int64(ROW_BYTES)))
+                T.evaluate(call("tilestored64", tile(1), T.address_of(
+                    acc[n, ob + 1, oh, ow * P, 0]), T.int64(ROW_BYTES)))
+                if oh + 1 < OH:
+                    T.evaluate(call("tilestored64", tile(2), T.address_of(
+                        acc[n, ob, oh + 1, ow * P, 0]), T.int64(ROW_BYTES)))
+                    T.evaluate(call("tilestored64", tile(3), T.address_of(
+                        acc[n, ob + 1, oh + 1, ow * P, 0]), T.int64(ROW_BYTES)))
             T.evaluate(call("tilerelease"))
 
     return amx
