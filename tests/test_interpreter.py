@@ -153,3 +153,11 @@ def test_probe_inputs_are_deterministic_and_fit_each_dtype():
     assert {n: str(a.dtype) for n, a in feeds.items()} == {v.name: v.dtype for v in g.inputs}
     assert np.abs(feeds["i"]).max() <= 8 and feeds["u"].max() < 8 and feeds["b"].any()
     assert not np.array_equal(feeds["f"], probe_inputs(g, seed=4)["f"])
+
+
+def test_a_graph_without_outputs_is_an_error_not_an_empty_result():
+    g = Graph("headless")
+    x = g.add_input("x", TensorType((2,), "float32"))
+    g.add_node(ops.Relu(), [x], name="act")
+    with pytest.raises(GraphoptError, match="graph 'headless' has no outputs"):
+        go.interpret(g, {"x": np.zeros(2, np.float32)})

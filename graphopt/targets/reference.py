@@ -29,6 +29,9 @@ def interpret(graph: Graph, inputs: Mapping[str, np.ndarray], *, dtype=np.float3
     (constants) or converts (a `cast` to float16 rounds) keep their rounding, nothing else
     rounds. The default keeps each value's own dtype (float32 graphs compute in float32; float16
     and bfloat16 values are computed in float32 and rounded to their dtype, op by op)."""
+    if not graph.outputs:
+        raise GraphoptError(f"graph '{graph.name}' has no outputs: nothing to compute (set them "
+                            f"with graph.set_outputs, or b.output in the DSL)")
     widen = np.float64 if np.dtype(dtype) == np.float64 else None
     env: dict[int, np.ndarray] = {}
     feeds = Signature.of(graph).check(inputs)
