@@ -56,6 +56,15 @@ class Linear(Op):
         R = rx.op
         if self.weight_block:
             weight = constant_operand(w, f"packed {self.name}")
+            dtype = str(x.ty.dtype)
+            accumulate = accumulation_dtype(dtype)
+            if accumulate != dtype:
+                # half precision: the float32 kernel on widened operands (exact: every half
+                # value is a float32), then the bias, then one rounding, as the reference does
+                y = lower_blocked_matmul(bb, bb.emit(R.astype(x, accumulate)),
+                                         weight.T.astype(accumulate), self.weight_block)
+                y = R.add(bb.emit(y), R.astype(b, accumulate)) if b is not None else y
+                return R.astype(bb.emit(y), dtype)
             y = lower_blocked_matmul(bb, x, weight.T, self.weight_block)
         else:
             # A constant weight is transposed here, once, rather than by a kernel at every run.
@@ -111,10 +120,16 @@ class Matmul(Op):
         return np.matmul(a, b)
 
     def lower_tvm(self, bb, a, b):
+        R = relax().op
         if self.weight_block:
             weight = constant_operand(b, f"packed {self.name}")
+            dtype = str(a.ty.dtype)
+            accumulate = accumulation_dtype(dtype)
+            if accumulate != dtype:   # half precision: the float32 kernel, rounded once
+                y = lower_blocked_matmul(bb, bb.emit(R.astype(a, accumulate)),
+                                         weight.astype(accumulate), self.weight_block)
+                return R.astype(bb.emit(y), dtype)
             return lower_blocked_matmul(bb, a, weight, self.weight_block)
-        R = relax().op
         dtype = str(a.ty.dtype)
         accumulate = accumulation_dtype(dtype) if is_float_dtype(dtype) else dtype
         if accumulate != dtype:   # half precision: float32 sums, rounded once

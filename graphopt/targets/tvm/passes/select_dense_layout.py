@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ....ir import Node
+from ....ir import HALF_DTYPES, Node
 from .annotate import annotate
 
 
@@ -19,8 +19,10 @@ def select_dense_layout(context):
             return None
         x, w = node.inputs[:2]
         out = node.outputs[0]
+        # a float32 kernel: half-precision layers run it on widened operands
         packable = (context.constant_weights and w.is_constant and x.type.ndim == 2
-                    and w.type.ndim == 2 and out.dtype == "float32")   # a float32 kernel
+                    and w.type.ndim == 2 and out.dtype in ("float32", *HALF_DTYPES)
+                    and x.dtype == out.dtype)
         blocking = dense_blocking(out.shape[0], out.shape[1], context.vector) if packable \
             else None
         return dataclasses.replace(node.op, weight_block=blocking[0] if blocking else 0)
