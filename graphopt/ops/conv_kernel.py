@@ -34,13 +34,11 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
     if conv.algorithm == "amx":
         # AMX tiles (bfloat16): the input padded and grouped, the hand-written kernel, and this
         # kernel's epilogue reading its float32 tiles
-        from tvm import tirx
         from ..targets.tvm.schedules import amx as tiles
         weight_data = constant_operand(w, decision)
-        expect(dtype in tiles.BY_INPUT and dtype != "uint8", f"the amx convolution takes "
-               f"bfloat16 here, found {dtype}")
-        operands = [tiles.lower_kernel(bb, x, lambda x: tirx.const(0, dtype), weight_data, conv,
-                                       tiles.BY_INPUT[dtype])]
+        expect(dtype == tiles.BFLOAT16.input, f"the amx convolution takes bfloat16 here, found "
+               f"{dtype}")
+        operands = [tiles.lower_kernel(bb, x, 0.0, weight_data, conv, tiles.BFLOAT16)]
         compute = lambda acc: tiles.from_tiles(acc, weight_data.shape[0])   # noqa: E731
         name = "conv2d_amx_epilogue"
     elif conv.algorithm == "winograd":

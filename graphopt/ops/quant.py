@@ -223,11 +223,6 @@ def is_zero(expr) -> bool:
     return value is not None and not value.any()
 
 
-def tirx_const(value, dtype: str):
-    from tvm import tirx
-    return tirx.const(value, dtype)
-
-
 def relax_dtype(expr) -> str:
     return str(expr.ty.dtype)
 
@@ -702,10 +697,11 @@ class QLinearConv2d(Op):
 
     def lower_dot_product(self, bb, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, bias,
                           residual):
-        """Relax: the whole layer as one kernel computing the u8 x s8 convolution by the x86
-        dot-product instruction `conv.algorithm` names (`schedules/conv2d_int8.py`), then,
-        from its register tile, the zero-point correction and bias (one int32 per output
-        channel, folded here) and the requantize epilogue."""
+        """Relax: the u8 x s8 convolution on the x86 instructions `conv.algorithm` names, then
+        the zero-point correction and bias (one int32 per output channel, folded here) and the
+        requantize epilogue: one kernel for the dot-product instructions
+        (`schedules/conv2d_int8.py`, the epilogue from the register tile), three for AMX tiles
+        (`schedules/amx.py`: the input copy, the tile kernel, the epilogue)."""
         from ..targets.tvm.schedules import conv2d_int8 as kernels
         from .conv_kernel import OPAQUE
         from tvm import te
@@ -744,9 +740,8 @@ class QLinearConv2d(Op):
             # the input padded with its zero point and grouped by 64 channels, the AMX kernel
             # (written by hand, complete as lowered), then the epilogue reading its int32 tiles
             from ..targets.tvm.schedules import amx as tiles
-            fill = int(x_zero_point.reshape(-1)[0])
-            acc = tiles.lower_kernel(bb, x, lambda x: tirx_const(fill, str(x.dtype)), weight,
-                                     conv, tiles.INT8)
+            acc = tiles.lower_kernel(bb, x, int(x_zero_point.reshape(-1)[0]), weight, conv,
+                                     tiles.INT8)
             return bb.call_te(lambda acc, c, m, s, z, *r: epilogue(acc, c, m, s, z, r), acc,
                               correction, multiplier, y_scale, y_zp, *extra,
                               primfunc_name_hint="requantize_tiles",

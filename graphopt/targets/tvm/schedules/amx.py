@@ -46,7 +46,6 @@ class AmxDtype:
 
 INT8 = AmxDtype("uint8", "int8", 4, "tdpbusd", "int32", "amx-int8")
 BFLOAT16 = AmxDtype("bfloat16", "bfloat16", 2, "tdpbf16ps", "float32", "amx-bf16")
-BY_INPUT = {kind.input: kind for kind in (INT8, BFLOAT16)}
 
 
 def pixels(out_width: int) -> int:
@@ -72,16 +71,17 @@ def pack_weight(weight: np.ndarray, kind: AmxDtype) -> np.ndarray:
 
 
 def pack_input(x, fill, conv, kind: AmxDtype):
-    """TE: x padded with `fill` (a TE expression: the zero point, or 0) to
+    """TE: x padded with the constant `fill` (the zero point, or 0) to
     [N, I / channels, H', W', channels] (A tile rows)."""
     from tvm import te, tirx
     n, in_channels, height, width = (int(d) for d in x.shape)
     top, left, bottom, right = conv.padding
     c = kind.channels
+    padding = tirx.const(fill, str(x.dtype))
 
     def value(b, g, i, j, k):
         inside = tirx.all(i >= top, i < top + height, j >= left, j < left + width)
-        return tirx.if_then_else(inside, x[b, g * c + k, i - top, j - left], fill)
+        return tirx.if_then_else(inside, x[b, g * c + k, i - top, j - left], padding)
 
     return te.compute((n, in_channels // c, height + top + bottom, width + left + right, c),
                       value, name="amx_pack")
@@ -163,12 +163,12 @@ def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blo
     return amx
 
 
-def lower_kernel(bb, x, fill_of, weight: np.ndarray, conv, kind: AmxDtype):
-    """Relax: the packed input and the kernel's accumulators [N, O / 16, OH, OW, 16] for
-    `x` (NCHW) and the constant OIHW `weight`; `fill_of(x)` is the TE padding value."""
+def lower_kernel(bb, x, fill, weight: np.ndarray, conv, kind: AmxDtype):
+    """Relax: the kernel's accumulators [N, O / 16, OH, OW, 16] for `x` (NCHW, padded with
+    the constant `fill`) and the constant OIHW `weight`."""
     from tvm import relax
     packed = pack_weight(weight, kind)
-    grouped = bb.emit(bb.call_te(lambda x: pack_input(x, fill_of(x), conv, kind), x,
+    grouped = bb.emit(bb.call_te(lambda x: pack_input(x, fill, conv, kind), x,
                                  primfunc_name_hint="amx_pack"))
     n, groups, height, width, _ = (int(d) for d in grouped.ty.shape)
     (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
