@@ -244,6 +244,32 @@ def allowed_cpus() -> list[int]:
     return list(range(os.cpu_count() or 1))   # not on Linux
 
 
+def host_cpu_flags() -> set[str] | None:
+    """The flags of this CPU as Linux lists them, or None where /proc/cpuinfo is not there."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
+def check_cpu_features(required, path: str) -> None:
+    """ModelFormatError when the library was built for instructions this CPU lacks (running it
+    would kill the process with SIGILL); nothing when the CPU's flags cannot be read."""
+    if not isinstance(required, list) or not all(isinstance(f, str) for f in required):
+        raise ModelFormatError(f"{path}: expected 'cpu_features' as a list of CPU flags, found "
+                               f"{required!r}")
+    flags = host_cpu_flags()
+    missing = sorted(set(required) - flags) if flags is not None else []
+    if missing:
+        raise ModelFormatError(f"{path}: built for a CPU with {', '.join(missing)}, which this "
+                               f"CPU lacks (running it would end the process with SIGILL); "
+                               f"compile it on this machine or for its CPU (mcpu=...)")
+
+
 _amx_requested = False
 
 
@@ -472,6 +498,8 @@ def load(path: str, device_id: int = 0, threads: int | None = None) -> LoadedMod
     if device_kind not in _DLPACK_DEVICE_TYPE:
         raise ModelFormatError(f"{path}: unknown device {device_kind!r}")
     load_runtime(device_kind, near)
+    if device_kind == "cpu":
+        check_cpu_features(metadata.get("cpu_features", []), path)
     import tvm_ffi
     if device_kind == "cuda":
         if fatbin is None:

@@ -15,7 +15,7 @@ import graphopt as go
 from graphopt import runtime
 from graphopt.errors import GraphoptError, InputError, ModelFormatError
 from graphopt.frontends import dsl
-from graphopt.signature import Signature
+from graphopt.signature import Signature, probe_inputs
 
 
 def two_output_net():
@@ -259,3 +259,24 @@ def test_loaded_model_takes_unaligned_inputs(exported, compiled, feeds, offset):
     expected = compiled.run(feeds)
     for name, found in loaded.run(shifted).items():
         np.testing.assert_array_equal(found, expected[name])
+
+
+def test_a_library_for_instructions_this_cpu_lacks_is_refused_before_it_runs(tmp_path,
+                                                                           monkeypatch):
+    """The export records the CPU flags its code may use; loading on a CPU without one of them
+    is a ModelFormatError naming it (running would be SIGILL), not a crash."""
+    graph = go.zoo.lenet5()
+    path = str(tmp_path / "lenet5_haswell.so")
+    go.compile(graph, "cpu", mcpu="haswell").export(path)
+    metadata = runtime.read_export(path)[0]
+    assert metadata["cpu_features"] == ["avx2", "fma"]
+    flags = runtime.host_cpu_flags()
+    if flags is not None and {"avx2", "fma"} <= flags:
+        assert go.load(path).run(probe_inputs(graph))["output"].shape == (1, 10)
+    monkeypatch.setattr(runtime, "host_cpu_flags", lambda: {"sse4_2", "fma"})
+    with pytest.raises(go.ModelFormatError, match="built for a CPU with avx2, which this CPU "
+                                                  "lacks"):
+        go.load(path)
+    monkeypatch.setattr(runtime, "host_cpu_flags", lambda: None)   # not Linux: no check
+    if flags is not None and {"avx2", "fma"} <= flags:
+        go.load(path)

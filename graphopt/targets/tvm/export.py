@@ -24,11 +24,27 @@ from ...files import atomic_output, temporary_directory
 from ... import runtime
 
 
+# LLVM target features -> the /proc/cpuinfo flags a CPU running such code must show: what
+# `runtime.load` checks before running a library (an instruction the CPU lacks is SIGILL).
+CPU_FEATURES = {"avx2": "avx2", "fma": "fma", "avx512f": "avx512f", "avx512bw": "avx512bw",
+                "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16",
+                "amx-tile": "amx_tile", "amx-int8": "amx_int8", "amx-bf16": "amx_bf16"}
+
+
+def cpu_features(tvm_target) -> list[str]:
+    """The CPU flags (cpuinfo names) that code compiled for `tvm_target` may use."""
+    from tvm.target.codegen import target_has_features
+    return sorted(flag for feature, flag in CPU_FEATURES.items()
+                  if target_has_features(feature, tvm_target))
+
+
 def metadata_of(model, extra: dict | None = None) -> dict:
     import tvm
+    required = {"cpu_features": cpu_features(model.tvm_target)} \
+        if model.device_kind == "cpu" and model.tvm_target is not None else {}
     return {"format": runtime.FORMAT, "version": 2, "graph": model.graph_name,
             "target": model.target, "device": model.device_kind, "tvm": tvm.__version__,
-            **model.signature.to_dict(), **(extra or {})}
+            **required, **model.signature.to_dict(), **(extra or {})}
 
 
 def data_symbol_assembly(name: str, path: str, section: str) -> str:
