@@ -11,7 +11,7 @@ import numpy as np
 
 from ...errors import GraphoptError, LoweringError
 from ...ir import Graph
-from ...runtime import configure_threads
+from ...runtime import check_cpu_features, configure_threads
 from ...signature import Signature
 from ...verify import verify
 from .lower import to_relax
@@ -103,10 +103,16 @@ class CompiledModel:
 
     @property
     def vm(self):
-        """The calling thread's Relax VM."""
+        """The calling thread's Relax VM. A CPU model compiled for instructions this CPU lacks
+        (`mcpu=` of another machine) is a ModelFormatError here, not a SIGILL in a kernel."""
         vm = getattr(self._per_thread, "vm", None)
         if vm is None:
             from tvm import relax
+            if self.device_kind == "cpu" and self.tvm_target is not None:
+                from .export import cpu_features
+                check_cpu_features(cpu_features(self.tvm_target),
+                                   f"model '{self.graph_name}' compiled for "
+                                   f"{self.tvm_target.attrs.get('mcpu', 'this CPU')}")
             vm = self._per_thread.vm = relax.VirtualMachine(self.executable, self.device)
         return vm
 
