@@ -27,10 +27,9 @@ DEFAULT_MODELS = ("resnet18:1", "resnet18:8", "vgg11:1", "lenet5:1")
 OLDER_CPUS = {"skylake-avx512": ("avx512f", "AVX-512, no VNNI"), "haswell": ("avx2", "AVX2")}
 
 
-def cpu_flags() -> set[str]:
-    with open("/proc/cpuinfo") as f:
-        return next((set(line.split(":", 1)[1].split()) for line in f
-                     if line.startswith("flags")), set())
+def cpu_flags() -> frozenset[str]:
+    from graphopt.runtime import host_cpu_flags
+    return host_cpu_flags() or frozenset()
 
 
 def host() -> str:

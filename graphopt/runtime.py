@@ -20,6 +20,7 @@ bundle does that). An exported library carries, written by `export.py`:
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import importlib.util
 import json
@@ -244,13 +245,14 @@ def allowed_cpus() -> list[int]:
     return list(range(os.cpu_count() or 1))   # not on Linux
 
 
-def host_cpu_flags() -> set[str] | None:
+@functools.lru_cache(maxsize=None)
+def host_cpu_flags() -> frozenset[str] | None:
     """The flags of this CPU as Linux lists them, or None where /proc/cpuinfo is not there."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         return None
     return None
@@ -270,29 +272,20 @@ def check_cpu_features(required, path: str) -> None:
                                f"compile it on this machine or for its CPU (mcpu=...)")
 
 
-_amx_requested = False
-
-
+@functools.lru_cache(maxsize=None)   # once per process
 def enable_amx() -> bool:
     """Ask Linux, once per process, to let it use AMX tile data (arch_prctl
     ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA): without the permission an AMX instruction kills
     the process with SIGILL, even on a CPU that has AMX. Returns whether it was granted; a CPU or
     kernel without AMX says no, and no AMX kernel is built for such a CPU."""
-    global _amx_requested, _amx_granted
-    if not _amx_requested:
-        _amx_requested, _amx_granted = True, False
-        if sys.platform.startswith("linux") and platform.machine() == "x86_64":
-            SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
-            try:
-                libc = ctypes.CDLL(None, use_errno=True)
-                _amx_granted = libc.syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM,
-                                            XFEATURE_XTILEDATA) == 0
-            except (OSError, AttributeError):
-                _amx_granted = False
-    return _amx_granted
-
-
-_amx_granted = False
+    if not (sys.platform.startswith("linux") and platform.machine() == "x86_64"):
+        return False
+    SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def available_cores() -> int:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import pytest
 
 import graphopt as go
-from graphopt import ops
+from graphopt import ops, runtime
 from graphopt.ir import Graph, TensorType
 
 pytest.importorskip("tvm")
@@ -31,14 +30,8 @@ AMX_BUILD = ("sapphirerapids", "amx", 32, "amx_int8", r"tdpbusd\s+%tmm")
 VNNI_CPU = "cascadelake"
 
 
-@lru_cache(maxsize=None)
 def host_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return frozenset(next((line.split(":", 1)[1].split() for line in f
-                                   if line.startswith("flags")), []))
-    except OSError:
-        return frozenset()
+    return runtime.host_cpu_flags() or frozenset()
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,8 @@ class AmxDtype:
 
     @property
     def channels(self) -> int:
-        """Input channels per A tile row."""
-        return ROW_BYTES // np.dtype(self.input if self.input != "bfloat16" else "uint16").itemsize
+        """Input channels per A tile row: a 32-bit lane holds `pair` of them."""
+        return ROW_BYTES // 4 * self.pair
 
 
 INT8 = AmxDtype("uint8", "int8", 4, "tdpbusd", "int32", "amx-int8")
@@ -170,11 +170,11 @@ def lower_kernel(bb, x, fill, weight: np.ndarray, conv, kind: AmxDtype):
     packed = pack_weight(weight, kind)
     grouped = bb.emit(bb.call_te(lambda x: pack_input(x, fill, conv, kind), x,
                                  primfunc_name_hint="amx_pack"))
+    from ....ops.conv import conv_out_size
     n, groups, height, width, _ = (int(d) for d in grouped.ty.shape)
-    (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
     k_h, k_w = weight.shape[2:]
-    out_h = (height - d_h * (k_h - 1) - 1) // s_h + 1
-    out_w = (width - d_w * (k_w - 1) - 1) // s_w + 1
+    out_h = conv_out_size(height, k_h, conv.stride[0], 0, 0, conv.dilation[0])   # padded
+    out_w = conv_out_size(width, k_w, conv.stride[1], 0, 0, conv.dilation[1])
     func = kernel(kind, n, groups, (height, width), packed.shape[0], (k_h, k_w),
                   (out_h, out_w), conv)
     acc_type = relax.TensorType((n, packed.shape[0], out_h, out_w, 16), kind.accumulator)
