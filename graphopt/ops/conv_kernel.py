@@ -26,8 +26,8 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
         bias = constant_operand(b, decision) if b is not None else None
         return onednn_conv2d(conv, x, w, bias, residual, code, alpha, beta)
     from tvm import relax, te, topi
-    # Half precision (a plain conv: select_conv_algorithm) accumulates in float32 through the
-    # epilogue and rounds once, at the end, as the reference kernel does.
+    # Half precision accumulates in float32 through the epilogue and rounds once, at the end,
+    # as the reference kernel does.
     dtype = relax_type(x).dtype
     accumulate = accumulation_dtype(dtype)
     operands = [x]

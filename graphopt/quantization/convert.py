@@ -1,6 +1,7 @@
 """`convert`: a copy of a float32 graph that computes in a narrower dtype (`quantize` checks the
-options and calls it). float16 and bfloat16 need no calibration: graphopt's default pipeline runs first (batch norms fold into their layers
-in float32, so each weight is rounded once), then `convert_float16` / `convert_bfloat16`
+options and calls it). float16 and bfloat16 need no calibration: graphopt's default pipeline
+runs first (batch norms fold into their layers in float32, so each weight is rounded once),
+then `convert_float16` / `convert_bfloat16`
 (`passes/convert_float_precision.py`: where the casts go, which nodes stay float32). int8 needs
 a `Calibration` of the graph's activations: the default pipeline, then `quantize_int8`
 (`passes/quantize_int8.py`: which layers compute in integers, where values are (de)quantized)."""
