@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 import graphopt as go
 from graphopt.errors import ModelFormatError, UnsupportedOpError
 from graphopt.frontends.onnx import load_onnx
+from graphopt.frontends.onnx_import import DeclaredShapeWarning
 from graphopt.frontends.onnx_ops import TABLE
 
 RNG = np.random.default_rng(0)
@@ -425,3 +426,51 @@ def test_conversion_across_opsets(row, opset):
     feeds = {name: rand(*shape) for name, shape in inputs.items()}
     np.testing.assert_allclose(go.interpret(graph, feeds)["y"], reference_outputs(model, feeds)["y"],
                                rtol=1e-5, atol=1e-5)
+
+
+# ---- declared shapes: ONNX Runtime's rule (warn, use the inferred shape) ------------------------
+def declared(name, dims):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
+
+
+def conv_relu_model(value_info=(), output_dims=None):
+    model = make_model([helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+                        helper.make_node("Relu", ["c"], ["y"], name="relu")],
+                       {"x": (1, 3, 6, 8)}, [], {"w": rand(8, 3, 3, 3)})
+    model.graph.output.append(declared("y", output_dims))
+    model.graph.value_info.extend(value_info)
+    return model
+
+
+def test_minus_one_and_named_declared_dims_are_symbolic():
+    """What onnx's version converter writes for a PaddleOCR model (-1 for unknown sizes)."""
+    import warnings
+    model = conv_relu_model([declared("c", [-1, 8, "h", None])], [-1, 8, "?", "?"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        graph = load_onnx(model)
+    assert graph.outputs[0].shape == (1, 8, 6, 8)
+
+
+@pytest.mark.parametrize("value_info, output_dims, message", [
+    ([declared("c", [1, 8, 24, 96])], [1, 8, 6, 8],
+     r"node 'conv' \(conv2d\): 'c' is declared with shape \[1, 8, 24, 96\] but computes "
+     r"float32\[1,8,6,8\]; using the computed shape"),
+    ([], [1, 9, 6], r"node 'relu' \(relu\): 'y' is declared with shape \[1, 9, 6\] but computes "
+                    r"float32\[1,8,6,8\]"),
+], ids=["value_info", "graph_output_rank"])
+def test_declared_shape_that_disagrees_warns_and_is_inferred(value_info, output_dims, message):
+    model = conv_relu_model(value_info, output_dims)
+    with pytest.warns(DeclaredShapeWarning, match=message):
+        graph = load_onnx(model)
+    assert graph.outputs[0].shape == (1, 8, 6, 8)
+    feeds = {"x": rand(1, 3, 6, 8)}   # onnxruntime warns too, and computes the same
+    np.testing.assert_allclose(go.interpret(graph, feeds)["y"],
+                               reference_outputs(model, feeds)["y"], rtol=1e-5, atol=1e-5)
+
+
+def test_minus_one_input_dim_is_symbolic():
+    model = make_model([node("Relu", ["x"])], {"x": (-1, 3)}, ["y"])
+    with pytest.raises(ModelFormatError, match=r"symbolic dimensions \['\?'\]"):
+        load_onnx(model)
+    assert load_onnx(model, input_shapes={"x": (2, 3)}).outputs[0].shape == (2, 3)

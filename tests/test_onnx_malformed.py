@@ -125,8 +125,9 @@ DAMAGE = [
      r"node 'conv' \(Conv\): weight float32\[4,3,9\] has rank 3, expected 4"),
     ("dims_disagree", lambda: damaged(disagreeing_channels), ShapeError,
      r"node 'conv' \(conv2d\): expected input channels 2"),
-    ("declared_output_disagrees", lambda: damaged(lambda m: set_dims(m, "y", [1, 7])),
-     ModelFormatError, r"'y' is declared with shape \[1, 7\] but computes float32\[1,5\]"),
+    ("declared_output_dtype_disagrees", lambda: damaged(
+        lambda m: m.graph.output[0].type.tensor_type.__setattr__("elem_type", TensorProto.INT32)),
+     ModelFormatError, r"'y' is declared int32 but computes float32\[1,5\]"),
     ("initializer_bytes_short", lambda: damaged(short_raw_data), ModelFormatError,
      "fc.bias"),
     ("opset_too_new", lambda: damaged(lambda m: m.opset_import[0].__setattr__("version", 999)),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import math
+import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -30,6 +31,19 @@ FOLDABLE = frozenset({
     "Where"})
 MAX_FOLDED_ELEMENTS = 1 << 24
 FOLDED_ITEMSIZE = 8   # bytes per folded element reserved before folding (the widest numeric type)
+
+
+class DeclaredShapeWarning(UserWarning):
+    """A value's declared shape (value_info or graph output) disagrees with graphopt's shape
+    inference; the inferred shape is used."""
+
+
+def declared_dim(dim: onnx.TensorShapeProto.Dimension) -> int | str:
+    """A declared dimension: its size, or its name ('?' when it has none) when it is symbolic.
+    A negative size (the -1 onnx's version converter writes for unknown sizes) is symbolic."""
+    if dim.HasField("dim_value") and dim.dim_value >= 0:
+        return dim.dim_value
+    return dim.dim_param or "?"
 
 
 class Importer:
@@ -90,8 +104,7 @@ class Importer:
                 if not tt.HasField("shape"):
                     raise ModelFormatError(f"graph input '{v.name}' has no shape; pass "
                                            f"input_shapes={{'{v.name}': (...)}}")
-                dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                        for d in tt.shape.dim]
+                dims = [declared_dim(d) for d in tt.shape.dim]
                 symbolic = [d for d in dims if isinstance(d, str)]
                 if symbolic:
                     raise ModelFormatError(f"graph input '{v.name}' has symbolic dimensions "
@@ -118,7 +131,9 @@ class Importer:
         self.graph.set_outputs(outputs)
 
     def check_declared(self, info: onnx.ValueInfoProto, value: Value) -> None:
-        """A declared type (graph output or value_info) must agree with what we infer."""
+        """A declared dtype must agree with what we infer. A declared shape that disagrees is
+        only a warning (as in ONNX Runtime): the inferred shape is used. Negative sizes (the -1
+        that onnx's version converter writes) and named dimensions are symbolic."""
         if not info.type.HasField("tensor_type"):
             return
         tt = info.type.tensor_type
@@ -128,12 +143,13 @@ class Importer:
             raise ModelFormatError(f"'{info.name}' is declared {onnx_dtype(tt.elem_type)} but "
                                    f"computes {value.type}", node=where, op=op)
         if tt.HasField("shape"):
-            dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+            dims = [declared_dim(d) for d in tt.shape.dim]
             if len(dims) != value.type.ndim or any(
-                    d is not None and d != s for d, s in zip(dims, value.shape)):
-                shown = ["?" if d is None else d for d in dims]
-                raise ModelFormatError(f"'{info.name}' is declared with shape {shown} but "
-                                       f"computes {value.type}", node=where, op=op)
+                    isinstance(d, int) and d != s for d, s in zip(dims, value.shape)):
+                at = f"node '{where}' ({op}): " if where is not None else ""
+                warnings.warn(f"{at}'{info.name}' is declared with shape {dims} but computes "
+                              f"{value.type}; using the computed shape", DeclaredShapeWarning,
+                              stacklevel=2)
 
     # ---- values ---------------------------------------------------------------------------------
     def value(self, name: str) -> Value:
