@@ -369,20 +369,54 @@ def test_symbolic_batch_needs_input_shapes():
 
 
 def test_unsupported_ops_are_all_listed_with_counts():
-    model = make_model([helper.make_node("Erf", ["x"], ["b"], name="erf1"),
-                        helper.make_node("Erf", ["b"], ["c"], name="erf2"),
-                        helper.make_node("Pad", ["x", "p"], ["d"], name="pad1", mode="reflect"),
+    model = make_model([helper.make_node("Sin", ["x"], ["b"], name="sin1"),
+                        helper.make_node("Sin", ["b"], ["c"], name="sin2"),
+                        helper.make_node("Pad", ["x", "p"], ["d"], name="pad1", mode="wrap"),
                         helper.make_node("Cos", ["d"], ["e"], name="cos1"),
                         node("Add", ["c", "e"], ["y"])],
-                       {"x": (2, 3)}, [], {"p": I(0, 1, 0, 1)})
+                       {"x": (2, 3)}, [], {"p": I(0, 1, 0, 1)}, opset=19)
     model.graph.output.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3]))
     with pytest.raises(UnsupportedOpError) as info:
         load_onnx(model)
     message = str(info.value)
     assert "3 unsupported" in message
-    assert "Erf: 2 nodes [erf1, erf2]" in message
+    assert "Sin: 2 nodes [sin1, sin2]" in message
     assert "Cos: 1 node [cos1]" in message
-    assert "Pad (mode 'reflect'): 1 node [pad1]" in message
+    assert "Pad (mode 'wrap'): 1 node [pad1]" in message
+
+
+def test_unsupported_list_names_root_causes_domains_and_forms_after_a_failure():
+    """After an unsupported node, the nodes that use its output are converted on a stand-in of
+    the type ONNX's shape inference gives it: a shape chain folds (no Gather, Concat or Reshape
+    listed), a supported op's unsupported form is named, a custom-domain op keeps its domain, and
+    past a value of unknown type only ops with no graphopt form at all are listed."""
+    nodes = [helper.make_node("Sin", ["x"], ["s"], name="sin"),
+             *[helper.make_node(n.op_type, [{"x": "s"}.get(i, i) for i in n.input],
+                                [{"y": "flat"}.get(o, o) for o in n.output], name=n.name,
+                                **{a.name: helper.get_attribute_value(a) for a in n.attribute})
+               for n in torch_style_flatten_chain()],
+             helper.make_node("Pad", ["flat", "p"], ["padded"], name="pad", mode="wrap"),
+             helper.make_node("Frob", ["s"], ["frobbed"], name="frob", domain="com.example"),
+             helper.make_node("Shape", ["frobbed"], ["frob_shape"], name="frob_shape"),
+             helper.make_node("ConstantOfShape", ["frob_shape"], ["zeros"], name="zeros"),
+             helper.make_node("Cos", ["zeros"], ["y"], name="cos")]
+    graph = helper.make_graph(
+        nodes, "case", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (2, 3, 4, 4))],
+        [helper.make_tensor_value_info("padded", TensorProto.FLOAT, (2, 50)),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, (2, 3, 4, 4))],
+        initializer=[numpy_helper.from_array(a, n) for n, a in
+                     {"axes": I(0), "minus_one": I(-1), "p": I(0, 1, 0, 1)}.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.example", 1)])
+    with pytest.raises(UnsupportedOpError) as info:
+        load_onnx(model)
+    message = str(info.value)
+    assert "4 unsupported" in message, message
+    for part in ("Sin: 1 node [sin]", "Pad (mode 'wrap'): 1 node [pad]",
+                 "com.example.Frob: 1 node [frob]", "Cos: 1 node [cos]"):
+        assert part in message, message
+    for op in ("Gather", "Concat", "Reshape", "ConstantOfShape", "Unsqueeze"):
+        assert op not in message, message
 
 
 def test_runtime_shape_input_is_unsupported_form():

@@ -58,6 +58,8 @@ class Importer:
         self.values: dict[str, Value] = {}
         self.static: dict[str, np.ndarray] = {}
         self.poisoned: set[str] = set()
+        self.derived: set[str] = set()   # stand-ins for poisoned values and what they compute
+        self._inferred: dict[str, TensorType] | None = None
         self.unsupported: dict[str, list[str]] = collections.defaultdict(list)
         self.value_names = {name for node in model.graph.node for name in node.output}
         self.value_names |= {v.name for v in model.graph.input}
@@ -181,36 +183,76 @@ class Importer:
     def run(self, nodes: list[tuple[int, str, onnx.NodeProto]]) -> Graph:
         for _, label, node in nodes:
             inputs = [n for n in node.input if n]
-            if any(n in self.poisoned for n in inputs):
-                # Downstream of an unsupported node: its form cannot be checked, its type can.
-                if node.op_type not in self.table and node.op_type not in ("Shape", "Size"):
-                    self.unsupported[node.op_type].append(label)
+            if any(n in self.poisoned for n in inputs) and not self.stand_in(inputs):
+                # Downstream of an unsupported node, of a type ONNX's inference does not know:
+                # only an op that no form of graphopt converts is a root cause of its own.
+                if not self.importable(node):
+                    self.unsupported[op_kind(node)].append(label)
                 self.poisoned.update(node.output)
                 continue
+            derived = any(n in self.derived for n in inputs)
+            if derived:
+                self.derived.update(node.output)
             try:
                 self.convert(node, label, inputs)
             except UnsupportedForm as e:
-                self.unsupported[f"{node.op_type} ({e})"].append(label)
+                self.unsupported[f"{op_kind(node)} ({e})"].append(label)
                 self.poisoned.update(node.output)
-            except GraphoptError as e:
-                if e.node is not None:
-                    raise
-                raise type(e)(e.detail, node=label, op=node.op_type) from None
             except MemoryError:
                 raise   # not the model's form: the process is out of memory
-            except Exception as e:   # a malformed node must never escape as a raw traceback
-                raise ModelFormatError(f"cannot convert: {type(e).__name__}: {first_line(e)}",
-                                       node=label, op=node.op_type) from None
+            except Exception as e:
+                if derived:
+                    # Computed from a stand-in for an unsupported node's output: the model is
+                    # refused for that node, whose real output might not have failed here.
+                    self.poisoned.update(node.output)
+                elif isinstance(e, GraphoptError):
+                    if e.node is not None:
+                        raise
+                    raise type(e)(e.detail, node=label, op=node.op_type) from None
+                else:   # a malformed node must never escape as a raw traceback
+                    raise ModelFormatError(f"cannot convert: {type(e).__name__}: "
+                                           f"{first_line(e)}", node=label,
+                                           op=node.op_type) from None
         self.raise_unsupported()
         self.finish_outputs()
         self.graph.remove_unused_constants()
         verify(self.graph)
         return self.graph
 
+    def importable(self, node: onnx.NodeProto) -> bool:
+        """Whether some form of `node` converts (or folds) when its inputs allow it."""
+        return node.domain in ("", "ai.onnx") and (
+            node.op_type in self.table or node.op_type in FOLDABLE
+            or node.op_type in ("Shape", "Size", "Constant"))
+
+    def stand_in(self, inputs: list[str]) -> bool:
+        """Replace each poisoned input by a graph input of the type ONNX's shape inference gives
+        it, so that the nodes after an unsupported one are still converted and their own
+        unsupported forms reported (the graph is refused anyway). False when a type is unknown."""
+        known = self.inferred_types()
+        missing = [n for n in inputs if n in self.poisoned and n not in known]
+        if missing:
+            return False
+        for name in inputs:
+            if name in self.poisoned:
+                self.poisoned.discard(name)
+                self.derived.add(name)
+                self.values[name] = self.graph.add_input(name, known[name])
+        return True
+
+    def inferred_types(self) -> dict[str, TensorType]:
+        """Static types of the model's values by ONNX's shape inference, on the graph's input
+        shapes (computed once, on the first unsupported node)."""
+        if self._inferred is None:
+            self._inferred = onnx_inferred_types(self.model, {
+                v.name: self.values[v.name].type for v in self.model.graph.input
+                if v.name in self.values})
+        return self._inferred
+
     def convert(self, node: onnx.NodeProto, label: str, inputs: list[str]) -> None:
         op_type = node.op_type
         if node.domain not in ("", "ai.onnx"):
-            self.unsupported[f"{node.domain}.{op_type}"].append(label)
+            self.unsupported[op_kind(node)].append(label)
             self.poisoned.update(node.output)
             return
         if op_type in ("Shape", "Size"):
@@ -233,7 +275,7 @@ class Importer:
                 self.static[name] = result
             else:
                 self.values[name] = result
-                if name in self.declared:
+                if name in self.declared and name not in self.derived:
                     self.check_declared(self.declared[name], result)
 
     def shape_of(self, ctx: NodeContext) -> np.ndarray:
@@ -274,6 +316,48 @@ class Importer:
                          f"[{shown}]")
         raise UnsupportedOpError(f"model '{self.graph.name}' uses {len(parts)} unsupported op "
                                  f"type(s)/form(s): " + "; ".join(parts))
+
+
+def op_kind(node: onnx.NodeProto) -> str:
+    """The op type as the unsupported list names it: with its domain unless it is ONNX's."""
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+
+
+SMALL_INITIALIZER = 1 << 10   # elements; larger ones are passed to shape inference as types only
+
+
+def onnx_inferred_types(model: onnx.ModelProto,
+                        input_types: Mapping[str, TensorType]) -> dict[str, TensorType]:
+    """The static tensor types onnx's shape inference (with data propagation) gives the values
+    of `model`, its graph inputs typed as `input_types`; {} when inference fails. The model's
+    own value_info is left out (it may be wrong) and so are the data of large initializers."""
+    graph = helper.make_graph(
+        list(model.graph.node), model.graph.name,
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)),
+                                       list(t.shape)) for n, t in input_types.items()] +
+        [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+         for t in model.graph.initializer if math.prod(t.dims) > SMALL_INITIALIZER],
+        [], initializer=[t for t in model.graph.initializer
+                         if math.prod(t.dims) <= SMALL_INITIALIZER])
+    small = helper.make_model(graph, opset_imports=model.opset_import,
+                              ir_version=model.ir_version)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(small, data_prop=True)
+    except Exception:   # inference is a help for the report, never a reason to fail
+        return {}
+    types = {}
+    for info in inferred.graph.value_info:
+        tt = info.type.tensor_type
+        if not info.type.HasField("tensor_type") or not tt.HasField("shape"):
+            continue
+        dims = [declared_dim(d) for d in tt.shape.dim]
+        dtype = onnx_dtype(tt.elem_type)
+        if dtype in DTYPES and all(isinstance(d, int) for d in dims):
+            try:
+                types[info.name] = TensorType(tuple(dims), dtype)
+            except ShapeError:   # beyond graphopt's limits: no stand-in
+                continue
+    return types
 
 
 def constant_value(ctx: NodeContext, budget: ConstantBudget) -> np.ndarray:
