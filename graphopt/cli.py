@@ -601,7 +601,7 @@ def quantize(args) -> int:
     from .compare import compare
     print(compare(graph, result.graph, feeds))
     if metric is not None:
-        from .quantization.sensitivity import run_batches
+        from .evaluation import run_batches
         scores = [metric(run_batches(g, held_out)) for g in (graph, result.graph)]
         print(f"top-1 on {len(labels)} samples of {args.eval or args.calib}: float32 "
               f"{scores[0]:.2%}, int8 {scores[1]:.2%} ({100 * (scores[0] - scores[1]):+.2f} "
