@@ -4,8 +4,10 @@ runtime bundle times compiled models against on the same device ("torch eager").
     forward = TorchEager(graph, device="cuda")
     outputs = forward({"input": x})          # {output name: numpy array}
 
-Covers the ops of the zoo's networks (not the fused ops that passes create); any other op raises
-UnsupportedOpError naming the node. torch is imported only here.
+Covers the ops of the zoo's networks and the fused convolutions passes create; any other op
+raises UnsupportedOpError naming the node. `forward` runs under the caller's autograd mode with
+weights the caller may replace (trainable parameters: `graphopt.compression.finetune`), at any
+batch size when the graph's reshapes keep the batch dimension. torch is imported only here.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import UnsupportedOpError
+from .errors import GraphoptError, UnsupportedOpError
 from .ir import Graph
 
 
@@ -38,6 +40,15 @@ def _conv_transpose2d(F, op, x, w, b=None):
                               op.dilation)
 
 
+def _fused_conv2d(F, table, op, *inputs):
+    """activation(conv2d(x, w, b) + residual), the activation by its own table entry."""
+    x, w, b, residual = op.split(inputs)
+    y = _conv2d(F, op.conv, x, w, b)
+    if residual is not None:
+        y = y + residual
+    return y if op.activation is None else table[op.activation.name](op.activation, y)
+
+
 def _pool(F, op, x, kind):
     padding = _symmetric(op.padding)
     if padding is None:
@@ -51,7 +62,7 @@ def _pool(F, op, x, kind):
 
 def _table(torch, F):
     """op name -> f(op, *input tensors) -> tensor."""
-    return {
+    table = {
         "conv2d": lambda op, *a: _conv2d(F, op, *a),
         "conv_transpose2d": lambda op, *a: _conv_transpose2d(F, op, *a),
         "batch_norm": lambda op, x, scale, bias, mean, var: F.batch_norm(
@@ -81,12 +92,20 @@ def _table(torch, F):
         "reshape": lambda op, x: x.reshape(op.shape),
         "transpose": lambda op, x: x.permute(op.perm),
     }
+    table["fused_conv2d"] = lambda op, *a: _fused_conv2d(F, table, op, *a)
+    return table
 
 
 class TorchEager:
-    """`graph` as a sequence of torch calls on `device`, weights copied there once."""
+    """`graph` as a sequence of torch calls on `device`, weights copied there once.
 
-    def __init__(self, graph: Graph, device: str = "cpu"):
+    `weights` (constant name -> tensor on the device) stand for those constants instead of
+    copies of their data: trainable parameters, or float32 copies of half-precision weights.
+    With `follow_batch`, reshapes that keep the batch dimension take their input's batch size,
+    so the graph runs on batches of any size (a reshape that cannot is an UnsupportedOpError)."""
+
+    def __init__(self, graph: Graph, device: str = "cpu", *,
+                 weights: Mapping[str, object] | None = None, follow_batch: bool = False):
         import torch
         import torch.nn.functional as F
         self.torch, self.graph, self.device = torch, graph, torch.device(device)
@@ -94,19 +113,45 @@ class TorchEager:
         for node in graph.nodes:
             if node.op_name not in self.table:
                 raise UnsupportedOpError("no torch eager form", node=node.name, op=node.op_name)
+        weights = dict(weights or {})
+        unknown = sorted(set(weights) - set(graph.constants))
+        if unknown:
+            raise GraphoptError(f"weights for {unknown}, which are not constants of graph "
+                                f"'{graph.name}'")
         self.order = graph.topological_order()
-        self.weights = {id(c): torch.from_numpy(np.ascontiguousarray(c.data)).to(self.device)
+        self.kernels = [self._kernel(node, follow_batch) for node in self.order]
+        self.weights = {id(c): weights[c.name] if c.name in weights else
+                        torch.from_numpy(np.ascontiguousarray(c.data)).to(self.device)
                         for c in graph.constants.values()}
 
+    def _kernel(self, node, follow_batch: bool):
+        kernel = self.table[node.op_name]
+        if not follow_batch or node.op_name != "reshape":
+            return kernel
+        # The graph's batch size is its first input's leading dimension.
+        batch = self.graph.inputs[0].shape[:1] if self.graph.inputs else ()
+        if not node.inputs[0].shape[:1] == node.outputs[0].shape[:1] == batch:
+            raise UnsupportedOpError(f"reshape {node.inputs[0].type} -> {node.outputs[0].type} "
+                                     f"does not keep the batch dimension leading: the graph runs "
+                                     f"only at its own batch size", node=node.name,
+                                     op=node.op_name)
+        rest = node.outputs[0].shape[1:]
+        return lambda op, x: x.reshape((x.shape[0], *rest))
+
+    def forward(self, inputs: Mapping[str, object]) -> list:
+        """One forward on torch tensors already on the device, recording autograd as the
+        caller's mode says; returns the output tensors."""
+        env = dict(self.weights)
+        env.update({id(v): inputs[v.name] for v in self.graph.inputs})
+        for node, kernel in zip(self.order, self.kernels):
+            env[id(node.outputs[0])] = kernel(node.op, *(env[id(v)] for v in node.inputs))
+        return [env[id(v)] for v in self.graph.outputs]
+
     def run_tensors(self, inputs: Mapping[str, object]) -> list:
-        """One forward on torch tensors already on the device; returns the output tensors."""
+        """One inference forward on torch tensors already on the device; returns the output
+        tensors."""
         with self.torch.inference_mode():
-            env = dict(self.weights)
-            env.update({id(v): inputs[v.name] for v in self.graph.inputs})
-            for node in self.order:
-                env[id(node.outputs[0])] = self.table[node.op_name](
-                    node.op, *(env[id(v)] for v in node.inputs))
-            return [env[id(v)] for v in self.graph.outputs]
+            return self.forward(inputs)
 
     def to_device(self, inputs: Mapping[str, np.ndarray]) -> dict:
         return {k: self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device)

@@ -37,6 +37,62 @@ def test_a_zoo_model():
     check_against_interpreter(go.zoo.lenet5(batch=2))
 
 
+def residual_block(batch: int = 2):
+    with dsl.Builder("residual", seed=3) as b:
+        x = b.input("input", (batch, 4, 8, 8))
+        y = dsl.relu(dsl.batch_norm(dsl.conv2d(x, 4, kernel=3, padding=1)))
+        y = dsl.batch_norm(dsl.conv2d(y, 4, kernel=3, padding=1, groups=2))
+        y = dsl.relu6(dsl.conv2d(dsl.relu(y + x), 6, kernel=1))
+        y = dsl.leaky_relu(dsl.conv2d(y, 6, kernel=3, padding=(0, 0, 1, 1)), 0.2)
+        return b.output(dsl.linear(dsl.reshape(y, (batch, -1)), 5))
+
+
+def test_fused_convolutions():
+    fused = go.optimize(residual_block()).graph
+    epilogues = {str(n.op) for n in fused.nodes if n.op_name == "fused_conv2d"}
+    assert any("add" in e for e in epilogues) and len(epilogues) == 4, epilogues
+    check_against_interpreter(fused)
+
+
+def test_follow_batch_runs_other_batch_sizes():
+    """A batch-1 graph (its reshape included) runs on 3 samples at once, each as at batch 1."""
+    graph = go.optimize(residual_block(batch=1)).graph
+    x = np.random.default_rng(1).standard_normal((3, 4, 8, 8)).astype("float32")
+    found = TorchEager(graph, follow_batch=True)({"input": x})[graph.output_names[0]]
+    for i in range(3):
+        ref = go.interpret(graph, {"input": x[i:i + 1]}, dtype=np.float64)[graph.output_names[0]]
+        assert compare_arrays("logits", ref, found[i:i + 1]).ok
+
+
+def test_a_reshape_that_moves_the_batch_cannot_follow_it():
+    with dsl.Builder("mixed_batch", seed=0) as b:
+        x = b.input("input", (2, 3))
+        graph = b.output(dsl.reshape(x, (3, 2), name="swap"))
+    TorchEager(graph)     # at its own batch size it runs
+    with pytest.raises(UnsupportedOpError, match="node 'swap'.*batch dimension"):
+        TorchEager(graph, follow_batch=True)
+
+
+def test_forward_differentiates_through_replaced_weights():
+    """`forward` outside inference mode records autograd through the weights given in place of
+    the constants: its gradients agree with finite differences (float64, fused graph)."""
+    import torch
+    graph = go.optimize(residual_block()).graph
+    x = torch.from_numpy(np.random.default_rng(2).standard_normal((2, 4, 8, 8)))
+    weights = {name: torch.from_numpy(c.data.astype(np.float64))
+               for name, c in graph.constants.items()}
+    trained = [n.inputs[i].name for n in graph.nodes if n.op_name == "fused_conv2d"
+               for i in range(1, len(n.inputs)) if n.inputs[i].is_constant][:4]
+
+    def logits(*tensors):
+        forward = TorchEager(graph, weights={**weights, **dict(zip(trained, tensors))})
+        return forward.forward({"input": x})[0]
+
+    tensors = [weights[name].clone().requires_grad_() for name in trained]
+    assert torch.autograd.gradcheck(logits, tensors)
+    assert not TorchEager(graph).run_tensors({"input": x.float()})[0].requires_grad
+
+
 def test_ops_without_a_torch_form_are_named():
     with dsl.Builder("resized", seed=0) as b:
         x = b.input("input", (1, 2, 4, 4))
