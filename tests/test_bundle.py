@@ -12,6 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from graphopt.compare import FLOAT_TOLERANCE
 from graphopt.tools.bundle import Case, make_bundle, weights_mode
 from graphopt.errors import GraphoptError, InputError
 
@@ -115,15 +116,18 @@ def test_runner_reports_a_wrong_reference_as_a_mismatch(bundle, tmp_path):
     assert " NO" in done.stdout
 
 
-@pytest.mark.parametrize("spec, case", [("resnet18:8:cuda", Case("resnet18", 8, "cuda")),
-                                        ("vgg16:1:cuda:sm_80", Case("vgg16", 1, "cuda:sm_80")),
-                                        ("lenet5:1:cpu", Case("lenet5", 1, "cpu"))])
+@pytest.mark.parametrize("spec, case", [
+    ("resnet18:8:cuda", Case("resnet18", 8, "cuda")),
+    ("vgg16:1:cuda:sm_80", Case("vgg16", 1, "cuda:sm_80")),
+    ("lenet5:1:cpu", Case("lenet5", 1, "cpu")),
+    ("lenet5:1:cpu:int8", Case("lenet5", 1, "cpu", "int8")),
+    ("vgg11:2:cuda:sm_80:bfloat16", Case("vgg11", 2, "cuda:sm_80", "bfloat16"))])
 def test_case_specs(spec, case):
     assert Case.parse(spec) == case
     assert case.name.startswith(f"{case.model}_b{case.batch}_")
 
 
-@pytest.mark.parametrize("spec", ["resnet18", "resnet18:x:cuda", "resnet18:8"])
+@pytest.mark.parametrize("spec", ["resnet18", "resnet18:x:cuda", "resnet18:8", "resnet18:8:int8"])
 def test_bad_case_specs(spec):
     with pytest.raises(InputError, match="expected MODEL:BATCH:TARGET"):
         Case.parse(spec)
@@ -156,6 +160,93 @@ def test_runner_times_torch_eager_on_the_same_device(bundle, tmp_path):
     ("cpu", "params", "params"), ("cuda", "embedded", "embedded")])
 def test_weights_travel_by_default_only_for_cpu_cases(target, weights, mode):
     assert weights_mode(Case("resnet18", 1, target), weights) == mode
+
+
+@pytest.mark.parametrize("precision", ["int8", "bfloat16"])
+def test_quantized_cases_embed_their_weights(precision):
+    assert weights_mode(Case("resnet18", 1, "cuda", precision), "auto") == "embedded"
+    with pytest.raises(InputError, match=f"a {precision} library embeds its weights"):
+        weights_mode(Case("resnet18", 1, "cuda", precision), "params")
+
+
+# ---- quantized cases -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lowbit_bundle(tmp_path_factory):
+    """LeNet-5 quantized to int8 (go.quantize with a calibration) and converted to bfloat16."""
+    work = tmp_path_factory.mktemp("lowbit_bundle")
+    folder = str(work / "bundle")
+    manifest = make_bundle(folder, [Case("lenet5", 2, "cpu", "int8"),
+                                    Case("lenet5", 2, "cpu", "bfloat16")],
+                           wheels=[wheel_of_installed_ffi(str(work))], max_mib=64)
+    return folder, {c["precision"]: c for c in manifest["cases"]}, numpy_only_path(str(work))
+
+
+def run_bundle(folder, numpy_site, results="results.json"):
+    """The runner in a fresh Python with numpy and the bundle's files only."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GRAPHOPT_TVM_RUNTIME_DIR")}
+    env["PYTHONPATH"] = numpy_site
+    done = subprocess.run([sys.executable, "-S", os.path.join(folder, "run_bundle.py"),
+                           "--device", "cpu", "--warmup", "1", "--repeat", "3",
+                           "--results", results], env=env, capture_output=True, text=True,
+                          timeout=180)
+    with open(os.path.join(folder, results)) as f:
+        return done, {r["case"]: r for r in json.load(f)["results"]}
+
+
+def test_quantized_cases_hold_the_quantized_graphs_and_their_tolerances(lowbit_bundle):
+    """The references are the quantized graph's (float64 interpreter): int8 within one step of
+    the output's dequantize scale, bfloat16 within bfloat16's relative tolerance."""
+    import graphopt as go
+    from graphopt.runtime import read_export
+    from graphopt.tools.bundle import quantized
+    folder, cases, _ = lowbit_bundle
+    assert cases["int8"]["name"] == "lenet5_b2_cpu_int8" and cases["int8"]["weights"] is None
+    graph = go.zoo.lenet5(batch=2, seed=0)
+    q = quantized(graph, "int8", seed=0)
+    assert "qlinear_conv2d" in {n.op_name for n in q.nodes}
+    last = q.value("output").producer
+    assert last.op_name == "dequantize_linear"
+    assert cases["int8"]["tolerances"]["output"] == {"relative": 1e-4,
+                                                     "absolute": float(last.inputs[1].data)}
+    assert cases["bfloat16"]["tolerances"]["output"] == {"relative": FLOAT_TOLERANCE["bfloat16"],
+                                                         "absolute": 0.0}
+    feeds = {"input": np.load(os.path.join(folder, cases["int8"]["inputs"]["input"]))}
+    reference = np.load(os.path.join(folder, cases["int8"]["references"]["output"]))
+    np.testing.assert_array_equal(reference,
+                                  go.interpret(q, feeds, dtype=np.float64)["output"])
+    for case in cases.values():
+        metadata, _ = read_export(os.path.join(folder, case["library"]))
+        assert not metadata.get("weights"), "quantized libraries embed their weights"
+
+
+def test_runner_checks_int8_and_bfloat16_cases_with_only_numpy(lowbit_bundle):
+    folder, cases, numpy_site = lowbit_bundle
+    done, results = run_bundle(folder, numpy_site)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for precision, bound in (("int8", 1e-4), ("bfloat16", 2e-2)):
+        result = results[cases[precision]["name"]]
+        assert result["status"] == "ran" and result["ok"], result
+        assert result["max_rel_error"] < bound and result["runs"] == 3
+
+
+def test_an_int8_output_two_steps_off_is_a_mismatch(lowbit_bundle, tmp_path):
+    """One step of the output's scale is allowed (a rounding tie), not two."""
+    folder, cases, numpy_site = lowbit_bundle
+    copy = str(tmp_path / "copy")
+    shutil.copytree(folder, copy, symlinks=True)
+    case = cases["int8"]
+    reference = os.path.join(copy, case["references"]["output"])
+    expected = np.load(reference)
+    shifted = expected.copy()
+    shifted.flat[0] += 2 * case["tolerances"]["output"]["absolute"]
+    np.save(reference, shifted)
+    done, results = run_bundle(copy, numpy_site)
+    assert done.returncode == 1 and not results[case["name"]]["ok"], done.stdout + done.stderr
+    assert results[cases["bfloat16"]["name"]]["ok"]
+    shifted.flat[0] = expected.flat[0] + 0.5 * case["tolerances"]["output"]["absolute"]
+    np.save(reference, shifted)
+    done, results = run_bundle(copy, numpy_site)
+    assert done.returncode == 0 and results[case["name"]]["ok"], done.stdout + done.stderr
 
 
 def test_runner_rebuilds_the_weights_graphopt_passes_folded():

@@ -402,3 +402,26 @@ def test_bfloat16_weights_and_io_through_an_exported_library(tmp_path):
     found, compiled = loaded.run(feeds)["node.out"], m.run(feeds)["node.out"]
     assert found.dtype == "bfloat16" and np.array_equal(found, compiled)
     assert go.compare(g, loaded, feeds).ok
+
+
+def test_exported_bfloat16_model_runs_with_only_the_tvm_runtime(tmp_path):
+    """A model converted to bfloat16 (float32 at its interface, bfloat16 weights inside; its
+    convolutions on AMX tiles where the host has AMX-BF16, for which the fresh process asks the
+    kernel's permission) loads and runs in a fresh process that has the TVM runtime but not
+    the compiler, with the in-process results."""
+    from test_export import run_with_only_the_runtime
+    with dsl.Builder("bf16_export", seed=0) as b:
+        x = b.input("input", (2, 64, 8, 8))
+        y = dsl.relu(dsl.batch_norm(dsl.conv2d(x, 64, 3, padding=1, name="c1")))
+        y = dsl.max_pool2d(dsl.relu(dsl.conv2d(y, 64, 3, padding=1, name="c2")), 2)
+        graph = b.output(dsl.linear(dsl.flatten(y), 10, name="fc"))
+    model = go.compile(go.quantize(graph, "bfloat16").graph, "cpu")
+    if "amx_bf16" in (runtime.host_cpu_flags() or ()):
+        assert {n.op.conv.algorithm for n in model.graph.nodes
+                if n.op_name == "fused_conv2d"} == {"amx"}
+    feeds = probe_inputs(graph)
+    path = str(tmp_path / "bf16_export.so")
+    model.export(path)
+    found = run_with_only_the_runtime(path, feeds, tmp_path)
+    np.testing.assert_array_equal(found["output"], model.run(feeds)["output"])
+    assert go.compare(graph, model, feeds).ok

@@ -2,6 +2,7 @@
 Python + numpy, e.g. a lent GPU machine:
 
     python tools/make_bundle.py build/bundle resnet18:1:cuda resnet18:8:cuda --ffi-wheel auto
+    python tools/make_bundle.py build/lowbit resnet18:1:cpu:int8 resnet18:1:cpu:bfloat16
     # there:  python3 bundle/run_bundle.py --device cuda
 """
 import argparse
@@ -15,8 +16,10 @@ from graphopt.files import temporary_directory
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="the bundle folder to create")
-    parser.add_argument("cases", nargs="+", metavar="MODEL:BATCH:TARGET",
-                        help="e.g. resnet18:8:cuda, vgg16:1:cuda:sm_90, lenet5:1:cpu")
+    parser.add_argument("cases", nargs="+", metavar="MODEL:BATCH:TARGET[:PRECISION]",
+                        help="e.g. resnet18:8:cuda, vgg16:1:cuda:sm_90, lenet5:1:cpu; a "
+                             "precision (int8, float16, bfloat16) quantizes the model "
+                             "(int8 calibrated on seeded probe inputs)")
     parser.add_argument("--ffi-wheel", action="append", default=[], metavar="WHEEL|auto",
                         help="apache-tvm-ffi wheel(s) to carry; 'auto' downloads the cp312 one")
     parser.add_argument("--python", default="3.12", help="Python version for --ffi-wheel auto")
@@ -24,7 +27,8 @@ def main() -> int:
     parser.add_argument("--weights", choices=("auto", "params", "embedded"), default="auto",
                         help="params: libraries hold code only and the runner rebuilds the zoo "
                              "weights; embedded: weights inside each library; auto (default): "
-                             "params for CUDA cases, embedded for CPU ones")
+                             "params for float32 CUDA cases, embedded for the others "
+                             "(quantized cases always embed theirs)")
     parser.add_argument("--max-mib", type=float, default=64.0, help="size limit (default 64)")
     args = parser.parse_args()
     try:

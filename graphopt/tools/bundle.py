@@ -9,13 +9,18 @@ only Python + numpy (e.g. a lent GPU machine), and checks them against interpret
       lib/                     libtvm_runtime.so (+ libtvm_runtime_cuda.so)
       wheels/                  apache-tvm-ffi wheel(s) for the target Python, unpacked on first run
       models/<case>.so         exported libraries
-      data/<case>/             inputs and float64-interpreter references as .npy
-      manifest.json            the cases: library, inputs, references, tolerance
+      data/<model>_b<batch>/   inputs and float64-interpreter references as .npy
+      manifest.json            the cases: library, inputs, references, tolerances
 
 By default CUDA libraries take their weights as parameters (`compile(..., weights="params")`) and
 the runner rebuilds them from the zoo with the recorded seed, checking each against the digest
 taken at export: vgg16's 528 MiB of weights never travel, only its code does. CPU libraries embed
 their weights by default, because the CPU pipeline prepacks constant weights (10x faster).
+
+A case may compute in a lower precision (`go.quantize`): int8, calibrated on seeded probe inputs
+(the bundle checks kernels, not accuracy), or float16 / bfloat16. Its references are the float64
+interpretation of the quantized graph, and its library embeds its weights: rebuilding them would
+need the calibration, and bfloat16 arrays need ml_dtypes, which a numpy-only machine lacks.
 
 `tools/make_bundle.py` is the command-line front end.
 """
@@ -32,6 +37,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .. import runtime
+from ..compare import tolerance_for
 from ..errors import GraphoptError, InputError, WriteError
 from ..files import temporary_directory
 from ..signature import probe_inputs
@@ -40,7 +46,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PACKAGE = os.path.dirname(HERE)   # graphopt's source, for runners that rebuild the weights
 RUNNER = os.path.join(HERE, "bundle_runner.py")
 RUNTIME = os.path.join(PACKAGE, "runtime.py")
-FP32_TOLERANCE = 1e-4   # relative to the largest reference magnitude, as graphopt.compare's
+# Bytes per weight element: what an embedded case's weights take in its library.
+PRECISIONS = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
+CALIBRATION_BATCHES = 8   # int8 cases: seeded probe inputs the activation ranges are taken from
 
 
 @dataclass(frozen=True)
@@ -48,25 +56,66 @@ class Case:
     model: str       # zoo name
     batch: int
     target: str      # graphopt target: cpu, cuda, cuda:sm_80, ...
+    precision: str = "float32"   # what the model computes in: a key of PRECISIONS
 
     @property
     def name(self) -> str:
-        return f"{self.model}_b{self.batch}_{self.target.replace(':', '_')}"
+        suffix = "" if self.precision == "float32" else f"_{self.precision}"
+        return f"{self.model}_b{self.batch}_{self.target.replace(':', '_')}{suffix}"
 
     @classmethod
     def parse(cls, spec: str) -> "Case":
-        """MODEL:BATCH:TARGET, e.g. resnet18:8:cuda or lenet5:1:cpu (target may hold a colon)."""
+        """MODEL:BATCH:TARGET[:PRECISION], e.g. resnet18:8:cuda, lenet5:1:cpu:int8 or
+        vgg11:1:cuda:sm_80:bfloat16 (the target may hold a colon)."""
         parts = spec.split(":", 2)
-        if len(parts) != 3 or not parts[1].isdigit():
-            raise InputError(f"bad case {spec!r}: expected MODEL:BATCH:TARGET, e.g. resnet18:8:cuda")
+        if len(parts) != 3 or not parts[1].isdigit() or parts[2] in PRECISIONS:
+            raise InputError(f"bad case {spec!r}: expected MODEL:BATCH:TARGET[:PRECISION], "
+                             "e.g. resnet18:8:cuda or lenet5:1:cpu:int8")
+        target, _, last = parts[2].rpartition(":")
+        if target and last in PRECISIONS:
+            return cls(parts[0], int(parts[1]), target, last)
         return cls(parts[0], int(parts[1]), parts[2])
 
 
 def weights_mode(case: Case, weights: str) -> str:
-    """"params" or "embedded" for `case`; "auto" means params for CUDA, embedded for CPU."""
+    """"params" or "embedded" for `case`; "auto" means params for float32 CUDA cases, embedded
+    for the others. A quantized case always embeds its weights (see the module's docstring)."""
+    if case.precision != "float32":
+        if weights == "params":
+            raise InputError(f"case {case.name}: a {case.precision} library embeds its weights "
+                             "(the runner cannot rebuild quantized weights); bundle it with "
+                             "weights 'auto' or 'embedded'")
+        return "embedded"
     if weights != "auto":
         return weights
     return "params" if case.target.startswith("cuda") else "embedded"
+
+
+def quantized(graph, precision: str, seed: int):
+    """`graph` computing in `precision`: as it is for float32, else `go.quantize`d (int8
+    calibrated on CALIBRATION_BATCHES probe inputs seeded after the case's own)."""
+    import graphopt as go
+    if precision == "float32":
+        return graph
+    if precision == "int8":
+        batches = [probe_inputs(graph, seed + 1 + i) for i in range(CALIBRATION_BATCHES)]
+        return go.quantize(graph, go.calibrate(graph, batches)).graph
+    return go.quantize(graph, precision).graph
+
+
+def output_tolerance(graph, name: str) -> tuple[float, float]:
+    """(relative, absolute) error allowed for output `name` of a library compiled from `graph`
+    against the float64 interpretation of `graph` itself; it passes within either. A float
+    output a dequantize_linear makes comes from integers that the compiled kernels compute
+    as the interpreter does but for a value at a rounding tie (compare.steps_for): one step
+    of its scale, and float32's tolerance. Any other output: its dtype's tolerance over the
+    dtypes `graph` computes in (compare.tolerance_for)."""
+    value = graph.value(name)
+    node = value.producer
+    if node is not None and node.op_name == "dequantize_linear" and node.inputs[1].is_constant:
+        step = float(np.max(np.abs(node.inputs[1].data)))
+        return tolerance_for(value.dtype), step
+    return tolerance_for(value.dtype, graph), 0.0
 
 
 def runtime_libraries(device_kinds: set[str]) -> list[str]:
@@ -111,7 +160,7 @@ def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (
                 progress: Callable[[str], None] = lambda _: None) -> dict:
     """Build the bundle in `folder` (created, complete or not at all; must not exist) and
     return its manifest. `weights`: "params" (rebuilt from the zoo on the target machine),
-    "embedded", or "auto" (params for CUDA cases, embedded for CPU ones)."""
+    "embedded", or "auto" (params for float32 CUDA cases, embedded for the others)."""
     from .. import zoo
     if os.path.exists(folder):
         raise InputError(f"{folder} already exists; give a new folder for the bundle")
@@ -120,12 +169,15 @@ def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (
         raise InputError(f"unknown models {unknown}; expected zoo names ({', '.join(zoo.MODELS)})")
     if weights not in ("params", "embedded", "auto"):
         raise InputError(f"weights must be 'params', 'embedded' or 'auto', found {weights!r}")
+    unknown = [c.precision for c in cases if c.precision not in PRECISIONS]
+    if unknown:
+        raise InputError(f"unknown precisions {unknown}; expected {', '.join(PRECISIONS)}")
     mode = {c: weights_mode(c, weights) for c in cases}
     # Embedded weights travel once per library: refuse early what cannot fit.
     embedded = [c for c in cases if mode[c] == "embedded"]
     sizes = {m: sum(c.data.nbytes for c in zoo.MODELS[m](batch=1, seed=seed).constants.values())
              for m in {c.model for c in embedded}}
-    estimate = sum(sizes[c.model] for c in embedded) / 2**20
+    estimate = sum(sizes[c.model] * PRECISIONS[c.precision] / 4 for c in embedded) / 2**20
     if estimate > max_mib:
         raise GraphoptError(f"the cases' weights alone take {estimate:.1f} MiB, over the "
                             f"{max_mib:g} MiB limit; bundle fewer or smaller cases per run")
@@ -167,32 +219,33 @@ def _fill_bundle(folder: str, cases: Sequence[Case], mode: dict, wheels: Sequenc
         shutil.copy(wheel, os.path.join(folder, "wheels"))
 
     manifest = {"seed": seed, "cases": []}
-    graphs = {}
+    graphs, references = {}, {}
     for case in cases:
         key = (case.model, case.batch)
         if key not in graphs:
             progress(f"building {case.model} batch {case.batch}")
             graph = zoo.MODELS[case.model](batch=case.batch, seed=seed)
             feeds = probe_inputs(graph, seed)
-            progress(f"float64 reference for {case.model} batch {case.batch}")
-            references = go.interpret(graph, feeds, dtype=np.float64)
-            data = os.path.join("data", f"{case.model}_b{case.batch}")
-            os.makedirs(os.path.join(folder, data))
-            files = {}
-            for kind, arrays in (("input", feeds), ("reference", references)):
-                for name, array in arrays.items():
-                    path = os.path.join(data, f"{kind}_{name}.npy".replace("/", "_"))
-                    np.save(os.path.join(folder, path), array)
-                    files.setdefault(kind, {})[name] = path
-            graphs[key] = (graph, files)
-        graph, files = graphs[key]
+            os.makedirs(os.path.join(folder, data_folder(case)))
+            graphs[key] = (graph, feeds, save_arrays(folder, case, "input", feeds))
+        graph, feeds, inputs = graphs[key]
+        if key + (case.precision,) not in references:
+            compiled = quantized(graph, case.precision, seed)
+            progress(f"float64 reference for {case.model} batch {case.batch} {case.precision}")
+            expected = go.interpret(compiled, feeds, dtype=np.float64)
+            references[key + (case.precision,)] = (compiled, save_arrays(
+                folder, case, f"reference_{case.precision}", expected))
+        compiled, files = references[key + (case.precision,)]
+        tolerances = {name: output_tolerance(compiled, name) for name in files}
         progress(f"compiling and exporting {case.name}")
         library = os.path.join("models", case.name + ".so")
-        model = go.compile(graph, target=case.target, weights=mode[case])
+        model = go.compile(compiled, target=case.target, weights=mode[case])
         model.export(os.path.join(folder, library))
         manifest["cases"].append({**asdict(case), "name": case.name, "library": library,
-                                  "device": model.device_kind, "inputs": files["input"],
-                                  "references": files["reference"], "tolerance": FP32_TOLERANCE,
+                                  "device": model.device_kind, "inputs": inputs,
+                                  "references": files,
+                                  "tolerances": {name: {"relative": rel, "absolute": step}
+                                                 for name, (rel, step) in tolerances.items()},
                                   "weights": {"zoo": case.model, "batch": case.batch, "seed": seed,
                                               "passes": "default"}
                                   if mode[case] == "params" else None})
@@ -201,3 +254,19 @@ def _fill_bundle(folder: str, cases: Sequence[Case], mode: dict, wheels: Sequenc
     with open(os.path.join(folder, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     return manifest
+
+
+def data_folder(case: Case) -> str:
+    """Where a model and batch's inputs and references lie (shared by its targets and
+    precisions)."""
+    return os.path.join("data", f"{case.model}_b{case.batch}")
+
+
+def save_arrays(folder: str, case: Case, kind: str, arrays: dict) -> dict[str, str]:
+    """Each array as data/<model>_b<batch>/<kind>_<name>.npy; their paths by name."""
+    paths = {}
+    for name, array in arrays.items():
+        path = os.path.join(data_folder(case), f"{kind}_{name}.npy".replace("/", "_"))
+        np.save(os.path.join(folder, path), array)
+        paths[name] = path
+    return paths
