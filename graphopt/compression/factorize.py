@@ -1,0 +1,412 @@
+"""factorize: convolutions and linear layers replaced by two thinner factors (1x1 bottlenecks).
+
+Per layer, the rank comes from an energy threshold on a spectrum or from a rank ratio; the
+factors from the weight's SVD or, with `data`, from what the layer computes on it:
+
+- form "expand" (KxK Cin -> r, then 1x1 r -> Cout): the weight as W [Cout, Cin*K*K]. Plain:
+  P = the top r left singular vectors of W. With data (Zhang et al. 2015, "Accelerating Very
+  Deep Convolutional Networks", the linear case): P = the top r eigenvectors of the covariance
+  of the layer's linear responses y = W x, and y ~ P P^T y + (I - P P^T) mean(y). The first
+  factor is P^T W, the second P with bias b + (I - P P^T) mean(y).
+- form "reduce" (1x1 Cin -> r, then KxK r -> Cout, GoogLeNet-style): the weight as
+  W [Cout*K*K, Cin]. With C = E[x x^T] the input channels' (uncentered) covariance and S its
+  Cholesky factor (S = I without data), W S = U Sigma V^T; the first factor is V_r^T S^-1, the
+  second W S V_r = U_r Sigma_r: the rank-r weight that best reconstructs the responses.
+
+The spectrum is the squared singular values of W (of W S with data), or with data in form
+"expand" the eigenvalues of the responses' covariance. Each layer takes the form that costs fewer
+MACs at its rank, and is rewritten only when that is fewer than the layer's own."""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+from .. import ops
+from ..analysis import node_macs, node_params
+from ..errors import OptionError
+from ..ir import Graph, Node, TensorType
+from ..passes.insert_bottleneck import (Bottleneck, factor_ops, insert_bottleneck, layer_parts)
+from ..passes.manager import PassManager
+from ..quantization.sensitivity import evaluation_batches
+from ..signature import probe_inputs
+from ..targets.reference import interpret
+from .result import CompressionResult, LayerChange
+
+LAYER_OPS = ("conv2d", "fused_conv2d", "linear")
+DEFAULT_ENERGY = 0.9
+# Added to the input covariance, relative to its mean diagonal, so that its Cholesky factor
+# exists when channels are linearly dependent (a dead relu channel, a constant input).
+RIDGE = 1e-6
+
+
+def factorize(graph: Graph, energy: float | Mapping[str, float] | None = None, *,
+              rank_ratio: float | Mapping[str, float] | None = None, data=None,
+              layers: Iterable[str] | None = None, check: bool = False) -> CompressionResult:
+    """`graph` (left unchanged) with its convolutions and linear layers factored into two
+    thinner ones each (see the module's docstring); returns a CompressionResult whose `.layers`
+    has one LayerChange per layer considered (rank, params, MACs, the relative error of the
+    layer's output on its own inputs), whose `.graph` is the rewritten graph.
+
+    `energy` (default 0.9): each layer keeps the smallest rank whose spectrum keeps that
+    fraction of its energy. `rank_ratio`: rank = max(1, round(ratio * full rank)). Either may
+    be a {layer name: value} mapping; layers it does not name are left alone. `data`: a
+    {input name: array} dict or a list of them: factors from the layers' responses on it, and
+    the errors measured on it (else on a random probe). `layers`: the node names to consider
+    (default: every conv2d and fused_conv2d with groups 1, and every linear). `check=True`
+    also compares the factored graph with the original end to end (the report's note)."""
+    rule = RankRule.of(energy, rank_ratio)
+    nodes = _layers(graph, layers, rule)
+    batches = evaluation_batches(data) if data is not None else [probe_inputs(graph)]
+    moments = _moments(graph, nodes, batches) if data is not None else {}
+    plans = [_plan(node, rule, moments.get(node.name)) for node in nodes]
+    errors = _layer_errors(graph, [p for p in plans if p.factors is not None], batches)
+    bottlenecks = {p.node.name: p.factors for p in plans if p.factors is not None}
+    result = PassManager([insert_bottleneck(bottlenecks)]).run(graph)
+    where = f"the data ({len(batches)} batch{'es' if len(batches) > 1 else ''})" \
+        if data is not None else "a random probe input"
+    source = ", factors from the responses on the data" if data is not None else ""
+    note = (f"rank from {rule.describe()}{source}; error: max |factored - original| / "
+            f"max |original| of each layer's output, on {where}")
+    if check:
+        note += f"\noutput error end to end: {_output_error(graph, result.graph, batches):.3g}"
+    changes = tuple(p.change(errors.get(p.node.name)) for p in plans)
+    return CompressionResult(result.graph, graph, result.records, kind="factorize",
+                             layers=changes, note=note)
+
+
+# ---- options ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RankRule:
+    """How each layer's rank is chosen: `kind` "energy" or "rank_ratio", `value` one fraction
+    for every layer or a {layer name: fraction} mapping."""
+
+    kind: str
+    value: float | Mapping[str, float]
+
+    @classmethod
+    def of(cls, energy, rank_ratio) -> "RankRule":
+        if energy is not None and rank_ratio is not None:
+            raise OptionError(f"expected energy or rank_ratio, not both (found energy={energy!r}, "
+                              f"rank_ratio={rank_ratio!r})")
+        kind, value = ("rank_ratio", rank_ratio) if rank_ratio is not None else \
+            ("energy", DEFAULT_ENERGY if energy is None else energy)
+        if isinstance(value, Mapping):
+            bad = [k for k in value if not isinstance(k, str)]
+            if bad:
+                raise OptionError(f"expected {kind} as {{layer name: fraction}}, found the key "
+                                  f"{bad[0]!r}")
+            return cls(kind, {k: _fraction(kind, v, k) for k, v in value.items()})
+        return cls(kind, _fraction(kind, value))
+
+    def named(self) -> frozenset[str] | None:
+        """The layers a mapping names (None: every layer)."""
+        return frozenset(self.value) if isinstance(self.value, Mapping) else None
+
+    def fraction(self, layer: str) -> float:
+        return self.value[layer] if isinstance(self.value, Mapping) else self.value
+
+    def rank(self, layer: str, energies: np.ndarray, full: int) -> int:
+        """The rank of `layer` out of `full`, given its spectrum (descending energies)."""
+        fraction = self.fraction(layer)
+        if self.kind == "rank_ratio":
+            return min(full, max(1, round(fraction * full)))
+        total = float(energies.sum())
+        if total <= 0:          # a zero weight or no response: any rank reproduces it
+            return 1
+        kept = np.cumsum(energies) / total
+        # the first rank keeping the fraction (less a rounding error of the cumulative sum)
+        return min(full, int(np.searchsorted(kept, fraction - 1e-12)) + 1)
+
+    def describe(self) -> str:
+        if isinstance(self.value, Mapping):
+            return f"{self.kind.replace('_', ' ')} per layer"
+        return f"{self.kind.replace('_', ' ')} {self.value:g}"
+
+
+def _fraction(kind: str, value, layer: str | None = None) -> float:
+    where = f" for layer '{layer}'" if layer is not None else ""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or \
+            not 0 < float(value) <= 1:
+        raise OptionError(f"expected {kind}{where} in (0, 1], found {value!r}")
+    return float(value)
+
+
+def _layers(graph: Graph, layers, rule: RankRule) -> list[Node]:
+    """The nodes to consider, in topological order; names that are not conv2d, fused_conv2d or
+    linear nodes of `graph` raise OptionError."""
+    candidates = {n.name: n for n in graph.nodes if n.op_name in LAYER_OPS}
+    if isinstance(layers, str):
+        layers = [layers]
+    asked = None if layers is None else list(layers)
+    named = rule.named()
+    unknown = [name for name in (asked or []) + sorted(named or ()) if name not in candidates]
+    if unknown:
+        known = ", ".join(list(candidates)[:12]) + (", ..." if len(candidates) > 12 else "")
+        ops_of = {n.name: n.op_name for n in graph.nodes}
+        found = ", ".join(f"'{name}'" + (f" ({ops_of[name]})" if name in ops_of else "")
+                          for name in dict.fromkeys(unknown))
+        raise OptionError(f"factorize: expected names of {'/'.join(LAYER_OPS)} nodes of graph "
+                          f"'{graph.name}', found {found}; its layers: {known or 'none'}")
+    if asked is None:
+        chosen = {name for name, n in candidates.items()
+                  if n.op_name == "linear" or _conv(n).groups == 1}
+    else:
+        chosen = set(asked)
+    if named is not None:
+        chosen &= named
+    return [n for n in graph.topological_order() if n.name in chosen]
+
+
+def _conv(node: Node) -> ops.Conv2d:
+    return node.op.conv if node.op_name == "fused_conv2d" else node.op
+
+
+# ---- statistics of the data ---------------------------------------------------------------------
+@dataclass
+class Moments:
+    """Running sums over the data of one layer's input channels x (uncentered second moment)
+    and linear responses y = W x (first and second moments), in float64."""
+
+    inputs: int = 0
+    xx: np.ndarray | float = 0.0
+    responses: int = 0
+    y: np.ndarray | float = 0.0
+    yy: np.ndarray | float = 0.0
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        """`x`, `y`: [rows, channels]."""
+        self.inputs += len(x)
+        self.xx = self.xx + x.T @ x
+        self.responses += len(y)
+        self.y = self.y + y.sum(axis=0)
+        self.yy = self.yy + y.T @ y
+
+    @property
+    def input_covariance(self) -> np.ndarray:
+        return self.xx / max(self.inputs, 1)
+
+    @property
+    def response_mean(self) -> np.ndarray:
+        return self.y / max(self.responses, 1)
+
+    @property
+    def response_covariance(self) -> np.ndarray:
+        mean = self.response_mean
+        return self.yy / max(self.responses, 1) - np.outer(mean, mean)
+
+
+def _rows(array: np.ndarray, channel_axis: int) -> np.ndarray:
+    """[..., C, ...] -> [rows, C]."""
+    return np.moveaxis(array, channel_axis, -1).reshape(-1, array.shape[channel_axis])
+
+
+def _moments(graph: Graph, nodes: list[Node], batches) -> dict[str, Moments]:
+    """Each layer's Moments over the data, its inputs taken from the original graph."""
+    moments = {n.name: Moments() for n in nodes}
+    for batch in batches:
+        values = interpret(graph, batch, dtype=np.float64, keep=True)
+        for node in nodes:
+            x, weight, _, _ = layer_parts(node)
+            if not weight.is_constant:
+                continue
+            w = weight.data.astype(np.float64)
+            if node.op_name == "linear":
+                rows = values[x.name].reshape(-1, w.shape[1])
+                moments[node.name].add(rows, rows @ w.T)
+            else:
+                conv = _conv(node)
+                if conv.groups != 1:
+                    continue
+                y = ops.Conv2d(conv.stride, conv.padding, conv.dilation).reference(
+                    values[x.name], w)
+                moments[node.name].add(_rows(values[x.name], 1), _rows(y, 1))
+    return moments
+
+
+# ---- the plan of one layer ----------------------------------------------------------------------
+@dataclass
+class LayerPlan:
+    """What factorize decided for one layer: its factors (None: kept, for `reason`)."""
+
+    node: Node
+    factors: Bottleneck | None
+    description: str
+    params: tuple[int, int]
+    macs: tuple[int, int]
+
+    def change(self, error: float | None) -> LayerChange:
+        return LayerChange(self.node.name, self.node.op_name, self.description, self.params,
+                           self.macs, error)
+
+
+def _kept(node: Node, reason: str) -> LayerPlan:
+    params, macs = node_params(node), node_macs(node)
+    return LayerPlan(node, None, f"kept: {reason}", (params, params), (macs, macs))
+
+
+@dataclass
+class Spectrum:
+    """One form's factorization of a layer at any rank: `energies` (descending) and `full`."""
+
+    form: str
+    energies: np.ndarray
+    full: int
+    factors: Callable[[int], Bottleneck]
+
+
+def _plan(node: Node, rule: RankRule, moments: Moments | None) -> LayerPlan:
+    x, weight, bias, residual = layer_parts(node)
+    if node.op_name != "linear" and _conv(node).groups != 1:
+        return _kept(node, f"grouped conv (groups {_conv(node).groups})")
+    if not weight.is_constant or (bias is not None and not bias.is_constant):
+        computed = weight if not weight.is_constant else bias
+        return _kept(node, f"computed {'weight' if computed is weight else 'bias'} "
+                           f"%{computed.name}")
+    w = weight.data.astype(np.float64)
+    b = None if bias is None else bias.data.astype(np.float64)
+    choices = []
+    for spectrum in (_expand(w, b, moments), _reduce(w, moments)):
+        rank = rule.rank(node.name, spectrum.energies, spectrum.full)
+        shapes = _factor_shapes(w.shape, spectrum.form, rank)
+        choices.append((_factored_macs(node, spectrum.form, shapes), spectrum, rank, shapes))
+    macs, spectrum, rank, shapes = min(choices, key=lambda c: c[0])    # a tie: "expand"
+    before_macs, before_params = node_macs(node), node_params(node)
+    if macs >= before_macs:
+        return _kept(node, f"rank {rank}/{spectrum.full} saves nothing")
+    factors = spectrum.factors(rank)
+    bias_size = weight.shape[0] if (factors.bias is not None or bias is not None) else 0
+    params = factors.first.size + factors.second.size + bias_size
+    return LayerPlan(node, factors, f"rank {rank}/{spectrum.full}, "
+                     f"{_form_name(node, spectrum.form)}", (before_params, params),
+                     (before_macs, macs))
+
+
+def _form_name(node: Node, form: str) -> str:
+    if node.op_name == "linear":
+        return "linear -> linear"
+    kernel = "x".join(map(str, node.inputs[1].shape[2:]))
+    if kernel == "1x1":
+        return "1x1 -> 1x1"
+    return f"1x1 reduce -> {kernel}" if form == "reduce" else f"{kernel} -> 1x1 expand"
+
+
+def _factor_shapes(shape: tuple[int, ...], form: str, rank: int) -> tuple[tuple, tuple]:
+    """The shapes of the two factors' weights of a layer whose weight has `shape`."""
+    cout, cin, *kernel = shape
+    if not kernel:
+        return (rank, cin), (cout, rank)
+    ones = [1] * len(kernel)
+    if form == "reduce":
+        return (rank, cin, *ones), (cout, rank, *kernel)
+    return (rank, cin, *kernel), (cout, rank, *ones)
+
+
+def _factored_macs(node: Node, form: str, shapes: tuple[tuple, tuple]) -> int:
+    """MACs of the two factors, counted by their ops as count_macs counts them."""
+    x, weight, bias, residual = layer_parts(node)
+    first, second = factor_ops(node.op, form, bias is not None)
+    dtype = weight.dtype
+    w1, w2 = (TensorType(s, dtype) for s in shapes)
+    hidden = first.output_types(x.type, w1)
+    extra = [v.type for v in (bias, residual) if v is not None]
+    out = second.output_types(hidden[0], w2, *extra)
+    return int(first.macs([x.type, w1], hidden) + second.macs([hidden[0], w2, *extra], out))
+
+
+def _descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return np.clip(values[::-1], 0, None), vectors[:, ::-1]
+
+
+def _expand(w: np.ndarray, b: np.ndarray | None, moments: Moments | None) -> Spectrum:
+    """Form "expand": first P^T W (the layer's kernel, r outputs), second P (1x1)."""
+    cout = w.shape[0]
+    matrix = w.reshape(cout, -1)
+    full = min(matrix.shape)
+    if moments is None or moments.responses == 0:
+        basis, singular, _ = np.linalg.svd(matrix, full_matrices=False)
+        energies, mean = singular ** 2, None
+    else:
+        energies, basis = _descending_eigh(moments.response_covariance)
+        mean = moments.response_mean
+
+    def factors(rank: int) -> Bottleneck:
+        p = basis[:, :rank]
+        first = (p.T @ matrix).reshape(rank, *w.shape[1:])
+        second = p.reshape(cout, rank, *([1] * (w.ndim - 2)))
+        bias = None
+        if mean is not None:
+            # y ~ P P^T y + (I - P P^T) mean(y): what the rank drops, at its mean, into the bias
+            bias = (0.0 if b is None else b) + mean - p @ (p.T @ mean)
+        return Bottleneck("expand", first, second, bias)
+
+    return Spectrum("expand", energies, full, factors)
+
+
+def _reduce(w: np.ndarray, moments: Moments | None) -> Spectrum:
+    """Form "reduce": first V_r^T S^-1 (1x1, r outputs), second W S V_r (the layer's kernel)."""
+    cout, cin = w.shape[:2]
+    kernel = w.shape[2:]
+    matrix = np.moveaxis(w, 1, -1).reshape(-1, cin)           # [Cout*KH*KW, Cin]
+    whitening = None
+    if moments is not None and moments.inputs > 0:
+        covariance = moments.input_covariance
+        scale = np.trace(covariance) / cin
+        if scale > 0:
+            whitening = np.linalg.cholesky(covariance + RIDGE * scale * np.eye(cin))
+    weighted = matrix if whitening is None else matrix @ whitening
+    _, singular, vt = np.linalg.svd(weighted, full_matrices=False)
+
+    def factors(rank: int) -> Bottleneck:
+        v = vt[:rank].T                                        # [Cin, r]
+        first = v.T if whitening is None else np.linalg.solve(whitening.T, v).T
+        second = (weighted @ v).reshape(cout, *kernel, rank)
+        return Bottleneck("reduce", first.reshape(rank, cin, *([1] * len(kernel))),
+                          np.moveaxis(second, -1, 1))
+
+    return Spectrum("reduce", singular ** 2, min(matrix.shape), factors)
+
+
+# ---- measuring ----------------------------------------------------------------------------------
+def _layer_errors(graph: Graph, plans: list[LayerPlan], batches) -> dict[str, float]:
+    """max |factored - original| / max |original| of each planned layer's output, the factors
+    (rounded to the layer's dtype) run on the layer's inputs in the original graph."""
+    if not plans:
+        return {}
+    worst = {p.node.name: [0.0, 0.0] for p in plans}      # [max |diff|, max |original|]
+    for batch in batches:
+        values = interpret(graph, batch, dtype=np.float64, keep=True)
+        for plan in plans:
+            node, factors = plan.node, plan.factors
+            x, weight, bias, residual = layer_parts(node)
+            first_op, second_op = factor_ops(node.op, factors.form,
+                                             factors.bias is not None or bias is not None)
+            as_stored = lambda a: a.astype(weight.dtype).astype(np.float64)
+            hidden = first_op.reference(values[x.name], as_stored(factors.first))
+            bias_data = factors.bias if factors.bias is not None else \
+                None if bias is None else values[bias.name]
+            args = [hidden, as_stored(factors.second)] + \
+                [a for a in (None if bias_data is None else as_stored(bias_data),
+                             None if residual is None else values[residual.name])
+                 if a is not None]
+            found = second_op.reference(*args)
+            expected = values[node.output.name]
+            worst[node.name][0] = max(worst[node.name][0], float(np.abs(found - expected).max()))
+            worst[node.name][1] = max(worst[node.name][1], float(np.abs(expected).max()))
+    return {name: diff / scale if scale > 0 else diff for name, (diff, scale) in worst.items()}
+
+
+def _output_error(original: Graph, factored: Graph, batches) -> float:
+    """The largest max |factored - original| / max |original| over the graph's outputs."""
+    diff = {name: 0.0 for name in original.output_names}
+    scale = dict(diff)
+    for batch in batches:
+        expected = interpret(original, batch, dtype=np.float64)
+        found = interpret(factored, batch, dtype=np.float64)
+        for name in diff:
+            diff[name] = max(diff[name], float(np.abs(found[name] - expected[name]).max()))
+            scale[name] = max(scale[name], float(np.abs(expected[name]).max()))
+    return max((d / scale[n] if scale[n] > 0 else d) for n, d in diff.items())
