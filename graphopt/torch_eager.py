@@ -6,8 +6,8 @@ runtime bundle times compiled models against on the same device ("torch eager").
 
 Covers the ops of the zoo's networks and the fused convolutions passes create; any other op
 raises UnsupportedOpError naming the node. `forward` runs under the caller's autograd mode with
-weights the caller may replace (trainable parameters: `graphopt.compression.finetune`), at any
-batch size when the graph's reshapes keep the batch dimension. torch is imported only here.
+weights the caller may replace (trainable parameters: `graphopt.compression.finetune`). torch is
+imported only here.
 """
 from __future__ import annotations
 
@@ -100,12 +100,10 @@ class TorchEager:
     """`graph` as a sequence of torch calls on `device`, weights copied there once.
 
     `weights` (constant name -> tensor on the device) stand for those constants instead of
-    copies of their data: trainable parameters, or float32 copies of half-precision weights.
-    With `follow_batch`, reshapes that keep the batch dimension take their input's batch size,
-    so the graph runs on batches of any size (a reshape that cannot is an UnsupportedOpError)."""
+    copies of their data: trainable parameters, or float32 copies of half-precision weights."""
 
     def __init__(self, graph: Graph, device: str = "cpu", *,
-                 weights: Mapping[str, object] | None = None, follow_batch: bool = False):
+                 weights: Mapping[str, object] | None = None):
         import torch
         import torch.nn.functional as F
         self.torch, self.graph, self.device = torch, graph, torch.device(device)
@@ -119,32 +117,18 @@ class TorchEager:
             raise GraphoptError(f"weights for {unknown}, which are not constants of graph "
                                 f"'{graph.name}'")
         self.order = graph.topological_order()
-        self.kernels = [self._kernel(node, follow_batch) for node in self.order]
         self.weights = {id(c): weights[c.name] if c.name in weights else
                         torch.from_numpy(np.ascontiguousarray(c.data)).to(self.device)
                         for c in graph.constants.values()}
-
-    def _kernel(self, node, follow_batch: bool):
-        kernel = self.table[node.op_name]
-        if not follow_batch or node.op_name != "reshape":
-            return kernel
-        # The graph's batch size is its first input's leading dimension.
-        batch = self.graph.inputs[0].shape[:1] if self.graph.inputs else ()
-        if not node.inputs[0].shape[:1] == node.outputs[0].shape[:1] == batch:
-            raise UnsupportedOpError(f"reshape {node.inputs[0].type} -> {node.outputs[0].type} "
-                                     f"does not keep the batch dimension leading: the graph runs "
-                                     f"only at its own batch size", node=node.name,
-                                     op=node.op_name)
-        rest = node.outputs[0].shape[1:]
-        return lambda op, x: x.reshape((x.shape[0], *rest))
 
     def forward(self, inputs: Mapping[str, object]) -> list:
         """One forward on torch tensors already on the device, recording autograd as the
         caller's mode says; returns the output tensors."""
         env = dict(self.weights)
         env.update({id(v): inputs[v.name] for v in self.graph.inputs})
-        for node, kernel in zip(self.order, self.kernels):
-            env[id(node.outputs[0])] = kernel(node.op, *(env[id(v)] for v in node.inputs))
+        for node in self.order:
+            env[id(node.outputs[0])] = self.table[node.op_name](
+                node.op, *(env[id(v)] for v in node.inputs))
         return [env[id(v)] for v in self.graph.outputs]
 
     def run_tensors(self, inputs: Mapping[str, object]) -> list:

@@ -54,25 +54,6 @@ def test_fused_convolutions():
     check_against_interpreter(fused)
 
 
-def test_follow_batch_runs_other_batch_sizes():
-    """A batch-1 graph (its reshape included) runs on 3 samples at once, each as at batch 1."""
-    graph = go.optimize(residual_block(batch=1)).graph
-    x = np.random.default_rng(1).standard_normal((3, 4, 8, 8)).astype("float32")
-    found = TorchEager(graph, follow_batch=True)({"input": x})[graph.output_names[0]]
-    for i in range(3):
-        ref = go.interpret(graph, {"input": x[i:i + 1]}, dtype=np.float64)[graph.output_names[0]]
-        assert compare_arrays("logits", ref, found[i:i + 1]).ok
-
-
-def test_a_reshape_that_moves_the_batch_cannot_follow_it():
-    with dsl.Builder("mixed_batch", seed=0) as b:
-        x = b.input("input", (2, 3))
-        graph = b.output(dsl.reshape(x, (3, 2), name="swap"))
-    TorchEager(graph)     # at its own batch size it runs
-    with pytest.raises(UnsupportedOpError, match="node 'swap'.*batch dimension"):
-        TorchEager(graph, follow_batch=True)
-
-
 def test_forward_differentiates_through_replaced_weights():
     """`forward` outside inference mode records autograd through the weights given in place of
     the constants: its gradients agree with finite differences (float64, fused graph)."""
