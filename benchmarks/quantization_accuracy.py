@@ -122,6 +122,12 @@ def weights_path(name: str, settings: dict) -> Path:
     return CACHE / f"{name}-{key.hexdigest()[:12]}.pt"
 
 
+def training_settings(name: str, epochs: int | None = None, torch_threads: int = 2) -> dict:
+    """How `name` is trained (the weights' cache key): EPOCHS[name] unless `epochs`."""
+    return {"epochs": epochs or EPOCHS[name], "batch": 64, "lr": 3e-3, "augment": True,
+            "seed": SEED, "train": TRAIN, "torch_threads": torch_threads}
+
+
 def train(name: str, build, train_split, settings: dict, retrain: bool):
     """The torch module `name` trained with `settings`, from the cache unless `retrain`."""
     import torch
@@ -131,6 +137,7 @@ def train(name: str, build, train_split, settings: dict, retrain: bool):
     if path.exists() and not retrain:
         model.load_state_dict(torch.load(path))
         return model.eval()
+    torch.set_num_threads(settings["torch_threads"])   # the order of float sums: the weights
     images, labels = (torch.from_numpy(a) for a in train_split)
     generator = torch.Generator().manual_seed(settings["seed"])
     optimizer = torch.optim.Adam(model.parameters(), lr=settings["lr"])
@@ -157,27 +164,34 @@ def train(name: str, build, train_split, settings: dict, retrain: bool):
     return model.eval()
 
 
-def export(name: str, model) -> go.Graph:
-    """`model` exported to ONNX at batch BATCH (eval mode: dropout is gone) and imported."""
+def export(name: str, model, batch: int = BATCH) -> go.Graph:
+    """`model` exported to ONNX at `batch` (eval mode: dropout is gone) and imported."""
     import torch
-    path = CACHE / f"{name}.onnx"
+    path = CACHE / (f"{name}.onnx" if batch == BATCH else f"{name}_b{batch}.onnx")
     CACHE.mkdir(parents=True, exist_ok=True)
     # The TorchScript exporter (deprecated, hence the filter): the dynamo one needs onnxscript.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model.eval(), (torch.zeros(BATCH, 1, 28, 28),), str(path),
+        torch.onnx.export(model.eval(), (torch.zeros(batch, 1, 28, 28),), str(path),
                           dynamo=False, input_names=["input"], output_names=["logits"],
                           opset_version=17)
     return go.load_onnx(str(path))
 
 
-def chunks(images: np.ndarray):
-    return ({"input": images[i:i + BATCH]} for i in range(0, len(images), BATCH))
+def chunks(images: np.ndarray, batch: int = BATCH):
+    """{"input": ...} feeds of `batch` images (len(images) a multiple of it: static shapes)."""
+    return ({"input": images[i:i + batch]} for i in range(0, len(images), batch))
 
 
-def logits_of(run, images: np.ndarray) -> np.ndarray:
-    """`run` ({input: batch} -> {output: logits}) over `images`, BATCH at a time."""
-    return np.concatenate([next(iter(run(feed).values())) for feed in chunks(images)])
+def logits_of(run, images: np.ndarray, batch: int = BATCH) -> np.ndarray:
+    """`run` ({input: batch} -> {output: logits}) over `images`, `batch` at a time."""
+    return np.concatenate([next(iter(run(feed).values())) for feed in chunks(images, batch)])
+
+
+def top1(run, held_out, batch: int = BATCH) -> float:
+    """Top-1 % of `run` on the held-out (images, labels), `batch` at a time."""
+    images, labels = held_out
+    return 100.0 * float((logits_of(run, images, batch).argmax(1) == labels).mean())
 
 
 def constant_bytes(graph: go.Graph) -> int:
@@ -306,8 +320,7 @@ def main() -> None:
     tables, goals = [], []
     for name in args.models:
         epochs = args.epochs or EPOCHS[name]
-        settings = {"epochs": epochs, "batch": 64, "lr": 3e-3, "augment": True, "seed": SEED,
-                    "train": TRAIN, "torch_threads": args.torch_threads}
+        settings = training_settings(name, epochs, args.torch_threads)
         cached = weights_path(name, settings).exists() and not args.retrain
         with stage(f"{name}: " + ("load the cached weights" if cached
                                   else f"train ({epochs} epochs)"), seconds):
