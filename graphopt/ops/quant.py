@@ -702,9 +702,9 @@ class QLinearConv2d(Op):
         requantize epilogue: one kernel for the dot-product instructions
         (`schedules/conv2d_int8.py`, the epilogue from the register tile), three for AMX tiles
         (`schedules/amx.py`: the input copy, the tile kernel, the epilogue)."""
+        from ..targets.tvm.schedules import amx as tiles
         from ..targets.tvm.schedules import conv2d_int8 as kernels
         from .conv_kernel import OPAQUE
-        from tvm import te
         amx = self.conv.algorithm == "amx"
         dot = None if amx else kernels.DOT_PRODUCTS[self.conv.algorithm, self.conv.weight_block]
         decision = f"{self.conv.algorithm} convolution"
@@ -727,19 +727,14 @@ class QLinearConv2d(Op):
         correction = rx.const(correction.astype(np.int32), "int32")
 
         def epilogue(acc, correction, multiplier, y_scale, y_zp, residual):
-            """acc [N, O / 16, OH, OW, 16] (blocks of `lanes`) -> the requantized NCHW output."""
-            out_channels, lanes = int(correction.shape[0]), int(acc.shape[4])
-            total = te.compute(
-                (acc.shape[0], out_channels, acc.shape[2], acc.shape[3]),
-                lambda n, c, h, w_: acc[n, c // lanes, h, w_, c % lanes] + correction[c],
-                name="bias_add")
+            """acc [N, ceil(O / lanes), OH, OW, lanes] -> the requantized NCHW output."""
+            total = tiles.from_tiles(acc, int(correction.shape[0]), correction)
             return requantize_compute(total, multiplier, y_scale, y_zp, activation, 1,
                                       tuple(residual))
 
         if amx:
             # the input padded with its zero point and grouped by 64 channels, the AMX kernel
             # (written by hand, complete as lowered), then the epilogue reading its int32 tiles
-            from ..targets.tvm.schedules import amx as tiles
             acc = tiles.lower_kernel(bb, x, int(x_zero_point.reshape(-1)[0]), weight, conv,
                                      tiles.INT8)
             return bb.call_te(lambda acc, c, m, s, z, *r: epilogue(acc, c, m, s, z, r), acc,

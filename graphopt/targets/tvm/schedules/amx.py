@@ -182,9 +182,15 @@ def lower_kernel(bb, x, fill, weight: np.ndarray, conv, kind: AmxDtype):
                                   kind.weight)], out_ty=acc_type))
 
 
-def from_tiles(acc, out_channels: int):
-    """TE: the accumulators [N, O / 16, OH, OW, 16] as NCHW [N, O, OH, OW]."""
+def from_tiles(acc, out_channels: int, per_channel=None):
+    """TE: accumulators blocked by output channel, [N, ceil(O / lanes), OH, OW, lanes] (this
+    kernel's C tiles, or the int8 dot-product kernels' register tiles), as NCHW [N, O, OH, OW],
+    plus `per_channel[c]` where given (the int8 kernels' zero-point correction and bias)."""
     from tvm import te
-    n, _, height, width, _ = (int(d) for d in acc.shape)
-    return te.compute((n, out_channels, height, width),
-                      lambda b, c, i, j: acc[b, c // 16, i, j, c % 16], name="from_tiles")
+    n, _, height, width, lanes = (int(d) for d in acc.shape)
+
+    def value(b, c, i, j):
+        v = acc[b, c // lanes, i, j, c % lanes]
+        return v if per_channel is None else v + per_channel[c]
+
+    return te.compute((n, out_channels, height, width), value, name="from_tiles")
