@@ -107,6 +107,27 @@ def torch_lrn(size: int, alpha: float, beta: float, bias: float) -> Reference:
     return reference
 
 
+def torch_function(name: str, **kwargs) -> Reference:
+    """`torch.<name>` (e.g. "special.erf", "nn.functional.gelu"): a float64 reference where
+    onnx.reference computes in float32 whatever the input's dtype."""
+    def reference(x: np.ndarray) -> np.ndarray:
+        import torch
+        function = torch
+        for part in name.split("."):
+            function = getattr(function, part)
+        return function(torch.from_numpy(x), **kwargs).numpy()
+    return reference
+
+
+def rounded_once(reference: Reference) -> Reference:
+    """`reference` on float16 inputs widened to float32, its result rounded to float16 once:
+    how graphopt computes half-precision elementwise functions and reductions."""
+    def wrapped(*arrays: np.ndarray) -> np.ndarray:
+        wide = [a.astype(np.float32) if a.dtype == np.float16 else a for a in arrays]
+        return reference(*wide).astype(np.float16)
+    return wrapped
+
+
 def onnx_linear_nd(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Linear on a rank > 2 input (Gemm is 2-D only): MatMul(x, Transpose(w)) + b."""
     nodes = [helper.make_node("Transpose", ["in1"], ["wt"], perm=[1, 0]),
@@ -321,9 +342,99 @@ def activation_rows():
         Row("softmax-axis0", ops.Softmax(0), (x,), (), onnx_op("Softmax", axis=0)),
         Row("softmax-2d", ops.Softmax(-1), (rand(4, 10) * 10,), (), onnx_op("Softmax", axis=-1)),
         Row("softmax-large", ops.Softmax(1), (x * 100,), (), onnx_op("Softmax", axis=1)),
+        Row("hard_sigmoid-default", ops.HardSigmoid(), (x,), (), onnx_op("HardSigmoid")),
+        # torch's Hardsigmoid: alpha 1/6 (an ONNX float attribute is float32: a power of two
+        # keeps the float64 check exact).
+        Row("hard_sigmoid-torch", ops.HardSigmoid(float(np.float32(1 / 6))), (x,), (),
+            onnx_op("HardSigmoid", alpha=1 / 6, beta=0.5)),
+        Row("hard_sigmoid-0.25", ops.HardSigmoid(0.25, 0.25), (x,), (),
+            onnx_op("HardSigmoid", alpha=0.25, beta=0.25), f64=True),
+        Row("hard_swish", ops.HardSwish(), (x,), (), onnx_op("HardSwish"), f64=True),
+        Row("hard_swish-float16", ops.HardSwish(), (x.astype(np.float16),), (),
+            rounded_once(onnx_op("HardSwish"))),
+        Row("gelu", ops.Gelu(), (x,), (), onnx_op("Gelu", opset=20)),
+        Row("gelu-tanh", ops.Gelu("tanh"), (x,), (),
+            onnx_op("Gelu", approximate="tanh", opset=20)),
+        # onnx.reference computes erf in float32 even for float64 inputs: torch checks float64.
+        Row("gelu-torch", ops.Gelu(), (x,), (), torch_function("nn.functional.gelu"), f64=True),
+        Row("gelu-tanh-torch", ops.Gelu("tanh"), (x,), (),
+            torch_function("nn.functional.gelu", approximate="tanh"), f64=True),
         Row("dropout", ops.Dropout(0.5), (x,), (), onnx_op("Dropout")),
         Row("dropout-int32", ops.Dropout(0.2), (ints,), (), onnx_op("Identity")),
     ]
+
+
+def math_rows():
+    x = rand(2, 3, 5, 7) / 3
+    positive = np.abs(rand(3, 4, 5)) + np.float32(0.01)
+    def row(op, onnx_name, data, f64=True, id=""):
+        return Row(f"{op.name}{id}", op, (data,), (), onnx_op(onnx_name), f64)
+    return [row(ops.Exp(), "Exp", x), row(ops.Log(), "Log", positive),
+            row(ops.Sqrt(), "Sqrt", positive), row(ops.Erf(), "Erf", x, f64=False),
+            row(ops.Erf(), "Erf", x * 3, False, "-wide"),
+            # onnx.reference computes erf in float32 even for float64 inputs: torch checks it.
+            Row("erf-torch", ops.Erf(), (x * 2,), (), torch_function("special.erf"), True),
+            Row("exp-float16", ops.Exp(), (x.astype(np.float16),), (),
+                rounded_once(onnx_op("Exp")))]
+
+
+def pow_rows():
+    base = np.abs(rand(2, 3, 4)) + np.float32(0.1)
+    signed = rand(2, 3, 4)
+    return [
+        Row("pow-square", ops.Pow(), (signed,), (np.float32(2),), onnx_op("Pow"), f64=True),
+        Row("pow-cube", ops.Pow(), (signed,), (np.float32(3),), onnx_op("Pow")),
+        Row("pow-fractional", ops.Pow(), (base,), (np.float32(0.5),), onnx_op("Pow"), f64=True),
+        Row("pow-both-inputs", ops.Pow(), (base, rand(3, 1) / 4), (), onnx_op("Pow")),
+    ]
+
+
+def where_rows():
+    x, y = rand(2, 3, 4), rand(3, 1)
+    condition = rand(2, 1, 4) > 0
+    return [
+        Row("where", ops.Where(), (condition, x, y), (), onnx_op("Where"), f64=True),
+        Row("where-int64", ops.Where(), (rand(3, 4) > 0, rand(3, 4, dtype="int64"),
+                                         rand(4, dtype="int64")), (), onnx_op("Where")),
+        Row("where-constant-branch", ops.Where(), (condition, x), (np.float32(-1),),
+            onnx_op("Where")),
+    ]
+
+
+def reduce_rows():
+    x = rand(2, 3, 4, 5)
+    i64 = np.array
+    def row(op_type, id, axes, keepdims=True, data=x, f64=False):
+        op = {"ReduceMean": ops.ReduceMean, "ReduceSum": ops.ReduceSum,
+              "ReduceMax": ops.ReduceMax}[op_type](axes, keepdims)
+        extra = () if axes is None else (i64(axes, np.int64),)
+        return Row(f"{op.name}-{id}", op, (data,), (),
+                   onnx_op(op_type, extra=extra, keepdims=int(keepdims)), f64)
+    rows = []
+    for op_type in ("ReduceMean", "ReduceSum", "ReduceMax"):
+        rows += [row(op_type, "last", (-1,), f64=True), row(op_type, "last-drop", (-1,), False),
+                 row(op_type, "axes-0-2", (0, 2)), row(op_type, "axis1-drop", (1,), False),
+                 row(op_type, "all", None), row(op_type, "all-drop", None, False),
+                 row(op_type, "spatial", (2, 3), False)]
+    rows += [row("ReduceSum", "int32", (1,), data=rand(3, 4, 5, dtype="int32")),
+             row("ReduceMax", "int8-drop", (0, -1), False, rand(3, 4, 5, dtype="int8")),
+             Row("reduce_mean-float16", ops.ReduceMean((-1,)), (x.astype(np.float16),), (),
+                 rounded_once(onnx_op("ReduceMean", extra=(np.array([-1]),))))]
+    return rows
+
+
+def layer_norm_rows():
+    def row(id, x, axis=-1, param_shape=None, bias=True, offset=0.0, epsilon=1e-5, f64=False):
+        data = rand(*x) + np.float32(offset)
+        param_shape = param_shape or x[axis:]
+        weights = (rand(*param_shape), *([rand(*param_shape)] if bias else []))
+        return Row(f"layer_norm-{id}", ops.LayerNorm(axis, epsilon), (data,), weights,
+                   onnx_op("LayerNormalization", axis=axis, epsilon=epsilon, opset=17), f64)
+    return [row("last", (2, 5, 8), f64=True), row("axis1", (2, 3, 4, 4), axis=1, f64=True),
+            row("no-bias", (3, 16), bias=False),
+            row("scale-broadcast", (2, 3, 6), axis=-2, param_shape=(1, 6)),
+            row("large-mean", (2, 4, 32), offset=30.0, epsilon=1e-3),
+            row("vit-768", (1, 5, 768), epsilon=1e-6)]
 
 
 def pool_row(op_type, id, x, f64=False, dtype="float32", **attrs) -> Row:
@@ -518,6 +629,53 @@ def shape_rows():
             onnx_op("Pad", extra=(i64([1, 0, 0, 3]), np.float32(2.0)))),
         Row("pad-int32", ops.Pad(((1, 1), (2, 0)), value=7), (rand(2, 3, dtype="int32"),), (),
             onnx_op("Pad", extra=(i64([1, 2, 1, 0]), np.int32(7)))),
+        Row("expand", ops.Expand((2, 3, 4)), (rand(3, 1),), (),
+            onnx_op("Expand", extra=(i64([2, 3, 4]),)), f64=True),
+        Row("expand-ones-keep", ops.Expand((3, 1, 1)), (rand(1, 4, 5),), (),
+            onnx_op("Expand", extra=(i64([3, 1, 1]),))),
+        Row("expand-int64", ops.Expand((2, 3)), (rand(3, dtype="int64"),), (),
+            onnx_op("Expand", extra=(i64([2, 1]),))),
+        Row("tile", ops.Tile((2, 1, 3)), (rand(2, 3, 4),), (),
+            onnx_op("Tile", extra=(i64([2, 1, 3]),)), f64=True),
+        Row("tile-int32", ops.Tile((1, 2)), (rand(3, 4, dtype="int32"),), (),
+            onnx_op("Tile", extra=(i64([1, 2]),))),
+        *slice_rows(x),
+        *gather_rows(x),
+    ]
+
+
+def slice_rows(x):
+    big = np.iinfo(np.int64).max
+    def row(id, starts, ends, axes, steps, data=x, f64=False):
+        op = ops.Slice(starts, ends, axes, steps)
+        extra = tuple(np.array(v, np.int64) for v in (starts, ends, axes, steps))
+        return Row(f"slice-{id}", op, (data,), (), onnx_op("Slice", extra=extra), f64)
+    return [
+        row("channels", (1,), (3,), (1,), (1,), f64=True),
+        row("to-end-int64-max", (2,), (big,), (-1,), (1,)),
+        row("negative-start", (-3, 1), (-1, 4), (3, 2), (1, 2)),
+        row("reverse", (-1,), (-big - 1,), (2,), (-1,), f64=True),
+        row("reverse-step2-clamped", (100, 1), (-100, -1), (3, 0), (-2, 1)),
+        row("step3", (0,), (5,), (3,), (3,)),
+        row("shufflenet-half", (0,), (3,), (1,), (1,), data=rand(1, 6, 4, 4)),
+        row("int32", (1,), (3,), (0,), (1,), data=rand(4, 3, dtype="int32")),
+    ]
+
+
+def gather_rows(x):
+    i64 = np.array
+    def row(id, axis, indices, runtime=False, data=x, f64=False):
+        arrays = (data, indices)
+        inputs, weights = (arrays, ()) if runtime else (arrays[:1], arrays[1:])
+        return Row(f"gather-{id}", ops.Gather(axis), inputs, weights,
+                   onnx_op("Gather", axis=axis), f64)
+    return [
+        row("scalar", 1, i64(2), f64=True),
+        row("last-lstm-step", 0, i64(-1), data=rand(5, 2, 3)),
+        row("vector-negative", 3, i64([4, -1, 0, -5])),
+        row("matrix", 2, i64([[0, 3], [1, 1], [-2, 2]])),
+        row("runtime-int32", 0, np.array([1, 0, 1], np.int32), runtime=True, f64=True),
+        row("int64-data", 1, i64([2, 0]), data=rand(3, 4, dtype="int64")),
     ]
 
 
@@ -887,7 +1045,8 @@ def random_rows(count: int = 8, seed: int = 99, tag: str = "random"):
 
 
 ROWS: list[Row] = [*conv_rows(), *fused_conv_rows(), *conv_transpose_rows(), *batch_norm_rows(),
-                   *activation_rows(), *pool_rows(), *global_pool_rows(), *lrn_rows(),
+                   *activation_rows(), *math_rows(), *pow_rows(), *where_rows(), *reduce_rows(),
+                   *layer_norm_rows(), *pool_rows(), *global_pool_rows(), *lrn_rows(),
                    *linear_rows(), *binary_rows(), *shape_rows(), *resize_rows(), *cast_rows(),
                    *random_rows(),
                    *quantize_rows(), *dequantize_rows(), *integer_conv_rows(),

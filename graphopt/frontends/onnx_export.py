@@ -73,13 +73,57 @@ DIRECT = {"identity": ("Identity",), "relu": ("Relu",), "sigmoid": ("Sigmoid",),
           "batch_norm": ("BatchNormalization", "epsilon"), "leaky_relu": ("LeakyRelu", "alpha"),
           "softmax": ("Softmax", "axis"), "concat": ("Concat", "axis"),
           "flatten": ("Flatten", "axis"), "transpose": ("Transpose", "perm"),
-          "lrn": ("LRN", "size", "alpha", "beta", "bias")}
+          "lrn": ("LRN", "size", "alpha", "beta", "bias"),
+          "hard_sigmoid": ("HardSigmoid", "alpha", "beta"), "exp": ("Exp",), "log": ("Log",),
+          "sqrt": ("Sqrt",), "erf": ("Erf",), "pow": ("Pow",), "where": ("Where",),
+          "gather": ("Gather", "axis")}
+# Ops that map onto one ONNX node that appeared after opset 13: op -> (ONNX op type, opset,
+# attributes copied under the same name).
+NEWER = {"hard_swish": ("HardSwish", 14), "layer_norm": ("LayerNormalization", 17, "axis",
+                                                         "epsilon"),
+         "gelu": ("Gelu", 20, "approximate")}
 
 
 @exports(*DIRECT)
 def direct(ex, node):
     op_type, *attributes = DIRECT[node.op_name]
     ex.add(op_type, node, **{a: getattr(node.op, a) for a in attributes})
+
+
+@exports(*NEWER)
+def newer(ex, node):
+    op_type, opset, *attributes = NEWER[node.op_name]
+    ex.require(opset)
+    ex.add(op_type, node, **{a: getattr(node.op, a) for a in attributes})
+
+
+@exports("reduce_mean", "reduce_sum", "reduce_max")
+def reduce(ex, node):
+    """Axes as an attribute (ReduceMean, ReduceMax) or an input (ReduceSum) at opset 13."""
+    op = node.op
+    op_type = {"reduce_mean": "ReduceMean", "reduce_sum": "ReduceSum",
+               "reduce_max": "ReduceMax"}[node.op_name]
+    axes = None if op.axes is None else list(op.axes)
+    if op_type == "ReduceSum":
+        inputs = [node.inputs[0]] + ([] if axes is None else
+                                     [ex.constant(f"{node.name}.axes", np.array(axes, np.int64))])
+        ex.add(op_type, node, inputs, keepdims=int(op.keepdims))
+    else:
+        ex.add(op_type, node, axes=axes, keepdims=int(op.keepdims))
+
+
+@exports("expand", "tile")
+def expand_or_tile(ex, node):
+    op_type, what = ("Expand", "shape") if node.op_name == "expand" else ("Tile", "repeats")
+    target = ex.constant(f"{node.name}.{what}", np.array(getattr(node.op, what), np.int64))
+    ex.add(op_type, node, [node.inputs[0], target])
+
+
+@exports("slice")
+def slice_(ex, node):
+    bounds = [ex.constant(f"{node.name}.{what}", np.array(getattr(node.op, what), np.int64))
+              for what in ("starts", "ends", "axes", "steps")]
+    ex.add("Slice", node, [node.inputs[0], *bounds])
 
 
 def conv_attrs(op, weight) -> dict:

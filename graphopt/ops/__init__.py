@@ -1,23 +1,28 @@
 """The op registry. Each family module defines its ops once (attributes, shape/dtype rule, numpy
 reference kernel, TVM lowering) and registers them; importing this package loads them all."""
-from . import (activation, binary, cast, conv, epilogue, fused, linear, pool, quant,  # noqa: F401
-               resize, shape)
-from .activation import Clip, Dropout, Identity, LeakyRelu, Relu, Sigmoid, Softmax, Tanh
+from . import (activation, binary, cast, conv, epilogue, fused, linear, math, pool,  # noqa: F401
+               quant, reduce, resize, shape)
+from .activation import (Clip, Dropout, Gelu, HardSigmoid, HardSwish, Identity, LeakyRelu, Relu,
+                         Sigmoid, Softmax, Tanh)
 from .base import OPS, Op, get_op, register
-from .binary import Add, Div, Mul, Sub
+from .binary import Add, Div, Mul, Pow, Sub, Where
 from .cast import Cast
 from .conv import BatchNorm, Conv2d, ConvTranspose2d
 from .fused import FusedConv2d
 from .linear import Linear, Matmul
+from .math import Erf, Exp, Log, Sqrt
 from .pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, Lrn, MaxPool2d
 from .quant import (Conv2dInteger, DequantizeLinear, MatmulInteger, QLinearConv2d, QLinearMatmul,
                     QuantizeLinear)
+from .reduce import LayerNorm, ReduceMax, ReduceMean, ReduceSum
 from .resize import Resize
-from .shape import Concat, Flatten, Pad, Reshape, Transpose
+from .shape import Concat, Expand, Flatten, Gather, Pad, Reshape, Slice, Tile, Transpose
 
 __all__ = ["OPS", "Op", "get_op", "register", "Add", "AvgPool2d", "BatchNorm", "Cast", "Clip", "Concat",
            "Conv2d", "ConvTranspose2d", "Div", "Dropout", "Flatten", "FusedConv2d", "GlobalAvgPool2d",
            "GlobalMaxPool2d", "Identity", "LeakyRelu", "Linear", "Lrn", "Matmul", "MaxPool2d", "Mul", "Pad",
            "Relu", "Reshape", "Resize", "Sigmoid", "Softmax", "Sub", "Tanh", "Transpose",
            "Conv2dInteger", "DequantizeLinear", "MatmulInteger", "QLinearConv2d", "QLinearMatmul",
-           "QuantizeLinear"]
+           "QuantizeLinear", "Erf", "Exp", "Expand", "Gather", "Gelu", "HardSigmoid", "HardSwish",
+           "LayerNorm", "Log", "Pow", "ReduceMax", "ReduceMean", "ReduceSum", "Slice", "Sqrt",
+           "Tile", "Where"]

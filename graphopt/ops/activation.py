@@ -1,12 +1,15 @@
-"""Unary elementwise ops: the identity, activations, softmax and dropout (identity at inference)."""
+"""Unary elementwise ops: the identity, activations (relu, clip, the sigmoids and swishes, gelu),
+softmax and dropout (identity at inference)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..ir import TensorType, is_float_dtype
 from .base import relax_type, Op, accumulator, expect, expect_float, integer, real, register, relax
+from .cast import accumulation_dtype, lower_in_float32
 
 
 class Unary(Op):
@@ -190,3 +193,114 @@ class Dropout(Identity):
     def infer(self, x):
         expect(0.0 <= self.ratio < 1.0, f"expected ratio in [0, 1), found {self.ratio}")
         return x
+
+
+def in_float32(te_body, x, name: str):
+    """TE: `te_body(value, dtype)` elementwise on `x`, a half-precision `x` computed in float32
+    and rounded once (as the reference kernels compute it)."""
+    from tvm import te
+    dtype = str(x.dtype)
+    wide = accumulation_dtype(dtype)
+    return te.compute(x.shape, lambda *i: te_body(x[i].astype(wide), wide).astype(dtype),
+                      name=name)
+
+
+def te_hard_sigmoid(value, dtype: str, alpha: float, beta: float):
+    """TIR: clamp(alpha * value + beta, 0, 1) in `dtype`, NaN passing through (as numpy's
+    clip)."""
+    from tvm import tirx
+    y = value * tirx.const(alpha, dtype) + tirx.const(beta, dtype)
+    zero, one = tirx.const(0, dtype), tirx.const(1, dtype)
+    return tirx.Select(y > one, one, tirx.Select(y < zero, zero, y))
+
+
+def hard_sigmoid_reference(x: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    acc = accumulator(x.dtype)
+    xa = x.astype(acc)
+    return np.clip(xa * acc(alpha) + acc(beta), acc(0), acc(1))
+
+
+@register
+@dataclass(frozen=True)
+class HardSigmoid(Unary):
+    """max(0, min(1, alpha * x + beta)) (ONNX HardSigmoid; torch's Hardsigmoid is alpha 1/6)."""
+
+    name = "hard_sigmoid"
+    alpha: float = 0.2
+    beta: float = 0.5
+
+    def __post_init__(self):
+        object.__setattr__(self, "alpha", real(self.alpha, "alpha"))
+        object.__setattr__(self, "beta", real(self.beta, "beta"))
+
+    def reference(self, x):
+        return hard_sigmoid_reference(x, self.alpha, self.beta).astype(x.dtype)
+
+    def lower_tvm(self, bb, x):
+        body = lambda v, dtype: te_hard_sigmoid(v, dtype, self.alpha, self.beta)  # noqa: E731
+        return bb.call_te(lambda t: in_float32(body, t, "hard_sigmoid"), x,
+                          primfunc_name_hint="hard_sigmoid")
+
+
+# HardSwish's fixed coefficients: ONNX defines it as x * HardSigmoid(x, alpha, beta), alpha the
+# float32 nearest 1/6 (its attributes are float32), which is also what ONNX Runtime multiplies by.
+HARD_SWISH_ALPHA, HARD_SWISH_BETA = float(np.float32(1 / 6)), 0.5
+
+
+@register
+@dataclass(frozen=True)
+class HardSwish(Unary):
+    """x * max(0, min(1, x / 6 + 1 / 2)) (ONNX HardSwish, MobileNetV3's activation)."""
+
+    name = "hard_swish"
+
+    def reference(self, x):
+        gate = hard_sigmoid_reference(x, HARD_SWISH_ALPHA, HARD_SWISH_BETA)
+        return (x.astype(gate.dtype) * gate).astype(x.dtype)
+
+    def lower_tvm(self, bb, x):
+        def body(v, dtype):
+            return v * te_hard_sigmoid(v, dtype, HARD_SWISH_ALPHA, HARD_SWISH_BETA)
+
+        return bb.call_te(lambda t: in_float32(body, t, "hard_swish"), x,
+                          primfunc_name_hint="hard_swish")
+
+
+GELU_APPROXIMATIONS = ("none", "tanh")
+
+
+@register
+@dataclass(frozen=True)
+class Gelu(Unary):
+    """x * Phi(x), Phi the standard normal CDF (ONNX Gelu, opset 20): exactly with erf
+    (`approximate="none"`) or by the tanh formula (`"tanh"`)."""
+
+    name = "gelu"
+    approximate: str = "none"
+
+    def __post_init__(self):
+        expect(self.approximate in GELU_APPROXIMATIONS, f"expected approximate as one of "
+               f"{', '.join(GELU_APPROXIMATIONS)}, found {self.approximate!r}")
+
+    def reference(self, x):
+        acc = accumulator(x.dtype)
+        xa = x.astype(acc)
+        if self.approximate == "tanh":
+            inner = acc(math.sqrt(2 / math.pi)) * (xa + acc(0.044715) * xa ** 3)
+            return (acc(0.5) * xa * (1 + np.tanh(inner))).astype(x.dtype)
+        return (acc(0.5) * xa * (1 + erf(xa * acc(1 / math.sqrt(2))))).astype(x.dtype)
+
+    def lower_tvm(self, bb, x):
+        nn = relax().op.nn
+        lower = nn.gelu_tanh if self.approximate == "tanh" else nn.gelu
+        return lower_in_float32(bb, x, lower)
+
+
+# numpy has no erf: math.erf elementwise (correctly rounded in float64), then rounded to the
+# input's dtype; a polynomial of our own would be one more thing to get wrong.
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """The error function elementwise, in x's (float) dtype."""
+    return _erf(x.astype(np.float64)).astype(np.float64).astype(x.dtype)

@@ -1,19 +1,22 @@
-"""Binary elementwise arithmetic with numpy (ONNX multidirectional) broadcasting."""
+"""Elementwise ops of several inputs with numpy (ONNX multidirectional) broadcasting: arithmetic,
+power and where."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir import TensorType
-from .base import Op, expect, expect_same_dtype, register, relax
+from ..ir import HALF_DTYPES, TensorType
+from .base import (Op, accumulator, expect, expect_float, expect_same_dtype, register, relax,
+                   relax_type)
+from .cast import lower_in_float32
 
 
-def broadcast_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+def broadcast_shape(*shapes: tuple[int, ...]) -> tuple[int, ...]:
     try:
-        return tuple(np.broadcast_shapes(a, b))
+        return tuple(np.broadcast_shapes(*shapes))
     except ValueError:
-        expect(False, f"expected broadcastable shapes, found {a} and {b}")
+        expect(False, f"expected broadcastable shapes, found {' and '.join(map(str, shapes))}")
         raise  # unreachable
 
 
@@ -71,3 +74,46 @@ class Div(Binary):
         if np.issubdtype(a.dtype, np.integer):   # exact, unlike a round trip through float64
             return (np.abs(a) // np.abs(b) * np.sign(a) * np.sign(b)).astype(a.dtype)
         return np.divide(a, b)
+
+
+@register
+@dataclass(frozen=True)
+class Pow(Binary):
+    """a ** b for floats (ONNX Pow; a negative base with a fractional exponent gives NaN)."""
+
+    name = "pow"
+
+    def infer(self, a: TensorType, b: TensorType) -> TensorType:
+        expect_float(a, "base")
+        return super().infer(a, b)
+
+    def reference(self, a, b):
+        acc = accumulator(a.dtype)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return np.power(a.astype(acc), b.astype(acc)).astype(a.dtype)
+
+    def lower_tvm(self, bb, a, b):
+        R = relax().op
+        if relax_type(a).dtype not in HALF_DTYPES:
+            return R.power(a, b)
+        return lower_in_float32(bb, a, lambda wide: R.power(wide, R.astype(b, "float32")))
+
+
+@register
+@dataclass(frozen=True)
+class Where(Op):
+    """x where the bool condition holds, else y (ONNX Where), all three broadcast together."""
+
+    name = "where"
+    arity = (3, 3)
+
+    def infer(self, condition: TensorType, x: TensorType, y: TensorType) -> TensorType:
+        expect(condition.dtype == "bool", f"expected a bool condition, found {condition}")
+        expect_same_dtype(x, y)
+        return TensorType(broadcast_shape(condition.shape, x.shape, y.shape), x.dtype)
+
+    def reference(self, condition, x, y):
+        return np.where(condition, x, y)
+
+    def lower_tvm(self, bb, condition, x, y):
+        return relax().op.where(condition, x, y)

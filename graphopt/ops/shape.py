@@ -1,4 +1,5 @@
-"""Ops that move data without arithmetic: concat, flatten, reshape, transpose, pad."""
+"""Ops that move data without arithmetic: concat, flatten, reshape, transpose, pad, expand, tile,
+slice and gather."""
 from __future__ import annotations
 
 import math
@@ -6,7 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputError
 from ..ir import TensorType
+from .binary import broadcast_shape
 from .base import (relax_type, VARIADIC, Op, expect, expect_same_dtype, int_tuple, integer, real,
                    register, relax)
 
@@ -14,6 +17,16 @@ from .base import (relax_type, VARIADIC, Op, expect, expect_same_dtype, int_tupl
 def normalize_axis(axis: int, rank: int) -> int:
     expect(-rank <= axis < rank, f"expected axis in [{-rank}, {rank}), found {axis}")
     return axis % rank
+
+
+def normalize_axes(axes, rank: int, sort: bool = True) -> tuple[int, ...]:
+    """`axes` (negative counting from the end) as non-negative axes, each once; sorted unless
+    `sort` is False (then in the given order)."""
+    expect(all(-rank <= a < rank for a in axes), f"expected axes in [{-rank}, {rank}), found "
+           f"{list(axes)}")
+    normalized = [a % rank for a in axes]
+    expect(len(set(normalized)) == len(normalized), f"expected distinct axes, found {list(axes)}")
+    return tuple(sorted(normalized) if sort else normalized)
 
 
 @register
@@ -156,3 +169,179 @@ class Pad(Op):
     def lower_tvm(self, bb, x):
         flat = [p for pair in self.pads for p in pair]
         return relax().op.nn.pad(x, flat, pad_mode="constant", pad_value=self.value)
+
+
+def zero_size(dtype: str, shape) -> object:
+    """Relax: an empty tensor of `shape` (Relax ops do not produce zero-size results)."""
+    return relax().const(np.zeros(shape, dtype), dtype)
+
+
+@register
+@dataclass(frozen=True)
+class Expand(Op):
+    """Broadcast to `shape` (ONNX Expand: the result is the input and `shape` broadcast
+    together, so a 1 in `shape` keeps the input's size)."""
+
+    name = "expand"
+    shape: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", int_tuple(self.shape, "shape"))
+
+    def infer(self, x):
+        expect(all(d >= 0 for d in self.shape), f"expected non-negative sizes, found {self.shape}")
+        return x.with_shape(broadcast_shape(x.shape, self.shape))
+
+    def reference(self, x):
+        return np.broadcast_to(x, self.infer(TensorType.of(x)).shape).copy()
+
+    def lower_tvm(self, bb, x):
+        out = self.infer(relax_type(x))
+        if out.numel == 0:
+            return zero_size(out.dtype, out.shape)
+        return relax().op.broadcast_to(x, out.shape)
+
+
+@register
+@dataclass(frozen=True)
+class Tile(Op):
+    """The input repeated `repeats[i]` times along each axis i (ONNX Tile, numpy's tile)."""
+
+    name = "tile"
+    repeats: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "repeats", int_tuple(self.repeats, "repeats"))
+
+    def infer(self, x):
+        expect(len(self.repeats) == x.ndim and all(r >= 0 for r in self.repeats),
+               f"expected {x.ndim} non-negative repeats for {x}, found {self.repeats}")
+        return x.with_shape([d * r for d, r in zip(x.shape, self.repeats)])
+
+    def reference(self, x):
+        return np.tile(x, self.repeats)
+
+    def lower_tvm(self, bb, x):
+        out = self.infer(relax_type(x))
+        if out.numel == 0:
+            return zero_size(out.dtype, out.shape)
+        return relax().op.tile(x, list(self.repeats))
+
+
+@register
+@dataclass(frozen=True)
+class Slice(Op):
+    """ONNX Slice with static bounds: along each of `axes`, every `steps`-th element from
+    `starts` towards `ends` (negative values count from the end; out-of-range bounds are
+    clamped, as ONNX defines)."""
+
+    name = "slice"
+    starts: tuple[int, ...] = ()
+    ends: tuple[int, ...] = ()
+    axes: tuple[int, ...] = ()
+    steps: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        for field in ("starts", "ends", "axes", "steps"):
+            object.__setattr__(self, field, int_tuple(getattr(self, field), field))
+
+    def ranges(self, x: TensorType) -> list[tuple[int, int, int]]:
+        """(first index, step, count) for every axis of `x`."""
+        n = len(self.starts)
+        expect(len(self.ends) == n and len(self.axes) == n and len(self.steps) == n,
+               f"expected starts, ends, axes and steps of one length, found {self}")
+        expect(0 not in self.steps, f"expected non-zero steps, found {self.steps}")
+        ranges = [(0, 1, d) for d in x.shape]
+        for axis, start, end, step in zip(normalize_axes(self.axes, x.ndim, sort=False),
+                                          self.starts, self.ends, self.steps):
+            dim = x.shape[axis]
+            start, end = (v + dim if v < 0 else v for v in (start, end))
+            if step > 0:
+                start, end = min(max(start, 0), dim), min(max(end, 0), dim)
+                count = max(0, -(-(end - start) // step))
+            else:
+                start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+                count = max(0, -(-(start - end) // -step))
+            ranges[axis] = (start, step, count)
+        return ranges
+
+    def infer(self, x):
+        return x.with_shape([count for _, _, count in self.ranges(x)])
+
+    def reference(self, x):
+        for axis, (start, step, count) in enumerate(self.ranges(TensorType.of(x))):
+            x = np.take(x, np.arange(count, dtype=np.int64) * step + start, axis=axis)
+        return np.ascontiguousarray(x)
+
+    def lower_tvm(self, bb, x):
+        out = self.infer(relax_type(x))
+        if out.numel == 0:
+            return zero_size(out.dtype, out.shape)
+        return bb.call_te(self.te_slice, x, primfunc_name_hint="slice")
+
+    def te_slice(self, x):
+        from tvm import te
+        ranges = self.ranges(te_type(x))
+        return te.compute([count for _, _, count in ranges],
+                          lambda *i: x[tuple(start + step * k for k, (start, step, _)
+                                             in zip(i, ranges))], name="slice")
+
+
+INDEX_DTYPES = ("int32", "int64")
+
+
+@register
+@dataclass(frozen=True)
+class Gather(Op):
+    """Entries of `data` along `axis` at `indices` (ONNX Gather, numpy's take); negative indices
+    count from the end. Inputs: data, indices (int32 or int64)."""
+
+    name = "gather"
+    arity = (2, 2)
+    axis: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "axis", integer(self.axis, "axis"))
+
+    def infer(self, data, indices):
+        expect(data.ndim >= 1, f"expected data of rank >= 1, found {data}")
+        expect(indices.dtype in INDEX_DTYPES, f"expected int32 or int64 indices, found {indices}")
+        axis = normalize_axis(self.axis, data.ndim)
+        return data.with_shape(data.shape[:axis] + indices.shape + data.shape[axis + 1:])
+
+    def reference(self, data, indices):
+        axis = normalize_axis(self.axis, data.ndim)
+        size = data.shape[axis]
+        index = indices.astype(np.int64)
+        bad = index[(index < -size) | (index >= size)]
+        if bad.size:
+            raise InputError(f"gather index {bad.flat[0]} is out of range [{-size}, {size}) for "
+                             f"axis {axis} of {TensorType.of(data)}")
+        return np.take(data, np.where(index < 0, index + size, index), axis=axis)
+
+    def lower_tvm(self, bb, data, indices):
+        out = self.infer(relax_type(data), relax_type(indices))
+        if out.numel == 0:
+            return zero_size(out.dtype, out.shape)
+        return bb.call_te(self.te_gather, data, indices, primfunc_name_hint="gather")
+
+    def te_gather(self, data, indices):
+        """TE: an index past either end reads the nearest valid entry (ONNX leaves it undefined;
+        this keeps every read inside `data`)."""
+        from tvm import te, tirx
+        axis = normalize_axis(self.axis, len(data.shape))
+        size, rank = int(data.shape[axis]), len(indices.shape)
+        out = self.infer(te_type(data), te_type(indices)).shape
+
+        def body(*i):
+            k, dtype = indices[tuple(i[axis: axis + rank])], str(indices.dtype)
+            k = tirx.Select(k < 0, k + tirx.const(size, dtype), k)
+            k = tirx.max(tirx.min(k, tirx.const(size - 1, dtype)), tirx.const(0, dtype))
+            return data[(*i[:axis], k.astype("int32"), *i[axis + rank:])]
+
+        return te.compute(out, body, name="gather")
+
+
+def te_type(tensor) -> TensorType:
+    """Our TensorType of a (statically shaped) TE tensor."""
+    return TensorType(tuple(int(d) for d in tensor.shape), str(tensor.dtype))

@@ -1,0 +1,59 @@
+"""Elementwise functions of one float tensor: exp, log, sqrt and erf (the parts of layer
+normalization and erf-based GELU as exporters decompose them)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import numpy as np
+
+from .activation import Unary, erf
+from .base import accumulator, register, relax
+from .cast import lower_in_float32
+
+
+class FloatFunction(Unary):
+    """`function` elementwise on a float tensor, half precision computed in float32 and rounded
+    once; out-of-domain inputs give NaN or infinities, as in numpy and ONNX."""
+
+    function: ClassVar[Callable[[np.ndarray], np.ndarray]]
+    relax_name: ClassVar[str]
+
+    def reference(self, x):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return type(self).function(x.astype(accumulator(x.dtype))).astype(x.dtype)
+
+    def lower_tvm(self, bb, x):
+        return lower_in_float32(bb, x, getattr(relax().op, self.relax_name))
+
+
+@register
+@dataclass(frozen=True)
+class Exp(FloatFunction):
+    name = "exp"
+    function = np.exp
+    relax_name = "exp"
+
+
+@register
+@dataclass(frozen=True)
+class Log(FloatFunction):
+    name = "log"
+    function = np.log
+    relax_name = "log"
+
+
+@register
+@dataclass(frozen=True)
+class Sqrt(FloatFunction):
+    name = "sqrt"
+    function = np.sqrt
+    relax_name = "sqrt"
+
+
+@register
+@dataclass(frozen=True)
+class Erf(FloatFunction):
+    name = "erf"
+    function = erf
+    relax_name = "erf"

@@ -1,0 +1,189 @@
+"""Reductions over any axes (mean, sum, max; ONNX ReduceMean/ReduceSum/ReduceMax) and the layer
+normalization built on them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir import TensorType
+from .base import (Op, accumulator, expect, expect_float, expect_same_dtype, flag, int_tuple,
+                   integer, real, register, relax, relax_type)
+from .cast import lower_in_float32
+from .pool import nan_max_reducer
+from .shape import normalize_axes, te_type
+
+
+@dataclass(frozen=True)
+class Reduce(Op):
+    """A reduction over `axes` (None: every axis), keeping them as size 1 with `keepdims`."""
+
+    axes: tuple[int, ...] | None = None
+    keepdims: bool = True
+
+    def __post_init__(self):
+        if self.axes is not None:
+            object.__setattr__(self, "axes", int_tuple(self.axes, "axes"))
+        object.__setattr__(self, "keepdims", flag(self.keepdims, "keepdims"))
+
+    def reduced(self, rank: int) -> tuple[int, ...]:
+        return tuple(range(rank)) if self.axes is None else normalize_axes(self.axes, rank)
+
+    def infer(self, x: TensorType) -> TensorType:
+        axes = self.reduced(x.ndim)
+        if self.keepdims:
+            shape = [1 if a in axes else d for a, d in enumerate(x.shape)]
+        else:
+            shape = [d for a, d in enumerate(x.shape) if a not in axes]
+        return x.with_shape(shape)
+
+    def numpy_args(self, x: np.ndarray) -> dict:
+        return dict(axis=self.reduced(x.ndim), keepdims=self.keepdims)
+
+
+@register
+@dataclass(frozen=True)
+class ReduceMean(Reduce):
+    name = "reduce_mean"
+
+    def infer(self, x):
+        expect_float(x)
+        return super().infer(x)
+
+    def reference(self, x):
+        return np.asarray(x.astype(accumulator(x.dtype)).mean(**self.numpy_args(x))).astype(
+            x.dtype)
+
+    def lower_tvm(self, bb, x):
+        axes = list(self.reduced(relax_type(x).ndim))
+        return lower_in_float32(bb, x, lambda v: relax().op.mean(v, axes, self.keepdims))
+
+
+@register
+@dataclass(frozen=True)
+class ReduceSum(Reduce):
+    """Floats accumulate in float32 (or float64); integers in their own dtype, wrapping."""
+
+    name = "reduce_sum"
+
+    def infer(self, x):
+        expect(x.dtype != "bool", f"expected a numeric input, found {x}")
+        return super().infer(x)
+
+    def reference(self, x):
+        if x.dtype.kind in "iu":
+            return np.asarray(np.sum(x, dtype=x.dtype, **self.numpy_args(x)))
+        return np.asarray(x.astype(accumulator(x.dtype)).sum(**self.numpy_args(x))).astype(
+            x.dtype)
+
+    def lower_tvm(self, bb, x):
+        axes = list(self.reduced(relax_type(x).ndim))
+        return lower_in_float32(bb, x, lambda v: relax().op.sum(v, axes, self.keepdims))
+
+
+@register
+@dataclass(frozen=True)
+class ReduceMax(Reduce):
+    """The largest value, NaN if any is NaN (numpy's max); reduced axes may not be empty."""
+
+    name = "reduce_max"
+
+    def infer(self, x):
+        out = super().infer(x)
+        empty = [a for a in self.reduced(x.ndim) if x.shape[a] == 0]
+        expect(not empty, f"expected non-empty reduced axes, found axes {empty} of {x} empty")
+        return out
+
+    def reference(self, x):
+        return np.asarray(x.max(**self.numpy_args(x)))
+
+    def lower_tvm(self, bb, x):
+        return bb.call_te(self.te_max, x, primfunc_name_hint="reduce_max")
+
+    def te_max(self, x):
+        """TE: the max over the reduced axes, NaN-propagating (see `pool.nan_max`)."""
+        from tvm import te
+        shape = [int(d) for d in x.shape]
+        axes = self.reduced(len(shape))
+        loops = {a: te.reduce_axis((0, shape[a]), f"r{a}") for a in axes}
+        reducer = nan_max_reducer()
+        out_shape = self.infer(te_type(x)).shape
+
+        def body(*index):
+            rest, source = list(index), []
+            for a in range(len(shape)):
+                if a in loops:
+                    source.append(loops[a])
+                    if self.keepdims:
+                        rest.pop(0)
+                else:
+                    source.append(rest.pop(0))
+            return reducer(x[tuple(source)], axis=list(loops.values()))
+
+        return te.compute(out_shape, body, name="reduce_max")
+
+
+@register
+@dataclass(frozen=True)
+class LayerNorm(Op):
+    """(x - mean) / sqrt(var + epsilon) * scale + bias over the axes from `axis` on (ONNX
+    LayerNormalization, statistics in float32 or wider); scale and bias broadcast to those
+    axes. Inputs: x, scale, optional bias."""
+
+    name = "layer_norm"
+    arity = (2, 3)
+    axis: int = -1
+    epsilon: float = 1e-5
+
+    def __post_init__(self):
+        object.__setattr__(self, "axis", integer(self.axis, "axis"))
+        object.__setattr__(self, "epsilon", real(self.epsilon, "epsilon"))
+
+    def normalized(self, x: TensorType) -> tuple[int, ...]:
+        expect(-x.ndim <= self.axis < x.ndim, f"expected axis in [{-x.ndim}, {x.ndim}), found "
+               f"{self.axis} for {x}")
+        return tuple(range(self.axis % x.ndim, x.ndim))
+
+    def infer(self, x, scale, bias=None):
+        expect_float(x)
+        params = [scale] + ([bias] if bias is not None else [])
+        expect_same_dtype(x, *params)
+        shape = x.shape[self.normalized(x)[0]:]
+        for p, what in zip(params, ("scale", "bias")):
+            try:
+                fits = np.broadcast_shapes(p.shape, shape) == shape
+            except ValueError:
+                fits = False
+            expect(fits, f"expected {what} broadcastable to {shape} (the normalized axes of "
+                   f"{x}), found {p}")
+        return x
+
+    def reference(self, x, scale, bias=None):
+        acc = accumulator(x.dtype)
+        axes = self.normalized(TensorType.of(x))
+        xa = x.astype(acc)
+        centred = xa - xa.mean(axis=axes, keepdims=True)
+        variance = np.square(centred).mean(axis=axes, keepdims=True)
+        y = centred / np.sqrt(variance + acc(self.epsilon)) * scale.astype(acc)
+        if bias is not None:
+            y = y + bias.astype(acc)
+        return y.astype(x.dtype)
+
+    def lower_tvm(self, bb, x, scale, bias=None):
+        # Two passes (mean, then the mean of squared deviations) as the reference computes
+        # them; TOPI's layer_norm takes E[x^2] - E[x]^2, which cancels when |mean| >> std.
+        rx = relax()
+        R = rx.op
+        axes = list(self.normalized(relax_type(x)))
+
+        def normalize(v):
+            wide = relax_type(v).dtype
+            cast = (lambda p: p) if wide == relax_type(x).dtype else \
+                (lambda p: R.astype(p, wide))
+            centred = bb.emit(R.subtract(v, R.mean(v, axes, keepdims=True)))
+            variance = R.mean(R.multiply(centred, centred), axes, keepdims=True)
+            y = R.divide(centred, R.sqrt(R.add(variance, rx.const(self.epsilon, wide))))
+            y = R.multiply(y, cast(scale))
+            return R.add(y, cast(bias)) if bias is not None else y
+
+        return lower_in_float32(bb, x, normalize)
