@@ -71,10 +71,16 @@ class NodeContext:
             return self.constant(self.node.input[i], self.static(i, "").reshape(shape))
         return self.emit(ops.Reshape(tuple(shape)), [self.input(i)], final=False)
 
-    def emit(self, op: ops.Op, inputs: Sequence[Value], final: bool = True) -> Value:
+    def emit(self, op: ops.Op, inputs: Sequence[Value], final: bool = True,
+             output: int = 0) -> Value:
+        """Add a node of `op`; a `final` one computes the ONNX node's output number `output`
+        under its name (the node takes the ONNX node's name, `<name>/output<k>` past the
+        first output)."""
         if final:
-            return self.graph.add_node(op, inputs, name=self.importer.node_name(self),
-                                       output_names=[self.node.output[0]]).output
+            name = self.importer.node_name(self)
+            return self.graph.add_node(op, inputs, name=name if output == 0 else
+                                       f"{name}/output{output}",
+                                       output_names=[self.node.output[output]]).output
         return self.graph.add_node(op, inputs, name=f"{self.name}/{op.name}").output
 
     def outputs_used(self) -> int:

@@ -18,9 +18,10 @@ TABLE: dict[str, Callable[[NodeContext], object]] = {}
 
 # Inputs that graphopt needs as constants (they become attributes); a model that computes them
 # at run time is unsupported, a conformance case that feeds them is loaded with them bound.
-ATTRIBUTE_INPUTS = {"Clip": (1, 2), "Dropout": (1, 2), "Pad": (1, 2, 3), "ReduceMax": (1,),
-                    "ReduceMean": (1,), "Reshape": (1,), "Resize": (1, 2, 3), "Squeeze": (1,),
-                    "Unsqueeze": (1,)}
+ATTRIBUTE_INPUTS = {"Clip": (1, 2), "Dropout": (1, 2), "Expand": (1,), "Pad": (1, 2, 3),
+                    "ReduceMax": (1,), "ReduceMean": (1,), "ReduceSum": (1,), "Reshape": (1,),
+                    "Resize": (1, 2, 3), "Slice": (1, 2, 3, 4), "Split": (1,), "Squeeze": (1,),
+                    "Tile": (1,), "Unsqueeze": (1,)}
 
 
 def converts(*op_types: str):
@@ -166,20 +167,32 @@ def global_pool(ctx):
     return ctx.emit(op, [ctx.input(0)])
 
 
-@converts("ReduceMean", "ReduceMax")
-def reduce_spatial(ctx):
-    """A mean or max over H and W of NCHW (torch's `x.mean((2, 3))`) is a global pool."""
+REDUCE = {"ReduceMean": ops.ReduceMean, "ReduceSum": ops.ReduceSum, "ReduceMax": ops.ReduceMax}
+
+
+@converts(*REDUCE)
+def reduce(ctx):
+    """A reduction over the given axes (all when none are given, unless noop_with_empty_axes).
+    A mean or max over H and W of NCHW (torch's `x.mean((2, 3))`) is a global pool."""
     x = ctx.type(0)
-    axes = ctx.static_ints(1, "axes") if ctx.has(1) else list(ctx.ints("axes", ()))
-    if x.ndim != 4 or sorted(a % 4 for a in axes) != [2, 3]:
-        raise UnsupportedForm(f"axes {axes} of {x} (only H and W of NCHW, as a global pool)")
+    axes = ctx.static_ints(1, "axes") if ctx.has(1) else ctx.attr("axes")
+    keepdims = bool(ctx.attr("keepdims", 1))
+    if not axes:
+        if ctx.attr("noop_with_empty_axes", 0):
+            return ctx.emit(ops.Identity(), [ctx.input(0)])
+        axes = None
     if ctx.op_type == "ReduceMean" and not x.is_float:
         raise UnsupportedForm(f"integer input {x}")
-    op = ops.GlobalAvgPool2d() if ctx.op_type == "ReduceMean" else ops.GlobalMaxPool2d()
-    if ctx.attr("keepdims", 1):
-        return ctx.emit(op, [ctx.input(0)])
-    pooled = ctx.emit(op, [ctx.input(0)], final=False)
-    return ctx.emit(ops.Reshape(x.shape[:2]), [pooled])
+    spatial = x.ndim == 4 and axes is not None and all(-4 <= a < 4 for a in axes) and \
+        sorted(a % 4 for a in axes) == [2, 3]
+    if spatial and ctx.op_type != "ReduceSum":
+        op = ops.GlobalAvgPool2d() if ctx.op_type == "ReduceMean" else ops.GlobalMaxPool2d()
+        if keepdims:
+            return ctx.emit(op, [ctx.input(0)])
+        pooled = ctx.emit(op, [ctx.input(0)], final=False)
+        return ctx.emit(ops.Reshape(x.shape[:2]), [pooled])
+    return ctx.emit(REDUCE[ctx.op_type](None if axes is None else tuple(axes), keepdims),
+                    [ctx.input(0)])
 
 
 @converts("LRN")
@@ -189,6 +202,13 @@ def lrn(ctx):
     op = ops.Lrn(int(ctx.attr("size")), float(ctx.attr("alpha", 1e-4)),
                  float(ctx.attr("beta", 0.75)), float(ctx.attr("bias", 1.0)))
     return ctx.emit(op, [ctx.input(0)])
+
+
+@converts("LayerNormalization")
+def layer_norm(ctx):
+    ctx.single_output("Mean/InvStdDev (training outputs)")
+    op = ops.LayerNorm(int(ctx.attr("axis", -1)), float(ctx.attr("epsilon", 1e-5)))
+    return ctx.emit(op, [ctx.input(0), ctx.input(1), *optional_bias(ctx)])
 
 
 @converts("BatchNormalization")
@@ -247,7 +267,9 @@ def matmul(ctx):
 
 # ---- elementwise ------------------------------------------------------------------------------
 BINARY = {"Add": ops.Add, "Sub": ops.Sub, "Mul": ops.Mul, "Div": ops.Div}
-UNARY = {"Identity": ops.Identity, "Relu": ops.Relu, "Sigmoid": ops.Sigmoid, "Tanh": ops.Tanh}
+UNARY = {"Identity": ops.Identity, "Relu": ops.Relu, "Sigmoid": ops.Sigmoid, "Tanh": ops.Tanh,
+         "HardSwish": ops.HardSwish, "Exp": ops.Exp, "Log": ops.Log, "Sqrt": ops.Sqrt,
+         "Erf": ops.Erf}
 
 
 @converts(*BINARY)
@@ -278,6 +300,44 @@ def cast(ctx):
     if dtype not in DTYPES or ctx.type(0).dtype not in DTYPES:
         raise UnsupportedForm(f"dtype {dtype if dtype not in DTYPES else ctx.type(0).dtype}")
     return ctx.emit(ops.Cast(dtype), [ctx.input(0)])
+
+
+@converts("HardSigmoid")
+def hard_sigmoid(ctx):
+    return ctx.emit(ops.HardSigmoid(float(ctx.attr("alpha", 0.2)), float(ctx.attr("beta", 0.5))),
+                    [ctx.input(0)])
+
+
+@converts("Gelu")
+def gelu(ctx):
+    return ctx.emit(ops.Gelu(ctx.attr("approximate", "none")), [ctx.input(0)])
+
+
+@converts("Swish")
+def swish(ctx):
+    """x * sigmoid(alpha * x), as its parts (what exporters write before opset 24)."""
+    x, alpha = ctx.input(0), float(ctx.attr("alpha", 1.0))
+    scaled = x if alpha == 1.0 else ctx.emit(
+        ops.Mul(), [x, ctx.constant(f"{ctx.name}.alpha", np.array(alpha, x.dtype))], final=False)
+    return ctx.emit(ops.Mul(), [x, ctx.emit(ops.Sigmoid(), [scaled], final=False)])
+
+
+@converts("Pow")
+def pow_(ctx):
+    """A float base; an exponent of another dtype is cast to the base's (ONNX allows any)."""
+    base, exponent = ctx.type(0), ctx.type(1)
+    if not base.is_float:
+        raise UnsupportedForm(f"{base.dtype} base (floating-point bases are supported)")
+    y = ctx.input(1)
+    if exponent.dtype != base.dtype:
+        y = ctx.constant(f"{ctx.node.input[1]}.{base.dtype}", ctx.static(1, "").astype(
+            base.dtype)) if ctx.is_static(1) else ctx.emit(ops.Cast(base.dtype), [y], final=False)
+    return ctx.emit(ops.Pow(), [ctx.input(0), y])
+
+
+@converts("Where")
+def where(ctx):
+    return ctx.emit(ops.Where(), [ctx.input(0), ctx.input(1), ctx.input(2)])
 
 
 @converts("LeakyRelu")
@@ -366,6 +426,53 @@ def squeeze(ctx):
                                    node=ctx.name, op="Squeeze")
         shape = [d for i, d in enumerate(shape) if i not in drop]
     return ctx.emit(ops.Reshape(tuple(shape)), [ctx.input(0)])
+
+
+@converts("Expand")
+def expand(ctx):
+    return ctx.emit(ops.Expand(tuple(ctx.static_ints(1, "shape"))), [ctx.input(0)])
+
+
+@converts("Tile")
+def tile(ctx):
+    return ctx.emit(ops.Tile(tuple(ctx.static_ints(1, "repeats"))), [ctx.input(0)])
+
+
+@converts("Slice")
+def slice_(ctx):
+    starts, ends = ctx.static_ints(1, "starts"), ctx.static_ints(2, "ends")
+    axes = ctx.static_ints(3, "axes") if ctx.has(3) else list(range(len(starts)))
+    steps = ctx.static_ints(4, "steps") if ctx.has(4) else [1] * len(starts)
+    return ctx.emit(ops.Slice(starts, ends, axes, steps), [ctx.input(0)])
+
+
+@converts("Split")
+def split(ctx):
+    """One slice per output, of the sizes given, or equal ones (the last smaller when
+    num_outputs does not divide the axis)."""
+    x = ctx.type(0)
+    axis, count = int(ctx.attr("axis", 0)), len(ctx.node.output)
+    if not -x.ndim <= axis < x.ndim:
+        raise ModelFormatError(f"axis {axis} is out of range for {x}", node=ctx.name,
+                               op=ctx.op_type)
+    size = x.shape[axis]
+    if ctx.has(1):
+        sizes = ctx.static_ints(1, "split")
+    else:
+        part = -(-size // count) if "num_outputs" in ctx.attrs else size // count
+        sizes = [min(part, max(size - part * i, 0)) for i in range(count)]
+    if len(sizes) != count or sum(sizes) != size or min(sizes) < 0:
+        raise ModelFormatError(f"cannot split axis {axis} of {x} into {count} outputs of sizes "
+                               f"{sizes}", node=ctx.name, op=ctx.op_type)
+    offsets = np.cumsum([0, *sizes]).tolist()
+    return [ctx.emit(ops.Slice((offsets[i],), (offsets[i + 1],), (axis,), (1,)),
+                     [ctx.input(0)], output=i) if name else None
+            for i, name in enumerate(ctx.node.output)]
+
+
+@converts("Gather")
+def gather(ctx):
+    return ctx.emit(ops.Gather(int(ctx.attr("axis", 0))), [ctx.input(0), ctx.input(1)])
 
 
 @converts("Pad")
