@@ -28,7 +28,8 @@ from .. import ops
 from ..analysis import node_macs, node_params
 from ..errors import OptionError
 from ..ir import Graph, Node, TensorType
-from ..passes.insert_bottleneck import (Bottleneck, factor_ops, insert_bottleneck, layer_parts)
+from ..passes.insert_bottleneck import (FORMS, Bottleneck, factor_ops, insert_bottleneck,
+                                        layer_parts)
 from ..passes.manager import PassManager
 from ..quantization.sensitivity import evaluation_batches
 from ..signature import probe_inputs
@@ -60,7 +61,7 @@ def factorize(graph: Graph, energy: float | Mapping[str, float] | None = None, *
     rule = RankRule.of(energy, rank_ratio)
     nodes = _layers(graph, layers, rule)
     batches = evaluation_batches(data) if data is not None else [probe_inputs(graph)]
-    moments = _moments(graph, nodes, batches) if data is not None else {}
+    moments = layer_moments(graph, nodes, batches) if data is not None else {}
     plans = [_plan(node, rule, moments.get(node.name)) for node in nodes]
     errors = _layer_errors(graph, [p for p in plans if p.factors is not None], batches)
     bottlenecks = {p.node.name: p.factors for p in plans if p.factors is not None}
@@ -203,10 +204,11 @@ def _rows(array: np.ndarray, channel_axis: int) -> np.ndarray:
     return np.moveaxis(array, channel_axis, -1).reshape(-1, array.shape[channel_axis])
 
 
-def _moments(graph: Graph, nodes: list[Node], batches) -> dict[str, Moments]:
-    """Each layer's Moments over the data, its inputs taken from the original graph."""
+def layer_moments(graph: Graph, nodes: list[Node], batches) -> dict[str, Moments]:
+    """Each layer's Moments over `batches` (a list of {input name: array}), its inputs taken
+    from the original graph."""
     moments = {n.name: Moments() for n in nodes}
-    for batch in batches:
+    for batch in evaluation_batches(batches):
         values = interpret(graph, batch, dtype=np.float64, keep=True)
         for node in nodes:
             x, weight, _, _ = layer_parts(node)
@@ -257,20 +259,26 @@ class Spectrum:
     factors: Callable[[int], Bottleneck]
 
 
-def _plan(node: Node, rule: RankRule, moments: Moments | None) -> LayerPlan:
-    x, weight, bias, residual = layer_parts(node)
+def _unfactorable(node: Node) -> str | None:
+    """Why `node` cannot be factored, or None."""
+    _, weight, bias, _ = layer_parts(node)
     if node.op_name != "linear" and _conv(node).groups != 1:
-        return _kept(node, f"grouped conv (groups {_conv(node).groups})")
-    if not weight.is_constant or (bias is not None and not bias.is_constant):
-        computed = weight if not weight.is_constant else bias
-        return _kept(node, f"computed {'weight' if computed is weight else 'bias'} "
-                           f"%{computed.name}")
-    w = weight.data.astype(np.float64)
-    b = None if bias is None else bias.data.astype(np.float64)
+        return f"grouped conv (groups {_conv(node).groups})"
+    computed = [v for v in (weight, bias) if v is not None and not v.is_constant]
+    if computed:
+        return f"computed {'weight' if computed[0] is weight else 'bias'} %{computed[0].name}"
+    return None
+
+
+def _plan(node: Node, rule: RankRule, moments: Moments | None) -> LayerPlan:
+    reason = _unfactorable(node)
+    if reason:
+        return _kept(node, reason)
+    _, weight, bias, _ = layer_parts(node)
     choices = []
-    for spectrum in (_expand(w, b, moments), _reduce(w, moments)):
+    for spectrum in _spectra(node, moments):
         rank = rule.rank(node.name, spectrum.energies, spectrum.full)
-        shapes = _factor_shapes(w.shape, spectrum.form, rank)
+        shapes = _factor_shapes(weight.shape, spectrum.form, rank)
         choices.append((_factored_macs(node, spectrum.form, shapes), spectrum, rank, shapes))
     macs, spectrum, rank, shapes = min(choices, key=lambda c: c[0])    # a tie: "expand"
     before_macs, before_params = node_macs(node), node_params(node)
@@ -282,6 +290,32 @@ def _plan(node: Node, rule: RankRule, moments: Moments | None) -> LayerPlan:
     return LayerPlan(node, factors, f"rank {rank}/{spectrum.full}, "
                      f"{_form_name(node, spectrum.form)}", (before_params, params),
                      (before_macs, macs))
+
+
+def factor_layer(node: Node, form: str, rank: int | None = None,
+                 moments: Moments | None = None) -> Bottleneck:
+    """The factors of a conv2d, fused_conv2d or linear `node` (groups 1, constant weight and
+    bias) in `form` at `rank` (None: the form's full rank, which reproduces the layer), from
+    its weight or, with `moments` (from `layer_moments`), from its responses on data."""
+    if form not in FORMS:
+        raise OptionError(f"expected form one of {', '.join(FORMS)}, found {form!r}")
+    reason = _unfactorable(node)
+    if reason:
+        raise OptionError(f"cannot factor it: {reason}", node=node.name,
+                          op=node.op_name)
+    spectrum = next(s for s in _spectra(node, moments) if s.form == form)
+    rank = spectrum.full if rank is None else rank
+    if not 1 <= rank <= spectrum.full:
+        raise OptionError(f"expected a rank in [1, {spectrum.full}], found {rank}",
+                          node=node.name, op=node.op_name)
+    return spectrum.factors(rank)
+
+
+def _spectra(node: Node, moments: Moments | None) -> tuple[Spectrum, Spectrum]:
+    _, weight, bias, _ = layer_parts(node)
+    w = weight.data.astype(np.float64)
+    b = None if bias is None else bias.data.astype(np.float64)
+    return _expand(w, b, moments), _reduce(w, moments)
 
 
 def _form_name(node: Node, form: str) -> str:
