@@ -83,16 +83,22 @@ def test_libraries_hold_code_and_the_runner_rebuilds_the_weights(bundle):
         assert [w["name"] for w in metadata["weights"]][:2] == ["conv1.weight", "conv1.bias"]
 
 
-def test_runner_checks_and_times_the_cpu_cases_with_only_numpy(bundle):
-    folder, manifest, numpy_site = bundle
+def run_bundle(folder, numpy_site, *options):
+    """The runner's CPU cases in a fresh Python with numpy and the bundle's files only: the
+    finished process and the results by case."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GRAPHOPT_TVM_RUNTIME_DIR")}
     env["PYTHONPATH"] = numpy_site
     done = subprocess.run([sys.executable, "-S", os.path.join(folder, "run_bundle.py"),
-                           "--device", "cpu", "--warmup", "2", "--repeat", "5"],
+                           "--device", "cpu", *(options or ("--warmup", "1", "--repeat", "3"))],
                           env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stdout + done.stderr
     with open(os.path.join(folder, "results.json")) as f:
-        results = {r["case"]: r for r in json.load(f)["results"]}
+        return done, {r["case"]: r for r in json.load(f)["results"]}
+
+
+def test_runner_checks_and_times_the_cpu_cases_with_only_numpy(bundle):
+    folder, manifest, numpy_site = bundle
+    done, results = run_bundle(folder, numpy_site, "--warmup", "2", "--repeat", "5")
+    assert done.returncode == 0, done.stdout + done.stderr
     cpu = results["lenet5_b2_cpu"]   # weights rebuilt from the bundled zoo, digests checked
     assert cpu["status"] == "ran" and cpu["ok"] and cpu["max_rel_error"] < 1e-4
     assert cpu["median_ms"] > 0 and cpu["runs"] == 5
@@ -108,10 +114,7 @@ def test_runner_reports_a_wrong_reference_as_a_mismatch(bundle, tmp_path):
     case = next(c for c in manifest["cases"] if c["device"] == "cpu")
     reference = os.path.join(copy, next(iter(case["references"].values())))
     np.save(reference, np.load(reference) * 2.0)
-    done = subprocess.run([sys.executable, "-S", os.path.join(copy, "run_bundle.py"), "--device",
-                           "cpu", "--warmup", "0", "--repeat", "1"],
-                          env={**os.environ, "PYTHONPATH": numpy_site}, capture_output=True,
-                          text=True, timeout=180)
+    done, _ = run_bundle(copy, numpy_site, "--warmup", "0", "--repeat", "1")
     assert done.returncode == 1, done.stdout + done.stderr
     assert " NO" in done.stdout
 
@@ -179,18 +182,6 @@ def lowbit_bundle(tmp_path_factory):
                                     Case("lenet5", 2, "cpu", "bfloat16")],
                            wheels=[wheel_of_installed_ffi(str(work))], max_mib=64)
     return folder, {c["precision"]: c for c in manifest["cases"]}, numpy_only_path(str(work))
-
-
-def run_bundle(folder, numpy_site, results="results.json"):
-    """The runner in a fresh Python with numpy and the bundle's files only."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GRAPHOPT_TVM_RUNTIME_DIR")}
-    env["PYTHONPATH"] = numpy_site
-    done = subprocess.run([sys.executable, "-S", os.path.join(folder, "run_bundle.py"),
-                           "--device", "cpu", "--warmup", "1", "--repeat", "3",
-                           "--results", results], env=env, capture_output=True, text=True,
-                          timeout=180)
-    with open(os.path.join(folder, results)) as f:
-        return done, {r["case"]: r for r in json.load(f)["results"]}
 
 
 def test_quantized_cases_hold_the_quantized_graphs_and_their_tolerances(lowbit_bundle):
