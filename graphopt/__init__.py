@@ -2,6 +2,7 @@
 
     g = go.zoo.resnet18()                       # define (DSL) ...
     ref = go.interpret(g, {"input": x})         # ... run in the numpy reference interpreter
+    p = go.prune(g, ratio=0.4)                  # ... compress (or go.factorize, go.quantize)
     m = go.compile(g, target="cpu")             # ... compile through TVM
     print(go.compare(g, m, {"input": x}))       # ... and compare, output by output
 """
@@ -72,6 +73,33 @@ def optimize(graph: Graph, passes=None, **options):
     return run_passes(graph, passes, **options)
 
 
+def factorize(graph: Graph, energy=None, **options):
+    """Factor convolutions and linear layers into two thinner ones (1x1 bottlenecks): a
+    CompressionResult (`.graph`, `.report` with one row per layer). Options: `rank_ratio`,
+    `data`, `layers`, `budget` (with `eval_inputs`, `metric`); see
+    `graphopt.compression.factorize`."""
+    from .compression import factorize as factorize_layers
+    return factorize_layers(graph, energy, **options)
+
+
+def prune(graph: Graph, ratio=None, **options):
+    """Remove the least important output channels of each layer (structured; channels tied by
+    residual adds, concats and groups go together) so that the graph really shrinks, or zero
+    weights with `structured=False`: a CompressionResult. Options: `criterion` ("l1", "l2",
+    "bn_gamma", "activation"), `data`, `layers`, `budget` (with `eval_inputs`, `metric`); see
+    `graphopt.compression.prune`."""
+    from .compression import prune as prune_channels
+    return prune_channels(graph, ratio, **options)
+
+
+def finetune(graph: Graph, data, teacher: Graph | None = None, epochs: int = 3, **options) -> Graph:
+    """Train `graph`'s weights with torch autograd on `data` = (inputs, labels), distilling from
+    `teacher`'s logits when given; returns the trained copy. Needs torch. See
+    `graphopt.compression.finetune`."""
+    from .compression import finetune as train
+    return train(graph, data, teacher, epochs, **options)
+
+
 def bisect(graph: Graph, passes, inputs=None, **options):
     """The first pass, and the first rewrite within it, that breaks equivalence (or None)."""
     from .passes import bisect as bisect_passes
@@ -90,4 +118,5 @@ def __getattr__(name: str):
 __all__ = ["CompileOptions", "Graph", "Node", "TensorType", "Value", "GraphoptError", "InputError", "LoweringError",
            "ModelFormatError", "OptionError", "PassError", "ShapeError", "UnsupportedOpError", "VerifyError", "WriteError",
            "Calibration", "CompareReport", "bisect", "calibrate", "compare", "compile", "dsl", "interpret", "load", "load_onnx",
-           "ops", "optimize", "passes", "quantize", "save_onnx", "sensitivity", "verify", "zoo"]
+           "ops", "optimize", "passes", "quantize", "save_onnx", "sensitivity", "verify", "zoo",
+           "factorize", "finetune", "prune"]

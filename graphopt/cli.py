@@ -606,17 +606,128 @@ def quantize(args) -> int:
         print(f"top-1 on {len(labels)} samples of {args.eval or args.calib}: float32 "
               f"{scores[0]:.2%}, int8 {scores[1]:.2%} ({100 * (scores[0] - scores[1]):+.2f} "
               f"points lost)")
-    if suffix == ".onnx":
-        from .frontends.onnx import save_onnx
-        with step(f"writing {args.output}"):
-            save_onnx(result.graph, args.output)
-    else:
-        from .targets.tvm import compile_graph
-        with step(f"compiling for {args.target}"):
-            model = compile_graph(result.graph, args.target)
-        with step(f"exporting to {args.output}"):
-            model.export(args.output)
+    write_model(result.graph, args.output, args.target)
     return EXIT_OK
+
+
+def write_model(graph, path: str, target: str) -> None:
+    """`graph` as ONNX (a path ending .onnx) or compiled for `target` and exported (.so)."""
+    if not path.endswith(".so"):
+        from .frontends.onnx import save_onnx
+        with step(f"writing {path}"):
+            save_onnx(graph, path)
+        return
+    from .targets.tvm import compile_graph
+    with step(f"compiling for {target}"):
+        model = compile_graph(graph, target)
+    with step(f"exporting to {path}"):
+        model.export(path)
+
+
+def names(text: str | None) -> list[str] | None:
+    """A comma-separated list of names (None when not given)."""
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
+def fraction(text: str) -> float:
+    """A number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], found {text}")
+    return value
+
+
+COMPRESSION_ARGUMENTS = (
+    arg("--data", metavar="FILE.npz", type=existing_file,
+        help="sample inputs (as quantize's --calib, with an optional 'labels' array): "
+        "data-driven choices, the errors in the table, and what --budget measures on"),
+    arg("--layers", help="comma-separated layer names to consider (default: all)"),
+    arg("--budget", type=tolerance, metavar="X",
+        help="the most compression per layer for which the relative output error on --data "
+        "(with labels: the top-1 drop, 0.01 = one point) stays within X"),
+    TARGET,
+    arg("-o", "--output", required=True, metavar="FILE.onnx|FILE.so",
+        help="the compressed model as ONNX, or compiled for --target"))
+
+
+def compression_data(args, graph):
+    """(batches or None, metric or None) from --data; --budget needs it."""
+    if args.budget is not None and not args.data:
+        raise InputError("--budget needs --data FILE.npz: the samples it is measured on")
+    if not args.data:
+        return None, None
+    batches, labels = sample_batches(args.data, graph, labels=True)
+    return batches, top1_metric(graph, labels) if labels is not None else None
+
+
+def finish_compression(graph, result, args, batches, metric) -> int:
+    print(result.report)
+    from .compare import compare
+    where = f"the first batch of {args.data}" if batches else "a probe input"
+    report = compare(graph, result.graph, batches[0] if batches else probe_inputs(graph, args.seed))
+    for o in report.outputs:    # compression is lossy: how far, not a pass/fail verdict
+        print(f"output '{o.name}' vs the original on {where}: max rel error {o.max_rel:.3g}, "
+              f"cosine {o.cosine:.4f}")
+    if metric is not None:
+        from .evaluation import run_batches
+        before, after = (metric(run_batches(g, batches)) for g in (graph, result.graph))
+        print(f"top-1 on the {args.data} samples: original {before:.2%}, compressed "
+              f"{after:.2%} ({100 * (before - after):+.2f} points lost)")
+    write_model(result.graph, args.output, args.target)
+    return EXIT_OK
+
+
+@command("prune", "remove the least important channels of each layer (the graph really shrinks); "
+         "save as .onnx or compile to a .so", MODEL, BATCH, SEED,
+         arg("--ratio", type=float, default=None,
+             help="fraction of each layer's output channels removed (default 0.5; with "
+             "--budget, the most tried, default 0.9)"),
+         arg("--criterion", choices=("l1", "l2", "bn_gamma", "activation"), default="l1",
+             help="how channels are ranked (default l1; activation needs --data)"),
+         arg("--unstructured", action="store_true",
+             help="zero the smallest weights instead (same shapes; no speed-up)"),
+         *COMPRESSION_ARGUMENTS)
+def prune(args) -> int:
+    """Rank each layer's output channels, remove the lowest --ratio of them together with every
+    weight that reads them (channels tied by residual adds, concats and groups go together),
+    print one row per layer (channels, params, MACs, error), compare with the original, and
+    write the result as ONNX or a compiled library."""
+    from .compression import prune as prune_graph
+    output_path(args.output, ".so" if args.output.endswith(".so") else ".onnx")
+    graph = load_model(args.model, args.batch, args.seed)
+    batches, metric = compression_data(args, graph)
+    with step(f"pruning '{graph.name}'"):
+        result = prune_graph(graph, args.ratio, criterion=args.criterion, data=batches,
+                             structured=not args.unstructured, layers=names(args.layers),
+                             budget=args.budget, metric=metric)
+    return finish_compression(graph, result, args, batches, metric)
+
+
+@command("factorize", "factor convolutions and linear layers into 1x1 bottlenecks (low rank); "
+         "save as .onnx or compile to a .so", MODEL, BATCH, SEED,
+         arg("--energy", type=fraction, default=None,
+             help="each layer keeps the smallest rank holding this fraction of its spectrum's "
+             "energy (default 0.9)"),
+         arg("--rank-ratio", type=fraction, default=None,
+             help="each layer keeps this fraction of its full rank instead"),
+         *COMPRESSION_ARGUMENTS)
+def factorize(args) -> int:
+    """Factor each convolution (1x1 reduce -> KxK, or KxK -> 1x1 expand, whichever is cheaper)
+    and linear layer at the rank --energy or --rank-ratio gives (from the layer's responses on
+    --data when given), print one row per layer (rank, params, MACs, error), compare with the
+    original, and write the result as ONNX or a compiled library."""
+    from .compression import factorize as factorize_graph
+    output_path(args.output, ".so" if args.output.endswith(".so") else ".onnx")
+    graph = load_model(args.model, args.batch, args.seed)
+    batches, metric = compression_data(args, graph)
+    options = {"budget": args.budget, "metric": metric} if args.budget is not None else {}
+    with step(f"factorizing '{graph.name}'"):
+        result = factorize_graph(graph, args.energy, rank_ratio=args.rank_ratio, data=batches,
+                                 layers=names(args.layers), **options)
+    return finish_compression(graph, result, args, batches, metric)
 
 
 @command("convert", "read a model (zoo name or .onnx) and write it as .onnx, optionally after passes",
