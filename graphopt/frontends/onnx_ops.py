@@ -183,6 +183,10 @@ def reduce(ctx):
         axes = None
     if ctx.op_type == "ReduceMean" and not x.is_float:
         raise UnsupportedForm(f"integer input {x}")
+    empty = [a for a in (range(x.ndim) if axes is None else axes)
+             if -x.ndim <= a < x.ndim and x.shape[a] == 0]
+    if empty and ctx.op_type == "ReduceMax":
+        raise UnsupportedForm(f"reducing the empty axes {empty} of {x}")
     spatial = x.ndim == 4 and axes is not None and all(-4 <= a < 4 for a in axes) and \
         sorted(a % 4 for a in axes) == [2, 3]
     if spatial and ctx.op_type != "ReduceSum":
@@ -206,9 +210,30 @@ def lrn(ctx):
 
 @converts("LayerNormalization")
 def layer_norm(ctx):
-    ctx.single_output("Mean/InvStdDev (training outputs)")
+    """layer_norm; the optional Mean and InvStdDev outputs (in float32, or float64 for float64
+    inputs, as stash_type 1 asks) from their own reduce_mean, sqrt and div."""
+    x = ctx.type(0)
+    if ctx.attr("stash_type", 1) != 1:
+        raise UnsupportedForm(f"stash_type {ctx.attr('stash_type')} (statistics in float32)")
     op = ops.LayerNorm(int(ctx.attr("axis", -1)), float(ctx.attr("epsilon", 1e-5)))
-    return ctx.emit(op, [ctx.input(0), ctx.input(1), *optional_bias(ctx)])
+    y = ctx.emit(op, [ctx.input(0), ctx.input(1), *optional_bias(ctx)])
+    outputs = list(ctx.node.output) + ["", ""]
+    if not (outputs[1] or outputs[2]):
+        return y
+    dtype = "float64" if x.dtype == "float64" else "float32"
+    wide = ctx.input(0) if x.dtype == dtype else ctx.emit(ops.Cast(dtype), [ctx.input(0)],
+                                                            final=False)
+    axes = op.normalized(x)
+    mean = ctx.emit(ops.ReduceMean(axes), [wide], final=bool(outputs[1]), output=1)
+    centred = ctx.emit(ops.Sub(), [wide, mean], final=False)
+    variance = ctx.emit(ops.ReduceMean(axes), [ctx.emit(ops.Mul(), [centred, centred],
+                                                        final=False)], final=False)
+    epsilon = ctx.constant(f"{ctx.name}.epsilon", np.array(op.epsilon, dtype))
+    std = ctx.emit(ops.Sqrt(), [ctx.emit(ops.Add(), [variance, epsilon], final=False)],
+                   final=False)
+    one = ctx.constant(f"{ctx.name}.one", np.array(1, dtype))
+    inverse = ctx.emit(ops.Div(), [one, std], final=bool(outputs[2]), output=2)
+    return [y, mean, inverse]
 
 
 @converts("BatchNormalization")

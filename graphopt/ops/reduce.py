@@ -98,6 +98,10 @@ class ReduceMax(Reduce):
         return np.asarray(x.max(**self.numpy_args(x)))
 
     def lower_tvm(self, bb, x):
+        if relax_type(x).dtype == "bool":   # as int8: TVM cannot vectorize bool reductions
+            R = relax().op
+            axes = list(self.reduced(relax_type(x).ndim))
+            return R.astype(R.max(R.astype(x, "int8"), axes, self.keepdims), "bool")
         return bb.call_te(self.te_max, x, primfunc_name_hint="reduce_max")
 
     def te_max(self, x):

@@ -225,7 +225,14 @@ class Tile(Op):
         out = self.infer(relax_type(x))
         if out.numel == 0:
             return zero_size(out.dtype, out.shape)
-        return relax().op.tile(x, list(self.repeats))
+        # Copies concatenated along each repeated axis: the modulo indexing of Relax's tile (or
+        # of a TE x[i % d]) compiles to garbage for AVX-512 targets (TVM 0.27, LLVM 22:
+        # float32[2,3,4,5] tiled (7, 6, 4, 1)).
+        R = relax().op
+        for axis, count in enumerate(self.repeats):
+            if count > 1:
+                x = bb.emit(R.concat([x] * count, axis=axis))
+        return x
 
 
 @register
