@@ -315,7 +315,11 @@ def _spectra(node: Node, moments: Moments | None) -> tuple[Spectrum, Spectrum]:
     _, weight, bias, _ = layer_parts(node)
     w = weight.data.astype(np.float64)
     b = None if bias is None else bias.data.astype(np.float64)
-    return _expand(w, b, moments), _reduce(w, moments)
+    svd = None
+    if moments is None and np.prod(w.shape[2:], dtype=int) == 1:
+        # a linear or 1x1 layer: both forms factor the same [Cout, Cin] matrix
+        svd = np.linalg.svd(w.reshape(w.shape[:2]), full_matrices=False)
+    return _expand(w, b, moments, svd), _reduce(w, moments, svd)
 
 
 def _form_name(node: Node, form: str) -> str:
@@ -355,13 +359,15 @@ def _descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(values[::-1], 0, None), vectors[:, ::-1]
 
 
-def _expand(w: np.ndarray, b: np.ndarray | None, moments: Moments | None) -> Spectrum:
+def _expand(w: np.ndarray, b: np.ndarray | None, moments: Moments | None,
+            svd: tuple | None = None) -> Spectrum:
     """Form "expand": first P^T W (the layer's kernel, r outputs), second P (1x1)."""
     cout = w.shape[0]
     matrix = w.reshape(cout, -1)
     full = min(matrix.shape)
     if moments is None or moments.responses == 0:
-        basis, singular, _ = np.linalg.svd(matrix, full_matrices=False)
+        basis, singular, _ = svd if svd is not None else \
+            np.linalg.svd(matrix, full_matrices=False)
         energies, mean = singular ** 2, None
     else:
         energies, basis = _descending_eigh(moments.response_covariance)
@@ -380,7 +386,7 @@ def _expand(w: np.ndarray, b: np.ndarray | None, moments: Moments | None) -> Spe
     return Spectrum("expand", energies, full, factors)
 
 
-def _reduce(w: np.ndarray, moments: Moments | None) -> Spectrum:
+def _reduce(w: np.ndarray, moments: Moments | None, svd: tuple | None = None) -> Spectrum:
     """Form "reduce": first V_r^T S^-1 (1x1, r outputs), second W S V_r (the layer's kernel)."""
     cout, cin = w.shape[:2]
     kernel = w.shape[2:]
@@ -392,7 +398,8 @@ def _reduce(w: np.ndarray, moments: Moments | None) -> Spectrum:
         if scale > 0:
             whitening = np.linalg.cholesky(covariance + RIDGE * scale * np.eye(cin))
     weighted = matrix if whitening is None else matrix @ whitening
-    _, singular, vt = np.linalg.svd(weighted, full_matrices=False)
+    _, singular, vt = svd if svd is not None and whitening is None else \
+        np.linalg.svd(weighted, full_matrices=False)
 
     def factors(rank: int) -> Bottleneck:
         v = vt[:rank].T                                        # [Cin, r]
