@@ -86,6 +86,9 @@ ROWS += [
         "exponent", np.float32(3))))),
     ("where", lambda: build("where", (2, 3), lambda x: apply(ops.Where(), constant(
         "condition", np.array([True, False, True])), x, constant("other", np.float32(-1))))),
+    ("compare", lambda: build("compare", (2, 3), lambda x: apply(ops.Where(), apply(
+        ops.Compare("less_equal"), x, constant("zero", np.float32(0))), x,
+        constant("other", np.float32(0))))),
     ("reduce_mean", lambda: build("mean", (2, 3, 4), lambda x: apply(ops.ReduceMean((-1,),
                                                                                     False), x))),
     ("reduce_sum", lambda: build("sum", (2, 3, 4), lambda x: apply(ops.ReduceSum((0, 2)), x))),

@@ -401,6 +401,21 @@ def where_rows():
     ]
 
 
+def compare_rows():
+    a, b = rand(2, 3, 4), rand(3, 1)
+    b[0] = a[0, 0, 0]   # some equal pairs
+    ints = rand(3, 4, dtype="int64", low=-2, high=3), rand(4, dtype="int64", low=-2, high=3)
+    rows = []
+    for relation, (_, _, onnx_type) in ops.binary.RELATIONS.items():
+        rows += [Row(f"compare-{relation}", ops.Compare(relation), (a, b), (),
+                     onnx_op(onnx_type, out_dtype=bool), f64=True),
+                 Row(f"compare-{relation}-int64", ops.Compare(relation), ints, (),
+                     onnx_op(onnx_type, out_dtype=bool))]
+    rows.append(Row("compare-greater-const", ops.Compare("greater"), (a,), (np.float32(0),),
+                    onnx_op("Greater", out_dtype=bool)))
+    return rows
+
+
 def reduce_rows():
     x = rand(2, 3, 4, 5)
     i64 = np.array
@@ -1050,7 +1065,7 @@ def random_rows(count: int = 8, seed: int = 99, tag: str = "random"):
 
 
 ROWS: list[Row] = [*conv_rows(), *fused_conv_rows(), *conv_transpose_rows(), *batch_norm_rows(),
-                   *activation_rows(), *math_rows(), *pow_rows(), *where_rows(), *reduce_rows(),
+                   *activation_rows(), *math_rows(), *pow_rows(), *where_rows(), *compare_rows(), *reduce_rows(),
                    *layer_norm_rows(), *pool_rows(), *global_pool_rows(), *lrn_rows(),
                    *linear_rows(), *binary_rows(), *shape_rows(), *resize_rows(), *cast_rows(),
                    *random_rows(),

@@ -112,6 +112,12 @@ def reduce(ex, node):
         ex.add(op_type, node, axes=axes, keepdims=int(op.keepdims))
 
 
+@exports("compare")
+def compare(ex, node):
+    from ..ops.binary import RELATIONS
+    ex.add(RELATIONS[node.op.relation][2], node)
+
+
 @exports("expand", "tile")
 def expand_or_tile(ex, node):
     op_type, what = ("Expand", "shape") if node.op_name == "expand" else ("Tile", "repeats")

@@ -360,6 +360,14 @@ def pow_(ctx):
     return ctx.emit(ops.Pow(), [ctx.input(0), y])
 
 
+COMPARISONS = {onnx_type: relation for relation, (_, _, onnx_type) in ops.binary.RELATIONS.items()}
+
+
+@converts(*COMPARISONS)
+def compare(ctx):
+    return ctx.emit(ops.Compare(COMPARISONS[ctx.op_type]), [ctx.input(0), ctx.input(1)])
+
+
 @converts("Where")
 def where(ctx):
     return ctx.emit(ops.Where(), [ctx.input(0), ctx.input(1), ctx.input(2)])

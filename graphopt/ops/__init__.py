@@ -5,7 +5,7 @@ from . import (activation, binary, cast, conv, epilogue, fused, linear, math, po
 from .activation import (Clip, Dropout, Gelu, HardSigmoid, HardSwish, Identity, LeakyRelu, Relu,
                          Sigmoid, Softmax, Tanh)
 from .base import OPS, Op, get_op, register
-from .binary import Add, Div, Mul, Pow, Sub, Where
+from .binary import Add, Compare, Div, Mul, Pow, Sub, Where
 from .cast import Cast
 from .conv import BatchNorm, Conv2d, ConvTranspose2d
 from .fused import FusedConv2d
@@ -25,4 +25,4 @@ __all__ = ["OPS", "Op", "get_op", "register", "Add", "AvgPool2d", "BatchNorm", "
            "Conv2dInteger", "DequantizeLinear", "MatmulInteger", "QLinearConv2d", "QLinearMatmul",
            "QuantizeLinear", "Erf", "Exp", "Expand", "Gather", "Gelu", "HardSigmoid", "HardSwish",
            "LayerNorm", "Log", "Pow", "ReduceMax", "ReduceMean", "ReduceSum", "Slice", "Sqrt",
-           "Tile", "Where"]
+           "Tile", "Where", "Compare"]

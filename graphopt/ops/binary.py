@@ -117,3 +117,36 @@ class Where(Op):
 
     def lower_tvm(self, bb, condition, x, y):
         return relax().op.where(condition, x, y)
+
+
+# relation -> (numpy function, Relax op name, ONNX op type)
+RELATIONS = {"greater": (np.greater, "greater", "Greater"), "less": (np.less, "less", "Less"),
+             "equal": (np.equal, "equal", "Equal"),
+             "greater_equal": (np.greater_equal, "greater_equal", "GreaterOrEqual"),
+             "less_equal": (np.less_equal, "less_equal", "LessOrEqual")}
+
+
+@register
+@dataclass(frozen=True)
+class Compare(Op):
+    """a <relation> b elementwise, a bool tensor (ONNX Greater, Less, Equal, GreaterOrEqual,
+    LessOrEqual); any comparison with NaN is False."""
+
+    name = "compare"
+    arity = (2, 2)
+    relation: str = "greater"
+
+    def __post_init__(self):
+        expect(self.relation in RELATIONS, f"expected relation as one of "
+               f"{', '.join(RELATIONS)}, found {self.relation!r}")
+
+    def infer(self, a: TensorType, b: TensorType) -> TensorType:
+        expect_same_dtype(a, b)
+        return TensorType(broadcast_shape(a.shape, b.shape), "bool")
+
+    def reference(self, a, b):
+        with np.errstate(invalid="ignore"):
+            return RELATIONS[self.relation][0](a, b)
+
+    def lower_tvm(self, bb, a, b):
+        return getattr(relax().op, RELATIONS[self.relation][1])(a, b)
