@@ -577,3 +577,41 @@ def test_minus_one_input_dim_is_symbolic():
     with pytest.raises(ModelFormatError, match=r"symbolic dimensions \['\?'\]"):
         load_onnx(model)
     assert load_onnx(model, input_shapes={"x": (2, 3)}).outputs[0].shape == (2, 3)
+
+
+@pytest.mark.parametrize("nodes, inputs, initializers, error, message", [
+    ([helper.make_node("Split", ["x", "s"], ["a", "b"], name="split", axis=1),
+      node("Add", ["a", "b"])], {"x": (2, 6)}, {"s": I(2, 3)}, ModelFormatError,
+     r"node 'split' \(Split\): cannot split axis 1 of float32\[2,6\] into 2 outputs of sizes "
+     r"\[2, 3\]"),
+    ([node("Slice", ["x", "s", "e", "a", "st"])], {"x": (2, 6)},
+     {"s": I(0), "e": I(4), "a": I(1), "st": I(0)}, go.ShapeError,
+     r"node 'slice_node' \(slice\): expected non-zero steps, found \(0,\)"),
+    ([node("LayerNormalization", ["x", "s"])], {"x": (2, 6)}, {"s": rand(4)}, go.ShapeError,
+     r"node 'layernormalization_node' \(layer_norm\): expected scale broadcastable to \(6,\)"),
+    ([node("ReduceSum", ["x", "a"])], {"x": (2, 6)}, {"a": I(2)}, go.ShapeError,
+     r"node 'reducesum_node' \(reduce_sum\): expected axes in \[-2, 2\), found \[2\]"),
+    ([node("Gather", ["x", "i"], axis=2)], {"x": (2, 6)}, {"i": I(0)}, go.ShapeError,
+     r"node 'gather_node' \(gather\): expected axis in \[-2, 2\), found 2"),
+], ids=["split-sizes", "slice-step-0", "layer-norm-scale", "reduce-axis", "gather-axis"])
+def test_malformed_new_op_forms_name_the_node(nodes, inputs, initializers, error, message):
+    graph = helper.make_graph(
+        nodes, "case",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        initializer=[numpy_helper.from_array(np.asarray(a), n) for n, a in initializers.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(error, match=message):
+        load_onnx(model)
+
+
+def test_gather_index_out_of_range_is_an_input_error():
+    model = make_model([node("Gather", ["x", "i"], axis=1)], {"x": (2, 5)}, ["y"],
+                       {"i": I(1)[0]})
+    model.graph.node[0].input[1] = "index"
+    model.graph.input.append(helper.make_tensor_value_info("index", TensorProto.INT64, []))
+    model.graph.initializer.pop()
+    graph = load_onnx(model)
+    with pytest.raises(go.InputError, match=r"gather index 5 is out of range \[-5, 5\) for axis "
+                                            r"1 of float32\[2,5\]"):
+        go.interpret(graph, {"x": rand(2, 5), "index": np.array(5)})
