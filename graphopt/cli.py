@@ -687,6 +687,8 @@ def finish_compression(graph, result, args, batches, metric) -> int:
              "--budget, the most tried, default 0.9)"),
          arg("--criterion", choices=("l1", "l2", "bn_gamma", "activation"), default="l1",
              help="how channels are ranked (default l1; activation needs --data)"),
+         arg("--multiple-of", type=integer(1), default=1, metavar="N",
+             help="each layer keeps a multiple of N channels (e.g. 8 or 16: whole vectors)"),
          arg("--unstructured", action="store_true",
              help="zero the smallest weights instead (same shapes; no speed-up)"),
          *COMPRESSION_ARGUMENTS)
@@ -702,6 +704,7 @@ def prune(args) -> int:
     with step(f"pruning '{graph.name}'"):
         result = prune_graph(graph, args.ratio, criterion=args.criterion, data=batches,
                              structured=not args.unstructured, layers=names(args.layers),
+                             multiple_of=args.multiple_of,
                              budget=args.budget, metric=metric)
     return finish_compression(graph, result, args, batches, metric)
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 import graphopt as go
 from graphopt import dsl
 from graphopt.compression.channels import channel_groups
-from graphopt.compression.prune import _families, _removed, prune, unit_scores
+from graphopt.compression.prune import Ranking, _families, _removed, prune, unit_scores
 from graphopt.passes import probe_inputs
 from test_passes_property import cnn_graphs
 
@@ -58,7 +58,7 @@ def assert_exact(graph, result, removed, groups):
 def removed_units(graph, ratio, criterion="l1"):
     groups = channel_groups(graph)
     families = _families(groups, None)
-    scores = unit_scores(groups, families, criterion, [probe_inputs(graph)])
+    scores = Ranking(unit_scores(groups, families, criterion, [probe_inputs(graph)]))
     return groups, _removed(families, scores, {name: ratio for name in families})
 
 
@@ -217,3 +217,13 @@ def test_random_cnns_prune_to_the_masked_original(graph):
     groups, removed = removed_units(graph, 0.5)
     result = prune(graph, 0.5)
     assert_exact(graph, result, removed, groups)
+
+
+def test_multiple_of_rounds_each_family_to_whole_vectors():
+    graph = go.zoo.deep_convnet()
+    result = prune(graph, 0.4, multiple_of=8)
+    widths = [result.graph.node(f"conv{i}").output.shape[1] for i in range(1, 7)]
+    assert widths == [8, 8, 24, 24, 40, 40]    # 10, 20, 39 kept -> nearest multiples (ties up)
+    assert result.graph.node("fc1").output.shape[1] == 32
+    with pytest.raises(go.OptionError, match="multiple_of"):
+        prune(graph, 0.4, multiple_of=0)

@@ -37,18 +37,23 @@ BUDGET_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 def prune(graph: Graph, ratio: float | Mapping[str, float] | None = None, *,
           criterion: str = "l1", data=None, structured: bool = True,
-          layers: Sequence[str] | None = None, budget: float | None = None,
-          eval_inputs=None, metric: Metric | None = None) -> CompressionResult:
+          layers: Sequence[str] | None = None, multiple_of: int = 1,
+          budget: float | None = None, eval_inputs=None,
+          metric: Metric | None = None) -> CompressionResult:
     """`graph` (left unchanged) with the lowest-ranked `ratio` of each layer's output channels
     removed (a float for every prunable layer, or {layer name: ratio}); returns a
     CompressionResult whose report has one row per channel family. `data`: batches ({input
     name: array} dicts, graph-shaped) for the "activation" criterion and the per-layer errors
     (default: a seeded probe). `layers`: only the families computed by these layers.
     `structured=False`: zero the `ratio` smallest weights of each conv and linear layer instead
-    (same shapes; reported as sparsity). `budget`: the largest ratio per family (scanned in
+    (same shapes; reported as sparsity). `multiple_of`: each family keeps a multiple of this
+    many channels, the one nearest to what `ratio` leaves (vector widths and tensor cores
+    prefer multiples of 8 or 16). `budget`: the largest ratio per family (scanned in
     steps of 0.1, up to `ratio` when given) keeping the metric's drop (with `metric`) or the
     relative output error on `eval_inputs` (default: `data`) within it."""
     _check_options(criterion, ratio, budget, data, eval_inputs)
+    if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
+        raise OptionError(f"expected multiple_of a positive int, found {multiple_of!r}")
     if not structured:
         if budget is not None:
             raise OptionError("budget= applies to structured pruning")
@@ -57,6 +62,7 @@ def prune(graph: Graph, ratio: float | Mapping[str, float] | None = None, *,
     families = _families(groups, layers)
     batches = evaluation_batches(data) if data is not None else [probe_inputs(graph)]
     scores = unit_scores(groups, families, criterion, batches)
+    scores = Ranking(scores, multiple_of)
     if budget is not None:
         evaluate = Evaluator(graph, eval_inputs if eval_inputs is not None else data, metric)
         top = max(ratio.values()) if isinstance(ratio, Mapping) else ratio or 0.9
@@ -202,14 +208,30 @@ def _activation_scores(groups: ChannelGroups, families, batches) -> dict:
             for units in families.values() for unit in units}
 
 
-def _removed(families: dict[str, list[Unit]], scores: dict, ratios: Mapping[str, float]) -> set:
-    """Roots of the units to remove: per family the lowest-scored `ratio` (rounded down), at
-    least one unit kept."""
+class Ranking(dict):
+    """Unit scores by root, and the multiple of units each family keeps."""
+
+    def __init__(self, scores: Mapping, multiple_of: int = 1):
+        super().__init__(scores)
+        self.multiple_of = multiple_of
+
+    def kept(self, count: int, ratio: float) -> int:
+        """How many of a family's `count` units stay at `ratio`: the rest rounded down, at
+        least one, then the nearest multiple (at least one multiple, at most all)."""
+        keep = max(count - int(ratio * count + 1e-9), 1)
+        step = self.multiple_of
+        if step > 1 and count > step and ratio > 0:
+            keep = min(max(step, int(keep / step + 0.5) * step), count)
+        return keep
+
+
+def _removed(families: dict[str, list[Unit]], scores: Ranking, ratios: Mapping[str, float]) -> set:
+    """Roots of the units to remove: per family the lowest-scored ones beyond what
+    `scores.kept` keeps."""
     removed = set()
     for name, ratio in ratios.items():
         units = sorted(families[name], key=lambda u: (scores[u.root], u.root))
-        count = min(int(ratio * len(units) + 1e-9), len(units) - 1)
-        removed.update(u.root for u in units[:count])
+        removed.update(u.root for u in units[:len(units) - scores.kept(len(units), ratio)])
     return removed
 
 
