@@ -13,8 +13,9 @@ import importlib
 from . import ops
 from . import compare as _compare
 from .compare import CompareReport
-from .errors import (GraphoptError, InputError, LoweringError, ModelFormatError, OptionError,
-                     PassError, ShapeError, UnsupportedOpError, VerifyError, WriteError)
+from .errors import (DeclaredShapeWarning, GraphoptError, InputError, LoweringError,
+                     ModelFormatError, OptionError, PassError, ShapeError, UnsupportedOpError,
+                     VerifyError, WriteError)
 from .frontends import dsl
 from .ir import Graph, Node, TensorType, Value
 from .quantization import Calibration, calibrate, quantize, sensitivity
@@ -115,7 +116,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'graphopt' has no attribute {name!r}")
 
 
-__all__ = ["CompileOptions", "Graph", "Node", "TensorType", "Value", "GraphoptError", "InputError", "LoweringError",
+__all__ = ["CompileOptions", "DeclaredShapeWarning", "Graph", "Node", "TensorType", "Value", "GraphoptError", "InputError", "LoweringError",
            "ModelFormatError", "OptionError", "PassError", "ShapeError", "UnsupportedOpError", "VerifyError", "WriteError",
            "Calibration", "CompareReport", "bisect", "calibrate", "compare", "compile", "dsl", "interpret", "load", "load_onnx",
            "ops", "optimize", "passes", "quantize", "save_onnx", "sensitivity", "verify", "zoo",

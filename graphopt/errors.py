@@ -51,3 +51,8 @@ class WriteError(GraphoptError):
 
 class OptionError(GraphoptError):
     """A request graphopt cannot accept: an unknown pass, or an argument of the wrong kind."""
+
+
+class DeclaredShapeWarning(UserWarning):
+    """An imported model declares a value's shape (ONNX value_info or graph output) that
+    disagrees with graphopt's shape inference; the inferred shape is used, as ONNX Runtime does."""

@@ -612,6 +612,6 @@ def test_gather_index_out_of_range_is_an_input_error():
     model.graph.input.append(helper.make_tensor_value_info("index", TensorProto.INT64, []))
     model.graph.initializer.pop()
     graph = load_onnx(model)
-    with pytest.raises(go.InputError, match=r"gather index 5 is out of range \[-5, 5\) for axis "
-                                            r"1 of float32\[2,5\]"):
+    with pytest.raises(go.InputError, match=r"node '.*' \(gather\): gather index 5 is out of "
+                                            r"range \[-5, 5\) for axis 1 of float32\[2,5\]"):
         go.interpret(graph, {"x": rand(2, 5), "index": np.array(5)})

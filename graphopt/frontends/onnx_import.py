@@ -14,7 +14,8 @@ import onnx
 from onnx import helper
 
 from .. import ops
-from ..errors import GraphoptError, ModelFormatError, ShapeError, UnsupportedOpError
+from ..errors import (DeclaredShapeWarning, GraphoptError, ModelFormatError, ShapeError,
+                      UnsupportedOpError)
 from ..ir import DTYPES, Graph, TensorType, Value
 from ..verify import verify
 from .onnx_context import NodeContext, UnsupportedForm, onnx_dtype
@@ -32,10 +33,6 @@ FOLDABLE = frozenset({
 MAX_FOLDED_ELEMENTS = 1 << 24
 FOLDED_ITEMSIZE = 8   # bytes per folded element reserved before folding (the widest numeric type)
 
-
-class DeclaredShapeWarning(UserWarning):
-    """A value's declared shape (value_info or graph output) disagrees with graphopt's shape
-    inference; the inferred shape is used."""
 
 
 def declared_dim(dim: onnx.TensorShapeProto.Dimension) -> int | str:

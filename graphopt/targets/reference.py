@@ -45,7 +45,9 @@ def interpret(graph: Graph, inputs: Mapping[str, np.ndarray], *, dtype=np.float3
         try:
             with np.errstate(all="ignore"):
                 results = node.op.run(*args)
-        except GraphoptError:
+        except GraphoptError as e:
+            if e.node is None:     # a kernel's own check (an index out of range): say where
+                raise type(e)(e.detail, node=node.name, op=node.op_name) from e
             raise
         except Exception as e:  # a kernel bug must still say where it happened
             raise GraphoptError(f"reference kernel failed: {type(e).__name__}: {e}",
