@@ -18,6 +18,7 @@ The spectrum is the squared singular values of W (of W S with data), or with dat
 MACs at its rank, and is rewritten only when that is fewer than the layer's own."""
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
@@ -165,6 +166,12 @@ def _conv(node: Node) -> ops.Conv2d:
     return node.op.conv if node.op_name == "fused_conv2d" else node.op
 
 
+def _pointwise(node: Node) -> bool:
+    """A linear or 1x1 layer: factored in form "expand" only (form "reduce" would make the
+    same two layers, the first at the input's resolution)."""
+    return math.prod(node.inputs[1].shape[2:]) == 1
+
+
 # ---- statistics of the data ---------------------------------------------------------------------
 @dataclass
 class Moments:
@@ -177,10 +184,11 @@ class Moments:
     y: np.ndarray | float = 0.0
     yy: np.ndarray | float = 0.0
 
-    def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        """`x`, `y`: [rows, channels]."""
-        self.inputs += len(x)
-        self.xx = self.xx + x.T @ x
+    def add(self, x: np.ndarray | None, y: np.ndarray) -> None:
+        """`x` (None: not needed), `y`: [rows, channels]."""
+        if x is not None:
+            self.inputs += len(x)
+            self.xx = self.xx + x.T @ x
         self.responses += len(y)
         self.y = self.y + y.sum(axis=0)
         self.yy = self.yy + y.T @ y
@@ -206,7 +214,8 @@ def _rows(array: np.ndarray, channel_axis: int) -> np.ndarray:
 
 def layer_moments(graph: Graph, nodes: list[Node], batches) -> dict[str, Moments]:
     """Each layer's Moments over `batches` (a list of {input name: array}), its inputs taken
-    from the original graph."""
+    from the original graph. Input moments only for layers with a form "reduce" (a kernel
+    larger than 1x1): a linear layer's would be [in, in], 25088^2 for VGG's first."""
     moments = {n.name: Moments() for n in nodes}
     for batch in evaluation_batches(batches):
         values = interpret(graph, batch, dtype=np.float64, keep=True)
@@ -217,14 +226,15 @@ def layer_moments(graph: Graph, nodes: list[Node], batches) -> dict[str, Moments
             w = weight.data.astype(np.float64)
             if node.op_name == "linear":
                 rows = values[x.name].reshape(-1, w.shape[1])
-                moments[node.name].add(rows, rows @ w.T)
+                moments[node.name].add(None, rows @ w.T)
             else:
                 conv = _conv(node)
                 if conv.groups != 1:
                     continue
                 y = ops.Conv2d(conv.stride, conv.padding, conv.dilation).reference(
                     values[x.name], w)
-                moments[node.name].add(_rows(values[x.name], 1), _rows(y, 1))
+                inputs = None if _pointwise(node) else _rows(values[x.name], 1)
+                moments[node.name].add(inputs, _rows(y, 1))
     return moments
 
 
@@ -303,7 +313,11 @@ def factor_layer(node: Node, form: str, rank: int | None = None,
     if reason:
         raise OptionError(f"cannot factor it: {reason}", node=node.name,
                           op=node.op_name)
-    spectrum = next(s for s in _spectra(node, moments) if s.form == form)
+    spectra = [s for s in _spectra(node, moments) if s.form == form]
+    if not spectra:
+        raise OptionError(f"a linear or 1x1 layer is factored in form 'expand' only, found "
+                          f"form {form!r}", node=node.name, op=node.op_name)
+    (spectrum,) = spectra
     rank = spectrum.full if rank is None else rank
     if not 1 <= rank <= spectrum.full:
         raise OptionError(f"expected a rank in [1, {spectrum.full}], found {rank}",
@@ -311,15 +325,13 @@ def factor_layer(node: Node, form: str, rank: int | None = None,
     return spectrum.factors(rank)
 
 
-def _spectra(node: Node, moments: Moments | None) -> tuple[Spectrum, Spectrum]:
+def _spectra(node: Node, moments: Moments | None) -> tuple[Spectrum, ...]:
     _, weight, bias, _ = layer_parts(node)
     w = weight.data.astype(np.float64)
     b = None if bias is None else bias.data.astype(np.float64)
-    svd = None
-    if moments is None and np.prod(w.shape[2:], dtype=int) == 1:
-        # a linear or 1x1 layer: both forms factor the same [Cout, Cin] matrix
-        svd = np.linalg.svd(w.reshape(w.shape[:2]), full_matrices=False)
-    return _expand(w, b, moments, svd), _reduce(w, moments, svd)
+    if _pointwise(node):
+        return (_expand(w, b, moments),)
+    return _expand(w, b, moments), _reduce(w, moments)
 
 
 def _form_name(node: Node, form: str) -> str:
@@ -355,20 +367,22 @@ def _factored_macs(node: Node, form: str, shapes: tuple[tuple, tuple]) -> int:
 
 
 def _descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (clipped at 0) and eigenvectors of a symmetric PSD matrix, largest first.
+    Of a Gram matrix, they give a weight's squared singular values and singular vectors far
+    faster than an SVD of a wide weight (VGG's [4096, 25088]); the factors use the vectors
+    only, orthonormal, so a full-rank factorization stays exact."""
     values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
     return np.clip(values[::-1], 0, None), vectors[:, ::-1]
 
 
-def _expand(w: np.ndarray, b: np.ndarray | None, moments: Moments | None,
-            svd: tuple | None = None) -> Spectrum:
-    """Form "expand": first P^T W (the layer's kernel, r outputs), second P (1x1)."""
+def _expand(w: np.ndarray, b: np.ndarray | None, moments: Moments | None) -> Spectrum:
+    """Form "expand": first P^T W (the layer's kernel, r outputs), second P (1x1); P the top
+    eigenvectors of W W^T, or with data of the responses' covariance."""
     cout = w.shape[0]
     matrix = w.reshape(cout, -1)
-    full = min(matrix.shape)
+    mean = None
     if moments is None or moments.responses == 0:
-        basis, singular, _ = svd if svd is not None else \
-            np.linalg.svd(matrix, full_matrices=False)
-        energies, mean = singular ** 2, None
+        energies, basis = _descending_eigh(matrix @ matrix.T)
     else:
         energies, basis = _descending_eigh(moments.response_covariance)
         mean = moments.response_mean
@@ -383,11 +397,13 @@ def _expand(w: np.ndarray, b: np.ndarray | None, moments: Moments | None,
             bias = (0.0 if b is None else b) + mean - p @ (p.T @ mean)
         return Bottleneck("expand", first, second, bias)
 
-    return Spectrum("expand", energies, full, factors)
+    return Spectrum("expand", energies, min(matrix.shape), factors)
 
 
-def _reduce(w: np.ndarray, moments: Moments | None, svd: tuple | None = None) -> Spectrum:
-    """Form "reduce": first V_r^T S^-1 (1x1, r outputs), second W S V_r (the layer's kernel)."""
+def _reduce(w: np.ndarray, moments: Moments | None) -> Spectrum:
+    """Form "reduce": first V_r^T S^-1 (1x1, r outputs), second W S V_r (the layer's kernel);
+    V the top eigenvectors of (W S)^T W S, S the Cholesky factor of the input covariance
+    (S = I without data)."""
     cout, cin = w.shape[:2]
     kernel = w.shape[2:]
     matrix = np.moveaxis(w, 1, -1).reshape(-1, cin)           # [Cout*KH*KW, Cin]
@@ -398,17 +414,16 @@ def _reduce(w: np.ndarray, moments: Moments | None, svd: tuple | None = None) ->
         if scale > 0:
             whitening = np.linalg.cholesky(covariance + RIDGE * scale * np.eye(cin))
     weighted = matrix if whitening is None else matrix @ whitening
-    _, singular, vt = svd if svd is not None and whitening is None else \
-        np.linalg.svd(weighted, full_matrices=False)
+    energies, vectors = _descending_eigh(weighted.T @ weighted)
 
     def factors(rank: int) -> Bottleneck:
-        v = vt[:rank].T                                        # [Cin, r]
+        v = vectors[:, :rank]                                  # [Cin, r]
         first = v.T if whitening is None else np.linalg.solve(whitening.T, v).T
         second = (weighted @ v).reshape(cout, *kernel, rank)
         return Bottleneck("reduce", first.reshape(rank, cin, *([1] * len(kernel))),
                           np.moveaxis(second, -1, 1))
 
-    return Spectrum("reduce", singular ** 2, min(matrix.shape), factors)
+    return Spectrum("reduce", energies, min(matrix.shape), factors)
 
 
 # ---- measuring ----------------------------------------------------------------------------------
