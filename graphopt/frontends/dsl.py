@@ -448,6 +448,10 @@ def clip(x, min=None, max=None, name=None): return _unary(x, name, ops.Clip, min
 def leaky_relu(x, alpha=0.01, name=None): return _unary(x, name, ops.LeakyRelu, alpha)
 def sigmoid(x, name=None): return _unary(x, name, ops.Sigmoid)
 def tanh(x, name=None): return _unary(x, name, ops.Tanh)
+def hard_sigmoid(x, alpha=0.2, beta=0.5, name=None):
+    return _unary(x, name, ops.HardSigmoid, alpha, beta)
+def hard_swish(x, name=None): return _unary(x, name, ops.HardSwish)
+def gelu(x, approximate="none", name=None): return _unary(x, name, ops.Gelu, approximate)
 def softmax(x, axis=-1, name=None): return _unary(x, name, ops.Softmax, axis)
 def dropout(x, ratio=0.5, name=None): return _unary(x, name, ops.Dropout, ratio)
 def global_avg_pool2d(x, name=None): return _unary(x, name, ops.GlobalAvgPool2d)
@@ -460,6 +464,38 @@ def transpose(x, perm, name=None): return _unary(x, name, ops.Transpose, perm)
 def relu6(x, name=None):
     """clip(x, 0, 6), its node named 'relu6' (then 'relu6_1', ...) unless `name`."""
     return _unary(x, _name(_builder_of(x), name, "relu6", "clip"), ops.Clip, 0.0, 6.0)
+
+
+def silu(x, name=None):
+    """x * sigmoid(x) (SiLU, Swish-1): a sigmoid node '<name>.sigmoid' and a mul node '<name>'
+    (default 'silu', 'silu_1', ...), the form ONNX Swish imports to."""
+    name = _name(_builder_of(x), name, "silu", "mul")
+    return mul(x, sigmoid(x, name=f"{name}.sigmoid"), name=name)
+
+
+def split(x, sizes, axis=1, name=None) -> list[Tensor]:
+    """Consecutive parts of `x` along `axis` with the given sizes (torch.split with a list; a
+    chunk into two halves is `split(x, [c // 2, c // 2])`), one slice node each, named
+    '<name>.0', '<name>.1', ... when `name` is given."""
+    b = _builder_of(x)
+
+    def plan():
+        _expect_tensor(x)
+        dim = x.shape[ops.shape.normalize_axis(ops.base.integer(axis, "axis"), len(x.shape))]
+        if not isinstance(sizes, (list, tuple)):
+            raise ShapeError(f"expected a list of sizes, found {sizes!r}")
+        counts = [ops.base.integer(size, "size") for size in sizes]
+        if sum(counts) != dim or min(counts, default=0) < 0:
+            raise ShapeError(f"expected non-negative sizes summing to {dim} (axis {axis} of "
+                             f"{x.value.type}), found {list(sizes)}")
+        return counts
+
+    parts, start = [], 0
+    for i, size in enumerate(_checked(b, name or "split", "slice", plan)):
+        part = None if name is None else f"{name}.{i}"
+        parts.append(_unary(x, part, ops.Slice, (start,), (start + size,), (axis,), (1,)))
+        start += size
+    return parts
 
 
 def lrn(x, size=5, alpha=1e-4, beta=0.75, bias=1.0, name=None):
@@ -540,7 +576,8 @@ def concat(xs: Sequence[Tensor], axis: int = 1, name=None) -> Tensor:
 
 
 __all__ = ["Builder", "Tensor", "current", "conv2d", "conv_transpose2d", "batch_norm", "linear",
-           "identity", "relu", "relu6", "clip", "leaky_relu", "sigmoid", "tanh", "softmax",
+           "identity", "relu", "relu6", "clip", "leaky_relu", "sigmoid", "tanh", "hard_sigmoid",
+           "hard_swish", "gelu", "silu", "softmax", "split",
            "dropout", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "global_max_pool2d", "lrn",
            "flatten", "reshape", "transpose", "pad", "resize", "add", "sub", "mul", "div",
            "matmul", "concat"]

@@ -1,0 +1,63 @@
+"""The DSL's wrappers for the activations and the split that the mobile zoo models use, against
+torch's functions, and their naming and error rules."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphopt as go
+from graphopt.errors import ShapeError
+from graphopt.frontends import dsl
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+ROWS = [
+    ("hard_sigmoid", lambda x: dsl.hard_sigmoid(x, alpha=1 / 6), F.hardsigmoid),
+    ("hard_sigmoid_onnx_default", lambda x: dsl.hard_sigmoid(x),
+     lambda t: torch.clamp(0.2 * t + 0.5, 0, 1)),
+    ("hard_swish", dsl.hard_swish, F.hardswish),
+    ("gelu", dsl.gelu, F.gelu),
+    ("gelu_tanh", lambda x: dsl.gelu(x, approximate="tanh"),
+     lambda t: F.gelu(t, approximate="tanh")),
+    ("silu", dsl.silu, F.silu),
+    ("split", lambda x: dsl.concat(dsl.split(x, [2, 1, 3])[::-1], axis=1),
+     lambda t: torch.cat(torch.split(t, [2, 1, 3], dim=1)[::-1], 1)),
+    ("split_last_axis", lambda x: dsl.split(x, [4, 1], axis=-1)[0],
+     lambda t: t[..., :4]),
+]
+
+
+@pytest.mark.parametrize("name, layer, reference", ROWS, ids=[r[0] for r in ROWS])
+def test_wrapper_matches_torch(name, layer, reference):
+    with dsl.Builder(name) as b:
+        graph = b.output(layer(b.input("input", (2, 6, 5, 5))))
+    # Values from -6 to 6 reach both saturated ends of the hard functions.
+    x = np.random.default_rng(0).uniform(-6, 6, (2, 6, 5, 5))
+    found = go.interpret(graph, {"input": x.astype(np.float32)}, dtype=np.float64)["output"]
+    expected = reference(torch.from_numpy(x.astype(np.float32).astype(np.float64))).numpy()
+    # float32 attributes (1/6, 0.2) and torch's own 1/6 differ by ~1e-8 relative.
+    np.testing.assert_allclose(found, expected, rtol=1e-7, atol=1e-7)
+
+
+def test_silu_and_split_name_their_nodes():
+    with dsl.Builder("names") as b:
+        x = b.input("input", (1, 4, 2, 2))
+        first, second = dsl.split(dsl.silu(dsl.silu(x), name="act"), [1, 3], name="chunk")
+        graph = b.output(dsl.concat([second, first]))
+    assert [n.name for n in graph.topological_order()] == [
+        "silu.sigmoid", "silu", "act.sigmoid", "act", "chunk.0", "chunk.1", "concat"]
+    assert [n.op_name for n in graph.topological_order()][:2] == ["sigmoid", "mul"]
+
+
+@pytest.mark.parametrize("sizes, axis, message", [
+    ([2, 3], 1, r"summing to 4"),
+    ([5, -1], 1, r"non-negative sizes"),
+    ([4], 4, r"axis"),
+    (4, 1, r"list of sizes"),
+])
+def test_split_refuses_sizes_that_do_not_cover_the_axis(sizes, axis, message):
+    with pytest.raises(ShapeError, match=message) as info:
+        with dsl.Builder("bad") as b:
+            dsl.split(b.input("input", (1, 4, 2, 2)), sizes, axis=axis, name="parts")
+    assert info.value.node == "parts"
