@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 import graphopt as go
 from graphopt import dsl
 from graphopt.analysis import count_macs, count_params
-from graphopt.compression.factorize import factor_layer, factorize, layer_moments
+from graphopt.compression.factorize import (RankRule, _spectra, factor_layer, factorize,
+                                            layer_moments)
 from graphopt.errors import OptionError
 from graphopt.passes import PassManager, optimize, probe_inputs
 from graphopt.passes.insert_bottleneck import FORMS, insert_bottleneck
@@ -325,23 +326,28 @@ def test_layer_error_is_the_relative_error_of_its_output(build):
 
 # (layer, form): ranks, and the largest data-driven / plain error ratio expected at them
 BEATS = {
-    # the input channels come from 3 sources: from rank 3 on, the data-driven factors are exact
-    # up to the noise, plain SVD is not
-    ("3x3", "reduce"): ((3, 4), 0.05),
+    # the input channels come from 3 sources: from rank 3 on (4 with an offset, one more
+    # direction in form "reduce"), the data-driven factors are exact up to the noise; plain
+    # SVD is not
+    ("3x3", "reduce"): ((4, 5), 0.05),
     ("1x1", "expand"): ((3, 4), 0.05),
     ("linear", "expand"): ((3, 4), 0.05),
     # a 3x3 conv's responses mix 9 pixels of the 3 sources: they span far more than 3 dimensions
     ("3x3", "expand"): ((4, 6), 0.8),
 }
 BUILDS = {"3x3": lambda: conv_net(16, 24, 3, hw=(12, 12)),
-          "1x1": lambda: conv_net(16, 24, 1, hw=(12, 12)), "linear": lambda: linear_net(16, 24)}
+          "1x1": lambda: conv_net(16, 24, 1, padding=0, hw=(12, 12)),
+          "linear": lambda: linear_net(16, 24)}
 
 
+@pytest.mark.parametrize("offset", [0.0, 3.0], ids=["centered", "offset"])
 @pytest.mark.parametrize("layer, form", list(BEATS))
-def test_data_driven_factors_beat_plain_svd_at_equal_rank(layer, form):
+def test_data_driven_factors_beat_plain_svd_at_equal_rank(layer, form, offset):
     graph = BUILDS[layer]()
     node = graph.node("layer")
-    fit, held_out = (correlated_data(graph, seed=s, block=4) for s in (1, 2))
+    # an offset, as after a relu
+    fit, held_out = ([{k: v + np.float32(offset) for k, v in batch.items()} for batch in
+                      correlated_data(graph, seed=s, block=4)] for s in (1, 2))
     moments = layer_moments(graph, [node], fit)["layer"]
     ranks, ratio = BEATS[layer, form]
     for rank in ranks:
@@ -373,6 +379,32 @@ def test_factorize_with_data_beats_plain_end_to_end():
     ranks = [rank_of(c.change)[0] for c in factorize(graph, 0.9, data=fit).layers]
     plain_ranks = [rank_of(c.change)[0] for c in factorize(graph, 0.9).layers]
     assert all(r < p for r, p in zip(ranks, plain_ranks)) and ranks[0] <= 4
+
+
+@pytest.mark.parametrize("offset", [0.0, 3.0, 30.0])
+def test_energy_is_a_fraction_of_the_responses_variance(offset):
+    """After a relu the mean input holds most of the uncentered energy; the rank must not
+    collapse to the mean's direction: with inputs from 3 sources, rank 3 (4: one more for the
+    mean in form "reduce") keeps 99 % of the variance whatever the offset."""
+    graph = conv_net(16, 24, 3, hw=(12, 12))
+    node = graph.node("layer")
+    data = [{k: v + np.float32(offset) for k, v in batch.items()}
+            for batch in correlated_data(graph, block=4)]
+    moments = layer_moments(graph, [node], data)["layer"]
+    rule = RankRule.of(0.99, None)
+    ranks = {s.form: rule.rank("layer", s) for s in _spectra(node, moments)}
+    assert ranks["reduce"] in ((3, 4) if offset else (3,))
+    assert ranks["expand"] > 3       # 3x3 responses mix 9 pixels of each source
+    plain = {s.form: rule.rank("layer", s) for s in _spectra(node, None)}
+    assert plain["reduce"] > 10 and plain["expand"] > ranks["expand"]   # random weights
+
+
+def test_too_few_samples_are_said():
+    graph = linear_net(12, 20)      # 16 rows of data for 20 output features
+    result = factorize(graph, 0.9, data=correlated_data(graph, batches=1))
+    assert "layer: no more responses in the data than output channels" in result.report
+    more = factorize(graph, 0.9, data=correlated_data(graph, batches=2))
+    assert "no more responses" not in more.report
 
 
 def test_check_reports_the_output_error():

@@ -8,14 +8,21 @@ factors from the weight's SVD or, with `data`, from what the layer computes on i
   Deep Convolutional Networks", the linear case): P = the top r eigenvectors of the covariance
   of the layer's linear responses y = W x, and y ~ P P^T y + (I - P P^T) mean(y). The first
   factor is P^T W, the second P with bias b + (I - P P^T) mean(y).
-- form "reduce" (1x1 Cin -> r, then KxK r -> Cout, GoogLeNet-style): the weight as
-  W [Cout*K*K, Cin]. With C = E[x x^T] the input channels' (uncentered) covariance and S its
-  Cholesky factor (S = I without data), W S = U Sigma V^T; the first factor is V_r^T S^-1, the
-  second W S V_r = U_r Sigma_r: the rank-r weight that best reconstructs the responses.
+- form "reduce" (1x1 Cin -> r, then KxK r -> Cout, GoogLeNet-style; linear and 1x1 layers
+  take form "expand" only): the weight as W [Cout*K*K, Cin]. With C = E[x x^T] the input
+  channels' uncentered second moment (plus a tiny ridge) and S its Cholesky factor (S = I
+  without data), W S = U Sigma V^T; the first factor is V_r^T S^-1, the second
+  W S V_r = U_r Sigma_r: the rank-r weight that best reconstructs the responses. Uncentered,
+  so that the mean input is one more direction, exact even where the kernel reads padding.
 
-The spectrum is the squared singular values of W (of W S with data), or with data in form
-"expand" the eigenvalues of the responses' covariance. Each layer takes the form that costs fewer
-MACs at its rank, and is rewritten only when that is fewer than the layer's own."""
+The rank keeps a fraction of the energy: the smallest r whose dropped eigenvalues (squared
+singular values of W, of W S with data, or with data in form "expand" eigenvalues of the
+responses' covariance) sum to at most (1 - energy) times the total. The total is their sum,
+except in form "reduce" with data: the variance of the responses (as in form "expand"), since
+after a relu the mean input alone holds most of the uncentered energy (a total over the
+uncentered spectrum gave VGG-11's layers rank 1 at energy 0.9). Each layer takes the form that
+costs fewer MACs at its rank, and is rewritten only when that is fewer than the layer's own.
+Spectra and singular vectors come from eigendecompositions of Gram matrices."""
 from __future__ import annotations
 
 import math
@@ -72,6 +79,11 @@ def factorize(graph: Graph, energy: float | Mapping[str, float] | None = None, *
     source = ", factors from the responses on the data" if data is not None else ""
     note = (f"rank from {rule.describe()}{source}; error: max |factored - original| / "
             f"max |original| of each layer's output, on {where}")
+    few = [n.name for n in nodes if n.name in moments
+           and moments[n.name].responses <= n.inputs[1].shape[0]]
+    if few:
+        note += (f"\n{', '.join(few)}: no more responses in the data than output channels; "
+                 f"their ranks fit those samples, not the layer")
     if check:
         note += f"\noutput error end to end: {_output_error(graph, result.graph, batches):.3g}"
     changes = tuple(p.change(errors.get(p.node.name)) for p in plans)
@@ -110,17 +122,19 @@ class RankRule:
     def fraction(self, layer: str) -> float:
         return self.value[layer] if isinstance(self.value, Mapping) else self.value
 
-    def rank(self, layer: str, energies: np.ndarray, full: int) -> int:
-        """The rank of `layer` out of `full`, given its spectrum (descending energies)."""
+    def rank(self, layer: str, spectrum: "Spectrum") -> int:
+        """The rank of `layer` out of `spectrum.full` (see the module's docstring)."""
+        full = spectrum.full
         fraction = self.fraction(layer)
         if self.kind == "rank_ratio":
             return min(full, max(1, round(fraction * full)))
-        total = float(energies.sum())
-        if total <= 0:          # a zero weight or no response: any rank reproduces it
+        energies = spectrum.energies
+        if float(energies.sum()) <= 0:     # a zero weight or no response: any rank reproduces it
             return 1
-        kept = np.cumsum(energies) / total
-        # the first rank keeping the fraction (less a rounding error of the cumulative sum)
-        return min(full, int(np.searchsorted(kept, fraction - 1e-12)) + 1)
+        dropped = energies.sum() - np.cumsum(energies)      # after keeping 1, 2, ... values
+        # less a rounding error of the sums, relative to the largest of them
+        allowed = (1 - fraction) * spectrum.total + 1e-12 * max(spectrum.total, energies.sum())
+        return min(full, int(np.argmax(dropped <= allowed)) + 1)
 
     def describe(self) -> str:
         if isinstance(self.value, Mapping):
@@ -175,10 +189,11 @@ def _pointwise(node: Node) -> bool:
 # ---- statistics of the data ---------------------------------------------------------------------
 @dataclass
 class Moments:
-    """Running sums over the data of one layer's input channels x (uncentered second moment)
-    and linear responses y = W x (first and second moments), in float64."""
+    """Running sums over the data of one layer's input channels x and linear responses
+    y = W x (first and second moments), in float64."""
 
     inputs: int = 0
+    x: np.ndarray | float = 0.0
     xx: np.ndarray | float = 0.0
     responses: int = 0
     y: np.ndarray | float = 0.0
@@ -188,14 +203,23 @@ class Moments:
         """`x` (None: not needed), `y`: [rows, channels]."""
         if x is not None:
             self.inputs += len(x)
+            self.x = self.x + x.sum(axis=0)
             self.xx = self.xx + x.T @ x
         self.responses += len(y)
         self.y = self.y + y.sum(axis=0)
         self.yy = self.yy + y.T @ y
 
     @property
-    def input_covariance(self) -> np.ndarray:
+    def input_mean(self) -> np.ndarray:
+        return self.x / max(self.inputs, 1)
+
+    @property
+    def input_second_moment(self) -> np.ndarray:
         return self.xx / max(self.inputs, 1)
+
+    @property
+    def input_covariance(self) -> np.ndarray:
+        return _covariance(self.xx, self.input_mean, self.inputs)
 
     @property
     def response_mean(self) -> np.ndarray:
@@ -203,8 +227,11 @@ class Moments:
 
     @property
     def response_covariance(self) -> np.ndarray:
-        mean = self.response_mean
-        return self.yy / max(self.responses, 1) - np.outer(mean, mean)
+        return _covariance(self.yy, self.response_mean, self.responses)
+
+
+def _covariance(second: np.ndarray, mean: np.ndarray, count: int) -> np.ndarray:
+    return second / max(count, 1) - np.outer(mean, mean)
 
 
 def _rows(array: np.ndarray, channel_axis: int) -> np.ndarray:
@@ -261,12 +288,18 @@ def _kept(node: Node, reason: str) -> LayerPlan:
 
 @dataclass
 class Spectrum:
-    """One form's factorization of a layer at any rank: `energies` (descending) and `full`."""
+    """One form's factorization of a layer at any rank (`factors(rank)`, rank <= `full`):
+    `energies` (descending), what each rank keeps; `total`, what an energy fraction is of."""
 
     form: str
     energies: np.ndarray
     full: int
     factors: Callable[[int], Bottleneck]
+    total: float | None = None
+
+    def __post_init__(self):
+        if self.total is None:
+            self.total = float(self.energies.sum())
 
 
 def _unfactorable(node: Node) -> str | None:
@@ -287,7 +320,7 @@ def _plan(node: Node, rule: RankRule, moments: Moments | None) -> LayerPlan:
     _, weight, bias, _ = layer_parts(node)
     choices = []
     for spectrum in _spectra(node, moments):
-        rank = rule.rank(node.name, spectrum.energies, spectrum.full)
+        rank = rule.rank(node.name, spectrum)
         shapes = _factor_shapes(weight.shape, spectrum.form, rank)
         choices.append((_factored_macs(node, spectrum.form, shapes), spectrum, rank, shapes))
     macs, spectrum, rank, shapes = min(choices, key=lambda c: c[0])    # a tie: "expand"
@@ -402,17 +435,19 @@ def _expand(w: np.ndarray, b: np.ndarray | None, moments: Moments | None) -> Spe
 
 def _reduce(w: np.ndarray, moments: Moments | None) -> Spectrum:
     """Form "reduce": first V_r^T S^-1 (1x1, r outputs), second W S V_r (the layer's kernel);
-    V the top eigenvectors of (W S)^T W S, S the Cholesky factor of the input covariance
+    V the top eigenvectors of (W S)^T W S, S the Cholesky factor of the input's second moment
     (S = I without data)."""
     cout, cin = w.shape[:2]
     kernel = w.shape[2:]
     matrix = np.moveaxis(w, 1, -1).reshape(-1, cin)           # [Cout*KH*KW, Cin]
-    whitening = None
+    whitening, total = None, None
     if moments is not None and moments.inputs > 0:
-        covariance = moments.input_covariance
-        scale = np.trace(covariance) / cin
+        second = moments.input_second_moment
+        scale = np.trace(second) / cin
         if scale > 0:
-            whitening = np.linalg.cholesky(covariance + RIDGE * scale * np.eye(cin))
+            whitening = np.linalg.cholesky(second + RIDGE * scale * np.eye(cin))
+            # the responses' variance: E |W (x - mean x)|^2 over every output channel and tap
+            total = float(np.einsum("ij,jk,ik->", matrix, moments.input_covariance, matrix))
     weighted = matrix if whitening is None else matrix @ whitening
     energies, vectors = _descending_eigh(weighted.T @ weighted)
 
@@ -423,7 +458,7 @@ def _reduce(w: np.ndarray, moments: Moments | None) -> Spectrum:
         return Bottleneck("reduce", first.reshape(rank, cin, *([1] * len(kernel))),
                           np.moveaxis(second, -1, 1))
 
-    return Spectrum("reduce", energies, min(matrix.shape), factors)
+    return Spectrum("reduce", energies, min(matrix.shape), factors, total)
 
 
 # ---- measuring ----------------------------------------------------------------------------------
