@@ -40,7 +40,8 @@ def conv_out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: 
 # graphopt/targets/tvm/passes/select_conv_algorithm.py) and lowered as recorded:
 #   direct    the convolution itself (graphopt's conv2d schedule rule, or dlight on CUDA); with
 #             a `weight_block`, the weight is packed at lowering into blocks of that many output
-#             channels ([O / block, KH, KW, I, block], `conv_kernel.pack_weight`)
+#             channels ([O / block, KH, KW, I, block], `conv_kernel.pack_weight`), each group's
+#             last block padded with zero filters where its channels do not fill it
 #   winograd  Winograd F(2x2, 3x3), the weight transformed at lowering into blocks of
 #             `weight_block` output channels (targets/tvm/schedules/winograd.py)
 #   onednn    a call of oneDNN's convolution (targets/tvm/onednn/)
@@ -74,7 +75,8 @@ class Conv2d(Op):
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
     algorithm: str = "direct"     # a target decision: one of CONV_ALGORITHMS
-    weight_block: int = 0         # output channels per block of a target weight layout
+    weight_block: int = 0         # output channels per block of a target weight layout (need
+                                  # not divide a group's channels: the last block is padded)
 
     def __post_init__(self):
         conv_attributes(self)

@@ -2,6 +2,8 @@
 computed the way the node's `Conv2d.algorithm` says: used by `conv2d` and `fused_conv2d`."""
 from __future__ import annotations
 
+import numpy as np
+
 from .base import constant_operand, expect, relax_type
 from .cast import accumulation_dtype
 from .epilogue import EPILOGUE, ONEDNN_NO_ACTIVATION
@@ -49,10 +51,17 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
     elif conv.weight_block:
         # half precision runs the float32 kernel on widened operands (exact: every half value
         # is a float32), accumulating as the reference kernel does
-        packed = pack_weight(constant_operand(w, decision), conv.weight_block).astype(accumulate)
+        weight_data = constant_operand(w, decision)
+        per_group = weight_data.shape[0] // conv.groups
+        expect(conv.groups == 1 or per_group % conv.weight_block == 0
+               or per_group < conv.weight_block,
+               f"{conv.weight_block}-channel weight blocks that pad groups of {per_group} "
+               f"channels each within one block (the conv2d rule's epilogue placement needs it)")
+        packed = pack_weight(weight_data, conv.weight_block, conv.groups).astype(accumulate)
         weight, name = relax.const(packed, accumulate), "conv2d"
         compute = lambda x, w: blocked_conv2d(x if x.dtype == accumulate else
-                                              topi.cast(x, accumulate), w, conv)
+                                              topi.cast(x, accumulate), w, conv,
+                                              weight_data.shape[0])
     else:
         weight, name = w, "conv2d"
         compute = lambda x, w: topi.nn.conv(x, w, conv.stride, conv.padding, conv.dilation,
@@ -80,20 +89,28 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
                       primfunc_attrs={"op_pattern": OPAQUE})
 
 
-def pack_weight(weight, block: int):
-    """OIHW -> [O / block, KH, KW, I, block]: the layout the CPU conv2d rule streams (a tile
-    step reads `block` output channels of one tap and input channel as whole vectors)."""
+def pack_weight(weight, block: int, groups: int = 1):
+    """OIHW -> [G * ceil(O / G / block), KH, KW, I, block]: the layout the CPU conv2d rule
+    streams (a tile step reads `block` output channels of one tap and input channel as whole
+    vectors). Each group's output channels are padded with zero filters to whole blocks."""
     o, i, h, k = weight.shape
-    return weight.reshape(o // block, block, i, h, k).transpose(0, 3, 4, 2, 1).copy()
+    per_group = o // groups
+    padded = -(-per_group // block) * block
+    if padded != per_group:
+        grouped = weight.reshape(groups, per_group, i, h, k)
+        weight = np.concatenate([grouped, np.zeros((groups, padded - per_group, i, h, k),
+                                                   weight.dtype)], axis=1)
+    return weight.reshape(-1, block, i, h, k).transpose(0, 3, 4, 2, 1).copy()
 
 
-def blocked_conv2d(x, packed, conv):
-    """TE of an NCHW convolution reading the weight as `pack_weight` laid it out."""
+def blocked_conv2d(x, packed, conv, out_channels: int):
+    """TE of an NCHW convolution reading the weight as `pack_weight` laid it out. Where the
+    blocks pad a group's channels, the padded tile is computed and a slice keeps the real
+    channels (the epilogue, inlined into it, reads only those)."""
     from tvm import te, topi
     n, channels, height, width = (int(d) for d in x.shape)
     blocks, k_h, k_w, group_channels, block = (int(d) for d in packed.shape)
-    out_channels = blocks * block
-    per_group = out_channels // conv.groups
+    padded_per_group = blocks * block // conv.groups
     (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
     top, left, bottom, right = conv.padding
     padded = (topi.nn.pad(x, [0, 0, top, left], [0, 0, bottom, right], name="pad_temp")
@@ -104,10 +121,19 @@ def blocked_conv2d(x, packed, conv):
     ry, rx = te.reduce_axis((0, k_h), "ry"), te.reduce_axis((0, k_w), "rx")
 
     def channel(o):
-        return rc if conv.groups == 1 else o // per_group * group_channels + rc
+        return rc if conv.groups == 1 else o // padded_per_group * group_channels + rc
 
-    return te.compute(
-        (n, out_channels, out_h, out_w),
+    tile = te.compute(
+        (n, blocks * block, out_h, out_w),
         lambda b, o, i, j: te.sum(padded[b, channel(o), i * s_h + ry * d_h, j * s_w + rx * d_w]
                                   * packed[o // block, ry, rx, rc, o % block], axis=[rc, ry, rx]),
         name="conv2d_nchw")
+    if blocks * block == out_channels:
+        return tile
+    per_group = out_channels // conv.groups
+
+    def padded_channel(o):
+        return o if conv.groups == 1 else o // per_group * padded_per_group + o % per_group
+
+    return te.compute((n, out_channels, out_h, out_w),
+                      lambda b, o, i, j: tile[b, padded_channel(o), i, j], name="real_channels")

@@ -4,8 +4,10 @@
 - "winograd" (F(2x2, 3x3), weights in blocks of two vector registers of output channels) for
   the 3x3 stride-1 convolutions where it measured faster (`schedules/winograd.applies`);
 - "direct" otherwise (graphopt's register-tiled conv2d rule), with its weight packed into blocks
-  of one or two vector registers of output channels (`tiled.channel_blocks`), each inside one
-  group, where the weight is a constant and the channels fill such a block.
+  of one or two vector registers of output channels (`tiled.channel_block`), each inside one
+  group, where the weight is a constant; a group's last block is padded with zero filters
+  where the channels do not fill it (the kernel computes the padded tile and writes the real
+  channels), unless that would more than double the work (then TVM's generic conv).
 Half-precision (float16, bfloat16) convolutions are "direct" with a weight block: the tiled
 float32 kernel on operands widened to float32 (the packed weight at lowering, the input in the
 kernel), which is the interpreter's arithmetic (products and sums in float32, one rounding at
@@ -30,7 +32,7 @@ from .annotate import annotate
 def select_conv_algorithm(context):
     """The pass for one compile (`context`: vector shape, kernels, whether weights are constant)."""
     from ..schedules import amx, winograd
-    from ..schedules.tiled import channel_blocks
+    from ..schedules.tiled import channel_block
 
     def fills_amx_tiles(node: Node, kind) -> bool:
         """Whether the CPU has `kind`'s AMX product and the conv fills its tiles."""
@@ -60,9 +62,7 @@ def select_conv_algorithm(context):
                                         context.vector, batch):
             return dataclasses.replace(plain, algorithm="winograd",
                                        weight_block=winograd.channel_block(context.vector))
-        per_group = out_channels // conv.groups
-        block = next((b for b in channel_blocks(out_channels, context.vector)
-                      if per_group % b == 0), 0)
+        block = channel_block(out_channels // conv.groups, context.vector, conv.groups)
         return dataclasses.replace(plain, weight_block=block)
 
     def choose_integer(node: Node):

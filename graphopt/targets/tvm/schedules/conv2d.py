@@ -1,8 +1,11 @@
-"""conv2d (NCHW, any stride/padding/dilation, grouped when a group's output channels fill a vector
-block) with fused epilogues: output channels are the vector axis, a row segment of output pixels
-the register-tile axis. The weight arrives packed as [OC / block, KH, KW, IC, block] (the block
+"""conv2d (NCHW, any stride/padding/dilation, grouped when no vector block spans two groups) with
+fused epilogues: output channels are the vector axis, a row segment of output pixels the
+register-tile axis. The weight arrives packed as [OC / block, KH, KW, IC, block] (the block
 chosen by the target pass `select_conv_algorithm`, the packing done at lowering), so the
-innermost reduction (input channels) walks it contiguously; the rule changes no weight."""
+innermost reduction (input channels) walks it contiguously; the rule changes no weight. Where
+the block pads a group's channels, the tile computes the zero filters too and the epilogue,
+placed under each tile, writes the real channels (a predicate on its channel loop, outside
+the vectorized pixel row)."""
 from __future__ import annotations
 
 from .common import (PARALLEL_MIN_ELEMENTS, VectorShape, blocks_of, extent,
