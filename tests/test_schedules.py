@@ -37,7 +37,8 @@ CASES = {
     "conv_dilated": ((1, 4, 12, 12), lambda x: dsl.conv2d(x, 8, 3, padding=2, dilation=2), "conv2d"),
     "conv_grouped": ((1, 8, 10, 10), lambda x: dsl.conv2d(x, 32, 3, padding=1, groups=2), "conv2d"),
     "conv_depthwise": ((1, 8, 10, 10), lambda x: dsl.conv2d(x, 8, 3, padding=1, groups=8), "generic"),
-    "conv_oc6": ((1, 3, 12, 12), lambda x: dsl.tanh(dsl.conv2d(x, 6, 5)), "generic"),
+    "conv_oc6": ((1, 3, 12, 12), lambda x: dsl.tanh(dsl.conv2d(x, 6, 5)), "conv2d"),  # 8, padded
+    "conv_oc3": ((1, 3, 12, 12), lambda x: dsl.conv2d(x, 3, 3), "generic"),  # 8 would be > 2x
     "conv_bn_residual": ((1, 16, 9, 9), lambda x: dsl.relu(
         dsl.batch_norm(dsl.conv2d(x, 16, 3, padding=1, bias=False)) + x), "conv2d"),
     "winograd_7x7_residual": ((1, 256, 7, 7), lambda x: dsl.relu(
@@ -52,7 +53,8 @@ CASES = {
     "dense_gemv_wide": ((1, 64), lambda x: dsl.linear(x, 200), "dense"),
     "dense_odd_out": ((5, 16), lambda x: dsl.linear(x, 10), "dense"),
     "dense_half_vectors": ((7, 30), lambda x: dsl.tanh(dsl.linear(x, 84)), "dense"),
-    "dense_prime_out": ((2, 16), lambda x: dsl.linear(x, 97), "generic"),
+    "dense_prime_out": ((2, 16), lambda x: dsl.linear(x, 97), "dense"),    # padded columns
+    "dense_one_out": ((4, 16), lambda x: dsl.linear(x, 1), "generic"),
     "max_pool_s2_p1": ((1, 8, 11, 11), lambda x: dsl.max_pool2d(x, 3, stride=2, padding=1), "pool2d"),
     "max_pool_ceil_s1": ((1, 5, 9, 10), lambda x: dsl.max_pool2d(x, 3, stride=1, padding=1,
                                                                   ceil_mode=True), "pool2d"),

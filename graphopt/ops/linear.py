@@ -24,7 +24,8 @@ class Linear(Op):
     name = "linear"
     arity = (2, 3)
     # A target decision (CPU pass `select_dense_layout`): the weight is packed at lowering into
-    # blocks of this many output columns ([out / block, in, block]); 0: as written.
+    # blocks of this many output columns ([out / block, in, block], the last block padded with
+    # zero columns); 0: as written.
     weight_block: int = 0
 
     def __post_init__(self):
@@ -146,24 +147,33 @@ class Matmul(Op):
 
 # ---- lowering with a packed constant right-hand side (a target's weight layout) -----------------
 def pack_columns(weight, block: int) -> np.ndarray:
-    """[K, N] -> [N / block, K, block]: the layout the CPU dense rule streams (one tile step
-    reads `block` columns of one row of the weight as whole vectors)."""
+    """[K, N] -> [ceil(N / block), K, block]: the layout the CPU dense rule streams (one tile
+    step reads `block` columns of one row of the weight as whole vectors); the last block's
+    missing columns are zeros."""
     k, n = weight.shape
-    return np.ascontiguousarray(weight.reshape(k, n // block, block).transpose(1, 0, 2))
+    padded = -(-n // block) * block
+    if padded != n:
+        weight = np.concatenate([weight, np.zeros((k, padded - n), weight.dtype)], axis=1)
+    return np.ascontiguousarray(weight.reshape(k, padded // block, block).transpose(1, 0, 2))
 
 
 def lower_blocked_matmul(bb, x, weight_kn: np.ndarray, block: int):
-    """Relax: x [M, K] @ weight [K, N], the weight packed by `pack_columns` (a constant)."""
+    """Relax: x [M, K] @ weight [K, N], the weight packed by `pack_columns` (a constant); with
+    padded columns, the padded tile is computed and a slice keeps the real columns."""
     from tvm import te
     rx = relax()
     packed = pack_columns(weight_kn, block)
+    columns = weight_kn.shape[1]
 
     def blocked_matmul(x, packed):
         rows, depth = (int(d) for d in x.shape)
         k = te.reduce_axis((0, depth), "k")
-        return te.compute((rows, int(packed.shape[0]) * block),
+        tile = te.compute((rows, int(packed.shape[0]) * block),
                           lambda i, j: te.sum(x[i, k] * packed[j // block, k, j % block], axis=k),
                           name="matmul")
+        if int(packed.shape[0]) * block == columns:
+            return tile
+        return te.compute((rows, columns), lambda i, j: tile[i, j], name="real_columns")
 
     return bb.call_te(blocked_matmul, x, rx.const(packed, str(packed.dtype)),
                       primfunc_name_hint="matmul")

@@ -1,7 +1,8 @@
 """select_dense_layout (CPU): record on each linear layer, and each 2-D matmul by a constant,
 the block of output columns its weight is packed in (`schedules/dense.dense_blocking`: whole
-vector registers after the row tile, half-width ones, or one partial vector), which lowering
-packs and the dense rule streams."""
+vector registers after the row tile, or half-width ones, the last block padded with zero
+columns where the block does not divide them), which lowering packs and the dense rule
+streams."""
 from __future__ import annotations
 
 import dataclasses
