@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 import graphopt as go
 from graphopt import dsl
 from graphopt.analysis import count_macs, count_params
-from graphopt.compression.factorize import (RankRule, _spectra, factor_layer, factorize,
-                                            layer_moments)
+from graphopt.compression.factorize import (Factorizer, RankRule, _spectra, factor_layer,
+                                            factorize, layer_moments)
 from graphopt.errors import OptionError
 from graphopt.passes import PassManager, optimize, probe_inputs
 from graphopt.passes.insert_bottleneck import FORMS, insert_bottleneck
@@ -436,6 +436,17 @@ def test_mappings_name_the_layers_and_their_values():
     assert [c.layer for c in factorize(graph, 0.5, layers=["c2"]).layers] == ["c2"]
     assert [c.layer for c in factorize(graph, rank_ratio={"c1": 0.5, "c2": 0.5},
                                        layers=["c2", "fc"]).layers] == ["c2"]
+
+
+def test_a_factorizer_keeps_its_spectra_across_calls():
+    graph = two_convs()
+    data = correlated_data(graph, block=4)
+    factorizer = Factorizer(graph, data)
+    first = factorizer.spectra(graph.node("c2"))
+    for options in (dict(rank_ratio=0.25), dict(energy={"c1": 0.5}), dict(energy=0.9)):
+        assert factorizer.factorize(**options).layers == \
+            factorize(graph, **options, data=data).layers
+    assert factorizer.spectra(graph.node("c2")) is first
 
 
 @pytest.mark.parametrize("options, message", [

@@ -46,7 +46,7 @@ from .result import CompressionResult, LayerChange
 
 LAYER_OPS = ("conv2d", "fused_conv2d", "linear")
 DEFAULT_ENERGY = 0.9
-# Added to the input covariance, relative to its mean diagonal, so that its Cholesky factor
+# Added to the input's second moment, relative to its mean diagonal, so that its Cholesky factor
 # exists when channels are linearly dependent (a dead relu channel, a constant input).
 RIDGE = 1e-6
 
@@ -65,30 +65,90 @@ def factorize(graph: Graph, energy: float | Mapping[str, float] | None = None, *
     {input name: array} dict or a list of them: factors from the layers' responses on it, and
     the errors measured on it (else on a random probe). `layers`: the node names to consider
     (default: every conv2d and fused_conv2d with groups 1, and every linear). `check=True`
-    also compares the factored graph with the original end to end (the report's note)."""
-    rule = RankRule.of(energy, rank_ratio)
-    nodes = _layers(graph, layers, rule)
-    batches = evaluation_batches(data) if data is not None else [probe_inputs(graph)]
-    moments = layer_moments(graph, nodes, batches) if data is not None else {}
-    plans = [_plan(node, rule, moments.get(node.name)) for node in nodes]
-    errors = _layer_errors(graph, [p for p in plans if p.factors is not None], batches)
-    bottlenecks = {p.node.name: p.factors for p in plans if p.factors is not None}
-    result = PassManager([insert_bottleneck(bottlenecks)]).run(graph)
-    where = f"the data ({len(batches)} batch{'es' if len(batches) > 1 else ''})" \
-        if data is not None else "a random probe input"
-    source = ", factors from the responses on the data" if data is not None else ""
-    note = (f"rank from {rule.describe()}{source}; error: max |factored - original| / "
-            f"max |original| of each layer's output, on {where}")
-    few = [n.name for n in nodes if n.name in moments
-           and moments[n.name].responses <= n.inputs[1].shape[0]]
-    if few:
-        note += (f"\n{', '.join(few)}: no more responses in the data than output channels; "
-                 f"their ranks fit those samples, not the layer")
-    if check:
-        note += f"\noutput error end to end: {_output_error(graph, result.graph, batches):.3g}"
-    changes = tuple(p.change(errors.get(p.node.name)) for p in plans)
-    return CompressionResult(result.graph, graph, result.records, kind="factorize",
-                             layers=changes, note=note)
+    also compares the factored graph with the original end to end (the report's note).
+
+    To try many ranks on one graph (a budget search), make a `Factorizer(graph, data)` once
+    and call its `factorize`: it keeps each layer's moments and eigendecompositions."""
+    return Factorizer(graph, data).factorize(energy, rank_ratio=rank_ratio, layers=layers,
+                                             check=check)
+
+
+class Factorizer:
+    """What `factorize` computes once per graph and data, kept for every call: the layers'
+    moments over the data (one pass, at the first data-driven plan) and each layer's spectra
+    (eigendecompositions, at its first plan). `graph` must not change while it is in use."""
+
+    def __init__(self, graph: Graph, data=None):
+        self.graph = graph
+        self.data_driven = data is not None
+        self.batches = evaluation_batches(data) if data is not None else [probe_inputs(graph)]
+        self._moments: dict[str, Moments] | None = None
+        self._spectra: dict[str, tuple[Spectrum, ...]] = {}
+
+    def factorize(self, energy: float | Mapping[str, float] | None = None, *,
+                  rank_ratio: float | Mapping[str, float] | None = None,
+                  layers: Iterable[str] | None = None, check: bool = False) -> CompressionResult:
+        """`factorize(graph, energy, rank_ratio=..., data=..., layers=..., check=...)` with
+        the graph and data of this Factorizer."""
+        graph, batches = self.graph, self.batches
+        rule = RankRule.of(energy, rank_ratio)
+        nodes = _layers(graph, layers, rule)
+        plans = [self._plan(node, rule) for node in nodes]
+        errors = _layer_errors(graph, [p for p in plans if p.factors is not None], batches)
+        bottlenecks = {p.node.name: p.factors for p in plans if p.factors is not None}
+        result = PassManager([insert_bottleneck(bottlenecks)]).run(graph)
+        where = f"the data ({len(batches)} batch{'es' if len(batches) > 1 else ''})" \
+            if self.data_driven else "a random probe input"
+        source = ", factors from the responses on the data" if self.data_driven else ""
+        note = (f"rank from {rule.describe()}{source}; error: max |factored - original| / "
+                f"max |original| of each layer's output, on {where}")
+        few = [n.name for n in nodes if self.data_driven and _unfactorable(n) is None
+               and self.moments(n).responses <= n.inputs[1].shape[0]]
+        if few:
+            note += (f"\n{', '.join(few)}: no more responses in the data than output channels; "
+                     f"their ranks fit those samples, not the layer")
+        if check:
+            note += f"\noutput error end to end: {_output_error(graph, result.graph, batches):.3g}"
+        changes = tuple(p.change(errors.get(p.node.name)) for p in plans)
+        return CompressionResult(result.graph, graph, result.records, kind="factorize",
+                                 layers=changes, note=note)
+
+    def moments(self, node: Node) -> Moments | None:
+        """`node`'s moments over the data (None without data)."""
+        if not self.data_driven:
+            return None
+        if self._moments is None:
+            layers = [n for n in self.graph.nodes
+                      if n.op_name in LAYER_OPS and _unfactorable(n) is None]
+            self._moments = layer_moments(self.graph, layers, self.batches)
+        return self._moments[node.name]
+
+    def spectra(self, node: Node) -> tuple[Spectrum, ...]:
+        """`node`'s spectra, one per form it may take."""
+        if node.name not in self._spectra:
+            self._spectra[node.name] = _spectra(node, self.moments(node))
+        return self._spectra[node.name]
+
+    def _plan(self, node: Node, rule: RankRule) -> LayerPlan:
+        reason = _unfactorable(node)
+        if reason:
+            return _kept(node, reason)
+        _, weight, bias, _ = layer_parts(node)
+        choices = []
+        for spectrum in self.spectra(node):
+            rank = rule.rank(node.name, spectrum)
+            shapes = _factor_shapes(weight.shape, spectrum.form, rank)
+            choices.append((_factored_macs(node, spectrum.form, shapes), spectrum, rank))
+        macs, spectrum, rank = min(choices, key=lambda c: c[0])    # a tie: "expand"
+        before_macs, before_params = node_macs(node), node_params(node)
+        if macs >= before_macs:
+            return _kept(node, f"rank {rank}/{spectrum.full} saves nothing")
+        factors = spectrum.factors(rank)
+        bias_size = weight.shape[0] if (factors.bias is not None or bias is not None) else 0
+        params = factors.first.size + factors.second.size + bias_size
+        return LayerPlan(node, factors, f"rank {rank}/{spectrum.full}, "
+                         f"{_form_name(node, spectrum.form)}", (before_params, params),
+                         (before_macs, macs))
 
 
 # ---- options ------------------------------------------------------------------------------------
@@ -311,28 +371,6 @@ def _unfactorable(node: Node) -> str | None:
     if computed:
         return f"computed {'weight' if computed[0] is weight else 'bias'} %{computed[0].name}"
     return None
-
-
-def _plan(node: Node, rule: RankRule, moments: Moments | None) -> LayerPlan:
-    reason = _unfactorable(node)
-    if reason:
-        return _kept(node, reason)
-    _, weight, bias, _ = layer_parts(node)
-    choices = []
-    for spectrum in _spectra(node, moments):
-        rank = rule.rank(node.name, spectrum)
-        shapes = _factor_shapes(weight.shape, spectrum.form, rank)
-        choices.append((_factored_macs(node, spectrum.form, shapes), spectrum, rank, shapes))
-    macs, spectrum, rank, shapes = min(choices, key=lambda c: c[0])    # a tie: "expand"
-    before_macs, before_params = node_macs(node), node_params(node)
-    if macs >= before_macs:
-        return _kept(node, f"rank {rank}/{spectrum.full} saves nothing")
-    factors = spectrum.factors(rank)
-    bias_size = weight.shape[0] if (factors.bias is not None or bias is not None) else 0
-    params = factors.first.size + factors.second.size + bias_size
-    return LayerPlan(node, factors, f"rank {rank}/{spectrum.full}, "
-                     f"{_form_name(node, spectrum.form)}", (before_params, params),
-                     (before_macs, macs))
 
 
 def factor_layer(node: Node, form: str, rank: int | None = None,
