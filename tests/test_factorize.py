@@ -491,3 +491,26 @@ def test_factored_graph_compiles_and_matches_the_interpreter():
     expected = go.interpret(result.graph, inputs)
     for name in graph.output_names:
         np.testing.assert_allclose(found[name], expected[name], rtol=1e-4, atol=1e-4)
+
+
+def test_budget_picks_the_lowest_energy_per_layer_within_it():
+    from graphopt.evaluation import Evaluator
+    graph = go.zoo.deep_convnet()
+    data = [probe_inputs(graph, seed=s) for s in range(3)]
+    result = factorize(graph, budget=0.1, data=data)
+    assert Evaluator(graph, data, None)(result.graph).error <= 0.1
+    assert result.macs_ratio < 1.0
+    assert "budget: error <= 0.1: met" in result.report
+    tighter = factorize(graph, budget=0.01, data=data)
+    assert tighter.macs_ratio >= result.macs_ratio
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"budget": 0.1}, "needs eval_inputs"),
+    ({"budget": -1.0, "data": None}, "non-negative budget"),
+    ({"budget": 0.1, "rank_ratio": 0.5}, "no rank_ratio"),
+])
+def test_budget_options_are_checked(options, message):
+    graph = go.zoo.lenet5()
+    with pytest.raises(go.OptionError, match=message):
+        factorize(graph, **options)

@@ -39,13 +39,15 @@ from ..ir import Graph, Node, TensorType
 from ..passes.insert_bottleneck import (FORMS, Bottleneck, factor_ops, insert_bottleneck,
                                         layer_parts)
 from ..passes.manager import PassManager
-from ..quantization.sensitivity import evaluation_batches
+from ..evaluation import Evaluator, Metric, evaluation_batches
 from ..signature import probe_inputs
 from ..targets.reference import interpret
+from .budget import search_levels
 from .result import CompressionResult, LayerChange
 
 LAYER_OPS = ("conv2d", "fused_conv2d", "linear")
 DEFAULT_ENERGY = 0.9
+BUDGET_ENERGIES = (0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)   # weakest to strongest compression
 # Added to the input's second moment, relative to its mean diagonal, so that its Cholesky factor
 # exists when channels are linearly dependent (a dead relu channel, a constant input).
 RIDGE = 1e-6
@@ -53,7 +55,9 @@ RIDGE = 1e-6
 
 def factorize(graph: Graph, energy: float | Mapping[str, float] | None = None, *,
               rank_ratio: float | Mapping[str, float] | None = None, data=None,
-              layers: Iterable[str] | None = None, check: bool = False) -> CompressionResult:
+              layers: Iterable[str] | None = None, check: bool = False,
+              budget: float | None = None, eval_inputs=None,
+              metric: Metric | None = None) -> CompressionResult:
     """`graph` (left unchanged) with its convolutions and linear layers factored into two
     thinner ones each (see the module's docstring); returns a CompressionResult whose `.layers`
     has one LayerChange per layer considered (rank, params, MACs, the relative error of the
@@ -67,10 +71,38 @@ def factorize(graph: Graph, energy: float | Mapping[str, float] | None = None, *
     (default: every conv2d and fused_conv2d with groups 1, and every linear). `check=True`
     also compares the factored graph with the original end to end (the report's note).
 
+    `budget`: per layer the lowest energy of BUDGET_ENERGIES (down to `energy` when given)
+    that keeps the metric's drop (with `metric`) or the relative output error on `eval_inputs`
+    (default: `data`) within it, layers scanned alone then together (`budget.search_levels`);
+    the report's note has the scan.
+
     To try many ranks on one graph (a budget search), make a `Factorizer(graph, data)` once
     and call its `factorize`: it keeps each layer's moments and eigendecompositions."""
-    return Factorizer(graph, data).factorize(energy, rank_ratio=rank_ratio, layers=layers,
-                                             check=check)
+    factorizer = Factorizer(graph, data)
+    if budget is None:
+        return factorizer.factorize(energy, rank_ratio=rank_ratio, layers=layers, check=check)
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or budget < 0:
+        raise OptionError(f"expected a non-negative budget, found {budget!r}")
+    if rank_ratio is not None or isinstance(energy, Mapping):
+        raise OptionError("budget= chooses each layer's energy: give at most one energy (the "
+                          "lowest to try), no rank_ratio")
+    if data is None and eval_inputs is None:
+        raise OptionError("budget= needs eval_inputs= or data= (the batches the budget is "
+                          "measured on)")
+    lowest = _fraction("energy", energy) if energy is not None else min(BUDGET_ENERGIES)
+    evaluate = Evaluator(graph, eval_inputs if eval_inputs is not None else data, metric)
+    names = [n.name for n in _layers(graph, layers, RankRule.of(None, None))
+             if _unfactorable(n) is None]
+    levels = {name: [e for e in BUDGET_ENERGIES if e >= lowest - 1e-12] for name in names}
+
+    def loss(choice: Mapping[str, float]) -> float:
+        factored = factorizer.factorize(dict(choice), errors=False).graph
+        return evaluate.loss(evaluate(factored))
+
+    chosen, scan = search_levels(levels, loss, budget)
+    result = factorizer.factorize(chosen or {}, check=check)
+    result.note += "\n" + scan.summary(budget, "energy", evaluate.metric is not None)
+    return result
 
 
 class Factorizer:
@@ -87,14 +119,17 @@ class Factorizer:
 
     def factorize(self, energy: float | Mapping[str, float] | None = None, *,
                   rank_ratio: float | Mapping[str, float] | None = None,
-                  layers: Iterable[str] | None = None, check: bool = False) -> CompressionResult:
+                  layers: Iterable[str] | None = None, check: bool = False,
+                  errors: bool = True) -> CompressionResult:
         """`factorize(graph, energy, rank_ratio=..., data=..., layers=..., check=...)` with
-        the graph and data of this Factorizer."""
+        the graph and data of this Factorizer (`errors=False`: the per-layer errors are not
+        measured, for searches that only need the graph)."""
         graph, batches = self.graph, self.batches
         rule = RankRule.of(energy, rank_ratio)
         nodes = _layers(graph, layers, rule)
         plans = [self._plan(node, rule) for node in nodes]
-        errors = _layer_errors(graph, [p for p in plans if p.factors is not None], batches)
+        measured = [p for p in plans if p.factors is not None] if errors else []
+        errors = _layer_errors(graph, measured, batches)
         bottlenecks = {p.node.name: p.factors for p in plans if p.factors is not None}
         result = PassManager([insert_bottleneck(bottlenecks)]).run(graph)
         where = f"the data ({len(batches)} batch{'es' if len(batches) > 1 else ''})" \
