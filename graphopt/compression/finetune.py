@@ -265,7 +265,7 @@ def _import_torch():
         import torch
     except ImportError:
         raise GraphoptError("finetune trains with PyTorch, which is not installed: "
-                            "pip install torch") from None
+                            "pip install 'graphopt[finetune]' (or torch itself)") from None
     return torch
 
 
