@@ -15,8 +15,9 @@ from graphopt.frontends import dsl
 from graphopt.zoo.fcn import bilinear_upsampling
 
 # name: (parameters with the default options, output shape at batch 1). Reference counts:
-# torchvision (vgg11/16, googlenet without aux heads, resnet18/50), Caffe's bvlc_alexnet, PyTorch's
-# DCGAN example; lenet5, deep_convnet and fcn are summed by hand from their layer lists.
+# torchvision (vgg11/16, googlenet and inception_v3 without aux heads, resnet18/50, the mobile
+# and compact models: their weights' "num_params"), Caffe's bvlc_alexnet, PyTorch's DCGAN example;
+# lenet5, deep_convnet and fcn are summed by hand from their layer lists.
 EXPECTED = {
     "lenet5": (61_706, (1, 10)),
     "alexnet": (60_965_224, (1, 1000)),
@@ -28,6 +29,15 @@ EXPECTED = {
     "deep_convnet": (123_552, (1, 10)),
     "fcn": (109_418, (1, 21, 64, 64)),
     "dcgan_generator": (3_576_704, (1, 3, 64, 64)),
+    "mobilenet_v2": (3_504_872, (1, 1000)),
+    "mobilenet_v3_small": (2_542_856, (1, 1000)),
+    "mobilenet_v3_large": (5_483_032, (1, 1000)),
+    "efficientnet_b0": (5_288_548, (1, 1000)),
+    "shufflenet_v2_x1_0": (2_278_604, (1, 1000)),
+    "squeezenet1_1": (1_235_496, (1, 1000)),
+    "regnet_x_400mf": (5_495_976, (1, 1000)),
+    "densenet121": (7_978_856, (1, 1000)),
+    "inception_v3": (23_834_568, (1, 1000)),
 }
 SMALL = ("lenet5", "deep_convnet", "fcn", "dcgan_generator")
 
@@ -113,6 +123,27 @@ def test_same_seed_same_weights_other_seed_other_weights():
      ["inception4e.branch2.1.conv.weight", "fc.weight"]),
     ("alexnet", ["features.2", "features.14", "classifier.6"], ["features.4.weight"]),
     ("dcgan_generator", ["main.0", "main.13"], ["main.1.running_mean", "main.12.weight"]),
+    ("mobilenet_v2", ["features.0.0", "features.1.conv.1", "features.2.conv.3", "features.18.2",
+                      "classifier.1"],
+     ["features.1.conv.2.running_var", "features.17.conv.2.weight"]),
+    ("mobilenet_v3_small", ["features.1.block.1.fc1", "features.4.block.2.scale_activation",
+                            "features.12.2", "classifier.3"],
+     ["features.1.block.1.fc2.bias", "features.11.block.3.1.weight"]),
+    ("mobilenet_v3_large", ["features.1.add", "features.16.0"], ["features.15.block.2.fc1.weight"]),
+    ("efficientnet_b0", ["features.1.0.block.1.fc1", "features.2.1.add", "features.8.2"],
+     ["features.7.0.block.3.1.running_mean", "features.8.0.weight"]),
+    ("shufflenet_v2_x1_0", ["stage2.0.branch1.0", "stage4.3.branch2.7", "conv5.0", "fc"],
+     ["stage3.7.branch2.6.running_var"]),
+    ("squeezenet1_1", ["features.12.expand3x3", "features.8", "classifier.1"],
+     ["features.3.squeeze.bias"]),
+    ("regnet_x_400mf", ["trunk_output.block1.block1-0.proj.0",
+                        "trunk_output.block4.block4-11.f.b.0"], ["stem.1.weight", "fc.bias"]),
+    ("densenet121", ["features.denseblock4.denselayer16.conv2", "features.transition3.pool",
+                     "features.norm5", "classifier"],
+     ["features.denseblock1.denselayer1.norm1.running_mean"]),
+    ("inception_v3", ["Conv2d_4a_3x3.conv", "Mixed_6e.branch7x7dbl_5.bn",
+                      "Mixed_7c.branch_pool.conv", "fc"],
+     ["Mixed_5b.branch_pool.bn.running_var", "Mixed_7b.branch3x3_2a.conv.weight"]),
 ])
 def test_names_follow_torchvision(name, nodes, weights):
     g = built(name)

@@ -14,10 +14,17 @@ from ..ir import Graph
 from .alexnet import alexnet
 from .dcgan import dcgan_generator
 from .deep_convnet import deep_convnet
+from .densenet import densenet121
+from .efficientnet import efficientnet_b0
 from .fcn import fcn
 from .googlenet import googlenet
+from .inception import inception_v3
 from .lenet import lenet5
+from .mobilenet import mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small
+from .regnet import regnet_x_400mf
 from .resnet import resnet18, resnet50
+from .shufflenet import shufflenet_v2_x1_0
+from .squeezenet import squeezenet1_1
 from .vgg import vgg11, vgg16
 
 MODELS: dict[str, Callable[..., Graph]] = {
@@ -31,6 +38,15 @@ MODELS: dict[str, Callable[..., Graph]] = {
     "deep_convnet": deep_convnet,
     "fcn": fcn,
     "dcgan_generator": dcgan_generator,
+    "mobilenet_v2": mobilenet_v2,
+    "mobilenet_v3_small": mobilenet_v3_small,
+    "mobilenet_v3_large": mobilenet_v3_large,
+    "efficientnet_b0": efficientnet_b0,
+    "shufflenet_v2_x1_0": shufflenet_v2_x1_0,
+    "squeezenet1_1": squeezenet1_1,
+    "regnet_x_400mf": regnet_x_400mf,
+    "densenet121": densenet121,
+    "inception_v3": inception_v3,
 }
 
 
@@ -41,5 +57,7 @@ def get(name: str, **options) -> Graph:
     return MODELS[name](**options)
 
 
-__all__ = ["MODELS", "get", "alexnet", "dcgan_generator", "deep_convnet", "fcn", "googlenet",
-           "lenet5", "resnet18", "resnet50", "vgg11", "vgg16"]
+__all__ = ["MODELS", "get", "alexnet", "dcgan_generator", "deep_convnet", "densenet121",
+           "efficientnet_b0", "fcn", "googlenet", "inception_v3", "lenet5", "mobilenet_v2",
+           "mobilenet_v3_large", "mobilenet_v3_small", "regnet_x_400mf", "resnet18", "resnet50",
+           "shufflenet_v2_x1_0", "squeezenet1_1", "vgg11", "vgg16"]
