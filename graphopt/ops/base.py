@@ -32,6 +32,12 @@ def get_op(name: str) -> type["Op"]:
                                  op=name) from None
 
 
+def conv_out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
+                  dilation: int) -> int:
+    """Output size of a convolution or pooling window along one spatial axis."""
+    return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
+
+
 def expect(condition: bool, message: str) -> None:
     """Raise a ShapeError with `message` unless `condition` holds (the node is added by the caller)."""
     if not condition:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import TensorType
-from .base import (Op, accumulator, expect, expect_float, expect_rank, expect_same_dtype, integer,
-                   pair, quad, real, register, relax)
+from .base import (Op, accumulator, conv_out_size, expect, expect_float, expect_rank,
+                   expect_same_dtype, integer, pair, quad, real, register, relax)
 from .cast import accumulation_dtype, lower_in_float32
 
 
@@ -29,11 +29,6 @@ def expect_nonempty(x: TensorType, w: TensorType) -> None:
     that cannot load."""
     expect(w.numel > 0, f"expected a weight with no zero dimension, found {w}")
     expect(x.numel > 0, f"expected an input with no zero dimension, found {x}")
-
-
-def conv_out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
-                  dilation: int) -> int:
-    return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
 
 
 # How a convolution is computed on its target, decided by a target pass (see

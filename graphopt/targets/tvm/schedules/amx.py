@@ -170,7 +170,7 @@ def lower_kernel(bb, x, fill, weight: np.ndarray, conv, kind: AmxDtype):
     packed = pack_weight(weight, kind)
     grouped = bb.emit(bb.call_te(lambda x: pack_input(x, fill, conv, kind), x,
                                  primfunc_name_hint="amx_pack"))
-    from ....ops.conv import conv_out_size
+    from ....ops.base import conv_out_size
     n, groups, height, width, _ = (int(d) for d in grouped.ty.shape)
     k_h, k_w = weight.shape[2:]
     out_h = conv_out_size(height, k_h, conv.stride[0], 0, 0, conv.dilation[0])   # padded
