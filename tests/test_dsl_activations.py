@@ -21,6 +21,7 @@ ROWS = [
     ("gelu_tanh", lambda x: dsl.gelu(x, approximate="tanh"),
      lambda t: F.gelu(t, approximate="tanh")),
     ("silu", dsl.silu, F.silu),
+    ("exp", dsl.exp, torch.exp),
     ("split", lambda x: dsl.concat(dsl.split(x, [2, 1, 3])[::-1], axis=1),
      lambda t: torch.cat(torch.split(t, [2, 1, 3], dim=1)[::-1], 1)),
     ("split_last_axis", lambda x: dsl.split(x, [4, 1], axis=-1)[0],

@@ -336,10 +336,11 @@ def test_save_to_path_and_load_back(tmp_path):
 SMALL = {"image_size": 64}
 TINY = {"image_size": 32}
 # One small model per structure the others lack: squeeze-excite with hard-swish and hard-sigmoid,
-# SiLU, channel split and shuffle, dense concatenation.
+# SiLU, channel split and shuffle, dense concatenation, YOLO's upsample and in-graph box decoding.
 ZOO_DEFAULT = {"lenet5": {}, "googlenet": SMALL, "resnet18": SMALL, "deep_convnet": {},
                "fcn": {}, "dcgan_generator": {}, "mobilenet_v3_small": TINY,
-               "efficientnet_b0": TINY, "shufflenet_v2_x1_0": TINY, "densenet121": TINY}
+               "efficientnet_b0": TINY, "shufflenet_v2_x1_0": TINY, "densenet121": TINY,
+               "dqn": {}, "yolov3_tiny": {"image_size": 64}}
 ZOO_SLOW = {"alexnet": {}, "vgg11": {}, "vgg16": {}, "resnet50": {}, "mobilenet_v2": {},
             "mobilenet_v3_large": {}, "squeezenet1_1": {}, "regnet_x_400mf": {},
             "inception_v3": {}}

@@ -17,7 +17,7 @@ from graphopt.zoo.fcn import bilinear_upsampling
 # name: (parameters with the default options, output shape at batch 1). Reference counts:
 # torchvision (vgg11/16, googlenet and inception_v3 without aux heads, resnet18/50, the mobile
 # and compact models: their weights' "num_params"), Caffe's bvlc_alexnet, PyTorch's DCGAN example;
-# lenet5, deep_convnet and fcn are summed by hand from their layer lists.
+# lenet5, deep_convnet, fcn, dqn and yolov3_tiny are summed by hand from their layer lists.
 EXPECTED = {
     "lenet5": (61_706, (1, 10)),
     "alexnet": (60_965_224, (1, 1000)),
@@ -38,8 +38,11 @@ EXPECTED = {
     "regnet_x_400mf": (5_495_976, (1, 1000)),
     "densenet121": (7_978_856, (1, 1000)),
     "inception_v3": (23_834_568, (1, 1000)),
+    "dqn": (1_693_362, (1, 18)),
+    # 8,852,366 weights and the box decoding's 1,704 cell offsets, strides and anchors
+    "yolov3_tiny": (8_854_070, (1, 2535, 85)),
 }
-SMALL = ("lenet5", "deep_convnet", "fcn", "dcgan_generator")
+SMALL = ("lenet5", "deep_convnet", "fcn", "dcgan_generator", "dqn")
 
 
 def others_slow(fast: tuple[str, ...]) -> list:
@@ -144,6 +147,10 @@ def test_same_seed_same_weights_other_seed_other_weights():
     ("inception_v3", ["Conv2d_4a_3x3.conv", "Mixed_6e.branch7x7dbl_5.bn",
                       "Mixed_7c.branch_pool.conv", "fc"],
      ["Mixed_5b.branch_pool.bn.running_var", "Mixed_7b.branch3x3_2a.conv.weight"]),
+    ("dqn", ["network.0", "network.6", "network.9"], ["network.7.weight"]),
+    ("yolov3_tiny", ["module_list.11.maxpool_11", "module_list.19.upsample_19",
+                     "module_list.20.route_20", "module_list.22.conv_22"],
+     ["module_list.0.batch_norm_0.running_mean", "module_list.15.conv_15.bias"]),
 ])
 def test_names_follow_torchvision(name, nodes, weights):
     g = built(name)

@@ -452,6 +452,7 @@ def hard_sigmoid(x, alpha=0.2, beta=0.5, name=None):
     return _unary(x, name, ops.HardSigmoid, alpha, beta)
 def hard_swish(x, name=None): return _unary(x, name, ops.HardSwish)
 def gelu(x, approximate="none", name=None): return _unary(x, name, ops.Gelu, approximate)
+def exp(x, name=None): return _unary(x, name, ops.Exp)
 def softmax(x, axis=-1, name=None): return _unary(x, name, ops.Softmax, axis)
 def dropout(x, ratio=0.5, name=None): return _unary(x, name, ops.Dropout, ratio)
 def global_avg_pool2d(x, name=None): return _unary(x, name, ops.GlobalAvgPool2d)
@@ -577,7 +578,7 @@ def concat(xs: Sequence[Tensor], axis: int = 1, name=None) -> Tensor:
 
 __all__ = ["Builder", "Tensor", "current", "conv2d", "conv_transpose2d", "batch_norm", "linear",
            "identity", "relu", "relu6", "clip", "leaky_relu", "sigmoid", "tanh", "hard_sigmoid",
-           "hard_swish", "gelu", "silu", "softmax", "split",
+           "hard_swish", "gelu", "silu", "exp", "softmax", "split",
            "dropout", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "global_max_pool2d", "lrn",
            "flatten", "reshape", "transpose", "pad", "resize", "add", "sub", "mul", "div",
            "matmul", "concat"]

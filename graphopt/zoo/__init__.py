@@ -15,6 +15,7 @@ from .alexnet import alexnet
 from .dcgan import dcgan_generator
 from .deep_convnet import deep_convnet
 from .densenet import densenet121
+from .dqn import dqn
 from .efficientnet import efficientnet_b0
 from .fcn import fcn
 from .googlenet import googlenet
@@ -26,6 +27,7 @@ from .resnet import resnet18, resnet50
 from .shufflenet import shufflenet_v2_x1_0
 from .squeezenet import squeezenet1_1
 from .vgg import vgg11, vgg16
+from .yolo import yolov3_tiny
 
 MODELS: dict[str, Callable[..., Graph]] = {
     "lenet5": lenet5,
@@ -47,6 +49,8 @@ MODELS: dict[str, Callable[..., Graph]] = {
     "regnet_x_400mf": regnet_x_400mf,
     "densenet121": densenet121,
     "inception_v3": inception_v3,
+    "dqn": dqn,
+    "yolov3_tiny": yolov3_tiny,
 }
 
 
@@ -57,7 +61,7 @@ def get(name: str, **options) -> Graph:
     return MODELS[name](**options)
 
 
-__all__ = ["MODELS", "get", "alexnet", "dcgan_generator", "deep_convnet", "densenet121",
+__all__ = ["MODELS", "get", "alexnet", "dcgan_generator", "deep_convnet", "densenet121", "dqn",
            "efficientnet_b0", "fcn", "googlenet", "inception_v3", "lenet5", "mobilenet_v2",
            "mobilenet_v3_large", "mobilenet_v3_small", "regnet_x_400mf", "resnet18", "resnet50",
-           "shufflenet_v2_x1_0", "squeezenet1_1", "vgg11", "vgg16"]
+           "shufflenet_v2_x1_0", "squeezenet1_1", "vgg11", "vgg16", "yolov3_tiny"]
