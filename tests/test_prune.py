@@ -227,3 +227,12 @@ def test_multiple_of_rounds_each_family_to_whole_vectors():
     assert result.graph.node("fc1").output.shape[1] == 32
     with pytest.raises(go.OptionError, match="multiple_of"):
         prune(graph, 0.4, multiple_of=0)
+
+
+@settings(max_examples=3, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(graph=cnn_graphs())
+def test_pruned_random_cnns_compile_to_what_the_interpreter_computes(graph):
+    pruned = prune(graph, 0.5).graph
+    report = go.compare(pruned, go.compile(pruned, "cpu"), probe_inputs(pruned))
+    assert report.ok, report
