@@ -165,6 +165,9 @@ def test_options_are_checked():
         prune(graph, 0.5, layers=["nope"])
     with pytest.raises(go.OptionError, match="needs eval_inputs"):
         prune(graph, budget=0.1)
+    calib = go.calibrate(graph, [probe_inputs(graph)])
+    with pytest.raises(go.OptionError, match="prune the float graph, then quantize"):
+        prune(go.quantize(graph, calib).graph, 0.5)
 
 
 def test_input_graph_is_unchanged_and_ratio_zero_changes_nothing():

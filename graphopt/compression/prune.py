@@ -54,6 +54,10 @@ def prune(graph: Graph, ratio: float | Mapping[str, float] | None = None, *,
     _check_options(criterion, ratio, budget, data, eval_inputs)
     if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
         raise OptionError(f"expected multiple_of a positive int, found {multiple_of!r}")
+    quantized = [n for n in graph.nodes if n.op_name.startswith("qlinear_")]
+    if quantized:
+        raise OptionError(f"prune the float graph, then quantize it: '{quantized[0].name}' is "
+                          f"already {quantized[0].op_name}")
     if not structured:
         if budget is not None:
             raise OptionError("budget= applies to structured pruning")
