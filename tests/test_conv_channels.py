@@ -65,7 +65,8 @@ CONVS = {
                              0, 0),
     "grouped_g2_out78_in4": ((1, 4, 8, 8), lambda x: dsl.conv2d(x, 78, 3, padding=1, groups=2),
                              0, 0),
-    "depthwise_8": ((1, 8, 10, 10), lambda x: dsl.conv2d(x, 8, 3, padding=1, groups=8), 0, 0),
+    # depthwise: rows of whole vectors (the block counts output columns; tests/test_depthwise.py)
+    "depthwise_8": ((1, 8, 10, 10), lambda x: dsl.conv2d(x, 8, 3, padding=1, groups=8), 8, 16),
 }
 
 # name: (input shape, layer, column block on AVX2, on AVX-512; 0: the generic product)
@@ -121,7 +122,8 @@ def test_recorded_block_and_rule(name, mcpu, column):
     blocks = {getattr(n.op, "conv", n.op).weight_block for n in optimized.graph.nodes
               if n.op_name in ("conv2d", "fused_conv2d", "linear")}
     assert blocks == {CASES[name][column]}
-    tiled = "dense" if name.startswith("linear") else "conv2d"
+    tiled = ("dense" if name.startswith("linear") else
+             "depthwise" if name.startswith("depthwise") else "conv2d")
     rules = {str(f.attrs[SCHEDULE_ATTR]) for k, f in _scheduled_kernels(graph, mcpu).items()
              if "conv2d" in k or "matmul" in k}
     assert rules == {tiled if CASES[name][column] else "generic"}

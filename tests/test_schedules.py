@@ -36,7 +36,10 @@ CASES = {
                      "conv2d"),
     "conv_dilated": ((1, 4, 12, 12), lambda x: dsl.conv2d(x, 8, 3, padding=2, dilation=2), "conv2d"),
     "conv_grouped": ((1, 8, 10, 10), lambda x: dsl.conv2d(x, 32, 3, padding=1, groups=2), "conv2d"),
-    "conv_depthwise": ((1, 8, 10, 10), lambda x: dsl.conv2d(x, 8, 3, padding=1, groups=8), "generic"),
+    "conv_depthwise": ((1, 8, 10, 10), lambda x: dsl.conv2d(x, 8, 3, padding=1, groups=8),
+                       "depthwise"),
+    "conv_depthwise_multiplier2": ((1, 4, 10, 10), lambda x: dsl.conv2d(x, 8, 3, padding=1,
+                                                                        groups=4), "generic"),
     "conv_oc6": ((1, 3, 12, 12), lambda x: dsl.tanh(dsl.conv2d(x, 6, 5)), "conv2d"),  # 8, padded
     "conv_oc3": ((1, 3, 12, 12), lambda x: dsl.conv2d(x, 3, 3), "generic"),  # 8 would be > 2x
     "conv_bn_residual": ((1, 16, 9, 9), lambda x: dsl.relu(

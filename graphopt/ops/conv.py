@@ -40,6 +40,9 @@ def expect_nonempty(x: TensorType, w: TensorType) -> None:
 #   winograd  Winograd F(2x2, 3x3), the weight transformed at lowering into blocks of
 #             `weight_block` output channels (targets/tvm/schedules/winograd.py)
 #   onednn    a call of oneDNN's convolution (targets/tvm/onednn/)
+#   depthwise a depthwise convolution (groups == input == output channels) vectorized along
+#             output rows of whole blocks of `weight_block` columns (the row padded at lowering;
+#             targets/tvm/schedules/depthwise.py), the weight as [C, KH, KW]
 #   amx       AMX tiles (targets/tvm/schedules/amx.py): bfloat16 convolutions (tdpbf16ps) and
 #             qlinear_conv2d (tdpbusd), input and weight packed at lowering
 #   vnni      (qlinear_conv2d only) uint8 x int8 -> int32 by AVX-512 VNNI's vpdpbusd, or
@@ -47,7 +50,9 @@ def expect_nonempty(x: TensorType, w: TensorType) -> None:
 #             `weight_block` output channels (targets/tvm/schedules/conv2d_int8.py)
 INTEGER_CONV_ALGORITHMS = ("vnni", "pmaddwd")
 QUANTIZED_CONV_ALGORITHMS = ("amx", *INTEGER_CONV_ALGORITHMS)
-CONV_ALGORITHMS = ("direct", "winograd", "onednn", *QUANTIZED_CONV_ALGORITHMS)
+CONV_ALGORITHMS = ("direct", "winograd", "onednn", "depthwise", *QUANTIZED_CONV_ALGORITHMS)
+# Algorithms whose `weight_block` is required: (what it counts, for the error).
+BLOCKED_ALGORITHMS = {"winograd": "output channels", "depthwise": "output columns"}
 
 
 def add_channel_bias(bb, y, b):
@@ -71,15 +76,18 @@ class Conv2d(Op):
     groups: int = 1
     algorithm: str = "direct"     # a target decision: one of CONV_ALGORITHMS
     weight_block: int = 0         # output channels per block of a target weight layout (need
-                                  # not divide a group's channels: the last block is padded)
+                                  # not divide a group's channels: the last block is padded);
+                                  # for "depthwise", output columns per vector
 
     def __post_init__(self):
         conv_attributes(self)
         expect(isinstance(self.algorithm, str) and self.algorithm in CONV_ALGORITHMS,
                f"expected algorithm one of {', '.join(CONV_ALGORITHMS)}, found {self.algorithm!r}")
         object.__setattr__(self, "weight_block", integer(self.weight_block, "weight_block"))
-        expect(self.weight_block >= 0 and (self.algorithm != "winograd" or self.weight_block),
-               f"expected a positive weight_block for winograd, found {self.weight_block}")
+        expect(self.weight_block >= 0 and (self.algorithm not in BLOCKED_ALGORITHMS
+                                           or self.weight_block),
+               f"expected a positive weight_block for {self.algorithm}, found "
+               f"{self.weight_block}")
 
     def infer(self, x, w, b=None):
         expect_rank(x, 4, "input x"), expect_rank(w, 4, "weight")
@@ -131,7 +139,8 @@ class Conv2d(Op):
         return lower_conv(bb, self, x, w, b)
 
     def target_choice(self) -> str:
-        block = f", {self.weight_block}-channel weight blocks" if self.weight_block else ""
+        unit = "column vectors" if self.algorithm == "depthwise" else "channel weight blocks"
+        block = f", {self.weight_block}-{unit}" if self.weight_block else ""
         return f"{self.algorithm}{block}"
 
     @property

@@ -48,6 +48,16 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
         u = transform_weight(constant_operand(w, decision), conv.weight_block)
         weight, compute = relax.const(u, str(u.dtype)), winograd_conv2d
         name = "conv2d_winograd"
+    elif conv.algorithm == "depthwise":
+        from ..targets.tvm.schedules.depthwise import depthwise_conv2d
+        weight_data = constant_operand(w, decision)
+        channels = relax_type(x).shape[1]
+        expect(dtype == "float32" and conv.groups == weight_data.shape[0] == channels,
+               f"the depthwise algorithm computes float32 convolutions with one filter per "
+               f"channel, found {dtype}, weight {weight_data.shape}, groups {conv.groups}")
+        taps = weight_data.reshape(weight_data.shape[0], *weight_data.shape[2:])
+        weight, name = relax.const(taps, dtype), "depthwise_conv2d"
+        compute = lambda x, w: depthwise_conv2d(x, w, conv, conv.weight_block)  # noqa: E731
     elif conv.weight_block:
         # half precision runs the float32 kernel on widened operands (exact: every half value
         # is a float32), accumulating as the reference kernel does

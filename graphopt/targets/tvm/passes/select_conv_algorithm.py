@@ -3,6 +3,9 @@
 - "onednn" when the compile asks for oneDNN kernels (float32, constant weight and bias);
 - "winograd" (F(2x2, 3x3), weights in blocks of two vector registers of output channels) for
   the 3x3 stride-1 convolutions where it measured faster (`schedules/winograd.applies`);
+- "depthwise" for float32 depthwise convolutions (one filter per channel: groups == input ==
+  output channels) with a constant weight: rows of whole vectors of `weight_block` (the
+  target's lanes) output columns (`schedules/depthwise.py`);
 - "direct" otherwise (graphopt's register-tiled conv2d rule), with its weight packed into blocks
   of one or two vector registers of output channels (`tiled.channel_block`), each inside one
   group, where the weight is a constant; a group's last block is padded with zero filters
@@ -31,7 +34,7 @@ from .annotate import annotate
 
 def select_conv_algorithm(context):
     """The pass for one compile (`context`: vector shape, kernels, whether weights are constant)."""
-    from ..schedules import amx, winograd
+    from ..schedules import amx, depthwise, winograd
     from ..schedules.tiled import channel_block
 
     def fills_amx_tiles(node: Node, kind) -> bool:
@@ -62,6 +65,9 @@ def select_conv_algorithm(context):
                                         context.vector, batch):
             return dataclasses.replace(plain, algorithm="winograd",
                                        weight_block=winograd.channel_block(context.vector))
+        if float32 and depthwise.applies(x.shape[1], out_channels, conv.groups, context.vector):
+            return dataclasses.replace(plain, algorithm=depthwise.ALGORITHM,
+                                       weight_block=context.vector.lanes)
         block = channel_block(out_channels // conv.groups, context.vector, conv.groups)
         return dataclasses.replace(plain, weight_block=block)
 
