@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import GraphoptError, UnsupportedOpError
 from .ir import Graph
+from .ops.activation import HARD_SWISH_ALPHA, HARD_SWISH_BETA
 
 
 def _symmetric(padding) -> tuple[int, int] | None:
@@ -73,6 +74,11 @@ def _table(torch, F):
         "clip": lambda op, x: torch.clamp(x, op.min, op.max),
         "leaky_relu": lambda op, x: F.leaky_relu(x, op.alpha),
         "sigmoid": lambda op, x: torch.sigmoid(x),
+        # hard_sigmoid / hard_swish with ONNX's coefficients (torch's Hardswish divides by 6);
+        # silu only as a fused conv's activation (a graph holds it as sigmoid and mul)
+        "hard_sigmoid": lambda op, x: torch.clamp(x * op.alpha + op.beta, 0, 1),
+        "hard_swish": lambda op, x: x * torch.clamp(x * HARD_SWISH_ALPHA + HARD_SWISH_BETA, 0, 1),
+        "silu": lambda op, x: x * torch.sigmoid(x),
         "tanh": lambda op, x: torch.tanh(x),
         "softmax": lambda op, x: F.softmax(x, op.axis),
         "identity": lambda op, x: x,

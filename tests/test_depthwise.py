@@ -1,7 +1,8 @@
 """Depthwise convolutions (groups == input == output channels) on the CPU: the "depthwise"
 algorithm, rows of whole vectors of output columns (`schedules/depthwise.py`). A kernel table
 (channel counts 8..96 and odd ones, strides 1 and 2, 3x3 and 5x5, symmetric and asymmetric
-padding, dilation, batches, planes wider than the register tile, fused epilogues) compiled for
+padding, dilation, batches, planes wider than the register tile, fused epilogues: relu, relu6,
+leaky_relu, residual, sigmoid, hard_sigmoid, hard_swish, silu) compiled for
 pinned CPUs and checked against the float64 interpreter; the recorded algorithm and block per
 ISA; what stays with the other rules."""
 from __future__ import annotations
@@ -47,6 +48,12 @@ CASES = {
     "c64_5x5_s2_pad1": ((2, 64, 9, 9), _dw(64, 5, stride=2, padding=1)),
     "c96_3x3_s2_relu6": ((1, 96, 16, 16), _bn_relu6(_dw(96, stride=2, bias=False))),
     "c96_3x3_s1_7x7": ((1, 96, 7, 7), _bn_relu6(_dw(96, bias=False))),
+    "c20_3x3_hard_swish": ((1, 20, 10, 10), lambda x: dsl.hard_swish(dsl.batch_norm(
+        _dw(20, bias=False)(x)))),
+    "c72_5x5_s2_silu": ((1, 72, 13, 13), lambda x: dsl.silu(_dw(72, 5, stride=2)(x))),
+    "c17_3x3_sigmoid_residual": ((1, 17, 8, 8), lambda x: dsl.sigmoid(_dw(17)(x) + x)),
+    "c24_3x3_s2_hard_sigmoid": ((1, 24, 11, 11), lambda x: dsl.hard_sigmoid(
+        _dw(24, stride=2)(x), 0.2, 0.5)),
     "c9_3x3_wider_than_tile": ((1, 9, 5, 401), _dw(9)),   # 51 AVX2 vectors per row > 12
     "c11_3x3_stride_2x1": ((1, 11, 10, 10), lambda x: dsl.conv2d(x, 11, 3, stride=(2, 1),
                                                                   padding=1, groups=11)),
@@ -93,7 +100,7 @@ def test_depthwise_bounds_checked():
 def test_recorded_algorithm_and_rule(mcpu, lanes):
     """Each depthwise conv records the algorithm and its row vector width (the target's lanes),
     and its kernel gets the depthwise rule with the epilogue fused."""
-    names = ["c16_5x5_s1_relu6", "c57_3x3_residual", "c13_3x3_s2_relu"]
+    names = ["c16_5x5_s1_relu6", "c57_3x3_residual", "c13_3x3_s2_relu", "c72_5x5_s2_silu"]
     graph = _table(names)
     optimized, _ = optimize_for_target(graph, "cpu", CompileOptions(mcpu=mcpu))
     convs = [getattr(n.op, "conv", n.op) for n in optimized.graph.nodes

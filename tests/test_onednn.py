@@ -17,6 +17,7 @@ import graphopt as go
 from graphopt import ops
 from graphopt.errors import GraphoptError
 from graphopt.frontends import dsl
+from graphopt.passes import probe_inputs
 
 pytest.importorskip("tvm")
 from graphopt.targets.tvm import onednn  # noqa: E402
@@ -263,8 +264,9 @@ def test_a_second_build_in_one_process_is_refused(monkeypatch):
 
 
 def test_epilogue_codes_match_the_kernel_library():
-    """The epilogue table's oneDNN codes are conv2d.cc's `Activation` enum, and every
-    activation the fusion pass may fuse has a code."""
+    """The epilogue table's oneDNN codes are conv2d.cc's `Activation` enum; an activation
+    without one (sigmoid, hard_sigmoid, hard_swish, silu) keeps its conv off oneDNN
+    (`test_activation_without_a_onednn_code_keeps_tvms_kernel`)."""
     import re
     from graphopt.ops.epilogue import EPILOGUE, ONEDNN_NO_ACTIVATION
     from graphopt.passes.fuse_conv_epilogue import ACTIVATIONS
@@ -273,5 +275,20 @@ def test_epilogue_codes_match_the_kernel_library():
              (item.split("=") for item in enum.split(","))}
     camel = lambda name: "k" + "".join(part.title() for part in name.split("_"))
     assert codes.pop("kNone") == ONEDNN_NO_ACTIVATION
-    assert codes == {camel(name): entry.onednn for name, entry in EPILOGUE.items()}
-    assert set(ACTIVATIONS) == set(EPILOGUE)
+    assert codes == {camel(name): entry.onednn for name, entry in EPILOGUE.items()
+                     if entry.onednn is not None}
+    assert set(ACTIVATIONS) <= set(EPILOGUE)
+
+
+def test_activation_without_a_onednn_code_keeps_tvms_kernel():
+    """kernels="onednn" computes a conv ending in hard_swish with graphopt's own kernel (the
+    epilogue fused there), and a relu-ended one with oneDNN."""
+    with dsl.Builder("no_code", seed=0) as b:
+        x = b.input("input", (1, 8, 10, 10))
+        graph = b.output(dsl.hard_swish(dsl.conv2d(x, 16, 3, padding=1)),
+                         dsl.relu(dsl.conv2d(x, 16, 3, padding=1)), names=["out_hard_swish", "out_relu"])
+    model = go.compile(graph, kernels="onednn")
+    algorithms = {n.op.activation.name: n.op.conv.algorithm for n in model.graph.nodes
+                  if n.op_name == "fused_conv2d"}
+    assert algorithms == {"hard_swish": "direct", "relu": "onednn"}
+    assert go.compare(graph, model, probe_inputs(graph)).ok

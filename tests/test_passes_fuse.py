@@ -1,5 +1,6 @@
-"""fuse_conv_epilogue: conv + bias / residual add / activation into one fused_conv2d (hits and
-near misses), and the fused node compiling to ONE TVM kernel."""
+"""fuse_conv_epilogue: conv + bias / residual add / activation (relu, relu6, leaky_relu,
+sigmoid, hard_sigmoid, hard_swish, silu) into one fused_conv2d (hits and near misses), and the
+fused node compiling to ONE TVM kernel that computes what the interpreter does."""
 from __future__ import annotations
 
 import numpy as np
@@ -41,6 +42,25 @@ HITS = {   # case -> (fused op string, provenance of the fused node)
                                        b.constant("c", np.arange(4.0, dtype="f4")[:, None, None]),
                                        name="bias"), name="act")],
         "fused_conv2d[conv2d(padding=(1, 1, 1, 1)) + relu]", ("conv", "bias", "act")),
+    "sigmoid": (lambda b, x: [dsl.sigmoid(conv(x), name="act")],
+                "fused_conv2d[conv2d(padding=(1, 1, 1, 1)) + sigmoid]", ("conv", "act")),
+    "hard_sigmoid": (lambda b, x: [dsl.hard_sigmoid(conv(x), 0.25, 0.4, name="act")],
+                     "fused_conv2d[conv2d(padding=(1, 1, 1, 1)) + hard_sigmoid(alpha=0.25, "
+                     "beta=0.4)]", ("conv", "act")),
+    "hard_swish": (lambda b, x: [dsl.hard_swish(conv(x), name="act")],
+                   "fused_conv2d[conv2d(padding=(1, 1, 1, 1)) + hard_swish]", ("conv", "act")),
+    "silu": (lambda b, x: [dsl.silu(conv(x), name="act")],
+             "fused_conv2d[conv2d(padding=(1, 1, 1, 1)) + silu]", ("conv", "act")),
+    "silu, sigmoid first": (
+        lambda b, x: (lambda c: [dsl.mul(dsl.sigmoid(c), c, name="act")])(conv(x)),
+        "fused_conv2d[conv2d(padding=(1, 1, 1, 1)) + silu]", ("conv", "act")),
+    "residual + silu": (lambda b, x: [dsl.silu(dsl.add(x, conv(x), name="add"), name="act")],
+                        "fused_conv2d[conv2d(padding=(1, 1, 1, 1)) + add + silu]",
+                        ("conv", "add", "act")),
+    "depthwise + hard_swish": (
+        lambda b, x: [dsl.hard_swish(dsl.conv2d(x, 4, 3, padding=1, groups=4, name="conv"),
+                                     name="act")],
+        "fused_conv2d[conv2d(padding=(1, 1, 1, 1), groups=4) + hard_swish]", ("conv", "act")),
     "two convs into one add": (
         lambda b, x: [dsl.relu(dsl.add(conv(x), conv(x, "conv2"), name="add"), name="act")],
         "fused_conv2d[conv2d(padding=(1, 1, 1, 1)) + add + relu]", ("conv", "add", "act")),
@@ -62,7 +82,13 @@ MISSES = {
     "conv used twice": lambda b, x: (lambda c: [dsl.relu(c) + c])(conv(x)),
     "conv is a graph output": lambda b, x: (lambda c: [c, dsl.relu(c)])(conv(x)),
     "broadcasting residual": lambda b, x: [conv(x) + b.constant("r", np.ones((2, 4, 6, 6), "f4"))],
-    "sigmoid": lambda b, x: [dsl.sigmoid(conv(x))],
+    "tanh": lambda b, x: [dsl.tanh(conv(x))],
+    # silu needs both factors to read the same conv output, and no third use of it
+    "conv times sigmoid of the input": lambda b, x: [conv(x) * dsl.sigmoid(x)],
+    "silu with the conv used again": lambda b, x: (lambda c: [dsl.silu(c) + c])(conv(x)),
+    "silu of a graph output": lambda b, x: (lambda c: [c, dsl.silu(c)])(conv(x)),
+    "sigmoid used twice": lambda b, x: (lambda c: (lambda s: [c * s + s])(dsl.sigmoid(c)))(
+        conv(x)),
     "conv_transpose": lambda b, x: [dsl.relu(dsl.conv_transpose2d(x, 4, 3))],
     "wrong bias shape": lambda b, x: [conv(x) + b.constant("c", np.ones((1, 1, 6, 6), "f4"))],
 }
@@ -152,3 +178,56 @@ def test_a_pass_reaches_the_compiled_code():
     doubled = go.compile(g, passes=[double_conv_weights, *go.passes.DEFAULT_PIPELINE]).run(x)
     np.testing.assert_allclose(doubled["output"], 2 * plain, rtol=1e-5, atol=1e-6)
     assert np.abs(plain).max() > 0
+
+
+# conv(+ residual) + each activation the epilogue table adds, on a plain and a depthwise conv
+GATED = {"sigmoid": dsl.sigmoid, "hard_sigmoid": lambda y: dsl.hard_sigmoid(y, 0.2, 0.5),
+         "hard_swish": dsl.hard_swish, "silu": dsl.silu}
+
+
+def _activation_chains(b, x):
+    outs = []
+    for make in GATED.values():
+        outs.append(make(dsl.batch_norm(dsl.conv2d(x, 6, 3, padding=1, bias=False))))
+        outs.append(make(dsl.conv2d(x, 8, 3, padding=1, groups=8) + x))
+    return outs
+
+
+def test_new_epilogues_fuse_compile_to_one_kernel_each_and_match_the_interpreter():
+    g = build(_activation_chains, shape=(1, 8, 9, 9))
+    model = go.compile(g)
+    fused = [n for n in model.graph.nodes if n.op_name == "fused_conv2d"]
+    assert sorted(n.op.activation.name for n in fused) == sorted(list(GATED) * 2)
+    assert len(model.graph.nodes) == len(fused) and model.kernel_count() == len(fused)
+    rng = np.random.default_rng(1)
+    x = {"input": 4 * rng.standard_normal((1, 8, 9, 9)).astype(np.float32)}   # both tails
+    report = go.compare(g, model, x)
+    assert report.ok, str(report)
+
+
+def test_fusing_twice_changes_nothing():
+    once = fuse(build(_activation_chains, shape=(1, 8, 9, 9)))
+    assert once.changed
+    assert not fuse(once.graph).changed
+
+
+def test_fused_activations_round_trip_through_onnx():
+    """A fused conv exports as Conv (+ Add) and its activation (silu as Sigmoid and Mul,
+    HardSwish at opset 14); onnxruntime runs it, and it imports back to the same values."""
+    ort = pytest.importorskip("onnxruntime")
+    from graphopt.frontends.onnx_export import to_onnx
+    g = build(_activation_chains, shape=(1, 8, 9, 9))
+    fused = fuse(go.passes.optimize(g, ["fold_batch_norm"]).graph).graph
+    model = to_onnx(fused)
+    assert model.opset_import[0].version >= 14
+    types = [n.op_type for n in model.graph.node]
+    assert {"HardSwish", "HardSigmoid", "Sigmoid", "Mul"} <= set(types)
+    x = probe_inputs(g)
+    expected = go.interpret(g, x)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for name, got in zip(g.output_names, session.run(None, x)):
+        np.testing.assert_allclose(got, expected[name], rtol=1e-5, atol=1e-5)
+    back = go.load_onnx(model)
+    again = go.interpret(back, x)
+    for name in g.output_names:
+        np.testing.assert_allclose(again[name], expected[name], rtol=1e-5, atol=1e-5)

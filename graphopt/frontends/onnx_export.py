@@ -165,12 +165,19 @@ def fused_conv2d(ex, node):
 
 def activation(ex, node, op, source: str, output: str, name: str,
                dtype: str | None = None) -> None:
-    """One of the activations a fused op carries (`ops.epilogue.EPILOGUE`: its ONNX op type), or a
-    standalone clip. Clip's bounds are inputs (of `dtype`, by default the node's output's); the
-    others' attributes are copied by name."""
+    """One of the activations a fused op carries (`ops.epilogue.EPILOGUE`: its ONNX op type and
+    opset; a gated one as Mul(source, op_type(source))), or a standalone clip. Clip's bounds are
+    inputs (of `dtype`, by default the node's output's); the others' attributes are copied by
+    name."""
     from ..ops.epilogue import EPILOGUE
-    op_type = EPILOGUE[op.name].onnx
-    if op.name == "clip":
+    entry = EPILOGUE[op.name]
+    op_type = entry.onnx
+    ex.require(entry.onnx_opset)
+    if entry.gated:
+        gate = ex.fresh(f"{name}/gate_out")
+        ex.add(op_type, node, [source], [gate], name=ex.fresh(f"{name}/gate"))
+        ex.add("Mul", node, [source, gate], [output], name=name)
+    elif op.name == "clip":
         dtype = dtype or node.outputs[0].dtype
         bounds = ["" if b is None else ex.constant(f"{name}.{what}", np.array(b, dtype))
                   for what, b in (("min", op.min), ("max", op.max))]

@@ -6,21 +6,38 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .activation import Clip, LeakyRelu, Relu, clamp
+from .activation import (HARD_SWISH_ALPHA, HARD_SWISH_BETA, Clip, HardSigmoid, HardSwish,
+                         LeakyRelu, Relu, Sigmoid, Unary, clamp, te_hard_sigmoid)
 from .base import Op
+
+
+@dataclass(frozen=True)
+class Silu(Unary):
+    """x * sigmoid(x) (SiLU, Swish-1) as a fused convolution's activation: the pass fuses the
+    sigmoid and mul nodes reading one conv output (the DSL's `silu`, ONNX Swish's import).
+    Not a graph op of its own (the graph keeps the two nodes); its reference is theirs."""
+
+    name = "silu"
+
+    def reference(self, x):
+        return x * Sigmoid().reference(x)
 
 
 @dataclass(frozen=True)
 class EpilogueActivation:
     """An activation a fused convolution may end with, and what every consumer of the fused
-    op needs to know about it: its op class, its ONNX op type, its code and (alpha, beta)
-    arguments in oneDNN's post-op (`onednn/conv2d.cc`'s `Activation`), and its TE form."""
+    op needs to know about it: its op class, its ONNX form (an op type and the opset it needs;
+    `gated`: exported as Mul(y, op_type(y)), as SiLU is), its code and (alpha, beta) arguments
+    in oneDNN's post-op (`onednn/conv2d.cc`'s `Activation`; None: oneDNN does not fuse it),
+    and its TE form."""
 
     op: type[Op]
     onnx: str
-    onednn: int
+    onednn: int | None
     onednn_args: Callable[[Op], tuple[float, float]]
     te: Callable  # (op, te.Tensor) -> te.Tensor
+    onnx_opset: int = 13
+    gated: bool = False
 
 
 def _clip_bounds(op, dtype: str) -> tuple[float, float]:
@@ -43,11 +60,55 @@ def _te_clip(op, y):
     return clamp(y, op.min, op.max)
 
 
+def _te_sigmoid_of(y):
+    """TE: 1 / (1 + exp(-y)) with TOPI's vectorizable exp (a polynomial, within 2 ulp over
+    float32's range) instead of a libm call per element, as the Tanh op lowers with fast_tanh."""
+    from tvm import te, topi, tirx
+    if str(y.dtype) != "float32":
+        return topi.sigmoid(y)
+    e = topi.fast_exp(te.compute(y.shape, lambda *i: -y(*i), name="negate"))
+    one = tirx.const(1, "float32")
+    return te.compute(y.shape, lambda *i: one / (one + e(*i)), name="sigmoid")
+
+
+def _te_sigmoid(op, y):
+    return _te_sigmoid_of(y)
+
+
+def _te_silu(op, y):
+    from tvm import te
+    gate = _te_sigmoid_of(y)
+    return te.compute(y.shape, lambda *i: y(*i) * gate(*i), name="silu")
+
+
+def _te_hard_sigmoid(op, y):
+    from tvm import te
+    return te.compute(y.shape, lambda *i: te_hard_sigmoid(y(*i), str(y.dtype), op.alpha,
+                                                          op.beta), name="hard_sigmoid")
+
+
+def _te_hard_swish(op, y):
+    from tvm import te
+    return te.compute(y.shape, lambda *i: y(*i) * te_hard_sigmoid(
+        y(*i), str(y.dtype), HARD_SWISH_ALPHA, HARD_SWISH_BETA), name="hard_swish")
+
+
+def _no_onednn(op):
+    return (0.0, 0.0)
+
+
 EPILOGUE = {
     "relu": EpilogueActivation(Relu, "Relu", 1, lambda op: (0.0, 0.0), _te_relu),
     "leaky_relu": EpilogueActivation(LeakyRelu, "LeakyRelu", 2, lambda op: (op.alpha, 0.0),
                                      _te_leaky_relu),
-    "clip": EpilogueActivation(Clip, "Clip", 3, lambda op: _clip_bounds(op, "float32"), _te_clip),
+    "clip": EpilogueActivation(Clip, "Clip", 3, lambda op: _clip_bounds(op, "float32"),
+                               _te_clip),
+    "sigmoid": EpilogueActivation(Sigmoid, "Sigmoid", None, _no_onednn, _te_sigmoid),
+    "hard_sigmoid": EpilogueActivation(HardSigmoid, "HardSigmoid", None, _no_onednn,
+                                       _te_hard_sigmoid),
+    "hard_swish": EpilogueActivation(HardSwish, "HardSwish", None, _no_onednn,
+                                     _te_hard_swish, onnx_opset=14),
+    "silu": EpilogueActivation(Silu, "Sigmoid", None, _no_onednn, _te_silu, gated=True),
 }
 EPILOGUE_ACTIVATIONS = tuple(e.op for e in EPILOGUE.values())
 # The activations a quantized convolution's requantize epilogue applies (`qlinear_conv2d`): clamps

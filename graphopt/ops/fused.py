@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .base import Op, accumulator, expect, flag, register
+from .activation import Clip, HardSigmoid, HardSwish, LeakyRelu, Relu, Sigmoid
 from .conv import Conv2d
 from .conv_kernel import lower_conv
-from .epilogue import EPILOGUE, EPILOGUE_ACTIVATIONS
+from .epilogue import EPILOGUE, EPILOGUE_ACTIVATIONS, Silu
 
 
 @register
@@ -17,8 +18,9 @@ class FusedConv2d(Op):
     """activation(conv2d(x, w, b) + residual): a convolution with its epilogue in one op.
 
     Inputs: x, w, then b if `has_bias`, then residual if `has_residual` (same type as the output).
-    `conv` holds the convolution's attributes; `activation` is a Relu, Clip (relu6 = Clip(0, 6))
-    or LeakyRelu op, or None.
+    `conv` holds the convolution's attributes; `activation` is a Relu, Clip (relu6 = Clip(0, 6)),
+    LeakyRelu, Sigmoid, HardSigmoid, HardSwish or Silu (x * sigmoid(x)) op, or None
+    (`ops.epilogue.EPILOGUE`).
 
     Lowers to ONE kernel (`lower_conv`) computed by `conv.algorithm`; exports to ONNX as
     Conv (with B when has_bias), then Add(residual), then the activation (`EPILOGUE`).
@@ -27,7 +29,7 @@ class FusedConv2d(Op):
     name = "fused_conv2d"
     arity = (2, 4)
     conv: Conv2d = Conv2d()
-    activation: Relu | Clip | LeakyRelu | None = None
+    activation: Relu | Clip | LeakyRelu | Sigmoid | HardSigmoid | HardSwish | Silu | None = None
     has_bias: bool = True
     has_residual: bool = False
 

@@ -1,7 +1,9 @@
 """fuse_conv_epilogue: fold what follows a convolution into one `fused_conv2d` node that TVM
-compiles to one kernel: a per-channel bias add, the residual add of a ResNet block, and a
-relu / relu6 (clip) / leaky_relu. Rules grow the fused node one step at a time, so
-conv -> add(residual) -> relu becomes fused_conv2d[conv + add + relu] in two rewrites."""
+compiles to one kernel: a per-channel bias add, the residual add of a ResNet block, and an
+activation of `ops.epilogue.EPILOGUE`: relu / relu6 (clip) / leaky_relu / sigmoid /
+hard_sigmoid / hard_swish, or silu (mul(y, sigmoid(y)) where both read the same conv output y).
+Rules grow the fused node one step at a time, so conv -> add(residual) -> relu becomes
+fused_conv2d[conv + add + relu] in two rewrites."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,10 +11,12 @@ import dataclasses
 from .. import ops
 from ..ir import Graph, Node, Value
 from .manager import PassResult, register_pass
-from .pattern import Match, Rule, any_value, apply_rules, const, merged_provenance, op
+from .pattern import (Match, Rule, any_value, apply_rules, const, is_graph_output,
+                      merged_provenance, op, use_count)
 
 CONVS = ("conv2d", "fused_conv2d")
-ACTIVATIONS = tuple(ops.epilogue.EPILOGUE)   # what a fused_conv2d may end with
+# what a fused_conv2d may end with, as one node after it (a gated one is two: silu's rule)
+ACTIVATIONS = tuple(name for name, e in ops.epilogue.EPILOGUE.items() if not e.gated)
 
 
 def _parts(node: Node) -> tuple[ops.FusedConv2d, list[Value]]:
@@ -92,6 +96,21 @@ def _activation_rewrite(graph: Graph, m: Match) -> Value:
     return _emit(graph, m, dataclasses.replace(fused, activation=m.root.op), inputs)
 
 
+# ---- conv + silu: y * sigmoid(y), both reading the same conv output -----------------------------
+def _silu_check(graph: Graph, m: Match) -> str | None:
+    y = m["conv"].output
+    if m["gate_input"] is not y:
+        return f"the sigmoid reads %{m['gate_input'].name}, not the conv output %{y.name}"
+    if use_count(graph, y) != 2 or is_graph_output(graph, y):
+        return f"%{y.name} has uses besides the sigmoid and the mul; fusing would duplicate it"
+    return None
+
+
+def _silu_rewrite(graph: Graph, m: Match) -> Value:
+    fused, inputs = _parts(m["conv"])
+    return _emit(graph, m, dataclasses.replace(fused, activation=ops.epilogue.Silu()), inputs)
+
+
 RULES = [
     Rule("conv + bias", op("add", op(CONVS, name="conv", where=_epilogue_free), const("c"),
                            commutative=True), _bias_rewrite, _bias_check),
@@ -100,6 +119,9 @@ RULES = [
          _residual_rewrite, _residual_check),
     Rule("conv + activation", op(ACTIVATIONS, op(CONVS, name="conv", where=_activation_free)),
          _activation_rewrite),
+    Rule("conv + silu", op("mul", op(CONVS, name="conv", shared=True, where=_activation_free),
+                           op("sigmoid", any_value("gate_input"), name="sigmoid"),
+                           commutative=True), _silu_rewrite, _silu_check),
 ]
 
 

@@ -1,6 +1,7 @@
 """select_conv_algorithm (CPU): record on each convolution how it will be computed.
 
-- "onednn" when the compile asks for oneDNN kernels (float32, constant weight and bias);
+- "onednn" when the compile asks for oneDNN kernels (float32, constant weight and bias, an
+  activation oneDNN's post-ops compute);
 - "winograd" (F(2x2, 3x3), weights in blocks of two vector registers of output channels) for
   the 3x3 stride-1 convolutions where it measured faster (`schedules/winograd.applies`);
 - "depthwise" for float32 depthwise convolutions (one filter per channel: groups == input ==
@@ -29,6 +30,7 @@ import dataclasses
 
 from ....ir import HALF_DTYPES, Node
 from ....ops import Conv2d
+from ....ops.epilogue import EPILOGUE
 from .annotate import annotate
 
 
@@ -58,7 +60,9 @@ def select_conv_algorithm(context):
         if not constant or not (float32 or half):
             return plain
         batch, out_channels, out_h, out_w = node.outputs[0].shape
-        if context.kernels == "onednn" and (bias is None or bias.is_constant) and float32:
+        activation = getattr(node.op, "activation", None)
+        if context.kernels == "onednn" and (bias is None or bias.is_constant) and float32 and \
+                (activation is None or EPILOGUE[activation.name].onednn is not None):
             return dataclasses.replace(plain, algorithm="onednn")
         if float32 and winograd.applies(w.shape[1], out_channels, out_h, out_w, w.shape[2:],
                                         conv.stride, conv.dilation, conv.groups, conv.padding,
