@@ -716,6 +716,8 @@ def prune(args) -> int:
              "energy (default 0.9)"),
          arg("--rank-ratio", type=fraction, default=None,
              help="each layer keeps this fraction of its full rank instead"),
+         arg("--min-saving", type=float, default=None, metavar="F",
+             help="factor a layer only when that saves this fraction of its MACs (default 0.2)"),
          *COMPRESSION_ARGUMENTS)
 def factorize(args) -> int:
     """Factor each convolution (1x1 reduce -> KxK, or KxK -> 1x1 expand, whichever is cheaper)
@@ -727,6 +729,8 @@ def factorize(args) -> int:
     graph = load_model(args.model, args.batch, args.seed)
     batches, metric = compression_data(args, graph)
     options = {"budget": args.budget, "metric": metric} if args.budget is not None else {}
+    if args.min_saving is not None:
+        options["min_saving"] = args.min_saving
     with step(f"factorizing '{graph.name}'"):
         result = factorize_graph(graph, args.energy, rank_ratio=args.rank_ratio, data=batches,
                                  layers=names(args.layers), **options)

@@ -514,3 +514,17 @@ def test_budget_options_are_checked(options, message):
     graph = go.zoo.lenet5()
     with pytest.raises(go.OptionError, match=message):
         factorize(graph, **options)
+
+
+def test_layers_that_save_little_stay_one_kernel():
+    graph = go.zoo.deep_convnet()
+    result = factorize(graph, 0.95)
+    everything = factorize(graph, 0.95, min_saving=0.0)
+    for change in result.layers:
+        if not change.change.startswith("kept"):
+            assert change.macs[1] <= 0.8 * change.macs[0]
+    small = [c for c in result.layers if "saves only" in c.change]
+    assert small and all(c.macs[0] == c.macs[1] for c in small)
+    assert everything.macs_ratio < result.macs_ratio
+    with pytest.raises(go.OptionError, match="min_saving"):
+        factorize(graph, 0.9, min_saving=1.0)
