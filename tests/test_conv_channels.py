@@ -22,7 +22,7 @@ from graphopt.targets.tvm.compile import optimize_for_target  # noqa: E402
 from graphopt.targets.tvm.options import CompileOptions  # noqa: E402
 from graphopt.targets.tvm.schedules import SCHEDULE_ATTR, VectorShape  # noqa: E402
 from graphopt.targets.tvm.schedules.dense import dense_blocking  # noqa: E402
-from graphopt.targets.tvm.schedules.tiled import channel_block  # noqa: E402
+from graphopt.targets.tvm.schedules.tiled import channel_block, conv_row_tile  # noqa: E402
 
 from test_schedules import AVX2_CPU, AVX512_CPU, _scheduled_kernels  # noqa: E402
 
@@ -212,3 +212,33 @@ def test_packed_weights_pad_each_group_with_zero_filters():
     assert blocks.shape == (3, 7, 16)
     np.testing.assert_array_equal(blocks.transpose(1, 0, 2).reshape(7, 48)[:, :39], columns)
     assert not blocks[2, :, 7:].any()
+
+
+# (output width, channel block, vector shape) -> (pixels per tile row, width computed)
+ROW_TILES = {
+    (56, 32, AVX512): (14, 56), (28, 32, AVX512): (14, 28), (7, 32, AVX512): (7, 7),
+    (55, 32, AVX512): (11, 55),      # a divisor 2/3 as wide as the balanced tile
+    (27, 32, AVX512): (14, 28), (111, 32, AVX512): (14, 112),   # padded to whole tiles
+    (13, 16, AVX512): (13, 13), (7, 16, AVX2): (4, 8), (9, 8, AVX2): (9, 9),
+}
+
+
+@pytest.mark.parametrize("width, block, vec", sorted(ROW_TILES, key=str))
+def test_row_tile_choice(width, block, vec):
+    tile = conv_row_tile(width, block, vec)
+    assert (tile, -(-width // tile) * tile) == ROW_TILES[width, block, vec]
+
+
+def test_padded_rows_are_recorded_and_computed():
+    """A row that does not divide into register tiles is computed to whole tiles, recorded as
+    the conv's padded_width; the extra columns never reach the output."""
+    with dsl.Builder("rows", seed=2) as b:
+        x = b.input("input", (1, 32, 27, 27))
+        graph = b.output(dsl.relu(dsl.conv2d(x, 64, 3, padding=1) + dsl.conv2d(x, 64, 1)))
+    optimized, _ = optimize_for_target(graph, "cpu", CompileOptions(mcpu=AVX512_CPU))
+    widths = {getattr(n.op, "conv", n.op).padded_width for n in optimized.graph.nodes
+              if "conv" in n.op_name}
+    assert widths == {28}
+    model = go.compile(graph, mcpu=AVX512_CPU, bounds_check=True)
+    report = go.compare(graph, model, _feeds(graph))
+    assert report.ok, str(report)

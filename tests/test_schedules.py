@@ -294,7 +294,8 @@ def test_weight_layouts_are_decisions_on_the_nodes():
     optimized, _ = optimize_for_target(graph, "cpu", CompileOptions(mcpu=AVX2_CPU))
     choices = {n.op_name: n.op.target_choice() for n in optimized.graph.nodes}
     assert choices == {"linear": "24-column weight blocks",
-                       "conv2d": "direct, 16-channel weight blocks", "relu": ""}
+                       "conv2d": "direct, 16-channel weight blocks, rows padded to 8",
+                       "relu": ""}
     kernels = _scheduled_kernels(graph)
     shapes = {name: sorted(len(p.shape) for p in f.params) for name, f in kernels.items()}
     assert any(5 in s for s in shapes.values()) and any(3 in s for s in shapes.values())

@@ -36,7 +36,8 @@ def expect_nonempty(x: TensorType, w: TensorType) -> None:
 #   direct    the convolution itself (graphopt's conv2d schedule rule, or dlight on CUDA); with
 #             a `weight_block`, the weight is packed at lowering into blocks of that many output
 #             channels ([O / block, KH, KW, I, block], `conv_kernel.pack_weight`), each group's
-#             last block padded with zero filters where its channels do not fill it
+#             last block padded with zero filters where its channels do not fill it, and with a
+#             `padded_width` each output row computed to that width (whole register tiles)
 #   winograd  Winograd F(2x2, 3x3), the weight transformed at lowering into blocks of
 #             `weight_block` output channels (targets/tvm/schedules/winograd.py)
 #   onednn    a call of oneDNN's convolution (targets/tvm/onednn/)
@@ -78,12 +79,18 @@ class Conv2d(Op):
     weight_block: int = 0         # output channels per block of a target weight layout (need
                                   # not divide a group's channels: the last block is padded);
                                   # for "depthwise", output columns per vector
+    padded_width: int = 0         # "direct" with a weight block: the output width computed, in
+                                  # whole register tiles (the epilogue writes the real columns);
+                                  # 0: the real width
 
     def __post_init__(self):
         conv_attributes(self)
         expect(isinstance(self.algorithm, str) and self.algorithm in CONV_ALGORITHMS,
                f"expected algorithm one of {', '.join(CONV_ALGORITHMS)}, found {self.algorithm!r}")
         object.__setattr__(self, "weight_block", integer(self.weight_block, "weight_block"))
+        object.__setattr__(self, "padded_width", integer(self.padded_width, "padded_width"))
+        expect(self.padded_width >= 0, f"expected a non-negative padded_width, found "
+               f"{self.padded_width}")
         expect(self.weight_block >= 0 and (self.algorithm not in BLOCKED_ALGORITHMS
                                            or self.weight_block),
                f"expected a positive weight_block for {self.algorithm}, found "
@@ -141,7 +148,8 @@ class Conv2d(Op):
     def target_choice(self) -> str:
         unit = "column vectors" if self.algorithm == "depthwise" else "channel weight blocks"
         block = f", {self.weight_block}-{unit}" if self.weight_block else ""
-        return f"{self.algorithm}{block}"
+        rows = f", rows padded to {self.padded_width}" if self.padded_width else ""
+        return f"{self.algorithm}{block}{rows}"
 
     @property
     def computes_integers(self) -> bool:

@@ -115,18 +115,21 @@ def pack_weight(weight, block: int, groups: int = 1):
 
 def blocked_conv2d(x, packed, conv, out_channels: int):
     """TE of an NCHW convolution reading the weight as `pack_weight` laid it out. Where the
-    blocks pad a group's channels, the padded tile is computed and a slice keeps the real
-    channels (the epilogue, inlined into it, reads only those)."""
+    blocks pad a group's channels, or `conv.padded_width` the rows, the padded tile is computed
+    (the extra columns from extra zero padding on the right) and a slice keeps the real
+    channels and columns (the epilogue, inlined into it, reads only those)."""
     from tvm import te, topi
     n, channels, height, width = (int(d) for d in x.shape)
     blocks, k_h, k_w, group_channels, block = (int(d) for d in packed.shape)
     padded_per_group = blocks * block // conv.groups
     (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
     top, left, bottom, right = conv.padding
+    real_w = (width + left + right - d_w * (k_w - 1) - 1) // s_w + 1
+    out_w = max(conv.padded_width, real_w)
+    right += (out_w - real_w) * s_w
     padded = (topi.nn.pad(x, [0, 0, top, left], [0, 0, bottom, right], name="pad_temp")
-              if any(conv.padding) else x)
+              if (top, left, bottom, right) != (0, 0, 0, 0) else x)
     out_h = (height + top + bottom - d_h * (k_h - 1) - 1) // s_h + 1
-    out_w = (width + left + right - d_w * (k_w - 1) - 1) // s_w + 1
     rc = te.reduce_axis((0, group_channels), "rc")
     ry, rx = te.reduce_axis((0, k_h), "ry"), te.reduce_axis((0, k_w), "rx")
 
@@ -138,12 +141,12 @@ def blocked_conv2d(x, packed, conv, out_channels: int):
         lambda b, o, i, j: te.sum(padded[b, channel(o), i * s_h + ry * d_h, j * s_w + rx * d_w]
                                   * packed[o // block, ry, rx, rc, o % block], axis=[rc, ry, rx]),
         name="conv2d_nchw")
-    if blocks * block == out_channels:
+    if blocks * block == out_channels and out_w == real_w:
         return tile
     per_group = out_channels // conv.groups
 
     def padded_channel(o):
         return o if conv.groups == 1 else o // per_group * padded_per_group + o % per_group
 
-    return te.compute((n, out_channels, out_h, out_w),
+    return te.compute((n, out_channels, out_h, real_w),
                       lambda b, o, i, j: tile[b, padded_channel(o), i, j], name="real_channels")

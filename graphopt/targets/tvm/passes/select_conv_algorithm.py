@@ -11,7 +11,9 @@
   of one or two vector registers of output channels (`tiled.channel_block`), each inside one
   group, where the weight is a constant; a group's last block is padded with zero filters
   where the channels do not fill it (the kernel computes the padded tile and writes the real
-  channels), unless that would more than double the work (then TVM's generic conv).
+  channels), unless that would more than double the work (then TVM's generic conv); rows that
+  do not divide into register tiles (55, 27, 111 pixels) are computed to whole tiles
+  (`padded_width`), so that no tile runs under a predicate.
 Half-precision (float16, bfloat16) convolutions are "direct" with a weight block: the tiled
 float32 kernel on operands widened to float32 (the packed weight at lowering, the input in the
 kernel), which is the interpreter's arithmetic (products and sums in float32, one rounding at
@@ -37,7 +39,7 @@ from .annotate import annotate
 def select_conv_algorithm(context):
     """The pass for one compile (`context`: vector shape, kernels, whether weights are constant)."""
     from ..schedules import amx, depthwise, winograd
-    from ..schedules.tiled import channel_block
+    from ..schedules.tiled import channel_block, conv_row_tile
 
     def fills_amx_tiles(node: Node, kind) -> bool:
         """Whether the CPU has `kind`'s AMX product and the conv fills its tiles."""
@@ -73,7 +75,10 @@ def select_conv_algorithm(context):
             return dataclasses.replace(plain, algorithm=depthwise.ALGORITHM,
                                        weight_block=context.vector.lanes)
         block = channel_block(out_channels // conv.groups, context.vector, conv.groups)
-        return dataclasses.replace(plain, weight_block=block)
+        tile = conv_row_tile(out_w, block, context.vector) if block else out_w
+        padded = -(-out_w // tile) * tile
+        return dataclasses.replace(plain, weight_block=block,
+                                   padded_width=padded if padded != out_w else 0)
 
     def choose_integer(node: Node):
         from ..schedules.conv2d_int8 import dot_product_for
