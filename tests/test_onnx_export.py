@@ -57,7 +57,8 @@ ROWS = [
     ("flatten", lambda: build("flatten", (2, 3, 4), lambda x: dsl.flatten(x, 2))),
     ("reshape", lambda: build("reshape", (2, 3, 4), lambda x: dsl.reshape(x, (4, -1)))),
     ("transpose", lambda: build("transpose", (2, 3, 4), lambda x: dsl.transpose(x, (2, 0, 1)))),
-    ("pad", lambda: build("pad", (1, 2, 3, 3), lambda x: dsl.pad(x, (1, 0, 2, 1), value=0.5))),
+    ("pad", lambda: build("pad", (1, 2, 3, 4), lambda x: dsl.pad(dsl.pad(dsl.pad(
+        x, (1, 0, 2, 1), value=0.5), (1, 3, 2, 0), mode="reflect"), (2, 0, 1, 4), mode="edge"))),
     ("resize", lambda: build("resize", (1, 2, 3, 4), lambda x: dsl.resize(
         dsl.resize(x, scale=2), size=(5, 7), mode="bilinear"))),
     ("cast", lambda: cast_graph()),

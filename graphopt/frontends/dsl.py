@@ -513,13 +513,14 @@ def avg_pool2d(x, kernel, stride=None, padding=0, ceil_mode=False, count_include
                   count_include_pad)
 
 
-def pad(x, pads, value=0.0, name=None):
-    """`pads`: one (before, after) pair per axis, or (top, left, bottom, right) for NCHW H and W."""
+def pad(x, pads, value=0.0, name=None, mode="constant"):
+    """`pads`: one (before, after) pair per axis, or (top, left, bottom, right) for NCHW H and W;
+    `mode` "constant" (filled with `value`), "reflect" or "edge"."""
     if isinstance(pads, (tuple, list)) and len(pads) == 4 and isinstance(x, Tensor) \
             and len(x.shape) == 4 and all(isinstance(p, (int, np.integer)) for p in pads):
         t, l, bt, r = pads
         pads = ((0, 0), (0, 0), (t, bt), (l, r))
-    return _unary(x, name, ops.Pad, pads, value)
+    return _unary(x, name, ops.Pad, pads, value, mode)
 
 
 def resize(x, size=None, scale=None, mode="nearest", align_corners=False, name=None):

@@ -254,7 +254,7 @@ def pad(ex, node):
     befores, afters = zip(*node.op.pads) if node.op.pads else ((), ())
     pads = ex.constant(f"{node.name}.pads", np.array([*befores, *afters], np.int64))
     value = ex.constant(f"{node.name}.value", np.array(node.op.value, x.dtype))
-    ex.add("Pad", node, [x, pads, value], mode="constant")
+    ex.add("Pad", node, [x, pads, value], mode=node.op.mode)
 
 
 @exports("resize")

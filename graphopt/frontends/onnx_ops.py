@@ -12,6 +12,7 @@ from .. import ops
 from ..errors import ModelFormatError
 from ..ir import DTYPES
 from ..ops.resize import COORDINATE_MODES
+from ..ops.shape import PAD_MODES
 from .onnx_context import NodeContext, UnsupportedForm, as_float32, onnx_dtype
 
 TABLE: dict[str, Callable[[NodeContext], object]] = {}
@@ -511,7 +512,7 @@ def gather(ctx):
 @converts("Pad")
 def pad(ctx):
     mode = ctx.attr("mode", "constant")
-    if mode != "constant":
+    if mode not in PAD_MODES:
         raise UnsupportedForm(f"mode '{mode}'")
     rank = ctx.type(0).ndim
     pads = ctx.static_ints(1, "pads")
@@ -527,7 +528,7 @@ def pad(ctx):
     for i, axis in enumerate(axes):
         pairs[axis] = (pads[i], pads[i + len(axes)])
     value = scalar(ctx, 2, "constant_value") if ctx.has(2) else 0.0
-    return ctx.emit(ops.Pad(tuple(pairs), value), [ctx.input(0)])
+    return ctx.emit(ops.Pad(tuple(pairs), value, mode), [ctx.input(0)])
 
 
 @converts("Resize")

@@ -139,14 +139,20 @@ class Transpose(Op):
         return relax().op.permute_dims(x, list(self.perm))
 
 
+PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}  # -> Relax's
+
+
 @register
 @dataclass(frozen=True)
 class Pad(Op):
-    """Constant padding: `pads` holds one (before, after) pair per axis."""
+    """Padding: `pads` holds one (before, after) pair per axis; `mode` "constant" (with
+    `value`), "reflect" (mirrored without repeating the edge) or "edge" (the edge repeated), as
+    ONNX's Pad and numpy's pad define them."""
 
     name = "pad"
     pads: tuple[tuple[int, int], ...] = ()
     value: float = 0.0
+    mode: str = "constant"
 
     def __post_init__(self):
         expect(isinstance(self.pads, (tuple, list)) and all(
@@ -155,20 +161,29 @@ class Pad(Op):
         object.__setattr__(self, "pads", tuple((integer(a, "pad"), integer(b, "pad"))
                                                for a, b in self.pads))
         object.__setattr__(self, "value", real(self.value, "value", finite=False))
+        expect(isinstance(self.mode, str) and self.mode in PAD_MODES,
+               f"expected mode one of {', '.join(PAD_MODES)}, found {self.mode!r}")
 
     def infer(self, x):
         expect(len(self.pads) == x.ndim, f"expected {x.ndim} (before, after) pairs, found "
                f"{len(self.pads)} for {x}")
         expect(all(a >= 0 and b >= 0 for a, b in self.pads),
                f"expected non-negative pads, found {self.pads}")
+        if self.mode != "constant":
+            expect(x.numel > 0, f"expected a non-empty input to pad in mode {self.mode}")
+        if self.mode == "reflect":   # a mirror reaches at most size - 1 elements inward
+            expect(all(a < d and b < d for d, (a, b) in zip(x.shape, self.pads)),
+                   f"expected reflect pads smaller than each axis, found {self.pads} for {x}")
         return x.with_shape([d + a + b for d, (a, b) in zip(x.shape, self.pads)])
 
     def reference(self, x):
+        if self.mode != "constant":
+            return np.pad(x, self.pads, mode=self.mode)
         return np.pad(x, self.pads, constant_values=np.array(self.value, x.dtype))
 
     def lower_tvm(self, bb, x):
         flat = [p for pair in self.pads for p in pair]
-        return relax().op.nn.pad(x, flat, pad_mode="constant", pad_value=self.value)
+        return relax().op.nn.pad(x, flat, pad_mode=PAD_MODES[self.mode], pad_value=self.value)
 
 
 def zero_size(dtype: str, shape) -> object:

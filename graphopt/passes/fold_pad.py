@@ -28,6 +28,8 @@ def _check(graph: Graph, m: Match) -> str | None:
     pad, name = m["pad"].op, m.root.op_name
     if len(pad.pads) != 4 or any(pad.pads[0]) or any(pad.pads[1]):
         return f"{pad} pads more than the spatial (H, W) axes"
+    if pad.mode != "constant":
+        return f"{pad} pads in mode {pad.mode}; {name} pads with a constant"
     if pad.value != FILL[name]:
         return f"{pad} fills with {pad.value}, {name} pads with {FILL[name]}"
     if name == "avg_pool2d" and any(m.root.op.padding) and not m.root.op.count_include_pad:
