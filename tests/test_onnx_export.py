@@ -94,6 +94,9 @@ ROWS += [
                                                                                     False), x))),
     ("reduce_sum", lambda: build("sum", (2, 3, 4), lambda x: apply(ops.ReduceSum((0, 2)), x))),
     ("reduce_max", lambda: build("max", (2, 3, 4), lambda x: apply(ops.ReduceMax(), x))),
+    ("instance_norm", lambda: build("in", (1, 3, 4, 5), lambda x: apply(
+        ops.InstanceNorm(1e-3), x, constant("scale", np.arange(3, dtype=np.float32)),
+        constant("bias", np.ones(3, np.float32))))),
     ("layer_norm", lambda: build("ln", (2, 3, 4), lambda x: apply(
         ops.LayerNorm(-1, 1e-5), x, constant("scale", np.arange(4, dtype=np.float32)),
         constant("bias", np.ones(4, np.float32))))),

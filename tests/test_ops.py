@@ -454,6 +454,17 @@ def layer_norm_rows():
             row("vit-768", (1, 5, 768), epsilon=1e-6)]
 
 
+def instance_norm_rows():
+    def row(id, x, offset=0.0, epsilon=1e-5, f64=False):
+        data = rand(*x) + np.float32(offset)
+        return Row(f"instance_norm-{id}", ops.InstanceNorm(epsilon), (data,),
+                   (rand(x[1]), rand(x[1])), onnx_op("InstanceNormalization", epsilon=epsilon),
+                   f64)
+    return [row("nchw", (2, 3, 5, 6), f64=True), row("ncl", (1, 4, 9)),
+            row("large-mean", (1, 8, 16, 16), offset=20.0, epsilon=1e-3),
+            row("style", (1, 32, 12, 12), f64=True)]
+
+
 def pool_row(op_type, id, x, f64=False, dtype="float32", **attrs) -> Row:
     """max_pool2d (`op_type` "MaxPool") or avg_pool2d ("AveragePool") on an input of shape `x`."""
     op = (ops.MaxPool2d if op_type == "MaxPool" else ops.AvgPool2d)(**attrs)
@@ -1074,9 +1085,9 @@ def random_rows(count: int = 8, seed: int = 99, tag: str = "random"):
 
 ROWS: list[Row] = [*conv_rows(), *fused_conv_rows(), *conv_transpose_rows(), *batch_norm_rows(),
                    *activation_rows(), *math_rows(), *pow_rows(), *where_rows(), *compare_rows(), *reduce_rows(),
-                   *layer_norm_rows(), *pool_rows(), *global_pool_rows(), *lrn_rows(),
-                   *linear_rows(), *binary_rows(), *shape_rows(), *resize_rows(), *cast_rows(),
-                   *random_rows(),
+                   *layer_norm_rows(), *instance_norm_rows(), *pool_rows(), *global_pool_rows(),
+                   *lrn_rows(), *linear_rows(), *binary_rows(), *shape_rows(), *resize_rows(),
+                   *cast_rows(), *random_rows(),
                    *quantize_rows(), *dequantize_rows(), *integer_conv_rows(),
                    *integer_matmul_rows(), *qlinear_matmul_rows(), *qlinear_conv_rows()]
 ROW_IDS = [r.id for r in ROWS]

@@ -22,8 +22,9 @@ from ..ops.activation import Softmax, Unary
 # Ops that produce new channels from their input's (filters): output slots are fresh sources.
 SOURCE_OPS = ("conv2d", "fused_conv2d", "linear", "conv_transpose2d")
 # Ops whose output channel c is their input channel c (and whose constant inputs, if any, are
-# per-channel parameters along axis 0: batch norm's scale, bias, mean, variance).
-CHANNELWISE_OPS = ("batch_norm", "max_pool2d", "avg_pool2d", "global_avg_pool2d",
+# per-channel parameters along axis 0: a batch norm's scale, bias, mean and variance, an
+# instance norm's scale and bias).
+CHANNELWISE_OPS = ("batch_norm", "instance_norm", "max_pool2d", "avg_pool2d", "global_avg_pool2d",
                    "global_max_pool2d", "resize", "dropout", "identity")
 ELEMENTWISE_BINARY = ("add", "sub", "mul", "div")
 

@@ -76,7 +76,7 @@ DIRECT = {"identity": ("Identity",), "relu": ("Relu",), "sigmoid": ("Sigmoid",),
           "lrn": ("LRN", "size", "alpha", "beta", "bias"),
           "hard_sigmoid": ("HardSigmoid", "alpha", "beta"), "exp": ("Exp",), "log": ("Log",),
           "sqrt": ("Sqrt",), "erf": ("Erf",), "pow": ("Pow",), "where": ("Where",),
-          "gather": ("Gather", "axis")}
+          "gather": ("Gather", "axis"), "instance_norm": ("InstanceNormalization", "epsilon")}
 # Ops that map onto one ONNX node that appeared after opset 13: op -> (ONNX op type, opset,
 # attributes copied under the same name).
 NEWER = {"hard_swish": ("HardSwish", 14), "layer_norm": ("LayerNormalization", 17, "axis",

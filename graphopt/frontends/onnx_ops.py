@@ -209,6 +209,14 @@ def lrn(ctx):
     return ctx.emit(op, [ctx.input(0)])
 
 
+@converts("InstanceNormalization")
+def instance_norm(ctx):
+    if ctx.type(0).ndim < 3:
+        raise UnsupportedForm(f"input {ctx.type(0)} (expected [N, C, spatial...])")
+    return ctx.emit(ops.InstanceNorm(float(ctx.attr("epsilon", 1e-5))),
+                    [ctx.input(0), ctx.input(1), ctx.input(2)])
+
+
 @converts("LayerNormalization")
 def layer_norm(ctx):
     """layer_norm; the optional Mean and InvStdDev outputs (in float32, or float64 for float64

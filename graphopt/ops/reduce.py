@@ -191,3 +191,41 @@ class LayerNorm(Op):
             return R.add(y, cast(bias)) if bias is not None else y
 
         return lower_in_float32(bb, x, normalize)
+
+
+@register
+@dataclass(frozen=True)
+class InstanceNorm(Op):
+    """(x - mean) / sqrt(var + epsilon) * scale[c] + bias[c], the statistics over the spatial
+    axes of each sample and channel (ONNX InstanceNormalization; style transfer's
+    normalization). Inputs: x [N, C, ...], scale [C], bias [C]."""
+
+    name = "instance_norm"
+    arity = (3, 3)
+    epsilon: float = 1e-5
+
+    def __post_init__(self):
+        object.__setattr__(self, "epsilon", real(self.epsilon, "epsilon"))
+
+    def infer(self, x, scale, bias):
+        expect_float(x), expect_same_dtype(x, scale, bias)
+        expect(x.ndim >= 3, f"expected an input [N, C, spatial...], found {x}")
+        for p, what in ((scale, "scale"), (bias, "bias")):
+            expect(p.shape == (x.shape[1],), f"expected {what} of shape ({x.shape[1]},), "
+                   f"found {p}")
+        return x
+
+    def layer_norm(self, x: TensorType) -> LayerNorm:
+        """The same statistics: a layer norm over the axes from 2 on."""
+        return LayerNorm(2 - x.ndim, self.epsilon)
+
+    def reference(self, x, scale, bias):
+        shape = (-1,) + (1,) * (x.ndim - 2)
+        return self.layer_norm(TensorType.of(x)).reference(x, scale.reshape(shape),
+                                                           bias.reshape(shape))
+
+    def lower_tvm(self, bb, x, scale, bias):
+        R = relax().op
+        shape = [-1] + [1] * (len(relax_type(x).shape) - 2)
+        return self.layer_norm(relax_type(x)).lower_tvm(bb, x, R.reshape(scale, shape),
+                                                        R.reshape(bias, shape))

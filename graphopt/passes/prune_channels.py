@@ -103,7 +103,7 @@ def _shrink(node: Node, groups, removed: set) -> tuple[object, list]:
         has_bias = op.has_bias if name == "fused_conv2d" else len(node.inputs) > 2
         if has_bias:
             arrays[2] = _take(arrays[2], kept_out, 0, size_out)
-    elif name == "batch_norm":
+    elif name in ("batch_norm", "instance_norm"):
         arrays[1:] = [_take(a, kept_out, 0, size_out) for a in arrays[1:]]
     elif name in ("add", "sub", "mul", "div"):
         for i, v in enumerate(node.inputs):
