@@ -344,7 +344,8 @@ TINY = {"image_size": 32}
 ZOO_DEFAULT = {"lenet5": {}, "googlenet": SMALL, "resnet18": SMALL, "deep_convnet": {},
                "fcn": {}, "dcgan_generator": {}, "mobilenet_v3_small": TINY,
                "efficientnet_b0": TINY, "shufflenet_v2_x1_0": TINY, "densenet121": TINY,
-               "dqn": {}, "yolov3_tiny": {"image_size": 64}}
+               "dqn": {}, "yolov3_tiny": {"image_size": 64},
+               "style_transfer": {"image_size": 24}}
 ZOO_SLOW = {"alexnet": {}, "vgg11": {}, "vgg16": {}, "resnet50": {}, "mobilenet_v2": {},
             "mobilenet_v3_large": {}, "squeezenet1_1": {}, "regnet_x_400mf": {},
             "inception_v3": {}}

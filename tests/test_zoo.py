@@ -41,6 +41,7 @@ EXPECTED = {
     "dqn": (1_693_362, (1, 18)),
     # 8,852,366 weights and the box decoding's 1,704 cell offsets, strides and anchors
     "yolov3_tiny": (8_854_070, (1, 2535, 85)),
+    "style_transfer": (1_679_235, (1, 3, 256, 256)),   # PyTorch examples' TransformerNet
 }
 SMALL = ("lenet5", "deep_convnet", "fcn", "dcgan_generator", "dqn")
 

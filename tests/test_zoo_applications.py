@@ -1,6 +1,7 @@
-"""The seeds' applications in the zoo (the DQN Atari Q-network, YOLOv3-tiny with its box decoding)
-against plain-torch modules written here after their published definitions (CleanRL's QNetwork;
-darknet's yolov3-tiny.cfg built the way PyTorch-YOLOv3 ports build it). Each module loads the
+"""The seeds' applications in the zoo (the DQN Atari Q-network, YOLOv3-tiny with its box decoding,
+fast neural style transfer) against plain-torch modules written here after their published
+definitions (CleanRL's QNetwork; darknet's yolov3-tiny.cfg built the way PyTorch-YOLOv3 ports
+build it; PyTorch examples' fast_neural_style TransformerNet). Each module loads the
 graph's weights by name, strictly, and must give the float64 interpreter's output."""
 from __future__ import annotations
 
@@ -100,6 +101,57 @@ class Darknet(nn.Module):
         return torch.cat(detections, 1)
 
 
+class ConvLayer(nn.Module):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, upsample=None):
+        super().__init__()
+        self.upsample = upsample
+        self.reflection_pad = nn.ReflectionPad2d(kernel_size // 2)
+        self.conv2d = nn.Conv2d(in_channels, out_channels, kernel_size, stride)
+
+    def forward(self, x):
+        if self.upsample:
+            x = F.interpolate(x, mode="nearest", scale_factor=self.upsample)
+        return self.conv2d(self.reflection_pad(x))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv1, self.in1 = ConvLayer(channels, channels, 3), nn.InstanceNorm2d(channels,
+                                                                                    affine=True)
+        self.conv2, self.in2 = ConvLayer(channels, channels, 3), nn.InstanceNorm2d(channels,
+                                                                                    affine=True)
+
+    def forward(self, x):
+        return self.in2(self.conv2(F.relu(self.in1(self.conv1(x))))) + x
+
+
+class TransformerNet(nn.Module):
+    """PyTorch examples' fast_neural_style TransformerNet (Johnson et al. 2016)."""
+
+    def __init__(self):
+        super().__init__()
+        norm = lambda c: nn.InstanceNorm2d(c, affine=True)     # noqa: E731
+        self.conv1, self.in1 = ConvLayer(3, 32, 9), norm(32)
+        self.conv2, self.in2 = ConvLayer(32, 64, 3, 2), norm(64)
+        self.conv3, self.in3 = ConvLayer(64, 128, 3, 2), norm(128)
+        for i in range(1, 6):
+            setattr(self, f"res{i}", ResidualBlock(128))
+        self.deconv1, self.in4 = ConvLayer(128, 64, 3, upsample=2), norm(64)
+        self.deconv2, self.in5 = ConvLayer(64, 32, 3, upsample=2), norm(32)
+        self.deconv3 = ConvLayer(32, 3, 9)
+
+    def forward(self, x):
+        y = F.relu(self.in1(self.conv1(x)))
+        y = F.relu(self.in2(self.conv2(y)))
+        y = F.relu(self.in3(self.conv3(y)))
+        for i in range(1, 6):
+            y = getattr(self, f"res{i}")(y)
+        y = F.relu(self.in4(self.deconv1(y)))
+        y = F.relu(self.in5(self.deconv2(y)))
+        return self.deconv3(y)
+
+
 def load_graph_weights(module, graph: go.Graph):
     """The graph's learned weights as the module's float64 state (strict but for batch norm's
     num_batches_tracked): decoding constants (cell offsets, strides, anchors) are not weights."""
@@ -115,6 +167,7 @@ CASES = {
     "dqn": (lambda: go.zoo.dqn(batch=2, num_actions=6), lambda: QNetwork(6)),
     "yolov3_tiny": (lambda: go.zoo.yolov3_tiny(batch=2, num_classes=3, image_size=64),
                     lambda: Darknet(3)),
+    "style_transfer": (lambda: go.zoo.style_transfer(batch=2, image_size=24), TransformerNet),
 }
 
 
@@ -131,13 +184,16 @@ def test_matches_torch_module_with_the_same_weights(name):
     np.testing.assert_allclose(y32, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("name, count", [("dqn", 1_693_362), ("yolov3_tiny", 8_852_366)])
+@pytest.mark.parametrize("name, count", [("dqn", 1_693_362), ("yolov3_tiny", 8_852_366),
+                                         ("style_transfer", 1_679_235)])
 def test_learned_parameters_match_the_reference_module(name, count):
     # DQN with the full Atari action set (18); YOLOv3-tiny with COCO's 80 classes, undecoded.
-    module = {"dqn": lambda: QNetwork(18), "yolov3_tiny": lambda: Darknet(80)}[name]
+    module = {"dqn": lambda: QNetwork(18), "yolov3_tiny": lambda: Darknet(80),
+              "style_transfer": TransformerNet}[name]
     with torch.device("meta"):
         assert sum(p.numel() for p in module().parameters()) == count
-    options = {"decode": False, "image_size": 64} if name == "yolov3_tiny" else {}
+    options = {"yolov3_tiny": {"decode": False, "image_size": 64},
+               "style_transfer": {"image_size": 32}}.get(name, {})
     assert go.zoo.MODELS[name](**options).num_params() == count
 
 
@@ -172,5 +228,13 @@ def test_yolo_compiles_for_cpu():
     as one graph (DQN compiles among test_zoo's small models)."""
     g = go.zoo.yolov3_tiny(num_classes=3, image_size=64)
     x = np.random.default_rng(2).uniform(0, 1, g.inputs[0].shape).astype(np.float32)
+    report = go.compare(g, go.compile(g, "cpu"), {"input": x})
+    assert report.ok, str(report)
+
+
+def test_style_transfer_compiles_for_cpu():
+    """Reflection pads, instance norms and nearest upsampling compiled as one graph."""
+    g = go.zoo.style_transfer(image_size=32)
+    x = np.random.default_rng(3).uniform(0, 1, g.inputs[0].shape).astype(np.float32)
     report = go.compare(g, go.compile(g, "cpu"), {"input": x})
     assert report.ok, str(report)

@@ -414,6 +414,22 @@ def batch_norm(x: Tensor, epsilon: float = 1e-5, scale=None, bias=None, mean=Non
     return b.apply(op, inputs, name)
 
 
+def instance_norm(x: Tensor, epsilon: float = 1e-5, scale=None, bias=None,
+                  name: str | None = None) -> Tensor:
+    """Instance normalization with a per-channel scale and bias (torch's InstanceNorm2d with
+    affine=True): each sample's channel normalized over its spatial axes."""
+    b = _builder_of(x)
+    name = _name(b, name, "in", "instance_norm")
+    op = _op(b, name, ops.InstanceNorm, epsilon)
+    _checked(b, name, op.name, lambda: _expect_tensor(x))
+    c = (x.shape[1],) if len(x.shape) >= 2 else (0,)
+    inputs = [x, b.weight(name, "weight", c, b.uniform(1.5, 0.5), scale, x.dtype,
+                          op="instance_norm"),
+              b.weight(name, "bias", c, lambda s: b.rng.normal(0.0, 0.1, s), bias, x.dtype,
+                       op="instance_norm")]
+    return b.apply(op, inputs, name)
+
+
 def linear(x: Tensor, out_features: int, bias: bool = True, weight=None, bias_value=None,
            name: str | None = None) -> Tensor:
     """Fully connected layer with a [out_features, in_features] weight (torch's layout)."""
@@ -581,5 +597,5 @@ __all__ = ["Builder", "Tensor", "current", "conv2d", "conv_transpose2d", "batch_
            "identity", "relu", "relu6", "clip", "leaky_relu", "sigmoid", "tanh", "hard_sigmoid",
            "hard_swish", "gelu", "silu", "exp", "softmax", "split",
            "dropout", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "global_max_pool2d", "lrn",
-           "flatten", "reshape", "transpose", "pad", "resize", "add", "sub", "mul", "div",
-           "matmul", "concat"]
+           "flatten", "reshape", "transpose", "pad", "resize", "instance_norm", "add", "sub", "mul",
+           "div", "matmul", "concat"]

@@ -26,6 +26,7 @@ from .regnet import regnet_x_400mf
 from .resnet import resnet18, resnet50
 from .shufflenet import shufflenet_v2_x1_0
 from .squeezenet import squeezenet1_1
+from .style_transfer import style_transfer
 from .vgg import vgg11, vgg16
 from .yolo import yolov3_tiny
 
@@ -50,6 +51,7 @@ MODELS: dict[str, Callable[..., Graph]] = {
     "densenet121": densenet121,
     "inception_v3": inception_v3,
     "dqn": dqn,
+    "style_transfer": style_transfer,
     "yolov3_tiny": yolov3_tiny,
 }
 
