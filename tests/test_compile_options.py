@@ -47,3 +47,11 @@ def test_bad_options_are_named(overrides, message):
 def test_a_target_pass_of_another_target_is_refused():
     with pytest.raises(GraphoptError, match="'select_conv_algorithm' is a cpu target pass"):
         go.compile(small_net(), "cuda", passes=["select_conv_algorithm"])
+
+
+def test_compile_links_the_code_before_it_returns():
+    """The first VM (which links the compiled code: seconds for big models) is made by compile
+    and counted in its time, not by the first run."""
+    model = go.compile(go.zoo.lenet5(), "cpu")
+    assert getattr(model._per_thread, "vm", None) is not None
+    assert model.compile_seconds > 0
