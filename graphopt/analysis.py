@@ -38,6 +38,25 @@ def _human(n: int) -> str:
     return str(n)
 
 
+def summary_dict(graph, target_choices: bool = False) -> dict:
+    """`summary`'s content as the stable JSON form (docs/json.md)."""
+    def tensor(v):
+        return {"name": v.name, "shape": list(v.type.shape), "dtype": v.type.dtype}
+    nodes = []
+    for node in graph.topological_order():
+        entry = {"name": node.name, "op": node.op_name,
+                 "outputs": [tensor(v) for v in node.outputs], "params": node_params(node),
+                 "macs": node_macs(node)}
+        if target_choices:
+            entry["computed_as"] = node.op.target_choice()
+        nodes.append(entry)
+    return {"graph": graph.name, "inputs": [tensor(v) for v in graph.inputs],
+            "outputs": [tensor(v) for v in graph.outputs], "nodes": nodes,
+            "totals": {"nodes": len(graph.nodes), "params": count_params(graph),
+                       "macs": count_macs(graph),
+                       "constant_bytes": sum(c.data.nbytes for c in graph.constants.values())}}
+
+
 def summary(graph, target_choices: bool = False) -> str:
     """A table with one row per node (name, op, output shape, params, MACs) and the totals;
     `target_choices` adds how the target will compute each node (after its target passes)."""

@@ -139,6 +139,8 @@ THREADS = arg("--threads", type=integer(1), help="threads the compiled model run
 TUNING = arg("--tuning", metavar="DIR|user", type=tuning_source, help="apply MetaSchedule "
              "records from `graphopt tune` kept in DIR ('user': the user's cache folder); "
              "default: none")
+JSON = arg("--json", action="store_true",
+           help="print one JSON object instead of the tables (keys: docs/json.md)")
 INPUTS = arg("--input", dest="inputs", action="append", default=[], metavar="[NAME=]FILE",
              type=input_file,
              help="an input as .npy (NAME= for models with several inputs) or all inputs as one "
@@ -146,6 +148,14 @@ INPUTS = arg("--input", dest="inputs", action="append", default=[], metavar="[NA
 
 
 # ---- shared helpers ---------------------------------------------------------------------------
+
+def print_json(command: str, body: dict) -> None:
+    """The machine-readable form of a command's result: `graphopt` (version) and `command`,
+    then the command's own keys (docs/json.md), on stdout."""
+    import json
+    print(json.dumps({"graphopt": __version__, "command": command, **body}, indent=2,
+                     allow_nan=True))
+
 
 def load_model(spec: str, batch: int = 1, seed: int = 0):
     """A Graph from a zoo model name or a path to an .onnx file."""
@@ -289,7 +299,7 @@ def list_models(args) -> int:
          MODEL, BATCH, SEED,
          arg("--target", help="show the graph as compile builds it for this target (cpu, cuda): "
              "after graphopt's passes, with how each node will be computed"),
-         KERNELS)
+         KERNELS, JSON)
 def show(args) -> int:
     """Print one row per node (op, output shape, parameters, MACs) and the totals; with
     --target, the graph compile lowers (passes run, target decisions shown) and the pass
@@ -297,6 +307,17 @@ def show(args) -> int:
     if args.model.endswith(".so"):
         from .runtime import read_export
         metadata, fatbin = read_export(args.model)
+        if args.json:
+            signature = Signature.from_dict(metadata)
+            print_json("show", {"library": {
+                "graph": metadata["graph"], "target": metadata["target"],
+                "tvm": metadata.get("tvm"), "cpu_features": metadata.get("cpu_features", []),
+                "inputs": [{"name": n, "shape": list(t.shape), "dtype": t.dtype}
+                           for n, t in signature.inputs],
+                "outputs": [{"name": n, "shape": list(t.shape), "dtype": t.dtype}
+                            for n, t in signature.outputs],
+                "gpu_binary_bytes": None if fatbin is None else len(fatbin)}})
+            return EXIT_OK
         print(f"'{metadata['graph']}' exported for {metadata['target']} "
               f"(TVM {metadata.get('tvm', '?')})")
         signature = Signature.from_dict(metadata)
@@ -306,16 +327,24 @@ def show(args) -> int:
         if fatbin is not None:
             print(f"  GPU binary: {len(fatbin):,} bytes for {metadata.get('cuda_arch')}")
         return EXIT_OK
-    from .analysis import summary
+    from .analysis import summary, summary_dict
     graph = load_model(args.model, args.batch, args.seed)
     if args.target is None:
-        print(summary(graph))
+        if args.json:
+            print_json("show", {"summary": summary_dict(graph)})
+        else:
+            print(summary(graph))
         return EXIT_OK
     from .targets.tvm.compile import optimize_for_target
     from .targets.tvm.options import CompileOptions
     with step(f"running graphopt's passes for {args.target}"):
         optimized, _ = optimize_for_target(graph, args.target,
                                            CompileOptions(kernels=args.kernels))
+    if args.json:
+        print_json("show", {"target": args.target,
+                            "summary": summary_dict(optimized.graph, target_choices=True),
+                            "optimize": optimized.to_dict()})
+        return EXIT_OK
     print(summary(optimized.graph, target_choices=True))
     print()
     print(optimized.report)
@@ -347,16 +376,30 @@ def compile_(args) -> int:
          arg("--library", metavar="FILE.so", type=existing_file,
              help="compare this exported library instead of compiling the model"),
          arg("--tolerance", type=tolerance, help="max error relative to the largest reference "
-             "magnitude (default by dtype: 1e-4 for float32)"))
+             "magnitude (default by dtype: 1e-4 for float32)"),
+         arg("--per-layer", action="store_true",
+             help="also compare every original layer and name the first divergent one"),
+         JSON)
 def compare(args) -> int:
     """Run the model in the float64 interpreter and compiled (or from --library), and compare
     every output. Exits 1 if any output is out of tolerance."""
     import graphopt as go
     graph = load_model(args.model, args.batch, args.seed)
     feeds = load_inputs(args.inputs, signature_of(graph), args.seed)
+    if args.library and args.per_layer:
+        raise InputError("--per-layer compiles the model here with every layer as an output; "
+                         "a --library exposes only its outputs")
+    compiler = None
     if args.library:
         with step(f"loading {args.library}"):
             candidate = go.load(args.library)
+    elif args.per_layer:
+        if args.target.startswith("cuda"):
+            raise InputError("comparing a CUDA build runs it, which needs a GPU")
+        candidate = graph       # compiled by compare, every lined-up layer an extra output
+
+        def compiler(g, target):
+            return compile_model(g, args)
     else:
         if args.target.startswith("cuda"):
             raise InputError("comparing a CUDA build runs it, which needs a GPU: compile with "
@@ -364,8 +407,17 @@ def compare(args) -> int:
                              "with --library")
         candidate = compile_model(graph, args)
     with step("running and comparing"):
-        report = go.compare(graph, candidate, feeds, tolerance=args.tolerance)
-    print(report)
+        report = go.compare(graph, candidate, feeds, tolerance=args.tolerance,
+                            per_layer=args.per_layer, compiler=compiler,
+                            target=args.target if compiler else None)
+    if args.json:
+        print_json("compare", {"model": args.model, "target": None if args.library
+                               else args.target, "library": args.library,
+                               "report": report.to_dict()})
+    else:
+        print(report)
+        if args.per_layer:
+            print(report.layer_table())
     return EXIT_OK if report.ok else EXIT_MISMATCH
 
 
@@ -419,7 +471,7 @@ def run(args) -> int:
 @command("bench", "time the compiled model against the interpreter and onnxruntime",
          MODEL, TARGET, KERNELS, PASSES, THREADS, TUNING, BATCH, SEED,
          arg("--repeat", type=integer(1), default=20,
-             help="timed runs per engine (median; default 20)"))
+             help="timed runs per engine (median; default 20)"), JSON)
 def bench(args) -> int:
     """Median latency of the TVM-compiled model, the numpy interpreter and onnxruntime (from the
     .onnx file, or from the graph exported to ONNX when graphopt can do that), as ratios to
@@ -441,6 +493,14 @@ def bench(args) -> int:
         ort_ms, why = onnxruntime_ms(graph, feeds, args.model, args.repeat)
     if ort_ms is not None:
         results["onnxruntime"] = ort_ms
+    if args.json:
+        print_json("bench", {"model": args.model, "graph": graph.name, "batch": args.batch,
+                             "target": args.target, "repeat": args.repeat,
+                             "engines": [{"engine": k, "median_ms": v,
+                                          "ratio_to_compiled": v / results["compiled"]}
+                                         for k, v in results.items()],
+                             "onnxruntime_skipped": None if ort_ms is not None else why})
+        return EXIT_OK
     rows = [("engine", "median ms", "x compiled")]
     rows += [(k, f"{v:.3f}", f"{v / results['compiled']:.2f}") for k, v in results.items()]
     print(f"'{graph.name}' batch {args.batch}, target {args.target}")
@@ -456,7 +516,8 @@ def bench(args) -> int:
          arg("--passes", help="comma-separated pass names (default: the default pipeline; "
              "'none': no pass)"),
          arg("--no-check", action="store_true",
-             help="skip comparing each pass's result with the graph before it on a probe input"))
+             help="skip comparing each pass's result with the graph before it on a probe input"),
+         JSON)
 def optimize(args) -> int:
     """Run the passes (verifying the graph after each and, unless --no-check, comparing it with
     the graph before the pass on a probe input) and print nodes, parameters, MACs, time and
@@ -467,7 +528,11 @@ def optimize(args) -> int:
     graph = load_model(args.model, args.batch, args.seed)
     with step(f"optimizing '{graph.name}'"):
         result = run_passes(graph, pass_list(args.passes), check=not args.no_check)
-    print(result.report)
+    if args.json:
+        print_json("optimize", {"model": args.model, "output": args.output,
+                                "result": result.to_dict()})
+    else:
+        print(result.report)
     if args.output:
         from .frontends.onnx import save_onnx
         with step(f"writing {args.output}"):

@@ -76,6 +76,12 @@ class OutputComparison:
     ok: bool
     steps: int = field(default=0, kw_only=True)    # integer steps allowed besides `tolerance`
 
+    def to_dict(self) -> dict:
+        """The stable JSON form (docs/json.md)."""
+        return {"name": self.name, "dtype": self.dtype, "max_abs": self.max_abs,
+                "max_rel": self.max_rel, "cosine": self.cosine, "tolerance": self.tolerance,
+                "steps": self.steps, "ok": self.ok}
+
     def row(self) -> tuple[str, ...]:
         allowed = f"{self.steps} step" if self.steps else f"{self.tolerance:.0e}"
         return (self.name, self.dtype, f"{self.max_abs:.3g}", f"{self.max_rel:.3g}",
@@ -89,6 +95,10 @@ class LayerComparison(OutputComparison):
     node: str                      # the candidate node
     op: str                        # the candidate node's op
     provenance: tuple[str, ...]    # every original node the candidate node stands for
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "node": self.node, "op": self.op,
+                "provenance": list(self.provenance)}
 
     def row(self) -> tuple[str, ...]:
         return (self.name, f"{self.node} ({self.op})", *super().row()[2:])
@@ -117,6 +127,16 @@ class CompareReport:
             if layer.name == name:
                 return layer
         raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        """The stable JSON form (docs/json.md): ok, the reference dtype, one entry per output,
+        and with per_layer the layers and the first divergent one."""
+        found = {"ok": self.ok, "reference_dtype": self.reference_dtype,
+                 "outputs": [o.to_dict() for o in self.outputs]}
+        if self.layers is not None:
+            found["layers"] = [layer.to_dict() for layer in self.layers]
+            found["first_divergent"] = self.first_divergent
+        return found
 
     def layer_table(self) -> str:
         """Every lined-up layer: original name, candidate node, errors."""

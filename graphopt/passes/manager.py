@@ -190,6 +190,15 @@ class PassRecord:
     max_error: float | None      # max relative output error vs the graph before (check=True)
     stats: dict[str, Any]
 
+    def to_dict(self) -> dict:
+        """The stable JSON form (docs/json.md); `stats` keeps its plain numbers and rewrites."""
+        stats = {k: v for k, v in self.stats.items()
+                 if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+        return {"name": self.name, "round": self.round, "changed": self.changed,
+                "nodes": list(self.nodes), "params": list(self.params), "macs": list(self.macs),
+                "seconds": self.seconds, "max_error": self.max_error,
+                "rewrites": dict(self.stats.get("rewrites", {})), "stats": stats}
+
     def row(self) -> tuple[str, ...]:
         rewrites = self.stats.get("rewrites", {})
         detail = ", ".join(f"{k} x{v}" for k, v in rewrites.items()) or \
@@ -232,6 +241,17 @@ class OptimizeResult:
             lines.append("rules that did not apply (rule: reason, count):")
             lines += [f"  {rule}: {reason} (x{count})" for (rule, reason), count in misses[:12]]
         return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """The stable JSON form (docs/json.md): the graph's name, nodes before and after,
+        one entry per pass run and the last round's misses."""
+        return {"graph": self.original.name,
+                "nodes": [len(self.original.nodes), len(self.graph.nodes)],
+                "params": [count_params(self.original), count_params(self.graph)],
+                "macs": [count_macs(self.original), count_macs(self.graph)],
+                "passes": [r.to_dict() for r in self.records],
+                "misses": [{"rule": rule, "reason": reason, "count": count}
+                           for (rule, reason), count in self.misses()]}
 
     def misses(self) -> list[tuple[tuple[str, str], int]]:
         """(rule, reason) pairs of the last round's misses, most frequent first. Reasons naming
