@@ -71,6 +71,14 @@ CASES = {
     "global_pools": ((2, 16, 5, 5), lambda x: dsl.global_avg_pool2d(x) + dsl.global_max_pool2d(x),
                      "generic"),
     "softmax": ((4, 33), lambda x: dsl.softmax(x), "generic"),
+    # concatenations: split into pieces of the inputs' common divisor (with their elementwise
+    # tail), left whole when the inputs share none
+    "concat_bn_relu": ((1, 16, 5, 7), lambda x: dsl.relu(dsl.batch_norm(dsl.concat(
+        [x, dsl.tanh(dsl.split(x, [8, 8])[0]), dsl.sigmoid(x)], axis=1))), "generic"),
+    "concat_odd_sizes": ((1, 5, 4, 6), lambda x: dsl.concat(
+        [x, dsl.tanh(dsl.split(x, [3, 2])[0])], axis=1), "generic"),
+    "concat_rows": ((2, 3, 6, 5), lambda x: dsl.relu(dsl.concat([x, dsl.tanh(x)], axis=2)),
+                    "generic"),
 }
 
 
@@ -299,3 +307,18 @@ def test_weight_layouts_are_decisions_on_the_nodes():
     kernels = _scheduled_kernels(graph)
     shapes = {name: sorted(len(p.shape) for p in f.params) for name, f in kernels.items()}
     assert any(5 in s for s in shapes.values()) and any(3 in s for s in shapes.values())
+
+
+def test_concatenation_is_split_into_pieces():
+    """DenseNet's dense-block concatenation with its batch norm and relu: one loop nest per
+    32 channels (in which lowering's simplifier resolves the choice of input)."""
+    with dsl.Builder("dense_concat", seed=0) as b:
+        xs = [b.input(f"x{i}", (1, 64 if i == 0 else 32, 7, 7)) for i in range(5)]
+        graph = b.output(dsl.relu(dsl.batch_norm(dsl.concat(xs, axis=1))))
+    (func,) = _scheduled_kernels(graph, AVX512_CPU).values()
+    text = func.script()
+    assert func.attrs[SCHEDULE_ATTR] == "generic"
+    assert text.count('_partition"') == 6, text
+    feeds = {v.name: np.random.default_rng(i).standard_normal(v.shape).astype(np.float32)
+             for i, v in enumerate(graph.inputs)}
+    assert go.compare(graph, go.compile(graph), feeds).ok
