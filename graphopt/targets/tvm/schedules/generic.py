@@ -21,7 +21,9 @@ def schedule(sch, vec: VectorShape) -> bool:
     concats = [sch.get(b).name_hint for b in blocks_of(sch)
                if sch.get(b).name_hint.startswith(CONCAT_BLOCK)]
     pieces = set()
-    for name in concats:
+    # Chained concatenations in one kernel (tile's copies along several axes) stay whole: their
+    # pieces would nest one vectorized row in another.
+    for name in concats if len(concats) == 1 else ():
         pieces |= partition_concat(sch, sch.get_sblock(name), vec.lanes)
     inline_elementwise(sch, keep=[])
     for block in blocks_of(sch):
@@ -58,10 +60,11 @@ def partition_concat(sch, block, lanes: int) -> set[str]:
         shape = [int(d) for d in region.source.shape]
         differing = [i for i, (a, b) in enumerate(zip(shape, out)) if a != b]
         if len(shape) == len(out) and len(differing) == 1:
-            sizes.append(shape[differing[0]])
+            if shape[differing[0]]:     # an empty input adds no piece
+                sizes.append(shape[differing[0]])
             axes.add(differing[0])
     loops = sch.get_loops(block)
-    if len(axes) != 1 or len(loops) != len(out):
+    if len(axes) != 1 or len(loops) != len(out) or not sizes:
         return set()
     axis = axes.pop()
     piece = math.gcd(*sizes)
