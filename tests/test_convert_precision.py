@@ -375,6 +375,7 @@ def test_bfloat16_convolutions_on_amx_tiles():
             scale * 2 ** -7        # one bfloat16 rounding: the sums run in another order
 
 
+@pytest.mark.slow       # dlight tensorizing one fp16 conv for CUDA: over a minute on 2 cores
 def test_cuda_half_convolutions_run_on_tensor_cores():
     """dlight's Matmul rule tensorizes a float16 convolution with every GEMM side over 64
     (pixels, output channels, input channels x taps) into WMMA tensor-core tiles."""
