@@ -578,12 +578,4 @@ def _layer_errors(graph: Graph, plans: list[LayerPlan], batches) -> dict[str, fl
 
 def _output_error(original: Graph, factored: Graph, batches) -> float:
     """The largest max |factored - original| / max |original| over the graph's outputs."""
-    diff = {name: 0.0 for name in original.output_names}
-    scale = dict(diff)
-    for batch in batches:
-        expected = interpret(original, batch, dtype=np.float64)
-        found = interpret(factored, batch, dtype=np.float64)
-        for name in diff:
-            diff[name] = max(diff[name], float(np.abs(found[name] - expected[name]).max()))
-            scale[name] = max(scale[name], float(np.abs(expected[name]).max()))
-    return max((d / scale[n] if scale[n] > 0 else d) for n, d in diff.items())
+    return Evaluator(original, batches, None)(factored).error

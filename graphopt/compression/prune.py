@@ -193,9 +193,8 @@ def _activation_scores(groups: ChannelGroups, families, batches) -> dict:
     for batch in batches:
         values = interpret(graph, batch, keep=True)
         for name in wanted:
-            a = np.abs(values[name].astype(np.float64))
-            sums[name] = sums[name] + a.reshape(a.shape[0], a.shape[1], -1).mean(axis=(0, 2)) \
-                if a.ndim > 2 else sums[name] + a.mean(axis=0)
+            a = np.abs(values[name].astype(np.float64))   # [N, C, ...] -> mean per channel
+            sums[name] = sums[name] + a.reshape(a.shape[0], a.shape[1], -1).mean(axis=(0, 2))
     slot_score: dict = {}
     for node in readers:
         x = node.inputs[0]
@@ -248,7 +247,7 @@ def _result(graph: Graph, groups: ChannelGroups, families, scores, ratios: Mappi
             batches) -> CompressionResult:
     removed = _removed(families, scores, ratios)
     done = _apply(graph, groups, removed)
-    reference = interpret(graph, batches[0])
+    evaluate = Evaluator(graph, batches[:1], None)
     rows = []
     for name, units in families.items():
         ratio = ratios.get(name, 0.0)
@@ -263,10 +262,10 @@ def _result(graph: Graph, groups: ChannelGroups, families, scores, ratios: Mappi
         pruned = _apply(graph, groups, alone).graph
         rows.append(LayerChange(name, op, f"channels {len(units)} -> {kept}",
                                 *_cost(graph, pruned, _touched(graph, pruned)),
-                                _relative_error(reference, interpret(pruned, batches[0]))))
+                                evaluate(pruned).error))
     return CompressionResult(done.graph, graph, done.records, kind="prune", layers=tuple(rows),
                              note=f"output error of the pruned graph: "
-                                  f"{_relative_error(reference, interpret(done.graph, batches[0])):.3g}")
+                                  f"{evaluate(done.graph).error:.3g}")
 
 
 def _touched(before: Graph, after: Graph) -> list[str]:
@@ -283,16 +282,6 @@ def _cost(before: Graph, after: Graph, names) -> tuple[tuple[int, int], tuple[in
     macs = (sum(node_macs(before.node(n)) for n in names),
             sum(node_macs(after.node(n)) for n in names))
     return params, macs
-
-
-def _relative_error(expected: Mapping[str, np.ndarray], found: Mapping[str, np.ndarray]) -> float:
-    error = 0.0
-    for name, e in expected.items():
-        e = e.astype(np.float64)
-        scale = float(np.abs(e).max(initial=0.0)) or 1.0
-        error = max(error, float(np.abs(found[name].astype(np.float64) - e).max(initial=0.0))
-                    / scale)
-    return error
 
 
 # ---- unstructured -------------------------------------------------------------------------------
