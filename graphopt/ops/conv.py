@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import TensorType
-from .base import (Op, accumulator, conv_out_size, expect, expect_float, expect_rank,
-                   expect_same_dtype, integer, pair, quad, real, register, relax)
+from .base import (Op, accumulator, constant_operand, conv_out_size, expect, expect_float,
+                   expect_rank, expect_same_dtype, integer, pair, quad, real, register, relax)
 from .cast import accumulation_dtype, lower_in_float32
 
 
@@ -178,9 +178,15 @@ class ConvTranspose2d(Op):
     output_padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
+    # A target decision: computed as this stride-1 convolution (with its weight block) over the
+    # input with stride - 1 zeros inserted between pixels, the weight flipped and transposed
+    # (`as_convolution`); None: TVM's own transposed convolution.
+    as_conv: Conv2d | None = None
 
     def __post_init__(self):
         conv_attributes(self)
+        expect(self.as_conv is None or isinstance(self.as_conv, Conv2d),
+               f"expected a Conv2d or None for as_conv, found {self.as_conv!r}")
         expect(all(op < max(s, d) for op, s, d in
                    zip(self.output_padding, self.stride, self.dilation)),
                f"expected output_padding smaller than stride or dilation, found {self}")
@@ -230,7 +236,29 @@ class ConvTranspose2d(Op):
             out = out + b.astype(acc).reshape(1, -1, 1, 1)
         return np.ascontiguousarray(out).astype(x.dtype)
 
+    def as_convolution(self, kernel: tuple[int, int]) -> Conv2d | None:
+        """The stride-1 convolution over the zero-inserted input that computes this one (groups
+        1): padded by dilation * (kernel - 1) less the crop, plus the output padding at the end;
+        None where a crop exceeds that border."""
+        if self.groups != 1:
+            return None
+        (dh, dw), (kh, kw) = self.dilation, kernel
+        pt, pl, pb, pr = self.padding
+        border = (dh * (kh - 1), dw * (kw - 1))
+        pads = (border[0] - pt, border[1] - pl, border[0] - pb + self.output_padding[0],
+                border[1] - pr + self.output_padding[1])
+        if min(pads) < 0:
+            return None
+        return Conv2d(padding=pads, dilation=self.dilation)
+
+    def target_choice(self) -> str:
+        if self.as_conv is None:
+            return ""
+        return f"{self.as_conv.target_choice()} convolution over the stride-inserted input"
+
     def lower_tvm(self, bb, x, w, b=None):
+        if self.as_conv is not None:
+            return self.lower_as_conv(bb, x, w, b)
         R = relax().op
         padding, output_padding, tail = self.padding, self.output_padding, (0, 0)
         if any(op >= s for op, s in zip(self.output_padding, self.stride)):
@@ -252,6 +280,19 @@ class ConvTranspose2d(Op):
             return add_channel_bias(bb, y, b)
         y = add_channel_bias(bb, y, None if b is None else bb.emit(R.astype(b, accumulate)))
         return R.astype(bb.emit(y), dtype)
+
+    def lower_as_conv(self, bb, x, w, b=None):
+        """`as_conv` over x with stride - 1 zeros between pixels, the weight [C, O, KH, KW]
+        flipped in space and transposed to [O, C, KH, KW]: the same sums (a transposed
+        convolution is a convolution's adjoint), on the register-tiled conv kernel."""
+        from tvm import relax as rx, topi
+        from .conv_kernel import lower_conv
+        weight = constant_operand(w, "transposed convolution as a convolution")
+        flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        sh, sw = self.stride
+        if (sh, sw) != (1, 1):
+            x = bb.emit(bb.call_te(topi.nn.dilate, x, (1, 1, sh, sw), primfunc_name_hint="dilate"))
+        return lower_conv(bb, self.as_conv, x, rx.const(flipped, str(flipped.dtype)), b)
 
     def macs(self, inputs, outputs):
         c, og, kh, kw = inputs[1].shape

@@ -1,0 +1,65 @@
+"""Transposed convolutions on the CPU: select_conv_algorithm records the stride-1 convolution over
+the zero-inserted input that computes them (`as_conv`, with its weight block) where the weight
+is constant and groups is 1, and the compiled model (AVX2 and AVX-512 builds, bounds-checked)
+computes what the interpreter does; grouped ones and crops beyond the kernel's border keep TVM's
+own transposed convolution."""
+from __future__ import annotations
+
+import pytest
+
+import graphopt as go
+from graphopt import dsl
+from graphopt.passes import probe_inputs
+from graphopt.runtime import host_cpu_flags
+
+pytest.importorskip("tvm")
+
+# (in channels, out channels, kernel, stride, padding, output_padding, dilation, groups, bias)
+CASES = {
+    "fcn-2x2-s2": (8, 16, 2, 2, 0, 0, 1, 1, True),
+    "dcgan-4x4-s2-p1": (16, 8, 4, 2, 1, 0, 1, 1, False),
+    "3x3-s2-outpad": (3, 5, 3, 2, 1, 1, 1, 1, True),
+    "odd-channels-s3": (7, 13, 3, 3, 0, 2, 1, 1, True),
+    "asym-kernel-dilated": (4, 6, (3, 2), 1, 0, 0, 2, 1, True),
+    "grouped": (4, 6, 3, 2, 1, 0, 1, 2, True),
+    "crop-beyond-border": (4, 4, 2, 2, 2, 0, 1, 1, True),
+}
+TVM_OWN = {"grouped", "crop-beyond-border"}
+
+
+def graph_for(case: str) -> go.Graph:
+    c, o, k, s, p, op, d, g, bias = CASES[case]
+    with dsl.Builder(case, seed=1) as b:
+        x = b.input("input", (1, c, 7, 6))
+        y = dsl.conv_transpose2d(x, o, k, stride=s, padding=p, output_padding=op, dilation=d,
+                                 groups=g, bias=bias, name="up")
+        return b.output(dsl.relu(y))
+
+
+ISAS = [("skylake-avx512", "avx512f"), ("haswell", "avx2")]
+
+
+@pytest.mark.parametrize("mcpu, flag", ISAS, ids=[m for m, _ in ISAS])
+@pytest.mark.parametrize("case", CASES)
+def test_compiled_matches_the_interpreter(case, mcpu, flag):
+    if flag not in (host_cpu_flags() or ()):
+        pytest.skip(f"this CPU lacks {flag}: a {mcpu} build cannot run here")
+    graph = graph_for(case)
+    model = go.compile(graph, "cpu", mcpu=mcpu, bounds_check=True)
+    (node,) = [n for n in model.graph.nodes if n.op_name == "conv_transpose2d"]
+    if case in TVM_OWN:
+        assert node.op.as_conv is None
+    else:
+        lanes = 16 if mcpu == "skylake-avx512" else 8
+        assert node.op.as_conv is not None and node.op.as_conv.weight_block % (lanes // 2) == 0
+        assert "over the stride-inserted input" in node.op.target_choice()
+    report = go.compare(graph, model, probe_inputs(graph))
+    assert report.ok, str(report)
+
+
+def test_the_zoo_deconvolutions_take_the_convolution_kernel():
+    for model in (go.zoo.fcn(), go.zoo.dcgan_generator()):
+        compiled = go.compile(model, "cpu")
+        nodes = [n for n in compiled.graph.nodes if n.op_name == "conv_transpose2d"]
+        assert nodes and all(n.op.as_conv is not None for n in nodes)
+        assert go.compare(model, compiled, probe_inputs(model)).ok
