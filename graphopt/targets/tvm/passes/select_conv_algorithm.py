@@ -49,6 +49,15 @@ def select_conv_algorithm(context):
                 and amx.applies(kind, node.inputs[0].shape[1], out_channels, out_h, out_w,
                                 conv.groups))
 
+    def direct(conv: Conv2d, out_channels: int, out_w: int) -> Conv2d:
+        """`conv` on the register-tiled direct rule: its channel block per group and, where
+        the rows do not divide into tiles, the width they are computed to."""
+        block = channel_block(out_channels // conv.groups, context.vector, conv.groups)
+        tile = conv_row_tile(out_w, block, context.vector) if block else out_w
+        padded = -(-out_w // tile) * tile
+        return dataclasses.replace(conv, weight_block=block,
+                                   padded_width=padded if padded != out_w else 0)
+
     def choose(conv: Conv2d, node: Node) -> Conv2d:
         x, w, *rest = node.inputs
         bias = rest[0] if rest and getattr(node.op, "has_bias", True) else None
@@ -74,11 +83,7 @@ def select_conv_algorithm(context):
         if float32 and depthwise.applies(x.shape[1], out_channels, conv.groups, context.vector):
             return dataclasses.replace(plain, algorithm=depthwise.ALGORITHM,
                                        weight_block=context.vector.lanes)
-        block = channel_block(out_channels // conv.groups, context.vector, conv.groups)
-        tile = conv_row_tile(out_w, block, context.vector) if block else out_w
-        padded = -(-out_w // tile) * tile
-        return dataclasses.replace(plain, weight_block=block,
-                                   padded_width=padded if padded != out_w else 0)
+        return direct(plain, out_channels, out_w)
 
     def choose_integer(node: Node):
         from ..schedules.conv2d_int8 import dot_product_for
@@ -108,11 +113,7 @@ def select_conv_algorithm(context):
                 is None or x.dtype != "float32" or not all(v.is_constant for v in rest):
             return None if op.as_conv is None else dataclasses.replace(op, as_conv=None)
         out_channels, out_w = node.outputs[0].shape[1], node.outputs[0].shape[3]
-        block = channel_block(out_channels, context.vector, 1)
-        tile = conv_row_tile(out_w, block, context.vector) if block else out_w
-        padded = -(-out_w // tile) * tile
-        return dataclasses.replace(op, as_conv=dataclasses.replace(
-            conv, weight_block=block, padded_width=padded if padded != out_w else 0))
+        return dataclasses.replace(op, as_conv=direct(conv, out_channels, out_w))
 
     def decide(node: Node):
         if node.op_name == "qlinear_conv2d":
