@@ -23,9 +23,9 @@ from ..ops.activation import Softmax, Unary
 SOURCE_OPS = ("conv2d", "fused_conv2d", "linear", "conv_transpose2d")
 # Ops whose output channel c is their input channel c (and whose constant inputs, if any, are
 # per-channel parameters along axis 0: a batch norm's scale, bias, mean and variance, an
-# instance norm's scale and bias).
+# instance norm's scale and bias), besides the elementwise unary ops (activation.Unary).
 CHANNELWISE_OPS = ("batch_norm", "instance_norm", "max_pool2d", "avg_pool2d", "global_avg_pool2d",
-                   "global_max_pool2d", "resize", "dropout", "identity")
+                   "global_max_pool2d", "resize")
 ELEMENTWISE_BINARY = ("add", "sub", "mul", "div")
 
 Slot = tuple[str, int]     # (value name, channel index)
