@@ -20,6 +20,8 @@ from .frontends import dsl
 from .ir import Graph, Node, TensorType, Value
 from .quantization import Calibration, calibrate, quantize, sensitivity
 from .targets.reference import interpret
+# go.report, the function (graphopt.report, the subpackage, stays importable by name)
+from .report import report
 from .verify import verify
 
 __version__ = "0.1.0"   # the one place the version is written (pyproject.toml reads it)
@@ -119,5 +121,5 @@ def __getattr__(name: str):
 __all__ = ["CompileOptions", "DeclaredShapeWarning", "Graph", "Node", "TensorType", "Value", "GraphoptError", "InputError", "LoweringError",
            "ModelFormatError", "OptionError", "PassError", "ShapeError", "UnsupportedOpError", "VerifyError", "WriteError",
            "Calibration", "CompareReport", "bisect", "calibrate", "compare", "compile", "dsl", "interpret", "load", "load_onnx",
-           "ops", "optimize", "passes", "quantize", "save_onnx", "sensitivity", "verify", "zoo",
+           "ops", "optimize", "passes", "quantize", "report", "save_onnx", "sensitivity", "verify", "zoo",
            "factorize", "finetune", "prune"]

@@ -840,6 +840,46 @@ def tune(args) -> int:
     return EXIT_OK
 
 
+@command("report", "write one HTML page of what the optimizer did: graphs, passes, error per "
+         "layer, time per kernel, memory", MODEL, BATCH, SEED, INPUTS, THREADS,
+         arg("--passes", help="comma-separated pass names (default: the default pipeline; "
+             "'none': no pass)"),
+         arg("--quantize", choices=("float16", "bfloat16", "int8"),
+             help="convert with `graphopt quantize`'s pipeline instead (int8 needs --calib)"),
+         arg("--calib", metavar="FILE.npz", type=existing_file,
+             help="int8: calibration samples, as quantize's --calib"),
+         arg("--prune", type=fraction, metavar="RATIO",
+             help="first remove this fraction of each layer's channels (structured pruning)"),
+         arg("--no-profile", action="store_true",
+             help="do not compile and time the kernels (nor profile ONNX Runtime)"),
+         arg("-o", "--output", required=True, metavar="FILE.html", help="the page to write"),
+         JSON)
+def report(args) -> int:
+    """Optimize (or prune, or quantize) the model and write one self-contained HTML page: the
+    graph before and after, the pass table, MACs and params per layer, the error per layer
+    against the float64 reference, the compiled model's time per kernel beside ONNX Runtime's
+    per node, and memory per precision (needs the `report` extra; docs/report.md)."""
+    from .report.command import run_report
+    return run_report(args)
+
+
+@command("view", "open a model (or its optimized graph) in Netron, fused ops with their "
+         "attributes", MODEL, BATCH, SEED,
+         arg("--optimized", nargs="?", const="default", metavar="PASSES",
+             help="show the graph after passes: the default pipeline, or these comma-separated "
+             "pass names"),
+         arg("--host", default="localhost", help="address Netron serves on (default localhost)"),
+         arg("--port", type=integer(0), default=0, help="port (default: a free one)"),
+         arg("--no-browser", action="store_true", help="serve only; open the printed address"),
+         arg("-o", "--output", metavar="FILE.onnx", help="also keep the file Netron shows"))
+def view(args) -> int:
+    """Export the model for Netron (graphopt's fused nodes as `ai.graphopt` ops carrying their
+    attributes and the original nodes they stand for) and serve it until Ctrl-C (needs the
+    `view` extra: netron)."""
+    from .report.command import run_view
+    return run_view(args)
+
+
 # ---- entry point ------------------------------------------------------------------------------
 
 class Parser(argparse.ArgumentParser):
