@@ -23,7 +23,7 @@ from onnx.reference import ReferenceEvaluator
 
 import graphopt as go
 from graphopt import ops
-from graphopt.ir import Graph
+from graphopt.ir import Graph, TensorType
 
 from conftest import add_op_case, assert_close, input_feeds, one_node_graph, random_array
 
@@ -148,13 +148,29 @@ class Row:
     reference: Reference
     f64: bool = False          # also check the interpreter's float64 mode
     compiled_steps: int = 0    # integer outputs: compiled may differ by this much (see the row)
+    output: int = 0            # the output checked, of an op with several (lstm's Y, Y_h, Y_c)
 
     @property
     def arrays(self) -> tuple[np.ndarray, ...]:
         return self.inputs + self.weights
 
     def graph(self) -> Graph:
-        return one_node_graph(self.op, self.inputs, self.weights, name=self.id)
+        graph = Graph(f"one_{self.op.name}")
+        graph.set_outputs([self.add_to(graph)])
+        return graph
+
+    def add_to(self, graph: Graph):
+        """The row's node in `graph` (as `add_op_case` adds it); the checked output is
+        '<id>.out', the others of a multi-output op '<id>.out<k>'."""
+        count = len(self.op.output_types(*[TensorType.of(a) for a in self.arrays]))
+        if count == 1:
+            return add_op_case(graph, self.id, self.op, self.inputs, self.weights)
+        args = [graph.add_input(f"{self.id}.in{i}", TensorType.of(a))
+                for i, a in enumerate(self.inputs)]
+        args += [graph.add_constant(f"{self.id}.const{i}", c) for i, c in enumerate(self.weights)]
+        names = [f"{self.id}.out" if k == self.output else f"{self.id}.out{k}"
+                 for k in range(count)]
+        return graph.add_node(self.op, args, name=self.id, output_names=names).outputs[self.output]
 
     def expected(self, dtype=None) -> np.ndarray:
         arrays = self.arrays if dtype is None else [
@@ -1037,6 +1053,100 @@ def cast_rows():
             row("int32-to-uint8", "uint8", rand(3, 8, dtype="int32", low=0, high=255))]
 
 
+def onnx_recurrent(op: ops.Op, output: int, engine: str) -> Reference:
+    """ONNX LSTM / GRU with the op's attributes, reading the row's arrays (X, W, R and the
+    optional inputs after them) and the sequence lengths as a constant; `output` is checked."""
+    from graphopt.ops.recurrent import onnx_activation_lists
+    names, alphas, betas = onnx_activation_lists(op.activations)
+    attrs = dict(direction=op.direction, layout=op.layout, clip=op.clip,
+                 activations=names or None, activation_alpha=alphas or None,
+                 activation_beta=betas or None)
+    if isinstance(op, ops.Lstm):
+        attrs["input_forget"] = int(op.input_forget)
+    else:
+        attrs["linear_before_reset"] = int(op.linear_before_reset)
+
+    def reference(*arrays):
+        inputs = [f"in{i}" for i in range(len(arrays))]
+        extra = [] if op.sequence_lens is None else [np.array(op.sequence_lens, np.int32)]
+        inputs = inputs[:4] + [""] * (4 - len(inputs[:4])) + \
+            (["extra0"] if extra else [""]) + inputs[4:]
+        outputs = [""] * output + ["out"]
+        node = helper.make_node("LSTM" if isinstance(op, ops.Lstm) else "GRU", inputs, outputs,
+                                hidden_size=arrays[2].shape[2],
+                                **{k: v for k, v in attrs.items() if v is not None})
+        return run_onnx([node], arrays, extra, engine, opset=14)
+    return reference
+
+
+def recurrent_rows():
+    """lstm and gru against onnxruntime (onnx.reference where ORT has no kernel: layout 1,
+    float64), each output (Y, Y_h, Y_c) in some row."""
+    def normal(*shape):
+        return (_rng.standard_normal(shape) * 0.5).astype(np.float32)
+
+    def row(id, op, steps=4, batch=3, size=5, hidden=6, bias=True, states=False, peep=False,
+            output=0, f64=False):
+        d, gates = op.num_directions, op.gates
+        x = normal(steps, batch, size) if op.layout == 0 else normal(batch, steps, size)
+        state = (d, batch, hidden) if op.layout == 0 else (batch, d, hidden)
+        weights = [normal(d, gates * hidden, size), normal(d, gates * hidden, hidden)]
+        if bias or states or peep:
+            weights.append(normal(d, 2 * gates * hidden) if bias else
+                           np.zeros((d, 2 * gates * hidden), np.float32))
+        if states or peep:
+            weights += [normal(*state) for _ in range(op.states)]
+        if peep:
+            weights.append(normal(d, 3 * hidden))
+        engine = "reference" if op.layout or f64 else "onnxruntime"
+        return Row(f"{op.name}-{id}", op, (x,), tuple(weights), onnx_recurrent(op, output, engine),
+                   f64, output=output)
+
+    return [
+        row("defaults", ops.Lstm(), bias=False),
+        row("reverse-states-Y_h", ops.Lstm("reverse"), states=True, output=1),
+        row("bidirectional-peepholes-Y_c", ops.Lstm("bidirectional"), peep=True, output=2),
+        row("sequence-lens", ops.Lstm("bidirectional", sequence_lens=(4, 2, 1)), states=True),
+        row("sequence-lens-Y_h", ops.Lstm("reverse", sequence_lens=(1, 4, 3)), states=True,
+            output=1),
+        row("clip-input-forget-Y_c", ops.Lstm(clip=0.4, input_forget=True), output=2),
+        row("activations", ops.Lstm(activations=(("HardSigmoid", 0.3, 0.4),
+                                                 ("LeakyRelu", 0.1, 0.0), ("Elu", 0.9, 0.0)))),
+        row("activations-softsign-softplus", ops.Lstm(activations=(
+            ("Sigmoid", 0, 0), ("Softsign", 0, 0), ("Softplus", 0, 0)))),
+        row("affine-scaled-tanh-relu", ops.Lstm(activations=(
+            ("Affine", 0.5, 0.1), ("ScaledTanh", 0.7, 1.3), ("Relu", 0, 0)))),
+        row("layout1-bidirectional", ops.Lstm("bidirectional", layout=1), states=True,
+            output=1, f64=True),
+        row("one-step", ops.Lstm(), steps=1, states=True, output=2),
+        row("defaults", ops.Gru(), bias=False),
+        row("linear-before-reset-Y_h", ops.Gru("bidirectional", linear_before_reset=True),
+            states=True, output=1),
+        row("sequence-lens-reverse", ops.Gru("reverse", linear_before_reset=True,
+                                             sequence_lens=(2, 4, 3)), states=True),
+        row("relu-clip", ops.Gru(activations=(("Relu", 0, 0), ("Tanh", 0, 0)), clip=1.0)),
+        row("layout1", ops.Gru(layout=1), states=True, f64=True),
+    ]
+
+
+def arg_reduce_rows():
+    ties = rand(3, 4, 5, low=-2, high=3)    # few distinct values: the tie rule matters
+
+    def row(op_class, id, data=ties, axis=0, keepdims=True, last=False, f64=False):
+        op = op_class(axis, keepdims, last)
+        return Row(f"{op.name}-{id}", op, (data,), (),
+                   onnx_op("ArgMax" if op_class is ops.ArgMax else "ArgMin", out_dtype=np.int64,
+                           axis=axis, keepdims=int(keepdims), select_last_index=int(last)), f64)
+    return [
+        row(ops.ArgMax, "axis1", axis=1, f64=True),
+        row(ops.ArgMax, "last-axis-drop", axis=-1, keepdims=False),
+        row(ops.ArgMax, "select-last", axis=2, last=True),
+        row(ops.ArgMax, "int64", rand(4, 7, dtype="int64"), axis=1, keepdims=False),
+        row(ops.ArgMin, "axis0", axis=0),
+        row(ops.ArgMin, "select-last-drop", axis=1, keepdims=False, last=True),
+    ]
+
+
 def random_rows(count: int = 8, seed: int = 99, tag: str = "random"):
     """Seeded random attribute combinations for the ops with the most interacting attributes;
     `infer` only filters out invalid combinations, the values come from the reference."""
@@ -1089,7 +1199,8 @@ ROWS: list[Row] = [*conv_rows(), *fused_conv_rows(), *conv_transpose_rows(), *ba
                    *lrn_rows(), *linear_rows(), *binary_rows(), *shape_rows(), *resize_rows(),
                    *cast_rows(), *random_rows(),
                    *quantize_rows(), *dequantize_rows(), *integer_conv_rows(),
-                   *integer_matmul_rows(), *qlinear_matmul_rows(), *qlinear_conv_rows()]
+                   *integer_matmul_rows(), *qlinear_matmul_rows(), *qlinear_conv_rows(),
+                   *recurrent_rows(), *arg_reduce_rows()]
 ROW_IDS = [r.id for r in ROWS]
 assert len(set(ROW_IDS)) == len(ROW_IDS), "row ids must be unique"
 # More random combinations for the slow run (`-m slow`).
@@ -1153,7 +1264,7 @@ def compiles(graph: Graph) -> bool:
 def check_compiled(op_name: str, rows: Sequence[Row], bounds_check: bool = False) -> None:
     """The rows of one op compiled as one multi-output graph; every row's output is checked."""
     g = Graph(f"rows_{op_name}")
-    g.set_outputs([add_op_case(g, r.id, r.op, r.inputs, r.weights) for r in rows])
+    g.set_outputs([r.add_to(g) for r in rows])
     feeds = {k: v for r in rows for k, v in input_feeds(r.id, r.inputs).items()}
     try:
         model = go.compile(g, "cpu", bounds_check=bounds_check)

@@ -358,6 +358,38 @@ def qlinear_conv2d_chain(ex, node) -> None:
     ex.add("QuantizeLinear", node, [value, y_scale, y_zp])
 
 
+# ---- recurrent ------------------------------------------------------------------------------------
+@exports("argmax", "argmin")
+def arg_reduce(ex, node):
+    op = node.op
+    ex.add("ArgMax" if node.op_name == "argmax" else "ArgMin", node, axis=op.axis,
+           keepdims=int(op.keepdims), select_last_index=int(op.select_last_index))
+
+
+@exports("lstm", "gru")
+def recurrent(ex, node):
+    """LSTM / GRU: the static sequence lengths as a constant input, the activations as ONNX's
+    three lists; layout 1 needs opset 14."""
+    from ..ops.recurrent import onnx_activation_lists
+    op = node.op
+    inputs = [v.name for v in node.inputs]
+    lens = "" if op.sequence_lens is None else ex.constant(
+        f"{node.name}.sequence_lens", np.array(op.sequence_lens, np.int32))
+    if len(inputs) > 4 or lens:
+        inputs = inputs[:4] + [""] * (4 - len(inputs[:4])) + [lens] + inputs[4:]
+    if op.layout:
+        ex.require(14)
+    names, alphas, betas = onnx_activation_lists(op.activations)
+    attrs = dict(hidden_size=node.inputs[2].shape[2], direction=op.direction,
+                 layout=op.layout or None, clip=op.clip, activations=names or None,
+                 activation_alpha=alphas or None, activation_beta=betas or None)
+    if node.op_name == "lstm":
+        attrs["input_forget"] = int(op.input_forget) or None
+    else:
+        attrs["linear_before_reset"] = int(op.linear_before_reset)
+    ex.add("LSTM" if node.op_name == "lstm" else "GRU", node, inputs, **attrs)
+
+
 def tensor_type(value) -> onnx.TypeProto:
     return helper.make_tensor_type_proto(helper.np_dtype_to_tensor_dtype(np.dtype(value.dtype)),
                                          list(value.shape))

@@ -22,7 +22,7 @@ TABLE: dict[str, Callable[[NodeContext], object]] = {}
 ATTRIBUTE_INPUTS = {"Clip": (1, 2), "Dropout": (1, 2), "Expand": (1,), "Pad": (1, 2, 3),
                     "ReduceMax": (1,), "ReduceMean": (1,), "ReduceSum": (1,), "Reshape": (1,),
                     "Resize": (1, 2, 3), "Slice": (1, 2, 3, 4), "Split": (1,), "Squeeze": (1,),
-                    "Tile": (1,), "Unsqueeze": (1,)}
+                    "Tile": (1,), "Unsqueeze": (1,), "LSTM": (4,), "GRU": (4,)}
 
 
 def converts(*op_types: str):
@@ -678,3 +678,64 @@ def qlinear_matmul(ctx):
     expect_matrices(ctx, 0, 3)
     one_value(ctx, 1, "a_scale"), one_value(ctx, 2, "a_zero_point")
     return ctx.emit(ops.QLinearMatmul(), [ctx.input(i) for i in range(8)])
+
+
+# ---- recurrent -----------------------------------------------------------------------------------
+@converts("ArgMax", "ArgMin")
+def arg_reduce(ctx):
+    op = ops.ArgMax if ctx.op_type == "ArgMax" else ops.ArgMin
+    return ctx.emit(op(int(ctx.attr("axis", 0)), bool(ctx.attr("keepdims", 1)),
+                       bool(ctx.attr("select_last_index", 0))), [ctx.input(0)])
+
+
+# ONNX input positions of the optional inputs that graphopt's op takes after X, W, R (in its
+# order); sequence_lens (input 4) becomes an attribute.
+RECURRENT = {"LSTM": (ops.Lstm, (3, 5, 6, 7)), "GRU": (ops.Gru, (3, 5))}
+
+
+@converts(*RECURRENT)
+def recurrent(ctx):
+    """lstm / gru with all their outputs. sequence_lens must be a constant (all lengths equal to
+    the sequence's: dropped); a missing B or initial state before a present input is zeros."""
+    from ..errors import ShapeError
+    from ..ops.recurrent import resolve_activations
+    op_class, optional = RECURRENT[ctx.op_type]
+    x, r = ctx.type(0), ctx.type(2)
+    hidden = ctx.attr("hidden_size")
+    if hidden is not None and r.ndim == 3 and hidden != r.shape[2]:
+        raise ModelFormatError(f"hidden_size={hidden} but R is {r}", node=ctx.name,
+                               op=ctx.op_type)
+    names = ctx.attr("activations")
+    try:
+        activations = resolve_activations(names, ctx.attr("activation_alpha", ()),
+                                          ctx.attr("activation_beta", ())) if names else ()
+    except ShapeError as e:
+        raise UnsupportedForm(f"activations {list(names)}: {e.detail}") from None
+    layout = int(ctx.attr("layout", 0))
+    steps = x.shape[layout] if x.ndim == 3 else 0
+    lens = None
+    if ctx.has(4):
+        if not ctx.is_static(4):
+            raise UnsupportedForm("sequence_lens computed at run time (graphopt needs them "
+                                  "constant)")
+        lens = tuple(ctx.static_ints(4, "sequence_lens"))
+        lens = None if all(n == steps for n in lens) else lens
+    extra = {"input_forget": bool(ctx.attr("input_forget", 0))} if ctx.op_type == "LSTM" else \
+        {"linear_before_reset": bool(ctx.attr("linear_before_reset", 0))}
+    clip = ctx.attr("clip")
+    op = op_class(ctx.attr("direction", "forward"), activations,
+                  None if clip is None else float(clip), layout, lens, **extra)
+    present = [i for i in optional if ctx.has(i)]
+    inputs = [ctx.input(0), ctx.input(1), ctx.input(2)]
+    if present:
+        directions, batch = op.num_directions, x.shape[1 - layout] if x.ndim == 3 else 0
+        gates, size = op.gates * r.shape[-1], r.shape[-1]
+        state = (directions, batch, size) if layout == 0 else (batch, directions, size)
+        zeros = {3: (directions, 2 * gates), 5: state, 6: state, 7: (directions, 3 * size)}
+        for i in optional[: optional.index(present[-1]) + 1]:
+            inputs.append(ctx.input(i) if ctx.has(i) else ctx.constant(
+                f"{ctx.name}.zeros{i}", np.zeros(zeros[i], x.dtype)))
+    name = ctx.importer.node_name(ctx)
+    outputs = [o if k < len(ctx.node.output) and o else f"{name}/output{k}"
+               for k, o in enumerate(list(ctx.node.output) + [""] * 3)][: 1 + op.states]
+    return ctx.graph.add_node(op, inputs, name=name, output_names=outputs).outputs

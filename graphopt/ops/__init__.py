@@ -15,6 +15,8 @@ from .pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, Lrn, MaxPool2d
 from .quant import (Conv2dInteger, DequantizeLinear, MatmulInteger, QLinearConv2d, QLinearMatmul,
                     QuantizeLinear)
 from .reduce import InstanceNorm, LayerNorm, ReduceMax, ReduceMean, ReduceSum
+from .arg_reduce import ArgMax, ArgMin
+from .recurrent import Gru, Lstm
 from .resize import Resize
 from .shape import Concat, Expand, Flatten, Gather, Pad, Reshape, Slice, Tile, Transpose
 
@@ -25,4 +27,4 @@ __all__ = ["OPS", "Op", "get_op", "register", "Add", "AvgPool2d", "BatchNorm", "
            "Conv2dInteger", "DequantizeLinear", "MatmulInteger", "QLinearConv2d", "QLinearMatmul",
            "QuantizeLinear", "Erf", "Exp", "Expand", "Gather", "Gelu", "HardSigmoid", "HardSwish",
            "LayerNorm", "Log", "Pow", "ReduceMax", "ReduceMean", "ReduceSum", "Slice", "Sqrt",
-           "Tile", "Where", "Compare", "InstanceNorm"]
+           "Tile", "Where", "Compare", "InstanceNorm", "ArgMax", "ArgMin", "Gru", "Lstm"]
