@@ -147,5 +147,8 @@ def test_optimize(capsys, tmp_path):
 def test_every_documented_object_is_checked():
     checked = {"top", "show", "summary", "tensor", "node", "totals", "library", "compare",
                "report", "comparison", "layer comparison", "bench", "engine", "optimize",
-               "optimize result", "pass", "miss"}
+               "optimize result", "pass", "miss",
+               # graphopt report's, checked in tests/test_report.py
+               "html report", "before and after", "layer cost", "kernel", "onnxruntime node",
+               "memory"}
     assert set(DOCUMENTED) == checked

@@ -17,7 +17,6 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from ..analysis import count_macs, count_params
 from ..errors import GraphoptError, OptionError
 from ..ir import Graph
 from ..signature import probe_inputs
@@ -182,7 +181,8 @@ def report(graph: Graph, output: str | None = None, *, passes=None, quantize: st
 
 
 def _totals(graph: Graph) -> dict:
-    return {"nodes": len(graph.nodes), "params": count_params(graph), "macs": count_macs(graph)}
+    from ..analysis import summary_dict
+    return summary_dict(graph)["totals"]
 
 
 def _batches(calibration) -> Iterable[Mapping[str, np.ndarray]]:

@@ -3,6 +3,7 @@ SVG: MACs and parameters per layer before and after, and the per-layer error alo
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 from ..analysis import node_macs, node_params
@@ -53,13 +54,14 @@ def figure(width: float, height: float):
 
 def to_svg(fig) -> str:
     """The figure as an `<svg>` element: text as text (the page's fonts), ids the same on every
-    run (a fixed hash salt), no date."""
+    run (a fixed hash salt), no metadata."""
     import matplotlib
     buffer = io.StringIO()
     with matplotlib.rc_context({"svg.hashsalt": "graphopt", "svg.fonttype": "none"}):
         fig.savefig(buffer, format="svg", metadata={"Date": None})
     text = buffer.getvalue()
-    return text[text.find("<svg"):]
+    # matplotlib's RDF <metadata> (creator, format) means nothing in a page
+    return re.sub(r"<metadata>.*?</metadata>\s*", "", text[text.find("<svg"):], flags=re.S)
 
 
 def cost_chart(costs: list[LayerCost]) -> str:
