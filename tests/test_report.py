@@ -298,3 +298,10 @@ def test_page_renders_in_headless_chromium(lenet, tmp_path):
                        .replace("&quot;", '"'))
     assert len(sizes) == 6
     assert all(width > 100 and height > 100 for width, height in sizes), sizes
+
+
+def test_onnxruntime_refusal_is_a_reason_not_a_crash():
+    from graphopt.report.profile import onnxruntime_times
+    half = go.quantize(go.zoo.lenet5(), dtype="bfloat16").graph    # ORT has no bfloat16 Conv
+    with pytest.raises(go.GraphoptError, match="ONNX Runtime cannot run graphopt's export"):
+        onnxruntime_times(half, probe_inputs(half))

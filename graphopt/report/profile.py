@@ -19,8 +19,14 @@ from typing import Mapping
 import numpy as np
 
 from ..analysis import node_macs
+from ..errors import GraphoptError
 from ..ir import Graph, Node
 from ..timing import median_ms
+
+
+# Where ONNX Runtime's own exception types live (Fail, NotImplemented, InvalidGraph, ...; each
+# derives from Exception directly).
+ORT_ERRORS = "onnxruntime.capi.onnxruntime_pybind11_state"
 
 
 @dataclass(frozen=True)
@@ -106,10 +112,17 @@ def onnxruntime_times(graph: Graph, inputs: Mapping[str, np.ndarray], runs: int 
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(folder, "profile")
         options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
-        session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         feeds = {name: np.asarray(array) for name, array in inputs.items()}
-        for _ in range(runs + 1):
-            session.run(None, feeds)
+        try:
+            session = onnxruntime.InferenceSession(model, options,
+                                                   providers=["CPUExecutionProvider"])
+            for _ in range(runs + 1):
+                session.run(None, feeds)
+        except Exception as e:
+            if type(e).__module__ != ORT_ERRORS:
+                raise
+            raise GraphoptError(f"ONNX Runtime cannot run graphopt's export of graph "
+                                f"'{graph.name}': {str(e).strip().splitlines()[0]}") from e
         with open(session.end_profiling()) as f:
             events = json.load(f)
     durations: dict[tuple[str, str], list[float]] = defaultdict(list)
