@@ -42,8 +42,10 @@ EXPECTED = {
     # 8,852,366 weights and the box decoding's 1,704 cell offsets, strides and anchors
     "yolov3_tiny": (8_854_070, (1, 2535, 85)),
     "style_transfer": (1_679_235, (1, 3, 256, 256)),   # PyTorch examples' TransformerNet
+    # the plain-torch Show and Tell of test_zoo_nic.py: its parameters() summed
+    "nic_captioning": (1_202_056, (1, 8, 1000)),
 }
-SMALL = ("lenet5", "deep_convnet", "fcn", "dcgan_generator", "dqn")
+SMALL = ("lenet5", "deep_convnet", "fcn", "dcgan_generator", "dqn", "nic_captioning")
 
 
 def others_slow(fast: tuple[str, ...]) -> list:

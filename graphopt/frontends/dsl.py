@@ -198,7 +198,15 @@ class Builder:
 
     def weight(self, node: str, what: str, shape: tuple[int, ...], init, given, dtype: str,
                op: str | None = None) -> Value:
-        """A named constant: the user's array (shape-checked) or a fresh draw from the seed."""
+        """A named constant: the user's array (shape-checked) or a fresh draw from the seed; a
+        DSL tensor given is used as it is (weights shared between layers, e.g. the steps of an
+        unrolled decoder)."""
+        if isinstance(given, Tensor):
+            if given.shape != shape:
+                raise ShapeError(f"expected {what} of shape {shape}, found the tensor "
+                                 f"'{given.name}' of shape {given.shape} "
+                                 f"(at {_user_location()})", node=self.qualified(node), op=op)
+            return given.value
         if given is None:
             data = init(shape).astype(dtype)
         else:
@@ -593,9 +601,132 @@ def concat(xs: Sequence[Tensor], axis: int = 1, name=None) -> Tensor:
     return b.apply(_op(b, name, ops.Concat, axis), list(xs), name)
 
 
+# ---- indexing and recurrent layers -----------------------------------------------------------------
+def parameter(name: str, shape: Sequence[int], std: float = 1.0, value=None,
+              dtype: str = "float32") -> Tensor:
+    """A learned constant named `name` (scoped): `value` (shape-checked), or N(0, std^2) drawn
+    from the seed (a table of embeddings, a weight several layers share)."""
+    b = current()
+    b.expect_open(f"parameter '{name}' added")
+    b.claim(name, "parameter")
+
+    def plan():
+        dims = ops.base.int_tuple(shape, "shape")
+        data = b.rng.normal(0.0, std, dims) if value is None else np.asarray(value)
+        if data.shape != dims:
+            raise ShapeError(f"expected {name} of shape {dims}, found {data.shape}")
+        return convert(data, dtype, name)
+
+    return Tensor(b.graph.add_constant(b.qualified(name), _checked(b, name, None, plan)), b)
+
+
+def inputs_of(t: Tensor) -> list[Tensor]:
+    """The inputs of the layer that computed `t` (its weights, to share them with another)."""
+    producer = t.value.producer
+    if producer is None:
+        raise GraphoptError(f"'{t.name}' is a graph input or constant, not a layer's output")
+    return [Tensor(v, t.builder) for v in producer.inputs]
+
+
+def slice(x, starts, ends, axes=None, steps=None, name=None):   # noqa: A001 (ONNX's name)
+    """x[starts:ends:steps] along `axes` (by default the first len(starts) axes), ONNX Slice's
+    clamping of out-of-range bounds."""
+    axes = list(range(len(starts))) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    return _unary(x, name, ops.Slice, starts, ends, axes, steps)
+
+
+def expand(x, shape, name=None):
+    """`x` broadcast to `shape` (ONNX Expand)."""
+    return _unary(x, name, ops.Expand, shape)
+
+
+def gather(x, indices, axis: int = 0, name=None) -> Tensor:
+    """Entries of `x` along `axis` at the int32/int64 `indices` (ONNX Gather, numpy's take)."""
+    b = _builder_of(x, indices)
+    return b.apply(_op(b, name, ops.Gather, axis), [x, indices], name)
+
+
+def argmax(x, axis: int = -1, keepdims: bool = False, name=None) -> Tensor:
+    """The int64 index of the largest entry along `axis`, the first on ties (torch's argmax)."""
+    return _unary(x, name, ops.ArgMax, axis, keepdims)
+
+
+def embedding(indices, num_embeddings: int | None = None, embedding_dim: int | None = None,
+              weight=None, name: str | None = None) -> Tensor:
+    """Rows of a [num_embeddings, embedding_dim] table at int `indices` (torch's nn.Embedding,
+    its table '<name>.weight' drawn N(0, 1)); `weight` may be an array or a tensor (a table
+    another layer uses too), the sizes then coming from it."""
+    b = _builder_of(indices)
+    name = _name(b, name, "embedding", "gather")
+    if isinstance(weight, Tensor) and num_embeddings is None and embedding_dim is None:
+        num_embeddings, embedding_dim = weight.shape
+    shape = _checked(b, name, "gather", lambda: (_count(num_embeddings, "num_embeddings"),
+                                                 _count(embedding_dim, "embedding_dim")))
+    table = b.weight(name, "weight", shape, lambda s: b.rng.normal(0.0, 1.0, s), weight,
+                     "float32", op="gather")
+    return b.apply(_op(b, name, ops.Gather, 0), [table, indices], name)
+
+
+def _recurrent(op_class, x, hidden_size, direction, initial, bias, layout, sequence_lens,
+               weight, recurrence_weight, bias_value, name, extra) -> list[Tensor]:
+    """lstm / gru: weights '<name>.W' [D, G*H, I], '.R' [D, G*H, H] and '.B' [D, 2*G*H] in
+    ONNX's layout and gate order, drawn U(-1/sqrt(H), 1/sqrt(H)) as torch initializes them; a
+    given initial state without the other (LSTM) starts that one at zeros; bias=False with
+    initial states adds zeros for B (ONNX's inputs are positional)."""
+    b = _builder_of(x)
+    name = _name(b, name, op_class.name, op_class.name)
+
+    def plan():
+        _expect_tensor(x)
+        op = op_class(direction, (), None, layout, sequence_lens, **extra)
+        hidden = _count(hidden_size, "hidden_size")
+        ops.base.expect_rank(x.value.type, 3, "X")
+        return op, hidden
+
+    op, hidden = _checked(b, name, op_class.name, plan)
+    d, g, size = op.num_directions, op.gates * hidden, x.shape[2]
+    init = b.uniform(1 / np.sqrt(hidden))
+    inputs = [x, b.weight(name, "W", (d, g, size), init, weight, x.dtype, op=op.name),
+              b.weight(name, "R", (d, g, hidden), init, recurrence_weight, x.dtype, op=op.name)]
+    states = [s for s in initial if s is not None]
+    if bias or bias_value is not None or states:
+        inputs.append(b.weight(name, "B", (d, 2 * g), init if bias or bias_value is not None
+                               else np.zeros, bias_value, x.dtype, op=op.name))
+    if states:
+        batch = x.shape[1 - layout]
+        shape = (d, batch, hidden) if layout == 0 else (batch, d, hidden)
+        for i, s in enumerate(initial):
+            inputs.append(s if s is not None else
+                          b.constant(f"{name}.initial_{'hc'[i]}", np.zeros(shape, x.dtype)))
+    y = b.apply(op, inputs, name)
+    return [Tensor(v, b) for v in y.value.producer.outputs]
+
+
+def lstm(x: Tensor, hidden_size: int, direction: str = "forward", initial_h=None,
+         initial_c=None, bias: bool = True, layout: int = 0, sequence_lens=None, weight=None,
+         recurrence_weight=None, bias_value=None, name: str | None = None) -> list[Tensor]:
+    """An LSTM layer with ONNX LSTM's semantics (x [T, batch, I], or [batch, T, I] with
+    layout 1); returns [Y, Y_h, Y_c]. Weights may be arrays or tensors of another lstm (shared)."""
+    return _recurrent(ops.Lstm, x, hidden_size, direction, (initial_h, initial_c), bias, layout,
+                      sequence_lens, weight, recurrence_weight, bias_value, name, {})
+
+
+def gru(x: Tensor, hidden_size: int, direction: str = "forward", initial_h=None,
+        bias: bool = True, layout: int = 0, sequence_lens=None, linear_before_reset=True,
+        weight=None, recurrence_weight=None, bias_value=None,
+        name: str | None = None) -> list[Tensor]:
+    """A GRU layer with ONNX GRU's semantics, by default linear_before_reset (torch's nn.GRU);
+    returns [Y, Y_h]."""
+    return _recurrent(ops.Gru, x, hidden_size, direction, (initial_h,), bias, layout,
+                      sequence_lens, weight, recurrence_weight, bias_value, name,
+                      {"linear_before_reset": linear_before_reset})
+
+
 __all__ = ["Builder", "Tensor", "current", "conv2d", "conv_transpose2d", "batch_norm", "linear",
            "identity", "relu", "relu6", "clip", "leaky_relu", "sigmoid", "tanh", "hard_sigmoid",
            "hard_swish", "gelu", "silu", "exp", "softmax", "split",
            "dropout", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "global_max_pool2d", "lrn",
            "flatten", "reshape", "transpose", "pad", "resize", "instance_norm", "add", "sub", "mul",
-           "div", "matmul", "concat"]
+           "div", "matmul", "concat", "parameter", "inputs_of", "expand", "gather", "argmax",
+           "embedding", "lstm", "gru"]   # (dsl.slice stays out: it would shadow the builtin)

@@ -22,6 +22,7 @@ from .googlenet import googlenet
 from .inception import inception_v3
 from .lenet import lenet5
 from .mobilenet import mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small
+from .nic import nic_captioning
 from .regnet import regnet_x_400mf
 from .resnet import resnet18, resnet50
 from .shufflenet import shufflenet_v2_x1_0
@@ -53,6 +54,7 @@ MODELS: dict[str, Callable[..., Graph]] = {
     "dqn": dqn,
     "style_transfer": style_transfer,
     "yolov3_tiny": yolov3_tiny,
+    "nic_captioning": nic_captioning,
 }
 
 
@@ -65,5 +67,5 @@ def get(name: str, **options) -> Graph:
 
 __all__ = ["MODELS", "get", "alexnet", "dcgan_generator", "deep_convnet", "densenet121", "dqn",
            "efficientnet_b0", "fcn", "googlenet", "inception_v3", "lenet5", "mobilenet_v2",
-           "mobilenet_v3_large", "mobilenet_v3_small", "regnet_x_400mf", "resnet18", "resnet50",
-           "shufflenet_v2_x1_0", "squeezenet1_1", "vgg11", "vgg16", "yolov3_tiny"]
+           "mobilenet_v3_large", "mobilenet_v3_small", "nic_captioning", "regnet_x_400mf",
+           "resnet18", "resnet50", "shufflenet_v2_x1_0", "squeezenet1_1", "vgg11", "vgg16", "yolov3_tiny"]
