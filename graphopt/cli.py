@@ -868,6 +868,9 @@ def report(args) -> int:
          arg("--optimized", nargs="?", const="default", metavar="PASSES",
              help="show the graph after passes: the default pipeline, or these comma-separated "
              "pass names"),
+         arg("--target", help="show the graph as compile builds it for this target (cpu, cuda): "
+             "after graphopt's passes and the target's, fused nodes saying how they are "
+             "computed"),
          arg("--host", default="localhost", help="address Netron serves on (default localhost)"),
          arg("--port", type=integer(0), default=0, help="port (default: a free one)"),
          arg("--no-browser", action="store_true", help="serve only; open the printed address"),

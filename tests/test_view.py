@@ -81,6 +81,17 @@ def test_view_command_serves_the_model(tmp_path, monkeypatch, capsys):
         [n.name for n in go.optimize(go.zoo.lenet5()).graph.topological_order()]
 
 
+def test_view_for_a_target_says_how_nodes_are_computed(tmp_path, monkeypatch):
+    netron = pytest.importorskip("netron", reason="the view extra: pip install graphopt[view]")
+    monkeypatch.setattr(netron, "wait", lambda: netron.stop())
+    path = tmp_path / "seen.onnx"
+    assert cli.main(["view", "lenet5", "--target", "cpu", "--no-browser", "-o",
+                     str(path)]) == cli.EXIT_OK
+    nodes = {n.name: n for n in onnx.load(str(path)).graph.node}
+    assert nodes["conv1"].doc_string.startswith("computed as direct")
+    assert nodes["act1"].doc_string == ""
+
+
 def test_view_needs_netron(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "netron", None)
     assert cli.main(["view", "lenet5", "--no-browser"]) == cli.EXIT_USAGE

@@ -10,7 +10,6 @@ kernel beside ONNX Runtime's per node, and memory per precision. Needs the `repo
 (matplotlib, graphviz-pure, jinja2); see docs/report.md."""
 from __future__ import annotations
 
-import html as html_escape
 import platform
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
@@ -79,7 +78,7 @@ def report(graph: Graph, output: str | None = None, *, passes=None, quantize: st
                               or not 0 < prune < 1):
         raise OptionError(f"expected prune to be a ratio in (0, 1), found {prune!r}")
     # the optional packages first: a missing one fails before any work
-    jinja2 = require("jinja2", "report", "the HTML report")
+    require("jinja2", "report", "the HTML report")
     require("matplotlib", "report", "the report's charts")
     from . import charts, memory, profile as profiling
     from .extras import dot_executable
@@ -169,11 +168,11 @@ def report(graph: Graph, output: str | None = None, *, passes=None, quantize: st
         "memory": memories}
     say("writing the page")
     from .html import render
-    page = render(jinja2, graph=graph, optimized=optimized, stages=stages, sections=sections,
-                  pictures=pictures, plots=plots, comparison=comparison, kernels=kernels,
+    page = render(graph=graph, stages=stages, sections=sections, pictures=pictures, plots=plots,
+                  comparison=comparison, kernels=kernels,
                   top_kernels=sorted(kernels, key=lambda k: -k.ms)[:TOP_KERNELS],
-                  ort=ort[:TOP_KERNELS], model=model, host=platform.processor() or
-                  platform.machine(), escape=html_escape.escape)
+                  ort=ort[:TOP_KERNELS], model=model,
+                  host=platform.processor() or platform.machine())
     built = Report(page, sections)
     if output is not None:
         built.save(output)

@@ -48,13 +48,17 @@ def run_view(args) -> int:
     if args.output:
         cli.output_path(args.output, ".onnx")
     graph = cli.load_model(args.model, args.batch, args.seed)
-    if args.optimized is not None:
+    passes = None if args.optimized in (None, "default") else cli.pass_list(args.optimized)
+    if args.target is not None:
+        from ..targets.tvm.compile import optimize_for_target
+        from ..targets.tvm.options import CompileOptions
+        graph = optimize_for_target(graph, args.target, CompileOptions(passes=passes))[0].graph
+    elif args.optimized is not None:
         from ..passes import optimize
-        passes = None if args.optimized == "default" else cli.pass_list(args.optimized)
         graph = optimize(graph, passes).graph
     with tempfile.TemporaryDirectory(prefix="graphopt-view-") as folder:
         path = args.output or os.path.join(folder, f"{safe_file_name(graph.name)}.onnx")
-        save_view(graph, path)
+        save_view(graph, path, decided=args.target is not None)
         host, port = serve(path, args.host, args.port, browse=not args.no_browser)
         print(f"{path} in Netron at http://{host}:{port} (Ctrl-C stops)", flush=True)
         netron.wait()

@@ -34,7 +34,8 @@ def op_family(node: Node) -> str:
 @dataclass(frozen=True)
 class Changes:
     """What an optimization changed, by node name: `after` names the new or rewritten nodes of
-    the optimized graph, `before` the original nodes that no longer stand alone."""
+    the optimized graph (another op, attributes or output type, or standing for other nodes),
+    `before` the original nodes that no longer stand as they were."""
 
     before: frozenset[str]
     after: frozenset[str]
@@ -43,7 +44,8 @@ class Changes:
     def of(cls, original: Graph, optimized: Graph) -> "Changes":
         originals = {n.name: n for n in original.nodes}
         kept = {n.name for n in optimized.nodes if n.name in originals
-                and originals[n.name].op == n.op and n.provenance == (n.name,)}
+                and originals[n.name].op == n.op and n.provenance == (n.name,)
+                and [v.type for v in originals[n.name].outputs] == [v.type for v in n.outputs]}
         return cls(frozenset(n.name for n in original.nodes if n.name not in kept),
                    frozenset(n.name for n in optimized.nodes if n.name not in kept))
 

@@ -23,7 +23,9 @@ def number(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}g}"
 
 
-def render(jinja2, **context) -> str:
+def render(**context) -> str:
+    """The page, from the report's pieces (see `graphopt.report.report`)."""
+    import jinja2
     environment = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True,
                                      undefined=jinja2.StrictUndefined)
     environment.filters.update(human=_human, size=size, number=number)

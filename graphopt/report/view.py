@@ -23,9 +23,10 @@ def is_composite(node: Node, exported: int) -> bool:
     return op_family(node) == "fused" or (exported > 1 and len(node.provenance) > 1)
 
 
-def view_model(graph: Graph):
+def view_model(graph: Graph, decided: bool = False):
     """The ONNX model (onnx.ModelProto) Netron is shown: passes onnx.checker; runtimes do not
-    know its `ai.graphopt` ops."""
+    know its `ai.graphopt` ops. `decided`: the graph went through a target's passes, so each
+    node also says how the target computes it."""
     import onnx
     from onnx import helper
     from ..frontends.onnx_export import EXPORTERS, ExportContext, to_onnx
@@ -37,10 +38,13 @@ def view_model(graph: Graph):
         EXPORTERS[node.op_name](context, node)
         written = context.nodes[start:]
         if is_composite(node, len(written)):
-            nodes.append(composite_node(node))
+            nodes.append(composite_node(node, decided))
         else:
-            if node.provenance != (node.name,):
-                written[-1].doc_string = "stands for " + ", ".join(node.provenance)
+            notes = ([f"stands for {', '.join(node.provenance)}"]
+                     if node.provenance != (node.name,) else []) + \
+                ([f"computed as {node.op.target_choice()}"]
+                 if decided and node.op.target_choice() else [])
+            written[-1].doc_string = "; ".join(notes)
             nodes.extend(written)
     read = {name for n in nodes for name in n.input}
     weights = [t for t in model.graph.initializer if t.name in graph.constants and t.name in read]
@@ -57,13 +61,14 @@ def view_model(graph: Graph):
     return model
 
 
-def composite_node(node: Node):
+def composite_node(node: Node, decided: bool = False):
     """One `ai.graphopt` node for `node`: its op's attributes (nested ops' under their field's
-    name: `conv.stride`, `activation` and `activation.alpha`), `stands_for` and `computed_as`."""
+    name: `conv.stride`, `activation` and `activation.alpha`), `stands_for` and, when a target
+    `decided`, `computed_as`."""
     from onnx import helper
     attributes = flatten(node.op)
     attributes["stands_for"] = list(node.provenance)
-    if node.op.target_choice():
+    if decided and node.op.target_choice():
         attributes["computed_as"] = node.op.target_choice()
     return helper.make_node(op_type(node.op_name), [v.name for v in node.inputs],
                             [v.name for v in node.outputs], name=node.name, domain=DOMAIN,
@@ -97,10 +102,10 @@ def flatten(op: Op, prefix: str = "") -> dict:
     return found
 
 
-def save_view(graph: Graph, path: str) -> str:
-    """Write `view_model(graph)` to `path` (atomically)."""
+def save_view(graph: Graph, path: str, decided: bool = False) -> str:
+    """Write `view_model(graph, decided)` to `path` (atomically)."""
     from ..frontends.onnx_export import write_model
-    write_model(view_model(graph), os.fspath(path))
+    write_model(view_model(graph, decided), os.fspath(path))
     return path
 
 
