@@ -29,7 +29,7 @@ pytest.importorskip("matplotlib", reason="the report extra: pip install graphopt
 
 
 def small_resnet():
-    return go.zoo.resnet18(image_size=64, num_classes=10)
+    return go.zoo.resnet18(image_size=32, num_classes=10)
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +247,7 @@ def test_large_graphs_fold_by_block():
     assert len(boxes(dot)) == 8 + 7 + 2
     assert '"layer1.0" [label="layer1.0 (7 nodes)' in dot and "shape=box3d" in dot
     assert '"layer2.0" [label="layer2.0 (9 nodes)' in dot
-    assert '"layer1.0" -> "layer1.1" [label="1x64x16x16"]' in dot
+    assert '"layer1.0" -> "layer1.1" [label="1x64x8x8"]' in dot
 
 
 def test_changes_name_rewritten_nodes():
