@@ -235,6 +235,26 @@ ROWS += [
       node("Sub", ["a", "b"])], {"x": (2, 6, 3)}, {"sp": I(3, 3)}, ["slice", "slice", "sub"]),
     ("gather_scalar_index", "Gather", [node("Gather", ["x", "i"], axis=1)], {"x": (2, 5, 3)},
      {"i": I(-1)[0]}, ["gather"]),
+    ("lstm_bidirectional_initial_h", "LSTM",
+     [node("LSTM", ["x", "w", "r", "b", "", "h"], ["", "y"], hidden_size=4,
+           direction="bidirectional")], {"x": (3, 2, 5)},
+     {"w": rand(2, 16, 5), "r": rand(2, 16, 4), "b": rand(2, 32), "h": rand(2, 2, 4)}, ["lstm"]),
+    ("lstm_sequence_lens_no_bias", "LSTM",
+     [node("LSTM", ["x", "w", "r", "", "lens"], ["y"], hidden_size=4, clip=3.0)],
+     {"x": (3, 2, 5)}, {"w": rand(1, 16, 5), "r": rand(1, 16, 4), "lens": np.array([3, 1],
+                                                                                    np.int32)},
+     ["lstm"]),
+    ("gru_reverse_linear_before_reset", "GRU",
+     [node("GRU", ["x", "w", "r", "b"], ["", "y"], hidden_size=4, linear_before_reset=1,
+           direction="reverse", activations=["HardSigmoid", "Tanh"], activation_alpha=[0.3],
+           activation_beta=[0.6])],
+     {"x": (3, 2, 5)}, {"w": rand(1, 12, 5), "r": rand(1, 12, 4), "b": rand(1, 24)}, ["gru"]),
+    ("argmax_cast", "ArgMax", [node("ArgMax", ["x"], ["i"], axis=1, keepdims=0),
+                               node("Cast", ["i"], to=TensorProto.FLOAT)], {"x": (3, 5, 2)}, {},
+     ["argmax", "cast"]),
+    ("argmin_last_index", "ArgMin", [node("ArgMin", ["x"], ["i"], axis=-1, select_last_index=1),
+                                     node("Cast", ["i"], to=TensorProto.FLOAT)], {"x": (3, 5)},
+     {}, ["argmin", "cast"]),
 ]
 # Rows that need a newer opset than 17 (axes as an input, newer ops).
 OPSET = {"reduce_mean_spatial": 18, "reduce_mean_last_axis": 18, "reduce_max_axes_attr": 17,
@@ -622,3 +642,101 @@ def test_gather_index_out_of_range_is_an_input_error():
     with pytest.raises(go.InputError, match=r"node '.*' \(gather\): gather index 5 is out of "
                                             r"range \[-5, 5\) for axis 1 of float32\[2,5\]"):
         go.interpret(graph, {"x": rand(2, 5), "index": np.array(5)})
+
+
+def recurrent_model(attrs, inputs=("x", "w", "r"), runtime=(), w_rows=16):
+    """One LSTM node on x [3, 2, 5] with hidden size 4; `runtime` inputs are graph inputs."""
+    arrays = {"w": rand(1, w_rows, 5), "r": rand(1, 16, 4), "lens": np.array([3, 2], np.int32)}
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", list(inputs), ["", "y"], name="lstm",
+                          **{"hidden_size": 4, **attrs})],
+        "case", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (3, 2, 5))] +
+        [helper.make_tensor_value_info(n, TensorProto.INT32, (2,)) for n in runtime],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, (1, 2, 4))],
+        initializer=[numpy_helper.from_array(a, n) for n, a in arrays.items()
+                     if n in inputs and n not in runtime])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("attrs, inputs, runtime, message", [
+    ({}, ("x", "w", "r", "", "lens"), ("lens",),
+     r"LSTM \(sequence_lens computed at run time \(graphopt needs them constant\)\): 1 node "
+     r"\[lstm\]"),
+    ({"activations": ["Sigmoid", "Gelu", "Tanh"]}, ("x", "w", "r"), (),
+     r"LSTM \(activations \['Sigmoid', 'Gelu', 'Tanh'\]: expected an activation among Sigmoid, "
+     r"Tanh, Relu, Affine"),
+    ({"activations": ["Affine", "Tanh", "Tanh"]}, ("x", "w", "r"), (),
+     r"LSTM \(activations \['Affine', 'Tanh', 'Tanh'\]: expected activation_alpha for Affine, "
+     r"which has no default\)"),
+], ids=["runtime-sequence-lens", "unknown-activation", "affine-without-alpha"])
+def test_unsupported_recurrent_forms_are_named(attrs, inputs, runtime, message):
+    with pytest.raises(UnsupportedOpError, match=message):
+        load_onnx(recurrent_model(attrs, inputs, runtime))
+
+
+@pytest.mark.parametrize("attrs, w_rows, error, message", [
+    ({"hidden_size": 5}, 16, ModelFormatError, r"node 'lstm' \(LSTM\): hidden_size=5 but R is "
+                                               r"float32\[1,16,4\]"),
+    ({}, 12, go.ShapeError, r"node 'lstm' \(lstm\): expected W of shape \(1, 16, 5\) \(X "
+                            r"float32\[3,2,5\], hidden size 4\), found float32\[1,12,5\]"),
+    ({"direction": "sideways"}, 16, go.ShapeError, r"node 'lstm' \(LSTM\): expected direction "
+                                                   r"among forward, reverse, bidirectional"),
+], ids=["hidden-size", "weight-shape", "direction"])
+def test_malformed_recurrent_nodes_name_the_node(attrs, w_rows, error, message):
+    model = recurrent_model(attrs, w_rows=w_rows)
+    with pytest.raises(error, match=message):
+        load_onnx(model)
+
+
+def torch_recurrent(kind, options):
+    """A plain-torch nn.LSTM / nn.GRU (5 features, hidden size 6) and the indexing of its
+    outputs that torch.onnx.export writes as Gather / Slice / Squeeze: the last step of Y plus
+    the last layer's final hidden state."""
+    torch = pytest.importorskip("torch")
+
+    class Recurrent(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = getattr(torch.nn, kind)(5, 6, **options)
+
+        def forward(self, x):
+            y, state = self.rnn(x)
+            h = state[0] if isinstance(state, tuple) else state
+            last = y[:, -1] if options.get("batch_first") else y[-1]
+            return last + h[-1].repeat(1, last.shape[-1] // h.shape[-1])
+
+    torch.manual_seed(0)
+    return Recurrent().eval()
+
+
+@pytest.mark.parametrize("kind, options", [
+    ("LSTM", {}),
+    ("LSTM", {"num_layers": 2, "bidirectional": True}),
+    ("LSTM", {"batch_first": True, "bias": False}),
+    ("GRU", {}),
+    ("GRU", {"batch_first": True, "bidirectional": True}),
+], ids=["lstm", "lstm-2-layers-bidirectional", "lstm-batch-first-no-bias", "gru",
+        "gru-batch-first-bidirectional"])
+def test_torch_exported_recurrent_layers_import(kind, options):
+    """torch.onnx.export (TorchScript; the dynamo exporter needs onnxscript) of nn.LSTM / nn.GRU:
+    imported, interpreted and compiled, equal to torch and onnxruntime."""
+    import io
+    import torch
+    model = torch_recurrent(kind, options)
+    x = torch.randn(4, 3, 5)
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (x,), buffer, dynamo=False, input_names=["input"],
+                      output_names=["output"], opset_version=17)
+    proto = onnx.load_from_string(buffer.getvalue())
+    assert kind in {n.op_type for n in proto.graph.node}
+    graph = load_onnx(proto)
+    assert kind.lower() in {n.op_name for n in graph.nodes}
+    with torch.no_grad():
+        expected = model(x).numpy()
+    found = go.interpret(graph, {"input": x.numpy()})["output"]
+    np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(found, reference_outputs(proto, {"input": x.numpy()})["output"],
+                               rtol=1e-5, atol=1e-6)
+    if options.get("bidirectional"):   # one compile per kind: the others lower the same way
+        compiled = go.compile(graph, "cpu").run({"input": x.numpy()})["output"]
+        np.testing.assert_allclose(compiled, found, rtol=1e-5, atol=1e-6)

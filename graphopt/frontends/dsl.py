@@ -679,7 +679,8 @@ def _recurrent(op_class, x, hidden_size, direction, initial, bias, layout, seque
 
     def plan():
         _expect_tensor(x)
-        op = op_class(direction, (), None, layout, sequence_lens, **extra)
+        op = op_class(direction, extra.pop("activations"), extra.pop("clip"), layout,
+                      sequence_lens, **extra)
         hidden = _count(hidden_size, "hidden_size")
         ops.base.expect_rank(x.value.type, 3, "X")
         return op, hidden
@@ -704,23 +705,28 @@ def _recurrent(op_class, x, hidden_size, direction, initial, bias, layout, seque
 
 
 def lstm(x: Tensor, hidden_size: int, direction: str = "forward", initial_h=None,
-         initial_c=None, bias: bool = True, layout: int = 0, sequence_lens=None, weight=None,
-         recurrence_weight=None, bias_value=None, name: str | None = None) -> list[Tensor]:
+         initial_c=None, bias: bool = True, layout: int = 0, sequence_lens=None,
+         activations=(), clip=None, weight=None, recurrence_weight=None, bias_value=None,
+         name: str | None = None) -> list[Tensor]:
     """An LSTM layer with ONNX LSTM's semantics (x [T, batch, I], or [batch, T, I] with
-    layout 1); returns [Y, Y_h, Y_c]. Weights may be arrays or tensors of another lstm (shared)."""
+    layout 1); returns [Y, Y_h, Y_c]. `activations`: (name, alpha, beta) per function and
+    direction (`ops.recurrent.ACTIVATIONS`), () for Sigmoid, Tanh, Tanh. Weights may be arrays
+    or tensors of another lstm (shared)."""
     return _recurrent(ops.Lstm, x, hidden_size, direction, (initial_h, initial_c), bias, layout,
-                      sequence_lens, weight, recurrence_weight, bias_value, name, {})
+                      sequence_lens, weight, recurrence_weight, bias_value, name,
+                      {"activations": activations, "clip": clip})
 
 
 def gru(x: Tensor, hidden_size: int, direction: str = "forward", initial_h=None,
         bias: bool = True, layout: int = 0, sequence_lens=None, linear_before_reset=True,
-        weight=None, recurrence_weight=None, bias_value=None,
+        activations=(), clip=None, weight=None, recurrence_weight=None, bias_value=None,
         name: str | None = None) -> list[Tensor]:
     """A GRU layer with ONNX GRU's semantics, by default linear_before_reset (torch's nn.GRU);
     returns [Y, Y_h]."""
     return _recurrent(ops.Gru, x, hidden_size, direction, (initial_h,), bias, layout,
                       sequence_lens, weight, recurrence_weight, bias_value, name,
-                      {"linear_before_reset": linear_before_reset})
+                      {"linear_before_reset": linear_before_reset, "activations": activations,
+                       "clip": clip})
 
 
 __all__ = ["Builder", "Tensor", "current", "conv2d", "conv_transpose2d", "batch_norm", "linear",
