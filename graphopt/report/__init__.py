@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
-
-import numpy as np
+from typing import Callable, Mapping
 
 from ..errors import GraphoptError, OptionError
 from ..ir import Graph
@@ -80,36 +78,14 @@ def report(graph: Graph, output: str | None = None, *, passes=None, quantize: st
     # the optional packages first: a missing one fails before any work
     require("jinja2", "report", "the HTML report")
     require("matplotlib", "report", "the report's charts")
-    from . import charts, memory, profile as profiling
+    from . import charts, memory
     from .extras import dot_executable
     from .graph_svg import Changes, fold_depth_for, graph_svg
     dot_executable()
     say = progress or (lambda step: None)
     verify(graph)
     feeds = dict(inputs) if inputs is not None else probe_inputs(graph, seed)
-
-    stages = []          # (title, text table) per step that changed the graph
-    current = graph
-    if prune is not None:
-        say(f"pruning {prune:g} of the channels")
-        from ..compression import prune as prune_channels
-        pruned = prune_channels(current, prune)
-        stages.append(("prune", pruned.report))
-        current = pruned.graph
-    if quantize is not None:
-        say(f"quantizing to {quantize}")
-        from ..quantization import calibrate, quantize as quantize_graph
-        if quantize == "int8":
-            calib = calibration if hasattr(calibration, "params") else \
-                calibrate(current, _batches(calibration))
-            result = quantize_graph(current, calib)
-        else:
-            result = quantize_graph(current, dtype=quantize)
-    else:
-        say("running the passes")
-        from ..passes import optimize
-        result = optimize(current, passes, check=True)
-    stages.append(("quantize" if quantize else "optimize", result.report))
+    stages, result = _run_steps(graph, passes, quantize, prune, calibration, say)
     optimized = result.graph
 
     say("comparing layer by layer")
@@ -118,41 +94,15 @@ def report(graph: Graph, output: str | None = None, *, passes=None, quantize: st
 
     say("drawing the graphs")
     changes = Changes.of(graph, optimized)
-    depth = fold_depth_for(graph if len(graph.nodes) >= len(optimized.nodes) else optimized,
-                           max_nodes)
+    depth = fold_depth_for(max(graph, optimized, key=lambda g: len(g.nodes)), max_nodes)
     pictures = {"before": graph_svg(graph, changes.before, max_nodes, depth),
                 "after": graph_svg(optimized, changes.after, max_nodes, depth)}
     costs = charts.layer_costs(graph, optimized)
     plots = {"costs": charts.cost_chart(costs), "errors": charts.error_chart(comparison)}
+    timing = _profile(optimized, feeds, threads, onnxruntime, say) if profile else \
+        Timing(skipped="no profile asked for")
+    plots.update(timing.plots)
 
-    kernels, ort, ort_skipped, compiled_ms, model = [], [], None, None, None
-    if profile:
-        say("compiling for this CPU")
-        from ..targets.tvm import compile_graph
-        from ..timing import median_ms
-        model = compile_graph(optimized, "cpu", passes=(), threads=threads)
-        say("timing each kernel")
-        kernels = profiling.kernel_times(model, feeds)
-        compiled_ms = median_ms(lambda: model.run(feeds), 20)
-        top = sorted(kernels, key=lambda k: -k.ms)[:TOP_KERNELS]
-        plots["kernels"] = charts.kernel_chart([k.node or k.kernel for k in top],
-                                               [k.ms for k in top], "compiled kernels")
-        if onnxruntime:
-            say("profiling ONNX Runtime")
-            try:
-                ort = profiling.onnxruntime_times(optimized, feeds, threads=model.threads)
-            except (ImportError, GraphoptError) as e:
-                ort_skipped = str(e)
-            if ort:
-                plots["onnxruntime"] = charts.kernel_chart(
-                    [t.node for t in ort[:TOP_KERNELS]], [t.ms for t in ort[:TOP_KERNELS]],
-                    "ONNX Runtime nodes")
-        else:
-            ort_skipped = "not asked for"
-    else:
-        ort_skipped = "no profile asked for"
-
-    memories = {"before": memory.memory_summary(graph), "after": memory.memory_summary(optimized)}
     sections = {
         "graph": graph.name,
         "steps": [title for title, _ in stages],
@@ -161,17 +111,17 @@ def report(graph: Graph, output: str | None = None, *, passes=None, quantize: st
         "layers": [{"layer": c.layer, "macs": list(c.macs), "params": list(c.params)}
                    for c in costs],
         "compare": comparison.to_dict(),
-        "kernels": [k.to_dict() for k in kernels],
-        "compiled_ms": compiled_ms,
-        "onnxruntime": [t.to_dict() for t in ort],
-        "onnxruntime_skipped": ort_skipped,
-        "memory": memories}
+        "kernels": [k.to_dict() for k in timing.kernels],
+        "compiled_ms": timing.compiled_ms,
+        "onnxruntime": [t.to_dict() for t in timing.onnxruntime],
+        "onnxruntime_skipped": timing.skipped,
+        "memory": {"before": memory.memory_summary(graph),
+                   "after": memory.memory_summary(optimized)}}
     say("writing the page")
     from .html import render
     page = render(graph=graph, stages=stages, sections=sections, pictures=pictures, plots=plots,
-                  comparison=comparison, kernels=kernels,
-                  top_kernels=sorted(kernels, key=lambda k: -k.ms)[:TOP_KERNELS],
-                  ort=ort[:TOP_KERNELS], model=model,
+                  comparison=comparison, kernels=timing.kernels, top_kernels=timing.top(),
+                  ort=timing.onnxruntime[:TOP_KERNELS], model=timing.model,
                   host=platform.processor() or platform.machine())
     built = Report(page, sections)
     if output is not None:
@@ -179,12 +129,78 @@ def report(graph: Graph, output: str | None = None, *, passes=None, quantize: st
     return built
 
 
+def _run_steps(graph: Graph, passes, quantize, prune, calibration, say):
+    """Prune (if asked), then quantize or run the passes: ([(step, its text table)], the last
+    step's OptimizeResult)."""
+    stages, current = [], graph
+    if prune is not None:
+        say(f"pruning {prune:g} of the channels")
+        from ..compression import prune as prune_channels
+        pruned = prune_channels(current, prune)
+        stages.append(("prune", pruned.report))
+        current = pruned.graph
+    if quantize is not None:
+        say(f"quantizing to {quantize}")
+        from ..quantization import Calibration, calibrate, quantize as quantize_graph
+        if quantize == "int8":
+            calib = calibration if isinstance(calibration, Calibration) else \
+                calibrate(current, [calibration] if isinstance(calibration, Mapping)
+                          else calibration)
+            result = quantize_graph(current, calib)
+        else:
+            result = quantize_graph(current, dtype=quantize)
+    else:
+        say("running the passes")
+        from ..passes import optimize
+        result = optimize(current, passes, check=True)
+    stages.append(("quantize" if quantize else "optimize", result.report))
+    return stages, result
+
+
+@dataclass
+class Timing:
+    """The compiled model, its kernel calls and latency, and ONNX Runtime's node profile (or
+    why it is missing), with their charts."""
+
+    model: object = None
+    kernels: list = field(default_factory=list)
+    compiled_ms: float | None = None
+    onnxruntime: list = field(default_factory=list)
+    skipped: str | None = None
+    plots: dict = field(default_factory=dict)
+
+    def top(self) -> list:
+        return sorted(self.kernels, key=lambda k: -k.ms)[:TOP_KERNELS]
+
+
+def _profile(graph: Graph, feeds, threads, onnxruntime: bool, say) -> Timing:
+    from ..targets.tvm import compile_graph
+    from ..timing import median_ms
+    from . import charts, profile
+    say("compiling for this CPU")
+    model = compile_graph(graph, "cpu", passes=(), threads=threads)    # target passes only
+    say("timing each kernel")
+    timing = Timing(model, profile.kernel_times(model, feeds))
+    timing.compiled_ms = median_ms(lambda: model.run(feeds), 20)
+    top = timing.top()
+    timing.plots["kernels"] = charts.kernel_chart([k.node or k.kernel for k in top],
+                                                  [k.ms for k in top], "compiled kernels")
+    if not onnxruntime:
+        timing.skipped = "not asked for"
+        return timing
+    say("profiling ONNX Runtime")
+    try:
+        timing.onnxruntime = profile.onnxruntime_times(graph, feeds, threads=model.threads)
+    except (ImportError, GraphoptError) as e:
+        timing.skipped = str(e)
+        return timing
+    shown = timing.onnxruntime[:TOP_KERNELS]
+    timing.plots["onnxruntime"] = charts.kernel_chart([t.node for t in shown],
+                                                      [t.ms for t in shown],
+                                                      "ONNX Runtime nodes")
+    return timing
+
+
 def _totals(graph: Graph) -> dict:
     from ..analysis import summary_dict
     return summary_dict(graph)["totals"]
-
-
-def _batches(calibration) -> Iterable[Mapping[str, np.ndarray]]:
-    if isinstance(calibration, Mapping):
-        return [calibration]
-    return calibration
