@@ -107,7 +107,7 @@ def test_quantized_ops_report_parameters_and_macs():
 
 @pytest.mark.parametrize("make, message", [
     (lambda: ops.QLinearConv2d(activation=ops.LeakyRelu()), "expected activation relu, clip"),
-    (lambda: ops.Conv2dInteger(ops.Conv2d(algorithm="winograd", weight_block=16)),
+    (lambda: ops.Conv2dInteger(ops.Conv2d(algorithm="winograd", weight_block=16, output_tile=2)),
      "without target decisions"),
     (lambda: ops.QuantizeLinear(block_size=-2), "non-negative block_size"),
     (lambda: ops.DequantizeLinear(axis=1.5), "integer axis"),

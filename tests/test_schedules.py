@@ -50,6 +50,9 @@ CASES = {
                                   "winograd"),
     "winograd_64_channels": ((1, 64, 10, 11), lambda x: dsl.relu(dsl.conv2d(x, 16, 3, padding=1)),
                              "winograd"),
+    # AVX-512: F(4x4, 3x3) with the 29x30 plane computed to whole 4x4 tiles; AVX2: F(2x2)
+    "winograd_odd_plane_f4": ((1, 64, 29, 30), lambda x: dsl.relu(dsl.conv2d(x, 32, 3, padding=1)),
+                              "winograd"),
     "winograd_skipped_for_stride2": ((1, 256, 8, 8), lambda x: dsl.conv2d(x, 32, 3, stride=2,
                                                                           padding=1), "conv2d"),
     "dense": ((3, 37), lambda x: dsl.relu(dsl.linear(x, 24)), "dense"),
@@ -251,7 +254,7 @@ def test_rules_apply_for_an_avx512_target():
 
 
 @pytest.mark.parametrize("name", ["conv3x3_s2_asym_pad", "conv_grouped", "dense",
-                                  "max_pool_s2_p1"])
+                                  "winograd_odd_plane_f4", "max_pool_s2_p1"])
 def test_expected_rule_on_avx512(name):
     """The rule table's tiled cases keep their rule with 16 lanes where the channels fill
     16-lane blocks."""
@@ -260,15 +263,17 @@ def test_expected_rule_on_avx512(name):
     assert CASES[name][2] in rules, (name, {k: f.attrs[SCHEDULE_ATTR] for k, f in kernels.items()})
 
 
-# (in, out channels, plane, batch) -> Winograd on AVX2 (8 lanes), on AVX-512 (16 lanes)
+# (in, out channels, plane, batch) -> Winograd output tile side on AVX2 (8 lanes), on AVX-512
+# (16 lanes); 0: the direct kernel
 WINOGRAD_CHOICES = {
-    (64, 64, 56, 1): (True, False),     # 16 lanes: the direct kernel wins below 128 channels
-    (128, 128, 28, 1): (True, True),
-    (256, 256, 14, 1): (True, True),
-    (512, 512, 7, 1): (True, False),    # 16 tiles: streaming the transformed weights loses
-    (512, 512, 7, 8): (True, True),     # 128 tiles over the batch
-    (16, 16, 56, 1): (False, False),    # too few channels for the transforms to pay
-    (64, 64, 224, 1): (False, False),   # transformed tensors leave the cache
+    (64, 64, 56, 1): (2, 4),      # 16 lanes: F(4x4) beats the direct kernel, F(2x2) does not
+    (32, 32, 56, 1): (2, 0),      # 16 lanes: too few channels for either
+    (128, 128, 28, 1): (2, 4),
+    (256, 256, 14, 1): (2, 2),    # F(4x4)'s 4x4 tiles waste 30 % of a 14x14 plane
+    (512, 512, 7, 1): (2, 0),     # 16 tiles: streaming the transformed weights loses
+    (512, 512, 7, 8): (2, 2),     # 128 tiles over the batch
+    (16, 16, 56, 1): (0, 0),      # too few channels for the transforms to pay
+    (64, 64, 224, 1): (0, 0),     # transformed tensors leave the cache
 }
 
 
@@ -276,11 +281,25 @@ WINOGRAD_CHOICES = {
 def test_winograd_choice_per_vector_width(shape):
     from graphopt.targets.tvm.schedules import winograd
     in_c, out_c, plane, batch = shape
-    found = tuple(winograd.applies(in_c, out_c, plane, plane, (3, 3), (1, 1), (1, 1), 1,
-                                   (1, 1, 1, 1), VectorShape.of(tvm.target.Target(
-                                       {"kind": "llvm", "mcpu": mcpu})), batch)
+    found = tuple(winograd.output_tile(in_c, out_c, plane, plane, (3, 3), (1, 1), (1, 1), 1,
+                                       (1, 1, 1, 1), VectorShape.of(tvm.target.Target(
+                                           {"kind": "llvm", "mcpu": mcpu})), batch)
                   for mcpu in (AVX2_CPU, AVX512_CPU))
     assert found == WINOGRAD_CHOICES[shape]
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+def test_winograd_transforms_compute_the_convolution(tile):
+    """Both transform sets, applied in float64 to every tile of a padded plane, give the direct
+    convolution (to rounding), independently of TVM."""
+    from graphopt.targets.tvm.schedules.winograd import TRANSFORMS
+    b_t, g, a_t = TRANSFORMS[tile]
+    rng = np.random.default_rng(tile)
+    d, w = rng.standard_normal((tile + 2, tile + 2)), rng.standard_normal((3, 3))
+    y = a_t @ ((g @ w @ g.T) * (b_t @ d @ b_t.T)) @ a_t.T
+    direct = np.array([[(d[i:i + 3, j:j + 3] * w).sum() for j in range(tile)]
+                       for i in range(tile)])
+    np.testing.assert_allclose(y, direct, atol=1e-12)
 
 
 def test_a_bug_in_a_rule_fails_loudly(monkeypatch):

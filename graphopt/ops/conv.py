@@ -38,8 +38,9 @@ def expect_nonempty(x: TensorType, w: TensorType) -> None:
 #             channels ([O / block, KH, KW, I, block], `conv_kernel.pack_weight`), each group's
 #             last block padded with zero filters where its channels do not fill it, and with a
 #             `padded_width` each output row computed to that width (whole register tiles)
-#   winograd  Winograd F(2x2, 3x3), the weight transformed at lowering into blocks of
-#             `weight_block` output channels (targets/tvm/schedules/winograd.py)
+#   winograd  Winograd F(m x m, 3x3) with m = `output_tile` (2 or 4), the weight transformed
+#             at lowering into blocks of `weight_block` output channels
+#             (targets/tvm/schedules/winograd.py)
 #   onednn    a call of oneDNN's convolution (targets/tvm/onednn/)
 #   depthwise a depthwise convolution (groups == input == output channels) vectorized along
 #             output rows of whole blocks of `weight_block` columns (the row padded at lowering;
@@ -82,6 +83,7 @@ class Conv2d(Op):
     padded_width: int = 0         # "direct" with a weight block: the output width computed, in
                                   # whole register tiles (the epilogue writes the real columns);
                                   # 0: the real width
+    output_tile: int = 0          # "winograd": the output tile side m of F(m x m, 3x3)
 
     def __post_init__(self):
         conv_attributes(self)
@@ -95,6 +97,10 @@ class Conv2d(Op):
                                            or self.weight_block),
                f"expected a positive weight_block for {self.algorithm}, found "
                f"{self.weight_block}")
+        object.__setattr__(self, "output_tile", integer(self.output_tile, "output_tile"))
+        expect(self.output_tile in ((2, 4) if self.algorithm == "winograd" else (0,)),
+               f"expected output_tile 2 or 4 for winograd and 0 otherwise, found "
+               f"{self.output_tile} for {self.algorithm}")
 
     def infer(self, x, w, b=None):
         expect_rank(x, 4, "input x"), expect_rank(w, 4, "weight")
@@ -149,7 +155,8 @@ class Conv2d(Op):
         unit = "column vectors" if self.algorithm == "depthwise" else "channel weight blocks"
         block = f", {self.weight_block}-{unit}" if self.weight_block else ""
         rows = f", rows padded to {self.padded_width}" if self.padded_width else ""
-        return f"{self.algorithm}{block}{rows}"
+        tile = f" F({self.output_tile}x{self.output_tile}, 3x3)" if self.output_tile else ""
+        return f"{self.algorithm}{tile}{block}{rows}"
 
     @property
     def computes_integers(self) -> bool:

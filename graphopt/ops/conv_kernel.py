@@ -45,7 +45,8 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
         name = "conv2d_amx_epilogue"
     elif conv.algorithm == "winograd":
         from ..targets.tvm.schedules.winograd import transform_weight, winograd_conv2d
-        u = transform_weight(constant_operand(w, decision), conv.weight_block)
+        u = transform_weight(constant_operand(w, decision), conv.weight_block,
+                             conv.output_tile)
         weight, compute = relax.const(u, str(u.dtype)), winograd_conv2d
         name = "conv2d_winograd"
     elif conv.algorithm == "depthwise":

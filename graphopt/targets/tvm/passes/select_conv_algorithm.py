@@ -2,8 +2,9 @@
 
 - "onednn" when the compile asks for oneDNN kernels (float32, constant weight and bias, an
   activation oneDNN's post-ops compute);
-- "winograd" (F(2x2, 3x3), weights in blocks of two vector registers of output channels) for
-  the 3x3 stride-1 convolutions where it measured faster (`schedules/winograd.applies`);
+- "winograd" (F(2x2, 3x3) or F(4x4, 3x3), the tile side recorded as `output_tile`; weights in
+  blocks of two vector registers of output channels) for the 3x3 stride-1 convolutions where
+  it measured faster (`schedules/winograd.output_tile`);
 - "depthwise" for float32 depthwise convolutions (one filter per channel: groups == input ==
   output channels) with a constant weight: rows of whole vectors of `weight_block` (the
   target's lanes) output columns (`schedules/depthwise.py`);
@@ -75,10 +76,11 @@ def select_conv_algorithm(context):
         if context.kernels == "onednn" and (bias is None or bias.is_constant) and float32 and \
                 (activation is None or EPILOGUE[activation.name].onednn is not None):
             return dataclasses.replace(plain, algorithm="onednn")
-        if float32 and winograd.applies(w.shape[1], out_channels, out_h, out_w, w.shape[2:],
-                                        conv.stride, conv.dilation, conv.groups, conv.padding,
-                                        context.vector, batch):
-            return dataclasses.replace(plain, algorithm="winograd",
+        tile = float32 and winograd.output_tile(
+            w.shape[1], out_channels, out_h, out_w, w.shape[2:], conv.stride, conv.dilation,
+            conv.groups, conv.padding, context.vector, batch)
+        if tile:
+            return dataclasses.replace(plain, algorithm="winograd", output_tile=tile,
                                        weight_block=winograd.channel_block(context.vector))
         if float32 and depthwise.applies(x.shape[1], out_channels, conv.groups, context.vector):
             return dataclasses.replace(plain, algorithm=depthwise.ALGORITHM,

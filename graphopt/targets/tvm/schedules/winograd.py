@@ -1,16 +1,27 @@
-"""3x3 stride-1 convolutions as Winograd F(2x2, 3x3), and the rule that schedules them.
+"""3x3 stride-1 convolutions as Winograd F(m x m, 3x3) (m = 2 or 4), and the rule that
+schedules them.
 
-Each 2x2 output tile is computed from a 4x4 input tile with 16 multiply-adds per input channel
-instead of 36: the input tiles are transformed (`B^T d B`), multiplied by the weights transformed
-offline (`G g G^T`, a constant) in 16 independent GEMMs over the input channels, and transformed
-back (`A^T m A`). With 32 or more input channels on planes up to 112x112 the kernel beats the
-direct one (one AVX2 core, batch 1, graphopt direct / Winograd / ONNX Runtime, ms): 32 ch 56x56
-0.64 / 0.52 / 0.63, 64 ch 56x56 2.56 / 1.84 / 2.46, 128 ch 28x28 2.48 / 1.47 / 2.38, 256 ch 14x14
-2.66 / 1.39 / 2.36, 512 ch 7x7 3.1-3.4 / 1.65 / 2.30, 64->128 ch 112x112 19.6 / 18.3 / 19.9.
-With 16 channels or fewer the transforms cost what the GEMMs save (16 ch 56x56 0.17 / 0.18 /
-0.22), and on a 224x224 plane the transformed tensors leave the cache (64 ch 44.6 / 43.6 /
-40.8), so `applies` leaves those to the direct kernel. The transforms of F(2x2, 3x3) use only 0,
-+-1 and +-1/2: the results agree with the direct convolution to ~1e-6 relative."""
+Each m x m output tile is computed from an (m + 2) x (m + 2) input tile with (m + 2)^2
+multiply-adds per input channel instead of 9 m^2 (16 instead of 36 for m = 2, 36 instead of 144
+for m = 4): the input tiles are transformed (`B^T d B`), multiplied by the weights transformed
+offline (`G g G^T`, a constant) in (m + 2)^2 independent GEMMs over the input channels, and
+transformed back (`A^T m A`). The tile side is a target decision recorded on the node
+(`Conv2d.output_tile`, chosen by `output_tile` below).
+
+F(2x2, 3x3) (transforms of 0, +-1 and +-1/2: ~1e-6 relative to the direct convolution). With 32
+or more input channels on planes up to 112x112 it beats the direct kernel on 8 lanes (one AVX2
+core, batch 1, graphopt direct / Winograd / ONNX Runtime, ms): 32 ch 56x56 0.64 / 0.52 / 0.63,
+64 ch 56x56 2.56 / 1.84 / 2.46, 128 ch 28x28 2.48 / 1.47 / 2.38, 256 ch 14x14 2.66 / 1.39 /
+2.36, 512 ch 7x7 3.1-3.4 / 1.65 / 2.30, 64->128 ch 112x112 19.6 / 18.3 / 19.9. With 16 channels
+or fewer the transforms cost what the GEMMs save (16 ch 56x56 0.17 / 0.18 / 0.22), and on a
+224x224 plane the transformed tensors leave the cache (64 ch 44.6 / 43.6 / 40.8).
+
+F(4x4, 3x3) (Lavin and Gray's points 0, +-1, +-2, +-1/2: ~1e-5 relative, the accuracy TVM's and
+oneDNN's Winograd kernels have) on 16 lanes, where the direct kernel is at ORT's speed and
+F(2x2) alone does not beat it on large planes (one AVX-512 core, batch 1, minimum ms, direct /
+F(2x2) / F(4x4) / ORT): 64 ch 56x56 1.75 / 2.06 / 1.30 / 1.51, 128 ch 28x28 - / 1.30 / 1.20 /
+1.44; on 14x14 planes F(4x4)'s 4x4 tiles waste 30 % of the plane (256 ch 14x14: F(2x2) 1.07,
+F(4x4) 1.48), so F(2x2) keeps those."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,14 +29,15 @@ import numpy as np
 from .common import PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, inline_elementwise
 
 NAME = "winograd"
-TILE, ALPHA = 2, 4  # output tile and input tile side
 ROWS, INPUT, GEMM, OUTPUT = "wino_rows", "wino_input", "wino_gemm", "wino_output"
-# Input channels from which the Winograd kernel beats the direct one: 32 with 8 lanes (AVX2, see
-# above); with 16 lanes (AVX-512) the direct kernel's wider FMAs win below 128 (one Xeon core, ms,
+# Input channels from which F(2x2) beats the direct kernel: 32 with 8 lanes (AVX2, see above);
+# with 16 lanes (AVX-512) the direct kernel's wider FMAs win below 128 (one Xeon core, ms,
 # Winograd / direct / ORT: 64 ch 56x56 2.05 / 1.56 / 1.47, 64->128 ch 112x112 15.5 / 12.6 / 12.0,
 # 128->256 ch 56x56 10.9 / 11.9 / 11.4, 256 ch 14x14 1.02 / 1.43 / 1.45).
 MIN_CHANNELS = {8: 32, 16: 128}
-# 2x2 output tiles (over the batch) from which the transformed weights, 16/9 the size of the
+# F(4x4) with 16 lanes: from 64 input channels, on planes of at least 28x28 (whole 4x4 tiles).
+F4_MIN_CHANNELS, F4_MIN_PLANE = 64, 28 * 28
+# Output tiles (over the batch) from which the transformed weights, 16/9 the size of the
 # direct kernel's, are reused enough: with 16 lanes a 7x7 plane at batch 1 (16 tiles) spends
 # more time streaming its 512-channel weights (16 MB) than the GEMMs save (ms, weights not in
 # cache, Winograd / direct: 512 ch 7x7 2.46 / 2.01 at batch 1, 12.0 / 13.8 at batch 8;
@@ -36,22 +48,36 @@ MAX_PLANE = 112 * 112
 # tile of the block uses them.
 CHANNEL_BLOCK = 64
 
-B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
-G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])
-A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
+# (B^T, G, A^T) of F(m x m, 3x3) by output tile side m.
+TRANSFORMS = {
+    2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]),
+        np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]),
+        np.array([[1, 1, 1, 0], [0, 1, -1, -1]])),
+    4: (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                  [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]),
+        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]),
+        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                  [0, 1, -1, 8, -8, 1]])),
+}
 
 
-def applies(in_channels: int, out_channels: int, out_h: int, out_w: int, kernel, stride,
-            dilation, groups: int, padding, vec: VectorShape, batch: int = 1) -> bool:
-    """Whether a conv takes the Winograd kernel: 3x3, stride 1, 'same' padding, no dilation or
-    groups, many channels (output channels in whole two-register blocks) on a small plane with
-    enough tiles to reuse the transformed weights."""
-    tiles = batch * -(-out_h // TILE) * -(-out_w // TILE)
-    return (tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+def output_tile(in_channels: int, out_channels: int, out_h: int, out_w: int, kernel, stride,
+                dilation, groups: int, padding, vec: VectorShape, batch: int = 1) -> int:
+    """The output tile side m of the Winograd kernel a conv takes (2 or 4), or 0 (not
+    Winograd): 3x3, stride 1, 'same' padding, no dilation or groups, many channels (output
+    channels in whole two-register blocks) on a small plane with enough tiles to reuse the
+    transformed weights; F(4x4) with 16 lanes on planes of 28x28 and more."""
+    if not (tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
             and groups == 1 and tuple(padding) == (1, 1, 1, 1)
-            and in_channels >= MIN_CHANNELS.get(vec.lanes, 32)
-            and tiles >= MIN_TILES.get(vec.lanes, 1)
-            and out_channels % channel_block(vec) == 0 and out_h * out_w <= MAX_PLANE)
+            and out_channels % channel_block(vec) == 0 and out_h * out_w <= MAX_PLANE):
+        return 0
+    if vec.lanes == 16 and in_channels >= F4_MIN_CHANNELS and out_h * out_w >= F4_MIN_PLANE:
+        return 4
+    tiles = batch * -(-out_h // 2) * -(-out_w // 2)
+    if in_channels >= MIN_CHANNELS.get(vec.lanes, 32) and tiles >= MIN_TILES.get(vec.lanes, 1):
+        return 2
+    return 0
 
 
 def channel_block(vec: VectorShape) -> int:
@@ -59,12 +85,24 @@ def channel_block(vec: VectorShape) -> int:
     return 2 * vec.lanes
 
 
-def transform_weight(weight: np.ndarray, block: int) -> np.ndarray:
-    """OIHW 3x3 weight -> `G g G^T` packed [4, 4, O / block, I, block] (in float64, then the
-    weight's dtype), the layout the GEMM stage streams."""
-    u = np.einsum("ea,kcab,vb->evkc", G, weight.astype(np.float64), G)
+def gemm_tile(tiles: int, block: int, vec: VectorShape) -> int:
+    """Tiles per GEMM register tile for `block` output channels: the largest divisor of the
+    tile count that the accumulator registers hold, when it is at least half of them (no tile
+    then runs under a predicate), else as many as they hold (128 ch 28x28 with F(2x2), one
+    AVX-512 core: 4 tiles 1.41 ms, 14 tiles 1.21; 256 ch 14x14: 4 tiles 1.20, 7 tiles 1.13)."""
+    limit = max(1, vec.accumulators // max(1, block // vec.lanes))
+    divisor = max(d for d in range(1, min(limit, tiles) + 1) if tiles % d == 0)
+    return divisor if 2 * divisor >= limit or divisor == tiles else min(limit, tiles)
+
+
+def transform_weight(weight: np.ndarray, block: int, tile: int) -> np.ndarray:
+    """OIHW 3x3 weight -> `G g G^T` of F(tile x tile, 3x3), packed [a, a, O / block, I, block]
+    (a = tile + 2; in float64, then the weight's dtype), the layout the GEMM stage streams."""
+    _, g, _ = TRANSFORMS[tile]
+    u = np.einsum("ea,kcab,vb->evkc", g, weight.astype(np.float64), g)
     o, i = weight.shape[:2]
-    packed = u.reshape(ALPHA, ALPHA, o // block, block, i).transpose(0, 1, 2, 4, 3)
+    alpha = tile + 2
+    packed = u.reshape(alpha, alpha, o // block, block, i).transpose(0, 1, 2, 4, 3)
     return np.ascontiguousarray(packed, dtype=weight.dtype)
 
 
@@ -90,14 +128,18 @@ def _select(index, choices):
 
 def winograd_conv2d(x, u):
     """TE compute of a 3x3 stride-1 'same' conv on NCHW `x` with the transformed weight `u`
-    ([4, 4, O / block, I, block], from `transform_weight`). Stages: `ROWS` (B^T down the columns
-    of whole padded input rows, contiguous), `INPUT` (B along the rows: V[e, n, c, tile]),
-    `GEMM` (M[e, n, tile, o] = sum_c U V) and `OUTPUT` (A^T M A, written as NCHW)."""
+    ([a, a, O / block, I, block], from `transform_weight`; the tile side is a - 2). Stages:
+    `ROWS` (B^T down the columns of whole padded input rows, contiguous), `INPUT` (B along the
+    rows: V[e, n, c, tile]), `GEMM` (M[e, n, tile, o] = sum_c U V) and `OUTPUT` (A^T M A,
+    written as NCHW)."""
     from tvm import te, tirx
+    alpha = int(u.shape[0])
+    side = alpha - 2
+    B_T, _, A_T = TRANSFORMS[side]
     n, c, h, w = (int(d) for d in x.shape)
     blocks, block = int(u.shape[2]), int(u.shape[4])
     out_c = blocks * block
-    tiles_h, tiles_w = -(-h // TILE), -(-w // TILE)
+    tiles_h, tiles_w = -(-h // side), -(-w // side)
     tiles = n * tiles_h * tiles_w
     zero = tirx.const(0, x.dtype)
 
@@ -106,32 +148,32 @@ def winograd_conv2d(x, u):
         return tirx.if_then_else(inside, x[b, ch, row - 1, col - 1], zero)
 
     rows = te.compute(
-        (n, c, tiles_h, ALPHA, TILE * tiles_w + 2),
+        (n, c, tiles_h, alpha, side * (tiles_w + 1)),
         lambda b, ch, th, e, col: _select(e, [_combine(
-            [padded(b, ch, TILE * th + a, col) for a in range(ALPHA)], B_T[k]) for k in range(ALPHA)]),
+            [padded(b, ch, side * th + a, col) for a in range(alpha)], B_T[k]) for k in range(alpha)]),
         name=ROWS)
 
     def input_tile(e, v, ch, t):
         b, th, tw = t // (tiles_h * tiles_w), (t // tiles_w) % tiles_h, t % tiles_w
-        return _select(v, [_combine([rows[b, ch, th, e, TILE * tw + a] for a in range(ALPHA)], B_T[k])
-                            for k in range(ALPHA)])
+        return _select(v, [_combine([rows[b, ch, th, e, side * tw + a] for a in range(alpha)], B_T[k])
+                            for k in range(alpha)])
 
-    transformed = te.compute((ALPHA, ALPHA, c, tiles), input_tile, name=INPUT)
+    transformed = te.compute((alpha, alpha, c, tiles), input_tile, name=INPUT)
     rc = te.reduce_axis((0, c), "rc")
     products = te.compute(
-        (ALPHA, ALPHA, tiles, out_c),
+        (alpha, alpha, tiles, out_c),
         lambda e, v, t, o: te.sum(u[e, v, o // block, rc, o % block] * transformed[e, v, rc, t],
                                   axis=rc),
         name=GEMM)
 
     def output(b, o, row, col):
-        t = b * tiles_h * tiles_w + (row // TILE) * tiles_w + col // TILE
+        t = b * tiles_h * tiles_w + (row // side) * tiles_w + col // side
         per_row = []
-        for i in range(TILE):
-            columns = [_combine([products[e, v, t, o] for e in range(ALPHA)], A_T[i])
-                       for v in range(ALPHA)]
-            per_row.append(_select(col % TILE, [_combine(columns, A_T[j]) for j in range(TILE)]))
-        return _select(row % TILE, per_row)
+        for i in range(side):
+            columns = [_combine([products[e, v, t, o] for e in range(alpha)], A_T[i])
+                       for v in range(alpha)]
+            per_row.append(_select(col % side, [_combine(columns, A_T[j]) for j in range(side)]))
+        return _select(row % side, per_row)
 
     return te.compute((n, out_c, h, w), output, name=OUTPUT)
 
@@ -150,14 +192,15 @@ def schedule(sch, vec: VectorShape) -> bool:
             sch.reverse_compute_inline(block)
     names = {sch.get(b).name_hint: b for b in blocks_of(sch)}
     rows, transformed, products, output = (names[k] for k in (ROWS, INPUT, GEMM, OUTPUT))
+    tile_side = int(sch.get(rows).writes[0].source.shape[3]) - 2
 
-    # The input transform reads each row pass result at 2 * tile + a: stored with even and odd
-    # columns apart, those reads are contiguous and the transform vectorizes over the tiles of a
-    # row (the row pass writes both halves with contiguous stores). Measured on 128 channels at
-    # 28x28: 2.17 ms with the scalar transform, 1.43 ms this way.
-    tiles_w = (int(sch.get(rows).writes[0].source.shape[4]) - 2) // 2
-    sch.transform_layout(rows, ("write", 0),
-                         lambda b, c, th, e, col: (b, c, th, e, col % 2, col // 2))
+    # The input transform reads each row pass result at m * tile + a: stored with the columns
+    # of each residue mod m apart, those reads are contiguous and the transform vectorizes over
+    # the tiles of a row (the row pass writes each part with contiguous stores). Measured for
+    # F(2x2) on 128 channels at 28x28: 2.17 ms with the scalar transform, 1.43 ms this way.
+    tiles_w = int(sch.get(rows).writes[0].source.shape[4]) // tile_side - 1
+    sch.transform_layout(rows, ("write", 0), lambda b, c, th, e, col: (
+        b, c, th, e, col % tile_side, col // tile_side))
     e, v, ch, t = sch.get_loops(transformed)
     t_rows, t_in_row = sch.split(t, [None, tiles_w])
     sch.reorder(ch, t_rows, e, v, t_in_row)
@@ -169,14 +212,14 @@ def schedule(sch, vec: VectorShape) -> bool:
         sch.parallel(ch)
     *_, row_e, row_col = sch.get_loops(rows)
     sch.unroll(row_e)
-    half, parity = sch.split(row_col, [None, 2])
+    half, parity = sch.split(row_col, [None, tile_side])
     sch.reorder(parity, half)
     sch.vectorize(half)
 
     e, v, t, o, rc = sch.get_loops(products)
     weight = next(r.source for r in sch.get(products).reads if len(r.source.shape) == 5)
     tiles, block, in_channels = extent(t, sch), int(weight.shape[4]), int(weight.shape[3])
-    tile = 4 if tiles % 4 == 0 else 6
+    tile = gemm_tile(tiles, block, vec)
     o_outer, o_inner = sch.split(o, [None, block])
     t_outer, t_inner = sch.split(t, [None, tile])
     rc_outer, rc_inner = (sch.split(rc, [None, CHANNEL_BLOCK]) if in_channels % CHANNEL_BLOCK == 0
@@ -201,8 +244,8 @@ def schedule(sch, vec: VectorShape) -> bool:
     # (scalar reads strided by the channel count cost 0.4-0.8 ms per conv and made the kernel
     # lose to the direct one below 256 channels).
     b, o, row, col = sch.get_loops(output)
-    row_outer, row_inner = sch.split(row, [None, TILE])
-    col_outer, col_inner = sch.split(col, [None, TILE])
+    row_outer, row_inner = sch.split(row, [None, tile_side])
+    col_outer, col_inner = sch.split(col, [None, tile_side])
     o_outer, o_inner = sch.split(o, [None, vec.lanes])
     sch.reorder(b, o_outer, row_outer, col_outer, row_inner, col_inner, o_inner)
     sch.unroll(row_inner)
