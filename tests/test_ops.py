@@ -437,12 +437,16 @@ def reduce_rows():
     i64 = np.array
     def row(op_type, id, axes, keepdims=True, data=x, f64=False):
         op = {"ReduceMean": ops.ReduceMean, "ReduceSum": ops.ReduceSum,
-              "ReduceMax": ops.ReduceMax}[op_type](axes, keepdims)
+              "ReduceMax": ops.ReduceMax, "ReduceMin": ops.ReduceMin,
+              "ReduceProd": ops.ReduceProd, "ReduceL1": ops.ReduceL1, "ReduceL2": ops.ReduceL2,
+              "ReduceSumSquare": ops.ReduceSumSquare,
+              "ReduceLogSumExp": ops.ReduceLogSumExp}[op_type](axes, keepdims)
         extra = () if axes is None else (i64(axes, np.int64),)
         return Row(f"{op.name}-{id}", op, (data,), (),
                    onnx_op(op_type, extra=extra, keepdims=int(keepdims)), f64)
     rows = []
-    for op_type in ("ReduceMean", "ReduceSum", "ReduceMax"):
+    for op_type in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+                    "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp"):
         rows += [row(op_type, "last", (-1,), f64=True), row(op_type, "last-drop", (-1,), False),
                  row(op_type, "axes-0-2", (0, 2)), row(op_type, "axis1-drop", (1,), False),
                  row(op_type, "all", None), row(op_type, "all-drop", None, False),
@@ -453,6 +457,21 @@ def reduce_rows():
                  onnx_op("ReduceMax", extra=(np.array([1]),), keepdims=0, opset=20)),
              Row("reduce_mean-float16", ops.ReduceMean((-1,)), (x.astype(np.float16),), (),
                  rounded_once(onnx_op("ReduceMean", extra=(np.array([-1]),))))]
+    small = (rand(2, 3, 4) / np.float32(4)).astype(np.float32)   # products of a few dozen values
+    int_data = rand(3, 4, 5, dtype="int32", low=-3, high=4)
+    rows += [row("ReduceProd", "small-all", None, data=small),
+             row("ReduceProd", "int32", (1,), data=int_data),
+             row("ReduceMin", "int8-drop", (0, -1), False, rand(3, 4, 5, dtype="int8")),
+             row("ReduceL1", "int32", (0, 2), data=int_data),
+             # ReferenceEvaluator (onnx 1.23) widens integer sums of squares to int64.
+             Row("reduce_sum_square-int32-drop", ops.ReduceSumSquare((2,), False), (int_data,),
+                 (), onnx_op("ReduceSumSquare", extra=(np.array([2]),), keepdims=0,
+                             engine="onnxruntime")),
+             Row("reduce_min-bool", ops.ReduceMin((1,), False), (rand(3, 4, 2) > -5,), (),
+                 onnx_op("ReduceMin", extra=(np.array([1]),), keepdims=0, opset=20)),
+             row("ReduceLogSumExp", "large", (1, 3), data=x * np.float32(40), f64=True),
+             Row("reduce_l2-float16", ops.ReduceL2((-1,)), (x.astype(np.float16),), (),
+                 rounded_once(onnx_op("ReduceL2", extra=(np.array([-1]),))))]
     return rows
 
 
@@ -544,6 +563,95 @@ def pool_rows():
         row(av, "dilation2", (1, 2, 9, 9), kernel=2, stride=1, dilation=2),
         row(av, "dilation2-pad-include", (1, 2, 8, 8), kernel=3, stride=2, padding=1, dilation=2,
             count_include_pad=True),
+    ]
+
+
+def max_pool_indices_row(id, x, data=None, storage_order=0, **attrs) -> Row:
+    """max_pool2d_indices against onnxruntime's MaxPool Indices output (ReferenceEvaluator
+    has no storage_order 1)."""
+    op = ops.MaxPool2dIndices(**attrs, storage_order=storage_order)
+    onnx_attrs = dict(kernel_shape=list(op.kernel), strides=list(op.stride),
+                      pads=list(op.padding), ceil_mode=int(op.ceil_mode),
+                      dilations=list(op.dilation), storage_order=storage_order)
+
+    def reference(x):
+        node = helper.make_node("MaxPool", ["in0"], ["values", "out"], **onnx_attrs)
+        return run_onnx([node], [x], engine="onnxruntime", out_dtype=np.int64)
+    if data is None:   # few distinct values: many ties
+        data = rand(*x, dtype="int32", low=-4, high=5).astype(np.float32)
+    return Row(f"max_pool2d_indices-{id}", op, (data,), (), reference, f64=True)
+
+
+def torch_max_pool_indices(op: ops.MaxPool2dIndices) -> Reference:
+    """torch's max_pool2d(return_indices=True), its per-plane indices made flat over the whole
+    tensor: where ONNX Runtime never takes a NaN (its comparison is x > max), torch does."""
+    def reference(x):
+        import torch
+        pt, pl, pb, pr = op.padding
+        assert (pt, pl) == (pb, pr), "torch pads symmetrically"
+        _, index = torch.nn.functional.max_pool2d(
+            torch.from_numpy(x), op.kernel, op.stride, (pt, pl), op.dilation, op.ceil_mode,
+            return_indices=True)
+        n, c, h, w = x.shape
+        return index.numpy() + (np.arange(n * c) * h * w).reshape(n, c, 1, 1)
+    return reference
+
+
+def max_unpool_row(id, x, kernel, stride=None, padding=0, output_size=None,
+                   window=False) -> Row:
+    """max_unpool2d of a max pool's values and indices, against ONNX MaxUnpool; `window`: as
+    the node built on the pool's indices records it (gathered, not scattered)."""
+    pool = ops.MaxPool2dIndices(kernel, stride, padding)
+    data = rand(*x)
+    values, indices = pool.values().reference(data), pool.reference(data)
+    op = ops.MaxUnpool2d(kernel, stride, padding, output_size, window)
+    id += "-window" if window else ""
+    shape = () if output_size is None else (np.array([*x[:2], *output_size], np.int64),)
+    ref = onnx_op("MaxUnpool", extra=shape, kernel_shape=list(op.kernel),
+                  strides=list(op.stride), pads=list(op.padding))
+    if output_size is not None:
+        # Indices into output_shape, as onnxruntime and torch read them (ReferenceEvaluator
+        # reads them in the shape the geometry gives, then pads); torch also runs float64.
+        ref = torch_max_unpool(op)
+    return Row(f"max_unpool2d-{id}", op, (values, indices), (), ref, f64=True)
+
+
+def torch_max_unpool(op: ops.MaxUnpool2d) -> Reference:
+    """torch's max_unpool2d, the flat indices made per-plane first."""
+    def reference(x, indices):
+        import torch
+        n, c = x.shape[:2]
+        plane = (np.arange(n * c) * int(np.prod(op.output_size))).reshape(n, c, 1, 1)
+        return torch.nn.functional.max_unpool2d(
+            torch.from_numpy(x), torch.from_numpy(indices - plane), op.kernel, op.stride,
+            op.padding[:2], output_size=op.output_size).numpy()
+    return reference
+
+
+def unpool_rows():
+    nan = rand(1, 2, 6, 6, dtype="int32", low=-3, high=4).astype(np.float32)
+    nan[0, 0, 1, 0] = nan[0, 1, 4, 5] = np.nan
+    nan_op = ops.MaxPool2dIndices(3, 2, padding=1)
+    return [
+        max_pool_indices_row("2x2", (2, 3, 8, 8), kernel=2),
+        max_pool_indices_row("3x3-s2-pad1", (1, 3, 9, 8), kernel=3, stride=2, padding=1),
+        max_pool_indices_row("storage-order1", (1, 2, 7, 9), kernel=(2, 3), stride=(2, 1),
+                             padding=(1, 0, 0, 1), storage_order=1),
+        max_pool_indices_row("ceil-dilation", (2, 2, 10, 9), kernel=2, stride=2, padding=1,
+                             dilation=2, ceil_mode=True),
+        max_pool_indices_row("all-negative-pad", (1, 2, 5, 5), data=-np.abs(rand(1, 2, 5, 5))
+                             - np.float32(1), kernel=3, stride=1, padding=1),
+        max_pool_indices_row("int8", (1, 2, 6, 6), data=rand(1, 2, 6, 6, dtype="int8"),
+                             kernel=2),
+        Row("max_pool2d_indices-nan-torch", nan_op, (nan,), (), torch_max_pool_indices(nan_op)),
+        max_unpool_row("2x2", (2, 3, 8, 8), 2),
+        max_unpool_row("3x3-s2-pad1", (1, 2, 9, 9), 3, 2, 1),
+        max_unpool_row("output-size", (1, 3, 9, 7), 2, output_size=(9, 7)),
+        max_unpool_row("kernel-2x3", (1, 2, 8, 9), (2, 3), (2, 3)),
+        max_unpool_row("2x2", (2, 3, 8, 8), 2, window=True),
+        max_unpool_row("3x3-s2-pad1", (1, 2, 9, 9), 3, 2, 1, window=True),   # overlapping
+        max_unpool_row("output-size", (1, 3, 9, 7), 2, output_size=(9, 7), window=True),
+        max_unpool_row("kernel-3x2-s1", (1, 2, 6, 7), (3, 2), 1, window=True),
     ]
 
 
@@ -681,6 +789,13 @@ def shape_rows():
             onnx_op("Pad", mode="edge", extra=(i64([0, 1, 2, 0, 0, 0, 2, 5]),)), f64=True),
         Row("pad-edge-2d", ops.Pad(((1, 3), (2, 0)), mode="edge"), (rand(3, 4),), (),
             onnx_op("Pad", mode="edge", extra=(i64([1, 2, 3, 0]),))),
+        Row("pad-wrap", ops.Pad(((0, 0), (0, 0), (2, 1), (3, 0)), mode="wrap"), (x,), (),
+            onnx_op("Pad", mode="wrap", extra=(i64([0, 0, 2, 3, 0, 0, 1, 0]),)), f64=True),
+        # Wider than the axis: the torus wraps more than once.
+        Row("pad-wrap-wide", ops.Pad(((1, 0), (0, 2), (5, 9), (0, 7)), mode="wrap"), (x,), (),
+            onnx_op("Pad", mode="wrap", extra=(i64([1, 0, 5, 0, 0, 2, 9, 7]),))),
+        Row("pad-wrap-int32", ops.Pad(((2, 1), (0, 3)), mode="wrap"), (rand(3, 4, dtype="int32"),),
+            (), onnx_op("Pad", mode="wrap", extra=(i64([2, 0, 1, 3]),))),
         Row("expand", ops.Expand((2, 3, 4)), (rand(3, 1),), (),
             onnx_op("Expand", extra=(i64([2, 3, 4]),)), f64=True),
         Row("expand-ones-keep", ops.Expand((3, 1, 1)), (rand(1, 4, 5),), (),
@@ -1195,7 +1310,8 @@ def random_rows(count: int = 8, seed: int = 99, tag: str = "random"):
 
 ROWS: list[Row] = [*conv_rows(), *fused_conv_rows(), *conv_transpose_rows(), *batch_norm_rows(),
                    *activation_rows(), *math_rows(), *pow_rows(), *where_rows(), *compare_rows(), *reduce_rows(),
-                   *layer_norm_rows(), *instance_norm_rows(), *pool_rows(), *global_pool_rows(),
+                   *layer_norm_rows(), *instance_norm_rows(), *pool_rows(), *unpool_rows(),
+                   *global_pool_rows(),
                    *lrn_rows(), *linear_rows(), *binary_rows(), *shape_rows(), *resize_rows(),
                    *cast_rows(), *random_rows(),
                    *quantize_rows(), *dequantize_rows(), *integer_conv_rows(),

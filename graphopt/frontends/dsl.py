@@ -527,8 +527,31 @@ def lrn(x, size=5, alpha=1e-4, beta=0.75, bias=1.0, name=None):
     return _unary(x, name, ops.Lrn, size, alpha, beta, bias)
 
 
-def max_pool2d(x, kernel, stride=None, padding=0, dilation=1, ceil_mode=False, name=None):
-    return _unary(x, name, ops.MaxPool2d, kernel, stride, padding, dilation, ceil_mode)
+def max_pool2d(x, kernel, stride=None, padding=0, dilation=1, ceil_mode=False, name=None,
+               return_indices=False):
+    """Max pooling; with `return_indices`, (values, indices): the indices (int64, node
+    '<name>.indices') say where each maximum is as a flat index into the whole input (ONNX
+    MaxPool's; torch's count within each channel's plane), for `max_unpool2d`; without `name`
+    the indices node is 'max_pool2d_indices'."""
+    values = _unary(x, name, ops.MaxPool2d, kernel, stride, padding, dilation, ceil_mode)
+    if not return_indices:
+        return values
+    indices = _unary(x, None if name is None else f"{name}.indices", ops.MaxPool2dIndices,
+                     kernel, stride, padding, dilation, ceil_mode)
+    return values, indices
+
+
+def max_unpool2d(x, indices, kernel, stride=None, padding=0, output_size=None, name=None):
+    """The inverse of a max pool: zeros of the pooled input's size (by default the size the
+    geometry gives, (in - 1) * stride + kernel - padding; `output_size` (h, w) for a pool that
+    dropped rows or columns) with each value of `x` at its index from
+    `max_pool2d(..., return_indices=True)`."""
+    b = _builder_of(x, indices)
+    op = _op(b, name, ops.MaxUnpool2d, kernel, stride, padding, output_size)
+    if isinstance(x, Tensor) and isinstance(indices, Tensor) and len(x.shape) == 4 and \
+            op.indices_from_pool(indices.value, (*x.shape[:2], *op.out_hw(*x.shape[2:]))):
+        op = dataclasses.replace(op, window_indices=True)
+    return b.apply(op, [x, indices], name)
 
 
 def avg_pool2d(x, kernel, stride=None, padding=0, ceil_mode=False, count_include_pad=False,
@@ -732,7 +755,7 @@ def gru(x: Tensor, hidden_size: int, direction: str = "forward", initial_h=None,
 __all__ = ["Builder", "Tensor", "current", "conv2d", "conv_transpose2d", "batch_norm", "linear",
            "identity", "relu", "relu6", "clip", "leaky_relu", "sigmoid", "tanh", "hard_sigmoid",
            "hard_swish", "gelu", "silu", "exp", "softmax", "split",
-           "dropout", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "global_max_pool2d", "lrn",
+           "dropout", "max_pool2d", "max_unpool2d", "avg_pool2d", "global_avg_pool2d", "global_max_pool2d", "lrn",
            "flatten", "reshape", "transpose", "pad", "resize", "instance_norm", "add", "sub", "mul",
            "div", "matmul", "concat", "parameter", "inputs_of", "expand", "gather", "argmax",
            "embedding", "lstm", "gru"]   # (dsl.slice stays out: it would shadow the builtin)

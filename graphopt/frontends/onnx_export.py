@@ -97,14 +97,23 @@ def newer(ex, node):
     ex.add(op_type, node, **{a: getattr(node.op, a) for a in attributes})
 
 
-@exports("reduce_mean", "reduce_sum", "reduce_max")
+REDUCE = {"reduce_mean": "ReduceMean", "reduce_sum": "ReduceSum", "reduce_max": "ReduceMax",
+          "reduce_min": "ReduceMin", "reduce_prod": "ReduceProd", "reduce_l1": "ReduceL1",
+          "reduce_l2": "ReduceL2", "reduce_sum_square": "ReduceSumSquare",
+          "reduce_log_sum_exp": "ReduceLogSumExp"}
+
+
+@exports(*REDUCE)
 def reduce(ex, node):
-    """Axes as an attribute (ReduceMean, ReduceMax) or an input (ReduceSum) at opset 13."""
+    """Axes as an attribute at opset 13, or an input (ReduceSum; a bool ReduceMax or ReduceMin,
+    which needs opset 20)."""
     op = node.op
-    op_type = {"reduce_mean": "ReduceMean", "reduce_sum": "ReduceSum",
-               "reduce_max": "ReduceMax"}[node.op_name]
+    op_type = REDUCE[node.op_name]
     axes = None if op.axes is None else list(op.axes)
-    if op_type == "ReduceSum":
+    boolean = node.inputs[0].dtype == "bool"
+    if boolean:
+        ex.require(20)
+    if op_type == "ReduceSum" or boolean:
         inputs = [node.inputs[0]] + ([] if axes is None else
                                      [ex.constant(f"{node.name}.axes", np.array(axes, np.int64))])
         ex.add(op_type, node, inputs, keepdims=int(op.keepdims))
@@ -201,6 +210,29 @@ def pool(ex, node):
         ex.add("AveragePool", node, count_include_pad=int(op.count_include_pad), **attrs)
 
 
+@exports("max_pool2d_indices")
+def max_pool_indices(ex, node):
+    """MaxPool's Indices output; its values output (required by ONNX) is left unread."""
+    op = node.op
+    values = ex.fresh(f"{node.name}/values")
+    ex.add("MaxPool", node, outputs=[values, node.outputs[0].name],
+           kernel_shape=list(op.kernel), strides=list(op.stride), pads=list(op.padding),
+           ceil_mode=int(op.ceil_mode), storage_order=op.storage_order,
+           dilations=list(op.dilation) if op.dilation != (1, 1) else None)
+
+
+@exports("max_unpool2d")
+def max_unpool(ex, node):
+    """MaxUnpool; an output_shape input where the op names its output size."""
+    op = node.op
+    inputs = list(node.inputs)
+    if op.output_size is not None:
+        inputs.append(ex.constant(f"{node.name}.output_shape",
+                                  np.array(node.outputs[0].shape, np.int64)))
+    ex.add("MaxUnpool", node, inputs, kernel_shape=list(op.kernel), strides=list(op.stride),
+           pads=list(op.padding))
+
+
 @exports("linear")
 def linear(ex, node):
     x, w = node.inputs[:2]
@@ -254,6 +286,8 @@ def pad(ex, node):
     befores, afters = zip(*node.op.pads) if node.op.pads else ((), ())
     pads = ex.constant(f"{node.name}.pads", np.array([*befores, *afters], np.int64))
     value = ex.constant(f"{node.name}.value", np.array(node.op.value, x.dtype))
+    if node.op.mode == "wrap":
+        ex.require(19)   # Pad's wrap mode
     ex.add("Pad", node, [x, pads, value], mode=node.op.mode)
 
 

@@ -3,6 +3,7 @@ graphopt Value(s) of the node's outputs. Forms we cannot express raise `Unsuppor
 the reason (collected into one UnsupportedOpError by the importer)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable
 
@@ -21,6 +22,8 @@ TABLE: dict[str, Callable[[NodeContext], object]] = {}
 # at run time is unsupported, a conformance case that feeds them is loaded with them bound.
 ATTRIBUTE_INPUTS = {"Clip": (1, 2), "Dropout": (1, 2), "Expand": (1,), "Pad": (1, 2, 3),
                     "ReduceMax": (1,), "ReduceMean": (1,), "ReduceSum": (1,), "Reshape": (1,),
+                    "ReduceMin": (1,), "ReduceProd": (1,), "ReduceL1": (1,), "ReduceL2": (1,),
+                    "ReduceSumSquare": (1,), "ReduceLogSumExp": (1,), "MaxUnpool": (2,),
                     "Resize": (1, 2, 3), "Slice": (1, 2, 3, 4), "Split": (1,), "Squeeze": (1,),
                     "Tile": (1,), "Unsqueeze": (1,), "LSTM": (4,), "GRU": (4,)}
 
@@ -79,12 +82,13 @@ class Spatial:
             return (0, begins[0], 0, ends[0])
         return (begins[0], begins[1], ends[0], ends[1])
 
-    def finish(self, op: ops.Op, inputs) -> object:
+    def finish(self, op: ops.Op, inputs, output: int = 0) -> object:
+        """`op` on `inputs` computing the node's output number `output`."""
         if not self.lifted:
-            return self.ctx.emit(op, inputs)
+            return self.ctx.emit(op, inputs, output=output)
         y = self.ctx.emit(op, inputs, final=False)
         n, c, _, length = y.shape
-        return self.ctx.emit(ops.Reshape((n, c, length)), [y])
+        return self.ctx.emit(ops.Reshape((n, c, length)), [y], output=output)
 
 
 def weight_2d(ctx: NodeContext, spatial: Spatial, index: int = 1):
@@ -147,17 +151,60 @@ def conv_transpose(ctx):
 
 @converts("MaxPool", "AveragePool")
 def pool(ctx):
-    ctx.single_output("Indices (argmax)")
-    if ctx.attr("storage_order", 0) not in (0, 1):
+    """MaxPool's optional Indices output is a max_pool2d_indices node beside the values'
+    max_pool2d (flat indices into the whole input; a 1-D input's equal its lifted form's)."""
+    storage_order = ctx.attr("storage_order", 0)
+    if storage_order not in (0, 1):
         raise ModelFormatError("storage_order must be 0 or 1", node=ctx.name, op=ctx.op_type)
     s = Spatial(ctx)
     kernel = s.ints("kernel_shape", 0)
     strides, dilations = s.ints("strides", 1), s.ints("dilations", 1)
     args = (kernel, strides, s.pads(kernel, strides, dilations), dilations,
             bool(ctx.attr("ceil_mode", 0)))
-    if ctx.op_type == "MaxPool":
+    if ctx.op_type == "AveragePool":
+        return s.finish(ops.AvgPool2d(*args, bool(ctx.attr("count_include_pad", 0))), [s.x])
+    outputs = list(ctx.node.output) + [""]
+    if not outputs[1]:
         return s.finish(ops.MaxPool2d(*args), [s.x])
-    return s.finish(ops.AvgPool2d(*args, bool(ctx.attr("count_include_pad", 0))), [s.x])
+    indices = ops.MaxPool2dIndices(*args, storage_order=storage_order)
+    model = ctx.importer.model.graph
+    if not s.lifted and outputs[0] not in {o.name for o in model.output} and not any(
+            outputs[0] in n.input for n in model.node):
+        # Values nobody reads (as graphopt exports an indices node alone): the indices node
+        # takes the ONNX node's name.
+        return [None, ctx.graph.add_node(indices, [s.x], name=ctx.importer.node_name(ctx),
+                                         output_names=[outputs[1]]).output]
+    return [s.finish(ops.MaxPool2d(*args), [s.x]), s.finish(indices, [s.x], output=1)]
+
+
+@converts("MaxUnpool")
+def max_unpool(ctx):
+    """Values scattered to their flat indices; the output size from the pooling geometry or
+    from the output_shape input (a constant)."""
+    x = ctx.type(0)
+    if x.ndim != 4:
+        raise UnsupportedForm(f"input {x} (only NCHW is supported)")
+    if ctx.type(1).dtype != "int64" or ctx.type(1).shape != x.shape:
+        raise ModelFormatError(f"expected int64 indices of X's shape {list(x.shape)}, found "
+                               f"{ctx.type(1)}", node=ctx.name, op=ctx.op_type)
+    s = Spatial(ctx)
+    kernel = s.ints("kernel_shape", 0)
+    strides = s.ints("strides", 1)
+    pads = ctx.ints("pads", [0] * 4)
+    if len(pads) != 4:
+        raise ModelFormatError(f"pads={list(pads)} has {len(pads)} values, expected 4",
+                               node=ctx.name, op=ctx.op_type)
+    size = None
+    if ctx.has(2):
+        shape = ctx.static_ints(2, "output_shape")
+        if len(shape) != 4 or list(shape[:2]) != list(x.shape[:2]):
+            raise ModelFormatError(f"output_shape {shape} must be [N, C, H, W] with X's N and "
+                                   f"C ({list(x.shape[:2])})", node=ctx.name, op=ctx.op_type)
+        size = tuple(shape[2:])
+    op = ops.MaxUnpool2d(kernel, strides, (pads[0], pads[1], pads[2], pads[3]), size)
+    if op.indices_from_pool(ctx.input(1), (*x.shape[:2], *op.out_hw(*x.shape[2:]))):
+        op = dataclasses.replace(op, window_indices=True)
+    return ctx.emit(op, [ctx.input(0), ctx.input(1)])
 
 
 @converts("GlobalAveragePool", "GlobalMaxPool")
@@ -168,7 +215,10 @@ def global_pool(ctx):
     return ctx.emit(op, [ctx.input(0)])
 
 
-REDUCE = {"ReduceMean": ops.ReduceMean, "ReduceSum": ops.ReduceSum, "ReduceMax": ops.ReduceMax}
+REDUCE = {"ReduceMean": ops.ReduceMean, "ReduceSum": ops.ReduceSum, "ReduceMax": ops.ReduceMax,
+          "ReduceMin": ops.ReduceMin, "ReduceProd": ops.ReduceProd, "ReduceL1": ops.ReduceL1,
+          "ReduceL2": ops.ReduceL2, "ReduceSumSquare": ops.ReduceSumSquare,
+          "ReduceLogSumExp": ops.ReduceLogSumExp}
 
 
 @converts(*REDUCE)
@@ -182,15 +232,17 @@ def reduce(ctx):
         if ctx.attr("noop_with_empty_axes", 0):
             return ctx.emit(ops.Identity(), [ctx.input(0)])
         axes = None
-    if ctx.op_type == "ReduceMean" and not x.is_float:
-        raise UnsupportedForm(f"integer input {x}")
+    if ctx.op_type in ("ReduceMean", "ReduceL2", "ReduceLogSumExp") and not x.is_float:
+        raise UnsupportedForm(f"{x.dtype} input {x} (floating-point inputs are supported)")
+    if x.dtype == "bool" and ctx.op_type not in ("ReduceMax", "ReduceMin"):
+        raise UnsupportedForm(f"bool input {x}")
     empty = [a for a in (range(x.ndim) if axes is None else axes)
              if -x.ndim <= a < x.ndim and x.shape[a] == 0]
-    if empty and ctx.op_type == "ReduceMax":
+    if empty and ctx.op_type in ("ReduceMax", "ReduceMin"):
         raise UnsupportedForm(f"reducing the empty axes {empty} of {x}")
     spatial = x.ndim == 4 and axes is not None and all(-4 <= a < 4 for a in axes) and \
         sorted(a % 4 for a in axes) == [2, 3]
-    if spatial and ctx.op_type != "ReduceSum":
+    if spatial and ctx.op_type in ("ReduceMean", "ReduceMax"):
         op = ops.GlobalAvgPool2d() if ctx.op_type == "ReduceMean" else ops.GlobalMaxPool2d()
         if keepdims:
             return ctx.emit(op, [ctx.input(0)])

@@ -11,10 +11,12 @@ from .conv import BatchNorm, Conv2d, ConvTranspose2d
 from .fused import FusedConv2d
 from .linear import Linear, Matmul
 from .math import Erf, Exp, Log, Sqrt
-from .pool import AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, Lrn, MaxPool2d
+from .pool import (AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, Lrn, MaxPool2d,
+                   MaxPool2dIndices, MaxUnpool2d)
 from .quant import (Conv2dInteger, DequantizeLinear, MatmulInteger, QLinearConv2d, QLinearMatmul,
                     QuantizeLinear)
-from .reduce import InstanceNorm, LayerNorm, ReduceMax, ReduceMean, ReduceSum
+from .reduce import (InstanceNorm, LayerNorm, ReduceL1, ReduceL2, ReduceLogSumExp, ReduceMax,
+                     ReduceMean, ReduceMin, ReduceProd, ReduceSum, ReduceSumSquare)
 from .arg_reduce import ArgMax, ArgMin
 from .recurrent import Gru, Lstm
 from .resize import Resize

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputError
 from ..ir import TensorType, is_float_dtype
 from .base import (relax_type, Op, accumulator, expect, expect_float, expect_rank, flag, integer,
                    pair, quad, real, register, relax)
@@ -182,6 +183,222 @@ class MaxPool2d(Pool2d):
             return reducer(tirx.if_then_else(inside, x[b, ch, row, col], lowest), axis=[ry, rx])
 
         return te.compute((n, c, out_h, out_w), window, name="max_pool2d")
+
+
+def flat_index(n, c, row, col, channels: int, h: int, w: int, storage_order: int):
+    """ONNX MaxPool's index of input element [n, c, row, col] in the whole input tensor
+    flattened: row-major (storage_order 0) or with H and W swapped (1)."""
+    plane = n * channels + c
+    return (plane * h + row) * w + col if storage_order == 0 else (plane * w + col) * h + row
+
+
+@register
+@dataclass(frozen=True)
+class MaxPool2dIndices(Pool2d):
+    """The indices output of ONNX MaxPool (int64): where in the input each window's maximum
+    is, as a flat index into the whole input tensor (row-major, or with `storage_order` 1 the
+    spatial axes column-major). The first maximum in row-major window order wins, a NaN
+    counting as the largest value (torch's max_pool2d(return_indices=True) within each plane);
+    padding is never chosen. The values are the `max_pool2d` of the same attributes."""
+
+    name = "max_pool2d_indices"
+    storage_order: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "storage_order", integer(self.storage_order, "storage_order"))
+        expect(self.storage_order in (0, 1),
+               f"expected storage_order 0 or 1, found {self.storage_order}")
+
+    def values(self) -> MaxPool2d:
+        return MaxPool2d(self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode)
+
+    def infer(self, x):
+        return super().infer(x).with_dtype("int64")
+
+    def reference(self, x):
+        n, c, h, w = x.shape
+        oh, ow = self.out_hw(h, w)
+        pt, pl = self.padding[:2]
+        lowest = -np.inf if is_float_dtype(x.dtype) else np.iinfo(x.dtype).min
+        xp, _, _ = self.padded(x, lowest, oh, ow)
+        rows = np.arange(oh)[:, None] * self.stride[0] - pt
+        cols = np.arange(ow)[None, :] * self.stride[1] - pl
+        best = np.zeros((n, c, oh, ow), x.dtype)
+        where = np.full((n, c, oh, ow), -1, np.int64)
+        plane = np.arange(n * c).reshape(n, c, 1, 1)
+        taps = ((i, j) for i in range(self.kernel[0]) for j in range(self.kernel[1]))
+        for win, (i, j) in zip(self.windows(xp, oh, ow), taps):
+            row, col = rows + i * self.dilation[0], cols + j * self.dilation[1]
+            inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
+            better = inside & ((where < 0) | (win > best) | (isnan_np(win) & ~isnan_np(best)))
+            index = flat_index(plane // c, plane % c, row, col, c, h, w, self.storage_order)
+            best = np.where(better, win, best)
+            where = np.where(better, index, where)
+        return where
+
+    def lower_tvm(self, bb, x):
+        n, c, h, w = x.ty.shape
+        return bb.call_te(self.argmax, x, *self.out_hw(int(h), int(w)),
+                          primfunc_name_hint="max_pool2d_indices")
+
+    def argmax(self, x, out_h: int, out_w: int):
+        """TE: the window's maximum (`MaxPool2d.max_pool`), then the first tap in window order
+        that holds it (both NaN counting as equal), as a min over tap keys: a matching tap's
+        number, else a real tap's number plus the tap count (a window whose real values are
+        all -inf, below the pool's padding value, takes its first real tap), else twice the
+        count. Plain single-output reductions, which every schedule rule handles."""
+        from tvm import te, tirx
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+        pad_top, pad_left = self.padding[:2]
+        n, c, h, w = (int(v) for v in x.shape)
+        floating, taps = is_float_dtype(x.dtype), kh * kw
+        best = self.values().max_pool(x, out_h, out_w)
+        tap = te.reduce_axis((0, taps), "tap")
+
+        def position(i, j, t):
+            return i * sh + t // kw * dh - pad_top, j * sw + t % kw * dw - pad_left
+
+        def first_tap(b, ch, i, j):
+            row, col = position(i, j, tap)
+            inside = tirx.all(row >= 0, row < h, col >= 0, col < w)
+            value = tirx.if_then_else(inside, x[b, ch, row, col], tirx.min_value(x.dtype))
+            top = best[b, ch, i, j]
+            same = value == top
+            if floating:
+                same = tirx.any(same, tirx.all(isnan(value), isnan(top)))
+            key = tirx.Select(tirx.all(inside, same), tap,
+                              tirx.Select(inside, tap + taps, tirx.const(2 * taps, "int32")))
+            return te.min(key, axis=tap)
+
+        first = te.compute((n, c, out_h, out_w), first_tap, name="max_pool2d_first_tap")
+
+        def index(b, ch, i, j):
+            row, col = position(i, j, first[b, ch, i, j] % taps)
+            wide = [v.astype("int64") for v in (b, ch, row, col)]
+            return flat_index(*wide, c, h, w, self.storage_order)
+
+        return te.compute((n, c, out_h, out_w), index, name="max_pool2d_indices")
+
+
+def isnan_np(a: np.ndarray) -> np.ndarray:
+    return np.isnan(a) if a.dtype.kind == "f" else np.zeros(a.shape, bool)
+
+
+@register
+@dataclass(frozen=True)
+class MaxUnpool2d(Op):
+    """ONNX MaxUnpool: an output of zeros [N, C, *output_size] into which each input value is
+    written at its index (inputs: x and int64 indices of the same shape, flat indices into the
+    whole output, as max_pool2d_indices gives them). `output_size` None: the size the pooling
+    geometry gives back, (in - 1) * stride + kernel - padding; a pooling that dropped rows or
+    columns names its input's size instead. Where indices repeat, the last value wins.
+
+    `window_indices` records that the indices are those of a max pool of this geometry over a
+    tensor of the output's shape (`indices_from_pool`, checked where the node is built): each
+    then points into its own window, and lowering gathers each output element from the few
+    windows that cover it (an injective kernel every schedule rule handles) instead of
+    scattering (one serial loop over the input, left unscheduled)."""
+
+    name = "max_unpool2d"
+    arity = (2, 2)
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] | None = None
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    output_size: tuple[int, int] | None = None
+    window_indices: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "kernel", pair(self.kernel, "kernel"))
+        object.__setattr__(self, "stride", pair(self.kernel if self.stride is None else self.stride,
+                                                "stride"))
+        object.__setattr__(self, "padding", quad(self.padding))
+        if self.output_size is not None:
+            object.__setattr__(self, "output_size", pair(self.output_size, "output_size"))
+        object.__setattr__(self, "window_indices", flag(self.window_indices, "window_indices"))
+        expect(min(self.kernel) >= 1 and min(self.stride) >= 1 and min(self.padding) >= 0,
+               f"expected positive kernel/stride and non-negative padding, found {self}")
+
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        if self.output_size is not None:
+            return self.output_size
+        pt, pl, pb, pr = self.padding
+        return ((h - 1) * self.stride[0] + self.kernel[0] - pt - pb,
+                (w - 1) * self.stride[1] + self.kernel[1] - pl - pr)
+
+    def infer(self, x, indices):
+        expect_rank(x, 4, "input x")
+        expect(indices.shape == x.shape and indices.dtype == "int64",
+               f"expected int64 indices of x's shape {list(x.shape)}, found {indices}")
+        oh, ow = self.out_hw(*x.shape[2:])
+        expect(oh > 0 and ow > 0, f"expected a positive output size, found {oh}x{ow} for {x} "
+               f"with kernel {self.kernel}, stride {self.stride}, padding {self.padding}")
+        return x.with_shape((*x.shape[:2], oh, ow))
+
+    def reference(self, x, indices):
+        out_shape = (*x.shape[:2], *self.out_hw(*x.shape[2:]))
+        total = int(np.prod(out_shape))
+        flat = indices.reshape(-1)
+        bad = flat[(flat < 0) | (flat >= total)]
+        if bad.size:
+            raise InputError(f"index {int(bad[0])} lies outside the output "
+                             f"{list(out_shape)} ({total} elements)")
+        y = np.zeros(total, x.dtype)
+        y[flat] = x.reshape(-1)
+        return y.reshape(out_shape)
+
+    def indices_from_pool(self, indices, output_shape) -> bool:
+        """Whether the Value `indices` is computed by a max_pool2d_indices of this geometry
+        (row-major, undilated) over a tensor of `output_shape`: what `window_indices` records."""
+        pool = indices.producer.op if indices.producer is not None else None
+        return (isinstance(pool, MaxPool2dIndices) and pool.storage_order == 0
+                and pool.dilation == (1, 1)
+                and (pool.kernel, pool.stride, pool.padding) == (self.kernel, self.stride,
+                                                                 self.padding)
+                and tuple(indices.producer.inputs[0].shape) == tuple(output_shape))
+
+    def lower_tvm(self, bb, x, indices):
+        R = relax().op
+        ty = relax_type(x)
+        out_shape = (*ty.shape[:2], *self.out_hw(*ty.shape[2:]))
+        if self.window_indices:
+            return bb.call_te(self.gather, x, indices, *out_shape[2:],
+                              primfunc_name_hint="max_unpool2d")
+        total = int(np.prod(out_shape))
+        zeros = relax().const(np.zeros(total, ty.dtype), ty.dtype)
+        # An index outside the output would write outside it: clamp it out of harm's way.
+        flat = R.clip(R.reshape(indices, (ty.numel,)), 0, total - 1)
+        y = R.scatter_elements(zeros, flat, R.reshape(x, (ty.numel,)), axis=0)
+        return R.reshape(y, out_shape)
+
+    def gather(self, x, indices, out_h: int, out_w: int):
+        """TE (window_indices): each output element takes the value of the last window
+        covering it whose index names it, else 0; at most ceil(kernel / stride) windows
+        per axis cover an element."""
+        from tvm import te, tirx
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        pt, pl = self.padding[:2]
+        n, c, ph, pw = (int(v) for v in x.shape)
+
+        def windows(pos, pad, kernel, stride, pooled):
+            """(window, inside) for each window that may cover `pos` along one axis."""
+            last = (pos + pad) // stride
+            for back in range((kernel + stride - 1) // stride):
+                k = last - back
+                yield k, tirx.all(k >= 0, k < pooled, k * stride - pad + kernel > pos)
+
+        def element(b, ch, i, j):
+            flat = ((b.astype("int64") * c + ch) * out_h + i) * out_w + j
+            value = tirx.const(0, x.dtype)
+            for wi, inside_i in windows(i, pt, kh, sh, ph):
+                for wj, inside_j in windows(j, pl, kw, sw, pw):
+                    row = tirx.max(tirx.min(wi, ph - 1), 0)
+                    col = tirx.max(tirx.min(wj, pw - 1), 0)
+                    hit = tirx.all(inside_i, inside_j, indices[b, ch, row, col] == flat)
+                    value = tirx.Select(hit, x[b, ch, row, col], value)
+            return value
+
+        return te.compute((n, c, out_h, out_w), element, name="max_unpool2d")
 
 
 @register

@@ -1,15 +1,16 @@
-"""Reductions over any axes (mean, sum, max; ONNX ReduceMean/ReduceSum/ReduceMax) and the layer
-normalization built on them."""
+"""Reductions over any axes (ONNX ReduceMean, ReduceSum, ReduceMax, ReduceMin, ReduceProd,
+ReduceL1, ReduceL2, ReduceSumSquare, ReduceLogSumExp) and the layer normalization built on
+them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir import TensorType
+from ..ir import TensorType, is_float_dtype
 from .base import (Op, accumulator, expect, expect_float, expect_same_dtype, flag, int_tuple,
                    integer, real, register, relax, relax_type)
-from .cast import lower_in_float32
+from .cast import isnan, lower_in_float32
 from .pool import nan_max_reducer
 from .shape import normalize_axes, te_type
 
@@ -101,16 +102,20 @@ class ReduceMax(Reduce):
         if relax_type(x).dtype == "bool":   # as int8: TVM cannot vectorize bool reductions
             R = relax().op
             axes = list(self.reduced(relax_type(x).ndim))
-            return R.astype(R.max(R.astype(x, "int8"), axes, self.keepdims), "bool")
-        return bb.call_te(self.te_max, x, primfunc_name_hint="reduce_max")
+            extreme = R.max if self.name == "reduce_max" else R.min
+            return R.astype(extreme(R.astype(x, "int8"), axes, self.keepdims), "bool")
+        return bb.call_te(self.te_max, x, primfunc_name_hint=self.name)
+
+    def reducer(self):
+        return nan_max_reducer()
 
     def te_max(self, x):
-        """TE: the max over the reduced axes, NaN-propagating (see `pool.nan_max`)."""
+        """TE: the max (min) over the reduced axes, NaN-propagating (see `pool.nan_max`)."""
         from tvm import te
         shape = [int(d) for d in x.shape]
         axes = self.reduced(len(shape))
         loops = {a: te.reduce_axis((0, shape[a]), f"r{a}") for a in axes}
-        reducer = nan_max_reducer()
+        reducer = self.reducer()
         out_shape = self.infer(te_type(x)).shape
 
         def body(*index):
@@ -124,7 +129,146 @@ class ReduceMax(Reduce):
                     source.append(rest.pop(0))
             return reducer(x[tuple(source)], axis=list(loops.values()))
 
-        return te.compute(out_shape, body, name="reduce_max")
+        return te.compute(out_shape, body, name=self.name)
+
+
+@register
+@dataclass(frozen=True)
+class ReduceMin(ReduceMax):
+    """The smallest value, NaN if any is NaN (numpy's min); reduced axes may not be empty."""
+
+    name = "reduce_min"
+
+    def reference(self, x):
+        return np.asarray(x.min(**self.numpy_args(x)))
+
+    def reducer(self):
+        from tvm import te, tirx
+
+        def nan_min(a, b):
+            if not is_float_dtype(a.dtype if hasattr(a, "dtype") else a.ty):
+                return tirx.min(a, b)
+            return tirx.Select(tirx.any(isnan(a), a < b), a, b)
+        return te.comm_reducer(nan_min, lambda dtype: tirx.max_value(dtype), name="nan_min")
+
+
+@dataclass(frozen=True)
+class SumOf(Reduce):
+    """finish(sum of term(x)) over the axes: floats accumulate in float32 (or float64),
+    integers in their own dtype, wrapping (ONNX ReduceL1, ReduceSumSquare, ReduceL2). `term`
+    and `finish` take numpy or Relax's op module (`np.abs` / `R.abs`, ...)."""
+
+    floats_only = False
+
+    def term(self, m, x):
+        return x
+
+    def finish(self, m, total):
+        return total
+
+    def infer(self, x):
+        expect(x.dtype != "bool", f"expected a numeric input, found {x}")
+        if self.floats_only:
+            expect_float(x)
+        return super().infer(x)
+
+    def reference(self, x):
+        acc = x.dtype if x.dtype.kind in "iu" else accumulator(x.dtype)
+        total = np.sum(self.term(np, x.astype(acc)), dtype=acc, **self.numpy_args(x))
+        return np.asarray(self.finish(np, total)).astype(x.dtype)
+
+    def lower_tvm(self, bb, x):
+        R = relax().op
+        axes = list(self.reduced(relax_type(x).ndim))
+        return lower_in_float32(bb, x, lambda v: self.finish(
+            R, R.sum(self.term(R, v), axes, self.keepdims)))
+
+
+@register
+@dataclass(frozen=True)
+class ReduceL1(SumOf):
+    name = "reduce_l1"
+
+    def term(self, m, x):
+        return m.abs(x)
+
+
+@register
+@dataclass(frozen=True)
+class ReduceSumSquare(SumOf):
+    name = "reduce_sum_square"
+
+    def term(self, m, x):
+        return m.multiply(x, x)
+
+
+@register
+@dataclass(frozen=True)
+class ReduceL2(ReduceSumSquare):
+    name = "reduce_l2"
+    floats_only = True
+
+    def finish(self, m, total):
+        return m.sqrt(total)
+
+
+@register
+@dataclass(frozen=True)
+class ReduceProd(Reduce):
+    """The product; floats multiply in float32 (or float64), integers in their own dtype."""
+
+    name = "reduce_prod"
+
+    def infer(self, x):
+        expect(x.dtype != "bool", f"expected a numeric input, found {x}")
+        return super().infer(x)
+
+    def reference(self, x):
+        acc = x.dtype if x.dtype.kind in "iu" else accumulator(x.dtype)
+        return np.asarray(np.prod(x.astype(acc), dtype=acc, **self.numpy_args(x))).astype(
+            x.dtype)
+
+    def lower_tvm(self, bb, x):
+        axes = list(self.reduced(relax_type(x).ndim))
+        return lower_in_float32(bb, x, lambda v: relax().op.prod(v, axes, self.keepdims))
+
+
+@register
+@dataclass(frozen=True)
+class ReduceLogSumExp(Reduce):
+    """log(sum(exp(x))) over the axes, computed as m + log(sum(exp(x - m))) with m the max
+    (0 where the max is infinite or the axes are empty), so that large values do not overflow;
+    -inf over empty axes."""
+
+    name = "reduce_log_sum_exp"
+
+    def infer(self, x):
+        expect_float(x)
+        return super().infer(x)
+
+    def reference(self, x):
+        acc = accumulator(x.dtype)
+        xa, args = x.astype(acc), self.numpy_args(x)
+        shift = np.max(xa, axis=args["axis"], keepdims=True, initial=-np.inf)
+        shift = np.where(np.isfinite(shift), shift, acc(0))
+        total = np.log(np.sum(np.exp(xa - shift), axis=args["axis"], keepdims=True)) + shift
+        return np.asarray(total if self.keepdims else np.squeeze(total, args["axis"])).astype(
+            x.dtype)
+
+    def lower_tvm(self, bb, x):
+        rx = relax()
+        R = rx.op
+        axes = list(self.reduced(relax_type(x).ndim))
+
+        def log_sum_exp(v):
+            dtype = relax_type(v).dtype
+            shift = bb.emit(R.max(v, axes, keepdims=True))
+            finite = R.logical_not(R.logical_or(R.isinf(shift), R.isnan(shift)))
+            shift = bb.emit(R.where(finite, shift, rx.const(0, dtype)))
+            total = R.add(R.log(R.sum(R.exp(R.subtract(v, shift)), axes, keepdims=True)), shift)
+            return total if self.keepdims else R.squeeze(total, axes)
+
+        return lower_in_float32(bb, x, log_sum_exp)
 
 
 @register

@@ -139,15 +139,17 @@ class Transpose(Op):
         return relax().op.permute_dims(x, list(self.perm))
 
 
-PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}  # -> Relax's
+PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate",  # -> Relax's
+             "wrap": "circular"}
 
 
 @register
 @dataclass(frozen=True)
 class Pad(Op):
     """Padding: `pads` holds one (before, after) pair per axis; `mode` "constant" (with
-    `value`), "reflect" (mirrored without repeating the edge) or "edge" (the edge repeated), as
-    ONNX's Pad and numpy's pad define them."""
+    `value`), "reflect" (mirrored without repeating the edge), "edge" (the edge repeated) or
+    "wrap" (the other end's values, as on a torus; pads may exceed the axis), as ONNX's Pad and
+    numpy's pad define them."""
 
     name = "pad"
     pads: tuple[tuple[int, int], ...] = ()
