@@ -266,7 +266,7 @@ class Importer:
             self.poisoned.update(node.output)
             return
         for name, result in zip(node.output, results):
-            if not name:
+            if not name or result is None:   # an output not computed: no node reads it
                 continue
             if isinstance(result, np.ndarray):
                 self.static[name] = result
