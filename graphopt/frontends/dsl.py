@@ -696,7 +696,7 @@ def _recurrent(op_class, x, hidden_size, direction, initial, bias, layout, seque
     """lstm / gru: weights '<name>.W' [D, G*H, I], '.R' [D, G*H, H] and '.B' [D, 2*G*H] in
     ONNX's layout and gate order, drawn U(-1/sqrt(H), 1/sqrt(H)) as torch initializes them; a
     given initial state without the other (LSTM) starts that one at zeros; bias=False with
-    initial states adds zeros for B (ONNX's inputs are positional)."""
+    initial states adds a B of zeros (ONNX's inputs are positional; it counts as parameters)."""
     b = _builder_of(x)
     name = _name(b, name, op_class.name, op_class.name)
 
