@@ -385,7 +385,9 @@ ZOO_DEFAULT = {"lenet5": {}, "googlenet": SMALL, "resnet18": SMALL, "deep_convne
                "efficientnet_b0": TINY, "shufflenet_v2_x1_0": TINY, "densenet121": TINY,
                "dqn": {}, "yolov3_tiny": {"image_size": 64},
                "style_transfer": {"image_size": 24},
-               "nic_captioning": {"image_size": 32, "vocab_size": 100}}
+               "nic_captioning": {"image_size": 32, "vocab_size": 100},
+               "segnet": {"image_size": 48, "width": 8},
+               "deeplabv3_mobilenet_v3_large": {"image_size": 32, "num_classes": 5}}
 ZOO_SLOW = {"alexnet": {}, "vgg11": {}, "vgg16": {}, "resnet50": {}, "mobilenet_v2": {},
             "mobilenet_v3_large": {}, "squeezenet1_1": {}, "regnet_x_400mf": {},
             "inception_v3": {}}

@@ -152,7 +152,8 @@ ZOO_SIZES = {"lenet5": {"batch": 4}, "resnet18": {"image_size": 64}, "vgg11": {"
              "squeezenet1_1": {"image_size": 64}, "regnet_x_400mf": {"image_size": 64},
              "densenet121": {"image_size": 64}, "inception_v3": {"image_size": 75},
              "dqn": {}, "yolov3_tiny": {"image_size": 96}, "style_transfer": {"image_size": 32},
-             "nic_captioning": {}}
+             "nic_captioning": {}, "segnet": {"image_size": 48, "width": 16},
+             "deeplabv3_mobilenet_v3_large": {"image_size": 64}}
 
 
 def test_every_zoo_model_is_in_the_table():

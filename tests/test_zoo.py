@@ -44,6 +44,11 @@ EXPECTED = {
     "style_transfer": (1_679_235, (1, 3, 256, 256)),   # PyTorch examples' TransformerNet
     # the plain-torch Show and Tell of test_zoo_nic.py: its parameters() summed
     "nic_captioning": (1_202_056, (1, 8, 1000)),
+    # the plain-torch SegNet of test_zoo_segmentation.py (11 CamVid classes): its parameters()
+    "segnet": (29_449_355, (1, 11, 64, 64)),
+    # torchvision's 11,029,328 without the auxiliary head (3,851), as test_zoo_segmentation.py
+    # counts it
+    "deeplabv3_mobilenet_v3_large": (11_025_477, (1, 21, 64, 64)),
 }
 SMALL = ("lenet5", "deep_convnet", "fcn", "dcgan_generator", "dqn", "nic_captioning")
 
@@ -151,6 +156,9 @@ def test_same_seed_same_weights_other_seed_other_weights():
                       "Mixed_7c.branch_pool.conv", "fc"],
      ["Mixed_5b.branch_pool.bn.running_var", "Mixed_7b.branch3x3_2a.conv.weight"]),
     ("dqn", ["network.0", "network.6", "network.9"], ["network.7.weight"]),
+    ("deeplabv3_mobilenet_v3_large", ["backbone.13.block.1.0", "classifier.0.convs.4.1",
+                                      "classifier.0.project.0", "classifier.4"],
+     ["backbone.15.block.2.fc1.weight", "classifier.0.convs.3.1.running_var"]),
     ("yolov3_tiny", ["module_list.11.maxpool_11", "module_list.19.upsample_19",
                      "module_list.20.route_20", "module_list.22.conv_22"],
      ["module_list.0.batch_norm_0.running_mean", "module_list.15.conv_15.bias"]),

@@ -14,6 +14,7 @@ from ..ir import Graph
 from .alexnet import alexnet
 from .dcgan import dcgan_generator
 from .deep_convnet import deep_convnet
+from .deeplab import deeplabv3_mobilenet_v3_large
 from .densenet import densenet121
 from .dqn import dqn
 from .efficientnet import efficientnet_b0
@@ -25,6 +26,7 @@ from .mobilenet import mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small
 from .nic import nic_captioning
 from .regnet import regnet_x_400mf
 from .resnet import resnet18, resnet50
+from .segnet import segnet
 from .shufflenet import shufflenet_v2_x1_0
 from .squeezenet import squeezenet1_1
 from .style_transfer import style_transfer
@@ -55,6 +57,8 @@ MODELS: dict[str, Callable[..., Graph]] = {
     "style_transfer": style_transfer,
     "yolov3_tiny": yolov3_tiny,
     "nic_captioning": nic_captioning,
+    "segnet": segnet,
+    "deeplabv3_mobilenet_v3_large": deeplabv3_mobilenet_v3_large,
 }
 
 
@@ -65,7 +69,9 @@ def get(name: str, **options) -> Graph:
     return MODELS[name](**options)
 
 
-__all__ = ["MODELS", "get", "alexnet", "dcgan_generator", "deep_convnet", "densenet121", "dqn",
+__all__ = ["MODELS", "get", "alexnet", "dcgan_generator", "deep_convnet",
+           "deeplabv3_mobilenet_v3_large", "densenet121", "dqn",
            "efficientnet_b0", "fcn", "googlenet", "inception_v3", "lenet5", "mobilenet_v2",
            "mobilenet_v3_large", "mobilenet_v3_small", "nic_captioning", "regnet_x_400mf",
-           "resnet18", "resnet50", "shufflenet_v2_x1_0", "squeezenet1_1", "vgg11", "vgg16", "yolov3_tiny"]
+           "resnet18", "resnet50", "segnet", "shufflenet_v2_x1_0", "squeezenet1_1", "vgg11",
+           "vgg16", "yolov3_tiny"]
