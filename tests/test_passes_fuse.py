@@ -1,4 +1,4 @@
-"""fuse_conv_epilogue: conv + bias / residual add / activation (relu, relu6, leaky_relu,
+"""fuse_conv_epilogue: conv + bias / residual add / activation (relu, relu6, leaky_relu, tanh,
 sigmoid, hard_sigmoid, hard_swish, silu) into one fused_conv2d (hits and near misses), and the
 fused node compiling to ONE TVM kernel that computes what the interpreter does."""
 from __future__ import annotations
@@ -42,6 +42,8 @@ HITS = {   # case -> (fused op string, provenance of the fused node)
                                        b.constant("c", np.arange(4.0, dtype="f4")[:, None, None]),
                                        name="bias"), name="act")],
         "fused_conv2d[conv2d(padding=(1, 1, 1, 1)) + relu]", ("conv", "bias", "act")),
+    "tanh": (lambda b, x: [dsl.tanh(conv(x), name="act")],
+             "fused_conv2d[conv2d(padding=(1, 1, 1, 1)) + tanh]", ("conv", "act")),
     "sigmoid": (lambda b, x: [dsl.sigmoid(conv(x), name="act")],
                 "fused_conv2d[conv2d(padding=(1, 1, 1, 1)) + sigmoid]", ("conv", "act")),
     "hard_sigmoid": (lambda b, x: [dsl.hard_sigmoid(conv(x), 0.25, 0.4, name="act")],
@@ -82,7 +84,7 @@ MISSES = {
     "conv used twice": lambda b, x: (lambda c: [dsl.relu(c) + c])(conv(x)),
     "conv is a graph output": lambda b, x: (lambda c: [c, dsl.relu(c)])(conv(x)),
     "broadcasting residual": lambda b, x: [conv(x) + b.constant("r", np.ones((2, 4, 6, 6), "f4"))],
-    "tanh": lambda b, x: [dsl.tanh(conv(x))],
+    "gelu (not an epilogue activation)": lambda b, x: [dsl.gelu(conv(x))],
     # silu needs both factors to read the same conv output, and no third use of it
     "conv times sigmoid of the input": lambda b, x: [conv(x) * dsl.sigmoid(x)],
     "silu with the conv used again": lambda b, x: (lambda c: [dsl.silu(c) + c])(conv(x)),

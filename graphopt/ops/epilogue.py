@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .activation import (HARD_SWISH_ALPHA, HARD_SWISH_BETA, Clip, HardSigmoid, HardSwish,
-                         LeakyRelu, Relu, Sigmoid, Unary, clamp, te_hard_sigmoid)
+                         LeakyRelu, Relu, Sigmoid, Tanh, Unary, clamp, te_hard_sigmoid)
 from .base import Op
 
 
@@ -93,6 +93,12 @@ def _te_hard_swish(op, y):
         y(*i), str(y.dtype), HARD_SWISH_ALPHA, HARD_SWISH_BETA), name="hard_swish")
 
 
+def _te_tanh(op, y):
+    from tvm import topi
+    # the Tanh op's own float32 lowering (TOPI's vectorizable rational approximation)
+    return topi.fast_tanh(y) if str(y.dtype) == "float32" else topi.tanh(y)
+
+
 def _no_onednn(op):
     return (0.0, 0.0)
 
@@ -104,6 +110,7 @@ EPILOGUE = {
     "clip": EpilogueActivation(Clip, "Clip", 3, lambda op: _clip_bounds(op, "float32"),
                                _te_clip),
     "sigmoid": EpilogueActivation(Sigmoid, "Sigmoid", None, _no_onednn, _te_sigmoid),
+    "tanh": EpilogueActivation(Tanh, "Tanh", 4, _no_onednn, _te_tanh),
     "hard_sigmoid": EpilogueActivation(HardSigmoid, "HardSigmoid", None, _no_onednn,
                                        _te_hard_sigmoid),
     "hard_swish": EpilogueActivation(HardSwish, "HardSwish", None, _no_onednn,

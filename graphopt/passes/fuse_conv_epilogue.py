@@ -1,6 +1,6 @@
 """fuse_conv_epilogue: fold what follows a convolution into one `fused_conv2d` node that TVM
 compiles to one kernel: a per-channel bias add, the residual add of a ResNet block, and an
-activation of `ops.epilogue.EPILOGUE`: relu / relu6 (clip) / leaky_relu / sigmoid /
+activation of `ops.epilogue.EPILOGUE`: relu / relu6 (clip) / leaky_relu / tanh / sigmoid /
 hard_sigmoid / hard_swish, or silu (mul(y, sigmoid(y)) where both read the same conv output y).
 Rules grow the fused node one step at a time, so conv -> add(residual) -> relu becomes
 fused_conv2d[conv + add + relu] in two rewrites."""

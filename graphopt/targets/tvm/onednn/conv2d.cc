@@ -39,7 +39,7 @@ using Dims = memory::dims;
 
 enum Attr { kStrideH, kStrideW, kPadTop, kPadLeft, kPadBottom, kPadRight, kDilationH, kDilationW,
             kGroups, kActivation, kXLayout, kResidualLayout, kOutLayout, kNumAttrs };
-enum Activation { kNone = 0, kRelu = 1, kLeakyRelu = 2, kClip = 3 };
+enum Activation { kNone = 0, kRelu = 1, kLeakyRelu = 2, kClip = 3, kTanh = 4 };
 enum Layout { kNCHW = 0, kNHWC = 1 };
 
 // Reordered weights are kept until they pass this size, then the cache starts over.
@@ -136,6 +136,7 @@ std::unique_ptr<Primitive> Create(const Dims& src, const Dims& weights, const Di
     case kClip:
       post_ops.append_eltwise(dnnl::algorithm::eltwise_clip, alpha, beta);
       break;
+    case kTanh: post_ops.append_eltwise(dnnl::algorithm::eltwise_tanh, 0.0f, 0.0f); break;
     default: TVM_FFI_THROW(ValueError) << "graphopt.onednn.conv2d: unknown activation "
                                        << attrs[kActivation];
   }
