@@ -78,7 +78,10 @@ def test_show_an_onnx_file(tmp_path):
     (["compare", "lenet5", "--input", "nothere.npy"], 2, "no such file: nothere.npy"),
     (["compare", "lenet5", "--target", "cuda"], 2, "needs a GPU"),
     (["compile", "lenet5", "--bogus"], 2, "unrecognized arguments: --bogus"),
-    (["optimize", "lenet5", "--passes", "fold_bn"], 2, "no pass named 'fold_bn'; known passes:"),
+    (["optimize", "lenet5", "--passes", "fold_bn"], 2,
+     "no pass named 'fold_bn'; did you mean 'fold_batch_norm'? known passes:"),
+    (["optimize", "lenet5", "--passes", "fold_pad,dce"], 2,
+     "no pass named 'dce'; did you mean 'eliminate_dead_code'?"),
 ])
 def test_bad_requests_give_one_line_and_exit_2(args, code, fragment):
     assert_one_line_error(graphopt(*args), code, fragment)

@@ -95,6 +95,26 @@ def test_unknown_pass_names_are_listed():
         optimize(small_resnet(), ["fold_everything"])
 
 
+@pytest.mark.parametrize("typed, meant", [
+    ("fold_bn", "fold_batch_norm"),            # initials of a run of words, not fold_pad
+    ("bn", "fold_batch_norm"),
+    ("fold_batchnorm", "fold_batch_norm"),     # words run together
+    ("dce", "eliminate_dead_code"),            # "dead code elimination": the verb last
+    ("cse", "eliminate_common_subexpressions"),
+    ("fold_const", "fold_constants"),          # a prefix
+    ("fuse_conv", "fuse_conv_epilogue"),
+    ("remove_identity", "remove_identities"),  # a misspelling: difflib
+    ("fold_pd", "fold_pad"),
+    ("quantize_everything", None),
+])
+def test_an_unknown_pass_name_suggests_the_pass_meant(typed, meant):
+    from graphopt.passes.manager import suggest_pass
+    assert suggest_pass(typed) == meant
+    hint = f"did you mean '{meant}'?" if meant else "known passes"
+    with pytest.raises(go.OptionError, match=f"no pass named '{typed}'; {hint}"):
+        optimize(small_resnet(), [typed])
+
+
 def test_the_default_pipeline_names_registered_passes():
     assert set(DEFAULT_PIPELINE) <= set(PASSES)
 

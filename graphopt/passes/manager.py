@@ -6,6 +6,7 @@ Passes run in a `Sandbox`: they cannot change the caller's graph, and one that c
 in place, raises, or returns something other than a PassResult fails with a PassError naming it."""
 from __future__ import annotations
 
+import re
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -62,11 +63,52 @@ def resolve(passes: str | Pass | Sequence[str | Pass]) -> list[tuple[str, Pass]]
         elif isinstance(p, str) and p in PASSES:
             resolved.append((p, PASSES[p]))
         elif isinstance(p, str):
-            raise OptionError(f"no pass named {p!r}; known passes: {', '.join(sorted(PASSES))}")
+            guess = suggest_pass(p)
+            raise OptionError(f"no pass named {p!r}; "
+                              + (f"did you mean {guess!r}? " if guess else "")
+                              + f"known passes: {', '.join(sorted(PASSES))}")
         else:
             raise OptionError(f"expected a pass name or a function Graph -> PassResult, found "
                               f"{type(p).__name__} {p!r}")
     return resolved
+
+
+def suggest_pass(name: str) -> str | None:
+    """The registered pass a mistyped `name` most likely means: one whose words `name`'s words
+    cover, each word being a whole word, its prefix ('const'), words run together ('batchnorm')
+    or their initials ('bn' for batch_norm; 'dce' and 'cse' read the verb last, as in "dead code
+    elimination"); else the closest spelling (difflib)."""
+    import difflib
+    words = [w for w in re.split(r"[_\-\s]+", name.lower()) if w]
+    best, best_skipped = None, None
+    for candidate in sorted(PASSES):
+        tokens = candidate.split("_")
+        for order in (tokens, tokens[1:] + tokens[:1]):
+            skipped = _words_cover(words, order)
+            if skipped is not None and (best_skipped is None or skipped < best_skipped):
+                best, best_skipped = candidate, skipped
+    if best is not None:
+        return best
+    close = difflib.get_close_matches(name, PASSES, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def _words_cover(words: list[str], tokens: list[str]) -> int | None:
+    """How many of `tokens` go unmatched when each of `words`, in order, matches a run of
+    consecutive tokens (see `suggest_pass`); None when some word matches nothing."""
+    if not words:
+        return len(tokens)
+    word, best = words[0], None
+    for start in range(len(tokens)):
+        for end in range(start + 1, len(tokens) + 1):
+            run = tokens[start:end]
+            if not (word == "".join(run) or word == "".join(t[0] for t in run) and end - start > 1
+                    or end - start == 1 and len(word) >= 3 and run[0].startswith(word)):
+                continue
+            rest = _words_cover(words[1:], tokens[end:])
+            if rest is not None and (best is None or start + rest < best):
+                best = start + rest
+    return best
 
 
 class Sandbox:
