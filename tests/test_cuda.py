@@ -179,3 +179,28 @@ def test_small_zoo_model_compiles_and_exports_for_cuda(tmp_path):
     assert model.schedule_report.naive_heavy_kernels == []
     _, fatbin = runtime.read_export(model.export(str(tmp_path / "lenet5_cuda.so")))
     assert cuda.fatbin_archs(fatbin) == ["sm_90"]
+
+
+@needs_nvcc
+def test_nvccs_own_message_reaches_the_error(compiled):
+    broken = cuda.cuda_source(compiled.executable) + \
+        '\nextern "C" __global__ void broken(float* x) { x[0] = undefined_value; }\n'
+    with pytest.raises(go.LoweringError) as raised:
+        cuda.compile_cuda_source(broken, "sm_90")
+    message = str(raised.value)
+    assert message.startswith("nvcc failed to build the CUDA kernels for sm_90: tvm_kernels.cu(")
+    assert 'error: identifier "undefined_value" is undefined' in message
+
+
+@needs_nvcc
+def test_a_failed_nvcc_says_why_on_the_command_line(monkeypatch, tmp_path, capsys):
+    from graphopt import cli
+    monkeypatch.setattr(cuda, "_binaries", {})     # nothing cached: nvcc runs
+    monkeypatch.setattr(cuda, "nvcc_arch_flags", lambda arch: ["-arch=sm_1"])
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["-q", "compile", "lenet5", "--target", "cuda", "-o", "lenet5.so"])
+    error = capsys.readouterr().err.strip()
+    assert code == cli.EXIT_FAILED and "\n" not in error
+    assert "nvcc failed to build the CUDA kernels for sm_90: nvcc fatal : Unsupported gpu " \
+           "architecture 'sm_1'" in error, error
+    assert not (tmp_path / "lenet5.so").exists()

@@ -179,11 +179,21 @@ def compile_cuda_source(source: str, arch: str) -> bytes:
                 binary = nvcc.compile_cuda(source, target_format="fatbin",
                                            arch=nvcc_arch_flags(arch), compiler="nvcc")
         except (RuntimeError, OSError) as e:
-            lines = [line for line in str(e).splitlines() if "error" in line.lower()]
             raise LoweringError(f"nvcc failed to build the CUDA kernels for {arch}: "
-                                f"{(lines or [str(e).strip()])[0][:300]}") from e
+                                f"{nvcc_message(str(e))}") from e
         _binaries[key] = bytes(binary)
     return _binaries[key]
+
+
+def nvcc_message(text: str) -> str:
+    """nvcc's own diagnostics from TVM's error, which is the source, then "Compilation error:",
+    then nvcc's output: its error lines (temporary folders dropped), else all it said."""
+    _, marker, output = text.partition("Compilation error:")
+    output = output if marker else text
+    errors = [re.sub(r"^\S*/", "", line.strip()) for line in output.splitlines()
+              if "error" in line.lower() and line.strip()]
+    said = "; ".join(errors[:3]) or " ".join(output.split()) or "nvcc gave no message"
+    return said[:600]
 
 
 def nvcc_compile_callback(arch: str):
