@@ -123,8 +123,26 @@ def tuning_source(text: str) -> str:
     return text
 
 
+def input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """An argparse type: NAME=D0,D1,... (each dimension an integer >= 1)."""
+    name, equals, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        shape = ()
+    if not equals or not name or not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected NAME=D0,D1,... such as input=1,3,224,224 "
+                                         f"(dimensions >= 1), found {text!r}")
+    return name, shape
+
+
 MODEL = arg("model", help="a zoo model name (e.g. resnet18; see `graphopt list`) or an .onnx file")
-BATCH = arg("--batch", type=integer(1), default=1, help="batch size for zoo models (default 1)")
+BATCH = arg("--batch", type=integer(1), help="batch size: of a zoo model (default 1), or the "
+            "first dimension of each input of an .onnx file (default: as the file declares it)")
+INPUT_SHAPE = arg("--input-shape", dest="input_shapes", type=input_shape, action="append",
+                  default=[], metavar="NAME=D0,D1,...",
+                  help="the shape of an .onnx file's input, for files with dynamic (symbolic) "
+                       "dimensions, e.g. input=1,3,224,224; repeatable")
 SEED = arg("--seed", type=integer(0), default=0,
            help="seed for zoo weights and random inputs (default 0)")
 TARGET = arg("--target", default="cpu",
@@ -157,20 +175,67 @@ def print_json(command: str, body: dict) -> None:
                      allow_nan=True))
 
 
-def load_model(spec: str, batch: int = 1, seed: int = 0):
-    """A Graph from a zoo model name or a path to an .onnx file."""
+def load_model(spec: str, batch: int | None = None, seed: int = 0,
+               input_shapes: Sequence[tuple[str, tuple[int, ...]]] = ()):
+    """A Graph from a zoo model name or a path to an .onnx file. `batch` is a zoo model's batch
+    size (default 1), or the first dimension of each input of an .onnx file; `input_shapes`
+    ((name, shape) pairs, --input-shape) fix an .onnx file's inputs, dynamic ones included."""
     if spec.endswith(".onnx") or os.path.sep in spec:
         if not os.path.isfile(spec):
             raise InputError(f"no such file: {spec}")
         if not spec.endswith(".onnx"):
             raise InputError(f"{spec}: expected an .onnx file or a zoo model name")
         from .frontends.onnx import load_onnx
-        return load_onnx(spec)
+        return load_onnx(spec, input_shapes=onnx_input_shapes(spec, batch, dict(input_shapes)))
     from . import zoo
     if spec not in zoo.MODELS:
         raise InputError(f"unknown model {spec!r}: expected a zoo name ({', '.join(zoo.MODELS)}) "
                          "or an .onnx file")
-    return zoo.MODELS[spec](batch=batch, seed=seed)
+    if input_shapes:
+        raise InputError(f"--input-shape is for .onnx files; the zoo model {spec!r} takes --batch")
+    return zoo.MODELS[spec](batch=batch or 1, seed=seed)
+
+
+def model_from(args):
+    """The model the command line names: `load_model` with --batch, --seed and --input-shape."""
+    return load_model(args.model, args.batch, args.seed, getattr(args, "input_shapes", ()))
+
+
+def onnx_input_shapes(path: str, batch: int | None,
+                      given: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """`load_onnx`'s input_shapes for the file's inputs: those given; with `batch`, each other
+    input as declared with its first dimension `batch`. An input left with dynamic dimensions
+    is an InputError naming the option that fixes it."""
+    import onnx
+    from .frontends.onnx_import import declared_dim
+    try:   # only the inputs are read here; load_onnx reads (and checks) the whole file
+        graph = onnx.load(path, load_external_data=False).graph
+    except Exception:   # a malformed file: load_onnx says what is wrong with it
+        return given
+    shapes = dict(given)
+    initializers = {i.name for i in graph.initializer}
+    inputs = [v.name for v in graph.input if v.name not in initializers]
+    for name in given:
+        if name not in inputs:
+            raise InputError(f"{path}: --input-shape {name}=...: no graph input named '{name}'; "
+                             f"inputs are {inputs}")
+    for v in graph.input:
+        if v.name in shapes or v.name in initializers or not v.type.HasField("tensor_type") \
+                or not v.type.tensor_type.HasField("shape"):
+            continue
+        dims = [declared_dim(d) for d in v.type.tensor_type.shape.dim]
+        if batch is not None and dims:
+            dims[0] = batch
+        symbolic = [d for d in dims if isinstance(d, str)]
+        if symbolic:
+            example = ",".join(str(d) if isinstance(d, int) else "N" for d in dims)
+            batch_hint = " (or --batch N)" if [d for d in dims[1:] if isinstance(d, str)] == [] \
+                else ""
+            raise InputError(f"{path}: input '{v.name}' has dynamic dimensions {dims}: give its "
+                             f"shape with --input-shape {v.name}={example}{batch_hint}")
+        if batch is not None:
+            shapes[v.name] = tuple(dims)
+    return shapes
 
 
 def load_inputs(specs: Sequence[str], inputs: Sequence[tuple[str, tuple, str]],
@@ -296,7 +361,7 @@ def list_models(args) -> int:
 
 
 @command("show", "print a model's layers, parameters and MACs (zoo name, .onnx or exported .so)",
-         MODEL, BATCH, SEED,
+         MODEL, BATCH, INPUT_SHAPE, SEED,
          arg("--target", help="show the graph as compile builds it for this target (cpu, cuda): "
              "after graphopt's passes, with how each node will be computed"),
          KERNELS, JSON)
@@ -328,7 +393,7 @@ def show(args) -> int:
             print(f"  GPU binary: {len(fatbin):,} bytes for {metadata.get('cuda_arch')}")
         return EXIT_OK
     from .analysis import summary, summary_dict
-    graph = load_model(args.model, args.batch, args.seed)
+    graph = model_from(args)
     if args.target is None:
         if args.json:
             print_json("show", {"summary": summary_dict(graph)})
@@ -352,7 +417,7 @@ def show(args) -> int:
 
 
 @command("compile", "compile a model with TVM and export it as a shared library",
-         MODEL, TARGET, KERNELS, PASSES, THREADS, TUNING, BATCH, SEED,
+         MODEL, TARGET, KERNELS, PASSES, THREADS, TUNING, BATCH, INPUT_SHAPE, SEED,
          arg("-o", "--output", help="the .so to write (default: <model>_<target>.so in the "
              "current folder, <model> being the zoo name or the .onnx file's name)"))
 def compile_(args) -> int:
@@ -360,7 +425,7 @@ def compile_(args) -> int:
     or `go.load` runs with only the TVM runtime. CUDA libraries embed the nvcc-built binary."""
     output = (output_path(args.output, ".so") if args.output
               else default_artifact_name(args.model, args.target))
-    graph = load_model(args.model, args.batch, args.seed)
+    graph = model_from(args)
     model = compile_model(graph, args)
     with step(f"exporting to {output}"):
         model.export(output)
@@ -372,7 +437,7 @@ def compile_(args) -> int:
 
 
 @command("compare", "compile (or load) a model and compare it with the reference interpreter",
-         MODEL, TARGET, KERNELS, PASSES, THREADS, TUNING, BATCH, SEED, INPUTS,
+         MODEL, TARGET, KERNELS, PASSES, THREADS, TUNING, BATCH, INPUT_SHAPE, SEED, INPUTS,
          arg("--library", metavar="FILE.so", type=existing_file,
              help="compare this exported library instead of compiling the model"),
          arg("--tolerance", type=tolerance, help="max error relative to the largest reference "
@@ -384,7 +449,7 @@ def compare(args) -> int:
     """Run the model in the float64 interpreter and compiled (or from --library), and compare
     every output. Exits 1 if any output is out of tolerance."""
     import graphopt as go
-    graph = load_model(args.model, args.batch, args.seed)
+    graph = model_from(args)
     feeds = load_inputs(args.inputs, signature_of(graph), args.seed)
     if args.library and args.per_layer:
         raise InputError("--per-layer compiles the model here with every layer as an output; "
@@ -469,19 +534,20 @@ def run(args) -> int:
 
 
 @command("bench", "time the compiled model against the interpreter and onnxruntime",
-         MODEL, TARGET, KERNELS, PASSES, THREADS, TUNING, BATCH, SEED,
+         MODEL, TARGET, KERNELS, PASSES, THREADS, TUNING, BATCH, INPUT_SHAPE, SEED,
          arg("--repeat", type=integer(1), default=20,
              help="timed runs per engine (median; default 20)"), JSON)
 def bench(args) -> int:
     """Median latency of the TVM-compiled model, the numpy interpreter and onnxruntime (from the
     .onnx file, or from the graph exported to ONNX when graphopt can do that), as ratios to
     the compiled model."""
-    graph = load_model(args.model, args.batch, args.seed)
+    graph = model_from(args)
     if args.target.startswith("cuda"):
         raise InputError("bench runs the model here; CUDA needs a GPU (use the runtime bundle, "
                          "tools/make_bundle.py, on the GPU machine)")
     model = compile_model(graph, args)
     feeds = probe_inputs(signature_of(graph), args.seed)
+    batch = graph.inputs[0].shape[0] if graph.inputs and graph.inputs[0].shape else 1
     results = {}
     with step(f"timing compiled ({args.repeat} runs)"):
         results["compiled"] = median_ms(lambda: model.run(feeds), args.repeat)
@@ -494,7 +560,7 @@ def bench(args) -> int:
     if ort_ms is not None:
         results["onnxruntime"] = ort_ms
     if args.json:
-        print_json("bench", {"model": args.model, "graph": graph.name, "batch": args.batch,
+        print_json("bench", {"model": args.model, "graph": graph.name, "batch": batch,
                              "target": args.target, "repeat": args.repeat,
                              "engines": [{"engine": k, "median_ms": v,
                                           "ratio_to_compiled": v / results["compiled"]}
@@ -503,7 +569,7 @@ def bench(args) -> int:
         return EXIT_OK
     rows = [("engine", "median ms", "x compiled")]
     rows += [(k, f"{v:.3f}", f"{v / results['compiled']:.2f}") for k, v in results.items()]
-    print(f"'{graph.name}' batch {args.batch}, target {args.target}")
+    print(f"'{graph.name}' batch {batch}, target {args.target}")
     print(format_table(rows))
     if ort_ms is None:
         print(f"onnxruntime: not timed ({why})")
@@ -511,7 +577,7 @@ def bench(args) -> int:
 
 
 @command("optimize", "run graph passes on a model, print the per-pass report, save as .onnx",
-         MODEL, BATCH, SEED,
+         MODEL, BATCH, INPUT_SHAPE, SEED,
          arg("-o", "--output", metavar="FILE.onnx", help="write the optimized model here"),
          arg("--passes", help="comma-separated pass names (default: the default pipeline; "
              "'none': no pass)"),
@@ -525,7 +591,7 @@ def optimize(args) -> int:
     from .passes import optimize as run_passes
     if args.output:
         output_path(args.output, ".onnx")
-    graph = load_model(args.model, args.batch, args.seed)
+    graph = model_from(args)
     with step(f"optimizing '{graph.name}'"):
         result = run_passes(graph, pass_list(args.passes), check=not args.no_check)
     if args.json:
@@ -585,7 +651,7 @@ def top1_metric(graph, labels: np.ndarray):
 
 @command("quantize", "quantize a model to int8 (calibrated on sample inputs), float16 or bfloat16; "
          "save it as .onnx or compile it to a .so",
-         MODEL, BATCH, SEED,
+         MODEL, BATCH, INPUT_SHAPE, SEED,
          arg("--dtype", choices=("int8", "float16", "bfloat16"), default="int8",
              help="what the graph computes in (default int8)"),
          arg("--calib", metavar="FILE.npz", type=existing_file,
@@ -624,7 +690,7 @@ def quantize(args) -> int:
     if args.dtype != "int8" and int8_only:
         raise InputError(f"{', '.join(int8_only)} apply to --dtype int8, not {args.dtype}")
     keep = [k.strip() for k in args.keep.split(",") if k.strip()] if args.keep else []
-    graph = load_model(args.model, args.batch, args.seed)
+    graph = model_from(args)
     feeds, metric = probe_inputs(graph, args.seed), None
     if args.dtype == "int8":
         batches = sample_batches(args.calib, graph)
@@ -746,7 +812,7 @@ def finish_compression(graph, result, args, batches, metric) -> int:
 
 
 @command("prune", "remove the least important channels of each layer (the graph really shrinks); "
-         "save as .onnx or compile to a .so", MODEL, BATCH, SEED,
+         "save as .onnx or compile to a .so", MODEL, BATCH, INPUT_SHAPE, SEED,
          arg("--ratio", type=float, default=None,
              help="fraction of each layer's output channels removed (default 0.5; with "
              "--budget, the most tried, default 0.9)"),
@@ -764,7 +830,7 @@ def prune(args) -> int:
     write the result as ONNX or a compiled library."""
     from .compression import prune as prune_graph
     output_path(args.output, ".so" if args.output.endswith(".so") else ".onnx")
-    graph = load_model(args.model, args.batch, args.seed)
+    graph = model_from(args)
     batches, metric = compression_data(args, graph)
     with step(f"pruning '{graph.name}'"):
         result = prune_graph(graph, args.ratio, criterion=args.criterion, data=batches,
@@ -775,7 +841,7 @@ def prune(args) -> int:
 
 
 @command("factorize", "factor convolutions and linear layers into 1x1 bottlenecks (low rank); "
-         "save as .onnx or compile to a .so", MODEL, BATCH, SEED,
+         "save as .onnx or compile to a .so", MODEL, BATCH, INPUT_SHAPE, SEED,
          arg("--energy", type=fraction, default=None,
              help="each layer keeps the smallest rank holding this fraction of its spectrum's "
              "energy (default 0.9)"),
@@ -791,7 +857,7 @@ def factorize(args) -> int:
     original, and write the result as ONNX or a compiled library."""
     from .compression import factorize as factorize_graph
     output_path(args.output, ".so" if args.output.endswith(".so") else ".onnx")
-    graph = load_model(args.model, args.batch, args.seed)
+    graph = model_from(args)
     batches, metric = compression_data(args, graph)
     options = {"budget": args.budget, "metric": metric} if args.budget is not None else {}
     if args.min_saving is not None:
@@ -803,14 +869,14 @@ def factorize(args) -> int:
 
 
 @command("convert", "read a model (zoo name or .onnx) and write it as .onnx, optionally after passes",
-         MODEL, arg("output", metavar="OUTPUT.onnx", help="the ONNX file to write"), BATCH, SEED,
+         MODEL, arg("output", metavar="OUTPUT.onnx", help="the ONNX file to write"), BATCH, INPUT_SHAPE, SEED,
          arg("--passes", help="comma-separated pass names to run first (default: none)"))
 def convert(args) -> int:
     """Import the model (an .onnx file is checked and converted into graphopt's IR), optionally
     run graph passes, and export it as ONNX (checked by onnx.checker; names kept)."""
     from .frontends.onnx import save_onnx
     output_path(args.output, ".onnx")
-    graph = load_model(args.model, args.batch, args.seed)
+    graph = model_from(args)
     if args.passes:
         from .passes import optimize as run_passes
         with step(f"optimizing '{graph.name}'"):
@@ -823,7 +889,7 @@ def convert(args) -> int:
 
 
 @command("tune", "tune a model's conv/matmul kernels for this CPU with MetaSchedule",
-         MODEL, BATCH, SEED,
+         MODEL, BATCH, INPUT_SHAPE, SEED,
          arg("--trials", type=integer(1), default=64,
              help="MetaSchedule trials in all (default 64)"),
          arg("--cache-dir", help="tuning database root (default $GRAPHOPT_TUNING_DIR or "
@@ -833,7 +899,7 @@ def tune(args) -> int:
     only if it beats graphopt's own schedule. CPU compiles given `--tuning user` (or the
     --cache-dir folder) use the records (needs the `tune` extra: xgboost, cloudpickle)."""
     from .targets.tvm.tuning import tune as run_tuning
-    graph = load_model(args.model, args.batch, args.seed)
+    graph = model_from(args)
     with step(f"tuning '{graph.name}' ({args.trials} trials)"):
         report = run_tuning(graph, args.trials, args.cache_dir)
     print(report)
@@ -841,7 +907,7 @@ def tune(args) -> int:
 
 
 @command("report", "write one HTML page of what the optimizer did: graphs, passes, error per "
-         "layer, time per kernel, memory", MODEL, BATCH, SEED, INPUTS, THREADS,
+         "layer, time per kernel, memory", MODEL, BATCH, INPUT_SHAPE, SEED, INPUTS, THREADS,
          arg("--passes", help="comma-separated pass names (default: the default pipeline; "
              "'none': no pass)"),
          arg("--quantize", choices=("float16", "bfloat16", "int8"),
@@ -864,7 +930,7 @@ def report(args) -> int:
 
 
 @command("view", "open a model (or its optimized graph) in Netron, fused ops with their "
-         "attributes", MODEL, BATCH, SEED,
+         "attributes", MODEL, BATCH, INPUT_SHAPE, SEED,
          arg("--optimized", nargs="?", const="default", metavar="PASSES",
              help="show the graph after passes: the default pipeline, or these comma-separated "
              "pass names"),

@@ -68,6 +68,59 @@ def test_show_an_onnx_file(tmp_path):
     assert "61,706 params" in shown.stdout
 
 
+@pytest.fixture(scope="module")
+def torch_dynamic_batch(tmp_path_factory):
+    """A small CNN exported by torch.onnx.export with a dynamic batch (dynamic_axes), as users'
+    files are: input 'input' [batch, 3, 16, 16], output 'logits' [batch, 5]."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(8, 5)).eval()
+    path = tmp_path_factory.mktemp("dynamic") / "net.onnx"
+    # The TorchScript exporter: the dynamo one needs onnxscript, which is not installed.
+    torch.onnx.export(net, (torch.zeros(1, 3, 16, 16),), str(path), dynamo=False,
+                      input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return str(path)
+
+
+@pytest.mark.parametrize("options, shape", [
+    (["--batch", "4"], "float32[4,5]"),
+    (["--input-shape", "input=2,3,16,16"], "float32[2,5]"),
+])
+def test_an_onnx_file_with_a_dynamic_batch_takes_batch_or_input_shape(torch_dynamic_batch,
+                                                                      options, shape, capsys):
+    assert cli.main(["-q", "show", torch_dynamic_batch, *options]) == cli.EXIT_OK
+    assert shape in capsys.readouterr().out
+
+
+def test_a_dynamic_onnx_file_compiles_and_compares_at_the_batch_given(torch_dynamic_batch,
+                                                                     capsys):
+    code = cli.main(["-q", "compare", torch_dynamic_batch, "--batch", "3", "--json"])
+    import json
+    captured = capsys.readouterr()
+    assert code == cli.EXIT_OK and json.loads(captured.out)["report"]["ok"], captured
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ([], "input 'input' has dynamic dimensions ['batch', 3, 16, 16]: give its shape with "
+         "--input-shape input=N,3,16,16 (or --batch N)"),
+    (["--input-shape", "image=1,3,16,16"],
+     "--input-shape image=...: no graph input named 'image'; inputs are ['input']"),
+    (["--input-shape", "input=1,3,x"], "argument --input-shape: expected NAME=D0,D1,..."),
+    (["--input-shape", "1,3,16,16"], "argument --input-shape: expected NAME=D0,D1,..."),
+])
+def test_dynamic_dimensions_left_open_or_named_wrongly_exit_2(torch_dynamic_batch, options,
+                                                              fragment):
+    assert_one_line_error(graphopt("show", torch_dynamic_batch, *options), 2, fragment)
+
+
+def test_input_shape_is_for_onnx_files():
+    assert_one_line_error(graphopt("show", "lenet5", "--input-shape", "input=1,1,32,32"), 2,
+                          "--input-shape is for .onnx files; the zoo model 'lenet5' takes --batch")
+
+
 @pytest.mark.parametrize("args, code, fragment", [
     (["show", "nosuchnet"], 2, "unknown model 'nosuchnet'"),
     (["show", "missing/model.onnx"], 2, "no such file: missing/model.onnx"),

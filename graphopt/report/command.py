@@ -14,7 +14,7 @@ def run_report(args) -> int:
     if args.quantize == "int8" and not args.calib:
         raise cli.InputError("--quantize int8 needs --calib FILE.npz: sample inputs to "
                              "calibrate activation ranges on")
-    graph = cli.load_model(args.model, args.batch, args.seed)
+    graph = cli.model_from(args)
     feeds = cli.load_inputs(args.inputs, cli.signature_of(graph), args.seed)
     calibration = cli.sample_batches(args.calib, graph) if args.calib else None
 
@@ -47,7 +47,7 @@ def run_view(args) -> int:
     netron = require("netron", "view", "graphopt view")
     if args.output:
         cli.output_path(args.output, ".onnx")
-    graph = cli.load_model(args.model, args.batch, args.seed)
+    graph = cli.model_from(args)
     passes = None if args.optimized in (None, "default") else cli.pass_list(args.optimized)
     if args.target is not None:
         from ..targets.tvm.compile import optimize_for_target
