@@ -471,7 +471,10 @@ def reduce_rows():
                  onnx_op("ReduceMin", extra=(np.array([1]),), keepdims=0, opset=20)),
              row("ReduceLogSumExp", "large", (1, 3), data=x * np.float32(40), f64=True),
              Row("reduce_l2-float16", ops.ReduceL2((-1,)), (x.astype(np.float16),), (),
-                 rounded_once(onnx_op("ReduceL2", extra=(np.array([-1]),))))]
+                 rounded_once(onnx_op("ReduceL2", extra=(np.array([-1]),)))),
+             Row("reduce_log_sum_exp-float16", ops.ReduceLogSumExp((0, 2), False),
+                 (x.astype(np.float16),), (), rounded_once(onnx_op(
+                     "ReduceLogSumExp", extra=(np.array([0, 2]),), keepdims=0)))]
     return rows
 
 

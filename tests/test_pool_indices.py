@@ -137,3 +137,20 @@ FLOAT, INT64 = TensorProto.FLOAT, TensorProto.INT64
 def test_malformed_and_unsupported_forms_name_the_node(proto, error, message):
     with pytest.raises(error, match=message):
         go.load_onnx(proto)
+
+
+def test_new_ops_compile_for_cuda():
+    """Compiled for CUDA (no GPU needed): every kernel gets a dlight rule, the scattered
+    unpooling (indices from elsewhere) excepted, which TVM leaves as one serial loop."""
+    with dsl.Builder("cuda_ops") as b:
+        x = b.input("input", (1, 8, 12, 12))
+        values, indices = dsl.max_pool2d(x, 2, name="pool", return_indices=True)
+        y = dsl.max_unpool2d(values, indices, 2, name="unpool")
+        y = dsl.pad(y, (1, 2, 3, 4), mode="wrap", name="wrap")
+        reduced = [b.apply(op, [y], op.name) for op in (
+            ops.ReduceMin((1,)), ops.ReduceProd((1,)), ops.ReduceL1((1,)), ops.ReduceL2((1,)),
+            ops.ReduceSumSquare((1,)), ops.ReduceLogSumExp((1,)))]
+        g = b.output(*reduced, names=[f"out{i}" for i in range(len(reduced))])
+    report = go.compile(g, target="cuda").schedule_report
+    assert "none" not in report.rules.values(), report.rules
+    assert report.naive_heavy_kernels == []

@@ -256,19 +256,37 @@ class ReduceLogSumExp(Reduce):
             x.dtype)
 
     def lower_tvm(self, bb, x):
-        rx = relax()
-        R = rx.op
-        axes = list(self.reduced(relax_type(x).ndim))
+        # One PrimFunc (max, shift, sum of exponentials, result): as separate Relax ops, the
+        # fused sum(exp(x - shift)) trips dlight's GEMV rule on CUDA.
+        return lower_in_float32(bb, x, lambda v: bb.call_te(
+            self.te_log_sum_exp, v, primfunc_name_hint="reduce_log_sum_exp"))
 
-        def log_sum_exp(v):
-            dtype = relax_type(v).dtype
-            shift = bb.emit(R.max(v, axes, keepdims=True))
-            finite = R.logical_not(R.logical_or(R.isinf(shift), R.isnan(shift)))
-            shift = bb.emit(R.where(finite, shift, rx.const(0, dtype)))
-            total = R.add(R.log(R.sum(R.exp(R.subtract(v, shift)), axes, keepdims=True)), shift)
-            return total if self.keepdims else R.squeeze(total, axes)
+    def te_log_sum_exp(self, x):
+        from tvm import te, tirx
+        shape = [int(d) for d in x.shape]
+        axes = self.reduced(len(shape))
+        kept = [1 if a in axes else d for a, d in enumerate(shape)]
 
-        return lower_in_float32(bb, x, log_sum_exp)
+        def source(index, loops):
+            loops = iter(loops)
+            return tuple(next(loops) if a in axes else index[a] for a in range(len(shape)))
+
+        over = [te.reduce_axis((0, shape[a]), f"m{a}") for a in axes]
+        top = te.compute(kept, lambda *i: te.max(x[source(i, over)], axis=over), name="lse_max")
+        shift = te.compute(kept, lambda *i: tirx.Select(
+            tirx.any(tirx.isinf(top[i]), isnan(top[i])), tirx.const(0, x.dtype), top[i]),
+            name="lse_shift")
+        over = [te.reduce_axis((0, shape[a]), f"s{a}") for a in axes]
+        total = te.compute(kept, lambda *i: te.sum(te.exp(x[source(i, over)] - shift[i]),
+                                                   axis=over), name="lse_sum")
+
+        def result(*out):
+            out = iter(out)
+            i = tuple((next(out) if self.keepdims else 0) if a in axes else next(out)
+                      for a in range(len(shape)))
+            return te.log(total[i]) + shift[i]
+
+        return te.compute(self.infer(te_type(x)).shape, result, name="reduce_log_sum_exp")
 
 
 @register
