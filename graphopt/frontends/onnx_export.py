@@ -121,6 +121,19 @@ def reduce(ex, node):
         ex.add(op_type, node, axes=axes, keepdims=int(op.keepdims))
 
 
+def axes_as_inputs(ex: ExportContext) -> None:
+    """From opset 18 every reduction takes its axes as an input: move the attribute written at
+    opset 13 (before another node raised the opset) into one."""
+    for onnx_node in ex.nodes:
+        if onnx_node.op_type not in REDUCE.values():
+            continue
+        for attribute in list(onnx_node.attribute):
+            if attribute.name == "axes":
+                axes = ex.constant(f"{onnx_node.name}.axes", np.array(attribute.ints, np.int64))
+                onnx_node.input.append(axes)
+                onnx_node.attribute.remove(attribute)
+
+
 @exports("compare")
 def compare(ex, node):
     from ..ops.binary import RELATIONS
@@ -440,6 +453,8 @@ def to_onnx(graph: Graph) -> onnx.ModelProto:
         ex.require(22)   # Conv, ConvTranspose and the pools take bfloat16 from opset 22
     for node in graph.topological_order():
         EXPORTERS[node.op_name](ex, node)
+    if ex.opset >= 18:
+        axes_as_inputs(ex)
     used = {name for n in ex.nodes for name in n.input} | set(graph.output_names)
     initializers = [numpy_helper.from_array(c.data, c.name) for c in graph.constants.values()
                     if c.name in used] + ex.initializers
