@@ -444,11 +444,24 @@ def compile_(args) -> int:
              "magnitude (default by dtype: 1e-4 for float32)"),
          arg("--per-layer", action="store_true",
              help="also compare every original layer and name the first divergent one"),
+         arg("--reference", choices=("interpreter", "ort"), default="interpreter",
+             help="what the outputs are compared with: graphopt's float64 interpreter "
+             "(default) or, for an .onnx file, ONNX Runtime running the file"),
          JSON)
 def compare(args) -> int:
-    """Run the model in the float64 interpreter and compiled (or from --library), and compare
-    every output. Exits 1 if any output is out of tolerance."""
+    """Run the model in the float64 interpreter (or, with --reference ort, the .onnx file in
+    ONNX Runtime) and compiled (or from --library), and compare every output. Exits 1 if any
+    output is out of tolerance."""
     import graphopt as go
+    ort_model = None
+    if args.reference == "ort":
+        if not args.model.endswith(".onnx"):
+            raise InputError(f"--reference ort runs an .onnx file in ONNX Runtime; {args.model!r} "
+                             "is not one (`graphopt convert` writes a zoo model as ONNX)")
+        if args.per_layer:
+            raise InputError("--per-layer compares every layer with the interpreter; ONNX "
+                             "Runtime (--reference ort) gives only the model's outputs")
+        ort_model = args.model
     graph = model_from(args)
     feeds = load_inputs(args.inputs, signature_of(graph), args.seed)
     if args.library and args.per_layer:
@@ -474,11 +487,11 @@ def compare(args) -> int:
     with step("running and comparing"):
         report = go.compare(graph, candidate, feeds, tolerance=args.tolerance,
                             per_layer=args.per_layer, compiler=compiler,
-                            target=args.target if compiler else None)
+                            target=args.target if compiler else None, ort_model=ort_model)
     if args.json:
         print_json("compare", {"model": args.model, "target": None if args.library
                                else args.target, "library": args.library,
-                               "report": report.to_dict()})
+                               "reference": report.reference, "report": report.to_dict()})
     else:
         print(report)
         if args.per_layer:

@@ -7,6 +7,7 @@ lines up with the original relu). Original nodes folded away or fused into the m
 have no counterpart and are not compared."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -109,6 +110,7 @@ class CompareReport:
     outputs: list[OutputComparison] = field(default_factory=list)
     reference_dtype: str = "float64"
     layers: list[LayerComparison] | None = None     # per_layer=True: in reference order
+    reference: str = "interpreter"                  # or "onnxruntime" (compare(..., ort_model=))
 
     @property
     def ok(self) -> bool:
@@ -131,7 +133,8 @@ class CompareReport:
     def to_dict(self) -> dict:
         """The stable JSON form (docs/json.md): ok, the reference dtype, one entry per output,
         and with per_layer the layers and the first divergent one."""
-        found = {"ok": self.ok, "reference_dtype": self.reference_dtype,
+        found = {"ok": self.ok, "reference": self.reference,
+                 "reference_dtype": self.reference_dtype,
                  "outputs": [o.to_dict() for o in self.outputs]}
         if self.layers is not None:
             found["layers"] = [layer.to_dict() for layer in self.layers]
@@ -151,7 +154,9 @@ class CompareReport:
 
     def __str__(self) -> str:
         head = ("output", "dtype", "max abs", "max rel", "cosine", "tol", "")
-        lines = [f"compare against the {self.reference_dtype} reference: "
+        against = f"the {self.reference_dtype} reference" if self.reference == "interpreter" \
+            else f"{self.reference} ({self.reference_dtype})"
+        lines = [f"compare against {against}: "
                  + ("all outputs ok" if self.ok else "MISMATCH"),
                  format_table([o.row() for o in self.outputs], head)]
         if self.layers is not None:
@@ -189,6 +194,27 @@ def compare_arrays(name: str, reference: np.ndarray, candidate: np.ndarray,
     return OutputComparison(name, dtype, max_abs, max_rel, cosine, tol, ok, steps=steps)
 
 
+def onnxruntime_outputs(model, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The outputs of ONNX Runtime (CPU) running `model` (an .onnx path, bytes or ModelProto)
+    on `inputs`, by output name."""
+    import onnxruntime
+    if hasattr(model, "SerializeToString"):
+        model = model.SerializeToString()
+    elif not isinstance(model, bytes):
+        model = os.fspath(model)
+    try:
+        session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        feeds = {i.name: inputs[i.name] for i in session.get_inputs() if i.name in inputs}
+        return dict(zip(names, session.run(names, feeds)))
+    except Exception as e:  # ORT's errors (Fail, InvalidArgument, ...) share no base but this
+        if type(e).__module__.startswith("onnxruntime"):
+            raise GraphoptError(f"ONNX Runtime could not run the reference model: "
+                                f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r}") \
+                from e
+        raise
+
+
 def run_candidate(candidate, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     if isinstance(candidate, Graph):
         return interpret(candidate, inputs)
@@ -200,7 +226,7 @@ def run_candidate(candidate, inputs: Mapping[str, np.ndarray]) -> dict[str, np.n
 
 def compare(reference: Graph, candidate, inputs: Mapping[str, np.ndarray], *,
             tolerance: float | None = None, reference_dtype=np.float64, per_layer: bool = False,
-            target: str | None = None, compiler=None) -> CompareReport:
+            target: str | None = None, compiler=None, ort_model=None) -> CompareReport:
     """Run the reference graph in the interpreter (float64 by default) and the candidate, and
     compare every output of the reference with the candidate's output of the same name.
 
@@ -213,8 +239,15 @@ def compare(reference: Graph, candidate, inputs: Mapping[str, np.ndarray], *,
     can split TVM fusion groups *between* graphopt nodes, while the code inside a node (a fused
     conv with its epilogue) is unchanged.
 
+    `ort_model` (the ONNX model `reference` was imported from: a path, bytes or ModelProto):
+    ONNX Runtime runs it as the reference instead of the interpreter (an independent one; it
+    computes in the model's dtypes, and gives no per-layer values).
+
     Without a `tolerance`, each comparison allows its dtype's (`tolerance_for`): a float output
     of graphs that compute in float16 or bfloat16 carries their error."""
+    if ort_model is not None and per_layer:
+        raise GraphoptError("per-layer compare needs the interpreter as the reference: ONNX "
+                            "Runtime gives only the model's outputs")
     computing = (reference, candidate if isinstance(candidate, Graph) else
                  getattr(candidate, "graph", None))
 
@@ -225,7 +258,10 @@ def compare(reference: Graph, candidate, inputs: Mapping[str, np.ndarray], *,
     def steps(array: np.ndarray) -> int:
         return 0 if tolerance is not None else steps_for(str(array.dtype), *computing)
 
-    expected = interpret(reference, inputs, dtype=reference_dtype, keep=per_layer)
+    if ort_model is not None:
+        expected = onnxruntime_outputs(ort_model, inputs)
+    else:
+        expected = interpret(reference, inputs, dtype=reference_dtype, keep=per_layer)
     pairs = None
     if per_layer:
         if not isinstance(candidate, Graph):
@@ -245,7 +281,16 @@ def compare(reference: Graph, candidate, inputs: Mapping[str, np.ndarray], *,
     missing = [n for n in reference.output_names if n not in found]
     if missing:
         raise GraphoptError(f"candidate lacks outputs {missing}; it has {list(found)[:20]}")
-    report = CompareReport(reference_dtype=np.dtype(reference_dtype).name)
+    if ort_model is not None:
+        lacking = [n for n in reference.output_names if n not in expected]
+        if lacking:
+            raise GraphoptError(f"the model ONNX Runtime ran lacks outputs {lacking} (it has "
+                                f"{list(expected)[:20]}): expected the ONNX model the "
+                                f"reference graph was imported from")
+        dtypes = sorted({str(expected[n].dtype) for n in reference.output_names})
+        report = CompareReport(reference_dtype=",".join(dtypes), reference="onnxruntime")
+    else:
+        report = CompareReport(reference_dtype=np.dtype(reference_dtype).name)
     for name in reference.output_names:
         candidate_array = np.asarray(found[name])
         report.outputs.append(compare_arrays(name, expected[name], candidate_array,

@@ -103,6 +103,44 @@ def test_a_dynamic_onnx_file_compiles_and_compares_at_the_batch_given(torch_dyna
     assert code == cli.EXIT_OK and json.loads(captured.out)["report"]["ok"], captured
 
 
+@pytest.mark.parametrize("options", [[], ["--library", "LIBRARY"]])
+def test_compare_with_onnxruntime_as_the_reference(torch_dynamic_batch, options, tmp_path,
+                                                  capsys):
+    if options:
+        options = ["--library", str(tmp_path / "net.so")]
+        assert cli.main(["-q", "compile", torch_dynamic_batch, "--batch", "2", "-o",
+                         options[1]]) == cli.EXIT_OK
+    code = cli.main(["-q", "compare", torch_dynamic_batch, "--batch", "2", "--reference", "ort",
+                     "--json", *options])
+    import json
+    captured = capsys.readouterr()
+    body = json.loads(captured.out[captured.out.index("{"):])
+    assert code == cli.EXIT_OK, captured
+    assert body["reference"] == body["report"]["reference"] == "onnxruntime"
+    assert body["report"]["reference_dtype"] == "float32" and body["report"]["ok"]
+    cli.main(["-q", "compare", torch_dynamic_batch, "--batch", "2", "--reference", "ort",
+              *options])
+    assert "compare against onnxruntime (float32): all outputs ok" in capsys.readouterr().out
+
+
+def test_onnxruntime_as_the_reference_sees_what_the_interpreter_cannot(torch_dynamic_batch):
+    """ONNX Runtime runs the file itself: a model whose import had gone wrong (here the graph
+    of another file, with the weights doubled) differs from it, not from the interpreter."""
+    import onnx
+    from onnx import numpy_helper
+    model = onnx.load(torch_dynamic_batch)
+    weight = model.graph.initializer[0]
+    weight.CopyFrom(numpy_helper.from_array(2 * numpy_helper.to_array(weight), weight.name))
+    graph = go.load_onnx(model, input_shapes={"input": (2, 3, 16, 16)})
+    feeds = go.passes.probe_inputs(graph, seed=0)
+    assert go.compare(graph, graph, feeds).ok
+    report = go.compare(graph, graph, feeds, ort_model=torch_dynamic_batch)
+    assert report.reference == "onnxruntime" and not report.ok
+    assert go.compare(graph, graph, feeds, ort_model=model).ok
+    with pytest.raises(go.GraphoptError, match="per-layer compare needs the interpreter"):
+        go.compare(graph, graph, feeds, ort_model=model, per_layer=True)
+
+
 @pytest.mark.parametrize("options, fragment", [
     ([], "input 'input' has dynamic dimensions ['batch', 3, 16, 16]: give its shape with "
          "--input-shape input=N,3,16,16 (or --batch N)"),
@@ -130,6 +168,11 @@ def test_input_shape_is_for_onnx_files():
     (["compile", "lenet5", "--target", "tpu"], 2, "unknown target 'tpu'"),
     (["compare", "lenet5", "--input", "nothere.npy"], 2, "no such file: nothere.npy"),
     (["compare", "lenet5", "--target", "cuda"], 2, "needs a GPU"),
+    (["compare", "lenet5", "--reference", "ort"], 2,
+     "--reference ort runs an .onnx file in ONNX Runtime; 'lenet5' is not one"),
+    (["compare", "x.onnx", "--reference", "ort", "--per-layer"], 2,
+     "--per-layer compares every layer with the interpreter; ONNX Runtime"),
+    (["compare", "lenet5", "--reference", "torch"], 2, "argument --reference: invalid choice"),
     (["compile", "lenet5", "--bogus"], 2, "unrecognized arguments: --bogus"),
     (["optimize", "lenet5", "--passes", "fold_bn"], 2,
      "no pass named 'fold_bn'; did you mean 'fold_batch_norm'? known passes:"),
