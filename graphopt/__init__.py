@@ -109,6 +109,25 @@ def bisect(graph: Graph, passes, inputs=None, **options):
     return bisect_passes(graph, passes, inputs, **options)
 
 
+def _spell_out_keywords() -> None:
+    """help() and inspect.signature of go.compile, go.optimize and go.compare show the keyword
+    arguments their **options take: CompileOptions' fields, and those of the functions called."""
+    import dataclasses
+    import inspect
+    from .passes import optimize as run_passes
+    from .targets.tvm.options import CompileOptions
+    head = [p for p in inspect.signature(compile).parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    keywords = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                  annotation=f.type) for f in dataclasses.fields(CompileOptions)]
+    compile.__signature__ = inspect.Signature(head + keywords, return_annotation="CompiledModel")
+    optimize.__signature__ = inspect.signature(run_passes)
+    compare.__signature__ = inspect.signature(_compare.compare)
+
+
+_spell_out_keywords()
+
+
 def __getattr__(name: str):
     # The zoo is loaded on first use so that `import graphopt` stays fast.
     if name in ("zoo", "passes"):
