@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+TEST_STAMP := $(VENV)/.installed-test-stamp
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-all install onednn bench-quantization bench-compress clean
@@ -10,8 +11,14 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,onednn,report,view]"
+	$(BIN)/python -m pip install --quiet -e ".[onednn,report,view]"
 	touch $(STAMP)
+
+# The test-only dependencies (pytest, hypothesis, torch, ...): `make test` installs them on top,
+# `make demo` does not.
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,onednn,report,view]"
+	touch $(TEST_STAMP)
 
 install: $(STAMP)
 
@@ -24,11 +31,11 @@ demo: onednn
 	$(BIN)/python examples/quickstart.py
 
 ## test: the default suite (slow-marked tests excluded), two workers
-test: onednn
+test: onednn $(TEST_STAMP)
 	$(BIN)/python -m pytest -n 2 -q $(PYTEST_ARGS)
 
 ## test-all: everything, including the slow big-model checks
-test-all: onednn
+test-all: onednn $(TEST_STAMP)
 	$(BIN)/python -m pytest -n 2 -q -m "slow or not slow" $(PYTEST_ARGS)
 
 ## bench-quantization: fp16, bf16 and int8 top-1 of LeNet-5 and DeepConvNet on real MNIST digits

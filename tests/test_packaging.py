@@ -9,6 +9,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 import graphopt
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,3 +64,17 @@ def test_compile_optimize_and_compare_show_their_keyword_arguments():
                               (graphopt.optimize, "check: 'bool' = False"),
                               (graphopt.compare, "per_layer: 'bool' = False")):
         assert keyword in pydoc.render_doc(function, renderer=pydoc.plaintext)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_demo_installs_no_test_only_dependencies():
+    """`make -n -B` prints what each target would run (everything out of date), runs nothing."""
+    def installs(target: str) -> list[str]:
+        done = subprocess.run(["make", "-n", "-B", target], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return [line for line in done.stdout.splitlines() if "pip install" in line and "-e" in line]
+    demo, test = installs("demo"), installs("test")
+    assert demo and not any("test" in line for line in demo)
+    assert all("report" in line and "view" in line for line in demo)   # the extras it shows
+    assert any(".[test," in line for line in test)
