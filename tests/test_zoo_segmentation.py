@@ -3,7 +3,8 @@ definitions: SegNet (Badrinarayanan et al.; nn.MaxPool2d(return_indices=True) an
 nn.MaxUnpool2d) and DeepLabV3-MobileNetV3-Large (torchvision's deeplabv3_mobilenet_v3_large,
 layer for layer: dilated backbone, ASPP, bilinear upsampling; torchvision itself is not
 importable here). Each module loads the graph's weights by name, strictly, and must give the
-float64 interpreter's output; parameter counts must agree."""
+float64 interpreter's output; parameter counts must agree. DeepLab's CPU compile (15-40 s) is
+test_zoo's, with the slow tests; SegNet compiles here at width 8."""
 from __future__ import annotations
 
 import numpy as np
@@ -235,11 +236,3 @@ def test_deeplab_backbone_is_dilated_where_torchvision_dilates():
     assert depthwise["backbone.12.block.1.0"].dilation == (1, 1)
     rates = [g.node(f"classifier.0.convs.{i}.0").op.dilation for i in (1, 2, 3)]
     assert rates == [(12, 12), (24, 24), (36, 36)]
-
-
-@pytest.mark.slow
-def test_deeplab_compiles_for_cpu():
-    g = go.zoo.deeplabv3_mobilenet_v3_large(num_classes=5)
-    x = np.random.default_rng(2).standard_normal(g.inputs[0].shape).astype(np.float32)
-    report = go.compare(g, go.compile(g, "cpu"), {"input": x})
-    assert report.ok, str(report)
