@@ -50,6 +50,9 @@ CASES = {
                                   "winograd"),
     "winograd_64_channels": ((1, 64, 10, 11), lambda x: dsl.relu(dsl.conv2d(x, 16, 3, padding=1)),
                              "winograd"),
+    # 56 tiles per image: transformed and multiplied one image at a time
+    "winograd_per_image_batch2": ((2, 128, 14, 16), lambda x: dsl.relu(dsl.conv2d(
+        x, 32, 3, padding=1)), "winograd"),
     # AVX-512: F(4x4, 3x3) with the 29x30 plane computed to whole 4x4 tiles; AVX2: F(2x2)
     "winograd_odd_plane_f4": ((1, 64, 29, 30), lambda x: dsl.relu(dsl.conv2d(x, 32, 3, padding=1)),
                               "winograd"),
