@@ -282,7 +282,8 @@ class MaxPool2dIndices(Pool2d):
 
 
 def isnan_np(a: np.ndarray) -> np.ndarray:
-    return np.isnan(a) if a.dtype.kind == "f" else np.zeros(a.shape, bool)
+    """numpy: where `a` is NaN (nowhere for integers; bfloat16 included)."""
+    return np.isnan(a) if is_float_dtype(a.dtype) else np.zeros(a.shape, bool)
 
 
 @register
