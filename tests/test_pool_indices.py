@@ -154,3 +154,23 @@ def test_new_ops_compile_for_cuda():
     report = go.compile(g, target="cuda").schedule_report
     assert "none" not in report.rules.values(), report.rules
     assert report.naive_heavy_kernels == []
+
+
+@pytest.mark.parametrize("kind", dsl.REDUCTIONS)
+def test_dsl_reduce_builds_each_kind(kind):
+    with dsl.Builder("reduce") as b:
+        x = b.input("input", (2, 3, 4))
+        g = b.output(dsl.reduce(dsl.relu(x), kind, axes=(0, 2), keepdims=False, name="r"))
+    assert g.node("r").op == ops.get_op(f"reduce_{kind}")((0, 2), False)
+    assert g.outputs[0].shape == (3,)
+
+
+def test_dsl_reduce_names_unknown_kinds_and_bad_axes():
+    with dsl.Builder("reduce") as b:
+        x = b.input("input", (2, 3, 4))
+        with pytest.raises(go.GraphoptError, match="expected a reduction among mean, sum"):
+            dsl.reduce(x, "median")
+        with pytest.raises(ShapeError, match=r"node 'r' \(reduce_min\): expected axes in "
+                                             r"\[-3, 3\), found \[3\]"):
+            dsl.reduce(x, "min", axes=(3,), name="r")
+        b.output(dsl.reduce(x, "min"))

@@ -670,6 +670,18 @@ def gather(x, indices, axis: int = 0, name=None) -> Tensor:
     return b.apply(_op(b, name, ops.Gather, axis), [x, indices], name)
 
 
+REDUCTIONS = ("mean", "sum", "max", "min", "prod", "l1", "l2", "sum_square", "log_sum_exp")
+
+
+def reduce(x, kind: str, axes=None, keepdims: bool = True, name=None) -> Tensor:
+    """The reduction `kind` (one of REDUCTIONS: ONNX's ReduceMean, ... ReduceLogSumExp) over
+    `axes` (all when None), keeping them as size 1 with `keepdims`."""
+    if kind not in REDUCTIONS:
+        raise GraphoptError(f"expected a reduction among {', '.join(REDUCTIONS)}, found "
+                            f"{kind!r} (at {_user_location()})", op="reduce")
+    return _unary(x, name, ops.get_op(f"reduce_{kind}"), axes, keepdims)
+
+
 def argmax(x, axis: int = -1, keepdims: bool = False, name=None) -> Tensor:
     """The int64 index of the largest entry along `axis`, the first on ties (torch's argmax)."""
     return _unary(x, name, ops.ArgMax, axis, keepdims)
@@ -755,7 +767,8 @@ def gru(x: Tensor, hidden_size: int, direction: str = "forward", initial_h=None,
 __all__ = ["Builder", "Tensor", "current", "conv2d", "conv_transpose2d", "batch_norm", "linear",
            "identity", "relu", "relu6", "clip", "leaky_relu", "sigmoid", "tanh", "hard_sigmoid",
            "hard_swish", "gelu", "silu", "exp", "softmax", "split",
-           "dropout", "max_pool2d", "max_unpool2d", "avg_pool2d", "global_avg_pool2d", "global_max_pool2d", "lrn",
+           "dropout", "max_pool2d", "max_unpool2d", "avg_pool2d", "global_avg_pool2d",
+           "global_max_pool2d", "lrn", "reduce",
            "flatten", "reshape", "transpose", "pad", "resize", "instance_norm", "add", "sub", "mul",
            "div", "matmul", "concat", "parameter", "inputs_of", "expand", "gather", "argmax",
            "embedding", "lstm", "gru"]   # (dsl.slice stays out: it would shadow the builtin)
