@@ -52,8 +52,13 @@ def _fused_conv2d(F, table, op, *inputs):
 
 def _pool(F, op, x, kind):
     padding = _symmetric(op.padding)
+    if padding is None and kind == "max":   # padded with the lowest value: never the maximum
+        top, left, bottom, right = op.padding
+        import torch
+        lowest = float("-inf") if x.is_floating_point() else torch.iinfo(x.dtype).min
+        x, padding = F.pad(x, (left, right, top, bottom), value=lowest), 0
     if padding is None:
-        raise UnsupportedOpError("asymmetric pooling padding has no torch form")
+        raise UnsupportedOpError("asymmetric average pooling padding has no torch form")
     if kind == "max":
         return F.max_pool2d(x, op.kernel, op.stride, padding, op.dilation, op.ceil_mode)
     if tuple(op.dilation) != (1, 1):
@@ -61,8 +66,184 @@ def _pool(F, op, x, kind):
     return F.avg_pool2d(x, op.kernel, op.stride, padding, op.ceil_mode, op.count_include_pad)
 
 
+def _pad(torch, F, op, x):
+    """ONNX Pad. Constant padding is F.pad's on any axes; F.pad's reflect / replicate /
+    circular modes pad only the last few axes of a batch and circular at most one period, so
+    the other modes gather each padded axis's source indices (numpy's definitions)."""
+    if op.mode == "constant":
+        flat = [p for before, after in reversed(op.pads) for p in (before, after)]
+        return F.pad(x, flat, value=op.value)
+    for axis, (before, after) in enumerate(op.pads):
+        if before == after == 0:
+            continue
+        size = x.shape[axis]
+        k = torch.arange(-before, size + after, device=x.device)
+        if op.mode == "edge":
+            index = k.clamp(0, size - 1)
+        elif op.mode == "wrap":
+            index = k.remainder(size)
+        else:   # reflect: mirrored about the edges without repeating them (period 2 * size - 2)
+            period = max(2 * size - 2, 1)
+            k = k.remainder(period)
+            index = torch.where(k < size, k, period - k)
+        x = x.index_select(axis, index)
+    return x
+
+
+def _max_pool_indices(torch, F, op, x):
+    """ONNX MaxPool's Indices: torch's return_indices (within each plane) made flat indices
+    into the whole input, row-major or (storage_order 1) with H and W swapped."""
+    padding = _symmetric(op.padding)
+    if padding is None:
+        raise UnsupportedOpError("asymmetric padding has no torch max_pool2d(return_indices) form")
+    _, where = F.max_pool2d(x, op.kernel, op.stride, padding, op.dilation, op.ceil_mode,
+                            return_indices=True)
+    n, c, h, w = x.shape
+    plane = torch.arange(n * c, device=x.device).reshape(n, c, 1, 1)
+    if op.storage_order == 0:
+        return plane * (h * w) + where
+    return (plane * w + where % w) * h + where // w
+
+
+def _max_unpool(op, x, indices):
+    """ONNX MaxUnpool: zeros, each value written at its flat index into the whole output."""
+    n, c = x.shape[:2]
+    out_h, out_w = op.out_hw(*x.shape[2:])
+    out = x.new_zeros(n * c * out_h * out_w)
+    return out.index_put((indices.reshape(-1),), x.reshape(-1)).reshape(n, c, out_h, out_w)
+
+
+def _source_coordinates(torch, out_size: int, in_size: int, mode: str, device):
+    """Where each output pixel samples the input (ONNX Resize's coordinate_transformation_mode)."""
+    x = torch.arange(out_size, dtype=torch.float64, device=device)
+    if mode == "align_corners":
+        return x * (in_size - 1) / (out_size - 1) if out_size > 1 else x * 0
+    if mode == "asymmetric":
+        return x * in_size / out_size
+    if mode == "pytorch_half_pixel" and out_size == 1:
+        return x * 0
+    return (x + 0.5) * in_size / out_size - 0.5
+
+
+def _resize(torch, F, op, x):
+    """ONNX Resize of H and W: F.interpolate where its sampling is ONNX's (bilinear with
+    half_pixel or align_corners, nearest with asymmetric floor), else the source rows and
+    columns computed by ONNX's formulas and gathered (nearest) or blended (bilinear)."""
+    (out_h, out_w), (in_h, in_w) = op.size, x.shape[2:]
+    mode = op.coordinate_transformation_mode
+    if op.mode == "bilinear" and mode in ("half_pixel", "align_corners"):
+        return F.interpolate(x, size=op.size, mode="bilinear",
+                             align_corners=mode == "align_corners")
+    if op.mode == "nearest" and mode == "asymmetric" and op.nearest_mode == "floor":
+        return F.interpolate(x, size=op.size, mode="nearest")
+    rows = _source_coordinates(torch, out_h, in_h, mode, x.device)
+    cols = _source_coordinates(torch, out_w, in_w, mode, x.device)
+    if op.mode == "nearest":
+        rounding = {"floor": torch.floor, "ceil": torch.ceil,
+                    "round_prefer_ceil": lambda c: torch.floor(c + 0.5),
+                    "round_prefer_floor": lambda c: torch.ceil(c - 0.5)}[op.nearest_mode]
+        row_index = rounding(rows).clamp(0, in_h - 1).long()
+        col_index = rounding(cols).clamp(0, in_w - 1).long()
+        return x.index_select(2, row_index).index_select(3, col_index)
+
+    def neighbours(coordinates, size):
+        coordinates = coordinates.clamp(0, size - 1)
+        low = coordinates.floor().long()
+        return low, (low + 1).clamp(max=size - 1), (coordinates - low).to(x.dtype)
+    top, bottom, fy = neighbours(rows, in_h)
+    left, right, fx = neighbours(cols, in_w)
+    blended = x.index_select(2, top) * (1 - fy)[:, None] + x.index_select(2, bottom) * fy[:, None]
+    return blended.index_select(3, left) * (1 - fx) + blended.index_select(3, right) * fx
+
+
+def _slice(torch, op, x):
+    """ONNX Slice (static bounds, any step sign): each sliced axis's indices, gathered."""
+    from .ir import TensorType
+    for axis, (start, step, count) in enumerate(op.ranges(TensorType(tuple(x.shape), "float32"))):
+        if (start, step, count) != (0, 1, x.shape[axis]):
+            index = torch.arange(count, device=x.device) * step + start
+            x = x.index_select(axis, index)
+    return x
+
+
+def _gather(torch, op, data, indices):
+    """ONNX Gather (numpy's take; negative indices count from the end)."""
+    axis = op.axis % data.ndim
+    size = data.shape[axis]
+    index = indices.long()
+    index = torch.where(index < 0, index + size, index)
+    picked = data.index_select(axis, index.reshape(-1))
+    return picked.reshape(data.shape[:axis] + indices.shape + data.shape[axis + 1:])
+
+
+def _arg_reduce(torch, op, x):
+    """ONNX ArgMax / ArgMin: the first index of the extreme (the last with
+    select_last_index, found as the first one in the flipped axis)."""
+    pick = torch.argmax if op.largest else torch.argmin
+    axis = op.axis % x.ndim
+    if op.select_last_index:
+        index = x.shape[axis] - 1 - pick(x.flip(axis), axis, keepdim=op.keepdims)
+    else:
+        index = pick(x, axis, keepdim=op.keepdims)
+    return index.long()
+
+
+class _TorchMath:
+    """The recurrent cells' arithmetic (graphopt.ops.recurrent's backend protocol) in torch:
+    the same steps as the interpreter's NumpyMath, on the device, differentiable."""
+
+    def __init__(self, torch, like):
+        self.torch, self.torch_dtype, self.device = torch, like.dtype, like.device
+        self.dtype = str(like.dtype).removeprefix("torch.")   # numpy's name, as NumpyMath's
+
+    def constant(self, array):
+        array = np.asarray(array)
+        dtype = self.torch.bool if array.dtype == bool else self.torch_dtype
+        return self.torch.as_tensor(np.ascontiguousarray(array)).to(self.device, dtype)
+
+    def full(self, value, like): return float(value)
+    def matmul(self, a, b): return a @ b
+    def add(self, a, b): return a + b
+    def sub(self, a, b): return a - b
+    def mul(self, a, b): return a * b
+    def div(self, a, b): return a / b
+    def neg(self, x): return -x
+    def scale(self, x, factor): return x * factor
+    def abs(self, x): return x.abs()
+    def exp(self, x): return x.exp()
+    def log(self, x): return x.log()
+    def minimum(self, x, bound): return x.clamp(max=bound)
+    def relu(self, x): return x.clamp(min=0)
+    def at_least(self, x, bound): return x >= bound
+    def greater(self, x, bound): return x > bound
+    def where(self, condition, a, b): return self.torch.where(condition, a, b)
+    def clip(self, x, bound): return x.clamp(-bound, bound)
+    def columns(self, x, start, stop): return x[..., start:stop]
+    def step(self, x, t): return x[t]
+    def stack(self, xs, axis): return self.torch.stack(xs, axis)
+    def transpose(self, x, perm): return x.permute(perm)
+    def transposed_weight(self, w, d): return w[d].T
+    def row(self, b, d, start, stop): return b[d, start:stop]
+    def sigmoid(self, x): return self.torch.sigmoid(x)
+    def tanh(self, x): return self.torch.tanh(x)
+    def hard_sigmoid(self, x, alpha, beta): return (x * alpha + beta).clamp(0, 1)
+
+
+def _recurrent(torch, op, *tensors):
+    """ONNX LSTM / GRU: the op's own step sequence (`Recurrent.compute`) on torch tensors."""
+    x, w, r, b, initial, extra = op.split_inputs(tensors)
+    m = _TorchMath(torch, x)
+    if op.layout == 1:
+        x = x.permute(1, 0, 2)
+    steps, batch, hidden = x.shape[0], x.shape[1], r.shape[2]
+    initial = [x.new_zeros((op.num_directions, batch, hidden)) if s is None else
+               (s.permute(1, 0, 2) if op.layout == 1 else s) for s in initial]
+    return tuple(op.to_layout(m, op.compute(m, x, w, r, b, initial, extra,
+                                            (steps, batch, hidden))))
+
+
 def _table(torch, F):
-    """op name -> f(op, *input tensors) -> tensor."""
+    """op name -> f(op, *input tensors) -> tensor, or a tuple for ops with several outputs."""
     table = {
         "conv2d": lambda op, *a: _conv2d(F, op, *a),
         "conv_transpose2d": lambda op, *a: _conv_transpose2d(F, op, *a),
@@ -97,9 +278,29 @@ def _table(torch, F):
         x.reshape(int(np.prod(x.shape[:op.axis])), -1),
         "reshape": lambda op, x: x.reshape(op.shape),
         "transpose": lambda op, x: x.permute(op.perm),
+        "exp": lambda op, x: torch.exp(x),
+        "instance_norm": lambda op, x, scale, bias: F.instance_norm(
+            x, weight=scale, bias=bias, eps=op.epsilon),
+        "pad": lambda op, x: _pad(torch, F, op, x),
+        "resize": lambda op, x: _resize(torch, F, op, x),
+        "slice": lambda op, x: _slice(torch, op, x),
+        "gather": lambda op, data, indices: _gather(torch, op, data, indices),
+        "expand": lambda op, x: torch.broadcast_to(
+            x, torch.broadcast_shapes(x.shape, tuple(op.shape))),
+        "argmax": lambda op, x: _arg_reduce(torch, op, x),
+        "argmin": lambda op, x: _arg_reduce(torch, op, x),
+        "max_pool2d_indices": lambda op, x: _max_pool_indices(torch, F, op, x),
+        "max_unpool2d": lambda op, x, indices: _max_unpool(op, x, indices),
+        "lstm": lambda op, *a: _recurrent(torch, op, *a),
+        "gru": lambda op, *a: _recurrent(torch, op, *a),
     }
     table["fused_conv2d"] = lambda op, *a: _fused_conv2d(F, table, op, *a)
     return table
+
+
+def _contiguous(array: np.ndarray) -> np.ndarray:
+    """`array` C-contiguous, its shape kept (np.ascontiguousarray makes a 0-d array 1-d)."""
+    return np.ascontiguousarray(array).reshape(np.shape(array))
 
 
 class TorchEager:
@@ -124,7 +325,7 @@ class TorchEager:
                                 f"'{graph.name}'")
         self.order = graph.topological_order()
         self.weights = {id(c): weights[c.name] if c.name in weights else
-                        torch.from_numpy(np.ascontiguousarray(c.data)).to(self.device)
+                        torch.from_numpy(_contiguous(c.data)).to(self.device)
                         for c in graph.constants.values()}
 
     def forward(self, inputs: Mapping[str, object]) -> list:
@@ -133,8 +334,10 @@ class TorchEager:
         env = dict(self.weights)
         env.update({id(v): inputs[v.name] for v in self.graph.inputs})
         for node in self.order:
-            env[id(node.outputs[0])] = self.table[node.op_name](
-                node.op, *(env[id(v)] for v in node.inputs))
+            result = self.table[node.op_name](node.op, *(env[id(v)] for v in node.inputs))
+            for value, tensor in zip(node.outputs, result if isinstance(result, tuple)
+                                     else (result,)):
+                env[id(value)] = tensor
         return [env[id(v)] for v in self.graph.outputs]
 
     def run_tensors(self, inputs: Mapping[str, object]) -> list:
@@ -144,7 +347,7 @@ class TorchEager:
             return self.forward(inputs)
 
     def to_device(self, inputs: Mapping[str, np.ndarray]) -> dict:
-        return {k: self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+        return {k: self.torch.from_numpy(_contiguous(a)).to(self.device)
                 for k, a in inputs.items()}
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -7,6 +7,7 @@ import pytest
 import graphopt as go
 from graphopt.compare import compare_arrays
 from graphopt.errors import UnsupportedOpError
+from graphopt import ops
 from graphopt.frontends import dsl
 
 pytest.importorskip("torch")
@@ -75,11 +76,78 @@ def test_forward_differentiates_through_replaced_weights():
 
 
 def test_ops_without_a_torch_form_are_named():
-    with dsl.Builder("resized", seed=0) as b:
-        x = b.input("input", (1, 2, 4, 4))
-        graph = b.output(dsl.resize(x, scale=2))
-    with pytest.raises(UnsupportedOpError, match="no torch eager form"):
+    from graphopt.ir import Graph, TensorType
+    graph = Graph("quantized")
+    x = graph.add_input("input", TensorType((1, 2, 4, 4)))
+    node = graph.add_node(ops.QuantizeLinear(), [x, graph.add_constant("scale", np.float32(0.1)),
+                                                 graph.add_constant("zero", np.uint8(128))],
+                          name="q")
+    graph.set_outputs(node.outputs)
+    with pytest.raises(UnsupportedOpError, match="node 'q' .*no torch eager form"):
         TorchEager(graph)
+
+
+def one_node(op, shapes, constants=(), dtype="float32"):
+    """A graph of `op` on inputs of `shapes` (float32 or `dtype`), then constant inputs, every
+    output a graph output."""
+    from graphopt.ir import Graph, TensorType
+    graph = Graph(op.name)
+    inputs = [graph.add_input(f"x{i}", TensorType(shape, dtype)) for i, shape in enumerate(shapes)]
+    inputs += [graph.add_constant(f"c{i}", np.asarray(c)) for i, c in enumerate(constants)]
+    node = graph.add_node(op, inputs)
+    graph.set_outputs(node.outputs)
+    return graph
+
+
+RNG = np.random.default_rng(7)
+LSTM_WEIGHTS = [RNG.standard_normal(s).astype(np.float32) * 0.3
+                for s in ((2, 16, 3), (2, 16, 4), (2, 32))]
+GRU_WEIGHTS = [RNG.standard_normal(s).astype(np.float32) * 0.3
+               for s in ((1, 12, 3), (1, 12, 4), (1, 24))]
+
+
+@pytest.mark.parametrize("graph", [
+    one_node(ops.Pad(((0, 0), (0, 0), (1, 2), (2, 0)), 1.5), [(1, 2, 4, 5)]),
+    one_node(ops.Pad(((0, 0), (1, 1), (3, 2), (2, 3)), mode="reflect"), [(1, 2, 4, 5)]),
+    one_node(ops.Pad(((1, 0), (0, 0), (2, 2), (0, 3)), mode="edge"), [(1, 2, 4, 5)]),
+    one_node(ops.Pad(((0, 0), (0, 0), (6, 1), (1, 7)), mode="wrap"), [(1, 2, 4, 5)]),   # > axis
+    *[one_node(ops.Resize((7, 9), mode, coordinates, rounding), [(1, 2, 3, 4)])
+      for mode, coordinates, rounding in [
+          ("nearest", "half_pixel", "round_prefer_floor"),
+          ("nearest", "asymmetric", "floor"), ("nearest", "align_corners", "round_prefer_ceil"),
+          ("nearest", "pytorch_half_pixel", "ceil"), ("bilinear", "half_pixel", "floor"),
+          ("bilinear", "align_corners", "floor"), ("bilinear", "asymmetric", "floor"),
+          ("bilinear", "pytorch_half_pixel", "floor")]],
+    one_node(ops.Resize((1, 2), "bilinear", "pytorch_half_pixel"), [(1, 2, 3, 4)]),
+    one_node(ops.Slice((3, -1), (0, -100), (1, 2), (-1, -2)), [(2, 5, 6)]),   # negative steps
+    one_node(ops.Slice((1,), (100,), (-1,), (2,)), [(2, 5, 6)]),
+    one_node(ops.Gather(1), [(2, 5, 3)], [np.array([[4, -1], [0, 2]], np.int64)]),
+    one_node(ops.Gather(0), [(6,)], [np.array(-6, np.int32)]),
+    one_node(ops.Expand((3, 1, 4)), [(2, 1)]),
+    one_node(ops.ArgMax(1, keepdims=False), [(2, 5, 3)]),
+    one_node(ops.ArgMin(-1, select_last_index=True), [(2, 5, 3)]),
+    one_node(ops.Exp(), [(2, 3)]),
+    one_node(ops.InstanceNorm(1e-3), [(2, 3, 4, 5)], [np.array([1.0, 2.0, 0.5], np.float32),
+                                                      np.array([0.0, -1.0, 3.0], np.float32)]),
+    one_node(ops.MaxPool2d(3, 2, (0, 1, 2, 1)), [(1, 2, 7, 8)]),      # asymmetric padding
+    one_node(ops.MaxPool2dIndices(3, 2, (1, 1, 1, 1)), [(2, 3, 7, 8)]),
+    one_node(ops.MaxPool2dIndices(2, 2, storage_order=1), [(2, 3, 6, 4)]),
+    one_node(ops.Lstm("bidirectional", layout=1, sequence_lens=(5, 3), clip=2.0),
+             [(2, 5, 3)], LSTM_WEIGHTS),
+    one_node(ops.Gru(activations=(("HardSigmoid", 0.3, 0.4), ("LeakyRelu", 0.1, 0.0)),
+                     linear_before_reset=True), [(5, 2, 3)], GRU_WEIGHTS),
+    one_node(ops.Gru(direction="reverse"), [(5, 2, 3)], GRU_WEIGHTS),
+], ids=lambda graph: graph.name)
+def test_op_forms_against_the_interpreter(graph):
+    check_against_interpreter(graph)
+
+
+def test_max_unpool_puts_values_back_where_the_pool_found_them():
+    with dsl.Builder("unpool", seed=1) as b:
+        x = b.input("input", (2, 3, 8, 6))
+        y, where = dsl.max_pool2d(x, 2, return_indices=True)
+        graph = b.output(dsl.max_unpool2d(dsl.relu(y), where, 2, output_size=(8, 6)))
+    check_against_interpreter(graph)
 
 
 @pytest.mark.slow
