@@ -30,6 +30,9 @@ CASES = {
     "conv3x3_odd": ((1, 5, 9, 11), lambda x: dsl.conv2d(x, 16, 3, padding=1), "conv2d"),
     "conv3x3_s2_asym_pad": ((2, 8, 13, 13), lambda x: dsl.conv2d(x, 24, 3, stride=2,
                                                                   padding=(1, 0, 1, 2)), "conv2d"),
+    # a 112x112 output plane: the tile is written back through the register transpose
+    "conv3x3_large_plane": ((1, 3, 112, 112), lambda x: dsl.relu(dsl.conv2d(x, 32, 3, padding=1)),
+                            "conv2d"),
     "conv1x1": ((1, 16, 7, 7), lambda x: dsl.conv2d(x, 32, 1, bias=False), "conv2d"),
     "conv1x1_s2": ((1, 8, 15, 15), lambda x: dsl.conv2d(x, 16, 1, stride=2), "conv2d"),
     "conv7x7_stem": ((1, 3, 23, 23), lambda x: dsl.relu(dsl.conv2d(x, 16, 7, stride=2, padding=3)),
@@ -304,6 +307,29 @@ def test_winograd_transforms_compute_the_convolution(tile):
     direct = np.array([[(d[i:i + 3, j:j + 3] * w).sum() for j in range(tile)]
                        for i in range(tile)])
     np.testing.assert_allclose(y, direct, atol=1e-12)
+
+
+@pytest.mark.parametrize("lanes", [4, 8, 16])
+def test_register_transpose_network_transposes(lanes):
+    """The shuffle rounds of the write-back transpose, applied to index vectors as LLVM's
+    shufflevector would, turn rows of channels into rows of pixels."""
+    from graphopt.targets.tvm.schedules.transpose import _bit_swap_masks
+    rows = [np.arange(lanes) + lanes * r for r in range(lanes)]   # rows[pixel][channel]
+    for bit in range(lanes.bit_length() - 1):
+        low, high = _bit_swap_masks(lanes, bit)
+        step = 1 << bit
+        for r in range(lanes):
+            if not r & step:
+                pair = np.concatenate([rows[r], rows[r + step]])
+                rows[r], rows[r + step] = pair[low], pair[high]
+    np.testing.assert_array_equal(np.array(rows), np.arange(lanes * lanes).reshape(
+        lanes, lanes).T)
+
+
+def test_large_planes_write_back_through_the_register_transpose():
+    kernels = _scheduled_kernels(_table_graph(["conv3x3_large_plane"]), mcpu=AVX512_CPU)
+    text = next(f.script() for f in kernels.values() if f.attrs[SCHEDULE_ATTR] == "conv2d")
+    assert "T.Shuffle" in text
 
 
 def test_a_bug_in_a_rule_fails_loudly(monkeypatch):

@@ -20,6 +20,8 @@ SMALL_PLANE = 14 * 14
 L1_WEIGHT_BYTES = 20 * 1024
 # Input channels stored together when the input is channel-blocked: one 64-byte cache line.
 INPUT_BLOCK = 16
+# Output planes from which the tile is written back through a register transpose.
+TRANSPOSED_PLANE = 112 * 112
 
 
 def find_conv(sch):
@@ -86,7 +88,13 @@ def schedule(sch, vec: VectorShape) -> bool:
         tile_loop, parallel_loops, first_reduce = ow_outer, outer + [oh], kh
     if per_image:
         _inputs_per_image(sch, conv, n)
-    finish_tile(sch, conv, tile_loop, parallel_loops, oc_inner, [ow_inner], first_reduce, writer)
+    # Large planes write their tiles through the register transpose (`transpose.py`; 1 thread,
+    # AVX-512, ms vs ORT, gathered / transposed: the 7x7 stride-2 3 -> 64 ch stem 1.14-1.22 /
+    # 1.10, 3x3 16 -> 64 ch at 112x112 1.26-1.29 / 1.13-1.15); on 56x56 and smaller planes it
+    # measured no faster (32 ch 56x56 1.53 / 1.56, 3x3 stride-2 64 -> 128 ch 1.39 / 1.45).
+    large_plane = out_width * int(block.iter_vars[2].dom.extent) >= TRANSPOSED_PLANE
+    finish_tile(sch, conv, tile_loop, parallel_loops, oc_inner, [ow_inner], first_reduce, writer,
+                transpose_lanes=vec.lanes if large_plane and tile_loop is not None else 0)
     spatial_rest(sch, conv, vec)
     return True
 

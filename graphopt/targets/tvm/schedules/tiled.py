@@ -79,7 +79,7 @@ def channel_block(channels: int, vec: VectorShape, groups: int = 1) -> int:
 
 
 def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops, first_reduce,
-                writer, writer_lanes: int | None = None) -> None:
+                writer, writer_lanes: int | None = None, transpose_lanes: int = 0) -> None:
     """Common tail of the tiled rules: fuse the outer loops (parallel when the kernel is big
     enough), move the writer (epilogue or copy-out) under `tile_loop` (None: the fused loop),
     vectorize and unroll the tile, then split off the accumulator initialisation (vectorize and
@@ -96,6 +96,9 @@ def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops,
     if macs >= PARALLEL_MIN_MACS:
         sch.parallel(fused)
     sch.reverse_compute_at(writer, fused if tile_loop is None else tile_loop)
+    if transpose_lanes:
+        from .transpose import transposed_write_back
+        transposed_write_back(sch, writer, transpose_lanes)
     if vector_loop is not None:      # None: the caller tensorizes it after this
         sch.vectorize(vector_loop)
     for loop in unroll_loops:
