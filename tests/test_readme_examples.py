@@ -68,3 +68,23 @@ def test_the_blocks_run_in_order_in_a_fresh_folder(tmp_path, monkeypatch):
         {p.name for p in tmp_path.iterdir()}
     assert namespace["go"].compare(namespace["t"], namespace["res"].graph,
                                    namespace["probe"]).ok
+
+
+def test_the_write_a_pass_example_runs_as_written(tmp_path, monkeypatch):
+    """The "Write a pass" section's block, after the block defining `tiny` it builds on (fast:
+    the default suite runs it; the slow test above runs every block)."""
+    import numpy as np
+    import graphopt as go
+    monkeypatch.chdir(tmp_path)
+    blocks = python_blocks()
+    namespace: dict = {"__name__": "readme", "np": np, "go": go}
+    for line, source in (next(b for b in blocks if "def tiny" in b[1]),
+                         next(b for b in blocks if "def my_pass" in b[1])):
+        exec(compile("\n" * (line - 1) + source, str(README), "exec"), namespace)
+    report = namespace["res"].report
+    assert "my_pass" in str(report)
+    assert [n.op_name for n in namespace["res"].graph.nodes].index("max_pool2d") < \
+        [n.op_name for n in namespace["res"].graph.nodes].index("relu")      # rewritten
+    assert go.compare(namespace["t"], namespace["m"], namespace["probe"]).ok
+    source = next(b for b in blocks if "def my_pass" in b[1])[1]
+    assert len(source.strip().splitlines()) <= 25       # a short example
