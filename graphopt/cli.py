@@ -29,7 +29,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import __version__
+from . import __version__, progress
 from .errors import GraphoptError, InputError, LoweringError, PassError, WriteError
 from .files import atomic_open, safe_file_name
 from .signature import Signature, probe_inputs
@@ -270,19 +270,26 @@ _quiet = False
 
 
 @contextmanager
-def step(message: str) -> Iterator[None]:
-    """Show a long step on stderr: the message, then how long it took."""
+def step(message: str, total: int | None = None, unit: str | None = None) -> Iterator:
+    """Show a long step on stderr: the message, then how long it took. On a terminal a progress
+    line runs while it works: with a `unit`, the bar yielded counts them (`.update()`, of
+    `total` when known), else a clock."""
     start = time.perf_counter()
-    if not _quiet:
+    live = not _quiet and progress.on_terminal()
+    if not _quiet and not live:
         print(f"{message} ...", end="", file=sys.stderr, flush=True)
+    head = f"{message} ..." if live else ""
+    shown = progress.bar(total, message, unit, quiet=not live) if unit else \
+        progress.clock(f"{message} ...", quiet=not live)
     try:
-        yield
+        with shown as bar:
+            yield bar
     except BaseException:
         if not _quiet:
-            print(" failed", file=sys.stderr, flush=True)
+            print(f"{head} failed", file=sys.stderr, flush=True)
         raise
     if not _quiet:
-        print(f" done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+        print(f"{head} done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
 
 def signature_of(model) -> list[tuple[str, tuple, str]]:
@@ -311,7 +318,19 @@ def compile_model(graph, args):
                "threads": getattr(args, "threads", None), "tuning": getattr(args, "tuning", None)}
     with step(f"compiling '{graph.name}' for {args.target}"):
         model = go.compile(graph, target=args.target, **options)
+    if options["tuning"] is not None and not _quiet:
+        print(tuning_summary(model), file=sys.stderr, flush=True)
     return model
+
+
+def tuning_summary(model) -> str:
+    """How many of a compiled model's kernels took their schedule from tuning records."""
+    from .targets.tvm.schedules.dispatch import TUNED
+    tuned = sum(1 for rule in model.schedules.values() if rule == TUNED)
+    return (f"tuning records from {model.options.tuning_dir()}: {tuned} of "
+            f"{len(model.schedules)} kernels use them" if tuned else
+            f"tuning records from {model.options.tuning_dir()}: none matches a kernel of this "
+            f"model (each kernel keeps graphopt's schedule)")
 
 
 def onnxruntime_ms(graph, feeds: dict, spec: str, repeat: int) -> tuple[float | None, str]:
@@ -419,12 +438,19 @@ def show(args) -> int:
 @command("compile", "compile a model with TVM and export it as a shared library",
          MODEL, TARGET, KERNELS, PASSES, THREADS, TUNING, BATCH, INPUT_SHAPE, SEED,
          arg("-o", "--output", help="the .so to write (default: <model>_<target>.so in the "
-             "current folder, <model> being the zoo name or the .onnx file's name)"))
+             "current folder, <model> being the zoo name or the .onnx file's name)"),
+         arg("--force", action="store_true", help="overwrite the output if it exists"))
 def compile_(args) -> int:
     """Compile for the CPU or a CUDA arch (no GPU needed) and write one .so that `graphopt run`
-    or `go.load` runs with only the TVM runtime. CUDA libraries embed the nvcc-built binary."""
+    or `go.load` runs with only the TVM runtime. CUDA libraries embed the nvcc-built binary.
+    The output path and the target are checked before any work; an existing output is kept
+    unless --force."""
+    from .targets.tvm.compile import resolve_target
     output = (output_path(args.output, ".so") if args.output
               else default_artifact_name(args.model, args.target))
+    if os.path.exists(output) and not args.force:
+        raise InputError(f"{output} exists: pass --force to overwrite it, or -o another path")
+    resolve_target(args.target)     # an unknown target or CUDA arch: before the model is read
     graph = model_from(args)
     model = compile_model(graph, args)
     with step(f"exporting to {output}"):
@@ -711,25 +737,18 @@ def quantize(args) -> int:
         metric = top1_metric(graph, labels) if labels is not None else None
         feeds = held_out[0]
 
-        def progress(index: int) -> None:
-            if not _quiet:
-                print(f"\rcalibrating ({args.method}): batch {index + 1}/{len(batches)}",
-                      end="", file=sys.stderr, flush=True)
-
-        calib = quantization.calibrate(graph, batches, args.method, progress=progress)
-        if not _quiet:
-            print(file=sys.stderr)
+        with step(f"calibrating ({args.method})", len(batches), "batch") as shown:
+            calib = quantization.calibrate(graph, batches, args.method,
+                                           progress=lambda index: shown.update())
         if args.sensitivity:
-            def measured(index: int, layer: str) -> None:
-                if not _quiet:
-                    print(f"\rsensitivity: layer {index + 1} ({layer})\033[K", end="",
-                          file=sys.stderr, flush=True)
+            with step("int8 sensitivity, layer by layer", None, "layer") as shown:
+                def measured(index: int, layer: str) -> None:
+                    shown.set_description_str(f"int8 sensitivity: layer {index + 1} ({layer})")
+                    shown.update()
 
-            table = quantization.sensitivity(graph, calib, held_out, metric, keep=keep,
-                                             per_channel=not args.per_tensor,
-                                             progress=measured)
-            if not _quiet:
-                print(file=sys.stderr)
+                table = quantization.sensitivity(graph, calib, held_out, metric, keep=keep,
+                                                 per_channel=not args.per_tensor,
+                                                 progress=measured)
             print(table)
         with step(f"quantizing '{graph.name}' to int8"
                   + (f" within budget {args.budget:g}" if args.budget is not None else "")):
@@ -911,10 +930,12 @@ def tune(args) -> int:
     """Search schedules for the model's GEMM-like kernels and keep, per kernel, the tuned one
     only if it beats graphopt's own schedule. CPU compiles given `--tuning user` (or the
     --cache-dir folder) use the records (needs the `tune` extra: xgboost, cloudpickle)."""
-    from .targets.tvm.tuning import tune as run_tuning
+    from .targets.tvm.tuning import require_tune_extra, tune as run_tuning
+    require_tune_extra()        # before any work: `pip install graphopt[tune]`
     graph = model_from(args)
-    with step(f"tuning '{graph.name}' ({args.trials} trials)"):
-        report = run_tuning(graph, args.trials, args.cache_dir)
+    with step(f"tuning '{graph.name}' ({args.trials} trials)", args.trials, "trial") as shown:
+        report = run_tuning(graph, args.trials, args.cache_dir,
+                            progress=lambda measured, total: shown.update(measured - shown.n))
     print(report)
     return EXIT_OK
 

@@ -154,6 +154,24 @@ def test_dynamic_dimensions_left_open_or_named_wrongly_exit_2(torch_dynamic_batc
     assert_one_line_error(graphopt("show", torch_dynamic_batch, *options), 2, fragment)
 
 
+def test_compile_names_its_output_after_the_file_and_keeps_an_existing_one(torch_dynamic_batch,
+                                                                          tmp_path):
+    shutil.copy(torch_dynamic_batch, tmp_path / "net.onnx")     # its graph: torch's main_graph
+    first = graphopt("compile", "net.onnx", "--batch", "1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx", "net_cpu.so"]
+    written = (tmp_path / "net_cpu.so").stat().st_mtime_ns
+    again = graphopt("compile", "net.onnx", "--batch", "1", cwd=tmp_path)
+    assert_one_line_error(again, 2, "net_cpu.so exists: pass --force to overwrite it")
+    assert "compiling" not in again.stderr                       # refused before any work
+    assert (tmp_path / "net_cpu.so").stat().st_mtime_ns == written
+    forced = graphopt("compile", "net.onnx", "--batch", "1", "--force", cwd=tmp_path)
+    assert forced.returncode == 0 and (tmp_path / "net_cpu.so").stat().st_mtime_ns != written
+    wrong = graphopt("compile", "net.onnx", "--target", "cuda:sm_1x", "-o", "x.so", cwd=tmp_path)
+    assert_one_line_error(wrong, 2, "cuda:sm_1x")
+    assert "compiling" not in wrong.stderr                       # the target, checked first
+
+
 def test_input_shape_is_for_onnx_files():
     assert_one_line_error(graphopt("show", "lenet5", "--input-shape", "input=1,1,32,32"), 2,
                           "--input-shape is for .onnx files; the zoo model 'lenet5' takes --batch")

@@ -3,6 +3,8 @@ only when asked (a hand-made record here, so the default run needs no MetaSchedu
 real but tiny tuning run, slow-marked. Every test uses its own folder, never the user's cache."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -76,13 +78,49 @@ def test_compile_applies_matching_records_when_asked(cache):
     assert {r for k, r in tuned.schedules.items() if "conv2d" in k} == {"conv2d"}
     feeds = {"input": np.random.default_rng(0).standard_normal((1, 8, 10, 10)).astype(np.float32)}
     assert go.compare(graph, tuned, feeds).ok
+    from graphopt import cli
+    kernels = len(tuned.schedules)
+    assert cli.tuning_summary(tuned) == \
+        f"tuning records from {cache}: 1 of {kernels} kernels use them"
+    assert cli.tuning_summary(plain) .endswith("none matches a kernel of this model (each kernel "
+                                              "keeps graphopt's schedule)")
+
+
+def test_a_compile_with_tuning_records_says_how_many_kernels_use_them(cache, capsys):
+    from graphopt import cli
+    target = host_target()
+    _commit_handmade_record(tuning.database_dir(target, cache), target)
+    assert cli.main(["compare", "lenet5", "--tuning", str(cache)]) == cli.EXIT_OK
+    assert f"tuning records from {cache}: none matches a kernel of this model" in \
+        capsys.readouterr().err     # lenet5's kernels are not the recorded one
+
+
+@pytest.mark.parametrize("module", ["cloudpickle", "xgboost"])
+def test_tune_without_its_extra_says_what_to_install_before_any_work(module, monkeypatch,
+                                                                     capsys):
+    import time
+    from graphopt import cli
+    monkeypatch.setitem(sys.modules, module, None)      # import fails: not installed
+    start = time.perf_counter()
+    code = cli.main(["tune", "lenet5", "--trials", "1"])
+    error = capsys.readouterr().err.strip()
+    assert code == cli.EXIT_USAGE and time.perf_counter() - start < 5
+    assert f"needs the Python package '{module}': pip install graphopt[tune]" in error
+    assert "\n" not in error and "tuning 'lenet5'" not in error
+    with pytest.raises(go.GraphoptError, match=r"pip install graphopt\[tune\]"):
+        tuning.tune(_small_graph(), trials=1)
 
 
 @pytest.mark.slow
-def test_tiny_tuning_run_keeps_only_winners(cache):
+def test_tiny_tuning_run_keeps_only_winners(cache, capfd):
     pytest.importorskip("cloudpickle", reason="MetaSchedule's process pool needs graphopt's "
                         "'tune' extra (cloudpickle)")
-    report = tuning.tune(_small_graph(), trials=8, cost_model="random", cache_dir=cache)
+    heard = []
+    report = tuning.tune(_small_graph(), trials=8, cost_model="random", cache_dir=cache,
+                         progress=lambda measured, total: heard.append((measured, total)))
+    assert heard and heard[-1][1] == 8 and [m for m, _ in heard] == sorted(m for m, _ in heard)
+    printed = capfd.readouterr()
+    assert "[INFO]" not in printed.out + printed.err    # MetaSchedule's log stays off the console
     assert sorted(k.name.split("_")[1] for k in report.kernels) == ["conv2d", "matmul"]
     assert all(k.scheduled_ms > 0 for k in report.kernels)
     assert tuning.has_records(cache) == any(k.kept for k in report.kernels)

@@ -2,8 +2,6 @@
 arguments): the command-line side of `report` and `view`."""
 from __future__ import annotations
 
-import sys
-
 from .. import cli
 
 
@@ -18,13 +16,13 @@ def run_report(args) -> int:
     feeds = cli.load_inputs(args.inputs, cli.signature_of(graph), args.seed)
     calibration = cli.sample_batches(args.calib, graph) if args.calib else None
 
-    def progress(step: str) -> None:
-        if not args.quiet:
-            print(f"report: {step} ...", file=sys.stderr, flush=True)
+    with cli.step(f"building the report of '{graph.name}'") as shown:     # on a terminal, the
+        def progress(step: str) -> None:                                   # step it is at
+            shown.set_description_str(f"report: {step} ...")
 
-    built = report(graph, output, passes=cli.pass_list(args.passes), quantize=args.quantize,
-                   prune=args.prune, calibration=calibration, inputs=feeds, seed=args.seed,
-                   profile=not args.no_profile, threads=args.threads, progress=progress)
+        built = report(graph, output, passes=cli.pass_list(args.passes), quantize=args.quantize,
+                       prune=args.prune, calibration=calibration, inputs=feeds, seed=args.seed,
+                       profile=not args.no_profile, threads=args.threads, progress=progress)
     if args.json:
         cli.print_json("report", {"model": args.model, **built.to_dict()})
         return cli.EXIT_OK

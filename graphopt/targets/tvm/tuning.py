@@ -8,11 +8,14 @@ directory (`$GRAPHOPT_TUNING_DIR`, else `$XDG_CACHE_HOME/graphopt/tuning`, else
 records. Nothing needs tuning: without records every kernel keeps its rule-based schedule."""
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -72,15 +75,59 @@ def fused_module(graph: Graph, options=None):
 TUNED_KERNELS = ("conv2d", "matmul")
 
 
+def require_tune_extra(cost_model: str = "xgb") -> None:
+    """A MissingExtraError saying `pip install graphopt[tune]` unless what MetaSchedule needs
+    is installed: cloudpickle (its process pool) and, for the "xgb" cost model, xgboost."""
+    from ...report.extras import require
+    require("cloudpickle", "tune", "tuning (MetaSchedule's process pool)")
+    if cost_model == "xgb":
+        require("xgboost", "tune", "tuning with the XGBoost cost model")
+
+
+@contextmanager
+def meta_schedule_console_quiet() -> Iterator[None]:
+    """MetaSchedule's console handler takes its logger's level when a search starts (DEBUG when
+    unset) and prints every task scheduler step, which broke graphopt's progress line: with the
+    level CRITICAL meanwhile, its log goes only to the files in its work folder. The level is
+    restored after."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def trials_counter(progress: Callable[[int, int], object], total: int):
+    """A MetaSchedule measure callback calling `progress(trials measured, total)`."""
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class TrialsCounter(PyMeasureCallback):
+        def __init__(self) -> None:
+            self.measured = 0
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
+                  runner_results) -> None:
+            self.measured += len(measure_candidates)
+            progress(min(self.measured, total), total)
+    return TrialsCounter()
+
+
 def tune(graph: Graph, trials: int = 64, cache_dir=None, max_trials_per_task: int | None = None,
          cost_model: str = "xgb", kernels: tuple[str, ...] = TUNED_KERNELS,
-         timeout_s: float = 120.0) -> TuneReport:
+         timeout_s: float = 120.0,
+         progress: Callable[[int, int], object] | None = None) -> TuneReport:
     """Run MetaSchedule on `graph`'s kernels whose names contain one of `kernels` and store the
     records that beat graphopt's own schedules in the target's database (added to what is
     there). `max_trials_per_task` defaults to an even share of `trials`. `timeout_s` bounds each
-    candidate's build and run (generous: a loaded machine)."""
+    candidate's build and run (generous: a loaded machine). `progress(measured, trials)` hears
+    each batch of trials measured. Needs the `tune` extra (checked first)."""
     if trials < 1:
         raise GraphoptError(f"tune: expected trials >= 1, found {trials}")
+    require_tune_extra(cost_model)
     from tvm.s_tir import meta_schedule as ms
     start = time.perf_counter()
     mod, target = fused_module(graph)
@@ -90,12 +137,15 @@ def tune(graph: Graph, trials: int = 64, cache_dir=None, max_trials_per_task: in
         max_trials_per_task = max(1, -(-trials // max(1, tasks)))
     directory = database_dir(target, cache_dir)
     report = TuneReport(graph.name, directory, trials, 0.0)
-    with temporary_directory("graphopt-tune-") as work_dir:
+    callbacks = list(ms.MeasureCallback.create("default"))
+    if progress is not None:
+        callbacks.append(trials_counter(progress, trials))
+    with temporary_directory("graphopt-tune-") as work_dir, meta_schedule_console_quiet():
         work_db = ms.relax_integration.tune_relax(
             mod, params={}, target=target, work_dir=work_dir, max_trials_global=trials,
             max_trials_per_task=max_trials_per_task, op_names=list(kernels), cost_model=cost_model,
             builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=timeout_s),
-            runner=ms.runner.LocalRunner(timeout_sec=timeout_s))
+            runner=ms.runner.LocalRunner(timeout_sec=timeout_s), measure_callbacks=callbacks)
         winners = []
         for result, record, workload_mod in _compare_with_rules(mod, work_db, target, kernels):
             report.kernels.append(result)
