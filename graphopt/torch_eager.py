@@ -18,6 +18,7 @@ import numpy as np
 from .errors import GraphoptError, UnsupportedOpError
 from .ir import Graph
 from .ops.activation import HARD_SWISH_ALPHA, HARD_SWISH_BETA
+from .ops.recurrent import NumpyMath
 
 
 def _symmetric(padding) -> tuple[int, int] | None:
@@ -188,9 +189,10 @@ def _arg_reduce(torch, op, x):
     return index.long()
 
 
-class _TorchMath:
+class _TorchMath(NumpyMath):
     """The recurrent cells' arithmetic (graphopt.ops.recurrent's backend protocol) in torch:
-    the same steps as the interpreter's NumpyMath, on the device, differentiable."""
+    the same steps as the interpreter's NumpyMath, on the device, differentiable. The
+    operators torch spells as numpy does (+, @, slicing) are NumpyMath's."""
 
     def __init__(self, torch, like):
         self.torch, self.torch_dtype, self.device = torch, like.dtype, like.device
@@ -202,12 +204,6 @@ class _TorchMath:
         return self.torch.as_tensor(np.ascontiguousarray(array)).to(self.device, dtype)
 
     def full(self, value, like): return float(value)
-    def matmul(self, a, b): return a @ b
-    def add(self, a, b): return a + b
-    def sub(self, a, b): return a - b
-    def mul(self, a, b): return a * b
-    def div(self, a, b): return a / b
-    def neg(self, x): return -x
     def scale(self, x, factor): return x * factor
     def abs(self, x): return x.abs()
     def exp(self, x): return x.exp()
@@ -218,12 +214,8 @@ class _TorchMath:
     def greater(self, x, bound): return x > bound
     def where(self, condition, a, b): return self.torch.where(condition, a, b)
     def clip(self, x, bound): return x.clamp(-bound, bound)
-    def columns(self, x, start, stop): return x[..., start:stop]
-    def step(self, x, t): return x[t]
     def stack(self, xs, axis): return self.torch.stack(xs, axis)
     def transpose(self, x, perm): return x.permute(perm)
-    def transposed_weight(self, w, d): return w[d].T
-    def row(self, b, d, start, stop): return b[d, start:stop]
     def sigmoid(self, x): return self.torch.sigmoid(x)
     def tanh(self, x): return self.torch.tanh(x)
     def hard_sigmoid(self, x, alpha, beta): return (x * alpha + beta).clamp(0, 1)
