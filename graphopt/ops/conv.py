@@ -50,11 +50,16 @@ def expect_nonempty(x: TensorType, w: TensorType) -> None:
 #   vnni      (qlinear_conv2d only) uint8 x int8 -> int32 by AVX-512 VNNI's vpdpbusd, or
 #   pmaddwd   vpmaddwd on int16-widened operands; the weight packed at lowering into blocks of
 #             `weight_block` output channels (targets/tvm/schedules/conv2d_int8.py)
+#   dpbf16    (bfloat16 only) AVX512-BF16's vdpbf16ps: pairs of input channels into float32,
+#             the weight packed at lowering into blocks of `weight_block` (16) output channels
+#             (targets/tvm/schedules/conv2d_bf16.py)
 INTEGER_CONV_ALGORITHMS = ("vnni", "pmaddwd")
 QUANTIZED_CONV_ALGORITHMS = ("amx", *INTEGER_CONV_ALGORITHMS)
-CONV_ALGORITHMS = ("direct", "winograd", "onednn", "depthwise", *QUANTIZED_CONV_ALGORITHMS)
+CONV_ALGORITHMS = ("direct", "winograd", "onednn", "depthwise", "dpbf16",
+                   *QUANTIZED_CONV_ALGORITHMS)
 # Algorithms whose `weight_block` is required: (what it counts, for the error).
-BLOCKED_ALGORITHMS = {"winograd": "output channels", "depthwise": "output columns"}
+BLOCKED_ALGORITHMS = {"winograd": "output channels", "depthwise": "output columns",
+                      "dpbf16": "output channels"}
 
 
 def add_channel_bias(bb, y, b):

@@ -43,6 +43,19 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
         operands = [tiles.lower_kernel(bb, x, 0.0, weight_data, conv, tiles.BFLOAT16)]
         compute = lambda acc: tiles.from_tiles(acc, weight_data.shape[0])   # noqa: E731
         name = "conv2d_amx_epilogue"
+    elif conv.algorithm == "dpbf16":
+        # vdpbf16ps on pairs of bfloat16 input channels into a float32 register tile, this
+        # kernel's epilogue computed from it
+        from ..targets.tvm.schedules import conv2d_bf16 as dpbf16
+        from ..targets.tvm.schedules.amx import from_tiles
+        weight_data = constant_operand(w, decision)
+        expect(dtype == "bfloat16" and dpbf16.applies(conv.groups),
+               f"the dpbf16 convolution takes ungrouped bfloat16 convolutions, found {dtype}, "
+               f"groups {conv.groups}")
+        packed = dpbf16.pack_weight(weight_data)
+        weight, name = relax.const(packed, "uint16"), "conv2d_dpbf16"
+        compute = lambda x, w: from_tiles(dpbf16.conv2d_dpbf16(x, w, conv),  # noqa: E731
+                                          weight_data.shape[0])
     elif conv.algorithm == "winograd":
         from ..targets.tvm.schedules.winograd import transform_weight, winograd_conv2d
         u = transform_weight(constant_operand(w, decision), conv.weight_block,

@@ -19,7 +19,9 @@ Half-precision (float16, bfloat16) convolutions are "direct" with a weight block
 float32 kernel on operands widened to float32 (the packed weight at lowering, the input in the
 kernel), which is the interpreter's arithmetic (products and sums in float32, one rounding at
 the end); never Winograd or oneDNN (float32 kernels with their own roundings). bfloat16 ones
-that fill AMX tiles where the CPU has AMX-BF16 are "amx" (`schedules/amx.py`).
+that fill AMX tiles where the CPU has AMX-BF16 are "amx" (`schedules/amx.py`); ungrouped ones
+with constant weights where the CPU has AVX512-BF16 but no AMX-BF16 are "dpbf16" (vdpbf16ps,
+`schedules/conv2d_bf16.py`, weight_block 16).
 
 A quantized convolution (`qlinear_conv2d`) is computed by the x86 dot-product instruction of
 the target CPU (`schedules/conv2d_int8.py`: "amx" tiles where the CPU has AMX-INT8 and the layer
@@ -39,7 +41,7 @@ from .annotate import annotate
 
 def select_conv_algorithm(context):
     """The pass for one compile (`context`: vector shape, kernels, whether weights are constant)."""
-    from ..schedules import amx, depthwise, winograd
+    from ..schedules import amx, conv2d_bf16, depthwise, winograd
     from ..schedules.tiled import channel_block, conv_row_tile
 
     def fills_amx_tiles(node: Node, kind) -> bool:
@@ -49,6 +51,12 @@ def select_conv_algorithm(context):
         return (context.vector is not None and kind.feature in context.vector.amx
                 and amx.applies(kind, node.inputs[0].shape[1], out_channels, out_h, out_w,
                                 conv.groups))
+
+    def dpbf16_instead_of_direct(conv: Conv2d) -> bool:
+        """Whether a bfloat16 conv that is not on AMX tiles runs on vdpbf16ps: where the CPU
+        has AVX512-BF16 but no AMX-BF16."""
+        return (conv2d_bf16.available(context.vector) and conv2d_bf16.applies(conv.groups)
+                and amx.BFLOAT16.feature not in context.vector.amx)
 
     def direct(conv: Conv2d, out_channels: int, out_w: int) -> Conv2d:
         """`conv` on the register-tiled direct rule: its channel block per group and, where
@@ -68,6 +76,10 @@ def select_conv_algorithm(context):
         if constant and x.dtype == "bfloat16" and fills_amx_tiles(node, amx.BFLOAT16) and \
                 (bias is None or bias.is_constant):
             return dataclasses.replace(plain, algorithm=amx.AMX, weight_block=amx.BLOCK)
+        if constant and x.dtype == node.outputs[0].dtype == "bfloat16" and \
+                dpbf16_instead_of_direct(conv):
+            return dataclasses.replace(plain, algorithm=conv2d_bf16.ALGORITHM,
+                                       weight_block=conv2d_bf16.LANES)
         half = x.dtype in HALF_DTYPES and node.outputs[0].dtype == x.dtype
         if not constant or not (float32 or half):
             return plain

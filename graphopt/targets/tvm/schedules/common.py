@@ -14,12 +14,14 @@ PARALLEL_MIN_MACS = 1 << 20
 @dataclass(frozen=True)
 class VectorShape:
     """fp32 lanes per SIMD register and registers the micro-kernels may keep as accumulators;
-    `vnni`: the CPU has AVX-512 VNNI (vpdpbusd: u8 x s8 dot products into int32); `amx`: the
-    AMX tile products it has ("amx-int8", "amx-bf16": LLVM's feature names)."""
+    `vnni`: the CPU has AVX-512 VNNI (vpdpbusd: u8 x s8 dot products into int32); `bf16`: it
+    has AVX512-BF16 (vdpbf16ps: bfloat16 pair products into float32); `amx`: the AMX tile
+    products it has ("amx-int8", "amx-bf16": LLVM's feature names)."""
     lanes: int
     accumulators: int
     vnni: bool = False
     amx: tuple[str, ...] = ()
+    bf16: bool = False
 
     @staticmethod
     def of(target) -> "VectorShape":
@@ -30,7 +32,8 @@ class VectorShape:
             return VectorShape(lanes=16, accumulators=28,
                                vnni=bool(target_has_features("avx512vnni", target)),
                                amx=tuple(f for f in ("amx-int8", "amx-bf16")
-                                         if target_has_features(f, target)))
+                                         if target_has_features(f, target)),
+                               bf16=bool(target_has_features("avx512bf16", target)))
         if target_has_features("avx2", target):
             return VectorShape(lanes=8, accumulators=12)
         return VectorShape(lanes=4, accumulators=12)

@@ -1,0 +1,210 @@
+"""bfloat16 convolutions on AVX512-BF16's `vdpbf16ps`: 16 float32 accumulators, each adding
+the products of a pair of bfloat16 input channels and the pair's weights.
+
+`select_conv_algorithm` records algorithm "dpbf16" (weight_block 16) on a bfloat16 `conv2d` /
+`fused_conv2d` with constant weights, no groups, where the target CPU has AVX512-BF16 but no
+AMX-BF16 (Cooper Lake, Zen 4). Where it has AMX-BF16, the layers that do not fill AMX tiles
+stay on the widened float32 kernel: on an AMX Xeon one vdpbf16ps issued every ~1.4 ns against
+~0.3 ns for a zmm FMA (half the multiply-adds), and the kernel measured 2-3.5x slower than the
+float32 one (1 thread: 3x3 64 ch 56x56 9.5 vs 2.75 ms, 1x1 256 -> 64 ch 5.4 vs 1.7 ms).
+`ops.conv_kernel.lower_conv` builds `conv2d_dpbf16` with the
+weight packed by `pack_weight` and the float32 epilogue read from the tile (`amx.from_tiles`),
+rounded once to bfloat16; the rule below schedules it as the int8 dot-product rule does
+(`conv2d_int8.py`) and tensorizes the instruction.
+
+Layouts (bfloat16 as its uint16 bits, see `widen`): the weight is [ceil(O / 16), ceil(I / 2),
+KH, KW, 16, 2], so one instruction's weights are one aligned vector load; the input is copied,
+zero-padded, to [N, ceil(I / 2), H', W', 2], so one pixel's pair of channels is one broadcast
+int32. Channels beyond O and I are zero weights (and zero inputs).
+
+Arithmetic: a product of two bfloat16 values is exact in float32 (8-bit significands), so
+each lane computes acc + a1 * b1 + a0 * b0 in float32 with one rounding per add (Intel's
+pseudo-code: the odd element of the pair first), round to nearest even, as the interpreter's
+float32 sums do, in another order. Unlike the interpreter, the instruction treats bfloat16
+denormal inputs as zero and flushes denormal float32 results to zero (DAZ/FTZ, whatever
+MXCSR says): values under 2^-126 in magnitude, far below one bfloat16 rounding of any
+non-negligible output. The float32 sum then goes through the epilogue and is rounded to
+bfloat16 once. Over tests/test_conv_bf16.py's shapes 99.96-100% of the outputs equal the
+interpreter's, the others are one bfloat16 rounding apart, as with the widened float32
+kernel (the tests allow 2^-7 of the largest output)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ....errors import LoweringError
+from .common import VectorShape, blocks_of, inline_elementwise, iter_kinds
+from .conv2d_int8 import row_tile
+from .tiled import accumulator_writer, finish_tile, spatial_rest
+
+NAME = "conv2d_bf16"
+ALGORITHM = "dpbf16"
+LANES = 16          # float32 accumulators per instruction (one zmm)
+PAIR = 2            # bfloat16 input channels per 32-bit lane
+FEATURE = "avx512bf16"   # LLVM's name for the target feature
+INTRINSIC = f"graphopt_dpbf16_{LANES}x{PAIR}_local"
+# LLVM 22's vdpbf16ps takes <32 x bfloat> operands, a type TIR cannot pass: TVM legalizes every
+# bfloat16 expression to float32 before codegen. The kernel calls this wrapper with the bits
+# as <16 x i32> instead (imported into the kernel's LLVM module by `pragma_import_llvm`;
+# linkonce_odr: every kernel imports it, the linker keeps one; always inlined).
+WRAPPER = "graphopt_dpbf16ps_512"
+WRAPPER_IR = f"""
+define linkonce_odr <16 x float> @{WRAPPER}(<16 x float> %acc, <16 x i32> %a, <16 x i32> %b) #0 {{
+  %a16 = bitcast <16 x i32> %a to <32 x bfloat>
+  %b16 = bitcast <16 x i32> %b to <32 x bfloat>
+  %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float> %acc, <32 x bfloat> %a16,
+                                                            <32 x bfloat> %b16)
+  ret <16 x float> %r
+}}
+declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)
+attributes #0 = {{ alwaysinline nounwind }}
+"""
+_registered: set[str] = set()
+
+
+def available(vec: VectorShape | None) -> bool:
+    """Whether a CPU of vector shape `vec` has vdpbf16ps on zmm registers."""
+    return vec is not None and vec.lanes == LANES and vec.bf16
+
+
+def applies(groups: int) -> bool:
+    """Whether the kernel computes a convolution of `groups` groups (one pixel broadcast per
+    step spans the input channels of the whole output block: ungrouped only)."""
+    return groups == 1
+
+
+def pack_weight(weight: np.ndarray) -> np.ndarray:
+    """OIHW bfloat16 -> the bits (uint16) of [ceil(O / 16), ceil(I / 2), KH, KW, 16, 2],
+    zero-padded (the output channels beyond O are computed and never read)."""
+    o, i, kh, kw = weight.shape
+    if str(weight.dtype) != "bfloat16":
+        raise LoweringError(f"the dpbf16 convolution takes a bfloat16 weight, found "
+                            f"{weight.dtype}")
+    blocks, pairs = -(-o // LANES), -(-i // PAIR)
+    padded = np.zeros((blocks * LANES, pairs * PAIR, kh, kw), np.uint16)
+    padded[:o, :i] = weight.view(np.uint16)
+    return padded.reshape(blocks, LANES, pairs, PAIR, kh, kw).transpose(0, 2, 4, 5, 1, 3).copy()
+
+
+def widen(bits):
+    """TIR: the float32 value of bfloat16 `bits` (uint16): exact, the bits are its high half.
+    The kernel keeps bfloat16 data as uint16 bits: TVM legalizes every bfloat16 expression to
+    float32 before codegen, which would widen the instruction's operands too."""
+    from tvm import tirx
+    return tirx.reinterpret("float32", tirx.shift_left(bits.astype("uint32"),
+                                                       tirx.const(16, "uint32")))
+
+
+def bits_of(value):
+    """TIR: the bits (uint16) of a bfloat16 `value`, through its exact float32 widening."""
+    from tvm import tirx
+    wide = tirx.reinterpret("uint32", value.astype("float32"))
+    return tirx.shift_right(wide, tirx.const(16, "uint32")).astype("uint16")
+
+
+def conv2d_dpbf16(x, packed, conv):
+    """TE: the float32 sums over each window of x (bfloat16 NCHW, zero-padded, copied as bits
+    in pairs of channels) times the packed weight, laid out [N, ceil(O / 16), OH, OW, 16]."""
+    from tvm import te, tirx
+    n, channels, height, width = (int(d) for d in x.shape)
+    blocks, pairs, k_h, k_w = (int(d) for d in packed.shape[:4])
+    (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
+    top, left, bottom, right = conv.padding
+    out_h = (height + top + bottom - d_h * (k_h - 1) - 1) // s_h + 1
+    out_w = (width + left + right - d_w * (k_w - 1) - 1) // s_w + 1
+    zero = tirx.const(0, "uint16")
+
+    def pad_pack(b, g, i, j, c):
+        inside = tirx.all(i >= top, i < top + height, j >= left, j < left + width,
+                          g * PAIR + c < channels)
+        return tirx.if_then_else(inside, bits_of(x[b, g * PAIR + c, i - top, j - left]), zero)
+
+    paired = te.compute((n, pairs, height + top + bottom, width + left + right, PAIR),
+                        pad_pack, name="pad_pack")
+    rg, ry = te.reduce_axis((0, pairs), "rg"), te.reduce_axis((0, k_h), "ry")
+    rx, rc = te.reduce_axis((0, k_w), "rx"), te.reduce_axis((0, PAIR), "rc")
+    return te.compute(
+        (n, blocks, out_h, out_w, LANES),
+        lambda b, ob, i, j, o: te.sum(
+            widen(paired[b, rg, i * s_h + ry * d_h, j * s_w + rx * d_w, rc])
+            * widen(packed[ob, rg, ry, rx, o, rc]), axis=[rg, ry, rx, rc]),
+        name="conv2d_bf16")
+
+
+def register_intrinsic() -> None:
+    """Register INTRINSIC (once per process): C[16] (float32, registers) += A[2] (one
+    broadcast pair of bfloat16 inputs) . B[16, 2] by one vdpbf16ps."""
+    if INTRINSIC in _registered:
+        return
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+    vector = f"int32x{LANES}"   # the bits of 32 bfloat16 values
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((PAIR,), "uint16", offset_factor=1),
+             B: T.Buffer((LANES, PAIR), "uint16", offset_factor=1),
+             C: T.Buffer((LANES,), "float32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:LANES], A[0:PAIR], B[0:LANES, 0:PAIR])
+            T.writes(C[0:LANES])
+            for i in T.serial(0, LANES):
+                for k in T.serial(0, PAIR):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + widen(A[vk]) * widen(B[vi, vk])
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((PAIR,), "uint16", offset_factor=1),
+             B: T.Buffer((LANES, PAIR), "uint16", offset_factor=1),
+             C: T.Buffer((LANES,), "float32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:LANES], A[0:PAIR], B[0:LANES, 0:PAIR])
+            T.writes(C[0:LANES])
+            pixel = T.reinterpret(A.vload([0], f"uint16x{PAIR}"), dtype="int32")
+            weights = T.reinterpret(B.vload([0, 0], dtype=f"uint16x{LANES * PAIR}"),
+                                    dtype=vector)
+            C[T.ramp(T.int32(0), 1, LANES)] = T.call_pure_extern(
+                f"float32x{LANES}", WRAPPER, C.vload([0], dtype=f"float32x{LANES}"),
+                T.broadcast(pixel, LANES), weights)
+
+    TensorIntrin.register(INTRINSIC, desc, impl, override=True)
+    _registered.add(INTRINSIC)
+
+
+def find_conv(sch):
+    """The conv2d_dpbf16 block: 5 spatial (n, block, oh, ow, lane) and 4 reduction iterators,
+    accumulating float32 from a [*, *, *, *, 16, 2] bfloat16 weight."""
+    def packed(block):
+        return any(len(r.source.shape) == 6 and str(r.source.dtype) == "uint16"
+                   and [int(d) for d in r.source.shape[4:]] == [LANES, PAIR]
+                   for r in block.reads)
+
+    found = [b for b in blocks_of(sch) if iter_kinds(sch.get(b)) == "SSSSSRRRR"
+             and str(sch.get(b).writes[0].source.dtype) == "float32" and packed(sch.get(b))]
+    return found[0] if len(found) == 1 else None
+
+
+def schedule(sch, vec: VectorShape) -> bool | None:
+    """Schedule a conv2d_dpbf16 PrimFunc (True), or None when `sch` holds none."""
+    conv = find_conv(sch)
+    if conv is None:
+        return None
+    register_intrinsic()
+    inline_elementwise(sch, keep=[conv, *sch.get_producers(conv)])
+    conv = find_conv(sch)
+    writer = accumulator_writer(sch, conv)
+    if writer is None:
+        return None
+    n, ob, oh, ow, lane, rg, ry, rx, rc = sch.get_loops(conv)
+    registers = max(1, LANES // vec.lanes)
+    # Two blocks of output channels share each pixel's broadcast.
+    pair = 2 if int(sch.get(ob).extent) % 2 == 0 else 1
+    width = row_tile(int(sch.get(ow).extent), max(1, vec.accumulators // (pair * registers)))
+    ob_outer, ob_inner = sch.split(ob, [None, pair])
+    ow_outer, ow_inner = sch.split(ow, [None, width])
+    sch.reorder(n, ob_outer, oh, ow_outer, rg, ry, rx, ow_inner, ob_inner, lane, rc)
+    sch.fuse(ry, rx)     # one loop over the taps, as conv2d_int8 (LLVM spills unrolled taps)
+    finish_tile(sch, conv, ow_outer, [n, ob_outer, oh], None, [ow_inner, ob_inner], rg, writer)
+    spatial_rest(sch, conv, vec)
+    sch.annotate(sch.get_loops(conv)[0], "pragma_import_llvm", WRAPPER_IR)
+    sch.tensorize(lane, INTRINSIC)
+    return True

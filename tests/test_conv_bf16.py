@@ -1,0 +1,177 @@
+"""bfloat16 convolutions on AVX512-BF16's vdpbf16ps (schedules/conv2d_bf16.py): which CPUs'
+builds send bfloat16 convolutions to it, that the instruction is in the code built for a CPU
+that has it (on any x86 host), and, where this host has AVX512-BF16, that the kernel computes
+what the interpreter does over a table of shapes (odd channel counts, strides, padding,
+dilation, batches, epilogues): float32 sums in another order, then one rounding to bfloat16,
+so an output may differ by one bfloat16 rounding of the largest output."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+import graphopt as go
+from graphopt import dsl, runtime
+from graphopt.errors import GraphoptError
+
+pytest.importorskip("tvm")
+
+from graphopt.targets.tvm.compile import optimize_for_target  # noqa: E402
+from graphopt.targets.tvm.cpu import cpu_assembly  # noqa: E402
+from graphopt.targets.tvm.options import CompileOptions  # noqa: E402
+from graphopt.targets.tvm.schedules import conv2d_bf16  # noqa: E402
+
+BF16_CPU = "cooperlake"          # AVX512-BF16, no AMX
+INSTRUCTION = r"vdpbf16ps\s+.*zmm"
+
+
+def host_has_bf16() -> bool:
+    return "avx512_bf16" in (runtime.host_cpu_flags() or frozenset())
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    in_channels: int
+    out_channels: int
+    size: int
+    kernel: int
+    stride: int = 1
+    padding: int | tuple = 0
+    dilation: int = 1
+    batch: int = 1
+    activation: str | None = None
+    residual: bool = False
+    groups: int = 1
+    bias: bool = True
+
+
+CASES = [
+    Case("3x3-64ch-relu", 64, 64, 14, 3, padding=1, activation="relu"),
+    Case("stem-3ch-7x7-s2", 3, 32, 30, 7, stride=2, padding=3, activation="relu"),
+    Case("odd-17-to-10-s2-relu6", 17, 10, 9, 3, stride=2, padding=1, activation="relu6"),
+    Case("5x5-5ch-batch2", 5, 16, 13, 5, batch=2),
+    Case("1x1-residual-batch2", 32, 48, 8, 1, batch=2, residual=True, activation="relu"),
+    Case("dilated-33ch", 33, 40, 11, 3, padding=2, dilation=2),
+    Case("asymmetric-padding-7-wide", 24, 40, 7, 3, padding=(0, 1, 1, 0)),
+]
+
+
+def conv_graph(case: Case):
+    """One convolution (bias, residual, activation fused into it) as go.quantize makes it
+    bfloat16: float32 at the graph's edges, bfloat16 inside."""
+    with dsl.Builder(f"bf16_{case.id}".replace("-", "_"), seed=0) as b:
+        x = b.input("input", (case.batch, case.in_channels, case.size, case.size))
+        y = dsl.conv2d(x, case.out_channels, case.kernel, stride=case.stride,
+                       padding=case.padding, dilation=case.dilation, groups=case.groups,
+                       bias=case.bias, name="conv")
+        if case.residual:
+            y = dsl.add(y, b.input("residual", y.shape))
+        if case.activation:
+            y = getattr(dsl, case.activation)(y)
+        graph = b.output(y)
+    return go.quantize(graph, "bfloat16").graph
+
+
+def feeds(graph, seed: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {v.name: rng.standard_normal(v.shape).astype(np.float32) for v in graph.inputs}
+
+
+def algorithm(model_or_graph) -> tuple[str, int]:
+    graph = getattr(model_or_graph, "graph", model_or_graph)
+    [conv] = [getattr(n.op, "conv", n.op) for n in graph.nodes
+              if n.op_name in ("conv2d", "fused_conv2d")]
+    return conv.algorithm, conv.weight_block
+
+
+def chosen_for(graph, mcpu: str) -> tuple[str, int]:
+    return algorithm(optimize_for_target(graph, "cpu", CompileOptions(mcpu=mcpu))[0])
+
+
+def assert_one_rounding_from(found: np.ndarray, expected: np.ndarray) -> None:
+    """Within one bfloat16 rounding (2^-8 relative, doubled for a value near a rounding
+    boundary) of the largest expected output, and mostly identical."""
+    found, expected = found.astype(np.float32), expected.astype(np.float32)
+    scale = float(np.abs(expected).max())
+    assert np.abs(found - expected).max() <= scale * 2 ** -7
+    assert np.mean(found == expected) >= 0.99
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_vdpbf16ps_convolutions_compute_what_the_interpreter_does(case):
+    """Built for an AVX512-BF16 CPU without AMX (on any x86 host), the conv runs on vdpbf16ps;
+    where this host can run that code, the outputs are the interpreter's within one rounding."""
+    graph = conv_graph(case)
+    model = go.compile(graph, "cpu", mcpu=BF16_CPU)
+    assert algorithm(model) == (conv2d_bf16.ALGORITHM, conv2d_bf16.LANES)
+    assert re.search(INSTRUCTION, cpu_assembly(model.executable))
+    assert list(model.schedules.values()).count(conv2d_bf16.NAME) == 1
+    if not host_has_bf16():
+        pytest.skip(f"this CPU has no avx512_bf16: the {BF16_CPU} build is compile-checked only")
+    for seed in (1, 2):
+        inputs = feeds(graph, seed)
+        found, expected = model.run(inputs), go.interpret(graph, inputs)
+        for name in expected:
+            assert_one_rounding_from(found[name], expected[name])
+
+
+@pytest.mark.parametrize("mcpu, expected", [
+    (BF16_CPU, {"fills": "dpbf16", "partial": "dpbf16", "grouped": "direct"}),
+    # AMX-BF16 hosts keep AMX tiles where the layer fills them and the widened float32 kernel
+    # elsewhere (measured faster there than vdpbf16ps: see the module's docstring)
+    ("sapphirerapids", {"fills": "amx", "partial": "direct", "grouped": "direct"}),
+    ("cascadelake", {"fills": "direct", "partial": "direct", "grouped": "direct"}),   # no BF16
+], ids=[BF16_CPU, "sapphirerapids", "cascadelake"])
+def test_each_cpu_gets_its_bfloat16_kernel(mcpu, expected):
+    graphs = {"fills": conv_graph(Case("fills", 64, 64, 14, 3, padding=1)),
+              "partial": conv_graph(Case("partial", 64, 48, 14, 3, padding=1)),
+              "grouped": conv_graph(Case("grouped", 32, 32, 14, 3, padding=1, groups=2))}
+    assert {name: chosen_for(g, mcpu)[0] for name, g in graphs.items()} == expected
+
+
+def test_only_builds_for_avx512_bf16_cpus_hold_the_instruction():
+    graph = conv_graph(CASES[0])
+    model = go.compile(graph, "cpu", mcpu="cascadelake")
+    assert algorithm(model)[0] == "direct"
+    assert "vdpbf16ps" not in cpu_assembly(model.executable)
+
+
+def test_weights_as_parameters_stay_direct():
+    """The packed weight is made at lowering from the constant: a parameter cannot be."""
+    graph = conv_graph(CASES[0])
+    options = CompileOptions(mcpu=BF16_CPU, weights="params")
+    assert algorithm(optimize_for_target(graph, "cpu", options)[0])[0] == "direct"
+
+
+def test_denormal_inputs_count_as_zero():
+    """vdpbf16ps treats bfloat16 denormals as zero and flushes denormal results (DAZ/FTZ);
+    the interpreter does neither: on denormal inputs the kernel gives zeros where the
+    interpreter gives values below float32's smallest normal, 2^-126."""
+    graph = conv_graph(Case("denormals", 16, 16, 6, 3, padding=1, bias=False))
+    model = go.compile(graph, "cpu", mcpu=BF16_CPU)
+    if not host_has_bf16():
+        pytest.skip("this CPU has no avx512_bf16")
+    rng = np.random.default_rng(0)
+    inputs = {"input": (rng.standard_normal(graph.inputs[0].shape) * 2.0 ** -130)
+              .astype(np.float32)}
+    (name, expected), = go.interpret(graph, inputs).items()
+    expected = expected.astype(np.float32)
+    assert 0 < np.abs(expected).max() < 2.0 ** -126
+    assert not model.run(inputs)[name].astype(np.float32).any()
+
+
+def test_pack_weight_refuses_other_dtypes():
+    with pytest.raises(GraphoptError, match="bfloat16"):
+        conv2d_bf16.pack_weight(np.zeros((16, 2, 3, 3), np.float32))
+    packed = conv2d_bf16.pack_weight(np.arange(17 * 3 * 2 * 1, dtype=np.float32)
+                                     .reshape(17, 3, 2, 1).astype("bfloat16"))
+    assert packed.shape == (2, 2, 2, 1, 16, 2) and packed.dtype == np.uint16
+    assert packed[1, 1, 0, 0, 0, 1] == 0 and packed[1, 0, 0, 0, 1, 0] == 0   # zero padding
+
+
+def test_the_algorithm_needs_its_weight_block():
+    with pytest.raises(GraphoptError, match="weight_block"):
+        go.ops.Conv2d(algorithm="dpbf16")
