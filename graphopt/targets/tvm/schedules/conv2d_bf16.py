@@ -4,9 +4,10 @@ the products of a pair of bfloat16 input channels and the pair's weights.
 `select_conv_algorithm` records algorithm "dpbf16" (weight_block 16) on a bfloat16 `conv2d` /
 `fused_conv2d` with constant weights, no groups, where the target CPU has AVX512-BF16 but no
 AMX-BF16 (Cooper Lake, Zen 4). Where it has AMX-BF16, the layers that do not fill AMX tiles
-stay on the widened float32 kernel: on an AMX Xeon one vdpbf16ps issued every ~1.4 ns against
-~0.3 ns for a zmm FMA (half the multiply-adds), and the kernel measured 2-3.5x slower than the
-float32 one (1 thread: 3x3 64 ch 56x56 9.5 vs 2.75 ms, 1x1 256 -> 64 ch 5.4 vs 1.7 ms).
+stay on the widened float32 kernel: on an AMX Xeon one vdpbf16ps issues every ~0.8-1.0 ns
+against ~0.21 ns for a zmm FMA (which does half the multiply-adds), and the kernel measured
+1.3-1.8x slower than the float32 one (1 thread, ms: 3x3 64 ch 56x56 3.6 vs 2.2, 3x3 128 ch
+28x28 3.1 vs 1.7, 1x1 256 -> 64 ch 56x56 2.7 vs 2.1), at about the instruction's rate.
 `ops.conv_kernel.lower_conv` builds `conv2d_dpbf16` with the
 weight packed by `pack_weight` and the float32 epilogue read from the tile (`amx.from_tiles`),
 rounded once to bfloat16; the rule below schedules it as the int8 dot-product rule does
@@ -32,9 +33,10 @@ from __future__ import annotations
 import numpy as np
 
 from ....errors import LoweringError
-from .common import VectorShape, blocks_of, inline_elementwise, iter_kinds
+from .common import (PARALLEL_MIN_ELEMENTS, VectorShape, blocks_of, extent, inline_elementwise,
+                     is_reduction, iter_kinds, schedule_elementwise)
 from .conv2d_int8 import row_tile
-from .tiled import accumulator_writer, finish_tile, spatial_rest
+from .tiled import accumulator_writer, finish_tile
 
 NAME = "conv2d_bf16"
 ALGORITHM = "dpbf16"
@@ -194,6 +196,7 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     writer = accumulator_writer(sch, conv)
     if writer is None:
         return None
+    copies = sch.get_producers(conv)     # the input copy (before the init block is one)
     n, ob, oh, ow, lane, rg, ry, rx, rc = sch.get_loops(conv)
     registers = max(1, LANES // vec.lanes)
     # Two blocks of output channels share each pixel's broadcast.
@@ -204,7 +207,28 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     sch.reorder(n, ob_outer, oh, ow_outer, rg, ry, rx, ow_inner, ob_inner, lane, rc)
     sch.fuse(ry, rx)     # one loop over the taps, as conv2d_int8 (LLVM spills unrolled taps)
     finish_tile(sch, conv, ow_outer, [n, ob_outer, oh], None, [ow_inner, ob_inner], rg, writer)
-    spatial_rest(sch, conv, vec)
+    names = {sch.get(block).name_hint for block in copies}
+    for block in copies:
+        _copy_rows(sch, block)
+    outermost = sch.get(sch.get_loops(conv)[0])
+    for block in blocks_of(sch):      # any other block outside the tile
+        loops = sch.get_loops(block)
+        if sch.get(block).name_hint in names or is_reduction(sch.get(block)) or \
+                (loops and sch.get(loops[0]).same_as(outermost)):
+            continue
+        schedule_elementwise(sch, block, vec.lanes)
     sch.annotate(sch.get_loops(conv)[0], "pragma_import_llvm", WRAPPER_IR)
     sch.tensorize(lane, INTRINSIC)
     return True
+
+
+def _copy_rows(sch, block) -> None:
+    """The input copy (`pad_pack`) a row of pixels at a time: parallel over (image, channel
+    pair, row) where there is enough work, the pair unrolled. (The elementwise rule fuses every
+    loop but the pair: a division per pixel to recover its indices, 4 of the 5.4 ms of a 1x1
+    256 -> 64 channel conv on 56x56, 1 thread.)"""
+    n, pairs, row, column, pair = sch.get_loops(block)
+    rows = sch.fuse(n, pairs, row)
+    if extent(rows, sch) * extent(column, sch) * PAIR >= PARALLEL_MIN_ELEMENTS:
+        sch.parallel(rows)
+    sch.unroll(pair)
