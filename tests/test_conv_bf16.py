@@ -175,3 +175,18 @@ def test_pack_weight_refuses_other_dtypes():
 def test_the_algorithm_needs_its_weight_block():
     with pytest.raises(GraphoptError, match="weight_block"):
         go.ops.Conv2d(algorithm="dpbf16")
+
+
+def test_an_exported_library_keeps_the_kernel(tmp_path):
+    """The instruction's wrapper is linked into the kernels' module, so an exported library
+    loads and runs as the in-process model does."""
+    graph = conv_graph(CASES[2])
+    model = go.compile(graph, "cpu", mcpu=BF16_CPU)
+    path = model.export(str(tmp_path / "dpbf16.so"))
+    if not host_has_bf16():
+        pytest.skip("this CPU has no avx512_bf16")
+    inputs = feeds(graph)
+    loaded, expected = go.load(path).run(inputs), model.run(inputs)
+    assert loaded.keys() == expected.keys()
+    for name, array in expected.items():
+        np.testing.assert_array_equal(loaded[name], array)
