@@ -6,6 +6,7 @@ Which rule a kernel gets depends on the vector width: those checks compile for a
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 import pytest
@@ -33,6 +34,11 @@ CASES = {
     # a 112x112 output plane: the tile is written back through the register transpose
     "conv3x3_large_plane": ((1, 3, 112, 112), lambda x: dsl.relu(dsl.conv2d(x, 32, 3, padding=1)),
                             "conv2d"),
+    # AVX-512: 1x1 projections on planes of whole vectors are GEMMs with pixels as the lanes;
+    # the second reads the first's flat output as its residual (no reshape copy between them)
+    "conv1x1_projection": ((1, 48, 8, 8), lambda x: dsl.relu(dsl.conv2d(x, 16, 1)), "conv2d"),
+    "conv1x1_projection_residual": ((1, 48, 4, 12), lambda x: (lambda y: dsl.relu(
+        dsl.conv2d(dsl.relu(dsl.conv2d(x, 32, 1)), 24, 1) + y))(dsl.conv2d(x, 24, 1)), "conv2d"),
     "conv1x1": ((1, 16, 7, 7), lambda x: dsl.conv2d(x, 32, 1, bias=False), "conv2d"),
     "conv1x1_s2": ((1, 8, 15, 15), lambda x: dsl.conv2d(x, 16, 1, stride=2), "conv2d"),
     "conv7x7_stem": ((1, 3, 23, 23), lambda x: dsl.relu(dsl.conv2d(x, 16, 7, stride=2, padding=3)),
@@ -324,6 +330,32 @@ def test_register_transpose_network_transposes(lanes):
                 rows[r], rows[r + step] = pair[low], pair[high]
     np.testing.assert_array_equal(np.array(rows), np.arange(lanes * lanes).reshape(
         lanes, lanes).T)
+
+
+@pytest.mark.parametrize("name", ["conv1x1_projection", "conv1x1_projection_residual"])
+def test_projections_take_the_pointwise_rule_on_avx512(name):
+    optimized, target = optimize_for_target(_table_graph([name]), "cpu",
+                                            CompileOptions(mcpu=AVX512_CPU))
+    with target:
+        lowered = cpu_pipeline(target)(to_relax(optimized.graph))
+    main = lowered["main"].script()
+    called = {gv.name_hint: f for gv, f in lowered.functions.items()
+              if isinstance(f, tvm.tirx.PrimFunc)
+              and re.search(rf"\b{gv.name_hint}\(", main)}
+    rules = sorted(f.attrs[SCHEDULE_ATTR] for f in called.values())
+    assert "pointwise" in rules, rules
+    # the flat views between the convs are not copies: only the graph output is materialized
+    assert sum("reshape" in kernel for kernel in called) == 1, sorted(called)
+
+
+def test_pointwise_tile_fills_the_accumulators():
+    from graphopt.targets.tvm.schedules.pointwise import tile
+    vec = VectorShape.of(tvm.target.Target({"kind": "llvm", "mcpu": AVX512_CPU}))
+    assert tile(56 * 56, 64, vec) == (3, 8)       # 24 accumulators, the last tile partial
+    assert tile(56 * 56, 24, vec) == (4, 6)
+    assert tile(7 * 7, 64, vec) is None            # not whole vectors
+    assert tile(56 * 56, 64, VectorShape.of(tvm.target.Target(
+        {"kind": "llvm", "mcpu": AVX2_CPU}))) is None
 
 
 def test_large_planes_write_back_through_the_register_transpose():

@@ -42,6 +42,9 @@ def expect_nonempty(x: TensorType, w: TensorType) -> None:
 #             at lowering into blocks of `weight_block` output channels
 #             (targets/tvm/schedules/winograd.py)
 #   onednn    a call of oneDNN's convolution (targets/tvm/onednn/)
+#   pointwise a 1x1 stride-1 convolution as a GEMM over the flattened plane with the pixels as
+#             the vector lanes, the weight packed at lowering as [O / block, I, block] with
+#             `weight_block` dividing the output channels (targets/tvm/schedules/pointwise.py)
 #   depthwise a depthwise convolution (groups == input == output channels) vectorized along
 #             output rows of whole blocks of `weight_block` columns (the row padded at lowering;
 #             targets/tvm/schedules/depthwise.py), the weight as [C, KH, KW]
@@ -55,10 +58,11 @@ def expect_nonempty(x: TensorType, w: TensorType) -> None:
 #             (targets/tvm/schedules/conv2d_bf16.py)
 INTEGER_CONV_ALGORITHMS = ("vnni", "pmaddwd")
 QUANTIZED_CONV_ALGORITHMS = ("amx", *INTEGER_CONV_ALGORITHMS)
-CONV_ALGORITHMS = ("direct", "winograd", "onednn", "depthwise", "dpbf16",
+CONV_ALGORITHMS = ("direct", "winograd", "onednn", "depthwise", "pointwise", "dpbf16",
                    *QUANTIZED_CONV_ALGORITHMS)
 # Algorithms whose `weight_block` is required: (what it counts, for the error).
 BLOCKED_ALGORITHMS = {"winograd": "output channels", "depthwise": "output columns",
+                      "pointwise": "output channels",
                       "dpbf16": "output channels"}
 
 

@@ -56,6 +56,25 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
         weight, name = relax.const(packed, "uint16"), "conv2d_dpbf16"
         compute = lambda x, w: from_tiles(dpbf16.conv2d_dpbf16(x, w, conv),  # noqa: E731
                                           weight_data.shape[0])
+    elif conv.algorithm == "pointwise":
+        # the plane flattened (a view in the VM): a GEMM with the pixels as the vector lanes,
+        # the result viewed as NCHW again after the epilogue
+        from ..targets.tvm.schedules import pointwise
+        weight_data = constant_operand(w, decision)
+        n, channels, height, width = (int(d) for d in relax_type(x).shape)
+        out_shape = (n, weight_data.shape[0], height, width)
+        expect(dtype == "float32" and pointwise.applies(weight_data.shape[2:], conv.stride,
+                                                        conv.padding, conv.dilation, conv.groups)
+               and weight_data.shape[0] % conv.weight_block == 0,
+               f"the pointwise convolution takes float32 1x1 stride-1 unpadded ungrouped "
+               f"convolutions with {conv.weight_block}-channel blocks dividing the output "
+               f"channels, found {dtype}, weight {weight_data.shape}, stride {conv.stride}, "
+               f"padding {conv.padding}, groups {conv.groups}")
+        operands = [flattened(bb, x, (n, channels, height * width))]
+        if residual is not None:
+            residual = flattened(bb, residual, (n, out_shape[1], height * width))
+        weight = relax.const(pointwise.pack_weight(weight_data, conv.weight_block), dtype)
+        name, compute = "conv2d_pointwise", pointwise.pointwise_conv2d
     elif conv.algorithm == "winograd":
         from ..targets.tvm.schedules.winograd import transform_weight, winograd_conv2d
         u = transform_weight(constant_operand(w, decision), conv.weight_block,
@@ -99,8 +118,8 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
         rest = list(args[len(operands):])
         if b is not None:
             bias, conv_out = rest.pop(0), y
-            y = te.compute(y.shape, lambda n, c, h, w_: conv_out[n, c, h, w_]
-                           + bias[c].astype(conv_out.dtype), name="bias_add")
+            y = te.compute(y.shape, lambda *i: conv_out(*i) + bias[i[1]].astype(conv_out.dtype),
+                           name="bias_add")
         if residual is not None:
             add = rest.pop(0)
             y = topi.add(y, topi.cast(add, y.dtype) if add.dtype != y.dtype else add)
@@ -108,9 +127,24 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
         return topi.cast(y, dtype) if y.dtype != dtype else y
 
     fused = b is not None or residual is not None or activation is not None
-    return bb.call_te(kernel, *operands, *extras,
-                      primfunc_name_hint=("fused_" if fused else "") + name,
-                      primfunc_attrs={"op_pattern": OPAQUE})
+    out = bb.call_te(kernel, *operands, *extras,
+                     primfunc_name_hint=("fused_" if fused else "") + name,
+                     primfunc_attrs={"op_pattern": OPAQUE})
+    return relax.op.reshape(bb.emit(out), out_shape) if conv.algorithm == "pointwise" else out
+
+
+def flattened(bb, value, shape):
+    """Relax: `value` viewed as `shape`; where `value` is itself a view of a tensor of that shape
+    (the NCHW output of another pointwise conv), that tensor, so that no reshape pair is left
+    for TVM to fuse into a copy kernel."""
+    import tvm
+    from tvm import relax
+    binding = bb.lookup_binding(value) if isinstance(value, relax.Var) else None
+    if isinstance(binding, relax.Call) and binding.op.same_as(tvm.ir.Op.get("relax.reshape")):
+        source = binding.args[0]
+        if tuple(int(d) for d in relax_type(source).shape) == tuple(shape):
+            return source
+    return bb.emit(relax.op.reshape(value, shape))
 
 
 def pack_weight(weight, block: int, groups: int = 1):

@@ -44,10 +44,15 @@ def pre_schedule_passes(target, onednn: bool = False) -> list:
     if onednn:
         from .onednn.lowering import keep_nhwc
         layouts = [keep_nhwc()]
-    return ([relax.transform.DecomposeOpsForInference()] + layouts
+    return ([relax.transform.DecomposeOpsForInference(),
+             # views a lowering left unused (a pointwise conv reading another's flat output)
+             relax.transform.DeadCodeElimination()] + layouts
             + cpu_generic.library_dispatch_passes(target)
             + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
-               relax.transform.FuseOps(), relax.transform.FuseTIR()])
+               relax.transform.FuseOps(), relax.transform.FuseTIR(),
+               # reshapes become views of their input before any rule schedules them as
+               # copies (the pointwise conv's flattened planes)
+               relax.transform.RewriteDataflowReshape()])
 
 
 def cpu_pipeline(target, database=None, onednn: bool = False):
