@@ -125,6 +125,20 @@ RULES = [
 ]
 
 
+# Before int8 quantization: only the activations a quantized conv applies in its requantize
+# step (relu, clip) join the conv; the others (tanh, sigmoid, ...) stay nodes of their own, so
+# the conv is quantized and they run on its dequantized output.
+INTEGER_RULES = RULES[:2] + [
+    Rule("conv + activation", op(ops.epilogue.QUANTIZED_EPILOGUE,
+                                 op(CONVS, name="conv", where=_activation_free)),
+         _activation_rewrite)]
+
+
 @register_pass
 def fuse_conv_epilogue(graph: Graph) -> PassResult:
     return apply_rules(graph, RULES)
+
+
+def fuse_conv_integer_epilogue(graph: Graph) -> PassResult:
+    """fuse_conv_epilogue for graphs about to be quantized to int8 (`INTEGER_RULES`)."""
+    return apply_rules(graph, INTEGER_RULES)

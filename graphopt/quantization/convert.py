@@ -29,13 +29,16 @@ def convert(graph: Graph, calib: "Calibration | None", dtype: str, keep: tuple[s
     staying float32. The options are checked by `quantize`."""
     from ..passes import DEFAULT_PIPELINE, PassManager
     from ..passes.convert_float_precision import convert_precision
+    from ..passes.fuse_conv_epilogue import fuse_conv_integer_epilogue
     from ..passes.quantize_int8 import quantize_int8
+    pipeline = list(DEFAULT_PIPELINE)
     if dtype == "int8":
         last = quantize_int8(calib, per_channel=per_channel, keep=keep, source=graph)
+        # activations without an integer epilogue stay nodes: the conv before them is quantized
+        pipeline[pipeline.index("fuse_conv_epilogue")] = fuse_conv_integer_epilogue
     else:
         last = convert_precision(dtype, keep)
-    manager = PassManager([*DEFAULT_PIPELINE, last], check=check, fixed_point=True,
-                          inputs=inputs)
+    manager = PassManager([*pipeline, last], check=check, fixed_point=True, inputs=inputs)
     return manager.run(graph)
 
 
