@@ -24,13 +24,15 @@ def dropout_mlp_classifier(x: Tensor, num_classes: int, hidden: int = 4096) -> T
 
 
 def conv_norm_activation(x: Tensor, name: str, out_channels: int, kernel: int, stride: int = 1,
-                         groups: int = 1, activation=None, epsilon: float = 1e-5) -> Tensor:
+                         groups: int = 1, activation=None, epsilon: float = 1e-5,
+                         dilation: int = 1) -> Tensor:
     """torchvision's Conv2dNormActivation: a convolution without bias ('<name>.0', padding
-    (kernel - 1) // 2), batch norm ('<name>.1'), then `activation` ('<name>.2'), a DSL function
-    or None."""
+    (kernel - 1) // 2 * dilation), batch norm ('<name>.1'), then `activation` ('<name>.2'), a
+    DSL function or None."""
     with x.builder.scope(name):
-        x = dsl.conv2d(x, out_channels, kernel, stride=stride, padding=(kernel - 1) // 2,
-                       groups=groups, bias=False, name="0")
+        x = dsl.conv2d(x, out_channels, kernel, stride=stride,
+                       padding=(kernel - 1) // 2 * dilation, dilation=dilation, groups=groups,
+                       bias=False, name="0")
         x = dsl.batch_norm(x, epsilon=epsilon, name="1")
         return x if activation is None else activation(x, name="2")
 

@@ -18,49 +18,12 @@ from __future__ import annotations
 from ..frontends import dsl
 from ..frontends.dsl import Tensor
 from ..ir import Graph
-from .blocks import calibrated, conv_norm_activation, make_divisible, squeeze_excitation
-from .mobilenet import V3_EPSILON, V3_LARGE, hard_sigmoid, inverted_residual_v3
+from .blocks import calibrated, conv_norm_activation
+from .mobilenet import V3_EPSILON, V3_LARGE, inverted_residual_v3
 
 ASPP_RATES = (12, 24, 36)
 ASPP_CHANNELS = 256
 DILATED_BLOCKS = 3   # the last three blocks of V3_LARGE (torchvision's C4 stage)
-
-
-def dilated_conv_norm_activation(x: Tensor, name: str, out_channels: int, kernel: int,
-                                 dilation: int, groups: int = 1, activation=None,
-                                 epsilon: float = 1e-5) -> Tensor:
-    """`blocks.conv_norm_activation` with a dilated, stride-1 convolution padded by
-    (kernel - 1) // 2 * dilation (torchvision's Conv2dNormActivation)."""
-    with x.builder.scope(name):
-        x = dsl.conv2d(x, out_channels, kernel, padding=(kernel - 1) // 2 * dilation,
-                       dilation=dilation, groups=groups, bias=False, name="0")
-        x = dsl.batch_norm(x, epsilon=epsilon, name="1")
-        return x if activation is None else activation(x, name="2")
-
-
-def dilated_inverted_residual(x: Tensor, kernel: int, expanded: int, out_channels: int,
-                              use_se: bool, use_hard_swish: bool, stride: int,
-                              dilation: int = 2) -> Tensor:
-    """`mobilenet.inverted_residual_v3` with its depthwise convolution dilated and stride 1
-    (torchvision's InvertedResidual when dilation > 1); the residual add still follows the
-    configured stride, as torchvision's use_res_connect does."""
-    activation = dsl.hard_swish if use_hard_swish else dsl.relu
-    y, index = x, 0
-    if expanded != x.shape[1]:
-        y = conv_norm_activation(y, "block.0", expanded, 1, activation=activation,
-                                 epsilon=V3_EPSILON)
-        index += 1
-    y = dilated_conv_norm_activation(y, f"block.{index}", expanded, kernel, dilation,
-                                     groups=expanded, activation=activation, epsilon=V3_EPSILON)
-    index += 1
-    if use_se:
-        with x.builder.scope(f"block.{index}"):
-            y = squeeze_excitation(y, make_divisible(expanded // 4), dsl.relu, hard_sigmoid)
-        index += 1
-    y = conv_norm_activation(y, f"block.{index}", out_channels, 1, epsilon=V3_EPSILON)
-    if stride == 1 and x.shape[1] == out_channels:
-        y = dsl.add(y, x, name="add")
-    return y
 
 
 def aspp(x: Tensor) -> Tensor:
@@ -69,8 +32,8 @@ def aspp(x: Tensor) -> Tensor:
     size = tuple(x.shape[2:])
     branches = [conv_norm_activation(x, "convs.0", ASPP_CHANNELS, 1, activation=dsl.relu)]
     for i, rate in enumerate(ASPP_RATES, start=1):
-        branches.append(dilated_conv_norm_activation(x, f"convs.{i}", ASPP_CHANNELS, 3, rate,
-                                                     activation=dsl.relu))
+        branches.append(conv_norm_activation(x, f"convs.{i}", ASPP_CHANNELS, 3,
+                                             activation=dsl.relu, dilation=rate))
     with b.scope(f"convs.{len(ASPP_RATES) + 1}"):
         pooled = dsl.global_avg_pool2d(x, name="0")
         pooled = dsl.conv2d(pooled, ASPP_CHANNELS, 1, bias=False, name="1")
@@ -93,10 +56,8 @@ def deeplabv3_mobilenet_v3_large(batch: int = 1, seed: int = 0, num_classes: int
                                      epsilon=V3_EPSILON)
             for index, block in enumerate(V3_LARGE, start=1):
                 with b.scope(str(index)):
-                    if index > len(V3_LARGE) - DILATED_BLOCKS:
-                        x = dilated_inverted_residual(x, *block)
-                    else:
-                        x = inverted_residual_v3(x, *block)
+                    dilated = index > len(V3_LARGE) - DILATED_BLOCKS
+                    x = inverted_residual_v3(x, *block, dilation=2 if dilated else 1)
             x = conv_norm_activation(x, str(len(V3_LARGE) + 1), 6 * x.shape[1], 1,
                                      activation=dsl.hard_swish, epsilon=V3_EPSILON)
         with b.scope("classifier"):

@@ -81,15 +81,19 @@ def mobilenet_v2(batch: int = 1, seed: int = 0, num_classes: int = 1000,
 
 
 def inverted_residual_v3(x: Tensor, kernel: int, expanded: int, out_channels: int, use_se: bool,
-                         use_hard_swish: bool, stride: int) -> Tensor:
+                         use_hard_swish: bool, stride: int, dilation: int = 1) -> Tensor:
+    """torchvision's MobileNetV3 InvertedResidual; with `dilation` > 1 the depthwise convolution
+    is dilated and of stride 1, and the residual add still follows the configured `stride` (as
+    torchvision's use_res_connect does)."""
     activation = dsl.hard_swish if use_hard_swish else dsl.relu
     y, index = x, 0
     if expanded != x.shape[1]:
         y = conv_norm_activation(y, "block.0", expanded, 1, activation=activation,
                                  epsilon=V3_EPSILON)
         index += 1
-    y = conv_norm_activation(y, f"block.{index}", expanded, kernel, stride, groups=expanded,
-                             activation=activation, epsilon=V3_EPSILON)
+    y = conv_norm_activation(y, f"block.{index}", expanded, kernel,
+                             stride if dilation == 1 else 1, groups=expanded,
+                             activation=activation, epsilon=V3_EPSILON, dilation=dilation)
     index += 1
     if use_se:
         with x.builder.scope(f"block.{index}"):
