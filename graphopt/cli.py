@@ -959,8 +959,33 @@ def report(args) -> int:
     graph before and after, the pass table, MACs and params per layer, the error per layer
     against the float64 reference, the compiled model's time per kernel beside ONNX Runtime's
     per node, and memory per precision (needs the `report` extra; docs/report.md)."""
-    from .report.command import run_report
-    return run_report(args)
+    from .report import report as build_report
+    output = output_path(args.output, ".html")
+    if args.quantize == "int8" and not args.calib:
+        raise InputError("--quantize int8 needs --calib FILE.npz: sample inputs to calibrate "
+                         "activation ranges on")
+    graph = model_from(args)
+    feeds = load_inputs(args.inputs, signature_of(graph), args.seed)
+    calibration = sample_batches(args.calib, graph) if args.calib else None
+
+    with step(f"building the report of '{graph.name}'") as shown:     # on a terminal, the
+        def progress(stage: str) -> None:                              # stage it is at
+            shown.set_description_str(f"report: {stage} ...")
+
+        built = build_report(graph, output, passes=pass_list(args.passes),
+                             quantize=args.quantize, prune=args.prune, calibration=calibration,
+                             inputs=feeds, seed=args.seed, profile=not args.no_profile,
+                             threads=args.threads, progress=progress)
+    if args.json:
+        print_json("report", {"model": args.model, **built.to_dict()})
+        return EXIT_OK
+    sections = built.sections
+    first = sections["compare"]["first_divergent"]
+    print(f"{output}: {built.svgs} pictures; {sections['totals']['before']['nodes']} -> "
+          f"{sections['totals']['after']['nodes']} nodes; first divergent layer: "
+          f"{first or 'none'}" + (f"; compiled {sections['compiled_ms']:.3f} ms per run"
+                                  if sections["compiled_ms"] is not None else ""))
+    return EXIT_OK
 
 
 @command("view", "open a model (or its optimized graph) in Netron, fused ops with their "
@@ -979,8 +1004,29 @@ def view(args) -> int:
     """Export the model for Netron (graphopt's fused nodes as `ai.graphopt` ops carrying their
     attributes and the original nodes they stand for) and serve it until Ctrl-C (needs the
     `view` extra: netron)."""
-    from .report.command import run_view
-    return run_view(args)
+    import tempfile
+    from .files import safe_file_name
+    from .report.extras import require
+    from .report.view import save_view, serve
+    netron = require("netron", "view", "graphopt view")
+    if args.output:
+        output_path(args.output, ".onnx")
+    graph = model_from(args)
+    passes = None if args.optimized in (None, "default") else pass_list(args.optimized)
+    if args.target is not None:
+        from .targets.tvm.compile import optimize_for_target
+        from .targets.tvm.options import CompileOptions
+        graph = optimize_for_target(graph, args.target, CompileOptions(passes=passes))[0].graph
+    elif args.optimized is not None:
+        from .passes import optimize as run_passes
+        graph = run_passes(graph, passes).graph
+    with tempfile.TemporaryDirectory(prefix="graphopt-view-") as folder:
+        path = args.output or os.path.join(folder, f"{safe_file_name(graph.name)}.onnx")
+        save_view(graph, path, decided=args.target is not None)
+        host, port = serve(path, args.host, args.port, browse=not args.no_browser)
+        print(f"{path} in Netron at http://{host}:{port} (Ctrl-C stops)", flush=True)
+        netron.wait()
+    return EXIT_OK
 
 
 # ---- entry point ------------------------------------------------------------------------------
