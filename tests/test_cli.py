@@ -341,6 +341,7 @@ def test_show_for_a_target_lists_the_decisions_and_the_passes():
     assert "fused_conv2d" in shown.stdout and "batch_norm" not in shown.stdout.split("optimize")[0]
 
 
+@pytest.mark.slow    # two compiles in fresh processes (~30 s); the default suite stays under 10 min
 def test_compile_passes_and_threads(tmp_path):
     """--passes none lowers the graph as written (more kernels); --threads is accepted by
     compile and run; an unknown pass is a one-line usage error."""
