@@ -20,12 +20,8 @@ from .pattern import Match, Rule, any_value, apply_rules, const, op
 def live_taps(size: int, kernel: int, stride: int, dilation: int, before: int,
               out: int) -> tuple[int, int]:
     """(first, last) kernel taps along one axis that read the plane for some output position."""
-    def reads_plane(tap: int) -> bool:
-        low = tap * dilation - before                     # input index at output 0
-        high = (out - 1) * stride + tap * dilation - before
-        return high >= 0 and low < size and any(
-            0 <= o * stride + tap * dilation - before < size for o in range(out))
-    alive = [tap for tap in range(kernel) if reads_plane(tap)]
+    alive = [tap for tap in range(kernel)
+             if any(0 <= o * stride + tap * dilation - before < size for o in range(out))]
     return (alive[0], alive[-1]) if alive else (0, kernel - 1)
 
 
