@@ -65,6 +65,11 @@ CASES = {
     # AVX-512: F(4x4, 3x3) with the 29x30 plane computed to whole 4x4 tiles; AVX2: F(2x2)
     "winograd_odd_plane_f4": ((1, 64, 29, 30), lambda x: dsl.relu(dsl.conv2d(x, 32, 3, padding=1)),
                               "winograd"),
+    # AVX-512: F(4x4) one row of tiles at a time (small transformed weights), over a batch too
+    "winograd_f4_by_tile_rows": ((1, 64, 28, 32), lambda x: dsl.relu(dsl.conv2d(
+        x, 32, 3, padding=1)), "winograd"),
+    "winograd_f4_by_tile_rows_batch2": ((2, 64, 28, 28), lambda x: dsl.conv2d(
+        x, 64, 3, padding=1) + x, "winograd"),
     "winograd_skipped_for_stride2": ((1, 256, 8, 8), lambda x: dsl.conv2d(x, 32, 3, stride=2,
                                                                           padding=1), "conv2d"),
     "dense": ((3, 37), lambda x: dsl.relu(dsl.linear(x, 24)), "dense"),

@@ -46,6 +46,12 @@ MIN_TILES = {8: 1, 16: 32}
 MAX_PLANE = 112 * 112
 # Output tiles per image from which a batch is transformed and multiplied one image at a time.
 PER_IMAGE_TILES = 32
+# F(4x4) transformed weights up to this size (half of a core's L2) are streamed once per row of
+# output tiles: each row is transformed, multiplied and written back while in cache, one row a
+# task (one AVX-512 core, ResNet-18's 64-channel 56x56 convs, ms, whole plane / by rows: 1.25 /
+# 0.93 at batch 1, 10.7 / 8.1 at batch 8; two threads 1.05 / 0.79; 128 channels, 2.4 MB of
+# weights, lose: 1.22 / 1.74).
+ROW_WEIGHT_BYTES = 1 << 20
 # Input channels per weight block in the GEMMs: 64 x 16 floats (4 KB) stay in L1 while every
 # tile of the block uses them.
 CHANNEL_BLOCK = 64
@@ -184,7 +190,7 @@ def schedule(sch, vec: VectorShape) -> bool:
     """Input transform per input channel, the GEMMs register-tiled like the direct conv (output
     channels as the vector axis, a few tiles as the other side; weights streamed in L1-sized
     channel blocks), the output transform per 2x2 tile, vectorized over output channels, with
-    the epilogue inlined."""
+    the epilogue inlined. Stages run over the whole plane, an image, or a row of tiles."""
     names = {sch.get(b).name_hint: b for b in blocks_of(sch)}
     if not all(k in names for k in (ROWS, INPUT, GEMM, OUTPUT)):
         return None
@@ -200,9 +206,22 @@ def schedule(sch, vec: VectorShape) -> bool:
     # ResNet-18's 64-channel 56x56 F(4x4) layers at batch 8 took 20-28 ms against 13-16 for ORT,
     # 11.9 / 12.4 per image), unless an image has too few tiles to reuse the weights it streams
     # (7x7 planes: the whole batch's tiles share each weight block).
-    batch, _, height, width = (int(d) for d in sch.get(output).writes[0].source.shape)
-    per_image = batch > 1 and -(-height // tile_side) * -(-width // tile_side) >= PER_IMAGE_TILES
-    if per_image:
+    batch, out_channels, height, width = (int(d) for d in sch.get(output).writes[0].source.shape)
+    in_channels = int(sch.get(rows).writes[0].source.shape[1])
+    weight_bytes = (tile_side + 2) ** 2 * in_channels * out_channels * 4
+    by_rows = tile_side == 4 and weight_bytes <= ROW_WEIGHT_BYTES and height % tile_side == 0
+    per_image = not by_rows and batch > 1 and \
+        -(-height // tile_side) * -(-width // tile_side) >= PER_IMAGE_TILES
+    if by_rows:
+        # One task per (image, row of tiles), parallel: the stages inside stay serial.
+        b, o, row, col = sch.get_loops(output)
+        tile_row, row_in_tile = sch.split(row, [None, tile_side])
+        sch.reorder(b, tile_row, o, row_in_tile, col)
+        task = sch.fuse(b, tile_row)
+        sch.compute_at(products, task)
+        sch.compute_at(transformed, task)
+        sch.parallel(task)  # before decompose_reduction, which leaves the loop unparallelizable
+    elif per_image:
         image = sch.get_loops(output)[0]
         sch.compute_at(products, image)
         sch.compute_at(transformed, image)
@@ -221,7 +240,7 @@ def schedule(sch, vec: VectorShape) -> bool:
     sch.unroll(e)
     sch.unroll(v)
     sch.vectorize(t_in_row)
-    if extent(ch, sch) > 1:
+    if not by_rows and extent(ch, sch) > 1:
         sch.parallel(ch)
     *_, row_e, row_col = sch.get_loops(rows)
     sch.unroll(row_e)
@@ -244,7 +263,7 @@ def schedule(sch, vec: VectorShape) -> bool:
     accumulators = sch.cache_write(products, 0, "local")
     outer = sch.fuse(e, v, o_outer)
     macs = extent(outer, sch) * block * tiles * in_channels
-    if macs >= PARALLEL_MIN_MACS:
+    if not by_rows and macs >= PARALLEL_MIN_MACS:
         sch.parallel(outer)
     sch.reverse_compute_at(accumulators, outer if rc_outer is not None else t_outer)
     sch.vectorize(o_inner)
@@ -256,17 +275,18 @@ def schedule(sch, vec: VectorShape) -> bool:
     # Vectors over output channels: the 16 transformed values of a tile are contiguous there
     # (scalar reads strided by the channel count cost 0.4-0.8 ms per conv and made the kernel
     # lose to the direct one below 256 channels).
-    b, o, row, col = sch.get_loops(output)
+    b, o, row, col = sch.get_loops(output)   # by rows, b is the (image, tile row) task
     row_outer, row_inner = sch.split(row, [None, tile_side])
     col_outer, col_inner = sch.split(col, [None, tile_side])
     o_outer, o_inner = sch.split(o, [None, vec.lanes])
     # (per image, the batch loop also holds the image's GEMM and transforms: it stays outside)
-    sch.reorder(*([] if per_image else [b]), o_outer, row_outer, col_outer, row_inner, col_inner,
-                o_inner)
+    sch.reorder(*([] if per_image or by_rows else [b]), o_outer, row_outer, col_outer, row_inner,
+                col_inner, o_inner)
     sch.unroll(row_inner)
     sch.unroll(col_inner)
     sch.vectorize(o_inner)
-    planes = o_outer if per_image else sch.fuse(b, o_outer)
-    if extent(planes, sch) > 1:
-        sch.parallel(planes)
+    if not by_rows:
+        planes = o_outer if per_image else sch.fuse(b, o_outer)
+        if extent(planes, sch) > 1:
+            sch.parallel(planes)
     return True
