@@ -259,6 +259,29 @@ def test_loaded_model_takes_unaligned_inputs(exported, compiled, feeds, offset):
     expected = compiled.run(feeds)
     for name, found in loaded.run(shifted).items():
         np.testing.assert_array_equal(found, expected[name])
+    for name, found in compiled.run(shifted).items():
+        np.testing.assert_array_equal(found, expected[name])
+
+
+def test_compiled_run_takes_any_numpy_layout_and_returns_its_own_arrays(compiled, feeds):
+    """`CompiledModel.run` passes aligned inputs without a copy: non-contiguous and read-only
+    inputs give the same outputs, the outputs are fresh arrays (a later run does not change
+    them) and the caller's inputs are left as they were."""
+    expected = compiled.run(feeds)
+    kept = {name: a.copy() for name, a in feeds.items()}
+    strided = {name: np.asfortranarray(a) for name, a in feeds.items()}
+    readonly = {name: a.copy() for name, a in feeds.items()}
+    for array in readonly.values():
+        array.flags.writeable = False
+    for variant in (strided, readonly):
+        for name, found in compiled.run(variant).items():
+            np.testing.assert_array_equal(found, expected[name])
+    first = compiled.run(feeds)
+    compiled.run({name: a + 1 for name, a in feeds.items()})
+    for name, found in first.items():
+        np.testing.assert_array_equal(found, expected[name])
+    for name, array in feeds.items():
+        np.testing.assert_array_equal(array, kept[name])
 
 
 def test_a_library_for_instructions_this_cpu_lacks_is_refused_before_it_runs(tmp_path,
