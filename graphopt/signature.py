@@ -3,6 +3,7 @@ and deterministic probe inputs. Shared by the interpreter, compiled modules, loa
 models, the pass manager and the command line."""
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
@@ -31,27 +32,40 @@ class Signature:
     def output_names(self) -> list[str]:
         return [n for n, _ in self.outputs]
 
+    @functools.cached_property
+    def _input_checks(self) -> tuple:
+        """(name, shape, numpy dtype or None where numpy lacks it) per input: `check` runs on
+        every call of a compiled model, so it compares shapes and dtype objects (building a
+        TensorType or a dtype's name cost more than LeNet-5's kernels)."""
+        def numpy_dtype(name: str):
+            try:
+                return np.dtype(name)
+            except TypeError:
+                return None
+        return tuple((name, t.shape, numpy_dtype(t.dtype)) for name, t in self.inputs)
+
     def check(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Inputs as contiguous arrays in declaration order; InputError names what is wrong."""
         if not isinstance(inputs, Mapping):
             raise InputError(f"expected a dict of input name -> array, found {type(inputs).__name__}")
-        missing = [n for n in self.input_names if n not in inputs]
-        unknown = [n for n in inputs if n not in self.input_names]
-        if missing or unknown:
+        if len(inputs) != len(self.inputs) or any(n not in inputs for n, _ in self.inputs):
+            missing = [n for n in self.input_names if n not in inputs]
+            unknown = [n for n in inputs if n not in self.input_names]
             raise InputError(f"expected inputs {self.input_names}, found {list(inputs)}"
                              + (f"; missing {missing}" if missing else "")
                              + (f"; unknown {unknown}" if unknown else ""))
         checked = {}
-        for name, expected in self.inputs:
+        for (name, shape, dtype), (_, expected) in zip(self._input_checks, self.inputs):
             array = inputs[name]
             if not isinstance(array, np.ndarray):
                 array = np.asarray(array)
-            # compared field by field: building a TensorType per call cost 15-30 us
-            if array.shape != expected.shape or str(array.dtype) != expected.dtype:
+            if array.shape != shape or (array.dtype != dtype if dtype is not None
+                                        else str(array.dtype) != expected.dtype):
                 raise InputError(f"input '{name}': expected {expected}, found "
                                  f"{array.dtype}[{','.join(map(str, array.shape))}]")
             # ascontiguousarray would turn a 0-d array into shape (1,)
-            checked[name] = np.ascontiguousarray(array) if array.ndim else array
+            checked[name] = array if array.flags.c_contiguous or not array.ndim \
+                else np.ascontiguousarray(array)
         return checked
 
     # The one encoding of a signature: `{"inputs": [{"name", "shape", "dtype"}, ...], "outputs":

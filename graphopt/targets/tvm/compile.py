@@ -2,6 +2,7 @@
 numpy inputs and returns outputs keyed like the interpreter's."""
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass
@@ -64,6 +65,13 @@ def optimize_for_target(graph: Graph, target: str = "cpu",
     if options.target_passes:
         passes += target_passes(device_kind, context)
     return optimize(graph, passes, fixed_point=options.passes is None), tvm_target
+
+
+@functools.cache
+def _tvm_ffi():
+    """tvm_ffi, imported on the first run (importing graphopt does not load TVM)."""
+    import tvm_ffi
+    return tvm_ffi
 
 
 class CompiledModel:
@@ -129,29 +137,35 @@ class CompiledModel:
         return self.optimized.report
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import tvm
         feeds = self.signature.check(inputs)
         if self.device_kind == "cpu":
             configure_threads(self.threads)
-        args = [self._to_device(feeds[name]) for name in self.signature.input_names]
+        args = [self._to_device(array) for array in feeds.values()]
         if self.weights is not None:
             with self._weights_lock:
                 if self._weight_tensors is None:
+                    import tvm
                     self._weight_tensors = [tvm.runtime.tensor(a, self.device)
                                             for _, a in self.weights]
             args += self._weight_tensors
-        result = self.vm["main"](*args)
+        result = self._main()(*args)
         arrays = [result] if len(self.signature.outputs) == 1 else list(result)
         return {name: self._to_numpy(a) for name, a in zip(self.signature.output_names, arrays)}
+
+    def _main(self):
+        """The calling thread's VM entry point, looked up once per thread."""
+        main = getattr(self._per_thread, "main", None)
+        if main is None:
+            main = self._per_thread.main = self.vm["main"]
+        return main
 
     def _to_device(self, array: np.ndarray):
         """A CPU input is passed without a copy where it is aligned as the kernels assume (an
         aligned copy otherwise), as `graphopt.runtime` does: a fresh tensor per call cost 50-60
         us, most of LeNet-5's run."""
+        if self.device_kind == "cpu" and array.size and array.dtype.kind != "V":  # V: bfloat16
+            return _tvm_ffi().from_dlpack(aligned(array))
         import tvm
-        if self.device_kind == "cpu" and array.size and str(array.dtype) != "bfloat16":
-            import tvm_ffi
-            return tvm_ffi.from_dlpack(aligned(array))
         return tvm.runtime.tensor(array, self.device)
 
     def _to_numpy(self, tensor) -> np.ndarray:
