@@ -38,7 +38,11 @@ def _residual(x, out, stride=1):
 
 # name: (input shape, layer, weight block on AVX2, on AVX-512; 0: the generic conv)
 CONVS = {
-    "out1_in3": ((1, 3, 9, 11), lambda x: dsl.conv2d(x, 1, 3, padding=1), 0, 0),
+    # narrow: too few output channels for a channel block; rows of whole vectors where a row
+    # holds one (the block counts output columns; 11 columns hold no 16-lane vector)
+    "narrow_out1_in3": ((1, 3, 9, 11), lambda x: dsl.conv2d(x, 1, 3, padding=1), 8, 0),
+    "narrow_out3_in4_wide": ((1, 4, 7, 37), lambda x: dsl.tanh(dsl.conv2d(x, 3, 3, padding=1)),
+                             8, 16),
     "out3_in1_s2": ((1, 1, 12, 12), lambda x: dsl.relu(dsl.conv2d(x, 3, 3, stride=2, padding=1)),
                     0, 0),
     "out4_in5_tanh": ((1, 5, 8, 9), lambda x: dsl.tanh(dsl.conv2d(x, 4, 3)), 8, 8),
@@ -123,7 +127,8 @@ def test_recorded_block_and_rule(name, mcpu, column):
               if n.op_name in ("conv2d", "fused_conv2d", "linear")}
     assert blocks == {CASES[name][column]}
     tiled = ("dense" if name.startswith("linear") else
-             "depthwise" if name.startswith("depthwise") else "conv2d")
+             "depthwise" if name.startswith("depthwise") else
+             "narrow" if name.startswith("narrow") else "conv2d")
     rules = {str(f.attrs[SCHEDULE_ATTR]) for k, f in _scheduled_kernels(graph, mcpu).items()
              if "conv2d" in k or "matmul" in k}
     assert rules == {tiled if CASES[name][column] else "generic"}

@@ -50,7 +50,16 @@ CASES = {
     "conv_depthwise_multiplier2": ((1, 4, 10, 10), lambda x: dsl.conv2d(x, 8, 3, padding=1,
                                                                         groups=4), "generic"),
     "conv_oc6": ((1, 3, 12, 12), lambda x: dsl.tanh(dsl.conv2d(x, 6, 5)), "conv2d"),  # 8, padded
-    "conv_oc3": ((1, 3, 12, 12), lambda x: dsl.conv2d(x, 3, 3), "generic"),  # 8 would be > 2x
+    # too few output channels for a channel block (8 would be > 2x): rows as the vector axis
+    "conv_oc3": ((1, 3, 12, 12), lambda x: dsl.conv2d(x, 3, 3), "narrow"),
+    "conv_narrow_9x9_tanh": ((1, 8, 20, 21), lambda x: dsl.tanh(dsl.conv2d(
+        x, 3, 9, padding=4)), "narrow"),                       # 21 wide rows: padded to vectors
+    "conv_narrow_stride2_batch2": ((2, 5, 33, 40), lambda x: dsl.relu(dsl.conv2d(
+        x, 1, 3, stride=2, padding=1)), "narrow"),
+    "conv_narrow_dilated_residual": ((1, 2, 18, 18), lambda x: dsl.conv2d(
+        x, 2, 3, padding=2, dilation=2, bias=False) + x, "narrow"),
+    "conv_transpose_narrow": ((1, 16, 9, 9), lambda x: dsl.sigmoid(dsl.conv_transpose2d(
+        x, 3, 4, stride=2, padding=1)), "narrow"),
     "conv_bn_residual": ((1, 16, 9, 9), lambda x: dsl.relu(
         dsl.batch_norm(dsl.conv2d(x, 16, 3, padding=1, bias=False)) + x), "conv2d"),
     "winograd_7x7_residual": ((1, 256, 7, 7), lambda x: dsl.relu(

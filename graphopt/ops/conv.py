@@ -48,6 +48,9 @@ def expect_nonempty(x: TensorType, w: TensorType) -> None:
 #   depthwise a depthwise convolution (groups == input == output channels) vectorized along
 #             output rows of whole blocks of `weight_block` columns (the row padded at lowering;
 #             targets/tvm/schedules/depthwise.py), the weight as [C, KH, KW]
+#   narrow    a convolution with too few output channels to fill a vector register, vectorized
+#             along output rows of whole blocks of `weight_block` columns (the row padded at
+#             lowering; targets/tvm/schedules/narrow.py), the weight as written (OIHW)
 #   amx       AMX tiles (targets/tvm/schedules/amx.py): bfloat16 convolutions (tdpbf16ps) and
 #             qlinear_conv2d (tdpbusd), input and weight packed at lowering
 #   vnni      (qlinear_conv2d only) uint8 x int8 -> int32 by AVX-512 VNNI's vpdpbusd, or
@@ -58,10 +61,11 @@ def expect_nonempty(x: TensorType, w: TensorType) -> None:
 #             (targets/tvm/schedules/conv2d_bf16.py)
 INTEGER_CONV_ALGORITHMS = ("vnni", "pmaddwd")
 QUANTIZED_CONV_ALGORITHMS = ("amx", *INTEGER_CONV_ALGORITHMS)
-CONV_ALGORITHMS = ("direct", "winograd", "onednn", "depthwise", "pointwise", "dpbf16",
+CONV_ALGORITHMS = ("direct", "winograd", "onednn", "depthwise", "narrow", "pointwise", "dpbf16",
                    *QUANTIZED_CONV_ALGORITHMS)
 # Algorithms whose `weight_block` is required: (what it counts, for the error).
 BLOCKED_ALGORITHMS = {"winograd": "output channels", "depthwise": "output columns",
+                      "narrow": "output columns",
                       "pointwise": "output channels",
                       "dpbf16": "output channels"}
 
@@ -88,7 +92,7 @@ class Conv2d(Op):
     algorithm: str = "direct"     # a target decision: one of CONV_ALGORITHMS
     weight_block: int = 0         # output channels per block of a target weight layout (need
                                   # not divide a group's channels: the last block is padded);
-                                  # for "depthwise", output columns per vector
+                                  # for "depthwise" and "narrow", output columns per vector
     padded_width: int = 0         # "direct" with a weight block: the output width computed, in
                                   # whole register tiles (the epilogue writes the real columns);
                                   # 0: the real width
@@ -161,7 +165,8 @@ class Conv2d(Op):
         return lower_conv(bb, self, x, w, b)
 
     def target_choice(self) -> str:
-        unit = "column vectors" if self.algorithm == "depthwise" else "channel weight blocks"
+        unit = ("column vectors" if self.algorithm in ("depthwise", "narrow")
+                else "channel weight blocks")
         block = f", {self.weight_block}-{unit}" if self.weight_block else ""
         rows = f", rows padded to {self.padded_width}" if self.padded_width else ""
         tile = f" F({self.output_tile}x{self.output_tile}, 3x3)" if self.output_tile else ""

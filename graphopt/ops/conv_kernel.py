@@ -91,6 +91,14 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
         taps = weight_data.reshape(weight_data.shape[0], *weight_data.shape[2:])
         weight, name = relax.const(taps, dtype), "depthwise_conv2d"
         compute = lambda x, w: depthwise_conv2d(x, w, conv, conv.weight_block)  # noqa: E731
+    elif conv.algorithm == "narrow":
+        from ..targets.tvm.schedules.narrow import narrow_conv2d
+        weight_data = constant_operand(w, decision)
+        expect(dtype == "float32" and conv.groups == 1,
+               f"the narrow algorithm computes float32 ungrouped convolutions, found {dtype}, "
+               f"groups {conv.groups}")
+        weight, name = relax.const(weight_data, dtype), "narrow_conv2d"
+        compute = lambda x, w: narrow_conv2d(x, w, conv, conv.weight_block)  # noqa: E731
     elif conv.weight_block:
         # half precision runs the float32 kernel on widened operands (exact: every half value
         # is a float32), accumulating as the reference kernel does

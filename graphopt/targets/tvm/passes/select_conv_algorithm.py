@@ -11,6 +11,10 @@
 - "depthwise" for float32 depthwise convolutions (one filter per channel: groups == input ==
   output channels) with a constant weight: rows of whole vectors of `weight_block` (the
   target's lanes) output columns (`schedules/depthwise.py`);
+- "narrow" for float32 ungrouped convolutions with too few output channels for a channel
+  block (at most `narrow.MAX_CHANNELS`, e.g. an image's 3 colours) and rows of at least one
+  vector: rows of whole vectors of `weight_block` (the lanes) output columns
+  (`schedules/narrow.py`);
 - "direct" otherwise (graphopt's register-tiled conv2d rule), with its weight packed into blocks
   of one or two vector registers of output channels (`tiled.channel_block`), each inside one
   group, where the weight is a constant; a group's last block is padded with zero filters
@@ -44,7 +48,7 @@ from .annotate import annotate
 
 def select_conv_algorithm(context):
     """The pass for one compile (`context`: vector shape, kernels, whether weights are constant)."""
-    from ..schedules import amx, conv2d_bf16, depthwise, pointwise, winograd
+    from ..schedules import amx, conv2d_bf16, depthwise, narrow, pointwise, winograd
     from ..schedules.tiled import channel_block, conv_row_tile
 
     def fills_amx_tiles(node: Node, kind) -> bool:
@@ -61,10 +65,15 @@ def select_conv_algorithm(context):
         return (conv2d_bf16.available(context.vector) and conv2d_bf16.applies(conv.groups)
                 and amx.BFLOAT16.feature not in context.vector.amx)
 
-    def direct(conv: Conv2d, out_channels: int, out_w: int) -> Conv2d:
+    def direct(conv: Conv2d, out_channels: int, out_w: int, float32: bool = True) -> Conv2d:
         """`conv` on the register-tiled direct rule: its channel block per group and, where
-        the rows do not divide into tiles, the width they are computed to."""
+        the rows do not divide into tiles, the width they are computed to; float32 convs with
+        too few output channels for a channel block are "narrow" instead."""
         block = channel_block(out_channels // conv.groups, context.vector, conv.groups)
+        if not block and float32 and narrow.applies(out_channels, conv.groups, out_w,
+                                                    context.vector):
+            return dataclasses.replace(conv, algorithm=narrow.ALGORITHM,
+                                       weight_block=context.vector.lanes)
         tile = conv_row_tile(out_w, block, context.vector) if block else out_w
         padded = -(-out_w // tile) * tile
         return dataclasses.replace(conv, weight_block=block,
@@ -107,7 +116,7 @@ def select_conv_algorithm(context):
         if float32 and depthwise.applies(x.shape[1], out_channels, conv.groups, context.vector):
             return dataclasses.replace(plain, algorithm=depthwise.ALGORITHM,
                                        weight_block=context.vector.lanes)
-        return direct(plain, out_channels, out_w)
+        return direct(plain, out_channels, out_w, float32)
 
     def choose_integer(node: Node):
         from ..schedules.conv2d_int8 import dot_product_for
