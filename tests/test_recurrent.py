@@ -124,6 +124,30 @@ def test_lowering_unrolls_the_steps_over_one_input_projection():
     assert text.count("R.matmul") == 2 * (1 + 6)
 
 
+@pytest.mark.parametrize("kind, options", [
+    ("lstm", {"direction": "bidirectional", "sequence_lens": [5, 3, 4], "clip": 3.0}),
+    ("gru", {"layout": 1, "linear_before_reset": False}),
+    ("gru", {"direction": "reverse"}),
+])
+def test_cpu_products_run_on_packed_weights(kind, options):
+    """With constant weights the CPU target records a weight block on the layer, the products
+    by W^T and R^T run on the dense rule's packed kernel (a GRU's R^T sliced as a constant),
+    and the outputs match the interpreter."""
+    layout = options.get("layout", 0)
+    with dsl.Builder(f"{kind}_packed", seed=4) as b:
+        x = b.input("x", (3, 5, 6) if layout else (5, 3, 6))
+        outputs = getattr(dsl, kind)(x, 24, **options)
+        g = b.output(*outputs)
+    model = go.compile(g, "cpu")
+    layer = next(n for n in model.graph.nodes if n.op_name == kind)
+    assert layer.op.weight_block > 0
+    assert [r for k, r in model.schedules.items() if "matmul" in k] and all(
+        r == "dense" for k, r in model.schedules.items() if "matmul" in k), model.schedules
+    feeds = {"x": np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)}
+    report = go.compare(g, model, feeds)
+    assert report.ok, str(report)
+
+
 def test_compiles_for_cuda_with_every_kernel_scheduled():
     g = lstm_graph(direction="bidirectional", sequence_lens=(4, 3))
     report = go.compile(g, target="cuda").schedule_report

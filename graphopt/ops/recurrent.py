@@ -19,6 +19,7 @@ import numpy as np
 from ..ir import HALF_DTYPES, TensorType
 from .base import (Op, accumulator, expect, expect_float, expect_rank, expect_same_dtype, flag,
                    integer, real, register, relax, relax_type)
+from .linear import weight_block_attribute
 
 DIRECTIONS = ("forward", "reverse", "bidirectional")
 
@@ -153,8 +154,8 @@ class NumpyMath:
 class RelaxMath:
     """The same arithmetic as Relax ops, each bound as it is made (`bb.emit`)."""
 
-    def __init__(self, bb, dtype: str):
-        self.bb, self.dtype = bb, dtype
+    def __init__(self, bb, dtype: str, block: int = 0):
+        self.bb, self.dtype, self.block = bb, dtype, block
         self.rx = relax()
         self.R = self.rx.op
 
@@ -162,11 +163,23 @@ class RelaxMath:
     def scalar(self, value): return self.rx.const(value, self.dtype)
     def constant(self, array): return self.rx.const(np.asarray(array), str(np.asarray(array).dtype))
     def full(self, value, like): return self.scalar(value)
-    def matmul(self, a, b): return self.emit(self.R.matmul(a, b))
     def add(self, a, b): return self.emit(self.R.add(a, b))
     def sub(self, a, b): return self.emit(self.R.subtract(a, b))
     def mul(self, a, b): return self.emit(self.R.multiply(a, b))
     def div(self, a, b): return self.emit(self.R.divide(a, b))
+
+    def matmul(self, a, b):
+        """a @ b; by a constant matrix with a weight block, on the dense rule's packed kernel
+        (the input projection's [T, batch, I] viewed as [T * batch, I])."""
+        import tvm
+        if not (self.block and isinstance(b, tvm.ir.Constant) and len(b.value.shape) == 2):
+            return self.emit(self.R.matmul(a, b))
+        from .linear import lower_blocked_matmul
+        shape = [int(d) for d in relax_type(a).shape]
+        flat = a if len(shape) == 2 else self.emit(self.R.reshape(a, (-1, shape[-1])))
+        y = self.emit(lower_blocked_matmul(self.bb, flat, b.value.numpy(), self.block))
+        return y if len(shape) == 2 else self.emit(
+            self.R.reshape(y, (*shape[:-1], int(b.value.shape[1]))))
     def neg(self, x): return self.emit(self.R.negative(x))
     def scale(self, x, factor): return self.emit(self.R.multiply(x, self.scalar(factor)))
     def abs(self, x): return self.emit(self.R.abs(x))
@@ -193,6 +206,9 @@ class RelaxMath:
         return self.clamp(self.add(self.scale(x, alpha), self.scalar(beta)), 0.0, 1.0)
 
     def columns(self, x, start, stop):
+        import tvm
+        if isinstance(x, tvm.ir.Constant):   # stays a constant (the packed product needs one)
+            return self.constant(np.ascontiguousarray(x.value.numpy()[..., start:stop]))
         axis = len(relax_type(x).shape) - 1
         return self.emit(self.R.strided_slice(x, [axis], [start], [stop]))
 
@@ -229,6 +245,9 @@ class Recurrent(Op):
     clip: float | None = None
     layout: int = 0
     sequence_lens: tuple[int, ...] | None = None
+    weight_block: int = 0      # a target decision: columns per block of the packed constant
+                               # W^T and R^T the products stream (`select_dense_layout`); 0:
+                               # the weights as written, TVM's generic product
 
     def __post_init__(self):
         expect(self.direction in DIRECTIONS, f"expected direction among {', '.join(DIRECTIONS)}, "
@@ -253,6 +272,10 @@ class Recurrent(Op):
         if self.sequence_lens is not None:
             lens = tuple(integer(n, "sequence_lens") for n in self.sequence_lens)
             object.__setattr__(self, "sequence_lens", lens)
+        weight_block_attribute(self)
+
+    def target_choice(self) -> str:
+        return f"{self.weight_block}-column weight blocks" if self.weight_block else ""
 
     @property
     def num_directions(self) -> int:
@@ -385,7 +408,8 @@ class Recurrent(Op):
 
         x, w, r, b = (widen(v) for v in (x, w, r, b))
         initial, extra = [widen(s) for s in initial], [widen(e) for e in extra]
-        m = RelaxMath(bb, wide)
+        # the packed products are float32 kernels: half precision keeps TVM's product
+        m = RelaxMath(bb, wide, self.weight_block if wide == dtype else 0)
         if self.layout == 1:
             x = m.transpose(x, [1, 0, 2])
             initial = [None if s is None else m.transpose(s, [1, 0, 2]) for s in initial]
