@@ -1,8 +1,9 @@
-"""Transposed convolutions on the CPU: select_conv_algorithm records the stride-1 convolution over
-the zero-inserted input that computes them (`as_conv`, with its weight block) where the weight
-is constant and groups is 1, and the compiled model (AVX2 and AVX-512 builds, bounds-checked)
-computes what the interpreter does; grouped ones and crops beyond the kernel's border keep TVM's
-own transposed convolution."""
+"""Transposed convolutions on the CPU: select_conv_algorithm records the stride-1 convolution that
+computes them (`as_conv`, with its weight block) where the weight is constant and groups is 1 —
+with a stride and no dilation the sub-pixel convolution (every output phase as channels, then a
+pixel shuffle), else the convolution over the zero-inserted input — and the compiled model
+(AVX2 and AVX-512 builds, bounds-checked) computes what the interpreter does; grouped ones keep
+TVM's own transposed convolution."""
 from __future__ import annotations
 
 import pytest
@@ -23,14 +24,20 @@ CASES = {
     "asym-kernel-dilated": (4, 6, (3, 2), 1, 0, 0, 2, 1, True),
     "grouped": (4, 6, 3, 2, 1, 0, 1, 2, True),
     "crop-beyond-border": (4, 4, 2, 2, 2, 0, 1, 1, True),
+    "fcn-16x16-s8-p4": (4, 3, 16, 8, 4, 0, 1, 1, True),
+    "dilated-s2": (3, 4, 3, 2, 1, 1, 2, 1, False),
+    # a 1x1 input (DCGAN's first layer): a product whatever the stride
+    "latent-4x4-s1": (10, 6, 4, 1, 0, 0, 1, 1, False),
 }
-TVM_OWN = {"grouped", "crop-beyond-border"}
+TVM_OWN = {"grouped"}
+# stride 1 (on a plane) or dilated: the convolution over the zero-inserted input
+INSERTED = {"asym-kernel-dilated", "dilated-s2"}
 
 
 def graph_for(case: str) -> go.Graph:
     c, o, k, s, p, op, d, g, bias = CASES[case]
     with dsl.Builder(case, seed=1) as b:
-        x = b.input("input", (1, c, 7, 6))
+        x = b.input("input", (2, c, 1, 1) if case.startswith("latent") else (1, c, 7, 6))
         y = dsl.conv_transpose2d(x, o, k, stride=s, padding=p, output_padding=op, dilation=d,
                                  groups=g, bias=bias, name="up")
         return b.output(dsl.relu(y))
@@ -52,7 +59,9 @@ def test_compiled_matches_the_interpreter(case, mcpu, flag):
     else:
         lanes = 16 if mcpu == "skylake-avx512" else 8
         assert node.op.as_conv is not None and node.op.as_conv.weight_block % (lanes // 2) == 0
-        assert "over the stride-inserted input" in node.op.target_choice()
+        assert node.op.subpixel == (case not in INSERTED)
+        assert ("over the stride-inserted input" if case in INSERTED else "sub-pixel") in \
+            node.op.target_choice()
     report = go.compare(graph, model, probe_inputs(graph))
     assert report.ok, str(report)
 

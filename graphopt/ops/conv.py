@@ -7,7 +7,8 @@ import numpy as np
 
 from ..ir import TensorType
 from .base import (Op, accumulator, constant_operand, conv_out_size, expect, expect_float,
-                   expect_rank, expect_same_dtype, integer, pair, quad, real, register, relax)
+                   expect_rank, expect_same_dtype, flag, integer, pair, quad, real, register,
+                   relax, relax_type)
 from .cast import accumulation_dtype, lower_in_float32
 
 
@@ -203,11 +204,16 @@ class ConvTranspose2d(Op):
     # input with stride - 1 zeros inserted between pixels, the weight flipped and transposed
     # (`as_convolution`); None: TVM's own transposed convolution.
     as_conv: Conv2d | None = None
+    # With `as_conv`: True when it is the sub-pixel convolution (`as_subpixel`) instead.
+    subpixel: bool = False
 
     def __post_init__(self):
         conv_attributes(self)
         expect(self.as_conv is None or isinstance(self.as_conv, Conv2d),
                f"expected a Conv2d or None for as_conv, found {self.as_conv!r}")
+        object.__setattr__(self, "subpixel", flag(self.subpixel, "subpixel"))
+        expect(not self.subpixel or self.as_conv is not None,
+               "expected the sub-pixel convolution (as_conv) with subpixel=True")
         expect(all(op < max(s, d) for op, s, d in
                    zip(self.output_padding, self.stride, self.dilation)),
                f"expected output_padding smaller than stride or dilation, found {self}")
@@ -272,9 +278,41 @@ class ConvTranspose2d(Op):
             return None
         return Conv2d(padding=pads, dilation=self.dilation)
 
+    def subpixel_stride(self, kernel: tuple[int, int], in_hw: tuple[int, int]) -> tuple[int, int]:
+        """The stride the sub-pixel decomposition splits by: the stride, or along an axis of
+        one input pixel (DCGAN's first layer, a latent vector to 4x4) the kernel, since every
+        tap then lands on its own output pixel whatever the stride: taps of 1, a product."""
+        return tuple(max(s, k) if size == 1 else s
+                     for s, k, size in zip(self.stride, kernel, in_hw))
+
+    def subpixel_taps(self, kernel: tuple[int, int], in_hw: tuple[int, int]) -> tuple[int, int]:
+        """Taps per axis of each output phase's sub-kernel: ceil(kernel / stride)."""
+        return tuple(-(-k // s) for k, s in zip(kernel, self.subpixel_stride(kernel, in_hw)))
+
+    def as_subpixel(self, kernel: tuple[int, int], in_hw: tuple[int, int]) -> Conv2d | None:
+        """The stride-1 convolution computing every output phase of this one at once (groups
+        1, no dilation, a stride above 1): output row s*q + r of the uncropped transposed
+        convolution is sum_t x[q - t] w[r + s t], a correlation of x with the sub-kernel of
+        taps r, r + s, ... flipped; the stride^2 phases are output channels o * s^2 + phase of
+        one convolution over the input (padded by taps - 1 before, to whole phases after),
+        rearranged into the plane afterwards (a pixel shuffle) and cropped. No multiply by
+        an inserted zero, where the convolution over the stride-inserted input spends
+        1 - 1 / stride^2 of its products on them."""
+        stride = self.subpixel_stride(kernel, in_hw)
+        if self.groups != 1 or self.dilation != (1, 1) or stride == (1, 1):
+            return None
+        taps = self.subpixel_taps(kernel, in_hw)
+        out_hw = self.out_hw(*in_hw, *kernel)
+        start = self.padding[:2]
+        after = [-(-(o + p) // s) - size for o, p, s, size in zip(out_hw, start, stride, in_hw)]
+        return Conv2d(padding=(taps[0] - 1, taps[1] - 1, max(after[0], 0), max(after[1], 0)))
+
     def target_choice(self) -> str:
         if self.as_conv is None:
             return ""
+        if self.subpixel:
+            return (f"{self.as_conv.target_choice()} sub-pixel convolution (every output phase "
+                    f"as channels) then a pixel shuffle")
         return f"{self.as_conv.target_choice()} convolution over the stride-inserted input"
 
     def lower_tvm(self, bb, x, w, b=None):
@@ -308,12 +346,46 @@ class ConvTranspose2d(Op):
         convolution is a convolution's adjoint), on the register-tiled conv kernel."""
         from tvm import relax as rx, topi
         from .conv_kernel import lower_conv
+        if self.subpixel:
+            return self.lower_subpixel(bb, x, w, b)
         weight = constant_operand(w, "transposed convolution as a convolution")
         flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         sh, sw = self.stride
         if (sh, sw) != (1, 1):
             x = bb.emit(bb.call_te(topi.nn.dilate, x, (1, 1, sh, sw), primfunc_name_hint="dilate"))
         return lower_conv(bb, self.as_conv, x, rx.const(flipped, str(flipped.dtype)), b)
+
+    def lower_subpixel(self, bb, x, w, b=None):
+        """`as_conv`, the sub-pixel convolution (`as_subpixel`), with output channel
+        o * sh * sw + ry * sw + rx holding phase (ry, rx) of channel o: its weight tap (j, i)
+        is w[:, o, ry + sh (th - 1 - j), rx + sw (tw - 1 - i)] (zero past the kernel); then the
+        phases are interleaved into the plane and the padding cropped."""
+        from tvm import relax as rx
+        from .conv_kernel import lower_conv
+        R = rx.op
+        weight = constant_operand(w, "transposed convolution as a sub-pixel convolution")
+        channels, out_c, kh, kw = weight.shape
+        _, _, h, wd = (int(d) for d in relax_type(x).shape)
+        (sh, sw) = self.subpixel_stride((kh, kw), (h, wd))
+        th, tw = self.subpixel_taps((kh, kw), (h, wd))
+        padded = np.zeros((channels, out_c, sh * th, sw * tw), weight.dtype)
+        padded[:, :, :kh, :kw] = weight
+        # tap (j, i) of phase (ry, rx): row ry + sh (th - 1 - j), column rx + sw (tw - 1 - i)
+        taps = padded.reshape(channels, out_c, th, sh, tw, sw)[:, :, ::-1, :, ::-1, :]
+        phases = np.ascontiguousarray(taps.transpose(1, 3, 5, 0, 2, 4).reshape(
+            out_c * sh * sw, channels, th, tw))
+        bias = None
+        if b is not None:
+            bias = rx.const(np.repeat(constant_operand(b, "transposed convolution's bias"),
+                                      sh * sw), str(weight.dtype))
+        y = bb.emit(lower_conv(bb, self.as_conv, x, rx.const(phases, str(phases.dtype)), bias))
+        n, _, rows, cols = (int(d) for d in relax_type(y).shape)
+        y = bb.emit(R.reshape(y, (n, out_c, sh, sw, rows, cols)))
+        y = bb.emit(R.permute_dims(y, [0, 1, 4, 2, 5, 3]))
+        y = bb.emit(R.reshape(y, (n, out_c, rows * sh, cols * sw)))
+        out_h, out_w = self.out_hw(h, wd, kh, kw)
+        top, left = self.padding[:2]
+        return R.strided_slice(y, [2, 3], [top, left], [top + out_h, left + out_w])
 
     def macs(self, inputs, outputs):
         c, og, kh, kw = inputs[1].shape
