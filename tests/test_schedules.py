@@ -32,8 +32,11 @@ CASES = {
     "conv3x3_s2_asym_pad": ((2, 8, 13, 13), lambda x: dsl.conv2d(x, 24, 3, stride=2,
                                                                   padding=(1, 0, 1, 2)), "conv2d"),
     # a 112x112 output plane: the tile is written back through the register transpose
-    "conv3x3_large_plane": ((1, 3, 112, 112), lambda x: dsl.relu(dsl.conv2d(x, 32, 3, padding=1)),
+    "conv3x3_large_plane": ((1, 5, 112, 112), lambda x: dsl.relu(dsl.conv2d(x, 32, 3, padding=1)),
                             "conv2d"),
+    # a 3-channel image's 3x3 conv: 27 products per output, rows as the vector axis
+    "conv3x3_thin_input": ((1, 3, 20, 48), lambda x: dsl.relu(dsl.conv2d(x, 12, 3, stride=2,
+                                                                          padding=1)), "narrow"),
     # AVX-512: 1x1 projections on planes of whole vectors are GEMMs with pixels as the lanes;
     # the second reads the first's flat output as its residual (no reshape copy between them)
     "conv1x1_projection": ((1, 48, 8, 8), lambda x: dsl.relu(dsl.conv2d(x, 16, 1)), "conv2d"),
@@ -58,8 +61,9 @@ CASES = {
         x, 1, 3, stride=2, padding=1)), "narrow"),
     "conv_narrow_dilated_residual": ((1, 2, 18, 18), lambda x: dsl.conv2d(
         x, 2, 3, padding=2, dilation=2, bias=False) + x, "narrow"),
-    "conv_transpose_narrow": ((1, 16, 9, 9), lambda x: dsl.sigmoid(dsl.conv_transpose2d(
-        x, 3, 4, stride=2, padding=1)), "narrow"),
+    # a sub-pixel conv of 3 x 4 phases = 12 channels
+    "conv_transpose_3_channels": ((1, 16, 9, 9), lambda x: dsl.sigmoid(dsl.conv_transpose2d(
+        x, 3, 4, stride=2, padding=1)), "conv2d"),
     "conv_bn_residual": ((1, 16, 9, 9), lambda x: dsl.relu(
         dsl.batch_norm(dsl.conv2d(x, 16, 3, padding=1, bias=False)) + x), "conv2d"),
     "winograd_7x7_residual": ((1, 256, 7, 7), lambda x: dsl.relu(

@@ -11,9 +11,10 @@
 - "depthwise" for float32 depthwise convolutions (one filter per channel: groups == input ==
   output channels) with a constant weight: rows of whole vectors of `weight_block` (the
   target's lanes) output columns (`schedules/depthwise.py`);
-- "narrow" for float32 ungrouped convolutions with too few output channels for a channel
-  block (at most `narrow.MAX_CHANNELS`, e.g. an image's 3 colours) and rows of at least one
-  vector: rows of whole vectors of `weight_block` (the lanes) output columns
+- "narrow" for float32 ungrouped convolutions with rows of at least one vector and too few
+  output channels for a channel block (at most `narrow.MAX_CHANNELS`, e.g. an image's 3
+  colours) or a thin input with a short reduction (`narrow.applies`: the 3x3 convs of
+  3-channel images): rows of whole vectors of `weight_block` (the lanes) output columns
   (`schedules/narrow.py`);
 - "direct" otherwise (graphopt's register-tiled conv2d rule), with its weight packed into blocks
   of one or two vector registers of output channels (`tiled.channel_block`), each inside one
@@ -65,13 +66,15 @@ def select_conv_algorithm(context):
         return (conv2d_bf16.available(context.vector) and conv2d_bf16.applies(conv.groups)
                 and amx.BFLOAT16.feature not in context.vector.amx)
 
-    def direct(conv: Conv2d, out_channels: int, out_w: int, float32: bool = True) -> Conv2d:
+    def direct(conv: Conv2d, out_channels: int, out_w: int, float32: bool = True,
+               in_channels: int | None = None, taps: int = 1) -> Conv2d:
         """`conv` on the register-tiled direct rule: its channel block per group and, where
-        the rows do not divide into tiles, the width they are computed to; float32 convs with
-        too few output channels for a channel block are "narrow" instead."""
+        the rows do not divide into tiles, the width they are computed to; float32 convs that
+        rule computes badly (too few output channels for a channel block, or a short reduction
+        over a thin input: `narrow.applies`) are "narrow" instead."""
         block = channel_block(out_channels // conv.groups, context.vector, conv.groups)
-        if not block and float32 and narrow.applies(out_channels, conv.groups, out_w,
-                                                    context.vector):
+        if float32 and narrow.applies(out_channels, conv.groups, out_w, context.vector,
+                                      in_channels, taps, block):
             return dataclasses.replace(conv, algorithm=narrow.ALGORITHM,
                                        weight_block=context.vector.lanes)
         tile = conv_row_tile(out_w, block, context.vector) if block else out_w
@@ -116,7 +119,7 @@ def select_conv_algorithm(context):
         if float32 and depthwise.applies(x.shape[1], out_channels, conv.groups, context.vector):
             return dataclasses.replace(plain, algorithm=depthwise.ALGORITHM,
                                        weight_block=context.vector.lanes)
-        return direct(plain, out_channels, out_w, float32)
+        return direct(plain, out_channels, out_w, float32, w.shape[1], w.shape[2] * w.shape[3])
 
     def choose_integer(node: Node):
         from ..schedules.conv2d_int8 import dot_product_for

@@ -1,11 +1,13 @@
 """Narrow conv2d (too few output channels to fill a vector register: an image's 3 colours, a
-mask, a single map) vectorized along output rows.
+mask, a single map; or too short a reduction to pay for writing a channel-vector tile back, as
+in the 3x3 convs of 3-channel images) vectorized along output rows.
 
 The register-tiled conv2d rule makes output channels the vector axis; with 1-5 channels most
 of every register would be padding, so such convs fell to TVM's generic loop nest (a 9x9 32 -> 3
 channel conv on 256x256, one AVX-512 core: 834 ms against ORT's 50). Here the output row is the
 vector axis, as in the depthwise rule: a tile is every output channel times a few vectors of
 `weight_block` (the lanes) columns of one output row (as many as the accumulators hold, dividing the row;
+with more than MAX_CHANNELS channels, CHANNEL_TILE of them at a time;
 the row padded to whole vectors at
 lowering, the epilogue writing only the real columns); each step broadcasts one weight per
 channel and multiplies one contiguous input row segment per vector. The input is first copied
@@ -25,13 +27,30 @@ CONV_BLOCK = "narrow_conv2d"
 # Output channels up to which a channel register tile is mostly padding (the conv2d rule takes
 # the rest: `tiled.channel_block`); each channel takes one accumulator per vector of the tile.
 MAX_CHANNELS = 7
+# Products per output (input channels x taps) up to which the conv2d rule spends more on writing
+# its channel-vector tile back to NCHW rows than on computing it: the 3x3 convs of 3-channel
+# images, LeNet's 5x5 conv of one channel. Here rows are written as whole vectors (one AVX-512
+# core, ms, conv2d rule / narrow: VGG-11's 3 -> 64 ch 224x224 3.49 / 2.34, SqueezeNet's 3x3
+# stride-2 stem 0.92 / 0.66; ResNet-18's 7x7 stem, 147 products, 1.88 / 2.33 stays with conv2d;
+# LeNet-5 28.7 / 25.9 us).
+SHORT_REDUCTION = 32
+THIN_INPUT = 4          # ... on inputs of at most this many channels (images, single maps)
+# Output channels per register tile where there are more than MAX_CHANNELS.
+CHANNEL_TILE = 4
 
 
-def applies(out_channels: int, groups: int, out_width: int, vector) -> bool:
-    """An ungrouped conv with at most MAX_CHANNELS output channels and output rows of at least
-    one vector, on a CPU with vector registers."""
-    return (vector is not None and groups == 1 and out_channels <= MAX_CHANNELS
-            and out_width >= vector.lanes)
+def applies(out_channels: int, groups: int, out_width: int, vector, in_channels: int | None,
+            taps: int, channel_block: int) -> bool:
+    """An ungrouped conv with output rows of at least one vector, on a CPU with vector
+    registers, that the conv2d rule computes badly: no channel block fits its few output
+    channels (`tiled.channel_block` gave 0), or its input is thin (at most THIN_INPUT
+    channels; None: unknown) and its reduction (input channels x `taps`) at most
+    SHORT_REDUCTION."""
+    if vector is None or groups != 1 or out_width < vector.lanes:
+        return False
+    return ((not channel_block and out_channels <= MAX_CHANNELS)
+            or (in_channels is not None and in_channels <= THIN_INPUT
+                and in_channels * taps <= SHORT_REDUCTION))
 
 
 def narrow_conv2d(x, weight, conv, block: int):
@@ -98,18 +117,22 @@ def schedule(sch, vec: VectorShape) -> bool:
     if extent(ow, sch) % lanes:
         return None   # rows are padded to whole vectors at lowering
     vectors = extent(ow, sch) // lanes
-    limit = max(1, vec.accumulators // extent(o, sch))
+    channels = extent(o, sch)
+    o_tile = channels if channels <= MAX_CHANNELS else \
+        max(d for d in range(1, CHANNEL_TILE + 1) if channels % d == 0)
+    limit = max(1, vec.accumulators // o_tile)
     per_tile = max(d for d in range(1, min(limit, vectors) + 1) if vectors % d == 0)
     ow_vectors, ow_lanes = sch.split(ow, [None, lanes])
     ow_outer, ow_vectors = sch.split(ow_vectors, [None, per_tile])
-    sch.reorder(n, oh, ow_outer, rc, kh, kw, o, ow_vectors, ow_lanes)
+    o_outer, o = sch.split(o, [None, o_tile])
+    sch.reorder(n, oh, ow_outer, o_outer, rc, kh, kw, o, ow_vectors, ow_lanes)
     rows = sch.fuse(n, oh)
     macs = 1
     for loop in sch.get_loops(conv):
         macs *= extent(loop, sch)
     if macs >= PARALLEL_MIN_MACS and extent(rows, sch) > 1:
         sch.parallel(rows)
-    sch.reverse_compute_at(writer, ow_outer)
+    sch.reverse_compute_at(writer, o_outer)
     sch.vectorize(ow_lanes)
     for loop in (o, ow_vectors):
         sch.unroll(loop)
