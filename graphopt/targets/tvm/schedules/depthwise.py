@@ -24,12 +24,14 @@ def applies(in_channels: int, out_channels: int, groups: int, vector) -> bool:
     return vector is not None and groups > 1 and in_channels == out_channels == groups
 
 
-def depthwise_conv2d(x, weight, conv, block: int):
-    """TE: the depthwise conv of NCHW `x` with `weight` [C, KH, KW], computed on rows padded to
-    whole blocks of `block` columns and sliced back to the real width."""
+def column_phases(x, conv, kernel, block: int, name: str):
+    """TE: NCHW `x` zero-padded as `conv` pads it and split into `stride` column phases, [N, C,
+    rows, stride, columns / stride] (phase p of row i, column j: padded column j * stride + p),
+    with the columns that output rows padded to whole blocks of `block` read; and (out_h,
+    out_w, padded_w). A strided tap then reads contiguous columns of one phase."""
     from tvm import te, tirx
     n, channels, height, width = (int(d) for d in x.shape)
-    _, k_h, k_w = (int(d) for d in weight.shape)
+    k_h, k_w = kernel
     (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
     top, left, bottom, right = conv.padding
     out_h = (height + top + bottom - d_h * (k_h - 1) - 1) // s_h + 1
@@ -46,7 +48,18 @@ def depthwise_conv2d(x, weight, conv, block: int):
         return tirx.Select(inside, x[b, c, tirx.min(tirx.max(row, 0), height - 1),
                                      tirx.min(tirx.max(column, 0), width - 1)], zero)
 
-    phases = te.compute((n, channels, rows, s_w, columns), phase, name=PHASES_BLOCK)
+    phases = te.compute((n, channels, rows, s_w, columns), phase, name=name)
+    return phases, (out_h, out_w, padded_w)
+
+
+def depthwise_conv2d(x, weight, conv, block: int):
+    """TE: the depthwise conv of NCHW `x` with `weight` [C, KH, KW], computed on rows padded to
+    whole blocks of `block` columns and sliced back to the real width."""
+    from tvm import te
+    n, channels = (int(d) for d in x.shape[:2])
+    _, k_h, k_w = (int(d) for d in weight.shape)
+    (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
+    phases, (out_h, out_w, padded_w) = column_phases(x, conv, (k_h, k_w), block, PHASES_BLOCK)
     ry, rx = te.reduce_axis((0, k_h), "ry"), te.reduce_axis((0, k_w), "rx")
     tile = te.compute(
         (n, channels, out_h, padded_w),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from .common import (PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, inline_elementwise,
                      iter_kinds)
+from .depthwise import column_phases
 from .tiled import accumulator_writer
 
 NAME = "narrow"
@@ -56,26 +57,11 @@ def applies(out_channels: int, groups: int, out_width: int, vector, in_channels:
 def narrow_conv2d(x, weight, conv, block: int):
     """TE: the conv of NCHW `x` with the OIHW `weight`, computed on rows padded to whole blocks
     of `block` columns and sliced back to the real width."""
-    from tvm import te, tirx
-    n, channels, height, width = (int(d) for d in x.shape)
+    from tvm import te
+    n, channels = (int(d) for d in x.shape[:2])
     out_channels, _, k_h, k_w = (int(d) for d in weight.shape)
     (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
-    top, left, bottom, right = conv.padding
-    out_h = (height + top + bottom - d_h * (k_h - 1) - 1) // s_h + 1
-    out_w = (width + left + right - d_w * (k_w - 1) - 1) // s_w + 1
-    padded_w = -(-out_w // block) * block
-    rows = (out_h - 1) * s_h + d_h * (k_h - 1) + 1
-    columns = padded_w + d_w * (k_w - 1) // s_w       # per phase
-    zero = tirx.const(0, x.dtype)
-
-    def phase(b, c, i, p, j):
-        # a Select of a clamped (always valid) load, so that the copy vectorizes
-        row, column = i - top, j * s_w + p - left
-        inside = tirx.all(row >= 0, row < height, column >= 0, column < width)
-        return tirx.Select(inside, x[b, c, tirx.min(tirx.max(row, 0), height - 1),
-                                     tirx.min(tirx.max(column, 0), width - 1)], zero)
-
-    phases = te.compute((n, channels, rows, s_w, columns), phase, name=PHASES_BLOCK)
+    phases, (out_h, out_w, padded_w) = column_phases(x, conv, (k_h, k_w), block, PHASES_BLOCK)
     rc = te.reduce_axis((0, channels), "rc")
     ry, rx = te.reduce_axis((0, k_h), "ry"), te.reduce_axis((0, k_w), "rx")
     tile = te.compute(
