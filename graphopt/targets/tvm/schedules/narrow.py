@@ -5,12 +5,11 @@ in the 3x3 convs of 3-channel images) vectorized along output rows.
 The register-tiled conv2d rule makes output channels the vector axis; with 1-5 channels most
 of every register would be padding, so such convs fell to TVM's generic loop nest (a 9x9 32 -> 3
 channel conv on 256x256, one AVX-512 core: 834 ms against ORT's 50). Here the output row is the
-vector axis, as in the depthwise rule: a tile is every output channel times a few vectors of
-`weight_block` (the lanes) columns of one output row (as many as the accumulators hold, dividing the row;
-with more than MAX_CHANNELS channels, CHANNEL_TILE of them at a time;
-the row padded to whole vectors at
-lowering, the epilogue writing only the real columns); each step broadcasts one weight per
-channel and multiplies one contiguous input row segment per vector. The input is first copied
+vector axis, as in the depthwise rule: a tile is every output channel (CHANNEL_TILE of them
+where there are more than MAX_CHANNELS) times as many vectors of `weight_block` (the lanes)
+columns of one output row as the accumulators hold and divide the row (the row padded to whole
+vectors at lowering, the epilogue writing only the real columns); each step broadcasts one
+weight per channel and multiplies one contiguous input row segment per vector. The input is first copied
 into a zero-padded buffer split into `stride` column phases ([N, C, rows, stride, columns /
 stride]), so that strided taps also read contiguous columns. Lowered by `narrow_conv2d`
 (algorithm "narrow", chosen by `select_conv_algorithm`), scheduled by `schedule`."""
@@ -35,7 +34,8 @@ MAX_CHANNELS = 7
 # stride-2 stem 0.92 / 0.66; ResNet-18's 7x7 stem, 147 products, 1.88 / 2.33 stays with conv2d;
 # LeNet-5 28.7 / 25.9 us).
 SHORT_REDUCTION = 32
-THIN_INPUT = 4          # ... on inputs of at most this many channels (images, single maps)
+# ... on inputs of at most this many channels (images, single maps).
+THIN_INPUT = 4
 # Output channels per register tile where there are more than MAX_CHANNELS.
 CHANNEL_TILE = 4
 
