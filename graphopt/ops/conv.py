@@ -311,8 +311,8 @@ class ConvTranspose2d(Op):
         if self.as_conv is None:
             return ""
         if self.subpixel:
-            return (f"{self.as_conv.target_choice()} sub-pixel convolution (every output phase "
-                    f"as channels) then a pixel shuffle")
+            return (f"sub-pixel convolution ({self.as_conv.target_choice()}; every output "
+                    f"phase as channels), then a pixel shuffle")
         return f"{self.as_conv.target_choice()} convolution over the stride-inserted input"
 
     def lower_tvm(self, bb, x, w, b=None):
