@@ -149,10 +149,9 @@ def select_conv_algorithm(context):
         op, (x, w, *rest) = node.op, node.inputs
         conv = op.as_convolution(w.shape[2:])
         subpixel = op.as_subpixel(w.shape[2:], x.shape[2:])
-        if (conv is None and subpixel is None) or not (context.constant_weights
-                                                       and w.is_constant) \
-                or context.vector is None or x.dtype != "float32" \
-                or not all(v.is_constant for v in rest):
+        computable = (conv is not None or subpixel is not None) and context.vector is not None
+        constant = context.constant_weights and all(v.is_constant for v in (w, *rest))
+        if not (computable and constant and x.dtype == "float32"):
             return None if op.as_conv is None else dataclasses.replace(op, as_conv=None,
                                                                        subpixel=False)
         out_channels, out_w = node.outputs[0].shape[1], node.outputs[0].shape[3]
