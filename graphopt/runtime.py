@@ -313,6 +313,9 @@ def configure_threads(count: int) -> None:
 
 # ---- tensors on a device, through the runtime's own functions (no `tvm` package) --------------
 
+CPU_DLPACK = 1   # DLPack's kDLCPU
+
+
 def copy_to_device(array: np.ndarray, device):
     """A new tensor on `device` (a tvm_ffi.Device) holding a copy of `array`."""
     import tvm_ffi
@@ -325,6 +328,23 @@ def copy_to_device(array: np.ndarray, device):
         source = source.view(np.uint16)
     tvm_ffi.get_global_func("runtime.TVMTensorCopyFromTo")(tvm_ffi.from_dlpack(source), tensor)
     return tensor
+
+
+def run_input(array: np.ndarray, device):
+    """A run's input on `device`: on the CPU the array itself where it is aligned as the kernels
+    assume (no copy; an aligned copy otherwise), elsewhere (and for bfloat16, which numpy's
+    DLPack lacks) a copy."""
+    import tvm_ffi
+    if device.dlpack_device_type() == CPU_DLPACK and array.size and array.dtype.kind != "V":
+        return tvm_ffi.from_dlpack(aligned(array))
+    return copy_to_device(array, device)
+
+
+def run_output(tensor) -> np.ndarray:
+    """A run's output as a new numpy array."""
+    if tensor.device.dlpack_device_type() == CPU_DLPACK and str(tensor.dtype) != "bfloat16":
+        return np.from_dlpack(tensor).copy()
+    return copy_to_host(tensor)
 
 
 def copy_to_host(tensor) -> np.ndarray:
@@ -400,16 +420,10 @@ class LoadedModel:
         return arrays
 
     def _to_device(self, array: np.ndarray):
-        import tvm_ffi
-        if self.device_kind == "cpu" and array.size and str(array.dtype) != "bfloat16":
-            # zero-copy where the array is aligned as the kernels assume; else an aligned copy
-            return tvm_ffi.from_dlpack(aligned(array))
-        return copy_to_device(array, self.device)
+        return run_input(array, self.device)
 
     def _to_numpy(self, tensor) -> np.ndarray:
-        if self.device_kind == "cpu" and str(tensor.dtype) != "bfloat16":
-            return np.from_dlpack(tensor).copy()
-        return copy_to_host(tensor)
+        return run_output(tensor)
 
     def bind_weights(self, weights: Mapping[str, np.ndarray], check_content: bool = True) -> None:
         """Give a library exported with weights as parameters its weights (by name), copied to

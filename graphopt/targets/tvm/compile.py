@@ -2,7 +2,6 @@
 numpy inputs and returns outputs keyed like the interpreter's."""
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ import numpy as np
 
 from ...errors import GraphoptError, LoweringError, ModelFormatError
 from ...ir import Graph
-from ...runtime import aligned, check_cpu_features, configure_threads
+from ...runtime import check_cpu_features, configure_threads, run_input, run_output
 from ...signature import Signature
 from ...verify import verify
 from .lower import to_relax
@@ -65,13 +64,6 @@ def optimize_for_target(graph: Graph, target: str = "cpu",
     if options.target_passes:
         passes += target_passes(device_kind, context)
     return optimize(graph, passes, fixed_point=options.passes is None), tvm_target
-
-
-@functools.cache
-def _tvm_ffi():
-    """tvm_ffi, imported on the first run (importing graphopt does not load TVM)."""
-    import tvm_ffi
-    return tvm_ffi
 
 
 class CompiledModel:
@@ -140,7 +132,7 @@ class CompiledModel:
         feeds = self.signature.check(inputs)
         if self.device_kind == "cpu":
             configure_threads(self.threads)
-        args = [self._to_device(array) for array in feeds.values()]
+        args = [run_input(array, self.device) for array in feeds.values()]
         if self.weights is not None:
             with self._weights_lock:
                 if self._weight_tensors is None:
@@ -150,7 +142,7 @@ class CompiledModel:
             args += self._weight_tensors
         result = self._main()(*args)
         arrays = [result] if len(self.signature.outputs) == 1 else list(result)
-        return {name: self._to_numpy(a) for name, a in zip(self.signature.output_names, arrays)}
+        return {name: run_output(a) for name, a in zip(self.signature.output_names, arrays)}
 
     def _main(self):
         """The calling thread's VM entry point, looked up once per thread."""
@@ -158,20 +150,6 @@ class CompiledModel:
         if main is None:
             main = self._per_thread.main = self.vm["main"]
         return main
-
-    def _to_device(self, array: np.ndarray):
-        """A CPU input is passed without a copy where it is aligned as the kernels assume (an
-        aligned copy otherwise), as `graphopt.runtime` does: a fresh tensor per call cost 50-60
-        us, most of LeNet-5's run."""
-        if self.device_kind == "cpu" and array.size and array.dtype.kind != "V":  # V: bfloat16
-            return _tvm_ffi().from_dlpack(aligned(array))
-        import tvm
-        return tvm.runtime.tensor(array, self.device)
-
-    def _to_numpy(self, tensor) -> np.ndarray:
-        if self.device_kind == "cpu" and str(tensor.dtype) != "bfloat16":
-            return np.from_dlpack(tensor).copy()
-        return tensor.numpy()
 
     __call__ = run
 

@@ -52,6 +52,16 @@ def column_phases(x, conv, kernel, block: int, name: str):
     return phases, (out_h, out_w, padded_w)
 
 
+def real_columns(tile, out_w: int):
+    """TE: `tile` (NCHW rows computed to whole vectors) sliced back to `out_w` columns, or
+    `tile` itself where the rows were whole already."""
+    from tvm import te
+    if int(tile.shape[3]) == out_w:
+        return tile
+    return te.compute((*tile.shape[:3], out_w), lambda b, c, i, j: tile[b, c, i, j],
+                      name="real_columns")
+
+
 def depthwise_conv2d(x, weight, conv, block: int):
     """TE: the depthwise conv of NCHW `x` with `weight` [C, KH, KW], computed on rows padded to
     whole blocks of `block` columns and sliced back to the real width."""
@@ -67,10 +77,7 @@ def depthwise_conv2d(x, weight, conv, block: int):
                                          j + (rx * d_w) // s_w] * weight[c, ry, rx],
                                   axis=[ry, rx]),
         name=CONV_BLOCK)
-    if padded_w == out_w:
-        return tile
-    return te.compute((n, channels, out_h, out_w), lambda b, c, i, j: tile[b, c, i, j],
-                      name="real_columns")
+    return real_columns(tile, out_w)
 
 
 def find_conv(sch):

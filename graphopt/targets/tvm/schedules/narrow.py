@@ -15,9 +15,9 @@ stride]), so that strided taps also read contiguous columns. Lowered by `narrow_
 (algorithm "narrow", chosen by `select_conv_algorithm`), scheduled by `schedule`."""
 from __future__ import annotations
 
-from .common import (PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, inline_elementwise,
-                     iter_kinds)
-from .depthwise import column_phases
+from .common import (PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_MACS, VectorShape, blocks_of, extent,
+                     inline_elementwise, iter_kinds)
+from .depthwise import column_phases, real_columns
 from .tiled import accumulator_writer
 
 NAME = "narrow"
@@ -70,10 +70,7 @@ def narrow_conv2d(x, weight, conv, block: int):
                                          j + (rx * d_w) // s_w] * weight[o, rc, ry, rx],
                                   axis=[rc, ry, rx]),
         name=CONV_BLOCK)
-    if padded_w == out_w:
-        return tile
-    return te.compute((n, out_channels, out_h, out_w), lambda b, o, i, j: tile[b, o, i, j],
-                      name="real_columns")
+    return real_columns(tile, out_w)
 
 
 def find_conv(sch):
@@ -130,7 +127,7 @@ def schedule(sch, vec: VectorShape) -> bool:
     # the phase copy: parallel over (image, channel, row), each phase's row vectorized
     *outer, row = sch.get_loops(phases)
     fused = sch.fuse(*outer[:3])
-    if extent(fused, sch) * extent(row, sch) >= 1 << 16:
+    if extent(fused, sch) * extent(row, sch) >= PARALLEL_MIN_ELEMENTS:
         sch.parallel(fused)
     if extent(row, sch) % lanes == 0:
         sch.vectorize(sch.split(row, [None, lanes])[1])
