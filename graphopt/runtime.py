@@ -324,6 +324,8 @@ def copy_to_device(array: np.ndarray, device):
     if array.size == 0:   # nothing to copy (numpy exports empty arrays with zero strides)
         return tensor
     source = np.ascontiguousarray(array)
+    if not source.flags.writeable:    # numpy's DLPack export refuses read-only arrays
+        source = source.copy()
     if str(array.dtype) == "bfloat16":   # numpy's DLPack has no bfloat16: its bits, as uint16
         source = source.view(np.uint16)
     tvm_ffi.get_global_func("runtime.TVMTensorCopyFromTo")(tvm_ffi.from_dlpack(source), tensor)

@@ -314,3 +314,20 @@ def test_a_model_compiled_for_another_cpu_is_refused_before_it_runs(monkeypatch)
     with pytest.raises(go.ModelFormatError, match="compiled for haswell: built for a CPU with "
                                                   "avx2, fma, which this CPU lacks"):
         model.run(probe_inputs(graph))
+
+
+def test_read_only_bfloat16_inputs_run(tmp_path):
+    """A read-only bfloat16 input (numpy's DLPack exports neither bfloat16 nor read-only
+    arrays) is copied to the device and runs, compiled and loaded alike."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    with go.dsl.Builder("bf16_relu", seed=0) as b:
+        graph = b.output(go.dsl.relu(b.input("x", (2, 17), dtype="bfloat16")))
+    x = np.linspace(-2, 2, 34, dtype=np.float32).reshape(2, 17).astype(ml_dtypes.bfloat16)
+    x.flags.writeable = False
+    compiled = go.compile(graph, "cpu")
+    path = str(tmp_path / "bf16_relu.so")
+    compiled.export(path)
+    expected = np.maximum(x.astype(np.float32), 0)
+    for model in (compiled, go.load(path)):
+        (found,) = model.run({"x": x}).values()
+        np.testing.assert_array_equal(found.astype(np.float32), expected)
