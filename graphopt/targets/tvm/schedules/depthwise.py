@@ -5,61 +5,31 @@ output row is the vector axis: the tile is a few output rows of one channel, eac
 vectors of `weight_block` columns (the row padded to whole vectors at lowering, the epilogue
 writing only the real columns); every step broadcasts one weight tap and multiplies a
 contiguous input row segment. The input is copied per channel into a zero-padded buffer split
-into `stride` column phases ([rows, stride, columns / stride]), so that a stride-2 tap also
-reads contiguous columns. Lowered by `depthwise_conv2d` (algorithm "depthwise",
+into `stride` column phases (`phases.column_phases`), so that a stride-2 tap also reads
+contiguous columns. Lowered by `depthwise_conv2d` (algorithm "depthwise",
 `select_conv_algorithm`), scheduled by `schedule`."""
 from __future__ import annotations
 
 from .common import VectorShape, blocks_of, extent, inline_elementwise, iter_kinds
+from .phases import column_phases, phase_block, real_columns, schedule_copy
 from .tiled import accumulator_writer, balanced_tile
 
 NAME = "depthwise"
 ALGORITHM = "depthwise"
 PHASES_BLOCK = "depthwise_phases"
 CONV_BLOCK = "depthwise_conv2d"
+# Accumulators per tile: as many output rows as make about this many vectors (two FMA ports of
+# four cycles' latency keep eight in flight). More rows share input vectors between their taps
+# (row i + 1's tap 0 is row i's tap 1), which LLVM keeps in registers and spills. One AVX-512
+# core, us, tiles of all 28 accumulators / of 8: 3x3 32 ch 112x112 277 / 223, 144 ch 56x56
+# 323 / 205-229, 576 ch 14x14 86 / 68-100; 5x5 672 ch 7x7 91 (one row) / 58, 240 ch 28x28
+# 175 (one row) / 135.
+TILE_ACCUMULATORS = 8
 
 
 def applies(in_channels: int, out_channels: int, groups: int, vector) -> bool:
     """A depthwise conv with a channel multiplier of 1, on a CPU with vector registers."""
     return vector is not None and groups > 1 and in_channels == out_channels == groups
-
-
-def column_phases(x, conv, kernel, block: int, name: str):
-    """TE: NCHW `x` zero-padded as `conv` pads it and split into `stride` column phases, [N, C,
-    rows, stride, columns / stride] (phase p of row i, column j: padded column j * stride + p),
-    with the columns that output rows padded to whole blocks of `block` read; and (out_h,
-    out_w, padded_w). A strided tap then reads contiguous columns of one phase."""
-    from tvm import te, tirx
-    n, channels, height, width = (int(d) for d in x.shape)
-    k_h, k_w = kernel
-    (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
-    top, left, bottom, right = conv.padding
-    out_h = (height + top + bottom - d_h * (k_h - 1) - 1) // s_h + 1
-    out_w = (width + left + right - d_w * (k_w - 1) - 1) // s_w + 1
-    padded_w = -(-out_w // block) * block
-    rows = (out_h - 1) * s_h + d_h * (k_h - 1) + 1
-    columns = padded_w + d_w * (k_w - 1) // s_w       # per phase
-    zero = tirx.const(0, x.dtype)
-
-    def phase(b, c, i, p, j):
-        # a Select of a clamped (always valid) load, so that the copy vectorizes
-        row, column = i - top, j * s_w + p - left
-        inside = tirx.all(row >= 0, row < height, column >= 0, column < width)
-        return tirx.Select(inside, x[b, c, tirx.min(tirx.max(row, 0), height - 1),
-                                     tirx.min(tirx.max(column, 0), width - 1)], zero)
-
-    phases = te.compute((n, channels, rows, s_w, columns), phase, name=name)
-    return phases, (out_h, out_w, padded_w)
-
-
-def real_columns(tile, out_w: int):
-    """TE: `tile` (NCHW rows computed to whole vectors) sliced back to `out_w` columns, or
-    `tile` itself where the rows were whole already."""
-    from tvm import te
-    if int(tile.shape[3]) == out_w:
-        return tile
-    return te.compute((*tile.shape[:3], out_w), lambda b, c, i, j: tile[b, c, i, j],
-                      name="real_columns")
 
 
 def depthwise_conv2d(x, weight, conv, block: int):
@@ -88,16 +58,15 @@ def find_conv(sch):
 
 def schedule(sch, vec: VectorShape) -> bool:
     """Parallel over (image, channel); per channel the phase buffer, then tiles of output rows
-    (as many as the accumulator registers hold), each row whole vectors, taps unrolled; the
-    epilogue writes each tile from registers. None for functions this rule does not lower."""
+    (about TILE_ACCUMULATORS vectors; whole rows), taps unrolled; the epilogue writes each tile
+    from registers. None for functions this rule does not lower."""
     conv = find_conv(sch)
     if conv is None:
         return None
-    phases = [b for b in blocks_of(sch) if sch.get(b).name_hint == PHASES_BLOCK]
-    if len(phases) != 1:
+    copy = phase_block(sch, blocks_of(sch), PHASES_BLOCK)
+    if copy is None:
         return None
-    phases = phases[0]
-    inline_elementwise(sch, keep=[conv, phases])
+    inline_elementwise(sch, keep=[conv, copy])
     writer = accumulator_writer(sch, conv)
     if writer is None:
         return None
@@ -106,7 +75,7 @@ def schedule(sch, vec: VectorShape) -> bool:
     if extent(ow, sch) % lanes:
         return None   # rows are padded to whole vectors at lowering
     vectors = extent(ow, sch) // lanes
-    rows = balanced_tile(extent(oh, sch), max(1, vec.accumulators // vectors))
+    rows = balanced_tile(extent(oh, sch), max(1, TILE_ACCUMULATORS // vectors))
     oh_outer, oh_inner = sch.split(oh, [None, rows])
     ow_vectors, ow_lanes = sch.split(ow, [None, lanes])
     if vectors > vec.accumulators:   # very wide rows: tiles of whole vectors along the row
@@ -119,8 +88,7 @@ def schedule(sch, vec: VectorShape) -> bool:
     planes = sch.fuse(n, c)
     if extent(planes, sch) > 1:
         sch.parallel(planes)
-    sch.compute_at(phases, planes)
-    sch.vectorize(sch.get_loops(phases)[-1])
+    schedule_copy(sch, copy, at=planes)
     sch.reverse_compute_at(writer, tile)
     sch.vectorize(ow_lanes)
     for loop in (kh, kw, oh_inner, ow_vectors):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from .common import (PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_MACS, VectorShape, blocks_of, extent,
                      inline_elementwise, iter_kinds)
-from .depthwise import column_phases, real_columns
+from .phases import column_phases, phase_block, real_columns, schedule_copy
 from .tiled import accumulator_writer
 
 NAME = "narrow"
@@ -80,18 +80,17 @@ def find_conv(sch):
 
 
 def schedule(sch, vec: VectorShape) -> bool:
-    """The phase buffer first (parallel over channels and rows), then parallel over (image,
+    """The phase buffer first (parallel over images and channels), then parallel over (image,
     output row): tiles of every output channel times a few vectors of the row, the reduction
     (input channels, then taps, unrolled) outside the tile; the epilogue writes each tile from
     registers. None for functions this rule does not lower."""
     conv = find_conv(sch)
     if conv is None:
         return None
-    phases = [b for b in blocks_of(sch) if sch.get(b).name_hint == PHASES_BLOCK]
-    if len(phases) != 1:
+    copy = phase_block(sch, blocks_of(sch), PHASES_BLOCK)
+    if copy is None:
         return None
-    phases = phases[0]
-    inline_elementwise(sch, keep=[conv, phases])
+    inline_elementwise(sch, keep=[conv, copy])
     writer = accumulator_writer(sch, conv)
     if writer is None:
         return None
@@ -124,11 +123,9 @@ def schedule(sch, vec: VectorShape) -> bool:
     inner = sch.get_loops(writer)[-1]
     if extent(inner, sch) > 1:
         sch.vectorize(inner)
-    # the phase copy: parallel over (image, channel, row), each phase's row vectorized
-    *outer, row = sch.get_loops(phases)
-    fused = sch.fuse(*outer[:3])
-    if extent(fused, sch) * extent(row, sch) >= PARALLEL_MIN_ELEMENTS:
-        sch.parallel(fused)
-    if extent(row, sch) % lanes == 0:
-        sch.vectorize(sch.split(row, [None, lanes])[1])
+    # the copy: parallel over (image, channel) where it is large
+    elements = 1
+    for loop in sch.get_loops(copy):
+        elements *= extent(loop, sch)
+    schedule_copy(sch, copy, parallel=elements >= PARALLEL_MIN_ELEMENTS)
     return True

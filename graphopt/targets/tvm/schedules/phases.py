@@ -1,0 +1,114 @@
+"""The zero-padded, column-phase copy of a conv's input that the row-vectorized conv rules
+(depthwise, narrow) read, and its schedule.
+
+Those rules make output columns the vector axis, so each tap reads a contiguous input row
+segment. The input is first copied, per plane, into a zero-padded buffer split into `stride`
+column phases, [N, C, rows, stride, columns / stride] (phase p of row i, column j: padded
+column j * stride + p), so that a strided tap also reads contiguous columns. The copy's rows,
+phases and columns are partitioned into the zero borders and the real input, so that each part
+is a loop without a condition that reads only inside the input. (It must not be a Select of a
+clamped load: TVM drops the clamp inside the Select's true branch, and the vectorized copy then
+reads outside the input, a crash where the input ends at a page boundary.)"""
+from __future__ import annotations
+
+from .common import extent
+
+# The copy block's annotation: [top, height, left, width, stride], the real input's rows and
+# columns in the padded buffer and the column stride of the phases.
+PADDING_ATTR = "graphopt.padding"
+
+
+def column_phases(x, conv, kernel, block: int, name: str):
+    """TE: NCHW `x` zero-padded as `conv` pads it and split into `stride` column phases, [N, C,
+    rows, stride, columns / stride], with the columns that output rows padded to whole blocks
+    of `block` read; and (out_h, out_w, padded_w)."""
+    from tvm import te, tirx
+    n, channels, height, width = (int(d) for d in x.shape)
+    k_h, k_w = kernel
+    (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
+    top, left, bottom, right = conv.padding
+    out_h = (height + top + bottom - d_h * (k_h - 1) - 1) // s_h + 1
+    out_w = (width + left + right - d_w * (k_w - 1) - 1) // s_w + 1
+    padded_w = -(-out_w // block) * block
+    rows = (out_h - 1) * s_h + d_h * (k_h - 1) + 1
+    columns = padded_w + d_w * (k_w - 1) // s_w       # per phase
+    zero = tirx.const(0, x.dtype)
+
+    def phase(b, c, i, p, j):
+        column = j * s_w + p
+        inside = tirx.all(i >= top, i < top + height, column >= left, column < left + width)
+        return tirx.if_then_else(inside, x[b, c, i - top, column - left], zero)
+
+    phases = te.compute((n, channels, rows, s_w, columns), phase, name=name,
+                        attrs={PADDING_ATTR: [top, height, left, width, s_w]})
+    return phases, (out_h, out_w, padded_w)
+
+
+def real_columns(tile, out_w: int):
+    """TE: `tile` (NCHW rows computed to whole vectors) sliced back to `out_w` columns, or
+    `tile` itself where the rows were whole already."""
+    from tvm import te
+    if int(tile.shape[3]) == out_w:
+        return tile
+    return te.compute((*tile.shape[:3], out_w), lambda b, c, i, j: tile[b, c, i, j],
+                      name="real_columns")
+
+
+def schedule_copy(sch, copy, at=None, parallel: bool = False) -> None:
+    """Schedule the copy block: computed at loop `at` (None: at the root; `parallel`: over
+    images and channels there); its rows partitioned into (top zeros, real rows, bottom zeros),
+    the real rows into one loop per phase and each phase's columns into (left zeros, real
+    columns, right zeros). Zeros and stride-1 columns are vector loops; strided real columns
+    are left to LLVM's loop vectorizer (TVM would load their vectors element by element)."""
+    if at is not None:
+        sch.compute_at(copy, at)
+    elif parallel:
+        planes = sch.fuse(*sch.get_loops(copy)[:2])
+        if extent(planes, sch) > 1:
+            sch.parallel(planes)
+    top, height, left, width, stride = (int(v) for v in sch.get(copy).annotations[PADDING_ATTR])
+    rows, columns = (int(d) for d in sch.get(copy).writes[0].source.shape[2::2])
+    row_loop = _loop_of(sch, copy, 2)   # None where the one row's loop was dropped
+    if row_loop is None:
+        row_parts, real_rows = [None], (0 if top == 0 and height > 0 else None)
+    else:
+        row_parts, real_rows = _segments(sch, row_loop, top, height, rows)
+    for k, part in enumerate(row_parts):
+        block = copy if part is None else sch.get_child_blocks(part)[0]
+        if k != real_rows:
+            sch.vectorize(_loop_of(sch, block, 4))
+            continue
+        phase_parts = [None] if stride == 1 else \
+            sch.loop_partition(_loop_of(sch, block, 3), [1] * (stride - 1) + [None])
+        for p, phase_part in enumerate(phase_parts):
+            phase_block = block if phase_part is None else sch.get_child_blocks(phase_part)[0]
+            first = -(-(left - p) // stride) if left > p else 0
+            last = -(-(left + width - p) // stride)
+            parts, real = _segments(sch, _loop_of(sch, phase_block, 4), first, last - first,
+                                    columns)
+            for c, column_part in enumerate(parts):
+                if stride == 1 or c != real:
+                    sch.vectorize(column_part)
+
+
+def phase_block(sch, blocks, name: str):
+    """The copy block named `name` among `blocks`, or None."""
+    found = [b for b in blocks if sch.get(b).name_hint == name]
+    return found[0] if len(found) == 1 else None
+
+
+def _loop_of(sch, block, axis: int):
+    """The loop that `block`'s spatial axis `axis` is bound to, or None."""
+    loops = sch.get_loops(block)
+    value = sch.get(loops[-1]).body.iter_values[axis]
+    return next((loop for loop in loops if sch.get(loop).loop_var.same_as(value)), None)
+
+
+def _segments(sch, loop, start: int, size: int, total: int):
+    """`loop` (extent `total`) partitioned into [0, start), [start, start + size), the rest,
+    leaving out empty parts: (the part loops, the index of the middle part or None)."""
+    size = max(0, min(size, total - start))
+    sizes = [start, size, total - start - size]
+    kept = [s for s in sizes if s > 0]
+    parts = [loop] if len(kept) == 1 else sch.loop_partition(loop, kept[:-1] + [None])
+    return parts, (int(start > 0) if size else None)
