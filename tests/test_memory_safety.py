@@ -76,3 +76,23 @@ def test_kernels_read_only_inside_the_input(case, shape, layer):
         got = m.run({"x": x})
         for name in expected:
             np.testing.assert_array_equal(got[name], expected[name], err_msg=f"{case}, {side}")
+
+
+def test_max_unpool_reads_only_inside_its_values():
+    """The window-indexed unpool (indices from a pool in the graph) with its values a graph
+    input of their own."""
+    shape = (1, 4, 16, 16)
+    with dsl.Builder("unpool", seed=0) as b:
+        _, indices = dsl.max_pool2d(b.input("a", (1, 4, 32, 32)), 2, 2, return_indices=True)
+        g = b.output(dsl.max_unpool2d(b.input("x", shape), indices, 2, 2))
+    m = go.compile(g, "cpu", threads=1)
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.standard_normal((1, 4, 32, 32)).astype("float32"),
+             "x": rng.standard_normal(shape).astype("float32")}
+    expected = m.run(feeds)
+    for side in ("start", "end"):
+        x = guarded(shape, side)
+        x[...] = feeds["x"]
+        got = m.run({**feeds, "x": x})
+        for name in expected:
+            np.testing.assert_array_equal(got[name], expected[name], err_msg=side)

@@ -396,7 +396,9 @@ class MaxUnpool2d(Op):
                     row = tirx.max(tirx.min(wi, ph - 1), 0)
                     col = tirx.max(tirx.min(wj, pw - 1), 0)
                     hit = tirx.all(inside_i, inside_j, indices[b, ch, row, col] == flat)
-                    value = tirx.Select(hit, x[b, ch, row, col], value)
+                    # if_then_else, not Select: the simplifier drops the clamps of a load in a
+                    # Select's true branch, and a Select loads on both sides
+                    value = tirx.if_then_else(hit, x[b, ch, row, col], value)
             return value
 
         return te.compute((n, c, out_h, out_w), element, name="max_unpool2d")
