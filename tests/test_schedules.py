@@ -42,6 +42,9 @@ CASES = {
     "conv1x1_projection": ((1, 48, 8, 8), lambda x: dsl.relu(dsl.conv2d(x, 16, 1)), "conv2d"),
     "conv1x1_projection_residual": ((1, 48, 4, 12), lambda x: (lambda y: dsl.relu(
         dsl.conv2d(dsl.relu(dsl.conv2d(x, 32, 1)), 24, 1) + y))(dsl.conv2d(x, 24, 1)), "conv2d"),
+    # ... and expansions, with the channel blocks outside the pixel tiles
+    "conv1x1_expansion": ((1, 8, 8, 6), lambda x: dsl.clip(dsl.conv2d(x, 36, 1), 0, 6),
+                          "conv2d"),
     "conv1x1": ((1, 16, 7, 7), lambda x: dsl.conv2d(x, 32, 1, bias=False), "conv2d"),
     "conv1x1_s2": ((1, 8, 15, 15), lambda x: dsl.conv2d(x, 16, 1, stride=2), "conv2d"),
     "conv7x7_stem": ((1, 3, 23, 23), lambda x: dsl.relu(dsl.conv2d(x, 16, 7, stride=2, padding=3)),
@@ -350,8 +353,9 @@ def test_register_transpose_network_transposes(lanes):
         lanes, lanes).T)
 
 
-@pytest.mark.parametrize("name", ["conv1x1_projection", "conv1x1_projection_residual"])
-def test_projections_take_the_pointwise_rule_on_avx512(name):
+@pytest.mark.parametrize("name", ["conv1x1_projection", "conv1x1_projection_residual",
+                                  "conv1x1_expansion"])
+def test_1x1_convs_take_the_pointwise_rule_on_avx512(name):
     optimized, target = optimize_for_target(_table_graph([name]), "cpu",
                                             CompileOptions(mcpu=AVX512_CPU))
     with target:

@@ -5,9 +5,9 @@
 - "winograd" (F(2x2, 3x3) or F(4x4, 3x3), the tile side recorded as `output_tile`; weights in
   blocks of two vector registers of output channels) for the 3x3 stride-1 convolutions where
   it measured faster (`schedules/winograd.output_tile`);
-- "pointwise" for float32 1x1 stride-1 unpadded ungrouped projections (fewer output than input
-  channels) with a constant weight on planes of whole 16-lane vectors: a GEMM over the flattened plane with the pixels as the lanes
-  (`schedules/pointwise.py`), the weight in blocks of `weight_block` output channels;
+- "pointwise" for float32 1x1 stride-1 unpadded ungrouped convolutions with a constant weight
+  on planes of whole 16-lane vectors: a GEMM over the flattened plane with the pixels as the
+  lanes (`schedules/pointwise.py`), the weight in blocks of `weight_block` output channels;
 - "depthwise" for float32 depthwise convolutions (one filter per channel: groups == input ==
   output channels) with a constant weight: rows of whole vectors of `weight_block` (the
   target's lanes) output columns (`schedules/depthwise.py`);
@@ -110,9 +110,8 @@ def select_conv_algorithm(context):
             return dataclasses.replace(plain, algorithm="winograd", output_tile=tile,
                                        weight_block=winograd.channel_block(context.vector))
         pointwise_tile = float32 and pointwise.applies(
-            w.shape[2:], conv.stride, conv.padding, conv.dilation, conv.groups,
-            w.shape[1], out_channels) and pointwise.tile(out_h * out_w, out_channels,
-                                                         context.vector)
+            w.shape[2:], conv.stride, conv.padding, conv.dilation, conv.groups) and \
+            pointwise.tile(out_h * out_w, out_channels, context.vector)
         if pointwise_tile:
             return dataclasses.replace(plain, algorithm=pointwise.ALGORITHM,
                                        weight_block=pointwise_tile[1])

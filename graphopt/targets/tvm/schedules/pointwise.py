@@ -6,17 +6,20 @@ output are contiguous along p, so a register tile of `vectors` pixel vectors x `
 channels reads its input as whole vector loads, broadcasts one weight scalar per channel and
 writes each channel's pixels as whole vectors: no input repacking and no transposing epilogue
 (the register-tiled conv2d rule, with channels as the lanes, does both). The weight is packed at
-lowering as [O / block, C, block] (`block` scalars of one input channel side by side); the
-plane's pixel tiles are the outer loop, so a tile's input (C x 16 `vectors` floats) is read from
-cache by every block of output channels.
+lowering as [O / block, C, block] (`block` scalars of one input channel side by side).
+Projections and same-width convs take the plane's pixel tiles as the outer loop, so a tile's
+input (C x 16 `vectors` floats) is read from cache by every block of output channels;
+expansions (more output than input channels: few products per output, much to write) take the
+channel blocks outside, so each block writes its channels' rows from start to end.
 
-Used for projections (fewer output than input channels) with 16 lanes where the plane is whole
-vectors. Measured inside the models, each 1x1 conv timed in two compiles of one model run
-interleaved (one AVX-512 core, ms, conv2d rule / pointwise): MobileNetV2 32 -> 16 ch 112x112
-0.37 / 0.17, 192 -> 32 ch 28x28 0.28 / 0.16, 144 -> 32 ch 0.105 / 0.080; ResNet-50 256 -> 64 ch
-56x56 1.07 / 0.93-1.01, 512 -> 128 ch 28x28 0.90 / 0.78, 512 -> 256 ch 1.61 / 1.47. Expansions
-lost (16 -> 96 ch 112x112 1.01 / 1.33, ResNet-50 64 -> 256 ch 56x56 1.14 / 1.38-1.54), and 8
-lanes are untimed: the conv2d rule keeps those."""
+Used for every such conv with 16 lanes where the plane is whole vectors. Measured inside the
+models, each 1x1 conv timed in two compiles of one model run interleaved (one AVX-512 core, ms,
+conv2d rule / pointwise): MobileNetV2 projections 32 -> 16 ch 112x112 0.37 / 0.17, 192 -> 32
+ch 28x28 0.28 / 0.16, 144 -> 32 ch 0.105 / 0.080; expansions 16 -> 96 ch 112x112 0.91 / 0.53
+(0.96 with the pixel tiles outside), 24 -> 144 ch 56x56 0.355 / 0.215, 32 -> 192 ch 28x28 0.130
+/ 0.105; ResNet-50 256 -> 64 ch 56x56 1.07 / 0.93-1.01, 64 -> 64 ch 1.04 / 0.85, 64 -> 256 ch
+1.19-1.21 / 1.01-1.03, 128 -> 512 ch 28x28 0.88 / 0.75, 512 -> 128 ch 0.90 / 0.78. 8 lanes are
+untimed: the conv2d rule keeps those."""
 from __future__ import annotations
 
 from .common import PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, inline_elementwise, \
@@ -42,14 +45,10 @@ def tile(pixels: int, out_channels: int, vec: VectorShape | None) -> tuple[int, 
     return max(choices, key=lambda c: (c[0] * c[1], rows % c[0] == 0, c[0]))
 
 
-def applies(kernel, stride, padding, dilation, groups: int, in_channels: int | None = None,
-            out_channels: int | None = None) -> bool:
-    """Whether a conv is a pointwise GEMM (1x1, stride 1, no padding, no groups) and, given its
-    channels, one this kernel computes faster than the conv2d rule: a projection to fewer
-    channels (see the module's measurements)."""
-    shape = (tuple(kernel) == (1, 1) and tuple(stride) == (1, 1)
-             and tuple(padding) == (0, 0, 0, 0) and groups == 1)
-    return shape and (in_channels is None or out_channels < in_channels)
+def applies(kernel, stride, padding, dilation, groups: int) -> bool:
+    """Whether a conv is a pointwise GEMM: 1x1, stride 1, no padding, no groups."""
+    return (tuple(kernel) == (1, 1) and tuple(stride) == (1, 1)
+            and tuple(padding) == (0, 0, 0, 0) and groups == 1)
 
 
 def pack_weight(weight, block: int):
@@ -70,9 +69,10 @@ def pointwise_conv2d(x, packed):
 
 
 def schedule(sch, vec: VectorShape) -> bool:
-    """The tile of `tile(...)`: pixel tiles outermost (parallel with the channel blocks),
-    the input channels, then the block's channels (unrolled) x the pixel vectors; the epilogue
-    writes each channel's pixels as whole vectors from the tile."""
+    """The tile of `tile(...)`: pixel tiles and channel blocks outermost (in parallel; channel
+    blocks first for expansions), the input channels, then the block's channels (unrolled) x
+    the pixel vectors; the epilogue writes each channel's pixels as whole vectors from the
+    tile."""
     found = [b for b in blocks_of(sch) if iter_kinds(sch.get(b)) == "SSSR"
              and sch.get(b).name_hint == "pointwise_conv2d"]
     if len(found) != 1:
@@ -96,8 +96,12 @@ def schedule(sch, vec: VectorShape) -> bool:
     o_outer, o_inner = sch.split(o, [None, channel_block])
     p_outer, p_inner = sch.split(p, [None, vectors * vec.lanes])
     p_vectors, p_lanes = sch.split(p_inner, [None, vec.lanes])
-    sch.reorder(b, p_outer, o_outer, c, o_inner, p_vectors, p_lanes)
-    fused = sch.fuse(b, p_outer, o_outer)
+    if out_channels > channels:   # an expansion: each channel block's rows written in turn
+        sch.reorder(b, o_outer, p_outer, c, o_inner, p_vectors, p_lanes)
+        fused = sch.fuse(b, o_outer, p_outer)
+    else:                          # the tile's input read from cache by every channel block
+        sch.reorder(b, p_outer, o_outer, c, o_inner, p_vectors, p_lanes)
+        fused = sch.fuse(b, p_outer, o_outer)
     if n * out_channels * pixels * channels >= PARALLEL_MIN_MACS:
         sch.parallel(fused)
     sch.reverse_compute_at(writer, fused)
