@@ -15,6 +15,8 @@ stride]), so that strided taps also read contiguous columns. Lowered by `narrow_
 (algorithm "narrow", chosen by `select_conv_algorithm`), scheduled by `schedule`."""
 from __future__ import annotations
 
+import math
+
 from .common import (PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_MACS, VectorShape, blocks_of, extent,
                      inline_elementwise, iter_kinds)
 from .phases import column_phases, phase_block, real_columns, schedule_copy
@@ -129,8 +131,6 @@ def schedule(sch, vec: VectorShape) -> bool:
     if extent(inner, sch) > 1:
         sch.vectorize(inner)
     # the copy: parallel over (image, channel) where it is large
-    elements = 1
-    for loop in sch.get_loops(copy):
-        elements *= extent(loop, sch)
+    elements = math.prod(extent(loop, sch) for loop in sch.get_loops(copy))
     schedule_copy(sch, copy, parallel=elements >= PARALLEL_MIN_ELEMENTS)
     return True

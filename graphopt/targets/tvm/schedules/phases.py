@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from .common import extent
 
-# The copy block's annotation: [top, height, left, width, stride], the real input's rows and
-# columns in the padded buffer and the column stride of the phases.
+# The copy block's annotation: [top, height, left, width], the real input's rows and columns
+# in the padded buffer.
 PADDING_ATTR = "graphopt.padding"
 
 
@@ -40,7 +40,7 @@ def column_phases(x, conv, kernel, block: int, name: str):
         return tirx.if_then_else(inside, x[b, c, i - top, column - left], zero)
 
     phases = te.compute((n, channels, rows, s_w, columns), phase, name=name,
-                        attrs={PADDING_ATTR: [top, height, left, width, s_w]})
+                        attrs={PADDING_ATTR: [top, height, left, width]})
     return phases, (out_h, out_w, padded_w)
 
 
@@ -66,8 +66,8 @@ def schedule_copy(sch, copy, at=None, parallel: bool = False) -> None:
         planes = sch.fuse(*sch.get_loops(copy)[:2])
         if extent(planes, sch) > 1:
             sch.parallel(planes)
-    top, height, left, width, stride = (int(v) for v in sch.get(copy).annotations[PADDING_ATTR])
-    rows, columns = (int(d) for d in sch.get(copy).writes[0].source.shape[2::2])
+    top, height, left, width = (int(v) for v in sch.get(copy).annotations[PADDING_ATTR])
+    _, _, rows, stride, columns = (int(d) for d in sch.get(copy).writes[0].source.shape)
     row_loop = _loop_of(sch, copy, 2)   # None where the one row's loop was dropped
     if row_loop is None:
         row_parts, real_rows = [None], (0 if top == 0 and height > 0 else None)
