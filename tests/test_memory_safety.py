@@ -64,10 +64,12 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("mcpu", [None, "haswell"], ids=["host", "avx2"])
 @pytest.mark.parametrize("case, shape, layer", CASES, ids=[c[0] for c in CASES])
-def test_kernels_read_only_inside_the_input(case, shape, layer):
+def test_kernels_read_only_inside_the_input(case, shape, layer, mcpu):
+    """On this host's vector width and on AVX2's (8 lanes: other tiles, other copies)."""
     g = first_layer(case, shape, layer)
-    m = go.compile(g, "cpu", threads=1)
+    m = go.compile(g, "cpu", threads=1, mcpu=mcpu)
     data = np.random.default_rng(0).standard_normal(shape).astype("float32")
     expected = m.run({"x": data})
     for side in ("start", "end"):
