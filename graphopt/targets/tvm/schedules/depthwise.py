@@ -10,9 +10,9 @@ contiguous columns. Lowered by `depthwise_conv2d` (algorithm "depthwise",
 `select_conv_algorithm`), scheduled by `schedule`."""
 from __future__ import annotations
 
-from .common import VectorShape, blocks_of, extent, inline_elementwise, iter_kinds
-from .phases import column_phases, phase_block, real_columns, schedule_copy
-from .tiled import accumulator_writer, balanced_tile
+from .common import VectorShape, extent
+from .phases import column_phases, real_columns, row_conv_blocks, schedule_copy, tap
+from .tiled import balanced_tile
 
 NAME = "depthwise"
 ALGORITHM = "depthwise"
@@ -38,38 +38,24 @@ def depthwise_conv2d(x, weight, conv, block: int):
     from tvm import te
     n, channels = (int(d) for d in x.shape[:2])
     _, k_h, k_w = (int(d) for d in weight.shape)
-    (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
     phases, (out_h, out_w, padded_w) = column_phases(x, conv, (k_h, k_w), block, PHASES_BLOCK)
     ry, rx = te.reduce_axis((0, k_h), "ry"), te.reduce_axis((0, k_w), "rx")
     tile = te.compute(
         (n, channels, out_h, padded_w),
-        lambda b, c, i, j: te.sum(phases[b, c, i * s_h + ry * d_h, (rx * d_w) % s_w,
-                                         j + (rx * d_w) // s_w] * weight[c, ry, rx],
+        lambda b, c, i, j: te.sum(tap(phases, conv, b, c, i, j, ry, rx) * weight[c, ry, rx],
                                   axis=[ry, rx]),
         name=CONV_BLOCK)
     return real_columns(tile, out_w)
-
-
-def find_conv(sch):
-    found = [b for b in blocks_of(sch) if sch.get(b).name_hint == CONV_BLOCK
-             and iter_kinds(sch.get(b)) == "SSSSRR"]
-    return found[0] if len(found) == 1 else None
 
 
 def schedule(sch, vec: VectorShape) -> bool:
     """Parallel over (image, channel); per channel the phase buffer, then tiles of output rows
     (about TILE_ACCUMULATORS vectors; whole rows), taps unrolled; the epilogue writes each tile
     from registers. None for functions this rule does not lower."""
-    conv = find_conv(sch)
-    if conv is None:
+    found = row_conv_blocks(sch, CONV_BLOCK, "SSSSRR", PHASES_BLOCK)
+    if found is None:
         return None
-    copy = phase_block(sch, blocks_of(sch), PHASES_BLOCK)
-    if copy is None:
-        return None
-    inline_elementwise(sch, keep=[conv, copy])
-    writer = accumulator_writer(sch, conv)
-    if writer is None:
-        return None
+    conv, copy, writer = found
     n, c, oh, ow, kh, kw = sch.get_loops(conv)
     lanes = vec.lanes
     if extent(ow, sch) % lanes:

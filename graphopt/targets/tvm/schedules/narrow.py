@@ -9,18 +9,17 @@ vector axis, as in the depthwise rule: a tile is every output channel (CHANNEL_T
 where there are more than MAX_CHANNELS) times as many vectors of `weight_block` (the lanes)
 columns of one output row as TILE_ACCUMULATORS allow and divide the row (the row padded to whole
 vectors at lowering, the epilogue writing only the real columns); each step broadcasts one
-weight per channel and multiplies one contiguous input row segment per vector. The input is first copied
-into a zero-padded buffer split into `stride` column phases ([N, C, rows, stride, columns /
-stride]), so that strided taps also read contiguous columns. Lowered by `narrow_conv2d`
-(algorithm "narrow", chosen by `select_conv_algorithm`), scheduled by `schedule`."""
+weight per channel and multiplies one contiguous input row segment per vector. The input is
+first copied into a zero-padded buffer split into `stride` column phases
+(`phases.column_phases`), so that strided taps also read contiguous columns. Lowered by
+`narrow_conv2d` (algorithm "narrow", chosen by `select_conv_algorithm`), scheduled by
+`schedule`."""
 from __future__ import annotations
 
 import math
 
-from .common import (PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_MACS, VectorShape, blocks_of, extent,
-                     inline_elementwise, iter_kinds)
-from .phases import column_phases, phase_block, real_columns, schedule_copy
-from .tiled import accumulator_writer
+from .common import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_MACS, VectorShape, extent
+from .phases import column_phases, real_columns, row_conv_blocks, schedule_copy, tap
 
 NAME = "narrow"
 ALGORITHM = "narrow"
@@ -67,23 +66,15 @@ def narrow_conv2d(x, weight, conv, block: int):
     from tvm import te
     n, channels = (int(d) for d in x.shape[:2])
     out_channels, _, k_h, k_w = (int(d) for d in weight.shape)
-    (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
     phases, (out_h, out_w, padded_w) = column_phases(x, conv, (k_h, k_w), block, PHASES_BLOCK)
     rc = te.reduce_axis((0, channels), "rc")
     ry, rx = te.reduce_axis((0, k_h), "ry"), te.reduce_axis((0, k_w), "rx")
     tile = te.compute(
         (n, out_channels, out_h, padded_w),
-        lambda b, o, i, j: te.sum(phases[b, rc, i * s_h + ry * d_h, (rx * d_w) % s_w,
-                                         j + (rx * d_w) // s_w] * weight[o, rc, ry, rx],
+        lambda b, o, i, j: te.sum(tap(phases, conv, b, rc, i, j, ry, rx) * weight[o, rc, ry, rx],
                                   axis=[rc, ry, rx]),
         name=CONV_BLOCK)
     return real_columns(tile, out_w)
-
-
-def find_conv(sch):
-    found = [b for b in blocks_of(sch) if sch.get(b).name_hint == CONV_BLOCK
-             and iter_kinds(sch.get(b)) == "SSSSRRR"]
-    return found[0] if len(found) == 1 else None
 
 
 def schedule(sch, vec: VectorShape) -> bool:
@@ -91,16 +82,10 @@ def schedule(sch, vec: VectorShape) -> bool:
     output row): tiles of every output channel times a few vectors of the row, the reduction
     (input channels, then taps, unrolled) outside the tile; the epilogue writes each tile from
     registers. None for functions this rule does not lower."""
-    conv = find_conv(sch)
-    if conv is None:
+    found = row_conv_blocks(sch, CONV_BLOCK, "SSSSRRR", PHASES_BLOCK)
+    if found is None:
         return None
-    copy = phase_block(sch, blocks_of(sch), PHASES_BLOCK)
-    if copy is None:
-        return None
-    inline_elementwise(sch, keep=[conv, copy])
-    writer = accumulator_writer(sch, conv)
-    if writer is None:
-        return None
+    conv, copy, writer = found
     n, o, oh, ow, rc, kh, kw = sch.get_loops(conv)
     lanes = vec.lanes
     if extent(ow, sch) % lanes:
@@ -116,9 +101,7 @@ def schedule(sch, vec: VectorShape) -> bool:
     o_outer, o = sch.split(o, [None, o_tile])
     sch.reorder(n, oh, ow_outer, o_outer, rc, kh, kw, o, ow_vectors, ow_lanes)
     rows = sch.fuse(n, oh)
-    macs = 1
-    for loop in sch.get_loops(conv):
-        macs *= extent(loop, sch)
+    macs = math.prod(extent(loop, sch) for loop in sch.get_loops(conv))
     if macs >= PARALLEL_MIN_MACS and extent(rows, sch) > 1:
         sch.parallel(rows)
     sch.reverse_compute_at(writer, o_outer)

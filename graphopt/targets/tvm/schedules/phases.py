@@ -11,7 +11,8 @@ clamped load: TVM drops the clamp inside the Select's true branch, and the vecto
 reads outside the input, a crash where the input ends at a page boundary.)"""
 from __future__ import annotations
 
-from .common import extent
+from .common import blocks_of, extent, inline_elementwise, iter_kinds
+from .tiled import accumulator_writer
 
 # The copy block's annotation: [top, height, left, width], the real input's rows and columns
 # in the padded buffer.
@@ -91,10 +92,26 @@ def schedule_copy(sch, copy, at=None, parallel: bool = False) -> None:
                     sch.vectorize(column_part)
 
 
-def phase_block(sch, blocks, name: str):
-    """The copy block named `name` among `blocks`, or None."""
-    found = [b for b in blocks if sch.get(b).name_hint == name]
-    return found[0] if len(found) == 1 else None
+def tap(phases, conv, b, c, i, j, ry, rx):
+    """TE: the element of `phases` (from `column_phases`) that output (i, j) of `conv` reads at
+    tap (ry, rx) of channel `c`."""
+    (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
+    return phases[b, c, i * s_h + ry * d_h, (rx * d_w) % s_w, j + (rx * d_w) // s_w]
+
+
+def row_conv_blocks(sch, conv_name: str, kinds: str, copy_name: str):
+    """(conv, copy, accumulator writer) of a row-vectorized conv function: the one block named
+    `conv_name` with iterator kinds `kinds`, and the copy block `copy_name`, the elementwise
+    blocks around them inlined; None for functions without them."""
+    blocks = blocks_of(sch)
+    convs = [b for b in blocks if sch.get(b).name_hint == conv_name
+             and iter_kinds(sch.get(b)) == kinds]
+    copies = [b for b in blocks if sch.get(b).name_hint == copy_name]
+    if len(convs) != 1 or len(copies) != 1:
+        return None
+    inline_elementwise(sch, keep=[convs[0], copies[0]])
+    writer = accumulator_writer(sch, convs[0])
+    return None if writer is None else (convs[0], copies[0], writer)
 
 
 def _loop_of(sch, block, axis: int):
