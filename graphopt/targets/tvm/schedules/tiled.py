@@ -52,6 +52,11 @@ def conv_row_tile(out_width: int, block: int, vec: VectorShape) -> int:
 # (1 thread, AVX-512, 3x3 convs on 64x64, generic vs 8-channel tiles: 64 -> 2 channels 0.67 vs
 # 0.99 ms, 64 -> 3 0.75 vs 0.88, 64 -> 4 0.93 vs 0.86; 32 -> 5 on 56x56 0.67 vs 0.33).
 MAX_PADDING = 2
+# The cost of a one-register tile step relative to a two-register one: measured 12-15 % slower
+# per product (1 thread, AVX-512: 1x1 512 -> 1000 ch at 7x7, 13x13, 14x14; 3x3 64 -> 200 ch at
+# 28x28), but the extra zero filters of a wider block cost as much, so only near-free padding
+# takes the wider block (3x3 64 -> 200 ch at 13x13: 13 x 16 8 % faster than 7 x 32).
+ONE_REGISTER_STEP = 1.05
 
 
 def channel_block(channels: int, vec: VectorShape, groups: int = 1) -> int:
@@ -59,17 +64,20 @@ def channel_block(channels: int, vec: VectorShape, groups: int = 1) -> int:
     stays with the generic rule): two vector registers, one, or (with 16 lanes) a half-width
     one, the last block of each group padded with zero filters where it does not divide.
     Chosen by register steps per tile step (blocks x registers; a half-width register costs
-    a whole one), then a dividing block (the larger), then a padded one with fewer registers
-    per block (wider tiles). E.g. on AVX-512: 24 channels as 2 x 16 padded, not 3 x 8 (96 -> 24
-    ch at 80x80, 1 thread: 3.6 ms vs 4.8 ms); 39 as 3 x 16; 64 as 2 x 32. In a grouped conv
-    a padded group fits one block: TVM places the epilogue under each tile by solving its
-    channel index for the tile's, which padding after several blocks of a group makes
-    non-affine (reverse_compute_at fails)."""
+    a whole one), a one-register step costing ONE_REGISTER_STEP of a two-register one (each
+    broadcast input feeds one product instead of two), then a dividing block (the larger).
+    So a two-register block wins wherever it pads at most 5 % more filters. E.g. on AVX-512:
+    24 channels as one padded 32 block (96 -> 24 ch at 80x80, 1 thread: 3.7 ms; 4.9 ms as 2 x
+    16, 4.8 ms as 3 x 8); 1000 as 32 x 32 (1x1 512 -> 1000 ch at 13x13: 1.21 ms; 1.37 ms as
+    63 x 16); 39 as 3 x 16; 64 as 2 x 32; 200 as 13 x 16. In a grouped conv a padded group
+    fits one block: TVM places the epilogue under each tile by solving its channel index for
+    the tile's, which padding after several blocks of a group makes non-affine
+    (reverse_compute_at fails)."""
     def cost(block: int):
         registers = max(1, block // vec.lanes)
-        blocks = -(-channels // block)
-        padded = channels % block != 0
-        return (blocks * registers, padded, registers if padded else -block)
+        steps = -(-channels // block) * registers
+        return (steps * (ONE_REGISTER_STEP if registers == 1 else 1.0), channels % block != 0,
+                -block)
 
     candidates = [b for b in [2 * vec.lanes, vec.lanes] + ([vec.lanes // 2] if vec.lanes >= 16
                                                             else [])
