@@ -37,6 +37,9 @@ CASES = {
     # a 3-channel image's 3x3 conv: 27 products per output, rows as the vector axis
     "conv3x3_thin_input": ((1, 3, 20, 48), lambda x: dsl.relu(dsl.conv2d(x, 12, 3, stride=2,
                                                                           padding=1)), "narrow"),
+    # ... whose rows are a prime number of vectors (7 on AVX2): tiles of 2 channels x 7 vectors
+    "conv3x3_thin_input_prime_row": ((1, 3, 7, 114), lambda x: dsl.relu(dsl.conv2d(
+        x, 32, 3, stride=2)), "narrow"),
     # AVX-512: 1x1 projections on planes of whole vectors are GEMMs with pixels as the lanes;
     # the second reads the first's flat output as its residual (no reshape copy between them)
     "conv1x1_projection": ((1, 48, 8, 8), lambda x: dsl.relu(dsl.conv2d(x, 16, 1)), "conv2d"),
@@ -378,6 +381,17 @@ def test_pointwise_tile_fills_the_accumulators():
     assert tile(7 * 7, 64, vec) is None            # not whole vectors
     assert tile(56 * 56, 64, VectorShape.of(tvm.target.Target(
         {"kind": "llvm", "mcpu": AVX2_CPU}))) is None
+
+
+def test_narrow_tile_loads_least_per_product():
+    """Channels x row vectors within the accumulator budget, fewest loads per product: a row
+    of 7 vectors gets 2 channels x 7 vectors, not 4 channels x 1 (a load per product)."""
+    from graphopt.targets.tvm.schedules.narrow import tile
+    assert tile(64, 7) == (2, 7)       # SqueezeNet's stride-2 stem on AVX-512
+    assert tile(64, 14) == (8, 2)      # VGG-11's first conv
+    assert tile(64, 1) == (16, 1)
+    assert tile(3, 16) == (3, 4)       # 3 output channels: all of them, 4 vectors
+    assert tile(6, 2) == (6, 2)        # LeNet-5's first conv
 
 
 def test_large_planes_write_back_through_the_register_transpose():

@@ -5,13 +5,13 @@ in the 3x3 convs of 3-channel images) vectorized along output rows.
 The register-tiled conv2d rule makes output channels the vector axis; with 1-5 channels most
 of every register would be padding, so such convs fell to TVM's generic loop nest (a 9x9 32 -> 3
 channel conv on 256x256, one AVX-512 core: 834 ms against ORT's 50). Here the output row is the
-vector axis, as in the depthwise rule: a tile is every output channel (CHANNEL_TILE of them
-where there are more than MAX_CHANNELS) times as many vectors of `weight_block` (the lanes)
-columns of one output row as TILE_ACCUMULATORS allow and divide the row (the row padded to whole
-vectors at lowering, the epilogue writing only the real columns); each step broadcasts one
-weight per channel and multiplies one contiguous input row segment per vector. The input is
-first copied into a zero-padded buffer split into `stride` column phases
-(`phases.column_phases`), so that strided taps also read contiguous columns. Lowered by
+vector axis, as in the depthwise rule: a tile is every output channel (a divisor of them
+where there are more than MAX_CHANNELS) times vectors of `weight_block` (the lanes) columns of
+one output row, shaped by `tile` (the row padded to whole vectors at lowering, the epilogue
+writing only the real columns); each step broadcasts one weight per channel and multiplies
+one contiguous input row segment per vector. The input is first copied into a zero-padded
+buffer split into `stride` column phases (`phases.column_phases`), so that strided taps also
+read contiguous columns. Lowered by
 `narrow_conv2d` (algorithm "narrow", chosen by `select_conv_algorithm`), scheduled by
 `schedule`."""
 from __future__ import annotations
@@ -37,8 +37,6 @@ MAX_CHANNELS = 7
 SHORT_REDUCTION = 32
 # ... on inputs of at most this many channels (images, single maps).
 THIN_INPUT = 4
-# Output channels per register tile where there are more than MAX_CHANNELS.
-CHANNEL_TILE = 4
 # Accumulators per register tile at most (channels x row vectors): a tile filling all the
 # registers leaves none for the input vectors its channels share, and LLVM spills. One AVX-512
 # core, ms, at most 28 / 16: VGG-11's 3 -> 64 ch 224x224 2.51 / 1.77, style transfer's 9x9
@@ -58,6 +56,22 @@ def applies(out_channels: int, groups: int, out_width: int, vector, in_channels:
     return ((not channel_block and out_channels <= MAX_CHANNELS)
             or (in_channels is not None and in_channels <= THIN_INPUT
                 and in_channels * taps <= SHORT_REDUCTION))
+
+
+def tile(channels: int, vectors: int) -> tuple[int, int]:
+    """(output channels, row vectors) per register tile: the fewest loads per product (each
+    step loads one weight per channel and one input vector per row vector for channels x
+    vectors products) within TILE_ACCUMULATORS, the channels dividing the output channels
+    (all of them up to MAX_CHANNELS) and the vectors the row; then the most accumulators.
+    Rows of a prime number of vectors had 4 channels x 1 vector tiles before, a load per
+    product (one AVX-512 core, ms, 4-channel tiles / this: SqueezeNet's stride-2 stem, 7
+    vectors, 0.59 / 0.44 as 2 x 7; Inception-v3's, 10 vectors, 1.03 / 0.78; VGG-11's 3 -> 64
+    ch 224x224, 14 vectors, 1.98 / 1.83 as 8 x 2)."""
+    channel_counts = [channels] if channels <= MAX_CHANNELS else \
+        [d for d in range(1, TILE_ACCUMULATORS + 1) if channels % d == 0]
+    shapes = [(o, v) for o in channel_counts for v in range(1, vectors + 1)
+              if vectors % v == 0 and o * v <= TILE_ACCUMULATORS] or [(channel_counts[0], 1)]
+    return min(shapes, key=lambda s: ((s[0] + s[1]) / (s[0] * s[1]), -s[0] * s[1]))
 
 
 def narrow_conv2d(x, weight, conv, block: int):
@@ -92,10 +106,7 @@ def schedule(sch, vec: VectorShape) -> bool:
         return None   # rows are padded to whole vectors at lowering
     vectors = extent(ow, sch) // lanes
     channels = extent(o, sch)
-    o_tile = channels if channels <= MAX_CHANNELS else \
-        max(d for d in range(1, CHANNEL_TILE + 1) if channels % d == 0)
-    limit = max(1, TILE_ACCUMULATORS // o_tile)
-    per_tile = max(d for d in range(1, min(limit, vectors) + 1) if vectors % d == 0)
+    o_tile, per_tile = tile(channels, vectors)
     ow_vectors, ow_lanes = sch.split(ow, [None, lanes])
     ow_outer, ow_vectors = sch.split(ow_vectors, [None, per_tile])
     o_outer, o = sch.split(o, [None, o_tile])
