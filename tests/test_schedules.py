@@ -61,6 +61,9 @@ CASES = {
     "conv_oc6": ((1, 3, 12, 12), lambda x: dsl.tanh(dsl.conv2d(x, 6, 5)), "conv2d"),  # 8, padded
     # too few output channels for a channel block (8 would be > 2x): rows as the vector axis
     "conv_oc3": ((1, 3, 12, 12), lambda x: dsl.conv2d(x, 3, 3), "narrow"),
+    # a long reduction per output: vector partial sums (rfactor), then one sum per channel
+    "global_avg_pool_long": ((2, 24, 16, 14), lambda x: dsl.global_avg_pool2d(x), "generic"),
+    "global_max_pool_long": ((1, 24, 16, 14), lambda x: dsl.global_max_pool2d(x), "generic"),
     "conv_narrow_9x9_tanh": ((1, 8, 20, 21), lambda x: dsl.tanh(dsl.conv2d(
         x, 3, 9, padding=4)), "narrow"),                       # 21 wide rows: padded to vectors
     "conv_narrow_stride2_batch2": ((2, 5, 33, 40), lambda x: dsl.relu(dsl.conv2d(
@@ -392,6 +395,17 @@ def test_narrow_tile_loads_least_per_product():
     assert tile(64, 1) == (16, 1)
     assert tile(3, 16) == (3, 4)       # 3 output channels: all of them, 4 vectors
     assert tile(6, 2) == (6, 2)        # LeNet-5's first conv
+
+
+def test_long_reductions_sum_vectors_of_partial_results():
+    """A global average pool sums each channel's 224 values in 32 interleaved partial sums
+    (two vector accumulators), then those; the NaN-propagating max of a global max pool is no
+    reducer rfactor knows and stays a scalar loop."""
+    kernels = _scheduled_kernels(_table_graph(["global_avg_pool_long"]), mcpu=AVX512_CPU)
+    text = "\n".join(f.script() for f in kernels.values())
+    assert "_rf" in text and "T.vectorized(T.int64(32))" in text, text
+    kernels = _scheduled_kernels(_table_graph(["global_max_pool_long"]), mcpu=AVX512_CPU)
+    assert "_rf" not in "\n".join(f.script() for f in kernels.values())
 
 
 def test_large_planes_write_back_through_the_register_transpose():

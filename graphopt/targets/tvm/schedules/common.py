@@ -113,7 +113,9 @@ def schedule_reduction(sch, block, lanes: int) -> None:
     """A reduction that is not a tiled GEMM/conv (pooling, mean, softmax's max and sum, small or
     grouped convs): parallel over the outer spatial loops; when the innermost spatial loop is a
     short row (2..8 vectors), the reduction moves outside it and the row becomes one vector
-    accumulator (a scalar reduction would wait on its add latency every step)."""
+    accumulator (a scalar reduction would wait on its add latency every step); a long
+    reduction into single values is split into vector partial results
+    (`_vector_partial_sums`)."""
     from tvm.s_tir import ScheduleError
     kinds = iter_kinds(sch.get(block))
     loops = sch.get_loops(block)
@@ -142,6 +144,48 @@ def schedule_reduction(sch, block, lanes: int) -> None:
     elif reduce and _product(extent(r, sch) for r in reduce) <= 16:
         for r in reduce:
             sch.unroll(r)
+    elif reduce and row is None:
+        _vector_partial_sums(sch, block, reduce, lanes)
+
+
+def _vector_partial_sums(sch, block, reduce, lanes: int) -> None:
+    """A long reduction into one value per output (global pooling, a softmax over the last
+    axis) along each input's last, contiguous axis: the reduction loops fused and split into
+    `width` interleaved partial results (`rfactor`, up to four vector accumulators stepping
+    over contiguous input), then reduced across them per output. A scalar reduction waits on
+    its add latency every step (one AVX-512 core, ms: a global average pool of 144 ch 56x56
+    0.31 -> 0.066, 672 ch 14x14 0.057 -> 0.014; ORT's 0.03 and 0.01). Reducers rfactor does
+    not know (the NaN-propagating max of max pools) stay scalar."""
+    from tvm.s_tir import ScheduleError
+    stmt = sch.get(block)
+    kinds = iter_kinds(stmt)
+    if _product(int(iv.dom.extent) for iv, k in zip(stmt.iter_vars, kinds) if k == "S") <= 1:
+        return   # a reduction to one value: rfactor fails inside TVM without spatial iterations
+    if kinds.rstrip("R") != kinds.replace("R", "") or not all(
+            region.region[-1].min.same_as(stmt.iter_vars[-1].var) for region in stmt.reads):
+        return   # the reduction does not walk each input's last axis innermost
+    total = _product(extent(r, sch) for r in reduce)
+    widths = [w for w in (4 * lanes, 2 * lanes, lanes) if total % w == 0 and total >= 2 * w]
+    width = widths[0] if widths else max(
+        (d for d in range(4, lanes) if total % d == 0 and total >= 2 * d), default=0)
+    if not width:
+        return
+
+    def split(target):
+        fused = target.fuse(*reduce) if len(reduce) > 1 else reduce[0]
+        _, lane = target.split(fused, [None, width])
+        return target.rfactor(lane, factor_axis=len(stmt.writes[0].region))
+
+    try:
+        split(sch.copy())   # rfactor refuses unknown reducers after the split has been made
+    except ScheduleError:
+        return
+    partial = split(sch)
+    loops = sch.get_loops(partial)
+    sch.reverse_compute_at(block, loops[-3])   # per output, under its spatial loops
+    sch.vectorize(loops[-1])
+    init = sch.decompose_reduction(partial, loops[-2])
+    sch.vectorize(sch.get_loops(init)[-1])
 
 
 def _product(values) -> int:
