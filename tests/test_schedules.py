@@ -34,6 +34,9 @@ CASES = {
     # a 112x112 output plane: the tile is written back through the register transpose
     "conv3x3_large_plane": ((1, 5, 112, 112), lambda x: dsl.relu(dsl.conv2d(x, 32, 3, padding=1)),
                             "conv2d"),
+    # a 17x17 output plane: input channels in L1-sized blocks, every tile of the plane per block
+    "conv3x3_s2_small_plane": ((1, 48, 35, 35), lambda x: dsl.relu(dsl.conv2d(x, 40, 3, stride=2)),
+                               "conv2d"),
     # a 3-channel image's 3x3 conv: 27 products per output, rows as the vector axis
     "conv3x3_thin_input": ((1, 3, 20, 48), lambda x: dsl.relu(dsl.conv2d(x, 12, 3, stride=2,
                                                                           padding=1)), "narrow"),
