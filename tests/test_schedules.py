@@ -444,6 +444,25 @@ def test_weight_layouts_are_decisions_on_the_nodes():
     assert any(5 in s for s in shapes.values()) and any(3 in s for s in shapes.values())
 
 
+def test_concatenation_feeding_a_pointwise_conv_is_split_into_pieces():
+    """On AVX-512 a 1x1 conv on a plane of whole vectors reads its input flattened to [N, C,
+    H * W]: that reshape joins the concatenation's kernel, which is still split by channels;
+    pieces of 32 channels x 56 x 56 run in parallel over their channels (a loop that starts at
+    the piece's offset: fuse would refuse it, and the whole kernel was left unscheduled)."""
+    with dsl.Builder("dense_concat_pointwise", seed=0) as b:
+        xs = [b.input(f"x{i}", (1, 64 if i == 0 else 32, 56, 56)) for i in range(3)]
+        graph = b.output(dsl.conv2d(dsl.relu(dsl.batch_norm(dsl.concat(xs, axis=1))), 32, 1))
+    kernels = _scheduled_kernels(graph, AVX512_CPU)
+    (func,) = [f for name, f in kernels.items() if "concatenate" in name]
+    text = func.script()
+    assert func.attrs[SCHEDULE_ATTR] == "generic"
+    assert "T_reshape" in text and text.count('_partition"') == 4, text
+    assert text.count("T.parallel(") == 4, text
+    feeds = {v.name: np.random.default_rng(i).standard_normal(v.shape).astype(np.float32)
+             for i, v in enumerate(graph.inputs)}
+    assert go.compare(graph, go.compile(graph), feeds).ok
+
+
 def test_concatenation_is_split_into_pieces():
     """DenseNet's dense-block concatenation with its batch norm and relu: one loop nest per
     32 channels (in which lowering's simplifier resolves the choice of input)."""

@@ -45,14 +45,6 @@ def partition_concat(sch, block, lanes: int) -> set[str]:
     the names of the pieces, scheduled here: parallel when a piece is big enough, rows
     vectorized (whole when shorter than 4 vectors)."""
     from tvm.s_tir import ScheduleError
-    while True:
-        consumers = sch.get_consumers(block)
-        if len(consumers) != 1 or is_reduction(sch.get(consumers[0])):
-            break
-        try:
-            sch.reverse_compute_inline(consumers[0])
-        except ScheduleError:   # e.g. a consumer reading the concatenation in another layout
-            break
     stmt = sch.get(block)
     out = [int(d) for d in stmt.writes[0].source.shape]
     sizes, axes = [], set()
@@ -63,10 +55,25 @@ def partition_concat(sch, block, lanes: int) -> set[str]:
             if shape[differing[0]]:     # an empty input adds no piece
                 sizes.append(shape[differing[0]])
             axes.add(differing[0])
-    loops = sch.get_loops(block)
-    if len(axes) != 1 or len(loops) != len(out) or not sizes:
+    if len(axes) != 1 or not sizes:
         return set()
-    axis = axes.pop()
+    while True:
+        consumers = sch.get_consumers(block)
+        if len(consumers) != 1 or is_reduction(sch.get(consumers[0])):
+            break
+        try:
+            sch.reverse_compute_inline(consumers[0])
+        except ScheduleError:   # e.g. a consumer reading the concatenation in another layout
+            break
+    # A consumer pulled in may have merged the dimensions after the axis (a reshape of NCHW to
+    # [N, C, H * W] feeding a pointwise conv): the block still iterates over the concatenation,
+    # and the pieces are still slices of its axis.
+    stmt = sch.get(block)
+    written = [int(d) for d in stmt.writes[0].source.shape]
+    loops = sch.get_loops(block)
+    axis = next(iter(axes))
+    if written[:axis + 1] != out[:axis + 1] or len(loops) != len(out):
+        return set()
     piece = math.gcd(*sizes)
     if not 1 < out[axis] // piece <= MAX_CONCAT_PIECES:
         return set()
@@ -94,4 +101,6 @@ def _schedule_piece(sch, block, lanes: int) -> None:
     elif 1 < width <= 4 * lanes:
         sch.vectorize(row)
     if outer and math.prod(extent(l, sch) for l in outer) * width >= PARALLEL_MIN_ELEMENTS:
-        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        # a piece's loop over the axis starts at its offset, and fuse takes only loops from 0
+        starts_at_zero = all(int(sch.get(l).min) == 0 for l in outer)
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 and starts_at_zero else outer[0])
