@@ -207,6 +207,13 @@ def test_zoo_kernels_all_scheduled(model):
     assert_all_scheduled(_zoo_kernels(model, **ZOO_SIZES[model]))
 
 
+@pytest.mark.parametrize("model", ["squeezenet1_1", "yolov3_tiny"])
+def test_full_size_concatenations_are_scheduled(model):
+    """At full size their concatenations split into pieces large enough to run in parallel,
+    which the small images above never reach (those kernels were left unscheduled)."""
+    assert_all_scheduled(_scheduled_kernels(go.zoo.MODELS[model](), AVX512_CPU))
+
+
 def test_winograd_takes_the_deep_3x3_convs():
     rules = {f.attrs[SCHEDULE_ATTR] for f in _zoo_kernels("resnet18", image_size=64).values()}
     assert "winograd" in rules
