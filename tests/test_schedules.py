@@ -369,6 +369,18 @@ def test_register_transpose_network_transposes(lanes):
         lanes, lanes).T)
 
 
+def test_1x1_convs_of_few_channels_on_odd_planes_take_the_narrow_rule_on_avx512():
+    """SqueezeNet's expand 1x1 conv (16 -> 64 ch on 55x55, not whole 16-lane vectors): rows as
+    the vector axis on AVX-512, the conv2d rule with 8 lanes; the same outputs either way."""
+    with dsl.Builder("expand1x1", seed=3) as b:
+        graph = b.output(dsl.relu(dsl.conv2d(b.input("x", (1, 16, 55, 55)), 64, 1)))
+    for mcpu, rule in ((AVX512_CPU, "narrow"), (AVX2_CPU, "conv2d")):
+        rules = {f.attrs[SCHEDULE_ATTR] for f in _scheduled_kernels(graph, mcpu).values()}
+        assert rule in rules, (mcpu, rules)
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 16, 55, 55)).astype(np.float32)}
+    assert go.compare(graph, go.compile(graph, bounds_check=True), feeds).ok
+
+
 @pytest.mark.parametrize("name", ["conv1x1_projection", "conv1x1_projection_residual",
                                   "conv1x1_expansion"])
 def test_1x1_convs_take_the_pointwise_rule_on_avx512(name):

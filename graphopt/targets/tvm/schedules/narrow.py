@@ -1,6 +1,7 @@
 """Narrow conv2d (too few output channels to fill a vector register: an image's 3 colours, a
 mask, a single map; or too short a reduction to pay for writing a channel-vector tile back, as
-in the 3x3 convs of 3-channel images) vectorized along output rows.
+in the 3x3 convs of 3-channel images and 1x1 convs of few channels) vectorized along output
+rows.
 
 The register-tiled conv2d rule makes output channels the vector axis; with 1-5 channels most
 of every register would be padding, so such convs fell to TVM's generic loop nest (a 9x9 32 -> 3
@@ -37,6 +38,14 @@ MAX_CHANNELS = 7
 SHORT_REDUCTION = 32
 # ... on inputs of at most this many channels (images, single maps).
 THIN_INPUT = 4
+# 1x1 convs reading at most this many input channels, on planes that are not whole vectors (the
+# pointwise rule takes those, as GEMMs with pixels as the lanes), write back as much as they
+# compute: here their rows are written as whole vectors too (one AVX-512 core, ms, conv2d rule /
+# narrow: SqueezeNet's 16 -> 64 ch 55x55 0.151 / 0.093, 32 -> 128 ch 27x27 0.139 / 0.083,
+# 64 -> 256 ch 27x27 0.309 / 0.234, 24 -> 144 ch 55x55 0.750 / 0.438, 64 -> 128 ch stride 2
+# 56x56 0.197 / 0.183; with more input channels the conv2d rule keeps up: 96 -> 96 ch 55x55
+# 0.620 / 0.594, 128 -> 16 ch 55x55 0.310 / 0.337).
+SHORT_POINTWISE = 64
 # Accumulators per register tile at most (channels x row vectors): a tile filling all the
 # registers leaves none for the input vectors its channels share, and LLVM spills. One AVX-512
 # core, ms, at most 28 / 16: VGG-11's 3 -> 64 ch 224x224 2.51 / 1.77, style transfer's 9x9
@@ -48,14 +57,17 @@ def applies(out_channels: int, groups: int, out_width: int, vector, in_channels:
             taps: int, channel_block: int) -> bool:
     """An ungrouped conv with output rows of at least one vector, on a CPU with vector
     registers, that the conv2d rule computes badly: no channel block fits its few output
-    channels (`tiled.channel_block` gave 0), or its input is thin (at most THIN_INPUT
+    channels (`tiled.channel_block` gave 0), its input is thin (at most THIN_INPUT
     channels; None: unknown) and its reduction (input channels x `taps`) at most
-    SHORT_REDUCTION."""
+    SHORT_REDUCTION, or it is a 1x1 conv of at most SHORT_POINTWISE input channels (with 16
+    lanes, where it was measured; with 8 the conv2d rule keeps 1x1 convs)."""
     if vector is None or groups != 1 or out_width < vector.lanes:
         return False
     return ((not channel_block and out_channels <= MAX_CHANNELS)
             or (in_channels is not None and in_channels <= THIN_INPUT
-                and in_channels * taps <= SHORT_REDUCTION))
+                and in_channels * taps <= SHORT_REDUCTION)
+            or (in_channels is not None and taps == 1 and in_channels <= SHORT_POINTWISE
+                and vector.lanes >= 16))
 
 
 def tile(channels: int, vectors: int) -> tuple[int, int]:
