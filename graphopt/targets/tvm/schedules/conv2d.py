@@ -15,7 +15,7 @@ from .tiled import accumulator_writer, conv_row_tile, finish_tile, packed_weight
 NAME = "conv2d"
 # Small output planes (20x20 and below: Inception's 17x17, 14x14, 7x7) have few tiles per
 # weight block; above this many output pixels the weights are reused across enough tiles without
-# input-channel blocking (28x28, 1 thread: 0.81 ms blocked against 0.87). Inception-v3's 17x17
+# input-channel blocking (28x28, 1 thread: 0.87 ms blocked against 0.81). Inception-v3's 17x17
 # convs, one AVX-512 core, ms, unblocked / blocked: 3x3 stride-2 288 -> 384 ch (4 MB of weights,
 # streamed once per output row unblocked) 6.8 / 4.3, 1x7 and 7x1 160-192 ch 0.51-1.23 /
 # 0.47-1.07, 1x1 768 -> 192 ch 1.14 / 1.06.

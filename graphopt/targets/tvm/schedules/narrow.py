@@ -82,7 +82,7 @@ def tile(channels: int, vectors: int) -> tuple[int, int]:
     channel_counts = [channels] if channels <= MAX_CHANNELS else \
         [d for d in range(1, TILE_ACCUMULATORS + 1) if channels % d == 0]
     shapes = [(o, v) for o in channel_counts for v in range(1, vectors + 1)
-              if vectors % v == 0 and o * v <= TILE_ACCUMULATORS] or [(channel_counts[0], 1)]
+              if vectors % v == 0 and o * v <= TILE_ACCUMULATORS]
     return min(shapes, key=lambda s: ((s[0] + s[1]) / (s[0] * s[1]), -s[0] * s[1]))
 
 
