@@ -112,7 +112,7 @@ CASES = {
         x, (2, 3), stride=(2, 1), padding=(0, 1, 1, 2)), "pool2d"),
     "max_pool_dilated_relu": ((1, 4, 13, 13), lambda x: dsl.relu(dsl.max_pool2d(
         dsl.tanh(x), 3, stride=2, dilation=2, padding=2)), "pool2d"),
-    "avg_pool": ((2, 3, 10, 9), lambda x: dsl.avg_pool2d(x, 2), "generic"),
+    "avg_pool": ((2, 3, 10, 9), lambda x: dsl.avg_pool2d(x, 2), "pool2d"),   # separable
     "global_pools": ((2, 16, 5, 5), lambda x: dsl.global_avg_pool2d(x) + dsl.global_max_pool2d(x),
                      "generic"),
     "softmax": ((4, 33), lambda x: dsl.softmax(x), "generic"),
@@ -417,6 +417,33 @@ def test_narrow_tile_loads_least_per_product():
     assert tile(64, 1) == (16, 1)
     assert tile(3, 16) == (3, 4)       # 3 output channels: all of them, 4 vectors
     assert tile(6, 2) == (6, 2)        # LeNet-5's first conv
+
+
+# kernel, stride, padding, ceil_mode, count_include_pad, input shape
+AVG_POOLS = [((3, 3), (1, 1), (1, 1, 1, 1), False, True, (1, 5, 17, 17)),   # Inception's
+             ((3, 3), (1, 1), (1, 1, 1, 1), False, False, (1, 5, 17, 17)),
+             ((2, 2), (2, 2), (0, 0, 0, 0), False, False, (1, 4, 14, 14)),  # DenseNet's
+             ((3, 3), (2, 2), (1, 1, 1, 1), True, True, (1, 3, 10, 11)),    # ceil-mode overhang
+             ((3, 3), (2, 2), (1, 1, 1, 1), True, False, (1, 3, 10, 11)),
+             ((3, 2), (2, 1), (1, 0, 0, 1), True, True, (2, 3, 9, 8)),
+             ((5, 5), (3, 3), (2, 2, 2, 2), True, False, (1, 2, 13, 16)),
+             ((3, 3), (1, 1), (0, 1, 2, 0), False, True, (1, 3, 7, 9))]
+
+
+@pytest.mark.parametrize("kernel, stride, padding, ceil_mode, include_pad, shape", AVG_POOLS)
+def test_separable_average_pools_match_the_interpreter(kernel, stride, padding, ceil_mode,
+                                                       include_pad, shape):
+    """Average pools computed as a row sum then a column sum, divided by each window's count
+    of the region that counts (with or without the explicit padding, never the ceil-mode
+    overhang), on the pool2d rule and bounds-checked."""
+    with dsl.Builder("avg_pool", seed=0) as b:
+        graph = b.output(dsl.avg_pool2d(b.input("x", shape), kernel, stride=stride,
+                                        padding=padding, ceil_mode=ceil_mode,
+                                        count_include_pad=include_pad))
+    model = go.compile(graph, bounds_check=True)
+    assert set(model.schedules.values()) == {"pool2d"}, model.schedules
+    feeds = {"x": np.random.default_rng(1).standard_normal(shape).astype(np.float32)}
+    assert go.compare(graph, model, feeds).ok
 
 
 def test_long_reductions_sum_vectors_of_partial_results():

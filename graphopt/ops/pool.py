@@ -26,6 +26,9 @@ def pool_out_size(size, kernel, stride, pad_begin, pad_end, dilation, ceil_mode)
 # The blocks of a separable max pool, by which the CPU schedule rule finds them.
 ROWS_BLOCK = "pool_rows_max"
 COLUMNS_BLOCK = "pool_columns_max"
+# ... and of a separable average pool.
+ROWS_SUM_BLOCK = "pool_rows_sum"
+COLUMNS_SUM_BLOCK = "pool_columns_sum"
 
 
 def nan_max(a, b):
@@ -408,10 +411,16 @@ class MaxUnpool2d(Op):
 @dataclass(frozen=True)
 class AvgPool2d(Pool2d):
     """Average pooling; `count_include_pad` counts the explicit padding (never the ceil-mode
-    overhang) in the divisor, as PyTorch and ONNX do."""
+    overhang) in the divisor, as PyTorch and ONNX do. `separable` (a target decision, see the
+    CPU pass `separate_max_pools`; undilated pools only) lowers it as a row sum then a column
+    sum (`separable_avg_pool`), as separable max pools are."""
 
     name = "avg_pool2d"
     count_include_pad: bool = False
+    separable: bool = False
+
+    def target_choice(self) -> str:
+        return "separable" if self.separable else ""
 
     def infer(self, x):
         expect_float(x)
@@ -434,10 +443,57 @@ class AvgPool2d(Pool2d):
         return (total / count).astype(x.dtype)
 
     def lower_tvm(self, bb, x):
+        if self.separable:
+            _, _, h, w = x.ty.shape
+            return lower_in_float32(bb, x, lambda x: bb.call_te(
+                self.separable_avg_pool, x, *self.out_hw(int(h), int(w)),
+                primfunc_name_hint="avg_pool2d"))
         return lower_in_float32(bb, x, lambda x: relax().op.nn.avg_pool2d(
             x, pool_size=self.kernel, strides=self.stride, padding=self.padding,
             dilation=self.dilation, ceil_mode=self.ceil_mode,
             count_include_pad=self.count_include_pad))
+
+    def separable_avg_pool(self, x, out_h: int, out_w: int):
+        """TE of an undilated average pool: a row sum (`ROWS_SUM_BLOCK`, zero padding, the
+        width padded so that the column pass needs no bounds checks), a column sum over that
+        short row buffer (`COLUMNS_SUM_BLOCK`), divided by the window's count: the rows and
+        columns of the window inside the region that counts (the input, or the input with its
+        explicit padding)."""
+        from tvm import te, tirx
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        pad_top, pad_left, pad_bottom, pad_right = self.padding
+        n, c, h, w = (int(v) for v in x.shape)
+        padded_w = (out_w - 1) * sw + kw
+        zero = tirx.const(0, x.dtype)
+
+        def rows(b, ch, oh, col):
+            total = None
+            for i in range(kh):
+                row, src_col = oh * sh + i - pad_top, col - pad_left
+                inside = tirx.all(row >= 0, row < h, src_col >= 0, src_col < w)
+                value = tirx.if_then_else(inside, x[b, ch, row, src_col], zero)
+                total = value if total is None else total + value
+            return total
+
+        rows_sum = te.compute((n, c, out_h, padded_w), rows, name=ROWS_SUM_BLOCK)
+        # the counted region in padded coordinates: [low, high) along each axis
+        low_h, high_h = (0, pad_top + h + pad_bottom) if self.count_include_pad else \
+            (pad_top, pad_top + h)
+        low_w, high_w = (0, pad_left + w + pad_right) if self.count_include_pad else \
+            (pad_left, pad_left + w)
+
+        def counted(start, size, low, high):
+            return tirx.max(tirx.min(start + size, high) - tirx.max(start, low), 1)
+
+        def columns(b, ch, oh, ow):
+            total = None
+            for j in range(kw):
+                value = rows_sum[b, ch, oh, ow * sw + j]
+                total = value if total is None else total + value
+            count = counted(oh * sh, kh, low_h, high_h) * counted(ow * sw, kw, low_w, high_w)
+            return total / count.astype(x.dtype)
+
+        return te.compute((n, c, out_h, out_w), columns, name=COLUMNS_SUM_BLOCK)
 
 
 @register
