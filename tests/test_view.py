@@ -90,13 +90,14 @@ def test_view_for_a_target_says_how_nodes_are_computed(tmp_path, monkeypatch):
     nodes = {n.name: n for n in onnx.load(str(path)).graph.node}
     # each conv and its tanh are one fused node, which carries the decision as an attribute
     # (conv1, one input channel: rows as the vector axis; conv2: channel tiles); the dense
-    # layer is a plain ONNX node noted with it; the pooling has no target decision
+    # layer is a plain ONNX node noted with it, as is the average pooling (a row sum, then a
+    # column sum)
     decided = {name: {a.name: onnx.helper.get_attribute_value(a) for a in nodes[name].attribute}
                for name in ("act1.fused", "act2.fused")}
     assert decided["act1.fused"]["computed_as"].decode().startswith("narrow")
     assert decided["act2.fused"]["computed_as"].decode().startswith("direct")
     assert nodes["fc1"].doc_string.startswith("computed as")
-    assert nodes["pool1"].doc_string == ""
+    assert nodes["pool1"].doc_string == "computed as separable"
 
 
 def test_view_needs_netron(monkeypatch, capsys):
