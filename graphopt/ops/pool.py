@@ -101,6 +101,38 @@ class Pool2d(Op):
                 yield xp[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh,
                          j * dw: j * dw + sw * (ow - 1) + 1: sw]
 
+    def two_passes(self, x, out_h: int, out_w: int, fill, combine, names, finish=None):
+        """TE of the pool as two passes, which the CPU rule `schedules/pool2d.py` finds by
+        their block `names`: the rows pass combines the kernel's rows for each input column
+        (padding reading as `fill`, the width padded so that the columns pass needs no bounds
+        checks), the columns pass combines that short row buffer's columns of each window;
+        `finish(total, oh, ow)`, where given, maps each window's result."""
+        from tvm import te, tirx
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+        pad_top, pad_left = self.padding[:2]
+        n, c, h, w = (int(v) for v in x.shape)
+        padded_w = (out_w - 1) * sw + dw * (kw - 1) + 1
+
+        def rows(b, ch, oh, col):
+            total = None
+            for i in range(kh):
+                row, src_col = oh * sh + i * dh - pad_top, col - pad_left
+                inside = tirx.all(row >= 0, row < h, src_col >= 0, src_col < w)
+                value = tirx.if_then_else(inside, x[b, ch, row, src_col], fill)
+                total = value if total is None else combine(total, value)
+            return total
+
+        rows_done = te.compute((n, c, out_h, padded_w), rows, name=names[0])
+
+        def columns(b, ch, oh, ow):
+            total = None
+            for j in range(kw):
+                value = rows_done[b, ch, oh, ow * sw + j * dw]
+                total = value if total is None else combine(total, value)
+            return total if finish is None else finish(total, oh, ow)
+
+        return te.compute((n, c, out_h, out_w), columns, name=names[1])
+
     def padded(self, x, fill, oh, ow):
         """Pad explicitly, plus the ceil-mode overhang at the end (filled with `fill` too)."""
         pt, pl, pb, pr = self.padding
@@ -141,35 +173,11 @@ class MaxPool2d(Pool2d):
                           primfunc_name_hint="max_pool2d")
 
     def separable_max_pool(self, x, out_h: int, out_w: int):
-        """TE: the max pool as a row max (`ROWS_BLOCK`: a max over the kernel's rows for each
-        input column, the width padded with -inf so that the column pass needs no bounds
-        checks) followed by a column max (`COLUMNS_BLOCK`) over that short row buffer."""
-        from tvm import te, tirx
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
-        pad_top, pad_left = self.padding[:2]
-        n, c, h, w = (int(v) for v in x.shape)
-        lowest = tirx.min_value(x.dtype)
-        padded_w = (out_w - 1) * sw + dw * (kw - 1) + 1
-
-        def rows(b, ch, oh, col):
-            best = None
-            for i in range(kh):
-                row, src_col = oh * sh + i * dh - pad_top, col - pad_left
-                inside = tirx.all(row >= 0, row < h, src_col >= 0, src_col < w)
-                value = tirx.if_then_else(inside, x[b, ch, row, src_col], lowest)
-                best = value if best is None else nan_max(best, value)
-            return best
-
-        rows_max = te.compute((n, c, out_h, padded_w), rows, name=ROWS_BLOCK)
-
-        def columns(b, ch, oh, ow):
-            best = None
-            for j in range(kw):
-                value = rows_max[b, ch, oh, ow * sw + j * dw]
-                best = value if best is None else nan_max(best, value)
-            return best
-
-        return te.compute((n, c, out_h, out_w), columns, name=COLUMNS_BLOCK)
+        """TE: the max pool as a row max (`ROWS_BLOCK`) followed by a column max
+        (`COLUMNS_BLOCK`), padding reading as -inf (`Pool2d.two_passes`)."""
+        from tvm import tirx
+        return self.two_passes(x, out_h, out_w, tirx.min_value(x.dtype), nan_max,
+                              (ROWS_BLOCK, COLUMNS_BLOCK))
 
     def max_pool(self, x, out_h: int, out_w: int):
         """TE: the max over each window (padding reads as -inf), NaN-propagating."""
@@ -454,28 +462,14 @@ class AvgPool2d(Pool2d):
             count_include_pad=self.count_include_pad))
 
     def separable_avg_pool(self, x, out_h: int, out_w: int):
-        """TE of an undilated average pool: a row sum (`ROWS_SUM_BLOCK`, zero padding, the
-        width padded so that the column pass needs no bounds checks), a column sum over that
-        short row buffer (`COLUMNS_SUM_BLOCK`), divided by the window's count: the rows and
-        columns of the window inside the region that counts (the input, or the input with its
-        explicit padding)."""
-        from tvm import te, tirx
+        """TE of an undilated average pool: a row sum (`ROWS_SUM_BLOCK`) and a column sum
+        (`COLUMNS_SUM_BLOCK`) with zero padding (`Pool2d.two_passes`), divided by the window's
+        count: its rows and columns inside the region that counts (the input, or the input
+        with its explicit padding)."""
+        from tvm import tirx
         (kh, kw), (sh, sw) = self.kernel, self.stride
         pad_top, pad_left, pad_bottom, pad_right = self.padding
-        n, c, h, w = (int(v) for v in x.shape)
-        padded_w = (out_w - 1) * sw + kw
-        zero = tirx.const(0, x.dtype)
-
-        def rows(b, ch, oh, col):
-            total = None
-            for i in range(kh):
-                row, src_col = oh * sh + i - pad_top, col - pad_left
-                inside = tirx.all(row >= 0, row < h, src_col >= 0, src_col < w)
-                value = tirx.if_then_else(inside, x[b, ch, row, src_col], zero)
-                total = value if total is None else total + value
-            return total
-
-        rows_sum = te.compute((n, c, out_h, padded_w), rows, name=ROWS_SUM_BLOCK)
+        _, _, h, w = (int(v) for v in x.shape)
         # the counted region in padded coordinates: [low, high) along each axis
         low_h, high_h = (0, pad_top + h + pad_bottom) if self.count_include_pad else \
             (pad_top, pad_top + h)
@@ -485,15 +479,12 @@ class AvgPool2d(Pool2d):
         def counted(start, size, low, high):
             return tirx.max(tirx.min(start + size, high) - tirx.max(start, low), 1)
 
-        def columns(b, ch, oh, ow):
-            total = None
-            for j in range(kw):
-                value = rows_sum[b, ch, oh, ow * sw + j]
-                total = value if total is None else total + value
+        def average(total, oh, ow):
             count = counted(oh * sh, kh, low_h, high_h) * counted(ow * sw, kw, low_w, high_w)
             return total / count.astype(x.dtype)
 
-        return te.compute((n, c, out_h, out_w), columns, name=COLUMNS_SUM_BLOCK)
+        return self.two_passes(x, out_h, out_w, tirx.const(0, x.dtype), lambda a, b: a + b,
+                              (ROWS_SUM_BLOCK, COLUMNS_SUM_BLOCK), average)
 
 
 @register

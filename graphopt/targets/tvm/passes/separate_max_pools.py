@@ -15,7 +15,7 @@ def separate_max_pools(context):
     def decide(node):
         if node.op_name == "max_pool2d" and node.inputs[0].dtype in ("float32", "float16"):
             return dataclasses.replace(node.op, separable=True)
-        if node.op_name == "avg_pool2d" and node.op.dilation == (1, 1) and not node.op.separable:
+        if node.op_name == "avg_pool2d" and node.op.dilation == (1, 1):
             return dataclasses.replace(node.op, separable=True)
         return None
 
