@@ -194,17 +194,21 @@ def test_channel_block_choice(channels, groups):
     assert found == CHANNEL_BLOCKS[channels, groups]
 
 
-# rows, columns -> (columns per tile, lanes) on AVX2, on AVX-512
+# rows, columns[, products per output] -> (columns per tile, lanes) on AVX2, on AVX-512
 DENSE_BLOCKS = {
     (1, 1): (None, None), (1, 4096): ((96, 8), (256, 16)), (16, 96): ((24, 8), (96, 16)),
     (16, 39): ((24, 8), (48, 16)), (2, 97): ((40, 8), (112, 16)), (5, 10): ((16, 8), (16, 16)),
     (16, 448): ((24, 8), (112, 16)), (16, 449): ((24, 8), (96, 16)),
+    # big enough to run in parallel: at least dense.PARALLEL_TASKS tiles
+    (1, 1000): ((72, 8), (336, 16)), (1, 1000, 1280): ((72, 8), (112, 16)),
+    (1, 512, 3136): ((64, 8), (64, 16)), (1, 1000, 100): ((72, 8), (336, 16)),
 }
 
 
 @pytest.mark.parametrize("shape", sorted(DENSE_BLOCKS))
 def test_dense_blocking_choice(shape):
-    found = tuple(dense_blocking(*shape, vec) for vec in (AVX2, AVX512))
+    rows, columns, *depth = shape
+    found = tuple(dense_blocking(rows, columns, vec, *depth) for vec in (AVX2, AVX512))
     assert found == DENSE_BLOCKS[shape]
 
 

@@ -37,6 +37,9 @@ CASES = {
     # a 17x17 output plane: input channels in L1-sized blocks, every tile of the plane per block
     "conv3x3_s2_small_plane": ((1, 48, 35, 35), lambda x: dsl.relu(dsl.conv2d(x, 40, 3, stride=2)),
                                "conv2d"),
+    # ... with few channel blocks: threads also take bands of two output rows
+    "conv1x1_small_plane_few_blocks": ((1, 192, 14, 14), lambda x: dsl.relu(dsl.conv2d(x, 40, 1)),
+                                       "conv2d"),
     # a 3-channel image's 3x3 conv: 27 products per output, rows as the vector axis
     "conv3x3_thin_input": ((1, 3, 20, 48), lambda x: dsl.relu(dsl.conv2d(x, 12, 3, stride=2,
                                                                           padding=1)), "narrow"),
@@ -488,6 +491,21 @@ def test_weight_layouts_are_decisions_on_the_nodes():
     kernels = _scheduled_kernels(graph)
     shapes = {name: sorted(len(p.shape) for p in f.params) for name, f in kernels.items()}
     assert any(5 in s for s in shapes.values()) and any(3 in s for s in shapes.values())
+
+
+@pytest.mark.parametrize("mcpu", [AVX2_CPU, AVX512_CPU])
+def test_parallel_kernels_make_tasks_for_several_threads(mcpu):
+    """A 14x14 conv with 3-5 channel blocks (input channels in L1 blocks) also splits its rows
+    into bands, and a classifier's single row into column tiles: each makes at least 8
+    parallel tasks."""
+    with dsl.Builder("few_blocks", seed=0) as b:
+        x, features = b.input("x", (1, 192, 14, 14)), b.input("features", (1, 1280))
+        graph = b.output(dsl.relu(dsl.conv2d(x, 40, 1)), dsl.linear(features, 1000))
+    kernels = _scheduled_kernels(graph, mcpu)
+    for name in ("fused_conv2d", "fused_matmul_add"):
+        extents = [int(e) for e in re.findall(r"T\.parallel\(T\.int64\((\d+)\)\)",
+                                              kernels[name].script())]
+        assert extents and min(extents) >= 8, (name, extents)
 
 
 def test_concatenation_feeding_a_pointwise_conv_is_split_into_pieces():

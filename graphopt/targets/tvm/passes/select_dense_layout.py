@@ -28,8 +28,8 @@ def select_dense_layout(context):
         packable = (context.constant_weights and w.is_constant and x.type.ndim == 2
                     and w.type.ndim == 2 and out.dtype in ("float32", *HALF_DTYPES)
                     and x.dtype == out.dtype)
-        blocking = dense_blocking(out.shape[0], out.shape[1], context.vector) if packable \
-            else None
+        blocking = dense_blocking(out.shape[0], out.shape[1], context.vector, x.shape[1]) \
+            if packable else None
         return dataclasses.replace(node.op, weight_block=blocking[0] if blocking else 0)
 
     def recurrent(node: Node):

@@ -6,12 +6,14 @@ streams it; the rule changes no weight. The epilogue placed under each tile writ
 columns (a predicate where the last tile is padded)."""
 from __future__ import annotations
 
-from .common import VectorShape, blocks_of, inline_elementwise, iter_kinds
+from .common import PARALLEL_MIN_MACS, VectorShape, blocks_of, inline_elementwise, iter_kinds
 from .tiled import (MAX_PADDING, accumulator_writer, balanced_tile, finish_tile, packed_weight,
                     spatial_rest)
 
 NAME = "dense"
 MAX_ROW_TILE = 4
+# Tiles (row tiles x column tiles) a parallel product is split into at least, where it can be.
+PARALLEL_TASKS = 8
 
 
 def find_matmul(sch):
@@ -19,16 +21,20 @@ def find_matmul(sch):
     return found[0] if len(found) == 1 else None
 
 
-def dense_blocking(rows: int, columns: int, vec: VectorShape) -> tuple[int, int] | None:
-    """(columns per tile, lanes per register) for a rows x columns product, or None: what the
-    target pass records (as the packed weight's block). Whole vector registers, or half-width
-    ones, up to the accumulator budget left after the row tile, the last tile's columns padded
-    with zeros where they do not divide (the kernel writes only the real ones). Chosen by
-    instructions per reduction step over all tiles (a tile's FMAs, row broadcasts and weight
-    loads), then a dividing block, then the wider; None where padding would more than double
-    the work (`tiled.MAX_PADDING`). A tile of one partial vector (39 columns as one 39-lane
-    vector) ran 6-13x slower than whole registers (16 x 1024 -> 39, 97 columns: 0.46 and
-    1.04 ms against 0.07 ms for 48 and 0.08 ms for 96)."""
+def dense_blocking(rows: int, columns: int, vec: VectorShape,
+                   depth: int | None = None) -> tuple[int, int] | None:
+    """(columns per tile, lanes per register) for a rows x columns product (summing `depth`
+    products per output, None: unknown), or None: what the target pass records (as the packed
+    weight's block). Whole vector registers, or half-width ones, up to the accumulator budget
+    left after the row tile, the last tile's columns padded with zeros where they do not
+    divide (the kernel writes only the real ones). Chosen by instructions per reduction step
+    over all tiles (a tile's FMAs, row broadcasts and weight loads), then a dividing block,
+    then the wider; None where padding would more than double the work (`tiled.MAX_PADDING`).
+    A tile of one partial vector (39 columns as one 39-lane vector) ran 6-13x slower than
+    whole registers (16 x 1024 -> 39, 97 columns: 0.46 and 1.04 ms against 0.07 ms for 48 and
+    0.08 ms for 96). A product big enough to run in parallel takes a block that makes at
+    least PARALLEL_TASKS tiles where one does: a classifier's single row as three tiles of
+    336 columns left one of two threads idle for a third of the time."""
     row_tile = balanced_tile(rows, MAX_ROW_TILE)
     registers = max(1, vec.accumulators // row_tile)
 
@@ -43,6 +49,11 @@ def dense_blocking(rows: int, columns: int, vec: VectorShape) -> tuple[int, int]
                if -(-columns // (count * lanes)) * count * lanes <= MAX_PADDING * columns]
     if not choices:
         return None
+    if depth is not None and rows * columns * depth >= PARALLEL_MIN_MACS:
+        row_tiles = -(-rows // row_tile)
+        parallel = [(count, lanes) for count, lanes in choices
+                    if row_tiles * -(-columns // (count * lanes)) >= PARALLEL_TASKS]
+        choices = parallel or choices
     count, lanes = min(choices, key=cost)
     return count * lanes, lanes
 
