@@ -2,6 +2,7 @@
 numpy inputs and returns outputs keyed like the interpreter's."""
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass
@@ -96,7 +97,7 @@ class CompiledModel:
         self._per_thread = threading.local()
         self._weights_lock = threading.Lock()
 
-    @property
+    @functools.cached_property
     def device(self):
         import tvm
         return tvm.cpu() if self.device_kind == "cpu" else tvm.cuda()
