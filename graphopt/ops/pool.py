@@ -147,7 +147,7 @@ class Pool2d(Op):
 @register
 @dataclass(frozen=True)
 class MaxPool2d(Pool2d):
-    """Max pooling. `separable` (a target decision, see the CPU pass `separate_max_pools`)
+    """Max pooling. `separable` (a target decision, see the CPU pass `separate_pools`)
     lowers it as a row max then a column max (`separable_max_pool`), which the CPU rule
     `targets/tvm/schedules/pool2d.py` schedules by its block names."""
 
@@ -420,7 +420,7 @@ class MaxUnpool2d(Op):
 class AvgPool2d(Pool2d):
     """Average pooling; `count_include_pad` counts the explicit padding (never the ceil-mode
     overhang) in the divisor, as PyTorch and ONNX do. `separable` (a target decision, see the
-    CPU pass `separate_max_pools`; undilated pools only) lowers it as a row sum then a column
+    CPU pass `separate_pools`; undilated pools only) lowers it as a row sum then a column
     sum (`separable_avg_pool`), as separable max pools are."""
 
     name = "avg_pool2d"

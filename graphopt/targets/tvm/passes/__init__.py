@@ -13,13 +13,13 @@ from ....passes.manager import Pass
 from .annotate import annotate
 from .select_conv_algorithm import select_conv_algorithm
 from .select_dense_layout import select_dense_layout
-from .separate_max_pools import separate_max_pools
+from .separate_pools import separate_pools
 
 # name -> factory(context) building the pass for one compile; `context` is a `TargetContext`.
 TARGET_PASSES: dict[str, dict[str, Callable]] = {
     "cpu": {"select_conv_algorithm": select_conv_algorithm,
             "select_dense_layout": select_dense_layout,
-            "separate_max_pools": separate_max_pools},
+            "separate_pools": separate_pools},
     "cuda": {},
 }
 

@@ -3,7 +3,7 @@
 A max pool written directly (TOPI's form) reads every window element through a strided, padded
 gather: ResNet-18's 3x3 stride-2 pool took 1.5-2 ms on one core, ten times ONNX Runtime. The max
 of a window is the max over its columns of the max over its rows, so the CPU target pass
-`separate_max_pools` marks max pools `separable`, which lower to `MaxPool2d.separable_max_pool`:
+`separate_pools` marks max pools `separable`, which lower to `MaxPool2d.separable_max_pool`:
 a row pass over whole contiguous input rows (`ROWS_BLOCK`, vectorized, padding folded into
 -inf) and a column pass reading that short row buffer (0.09 ms for the same pool, measured in one process
 against ORT's 0.17 ms). Undilated average pools are split the same way into sums

@@ -1,4 +1,4 @@
-"""separate_max_pools (CPU): mark floating-point max pools `separable`, computed as a row max
+"""separate_pools (CPU): mark floating-point max pools `separable`, computed as a row max
 then a column max over contiguous rows (`schedules/pool2d.py`: ResNet-18's stem pool 1.5-2 ms
 direct, 0.1 ms separable), and undilated average pools the same way with sums (Inception-v3's
 3x3 stride-1 pools of 768 ch 17x17: 0.95 ms each through TOPI's pool, ORT 0.09)."""
@@ -9,8 +9,9 @@ import dataclasses
 from .annotate import annotate
 
 
-def separate_max_pools(context):
-    """The pass for one compile (`context` is not needed: every float max pool qualifies)."""
+def separate_pools(context):
+    """The pass for one compile (`context` is not needed: every float max pool and every
+    undilated average pool qualifies)."""
 
     def decide(node):
         if node.op_name == "max_pool2d" and node.inputs[0].dtype in ("float32", "float16"):
@@ -19,7 +20,7 @@ def separate_max_pools(context):
             return dataclasses.replace(node.op, separable=True)
         return None
 
-    def separate_max_pools(graph):
+    def separate_pools(graph):
         return annotate(graph, decide)
 
-    return separate_max_pools
+    return separate_pools
