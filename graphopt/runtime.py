@@ -332,14 +332,29 @@ def copy_to_device(array: np.ndarray, device):
     return tensor
 
 
-def run_input(array: np.ndarray, device):
-    """A run's input on `device`: on the CPU the array itself where it is aligned as the kernels
-    assume (no copy; an aligned copy otherwise), elsewhere (and for bfloat16, which numpy's
-    DLPack lacks) a copy."""
+def run_input(array: np.ndarray, device, staging: dict | None = None, slot: int = 0):
+    """A run's input on `device`: on the CPU the (contiguous) array itself where it is writeable
+    and aligned as the kernels assume (no copy), else an aligned copy, made in `staging[slot]`
+    where a caller keeps one per thread and input (a buffer reused by every call: no allocation,
+    and no DLPack export of it); elsewhere (and for bfloat16, which numpy's DLPack lacks) a copy.
+    The alignment is read from the DLPack tensor (numpy's `ctypes.data` cost more than LeNet-5's
+    first kernel)."""
     import tvm_ffi
-    if device.dlpack_device_type() == CPU_DLPACK and array.size and array.dtype.kind != "V":
+    if device.dlpack_device_type() != CPU_DLPACK or not array.size or array.dtype.kind == "V":
+        return copy_to_device(array, device)
+    if array.flags.writeable:   # numpy's DLPack export refuses read-only arrays
+        tensor = tvm_ffi.from_dlpack(array)
+        if tensor.data_ptr() % ALIGNMENT == 0:
+            return tensor
+    if staging is None:
         return tvm_ffi.from_dlpack(aligned(array))
-    return copy_to_device(array, device)
+    buffer, tensor = staging.get(slot, (None, None))
+    if buffer is None or buffer.shape != array.shape or buffer.dtype != array.dtype:
+        buffer = aligned(np.empty_like(array))
+        tensor = tvm_ffi.from_dlpack(buffer)
+        staging[slot] = buffer, tensor
+    np.copyto(buffer, array)
+    return tensor
 
 
 def run_output(tensor) -> np.ndarray:
@@ -421,8 +436,9 @@ class LoadedModel:
             arrays.append(np.ascontiguousarray(array))
         return arrays
 
-    def _to_device(self, array: np.ndarray):
-        return run_input(array, self.device)
+    def _to_device(self, arrays: list[np.ndarray]) -> list:
+        staging = self._per_thread.__dict__.setdefault("staging", {})
+        return [run_input(a, self.device, staging, i) for i, a in enumerate(arrays)]
 
     def _to_numpy(self, tensor) -> np.ndarray:
         return run_output(tensor)
@@ -457,7 +473,7 @@ class LoadedModel:
         return [result] if len(self.outputs) == 1 else list(result)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self.run_device([self._to_device(a) for a in self.check(inputs)])
+        results = self.run_device(self._to_device(self.check(inputs)))
         return {name: self._to_numpy(t) for name, t in zip(self.output_names, results)}
 
     __call__ = run
@@ -465,7 +481,7 @@ class LoadedModel:
     def latencies(self, inputs: Mapping[str, np.ndarray], warmup: int = 10,
                   repeat: int = 100) -> list[float]:
         """Seconds per call, inputs already on the device, each call waited for."""
-        device_inputs = [self._to_device(a) for a in self.check(inputs)]
+        device_inputs = self._to_device(self.check(inputs))
         times = []
         for i in range(warmup + repeat):
             start = time.perf_counter()

@@ -133,7 +133,8 @@ class CompiledModel:
         feeds = self.signature.check(inputs)
         if self.device_kind == "cpu":
             configure_threads(self.threads)
-        args = [run_input(array, self.device) for array in feeds.values()]
+        staging = self._per_thread.__dict__.setdefault("staging", {})
+        args = [run_input(array, self.device, staging, i) for i, array in enumerate(feeds.values())]
         if self.weights is not None:
             with self._weights_lock:
                 if self._weight_tensors is None:
