@@ -333,7 +333,7 @@ def copy_to_device(array: np.ndarray, device):
 
 
 def run_input(array: np.ndarray, device, staging: dict | None = None, slot: int = 0):
-    """A run's input on `device`: on the CPU the (contiguous) array itself where it is writeable
+    """A run's input on `device`: on the CPU the array itself where it is C-contiguous, writeable
     and aligned as the kernels assume (no copy), else an aligned copy, made in `staging[slot]`
     where a caller keeps one per thread and input (a buffer reused by every call: no allocation,
     and no DLPack export of it); elsewhere (and for bfloat16, which numpy's DLPack lacks) a copy.
@@ -342,7 +342,8 @@ def run_input(array: np.ndarray, device, staging: dict | None = None, slot: int 
     import tvm_ffi
     if device.dlpack_device_type() != CPU_DLPACK or not array.size or array.dtype.kind == "V":
         return copy_to_device(array, device)
-    if array.flags.writeable:   # numpy's DLPack export refuses read-only arrays
+    # numpy's DLPack export refuses read-only arrays; the kernels read compact rows
+    if array.flags.writeable and array.flags.c_contiguous:
         tensor = tvm_ffi.from_dlpack(array)
         if tensor.data_ptr() % ALIGNMENT == 0:
             return tensor
