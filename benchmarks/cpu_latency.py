@@ -155,15 +155,23 @@ def onednn_available() -> bool:
 
 
 # ---------------------------------------------------------------- the table
+# Seconds each block waits first: runtimes leave their worker threads spinning after a call
+# (measured on the 2-vCPU Xeon, CPU time the process used while its caller slept: ONNX Runtime's
+# ~45 ms, TVM's ~90 ms, a whole vCPU each), and a block run meanwhile shares the CPUs with them,
+# as no process running only one of the runtimes does (DCGAN's generator, 2 threads: 2.0-3.0 ms
+# right after ORT's block).
+SETTLE_S = 0.2
+
+
 def in_blocks(runners: dict, feeds, repeat: int, rounds: int = 3) -> dict:
     """(median, min) ms per runner. Each round runs every runner for a block of repeat/rounds
-    calls: blocks (not single calls) because runtimes leave their worker threads spinning for a
-    while after a call, which would tax whichever runtime came next; rounds so that slow drifts
-    in machine load hit every runner."""
+    calls, each block after the previous runtime's spinning worker threads went to sleep
+    (`SETTLE_S`); rounds so that slow drifts in machine load hit every runner."""
     times = {name: [] for name in runners}
     per_block = max(2, repeat // rounds)
     for _ in range(rounds):
         for name, fn in runners.items():
+            time.sleep(SETTLE_S)
             fn(feeds)
             fn(feeds)
             for _ in range(per_block):
