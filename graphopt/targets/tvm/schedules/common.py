@@ -6,9 +6,13 @@ from dataclasses import dataclass
 
 # Below this much work (output elements, or multiply-adds for GEMM-like kernels) a parallel loop
 # costs more than it saves: waking a worker takes microseconds, and on a loaded machine a
-# descheduled worker stalls the whole kernel (LeNet-5 at batch 1 ran 10x slower parallel).
+# descheduled worker stalls the whole kernel (LeNet-5 at batch 1 ran 10x slower parallel, every
+# loop parallel). Products from 2^17 multiply-adds run in parallel: NIC's per-step LSTM and
+# vocabulary products (128-256 x 1000-1024) below 2^20 left a second thread idle (2 threads,
+# whole model: 1.68 -> 1.12 ms; 1 thread, LeNet-5, MobileNetV3-Small, RegNetX-400MF,
+# EfficientNet-B0 unchanged).
 PARALLEL_MIN_ELEMENTS = 1 << 16
-PARALLEL_MIN_MACS = 1 << 20
+PARALLEL_MIN_MACS = 1 << 17
 
 
 @dataclass(frozen=True)
