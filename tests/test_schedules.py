@@ -177,15 +177,51 @@ def _loop_kinds(func) -> set[str]:
     return {kind for kind in ("parallel", "vectorized", "unroll") if f"T.{kind}(" in text}
 
 
+# Innermost iterations a loop nest may run with neither a parallel nor a vector loop (tens of
+# microseconds): a small global mean's is not worth a parallel loop, a pool's output copy is.
+SERIAL_NEST_LIMIT = 4 * PARALLEL_MIN_ELEMENTS
+
+
+def _statements_under(stmt) -> list:
+    """The statements directly under a TIR statement (TVM's Python API has no TIR visitor)."""
+    children = list(stmt.seq) if isinstance(stmt, tvm.tirx.SeqStmt) else []
+    children += [getattr(stmt, a, None) for a in ("block", "body", "init", "then_case", "else_case")]
+    return [c for c in children if isinstance(c, tvm.tirx.Stmt)]
+
+
+def _serial_work(stmt) -> tuple[int, bool]:
+    """(innermost iterations under `stmt`, whether a parallel or vectorized loop is among them)."""
+    children = [_serial_work(c) for c in _statements_under(stmt)]
+    work = sum(w for w, _ in children) or 1
+    scheduled = any(s for _, s in children)
+    if isinstance(stmt, tvm.tirx.For):
+        work *= int(stmt.extent)
+        scheduled = scheduled or stmt.kind in (tvm.tirx.ForKind.PARALLEL,
+                                               tvm.tirx.ForKind.VECTORIZED)
+    return work, scheduled
+
+
+def _serial_loop_nests(func) -> list[int]:
+    """Iterations of each top-level loop nest of `func` that has neither a parallel nor a
+    vectorized loop."""
+    root = func.body.block.body
+    nests = [_serial_work(n) for n in (root.seq if isinstance(root, tvm.tirx.SeqStmt) else [root])]
+    return [work for work, scheduled in nests if not scheduled and work > 1]
+
+
 def assert_all_scheduled(kernels):
     """Every PrimFunc carries a rule name, and every one with real work has parallel or vector
-    loops (none is left as the naive loop nest legalization produces)."""
+    loops (none is left as the naive loop nest legalization produces), in each of its stages:
+    a Winograd conv's bias and activation ran as a serial scalar pass after its scheduled
+    stages."""
     for name, func in kernels.items():
         assert func.attrs.get("tirx.is_scheduled"), name
         assert SCHEDULE_ATTR in func.attrs, name
         work = sum(int(np.prod([int(d) for d in p.shape])) for p in func.params[-1:])
         if work >= PARALLEL_MIN_ELEMENTS:
             assert _loop_kinds(func) & {"parallel", "vectorized"}, (name, func.script())
+        big = [n for n in _serial_loop_nests(func) if n >= SERIAL_NEST_LIMIT]
+        assert not big, (name, big, func.script())
 
 
 ZOO_SIZES = {"lenet5": {"batch": 4}, "resnet18": {"image_size": 64}, "vgg11": {"image_size": 32},
@@ -210,10 +246,12 @@ def test_zoo_kernels_all_scheduled(model):
     assert_all_scheduled(_zoo_kernels(model, **ZOO_SIZES[model]))
 
 
-@pytest.mark.parametrize("model", ["squeezenet1_1", "yolov3_tiny"])
-def test_full_size_concatenations_are_scheduled(model):
+@pytest.mark.parametrize("model", ["squeezenet1_1", "yolov3_tiny", "googlenet", "inception_v3"])
+def test_full_size_kernels_are_scheduled(model):
     """At full size their concatenations split into pieces large enough to run in parallel,
-    which the small images above never reach (those kernels were left unscheduled)."""
+    and the reshapes and concatenations fused after their pools are big enough to need loops
+    of their own, sizes the small images above never reach (those kernels, or those stages,
+    were left as serial loops)."""
     assert_all_scheduled(_scheduled_kernels(go.zoo.MODELS[model](), AVX512_CPU))
 
 

@@ -196,7 +196,7 @@ def schedule(sch, vec: VectorShape) -> bool:
         return None
     inline_elementwise(sch, keep=[names[k] for k in (ROWS, INPUT, GEMM, OUTPUT)])
     for block in blocks_of(sch):  # the epilogue that writes the function's output
-        if sch.get(block).name_hint not in names:
+        if sch.get(block).name_hint not in (ROWS, INPUT, GEMM, OUTPUT):
             sch.reverse_compute_inline(block)
     names = {sch.get(b).name_hint: b for b in blocks_of(sch)}
     rows, transformed, products, output = (names[k] for k in (ROWS, INPUT, GEMM, OUTPUT))
