@@ -332,11 +332,18 @@ def copy_to_device(array: np.ndarray, device):
     return tensor
 
 
-def run_input(array: np.ndarray, device, staging: dict | None = None, slot: int = 0):
+def run_inputs(arrays, device, per_thread: threading.local) -> list:
+    """A run's inputs on `device`, one tensor per array (`run_input`), the aligned copies made
+    in buffers the calling thread keeps in `per_thread` (a model's thread-local namespace)."""
+    staging = per_thread.__dict__.setdefault("staging", {})
+    return [run_input(array, device, staging, slot) for slot, array in enumerate(arrays)]
+
+
+def run_input(array: np.ndarray, device, staging: dict, slot: int):
     """A run's input on `device`: on the CPU the array itself where it is C-contiguous, writeable
     and aligned as the kernels assume (no copy), else an aligned copy, made in `staging[slot]`
-    where a caller keeps one per thread and input (a buffer reused by every call: no allocation,
-    and no DLPack export of it); elsewhere (and for bfloat16, which numpy's DLPack lacks) a copy.
+    (a buffer the caller keeps per thread and input, reused by every call: no allocation, and
+    no DLPack export of it); elsewhere (and for bfloat16, which numpy's DLPack lacks) a copy.
     The alignment is read from the DLPack tensor (numpy's `ctypes.data` cost more than LeNet-5's
     first kernel)."""
     import tvm_ffi
@@ -347,11 +354,9 @@ def run_input(array: np.ndarray, device, staging: dict | None = None, slot: int 
         tensor = tvm_ffi.from_dlpack(array)
         if tensor.data_ptr() % ALIGNMENT == 0:
             return tensor
-    if staging is None:
-        return tvm_ffi.from_dlpack(aligned(array))
     buffer, tensor = staging.get(slot, (None, None))
     if buffer is None or buffer.shape != array.shape or buffer.dtype != array.dtype:
-        buffer = aligned(np.empty_like(array))
+        buffer = aligned(np.empty(array.shape, array.dtype))
         tensor = tvm_ffi.from_dlpack(buffer)
         staging[slot] = buffer, tensor
     np.copyto(buffer, array)
@@ -438,8 +443,7 @@ class LoadedModel:
         return arrays
 
     def _to_device(self, arrays: list[np.ndarray]) -> list:
-        staging = self._per_thread.__dict__.setdefault("staging", {})
-        return [run_input(a, self.device, staging, i) for i, a in enumerate(arrays)]
+        return run_inputs(arrays, self.device, self._per_thread)
 
     def _to_numpy(self, tensor) -> np.ndarray:
         return run_output(tensor)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ...errors import GraphoptError, LoweringError, ModelFormatError
 from ...ir import Graph
-from ...runtime import check_cpu_features, configure_threads, run_input, run_output
+from ...runtime import check_cpu_features, configure_threads, run_inputs, run_output
 from ...signature import Signature
 from ...verify import verify
 from .lower import to_relax
@@ -133,8 +133,7 @@ class CompiledModel:
         feeds = self.signature.check(inputs)
         if self.device_kind == "cpu":
             configure_threads(self.threads)
-        staging = self._per_thread.__dict__.setdefault("staging", {})
-        args = [run_input(array, self.device, staging, i) for i, array in enumerate(feeds.values())]
+        args = run_inputs(feeds.values(), self.device, self._per_thread)
         if self.weights is not None:
             with self._weights_lock:
                 if self._weight_tensors is None:
