@@ -304,7 +304,7 @@ def test_cuda_compiles_to_integer_kernels():
         assert params.count("uchar*") >= 2, name                          # uint8 in and out
         body = source[source.index(f"{name}({params}) {{"):]
         body = body[:body.find("extern \"C\"")]
-        assert re.search(r"\bint \w*conv2d\w*local", body), name      # int32 accumulators
+        assert re.search(r"\bint\d? \w*conv2d\w*local", body), name   # int32 accumulators
     if shutil.which("nvcc"):
         assert cuda.fatbin_archs(cuda.compile_cuda_source(source, "sm_90")) == ["sm_90"]
 
