@@ -488,30 +488,39 @@ def test_separable_average_pools_match_the_interpreter(kernel, stride, padding, 
 
 
 # dtype, kernel, stride, padding, dilation, ceil_mode, input shape
-INTEGER_MAX_POOLS = [("uint8", 2, 2, 0, 1, False, (1, 16, 24, 24)),   # VGG's, quantized
-                     ("uint8", 3, 2, 1, 1, False, (1, 8, 15, 15)),    # ResNet's stem, quantized
-                     ("int8", 3, 2, 0, 1, True, (2, 3, 10, 11)),      # ceil-mode overhang
-                     ("int8", 3, 1, 2, 2, False, (1, 4, 9, 9)),
-                     ("int32", 2, 1, 1, 1, False, (1, 3, 7, 6))]
+SEPARABLE_MAX_POOLS = [("uint8", 2, 2, 0, 1, False, (1, 16, 24, 24)),   # VGG's, quantized
+                       ("uint8", 3, 2, 1, 1, False, (1, 8, 15, 15)),    # ResNet's stem
+                       ("int8", 3, 2, 0, 1, True, (2, 3, 10, 11)),      # ceil-mode overhang
+                       ("int8", 3, 1, 2, 2, False, (1, 4, 9, 9)),
+                       ("int32", 2, 1, 1, 1, False, (1, 3, 7, 6)),
+                       ("bfloat16", 3, 2, 1, 1, False, (1, 8, 15, 15)),
+                       ("bfloat16", 3, 2, 0, 1, True, (2, 3, 10, 11))]
 
 
 @pytest.mark.parametrize("dtype, kernel, stride, padding, dilation, ceil_mode, shape",
-                         INTEGER_MAX_POOLS)
-def test_integer_max_pools_are_separable_and_exact(dtype, kernel, stride, padding, dilation,
-                                                   ceil_mode, shape):
-    """Integer max pools (the uint8 pools of int8 models) take the separable pool2d rule,
-    bounds-checked, with the interpreter's results exactly, the dtype's extremes included."""
-    with dsl.Builder("int_pool", seed=0) as b:
+                         SEPARABLE_MAX_POOLS)
+def test_integer_and_bfloat16_max_pools_are_separable_and_exact(dtype, kernel, stride, padding,
+                                                                dilation, ceil_mode, shape):
+    """The max pools of int8 and bfloat16 models take the separable pool2d rule,
+    bounds-checked, with the interpreter's results exactly: the integer dtype's extremes,
+    bfloat16's NaN (propagated) and -inf included."""
+    with dsl.Builder("pool", seed=0) as b:
         graph = b.output(dsl.max_pool2d(b.input("x", shape, dtype), kernel, stride=stride,
                                         padding=padding, dilation=dilation,
                                         ceil_mode=ceil_mode))
     model = go.compile(graph, bounds_check=True)
     assert set(model.schedules.values()) == {"pool2d"}, model.schedules
-    info = np.iinfo(dtype)
-    x = np.random.default_rng(2).integers(info.min, info.max, shape, endpoint=True).astype(dtype)
-    x.flat[::7] = info.min
+    rng = np.random.default_rng(2)
+    if dtype == "bfloat16":
+        x = rng.standard_normal(shape).astype(np.dtype(dtype))
+        x.flat[::7], x.flat[3::11] = -np.inf, np.nan
+    else:
+        info = np.iinfo(dtype)
+        x = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+        x.flat[::7] = info.min
     (name,) = [v.name for v in graph.outputs]
-    np.testing.assert_array_equal(model.run({"x": x})[name], go.interpret(graph, {"x": x})[name])
+    np.testing.assert_array_equal(model.run({"x": x})[name].astype(np.float64),
+                                  go.interpret(graph, {"x": x})[name].astype(np.float64))
 
 
 def test_long_reductions_sum_vectors_of_partial_results():

@@ -1,7 +1,9 @@
 """Spatial pooling (NCHW) and AlexNet's local response normalization."""
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +46,18 @@ def nan_max(a, b):
         return tirx.Select(tirx.any(isnan(a), a > b), a, b)
     best = tirx.Var("best", str(dtype))
     return tirx.Let(best, a, tirx.Select(tirx.any(isnan(best), best > b), best, b))
+
+
+def nan_max_of(values):
+    """TIR: `nan_max` of all `values` without a Let: the max of the values, NaN where any is
+    NaN (each value written twice, not 2**k times). For bfloat16: TVM computes bfloat16 in
+    float32 but keeps the type of `nan_max`'s Let variable, which it then refuses."""
+    from tvm import tirx
+    first = values[0]
+    dtype = str(first.dtype if hasattr(first, "dtype") else first.ty)
+    best = functools.reduce(tirx.max, values)
+    return tirx.Select(tirx.any(*[isnan(v) for v in values]) if len(values) > 1 else
+                       isnan(values[0]), tirx.const(float("nan"), dtype), best)
 
 
 def nan_max_reducer():
@@ -103,10 +117,11 @@ class Pool2d(Op):
 
     def two_passes(self, x, out_h: int, out_w: int, fill, combine, names, finish=None):
         """TE of the pool as two passes, which the CPU rule `schedules/pool2d.py` finds by
-        their block `names`: the rows pass combines the kernel's rows for each input column
-        (padding reading as `fill`, the width padded so that the columns pass needs no bounds
-        checks), the columns pass combines that short row buffer's columns of each window;
-        `finish(total, oh, ow)`, where given, maps each window's result."""
+        their block `names`: the rows pass combines (`combine(values)`) the kernel's rows for
+        each input column (padding reading as `fill`, the width padded so that the columns
+        pass needs no bounds checks), the columns pass combines that short row buffer's
+        columns of each window; `finish(total, oh, ow)`, where given, maps each window's
+        result."""
         from tvm import te, tirx
         (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
         pad_top, pad_left = self.padding[:2]
@@ -114,21 +129,17 @@ class Pool2d(Op):
         padded_w = (out_w - 1) * sw + dw * (kw - 1) + 1
 
         def rows(b, ch, oh, col):
-            total = None
+            values = []
             for i in range(kh):
                 row, src_col = oh * sh + i * dh - pad_top, col - pad_left
                 inside = tirx.all(row >= 0, row < h, src_col >= 0, src_col < w)
-                value = tirx.if_then_else(inside, x[b, ch, row, src_col], fill)
-                total = value if total is None else combine(total, value)
-            return total
+                values.append(tirx.if_then_else(inside, x[b, ch, row, src_col], fill))
+            return combine(values)
 
         rows_done = te.compute((n, c, out_h, padded_w), rows, name=names[0])
 
         def columns(b, ch, oh, ow):
-            total = None
-            for j in range(kw):
-                value = rows_done[b, ch, oh, ow * sw + j * dw]
-                total = value if total is None else combine(total, value)
+            total = combine([rows_done[b, ch, oh, ow * sw + j * dw] for j in range(kw)])
             return total if finish is None else finish(total, oh, ow)
 
         return te.compute((n, c, out_h, out_w), columns, name=names[1])
@@ -176,8 +187,10 @@ class MaxPool2d(Pool2d):
         """TE: the max pool as a row max (`ROWS_BLOCK`) followed by a column max
         (`COLUMNS_BLOCK`), padding reading as -inf (`Pool2d.two_passes`)."""
         from tvm import tirx
-        return self.two_passes(x, out_h, out_w, tirx.min_value(x.dtype), nan_max,
-                              (ROWS_BLOCK, COLUMNS_BLOCK))
+        combine = nan_max_of if str(x.dtype) == "bfloat16" else \
+            (lambda values: functools.reduce(nan_max, values))
+        return self.two_passes(x, out_h, out_w, tirx.min_value(x.dtype), combine,
+                               (ROWS_BLOCK, COLUMNS_BLOCK))
 
     def max_pool(self, x, out_h: int, out_w: int):
         """TE: the max over each window (padding reads as -inf), NaN-propagating."""
@@ -483,8 +496,9 @@ class AvgPool2d(Pool2d):
             count = counted(oh * sh, kh, low_h, high_h) * counted(ow * sw, kw, low_w, high_w)
             return total / count.astype(x.dtype)
 
-        return self.two_passes(x, out_h, out_w, tirx.const(0, x.dtype), lambda a, b: a + b,
-                              (ROWS_SUM_BLOCK, COLUMNS_SUM_BLOCK), average)
+        return self.two_passes(x, out_h, out_w, tirx.const(0, x.dtype),
+                               lambda values: functools.reduce(operator.add, values),
+                               (ROWS_SUM_BLOCK, COLUMNS_SUM_BLOCK), average)
 
 
 @register
