@@ -487,6 +487,24 @@ def test_separable_average_pools_match_the_interpreter(kernel, stride, padding, 
     assert go.compare(graph, model, feeds).ok
 
 
+@pytest.mark.parametrize("dtype, mcpu", [("int8", "cascadelake"), ("int8", "haswell"),
+                                         ("bfloat16", "cooperlake")])
+def test_dot_product_convs_copy_their_input_with_vector_code(dtype, mcpu):
+    """The int8 and bfloat16 dot-product convs copy their input as channel planes (vector rows)
+    interleaved by a register shuffle, a row of the image at a time: no element-wise gather
+    (`schedules/interleave.py`)."""
+    with dsl.Builder("conv", seed=0) as b:
+        x = b.input("x", (1, 24, 9, 13))
+        graph = b.output(dsl.relu(dsl.conv2d(x, 32, 3, padding=1)))
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 24, 9, 13)).astype(np.float32)}
+    low = go.quantize(graph, go.calibrate(graph, [feeds]) if dtype == "int8" else dtype).graph
+    (conv,) = [f.script() for name, f in _scheduled_kernels(low, mcpu).items()
+               if "conv2d" in name]
+    assert "T.Shuffle" in conv and 'T.sblock("pad_pack_o")' in conv, conv
+    planes = conv[conv.index('T.sblock("pad_planes")') - 400:conv.index('T.sblock("pad_planes")')]
+    assert "T.vectorized" in planes, conv
+
+
 # dtype, kernel, stride, padding, dilation, ceil_mode, input shape
 SEPARABLE_MAX_POOLS = [("uint8", 2, 2, 0, 1, False, (1, 16, 24, 24)),   # VGG's, quantized
                        ("uint8", 3, 2, 1, 1, False, (1, 8, 15, 15)),    # ResNet's stem

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..ir import TensorType, is_float_dtype
+from ..ir import is_float_dtype
 from .base import (relax_type, Op, accumulator, expect, expect_float, expect_rank, flag, integer,
                    pair, quad, real, register, relax)
 from .cast import isnan, lower_in_float32

@@ -15,8 +15,8 @@ rounded once to bfloat16; the rule below schedules it as the int8 dot-product ru
 
 Layouts (bfloat16 as its uint16 bits, see `widen`): the weight is [ceil(O / 16), ceil(I / 2),
 KH, KW, 16, 2], so one instruction's weights are one aligned vector load; the input is copied,
-zero-padded, to [N, ceil(I / 2), H', W', 2], so one pixel's pair of channels is one broadcast
-int32. Channels beyond O and I are zero weights (and zero inputs).
+zero-padded, to [N, ceil(I / 2), H', W', 2] (`interleave.py`: W' rounded up to whole
+vectors), so one pixel's pair of channels is one broadcast int32. Channels beyond O and I are zero weights (and zero inputs).
 
 Arithmetic: a product of two bfloat16 values is exact in float32 (8-bit significands), so
 each lane computes acc + a1 * b1 + a0 * b0 in float32 with one rounding per add (Intel's
@@ -33,8 +33,9 @@ from __future__ import annotations
 import numpy as np
 
 from ....errors import LoweringError
-from .common import (PARALLEL_MIN_ELEMENTS, VectorShape, blocks_of, extent, inline_elementwise,
-                     is_reduction, iter_kinds, schedule_elementwise)
+from . import interleave
+from .common import (VectorShape, blocks_of, inline_elementwise, is_reduction, iter_kinds,
+                     schedule_elementwise)
 from .conv2d_int8 import row_tile
 from .tiled import accumulator_writer, finish_tile
 
@@ -115,13 +116,13 @@ def conv2d_dpbf16(x, packed, conv):
     out_w = (width + left + right - d_w * (k_w - 1) - 1) // s_w + 1
     zero = tirx.const(0, "uint16")
 
-    def pad_pack(b, g, i, j, c):
+    def padded(b, g, c, i, j):
         inside = tirx.all(i >= top, i < top + height, j >= left, j < left + width,
                           g * PAIR + c < channels)
         return tirx.if_then_else(inside, bits_of(x[b, g * PAIR + c, i - top, j - left]), zero)
 
-    paired = te.compute((n, pairs, height + top + bottom, width + left + right, PAIR),
-                        pad_pack, name="pad_pack")
+    paired = interleave.interleaved(padded, n, pairs, PAIR, height + top + bottom,
+                                    width + left + right, LANES, "uint16")
     rg, ry = te.reduce_axis((0, pairs), "rg"), te.reduce_axis((0, k_h), "ry")
     rx, rc = te.reduce_axis((0, k_w), "rx"), te.reduce_axis((0, PAIR), "rc")
     return te.compute(
@@ -191,12 +192,11 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     if conv is None:
         return None
     register_intrinsic()
-    inline_elementwise(sch, keep=[conv, *sch.get_producers(conv)])
+    inline_elementwise(sch, keep=[conv, *sch.get_producers(conv), *interleave.copy_blocks(sch)])
     conv = find_conv(sch)
     writer = accumulator_writer(sch, conv)
     if writer is None:
         return None
-    copies = sch.get_producers(conv)     # the input copy (before the init block is one)
     n, ob, oh, ow, lane, rg, ry, rx, rc = sch.get_loops(conv)
     registers = max(1, LANES // vec.lanes)
     # Two blocks of output channels share each pixel's broadcast.
@@ -207,13 +207,11 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     sch.reorder(n, ob_outer, oh, ow_outer, rg, ry, rx, ow_inner, ob_inner, lane, rc)
     sch.fuse(ry, rx)     # one loop over the taps, as conv2d_int8 (LLVM spills unrolled taps)
     finish_tile(sch, conv, ow_outer, [n, ob_outer, oh], None, [ow_inner, ob_inner], rg, writer)
-    names = {sch.get(block).name_hint for block in copies}
-    for block in copies:
-        _copy_rows(sch, block)
+    copies = interleave.schedule_copy(sch, LANES)     # the input copy, ...
     outermost = sch.get(sch.get_loops(conv)[0])
-    for block in blocks_of(sch):      # any other block outside the tile
+    for block in blocks_of(sch):      # ... any other block outside the tile
         loops = sch.get_loops(block)
-        if sch.get(block).name_hint in names or is_reduction(sch.get(block)) or \
+        if sch.get(block).name_hint.startswith(copies) or is_reduction(sch.get(block)) or \
                 (loops and sch.get(loops[0]).same_as(outermost)):
             continue
         schedule_elementwise(sch, block, vec.lanes)
@@ -221,14 +219,3 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     sch.tensorize(lane, INTRINSIC)
     return True
 
-
-def _copy_rows(sch, block) -> None:
-    """The input copy (`pad_pack`) a row of pixels at a time: parallel over (image, channel
-    pair, row) where there is enough work, the pair unrolled. (The elementwise rule fuses every
-    loop but the pair: a division per pixel to recover its indices, 4 of the 5.4 ms of a 1x1
-    256 -> 64 channel conv on 56x56, 1 thread.)"""
-    n, pairs, row, column, pair = sch.get_loops(block)
-    rows = sch.fuse(n, pairs, row)
-    if extent(rows, sch) * extent(column, sch) * PAIR >= PARALLEL_MIN_ELEMENTS:
-        sch.parallel(rows)
-    sch.unroll(pair)

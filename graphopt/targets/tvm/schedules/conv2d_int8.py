@@ -14,8 +14,8 @@ packed by `pack_weight`; the rule below schedules it and tensorizes the instruct
 
 Layouts: the weight is [ceil(O / lanes), ceil(I / group), KH, KW, lanes, group], so one
 instruction's weights are one aligned vector load; the input is copied, padded with its zero
-point, to [N, ceil(I / group), H', W', group], so one pixel's `group` input channels are one
-broadcast int32. Channels beyond O and I are zero weights. The tile is the fp32 rule's: up to
+point, to [N, ceil(I / group), H', W', group] (`interleave.py`: W' rounded up to whole
+vectors), so one pixel's `group` input channels are one broadcast int32. Channels beyond O and I are zero weights. The tile is the fp32 rule's: up to
 2 x lanes output channels by a row segment of pixels, the reduction outside it. LLVM emits
 neither instruction from plain loops, so the inner step is a tensor intrinsic (TVM's own
 `dot_16x4_vnni` no longer compiles with LLVM 22, whose `vpdpbusd.512` takes <64 x i8>
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import interleave
 from .common import VectorShape, blocks_of, inline_elementwise, iter_kinds
 from .tiled import accumulator_writer, finish_tile, spatial_rest
 
@@ -91,14 +92,13 @@ def conv2d_dot(x, packed, x_zero_point, conv, dot: DotProduct):
     fill = x_zero_point[(0,) * len(x_zero_point.shape)]
     dtype, group = dot.dtypes[0], dot.group
 
-    def pad_pack(b, g, i, j, c):
+    def padded(b, g, c, i, j):
         inside = tirx.all(i >= top, i < top + height, j >= left, j < left + width,
                           g * group + c < channels)
-        return tirx.if_then_else(inside, x[b, g * group + c, i - top, j - left],
-                                 fill).astype(dtype)
+        return tirx.if_then_else(inside, x[b, g * group + c, i - top, j - left], fill)
 
-    grouped = te.compute((n, groups, height + top + bottom, width + left + right, group),
-                         pad_pack, name="pad_pack")
+    grouped = interleave.interleaved(padded, n, groups, group, height + top + bottom,
+                                     width + left + right, dot.lanes, dtype)
     rg, ry = te.reduce_axis((0, groups), "rg"), te.reduce_axis((0, k_h), "ry")
     rx, rc = te.reduce_axis((0, k_w), "rx"), te.reduce_axis((0, group), "rc")
     return te.compute(
@@ -184,7 +184,7 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     if conv is None:
         return None
     register_intrinsic(dot)
-    inline_elementwise(sch, keep=[conv, *sch.get_producers(conv)])
+    inline_elementwise(sch, keep=[conv, *sch.get_producers(conv), *interleave.copy_blocks(sch)])
     conv, _ = find_conv(sch)
     writer = accumulator_writer(sch, conv)
     if writer is None:
@@ -203,6 +203,7 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     # accumulators (1.25 -> 0.97 ms on 64 ch 56x56); 9 taps stay a loop.
     sch.fuse(ry, rx)
     finish_tile(sch, conv, ow_outer, [n, ob_outer, oh], None, [ow_inner, ob_inner], rg, writer)
-    spatial_rest(sch, conv, vec)     # the input copy; before tensorize replaces the block
+    copies = interleave.schedule_copy(sch, dot.lanes)    # the input copy, ...
+    spatial_rest(sch, conv, vec, skip=copies)      # ... any other; before tensorize
     sch.tensorize(lane, dot.intrinsic)
     return True

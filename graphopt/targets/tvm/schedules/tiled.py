@@ -135,11 +135,13 @@ def accumulator_writer(sch, main):
     return None
 
 
-def spatial_rest(sch, main, vec: VectorShape) -> None:
-    """Schedule the blocks left outside the tile (e.g. input padding) as elementwise work."""
+def spatial_rest(sch, main, vec: VectorShape, skip: tuple[str, ...] = ()) -> None:
+    """Schedule the blocks left outside the tile (e.g. input padding) as elementwise work, but
+    for those whose names start with one of `skip` (scheduled already)."""
     tile_loops = {sch.get(loop) for loop in sch.get_loops(main)}
     for block in blocks_of(sch):
         loops = sch.get_loops(block)
-        if is_reduction(sch.get(block)) or any(sch.get(l) in tile_loops for l in loops):
+        if is_reduction(sch.get(block)) or any(sch.get(l) in tile_loops for l in loops) or \
+                sch.get(block).name_hint.startswith(skip):
             continue
         schedule_elementwise(sch, block, vec.lanes)

@@ -1,0 +1,111 @@
+"""The input copy of the dot-product convolutions (`conv2d_int8.py`, `conv2d_bf16.py`): NCHW to
+[N, C / group, H', W', group], padded, so that one pixel's `group` input channels are one
+broadcast 32-bit word.
+
+Written as one loop over output elements, the copy gathered each element from its channel plane
+with a byte load and store and a division per pixel to recover its indices: 40 % of an int8
+3x3 64 -> 64 ch conv on 56x56 (1 thread, AVX-512). It is built as two stages instead:
+`PLANES` copies `group` channel planes row by row, padding folded in (contiguous vector loads
+and stores), and `PACKED` interleaves each run of `pixels` pixels of the group's rows into one
+vector by a register shuffle (the intrinsic below), one row of the image at a time with the
+planes' row computed just before it, in cache. Rows are padded to whole runs of `pixels`;
+the convolution never reads the columns beyond its padded width."""
+from __future__ import annotations
+
+from .common import PARALLEL_MIN_ELEMENTS, blocks_of, extent
+
+PLANES = "pad_planes"
+PACKED = "pad_pack"
+_registered: set[str] = set()
+
+
+def interleaved(value, n: int, groups: int, group: int, rows: int, width: int, pixels: int,
+                dtype: str):
+    """TE: [n, groups, rows, W, group] (W: `width` rounded up to whole `pixels`) holding
+    `value(b, g, c, i, j)` (of `dtype`, padding included; j ranges over W) at [b, g, i, j, c]."""
+    from tvm import te
+    padded = -(-width // pixels) * pixels
+    planes = te.compute((n, groups, rows, group, padded), lambda b, g, i, c, j:
+                        value(b, g, c, i, j).astype(dtype), name=PLANES)
+    return te.compute((n, groups, rows, padded, group),
+                      lambda b, g, i, j, c: planes[b, g, i, c, j], name=PACKED)
+
+
+def intrinsic_name(pixels: int, group: int, dtype: str) -> str:
+    return f"graphopt_interleave_{group}x{pixels}_{dtype}"
+
+
+def register(pixels: int, group: int, dtype: str) -> str:
+    """Register (once per process) the intrinsic storing B[pixels, group] = A[group, pixels]^T,
+    A's rows `a_stride` apart, as one shuffle of `group` vector loads into one vector store;
+    return its name."""
+    name = intrinsic_name(pixels, group, dtype)
+    if name in _registered:
+        return name
+    from tvm import tirx
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder import tirx as B_
+
+    @T.prim_func(s_tir=True)
+    def desc(a_handle: T.handle, b_handle: T.handle) -> None:
+        a_stride = T.int64()
+        A = T.match_buffer(a_handle, (group, pixels), dtype, strides=[a_stride, 1],
+                           offset_factor=1)
+        B = T.match_buffer(b_handle, (pixels, group), dtype, offset_factor=1)
+        with T.sblock("root"):
+            T.reads(A[0:group, 0:pixels])
+            T.writes(B[0:pixels, 0:group])
+            for j, c in T.grid(pixels, group):
+                with T.sblock("interleave"):
+                    vj, vc = T.axis.remap("SS", [j, c])
+                    B[vj, vc] = A[vc, vj]
+
+    with IRBuilder() as builder:
+        with B_.prim_func():
+            B_.func_name("impl")
+            a_handle, b_handle = B_.arg("A", T.handle()), B_.arg("B", T.handle())
+            a = B_.match_buffer(a_handle, (group, pixels), dtype, offset_factor=1,
+                                strides=[tirx.Var("a_stride", "int64"), 1])
+            b = B_.match_buffer(b_handle, (pixels, group), dtype, offset_factor=1)
+            with B_.sblock("root"):
+                B_.reads(a[0:group, 0:pixels])
+                B_.writes(b[0:pixels, 0:group])
+                rows = [a.vload([c, 0], f"{dtype}x{pixels}") for c in range(group)]
+                order = [c * pixels + j for j in range(pixels) for c in range(group)]
+                B_.buffer_store(b, tirx.Shuffle(rows, [tirx.IntImm("int32", i) for i in order]),
+                                [0, tirx.Ramp(tirx.const(0, "int32"), 1, pixels * group)])
+    TensorIntrin.register(name, desc, builder.get(), override=True)
+    _registered.add(name)
+    return name
+
+
+def copy_blocks(sch) -> list:
+    """The blocks of `interleaved` in `sch` (kept from inlining by the rules)."""
+    return [b for b in blocks_of(sch) if sch.get(b).name_hint in (PLANES, PACKED)]
+
+
+def schedule_copy(sch, pixels: int) -> tuple[str, ...]:
+    """Schedule the two stages of `interleaved` where `sch` holds them: parallel over (image,
+    group, row) where there is enough work, the planes' row computed under it and vectorized,
+    the interleave tensorized `pixels` at a time. Returns the names of the blocks it
+    scheduled (the tensorized block's name starts with its own)."""
+    names = {sch.get(b).name_hint: b for b in blocks_of(sch)}
+    if PLANES not in names or PACKED not in names:
+        return ()
+    planes, packed = names[PLANES], names[PACKED]
+    source = sch.get(planes).writes[0].source
+    group, dtype = int(source.shape[3]), str(source.dtype)
+    n, g, i, j, c = sch.get_loops(packed)
+    rows = sch.fuse(n, g, i)
+    if extent(rows, sch) * extent(j, sch) * group >= PARALLEL_MIN_ELEMENTS:
+        sch.parallel(rows)
+    outer, inner = sch.split(j, [None, pixels])
+    sch.reorder(outer, inner, c)
+    sch.compute_at(planes, rows)
+    *_, plane_c, plane_j = sch.get_loops(planes)
+    _, lanes = sch.split(plane_j, [None, pixels])
+    sch.vectorize(lanes)
+    sch.tensorize(inner, register(pixels, group, dtype))
+    return PLANES, PACKED
