@@ -1,6 +1,7 @@
 """CPU latency of int8 and bfloat16 models: graphopt's compiled int8 graph (`go.quantize`, then
 `go.compile`: the convolutions on the host CPU's AMX tiles or dot-product instruction), its
-bfloat16 graph (AMX-BF16 tiles where the CPU has them), and the int8 graph compiled for
+bfloat16 graph (AMX-BF16 tiles where the CPU has them, else `vdpbf16ps` with AVX512-BF16),
+and the int8 graph compiled for
 older CPUs this host can also run (AVX-512 without VNNI, AVX2: vpmaddwd kernels), against
 graphopt fp32, ONNX Runtime fp32 and ONNX Runtime int8 (a QDQ model from its own
 `quantize_static`: per-channel int8 weights, uint8 activations, the same calibration samples),
