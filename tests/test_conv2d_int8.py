@@ -121,11 +121,12 @@ def chosen(model) -> str:
 def test_each_cpu_gets_its_instruction_and_the_interpreter_s_results(case, mcpu, algorithm,
                                                                      lanes, instruction):
     """Compiled for `mcpu` (on any x86 host), the layer is that CPU's kernel and its assembly
-    holds the instruction; where this host can run that code, the results are exact."""
+    holds the instruction; where this host can run that code, the results are exact (built with
+    bounds checks: an access outside a buffer fails the run)."""
     if mcpu == AMX_BUILD[0] and fills_amx_tiles(case):
         mcpu, algorithm, lanes, instruction = AMX_BUILD
     graph = quantized_conv(case)
-    model = go.compile(graph, "cpu", mcpu=mcpu)
+    model = go.compile(graph, "cpu", mcpu=mcpu, bounds_check=True)
     conv = model.graph.node("conv").op.conv
     assert (conv.algorithm, conv.weight_block) == (algorithm, lanes)
     assembly = cpu_assembly(model.executable)

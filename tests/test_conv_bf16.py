@@ -103,9 +103,10 @@ def assert_one_rounding_from(found: np.ndarray, expected: np.ndarray) -> None:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_vdpbf16ps_convolutions_compute_what_the_interpreter_does(case):
     """Built for an AVX512-BF16 CPU without AMX (on any x86 host), the conv runs on vdpbf16ps;
-    where this host can run that code, the outputs are the interpreter's within one rounding."""
+    where this host can run that code, the outputs are the interpreter's within one rounding
+    (built with bounds checks: an access outside a buffer fails the run)."""
     graph = conv_graph(case)
-    model = go.compile(graph, "cpu", mcpu=BF16_CPU)
+    model = go.compile(graph, "cpu", mcpu=BF16_CPU, bounds_check=True)
     assert algorithm(model) == (conv2d_bf16.ALGORITHM, conv2d_bf16.LANES)
     assert re.search(INSTRUCTION, cpu_assembly(model.executable))
     assert list(model.schedules.values()).count(conv2d_bf16.NAME) == 1
