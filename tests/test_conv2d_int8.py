@@ -20,8 +20,8 @@ pytest.importorskip("tvm")
 from graphopt.targets.tvm.cpu import cpu_assembly  # noqa: E402
 from graphopt.targets.tvm.export import cpu_features  # noqa: E402
 
-# (LLVM CPU, the algorithm chosen for it, lanes, an instruction its kernel must contain); on an AMX CPU the layers that fill AMX tiles get "amx"
-# (`AMX_BUILD`), the others VNNI
+# (LLVM CPU, the algorithm chosen for it, lanes, an instruction its kernel must contain); on
+# an AMX CPU the layers that fill AMX tiles get "amx" (`AMX_BUILD`), the others VNNI
 BUILDS = [("cascadelake", "vnni", 16, r"vpdpbusd\s+.*zmm"),
           ("skylake-avx512", "pmaddwd", 16, r"vpmaddwd\s+.*zmm"),
           ("haswell", "pmaddwd", 8, r"vpmaddwd\s+.*ymm"),

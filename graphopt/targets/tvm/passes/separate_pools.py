@@ -14,8 +14,8 @@ SEPARABLE_MAX_DTYPES = ("float32", "float16", "bfloat16", "uint8", "int8", "int3
 
 
 def separate_pools(context):
-    """The pass for one compile (`context` is not needed: every float max pool and every
-    undilated average pool qualifies)."""
+    """The pass for one compile (`context` is not needed: every max pool of a
+    SEPARABLE_MAX_DTYPES dtype and every undilated average pool qualifies)."""
 
     def decide(node):
         if node.op_name == "max_pool2d" and node.inputs[0].dtype in SEPARABLE_MAX_DTYPES:

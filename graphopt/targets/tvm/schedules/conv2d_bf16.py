@@ -16,7 +16,8 @@ rounded once to bfloat16; the rule below schedules it as the int8 dot-product ru
 Layouts (bfloat16 as its uint16 bits, see `widen`): the weight is [ceil(O / 16), ceil(I / 2),
 KH, KW, 16, 2], so one instruction's weights are one aligned vector load; the input is copied,
 zero-padded, to [N, ceil(I / 2), H', W', 2] (`interleave.py`: W' rounded up to whole
-vectors), so one pixel's pair of channels is one broadcast int32. Channels beyond O and I are zero weights (and zero inputs).
+vectors), so one pixel's pair of channels is one broadcast int32. Channels beyond O and I are
+zero weights (and zero inputs).
 
 Arithmetic: a product of two bfloat16 values is exact in float32 (8-bit significands), so
 each lane computes acc + a1 * b1 + a0 * b0 in float32 with one rounding per add (Intel's

@@ -15,11 +15,11 @@ packed by `pack_weight`; the rule below schedules it and tensorizes the instruct
 Layouts: the weight is [ceil(O / lanes), ceil(I / group), KH, KW, lanes, group], so one
 instruction's weights are one aligned vector load; the input is copied, padded with its zero
 point, to [N, ceil(I / group), H', W', group] (`interleave.py`: W' rounded up to whole
-vectors), so one pixel's `group` input channels are one broadcast int32. Channels beyond O and I are zero weights. The tile is the fp32 rule's: up to
-2 x lanes output channels by a row segment of pixels, the reduction outside it. LLVM emits
-neither instruction from plain loops, so the inner step is a tensor intrinsic (TVM's own
-`dot_16x4_vnni` no longer compiles with LLVM 22, whose `vpdpbusd.512` takes <64 x i8>
-operands)."""
+vectors), so one pixel's `group` input channels are one broadcast int32. Channels beyond O
+and I are zero weights. The tile is the fp32 rule's: up to 2 x lanes output channels by a row
+segment of pixels, the reduction outside it. LLVM emits neither instruction from plain loops,
+so the inner step is a tensor intrinsic (TVM's own `dot_16x4_vnni` no longer compiles with
+LLVM 22, whose `vpdpbusd.512` takes <64 x i8> operands)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
