@@ -505,6 +505,21 @@ def test_dot_product_convs_copy_their_input_with_vector_code(dtype, mcpu):
     assert "T.vectorized" in planes, conv
 
 
+def test_short_contiguous_rows_are_vector_code_and_gathers_are_not():
+    """A squeeze-excite scale on 14x14 planes (rows of 14, not whole 16-lane vectors) is
+    vectorized along its rows; a reflection pad's rows, whose reads are gathers, stay scalar."""
+    with dsl.Builder("rows", seed=0) as b:
+        x, scale = b.input("x", (1, 24, 14, 14)), b.input("s", (1, 24, 1, 1))
+        graph = b.output(dsl.mul(x, scale))
+    (script,) = [f.script() for f in _scheduled_kernels(graph, mcpu=AVX512_CPU).values()]
+    assert "T.vectorized(T.int64(14))" in script, script
+    with dsl.Builder("reflect", seed=0) as b:
+        graph = b.output(dsl.pad(b.input("x", (1, 24, 14, 13)), ((0, 0), (0, 0), (1, 1), (1, 1)),
+                                 mode="reflect"))     # rows of 15
+    (script,) = [f.script() for f in _scheduled_kernels(graph, mcpu=AVX512_CPU).values()]
+    assert "T.vectorized" not in script, script
+
+
 # dtype, kernel, stride, padding, dilation, ceil_mode, input shape
 SEPARABLE_MAX_POOLS = [("uint8", 2, 2, 0, 1, False, (1, 16, 24, 24)),   # VGG's, quantized
                        ("uint8", 3, 2, 1, 1, False, (1, 8, 15, 15)),    # ResNet's stem
