@@ -34,11 +34,9 @@ from __future__ import annotations
 import numpy as np
 
 from ....errors import LoweringError
-from . import interleave
-from .common import (VectorShape, blocks_of, inline_elementwise, is_reduction, iter_kinds,
-                     schedule_elementwise)
-from .conv2d_int8 import row_tile
-from .tiled import accumulator_writer, finish_tile
+from . import conv2d_int8, interleave
+from .common import VectorShape, blocks_of, inline_elementwise, iter_kinds
+from .tiled import accumulator_writer
 
 NAME = "conv2d_bf16"
 ALGORITHM = "dpbf16"
@@ -198,24 +196,7 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     writer = accumulator_writer(sch, conv)
     if writer is None:
         return None
-    n, ob, oh, ow, lane, rg, ry, rx, rc = sch.get_loops(conv)
-    registers = max(1, LANES // vec.lanes)
-    # Two blocks of output channels share each pixel's broadcast.
-    pair = 2 if int(sch.get(ob).extent) % 2 == 0 else 1
-    width = row_tile(int(sch.get(ow).extent), max(1, vec.accumulators // (pair * registers)))
-    ob_outer, ob_inner = sch.split(ob, [None, pair])
-    ow_outer, ow_inner = sch.split(ow, [None, width])
-    sch.reorder(n, ob_outer, oh, ow_outer, rg, ry, rx, ow_inner, ob_inner, lane, rc)
-    sch.fuse(ry, rx)     # one loop over the taps, as conv2d_int8 (LLVM spills unrolled taps)
-    finish_tile(sch, conv, ow_outer, [n, ob_outer, oh], None, [ow_inner, ob_inner], rg, writer)
-    copies = interleave.schedule_copy(sch, LANES)     # the input copy, ...
-    outermost = sch.get(sch.get_loops(conv)[0])
-    for block in blocks_of(sch):      # ... any other block outside the tile
-        loops = sch.get_loops(block)
-        if sch.get(block).name_hint.startswith(copies) or is_reduction(sch.get(block)) or \
-                (loops and sch.get(loops[0]).same_as(outermost)):
-            continue
-        schedule_elementwise(sch, block, vec.lanes)
+    lane = conv2d_int8.tile(sch, conv, writer, LANES, vec)
     sch.annotate(sch.get_loops(conv)[0], "pragma_import_llvm", WRAPPER_IR)
     sch.tensorize(lane, INTRINSIC)
     return True

@@ -189,8 +189,17 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     writer = accumulator_writer(sch, conv)
     if writer is None:
         return None
+    sch.tensorize(tile(sch, conv, writer, dot.lanes, vec), dot.intrinsic)
+    return True
+
+
+def tile(sch, conv, writer, lanes: int, vec: VectorShape):
+    """The register tile of a dot-product conv block (n, block, oh, ow, lane; rg, ry, rx, rc)
+    with `lanes` accumulator lanes per block, its `writer` under it, the input copy and any
+    other block outside it scheduled (this rule's and `conv2d_bf16`'s); returns the lane loop,
+    which the caller tensorizes with its instruction."""
     n, ob, oh, ow, lane, rg, ry, rx, rc = sch.get_loops(conv)
-    registers_per_block = max(1, dot.lanes // vec.lanes)
+    registers_per_block = max(1, lanes // vec.lanes)
     # Two blocks of output channels share each pixel's broadcast.
     pair = 2 if int(sch.get(ob).extent) % 2 == 0 else 1
     width = row_tile(int(sch.get(ow).extent),
@@ -203,7 +212,6 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     # accumulators (1.25 -> 0.97 ms on 64 ch 56x56); 9 taps stay a loop.
     sch.fuse(ry, rx)
     finish_tile(sch, conv, ow_outer, [n, ob_outer, oh], None, [ow_inner, ob_inner], rg, writer)
-    copies = interleave.schedule_copy(sch, dot.lanes)    # the input copy, ...
+    copies = interleave.schedule_copy(sch, lanes)    # the input copy, ...
     spatial_rest(sch, conv, vec, skip=copies)      # ... any other; before tensorize
-    sch.tensorize(lane, dot.intrinsic)
-    return True
+    return lane
