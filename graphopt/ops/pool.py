@@ -56,8 +56,8 @@ def nan_max_of(values):
     first = values[0]
     dtype = str(first.dtype if hasattr(first, "dtype") else first.ty)
     best = functools.reduce(tirx.max, values)
-    return tirx.Select(tirx.any(*[isnan(v) for v in values]) if len(values) > 1 else
-                       isnan(values[0]), tirx.const(float("nan"), dtype), best)
+    return tirx.Select(tirx.any(*[isnan(v) for v in values]), tirx.const(float("nan"), dtype),
+                       best)
 
 
 def nan_max_reducer():
