@@ -272,10 +272,27 @@ def test_gemm_kernels_get_the_tiled_rules():
             assert func.attrs[SCHEDULE_ATTR] == "dense", name
 
 
-@pytest.mark.parametrize("mcpu, lanes", [("skylake-avx512", 16), ("haswell", 8), ("znver3", 8)])
-def test_vector_shape_follows_target_cpu(mcpu, lanes):
+@pytest.mark.parametrize("mcpu, lanes, l1d_kib", [("skylake-avx512", 16, 32), ("haswell", 8, 32),
+                                                   ("znver3", 8, 32), ("znver4", 16, 32),
+                                                   ("znver5", 16, 48),
+                                                   ("sapphirerapids", 16, 48)])
+def test_vector_shape_follows_target_cpu(mcpu, lanes, l1d_kib):
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
     assert VectorShape.of(target).lanes == lanes
+    assert VectorShape.of(target).l1d == l1d_kib * 1024
+
+
+@pytest.mark.parametrize("mcpu, blocked", [("sapphirerapids", True), ("znver5", True),
+                                            ("znver4", False)])
+def test_small_planes_block_input_channels_on_48_kib_l1(mcpu, blocked):
+    """A deep conv on a small plane splits its input channels into L1 weight blocks on cores
+    with 48 KiB of L1 data cache; on 32 KiB the blocks thrashed L1 and it reads them whole."""
+    with dsl.Builder("deep_small_plane", seed=0) as b:
+        x = b.input("x", (1, 512, 7, 7))
+        graph = b.output(dsl.relu(dsl.conv2d(x, 512, 3, padding=1)))
+    text = _scheduled_kernels(graph, mcpu)["fused_conv2d"].script()
+    reduction_loops = re.search(r"for ([\w, ]*\brc\w*[\w, ]*) in T\.grid", text).group(1)
+    assert ("rc_0" in reduction_loops) == blocked, reduction_loops
 
 
 def test_non_constant_weight_falls_back_and_stays_correct():

@@ -22,27 +22,45 @@ class VectorShape:
     """fp32 lanes per SIMD register and registers the micro-kernels may keep as accumulators;
     `vnni`: the CPU has AVX-512 VNNI (vpdpbusd: u8 x s8 dot products into int32); `bf16`: it
     has AVX512-BF16 (vdpbf16ps: bfloat16 pair products into float32); `amx`: the AMX tile
-    products it has ("amx-int8", "amx-bf16": LLVM's feature names)."""
+    products it has ("amx-int8", "amx-bf16": LLVM's feature names); `l1d`: bytes of L1 data
+    cache per core (`l1d_bytes`)."""
     lanes: int
     accumulators: int
     vnni: bool = False
     amx: tuple[str, ...] = ()
     bf16: bool = False
+    l1d: int = 32 * 1024
 
     @staticmethod
     def of(target) -> "VectorShape":
         """AVX-512 (32 zmm) where the target's CPU has it, AVX2 (16 ymm) otherwise; detected from the
         target's `mcpu` through LLVM, so a cross-compile target is honoured too."""
         from tvm.target.codegen import target_has_features
+        l1d = l1d_bytes(str(target.attrs.get("mcpu", "")))
         if target_has_features("avx512f", target):
             return VectorShape(lanes=16, accumulators=28,
                                vnni=bool(target_has_features("avx512vnni", target)),
                                amx=tuple(f for f in ("amx-int8", "amx-bf16")
                                          if target_has_features(f, target)),
-                               bf16=bool(target_has_features("avx512bf16", target)))
+                               bf16=bool(target_has_features("avx512bf16", target)), l1d=l1d)
         if target_has_features("avx2", target):
-            return VectorShape(lanes=8, accumulators=12)
-        return VectorShape(lanes=4, accumulators=12)
+            return VectorShape(lanes=8, accumulators=12, l1d=l1d)
+        return VectorShape(lanes=4, accumulators=12, l1d=l1d)
+
+
+# LLVM CPUs (`mcpu`) whose cores have 48 KiB of L1 data cache: Intel's since Ice Lake (the
+# P-cores of the hybrid parts) and AMD's Zen 5. Every other x86 core LLVM names has 32 KiB or
+# less, the size assumed for a CPU not listed (LLVM does not tell a target's cache sizes).
+L1D_48_KIB = frozenset({
+    "icelake-client", "icelake-server", "tigerlake", "rocketlake", "alderlake", "raptorlake",
+    "meteorlake", "arrowlake", "arrowlake-s", "lunarlake", "pantherlake", "wildcatlake",
+    "novalake", "sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d",
+    "diamondrapids", "znver5"})
+
+
+def l1d_bytes(mcpu: str) -> int:
+    """L1 data cache per core of the LLVM CPU `mcpu`, in bytes (32 KiB where not known)."""
+    return (48 if mcpu.replace("_", "-") in L1D_48_KIB else 32) * 1024
 
 
 def is_reduction(block) -> bool:

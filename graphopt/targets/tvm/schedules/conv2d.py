@@ -26,6 +26,11 @@ SMALL_PLANE = 20 * 20
 PARALLEL_TASKS = 8
 # Bytes of packed weights one input-channel block may span, to stay in L1 with the accumulators.
 L1_WEIGHT_BYTES = 20 * 1024
+# The smallest L1 data cache (per core) for which small planes take input-channel blocks. With
+# 32 KiB (AMD Zen 4, 1 thread, ms, 20 KiB blocks / 10 KiB / unblocked) the blocks lost: 3x3
+# 512 ch 7x7 3.27 / 2.77 / 2.42 (ORT 2.86), stride-2 256 -> 512 ch 1.16 / 1.13 / 1.08, 288 ->
+# 384 ch 1.68 / - / 1.59.
+BLOCKED_L1D = 48 * 1024
 # Input channels stored together when the input is channel-blocked: one 64-byte cache line.
 INPUT_BLOCK = 16
 # Output planes from which the tile is written back through a register transpose.
@@ -71,7 +76,7 @@ def schedule(sch, vec: VectorShape) -> bool:
     # Rows of 56, 28, 14 or 7 pixels have no divisor near the register budget: a predicated
     # last tile is cheaper than narrow tiles (measured 1.06x vs 1.2x ORT on 56 wide rows).
     ow_outer, ow_inner = sch.split(ow, [None, width])
-    ic_block = _input_channel_block(block, oc_block)
+    ic_block = _input_channel_block(block, oc_block, vec.l1d)
     # With a batch, the padded input is built one image at a time just before that image's
     # convolution, while it is still in cache (a whole padded batch went out to memory first:
     # ResNet-18's 56x56 layers ran 1.25x ORT at batch 8 against 1.04x at batch 1).
@@ -165,10 +170,11 @@ def _row_groups(channel_blocks: int, rows: int) -> int:
     return next((d for d in bands if channel_blocks * d >= PARALLEL_TASKS), bands[-1])
 
 
-def _input_channel_block(block, oc_block: int) -> int | None:
-    """Input channels per L1 weight block for small output planes, or None (no blocking)."""
+def _input_channel_block(block, oc_block: int, l1d: int) -> int | None:
+    """Input channels per L1 weight block for small output planes on cores with `l1d` bytes of
+    L1 data cache, or None (no blocking)."""
     _, _, out_h, out_w, in_c, k_h, k_w = (int(iv.dom.extent) for iv in block.iter_vars)
-    if out_h * out_w > SMALL_PLANE:
+    if out_h * out_w > SMALL_PLANE or l1d < BLOCKED_L1D:
         return None
     fitting = [d for d in range(1, in_c) if in_c % d == 0
                and d * k_h * k_w * oc_block * 4 <= L1_WEIGHT_BYTES]
