@@ -27,7 +27,7 @@ PARALLEL_TASKS = 8
 # Bytes of packed weights one input-channel block may span, to stay in L1 with the accumulators.
 L1_WEIGHT_BYTES = 20 * 1024
 # The smallest L1 data cache (per core) for which small planes take input-channel blocks. With
-# 32 KiB (AMD Zen 4, 1 thread, ms, 20 KiB blocks / 10 KiB / unblocked) the blocks lost: 3x3
+# 32 KiB (AMD Zen 4, 1 thread, ms, 18 KiB blocks / 9 KiB / unblocked) the blocks lost: 3x3
 # 512 ch 7x7 3.27 / 2.77 / 2.42 (ORT 2.86), stride-2 256 -> 512 ch 1.16 / 1.13 / 1.08, 288 ->
 # 384 ch 1.68 / - / 1.59.
 BLOCKED_L1D = 48 * 1024
