@@ -246,9 +246,10 @@ def test_row_tile_choice(width, block, vec):
 def test_padded_rows_are_recorded_and_computed():
     """A row that does not divide into register tiles is computed to whole tiles, recorded as
     the conv's padded_width; the extra columns never reach the output."""
-    with dsl.Builder("rows", seed=2) as b:   # 80 input channels: the 1x1 conv is not narrow
+    with dsl.Builder("rows", seed=2) as b:   # 80 input channels: no conv is narrow
         x = b.input("input", (1, 80, 27, 27))
-        graph = b.output(dsl.relu(dsl.conv2d(x, 64, 3, padding=1) + dsl.conv2d(x, 64, 1)))
+        graph = b.output(dsl.relu(dsl.conv2d(x, 64, 3, padding=1) + dsl.conv2d(x, 64, 5,
+                                                                                padding=2)))
     optimized, _ = optimize_for_target(graph, "cpu", CompileOptions(mcpu=AVX512_CPU))
     widths = {getattr(n.op, "conv", n.op).padded_width for n in optimized.graph.nodes
               if "conv" in n.op_name}

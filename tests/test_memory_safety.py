@@ -53,6 +53,7 @@ CASES = [
     ("conv7x7_s2_stem", (1, 3, 64, 64), lambda x: dsl.conv2d(x, 64, 7, stride=2, padding=3)),
     ("winograd_64", (1, 64, 28, 28), lambda x: dsl.conv2d(x, 64, 3, padding=1)),
     ("pointwise", (1, 16, 20, 20), lambda x: dsl.conv2d(x, 32, 1)),
+    ("pointwise_partial_plane", (1, 16, 13, 13), lambda x: dsl.conv2d(x, 32, 1)),
     ("grouped", (1, 16, 20, 20), lambda x: dsl.conv2d(x, 16, 3, padding=1, groups=4)),
     ("max_pool", (1, 8, 30, 32), lambda x: dsl.max_pool2d(x, 3, 2, padding=1)),
     ("avg_pool", (1, 8, 30, 32), lambda x: dsl.avg_pool2d(x, 3, 2, padding=1)),

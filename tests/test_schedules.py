@@ -17,7 +17,7 @@ from graphopt.frontends import dsl
 tvm = pytest.importorskip("tvm")
 
 from graphopt.targets.tvm.compile import optimize_for_target  # noqa: E402
-from graphopt.targets.tvm.cpu import cpu_pipeline  # noqa: E402
+from graphopt.targets.tvm.cpu import cpu_assembly, cpu_pipeline  # noqa: E402
 from graphopt.targets.tvm.lower import to_relax  # noqa: E402
 from graphopt.targets.tvm.options import CompileOptions  # noqa: E402
 from graphopt.targets.tvm.schedules import SCHEDULE_ATTR, VectorShape  # noqa: E402
@@ -54,6 +54,12 @@ CASES = {
     # ... and expansions, with the channel blocks outside the pixel tiles
     "conv1x1_expansion": ((1, 8, 8, 6), lambda x: dsl.clip(dsl.conv2d(x, 36, 1), 0, 6),
                           "conv2d"),
+    # ... and on planes that are not whole vectors (13x11, 12x11): one vector per tile, the
+    # last one partial, peeled off the loop of whole ones; with a batch, with a residual
+    "conv1x1_partial_plane": ((2, 24, 13, 11), lambda x: dsl.relu(dsl.conv2d(x, 40, 1)),
+                              "conv2d"),
+    "conv1x1_partial_plane_residual": ((1, 32, 12, 11), lambda x: dsl.relu(
+        dsl.conv2d(x, 32, 1) + x), "conv2d"),
     "conv1x1": ((1, 16, 7, 7), lambda x: dsl.conv2d(x, 32, 1, bias=False), "conv2d"),
     "conv1x1_s2": ((1, 8, 15, 15), lambda x: dsl.conv2d(x, 16, 1, stride=2), "conv2d"),
     "conv7x7_stem": ((1, 3, 23, 23), lambda x: dsl.relu(dsl.conv2d(x, 16, 7, stride=2, padding=3)),
@@ -427,12 +433,12 @@ def test_register_transpose_network_transposes(lanes):
         lanes, lanes).T)
 
 
-def test_1x1_convs_of_few_channels_on_odd_planes_take_the_narrow_rule_on_avx512():
-    """SqueezeNet's expand 1x1 conv (16 -> 64 ch on 55x55, not whole 16-lane vectors): rows as
+def test_1x1_convs_on_planes_of_partial_vectors_take_the_pointwise_rule_on_avx512():
+    """SqueezeNet's expand 1x1 conv (16 -> 64 ch on 55x55, not whole 16-lane vectors): pixels as
     the vector axis on AVX-512, the conv2d rule with 8 lanes; the same outputs either way."""
     with dsl.Builder("expand1x1", seed=3) as b:
         graph = b.output(dsl.relu(dsl.conv2d(b.input("x", (1, 16, 55, 55)), 64, 1)))
-    for mcpu, rule in ((AVX512_CPU, "narrow"), (AVX2_CPU, "conv2d")):
+    for mcpu, rule in ((AVX512_CPU, "pointwise"), (AVX2_CPU, "conv2d")):
         rules = {f.attrs[SCHEDULE_ATTR] for f in _scheduled_kernels(graph, mcpu).values()}
         assert rule in rules, (mcpu, rules)
     feeds = {"x": np.random.default_rng(0).standard_normal((1, 16, 55, 55)).astype(np.float32)}
@@ -461,9 +467,26 @@ def test_pointwise_tile_fills_the_accumulators():
     vec = VectorShape.of(tvm.target.Target({"kind": "llvm", "mcpu": AVX512_CPU}))
     assert tile(56 * 56, 64, vec) == (3, 8)       # 24 accumulators, the last tile partial
     assert tile(56 * 56, 24, vec) == (4, 6)
-    assert tile(7 * 7, 64, vec) is None            # not whole vectors
+    # planes of partial vectors: one vector, the largest block leaving two blocks or more
+    assert tile(35 * 35, 64, vec) == (1, 16)
+    assert tile(17 * 17, 192, vec) == (1, 24)
+    assert tile(55 * 55, 16, vec) == (1, 8)
+    assert tile(7 * 7, 64, vec) is None            # too small a plane of partial vectors
     assert tile(56 * 56, 64, VectorShape.of(tvm.target.Target(
         {"kind": "llvm", "mcpu": AVX2_CPU}))) is None
+
+
+def test_partial_planes_compute_whole_vectors_outside_the_last():
+    """A 1x1 conv on a plane of 8 vectors and 15 pixels: the loop over the whole vectors has no
+    predicate, so it is vector code (16-lane products of a broadcast weight), not the scalar
+    copy TVM makes of a loop whose lanes are guarded."""
+    with dsl.Builder("partial_plane", seed=3) as b:
+        graph = b.output(dsl.relu(dsl.conv2d(b.input("x", (1, 64, 13, 11)), 32, 1)))
+    model = go.compile(graph, "cpu", mcpu=AVX512_CPU)
+    assert set(model.schedules.values()) >= {"pointwise"}, model.schedules
+    assembly = cpu_assembly(model.executable)
+    broadcast_products = re.findall(r"vfmadd\d+ps\s+[^\n]*\{1to16\}[^\n]*%zmm", assembly)
+    assert len(broadcast_products) >= 16, len(broadcast_products)   # a 16-channel block
 
 
 def test_narrow_tile_loads_least_per_product():
@@ -619,12 +642,11 @@ def test_weight_layouts_are_decisions_on_the_nodes():
 
 @pytest.mark.parametrize("mcpu", [AVX2_CPU, AVX512_CPU])
 def test_parallel_kernels_make_tasks_for_several_threads(mcpu):
-    """A 14x14 conv with 3-5 channel blocks (input channels in L1 blocks) also splits its rows
-    into bands, and a classifier's single row into column tiles: each makes at least 8
-    parallel tasks."""
+    """A 14x14 conv with 3-5 channel blocks also splits its rows into bands, and a classifier's
+    single row into column tiles: each makes at least 8 parallel tasks."""
     with dsl.Builder("few_blocks", seed=0) as b:
         x, features = b.input("x", (1, 192, 14, 14)), b.input("features", (1, 1280))
-        graph = b.output(dsl.relu(dsl.conv2d(x, 40, 1)), dsl.linear(features, 1000))
+        graph = b.output(dsl.relu(dsl.conv2d(x, 40, 3, padding=1)), dsl.linear(features, 1000))
     kernels = _scheduled_kernels(graph, mcpu)
     for name in ("fused_conv2d", "fused_matmul_add"):
         extents = [int(e) for e in re.findall(r"T\.parallel\(T\.int64\((\d+)\)\)",

@@ -216,6 +216,10 @@ def compile_graph(graph: Graph, target: str = "cpu", options: CompileOptions | N
                  if getattr(getattr(n.op, "conv", n.op), "algorithm", None) == "onednn"]
     schedule_report = None
     config = {"tirx.instrument_bound_checkers": True} if options.bounds_check else {}
+    if device_kind == "cpu":
+        # loops guarded by `likely` predicates are split into the unguarded part and the rest
+        # (the pointwise rule's partial planes: `schedules/pointwise.finish`)
+        config["s_tir.LoopPartition"] = {"partition_const_loop": True}
     try:
         with tvm.transform.PassContext(config=config):
             if device_kind == "cuda":

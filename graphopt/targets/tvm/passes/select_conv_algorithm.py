@@ -6,7 +6,8 @@
   blocks of two vector registers of output channels) for the 3x3 stride-1 convolutions where
   it measured faster (`schedules/winograd.output_tile`);
 - "pointwise" for float32 1x1 stride-1 unpadded ungrouped convolutions with a constant weight
-  on planes of whole 16-lane vectors: a GEMM over the flattened plane with the pixels as the
+  where the target has 16-lane vectors, on planes of whole vectors or of at least
+  `pointwise.MIN_PARTIAL_PLANE` pixels: a GEMM over the flattened plane with the pixels as the
   lanes (`schedules/pointwise.py`), the weight in blocks of `weight_block` output channels;
 - "depthwise" for float32 depthwise convolutions (one filter per channel: groups == input ==
   output channels) with a constant weight: rows of whole vectors of `weight_block` (the

@@ -56,7 +56,9 @@ def schedule_func(func, vec: VectorShape):
         except ScheduleError:  # a schedule primitive refused this function's structure: next rule
             continue
         if applied:
-            return sch.mod["main"], rule.NAME
+            finish = getattr(rule, "finish", None)   # a rule's rewrite of its scheduled function
+            func = sch.mod["main"]
+            return (finish(func) if finish else func), rule.NAME
     return None, None
 
 

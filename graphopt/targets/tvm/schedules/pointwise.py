@@ -12,14 +12,30 @@ input (C x 16 `vectors` floats) is read from cache by every block of output chan
 expansions (more output than input channels: few products per output, much to write) take the
 channel blocks outside, so each block writes its channels' rows from start to end.
 
-Used for every such conv with 16 lanes where the plane is whole vectors. Measured inside the
+Used for such convs with 16 lanes. On planes of whole vectors, measured inside the
 models, each 1x1 conv timed in two compiles of one model run interleaved (one AVX-512 core, ms,
 conv2d rule / pointwise): MobileNetV2 projections 32 -> 16 ch 112x112 0.37 / 0.17, 192 -> 32
 ch 28x28 0.28 / 0.16, 144 -> 32 ch 0.105 / 0.080; expansions 16 -> 96 ch 112x112 0.91 / 0.53
 (0.96 with the pixel tiles outside), 24 -> 144 ch 56x56 0.355 / 0.215, 32 -> 192 ch 28x28 0.130
 / 0.105; ResNet-50 256 -> 64 ch 56x56 1.07 / 0.93-1.01, 64 -> 64 ch 1.04 / 0.85, 64 -> 256 ch
 1.19-1.21 / 1.01-1.03, 128 -> 512 ch 28x28 0.88 / 0.75, 512 -> 128 ch 0.90 / 0.78. 8 lanes are
-untimed: the conv2d rule keeps those."""
+untimed: the conv2d rule keeps those.
+
+Planes that are not whole vectors (Inception's 35x35 and 17x17, SqueezeNet's 55x55, 27x27 and
+13x13) end in a partial vector. Its lanes are guarded by a predicate, which TVM's vectorizer
+can only scalarize, and a scalar copy of the whole tile loop would run 16 times slower. So
+there the tile is one vector, the pixel tiles are a serial loop inside each thread's block of
+output channels (so the parallel tasks are the batch's channel blocks, at least two: fewer than
+the conv2d rule's bands of rows on a host with many cores), and `finish` marks the predicates
+`likely`: TVM's LoopPartition (enabled for
+CPU compiles, `compile.py`) then splits that loop into the whole tiles, with no predicate, and
+the last one. Kernel alone, one Zen 4 core, ms, conv2d rule / pointwise: 288 -> 64 ch 35x35
+0.55 / 0.41 (ORT's whole run 0.49), 192 -> 64 ch 35x35 0.44 / 0.28, 768 -> 192 ch 17x17 0.89 /
+0.78, 128 -> 32 ch 27x27 0.114 / 0.059, 32 -> 128 ch 0.091 / 0.061, 64 -> 16 ch 55x55 0.099
+(narrow rule) / 0.059, 384 -> 48 ch 13x13 0.078 / 0.059, ResNet-50's 256 -> 1024 ch 14x14 1.14 /
+1.07, 1024 -> 256 ch 0.96 / 0.92, GoogLeNet's 512 -> 24 ch 14x14 0.083 / 0.044. On 7x7 planes
+(three vectors and one pixel) it lost (2048 -> 512 ch 1.03 / 1.17, 512 -> 2048 ch 0.98 / 1.13):
+those, and planes under MIN_PARTIAL_PLANE, stay on the conv2d rule."""
 from __future__ import annotations
 
 from .common import PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, inline_elementwise, \
@@ -27,17 +43,29 @@ from .common import PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, inline_el
 from .tiled import accumulator_writer, packed_weight
 
 NAME = ALGORITHM = "pointwise"
+# The vector width the rule is written for (AVX-512's float32 lanes).
+LANES = 16
 # Pixel vectors per register tile, most first: the tile is vectors x block accumulators.
 MAX_VECTORS = 4
+# The smallest plane that is not whole vectors taken (see the module docstring).
+MIN_PARTIAL_PLANE = 8 * LANES
 
 
 def tile(pixels: int, out_channels: int, vec: VectorShape | None) -> tuple[int, int] | None:
     """(pixel vectors, output-channel block) of the register tile for a plane of `pixels`, or
-    None where the plane is not whole vectors (or the target has no 16-lane vectors): the most
+    None (the target has no 16-lane vectors, or the plane is smaller than one vector, or than
+    MIN_PARTIAL_PLANE where it is not whole vectors). Planes of whole vectors: the most
     accumulators with a block dividing the channels, then a vector count dividing the plane
-    (otherwise the last pixel tile is partial)."""
-    if vec is None or vec.lanes != 16 or pixels % vec.lanes:
+    (otherwise the last pixel tile is partial). Other planes: one vector and the largest such
+    block that leaves at least two blocks (the threads share the blocks)."""
+    if vec is None or vec.lanes != LANES or pixels < LANES:
         return None
+    if pixels % LANES:
+        if pixels < MIN_PARTIAL_PLANE:
+            return None
+        blocks = [b for b in range(1, vec.accumulators + 1)
+                  if out_channels % b == 0 and out_channels // b >= 2]
+        return (1, max(blocks)) if blocks else None
     rows = pixels // vec.lanes
     choices = [(vectors, max(b for b in range(1, vec.accumulators // vectors + 1)
                              if out_channels % b == 0))
@@ -94,6 +122,9 @@ def schedule(sch, vec: VectorShape) -> bool:
         return None
     b, o, p, c = sch.get_loops(conv)
     o_outer, o_inner = sch.split(o, [None, channel_block])
+    if pixels % vec.lanes:
+        return _schedule_partial_plane(sch, conv, writer, vec, parallel=n * out_channels * pixels
+                                       * channels >= PARALLEL_MIN_MACS)
     p_outer, p_inner = sch.split(p, [None, vectors * vec.lanes])
     p_vectors, p_lanes = sch.split(p_inner, [None, vec.lanes])
     if out_channels > channels:   # an expansion: each channel block's rows written in turn
@@ -116,3 +147,43 @@ def schedule(sch, vec: VectorShape) -> bool:
         sch.vectorize(lanes)
         sch.unroll(registers)
     return True
+
+
+def _schedule_partial_plane(sch, conv, writer, vec: VectorShape, parallel: bool) -> bool:
+    """A plane that is not whole vectors: each thread takes blocks of output channels (with the
+    batch) and walks the plane's vectors in a serial loop, the last one partial; the epilogue
+    writes each vector from the tile."""
+    b, o_outer, o_inner, p, c = sch.get_loops(conv)
+    p_vectors, p_lanes = sch.split(p, [None, vec.lanes])
+    sch.reorder(b, o_outer, p_vectors, c, o_inner, p_lanes)
+    fused = sch.fuse(b, o_outer)
+    if parallel:
+        sch.parallel(fused)
+    sch.reverse_compute_at(writer, p_vectors)
+    sch.vectorize(p_lanes)
+    sch.unroll(o_inner)
+    init = sch.decompose_reduction(conv, c)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.vectorize(sch.get_loops(writer)[-1])
+    return True
+
+
+def finish(func):
+    """The scheduled PrimFunc; for a plane that is not whole vectors, with every block predicate
+    marked `likely`: the predicates of the last vector, which LoopPartition
+    (partition_const_loop) then peels off the serial loop of whole vectors. (Other predicates,
+    a partial tile of whole vectors, are uniform over the lanes and stay as they are.)"""
+    import tvm_ffi
+    from tvm import s_tir, tirx
+    pixels = int(func.params[0].shape[-1])   # x: [N, C, H * W]
+    if pixels % LANES == 0:
+        return func
+
+    def likely(realize):
+        predicate = realize.predicate
+        if isinstance(predicate, tirx.IntImm):
+            return realize
+        return s_tir.SBlockRealize(list(realize.iter_values), tirx.likely(predicate),
+                                   realize.block)
+
+    return tvm_ffi.structural_map(func, (s_tir.SBlockRealize, likely))
