@@ -217,9 +217,8 @@ def compile_graph(graph: Graph, target: str = "cpu", options: CompileOptions | N
     schedule_report = None
     config = {"tirx.instrument_bound_checkers": True} if options.bounds_check else {}
     if device_kind == "cpu":
-        # loops guarded by `likely` predicates are split into the unguarded part and the rest
-        # (the pointwise rule's partial planes: `schedules/pointwise.finish`)
-        config["s_tir.LoopPartition"] = {"partition_const_loop": True}
+        from .tir_lowering import cpu_build_config
+        config.update(cpu_build_config())
     try:
         with tvm.transform.PassContext(config=config):
             if device_kind == "cuda":
@@ -237,7 +236,9 @@ def compile_graph(graph: Graph, target: str = "cpu", options: CompileOptions | N
                 with tvm_target:
                     lowered = cpu_pipeline(tvm_target, database,
                                            onednn=options.kernels == "onednn")(mod)
-                executable = tvm.compile(lowered, target=tvm_target, relax_pipeline=None)
+                from .tir_lowering import cpu_tir_pipeline
+                executable = tvm.compile(lowered, target=tvm_target, relax_pipeline=None,
+                                         tir_pipeline=cpu_tir_pipeline())
     except Exception as e:  # TVM's own errors carry C++ context; keep the telling line
         raise LoweringError(f"TVM failed to compile graph '{graph.name}' for {target}: "
                             f"{type(e).__name__}: {tvm_error_summary(e)}") from e

@@ -209,7 +209,10 @@ def _compare_with_rules(mod, work_db, target, kernels):
 def time_primfunc(func, target, repeat: int = 5) -> float:
     """Best-of-`repeat` milliseconds of one PrimFunc on random inputs (its parameters' shapes)."""
     import tvm
-    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+    from .tir_lowering import cpu_build_config, cpu_tir_pipeline
+    with tvm.transform.PassContext(config=cpu_build_config()):   # built as `compile` builds it
+        lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                          target=target, tir_pipeline=cpu_tir_pipeline())
     dev = tvm.cpu()
     feeds = probe_inputs([(str(i), [int(d) for d in p.shape], p.dtype)
                           for i, p in enumerate(func.params)])

@@ -22,20 +22,19 @@ ch 28x28 0.28 / 0.16, 144 -> 32 ch 0.105 / 0.080; expansions 16 -> 96 ch 112x112
 untimed: the conv2d rule keeps those.
 
 Planes that are not whole vectors (Inception's 35x35 and 17x17, SqueezeNet's 55x55, 27x27 and
-13x13) end in a partial vector. Its lanes are guarded by a predicate, which TVM's vectorizer
-can only scalarize, and a scalar copy of the whole tile loop would run 16 times slower. So
-there the tile is one vector, the pixel tiles are a serial loop inside each thread's block of
-output channels (so the parallel tasks are the batch's channel blocks, at least two: fewer than
-the conv2d rule's bands of rows on a host with many cores), and `finish` marks the predicates
-`likely`: TVM's LoopPartition (enabled for
-CPU compiles, `compile.py`) then splits that loop into the whole tiles, with no predicate, and
-the last one. Kernel alone, one Zen 4 core, ms, conv2d rule / pointwise: 288 -> 64 ch 35x35
-0.55 / 0.41 (ORT's whole run 0.49), 192 -> 64 ch 35x35 0.44 / 0.28, 768 -> 192 ch 17x17 0.89 /
-0.78, 128 -> 32 ch 27x27 0.114 / 0.059, 32 -> 128 ch 0.091 / 0.061, 64 -> 16 ch 55x55 0.099
-(narrow rule) / 0.059, 384 -> 48 ch 13x13 0.078 / 0.059, ResNet-50's 256 -> 1024 ch 14x14 1.14 /
-1.07, 1024 -> 256 ch 0.96 / 0.92, GoogLeNet's 512 -> 24 ch 14x14 0.083 / 0.044. On 7x7 planes
-(three vectors and one pixel) it lost (2048 -> 512 ch 1.03 / 1.17, 512 -> 2048 ch 0.98 / 1.13):
-those, and planes under MIN_PARTIAL_PLANE, stay on the conv2d rule."""
+13x13) end in a partial vector. Its lanes are guarded by a predicate, which TVM's vectorizer can
+only scalarize, and a scalar copy of the whole tile loop would run 16 times slower. So there the
+tile is one vector, the pixel tiles are a serial loop inside each thread's block of output
+channels (so the parallel tasks are the batch's channel blocks, at least two: fewer than the
+conv2d rule's bands of rows on a host with many cores), and `finish` marks the predicates
+`likely`: TVM's LoopPartition (`tir_lowering.py`) then splits that loop into the whole tiles,
+with no predicate, and the last one. Kernel alone, one Zen 4 core, ms, conv2d rule / pointwise:
+288 -> 64 ch 35x35 0.55 / 0.41 (ORT's whole run 0.49), 192 -> 64 ch 35x35 0.44 / 0.28, 768 -> 192
+ch 17x17 0.89 / 0.78, 128 -> 32 ch 27x27 0.114 / 0.059, 32 -> 128 ch 0.091 / 0.061, 64 -> 16 ch
+55x55 0.099 (narrow rule) / 0.059, 384 -> 48 ch 13x13 0.078 / 0.059, ResNet-50's 256 -> 1024 ch
+14x14 1.14 / 1.07, 1024 -> 256 ch 0.96 / 0.92, GoogLeNet's 512 -> 24 ch 14x14 0.083 / 0.044. On
+7x7 planes (three vectors and one pixel) it lost (2048 -> 512 ch 1.03 / 1.17, 512 -> 2048 ch
+0.98 / 1.13): those, and planes under MIN_PARTIAL_PLANE, stay on the conv2d rule."""
 from __future__ import annotations
 
 from .common import PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, inline_elementwise, \
