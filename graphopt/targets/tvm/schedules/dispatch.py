@@ -46,7 +46,9 @@ def schedule_module(mod, vec: VectorShape):
 def schedule_func(func, vec: VectorShape):
     """(scheduled PrimFunc, rule name) for the first rule that applies, or (None, None); a rule
     that a schedule primitive refuses part-way is discarded with its schedule and the next rule
-    starts afresh; any other error in a rule is a bug and propagates."""
+    starts afresh; any other error in a rule is a bug and propagates. A rule with a
+    `finish(func)` rewrites the function it scheduled (the pointwise rule's `likely`
+    predicates)."""
     from tvm import s_tir
     from tvm.s_tir import ScheduleError
     for rule in RULES:
@@ -56,7 +58,7 @@ def schedule_func(func, vec: VectorShape):
         except ScheduleError:  # a schedule primitive refused this function's structure: next rule
             continue
         if applied:
-            finish = getattr(rule, "finish", None)   # a rule's rewrite of its scheduled function
+            finish = getattr(rule, "finish", None)
             func = sch.mod["main"]
             return (finish(func) if finish else func), rule.NAME
     return None, None
