@@ -41,7 +41,7 @@ def test_stack_budget_bounds_the_buffers_marked():
     from tvm.script import tirx as T
 
     @T.prim_func
-    def three_buffers(a: T.Buffer((4096,), "float32"), n: T.int32):
+    def four_buffers(a: T.Buffer((4096,), "float32"), n: T.int32):
         small = T.alloc_buffer((1024,), "float32")      # 4 KiB
         large = T.alloc_buffer((16384,), "float32")     # 64 KiB
         dynamic = T.alloc_buffer((n,), "float32")
@@ -64,6 +64,6 @@ def test_stack_budget_bounds_the_buffers_marked():
         return alloc
 
     import tvm_ffi
-    tvm_ffi.structural_map(on_stack(three_buffers, budget=32 * 1024),
+    tvm_ffi.structural_map(on_stack(four_buffers, budget=32 * 1024),
                            (tvm.tirx.AllocBuffer, collect))
     assert marked == {"small": True, "large": False, "dynamic": False, "empty": False}, marked

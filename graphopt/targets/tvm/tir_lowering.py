@@ -50,17 +50,9 @@ def _pipeline():
 
 
 def _stack_buffers_pass():
-    import tvm
-
-    @tvm.transform.module_pass(opt_level=0, name="graphopt.StackBuffers")
-    def stack_buffers(mod, _ctx):
-        from tvm import tirx
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, tirx.PrimFunc):
-                mod[gv] = on_stack(func)
-        return mod
-
-    return stack_buffers
+    from tvm.tirx.transform import prim_func_pass
+    return prim_func_pass(lambda func, _mod, _ctx: on_stack(func), opt_level=0,
+                          name="graphopt.StackBuffers")
 
 
 def on_stack(func, budget: int | None = None):
@@ -68,22 +60,25 @@ def on_stack(func, budget: int | None = None):
     order while they fit in `budget` bytes together (default STACK_BYTES). TVM's Python API has
     no TIR mutator: tvm_ffi's structural_map rewrites the allocation statements."""
     import tvm_ffi
-    from tvm import runtime, tirx
-    left = [STACK_BYTES if budget is None else budget]
+    from tvm import tirx
+    left = STACK_BYTES if budget is None else budget
 
     def mark(alloc):
-        size = _constant_bytes(alloc.buffer, runtime)
+        nonlocal left
+        size = _constant_bytes(alloc.buffer)
         # an empty buffer (a zero-size batch) has no stack form in TVM's LLVM codegen
-        if not size or size > left[0] or ON_STACK in alloc.annotations:
+        if not size or size > left or ON_STACK in alloc.annotations:
             return alloc
-        left[0] -= -(-size // 64) * 64    # each stack buffer is 64-byte aligned
+        left -= -(-size // 64) * 64    # each stack buffer is 64-byte aligned
         return tirx.AllocBuffer(alloc.buffer, {**alloc.annotations,
                                                ON_STACK: tirx.IntImm("bool", 1)}, alloc.span)
 
     return tvm_ffi.structural_map(func, (tirx.AllocBuffer, mark), order="pre")
 
 
-def _constant_bytes(buffer, runtime) -> int | None:
+def _constant_bytes(buffer) -> int | None:
+    """A buffer's size in bytes, or None where a dimension is known only at run time."""
+    from tvm import runtime
     count = 1
     for extent in buffer.shape:
         if not hasattr(extent, "value"):

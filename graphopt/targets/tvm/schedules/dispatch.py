@@ -59,8 +59,8 @@ def schedule_func(func, vec: VectorShape):
             continue
         if applied:
             finish = getattr(rule, "finish", None)
-            func = sch.mod["main"]
-            return (finish(func) if finish else func), rule.NAME
+            scheduled = sch.mod["main"]
+            return (finish(scheduled) if finish else scheduled), rule.NAME
     return None, None
 
 
