@@ -161,19 +161,27 @@ def onednn_available() -> bool:
 # as no process running only one of the runtimes does (DCGAN's generator, 2 threads: 2.0-3.0 ms
 # right after ORT's block).
 SETTLE_S = 0.2
+# Seconds of untimed calls that start each block, after the sleep: the first calls after it run
+# slower while the vCPUs wake and the caches refill (2 threads, DQN, microseconds per call after
+# 0.2 s asleep: 1745, 459, 347, 350, 310, ... then ~180; ORT 1017, 368, 228, ... ~170), so a
+# block of a few timed calls of a sub-millisecond model measured mostly that.
+WARM_S = 0.05
 
 
-def in_blocks(runners: dict, feeds, repeat: int, rounds: int = 3) -> dict:
+def in_blocks(runners: dict, feeds, repeat: int, rounds: int = 3, warm_s: float = WARM_S) -> dict:
     """(median, min) ms per runner. Each round runs every runner for a block of repeat/rounds
-    calls, each block after the previous runtime's spinning worker threads went to sleep
-    (`SETTLE_S`); rounds so that slow drifts in machine load hit every runner."""
+    timed calls, each block after the previous runtime's spinning worker threads went to sleep
+    (`SETTLE_S`) and after untimed calls for `warm_s` seconds (at least two); rounds so that
+    slow drifts in machine load hit every runner."""
     times = {name: [] for name in runners}
     per_block = max(2, repeat // rounds)
     for _ in range(rounds):
         for name, fn in runners.items():
             time.sleep(SETTLE_S)
-            fn(feeds)
-            fn(feeds)
+            start, calls = time.perf_counter(), 0
+            while calls < 2 or time.perf_counter() - start < warm_s:
+                fn(feeds)
+                calls += 1
             for _ in range(per_block):
                 t = time.perf_counter()
                 fn(feeds)

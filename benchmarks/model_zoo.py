@@ -143,6 +143,12 @@ def main(argv=None) -> int:
     parser.add_argument("--top", type=int, default=15, help="--layers: rows shown per model")
     args = parser.parse_args(argv)
     import graphopt as go
+    unknown = sorted((set(args.models or []) | set(args.skip_models) | set(args.layers))
+                     - set(go.zoo.MODELS))
+    if unknown:
+        parser.error(f"not zoo models: {', '.join(unknown)} (the zoo: {', '.join(go.zoo.MODELS)})")
+    if any(t != "default" and not t.isdigit() for t in args.threads):
+        parser.error(f"--threads takes numbers and 'default', found {' '.join(args.threads)}")
     threads = [t if t == "default" else str(int(t)) for t in args.threads]
     print(f"# {machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     if args.layers:

@@ -40,6 +40,10 @@ CASES = {
     # ... with few channel blocks: threads also take bands of two output rows
     "conv1x1_small_plane_few_blocks": ((1, 192, 14, 14), lambda x: dsl.relu(dsl.conv2d(x, 40, 1)),
                                        "conv2d"),
+    # weights (1.3 MB) larger than the activations and than half an L2: on 32 KiB L1 hosts each
+    # channel block takes every row while its weights are in cache
+    "conv3x3_streamed_weights": ((1, 160, 6, 5), lambda x: dsl.relu(dsl.conv2d(
+        x, 232, 3, padding=1)), "conv2d"),
     # a 3-channel image's 3x3 conv: 27 products per output, rows as the vector axis
     "conv3x3_thin_input": ((1, 3, 20, 48), lambda x: dsl.relu(dsl.conv2d(x, 12, 3, stride=2,
                                                                           padding=1)), "narrow"),
@@ -299,6 +303,24 @@ def test_small_planes_block_input_channels_on_48_kib_l1(mcpu, blocked):
     text = _scheduled_kernels(graph, mcpu)["fused_conv2d"].script()
     reduction_loops = re.search(r"for ([\w, ]*\brc\w*[\w, ]*) in T\.grid", text).group(1)
     assert ("rc_0" in reduction_loops) == blocked, reduction_loops
+
+
+@pytest.mark.parametrize("mcpu", [AVX2_CPU, "znver4"])
+def test_weights_larger_than_the_input_are_read_once_per_channel_block(mcpu):
+    """A 512-channel 3x3 conv on a 7x7 plane (9 MB of weights, 166 KB of input) runs each
+    channel block over every row (the parallel loop fuses blocks, then rows); a stride-2 conv
+    from a 56x56 input (295 KB of weights) keeps threads on bands of rows over every block."""
+    with dsl.Builder("streamed_weights", seed=0) as b:
+        x, y = b.input("x", (1, 512, 9, 9)), b.input("y", (1, 64, 56, 56))
+        graph = b.output(dsl.relu(dsl.conv2d(x, 512, 3)),
+                         dsl.relu(dsl.conv2d(y, 128, 3, stride=2, padding=1)))
+    kernels = _scheduled_kernels(graph, mcpu)
+    order = {}
+    for name, func in kernels.items():
+        if func.attrs[SCHEDULE_ATTR] == "conv2d":
+            fused = re.findall(r"for (\w+)_fused in T\.parallel", func.script())[-1]
+            order[tuple(func.params[0].shape)[2]] = fused
+    assert order == {9: "b_o_0_i", 56: "b_i_o_0"}, order
 
 
 def test_non_constant_weight_falls_back_and_stays_correct():

@@ -35,6 +35,16 @@ BLOCKED_L1D = 48 * 1024
 INPUT_BLOCK = 16
 # Output planes from which the tile is written back through a register transpose.
 TRANSPOSED_PLANE = 112 * 112
+# Weight bytes from which weights larger than the conv's input are read one channel block at a
+# time over every output row, not all of them once per row (`_streams_weights`): half of the
+# smallest L2 measured (AMD Zen 4, 1 MiB per core). Inside a whole run (weights coming from
+# memory), one Zen 4 core, ms, rows outer / channel blocks outer: DCGAN's sub-pixel 512 ->
+# 1024 ch 2x2 conv on a 5x5 plane (8 MB of weights) 2.65 / 1.65, ResNet-18's 3x3 512-ch 7x7
+# convs (9 MB) 3.7-3.9 / 2.7-2.8; whole models against ORT, 1 / 2 threads: DCGAN's generator
+# 1.26 -> 1.11 / 1.46 -> 0.90, ResNet-18 0.77 -> 0.74 / 1.05 -> 0.92, DeepLabV3 (2 threads,
+# two runs) 0.91-0.94 -> 0.79-0.81; GoogLeNet, AlexNet, ResNet-50, SqueezeNet and Inception-v3
+# within the host's noise.
+STREAMED_WEIGHT_BYTES = 512 * 1024
 
 
 def find_conv(sch):
@@ -104,8 +114,10 @@ def schedule(sch, vec: VectorShape) -> bool:
         # each then reads only its band's input rows (3x3 stride-2 64 -> 128 ch, 28x28 out,
         # 2 threads: 0.60 -> 0.45 ms; 1 thread unchanged); with a thin input (the 3-channel
         # stems) they take channel blocks (VGG-11's first conv, 2 threads: 1.60 by channels,
-        # 1.67-1.80 by rows).
-        if int(block.iter_vars[4].dom.extent) >= INPUT_BLOCK:
+        # 1.67-1.80 by rows), and so they do where the weights stream from memory
+        # (`_streams_weights`).
+        deep = int(block.iter_vars[4].dom.extent) >= INPUT_BLOCK
+        if deep and not _streams_weights(sch.get(conv), weight):
             sch.reorder(n, oh, oc_outer, ow_outer, kh, kw, ic, ow_inner, oc_inner)
             parallel_loops = ([] if per_image else [n]) + [oh, oc_outer]
         else:
@@ -123,6 +135,20 @@ def schedule(sch, vec: VectorShape) -> bool:
                 transpose_lanes=vec.lanes if large_plane and tile_loop is not None else 0)
     spatial_rest(sch, conv, vec)
     return True
+
+
+def _streams_weights(block, weight) -> bool:
+    """Whether the weights outweigh the input and are too large to stay in L2 from one output
+    row to the next (STREAMED_WEIGHT_BYTES): row by row every row would stream them again from
+    L3 or memory, so each channel block takes every row while its weights are in cache, and
+    the input, the smaller, is what is read again."""
+    from tvm import DataType
+
+    def nbytes(buffer):
+        return math.prod(int(d) for d in buffer.shape) * DataType(buffer.dtype).bits // 8
+
+    data = max((nbytes(r.source) for r in block.reads if not r.source.same_as(weight)), default=0)
+    return nbytes(weight) > max(data, STREAMED_WEIGHT_BYTES)
 
 
 def _block_input(sch, conv, weight_buffer) -> bool:
