@@ -153,9 +153,9 @@ def _zoo_kernels(model: str, **kwargs):
 
 
 def _scheduled_kernels(graph, mcpu=AVX2_CPU):
-    """The PrimFuncs `compile` builds for `graph` on `mcpu` (graphopt's passes, then the CPU
-    pipeline without tuning records)."""
-    optimized, target = optimize_for_target(graph, "cpu", CompileOptions(mcpu=mcpu))
+    """The PrimFuncs `compile` builds for `graph` on `mcpu` for two threads, whatever the host's
+    cores (graphopt's passes, then the CPU pipeline without tuning records)."""
+    optimized, target = optimize_for_target(graph, "cpu", CompileOptions(mcpu=mcpu, threads=2))
     with target:
         lowered = cpu_pipeline(target)(to_relax(optimized.graph))
     return {gv.name_hint: f for gv, f in lowered.functions.items()
@@ -463,6 +463,10 @@ def test_1x1_convs_on_planes_of_partial_vectors_take_the_pointwise_rule_on_avx51
     for mcpu, rule in ((AVX512_CPU, "pointwise"), (AVX2_CPU, "conv2d")):
         rules = {f.attrs[SCHEDULE_ATTR] for f in _scheduled_kernels(graph, mcpu).values()}
         assert rule in rules, (mcpu, rules)
+    # compiled for 8 threads, its 4 blocks of 16 channels would idle half of them: a rule that
+    # splits the rows instead (here "narrow": a thin input, a short reduction)
+    optimized, _ = optimize_for_target(graph, "cpu", CompileOptions(mcpu=AVX512_CPU, threads=8))
+    assert optimized.graph.nodes[0].op.conv.algorithm == "narrow"
     feeds = {"x": np.random.default_rng(0).standard_normal((1, 16, 55, 55)).astype(np.float32)}
     assert go.compare(graph, go.compile(graph, bounds_check=True), feeds).ok
 
@@ -471,7 +475,7 @@ def test_1x1_convs_on_planes_of_partial_vectors_take_the_pointwise_rule_on_avx51
                                   "conv1x1_expansion"])
 def test_1x1_convs_take_the_pointwise_rule_on_avx512(name):
     optimized, target = optimize_for_target(_table_graph([name]), "cpu",
-                                            CompileOptions(mcpu=AVX512_CPU))
+                                            CompileOptions(mcpu=AVX512_CPU, threads=2))
     with target:
         lowered = cpu_pipeline(target)(to_relax(optimized.graph))
     main = lowered["main"].script()
@@ -494,6 +498,10 @@ def test_pointwise_tile_fills_the_accumulators():
     assert tile(17 * 17, 192, vec) == (1, 24)
     assert tile(55 * 55, 16, vec) == (1, 8)
     assert tile(7 * 7, 64, vec) is None            # too small a plane of partial vectors
+    # ... and a channel block for each thread, else the conv2d rule's bands of rows
+    assert tile(35 * 35, 64, vec, batch=1, threads=4) == (1, 16)
+    assert tile(35 * 35, 64, vec, batch=1, threads=8) is None
+    assert tile(35 * 35, 64, vec, batch=2, threads=8) == (1, 16)
     assert tile(56 * 56, 64, VectorShape.of(tvm.target.Target(
         {"kind": "llvm", "mcpu": AVX2_CPU}))) is None
 
@@ -504,7 +512,7 @@ def test_partial_planes_compute_whole_vectors_outside_the_last():
     copy TVM makes of a loop whose lanes are guarded."""
     with dsl.Builder("partial_plane", seed=3) as b:
         graph = b.output(dsl.relu(dsl.conv2d(b.input("x", (1, 64, 13, 11)), 32, 1)))
-    model = go.compile(graph, "cpu", mcpu=AVX512_CPU)
+    model = go.compile(graph, "cpu", mcpu=AVX512_CPU, threads=2)
     assert set(model.schedules.values()) >= {"pointwise"}, model.schedules
     assembly = cpu_assembly(model.executable)
     broadcast_products = re.findall(r"vfmadd\d+ps\s+[^\n]*\{1to16\}[^\n]*%zmm", assembly)

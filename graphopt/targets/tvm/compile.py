@@ -46,6 +46,7 @@ class TargetContext:
     vector: VectorShape | None      # CPU only
     kernels: str
     constant_weights: bool
+    threads: int = 1                # the threads the compiled model is meant to run on
 
 
 def optimize_for_target(graph: Graph, target: str = "cpu",
@@ -58,7 +59,8 @@ def optimize_for_target(graph: Graph, target: str = "cpu",
     options = options or CompileOptions()
     tvm_target, device_kind = resolve_target(target, options.mcpu)
     vector = VectorShape.of(tvm_target) if device_kind == "cpu" else None
-    context = TargetContext(device_kind, vector, options.kernels, options.weights == "embedded")
+    context = TargetContext(device_kind, vector, options.kernels, options.weights == "embedded",
+                            options.thread_count)
     chosen = DEFAULT_PIPELINE if options.passes is None else options.passes
     passes = [resolve_target_pass(p, device_kind, context) or p if isinstance(p, str) else p
               for p in chosen]

@@ -7,8 +7,9 @@
   it measured faster (`schedules/winograd.output_tile`);
 - "pointwise" for float32 1x1 stride-1 unpadded ungrouped convolutions with a constant weight
   where the target has 16-lane vectors, on planes of whole vectors or of at least
-  `pointwise.MIN_PARTIAL_PLANE` pixels: a GEMM over the flattened plane with the pixels as the
-  lanes (`schedules/pointwise.py`), the weight in blocks of `weight_block` output channels;
+  `pointwise.MIN_PARTIAL_PLANE` pixels (there with a channel block for each thread the compile
+  is for): a GEMM over the flattened plane with the pixels as the lanes
+  (`schedules/pointwise.py`), the weight in blocks of `weight_block` output channels;
 - "depthwise" for float32 depthwise convolutions (one filter per channel: groups == input ==
   output channels) with a constant weight: rows of whole vectors of `weight_block` (the
   target's lanes) output columns (`schedules/depthwise.py`);
@@ -112,7 +113,7 @@ def select_conv_algorithm(context):
                                        weight_block=winograd.channel_block(context.vector))
         pointwise_tile = float32 and pointwise.applies(
             w.shape[2:], conv.stride, conv.padding, conv.dilation, conv.groups) and \
-            pointwise.tile(out_h * out_w, out_channels, context.vector)
+            pointwise.tile(out_h * out_w, out_channels, context.vector, batch, context.threads)
         if pointwise_tile:
             return dataclasses.replace(plain, algorithm=pointwise.ALGORITHM,
                                        weight_block=pointwise_tile[1])

@@ -25,8 +25,9 @@ Planes that are not whole vectors (Inception's 35x35 and 17x17, SqueezeNet's 55x
 13x13) end in a partial vector. Its lanes are guarded by a predicate, which TVM's vectorizer can
 only scalarize, and a scalar copy of the whole tile loop would run 16 times slower. So there the
 tile is one vector, the pixel tiles are a serial loop inside each thread's block of output
-channels (so the parallel tasks are the batch's channel blocks, at least two: fewer than the
-conv2d rule's bands of rows on a host with many cores), and `finish` marks the predicates
+channels (so the parallel tasks are the batch's channel blocks, at least two; where they are
+fewer than the threads the compile is for, the conv2d rule's bands of rows keep every thread
+busy instead), and `finish` marks the predicates
 `likely`: TVM's LoopPartition (`tir_lowering.py`) then splits that loop into the whole tiles,
 with no predicate, and the last one. Kernel alone, one Zen 4 core, ms, conv2d rule / pointwise:
 288 -> 64 ch 35x35 0.55 / 0.41 (ORT's whole run 0.49), 192 -> 64 ch 35x35 0.44 / 0.28, 768 -> 192
@@ -50,13 +51,16 @@ MAX_VECTORS = 4
 MIN_PARTIAL_PLANE = 8 * LANES
 
 
-def tile(pixels: int, out_channels: int, vec: VectorShape | None) -> tuple[int, int] | None:
+def tile(pixels: int, out_channels: int, vec: VectorShape | None, batch: int = 1,
+         threads: int = 1) -> tuple[int, int] | None:
     """(pixel vectors, output-channel block) of the register tile for a plane of `pixels`, or
     None (the target has no 16-lane vectors, or the plane is smaller than one vector, or than
     MIN_PARTIAL_PLANE where it is not whole vectors). Planes of whole vectors: the most
     accumulators with a block dividing the channels, then a vector count dividing the plane
     (otherwise the last pixel tile is partial). Other planes: one vector and the largest such
-    block that leaves at least two blocks (the threads share the blocks)."""
+    block that leaves at least two blocks (the threads share the blocks), when the `batch`'s
+    channel blocks give each of the `threads` one; otherwise None (the conv2d rule, which also
+    splits the rows)."""
     if vec is None or vec.lanes != LANES or pixels < LANES:
         return None
     if pixels % LANES:
@@ -64,7 +68,9 @@ def tile(pixels: int, out_channels: int, vec: VectorShape | None) -> tuple[int, 
             return None
         blocks = [b for b in range(1, vec.accumulators + 1)
                   if out_channels % b == 0 and out_channels // b >= 2]
-        return (1, max(blocks)) if blocks else None
+        if not blocks or batch * (out_channels // max(blocks)) < threads:
+            return None
+        return 1, max(blocks)
     rows = pixels // vec.lanes
     choices = [(vectors, max(b for b in range(1, vec.accumulators // vectors + 1)
                              if out_channels % b == 0))
