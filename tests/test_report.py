@@ -306,3 +306,17 @@ def test_onnxruntime_refusal_is_a_reason_not_a_crash():
     half = go.quantize(go.zoo.lenet5(), dtype="bfloat16").graph    # ORT has no bfloat16 Conv
     with pytest.raises(go.GraphoptError, match="ONNX Runtime cannot run graphopt's export"):
         onnxruntime_times(half, probe_inputs(half))
+
+
+def test_kernels_on_flattened_planes_are_lined_up_with_their_nodes():
+    """A pointwise conv's kernel reads and writes [N, C, H * W]: the profile still names its node
+    (and so its MACs and GFLOP/s); a kernel of other shapes claims nothing."""
+    from graphopt.report.profile import claim
+    with dsl.Builder("flat_planes", seed=0) as b:
+        x = b.input("x", (1, 64, 16, 16))
+        graph = b.output(dsl.relu(dsl.conv2d(dsl.relu(dsl.conv2d(x, 32, 1)), 48, 3, padding=1)))
+    nodes = [n for n in graph.topological_order() if n.op_name == "conv2d"]
+    first, second = nodes
+    assert claim(nodes, [(1, 64, 256), (32, 64, 1), (1, 32, 256)]) is first
+    assert claim(nodes, [(1, 64, 256), (1, 32, 256)]) is None      # already claimed
+    assert claim(nodes, [(1, 32, 16, 16), (1, 48, 16, 16)]) is second

@@ -10,6 +10,7 @@ output."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections import defaultdict
@@ -90,13 +91,22 @@ def kernel_times(model, inputs: Mapping[str, np.ndarray], repeat: int = 20) -> l
 
 def claim(nodes: list[Node], shapes: list[tuple[int, ...]]) -> Node | None:
     """Remove and return the first of `nodes` that reads the kernel's first argument's shape and
-    writes its last one's (None if none does)."""
+    writes its last one's (None if none does), the planes compared flattened: a pointwise conv's
+    kernel reads and writes [N, C, H * W]."""
     if len(shapes) < 2:
         return None
+    first, last = _flat_planes(shapes[0]), _flat_planes(shapes[-1])
     for i, node in enumerate(nodes):
-        if node.inputs[0].shape == shapes[0] and node.outputs[0].shape == shapes[-1]:
+        if _flat_planes(node.inputs[0].shape) == first and \
+                _flat_planes(node.outputs[0].shape) == last:
             return nodes.pop(i)
     return None
+
+
+def _flat_planes(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """(N, C, H, W, ...) as (N, C, H * W * ...); shorter shapes as they are."""
+    shape = tuple(shape)
+    return shape if len(shape) <= 3 else shape[:2] + (math.prod(shape[2:]),)
 
 
 def onnxruntime_times(graph: Graph, inputs: Mapping[str, np.ndarray], runs: int = 10,
