@@ -493,6 +493,12 @@ def test_pointwise_tile_fills_the_accumulators():
     vec = VectorShape.of(tvm.target.Target({"kind": "llvm", "mcpu": AVX512_CPU}))
     assert tile(56 * 56, 64, vec) == (3, 8)       # 24 accumulators, the last tile partial
     assert tile(56 * 56, 24, vec) == (4, 6)
+    # accumulators, input vectors and a broadcast weight fit the 32 registers (4 x 7 spilled)
+    assert tile(8 * 8, 448, vec) == (2, 14)
+    for pixels in (64, 128, 256, 784, 3136):
+        for channels in range(1, 513):
+            vectors, block = tile(pixels, channels, vec)
+            assert vectors * (block + 1) < 32, (pixels, channels, vectors, block)
     # planes of partial vectors: one vector, the largest block leaving two blocks or more
     assert tile(35 * 35, 64, vec) == (1, 16)
     assert tile(17 * 17, 192, vec) == (1, 24)
