@@ -35,8 +35,8 @@ BLOCKED_L1D = 48 * 1024
 INPUT_BLOCK = 16
 # Output planes from which the tile is written back through a register transpose.
 TRANSPOSED_PLANE = 112 * 112
-# Weight bytes from which weights larger than the conv's input are read one channel block at a
-# time over every output row, not all of them once per row (`_streams_weights`): half of the
+# Weight bytes from which weights larger than the conv's activations (its input and its
+# output) are read one channel block at a time over every output row, not all of them once per row (`_streams_weights`): half of the
 # smallest L2 measured (AMD Zen 4, 1 MiB per core). Inside a whole run (weights coming from
 # memory), one Zen 4 core, ms, rows outer / channel blocks outer: DCGAN's sub-pixel 512 ->
 # 1024 ch 2x2 conv on a 5x5 plane (8 MB of weights) 2.65 / 1.65, ResNet-18's 3x3 512-ch 7x7
@@ -138,10 +138,11 @@ def schedule(sch, vec: VectorShape) -> bool:
 
 
 def _streams_weights(block, weight) -> bool:
-    """Whether the weights outweigh the input and are too large to stay in L2 from one output
-    row to the next (STREAMED_WEIGHT_BYTES): row by row every row would stream them again from
-    L3 or memory, so each channel block takes every row while its weights are in cache, and
-    the input, the smaller, is what is read again."""
+    """Whether the weights outweigh the activations the conv block reads (its padded input and
+    its accumulators) and are too large to stay in L2 from one output row to the next
+    (STREAMED_WEIGHT_BYTES): row by row every row would stream them again from L3 or memory, so
+    each channel block takes every row while its weights are in cache, and the input, the
+    smaller, is what is read again."""
     from tvm import DataType
 
     def nbytes(buffer):

@@ -62,10 +62,10 @@ def tile(pixels: int, out_channels: int, vec: VectorShape | None, batch: int = 1
     None (the target has no 16-lane vectors, or the plane is smaller than one vector, or than
     MIN_PARTIAL_PLANE where it is not whole vectors). Planes of whole vectors: the most
     accumulators with a block dividing the channels, then a vector count dividing the plane
-    (otherwise the last pixel tile is partial), within the vector registers. Other planes: one vector and the largest such
-    block that leaves at least two blocks (the threads share the blocks), when the `batch`'s
-    channel blocks give each of the `threads` one; otherwise None (the conv2d rule, which also
-    splits the rows)."""
+    (otherwise the last pixel tile is partial), within the vector registers. Other planes: one
+    vector and the largest such block that leaves at least two blocks (the threads share the
+    blocks), when the `batch`'s channel blocks give each of the `threads` one; otherwise None
+    (the conv2d rule, which also splits the rows)."""
     if vec is None or vec.lanes != LANES or pixels < LANES:
         return None
     if pixels % LANES:
