@@ -38,13 +38,12 @@ TRANSPOSED_PLANE = 112 * 112
 # Weight bytes from which weights larger than the conv's activations (its input and its
 # output) are read one channel block at a time over every output row, not all of them once per
 # row (`_streams_weights`): half of the smallest L2 measured (AMD Zen 4, 1 MiB per core).
-# Inside a whole run (weights coming from
-# memory), one Zen 4 core, ms, rows outer / channel blocks outer: DCGAN's sub-pixel 512 ->
-# 1024 ch 2x2 conv on a 5x5 plane (8 MB of weights) 2.65 / 1.65, ResNet-18's 3x3 512-ch 7x7
-# convs (9 MB) 3.7-3.9 / 2.7-2.8; whole models against ORT, 1 / 2 threads: DCGAN's generator
-# 1.26 -> 1.11 / 1.46 -> 0.90, ResNet-18 0.77 -> 0.74 / 1.05 -> 0.92, DeepLabV3 (2 threads,
-# two runs) 0.91-0.94 -> 0.79-0.81; GoogLeNet, AlexNet, ResNet-50, SqueezeNet and Inception-v3
-# within the host's noise.
+# Inside a whole run (weights coming from memory), one Zen 4 core, ms, rows outer / channel
+# blocks outer: DCGAN's sub-pixel 512 -> 1024 ch 2x2 conv on a 5x5 plane (8 MB of weights)
+# 2.65 / 1.65, ResNet-18's 3x3 512-ch 7x7 convs (9 MB) 3.7-3.9 / 2.7-2.8; whole models against
+# ORT, 1 / 2 threads: DCGAN's generator 1.26 -> 1.11 / 1.46 -> 0.90, ResNet-18 0.77 -> 0.74 /
+# 1.05 -> 0.92, DeepLabV3 (2 threads, two runs) 0.91-0.94 -> 0.79-0.81; GoogLeNet, AlexNet,
+# ResNet-50, SqueezeNet and Inception-v3 within the host's noise.
 STREAMED_WEIGHT_BYTES = 512 * 1024
 
 
