@@ -16,6 +16,8 @@ two changes, both for code the schedule rules make.
   threads 1.28 -> 1.14, 1.05 -> 0.85, 1.16 -> 0.94."""
 from __future__ import annotations
 
+from .schedules.common import buffer_bytes
+
 # A kernel's stack buffers together, bytes: far inside the 8 MiB stacks of Linux threads.
 STACK_BYTES = 256 * 1024
 # The name the TIR pipeline is registered under (`tvm.compile(..., tir_pipeline=...)`).
@@ -65,7 +67,7 @@ def on_stack(func, budget: int | None = None):
 
     def mark(alloc):
         nonlocal left
-        size = _constant_bytes(alloc.buffer)
+        size = buffer_bytes(alloc.buffer)
         # an empty buffer (a zero-size batch) has no stack form in TVM's LLVM codegen
         if not size or size > left or ON_STACK in alloc.annotations:
             return alloc
@@ -74,14 +76,3 @@ def on_stack(func, budget: int | None = None):
                                                ON_STACK: tirx.IntImm("bool", 1)}, alloc.span)
 
     return tvm_ffi.structural_map(func, (tirx.AllocBuffer, mark), order="pre")
-
-
-def _constant_bytes(buffer) -> int | None:
-    """A buffer's size in bytes, or None where a dimension is known only at run time."""
-    from tvm import runtime
-    count = 1
-    for extent in buffer.shape:
-        if not hasattr(extent, "value"):
-            return None
-        count *= int(extent.value)
-    return count * runtime.DataType(buffer.dtype).bits // 8

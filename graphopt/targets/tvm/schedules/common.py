@@ -237,6 +237,17 @@ def _vector_partial_sums(sch, block, reduce, lanes: int) -> None:
     sch.vectorize(sch.get_loops(init)[-1])
 
 
+def buffer_bytes(buffer) -> int | None:
+    """A TIR buffer's size in bytes, or None where a dimension is known only at run time."""
+    from tvm import DataType
+    count = 1
+    for extent in buffer.shape:
+        if not hasattr(extent, "value"):
+            return None
+        count *= int(extent.value)
+    return count * DataType(buffer.dtype).bits // 8
+
+
 def _product(values) -> int:
     out = 1
     for v in values:

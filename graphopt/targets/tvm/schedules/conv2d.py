@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from .common import (PARALLEL_MIN_ELEMENTS, VectorShape, blocks_of, extent,
+from .common import (PARALLEL_MIN_ELEMENTS, VectorShape, blocks_of, buffer_bytes, extent,
                      inline_elementwise, iter_kinds)
 from .tiled import accumulator_writer, conv_row_tile, finish_tile, packed_weight, spatial_rest
 
@@ -143,13 +143,9 @@ def _streams_weights(block, weight) -> bool:
     (STREAMED_WEIGHT_BYTES): row by row every row would stream them again from L3 or memory, so
     each channel block takes every row while its weights are in cache, and the input, the
     smaller, is what is read again."""
-    from tvm import DataType
-
-    def nbytes(buffer):
-        return math.prod(int(d) for d in buffer.shape) * DataType(buffer.dtype).bits // 8
-
-    data = max((nbytes(r.source) for r in block.reads if not r.source.same_as(weight)), default=0)
-    return nbytes(weight) > max(data, STREAMED_WEIGHT_BYTES)
+    data = max((buffer_bytes(r.source) for r in block.reads if not r.source.same_as(weight)),
+               default=0)
+    return buffer_bytes(weight) > max(data, STREAMED_WEIGHT_BYTES)
 
 
 def _block_input(sch, conv, weight_buffer) -> bool:
