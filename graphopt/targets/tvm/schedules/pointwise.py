@@ -71,11 +71,11 @@ def tile(pixels: int, out_channels: int, vec: VectorShape | None, batch: int = 1
     if pixels % LANES:
         if pixels < MIN_PARTIAL_PLANE:
             return None
-        blocks = [b for b in range(1, vec.accumulators + 1)
-                  if out_channels % b == 0 and out_channels // b >= 2]
-        if not blocks or batch * (out_channels // max(blocks)) < threads:
+        block = max((b for b in range(1, vec.accumulators + 1)
+                     if out_channels % b == 0 and out_channels // b >= 2), default=None)
+        if block is None or batch * (out_channels // block) < threads:
             return None
-        return 1, max(blocks)
+        return 1, block
     rows = pixels // vec.lanes
     choices = [(vectors, max(b for b in range(1, vec.accumulators // vectors + 1)
                              if out_channels % b == 0 and vectors * (b + 1) < REGISTERS))
