@@ -196,12 +196,19 @@ def compare_arrays(name: str, reference: np.ndarray, candidate: np.ndarray,
 
 def onnxruntime_outputs(model, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The outputs of ONNX Runtime (CPU) running `model` (an .onnx path, bytes or ModelProto)
-    on `inputs`, by output name."""
+    on `inputs`, by output name. Signed 8-bit operands of integer products run as unsigned
+    ones (`onnx_unsigned`): ONNX Runtime's uint8 x int8 products saturate on CPUs without
+    VNNI, and a reference must not."""
+    import onnx
     import onnxruntime
-    if hasattr(model, "SerializeToString"):
-        model = model.SerializeToString()
+    from .frontends.onnx_unsigned import unsigned_integer_operands
+    proto = (onnx.ModelProto.FromString(model) if isinstance(model, bytes) else
+             model if hasattr(model, "SerializeToString") else onnx.load(os.fspath(model)))
+    unsigned = unsigned_integer_operands(proto)
+    if unsigned is not proto or hasattr(model, "SerializeToString"):
+        model = unsigned.SerializeToString()
     elif not isinstance(model, bytes):
-        model = os.fspath(model)
+        model = os.fspath(model)   # ONNX Runtime reads the file (and its external data) itself
     try:
         session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
