@@ -50,14 +50,19 @@ CASES = {
     # ... whose rows are a prime number of vectors (7 on AVX2): tiles of 2 channels x 7 vectors
     "conv3x3_thin_input_prime_row": ((1, 3, 7, 114), lambda x: dsl.relu(dsl.conv2d(
         x, 32, 3, stride=2)), "narrow"),
-    # AVX-512: 1x1 projections on planes of whole vectors are GEMMs with pixels as the lanes;
-    # the second reads the first's flat output as its residual (no reshape copy between them)
-    "conv1x1_projection": ((1, 48, 8, 8), lambda x: dsl.relu(dsl.conv2d(x, 16, 1)), "conv2d"),
+    # 1x1 projections on planes of whole vectors are GEMMs with pixels as the lanes; the
+    # second reads the first's flat output as its residual (no reshape copy between them)
+    "conv1x1_projection": ((1, 48, 8, 8), lambda x: dsl.relu(dsl.conv2d(x, 16, 1)),
+                           "pointwise"),
     "conv1x1_projection_residual": ((1, 48, 4, 12), lambda x: (lambda y: dsl.relu(
-        dsl.conv2d(dsl.relu(dsl.conv2d(x, 32, 1)), 24, 1) + y))(dsl.conv2d(x, 24, 1)), "conv2d"),
+        dsl.conv2d(dsl.relu(dsl.conv2d(x, 32, 1)), 24, 1) + y))(dsl.conv2d(x, 24, 1)),
+        "pointwise"),
     # ... and expansions, with the channel blocks outside the pixel tiles
     "conv1x1_expansion": ((1, 8, 8, 6), lambda x: dsl.clip(dsl.conv2d(x, 36, 1), 0, 6),
-                          "conv2d"),
+                          "pointwise"),
+    # ... but not, with 8 lanes, expansions of 64 input channels or more
+    "conv1x1_wide_expansion_avx2": ((1, 64, 8, 8), lambda x: dsl.relu(dsl.conv2d(x, 128, 1)),
+                                    "conv2d"),
     # ... and on planes that are not whole vectors (13x11, 12x11): one vector per tile, the
     # last one partial, peeled off the loop of whole ones; with a batch, with a residual
     "conv1x1_partial_plane": ((2, 24, 13, 11), lambda x: dsl.relu(dsl.conv2d(x, 40, 1)),
@@ -472,7 +477,7 @@ def test_1x1_convs_on_planes_of_partial_vectors_take_the_pointwise_rule_on_avx51
 
 
 @pytest.mark.parametrize("name", ["conv1x1_projection", "conv1x1_projection_residual",
-                                  "conv1x1_expansion"])
+                                  "conv1x1_expansion", "conv1x1_wide_expansion_avx2"])
 def test_1x1_convs_take_the_pointwise_rule_on_avx512(name):
     optimized, target = optimize_for_target(_table_graph([name]), "cpu",
                                             CompileOptions(mcpu=AVX512_CPU, threads=2))
@@ -508,8 +513,21 @@ def test_pointwise_tile_fills_the_accumulators():
     assert tile(35 * 35, 64, vec, batch=1, threads=4) == (1, 16)
     assert tile(35 * 35, 64, vec, batch=1, threads=8) is None
     assert tile(35 * 35, 64, vec, batch=2, threads=8) == (1, 16)
-    assert tile(56 * 56, 64, VectorShape.of(tvm.target.Target(
-        {"kind": "llvm", "mcpu": AVX2_CPU}))) is None
+
+
+def test_pointwise_tile_with_8_lanes():
+    """AVX2: 12 accumulators and their inputs within 16 registers, planes of whole vectors
+    only, and no expansion of 64 input channels or more (the conv2d rule keeps those)."""
+    from graphopt.targets.tvm.schedules.pointwise import tile
+    vec = VectorShape.of(tvm.target.Target({"kind": "llvm", "mcpu": AVX2_CPU}))
+    assert tile(56 * 56, 64, vec, in_channels=256) == (3, 4)    # a projection
+    assert tile(112 * 112, 96, vec, in_channels=16) == (2, 6)   # an expansion of few channels
+    assert tile(56 * 56, 256, vec, in_channels=64) is None
+    assert tile(35 * 35, 64, vec, in_channels=288) is None      # a plane of partial vectors
+    for pixels in (64, 784, 3136):
+        for channels in range(1, 257):
+            vectors, block = tile(pixels, channels, vec)
+            assert vectors * block <= 12 and vectors * (block + 1) < 16, (pixels, channels)
 
 
 def test_partial_planes_compute_whole_vectors_outside_the_last():

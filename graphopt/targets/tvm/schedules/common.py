@@ -23,13 +23,14 @@ class VectorShape:
     `vnni`: the CPU has AVX-512 VNNI (vpdpbusd: u8 x s8 dot products into int32); `bf16`: it
     has AVX512-BF16 (vdpbf16ps: bfloat16 pair products into float32); `amx`: the AMX tile
     products it has ("amx-int8", "amx-bf16": LLVM's feature names); `l1d`: bytes of L1 data
-    cache per core (`l1d_bytes`)."""
+    cache per core (`l1d_bytes`); `registers`: the vector registers (ymm0-15, zmm0-31)."""
     lanes: int
     accumulators: int
     vnni: bool = False
     amx: tuple[str, ...] = ()
     bf16: bool = False
     l1d: int = 32 * 1024
+    registers: int = 16
 
     @staticmethod
     def of(target) -> "VectorShape":
@@ -38,7 +39,7 @@ class VectorShape:
         from tvm.target.codegen import target_has_features
         l1d = l1d_bytes(str(target.attrs.get("mcpu", "")))
         if target_has_features("avx512f", target):
-            return VectorShape(lanes=16, accumulators=28,
+            return VectorShape(lanes=16, accumulators=28, registers=32,
                                vnni=bool(target_has_features("avx512vnni", target)),
                                amx=tuple(f for f in ("amx-int8", "amx-bf16")
                                          if target_has_features(f, target)),

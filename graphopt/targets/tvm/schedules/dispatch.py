@@ -47,7 +47,7 @@ def schedule_func(func, vec: VectorShape):
     """(scheduled PrimFunc, rule name) for the first rule that applies, or (None, None); a rule
     that a schedule primitive refuses part-way is discarded with its schedule and the next rule
     starts afresh; any other error in a rule is a bug and propagates. A rule with a
-    `finish(func)` rewrites the function it scheduled (the pointwise rule's `likely`
+    `finish(func, vec)` rewrites the function it scheduled (the pointwise rule's `likely`
     predicates)."""
     from tvm import s_tir
     from tvm.s_tir import ScheduleError
@@ -60,7 +60,7 @@ def schedule_func(func, vec: VectorShape):
         if applied:
             finish = getattr(rule, "finish", None)
             scheduled = sch.mod["main"]
-            return (finish(scheduled) if finish else scheduled), rule.NAME
+            return (finish(scheduled, vec) if finish else scheduled), rule.NAME
     return None, None
 
 

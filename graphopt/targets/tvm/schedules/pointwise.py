@@ -12,14 +12,18 @@ input (C x 16 `vectors` floats) is read from cache by every block of output chan
 expansions (more output than input channels: few products per output, much to write) take the
 channel blocks outside, so each block writes its channels' rows from start to end.
 
-Used for such convs with 16 lanes. On planes of whole vectors, measured inside the
+Used for such convs with 16 and 8 lanes. On planes of whole vectors, measured inside the
 models, each 1x1 conv timed in two compiles of one model run interleaved (one AVX-512 core, ms,
 conv2d rule / pointwise): MobileNetV2 projections 32 -> 16 ch 112x112 0.37 / 0.17, 192 -> 32
 ch 28x28 0.28 / 0.16, 144 -> 32 ch 0.105 / 0.080; expansions 16 -> 96 ch 112x112 0.91 / 0.53
 (0.96 with the pixel tiles outside), 24 -> 144 ch 56x56 0.355 / 0.215, 32 -> 192 ch 28x28 0.130
 / 0.105; ResNet-50 256 -> 64 ch 56x56 1.07 / 0.93-1.01, 64 -> 64 ch 1.04 / 0.85, 64 -> 256 ch
-1.19-1.21 / 1.01-1.03, 128 -> 512 ch 28x28 0.88 / 0.75, 512 -> 128 ch 0.90 / 0.78. 8 lanes are
-untimed: the conv2d rule keeps those.
+1.19-1.21 / 1.01-1.03, 128 -> 512 ch 28x28 0.88 / 0.75, 512 -> 128 ch 0.90 / 0.78. With 8
+lanes (AVX2, 12 accumulators: tiles of 3 vectors x 4 channels, 2 x 6), one Zen 3 core, ms:
+MobileNetV2 32 -> 16 ch 112x112 0.43 / 0.16, 16 -> 96 ch 112x112 0.72 / 0.55, 144 -> 24 ch 56x56
+0.26 / 0.15; ResNet-50 256 -> 64 ch 56x56 1.45-1.56 / 1.22-1.27, 512 -> 128 ch 28x28 1.53-1.60 /
+1.12-1.25; whole models (the two compiles' medians, interleaved): MobileNetV2 0.92x, EfficientNet-B0
+0.87x, DenseNet-121 0.96x, MobileNetV3-Large 0.95x, ResNet-50 and GoogLeNet 0.99x.
 
 Planes that are not whole vectors (Inception's 35x35 and 17x17, SqueezeNet's 55x55, 27x27 and
 13x13) end in a partial vector. Its lanes are guarded by a predicate, which TVM's vectorizer can
@@ -35,7 +39,7 @@ ch 17x17 0.89 / 0.78, 128 -> 32 ch 27x27 0.114 / 0.059, 32 -> 128 ch 0.091 / 0.0
 55x55 0.099 (narrow rule) / 0.059, 384 -> 48 ch 13x13 0.078 / 0.059, ResNet-50's 256 -> 1024 ch
 14x14 1.14 / 1.07, 1024 -> 256 ch 0.96 / 0.92, GoogLeNet's 512 -> 24 ch 14x14 0.083 / 0.044. On
 7x7 planes (three vectors and one pixel) it lost (2048 -> 512 ch 1.03 / 1.17, 512 -> 2048 ch
-0.98 / 1.13): those, and planes under MIN_PARTIAL_PLANE, stay on the conv2d rule."""
+0.98 / 1.13): those, and planes under MIN_PARTIAL_VECTORS vectors, stay on the conv2d rule."""
 from __future__ import annotations
 
 from .common import PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, inline_elementwise, \
@@ -43,33 +47,46 @@ from .common import PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, inline_el
 from .tiled import accumulator_writer, packed_weight
 
 NAME = ALGORITHM = "pointwise"
-# The vector width the rule is written for (AVX-512's float32 lanes).
-LANES = 16
+# The vector widths the rule is written for (AVX2's and AVX-512's float32 lanes).
+LANES = (8, 16)
 # Pixel vectors per register tile, most first: the tile is vectors x block accumulators.
 MAX_VECTORS = 4
-# Vector registers (zmm0-31): a tile's accumulators, its input vectors and one broadcast weight
-# must fit, or LLVM spills accumulators in the inner loop. 4 vectors x 7 channels (28
-# accumulators and 4 inputs) did: Inception-v3's 2048 -> 448 1x1 conv on 8x8, one Zen 4 core,
-# 3.02 ms, against 1.10 for 2 x 14 and 1.09 for 1 x 28 (1280 -> 448: 1.95 / 0.68 / 0.65).
-REGISTERS = 32
-# The smallest plane that is not whole vectors taken (see the module docstring).
-MIN_PARTIAL_PLANE = 8 * LANES
+# A tile's accumulators, its input vectors and one broadcast weight must fit in the vector
+# registers (`VectorShape.registers`), or LLVM spills accumulators in the inner loop. 4 vectors
+# x 7 channels (28 accumulators and 4 inputs) did on AVX-512: Inception-v3's 2048 -> 448 1x1
+# conv on 8x8, one Zen 4 core, 3.02 ms, against 1.10 for 2 x 14 and 1.09 for 1 x 28 (1280 ->
+# 448: 1.95 / 0.68 / 0.65).
+# The smallest plane that is not whole vectors taken, in vectors (see the module docstring).
+MIN_PARTIAL_VECTORS = 8
+# The vector widths with which planes that are not whole vectors are taken: with 8 lanes
+# they lost (one Zen 3 core, inside MobileNetV2, conv2d rule / pointwise, ms: 14x14 planes
+# 0.134 / 0.185, 0.283 / 0.419).
+PARTIAL_PLANE_LANES = (16,)
+# With 8 lanes, expansions of at least this many input channels stay with the conv2d rule:
+# their channel blocks of 4 (12 accumulators in 16 registers) each read the whole input plane
+# again (one Zen 3 core, inside ResNet-50, conv2d rule / pointwise, ms: 64 -> 256 ch 56x56
+# 1.55-1.65 / 2.04-2.24, 128 -> 512 ch 28x28 1.40 / 1.36-1.63).
+NARROW_EXPANSION_INPUT = 64
 
 
 def tile(pixels: int, out_channels: int, vec: VectorShape | None, batch: int = 1,
-         threads: int = 1) -> tuple[int, int] | None:
+         threads: int = 1, in_channels: int | None = None) -> tuple[int, int] | None:
     """(pixel vectors, output-channel block) of the register tile for a plane of `pixels`, or
-    None (the target has no 16-lane vectors, or the plane is smaller than one vector, or than
-    MIN_PARTIAL_PLANE where it is not whole vectors). Planes of whole vectors: the most
+    None (the target has neither 8- nor 16-lane vectors, or the plane is smaller than one
+    vector, or it is not whole vectors and either smaller than MIN_PARTIAL_VECTORS vectors or
+    the lanes are not PARTIAL_PLANE_LANES). Planes of whole vectors: the most
     accumulators with a block dividing the channels, then a vector count dividing the plane
     (otherwise the last pixel tile is partial), within the vector registers. Other planes: one
     vector and the largest such block that leaves at least two blocks (the threads share the
     blocks), when the `batch`'s channel blocks give each of the `threads` one; otherwise None
     (the conv2d rule, which also splits the rows)."""
-    if vec is None or vec.lanes != LANES or pixels < LANES:
+    if vec is None or vec.lanes not in LANES or pixels < vec.lanes:
         return None
-    if pixels % LANES:
-        if pixels < MIN_PARTIAL_PLANE:
+    if vec.lanes < 16 and in_channels is not None and \
+            out_channels > in_channels >= NARROW_EXPANSION_INPUT:
+        return None
+    if pixels % vec.lanes:
+        if pixels < MIN_PARTIAL_VECTORS * vec.lanes or vec.lanes not in PARTIAL_PLANE_LANES:
             return None
         block = max((b for b in range(1, vec.accumulators + 1)
                      if out_channels % b == 0 and out_channels // b >= 2), default=None)
@@ -78,7 +95,7 @@ def tile(pixels: int, out_channels: int, vec: VectorShape | None, batch: int = 1
         return 1, block
     rows = pixels // vec.lanes
     choices = [(vectors, max(b for b in range(1, vec.accumulators // vectors + 1)
-                             if out_channels % b == 0 and vectors * (b + 1) < REGISTERS))
+                             if out_channels % b == 0 and vectors * (b + 1) < vec.registers))
                for vectors in range(1, min(MAX_VECTORS, rows) + 1)]
     return max(choices, key=lambda c: (c[0] * c[1], rows % c[0] == 0, c[0]))
 
@@ -121,7 +138,7 @@ def schedule(sch, vec: VectorShape) -> bool:
         return None
     n, out_channels, pixels, channels = (int(iv.dom.extent) for iv in block.iter_vars)
     channel_block = int(weight.shape[2])
-    choice = tile(pixels, out_channels, vec)
+    choice = tile(pixels, out_channels, vec, in_channels=channels)
     if choice is None or out_channels % channel_block:
         return None
     vectors = choice[0]
@@ -178,7 +195,7 @@ def _schedule_partial_plane(sch, conv, writer, vec: VectorShape, parallel: bool)
     return True
 
 
-def finish(func):
+def finish(func, vec: VectorShape):
     """The scheduled PrimFunc; for a plane that is not whole vectors, with every block predicate
     marked `likely`: the predicates of the last vector, which LoopPartition
     (partition_const_loop) then peels off the serial loop of whole vectors. (Other predicates,
@@ -186,7 +203,7 @@ def finish(func):
     import tvm_ffi
     from tvm import s_tir, tirx
     pixels = int(func.params[0].shape[-1])   # x: [N, C, H * W]
-    if pixels % LANES == 0:
+    if pixels % vec.lanes == 0:
         return func
 
     def likely(realize):
