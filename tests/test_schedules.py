@@ -583,6 +583,21 @@ def test_narrow_rows_are_written_as_whole_vectors(mcpu):
     assert _lane_predicated_loops(narrow[0]) == []
 
 
+@pytest.mark.parametrize("width", [112, 104, 110])   # 14 vectors; 13 (prime); 14, padded
+def test_wide_depthwise_rows_are_written_as_whole_vectors(width):
+    """Depthwise rows wider than the accumulators (8 lanes: 12 vectors) with a SiLU: tiles of
+    whole vectors that divide the row, or the row written once all its tiles are done; never a
+    writer predicated on its lanes (EfficientNet's 112-wide conv: 5.4 ms, 13x ORT's)."""
+    with dsl.Builder("wide_depthwise", seed=0) as b:
+        x = b.input("x", (1, 4, 6, width))
+        graph = b.output(dsl.silu(dsl.conv2d(x, 4, 3, padding=1, groups=4)))
+    kernels = _scheduled_kernels(graph, AVX2_CPU)
+    [depthwise] = [f for f in kernels.values() if f.attrs[SCHEDULE_ATTR] == "depthwise"]
+    assert _lane_predicated_loops(depthwise) == []
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 4, 6, width)).astype(np.float32)}
+    assert go.compare(graph, go.compile(graph, bounds_check=True), feeds).ok
+
+
 # kernel, stride, padding, ceil_mode, count_include_pad, input shape
 AVG_POOLS = [((3, 3), (1, 1), (1, 1, 1, 1), False, True, (1, 5, 17, 17)),   # Inception's
              ((3, 3), (1, 1), (1, 1, 1, 1), False, False, (1, 5, 17, 17)),
