@@ -552,6 +552,20 @@ def test_narrow_tile_loads_least_per_product():
     assert tile(64, 1) == (16, 1)
     assert tile(3, 16) == (3, 4)       # 3 output channels: all of them, 4 vectors
     assert tile(6, 2) == (6, 2)        # LeNet-5's first conv
+    assert tile(64, 14, 12) == (4, 2)  # AVX2's 12 accumulators (16 spilled: 2.6x the time)
+
+
+def test_narrow_tile_fits_avx2_registers():
+    """SqueezeNet's 3 -> 64 channel stride-2 stem (111 columns, 14 vectors on AVX2): 4 channels
+    x 2 vectors, within the 12 accumulators of 16 registers, not 8 x 2."""
+    with dsl.Builder("stem", seed=0) as b:
+        graph = b.output(dsl.relu(dsl.conv2d(b.input("x", (1, 3, 32, 224)), 64, 3, stride=2)))
+    kernels = _scheduled_kernels(graph, AVX2_CPU)
+    [narrow] = [f for f in kernels.values() if f.attrs[SCHEDULE_ATTR] == "narrow"]
+    unrolled = re.findall(r"for (\w+) in T\.unroll\(T\.int64\((\d+)\)\)", narrow.script())
+    # the tile's loops: output channels (o_1) x row vectors (j_0_1), unrolled
+    assert {loop: int(n) for loop, n in unrolled if "init" not in loop} == \
+        {"o_1": 4, "j_0_1": 2}, unrolled
 
 
 def _lane_predicated_loops(func) -> list[str]:

@@ -49,7 +49,10 @@ SHORT_POINTWISE = 64
 # Accumulators per register tile at most (channels x row vectors): a tile filling all the
 # registers leaves none for the input vectors its channels share, and LLVM spills. One AVX-512
 # core, ms, at most 28 / 16: VGG-11's 3 -> 64 ch 224x224 2.51 / 1.77, style transfer's 9x9
-# 32 -> 3 ch 256x256 8.64 / 7.44, SqueezeNet's stride-2 stem 0.59-0.61 / 0.61-0.62.
+# 32 -> 3 ch 256x256 8.64 / 7.44, SqueezeNet's stride-2 stem 0.59-0.61 / 0.61-0.62. With 16
+# registers (AVX2) the target's 12 accumulators bound it: 16 spilled (one Zen 3 core, inside
+# the models, ms, 16 / 12: SqueezeNet's stem 1.57 / 0.61, VGG-11's first conv 4.80 / 2.29,
+# Inception-v3's 1.41 / 0.67, EfficientNet-B0's 0.77 / 0.57).
 TILE_ACCUMULATORS = 16
 
 
@@ -70,19 +73,19 @@ def applies(out_channels: int, groups: int, out_width: int, vector, in_channels:
                 and vector.lanes >= 16))
 
 
-def tile(channels: int, vectors: int) -> tuple[int, int]:
+def tile(channels: int, vectors: int, accumulators: int = TILE_ACCUMULATORS) -> tuple[int, int]:
     """(output channels, row vectors) per register tile: the fewest loads per product (each
     step loads one weight per channel and one input vector per row vector for channels x
-    vectors products) within TILE_ACCUMULATORS, the channels dividing the output channels
+    vectors products) within `accumulators`, the channels dividing the output channels
     (all of them up to MAX_CHANNELS) and the vectors the row; then the most accumulators.
     Rows of a prime number of vectors had 4 channels x 1 vector tiles before, a load per
     product (one AVX-512 core, ms, 4-channel tiles / this: SqueezeNet's stride-2 stem, 7
     vectors, 0.59 / 0.44 as 2 x 7; Inception-v3's, 10 vectors, 1.03 / 0.78; VGG-11's 3 -> 64
     ch 224x224, 14 vectors, 1.98 / 1.83 as 8 x 2)."""
     channel_counts = [channels] if channels <= MAX_CHANNELS else \
-        [d for d in range(1, TILE_ACCUMULATORS + 1) if channels % d == 0]
+        [d for d in range(1, accumulators + 1) if channels % d == 0]
     shapes = [(o, v) for o in channel_counts for v in range(1, vectors + 1)
-              if vectors % v == 0 and o * v <= TILE_ACCUMULATORS]
+              if vectors % v == 0 and o * v <= accumulators]
     return min(shapes, key=lambda s: ((s[0] + s[1]) / (s[0] * s[1]), -s[0] * s[1]))
 
 
@@ -118,7 +121,7 @@ def schedule(sch, vec: VectorShape) -> bool:
         return None   # rows are padded to whole vectors at lowering
     vectors = extent(ow, sch) // lanes
     channels = extent(o, sch)
-    o_tile, per_tile = tile(channels, vectors)
+    o_tile, per_tile = tile(channels, vectors, min(TILE_ACCUMULATORS, vec.accumulators))
     ow_vectors, ow_lanes = sch.split(ow, [None, lanes])
     ow_outer, ow_vectors = sch.split(ow_vectors, [None, per_tile])
     o_outer, o = sch.split(o, [None, o_tile])
