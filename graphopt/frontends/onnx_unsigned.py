@@ -31,6 +31,9 @@ def unsigned_integer_operands(model: onnx.ModelProto) -> onnx.ModelProto:
     for a Conv, MatMul or Gemm) are uint8, shifted by 128 with their zero points: the same
     values, computed without ONNX Runtime's int16 saturation. Other nodes are untouched;
     a model with no such operand is returned as it is."""
+    if not any(n.op_type in PRODUCT_OPERANDS or n.op_type == "DequantizeLinear"
+               for n in model.graph.node):
+        return model   # no copy and no shape inference for a float model
     original, model = model, onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
