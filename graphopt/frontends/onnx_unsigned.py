@@ -44,17 +44,27 @@ def unsigned_integer_operands(model: onnx.ModelProto) -> onnx.ModelProto:
             consumers.setdefault(name, []).append(node)
     added_nodes: list[onnx.NodeProto] = []
     shifted: dict[str, str] = {}
+    taken = set(elem_types) | {o for n in graph.node for o in n.output} | \
+        {v.name for v in graph.input}
+
+    def fresh(name: str) -> str:
+        candidate, n = name, 0
+        while candidate in taken:
+            n += 1
+            candidate = f"{name}_{n}"
+        taken.add(candidate)
+        return candidate
 
     def unsigned(name: str) -> str:
         """The uint8 twin of int8 tensor `name`: a new initializer, or Cast/Add/Cast nodes."""
         if name not in shifted:
-            new = _fresh(f"{name}_uint8", elem_types)
+            new = fresh(f"{name}_uint8")
             elem_types[new] = TensorProto.UINT8
             if name in initializers:
                 values = numpy_helper.to_array(initializers[name]).astype("int16") + 128
                 graph.initializer.append(numpy_helper.from_array(values.astype("uint8"), new))
             else:
-                wide, one_two_eight, plus = (_fresh(f"{name}_{s}", elem_types)
+                wide, one_two_eight, plus = (fresh(f"{name}_{s}")
                                              for s in ("int32", "128", "plus_128"))
                 graph.initializer.append(helper.make_tensor(one_two_eight, TensorProto.INT32,
                                                             [], [128]))
@@ -73,7 +83,7 @@ def unsigned_integer_operands(model: onnx.ModelProto) -> onnx.ModelProto:
         if node.input[zero_point]:
             node.input[zero_point] = unsigned(node.input[zero_point])
         else:
-            name = _fresh(f"{node.input[value]}_zero_point_uint8", elem_types)
+            name = fresh(f"{node.input[value]}_zero_point_uint8")
             elem_types[name] = TensorProto.UINT8
             graph.initializer.append(helper.make_tensor(name, TensorProto.UINT8, [], [128]))
             node.input[zero_point] = name
@@ -114,14 +124,6 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     for t in model.graph.initializer:
         types[t.name] = t.data_type
     return types
-
-
-def _fresh(name: str, taken) -> str:
-    candidate, n = name, 0
-    while candidate in taken:
-        n += 1
-        candidate = f"{name}_{n}"
-    return candidate
 
 
 def _sort_topologically(graph: onnx.GraphProto) -> None:
