@@ -66,7 +66,7 @@ PARTIAL_PLANE_LANES = (16,)
 # their channel blocks of 4 (12 accumulators in 16 registers) each read the whole input plane
 # again (one Zen 3 core, inside ResNet-50, conv2d rule / pointwise, ms: 64 -> 256 ch 56x56
 # 1.55-1.65 / 2.04-2.24, 128 -> 512 ch 28x28 1.40 / 1.36-1.63).
-NARROW_EXPANSION_INPUT = 64
+WIDE_EXPANSION_INPUT = 64
 
 
 def tile(pixels: int, out_channels: int, vec: VectorShape | None, batch: int = 1,
@@ -74,7 +74,8 @@ def tile(pixels: int, out_channels: int, vec: VectorShape | None, batch: int = 1
     """(pixel vectors, output-channel block) of the register tile for a plane of `pixels`, or
     None (the target has neither 8- nor 16-lane vectors, or the plane is smaller than one
     vector, or it is not whole vectors and either smaller than MIN_PARTIAL_VECTORS vectors or
-    the lanes are not PARTIAL_PLANE_LANES). Planes of whole vectors: the most
+    the lanes are not PARTIAL_PLANE_LANES, or with 8 lanes it is an expansion of
+    WIDE_EXPANSION_INPUT or more `in_channels`). Planes of whole vectors: the most
     accumulators with a block dividing the channels, then a vector count dividing the plane
     (otherwise the last pixel tile is partial), within the vector registers. Other planes: one
     vector and the largest such block that leaves at least two blocks (the threads share the
@@ -83,7 +84,7 @@ def tile(pixels: int, out_channels: int, vec: VectorShape | None, batch: int = 1
     if vec is None or vec.lanes not in LANES or pixels < vec.lanes:
         return None
     if vec.lanes < 16 and in_channels is not None and \
-            out_channels > in_channels >= NARROW_EXPANSION_INPUT:
+            out_channels > in_channels >= WIDE_EXPANSION_INPUT:
         return None
     if pixels % vec.lanes:
         if pixels < MIN_PARTIAL_VECTORS * vec.lanes or vec.lanes not in PARTIAL_PLANE_LANES:
