@@ -13,7 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import GraphoptError
+from .errors import GraphoptError, ModelFormatError
 from .ir import DTYPES, FLOAT_DTYPES, Graph, Node, Value
 from .ops.quant import output_quantization
 from .table import format_table
@@ -201,9 +201,15 @@ def onnxruntime_outputs(model, inputs: Mapping[str, np.ndarray]) -> dict[str, np
     VNNI, and a reference must not."""
     import onnx
     import onnxruntime
+    from google.protobuf.message import DecodeError
     from .frontends.onnx_unsigned import unsigned_integer_operands
-    proto = (onnx.ModelProto.FromString(model) if isinstance(model, bytes) else
-             model if hasattr(model, "SerializeToString") else onnx.load(os.fspath(model)))
+    try:
+        proto = (onnx.ModelProto.FromString(model) if isinstance(model, bytes) else
+                 model if hasattr(model, "SerializeToString") else onnx.load(os.fspath(model)))
+    except (OSError, DecodeError) as e:
+        raise ModelFormatError(f"ONNX Runtime's reference model: cannot read "
+                               f"{'the bytes given' if isinstance(model, bytes) else model}: "
+                               f"{e}") from e
     unsigned = unsigned_integer_operands(proto)
     if unsigned is not proto or hasattr(model, "SerializeToString"):
         model = unsigned.SerializeToString()

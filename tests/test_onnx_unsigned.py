@@ -109,3 +109,13 @@ def test_models_without_int8_products_are_returned_as_they_are():
     floats = model([helper.make_node("Relu", ["x"], ["y"])],
                    {"x": np.zeros((2,), np.float32)}, {}, TensorProto.FLOAT)
     assert unsigned_integer_operands(floats) is floats
+
+
+def test_an_unreadable_reference_model_is_named(tmp_path):
+    from graphopt.errors import ModelFormatError
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x08\x07not a model")
+    with pytest.raises(ModelFormatError, match="broken.onnx"):
+        onnxruntime_outputs(bad, {})
+    with pytest.raises(ModelFormatError, match="missing.onnx"):
+        onnxruntime_outputs(tmp_path / "missing.onnx", {})
