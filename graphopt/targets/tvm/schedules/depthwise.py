@@ -11,7 +11,8 @@ contiguous columns. Lowered by `depthwise_conv2d` (algorithm "depthwise",
 from __future__ import annotations
 
 from .common import VectorShape, extent
-from .phases import column_phases, real_columns, row_conv_blocks, schedule_copy, tap
+from .phases import (column_phases, real_columns, row_conv_blocks, schedule_copy, tap,
+                     written_width)
 from .tiled import balanced_tile
 
 NAME = "depthwise"
@@ -72,8 +73,7 @@ def schedule(sch, vec: VectorShape) -> bool:
         # predicate on its lanes, and TVM writes such a loop element by element (EfficientNet's
         # 112-wide depthwise conv with SiLU, 8 lanes, tiles of 12 vectors: 5.4 ms, 13x ORT):
         # there the writer writes the row once all its tiles are done.
-        whole = vectors % per_tile == 0 and \
-            int(sch.get(writer).writes[0].source.shape[-1]) == vectors * lanes
+        whole = vectors % per_tile == 0 and written_width(sch, writer) == vectors * lanes
         tile = ow_outer if whole else oh_outer
     else:
         sch.reorder(n, c, oh_outer, kh, kw, oh_inner, ow_vectors, ow_lanes)

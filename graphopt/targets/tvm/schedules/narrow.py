@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 
 from .common import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_MACS, VectorShape, extent
-from .phases import column_phases, real_columns, row_conv_blocks, schedule_copy, tap
+from .phases import (column_phases, real_columns, row_conv_blocks, schedule_copy, tap,
+                     written_width)
 
 NAME = "narrow"
 ALGORITHM = "narrow"
@@ -129,8 +130,7 @@ def schedule(sch, vec: VectorShape) -> bool:
     # some of its lanes: TVM writes such a predicated vector loop element by element (LeNet-5's
     # 5x5 conv with tanh, 28 of 32 columns, 8 lanes: 1.92 ms, 0.24 with relu). Then every tile
     # of the row is computed first and the writer writes the real row as one vector loop.
-    real_width = int(sch.get(writer).writes[0].source.shape[-1])
-    whole_rows = real_width != vectors * lanes and extent(ow_outer, sch) > 1
+    whole_rows = written_width(sch, writer) != vectors * lanes and extent(ow_outer, sch) > 1
     if whole_rows:
         sch.reorder(n, oh, o_outer, ow_outer, rc, kh, kw, o, ow_vectors, ow_lanes)
     else:

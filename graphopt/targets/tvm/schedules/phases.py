@@ -55,6 +55,12 @@ def real_columns(tile, out_w: int):
                       name="real_columns")
 
 
+def written_width(sch, writer) -> int:
+    """The real row width that `writer` (the block writing a row conv's output) writes: the
+    rows' columns before they were padded to whole vectors."""
+    return int(sch.get(writer).writes[0].source.shape[-1])
+
+
 def schedule_copy(sch, copy, at=None, parallel: bool = False) -> None:
     """Schedule the copy block: computed at loop `at` (None: at the root; `parallel`: over
     images and channels there); its rows partitioned into (top zeros, real rows, bottom zeros),
