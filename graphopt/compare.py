@@ -202,19 +202,23 @@ def onnxruntime_outputs(model, inputs: Mapping[str, np.ndarray]) -> dict[str, np
     import onnx
     import onnxruntime
     from google.protobuf.message import DecodeError
-    from .frontends.onnx_unsigned import unsigned_integer_operands
-    try:
+    from .frontends.onnx_unsigned import has_integer_products, unsigned_integer_operands
+    path = None if isinstance(model, bytes) or hasattr(model, "SerializeToString") else \
+        os.fspath(model)
+    try:   # a file's external data is read only where its integer products are rewritten
         proto = (onnx.ModelProto.FromString(model) if isinstance(model, bytes) else
-                 model if hasattr(model, "SerializeToString") else onnx.load(os.fspath(model)))
+                 model if path is None else onnx.load(path, load_external_data=False))
+        if path is not None and has_integer_products(proto):
+            onnx.load_external_data_for_model(proto, os.path.dirname(path))
     except (OSError, DecodeError) as e:
         raise ModelFormatError(f"ONNX Runtime's reference model: cannot read "
                                f"{'the bytes given' if isinstance(model, bytes) else model}: "
                                f"{e}") from e
     unsigned = unsigned_integer_operands(proto)
-    if unsigned is not proto or hasattr(model, "SerializeToString"):
+    if unsigned is not proto or path is None and not isinstance(model, bytes):
         model = unsigned.SerializeToString()
-    elif not isinstance(model, bytes):
-        model = os.fspath(model)   # ONNX Runtime reads the file (and its external data) itself
+    elif path is not None:
+        model = path   # ONNX Runtime reads the file (and its external data) itself
     try:
         session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]

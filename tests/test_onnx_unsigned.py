@@ -119,3 +119,24 @@ def test_an_unreadable_reference_model_is_named(tmp_path):
         onnxruntime_outputs(bad, {})
     with pytest.raises(ModelFormatError, match="missing.onnx"):
         onnxruntime_outputs(tmp_path / "missing.onnx", {})
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["float", "int8"])
+def test_a_model_file_with_external_data_runs(tmp_path, int8):
+    """A file whose weights live in external data: handed to ONNX Runtime by its path where
+    nothing is rewritten, read whole where its int8 weights are."""
+    if int8:
+        m = model([helper.make_node("MatMulInteger", ["a", "b", "a_zp", "b_zp"], ["y"])],
+                  {"a": A}, {"a_zp": np.uint8(7), "b_zp": np.int8(-3), "b": B})
+        feeds, expected = {"a": A}, exact_matmul(A, B, 7, np.int8(-3))
+    else:
+        w = _rng.standard_normal((64, 5)).astype(np.float32)
+        x = _rng.standard_normal((4, 64)).astype(np.float32)
+        m = model([helper.make_node("MatMul", ["x", "w"], ["y"])], {"x": x}, {"w": w},
+                  TensorProto.FLOAT)
+        feeds, expected = {"x": x}, x @ w
+    path = tmp_path / "model.onnx"
+    onnx.save(m, path, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin", size_threshold=0)
+    assert (tmp_path / "weights.bin").stat().st_size > 0
+    np.testing.assert_allclose(onnxruntime_outputs(path, feeds)["y"], expected, rtol=1e-5)

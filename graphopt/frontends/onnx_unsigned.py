@@ -26,13 +26,19 @@ PRODUCT_OPERANDS = {
 QDQ_CONSUMERS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 
 
+def has_integer_products(model: onnx.ModelProto) -> bool:
+    """Whether `model` has a node this module may rewrite (an integer product or a
+    DequantizeLinear): the others are returned as they are, unread."""
+    return any(n.op_type in PRODUCT_OPERANDS or n.op_type == "DequantizeLinear"
+               for n in model.graph.node)
+
+
 def unsigned_integer_operands(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` whose int8 operands of integer products (and int8 weights dequantized
     for a Conv, MatMul or Gemm) are uint8, shifted by 128 with their zero points: the same
     values, computed without ONNX Runtime's int16 saturation. Other nodes are untouched;
     a model with no such operand is returned as it is."""
-    if not any(n.op_type in PRODUCT_OPERANDS or n.op_type == "DequantizeLinear"
-               for n in model.graph.node):
+    if not has_integer_products(model):
         return model   # no copy and no shape inference for a float model
     original, model = model, onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
