@@ -55,3 +55,21 @@ def test_compile_links_the_code_before_it_returns():
     model = go.compile(go.zoo.lenet5(), "cpu")
     assert getattr(model._per_thread, "vm", None) is not None
     assert model.compile_seconds > 0
+
+
+def test_the_host_target_has_the_cpu_features_the_host_reports():
+    """The host's target uses what this CPU has and nothing it lacks, whatever CPU model LLVM
+    names from CPUID: a virtual machine's AMX Xeon named "rocketlake" (no AMX, no AVX512-BF16)
+    still gets its AMX and bfloat16 kernels, and a CPU whose model has features it lacks is
+    never compiled for them."""
+    from graphopt import runtime
+    from graphopt.targets.tvm.cpu import host_target
+    from graphopt.targets.tvm.export import CPU_FEATURES
+    from tvm.target.codegen import target_has_features
+    flags = runtime.host_cpu_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo to read this CPU's flags from")
+    target = host_target()
+    wrong = {feature: flag in flags for feature, flag in CPU_FEATURES.items()
+             if bool(target_has_features(feature, target)) != (flag in flags)}
+    assert not wrong, f"{target}: features that disagree with /proc/cpuinfo (host has?): {wrong}"

@@ -7,7 +7,8 @@ import os
 def host_target(mcpu: str | None = None):
     """An LLVM target for this machine's CPU (its real `mcpu`, so AVX-512 is used where present),
     or for the LLVM CPU `mcpu` ("haswell", "skylake-avx512", ...), with `num-cores`, which
-    MetaSchedule needs."""
+    MetaSchedule needs. The host's own target also carries, as `mattr`, the features this CPU
+    has and its LLVM CPU model lacks, or lacks and the model has (`host_feature_difference`)."""
     from tvm.target import Target
     from tvm.target.codegen import llvm_get_cpu_archlist
     config = dict(Target.from_device("cpu").export())
@@ -20,8 +21,27 @@ def host_target(mcpu: str | None = None):
             raise GraphoptError(f"unknown LLVM CPU mcpu={mcpu!r}; expected one of "
                                 f"{', '.join(sorted(known))}")
         keep["mcpu"] = mcpu
+    elif keep.get("mcpu"):
+        mattr = host_feature_difference(keep)
+        if mattr:
+            keep["mattr"] = mattr
     keep["num-cores"] = physical_cores()
     return Target(keep)
+
+
+def host_feature_difference(config: dict) -> list[str]:
+    """LLVM `mattr` entries that make the CPU model in `config` this CPU: "+f" for each feature
+    the CPU reports (CPUID, as LLVM reads it) that the model lacks, "-f" for each the model has
+    and the CPU does not. LLVM names the model from CPUID's family and model numbers, which a
+    virtual machine may not match to its features: an AMX Xeon guest seen as model 167 is
+    "rocketlake", a CPU without AMX, AVX512-BF16 or AVX512-FP16. This is what clang's
+    `-march=native` does (host CPU name plus host features)."""
+    import tvm_ffi
+    from tvm.target import Target
+    host = dict(tvm_ffi.get_global_func("tvm.codegen.llvm.GetHostCPUFeatures")())
+    model = set(dict(tvm_ffi.get_global_func("target.llvm_get_cpu_features")(Target(config))))
+    return sorted(f"+{f}" for f, on in host.items() if on and f not in model) + \
+        sorted(f"-{f}" for f, on in host.items() if not on and f in model)
 
 
 def physical_cores() -> int:
