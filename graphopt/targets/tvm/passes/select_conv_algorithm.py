@@ -6,9 +6,10 @@
   blocks of two vector registers of output channels) for the 3x3 stride-1 convolutions where
   it measured faster (`schedules/winograd.output_tile`);
 - "pointwise" for float32 1x1 stride-1 unpadded ungrouped convolutions with a constant weight
-  where the target has 8- or 16-lane vectors, on planes of whole vectors or, with 16 lanes, of
-  at least `pointwise.MIN_PARTIAL_VECTORS` vectors (there with a channel block for each thread
-  the compile is for): a GEMM over the flattened plane with the pixels as the lanes
+  where the target has 8- or 16-lane vectors, on planes of whole vectors or, with 16 lanes and
+  cores of 32 KiB L1 (`pointwise.PARTIAL_PLANE_MAX_L1D`), of at least
+  `pointwise.MIN_PARTIAL_VECTORS` vectors (there with a channel block for each thread the
+  compile is for): a GEMM over the flattened plane with the pixels as the lanes
   (`schedules/pointwise.py`), the weight in blocks of `weight_block` output channels;
 - "depthwise" for float32 depthwise convolutions (one filter per channel: groups == input ==
   output channels) with a constant weight: rows of whole vectors of `weight_block` (the

@@ -39,7 +39,8 @@ ch 17x17 0.89 / 0.78, 128 -> 32 ch 27x27 0.114 / 0.059, 32 -> 128 ch 0.091 / 0.0
 55x55 0.099 (narrow rule) / 0.059, 384 -> 48 ch 13x13 0.078 / 0.059, ResNet-50's 256 -> 1024 ch
 14x14 1.14 / 1.07, 1024 -> 256 ch 0.96 / 0.92, GoogLeNet's 512 -> 24 ch 14x14 0.083 / 0.044. On
 7x7 planes (three vectors and one pixel) it lost (2048 -> 512 ch 1.03 / 1.17, 512 -> 2048 ch
-0.98 / 1.13): those, and planes under MIN_PARTIAL_VECTORS vectors, stay on the conv2d rule."""
+0.98 / 1.13): those, and planes under MIN_PARTIAL_VECTORS vectors, stay on the conv2d rule, as
+do all such planes on cores with more L1 than PARTIAL_PLANE_MAX_L1D (measured slower there)."""
 from __future__ import annotations
 
 from .common import PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, inline_elementwise, \
@@ -62,6 +63,16 @@ MIN_PARTIAL_VECTORS = 8
 # they lost (one Zen 3 core, inside MobileNetV2, conv2d rule / pointwise, ms: 14x14 planes
 # 0.134 / 0.185, 0.283 / 0.419).
 PARTIAL_PLANE_LANES = (16,)
+# The L1 data cache per core, in bytes, up to which planes that are not whole vectors are taken:
+# the rule won on Zen 4's 32 KiB cores (the docstring's figures) and lost on an Intel Xeon's
+# 48 KiB cores (2 MiB L2), where the conv2d rule blocks its input channels for the larger L1.
+# Kernel alone, 1 / 2 threads, ms, conv2d rule / pointwise: 288 -> 64 ch 35x35 0.53 / 0.62,
+# 0.40 / 0.67; 512 -> 1000 ch 13x13 1.09 / 1.35, 0.67 / 0.81; 128 -> 16 ch 55x55 0.36 / 0.33,
+# 0.25 / 0.45. Whole models, interleaved, time without / with such planes on the rule, 1 / 2
+# threads: Inception-v3 0.93 / 0.94, SqueezeNet 1.02 / 0.83, ResNet-50 0.94 / 0.95,
+# DenseNet-121 0.91 / 0.91, EfficientNet-B0 0.99 / 0.92, MobileNetV2 0.95 / 0.99, RegNetX-400MF
+# 1.01 / 0.98. Zen 5 (48 KiB) is untimed for this choice.
+PARTIAL_PLANE_MAX_L1D = 32 * 1024
 # With 8 lanes, expansions of at least this many input channels stay with the conv2d rule:
 # their channel blocks of 4 (12 accumulators in 16 registers) each read the whole input plane
 # again (one Zen 3 core, inside ResNet-50, conv2d rule / pointwise, ms: 64 -> 256 ch 56x56
@@ -73,8 +84,8 @@ def tile(pixels: int, out_channels: int, vec: VectorShape | None, batch: int = 1
          threads: int = 1, in_channels: int | None = None) -> tuple[int, int] | None:
     """(pixel vectors, output-channel block) of the register tile for a plane of `pixels`, or
     None (the target has neither 8- nor 16-lane vectors, or the plane is smaller than one
-    vector, or it is not whole vectors and either smaller than MIN_PARTIAL_VECTORS vectors or
-    the lanes are not PARTIAL_PLANE_LANES, or with 8 lanes it is an expansion of
+    vector, or it is not whole vectors and either smaller than MIN_PARTIAL_VECTORS vectors,
+    the lanes are not PARTIAL_PLANE_LANES or the L1 is above PARTIAL_PLANE_MAX_L1D, or with 8 lanes it is an expansion of
     WIDE_EXPANSION_INPUT or more `in_channels`). Planes of whole vectors: the most
     accumulators with a block dividing the channels, then a vector count dividing the plane
     (otherwise the last pixel tile is partial), within the vector registers. Other planes: one
@@ -87,7 +98,8 @@ def tile(pixels: int, out_channels: int, vec: VectorShape | None, batch: int = 1
             out_channels > in_channels >= WIDE_EXPANSION_INPUT:
         return None
     if pixels % vec.lanes:
-        if pixels < MIN_PARTIAL_VECTORS * vec.lanes or vec.lanes not in PARTIAL_PLANE_LANES:
+        if pixels < MIN_PARTIAL_VECTORS * vec.lanes or vec.lanes not in PARTIAL_PLANE_LANES \
+                or vec.l1d > PARTIAL_PLANE_MAX_L1D:
             return None
         block = max((b for b in range(1, vec.accumulators + 1)
                      if out_channels % b == 0 and out_channels // b >= 2), default=None)
