@@ -405,16 +405,17 @@ def test_expected_rule_on_avx512(name):
 
 
 # (in, out channels, plane, batch) -> Winograd output tile side on AVX2 (8 lanes), on AVX-512
-# (16 lanes); 0: the direct kernel
+# with 32 KiB of L1 (16 lanes), on AVX-512 with 48 KiB; 0: the direct kernel
 WINOGRAD_CHOICES = {
-    (64, 64, 56, 1): (2, 4),      # 16 lanes: F(4x4) beats the direct kernel, F(2x2) does not
-    (32, 32, 56, 1): (2, 0),      # 16 lanes: too few channels for either
-    (128, 128, 28, 1): (2, 4),
-    (256, 256, 14, 1): (2, 2),    # F(4x4)'s 4x4 tiles waste 30 % of a 14x14 plane
-    (512, 512, 7, 1): (2, 0),     # 16 tiles: streaming the transformed weights loses
-    (512, 512, 7, 8): (2, 2),     # 128 tiles over the batch
-    (16, 16, 56, 1): (0, 0),      # too few channels for the transforms to pay
-    (64, 64, 224, 1): (0, 0),     # transformed tensors leave the cache
+    (64, 64, 56, 1): (2, 4, 4),      # 16 lanes: F(4x4) beats the direct kernel, F(2x2) does not
+    (32, 32, 56, 1): (2, 0, 4),      # 32 KiB: too few channels for either
+    (128, 128, 28, 1): (2, 4, 4),
+    (256, 256, 14, 1): (2, 2, 2),    # F(4x4)'s 4x4 tiles waste 30 % of a 14x14 plane
+    (512, 512, 7, 1): (2, 0, 0),     # 16 tiles: streaming the transformed weights loses
+    (512, 512, 7, 8): (2, 2, 2),     # 128 tiles over the batch
+    (16, 16, 56, 1): (0, 0, 0),      # too few channels for the transforms to pay
+    (64, 64, 224, 1): (0, 0, 4),     # 32 KiB: transformed tensors leave the cache
+    (32, 64, 147, 1): (0, 0, 4),     # Inception-v3's third conv
 }
 
 
@@ -425,8 +426,26 @@ def test_winograd_choice_per_vector_width(shape):
     found = tuple(winograd.output_tile(in_c, out_c, plane, plane, (3, 3), (1, 1), (1, 1), 1,
                                        (1, 1, 1, 1), VectorShape.of(tvm.target.Target(
                                            {"kind": "llvm", "mcpu": mcpu})), batch)
-                  for mcpu in (AVX2_CPU, AVX512_CPU))
+                  for mcpu in (AVX2_CPU, AVX512_CPU, "sapphirerapids"))
     assert found == WINOGRAD_CHOICES[shape]
+
+
+def test_winograd_f4_on_a_large_plane_of_few_channels_matches_the_interpreter():
+    """With 48 KiB of L1, a 32-channel conv on a plane larger than 112x112 and not whole 4x4
+    tiles takes F(4x4); bounds-checked, it computes the interpreter's outputs."""
+    from graphopt import runtime
+    from graphopt.targets.tvm.export import cpu_features
+    with dsl.Builder("wino_large", seed=5) as b:
+        x = b.input("x", (1, 32, 115, 115))
+        graph = b.output(dsl.relu(dsl.conv2d(x, 64, 3, padding=1)))
+    model = go.compile(graph, mcpu="icelake-server", bounds_check=True)
+    conv = [n.op.conv for n in model.graph.nodes if n.op_name == "fused_conv2d"][0]
+    assert (conv.algorithm, conv.output_tile) == ("winograd", 4)
+    missing = set(cpu_features(model.tvm_target)) - (runtime.host_cpu_flags() or set())
+    if missing:
+        pytest.skip(f"compiled for icelake-server: this CPU lacks {sorted(missing)} to run it")
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 32, 115, 115)).astype(np.float32)}
+    assert go.compare(graph, model, feeds).ok
 
 
 @pytest.mark.parametrize("tile", [2, 4])

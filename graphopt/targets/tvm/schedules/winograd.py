@@ -37,6 +37,13 @@ ROWS, INPUT, GEMM, OUTPUT = "wino_rows", "wino_input", "wino_gemm", "wino_output
 MIN_CHANNELS = {8: 32, 16: 128}
 # F(4x4) with 16 lanes: from 64 input channels, on planes of at least 28x28 (whole 4x4 tiles).
 F4_MIN_CHANNELS, F4_MIN_PLANE = 64, 28 * 28
+# On cores of 48 KiB L1 (Intel's since Ice Lake) F(4x4) already wins from 32 input channels and
+# on planes up to 224x224 (an Intel Xeon, 1 / 2 threads, ms, direct / F(4x4) / ORT: 32 -> 64 ch
+# 147x147 6.42 / 5.20 / 4.88, 3.55 / 3.07 / 2.35; 32 ch 112x112 1.90 / 1.20 / 1.49, 1.20 / 0.72 /
+# 0.73; 32 -> 64 ch 56x56 0.82 / 0.43 / 0.68; 48 -> 64 ch 35x35 0.47 / 0.27 / 0.38, 0.27 / 0.20
+# / 0.20; 64 ch 224x224 26.6 / 17.7 / 23.4, 13.0 / 8.7 / 10.2); with 16 input channels it lost
+# at two threads (64 ch 55x55 0.27 / 0.30). Cores of 32 KiB keep the limits above (untimed).
+F4_WIDE_L1D, F4_WIDE_L1D_MIN_CHANNELS, F4_WIDE_L1D_MAX_PLANE = 48 * 1024, 32, 224 * 224
 # Output tiles (over the batch) from which the transformed weights, 16/9 the size of the
 # direct kernel's, are reused enough: with 16 lanes a 7x7 plane at batch 1 (16 tiles) spends
 # more time streaming its 512-channel weights (16 MB) than the GEMMs save (ms, weights not in
@@ -75,10 +82,17 @@ def output_tile(in_channels: int, out_channels: int, out_h: int, out_w: int, ker
     """The output tile side m of the Winograd kernel a conv takes (2 or 4), or 0 (not
     Winograd): 3x3, stride 1, 'same' padding, no dilation or groups, many channels (output
     channels in whole two-register blocks) on a small plane with enough tiles to reuse the
-    transformed weights; F(4x4) with 16 lanes on planes of 28x28 and more."""
+    transformed weights; F(4x4) with 16 lanes on planes of 28x28 and more (with 48 KiB of L1,
+    from 32 input channels and on planes up to 224x224)."""
     if not (tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
             and groups == 1 and tuple(padding) == (1, 1, 1, 1)
-            and out_channels % channel_block(vec) == 0 and out_h * out_w <= MAX_PLANE):
+            and out_channels % channel_block(vec) == 0):
+        return 0
+    wide_l1 = vec.lanes == 16 and vec.l1d >= F4_WIDE_L1D
+    if wide_l1 and in_channels >= F4_WIDE_L1D_MIN_CHANNELS and \
+            F4_MIN_PLANE <= out_h * out_w <= F4_WIDE_L1D_MAX_PLANE:
+        return 4
+    if out_h * out_w > MAX_PLANE:
         return 0
     if vec.lanes == 16 and in_channels >= F4_MIN_CHANNELS and out_h * out_w >= F4_MIN_PLANE:
         return 4
