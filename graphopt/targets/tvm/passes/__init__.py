@@ -1,6 +1,6 @@
 """Target passes: ordinary graphopt passes (`Graph -> PassResult`) that record on each node how
 the target will compute it (a convolution's algorithm and weight layout, a dense layer's weight
-layout, separable pooling).
+layout, separable pooling), and the rewrites those choices need (`pad_for_winograd`).
 `compile` runs them after the default pipeline; lowering then builds what they recorded, so no
 target code re-discovers structure in Relax. `graphopt show --target cpu` shows the decisions.
 """
@@ -11,13 +11,15 @@ from typing import Callable
 from ....errors import OptionError
 from ....passes.manager import Pass
 from .annotate import annotate
+from .pad_for_winograd import pad_for_winograd
 from .select_conv_algorithm import select_conv_algorithm
 from .select_dense_layout import select_dense_layout
 from .separate_pools import separate_pools
 
 # name -> factory(context) building the pass for one compile; `context` is a `TargetContext`.
 TARGET_PASSES: dict[str, dict[str, Callable]] = {
-    "cpu": {"select_conv_algorithm": select_conv_algorithm,
+    "cpu": {"pad_for_winograd": pad_for_winograd,
+            "select_conv_algorithm": select_conv_algorithm,
             "select_dense_layout": select_dense_layout,
             "separate_pools": separate_pools},
     "cuda": {},
