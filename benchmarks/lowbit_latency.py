@@ -34,7 +34,7 @@ import numpy as np
 
 from cpu_latency import in_blocks, ort_runner, tvm_runner
 
-DEFAULT_MODELS = ("resnet18:1", "resnet18:8", "vgg11:1", "lenet5:1")
+DEFAULT_MODELS = ("resnet18:1", "resnet18:8", "vgg11:1", "vgg11:8", "lenet5:1")
 # int8 builds for older CPUs than the host (LLVM CPU names), when the host can run their code.
 OLDER_CPUS = {"skylake-avx512": ("avx512f", "AVX-512, no VNNI"), "haswell": ("avx2", "AVX2")}
 # bfloat16 builds for CPUs without AMX, when the host can run their code.
