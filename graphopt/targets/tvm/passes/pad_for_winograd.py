@@ -40,17 +40,18 @@ def pad_for_winograd(context):
             return "the compile takes no Winograd kernel"
         if getattr(node.op, "has_residual", False):
             return "a residual input has the unpadded output's shape"
-        if any(conv.padding) or tuple(w.shape[2:]) != (3, 3) or conv.stride != (1, 1) or \
-                conv.dilation != (1, 1) or conv.groups != 1:
-            return "not an unpadded 3x3 stride-1 dense convolution"
+        if any(conv.padding):
+            return "already padded"
         if not w.is_constant or x.dtype != "float32" or node.output.dtype != "float32":
             return "not a float32 convolution with a constant weight"
         batch, _, height, width = x.shape
+        # output_tile decides the rest (3x3, stride 1, no dilation or groups, the channels)
+        if not winograd.output_tile(w.shape[1], w.shape[0], height, width, w.shape[2:],
+                                    conv.stride, conv.dilation, conv.groups, SAME,
+                                    context.vector, batch):
+            return "the padded convolution would not take the Winograd kernel"
         if (height - 2) * (width - 2) < MIN_INTERIOR * height * width:
             return "the padded border would add more than MIN_INTERIOR allows"
-        if not winograd.output_tile(w.shape[1], w.shape[0], height, width, (3, 3), (1, 1),
-                                    (1, 1), 1, SAME, context.vector, batch):
-            return "the padded convolution would not take the Winograd kernel"
         return None
 
     def rewrite(graph: Graph, m: Match) -> Value:
