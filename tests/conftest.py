@@ -70,6 +70,17 @@ def assert_close(found: np.ndarray, expected: np.ndarray, *, rtol: float, what: 
                              f"exceeds rtol {rtol:g}")
 
 
+def skip_unless_this_cpu_runs(model) -> None:
+    """Skip the rest of a test where `model` (a CPU CompiledModel, often built for another
+    `mcpu`) uses instructions this CPU lacks: such a build is compile-checked only."""
+    from graphopt import runtime
+    from graphopt.targets.tvm.export import cpu_features
+    missing = sorted(set(cpu_features(model.tvm_target)) - (runtime.host_cpu_flags() or set()))
+    if missing:
+        pytest.skip(f"this CPU has no {', '.join(missing)}: the "
+                    f"{model.tvm_target.attrs.get('mcpu', 'host')} build is compile-checked only")
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     """A fresh, seeded generator per test: reproducible data, independent of test order."""

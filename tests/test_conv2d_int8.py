@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 import graphopt as go
+from conftest import skip_unless_this_cpu_runs
 from graphopt import ops, runtime
 from graphopt.ir import Graph, TensorType
 
 pytest.importorskip("tvm")
 
 from graphopt.targets.tvm.cpu import cpu_assembly  # noqa: E402
-from graphopt.targets.tvm.export import cpu_features  # noqa: E402
 
 # (LLVM CPU, the algorithm chosen for it, lanes, an instruction its kernel must contain); on
 # an AMX CPU the layers that fill AMX tiles get "amx" (`AMX_BUILD`), the others VNNI
@@ -133,10 +133,7 @@ def test_each_cpu_gets_its_instruction_and_the_interpreter_s_results(case, mcpu,
     assert re.search(instruction, assembly)
     if algorithm != "vnni":
         assert "vpdpbusd" not in assembly
-    missing = sorted(set(cpu_features(model.tvm_target)) - host_flags())
-    if missing:     # the layer's instruction, or another feature of `mcpu` (AMX, on a Zen 4/5)
-        pytest.skip(f"this CPU has no {', '.join(missing)}: the {mcpu} build is compile-checked "
-                    f"only")
+    skip_unless_this_cpu_runs(model)   # the layer's instruction, or another of `mcpu`'s (AMX)
     for seed in (1, 2):
         inputs = feeds(graph, seed)
         np.testing.assert_array_equal(model.run(inputs)["y"], go.interpret(graph, inputs)["y"])

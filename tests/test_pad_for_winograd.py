@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 
 import graphopt as go
-from graphopt import runtime
+from conftest import skip_unless_this_cpu_runs
 from graphopt.frontends import dsl
 
 pytest.importorskip("tvm")
 
 from graphopt.targets.tvm.compile import optimize_for_target  # noqa: E402
-from graphopt.targets.tvm.export import cpu_features  # noqa: E402
 from graphopt.targets.tvm.options import CompileOptions  # noqa: E402
 
 AVX512_CPU = "skylake-avx512"   # F(4x4) from 64 channels on planes of 28x28 and more
@@ -72,9 +71,7 @@ def test_the_rewritten_conv_computes_the_interpreters_outputs():
     graph = conv_graph(64, 46)
     model = go.compile(graph, mcpu=AVX512_CPU, bounds_check=True)
     assert "slice" in [n.op_name for n in model.graph.nodes]
-    missing = set(cpu_features(model.tvm_target)) - (runtime.host_cpu_flags() or set())
-    if missing:
-        pytest.skip(f"compiled for {AVX512_CPU}: this CPU lacks {sorted(missing)} to run it")
+    skip_unless_this_cpu_runs(model)
     feeds = {"x": np.random.default_rng(1).standard_normal((1, 64, 46, 46)).astype(np.float32)}
     assert go.compare(graph, model, feeds).ok
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import graphopt as go
+from conftest import skip_unless_this_cpu_runs
 from graphopt.frontends import dsl
 
 tvm = pytest.importorskip("tvm")
@@ -433,17 +434,13 @@ def test_winograd_choice_per_vector_width(shape):
 def test_winograd_f4_on_a_large_plane_of_few_channels_matches_the_interpreter():
     """With 48 KiB of L1, a 32-channel conv on a plane larger than 112x112 and not whole 4x4
     tiles takes F(4x4); bounds-checked, it computes the interpreter's outputs."""
-    from graphopt import runtime
-    from graphopt.targets.tvm.export import cpu_features
     with dsl.Builder("wino_large", seed=5) as b:
         x = b.input("x", (1, 32, 115, 115))
         graph = b.output(dsl.relu(dsl.conv2d(x, 64, 3, padding=1)))
     model = go.compile(graph, mcpu="icelake-server", bounds_check=True)
     conv = [n.op.conv for n in model.graph.nodes if n.op_name == "fused_conv2d"][0]
     assert (conv.algorithm, conv.output_tile) == ("winograd", 4)
-    missing = set(cpu_features(model.tvm_target)) - (runtime.host_cpu_flags() or set())
-    if missing:
-        pytest.skip(f"compiled for icelake-server: this CPU lacks {sorted(missing)} to run it")
+    skip_unless_this_cpu_runs(model)
     feeds = {"x": np.random.default_rng(0).standard_normal((1, 32, 115, 115)).astype(np.float32)}
     assert go.compare(graph, model, feeds).ok
 
