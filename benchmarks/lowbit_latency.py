@@ -2,7 +2,8 @@
 `go.compile`: the convolutions on the host CPU's AMX tiles or dot-product instruction), its
 bfloat16 graph (AMX-BF16 tiles where the CPU has them, else `vdpbf16ps` with AVX512-BF16),
 and the int8 graph compiled for
-older CPUs this host can also run (AVX-512 without VNNI, AVX2: vpmaddwd kernels), against
+older CPUs this host can also run (AVX-512 without VNNI, AVX2: vpmaddwd kernels; with 7-bit
+weights, `reduce_range=True`, vpmaddubsw kernels, also for the host where it has no VNNI), against
 graphopt fp32, ONNX Runtime fp32 and ONNX Runtime int8 (a QDQ model from its own
 `quantize_static`: per-channel int8 weights, uint8 activations, the same calibration samples),
 side by side in one process, at 1 thread and at every core. With --older-cpus, also the
@@ -160,14 +161,20 @@ def bench(model: str, batch: int, threads: int, repeat: int, folder: str,
     import graphopt as go
     from graphopt.analysis import count_macs
     graph, calibration, feeds, held_out = workload(model, batch, digits)
-    int8 = go.quantize(graph, go.calibrate(graph, calibration)).graph
+    calib = go.calibrate(graph, calibration)
+    int8 = go.quantize(graph, calib).graph
+    int7 = go.quantize(graph, calib, reduce_range=True).graph   # 7-bit weights
     host_build = go.compile(int8, threads=threads)
     builds = {f"graphopt int8 ({kernel_of(host_build)})": host_build}
+    if not {"avx512_vnni", "amx_int8"} & cpu_flags():
+        build = go.compile(int7, threads=threads)
+        builds[f"graphopt int8, 7-bit weights ({kernel_of(build)})"] = build
     if older:
         for mcpu, (flag, label) in OLDER_CPUS.items():
             if flag in cpu_flags():
-                build = go.compile(int8, threads=threads, mcpu=mcpu)
-                builds[f"graphopt int8, {label} ({kernel_of(build)})"] = build
+                for weights, quantized in (("", int8), (", 7-bit weights", int7)):
+                    build = go.compile(quantized, threads=threads, mcpu=mcpu)
+                    builds[f"graphopt int8, {label}{weights} ({kernel_of(build)})"] = build
     bf16 = go.quantize(graph, "bfloat16").graph
     half = go.compile(bf16, threads=threads)
     builds[f"graphopt bf16 ({kernel_of(half, CONVS)})"] = half

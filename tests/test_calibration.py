@@ -288,16 +288,26 @@ def test_activation_params_include_zero_exactly():
     assert activation_params(0.0, 0.0) == (1.0, 0)    # ORT's choice for an empty range
 
 
-@pytest.mark.parametrize("per_channel, dtype, symmetric", [
-    (True, "int8", True), (False, "int8", True), (True, "uint8", False), (False, "uint8", True)])
-def test_weight_params_match_onnxruntime(per_channel, dtype, symmetric):
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_reduced_ranges_match_onnxruntime(dtype, symmetric):
+    qmin, qmax = get_qmin_qmax_for_qType(ONNX_TYPES[dtype], reduce_range=True,
+                                         symmetric=symmetric)
+    assert quant_range(dtype, symmetric, reduce_range=True) == (int(qmin), int(qmax))
+
+
+@pytest.mark.parametrize("per_channel, dtype, symmetric, reduce_range", [
+    (True, "int8", True, False), (False, "int8", True, False), (True, "uint8", False, False),
+    (False, "uint8", True, False), (True, "int8", True, True), (False, "int8", False, True)])
+def test_weight_params_match_onnxruntime(per_channel, dtype, symmetric, reduce_range):
     weight = np.random.default_rng(8).standard_normal((6, 3, 3, 3)).astype(np.float32)
     weight[2] = 0                   # a channel of zeros: scale 1
     weight[4] = np.abs(weight[4])   # a positive channel
     scales, zero_points = weight_params(weight, dtype=dtype, per_channel=per_channel,
-                                        symmetric=symmetric)
+                                        symmetric=symmetric, reduce_range=reduce_range)
     slices = list(weight) if per_channel else [weight]
-    expected = [compute_data_quant_params(s.ravel(), ONNX_TYPES[dtype], symmetric) for s in slices]
+    expected = [compute_data_quant_params(s.ravel(), ONNX_TYPES[dtype], symmetric, reduce_range)
+                for s in slices]
     assert scales.shape == zero_points.shape == ((6,) if per_channel else ())
     np.testing.assert_array_equal(scales.ravel(), [scale for _, scale in expected])
     np.testing.assert_array_equal(zero_points.ravel(), [zp for zp, _ in expected])
@@ -320,6 +330,8 @@ def test_weight_params_along_another_axis():
     (lambda: weight_params(np.array([[1.0, np.inf]])), InputError, "weights"),
     (lambda: weight_params(np.ones((2, 2)), axis=2), OptionError, r"axis in \[-2, 2\)"),
     (lambda: weight_params(np.ones((2, 2)), axis=0.5), OptionError, "integer axis"),
+    (lambda: weight_params(np.ones((2, 2)), reduce_range=1), OptionError, "reduce_range.*bool"),
+    (lambda: quant_range("int16", reduce_range=True), OptionError, "not to int16"),
 ])
 def test_bad_quantization_arguments(call, error, match):
     with pytest.raises(error, match=match):

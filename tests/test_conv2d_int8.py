@@ -20,12 +20,16 @@ pytest.importorskip("tvm")
 
 from graphopt.targets.tvm.cpu import cpu_assembly  # noqa: E402
 
-# (LLVM CPU, the algorithm chosen for it, lanes, an instruction its kernel must contain); on
-# an AMX CPU the layers that fill AMX tiles get "amx" (`AMX_BUILD`), the others VNNI
-BUILDS = [("cascadelake", "vnni", 16, r"vpdpbusd\s+.*zmm"),
-          ("skylake-avx512", "pmaddwd", 16, r"vpmaddwd\s+.*zmm"),
-          ("haswell", "pmaddwd", 8, r"vpmaddwd\s+.*ymm"),
-          ("sapphirerapids", "vnni", 16, r"vpdpbusd\s+.*zmm")]
+# (LLVM CPU, the largest weight magnitude, the algorithm chosen for it, lanes, an instruction
+# its kernel must contain); on an AMX CPU the layers that fill AMX tiles get "amx"
+# (`AMX_BUILD`), the others VNNI. Without VNNI, 7-bit weights (reduce_range) are multiplied
+# by vpmaddubsw, full-range ones widened to int16 (vpmaddwd), both exactly.
+BUILDS = [("cascadelake", 127, "vnni", 16, r"vpdpbusd\s+.*zmm"),
+          ("skylake-avx512", 127, "pmaddwd", 16, r"vpmaddwd\s+.*zmm"),
+          ("skylake-avx512", 64, "pmaddubsw", 16, r"vpmaddubsw\s+.*zmm"),
+          ("haswell", 127, "pmaddwd", 8, r"vpmaddwd\s+.*ymm"),
+          ("haswell", 64, "pmaddubsw", 8, r"vpmaddubsw\s+.*ymm"),
+          ("sapphirerapids", 127, "vnni", 16, r"vpdpbusd\s+.*zmm")]
 AMX_BUILD = ("sapphirerapids", "amx", 32, r"tdpbusd\s+%tmm")
 VNNI_CPU = "cascadelake"
 
@@ -80,14 +84,16 @@ def fills_amx_tiles(case: Case) -> bool:
                        case.groups)
 
 
-def quantized_conv(case: Case, seed: int = 0) -> Graph:
-    """One qlinear_conv2d with a bias (and a residual), as quantize_int8 builds it."""
+def quantized_conv(case: Case, seed: int = 0, weight_max: int = 127) -> Graph:
+    """One qlinear_conv2d with a bias (and a residual), as quantize_int8 builds it, its weights
+    drawn from [-weight_max, weight_max]."""
     rng = np.random.default_rng(seed)
     g = Graph(f"qconv_{case.id}")
     shape = (case.batch, case.in_channels, case.size, case.size)
     x = g.add_input("x", TensorType(shape, "uint8"))
-    weight = rng.integers(-127, 128, (case.out_channels, case.in_channels // case.groups,
-                                      case.kernel, case.kernel)).astype(np.int8)
+    weight = rng.integers(-weight_max, weight_max + 1,
+                          (case.out_channels, case.in_channels // case.groups, case.kernel,
+                           case.kernel)).astype(np.int8)
     conv = ops.Conv2d((case.stride,) * 2, case.padding, (case.dilation,) * 2, case.groups)
     c = g.add_constant
     inputs = [x, c("x_scale", np.float32(0.02)), c("x_zp", np.uint8(rng.integers(0, 256))),
@@ -115,17 +121,18 @@ def chosen(model) -> str:
     return model.graph.node("conv").op.conv.algorithm
 
 
-@pytest.mark.parametrize("mcpu, algorithm, lanes, instruction", BUILDS,
-                         ids=[b[0] for b in BUILDS])
+@pytest.mark.parametrize("mcpu, weight_max, algorithm, lanes, instruction", BUILDS,
+                         ids=[f"{b[0]}-{b[2]}" for b in BUILDS])
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_each_cpu_gets_its_instruction_and_the_interpreter_s_results(case, mcpu, algorithm,
-                                                                     lanes, instruction):
+def test_each_cpu_gets_its_instruction_and_the_interpreter_s_results(case, mcpu, weight_max,
+                                                                     algorithm, lanes,
+                                                                     instruction):
     """Compiled for `mcpu` (on any x86 host), the layer is that CPU's kernel and its assembly
     holds the instruction; where this host can run that code, the results are exact (built with
     bounds checks: an access outside a buffer fails the run)."""
     if mcpu == AMX_BUILD[0] and fills_amx_tiles(case):
         mcpu, algorithm, lanes, instruction = AMX_BUILD
-    graph = quantized_conv(case)
+    graph = quantized_conv(case, weight_max=weight_max)
     model = go.compile(graph, "cpu", mcpu=mcpu, bounds_check=True)
     conv = model.graph.node("conv").op.conv
     assert (conv.algorithm, conv.weight_block) == (algorithm, lanes)
@@ -136,6 +143,41 @@ def test_each_cpu_gets_its_instruction_and_the_interpreter_s_results(case, mcpu,
     skip_unless_this_cpu_runs(model)   # the layer's instruction, or another of `mcpu`'s (AMX)
     for seed in (1, 2):
         inputs = feeds(graph, seed)
+        np.testing.assert_array_equal(model.run(inputs)["y"], go.interpret(graph, inputs)["y"])
+
+
+# (pair of weights of input channels 2k, 2k + 1, whether vpmaddubsw computes it exactly for
+# every uint8 input): 255 * 128 = 32640 fits int16, 255 * 129 does not, on either side.
+PAIRS = [((127, 1), True), ((127, 2), False), ((-64, -64), True), ((-65, -64), False),
+         ((127, -128), True), ((-128, -1), False), ((64, 64), True), ((0, 0), True)]
+
+
+@pytest.mark.parametrize("pair, fits", PAIRS, ids=[str(p) for p, _ in PAIRS])
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+def test_vpmaddubsw_only_where_no_pair_of_products_saturates(pair, fits, mcpu):
+    """Weights whose pair of products can pass int16's range for some uint8 input go to the
+    exact vpmaddwd kernel; the others to vpmaddubsw. Checked where it matters: one output
+    channel whose only weights are the pair, inputs of 255 under them, and a requantize step
+    of 300 accumulator units about 128 (a saturated 32767 instead of 255 * 129 = 32895 would
+    be one step off)."""
+    from graphopt.targets.tvm.schedules.conv2d_int8 import pairs_fit_int16
+    case = Case("pair", 5, 16, 6, 3, padding=(1, 1, 1, 1))   # odd channels: a zero-padded pair
+    graph = quantized_conv(case, weight_max=32)    # the other channels' pairs fit
+    constants = {v.name: v.data for v in graph.nodes[0].inputs if v.is_constant}
+    constants["w"][3] = 0
+    constants["w"][3, 2:4, 1, 1] = pair       # input channels 2 and 3: one packed pair
+    for name, value in (("x_zp", 0), ("bias", 0), ("w_scale", 0.01), ("x_scale", 0.02),
+                        ("y_scale", 0.02 * 0.01 * 300), ("y_zp", 128)):
+        constants[name][...] = value
+    assert pairs_fit_int16(constants["w"]) == fits
+    model = go.compile(graph, "cpu", mcpu=mcpu)
+    assert chosen(model) == ("pmaddubsw" if fits else "pmaddwd")
+    skip_unless_this_cpu_runs(model)
+    x = np.zeros((1, 5, 6, 6), np.uint8)
+    x[0, 2:4] = 255 * (np.array(pair) != 0).reshape(2, 1, 1)
+    expected = go.interpret(graph, {"x": x})["y"]
+    assert abs(int(expected[0, 3, 2, 2]) - 128) == round(255 * abs(sum(pair)) / 300)
+    for inputs in ({"x": x}, feeds(graph)):
         np.testing.assert_array_equal(model.run(inputs)["y"], go.interpret(graph, inputs)["y"])
 
 

@@ -15,6 +15,7 @@ from graphopt import dsl
 from graphopt.compare import QUANTIZED_TOLERANCE, onnxruntime_outputs, tolerance_for
 from graphopt.passes.quantize_int8 import quantize_int8
 
+from conftest import skip_unless_this_cpu_runs
 from test_passes_property import cnn_graphs
 
 LAYERS = ("conv2d", "fused_conv2d", "linear", "matmul")
@@ -200,6 +201,31 @@ def test_int8_options_are_checked():
         go.quantize(graph, calib, dtype="float16")
     with pytest.raises(go.OptionError, match="activation_dtype"):
         quantize_int8(calib, activation_dtype="int16")
+    with pytest.raises(go.OptionError, match="reduce_range applies to int8"):
+        go.quantize(graph, "float16", reduce_range=True)
+    with pytest.raises(go.OptionError, match="reduce_range to be a bool"):
+        quantize_int8(calib, reduce_range="yes")
+
+
+@pytest.mark.parametrize("model", NETS)
+def test_reduce_range_weights_have_7_bits_and_run_on_vpmaddubsw(model):
+    """reduce_range=True: every integer weight in [-64, 64], each layer's largest at 64 (the
+    scale is ORT's), outputs within the int8 tolerance; compiled for AVX2 every conv is the
+    vpmaddubsw kernel, whose int16 pair sums these weights cannot saturate, and it computes
+    what the interpreter does."""
+    graph, calib = calibrated(model)
+    q = go.quantize(graph, calib, reduce_range=True).graph
+    weights = [n.inputs[3].data for n in q.nodes if n.op_name in QLINEAR]
+    assert weights and all(np.abs(w).max() == 64 for w in weights)
+    for feeds in batches(graph, 2, seed=1):
+        assert go.compare(graph, q, feeds).ok
+    m = go.compile(q, "cpu", mcpu="haswell")
+    convs = [n.op.conv.algorithm for n in m.graph.nodes if n.op_name == "qlinear_conv2d"]
+    assert convs and set(convs) == {"pmaddubsw"}
+    skip_unless_this_cpu_runs(m)
+    for feeds in batches(graph, 2, seed=4):
+        assert np.abs(m.run(feeds)["output"] - go.interpret(q, feeds)["output"]).max() <= \
+            lsb(q) * 1.001
 
 
 def test_matmul_by_a_constant_and_int8_activations():

@@ -55,12 +55,13 @@ def expect_nonempty(x: TensorType, w: TensorType) -> None:
 #   amx       AMX tiles (targets/tvm/schedules/amx.py): bfloat16 convolutions (tdpbf16ps) and
 #             qlinear_conv2d (tdpbusd), input and weight packed at lowering
 #   vnni      (qlinear_conv2d only) uint8 x int8 -> int32 by AVX-512 VNNI's vpdpbusd, or
+#   pmaddubsw vpmaddubsw + vpmaddwd (weights whose int16 pair sums cannot saturate), or
 #   pmaddwd   vpmaddwd on int16-widened operands; the weight packed at lowering into blocks of
 #             `weight_block` output channels (targets/tvm/schedules/conv2d_int8.py)
 #   dpbf16    (bfloat16 only) AVX512-BF16's vdpbf16ps: pairs of input channels into float32,
 #             the weight packed at lowering into blocks of `weight_block` (16) output channels
 #             (targets/tvm/schedules/conv2d_bf16.py)
-INTEGER_CONV_ALGORITHMS = ("vnni", "pmaddwd")
+INTEGER_CONV_ALGORITHMS = ("vnni", "pmaddubsw", "pmaddwd")
 QUANTIZED_CONV_ALGORITHMS = ("amx", *INTEGER_CONV_ALGORITHMS)
 CONV_ALGORITHMS = ("direct", "winograd", "onednn", "depthwise", "narrow", "pointwise", "dpbf16",
                    *QUANTIZED_CONV_ALGORITHMS)

@@ -6,7 +6,8 @@ integers, as ONNX Runtime's static QDQ quantization does:
 - its input is quantized (`quantize_linear`) with the scale and zero point of the input's
   calibrated range: uint8 asymmetric by default, int8 symmetric with activation_dtype="int8";
 - its weights are quantized once, here: int8 symmetric, per output channel by default
-  (`weight_params`); a bias becomes int32 in steps of x_scale * w_scale (ORT's rule);
+  (`weight_params`), in 7 bits with reduce_range=True (ORT's option: x86 CPUs without VNNI
+  then multiply them exactly with `vpmaddubsw`); a bias becomes int32 in steps of x_scale * w_scale (ORT's rule);
 - the layer becomes `qlinear_conv2d` (a linear layer: a 1x1 qlinear_conv2d between reshapes,
   since qlinear_matmul has no bias) or `qlinear_matmul`, requantizing to its output's
   calibrated scale and zero point;
@@ -48,7 +49,8 @@ ACTIVATION_DTYPES = ("uint8", "int8")
 
 
 def quantize_int8(calib, per_channel: bool = True, keep: Iterable[str] = (),
-                  activation_dtype: str = "uint8", source: Graph | None = None) -> Pass:
+                  activation_dtype: str = "uint8", source: Graph | None = None,
+                  reduce_range: bool = False) -> Pass:
     """The pass quantizing the layers of a graph with the activation ranges of `calib` (a
     `Calibration`, or a mapping of value names to (lo, hi)). Values are looked up by name; a
     value whose name the calibration lacks is looked up through its producer's provenance in
@@ -57,8 +59,10 @@ def quantize_int8(calib, per_channel: bool = True, keep: Iterable[str] = (),
     if activation_dtype not in ACTIVATION_DTYPES:
         raise OptionError(f"expected activation_dtype one of {ACTIVATION_DTYPES}, found "
                           f"{activation_dtype!r}")
-    if not isinstance(per_channel, (bool, np.bool_)):
-        raise OptionError(f"expected per_channel to be a bool, found {per_channel!r}")
+    for name, flag in (("per_channel", per_channel), ("reduce_range", reduce_range)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise OptionError(f"expected {name} to be a bool, found {flag!r}")
+    weights = {"per_channel": bool(per_channel), "reduce_range": bool(reduce_range)}
     ranges = {name: tuple(calib.range(name)) for name in calib} \
         if hasattr(calib, "range") else {k: tuple(v) for k, v in dict(calib).items()}
     outputs = {}
@@ -67,8 +71,7 @@ def quantize_int8(calib, per_channel: bool = True, keep: Iterable[str] = (),
     kept = frozenset((keep,) if isinstance(keep, str) else keep)
 
     def quantize(graph: Graph) -> PassResult:
-        return _quantize(graph, _Ranges(ranges, outputs), kept, bool(per_channel),
-                         activation_dtype)
+        return _quantize(graph, _Ranges(ranges, outputs), kept, weights, activation_dtype)
 
     quantize.__name__ = quantize.__qualname__ = "quantize_int8"
     return quantize
@@ -149,7 +152,7 @@ def _computes_float(node: Node) -> bool:
         not node.op_name.startswith(("quantize", "dequantize"))
 
 
-def _quantize(graph: Graph, ranges: _Ranges, keep: frozenset[str], per_channel: bool,
+def _quantize(graph: Graph, ranges: _Ranges, keep: frozenset[str], weights: Mapping[str, bool],
               dtype: str) -> PassResult:
     order = graph.topological_order()
     users: dict[int, list[Node]] = collections.defaultdict(list)
@@ -181,7 +184,7 @@ def _quantize(graph: Graph, ranges: _Ranges, keep: frozenset[str], per_channel: 
     misses = {RULE: sorted(staying.items())} if staying else {}
     if not chosen:
         return PassResult(graph, False, {"misses": misses})
-    rebuilt = _Rebuild(graph, ranges, per_channel, dtype)
+    rebuilt = _Rebuild(graph, ranges, weights, dtype)
     for node in order:
         if id(node) in absorbed:
             continue
@@ -205,11 +208,13 @@ class _Rebuild:
     one as float32 (`real`), as integers with its scale and zero point (`integer`), or both; the
     other form is made (quantize_linear / dequantize_linear) the first time it is asked for."""
 
-    def __init__(self, original: Graph, ranges: _Ranges, per_channel: bool, dtype: str):
-        from ..quantization.params import activation_params, weight_params
+    def __init__(self, original: Graph, ranges: _Ranges, weights: Mapping[str, bool], dtype: str):
+        """`weights`: weight_params's per_channel and reduce_range."""
+        from ..quantization.params import activation_params, quant_range, weight_params
         self.activation_params, self.weight_params = activation_params, weight_params
         self.original, self.ranges = original, ranges
-        self.per_channel, self.dtype = per_channel, dtype
+        self.weight_options, self.dtype = dict(weights), dtype
+        self.weight_range = quant_range("int8", True, weights["reduce_range"])
         self.graph = Graph(original.name)
         self.public = {id(v) for v in original.outputs}
         self.reals: dict[int, Value] = {}
@@ -266,10 +271,10 @@ class _Rebuild:
 
     def weights(self, w: np.ndarray, name: str) -> tuple[Value, Value, Value]:
         """int8 weights (output channels on axis 0), their scales and zero points."""
-        scale, zero_point = self.weight_params(w, axis=0, per_channel=self.per_channel)
+        scale, zero_point = self.weight_params(w, axis=0, **self.weight_options)
         shape = (-1,) + (1,) * (w.ndim - 1)
         steps = np.round(w / np.asarray(scale, np.float32).reshape(shape if scale.ndim else ()))
-        q = np.clip(steps, -127, 127).astype(np.int8)
+        q = np.clip(steps, *self.weight_range).astype(np.int8)
         return (self.graph.add_constant(f"{name}.int8", q),
                 self.graph.add_constant(f"{name}.scale", np.asarray(scale, np.float32)),
                 self.graph.add_constant(f"{name}.zero_point", np.asarray(zero_point, np.int8)))

@@ -23,7 +23,8 @@ DTYPES = (*HALF_DTYPES, "int8")
 
 def convert(graph: Graph, calib: "Calibration | None", dtype: str, keep: tuple[str, ...],
             per_channel: bool = True, check: bool = False,
-            inputs: Mapping[str, np.ndarray] | None = None) -> "OptimizeResult":
+            inputs: Mapping[str, np.ndarray] | None = None,
+            reduce_range: bool = False) -> "OptimizeResult":
     """The default pipeline, then the pass converting to `dtype` ("int8" with `calib`, a
     Calibration made on `graph`; "float16" or "bfloat16" without), `keep` (checked names)
     staying float32. The options are checked by `quantize`."""
@@ -33,7 +34,8 @@ def convert(graph: Graph, calib: "Calibration | None", dtype: str, keep: tuple[s
     from ..passes.quantize_int8 import quantize_int8
     pipeline = list(DEFAULT_PIPELINE)
     if dtype == "int8":
-        last = quantize_int8(calib, per_channel=per_channel, keep=keep, source=graph)
+        last = quantize_int8(calib, per_channel=per_channel, keep=keep, source=graph,
+                             reduce_range=reduce_range)
         # activations without an integer epilogue stay nodes: the conv before them is quantized
         pipeline[pipeline.index("fuse_conv_epilogue")] = fuse_conv_integer_epilogue
     else:

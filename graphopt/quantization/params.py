@@ -1,7 +1,7 @@
 """Integer quantization parameters (scale, zero point) from a range or from weights.
 
 `real = scale * (q - zero_point)`. The formulas are ONNX Runtime's
-(`onnxruntime.quantization.quant_utils.compute_scale_zp`, reduce_range off), so a range gives
+(`onnxruntime.quantization.quant_utils.compute_scale_zp`), so a range gives
 the same parameters here as in ORT's quantizer: the range is widened to include 0 (so that 0 is
 exactly representable: zero padding, ReLU outputs), symmetric ranges become [-absmax, absmax] on
 the symmetric integer range (int8: [-127, 127]), the scale is computed in float64 and stored as
@@ -23,22 +23,35 @@ from ..errors import InputError, OptionError
 QUANT_RANGES = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535),
                 "int16": (-32768, 32767)}
 SYMMETRIC_RANGES = {"int8": (-127, 127), "int16": (-32767, 32767)}
+# reduce_range: 7-bit weights, ORT's ranges (`get_qmin_qmax_for_qType`), symmetric or not. On
+# x86 CPUs without VNNI the u8 x s8 product instruction (vpmaddubsw) sums pairs of products in
+# int16: 255 * 64 * 2 fits, 255 * 127 * 2 does not.
+REDUCED_RANGES = {"int8": (-64, 64), "uint8": (0, 127)}
 
 
-def quant_range(dtype: str = "uint8", symmetric: bool = False) -> tuple[int, int]:
-    """(qmin, qmax) of the integer `dtype` as the quantizer uses it."""
+def quant_range(dtype: str = "uint8", symmetric: bool = False,
+                reduce_range: bool = False) -> tuple[int, int]:
+    """(qmin, qmax) of the integer `dtype` as the quantizer uses it; `reduce_range`: 7 bits
+    (int8 and uint8 only)."""
     if not isinstance(dtype, str) or dtype not in QUANT_RANGES:
         raise OptionError(f"expected a quantized dtype in {list(QUANT_RANGES)}, found {dtype!r}")
-    if not isinstance(symmetric, (bool, np.bool_)):
-        raise OptionError(f"expected symmetric to be a bool, found {symmetric!r}")
+    for name, flag in (("symmetric", symmetric), ("reduce_range", reduce_range)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise OptionError(f"expected {name} to be a bool, found {flag!r}")
+    if reduce_range:
+        if dtype not in REDUCED_RANGES:
+            raise OptionError(f"reduce_range applies to {' and '.join(REDUCED_RANGES)}, not to "
+                              f"{dtype}")
+        return REDUCED_RANGES[dtype]
     if symmetric and dtype in SYMMETRIC_RANGES:
         return SYMMETRIC_RANGES[dtype]
     return QUANT_RANGES[dtype]
 
 
-def _scale_zero_point(rmin: np.ndarray, rmax: np.ndarray, dtype: str, symmetric: bool):
+def _scale_zero_point(rmin: np.ndarray, rmax: np.ndarray, dtype: str, symmetric: bool,
+                      reduce_range: bool = False):
     """compute_scale_zp of ORT, elementwise over float32 arrays of range ends."""
-    qmin, qmax = quant_range(dtype, symmetric)
+    qmin, qmax = quant_range(dtype, symmetric, reduce_range)
     rmin = np.minimum(rmin, np.float32(0))
     rmax = np.maximum(rmax, np.float32(0))
     if symmetric:
@@ -91,12 +104,14 @@ def activation_params(lo: float, hi: float, dtype: str = "uint8",
 
 
 def weight_params(array: np.ndarray, axis: int = 0, dtype: str = "int8", per_channel: bool = True,
-                  symmetric: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                  symmetric: bool = True, reduce_range: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(scales, zero_points) of a weight tensor from its own min and max, as ORT quantizes
     initializers: symmetric int8 (zero point 0, [-127, 127]) per slice along `axis` (0: the
     output channels of conv and linear weights) by default, arrays of shape (array.shape[axis],);
-    `per_channel=False` gives 0-d arrays for the whole tensor. A slice of zeros (or an empty one)
-    gets scale 1; NaN or infinite weights are an InputError."""
+    `per_channel=False` gives 0-d arrays for the whole tensor; `reduce_range=True`, 7-bit
+    weights ([-64, 64]). A slice of zeros (or an empty one) gets scale 1; NaN or infinite
+    weights are an InputError."""
     values = _finite_float32(array, "weights")
     if not isinstance(per_channel, (bool, np.bool_)):
         raise OptionError(f"expected per_channel to be a bool, found {per_channel!r}")
@@ -104,7 +119,8 @@ def weight_params(array: np.ndarray, axis: int = 0, dtype: str = "int8", per_cha
         # Including 0 in min and max costs nothing: the range is widened to include 0 anyway.
         rmin = values.min(initial=0.0)
         rmax = values.max(initial=0.0)
-        return _scale_zero_point(np.asarray(rmin), np.asarray(rmax), dtype, symmetric)
+        return _scale_zero_point(np.asarray(rmin), np.asarray(rmax), dtype, symmetric,
+                                 reduce_range)
     try:
         axis = operator.index(axis)
     except TypeError:
@@ -115,4 +131,4 @@ def weight_params(array: np.ndarray, axis: int = 0, dtype: str = "int8", per_cha
     channels = values.shape[axis]
     rows = np.moveaxis(values, axis, 0).reshape(channels, values.size // max(channels, 1))
     return _scale_zero_point(rows.min(axis=1, initial=0.0), rows.max(axis=1, initial=0.0),
-                             dtype, symmetric)
+                             dtype, symmetric, reduce_range)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 def quantize(graph: Graph, calib: "Calibration | str | None" = None, dtype: str | None = None,
              keep: str | Iterable[str] = (), *, per_channel: bool = True,
+             reduce_range: bool = False,
              check: bool = False, inputs: Mapping[str, np.ndarray] | None = None,
              budget: float | None = None, eval_inputs=None,
              metric: "Callable[[Mapping[str, np.ndarray]], float] | None" = None
@@ -38,7 +39,9 @@ def quantize(graph: Graph, calib: "Calibration | str | None" = None, dtype: str 
     dtype "int8" (the default with one): `quantize(g, calib, keep=[...])`, `calib` made by
     `calibrate(g, ...)` on this graph. Convolutions and linear layers compute in integers
     (uint8 activations, int8 weights per output channel, or per tensor with
-    per_channel=False). The default pipeline runs first and renames the values it fuses; a
+    per_channel=False); `reduce_range=True` quantizes the weights to 7 bits, as ORT's option
+    does, so that x86 CPUs without VNNI multiply them with `vpmaddubsw` (faster, and exact only
+    for weights that small; compiles choose it where the weights allow). The default pipeline runs first and renames the values it fuses; a
     fused layer's output is quantized with the range calibrated for the output of the last
     original node it stands for (the relu after a conv and batch norm), which is the value it
     computes. A layer with a value the calibration has no range for stays float32, listed in
@@ -57,9 +60,12 @@ def quantize(graph: Graph, calib: "Calibration | str | None" = None, dtype: str 
                 raise OptionError("budget= needs eval_inputs= (the batches the budget is "
                                   "measured on)")
             return quantize_within_budget(graph, calib, budget, eval_inputs, metric, names,
-                                          per_channel, check=check, inputs=inputs)
+                                          per_channel, check=check, inputs=inputs,
+                                          reduce_range=reduce_range)
     elif calib is not None:
         raise OptionError(f"dtype={dtype!r} takes no calibration, found {calib!r}")
     elif budget is not None:
         raise OptionError(f"budget= applies to int8 quantization, not to dtype={dtype!r}")
-    return convert(graph, calib, dtype, names, per_channel, check, inputs)
+    elif reduce_range:
+        raise OptionError(f"reduce_range applies to int8 quantization, not to dtype={dtype!r}")
+    return convert(graph, calib, dtype, names, per_channel, check, inputs, reduce_range)

@@ -139,7 +139,8 @@ def keep_all_but(layers, index: int, keep: tuple[str, ...]) -> tuple[str, ...]:
 
 def sensitivity(graph: Graph, calib, inputs, metric: Metric | None = None, *,
                 per_channel: bool = True, keep: str | Iterable[str] = (),
-                progress: Callable[[int, str], object] | None = None) -> Sensitivity:
+                progress: Callable[[int, str], object] | None = None,
+                reduce_range: bool = False) -> Sensitivity:
     """Quantize each layer of `graph` alone (int8 with `calib`, as `quantize` would) and
     measure the outputs on `inputs` (a {input name: array} dict or a list of them) against the
     float graph's: the error and, with `metric(outputs) -> float` (higher is better), its drop.
@@ -150,17 +151,19 @@ def sensitivity(graph: Graph, calib, inputs, metric: Metric | None = None, *,
                           f"{type(progress).__name__}")
     check_calibration(graph, calib)
     return layer_sensitivity(graph, calib, Evaluator(graph, inputs, metric),
-                             check_keep(graph, keep), per_channel, progress)
+                             check_keep(graph, keep), per_channel, progress, reduce_range)
 
 
 def layer_sensitivity(graph: Graph, calib, evaluate: Evaluator, keep: tuple[str, ...],
-                      per_channel: bool, progress=None) -> Sensitivity:
+                      per_channel: bool, progress=None, reduce_range: bool = False
+                      ) -> Sensitivity:
     """`sensitivity` with its evaluator made (the float graph's outputs computed once)."""
-    full = convert(graph, calib, "int8", keep, per_channel)
+    full = convert(graph, calib, "int8", keep, per_channel, reduce_range=reduce_range)
     layers = integer_layers(full)
     rows = []
     for index, (name, op, stands_for) in enumerate(layers):
-        alone = convert(graph, calib, "int8", keep_all_but(layers, index, keep), per_channel)
+        alone = convert(graph, calib, "int8", keep_all_but(layers, index, keep), per_channel,
+                        reduce_range=reduce_range)
         rows.append(LayerSensitivity(name, op, stands_for, evaluate(alone.graph),
                                      evaluate.baseline))
         if progress is not None:
@@ -190,7 +193,8 @@ def quantize_within_budget(graph: Graph, calib, budget: float, eval_inputs,
     evaluation = evaluate(full.graph)
     if evaluate.loss(evaluation) <= budget:
         return result(full, (), evaluation, None)
-    table = layer_sensitivity(graph, calib, evaluate, keep, per_channel)
+    table = layer_sensitivity(graph, calib, evaluate, keep, per_channel,
+                              reduce_range=options.get("reduce_range", False))
     by_name = {row.layer: row for row in table.layers}
     kept: list[str] = []
     chosen, chosen_evaluation = full, evaluation

@@ -36,7 +36,8 @@ with constant weights where the CPU has AVX512-BF16 but no AMX-BF16 are "dpbf16"
 
 A quantized convolution (`qlinear_conv2d`) is computed by the x86 dot-product instruction of
 the target CPU (`schedules/conv2d_int8.py`: "amx" tiles where the CPU has AMX-INT8 and the layer
-fills them, else "vnni" with AVX-512 VNNI, else "pmaddwd") where the
+fills them, else "vnni" with AVX-512 VNNI, else "pmaddubsw" for weights whose int16 pair sums
+cannot saturate, e.g. 7-bit ones, else "pmaddwd") where the
 layer is what those kernels compute: uint8 input, constant int8 weights with zero points of 0
 (symmetric, as graphopt's and ONNX Runtime's quantizers make them), a constant input zero point
 and bias, no groups; otherwise it stays as written (TVM's integer conv2d)."""
@@ -129,12 +130,12 @@ def select_conv_algorithm(context):
         conv = node.op.conv
         x, _, x_zp, w, _, w_zp, *_ = node.inputs
         bias = node.inputs[8] if node.op.has_bias else None
-        dot = dot_product_for(context.vector) if context.vector is not None else None
-        fits = (dot is not None and conv.groups == 1 and x.dtype == "uint8"
+        fits = (context.vector is not None and conv.groups == 1 and x.dtype == "uint8"
                 and w.dtype == "int8" and context.constant_weights
                 and all(v.is_constant for v in (w, w_zp, x_zp, *([bias] if bias else [])))
                 and not w_zp.data.any())
-        if not fits:
+        dot = dot_product_for(context.vector, w.data) if fits else None
+        if dot is None:
             return None if conv == conv.plain else dataclasses.replace(node.op, conv=conv.plain)
         algorithm, block = dot.algorithm, dot.lanes
         if fills_amx_tiles(node, amx.INT8):

@@ -7,10 +7,15 @@ weights are constant and symmetric; `QLinearConv2d.lower_tvm` builds `conv2d_dot
 packed by `pack_weight`; the rule below schedules it and tensorizes the instruction.
 
 - "vnni" (AVX-512 VNNI, `vpdpbusd`): 16 int32 lanes, each += 4 u8 x s8 products.
+- "pmaddubsw" (AVX2 or AVX-512 without VNNI, `vpmaddubsw` then `vpmaddwd` by ones): 8 or 16
+  int32 lanes, each += 4 u8 x s8 products, summed in pairs in int16 first. `vpmaddubsw`
+  saturates those pair sums, so it is chosen only for weights whose pairs cannot reach
+  int16's limits for any uint8 input (`pairs_fit_int16`: 255 * (127 + 127) > 32767, but
+  7-bit weights, `go.quantize(..., reduce_range=True)` as ONNX Runtime's quantizer makes
+  them for these CPUs, always fit): the results are exact, as on VNNI.
 - "pmaddwd" (AVX2 or AVX-512 without VNNI, `vpmaddwd`): 8 or 16 int32 lanes, each += 2 int16
   products; the operands are widened to int16 first (input in its padded copy, weights when
-  packed), which keeps every product and sum exact. (`vpmaddubsw` multiplies u8 x s8 directly
-  but saturates its int16 pair sums, 255 * 127 * 2 > 32767: not exact for full-range weights.)
+  packed), which keeps every product and sum exact, for weights of any range.
 
 Layouts: the weight is [ceil(O / lanes), ceil(I / group), KH, KW, lanes, group], so one
 instruction's weights are one aligned vector load; the input is copied, padded with its zero
@@ -43,6 +48,9 @@ class DotProduct:
     group: int
     dtypes: tuple[str, str]
     llvm: str
+    # Where `llvm` returns int16 pair sums (vpmaddubsw): the instruction adding those pairs
+    # into the int32 lanes (vpmaddwd by a vector of ones).
+    widen: str | None = None
 
     @property
     def intrinsic(self) -> str:
@@ -51,19 +59,42 @@ class DotProduct:
 
 DOT_PRODUCTS = {
     ("vnni", 16): DotProduct("vnni", 16, 4, ("uint8", "int8"), "llvm.x86.avx512.vpdpbusd.512"),
+    ("pmaddubsw", 16): DotProduct("pmaddubsw", 16, 4, ("uint8", "int8"),
+                                  "llvm.x86.avx512.pmaddubs.w.512",
+                                  widen="llvm.x86.avx512.pmaddw.d.512"),
+    ("pmaddubsw", 8): DotProduct("pmaddubsw", 8, 4, ("uint8", "int8"),
+                                 "llvm.x86.avx2.pmadd.ub.sw", widen="llvm.x86.avx2.pmadd.wd"),
     ("pmaddwd", 16): DotProduct("pmaddwd", 16, 2, ("int16", "int16"),
                                 "llvm.x86.avx512.pmaddw.d.512"),
     ("pmaddwd", 8): DotProduct("pmaddwd", 8, 2, ("int16", "int16"), "llvm.x86.avx2.pmadd.wd"),
 }
+INT16_MAX = 32767
 ALGORITHMS = tuple(sorted({key[0] for key in DOT_PRODUCTS}))
 _registered: set[str] = set()
 
 
-def dot_product_for(vec: VectorShape) -> DotProduct | None:
-    """The instruction a CPU of vector shape `vec` computes int8 convolutions with."""
+def dot_product_for(vec: VectorShape, weight: np.ndarray) -> DotProduct | None:
+    """The instruction a CPU of vector shape `vec` computes the int8 convolution of `weight`
+    (OIHW) with exactly."""
     if vec.vnni:
         return DOT_PRODUCTS["vnni", 16]
+    if pairs_fit_int16(weight):
+        return DOT_PRODUCTS.get(("pmaddubsw", vec.lanes))
     return DOT_PRODUCTS.get(("pmaddwd", vec.lanes))
+
+
+def pairs_fit_int16(weight: np.ndarray) -> bool:
+    """Whether `vpmaddubsw` multiplies any uint8 input by int8 `weight` (OIHW) without
+    saturating: it sums the products of input channels 2k and 2k + 1 (the pairs of the packed
+    layout) in int16, at most 255 times the pair's positive weights, at least 255 times its
+    negative ones."""
+    o, i, kh, kw = weight.shape
+    pairs = np.zeros((o, -(-i // 2) * 2, kh, kw), np.int32)
+    pairs[:, :i] = weight
+    pairs = pairs.reshape(o, -1, 2, kh, kw)
+    most = np.maximum(pairs, 0).sum(axis=2).max(initial=0)
+    least = np.minimum(pairs, 0).sum(axis=2).min(initial=0)
+    return 255 * int(most) <= INT16_MAX and 255 * int(least) >= -INT16_MAX - 1
 
 
 def pack_weight(weight: np.ndarray, dot: DotProduct) -> np.ndarray:
@@ -106,7 +137,7 @@ def conv2d_dot(x, packed, x_zero_point, conv, dot: DotProduct):
         lambda b, ob, i, j, o: te.sum(
             grouped[b, rg, i * s_h + ry * d_h, j * s_w + rx * d_w, rc].astype("int32")
             * packed[ob, rg, ry, rx, o, rc].astype("int32"), axis=[rg, ry, rx, rc]),
-        name="conv2d_int8")
+        name=f"{NAME}_{dot.algorithm}")
 
 
 def register_intrinsic(dot: DotProduct) -> None:
@@ -135,6 +166,9 @@ def register_intrinsic(dot: DotProduct) -> None:
                         C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     accumulates = dot.algorithm == "vnni"     # vpdpbusd adds into C; vpmaddwd returns the sums
+    widens = dot.widen is not None
+    widen = dot.widen or dot.llvm
+    pair_sums = f"int16x{lanes * 2}"
 
     @T.prim_func(s_tir=True)
     def impl(A: T.Buffer((group,), a_dtype, offset_factor=1),
@@ -149,6 +183,13 @@ def register_intrinsic(dot: DotProduct) -> None:
                 C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
                     T.llvm_lookup_intrinsic_id(dot.llvm), C.vload([0], dtype=lanes_i32), pixels,
                     B.vload([0, 0], dtype=operand), dtype=lanes_i32)
+            elif widens:
+                C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], dtype=lanes_i32) + \
+                    T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(widen), T.call_llvm_pure_intrin(
+                            T.llvm_lookup_intrinsic_id(dot.llvm), pixels,
+                            B.vload([0, 0], dtype=operand), dtype=pair_sums),
+                        T.broadcast(T.int16(1), lanes * 2), dtype=lanes_i32)
             else:
                 C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], dtype=lanes_i32) + \
                     T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(dot.llvm), pixels,
@@ -160,7 +201,8 @@ def register_intrinsic(dot: DotProduct) -> None:
 
 def find_conv(sch):
     """The conv2d_dot block: 5 spatial (n, block, oh, ow, lane) and 4 reduction iterators,
-    accumulating int32, and its DotProduct (from the packed weight's lanes, group and dtype)."""
+    accumulating int32, and its DotProduct (the block's name names the algorithm; the packed
+    weight's lanes, group and dtype must be that instruction's)."""
     found = [b for b in blocks_of(sch) if iter_kinds(sch.get(b)) == "SSSSSRRRR"
              and str(sch.get(b).writes[0].source.dtype) == "int32"]
     if len(found) != 1:
@@ -168,7 +210,8 @@ def find_conv(sch):
     block = sch.get(found[0])
     shapes = {(int(r.source.shape[4]), int(r.source.shape[5]), str(r.source.dtype))
               for r in block.reads if len(r.source.shape) == 6}
-    dots = [d for d in DOT_PRODUCTS.values() if (d.lanes, d.group, d.dtypes[1]) in shapes]
+    dots = [d for d in DOT_PRODUCTS.values() if (d.lanes, d.group, d.dtypes[1]) in shapes
+            and block.name_hint == f"{NAME}_{d.algorithm}"]
     return (found[0], dots[0]) if len(dots) == 1 else (None, None)
 
 
@@ -176,6 +219,26 @@ def row_tile(width: int, limit: int) -> int:
     """Pixels per tile: the largest divisor of the row width within `limit` (the intrinsic
     needs whole tiles: no predicated last tile)."""
     return max(d for d in range(1, min(width, limit) + 1) if width % d == 0)
+
+
+# Accumulators of a tile on 8 lanes (AVX2's ymm registers). Tiles of 4 ran fastest, though
+# 12 fit: 1 thread, ResNet-18's 3x3 convs (64 ch 56x56, 128 ch 28x28, 256 ch 14x14, 512 ch
+# 7x7), AVX2 code on an Intel Xeon (family 6 model 167), ms, vpmaddubsw: 4 accumulators (2
+# blocks x 2 pixels; 7 wide: 2 x 1) 1.20 / 1.08 / 1.07 / 1.34, 8 (2 x 4) 1.62 / 1.52, 14 (2 x
+# 7) 1.54 / 1.41 / 1.42 / 1.41, 7 (1 x 7) 1.53 / 1.60 / 1.59; vpmaddwd 4: 1.62 / 1.52 / 2.63,
+# 8: 1.58, 7 (1 x 7): 2.37 / 2.35. On 16 lanes (AVX-512) the widest tiles are fastest.
+YMM_ACCUMULATORS = 4
+
+
+def tile_shape(blocks: int, width: int, lanes: int, vec: VectorShape) -> tuple[int, int]:
+    """(blocks of `lanes` output channels, pixels of a row) of the register tile: the most
+    accumulators in use (`YMM_ACCUMULATORS` on 8 lanes), pixels dividing the row; two blocks
+    share each pixel's broadcast where they pair up and fill as many."""
+    registers = max(1, lanes // vec.lanes)
+    budget = YMM_ACCUMULATORS if vec.lanes == 8 else vec.accumulators
+    shapes = [(pair, row_tile(width, max(1, budget // (pair * registers))))
+              for pair in ((2, 1) if blocks % 2 == 0 else (1,))]
+    return max(shapes, key=lambda shape: shape[0] * shape[1])
 
 
 def schedule(sch, vec: VectorShape) -> bool | None:
@@ -199,11 +262,7 @@ def tile(sch, conv, writer, lanes: int, vec: VectorShape):
     other block outside it scheduled (this rule's and `conv2d_bf16`'s); returns the lane loop,
     which the caller tensorizes with its instruction."""
     n, ob, oh, ow, lane, rg, ry, rx, rc = sch.get_loops(conv)
-    registers_per_block = max(1, lanes // vec.lanes)
-    # Two blocks of output channels share each pixel's broadcast.
-    pair = 2 if int(sch.get(ob).extent) % 2 == 0 else 1
-    width = row_tile(int(sch.get(ow).extent),
-                     max(1, vec.accumulators // (pair * registers_per_block)))
+    pair, width = tile_shape(int(sch.get(ob).extent), int(sch.get(ow).extent), lanes, vec)
     ob_outer, ob_inner = sch.split(ob, [None, pair])
     ow_outer, ow_inner = sch.split(ow, [None, width])
     sch.reorder(n, ob_outer, oh, ow_outer, rg, ry, rx, ow_inner, ob_inner, lane, rc)
