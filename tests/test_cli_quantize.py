@@ -51,6 +51,18 @@ def test_int8_library_loads_and_runs(samples, capsys):
     assert out.shape == (1, 10) and np.isfinite(out).all()
 
 
+def test_reduce_range_writes_7_bit_weights(samples, capsys):
+    """--reduce-range reaches the quantizer on both routes (the sensitivity table's and the
+    model's): every integer weight in [-64, 64]."""
+    code, out, err = run(["quantize", "lenet5", "--calib", "calib.npz", "--reduce-range",
+                          "--sensitivity", "-o", "lenet5_int7.onnx"], capsys)
+    assert code == 0, err
+    assert "int8 sensitivity of 'lenet5'" in out
+    weights = [n.inputs[3].data for n in go.load_onnx("lenet5_int7.onnx").nodes
+               if n.op_name == "qlinear_conv2d"]
+    assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == 64
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_needs_no_calibration(samples, capsys, dtype):
     code, out, err = run(["quantize", "lenet5", "--dtype", dtype, "-o", f"l_{dtype}.onnx"],
