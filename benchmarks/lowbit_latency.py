@@ -2,7 +2,8 @@
 `go.compile`: the convolutions on the host CPU's AMX tiles or dot-product instruction), its
 bfloat16 graph (AMX-BF16 tiles where the CPU has them, else `vdpbf16ps` with AVX512-BF16),
 and the int8 graph compiled for
-older CPUs this host can also run (AVX-512 without VNNI, AVX2: vpmaddwd kernels; with 7-bit
+older CPUs this host can also run (AVX-512 without VNNI, AVX-VNNI without AVX-512: 256-bit
+vpdpbusd, AVX2: vpmaddwd kernels; with 7-bit
 weights, `reduce_range=True`, vpmaddubsw kernels, also for the host where it has no VNNI), against
 graphopt fp32, ONNX Runtime fp32 and ONNX Runtime int8 (a QDQ model from its own
 `quantize_static`: per-channel int8 weights, uint8 activations, the same calibration samples),
@@ -37,7 +38,8 @@ from cpu_latency import in_blocks, ort_runner, tvm_runner
 
 DEFAULT_MODELS = ("resnet18:1", "resnet18:8", "vgg11:1", "vgg11:8", "lenet5:1")
 # int8 builds for older CPUs than the host (LLVM CPU names), when the host can run their code.
-OLDER_CPUS = {"skylake-avx512": ("avx512f", "AVX-512, no VNNI"), "haswell": ("avx2", "AVX2")}
+OLDER_CPUS = {"skylake-avx512": ("avx512f", "AVX-512, no VNNI"),
+              "alderlake": ("avx_vnni", "AVX-VNNI, no AVX-512"), "haswell": ("avx2", "AVX2")}
 # bfloat16 builds for CPUs without AMX, when the host can run their code.
 BF16_CPUS = {"cooperlake": ("avx512_bf16", "AVX512-BF16, no AMX"),
              "skylake-avx512": ("avx512f", "AVX-512, no BF16")}
@@ -166,15 +168,17 @@ def bench(model: str, batch: int, threads: int, repeat: int, folder: str,
     int7 = go.quantize(graph, calib, reduce_range=True).graph   # 7-bit weights
     host_build = go.compile(int8, threads=threads)
     builds = {f"graphopt int8 ({kernel_of(host_build)})": host_build}
-    if not {"avx512_vnni", "amx_int8"} & cpu_flags():
+    if not {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags():
         build = go.compile(int7, threads=threads)
         builds[f"graphopt int8, 7-bit weights ({kernel_of(build)})"] = build
     if older:
         for mcpu, (flag, label) in OLDER_CPUS.items():
             if flag in cpu_flags():
-                for weights, quantized in (("", int8), (", 7-bit weights", int7)):
-                    build = go.compile(quantized, threads=threads, mcpu=mcpu)
-                    builds[f"graphopt int8, {label}{weights} ({kernel_of(build)})"] = build
+                build = go.compile(int8, threads=threads, mcpu=mcpu)
+                builds[f"graphopt int8, {label} ({kernel_of(build)})"] = build
+                if "pmaddwd" in kernel_of(build):    # no VNNI: 7-bit weights on vpmaddubsw
+                    build = go.compile(int7, threads=threads, mcpu=mcpu)
+                    builds[f"graphopt int8, {label}, 7-bit weights ({kernel_of(build)})"] = build
     bf16 = go.quantize(graph, "bfloat16").graph
     half = go.compile(bf16, threads=threads)
     builds[f"graphopt bf16 ({kernel_of(half, CONVS)})"] = half

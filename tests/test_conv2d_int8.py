@@ -29,6 +29,7 @@ BUILDS = [("cascadelake", 127, "vnni", 16, r"vpdpbusd\s+.*zmm"),
           ("skylake-avx512", 64, "pmaddubsw", 16, r"vpmaddubsw\s+.*zmm"),
           ("haswell", 127, "pmaddwd", 8, r"vpmaddwd\s+.*ymm"),
           ("haswell", 64, "pmaddubsw", 8, r"vpmaddubsw\s+.*ymm"),
+          ("alderlake", 127, "vnni", 8, r"\{vex\}\s*vpdpbusd\s+.*ymm"),     # AVX-VNNI
           ("sapphirerapids", 127, "vnni", 16, r"vpdpbusd\s+.*zmm")]
 AMX_BUILD = ("sapphirerapids", "amx", 32, r"tdpbusd\s+%tmm")
 VNNI_CPU = "cascadelake"

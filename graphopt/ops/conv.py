@@ -54,7 +54,7 @@ def expect_nonempty(x: TensorType, w: TensorType) -> None:
 #             lowering; targets/tvm/schedules/narrow.py), the weight as written (OIHW)
 #   amx       AMX tiles (targets/tvm/schedules/amx.py): bfloat16 convolutions (tdpbf16ps) and
 #             qlinear_conv2d (tdpbusd), input and weight packed at lowering
-#   vnni      (qlinear_conv2d only) uint8 x int8 -> int32 by AVX-512 VNNI's vpdpbusd, or
+#   vnni      (qlinear_conv2d only) uint8 x int8 -> int32 by vpdpbusd (AVX-512 VNNI, AVX-VNNI), or
 #   pmaddubsw vpmaddubsw + vpmaddwd (weights whose int16 pair sums cannot saturate), or
 #   pmaddwd   vpmaddwd on int16-widened operands; the weight packed at lowering into blocks of
 #             `weight_block` output channels (targets/tvm/schedules/conv2d_int8.py)

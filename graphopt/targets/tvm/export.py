@@ -27,7 +27,7 @@ from ... import runtime
 # LLVM target features -> the /proc/cpuinfo flags a CPU running such code must show: what
 # `runtime.load` checks before running a library (an instruction the CPU lacks is SIGILL).
 CPU_FEATURES = {"avx2": "avx2", "fma": "fma", "avx512f": "avx512f", "avx512bw": "avx512bw",
-                "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16",
+                "avx512vnni": "avx512_vnni", "avxvnni": "avx_vnni", "avx512bf16": "avx512_bf16",
                 "amx-tile": "amx_tile", "amx-int8": "amx_int8", "amx-bf16": "amx_bf16"}
 
 

@@ -6,7 +6,8 @@ accumulated exactly in int32, with the requantize epilogue computed from the reg
 weights are constant and symmetric; `QLinearConv2d.lower_tvm` builds `conv2d_dot` with the weight
 packed by `pack_weight`; the rule below schedules it and tensorizes the instruction.
 
-- "vnni" (AVX-512 VNNI, `vpdpbusd`): 16 int32 lanes, each += 4 u8 x s8 products.
+- "vnni" (AVX-512 VNNI or AVX-VNNI, `vpdpbusd`): 16 (zmm) or 8 (ymm, AVX-VNNI without
+  AVX-512) int32 lanes, each += 4 u8 x s8 products.
 - "pmaddubsw" (AVX2 or AVX-512 without VNNI, `vpmaddubsw` then `vpmaddwd` by ones): 8 or 16
   int32 lanes, each += 4 u8 x s8 products, summed in pairs in int16 first. `vpmaddubsw`
   saturates those pair sums, so it is chosen only for weights whose pairs cannot reach
@@ -59,6 +60,8 @@ class DotProduct:
 
 DOT_PRODUCTS = {
     ("vnni", 16): DotProduct("vnni", 16, 4, ("uint8", "int8"), "llvm.x86.avx512.vpdpbusd.512"),
+    # LLVM selects AVX-VNNI's VEX encoding of this intrinsic where the CPU has no AVX-512
+    ("vnni", 8): DotProduct("vnni", 8, 4, ("uint8", "int8"), "llvm.x86.avx512.vpdpbusd.256"),
     ("pmaddubsw", 16): DotProduct("pmaddubsw", 16, 4, ("uint8", "int8"),
                                   "llvm.x86.avx512.pmaddubs.w.512",
                                   widen="llvm.x86.avx512.pmaddw.d.512"),
@@ -78,6 +81,8 @@ def dot_product_for(vec: VectorShape, weight: np.ndarray) -> DotProduct | None:
     (OIHW) with exactly."""
     if vec.vnni:
         return DOT_PRODUCTS["vnni", 16]
+    if vec.avx_vnni and vec.lanes == 8:
+        return DOT_PRODUCTS["vnni", 8]
     if pairs_fit_int16(weight):
         return DOT_PRODUCTS.get(("pmaddubsw", vec.lanes))
     return DOT_PRODUCTS.get(("pmaddwd", vec.lanes))
@@ -221,22 +226,27 @@ def row_tile(width: int, limit: int) -> int:
     return max(d for d in range(1, min(width, limit) + 1) if width % d == 0)
 
 
-# Accumulators of a tile on 8 lanes (AVX2's ymm registers). Tiles of 4 ran fastest, though
-# 12 fit: 1 thread, ResNet-18's 3x3 convs (64 ch 56x56, 128 ch 28x28, 256 ch 14x14, 512 ch
-# 7x7), AVX2 code on an Intel Xeon (family 6 model 167), ms, vpmaddubsw: 4 accumulators (2
-# blocks x 2 pixels; 7 wide: 2 x 1) 1.20 / 1.08 / 1.07 / 1.34, 8 (2 x 4) 1.62 / 1.52, 14 (2 x
-# 7) 1.54 / 1.41 / 1.42 / 1.41, 7 (1 x 7) 1.53 / 1.60 / 1.59; vpmaddwd 4: 1.62 / 1.52 / 2.63,
-# 8: 1.58, 7 (1 x 7): 2.37 / 2.35. On 16 lanes (AVX-512) the widest tiles are fastest.
-YMM_ACCUMULATORS = 4
+# Accumulators of a tile on 8 lanes (ymm registers), per instruction. The widening ones
+# (two instructions and a temporary per step) ran fastest with 4, though 12 fit; vpdpbusd
+# (one, in place) with 8 to 14: 1 thread, ResNet-18's 3x3 convs (64 ch 56x56, 128 ch 28x28,
+# 256 ch 14x14, 512 ch 7x7), ymm code on an Intel Xeon (family 6 model 167), ms.
+# vpmaddubsw: 4 accumulators (2 blocks x 2 pixels; 7 wide: 2 x 1) 1.20 / 1.08 / 1.07 / 1.34,
+# 8 (2 x 4) 1.62 / 1.52, 14 (2 x 7) 1.54 / 1.41 / 1.42 / 1.41, 7 (1 x 7) 1.53 / 1.60 / 1.59;
+# vpmaddwd: 4: 1.62 / 1.52 / 2.63, 8: 1.58, 7 (1 x 7): 2.37 / 2.35.
+# vpdpbusd (AVX-VNNI): 4: 1.27 / 1.17 / 1.14 / 2.24, 8 (2 x 4; 14 and 7 wide: 1 x 7) 0.73 /
+# 0.64 / 0.70 / 0.72, 14 (2 x 7) 0.88 / 0.79 / 0.77 / 0.81.
+# On 16 lanes (AVX-512) the widest tiles are fastest (`VectorShape.accumulators`).
+YMM_ACCUMULATORS = {"vnni": 8, "pmaddubsw": 4, "pmaddwd": 4}
 
 
-def tile_shape(blocks: int, width: int, lanes: int, vec: VectorShape) -> tuple[int, int]:
-    """(blocks of `lanes` output channels, pixels of a row) of the register tile: the most
-    accumulators in use (`YMM_ACCUMULATORS` on 8 lanes), pixels dividing the row; two blocks
-    share each pixel's broadcast where they pair up and fill as many."""
+def tile_shape(blocks: int, width: int, lanes: int, vec: VectorShape,
+               accumulators: int | None = None) -> tuple[int, int]:
+    """(blocks of `lanes` output channels, pixels of a row) of the register tile: the most of
+    `accumulators` vector registers (default: the target's) in use, pixels dividing the row;
+    two blocks share each pixel's broadcast where they pair up and fill as many."""
     registers = max(1, lanes // vec.lanes)
-    budget = YMM_ACCUMULATORS if vec.lanes == 8 else vec.accumulators
-    shapes = [(pair, row_tile(width, max(1, budget // (pair * registers))))
+    accumulators = accumulators or vec.accumulators
+    shapes = [(pair, row_tile(width, max(1, accumulators // (pair * registers))))
               for pair in ((2, 1) if blocks % 2 == 0 else (1,))]
     return max(shapes, key=lambda shape: shape[0] * shape[1])
 
@@ -252,17 +262,19 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     writer = accumulator_writer(sch, conv)
     if writer is None:
         return None
-    sch.tensorize(tile(sch, conv, writer, dot.lanes, vec), dot.intrinsic)
+    accumulators = YMM_ACCUMULATORS[dot.algorithm] if vec.lanes == 8 else None
+    sch.tensorize(tile(sch, conv, writer, dot.lanes, vec, accumulators), dot.intrinsic)
     return True
 
 
-def tile(sch, conv, writer, lanes: int, vec: VectorShape):
+def tile(sch, conv, writer, lanes: int, vec: VectorShape, accumulators: int | None = None):
     """The register tile of a dot-product conv block (n, block, oh, ow, lane; rg, ry, rx, rc)
-    with `lanes` accumulator lanes per block, its `writer` under it, the input copy and any
+    with `lanes` accumulator lanes per block (`tile_shape`), its `writer` under it, the input copy and any
     other block outside it scheduled (this rule's and `conv2d_bf16`'s); returns the lane loop,
     which the caller tensorizes with its instruction."""
     n, ob, oh, ow, lane, rg, ry, rx, rc = sch.get_loops(conv)
-    pair, width = tile_shape(int(sch.get(ob).extent), int(sch.get(ow).extent), lanes, vec)
+    pair, width = tile_shape(int(sch.get(ob).extent), int(sch.get(ow).extent), lanes, vec,
+                             accumulators)
     ob_outer, ob_inner = sch.split(ob, [None, pair])
     ow_outer, ow_inner = sch.split(ow, [None, width])
     sch.reorder(n, ob_outer, oh, ow_outer, rg, ry, rx, ow_inner, ob_inner, lane, rc)
