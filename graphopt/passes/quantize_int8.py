@@ -6,8 +6,9 @@ integers, as ONNX Runtime's static QDQ quantization does:
 - its input is quantized (`quantize_linear`) with the scale and zero point of the input's
   calibrated range: uint8 asymmetric by default, int8 symmetric with activation_dtype="int8";
 - its weights are quantized once, here: int8 symmetric, per output channel by default
-  (`weight_params`), in 7 bits with reduce_range=True (ORT's option: x86 CPUs without VNNI
-  then multiply them exactly with `vpmaddubsw`); a bias becomes int32 in steps of x_scale * w_scale (ORT's rule);
+  (`weight_params`), in 7 bits with reduce_range=True (ORT's option: x86 CPUs without VNNI then
+  multiply them exactly with `vpmaddubsw`); a bias becomes int32 in steps of x_scale * w_scale
+  (ORT's rule);
 - the layer becomes `qlinear_conv2d` (a linear layer: a 1x1 qlinear_conv2d between reshapes,
   since qlinear_matmul has no bias) or `qlinear_matmul`, requantizing to its output's
   calibrated scale and zero point;

@@ -41,9 +41,9 @@ def quantize(graph: Graph, calib: "Calibration | str | None" = None, dtype: str 
     (uint8 activations, int8 weights per output channel, or per tensor with
     per_channel=False); `reduce_range=True` quantizes the weights to 7 bits, as ORT's option
     does, so that x86 CPUs without VNNI multiply them with `vpmaddubsw` (faster, and exact only
-    for weights that small; compiles choose it where the weights allow). The default pipeline runs first and renames the values it fuses; a
-    fused layer's output is quantized with the range calibrated for the output of the last
-    original node it stands for (the relu after a conv and batch norm), which is the value it
+    for weights that small; compiles choose it where the weights allow). The default pipeline
+    runs first and renames the values it fuses; a fused layer's output is quantized with the
+    range calibrated for the output of the last original node it stands for (the relu after a conv and batch norm), which is the value it
     computes. A layer with a value the calibration has no range for stays float32, listed in
     the report's misses."""
     if isinstance(calib, str) and dtype is None:   # quantize(g, "float16")

@@ -34,13 +34,13 @@ that fill AMX tiles where the CPU has AMX-BF16 are "amx" (`schedules/amx.py`); u
 with constant weights where the CPU has AVX512-BF16 but no AMX-BF16 are "dpbf16" (vdpbf16ps,
 `schedules/conv2d_bf16.py`, weight_block 16).
 
-A quantized convolution (`qlinear_conv2d`) is computed by the x86 dot-product instruction of
-the target CPU (`schedules/conv2d_int8.py`: "amx" tiles where the CPU has AMX-INT8 and the layer
-fills them, else "vnni" with AVX-512 VNNI or AVX-VNNI, else "pmaddubsw" for weights whose int16 pair sums
-cannot saturate, e.g. 7-bit ones, else "pmaddwd") where the
-layer is what those kernels compute: uint8 input, constant int8 weights with zero points of 0
-(symmetric, as graphopt's and ONNX Runtime's quantizers make them), a constant input zero point
-and bias, no groups; otherwise it stays as written (TVM's integer conv2d)."""
+A quantized convolution (`qlinear_conv2d`) is computed by the x86 dot-product instruction of the
+target CPU (`schedules/conv2d_int8.py`: "amx" tiles where the CPU has AMX-INT8 and the layer fills
+them, else "vnni" with AVX-512 VNNI or AVX-VNNI, else "pmaddubsw" for weights whose int16 pair sums
+cannot saturate, e.g. 7-bit ones, else "pmaddwd") where the layer is what those kernels compute:
+uint8 input, constant int8 weights with zero points of 0 (symmetric, as graphopt's and ONNX
+Runtime's quantizers make them), a constant input zero point and bias, no groups; otherwise it
+stays as written (TVM's integer conv2d)."""
 from __future__ import annotations
 
 import dataclasses

@@ -21,8 +21,8 @@ PARALLEL_MIN_MACS = 1 << 17
 class VectorShape:
     """fp32 lanes per SIMD register and registers the micro-kernels may keep as accumulators;
     `vnni`: the CPU has AVX-512 VNNI (vpdpbusd: u8 x s8 dot products into int32), `avx_vnni`:
-    AVX-VNNI (the same on 256-bit registers, without AVX-512: Alder Lake, Sierra Forest); `bf16`: it
-    has AVX512-BF16 (vdpbf16ps: bfloat16 pair products into float32); `amx`: the AMX tile
+    AVX-VNNI (the same on 256-bit registers, without AVX-512: Alder Lake, Sierra Forest);
+    `bf16`: it has AVX512-BF16 (vdpbf16ps: bfloat16 pair products into float32); `amx`: the AMX tile
     products it has ("amx-int8", "amx-bf16": LLVM's feature names); `l1d`: bytes of L1 data
     cache per core (`l1d_bytes`); `registers`: the vector registers (ymm0-15, zmm0-31)."""
     lanes: int
