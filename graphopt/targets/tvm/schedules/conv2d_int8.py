@@ -270,8 +270,8 @@ def schedule(sch, vec: VectorShape) -> bool | None:
 def tile(sch, conv, writer, lanes: int, vec: VectorShape, accumulators: int | None = None):
     """The register tile of a dot-product conv block (n, block, oh, ow, lane; rg, ry, rx, rc)
     with `lanes` accumulator lanes per block (`tile_shape`), its `writer` under it, the input
-    copy and any other block outside it scheduled (this rule's and `conv2d_bf16`'s); returns the lane loop, which the
-    caller tensorizes with its instruction."""
+    copy and any other block outside it scheduled (this rule's and `conv2d_bf16`'s); returns
+    the lane loop, which the caller tensorizes with its instruction."""
     n, ob, oh, ow, lane, rg, ry, rx, rc = sch.get_loops(conv)
     pair, width = tile_shape(int(sch.get(ob).extent), int(sch.get(ow).extent), lanes, vec,
                              accumulators)
