@@ -4,6 +4,7 @@ float graph, keep lists, missing ranges, compiled CPU models and ONNX Runtime.""
 from __future__ import annotations
 
 import dataclasses
+import re
 from functools import lru_cache
 
 import numpy as np
@@ -222,6 +223,12 @@ def test_reduce_range_weights_have_7_bits_and_run_on_vpmaddubsw(model):
     m = go.compile(q, "cpu", mcpu="haswell")
     convs = [n.op.conv.algorithm for n in m.graph.nodes if n.op_name == "qlinear_conv2d"]
     assert convs and set(convs) == {"pmaddubsw"}
+    assert "reduce_range=True" not in m.report
+    # 8-bit weights stay on vpmaddwd, and the compile's report says how to do better
+    eight_bits = go.compile(quantized(model).graph, "cpu", mcpu="haswell")
+    assert "pmaddwd" in {n.op.conv.algorithm for n in eight_bits.graph.nodes
+                         if n.op_name == "qlinear_conv2d"}
+    assert re.search(r"vpmaddubsw: 8-bit weights .* reduce_range=True", eight_bits.report)
     skip_unless_this_cpu_runs(m)
     for feeds in batches(graph, 2, seed=4):
         assert np.abs(m.run(feeds)["output"] - go.interpret(q, feeds)["output"]).max() <= \
