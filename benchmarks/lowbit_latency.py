@@ -165,10 +165,12 @@ def bench(model: str, batch: int, threads: int, repeat: int, folder: str,
     graph, calibration, feeds, held_out = workload(model, batch, digits)
     calib = go.calibrate(graph, calibration)
     int8 = go.quantize(graph, calib).graph
-    int7 = go.quantize(graph, calib, reduce_range=True).graph   # 7-bit weights
+    host_vnni = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
+    # 7-bit weights (vpmaddubsw), for the builds without VNNI
+    int7 = go.quantize(graph, calib, reduce_range=True).graph if older or not host_vnni else None
     host_build = go.compile(int8, threads=threads)
     builds = {f"graphopt int8 ({kernel_of(host_build)})": host_build}
-    if not {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags():
+    if not host_vnni:
         build = go.compile(int7, threads=threads)
         builds[f"graphopt int8, 7-bit weights ({kernel_of(build)})"] = build
     if older:

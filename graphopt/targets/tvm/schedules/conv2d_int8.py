@@ -71,7 +71,6 @@ DOT_PRODUCTS = {
                                 "llvm.x86.avx512.pmaddw.d.512"),
     ("pmaddwd", 8): DotProduct("pmaddwd", 8, 2, ("int16", "int16"), "llvm.x86.avx2.pmadd.wd"),
 }
-INT16_MAX = 32767
 ALGORITHMS = tuple(sorted({key[0] for key in DOT_PRODUCTS}))
 _registered: set[str] = set()
 
@@ -99,7 +98,8 @@ def pairs_fit_int16(weight: np.ndarray) -> bool:
     pairs = pairs.reshape(o, -1, 2, kh, kw)
     most = np.maximum(pairs, 0).sum(axis=2).max(initial=0)
     least = np.minimum(pairs, 0).sum(axis=2).min(initial=0)
-    return 255 * int(most) <= INT16_MAX and 255 * int(least) >= -INT16_MAX - 1
+    int16 = np.iinfo(np.int16)
+    return 255 * int(most) <= int16.max and 255 * int(least) >= int16.min
 
 
 def pack_weight(weight: np.ndarray, dot: DotProduct) -> np.ndarray:
@@ -172,7 +172,6 @@ def register_intrinsic(dot: DotProduct) -> None:
 
     accumulates = dot.algorithm == "vnni"     # vpdpbusd adds into C; vpmaddwd returns the sums
     widens = dot.widen is not None
-    widen = dot.widen or dot.llvm
     pair_sums = f"int16x{lanes * 2}"
 
     @T.prim_func(s_tir=True)
@@ -191,7 +190,7 @@ def register_intrinsic(dot: DotProduct) -> None:
             elif widens:
                 C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], dtype=lanes_i32) + \
                     T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id(widen), T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(dot.widen), T.call_llvm_pure_intrin(
                             T.llvm_lookup_intrinsic_id(dot.llvm), pixels,
                             B.vload([0, 0], dtype=operand), dtype=pair_sums),
                         T.broadcast(T.int16(1), lanes * 2), dtype=lanes_i32)
