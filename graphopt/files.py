@@ -84,6 +84,20 @@ def _file_size_limit_as_error() -> Iterator[None]:
         signal.signal(signal.SIGXFSZ, previous)
 
 
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGTERM and SIGINT held back while inside, delivered on leaving: around making a
+    temporary file or folder and keeping its name, so that the clean-up always knows what to
+    remove (a signal between the two left an export's scratch folder behind). In the calling
+    thread only (signals reach the main thread)."""
+    held = {signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _unique_path(folder: str, prefix: str, suffix: str, create: Callable[[str], None]) -> str:
     """Create a new file or folder named prefix<random>suffix in `folder` with `create`."""
     for _ in range(100):
@@ -158,8 +172,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
     temporary = None
     with terminate_as_exception(), _file_size_limit_as_error():
         try:
-            temporary = _unique_path(folder, f".{name[:200]}.", ".tmp", lambda p: os.close(
-                os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)))
+            with _signals_held():
+                temporary = _unique_path(folder, f".{name[:200]}.", ".tmp", lambda p: os.close(
+                    os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)))
             yield temporary
             # Created 0600 (private until complete); a linker may have made it executable.
             executable = bool(os.stat(temporary).st_mode & 0o111)
@@ -220,7 +235,8 @@ def temporary_directory(prefix: str, dir: str | os.PathLike | None = None) -> It
     folder = None
     with terminate_as_exception():
         try:
-            folder = _unique_path(parent, prefix, "", lambda p: os.mkdir(p, 0o700))
+            with _signals_held():
+                folder = _unique_path(parent, prefix, "", lambda p: os.mkdir(p, 0o700))
             yield folder
         finally:
             if folder is not None:
