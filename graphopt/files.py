@@ -16,6 +16,7 @@ import secrets
 import shutil
 import signal
 import stat
+import sys
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -85,17 +86,34 @@ def _file_size_limit_as_error() -> Iterator[None]:
 
 
 @contextmanager
-def _signals_held() -> Iterator[None]:
-    """SIGTERM and SIGINT held back while inside, delivered on leaving: around making a
+def _signals_deferred() -> Iterator[None]:
+    """SIGTERM and SIGINT deferred while inside and handled on leaving: around making a
     temporary file or folder and keeping its name, so that the clean-up always knows what to
-    remove (a signal between the two left an export's scratch folder behind). In the calling
-    thread only (signals reach the main thread)."""
-    held = {signal.SIGTERM, signal.SIGINT}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    remove (a signal between the two left an export's scratch folder behind), and around the
+    removal, so that a signal does not cut it short.
+
+    Python runs signal handlers in the main thread whichever thread the kernel picked, so the
+    handlers are swapped for ones that only note the signal; blocking the signals with
+    `pthread_sigmask` is not enough, as other threads (TVM's, a test runner's) still take
+    them. Only Python-level handlers are deferred: a default or ignored SIGTERM is left as it
+    is (outside `terminate_as_exception` SIGTERM ends the process anyway)."""
+    if not _in_main_thread():
+        yield
+        return
+    noted: list[int] = []
+    handlers = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            handlers[signum] = handler
+            signal.signal(signum, lambda signum, frame: noted.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(noted):   # each signal once, in the order they came
+            handlers[signum](signum, sys._getframe())
 
 
 def _unique_path(folder: str, prefix: str, suffix: str, create: Callable[[str], None]) -> str:
@@ -172,7 +190,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
     temporary = None
     with terminate_as_exception(), _file_size_limit_as_error():
         try:
-            with _signals_held():
+            with _signals_deferred():
                 temporary = _unique_path(folder, f".{name[:200]}.", ".tmp", lambda p: os.close(
                     os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)))
             yield temporary
@@ -190,7 +208,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
             raise WriteError(f"cannot write {path}: {_cause(e, path)}") from e
         finally:
             if temporary is not None:
-                _remove(temporary)
+                with _signals_deferred():   # a signal now must not cut the removal short
+                    _remove(temporary)
 
 
 def _remove(path: str) -> None:
@@ -235,12 +254,13 @@ def temporary_directory(prefix: str, dir: str | os.PathLike | None = None) -> It
     folder = None
     with terminate_as_exception():
         try:
-            with _signals_held():
+            with _signals_deferred():
                 folder = _unique_path(parent, prefix, "", lambda p: os.mkdir(p, 0o700))
             yield folder
         finally:
             if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
+                with _signals_deferred():   # a signal now must not cut the removal short
+                    shutil.rmtree(folder, ignore_errors=True)
 
 
 def safe_file_name(name: str, fallback: str = "model") -> str:

@@ -125,24 +125,69 @@ def test_terminate_as_exception_installs_and_restores():
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
-def test_sigterm_while_a_temporary_folder_is_made_comes_once_its_name_is_kept(tmp_path,
-                                                                             monkeypatch):
-    """A SIGTERM arriving between mkdir and the name's assignment is held until the name is
-    kept: the folder is removed (it was left behind, now and then, by a SIGTERM mid-export)."""
+@pytest.mark.parametrize("made", ["folder", "file"])
+@pytest.mark.parametrize("signum, raised", [(signal.SIGTERM, files.Terminated),
+                                            (signal.SIGINT, KeyboardInterrupt)])
+def test_a_signal_while_a_temporary_is_made_comes_once_its_name_is_kept(tmp_path, monkeypatch,
+                                                                       made, signum, raised):
+    """SIGTERM or Ctrl-C arriving between creating a temporary folder (or file) and keeping its
+    name is handled once the name is kept, so the temporary is removed (one was left behind,
+    now and then, by a SIGTERM mid-export). Another thread is alive, as in a process with TVM's
+    thread pool: the kernel may hand it the signal, which blocking in the main thread misses."""
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         pytest.skip("this process already handles SIGTERM")
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("this process already handles SIGINT")
+    create = os.mkdir if made == "folder" else os.open
 
-    mkdir = os.mkdir
+    def create_then_signalled(path, *args):
+        result = create(path, *args)
+        os.kill(os.getpid(), signum)    # deferred until the name is kept
+        time.sleep(0.05)                # time for another thread to take it
+        return result
 
-    def mkdir_then_signalled(path, mode):
-        mkdir(path, mode)
-        os.kill(os.getpid(), signal.SIGTERM)    # pending until the name is kept
+    monkeypatch.setattr(files.os, "mkdir" if made == "folder" else "open", create_then_signalled)
+    done = threading.Event()
+    other = threading.Thread(target=done.wait)
+    other.start()
+    try:
+        with pytest.raises(raised):
+            if made == "folder":
+                with files.temporary_directory("graphopt-test-", tmp_path):
+                    pytest.fail("the deferred signal should have come before the block")
+            else:
+                with files.atomic_output(tmp_path / "out.bin"):
+                    pytest.fail("the deferred signal should have come before the block")
+    finally:
+        done.set()
+        other.join()
+        monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
-    monkeypatch.setattr(files.os, "mkdir", mkdir_then_signalled, raising=True)
-    with pytest.raises(files.Terminated):
-        with files.temporary_directory("graphopt-test-", tmp_path):
-            pytest.fail("the held SIGTERM should have come before the block")
+
+def test_a_sigterm_during_the_clean_up_does_not_cut_it_short(tmp_path, monkeypatch):
+    """The block failed and its folder is being removed when SIGTERM comes: the removal ends
+    first, then `Terminated` is raised (with the block's error as its context)."""
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("this process already handles SIGTERM")
+    rmtree = files.shutil.rmtree
+
+    def signalled_then_rmtree(path, **options):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        for _ in range(3):              # a few Python-level steps where a handler could run
+            time.sleep(0.001)
+        rmtree(path, **options)
+
+    monkeypatch.setattr(files.shutil, "rmtree", signalled_then_rmtree)
+    with pytest.raises(files.Terminated) as raised:
+        with files.temporary_directory("graphopt-test-", tmp_path) as folder:
+            (tmp_path / folder / "part.so").write_bytes(b"x")
+            raise ValueError("the block failed")
     monkeypatch.undo()
+    assert isinstance(raised.value.__context__, ValueError)
     assert list(tmp_path.iterdir()) == []
 
 
