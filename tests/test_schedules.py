@@ -329,6 +329,38 @@ def test_weights_larger_than_the_input_are_read_once_per_channel_block(mcpu):
     assert order == {9: "b_o_0_i", 56: "b_i_o_0"}, order
 
 
+@pytest.mark.parametrize("mcpu", [AVX2_CPU, AVX512_CPU])
+def test_small_convs_pad_their_rows_inside_each_parallel_task(mcpu):
+    """A small padded conv (DeepConvNet's 3x3 16 ch on 28x28, 1.8 M products) pads its input
+    inside each parallel task, the rows that task reads: no stage before the parallel loop.
+    A large one (ResNet-18's stride-2 64 -> 128 ch from 56x56) pads once, before it; so does
+    one whose tasks would repeat the padding more than TASK_PADDING_REPEATS times."""
+    with dsl.Builder("task_padding", seed=0) as b:
+        x, y = b.input("x", (1, 16, 28, 28)), b.input("y", (1, 64, 56, 56))
+        graph = b.output(dsl.relu(dsl.conv2d(x, 16, 3, padding=1)),
+                         dsl.relu(dsl.conv2d(y, 128, 3, stride=2, padding=1)))
+    padded_in_tasks = {}
+    for func in _scheduled_kernels(graph, mcpu).values():
+        if func.attrs[SCHEDULE_ATTR] == "conv2d":
+            text = func.script()   # one parallel loop, the conv's, with the padding inside
+            padded_in_tasks[int(func.params[0].shape[1])] = text.count("T.parallel(") == 1 \
+                and text.index("T.parallel(") < text.index('T.sblock("pad_temp")')
+    assert padded_in_tasks == {16: True, 64: False}, padded_in_tasks
+
+
+@pytest.mark.parametrize("shape, out_channels", [((1, 16, 28, 28), 16), ((1, 32, 8, 8), 64),
+                                                 ((2, 16, 28, 28), 16), ((1, 24, 13, 13), 40)])
+def test_convs_padded_inside_their_tasks_match_the_interpreter(shape, out_channels):
+    with dsl.Builder("task_padding", seed=0) as b:
+        x = b.input("x", shape)
+        graph = b.output(dsl.relu(dsl.conv2d(x, out_channels, 3, padding=1)))
+    """Bounds-checked, on one thread and two, batch 1 and 2 (the batch pads image by image)."""
+    feeds = {"x": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    for threads in (1, 2):
+        model = go.compile(graph, threads=threads, bounds_check=True)
+        assert go.compare(graph, model, feeds).ok
+
+
 def test_non_constant_weight_falls_back_and_stays_correct():
     """A matmul whose right-hand side is an input cannot be repacked offline: generic rule."""
     with dsl.Builder("two_inputs", seed=0) as b:
