@@ -84,6 +84,16 @@ def extent(loop, sch) -> int:
     return int(sch.get(loop).extent)
 
 
+def repeats_if_computed_at(sch, block, loop) -> float:
+    """How many times over `block` would compute the buffer it writes if computed at `loop`,
+    each iteration computing the region it reads (1.0: no element twice). Tried on a copy of
+    `sch` (a copy keeps the block and loop handles), which is then dropped."""
+    trial = sch.copy()
+    trial.compute_at(block, loop)
+    computed = _product(extent(l, trial) for l in trial.get_loops(block))
+    return computed / _product(int(d) for d in trial.get(block).writes[0].source.shape)
+
+
 def blocks_of(sch):
     """All blocks under the root, in program order."""
     root = sch.get_sblock("root")

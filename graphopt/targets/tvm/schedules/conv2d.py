@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from .common import (PARALLEL_MIN_ELEMENTS, VectorShape, blocks_of, buffer_bytes, extent,
-                     inline_elementwise, iter_kinds)
+                     inline_elementwise, iter_kinds, repeats_if_computed_at)
 from .tiled import accumulator_writer, conv_row_tile, finish_tile, packed_weight, spatial_rest
 
 NAME = "conv2d"
@@ -166,13 +166,7 @@ def _pad_in_each_task(sch, conv) -> None:
     pads = [p for p in sch.get_producers(conv) if sch.get(p).name_hint == PADDING_BLOCK]
     if sch.get(fused).kind != ForKind.PARALLEL or len(pads) != 1:
         return
-    padded = math.prod(int(d) for d in sch.get(pads[0]).writes[0].source.shape)
-    trial = sch.copy()
-    conv_name = sch.get(conv).name_hint
-    trial.compute_at(trial.get_sblock(PADDING_BLOCK), trial.get_loops(trial.get_sblock(conv_name))[0])
-    task_loops = trial.get_loops(trial.get_sblock(PADDING_BLOCK))
-    computed = math.prod(extent(loop, trial) for loop in task_loops)
-    if computed <= TASK_PADDING_REPEATS * padded:
+    if repeats_if_computed_at(sch, pads[0], fused) <= TASK_PADDING_REPEATS:
         sch.compute_at(pads[0], fused)
 
 
