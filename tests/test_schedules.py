@@ -309,6 +309,8 @@ def test_small_planes_block_input_channels_on_48_kib_l1(mcpu, blocked):
     text = _scheduled_kernels(graph, mcpu)["fused_conv2d"].script()
     reduction_loops = re.search(r"for ([\w, ]*\brc\w*[\w, ]*) in T\.grid", text).group(1)
     assert ("rc_0" in reduction_loops) == blocked, reduction_loops
+    if blocked:   # blocks of 8 input channels: 9 KiB of weights (18 KiB ran ResNet-18 slower)
+        assert re.search(r"rc_0 \* T\.int64\(8\) \+ rc_1", text), text
 
 
 @pytest.mark.parametrize("mcpu", [AVX2_CPU, "znver4"])

@@ -24,8 +24,13 @@ NAME = "conv2d"
 SMALL_PLANE = 20 * 20
 # Parallel tasks the input-channel-blocked schedule makes at least (channel blocks x row bands).
 PARALLEL_TASKS = 8
-# Bytes of packed weights one input-channel block may span, to stay in L1 with the accumulators.
-L1_WEIGHT_BYTES = 20 * 1024
+# Bytes of packed weights one input-channel block may span, to stay in L1 with the accumulators
+# and the input rows the block reads. 3x3 convs of 32-channel blocks take 8 input channels (9
+# KiB) where 20 KiB gave them 16 (18 KiB): whole models, an Intel Xeon (48 KiB L1), the two
+# builds interleaved, 12 / 20 KiB, 1 / 2 threads: ResNet-18 (three runs) 0.94-0.97 / 0.96-0.97,
+# ResNet-50 0.98 / 0.98, GoogLeNet 0.97 / 1.01; within the host's noise DenseNet-121 (0.99-1.04 /
+# 0.97-1.00), Inception-v3 (0.98-1.01 / 1.00-1.01) and RegNetX-400MF (1.01-1.02 / 0.99-1.02).
+L1_WEIGHT_BYTES = 12 * 1024
 # The smallest L1 data cache (per core) for which small planes take input-channel blocks. With
 # 32 KiB (AMD Zen 4, 1 thread, ms, 18 KiB blocks / 9 KiB / unblocked) the blocks lost: 3x3
 # 512 ch 7x7 3.27 / 2.77 / 2.42 (ORT 2.86), stride-2 256 -> 512 ch 1.16 / 1.13 / 1.08, 288 ->
