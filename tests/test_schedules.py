@@ -451,6 +451,8 @@ WINOGRAD_CHOICES = {
     (16, 16, 56, 1): (0, 0, 0),      # too few channels for the transforms to pay
     (64, 64, 224, 1): (0, 0, 4),     # 32 KiB: transformed tensors leave the cache
     (32, 64, 147, 1): (0, 0, 4),     # Inception-v3's third conv
+    (32, 128, 27, 1): (2, 0, 4),     # SqueezeNet's: 48 KiB takes F(4x4) from 25x25 planes
+    (64, 256, 13, 1): (2, 0, 0),     # ... but not on 13x13 (F(4x4) lost on 14x14 planes)
 }
 
 
@@ -476,6 +478,20 @@ def test_winograd_f4_on_a_large_plane_of_few_channels_matches_the_interpreter():
     assert (conv.algorithm, conv.output_tile) == ("winograd", 4)
     skip_unless_this_cpu_runs(model)
     feeds = {"x": np.random.default_rng(0).standard_normal((1, 32, 115, 115)).astype(np.float32)}
+    assert go.compare(graph, model, feeds).ok
+
+
+def test_winograd_f4_on_a_27x27_plane_matches_the_interpreter():
+    """With 48 KiB of L1, SqueezeNet's 32 -> 128 ch conv on 27x27 (7 x 7 tiles of 4, the last
+    partial) takes F(4x4); bounds-checked, it computes the interpreter's outputs."""
+    with dsl.Builder("wino_27", seed=3) as b:
+        x = b.input("x", (1, 32, 27, 27))
+        graph = b.output(dsl.relu(dsl.conv2d(x, 128, 3, padding=1)))
+    model = go.compile(graph, mcpu="icelake-server", bounds_check=True)
+    conv = [n.op.conv for n in model.graph.nodes if n.op_name == "fused_conv2d"][0]
+    assert (conv.algorithm, conv.output_tile) == ("winograd", 4)
+    skip_unless_this_cpu_runs(model)
+    feeds = {"x": np.random.default_rng(1).standard_normal((1, 32, 27, 27)).astype(np.float32)}
     assert go.compare(graph, model, feeds).ok
 
 

@@ -43,7 +43,12 @@ F4_MIN_CHANNELS, F4_MIN_PLANE = 64, 28 * 28
 # 0.73; 32 -> 64 ch 56x56 0.82 / 0.43 / 0.68; 48 -> 64 ch 35x35 0.47 / 0.27 / 0.38, 0.27 / 0.20
 # / 0.20; 64 ch 224x224 26.6 / 17.7 / 23.4, 13.0 / 8.7 / 10.2); with 16 input channels it lost
 # at two threads (64 ch 55x55 0.27 / 0.30). Cores of 32 KiB keep the limits above (untimed).
+# There it also wins on planes from 25x25, not whole 4x4 tiles (whole models, the two builds
+# interleaved, from 25x25 / from 28x28, 1 / 2 threads: SqueezeNet's 32 -> 128 ch 27x27 convs
+# 0.95 / 0.95), but not from 13x13 (then against 25x25: GoogLeNet's and DenseNet-121's 14x14
+# and 7x7 convs 1.05 / 1.11 and 1.04 / 1.02, ResNet-18's 1.05 / 1.04).
 F4_WIDE_L1D, F4_WIDE_L1D_MIN_CHANNELS, F4_WIDE_L1D_MAX_PLANE = 48 * 1024, 32, 224 * 224
+F4_WIDE_L1D_MIN_PLANE = 25 * 25
 # Output tiles (over the batch) from which the transformed weights, 16/9 the size of the
 # direct kernel's, are reused enough: with 16 lanes a 7x7 plane at batch 1 (16 tiles) spends
 # more time streaming its 512-channel weights (16 MB) than the GEMMs save (ms, weights not in
@@ -83,14 +88,14 @@ def output_tile(in_channels: int, out_channels: int, out_h: int, out_w: int, ker
     Winograd): 3x3, stride 1, 'same' padding, no dilation or groups, many channels (output
     channels in whole two-register blocks) on a small plane with enough tiles to reuse the
     transformed weights; F(4x4) with 16 lanes on planes of 28x28 and more (with 48 KiB of L1,
-    from 32 input channels and on planes up to 224x224)."""
+    from 32 input channels and on planes from 25x25 up to 224x224)."""
     if not (tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
             and groups == 1 and tuple(padding) == (1, 1, 1, 1)
             and out_channels % channel_block(vec) == 0):
         return 0
     wide_l1 = vec.lanes == 16 and vec.l1d >= F4_WIDE_L1D
     if wide_l1 and in_channels >= F4_WIDE_L1D_MIN_CHANNELS and \
-            F4_MIN_PLANE <= out_h * out_w <= F4_WIDE_L1D_MAX_PLANE:
+            F4_WIDE_L1D_MIN_PLANE <= out_h * out_w <= F4_WIDE_L1D_MAX_PLANE:
         return 4
     if out_h * out_w > MAX_PLANE:
         return 0
