@@ -467,31 +467,20 @@ def test_winograd_choice_per_vector_width(shape):
     assert found == WINOGRAD_CHOICES[shape]
 
 
-def test_winograd_f4_on_a_large_plane_of_few_channels_matches_the_interpreter():
-    """With 48 KiB of L1, a 32-channel conv on a plane larger than 112x112 and not whole 4x4
-    tiles takes F(4x4); bounds-checked, it computes the interpreter's outputs."""
-    with dsl.Builder("wino_large", seed=5) as b:
-        x = b.input("x", (1, 32, 115, 115))
-        graph = b.output(dsl.relu(dsl.conv2d(x, 64, 3, padding=1)))
+@pytest.mark.parametrize("plane, out_channels", [(115, 64), (27, 128)],
+                         ids=["beyond_112x112", "squeezenet_27x27"])
+def test_winograd_f4_on_planes_of_partial_tiles_matches_the_interpreter(plane, out_channels):
+    """With 48 KiB of L1, 32-channel convs on planes that are not whole 4x4 tiles take F(4x4):
+    one larger than 112x112, and SqueezeNet's 32 -> 128 ch on 27x27 (from 25x25 up); bounds-
+    checked, they compute the interpreter's outputs."""
+    with dsl.Builder("wino_partial_tiles", seed=5) as b:
+        x = b.input("x", (1, 32, plane, plane))
+        graph = b.output(dsl.relu(dsl.conv2d(x, out_channels, 3, padding=1)))
     model = go.compile(graph, mcpu="icelake-server", bounds_check=True)
     conv = [n.op.conv for n in model.graph.nodes if n.op_name == "fused_conv2d"][0]
     assert (conv.algorithm, conv.output_tile) == ("winograd", 4)
     skip_unless_this_cpu_runs(model)
-    feeds = {"x": np.random.default_rng(0).standard_normal((1, 32, 115, 115)).astype(np.float32)}
-    assert go.compare(graph, model, feeds).ok
-
-
-def test_winograd_f4_on_a_27x27_plane_matches_the_interpreter():
-    """With 48 KiB of L1, SqueezeNet's 32 -> 128 ch conv on 27x27 (7 x 7 tiles of 4, the last
-    partial) takes F(4x4); bounds-checked, it computes the interpreter's outputs."""
-    with dsl.Builder("wino_27", seed=3) as b:
-        x = b.input("x", (1, 32, 27, 27))
-        graph = b.output(dsl.relu(dsl.conv2d(x, 128, 3, padding=1)))
-    model = go.compile(graph, mcpu="icelake-server", bounds_check=True)
-    conv = [n.op.conv for n in model.graph.nodes if n.op_name == "fused_conv2d"][0]
-    assert (conv.algorithm, conv.output_tile) == ("winograd", 4)
-    skip_unless_this_cpu_runs(model)
-    feeds = {"x": np.random.default_rng(1).standard_normal((1, 32, 27, 27)).astype(np.float32)}
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 32, plane, plane)).astype(np.float32)}
     assert go.compare(graph, model, feeds).ok
 
 
