@@ -480,8 +480,8 @@ def test_winograd_f4_on_planes_of_partial_tiles_matches_the_interpreter(plane, o
     conv = [n.op.conv for n in model.graph.nodes if n.op_name == "fused_conv2d"][0]
     assert (conv.algorithm, conv.output_tile) == ("winograd", 4)
     skip_unless_this_cpu_runs(model)
-    feeds = {"x": np.random.default_rng(0).standard_normal((1, 32, plane, plane)).astype(np.float32)}
-    assert go.compare(graph, model, feeds).ok
+    x = np.random.default_rng(0).standard_normal((1, 32, plane, plane)).astype(np.float32)
+    assert go.compare(graph, model, {"x": x}).ok
 
 
 @pytest.mark.parametrize("tile", [2, 4])
