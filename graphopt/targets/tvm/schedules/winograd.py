@@ -43,7 +43,7 @@ F4_MIN_CHANNELS, F4_MIN_PLANE = 64, 28 * 28
 # 0.73; 32 -> 64 ch 56x56 0.82 / 0.43 / 0.68; 48 -> 64 ch 35x35 0.47 / 0.27 / 0.38, 0.27 / 0.20
 # / 0.20; 64 ch 224x224 26.6 / 17.7 / 23.4, 13.0 / 8.7 / 10.2); with 16 input channels it lost
 # at two threads (64 ch 55x55 0.27 / 0.30). Cores of 32 KiB keep the limits above (untimed).
-# There it also wins on planes from 25x25, not whole 4x4 tiles (whole models, the two builds
+# On 48 KiB cores it also wins on planes from 25x25, not whole 4x4 tiles (whole models, the builds
 # interleaved, from 25x25 / from 28x28, 1 / 2 threads: SqueezeNet's 32 -> 128 ch 27x27 convs
 # 0.95 / 0.95), but not from 13x13 (then against 25x25: GoogLeNet's and DenseNet-121's 14x14
 # and 7x7 convs 1.05 / 1.11 and 1.04 / 1.02, ResNet-18's 1.05 / 1.04).
