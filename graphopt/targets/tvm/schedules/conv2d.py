@@ -165,9 +165,10 @@ def _pad_in_each_task(sch, conv) -> None:
     (Inception-v3 1.02-1.05x, SqueezeNet 1.01x), so only convs of at most
     TASK_PADDING_MAX_MACS products pad in their tasks."""
     from tvm.tirx import ForKind
-    if math.prod(extent(loop, sch) for loop in sch.get_loops(conv)) > TASK_PADDING_MAX_MACS:
+    loops = sch.get_loops(conv)
+    if math.prod(extent(loop, sch) for loop in loops) > TASK_PADDING_MAX_MACS:
         return
-    fused = sch.get_loops(conv)[0]
+    fused = loops[0]
     pads = [p for p in sch.get_producers(conv) if sch.get(p).name_hint == PADDING_BLOCK]
     if sch.get(fused).kind != ForKind.PARALLEL or len(pads) != 1:
         return
