@@ -691,8 +691,8 @@ AVG_POOLS = [((3, 3), (1, 1), (1, 1, 1, 1), False, True, (1, 5, 17, 17)),   # In
 @pytest.mark.parametrize("kernel, stride, padding, ceil_mode, include_pad, shape", AVG_POOLS)
 def test_separable_average_pools_match_the_interpreter(kernel, stride, padding, ceil_mode,
                                                        include_pad, shape):
-    """Average pools computed as a row sum then a column sum, divided by each window's count
-    of the region that counts (with or without the explicit padding, never the ceil-mode
+    """Average pools computed as a row sum then a column sum, times the reciprocal of each
+    window's count of the region that counts (with or without the explicit padding, never the ceil-mode
     overhang), on the pool2d rule and bounds-checked."""
     with dsl.Builder("avg_pool", seed=0) as b:
         graph = b.output(dsl.avg_pool2d(b.input("x", shape), kernel, stride=stride,
@@ -702,6 +702,21 @@ def test_separable_average_pools_match_the_interpreter(kernel, stride, padding, 
     assert set(model.schedules.values()) == {"pool2d"}, model.schedules
     feeds = {"x": np.random.default_rng(1).standard_normal(shape).astype(np.float32)}
     assert go.compare(graph, model, feeds).ok
+
+
+def test_average_pools_sum_padded_rows_as_vectors_and_multiply():
+    """Inception's 3x3 stride-1 average pool (zero padding counted, 17x17 planes): the rows
+    pass sums its padding and the input's columns in separate vector loops (no lane reads
+    under a bounds check, which TVM writes element by element), and every window's count is
+    9, so the kernel multiplies by a constant instead of dividing."""
+    with dsl.Builder("avg_pool", seed=0) as b:
+        graph = b.output(dsl.avg_pool2d(b.input("x", (1, 8, 17, 17)), 3, stride=1, padding=1,
+                                        count_include_pad=True))
+    model = go.compile(graph, "cpu", mcpu=AVX512_CPU, threads=2)
+    assembly = cpu_assembly(model.executable)
+    assert not re.findall(r"vdiv[ps]s", assembly)
+    # 16-lane sums of both passes (12 here; 2, the columns pass's, with the rows pass scalar)
+    assert len(re.findall(r"vaddps\s+[^\n]*%zmm", assembly)) >= 8
 
 
 @pytest.mark.parametrize("dtype, mcpu", [("int8", "cascadelake"), ("int8", "haswell"),

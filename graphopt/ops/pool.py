@@ -31,6 +31,9 @@ COLUMNS_BLOCK = "pool_columns_max"
 # ... and of a separable average pool.
 ROWS_SUM_BLOCK = "pool_rows_sum"
 COLUMNS_SUM_BLOCK = "pool_columns_sum"
+# The rows pass's annotation: [left, width], the input's columns in its padded rows (the CPU
+# rule vectorizes the padding and the input's columns as separate loops).
+COLUMNS_ATTR = "graphopt.pool_columns"
 
 
 def nan_max(a, b):
@@ -136,7 +139,8 @@ class Pool2d(Op):
                 values.append(tirx.if_then_else(inside, x[b, ch, row, src_col], fill))
             return combine(values)
 
-        rows_done = te.compute((n, c, out_h, padded_w), rows, name=names[0])
+        rows_done = te.compute((n, c, out_h, padded_w), rows, name=names[0],
+                               attrs={COLUMNS_ATTR: [pad_left, w]})
 
         def columns(b, ch, oh, ow):
             total = combine([rows_done[b, ch, oh, ow * sw + j * dw] for j in range(kw)])
@@ -493,8 +497,12 @@ class AvgPool2d(Pool2d):
             return tirx.max(tirx.min(start + size, high) - tirx.max(start, low), 1)
 
         def average(total, oh, ow):
+            # times the count's reciprocal (within an ulp of dividing), which folds to a
+            # constant where every window counts alike: a vector division per row took a
+            # fifth of Inception-v3's 3x3 pools of 768 ch 17x17 (one core, 0.20 ms dividing,
+            # 0.15-0.16 multiplying)
             count = counted(oh * sh, kh, low_h, high_h) * counted(ow * sw, kw, low_w, high_w)
-            return total / count.astype(x.dtype)
+            return total * (tirx.const(1, x.dtype) / count.astype(x.dtype))
 
         return self.two_passes(x, out_h, out_w, tirx.const(0, x.dtype),
                                lambda values: functools.reduce(operator.add, values),

@@ -79,7 +79,7 @@ def schedule_copy(sch, copy, at=None, parallel: bool = False) -> None:
     if row_loop is None:
         row_parts, real_rows = [None], (0 if top == 0 and height > 0 else None)
     else:
-        row_parts, real_rows = _segments(sch, row_loop, top, height, rows)
+        row_parts, real_rows = segments(sch, row_loop, top, height, rows)
     for k, part in enumerate(row_parts):
         block = copy if part is None else sch.get_child_blocks(part)[0]
         if k != real_rows:
@@ -91,7 +91,7 @@ def schedule_copy(sch, copy, at=None, parallel: bool = False) -> None:
             phase_block = block if phase_part is None else sch.get_child_blocks(phase_part)[0]
             first = -(-(left - p) // stride) if left > p else 0
             last = -(-(left + width - p) // stride)
-            parts, real = _segments(sch, _loop_of(sch, phase_block, 4), first, last - first,
+            parts, real = segments(sch, _loop_of(sch, phase_block, 4), first, last - first,
                                     columns)
             for c, column_part in enumerate(parts):
                 if stride == 1 or c != real:
@@ -127,7 +127,7 @@ def _loop_of(sch, block, axis: int):
     return next((loop for loop in loops if sch.get(loop).loop_var.same_as(value)), None)
 
 
-def _segments(sch, loop, start: int, size: int, total: int):
+def segments(sch, loop, start: int, size: int, total: int):
     """`loop` (extent `total`) partitioned into [0, start), [start, start + size), the rest,
     leaving out empty parts: (the part loops, the index of the middle part or None)."""
     size = max(0, min(size, total - start))

@@ -11,9 +11,11 @@ against ORT's 0.17 ms). Undilated average pools are split the same way into sums
 each, 2048 ch 8x8 0.77 -> 0.24, ORT's 0.09 and 0.06)."""
 from __future__ import annotations
 
-from ....ops.pool import COLUMNS_BLOCK, COLUMNS_SUM_BLOCK, ROWS_BLOCK, ROWS_SUM_BLOCK
+from ....ops.pool import COLUMNS_ATTR, COLUMNS_BLOCK, COLUMNS_SUM_BLOCK, ROWS_BLOCK, \
+    ROWS_SUM_BLOCK
 from .common import (PARALLEL_MIN_ELEMENTS, blocks_of, extent, inline_elementwise,
                      schedule_elementwise)
+from .phases import segments
 
 NAME = "pool2d"
 
@@ -36,8 +38,25 @@ def schedule(sch, vec) -> bool:
         sch.parallel(planes)
     sch.vectorize(ow)
     sch.compute_at(rows, oh)
-    sch.vectorize(sch.get_loops(rows)[-1])
+    if pair[0] == ROWS_SUM_BLOCK:
+        _vectorize_rows(sch, rows)
+    else:
+        sch.vectorize(sch.get_loops(rows)[-1])
     return True
+
+
+def _vectorize_rows(sch, rows) -> None:
+    """The rows pass's columns as up to three vector loops: the left padding, the input's
+    columns and the right padding. As one loop each lane would read under its own bounds check,
+    which TVM's vectorizer turns into scalar code (Inception-v3's 3x3 average pools of 768 ch
+    17x17, one core: 0.15-0.16 ms, 0.134 in parts). (Max pools keep the one loop: vectorized
+    in parts, their NaN-propagating maximum, a chain of Lets, came out wrong on the rows
+    where part of the window is padding.)"""
+    loop = sch.get_loops(rows)[-1]
+    left, width = (int(v) for v in sch.get(rows).annotations[COLUMNS_ATTR])
+    parts, _ = segments(sch, loop, left, width, extent(loop, sch))
+    for part in parts:
+        sch.vectorize(part)
 
 
 def _consumers_into_columns(sch, rows, columns, vec) -> None:
