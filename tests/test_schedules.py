@@ -832,6 +832,26 @@ def test_weight_layouts_are_decisions_on_the_nodes():
     assert any(5 in s for s in shapes.values()) and any(3 in s for s in shapes.values())
 
 
+def test_unpadded_convs_on_rows_of_partial_tiles_take_one_register_blocks():
+    """Inception's 1x1 convs on 17x17 planes, on a 48 KiB L1 core (where such planes are not
+    pointwise GEMMs): 32-channel blocks would tile the 17-pixel rows as 2 x 9, padding them to 18
+    and so copying the whole input into a wider buffer first; 16-channel blocks take each row as
+    one tile, reading the input as it is. A conv that pads its input anyway keeps the wider
+    block."""
+    with dsl.Builder("rows17", seed=0) as b:
+        x = b.input("x", (1, 96, 17, 17))
+        graph = b.output(dsl.relu(dsl.conv2d(x, 64, 1)), dsl.relu(dsl.conv2d(x, 64, 3, padding=1)))
+    optimized, _ = optimize_for_target(graph, "cpu", CompileOptions(mcpu="sapphirerapids"))
+    choices = sorted(n.op.target_choice() for n in optimized.graph.nodes)
+    assert choices == ["direct, 16-channel weight blocks",
+                       "direct, 32-channel weight blocks, rows padded to 18"], choices
+    scripts = [f.script() for f in _scheduled_kernels(graph, "sapphirerapids").values()]
+    (unpadded,) = [s for s in scripts if "pad_temp" not in s]
+    assert "T.unroll(T.int64(17))" in unpadded, unpadded
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 96, 17, 17)).astype(np.float32)}
+    assert go.compare(graph, go.compile(graph, bounds_check=True), feeds).ok
+
+
 @pytest.mark.parametrize("mcpu", [AVX2_CPU, AVX512_CPU])
 def test_parallel_kernels_make_tasks_for_several_threads(mcpu):
     """A 14x14 conv with 3-5 channel blocks also splits its rows into bands, and a classifier's

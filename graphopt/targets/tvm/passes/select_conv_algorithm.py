@@ -25,7 +25,8 @@
   where the channels do not fill it (the kernel computes the padded tile and writes the real
   channels), unless that would more than double the work (then TVM's generic conv); rows that
   do not divide into register tiles (55, 27, 111 pixels) are computed to whole tiles
-  (`padded_width`), so that no tile runs under a predicate.
+  (`padded_width`), so that no tile runs under a predicate; convs that pad nothing else take
+  a one-register block where its tile divides the rows instead (`tiled.unpadded_row_block`).
 Half-precision (float16, bfloat16) convolutions are "direct" with a weight block: the tiled
 float32 kernel on operands widened to float32 (the packed weight at lowering, the input in the
 kernel), which is the interpreter's arithmetic (products and sums in float32, one rounding at
@@ -61,7 +62,7 @@ WIDENED_INT8_REASON = ("8-bit weights whose int16 pair sums can saturate it: vpm
 def select_conv_algorithm(context):
     """The pass for one compile (`context`: vector shape, kernels, whether weights are constant)."""
     from ..schedules import amx, conv2d_bf16, depthwise, narrow, pointwise, winograd
-    from ..schedules.tiled import channel_block, conv_row_tile
+    from ..schedules.tiled import channel_block, conv_row_tile, unpadded_row_block
 
     def fills_amx_tiles(node: Node, kind) -> bool:
         """Whether the CPU has `kind`'s AMX product and the conv fills its tiles."""
@@ -84,6 +85,8 @@ def select_conv_algorithm(context):
         rule computes badly (too few output channels for a channel block, or a short reduction
         over a thin input: `narrow.applies`) are "narrow" instead."""
         block = channel_block(out_channels // conv.groups, context.vector, conv.groups)
+        if block and not any(conv.padding):
+            block = unpadded_row_block(block, out_channels // conv.groups, out_w, context.vector)
         if float32 and narrow.applies(out_channels, conv.groups, out_w, context.vector,
                                       in_channels, taps, block):
             return dataclasses.replace(conv, algorithm=narrow.ALGORITHM,

@@ -48,6 +48,29 @@ def conv_row_tile(out_width: int, block: int, vec: VectorShape) -> int:
     return tile
 
 
+# Whether convs without spatial padding take a one-register channel block where its tile divides
+# their rows and the two-register block's does not (`unpadded_row_block`). An Intel Xeon, 2
+# threads, Inception-v3's 1x1 768 -> 192 ch 17x17 conv alone 0.45 -> 0.33-0.35 ms (1 thread
+# 0.60-0.62 both ways); whole models, the builds interleaved, 1 / 2 threads: Inception-v3 0.997 /
+# 0.969, SqueezeNet 0.986 / 1.002. With 8 lanes (AVX2) untimed, so not taken there.
+UNPADDED_WHOLE_ROWS = True
+UNPADDED_WHOLE_ROWS_LANES = 16
+
+
+def unpadded_row_block(block: int, channels: int, out_width: int, vec: VectorShape) -> int:
+    """The channel block of a conv without spatial padding: `block`, or one vector register where
+    `block`'s tile leaves a partial tile in each row and the one-register tile divides it (the
+    whole 17-pixel rows of Inception's 17x17 convs, 27 of SqueezeNet's), with
+    UNPADDED_WHOLE_ROWS_LANES lanes. The conv2d rule computes such rows to whole tiles
+    (`padded_width`), which for a conv that pads nothing else means a padded copy of its whole
+    input before the tiles start."""
+    lanes = vec.lanes
+    if not UNPADDED_WHOLE_ROWS or lanes != UNPADDED_WHOLE_ROWS_LANES or block <= lanes or \
+            channels % lanes or out_width % conv_row_tile(out_width, block, vec) == 0:
+        return block
+    return lanes if out_width % conv_row_tile(out_width, lanes, vec) == 0 else block
+
+
 # A block computing more than this many times the channels it writes loses to the generic rule
 # (1 thread, AVX-512, 3x3 convs on 64x64, generic vs 8-channel tiles: 64 -> 2 channels 0.67 vs
 # 0.99 ms, 64 -> 3 0.75 vs 0.88, 64 -> 4 0.93 vs 0.86; 32 -> 5 on 56x56 0.67 vs 0.33).
