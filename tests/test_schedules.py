@@ -692,8 +692,8 @@ AVG_POOLS = [((3, 3), (1, 1), (1, 1, 1, 1), False, True, (1, 5, 17, 17)),   # In
 def test_separable_average_pools_match_the_interpreter(kernel, stride, padding, ceil_mode,
                                                        include_pad, shape):
     """Average pools computed as a row sum then a column sum, times the reciprocal of each
-    window's count of the region that counts (with or without the explicit padding, never the ceil-mode
-    overhang), on the pool2d rule and bounds-checked."""
+    window's count of the region that counts (with or without the explicit padding, never the
+    ceil-mode overhang), on the pool2d rule and bounds-checked."""
     with dsl.Builder("avg_pool", seed=0) as b:
         graph = b.output(dsl.avg_pool2d(b.input("x", shape), kernel, stride=stride,
                                         padding=padding, ceil_mode=ceil_mode,
