@@ -52,7 +52,8 @@ def conv_row_tile(out_width: int, block: int, vec: VectorShape) -> int:
 # their rows and the two-register block's does not (`unpadded_row_block`). An Intel Xeon, 2
 # threads, Inception-v3's 1x1 768 -> 192 ch 17x17 conv alone 0.45 -> 0.33-0.35 ms (1 thread
 # 0.60-0.62 both ways); whole models, the builds interleaved, 1 / 2 threads: Inception-v3 0.997 /
-# 0.969, SqueezeNet 0.986 / 1.002. With 8 lanes (AVX2) untimed, so not taken there.
+# 0.969, SqueezeNet 0.986 / 1.002. AVX-512 cores of 32 KiB L1 (AMD Zen 4) are untimed; with 8
+# lanes (AVX2) untimed, so not taken there.
 UNPADDED_WHOLE_ROWS = True
 UNPADDED_WHOLE_ROWS_LANES = 16
 
