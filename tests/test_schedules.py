@@ -335,28 +335,36 @@ def test_weights_larger_than_the_input_are_read_once_per_channel_block(mcpu):
 def test_small_convs_pad_their_rows_inside_each_parallel_task(mcpu):
     """A small padded conv (DeepConvNet's 3x3 16 ch on 28x28, 1.8 M products) pads its input
     inside each parallel task, the rows that task reads: no stage before the parallel loop.
-    A large one (ResNet-18's stride-2 64 -> 128 ch from 56x56) pads once, before it; so does
-    one whose tasks would repeat the padding more than TASK_PADDING_REPEATS times."""
+    A large one (ResNet-18's stride-2 64 -> 128 ch from 56x56) pads once, before it: its
+    tasks would repeat the padding more than TASK_PADDING_LARGE_REPEATS times. A large
+    grouped one with a padded input of 0.8 MB (RegNetX's stride-2 convs, each task reading its
+    group's channels) pads inside the tasks again: padded once, such a copy leaves the cache."""
     with dsl.Builder("task_padding", seed=0) as b:
         x, y = b.input("x", (1, 16, 28, 28)), b.input("y", (1, 64, 56, 56))
+        z = b.input("z", (1, 32, 80, 80))
         graph = b.output(dsl.relu(dsl.conv2d(x, 16, 3, padding=1)),
-                         dsl.relu(dsl.conv2d(y, 128, 3, stride=2, padding=1)))
+                         dsl.relu(dsl.conv2d(y, 128, 3, stride=2, padding=1)),
+                         dsl.relu(dsl.conv2d(z, 32, 3, stride=2, padding=1, groups=2)))
     padded_in_tasks = {}
     for func in _scheduled_kernels(graph, mcpu).values():
         if func.attrs[SCHEDULE_ATTR] == "conv2d":
             text = func.script()   # one parallel loop, the conv's, with the padding inside
             padded_in_tasks[int(func.params[0].shape[1])] = text.count("T.parallel(") == 1 \
                 and text.index("T.parallel(") < text.index('T.sblock("pad_temp")')
-    assert padded_in_tasks == {16: True, 64: False}, padded_in_tasks
+    assert padded_in_tasks == {16: True, 64: False, 32: True}, padded_in_tasks
 
 
-@pytest.mark.parametrize("shape, out_channels", [((1, 16, 28, 28), 16), ((1, 32, 8, 8), 64),
-                                                 ((2, 16, 28, 28), 16), ((1, 24, 13, 13), 40)])
-def test_convs_padded_inside_their_tasks_match_the_interpreter(shape, out_channels):
+@pytest.mark.parametrize("shape, out_channels, stride, groups", [
+    ((1, 16, 28, 28), 16, 1, 1), ((1, 32, 8, 8), 64, 1, 1), ((2, 16, 28, 28), 16, 1, 1),
+    ((1, 24, 13, 13), 40, 1, 1), ((1, 32, 80, 80), 32, 2, 2)])
+def test_convs_padded_inside_their_tasks_match_the_interpreter(shape, out_channels, stride,
+                                                               groups):
+    """Bounds-checked, on one thread and two, batch 1 and 2 (the batch pads image by image),
+    small convs and a large grouped one."""
     with dsl.Builder("task_padding", seed=0) as b:
         x = b.input("x", shape)
-        graph = b.output(dsl.relu(dsl.conv2d(x, out_channels, 3, padding=1)))
-    """Bounds-checked, on one thread and two, batch 1 and 2 (the batch pads image by image)."""
+        graph = b.output(dsl.relu(dsl.conv2d(x, out_channels, 3, stride=stride, padding=1,
+                                             groups=groups)))
     feeds = {"x": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
     for threads in (1, 2):
         model = go.compile(graph, threads=threads, bounds_check=True)

@@ -56,6 +56,10 @@ STREAMED_WEIGHT_BYTES = 512 * 1024
 PADDING_BLOCK = "pad_temp"
 TASK_PADDING_REPEATS = 4
 TASK_PADDING_MAX_MACS = 1 << 22
+# Padded inputs of at least this many bytes are padded inside the tasks too where those repeat
+# the padding's work at most TASK_PADDING_LARGE_REPEATS times (`_pad_in_each_task`).
+TASK_PADDING_MIN_BYTES = 512 * 1024
+TASK_PADDING_LARGE_REPEATS = 2
 
 
 def find_conv(sch):
@@ -163,17 +167,36 @@ def _pad_in_each_task(sch, conv) -> None:
     (an Intel Xeon, 2 threads: DeepConvNet, whose convs do 1-3 M products, 0.84x; 1 thread
     0.97x); larger ones read inputs another kernel wrote anyway and lost to the repeats
     (Inception-v3 1.02-1.05x, SqueezeNet 1.01x), so only convs of at most
-    TASK_PADDING_MAX_MACS products pad in their tasks."""
+    TASK_PADDING_MAX_MACS products pad in their tasks, and larger ones whose padded input is
+    large (`_large_padding`) where the tasks repeat its work at most TASK_PADDING_LARGE_REPEATS
+    times: padded once, a copy of 0.5 MB or more goes out to L3 or memory and back, and it
+    costs as much as the copy (RegNetX-400MF's 32-channel 112x112 input of its grouped
+    stride-2 conv: 0.33 / 0.19 ms at 1 / 2 threads padded once, 0.23 / 0.12 on an input padded
+    beforehand, 0.27-0.29 / 0.15 padded in the tasks; inside the model, 2 threads, 0.28 -> 0.17
+    ms, the next grouped conv 0.114 -> 0.079; the whole model, the builds interleaved, 1.000 /
+    0.935 and 0.915 / 0.956 of its time). In this zoo only RegNetX's three largest grouped
+    convs qualify: the other large pads' tasks repeat them 3-14 times."""
     from tvm.tirx import ForKind
     loops = sch.get_loops(conv)
-    if math.prod(extent(loop, sch) for loop in loops) > TASK_PADDING_MAX_MACS:
-        return
     fused = loops[0]
     pads = [p for p in sch.get_producers(conv) if sch.get(p).name_hint == PADDING_BLOCK]
     if sch.get(fused).kind != ForKind.PARALLEL or len(pads) != 1:
         return
-    if repeats_if_computed_at(sch, pads[0], fused) <= TASK_PADDING_REPEATS:
+    if math.prod(extent(loop, sch) for loop in loops) <= TASK_PADDING_MAX_MACS:
+        limit = TASK_PADDING_REPEATS
+    elif _large_padding(sch.get(pads[0]).writes[0].source):
+        limit = TASK_PADDING_LARGE_REPEATS
+    else:
+        return
+    if repeats_if_computed_at(sch, pads[0], fused) <= limit:
         sch.compute_at(pads[0], fused)
+
+
+def _large_padding(padded) -> bool:
+    """Whether the buffer `padded` is a zero-padded NCHW input (not the channel-blocked copy of
+    a 1x1 conv's input, which `_block_input` makes of the padding stage) of at least
+    TASK_PADDING_MIN_BYTES."""
+    return len(padded.shape) == 4 and buffer_bytes(padded) >= TASK_PADDING_MIN_BYTES
 
 
 def _streams_weights(block, weight) -> bool:
