@@ -169,6 +169,10 @@ def pack_weight(weight, block: int, groups: int = 1):
     return weight.reshape(-1, block, i, h, k).transpose(0, 3, 4, 2, 1).copy()
 
 
+# The zero-padding stage of `blocked_conv2d`, by which the CPU conv2d rule finds it.
+PADDING_BLOCK = "pad_temp"
+
+
 def blocked_conv2d(x, packed, conv, out_channels: int):
     """TE of an NCHW convolution reading the weight as `pack_weight` laid it out. Where the
     blocks pad a group's channels, or `conv.padded_width` the rows, the padded tile is computed
@@ -183,7 +187,7 @@ def blocked_conv2d(x, packed, conv, out_channels: int):
     real_w = (width + left + right - d_w * (k_w - 1) - 1) // s_w + 1
     out_w = max(conv.padded_width, real_w)
     right += (out_w - real_w) * s_w
-    padded = (topi.nn.pad(x, [0, 0, top, left], [0, 0, bottom, right], name="pad_temp")
+    padded = (topi.nn.pad(x, [0, 0, top, left], [0, 0, bottom, right], name=PADDING_BLOCK)
               if (top, left, bottom, right) != (0, 0, 0, 0) else x)
     out_h = (height + top + bottom - d_h * (k_h - 1) - 1) // s_h + 1
     rc = te.reduce_axis((0, group_channels), "rc")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from ....ops.conv_kernel import PADDING_BLOCK
 from .common import (PARALLEL_MIN_ELEMENTS, VectorShape, blocks_of, buffer_bytes, extent,
                      inline_elementwise, iter_kinds, repeats_if_computed_at)
 from .tiled import accumulator_writer, conv_row_tile, finish_tile, packed_weight, spatial_rest
@@ -50,10 +51,9 @@ TRANSPOSED_PLANE = 112 * 112
 # 1.05 -> 0.92, DeepLabV3 (2 threads, two runs) 0.91-0.94 -> 0.79-0.81; GoogLeNet, AlexNet,
 # ResNet-50, SqueezeNet and Inception-v3 within the host's noise.
 STREAMED_WEIGHT_BYTES = 512 * 1024
-# The padding stage of a conv (`ops.conv_kernel`); how many times its work the parallel tasks
-# may repeat between them to pad their own rows, and the most products a conv may have to do so
-# (`_pad_in_each_task`).
-PADDING_BLOCK = "pad_temp"
+# How many times the work of a conv's padding stage (`ops.conv_kernel.PADDING_BLOCK`) the
+# parallel tasks may repeat between them to pad their own rows, and the most products a conv may
+# have to do so (`_pad_in_each_task`).
 TASK_PADDING_REPEATS = 4
 TASK_PADDING_MAX_MACS = 1 << 22
 # Padded inputs of at least this many bytes are padded inside the tasks too where those repeat
