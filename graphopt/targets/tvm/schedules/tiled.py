@@ -48,13 +48,12 @@ def conv_row_tile(out_width: int, block: int, vec: VectorShape) -> int:
     return tile
 
 
-# Whether convs without spatial padding take a one-register channel block where its tile divides
-# their rows and the two-register block's does not (`unpadded_row_block`). An Intel Xeon, 2
-# threads, Inception-v3's 1x1 768 -> 192 ch 17x17 conv alone 0.45 -> 0.33-0.35 ms (1 thread
-# 0.60-0.62 both ways); whole models, the builds interleaved, 1 / 2 threads: Inception-v3 0.997 /
-# 0.969, SqueezeNet 0.986 / 1.002. AVX-512 cores of 32 KiB L1 (AMD Zen 4) are untimed; with 8
-# lanes (AVX2) untimed, so not taken there.
-UNPADDED_WHOLE_ROWS = True
+# The vector width (lanes) with which convs without spatial padding take a one-register channel
+# block where its tile divides their rows and the two-register block's does not
+# (`unpadded_row_block`; 0: never). An Intel Xeon, 2 threads, Inception-v3's 1x1 768 -> 192 ch
+# 17x17 conv alone 0.45 -> 0.33-0.35 ms (1 thread 0.60-0.62 both ways); whole models, the builds
+# interleaved, 1 / 2 threads: Inception-v3 0.997 / 0.969, SqueezeNet 0.986 / 1.002. AVX-512 cores
+# of 32 KiB L1 (AMD Zen 4) are untimed; with 8 lanes (AVX2) untimed, so not taken there.
 UNPADDED_WHOLE_ROWS_LANES = 16
 
 
@@ -66,8 +65,8 @@ def unpadded_row_block(block: int, channels: int, out_width: int, vec: VectorSha
     (`padded_width`), which for a conv that pads nothing else means a padded copy of its whole
     input before the tiles start."""
     lanes = vec.lanes
-    if not UNPADDED_WHOLE_ROWS or lanes != UNPADDED_WHOLE_ROWS_LANES or block <= lanes or \
-            channels % lanes or out_width % conv_row_tile(out_width, block, vec) == 0:
+    if lanes != UNPADDED_WHOLE_ROWS_LANES or block <= lanes or channels % lanes or \
+            out_width % conv_row_tile(out_width, block, vec) == 0:
         return block
     return lanes if out_width % conv_row_tile(out_width, lanes, vec) == 0 else block
 
