@@ -1,5 +1,5 @@
 """graphopt's CPU lowering (targets/tvm/tir_lowering.py): kernel buffers on the stack, within a
-budget, and the same outputs."""
+budget, and the same outputs; weight prefetches that cover each next input-channel block."""
 import numpy as np
 import pytest
 
@@ -11,6 +11,10 @@ import graphopt as go  # noqa: E402
 from graphopt.frontends import dsl  # noqa: E402
 from graphopt.targets.tvm.cpu import cpu_assembly  # noqa: E402
 from graphopt.targets.tvm.tir_lowering import ON_STACK, on_stack  # noqa: E402
+from graphopt.targets.tvm.weight_prefetch import PREFETCH_ATTR  # noqa: E402
+
+# 48 KiB of L1: small output planes take input-channel blocks of weights (`schedules/conv2d.py`)
+BLOCKED_L1_CPU = "sapphirerapids"
 
 
 def _depthwise_graph():
@@ -67,3 +71,111 @@ def test_stack_budget_bounds_the_buffers_marked():
     tvm_ffi.structural_map(on_stack(four_buffers, budget=32 * 1024),
                            (tvm.tirx.AllocBuffer, collect))
     assert marked == {"small": True, "large": False, "dynamic": False, "empty": False}, marked
+
+
+def _small_plane_graph(batch: int = 1):
+    """ResNet-18's layer4 shapes, narrowed: a stride-2 3x3 conv to a 7x7 plane, then a 3x3 conv
+    on it (the conv2d rule blocks their input channels on 48 KiB L1 cores)."""
+    with dsl.Builder("small_plane", seed=0) as b:
+        x = b.input("x", (batch, 64, 14, 14))
+        y = dsl.relu(dsl.conv2d(x, 96, 3, stride=2, padding=1))
+        return b.output(dsl.relu(dsl.conv2d(y, 96, 3, padding=1)))
+
+
+def _scheduled_conv_kernels(graph, mcpu):
+    from graphopt.targets.tvm.compile import optimize_for_target
+    from graphopt.targets.tvm.cpu import cpu_pipeline
+    from graphopt.targets.tvm.lower import to_relax
+    from graphopt.targets.tvm.options import CompileOptions
+    optimized, target = optimize_for_target(graph, "cpu", CompileOptions(mcpu=mcpu, threads=2))
+    with target:
+        lowered = cpu_pipeline(target)(to_relax(optimized.graph))
+    return [f for f in lowered.functions.values() if isinstance(f, tvm.tirx.PrimFunc)
+            and f.attrs.get("graphopt.schedule") == "conv2d"]
+
+
+def _loops(stmt):
+    import tvm_ffi
+    found = []
+
+    def visit(loop):
+        found.append(loop)
+        return loop
+
+    tvm_ffi.structural_map(stmt, (tvm.tirx.For, visit), order="pre")
+    return found
+
+
+def test_blocked_convs_prefetch_every_line_of_the_next_weight_block():
+    """The prefetch loop of each row of a weight block, evaluated for every block, row and
+    step: together the rows of block i prefetch every cache line of block i + 1 (the last
+    block its own), and no address leaves the weight buffer."""
+    import tvm_ffi
+    from tvm.sym.analyzer import Analyzer
+    from graphopt.targets.tvm.weight_prefetch import _substitute, with_weight_prefetches
+    kernels = _scheduled_conv_kernels(_small_plane_graph(), BLOCKED_L1_CPU)
+    assert len(kernels) == 2
+    for func in kernels:
+        (annotated,) = [l for l in _loops(func.body) if PREFETCH_ATTR in l.annotations]
+        ic_block = int(annotated.annotations[PREFETCH_ATTR])
+        rewritten = with_weight_prefetches(func)
+        assert not [l for l in _loops(rewritten.body) if PREFETCH_ATTR in l.annotations]
+        (rows,) = [l for l in _loops(rewritten.body)
+                   if l.loop_var.name == annotated.loop_var.name]
+        prefetches = rows.body.seq[0]
+        addresses = []
+
+        def collect(call):
+            if call.op.name == "tirx.address_of":
+                addresses.append(call.args[0])
+            return call
+
+        tvm_ffi.structural_map(prefetches, (tvm.ir.Call, collect))
+        (load,) = addresses
+        weight = load.source
+        blocks_loop, fused = ([l for l in _loops(rewritten.body) if l.loop_var.name == name][0]
+                              for name in ("rc_0", "b_o_0_i_0_fused"))
+        in_channels, lanes = int(weight.shape[3]), int(weight.shape[4])
+        blocks = in_channels // ic_block
+        assert int(blocks_loop.extent) == blocks
+        analyzer = Analyzer()
+        for block in range(blocks):
+            lines = set()
+            for row in range(int(rows.extent)):
+                for step in range(int(prefetches.extent)):
+                    values = {blocks_loop.loop_var: block, rows.loop_var: row,
+                              prefetches.loop_var: step, fused.loop_var: 1}
+                    values = {v: tvm.tirx.const(x, str(v.ty)) for v, x in values.items()}
+                    index = [int(analyzer.simplify(_substitute(i, values))) for i in load.indices]
+                    assert index[0] == 1 and all(0 <= i < int(d)
+                                                 for i, d in zip(index, weight.shape)), index
+                    lines.add((index[1], index[2], index[3], index[4] // 16))
+            target = min(block + 1, blocks - 1) * ic_block
+            expected = {(kh, kw, target + ic, lane // 16)
+                        for kh in range(int(weight.shape[1])) for kw in range(int(weight.shape[2]))
+                        for ic in range(ic_block) for lane in range(0, lanes, 16)}
+            assert lines == expected, (block, sorted(expected - lines)[:5])
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_weight_prefetches_are_in_the_code_where_the_schedule_asks(prefetch, monkeypatch):
+    from graphopt.targets.tvm.schedules import conv2d
+    monkeypatch.setattr(conv2d, "PREFETCH_NEXT_BLOCK", prefetch)
+    model = go.compile(_small_plane_graph(), "cpu", mcpu=BLOCKED_L1_CPU)
+    assert ("prefetcht0" in cpu_assembly(model.executable)) == prefetch
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_weight_prefetches_compute_the_same(batch, monkeypatch):
+    """Bounds-checked against the interpreter on one thread and two, built for the host with
+    input-channel blocks whatever its L1 (the threshold lowered to 32 KiB)."""
+    from graphopt.targets.tvm.schedules import conv2d
+    monkeypatch.setattr(conv2d, "BLOCKED_L1D", 32 * 1024)
+    graph = _small_plane_graph(batch)
+    feeds = {"x": np.random.default_rng(0).standard_normal((batch, 64, 14, 14))
+             .astype(np.float32)}
+    model = go.compile(graph, "cpu", bounds_check=True)
+    assert "prefetcht0" in cpu_assembly(model.executable)
+    for threads in (1, 2):
+        model.threads = threads
+        assert go.compare(graph, model, feeds).ok

@@ -1,5 +1,5 @@
 """How graphopt lowers its scheduled CPU kernels to machine code: TVM's default TIR pipeline with
-two changes, both for code the schedule rules make.
+three changes, all for code the schedule rules make.
 
 - LoopPartition splits loops on `likely` conditions also where their extents are constants
   (`partition_const_loop`): the pointwise rule marks a partial plane's last-vector predicates
@@ -13,10 +13,13 @@ two changes, both for code the schedule rules make.
   thread runs a share of every parallel loop on its own stack). Measured, graphopt / ORT
   (medians of 40 runs in one process, AMD Zen 4), workspace calls -> stack: one thread
   MobileNetV2 1.13 -> 0.96, EfficientNet-B0 1.09 -> 1.02, MobileNetV3-Large 1.10 -> 0.94; two
-  threads 1.28 -> 1.14, 1.05 -> 0.85, 1.16 -> 0.94."""
+  threads 1.28 -> 1.14, 1.05 -> 0.85, 1.16 -> 0.94.
+- Before lowering, loops the conv2d rule annotates prefetch the next input-channel block of
+  their weights (`weight_prefetch.py`)."""
 from __future__ import annotations
 
 from .schedules.common import buffer_bytes
+from .weight_prefetch import weight_prefetch_pass
 
 # A kernel's stack buffers together, bytes: far inside the 8 MiB stacks of Linux threads.
 STACK_BYTES = 256 * 1024
@@ -40,7 +43,8 @@ def cpu_tir_pipeline() -> str:
 
 
 def _pipeline():
-    """TVM's default TIR pipeline, with `stack_buffers` before the host code's LowerTVMBuiltin."""
+    """TVM's default TIR pipeline, with the weight prefetches before it and `stack_buffers` before
+    the host code's LowerTVMBuiltin."""
     import tvm
     from tvm.s_tir.pipeline import default_s_tir_pipeline
     lower, finalize_host, finalize_device = default_s_tir_pipeline()
@@ -48,7 +52,8 @@ def _pipeline():
     def host_passes():
         return tvm.ir.transform.Sequential([_stack_buffers_pass(), finalize_host()])
 
-    return lower, host_passes, finalize_device
+    return tvm.ir.transform.Sequential([weight_prefetch_pass(), lower]), host_passes, \
+        finalize_device
 
 
 def _stack_buffers_pass():
