@@ -33,13 +33,14 @@ def with_weight_prefetches(func):
     rewrites the loops."""
     import tvm_ffi
     from tvm import tirx
+    params = list(func.params)
 
     def rewrite(loop):
         if PREFETCH_ATTR not in loop.annotations:
             return loop
         annotations = {k: v for k, v in loop.annotations.items() if k != PREFETCH_ATTR}
         body = loop.body
-        prefetches = _prefetch_loop(loop, int(loop.annotations[PREFETCH_ATTR]))
+        prefetches = _prefetch_loop(loop, int(loop.annotations[PREFETCH_ATTR]), params)
         if prefetches is not None:
             body = tirx.SeqStmt([prefetches, body])
         return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, body,
@@ -48,25 +49,27 @@ def with_weight_prefetches(func):
     return tvm_ffi.structural_map(func, (tirx.For, rewrite), order="post")
 
 
-def _prefetch_loop(loop, ic_block: int):
-    """The loop of prefetches for one iteration of `loop` (a row of the conv's output plane),
-    or None where its body has no single conv update block reading a packed weight
-    [O / b, KH, KW, I, b]."""
+def _prefetch_loop(loop, ic_block: int, params):
+    """The loop of prefetches for one iteration of `loop` (a row of the conv's output plane), or
+    None where its body has no single update block reading a packed weight parameter (one of
+    `params`) [O / b, KH, KW, I, b]: a block is `ic_block` input channels of every tap."""
     import tvm
     from tvm import tirx
     from tvm.sym.analyzer import Analyzer
-    found = _update_block_and_weight_load(loop.body)
+    found = _update_block_and_weight_load(loop.body, params)
     if found is None:
         return None
     realize, load, inner_vars = found
     weight = load.source
-    _, k_h, k_w, in_channels, lanes = (int(d) for d in weight.shape)
-    # the weight element the row's first step reads: the block's start, at tap (0, 0)
+    shape = [int(d) for d in weight.shape]
+    in_channels, lanes = shape[3], shape[4]
+    # the weight element the body's first step reads: the block's start
     bound = {iv.var: value for iv, value in zip(realize.block.iter_vars, realize.iter_values)}
     bound_inner = {v: tirx.const(0, str(v.ty)) for v in inner_vars}
     analyzer = Analyzer()
     start = [analyzer.simplify(_substitute(_substitute(i, bound), bound_inner))
              for i in load.indices]
+    k_h, k_w = shape[1], shape[2]
     line = CACHE_LINE_BYTES * 8 // tvm.runtime.DataType(str(weight.dtype)).bits
     per_tap = -(-ic_block * lanes // line)           # lines of one tap's block
     total = k_h * k_w * per_tap
@@ -89,9 +92,9 @@ def _prefetch_loop(loop, ic_block: int):
     return tirx.For(k, c(0), c(per_row), tirx.ForKind.SERIAL, tirx.Evaluate(prefetch))
 
 
-def _update_block_and_weight_load(body):
-    """(the conv's update block realize, its load of the packed 5-D weight, the loop variables
-    inside `body`), or None."""
+def _update_block_and_weight_load(body, params):
+    """(the conv's update block realize, its load of the 5-D weight parameter, the loop
+    variables inside `body`), or None."""
     import tvm
     import tvm_ffi
     from tvm import tirx
@@ -109,7 +112,7 @@ def _update_block_and_weight_load(body):
         return None
 
     def weight_load(node):
-        if len(node.indices) == 5 and node.source.scope() == "global":
+        if len(node.indices) == 5 and any(node.source.same_as(p) for p in params):
             loads.append(node)
         return node
 
