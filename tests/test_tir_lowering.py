@@ -75,11 +75,12 @@ def test_stack_budget_bounds_the_buffers_marked():
 
 def _small_plane_graph(batch: int = 1):
     """ResNet-18's layer4 shapes, narrowed: a stride-2 3x3 conv to a 7x7 plane, then a 3x3 conv
-    on it (the conv2d rule blocks their input channels on 48 KiB L1 cores)."""
+    on it (the conv2d rule blocks their input channels on 48 KiB L1 cores; 0.6 MB of weights
+    each, above PREFETCH_MIN_WEIGHT_BYTES)."""
     with dsl.Builder("small_plane", seed=0) as b:
-        x = b.input("x", (batch, 64, 14, 14))
-        y = dsl.relu(dsl.conv2d(x, 96, 3, stride=2, padding=1))
-        return b.output(dsl.relu(dsl.conv2d(y, 96, 3, padding=1)))
+        x = b.input("x", (batch, 128, 14, 14))
+        y = dsl.relu(dsl.conv2d(x, 128, 3, stride=2, padding=1))
+        return b.output(dsl.relu(dsl.conv2d(y, 128, 3, padding=1)))
 
 
 def _scheduled_conv_kernels(graph, mcpu):
@@ -165,6 +166,12 @@ def test_weight_prefetches_are_in_the_code_where_the_schedule_asks(prefetch, mon
     assert ("prefetcht0" in cpu_assembly(model.executable)) == prefetch
 
 
+def test_small_weights_are_not_prefetched():
+    """DeepConvNet's convs (at most 147 KB of weights, cached from one run to the next)."""
+    model = go.compile(go.zoo.deep_convnet(batch=1), "cpu", mcpu=BLOCKED_L1_CPU)
+    assert "prefetcht0" not in cpu_assembly(model.executable)
+
+
 @pytest.mark.parametrize("batch", [1, 2])
 def test_weight_prefetches_compute_the_same(batch, monkeypatch):
     """Bounds-checked against the interpreter on one thread and two, built for the host with
@@ -172,7 +179,7 @@ def test_weight_prefetches_compute_the_same(batch, monkeypatch):
     from graphopt.targets.tvm.schedules import conv2d
     monkeypatch.setattr(conv2d, "BLOCKED_L1D", 32 * 1024)
     graph = _small_plane_graph(batch)
-    feeds = {"x": np.random.default_rng(0).standard_normal((batch, 64, 14, 14))
+    feeds = {"x": np.random.default_rng(0).standard_normal((batch, 128, 14, 14))
              .astype(np.float32)}
     model = go.compile(graph, "cpu", bounds_check=True)
     assert "prefetcht0" in cpu_assembly(model.executable)

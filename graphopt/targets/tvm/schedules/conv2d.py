@@ -67,12 +67,17 @@ TASK_PADDING_MAX_MACS = 1 << 22
 TASK_PADDING_MIN_BYTES = 512 * 1024
 TASK_PADDING_LARGE_REPEATS = 2
 # Whether the input-channel-blocked schedule prefetches each next block of weights while it
-# computes the rows of the current one (`weight_prefetch.py`). Whole models, an Intel Xeon (48
-# KiB L1, 2 MiB L2), the builds interleaved, time with / without, 1 / 2 threads: ResNet-18
-# 0.930 / 0.967, ResNet-50 0.953 / 0.931, GoogLeNet 0.950 / 0.950, Inception-v3 0.960 / 0.964,
-# SqueezeNet 0.987 / 0.977; within the host's noise VGG-11, RegNetX-400MF, DenseNet-121 and
-# MobileNetV2 (0.976-1.027). A hot kernel alone runs 2-7 % slower with them.
+# computes the rows of the current one (`weight_prefetch.py`), for packed weights of at least
+# PREFETCH_MIN_WEIGHT_BYTES (smaller ones stay in cache from one run to the next: DeepConvNet's
+# 74-147 KB convs ran 1.11x slower with the prefetches at one thread; the bound against none,
+# 1 / 2 threads: DeepConvNet 0.905 / 0.973, GoogLeNet 1.008 / 1.023, ResNet-50 1.019 / 1.000,
+# Inception-v3 1.003 / 1.014, the last three within the host's noise). Whole models, an Intel
+# Xeon (48 KiB L1, 2 MiB L2), the builds interleaved, time with / without, 1 / 2 threads:
+# ResNet-18 0.930 / 0.967, ResNet-50 0.953 / 0.931, GoogLeNet 0.950 / 0.950, Inception-v3 0.960 /
+# 0.964, SqueezeNet 0.987 / 0.977; within the host's noise VGG-11, RegNetX-400MF, DenseNet-121
+# and MobileNetV2 (0.976-1.027). A hot kernel alone runs 2-7 % slower with them.
 PREFETCH_NEXT_BLOCK = True
+PREFETCH_MIN_WEIGHT_BYTES = 256 * 1024
 
 
 def find_conv(sch):
@@ -161,7 +166,7 @@ def schedule(sch, vec: VectorShape) -> bool:
     large_plane = out_width * int(block.iter_vars[2].dom.extent) >= TRANSPOSED_PLANE
     finish_tile(sch, conv, tile_loop, parallel_loops, oc_inner, [ow_inner], first_reduce, writer,
                 transpose_lanes=vec.lanes if large_plane and tile_loop is not None else 0)
-    if ic_block and PREFETCH_NEXT_BLOCK:
+    if ic_block and PREFETCH_NEXT_BLOCK and buffer_bytes(weight) >= PREFETCH_MIN_WEIGHT_BYTES:
         sch.annotate(oh, PREFETCH_ATTR, ic_block)
     if not per_image:
         _pad_in_each_task(sch, conv)
