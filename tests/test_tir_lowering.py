@@ -107,55 +107,64 @@ def _loops(stmt):
     return found
 
 
-def test_blocked_convs_prefetch_every_line_of_the_next_weight_block():
-    """The prefetch loop of each row of a weight block, evaluated for every block, row and
-    step: together the rows of block i prefetch every cache line of block i + 1 (the last
-    block its own), and no address leaves the weight buffer."""
+@pytest.mark.parametrize("shape, out_channels, kernel, stride", [
+    ((1, 128, 14, 14), 128, 3, 2), ((1, 128, 7, 7), 128, 3, 1), ((1, 400, 7, 7), 400, 1, 1),
+    ((1, 192, 17, 17), 192, (1, 7), 1)])
+def test_blocked_convs_prefetch_every_line_of_the_next_weight_block(shape, out_channels,
+                                                                     kernel, stride):
+    """The prefetch loops of each row of a weight block, evaluated for every block, row, tap and
+    line: together the rows of block i prefetch every cache line of block i + 1 (the last
+    block its own), and no address leaves the weight buffer. 3x3 convs (more taps than rows),
+    RegNetX's 1x1 convs and Inception's 1x7 (fewer)."""
     import tvm_ffi
     from tvm.sym.analyzer import Analyzer
     from graphopt.targets.tvm.weight_prefetch import _substitute, with_weight_prefetches
-    kernels = _scheduled_conv_kernels(_small_plane_graph(), BLOCKED_L1_CPU)
-    assert len(kernels) == 2
-    for func in kernels:
-        (annotated,) = [l for l in _loops(func.body) if PREFETCH_ATTR in l.annotations]
-        ic_block = int(annotated.annotations[PREFETCH_ATTR])
-        rewritten = with_weight_prefetches(func)
-        assert not [l for l in _loops(rewritten.body) if PREFETCH_ATTR in l.annotations]
-        (rows,) = [l for l in _loops(rewritten.body)
-                   if l.loop_var.name == annotated.loop_var.name]
-        prefetches = rows.body.seq[0]
-        addresses = []
+    with dsl.Builder("blocked", seed=0) as b:
+        x = b.input("x", shape)
+        padding = (0, 3) if kernel == (1, 7) else kernel // 2
+        graph = b.output(dsl.relu(dsl.conv2d(x, out_channels, kernel, stride=stride,
+                                             padding=padding)))
+    (func,) = _scheduled_conv_kernels(graph, BLOCKED_L1_CPU)
+    (annotated,) = [l for l in _loops(func.body) if PREFETCH_ATTR in l.annotations]
+    ic_block = int(annotated.annotations[PREFETCH_ATTR])
+    rewritten = with_weight_prefetches(func)
+    assert not [l for l in _loops(rewritten.body) if PREFETCH_ATTR in l.annotations]
+    (rows,) = [l for l in _loops(rewritten.body) if l.loop_var.name == annotated.loop_var.name]
+    taps = rows.body.seq[0]
+    lines = taps.body
+    addresses = []
 
-        def collect(call):
-            if call.op.name == "tirx.address_of":
-                addresses.append(call.args[0])
-            return call
+    def collect(call):
+        if call.op.name == "tirx.address_of":
+            addresses.append(call.args[0])
+        return call
 
-        tvm_ffi.structural_map(prefetches, (tvm.ir.Call, collect))
-        (load,) = addresses
-        weight = load.source
-        blocks_loop, fused = ([l for l in _loops(rewritten.body) if l.loop_var.name == name][0]
-                              for name in ("rc_0", "b_o_0_i_0_fused"))
-        in_channels, lanes = int(weight.shape[3]), int(weight.shape[4])
-        blocks = in_channels // ic_block
-        assert int(blocks_loop.extent) == blocks
-        analyzer = Analyzer()
-        for block in range(blocks):
-            lines = set()
-            for row in range(int(rows.extent)):
-                for step in range(int(prefetches.extent)):
+    tvm_ffi.structural_map(lines, (tvm.ir.Call, collect))
+    (load,) = addresses
+    weight = load.source
+    blocks_loop, fused = ([l for l in _loops(rewritten.body) if l.loop_var.name == name][0]
+                          for name in ("rc_0", "b_o_0_i_0_fused"))
+    in_channels, lanes = int(weight.shape[3]), int(weight.shape[4])
+    blocks = in_channels // ic_block
+    assert int(blocks_loop.extent) == blocks > 1
+    analyzer = Analyzer()
+    for block in range(blocks):
+        fetched = set()
+        for row in range(int(rows.extent)):
+            for tap in range(int(taps.extent)):
+                for line in range(int(lines.extent)):
                     values = {blocks_loop.loop_var: block, rows.loop_var: row,
-                              prefetches.loop_var: step, fused.loop_var: 1}
+                              taps.loop_var: tap, lines.loop_var: line, fused.loop_var: 1}
                     values = {v: tvm.tirx.const(x, str(v.ty)) for v, x in values.items()}
                     index = [int(analyzer.simplify(_substitute(i, values))) for i in load.indices]
                     assert index[0] == 1 and all(0 <= i < int(d)
                                                  for i, d in zip(index, weight.shape)), index
-                    lines.add((index[1], index[2], index[3], index[4] // 16))
-            target = min(block + 1, blocks - 1) * ic_block
-            expected = {(kh, kw, target + ic, lane // 16)
-                        for kh in range(int(weight.shape[1])) for kw in range(int(weight.shape[2]))
-                        for ic in range(ic_block) for lane in range(0, lanes, 16)}
-            assert lines == expected, (block, sorted(expected - lines)[:5])
+                    fetched.add((index[1], index[2], index[3], index[4] // 16))
+        target = min(block + 1, blocks - 1) * ic_block
+        expected = {(kh, kw, target + ic, lane // 16)
+                    for kh in range(int(weight.shape[1])) for kw in range(int(weight.shape[2]))
+                    for ic in range(ic_block) for lane in range(0, lanes, 16)}
+        assert fetched == expected, (block, sorted(expected - fetched)[:5])
 
 
 @pytest.mark.parametrize("prefetch", [False, True])

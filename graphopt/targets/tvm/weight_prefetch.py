@@ -70,16 +70,29 @@ def _prefetch_loop(loop, ic_block: int, params):
     start = [analyzer.simplify(_substitute(_substitute(i, bound), bound_inner))
              for i in load.indices]
     k_h, k_w = shape[1], shape[2]
+    taps, rows = k_h * k_w, int(loop.extent)
     line = CACHE_LINE_BYTES * 8 // tvm.runtime.DataType(str(weight.dtype)).bits
     per_tap = -(-ic_block * lanes // line)           # lines of one tap's block
-    total = k_h * k_w * per_tap
-    per_row = -(-total // int(loop.extent))
     ty, index_ty = str(loop.loop_var.ty), str(start[3].ty)
     c = lambda value: tirx.const(value, ty)
     as_index = lambda e: tirx.Cast(index_ty, e) if str(e.ty) != index_ty else e
-    k = tirx.Var("prefetch", ty)
-    nth = tirx.min((loop.loop_var - loop.min) * c(per_row) + k, c(total - 1))
-    tap, offset = nth // c(per_tap), (nth % c(per_tap)) * c(line)
+    row = loop.loop_var - loop.min
+    # Each row takes whole taps where there are as many taps as rows (a 3x3 conv's 9 on 7
+    # rows: 2 taps a row, the last rows repeating the last tap), else a share of one tap's
+    # lines: the address of each line is then the tap's plus a multiple of the line, with no
+    # division inside the loop.
+    t, k = tirx.Var("tap", ty), tirx.Var("line", ty)
+    if taps >= rows:
+        per_row = -(-taps // rows)
+        tap = tirx.min(row * c(per_row) + t, c(taps - 1))
+        first, lines = c(0), per_tap
+    else:
+        per_row, rows_per_tap = 1, rows // taps
+        tap = tirx.min(row // c(rows_per_tap), c(taps - 1))
+        lines = -(-per_tap // rows_per_tap)
+        first = (row % c(rows_per_tap)) * c(lines)
+    nth = tirx.min(first + k, c(per_tap - 1)) if taps < rows else k
+    offset = nth * c(line)
     next_block = tirx.min(start[3] + tirx.const(ic_block, index_ty),
                           tirx.const(in_channels - ic_block, index_ty))
     index = [start[0], as_index(tap // c(k_w)), as_index(tap % c(k_w)),
@@ -89,7 +102,8 @@ def _prefetch_loop(loop, ic_block: int, params):
     prefetch = tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address,
                                      tirx.const(0, "int32"), tirx.const(3, "int32"),
                                      tirx.const(1, "int32"))
-    return tirx.For(k, c(0), c(per_row), tirx.ForKind.SERIAL, tirx.Evaluate(prefetch))
+    inner = tirx.For(k, c(0), c(lines), tirx.ForKind.SERIAL, tirx.Evaluate(prefetch))
+    return tirx.For(t, c(0), c(per_row), tirx.ForKind.SERIAL, inner)
 
 
 def _update_block_and_weight_load(body, params):

@@ -73,9 +73,10 @@ TASK_PADDING_LARGE_REPEATS = 2
 # 1 / 2 threads: DeepConvNet 0.905 / 0.973, GoogLeNet 1.008 / 1.023, ResNet-50 1.019 / 1.000,
 # Inception-v3 1.003 / 1.014, the last three within the host's noise). Whole models, an Intel
 # Xeon (48 KiB L1, 2 MiB L2), the builds interleaved, time with / without, 1 / 2 threads:
-# ResNet-18 0.930 / 0.967, ResNet-50 0.953 / 0.931, GoogLeNet 0.950 / 0.950, Inception-v3 0.960 /
-# 0.964, SqueezeNet 0.987 / 0.977; within the host's noise VGG-11, RegNetX-400MF, DenseNet-121
-# and MobileNetV2 (0.976-1.027). A hot kernel alone runs 2-7 % slower with them.
+# ResNet-18 0.972 / 0.958, ResNet-50 0.928 / 0.938, GoogLeNet 0.937 / 0.990, Inception-v3 0.902
+# / 0.976; within the host's noise RegNetX-400MF and SqueezeNet (0.986-1.006). Alone and hot a
+# kernel runs as fast with them (3x3 stride-2 256 -> 512 ch) or up to 6 % slower (1x1 400 ch
+# 7x7).
 PREFETCH_NEXT_BLOCK = True
 PREFETCH_MIN_WEIGHT_BYTES = 256 * 1024
 
