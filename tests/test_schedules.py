@@ -862,29 +862,46 @@ def test_unpadded_convs_on_rows_of_partial_tiles_take_one_register_blocks():
     assert go.compare(graph, go.compile(graph, bounds_check=True), feeds).ok
 
 
+def _squeeze_convs():
+    """SqueezeNet's squeeze convs on planes of partial vectors, and one of 48 channels."""
+    with dsl.Builder("squeeze", seed=0) as b:
+        x, y = b.input("x", (1, 128, 55, 55)), b.input("y", (1, 256, 27, 27))
+        return b.output(dsl.relu(dsl.conv2d(x, 16, 1)), dsl.relu(dsl.conv2d(y, 32, 1)),
+                        dsl.relu(dsl.conv2d(y, 48, 1)))
+
+
+BLOCKED_COPY = re.compile(r"sblock_alloc_buffer\(\((T\.int64\(\d+\), ){4}T\.int64\(16\)\)\)")
+
+
 @pytest.mark.parametrize("mcpu, in_place", [("sapphirerapids", {16: True, 32: True, 48: False}),
                                              (AVX2_CPU, {16: False, 32: False, 48: False})])
 def test_1x1_convs_of_few_channels_read_their_input_in_place(mcpu, in_place):
-    """SqueezeNet's squeeze convs on planes of partial vectors (conv2d rule on a 48 KiB L1
-    core): with 16 lanes, at most 32 output channels read the NCHW input in place (pixels
-    broadcast from its rows); 48 channels, and any with 8 lanes, copy it channel-blocked first.
-    Bounds-checked against the interpreter, the 55x55 conv on rows padded to whole tiles too."""
-    with dsl.Builder("squeeze", seed=0) as b:
-        x, y = b.input("x", (1, 128, 55, 55)), b.input("y", (1, 256, 27, 27))
-        graph = b.output(dsl.relu(dsl.conv2d(x, 16, 1)), dsl.relu(dsl.conv2d(y, 32, 1)),
-                         dsl.relu(dsl.conv2d(y, 48, 1)))
-    blocked_copy = re.compile(r"sblock_alloc_buffer\(\((T\.int64\(\d+\), ){4}T\.int64\(16\)\)\)")
+    """On a 48 KiB L1 core (where the conv2d rule takes such planes) with 16 lanes, at most 32
+    output channels read the NCHW input in place (pixels broadcast from its rows); 48
+    channels, and any with 8 lanes, copy it channel-blocked first."""
     found = {}
-    for func in _scheduled_kernels(graph, mcpu).values():
+    for func in _scheduled_kernels(_squeeze_convs(), mcpu).values():
         if func.attrs[SCHEDULE_ATTR] == "conv2d":
-            out_channels = int(func.params[-1].shape[1])
-            found[out_channels] = blocked_copy.search(func.script()) is None
+            found[int(func.params[-1].shape[1])] = BLOCKED_COPY.search(func.script()) is None
     assert found == in_place, found
+
+
+def test_1x1_convs_reading_their_input_in_place_match_the_interpreter(monkeypatch):
+    """Built for the host with the in-place reads on whatever its vectors and L1 (the pointwise
+    rule kept off partial planes), bounds-checked, on one thread and two; the 55x55 conv's
+    rows are padded to whole tiles."""
+    from graphopt.targets.tvm.schedules import conv2d, pointwise
+    monkeypatch.setattr(conv2d, "STRIDED_INPUT_LANES", (4, 8, 16))
+    monkeypatch.setattr(pointwise, "PARTIAL_PLANE_LANES", ())
+    graph = _squeeze_convs()
     rng = np.random.default_rng(0)
     feeds = {"x": rng.standard_normal((1, 128, 55, 55)).astype(np.float32),
              "y": rng.standard_normal((1, 256, 27, 27)).astype(np.float32)}
-    model = go.compile(graph, mcpu=mcpu if mcpu == AVX2_CPU else None, bounds_check=True)
-    assert go.compare(graph, model, feeds).ok
+    model = go.compile(graph, bounds_check=True)
+    assert {"conv2d"} <= set(model.schedules.values()), model.schedules
+    for threads in (1, 2):
+        model.threads = threads
+        assert go.compare(graph, model, feeds).ok
 
 
 @pytest.mark.parametrize("mcpu", [AVX2_CPU, AVX512_CPU])
