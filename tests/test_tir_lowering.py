@@ -11,7 +11,9 @@ import graphopt as go  # noqa: E402
 from graphopt.frontends import dsl  # noqa: E402
 from graphopt.targets.tvm.cpu import cpu_assembly  # noqa: E402
 from graphopt.targets.tvm.tir_lowering import ON_STACK, on_stack  # noqa: E402
+from graphopt.targets.tvm.schedules import SCHEDULE_ATTR  # noqa: E402
 from graphopt.targets.tvm.weight_prefetch import PREFETCH_ATTR  # noqa: E402
+from test_schedules import _scheduled_kernels  # noqa: E402
 
 # 48 KiB of L1: small output planes take input-channel blocks of weights (`schedules/conv2d.py`)
 BLOCKED_L1_CPU = "sapphirerapids"
@@ -83,18 +85,6 @@ def _small_plane_graph(batch: int = 1):
         return b.output(dsl.relu(dsl.conv2d(y, 128, 3, padding=1)))
 
 
-def _scheduled_conv_kernels(graph, mcpu):
-    from graphopt.targets.tvm.compile import optimize_for_target
-    from graphopt.targets.tvm.cpu import cpu_pipeline
-    from graphopt.targets.tvm.lower import to_relax
-    from graphopt.targets.tvm.options import CompileOptions
-    optimized, target = optimize_for_target(graph, "cpu", CompileOptions(mcpu=mcpu, threads=2))
-    with target:
-        lowered = cpu_pipeline(target)(to_relax(optimized.graph))
-    return [f for f in lowered.functions.values() if isinstance(f, tvm.tirx.PrimFunc)
-            and f.attrs.get("graphopt.schedule") == "conv2d"]
-
-
 def _loops(stmt):
     import tvm_ffi
     found = []
@@ -124,7 +114,8 @@ def test_blocked_convs_prefetch_every_line_of_the_next_weight_block(shape, out_c
         padding = (0, 3) if kernel == (1, 7) else kernel // 2
         graph = b.output(dsl.relu(dsl.conv2d(x, out_channels, kernel, stride=stride,
                                              padding=padding)))
-    (func,) = _scheduled_conv_kernels(graph, BLOCKED_L1_CPU)
+    (func,) = [f for f in _scheduled_kernels(graph, BLOCKED_L1_CPU).values()
+               if f.attrs[SCHEDULE_ATTR] == "conv2d"]
     (annotated,) = [l for l in _loops(func.body) if PREFETCH_ATTR in l.annotations]
     ic_block = int(annotated.annotations[PREFETCH_ATTR])
     rewritten = with_weight_prefetches(func)

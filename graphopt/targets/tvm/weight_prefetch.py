@@ -144,4 +144,4 @@ def _substitute(expr, values: dict):
     def replace(var):
         return next((value for v, value in values.items() if var.same_as(v)), var)
 
-    return tvm_ffi.structural_map(expr, (type(tirx.Var("v", "int32")), replace), order="post")
+    return tvm_ffi.structural_map(expr, (tirx.Var, replace), order="post")

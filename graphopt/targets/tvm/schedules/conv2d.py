@@ -136,7 +136,7 @@ def schedule(sch, vec: VectorShape) -> bool:
         sch.reorder(n, oc_outer, oh_groups, ic_outer, oh, ow_outer, kh, kw, ic_inner, ow_inner,
                     oc_inner)
         tile_loop, parallel_loops, first_reduce = None, outer + [oh_groups], ic_outer
-    elif _block_input(sch, conv, weight, extent(oc_outer, sch) * oc_block, vec.lanes):
+    elif _block_input(sch, conv, weight, vec.lanes):
         # The input is copied to [N, C / 16, H, W, 16]: each step reads 16 channels from one
         # cache line instead of 16 planes apart (1x1 convs, 1 thread, ms vs ORT: 256->64 ch
         # 56x56 1.76 -> 1.06 / 0.95, 512->128 ch 28x28 1.24 -> 0.86 / 0.79).
@@ -231,22 +231,23 @@ def _streams_weights(block, weight) -> bool:
     return buffer_bytes(weight) > max(data, STREAMED_WEIGHT_BYTES)
 
 
-def _block_input(sch, conv, weight_buffer, out_channels: int, lanes: int) -> bool:
+def _block_input(sch, conv, weight_buffer, lanes: int) -> bool:
     """Copy a 1x1 convolution's input channel-blocked, [N, C / INPUT_BLOCK, H, W,
     INPUT_BLOCK], written with the channels innermost (its padding stage, where there is one,
     writes that layout). Only for ungrouped convs with whole blocks of input channels; for
     larger kernels the copy cost more than it saved (3x3 64 ch 56x56: 1.61 ms blocked, 1.56
     plain), each input line being reused by the taps anyway. Nor for convs of at most
-    STRIDED_INPUT_MAX_CHANNELS `out_channels` with STRIDED_INPUT_LANES `lanes`: each tile step
-    broadcasts its pixels from the NCHW rows, and so few channels do not repay the copy, a
-    gather that is memory-bound. Inside SqueezeNet, an Intel Xeon (48 KiB L1), 1 / 2 threads,
+    STRIDED_INPUT_MAX_CHANNELS output channels (those the blocks compute, padding included)
+    with STRIDED_INPUT_LANES `lanes`: each tile step broadcasts its pixels from the NCHW rows,
+    and so few channels do not repay the copy, a gather that is memory-bound. Inside SqueezeNet, an Intel Xeon (48 KiB L1), 1 / 2 threads,
     ms, copied / in place: 128 -> 16 ch 55x55 0.263 / 0.182, 0.163 / 0.109; 256 -> 32 ch 27x27
     0.148 / 0.118, 0.128 / 0.089; 128 -> 32 ch 0.080 / 0.056, 0.067 / 0.046. With 64 channels
     (two 32-channel blocks) the copy paid inside Inception-v3 (192 -> 64 ch 35x35 0.59 / 0.82,
     288 -> 64 ch 1.70 / 2.06), though alone, its input hot in cache, the conv ran faster in
     place (0.284 / 0.263)."""
     block = sch.get(conv)
-    in_channels, k_h, k_w = (int(block.iter_vars[i].dom.extent) for i in (4, 5, 6))
+    out_channels, in_channels, k_h, k_w = (int(block.iter_vars[i].dom.extent)
+                                           for i in (1, 4, 5, 6))
     index = next(i for i, r in enumerate(block.reads) if not r.source.same_as(weight_buffer))
     source = block.reads[index].source
     if in_channels % INPUT_BLOCK or int(source.shape[1]) != in_channels or (k_h, k_w) != (1, 1):
