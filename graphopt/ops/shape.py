@@ -10,8 +10,8 @@ import numpy as np
 from ..errors import InputError
 from ..ir import TensorType
 from .binary import broadcast_shape
-from .base import (relax_type, VARIADIC, Op, expect, expect_same_dtype, int_tuple, integer, real,
-                   register, relax)
+from .base import (relax_type, VARIADIC, Op, expect, expect_same_dtype, flag, int_tuple, integer,
+                   real, register, relax)
 
 
 def normalize_axis(axis: int, rank: int) -> int:
@@ -29,15 +29,30 @@ def normalize_axes(axes, rank: int, sort: bool = True) -> tuple[int, ...]:
     return tuple(sorted(normalized) if sort else normalized)
 
 
+# The PrimFunc attribute of an `in_place` concatenation's kernel: its axis. The CPU pipeline's
+# `targets/tvm/concat_in_place.py` finds the kernel's calls by it.
+IN_PLACE_ATTR = "graphopt.concat_in_place"
+
+
 @register
 @dataclass(frozen=True)
 class Concat(Op):
+    """Concatenation along `axis`. `in_place` (a target decision, see the CPU pass
+    `place_concatenations`): the inputs are to be computed straight into their slices of the
+    output; it lowers to a kernel that TVM does not fuse, marked IN_PLACE_ATTR, whose calls the
+    CPU pipeline drops where every input can be placed (and keeps as a copy otherwise)."""
+
     name = "concat"
     arity = (1, VARIADIC)
     axis: int = 1
+    in_place: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "axis", integer(self.axis, "axis"))
+        object.__setattr__(self, "in_place", flag(self.in_place, "in_place"))
+
+    def target_choice(self) -> str:
+        return "in place" if self.in_place else ""
 
     def infer(self, *xs):
         expect_same_dtype(*xs)
@@ -56,7 +71,13 @@ class Concat(Op):
         return np.concatenate(xs, axis=self.axis)
 
     def lower_tvm(self, bb, *xs):
-        return relax().op.concat(list(xs), axis=self.axis)
+        if not self.in_place:
+            return relax().op.concat(list(xs), axis=self.axis)
+        from tvm import topi
+        from .conv_kernel import OPAQUE
+        axis = normalize_axis(self.axis, len(xs[0].ty.shape))
+        return bb.call_te(topi.concatenate, list(xs), axis, primfunc_name_hint="concatenate",
+                          primfunc_attrs={"op_pattern": OPAQUE, IN_PLACE_ATTR: axis})
 
 
 @register

@@ -82,13 +82,15 @@ def cpu_pipeline(target, database=None, onednn: bool = False):
     import tvm
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+    from .concat_in_place import concatenate_in_place
     from .schedules import apply_cpu_schedules
 
     tuned = []
     if database is not None:
         tuned = [relax.transform.MetaScheduleApplyDatabase(enable_warning=False)]
     passes = (pre_schedule_passes(target, onednn) + tuned + [apply_cpu_schedules(target)]
-              + cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target))
+              + cpu_generic.dataflow_lower_passes(target) + [concatenate_in_place()]
+              + cpu_generic.finalize_passes(target))
 
     @tvm.transform.module_pass(opt_level=0, name="graphopt.CpuPipeline")
     def _pipeline(mod, _ctx):
