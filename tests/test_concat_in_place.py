@@ -82,9 +82,18 @@ def _shared_net(b):
                                                              dsl.conv2d(y, 8, 1))))
 
 
+def _view_net(b):
+    """An input that is a reshape of the model's input (a view of memory the model does not
+    own): the copy stays."""
+    x = b.input("x", (1, 16, 144))
+    image = dsl.reshape(x, (1, 16, 12, 12))
+    return b.output(dsl.conv2d(dsl.concat([image, dsl.relu(dsl.conv2d(image, 16, 1))]), 8, 1))
+
+
 CASES = [  # (builder, concatenations marked in place, concatenation kernels left)
     (_fire_net, 1, 0), (_nested_net, 2, 0), (_input_net, 0, 1), (_unaligned_net, 0, 1),
-    (_batch_net, 0, 1), (_output_net, 0, 1), (_twice_net, 0, 1), (_shared_net, 1, 1)]
+    (_batch_net, 0, 1), (_output_net, 0, 1), (_twice_net, 0, 1), (_shared_net, 1, 1),
+    (_view_net, 0, 1)]
 
 
 @pytest.mark.parametrize("build, placed, copies", CASES, ids=[c[0].__name__[1:] for c in CASES])
@@ -119,3 +128,19 @@ def test_in_place_is_what_removes_the_copy():
     assert _copies(in_place) == [] and len(_copies(copied)) == 1
     (name,) = [v.name for v in graph.outputs]
     np.testing.assert_array_equal(in_place.run(feeds)[name], copied.run(feeds)[name])
+
+
+@pytest.mark.parametrize("dtype", ["int8", "bfloat16"])
+def test_low_precision_concatenations_in_place_match_the_interpreter(dtype):
+    """A quantized fire module (uint8 or bfloat16 slices, the convs on the integer or bfloat16
+    kernels) computed in place, against the interpreter running the quantized graph."""
+    with dsl.Builder("fire", seed=0) as b:
+        graph = _fire_net(b)
+    rng = np.random.default_rng(2)
+    samples = [{"x": rng.standard_normal((1, 16, 20, 20)).astype(np.float32)} for _ in range(4)]
+    calibration = go.calibrate(graph, samples) if dtype == "int8" else None
+    quantized = go.quantize(graph, calibration, dtype=dtype).graph
+    model = go.compile(quantized, bounds_check=True)
+    assert [n.op.in_place for n in model.graph.nodes if n.op_name == "concat"] == [True]
+    assert _copies(model) == []
+    assert go.compare(quantized, model, samples[0]).ok

@@ -4,13 +4,15 @@ straight into their slices of its output, so that no kernel copies them.
 A concatenation along an axis with only size-1 axes before it (channels of a batch-1 NCHW
 tensor: SqueezeNet's fire modules, GoogLeNet's and Inception's branches) holds each input in one
 contiguous slice. It qualifies where its output and every input are tensors some node computes
-(not a model input, a constant or a model output), each input appears once and in no other
-in-place concatenation (the later concatenation takes a tensor two of them read), and every
-slice starts at a multiple of ALIGNMENT_BYTES, the alignment compiled kernels assume of their
-buffers. Lowering then gives it a kernel TVM does not fuse, and the CPU pipeline
-(`targets/tvm/concat_in_place.py`) computes the inputs into the output and drops the copy. In
-SqueezeNet 1.1 the fire modules' four concatenations that no pool follows went; the model ran
-0.94-0.98x its time at one and two threads (`benchmarks/LOG.md`)."""
+(not a model input, a reshape of one, a constant or a model output), each input appears once
+and in no other in-place concatenation (the later concatenation takes a tensor two of them
+read), and every slice starts at a multiple of ALIGNMENT_BYTES, the alignment compiled kernels
+assume of their buffers. Lowering then gives it a kernel TVM does not fuse, and the CPU pipeline
+(`targets/tvm/concat_in_place.py`) computes the inputs into the output and drops the copy.
+Whole models, builds interleaved, in place / copied, one / two threads (an AVX-512 Xeon, two
+runs): SqueezeNet 1.1 0.85-0.95 / 0.89-0.90, GoogLeNet 0.99-1.01 / 0.88-0.95, DenseNet-121
+(the last concatenation of each block) 0.94-0.97 / 0.96-0.97, Inception-v3 1.00-1.03 /
+0.95-0.99."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,6 +23,8 @@ from .annotate import annotate
 
 # The alignment (bytes) of every buffer a compiled kernel is given: TVM allocates at 64.
 ALIGNMENT_BYTES = 64
+# Ops that TVM lowers to views of their input's memory.
+VIEW_OPS = ("reshape", "flatten")
 # Whether the pass marks concatenations (False: TVM fuses or copies every one, e.g. to time
 # the copies).
 IN_PLACE = True
@@ -54,9 +58,18 @@ def in_place_concatenations(graph) -> set[str]:
         for value in node.inputs[:-1]:
             offsets.append(offsets[-1] + value.type.nbytes)
         if len(set(ids)) != len(ids) or any(i in taken or i in outputs for i in ids) or \
-                any(v.producer is None or v.is_constant for v in node.inputs) or \
+                not all(_computed(v) for v in node.inputs) or \
                 any(offset % ALIGNMENT_BYTES for offset in offsets):
             continue
         taken.update(ids)
         placed.add(node.name)
     return placed
+
+
+def _computed(value) -> bool:
+    """Whether `value` is memory a kernel of the model writes: computed by a node, seen
+    through the reshapes that lower to views of their input (a reshape of the model's input is
+    the caller's memory)."""
+    while value.producer is not None and value.producer.op_name in VIEW_OPS:
+        value = value.producer.inputs[0]
+    return value.producer is not None and not value.is_constant
