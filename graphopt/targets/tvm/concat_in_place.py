@@ -20,6 +20,7 @@ import math
 from ...ops.shape import IN_PLACE_ATTR
 from .passes.place_concatenations import ALIGNMENT_BYTES
 
+
 def concatenate_in_place():
     """The module pass computing concatenations' inputs in place (see the module docstring);
     it runs on the explicit allocations CallTIRRewrite leaves."""
@@ -48,12 +49,11 @@ class _Block:
     """One binding block's allocations, their aliases and the calls that write them."""
 
     def __init__(self, bindings, mod, returned):
+        import tvm
         from tvm import relax, tirx
-        self.bindings = bindings
         self.alloc_at = {}      # allocation var -> index of its binding
         self.root = {}          # var -> the allocation var it names
         self.first_use = {}     # allocation var -> (binding index, call) of its first use
-        import tvm
         alloc_op = tvm.ir.Op.get("relax.builtin.alloc_tensor")
         reshape_op = tvm.ir.Op.get("relax.reshape")
         escaped = set()
@@ -99,7 +99,7 @@ def _rewrite_function(func, mod, concat_funcs):
     body = func.body
     if not isinstance(body, relax.SeqExpr):
         return func
-    returned = _vars_in(body.body)
+    returned = _all_vars(body.body)
     blocks = [_rewrite_block(block, mod, concat_funcs, returned) for block in body.blocks]
     return relax.Function(func.params, relax.SeqExpr(blocks, body.body), func.ret_ty,
                           func.is_pure, func.attrs, func.span)
@@ -141,7 +141,7 @@ def _slices(inputs, axis: int, info: _Block, at: int):
         alloc = info.written_by_one_kernel(var, at)
         shape = _static_shape(var.ty.shape.values) if hasattr(var.ty, "shape") else None
         if alloc is None or shape is None or math.prod(shape[:axis]) != 1 or \
-                offset % ALIGNMENT_BYTES or any(alloc is a for a, _ in slices):
+                offset % ALIGNMENT_BYTES or any(alloc.same_as(a) for a, _ in slices):
             return None
         slices.append((alloc, offset))
         offset += math.prod(shape) * _itemsize(var.ty.dtype)
@@ -189,16 +189,8 @@ def _view_bindings(builder, alloc, parent, offset: int):
     return [relax.VarBinding(view_var, view), relax.VarBinding(alloc, zero_offset)]
 
 
-def _vars_in(expr):
-    from tvm import relax
-    if isinstance(expr, relax.Var):
-        return [expr]
-    if isinstance(expr, relax.Tuple):
-        return [v for field in expr.fields for v in _vars_in(field)]
-    return []
-
-
 def _all_vars(expr):
+    """Every relax variable `expr` names."""
     import tvm_ffi
     from tvm import relax
     found = []
@@ -207,6 +199,7 @@ def _all_vars(expr):
 
 
 def _called_global_vars(mod):
+    """The functions some relax function of `mod` calls."""
     import tvm_ffi
     from tvm import ir, relax
     called = set()
@@ -223,6 +216,7 @@ def _called_global_vars(mod):
 
 
 def _without(mod, gv):
+    """`mod` without the function `gv`."""
     import tvm
     kept = {g: f for g, f in mod.functions.items() if not g.same_as(gv)}
     return tvm.IRModule(kept, attrs=mod.attrs, global_infos=mod.global_infos)
