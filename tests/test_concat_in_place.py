@@ -144,3 +144,17 @@ def test_low_precision_concatenations_in_place_match_the_interpreter(dtype):
     assert [n.op.in_place for n in model.graph.nodes if n.op_name == "concat"] == [True]
     assert _copies(model) == []
     assert go.compare(quantized, model, samples[0]).ok
+
+
+def test_nothing_is_placed_with_onednn_kernels():
+    """oneDNN's calls write their outputs outside graphopt's kernels: the concatenations stay as
+    TVM builds them, and the model still matches the interpreter."""
+    from graphopt.targets.tvm import onednn
+    if not onednn.available():
+        pytest.skip("oneDNN not installed (pip install -e '.[onednn]')")
+    with dsl.Builder("fire", seed=0) as b:
+        graph = _fire_net(b)
+    feeds = {"x": np.random.default_rng(3).standard_normal((1, 16, 20, 20)).astype(np.float32)}
+    model = go.compile(graph, kernels="onednn")
+    assert not any(n.op.in_place for n in model.graph.nodes if n.op_name == "concat")
+    assert go.compare(graph, model, feeds).ok

@@ -31,10 +31,12 @@ IN_PLACE = True
 
 
 def place_concatenations(context):
-    """The pass for one compile (`context` is not needed: the choice depends on the graph)."""
+    """The pass for one compile (`context`: with oneDNN kernels nothing is placed, as the
+    in-place rewrite places only what graphopt's own kernels write)."""
 
     def place_concatenations(graph):
-        placed = in_place_concatenations(graph) if IN_PLACE else set()
+        placed = in_place_concatenations(graph) \
+            if IN_PLACE and context.kernels != "onednn" else set()
         return annotate(graph, lambda node: dataclasses.replace(node.op, in_place=True)
                         if node.name in placed else None)
 
