@@ -12,6 +12,7 @@ import pytest
 
 import graphopt as go
 from graphopt.frontends import dsl
+from graphopt.zoo.squeezenet import fire
 
 pytest.importorskip("tvm")
 
@@ -21,16 +22,9 @@ def _copies(model) -> list[str]:
     return [name for name in model.schedules if "concatenate" in name]
 
 
-def _fire(x, squeeze: int, expand: int):
-    """SqueezeNet's fire module: a 1x1 squeeze, then 1x1 and 3x3 expansions concatenated."""
-    s = dsl.relu(dsl.conv2d(x, squeeze, 1))
-    return dsl.concat([dsl.relu(dsl.conv2d(s, expand, 1)),
-                       dsl.relu(dsl.conv2d(s, expand, 3, padding=1))])
-
-
 def _fire_net(b):
     x = b.input("x", (1, 16, 20, 20))
-    return b.output(dsl.relu(dsl.conv2d(_fire(x, 8, 32), 16, 1)))
+    return b.output(dsl.relu(dsl.conv2d(fire(x, 8, 32, 32), 16, 1)))
 
 
 def _nested_net(b):
@@ -57,13 +51,13 @@ def _unaligned_net(b):
 def _batch_net(b):
     """With two images, each input is two slices of the output, not one."""
     x = b.input("x", (2, 16, 12, 12))
-    return b.output(dsl.conv2d(_fire(x, 8, 16), 8, 1))
+    return b.output(dsl.conv2d(fire(x, 8, 16, 16), 8, 1))
 
 
 def _output_net(b):
     """The concatenation is the model's output (left to TVM's allocation of outputs)."""
     x = b.input("x", (1, 16, 12, 12))
-    return b.output(_fire(x, 8, 16))
+    return b.output(fire(x, 8, 16, 16))
 
 
 def _twice_net(b):

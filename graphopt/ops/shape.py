@@ -29,8 +29,9 @@ def normalize_axes(axes, rank: int, sort: bool = True) -> tuple[int, ...]:
     return tuple(sorted(normalized) if sort else normalized)
 
 
-# The PrimFunc attribute of an `in_place` concatenation's kernel: its axis. The CPU pipeline's
-# `targets/tvm/concat_in_place.py` finds the kernel's calls by it.
+# The PrimFunc attribute of an `in_place` concatenation's kernel: the byte offset of each
+# input's slice in the output. The CPU pipeline's `targets/tvm/concat_in_place.py` finds the
+# kernel's calls by it.
 IN_PLACE_ATTR = "graphopt.concat_in_place"
 
 
@@ -76,8 +77,10 @@ class Concat(Op):
         from tvm import topi
         from .conv_kernel import OPAQUE
         axis = normalize_axis(self.axis, len(xs[0].ty.shape))
+        sizes = [relax_type(x).nbytes for x in xs]
+        offsets = [sum(sizes[:i]) for i in range(len(xs))]
         return bb.call_te(topi.concatenate, list(xs), axis, primfunc_name_hint="concatenate",
-                          primfunc_attrs={"op_pattern": OPAQUE, IN_PLACE_ATTR: axis})
+                          primfunc_attrs={"op_pattern": OPAQUE, IN_PLACE_ATTR: offsets})
 
 
 @register

@@ -2,8 +2,9 @@
 `place_concatenations` marked `in_place` are computed straight into their slices of its output,
 and its copy kernel is not called.
 
-The marked concatenation lowers to a kernel that TVM does not fuse, carrying IN_PLACE_ATTR (its
-axis). This pass runs on the VM's explicit allocations (after TVM's CallTIRRewrite, before its
+The marked concatenation lowers to a kernel that TVM does not fuse, carrying IN_PLACE_ATTR (the
+byte offsets of its inputs' slices, which the graph pass checked to be contiguous and aligned).
+This pass runs on the VM's explicit allocations (after TVM's CallTIRRewrite, before its
 memory planning). Where every input is a fresh tensor that one kernel writes (an allocation whose
 first use is a kernel's output argument, possibly seen through reshapes, which are views), the
 output's allocation moves before the first of those kernels, each input becomes a view of its
@@ -15,10 +16,7 @@ concatenation whose inputs the graph pass could not see fully (one that fusion m
 another kernel's outputs, or a tensor a later concatenation already placed) keeps its copy."""
 from __future__ import annotations
 
-import math
-
 from ...ops.shape import IN_PLACE_ATTR
-from .passes.place_concatenations import ALIGNMENT_BYTES
 
 
 def concatenate_in_place():
@@ -29,7 +27,8 @@ def concatenate_in_place():
 
     @tvm.transform.module_pass(opt_level=0, name="graphopt.ConcatenateInPlace")
     def _pass(mod, _ctx):
-        concat_funcs = {gv: int(f.attrs[IN_PLACE_ATTR]) for gv, f in mod.functions.items()
+        concat_funcs = {gv: [int(o) for o in f.attrs[IN_PLACE_ATTR]]
+                        for gv, f in mod.functions.items()
                         if f.attrs is not None and IN_PLACE_ATTR in f.attrs}
         if not concat_funcs:
             return mod
@@ -132,20 +131,14 @@ def _rewrite_block(block, mod, concat_funcs, returned):
     return relax.BindingBlock(_placed_bindings(bindings, info, placed, dropped), block.span)
 
 
-def _slices(inputs, axis: int, info: _Block, at: int):
+def _slices(inputs, offsets: list[int], info: _Block, at: int):
     """[(allocation, byte offset in the concatenation)] for the inputs of the concatenation
-    bound at `at`, or None where one is not a fresh tensor one kernel writes, a slice is not
-    contiguous or not aligned."""
-    slices, offset = [], 0
-    for var in inputs:
-        alloc = info.written_by_one_kernel(var, at)
-        shape = _static_shape(var.ty.shape.values) if hasattr(var.ty, "shape") else None
-        if alloc is None or shape is None or math.prod(shape[:axis]) != 1 or \
-                offset % ALIGNMENT_BYTES or any(alloc.same_as(a) for a, _ in slices):
-            return None
-        slices.append((alloc, offset))
-        offset += math.prod(shape) * _itemsize(var.ty.dtype)
-    return slices
+    bound at `at`, or None where one is not a distinct fresh tensor one kernel writes."""
+    allocs = [info.written_by_one_kernel(var, at) for var in inputs]
+    if any(a is None for a in allocs) or \
+            any(a.same_as(b) for i, a in enumerate(allocs) for b in allocs[:i]):
+        return None
+    return list(zip(allocs, offsets))
 
 
 def _placed_bindings(bindings, info: _Block, placed, dropped):
@@ -220,15 +213,3 @@ def _without(mod, gv):
     import tvm
     kept = {g: f for g, f in mod.functions.items() if not g.same_as(gv)}
     return tvm.IRModule(kept, attrs=mod.attrs, global_infos=mod.global_infos)
-
-
-def _static_shape(dims):
-    from tvm import tirx
-    if not all(isinstance(d, (int, tirx.IntImm)) for d in dims):
-        return None
-    return [int(d) for d in dims]
-
-
-def _itemsize(dtype) -> int:
-    import tvm
-    return tvm.DataType(str(dtype)).bits // 8
