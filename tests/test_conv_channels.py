@@ -163,7 +163,8 @@ def test_pruned_deep_convnet_keeps_the_tiled_rules():
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_odd_channels(dtype):
     """Half-precision convs and linear layers run the padded float32 kernels on widened
-    operands, rounded once, as the interpreter computes them."""
+    operands (a linear layer's widened in registers), rounded once, as the interpreter
+    computes them."""
     names = ["out20_in5_s2_residual_batch2", "grouped_g2_out20_in6", "out39_in32_1x1",
              "linear_out39_relu"]
     graph = go.quantize(_table(names), dtype).graph

@@ -3,6 +3,7 @@ convert_float16 / convert_bfloat16 passes (random graphs, keep lists, where the 
 go.quantize, tolerances, ONNX round trips, and compiled CPU and CUDA models."""
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass
 
@@ -325,10 +326,35 @@ def test_half_layers_get_float32_kernels_on_widened_operands_not_winograd_or_one
         half = optimize_for_target(go.quantize(graph, dtype).graph, "cpu", options)[0].graph
         convs = [n.op.conv for n in half.nodes if n.op_name == "fused_conv2d"]
         dense = [n.op for n in half.nodes if n.op_name == "linear"]
-        # ...half precision gets the tiled kernels, their weights packed (as float32 at
-        # lowering)
+        # ...half precision gets the tiled kernels, their weights packed (convs' as float32
+        # at lowering, linear layers' in their own dtype)
         assert convs and all(c.algorithm == "direct" and c.weight_block for c in convs)
         assert dense and all(d.weight_block for d in dense)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("rows", [1, 3])
+def test_half_linear_layers_stream_half_precision_weights(dtype, rows):
+    """A half-precision linear layer keeps its packed weight in its own dtype (half the bytes
+    a batch-1 layer streams, half the library), widened to float32 in registers by the dense
+    rule, on AVX2 and AVX-512; the host's build computes what the interpreter does."""
+    from test_schedules import AVX2_CPU, AVX512_CPU, _scheduled_kernels
+    from graphopt.targets.tvm.cpu import cpu_assembly
+    from graphopt.targets.tvm.schedules import SCHEDULE_ATTR
+    with dsl.Builder("half_fc", seed=0) as b:
+        x = b.input("input", (rows, 200))
+        graph = b.output(dsl.relu(dsl.linear(x, 97, name="fc")))
+    half = go.quantize(graph, dtype).graph
+    for mcpu in (AVX2_CPU, AVX512_CPU):
+        [matmul] = [f for name, f in _scheduled_kernels(half, mcpu).items() if "matmul" in name]
+        assert matmul.attrs[SCHEDULE_ATTR] == "dense"
+        packed = [p for p in matmul.params if len(p.shape) == 3]   # [N / block, K, block]
+        assert [str(p.dtype) for p in packed] == [dtype], matmul.params
+    model = go.compile(half, threads=1)
+    # the widening: float16 through F16C's conversion, bfloat16's bits shifted into float32's
+    widen = r"vcvtph2ps" if dtype == "float16" else r"vpslld\s+\$16"
+    assert re.search(widen, cpu_assembly(model.executable))
+    assert go.compare(half, model, probe_inputs(half)).ok
 
 
 @pytest.mark.parametrize("dtype", HALF)

@@ -59,14 +59,12 @@ class Linear(Op):
             weight = constant_operand(w, f"packed {self.name}")
             dtype = str(x.ty.dtype)
             accumulate = accumulation_dtype(dtype)
+            y = lower_blocked_matmul(bb, x, weight.T, self.weight_block)
             if accumulate != dtype:
-                # half precision: the float32 kernel on widened operands (exact: every half
-                # value is a float32), then the bias, then one rounding, as the reference does
-                y = lower_blocked_matmul(bb, bb.emit(R.astype(x, accumulate)),
-                                         weight.T.astype(accumulate), self.weight_block)
+                # half precision: float32 sums, then the bias, then one rounding, as the
+                # reference does
                 y = R.add(bb.emit(y), R.astype(b, accumulate)) if b is not None else y
                 return R.astype(bb.emit(y), dtype)
-            y = lower_blocked_matmul(bb, x, weight.T, self.weight_block)
         else:
             # A constant weight is transposed here, once, rather than by a kernel at every run.
             w_t = (rx.const(np.ascontiguousarray(w.value.numpy().T), str(w.ty.dtype))
@@ -126,11 +124,9 @@ class Matmul(Op):
             weight = constant_operand(b, f"packed {self.name}")
             dtype = str(a.ty.dtype)
             accumulate = accumulation_dtype(dtype)
-            if accumulate != dtype:   # half precision: the float32 kernel, rounded once
-                y = lower_blocked_matmul(bb, bb.emit(R.astype(a, accumulate)),
-                                         weight.astype(accumulate), self.weight_block)
-                return R.astype(bb.emit(y), dtype)
-            return lower_blocked_matmul(bb, a, weight, self.weight_block)
+            y = lower_blocked_matmul(bb, a, weight, self.weight_block)
+            # half precision: float32 sums, rounded once
+            return R.astype(bb.emit(y), dtype) if accumulate != dtype else y
         dtype = str(a.ty.dtype)
         accumulate = accumulation_dtype(dtype) if is_float_dtype(dtype) else dtype
         if accumulate != dtype:   # half precision: float32 sums, rounded once
@@ -159,17 +155,27 @@ def pack_columns(weight, block: int) -> np.ndarray:
 
 def lower_blocked_matmul(bb, x, weight_kn: np.ndarray, block: int):
     """Relax: x [M, K] @ weight [K, N], the weight packed by `pack_columns` (a constant); with
-    padded columns, the padded tile is computed and a slice keeps the real columns."""
+    padded columns, the padded tile is computed and a slice keeps the real columns. Half
+    precision operands stay half precision in memory (the weight is half the bytes a batch-1
+    layer streams) and are widened in registers: the product sums in float32 (exact: every
+    half value is a float32) and is returned in float32 for the caller to round once."""
     from tvm import te
     rx = relax()
     packed = pack_columns(weight_kn, block)
     columns = weight_kn.shape[1]
+    accumulate = accumulation_dtype(str(x.ty.dtype))
 
     def blocked_matmul(x, packed):
         rows, depth = (int(d) for d in x.shape)
         k = te.reduce_axis((0, depth), "k")
+
+        def widened(value):
+            return value if value.dtype == accumulate else value.astype(accumulate)
+
         tile = te.compute((rows, int(packed.shape[0]) * block),
-                          lambda i, j: te.sum(x[i, k] * packed[j // block, k, j % block], axis=k),
+                          lambda i, j: te.sum(widened(x[i, k])
+                                              * widened(packed[j // block, k, j % block]),
+                                              axis=k),
                           name="matmul")
         if int(packed.shape[0]) * block == columns:
             return tile

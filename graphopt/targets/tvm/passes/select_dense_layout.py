@@ -24,7 +24,7 @@ def select_dense_layout(context):
             return None
         x, w = node.inputs[:2]
         out = node.outputs[0]
-        # a float32 kernel: half-precision layers run it on widened operands
+        # a float32 kernel: half-precision layers widen their operands in its registers
         packable = (context.constant_weights and w.is_constant and x.type.ndim == 2
                     and w.type.ndim == 2 and out.dtype in ("float32", *HALF_DTYPES)
                     and x.dtype == out.dtype)
