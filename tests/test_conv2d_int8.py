@@ -137,6 +137,8 @@ def test_each_cpu_gets_its_instruction_and_the_interpreter_s_results(case, mcpu,
     model = go.compile(graph, "cpu", mcpu=mcpu, bounds_check=True)
     conv = model.graph.node("conv").op.conv
     assert (conv.algorithm, conv.weight_block) == (algorithm, lanes)
+    if algorithm == "amx":   # the tiles read back through the transposing epilogue rule
+        assert model.schedules["requantize_tiles"] == "tile_epilogue", model.schedules
     assembly = cpu_assembly(model.executable)
     assert re.search(instruction, assembly)
     if algorithm != "vnni":

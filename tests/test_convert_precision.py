@@ -388,6 +388,10 @@ def test_bfloat16_convolutions_on_amx_tiles():
 
     assert algorithms(m) == {"c1": "amx", "c2": "direct", "c3": "amx", "c4": "amx"}
     assert re.search(r"tdpbf16ps\s+%tmm", cpu_assembly(m.executable))
+    # the tiles read back by the transposing epilogue rule, on planes of 14x14 (14 pixels a
+    # step) and 7x7 (7), one with the residual
+    epilogues = [rule for name, rule in m.schedules.items() if "amx_epilogue" in name]
+    assert epilogues == ["tile_epilogue"] * 3, m.schedules
     plain = go.compile(half, "cpu", mcpu="cascadelake")
     assert set(algorithms(plain).values()) == {"direct"}
     if "amx_bf16" not in (runtime.host_cpu_flags() or ()):

@@ -950,3 +950,24 @@ def test_concatenation_is_split_into_pieces():
     feeds = {v.name: np.random.default_rng(i).standard_normal(v.shape).astype(np.float32)
              for i, v in enumerate(graph.inputs)}
     assert go.compare(graph, go.compile(graph), feeds).ok
+
+
+@pytest.mark.parametrize("lanes", [4, 8, 16])
+@pytest.mark.parametrize("dtype", ["float32", "int32"])
+def test_register_transpose_gives_the_columns(lanes, dtype):
+    """`transpose.transposed`, evaluated shuffle by shuffle on numbered rows: each output vector
+    is one column (16 lanes: AVX-512's unpack network; other widths: bit-swap rounds)."""
+    from tvm import tirx
+    from graphopt.targets.tvm.schedules.transpose import transposed
+    rows = [tirx.Var(f"row{r}", f"{dtype}x{lanes}") for r in range(lanes)]
+    values = {row.name: np.arange(lanes) + lanes * r for r, row in enumerate(rows)}
+
+    def evaluate(expr):
+        if isinstance(expr, tirx.Var):
+            return values[expr.name]
+        joined = np.concatenate([evaluate(v) for v in expr.vectors])
+        return joined[[int(i) for i in expr.indices]]
+
+    columns = [evaluate(e) for e in transposed(rows)]
+    for column, found in enumerate(columns):
+        np.testing.assert_array_equal(found, np.arange(lanes) * lanes + column)

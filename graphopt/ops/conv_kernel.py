@@ -32,7 +32,7 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
     # as the reference kernel does.
     dtype = relax_type(x).dtype
     accumulate = accumulation_dtype(dtype)
-    operands = [x]
+    operands, attrs = [x], {}
     if conv.algorithm == "amx":
         # AMX tiles (bfloat16): the input padded and grouped, the hand-written kernel, and this
         # kernel's epilogue reading its float32 tiles
@@ -40,9 +40,14 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
         weight_data = constant_operand(w, decision)
         expect(dtype == tiles.BFLOAT16.input, f"the amx convolution takes bfloat16 here, found "
                f"{dtype}")
-        operands = [tiles.lower_kernel(bb, x, 0.0, weight_data, conv, tiles.BFLOAT16)]
+        acc, out_shape = tiles.lower_kernel(bb, x, 0.0, weight_data, conv, tiles.BFLOAT16)
+        operands = [acc]
+        # computed with the plane flattened, as the tiles are (a view in the VM)
+        if residual is not None:
+            residual = flattened(bb, residual, (*out_shape[:2], out_shape[2] * out_shape[3]))
         compute = lambda acc: tiles.from_tiles(acc, weight_data.shape[0])   # noqa: E731
         name = "conv2d_amx_epilogue"
+        attrs = tiles.EPILOGUE_ATTRS
     elif conv.algorithm == "dpbf16":
         # vdpbf16ps on pairs of bfloat16 input channels into a float32 register tile, this
         # kernel's epilogue computed from it
@@ -137,8 +142,9 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
     fused = b is not None or residual is not None or activation is not None
     out = bb.call_te(kernel, *operands, *extras,
                      primfunc_name_hint=("fused_" if fused else "") + name,
-                     primfunc_attrs={"op_pattern": OPAQUE})
-    return relax.op.reshape(bb.emit(out), out_shape) if conv.algorithm == "pointwise" else out
+                     primfunc_attrs={"op_pattern": OPAQUE, **attrs})
+    flat = conv.algorithm in ("pointwise", "amx")
+    return relax.op.reshape(bb.emit(out), out_shape) if flat else out
 
 
 def flattened(bb, value, shape):

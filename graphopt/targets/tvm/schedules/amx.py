@@ -24,6 +24,9 @@ NAME = "conv2d_amx"
 AMX = "amx"
 BLOCK = 32      # output channels per kernel step: two C tiles of 16
 ROW_BYTES = 64  # bytes of one tile row
+# The kernel reading the tiles back through the conv's epilogue, as lowered: scheduled by the
+# tile epilogue rule (`tile_epilogue.py`).
+EPILOGUE_ATTRS = {"graphopt.tile_epilogue": True}
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,8 @@ def pack_input(x, fill, conv, kind: AmxDtype):
 
 def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blocks: int,
            taps: tuple[int, int], out_size: tuple[int, int], conv):
-    """The PrimFunc (xp as `pack_input`, wp as `pack_weight`, acc [N, O / 16, OH, OW, 16] of
-    the accumulator dtype): parallel over images, output-channel pairs and row pairs (the last
+    """The PrimFunc (xp as `pack_input`, wp as `pack_weight`, acc [N, O / 16, OH * OW, 16] of
+    the accumulator dtype: each block's plane flattened, as its NCHW output is): parallel over images, output-channel pairs and row pairs (the last
     of an odd number of rows alone); each task configures the tiles (the configuration is per
     thread), zeroes four C tiles, runs the whole reduction and stores them."""
     from tvm.script import tirx as T
@@ -114,7 +117,7 @@ def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blo
     @T.prim_func(s_tir=True, private=True)   # add_func names it: one kernel per shape
     def amx(xp: T.Buffer((N, G, HP, WP, C), kind.input),
             wp: T.Buffer((OB, G, KH, KW, C // PAIR, 16, PAIR), kind.weight),
-            acc: T.Buffer((N, OB, OH, OW, 16), kind.accumulator)):
+            acc: T.Buffer((N, OB, OH * OW, 16), kind.accumulator)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
                      "graphopt.schedule": NAME})
         for task in T.parallel(TASKS):
@@ -150,22 +153,22 @@ def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blo
                         T.evaluate(call(kind.instruction, tile(2), tile(5), tile(6)))
                         T.evaluate(call(kind.instruction, tile(3), tile(5), tile(7)))
                 T.evaluate(call("tilestored64", tile(0), T.address_of(
-                    acc[n, ob, oh, ow * P, 0]), T.int64(ROW_BYTES)))
+                    acc[n, ob, oh * OW + ow * P, 0]), T.int64(ROW_BYTES)))
                 T.evaluate(call("tilestored64", tile(1), T.address_of(
-                    acc[n, ob + 1, oh, ow * P, 0]), T.int64(ROW_BYTES)))
+                    acc[n, ob + 1, oh * OW + ow * P, 0]), T.int64(ROW_BYTES)))
                 if oh + 1 < OH:
                     T.evaluate(call("tilestored64", tile(2), T.address_of(
-                        acc[n, ob, oh + 1, ow * P, 0]), T.int64(ROW_BYTES)))
+                        acc[n, ob, (oh + 1) * OW + ow * P, 0]), T.int64(ROW_BYTES)))
                     T.evaluate(call("tilestored64", tile(3), T.address_of(
-                        acc[n, ob + 1, oh + 1, ow * P, 0]), T.int64(ROW_BYTES)))
+                        acc[n, ob + 1, (oh + 1) * OW + ow * P, 0]), T.int64(ROW_BYTES)))
             T.evaluate(call("tilerelease"))
 
     return amx
 
 
 def lower_kernel(bb, x, fill, weight: np.ndarray, conv, kind: AmxDtype):
-    """Relax: the kernel's accumulators [N, O / 16, OH, OW, 16] for `x` (NCHW, padded with
-    the constant `fill`) and the constant OIHW `weight`."""
+    """Relax: the kernel's accumulators [N, O / 16, OH * OW, 16] for `x` (NCHW, padded with
+    the constant `fill`) and the constant OIHW `weight`, and the NCHW output's shape."""
     from tvm import relax
     packed = pack_weight(weight, kind)
     grouped = bb.emit(bb.call_te(lambda x: pack_input(x, fill, conv, kind), x,
@@ -177,20 +180,23 @@ def lower_kernel(bb, x, fill, weight: np.ndarray, conv, kind: AmxDtype):
     out_w = conv_out_size(width, k_w, conv.stride[1], 0, 0, conv.dilation[1])
     func = kernel(kind, n, groups, (height, width), packed.shape[0], (k_h, k_w),
                   (out_h, out_w), conv)
-    acc_type = relax.TensorType((n, packed.shape[0], out_h, out_w, 16), kind.accumulator)
-    return bb.emit(relax.call_tir(bb.add_func(func, NAME), [grouped, relax.const(packed,
-                                  kind.weight)], out_ty=acc_type))
+    acc_type = relax.TensorType((n, packed.shape[0], out_h * out_w, 16), kind.accumulator)
+    acc = bb.emit(relax.call_tir(bb.add_func(func, NAME), [grouped, relax.const(packed,
+                                 kind.weight)], out_ty=acc_type))
+    return acc, (n, weight.shape[0], out_h, out_w)
 
 
 def from_tiles(acc, out_channels: int, per_channel=None):
-    """TE: accumulators blocked by output channel, [N, ceil(O / lanes), OH, OW, lanes] (this
-    kernel's C tiles, or the int8 dot-product kernels' register tiles), as NCHW [N, O, OH, OW],
-    plus `per_channel[c]` where given (the int8 kernels' zero-point correction and bias)."""
+    """TE: accumulators blocked by output channel, [N, ceil(O / lanes), *plane, lanes] (this
+    kernel's C tiles, the plane flattened, or the int8 dot-product kernels' register tiles),
+    as [N, O, *plane], plus `per_channel[c]` where given (the int8 kernels' zero-point
+    correction and bias)."""
     from tvm import te
-    n, _, height, width, lanes = (int(d) for d in acc.shape)
+    n, _, *plane, lanes = (int(d) for d in acc.shape)
 
-    def value(b, c, i, j):
-        v = acc[b, c // lanes, i, j, c % lanes]
+    def value(b, c, *pixel):
+        v = acc[(b, c // lanes, *pixel, c % lanes)]
         return v if per_channel is None else v + per_channel[c]
 
-    return te.compute((n, out_channels, height, width), value, name="from_tiles")
+    return te.compute((n, out_channels, *plane), value, name="from_tiles")
+
