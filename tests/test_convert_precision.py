@@ -300,9 +300,11 @@ def test_compiled_cpu_matches_the_interpreter(model, dtype):
     assert go.compare(q, m, feeds).ok           # against the half graph in float64
     report = go.compare(g, m, feeds)            # against the float32 original
     assert report.ok and report.outputs[0].tolerance == FLOAT_TOLERANCE[dtype], report
-    # half convolutions are the tiled float32 kernel on widened operands; bfloat16 ones go to
-    # AMX tiles where they fill them, and to vdpbf16ps on an AVX512-BF16 CPU without AMX
-    allowed = ("direct", "amx", "dpbf16") if dtype == "bfloat16" else ("direct",)
+    # half convolutions are the float32 kernels on widened operands (the tiled, depthwise or
+    # narrow one); bfloat16 ones go to AMX tiles where they fill them, and to vdpbf16ps on an
+    # AVX512-BF16 CPU without AMX
+    widened = ("direct", "depthwise", "narrow")
+    allowed = (*widened, "amx", "dpbf16") if dtype == "bfloat16" else widened
     for node in m.graph.nodes:
         if node.op_name in ("conv2d", "fused_conv2d"):
             conv = node.op.conv if node.op_name == "fused_conv2d" else node.op
@@ -354,6 +356,24 @@ def test_half_linear_layers_stream_half_precision_weights(dtype, rows):
     # the widening: float16 through F16C's conversion, bfloat16's bits shifted into float32's
     widen = r"vcvtph2ps" if dtype == "float16" else r"vpslld\s+\$16"
     assert re.search(widen, cpu_assembly(model.executable))
+    assert go.compare(half, model, probe_inputs(half)).ok
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_precision_narrow_convs(dtype):
+    """Convs of an image's few channels and convs to a few maps take the narrow rule in half
+    precision too, the input widened into the phase buffer (bounds-checked, interpreter's
+    results)."""
+    from test_schedules import AVX2_CPU
+    with dsl.Builder("narrow_half", seed=0) as b:
+        x = b.input("input", (1, 3, 20, 36))
+        y = dsl.relu(dsl.conv2d(x, 16, 3, padding=1, name="stem"))     # a thin input
+        graph = b.output(dsl.conv2d(y, 3, 3, stride=2, padding=1, name="maps"))   # 3 maps
+    half = go.quantize(graph, dtype).graph
+    model = go.compile(half, mcpu=AVX2_CPU, bounds_check=True)
+    assert {getattr(n.op, "conv", n.op).algorithm for n in model.graph.nodes
+            if n.op_name in ("conv2d", "fused_conv2d")} == {"narrow"}
+    assert {rule for name, rule in model.schedules.items() if "conv2d" in name} == {"narrow"}
     assert go.compare(half, model, probe_inputs(half)).ok
 
 

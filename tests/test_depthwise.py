@@ -88,6 +88,22 @@ def test_depthwise_matches_interpreter(names, mcpu):
     assert report.ok, str(report)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_depthwise_widens_into_the_phase_buffer(dtype):
+    """A half-precision depthwise conv takes the depthwise rule too: its input widened to
+    float32 as it is copied into the phase buffer, its weight at lowering, one rounding at the
+    end, as the interpreter computes it (bounds-checked)."""
+    names = ["c13_3x3_s2_relu", "c16_5x5_s1_relu6", "c57_3x3_residual", "c72_5x5_s2_silu"]
+    half = go.quantize(_table(names), dtype).graph
+    model = go.compile(half, mcpu=AVX2_CPU, bounds_check=True)
+    convs = [getattr(n.op, "conv", n.op) for n in model.graph.nodes
+             if n.op_name in ("conv2d", "fused_conv2d")]
+    assert [c.algorithm for c in convs] == ["depthwise"] * len(names)
+    assert {rule for name, rule in model.schedules.items() if "conv2d" in name} == {"depthwise"}
+    report = go.compare(half, model, _feeds(half))
+    assert report.ok, str(report)
+
+
 def test_depthwise_bounds_checked():
     graph = _table(["c13_3x3_s2_relu", "c40_3x3_asym_pad", "c64_5x5_s2_pad1",
                     "c9_3x3_wider_than_tile"])
@@ -115,8 +131,8 @@ def test_recorded_algorithm_and_rule(mcpu, lanes):
 @pytest.mark.parametrize("layer, dtype", [
     (lambda x: dsl.conv2d(x, 16, 3, padding=1, groups=8), "float32"),     # multiplier 2
     (lambda x: dsl.conv2d(x, 8, 3, padding=1, groups=4), "float32"),      # 2 channels per group
-    (lambda x: dsl.conv2d(x, 8, 3, padding=1, groups=8), "float16"),      # half precision
-], ids=["multiplier2", "grouped", "float16"])
+    (lambda x: dsl.conv2d(x, 8, 3, padding=1, groups=4), "float16"),
+], ids=["multiplier2", "grouped", "grouped-float16"])
 def test_other_grouped_convs_keep_their_algorithm(layer, dtype):
     with dsl.Builder("grouped", seed=1) as b:
         graph = b.output(layer(b.input("input", (1, 8, 9, 9), dtype=dtype)))

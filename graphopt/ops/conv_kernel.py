@@ -90,19 +90,22 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
         from ..targets.tvm.schedules.depthwise import depthwise_conv2d
         weight_data = constant_operand(w, decision)
         channels = relax_type(x).shape[1]
-        expect(dtype == "float32" and conv.groups == weight_data.shape[0] == channels,
-               f"the depthwise algorithm computes float32 convolutions with one filter per "
-               f"channel, found {dtype}, weight {weight_data.shape}, groups {conv.groups}")
+        expect(accumulate == "float32" and conv.groups == weight_data.shape[0] == channels,
+               f"the depthwise algorithm computes float32 (or widened half-precision) "
+               f"convolutions with one filter per channel, found {dtype}, weight "
+               f"{weight_data.shape}, groups {conv.groups}")
+        # half precision: the float32 kernel, the weight widened here, the input as it is copied
         taps = weight_data.reshape(weight_data.shape[0], *weight_data.shape[2:])
-        weight, name = relax.const(taps, dtype), "depthwise_conv2d"
+        weight, name = relax.const(taps.astype(accumulate), accumulate), "depthwise_conv2d"
         compute = lambda x, w: depthwise_conv2d(x, w, conv, conv.weight_block)  # noqa: E731
     elif conv.algorithm == "narrow":
         from ..targets.tvm.schedules.narrow import narrow_conv2d
         weight_data = constant_operand(w, decision)
-        expect(dtype == "float32" and conv.groups == 1,
-               f"the narrow algorithm computes float32 ungrouped convolutions, found {dtype}, "
-               f"groups {conv.groups}")
-        weight, name = relax.const(weight_data, dtype), "narrow_conv2d"
+        expect(accumulate == "float32" and conv.groups == 1,
+               f"the narrow algorithm computes float32 (or widened half-precision) ungrouped "
+               f"convolutions, found {dtype}, groups {conv.groups}")
+        # half precision: as the depthwise algorithm
+        weight, name = relax.const(weight_data.astype(accumulate), accumulate), "narrow_conv2d"
         compute = lambda x, w: narrow_conv2d(x, w, conv, conv.weight_block)  # noqa: E731
     elif conv.weight_block:
         # half precision runs the float32 kernel on widened operands (exact: every half value

@@ -11,10 +11,10 @@
   `pointwise.MIN_PARTIAL_VECTORS` vectors (there with a channel block for each thread the
   compile is for): a GEMM over the flattened plane with the pixels as the lanes
   (`schedules/pointwise.py`), the weight in blocks of `weight_block` output channels;
-- "depthwise" for float32 depthwise convolutions (one filter per channel: groups == input ==
-  output channels) with a constant weight: rows of whole vectors of `weight_block` (the
+- "depthwise" for depthwise convolutions (one filter per channel: groups == input == output
+  channels) with a constant weight: rows of whole vectors of `weight_block` (the
   target's lanes) output columns (`schedules/depthwise.py`);
-- "narrow" for float32 ungrouped convolutions with rows of at least one vector and too few
+- "narrow" for ungrouped convolutions with rows of at least one vector and too few
   output channels for a channel block (at most `narrow.MAX_CHANNELS`, e.g. an image's 3
   colours) or a thin input with a short reduction (`narrow.applies`: the 3x3 convs of
   3-channel images): rows of whole vectors of `weight_block` (the lanes) output columns
@@ -27,10 +27,11 @@
   do not divide into register tiles (55, 27, 111 pixels) are computed to whole tiles
   (`padded_width`), so that no tile runs under a predicate; convs that pad nothing else take
   a one-register block where its tile divides the rows instead (`tiled.unpadded_row_block`).
-Half-precision (float16, bfloat16) convolutions are "direct" with a weight block: the tiled
-float32 kernel on operands widened to float32 (the packed weight at lowering, the input in the
-kernel), which is the interpreter's arithmetic (products and sums in float32, one rounding at
-the end); never Winograd or oneDNN (float32 kernels with their own roundings). bfloat16 ones
+Half-precision (float16, bfloat16) convolutions are "direct" with a weight block, "depthwise"
+or "narrow": the float32 kernel on operands widened to float32 (the weight at lowering, the
+input in the kernel or as it is copied into the phase buffer), which is the interpreter's
+arithmetic (products and sums in float32, one rounding at the end); never Winograd, pointwise
+or oneDNN (float32 kernels with their own roundings, or reading the input as it is). bfloat16 ones
 that fill AMX tiles where the CPU has AMX-BF16 are "amx" (`schedules/amx.py`); ungrouped ones
 with constant weights where the CPU has AVX512-BF16 but no AMX-BF16 are "dpbf16" (vdpbf16ps,
 `schedules/conv2d_bf16.py`, weight_block 16).
@@ -78,8 +79,8 @@ def select_conv_algorithm(context):
         return (conv2d_bf16.available(context.vector) and conv2d_bf16.applies(conv.groups)
                 and amx.BFLOAT16.feature not in context.vector.amx)
 
-    def direct(conv: Conv2d, out_channels: int, out_w: int, float32: bool = True,
-               in_channels: int | None = None, taps: int = 1) -> Conv2d:
+    def direct(conv: Conv2d, out_channels: int, out_w: int, in_channels: int | None = None,
+               taps: int = 1) -> Conv2d:
         """`conv` on the register-tiled direct rule: its channel block per group and, where
         the rows do not divide into tiles, the width they are computed to; float32 convs that
         rule computes badly (too few output channels for a channel block, or a short reduction
@@ -87,8 +88,8 @@ def select_conv_algorithm(context):
         block = channel_block(out_channels // conv.groups, context.vector, conv.groups)
         if block and not any(conv.padding):
             block = unpadded_row_block(block, out_channels // conv.groups, out_w, context.vector)
-        if float32 and narrow.applies(out_channels, conv.groups, out_w, context.vector,
-                                      in_channels, taps, block):
+        if narrow.applies(out_channels, conv.groups, out_w, context.vector, in_channels, taps,
+                          block):
             return dataclasses.replace(conv, algorithm=narrow.ALGORITHM,
                                        weight_block=context.vector.lanes)
         tile = conv_row_tile(out_w, block, context.vector) if block else out_w
@@ -130,10 +131,10 @@ def select_conv_algorithm(context):
         if pointwise_tile:
             return dataclasses.replace(plain, algorithm=pointwise.ALGORITHM,
                                        weight_block=pointwise_tile[1])
-        if float32 and depthwise.applies(x.shape[1], out_channels, conv.groups, context.vector):
+        if depthwise.applies(x.shape[1], out_channels, conv.groups, context.vector):
             return dataclasses.replace(plain, algorithm=depthwise.ALGORITHM,
                                        weight_block=context.vector.lanes)
-        return direct(plain, out_channels, out_w, float32, w.shape[1], w.shape[2] * w.shape[3])
+        return direct(plain, out_channels, out_w, w.shape[1], w.shape[2] * w.shape[3])
 
     def choose_integer(node: Node, misses: dict[str, list[tuple[str, str]]]):
         from ..schedules.conv2d_int8 import dot_product_for

@@ -92,11 +92,13 @@ def tile(channels: int, vectors: int, accumulators: int = TILE_ACCUMULATORS) -> 
 
 def narrow_conv2d(x, weight, conv, block: int):
     """TE: the conv of NCHW `x` with the OIHW `weight`, computed on rows padded to whole blocks
-    of `block` columns and sliced back to the real width."""
+    of `block` columns and sliced back to the real width, in the weight's dtype (float32: a
+    half-precision input is widened as it is copied into the phase buffer)."""
     from tvm import te
     n, channels = (int(d) for d in x.shape[:2])
     out_channels, _, k_h, k_w = (int(d) for d in weight.shape)
-    phases, (out_h, out_w, padded_w) = column_phases(x, conv, (k_h, k_w), block, PHASES_BLOCK)
+    phases, (out_h, out_w, padded_w) = column_phases(x, conv, (k_h, k_w), block, PHASES_BLOCK,
+                                                      str(weight.dtype))
     rc = te.reduce_axis((0, channels), "rc")
     ry, rx = te.reduce_axis((0, k_h), "ry"), te.reduce_axis((0, k_w), "rx")
     tile = te.compute(

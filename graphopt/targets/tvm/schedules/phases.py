@@ -19,10 +19,11 @@ from .tiled import accumulator_writer
 PADDING_ATTR = "graphopt.padding"
 
 
-def column_phases(x, conv, kernel, block: int, name: str):
+def column_phases(x, conv, kernel, block: int, name: str, dtype: str | None = None):
     """TE: NCHW `x` zero-padded as `conv` pads it and split into `stride` column phases, [N, C,
     rows, stride, columns / stride], with the columns that output rows padded to whole blocks
-    of `block` read; and (out_h, out_w, padded_w)."""
+    of `block` read, as `dtype` (x's where None: half precision is widened here, once per
+    element, for a float32 kernel); and (out_h, out_w, padded_w)."""
     from tvm import te, tirx
     n, channels, height, width = (int(d) for d in x.shape)
     k_h, k_w = kernel
@@ -33,12 +34,15 @@ def column_phases(x, conv, kernel, block: int, name: str):
     padded_w = -(-out_w // block) * block
     rows = (out_h - 1) * s_h + d_h * (k_h - 1) + 1
     columns = padded_w + d_w * (k_w - 1) // s_w       # per phase
-    zero = tirx.const(0, x.dtype)
+    dtype = dtype or str(x.dtype)
+    zero = tirx.const(0, dtype)
 
     def phase(b, c, i, p, j):
         column = j * s_w + p
         inside = tirx.all(i >= top, i < top + height, column >= left, column < left + width)
-        return tirx.if_then_else(inside, x[b, c, i - top, column - left], zero)
+        value = x[b, c, i - top, column - left]
+        return tirx.if_then_else(inside, value if dtype == str(x.dtype) else value.astype(dtype),
+                                 zero)
 
     phases = te.compute((n, channels, rows, s_w, columns), phase, name=name,
                         attrs={PADDING_ATTR: [top, height, left, width]})
