@@ -377,6 +377,24 @@ def test_half_precision_narrow_convs(dtype):
     assert go.compare(half, model, probe_inputs(half)).ok
 
 
+def test_amx_input_copies_take_no_concatenation():
+    """A concatenation (and the batch norm and relu after it, DenseNet's) feeding a conv on AMX
+    tiles is computed by its own kernel, split per input, not inside the tiles' input copy,
+    where each element picked its input by a chain of comparisons."""
+    with dsl.Builder("dense_block", seed=0) as b:
+        x = b.input("input", (1, 32, 14, 14))
+        parts = [x] + [dsl.relu(dsl.conv2d(x, 32, 3, padding=1, name=f"c{i}")) for i in range(3)]
+        y = dsl.relu(dsl.batch_norm(dsl.concat(parts, axis=1)))
+        graph = b.output(dsl.conv2d(y, 64, 1, name="bottleneck"))
+    half = go.quantize(graph, "bfloat16").graph
+    model = go.compile(half, "cpu", mcpu="sapphirerapids")
+    assert model.graph.node("bottleneck").op.algorithm == "amx"
+    packs = [name for name in model.schedules if "amx_pack" in name]
+    assert packs and not any("concat" in name for name in packs), model.schedules
+    if "amx_bf16" in (runtime.host_cpu_flags() or ()):
+        assert go.compare(half, model, probe_inputs(half)).ok
+
+
 @pytest.mark.parametrize("dtype", HALF)
 def test_cuda_compiles(dtype):
     from graphopt.targets.tvm import cuda

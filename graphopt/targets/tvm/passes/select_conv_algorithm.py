@@ -157,7 +157,8 @@ def select_conv_algorithm(context):
             conv.plain, algorithm=algorithm, weight_block=block))
 
     def choose_transposed(node: Node):
-        """A float32 transposed convolution with constant weights: with a stride (no dilation
+        """A float32 or half-precision transposed convolution with constant weights (half
+        precision on the float32 kernels, widened, as a convolution): with a stride (no dilation
         or groups), the sub-pixel convolution computing every output phase as channels, then a
         pixel shuffle (`ConvTranspose2d.as_subpixel`: the transposed conv's own MACs; FCN's
         16x16 stride-8 upsampling and DCGAN's 4x4 stride-2 layers); otherwise the direct conv
@@ -168,7 +169,9 @@ def select_conv_algorithm(context):
         subpixel = op.as_subpixel(w.shape[2:], x.shape[2:])
         computable = (conv is not None or subpixel is not None) and context.vector is not None
         constant = context.constant_weights and all(v.is_constant for v in (w, *rest))
-        if not (computable and constant and x.dtype == "float32"):
+        # half precision: the float32 kernels on widened operands, as for a convolution
+        widened = x.dtype in ("float32", *HALF_DTYPES) and node.outputs[0].dtype == x.dtype
+        if not (computable and constant and widened):
             return None if op.as_conv is None else dataclasses.replace(op, as_conv=None,
                                                                        subpixel=False)
         out_channels, out_w = node.outputs[0].shape[1], node.outputs[0].shape[3]

