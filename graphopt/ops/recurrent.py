@@ -397,6 +397,7 @@ class Recurrent(Op):
             [m.transpose(s, [1, 0, 2]) for s in results[1:]]
 
     def lower_tvm(self, bb, *args):
+        import tvm
         rx = relax()
         R = rx.op
         x, w, r, b, initial, extra = self.split_inputs(args)
@@ -404,12 +405,17 @@ class Recurrent(Op):
         wide = "float32" if dtype in HALF_DTYPES else dtype
 
         def widen(v):
-            return v if v is None or wide == dtype else bb.emit(R.astype(v, wide))
+            """Half precision computes in float32: constants (the weights) widened here, once,
+            so that the packed product kernels take them; computed values by a cast."""
+            if v is None or wide == dtype:
+                return v
+            if isinstance(v, tvm.ir.Constant):
+                return rx.const(v.value.numpy().astype(wide), wide)
+            return bb.emit(R.astype(v, wide))
 
         x, w, r, b = (widen(v) for v in (x, w, r, b))
         initial, extra = [widen(s) for s in initial], [widen(e) for e in extra]
-        # the packed products are float32 kernels: half precision keeps TVM's product
-        m = RelaxMath(bb, wide, self.weight_block if wide == dtype else 0)
+        m = RelaxMath(bb, wide, self.weight_block)
         if self.layout == 1:
             x = m.transpose(x, [1, 0, 2])
             initial = [None if s is None else m.transpose(s, [1, 0, 2]) for s in initial]

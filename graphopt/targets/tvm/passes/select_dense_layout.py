@@ -38,7 +38,7 @@ def select_dense_layout(context):
         x, w, r = node.inputs[:3]
         batch = x.shape[1] if node.op.layout == 0 else x.shape[0]
         packable = (context.constant_weights and w.is_constant and r.is_constant
-                    and x.dtype == "float32")
+                    and x.dtype in ("float32", *HALF_DTYPES))   # half: widened at lowering
         blocking = dense_blocking(batch, w.shape[1], context.vector) if packable else None
         return dataclasses.replace(node.op, weight_block=blocking[0] if blocking else 0)
 
