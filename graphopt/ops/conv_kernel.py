@@ -42,10 +42,8 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
                f"{dtype}")
         acc, out_shape = tiles.lower_kernel(bb, x, 0.0, weight_data, conv, tiles.BFLOAT16)
         operands = [acc]
-        # computed with the plane flattened, as the tiles are (a view in the VM)
-        if residual is not None:
-            residual = flattened(bb, residual, (*out_shape[:2], out_shape[2] * out_shape[3]))
-        compute = lambda acc: tiles.from_tiles(acc, weight_data.shape[0])   # noqa: E731
+        compute = lambda acc: tiles.from_tiles(acc, weight_data.shape[0],  # noqa: E731
+                                               plane=out_shape[2:])
         name = "conv2d_amx_epilogue"
         attrs = tiles.EPILOGUE_ATTRS
     elif conv.algorithm == "dpbf16":
@@ -146,8 +144,7 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
     out = bb.call_te(kernel, *operands, *extras,
                      primfunc_name_hint=("fused_" if fused else "") + name,
                      primfunc_attrs={"op_pattern": OPAQUE, **attrs})
-    flat = conv.algorithm in ("pointwise", "amx")
-    return relax.op.reshape(bb.emit(out), out_shape) if flat else out
+    return relax.op.reshape(bb.emit(out), out_shape) if conv.algorithm == "pointwise" else out
 
 
 def flattened(bb, value, shape):

@@ -717,7 +717,7 @@ class QLinearConv2d(Op):
         (`schedules/amx.py`: the input copy, the tile kernel, the epilogue)."""
         from ..targets.tvm.schedules import amx as tiles
         from ..targets.tvm.schedules import conv2d_int8 as kernels
-        from .conv_kernel import OPAQUE, flattened
+        from .conv_kernel import OPAQUE
         amx = self.conv.algorithm == "amx"
         dot = None if amx else kernels.DOT_PRODUCTS[self.conv.algorithm, self.conv.weight_block]
         decision = f"{self.conv.algorithm} convolution"
@@ -739,9 +739,10 @@ class QLinearConv2d(Op):
         conv, activation = self.conv, self.activation
         correction = rx.const(correction.astype(np.int32), "int32")
 
-        def epilogue(acc, correction, multiplier, y_scale, y_zp, residual):
-            """acc [N, ceil(O / lanes), *plane, lanes] -> the requantized [N, O, *plane]."""
-            total = tiles.from_tiles(acc, int(correction.shape[0]), correction)
+        def epilogue(acc, correction, multiplier, y_scale, y_zp, residual, plane=None):
+            """acc [N, ceil(O / lanes), OH, OW, lanes] (or with the plane flattened) -> the
+            requantized NCHW output."""
+            total = tiles.from_tiles(acc, int(correction.shape[0]), correction, plane)
             return requantize_compute(total, multiplier, y_scale, y_zp, activation, 1,
                                       tuple(residual))
 
@@ -750,15 +751,11 @@ class QLinearConv2d(Op):
             # (written by hand, complete as lowered), then the epilogue reading its int32 tiles
             acc, out_shape = tiles.lower_kernel(bb, x, int(x_zero_point.reshape(-1)[0]),
                                                 weight, conv, tiles.INT8)
-            # computed with the plane flattened, as the tiles are (views in the VM)
-            if extra:
-                extra[0] = flattened(bb, extra[0],
-                                     (*out_shape[:2], out_shape[2] * out_shape[3]))
-            flat = bb.call_te(lambda acc, c, m, s, z, *r: epilogue(acc, c, m, s, z, r), acc,
-                              correction, multiplier, y_scale, y_zp, *extra,
+            return bb.call_te(lambda acc, c, m, s, z, *r: epilogue(acc, c, m, s, z, r,
+                                                                   out_shape[2:]),
+                              acc, correction, multiplier, y_scale, y_zp, *extra,
                               primfunc_name_hint="requantize_tiles",
                               primfunc_attrs={"op_pattern": OPAQUE, **tiles.EPILOGUE_ATTRS})
-            return rx.op.reshape(bb.emit(flat), out_shape)
 
         def kernel(x, packed, x_zp, correction, multiplier, y_scale, y_zp, *residual):
             return epilogue(kernels.conv2d_dot(x, packed, x_zp, conv, dot), correction,

@@ -192,17 +192,18 @@ def lower_kernel(bb, x, fill, weight: np.ndarray, conv, kind: AmxDtype):
     return acc, (n, weight.shape[0], out_h, out_w)
 
 
-def from_tiles(acc, out_channels: int, per_channel=None):
-    """TE: accumulators blocked by output channel, [N, ceil(O / lanes), *plane, lanes] (this
-    kernel's C tiles, the plane flattened, or the int8 dot-product kernels' register tiles),
-    as [N, O, *plane], plus `per_channel[c]` where given (the int8 kernels' zero-point
-    correction and bias)."""
+def from_tiles(acc, out_channels: int, per_channel=None, plane=None):
+    """TE: accumulators blocked by output channel, [N, ceil(O / lanes), OH, OW, lanes] (the
+    int8 dot-product kernels' register tiles) or, with `plane` = (OH, OW), [N, ceil(O / lanes),
+    OH * OW, lanes] (this kernel's C tiles), as NCHW [N, O, OH, OW], plus `per_channel[c]`
+    where given (the int8 kernels' zero-point correction and bias)."""
     from tvm import te
-    n, _, *plane, lanes = (int(d) for d in acc.shape)
+    n, lanes = int(acc.shape[0]), int(acc.shape[-1])
+    height, width = plane if plane is not None else (int(d) for d in acc.shape[2:4])
 
-    def value(b, c, *pixel):
+    def value(b, c, i, j):
+        pixel = (i * width + j,) if plane is not None else (i, j)
         v = acc[(b, c // lanes, *pixel, c % lanes)]
         return v if per_channel is None else v + per_channel[c]
 
-    return te.compute((n, out_channels, *plane), value, name="from_tiles")
-
+    return te.compute((n, out_channels, height, width), value, name="from_tiles")

@@ -1,15 +1,18 @@
 """The epilogue of the AMX convolutions (`amx.py`): their hand-written kernel stores its C tiles
 as accumulators blocked by output channel, each block's plane flattened, [N, O / lanes, OH * OW,
-lanes]; a second kernel reads them back as [N, O, OH * OW] (`amx.from_tiles`; a view of the
-NCHW output) through the conv's epilogue (bias, residual, activation, the int8 requantize,
-the rounding to bfloat16). Lowering marks that kernel (`amx.EPILOGUE_ATTRS`).
+lanes]; a second kernel reads them back as NCHW (`amx.from_tiles`) through the conv's epilogue
+(bias, residual, activation, the int8 requantize, the rounding to bfloat16). Lowering marks
+that kernel (`amx.EPILOGUE_ATTRS`).
 
 Left to the generic rule, the kernel read one accumulator per output element, 64 bytes apart,
 in a scalar loop (ResNet-18 at batch 1, one thread: 1.1 ms of bfloat16's 9.2 and 1.5 ms of
-int8's 5.6). Here each task takes a block of `lanes` channels of a run of pixels, `pixels` at
-a time: the pixels x lanes accumulators are loaded as whole vectors and transposed in
-registers (`transpose.py`), after which each channel's pixels are one vector that the
-epilogue computes and stores as a contiguous run of its plane (the same: 0.8 and 0.7 ms)."""
+int8's 5.6). Here each task takes a block of `lanes` channels of one output row, `pixels` at
+a time (a divisor of the row: 14 of 56): the pixels x lanes accumulators are loaded as whole
+vectors and transposed in registers (`transpose.py`), after which each channel's pixels are
+one vector that the epilogue computes and stores as a contiguous run of its row (the same:
+0.87 and 0.85 ms). Runs of 16 pixels across rows (the output viewed as [N, O, OH * OW]) took
+0.73 and 0.72 ms, but TVM fused that view into the next kernel, whose indices then divided by
+the plane (a bfloat16 max pool after it: 7x slower than float32's)."""
 from __future__ import annotations
 
 from .amx import EPILOGUE_ATTRS
@@ -17,11 +20,12 @@ from .common import PARALLEL_MIN_ELEMENTS, VectorShape, blocks_of, extent, inlin
 
 NAME = "tile_epilogue"
 MIN_PIXELS = 4
+ACCUMULATORS = ("float32", "int32")
 
 
-def pixels_per_step(plane: int, lanes: int) -> int:
-    """Pixels transposed at once: the largest divisor of the plane within `lanes`."""
-    return max(d for d in range(1, min(plane, lanes) + 1) if plane % d == 0)
+def pixels_per_step(width: int, lanes: int) -> int:
+    """Pixels transposed at once: the largest divisor of the output row within `lanes`."""
+    return max(d for d in range(1, min(width, lanes) + 1) if width % d == 0)
 
 
 def schedule(sch, vec: VectorShape) -> bool | None:
@@ -33,30 +37,29 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     if len(blocks) != 1:
         return None
     block = blocks[0]
-    acc = next((p for p in func.params if len(p.shape) == 4), None)
+    acc = next((p for p in func.params if len(p.shape) == 4 and p.dtype in ACCUMULATORS), None)
     index = next((i for i, r in enumerate(sch.get(block).reads)
                   if acc is not None and r.source.same_as(acc)), None)
     loops = sch.get_loops(block)
-    if index is None or len(loops) != 3 or str(acc.dtype) not in ("float32", "int32"):
+    if index is None or len(loops) != 4:
         return None
     lanes = int(acc.shape[-1])
-    n, c, p = loops
-    channels, plane = extent(c, sch), extent(p, sch)
-    pixels = pixels_per_step(plane, lanes)
+    n, c, h, w = loops
+    channels, height, width = extent(c, sch), extent(h, sch), extent(w, sch)
+    pixels = pixels_per_step(width, lanes)
     if lanes & (lanes - 1) or channels % lanes or pixels < MIN_PIXELS:
         return None
     from .transpose import register
     c_outer, c_inner = sch.split(c, [None, lanes])
-    p_outer, p_inner = sch.split(p, [None, pixels])
-    sch.reorder(n, c_outer, p_outer, c_inner, p_inner)
+    w_outer, w_inner = sch.split(w, [None, pixels])
+    sch.reorder(n, c_outer, h, w_outer, c_inner, w_inner)
     # the tile's pixels x lanes accumulators, channel-major, in registers
     copy = sch.cache_read(block, index, "local")
-    sch.compute_at(copy, p_outer)
+    sch.compute_at(copy, w_outer)
     sch.transform_layout(copy, ("write", 0), lambda b, o, i, k: (b, o, k, i))
-    pixel = sch.get_loops(copy)[-2]
-    sch.tensorize(pixel, register(pixels, lanes, str(acc.dtype), "global"))
-    sch.vectorize(p_inner)
-    tasks = sch.fuse(n, c_outer, p_outer)
-    if channels * plane >= PARALLEL_MIN_ELEMENTS:
-        sch.parallel(tasks)
+    sch.tensorize(sch.get_loops(copy)[-2], register(pixels, lanes, str(acc.dtype), "global"))
+    sch.vectorize(w_inner)
+    rows = sch.fuse(n, c_outer, h)
+    if channels * height * width >= PARALLEL_MIN_ELEMENTS:
+        sch.parallel(rows)
     return True
