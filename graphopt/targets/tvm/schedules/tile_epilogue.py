@@ -11,8 +11,8 @@ a time (a divisor of the row: 14 of 56): the pixels x lanes accumulators are loa
 vectors and transposed in registers (`transpose.py`), after which each channel's pixels are
 one vector that the epilogue computes and stores as a contiguous run of its row (the same:
 0.87 and 0.85 ms). Runs of 16 pixels across rows (the output viewed as [N, O, OH * OW]) took
-0.73 and 0.72 ms, but TVM fused that view into the next kernel, whose indices then divided by
-the plane (a bfloat16 max pool after it: 7x slower than float32's)."""
+0.73 and 0.72 ms, but TVM fused that view into the next kernel (a pool, a copy), whose
+indices then divided and reduced by the plane size."""
 from __future__ import annotations
 
 from .amx import EPILOGUE_ATTRS
