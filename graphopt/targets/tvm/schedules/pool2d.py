@@ -38,10 +38,7 @@ def schedule(sch, vec) -> bool:
         sch.parallel(planes)
     sch.vectorize(ow)
     sch.compute_at(rows, oh)
-    if pair[0] == ROWS_SUM_BLOCK:
-        _vectorize_rows(sch, rows)
-    else:
-        sch.vectorize(sch.get_loops(rows)[-1])
+    _vectorize_rows(sch, rows)
     return True
 
 
@@ -49,10 +46,10 @@ def _vectorize_rows(sch, rows) -> None:
     """The rows pass's columns as up to three vector loops: the left padding, the input's
     columns and the right padding. As one loop each lane would read under its own bounds check,
     which TVM's vectorizer turns into scalar code (Inception-v3's 3x3 average pools of 768 ch
-    17x17, one core: 0.15-0.16 ms, 0.134 in parts). Max pools keep the one loop: vectorized
-    in parts they came out wrong on the rows where part of the window is padding (the op
-    table's padded max pools; their NaN-propagating maximum is a chain of Lets, the sum is
-    not)."""
+    17x17, one core: 0.15-0.16 ms, 0.134 in parts; GoogLeNet's 3x3 stride-1 max pools in
+    bfloat16 9x slower). A padded max pool's maximum is written without Lets for this
+    (`MaxPool2d.separable_max_pool`): as a chain of Lets, vectorized in parts, it came out
+    wrong on the rows where part of the window is padding."""
     loop = sch.get_loops(rows)[-1]
     left, width = (int(v) for v in sch.get(rows).annotations[COLUMNS_ATTR])
     parts, _ = segments(sch, loop, left, width, extent(loop, sch))
