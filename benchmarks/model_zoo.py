@@ -12,7 +12,12 @@ largest output difference), then the geometric mean of the ratios over the model
 models above the issue's 1.3x bound. "default" threads: graphopt compiled with no thread
 setting (every core the process may use) and ORT with intra_op_num_threads=0 (its own choice).
 --layers times each convolution of a model alone (as graphopt optimized it, exported to ONNX
-for ORT), slowest first, with the algorithm and schedule each got: where the time goes."""
+for ORT), slowest first, with the algorithm and schedule each got: where the time goes.
+--half bfloat16 (or float16) times each model's half-precision graph (`go.quantize(graph,
+"bfloat16")`) beside its float32 graph and ORT float32, and names the models that run slower
+in half precision than in float32:
+
+    .venv/bin/python benchmarks/model_zoo.py --half bfloat16 --threads 1"""
 from __future__ import annotations
 
 import argparse
@@ -61,6 +66,48 @@ def bench_model(name: str, thread_settings, repeat: int, rounds: int) -> list[di
         rows.append({"model": name, "threads": setting, "graphopt": ours, "onnxruntime": ort,
                      "ratio": ours / ort, "diff": diff, "compile_s": compile_s})
     return rows
+
+
+def bench_half(name: str, dtype: str, thread_settings, repeat: int, rounds: int) -> list[dict]:
+    """graphopt's `dtype` graph of the model against its float32 graph and ORT float32."""
+    import graphopt as go
+    graph = go.zoo.MODELS[name](batch=1)
+    rng = np.random.default_rng(0)
+    feeds = {v.name: rng.standard_normal(v.shape).astype(np.float32) for v in graph.inputs}
+    builds = {"float32": go.compile(graph), dtype: go.compile(go.quantize(graph, dtype).graph)}
+    rows = []
+    for setting in thread_settings:
+        threads = builds["float32"].threads if setting == "default" else int(setting)
+        runners = {key: tvm_runner(with_threads(build, threads)) for key, build in builds.items()}
+        runners["onnxruntime"] = ort_runner(graph, 0 if setting == "default" else threads)
+        full, half = runners["float32"](feeds), runners[dtype](feeds)
+        error = float(np.abs(half - full).max() / max(float(np.abs(full).max()), 1e-30))
+        times = in_blocks(runners, feeds, repeat, rounds)
+        rows.append({"model": name, "threads": setting, "float32": times["float32"][0],
+                     "half": times[dtype][0], "onnxruntime": times["onnxruntime"][0],
+                     "error": error})
+    return rows
+
+
+def half_table(names, dtype: str, threads, repeat: int, rounds: int) -> None:
+    print(f"| model | threads | {dtype} ms | float32 ms | ORT float32 ms | {dtype} / float32 "
+          f"| {dtype} / ORT | max abs diff / max abs |")
+    print("|---|---|---|---|---|---|---|---|")
+    ratios: dict[str, list[float]] = {t: [] for t in threads}
+    slower = []
+    for name in names:
+        for row in bench_half(name, dtype, threads, repeat, rounds):
+            ratio = row["half"] / row["float32"]
+            ratios[row["threads"]].append(ratio)
+            if ratio > 1:
+                slower.append(f"{name} ({row['threads']}: {ratio:.2f})")
+            print(f"| {name} | {row['threads']} | {row['half']:.2f} | {row['float32']:.2f} | "
+                  f"{row['onnxruntime']:.2f} | {ratio:.2f} | "
+                  f"{row['half'] / row['onnxruntime']:.2f} | {row['error']:.1e} |", flush=True)
+    for t in threads:
+        print(f"# geometric mean {dtype} / float32, {t} thread(s), {len(ratios[t])} models: "
+              f"{geometric_mean(ratios[t]):.2f}")
+    print(f"# slower in {dtype} than in float32: {', '.join(slower) or 'none'}")
 
 
 def conv_layers(name: str, threads: int, repeat: int, top: int) -> None:
@@ -141,6 +188,9 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", nargs="*", default=[],
                         help="time each conv of these models alone instead")
     parser.add_argument("--top", type=int, default=15, help="--layers: rows shown per model")
+    parser.add_argument("--half", choices=["bfloat16", "float16"], default=None,
+                        help="time each model's half-precision graph against its float32 graph "
+                             "and ORT float32 instead")
     args = parser.parse_args(argv)
     import graphopt as go
     unknown = sorted((set(args.models or []) | set(args.skip_models) | set(args.layers))
@@ -159,6 +209,9 @@ def main(argv=None) -> int:
     names = QUICK if args.quick and args.models is None else (args.models or list(go.zoo.MODELS))
     names = [n for n in names if n not in set(args.skip_models)]
     repeat = min(args.repeat, 10) if args.quick else args.repeat
+    if args.half:
+        half_table(names, args.half, threads, repeat, args.rounds)
+        return 0
     print("| model | threads | graphopt ms | ORT ms | graphopt / ORT | max abs diff | compile s |")
     print("|---|---|---|---|---|---|---|")
     ratios: dict[str, list[float]] = {t: [] for t in threads}
