@@ -120,13 +120,15 @@ class Pool2d(Op):
                 yield xp[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh,
                          j * dw: j * dw + sw * (ow - 1) + 1: sw]
 
-    def two_passes(self, x, out_h: int, out_w: int, fill, combine, names, finish=None):
+    def two_passes(self, x, out_h: int, out_w: int, fill, combine, names, finish=None,
+                   pieces: bool = True):
         """TE of the pool as two passes, which the CPU rule `schedules/pool2d.py` finds by
         their block `names`: the rows pass combines (`combine(values)`) the kernel's rows for
         each input column (padding reading as `fill`, the width padded so that the columns
         pass needs no bounds checks), the columns pass combines that short row buffer's
         columns of each window; `finish(total, oh, ow)`, where given, maps each window's
-        result."""
+        result. `pieces`: the rows pass may be vectorized in pieces (`combine` binds no Let),
+        recorded on it for the CPU rule (`COLUMNS_ATTR`: [left padding, input width, pieces])."""
         from tvm import te, tirx
         (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
         pad_top, pad_left = self.padding[:2]
@@ -142,7 +144,7 @@ class Pool2d(Op):
             return combine(values)
 
         rows_done = te.compute((n, c, out_h, padded_w), rows, name=names[0],
-                               attrs={COLUMNS_ATTR: [pad_left, w]})
+                               attrs={COLUMNS_ATTR: [pad_left, w, int(pieces)]})
 
         def columns(b, ch, oh, ow):
             total = combine([rows_done[b, ch, oh, ow * sw + j * dw] for j in range(kw)])
@@ -191,18 +193,21 @@ class MaxPool2d(Pool2d):
 
     def separable_max_pool(self, x, out_h: int, out_w: int):
         """TE: the max pool as a row max (`ROWS_BLOCK`) followed by a column max
-        (`COLUMNS_BLOCK`), padding reading as -inf (`Pool2d.two_passes`). A padded pool's
-        maximum is written without Lets (`nan_max_of`): the CPU rule vectorizes its rows pass
-        in pieces (the padding columns, the input's), which a chain of Lets came out wrong in,
-        and as one loop its per-lane bounds checks made it scalar (3x3 stride-1 pools, 480
-        ch 28x28, one core: bfloat16 5.6 -> 0.59 ms, float32 0.74 -> 0.60). bfloat16 is
-        always written so: TVM computes it in float32 but keeps the type of the Let variable,
-        which it then refuses."""
+        (`COLUMNS_BLOCK`), padding reading as -inf (`Pool2d.two_passes`). A pool padding its
+        columns has its maximum written without Lets (`nan_max_of`) and its rows pass
+        vectorized in pieces by the CPU rule (the padding columns, the input's), which a
+        chain of Lets came out wrong in; as one loop its per-lane bounds checks made it
+        scalar (3x3 stride-1 pools, 480 ch 28x28, one core: bfloat16 5.6 -> 0.59 ms, float32
+        0.74 -> 0.57). bfloat16 is always written so: TVM computes it in float32 but keeps
+        the type of the Let variable, which it then refuses."""
         from tvm import tirx
-        combine = nan_max_of if any(self.padding) or str(x.dtype) == "bfloat16" else \
+        # padding columns (a ceil-mode overhang alone stays one loop: SqueezeNet's pools ran
+        # 1.18x slower at two threads in pieces)
+        pieces = self.padding[1] > 0 or self.padding[3] > 0
+        combine = nan_max_of if pieces or str(x.dtype) == "bfloat16" else \
             (lambda values: functools.reduce(nan_max, values))
         return self.two_passes(x, out_h, out_w, tirx.min_value(x.dtype), combine,
-                               (ROWS_BLOCK, COLUMNS_BLOCK))
+                               (ROWS_BLOCK, COLUMNS_BLOCK), pieces=pieces)
 
     def max_pool(self, x, out_h: int, out_w: int):
         """TE: the max over each window (padding reads as -inf), NaN-propagating."""

@@ -38,7 +38,10 @@ def schedule(sch, vec) -> bool:
         sch.parallel(planes)
     sch.vectorize(ow)
     sch.compute_at(rows, oh)
-    _vectorize_rows(sch, rows)
+    if sch.get(rows).annotations[COLUMNS_ATTR][2]:
+        _vectorize_rows(sch, rows)
+    else:
+        sch.vectorize(sch.get_loops(rows)[-1])
     return True
 
 
@@ -51,7 +54,7 @@ def _vectorize_rows(sch, rows) -> None:
     (`MaxPool2d.separable_max_pool`): as a chain of Lets, vectorized in parts, it came out
     wrong on the rows where part of the window is padding."""
     loop = sch.get_loops(rows)[-1]
-    left, width = (int(v) for v in sch.get(rows).annotations[COLUMNS_ATTR])
+    left, width = (int(v) for v in sch.get(rows).annotations[COLUMNS_ATTR][:2])
     parts, _ = segments(sch, loop, left, width, extent(loop, sch))
     for part in parts:
         sch.vectorize(part)
