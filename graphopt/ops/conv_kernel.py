@@ -40,10 +40,8 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
         weight_data = constant_operand(w, decision)
         expect(dtype == tiles.BFLOAT16.input, f"the amx convolution takes bfloat16 here, found "
                f"{dtype}")
-        acc, out_shape = tiles.lower_kernel(bb, x, 0.0, weight_data, conv, tiles.BFLOAT16)
-        operands = [acc]
-        compute = lambda acc: tiles.from_tiles(acc, weight_data.shape[0],  # noqa: E731
-                                               plane=out_shape[2:])
+        operands = [tiles.lower_kernel(bb, x, 0.0, weight_data, conv, tiles.BFLOAT16)]
+        compute = lambda acc: tiles.from_tiles(acc, weight_data.shape[0])   # noqa: E731
         name = "conv2d_amx_epilogue"
         attrs = tiles.EPILOGUE_ATTRS
     elif conv.algorithm == "dpbf16":

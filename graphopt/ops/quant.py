@@ -739,21 +739,19 @@ class QLinearConv2d(Op):
         conv, activation = self.conv, self.activation
         correction = rx.const(correction.astype(np.int32), "int32")
 
-        def epilogue(acc, correction, multiplier, y_scale, y_zp, residual, plane=None):
-            """acc [N, ceil(O / lanes), OH, OW, lanes] (or with the plane flattened) -> the
-            requantized NCHW output."""
-            total = tiles.from_tiles(acc, int(correction.shape[0]), correction, plane)
+        def epilogue(acc, correction, multiplier, y_scale, y_zp, residual):
+            """acc [N, ceil(O / lanes), OH, OW, lanes] -> the requantized NCHW output."""
+            total = tiles.from_tiles(acc, int(correction.shape[0]), correction)
             return requantize_compute(total, multiplier, y_scale, y_zp, activation, 1,
                                       tuple(residual))
 
         if amx:
             # the input padded with its zero point and grouped by 64 channels, the AMX kernel
             # (written by hand, complete as lowered), then the epilogue reading its int32 tiles
-            acc, out_shape = tiles.lower_kernel(bb, x, int(x_zero_point.reshape(-1)[0]),
-                                                weight, conv, tiles.INT8)
-            return bb.call_te(lambda acc, c, m, s, z, *r: epilogue(acc, c, m, s, z, r,
-                                                                   out_shape[2:]),
-                              acc, correction, multiplier, y_scale, y_zp, *extra,
+            acc = tiles.lower_kernel(bb, x, int(x_zero_point.reshape(-1)[0]), weight, conv,
+                                     tiles.INT8)
+            return bb.call_te(lambda acc, c, m, s, z, *r: epilogue(acc, c, m, s, z, r), acc,
+                              correction, multiplier, y_scale, y_zp, *extra,
                               primfunc_name_hint="requantize_tiles",
                               primfunc_attrs={"op_pattern": OPAQUE, **tiles.EPILOGUE_ATTRS})
 

@@ -93,8 +93,8 @@ def pack_input(x, fill, conv, kind: AmxDtype):
 
 def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blocks: int,
            taps: tuple[int, int], out_size: tuple[int, int], conv):
-    """The PrimFunc (xp as `pack_input`, wp as `pack_weight`, acc [N, O / 16, OH * OW, 16] of
-    the accumulator dtype: each block's plane flattened, as its NCHW output is): parallel over images, output-channel pairs and row pairs (the last
+    """The PrimFunc (xp as `pack_input`, wp as `pack_weight`, acc [N, O / 16, OH, OW, 16] of
+    the accumulator dtype): parallel over images, output-channel pairs and row pairs (the last
     of an odd number of rows alone); each task configures the tiles (the configuration is per
     thread), zeroes four C tiles, runs the whole reduction and stores them."""
     from tvm.script import tirx as T
@@ -118,7 +118,7 @@ def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blo
     @T.prim_func(s_tir=True, private=True)   # add_func names it: one kernel per shape
     def amx(xp: T.Buffer((N, G, HP, WP, C), kind.input),
             wp: T.Buffer((OB, G, KH, KW, C // PAIR, 16, PAIR), kind.weight),
-            acc: T.Buffer((N, OB, OH * OW, 16), kind.accumulator)):
+            acc: T.Buffer((N, OB, OH, OW, 16), kind.accumulator)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
                      "graphopt.schedule": NAME})
         for task in T.parallel(TASKS):
@@ -154,22 +154,22 @@ def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blo
                         T.evaluate(call(kind.instruction, tile(2), tile(5), tile(6)))
                         T.evaluate(call(kind.instruction, tile(3), tile(5), tile(7)))
                 T.evaluate(call("tilestored64", tile(0), T.address_of(
-                    acc[n, ob, oh * OW + ow * P, 0]), T.int64(ROW_BYTES)))
+                    acc[n, ob, oh, ow * P, 0]), T.int64(ROW_BYTES)))
                 T.evaluate(call("tilestored64", tile(1), T.address_of(
-                    acc[n, ob + 1, oh * OW + ow * P, 0]), T.int64(ROW_BYTES)))
+                    acc[n, ob + 1, oh, ow * P, 0]), T.int64(ROW_BYTES)))
                 if oh + 1 < OH:
                     T.evaluate(call("tilestored64", tile(2), T.address_of(
-                        acc[n, ob, (oh + 1) * OW + ow * P, 0]), T.int64(ROW_BYTES)))
+                        acc[n, ob, oh + 1, ow * P, 0]), T.int64(ROW_BYTES)))
                     T.evaluate(call("tilestored64", tile(3), T.address_of(
-                        acc[n, ob + 1, (oh + 1) * OW + ow * P, 0]), T.int64(ROW_BYTES)))
+                        acc[n, ob + 1, oh + 1, ow * P, 0]), T.int64(ROW_BYTES)))
             T.evaluate(call("tilerelease"))
 
     return amx
 
 
 def lower_kernel(bb, x, fill, weight: np.ndarray, conv, kind: AmxDtype):
-    """Relax: the kernel's accumulators [N, O / 16, OH * OW, 16] for `x` (NCHW, padded with
-    the constant `fill`) and the constant OIHW `weight`, and the NCHW output's shape."""
+    """Relax: the kernel's accumulators [N, O / 16, OH, OW, 16] for `x` (NCHW, padded with
+    the constant `fill`) and the constant OIHW `weight`."""
     from tvm import relax
     packed = pack_weight(weight, kind)
     # Unfused: TVM would fuse the input's producers into the copy, and a concatenation there
@@ -186,24 +186,20 @@ def lower_kernel(bb, x, fill, weight: np.ndarray, conv, kind: AmxDtype):
     out_w = conv_out_size(width, k_w, conv.stride[1], 0, 0, conv.dilation[1])
     func = kernel(kind, n, groups, (height, width), packed.shape[0], (k_h, k_w),
                   (out_h, out_w), conv)
-    acc_type = relax.TensorType((n, packed.shape[0], out_h * out_w, 16), kind.accumulator)
-    acc = bb.emit(relax.call_tir(bb.add_func(func, NAME), [grouped, relax.const(packed,
-                                 kind.weight)], out_ty=acc_type))
-    return acc, (n, weight.shape[0], out_h, out_w)
+    acc_type = relax.TensorType((n, packed.shape[0], out_h, out_w, 16), kind.accumulator)
+    return bb.emit(relax.call_tir(bb.add_func(func, NAME), [grouped, relax.const(packed,
+                                  kind.weight)], out_ty=acc_type))
 
 
-def from_tiles(acc, out_channels: int, per_channel=None, plane=None):
-    """TE: accumulators blocked by output channel, [N, ceil(O / lanes), OH, OW, lanes] (the
-    int8 dot-product kernels' register tiles) or, with `plane` = (OH, OW), [N, ceil(O / lanes),
-    OH * OW, lanes] (this kernel's C tiles), as NCHW [N, O, OH, OW], plus `per_channel[c]`
-    where given (the int8 kernels' zero-point correction and bias)."""
+def from_tiles(acc, out_channels: int, per_channel=None):
+    """TE: accumulators blocked by output channel, [N, ceil(O / lanes), OH, OW, lanes] (this
+    kernel's C tiles, or the int8 dot-product kernels' register tiles), as NCHW [N, O, OH, OW],
+    plus `per_channel[c]` where given (the int8 kernels' zero-point correction and bias)."""
     from tvm import te
-    n, lanes = int(acc.shape[0]), int(acc.shape[-1])
-    height, width = plane if plane is not None else (int(d) for d in acc.shape[2:4])
+    n, _, height, width, lanes = (int(d) for d in acc.shape)
 
     def value(b, c, i, j):
-        pixel = (i * width + j,) if plane is not None else (i, j)
-        v = acc[(b, c // lanes, *pixel, c % lanes)]
+        v = acc[b, c // lanes, i, j, c % lanes]
         return v if per_channel is None else v + per_channel[c]
 
     return te.compute((n, out_channels, height, width), value, name="from_tiles")

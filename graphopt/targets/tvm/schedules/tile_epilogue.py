@@ -1,8 +1,8 @@
 """The epilogue of the AMX convolutions (`amx.py`): their hand-written kernel stores its C tiles
-as accumulators blocked by output channel, each block's plane flattened, [N, O / lanes, OH * OW,
-lanes]; a second kernel reads them back as NCHW (`amx.from_tiles`) through the conv's epilogue
-(bias, residual, activation, the int8 requantize, the rounding to bfloat16). Lowering marks
-that kernel (`amx.EPILOGUE_ATTRS`).
+as accumulators blocked by output channel, [N, O / lanes, OH, OW, lanes]; a second kernel
+reads them back as NCHW (`amx.from_tiles`) through the conv's epilogue (bias, residual,
+activation, the int8 requantize, the rounding to bfloat16). Lowering marks that kernel
+(`amx.EPILOGUE_ATTRS`).
 
 Left to the generic rule, the kernel read one accumulator per output element, 64 bytes apart,
 in a scalar loop (ResNet-18 at batch 1, one thread: 1.1 ms of bfloat16's 9.2 and 1.5 ms of
@@ -10,9 +10,9 @@ int8's 5.6). Here each task takes a block of `lanes` channels of one output row,
 a time (a divisor of the row: 14 of 56): the pixels x lanes accumulators are loaded as whole
 vectors and transposed in registers (`transpose.py`), after which each channel's pixels are
 one vector that the epilogue computes and stores as a contiguous run of its row (the same:
-0.87 and 0.85 ms). Runs of 16 pixels across rows (the output viewed as [N, O, OH * OW]) took
-0.73 and 0.72 ms, but TVM fused that view into the next kernel (a pool, a copy), whose
-indices then divided and reduced by the plane size."""
+0.87 and 0.85 ms). Runs of 16 pixels across rows (the tiles and the output viewed with the
+plane flattened) took 0.73 and 0.72 ms, but TVM fused that view into the next kernel (a pool,
+a copy), whose indices then divided and reduced by the plane size."""
 from __future__ import annotations
 
 from .amx import EPILOGUE_ATTRS
@@ -37,7 +37,7 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     if len(blocks) != 1:
         return None
     block = blocks[0]
-    acc = next((p for p in func.params if len(p.shape) == 4 and p.dtype in ACCUMULATORS), None)
+    acc = next((p for p in func.params if len(p.shape) == 5 and p.dtype in ACCUMULATORS), None)
     index = next((i for i, r in enumerate(sch.get(block).reads)
                   if acc is not None and r.source.same_as(acc)), None)
     loops = sch.get_loops(block)
@@ -56,7 +56,7 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     # the tile's pixels x lanes accumulators, channel-major, in registers
     copy = sch.cache_read(block, index, "local")
     sch.compute_at(copy, w_outer)
-    sch.transform_layout(copy, ("write", 0), lambda b, o, i, k: (b, o, k, i))
+    sch.transform_layout(copy, ("write", 0), lambda b, o, i, j, k: (b, o, i, k, j))
     sch.tensorize(sch.get_loops(copy)[-2], register(pixels, lanes, str(acc.dtype), "global"))
     sch.vectorize(w_inner)
     rows = sch.fuse(n, c_outer, h)
