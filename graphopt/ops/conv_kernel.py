@@ -64,17 +64,21 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
         weight_data = constant_operand(w, decision)
         n, channels, height, width = (int(d) for d in relax_type(x).shape)
         out_shape = (n, weight_data.shape[0], height, width)
-        expect(dtype == "float32" and pointwise.applies(weight_data.shape[2:], conv.stride,
-                                                        conv.padding, conv.dilation, conv.groups)
+        expect(accumulate == "float32" and pointwise.applies(weight_data.shape[2:], conv.stride,
+                                                             conv.padding, conv.dilation,
+                                                             conv.groups)
                and weight_data.shape[0] % conv.weight_block == 0,
-               f"the pointwise convolution takes float32 1x1 stride-1 unpadded ungrouped "
+               f"the pointwise convolution takes float32 (or widened half-precision) 1x1 "
+               f"stride-1 unpadded ungrouped "
                f"convolutions with {conv.weight_block}-channel blocks dividing the output "
                f"channels, found {dtype}, weight {weight_data.shape}, stride {conv.stride}, "
                f"padding {conv.padding}, groups {conv.groups}")
         operands = [flattened(bb, x, (n, channels, height * width))]
         if residual is not None:
             residual = flattened(bb, residual, (n, out_shape[1], height * width))
-        weight = relax.const(pointwise.pack_weight(weight_data, conv.weight_block), dtype)
+        # half precision: the weight widened here, the input as the kernel reads it
+        weight = relax.const(pointwise.pack_weight(weight_data, conv.weight_block)
+                             .astype(accumulate), accumulate)
         name, compute = "conv2d_pointwise", pointwise.pointwise_conv2d
     elif conv.algorithm == "winograd":
         from ..targets.tvm.schedules.winograd import transform_weight, winograd_conv2d

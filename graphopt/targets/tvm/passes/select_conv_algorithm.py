@@ -5,7 +5,7 @@
 - "winograd" (F(2x2, 3x3) or F(4x4, 3x3), the tile side recorded as `output_tile`; weights in
   blocks of two vector registers of output channels) for the 3x3 stride-1 convolutions where
   it measured faster (`schedules/winograd.output_tile`);
-- "pointwise" for float32 1x1 stride-1 unpadded ungrouped convolutions with a constant weight
+- "pointwise" for 1x1 stride-1 unpadded ungrouped convolutions with a constant weight
   where the target has 8- or 16-lane vectors, on planes of whole vectors or, with 16 lanes and
   cores of 32 KiB L1 (`pointwise.PARTIAL_PLANE_MAX_L1D`), of at least
   `pointwise.MIN_PARTIAL_VECTORS` vectors (there with a channel block for each thread the
@@ -27,11 +27,11 @@
   do not divide into register tiles (55, 27, 111 pixels) are computed to whole tiles
   (`padded_width`), so that no tile runs under a predicate; convs that pad nothing else take
   a one-register block where its tile divides the rows instead (`tiled.unpadded_row_block`).
-Half-precision (float16, bfloat16) convolutions are "direct" with a weight block, "depthwise"
-or "narrow": the float32 kernel on operands widened to float32 (the weight at lowering, the
-input in the kernel or as it is copied into the phase buffer), which is the interpreter's
-arithmetic (products and sums in float32, one rounding at the end); never Winograd, pointwise
-or oneDNN (float32 kernels with their own roundings, or reading the input as it is). bfloat16 ones
+Half-precision (float16, bfloat16) convolutions are "direct" with a weight block, "pointwise",
+"depthwise" or "narrow": the float32 kernel on operands widened to float32 (the weight at
+lowering, the input in the kernel or as it is copied into the phase buffer), which is the
+interpreter's arithmetic (products and sums in float32, one rounding at the end); never
+Winograd or oneDNN (float32 kernels with their own roundings). bfloat16 ones
 that fill AMX tiles where the CPU has AMX-BF16 are "amx" (`schedules/amx.py`); ungrouped ones
 with constant weights where the CPU has AVX512-BF16 but no AMX-BF16 are "dpbf16" (vdpbf16ps,
 `schedules/conv2d_bf16.py`, weight_block 16).
@@ -124,7 +124,7 @@ def select_conv_algorithm(context):
         if tile:
             return dataclasses.replace(plain, algorithm="winograd", output_tile=tile,
                                        weight_block=winograd.channel_block(context.vector))
-        pointwise_tile = float32 and pointwise.applies(
+        pointwise_tile = pointwise.applies(
             w.shape[2:], conv.stride, conv.padding, conv.dilation, conv.groups) and \
             pointwise.tile(out_h * out_w, out_channels, context.vector, batch, context.threads,
                            w.shape[1])

@@ -127,13 +127,18 @@ def pack_weight(weight, block: int):
 
 def pointwise_conv2d(x, packed):
     """TE of the GEMM on the flattened input `x` [N, C, P] with the weight `packed`
-    ([O / block, C, block]): [N, O, P]."""
+    ([O / block, C, block]): [N, O, P], in the weight's dtype (float32: a half-precision input
+    is widened as it is read, once per vector of pixels)."""
     from tvm import te
     n, channels, pixels = (int(d) for d in x.shape)
     blocks, _, block = (int(d) for d in packed.shape)
     c = te.reduce_axis((0, channels), "c")
+
+    def value(b, c, p):
+        return x[b, c, p] if x.dtype == packed.dtype else x[b, c, p].astype(packed.dtype)
+
     return te.compute((n, blocks * block, pixels), lambda b, o, p: te.sum(
-        packed[o // block, c, o % block] * x[b, c, p], axis=c), name="pointwise_conv2d")
+        packed[o // block, c, o % block] * value(b, c, p), axis=c), name="pointwise_conv2d")
 
 
 def schedule(sch, vec: VectorShape) -> bool:
