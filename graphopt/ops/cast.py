@@ -59,6 +59,12 @@ def accumulation_dtype(dtype) -> str:
     return "float32" if str(dtype) in HALF_DTYPES else str(dtype)
 
 
+def widened(value, dtype: str):
+    """TE/TIR: `value` as `dtype` (a half-precision element read into a float32 kernel), or
+    `value` itself where it has that dtype already."""
+    return value if str(value.dtype) == str(dtype) else value.astype(dtype)
+
+
 def lower_in_float32(bb, x, lower):
     """Relax: `lower(x)` computed in float32 when `x` is half precision and rounded back once
     (a reduction or a normalization, as the reference kernels compute them), else as is."""

@@ -8,7 +8,7 @@ import numpy as np
 from ..ir import TensorType, is_float_dtype
 from .base import (Op, accumulator, constant_operand, expect, expect_float, expect_same_dtype,
                    integer, register, relax)
-from .cast import accumulation_dtype
+from .cast import accumulation_dtype, widened
 
 
 def weight_block_attribute(op) -> None:
@@ -168,14 +168,10 @@ def lower_blocked_matmul(bb, x, weight_kn: np.ndarray, block: int):
     def blocked_matmul(x, packed):
         rows, depth = (int(d) for d in x.shape)
         k = te.reduce_axis((0, depth), "k")
-
-        def widened(value):
-            return value if value.dtype == accumulate else value.astype(accumulate)
-
         tile = te.compute((rows, int(packed.shape[0]) * block),
-                          lambda i, j: te.sum(widened(x[i, k])
-                                              * widened(packed[j // block, k, j % block]),
-                                              axis=k),
+                          lambda i, j: te.sum(widened(x[i, k], accumulate)
+                                              * widened(packed[j // block, k, j % block],
+                                                        accumulate), axis=k),
                           name="matmul")
         if int(packed.shape[0]) * block == columns:
             return tile

@@ -82,8 +82,8 @@ def select_conv_algorithm(context):
     def direct(conv: Conv2d, out_channels: int, out_w: int, in_channels: int | None = None,
                taps: int = 1) -> Conv2d:
         """`conv` on the register-tiled direct rule: its channel block per group and, where
-        the rows do not divide into tiles, the width they are computed to; float32 convs that
-        rule computes badly (too few output channels for a channel block, or a short reduction
+        the rows do not divide into tiles, the width they are computed to; convs that rule
+        computes badly (too few output channels for a channel block, or a short reduction
         over a thin input: `narrow.applies`) are "narrow" instead."""
         block = channel_block(out_channels // conv.groups, context.vector, conv.groups)
         if block and not any(conv.padding):

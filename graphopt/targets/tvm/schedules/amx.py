@@ -23,7 +23,6 @@ import numpy as np
 NAME = "conv2d_amx"
 AMX = "amx"
 BLOCK = 32      # output channels per kernel step: two C tiles of 16
-OPAQUE = 8      # TVM's op pattern of a kernel nothing is fused into (ops.conv_kernel.OPAQUE)
 ROW_BYTES = 64  # bytes of one tile row
 # The kernel reading the tiles back through the conv's epilogue, as lowered: scheduled by the
 # tile epilogue rule (`tile_epilogue.py`).
@@ -171,6 +170,8 @@ def lower_kernel(bb, x, fill, weight: np.ndarray, conv, kind: AmxDtype):
     """Relax: the kernel's accumulators [N, O / 16, OH, OW, 16] for `x` (NCHW, padded with
     the constant `fill`) and the constant OIHW `weight`."""
     from tvm import relax
+    from ....ops.base import conv_out_size
+    from ....ops.conv_kernel import OPAQUE
     packed = pack_weight(weight, kind)
     # Unfused: TVM would fuse the input's producers into the copy, and a concatenation there
     # picks each element's input by a chain of comparisons (DenseNet-121's dense blocks in
@@ -179,7 +180,6 @@ def lower_kernel(bb, x, fill, weight: np.ndarray, conv, kind: AmxDtype):
     grouped = bb.emit(bb.call_te(lambda x: pack_input(x, fill, conv, kind), x,
                                  primfunc_name_hint="amx_pack",
                                  primfunc_attrs={"op_pattern": OPAQUE}))
-    from ....ops.base import conv_out_size
     n, groups, height, width, _ = (int(d) for d in grouped.ty.shape)
     k_h, k_w = weight.shape[2:]
     out_h = conv_out_size(height, k_h, conv.stride[0], 0, 0, conv.dilation[0])   # padded

@@ -11,6 +11,7 @@ clamped load: TVM drops the clamp inside the Select's true branch, and the vecto
 reads outside the input, a crash where the input ends at a page boundary.)"""
 from __future__ import annotations
 
+from ....ops.cast import widened
 from .common import blocks_of, extent, inline_elementwise, iter_kinds
 from .tiled import accumulator_writer
 
@@ -40,9 +41,7 @@ def column_phases(x, conv, kernel, block: int, name: str, dtype: str | None = No
     def phase(b, c, i, p, j):
         column = j * s_w + p
         inside = tirx.all(i >= top, i < top + height, column >= left, column < left + width)
-        value = x[b, c, i - top, column - left]
-        return tirx.if_then_else(inside, value if dtype == str(x.dtype) else value.astype(dtype),
-                                 zero)
+        return tirx.if_then_else(inside, widened(x[b, c, i - top, column - left], dtype), zero)
 
     phases = te.compute((n, channels, rows, s_w, columns), phase, name=name,
                         attrs={PADDING_ATTR: [top, height, left, width]})

@@ -43,6 +43,7 @@ ch 17x17 0.89 / 0.78, 128 -> 32 ch 27x27 0.114 / 0.059, 32 -> 128 ch 0.091 / 0.0
 do all such planes on cores with more L1 than PARTIAL_PLANE_MAX_L1D (measured slower there)."""
 from __future__ import annotations
 
+from ....ops.cast import widened
 from .common import PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, inline_elementwise, \
     iter_kinds
 from .tiled import accumulator_writer, packed_weight
@@ -133,12 +134,9 @@ def pointwise_conv2d(x, packed):
     n, channels, pixels = (int(d) for d in x.shape)
     blocks, _, block = (int(d) for d in packed.shape)
     c = te.reduce_axis((0, channels), "c")
-
-    def value(b, c, p):
-        return x[b, c, p] if x.dtype == packed.dtype else x[b, c, p].astype(packed.dtype)
-
     return te.compute((n, blocks * block, pixels), lambda b, o, p: te.sum(
-        packed[o // block, c, o % block] * value(b, c, p), axis=c), name="pointwise_conv2d")
+        packed[o // block, c, o % block] * widened(x[b, c, p], packed.dtype), axis=c),
+        name="pointwise_conv2d")
 
 
 def schedule(sch, vec: VectorShape) -> bool:
