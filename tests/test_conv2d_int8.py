@@ -75,6 +75,11 @@ CASES = [
          activation=ops.Clip(0.0, 6.0)),
     Case("amx-dilated-96ch", 64, 96, 12, 3, padding=(2, 2, 2, 2), dilation=2),
     Case("amx-7x7-odd-rows-batch2", 128, 64, 7, 3, padding=(1, 1, 1, 1), batch=2),
+    # channels rounded up to whole tile rows (48 -> 64) and blocks (80 -> 96), a 17-pixel row
+    # computed as two tiles of 9, a 35-pixel one as three of 12
+    Case("amx-padded-channels-17-wide", 48, 80, 17, 3, padding=(1, 1, 1, 1),
+         activation=ops.Relu()),
+    Case("amx-35-wide-residual", 96, 48, 35, 3, padding=(1, 1, 1, 1), residual=True),
 ]
 
 
@@ -82,7 +87,7 @@ def fills_amx_tiles(case: Case) -> bool:
     from graphopt.targets.tvm.schedules import amx
     out = quantized_conv(case).node("conv").output.shape
     return amx.applies(amx.INT8, case.in_channels, case.out_channels, out[2], out[3],
-                       case.groups)
+                       case.groups, case.kernel ** 2)
 
 
 def quantized_conv(case: Case, seed: int = 0, weight_max: int = 127) -> Graph:

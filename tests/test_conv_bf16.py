@@ -119,6 +119,55 @@ def test_vdpbf16ps_convolutions_compute_what_the_interpreter_does(case):
             assert_one_rounding_from(found[name], expected[name])
 
 
+AMX_CASES = [
+    Case("amx-padded-channels-17-wide", 48, 80, 17, 3, padding=1, activation="relu"),
+    Case("amx-35-wide-residual", 96, 48, 35, 3, padding=1, residual=True),
+    Case("amx-1x1-400ch-7x7-batch2", 400, 400, 7, 1, batch=2, activation="relu"),
+    Case("amx-1x1-40-to-240-s2", 40, 240, 27, 1, stride=2),
+]
+
+
+@pytest.mark.parametrize("case", AMX_CASES, ids=[c.id for c in AMX_CASES])
+def test_amx_tiles_round_channels_and_rows_up(case):
+    """Built for an AMX-BF16 CPU (on any x86 host), convolutions whose channels are not whole
+    tile rows or blocks of 32 (zero weights fill them) and whose rows no divisor tiles (17 as
+    two tiles of 9, 35 as three of 12) run on tiles; where this host has AMX-BF16 the outputs
+    are the interpreter's within one rounding (built with bounds checks)."""
+    from graphopt.targets.tvm.schedules import amx
+    graph = conv_graph(case)
+    model = go.compile(graph, "cpu", mcpu="sapphirerapids", bounds_check=True)
+    assert algorithm(model)[0] == amx.AMX
+    assert list(model.schedules.values()).count("tile_epilogue") == 1, model.schedules
+    if "amx_bf16" not in (runtime.host_cpu_flags() or ()):
+        pytest.skip("this CPU has no AMX-BF16: the amx build is compile-checked only")
+    for seed in (1, 2):
+        inputs = feeds(graph, seed)
+        found, expected = model.run(inputs), go.interpret(graph, inputs)
+        for name in expected:
+            assert_one_rounding_from(found[name], expected[name])
+
+
+@pytest.mark.parametrize("width, expected", [(56, (14, 56)), (28, (14, 28)), (7, (7, 7)),
+                                             (112, (16, 112)), (17, (9, 18)), (35, (12, 36)),
+                                             (73, (15, 75)), (3, (3, 3))])
+def test_rows_take_the_fewest_tiles_then_the_least_padding(width, expected):
+    from graphopt.targets.tvm.schedules import amx
+    assert amx.row_tiles(width) == expected
+
+
+@pytest.mark.parametrize("channels, taps, fills", [
+    ((64, 64), 9, True), ((48, 80), 9, True),     # 64 x 96 products for 48 x 80: 1.6x
+    ((16, 96), 1, False),      # 16 products per output: the pointwise rule is faster
+    ((16, 96), 9, True), ((40, 40), 1, False),    # 40 outputs: not whole epilogue vectors
+    ((8, 64), 9, False),       # 32 x 64 products for 8 x 64: 4x
+])
+def test_which_convolutions_take_amx_tiles(channels, taps, fills):
+    from graphopt.targets.tvm.schedules import amx
+    assert amx.applies(amx.BFLOAT16, *channels, 14, 14, 1, taps) == fills
+    assert not amx.applies(amx.BFLOAT16, *channels, 14, 14, 2, taps)     # grouped
+    assert not amx.applies(amx.BFLOAT16, *channels, 14, 3, 1, taps)      # 3-pixel tiles
+
+
 @pytest.mark.parametrize("mcpu, expected", [
     (BF16_CPU, {"fills": "dpbf16", "partial": "dpbf16", "grouped": "direct"}),
     # AMX-BF16 hosts keep AMX tiles where the layer fills them and the widened float32 kernel
@@ -128,7 +177,7 @@ def test_vdpbf16ps_convolutions_compute_what_the_interpreter_does(case):
 ], ids=[BF16_CPU, "sapphirerapids", "cascadelake"])
 def test_each_cpu_gets_its_bfloat16_kernel(mcpu, expected):
     graphs = {"fills": conv_graph(Case("fills", 64, 64, 14, 3, padding=1)),
-              "partial": conv_graph(Case("partial", 64, 48, 14, 3, padding=1)),
+              "partial": conv_graph(Case("partial", 64, 40, 14, 3, padding=1)),
               "grouped": conv_graph(Case("grouped", 32, 32, 14, 3, padding=1, groups=2))}
     assert {name: chosen_for(g, mcpu)[0] for name, g in graphs.items()} == expected
 

@@ -436,20 +436,21 @@ def test_bfloat16_convolutions_on_amx_tiles():
         x = b.input("input", (2, 64, 14, 14))
         y = dsl.relu(dsl.batch_norm(dsl.conv2d(x, 64, 3, padding=1, name="c1")))
         y = dsl.relu(dsl.conv2d(y, 64, 3, stride=2, padding=1, name="c4"))   # 7 rows: odd
-        z = dsl.conv2d(y, 48, 3, stride=2, padding=1, name="c2")      # 48 = 1.5 C tiles: plain
-        graph = b.output(dsl.relu(dsl.add(dsl.conv2d(y, 64, 1, name="c3"), y)), z)
+        z = dsl.conv2d(y, 48, 3, stride=2, padding=1, name="c2")      # 48 = 1.5 C tiles: padded
+        w = dsl.conv2d(z, 40, 3, padding=1, name="c5")   # 40: not whole vectors, plain
+        graph = b.output(dsl.relu(dsl.add(dsl.conv2d(y, 64, 1, name="c3"), y)), w)
     half = go.quantize(graph, "bfloat16").graph
     m = go.compile(half, "cpu", mcpu="sapphirerapids")
     def algorithms(model):
         return {n.provenance[0]: getattr(n.op, "conv", n.op).algorithm for n in model.graph.nodes
                 if n.op_name in ("conv2d", "fused_conv2d")}
 
-    assert algorithms(m) == {"c1": "amx", "c2": "direct", "c3": "amx", "c4": "amx"}
+    assert algorithms(m) == {"c1": "amx", "c2": "amx", "c3": "amx", "c4": "amx", "c5": "direct"}
     assert re.search(r"tdpbf16ps\s+%tmm", cpu_assembly(m.executable))
     # the tiles read back by the transposing epilogue rule, on planes of 14x14 (14 pixels a
-    # step) and 7x7 (7), one with the residual
+    # step), 7x7 (7) and 4x4 (4), one with the residual
     epilogues = [rule for name, rule in m.schedules.items() if "amx_epilogue" in name]
-    assert epilogues == ["tile_epilogue"] * 3, m.schedules
+    assert epilogues == ["tile_epilogue"] * 4, m.schedules
     plain = go.compile(half, "cpu", mcpu="cascadelake")
     assert set(algorithms(plain).values()) == {"direct"}
     if "amx_bf16" not in (runtime.host_cpu_flags() or ()):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import constant_operand, expect, relax_type
+from .base import constant_operand, conv_out_size, expect, relax_type
 from .cast import accumulation_dtype
 from .epilogue import EPILOGUE, ONEDNN_NO_ACTIVATION
 
@@ -41,7 +41,10 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
         expect(dtype == tiles.BFLOAT16.input, f"the amx convolution takes bfloat16 here, found "
                f"{dtype}")
         operands = [tiles.lower_kernel(bb, x, 0.0, weight_data, conv, tiles.BFLOAT16)]
-        compute = lambda acc: tiles.from_tiles(acc, weight_data.shape[0])   # noqa: E731
+        out_width = conv_out_size(relax_type(x).shape[3], weight_data.shape[3], conv.stride[1],
+                                  conv.padding[1], conv.padding[3], conv.dilation[1])
+        compute = lambda acc: tiles.from_tiles(acc, weight_data.shape[0],   # noqa: E731
+                                               out_width=out_width)
         name = "conv2d_amx_epilogue"
         attrs = tiles.EPILOGUE_ATTRS
     elif conv.algorithm == "dpbf16":

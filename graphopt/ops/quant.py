@@ -738,10 +738,12 @@ class QLinearConv2d(Op):
             extra = [r, relax_scale_ratio(bb, (r_scale,), y_scale), r_zp]
         conv, activation = self.conv, self.activation
         correction = rx.const(correction.astype(np.int32), "int32")
+        out_width = conv_out_size(relax_type(x).shape[3], weight.shape[3], conv.stride[1],
+                                  conv.padding[1], conv.padding[3], conv.dilation[1])
 
         def epilogue(acc, correction, multiplier, y_scale, y_zp, residual):
             """acc [N, ceil(O / lanes), OH, OW, lanes] -> the requantized NCHW output."""
-            total = tiles.from_tiles(acc, int(correction.shape[0]), correction)
+            total = tiles.from_tiles(acc, int(correction.shape[0]), correction, out_width)
             return requantize_compute(total, multiplier, y_scale, y_zp, activation, 1,
                                       tuple(residual))
 

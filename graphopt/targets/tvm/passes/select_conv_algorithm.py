@@ -65,13 +65,14 @@ def select_conv_algorithm(context):
     from ..schedules import amx, conv2d_bf16, depthwise, narrow, pointwise, winograd
     from ..schedules.tiled import channel_block, conv_row_tile, unpadded_row_block
 
-    def fills_amx_tiles(node: Node, kind) -> bool:
+    def fills_amx_tiles(node: Node, kind, weight) -> bool:
         """Whether the CPU has `kind`'s AMX product and the conv fills its tiles."""
         conv = getattr(node.op, "conv", node.op)
         _, out_channels, out_h, out_w = node.outputs[0].shape
+        taps = weight.shape[2] * weight.shape[3]
         return (context.vector is not None and kind.feature in context.vector.amx
                 and amx.applies(kind, node.inputs[0].shape[1], out_channels, out_h, out_w,
-                                conv.groups))
+                                conv.groups, taps))
 
     def dpbf16_instead_of_direct(conv: Conv2d) -> bool:
         """Whether a bfloat16 conv that is not on AMX tiles runs on vdpbf16ps: where the CPU
@@ -103,7 +104,7 @@ def select_conv_algorithm(context):
         plain = conv.plain
         float32 = x.dtype == "float32" and node.outputs[0].dtype == "float32"
         constant = context.constant_weights and w.is_constant
-        if constant and x.dtype == "bfloat16" and fills_amx_tiles(node, amx.BFLOAT16) and \
+        if constant and x.dtype == "bfloat16" and fills_amx_tiles(node, amx.BFLOAT16, w) and \
                 (bias is None or bias.is_constant):
             return dataclasses.replace(plain, algorithm=amx.AMX, weight_block=amx.BLOCK)
         if constant and x.dtype == node.outputs[0].dtype == "bfloat16" and \
@@ -151,7 +152,7 @@ def select_conv_algorithm(context):
         algorithm, block = dot.algorithm, dot.lanes
         if algorithm == "pmaddwd":
             misses.setdefault(WIDENED_INT8, []).append((node.name, WIDENED_INT8_REASON))
-        if fills_amx_tiles(node, amx.INT8):
+        if fills_amx_tiles(node, amx.INT8, w):
             algorithm, block = amx.AMX, amx.BLOCK
         return dataclasses.replace(node.op, conv=dataclasses.replace(
             conv.plain, algorithm=algorithm, weight_block=block))

@@ -24,6 +24,10 @@ NAME = "conv2d_amx"
 AMX = "amx"
 BLOCK = 32      # output channels per kernel step: two C tiles of 16
 ROW_BYTES = 64  # bytes of one tile row
+MIN_PIXELS = 4  # the fewest pixels per A tile (rows of the tile) the kernel is chosen for
+# The most products, counting the zero weights of channels rounded up to whole tile rows and
+# blocks, a layer may take on tiles, as a multiple of its own.
+MAX_PADDED_WORK = 2.0
 # The kernel reading the tiles back through the conv's epilogue, as lowered: scheduled by the
 # tile epilogue rule (`tile_epilogue.py`).
 EPILOGUE_ATTRS = {"graphopt.tile_epilogue": True}
@@ -51,31 +55,56 @@ INT8 = AmxDtype("uint8", "int8", 4, "tdpbusd", "int32", "amx-int8")
 BFLOAT16 = AmxDtype("bfloat16", "bfloat16", 2, "tdpbf16ps", "float32", "amx-bf16")
 
 
-def pixels(out_width: int) -> int:
-    """Pixels per A tile: the largest divisor of the output row within 16 rows."""
-    return max(d for d in range(1, min(out_width, 16) + 1) if out_width % d == 0)
+def row_tiles(out_width: int) -> tuple[int, int]:
+    """(pixels per A tile, the row width the kernel computes): the fewest tiles of at most 16
+    rows that cover the output row, and of those the least padding, so a divisor of the row
+    where one gives the fewest tiles (56: 14 x 4). A row no divisor tiles well is computed to
+    whole tiles and the extra columns are never read (17: 9 x 2 instead of 17 tiles of one
+    pixel; 35: 12 x 3 instead of 7 x 5)."""
+    tiles, width = min((-(-out_width // p), -(-out_width // p) * p) for p in range(1, 17))
+    return width // tiles, width
+
+
+def padded_channels(channels: int, multiple: int) -> int:
+    """`channels` rounded up to a multiple of `multiple`."""
+    return -(-channels // multiple) * multiple
 
 
 def applies(kind: AmxDtype, in_channels: int, out_channels: int, out_height: int,
-            out_width: int, groups: int) -> bool:
-    """Whether the kernel computes this convolution: whole tile rows of input channels, blocks
-    of 32 output channels, at least 4 pixels per tile."""
-    return (groups == 1 and in_channels % kind.channels == 0 and out_channels % BLOCK == 0
-            and pixels(out_width) >= 4)
+            out_width: int, groups: int, taps: int = 1) -> bool:
+    """Whether the kernel computes this convolution (`taps` kernel positions): no groups, at
+    least one tile row (`kind.channels`) of products per output, output channels in whole
+    blocks of 16 (the epilogue's vectors; the kernel computes them to blocks of 32), at least
+    MIN_PIXELS pixels per tile, and at most MAX_PADDED_WORK times the layer's products once the
+    input channels are rounded up to whole tile rows and the output channels to whole blocks
+    (zero weights). With fewer products per output the float32 accumulators the epilogue reads
+    back cost more than the tiles save: MobileNetV2's 1x1 16 -> 96 ch 112x112 and 24 -> 144
+    ch 56x56 convs ran 1.2x slower on tiles than on the pointwise rule."""
+    if groups != 1 or out_channels % 16 or row_tiles(out_width)[0] < MIN_PIXELS or \
+            in_channels * taps < kind.channels:
+        return False
+    padded = padded_channels(in_channels, kind.channels) * padded_channels(out_channels, BLOCK)
+    return padded <= MAX_PADDED_WORK * in_channels * out_channels
 
 
 def pack_weight(weight: np.ndarray, kind: AmxDtype) -> np.ndarray:
-    """OIHW -> [O / 16, I / channels, KH, KW, channels / pair, 16, pair]: per block of 16
-    output channels, tap and tile row of input channels, one B tile."""
+    """OIHW -> [O' / 16, I' / channels, KH, KW, channels / pair, 16, pair]: per block of 16
+    output channels, tap and tile row of input channels, one B tile; O' and I' are O and I
+    rounded up to whole blocks of 32 and tile rows, the extra weights zero."""
     o, i, kh, kw = weight.shape
     c, pair = kind.channels, kind.pair
-    return weight.reshape(o // 16, 16, i // c, c // pair, pair, kh, kw) \
+    padded = np.zeros((padded_channels(o, BLOCK), padded_channels(i, c), kh, kw), weight.dtype)
+    padded[:o, :i] = weight
+    o, i = padded.shape[:2]
+    return padded.reshape(o // 16, 16, i // c, c // pair, pair, kh, kw) \
         .transpose(0, 2, 5, 6, 3, 1, 4).copy()
 
 
-def pack_input(x, fill, conv, kind: AmxDtype):
+def pack_input(x, fill, conv, kind: AmxDtype, extra_columns: int = 0):
     """TE: x padded with the constant `fill` (the zero point, or 0) to
-    [N, I / channels, H', W', channels] (A tile rows)."""
+    [N, I' / channels, H', W', channels] (A tile rows; channels beyond I, which meet zero
+    weights, are `fill` too), with `extra_columns` more on the right for a row computed to
+    whole tiles (`row_tiles`)."""
     from tvm import te, tirx
     n, in_channels, height, width = (int(d) for d in x.shape)
     top, left, bottom, right = conv.padding
@@ -83,19 +112,22 @@ def pack_input(x, fill, conv, kind: AmxDtype):
     padding = tirx.const(fill, str(x.dtype))
 
     def value(b, g, i, j, k):
-        inside = tirx.all(i >= top, i < top + height, j >= left, j < left + width)
-        return tirx.if_then_else(inside, x[b, g * c + k, i - top, j - left], padding)
+        inside = [i >= top, i < top + height, j >= left, j < left + width]
+        if in_channels % c:
+            inside.append(g * c + k < in_channels)
+        return tirx.if_then_else(tirx.all(*inside), x[b, g * c + k, i - top, j - left], padding)
 
-    return te.compute((n, in_channels // c, height + top + bottom, width + left + right, c),
-                      value, name="amx_pack")
+    return te.compute((n, padded_channels(in_channels, c) // c, height + top + bottom,
+                       width + left + right + extra_columns, c), value, name="amx_pack")
 
 
 def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blocks: int,
-           taps: tuple[int, int], out_size: tuple[int, int], conv):
-    """The PrimFunc (xp as `pack_input`, wp as `pack_weight`, acc [N, O / 16, OH, OW, 16] of
-    the accumulator dtype): parallel over images, output-channel pairs and row pairs (the last
-    of an odd number of rows alone); each task configures the tiles (the configuration is per
-    thread), zeroes four C tiles, runs the whole reduction and stores them."""
+           taps: tuple[int, int], out_size: tuple[int, int], pixels: int, conv):
+    """The PrimFunc (xp as `pack_input`, wp as `pack_weight`, acc [N, O' / 16, OH, OW', 16]
+    of the accumulator dtype, OW' the row computed to whole tiles of `pixels`): parallel over
+    images, output-channel pairs and row pairs (the last of an odd number of rows alone); each
+    task configures the tiles (the configuration is per thread), zeroes four C tiles, runs the
+    whole reduction and stores them."""
     from tvm.script import tirx as T
     N, G, OB = batch, groups, blocks
     HP, WP = padded
@@ -103,7 +135,7 @@ def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blo
     OH, OW = out_size
     (SH, SW), (DH, DW) = conv.stride, conv.dilation
     C, PAIR = kind.channels, kind.pair
-    P = pixels(OW)
+    P = pixels
     ROW = SW * ROW_BYTES   # bytes between an A tile's rows (neighbouring output pixels)
     PAIRS = (OH + 1) // 2  # pairs of output rows; an odd last row computes alone
     TASKS = N * (OB // 2) * PAIRS
@@ -167,34 +199,39 @@ def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blo
 
 
 def lower_kernel(bb, x, fill, weight: np.ndarray, conv, kind: AmxDtype):
-    """Relax: the kernel's accumulators [N, O / 16, OH, OW, 16] for `x` (NCHW, padded with
-    the constant `fill`) and the constant OIHW `weight`."""
+    """Relax: the kernel's accumulators [N, O' / 16, OH, OW', 16] for `x` (NCHW, padded with
+    the constant `fill`) and the constant OIHW `weight` (O' and OW' as `pack_weight` and
+    `row_tiles` round them: `from_tiles` reads the real ones)."""
     from tvm import relax
     from ....ops.base import conv_out_size
     from ....ops.conv_kernel import OPAQUE
     packed = pack_weight(weight, kind)
+    k_h, k_w = weight.shape[2:]
+    real_w = conv_out_size(int(x.ty.shape[3]), k_w, conv.stride[1], conv.padding[1],
+                           conv.padding[3], conv.dilation[1])
+    tile_pixels, out_w = row_tiles(real_w)
     # Unfused: TVM would fuse the input's producers into the copy, and a concatenation there
     # picks each element's input by a chain of comparisons (DenseNet-121's dense blocks in
     # bfloat16: 66 of 76 ms, 1.9x its float32 time); computed apart, the generic rule splits
     # the concatenation into one piece per input.
-    grouped = bb.emit(bb.call_te(lambda x: pack_input(x, fill, conv, kind), x,
+    extra = (out_w - real_w) * conv.stride[1]
+    grouped = bb.emit(bb.call_te(lambda x: pack_input(x, fill, conv, kind, extra), x,
                                  primfunc_name_hint="amx_pack",
                                  primfunc_attrs={"op_pattern": OPAQUE}))
     n, groups, height, width, _ = (int(d) for d in grouped.ty.shape)
-    k_h, k_w = weight.shape[2:]
     out_h = conv_out_size(height, k_h, conv.stride[0], 0, 0, conv.dilation[0])   # padded
-    out_w = conv_out_size(width, k_w, conv.stride[1], 0, 0, conv.dilation[1])
     func = kernel(kind, n, groups, (height, width), packed.shape[0], (k_h, k_w),
-                  (out_h, out_w), conv)
+                  (out_h, out_w), tile_pixels, conv)
     acc_type = relax.TensorType((n, packed.shape[0], out_h, out_w, 16), kind.accumulator)
     return bb.emit(relax.call_tir(bb.add_func(func, NAME), [grouped, relax.const(packed,
                                   kind.weight)], out_ty=acc_type))
 
 
-def from_tiles(acc, out_channels: int, per_channel=None):
-    """TE: accumulators blocked by output channel, [N, ceil(O / lanes), OH, OW, lanes] (this
-    kernel's C tiles, or the int8 dot-product kernels' register tiles), as NCHW [N, O, OH, OW],
-    plus `per_channel[c]` where given (the int8 kernels' zero-point correction and bias)."""
+def from_tiles(acc, out_channels: int, per_channel=None, out_width: int | None = None):
+    """TE: accumulators blocked by output channel, [N, ceil(O / lanes), OH, OW', lanes] (this
+    kernel's C tiles, or the int8 dot-product kernels' register tiles), as NCHW [N, O, OH, OW]
+    (OW `out_width`, the real row where the kernel computed it to whole tiles, else OW'), plus
+    `per_channel[c]` where given (the int8 kernels' zero-point correction and bias)."""
     from tvm import te
     n, _, height, width, lanes = (int(d) for d in acc.shape)
 
@@ -202,4 +239,4 @@ def from_tiles(acc, out_channels: int, per_channel=None):
         v = acc[b, c // lanes, i, j, c % lanes]
         return v if per_channel is None else v + per_channel[c]
 
-    return te.compute((n, out_channels, height, width), value, name="from_tiles")
+    return te.compute((n, out_channels, height, out_width or width), value, name="from_tiles")

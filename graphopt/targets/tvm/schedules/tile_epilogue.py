@@ -47,6 +47,10 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     n, c, h, w = loops
     channels, height, width = extent(c, sch), extent(h, sch), extent(w, sch)
     pixels = pixels_per_step(width, lanes)
+    if pixels < MIN_PIXELS and int(acc.shape[3]) > width:
+        # a row the kernel computed to whole tiles (`amx.row_tiles`: 17 as 18): steps of the
+        # tile's pixels, the last one's extra columns read and not stored
+        pixels = pixels_per_step(int(acc.shape[3]), lanes)
     if lanes & (lanes - 1) or channels % lanes or pixels < MIN_PIXELS:
         return None
     from .transpose import register
