@@ -339,19 +339,27 @@ def test_half_layers_get_float32_kernels_on_widened_operands_not_winograd_or_one
 def test_half_linear_layers_stream_half_precision_weights(dtype, rows):
     """A half-precision linear layer keeps its packed weight in its own dtype (half the bytes
     a batch-1 layer streams, half the library), widened to float32 in registers by the dense
-    rule, on AVX2 and AVX-512; the host's build computes what the interpreter does."""
+    rule, on AVX2 and AVX-512, unless the weight, widened, is small enough to stay in cache
+    (`ops.linear.WIDENED_WEIGHT_BYTES`: then it is widened at lowering); the host's build
+    computes what the interpreter does."""
     from test_schedules import AVX2_CPU, AVX512_CPU, _scheduled_kernels
+    from graphopt.ops.linear import WIDENED_WEIGHT_BYTES
     from graphopt.targets.tvm.cpu import cpu_assembly
     from graphopt.targets.tvm.schedules import SCHEDULE_ATTR
     with dsl.Builder("half_fc", seed=0) as b:
-        x = b.input("input", (rows, 200))
-        graph = b.output(dsl.relu(dsl.linear(x, 97, name="fc")))
+        x = b.input("input", (rows, 1024))
+        y = dsl.relu(dsl.linear(x, 97, name="fc"))       # 1024 x 97 x 4 bytes widened
+        graph = b.output(dsl.relu(dsl.linear(y, 50, name="small")))     # 97 x 50 x 4
+    assert 97 * 50 * 4 <= WIDENED_WEIGHT_BYTES < 1024 * 97 * 4
     half = go.quantize(graph, dtype).graph
     for mcpu in (AVX2_CPU, AVX512_CPU):
-        [matmul] = [f for name, f in _scheduled_kernels(half, mcpu).items() if "matmul" in name]
-        assert matmul.attrs[SCHEDULE_ATTR] == "dense"
-        packed = [p for p in matmul.params if len(p.shape) == 3]   # [N / block, K, block]
-        assert [str(p.dtype) for p in packed] == [dtype], matmul.params
+        kernels = [f for name, f in sorted(_scheduled_kernels(half, mcpu).items())
+                   if "matmul" in name]
+        assert [f.attrs[SCHEDULE_ATTR] for f in kernels] == ["dense"] * 2
+        # [N / block, K, block]
+        packed = {int(p.shape[1]): str(p.dtype) for f in kernels for p in f.params
+                  if len(p.shape) == 3}
+        assert packed == {1024: dtype, 97: "float32"}, packed
     model = go.compile(half, threads=1)
     # the widening: float16 through F16C's conversion, bfloat16's bits shifted into float32's
     widen = r"vcvtph2ps" if dtype == "float16" else r"vpslld\s+\$16"

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .activation import (HARD_SWISH_ALPHA, HARD_SWISH_BETA, Clip, HardSigmoid, HardSwish,
-                         LeakyRelu, Relu, Sigmoid, Tanh, Unary, clamp, te_hard_sigmoid)
+                         LeakyRelu, Relu, Sigmoid, Tanh, Unary, clamp, te_hard_sigmoid,
+                         te_sigmoid, te_tanh)
 from .base import Op
 
 
@@ -60,24 +61,13 @@ def _te_clip(op, y):
     return clamp(y, op.min, op.max)
 
 
-def _te_sigmoid_of(y):
-    """TE: 1 / (1 + exp(-y)) with TOPI's vectorizable exp (a polynomial, within 2 ulp over
-    float32's range) instead of a libm call per element, as the Tanh op lowers with fast_tanh."""
-    from tvm import te, topi, tirx
-    if str(y.dtype) != "float32":
-        return topi.sigmoid(y)
-    e = topi.fast_exp(te.compute(y.shape, lambda *i: -y(*i), name="negate"))
-    one = tirx.const(1, "float32")
-    return te.compute(y.shape, lambda *i: one / (one + e(*i)), name="sigmoid")
-
-
 def _te_sigmoid(op, y):
-    return _te_sigmoid_of(y)
+    return te_sigmoid(y)
 
 
 def _te_silu(op, y):
     from tvm import te
-    gate = _te_sigmoid_of(y)
+    gate = te_sigmoid(y)
     return te.compute(y.shape, lambda *i: y(*i) * gate(*i), name="silu")
 
 
@@ -94,9 +84,7 @@ def _te_hard_swish(op, y):
 
 
 def _te_tanh(op, y):
-    from tvm import topi
-    # the Tanh op's own float32 lowering (TOPI's vectorizable rational approximation)
-    return topi.fast_tanh(y) if str(y.dtype) == "float32" else topi.tanh(y)
+    return te_tanh(y)
 
 
 def _no_onednn(op):
