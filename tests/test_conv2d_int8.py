@@ -202,15 +202,52 @@ def test_requantize_epilogue_is_vector_code(mcpu):
 
 
 @pytest.mark.parametrize("case, why", [
-    (Case("grouped", 16, 16, 8, 3, padding=(1, 1, 1, 1), groups=2), "groups"),
     (Case("asymmetric-weights", 16, 16, 8, 3, w_zero_point=3), "w zero point"),
-], ids=["grouped", "weight-zero-point"])
-def test_layers_vpdpbusd_does_not_compute_stay_as_written(case, why):
+    # 128 x 9 weights of about 64 in magnitude per output: 255 times their sum passes 2^24,
+    # so the sums may not be exact in float32
+    (Case("grouped-deep", 256, 32, 6, 3, groups=2), "sums beyond float32's integers"),
+], ids=["weight-zero-point", "grouped-deep"])
+def test_layers_no_kernel_computes_stay_as_written(case, why):
     graph = quantized_conv(case)
     model = go.compile(graph, "cpu", mcpu=VNNI_CPU)
-    assert chosen(model) == "direct", why
+    assert model.graph.node("conv").op.conv == ops.Conv2d(
+        (case.stride,) * 2, case.padding, (case.dilation,) * 2, case.groups), why
     if "avx512_vnni" in host_flags():
         inputs = feeds(graph)
+        np.testing.assert_array_equal(model.run(inputs)["y"], go.interpret(graph, inputs)["y"])
+
+
+GROUPED = [
+    Case("depthwise-3x3-relu6", 32, 32, 14, 3, padding=(1, 1, 1, 1), groups=32,
+         activation=ops.Clip(0.0, 6.0)),
+    Case("depthwise-s2-odd-batch2", 24, 24, 15, 3, stride=2, padding=(1, 1, 1, 1), groups=24,
+         batch=2),
+    Case("depthwise-5x5-weight-zero-point", 16, 16, 9, 5, padding=(2, 2, 2, 2), groups=16,
+         w_zero_point=-3),
+    Case("grouped-2x8-relu", 16, 16, 8, 3, padding=(1, 1, 1, 1), groups=2,
+         activation=ops.Relu()),
+    Case("grouped-16-wide-residual", 64, 64, 7, 3, padding=(1, 1, 1, 1), groups=4,
+         residual=True),
+]
+
+
+@pytest.mark.parametrize("mcpu, lanes", [("skylake-avx512", 16), ("haswell", 8)])
+@pytest.mark.parametrize("case", GROUPED, ids=[c.id for c in GROUPED])
+def test_grouped_convs_run_exactly_on_float32_kernels(case, mcpu, lanes):
+    """Grouped and depthwise int8 convolutions, which no dot-product kernel computes, run on
+    the float32 depthwise or blocked direct kernel, on x - xz and w - wz, whose sums float32
+    holds exactly: the results equal the interpreter's (the host's build, bounds-checked)."""
+    graph = quantized_conv(case)
+    conv = go.compile(graph, "cpu", mcpu=mcpu).graph.node("conv").op.conv
+    expected = "depthwise" if case.groups == case.in_channels else "direct"
+    assert conv.algorithm == expected and conv.weight_block, conv
+    if expected == "depthwise":
+        assert conv.weight_block == lanes
+    model = go.compile(graph, "cpu", bounds_check=True)
+    # one kernel, the requantize epilogue inside it, on the float32 rule
+    assert list(model.schedules.values()) == ["conv2d" if expected == "direct" else expected]
+    for seed in (1, 2):
+        inputs = feeds(graph, seed)
         np.testing.assert_array_equal(model.run(inputs)["y"], go.interpret(graph, inputs)["y"])
 
 

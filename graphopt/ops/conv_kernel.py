@@ -13,9 +13,13 @@ from .epilogue import EPILOGUE, ONEDNN_NO_ACTIVATION
 OPAQUE = 8
 
 
-def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
+def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=None,
+               finish=None, finish_operands=()):
     """Relax: `activation(conv(x, w) + b + residual)` as one kernel, computed the way
-    `conv.algorithm` says (see ops/conv.py's CONV_ALGORITHMS)."""
+    `conv.algorithm` says (see ops/conv.py's CONV_ALGORITHMS). A float32 kernel may read
+    `read(x)` (TE: x as the float32 values it convolves) and end with `finish(sums,
+    *finish_operands)` (TE, instead of the bias, residual and activation): the exact integer
+    convolutions of `QLinearConv2d.lower_in_float32`."""
     decision = f"{conv.algorithm} convolution"   # for the error if a weight is not constant
     expect(not conv.computes_integers, f"the {conv.algorithm} algorithm computes quantized "
            f"convolutions (qlinear_conv2d), not float ones")
@@ -31,7 +35,7 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
     # Half precision accumulates in float32 through the epilogue and rounds once, at the end,
     # as the reference kernel does.
     dtype = relax_type(x).dtype
-    accumulate = accumulation_dtype(dtype)
+    accumulate = "float32" if read is not None else accumulation_dtype(dtype)
     operands, attrs = [x], {}
     if conv.algorithm == "amx":
         # AMX tiles (bfloat16): the input padded and grouped, the hand-written kernel, and this
@@ -130,11 +134,16 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
                                             conv.groups, "NCHW", "OIHW", out_dtype=accumulate)
     if conv.algorithm != "amx":
         operands.append(weight)
-    extras = [e for e in (b, residual) if e is not None]
+    extras = [e for e in (b, residual) if e is not None] + list(finish_operands)
 
     def kernel(*args):
-        y = compute(*args[:len(operands)])
+        inputs = list(args[:len(operands)])
+        if read is not None:
+            inputs[0] = read(inputs[0])
+        y = compute(*inputs)
         rest = list(args[len(operands):])
+        if finish is not None:
+            return finish(y, *rest)
         if b is not None:
             bias, conv_out = rest.pop(0), y
             y = te.compute(y.shape, lambda *i: conv_out(*i) + bias[i[1]].astype(conv_out.dtype),
@@ -145,7 +154,7 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None):
         y = EPILOGUE[activation.name].te(activation, y) if activation is not None else y
         return topi.cast(y, dtype) if y.dtype != dtype else y
 
-    fused = b is not None or residual is not None or activation is not None
+    fused = b is not None or residual is not None or activation is not None or finish
     out = bb.call_te(kernel, *operands, *extras,
                      primfunc_name_hint=("fused_" if fused else "") + name,
                      primfunc_attrs={"op_pattern": OPAQUE, **attrs})

@@ -40,7 +40,8 @@ from ..ir import TensorType
 from .activation import Clip, Relu
 from .base import (Op, constant_operand, expect, expect_float, expect_rank, flag, integer,
                    register, relax, relax_type)
-from .conv import QUANTIZED_CONV_ALGORITHMS, Conv2d, conv_out_size, expect_nonempty
+from .conv import (EXACT_FLOAT_CONV_ALGORITHMS, QUANTIZED_CONV_ALGORITHMS, Conv2d,
+                   conv_out_size, expect_nonempty)
 from .epilogue import QUANTIZED_EPILOGUE
 from .fused import FusedConv2d
 
@@ -636,7 +637,7 @@ class QLinearConv2d(Op):
     has_residual: bool = False
 
     def __post_init__(self):
-        conv_attribute(self, QUANTIZED_CONV_ALGORITHMS)
+        conv_attribute(self, QUANTIZED_CONV_ALGORITHMS + EXACT_FLOAT_CONV_ALGORITHMS)
         expect(self.activation is None or self.activation.name in QUANTIZED_EPILOGUE,
                f"expected activation {', '.join(QUANTIZED_EPILOGUE)} or None, found "
                f"{self.activation!r}")
@@ -699,6 +700,9 @@ class QLinearConv2d(Op):
         if self.conv.algorithm in QUANTIZED_CONV_ALGORITHMS:
             return self.lower_dot_product(bb, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp,
                                           bias, residual)
+        if self.conv != self.conv.plain:
+            return self.lower_in_float32(bb, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp,
+                                         bias, residual)
         acc = lower_integer_conv(bb, self.conv, x, w, x_zp, w_zp)
         if bias is not None:
             acc = bb.emit(R.add(acc, bb.emit(R.reshape(bias, (1, -1, 1, 1)))))
@@ -707,6 +711,46 @@ class QLinearConv2d(Op):
             r, r_scale, r_zp = residual
             residual = (r, relax_scale_ratio(bb, (r_scale,), y_scale), r_zp)
         return lower_requantize(bb, acc, multiplier, y_scale, y_zp, self.activation, 1, residual)
+
+    def lower_in_float32(self, bb, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, bias,
+                         residual):
+        """Relax: the convolution on a float32 kernel (`conv.algorithm` "depthwise", or
+        "direct" with a weight block: the grouped convolutions no dot-product kernel
+        computes), exactly: it reads x - xz and the weight w - wz as float32, whose products
+        and sums are integers below 2^24 (`select_conv_algorithm` checks the weights), which
+        float32 holds exactly; the epilogue converts the sums to int32, adds the bias and
+        requantizes, in the same kernel."""
+        from tvm import te, tirx
+        from .conv_kernel import lower_conv
+        rx = relax()
+        decision = f"exact float32 {self.conv.algorithm} convolution"
+        weight = constant_operand(w, decision).astype(np.int32) - \
+            constant_operand(w_zp, decision).astype(np.int32).reshape(-1, 1, 1, 1)
+        center = float(constant_operand(x_zp, decision).reshape(-1)[0])
+        channels = weight.shape[0]
+        bias_value = (constant_operand(bias, decision) if bias is not None
+                      else np.zeros(channels, np.int32))
+        multiplier = relax_scale_ratio(bb, (x_scale, w_scale), y_scale)
+        extra = []
+        if residual:
+            r, r_scale, r_zp = residual
+            extra = [r, relax_scale_ratio(bb, (r_scale,), y_scale), r_zp]
+        activation = self.activation
+
+        def centered(t):
+            return te.compute(t.shape, lambda *i: t(*i).astype("float32")
+                              - tirx.const(center, "float32"), name="centered")
+
+        def finish(sums, bias, multiplier, y_scale, y_zp, *residual):
+            total = te.compute(sums.shape, lambda n, c, i, j: sums[n, c, i, j].astype("int32")
+                               + bias[c], name="integer_sums")
+            return requantize_compute(total, multiplier, y_scale, y_zp, activation, 1,
+                                      tuple(residual))
+
+        return lower_conv(bb, self.conv, x, rx.const(weight.astype(np.float32), "float32"),
+                          read=centered, finish=finish,
+                          finish_operands=[rx.const(bias_value.astype(np.int32), "int32"),
+                                           multiplier, y_scale, y_zp, *extra])
 
     def lower_dot_product(self, bb, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, bias,
                           residual):

@@ -47,6 +47,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from ....ir import HALF_DTYPES, Node
 from ....ops import Conv2d
 from ....ops.epilogue import EPILOGUE
@@ -148,6 +150,9 @@ def select_conv_algorithm(context):
                 and not w_zp.data.any())
         dot = dot_product_for(context.vector, w.data) if fits else None
         if dot is None:
+            exact = exact_in_float32(node)
+            if exact is not None:
+                return dataclasses.replace(node.op, conv=exact)
             return None if conv == conv.plain else dataclasses.replace(node.op, conv=conv.plain)
         algorithm, block = dot.algorithm, dot.lanes
         if algorithm == "pmaddwd":
@@ -156,6 +161,29 @@ def select_conv_algorithm(context):
             algorithm, block = amx.AMX, amx.BLOCK
         return dataclasses.replace(node.op, conv=dataclasses.replace(
             conv.plain, algorithm=algorithm, weight_block=block))
+
+    def exact_in_float32(node: Node) -> Conv2d | None:
+        """A grouped `qlinear_conv2d` on the float32 depthwise or blocked direct kernel
+        (`QLinearConv2d.lower_in_float32`), where every sum it computes is exact in float32:
+        constant weights and zero points, each output's |w - wz| summed times 255 (the
+        largest |x - xz|) below 2^24. TVM's integer conv2d, the alternative, is not
+        scheduled (int8 RegNetX-400MF spent 34 of its 38 ms in it, 3.7x its float32 time)."""
+        conv = node.op.conv
+        x, _, x_zp, w, _, w_zp, *_ = node.inputs
+        bias = node.inputs[8] if node.op.has_bias else None
+        if context.vector is None or conv.groups == 1 or not context.constant_weights or \
+                not all(v.is_constant for v in (w, w_zp, x_zp, *([bias] if bias else []))):
+            return None
+        centered = np.abs(w.data.astype(np.int64)
+                          - w_zp.data.astype(np.int64).reshape(-1, 1, 1, 1))
+        if int(centered.sum(axis=(1, 2, 3)).max()) * 255 >= 2 ** 24:
+            return None
+        _, out_channels, _, out_w = node.outputs[0].shape
+        if depthwise.applies(x.shape[1], out_channels, conv.groups, context.vector):
+            return dataclasses.replace(conv.plain, algorithm=depthwise.ALGORITHM,
+                                       weight_block=context.vector.lanes)
+        chosen = direct(conv.plain, out_channels, out_w, w.shape[1], w.shape[2] * w.shape[3])
+        return chosen if chosen.algorithm == "direct" and chosen.weight_block else None
 
     def choose_transposed(node: Node):
         """A float32 or half-precision transposed convolution with constant weights (half
