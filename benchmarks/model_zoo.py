@@ -13,11 +13,12 @@ models above the issue's 1.3x bound. "default" threads: graphopt compiled with n
 setting (every core the process may use) and ORT with intra_op_num_threads=0 (its own choice).
 --layers times each convolution of a model alone (as graphopt optimized it, exported to ONNX
 for ORT), slowest first, with the algorithm and schedule each got: where the time goes.
---half bfloat16 (or float16) times each model's half-precision graph (`go.quantize(graph,
-"bfloat16")`) beside its float32 graph and ORT float32, and names the models that run slower
-in half precision than in float32:
+--precision bfloat16 (or float16, or int8; `--half` is the same option) times each model's
+low-precision graph (`go.quantize(graph, "bfloat16")`; for int8, `go.quantize` calibrated on
+the timed input) beside its float32 graph and ORT float32, and names the models that run
+slower in low precision than in float32:
 
-    .venv/bin/python benchmarks/model_zoo.py --half bfloat16 --threads 1"""
+    .venv/bin/python benchmarks/model_zoo.py --precision bfloat16 --threads 1"""
 from __future__ import annotations
 
 import argparse
@@ -69,12 +70,14 @@ def bench_model(name: str, thread_settings, repeat: int, rounds: int) -> list[di
 
 
 def bench_half(name: str, dtype: str, thread_settings, repeat: int, rounds: int) -> list[dict]:
-    """graphopt's `dtype` graph of the model against its float32 graph and ORT float32."""
+    """graphopt's `dtype` graph of the model (bfloat16, float16 or int8) against its float32
+    graph and ORT float32."""
     import graphopt as go
     graph = go.zoo.MODELS[name](batch=1)
     rng = np.random.default_rng(0)
     feeds = {v.name: rng.standard_normal(v.shape).astype(np.float32) for v in graph.inputs}
-    builds = {"float32": go.compile(graph), dtype: go.compile(go.quantize(graph, dtype).graph)}
+    low = go.quantize(graph, go.calibrate(graph, [feeds]) if dtype == "int8" else dtype).graph
+    builds = {"float32": go.compile(graph), dtype: go.compile(low)}
     rows = []
     for setting in thread_settings:
         threads = builds["float32"].threads if setting == "default" else int(setting)
@@ -188,8 +191,9 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", nargs="*", default=[],
                         help="time each conv of these models alone instead")
     parser.add_argument("--top", type=int, default=15, help="--layers: rows shown per model")
-    parser.add_argument("--half", choices=["bfloat16", "float16"], default=None,
-                        help="time each model's half-precision graph against its float32 graph "
+    parser.add_argument("--precision", "--half", choices=["bfloat16", "float16", "int8"],
+                        default=None, dest="half",
+                        help="time each model's low-precision graph against its float32 graph "
                              "and ORT float32 instead")
     args = parser.parse_args(argv)
     import graphopt as go
