@@ -989,3 +989,45 @@ def test_padded_max_pools_read_rows_as_vectors(dtype):
     (script,) = [f.script() for f in _scheduled_kernels(graph, mcpu=AVX512_CPU).values()]
     # three pieces of the rows pass and the columns pass, each a vector loop
     assert script.count('_partition")') == 3 and script.count("T.vectorized") == 4, script
+
+
+def _vector_loop_extents(func) -> list[int]:
+    import tvm_ffi
+    from tvm.tirx import For, ForKind
+    extents = []
+
+    def visit(node):
+        if node.kind == ForKind.VECTORIZED:
+            extents.append(int(node.extent))
+        return node
+
+    tvm_ffi.structural_map(func.body, (For, visit), order="pre")
+    return sorted(extents)
+
+
+def test_elementwise_rows_vectorize_whole_vectors_and_the_tail_apart():
+    """A row that is not a whole number of vectors (56 on AVX-512) runs as 3 vectors of 16 and
+    one of 8, not as one 56-lane vector; the results are the interpreter's."""
+    with dsl.Builder("rows", seed=0) as b:
+        x = b.input("x", (1, 24, 56, 56))
+        gate = b.input("gate", (1, 24, 1, 1))
+        graph = b.output(dsl.hard_swish(dsl.mul(x, gate)))
+    [kernel] = [f for f in _scheduled_kernels(graph, AVX512_CPU).values()]
+    assert _vector_loop_extents(kernel) == [8, 16]
+    rng = np.random.default_rng(0)
+    feeds = {v.name: rng.standard_normal(v.shape).astype(np.float32) for v in graph.inputs}
+    assert go.compare(graph, go.compile(graph, bounds_check=True), feeds).ok
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+def test_tanh_and_sigmoid_need_no_libm(activation, dtype):
+    """tanh and sigmoid compute TOPI's float32 approximations, half precision widened to
+    float32 and rounded once: no scalar call of libm's tanhf / expf per element."""
+    with dsl.Builder(f"{activation}_{dtype}", seed=0) as b:
+        x = b.input("x", (2, 8, 9, 40))
+        graph = b.output(getattr(dsl, activation)(dsl.add(x, x)))
+    if dtype != "float32":
+        graph = go.quantize(graph, dtype).graph
+    model = go.compile(graph, "cpu", mcpu=AVX512_CPU)
+    assert not re.search(r"call\w*\s+.*\b(tanhf|expf)\b", cpu_assembly(model.executable))
