@@ -80,6 +80,8 @@ CASES = [
     Case("amx-padded-channels-17-wide", 48, 80, 17, 3, padding=(1, 1, 1, 1),
          activation=ops.Relu()),
     Case("amx-35-wide-residual", 96, 48, 35, 3, padding=(1, 1, 1, 1), residual=True),
+    # 40 output channels: the epilogue's last block of 16 stores 8
+    Case("amx-40-channels-relu", 64, 40, 9, 3, padding=(1, 1, 1, 1), activation=ops.Relu()),
 ]
 
 

@@ -124,6 +124,7 @@ AMX_CASES = [
     Case("amx-35-wide-residual", 96, 48, 35, 3, padding=1, residual=True),
     Case("amx-1x1-400ch-7x7-batch2", 400, 400, 7, 1, batch=2, activation="relu"),
     Case("amx-1x1-40-to-240-s2", 40, 240, 27, 1, stride=2),
+    Case("amx-1x1-58-to-116-residual", 58, 116, 14, 1, residual=True),
 ]
 
 
@@ -158,7 +159,8 @@ def test_rows_take_the_fewest_tiles_then_the_least_padding(width, expected):
 @pytest.mark.parametrize("channels, taps, fills", [
     ((64, 64), 9, True), ((48, 80), 9, True),     # 64 x 96 products for 48 x 80: 1.6x
     ((16, 96), 1, False),      # 16 products per output: the pointwise rule is faster
-    ((16, 96), 9, True), ((40, 40), 1, False),    # 40 outputs: not whole epilogue vectors
+    ((16, 96), 9, True), ((40, 40), 1, False),    # 64 x 64 products for 40 x 40: 2.6x
+    ((64, 40), 9, True), ((58, 116), 1, True),    # output channels beyond whole vectors
     ((8, 64), 9, False),       # 32 x 64 products for 8 x 64: 4x
 ])
 def test_which_convolutions_take_amx_tiles(channels, taps, fills):
@@ -177,7 +179,7 @@ def test_which_convolutions_take_amx_tiles(channels, taps, fills):
 ], ids=[BF16_CPU, "sapphirerapids", "cascadelake"])
 def test_each_cpu_gets_its_bfloat16_kernel(mcpu, expected):
     graphs = {"fills": conv_graph(Case("fills", 64, 64, 14, 3, padding=1)),
-              "partial": conv_graph(Case("partial", 64, 40, 14, 3, padding=1)),
+              "partial": conv_graph(Case("partial", 48, 40, 14, 3, padding=1)),
               "grouped": conv_graph(Case("grouped", 32, 32, 14, 3, padding=1, groups=2))}
     assert {name: chosen_for(g, mcpu)[0] for name, g in graphs.items()} == expected
 

@@ -445,7 +445,7 @@ def test_bfloat16_convolutions_on_amx_tiles():
         y = dsl.relu(dsl.batch_norm(dsl.conv2d(x, 64, 3, padding=1, name="c1")))
         y = dsl.relu(dsl.conv2d(y, 64, 3, stride=2, padding=1, name="c4"))   # 7 rows: odd
         z = dsl.conv2d(y, 48, 3, stride=2, padding=1, name="c2")      # 48 = 1.5 C tiles: padded
-        w = dsl.conv2d(z, 40, 3, padding=1, name="c5")   # 40: not whole vectors, plain
+        w = dsl.conv2d(z, 40, 3, padding=1, name="c5")   # 64 x 64 for 48 x 40: plain
         graph = b.output(dsl.relu(dsl.add(dsl.conv2d(y, 64, 1, name="c3"), y)), w)
     half = go.quantize(graph, "bfloat16").graph
     m = go.compile(half, "cpu", mcpu="sapphirerapids")

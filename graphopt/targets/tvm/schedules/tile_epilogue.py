@@ -10,7 +10,9 @@ int8's 5.6). Here each task takes a block of `lanes` channels of one output row,
 a time (a divisor of the row: 14 of 56): the pixels x lanes accumulators are loaded as whole
 vectors and transposed in registers (`transpose.py`), after which each channel's pixels are
 one vector that the epilogue computes and stores as a contiguous run of its row (the same:
-0.87 and 0.85 ms). Runs of 16 pixels across rows (the tiles and the output viewed with the
+0.87 and 0.85 ms). The last block of output channels that are not whole blocks, and the
+last step of a row the kernel computed to whole tiles, read the padded accumulators and store
+only the real outputs. Runs of 16 pixels across rows (the tiles and the output viewed with the
 plane flattened) took 0.73 and 0.72 ms, but TVM fused that view into the next kernel (a pool,
 a copy), whose indices then divided and reduced by the plane size."""
 from __future__ import annotations
@@ -51,7 +53,7 @@ def schedule(sch, vec: VectorShape) -> bool | None:
         # a row the kernel computed to whole tiles (`amx.row_tiles`: 17 as 18): steps of the
         # tile's pixels, the last one's extra columns read and not stored
         pixels = pixels_per_step(int(acc.shape[3]), lanes)
-    if lanes & (lanes - 1) or channels % lanes or pixels < MIN_PIXELS:
+    if lanes & (lanes - 1) or pixels < MIN_PIXELS:
         return None
     from .transpose import register
     c_outer, c_inner = sch.split(c, [None, lanes])
