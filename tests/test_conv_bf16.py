@@ -165,9 +165,9 @@ def test_rows_take_the_fewest_tiles_then_the_least_padding(width, expected):
 ])
 def test_which_convolutions_take_amx_tiles(channels, taps, fills):
     from graphopt.targets.tvm.schedules import amx
-    assert amx.applies(amx.BFLOAT16, *channels, 14, 14, 1, taps) == fills
-    assert not amx.applies(amx.BFLOAT16, *channels, 14, 14, 2, taps)     # grouped
-    assert not amx.applies(amx.BFLOAT16, *channels, 14, 3, 1, taps)      # 3-pixel tiles
+    assert amx.applies(amx.BFLOAT16, *channels, 14, 1, taps) == fills
+    assert not amx.applies(amx.BFLOAT16, *channels, 14, 2, taps)     # grouped
+    assert not amx.applies(amx.BFLOAT16, *channels, 3, 1, taps)      # 3-pixel tiles
 
 
 @pytest.mark.parametrize("mcpu, expected", [

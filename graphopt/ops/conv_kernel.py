@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import constant_operand, conv_out_size, expect, relax_type
+from .base import constant_operand, expect, relax_type
 from .cast import accumulation_dtype
 from .epilogue import EPILOGUE, ONEDNN_NO_ACTIVATION
 
@@ -44,9 +44,8 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
         weight_data = constant_operand(w, decision)
         expect(dtype == tiles.BFLOAT16.input, f"the amx convolution takes bfloat16 here, found "
                f"{dtype}")
-        operands = [tiles.lower_kernel(bb, x, 0.0, weight_data, conv, tiles.BFLOAT16)]
-        out_width = conv_out_size(relax_type(x).shape[3], weight_data.shape[3], conv.stride[1],
-                                  conv.padding[1], conv.padding[3], conv.dilation[1])
+        acc, out_width = tiles.lower_kernel(bb, x, 0.0, weight_data, conv, tiles.BFLOAT16)
+        operands = [acc]
         compute = lambda acc: tiles.from_tiles(acc, weight_data.shape[0],   # noqa: E731
                                                out_width=out_width)
         name = "conv2d_amx_epilogue"
@@ -154,7 +153,7 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
         y = EPILOGUE[activation.name].te(activation, y) if activation is not None else y
         return topi.cast(y, dtype) if y.dtype != dtype else y
 
-    fused = b is not None or residual is not None or activation is not None or finish
+    fused = any(v is not None for v in (b, residual, activation, finish))
     out = bb.call_te(kernel, *operands, *extras,
                      primfunc_name_hint=("fused_" if fused else "") + name,
                      primfunc_attrs={"op_pattern": OPAQUE, **attrs})

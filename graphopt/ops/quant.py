@@ -254,6 +254,16 @@ def relax_scale_ratio(bb, numerators, denominator):
     return bb.emit(rx.op.divide(product, divisor))
 
 
+def requantize_scales(bb, x_scale, w_scale, y_scale, residual):
+    """Relax: a quantized conv's requantize multiplier (x_scale * w_scale) / y_scale, and its
+    residual (r, r_scale, r_zp) as (r, r_scale / y_scale, r_zp), () without one."""
+    multiplier = relax_scale_ratio(bb, (x_scale, w_scale), y_scale)
+    if not residual:
+        return multiplier, ()
+    r, r_scale, r_zp = residual
+    return multiplier, (r, relax_scale_ratio(bb, (r_scale,), y_scale), r_zp)
+
+
 def pad_with_zero_point(x, zero_point, padding):
     """TE: NCHW x padded by (top, left, bottom, right) with its zero point (the quantized 0)."""
     from tvm import te, tirx
@@ -706,10 +716,7 @@ class QLinearConv2d(Op):
         acc = lower_integer_conv(bb, self.conv, x, w, x_zp, w_zp)
         if bias is not None:
             acc = bb.emit(R.add(acc, bb.emit(R.reshape(bias, (1, -1, 1, 1)))))
-        multiplier = relax_scale_ratio(bb, (x_scale, w_scale), y_scale)
-        if residual:
-            r, r_scale, r_zp = residual
-            residual = (r, relax_scale_ratio(bb, (r_scale,), y_scale), r_zp)
+        multiplier, residual = requantize_scales(bb, x_scale, w_scale, y_scale, residual)
         return lower_requantize(bb, acc, multiplier, y_scale, y_zp, self.activation, 1, residual)
 
     def lower_in_float32(self, bb, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, bias,
@@ -730,11 +737,7 @@ class QLinearConv2d(Op):
         channels = weight.shape[0]
         bias_value = (constant_operand(bias, decision) if bias is not None
                       else np.zeros(channels, np.int32))
-        multiplier = relax_scale_ratio(bb, (x_scale, w_scale), y_scale)
-        extra = []
-        if residual:
-            r, r_scale, r_zp = residual
-            extra = [r, relax_scale_ratio(bb, (r_scale,), y_scale), r_zp]
+        multiplier, extra = requantize_scales(bb, x_scale, w_scale, y_scale, residual)
         activation = self.activation
 
         def centered(t):
@@ -775,18 +778,13 @@ class QLinearConv2d(Op):
             weight.astype(np.int64).sum(axis=(1, 2, 3))
         if bias is not None:
             correction = correction + constant_operand(bias, decision).astype(np.int64)
-        multiplier = relax_scale_ratio(bb, (x_scale, w_scale), y_scale)
-        extra = []
-        if residual:
-            r, r_scale, r_zp = residual
-            extra = [r, relax_scale_ratio(bb, (r_scale,), y_scale), r_zp]
+        multiplier, extra = requantize_scales(bb, x_scale, w_scale, y_scale, residual)
         conv, activation = self.conv, self.activation
         correction = rx.const(correction.astype(np.int32), "int32")
-        out_width = conv_out_size(relax_type(x).shape[3], weight.shape[3], conv.stride[1],
-                                  conv.padding[1], conv.padding[3], conv.dilation[1])
 
-        def epilogue(acc, correction, multiplier, y_scale, y_zp, residual):
-            """acc [N, ceil(O / lanes), OH, OW, lanes] -> the requantized NCHW output."""
+        def epilogue(acc, correction, multiplier, y_scale, y_zp, residual, out_width=None):
+            """acc [N, ceil(O / lanes), OH, OW, lanes] -> the requantized NCHW output (of
+            `out_width` columns where the AMX kernel computed the rows to whole tiles)."""
             total = tiles.from_tiles(acc, int(correction.shape[0]), correction, out_width)
             return requantize_compute(total, multiplier, y_scale, y_zp, activation, 1,
                                       tuple(residual))
@@ -794,10 +792,10 @@ class QLinearConv2d(Op):
         if amx:
             # the input padded with its zero point and grouped by 64 channels, the AMX kernel
             # (written by hand, complete as lowered), then the epilogue reading its int32 tiles
-            acc = tiles.lower_kernel(bb, x, int(x_zero_point.reshape(-1)[0]), weight, conv,
-                                     tiles.INT8)
-            return bb.call_te(lambda acc, c, m, s, z, *r: epilogue(acc, c, m, s, z, r), acc,
-                              correction, multiplier, y_scale, y_zp, *extra,
+            acc, out_width = tiles.lower_kernel(bb, x, int(x_zero_point.reshape(-1)[0]), weight,
+                                                conv, tiles.INT8)
+            return bb.call_te(lambda acc, c, m, s, z, *r: epilogue(acc, c, m, s, z, r, out_width),
+                              acc, correction, multiplier, y_scale, y_zp, *extra,
                               primfunc_name_hint="requantize_tiles",
                               primfunc_attrs={"op_pattern": OPAQUE, **tiles.EPILOGUE_ATTRS})
 

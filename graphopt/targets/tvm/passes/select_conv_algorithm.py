@@ -69,14 +69,19 @@ def select_conv_algorithm(context):
     from ..schedules import amx, conv2d_bf16, depthwise, narrow, pointwise, winograd
     from ..schedules.tiled import channel_block, conv_row_tile, unpadded_row_block
 
-    def fills_amx_tiles(node: Node, kind, weight) -> bool:
-        """Whether the CPU has `kind`'s AMX product and the conv fills its tiles."""
-        conv = getattr(node.op, "conv", node.op)
-        _, out_channels, out_h, out_w = node.outputs[0].shape
-        taps = weight.shape[2] * weight.shape[3]
+    def fills_amx_tiles(kind, in_channels: int, out_channels: int, out_w: int, groups: int,
+                        taps: int) -> bool:
+        """Whether the CPU has `kind`'s AMX product and a conv of these sizes fills its
+        tiles (`amx.applies`)."""
         return (context.vector is not None and kind.feature in context.vector.amx
-                and amx.applies(kind, node.inputs[0].shape[1], out_channels, out_h, out_w,
-                                conv.groups, taps))
+                and amx.applies(kind, in_channels, out_channels, out_w, groups, taps))
+
+    def conv_fills_amx_tiles(node: Node, kind, weight) -> bool:
+        """`fills_amx_tiles` for the conv `node` of weight `weight`."""
+        conv = getattr(node.op, "conv", node.op)
+        _, out_channels, _, out_w = node.outputs[0].shape
+        return fills_amx_tiles(kind, node.inputs[0].shape[1], out_channels, out_w, conv.groups,
+                               weight.shape[2] * weight.shape[3])
 
     def dpbf16_instead_of_direct(conv: Conv2d) -> bool:
         """Whether a bfloat16 conv that is not on AMX tiles runs on vdpbf16ps: where the CPU
@@ -108,7 +113,7 @@ def select_conv_algorithm(context):
         plain = conv.plain
         float32 = x.dtype == "float32" and node.outputs[0].dtype == "float32"
         constant = context.constant_weights and w.is_constant
-        if constant and x.dtype == "bfloat16" and fills_amx_tiles(node, amx.BFLOAT16, w) and \
+        if constant and x.dtype == "bfloat16" and conv_fills_amx_tiles(node, amx.BFLOAT16, w) and \
                 (bias is None or bias.is_constant):
             return dataclasses.replace(plain, algorithm=amx.AMX, weight_block=amx.BLOCK)
         if constant and x.dtype == node.outputs[0].dtype == "bfloat16" and \
@@ -136,7 +141,8 @@ def select_conv_algorithm(context):
         if pointwise_tile:
             return dataclasses.replace(plain, algorithm=pointwise.ALGORITHM,
                                        weight_block=pointwise_tile[1])
-        if depthwise.applies(x.shape[1], out_channels, conv.groups, context.vector):
+        if depthwise.applies(node.inputs[0].shape[1], out_channels, conv.groups,
+                             context.vector):
             return dataclasses.replace(plain, algorithm=depthwise.ALGORITHM,
                                        weight_block=context.vector.lanes)
         return direct(plain, out_channels, out_w, w.shape[1], w.shape[2] * w.shape[3])
@@ -146,42 +152,40 @@ def select_conv_algorithm(context):
         conv = node.op.conv
         x, _, x_zp, w, _, w_zp, *_ = node.inputs
         bias = node.inputs[8] if node.op.has_bias else None
+        constant = context.constant_weights and \
+            all(v.is_constant for v in (w, w_zp, x_zp, *([bias] if bias else [])))
         fits = (context.vector is not None and conv.groups == 1 and x.dtype == "uint8"
-                and w.dtype == "int8" and context.constant_weights
-                and all(v.is_constant for v in (w, w_zp, x_zp, *([bias] if bias else [])))
-                and not w_zp.data.any())
+                and w.dtype == "int8" and constant and not w_zp.data.any())
         dot = dot_product_for(context.vector, w.data) if fits else None
         if dot is None:
-            exact = exact_in_float32(node)
+            exact = exact_in_float32(node, w, w_zp) if constant else None
             if exact is not None:
                 return dataclasses.replace(node.op, conv=exact)
             return None if conv == conv.plain else dataclasses.replace(node.op, conv=conv.plain)
         algorithm, block = dot.algorithm, dot.lanes
         if algorithm == "pmaddwd":
             misses.setdefault(WIDENED_INT8, []).append((node.name, WIDENED_INT8_REASON))
-        if fills_amx_tiles(node, amx.INT8, w):
+        if conv_fills_amx_tiles(node, amx.INT8, w):
             algorithm, block = amx.AMX, amx.BLOCK
         return dataclasses.replace(node.op, conv=dataclasses.replace(
             conv.plain, algorithm=algorithm, weight_block=block))
 
-    def exact_in_float32(node: Node) -> Conv2d | None:
-        """A grouped `qlinear_conv2d` on the float32 depthwise or blocked direct kernel
-        (`QLinearConv2d.lower_in_float32`), where every sum it computes is exact in float32:
-        constant weights and zero points, each output's |w - wz| summed times 255 (the
-        largest |x - xz|) below 2^24. TVM's integer conv2d, the alternative, is not
+    def exact_in_float32(node: Node, w, w_zp) -> Conv2d | None:
+        """A grouped `qlinear_conv2d` with constant weights, zero points and bias on the
+        float32 depthwise or blocked direct kernel (`QLinearConv2d.lower_in_float32`), where
+        every sum it computes is exact in float32: each output's |w - wz| summed times 255
+        (the largest |x - xz|) below 2^24. TVM's integer conv2d, the alternative, is not
         scheduled (int8 RegNetX-400MF spent 34 of its 38 ms in it, 3.7x its float32 time)."""
         conv = node.op.conv
-        x, _, x_zp, w, _, w_zp, *_ = node.inputs
-        bias = node.inputs[8] if node.op.has_bias else None
-        if context.vector is None or conv.groups == 1 or not context.constant_weights or \
-                not all(v.is_constant for v in (w, w_zp, x_zp, *([bias] if bias else []))):
+        if context.vector is None or conv.groups == 1:
             return None
         centered = np.abs(w.data.astype(np.int64)
                           - w_zp.data.astype(np.int64).reshape(-1, 1, 1, 1))
         if int(centered.sum(axis=(1, 2, 3)).max()) * 255 >= 2 ** 24:
             return None
         _, out_channels, _, out_w = node.outputs[0].shape
-        if depthwise.applies(x.shape[1], out_channels, conv.groups, context.vector):
+        if depthwise.applies(node.inputs[0].shape[1], out_channels, conv.groups,
+                             context.vector):
             return dataclasses.replace(conv.plain, algorithm=depthwise.ALGORITHM,
                                        weight_block=context.vector.lanes)
         chosen = direct(conv.plain, out_channels, out_w, w.shape[1], w.shape[2] * w.shape[3])
@@ -211,12 +215,11 @@ def select_conv_algorithm(context):
             phases = stride[0] * stride[1]
             rows_w = x.shape[3] + subpixel.padding[3]   # the sub-pixel conv's output width
             taps = op.subpixel_taps(w.shape[2:], x.shape[2:])
-            if x.dtype == "bfloat16" and context.vector is not None and \
-                    amx.BFLOAT16.feature in context.vector.amx and \
-                    amx.applies(amx.BFLOAT16, x.shape[1], out_channels * phases, 0, rows_w, 1,
-                                taps[0] * taps[1]):
+            if x.dtype == "bfloat16" and fills_amx_tiles(amx.BFLOAT16, x.shape[1],
+                                                         out_channels * phases, rows_w, 1,
+                                                         taps[0] * taps[1]):
                 # bfloat16 on AMX tiles, as a convolution that fills them (bfloat16 DCGAN's
-                # generator, one thread: 2.5 -> 1.2 ms, its float32 build 2.4)
+                # generator, one thread: 2.5 -> 1.0 ms, its float32 build 2.4)
                 as_conv = dataclasses.replace(subpixel, algorithm=amx.AMX, weight_block=amx.BLOCK)
             else:
                 as_conv = direct(subpixel, out_channels * phases, rows_w)

@@ -70,16 +70,17 @@ def padded_channels(channels: int, multiple: int) -> int:
     return -(-channels // multiple) * multiple
 
 
-def applies(kind: AmxDtype, in_channels: int, out_channels: int, out_height: int,
-            out_width: int, groups: int, taps: int = 1) -> bool:
+def applies(kind: AmxDtype, in_channels: int, out_channels: int, out_width: int, groups: int,
+            taps: int = 1) -> bool:
     """Whether the kernel computes this convolution (`taps` kernel positions): no groups, at
     least one tile row (`kind.channels`) of products per output, at least MIN_PIXELS pixels per
     tile, and at most MAX_PADDED_WORK times the layer's products once the input channels are
     rounded up to whole tile rows and the output channels to whole blocks of 32 (zero
     weights; the epilogue stores the real channels: ShuffleNetV2's 58/116/232-channel layers
-    in bfloat16, one / two threads, 0.67 / 0.70 of their time on the widened kernels). With fewer products per output the float32 accumulators the epilogue reads
-    back cost more than the tiles save: MobileNetV2's 1x1 16 -> 96 ch 112x112 and 24 -> 144
-    ch 56x56 convs ran 1.2x slower on tiles than on the pointwise rule."""
+    in bfloat16, one / two threads, 0.67 / 0.70 of their time on the widened kernels). With
+    fewer products per output the float32 accumulators the epilogue reads back cost more than
+    the tiles save: MobileNetV2's 1x1 16 -> 96 ch 112x112 and 24 -> 144 ch 56x56 convs ran
+    1.2x slower on tiles than on the pointwise rule."""
     if groups != 1 or row_tiles(out_width)[0] < MIN_PIXELS or \
             in_channels * taps < kind.channels:
         return False
@@ -201,7 +202,7 @@ def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blo
 def lower_kernel(bb, x, fill, weight: np.ndarray, conv, kind: AmxDtype):
     """Relax: the kernel's accumulators [N, O' / 16, OH, OW', 16] for `x` (NCHW, padded with
     the constant `fill`) and the constant OIHW `weight` (O' and OW' as `pack_weight` and
-    `row_tiles` round them: `from_tiles` reads the real ones)."""
+    `row_tiles` round them), and the output's real width OW, for `from_tiles`."""
     from tvm import relax
     from ....ops.base import conv_out_size
     from ....ops.conv_kernel import OPAQUE
@@ -223,8 +224,9 @@ def lower_kernel(bb, x, fill, weight: np.ndarray, conv, kind: AmxDtype):
     func = kernel(kind, n, groups, (height, width), packed.shape[0], (k_h, k_w),
                   (out_h, out_w), tile_pixels, conv)
     acc_type = relax.TensorType((n, packed.shape[0], out_h, out_w, 16), kind.accumulator)
-    return bb.emit(relax.call_tir(bb.add_func(func, NAME), [grouped, relax.const(packed,
-                                  kind.weight)], out_ty=acc_type))
+    acc = bb.emit(relax.call_tir(bb.add_func(func, NAME), [grouped, relax.const(packed,
+                                 kind.weight)], out_ty=acc_type))
+    return acc, real_w
 
 
 def from_tiles(acc, out_channels: int, per_channel=None, out_width: int | None = None):
