@@ -301,9 +301,9 @@ def test_compiled_cpu_matches_the_interpreter(model, dtype):
     report = go.compare(g, m, feeds)            # against the float32 original
     assert report.ok and report.outputs[0].tolerance == FLOAT_TOLERANCE[dtype], report
     # half convolutions are the float32 kernels on widened operands (the tiled, pointwise,
-    # depthwise or narrow one); bfloat16 ones go to AMX tiles where they fill them, and to vdpbf16ps on an
-    # AVX512-BF16 CPU without AMX
-    widened = ("direct", "pointwise", "depthwise", "narrow")
+    # depthwise, narrow or Winograd one); bfloat16 ones go to AMX tiles where they fill them,
+    # and to vdpbf16ps on an AVX512-BF16 CPU without AMX
+    widened = ("direct", "pointwise", "depthwise", "narrow", "winograd")
     allowed = (*widened, "amx", "dpbf16") if dtype == "bfloat16" else widened
     for node in m.graph.nodes:
         if node.op_name in ("conv2d", "fused_conv2d"):
@@ -312,15 +312,24 @@ def test_compiled_cpu_matches_the_interpreter(model, dtype):
 
 
 
-@pytest.mark.parametrize("dtype", HALF)
-def test_half_layers_get_float32_kernels_on_widened_operands_not_winograd_or_onednn(dtype):
-    with dsl.Builder("winograd_shaped", seed=0) as b:   # 3x3 stride 1: Winograd's shape
-        x = b.input("input", (1, 128, 14, 14))
+def winograd_shaped(size: int = 14, head: bool = True):
+    """A 3x3 stride-1 conv of 128 channels (Winograd's shape) and relu; with `head`, pool and a
+    linear layer after them."""
+    with dsl.Builder("winograd_shaped", seed=0) as b:
+        x = b.input("input", (1, 128, size, size))
         y = dsl.relu(dsl.conv2d(x, 128, 3, padding=1, name="conv"))
-        graph = b.output(dsl.linear(dsl.flatten(dsl.global_avg_pool2d(y)), 32, name="fc"))
+        if head:
+            y = dsl.linear(dsl.flatten(dsl.global_avg_pool2d(y)), 32, name="fc")
+        return b.output(y)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_layers_take_winograd_where_float32_does_but_not_onednn(dtype):
+    """Half-precision convs run float32 kernels on widened operands; Winograd's is one of them
+    (its ~1e-5 relative error is far below one half-precision rounding), oneDNN's is not."""
+    graph = winograd_shaped()
     for kernels, algorithm in (("tvm", "winograd"), ("onednn", "onednn")):
-        # an AVX-512 CPU without AMX (bfloat16 layers go to AMX tiles where there are some:
-        # test_bfloat16_convolutions_on_amx_tiles)
+        # an AVX-512 CPU without AMX or AVX512-BF16 (test_conv_bf16 covers those)
         options = CompileOptions(kernels=kernels, mcpu="cascadelake")
         plain = optimize_for_target(graph, "cpu", options)[0].graph
         assert {n.op.conv.algorithm for n in plain.nodes if n.op_name == "fused_conv2d"} == \
@@ -328,10 +337,31 @@ def test_half_layers_get_float32_kernels_on_widened_operands_not_winograd_or_one
         half = optimize_for_target(go.quantize(graph, dtype).graph, "cpu", options)[0].graph
         convs = [n.op.conv for n in half.nodes if n.op_name == "fused_conv2d"]
         dense = [n.op for n in half.nodes if n.op_name == "linear"]
-        # ...half precision gets the tiled kernels, their weights packed (convs' as float32
-        # at lowering, linear layers' in their own dtype)
-        assert convs and all(c.algorithm == "direct" and c.weight_block for c in convs)
+        # ...half precision gets Winograd in both (oneDNN's float32 kernel is not one of its
+        # kernels); linear layers pack their weights in their own dtype
+        assert convs and all(c.algorithm == "winograd" and c.weight_block for c in convs)
         assert dense and all(d.weight_block for d in dense)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_winograd_convolutions_compute_what_the_interpreter_does(dtype):
+    """The host's Winograd kernel on a half-precision conv (the input widened as the first
+    stage reads it, the transformed weight float32): the interpreter's outputs within one
+    rounding, nearly all of them identical. bfloat16 convs take AMX tiles where the host has
+    them, so that case is built for an AVX-512 CPU without AMX."""
+    graph = go.quantize(winograd_shaped(28, head=False), dtype).graph
+    flags = runtime.host_cpu_flags() or frozenset()
+    mcpu = "cascadelake" if dtype == "bfloat16" and "amx_bf16" in flags else None
+    model = go.compile(graph, "cpu", bounds_check=True, **({"mcpu": mcpu} if mcpu else {}))
+    [conv] = [n.op.conv for n in model.graph.nodes if n.op_name == "fused_conv2d"]
+    if conv.algorithm != "winograd":
+        pytest.skip(f"this host's build computes the conv as {conv.algorithm}")
+    feeds = probe_inputs(graph)
+    [name] = [v.name for v in graph.outputs]
+    found, expected = model.run(feeds)[name], go.interpret(graph, feeds)[name]
+    one_rounding = 2.0 ** -(8 if dtype == "bfloat16" else 11)    # half an ulp, relative
+    assert np.abs(found - expected).max() <= 2 * one_rounding * float(np.abs(expected).max())
+    assert np.mean(found == expected) >= 0.95
 
 
 @pytest.mark.parametrize("dtype", HALF)

@@ -88,8 +88,10 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
         name, compute = "conv2d_pointwise", pointwise.pointwise_conv2d
     elif conv.algorithm == "winograd":
         from ..targets.tvm.schedules.winograd import transform_weight, winograd_conv2d
-        u = transform_weight(constant_operand(w, decision), conv.weight_block,
-                             conv.output_tile)
+        # half precision: the weight widened before its transform, the input in the kernel's
+        # first stage
+        u = transform_weight(constant_operand(w, decision).astype(accumulate),
+                             conv.weight_block, conv.output_tile)
         weight, compute = relax.const(u, str(u.dtype)), winograd_conv2d
         name = "conv2d_winograd"
     elif conv.algorithm == "depthwise":

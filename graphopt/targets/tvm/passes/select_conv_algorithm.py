@@ -28,13 +28,15 @@
   (`padded_width`), so that no tile runs under a predicate; convs that pad nothing else take
   a one-register block where its tile divides the rows instead (`tiled.unpadded_row_block`).
 Half-precision (float16, bfloat16) convolutions are "direct" with a weight block, "pointwise",
-"depthwise" or "narrow": the float32 kernel on operands widened to float32 (the weight at
-lowering, the input in the kernel or as it is copied into the phase buffer), which is the
-interpreter's arithmetic (products and sums in float32, one rounding at the end); never
-Winograd or oneDNN (float32 kernels with their own roundings). bfloat16 ones
-that fill AMX tiles where the CPU has AMX-BF16 are "amx" (`schedules/amx.py`); ungrouped ones
-with constant weights where the CPU has AVX512-BF16 but no AMX-BF16 are "dpbf16" (vdpbf16ps,
-`schedules/conv2d_bf16.py`, weight_block 16).
+"depthwise", "narrow" or "winograd" as float32 ones would be: the float32 kernel on operands
+widened to float32 (the weight at lowering, the input in the kernel or as it is copied into the
+phase buffer), which is the interpreter's arithmetic (products and sums in float32, one rounding
+at the end), or for Winograd within ~1e-5 of it, far below one half-precision rounding (float16
+VGG-11 on a Zen 4: 145 ms on the direct kernel, 75 with Winograd, float32 83); never oneDNN.
+bfloat16 ones that fill AMX tiles where the CPU has AMX-BF16 are "amx" (`schedules/amx.py`);
+ungrouped ones with constant weights where the CPU has AVX512-BF16 but no AMX-BF16 are "dpbf16"
+(vdpbf16ps, `schedules/conv2d_bf16.py`, weight_block 16), but for those that Winograd F(4x4)
+computes faster (`BFLOAT16_WINOGRAD_MIN_CHANNELS`, `BFLOAT16_WINOGRAD_MAX_PLANE`).
 
 A quantized convolution (`qlinear_conv2d`) is computed by the x86 dot-product instruction of the
 target CPU (`schedules/conv2d_int8.py`: "amx" tiles where the CPU has AMX-INT8 and the layer fills
@@ -64,6 +66,14 @@ WIDENED_INT8_REASON = ("8-bit weights whose int16 pair sums can saturate it: vpm
                        "reduce_range=True), run on vpmaddubsw, 1.3-1.5x faster")
 
 
+# Where a bfloat16 conv takes float32 Winograd F(4x4) on its widened input instead of vdpbf16ps
+# (which does only twice an FMA's multiply-adds): from 64 input channels, on planes up to 56x56
+# (a Zen 4 core, one conv + relu, ms, vdpbf16ps / F(4x4): 64 ch 56x56 1.23 / 1.13, 128 ch 28x28
+# 1.22 / 0.97, 256 ch 56x56 20.3 / 15.0, 512 ch 28x28 17.3 / 13.9; not on 112x112, 64 -> 128
+# ch 11.4 / 14.2, nor 14x14, 256 ch 1.09 / 1.07, 512 ch 5.07 / 5.29; F(2x2) lost on every one).
+BFLOAT16_WINOGRAD_MIN_CHANNELS, BFLOAT16_WINOGRAD_MAX_PLANE = 64, 56 * 56
+
+
 def select_conv_algorithm(context):
     """The pass for one compile (`context`: vector shape, kernels, whether weights are constant)."""
     from ..schedules import amx, conv2d_bf16, depthwise, narrow, pointwise, winograd
@@ -88,6 +98,18 @@ def select_conv_algorithm(context):
         has AVX512-BF16 but no AMX-BF16."""
         return (conv2d_bf16.available(context.vector) and conv2d_bf16.applies(conv.groups)
                 and amx.BFLOAT16.feature not in context.vector.amx)
+
+    def winograd_instead_of_dpbf16(conv: Conv2d, node: Node, weight) -> int:
+        """The output tile of the float32 Winograd kernel a bfloat16 conv takes instead of
+        vdpbf16ps: F(4x4) where float32 would take it, with enough channels on a plane small
+        enough (0: none)."""
+        batch, out_channels, out_h, out_w = node.outputs[0].shape
+        tile = winograd.output_tile(weight.shape[1], out_channels, out_h, out_w,
+                                    weight.shape[2:], conv.stride, conv.dilation, conv.groups,
+                                    conv.padding, context.vector, batch)
+        wins = tile == 4 and weight.shape[1] >= BFLOAT16_WINOGRAD_MIN_CHANNELS and \
+            out_h * out_w <= BFLOAT16_WINOGRAD_MAX_PLANE
+        return tile if wins else 0
 
     def direct(conv: Conv2d, out_channels: int, out_w: int, in_channels: int | None = None,
                taps: int = 1) -> Conv2d:
@@ -118,6 +140,10 @@ def select_conv_algorithm(context):
             return dataclasses.replace(plain, algorithm=amx.AMX, weight_block=amx.BLOCK)
         if constant and x.dtype == node.outputs[0].dtype == "bfloat16" and \
                 dpbf16_instead_of_direct(conv):
+            tile = winograd_instead_of_dpbf16(conv, node, w)
+            if tile:
+                return dataclasses.replace(plain, algorithm="winograd", output_tile=tile,
+                                           weight_block=winograd.channel_block(context.vector))
             return dataclasses.replace(plain, algorithm=conv2d_bf16.ALGORITHM,
                                        weight_block=conv2d_bf16.LANES)
         half = x.dtype in HALF_DTYPES and node.outputs[0].dtype == x.dtype
@@ -128,7 +154,7 @@ def select_conv_algorithm(context):
         if context.kernels == "onednn" and (bias is None or bias.is_constant) and float32 and \
                 (activation is None or EPILOGUE[activation.name].onednn is not None):
             return dataclasses.replace(plain, algorithm="onednn")
-        tile = float32 and winograd.output_tile(
+        tile = winograd.output_tile(
             w.shape[1], out_channels, out_h, out_w, w.shape[2:], conv.stride, conv.dilation,
             conv.groups, conv.padding, context.vector, batch)
         if tile:

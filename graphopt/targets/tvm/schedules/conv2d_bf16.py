@@ -3,7 +3,11 @@ the products of a pair of bfloat16 input channels and the pair's weights.
 
 `select_conv_algorithm` records algorithm "dpbf16" (weight_block 16) on a bfloat16 `conv2d` /
 `fused_conv2d` with constant weights, no groups, where the target CPU has AVX512-BF16 but no
-AMX-BF16 (Cooper Lake, Zen 4). Where it has AMX-BF16, the layers that do not fill AMX tiles
+AMX-BF16 (Cooper Lake, Zen 4), except on the 3x3 layers that float32 Winograd F(4x4) computes
+faster on the widened input: the instruction does only twice an FMA's multiply-adds, F(4x4)
+four times fewer (`BFLOAT16_WINOGRAD_MIN_CHANNELS` there; bfloat16 VGG-11 on a Zen 4, one
+thread: 80-83 ms with every conv on vdpbf16ps, 68-70 with its four 28x28 and 56x56 layers on
+Winograd, 0.44x ONNX Runtime's float32 time). Where it has AMX-BF16, the layers that do not fill AMX tiles
 stay on the widened float32 kernel: on an AMX Xeon one vdpbf16ps issues every ~0.8-1.0 ns
 against ~0.21 ns for a zmm FMA (which does half the multiply-adds), and the kernel measured
 1.3-1.8x slower than the float32 one (1 thread, ms: 3x3 64 ch 56x56 3.6 vs 2.2, 3x3 128 ch

@@ -160,6 +160,8 @@ def winograd_conv2d(x, u):
     rows: V[e, n, c, tile]), `GEMM` (M[e, n, tile, o] = sum_c U V) and `OUTPUT` (A^T M A,
     written as NCHW)."""
     from tvm import te, tirx
+
+    from ....ops.cast import widened
     alpha = int(u.shape[0])
     side = alpha - 2
     B_T, _, A_T = TRANSFORMS[side]
@@ -168,11 +170,11 @@ def winograd_conv2d(x, u):
     out_c = blocks * block
     tiles_h, tiles_w = -(-h // side), -(-w // side)
     tiles = n * tiles_h * tiles_w
-    zero = tirx.const(0, x.dtype)
+    zero = tirx.const(0, u.dtype)
 
     def padded(b, ch, row, col):
         inside = tirx.all(row >= 1, row < h + 1, col >= 1, col < w + 1)
-        return tirx.if_then_else(inside, x[b, ch, row - 1, col - 1], zero)
+        return tirx.if_then_else(inside, widened(x[b, ch, row - 1, col - 1], u.dtype), zero)
 
     rows = te.compute(
         (n, c, tiles_h, alpha, side * (tiles_w + 1)),
