@@ -315,6 +315,28 @@ def test_compiled_cpu_matches_the_interpreter(model):
         assert np.abs(m.run(feeds)["output"] - mine).max() <= lsb(q) * 1.001
 
 
+@pytest.mark.parametrize("batch", [1, 5])
+def test_linear_rows_are_the_pixels_of_one_image(batch):
+    """A quantized linear layer is a 1x1 conv over its rows as one image's pixels, [1, in, 1,
+    rows] (so that its kernel reads each weight vector once for every row); its output is the
+    interpreter's on the host's kernel within one step."""
+    with dsl.Builder("mlp", seed=2) as b:
+        x = b.input("input", (batch, 40))
+        h = dsl.relu(dsl.linear(x, 48, name="fc1"), name="act1")
+        graph = b.output(dsl.linear(h, 12, name="fc2"))
+    q = go.quantize(graph, go.calibrate(graph, batches(graph, 8, seed=0))).graph
+    convs = [n for n in q.nodes if n.op_name == "qlinear_conv2d"]
+    assert [n.inputs[0].shape for n in convs] == [(1, 40, 1, batch), (1, 48, 1, batch)]
+    # one transpose into the pixels and one out: the pair between the layers cancels
+    assert ops_of(q).count("transpose") == (2 if batch > 1 else 0)
+    m = go.compile(q, "cpu")
+    for feeds in batches(graph, 2, seed=5):
+        mine = go.interpret(q, feeds)["output"]
+        assert np.abs(m.run(feeds)["output"] - mine).max() <= lsb(q) * 1.001
+        float32 = go.interpret(graph, feeds)["output"]
+        assert np.abs(mine - float32).max() <= 0.1 * np.abs(float32).max()
+
+
 def test_cuda_compiles_to_integer_kernels():
     """No GPU here: the CUDA source and nvcc's sm_90 binary. Every quantized layer is a kernel
     reading uint8 activations and int8 weights, accumulating in int32, writing uint8."""
