@@ -6,16 +6,16 @@ the products of a pair of bfloat16 input channels and the pair's weights.
 AMX-BF16 (Cooper Lake, Zen 4), except on the 3x3 layers that float32 Winograd F(4x4) computes
 faster on the widened input: the instruction does only twice an FMA's multiply-adds, F(4x4)
 four times fewer (`BFLOAT16_WINOGRAD_MIN_CHANNELS` there; bfloat16 VGG-11 on a Zen 4, one
-thread: 80-83 ms with every conv on vdpbf16ps, 68-70 with its four 28x28 and 56x56 layers on
-Winograd, 0.44x ONNX Runtime's float32 time). Where it has AMX-BF16, the layers that do not fill AMX tiles
-stay on the widened float32 kernel: on an AMX Xeon one vdpbf16ps issues every ~0.8-1.0 ns
-against ~0.21 ns for a zmm FMA (which does half the multiply-adds), and the kernel measured
-1.3-1.8x slower than the float32 one (1 thread, ms: 3x3 64 ch 56x56 3.6 vs 2.2, 3x3 128 ch
-28x28 3.1 vs 1.7, 1x1 256 -> 64 ch 56x56 2.7 vs 2.1), at about the instruction's rate.
-`ops.conv_kernel.lower_conv` builds `conv2d_dpbf16` with the
-weight packed by `pack_weight` and the float32 epilogue read from the tile (`amx.from_tiles`),
-rounded once to bfloat16; the rule below schedules it as the int8 dot-product rule does
-(`conv2d_int8.py`) and tensorizes the instruction.
+thread: 80-83 ms with every conv on vdpbf16ps, 68-74 with its four 28x28 and 56x56 layers on
+Winograd, 0.44-0.48x ONNX Runtime's float32 time). Where it has AMX-BF16, the layers that do
+not fill AMX tiles stay on the widened float32 kernel: on an AMX Xeon one vdpbf16ps issues
+every ~0.8-1.0 ns against ~0.21 ns for a zmm FMA (which does half the multiply-adds), and
+the kernel measured 1.3-1.8x slower than the float32 one (1 thread, ms: 3x3 64 ch 56x56 3.6
+vs 2.2, 3x3 128 ch 28x28 3.1 vs 1.7, 1x1 256 -> 64 ch 56x56 2.7 vs 2.1), at about the
+instruction's rate. `ops.conv_kernel.lower_conv` builds `conv2d_dpbf16` with the weight packed
+by `pack_weight` and the float32 epilogue read from the tile (`amx.from_tiles`), rounded once to
+bfloat16; the rule below schedules it as the int8 dot-product rule does (`conv2d_int8.py`) and
+tensorizes the instruction.
 
 Layouts (bfloat16 as its uint16 bits, see `widen`): the weight is [ceil(O / 16), ceil(I / 2),
 KH, KW, 16, 2], so one instruction's weights are one aligned vector load; the input is copied,
