@@ -316,25 +316,32 @@ def test_compiled_cpu_matches_the_interpreter(model):
 
 
 @pytest.mark.parametrize("batch", [1, 5])
-def test_linear_rows_are_the_pixels_of_one_image(batch):
-    """A quantized linear layer is a 1x1 conv over its rows as one image's pixels, [1, in, 1,
-    rows] (so that its kernel reads each weight vector once for every row); its output is the
-    interpreter's on the host's kernel within one step."""
+def test_linear_rows_run_as_the_pixels_of_one_image(batch):
+    """A quantized linear layer is a 1x1 conv of its rows as 1x1 images, [rows, in, 1, 1]; the
+    CPU target computes it over the rows as one image's pixels, [1, in, 1, rows] (so that its
+    kernel reads each weight vector once for every row: targets/tvm/passes/images_as_pixels.py),
+    the quantized graph keeping its layout for per-layer comparisons; the outputs are the
+    interpreter's within one step."""
+    from graphopt.targets.tvm.compile import optimize_for_target
+    from graphopt.targets.tvm.options import CompileOptions
     with dsl.Builder("mlp", seed=2) as b:
         x = b.input("input", (batch, 40))
         h = dsl.relu(dsl.linear(x, 48, name="fc1"), name="act1")
         graph = b.output(dsl.linear(h, 12, name="fc2"))
     q = go.quantize(graph, go.calibrate(graph, batches(graph, 8, seed=0))).graph
     convs = [n for n in q.nodes if n.op_name == "qlinear_conv2d"]
-    assert [n.inputs[0].shape for n in convs] == [(1, 40, 1, batch), (1, 48, 1, batch)]
-    # one transpose into the pixels and one out: the pair between the layers cancels
-    assert ops_of(q).count("transpose") == (2 if batch > 1 else 0)
+    assert [n.inputs[0].shape for n in convs] == [(batch, 40, 1, 1), (batch, 48, 1, 1)]
+    target = optimize_for_target(q, "cpu", CompileOptions(mcpu="cascadelake"))[0].graph
+    convs = [n for n in target.nodes if n.op_name == "qlinear_conv2d"]
+    assert [n.inputs[0].shape for n in convs] == [(1, 40, 1, batch), (1, 48, 1, batch)] \
+        if batch > 1 else [(1, 40, 1, 1), (1, 48, 1, 1)]
     m = go.compile(q, "cpu")
     for feeds in batches(graph, 2, seed=5):
         mine = go.interpret(q, feeds)["output"]
         assert np.abs(m.run(feeds)["output"] - mine).max() <= lsb(q) * 1.001
-        float32 = go.interpret(graph, feeds)["output"]
-        assert np.abs(mine - float32).max() <= 0.1 * np.abs(float32).max()
+        assert np.array_equal(go.interpret(target, feeds)["output"], mine)
+    report = go.compare(graph, q, batches(graph, 1, seed=6)[0], per_layer=True, target="cpu")
+    assert report.ok and [layer.name for layer in report.layers] == ["act1", "fc2"]
 
 
 def test_cuda_compiles_to_integer_kernels():

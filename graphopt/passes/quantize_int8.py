@@ -306,7 +306,9 @@ class _Rebuild:
         if node.op_name == "linear":
             conv, activation, residual = ops.Conv2d(), None, None
             w, b = node.inputs[1], (node.inputs[2] if len(node.inputs) > 2 else None)
-            x, rows = self.rows_as_pixels(x, node.name)
+            rows = int(np.prod(x.type.shape[:-1]))
+            x = self.graph.add_node(ops.Reshape((rows, x.type.shape[-1], 1, 1)), [x],
+                                    name=f"{node.name}.to_conv").output
             weight = w.data.reshape(*w.data.shape, 1, 1)
         else:
             fused = node.op_name == "fused_conv2d"
@@ -332,30 +334,9 @@ class _Rebuild:
                                                 else f"{v.name}.conv"])
         y = new.output
         if node.op_name == "linear":
-            if rows > 1:
-                y = self.graph.add_node(ops.Reshape((y.type.shape[1], rows)), [y],
-                                        name=f"{node.name}.from_pixels").output
-                y = self.graph.add_node(ops.Transpose((1, 0)), [y],
-                                        name=f"{node.name}.to_rows").output
             y = self.graph.add_node(ops.Reshape(v.type.shape), [y], name=f"{node.name}.from_conv",
                                     output_names=[out_name], provenance=provenance).output
         self.finish_layer(node, v, y, y_scale, y_zp, epilogue)
-
-    def rows_as_pixels(self, x: Value, name: str) -> tuple[Value, int]:
-        """The rows of a linear layer's integer input `x` as the pixels of one image's row,
-        [1, in, 1, rows] (a transpose where there are several), so that the 1x1 conv computing
-        the layer reads each weight vector once for all rows, as a GEMM does; and the row
-        count. As the rows of a batch of 1x1 images, the kernel streamed the whole weight once
-        per row: int8 VGG-11's 25088 -> 4096 layer at batch 8 took 39.8 ms (41 GOP/s)."""
-        features = x.type.shape[-1]
-        rows = int(np.prod(x.type.shape[:-1]))
-        if rows > 1:
-            x = self.graph.add_node(ops.Reshape((rows, features)), [x],
-                                    name=f"{name}.rows").output
-            x = self.graph.add_node(ops.Transpose((1, 0)), [x], name=f"{name}.to_pixels").output
-        x = self.graph.add_node(ops.Reshape((1, features, 1, rows)), [x],
-                                name=f"{name}.to_conv").output
-        return x, rows
 
     def finish_layer(self, node: Node, v: Value, y: Value, y_scale: Value, y_zp: Value,
                      epilogue: Node | None = None) -> None:
