@@ -99,17 +99,16 @@ def select_conv_algorithm(context):
         return (conv2d_bf16.available(context.vector) and conv2d_bf16.applies(conv.groups)
                 and amx.BFLOAT16.feature not in context.vector.amx)
 
-    def winograd_instead_of_dpbf16(conv: Conv2d, node: Node, weight) -> int:
-        """The output tile of the float32 Winograd kernel a bfloat16 conv takes instead of
-        vdpbf16ps: F(4x4) where float32 would take it, with enough channels on a plane small
-        enough (0: none)."""
+    def winograd_tile(conv: Conv2d, node: Node, weight) -> int:
+        """The output tile of the Winograd kernel the conv `node` takes (0: none)."""
         batch, out_channels, out_h, out_w = node.outputs[0].shape
-        tile = winograd.output_tile(weight.shape[1], out_channels, out_h, out_w,
+        return winograd.output_tile(weight.shape[1], out_channels, out_h, out_w,
                                     weight.shape[2:], conv.stride, conv.dilation, conv.groups,
                                     conv.padding, context.vector, batch)
-        wins = tile == 4 and weight.shape[1] >= BFLOAT16_WINOGRAD_MIN_CHANNELS and \
-            out_h * out_w <= BFLOAT16_WINOGRAD_MAX_PLANE
-        return tile if wins else 0
+
+    def on_winograd(plain: Conv2d, tile: int) -> Conv2d:
+        return dataclasses.replace(plain, algorithm="winograd", output_tile=tile,
+                                   weight_block=winograd.channel_block(context.vector))
 
     def direct(conv: Conv2d, out_channels: int, out_w: int, in_channels: int | None = None,
                taps: int = 1) -> Conv2d:
@@ -135,15 +134,17 @@ def select_conv_algorithm(context):
         plain = conv.plain
         float32 = x.dtype == "float32" and node.outputs[0].dtype == "float32"
         constant = context.constant_weights and w.is_constant
-        if constant and x.dtype == "bfloat16" and conv_fills_amx_tiles(node, amx.BFLOAT16, w) and \
-                (bias is None or bias.is_constant):
+        if constant and x.dtype == "bfloat16" and \
+                conv_fills_amx_tiles(node, amx.BFLOAT16, w) and (bias is None or bias.is_constant):
             return dataclasses.replace(plain, algorithm=amx.AMX, weight_block=amx.BLOCK)
         if constant and x.dtype == node.outputs[0].dtype == "bfloat16" and \
                 dpbf16_instead_of_direct(conv):
-            tile = winograd_instead_of_dpbf16(conv, node, w)
-            if tile:
-                return dataclasses.replace(plain, algorithm="winograd", output_tile=tile,
-                                           weight_block=winograd.channel_block(context.vector))
+            # float32 F(4x4) on the widened input where it beats vdpbf16ps (see the constants)
+            tile = winograd_tile(conv, node, w)
+            _, _, out_h, out_w = node.outputs[0].shape
+            if tile == 4 and w.shape[1] >= BFLOAT16_WINOGRAD_MIN_CHANNELS and \
+                    out_h * out_w <= BFLOAT16_WINOGRAD_MAX_PLANE:
+                return on_winograd(plain, tile)
             return dataclasses.replace(plain, algorithm=conv2d_bf16.ALGORITHM,
                                        weight_block=conv2d_bf16.LANES)
         half = x.dtype in HALF_DTYPES and node.outputs[0].dtype == x.dtype
@@ -154,12 +155,9 @@ def select_conv_algorithm(context):
         if context.kernels == "onednn" and (bias is None or bias.is_constant) and float32 and \
                 (activation is None or EPILOGUE[activation.name].onednn is not None):
             return dataclasses.replace(plain, algorithm="onednn")
-        tile = winograd.output_tile(
-            w.shape[1], out_channels, out_h, out_w, w.shape[2:], conv.stride, conv.dilation,
-            conv.groups, conv.padding, context.vector, batch)
+        tile = winograd_tile(conv, node, w)
         if tile:
-            return dataclasses.replace(plain, algorithm="winograd", output_tile=tile,
-                                       weight_block=winograd.channel_block(context.vector))
+            return on_winograd(plain, tile)
         pointwise_tile = pointwise.applies(
             w.shape[2:], conv.stride, conv.padding, conv.dilation, conv.groups) and \
             pointwise.tile(out_h * out_w, out_channels, context.vector, batch, context.threads,
@@ -167,8 +165,7 @@ def select_conv_algorithm(context):
         if pointwise_tile:
             return dataclasses.replace(plain, algorithm=pointwise.ALGORITHM,
                                        weight_block=pointwise_tile[1])
-        if depthwise.applies(node.inputs[0].shape[1], out_channels, conv.groups,
-                             context.vector):
+        if depthwise.applies(x.shape[1], out_channels, conv.groups, context.vector):
             return dataclasses.replace(plain, algorithm=depthwise.ALGORITHM,
                                        weight_block=context.vector.lanes)
         return direct(plain, out_channels, out_w, w.shape[1], w.shape[2] * w.shape[3])
