@@ -7,8 +7,10 @@ AMX-BF16 (Cooper Lake, Zen 4), except on the 3x3 layers that float32 Winograd F(
 faster on the widened input: the instruction does only twice an FMA's multiply-adds, F(4x4)
 four times fewer (`BFLOAT16_WINOGRAD_MIN_CHANNELS` there; bfloat16 VGG-11 on a Zen 4, one
 thread: 80-83 ms with every conv on vdpbf16ps, 68-74 with its four 28x28 and 56x56 layers on
-Winograd, 0.44-0.48x ONNX Runtime's float32 time). Where it has AMX-BF16, the layers that do
-not fill AMX tiles stay on the widened float32 kernel: on an AMX Xeon one vdpbf16ps issues
+Winograd, 0.44-0.48x ONNX Runtime's float32 time), and on the convs the float32 "narrow" rule
+takes (`narrow.applies`: an image's few channels or few output channels, mostly padding in
+pairs and blocks of 16). Where it has AMX-BF16, the layers that do not fill AMX tiles stay
+on the widened float32 kernel: on an AMX Xeon one vdpbf16ps issues
 every ~0.8-1.0 ns against ~0.21 ns for a zmm FMA (which does half the multiply-adds), and
 the kernel measured 1.3-1.8x slower than the float32 one (1 thread, ms: 3x3 64 ch 56x56 3.6
 vs 2.2, 3x3 128 ch 28x28 3.1 vs 1.7, 1x1 256 -> 64 ch 56x56 2.7 vs 2.1), at about the
