@@ -173,21 +173,21 @@ def test_which_convolutions_take_amx_tiles(channels, taps, fills):
 @pytest.mark.parametrize("mcpu, expected", [
     # vdpbf16ps but on 28x28 to 56x56 planes of 64 channels or more, where float32 Winograd
     # F(4x4) on the widened input is faster (conv2d_bf16.py's docstring)
-    # and for the convs the float32 rules take as rows of vectors (`narrow.applies`): LeNet-5's
-    # 1 -> 6 channel 5x5 conv, a 3 -> 64 channel 3x3 one on an image (LeNet-5, one Zen 4
-    # thread: 28 -> 22 us)
+    # and for the convs but 1x1 ones that the float32 rules take as rows of vectors
+    # (`narrow.applies`): LeNet-5's 1 -> 6 channel 5x5 conv, a 3 -> 64 channel 3x3 one on an
+    # image; ResNet-18's 64 -> 128 channel 1x1 downsample is faster on vdpbf16ps
     (BF16_CPU, {"fills": "dpbf16", "partial": "dpbf16", "grouped": "direct",
                 "winograd": "winograd", "large-plane": "dpbf16", "lenet": "narrow",
-                "image": "narrow"}),
+                "image": "narrow", "downsample": "dpbf16"}),
     # AMX-BF16 hosts keep AMX tiles where the layer fills them and the widened float32 kernel
     # elsewhere (measured faster there than vdpbf16ps: see the module's docstring)
     ("sapphirerapids", {"fills": "amx", "partial": "direct", "grouped": "direct",
                         "winograd": "amx", "large-plane": "amx", "lenet": "narrow",
-                        "image": "narrow"}),
+                        "image": "narrow", "downsample": "amx"}),
     # no BF16: the widened float32 kernels, Winograd where float32 takes it
     ("cascadelake", {"fills": "direct", "partial": "direct", "grouped": "direct",
                      "winograd": "winograd", "large-plane": "winograd", "lenet": "narrow",
-                     "image": "narrow"}),
+                     "image": "narrow", "downsample": "narrow"}),
 ], ids=[BF16_CPU, "sapphirerapids", "cascadelake"])
 def test_each_cpu_gets_its_bfloat16_kernel(mcpu, expected):
     graphs = {"fills": conv_graph(Case("fills", 64, 64, 14, 3, padding=1)),
@@ -196,7 +196,8 @@ def test_each_cpu_gets_its_bfloat16_kernel(mcpu, expected):
               "winograd": conv_graph(Case("winograd", 64, 64, 28, 3, padding=1)),
               "large-plane": conv_graph(Case("large-plane", 64, 64, 112, 3, padding=1)),
               "lenet": conv_graph(Case("lenet", 1, 6, 32, 5)),
-              "image": conv_graph(Case("image", 3, 64, 32, 3, padding=1))}
+              "image": conv_graph(Case("image", 3, 64, 32, 3, padding=1)),
+              "downsample": conv_graph(Case("downsample", 64, 128, 56, 1, stride=2))}
     assert {name: chosen_for(g, mcpu)[0] for name, g in graphs.items()} == expected
 
 

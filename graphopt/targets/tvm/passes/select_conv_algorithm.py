@@ -37,8 +37,9 @@ bfloat16 ones that fill AMX tiles where the CPU has AMX-BF16 are "amx" (`schedul
 ungrouped ones with constant weights where the CPU has AVX512-BF16 but no AMX-BF16 are "dpbf16"
 (vdpbf16ps, `schedules/conv2d_bf16.py`, weight_block 16), but for those that Winograd F(4x4)
 computes faster (`BFLOAT16_WINOGRAD_MIN_CHANNELS`, `BFLOAT16_WINOGRAD_MAX_PLANE`) and those a
-float32 conv takes as "narrow" (`narrow.applies`; in pairs of input channels and blocks of 16
-output channels, an image's few channels or a few output channels are mostly padding).
+float32 conv takes as "narrow", but for 1x1 ones (`narrow.applies`; in pairs of input channels
+and blocks of 16 output channels, an image's few channels or a few output channels are mostly
+padding).
 
 A quantized convolution (`qlinear_conv2d`) is computed by the x86 dot-product instruction of the
 target CPU (`schedules/conv2d_int8.py`: "amx" tiles where the CPU has AMX-INT8 and the layer fills
@@ -148,10 +149,13 @@ def select_conv_algorithm(context):
                     out_h * out_w <= BFLOAT16_WINOGRAD_MAX_PLANE:
                 return on_winograd(plain, tile)
             _, out_channels, _, _ = node.outputs[0].shape
-            widened = direct(plain, out_channels, out_w, w.shape[1], w.shape[2] * w.shape[3])
-            if widened.algorithm == narrow.ALGORITHM:
+            taps = w.shape[2] * w.shape[3]
+            widened = direct(plain, out_channels, out_w, w.shape[1], taps)
+            if widened.algorithm == narrow.ALGORITHM and taps > 1:
                 # rows as vectors, widened, beat vdpbf16ps tiles of mostly padding channels
-                # (LeNet-5's 1 -> 6 channel conv: one Zen 4 thread, 28 -> 22 us a run)
+                # (one Zen 4 thread: LeNet-5's 1 -> 6 channel conv, 28 -> 22 us a run;
+                # SqueezeNet's 3 -> 64 channel stem, 5.30 -> 5.00 ms), but not 1x1 convs of
+                # few input channels (ResNet-18's 64 -> 128 ch downsample 0.09 -> 0.15 ms)
                 return widened
             return dataclasses.replace(plain, algorithm=conv2d_bf16.ALGORITHM,
                                        weight_block=conv2d_bf16.LANES)
