@@ -186,3 +186,102 @@ def test_weight_prefetches_compute_the_same(batch, monkeypatch):
     for threads in (1, 2):
         model.threads = threads
         assert go.compare(graph, model, feeds).ok
+
+
+def _winograd_graph(channels: int, side: int, batch: int = 1):
+    with dsl.Builder("winograd", seed=0) as b:
+        x = b.input("x", (batch, channels, side, side))
+        return b.output(dsl.relu(dsl.conv2d(x, channels, 3, padding=1)))
+
+
+WINOGRAD_CPU = "skylake-avx512"     # 16 lanes, 32 KiB L1: F(4x4) from 28x28, F(2x2) on 14x14
+
+
+@pytest.mark.parametrize("channels, side", [(128, 28), (256, 14), (160, 14)],
+                         ids=["F4-128ch", "F2-256ch", "F2-160ch-one-channel-block"])
+def test_winograd_gemms_prefetch_each_next_weight_slice(channels, side):
+    """The prefetch loop of the Winograd GEMMs, evaluated for every iteration of the loops
+    around it: the i-th slice of the transformed weights (the loops walk them in memory order)
+    prefetches every cache line of slice i + 1 (the last its own last line), and no address
+    leaves the weight buffer. 128 channels on F(4x4) and 256 on F(2x2) have weight blocks of 64
+    input channels; 160 channels take all of them in one."""
+    import tvm_ffi
+    from tvm.sym.analyzer import Analyzer
+    from graphopt.targets.tvm.weight_prefetch import (NEXT_SLICE_ATTR, _substitute,
+                                                      with_weight_prefetches)
+    (func,) = [f for f in _scheduled_kernels(_winograd_graph(channels, side),
+                                             WINOGRAD_CPU).values()
+               if f.attrs[SCHEDULE_ATTR] == "winograd"]
+    # (the GEMM's init loop, split from it, carries the annotation too: no prefetches there)
+    (annotated,) = [l for l in _loops(func.body) if NEXT_SLICE_ATTR in l.annotations
+                    and not l.loop_var.name.endswith("_init")]
+    slice_elements = int(annotated.annotations[NEXT_SLICE_ATTR])
+    rewritten = with_weight_prefetches(func)
+    assert not [l for l in _loops(rewritten.body) if NEXT_SLICE_ATTR in l.annotations]
+    loops = _loops(rewritten.body)
+    (tiles,) = [l for l in loops if l.loop_var.name == annotated.loop_var.name
+                and isinstance(l.body, tvm.tirx.SeqStmt)]
+    lines = tiles.body.seq[0]
+    addresses = []
+
+    def collect(call):
+        if call.op.name == "tirx.address_of":
+            addresses.append(call.args[0])
+        return call
+
+    tvm_ffi.structural_map(lines, (tvm.ir.Call, collect))
+    (load,) = addresses
+    weight = load.source
+    shape = [int(d) for d in weight.shape]
+    # the loops around the prefetches, outermost first: the (e, v, channel block) tasks and,
+    # where the input channels come in blocks, that block
+    outer = [l for l in loops[:loops.index(tiles)]
+             if any(v.same_as(l.loop_var) for v in tvm.tirx.analysis.undefined_vars(
+                 tvm.tirx.Evaluate(load.indices[0] + load.indices[1] + load.indices[2]
+                                   + load.indices[3] + load.indices[4])))]
+    line = 16          # float32 per cache line
+    slice_lines = slice_elements // line
+    total_lines = np.prod(shape) // line
+    analyzer = Analyzer()
+    iterations = [()]
+    for loop in outer:
+        iterations = [i + (k,) for i in iterations for k in range(int(loop.extent))]
+    assert len(iterations) * slice_lines == total_lines
+    for nth, values in enumerate(iterations):
+        fetched = set()
+        for tile in range(int(tiles.extent)):
+            for k in range(int(lines.extent)):
+                bound = {**{l.loop_var: v for l, v in zip(outer, values)},
+                         tiles.loop_var: tile, lines.loop_var: k}
+                bound = {v: tvm.tirx.const(x, str(v.ty)) for v, x in bound.items()}
+                index = [int(analyzer.simplify(_substitute(i, bound))) for i in load.indices]
+                assert all(0 <= i < d for i, d in zip(index, shape)), index
+                fetched.add(int(np.ravel_multi_index(index, shape)) // line)
+        expected = {min(l, total_lines - 1)
+                    for l in range((nth + 1) * slice_lines, (nth + 2) * slice_lines)}
+        assert fetched == expected, (nth, sorted(expected - fetched)[:5])
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_winograd_prefetches_are_in_the_code_where_the_schedule_asks(prefetch, monkeypatch):
+    from graphopt.targets.tvm.schedules import winograd
+    monkeypatch.setattr(winograd, "PREFETCH_NEXT_SLICE", prefetch)
+    model = go.compile(_winograd_graph(128, 28), "cpu", mcpu=WINOGRAD_CPU)
+    assert ("prefetcht0" in cpu_assembly(model.executable)) == prefetch
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_winograd_prefetches_compute_the_same(batch):
+    """Bounds-checked against the interpreter on one thread and two (F(4x4), 128 channels:
+    2.4 MB of transformed weights)."""
+    graph = _winograd_graph(128, 28, batch)
+    feeds = {"x": np.random.default_rng(0).standard_normal((batch, 128, 28, 28))
+             .astype(np.float32)}
+    model = go.compile(graph, "cpu", bounds_check=True)
+    if not any(n.op.conv.algorithm == "winograd" for n in model.graph.nodes
+               if n.op_name == "fused_conv2d"):
+        pytest.skip("this host's conv is not on Winograd")
+    assert "prefetcht0" in cpu_assembly(model.executable)
+    for threads in (1, 2):
+        model.threads = threads
+        assert go.compare(graph, model, feeds).ok

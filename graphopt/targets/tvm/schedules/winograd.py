@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..weight_prefetch import NEXT_SLICE_ATTR
+from .conv2d import PREFETCH_MIN_WEIGHT_BYTES
 from .common import PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, inline_elementwise
 
 NAME = "winograd"
@@ -67,6 +69,8 @@ ROW_WEIGHT_BYTES = 1 << 20
 # Input channels per weight block in the GEMMs: 64 x 16 floats (4 KB) stay in L1 while every
 # tile of the block uses them.
 CHANNEL_BLOCK = 64
+# Whether the GEMMs prefetch each next weight block while they compute with the current one.
+PREFETCH_NEXT_SLICE = True
 
 # (B^T, G, A^T) of F(m x m, 3x3) by output tile side m.
 TRANSFORMS = {
@@ -210,7 +214,7 @@ def winograd_conv2d(x, u):
 def schedule(sch, vec: VectorShape) -> bool:
     """Input transform per input channel, the GEMMs register-tiled like the direct conv (output
     channels as the vector axis, a few tiles as the other side; weights streamed in L1-sized
-    channel blocks), the output transform per 2x2 tile, vectorized over output channels, with
+    channel blocks, each next one prefetched: `weight_prefetch.py`), the output transform per 2x2 tile, vectorized over output channels, with
     the epilogue inlined. Stages run over the whole plane, an image, or a row of tiles."""
     names = {sch.get(b).name_hint: b for b in blocks_of(sch)}
     if not all(k in names for k in (ROWS, INPUT, GEMM, OUTPUT)):
@@ -281,6 +285,12 @@ def schedule(sch, vec: VectorShape) -> bool:
         sch.reorder(e, v, o_outer, rc_outer, t_outer, rc_inner, t_inner, o_inner)
     else:
         sch.reorder(e, v, o_outer, t_outer, rc_inner, t_inner, o_inner)
+    if PREFETCH_NEXT_SLICE and not by_rows and weight_bytes >= PREFETCH_MIN_WEIGHT_BYTES:
+        # each channel block's weights ([a, a, O / block, I, block]: contiguous) are read by
+        # the iterations of t_outer; they prefetch the block that follows (by rows, the
+        # weights stay in L2 from one row to the next; small ones from one run to the next)
+        sch.annotate(t_outer, NEXT_SLICE_ATTR,
+                     (CHANNEL_BLOCK if rc_outer is not None else in_channels) * block)
     accumulators = sch.cache_write(products, 0, "local")
     outer = sch.fuse(e, v, o_outer)
     macs = extent(outer, sch) * block * tiles * in_channels
