@@ -182,14 +182,16 @@ def winograd_conv2d(x, u):
 
     rows = te.compute(
         (n, c, tiles_h, alpha, side * (tiles_w + 1)),
-        lambda b, ch, th, e, col: _select(e, [_combine(
-            [padded(b, ch, side * th + a, col) for a in range(alpha)], B_T[k]) for k in range(alpha)]),
+        lambda b, ch, th, e, col: _select(e, [
+            _combine([padded(b, ch, side * th + a, col) for a in range(alpha)], B_T[k])
+            for k in range(alpha)]),
         name=ROWS)
 
     def input_tile(e, v, ch, t):
         b, th, tw = t // (tiles_h * tiles_w), (t // tiles_w) % tiles_h, t % tiles_w
-        return _select(v, [_combine([rows[b, ch, th, e, side * tw + a] for a in range(alpha)], B_T[k])
-                            for k in range(alpha)])
+        return _select(v, [
+            _combine([rows[b, ch, th, e, side * tw + a] for a in range(alpha)], B_T[k])
+            for k in range(alpha)])
 
     transformed = te.compute((alpha, alpha, c, tiles), input_tile, name=INPUT)
     rc = te.reduce_axis((0, c), "rc")
@@ -214,8 +216,9 @@ def winograd_conv2d(x, u):
 def schedule(sch, vec: VectorShape) -> bool:
     """Input transform per input channel, the GEMMs register-tiled like the direct conv (output
     channels as the vector axis, a few tiles as the other side; weights streamed in L1-sized
-    channel blocks, each next one prefetched: `weight_prefetch.py`), the output transform per 2x2 tile, vectorized over output channels, with
-    the epilogue inlined. Stages run over the whole plane, an image, or a row of tiles."""
+    channel blocks, each next one prefetched: `weight_prefetch.py`), the output transform per
+    2x2 tile, vectorized over output channels, with the epilogue inlined. Stages run over the
+    whole plane, an image, or a row of tiles."""
     names = {sch.get(b).name_hint: b for b in blocks_of(sch)}
     if not all(k in names for k in (ROWS, INPUT, GEMM, OUTPUT)):
         return None
