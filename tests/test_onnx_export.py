@@ -233,8 +233,16 @@ ROWS += [
 ]
 
 
-# Fusion ops export as their unfused chain, so they import back unfused (same numbers).
-NOT_STRUCTURAL = {"fused_conv2d": fused_conv_graph}
+def table_lookup_graph():
+    return quantized_graph("lookup", go.ops.TableLookup(), [
+        ("x", go.TensorType((2, 3, 4), "uint8")),
+        ("table", np.random.default_rng(0).permutation(256).astype(np.uint8))])
+
+
+# Ops that export as a chain of ONNX ops (fusion ops as their unfused chain, the table lookup
+# as Cast then Gather) import back as that chain (same numbers): op -> (graph, ONNX ops).
+NOT_STRUCTURAL = {"fused_conv2d": (fused_conv_graph, ["Conv", "Add", "Clip"]),
+                  "table_lookup": (table_lookup_graph, ["Cast", "Gather"])}
 
 
 def structure(graph):
@@ -296,11 +304,12 @@ def test_integer_dropout_exports_as_identity():
 
 
 @pytest.mark.parametrize("op", sorted(NOT_STRUCTURAL))
-def test_fused_op_exports_as_its_chain(op):
-    graph = NOT_STRUCTURAL[op]()
+def test_op_exports_as_its_chain(op):
+    make_graph, op_types = NOT_STRUCTURAL[op]
+    graph = make_graph()
     model = check_exported(graph)
-    assert [n.op_type for n in model.graph.node] == ["Conv", "Add", "Clip"]
-    assert model.graph.node[-1].name == "conv"
+    assert [n.op_type for n in model.graph.node] == op_types
+    assert model.graph.node[-1].name == graph.nodes[-1].name
     again = load_onnx(model)
     x = random_inputs(graph)
     assert again.output_names == graph.output_names

@@ -812,6 +812,23 @@ def shape_rows():
             onnx_op("Tile", extra=(i64([7, 6, 4, 1]),))),
         *slice_rows(x),
         *gather_rows(x),
+        *table_lookup_rows(),
+    ]
+
+
+def table_lookup_rows():
+    """ONNX's form of the lookup: Cast to int64 indices, then Gather from the table."""
+    def cast_then_gather(x, table):
+        nodes = [helper.make_node("Cast", ["in0"], ["index"], to=onnx.TensorProto.INT64),
+                 helper.make_node("Gather", ["in1", "index"], ["out"], axis=0)]
+        return run_onnx(nodes, [x, table], out_dtype=table.dtype)
+    every = np.arange(256, dtype=np.uint8).reshape(1, 4, 8, 8)
+    return [
+        Row("table_lookup-every-code-uint8-table", ops.TableLookup(), (every,),
+            (_rng.permutation(256).astype(np.uint8),), cast_then_gather),
+        Row("table_lookup-float-table", ops.TableLookup(),
+            (rand(2, 3, 5, dtype="uint8", low=0, high=256),),
+            (rand(256, dtype="float32"),), cast_then_gather),
     ]
 
 

@@ -107,9 +107,12 @@ def test_chains_stay_integer():
     assert np.array_equal(pooled, go.interpret(pool_graph(pool.op, real.shape), {"x": real})["y"])
     residual = q.nodes[3]
     assert residual.op.has_residual and residual.inputs[-3] is q.nodes[2].output
-    # LeNet-5: tanh and avg pool between its layers are float: each layer is (de)quantized once
+    # LeNet-5: the tanh and avg pool after each conv are float: each conv's output is
+    # (de)quantized once; the tanh between its linear layers is a table of its 256 quantized
+    # results (tabulate_quantized_activations)
     lenet = ops_of(quantized("lenet5").graph)
-    assert lenet.count("quantize_linear") == lenet.count("dequantize_linear") == 5
+    assert lenet.count("quantize_linear") == lenet.count("dequantize_linear") == 3
+    assert lenet.count("table_lookup") == 2 and "tanh" in lenet
     for graph in (q, quantized("lenet5").graph):
         for n in graph.nodes:
             if n.op_name == "quantize_linear":

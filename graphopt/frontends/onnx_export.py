@@ -326,6 +326,16 @@ def linear_quantization(ex, node):
            axis=op.axis, block_size=op.block_size or None)
 
 
+@exports("table_lookup")
+def table_lookup(ex, node):
+    """Cast the uint8 input to int64 indices, then Gather from the table."""
+    x, table = node.inputs
+    index = ex.fresh(f"{node.name}.index")
+    ex.add("Cast", node, [x], [index], name=ex.fresh(f"{node.name}.cast"),
+           to=onnx.TensorProto.INT64)
+    ex.add("Gather", node, [table, index], axis=0)
+
+
 @exports("conv2d_integer")
 def conv2d_integer(ex, node):
     ex.add("ConvInteger", node, **conv_attrs(node.op.conv, node.inputs[1]))

@@ -14,7 +14,7 @@ from .math import Erf, Exp, Log, Sqrt
 from .pool import (AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, Lrn, MaxPool2d,
                    MaxPool2dIndices, MaxUnpool2d)
 from .quant import (Conv2dInteger, DequantizeLinear, MatmulInteger, QLinearConv2d, QLinearMatmul,
-                    QuantizeLinear)
+                    QuantizeLinear, TableLookup)
 from .reduce import (InstanceNorm, LayerNorm, ReduceL1, ReduceL2, ReduceLogSumExp, ReduceMax,
                      ReduceMean, ReduceMin, ReduceProd, ReduceSum, ReduceSumSquare)
 from .arg_reduce import ArgMax, ArgMin
@@ -29,4 +29,5 @@ __all__ = ["OPS", "Op", "get_op", "register", "Add", "AvgPool2d", "BatchNorm", "
            "Conv2dInteger", "DequantizeLinear", "MatmulInteger", "QLinearConv2d", "QLinearMatmul",
            "QuantizeLinear", "Erf", "Exp", "Expand", "Gather", "Gelu", "HardSigmoid", "HardSwish",
            "LayerNorm", "Log", "Pow", "ReduceMax", "ReduceMean", "ReduceSum", "Slice", "Sqrt",
-           "Tile", "Where", "Compare", "InstanceNorm", "ArgMax", "ArgMin", "Gru", "Lstm"]
+           "Tile", "Where", "Compare", "InstanceNorm", "ArgMax", "ArgMin", "Gru", "Lstm",
+           "TableLookup"]

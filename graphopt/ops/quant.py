@@ -522,6 +522,35 @@ class DequantizeLinear(LinearQuantization):
 
 @register
 @dataclass(frozen=True)
+class TableLookup(Op):
+    """y = table[x]: each uint8 value of x replaced by its entry in a 256-entry table (any
+    dtype). `tabulate_quantized_activations` makes these from elementwise float chains between a
+    dequantize_linear and a quantize_linear; ONNX has no such op: it exports as Cast (to int64)
+    then Gather. Inputs: x (uint8), table [256]."""
+
+    name = "table_lookup"
+    arity = (2, 2)
+
+    def infer(self, x, table):
+        expect(x.dtype == "uint8", f"expected input x of dtype uint8, found {x}")
+        expect(table.shape == (256,), f"expected a table of 256 entries, found {table}")
+        return TensorType(x.shape, table.dtype)
+
+    def reference(self, x, table):
+        return table[x]
+
+    def lower_tvm(self, bb, x, table):
+        from tvm import te
+
+        def kernel(x, table):
+            # a uint8 index is always inside the table: no clamp
+            return te.compute(x.shape, lambda *i: table[x[i].astype("int32")],
+                              name="table_lookup")
+        return bb.call_te(kernel, x, table, primfunc_name_hint="table_lookup")
+
+
+@register
+@dataclass(frozen=True)
 class Conv2dInteger(Op):
     """ONNX ConvInteger: int32 sum((x - x_zero_point) * (w - w_zero_point)) over each window of
     `conv` (its stride, padding, dilation, groups); padding holds x_zero_point. Inputs: x, w

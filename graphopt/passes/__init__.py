@@ -13,7 +13,7 @@ import numpy as np
 from ..ir import Graph
 from . import (convert_float_precision, eliminate_common_subexpressions,  # noqa: F401
                eliminate_dead_code, fold_batch_norm, fold_constants, fold_pad, fuse_conv_epilogue,
-               remove_identities, trim_conv_taps)
+               remove_identities, tabulate_quantized_activations, trim_conv_taps)
 from .bisection import BisectResult, bisect
 from .manager import (PASSES, OptimizeResult, Pass, PassManager, PassRecord, PassResult,
                       fingerprint, pass_list, probe_inputs, register_pass)
@@ -21,7 +21,7 @@ from .manager import (PASSES, OptimizeResult, Pass, PassManager, PassRecord, Pas
 # Cleanups first so that the folds see plain conv -> batch_norm chains, fusion last.
 DEFAULT_PIPELINE = ("remove_identities", "fold_constants", "eliminate_common_subexpressions",
                     "fold_pad", "trim_conv_taps", "fold_batch_norm", "fuse_conv_epilogue",
-                    "eliminate_dead_code")
+                    "tabulate_quantized_activations", "eliminate_dead_code")
 
 
 def optimize(graph: Graph, passes: str | Pass | Sequence[str | Pass] | None = None, *,

@@ -32,12 +32,15 @@ def convert(graph: Graph, calib: "Calibration | None", dtype: str, keep: tuple[s
     from ..passes.convert_float_precision import convert_precision
     from ..passes.fuse_conv_epilogue import fuse_conv_integer_epilogue
     from ..passes.quantize_int8 import quantize_int8
+    from ..passes.tabulate_quantized_activations import tabulating
     pipeline = list(DEFAULT_PIPELINE)
     if dtype == "int8":
         last = quantize_int8(calib, per_channel=per_channel, keep=keep, source=graph,
                              reduce_range=reduce_range)
         # activations without an integer epilogue stay nodes: the conv before them is quantized
         pipeline[pipeline.index("fuse_conv_epilogue")] = fuse_conv_integer_epilogue
+        # kept nodes stay float32 nodes of the quantized graph (the compile may tabulate them)
+        pipeline[pipeline.index("tabulate_quantized_activations")] = tabulating(frozenset(keep))
     else:
         last = convert_precision(dtype, keep)
     manager = PassManager([*pipeline, last], check=check, fixed_point=True, inputs=inputs)
