@@ -22,7 +22,8 @@ class VectorShape:
     """fp32 lanes per SIMD register and registers the micro-kernels may keep as accumulators;
     `vnni`: the CPU has AVX-512 VNNI (vpdpbusd: u8 x s8 dot products into int32), `avx_vnni`:
     AVX-VNNI (the same on 256-bit registers, without AVX-512: Alder Lake, Sierra Forest);
-    `bf16`: it has AVX512-BF16 (vdpbf16ps: bfloat16 pair products into float32); `amx`: the AMX tile
+    `bf16`: it has AVX512-BF16 (vdpbf16ps: bfloat16 pair products into float32); `vbmi`:
+    AVX512-VBMI (vpermi2b: byte lookups in two registers); `amx`: the AMX tile
     products it has ("amx-int8", "amx-bf16": LLVM's feature names); `l1d`: bytes of L1 data
     cache per core (`l1d_bytes`); `registers`: the vector registers (ymm0-15, zmm0-31)."""
     lanes: int
@@ -31,6 +32,7 @@ class VectorShape:
     avx_vnni: bool = False
     amx: tuple[str, ...] = ()
     bf16: bool = False
+    vbmi: bool = False
     l1d: int = 32 * 1024
     registers: int = 16
 
@@ -45,7 +47,8 @@ class VectorShape:
                                vnni=bool(target_has_features("avx512vnni", target)),
                                amx=tuple(f for f in ("amx-int8", "amx-bf16")
                                          if target_has_features(f, target)),
-                               bf16=bool(target_has_features("avx512bf16", target)), l1d=l1d)
+                               bf16=bool(target_has_features("avx512bf16", target)),
+                               vbmi=bool(target_has_features("avx512vbmi", target)), l1d=l1d)
         if target_has_features("avx2", target):
             return VectorShape(lanes=8, accumulators=12, l1d=l1d,
                                avx_vnni=bool(target_has_features("avxvnni", target)))

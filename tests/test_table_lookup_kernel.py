@@ -1,0 +1,68 @@
+"""The table_lookup kernel: vpermi2b over 64-byte vectors on CPUs with AVX512-VBMI (built for
+one on any x86 host, run where this host has it), the generic gather elsewhere, both equal to
+the interpreter for every uint8 code."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import graphopt as go
+from graphopt import ops, runtime
+from graphopt.targets.tvm.cpu import cpu_assembly
+from graphopt.targets.tvm.schedules import lookup
+
+VBMI_CPU = "icelake-server"      # AVX-512 with VBMI
+NO_VBMI_CPU = "cascadelake"      # AVX-512 without
+
+
+def lookup_graph(shape, table_dtype="uint8"):
+    graph = go.Graph("lookup")
+    x = graph.add_input("x", go.TensorType(shape, "uint8"))
+    rng = np.random.default_rng(0)
+    table = rng.permutation(256).astype(table_dtype) if table_dtype == "uint8" else \
+        rng.standard_normal(256).astype(table_dtype)
+    t = graph.add_constant("table", table)
+    graph.set_outputs([graph.add_node(ops.TableLookup(), [x, t], name="lookup").output])
+    return graph
+
+
+def every_code(shape, seed=0) -> dict[str, np.ndarray]:
+    """Every uint8 code, repeated over `shape` in a random order."""
+    size = int(np.prod(shape))
+    codes = np.resize(np.arange(256, dtype=np.uint8), size)
+    return {"x": np.random.default_rng(seed).permutation(codes).reshape(shape)}
+
+
+def host_has_vbmi() -> bool:
+    return "avx512vbmi" in (runtime.host_cpu_flags() or ())
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 8, 8), (1, 96, 112, 112)],
+                         ids=["one-block-of-vectors", "parallel-over-vectors"])
+def test_vbmi_cpus_look_bytes_up_with_vpermi2b(shape):
+    graph = lookup_graph(shape)
+    model = go.compile(graph, "cpu", mcpu=VBMI_CPU, bounds_check=True)
+    assert list(model.schedules.values()) == [lookup.NAME]
+    assert re.search(r"vperm[it]2b", cpu_assembly(model.executable))
+    if not host_has_vbmi():
+        pytest.skip(f"this CPU has no avx512vbmi: the {VBMI_CPU} build is compile-checked only")
+    for threads in (1, 2):
+        model.threads = threads
+        feeds, out = every_code(shape, seed=threads), graph.output_names[0]
+        np.testing.assert_array_equal(model.run(feeds)[out], go.interpret(graph, feeds)[out])
+
+
+@pytest.mark.parametrize("shape, table_dtype, mcpu", [
+    ((1, 4, 8, 8), "uint8", NO_VBMI_CPU),       # no VBMI
+    ((3, 5, 7), "uint8", VBMI_CPU),              # 105 bytes: not whole vectors
+    ((1, 4, 8, 8), "float32", VBMI_CPU),         # entries of four bytes
+], ids=["no-vbmi", "partial-vector", "float-table"])
+def test_other_lookups_are_gathers(shape, table_dtype, mcpu):
+    graph = lookup_graph(shape, table_dtype)
+    model = go.compile(graph, "cpu", mcpu=mcpu, bounds_check=True)
+    assert list(model.schedules.values()) == ["generic"]
+    host = go.compile(graph, "cpu", bounds_check=True)
+    feeds, out = every_code(shape), graph.output_names[0]
+    np.testing.assert_array_equal(host.run(feeds)[out], go.interpret(graph, feeds)[out])
