@@ -71,20 +71,12 @@ def _prefetch_loop(loop, ic_block: int, params):
     `params`) [O / b, KH, KW, I, b]: a block is `ic_block` input channels of every tap."""
     import tvm
     from tvm import tirx
-    from tvm.sym.analyzer import Analyzer
-    found = _update_block_and_weight_load(loop.body, params)
+    found = _first_weight_read(loop, params)
     if found is None:
         return None
-    realize, load, inner_vars = found
-    weight = load.source
+    weight, start = found        # the element the body's first step reads: the block's start
     shape = [int(d) for d in weight.shape]
     in_channels, lanes = shape[3], shape[4]
-    # the weight element the body's first step reads: the block's start
-    bound = {iv.var: value for iv, value in zip(realize.block.iter_vars, realize.iter_values)}
-    bound_inner = {v: tirx.const(0, str(v.ty)) for v in inner_vars}
-    analyzer = Analyzer()
-    start = [analyzer.simplify(_substitute(_substitute(i, bound), bound_inner))
-             for i in load.indices]
     k_h, k_w = shape[1], shape[2]
     taps, rows = k_h * k_w, int(loop.extent)
     line = CACHE_LINE_BYTES * 8 // tvm.runtime.DataType(str(weight.dtype)).bits
@@ -113,12 +105,7 @@ def _prefetch_loop(loop, ic_block: int, params):
                           tirx.const(in_channels - ic_block, index_ty))
     index = [start[0], as_index(tap // c(k_w)), as_index(tap % c(k_w)),
              next_block + as_index(offset // c(lanes)), as_index(offset % c(lanes))]
-    address = tirx.call_intrin("handle", "tirx.address_of", tirx.BufferLoad(weight, index))
-    # llvm.prefetch(address, read, locality 3 (keep in all levels), data cache)
-    prefetch = tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address,
-                                     tirx.const(0, "int32"), tirx.const(3, "int32"),
-                                     tirx.const(1, "int32"))
-    inner = tirx.For(k, c(0), c(lines), tirx.ForKind.SERIAL, tirx.Evaluate(prefetch))
+    inner = tirx.For(k, c(0), c(lines), tirx.ForKind.SERIAL, _prefetch(weight, index))
     return tirx.For(t, c(0), c(per_row), tirx.ForKind.SERIAL, inner)
 
 
@@ -129,18 +116,11 @@ def _next_slice_loop(loop, slice_elements: int, params):
     the buffer), or None where its body has no single update block reading such a weight."""
     import tvm
     from tvm import tirx
-    from tvm.sym.analyzer import Analyzer
-    found = _update_block_and_weight_load(loop.body, params)
+    found = _first_weight_read(loop, params)
     if found is None:
         return None
-    realize, load, inner_vars = found
-    weight = load.source
+    weight, start = found
     shape = [int(d) for d in weight.shape]
-    bound = {iv.var: value for iv, value in zip(realize.block.iter_vars, realize.iter_values)}
-    bound_inner = {v: tirx.const(0, str(v.ty)) for v in inner_vars}
-    analyzer = Analyzer()
-    start = [analyzer.simplify(_substitute(_substitute(i, bound), bound_inner))
-             for i in load.indices]
     index_ty = str(start[0].ty)
     c = lambda value: tirx.const(value, index_ty)
     as_index = lambda e: tirx.Cast(index_ty, e) if str(e.ty) != index_ty else e
@@ -161,11 +141,33 @@ def _next_slice_loop(loop, slice_elements: int, params):
         index.insert(0, rest % c(extent))
         rest = rest // c(extent)
     index.insert(0, rest)
+    return tirx.For(k, c(0), c(lines), tirx.ForKind.SERIAL, _prefetch(weight, index))
+
+
+def _first_weight_read(loop, params):
+    """(the 5-D weight parameter the update block in `loop`'s body reads, the indices of the
+    element it reads first in an iteration of `loop`: every loop inside at 0), or None."""
+    from tvm import tirx
+    from tvm.sym.analyzer import Analyzer
+    found = _update_block_and_weight_load(loop.body, params)
+    if found is None:
+        return None
+    realize, load, inner_vars = found
+    bound = {iv.var: value for iv, value in zip(realize.block.iter_vars, realize.iter_values)}
+    bound_inner = {v: tirx.const(0, str(v.ty)) for v in inner_vars}
+    analyzer = Analyzer()
+    return load.source, [analyzer.simplify(_substitute(_substitute(i, bound), bound_inner))
+                         for i in load.indices]
+
+
+def _prefetch(weight, index):
+    """TIR: prefetch the cache line of weight[index]: llvm.prefetch(address, read, locality 3
+    (keep in all levels), data cache)."""
+    from tvm import tirx
     address = tirx.call_intrin("handle", "tirx.address_of", tirx.BufferLoad(weight, index))
-    prefetch = tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address,
-                                     tirx.const(0, "int32"), tirx.const(3, "int32"),
-                                     tirx.const(1, "int32"))
-    return tirx.For(k, c(0), c(lines), tirx.ForKind.SERIAL, tirx.Evaluate(prefetch))
+    return tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address,
+                                               tirx.const(0, "int32"), tirx.const(3, "int32"),
+                                               tirx.const(1, "int32")))
 
 
 def _update_block_and_weight_load(body, params):
