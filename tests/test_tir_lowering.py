@@ -97,6 +97,21 @@ def _loops(stmt):
     return found
 
 
+def _prefetched_load(stmt):
+    """The one weight element whose address the prefetches in `stmt` take."""
+    import tvm_ffi
+    addresses = []
+
+    def collect(call):
+        if call.op.name == "tirx.address_of":
+            addresses.append(call.args[0])
+        return call
+
+    tvm_ffi.structural_map(stmt, (tvm.ir.Call, collect))
+    (load,) = addresses
+    return load
+
+
 @pytest.mark.parametrize("shape, out_channels, kernel, stride", [
     ((1, 128, 14, 14), 128, 3, 2), ((1, 128, 7, 7), 128, 3, 1), ((1, 400, 7, 7), 400, 1, 1),
     ((1, 192, 17, 17), 192, (1, 7), 1)])
@@ -106,7 +121,6 @@ def test_blocked_convs_prefetch_every_line_of_the_next_weight_block(shape, out_c
     line: together the rows of block i prefetch every cache line of block i + 1 (the last
     block its own), and no address leaves the weight buffer. 3x3 convs (more taps than rows),
     RegNetX's 1x1 convs and Inception's 1x7 (fewer)."""
-    import tvm_ffi
     from tvm.sym.analyzer import Analyzer
     from graphopt.targets.tvm.weight_prefetch import _substitute, with_weight_prefetches
     with dsl.Builder("blocked", seed=0) as b:
@@ -123,15 +137,7 @@ def test_blocked_convs_prefetch_every_line_of_the_next_weight_block(shape, out_c
     (rows,) = [l for l in _loops(rewritten.body) if l.loop_var.name == annotated.loop_var.name]
     taps = rows.body.seq[0]
     lines = taps.body
-    addresses = []
-
-    def collect(call):
-        if call.op.name == "tirx.address_of":
-            addresses.append(call.args[0])
-        return call
-
-    tvm_ffi.structural_map(lines, (tvm.ir.Call, collect))
-    (load,) = addresses
+    load = _prefetched_load(lines)
     weight = load.source
     blocks_loop, fused = ([l for l in _loops(rewritten.body) if l.loop_var.name == name][0]
                           for name in ("rc_0", "b_o_0_i_0_fused"))
@@ -205,7 +211,6 @@ def test_winograd_gemms_prefetch_each_next_weight_slice(channels, side):
     prefetches every cache line of slice i + 1 (the last its own last line), and no address
     leaves the weight buffer. 128 channels on F(4x4) and 256 on F(2x2) have weight blocks of 64
     input channels; 160 channels take all of them in one."""
-    import tvm_ffi
     from tvm.sym.analyzer import Analyzer
     from graphopt.targets.tvm.weight_prefetch import (NEXT_SLICE_ATTR, _substitute,
                                                       with_weight_prefetches)
@@ -222,15 +227,7 @@ def test_winograd_gemms_prefetch_each_next_weight_slice(channels, side):
     (tiles,) = [l for l in loops if l.loop_var.name == annotated.loop_var.name
                 and isinstance(l.body, tvm.tirx.SeqStmt)]
     lines = tiles.body.seq[0]
-    addresses = []
-
-    def collect(call):
-        if call.op.name == "tirx.address_of":
-            addresses.append(call.args[0])
-        return call
-
-    tvm_ffi.structural_map(lines, (tvm.ir.Call, collect))
-    (load,) = addresses
+    load = _prefetched_load(lines)
     weight = load.source
     shape = [int(d) for d in weight.shape]
     # the loops around the prefetches, outermost first: the (e, v, channel block) tasks and,
