@@ -10,8 +10,8 @@ compiled kernel gets it exactly too (the chain's own kernel differs where its fa
 an output the other way). Applies where every node between the two is elementwise (the ops in
 ELEMENTWISE) on values of the dequantized shape or scalar constants, and no value inside the
 chain is read elsewhere; `go.quantize` leaves the chains of its `keep` list's nodes to the
-compile (`tabulating(keep)`). int8 EfficientNet-B0 spent about a third of its time in these chains
-(`fused_dequantize_sigmoid_multiply_quantize`, 0.7 ns an element on a Zen 4 core)."""
+compile (`tabulating(keep)`). int8 EfficientNet-B0 spent about a third of its time in these
+chains (`fused_dequantize_sigmoid_multiply_quantize`, 0.7 ns an element on a Zen 4 core)."""
 from __future__ import annotations
 
 import numpy as np
@@ -33,11 +33,9 @@ def _per_tensor(node: Node) -> bool:
     return all(v.is_constant and v.data.size == 1 for v in node.inputs[1:3])
 
 
-def chain_of(graph: Graph, quantize: Node,
-             keep: frozenset[str] = frozenset()) -> tuple[Node, list[Node]]:
-    """(the dequantize_linear, the chain's nodes in topological order) that `quantize` ends, or
-    Miss with the reason it is not a chain this pass tabulates (one of its nodes named in
-    `keep`, among them)."""
+def chain_of(graph: Graph, quantize: Node, keep: frozenset[str] = frozenset()) -> Node:
+    """The dequantize_linear starting the chain that `quantize` ends, or Miss with the reason
+    it is not a chain this pass tabulates (one of its nodes named in `keep`, among them)."""
     if not _per_tensor(quantize):
         raise Miss("not a per-tensor quantize_linear", near=False)
     start = quantize.inputs[0]
@@ -81,23 +79,24 @@ def chain_of(graph: Graph, quantize: Node,
         readers = {id(u) for u in node.output.users} - inside - {id(quantize)}
         if readers or any(node.output is v for v in graph.outputs):
             raise Miss(f"{node.output.name} is also read outside the chain")
-    order = [n for n in graph.topological_order() if id(n) in inside]
-    return dequantize, order
+    return dequantize
 
 
-def table_of(dequantize: Node, chain: list[Node], quantize: Node) -> np.ndarray:
-    """The chain's quantized output for each uint8 input 0..255, by the reference kernels."""
+def table_of(dequantize: Node, quantize: Node) -> np.ndarray:
+    """The quantized output of the chain from `dequantize` to `quantize` for each uint8 input
+    0..255, by the reference kernels (each node evaluated once, from the quantize back)."""
     rank = len(dequantize.output.shape)
     codes = np.arange(TABLE_SIZE, dtype=np.uint8).reshape((1,) * (rank - 1) + (TABLE_SIZE,))
     values: dict[int, np.ndarray] = {id(dequantize.inputs[0]): codes}
 
     def read(v: Value) -> np.ndarray:
-        return v.data if v.is_constant else values[id(v)]
+        if v.is_constant:
+            return v.data
+        if id(v) not in values:
+            values[id(v)] = v.producer.op.reference(*(read(u) for u in v.producer.inputs))
+        return values[id(v)]
 
-    for node in chain:
-        values[id(node.output)] = node.op.reference(*(read(v) for v in node.inputs))
-    table = quantize.op.reference(*(read(v) for v in quantize.inputs))
-    return np.ascontiguousarray(table.reshape(TABLE_SIZE))
+    return np.ascontiguousarray(read(quantize.output).reshape(TABLE_SIZE))
 
 
 def tabulating(keep: frozenset[str] = frozenset()):
@@ -110,9 +109,9 @@ def tabulating(keep: frozenset[str] = frozenset()):
 
     def rewrite(graph: Graph, m: Match) -> Value:
         quantize = m.root
-        dequantize, chain = chain_of(graph, quantize, keep)
+        dequantize = chain_of(graph, quantize, keep)
         table = graph.add_constant(graph.fresh_name(f"{quantize.name}.table"),
-                                   table_of(dequantize, chain, quantize))
+                                   table_of(dequantize, quantize))
         return graph.add_node(TableLookup(), [dequantize.inputs[0], table],
                               name=graph.fresh_name(f"{quantize.name}.lookup"),
                               provenance=quantize.provenance).output

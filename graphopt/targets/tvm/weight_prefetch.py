@@ -23,6 +23,8 @@ of prefetches of the slice that follows in memory (clamped to the buffer). ResNe
 against 0.74-0.75 alone; with the prefetches 0.79-0.91."""
 from __future__ import annotations
 
+import math
+
 # The loop annotation: input channels per block of the packed weight the loop's rows use.
 PREFETCH_ATTR = "graphopt.prefetch_next_block"
 # The loop annotation: elements of the contiguous weight slice the loop's iterations read; they
@@ -132,10 +134,7 @@ def _next_slice_loop(loop, slice_elements: int, params):
     lines = -(-slice_lines // int(loop.extent))      # each iteration's share
     k = tirx.Var("line", index_ty)
     nth = tirx.min(as_index(loop.loop_var - loop.min) * c(lines) + k, c(slice_lines - 1))
-    total = 1
-    for extent in shape:
-        total *= extent
-    element = tirx.min(flat + c(slice_elements) + nth * c(line), c(total - 1))
+    element = tirx.min(flat + c(slice_elements) + nth * c(line), c(math.prod(shape) - 1))
     index, rest = [], element
     for extent in reversed(shape[1:]):
         index.insert(0, rest % c(extent))

@@ -144,11 +144,10 @@ def select_conv_algorithm(context):
                 dpbf16_instead_of_direct(conv):
             # float32 F(4x4) on the widened input where it beats vdpbf16ps (see the constants)
             tile = winograd_tile(conv, node, w)
-            _, _, out_h, out_w = node.outputs[0].shape
+            _, out_channels, out_h, out_w = node.outputs[0].shape
             if tile == 4 and w.shape[1] >= BFLOAT16_WINOGRAD_MIN_CHANNELS and \
                     out_h * out_w <= BFLOAT16_WINOGRAD_MAX_PLANE:
                 return on_winograd(plain, tile)
-            _, out_channels, _, _ = node.outputs[0].shape
             taps = w.shape[2] * w.shape[3]
             widened = direct(plain, out_channels, out_w, w.shape[1], taps)
             if widened.algorithm == narrow.ALGORITHM and taps > 1:

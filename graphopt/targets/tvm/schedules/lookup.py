@@ -9,6 +9,8 @@ whole 64-byte vectors, `finish` replaces the kernel's body by that loop over the
 tensors; elsewhere the generic rule schedules the gather."""
 from __future__ import annotations
 
+import math
+
 from .common import PARALLEL_MIN_ELEMENTS, VectorShape, blocks_of
 
 NAME = "lookup"
@@ -17,16 +19,17 @@ BYTES = 64                   # one zmm register of uint8
 LLVM = "llvm.x86.avx512.vpermi2var.qi.512"
 
 
+def _elements(buffer) -> int:
+    return math.prod(int(d) for d in buffer.shape)
+
+
 def _lookup_buffers(func):
     """(x, table, y) buffers of a uint8 table_lookup PrimFunc `vpermi2b` computes, or None."""
     if len(func.params) != 3:
         return None
     x, table, y = func.params
-    size = 1
-    for d in x.shape:
-        size *= int(d)
     if not (str(x.dtype) == str(table.dtype) == str(y.dtype) == "uint8"
-            and [int(d) for d in table.shape] == [256] and size % BYTES == 0):
+            and [int(d) for d in table.shape] == [256] and _elements(x) % BYTES == 0):
         return None
     return x, table, y
 
@@ -45,9 +48,7 @@ def finish(func, vec: VectorShape):
     select on the index's top bit, written to y (parallel over blocks of vectors)."""
     from tvm import tirx
     x, table, y = _lookup_buffers(func)
-    size = 1
-    for d in x.shape:
-        size *= int(d)
+    size = _elements(x)
     vectors = size // BYTES
     flat_x = tirx.decl_buffer((size,), "uint8", "x_flat", data=x.data)
     flat_y = tirx.decl_buffer((size,), "uint8", "y_flat", data=y.data)
