@@ -57,6 +57,7 @@ CASES = {
     "c9_3x3_wider_than_tile": ((1, 9, 5, 401), _dw(9)),   # 51 AVX2 vectors per row > 12
     "c11_3x3_stride_2x1": ((1, 11, 10, 10), lambda x: dsl.conv2d(x, 11, 3, stride=(2, 1),
                                                                   padding=1, groups=11)),
+    "c24_3x3_s2_4x4": ((1, 24, 8, 8), lambda x: dsl.relu6(_dw(24, stride=2)(x))),
 }
 
 
@@ -112,16 +113,26 @@ def test_depthwise_bounds_checked():
     assert report.ok, str(report)
 
 
-@pytest.mark.parametrize("mcpu, lanes", [(AVX2_CPU, 8), (AVX512_CPU, 16)], ids=["avx2", "avx512"])
-def test_recorded_algorithm_and_rule(mcpu, lanes):
-    """Each depthwise conv records the algorithm and its row vector width (the target's lanes),
-    and its kernel gets the depthwise rule with the epilogue fused."""
-    names = ["c16_5x5_s1_relu6", "c57_3x3_residual", "c13_3x3_s2_relu", "c72_5x5_s2_silu"]
+# name: output row width, row vector width on AVX2 (8 lanes), on AVX-512 (16)
+ROW_BLOCKS = {"c16_5x5_s1_relu6": (14, 8, 16), "c57_3x3_residual": (7, 8, 8),
+              "c13_3x3_s2_relu": (9, 8, 16), "c72_5x5_s2_silu": (7, 8, 8),
+              "c24_3x3_s2_4x4": (4, 4, 8)}
+
+
+@pytest.mark.parametrize("mcpu, isa", [(AVX2_CPU, 1), (AVX512_CPU, 2)], ids=["avx2", "avx512"])
+def test_recorded_algorithm_and_rule(mcpu, isa):
+    """Each depthwise conv records the algorithm and its row vector width: the target's
+    lanes, or half of them where the output row fits in half a vector; its kernel gets the
+    depthwise rule with the epilogue fused."""
+    for name, row in ROW_BLOCKS.items():
+        graph = _table([name])
+        assert graph.outputs[0].shape[3] == row[0]
+        optimized, _ = optimize_for_target(graph, "cpu", CompileOptions(mcpu=mcpu))
+        [conv] = [getattr(n.op, "conv", n.op) for n in optimized.graph.nodes
+                  if n.op_name in ("conv2d", "fused_conv2d")]
+        assert (conv.algorithm, conv.weight_block) == ("depthwise", row[isa]), name
+    names = list(ROW_BLOCKS)
     graph = _table(names)
-    optimized, _ = optimize_for_target(graph, "cpu", CompileOptions(mcpu=mcpu))
-    convs = [getattr(n.op, "conv", n.op) for n in optimized.graph.nodes
-             if n.op_name in ("conv2d", "fused_conv2d")]
-    assert [(c.algorithm, c.weight_block) for c in convs] == [("depthwise", lanes)] * len(names)
     kernels = _scheduled_kernels(graph, mcpu)
     conv_kernels = {k: str(f.attrs[SCHEDULE_ATTR]) for k, f in kernels.items() if "conv2d" in k}
     assert set(conv_kernels.values()) == {"depthwise"}
@@ -146,3 +157,17 @@ def test_weight_block_required_for_depthwise():
     from graphopt.ops import Conv2d
     with pytest.raises(GraphoptError, match="weight_block for depthwise"):
         Conv2d(groups=8, algorithm="depthwise")
+
+
+def test_small_planes_are_copied_in_groups_and_the_kernel_rows_stay_a_loop():
+    """96 planes of 7x7 (3x3, AVX-512: rows of 8 lanes, phase buffers of 9 x 10 floats, 360
+    bytes): the phase buffers are copied 16 planes at a time (the largest divisor of 96 whose
+    buffers fit PHASE_GROUP_BYTES), so the parallel loop runs over 6 groups; in the conv, the
+    kernel's rows are a serial loop and its columns unrolled."""
+    from graphopt.targets.tvm.schedules import depthwise
+    assert depthwise.PHASE_GROUP_BYTES // 360 in range(16, 32)
+    kernels = _scheduled_kernels(_table(["c96_3x3_s1_7x7"]), AVX512_CPU)
+    [kernel] = [f for f in kernels.values() if f.attrs[SCHEDULE_ATTR] == "depthwise"]
+    text = kernel.script()
+    assert "T.parallel(T.int64(6))" in text, text
+    assert "for ry in range(T.int64(3))" in text and "for rx in T.unroll(T.int64(3))" in text

@@ -178,7 +178,7 @@ def select_conv_algorithm(context):
                                        weight_block=pointwise_tile[1])
         if depthwise.applies(x.shape[1], out_channels, conv.groups, context.vector):
             return dataclasses.replace(plain, algorithm=depthwise.ALGORITHM,
-                                       weight_block=context.vector.lanes)
+                                       weight_block=depthwise.row_block(out_w, context.vector))
         return direct(plain, out_channels, out_w, w.shape[1], w.shape[2] * w.shape[3])
 
     def choose_integer(node: Node, misses: dict[str, list[tuple[str, str]]]):
@@ -221,7 +221,7 @@ def select_conv_algorithm(context):
         if depthwise.applies(node.inputs[0].shape[1], out_channels, conv.groups,
                              context.vector):
             return dataclasses.replace(conv.plain, algorithm=depthwise.ALGORITHM,
-                                       weight_block=context.vector.lanes)
+                                       weight_block=depthwise.row_block(out_w, context.vector))
         chosen = direct(conv.plain, out_channels, out_w, w.shape[1], w.shape[2] * w.shape[3])
         return chosen if chosen.algorithm == "direct" and chosen.weight_block else None
 
