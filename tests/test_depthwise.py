@@ -89,6 +89,20 @@ def test_depthwise_matches_interpreter(names, mcpu):
     assert report.ok, str(report)
 
 
+def test_half_vector_rows_on_split_512_cores():
+    """On a core that splits 512-bit instructions (Zen 4), every row runs on 8-lane vectors:
+    the whole table against the interpreter, where the host is one (compile-checked above
+    elsewhere)."""
+    from graphopt.targets.tvm.cpu import host_target
+    if str(host_target().attrs.get("mcpu", "")) != SPLIT_512_CPU:
+        pytest.skip(f"this CPU is not {SPLIT_512_CPU}: its half-vector rows are compile-checked "
+                    "only (test_recorded_algorithm_and_rule)")
+    graph = _table(sorted(CASES))
+    report = go.compare(graph, go.compile(graph, mcpu=SPLIT_512_CPU, bounds_check=True),
+                        _feeds(graph))
+    assert report.ok, str(report)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_depthwise_widens_into_the_phase_buffer(dtype):
     """A half-precision depthwise conv takes the depthwise rule too: its input widened to
@@ -113,17 +127,20 @@ def test_depthwise_bounds_checked():
     assert report.ok, str(report)
 
 
-# name: output row width, row vector width on AVX2 (8 lanes), on AVX-512 (16)
-ROW_BLOCKS = {"c16_5x5_s1_relu6": (14, 8, 16), "c57_3x3_residual": (7, 8, 8),
-              "c13_3x3_s2_relu": (9, 8, 16), "c72_5x5_s2_silu": (7, 8, 8),
-              "c24_3x3_s2_4x4": (4, 4, 8)}
+SPLIT_512_CPU = "znver4"   # AVX-512, each 512-bit instruction run as two 256-bit halves
+
+# name: output row width, row vector width on AVX2 (8 lanes), on AVX-512 (16), on Zen 4
+ROW_BLOCKS = {"c16_5x5_s1_relu6": (14, 8, 16, 8), "c57_3x3_residual": (7, 8, 8, 8),
+              "c13_3x3_s2_relu": (9, 8, 16, 8), "c72_5x5_s2_silu": (7, 8, 8, 8),
+              "c24_3x3_s2_4x4": (4, 4, 8, 8)}
 
 
-@pytest.mark.parametrize("mcpu, isa", [(AVX2_CPU, 1), (AVX512_CPU, 2)], ids=["avx2", "avx512"])
+@pytest.mark.parametrize("mcpu, isa", [(AVX2_CPU, 1), (AVX512_CPU, 2), (SPLIT_512_CPU, 3)],
+                         ids=["avx2", "avx512", "split512"])
 def test_recorded_algorithm_and_rule(mcpu, isa):
     """Each depthwise conv records the algorithm and its row vector width: the target's
-    lanes, or half of them where the output row fits in half a vector; its kernel gets the
-    depthwise rule with the epilogue fused."""
+    lanes, or half of them where the output row fits in half a vector or the core splits
+    512-bit instructions in two; its kernel gets the depthwise rule with the epilogue fused."""
     for name, row in ROW_BLOCKS.items():
         graph = _table([name])
         assert graph.outputs[0].shape[3] == row[0]

@@ -25,7 +25,9 @@ class VectorShape:
     `bf16`: it has AVX512-BF16 (vdpbf16ps: bfloat16 pair products into float32); `vbmi`:
     AVX512-VBMI (vpermi2b: byte lookups in two registers); `amx`: the AMX tile
     products it has ("amx-int8", "amx-bf16": LLVM's feature names); `l1d`: bytes of L1 data
-    cache per core (`l1d_bytes`); `registers`: the vector registers (ymm0-15, zmm0-31)."""
+    cache per core (`l1d_bytes`); `registers`: the vector registers (ymm0-15, zmm0-31);
+    `split_512`: the core runs a 512-bit instruction as two 256-bit halves (AMD Zen 4), so
+    256-bit vectors do as much arithmetic per cycle."""
     lanes: int
     accumulators: int
     vnni: bool = False
@@ -35,20 +37,23 @@ class VectorShape:
     vbmi: bool = False
     l1d: int = 32 * 1024
     registers: int = 16
+    split_512: bool = False
 
     @staticmethod
     def of(target) -> "VectorShape":
         """AVX-512 (32 zmm) where the target's CPU has it, AVX2 (16 ymm) otherwise; detected from the
         target's `mcpu` through LLVM, so a cross-compile target is honoured too."""
         from tvm.target.codegen import target_has_features
-        l1d = l1d_bytes(str(target.attrs.get("mcpu", "")))
+        mcpu = str(target.attrs.get("mcpu", ""))
+        l1d = l1d_bytes(mcpu)
         if target_has_features("avx512f", target):
             return VectorShape(lanes=16, accumulators=28, registers=32,
                                vnni=bool(target_has_features("avx512vnni", target)),
                                amx=tuple(f for f in ("amx-int8", "amx-bf16")
                                          if target_has_features(f, target)),
                                bf16=bool(target_has_features("avx512bf16", target)),
-                               vbmi=bool(target_has_features("avx512vbmi", target)), l1d=l1d)
+                               vbmi=bool(target_has_features("avx512vbmi", target)), l1d=l1d,
+                               split_512=mcpu in SPLIT_512)
         if target_has_features("avx2", target):
             return VectorShape(lanes=8, accumulators=12, l1d=l1d,
                                avx_vnni=bool(target_has_features("avxvnni", target)))
@@ -63,6 +68,10 @@ L1D_48_KIB = frozenset({
     "meteorlake", "arrowlake", "arrowlake-s", "lunarlake", "pantherlake", "wildcatlake",
     "novalake", "sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d",
     "diamondrapids", "znver5"})
+
+
+# LLVM CPUs with AVX-512 whose cores execute 512-bit instructions as two 256-bit halves.
+SPLIT_512 = frozenset({"znver4"})
 
 
 def l1d_bytes(mcpu: str) -> int:
