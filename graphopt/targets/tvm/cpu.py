@@ -60,6 +60,7 @@ def pre_schedule_passes(target, onednn: bool = False) -> list:
     pass NHWC to each other (`onednn.lowering.keep_nhwc`)."""
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+    from .small_producers import keep_small_producers_apart
     layouts = []
     if onednn:
         from .onednn.lowering import keep_nhwc
@@ -69,6 +70,7 @@ def pre_schedule_passes(target, onednn: bool = False) -> list:
              relax.transform.DeadCodeElimination()] + layouts
             + cpu_generic.library_dispatch_passes(target)
             + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+               keep_small_producers_apart(),
                relax.transform.FuseOps(), relax.transform.FuseTIR(),
                # reshapes become views of their input before any rule schedules them as
                # copies (the pointwise conv's flattened planes)
