@@ -132,6 +132,48 @@ def test_kept_nodes_stay_in_the_quantized_graph():
     graph = chain_graph(silu)
     result = tabulating(frozenset({"silu"}))(graph)
     assert not result.changed
-    (reason,) = [r for misses in result.stats["misses"].values() for _, r in misses]
-    assert "silu is kept in float32" in reason
+    reasons = {r for misses in result.stats["misses"].values() for _, r in misses}
+    assert reasons == {"silu is kept in float32 (keep list)"}, reasons
     assert tabulating(frozenset({"relu"}))(graph).changed
+
+
+def float_chain_graph(body, readers=1):
+    """x (uint8) -> dequantize_linear -> body(float value), the float result a graph output
+    and, with `readers` 2, also scaled by another input."""
+    graph = go.Graph("float_chain")
+    x = graph.add_input("x", go.TensorType(SHAPE, "uint8"))
+    s = graph.add_constant("x.scale", np.asarray(0.05, np.float32))
+    z = graph.add_constant("x.zero_point", np.asarray(128, np.uint8))
+    real = graph.add_node(ops.DequantizeLinear(), [x, s, z], name="dequantize").output
+    y = body(graph, real)
+    outputs = [y]
+    if readers == 2:
+        other = graph.add_input("other", go.TensorType(SHAPE, "float32"))
+        outputs.append(graph.add_node(ops.Mul(), [y, other], name="scaled").output)
+    graph.set_outputs(outputs)
+    return graph
+
+
+@pytest.mark.parametrize("readers", [1, 2], ids=["output", "output-and-scaled"])
+def test_float_chains_with_a_costly_op_become_a_table_of_floats(readers):
+    """A SiLU whose float result is read as it is (a graph output, another product): one
+    lookup in a float32 table, exact against the interpreter, interpreted and compiled."""
+    graph = float_chain_graph(silu, readers)
+    result = TABULATE(graph)
+    lookups = [n for n in result.graph.nodes if n.op_name == "table_lookup"]
+    assert len(lookups) == 1 and lookups[0].output.dtype == "float32"
+    assert not {"sigmoid", "dequantize_linear"} & set(op_names(result.graph))
+    feeds = every_code()
+    if readers == 2:
+        feeds["other"] = np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)
+    expected = go.interpret(graph, feeds)
+    for got in (go.interpret(result.graph, feeds),
+                go.compile(result.graph, bounds_check=True).run(feeds)):
+        for name in graph.output_names:
+            np.testing.assert_array_equal(got[name], expected[name])
+
+
+def test_cheap_float_chains_stay():
+    """A dequantize and a relu cost less than a lookup: no table."""
+    relu = lambda g, r: g.add_node(ops.Relu(), [r], name="relu").output  # noqa: E731
+    assert not TABULATE(float_chain_graph(relu)).changed
