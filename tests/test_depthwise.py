@@ -58,6 +58,7 @@ CASES = {
     "c11_3x3_stride_2x1": ((1, 11, 10, 10), lambda x: dsl.conv2d(x, 11, 3, stride=(2, 1),
                                                                   padding=1, groups=11)),
     "c24_3x3_s2_4x4": ((1, 24, 8, 8), lambda x: dsl.relu6(_dw(24, stride=2)(x))),
+    "c16_3x3_24_wide": ((1, 16, 6, 24), _dw(16)),   # 3 AVX2 vectors; 2 AVX-512 ones, padded
 }
 
 
@@ -90,9 +91,9 @@ def test_depthwise_matches_interpreter(names, mcpu):
 
 
 def test_half_vector_rows_on_split_512_cores():
-    """On a core that splits 512-bit instructions (Zen 4), every row runs on 8-lane vectors:
-    the whole table against the interpreter, where the host is one (compile-checked above
-    elsewhere)."""
+    """On a core that splits 512-bit instructions (Zen 4), rows that 8-lane vectors pad less
+    run on them: the whole table against the interpreter, where the host is one
+    (compile-checked above elsewhere)."""
     from graphopt.targets.tvm.cpu import host_target
     if str(host_target().attrs.get("mcpu", "")) != SPLIT_512_CPU:
         pytest.skip(f"this CPU is not {SPLIT_512_CPU}: its half-vector rows are compile-checked "
@@ -130,17 +131,18 @@ def test_depthwise_bounds_checked():
 SPLIT_512_CPU = "znver4"   # AVX-512, each 512-bit instruction run as two 256-bit halves
 
 # name: output row width, row vector width on AVX2 (8 lanes), on AVX-512 (16), on Zen 4
-ROW_BLOCKS = {"c16_5x5_s1_relu6": (14, 8, 16, 8), "c57_3x3_residual": (7, 8, 8, 8),
-              "c13_3x3_s2_relu": (9, 8, 16, 8), "c72_5x5_s2_silu": (7, 8, 8, 8),
-              "c24_3x3_s2_4x4": (4, 4, 8, 8)}
+ROW_BLOCKS = {"c16_5x5_s1_relu6": (14, 8, 16, 16), "c57_3x3_residual": (7, 8, 8, 8),
+              "c13_3x3_s2_relu": (9, 8, 16, 16), "c72_5x5_s2_silu": (7, 8, 8, 8),
+              "c24_3x3_s2_4x4": (4, 4, 8, 8), "c16_3x3_24_wide": (24, 8, 16, 8)}
 
 
 @pytest.mark.parametrize("mcpu, isa", [(AVX2_CPU, 1), (AVX512_CPU, 2), (SPLIT_512_CPU, 3)],
                          ids=["avx2", "avx512", "split512"])
 def test_recorded_algorithm_and_rule(mcpu, isa):
     """Each depthwise conv records the algorithm and its row vector width: the target's
-    lanes, or half of them where the output row fits in half a vector or the core splits
-    512-bit instructions in two; its kernel gets the depthwise rule with the epilogue fused."""
+    lanes, or half of them where the output row fits in half a vector or, on a core that
+    splits 512-bit instructions in two, where half vectors pad the row less; its kernel runs
+    rows of that width and gets the depthwise rule with the epilogue fused."""
     for name, row in ROW_BLOCKS.items():
         graph = _table([name])
         assert graph.outputs[0].shape[3] == row[0]
@@ -148,6 +150,10 @@ def test_recorded_algorithm_and_rule(mcpu, isa):
         [conv] = [getattr(n.op, "conv", n.op) for n in optimized.graph.nodes
                   if n.op_name in ("conv2d", "fused_conv2d")]
         assert (conv.algorithm, conv.weight_block) == ("depthwise", row[isa]), name
+        [kernel] = [f.script() for f in _scheduled_kernels(graph, mcpu).values()
+                    if f.attrs[SCHEDULE_ATTR] == "depthwise"]
+        assert f'"graphopt.row_block": {row[isa]}' in kernel, name
+        assert f"T.vectorized(T.int64({row[isa]}))" in kernel, name
     names = list(ROW_BLOCKS)
     graph = _table(names)
     kernels = _scheduled_kernels(graph, mcpu)

@@ -20,6 +20,8 @@ NAME = "depthwise"
 ALGORITHM = "depthwise"
 PHASES_BLOCK = "depthwise_phases"
 CONV_BLOCK = "depthwise_conv2d"
+# The conv block's annotation: its row vector width (`row_block`, the conv's weight_block).
+ROW_BLOCK_ATTR = "graphopt.row_block"
 # Accumulators per tile: as many output rows as make about this many vectors (two FMA ports of
 # four cycles' latency keep eight in flight). More rows share input vectors between their taps
 # (row i + 1's tap 0 is row i's tap 1), which LLVM keeps in registers and spills. One AVX-512
@@ -42,13 +44,17 @@ def applies(in_channels: int, out_channels: int, groups: int, vector) -> bool:
 
 def row_block(out_w: int, vector) -> int:
     """Output columns per vector: the target's lanes, or half of them for rows that fit in
-    half a vector (a 7-wide row as 8 lanes, not 16) and on cores that split 512-bit
-    instructions in two (`split_512`), where half vectors cost no arithmetic and their tap
-    loads cross cache lines half as often (rows of 8 lanes against 16 on Zen 4, ReLU, us: 3x3
-    32 ch 112x112 261 / 275, stride 2 96 ch 112x112 641 / 733, 144 ch 56x56 265 / 288; 5x5
-    672 ch 14x14 170 / 173; MobileNetV2 6.91 / 7.25 ms, EfficientNet-B0 11.76 / 11.94)."""
+    half a vector (a 7-wide row as 8 lanes, not 16) and, on cores that split 512-bit
+    instructions in two (`split_512`), for rows that half vectors pad less: there half vectors
+    cost no arithmetic (Zen 4, rows of 8 / 16 lanes, ReLU, us: 56-wide rows, stride 2 96 ch
+    112x112 641 / 733, 144 ch 56x56 265 / 288). A row both widths pad alike keeps full ones
+    (3x3 32 ch 112x112 with SiLU: 793 us on 8 lanes, 377 on 16)."""
     half = vector.lanes // 2
-    return half if half >= 4 and (out_w <= half or vector.split_512) else vector.lanes
+    if half < 4:
+        return vector.lanes
+    padded = lambda lanes: -(-out_w // lanes) * lanes  # noqa: E731
+    return half if out_w <= half or (vector.split_512 and padded(half) < padded(vector.lanes)) \
+        else vector.lanes
 
 
 def depthwise_conv2d(x, weight, conv, block: int):
@@ -65,7 +71,7 @@ def depthwise_conv2d(x, weight, conv, block: int):
         (n, channels, out_h, padded_w),
         lambda b, c, i, j: te.sum(tap(phases, conv, b, c, i, j, ry, rx) * weight[c, ry, rx],
                                   axis=[ry, rx]),
-        name=CONV_BLOCK)
+        name=CONV_BLOCK, attrs={ROW_BLOCK_ATTR: block})
     return real_columns(tile, out_w)
 
 
@@ -79,10 +85,9 @@ def schedule(sch, vec: VectorShape) -> bool:
         return None
     conv, copy, writer = found
     n, c, oh, ow, kh, kw = sch.get_loops(conv)
-    # rows are padded to whole vectors (`row_block`'s) at lowering
-    lanes = next((w for w in (vec.lanes, vec.lanes // 2) if extent(ow, sch) % w == 0), None)
-    if lanes is None:
-        return None
+    lanes = int(sch.get(conv).annotations.get(ROW_BLOCK_ATTR, 0))
+    if not lanes or extent(ow, sch) % lanes:
+        return None   # rows are padded to whole vectors of `row_block`'s lanes at lowering
     vectors = extent(ow, sch) // lanes
     rows = balanced_tile(extent(oh, sch), max(1, TILE_ACCUMULATORS // vectors))
     oh_outer, oh_inner = sch.split(oh, [None, rows])
