@@ -6,7 +6,8 @@ scales, fused into the multiply by [1, C, H, W] activations, ran H x W times per
 (int8 EfficientNet-B0: 16 such kernels, 1.2 ms of a 9 ms run). This pass runs between TVM's
 AnnotateTIROpPattern and FuseOps and marks such producers opaque, so FuseOps leaves them
 alone: a call whose result has at most SMALL_ELEMENTS elements, of an elementwise or
-broadcast kernel, read by a kernel writing at least RECOMPUTE_RATIO times as many. What it
+broadcast kernel, read by a kernel writing at least RECOMPUTE_RATIO times as many. The mark
+is on the kernel (PrimFunc), so other calls of that same kernel stay unfused too. What it
 reads is then computed by small kernels too (one call each, a microsecond)."""
 from __future__ import annotations
 
