@@ -340,7 +340,8 @@ def test_small_convs_pad_their_rows_inside_each_parallel_task(mcpu):
     A large one (ResNet-18's stride-2 64 -> 128 ch from 56x56) pads once, before it: its
     tasks would repeat the padding more than TASK_PADDING_LARGE_REPEATS times. A large
     grouped one with a padded input of 0.8 MB (RegNetX's stride-2 convs, each task reading its
-    group's channels) pads inside the tasks again: padded once, such a copy leaves the cache."""
+    group's channels) pads inside the tasks again: padded once, such a copy leaves the cache.
+    Wherever it pads, the copy is vectorized: the left zeros, the input's row, the right zeros."""
     with dsl.Builder("task_padding", seed=0) as b:
         x, y = b.input("x", (1, 16, 28, 28)), b.input("y", (1, 64, 56, 56))
         z = b.input("z", (1, 32, 80, 80))
@@ -351,18 +352,22 @@ def test_small_convs_pad_their_rows_inside_each_parallel_task(mcpu):
     for func in _scheduled_kernels(graph, mcpu).values():
         if func.attrs[SCHEDULE_ATTR] == "conv2d":
             text = func.script()   # one parallel loop, the conv's, with the padding inside
+            width = int(func.params[0].shape[3])
             padded_in_tasks[int(func.params[0].shape[1])] = text.count("T.parallel(") == 1 \
-                and text.index("T.parallel(") < text.index('T.sblock("pad_temp")')
+                and text.index("T.parallel(") < text.index('T.sblock("pad_temp')
+            # either way the input's columns are copied as one vector loop between the zeros
+            assert f"in T.vectorized(T.int64(1), T.int64({width + 1})):" in text, text
     assert padded_in_tasks == {16: True, 64: False, 32: True}, padded_in_tasks
 
 
 @pytest.mark.parametrize("shape, out_channels, stride, groups", [
     ((1, 16, 28, 28), 16, 1, 1), ((1, 32, 8, 8), 64, 1, 1), ((2, 16, 28, 28), 16, 1, 1),
-    ((1, 24, 13, 13), 40, 1, 1), ((1, 32, 80, 80), 32, 2, 2)])
+    ((1, 24, 13, 13), 40, 1, 1), ((1, 32, 80, 80), 32, 2, 2), ((1, 64, 8, 8), 32, 2, 1)])
 def test_convs_padded_inside_their_tasks_match_the_interpreter(shape, out_channels, stride,
                                                                groups):
     """Bounds-checked, on one thread and two, batch 1 and 2 (the batch pads image by image),
-    small convs and a large grouped one."""
+    small convs, a large grouped one and a stride-2 one whose tasks leave the last padded
+    column unread."""
     with dsl.Builder("task_padding", seed=0) as b:
         x = b.input("x", shape)
         graph = b.output(dsl.relu(dsl.conv2d(x, out_channels, 3, stride=stride, padding=1,
