@@ -166,13 +166,19 @@ SETTLE_S = 0.2
 # 0.2 s asleep: 1745, 459, 347, 350, 310, ... then ~180; ORT 1017, 368, 228, ... ~170), so a
 # block of a few timed calls of a sub-millisecond model measured mostly that.
 WARM_S = 0.05
+# Seconds of timed calls a block lasts at least: a block of repeat/rounds calls of a model of
+# a few hundred microseconds is over in a few milliseconds, and its median moved with whatever
+# else ran in them (DeepConvNet's ratio to ORT by the zoo's 10-call blocks, three runs in one
+# hour: 1.10-1.40 at one thread; with 300-call blocks 1.19-1.27).
+BLOCK_S = 0.1
 
 
-def in_blocks(runners: dict, feeds, repeat: int, rounds: int = 3, warm_s: float = WARM_S) -> dict:
-    """(median, min) ms per runner. Each round runs every runner for a block of repeat/rounds
-    timed calls, each block after the previous runtime's spinning worker threads went to sleep
-    (`SETTLE_S`) and after untimed calls for `warm_s` seconds (at least two); rounds so that
-    slow drifts in machine load hit every runner."""
+def in_blocks(runners: dict, feeds, repeat: int, rounds: int = 3, warm_s: float = WARM_S,
+              block_s: float = BLOCK_S) -> dict:
+    """(median, min) ms per runner. Each round runs every runner for a block of at least
+    repeat/rounds timed calls and `block_s` seconds, each block after the previous runtime's
+    spinning worker threads went to sleep (`SETTLE_S`) and after untimed calls for `warm_s`
+    seconds (at least two); rounds so that slow drifts in machine load hit every runner."""
     times = {name: [] for name in runners}
     per_block = max(2, repeat // rounds)
     for _ in range(rounds):
@@ -182,10 +188,12 @@ def in_blocks(runners: dict, feeds, repeat: int, rounds: int = 3, warm_s: float 
             while calls < 2 or time.perf_counter() - start < warm_s:
                 fn(feeds)
                 calls += 1
-            for _ in range(per_block):
+            start, calls = time.perf_counter(), 0
+            while calls < per_block or time.perf_counter() - start < block_s:
                 t = time.perf_counter()
                 fn(feeds)
                 times[name].append((time.perf_counter() - t) * 1e3)
+                calls += 1
     return {n: (statistics.median(t), min(t)) for n, t in times.items()}
 
 
