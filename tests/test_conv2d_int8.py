@@ -262,6 +262,29 @@ def test_grouped_convs_run_exactly_on_float32_kernels(case, mcpu, lanes):
         np.testing.assert_array_equal(model.run(inputs)["y"], go.interpret(graph, inputs)["y"])
 
 
+NARROW = [
+    Case("lenet-1-to-6-5x5", 1, 6, 28, 5, padding=(2, 2, 2, 2), activation=ops.Relu()),
+    Case("2-to-6-3x3-batch2-relu6", 2, 6, 32, 3, padding=(1, 1, 1, 1), batch=2,
+         activation=ops.Clip(0.0, 6.0)),
+]
+
+
+@pytest.mark.parametrize("mcpu", [VNNI_CPU, "haswell"])
+@pytest.mark.parametrize("case", NARROW, ids=[c.id for c in NARROW])
+def test_convs_of_few_channels_run_exactly_on_the_narrow_float32_kernel(case, mcpu):
+    """Convolutions the float32 rules compute as rows of vectors (a channel or two in, a few
+    out: mostly padding in a dot-product tile) run on that kernel, on x - xz and w - wz, whose
+    sums float32 holds exactly: the results equal the interpreter's (the host's build,
+    bounds-checked)."""
+    graph = quantized_conv(case)
+    assert chosen(go.compile(graph, "cpu", mcpu=mcpu)) == "narrow"
+    model = go.compile(graph, "cpu", bounds_check=True)
+    assert list(model.schedules.values()) == ["narrow"], model.schedules
+    for seed in (1, 2):
+        inputs = feeds(graph, seed)
+        np.testing.assert_array_equal(model.run(inputs)["y"], go.interpret(graph, inputs)["y"])
+
+
 def test_weights_as_parameters_stay_as_written():
     """The packed weight is made at lowering from the constant: a parameter cannot be."""
     graph = quantized_conv(CASES[0])

@@ -61,10 +61,11 @@ def expect_nonempty(x: TensorType, w: TensorType) -> None:
 #   dpbf16    (bfloat16 only) AVX512-BF16's vdpbf16ps: pairs of input channels into float32,
 #             the weight packed at lowering into blocks of `weight_block` (16) output channels
 #             (targets/tvm/schedules/conv2d_bf16.py)
-# A qlinear_conv2d may also be computed by the float32 "depthwise" or blocked "direct" kernel,
-# exactly (QLinearConv2d.lower_in_float32): the grouped convolutions the dot-product kernels
-# do not compute.
-EXACT_FLOAT_CONV_ALGORITHMS = ("depthwise", "direct")
+# A qlinear_conv2d may also be computed by the float32 "depthwise", blocked "direct" or "narrow"
+# kernel, exactly (QLinearConv2d.lower_in_float32): the grouped convolutions the dot-product
+# kernels do not compute, and those with so few channels that their tiles would be mostly
+# padding.
+EXACT_FLOAT_CONV_ALGORITHMS = ("depthwise", "direct", "narrow")
 INTEGER_CONV_ALGORITHMS = ("vnni", "pmaddubsw", "pmaddwd")
 QUANTIZED_CONV_ALGORITHMS = ("amx", *INTEGER_CONV_ALGORITHMS)
 CONV_ALGORITHMS = ("direct", "winograd", "onednn", "depthwise", "narrow", "pointwise", "dpbf16",

@@ -752,7 +752,7 @@ class QLinearConv2d(Op):
                          residual):
         """Relax: the convolution on a float32 kernel (`conv.algorithm` "depthwise", or
         "direct" with a weight block: the grouped convolutions no dot-product kernel
-        computes), exactly: it reads x - xz and the weight w - wz as float32, whose products
+        computes; "narrow": few channels, mostly padding in its tiles), exactly: it reads x - xz and the weight w - wz as float32, whose products
         and sums are integers below 2^24 (`select_conv_algorithm` checks the weights), which
         float32 holds exactly; the epilogue converts the sums to int32, adds the bias and
         requantizes, in the same kernel."""

@@ -46,10 +46,12 @@ target CPU (`schedules/conv2d_int8.py`: "amx" tiles where the CPU has AMX-INT8 a
 them, else "vnni" with AVX-512 VNNI or AVX-VNNI, else "pmaddubsw" for weights whose int16 pair sums
 cannot saturate, e.g. 7-bit ones, else "pmaddwd") where the layer is what those kernels compute:
 uint8 input, constant int8 weights with zero points of 0 (symmetric, as graphopt's and ONNX
-Runtime's quantizers make them), a constant input zero point and bias, no groups. A grouped
-or depthwise one whose sums are exact in float32 (`exact_in_float32`) runs on the float32
-"depthwise" or blocked "direct" kernel (`QLinearConv2d.lower_in_float32`); otherwise it stays
-as written (TVM's integer conv2d)."""
+Runtime's quantizers make them), a constant input zero point and bias, no groups; but one
+the float32 rules compute as rows of vectors ("narrow": few channels, mostly padding in those
+kernels' tiles) runs on that float32 kernel where its sums are exact in float32
+(`exact_narrow_in_float32`). A grouped or depthwise one whose sums are exact in float32
+(`exact_in_float32`) runs on the float32 "depthwise" or blocked "direct" kernel
+(`QLinearConv2d.lower_in_float32`); otherwise it stays as written (TVM's integer conv2d)."""
 from __future__ import annotations
 
 import dataclasses
@@ -75,6 +77,9 @@ WIDENED_INT8_REASON = ("8-bit weights whose int16 pair sums can saturate it: vpm
 # 1.22 / 0.97, 256 ch 56x56 20.3 / 15.0, 512 ch 28x28 17.3 / 13.9; not on 112x112, 64 -> 128
 # ch 11.4 / 14.2, nor 14x14, 256 ch 1.09 / 1.07, 512 ch 5.07 / 5.29; F(2x2) lost on every one).
 BFLOAT16_WINOGRAD_MIN_CHANNELS, BFLOAT16_WINOGRAD_MAX_PLANE = 64, 56 * 56
+# Whether an int8 conv the float32 rules would compute as rows of vectors (`narrow`) runs on
+# that float32 kernel, exactly, instead of on dot-product tiles (`exact_narrow_in_float32`).
+NARROW_INT8_IN_FLOAT32 = True
 
 
 def select_conv_algorithm(context):
@@ -191,6 +196,10 @@ def select_conv_algorithm(context):
         fits = (context.vector is not None and conv.groups == 1 and x.dtype == "uint8"
                 and w.dtype == "int8" and constant and not w_zp.data.any())
         dot = dot_product_for(context.vector, w.data) if fits else None
+        narrow_exact = exact_narrow_in_float32(node, w, w_zp) \
+            if dot is not None and NARROW_INT8_IN_FLOAT32 else None
+        if narrow_exact is not None:
+            return dataclasses.replace(node.op, conv=narrow_exact)
         if dot is None:
             exact = exact_in_float32(node, w, w_zp) if constant else None
             if exact is not None:
@@ -204,6 +213,29 @@ def select_conv_algorithm(context):
         return dataclasses.replace(node.op, conv=dataclasses.replace(
             conv.plain, algorithm=algorithm, weight_block=block))
 
+    def exact_narrow_in_float32(node: Node, w, w_zp) -> Conv2d | None:
+        """An ungrouped `qlinear_conv2d` that the float32 rules compute as rows of vectors
+        (`narrow`: few input or output channels, which the dot-product tiles would mostly pad)
+        on that kernel, exactly (`exact_in_float32`'s bound), rather than on dot-product
+        tiles (one Zen 4 core, builds alternated: int8 LeNet-5 24.2 -> 20.4 us a run, its
+        1 -> 6 channel conv on VNNI tiles of 16 channels; DeepConvNet 0.965 of its time, VGG-11
+        0.992; ResNet-18, SqueezeNet, MobileNetV2, EfficientNet-B0 0.99-1.01). Not 1x1 convs,
+        as for bfloat16."""
+        conv = node.op.conv
+        taps = w.shape[2] * w.shape[3]
+        if conv.groups != 1 or taps == 1 or not exact_sums(w, w_zp):
+            return None
+        _, out_channels, _, out_w = node.outputs[0].shape
+        chosen = direct(conv.plain, out_channels, out_w, w.shape[1], taps)
+        return chosen if chosen.algorithm == narrow.ALGORITHM else None
+
+    def exact_sums(w, w_zp) -> bool:
+        """Whether every sum of a convolution with these weights is exact in float32: each
+        output's |w - wz| summed times 255 (the largest |x - xz|) below 2^24."""
+        centered = np.abs(w.data.astype(np.int64)
+                          - w_zp.data.astype(np.int64).reshape(-1, 1, 1, 1))
+        return int(centered.sum(axis=(1, 2, 3)).max()) * 255 < 2 ** 24
+
     def exact_in_float32(node: Node, w, w_zp) -> Conv2d | None:
         """A grouped `qlinear_conv2d` with constant weights, zero points and bias on the
         float32 depthwise or blocked direct kernel (`QLinearConv2d.lower_in_float32`), where
@@ -211,11 +243,7 @@ def select_conv_algorithm(context):
         (the largest |x - xz|) below 2^24. TVM's integer conv2d, the alternative, is not
         scheduled (int8 RegNetX-400MF spent 34 of its 38 ms in it, 3.7x its float32 time)."""
         conv = node.op.conv
-        if context.vector is None or conv.groups == 1:
-            return None
-        centered = np.abs(w.data.astype(np.int64)
-                          - w_zp.data.astype(np.int64).reshape(-1, 1, 1, 1))
-        if int(centered.sum(axis=(1, 2, 3)).max()) * 255 >= 2 ** 24:
+        if context.vector is None or conv.groups == 1 or not exact_sums(w, w_zp):
             return None
         _, out_channels, _, out_w = node.outputs[0].shape
         if depthwise.applies(node.inputs[0].shape[1], out_channels, conv.groups,
