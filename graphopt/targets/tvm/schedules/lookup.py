@@ -6,7 +6,7 @@ The generic rule vectorizes the lookup as a gather: about 0.35 ns an element on 
 two of them cover the 256 entries, and the index's top bit picks between their results. A
 table of wider entries (float32: int8 EfficientNet-B0's SiLUs, 1.0 ms of its 7.4 as gathers) is
 looked up byte plane by byte plane, each plane a table of bytes, and the planes' results are
-interleaved into whole entries (one shuffle, which LLVM lowers to byte and word permutes).
+interleaved into whole entries (one shuffle, which LLVM lowers to unpacks and permutes).
 Where the CPU has VBMI (Ice Lake and later Intel cores, Zen 4 and Zen 5) and the elements fill
 whole 64-byte vectors, `finish` replaces the kernel's body by that loop over the flattened
 tensors; elsewhere the generic rule schedules the gather."""
