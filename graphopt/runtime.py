@@ -412,7 +412,7 @@ class LoadedModel:
         # What every run checks, read from the metadata once, with numpy's dtype objects where
         # numpy has the dtype (a dtype's name costs 2.5 us: rebuilt and named on every call, the
         # check of a one-input model cost as much as ORT's whole `run` of a small graph)
-        self._input_specs = tuple((name, shape, dtype, _numpy_dtype(dtype))
+        self._input_specs = tuple((name, shape, dtype, numpy_dtype(dtype))
                                   for name, shape, dtype in self.inputs)
         self._output_names = tuple(self.output_names)
         self._main_function()    # the loading thread's VM, created now so load errors show here
@@ -447,11 +447,11 @@ class LoadedModel:
         if len(inputs) != len(specs) or not all(spec[0] in inputs for spec in specs):
             raise InputError(f"expected inputs {self.input_names}, found {list(inputs)}")
         arrays = []
-        for name, shape, dtype, numpy_dtype in specs:
+        for name, shape, dtype, np_dtype in specs:
             array = inputs[name]
             if not isinstance(array, np.ndarray):
                 array = np.asarray(array)
-            if array.shape != shape or (array.dtype != numpy_dtype if numpy_dtype is not None
+            if array.shape != shape or (array.dtype != np_dtype if np_dtype is not None
                                         else str(array.dtype) != dtype):
                 raise InputError(f"input '{name}': expected {dtype}[{','.join(map(str, shape))}], "
                                  f"found {array.dtype}[{','.join(map(str, array.shape))}]")
@@ -516,7 +516,7 @@ class LoadedModel:
         return f"LoadedModel('{self.graph_name}', target={self.target!r}, path={self.path!r})"
 
 
-def _numpy_dtype(name: str):
+def numpy_dtype(name: str):
     """numpy's dtype named `name`, or None where numpy has none (bfloat16 without ml_dtypes)."""
     try:
         return np.dtype(name)

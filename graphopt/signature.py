@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import InputError
 from .ir import Graph, TensorType, is_float_dtype
+from .runtime import numpy_dtype
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,6 @@ class Signature:
         """(name, shape, numpy dtype or None where numpy lacks it) per input: `check` runs on
         every call of a compiled model, so it compares shapes and dtype objects (building a
         TensorType or a dtype's name cost more than LeNet-5's kernels)."""
-        def numpy_dtype(name: str):
-            try:
-                return np.dtype(name)
-            except TypeError:
-                return None
         return tuple((name, t.shape, numpy_dtype(t.dtype)) for name, t in self.inputs)
 
     def check(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
