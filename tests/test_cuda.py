@@ -182,6 +182,27 @@ def test_small_zoo_model_compiles_and_exports_for_cuda(tmp_path):
 
 
 @needs_nvcc
+def test_divisions_and_square_roots_are_ieee_despite_fast_math(compiled, monkeypatch):
+    """TVM builds with --use_fast_math; graphopt's flags after it restore IEEE division (the
+    softmax's here; a quantized model's requantize multiplier when its scales are parameters)
+    and keep denormals."""
+    from tvm.support import nvcc
+    real, built = nvcc.compile_cuda, {}
+
+    def to_ptx(source, target_format, arch, **options):   # what nvcc emits, as PTX text
+        built["ptx"] = bytes(real(source, target_format="ptx", arch=["-arch=sm_90"],
+                                  **options)).decode()
+        return built["ptx"].encode()
+
+    monkeypatch.setattr(nvcc, "compile_cuda", to_ptx)
+    monkeypatch.setattr(cuda, "_binaries", {})
+    with cuda.cuda_target("sm_90"):
+        cuda.compile_cuda_source(cuda.cuda_source(compiled.executable), "sm_90")
+    assert "div.rn.f32" in built["ptx"]
+    assert "div.approx" not in built["ptx"] and ".ftz" not in built["ptx"]
+
+
+@needs_nvcc
 def test_nvccs_own_message_reaches_the_error(compiled):
     broken = cuda.cuda_source(compiled.executable) + \
         '\nextern "C" __global__ void broken(float* x) { x[0] = undefined_value; }\n'
