@@ -77,7 +77,7 @@ def test_libraries_hold_code_and_the_runner_rebuilds_the_weights(bundle):
     assert os.path.isfile(os.path.join(folder, "graphopt", "zoo", "__init__.py"))
     for case in manifest["cases"]:
         assert case["weights"] == {"zoo": "lenet5", "batch": case["batch"], "seed": 0,
-                                   "passes": "default"}
+                                   "passes": "default", "precision": "float32"}
         from graphopt.runtime import read_export
         metadata, _ = read_export(os.path.join(folder, case["library"]))
         assert [w["name"] for w in metadata["weights"]][:2] == ["conv1.weight", "conv1.bias"]
@@ -152,7 +152,7 @@ def test_runner_times_torch_eager_on_the_same_device(bundle, tmp_path):
                            "--results", str(tmp_path / "torch.json")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "torch/ours" in done.stdout
+    assert "ours/torch" in done.stdout
     with open(tmp_path / "torch.json") as f:
         cpu = next(r for r in json.load(f)["results"] if r["device"] == "cpu")
     assert cpu["torch_max_rel_error"] < 1e-4 and cpu["torch_median_ms"] > 0
@@ -165,11 +165,37 @@ def test_weights_travel_by_default_only_for_cpu_cases(target, weights, mode):
     assert weights_mode(Case("resnet18", 1, target), weights) == mode
 
 
-@pytest.mark.parametrize("precision", ["int8", "bfloat16"])
-def test_quantized_cases_embed_their_weights(precision):
-    assert weights_mode(Case("resnet18", 1, "cuda", precision), "auto") == "embedded"
-    with pytest.raises(InputError, match=f"a {precision} library embeds its weights"):
-        weights_mode(Case("resnet18", 1, "cuda", precision), "params")
+@pytest.mark.parametrize("target, weights, mode", [
+    ("cuda", "auto", "params"), ("cpu", "auto", "embedded"), ("cpu", "params", "params")])
+def test_int8_and_float16_weights_travel_as_float32_ones(target, weights, mode):
+    for precision in ("int8", "float16"):
+        assert weights_mode(Case("resnet18", 1, target, precision), weights) == mode
+
+
+def test_bfloat16_cases_embed_their_weights():
+    assert weights_mode(Case("resnet18", 1, "cuda", "bfloat16"), "auto") == "embedded"
+    with pytest.raises(InputError, match="a bfloat16 library embeds its weights"):
+        weights_mode(Case("resnet18", 1, "cuda", "bfloat16"), "params")
+
+
+def test_int8_weights_as_parameters_travel_once_and_float16_ones_are_rebuilt(tmp_path):
+    """int8 LeNet-5 at batch 1 and 2 with weights as parameters: the runner reads them from the
+    bundle (calibration could not rebuild them there), each distinct array stored once. The
+    float16 case's are rebuilt from the zoo, with only numpy, to the digests taken at export."""
+    folder = str(tmp_path / "bundle")
+    manifest = make_bundle(folder, [Case("lenet5", 1, "cpu", "int8"),
+                                    Case("lenet5", 2, "cpu", "int8"),
+                                    Case("lenet5", 1, "cpu", "float16")],
+                           wheels=[wheel_of_installed_ffi(str(tmp_path))], weights="params")
+    assert manifest["cases"][2]["weights"] == {"zoo": "lenet5", "batch": 1, "seed": 0,
+                                               "passes": "default", "precision": "float16"}
+    one, two = (case["weights"]["arrays"] for case in manifest["cases"][:2])
+    assert one["conv1.weight.int8"] == two["conv1.weight.int8"], "the int8 weights travel once"
+    stored = os.listdir(os.path.join(folder, "weights"))
+    assert len(stored) == len(set(one.values()) | set(two.values())) < len(one) + len(two)
+    done, results = run_bundle(folder, numpy_only_path(str(tmp_path)))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert all(r["status"] == "ran" and r["ok"] for r in results.values()), results
 
 
 # ---- quantized cases -------------------------------------------------------------------------

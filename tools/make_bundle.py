@@ -25,11 +25,13 @@ def main() -> int:
     parser.add_argument("--python", default="3.12", help="Python version for --ffi-wheel auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights", choices=("auto", "params", "embedded"), default="auto",
-                        help="params: libraries hold code only and the runner rebuilds the zoo "
-                             "weights; embedded: weights inside each library; auto (default): "
-                             "params for float32 CUDA cases, embedded for the others "
-                             "(quantized cases always embed theirs)")
+                        help="params: libraries hold code only; the runner rebuilds float32 "
+                             "zoo weights and reads quantized ones from the bundle; embedded: "
+                             "weights inside each library; auto (default): params for CUDA "
+                             "cases, embedded for CPU ones (bfloat16 cases always embed theirs)")
     parser.add_argument("--max-mib", type=float, default=64.0, help="size limit (default 64)")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="bundle the cases that build; list the others and why")
     args = parser.parse_args()
     try:
         cases = [Case.parse(spec) for spec in args.cases]
@@ -39,11 +41,14 @@ def main() -> int:
                 wheels.append(download_ffi_wheel(download, args.python))
             manifest = make_bundle(args.folder, cases, wheels=wheels, seed=args.seed,
                                    weights=args.weights, max_mib=args.max_mib,
+                                   keep_going=args.keep_going,
                                    progress=lambda m: print(m, file=sys.stderr, flush=True))
     except GraphoptError as e:
         print(f"make_bundle: error: {e}", file=sys.stderr)
         return 2
     print(f"{args.folder}: {len(manifest['cases'])} cases, {manifest['mib']} MiB")
+    for failed in manifest["not_built"]:
+        print(f"not built: {failed['case']}: {failed['error']}")
     return 0
 
 

@@ -5,10 +5,11 @@ only Python + numpy (e.g. a lent GPU machine), and checks them against interpret
       run_bundle.py            the runner (graphopt/tools/bundle_runner.py)
       runtime.py               graphopt/runtime.py, used on its own
       typing_extensions.py     the one dependency of tvm_ffi
-      graphopt/                graphopt's source (pure Python + numpy), to rebuild zoo weights
+      graphopt/                graphopt's source (pure Python + numpy): zoo weights, --torch
       lib/                     libtvm_runtime.so (+ libtvm_runtime_cuda.so)
       wheels/                  apache-tvm-ffi wheel(s) for the target Python, unpacked on first run
       models/<case>.so         exported libraries
+      weights/<digest>.npy     an int8 case's weights, when they are parameters
       data/<model>_b<batch>/   inputs and float64-interpreter references as .npy
       manifest.json            the cases: library, inputs, references, tolerances
 
@@ -19,8 +20,10 @@ their weights by default, because the CPU pipeline prepacks constant weights (10
 
 A case may compute in a lower precision (`go.quantize`): int8, calibrated on seeded probe inputs
 (the bundle checks kernels, not accuracy), or float16 / bfloat16. Its references are the float64
-interpretation of the quantized graph, and its library embeds its weights: rebuilding them would
-need the calibration, and bfloat16 arrays need ml_dtypes, which a numpy-only machine lacks.
+interpretation of the quantized graph. As parameters, float16 weights are rebuilt from the zoo
+like float32 ones; int8 ones would need the calibration, so the runner reads them from
+weights/, one file per distinct array (most are shared by a model's batch sizes). bfloat16
+cases embed theirs: numpy alone cannot read them.
 
 `tools/make_bundle.py` is the command-line front end.
 """
@@ -48,6 +51,9 @@ RUNNER = os.path.join(HERE, "bundle_runner.py")
 RUNTIME = os.path.join(PACKAGE, "runtime.py")
 # Bytes per weight element: what an embedded case's weights take in its library.
 PRECISIONS = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
+# Weights as parameters the runner rebuilds from the zoo (a float16 case's are the float32
+# ones converted); int8 ones come from calibration and travel in the bundle.
+REBUILT_PRECISIONS = ("float32", "float16")
 CALIBRATION_BATCHES = 8   # int8 cases: seeded probe inputs the activation ranges are taken from
 
 
@@ -78,13 +84,13 @@ class Case:
 
 
 def weights_mode(case: Case, weights: str) -> str:
-    """"params" or "embedded" for `case`; "auto" means params for float32 CUDA cases, embedded
-    for the others. A quantized case always embeds its weights (see the module's docstring)."""
-    if case.precision != "float32":
+    """"params" or "embedded" for `case`; "auto" means params for CUDA cases, embedded for CPU
+    ones. bfloat16 weights are always embedded (a numpy-only machine cannot read them)."""
+    if case.precision == "bfloat16":
         if weights == "params":
-            raise InputError(f"case {case.name}: a {case.precision} library embeds its weights "
-                             "(the runner cannot rebuild quantized weights); bundle it with "
-                             "weights 'auto' or 'embedded'")
+            raise InputError(f"case {case.name}: a bfloat16 library embeds its weights (numpy "
+                             "alone cannot read bfloat16 arrays); bundle it with weights 'auto' "
+                             "or 'embedded'")
         return "embedded"
     if weights != "auto":
         return weights
@@ -156,11 +162,13 @@ def folder_mib(folder: str) -> float:
 
 
 def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (), seed: int = 0,
-                weights: str = "auto", max_mib: float = 64.0,
+                weights: str = "auto", max_mib: float = 64.0, keep_going: bool = False,
                 progress: Callable[[str], None] = lambda _: None) -> dict:
     """Build the bundle in `folder` (created, complete or not at all; must not exist) and
-    return its manifest. `weights`: "params" (rebuilt from the zoo on the target machine),
-    "embedded", or "auto" (params for float32 CUDA cases, embedded for the others)."""
+    return its manifest. `weights`: "params" (as parameters: rebuilt from the zoo on the
+    target machine, or stored for quantized cases), "embedded", or "auto" (params for CUDA
+    cases, embedded for CPU ones). `keep_going`: a case that fails to build is listed in the
+    manifest's "not_built" and the bundle holds the others."""
     from .. import zoo
     if os.path.exists(folder):
         raise InputError(f"{folder} already exists; give a new folder for the bundle")
@@ -173,11 +181,14 @@ def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (
     if unknown:
         raise InputError(f"unknown precisions {unknown}; expected {', '.join(PRECISIONS)}")
     mode = {c: weights_mode(c, weights) for c in cases}
-    # Embedded weights travel once per library: refuse early what cannot fit.
-    embedded = [c for c in cases if mode[c] == "embedded"]
+    # Embedded weights travel once per library, a quantized case's parameters once per model
+    # and precision: refuse early what cannot fit.
+    travelling = [(c.model, c.precision) for c in cases if mode[c] == "embedded"]
+    travelling += {(c.model, c.precision) for c in cases
+                   if mode[c] == "params" and c.precision not in REBUILT_PRECISIONS}
     sizes = {m: sum(c.data.nbytes for c in zoo.MODELS[m](batch=1, seed=seed).constants.values())
-             for m in {c.model for c in embedded}}
-    estimate = sum(sizes[c.model] * PRECISIONS[c.precision] / 4 for c in embedded) / 2**20
+             for m in {m for m, _ in travelling}}
+    estimate = sum(sizes[m] * PRECISIONS[p] / 4 for m, p in travelling) / 2**20
     if estimate > max_mib:
         raise GraphoptError(f"the cases' weights alone take {estimate:.1f} MiB, over the "
                             f"{max_mib:g} MiB limit; bundle fewer or smaller cases per run")
@@ -187,12 +198,12 @@ def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (
     os.makedirs(parent, exist_ok=True)
     with temporary_directory(f".{name}.", dir=parent) as staging:
         built = os.path.join(staging, name)
-        manifest = _fill_bundle(built, cases, mode, wheels, seed, progress)
+        manifest = _fill_bundle(built, cases, mode, wheels, seed, keep_going, progress)
         size = folder_mib(built)
         if size > max_mib:
             raise GraphoptError(f"the bundle for {folder} holds {size:.1f} MiB, over the "
-                                f"{max_mib:g} MiB limit: weights are embedded in each library, "
-                                "so bundle fewer or smaller cases per run")
+                                f"{max_mib:g} MiB limit: bundle fewer or smaller cases per run "
+                                "(or raise the limit and carry it compressed)")
         try:
             os.rename(built, folder)
         except OSError as e:
@@ -202,59 +213,77 @@ def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (
 
 
 def _fill_bundle(folder: str, cases: Sequence[Case], mode: dict, wheels: Sequence[str],
-                 seed: int, progress: Callable[[str], None]) -> dict:
+                 seed: int, keep_going: bool, progress: Callable[[str], None]) -> dict:
     """Write the bundle's files into the new `folder`; returns the manifest."""
-    import graphopt as go
-    from .. import zoo
-    for sub in ("lib", "wheels", "models", "data"):
+    for sub in ("lib", "wheels", "models", "data", "weights"):
         os.makedirs(os.path.join(folder, sub))
     shutil.copy(RUNNER, os.path.join(folder, "run_bundle.py"))
     shutil.copy(RUNTIME, os.path.join(folder, "runtime.py"))
     import typing_extensions
     shutil.copy(typing_extensions.__file__, folder)
-    if "params" in mode.values():
-        shutil.copytree(PACKAGE, os.path.join(folder, "graphopt"),
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(PACKAGE, os.path.join(folder, "graphopt"),
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for wheel in wheels:
         shutil.copy(wheel, os.path.join(folder, "wheels"))
 
-    manifest = {"seed": seed, "cases": []}
+    manifest = {"seed": seed, "cases": [], "not_built": []}
     graphs, references = {}, {}
     for case in cases:
-        key = (case.model, case.batch)
-        if key not in graphs:
-            progress(f"building {case.model} batch {case.batch}")
-            graph = zoo.MODELS[case.model](batch=case.batch, seed=seed)
-            feeds = probe_inputs(graph, seed)
-            os.makedirs(os.path.join(folder, data_folder(case)))
-            graphs[key] = (graph, feeds, save_arrays(folder, case, "input", feeds))
-        graph, feeds, inputs = graphs[key]
-        if key + (case.precision,) not in references:
-            compiled = quantized(graph, case.precision, seed)
-            progress(f"float64 reference for {case.model} batch {case.batch} {case.precision}")
-            expected = go.interpret(compiled, feeds, dtype=np.float64)
-            references[key + (case.precision,)] = (compiled, save_arrays(
-                folder, case, f"reference_{case.precision}", expected))
-        compiled, files = references[key + (case.precision,)]
-        tolerances = {name: output_tolerance(compiled, name) for name in files}
-        progress(f"compiling and exporting {case.name}")
-        library = os.path.join("models", case.name + ".so")
-        model = go.compile(compiled, target=case.target, weights=mode[case])
-        model.export(os.path.join(folder, library))
-        manifest["cases"].append({**asdict(case), "name": case.name, "library": library,
-                                  "device": model.device_kind, "inputs": inputs,
-                                  "references": files,
-                                  "tolerances": {name: {"relative": rel, "absolute": step}
-                                                 for name, (rel, step) in tolerances.items()},
-                                  "weights": {"zoo": case.model, "batch": case.batch, "seed": seed,
-                                              "passes": "default"}
-                                  if mode[case] == "params" else None})
+        try:
+            manifest["cases"].append(_add_case(folder, case, mode[case], seed, graphs,
+                                               references, progress))
+        except GraphoptError as e:
+            if not keep_going:
+                raise
+            progress(f"{case.name} not built: {e}")
+            manifest["not_built"].append({"case": case.name, "error": str(e)})
+    if not manifest["cases"]:
+        raise GraphoptError("no case of the bundle could be built: "
+                            + "; ".join(f"{f['case']}: {f['error']}"
+                                        for f in manifest["not_built"]))
     for library in runtime_libraries({c["device"] for c in manifest["cases"]}):
         shutil.copy(library, os.path.join(folder, "lib"))
     with open(os.path.join(folder, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     return manifest
 
+
+def _add_case(folder: str, case: Case, mode: str, seed: int, graphs: dict, references: dict,
+              progress: Callable[[str], None]) -> dict:
+    """Write `case`'s inputs, references, library (and stored weights) into `folder`; returns
+    its manifest entry. `graphs` and `references` hold what cases of one model share."""
+    import graphopt as go
+    from .. import zoo
+    key = (case.model, case.batch)
+    if key not in graphs:
+        progress(f"building {case.model} batch {case.batch}")
+        graph = zoo.MODELS[case.model](batch=case.batch, seed=seed)
+        feeds = probe_inputs(graph, seed)
+        os.makedirs(os.path.join(folder, data_folder(case)))
+        graphs[key] = (graph, feeds, save_arrays(folder, case, "input", feeds))
+    graph, feeds, inputs = graphs[key]
+    if key + (case.precision,) not in references:
+        compiled = quantized(graph, case.precision, seed)
+        progress(f"float64 reference for {case.model} batch {case.batch} {case.precision}")
+        expected = go.interpret(compiled, feeds, dtype=np.float64)
+        references[key + (case.precision,)] = (compiled, save_arrays(
+            folder, case, f"reference_{case.precision}", expected))
+    compiled, files = references[key + (case.precision,)]
+    tolerances = {name: output_tolerance(compiled, name) for name in files}
+    progress(f"compiling and exporting {case.name}")
+    library = os.path.join("models", case.name + ".so")
+    model = go.compile(compiled, target=case.target, weights=mode)
+    model.export(os.path.join(folder, library))
+    weights = None
+    if mode == "params":
+        weights = ({"zoo": case.model, "batch": case.batch, "seed": seed, "passes": "default",
+                    "precision": case.precision} if case.precision in REBUILT_PRECISIONS else
+                   {"arrays": save_weights(folder, dict(model.weights))})
+    return {**asdict(case), "name": case.name, "library": library,
+            "device": model.device_kind, "inputs": inputs, "references": files,
+            "tolerances": {name: {"relative": rel, "absolute": step}
+                           for name, (rel, step) in tolerances.items()},
+            "weights": weights}
 
 def data_folder(case: Case) -> str:
     """Where a model and batch's inputs and references lie (shared by its targets and
@@ -269,4 +298,16 @@ def save_arrays(folder: str, case: Case, kind: str, arrays: dict) -> dict[str, s
         path = os.path.join(data_folder(case), f"{kind}_{name}.npy".replace("/", "_"))
         np.save(os.path.join(folder, path), array)
         paths[name] = path
+    return paths
+
+
+def save_weights(folder: str, weights: dict[str, np.ndarray]) -> dict[str, str]:
+    """Each of `weights` as weights/<digest>.npy, written once per distinct content (the int8
+    weights of a model's batch sizes are the same; their calibrated scales differ); the paths
+    by name."""
+    paths = {}
+    for name, array in weights.items():
+        paths[name] = os.path.join("weights", f"{runtime.content_key(array)[:24]}.npy")
+        if not os.path.exists(os.path.join(folder, paths[name])):
+            np.save(os.path.join(folder, paths[name]), array)
     return paths

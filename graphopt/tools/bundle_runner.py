@@ -2,14 +2,16 @@
 runtime, check the outputs against the float64 interpreter's, and time it (median of many runs
 after warm-up). Copied into the bundle as run_bundle.py; needs Python, numpy and the files
 beside it (apache-tvm-ffi comes as a wheel in wheels/, unpacked into site/ on first use).
-Libraries that take their weights as parameters get them rebuilt from the bundled graphopt zoo.
+Libraries that take their weights as parameters get them rebuilt from the bundled graphopt zoo,
+or read from the bundle (int8 weights, which only calibration could rebuild).
 
-    python run_bundle.py [--device cpu|cuda|all] [--warmup 10] [--repeat 100] [--torch]
+    python run_bundle.py [--device cpu|cuda|all] [--cases NAME ...] [--warmup 10]
+                         [--repeat 100] [--torch]
 
 --torch also runs each case with PyTorch eager on the same device (graphopt/torch_eager.py, built
-from the bundled zoo) and reports its error and latency: needs torch on the machine. Torch runs
-the float32 model, also for a quantized case, whose references it then differs from by the
-quantization's error.
+from the bundled zoo) and reports its error and latency, on a GPU also under float16 autocast:
+needs torch on the machine. Torch runs the float32 model, also for a quantized case, whose
+references it then differs from by the quantization's error.
 
 Exit status: 0 all run cases match, 1 a mismatch, 2 the bundle cannot run here.
 """
@@ -20,6 +22,7 @@ import glob
 import json
 import os
 import sys
+import time
 import zipfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -56,10 +59,12 @@ def within(found, expected, tolerance: dict) -> bool:
 
 
 def compiled_weights(graph, weights: dict) -> dict:
-    """The weights the library was compiled with: those of the zoo graph after the graphopt
-    passes `compile` ran ("default": the default pipeline; a list of pass names; [] none).
+    """The weights the library was compiled with: those of the zoo graph (in the case's
+    precision: float32 or float16) after the graphopt passes `compile` ran ("default": the default pipeline; a list of pass names; [] none).
     The passes are numpy code, so they rebuild the same arrays here (digests are checked)."""
     from graphopt.passes import optimize
+    from graphopt.tools.bundle import quantized
+    graph = quantized(graph, weights.get("precision", "float32"), weights.get("seed", 0))
     passes = weights.get("passes", [])
     if passes != []:
         graph = optimize(graph, None if passes == "default" else passes).graph
@@ -73,33 +78,47 @@ def zoo_graph(case: dict, seed: int):
 
 def torch_eager(graph, device: str, feeds: dict, references: dict, warmup: int,
                 repeat: int) -> dict:
-    """Error against the references and median latency of PyTorch eager on `device`."""
-    import time
+    """Error against the references and median latency of PyTorch eager on `device`; on a GPU
+    also under float16 autocast (its error against the same references)."""
+    import contextlib
     import numpy as np
     import torch
     from graphopt.torch_eager import TorchEager
     forward = TorchEager(graph, device)
-    outputs = forward(feeds)
     inputs = forward.to_device(feeds)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    times = []
-    for i in range(warmup + repeat):
-        start = time.perf_counter()
-        forward.run_tensors(inputs)
-        sync()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return {"torch_max_rel_error": max(relative_error(outputs[k], r) for k, r in references.items()),
-            "torch_median_ms": 1e3 * float(np.median(times)), "torch": torch.__version__}
+    modes = {"torch": contextlib.nullcontext}
+    if device == "cuda":
+        modes["torch_fp16"] = lambda: torch.autocast("cuda", dtype=torch.float16)
+    result = {"torch": torch.__version__}
+    for key, mode in modes.items():
+        with mode():
+            outputs = {v.name: t.float().cpu().numpy() for v, t in
+                       zip(graph.outputs, forward.run_tensors(inputs))}
+            times = []
+            for i in range(warmup + repeat):
+                start = time.perf_counter()
+                forward.run_tensors(inputs)
+                sync()
+                if i >= warmup:
+                    times.append(time.perf_counter() - start)
+        result[f"{key}_max_rel_error"] = max(relative_error(outputs[k], r)
+                                             for k, r in references.items())
+        result[f"{key}_median_ms"] = 1e3 * float(np.median(times))
+    return result
 
 
 def run_case(case: dict, seed: int, warmup: int, repeat: int, with_torch: bool) -> dict:
     import numpy as np
     import runtime
     model = runtime.load(os.path.join(HERE, case["library"]))
-    graph = zoo_graph(case, seed) if case.get("weights") or with_torch else None
-    if case.get("weights"):
-        model.bind_weights(compiled_weights(graph, case["weights"]))
+    weights = case.get("weights") or {}
+    graph = zoo_graph(case, seed) if "zoo" in weights or with_torch else None
+    if "arrays" in weights:   # stored in the bundle
+        model.bind_weights({name: np.load(os.path.join(HERE, path))
+                            for name, path in weights["arrays"].items()})
+    elif "zoo" in weights:    # rebuilt from the zoo
+        model.bind_weights(compiled_weights(graph, weights))
     feeds = {name: np.load(os.path.join(HERE, path)) for name, path in case["inputs"].items()}
     references = {name: np.load(os.path.join(HERE, path))
                   for name, path in case["references"].items()}
@@ -112,8 +131,22 @@ def run_case(case: dict, seed: int, warmup: int, repeat: int, with_torch: bool) 
               "max_rel_error": max(errors.values()), "median_ms": 1e3 * float(np.median(times)),
               "min_ms": 1e3 * float(np.min(times)), "runs": repeat}
     if with_torch:
-        result.update(torch_eager(graph, case["device"], feeds, references, warmup, repeat))
+        try:
+            result.update(torch_eager(graph, case["device"], feeds, references, warmup, repeat))
+        except Exception as e:  # our case ran: keep it, say why torch did not
+            result["torch_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
     return result
+
+
+def torch_columns(result: dict) -> str:
+    """Torch eager's median (float32, and float16 autocast where it ran) and our time over it."""
+    if "torch_median_ms" not in result:
+        return f" torch failed: {result.get('torch_error', '')}"
+    fp32 = result["torch_median_ms"]
+    fp16 = result.get("torch_fp16_median_ms")
+    ours = result["median_ms"]
+    return (f" {fp32:9.3f} {fp16 if fp16 else float('nan'):9.3f} {ours / fp32:10.2f} "
+            f"{ours / fp16 if fp16 else float('nan'):9.2f}")
 
 
 def main(argv=None) -> int:
@@ -123,6 +156,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=100)
     parser.add_argument("--results", default="results.json", help="where to write the results")
+    parser.add_argument("--cases", nargs="+", metavar="NAME",
+                        help="run only these cases (names as the table prints them)")
     parser.add_argument("--torch", action="store_true",
                         help="also time PyTorch eager on the same device (needs torch)")
     args = parser.parse_args(argv)
@@ -131,7 +166,8 @@ def main(argv=None) -> int:
         manifest = json.load(f)
     results = []
     for case in manifest["cases"]:
-        if args.device not in ("all", case["device"]):
+        if args.device not in ("all", case["device"]) or \
+                args.cases and case["name"] not in args.cases:
             results.append({"case": case["name"], "device": case["device"], "status": "skipped"})
             continue
         try:
@@ -140,16 +176,19 @@ def main(argv=None) -> int:
         except Exception as e:  # report the case and go on with the others
             results.append({"case": case["name"], "device": case["device"], "status": "failed",
                             "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"})
-    print(f"{'case':32} {'device':6} {'status':8} {'max rel err':>11} {'median ms':>10} ok"
-          + (f" {'torch ms':>10} {'torch/ours':>10}" if args.torch else ""))
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)   # progress, as it ran
+    results += [{"case": f["case"], "device": "-", "status": "not built", "error": f["error"]}
+                for f in manifest.get("not_built", [])]
+    print(f"{'case':36} {'device':6} {'status':8} {'max rel err':>11} {'median ms':>10} ok"
+          + (f" {'torch ms':>9} {'fp16 ms':>9} {'ours/torch':>10} {'ours/fp16':>9}"
+             if args.torch else ""))
     for r in results:
         if r["status"] == "ran":
-            torch_columns = (f" {r['torch_median_ms']:10.3f} "
-                             f"{r['torch_median_ms'] / r['median_ms']:10.2f}" if args.torch else "")
-            print(f"{r['case']:32} {r['device']:6} {'ran':8} {r['max_rel_error']:11.2e} "
-                  f"{r['median_ms']:10.3f} {'yes' if r['ok'] else 'NO '}" + torch_columns)
+            print(f"{r['case']:36} {r['device']:6} {'ran':8} {r['max_rel_error']:11.2e} "
+                  f"{r['median_ms']:10.3f} {'yes' if r['ok'] else 'NO '}"
+                  + (torch_columns(r) if args.torch else ""))
         else:
-            print(f"{r['case']:32} {r['device']:6} {r['status']:8} {r.get('error', '')}")
+            print(f"{r['case']:36} {r['device']:6} {r['status']:8} {r.get('error', '')}")
     # Written beside and renamed, so a reader never sees half a results file (this script runs
     # on its own, without graphopt.files).
     path = os.path.join(HERE, args.results) if not os.path.isabs(args.results) else args.results
