@@ -247,7 +247,8 @@ def test_runner_checks_int8_and_bfloat16_cases_with_only_numpy(lowbit_bundle):
 
 
 def test_an_int8_output_two_steps_off_is_a_mismatch(lowbit_bundle, tmp_path):
-    """One step of the output's scale is allowed (a rounding tie), not two."""
+    """One step of the output's scale is allowed (a rounding tie), with float32's rounding of
+    it (a dequantized float32 output one step off reads a hair over a float64 step), not two."""
     folder, cases, numpy_site = lowbit_bundle
     copy = str(tmp_path / "copy")
     shutil.copytree(folder, copy, symlinks=True)
@@ -260,7 +261,7 @@ def test_an_int8_output_two_steps_off_is_a_mismatch(lowbit_bundle, tmp_path):
     done, results = run_bundle(copy, numpy_site)
     assert done.returncode == 1 and not results[case["name"]]["ok"], done.stdout + done.stderr
     assert results[cases["bfloat16"]["name"]]["ok"]
-    shifted.flat[0] = expected.flat[0] + 0.5 * case["tolerances"]["output"]["absolute"]
+    shifted.flat[0] = expected.flat[0] + (1 + 1e-6) * case["tolerances"]["output"]["absolute"]
     np.save(reference, shifted)
     done, results = run_bundle(copy, numpy_site)
     assert done.returncode == 0 and results[case["name"]]["ok"], done.stdout + done.stderr

@@ -111,7 +111,7 @@ def quantized(graph, precision: str, seed: int):
 
 def output_tolerance(graph, name: str) -> tuple[float, float]:
     """(relative, absolute) error allowed for output `name` of a library compiled from `graph`
-    against the float64 interpretation of `graph` itself; it passes within either. A float
+    against the float64 interpretation of `graph` itself; it passes within their sum. A float
     output a dequantize_linear makes comes from integers that the compiled kernels compute
     as the interpreter does but for a value at a rounding tie (compare.steps_for): one step
     of its scale, and float32's tolerance. Any other output: its dtype's tolerance over the

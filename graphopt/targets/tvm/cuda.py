@@ -178,9 +178,8 @@ _binaries: dict[tuple[str, str], bytes] = {}
 # are approximate. These flags, given after it, restore IEEE division and square root and keep
 # denormals (the fast exp/log/sin intrinsics stay): a quantized model's requantize multiplier,
 # (x_scale * w_scale) / y_scale, is computed in the kernel when its scales are parameters, and
-# an approximate quotient moved values at rounding boundaries by one step, which compounded to
-# several steps at the output (int8 ResNet-18 on an H200: 7.8e-3 relative error, where the
-# float64 interpreter and the CPU build agree within one step).
+# an approximate quotient moves values near rounding boundaries by one step (int8 ResNet-18,
+# batch 1, on an H200: an output one step off the interpreter's; with IEEE division, equal).
 EXACT_MATH_FLAGS = ["--prec-div=true", "--prec-sqrt=true", "--ftz=false"]
 
 
