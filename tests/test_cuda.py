@@ -225,3 +225,33 @@ def test_a_failed_nvcc_says_why_on_the_command_line(monkeypatch, tmp_path, capsy
     assert "nvcc failed to build the CUDA kernels for sm_90: nvcc fatal : Unsupported gpu " \
            "architecture 'sm_1'" in error, error
     assert not (tmp_path / "lenet5.so").exists()
+
+
+# ---- thread blocks that fill the GPU ----------------------------------------------------------
+def matmul_func(m: int, k: int, n: int, dtype: str = "float32"):
+    from tvm import te
+    a = te.placeholder((m, k), dtype, name="a")
+    b = te.placeholder((k, n), dtype, name="b")
+    r = te.reduce_axis((0, k), name="r")
+    c = te.compute((m, n), lambda i, j: te.sum(a[i, r].astype("float32") *
+                                               b[r, j].astype("float32"), axis=r), name="c")
+    return te.create_prim_func([a, b, c])
+
+
+@pytest.mark.parametrize("m, k, n, dtype, fills", [
+    (49, 4608, 512, "float32", True),      # ResNet-18's last 3x3 convs at batch 1: 7x7 plane
+    (196, 2304, 256, "float32", True),     # its third stage, 14x14
+    (12544, 147, 64, "float32", False),    # a 112x112 plane: dlight's tile launches 392 blocks
+    (196, 2304, 256, "float16", False)])   # tensor cores (every extent over 64): dlight's tiles
+def test_small_gemms_get_smaller_thread_tiles(m, k, n, dtype, fills):
+    from tvm.s_tir import dlight as dl
+    func, target = matmul_func(m, k, n, dtype), cuda.cuda_target("sm_90")
+    with target:
+        ours = cuda.grid_filling_matmul().apply(func, target, False)
+        dlights = dl.gpu.Matmul().apply(func, target, False)
+    assert ours is not None and dlights is not None
+    if fills:
+        assert cuda.launched_blocks(dlights) < cuda.FILL_BLOCKS
+        assert cuda.launched_blocks(ours) >= 4 * cuda.launched_blocks(dlights)
+    else:
+        assert cuda.launched_blocks(ours) == cuda.launched_blocks(dlights)
