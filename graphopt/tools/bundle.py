@@ -181,8 +181,8 @@ def make_bundle(folder: str, cases: Sequence[Case], *, wheels: Sequence[str] = (
     if unknown:
         raise InputError(f"unknown precisions {unknown}; expected {', '.join(PRECISIONS)}")
     mode = {c: weights_mode(c, weights) for c in cases}
-    # Embedded weights travel once per library, a quantized case's parameters once per model
-    # and precision: refuse early what cannot fit.
+    # Embedded weights travel once per library, an int8 case's parameters once per model:
+    # refuse early what cannot fit.
     travelling = [(c.model, c.precision) for c in cases if mode[c] == "embedded"]
     travelling += {(c.model, c.precision) for c in cases
                    if mode[c] == "params" and c.precision not in REBUILT_PRECISIONS}
@@ -284,6 +284,7 @@ def _add_case(folder: str, case: Case, mode: str, seed: int, graphs: dict, refer
             "tolerances": {name: {"relative": rel, "absolute": step}
                            for name, (rel, step) in tolerances.items()},
             "weights": weights}
+
 
 def data_folder(case: Case) -> str:
     """Where a model and batch's inputs and references lie (shared by its targets and
