@@ -61,8 +61,9 @@ def within(found, expected, tolerance: dict) -> bool:
 
 def compiled_weights(graph, weights: dict) -> dict:
     """The weights the library was compiled with: those of the zoo graph (in the case's
-    precision: float32 or float16) after the graphopt passes `compile` ran ("default": the default pipeline; a list of pass names; [] none).
-    The passes are numpy code, so they rebuild the same arrays here (digests are checked)."""
+    precision: float32 or float16) after the graphopt passes `compile` ran ("default": the
+    default pipeline; a list of pass names; [] none). The passes are numpy code, so they
+    rebuild the same arrays here (digests are checked)."""
     from graphopt.passes import optimize
     from graphopt.tools.bundle import quantized
     graph = quantized(graph, weights.get("precision", "float32"), weights.get("seed", 0))
