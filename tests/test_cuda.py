@@ -157,6 +157,10 @@ def test_weights_as_parameters_keep_the_gemm_schedules():
     assert sorted(name for name, _ in model.weights) == sorted(model.graph.constants)
     conv = [k for k in model.schedule_report.rules if "conv2d" in k]
     assert conv and all(model.schedule_report.rules[k] == "Matmul" for k in conv)
+    # the linear layer reads its weight as given, [O, I]: no transpose kernel at every run
+    assert not [k for k in model.schedule_report.rules if "transpose" in k]
+    dense = [rule for k, rule in model.schedule_report.rules.items() if "dense" in k]
+    assert dense == ["Matmul"]   # batch 2 (GEMV at batch 1)
 
 
 @pytest.mark.slow
