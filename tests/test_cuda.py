@@ -4,6 +4,7 @@ callback that serves it. Running CUDA code needs a GPU and is done by the runtim
 from __future__ import annotations
 
 import glob
+import re
 import os
 import shutil
 import subprocess
@@ -260,3 +261,19 @@ def test_small_gemms_get_smaller_thread_tiles(m, k, n, dtype, fills):
         assert cuda.launched_blocks(ours) >= 4 * cuda.launched_blocks(dlights)
     else:
         assert cuda.launched_blocks(ours) == cuda.launched_blocks(dlights)
+
+
+def test_filled_grids_write_back_only_what_each_thread_summed():
+    """dlight's Matmul at 1 x 2 outputs per thread writes its accumulators back as float2 pairs
+    of a float[4] of which it summed elements 0 and 2 (NaNs on an H200); the tiles graphopt
+    takes never reinterpret the accumulator array as vectors. Convs on 7x7, 13x13 and 14x14."""
+    with dsl.Builder("small_planes", seed=1) as b:
+        x = b.input("input", (1, 64, 14, 14))
+        y = dsl.relu(dsl.conv2d(x, 128, kernel=3, padding=1))                # 14x14
+        y = dsl.conv2d(y, 96, kernel=2, padding=0)                           # 13x13
+        y = dsl.conv2d(dsl.max_pool2d(y, 2, stride=2, padding=1), 64, kernel=1)   # 7x7
+        graph = b.output(y)
+    model = go.compile(graph, target="cuda", weights="params")
+    source = cuda.cuda_source(model.executable)
+    assert "_local_ptr" in source
+    assert not re.search(r"\(float[248]\*\)\(\w+_local_ptr", source)

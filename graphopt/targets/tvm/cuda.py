@@ -95,8 +95,10 @@ class ScheduleReport:
 FILL_BLOCKS = 264
 # Outputs per thread (rows, columns) that `grid_filling_matmul` tries, largest first; dlight's
 # Matmul takes 4 x 4 on a block of 16 x 8 threads, a 64 x 32 tile. Only 1 x 1 besides: on an
-# H200, models whose kernels took 2 x 4, 2 x 2 or 1 x 2 tiles returned NaNs (VGG-16, AlexNet,
-# ResNet-50, Inception-v3), a fault of dlight's schedule at those sizes not yet pinned down.
+# H200, models whose kernels took 1 x 2 tiles (among others) returned NaNs (VGG-16, AlexNet,
+# ResNet-50, Inception-v3). At 1 x 2, dlight's write-back stores the accumulators as pairs,
+# float2 loads of a float[4] of which the thread summed elements 0 and 2: element 1 is never
+# written, and each pair lands on two output channels, the second also another thread's.
 THREAD_TILES = ((4, 4), (1, 1))
 
 
