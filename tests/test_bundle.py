@@ -107,6 +107,21 @@ def test_runner_checks_and_times_the_cpu_cases_with_only_numpy(bundle):
     assert os.path.isdir(os.path.join(folder, "site", "tvm_ffi")), "the wheel was unpacked"
 
 
+def test_an_archived_bundle_unpacks_and_runs(bundle, tmp_path):
+    """FOLDER.tar.xz holds the whole bundle; unpacked elsewhere, its runner checks the cases."""
+    import tarfile
+    from graphopt.tools.bundle import archive_bundle
+    folder, manifest, numpy_site = bundle
+    archive = archive_bundle(folder)
+    assert archive == folder + ".tar.xz" and os.path.getsize(archive) > 0
+    with tarfile.open(archive) as packed:
+        packed.extractall(tmp_path, filter="data")
+    unpacked = str(tmp_path / os.path.basename(folder))
+    done, results = run_bundle(unpacked, numpy_site)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert results["lenet5_b2_cpu"]["ok"]
+
+
 def test_runner_reports_a_wrong_reference_as_a_mismatch(bundle, tmp_path):
     folder, manifest, numpy_site = bundle
     copy = str(tmp_path / "copy")
