@@ -55,40 +55,29 @@ class Linear(Op):
         import tvm
         rx = relax()
         R = rx.op
+        # Half precision accumulates in float32, then adds the bias, then rounds once, as the
+        # reference does.
+        dtype = str(x.ty.dtype)
+        accumulate = accumulation_dtype(dtype)
         if self.weight_block:
             weight = constant_operand(w, f"packed {self.name}")
-            dtype = str(x.ty.dtype)
-            accumulate = accumulation_dtype(dtype)
             y = lower_blocked_matmul(bb, x, weight.T, self.weight_block)
-            if accumulate != dtype:
-                # half precision: float32 sums, then the bias, then one rounding, as the
-                # reference does
-                y = R.add(bb.emit(y), R.astype(b, accumulate)) if b is not None else y
-                return R.astype(bb.emit(y), dtype)
+        elif not isinstance(w, tvm.ir.Constant) and len(x.ty.shape) == 2:
+            # A weight given at run time (weights as parameters) is read as it is, [O, I],
+            # rather than transposed by a kernel at every run (VGG-16's first linear layer,
+            # 411 MB: 0.73 of the 5.3 ms a batch-1 run took on an H200).
+            from tvm import topi
+            y = bb.call_te(topi.nn.dense, x, w, None, accumulate, primfunc_name_hint="dense")
         else:
-            # Half precision accumulates in float32 and rounds once, after the bias.
-            dtype = str(x.ty.dtype)
-            accumulate = accumulation_dtype(dtype)
-            if not isinstance(w, tvm.ir.Constant) and len(x.ty.shape) == 2:
-                # A weight given at run time (weights as parameters) is read as it is, [O, I],
-                # rather than transposed by a kernel at every run (VGG-16's first linear layer,
-                # 411 MB: 0.73 of the 5.3 ms a batch-1 run took on an H200).
-                from tvm import topi
-                y = bb.call_te(topi.nn.dense, x, w, None, accumulate,
-                               primfunc_name_hint="dense")
-                if accumulate == dtype:
-                    return R.add(bb.emit(y), b) if b is not None else y
-                y = R.add(bb.emit(y), R.astype(b, accumulate)) if b is not None else y
-                return R.astype(bb.emit(y), dtype)
             # A constant weight is transposed here, once, rather than by a kernel at every run.
             w_t = (rx.const(np.ascontiguousarray(w.value.numpy().T), str(w.ty.dtype))
                    if isinstance(w, tvm.ir.Constant) else R.permute_dims(w, [1, 0]))
-            if accumulate != dtype:
-                y = R.matmul(x, w_t, out_dtype=accumulate)
-                y = R.add(bb.emit(y), R.astype(b, accumulate)) if b is not None else y
-                return R.astype(bb.emit(y), dtype)
-            y = R.matmul(x, w_t)
-        return R.add(bb.emit(y), b) if b is not None else y
+            y = R.matmul(x, w_t, out_dtype=accumulate) if accumulate != dtype else \
+                R.matmul(x, w_t)
+        if accumulate == dtype:
+            return R.add(bb.emit(y), b) if b is not None else y
+        y = R.add(bb.emit(y), R.astype(b, accumulate)) if b is not None else y
+        return R.astype(bb.emit(y), dtype)
 
     def target_choice(self) -> str:
         return f"{self.weight_block}-column weight blocks" if self.weight_block else ""
