@@ -141,17 +141,21 @@ def grid_filling_matmul():
             schedules = {}
 
             def scheduled(tile):
+                """(schedule or None, thread blocks it launches) at `tile`, each built once."""
                 if tile not in schedules:
                     self.tile = tile
-                    schedules[tile] = super(Matmul, self).apply(func, target, tunable)
+                    sch = super(Matmul, self).apply(func, target, tunable)
+                    schedules[tile] = sch, launched_blocks(sch) if sch is not None else 0
                 return schedules[tile]
 
-            first, smallest = scheduled(THREAD_TILES[0]), scheduled(THREAD_TILES[-1])
-            if first is None or launched_blocks(first) >= FILL_BLOCKS or \
-                    launched_blocks(smallest) == launched_blocks(first):
+            first, first_blocks = scheduled(THREAD_TILES[0])
+            if first is None or first_blocks >= FILL_BLOCKS or \
+                    scheduled(THREAD_TILES[-1])[1] == first_blocks:
                 return first   # not a matmul, full already, or tiled by dlight's own choice
-            return next(sch for sch in map(scheduled, THREAD_TILES)
-                        if launched_blocks(sch) >= FILL_BLOCKS or sch is smallest)
+            for tile in THREAD_TILES:   # the largest tile that fills the GPU, else the smallest
+                sch, blocks = scheduled(tile)
+                if blocks >= FILL_BLOCKS or tile == THREAD_TILES[-1]:
+                    return sch
 
     return Matmul()
 
