@@ -41,6 +41,12 @@ def prepare_imports() -> None:
     os.environ.setdefault("GRAPHOPT_TVM_RUNTIME_DIR", os.path.join(HERE, "lib"))
 
 
+def one_line(error: Exception) -> str:
+    """`error`'s type and the first line of its message, for the results table."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 def relative_error(found, expected) -> float:
     import numpy as np
     expected = expected.astype(np.float64)
@@ -136,7 +142,7 @@ def run_case(case: dict, seed: int, warmup: int, repeat: int, with_torch: bool) 
         try:
             result.update(torch_eager(graph, case["device"], feeds, references, warmup, repeat))
         except Exception as e:  # our case ran: keep it, say why torch did not
-            result["torch_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
+            result["torch_error"] = one_line(e)
     return result
 
 
@@ -177,7 +183,7 @@ def main(argv=None) -> int:
                                     args.torch))
         except Exception as e:  # report the case and go on with the others
             results.append({"case": case["name"], "device": case["device"], "status": "failed",
-                            "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"})
+                            "error": one_line(e)})
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)   # progress, as it ran
     results += [{"case": f["case"], "device": "-", "status": "not built", "error": f["error"]}
                 for f in manifest.get("not_built", [])]
