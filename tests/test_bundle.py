@@ -173,6 +173,20 @@ def test_runner_times_torch_eager_on_the_same_device(bundle, tmp_path):
     assert cpu["torch_max_rel_error"] < 1e-4 and cpu["torch_median_ms"] > 0
 
 
+def test_torch_runs_in_ieee_float32_without_tf32_and_restores_its_settings():
+    """cuDNN convolutions take TF32 by default on sm_80+; the IEEE column turns that off (and
+    matmuls' TF32) for the run only. A CPU table has nan where torch ran one way only."""
+    torch = pytest.importorskip("torch")
+    from graphopt.tools import bundle_runner
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    with bundle_runner.ieee_float32():
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+    columns = bundle_runner.torch_columns({"median_ms": 1.0, "torch_median_ms": 4.0}).split()
+    assert columns[0] == "4.000" and columns[3] == "0.25" and columns[1:3] == ["nan", "nan"]
+    assert bundle_runner.torch_header().split()[-3:] == ["ours/torch", "ours/ieee", "ours/fp16"]
+
+
 @pytest.mark.parametrize("target, weights, mode", [
     ("cuda", "auto", "params"), ("cuda:sm_80", "auto", "params"), ("cpu", "auto", "embedded"),
     ("cpu", "params", "params"), ("cuda", "embedded", "embedded")])

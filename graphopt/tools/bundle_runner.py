@@ -9,8 +9,9 @@ or read from the bundle (int8 weights, which only calibration could rebuild).
                          [--repeat 100] [--torch]
 
 --torch also runs each case with PyTorch eager on the same device (graphopt/torch_eager.py, built
-from the bundled zoo) and reports its error and latency, on a GPU also under float16 autocast:
-needs torch on the machine. Torch runs the float32 model, also for a quantized case, whose
+from the bundled zoo) and reports its error and latency; on a GPU three ways: with torch's
+defaults (cuDNN convolutions in TF32 on sm_80+), in IEEE float32 (TF32 off, as graphopt's
+float32 kernels compute) and under float16 autocast. Needs torch on the machine. Torch runs the float32 model, also for a quantized case, whose
 references it then differs from by the quantization's error.
 
 Exit status: 0 all run cases match, 1 a mismatch, 2 the bundle cannot run here.
@@ -84,10 +85,31 @@ def zoo_graph(case: dict, seed: int):
     return zoo.MODELS[case["model"]](batch=case["batch"], seed=seed)
 
 
+# Torch's ways of running a float32 model on a GPU, as results keys and table headers.
+TORCH_MODES = {"torch": "torch", "torch_ieee": "ieee", "torch_fp16": "fp16"}
+
+
+def ieee_float32():
+    """torch with TF32 off: its default lets cuDNN run float32 convolutions on TF32 tensor cores
+    (10-bit mantissas) on sm_80 and newer; graphopt's float32 kernels compute in IEEE float32."""
+    import contextlib
+    import torch
+
+    @contextlib.contextmanager
+    def mode():
+        saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    return mode()
+
+
 def torch_eager(graph, device: str, feeds: dict, references: dict, warmup: int,
                 repeat: int) -> dict:
     """Error against the references and median latency of PyTorch eager on `device`; on a GPU
-    also under float16 autocast (its error against the same references)."""
+    also in IEEE float32 and under float16 autocast (errors against the same references)."""
     import contextlib
     import numpy as np
     import torch
@@ -97,8 +119,9 @@ def torch_eager(graph, device: str, feeds: dict, references: dict, warmup: int,
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     modes = {"torch": contextlib.nullcontext}
     if device == "cuda":
+        modes["torch_ieee"] = ieee_float32
         modes["torch_fp16"] = lambda: torch.autocast("cuda", dtype=torch.float16)
-    result = {"torch": torch.__version__}
+    result = {"torch": torch.__version__, "torch_cudnn_tf32": torch.backends.cudnn.allow_tf32}
     for key, mode in modes.items():
         with mode():
             outputs = {v.name: t.float().cpu().numpy() for v, t in
@@ -146,15 +169,18 @@ def run_case(case: dict, seed: int, warmup: int, repeat: int, with_torch: bool) 
     return result
 
 
+def torch_header() -> str:
+    return "".join(f" {name + ' ms':>9}" for name in TORCH_MODES.values()) + \
+        "".join(f" {'ours/' + name:>10}" for name in TORCH_MODES.values())
+
+
 def torch_columns(result: dict) -> str:
-    """Torch eager's median (float32, and float16 autocast where it ran) and our time over it."""
+    """Torch eager's medians (each way it ran; nan where it did not) and our time over each."""
     if "torch_median_ms" not in result:
         return f" torch failed: {result.get('torch_error', '')}"
-    fp32 = result["torch_median_ms"]
-    fp16 = result.get("torch_fp16_median_ms")
-    ours = result["median_ms"]
-    return (f" {fp32:9.3f} {fp16 if fp16 else float('nan'):9.3f} {ours / fp32:10.2f} "
-            f"{ours / fp16 if fp16 else float('nan'):9.2f}")
+    times = [result.get(f"{key}_median_ms", float("nan")) for key in TORCH_MODES]
+    return "".join(f" {t:9.3f}" for t in times) + \
+        "".join(f" {result['median_ms'] / t:10.2f}" for t in times)
 
 
 def main(argv=None) -> int:
@@ -188,8 +214,7 @@ def main(argv=None) -> int:
     results += [{"case": f["case"], "device": "-", "status": "not built", "error": f["error"]}
                 for f in manifest.get("not_built", [])]
     print(f"{'case':36} {'device':6} {'status':8} {'max rel err':>11} {'median ms':>10} ok"
-          + (f" {'torch ms':>9} {'fp16 ms':>9} {'ours/torch':>10} {'ours/fp16':>9}"
-             if args.torch else ""))
+          + (torch_header() if args.torch else ""))
     for r in results:
         if r["status"] == "ran":
             print(f"{r['case']:36} {r['device']:6} {'ran':8} {r['max_rel_error']:11.2e} "
