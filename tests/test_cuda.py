@@ -266,14 +266,17 @@ def test_small_gemms_get_smaller_thread_tiles(m, k, n, dtype, fills):
 def test_filled_grids_write_back_only_what_each_thread_summed():
     """dlight's Matmul at 1 x 2 outputs per thread writes its accumulators back as float2 pairs
     of a float[4] of which it summed elements 0 and 2 (NaNs on an H200); the tiles graphopt
-    takes never reinterpret the accumulator array as vectors. Convs on 7x7, 13x13 and 14x14."""
+    takes never reinterpret the accumulator array as vectors. Convs on a 28x28 plane (2 x 2
+    outputs per thread: a float2[2] accumulator), 14x14, 13x13 and 7x7 (1 x 1: a float[1])."""
     with dsl.Builder("small_planes", seed=1) as b:
-        x = b.input("input", (1, 64, 14, 14))
-        y = dsl.relu(dsl.conv2d(x, 128, kernel=3, padding=1))                # 14x14
-        y = dsl.conv2d(y, 96, kernel=2, padding=0)                           # 13x13
-        y = dsl.conv2d(dsl.max_pool2d(y, 2, stride=2, padding=1), 64, kernel=1)   # 7x7
+        x = b.input("input", (1, 64, 28, 28))
+        y = dsl.relu(dsl.conv2d(x, 512, kernel=1))                                   # 28x28
+        y = dsl.relu(dsl.conv2d(dsl.max_pool2d(y, 2), 128, kernel=3, padding=1))     # 14x14
+        y = dsl.conv2d(y, 96, kernel=2, padding=0)                                   # 13x13
+        y = dsl.conv2d(dsl.max_pool2d(y, 2, stride=2, padding=1), 64, kernel=1)      # 7x7
         graph = b.output(y)
     model = go.compile(graph, target="cuda", weights="params")
     source = cuda.cuda_source(model.executable)
-    assert "_local_ptr" in source
+    accumulators = set(re.findall(r"(float2?) \w+_local_ptr\[(\d+)\]", source))
+    assert accumulators == {("float2", "2"), ("float", "1")}, accumulators
     assert not re.search(r"\(float[248]\*\)\(\w+_local_ptr", source)

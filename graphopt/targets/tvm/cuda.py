@@ -94,12 +94,16 @@ class ScheduleReport:
 # Thread blocks a GEMM kernel should launch: two per SM of an H100 / H200 (132 SMs).
 FILL_BLOCKS = 264
 # Outputs per thread (rows, columns) that `grid_filling_matmul` tries, largest first; dlight's
-# Matmul takes 4 x 4 on a block of 16 x 8 threads, a 64 x 32 tile. Only 1 x 1 besides: on an
-# H200, models whose kernels took 1 x 2 tiles (among others) returned NaNs (VGG-16, AlexNet,
-# ResNet-50, Inception-v3). At 1 x 2, dlight's write-back stores the accumulators as pairs,
-# float2 loads of a float[4] of which the thread summed elements 0 and 2: element 1 is never
-# written, and each pair lands on two output channels, the second also another thread's.
-THREAD_TILES = ((4, 4), (1, 1))
+# Matmul takes 4 x 4 on a block of 16 x 8 threads, a 64 x 32 tile. Only square tiles: on an
+# H200, models whose kernels took 1 x 2 tiles returned NaNs (VGG-16, AlexNet, ResNet-50,
+# Inception-v3). At 1 x 2, dlight's write-back stores the accumulators as pairs, float2 loads
+# of a float[4] of which the thread summed elements 0 and 2: element 1 is never written, and
+# each pair lands on two output channels, the second also another thread's. At 4 x 4, 2 x 2 and
+# 1 x 1 the accumulators are read as they were summed. 2 x 2 against going from 4 x 4 straight
+# to 1 x 1, alternated on an H200: int8 ResNet-18 at batch 8 2.89 -> 2.03 ms, style transfer
+# 4.08 -> 3.16, VGG-16 4.22 -> 3.46 (its 14x14 and 28x28 convs), ResNet-18 at batch 8 3.60 ->
+# 3.03; 8 x 8 tiles for the large GEMMs were slower still on VGG-16's 224x224 convs.
+THREAD_TILES = ((4, 4), (2, 2), (1, 1))
 
 
 def launched_blocks(sch) -> int:
@@ -121,9 +125,10 @@ def grid_filling_matmul():
     """dlight's Matmul rule, with smaller per-thread tiles (THREAD_TILES) where its own would
     launch fewer than FILL_BLOCKS thread blocks: a batch-1 convolution on a 7x7 or 14x14 plane
     launched 16-28 blocks of 64 x 32 outputs, so that most of the GPU's SMs idled (ResNet-18's
-    last stage took half its time on an H200). There, batch 1: ResNet-18 3.19 -> 1.91 ms,
-    ResNet-50 4.90 -> 3.29, Inception-v3 8.75 -> 6.53; int8 ResNet-18 at batch 8 went 2.2 ->
-    2.9 ms. The tensor-core path (float16 GEMMs whose every extent is over 64) is dlight's."""
+    last stage took half its time on an H200). There, batch 1: ResNet-18 3.19 -> 1.84 ms,
+    ResNet-50 4.90 -> 3.05, Inception-v3 8.75 -> 6.43, VGG-16 5.29 -> 3.46 (with its linear
+    layers as `dense`). The tensor-core path (float16 GEMMs whose every extent is over 64) is
+    dlight's."""
     import dataclasses
     from tvm.s_tir import dlight as dl
 
