@@ -102,8 +102,10 @@ class Pool2d(Op):
 
     def out_hw(self, h, w):
         pt, pl, pb, pr = self.padding
-        return (pool_out_size(h, self.kernel[0], self.stride[0], pt, pb, self.dilation[0], self.ceil_mode),
-                pool_out_size(w, self.kernel[1], self.stride[1], pl, pr, self.dilation[1], self.ceil_mode))
+        return (pool_out_size(h, self.kernel[0], self.stride[0], pt, pb, self.dilation[0],
+                              self.ceil_mode),
+                pool_out_size(w, self.kernel[1], self.stride[1], pl, pr, self.dilation[1],
+                              self.ceil_mode))
 
     def infer(self, x):
         expect_rank(x, 4, "input x")
@@ -125,10 +127,12 @@ class Pool2d(Op):
         """TE of the pool as two passes, which the CPU rule `schedules/pool2d.py` finds by
         their block `names`: the rows pass combines (`combine(values)`) the kernel's rows for
         each input column (padding reading as `fill`, the width padded so that the columns
-        pass needs no bounds checks), the columns pass combines that short row buffer's
-        columns of each window; `finish(total, oh, ow)`, where given, maps each window's
-        result. `pieces`: the rows pass may be vectorized in pieces (`combine` binds no Let),
-        recorded on it for the CPU rule (`COLUMNS_ATTR`: [left padding, input width, pieces])."""
+        pass needs no bounds checks; only the sides a window can cross are checked, as TVM
+        runs a loop with a per-lane check a lane at a time), the columns pass combines that
+        short row buffer's columns of each window; `finish(total, oh, ow)`, where given, maps
+        each window's result. `pieces`: the rows pass may be vectorized in pieces (`combine`
+        binds no Let), recorded on it for the CPU rule (`COLUMNS_ATTR`: [left padding, input
+        width, pieces])."""
         from tvm import te, tirx
         (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
         pad_top, pad_left = self.padding[:2]
@@ -139,8 +143,13 @@ class Pool2d(Op):
             values = []
             for i in range(kh):
                 row, src_col = oh * sh + i * dh - pad_top, col - pad_left
-                inside = tirx.all(row >= 0, row < h, src_col >= 0, src_col < w)
-                values.append(tirx.if_then_else(inside, x[b, ch, row, src_col], fill))
+                first_row, last_row = i * dh - pad_top, (out_h - 1) * sh + i * dh - pad_top
+                inside = [check for check, needed in (
+                    (row >= 0, first_row < 0), (row < h, last_row >= h),
+                    (src_col >= 0, pad_left > 0), (src_col < w, padded_w - pad_left > w))
+                    if needed]
+                values.append(tirx.if_then_else(tirx.all(*inside), x[b, ch, row, src_col], fill)
+                              if inside else x[b, ch, row, src_col])
             return combine(values)
 
         rows_done = te.compute((n, c, out_h, padded_w), rows, name=names[0],

@@ -11,8 +11,9 @@ or read from the bundle (int8 weights, which only calibration could rebuild).
 --torch also runs each case with PyTorch eager on the same device (graphopt/torch_eager.py, built
 from the bundled zoo) and reports its error and latency; on a GPU three ways: with torch's
 defaults (cuDNN convolutions in TF32 on sm_80+), in IEEE float32 (TF32 off, as graphopt's
-float32 kernels compute) and under float16 autocast. Needs torch on the machine. Torch runs the float32 model, also for a quantized case, whose
-references it then differs from by the quantization's error.
+float32 kernels compute) and under float16 autocast. Needs torch on the machine. Torch runs
+the float32 model, also for a quantized case, whose references it then differs from by the
+quantization's error.
 
 Exit status: 0 all run cases match, 1 a mismatch, 2 the bundle cannot run here.
 """
