@@ -20,6 +20,7 @@ Exit status: 0 all run cases match, 1 a mismatch, 2 the bundle cannot run here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -90,28 +91,23 @@ def zoo_graph(case: dict, seed: int):
 TORCH_MODES = {"torch": "torch", "torch_ieee": "ieee", "torch_fp16": "fp16"}
 
 
+@contextlib.contextmanager
 def ieee_float32():
     """torch with TF32 off: its default lets cuDNN run float32 convolutions on TF32 tensor cores
     (10-bit mantissas) on sm_80 and newer; graphopt's float32 kernels compute in IEEE float32."""
-    import contextlib
     import torch
-
-    @contextlib.contextmanager
-    def mode():
-        saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-    return mode()
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def torch_eager(graph, device: str, feeds: dict, references: dict, warmup: int,
                 repeat: int) -> dict:
     """Error against the references and median latency of PyTorch eager on `device`; on a GPU
     also in IEEE float32 and under float16 autocast (errors against the same references)."""
-    import contextlib
     import numpy as np
     import torch
     from graphopt.torch_eager import TorchEager
