@@ -1,14 +1,15 @@
 """The rule that schedules max and average pools lowered as two separable passes.
 
 A max pool written directly (TOPI's form) reads every window element through a strided, padded
-gather: ResNet-18's 3x3 stride-2 pool took 1.5-2 ms on one core, ten times ONNX Runtime. The max
-of a window is the max over its columns of the max over its rows, so the CPU target pass
+gather: ResNet-18's 3x3 stride-2 pool took 1.5-2 ms on one core, ten times ONNX Runtime. The
+max of a window is the max over its columns of the max over its rows, so the CPU target pass
 `separate_pools` marks max pools `separable`, which lower to `MaxPool2d.separable_max_pool`:
 a row pass over whole contiguous input rows (`ROWS_BLOCK`, vectorized, padding folded into
--inf) and a column pass reading that short row buffer (0.09 ms for the same pool, measured in one process
-against ORT's 0.17 ms). Undilated average pools are split the same way into sums
-(`AvgPool2d.separable_avg_pool`; Inception-v3's 3x3 stride-1 pools of 768 ch 17x17 0.95 -> 0.25 ms
-each, 2048 ch 8x8 0.77 -> 0.24, ORT's 0.09 and 0.06)."""
+-inf) and a column pass reading that short row buffer (0.09 ms for the same pool, measured in
+one process against ORT's 0.17 ms). Undilated average pools are split the same way into sums
+(`AvgPool2d.separable_avg_pool`; Inception-v3's 3x3 stride-1 pools of 768 ch 17x17 0.95 ->
+0.25 ms each, 2048 ch 8x8 0.77 -> 0.24, ORT's 0.09 and 0.06). Short rows are TVM's vector
+code, long ones LLVM's (`vectorize_short`)."""
 from __future__ import annotations
 
 from ....ops.pool import COLUMNS_ATTR, COLUMNS_BLOCK, COLUMNS_SUM_BLOCK, ROWS_BLOCK, \
