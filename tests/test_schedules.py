@@ -468,6 +468,10 @@ WINOGRAD_CHOICES = {
     (32, 64, 147, 1): (0, 0, 4),     # Inception-v3's third conv
     (32, 128, 27, 1): (2, 0, 4),     # SqueezeNet's: 48 KiB takes F(4x4) from 25x25 planes
     (64, 256, 13, 1): (2, 0, 0),     # ... but not on 13x13 (F(4x4) lost on 14x14 planes)
+    (64, 64, 8, 1): (2, 2, 2),       # 16 tiles, but small weights on a plane of short rows
+    (32, 128, 14, 1): (2, 2, 2),     # GoogLeNet's 3x3 branch convs
+    (128, 32, 7, 1): (2, 0, 0),      # one output-channel block: the transform does not pay
+    (256, 256, 8, 1): (2, 0, 0),     # 4 MiB of transformed weights on 16 tiles
 }
 
 

@@ -57,6 +57,14 @@ F4_WIDE_L1D_MIN_PLANE = 25 * 25
 # cache, Winograd / direct: 512 ch 7x7 2.46 / 2.01 at batch 1, 12.0 / 13.8 at batch 8;
 # 256 ch 14x14 1.27 / 1.61). With 8 lanes the direct kernel is slow enough that Winograd wins.
 MIN_TILES = {8: 1, 16: 32}
+# On planes up to SMALL_PLANE the direct kernel's short rows run below its speed, and F(2x2)
+# wins from SMALL_PLANE_MIN_CHANNELS input channels where there are at least two output-channel
+# blocks (with one, the input transform outweighs the products) and the transformed weights
+# stay in cache (SMALL_WEIGHT_BYTES). Kernel by kernel, one Zen 4 thread, us, direct / F(2x2):
+# DeepConvNet's 32 -> 64 and 64 -> 64 ch 8x8 convs 22.0 / 14.1 and 43.0 / 34.9, GoogLeNet's
+# 3x3 branch convs (32-48 -> 64-128 ch, 14x14 and 7x7) 33.6-128.8 / 23.9-71.1; DenseNet-121's
+# 128 -> 32 ch 7x7 convs (one block) 1.37x slower on F(2x2).
+SMALL_PLANE, SMALL_PLANE_MIN_CHANNELS, SMALL_WEIGHT_BYTES = 16 * 16, 32, 512 * 1024
 MAX_PLANE = 112 * 112
 # Output tiles per image from which a batch is transformed and multiplied one image at a time.
 PER_IMAGE_TILES = 32
@@ -91,8 +99,9 @@ def output_tile(in_channels: int, out_channels: int, out_h: int, out_w: int, ker
     """The output tile side m of the Winograd kernel a conv takes (2 or 4), or 0 (not
     Winograd): 3x3, stride 1, 'same' padding, no dilation or groups, many channels (output
     channels in whole two-register blocks) on a small plane with enough tiles to reuse the
-    transformed weights; F(4x4) with 16 lanes on planes of 28x28 and more (with 48 KiB of L1,
-    from 32 input channels and on planes from 25x25 up to 224x224)."""
+    transformed weights, or on a plane up to 16x16 with small weights; F(4x4) with 16 lanes on
+    planes of 28x28 and more (with 48 KiB of L1, from 32 input channels and on planes from
+    25x25 up to 224x224)."""
     if not (tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
             and groups == 1 and tuple(padding) == (1, 1, 1, 1)
             and out_channels % channel_block(vec) == 0):
@@ -107,6 +116,10 @@ def output_tile(in_channels: int, out_channels: int, out_h: int, out_w: int, ker
         return 4
     tiles = batch * -(-out_h // 2) * -(-out_w // 2)
     if in_channels >= MIN_CHANNELS.get(vec.lanes, 32) and tiles >= MIN_TILES.get(vec.lanes, 1):
+        return 2
+    if out_h * out_w <= SMALL_PLANE and in_channels >= SMALL_PLANE_MIN_CHANNELS and \
+            out_channels >= 2 * channel_block(vec) and \
+            in_channels * out_channels * 16 * 4 <= SMALL_WEIGHT_BYTES:   # 4x4 float32 per pair
         return 2
     return 0
 
