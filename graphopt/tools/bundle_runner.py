@@ -25,7 +25,6 @@ import glob
 import json
 import os
 import sys
-import time
 import zipfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -50,21 +49,25 @@ def one_line(error: Exception) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
-def relative_error(found, expected) -> float:
+def largest_error(found, expected) -> tuple[float, float]:
+    """The largest absolute difference of `found` from `expected` and the largest reference
+    magnitude, both in float64."""
     import numpy as np
     expected = expected.astype(np.float64)
-    scale = float(np.abs(expected).max(initial=0.0)) or 1.0
-    return float(np.abs(found.astype(np.float64) - expected).max(initial=0.0)) / scale
+    return (float(np.abs(found.astype(np.float64) - expected).max(initial=0.0)),
+            float(np.abs(expected).max(initial=0.0)))
+
+
+def relative_error(found, expected) -> float:
+    error, scale = largest_error(found, expected)
+    return error / (scale or 1.0)
 
 
 def within(found, expected, tolerance: dict) -> bool:
     """Whether `found` is within the relative tolerance (of the largest reference magnitude),
     plus the absolute one: one quantization step of an int8 model's output (a value at a
     rounding tie), the relative part covering the float32 rounding of that step."""
-    import numpy as np
-    expected = expected.astype(np.float64)
-    error = float(np.abs(found.astype(np.float64) - expected).max(initial=0.0))
-    scale = float(np.abs(expected).max(initial=0.0))
+    error, scale = largest_error(found, expected)
     return error <= tolerance["relative"] * scale + tolerance["absolute"]
 
 
@@ -108,8 +111,8 @@ def torch_eager(graph, device: str, feeds: dict, references: dict, warmup: int,
                 repeat: int) -> dict:
     """Error against the references and median latency of PyTorch eager on `device`; on a GPU
     also in IEEE float32 and under float16 autocast (errors against the same references)."""
-    import numpy as np
     import torch
+    from graphopt.timing import median_ms
     from graphopt.torch_eager import TorchEager
     forward = TorchEager(graph, device)
     inputs = forward.to_device(feeds)
@@ -123,16 +126,10 @@ def torch_eager(graph, device: str, feeds: dict, references: dict, warmup: int,
         with mode():
             outputs = {v.name: t.float().cpu().numpy() for v, t in
                        zip(graph.outputs, forward.run_tensors(inputs))}
-            times = []
-            for i in range(warmup + repeat):
-                start = time.perf_counter()
-                forward.run_tensors(inputs)
-                sync()
-                if i >= warmup:
-                    times.append(time.perf_counter() - start)
+            result[f"{key}_median_ms"] = median_ms(lambda: (forward.run_tensors(inputs), sync()),
+                                                   repeat, warmup)
         result[f"{key}_max_rel_error"] = max(relative_error(outputs[k], r)
                                              for k, r in references.items())
-        result[f"{key}_median_ms"] = 1e3 * float(np.median(times))
     return result
 
 
