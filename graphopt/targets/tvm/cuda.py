@@ -8,6 +8,7 @@ arch; `export.py` embeds the result so a GPU machine loads it without any compil
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -109,16 +110,13 @@ THREAD_TILES = ((4, 4), (2, 2), (1, 1))
 def launched_blocks(sch) -> int:
     """The thread blocks a scheduled kernel launches: the product of its blockIdx loops."""
     from tvm.s_tir.dlight.analysis import get_root_block
-    count = 1
     for block in sch.get_child_blocks(get_root_block(sch)):
         loops = [sch.get(loop) for loop in sch.get_loops(block)]
         bound = [int(loop.extent) for loop in loops if loop.thread_binding is not None
                  and loop.thread_binding.thread_tag.startswith("blockIdx")]
         if bound:
-            for extent in bound:
-                count *= extent
-            return count
-    return count
+            return math.prod(bound)
+    return 1
 
 
 def grid_filling_matmul():

@@ -60,9 +60,9 @@ def vectorize_short(sch, loop, lanes: int) -> None:
     one is left to LLVM's loop vectorizer, whose unrolled vector loops ran the passes faster
     than a TVM vector of the whole row, which LLVM then splits (3x3 stride 2, 64 ch 112x112:
     0.09 ms, against 1.15), or one a register at a time (2x2 stride 2, 128 ch 112x112: 0.10
-    ms, against 0.19). On short rows LLVM's
-    vectors (16 lanes, unrolled 4 times) never start, and it ran the strided columns pass a
-    lane at a time with gathers: 16 ch 28x28, 2x2 stride 2, on Zen 4, 7.4 us, 1.1 in TVM's."""
+    ms, against 0.19). On short rows LLVM's vectors (16 lanes, unrolled 4 times) never start,
+    and it ran the strided columns pass a lane at a time with gathers: 16 ch 28x28, 2x2
+    stride 2, on Zen 4, 7.4 us, 1.1 in TVM's."""
     if extent(loop, sch) <= SHORT_ROW_REGISTERS * lanes:
         sch.vectorize(loop)
 
