@@ -1,7 +1,8 @@
 """Transposed convolutions on the CPU: select_conv_algorithm records the stride-1 convolution that
 computes them (`as_conv`, with its weight block) where the weight is constant and groups is 1 —
 with a stride and no dilation the sub-pixel convolution (every output phase as channels, then a
-pixel shuffle), else the convolution over the zero-inserted input — and the compiled model
+pixel shuffle; or each phase convolved on its own where that computes fewer products), else the
+convolution over the zero-inserted input — and the compiled model
 (AVX2 and AVX-512 builds, bounds-checked) computes what the interpreter does; grouped ones keep
 TVM's own transposed convolution."""
 from __future__ import annotations
@@ -28,10 +29,17 @@ CASES = {
     "dilated-s2": (3, 4, 3, 2, 1, 1, 2, 1, False),
     # a 1x1 input (DCGAN's first layer): a product whatever the stride
     "latent-4x4-s1": (10, 6, 4, 1, 0, 0, 1, 1, False),
+    # DCGAN's layers: 4x4 stride 2 pad 1 to 32 channels, each output phase convolved on its own
+    "phases-32ch": (16, 32, 4, 2, 1, 0, 1, 1, True),
+    "phases-32ch-3x3-s2-outpad": (6, 32, 3, 2, 1, 1, 1, 1, False),
 }
 TVM_OWN = {"grouped"}
 # stride 1 (on a plane) or dilated: the convolution over the zero-inserted input
 INSERTED = {"asym-kernel-dilated", "dilated-s2"}
+# each output phase its own convolution (`ConvTranspose2d.by_phase`): fewer products than the
+# sub-pixel convolution's, counting the rows, columns and channels each pads (8 or 16 lanes)
+BY_PHASE = {"haswell": {"phases-32ch", "phases-32ch-3x3-s2-outpad", "dcgan-4x4-s2-p1"}}
+BY_PHASE["skylake-avx512"] = BY_PHASE["haswell"] | {"3x3-s2-outpad"}
 
 
 def graph_for(case: str) -> go.Graph:
@@ -60,8 +68,10 @@ def test_compiled_matches_the_interpreter(case, mcpu, flag):
         lanes = 16 if mcpu == "skylake-avx512" else 8
         assert node.op.as_conv is not None and node.op.as_conv.weight_block % (lanes // 2) == 0
         assert node.op.subpixel == (case not in INSERTED)
-        assert ("over the stride-inserted input" if case in INSERTED else "sub-pixel") in \
-            node.op.target_choice()
+        assert node.op.by_phase == (case in BY_PHASE[mcpu])
+        expected = "over the stride-inserted input" if case in INSERTED else \
+            "each output phase its own" if case in BY_PHASE[mcpu] else "sub-pixel"
+        assert expected in node.op.target_choice()
     report = go.compare(graph, model, probe_inputs(graph))
     assert report.ok, str(report)
 
@@ -99,3 +109,18 @@ def test_bfloat16_deconvolutions_fill_amx_tiles():
     if "amx_bf16" not in (host_cpu_flags() or ()):
         pytest.skip("this CPU has no AMX-BF16: the amx build is compile-checked only")
     assert go.compare(model, compiled, probe_inputs(model)).ok
+
+
+def test_phase_paddings():
+    """Each kept output phase's own convolution pads the input so that it computes exactly the
+    pixels the crop keeps; phases keeping unequal counts (an odd output side) have none."""
+    from graphopt.ops import ConvTranspose2d
+    dcgan = ConvTranspose2d(stride=(2, 2), padding=(1, 1, 1, 1))
+    # kept row 2m is the uncropped row 2m + 1 (phase 1, from input rows m - 1 and m: padded
+    # by one before); kept row 2m + 1 is phase 0 of q = m + 1 (input rows m and m + 1)
+    assert dcgan.phase_paddings((4, 4), (4, 4)) == {
+        (0, 0): (1, 1, 0, 0), (0, 1): (1, 0, 0, 1), (1, 0): (0, 1, 1, 0), (1, 1): (0, 0, 1, 1)}
+    odd = ConvTranspose2d(stride=(2, 2), padding=(1, 1, 1, 1))
+    assert odd.out_hw(7, 7, 3, 3) == (13, 13) and odd.phase_paddings((3, 3), (7, 7)) is None
+    dilated = ConvTranspose2d(stride=(2, 2), dilation=(2, 2))
+    assert dilated.phase_paddings((3, 3), (7, 7)) is None
