@@ -466,12 +466,15 @@ WINOGRAD_CHOICES = {
     (16, 16, 56, 1): (0, 0, 0),      # too few channels for the transforms to pay
     (64, 64, 224, 1): (0, 0, 4),     # 32 KiB: transformed tensors leave the cache
     (32, 64, 147, 1): (0, 0, 4),     # Inception-v3's third conv
-    (32, 128, 27, 1): (2, 0, 4),     # SqueezeNet's: 48 KiB takes F(4x4) from 25x25 planes
-    (64, 256, 13, 1): (2, 0, 0),     # ... but not on 13x13 (F(4x4) lost on 14x14 planes)
+    (32, 128, 27, 1): (2, 2, 4),     # SqueezeNet's: F(2x2) up to 32x32, 48 KiB F(4x4) from 25x25
+    (64, 256, 13, 1): (2, 2, 2),     # ... but not F(4x4) on 13x13 (it lost on 14x14 planes)
     (64, 64, 8, 1): (2, 2, 2),       # 16 tiles, but small weights on a plane of short rows
     (32, 128, 14, 1): (2, 2, 2),     # GoogLeNet's 3x3 branch convs
     (128, 32, 7, 1): (2, 0, 0),      # one output-channel block: the transform does not pay
-    (256, 256, 8, 1): (2, 0, 0),     # 4 MiB of transformed weights on 16 tiles
+    (256, 256, 8, 1): (2, 2, 2),     # 4 MiB of transformed weights on 16 tiles
+    (256, 256, 4, 1): (2, 0, 0),     # 4 tiles: too few to reuse them
+    (32, 64, 32, 1): (2, 2, 4),      # NIC's: a plane up to 32x32
+    (32, 64, 33, 1): (2, 0, 4),      # ... not beyond
 }
 
 
@@ -856,12 +859,14 @@ def test_weight_layouts_are_decisions_on_the_nodes():
     assert any(5 in s for s in shapes.values()) and any(3 in s for s in shapes.values())
 
 
-def test_unpadded_convs_on_rows_of_partial_tiles_take_one_register_blocks():
+def test_unpadded_convs_on_rows_of_partial_tiles_take_one_register_blocks(monkeypatch):
     """Inception's 1x1 convs on 17x17 planes, on a 48 KiB L1 core (where such planes are not
     pointwise GEMMs): 32-channel blocks would tile the 17-pixel rows as 2 x 9, padding them to 18
     and so copying the whole input into a wider buffer first; 16-channel blocks take each row as
     one tile, reading the input as it is. A conv that pads its input anyway keeps the wider
-    block."""
+    block (on the direct kernel: not F(2x2), as planes up to 32x32 otherwise take)."""
+    from graphopt.targets.tvm.schedules import winograd
+    monkeypatch.setattr(winograd, "SMALL_PLANE", 0)
     with dsl.Builder("rows17", seed=0) as b:
         x = b.input("x", (1, 96, 17, 17))
         graph = b.output(dsl.relu(dsl.conv2d(x, 64, 1)), dsl.relu(dsl.conv2d(x, 64, 3, padding=1)))

@@ -75,6 +75,13 @@ def test_stack_budget_bounds_the_buffers_marked():
     assert marked == {"small": True, "large": False, "dynamic": False, "empty": False}, marked
 
 
+@pytest.fixture
+def direct_small_planes(monkeypatch):
+    """The convs of planes up to 32x32 on the direct kernel these tests are about, not F(2x2)."""
+    from graphopt.targets.tvm.schedules import winograd
+    monkeypatch.setattr(winograd, "SMALL_PLANE", 0)
+
+
 def _small_plane_graph(batch: int = 1):
     """ResNet-18's layer4 shapes, narrowed: a stride-2 3x3 conv to a 7x7 plane, then a 3x3 conv
     on it (the conv2d rule blocks their input channels on 48 KiB L1 cores; 0.6 MB of weights
@@ -116,7 +123,8 @@ def _prefetched_load(stmt):
     ((1, 128, 14, 14), 128, 3, 2), ((1, 128, 7, 7), 128, 3, 1), ((1, 400, 7, 7), 400, 1, 1),
     ((1, 192, 17, 17), 192, (1, 7), 1)])
 def test_blocked_convs_prefetch_every_line_of_the_next_weight_block(shape, out_channels,
-                                                                     kernel, stride):
+                                                                     kernel, stride,
+                                                                     direct_small_planes):
     """The prefetch loops of each row of a weight block, evaluated for every block, row, tap and
     line: together the rows of block i prefetch every cache line of block i + 1 (the last
     block its own), and no address leaves the weight buffer. 3x3 convs (more taps than rows),
@@ -165,24 +173,23 @@ def test_blocked_convs_prefetch_every_line_of_the_next_weight_block(shape, out_c
 
 
 @pytest.mark.parametrize("prefetch", [False, True])
-def test_weight_prefetches_are_in_the_code_where_the_schedule_asks(prefetch, monkeypatch):
+def test_weight_prefetches_are_in_the_code_where_the_schedule_asks(prefetch, monkeypatch,
+                                                                  direct_small_planes):
     from graphopt.targets.tvm.schedules import conv2d
     monkeypatch.setattr(conv2d, "PREFETCH_NEXT_BLOCK", prefetch)
     model = go.compile(_small_plane_graph(), "cpu", mcpu=BLOCKED_L1_CPU)
     assert ("prefetcht0" in cpu_assembly(model.executable)) == prefetch
 
 
-def test_small_weights_are_not_prefetched(monkeypatch):
+def test_small_weights_are_not_prefetched(direct_small_planes):
     """DeepConvNet's convs on the direct kernel (at most 147 KB of weights, cached from one run
     to the next; its 8x8 ones otherwise take F(2x2), whose 256 KB are prefetched)."""
-    from graphopt.targets.tvm.schedules import winograd
-    monkeypatch.setattr(winograd, "SMALL_PLANE", 0)
     model = go.compile(go.zoo.deep_convnet(batch=1), "cpu", mcpu=BLOCKED_L1_CPU)
     assert "prefetcht0" not in cpu_assembly(model.executable)
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_weight_prefetches_compute_the_same(batch, monkeypatch):
+def test_weight_prefetches_compute_the_same(batch, monkeypatch, direct_small_planes):
     """Bounds-checked against the interpreter on one thread and two, built for the host with
     input-channel blocks whatever its L1 (the threshold lowered to 32 KiB)."""
     from graphopt.targets.tvm.schedules import conv2d

@@ -59,12 +59,18 @@ F4_WIDE_L1D_MIN_PLANE = 25 * 25
 MIN_TILES = {8: 1, 16: 32}
 # On planes up to SMALL_PLANE the direct kernel's short rows run below its speed, and F(2x2)
 # wins from SMALL_PLANE_MIN_CHANNELS input channels where there are at least two output-channel
-# blocks (with one, the input transform outweighs the products) and the transformed weights
-# stay in cache (SMALL_WEIGHT_BYTES). Kernel by kernel, one Zen 4 thread, us, direct / F(2x2):
-# DeepConvNet's 32 -> 64 and 64 -> 64 ch 8x8 convs 22.0 / 14.1 and 43.0 / 34.9, GoogLeNet's
-# 3x3 branch convs (32-48 -> 64-128 ch, 14x14 and 7x7) 33.6-128.8 / 23.9-71.1; DenseNet-121's
-# 128 -> 32 ch 7x7 convs (one block) 1.37x slower on F(2x2).
-SMALL_PLANE, SMALL_PLANE_MIN_CHANNELS, SMALL_WEIGHT_BYTES = 16 * 16, 32, 512 * 1024
+# blocks (with one, the input transform outweighs the products), at least SMALL_PLANE_MIN_TILES
+# tiles to reuse each transformed weight, and at most SMALL_WEIGHT_BYTES of them (16/9 the
+# direct kernel's bytes, streamed once a run). Kernel by kernel, one Zen 4 thread, us,
+# direct / F(2x2): DeepConvNet's 32 -> 64 and 64 -> 64 ch 8x8 convs 22.0 / 14.1 and 43.0 /
+# 34.9; 28x28-32x32 planes: GoogLeNet's 32 -> 96 ch 391 / 225, SqueezeNet's 32 -> 128 ch 27x27
+# 527 / 305, NIC's 32 -> 64 ch 32x32 351 / 243; weights of 0.5-3.3 MB: GoogLeNet's 112 -> 224
+# ch 14x14 787 / 394 and 160 -> 320 ch 7x7 391 / 270, SqueezeNet's 48 -> 192 and 64 -> 256 ch
+# 13x13 248 / 152 and 455 / 286, NIC's 128 -> 256 ch 8x8 327 / 204. DenseNet-121's 128 -> 32
+# ch 7x7 convs (one block) were 1.37x slower on F(2x2); DeepLabV3's 256 ch 4x4 conv (4 tiles,
+# 4.2 MB) 172 / 133 with its weights in cache, no faster in the whole model.
+SMALL_PLANE, SMALL_PLANE_MIN_CHANNELS, SMALL_PLANE_MIN_TILES = 32 * 32, 32, 16
+SMALL_WEIGHT_BYTES = 4 << 20
 MAX_PLANE = 112 * 112
 # Output tiles per image from which a batch is transformed and multiplied one image at a time.
 PER_IMAGE_TILES = 32
@@ -99,7 +105,7 @@ def output_tile(in_channels: int, out_channels: int, out_h: int, out_w: int, ker
     """The output tile side m of the Winograd kernel a conv takes (2 or 4), or 0 (not
     Winograd): 3x3, stride 1, 'same' padding, no dilation or groups, many channels (output
     channels in whole two-register blocks) on a small plane with enough tiles to reuse the
-    transformed weights, or on a plane up to 16x16 with small weights; F(4x4) with 16 lanes on
+    transformed weights, or on a plane up to 32x32 (`SMALL_PLANE`); F(4x4) with 16 lanes on
     planes of 28x28 and more (with 48 KiB of L1, from 32 input channels and on planes from
     25x25 up to 224x224)."""
     if not (tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
@@ -118,7 +124,7 @@ def output_tile(in_channels: int, out_channels: int, out_h: int, out_w: int, ker
     if in_channels >= MIN_CHANNELS.get(vec.lanes, 32) and tiles >= MIN_TILES.get(vec.lanes, 1):
         return 2
     if out_h * out_w <= SMALL_PLANE and in_channels >= SMALL_PLANE_MIN_CHANNELS and \
-            out_channels >= 2 * channel_block(vec) and \
+            out_channels >= 2 * channel_block(vec) and tiles >= SMALL_PLANE_MIN_TILES and \
             in_channels * out_channels * 16 * 4 <= SMALL_WEIGHT_BYTES:   # 4x4 float32 per pair
         return 2
     return 0
