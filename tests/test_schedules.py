@@ -458,14 +458,17 @@ def test_expected_rule_on_avx512(name):
 # with 32 KiB of L1 (16 lanes), on AVX-512 with 48 KiB; 0: the direct kernel
 WINOGRAD_CHOICES = {
     (64, 64, 56, 1): (2, 4, 4),      # 16 lanes: F(4x4) beats the direct kernel, F(2x2) does not
-    (32, 32, 56, 1): (2, 0, 4),      # 32 KiB: too few channels for either
+    (32, 32, 56, 1): (2, 4, 4),      # F(4x4) from 32 channels (16 with 32 KiB of L1)
+    (16, 64, 56, 1): (0, 4, 0),      # ... 16 on 32 KiB cores, timed; 48 KiB lost at two threads
     (128, 128, 28, 1): (2, 4, 4),
     (256, 256, 14, 1): (2, 2, 2),    # F(4x4)'s 4x4 tiles waste 30 % of a 14x14 plane
     (512, 512, 7, 1): (2, 0, 0),     # 16 tiles: streaming the transformed weights loses
     (512, 512, 7, 8): (2, 2, 2),     # 128 tiles over the batch
     (16, 16, 56, 1): (0, 0, 0),      # too few channels for the transforms to pay
-    (64, 64, 224, 1): (0, 0, 4),     # 32 KiB: transformed tensors leave the cache
-    (32, 64, 147, 1): (0, 0, 4),     # Inception-v3's third conv
+    (64, 64, 224, 1): (0, 4, 4),     # F(4x4) by rows of tiles: up to 256x256 with 32 KiB,
+    (64, 32, 256, 1): (0, 4, 0),     # ... up to 224x224 with 48 KiB
+    (32, 64, 257, 1): (0, 0, 0),
+    (32, 64, 147, 1): (0, 4, 4),     # Inception-v3's third conv
     (32, 128, 27, 1): (2, 2, 4),     # SqueezeNet's: F(2x2) up to 32x32, 48 KiB F(4x4) from 25x25
     (64, 256, 13, 1): (2, 2, 2),     # ... but not F(4x4) on 13x13 (it lost on 14x14 planes)
     (64, 64, 8, 1): (2, 2, 2),       # 16 tiles, but small weights on a plane of short rows
@@ -473,8 +476,9 @@ WINOGRAD_CHOICES = {
     (128, 32, 7, 1): (2, 0, 0),      # one output-channel block: the transform does not pay
     (256, 256, 8, 1): (2, 2, 2),     # 4 MiB of transformed weights on 16 tiles
     (256, 256, 4, 1): (2, 0, 0),     # 4 tiles: too few to reuse them
-    (32, 64, 32, 1): (2, 2, 4),      # NIC's: a plane up to 32x32
-    (32, 64, 33, 1): (2, 0, 4),      # ... not beyond
+    (32, 64, 32, 1): (2, 4, 4),      # NIC's: F(4x4) from 28x28 planes
+    (32, 64, 27, 1): (2, 2, 4),      # ... F(2x2) below them (planes up to 32x32)
+    (32, 32, 27, 1): (2, 0, 4),      # ... with two output-channel blocks
 }
 
 

@@ -37,14 +37,20 @@ ROWS, INPUT, GEMM, OUTPUT = "wino_rows", "wino_input", "wino_gemm", "wino_output
 # Winograd / direct / ORT: 64 ch 56x56 2.05 / 1.56 / 1.47, 64->128 ch 112x112 15.5 / 12.6 / 12.0,
 # 128->256 ch 56x56 10.9 / 11.9 / 11.4, 256 ch 14x14 1.02 / 1.43 / 1.45).
 MIN_CHANNELS = {8: 32, 16: 128}
-# F(4x4) with 16 lanes: from 64 input channels, on planes of at least 28x28 (whole 4x4 tiles).
-F4_MIN_CHANNELS, F4_MIN_PLANE = 64, 28 * 28
+# F(4x4) with 16 lanes and 32 KiB of L1: from 16 input channels, on planes from 28x28 up to
+# 256x256, most of them computed a row of tiles at a time. One Zen 4 core, one conv + relu,
+# us, direct / F(4x4) (the best of five rounds of 100 calls): 16 -> 64 ch 56x56 571 / 272
+# (two threads 285 / 135), 32 -> 64 ch 56x56 1,056 / 445, 16 -> 32 ch 28x28 74 / 43, 32 -> 96
+# ch 28x28 224 / 157 (against F(2x2)), 32 -> 64 ch 147x147 9,692 / 7,608 (two threads 4,724 /
+# 3,400), 32 -> 64 ch 208x208 17,396 / 8,901, 64 ch 224x224 38,251 / 20,177 (two threads 18,865
+# / 9,750), 128 -> 64 ch 128x128 25,405 / 15,379, 64 -> 32 ch 256x256 30,735 / 16,277.
+F4_MIN_CHANNELS, F4_MIN_PLANE, F4_MAX_PLANE = 16, 28 * 28, 256 * 256
 # On cores of 48 KiB L1 (Intel's since Ice Lake) F(4x4) already wins from 32 input channels and
 # on planes up to 224x224 (an Intel Xeon, 1 / 2 threads, ms, direct / F(4x4) / ORT: 32 -> 64 ch
 # 147x147 6.42 / 5.20 / 4.88, 3.55 / 3.07 / 2.35; 32 ch 112x112 1.90 / 1.20 / 1.49, 1.20 / 0.72 /
 # 0.73; 32 -> 64 ch 56x56 0.82 / 0.43 / 0.68; 48 -> 64 ch 35x35 0.47 / 0.27 / 0.38, 0.27 / 0.20
 # / 0.20; 64 ch 224x224 26.6 / 17.7 / 23.4, 13.0 / 8.7 / 10.2); with 16 input channels it lost
-# at two threads (64 ch 55x55 0.27 / 0.30). Cores of 32 KiB keep the limits above (untimed).
+# at two threads (64 ch 55x55 0.27 / 0.30). Cores of 32 KiB: F4_MIN_CHANNELS above.
 # On 48 KiB cores it also wins on planes from 25x25, not whole 4x4 tiles (whole models, the builds
 # interleaved, from 25x25 / from 28x28, 1 / 2 threads: SqueezeNet's 32 -> 128 ch 27x27 convs
 # 0.95 / 0.95), but not from 13x13 (then against 25x25: GoogLeNet's and DenseNet-121's 14x14
@@ -105,9 +111,9 @@ def output_tile(in_channels: int, out_channels: int, out_h: int, out_w: int, ker
     """The output tile side m of the Winograd kernel a conv takes (2 or 4), or 0 (not
     Winograd): 3x3, stride 1, 'same' padding, no dilation or groups, many channels (output
     channels in whole two-register blocks) on a small plane with enough tiles to reuse the
-    transformed weights, or on a plane up to 32x32 (`SMALL_PLANE`); F(4x4) with 16 lanes on
-    planes of 28x28 and more (with 48 KiB of L1, from 32 input channels and on planes from
-    25x25 up to 224x224)."""
+    transformed weights, or on a plane up to 32x32 (`SMALL_PLANE`); F(4x4) with 16 lanes from
+    16 input channels on planes from 28x28 up to 256x256 (with 48 KiB of L1, from 32 input
+    channels on planes from 25x25 up to 224x224)."""
     if not (tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
             and groups == 1 and tuple(padding) == (1, 1, 1, 1)
             and out_channels % channel_block(vec) == 0):
@@ -116,10 +122,11 @@ def output_tile(in_channels: int, out_channels: int, out_h: int, out_w: int, ker
     if wide_l1 and in_channels >= F4_WIDE_L1D_MIN_CHANNELS and \
             F4_WIDE_L1D_MIN_PLANE <= out_h * out_w <= F4_WIDE_L1D_MAX_PLANE:
         return 4
+    if vec.lanes == 16 and not wide_l1 and in_channels >= F4_MIN_CHANNELS and \
+            F4_MIN_PLANE <= out_h * out_w <= F4_MAX_PLANE:
+        return 4
     if out_h * out_w > MAX_PLANE:
         return 0
-    if vec.lanes == 16 and in_channels >= F4_MIN_CHANNELS and out_h * out_w >= F4_MIN_PLANE:
-        return 4
     tiles = batch * -(-out_h // 2) * -(-out_w // 2)
     if in_channels >= MIN_CHANNELS.get(vec.lanes, 32) and tiles >= MIN_TILES.get(vec.lanes, 1):
         return 2
