@@ -1,7 +1,7 @@
 """Convolutions and batch normalization (NCHW activations, OIHW / IOHW weights)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -436,7 +436,6 @@ class ConvTranspose2d(Op):
         """Each kept phase (j, i) as `as_conv` with that phase's padding (`phase_paddings`) and
         its rows of `phases` (`lower_subpixel`'s weight), then interleaved: channel
         (j * sw + i) * O + o of their concatenation is output pixel (sh m + j, sw l + i)."""
-        import dataclasses
         from tvm import relax as rx
         from .conv_kernel import lower_conv
         R = rx.op
@@ -448,7 +447,7 @@ class ConvTranspose2d(Op):
         parts = []
         for (j, i), padding in sorted(self.phase_paddings(kernel, in_hw).items()):
             weight = np.ascontiguousarray(by_phase[:, (top + j) % sh, (left + i) % sw])
-            conv = dataclasses.replace(self.as_conv, padding=padding)
+            conv = replace(self.as_conv, padding=padding)
             parts.append(bb.emit(lower_conv(bb, conv, x, rx.const(weight, str(weight.dtype)), b)))
         n, _, rows, cols = (int(d) for d in relax_type(parts[0]).shape)
         y = bb.emit(R.concat(parts, axis=1))
