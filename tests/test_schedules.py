@@ -469,16 +469,16 @@ WINOGRAD_CHOICES = {
     (64, 32, 256, 1): (0, 4, 0),     # ... up to 224x224 with 48 KiB
     (32, 64, 257, 1): (0, 0, 0),
     (32, 64, 147, 1): (0, 4, 4),     # Inception-v3's third conv
-    (32, 128, 27, 1): (2, 2, 4),     # SqueezeNet's: F(2x2) up to 32x32, 48 KiB F(4x4) from 25x25
+    (32, 128, 27, 1): (2, 4, 4),     # SqueezeNet's: F(4x4) from 25x25 planes
     (64, 256, 13, 1): (2, 2, 2),     # ... but not F(4x4) on 13x13 (it lost on 14x14 planes)
     (64, 64, 8, 1): (2, 2, 2),       # 16 tiles, but small weights on a plane of short rows
     (32, 128, 14, 1): (2, 2, 2),     # GoogLeNet's 3x3 branch convs
     (128, 32, 7, 1): (2, 0, 0),      # one output-channel block: the transform does not pay
     (256, 256, 8, 1): (2, 2, 2),     # 4 MiB of transformed weights on 16 tiles
     (256, 256, 4, 1): (2, 0, 0),     # 4 tiles: too few to reuse them
-    (32, 64, 32, 1): (2, 4, 4),      # NIC's: F(4x4) from 28x28 planes
-    (32, 64, 27, 1): (2, 2, 4),      # ... F(2x2) below them (planes up to 32x32)
-    (32, 32, 27, 1): (2, 0, 4),      # ... with two output-channel blocks
+    (32, 64, 32, 1): (2, 4, 4),      # NIC's: F(4x4) from 25x25 planes
+    (32, 64, 24, 1): (2, 2, 2),      # ... F(2x2) below them (planes up to 32x32)
+    (32, 32, 24, 1): (2, 0, 0),      # ... with two output-channel blocks
 }
 
 

@@ -37,14 +37,16 @@ ROWS, INPUT, GEMM, OUTPUT = "wino_rows", "wino_input", "wino_gemm", "wino_output
 # Winograd / direct / ORT: 64 ch 56x56 2.05 / 1.56 / 1.47, 64->128 ch 112x112 15.5 / 12.6 / 12.0,
 # 128->256 ch 56x56 10.9 / 11.9 / 11.4, 256 ch 14x14 1.02 / 1.43 / 1.45).
 MIN_CHANNELS = {8: 32, 16: 128}
-# F(4x4) with 16 lanes and 32 KiB of L1: from 16 input channels, on planes from 28x28 up to
+# F(4x4) with 16 lanes and 32 KiB of L1: from 16 input channels, on planes from 25x25 up to
 # 256x256, most of them computed a row of tiles at a time. One Zen 4 core, one conv + relu,
 # us, direct / F(4x4) (the best of five rounds of 100 calls): 16 -> 64 ch 56x56 571 / 272
 # (two threads 285 / 135), 32 -> 64 ch 56x56 1,056 / 445, 16 -> 32 ch 28x28 74 / 43, 32 -> 96
 # ch 28x28 224 / 157 (against F(2x2)), 32 -> 64 ch 147x147 9,692 / 7,608 (two threads 4,724 /
 # 3,400), 32 -> 64 ch 208x208 17,396 / 8,901, 64 ch 224x224 38,251 / 20,177 (two threads 18,865
-# / 9,750), 128 -> 64 ch 128x128 25,405 / 15,379, 64 -> 32 ch 256x256 30,735 / 16,277.
-F4_MIN_CHANNELS, F4_MIN_PLANE, F4_MAX_PLANE = 16, 28 * 28, 256 * 256
+# / 9,750), 128 -> 64 ch 128x128 25,405 / 15,379, 64 -> 32 ch 256x256 30,735 / 16,277; on
+# planes of partial tiles, F(2x2) / F(4x4): 32 -> 128 ch 27x27 302 / 196 (two threads 171 /
+# 110), 128 -> 256 ch 26x26 1,947 / 1,349, 384 -> 256 ch 26x26 5,610 / 3,936.
+F4_MIN_CHANNELS, F4_MIN_PLANE, F4_MAX_PLANE = 16, 25 * 25, 256 * 256
 # On cores of 48 KiB L1 (Intel's since Ice Lake) F(4x4) already wins from 32 input channels and
 # on planes up to 224x224 (an Intel Xeon, 1 / 2 threads, ms, direct / F(4x4) / ORT: 32 -> 64 ch
 # 147x147 6.42 / 5.20 / 4.88, 3.55 / 3.07 / 2.35; 32 ch 112x112 1.90 / 1.20 / 1.49, 1.20 / 0.72 /
@@ -112,8 +114,8 @@ def output_tile(in_channels: int, out_channels: int, out_h: int, out_w: int, ker
     Winograd): 3x3, stride 1, 'same' padding, no dilation or groups, many channels (output
     channels in whole two-register blocks) on a small plane with enough tiles to reuse the
     transformed weights, or on a plane up to 32x32 (`SMALL_PLANE`); F(4x4) with 16 lanes from
-    16 input channels on planes from 28x28 up to 256x256 (with 48 KiB of L1, from 32 input
-    channels on planes from 25x25 up to 224x224)."""
+    16 input channels on planes from 25x25 up to 256x256 (with 48 KiB of L1, from 32 input
+    channels up to 224x224)."""
     if not (tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
             and groups == 1 and tuple(padding) == (1, 1, 1, 1)
             and out_channels % channel_block(vec) == 0):
