@@ -82,6 +82,15 @@ def skip_unless_this_cpu_runs(model) -> None:
 
 
 @pytest.fixture
+def direct_small_planes(monkeypatch):
+    """3x3 convs on planes up to 32x32 on the direct kernel, for tests about its code: not
+    Winograd F(2x2) (`SMALL_PLANE`) nor, on 32 KiB-L1 AVX-512 cores, F(4x4) from 25x25."""
+    from graphopt.targets.tvm.schedules import winograd
+    monkeypatch.setattr(winograd, "SMALL_PLANE", 0)
+    monkeypatch.setattr(winograd, "F4_MIN_PLANE", 33 * 33)
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     """A fresh, seeded generator per test: reproducible data, independent of test order."""
     return np.random.default_rng(1234)

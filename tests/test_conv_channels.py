@@ -244,13 +244,10 @@ def test_row_tile_choice(width, block, vec):
     assert (tile, -(-width // tile) * tile) == ROW_TILES[width, block, vec]
 
 
-def test_padded_rows_are_recorded_and_computed(monkeypatch):
+def test_padded_rows_are_recorded_and_computed(direct_small_planes):
     """A row that does not divide into register tiles is computed to whole tiles, recorded as
     the conv's padded_width; the extra columns never reach the output (the 3x3 conv kept on the
     direct kernel: a 27x27 plane otherwise takes Winograd F(4x4))."""
-    from graphopt.targets.tvm.schedules import winograd
-    monkeypatch.setattr(winograd, "SMALL_PLANE", 0)
-    monkeypatch.setattr(winograd, "F4_MIN_PLANE", 28 * 28)
     with dsl.Builder("rows", seed=2) as b:   # 80 input channels: no conv is narrow
         x = b.input("input", (1, 80, 27, 27))
         graph = b.output(dsl.relu(dsl.conv2d(x, 64, 3, padding=1) + dsl.conv2d(x, 64, 5,

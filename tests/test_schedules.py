@@ -863,14 +863,12 @@ def test_weight_layouts_are_decisions_on_the_nodes():
     assert any(5 in s for s in shapes.values()) and any(3 in s for s in shapes.values())
 
 
-def test_unpadded_convs_on_rows_of_partial_tiles_take_one_register_blocks(monkeypatch):
+def test_unpadded_convs_on_rows_of_partial_tiles_take_one_register_blocks(direct_small_planes):
     """Inception's 1x1 convs on 17x17 planes, on a 48 KiB L1 core (where such planes are not
     pointwise GEMMs): 32-channel blocks would tile the 17-pixel rows as 2 x 9, padding them to 18
     and so copying the whole input into a wider buffer first; 16-channel blocks take each row as
     one tile, reading the input as it is. A conv that pads its input anyway keeps the wider
     block (on the direct kernel: not F(2x2), as planes up to 32x32 otherwise take)."""
-    from graphopt.targets.tvm.schedules import winograd
-    monkeypatch.setattr(winograd, "SMALL_PLANE", 0)
     with dsl.Builder("rows17", seed=0) as b:
         x = b.input("x", (1, 96, 17, 17))
         graph = b.output(dsl.relu(dsl.conv2d(x, 64, 1)), dsl.relu(dsl.conv2d(x, 64, 3, padding=1)))

@@ -75,13 +75,6 @@ def test_stack_budget_bounds_the_buffers_marked():
     assert marked == {"small": True, "large": False, "dynamic": False, "empty": False}, marked
 
 
-@pytest.fixture
-def direct_small_planes(monkeypatch):
-    """The convs of planes up to 32x32 on the direct kernel these tests are about, not F(2x2)."""
-    from graphopt.targets.tvm.schedules import winograd
-    monkeypatch.setattr(winograd, "SMALL_PLANE", 0)
-
-
 def _small_plane_graph(batch: int = 1):
     """ResNet-18's layer4 shapes, narrowed: a stride-2 3x3 conv to a 7x7 plane, then a 3x3 conv
     on it (the conv2d rule blocks their input channels on 48 KiB L1 cores; 0.6 MB of weights
