@@ -49,7 +49,7 @@ class Case:
 
 
 CASES = [
-    Case("3x3-64ch-relu", 64, 64, 14, 3, padding=1, activation="relu"),
+    Case("3x3-64-to-48ch-relu", 64, 48, 14, 3, padding=1, activation="relu"),
     Case("stem-3ch-7x7-s2", 3, 32, 30, 7, stride=2, padding=3, activation="relu"),
     Case("odd-17-to-10-s2-relu6", 17, 10, 9, 3, stride=2, padding=1, activation="relu6"),
     Case("5x5-5ch-batch2", 5, 16, 13, 5, batch=2),
@@ -119,6 +119,87 @@ def test_vdpbf16ps_convolutions_compute_what_the_interpreter_does(case):
             assert_one_rounding_from(found[name], expected[name])
 
 
+# 3x3 'same' convs that take Winograd F(2x2) on vdpbf16ps: partial tiles (odd planes), input
+# channels in whole GEMM channel blocks or not, batches, rows of tiles (the 56x56 plane),
+# epilogues.
+WINOGRAD_CASES = [
+    Case("64ch-14x14-relu", 64, 64, 14, 3, padding=1, activation="relu"),
+    Case("34-to-64ch-odd-plane-residual", 34, 64, 9, 3, padding=1, residual=True),
+    Case("96-to-64ch-7x7-batch2", 96, 64, 7, 3, padding=1, batch=2, activation="relu6"),
+    Case("256-to-64ch-4x4-no-bias", 256, 64, 4, 3, padding=1, bias=False),
+    Case("32-to-128ch-rows-of-tiles", 32, 128, 56, 3, padding=1, activation="relu"),
+]
+
+
+def assert_within_roundings(found: np.ndarray, expected: np.ndarray) -> None:
+    """Winograd in bfloat16 rounds the transformed input and weight: within a few bfloat16
+    roundings of the largest output, and an rms difference of about one rounding."""
+    found, expected = found.astype(np.float64), expected.astype(np.float64)
+    scale = float(np.abs(expected).max())
+    assert np.abs(found - expected).max() <= scale * 2 ** -6
+    assert np.sqrt(np.mean((found - expected) ** 2)) <= np.sqrt(np.mean(expected ** 2)) * 2 ** -7
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=[c.id for c in WINOGRAD_CASES])
+def test_winograd_on_vdpbf16ps_computes_what_the_interpreter_does(case):
+    """Built for an AVX512-BF16 CPU without AMX (on any x86 host), the conv is Winograd F(2x2)
+    with its GEMMs on vdpbf16ps; where this host can run that code, the outputs are the
+    interpreter's within a few roundings (built with bounds checks)."""
+    from graphopt.targets.tvm.schedules import winograd
+    graph = conv_graph(case)
+    model = go.compile(graph, "cpu", mcpu=BF16_CPU, bounds_check=True)
+    assert algorithm(model) == ("winograd_dpbf16", 32)
+    assert re.search(INSTRUCTION, cpu_assembly(model.executable))
+    assert list(model.schedules.values()).count(winograd.NAME) == 1
+    if not host_has_bf16():
+        pytest.skip(f"this CPU has no avx512_bf16: the {BF16_CPU} build is compile-checked only")
+    for seed in (1, 2):
+        inputs = feeds(graph, seed)
+        found, expected = model.run(inputs), go.interpret(graph, inputs)
+        for name in expected:
+            assert_within_roundings(found[name], expected[name])
+
+
+def test_winograd_on_vdpbf16ps_keeps_nans_and_infinities():
+    """A NaN or infinite input gives NaN where the interpreter's output is NaN, and the same
+    finite outputs elsewhere (rounding a transformed value to bfloat16 keeps a NaN a NaN)."""
+    graph = conv_graph(Case("nan", 32, 64, 6, 3, padding=1, bias=False))
+    model = go.compile(graph, "cpu", mcpu=BF16_CPU)
+    assert algorithm(model)[0] == "winograd_dpbf16"
+    if not host_has_bf16():
+        pytest.skip("this CPU has no avx512_bf16")
+    inputs = feeds(graph)
+    bits = np.array([0x7FC00000, 0x7FFFFFFF, 0xFFFFFFFF, 0x7F800000], np.uint32)
+    inputs["input"][0, :4, 2, 3] = bits.view(np.float32)
+    (name, expected), = go.interpret(graph, inputs).items()
+    found, expected = model.run(inputs)[name].astype(np.float32), expected.astype(np.float32)
+    assert np.array_equal(np.isnan(found), np.isnan(expected)) and np.isnan(found).any()
+    finite = np.isfinite(expected)
+    assert np.abs(found[finite] - expected[finite]).max() <= \
+        np.abs(expected[finite]).max() * 2 ** -6
+
+
+def test_winograd_weights_in_pairs():
+    """The transformed weight of F(2x2), rounded to bfloat16, as [4, 4, O / block, I / 2, block,
+    2]: element (e, v, o // block, c // 2, o % block, c % 2) is U[e, v, o, c]."""
+    import ml_dtypes
+
+    from graphopt.targets.tvm.schedules import winograd
+    weight = np.random.default_rng(0).standard_normal((64, 6, 3, 3)).astype("bfloat16")
+    packed = winograd.transform_weight_in_pairs(weight, 32)
+    _, g, _ = winograd.TRANSFORMS[2]
+    u = np.einsum("ea,kcab,vb->evkc", g, weight.astype(np.float64), g)
+    assert packed.shape == (4, 4, 2, 3, 32, 2) and packed.dtype == np.uint16
+    for e, v, o, c in [(0, 0, 0, 0), (1, 2, 33, 5), (3, 3, 63, 4), (2, 1, 17, 1)]:
+        assert packed[e, v, o // 32, c // 2, o % 32, c % 2] == \
+            np.float32(u[e, v, o, c]).astype(ml_dtypes.bfloat16).view(np.uint16)
+
+
+def test_winograd_on_vdpbf16ps_is_f2x2_only():
+    with pytest.raises(GraphoptError, match="output_tile"):
+        go.ops.Conv2d(algorithm="winograd_dpbf16", weight_block=32, output_tile=4)
+
+
 AMX_CASES = [
     Case("amx-padded-channels-17-wide", 48, 80, 17, 3, padding=1, activation="relu"),
     Case("amx-35-wide-residual", 96, 48, 35, 3, padding=1, residual=True),
@@ -171,30 +252,35 @@ def test_which_convolutions_take_amx_tiles(channels, taps, fills):
 
 
 @pytest.mark.parametrize("mcpu, expected", [
-    # vdpbf16ps but on 28x28 to 56x56 planes of 64 channels or more, where float32 Winograd
-    # F(4x4) on the widened input is faster (conv2d_bf16.py's docstring)
-    # and for the convs but 1x1 ones that the float32 rules take as rows of vectors
-    # (`narrow.applies`): LeNet-5's 1 -> 6 channel 5x5 conv, a 3 -> 64 channel 3x3 one on an
-    # image; ResNet-18's 64 -> 128 channel 1x1 downsample is faster on vdpbf16ps
-    (BF16_CPU, {"fills": "dpbf16", "partial": "dpbf16", "grouped": "direct",
-                "winograd": "winograd", "large-plane": "dpbf16", "lenet": "narrow",
-                "image": "narrow", "downsample": "dpbf16"}),
+    # vdpbf16ps but for the 3x3 'same' convs of an even number of input channels and two GEMM
+    # blocks of output channels, on Winograd F(2x2) with its GEMMs on vdpbf16ps; float32
+    # Winograd F(4x4) on the widened input for the odd number on a 28x28 plane
+    # (conv2d_bf16.py's docstring); and for the convs but 1x1 ones that the float32 rules take
+    # as rows of vectors (`narrow.applies`): LeNet-5's 1 -> 6 channel 5x5 conv, a 3 -> 64
+    # channel 3x3 one on an image; ResNet-18's 64 -> 128 channel 1x1 downsample is faster on
+    # vdpbf16ps
+    (BF16_CPU, {"fills": "winograd_dpbf16", "partial": "dpbf16", "grouped": "direct",
+                "winograd": "winograd_dpbf16", "odd-input": "winograd",
+                "large-plane": "winograd_dpbf16", "lenet": "narrow", "image": "narrow",
+                "downsample": "dpbf16"}),
     # AMX-BF16 hosts keep AMX tiles where the layer fills them and the widened float32 kernel
     # elsewhere (measured faster there than vdpbf16ps: see the module's docstring)
     ("sapphirerapids", {"fills": "amx", "partial": "direct", "grouped": "direct",
-                        "winograd": "amx", "large-plane": "amx", "lenet": "narrow",
-                        "image": "narrow", "downsample": "amx"}),
+                        "winograd": "amx", "odd-input": "amx", "large-plane": "amx",
+                        "lenet": "narrow", "image": "narrow", "downsample": "amx"}),
     # no BF16: the widened float32 kernels, Winograd where float32 takes it (F(2x2) on a 14x14
     # plane of 64 channels)
     ("cascadelake", {"fills": "winograd", "partial": "direct", "grouped": "direct",
-                     "winograd": "winograd", "large-plane": "winograd", "lenet": "narrow",
-                     "image": "narrow", "downsample": "narrow"}),
+                     "winograd": "winograd", "odd-input": "winograd",
+                     "large-plane": "winograd", "lenet": "narrow", "image": "narrow",
+                     "downsample": "narrow"}),
 ], ids=[BF16_CPU, "sapphirerapids", "cascadelake"])
 def test_each_cpu_gets_its_bfloat16_kernel(mcpu, expected):
     graphs = {"fills": conv_graph(Case("fills", 64, 64, 14, 3, padding=1)),
               "partial": conv_graph(Case("partial", 48, 40, 14, 3, padding=1)),
               "grouped": conv_graph(Case("grouped", 32, 32, 14, 3, padding=1, groups=2)),
               "winograd": conv_graph(Case("winograd", 64, 64, 28, 3, padding=1)),
+              "odd-input": conv_graph(Case("odd-input", 65, 64, 28, 3, padding=1)),
               "large-plane": conv_graph(Case("large-plane", 64, 64, 112, 3, padding=1)),
               "lenet": conv_graph(Case("lenet", 1, 6, 32, 5)),
               "image": conv_graph(Case("image", 3, 64, 32, 3, padding=1)),
@@ -203,7 +289,7 @@ def test_each_cpu_gets_its_bfloat16_kernel(mcpu, expected):
 
 
 def test_only_builds_for_avx512_bf16_cpus_hold_the_instruction():
-    graph = conv_graph(CASES[0])
+    graph = conv_graph(WINOGRAD_CASES[0])
     model = go.compile(graph, "cpu", mcpu="cascadelake")
     assert algorithm(model)[0] == "winograd"   # float32's F(2x2) on the widened input
     assert "vdpbf16ps" not in cpu_assembly(model.executable)

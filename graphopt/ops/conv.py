@@ -61,6 +61,9 @@ def expect_nonempty(x: TensorType, w: TensorType) -> None:
 #   dpbf16    (bfloat16 only) AVX512-BF16's vdpbf16ps: pairs of input channels into float32,
 #             the weight packed at lowering into blocks of `weight_block` (16) output channels
 #             (targets/tvm/schedules/conv2d_bf16.py)
+#   winograd_dpbf16  (bfloat16 only) Winograd F(2x2, 3x3) with its GEMMs on vdpbf16ps: the
+#             transformed input and weight rounded to bfloat16, in pairs of input channels, the
+#             weight in blocks of `weight_block` output channels (schedules/winograd.py)
 # A qlinear_conv2d may also be computed by the float32 "depthwise", blocked "direct" or "narrow"
 # kernel, exactly (QLinearConv2d.lower_in_float32): the grouped convolutions the dot-product
 # kernels do not compute, and those with so few channels that their tiles would be mostly
@@ -69,12 +72,12 @@ EXACT_FLOAT_CONV_ALGORITHMS = ("depthwise", "direct", "narrow")
 INTEGER_CONV_ALGORITHMS = ("vnni", "pmaddubsw", "pmaddwd")
 QUANTIZED_CONV_ALGORITHMS = ("amx", *INTEGER_CONV_ALGORITHMS)
 CONV_ALGORITHMS = ("direct", "winograd", "onednn", "depthwise", "narrow", "pointwise", "dpbf16",
-                   *QUANTIZED_CONV_ALGORITHMS)
+                   "winograd_dpbf16", *QUANTIZED_CONV_ALGORITHMS)
 # Algorithms whose `weight_block` is required: (what it counts, for the error).
 BLOCKED_ALGORITHMS = {"winograd": "output channels", "depthwise": "output columns",
                       "narrow": "output columns",
                       "pointwise": "output channels",
-                      "dpbf16": "output channels"}
+                      "dpbf16": "output channels", "winograd_dpbf16": "output channels"}
 
 
 def add_channel_bias(bb, y, b):
@@ -118,9 +121,10 @@ class Conv2d(Op):
                f"expected a positive weight_block for {self.algorithm}, found "
                f"{self.weight_block}")
         object.__setattr__(self, "output_tile", integer(self.output_tile, "output_tile"))
-        expect(self.output_tile in ((2, 4) if self.algorithm == "winograd" else (0,)),
-               f"expected output_tile 2 or 4 for winograd and 0 otherwise, found "
-               f"{self.output_tile} for {self.algorithm}")
+        tiles = {"winograd": (2, 4), "winograd_dpbf16": (2,)}.get(self.algorithm, (0,))
+        expect(self.output_tile in tiles,
+               f"expected output_tile 2 or 4 for winograd, 2 for winograd_dpbf16 and 0 "
+               f"otherwise, found {self.output_tile} for {self.algorithm}")
 
     def infer(self, x, w, b=None):
         expect_rank(x, 4, "input x"), expect_rank(w, 4, "weight")

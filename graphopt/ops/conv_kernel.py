@@ -94,6 +94,17 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
                              conv.weight_block, conv.output_tile)
         weight, compute = relax.const(u, str(u.dtype)), winograd_conv2d
         name = "conv2d_winograd"
+    elif conv.algorithm == "winograd_dpbf16":
+        # F(2x2) with its GEMMs on vdpbf16ps: the transformed weight rounded to bfloat16 here,
+        # the transformed input in the kernel, both in pairs of input channels
+        from ..targets.tvm.schedules.winograd import transform_weight_in_pairs, winograd_conv2d
+        weight_data = constant_operand(w, decision)
+        expect(dtype == "bfloat16" and weight_data.shape[1] % 2 == 0,
+               f"the winograd_dpbf16 convolution takes bfloat16 convolutions of an even number "
+               f"of input channels, found {dtype}, weight {weight_data.shape}")
+        u = transform_weight_in_pairs(weight_data, conv.weight_block)
+        weight, compute = relax.const(u, "uint16"), winograd_conv2d
+        name = "conv2d_winograd_dpbf16"
     elif conv.algorithm == "depthwise":
         from ..targets.tvm.schedules.depthwise import depthwise_conv2d
         weight_data = constant_operand(w, decision)

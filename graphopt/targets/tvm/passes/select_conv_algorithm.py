@@ -35,11 +35,12 @@ at the end), or for Winograd within ~1e-5 of it, far below one half-precision ro
 VGG-11 on a Zen 4: 145 ms on the direct kernel, 75 with Winograd, float32 83); never oneDNN.
 bfloat16 ones that fill AMX tiles where the CPU has AMX-BF16 are "amx" (`schedules/amx.py`);
 ungrouped ones with constant weights where the CPU has AVX512-BF16 but no AMX-BF16 are "dpbf16"
-(vdpbf16ps, `schedules/conv2d_bf16.py`, weight_block 16), but for those that Winograd F(4x4)
-computes faster (`BFLOAT16_WINOGRAD_MIN_CHANNELS`, `BFLOAT16_WINOGRAD_MAX_PLANE`) and those a
-float32 conv takes as "narrow", but for 1x1 ones (`narrow.applies`; in pairs of input channels
-and blocks of 16 output channels, an image's few channels or a few output channels are mostly
-padding).
+(vdpbf16ps, `schedules/conv2d_bf16.py`, weight_block 16), but for the 3x3 ones that Winograd
+F(2x2) with its GEMMs on the same instruction computes faster ("winograd_dpbf16",
+`PAIRED_WINOGRAD`), the remaining ones that Winograd F(4x4) in float32 computes faster
+(`BFLOAT16_WINOGRAD_MIN_CHANNELS`, `BFLOAT16_WINOGRAD_MAX_PLANE`) and those a float32 conv takes
+as "narrow", but for 1x1 ones (`narrow.applies`; in pairs of input channels and blocks of 16
+output channels, an image's few channels or a few output channels are mostly padding).
 
 A quantized convolution (`qlinear_conv2d`) is computed by the x86 dot-product instruction of the
 target CPU (`schedules/conv2d_int8.py`: "amx" tiles where the CPU has AMX-INT8 and the layer fills
@@ -75,8 +76,24 @@ WIDENED_INT8_REASON = ("8-bit weights whose int16 pair sums can saturate it: vpm
 # (which does only twice an FMA's multiply-adds): from 64 input channels, on planes up to 56x56
 # (a Zen 4 core, one conv + relu, ms, vdpbf16ps / F(4x4): 64 ch 56x56 1.23 / 1.13, 128 ch 28x28
 # 1.22 / 0.97, 256 ch 56x56 20.3 / 15.0, 512 ch 28x28 17.3 / 13.9; not on 112x112, 64 -> 128
-# ch 11.4 / 14.2, nor 14x14, 256 ch 1.09 / 1.07, 512 ch 5.07 / 5.29; F(2x2) lost on every one).
+# ch 11.4 / 14.2, nor 14x14, 256 ch 1.09 / 1.07, 512 ch 5.07 / 5.29; float32 F(2x2) lost on
+# every one). Since `PAIRED_WINOGRAD` it keeps only the convs that rule leaves: an odd number
+# of input channels.
 BFLOAT16_WINOGRAD_MIN_CHANNELS, BFLOAT16_WINOGRAD_MAX_PLANE = 64, 56 * 56
+# Whether a bfloat16 3x3 conv on vdpbf16ps takes Winograd F(2x2) with its GEMMs on the
+# instruction (`winograd_dpbf16`, `schedules/winograd.py`) instead, from 32 input channels (an
+# even count) and two GEMM blocks of output channels, on any plane: 2.25x fewer products at the
+# instruction's rate, for the cost of the transforms and about one more bfloat16 rounding (rms
+# error against float32 4.3-4.6e-3 of the outputs' rms, 2.8-2.9e-3 on the direct kernel). One
+# Zen 4 thread, one conv + relu, us, F(2x2) on vdpbf16ps / the kernel it replaces (vdpbf16ps,
+# or F(4x4) in float32 on the widened input): 64 ch 56x56 919 / 1,054 (F(4x4)), 128 ch 28x28
+# 700 / 743 (F(4x4)), 256 ch 14x14 584 / 1,002, 512 ch 7x7 750 / 1,011, 64 -> 128 ch 112x112
+# 6,661 / 8,713, 128 -> 256 ch 56x56 5,025 / 7,271 (F(4x4)), 512 ch 28x28 9,981 / 10,322
+# (F(4x4)), 512 ch 14x14 2,802 / 4,102, 64 ch 224x224 16,329 / 18,181, 32 -> 64 ch 56x56 530 /
+# 566, 256 ch 4x4 46 / 88; with one block of output channels the input transform outweighs
+# the products (32 ch 112x112 1,269 / 1,138).
+PAIRED_WINOGRAD = True
+PAIRED_WINOGRAD_MIN_CHANNELS, PAIRED_WINOGRAD_MIN_OUT_BLOCKS = 32, 2
 # Whether an int8 conv the float32 rules would compute as rows of vectors (`narrow`) runs on
 # that float32 kernel, exactly, instead of on dot-product tiles (`exact_narrow_in_float32`).
 NARROW_INT8_IN_FLOAT32 = True
@@ -117,6 +134,19 @@ def select_conv_algorithm(context):
                                     weight.shape[2:], conv.stride, conv.dilation, conv.groups,
                                     conv.padding, context.vector, batch)
 
+    def paired_winograd(conv: Conv2d, weight) -> bool:
+        """Whether a bfloat16 conv on vdpbf16ps takes F(2x2) with its GEMMs on the instruction
+        (`PAIRED_WINOGRAD`): 3x3, stride 1, 'same' padding, no dilation or groups, an even
+        number of input channels, output channels in whole GEMM blocks."""
+        out_channels, in_channels = weight.shape[:2]
+        block = winograd.channel_block(context.vector)
+        return (PAIRED_WINOGRAD and tuple(weight.shape[2:]) == (3, 3)
+                and tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1)
+                and conv.groups == 1 and tuple(conv.padding) == (1, 1, 1, 1)
+                and in_channels % 2 == 0 and in_channels >= PAIRED_WINOGRAD_MIN_CHANNELS
+                and out_channels % block == 0
+                and out_channels >= PAIRED_WINOGRAD_MIN_OUT_BLOCKS * block)
+
     def on_winograd(plain: Conv2d, tile: int) -> Conv2d:
         return dataclasses.replace(plain, algorithm="winograd", output_tile=tile,
                                    weight_block=winograd.channel_block(context.vector))
@@ -153,6 +183,10 @@ def select_conv_algorithm(context):
             # float32 F(4x4) on the widened input where it beats vdpbf16ps (see the constants)
             tile = winograd_tile(conv, node, w)
             _, out_channels, out_h, out_w = node.outputs[0].shape
+            if paired_winograd(conv, w):
+                return dataclasses.replace(plain, algorithm="winograd_dpbf16",
+                                           output_tile=winograd.PAIRED_TILE,
+                                           weight_block=winograd.channel_block(context.vector))
             if tile == 4 and w.shape[1] >= BFLOAT16_WINOGRAD_MIN_CHANNELS and \
                     out_h * out_w <= BFLOAT16_WINOGRAD_MAX_PLANE:
                 return on_winograd(plain, tile)

@@ -3,11 +3,11 @@ the products of a pair of bfloat16 input channels and the pair's weights.
 
 `select_conv_algorithm` records algorithm "dpbf16" (weight_block 16) on a bfloat16 `conv2d` /
 `fused_conv2d` with constant weights, no groups, where the target CPU has AVX512-BF16 but no
-AMX-BF16 (Cooper Lake, Zen 4), except on the 3x3 layers that float32 Winograd F(4x4) computes
-faster on the widened input: the instruction does only twice an FMA's multiply-adds, F(4x4)
-four times fewer (`BFLOAT16_WINOGRAD_MIN_CHANNELS` there; bfloat16 VGG-11 on a Zen 4, one
-thread: 80-83 ms with every conv on vdpbf16ps, 68-74 with its four 28x28 and 56x56 layers on
-Winograd, 0.44-0.48x ONNX Runtime's float32 time), and on the convs the float32 "narrow" rule
+AMX-BF16 (Cooper Lake, Zen 4), except on the 3x3 layers that Winograd F(2x2) computes faster
+with its GEMMs on this instruction ("winograd_dpbf16", `winograd.py`: 2.25x fewer products;
+`PAIRED_WINOGRAD` there), or float32 Winograd F(4x4) on the widened input, where the first
+does not apply (`BFLOAT16_WINOGRAD_MIN_CHANNELS`: the instruction does only twice an FMA's
+multiply-adds, F(4x4) four times fewer), and on the convs the float32 "narrow" rule
 takes (`narrow.applies`: an image's few channels or few output channels, mostly padding in
 pairs and blocks of 16). Where it has AMX-BF16, the layers that do not fill AMX tiles stay
 on the widened float32 kernel: on an AMX Xeon one vdpbf16ps issues
@@ -50,6 +50,9 @@ LANES = 16          # float32 accumulators per instruction (one zmm)
 PAIR = 2            # bfloat16 input channels per 32-bit lane
 FEATURE = "avx512bf16"   # LLVM's name for the target feature
 INTRINSIC = f"graphopt_dpbf16_{LANES}x{PAIR}_local"
+# The same instruction with the broadcast pair read as one uint32 (Winograd's transformed input,
+# `winograd.winograd_conv2d`, which packs each pair of channels into one element).
+PACKED_INTRINSIC = f"graphopt_dpbf16_{LANES}x{PAIR}_packed_local"
 # LLVM 22's vdpbf16ps takes <32 x bfloat> operands, a type TIR cannot pass: TVM legalizes every
 # bfloat16 expression to float32 before codegen. The kernel calls this wrapper with the bits
 # as <16 x i32> instead (imported into the kernel's LLVM module by `pragma_import_llvm`;
@@ -102,6 +105,12 @@ def widen(bits):
                                                        tirx.const(16, "uint32")))
 
 
+def half_of(pair, k):
+    """TIR: the bits (uint16) of bfloat16 value `k` (0: the low half) of a uint32 `pair`."""
+    from tvm import tirx
+    return tirx.shift_right(pair, k.astype("uint32") * tirx.const(16, "uint32")).astype("uint16")
+
+
 def bits_of(value):
     """TIR: the bits (uint16) of a bfloat16 `value`, through its exact float32 widening."""
     from tvm import tirx
@@ -139,8 +148,9 @@ def conv2d_dpbf16(x, packed, conv):
 
 
 def register_intrinsic() -> None:
-    """Register INTRINSIC (once per process): C[16] (float32, registers) += A[2] (one
-    broadcast pair of bfloat16 inputs) . B[16, 2] by one vdpbf16ps."""
+    """Register INTRINSIC and PACKED_INTRINSIC (once per process): C[16] (float32, registers)
+    += A[2] (one broadcast pair of bfloat16 inputs; packed: the two halves of one uint32) .
+    B[16, 2] by one vdpbf16ps."""
     if INTRINSIC in _registered:
         return
     from tvm.s_tir import TensorIntrin
@@ -174,7 +184,34 @@ def register_intrinsic() -> None:
                 f"float32x{LANES}", WRAPPER, C.vload([0], dtype=f"float32x{LANES}"),
                 T.broadcast(pixel, LANES), weights)
 
+    @T.prim_func(s_tir=True)
+    def packed_desc(A: T.Buffer((1,), "uint32", offset_factor=1),
+                    B: T.Buffer((LANES, PAIR), "uint16", offset_factor=1),
+                    C: T.Buffer((LANES,), "float32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:LANES], A[0:1], B[0:LANES, 0:PAIR])
+            T.writes(C[0:LANES])
+            for i in T.serial(0, LANES):
+                for k in T.serial(0, PAIR):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + widen(half_of(A[0], vk)) * widen(B[vi, vk])
+
+    @T.prim_func(s_tir=True)
+    def packed_impl(A: T.Buffer((1,), "uint32", offset_factor=1),
+                    B: T.Buffer((LANES, PAIR), "uint16", offset_factor=1),
+                    C: T.Buffer((LANES,), "float32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:LANES], A[0:1], B[0:LANES, 0:PAIR])
+            T.writes(C[0:LANES])
+            weights = T.reinterpret(B.vload([0, 0], dtype=f"uint16x{LANES * PAIR}"),
+                                    dtype=vector)
+            C[T.ramp(T.int32(0), 1, LANES)] = T.call_pure_extern(
+                f"float32x{LANES}", WRAPPER, C.vload([0], dtype=f"float32x{LANES}"),
+                T.broadcast(T.reinterpret(A[0], dtype="int32"), LANES), weights)
+
     TensorIntrin.register(INTRINSIC, desc, impl, override=True)
+    TensorIntrin.register(PACKED_INTRINSIC, packed_desc, packed_impl, override=True)
     _registered.add(INTRINSIC)
 
 

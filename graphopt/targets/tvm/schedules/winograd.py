@@ -21,7 +21,17 @@ oneDNN's Winograd kernels have) on 16 lanes, where the direct kernel is at ORT's
 F(2x2) alone does not beat it on large planes (one AVX-512 core, batch 1, minimum ms, direct /
 F(2x2) / F(4x4) / ORT): 64 ch 56x56 1.75 / 2.06 / 1.30 / 1.51, 128 ch 28x28 - / 1.30 / 1.20 /
 1.44; on 14x14 planes F(4x4)'s 4x4 tiles waste 30 % of the plane (256 ch 14x14: F(2x2) 1.07,
-F(4x4) 1.48), so F(2x2) keeps those."""
+F(4x4) 1.48), so F(2x2) keeps those.
+
+bfloat16 F(2x2) on vdpbf16ps (`winograd_dpbf16`, CPUs with AVX512-BF16 but no AMX): the input
+transform rounds each transformed value to bfloat16 and packs a pair of input channels into one
+uint32, the weight transform is rounded at lowering (`transform_weight_in_pairs`), and each GEMM
+step multiplies one broadcast pair by a [16, 2] weight vector in one instruction
+(`conv2d_bf16.PACKED_INTRINSIC`), accumulating in float32; the output transform and the epilogue
+are float32's. The two roundings cost about one more bfloat16 rounding of the output: F(2x2)'s
+transforms have coefficients 0, +-1 and +-1/2 (with F(4x4)'s points, up to +-8, it measured
+~12 roundings in numpy). F(2x2) tiles are computed a row of tiles at a time, as F(4x4) ones
+(`PAIRED_BY_ROWS`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -93,6 +103,13 @@ ROW_WEIGHT_BYTES = 1 << 20
 CHANNEL_BLOCK = 64
 # Whether the GEMMs prefetch each next weight block while they compute with the current one.
 PREFETCH_NEXT_SLICE = True
+# The tile side of bfloat16 Winograd on vdpbf16ps (`transform_weight_in_pairs`; see the module's
+# docstring).
+PAIRED_TILE = 2
+# Whether bfloat16 F(2x2) with transformed weights up to ROW_WEIGHT_BYTES is computed a row of
+# tiles at a time (one Zen 4 thread, us, whole plane / by rows: 64 ch 56x56 1,023 / 919, 128 ch
+# 28x28 740 / 700).
+PAIRED_BY_ROWS = True
 
 # (B^T, G, A^T) of F(m x m, 3x3) by output tile side m.
 TRANSFORMS = {
@@ -165,6 +182,21 @@ def transform_weight(weight: np.ndarray, block: int, tile: int) -> np.ndarray:
     return np.ascontiguousarray(packed, dtype=weight.dtype)
 
 
+def transform_weight_in_pairs(weight: np.ndarray, block: int) -> np.ndarray:
+    """OIHW 3x3 weight (even I) -> `G g G^T` of F(2x2, 3x3) rounded to bfloat16 (in float64,
+    then to nearest even), as its bits (uint16) packed [4, 4, O / block, I / 2, block, 2]: each
+    output channel's weights of a pair of input channels side by side, the layout vdpbf16ps
+    multiplies (`schedules/conv2d_bf16.py`)."""
+    import ml_dtypes
+    _, g, _ = TRANSFORMS[PAIRED_TILE]
+    u = np.einsum("ea,kcab,vb->evkc", g, weight.astype(np.float64), g)
+    o, i = weight.shape[:2]
+    alpha = PAIRED_TILE + 2
+    bits = u.astype(ml_dtypes.bfloat16).view(np.uint16)
+    packed = bits.reshape(alpha, alpha, o // block, block, i // 2, 2).transpose(0, 1, 2, 4, 3, 5)
+    return np.ascontiguousarray(packed)
+
+
 def _combine(values, coefficients):
     """sum(c * v) over the non-zero coefficients, with +-1 as plain adds/subtracts."""
     total = None
@@ -187,13 +219,17 @@ def _select(index, choices):
 
 def winograd_conv2d(x, u):
     """TE compute of a 3x3 stride-1 'same' conv on NCHW `x` with the transformed weight `u`
-    ([a, a, O / block, I, block], from `transform_weight`; the tile side is a - 2). Stages:
+    ([a, a, O / block, I, block], from `transform_weight`; the tile side is a - 2; or the
+    bfloat16 bits [4, 4, O / block, I / 2, block, 2] of `transform_weight_in_pairs`). Stages:
     `ROWS` (B^T down the columns of whole padded input rows, contiguous), `INPUT` (B along the
-    rows: V[e, n, c, tile]), `GEMM` (M[e, n, tile, o] = sum_c U V) and `OUTPUT` (A^T M A,
-    written as NCHW)."""
+    rows: V[e, n, c, tile]; in pairs, V[e, n, c / 2, tile] holds the bfloat16 values of both
+    channels of a pair in one uint32), `GEMM` (M[e, n, tile, o] = sum_c U V) and `OUTPUT`
+    (A^T M A, written as NCHW)."""
     from tvm import te, tirx
 
     from ....ops.cast import widened
+    from .conv2d_bf16 import half_of, widen
+    paired = len(u.shape) == 6
     alpha = int(u.shape[0])
     side = alpha - 2
     B_T, _, A_T = TRANSFORMS[side]
@@ -202,11 +238,12 @@ def winograd_conv2d(x, u):
     out_c = blocks * block
     tiles_h, tiles_w = -(-h // side), -(-w // side)
     tiles = n * tiles_h * tiles_w
-    zero = tirx.const(0, u.dtype)
+    dtype = "float32" if paired else u.dtype
+    zero = tirx.const(0, dtype)
 
     def padded(b, ch, row, col):
         inside = tirx.all(row >= 1, row < h + 1, col >= 1, col < w + 1)
-        return tirx.if_then_else(inside, widened(x[b, ch, row - 1, col - 1], u.dtype), zero)
+        return tirx.if_then_else(inside, widened(x[b, ch, row - 1, col - 1], dtype), zero)
 
     rows = te.compute(
         (n, c, tiles_h, alpha, side * (tiles_w + 1)),
@@ -221,13 +258,27 @@ def winograd_conv2d(x, u):
             _combine([rows[b, ch, th, e, side * tw + a] for a in range(alpha)], B_T[k])
             for k in range(alpha)])
 
-    transformed = te.compute((alpha, alpha, c, tiles), input_tile, name=INPUT)
-    rc = te.reduce_axis((0, c), "rc")
-    products = te.compute(
-        (alpha, alpha, tiles, out_c),
-        lambda e, v, t, o: te.sum(u[e, v, o // block, rc, o % block] * transformed[e, v, rc, t],
-                                  axis=rc),
-        name=GEMM)
+    if paired:
+        rc, rr = te.reduce_axis((0, c // 2), "rc"), te.reduce_axis((0, 2), "rr")
+        transformed = te.compute(
+            (alpha, alpha, c // 2, tiles),
+            lambda e, v, pair, t: _rounded_bits(input_tile(e, v, 2 * pair, t))
+            | (_rounded_bits(input_tile(e, v, 2 * pair + 1, t)) << tirx.const(16, "uint32")),
+            name=INPUT)
+        products = te.compute(
+            (alpha, alpha, tiles, out_c),
+            lambda e, v, t, o: te.sum(
+                widen(half_of(transformed[e, v, rc, t], rr))
+                * widen(u[e, v, o // block, rc, o % block, rr]), axis=[rc, rr]),
+            name=GEMM)
+    else:
+        transformed = te.compute((alpha, alpha, c, tiles), input_tile, name=INPUT)
+        rc = te.reduce_axis((0, c), "rc")
+        products = te.compute(
+            (alpha, alpha, tiles, out_c),
+            lambda e, v, t, o: te.sum(u[e, v, o // block, rc, o % block]
+                                      * transformed[e, v, rc, t], axis=rc),
+            name=GEMM)
 
     def output(b, o, row, col):
         t = b * tiles_h * tiles_w + (row // side) * tiles_w + col // side
@@ -239,6 +290,17 @@ def winograd_conv2d(x, u):
         return _select(row % side, per_row)
 
     return te.compute((n, out_c, h, w), output, name=OUTPUT)
+
+
+def _rounded_bits(value):
+    """TIR: the bits of float32 `value` rounded to bfloat16 (to nearest, ties to even), in the
+    low half of a uint32; a NaN is bfloat16's quiet NaN (rounding its payload could carry it
+    into infinity or the sign bit)."""
+    from tvm import tirx
+    u32 = lambda v: tirx.const(v, "uint32")  # noqa: E731
+    bits = tirx.reinterpret("uint32", value)
+    rounded = (bits + u32(0x7FFF) + ((bits >> u32(16)) & u32(1))) >> u32(16)
+    return tirx.Select(value != value, u32(0x7FC0), rounded)
 
 
 def schedule(sch, vec: VectorShape) -> bool:
@@ -264,8 +326,10 @@ def schedule(sch, vec: VectorShape) -> bool:
     # (7x7 planes: the whole batch's tiles share each weight block).
     batch, out_channels, height, width = (int(d) for d in sch.get(output).writes[0].source.shape)
     in_channels = int(sch.get(rows).writes[0].source.shape[1])
-    weight_bytes = (tile_side + 2) ** 2 * in_channels * out_channels * 4
-    by_rows = tile_side == 4 and weight_bytes <= ROW_WEIGHT_BYTES and height % tile_side == 0
+    weight = next(r.source for r in sch.get(products).reads if len(r.source.shape) >= 5)
+    paired = len(weight.shape) == 6          # bfloat16 pairs on vdpbf16ps
+    weight_bytes = (tile_side + 2) ** 2 * in_channels * out_channels * (2 if paired else 4)
+    by_rows = (tile_side == 4 or (paired and PAIRED_BY_ROWS)) and weight_bytes <= ROW_WEIGHT_BYTES and height % tile_side == 0
     per_image = not by_rows and batch > 1 and \
         -(-height // tile_side) * -(-width // tile_side) >= PER_IMAGE_TILES
     if by_rows:
@@ -304,8 +368,37 @@ def schedule(sch, vec: VectorShape) -> bool:
     sch.reorder(parity, half)
     sch.vectorize(half)
 
+    if paired:
+        _schedule_paired_gemm(sch, products, weight, weight_bytes, by_rows, vec)
+    else:
+        _schedule_gemm(sch, products, weight, weight_bytes, by_rows, vec)
+
+    # Vectors over output channels: the 16 transformed values of a tile are contiguous there
+    # (scalar reads strided by the channel count cost 0.4-0.8 ms per conv and made the kernel
+    # lose to the direct one below 256 channels).
+    b, o, row, col = sch.get_loops(output)   # by rows, b is the (image, tile row) task
+    row_outer, row_inner = sch.split(row, [None, tile_side])
+    col_outer, col_inner = sch.split(col, [None, tile_side])
+    o_outer, o_inner = sch.split(o, [None, vec.lanes])
+    # (per image, the batch loop also holds the image's GEMM and transforms: it stays outside)
+    sch.reorder(*([] if per_image or by_rows else [b]), o_outer, row_outer, col_outer, row_inner,
+                col_inner, o_inner)
+    sch.unroll(row_inner)
+    sch.unroll(col_inner)
+    sch.vectorize(o_inner)
+    if not by_rows:
+        planes = o_outer if per_image else sch.fuse(b, o_outer)
+        if extent(planes, sch) > 1:
+            sch.parallel(planes)
+    return True
+
+
+def _schedule_gemm(sch, products, weight, weight_bytes: int, by_rows: bool,
+                   vec: VectorShape) -> None:
+    """The float32 GEMMs register-tiled like the direct conv: output channels as the vector axis,
+    a few tiles as the other side, weights streamed in L1-sized channel blocks (each next one
+    prefetched)."""
     e, v, t, o, rc = sch.get_loops(products)[-5:]
-    weight = next(r.source for r in sch.get(products).reads if len(r.source.shape) == 5)
     tiles, block, in_channels = extent(t, sch), int(weight.shape[4]), int(weight.shape[3])
     tile = gemm_tile(tiles, block, vec)
     o_outer, o_inner = sch.split(o, [None, block])
@@ -334,21 +427,41 @@ def schedule(sch, vec: VectorShape) -> bool:
     sch.vectorize(sch.get_loops(init)[-1])
     sch.vectorize(sch.get_loops(accumulators)[-1])
 
-    # Vectors over output channels: the 16 transformed values of a tile are contiguous there
-    # (scalar reads strided by the channel count cost 0.4-0.8 ms per conv and made the kernel
-    # lose to the direct one below 256 channels).
-    b, o, row, col = sch.get_loops(output)   # by rows, b is the (image, tile row) task
-    row_outer, row_inner = sch.split(row, [None, tile_side])
-    col_outer, col_inner = sch.split(col, [None, tile_side])
-    o_outer, o_inner = sch.split(o, [None, vec.lanes])
-    # (per image, the batch loop also holds the image's GEMM and transforms: it stays outside)
-    sch.reorder(*([] if per_image or by_rows else [b]), o_outer, row_outer, col_outer, row_inner,
-                col_inner, o_inner)
-    sch.unroll(row_inner)
-    sch.unroll(col_inner)
-    sch.vectorize(o_inner)
-    if not by_rows:
-        planes = o_outer if per_image else sch.fuse(b, o_outer)
-        if extent(planes, sch) > 1:
-            sch.parallel(planes)
-    return True
+
+def _schedule_paired_gemm(sch, products, weight, weight_bytes: int, by_rows: bool,
+                          vec: VectorShape) -> None:
+    """The bfloat16 GEMMs on vdpbf16ps: as `_schedule_gemm`, each step one broadcast pair of
+    input channels times a [16, 2] weight vector (`conv2d_bf16.PACKED_INTRINSIC`)."""
+    from . import conv2d_bf16
+    conv2d_bf16.register_intrinsic()
+    e, v, t, o, rc, rr = sch.get_loops(products)[-6:]
+    tiles, block, pairs = extent(t, sch), int(weight.shape[4]), int(weight.shape[3])
+    # a divisor of the tiles: the instruction cannot run under a predicate
+    limit = max(1, vec.accumulators // (block // conv2d_bf16.LANES))
+    tile = max(d for d in range(1, min(limit, tiles) + 1) if tiles % d == 0)
+    o_outer, o_inner = sch.split(o, [None, block])
+    o_vectors, o_lanes = sch.split(o_inner, [None, conv2d_bf16.LANES])
+    t_outer, t_inner = sch.split(t, [None, tile])
+    pair_block = CHANNEL_BLOCK // 2
+    rc_outer, rc_inner = (sch.split(rc, [None, pair_block]) if pairs % pair_block == 0
+                          else (None, rc))
+    if rc_outer is not None:
+        sch.reorder(e, v, o_outer, rc_outer, t_outer, rc_inner, t_inner, o_vectors, o_lanes, rr)
+    else:
+        sch.reorder(e, v, o_outer, t_outer, rc_inner, t_inner, o_vectors, o_lanes, rr)
+    if PREFETCH_NEXT_SLICE and not by_rows and weight_bytes >= PREFETCH_MIN_WEIGHT_BYTES:
+        sch.annotate(t_outer, NEXT_SLICE_ATTR,
+                     (pair_block if rc_outer is not None else pairs) * block * 2)
+    accumulators = sch.cache_write(products, 0, "local")
+    outer = sch.fuse(e, v, o_outer)
+    macs = extent(outer, sch) * block * tiles * pairs * 2
+    if not by_rows and macs >= PARALLEL_MIN_MACS:
+        sch.parallel(outer)
+    sch.reverse_compute_at(accumulators, outer if rc_outer is not None else t_outer)
+    sch.unroll(t_inner)
+    sch.unroll(o_vectors)
+    init = sch.decompose_reduction(products, rc_outer if rc_outer is not None else rc_inner)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.vectorize(sch.get_loops(accumulators)[-1])
+    sch.annotate(outer, "pragma_import_llvm", conv2d_bf16.WRAPPER_IR)
+    sch.tensorize(o_lanes, conv2d_bf16.PACKED_INTRINSIC)
