@@ -285,6 +285,25 @@ def test_convs_of_few_channels_run_exactly_on_the_narrow_float32_kernel(case, mc
         np.testing.assert_array_equal(model.run(inputs)["y"], go.interpret(graph, inputs)["y"])
 
 
+@pytest.mark.parametrize("stride, mcpu, expected", [
+    (1, VNNI_CPU, "vnni"),          # three of each group of four input channels real
+    (2, VNNI_CPU, "narrow"),        # measured no faster on VNNI at stride 2
+    (1, "haswell", "narrow"),       # without VNNI, rows of vectors
+])
+def test_a_stride_1_image_conv_stays_on_vnni(stride, mcpu, expected):
+    """A 3 -> 32 channel 3x3 conv on an image (what the float32 rules take as rows of vectors)
+    runs on VNNI tiles at stride 1, where the CPU has VNNI, and computes what the interpreter
+    does (the host's build, bounds-checked)."""
+    case = Case(f"image-s{stride}", 3, 32, 34, 3, stride=stride, padding=(1, 1, 1, 1),
+                activation=ops.Relu())
+    graph = quantized_conv(case)
+    assert chosen(go.compile(graph, "cpu", mcpu=mcpu)) == expected
+    model = go.compile(graph, "cpu", bounds_check=True)
+    for seed in (1, 2):
+        inputs = feeds(graph, seed)
+        np.testing.assert_array_equal(model.run(inputs)["y"], go.interpret(graph, inputs)["y"])
+
+
 def test_weights_as_parameters_stay_as_written():
     """The packed weight is made at lowering from the constant: a parameter cannot be."""
     graph = quantized_conv(CASES[0])

@@ -97,6 +97,13 @@ PAIRED_WINOGRAD_MIN_CHANNELS, PAIRED_WINOGRAD_MIN_OUT_BLOCKS = 32, 2
 # Whether an int8 conv the float32 rules would compute as rows of vectors (`narrow`) runs on
 # that float32 kernel, exactly, instead of on dot-product tiles (`exact_narrow_in_float32`).
 NARROW_INT8_IN_FLOAT32 = True
+# Input channels from which a stride-1 int8 conv stays on VNNI tiles though the float32 rules
+# would take it as "narrow" (3 of each group of 4 input channels real). One Zen 4 thread, us,
+# narrow in float32 / VNNI: VGG-11's 3 -> 64 ch 3x3 224x224 1,892 / 1,484 (the model 0.985 of
+# its time), YOLOv3-tiny's 3 -> 16 ch 416x416 1,644 / 1,449; at stride 2 the float32 kernel
+# won or tied (SqueezeNet's 3 -> 64 ch 527 / 569, MobileNetV2's 3 -> 32 ch 257 / 239), and on
+# one input channel (DeepConvNet 4.5 / 6.2).
+VNNI_STEM_MIN_CHANNELS = 3
 # Whether a transposed conv's output phases may be convolved one by one
 # (`ConvTranspose2d.by_phase`, `phase_convolution`).
 TRANSPOSED_BY_PHASE = True
@@ -233,7 +240,7 @@ def select_conv_algorithm(context):
         fits = (context.vector is not None and conv.groups == 1 and x.dtype == "uint8"
                 and w.dtype == "int8" and constant and not w_zp.data.any())
         dot = dot_product_for(context.vector, w.data) if fits else None
-        narrow_exact = exact_narrow_in_float32(node, w, w_zp) \
+        narrow_exact = exact_narrow_in_float32(node, w, w_zp, dot.algorithm) \
             if dot is not None and NARROW_INT8_IN_FLOAT32 else None
         if narrow_exact is not None:
             return dataclasses.replace(node.op, conv=narrow_exact)
@@ -250,17 +257,21 @@ def select_conv_algorithm(context):
         return dataclasses.replace(node.op, conv=dataclasses.replace(
             conv.plain, algorithm=algorithm, weight_block=block))
 
-    def exact_narrow_in_float32(node: Node, w, w_zp) -> Conv2d | None:
+    def exact_narrow_in_float32(node: Node, w, w_zp, dot: str) -> Conv2d | None:
         """An ungrouped `qlinear_conv2d` that the float32 rules compute as rows of vectors
         (`narrow`: few input or output channels, which the dot-product tiles would mostly pad)
         on that kernel, exactly (`exact_in_float32`'s bound), rather than on dot-product
         tiles (one Zen 4 core, builds alternated: int8 LeNet-5 24.2 -> 20.4 us a run, its
-        1 -> 6 channel conv on VNNI tiles of 16 channels; DeepConvNet 0.965 of its time, VGG-11
-        0.992; ResNet-18, SqueezeNet, MobileNetV2, EfficientNet-B0 0.99-1.01). Not 1x1 convs,
-        as for bfloat16."""
+        1 -> 6 channel conv on VNNI tiles of 16 channels; DeepConvNet 0.965 of its time;
+        ResNet-18, SqueezeNet, MobileNetV2, EfficientNet-B0 0.99-1.01). Not 1x1 convs, as for
+        bfloat16, nor stride-1 convs of at least VNNI_STEM_MIN_CHANNELS input channels on VNNI,
+        whose groups of four input channels those mostly fill (`VNNI_STEM_MIN_CHANNELS`)."""
         conv = node.op.conv
         taps = w.shape[2] * w.shape[3]
         if conv.groups != 1 or taps == 1 or not exact_sums(w, w_zp):
+            return None
+        if dot == "vnni" and tuple(conv.stride) == (1, 1) and \
+                w.shape[1] >= VNNI_STEM_MIN_CHANNELS:
             return None
         _, out_channels, _, out_w = node.outputs[0].shape
         chosen = direct(conv.plain, out_channels, out_w, w.shape[1], taps)
