@@ -91,7 +91,9 @@ BFLOAT16_WINOGRAD_MIN_CHANNELS, BFLOAT16_WINOGRAD_MAX_PLANE = 64, 56 * 56
 # 6,661 / 8,713, 128 -> 256 ch 56x56 5,025 / 7,271 (F(4x4)), 512 ch 28x28 9,981 / 10,322
 # (F(4x4)), 512 ch 14x14 2,802 / 4,102, 64 ch 224x224 16,329 / 18,181, 32 -> 64 ch 56x56 530 /
 # 566, 256 ch 4x4 46 / 88; with one block of output channels the input transform outweighs
-# the products (32 ch 112x112 1,269 / 1,138).
+# the products (32 ch 112x112 1,269 / 1,138). F(2x2)'s times are before its GEMMs kept their
+# sums in registers over the whole reduction (`winograd._schedule_paired_gemm`), 0.94-1.0x
+# of these since.
 PAIRED_WINOGRAD = True
 PAIRED_WINOGRAD_MIN_CHANNELS, PAIRED_WINOGRAD_MIN_OUT_BLOCKS = 32, 2
 # Whether an int8 conv the float32 rules would compute as rows of vectors (`narrow`) runs on
