@@ -100,23 +100,30 @@ def assert_one_rounding_from(found: np.ndarray, expected: np.ndarray) -> None:
     assert np.mean(found == expected) >= 0.99
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_vdpbf16ps_convolutions_compute_what_the_interpreter_does(case):
-    """Built for an AVX512-BF16 CPU without AMX (on any x86 host), the conv runs on vdpbf16ps;
-    where this host can run that code, the outputs are the interpreter's within one rounding
-    (built with bounds checks: an access outside a buffer fails the run)."""
+def check_built_kernel(case: Case, expected: tuple[str, int], schedule: str, within) -> None:
+    """Build `case` for an AVX512-BF16 CPU without AMX (on any x86 host) with bounds checks
+    (an access outside a buffer fails the run): the conv takes `expected` (algorithm, weight
+    block), its one kernel the rule `schedule`, vdpbf16ps is in the code; where this host can
+    run that code, `within(found, expected)` holds for each output on two inputs."""
     graph = conv_graph(case)
     model = go.compile(graph, "cpu", mcpu=BF16_CPU, bounds_check=True)
-    assert algorithm(model) == (conv2d_bf16.ALGORITHM, conv2d_bf16.LANES)
+    assert algorithm(model) == expected
     assert re.search(INSTRUCTION, cpu_assembly(model.executable))
-    assert list(model.schedules.values()).count(conv2d_bf16.NAME) == 1
+    assert list(model.schedules.values()).count(schedule) == 1
     if not host_has_bf16():
         pytest.skip(f"this CPU has no avx512_bf16: the {BF16_CPU} build is compile-checked only")
     for seed in (1, 2):
         inputs = feeds(graph, seed)
-        found, expected = model.run(inputs), go.interpret(graph, inputs)
-        for name in expected:
-            assert_one_rounding_from(found[name], expected[name])
+        found, reference = model.run(inputs), go.interpret(graph, inputs)
+        for name in reference:
+            within(found[name], reference[name])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_vdpbf16ps_convolutions_compute_what_the_interpreter_does(case):
+    """The conv runs on vdpbf16ps; the outputs are the interpreter's within one rounding."""
+    check_built_kernel(case, (conv2d_bf16.ALGORITHM, conv2d_bf16.LANES), conv2d_bf16.NAME,
+                       assert_one_rounding_from)
 
 
 # 3x3 'same' convs that take Winograd F(2x2) on vdpbf16ps: partial tiles (odd planes), input
@@ -142,22 +149,10 @@ def assert_within_roundings(found: np.ndarray, expected: np.ndarray) -> None:
 
 @pytest.mark.parametrize("case", WINOGRAD_CASES, ids=[c.id for c in WINOGRAD_CASES])
 def test_winograd_on_vdpbf16ps_computes_what_the_interpreter_does(case):
-    """Built for an AVX512-BF16 CPU without AMX (on any x86 host), the conv is Winograd F(2x2)
-    with its GEMMs on vdpbf16ps; where this host can run that code, the outputs are the
-    interpreter's within a few roundings (built with bounds checks)."""
+    """The conv is Winograd F(2x2) with its GEMMs on vdpbf16ps; the outputs are the
+    interpreter's within a few roundings."""
     from graphopt.targets.tvm.schedules import winograd
-    graph = conv_graph(case)
-    model = go.compile(graph, "cpu", mcpu=BF16_CPU, bounds_check=True)
-    assert algorithm(model) == ("winograd_dpbf16", 32)
-    assert re.search(INSTRUCTION, cpu_assembly(model.executable))
-    assert list(model.schedules.values()).count(winograd.NAME) == 1
-    if not host_has_bf16():
-        pytest.skip(f"this CPU has no avx512_bf16: the {BF16_CPU} build is compile-checked only")
-    for seed in (1, 2):
-        inputs = feeds(graph, seed)
-        found, expected = model.run(inputs), go.interpret(graph, inputs)
-        for name in expected:
-            assert_within_roundings(found[name], expected[name])
+    check_built_kernel(case, ("winograd_dpbf16", 32), winograd.NAME, assert_within_roundings)
 
 
 def test_winograd_on_vdpbf16ps_keeps_nans_and_infinities():
