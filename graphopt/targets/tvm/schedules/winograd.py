@@ -329,7 +329,8 @@ def schedule(sch, vec: VectorShape) -> bool:
     weight = next(r.source for r in sch.get(products).reads if len(r.source.shape) >= 5)
     paired = len(weight.shape) == 6          # bfloat16 pairs on vdpbf16ps
     weight_bytes = (tile_side + 2) ** 2 * in_channels * out_channels * (2 if paired else 4)
-    by_rows = (tile_side == 4 or (paired and PAIRED_BY_ROWS)) and weight_bytes <= ROW_WEIGHT_BYTES and height % tile_side == 0
+    by_rows = (tile_side == 4 or (paired and PAIRED_BY_ROWS)) and \
+        weight_bytes <= ROW_WEIGHT_BYTES and height % tile_side == 0
     per_image = not by_rows and batch > 1 and \
         -(-height // tile_side) * -(-width // tile_side) >= PER_IMAGE_TILES
     if by_rows:
