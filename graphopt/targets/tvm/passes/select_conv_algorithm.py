@@ -78,7 +78,7 @@ WIDENED_INT8_REASON = ("8-bit weights whose int16 pair sums can saturate it: vpm
 # 1.22 / 0.97, 256 ch 56x56 20.3 / 15.0, 512 ch 28x28 17.3 / 13.9; not on 112x112, 64 -> 128
 # ch 11.4 / 14.2, nor 14x14, 256 ch 1.09 / 1.07, 512 ch 5.07 / 5.29; float32 F(2x2) lost on
 # every one). Since `PAIRED_WINOGRAD` it keeps only the convs that rule leaves: an odd number
-# of input channels.
+# of input channels, or one block of output channels (DenseNet-121's 128 -> 32 ch convs).
 BFLOAT16_WINOGRAD_MIN_CHANNELS, BFLOAT16_WINOGRAD_MAX_PLANE = 64, 56 * 56
 # Whether a bfloat16 3x3 conv on vdpbf16ps takes Winograd F(2x2) with its GEMMs on the
 # instruction (`winograd_dpbf16`, `schedules/winograd.py`) instead, from 32 input channels (an
