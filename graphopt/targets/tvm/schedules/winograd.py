@@ -99,8 +99,14 @@ PER_IMAGE_TILES = 32
 # weights, lose: 1.22 / 1.74).
 ROW_WEIGHT_BYTES = 1 << 20
 # Input channels per weight block in the GEMMs: 64 x 16 floats (4 KB) stay in L1 while every
-# tile of the block uses them.
-CHANNEL_BLOCK = 64
+# tile of the block uses them, the tiles' sums waiting in L1 between blocks; from
+# BLOCKED_REDUCTION_MIN_CHANNELS input channels (two blocks). With one block, each register tile
+# keeps its sums over the whole reduction instead (one Zen 4 thread: the 64 -> 128 ch 112x112
+# conv 10.2 -> 9.3 ms; whole models, the builds and ORT interleaved, one / two threads: VGG-11
+# 0.957 / 0.996, VGG-16 0.982 / 1.004, GoogLeNet 0.979 / 0.990, SqueezeNet 0.975, the others
+# 0.99-1.00). From 256 channels whole reductions lost (512 ch 28x28 10.2 -> 11.4 ms); at 128 the
+# kernels gained (128 -> 256 ch 56x56 6.45 -> 5.88) but the models did not (VGG-11 1.01-1.02).
+CHANNEL_BLOCK, BLOCKED_REDUCTION_MIN_CHANNELS = 64, 128
 # Whether the GEMMs prefetch each next weight block while they compute with the current one.
 PREFETCH_NEXT_SLICE = True
 # The tile side of bfloat16 Winograd on vdpbf16ps (`transform_weight_in_pairs`; see the module's
@@ -404,8 +410,8 @@ def _schedule_gemm(sch, products, weight, weight_bytes: int, by_rows: bool,
     tile = gemm_tile(tiles, block, vec)
     o_outer, o_inner = sch.split(o, [None, block])
     t_outer, t_inner = sch.split(t, [None, tile])
-    rc_outer, rc_inner = (sch.split(rc, [None, CHANNEL_BLOCK]) if in_channels % CHANNEL_BLOCK == 0
-                          else (None, rc))
+    blocked = in_channels % CHANNEL_BLOCK == 0 and in_channels >= BLOCKED_REDUCTION_MIN_CHANNELS
+    rc_outer, rc_inner = sch.split(rc, [None, CHANNEL_BLOCK]) if blocked else (None, rc)
     if rc_outer is not None:
         sch.reorder(e, v, o_outer, rc_outer, t_outer, rc_inner, t_inner, o_inner)
     else:
