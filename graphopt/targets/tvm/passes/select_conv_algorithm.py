@@ -148,13 +148,12 @@ def select_conv_algorithm(context):
         (`PAIRED_WINOGRAD`): 3x3, stride 1, 'same' padding, no dilation or groups, an even
         number of input channels, output channels in whole GEMM blocks."""
         out_channels, in_channels = weight.shape[:2]
-        block = winograd.channel_block(context.vector)
-        return (PAIRED_WINOGRAD and tuple(weight.shape[2:]) == (3, 3)
-                and tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1)
-                and conv.groups == 1 and tuple(conv.padding) == (1, 1, 1, 1)
+        return (PAIRED_WINOGRAD
+                and winograd.computes(out_channels, weight.shape[2:], conv.stride, conv.dilation,
+                                      conv.groups, conv.padding, context.vector)
                 and in_channels % 2 == 0 and in_channels >= PAIRED_WINOGRAD_MIN_CHANNELS
-                and out_channels % block == 0
-                and out_channels >= PAIRED_WINOGRAD_MIN_OUT_BLOCKS * block)
+                and out_channels >= PAIRED_WINOGRAD_MIN_OUT_BLOCKS
+                * winograd.channel_block(context.vector))
 
     def on_winograd(plain: Conv2d, tile: int) -> Conv2d:
         return dataclasses.replace(plain, algorithm="winograd", output_tile=tile,
@@ -189,13 +188,13 @@ def select_conv_algorithm(context):
             return dataclasses.replace(plain, algorithm=amx.AMX, weight_block=amx.BLOCK)
         if constant and x.dtype == node.outputs[0].dtype == "bfloat16" and \
                 dpbf16_instead_of_direct(conv):
-            # float32 F(4x4) on the widened input where it beats vdpbf16ps (see the constants)
-            tile = winograd_tile(conv, node, w)
-            _, out_channels, out_h, out_w = node.outputs[0].shape
             if paired_winograd(conv, w):
                 return dataclasses.replace(plain, algorithm="winograd_dpbf16",
                                            output_tile=winograd.PAIRED_TILE,
                                            weight_block=winograd.channel_block(context.vector))
+            # float32 F(4x4) on the widened input where it beats vdpbf16ps (see the constants)
+            tile = winograd_tile(conv, node, w)
+            _, out_channels, out_h, out_w = node.outputs[0].shape
             if tile == 4 and w.shape[1] >= BFLOAT16_WINOGRAD_MIN_CHANNELS and \
                     out_h * out_w <= BFLOAT16_WINOGRAD_MAX_PLANE:
                 return on_winograd(plain, tile)

@@ -111,6 +111,18 @@ def half_of(pair, k):
     return tirx.shift_right(pair, k.astype("uint32") * tirx.const(16, "uint32")).astype("uint16")
 
 
+def rounded_bits(value):
+    """TIR: the bits of float32 `value` rounded to bfloat16 (to nearest, ties to even), in the
+    low half of a uint32; a NaN is bfloat16's quiet NaN (rounding its payload could carry it
+    into infinity or the sign bit). Unlike `bits_of`, for values that are not bfloat16 already
+    (Winograd's transformed input, `winograd.winograd_conv2d`)."""
+    from tvm import tirx
+    u32 = lambda v: tirx.const(v, "uint32")  # noqa: E731
+    bits = tirx.reinterpret("uint32", value)
+    rounded = (bits + u32(0x7FFF) + ((bits >> u32(16)) & u32(1))) >> u32(16)
+    return tirx.Select(value != value, u32(0x7FC0), rounded)
+
+
 def bits_of(value):
     """TIR: the bits (uint16) of a bfloat16 `value`, through its exact float32 widening."""
     from tvm import tirx
@@ -153,66 +165,49 @@ def register_intrinsic() -> None:
     B[16, 2] by one vdpbf16ps."""
     if INTRINSIC in _registered:
         return
+    from tvm.script import tirx as T
+    _register_dot(INTRINSIC, PAIR, "uint16", lambda A, k: A[k],
+                  lambda A: T.reinterpret(A.vload([0], f"uint16x{PAIR}"), dtype="int32"))
+    _register_dot(PACKED_INTRINSIC, 1, "uint32", lambda A, k: half_of(A[0], k),
+                  lambda A: T.reinterpret(A[0], dtype="int32"))
+    _registered.add(INTRINSIC)
+
+
+def _register_dot(name: str, a_length: int, a_dtype: str, element, pixel) -> None:
+    """Register `name`: C[16] += A . B[16, 2] by one vdpbf16ps, where A holds the broadcast pair
+    as `a_length` elements of `a_dtype`, `element(A, k)` is the bits (uint16) of its value k
+    and `pixel(A)` the pair as one int32."""
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
     vector = f"int32x{LANES}"   # the bits of 32 bfloat16 values
 
     @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((PAIR,), "uint16", offset_factor=1),
+    def desc(A: T.Buffer((a_length,), a_dtype, offset_factor=1),
              B: T.Buffer((LANES, PAIR), "uint16", offset_factor=1),
              C: T.Buffer((LANES,), "float32", offset_factor=1, scope="local")) -> None:
         with T.sblock("root"):
-            T.reads(C[0:LANES], A[0:PAIR], B[0:LANES, 0:PAIR])
+            T.reads(C[0:LANES], A[0:a_length], B[0:LANES, 0:PAIR])
             T.writes(C[0:LANES])
             for i in T.serial(0, LANES):
                 for k in T.serial(0, PAIR):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + widen(A[vk]) * widen(B[vi, vk])
+                        C[vi] = C[vi] + widen(element(A, vk)) * widen(B[vi, vk])
 
     @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((PAIR,), "uint16", offset_factor=1),
+    def impl(A: T.Buffer((a_length,), a_dtype, offset_factor=1),
              B: T.Buffer((LANES, PAIR), "uint16", offset_factor=1),
              C: T.Buffer((LANES,), "float32", offset_factor=1, scope="local")) -> None:
         with T.sblock("root"):
-            T.reads(C[0:LANES], A[0:PAIR], B[0:LANES, 0:PAIR])
-            T.writes(C[0:LANES])
-            pixel = T.reinterpret(A.vload([0], f"uint16x{PAIR}"), dtype="int32")
-            weights = T.reinterpret(B.vload([0, 0], dtype=f"uint16x{LANES * PAIR}"),
-                                    dtype=vector)
-            C[T.ramp(T.int32(0), 1, LANES)] = T.call_pure_extern(
-                f"float32x{LANES}", WRAPPER, C.vload([0], dtype=f"float32x{LANES}"),
-                T.broadcast(pixel, LANES), weights)
-
-    @T.prim_func(s_tir=True)
-    def packed_desc(A: T.Buffer((1,), "uint32", offset_factor=1),
-                    B: T.Buffer((LANES, PAIR), "uint16", offset_factor=1),
-                    C: T.Buffer((LANES,), "float32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:LANES], A[0:1], B[0:LANES, 0:PAIR])
-            T.writes(C[0:LANES])
-            for i in T.serial(0, LANES):
-                for k in T.serial(0, PAIR):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + widen(half_of(A[0], vk)) * widen(B[vi, vk])
-
-    @T.prim_func(s_tir=True)
-    def packed_impl(A: T.Buffer((1,), "uint32", offset_factor=1),
-                    B: T.Buffer((LANES, PAIR), "uint16", offset_factor=1),
-                    C: T.Buffer((LANES,), "float32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:LANES], A[0:1], B[0:LANES, 0:PAIR])
+            T.reads(C[0:LANES], A[0:a_length], B[0:LANES, 0:PAIR])
             T.writes(C[0:LANES])
             weights = T.reinterpret(B.vload([0, 0], dtype=f"uint16x{LANES * PAIR}"),
                                     dtype=vector)
             C[T.ramp(T.int32(0), 1, LANES)] = T.call_pure_extern(
                 f"float32x{LANES}", WRAPPER, C.vload([0], dtype=f"float32x{LANES}"),
-                T.broadcast(T.reinterpret(A[0], dtype="int32"), LANES), weights)
+                T.broadcast(pixel(A), LANES), weights)
 
-    TensorIntrin.register(INTRINSIC, desc, impl, override=True)
-    TensorIntrin.register(PACKED_INTRINSIC, packed_desc, packed_impl, override=True)
-    _registered.add(INTRINSIC)
+    TensorIntrin.register(name, desc, impl, override=True)
 
 
 def find_conv(sch):

@@ -131,6 +131,15 @@ TRANSFORMS = {
 }
 
 
+def computes(out_channels: int, kernel, stride, dilation, groups: int, padding,
+             vec: VectorShape) -> bool:
+    """Whether the Winograd kernels compute a conv of this form: 3x3, stride 1, 'same' padding,
+    no dilation or groups, output channels in whole GEMM blocks (`channel_block`)."""
+    return (tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+            and groups == 1 and tuple(padding) == (1, 1, 1, 1)
+            and out_channels % channel_block(vec) == 0)
+
+
 def output_tile(in_channels: int, out_channels: int, out_h: int, out_w: int, kernel, stride,
                 dilation, groups: int, padding, vec: VectorShape, batch: int = 1) -> int:
     """The output tile side m of the Winograd kernel a conv takes (2 or 4), or 0 (not
@@ -139,9 +148,7 @@ def output_tile(in_channels: int, out_channels: int, out_h: int, out_w: int, ker
     transformed weights, or on a plane up to 32x32 (`SMALL_PLANE`); F(4x4) with 16 lanes from
     16 input channels on planes from 25x25 up to 256x256 (with 48 KiB of L1, from 32 input
     channels up to 224x224)."""
-    if not (tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
-            and groups == 1 and tuple(padding) == (1, 1, 1, 1)
-            and out_channels % channel_block(vec) == 0):
+    if not computes(out_channels, kernel, stride, dilation, groups, padding, vec):
         return 0
     wide_l1 = vec.lanes == 16 and vec.l1d >= F4_WIDE_L1D
     if wide_l1 and in_channels >= F4_WIDE_L1D_MIN_CHANNELS and \
@@ -173,8 +180,16 @@ def gemm_tile(tiles: int, block: int, vec: VectorShape) -> int:
     then runs under a predicate), else as many as they hold (128 ch 28x28 with F(2x2), one
     AVX-512 core: 4 tiles 1.41 ms, 14 tiles 1.21; 256 ch 14x14: 4 tiles 1.20, 7 tiles 1.13)."""
     limit = max(1, vec.accumulators // max(1, block // vec.lanes))
-    divisor = max(d for d in range(1, min(limit, tiles) + 1) if tiles % d == 0)
+    divisor = dividing_gemm_tile(tiles, block, vec)
     return divisor if 2 * divisor >= limit or divisor == tiles else min(limit, tiles)
+
+
+def dividing_gemm_tile(tiles: int, block: int, vec: VectorShape) -> int:
+    """The largest divisor of the tile count that the accumulator registers hold for `block`
+    output channels (the bfloat16 GEMMs' tile: their instruction cannot run under a
+    predicate)."""
+    limit = max(1, vec.accumulators // max(1, block // vec.lanes))
+    return max(d for d in range(1, min(limit, tiles) + 1) if tiles % d == 0)
 
 
 def transform_weight(weight: np.ndarray, block: int, tile: int) -> np.ndarray:
@@ -234,7 +249,7 @@ def winograd_conv2d(x, u):
     from tvm import te, tirx
 
     from ....ops.cast import widened
-    from .conv2d_bf16 import half_of, widen
+    from .conv2d_bf16 import half_of, rounded_bits, widen
     paired = len(u.shape) == 6
     alpha = int(u.shape[0])
     side = alpha - 2
@@ -268,8 +283,8 @@ def winograd_conv2d(x, u):
         rc, rr = te.reduce_axis((0, c // 2), "rc"), te.reduce_axis((0, 2), "rr")
         transformed = te.compute(
             (alpha, alpha, c // 2, tiles),
-            lambda e, v, pair, t: _rounded_bits(input_tile(e, v, 2 * pair, t))
-            | (_rounded_bits(input_tile(e, v, 2 * pair + 1, t)) << tirx.const(16, "uint32")),
+            lambda e, v, pair, t: rounded_bits(input_tile(e, v, 2 * pair, t))
+            | (rounded_bits(input_tile(e, v, 2 * pair + 1, t)) << tirx.const(16, "uint32")),
             name=INPUT)
         products = te.compute(
             (alpha, alpha, tiles, out_c),
@@ -296,17 +311,6 @@ def winograd_conv2d(x, u):
         return _select(row % side, per_row)
 
     return te.compute((n, out_c, h, w), output, name=OUTPUT)
-
-
-def _rounded_bits(value):
-    """TIR: the bits of float32 `value` rounded to bfloat16 (to nearest, ties to even), in the
-    low half of a uint32; a NaN is bfloat16's quiet NaN (rounding its payload could carry it
-    into infinity or the sign bit)."""
-    from tvm import tirx
-    u32 = lambda v: tirx.const(v, "uint32")  # noqa: E731
-    bits = tirx.reinterpret("uint32", value)
-    rounded = (bits + u32(0x7FFF) + ((bits >> u32(16)) & u32(1))) >> u32(16)
-    return tirx.Select(value != value, u32(0x7FC0), rounded)
 
 
 def schedule(sch, vec: VectorShape) -> bool:
@@ -448,9 +452,7 @@ def _schedule_paired_gemm(sch, products, weight, weight_bytes: int, by_rows: boo
     conv2d_bf16.register_intrinsic()
     e, v, t, o, rc, rr = sch.get_loops(products)[-6:]
     tiles, block, pairs = extent(t, sch), int(weight.shape[4]), int(weight.shape[3])
-    # a divisor of the tiles: the instruction cannot run under a predicate
-    limit = max(1, vec.accumulators // (block // conv2d_bf16.LANES))
-    tile = max(d for d in range(1, min(limit, tiles) + 1) if tiles % d == 0)
+    tile = dividing_gemm_tile(tiles, block, vec)
     o_outer, o_inner = sch.split(o, [None, block])
     o_vectors, o_lanes = sch.split(o_inner, [None, conv2d_bf16.LANES])
     t_outer, t_inner = sch.split(t, [None, tile])
