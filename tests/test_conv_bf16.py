@@ -174,6 +174,19 @@ def test_winograd_on_vdpbf16ps_keeps_nans_and_infinities():
         np.abs(expected[finite]).max() * 2 ** -6
 
 
+def test_winograd_on_vdpbf16ps_streams_its_weights_without_prefetches():
+    """The bfloat16 GEMMs read their 512 KB of transformed weights (256 -> 64 ch, a 7x7 plane:
+    not computed by rows of tiles) without software prefetches, which measured slower there
+    (`winograd._schedule_paired_gemm`); the float32 GEMMs of the same conv prefetch them."""
+    graph = conv_graph(Case("streamed", 256, 64, 7, 3, padding=1))
+    model = go.compile(graph, "cpu", mcpu=BF16_CPU)
+    assert algorithm(model)[0] == "winograd_dpbf16"
+    assert "prefetcht0" not in cpu_assembly(model.executable)
+    widened = go.compile(graph, "cpu", mcpu="cascadelake")     # float32's F(2x2), widened
+    assert algorithm(widened)[0] == "winograd"
+    assert "prefetcht0" in cpu_assembly(widened.executable)
+
+
 def test_winograd_weights_in_pairs():
     """The transformed weight of F(2x2), rounded to bfloat16, as [4, 4, O / block, I / 2, block,
     2]: element (e, v, o // block, c // 2, o % block, c % 2) is U[e, v, o, c]."""

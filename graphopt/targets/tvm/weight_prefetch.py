@@ -113,7 +113,7 @@ def _prefetch_loop(loop, ic_block: int, params):
 
 def _next_slice_loop(loop, slice_elements: int, params):
     """The loop of prefetches for one iteration of `loop`, whose iterations together read
-    `slice_elements` contiguous elements of a 5-D or 6-D weight parameter (one of `params`) from the
+    `slice_elements` contiguous elements of a 5-D weight parameter (one of `params`) from the
     element its body reads first: its share of the lines of the slice that follows (clamped to
     the buffer), or None where its body has no single update block reading such a weight."""
     import tvm
@@ -144,7 +144,7 @@ def _next_slice_loop(loop, slice_elements: int, params):
 
 
 def _first_weight_read(loop, params):
-    """(the 5-D or 6-D weight parameter the update block in `loop`'s body reads, the indices of the
+    """(the 5-D weight parameter the update block in `loop`'s body reads, the indices of the
     element it reads first in an iteration of `loop`: every loop inside at 0), or None."""
     from tvm import tirx
     from tvm.sym.analyzer import Analyzer
@@ -170,7 +170,7 @@ def _prefetch(weight, index):
 
 
 def _update_block_and_weight_load(body, params):
-    """(the conv's update block realize, its load of the 5-D or 6-D weight parameter, the loop
+    """(the conv's update block realize, its load of the 5-D weight parameter, the loop
     variables inside `body`), or None."""
     import tvm
     import tvm_ffi
@@ -189,7 +189,7 @@ def _update_block_and_weight_load(body, params):
         return None
 
     def weight_load(node):
-        if len(node.indices) in (5, 6) and any(node.source.same_as(p) for p in params):
+        if len(node.indices) == 5 and any(node.source.same_as(p) for p in params):
             loads.append(node)
         return node
 

@@ -380,7 +380,7 @@ def schedule(sch, vec: VectorShape) -> bool:
     sch.vectorize(half)
 
     if paired:
-        _schedule_paired_gemm(sch, products, weight, weight_bytes, by_rows, vec)
+        _schedule_paired_gemm(sch, products, weight, by_rows, vec)
     else:
         _schedule_gemm(sch, products, weight, weight_bytes, by_rows, vec)
 
@@ -439,15 +439,16 @@ def _schedule_gemm(sch, products, weight, weight_bytes: int, by_rows: bool,
     sch.vectorize(sch.get_loops(accumulators)[-1])
 
 
-def _schedule_paired_gemm(sch, products, weight, weight_bytes: int, by_rows: bool,
-                          vec: VectorShape) -> None:
+def _schedule_paired_gemm(sch, products, weight, by_rows: bool, vec: VectorShape) -> None:
     """The bfloat16 GEMMs on vdpbf16ps: a register tile of a few tiles by a block of output
     channels over all the input channels, each step one broadcast pair of input channels times
     a [16, 2] weight vector (`conv2d_bf16.PACKED_INTRINSIC`). The tile keeps its sums in
     registers over the whole reduction, and the block's weights (up to 32 KB for 512 input
     channels) are read again by each tile (one Zen 4 thread, us, in blocks of 64 input channels
     as the float32 GEMMs / whole: 64 ch 56x56 920 / 865, 128 -> 64 ch 56x56 1,768 / 1,651, 256 ch
-    14x14 582 / 546, 512 ch 7x7 729 / 723)."""
+    14x14 582 / 546, 512 ch 7x7 729 / 723). No weight prefetches, unlike the float32 GEMMs:
+    with each next block prefetched (`weight_prefetch.py`), bfloat16 ResNet-18 took 1.04-1.05x
+    its time at one thread and 1.02x at two, VGG-11 1.07x at one."""
     from . import conv2d_bf16
     conv2d_bf16.register_intrinsic()
     e, v, t, o, rc, rr = sch.get_loops(products)[-6:]
@@ -457,10 +458,6 @@ def _schedule_paired_gemm(sch, products, weight, weight_bytes: int, by_rows: boo
     o_vectors, o_lanes = sch.split(o_inner, [None, conv2d_bf16.LANES])
     t_outer, t_inner = sch.split(t, [None, tile])
     sch.reorder(e, v, o_outer, t_outer, rc, t_inner, o_vectors, o_lanes, rr)
-    if PREFETCH_NEXT_SLICE and not by_rows and weight_bytes >= PREFETCH_MIN_WEIGHT_BYTES:
-        # the iterations of t_outer read the block's weights ([4, 4, O / block, I / 2, block,
-        # 2]: contiguous); they prefetch the next block's
-        sch.annotate(t_outer, NEXT_SLICE_ATTR, pairs * block * 2)
     accumulators = sch.cache_write(products, 0, "local")
     outer = sch.fuse(e, v, o_outer)
     macs = extent(outer, sch) * block * tiles * pairs * 2
