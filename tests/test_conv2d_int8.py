@@ -211,6 +211,17 @@ def test_requantize_epilogue_is_vector_code(mcpu):
     assert re.search(r"(vrndscaleps|vroundps)\s+\$12, %[xyz]mm", assembly)    # vector nearbyint
 
 
+def test_avx512_tiles_write_back_through_the_register_transpose():
+    """On 16 lanes each channel's pixels come out of the tile by a register transpose (whole
+    vectors: its rows padded to 16 pixels), not gathered one accumulator at a time from the
+    spilled tile (`vpinsrd`)."""
+    case = Case("3x3-64ch-relu", 64, 64, 14, 3, padding=(1, 1, 1, 1), activation=ops.Relu())
+    model = go.compile(quantized_conv(case), "cpu", mcpu=VNNI_CPU)
+    assembly = cpu_assembly(model.executable)
+    assert "vpinsrd" not in assembly
+    assert re.search(r"vpunpckldq\s+%zmm", assembly)
+
+
 @pytest.mark.parametrize("case, why", [
     (Case("asymmetric-weights", 16, 16, 8, 3, w_zero_point=3), "w zero point"),
     # 128 x 9 weights of about 64 in magnitude per output: 255 times their sum passes 2^24,

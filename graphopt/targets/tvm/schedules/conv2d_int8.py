@@ -236,6 +236,13 @@ def row_tile(width: int, limit: int) -> int:
 # 0.64 / 0.70 / 0.72, 14 (2 x 7) 0.88 / 0.79 / 0.77 / 0.81.
 # On 16 lanes (AVX-512) the widest tiles are fastest (`VectorShape.accumulators`).
 YMM_ACCUMULATORS = {"vnni": 8, "pmaddubsw": 4, "pmaddwd": 4}
+# Lanes with which the tile is written back through the register transpose (`transpose.py`)
+# instead of gathering each channel's pixels from the spilled tile. One thread, AMD Zen 4, us,
+# gathered / transposed: int8 64 -> 128 ch 112x112 4,680 / 4,626, 64 ch 56x56 608 / 602,
+# 128 ch 28x28 538 / 535, 256 ch 14x14 and 512 ch 7x7 alike; whole models interleaved: int8
+# VGG-11 0.983, bfloat16 VGG-11 0.986, ResNet-18 1.00. With 8 lanes (AVX2 build, same host)
+# 0.99-1.03: gathered.
+TRANSPOSED_WRITE_BACK_LANES = (16,)
 
 
 def tile_shape(blocks: int, width: int, lanes: int, vec: VectorShape,
@@ -281,7 +288,8 @@ def tile(sch, conv, writer, lanes: int, vec: VectorShape, accumulators: int | No
     # taps load the same input, kept those broadcasts live across taps and spilled the
     # accumulators (1.25 -> 0.97 ms on 64 ch 56x56); 9 taps stay a loop.
     sch.fuse(ry, rx)
-    finish_tile(sch, conv, ow_outer, [n, ob_outer, oh], None, [ow_inner, ob_inner], rg, writer)
+    finish_tile(sch, conv, ow_outer, [n, ob_outer, oh], None, [ow_inner, ob_inner], rg, writer,
+                transpose_lanes=vec.lanes if vec.lanes in TRANSPOSED_WRITE_BACK_LANES else 0)
     copies = interleave.schedule_copy(sch, lanes)    # the input copy, ...
     spatial_rest(sch, conv, vec, skip=copies)      # ... any other; before tensorize
     return lane
