@@ -14,7 +14,7 @@ from ....ops.conv_kernel import PADDING_BLOCK
 from ..weight_prefetch import PREFETCH_ATTR
 from .common import (PARALLEL_MIN_ELEMENTS, VectorShape, blocks_of, buffer_bytes, extent,
                      inline_elementwise, iter_kinds, repeats_if_computed_at)
-from .phases import segments
+from .phases import leading_columns, segments
 from .tiled import accumulator_writer, conv_row_tile, finish_tile, packed_weight, spatial_rest
 
 NAME = "conv2d"
@@ -227,8 +227,6 @@ def _schedule_padding(sch, conv) -> None:
     """The zero-padding stage of an NCHW input, wherever it is computed: its columns as up to
     three vector loops, the left zeros, the input's columns (a contiguous copy) and the right
     zeros; computed before the tile, parallel over its rows."""
-    from tvm import tirx
-    from tvm.sym.analyzer import Analyzer
     pads = [p for p in sch.get_producers(conv) if _nchw_padding(sch, p)]
     if len(pads) != 1:
         return
@@ -240,9 +238,7 @@ def _schedule_padding(sch, conv) -> None:
         rows = sch.fuse(*outer)
         if extent(rows, sch) * extent(column, sch) >= PARALLEL_MIN_ELEMENTS:
             sch.parallel(rows)
-    iter_vars = [iv.var for iv in block.iter_vars]
-    start = tirx.IndexMap(iter_vars, [block.reads[0].region[-1].min], None)
-    left = -int(Analyzer().simplify(start.map_indices([0] * len(iter_vars))[0]))
+    left = leading_columns(block)
     # The columns the conv reads start at the padded row's first (its first output column's
     # first tap) and may end before its last (a stride's leftover columns).
     parts, _ = segments(sch, column, left, int(block.reads[0].source.shape[-1]),

@@ -130,6 +130,17 @@ def _loop_of(sch, block, axis: int):
     return next((loop for loop in loops if sch.get(loop).loop_var.same_as(value)), None)
 
 
+def leading_columns(block, source=None) -> int:
+    """The padding columns before the input's first in a padding block's rows: minus the input
+    column it reads (of `source`, default its first read) at its iterators' origin."""
+    from tvm import tirx
+    from tvm.sym.analyzer import Analyzer
+    read = next(r for r in block.reads if source is None or r.source.same_as(source))
+    iters = [iv.var for iv in block.iter_vars]
+    start = tirx.IndexMap(iters, [read.region[-1].min], None)
+    return -int(Analyzer().simplify(start.map_indices([0] * len(iters))[0]))
+
+
 def segments(sch, loop, start: int, size: int, total: int):
     """`loop` (extent `total`) partitioned into [0, start), [start, start + size), the rest,
     leaving out empty parts: (the part loops, the index of the middle part or None)."""
