@@ -426,17 +426,31 @@ def _schedule_gemm(sch, products, weight, weight_bytes: int, by_rows: bool,
         # weights stay in L2 from one row to the next; small ones from one run to the next)
         sch.annotate(t_outer, NEXT_SLICE_ATTR,
                      (CHANNEL_BLOCK if rc_outer is not None else in_channels) * block)
+    macs = extent(e, sch) * extent(v, sch) * extent(o_outer, sch) * block * tiles * in_channels
+    _finish_gemm(sch, products, [e, v, o_outer], macs, not by_rows,
+                 None if rc_outer is not None else t_outer,
+                 rc_outer if rc_outer is not None else rc_inner, o_inner, [t_inner])
+
+
+def _finish_gemm(sch, products, outer_loops, macs: int, parallel: bool, at, first_reduce,
+                 vector, unrolled):
+    """The tail both GEMM schedules share: the tile's sums kept in registers and written back
+    under `at` (None: the fused outer loops), `outer_loops` fused (parallel where asked and
+    `macs` is enough work), `vector` vectorized and `unrolled` unrolled, then the zeroing of the
+    sums split off at `first_reduce`. Returns the fused loop."""
     accumulators = sch.cache_write(products, 0, "local")
-    outer = sch.fuse(e, v, o_outer)
-    macs = extent(outer, sch) * block * tiles * in_channels
-    if not by_rows and macs >= PARALLEL_MIN_MACS:
+    outer = sch.fuse(*outer_loops)
+    if parallel and macs >= PARALLEL_MIN_MACS:
         sch.parallel(outer)
-    sch.reverse_compute_at(accumulators, outer if rc_outer is not None else t_outer)
-    sch.vectorize(o_inner)
-    sch.unroll(t_inner)
-    init = sch.decompose_reduction(products, rc_outer if rc_outer is not None else rc_inner)
+    sch.reverse_compute_at(accumulators, outer if at is None else at)
+    if vector is not None:
+        sch.vectorize(vector)
+    for loop in unrolled:
+        sch.unroll(loop)
+    init = sch.decompose_reduction(products, first_reduce)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.vectorize(sch.get_loops(accumulators)[-1])
+    return outer
 
 
 def _schedule_paired_gemm(sch, products, weight, by_rows: bool, vec: VectorShape) -> None:
@@ -458,16 +472,8 @@ def _schedule_paired_gemm(sch, products, weight, by_rows: bool, vec: VectorShape
     o_vectors, o_lanes = sch.split(o_inner, [None, conv2d_bf16.LANES])
     t_outer, t_inner = sch.split(t, [None, tile])
     sch.reorder(e, v, o_outer, t_outer, rc, t_inner, o_vectors, o_lanes, rr)
-    accumulators = sch.cache_write(products, 0, "local")
-    outer = sch.fuse(e, v, o_outer)
-    macs = extent(outer, sch) * block * tiles * pairs * 2
-    if not by_rows and macs >= PARALLEL_MIN_MACS:
-        sch.parallel(outer)
-    sch.reverse_compute_at(accumulators, t_outer)
-    sch.unroll(t_inner)
-    sch.unroll(o_vectors)
-    init = sch.decompose_reduction(products, rc)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.vectorize(sch.get_loops(accumulators)[-1])
+    macs = extent(e, sch) * extent(v, sch) * extent(o_outer, sch) * block * tiles * pairs * 2
+    outer = _finish_gemm(sch, products, [e, v, o_outer], macs, not by_rows, t_outer, rc, None,
+                         [t_inner, o_vectors])
     sch.annotate(outer, "pragma_import_llvm", conv2d_bf16.WRAPPER_IR)
     sch.tensorize(o_lanes, conv2d_bf16.PACKED_INTRINSIC)
