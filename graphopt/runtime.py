@@ -26,7 +26,9 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -524,11 +526,57 @@ def numpy_dtype(name: str):
         return None
 
 
+# TVM 0.27's VM executable logs "Scope Saving:" / "Scope Loaded:" as a warning for every
+# constant when it is written or read (executable.cc, a debugging line): one line per weight
+# tensor on stderr at each export and load, hundreds for a large model. TVM's C++ logging has
+# no switch for it at run time, so those calls run with stderr (fd 2, where C++ writes) caught
+# and written back without the lines.
+_SCOPE_LOG_LINE = re.compile(rb"^[^\n]*executable\.cc:\d+: Warning: Scope (?:Saving|Loaded):"
+                             rb"[^\n]*(?:\n|$)", re.M)
+_stderr_lock = threading.Lock()   # fd 2 is one per process: one redirection at a time
+
+
+def _flush(stream) -> None:
+    try:
+        stream.flush()
+    except (AttributeError, OSError, ValueError):   # None, or closed
+        pass
+
+
+@contextmanager
+def without_scope_log() -> Iterator[None]:
+    """Run a TVM executable save or load with TVM's per-constant memory-scope lines left out of
+    stderr; everything else written to stderr meanwhile passes through, after the call."""
+    with _stderr_lock:
+        try:
+            _flush(sys.stderr)
+            saved = os.dup(2)
+        except OSError:   # no fd 2: nothing to keep clean
+            yield
+            return
+        with tempfile.TemporaryFile() as caught:
+            os.dup2(caught.fileno(), 2)
+            try:
+                yield
+            finally:
+                _flush(sys.stderr)
+                os.dup2(saved, 2)
+                os.close(saved)
+                caught.seek(0)
+                kept = _SCOPE_LOG_LINE.sub(b"", caught.read())
+                try:
+                    while kept:
+                        kept = kept[os.write(2, kept):]
+                except OSError:   # stderr's reader went away
+                    pass
+
+
 def load_library(path: str):
     """dlopen an exported library (running its code) through the TVM runtime."""
     import tvm_ffi
     try:
-        return tvm_ffi.load_module(os.path.abspath(path))
+        with without_scope_log():
+            return tvm_ffi.load_module(os.path.abspath(path))
     except Exception as e:  # the FFI reports dlopen failures as RuntimeError or OSError
         message = str(e)
         missing = message.split(": cannot open shared object file")[0].rsplit(": ", 1)[-1]

@@ -99,6 +99,24 @@ def test_load_rejects_files_that_are_not_graphopt_exports(compiled, tmp_path):
         go.load(plain)
 
 
+def test_export_and_load_keep_stderr_clean(compiled, tmp_path, capfd):
+    """TVM logs a warning line per constant when its VM executable is saved or loaded; export
+    and load leave those out of stderr (fd 2, where C++ writes)."""
+    path = compiled.export(str(tmp_path / "quiet.so"))
+    go.load(path)
+    assert "Scope" not in capfd.readouterr().err
+
+
+def test_the_scope_filter_passes_other_stderr_output_through(capfd):
+    with runtime.without_scope_log():
+        os.write(2, b"[03:00:18] /project/src/runtime/vm/executable.cc:340: Warning: Scope "
+                    b"Loaded:\nkeep this\n[03:00:18] executable.cc:276: Warning: Scope Saving:")
+        os.write(2, b"\nand this\n")
+    assert capfd.readouterr().err == "keep this\nand this\n"
+    os.write(2, b"after\n")   # stderr is fd 2 again
+    assert capfd.readouterr().err == "after\n"
+
+
 def test_export_path_must_be_a_shared_library(compiled, tmp_path):
     with pytest.raises(GraphoptError, match="must end in .so"):
         compiled.export(str(tmp_path / "model.tar"))
@@ -193,6 +211,7 @@ def test_cpu_export_runs_with_only_the_tvm_runtime(exported, compiled, feeds, tm
     done = subprocess.run([sys.executable, "-S", "-c", script], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "Scope Loaded" not in done.stderr, done.stderr   # see runtime.without_scope_log
     with np.load(tmp_path / "out.npz") as found:
         expected = compiled.run(feeds)
         for name in expected:

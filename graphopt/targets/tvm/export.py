@@ -121,8 +121,10 @@ def export_model(model, path: str) -> str:
             with open(addons[0], "w") as f:
                 f.write("".join(assembly) + '\t.section .note.GNU-stack,"",@progbits\n')
         library = os.path.join(work, "model.so")
-        model.executable.export_library(library, addons=addons, workspace_dir=work,
-                                        **({"options": link_options} if link_options else {}))
+        with runtime.without_scope_log():
+            model.executable.export_library(
+                library, addons=addons, workspace_dir=work,
+                **({"options": link_options} if link_options else {}))
         with open(library, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as image:
             if runtime.FATBIN_SYMBOL in blobs:   # where the linker put the GPU binary
                 fatbin = blobs[runtime.FATBIN_SYMBOL][0]
