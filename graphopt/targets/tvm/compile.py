@@ -144,8 +144,10 @@ class CompiledModel:
                                             for _, a in self.weights]
             args += self._weight_tensors
         result = self._main()(*args)
-        arrays = [result] if len(self.signature.outputs) == 1 else list(result)
-        return {name: run_output(a) for name, a in zip(self.signature.output_names, arrays)}
+        names = self.signature.output_name_tuple
+        if len(names) == 1:
+            return {names[0]: run_output(result)}
+        return {name: run_output(a) for name, a in zip(names, result)}
 
     def _main(self):
         """The calling thread's VM entry point, looked up once per thread."""
