@@ -104,9 +104,13 @@ CASES = {
                                   "winograd"),
     "winograd_64_channels": ((1, 64, 10, 11), lambda x: dsl.relu(dsl.conv2d(x, 16, 3, padding=1)),
                              "winograd"),
-    # 56 tiles per image: transformed and multiplied one image at a time
-    "winograd_per_image_batch2": ((2, 128, 14, 16), lambda x: dsl.relu(dsl.conv2d(
+    # 64 tiles per image, an odd height (no whole rows of tiles): transformed and multiplied
+    # one image at a time
+    "winograd_per_image_batch2": ((2, 128, 15, 16), lambda x: dsl.relu(dsl.conv2d(
         x, 32, 3, padding=1)), "winograd"),
+    # F(2x2) on a small plane, a row of tiles at a time, over a batch
+    "winograd_f2_by_tile_rows_batch2": ((2, 32, 8, 8), lambda x: dsl.relu(dsl.conv2d(
+        x, 64, 3, padding=1)), "winograd"),
     # AVX-512: F(4x4, 3x3) with the 29x30 plane computed to whole 4x4 tiles; AVX2: F(2x2)
     "winograd_odd_plane_f4": ((1, 64, 29, 30), lambda x: dsl.relu(dsl.conv2d(x, 32, 3, padding=1)),
                               "winograd"),
@@ -491,6 +495,18 @@ def test_winograd_choice_per_vector_width(shape):
                                            {"kind": "llvm", "mcpu": mcpu})), batch)
                   for mcpu in (AVX2_CPU, AVX512_CPU, "sapphirerapids"))
     assert found == WINOGRAD_CHOICES[shape]
+
+
+@pytest.mark.parametrize("mcpu", [AVX2_CPU, AVX512_CPU])
+@pytest.mark.parametrize("name, tasks", [("winograd_f2_by_tile_rows_batch2", 1),
+                                         ("winograd_per_image_batch2", 3)])
+def test_small_winograd_weights_go_a_row_of_tiles_a_task(mcpu, name, tasks):
+    """F(2x2) with small transformed weights and whole rows of tiles: each parallel task
+    transforms, multiplies and writes back one row (one parallel loop); an odd height keeps the
+    three stages, each parallel over its own axis."""
+    (kernel,) = [f for k, f in _scheduled_kernels(_table_graph([name]), mcpu).items()
+                 if "winograd" in k]
+    assert kernel.script().count("T.parallel(") == tasks
 
 
 @pytest.mark.parametrize("plane, out_channels", [(115, 64), (27, 128)],

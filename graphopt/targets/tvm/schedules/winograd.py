@@ -30,8 +30,11 @@ step multiplies one broadcast pair by a [16, 2] weight vector in one instruction
 (`conv2d_bf16.PACKED_INTRINSIC`), accumulating in float32; the output transform and the epilogue
 are float32's. The two roundings cost about one more bfloat16 rounding of the output: F(2x2)'s
 transforms have coefficients 0, +-1 and +-1/2 (with F(4x4)'s points, up to +-8, it measured
-~12 roundings in numpy). F(2x2) tiles are computed a row of tiles at a time, as F(4x4) ones
-(`PAIRED_BY_ROWS`)."""
+~12 roundings in numpy).
+
+Where the transformed weights are small (`ROW_WEIGHT_BYTES`), every kernel, F(2x2) or F(4x4),
+float32 or bfloat16, computes a row of output tiles at a time: one parallel task transforms
+the row's input, multiplies it and writes its output while they are in its core's cache."""
 from __future__ import annotations
 
 import numpy as np
@@ -92,11 +95,17 @@ SMALL_WEIGHT_BYTES = 4 << 20
 MAX_PLANE = 112 * 112
 # Output tiles per image from which a batch is transformed and multiplied one image at a time.
 PER_IMAGE_TILES = 32
-# F(4x4) transformed weights up to this size (half of a core's L2) are streamed once per row of
-# output tiles: each row is transformed, multiplied and written back while in cache, one row a
-# task (one AVX-512 core, ResNet-18's 64-channel 56x56 convs, ms, whole plane / by rows: 1.25 /
-# 0.93 at batch 1, 10.7 / 8.1 at batch 8; two threads 1.05 / 0.79; 128 channels, 2.4 MB of
-# weights, lose: 1.22 / 1.74).
+# Transformed weights up to this size (half of a core's L2) are streamed once per row of output
+# tiles: each row is transformed, multiplied and written back while in cache, one row a task.
+# F(4x4) (one AVX-512 core, ResNet-18's 64-channel 56x56 convs, ms, whole plane / by rows: 1.25
+# / 0.93 at batch 1, 10.7 / 8.1 at batch 8; two threads 1.05 / 0.79; 128 channels, 2.4 MB of
+# weights, lose: 1.22 / 1.74). bfloat16 F(2x2) (one Zen 4 thread, us: 64 ch 56x56 1,023 / 919,
+# 128 ch 28x28 740 / 700). float32 F(2x2) (Zen 4, us, one / two threads): DeepConvNet's 32 -> 64
+# and 64 -> 64 ch 8x8 convs 14.1 / 12.9 -> 12.3 / 7.1 and 33.9 / 25.2 -> 22.9 / 12.4, whose
+# stages over the whole plane hardly gained from a second thread (each stage's data written by
+# one core and read by the other); DenseNet-121's 128 -> 32 ch 14x14 90 / 144 -> 84 / 51; the
+# AVX2 build's (`mcpu="znver3"`, same host, one thread) ResNet-18 64 ch 56x56 1,443 -> 1,224,
+# VGG-11's 64 -> 128 ch 112x112 13.2 -> 9.7 ms.
 ROW_WEIGHT_BYTES = 1 << 20
 # Input channels per weight block in the GEMMs: 64 x 16 floats (4 KB) stay in L1 while every
 # tile of the block uses them, the tiles' sums waiting in L1 between blocks; from
@@ -112,10 +121,6 @@ PREFETCH_NEXT_SLICE = True
 # The tile side of bfloat16 Winograd on vdpbf16ps (`transform_weight_in_pairs`; see the module's
 # docstring).
 PAIRED_TILE = 2
-# Whether bfloat16 F(2x2) with transformed weights up to ROW_WEIGHT_BYTES is computed a row of
-# tiles at a time (one Zen 4 thread, us, whole plane / by rows: 64 ch 56x56 1,023 / 919, 128 ch
-# 28x28 740 / 700).
-PAIRED_BY_ROWS = True
 
 # (B^T, G, A^T) of F(m x m, 3x3) by output tile side m.
 TRANSFORMS = {
@@ -339,8 +344,7 @@ def schedule(sch, vec: VectorShape) -> bool:
     weight = next(r.source for r in sch.get(products).reads if len(r.source.shape) >= 5)
     paired = len(weight.shape) == 6          # bfloat16 pairs on vdpbf16ps
     weight_bytes = (tile_side + 2) ** 2 * in_channels * out_channels * (2 if paired else 4)
-    by_rows = (tile_side == 4 or (paired and PAIRED_BY_ROWS)) and \
-        weight_bytes <= ROW_WEIGHT_BYTES and height % tile_side == 0
+    by_rows = weight_bytes <= ROW_WEIGHT_BYTES and height % tile_side == 0
     per_image = not by_rows and batch > 1 and \
         -(-height // tile_side) * -(-width // tile_side) >= PER_IMAGE_TILES
     if by_rows:
