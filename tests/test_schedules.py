@@ -469,8 +469,9 @@ WINOGRAD_CHOICES = {
     (512, 512, 7, 1): (2, 0, 0),     # 16 tiles: streaming the transformed weights loses
     (512, 512, 7, 8): (2, 2, 2),     # 128 tiles over the batch
     (16, 16, 56, 1): (0, 0, 0),      # too few channels for the transforms to pay
-    (64, 64, 224, 1): (0, 4, 4),     # F(4x4) by rows of tiles: up to 256x256 with 32 KiB,
-    (64, 32, 256, 1): (0, 4, 0),     # ... up to 224x224 with 48 KiB
+    (64, 64, 224, 1): (2, 4, 4),     # by rows of tiles: F(2x2) up to 224x224 with 8 lanes,
+    (64, 32, 256, 1): (0, 4, 0),     # F(4x4) up to 256x256 with 32 KiB, 224x224 with 48 KiB
+    (64, 64, 225, 1): (0, 4, 0),     # F(2x2) on an odd plane: whole-plane stages, to 112x112
     (32, 64, 257, 1): (0, 0, 0),
     (32, 64, 147, 1): (0, 4, 4),     # Inception-v3's third conv
     (32, 128, 27, 1): (2, 4, 4),     # SqueezeNet's: F(4x4) from 25x25 planes
@@ -523,6 +524,20 @@ def test_winograd_f4_on_planes_of_partial_tiles_matches_the_interpreter(plane, o
     assert (conv.algorithm, conv.output_tile) == ("winograd", 4)
     skip_unless_this_cpu_runs(model)
     x = np.random.default_rng(0).standard_normal((1, 32, plane, plane)).astype(np.float32)
+    assert go.compare(graph, model, {"x": x}).ok
+
+
+def test_winograd_f2_by_rows_beyond_112x112_matches_the_interpreter():
+    """With 8 lanes, F(2x2) a row of tiles at a time takes planes beyond 112x112 (up to
+    224x224); bounds-checked, it computes the interpreter's outputs."""
+    with dsl.Builder("wino_f2_rows", seed=6) as b:
+        x = b.input("x", (1, 32, 114, 114))
+        graph = b.output(dsl.relu(dsl.conv2d(x, 16, 3, padding=1)))
+    model = go.compile(graph, mcpu=AVX2_CPU, bounds_check=True)
+    conv = [n.op.conv for n in model.graph.nodes if n.op_name == "fused_conv2d"][0]
+    assert (conv.algorithm, conv.output_tile) == ("winograd", 2)
+    skip_unless_this_cpu_runs(model)
+    x = np.random.default_rng(1).standard_normal((1, 32, 114, 114)).astype(np.float32)
     assert go.compare(graph, model, {"x": x}).ok
 
 

@@ -92,7 +92,12 @@ MIN_TILES = {8: 1, 16: 32}
 # 4.2 MB) 172 / 133 with its weights in cache, no faster in the whole model.
 SMALL_PLANE, SMALL_PLANE_MIN_CHANNELS, SMALL_PLANE_MIN_TILES = 32 * 32, 32, 16
 SMALL_WEIGHT_BYTES = 4 << 20
-MAX_PLANE = 112 * 112
+# Planes up to which F(2x2) is taken: the whole-plane stages' transformed tensors leave the
+# cache beyond MAX_PLANE (one AVX2 core, 64 ch 224x224, ms, direct / F(2x2) / ORT: 44.6 / 43.6
+# / 40.8), a row of tiles at a time (`by_rows`) they do not: VGG-16's 64 ch 224x224 conv, the
+# AVX2 build (`mcpu="znver3"`) on a Zen 4, ms, direct / F(2x2) by rows 41.1 / 25.0 at one
+# thread, 21.3 / 12.7 at two.
+MAX_PLANE, ROWS_MAX_PLANE = 112 * 112, 224 * 224
 # Output tiles per image from which a batch is transformed and multiplied one image at a time.
 PER_IMAGE_TILES = 32
 # Transformed weights up to this size (half of a core's L2) are streamed once per row of output
@@ -162,7 +167,8 @@ def output_tile(in_channels: int, out_channels: int, out_h: int, out_w: int, ker
     if vec.lanes == 16 and not wide_l1 and in_channels >= F4_MIN_CHANNELS and \
             F4_MIN_PLANE <= out_h * out_w <= F4_MAX_PLANE:
         return 4
-    if out_h * out_w > MAX_PLANE:
+    if out_h * out_w > (ROWS_MAX_PLANE if by_rows(2, in_channels, out_channels, out_h, 4)
+                        else MAX_PLANE):
         return 0
     tiles = batch * -(-out_h // 2) * -(-out_w // 2)
     if in_channels >= MIN_CHANNELS.get(vec.lanes, 32) and tiles >= MIN_TILES.get(vec.lanes, 1):
@@ -172,6 +178,14 @@ def output_tile(in_channels: int, out_channels: int, out_h: int, out_w: int, ker
             in_channels * out_channels * 16 * 4 <= SMALL_WEIGHT_BYTES:   # 4x4 float32 per pair
         return 2
     return 0
+
+
+def by_rows(tile_side: int, in_channels: int, out_channels: int, height: int,
+            weight_itemsize: int) -> bool:
+    """Whether the kernel computes a row of output tiles per parallel task: its transformed
+    weights fit ROW_WEIGHT_BYTES and the plane is whole rows of tiles."""
+    weight_bytes = (tile_side + 2) ** 2 * in_channels * out_channels * weight_itemsize
+    return weight_bytes <= ROW_WEIGHT_BYTES and height % tile_side == 0
 
 
 def channel_block(vec: VectorShape) -> int:
@@ -344,10 +358,10 @@ def schedule(sch, vec: VectorShape) -> bool:
     weight = next(r.source for r in sch.get(products).reads if len(r.source.shape) >= 5)
     paired = len(weight.shape) == 6          # bfloat16 pairs on vdpbf16ps
     weight_bytes = (tile_side + 2) ** 2 * in_channels * out_channels * (2 if paired else 4)
-    by_rows = weight_bytes <= ROW_WEIGHT_BYTES and height % tile_side == 0
-    per_image = not by_rows and batch > 1 and \
+    row_tasks = by_rows(tile_side, in_channels, out_channels, height, 2 if paired else 4)
+    per_image = not row_tasks and batch > 1 and \
         -(-height // tile_side) * -(-width // tile_side) >= PER_IMAGE_TILES
-    if by_rows:
+    if row_tasks:
         # One task per (image, row of tiles), parallel: the stages inside stay serial.
         b, o, row, col = sch.get_loops(output)
         tile_row, row_in_tile = sch.split(row, [None, tile_side])
@@ -375,7 +389,7 @@ def schedule(sch, vec: VectorShape) -> bool:
     sch.unroll(e)
     sch.unroll(v)
     sch.vectorize(t_in_row)
-    if not by_rows and extent(ch, sch) > 1:
+    if not row_tasks and extent(ch, sch) > 1:
         sch.parallel(ch)
     *_, row_e, row_col = sch.get_loops(rows)
     sch.unroll(row_e)
@@ -384,9 +398,9 @@ def schedule(sch, vec: VectorShape) -> bool:
     sch.vectorize(half)
 
     if paired:
-        _schedule_paired_gemm(sch, products, weight, by_rows, vec)
+        _schedule_paired_gemm(sch, products, weight, row_tasks, vec)
     else:
-        _schedule_gemm(sch, products, weight, weight_bytes, by_rows, vec)
+        _schedule_gemm(sch, products, weight, weight_bytes, row_tasks, vec)
 
     # Vectors over output channels: the 16 transformed values of a tile are contiguous there
     # (scalar reads strided by the channel count cost 0.4-0.8 ms per conv and made the kernel
@@ -396,19 +410,19 @@ def schedule(sch, vec: VectorShape) -> bool:
     col_outer, col_inner = sch.split(col, [None, tile_side])
     o_outer, o_inner = sch.split(o, [None, vec.lanes])
     # (per image, the batch loop also holds the image's GEMM and transforms: it stays outside)
-    sch.reorder(*([] if per_image or by_rows else [b]), o_outer, row_outer, col_outer, row_inner,
+    sch.reorder(*([] if per_image or row_tasks else [b]), o_outer, row_outer, col_outer, row_inner,
                 col_inner, o_inner)
     sch.unroll(row_inner)
     sch.unroll(col_inner)
     sch.vectorize(o_inner)
-    if not by_rows:
+    if not row_tasks:
         planes = o_outer if per_image else sch.fuse(b, o_outer)
         if extent(planes, sch) > 1:
             sch.parallel(planes)
     return True
 
 
-def _schedule_gemm(sch, products, weight, weight_bytes: int, by_rows: bool,
+def _schedule_gemm(sch, products, weight, weight_bytes: int, row_tasks: bool,
                    vec: VectorShape) -> None:
     """The float32 GEMMs register-tiled like the direct conv: output channels as the vector axis,
     a few tiles as the other side, weights streamed in L1-sized channel blocks (each next one
@@ -424,14 +438,14 @@ def _schedule_gemm(sch, products, weight, weight_bytes: int, by_rows: bool,
         sch.reorder(e, v, o_outer, rc_outer, t_outer, rc_inner, t_inner, o_inner)
     else:
         sch.reorder(e, v, o_outer, t_outer, rc_inner, t_inner, o_inner)
-    if PREFETCH_NEXT_SLICE and not by_rows and weight_bytes >= PREFETCH_MIN_WEIGHT_BYTES:
+    if PREFETCH_NEXT_SLICE and not row_tasks and weight_bytes >= PREFETCH_MIN_WEIGHT_BYTES:
         # each channel block's weights ([a, a, O / block, I, block]: contiguous) are read by
         # the iterations of t_outer; they prefetch the block that follows (by rows, the
         # weights stay in L2 from one row to the next; small ones from one run to the next)
         sch.annotate(t_outer, NEXT_SLICE_ATTR,
                      (CHANNEL_BLOCK if rc_outer is not None else in_channels) * block)
     macs = extent(e, sch) * extent(v, sch) * extent(o_outer, sch) * block * tiles * in_channels
-    _finish_gemm(sch, products, [e, v, o_outer], macs, not by_rows,
+    _finish_gemm(sch, products, [e, v, o_outer], macs, not row_tasks,
                  None if rc_outer is not None else t_outer,
                  rc_outer if rc_outer is not None else rc_inner, o_inner, [t_inner])
 
@@ -457,7 +471,7 @@ def _finish_gemm(sch, products, outer_loops, macs: int, parallel: bool, at, firs
     return outer
 
 
-def _schedule_paired_gemm(sch, products, weight, by_rows: bool, vec: VectorShape) -> None:
+def _schedule_paired_gemm(sch, products, weight, row_tasks: bool, vec: VectorShape) -> None:
     """The bfloat16 GEMMs on vdpbf16ps: a register tile of a few tiles by a block of output
     channels over all the input channels, each step one broadcast pair of input channels times
     a [16, 2] weight vector (`conv2d_bf16.PACKED_INTRINSIC`). The tile keeps its sums in
@@ -477,7 +491,7 @@ def _schedule_paired_gemm(sch, products, weight, by_rows: bool, vec: VectorShape
     t_outer, t_inner = sch.split(t, [None, tile])
     sch.reorder(e, v, o_outer, t_outer, rc, t_inner, o_vectors, o_lanes, rr)
     macs = extent(e, sch) * extent(v, sch) * extent(o_outer, sch) * block * tiles * pairs * 2
-    outer = _finish_gemm(sch, products, [e, v, o_outer], macs, not by_rows, t_outer, rc, None,
+    outer = _finish_gemm(sch, products, [e, v, o_outer], macs, not row_tasks, t_outer, rc, None,
                          [t_inner, o_vectors])
     sch.annotate(outer, "pragma_import_llvm", conv2d_bf16.WRAPPER_IR)
     sch.tensorize(o_lanes, conv2d_bf16.PACKED_INTRINSIC)
