@@ -605,6 +605,19 @@ def test_1x1_convs_take_the_pointwise_rule_on_avx512(name):
     assert sum("reshape" in kernel for kernel in called) == 1, sorted(called)
 
 
+@pytest.mark.parametrize("pixels, outer", [(8, "o"), (56, "p")])
+def test_few_uneven_pixel_tiles_share_the_channel_blocks_between_threads(pixels, outer):
+    """A projection on an 8x8 plane (tiles of 3 vectors: 48 pixels, then 16) splits its
+    parallel tasks by channel block, so no thread gets only whole tiles; on 56x56 (66 tiles)
+    the pixel tiles stay outermost, each tile's input read from cache by every block."""
+    with dsl.Builder("projection", seed=0) as b:
+        x = b.input("x", (1, 256, pixels, pixels))
+        graph = b.output(dsl.conv2d(x, 64, 1))
+    (kernel,) = [f for f in _scheduled_kernels(graph, AVX512_CPU).values()
+                 if f.attrs[SCHEDULE_ATTR] == "pointwise"]
+    assert re.search(rf"for b_{outer}_0_\w+_fused in T.parallel", kernel.script())
+
+
 def test_pointwise_tile_fills_the_accumulators():
     from graphopt.targets.tvm.schedules.pointwise import tile
     vec = VectorShape.of(tvm.target.Target({"kind": "llvm", "mcpu": AVX512_CPU}))

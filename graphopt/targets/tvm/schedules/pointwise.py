@@ -58,6 +58,11 @@ MAX_VECTORS = 4
 # x 7 channels (28 accumulators and 4 inputs) did on AVX-512: Inception-v3's 2048 -> 448 1x1
 # conv on 8x8, one Zen 4 core, 3.02 ms, against 1.10 for 2 x 14 and 1.09 for 1 x 28 (1280 ->
 # 448: 1.95 / 0.68 / 0.65).
+# Below this many pixel tiles, the last of them partial, the channel blocks are the outer loop
+# of the parallel tasks, not the pixel tiles (whose split left one thread the whole tiles):
+# Inception-v3's 1280 -> 320 and 2048 -> 320 ch 8x8 projections (tiles of 48 pixels), one Zen
+# 4 core / two, us, 447 / 337 -> 446 / 228 and 715 / 538 -> 713 / 359.
+FEW_PIXEL_TILES = 4
 # The smallest plane that is not whole vectors taken, in vectors (see the module docstring).
 MIN_PARTIAL_VECTORS = 8
 # The vector widths with which planes that are not whole vectors are taken: with 8 lanes
@@ -170,7 +175,12 @@ def schedule(sch, vec: VectorShape) -> bool:
                                        * channels >= PARALLEL_MIN_MACS)
     p_outer, p_inner = sch.split(p, [None, vectors * vec.lanes])
     p_vectors, p_lanes = sch.split(p_inner, [None, vec.lanes])
-    if out_channels > channels:   # an expansion: each channel block's rows written in turn
+    pixel_tiles = -(-pixels // (vectors * vec.lanes))
+    uneven = pixels % (vectors * vec.lanes) and pixel_tiles < FEW_PIXEL_TILES
+    if out_channels > channels or uneven:
+        # an expansion: each channel block's rows written in turn; a few pixel tiles, the last
+        # one partial: each thread takes whole channel blocks (pixel tiles outermost, the
+        # threads' shares of the tasks were whole tiles, the partial one in the last share)
         sch.reorder(b, o_outer, p_outer, c, o_inner, p_vectors, p_lanes)
         fused = sch.fuse(b, o_outer, p_outer)
     else:                          # the tile's input read from cache by every channel block
