@@ -339,15 +339,16 @@ def test_weights_larger_than_the_input_are_read_once_per_channel_block(mcpu):
 
 @pytest.mark.parametrize("mcpu", [AVX2_CPU, AVX512_CPU])
 def test_small_convs_pad_their_rows_inside_each_parallel_task(mcpu):
-    """A small padded conv (DeepConvNet's 3x3 16 ch on 28x28, 1.8 M products) pads its input
-    inside each parallel task, the rows that task reads: no stage before the parallel loop.
+    """A small padded conv (3x3 16 ch on 27x27, 1.7 M products; on 28x28, DeepConvNet's, it is a
+    Winograd kernel with 8 lanes) pads its input inside each parallel task, the rows that task
+    reads: no stage before the parallel loop.
     A large one (ResNet-18's stride-2 64 -> 128 ch from 56x56) pads once, before it: its
     tasks would repeat the padding more than TASK_PADDING_LARGE_REPEATS times. A large
     grouped one with a padded input of 0.8 MB (RegNetX's stride-2 convs, each task reading its
     group's channels) pads inside the tasks again: padded once, such a copy leaves the cache.
     Wherever it pads, the copy is vectorized: the left zeros, the input's row, the right zeros."""
     with dsl.Builder("task_padding", seed=0) as b:
-        x, y = b.input("x", (1, 16, 28, 28)), b.input("y", (1, 64, 56, 56))
+        x, y = b.input("x", (1, 16, 27, 27)), b.input("y", (1, 64, 56, 56))
         z = b.input("z", (1, 32, 80, 80))
         graph = b.output(dsl.relu(dsl.conv2d(x, 16, 3, padding=1)),
                          dsl.relu(dsl.conv2d(y, 128, 3, stride=2, padding=1)),
@@ -463,12 +464,14 @@ def test_expected_rule_on_avx512(name):
 WINOGRAD_CHOICES = {
     (64, 64, 56, 1): (2, 4, 4),      # 16 lanes: F(4x4) beats the direct kernel, F(2x2) does not
     (32, 32, 56, 1): (2, 4, 4),      # F(4x4) from 32 channels (16 with 32 KiB of L1)
-    (16, 64, 56, 1): (0, 4, 0),      # ... 16 on 32 KiB cores, timed; 48 KiB lost at two threads
+    (16, 64, 56, 1): (2, 4, 0),      # ... 16 on 32 KiB cores, timed; 48 KiB lost at two threads;
+    (16, 64, 55, 1): (0, 4, 0),      # 8 lanes: F(2x2) from 16 channels a row of tiles at a time
     (128, 128, 28, 1): (2, 4, 4),
     (256, 256, 14, 1): (2, 2, 2),    # F(4x4)'s 4x4 tiles waste 30 % of a 14x14 plane
     (512, 512, 7, 1): (2, 0, 0),     # 16 tiles: streaming the transformed weights loses
     (512, 512, 7, 8): (2, 2, 2),     # 128 tiles over the batch
-    (16, 16, 56, 1): (0, 0, 0),      # too few channels for the transforms to pay
+    (16, 16, 56, 1): (2, 0, 0),      # too few channels for the transforms to pay, but with 8
+    (8, 16, 56, 1): (0, 0, 0),       # lanes by rows of tiles (no whole rows on 55x55: above)
     (64, 64, 224, 1): (2, 4, 4),     # by rows of tiles: F(2x2) up to 224x224 with 8 lanes,
     (64, 32, 256, 1): (0, 4, 0),     # F(4x4) up to 256x256 with 32 KiB, 224x224 with 48 KiB
     (64, 64, 225, 1): (0, 4, 0),     # F(2x2) on an odd plane: whole-plane stages, to 112x112
@@ -527,17 +530,20 @@ def test_winograd_f4_on_planes_of_partial_tiles_matches_the_interpreter(plane, o
     assert go.compare(graph, model, {"x": x}).ok
 
 
-def test_winograd_f2_by_rows_beyond_112x112_matches_the_interpreter():
+@pytest.mark.parametrize("channels, plane", [(32, 114), (16, 28)],
+                         ids=["beyond_112x112", "16_channels"])
+def test_winograd_f2_by_rows_with_8_lanes_matches_the_interpreter(channels, plane):
     """With 8 lanes, F(2x2) a row of tiles at a time takes planes beyond 112x112 (up to
-    224x224); bounds-checked, it computes the interpreter's outputs."""
+    224x224) and convs from 16 input channels; bounds-checked, it computes the interpreter's
+    outputs."""
     with dsl.Builder("wino_f2_rows", seed=6) as b:
-        x = b.input("x", (1, 32, 114, 114))
+        x = b.input("x", (1, channels, plane, plane))
         graph = b.output(dsl.relu(dsl.conv2d(x, 16, 3, padding=1)))
     model = go.compile(graph, mcpu=AVX2_CPU, bounds_check=True)
     conv = [n.op.conv for n in model.graph.nodes if n.op_name == "fused_conv2d"][0]
     assert (conv.algorithm, conv.output_tile) == ("winograd", 2)
     skip_unless_this_cpu_runs(model)
-    x = np.random.default_rng(1).standard_normal((1, 32, 114, 114)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((1, channels, plane, plane)).astype(np.float32)
     assert go.compare(graph, model, {"x": x}).ok
 
 

@@ -12,9 +12,10 @@ F(2x2, 3x3) (transforms of 0, +-1 and +-1/2: ~1e-6 relative to the direct convol
 or more input channels on planes up to 112x112 it beats the direct kernel on 8 lanes (one AVX2
 core, batch 1, graphopt direct / Winograd / ONNX Runtime, ms): 32 ch 56x56 0.64 / 0.52 / 0.63,
 64 ch 56x56 2.56 / 1.84 / 2.46, 128 ch 28x28 2.48 / 1.47 / 2.38, 256 ch 14x14 2.66 / 1.39 /
-2.36, 512 ch 7x7 3.1-3.4 / 1.65 / 2.30, 64->128 ch 112x112 19.6 / 18.3 / 19.9. With 16 channels
-or fewer the transforms cost what the GEMMs save (16 ch 56x56 0.17 / 0.18 / 0.22), and on a
-224x224 plane the transformed tensors leave the cache (64 ch 44.6 / 43.6 / 40.8).
+2.36, 512 ch 7x7 3.1-3.4 / 1.65 / 2.30, 64->128 ch 112x112 19.6 / 18.3 / 19.9. Over the whole
+plane, with 16 channels or fewer the transforms cost what the GEMMs save (16 ch 56x56 0.17 /
+0.18 / 0.22), and on a 224x224 plane the transformed tensors leave the cache (64 ch 44.6 / 43.6
+/ 40.8); a row of tiles at a time both win (`ROWS_MIN_CHANNELS`, `ROWS_MAX_PLANE`).
 
 F(4x4, 3x3) (Lavin and Gray's points 0, +-1, +-2, +-1/2: ~1e-5 relative, the accuracy TVM's and
 oneDNN's Winograd kernels have) on 16 lanes, where the direct kernel is at ORT's speed and
@@ -50,6 +51,12 @@ ROWS, INPUT, GEMM, OUTPUT = "wino_rows", "wino_input", "wino_gemm", "wino_output
 # Winograd / direct / ORT: 64 ch 56x56 2.05 / 1.56 / 1.47, 64->128 ch 112x112 15.5 / 12.6 / 12.0,
 # 128->256 ch 56x56 10.9 / 11.9 / 11.4, 256 ch 14x14 1.02 / 1.43 / 1.45).
 MIN_CHANNELS = {8: 32, 16: 128}
+# ... and with 8 lanes from 16 input channels where it goes a row of tiles at a time (`by_rows`):
+# the AVX2 build (`mcpu="znver3"`) on a Zen 4, one thread / two, us, direct / F(2x2) by rows:
+# YOLOv3-tiny's 16 -> 32 ch 208x208 4,540 / 2,879 (2,282 / 1,412), DeepConvNet's 16 ch 28x28
+# 44.3 / 28.9 and 16 -> 32 ch 14x14 19.3 / 17.4, FCN's 16 -> 32 ch 32x32 195 / 147 and 32 ->
+# 64 ch 16x16 96.6 / 60.5. With 16 lanes no zoo conv changed at 32 (GoogLeNet's 14x14 ones).
+ROWS_MIN_CHANNELS = {8: 16}
 # F(4x4) with 16 lanes and 32 KiB of L1: from 16 input channels, on planes from 25x25 up to
 # 256x256, most of them computed a row of tiles at a time. One Zen 4 core, one conv + relu,
 # us, direct / F(4x4) (the best of five rounds of 100 calls): 16 -> 64 ch 56x56 571 / 272
@@ -167,11 +174,13 @@ def output_tile(in_channels: int, out_channels: int, out_h: int, out_w: int, ker
     if vec.lanes == 16 and not wide_l1 and in_channels >= F4_MIN_CHANNELS and \
             F4_MIN_PLANE <= out_h * out_w <= F4_MAX_PLANE:
         return 4
-    if out_h * out_w > (ROWS_MAX_PLANE if by_rows(2, in_channels, out_channels, out_h, 4)
-                        else MAX_PLANE):
+    rows = by_rows(2, in_channels, out_channels, out_h, 4)
+    if out_h * out_w > (ROWS_MAX_PLANE if rows else MAX_PLANE):
         return 0
     tiles = batch * -(-out_h // 2) * -(-out_w // 2)
-    if in_channels >= MIN_CHANNELS.get(vec.lanes, 32) and tiles >= MIN_TILES.get(vec.lanes, 1):
+    least = MIN_CHANNELS.get(vec.lanes, 32)
+    least = ROWS_MIN_CHANNELS.get(vec.lanes, least) if rows else least
+    if in_channels >= least and tiles >= MIN_TILES.get(vec.lanes, 1):
         return 2
     if out_h * out_w <= SMALL_PLANE and in_channels >= SMALL_PLANE_MIN_CHANNELS and \
             out_channels >= 2 * channel_block(vec) and tiles >= SMALL_PLANE_MIN_TILES and \
