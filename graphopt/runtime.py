@@ -552,13 +552,18 @@ def without_scope_log() -> Iterator[None]:
     """Run a TVM executable save or load with TVM's per-constant memory-scope lines left out of
     stderr; everything else written to stderr meanwhile passes through, after the call."""
     with _stderr_lock:
+        _flush(sys.stderr)
+        saved = caught = None
         try:
-            _flush(sys.stderr)
             saved = os.dup(2)
-        except OSError:   # no fd 2: nothing to keep clean
+            caught = tempfile.TemporaryFile()
+        except OSError:   # no fd 2, or nowhere to catch it: the lines stay
+            if saved is not None:
+                os.close(saved)
+        if caught is None:
             yield
             return
-        with tempfile.TemporaryFile() as caught:
+        with caught:
             os.dup2(caught.fileno(), 2)
             try:
                 yield
