@@ -14,7 +14,7 @@ from ....ops.conv_kernel import PADDING_BLOCK
 from ..weight_prefetch import PREFETCH_ATTR
 from .common import (PARALLEL_MIN_ELEMENTS, VectorShape, blocks_of, buffer_bytes, extent,
                      inline_elementwise, iter_kinds, repeats_if_computed_at)
-from .phases import leading_columns, segments
+from .phases import vectorize_padded_row
 from .tiled import accumulator_writer, conv_row_tile, finish_tile, packed_weight, spatial_rest
 
 NAME = "conv2d"
@@ -231,20 +231,15 @@ def _schedule_padding(sch, conv) -> None:
     if len(pads) != 1:
         return
     pad = pads[0]
-    block = sch.get(pad)
     *outer, column = sch.get_loops(pad)
     shared = {sch.get(loop) for loop in sch.get_loops(conv)}
     if not any(sch.get(loop) in shared for loop in outer):   # computed once, before the tile
         rows = sch.fuse(*outer)
         if extent(rows, sch) * extent(column, sch) >= PARALLEL_MIN_ELEMENTS:
             sch.parallel(rows)
-    left = leading_columns(block)
     # The columns the conv reads start at the padded row's first (its first output column's
     # first tap) and may end before its last (a stride's leftover columns).
-    parts, _ = segments(sch, column, left, int(block.reads[0].source.shape[-1]),
-                        extent(column, sch))
-    for part in parts:
-        sch.vectorize(part)
+    vectorize_padded_row(sch, pad, column)
 
 
 def _nchw_padding(sch, block) -> bool:

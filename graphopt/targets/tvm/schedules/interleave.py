@@ -13,7 +13,7 @@ the convolution never reads the columns beyond its padded width."""
 from __future__ import annotations
 
 from .common import PARALLEL_MIN_ELEMENTS, blocks_of, extent
-from .phases import leading_columns, segments
+from .phases import vectorize_padded_row
 
 PLANES = "pad_planes"
 PACKED = "pad_pack"
@@ -126,10 +126,5 @@ def _vectorize_row(sch, planes) -> None:
     contiguous copy) and the right padding. Vectorized as runs of 16 columns, each column
     checked against the padding, LLVM copied the row a byte at a time (a tenth of an int8
     64 -> 128 ch 112x112 conv)."""
-    block = sch.get(planes)
-    source = next(r.source for r in block.reads if len(r.source.shape) == 4)
-    *_, row = sch.get_loops(planes)
-    parts, _ = segments(sch, row, leading_columns(block, source), int(source.shape[-1]),
-                        extent(row, sch))
-    for part in parts:
-        sch.vectorize(part)
+    source = next(r.source for r in sch.get(planes).reads if len(r.source.shape) == 4)
+    vectorize_padded_row(sch, planes, sch.get_loops(planes)[-1], source)

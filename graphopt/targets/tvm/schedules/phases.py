@@ -141,6 +141,18 @@ def leading_columns(block, source=None) -> int:
     return -int(Analyzer().simplify(start.map_indices([0] * len(iters))[0]))
 
 
+def vectorize_padded_row(sch, block_rv, loop, source=None) -> None:
+    """`loop`, the columns of a padding block's row, as up to three vector loops: the left
+    padding, the input's columns (a contiguous copy of `source`, default the block's first
+    read) and the right padding."""
+    block = sch.get(block_rv)
+    read = next(r for r in block.reads if source is None or r.source.same_as(source))
+    parts, _ = segments(sch, loop, leading_columns(block, read.source),
+                        int(read.source.shape[-1]), extent(loop, sch))
+    for part in parts:
+        sch.vectorize(part)
+
+
 def segments(sch, loop, start: int, size: int, total: int):
     """`loop` (extent `total`) partitioned into [0, start), [start, start + size), the rest,
     leaving out empty parts: (the part loops, the index of the middle part or None)."""

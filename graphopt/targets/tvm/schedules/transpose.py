@@ -137,15 +137,12 @@ def register(pixels: int, lanes: int, dtype: str = "float32", source: str = "loc
                 # into 128-bit pieces spilled through the stack
                 rows = transposed([a.vload([min(r, pixels - 1), 0], vector)
                                    if r < pixels or wide else zero for r in range(lanes)])
+                stored = lanes if wide else pixels    # wide: each row stored whole
                 for channel in range(lanes):
-                    if wide:
-                        B_.buffer_store(b, rows[channel], [channel, tirx.Ramp(
-                            tirx.const(0, "int32"), 1, lanes)])
-                        continue
-                    value = rows[channel] if pixels == lanes else tirx.Shuffle(
-                        [rows[channel]], [tirx.IntImm("int32", i) for i in range(pixels)])
+                    value = rows[channel] if stored == lanes else tirx.Shuffle(
+                        [rows[channel]], [tirx.IntImm("int32", i) for i in range(stored)])
                     B_.buffer_store(b, value, [channel, tirx.Ramp(tirx.const(0, "int32"), 1,
-                                                                  pixels)])
+                                                                  stored)])
     impl = builder.get()
     TensorIntrin.register(name, desc, impl, override=True)
     _registered.add(name)

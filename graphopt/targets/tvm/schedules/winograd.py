@@ -174,7 +174,8 @@ def output_tile(in_channels: int, out_channels: int, out_h: int, out_w: int, ker
     if vec.lanes == 16 and not wide_l1 and in_channels >= F4_MIN_CHANNELS and \
             F4_MIN_PLANE <= out_h * out_w <= F4_MAX_PLANE:
         return 4
-    rows = by_rows(2, in_channels, out_channels, out_h, 4)
+    weight_bytes = transformed_weight_bytes(2, in_channels, out_channels, 4)
+    rows = by_rows(2, weight_bytes, out_h)
     if out_h * out_w > (ROWS_MAX_PLANE if rows else MAX_PLANE):
         return 0
     tiles = batch * -(-out_h // 2) * -(-out_w // 2)
@@ -184,16 +185,20 @@ def output_tile(in_channels: int, out_channels: int, out_h: int, out_w: int, ker
         return 2
     if out_h * out_w <= SMALL_PLANE and in_channels >= SMALL_PLANE_MIN_CHANNELS and \
             out_channels >= 2 * channel_block(vec) and tiles >= SMALL_PLANE_MIN_TILES and \
-            in_channels * out_channels * 16 * 4 <= SMALL_WEIGHT_BYTES:   # 4x4 float32 per pair
+            weight_bytes <= SMALL_WEIGHT_BYTES:
         return 2
     return 0
 
 
-def by_rows(tile_side: int, in_channels: int, out_channels: int, height: int,
-            weight_itemsize: int) -> bool:
+def transformed_weight_bytes(tile_side: int, in_channels: int, out_channels: int,
+                             itemsize: int) -> int:
+    """Bytes of the transformed weights: (m + 2)^2 values per (input, output) channel pair."""
+    return (tile_side + 2) ** 2 * in_channels * out_channels * itemsize
+
+
+def by_rows(tile_side: int, weight_bytes: int, height: int) -> bool:
     """Whether the kernel computes a row of output tiles per parallel task: its transformed
-    weights fit ROW_WEIGHT_BYTES and the plane is whole rows of tiles."""
-    weight_bytes = (tile_side + 2) ** 2 * in_channels * out_channels * weight_itemsize
+    weights (`weight_bytes`) fit ROW_WEIGHT_BYTES and the plane is whole rows of tiles."""
     return weight_bytes <= ROW_WEIGHT_BYTES and height % tile_side == 0
 
 
@@ -366,8 +371,9 @@ def schedule(sch, vec: VectorShape) -> bool:
     in_channels = int(sch.get(rows).writes[0].source.shape[1])
     weight = next(r.source for r in sch.get(products).reads if len(r.source.shape) >= 5)
     paired = len(weight.shape) == 6          # bfloat16 pairs on vdpbf16ps
-    weight_bytes = (tile_side + 2) ** 2 * in_channels * out_channels * (2 if paired else 4)
-    row_tasks = by_rows(tile_side, in_channels, out_channels, height, 2 if paired else 4)
+    weight_bytes = transformed_weight_bytes(tile_side, in_channels, out_channels,
+                                            2 if paired else 4)
+    row_tasks = by_rows(tile_side, weight_bytes, height)
     per_image = not row_tasks and batch > 1 and \
         -(-height // tile_side) * -(-width // tile_side) >= PER_IMAGE_TILES
     if row_tasks:
