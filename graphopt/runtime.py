@@ -399,6 +399,36 @@ def copy_to_host(tensor) -> np.ndarray:
 
 # ---- the loaded model -------------------------------------------------------------------------
 
+def checked_inputs(inputs: Mapping[str, np.ndarray], specs) -> list[np.ndarray]:
+    """`inputs` (input name -> array) as C-contiguous arrays in the order of `specs`, ((name,
+    shape, dtype name, numpy's dtype or None where numpy lacks it), ...); InputError names what
+    is wrong. Runs before every call of a model (compiled or loaded), so the common case, a dict
+    of numpy arrays, takes one pass with no generator or ABC check (1.5 -> 0.5 us for one
+    input), and shapes and dtype objects are compared (a dtype's name costs 2.5 us)."""
+    if type(inputs) is not dict and not isinstance(inputs, Mapping):
+        raise InputError(f"expected a dict of input name -> array, found {type(inputs).__name__}")
+    arrays = []
+    for name, shape, dtype, np_dtype in specs:
+        array = inputs.get(name, _MISSING)
+        if array is _MISSING:
+            break
+        if not isinstance(array, np.ndarray):
+            array = np.asarray(array)
+        if array.shape != shape or (array.dtype != np_dtype if np_dtype is not None
+                                    else str(array.dtype) != dtype):
+            raise InputError(f"input '{name}': expected {dtype}[{','.join(map(str, shape))}], "
+                             f"found {array.dtype}[{','.join(map(str, array.shape))}]")
+        arrays.append(array if array.flags.c_contiguous else np.ascontiguousarray(array))
+    if len(arrays) != len(specs) or len(inputs) != len(arrays):
+        names = [spec[0] for spec in specs]
+        missing = [n for n in names if n not in inputs]
+        unknown = [n for n in inputs if n not in names]
+        raise InputError(f"expected inputs {names}, found {list(inputs)}"
+                         + (f"; missing {missing}" if missing else "")
+                         + (f"; unknown {unknown}" if unknown else ""))
+    return arrays
+
+
 class LoadedModel:
     """An exported model loaded into the TVM runtime: `run(inputs) -> {output name: array}`."""
 
@@ -446,26 +476,8 @@ class LoadedModel:
         return main
 
     def check(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """The inputs as contiguous arrays in declaration order; InputError says what is wrong.
-        One pass with no generator or ABC check for the common case, a dict of numpy arrays
-        (as `Signature.check`: it runs before every call)."""
-        if type(inputs) is not dict and not isinstance(inputs, Mapping):
-            raise InputError(f"expected a dict of input name -> array, found {type(inputs).__name__}")
-        arrays = []
-        for name, shape, dtype, np_dtype in self._input_specs:
-            array = inputs.get(name, _MISSING)
-            if array is _MISSING:
-                break
-            if not isinstance(array, np.ndarray):
-                array = np.asarray(array)
-            if array.shape != shape or (array.dtype != np_dtype if np_dtype is not None
-                                        else str(array.dtype) != dtype):
-                raise InputError(f"input '{name}': expected {dtype}[{','.join(map(str, shape))}], "
-                                 f"found {array.dtype}[{','.join(map(str, array.shape))}]")
-            arrays.append(array if array.flags.c_contiguous else np.ascontiguousarray(array))
-        if len(arrays) != len(self._input_specs) or len(inputs) != len(arrays):
-            raise InputError(f"expected inputs {self.input_names}, found {list(inputs)}")
-        return arrays
+        """The inputs as contiguous arrays in declaration order; InputError says what is wrong."""
+        return checked_inputs(inputs, self._input_specs)
 
     def _to_device(self, arrays: list[np.ndarray]) -> list:
         return run_inputs(arrays, self.device, self._per_thread)

@@ -12,7 +12,8 @@ import numpy as np
 
 from ...errors import GraphoptError, LoweringError, ModelFormatError
 from ...ir import Graph
-from ...runtime import check_cpu_features, configure_threads, run_inputs, run_output
+from ...runtime import (check_cpu_features, checked_inputs, configure_threads, run_inputs,
+                        run_output)
 from ...signature import Signature
 from ...verify import verify
 from .lower import to_relax
@@ -132,10 +133,10 @@ class CompiledModel:
         return self.optimized.report
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = self.signature.check(inputs)
+        arrays = checked_inputs(inputs, self.signature.input_specs)
         if self.device_kind == "cpu":
             configure_threads(self.threads)
-        args = run_inputs(feeds.values(), self.device, self._per_thread)
+        args = run_inputs(arrays, self.device, self._per_thread)
         if self.weights is not None:
             with self._weights_lock:
                 if self._weight_tensors is None:
