@@ -271,9 +271,13 @@ def test_winograd_prefetches_are_in_the_code_where_the_schedule_asks(prefetch, m
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_winograd_prefetches_compute_the_same(batch):
-    """Bounds-checked against the interpreter on one thread and two (F(4x4), 128 channels:
-    2.4 MB of transformed weights)."""
+def test_winograd_prefetches_compute_the_same(batch, monkeypatch):
+    """Bounds-checked against the interpreter on one thread and two (128 channels: 2.4 MB of
+    transformed weights with F(4x4), 1 MB with F(2x2)), every task a block of channels (with
+    its weights small enough, a kernel would take a row of tiles per task and prefetch
+    nothing: F(2x2) with 8 lanes)."""
+    from graphopt.targets.tvm.schedules import winograd
+    monkeypatch.setattr(winograd, "ROW_WEIGHT_BYTES", 0)
     graph = _winograd_graph(128, 28, batch)
     feeds = {"x": np.random.default_rng(0).standard_normal((batch, 128, 28, 28))
              .astype(np.float32)}
