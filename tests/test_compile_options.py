@@ -34,6 +34,7 @@ def test_options_are_frozen_and_overridable():
     ({"passes": 3}, "expected passes as a list of pass names"),
     ({"kernels": "mkl"}, "kernels must be one of"),
     ({"threads": 0}, "threads must be a positive int"),
+    ({"build_threads": 0}, "build_threads must be a positive int"),
     ({"passes": ["select_conv_algorithm"], "mcpu": None}, None),
 ])
 def test_bad_options_are_named(overrides, message):

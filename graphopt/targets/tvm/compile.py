@@ -241,9 +241,10 @@ def compile_graph(graph: Graph, target: str = "cpu", options: CompileOptions | N
                 with tvm_target:
                     lowered = cpu_pipeline(tvm_target, database,
                                            onednn=options.kernels == "onednn")(mod)
+                from .parallel_build import build_executable
                 from .tir_lowering import cpu_tir_pipeline
-                executable = tvm.compile(lowered, target=tvm_target, relax_pipeline=None,
-                                         tir_pipeline=cpu_tir_pipeline())
+                executable = build_executable(lowered, tvm_target, cpu_tir_pipeline(),
+                                              options.build_thread_count)
     except Exception as e:  # TVM's own errors carry C++ context; keep the telling line
         raise LoweringError(f"TVM failed to compile graph '{graph.name}' for {target}: "
                             f"{type(e).__name__}: {tvm_error_summary(e)}") from e

@@ -106,12 +106,17 @@ def cpu_pipeline(target, database=None, onednn: bool = False):
 
 
 def cpu_assembly(executable) -> str:
-    """The x86 assembly of a CPU build's kernels (its LLVM module), e.g. to check which
-    instructions a schedule emits."""
-    pending = [executable.mod]
+    """The x86 assembly of a CPU build's kernels (its LLVM modules, `parallel_build.py`), e.g. to
+    check which instructions a schedule emits."""
+    return "".join(module.inspect_source("asm") for module in llvm_modules(executable))
+
+
+def llvm_modules(executable) -> list:
+    """The LLVM modules holding a CPU build's kernels, the one the VM links first."""
+    found, pending = [], [executable.mod]
     while pending:
-        module = pending.pop()
+        module = pending.pop(0)
         if module.kind == "llvm":
-            return module.inspect_source("asm")
+            found.append(module)
         pending.extend(module.imports)
-    return ""
+    return found

@@ -22,6 +22,7 @@ import tempfile
 from ...errors import GraphoptError, WriteError
 from ...files import atomic_output, temporary_directory
 from ... import runtime
+from .parallel_build import export_library
 
 
 # LLVM target features -> the /proc/cpuinfo flags a CPU running such code must show: what
@@ -122,9 +123,8 @@ def export_model(model, path: str) -> str:
                 f.write("".join(assembly) + '\t.section .note.GNU-stack,"",@progbits\n')
         library = os.path.join(work, "model.so")
         with runtime.without_scope_log():
-            model.executable.export_library(
-                library, addons=addons, workspace_dir=work,
-                **({"options": link_options} if link_options else {}))
+            export_library(model.executable, library, addons, work,
+                           **({"options": link_options} if link_options else {}))
         with open(library, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as image:
             if runtime.FATBIN_SYMBOL in blobs:   # where the linker put the GPU binary
                 fatbin = blobs[runtime.FATBIN_SYMBOL][0]

@@ -29,6 +29,8 @@ class CompileOptions:
     mcpu:     the LLVM CPU to compile for ("haswell", "skylake-avx512", ...); None: this host.
               The vector width the schedule rules use follows from it.
     threads:  threads a compiled model runs on; None: every core the process may run on.
+    build_threads: threads that build a CPU model's kernels (`parallel_build.py`); None: every
+              core the process may run on; 1: one module, as TVM builds it.
     tuning:   a folder of MetaSchedule records from `graphopt tune`, "user" for the user's
               cache folder, or None (default): no tuning records are read.
     kernels:  "tvm" (graphopt's schedules) or "onednn" (CPU convolutions through oneDNN).
@@ -41,6 +43,7 @@ class CompileOptions:
     target_passes: bool = True
     mcpu: str | None = None
     threads: int | None = None
+    build_threads: int | None = None
     tuning: str | os.PathLike | None = None
     kernels: str = "tvm"
     weights: str = "embedded"
@@ -55,8 +58,10 @@ class CompileOptions:
                                 f"found {self.kernels!r}")
         if self.weights not in WEIGHTS:
             raise GraphoptError(f"weights must be 'embedded' or 'params', found {self.weights!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise GraphoptError(f"threads must be a positive int or None, found {self.threads!r}")
+        for name in ("threads", "build_threads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise GraphoptError(f"{name} must be a positive int or None, found {value!r}")
 
     @classmethod
     def of(cls, options: "CompileOptions | None" = None, **overrides) -> "CompileOptions":
@@ -71,6 +76,10 @@ class CompileOptions:
     @property
     def thread_count(self) -> int:
         return self.threads or available_cores()
+
+    @property
+    def build_thread_count(self) -> int:
+        return self.build_threads or available_cores()
 
     def tuning_dir(self) -> Path | None:
         """The tuning database folder root this compile reads, or None."""

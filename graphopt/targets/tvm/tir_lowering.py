@@ -19,6 +19,8 @@ four changes, all for code the schedule rules make.
 - `isnan` is vectorizable (`vectorizable_isnan`)."""
 from __future__ import annotations
 
+import threading
+
 from .schedules.common import buffer_bytes
 from .weight_prefetch import weight_prefetch_pass
 
@@ -28,6 +30,7 @@ STACK_BYTES = 256 * 1024
 CPU_TIR_PIPELINE = "graphopt_cpu"
 # TVM's annotation keeping an allocation out of LowerTVMBuiltin (kDisableLowerTVMBuiltin).
 ON_STACK = "disable_lower_builtin"
+_REGISTERING = threading.Lock()
 
 
 def cpu_build_config() -> dict:
@@ -38,6 +41,9 @@ def cpu_build_config() -> dict:
 def cpu_tir_pipeline() -> str:
     """The name of graphopt's CPU TIR pipeline, registered with TVM on first use."""
     from tvm.tirx import compilation_pipeline
+    # once per process, before any build: the parts of a build run this pipeline in threads
+    # of their own (`parallel_build.py`), and TVM refuses a second registration
+    vectorizable_isnan()
     if CPU_TIR_PIPELINE not in compilation_pipeline.PIPELINE_MAP:
         compilation_pipeline.register_tir_pipeline(CPU_TIR_PIPELINE, _pipeline)
     return CPU_TIR_PIPELINE
@@ -48,7 +54,6 @@ def _pipeline():
     the host code's LowerTVMBuiltin; `isnan` vectorizable."""
     import tvm
     from tvm.s_tir.pipeline import default_s_tir_pipeline
-    vectorizable_isnan()
     lower, finalize_host, finalize_device = default_s_tir_pipeline()
 
     def host_passes():
@@ -65,8 +70,9 @@ def vectorizable_isnan() -> None:
     ch 28x28, 2x2 stride 2, on Zen 4: 7.4 us, 1.1 as vector code). `x != x`, which is a vector
     compare, TVM's simplifier folds to false."""
     import tvm
-    if tvm.ir.Op.get("tirx.isnan").get_attr("TVectorizable") is None:
-        tvm.ir.register_op_attr("tirx.isnan", "TVectorizable", True)
+    with _REGISTERING:
+        if tvm.ir.Op.get("tirx.isnan").get_attr("TVectorizable") is None:
+            tvm.ir.register_op_attr("tirx.isnan", "TVectorizable", True)
 
 
 def _stack_buffers_pass():

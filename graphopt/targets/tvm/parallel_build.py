@@ -1,0 +1,132 @@
+"""Building a CPU model's kernels on several cores: `tvm.compile` with its TIR kernels split into
+parts, each lowered, compiled by LLVM and given machine code in a thread of its own.
+
+TVM builds every kernel of a model into one LLVM module and generates its machine code in one
+thread when the first VM looks a function up, so that part of a compile ran on one core: 36 s
+of DenseNet-121's (138 kernels), 23 s lowering and LLVM's optimizations and 12 s machine code.
+Built as two modules in two threads (TVM's FFI releases the GIL, and each module has its own
+LLVM context) it took 18 s on two cores. The parts are imported into the first, so the VM finds
+every kernel through it (as it finds any imported module's functions), and an export writes
+each part as an object file of the one library, also in threads (`export_library`).
+`benchmarks/compile_time.py`, two Zen 4 cores, one module / parts, s: compile DenseNet-121
+31.4 / 20.2, Inception-v3 11.9 / 8.5, ResNet-18 7.4 / 4.3; export 13.4 / 7.2, 6.5 / 5.0,
+3.1 / 2.6.
+
+TVM's `relax.build` has no hook for this: `build_executable` repeats its steps (Relax to VM
+bytecode, then linking the kernels) with the kernels built here; the helpers it calls are
+`tvm.relax.vm_build`'s own."""
+from __future__ import annotations
+
+import os
+import threading
+
+# Kernels per part at least: below that one module is built as TVM builds it (a model of a few
+# kernels compiles in a second or two, and a thread per part would not pay).
+MIN_KERNELS_PER_PART = 4
+
+
+def part_count(kernels: int, threads: int) -> int:
+    """How many modules to build `kernels` kernels in with `threads` threads."""
+    return max(1, min(threads, kernels // MIN_KERNELS_PER_PART))
+
+
+def build_executable(mod, target, tir_pipeline, threads: int):
+    """`tvm.compile(mod, target, relax_pipeline=None, tir_pipeline=tir_pipeline)` with the TIR
+    kernels built in `part_count(...)` parts, one thread each, under the caller's PassContext."""
+    import tvm
+    from tvm import relax
+    from tvm.relax import vm_build
+    attrs = dict(mod.attrs) if mod.attrs else {}
+    ext_libs = list(attrs.get("external_mods", []))
+    params = dict(attrs.get("const_name_to_constant", {}))
+    builder = relax.ExecBuilder()
+    tir_mod = vm_build._filter_tir(vm_build._vmcodegen(builder, mod, "bytecode"))
+    kernels = sorted(tir_mod.functions.items(), key=lambda item: item[0].name_hint) \
+        if tir_mod is not None else []
+    parts = part_count(len(kernels), threads)
+    if parts == 1:
+        return vm_build._vmlink(builder, target, tir_mod, tir_pipeline, ext_libs, params)
+    modules = [vm_build._auto_attach_system_lib_prefix(
+        tvm.IRModule(dict(kernels[i::parts]), attrs=tir_mod.attrs), target, None)
+        for i in range(parts)]
+    libs = _build_in_threads(modules, target, tir_pipeline)
+    lib = libs[0]
+    for part in libs[1:]:
+        lib.import_module(part)
+    device_libs = [m for m in ext_libs if vm_build._is_device_module(m)]
+    for device_lib in device_libs:
+        lib.import_module(device_lib)
+    host_libs = [m for m in ext_libs if not vm_build._is_device_module(m)]
+    return vm_build.VMExecutable(vm_build._ffi_api.VMLink(builder, target, lib, host_libs, params))
+
+
+def _build_in_threads(modules, target, tir_pipeline) -> list:
+    """Each module built by `tvm.tirx.build` and its machine code generated (by looking one of
+    its functions up), each in a thread of its own under the caller's PassContext (TVM keeps it
+    per thread)."""
+    import tvm
+    context = tvm.transform.PassContext.current()
+    libs: list = [None] * len(modules)
+
+    def build(i: int) -> None:
+        with context:
+            lib = tvm.tirx.build(modules[i], target=target, pipeline=tir_pipeline)
+        gvar, func = next(iter(modules[i].functions.items()))
+        lib.get_function(str(func.attrs.get("global_symbol", gvar.name_hint)))
+        libs[i] = lib
+
+    _in_threads([lambda i=i: build(i) for i in range(len(modules))])
+    return libs
+
+
+def export_library(executable, path: str, addons: list[str], workspace_dir: str,
+                   **options) -> None:
+    """`executable.export_library(path, addons=..., workspace_dir=..., **options)`, with the
+    object file of each LLVM module (each part `build_executable` made) written in a thread of
+    its own: writing one runs LLVM's code generation again, 14 s of DenseNet-121's export in one
+    module. These are the steps TVM 0.27's `Module.export_library` takes for host LLVM modules
+    (objects, then its other imports packed into one more object, then one shared library); a
+    build in one module, or with any other module kind, is exported by TVM itself."""
+    from tvm.runtime import _ffi_api
+    from tvm.support import cc
+    root = executable.mod
+    modules = root._collect_dso_modules()
+    if len(modules) < 2 or any(module.kind != "llvm" for module in modules):
+        executable.export_library(path, addons=addons, workspace_dir=workspace_dir, **options)
+        return
+    objects = [os.path.join(workspace_dir, f"lib{i}.o") for i in range(len(modules))]
+    _in_threads([lambda m=m, o=o: m.write_to_file(o) for m, o in zip(modules, objects)])
+    first = modules[0]
+    system_lib = first.get_function("__tvm_is_system_module")()
+    llvm_target = first.get_function("_get_target_string")()
+    prefix = first.get_function("__tvm_get_system_lib_prefix")() or ""
+    files = list(addons) + objects
+    if root.imports:
+        packed = os.path.join(workspace_dir, f"{prefix}devc.o")
+        _ffi_api.ModulePackImportsToLLVM(root, system_lib, llvm_target, prefix) \
+            .write_to_file(packed)
+        files.append(packed)
+    cc.create_shared(path, files, **options)
+
+
+def _in_threads(tasks) -> None:
+    """Run each of `tasks` (callables) in a thread of its own, the first in the calling thread;
+    the first error is raised after every thread has ended."""
+    errors: list = [None] * len(tasks)
+
+    def run(i: int) -> None:
+        try:
+            tasks[i]()
+        except Exception as e:    # noqa: BLE001 - re-raised in the calling thread below
+            errors[i] = e
+
+    workers = [threading.Thread(target=run, args=(i,), name=f"graphopt-build-{i}")
+               for i in range(1, len(tasks))]
+    for worker in workers:
+        worker.start()
+    run(0)
+    for worker in workers:
+        worker.join()
+    for error in errors:
+        if error is not None:
+            raise error
