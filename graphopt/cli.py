@@ -154,6 +154,8 @@ PASSES = arg("--passes", help="graphopt graph passes run before lowering, comma-
              "(conv algorithm, weight layout) run after them")
 THREADS = arg("--threads", type=integer(1), help="threads the compiled model runs on (default: "
               "every core this process may use)")
+BUILD_THREADS = arg("--build-threads", type=integer(1), help="threads that build a CPU model's "
+                    "kernels (default: every core this process may use)")
 TUNING = arg("--tuning", metavar="DIR|user", type=tuning_source, help="apply MetaSchedule "
              "records from `graphopt tune` kept in DIR ('user': the user's cache folder); "
              "default: none")
@@ -311,11 +313,13 @@ def pass_list(spec: str | None):
 
 def compile_model(graph, args):
     """`go.compile` with the compile options the command line gave (--target, --kernels,
-    --passes, --threads, --tuning where the command has them)."""
+    --passes, --threads, --build-threads, --tuning where the command has them)."""
     import graphopt as go
     options = {"kernels": getattr(args, "kernels", "tvm"),
                "passes": pass_list(getattr(args, "passes", None)),
-               "threads": getattr(args, "threads", None), "tuning": getattr(args, "tuning", None)}
+               "threads": getattr(args, "threads", None),
+               "build_threads": getattr(args, "build_threads", None),
+               "tuning": getattr(args, "tuning", None)}
     with step(f"compiling '{graph.name}' for {args.target}"):
         model = go.compile(graph, target=args.target, **options)
     if options["tuning"] is not None and not _quiet:
@@ -436,7 +440,7 @@ def show(args) -> int:
 
 
 @command("compile", "compile a model with TVM and export it as a shared library",
-         MODEL, TARGET, KERNELS, PASSES, THREADS, TUNING, BATCH, INPUT_SHAPE, SEED,
+         MODEL, TARGET, KERNELS, PASSES, THREADS, BUILD_THREADS, TUNING, BATCH, INPUT_SHAPE, SEED,
          arg("-o", "--output", help="the .so to write (default: <model>_<target>.so in the "
              "current folder, <model> being the zoo name or the .onnx file's name)"),
          arg("--force", action="store_true", help="overwrite the output if it exists"))
@@ -463,7 +467,7 @@ def compile_(args) -> int:
 
 
 @command("compare", "compile (or load) a model and compare it with the reference interpreter",
-         MODEL, TARGET, KERNELS, PASSES, THREADS, TUNING, BATCH, INPUT_SHAPE, SEED, INPUTS,
+         MODEL, TARGET, KERNELS, PASSES, THREADS, BUILD_THREADS, TUNING, BATCH, INPUT_SHAPE, SEED, INPUTS,
          arg("--library", metavar="FILE.so", type=existing_file,
              help="compare this exported library instead of compiling the model"),
          arg("--tolerance", type=tolerance, help="max error relative to the largest reference "
@@ -573,7 +577,7 @@ def run(args) -> int:
 
 
 @command("bench", "time the compiled model against the interpreter and onnxruntime",
-         MODEL, TARGET, KERNELS, PASSES, THREADS, TUNING, BATCH, INPUT_SHAPE, SEED,
+         MODEL, TARGET, KERNELS, PASSES, THREADS, BUILD_THREADS, TUNING, BATCH, INPUT_SHAPE, SEED,
          arg("--repeat", type=integer(1), default=20,
              help="timed runs per engine (median; default 20)"), JSON)
 def bench(args) -> int:

@@ -112,3 +112,21 @@ def test_a_processs_first_compile_may_be_built_in_parts():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert done.returncode == 0, done.stderr
+
+
+def test_the_command_line_passes_build_threads(monkeypatch, tmp_path, capsys):
+    from graphopt import cli
+    seen = []
+    compile_ = go.compile
+
+    def recording_compile(graph, *args, **kwargs):
+        seen.append(kwargs.get("build_threads"))
+        return compile_(graph, *args, **kwargs)
+
+    monkeypatch.setattr(go, "compile", recording_compile)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["-q", "compare", "lenet5", "--build-threads", "2"]) == cli.EXIT_OK
+    assert cli.main(["-q", "compare", "lenet5"]) == cli.EXIT_OK
+    assert seen == [2, None]
+    assert cli.main(["-q", "compare", "lenet5", "--build-threads", "0"]) == cli.EXIT_USAGE
+    assert "--build-threads" in capsys.readouterr().err
