@@ -13,6 +13,12 @@ import numpy as np
 from ..errors import ShapeError, UnsupportedOpError
 from ..ir import TensorType, dimension
 
+# TVM's operator-pattern code for a kernel FuseOps must leave alone (kOpaque): graphopt decided
+# what the kernel computes (its fusion pass, or the op's own lowering), and TVM does not
+# re-fuse around it.
+OPAQUE = 8
+
+
 OPS: dict[str, type["Op"]] = {}
 
 

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import constant_operand, expect, relax_type
+from .base import OPAQUE, constant_operand, expect, relax_type
 from .cast import accumulation_dtype
 from .epilogue import EPILOGUE, ONEDNN_NO_ACTIVATION
-
-# TVM's operator-pattern code for a kernel FuseOps must leave alone (kOpaque): graphopt's fusion
-# pass decided what this kernel computes, and TVM does not re-fuse around it.
-OPAQUE = 8
 
 
 def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=None,
@@ -201,16 +197,13 @@ def pack_weight(weight, block: int, groups: int = 1):
     return weight.reshape(-1, block, i, h, k).transpose(0, 3, 4, 2, 1).copy()
 
 
-# The zero-padding stage of `blocked_conv2d`, by which the CPU conv2d rule finds it.
-PADDING_BLOCK = "pad_temp"
-
-
 def blocked_conv2d(x, packed, conv, out_channels: int):
     """TE of an NCHW convolution reading the weight as `pack_weight` laid it out. Where the
     blocks pad a group's channels, or `conv.padded_width` the rows, the padded tile is computed
     (the extra columns from extra zero padding on the right) and a slice keeps the real
     channels and columns (the epilogue, inlined into it, reads only those)."""
     from tvm import te, topi
+    from ..targets.tvm.schedules.conv2d import PADDING_BLOCK
     n, channels, height, width = (int(d) for d in x.shape)
     blocks, k_h, k_w, group_channels, block = (int(d) for d in packed.shape)
     padded_per_group = blocks * block // conv.groups

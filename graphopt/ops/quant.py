@@ -794,7 +794,7 @@ class QLinearConv2d(Op):
         (`schedules/amx.py`: the input copy, the tile kernel, the epilogue)."""
         from ..targets.tvm.schedules import amx as tiles
         from ..targets.tvm.schedules import conv2d_int8 as kernels
-        from .conv_kernel import OPAQUE
+        from .base import OPAQUE
         amx = self.conv.algorithm == "amx"
         dot = None if amx else kernels.DOT_PRODUCTS[self.conv.algorithm, self.conv.weight_block]
         decision = f"{self.conv.algorithm} convolution"

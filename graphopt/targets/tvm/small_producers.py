@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from ...ops.conv_kernel import OPAQUE
+from ...ops.base import OPAQUE
 
 # Elements up to which a result is a per-channel vector rather than an activation map ...
 SMALL_ELEMENTS = 4096

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-from ....ops.conv_kernel import PADDING_BLOCK
 from ..weight_prefetch import PREFETCH_ATTR
 from .common import (PARALLEL_MIN_ELEMENTS, VectorShape, blocks_of, buffer_bytes, extent,
                      inline_elementwise, iter_kinds, repeats_if_computed_at)
@@ -18,6 +17,9 @@ from .phases import vectorize_padded_row
 from .tiled import accumulator_writer, conv_row_tile, finish_tile, packed_weight, spatial_rest
 
 NAME = "conv2d"
+# The zero-padding stage of the convs this rule schedules, by which it finds it (the TE of
+# `ops.conv_kernel.blocked_conv2d` gives it this name).
+PADDING_BLOCK = "pad_temp"
 # Small output planes (20x20 and below: Inception's 17x17, 14x14, 7x7) have few tiles per
 # weight block; above this many output pixels the weights are reused across enough tiles without
 # input-channel blocking (28x28, 1 thread: 0.87 ms blocked against 0.81). Inception-v3's 17x17
@@ -58,7 +60,7 @@ TRANSPOSED_PLANE = 112 * 112
 # 1.05 -> 0.92, DeepLabV3 (2 threads, two runs) 0.91-0.94 -> 0.79-0.81; GoogLeNet, AlexNet,
 # ResNet-50, SqueezeNet and Inception-v3 within the host's noise.
 STREAMED_WEIGHT_BYTES = 512 * 1024
-# How many times the work of a conv's padding stage (`ops.conv_kernel.PADDING_BLOCK`) the
+# How many times the work of a conv's padding stage (`PADDING_BLOCK`) the
 # parallel tasks may repeat between them to pad their own rows, and the most products a conv may
 # have to do so (`_pad_in_each_task`).
 TASK_PADDING_REPEATS = 4
