@@ -8,9 +8,9 @@ Built as two modules in two threads (TVM's FFI releases the GIL, and each module
 LLVM context) it took 18 s on two cores. The parts are imported into the first, so the VM finds
 every kernel through it (as it finds any imported module's functions), and an export writes
 each part as an object file of the one library, also in threads (`export_library`).
-`benchmarks/compile_time.py`, two Zen 4 cores, one module / parts, s: compile DenseNet-121
-31.4 / 20.2, Inception-v3 11.9 / 8.5, ResNet-18 7.4 / 4.3; export 13.4 / 7.2, 6.5 / 5.0,
-3.1 / 2.6.
+`benchmarks/compile_time.py`, two Zen 4 cores, one module / parts, s, two runs: compile
+DenseNet-121 31.4-31.5 / 20.2-24.4, Inception-v3 11.9-12.2 / 7.7-8.5, ResNet-18 7.4-8.0 /
+4.3-4.9; export 13.4-14.4 / 7.2-8.5, 6.4-6.5 / 5.0-5.1, 3.1-3.3 / 2.6-2.9.
 
 TVM's `relax.build` has no hook for this: `build_executable` repeats its steps (Relax to VM
 bytecode, then linking the kernels) with the kernels built here; the helpers it calls are
