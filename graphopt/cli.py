@@ -467,7 +467,8 @@ def compile_(args) -> int:
 
 
 @command("compare", "compile (or load) a model and compare it with the reference interpreter",
-         MODEL, TARGET, KERNELS, PASSES, THREADS, BUILD_THREADS, TUNING, BATCH, INPUT_SHAPE, SEED, INPUTS,
+         MODEL, TARGET, KERNELS, PASSES, THREADS, BUILD_THREADS, TUNING, BATCH, INPUT_SHAPE, SEED,
+         INPUTS,
          arg("--library", metavar="FILE.so", type=existing_file,
              help="compare this exported library instead of compiling the model"),
          arg("--tolerance", type=tolerance, help="max error relative to the largest reference "

@@ -204,8 +204,7 @@ def lower_kernel(bb, x, fill, weight: np.ndarray, conv, kind: AmxDtype):
     the constant `fill`) and the constant OIHW `weight` (O' and OW' as `pack_weight` and
     `row_tiles` round them), and the output's real width OW, for `from_tiles`."""
     from tvm import relax
-    from ....ops.base import conv_out_size
-    from ....ops.base import OPAQUE
+    from ....ops.base import OPAQUE, conv_out_size
     packed = pack_weight(weight, kind)
     k_h, k_w = weight.shape[2:]
     real_w = conv_out_size(int(x.ty.shape[3]), k_w, conv.stride[1], conv.padding[1],
