@@ -130,3 +130,15 @@ def test_the_command_line_passes_build_threads(monkeypatch, tmp_path, capsys):
     assert seen == [2, None]
     assert cli.main(["-q", "compare", "lenet5", "--build-threads", "0"]) == cli.EXIT_USAGE
     assert "--build-threads" in capsys.readouterr().err
+
+
+def test_parts_with_weights_as_parameters(graph, feeds, tmp_path):
+    """compile(weights="params") in parts: the code of every part in the library, the weights
+    bound at load time."""
+    model = go.compile(graph, "cpu", weights="params", build_threads=2)
+    assert len(llvm_modules(model.executable)) == 2
+    expected = model.run(feeds)
+    loaded = go.load(model.export(str(tmp_path / "code_only.so")))
+    loaded.bind_weights(dict(model.weights))
+    for name, found in loaded.run(feeds).items():
+        np.testing.assert_array_equal(found, expected[name])
