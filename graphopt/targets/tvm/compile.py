@@ -220,10 +220,11 @@ def compile_graph(graph: Graph, target: str = "cpu", options: CompileOptions | N
     offloaded = [f"{n.name}: {n.op}" for n in lowered_graph.nodes
                  if getattr(getattr(n.op, "conv", n.op), "algorithm", None) == "onednn"]
     schedule_report = None
-    config = {"tirx.instrument_bound_checkers": True} if options.bounds_check else {}
     if device_kind == "cpu":
         from .tir_lowering import cpu_build_config
-        config.update(cpu_build_config())
+        config = cpu_build_config(options.bounds_check)
+    else:
+        config = {"tirx.instrument_bound_checkers": True} if options.bounds_check else {}
     try:
         with tvm.transform.PassContext(config=config):
             if device_kind == "cuda":

@@ -36,7 +36,8 @@ class CompileOptions:
     kernels:  "tvm" (graphopt's schedules) or "onednn" (CPU convolutions through oneDNN).
     weights:  "embedded" (constants in the library) or "params" (bound at load time).
     bounds_check: instrument every kernel with TVM's buffer bounds checks (a test mode: an
-              out-of-bounds access raises instead of corrupting memory).
+              out-of-bounds access raises instead of corrupting memory), and keep TVM's
+              checks of each kernel's arguments (`tir_lowering.py`).
     """
 
     passes: tuple | None = None
