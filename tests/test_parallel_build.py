@@ -1,6 +1,7 @@
-"""A CPU model's kernels built in parts, one thread each (`targets/tvm/parallel_build.py`): the
-model runs, exports and loads as one built in one module, the threads build under the caller's
-PassContext, and a part's failure is the compile's error."""
+"""A CPU model's kernels scheduled in several threads (`schedules/dispatch.py`) and built in
+parts, one thread each (`targets/tvm/parallel_build.py`): the functions are scheduled as in one
+thread, the model runs, exports and loads as one built in one module, the threads build under
+the caller's PassContext, and a rule's or a part's failure is the compile's error."""
 from __future__ import annotations
 
 import os
@@ -102,13 +103,73 @@ def test_a_part_that_fails_fails_the_compile(graph, monkeypatch):
         go.compile(graph, "cpu", build_threads=2)
 
 
-def test_a_processs_first_compile_may_be_built_in_parts():
-    """What TVM registers once per process (graphopt's TIR pipeline, `isnan` as vectorizable)
-    is registered before the parts' threads run the pipeline: registering it in each thread
-    raced, and a second registration fails the compile."""
+def low_precision(graph, precision: str):
+    """`graph` in bfloat16 or int8 (calibrated on random inputs)."""
+    if precision == "bfloat16":
+        return go.quantize(graph, "bfloat16").graph
+    rng = np.random.default_rng(1)
+    batches = [{"input": rng.standard_normal((1, 3, 20, 20)).astype("float32")}
+               for _ in range(4)]
+    return go.quantize(graph, go.calibrate(graph, batches)).graph
+
+
+def functions_before_scheduling(graph):
+    """The fused Relax module of `graph` as the CPU pipeline hands it to the schedule rules,
+    and the host's vector shape."""
+    from graphopt.targets.tvm.compile import optimize_for_target
+    from graphopt.targets.tvm.cpu import pre_schedule_passes
+    from graphopt.targets.tvm.lower import to_relax
+    from graphopt.targets.tvm.schedules.common import VectorShape
+    optimized, target = optimize_for_target(graph, "cpu")
+    with target:
+        mod = tvm.transform.Sequential(pre_schedule_passes(target))(to_relax(optimized.graph))
+    return mod, VectorShape.of(target)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8"])
+def test_functions_scheduled_in_threads_as_in_one(graph, precision):
+    from graphopt.targets.tvm.schedules import dispatch
+    mod, vec = functions_before_scheduling(
+        graph if precision == "float32" else low_precision(graph, precision))
+    one = dispatch.schedule_module(tvm.IRModule(dict(mod.functions)), vec, threads=1)
+    three = dispatch.schedule_module(tvm.IRModule(dict(mod.functions)), vec, threads=3)
+    kernels = [gv for gv, f in one.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert len(kernels) >= 10
+    for gv in kernels:
+        assert three[gv.name_hint].attrs["tirx.is_scheduled"], gv.name_hint
+        tvm.ir.assert_structural_equal(three[gv.name_hint], one[gv], map_free_vars=True)
+
+
+def test_a_rule_that_fails_in_a_thread_fails_the_compile(graph, monkeypatch):
+    """A Python error inside a rule is a bug: raised by `compile` whichever thread met it."""
+    from graphopt.targets.tvm.schedules import dispatch
+    schedule_func = dispatch.schedule_func
+
+    calls, counting = [], threading.Lock()
+
+    def failing_on_one(func, vec):
+        with counting:
+            calls.append(func)
+            if len(calls) == 5:
+                raise RuntimeError("rule failed")
+        return schedule_func(func, vec)
+
+    monkeypatch.setattr(dispatch, "schedule_func", failing_on_one)
+    with pytest.raises(LoweringError, match="rule failed"):
+        go.compile(graph, "cpu", build_threads=3)
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+def test_a_processs_first_compile_may_be_built_in_parts(precision):
+    """What TVM registers once per process (graphopt's TIR pipeline, `isnan` as vectorizable,
+    the int8 and bfloat16 rules' tensor intrinsics) is registered once, whichever threads
+    schedule and build the first model: registering it in each thread raced, and a second
+    registration fails the compile."""
+    graph = "many_kernels()" if precision == "float32" else \
+        f"low_precision(many_kernels(), {precision!r})"
     script = ("import sys; sys.path.insert(0, 'tests'); import graphopt as go; "
-              "from test_parallel_build import many_kernels; "
-              "print(go.compile(many_kernels(), 'cpu', build_threads=4).kernel_count())")
+              "from test_parallel_build import many_kernels, low_precision; "
+              f"print(go.compile({graph}, 'cpu', build_threads=4).kernel_count())")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert done.returncode == 0, done.stderr

@@ -241,7 +241,8 @@ def compile_graph(graph: Graph, target: str = "cpu", options: CompileOptions | N
                 database = load_database(tvm_target, tuning_dir) if tuning_dir else None
                 with tvm_target:
                     lowered = cpu_pipeline(tvm_target, database,
-                                           onednn=options.kernels == "onednn")(mod)
+                                           onednn=options.kernels == "onednn",
+                                           threads=options.build_thread_count)(mod)
                 from .parallel_build import build_executable
                 from .tir_lowering import cpu_tir_pipeline
                 executable = build_executable(lowered, tvm_target, cpu_tir_pipeline(),

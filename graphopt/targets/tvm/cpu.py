@@ -77,10 +77,10 @@ def pre_schedule_passes(target, onednn: bool = False) -> list:
                relax.transform.RewriteDataflowReshape()])
 
 
-def cpu_pipeline(target, database=None, onednn: bool = False):
+def cpu_pipeline(target, database=None, onednn: bool = False, threads: int = 1):
     """The whole CPU pipeline: `pre_schedule_passes`, then tuned kernels from a MetaSchedule
     `database` (None: no tuning records), then graphopt's schedule rules for every remaining
-    PrimFunc, then VM lowering."""
+    PrimFunc (in `threads` threads), then VM lowering."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
@@ -90,7 +90,7 @@ def cpu_pipeline(target, database=None, onednn: bool = False):
     tuned = []
     if database is not None:
         tuned = [relax.transform.MetaScheduleApplyDatabase(enable_warning=False)]
-    passes = (pre_schedule_passes(target, onednn) + tuned + [apply_cpu_schedules(target)]
+    passes = (pre_schedule_passes(target, onednn) + tuned + [apply_cpu_schedules(target, threads)]
               + cpu_generic.dataflow_lower_passes(target) + [concatenate_in_place()]
               + cpu_generic.finalize_passes(target))
 

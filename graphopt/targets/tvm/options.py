@@ -29,8 +29,9 @@ class CompileOptions:
     mcpu:     the LLVM CPU to compile for ("haswell", "skylake-avx512", ...); None: this host.
               The vector width the schedule rules use follows from it.
     threads:  threads a compiled model runs on; None: every core the process may run on.
-    build_threads: threads that build a CPU model's kernels (`parallel_build.py`); None: every
-              core the process may run on; 1: one module, as TVM builds it.
+    build_threads: threads that schedule and build a CPU model's kernels
+              (`schedules/dispatch.py`, `parallel_build.py`); None: every core the process may
+              run on; 1: one thread and one module, as TVM builds it.
     tuning:   a folder of MetaSchedule records from `graphopt tune`, "user" for the user's
               cache folder, or None (default): no tuning records are read.
     kernels:  "tvm" (graphopt's schedules) or "onednn" (CPU convolutions through oneDNN).

@@ -2,6 +2,8 @@
 small schedule moves every rule uses (inlining elementwise blocks, parallel + vector loops)."""
 from __future__ import annotations
 
+import functools
+import threading
 from dataclasses import dataclass
 
 # Below this much work (output elements, or multiply-adds for GEMM-like kernels) a parallel loop
@@ -77,6 +79,23 @@ SPLIT_512 = frozenset({"znver4"})
 def l1d_bytes(mcpu: str) -> int:
     """L1 data cache per core of the LLVM CPU `mcpu`, in bytes (32 KiB where not known)."""
     return (48 if mcpu.replace("_", "-") in L1D_48_KIB else 32) * 1024
+
+
+# TVM's table of tensor intrinsics belongs to the process, and a model's functions are
+# scheduled in several threads (`dispatch.schedule_module`): the rules register the intrinsics
+# they use, each once per process, under this lock (`registers_intrinsics`).
+_INTRINSICS = threading.RLock()
+
+
+def registers_intrinsics(register):
+    """Decorator: `register`, which registers TVM tensor intrinsics once per process, runs
+    under one process-wide lock, so that no thread sees an intrinsic half-registered or
+    registers one twice."""
+    @functools.wraps(register)
+    def locked(*args, **kwargs):
+        with _INTRINSICS:
+            return register(*args, **kwargs)
+    return locked
 
 
 def is_reduction(block) -> bool:

@@ -41,7 +41,8 @@ import numpy as np
 
 from ....errors import LoweringError
 from . import conv2d_int8, interleave
-from .common import VectorShape, blocks_of, inline_elementwise, iter_kinds
+from .common import (VectorShape, blocks_of, inline_elementwise, iter_kinds,
+                     registers_intrinsics)
 from .tiled import accumulator_writer
 
 NAME = "conv2d_bf16"
@@ -159,6 +160,7 @@ def conv2d_dpbf16(x, packed, conv):
         name="conv2d_bf16")
 
 
+@registers_intrinsics
 def register_intrinsic() -> None:
     """Register INTRINSIC and PACKED_INTRINSIC (once per process): C[16] (float32, registers)
     += A[2] (one broadcast pair of bfloat16 inputs; packed: the two halves of one uint32) .

@@ -6,6 +6,8 @@ in the layouts the target passes chose and lowering packed; the dot-product conv
 is `interleave.py`'s."""
 from __future__ import annotations
 
+import threading
+
 from . import (conv2d, conv2d_bf16, conv2d_int8, dense, depthwise, generic, lookup, narrow,
                pointwise, pool2d, tile_epilogue, winograd)
 from .common import VectorShape
@@ -16,21 +18,27 @@ SCHEDULE_ATTR = "graphopt.schedule"
 TUNED = "meta_schedule"  # the SCHEDULE_ATTR of kernels taken from a tuning database
 
 
-def apply_cpu_schedules(target):
-    """A `tvm.transform.Pass` scheduling every not-yet-scheduled PrimFunc for `target`."""
+def apply_cpu_schedules(target, threads: int = 1):
+    """A `tvm.transform.Pass` scheduling every not-yet-scheduled PrimFunc for `target`, in
+    `threads` threads."""
     import tvm
 
     @tvm.transform.module_pass(opt_level=0, name="graphopt.ApplyCpuSchedules")
     def _pass(mod, _ctx):
-        return schedule_module(mod, VectorShape.of(target))
+        return schedule_module(mod, VectorShape.of(target), threads)
 
     return _pass
 
 
-def schedule_module(mod, vec: VectorShape):
+def schedule_module(mod, vec: VectorShape, threads: int = 1):
     """Schedule every unscheduled PrimFunc of `mod` (weights arrive in the layouts the target
-    passes chose; no rule changes a call site)."""
+    passes chose; no rule changes a call site), the functions shared among `threads` threads.
+    The rules drive TVM's schedule primitives, which run without Python's lock: DenseNet-121's
+    138 functions took 3.5-4.3 s in one thread (two Zen 4 cores). Each thread takes the next
+    function not yet taken, so the result does not depend on which thread scheduled what."""
     from tvm import tirx
+    from ..parallel_build import in_threads
+    pending = []
     for gv, func in list(mod.functions.items()):
         if not isinstance(func, tirx.PrimFunc):
             continue
@@ -38,7 +46,21 @@ def schedule_module(mod, vec: VectorShape):
             if SCHEDULE_ATTR not in func.attrs:
                 mod[gv] = func.with_attr(SCHEDULE_ATTR, TUNED)
             continue
-        scheduled, rule = schedule_func(func, vec)
+        pending.append((gv, func))
+    results: list = [None] * len(pending)
+    taken = iter(range(len(pending)))
+    taking = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with taking:
+                i = next(taken, None)
+            if i is None:
+                return
+            results[i] = schedule_func(pending[i][1], vec)
+
+    in_threads([work] * max(1, min(threads, len(pending))))
+    for (gv, _), (scheduled, rule) in zip(pending, results):
         if scheduled is not None:
             mod[gv] = scheduled.with_attr("tirx.is_scheduled", True).with_attr(SCHEDULE_ATTR, rule)
     return mod
