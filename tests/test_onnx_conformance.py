@@ -8,6 +8,7 @@ import functools
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from graphopt.tools import onnx_conformance as conformance
@@ -79,6 +80,21 @@ def test_compiled_cpu():
 def test_compiled_cpu_one_graph_per_op(op):
     outcomes = conformance.run_compiled(cases_by_op()[op], per_op=True)
     check(outcomes, "compiled")
+
+
+def test_a_failure_says_whether_onnxruntime_computes_the_same():
+    """MaxUnpool's case fails against onnx.reference's expected output; onnxruntime computes what
+    graphopt does, and the reason says so. A wrong result onnxruntime does not share gets no
+    such note."""
+    case = next(c for c in cases_by_op()["MaxUnpool"] if c.name == UNPOOL_OUTPUT_SHAPE)
+    outcome, = conformance.run_interpreter([case])
+    assert outcome.status == "failed"
+    assert outcome.reason.endswith("onnxruntime computes the same as graphopt"), outcome.reason
+    case = next(c for c in cases_by_op()["Add"] if conformance.onnxruntime_outputs(c))
+    wrong = {case.model.graph.output[0].name:
+             np.asarray(conformance.tensor(case.expected[0])) + 1}
+    problem = conformance.compare(case, wrong)
+    assert "differs" in problem and "onnxruntime" not in problem
 
 
 def test_skips_are_forms_we_do_not_support():

@@ -148,9 +148,19 @@ def tensor(value):
 
 
 def compare(case: Case, results: dict) -> str:
-    """'' when every output matches, else what differs."""
+    """'' when every output matches, else what differs, and whether onnxruntime computes what
+    graphopt does (where it does, the case's expected output disagrees with both)."""
+    problem = _differs(case, results, case.expected)
+    if problem:
+        peer = onnxruntime_outputs(case)
+        if peer is not None and not _differs(case, results, peer):
+            problem += "; onnxruntime computes the same as graphopt"
+    return problem
+
+
+def _differs(case: Case, results: dict, expected_outputs: list) -> str:
     names = [v.name for v in case.model.graph.output]
-    for name, expected in zip(names, case.expected):
+    for name, expected in zip(names, expected_outputs):
         found = results.get(name)
         if found is None:
             return f"output '{name}' missing"
@@ -167,6 +177,18 @@ def compare(case: Case, results: dict) -> str:
             detail = [line for line in str(e).splitlines() if "Max" in line]
             return f"output '{name}' differs: {'; '.join(detail)}"
     return ""
+
+
+def onnxruntime_outputs(case: Case) -> list | None:
+    """The case's outputs as onnxruntime computes them, or None where it cannot run the case."""
+    import onnxruntime as ort
+    try:
+        session = ort.InferenceSession(case.model.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        feeds = {name: np.asarray(tensor(value)) for name, value in case.inputs.items()}
+        return session.run(None, feeds)
+    except Exception:   # noqa: BLE001 - any failure of the peer only means no second opinion
+        return None
 
 
 def run_interpreter(cases: list[Case]) -> list[Outcome]:
