@@ -19,7 +19,7 @@ four changes, all for code the schedule rules make, and without TVM's argument c
 - `isnan` is vectorizable (`vectorizable_isnan`).
 
 TVM checks every argument of every kernel on entry (its type, device, dtype, each dimension,
-strides, offset), an assert and an error message each: in DenseNet-121's batch norms over 32
+strides, offset), an assert and an error message each: in DenseNet-121's batch norm over 21
 concatenated inputs, 3,600 instructions of checks before 1,800 of work, and about a third of
 its build time. The kernels are called only by the VM, with the buffers it planned for the
 shapes they were compiled for, and the VM checks the model's inputs itself (each parameter of

@@ -34,8 +34,9 @@ def schedule_module(mod, vec: VectorShape, threads: int = 1):
     """Schedule every unscheduled PrimFunc of `mod` (weights arrive in the layouts the target
     passes chose; no rule changes a call site), the functions shared among `threads` threads.
     The rules drive TVM's schedule primitives, which run without Python's lock: DenseNet-121's
-    138 functions took 3.5-4.3 s in one thread (two Zen 4 cores). Each thread takes the next
-    function not yet taken, so the result does not depend on which thread scheduled what."""
+    functions took 3.5-4.3 s in one thread and 2.5-2.7 s in two (two Zen 4 cores). Each thread
+    takes the next function not yet taken; a function's schedule does not depend on which
+    thread made it."""
     from tvm import tirx
     from ..parallel_build import in_threads
     pending = []
