@@ -1,6 +1,7 @@
-"""How long `go.compile` and `export` take for zoo models, with the kernels built in one LLVM
-module (`build_threads=1`, as TVM builds them) and in one module per core (the default,
-`graphopt/targets/tvm/parallel_build.py`), the two compiles alternated in one process.
+"""How long `go.compile` and `export` take for zoo models, with the kernels scheduled in one
+thread and built in one LLVM module (`build_threads=1`, as TVM builds them) and on every core
+(the default: `schedules/dispatch.py`, `parallel_build.py`), the two compiles alternated in one
+process.
 
     .venv/bin/python benchmarks/compile_time.py                     # a few models
     .venv/bin/python benchmarks/compile_time.py --models densenet121 resnet18 --rounds 2

@@ -75,7 +75,7 @@ def _build_in_threads(modules, target, tir_pipeline) -> list:
         lib.get_function(str(func.attrs.get("global_symbol", gvar.name_hint)))
         libs[i] = lib
 
-    in_threads([lambda i=i: build(i) for i in range(len(modules))])
+    _in_threads([lambda i=i: build(i) for i in range(len(modules))])
     return libs
 
 
@@ -95,7 +95,7 @@ def export_library(executable, path: str, addons: list[str], workspace_dir: str,
         executable.export_library(path, addons=addons, workspace_dir=workspace_dir, **options)
         return
     objects = [os.path.join(workspace_dir, f"lib{i}.o") for i in range(len(modules))]
-    in_threads([lambda m=m, o=o: m.write_to_file(o) for m, o in zip(modules, objects)])
+    _in_threads([lambda m=m, o=o: m.write_to_file(o) for m, o in zip(modules, objects)])
     first = modules[0]
     system_lib = first.get_function("__tvm_is_system_module")()
     llvm_target = first.get_function("_get_target_string")()
@@ -109,7 +109,7 @@ def export_library(executable, path: str, addons: list[str], workspace_dir: str,
     cc.create_shared(path, files, **options)
 
 
-def in_threads(tasks) -> None:
+def _in_threads(tasks) -> None:
     """Run each of `tasks` (callables) in a thread of its own, the first in the calling thread;
     the first error is raised after every thread has ended."""
     errors: list = [None] * len(tasks)

@@ -6,8 +6,6 @@ in the layouts the target passes chose and lowering packed; the dot-product conv
 is `interleave.py`'s."""
 from __future__ import annotations
 
-import threading
-
 from . import (conv2d, conv2d_bf16, conv2d_int8, dense, depthwise, generic, lookup, narrow,
                pointwise, pool2d, tile_epilogue, winograd)
 from .common import VectorShape
@@ -35,10 +33,10 @@ def schedule_module(mod, vec: VectorShape, threads: int = 1):
     passes chose; no rule changes a call site), the functions shared among `threads` threads.
     The rules drive TVM's schedule primitives, which run without Python's lock: DenseNet-121's
     functions took 3.5-4.3 s in one thread and 2.5-2.7 s in two (two Zen 4 cores). Each thread
-    takes the next function not yet taken; a function's schedule does not depend on which
-    thread made it."""
+    takes the next function not yet taken (a pool's map); a function's schedule does not
+    depend on which thread made it, and the first rule's error is raised here."""
+    from concurrent.futures import ThreadPoolExecutor
     from tvm import tirx
-    from ..parallel_build import in_threads
     pending = []
     for gv, func in list(mod.functions.items()):
         if not isinstance(func, tirx.PrimFunc):
@@ -48,19 +46,9 @@ def schedule_module(mod, vec: VectorShape, threads: int = 1):
                 mod[gv] = func.with_attr(SCHEDULE_ATTR, TUNED)
             continue
         pending.append((gv, func))
-    results: list = [None] * len(pending)
-    taken = iter(range(len(pending)))
-    taking = threading.Lock()
-
-    def work() -> None:
-        while True:
-            with taking:
-                i = next(taken, None)
-            if i is None:
-                return
-            results[i] = schedule_func(pending[i][1], vec)
-
-    in_threads([work] * max(1, min(threads, len(pending))))
+    with ThreadPoolExecutor(max(1, min(threads, len(pending))),
+                            thread_name_prefix="graphopt-schedule") as pool:
+        results = list(pool.map(lambda item: schedule_func(item[1], vec), pending))
     for (gv, _), (scheduled, rule) in zip(pending, results):
         if scheduled is not None:
             mod[gv] = scheduled.with_attr("tirx.is_scheduled", True).with_attr(SCHEDULE_ATTR, rule)
