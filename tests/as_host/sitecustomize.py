@@ -6,7 +6,9 @@ suite starts (the CLI's and the export tests' subprocesses too; not those starte
 which only run prebuilt libraries) compiles for that LLVM CPU wherever it would compile for
 this one, and reads this CPU's flags without those that CPU lacks, so that tests pick its
 kernels, skip what it cannot run and compare the results on this CPU, which must have every
-feature of the other. What it cannot show is speed. Without GRAPHOPT_TEST_AS it does nothing."""
+instruction set of the other that graphopt chooses kernels by (features LLVM gives the other
+CPU and this one lacks, such as AMD's SSE4a on an Intel host, are turned off). What it cannot
+show is speed. Without GRAPHOPT_TEST_AS it does nothing."""
 import importlib.abc
 import importlib.machinery
 import os
@@ -22,7 +24,32 @@ CPUS = {
 
 def _patch_cpu(module, mcpu: str) -> None:
     host_target = module.host_target
-    module.host_target = lambda requested=None: host_target(requested or mcpu)
+
+    def target(requested=None):
+        if requested is not None:
+            return host_target(requested)
+        return _without_missing_features(host_target(mcpu))
+
+    module.host_target = target
+
+
+def _without_missing_features(target):
+    """`target` (the other CPU's) with `-f` in its `mattr` for each feature LLVM gives that CPU
+    and this one lacks: AMD's SSE4a on an Intel host, whose `insertq` LLVM emits for Zen 3
+    (the int8 kernels died of SIGILL on an Intel Xeon). None of them is an instruction set
+    graphopt chooses kernels by."""
+    import tvm_ffi
+    from tvm.target import Target
+    host = dict(tvm_ffi.get_global_func("tvm.codegen.llvm.GetHostCPUFeatures")())
+    model = set(dict(tvm_ffi.get_global_func("target.llvm_get_cpu_features")(target)))
+    # (the model's tuning flags, such as `macrofusion`, are no CPUID features: the host's
+    # list leaves them out, and they stay)
+    missing = sorted(f"-{f}" for f in model if f in host and not host[f])
+    if not missing:
+        return target
+    config = dict(target.export())
+    config["mattr"] = [*config.get("mattr", []), *missing]
+    return Target(config)
 
 
 def _patch_runtime(module, mcpu: str) -> None:
