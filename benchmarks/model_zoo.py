@@ -7,10 +7,11 @@ measured side by side in one process (issue 14, part 4).
     .venv/bin/python benchmarks/model_zoo.py --models mobilenet_v2 squeezenet1_1 --threads 1
     .venv/bin/python benchmarks/model_zoo.py --layers mobilenet_v2 --threads 1   # per conv layer
 
-Prints one row per model and thread setting (median ms of graphopt and ORT, their ratio, the
-largest output difference), then the geometric mean of the ratios over the models run and the
-models above the issue's 1.3x bound. "default" threads: graphopt compiled with no thread
-setting (every core the process may use) and ORT with intra_op_num_threads=0 (its own choice).
+Prints one row per model and thread setting (median ms of graphopt and ORT, their ratio as
+the median over rounds of the ratio within a round, the largest output difference), then the
+geometric mean of the ratios over the models run and the models above the issue's 1.3x bound.
+"default" threads: graphopt compiled with no thread setting (every core the process may use)
+and ORT with intra_op_num_threads=0 (its own choice).
 --layers times each convolution of a model alone (as graphopt optimized it, exported to ONNX
 for ORT), slowest first, with the algorithm and schedule each got: where the time goes.
 --precision bfloat16 (or float16, or int8; `--half` is the same option) times each model's
@@ -65,7 +66,8 @@ def bench_model(name: str, thread_settings, repeat: int, rounds: int) -> list[di
         times = in_blocks(runners, feeds, repeat, rounds)
         ours, ort = times["graphopt"][0], times["onnxruntime"][0]
         rows.append({"model": name, "threads": setting, "graphopt": ours, "onnxruntime": ort,
-                     "ratio": ours / ort, "diff": diff, "compile_s": compile_s})
+                     "ratio": times.ratio("graphopt", "onnxruntime"), "diff": diff,
+                     "compile_s": compile_s})
     return rows
 
 
@@ -88,7 +90,8 @@ def bench_half(name: str, dtype: str, thread_settings, repeat: int, rounds: int)
         times = in_blocks(runners, feeds, repeat, rounds)
         rows.append({"model": name, "threads": setting, "float32": times["float32"][0],
                      "half": times[dtype][0], "onnxruntime": times["onnxruntime"][0],
-                     "error": error})
+                     "ratio": times.ratio(dtype, "float32"),
+                     "ratio_ort": times.ratio(dtype, "onnxruntime"), "error": error})
     return rows
 
 
@@ -100,13 +103,13 @@ def half_table(names, dtype: str, threads, repeat: int, rounds: int) -> None:
     slower = []
     for name in names:
         for row in bench_half(name, dtype, threads, repeat, rounds):
-            ratio = row["half"] / row["float32"]
+            ratio = row["ratio"]
             ratios[row["threads"]].append(ratio)
             if ratio > 1:
                 slower.append(f"{name} ({row['threads']}: {ratio:.2f})")
             print(f"| {name} | {row['threads']} | {row['half']:.2f} | {row['float32']:.2f} | "
                   f"{row['onnxruntime']:.2f} | {ratio:.2f} | "
-                  f"{row['half'] / row['onnxruntime']:.2f} | {row['error']:.1e} |", flush=True)
+                  f"{row['ratio_ort']:.2f} | {row['error']:.1e} |", flush=True)
     for t in threads:
         print(f"# geometric mean {dtype} / float32, {t} thread(s), {len(ratios[t])} models: "
               f"{geometric_mean(ratios[t]):.2f}")
@@ -145,6 +148,7 @@ def conv_layers(name: str, threads: int, repeat: int, top: int) -> None:
         chosen = compiled.graph.nodes[-1].op
         row = {"layer": node.name, "op": str(node.op), "x": node.inputs[0].shape,
                "graphopt": times["graphopt"][0], "onnxruntime": times["onnxruntime"][0],
+               "ratio": times.ratio("graphopt", "onnxruntime"),
                "choice": getattr(chosen, "target_choice", lambda: "-")(),
                "schedule": ",".join(sorted(set(compiled.schedules.values()))), "count": 1,
                "groups": conv.groups}
@@ -159,7 +163,7 @@ def conv_layers(name: str, threads: int, repeat: int, top: int) -> None:
     for r in sorted(rows, key=lambda r: -r["graphopt"] * r["count"])[:top]:
         print(f"| {r['layer']} | {'x'.join(map(str, r['x']))} | {r['op']} | {r['count']} "
               f"| {r['graphopt']:.3f} | {r['onnxruntime']:.3f} "
-              f"| {r['graphopt'] / r['onnxruntime']:.2f} "
+              f"| {r['ratio']:.2f} "
               f"| {r['graphopt'] * r['count'] / total:.0%} | {r['choice']} | {r['schedule']} |",
               flush=True)
 
