@@ -28,9 +28,7 @@ shapes they were compiled for, and the VM checks the model's inputs itself (each
 Zen 4 cores). A bounds-checked build (the test mode) keeps every assert."""
 from __future__ import annotations
 
-import threading
-
-from .schedules.common import buffer_bytes
+from .schedules.common import buffer_bytes, registers_with_tvm
 from .weight_prefetch import weight_prefetch_pass
 
 # A kernel's stack buffers together, bytes: far inside the 8 MiB stacks of Linux threads.
@@ -39,7 +37,6 @@ STACK_BYTES = 256 * 1024
 CPU_TIR_PIPELINE = "graphopt_cpu"
 # TVM's annotation keeping an allocation out of LowerTVMBuiltin (kDisableLowerTVMBuiltin).
 ON_STACK = "disable_lower_builtin"
-_REGISTERING = threading.Lock()
 
 
 def cpu_build_config(bounds_check: bool = False) -> dict:
@@ -50,6 +47,7 @@ def cpu_build_config(bounds_check: bool = False) -> dict:
     return {"s_tir.LoopPartition": {"partition_const_loop": True}, **checks}
 
 
+@registers_with_tvm
 def cpu_tir_pipeline() -> str:
     """The name of graphopt's CPU TIR pipeline, registered with TVM on first use."""
     from tvm.tirx import compilation_pipeline
@@ -75,6 +73,7 @@ def _pipeline():
         finalize_device
 
 
+@registers_with_tvm
 def vectorizable_isnan() -> None:
     """Mark TVM's `isnan` vectorizable, as TVM marks exp, fabs and its other elementwise
     intrinsics (LLVM compiles it for vectors as an unordered compare). Unmarked, TVM's
@@ -82,9 +81,8 @@ def vectorizable_isnan() -> None:
     ch 28x28, 2x2 stride 2, on Zen 4: 7.4 us, 1.1 as vector code). `x != x`, which is a vector
     compare, TVM's simplifier folds to false."""
     import tvm
-    with _REGISTERING:
-        if tvm.ir.Op.get("tirx.isnan").get_attr("TVectorizable") is None:
-            tvm.ir.register_op_attr("tirx.isnan", "TVectorizable", True)
+    if tvm.ir.Op.get("tirx.isnan").get_attr("TVectorizable") is None:
+        tvm.ir.register_op_attr("tirx.isnan", "TVectorizable", True)
 
 
 def _stack_buffers_pass():

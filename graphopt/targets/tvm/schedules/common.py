@@ -81,19 +81,20 @@ def l1d_bytes(mcpu: str) -> int:
     return (48 if mcpu.replace("_", "-") in L1D_48_KIB else 32) * 1024
 
 
-# TVM's table of tensor intrinsics belongs to the process, and a model's functions are
-# scheduled in several threads (`dispatch.schedule_module`): the rules register the intrinsics
-# they use, each once per process, under this lock (`registers_intrinsics`).
-_INTRINSICS = threading.RLock()
+# TVM's tables of tensor intrinsics, op attributes and TIR pipelines belong to the process, and
+# a model's functions are scheduled and built in several threads (`dispatch.schedule_module`,
+# `parallel_build.py`): what graphopt registers there, each once per process, it registers under
+# this lock (`registers_with_tvm`). Re-entrant: a registration may make another.
+_REGISTERING = threading.RLock()
 
 
-def registers_intrinsics(register):
-    """Decorator: `register`, which registers TVM tensor intrinsics once per process, runs
-    under one process-wide lock, so that no thread sees an intrinsic half-registered or
-    registers one twice."""
+def registers_with_tvm(register):
+    """Decorator: `register`, which registers something in one of TVM's process-wide tables once
+    per process (a tensor intrinsic, an op attribute, a TIR pipeline), runs under one
+    process-wide lock, so that no thread sees it half-registered or registers it twice."""
     @functools.wraps(register)
     def locked(*args, **kwargs):
-        with _INTRINSICS:
+        with _REGISTERING:
             return register(*args, **kwargs)
     return locked
 

@@ -42,7 +42,7 @@ import numpy as np
 from ....errors import LoweringError
 from . import conv2d_int8, interleave
 from .common import (VectorShape, blocks_of, inline_elementwise, iter_kinds,
-                     registers_intrinsics)
+                     registers_with_tvm)
 from .tiled import accumulator_writer
 
 NAME = "conv2d_bf16"
@@ -160,7 +160,7 @@ def conv2d_dpbf16(x, packed, conv):
         name="conv2d_bf16")
 
 
-@registers_intrinsics
+@registers_with_tvm
 def register_intrinsic() -> None:
     """Register INTRINSIC and PACKED_INTRINSIC (once per process): C[16] (float32, registers)
     += A[2] (one broadcast pair of bfloat16 inputs; packed: the two halves of one uint32) .

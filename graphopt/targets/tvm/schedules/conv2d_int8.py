@@ -34,7 +34,7 @@ import numpy as np
 
 from . import interleave
 from .common import (VectorShape, blocks_of, inline_elementwise, iter_kinds,
-                     registers_intrinsics)
+                     registers_with_tvm)
 from .tiled import accumulator_writer, finish_tile, spatial_rest
 
 NAME = "conv2d_int8"
@@ -146,7 +146,7 @@ def conv2d_dot(x, packed, x_zero_point, conv, dot: DotProduct):
         name=f"{NAME}_{dot.algorithm}")
 
 
-@registers_intrinsics
+@registers_with_tvm
 def register_intrinsic(dot: DotProduct) -> None:
     """Register `dot.intrinsic` (once per process): C[lanes] (int32, registers) += A[group]
     (one broadcast int32 of inputs) . B[lanes, group] by one instruction."""

@@ -12,7 +12,7 @@ planes' row computed just before it, in cache. Rows are padded to whole runs of 
 the convolution never reads the columns beyond its padded width."""
 from __future__ import annotations
 
-from .common import PARALLEL_MIN_ELEMENTS, blocks_of, extent, registers_intrinsics
+from .common import PARALLEL_MIN_ELEMENTS, blocks_of, extent, registers_with_tvm
 from .phases import vectorize_padded_row
 
 PLANES = "pad_planes"
@@ -42,7 +42,7 @@ def intrinsic_name(pixels: int, group: int, dtype: str) -> str:
     return f"graphopt_interleave_{group}x{pixels}_{dtype}"
 
 
-@registers_intrinsics
+@registers_with_tvm
 def register(pixels: int, group: int, dtype: str) -> str:
     """Register (once per process) the intrinsic storing B[pixels, group] = A[group, pixels]^T,
     A's rows `a_stride` apart, as one shuffle of `group` vector loads into one vector store;

@@ -10,7 +10,7 @@ shuffles (each round swaps one bit of the row index with the same bit of the lan
 lanes * log2(lanes) shuffles per block, after which each channel's pixels are one vector."""
 from __future__ import annotations
 
-from .common import registers_intrinsics
+from .common import registers_with_tvm
 
 _registered: set[str] = set()
 
@@ -89,7 +89,7 @@ def transposed(rows: list) -> list:
     return rows
 
 
-@registers_intrinsics
+@registers_with_tvm
 def register(pixels: int, lanes: int, dtype: str = "float32", source: str = "local",
              wide: bool = False) -> str:
     """Register (once per process) the intrinsic storing B[lanes, pixels] = A[pixels, lanes]^T
