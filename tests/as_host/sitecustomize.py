@@ -28,26 +28,22 @@ def _patch_cpu(module, mcpu: str) -> None:
     def target(requested=None):
         if requested is not None:
             return host_target(requested)
-        return _without_missing_features(host_target(mcpu))
+        return _without_missing_features(host_target(mcpu), module.host_feature_difference)
 
     module.host_target = target
 
 
-def _without_missing_features(target):
-    """`target` (the other CPU's) with `-f` in its `mattr` for each feature LLVM gives that CPU
-    and this one lacks: AMD's SSE4a on an Intel host, whose `insertq` LLVM emits for Zen 3
-    (the int8 kernels died of SIGILL on an Intel Xeon). None of them is an instruction set
-    graphopt chooses kernels by."""
-    import tvm_ffi
+def _without_missing_features(target, host_feature_difference):
+    """`target` (the other CPU's) with the `-f` entries of `host_feature_difference` in its
+    `mattr`: each feature LLVM gives that CPU and this one lacks, such as AMD's SSE4a on an
+    Intel host, whose `insertq` LLVM emits for Zen 3 (the int8 kernels died of SIGILL on an
+    Intel Xeon). None of them is an instruction set graphopt chooses kernels by; the `+f`
+    entries, this CPU's features the other lacks, stay out."""
     from tvm.target import Target
-    host = dict(tvm_ffi.get_global_func("tvm.codegen.llvm.GetHostCPUFeatures")())
-    model = set(dict(tvm_ffi.get_global_func("target.llvm_get_cpu_features")(target)))
-    # (the model's tuning flags, such as `macrofusion`, are no CPUID features: the host's
-    # list leaves them out, and they stay)
-    missing = sorted(f"-{f}" for f in model if f in host and not host[f])
+    config = dict(target.export())
+    missing = [f for f in host_feature_difference(config) if f.startswith("-")]
     if not missing:
         return target
-    config = dict(target.export())
     config["mattr"] = [*config.get("mattr", []), *missing]
     return Target(config)
 
