@@ -119,6 +119,15 @@ CASES = {
         x, 32, 3, padding=1)), "winograd"),
     "winograd_f4_by_tile_rows_batch2": ((2, 64, 28, 28), lambda x: dsl.conv2d(
         x, 64, 3, padding=1) + x, "winograd"),
+    # the output transform's values written back through the register transpose: a copy of
+    # them where no epilogue writes the output; the whole plane at once (AVX-512: 14-pixel
+    # steps); one image at a time (large weights, a batch)
+    "winograd_no_epilogue": ((1, 64, 16, 16), lambda x: dsl.conv2d(x, 64, 3, padding=1,
+                                                                   bias=False), "winograd"),
+    "winograd_whole_plane_residual": ((1, 256, 14, 14), lambda x: dsl.relu(dsl.conv2d(
+        x, 256, 3, padding=1) + x), "winograd"),
+    "winograd_per_image_whole_tiles": ((2, 256, 16, 16), lambda x: dsl.relu(dsl.conv2d(
+        x, 128, 3, padding=1)), "winograd"),
     "winograd_skipped_for_stride2": ((1, 256, 8, 8), lambda x: dsl.conv2d(x, 32, 3, stride=2,
                                                                           padding=1), "conv2d"),
     "dense": ((3, 37), lambda x: dsl.relu(dsl.linear(x, 24)), "dense"),
@@ -511,6 +520,43 @@ def test_small_winograd_weights_go_a_row_of_tiles_a_task(mcpu, name, tasks):
     (kernel,) = [f for k, f in _scheduled_kernels(_table_graph([name]), mcpu).items()
                  if "winograd" in k]
     assert kernel.script().count("T.parallel(") == tasks
+
+
+@pytest.mark.parametrize("height, width, side, lanes, pixels", [
+    (56, 56, 4, 16, 8), (32, 32, 4, 16, 16), (28, 28, 4, 16, 4), (14, 14, 2, 16, 14),
+    (14, 14, 2, 8, 2), (56, 56, 2, 8, 8), (36, 36, 4, 16, 12), (29, 30, 4, 16, 0),
+    (15, 16, 2, 8, 0)])
+def test_winograd_output_pixels_per_transposed_step(height, width, side, lanes, pixels):
+    from graphopt.targets.tvm.schedules.winograd import output_pixels
+    assert output_pixels(height, width, side, lanes) == pixels
+
+
+@pytest.mark.parametrize("mcpu", [AVX2_CPU, AVX512_CPU])
+@pytest.mark.parametrize("name, transposed", [
+    ("winograd_no_epilogue", True), ("winograd_whole_plane_residual", True),
+    ("winograd_per_image_whole_tiles", True), ("winograd_f4_by_tile_rows_batch2", True),
+    ("winograd_f2_by_tile_rows_batch2", True), ("winograd_odd_plane_f4", False),
+    ("winograd_per_image_batch2", False)])
+def test_winograd_writes_whole_tiles_through_the_register_transpose(mcpu, name, transposed):
+    """On planes of whole tiles the output transform's values (vectors over output channels)
+    reach the NCHW output through the register transpose, each channel's pixels one vector;
+    elsewhere each value is stored lane by lane (the transform writes straight to the
+    output)."""
+    (kernel,) = [f for k, f in _scheduled_kernels(_table_graph([name]), mcpu).items()
+                 if "winograd" in k]
+    assert ("T.Shuffle(" in kernel.script()) == transposed
+
+
+def test_winograd_residual_output_is_not_stored_lane_by_lane():
+    """ResNet-18's 64-channel 56x56 F(4x4) conv with its residual and relu, for AVX-512: its
+    output vectors and residual reads are whole rows of pixels, not lanes inserted one at a
+    time (321 `vinsertps` when the transform wrote the output directly, 69 with the
+    transpose)."""
+    with dsl.Builder("wino_residual", seed=7) as b:
+        x = b.input("x", (1, 64, 56, 56))
+        graph = b.output(dsl.relu(dsl.conv2d(x, 64, 3, padding=1) + x))
+    model = go.compile(graph, mcpu=AVX512_CPU)
+    assert cpu_assembly(model.executable).count("vinsertps") < 120
 
 
 @pytest.mark.parametrize("plane, out_channels", [(115, 64), (27, 128)],

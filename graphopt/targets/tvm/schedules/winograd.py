@@ -130,6 +130,9 @@ ROW_WEIGHT_BYTES = 1 << 20
 CHANNEL_BLOCK, BLOCKED_REDUCTION_MIN_CHANNELS = 64, 128
 # Whether the GEMMs prefetch each next weight block while they compute with the current one.
 PREFETCH_NEXT_SLICE = True
+# Whether the output transform's values are written back through the register transpose
+# (`_schedule_transposed_output`) where the plane is whole tiles.
+TRANSPOSED_WRITE_BACK = True
 # The tile side of bfloat16 Winograd on vdpbf16ps (`transform_weight_in_pairs`; see the module's
 # docstring).
 PAIRED_TILE = 2
@@ -351,17 +354,21 @@ def schedule(sch, vec: VectorShape) -> bool:
     channels as the vector axis, a few tiles as the other side; weights streamed in L1-sized
     channel blocks, each next one prefetched: `weight_prefetch.py`), the output transform per
     2x2 tile, vectorized over output channels, with the epilogue inlined. Stages run over the
-    whole plane, an image, or a row of tiles."""
+    whole plane, an image, or a row of tiles. On planes of whole tiles the output transform
+    computes a run of tiles into registers and the epilogue reads it back through the register
+    transpose (`_schedule_transposed_output`)."""
     names = {sch.get(b).name_hint: b for b in blocks_of(sch)}
     if not all(k in names for k in (ROWS, INPUT, GEMM, OUTPUT)):
         return None
     inline_elementwise(sch, keep=[names[k] for k in (ROWS, INPUT, GEMM, OUTPUT)])
-    for block in blocks_of(sch):  # the epilogue that writes the function's output
-        if sch.get(block).name_hint not in (ROWS, INPUT, GEMM, OUTPUT):
-            sch.reverse_compute_inline(block)
     names = {sch.get(b).name_hint: b for b in blocks_of(sch)}
     rows, transformed, products, output = (names[k] for k in (ROWS, INPUT, GEMM, OUTPUT))
     tile_side = int(sch.get(rows).writes[0].source.shape[3]) - 2
+    writer = _transposed_writer(sch, output, tile_side, vec)
+    if writer is None:
+        for block in blocks_of(sch):  # the epilogue that writes the function's output
+            if sch.get(block).name_hint not in (ROWS, INPUT, GEMM, OUTPUT):
+                sch.reverse_compute_inline(block)
     # With a batch, each image's transformed input and products are computed just before its
     # output transform, while they are in cache (over a whole batch they went out to memory:
     # ResNet-18's 64-channel 56x56 F(4x4) layers at batch 8 took 20-28 ms against 13-16 for ORT,
@@ -376,7 +383,19 @@ def schedule(sch, vec: VectorShape) -> bool:
     row_tasks = by_rows(tile_side, weight_bytes, height)
     per_image = not row_tasks and batch > 1 and \
         -(-height // tile_side) * -(-width // tile_side) >= PER_IMAGE_TILES
-    if row_tasks:
+    if writer is not None:
+        # placed here: the stages below go under its loops
+        planes = _schedule_transposed_output(sch, output, writer, tile_side, row_tasks,
+                                             per_image, vec)
+    if writer is not None and row_tasks:
+        sch.compute_at(products, planes)
+        sch.compute_at(transformed, planes)
+        sch.parallel(planes)
+    elif writer is not None and per_image:
+        image = sch.get_loops(writer)[0]
+        sch.compute_at(products, image)
+        sch.compute_at(transformed, image)
+    elif row_tasks:
         # One task per (image, row of tiles), parallel: the stages inside stay serial.
         b, o, row, col = sch.get_loops(output)
         tile_row, row_in_tile = sch.split(row, [None, tile_side])
@@ -417,6 +436,10 @@ def schedule(sch, vec: VectorShape) -> bool:
     else:
         _schedule_gemm(sch, products, weight, weight_bytes, row_tasks, vec)
 
+    if writer is not None:
+        if not row_tasks and extent(planes, sch) > 1:
+            sch.parallel(planes)
+        return True
     # Vectors over output channels: the 16 transformed values of a tile are contiguous there
     # (scalar reads strided by the channel count cost 0.4-0.8 ms per conv and made the kernel
     # lose to the direct one below 256 channels).
@@ -435,6 +458,100 @@ def schedule(sch, vec: VectorShape) -> bool:
         if extent(planes, sch) > 1:
             sch.parallel(planes)
     return True
+
+
+def output_pixels(height: int, width: int, tile_side: int, lanes: int) -> int:
+    """Output pixels of a row written back at once through the register transpose: the largest
+    run of whole tiles within `lanes` that divides the row, or 0 (the plane is not whole
+    tiles)."""
+    if height % tile_side or width % tile_side:
+        return 0
+    return max((p for p in range(tile_side, lanes + 1, tile_side) if width % p == 0), default=0)
+
+
+def _transposed_writer(sch, output, tile_side: int, vec: VectorShape):
+    """The block that writes the conv's NCHW output from the output transform's values, which
+    are vectors over output channels: the epilogue (bias, residual, activation), or a copy made
+    for it; None where the transposed write-back does not apply (planes not whole tiles,
+    an epilogue that is not elementwise over the output, outputs not float32)."""
+    from tvm import tirx
+    buffer = sch.get(output).writes[0].source
+    height, width = (int(d) for d in buffer.shape[2:])
+    if not TRANSPOSED_WRITE_BACK or str(buffer.dtype) != "float32" or \
+            vec.lanes & (vec.lanes - 1) or not output_pixels(height, width, tile_side, vec.lanes):
+        return None
+    stages = {sch.get(b).name_hint for b in blocks_of(sch)} & {ROWS, INPUT, GEMM, OUTPUT}
+    epilogue = [b for b in blocks_of(sch) if sch.get(b).name_hint not in stages]
+    if not epilogue:
+        return sch.cache_write(output, 0, "local")
+    if len(epilogue) != 1:
+        return None
+    block = sch.get(epilogue[0])
+    iters = [v.var for v in block.iter_vars]
+    reads = [r for r in block.reads if r.source.same_as(buffer)]
+    elementwise = len(iters) == 4 and len(block.writes) == 1 and \
+        [int(d) for d in block.writes[0].source.shape] == [int(d) for d in buffer.shape] and \
+        len(reads) == 1 and all(
+            isinstance(r.extent, tirx.IntImm) and int(r.extent) == 1 and r.min.same_as(v)
+            for r, v in zip(reads[0].region, iters))
+    if not elementwise:
+        return None
+    sch.set_scope(output, 0, "local")
+    return epilogue[0]
+
+
+def _schedule_transposed_output(sch, output, writer, tile_side: int, row_tasks: bool,
+                                per_image: bool, vec: VectorShape):
+    """The output transform computes a row of tiles' pixels (`output_pixels`) x a vector of
+    output channels into registers, the register transpose (`transpose.py`) turns each of its
+    rows into one vector of pixels per channel, and `writer` applies the epilogue to those and
+    stores them as contiguous runs of the NCHW rows. Written by the transform itself, each
+    output vector was stored lane by lane and a residual read the same way (321 `vinsertps`
+    in ResNet-18's 64-channel 56x56 conv with its residual and relu, 69 this way), and each
+    activation repeated the whole transform's expression (relu's NaN-keeping Select reads its
+    operand twice). One Intel Xeon (model 207), each kernel built alone, the faster of three
+    alternated builds: ResNet-18's six Winograd kernels 8.1 -> 5.4 s, the 64-channel 56x56
+    conv with residual and relu 2.0 -> 0.9-1.5 s. Run time, the two builds alternated (median
+    of 30 per-round ratios): 64 ch 56x56 0.97 (two threads 1.01, batch 8 1.01), 128 ch 28x28
+    1.00, 32 ch 112x112 0.95; the AVX2 build (`mcpu="znver3"`) 0.93-0.96. Returns the loop
+    that the parallel tasks take: (image, row of tiles) by rows, else (image, block of
+    channels), or the block of channels within an image."""
+    from .transpose import PADDED_ROWS, register
+    lanes = vec.lanes
+    height, width = (int(d) for d in sch.get(output).writes[0].source.shape[2:])
+    pixels = output_pixels(height, width, tile_side, lanes)
+    b, o, row, col = sch.get_loops(writer)
+    tile_row, row_in = sch.split(row, [None, tile_side])
+    o_outer, o_inner = sch.split(o, [None, lanes])
+    col_outer, col_inner = sch.split(col, [None, pixels])
+    if row_tasks:
+        sch.reorder(b, tile_row, o_outer, col_outer, row_in, o_inner, col_inner)
+    else:
+        sch.reorder(b, o_outer, tile_row, col_outer, row_in, o_inner, col_inner)
+    # the transform's values pixel-major ([.., row, column, channel]: each a vector), their
+    # transposed copy channel-major, each channel's row of pixels padded to whole vectors
+    sch.transform_layout(output, ("write", 0), lambda n, c, h, w: (n, h, w, c))
+    index = next(i for i, r in enumerate(sch.get(writer).reads)
+                 if r.source.same_as(sch.get(output).writes[0].source))
+    copy = sch.cache_read(writer, index, "local")
+    sch.transform_layout(copy, ("write", 0), lambda n, h, w, c: (n, h, c, w))
+    sch.compute_at(copy, col_outer)
+    sch.compute_at(output, col_outer)
+    _, channels, rows_, columns = sch.get_loops(output)[-4:]
+    tile_col, col_in = sch.split(columns, [None, tile_side])
+    sch.reorder(tile_col, rows_, col_in, channels)
+    sch.unroll(rows_)
+    sch.unroll(col_in)
+    sch.vectorize(channels)
+    wide = PADDED_ROWS and pixels < lanes
+    name = sch.get(copy).name_hint
+    sch.tensorize(sch.get_loops(copy)[-2], register(pixels, lanes, "float32", "local", wide))
+    if wide:
+        sch.storage_align(sch.get_sblock(f"{name}_o"), 0, 2, lanes, 0)
+    sch.vectorize(col_inner)
+    if row_tasks:
+        return sch.fuse(b, tile_row)
+    return o_outer if per_image else sch.fuse(b, o_outer)
 
 
 def _schedule_gemm(sch, products, weight, weight_bytes: int, row_tasks: bool,
