@@ -46,6 +46,8 @@ from .common import PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, inline_el
 
 NAME = "winograd"
 ROWS, INPUT, GEMM, OUTPUT = "wino_rows", "wino_input", "wino_gemm", "wino_output"
+COLUMNS = "wino_columns"
+STAGES = (ROWS, INPUT, GEMM, COLUMNS, OUTPUT)
 # Input channels from which F(2x2) beats the direct kernel: 32 with 8 lanes (AVX2, see above);
 # with 16 lanes (AVX-512) the direct kernel's wider FMAs win below 128 (one Xeon core, ms,
 # Winograd / direct / ORT: 64 ch 56x56 2.05 / 1.56 / 1.47, 64->128 ch 112x112 15.5 / 12.6 / 12.0,
@@ -280,8 +282,8 @@ def winograd_conv2d(x, u):
     bfloat16 bits [4, 4, O / block, I / 2, block, 2] of `transform_weight_in_pairs`). Stages:
     `ROWS` (B^T down the columns of whole padded input rows, contiguous), `INPUT` (B along the
     rows: V[e, n, c, tile]; in pairs, V[e, n, c / 2, tile] holds the bfloat16 values of both
-    channels of a pair in one uint32), `GEMM` (M[e, n, tile, o] = sum_c U V) and `OUTPUT`
-    (A^T M A, written as NCHW)."""
+    channels of a pair in one uint32), `GEMM` (M[e, n, tile, o] = sum_c U V), `COLUMNS` (A^T M)
+    and `OUTPUT` ((A^T M) A, written as NCHW)."""
     from tvm import te, tirx
 
     from ....ops.cast import widened
@@ -337,14 +339,24 @@ def winograd_conv2d(x, u):
                                       * transformed[e, v, rc, t], axis=rc),
             name=GEMM)
 
+    # A^T M A in two passes, A^T M once per tile (`COLUMNS`): written as one expression per
+    # output, each tile's unrolled outputs repeated A^T M's terms for every column, and an
+    # activation's Select (two reads of its operand) the whole expression, code for TVM and
+    # LLVM to simplify and fold back. One Intel Xeon, the Winograd kernels built alone (the
+    # faster of three builds), one expression / two passes: ResNet-18 5.7 / 4.9 s, GoogLeNet
+    # 8.6 / 6.7, Inception-v3 8.2 / 4.7; the same run time (whole models, the two builds
+    # alternated: 0.99-1.02)
+    columns = te.compute(
+        (side, alpha, tiles, out_c),
+        lambda i, v, t, o: _select(i, [_combine([products[e, v, t, o] for e in range(alpha)],
+                                                A_T[k]) for k in range(side)]),
+        name=COLUMNS)
+
     def output(b, o, row, col):
         t = b * tiles_h * tiles_w + (row // side) * tiles_w + col // side
-        per_row = []
-        for i in range(side):
-            columns = [_combine([products[e, v, t, o] for e in range(alpha)], A_T[i])
-                       for v in range(alpha)]
-            per_row.append(_select(col % side, [_combine(columns, A_T[j]) for j in range(side)]))
-        return _select(row % side, per_row)
+        return _select(col % side, [
+            _combine([columns[row % side, v, t, o] for v in range(alpha)], A_T[j])
+            for j in range(side)])
 
     return te.compute((n, out_c, h, w), output, name=OUTPUT)
 
@@ -353,21 +365,22 @@ def schedule(sch, vec: VectorShape) -> bool:
     """Input transform per input channel, the GEMMs register-tiled like the direct conv (output
     channels as the vector axis, a few tiles as the other side; weights streamed in L1-sized
     channel blocks, each next one prefetched: `weight_prefetch.py`), the output transform per
-    2x2 tile, vectorized over output channels, with the epilogue inlined. Stages run over the
-    whole plane, an image, or a row of tiles. On planes of whole tiles the output transform
-    computes a run of tiles into registers and the epilogue reads it back through the register
-    transpose (`_schedule_transposed_output`)."""
+    tile (A^T M, then its product with A), vectorized over output channels, with the epilogue
+    inlined. Stages run over the whole plane, an image, or a row of tiles. On planes of whole
+    tiles the output transform computes a run of tiles into registers and the epilogue reads
+    it back through the register transpose (`_schedule_transposed_output`)."""
     names = {sch.get(b).name_hint: b for b in blocks_of(sch)}
-    if not all(k in names for k in (ROWS, INPUT, GEMM, OUTPUT)):
+    if not all(k in names for k in STAGES):
         return None
-    inline_elementwise(sch, keep=[names[k] for k in (ROWS, INPUT, GEMM, OUTPUT)])
+    inline_elementwise(sch, keep=[names[k] for k in STAGES])
     names = {sch.get(b).name_hint: b for b in blocks_of(sch)}
-    rows, transformed, products, output = (names[k] for k in (ROWS, INPUT, GEMM, OUTPUT))
+    rows, transformed, products, columns, output = (names[k] for k in STAGES)
+    sch.set_scope(columns, 0, "local")
     tile_side = int(sch.get(rows).writes[0].source.shape[3]) - 2
     writer = _transposed_writer(sch, output, tile_side, vec)
     if writer is None:
         for block in blocks_of(sch):  # the epilogue that writes the function's output
-            if sch.get(block).name_hint not in (ROWS, INPUT, GEMM, OUTPUT):
+            if sch.get(block).name_hint not in STAGES:
                 sch.reverse_compute_inline(block)
     # With a batch, each image's transformed input and products are computed just before its
     # output transform, while they are in cache (over a whole batch they went out to memory:
@@ -385,8 +398,8 @@ def schedule(sch, vec: VectorShape) -> bool:
         -(-height // tile_side) * -(-width // tile_side) >= PER_IMAGE_TILES
     if writer is not None:
         # placed here: the stages below go under its loops
-        planes = _schedule_transposed_output(sch, output, writer, tile_side, row_tasks,
-                                             per_image, vec)
+        planes = _schedule_transposed_output(sch, output, columns, writer, tile_side,
+                                             row_tasks, per_image, vec)
     if writer is not None and row_tasks:
         sch.compute_at(products, planes)
         sch.compute_at(transformed, planes)
@@ -401,11 +414,13 @@ def schedule(sch, vec: VectorShape) -> bool:
         tile_row, row_in_tile = sch.split(row, [None, tile_side])
         sch.reorder(b, tile_row, o, row_in_tile, col)
         task = sch.fuse(b, tile_row)
+        sch.compute_at(columns, task)     # (then under its tile: `_schedule_columns`)
         sch.compute_at(products, task)
         sch.compute_at(transformed, task)
         sch.parallel(task)  # before decompose_reduction, which leaves the loop unparallelizable
     elif per_image:
         image = sch.get_loops(output)[0]
+        sch.compute_at(columns, image)
         sch.compute_at(products, image)
         sch.compute_at(transformed, image)
 
@@ -453,11 +468,23 @@ def schedule(sch, vec: VectorShape) -> bool:
     sch.unroll(row_inner)
     sch.unroll(col_inner)
     sch.vectorize(o_inner)
+    _schedule_columns(sch, columns, col_outer)
     if not row_tasks:
         planes = o_outer if per_image else sch.fuse(b, o_outer)
         if extent(planes, sch) > 1:
             sch.parallel(planes)
     return True
+
+
+def _schedule_columns(sch, columns, tile_loop) -> None:
+    """A^T M of one tile (`COLUMNS`), computed under `tile_loop` into registers: unrolled,
+    vectorized over output channels."""
+    sch.compute_at(columns, tile_loop)
+    loops = sch.get_loops(columns)    # [..., i, v, (the tile), o]
+    i, v, o = (loops[-4], loops[-3], loops[-1]) if extent(loops[-2], sch) == 1 else loops[-3:]
+    sch.unroll(i)
+    sch.unroll(v)
+    sch.vectorize(o)
 
 
 def output_pixels(height: int, width: int, tile_side: int, lanes: int) -> int:
@@ -480,8 +507,7 @@ def _transposed_writer(sch, output, tile_side: int, vec: VectorShape):
     if not TRANSPOSED_WRITE_BACK or str(buffer.dtype) != "float32" or \
             vec.lanes & (vec.lanes - 1) or not output_pixels(height, width, tile_side, vec.lanes):
         return None
-    stages = {sch.get(b).name_hint for b in blocks_of(sch)} & {ROWS, INPUT, GEMM, OUTPUT}
-    epilogue = [b for b in blocks_of(sch) if sch.get(b).name_hint not in stages]
+    epilogue = [b for b in blocks_of(sch) if sch.get(b).name_hint not in STAGES]
     if not epilogue:
         return sch.cache_write(output, 0, "local")
     if len(epilogue) != 1:
@@ -500,18 +526,17 @@ def _transposed_writer(sch, output, tile_side: int, vec: VectorShape):
     return epilogue[0]
 
 
-def _schedule_transposed_output(sch, output, writer, tile_side: int, row_tasks: bool,
+def _schedule_transposed_output(sch, output, columns, writer, tile_side: int, row_tasks: bool,
                                 per_image: bool, vec: VectorShape):
     """The output transform computes a row of tiles' pixels (`output_pixels`) x a vector of
     output channels into registers, the register transpose (`transpose.py`) turns each of its
     rows into one vector of pixels per channel, and `writer` applies the epilogue to those and
     stores them as contiguous runs of the NCHW rows. Written by the transform itself, each
     output vector was stored lane by lane and a residual read the same way (321 `vinsertps`
-    in ResNet-18's 64-channel 56x56 conv with its residual and relu, 69 this way), and each
-    activation repeated the whole transform's expression (relu's NaN-keeping Select reads its
-    operand twice). One Intel Xeon (model 207), each kernel built alone, the faster of three
-    alternated builds: ResNet-18's six Winograd kernels 8.1 -> 5.4 s, the 64-channel 56x56
-    conv with residual and relu 2.0 -> 0.9-1.5 s. Run time, the two builds alternated (median
+    in ResNet-18's 64-channel 56x56 conv with its residual and relu, 69 this way). One Intel
+    Xeon (model 207), each kernel built alone, the faster of three alternated builds:
+    ResNet-18's six Winograd kernels 8.1 -> 5.4 s, the 64-channel 56x56 conv with residual
+    and relu 2.0 -> 0.9-1.5 s. Run time, the two builds alternated (median
     of 30 per-round ratios): 64 ch 56x56 0.97 (two threads 1.01, batch 8 1.01), 128 ch 28x28
     1.00, 32 ch 112x112 0.95; the AVX2 build (`mcpu="znver3"`) 0.93-0.96. Returns the loop
     that the parallel tasks take: (image, row of tiles) by rows, else (image, block of
@@ -537,12 +562,13 @@ def _schedule_transposed_output(sch, output, writer, tile_side: int, row_tasks: 
     sch.transform_layout(copy, ("write", 0), lambda n, h, w, c: (n, h, c, w))
     sch.compute_at(copy, col_outer)
     sch.compute_at(output, col_outer)
-    _, channels, rows_, columns = sch.get_loops(output)[-4:]
-    tile_col, col_in = sch.split(columns, [None, tile_side])
+    _, channels, rows_, cols = sch.get_loops(output)[-4:]
+    tile_col, col_in = sch.split(cols, [None, tile_side])
     sch.reorder(tile_col, rows_, col_in, channels)
     sch.unroll(rows_)
     sch.unroll(col_in)
     sch.vectorize(channels)
+    _schedule_columns(sch, columns, tile_col)
     wide = PADDED_ROWS and pixels < lanes
     name = sch.get(copy).name_hint
     sch.tensorize(sch.get_loops(copy)[-2], register(pixels, lanes, "float32", "local", wide))
