@@ -88,6 +88,20 @@ def equal_constants(b, x):
     return [x * b.constant("a", np.float32(2.0)) + x * b.constant("b", np.float32(2.0))]
 
 
+def constants_alike_in_sampled_elements(b, x):
+    """Equal in the evenly spaced elements that group constants (`sample_digest`), unequal in
+    one element between them: compared whole, they stay two."""
+    a = np.zeros((16, 3, 6, 6), "float32")
+    other = a.copy()
+    other.flat[1] = 1.0
+    return [x * b.constant("a", a) + x * b.constant("b", other)]
+
+
+def equal_large_constants(b, x):
+    data = np.random.default_rng(0).standard_normal((16, 3, 6, 6)).astype("float32")
+    return [x * b.constant("a", data) + x * b.constant("b", data.copy())]
+
+
 def different_attrs(b, x):
     return [dsl.leaky_relu(x, 0.1) + dsl.leaky_relu(x, 0.2)]
 
@@ -104,6 +118,8 @@ def twin_outputs(b, x):
     (repeated_relu, True, ["relu", "add"]),
     (swapped_add, True, ["sigmoid", "add", "mul"]),
     (equal_constants, True, ["mul", "add"]),
+    (equal_large_constants, True, ["mul", "add"]),
+    (constants_alike_in_sampled_elements, False, ["mul", "mul", "add"]),
     (different_attrs, False, ["leaky_relu", "leaky_relu", "add"]),
     (different_weights, False, ["conv2d", "conv2d", "add"]),
     (twin_outputs, False, ["relu", "relu"]),          # both names must survive

@@ -10,19 +10,32 @@ import hashlib
 import numpy as np
 
 from ..ir import Graph, Value
-from .manager import PassResult, register_pass
+from .manager import PassResult, register_pass, sample_digest
 from .pattern import allow_rewrite, can_take_over, replace_value
 
 COMMUTATIVE = ("add", "mul")
 
 
 def _merge_constants(graph: Graph) -> int:
+    """Constants are grouped by type and a digest of a sample of their elements; only within a
+    group are whole arrays hashed and compared (hashing every weight took VGG-16's compile
+    0.7 s, run twice in the default pipeline)."""
     seen: dict[tuple, list[Value]] = {}
+    digests: dict[int, bytes] = {}
     merged = 0
+
+    def digest(value: Value) -> bytes:
+        if id(value) not in digests:
+            data = np.ascontiguousarray(value.data).view(np.uint8)
+            digests[id(value)] = hashlib.sha1(data).digest()
+        return digests[id(value)]
+
+    def equal(a: Value, b: Value) -> bool:
+        return a.data is b.data or (digest(a) == digest(b) and np.array_equal(a.data, b.data))
+
     for c in list(graph.constants.values()):
-        digest = hashlib.sha1(np.ascontiguousarray(c.data).view(np.uint8)).hexdigest()
-        bucket = seen.setdefault((c.dtype, c.shape, digest), [])
-        twin = next((k for k in bucket if np.array_equal(k.data, c.data)), None)
+        bucket = seen.setdefault((c.dtype, c.shape, sample_digest(c.data)), [])
+        twin = next((k for k in bucket if equal(k, c)), None)
         if twin is None:
             bucket.append(c)
         elif can_take_over(graph, c, twin) is None and allow_rewrite("equal constants", c.name):

@@ -204,14 +204,14 @@ def fingerprint(graph: Graph) -> tuple:
     are frozen), wiring, provenance, and each constant's array and a digest of a sample of it."""
     return (graph.name, tuple((v.name, v.type) for v in graph.inputs),
             tuple(v.name for v in graph.outputs),
-            tuple((key, v.name, v.type, id(v.data), _sample_digest(v.data))
+            tuple((key, v.name, v.type, id(v.data), sample_digest(v.data))
                   for key, v in graph.constants.items()),
             tuple((n.name, id(n.op), tuple(v.name for v in n.inputs),
                    tuple((o.name, o.type) for o in n.outputs), n.provenance)
                   for n in graph.nodes))
 
 
-def _sample_digest(array: np.ndarray, size: int = 256) -> int:
+def sample_digest(array: np.ndarray, size: int = 256) -> int:
     """crc32 of at most `size` evenly spaced elements: cheap on any array, and it sees a write
     that bypasses the read-only flag to any slice larger than the sampling step."""
     flat = array.reshape(-1) if array.flags.c_contiguous else array.flat     # neither copies it
