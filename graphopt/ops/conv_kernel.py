@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import OPAQUE, constant_operand, expect, relax_type
+from .base import OPAQUE, constant_operand, expect, relax_constant, relax_type
 from .cast import accumulation_dtype
 from .epilogue import EPILOGUE, ONEDNN_NO_ACTIVATION
 
@@ -56,7 +56,7 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
                f"the dpbf16 convolution takes ungrouped bfloat16 convolutions, found {dtype}, "
                f"groups {conv.groups}")
         packed = dpbf16.pack_weight(weight_data)
-        weight, name = relax.const(packed, "uint16"), "conv2d_dpbf16"
+        weight, name = relax_constant(packed, "uint16"), "conv2d_dpbf16"
         compute = lambda x, w: from_tiles(dpbf16.conv2d_dpbf16(x, w, conv),  # noqa: E731
                                           weight_data.shape[0])
     elif conv.algorithm == "pointwise":
@@ -79,8 +79,8 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
         if residual is not None:
             residual = flattened(bb, residual, (n, out_shape[1], height * width))
         # half precision: the weight widened here, the input as the kernel reads it
-        weight = relax.const(pointwise.pack_weight(weight_data, conv.weight_block)
-                             .astype(accumulate), accumulate)
+        weight = relax_constant(pointwise.pack_weight(weight_data, conv.weight_block),
+                                accumulate)
         name, compute = "conv2d_pointwise", pointwise.pointwise_conv2d
     elif conv.algorithm == "winograd":
         from ..targets.tvm.schedules.winograd import transform_weight, winograd_conv2d
@@ -88,7 +88,7 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
         # first stage
         u = transform_weight(constant_operand(w, decision).astype(accumulate),
                              conv.weight_block, conv.output_tile)
-        weight, compute = relax.const(u, str(u.dtype)), winograd_conv2d
+        weight, compute = relax_constant(u), winograd_conv2d
         name = "conv2d_winograd"
     elif conv.algorithm == "winograd_dpbf16":
         # F(2x2) with its GEMMs on vdpbf16ps: the transformed weight rounded to bfloat16 here,
@@ -99,7 +99,7 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
                f"the winograd_dpbf16 convolution takes bfloat16 convolutions of an even number "
                f"of input channels, found {dtype}, weight {weight_data.shape}")
         u = transform_weight_in_pairs(weight_data, conv.weight_block)
-        weight, compute = relax.const(u, "uint16"), winograd_conv2d
+        weight, compute = relax_constant(u, "uint16"), winograd_conv2d
         name = "conv2d_winograd_dpbf16"
     elif conv.algorithm == "depthwise":
         from ..targets.tvm.schedules.depthwise import depthwise_conv2d
@@ -111,7 +111,7 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
                f"{weight_data.shape}, groups {conv.groups}")
         # half precision: the float32 kernel, the weight widened here, the input as it is copied
         taps = weight_data.reshape(weight_data.shape[0], *weight_data.shape[2:])
-        weight, name = relax.const(taps.astype(accumulate), accumulate), "depthwise_conv2d"
+        weight, name = relax_constant(taps, accumulate), "depthwise_conv2d"
         compute = lambda x, w: depthwise_conv2d(x, w, conv, conv.weight_block)  # noqa: E731
     elif conv.algorithm == "narrow":
         from ..targets.tvm.schedules.narrow import narrow_conv2d
@@ -120,7 +120,7 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
                f"the narrow algorithm computes float32 (or widened half-precision) ungrouped "
                f"convolutions, found {dtype}, groups {conv.groups}")
         # half precision: as the depthwise algorithm
-        weight, name = relax.const(weight_data.astype(accumulate), accumulate), "narrow_conv2d"
+        weight, name = relax_constant(weight_data, accumulate), "narrow_conv2d"
         compute = lambda x, w: narrow_conv2d(x, w, conv, conv.weight_block)  # noqa: E731
     elif conv.weight_block:
         # half precision runs the float32 kernel on widened operands (exact: every half value
@@ -131,8 +131,8 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
                or per_group < conv.weight_block,
                f"{conv.weight_block}-channel weight blocks that pad groups of {per_group} "
                f"channels each within one block (the conv2d rule's epilogue placement needs it)")
-        packed = pack_weight(weight_data, conv.weight_block, conv.groups).astype(accumulate)
-        weight, name = relax.const(packed, accumulate), "conv2d"
+        packed = pack_weight(weight_data, conv.weight_block, conv.groups)
+        weight, name = relax_constant(packed, accumulate), "conv2d"
         compute = lambda x, w: blocked_conv2d(x if x.dtype == accumulate else
                                               topi.cast(x, accumulate), w, conv,
                                               weight_data.shape[0])

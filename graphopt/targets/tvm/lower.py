@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ...errors import GraphoptError, LoweringError
 from ...ir import Graph
-from ...ops.base import relax_type
+from ...ops.base import relax_constant, relax_type
 
 
 def to_relax(graph: Graph, weights: str = "embedded"):
@@ -26,8 +26,7 @@ def to_relax(graph: Graph, weights: str = "embedded"):
         with bb.dataflow():
             for c in graph.constants.values():
                 if id(c) not in env:
-                    # explicit dtype: relax.const narrows int64 arrays to int32 by default
-                    env[id(c)] = relax.const(c.data, c.dtype)
+                    env[id(c)] = relax_constant(c.data, c.dtype)
             outputs = {id(v) for v in graph.outputs}
             for node in graph.topological_order():
                 args = [env[id(v)] for v in node.inputs]
