@@ -54,6 +54,25 @@ def test_part_count(kernels, threads, parts):
     assert parallel_build.part_count(kernels, threads) == parts
 
 
+def test_parts_share_the_costly_kernels():
+    """Six Winograd kernels (each several times any other kernel's build) among twelve others,
+    named so that taking them in turn would put all six in one part: three to a part, the
+    parts' costs within one kernel of each other, and the same split every time."""
+    from graphopt.targets.tvm.schedules import SCHEDULE_ATTR
+    rules = ["winograd", "conv2d"] * 6 + ["conv2d"] * 3 + ["dense", "pool2d", "generic"]
+    kernels = [(tvm.ir.GlobalVar(f"kernel{i:02d}"),
+                tvm.tirx.PrimFunc([], tvm.tirx.Evaluate(0)).with_attr(SCHEDULE_ATTR, rule))
+               for i, rule in enumerate(rules)]
+    parts = parallel_build.balanced_parts(kernels, 2)
+    assert [sum(f.attrs[SCHEDULE_ATTR] == "winograd" for _, f in part) for part in parts] == \
+        [3, 3]
+    costs = [sum(parallel_build.build_cost(f) for _, f in part) for part in parts]
+    assert abs(costs[0] - costs[1]) <= max(parallel_build.BUILD_COST.values())
+    again = parallel_build.balanced_parts(list(reversed(kernels)), 2)
+    assert [[gv.name_hint for gv, _ in part] for part in again] == \
+        [[gv.name_hint for gv, _ in part] for part in parts]
+
+
 def test_parts_run_export_and_load_as_one_module(graph, feeds, tmp_path):
     one = go.compile(graph, "cpu", build_threads=1)
     three = go.compile(graph, "cpu", build_threads=3)
