@@ -5,7 +5,7 @@ first), side by side in one process: graph nodes, TVM kernels, compile time and 
 alternate between the builds), plus each build's error against the float64 interpreter.
 
     .venv/bin/python benchmarks/passes_effect.py       # resnet18, resnet50, vgg16, googlenet
-    .venv/bin/python benchmarks/passes_effect.py --models resnet18 --repeat 5
+    .venv/bin/python benchmarks/passes_effect.py --models resnet18 --repeat 5 --compiles 5
 """
 from __future__ import annotations
 
@@ -37,14 +37,18 @@ def side_by_side_ms(runs: dict, repeat: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def measure(model: str, batch: int, repeat: int) -> list[tuple[str, ...]]:
-    """One row per build of `model`."""
+def measure(model: str, batch: int, repeat: int, compiles: int) -> list[tuple[str, ...]]:
+    """One row per build of `model`: the builds compiled `compiles` times in turn (median
+    seconds; the compile ratio is the median of each round's ratio to the first build, as a
+    change of the host's speed between rounds hits both builds of a round alike)."""
     graph = go.zoo.MODELS[model](batch=batch, seed=0)
-    compiled, seconds = {}, {}
-    for name, options in BUILDS.items():
-        start = time.perf_counter()
-        compiled[name] = go.compile(graph, **options)
-        seconds[name] = time.perf_counter() - start
+    compiled, seconds = {}, {name: [] for name in BUILDS}
+    for _ in range(compiles):
+        for name, options in BUILDS.items():
+            start = time.perf_counter()
+            compiled[name] = go.compile(graph, **options)
+            seconds[name].append(time.perf_counter() - start)
+    first = seconds[next(iter(BUILDS))]
     feeds = probe_inputs(graph)
     ms = side_by_side_ms({name: (lambda m=m: m.run(feeds)) for name, m in compiled.items()},
                          repeat)
@@ -53,8 +57,10 @@ def measure(model: str, batch: int, repeat: int) -> list[tuple[str, ...]]:
     for name, m in compiled.items():
         report = go.compare(graph, m, feeds)
         error = f"{max(o.max_rel for o in report.outputs):.1e}{'' if report.ok else ' MISMATCH'}"
+        ratio = statistics.median(s / f for s, f in zip(seconds[name], first))
         rows.append((model, name, str(len(m.graph.nodes)), str(m.kernel_count()),
-                     f"{seconds[name]:.1f}", f"{ms[name]:.1f}", f"{written / ms[name]:.2f}", error))
+                     f"{statistics.median(seconds[name]):.1f}", f"{ratio:.2f}", f"{ms[name]:.1f}",
+                     f"{written / ms[name]:.2f}", error))
     return rows
 
 
@@ -63,15 +69,18 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=sorted(go.zoo.MODELS))
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=10, help="timed runs per model and build")
+    parser.add_argument("--compiles", type=int, default=3,
+                        help="timed compiles per model and build, in turn")
     args = parser.parse_args()
     print(f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs "
-          f"(default threads), batch {args.batch}, {args.repeat} alternating runs each, median")
+          f"(default threads), batch {args.batch}, {args.compiles} alternating compiles and "
+          f"{args.repeat} alternating runs each, median")
     go.compile(go.zoo.lenet5())      # load TVM before the first timed compile
-    header = ("model", "build", "nodes", "kernels", "compile s", "ms", "speedup",
-              "error vs float64")
+    header = ("model", "build", "nodes", "kernels", "compile s", "compile ratio", "ms",
+              "speedup", "error vs float64")
     rows = []
     for model in args.models:
-        for row in measure(model, args.batch, args.repeat):
+        for row in measure(model, args.batch, args.repeat, args.compiles):
             rows.append(row)
             print("  ".join(row), flush=True)
     print()
