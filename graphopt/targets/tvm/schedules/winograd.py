@@ -535,8 +535,8 @@ def _transposed_writer(sch, output, tile_side: int, vec: VectorShape):
 
 def _schedule_transposed_output(sch, output, columns, writer, tile_side: int, row_tasks: bool,
                                 per_image: bool, vec: VectorShape):
-    """The output transform computes a row of tiles' pixels (`output_pixels`) x a vector of
-    output channels into registers, the register transpose (`transpose.py`) turns each of its
+    """The output transform computes a run of whole tiles along a row (`output_pixels` pixels
+    wide) x a vector of output channels into registers, the register transpose (`transpose.py`) turns each of its
     rows into one vector of pixels per channel, and `writer` applies the epilogue to those and
     stores them as contiguous runs of the NCHW rows. Written by the transform itself, each
     output vector was stored lane by lane and a residual read the same way (321 `vinsertps`
