@@ -6,7 +6,8 @@ process at 1 and 2 threads, so that the host's drifts hit all three alike.
         TASK_PADDING_REPEATS 0 4 deep_convnet squeezenet1_1 --repeat 45
 
 Prints one row per model and thread count: median ms of A, B and ORT, B / A (below 1: B is
-faster), each against ORT, and the largest difference between A's and B's outputs. A and B are
+faster) and each against ORT (medians over the rounds of each round's ratio), and the largest
+difference between A's and B's outputs. A and B are
 Python expressions (`"32 * 1024"`). The constant must be read when a model is compiled (a
 schedule rule's module constant), not copied at import."""
 from __future__ import annotations
@@ -45,10 +46,12 @@ def compare(module, attribute: str, values: dict, name: str, repeat: int, rounds
             model.threads = threads
             runners[key] = tvm_runner(model)
         runners["ORT"] = ort_runner(graph, threads)
-        times = {k: median for k, (median, _) in in_blocks(runners, feeds, repeat, rounds).items()}
-        a, b, ort = times["A"], times["B"], times["ORT"]
-        print(f"| {name} | {threads} | {a:.3f} | {b:.3f} | {ort:.3f} | {b / a:.3f} | "
-              f"{a / ort:.2f} | {b / ort:.2f} | {diff:.1e} |", flush=True)
+        blocks = in_blocks(runners, feeds, repeat, rounds)
+        a, b, ort = (blocks[k][0] for k in ("A", "B", "ORT"))
+        # ratios round by round (`Blocks.ratio`): the host's speed may change between rounds
+        print(f"| {name} | {threads} | {a:.3f} | {b:.3f} | {ort:.3f} | "
+              f"{blocks.ratio('B', 'A'):.3f} | {blocks.ratio('A', 'ORT'):.2f} | "
+              f"{blocks.ratio('B', 'ORT'):.2f} | {diff:.1e} |", flush=True)
 
 
 def main(argv=None) -> int:
