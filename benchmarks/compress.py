@@ -38,15 +38,16 @@ ENERGIES = (0.9, 0.8)
 FINETUNE = {"epochs": 3, "batch_size": 64, "lr": 1e-3}
 
 
-def compiled_latency(graphs: dict[str, go.Graph], repeat: int) -> dict[str, float]:
-    """Median ms of each graph compiled for this CPU at 1 thread, timed side by side."""
+def compiled_latency(graphs: dict[str, go.Graph], repeat: int):
+    """Each graph compiled for this CPU at 1 thread, timed side by side: `Blocks` ((median, min)
+    ms per graph; `ratio` for ratios round by round)."""
     runners, feeds = {}, None
     for name, graph in graphs.items():
         start = time.perf_counter()
         runners[name] = tvm_runner(go.compile(graph, "cpu", threads=1))
         print(f"  compiled {name} in {time.perf_counter() - start:.1f} s", flush=True)
         feeds = feeds or go.passes.probe_inputs(graph)
-    return {name: median for name, (median, _) in in_blocks(runners, feeds, repeat).items()}
+    return in_blocks(runners, feeds, repeat)
 
 
 def relative_error(reference: go.Graph, candidate: go.Graph, feeds) -> float:
@@ -103,15 +104,15 @@ def mnist(name: str, args) -> tuple[str, list[str]]:
     table = []
     for label, g in variants.items():
         table.append([label, *rows[label], human(g.num_params()),
-                      human(count_macs(one[label])), f"{latency[label]:.3f}",
-                      f"{latency['original'] / latency[label]:.2f}x"])
+                      human(count_macs(one[label])), f"{latency[label][0]:.3f}",
+                      f"{latency.ratio('original', label):.2f}x"])
     head = ["setting", "top-1 compressed", "top-1 fine-tuned", "drop (points)", "params",
             "MACs (b1)", "ms (b1, 1 thr)", "speed-up"]
     text = format_table(table, head, right=range(1, 8), rule=True)
     goals = []
     if name == "deep_convnet":
         drop = float(rows["prune 40%"][2])
-        speed = latency["original"] / latency["prune 40%"]
+        speed = latency.ratio("original", "prune 40%")
         goals.append(f"DeepConvNet pruned 40 %, fine-tuned: drop {drop:+.2f} points (goal <= 1: "
                      f"{'met' if drop <= 1 else 'NOT met'}), {speed:.2f}x faster compiled (goal "
                      f">= 1.4: {'met' if speed >= 1.4 else 'NOT met'})")
@@ -143,19 +144,19 @@ def zoo(name: str, args) -> tuple[str, list[str]]:
         error = relative_error(graph, g, check) if g is not graph else 0.0
         rows.append([label, human(count_macs(g)), f"{macs / count_macs(g):.2f}x",
                      human(g.num_params()), f"{params / g.num_params():.2f}x", f"{error:.3g}",
-                     f"{latency[label]:.1f}", f"{latency[label] / latency['original']:.2f}"])
+                     f"{latency[label][0]:.1f}", f"{latency.ratio(label, 'original'):.2f}"])
     head = ["setting", "MACs", "fewer MACs", "params", "fewer params", "output rel err",
             "ms (b1, 1 thr)", "latency ratio"]
     goals = []
     if name == "vgg11":
         for label in ("factorize energy 0.9", "factorize energy 0.9, data"):
             fewer = macs / count_macs(variants[label])
-            ratio = latency[label] / latency["original"]
+            ratio = latency.ratio(label, "original")
             goals.append(f"VGG-11 {label}: {fewer:.2f}x fewer MACs (goal >= 1.5: "
                          f"{'met' if fewer >= 1.5 else 'NOT met'}), latency {ratio:.2f}x (goal "
                          f"<= 0.75: {'met' if ratio <= 0.75 else 'NOT met'})")
     if name == "resnet18":
-        ratio = latency["prune 30%"] / latency["original"]
+        ratio = latency.ratio("prune 30%", "original")
         goals.append(f"ResNet-18 pruned 30 % (residual groups intact): latency {ratio:.2f}x "
                      f"({'faster' if ratio < 1 else 'NOT faster'})")
     return f"{name} (random weights, batch 1):\n" + format_table(rows, head, right=range(1, 8),
