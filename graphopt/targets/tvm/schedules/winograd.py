@@ -403,33 +403,29 @@ def schedule(sch, vec: VectorShape) -> bool:
     row_tasks = by_rows(tile_side, weight_bytes, height)
     per_image = not row_tasks and batch > 1 and \
         -(-height // tile_side) * -(-width // tile_side) >= PER_IMAGE_TILES
+    # `task`: the loop the GEMM and input stages go under (a row of tiles, or an image), None
+    # for stages over the whole plane
+    task = None
     if writer is not None:
-        # placed here: the stages below go under its loops
+        # placed first: the stages below go under its loops
         planes = _schedule_transposed_output(sch, output, columns, writer, tile_side,
                                              row_tasks, per_image, vec)
-    if writer is not None and row_tasks:
-        sch.compute_at(products, planes)
-        sch.compute_at(transformed, planes)
-        sch.parallel(planes)
-    elif writer is not None and per_image:
-        image = sch.get_loops(writer)[0]
-        sch.compute_at(products, image)
-        sch.compute_at(transformed, image)
+        task = planes if row_tasks else sch.get_loops(writer)[0] if per_image else None
     elif row_tasks:
         # One task per (image, row of tiles), parallel: the stages inside stay serial.
         b, o, row, col = sch.get_loops(output)
         tile_row, row_in_tile = sch.split(row, [None, tile_side])
         sch.reorder(b, tile_row, o, row_in_tile, col)
         task = sch.fuse(b, tile_row)
-        sch.compute_at(columns, task)     # (then under its tile: `_schedule_columns`)
+    elif per_image:
+        task = sch.get_loops(output)[0]
+    if task is not None:
+        if writer is None:
+            sch.compute_at(columns, task)     # (then under its tile: `_schedule_columns`)
         sch.compute_at(products, task)
         sch.compute_at(transformed, task)
+    if row_tasks:
         sch.parallel(task)  # before decompose_reduction, which leaves the loop unparallelizable
-    elif per_image:
-        image = sch.get_loops(output)[0]
-        sch.compute_at(columns, image)
-        sch.compute_at(products, image)
-        sch.compute_at(transformed, image)
 
     # The input transform reads each row pass result at m * tile + a: stored with the columns
     # of each residue mod m apart, those reads are contiguous and the transform vectorizes over
@@ -535,19 +531,18 @@ def _transposed_writer(sch, output, tile_side: int, vec: VectorShape):
 
 def _schedule_transposed_output(sch, output, columns, writer, tile_side: int, row_tasks: bool,
                                 per_image: bool, vec: VectorShape):
-    """The output transform computes a run of whole tiles along a row (`output_pixels` pixels
-    wide) x a vector of output channels into registers, the register transpose (`transpose.py`) turns each of its
-    rows into one vector of pixels per channel, and `writer` applies the epilogue to those and
-    stores them as contiguous runs of the NCHW rows. Written by the transform itself, each
-    output vector was stored lane by lane and a residual read the same way (321 `vinsertps`
-    in ResNet-18's 64-channel 56x56 conv with its residual and relu, 69 this way). One Intel
-    Xeon (model 207), each kernel built alone, the faster of three alternated builds:
-    ResNet-18's six Winograd kernels 8.1 -> 5.4 s, the 64-channel 56x56 conv with residual
-    and relu 2.0 -> 0.9-1.5 s. Run time, the two builds alternated (median
-    of 30 per-round ratios): 64 ch 56x56 0.97 (two threads 1.01, batch 8 1.01), 128 ch 28x28
-    1.00, 32 ch 112x112 0.95; the AVX2 build (`mcpu="znver3"`) 0.93-0.96. Returns the loop
-    that the parallel tasks take: (image, row of tiles) by rows, else (image, block of
-    channels), or the block of channels within an image."""
+    """The output transform computes a run of whole tiles along a row (`output_pixels` pixels wide)
+    x a vector of output channels into registers, the register transpose (`transpose.py`) turns each
+    of its rows into one vector of pixels per channel, and `writer` applies the epilogue to those
+    and stores them as contiguous runs of the NCHW rows. Written by the transform itself, each
+    output vector was stored lane by lane and a residual read the same way (321 `vinsertps` in
+    ResNet-18's 64-channel 56x56 conv with its residual and relu, 69 this way). One Intel Xeon
+    (model 207), each kernel built alone, the faster of three alternated builds: ResNet-18's six
+    Winograd kernels 8.1 -> 5.4 s, the 64-channel 56x56 conv with residual and relu 2.0 -> 0.9-1.5
+    s. Run time, the two builds alternated (median of 30 per-round ratios): 64 ch 56x56 0.97 (two
+    threads 1.01, batch 8 1.01), 128 ch 28x28 1.00, 32 ch 112x112 0.95; the AVX2 build
+    (`mcpu="znver3"`) 0.93-0.96. Returns the loop that the parallel tasks take: (image, row of
+    tiles) by rows, else (image, block of channels), or the block of channels within an image."""
     from .transpose import PADDED_ROWS, register
     lanes = vec.lanes
     height, width = (int(d) for d in sch.get(output).writes[0].source.shape[2:])
