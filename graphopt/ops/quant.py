@@ -39,7 +39,7 @@ import numpy as np
 from ..ir import TensorType
 from .activation import Clip, Relu
 from .base import (Op, constant_operand, expect, expect_float, expect_rank, flag, integer,
-                   register, relax, relax_type)
+                   register, relax, relax_constant, relax_type)
 from .conv import (EXACT_FLOAT_CONV_ALGORITHMS, QUANTIZED_CONV_ALGORITHMS, Conv2d,
                    conv_out_size, expect_nonempty)
 from .epilogue import QUANTIZED_EPILOGUE
@@ -294,8 +294,7 @@ def zero_point_term(bb, x_zp, w, w_zp, reduced_axes, keepdims: bool = False):
     if all(v is not None for v in values):
         xz, weight, wz = (v.astype(np.int64) for v in values)
         sums = weight.sum(tuple(reduced_axes), keepdims=keepdims)
-        return rx.const((xz.reshape(()) * (taps * wz.reshape(-1) - sums)).astype(np.int32),
-                        "int32")
+        return relax_constant(xz.reshape(()) * (taps * wz.reshape(-1) - sums), "int32")
     sums = bb.emit(R.sum(bb.emit(R.astype(w, "int32")), axis=list(reduced_axes),
                          keepdims=keepdims))
     scaled = bb.emit(R.multiply(as_int32(bb, w_zp, (-1,)), rx.const(taps, "int32")))
@@ -780,9 +779,9 @@ class QLinearConv2d(Op):
             return requantize_compute(total, multiplier, y_scale, y_zp, activation, 1,
                                       tuple(residual))
 
-        return lower_conv(bb, self.conv, x, rx.const(weight.astype(np.float32), "float32"),
+        return lower_conv(bb, self.conv, x, relax_constant(weight, "float32"),
                           read=centered, finish=finish,
-                          finish_operands=[rx.const(bias_value.astype(np.int32), "int32"),
+                          finish_operands=[relax_constant(bias_value, "int32"),
                                            multiplier, y_scale, y_zp, *extra])
 
     def lower_dot_product(self, bb, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, bias,
@@ -810,7 +809,7 @@ class QLinearConv2d(Op):
             correction = correction + constant_operand(bias, decision).astype(np.int64)
         multiplier, extra = requantize_scales(bb, x_scale, w_scale, y_scale, residual)
         conv, activation = self.conv, self.activation
-        correction = rx.const(correction.astype(np.int32), "int32")
+        correction = relax_constant(correction, "int32")
 
         def epilogue(acc, correction, multiplier, y_scale, y_zp, residual, out_width=None):
             """acc [N, ceil(O / lanes), OH, OW, lanes] -> the requantized NCHW output (of
@@ -834,7 +833,7 @@ class QLinearConv2d(Op):
                             multiplier, y_scale, y_zp, residual)
 
         packed = kernels.pack_weight(weight, dot)
-        return bb.call_te(kernel, x, rx.const(packed, str(packed.dtype)), x_zp, correction,
+        return bb.call_te(kernel, x, relax_constant(packed), x_zp, correction,
                           multiplier, y_scale, y_zp, *extra,
                           primfunc_name_hint=f"qlinear_conv2d_{dot.algorithm}",
                           primfunc_attrs={"op_pattern": OPAQUE})
