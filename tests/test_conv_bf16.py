@@ -277,11 +277,11 @@ def test_which_convolutions_take_amx_tiles(channels, taps, fills):
                         "winograd": "amx", "odd-input": "amx", "large-plane": "amx",
                         "lenet": "narrow", "image": "narrow", "downsample": "amx"}),
     # no BF16: the widened float32 kernels, Winograd where float32 takes it (F(2x2) on a 14x14
-    # plane of 64 channels)
+    # plane of 64 channels), the direct one for the strided 1x1 downsample (`narrow.applies`)
     ("cascadelake", {"fills": "winograd", "partial": "direct", "grouped": "direct",
                      "winograd": "winograd", "odd-input": "winograd",
                      "large-plane": "winograd", "lenet": "narrow", "image": "narrow",
-                     "downsample": "narrow"}),
+                     "downsample": "direct"}),
 ], ids=[BF16_CPU, "sapphirerapids", "cascadelake"])
 def test_each_cpu_gets_its_bfloat16_kernel(mcpu, expected):
     graphs = {"fills": conv_graph(Case("fills", 64, 64, 14, 3, padding=1)),

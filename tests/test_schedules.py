@@ -640,6 +640,19 @@ def test_1x1_convs_on_planes_of_partial_vectors_take_the_pointwise_rule_on_avx51
     assert go.compare(graph, go.compile(graph, bounds_check=True), feeds).ok
 
 
+def test_strided_1x1_convs_of_few_channels_stay_on_the_conv2d_rule_on_avx512():
+    """RegNetX's stride-2 projections (1x1, 32 input channels) on AVX-512: not rows of vectors,
+    whose column-phase copy would read the whole input of which the conv reads one pixel in
+    four, but the conv2d rule, reading only those; the interpreter's outputs."""
+    shape = (1, 32, 30, 38)
+    with dsl.Builder("projection_s2", seed=3) as b:
+        graph = b.output(dsl.relu(dsl.conv2d(b.input("x", shape), 32, 1, stride=2)))
+    rules = {f.attrs[SCHEDULE_ATTR] for f in _scheduled_kernels(graph, AVX512_CPU).values()}
+    assert "conv2d" in rules and "narrow" not in rules, rules
+    feeds = {"x": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    assert go.compare(graph, go.compile(graph, bounds_check=True), feeds).ok
+
+
 @pytest.mark.parametrize("name", ["conv1x1_projection", "conv1x1_projection_residual",
                                   "conv1x1_expansion", "conv1x1_wide_expansion_avx2"])
 def test_1x1_convs_take_the_pointwise_rule_on_avx512(name):

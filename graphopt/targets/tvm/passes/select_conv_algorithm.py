@@ -169,7 +169,7 @@ def select_conv_algorithm(context):
         if block and not any(conv.padding):
             block = unpadded_row_block(block, out_channels // conv.groups, out_w, context.vector)
         if narrow.applies(out_channels, conv.groups, out_w, context.vector, in_channels, taps,
-                          block):
+                          block, strided=tuple(conv.stride) != (1, 1)):
             return dataclasses.replace(conv, algorithm=narrow.ALGORITHM,
                                        weight_block=context.vector.lanes)
         tile = conv_row_tile(out_w, block, context.vector) if block else out_w

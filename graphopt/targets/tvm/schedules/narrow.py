@@ -45,7 +45,13 @@ THIN_INPUT = 4
 # narrow: SqueezeNet's 16 -> 64 ch 55x55 0.151 / 0.093, 32 -> 128 ch 27x27 0.139 / 0.083,
 # 64 -> 256 ch 27x27 0.309 / 0.234, 24 -> 144 ch 55x55 0.750 / 0.438, 64 -> 128 ch stride 2
 # 56x56 0.197 / 0.183; with more input channels the conv2d rule keeps up: 96 -> 96 ch 55x55
-# 0.620 / 0.594, 128 -> 16 ch 55x55 0.310 / 0.337).
+# 0.620 / 0.594, 128 -> 16 ch 55x55 0.310 / 0.337). Strided ones stay with the conv2d rule: the
+# column-phase copy reads the whole input, of which the conv reads one pixel in stride^2. Alone
+# and in cache that costs little (the 64 -> 128 ch stride-2 conv above); inside a model, the
+# input coming from memory, it costs most of the conv: RegNetX-400MF's 32 -> 32 ch stride-2
+# projection of a 112x112 plane (+ residual + relu) 0.194 ms against 0.075 on the conv2d rule
+# (Intel Xeon, two threads, in a run); the whole model 0.982 / 0.992 at one / two threads,
+# ResNet-18 0.999 / 1.003 (builds alternated in one process), outputs equal.
 SHORT_POINTWISE = 64
 # Accumulators per register tile at most (channels x row vectors): a tile filling all the
 # registers leaves none for the input vectors its channels share, and LLVM spills. One AVX-512
@@ -58,20 +64,20 @@ TILE_ACCUMULATORS = 16
 
 
 def applies(out_channels: int, groups: int, out_width: int, vector, in_channels: int | None,
-            taps: int, channel_block: int) -> bool:
+            taps: int, channel_block: int, strided: bool = False) -> bool:
     """An ungrouped conv with output rows of at least one vector, on a CPU with vector
     registers, that the conv2d rule computes badly: no channel block fits its few output
     channels (`tiled.channel_block` gave 0), its input is thin (at most THIN_INPUT
     channels; None: unknown) and its reduction (input channels x `taps`) at most
-    SHORT_REDUCTION, or it is a 1x1 conv of at most SHORT_POINTWISE input channels (with 16
-    lanes, where it was measured; with 8 the conv2d rule keeps 1x1 convs)."""
+    SHORT_REDUCTION, or it is an unstrided 1x1 conv of at most SHORT_POINTWISE input channels
+    (with 16 lanes, where it was measured; with 8 the conv2d rule keeps 1x1 convs)."""
     if vector is None or groups != 1 or out_width < vector.lanes:
         return False
     return ((not channel_block and out_channels <= MAX_CHANNELS)
             or (in_channels is not None and in_channels <= THIN_INPUT
                 and in_channels * taps <= SHORT_REDUCTION)
-            or (in_channels is not None and taps == 1 and in_channels <= SHORT_POINTWISE
-                and vector.lanes >= 16))
+            or (in_channels is not None and taps == 1 and not strided
+                and in_channels <= SHORT_POINTWISE and vector.lanes >= 16))
 
 
 def tile(channels: int, vectors: int, accumulators: int = TILE_ACCUMULATORS) -> tuple[int, int]:
