@@ -547,6 +547,19 @@ def test_winograd_writes_whole_tiles_through_the_register_transpose(mcpu, name, 
     assert ("T.Shuffle(" in kernel.script()) == transposed
 
 
+def test_winograd_row_pass_tests_a_padding_column_once_per_value():
+    """The row pass (B^T down the padded input's columns) tests whether a column is padding
+    once per value, around the sum of its reads, not in each read: a branch each, which
+    doubled the kernel's LLVM IR and made its build a quarter longer."""
+    kernels = _scheduled_kernels(_table_graph(["winograd_odd_plane_f4"]), mcpu=AVX512_CPU)
+    [func] = [f for f in kernels.values() if f.attrs[SCHEDULE_ATTR] == "winograd"]
+    text = func.script()
+    rows = text[text.index('T.sblock("wino_rows")'):]
+    rows = rows[:rows.index("T.sblock(", 1)]
+    assert rows.count("v_col - T.int64(1)]") > 6     # the reads of the six terms
+    assert rows.count("<= v_col") == 1, rows
+
+
 def test_winograd_residual_output_is_not_stored_lane_by_lane():
     """ResNet-18's 64-channel 56x56 F(4x4) conv with its residual and relu, for AVX-512: its
     output vectors and residual reads are whole rows of pixels, not lanes inserted one at a

@@ -312,8 +312,9 @@ def winograd_conv2d(x, u):
     # for all alpha reads (and varies across the vector of columns, which TVM's vectorizer turns
     # into scalar code either way), so it is tested once per value. Tested in every read, each
     # value was alpha branches: twice the LLVM IR (ResNet-18's 64-channel 56x56 kernel 9,645
-    # lines, now 4,702) and its six Winograd kernels took 4.1 s to build instead of 2.6 (one
-    # Intel Xeon thread); the same results bit for bit, running 1-4 % faster.
+    # lines, now 4,702), and its six Winograd kernels took 3.0-3.4 s to build instead of
+    # 2.4-2.6 (one Intel Xeon thread, the two versions alternated); the same results bit for
+    # bit, single convs 1-4 % faster, whole models unchanged.
     def padded(b, ch, row, col):
         inside = tirx.all(row >= 1, row < h + 1)
         return tirx.if_then_else(inside, widened(x[b, ch, row - 1, col - 1], dtype), zero)
