@@ -80,10 +80,12 @@ def balanced_parts(kernels: list, parts: int) -> list[list]:
     first, each to the lightest part so far (ties by name and part, so a model always splits
     the same way)."""
     loads, members = [0.0] * parts, [[] for _ in range(parts)]
-    for gvar, func in sorted(kernels, key=lambda k: (-build_cost(k[1]), k[0].name_hint)):
+    costed = sorted(((build_cost(func), gvar, func) for gvar, func in kernels),
+                    key=lambda k: (-k[0], k[1].name_hint))
+    for cost, gvar, func in costed:
         lightest = min(range(parts), key=lambda i: (loads[i], i))
         members[lightest].append((gvar, func))
-        loads[lightest] += build_cost(func)
+        loads[lightest] += cost
     return members
 
 
