@@ -64,7 +64,7 @@ TILE_ACCUMULATORS = 16
 
 
 def applies(out_channels: int, groups: int, out_width: int, vector, in_channels: int | None,
-            taps: int, channel_block: int, strided: bool = False) -> bool:
+            taps: int, channel_block: int, *, strided: bool) -> bool:
     """An ungrouped conv with output rows of at least one vector, on a CPU with vector
     registers, that the conv2d rule computes badly: no channel block fits its few output
     channels (`tiled.channel_block` gave 0), its input is thin (at most THIN_INPUT
