@@ -8,7 +8,7 @@ import numpy as np
 from ..ir import TensorType
 from .base import (Op, accumulator, constant_operand, conv_out_size, expect, expect_float,
                    expect_rank, expect_same_dtype, flag, integer, pair, quad, real, register,
-                   relax, relax_type)
+                   relax, relax_constant, relax_type)
 from .cast import accumulation_dtype, lower_in_float32
 
 
@@ -399,7 +399,7 @@ class ConvTranspose2d(Op):
         sh, sw = self.stride
         if (sh, sw) != (1, 1):
             x = bb.emit(bb.call_te(topi.nn.dilate, x, (1, 1, sh, sw), primfunc_name_hint="dilate"))
-        return lower_conv(bb, self.as_conv, x, rx.const(flipped, str(flipped.dtype)), b)
+        return lower_conv(bb, self.as_conv, x, relax_constant(flipped), b)
 
     def lower_subpixel(self, bb, x, w, b=None):
         """`as_conv`, the sub-pixel convolution (`as_subpixel`), with output channel
@@ -425,9 +425,9 @@ class ConvTranspose2d(Op):
             return self.lower_by_phase(bb, x, phases, b, (kh, kw), (h, wd))
         bias = None
         if b is not None:
-            bias = rx.const(np.repeat(constant_operand(b, "transposed convolution's bias"),
-                                      sh * sw), str(weight.dtype))
-        y = bb.emit(lower_conv(bb, self.as_conv, x, rx.const(phases, str(phases.dtype)), bias))
+            bias = relax_constant(np.repeat(constant_operand(b, "transposed convolution's bias"),
+                                            sh * sw), str(weight.dtype))
+        y = bb.emit(lower_conv(bb, self.as_conv, x, relax_constant(phases), bias))
         n, _, rows, cols = (int(d) for d in relax_type(y).shape)
         y = bb.emit(R.reshape(y, (n, out_c, sh, sw, rows, cols)))
         y = bb.emit(R.permute_dims(y, [0, 1, 4, 2, 5, 3]))
@@ -452,7 +452,7 @@ class ConvTranspose2d(Op):
         for (j, i), padding in sorted(self.phase_paddings(kernel, in_hw).items()):
             weight = np.ascontiguousarray(by_phase[:, (top + j) % sh, (left + i) % sw])
             conv = replace(self.as_conv, padding=padding)
-            parts.append(bb.emit(lower_conv(bb, conv, x, rx.const(weight, str(weight.dtype)), b)))
+            parts.append(bb.emit(lower_conv(bb, conv, x, relax_constant(weight), b)))
         n, _, rows, cols = (int(d) for d in relax_type(parts[0]).shape)
         y = bb.emit(R.concat(parts, axis=1))
         y = bb.emit(R.reshape(y, (n, sh, sw, out_c, rows, cols)))
@@ -506,7 +506,7 @@ class BatchNorm(Op):
 
             def affine(x):
                 dtype = str(x.ty.dtype)
-                const = lambda a: rx.const(np.ascontiguousarray(a.reshape(shape), dtype), dtype)
+                const = lambda a: relax_constant(a.reshape(shape), dtype)
                 return rx.op.add(bb.emit(rx.op.multiply(x, const(s))), const(bias_ - mean_ * s))
             return lower_in_float32(bb, x, affine)
         # training=False: Relax's default normalizes with batch statistics.

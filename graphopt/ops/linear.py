@@ -7,7 +7,7 @@ import numpy as np
 
 from ..ir import TensorType, is_float_dtype
 from .base import (Op, accumulator, constant_operand, expect, expect_float, expect_same_dtype,
-                   integer, register, relax)
+                   integer, register, relax, relax_constant)
 from .cast import accumulation_dtype, widened
 
 
@@ -70,7 +70,7 @@ class Linear(Op):
             y = bb.call_te(topi.nn.dense, x, w, None, accumulate, primfunc_name_hint="dense")
         else:
             # A constant weight is transposed here, once, rather than by a kernel at every run.
-            w_t = (rx.const(np.ascontiguousarray(w.value.numpy().T), str(w.ty.dtype))
+            w_t = (relax_constant(w.value.numpy().T, str(w.ty.dtype))
                    if isinstance(w, tvm.ir.Constant) else R.permute_dims(w, [1, 0]))
             y = R.matmul(x, w_t, out_dtype=accumulate) if accumulate != dtype else \
                 R.matmul(x, w_t)
@@ -187,5 +187,5 @@ def lower_blocked_matmul(bb, x, weight_kn: np.ndarray, block: int):
             return tile
         return te.compute((rows, columns), lambda i, j: tile[i, j], name="real_columns")
 
-    return bb.call_te(blocked_matmul, x, rx.const(packed, str(packed.dtype)),
+    return bb.call_te(blocked_matmul, x, relax_constant(packed),
                       primfunc_name_hint="matmul")

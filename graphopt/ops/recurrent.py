@@ -18,7 +18,7 @@ import numpy as np
 
 from ..ir import HALF_DTYPES, TensorType
 from .base import (Op, accumulator, expect, expect_float, expect_rank, expect_same_dtype, flag,
-                   integer, real, register, relax, relax_type)
+                   integer, real, register, relax, relax_constant, relax_type)
 from .linear import weight_block_attribute
 
 DIRECTIONS = ("forward", "reverse", "bidirectional")
@@ -161,7 +161,7 @@ class RelaxMath:
 
     def emit(self, expr): return self.bb.emit(expr)
     def scalar(self, value): return self.rx.const(value, self.dtype)
-    def constant(self, array): return self.rx.const(np.asarray(array), str(np.asarray(array).dtype))
+    def constant(self, array): return relax_constant(np.asarray(array))
     def full(self, value, like): return self.scalar(value)
     def add(self, a, b): return self.emit(self.R.add(a, b))
     def sub(self, a, b): return self.emit(self.R.subtract(a, b))
@@ -220,7 +220,7 @@ class RelaxMath:
         run (as `linear` does)."""
         import tvm
         if isinstance(w, tvm.ir.Constant):
-            return self.rx.const(np.ascontiguousarray(w.value.numpy()[d].T), self.dtype)
+            return relax_constant(w.value.numpy()[d].T, self.dtype)
         return self.transpose(self.step(w, d), [1, 0])
 
     def row(self, b, d, start, stop):
@@ -410,7 +410,7 @@ class Recurrent(Op):
             if v is None or wide == dtype:
                 return v
             if isinstance(v, tvm.ir.Constant):
-                return rx.const(v.value.numpy().astype(wide), wide)
+                return relax_constant(v.value.numpy(), wide)
             return bb.emit(R.astype(v, wide))
 
         x, w, r, b = (widen(v) for v in (x, w, r, b))

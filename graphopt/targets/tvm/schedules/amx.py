@@ -204,7 +204,7 @@ def lower_kernel(bb, x, fill, weight: np.ndarray, conv, kind: AmxDtype):
     the constant `fill`) and the constant OIHW `weight` (O' and OW' as `pack_weight` and
     `row_tiles` round them), and the output's real width OW, for `from_tiles`."""
     from tvm import relax
-    from ....ops.base import OPAQUE, conv_out_size
+    from ....ops.base import OPAQUE, conv_out_size, relax_constant
     packed = pack_weight(weight, kind)
     k_h, k_w = weight.shape[2:]
     real_w = conv_out_size(int(x.ty.shape[3]), k_w, conv.stride[1], conv.padding[1],
@@ -223,7 +223,7 @@ def lower_kernel(bb, x, fill, weight: np.ndarray, conv, kind: AmxDtype):
     func = kernel(kind, n, groups, (height, width), packed.shape[0], (k_h, k_w),
                   (out_h, out_w), tile_pixels, conv)
     acc_type = relax.TensorType((n, packed.shape[0], out_h, out_w, 16), kind.accumulator)
-    acc = bb.emit(relax.call_tir(bb.add_func(func, NAME), [grouped, relax.const(packed,
+    acc = bb.emit(relax.call_tir(bb.add_func(func, NAME), [grouped, relax_constant(packed,
                                  kind.weight)], out_ty=acc_type))
     return acc, real_w
 
