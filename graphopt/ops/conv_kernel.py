@@ -10,15 +10,22 @@ from .epilogue import EPILOGUE, ONEDNN_NO_ACTIVATION
 
 
 def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=None,
-               finish=None, finish_operands=()):
+               finish=None, finish_operands=(), optional_residual: bool = False):
     """Relax: `activation(conv(x, w) + b + residual)` as one kernel, computed the way
     `conv.algorithm` says (see ops/conv.py's CONV_ALGORITHMS). A float32 kernel may read
     `read(x)` (TE: x as the float32 values it convolves) and end with `finish(sums,
     *finish_operands)` (TE, instead of the bias, residual and activation): the exact integer
-    convolutions of `QLinearConv2d.lower_in_float32`."""
+    convolutions of `QLinearConv2d.lower_in_float32`. With `optional_residual` the kernel takes
+    a residual operand and a run-time switch whether to add it (`FusedConv2d`): without a
+    residual, x stands in for it and the switch is off."""
     decision = f"{conv.algorithm} convolution"   # for the error if a weight is not constant
     expect(not conv.computes_integers, f"the {conv.algorithm} algorithm computes quantized "
            f"convolutions (qlinear_conv2d), not float ones")
+    expect(not (optional_residual and (conv.algorithm == "onednn" or finish is not None)),
+           "an optional residual is added by graphopt's own float epilogue only")
+    switch = None
+    if optional_residual:
+        switch, residual = (0, x) if residual is None else (1, residual)
     if conv.algorithm == "onednn":
         from ..targets.tvm.onednn.lowering import onednn_conv2d
         code, (alpha, beta) = ONEDNN_NO_ACTIVATION, (0.0, 0.0)
@@ -145,6 +152,8 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
     extras = [e for e in (b, residual) if e is not None] + list(finish_operands)
 
     def kernel(*args):
+        if switch is not None:
+            *args, on = args
         inputs = list(args[:len(operands)])
         if read is not None:
             inputs[0] = read(inputs[0])
@@ -158,15 +167,47 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
                            name="bias_add")
         if residual is not None:
             add = rest.pop(0)
-            y = topi.add(y, topi.cast(add, y.dtype) if add.dtype != y.dtype else add)
+            add = topi.cast(add, y.dtype) if add.dtype != y.dtype else add
+            y = topi.add(y, add) if switch is None else switched_add(y, add, on)
         y = EPILOGUE[activation.name].te(activation, y) if activation is not None else y
         return topi.cast(y, dtype) if y.dtype != dtype else y
 
     fused = any(v is not None for v in (b, residual, activation, finish))
-    out = bb.call_te(kernel, *operands, *extras,
-                     primfunc_name_hint=("fused_" if fused else "") + name,
-                     primfunc_attrs={"op_pattern": OPAQUE, **attrs})
+    name_hint, attrs = ("fused_" if fused else "") + name, {"op_pattern": OPAQUE, **attrs}
+    if switch is None:
+        out = bb.call_te(kernel, *operands, *extras, primfunc_name_hint=name_hint,
+                         primfunc_attrs=attrs)
+    else:
+        out = call_te_switched(bb, kernel, [*operands, *extras], switch, name_hint, attrs)
     return relax.op.reshape(bb.emit(out), out_shape) if conv.algorithm == "pointwise" else out
+
+
+def switched_add(y, add, on):
+    """TE: y + add where the run-time switch `on` (a TIR int64) is nonzero, else y; `add` is
+    not read when it is off."""
+    from tvm import te, tirx
+    zero = tirx.const(0, y.dtype)
+    return te.compute(y.shape, lambda *i: y(*i) + tirx.if_then_else(on != 0, add(*i), zero),
+                      name="residual_add")
+
+
+def call_te_switched(bb, kernel, args, switch: int, name_hint: str, attrs: dict):
+    """`bb.call_te(kernel, *args)` for a TE `kernel` whose last parameter is an int64 run-time
+    switch, passed as the constant `switch`. Written out because Relax's call_te makes scalar
+    parameters of symbolic shapes only; the PrimFunc is built as call_te builds it, so calls
+    with either switch value get one kernel (`BlockBuilder.add_func` returns the GlobalVar of
+    an equal function)."""
+    from tvm import relax, te, tirx
+    holders = [te.placeholder([int(d) for d in a.ty.shape], str(a.ty.dtype),
+                              a.name if isinstance(a, relax.Var) else f"arg{i}")
+               for i, a in enumerate(args)]
+    on = tirx.Var("switch", "int64")
+    out = kernel(*holders, on)
+    func = te.create_prim_func([*holders, on, out], "int64")
+    func = func.with_attrs(attrs).without_attr("global_symbol")
+    return relax.call_tir(bb.add_func(func, name_hint),
+                          [*args, relax.prim_value(tirx.IntImm("int64", switch))],
+                          relax.TensorType([int(d) for d in out.shape], out.dtype))
 
 
 def flattened(bb, value, shape):

@@ -24,6 +24,9 @@ class FusedConv2d(Op):
 
     Lowers to ONE kernel (`lower_conv`) computed by `conv.algorithm`; exports to ONNX as
     Conv (with B when has_bias), then Add(residual), then the activation (`EPILOGUE`).
+    `optional_residual` is a target decision (`share_residual_kernels`): the kernel takes a
+    residual operand and a run-time switch for it, with or without a residual (then x stands in
+    for it, unread), so that convs differing only in their residual share one kernel.
     """
 
     name = "fused_conv2d"
@@ -32,13 +35,17 @@ class FusedConv2d(Op):
     activation: Relu | Clip | LeakyRelu | Sigmoid | HardSigmoid | HardSwish | Silu | None = None
     has_bias: bool = True
     has_residual: bool = False
+    optional_residual: bool = False
 
     def __post_init__(self):
         expect(isinstance(self.conv, Conv2d), f"expected a Conv2d for conv, found {self.conv!r}")
         expect(self.activation is None or isinstance(self.activation, EPILOGUE_ACTIVATIONS),
                f"expected activation {', '.join(EPILOGUE)} or None, found {self.activation!r}")
-        for field in ("has_bias", "has_residual"):
+        for field in ("has_bias", "has_residual", "optional_residual"):
             object.__setattr__(self, field, flag(getattr(self, field), field))
+        expect(not (self.optional_residual and self.conv.algorithm == "onednn"),
+               "expected no optional residual with the onednn algorithm (a decision for "
+               "graphopt's own conv kernels)")
 
     def split(self, inputs):
         """(x, w, bias or None, residual or None) from the input list."""
@@ -56,6 +63,9 @@ class FusedConv2d(Op):
         if residual is not None:
             expect(residual == out, f"expected a residual of the output's type {out}, "
                    f"found {residual}")
+        elif self.optional_residual:
+            expect(x == out, f"expected an input of the output's type {out} to stand in for "
+                   f"the optional residual, found {x}")
         if self.activation is not None:
             out = self.activation.infer(out)
         return out
@@ -71,13 +81,15 @@ class FusedConv2d(Op):
 
     def lower_tvm(self, bb, *args):
         x, w, b, residual = self.split(args)
-        return lower_conv(bb, self.conv, x, w, b, residual, self.activation)
+        return lower_conv(bb, self.conv, x, w, b, residual, self.activation,
+                          optional_residual=self.optional_residual)
 
     def macs(self, inputs, outputs):
         return self.conv.macs(inputs, outputs)
 
     def target_choice(self) -> str:
-        return self.conv.target_choice()
+        shared = ", residual switched at run time" if self.optional_residual else ""
+        return self.conv.target_choice() + shared
 
     def __str__(self) -> str:
         parts = [str(self.conv)]

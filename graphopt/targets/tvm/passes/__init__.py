@@ -1,7 +1,7 @@
 """Target passes: ordinary graphopt passes (`Graph -> PassResult`) that record on each node how
-the target will compute it (a convolution's algorithm and weight layout, a dense layer's weight
-layout, separable pooling, concatenations computed in place), and the rewrites those choices
-need (`pad_for_winograd`, `images_as_pixels`).
+the target will compute it (a convolution's algorithm and weight layout, the kernels convs share,
+a dense layer's weight layout, separable pooling, concatenations computed in place), and the
+rewrites those choices need (`pad_for_winograd`, `images_as_pixels`).
 `compile` runs them after the default pipeline; lowering then builds what they recorded, so no
 target code re-discovers structure in Relax. `graphopt show --target cpu` shows the decisions.
 """
@@ -18,12 +18,14 @@ from .place_concatenations import place_concatenations
 from .select_conv_algorithm import select_conv_algorithm
 from .select_dense_layout import select_dense_layout
 from .separate_pools import separate_pools
+from .share_residual_kernels import share_residual_kernels
 
 # name -> factory(context) building the pass for one compile; `context` is a `TargetContext`.
 TARGET_PASSES: dict[str, dict[str, Callable]] = {
     "cpu": {"images_as_pixels": images_as_pixels,
             "pad_for_winograd": pad_for_winograd,
             "select_conv_algorithm": select_conv_algorithm,
+            "share_residual_kernels": share_residual_kernels,
             "select_dense_layout": select_dense_layout,
             "separate_pools": separate_pools,
             "place_concatenations": place_concatenations},
