@@ -20,8 +20,6 @@ from __future__ import annotations
 import os
 import threading
 
-
-
 # A kernel's usual build time by its schedule rule, relative to the others' (one Intel Xeon
 # thread, each kernel of ResNet-18, GoogLeNet, DenseNet-121 and MobileNetV2 built alone, mean
 # seconds: winograd 0.73, generic 0.21, dense 0.16, the other rules 0.08-0.14). The parts are
