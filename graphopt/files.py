@@ -86,11 +86,12 @@ def _file_size_limit_as_error() -> Iterator[None]:
 
 
 @contextmanager
-def _signals_deferred() -> Iterator[None]:
+def signals_deferred() -> Iterator[None]:
     """SIGTERM and SIGINT deferred while inside and handled on leaving: around making a
     temporary file or folder and keeping its name, so that the clean-up always knows what to
     remove (a signal between the two left an export's scratch folder behind), and around the
-    removal, so that a signal does not cut it short.
+    removal, so that a signal does not cut it short; and while threads running native code
+    are waited for (`graphopt.threads`).
 
     Python runs signal handlers in the main thread whichever thread the kernel picked, so the
     handlers are swapped for ones that only note the signal; blocking the signals with
@@ -190,7 +191,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
     temporary = None
     with terminate_as_exception(), _file_size_limit_as_error():
         try:
-            with _signals_deferred():
+            with signals_deferred():
                 temporary = _unique_path(folder, f".{name[:200]}.", ".tmp", lambda p: os.close(
                     os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)))
             yield temporary
@@ -208,7 +209,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
             raise WriteError(f"cannot write {path}: {_cause(e, path)}") from e
         finally:
             if temporary is not None:
-                with _signals_deferred():   # a signal now must not cut the removal short
+                with signals_deferred():   # a signal now must not cut the removal short
                     _remove(temporary)
 
 
@@ -254,12 +255,12 @@ def temporary_directory(prefix: str, dir: str | os.PathLike | None = None) -> It
     folder = None
     with terminate_as_exception():
         try:
-            with _signals_deferred():
+            with signals_deferred():
                 folder = _unique_path(parent, prefix, "", lambda p: os.mkdir(p, 0o700))
             yield folder
         finally:
             if folder is not None:
-                with _signals_deferred():   # a signal now must not cut the removal short
+                with signals_deferred():   # a signal now must not cut the removal short
                     shutil.rmtree(folder, ignore_errors=True)
 
 

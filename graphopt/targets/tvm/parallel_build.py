@@ -18,7 +18,8 @@ bytecode, then linking the kernels) with the kernels built here; the helpers it 
 from __future__ import annotations
 
 import os
-import threading
+
+from ...worker_threads import in_threads
 
 # Kernels per part at least: below that one module is built as TVM builds it (a model of a few
 # kernels compiles in a second or two, and a thread per part would not pay).
@@ -104,7 +105,7 @@ def _build_in_threads(modules, target, tir_pipeline) -> list:
         lib.get_function(str(func.attrs.get("global_symbol", gvar.name_hint)))
         libs[i] = lib
 
-    _in_threads([lambda i=i: build(i) for i in range(len(modules))])
+    in_threads([lambda i=i: build(i) for i in range(len(modules))], "graphopt-build")
     return libs
 
 
@@ -124,7 +125,8 @@ def export_library(executable, path: str, addons: list[str], workspace_dir: str,
         executable.export_library(path, addons=addons, workspace_dir=workspace_dir, **options)
         return
     objects = [os.path.join(workspace_dir, f"lib{i}.o") for i in range(len(modules))]
-    _in_threads([lambda m=m, o=o: m.write_to_file(o) for m, o in zip(modules, objects)])
+    in_threads([lambda m=m, o=o: m.write_to_file(o) for m, o in zip(modules, objects)],
+               "graphopt-export")
     first = modules[0]
     system_lib = first.get_function("__tvm_is_system_module")()
     llvm_target = first.get_function("_get_target_string")()
@@ -136,26 +138,3 @@ def export_library(executable, path: str, addons: list[str], workspace_dir: str,
             .write_to_file(packed)
         files.append(packed)
     cc.create_shared(path, files, **options)
-
-
-def _in_threads(tasks) -> None:
-    """Run each of `tasks` (callables) in a thread of its own, the first in the calling thread;
-    the first error is raised after every thread has ended."""
-    errors: list = [None] * len(tasks)
-
-    def run(i: int) -> None:
-        try:
-            tasks[i]()
-        except Exception as e:    # noqa: BLE001 - re-raised in the calling thread below
-            errors[i] = e
-
-    workers = [threading.Thread(target=run, args=(i,), name=f"graphopt-build-{i}")
-               for i in range(1, len(tasks))]
-    for worker in workers:
-        worker.start()
-    run(0)
-    for worker in workers:
-        worker.join()
-    for error in errors:
-        if error is not None:
-            raise error

@@ -6,6 +6,7 @@ in the layouts the target passes chose and lowering packed; the dot-product conv
 is `interleave.py`'s."""
 from __future__ import annotations
 
+from ....worker_threads import map_in_threads
 from . import (conv2d, conv2d_bf16, conv2d_int8, dense, depthwise, generic, lookup, narrow,
                pointwise, pool2d, tile_epilogue, winograd)
 from .common import VectorShape
@@ -35,7 +36,6 @@ def schedule_module(mod, vec: VectorShape, threads: int = 1):
     functions took 3.5-4.3 s in one thread and 2.5-2.7 s in two (two Zen 4 cores). Each thread
     takes the next function not yet taken (a pool's map); a function's schedule does not
     depend on which thread made it, and the first rule's error is raised here."""
-    from concurrent.futures import ThreadPoolExecutor
     from tvm import tirx
     pending = []
     for gv, func in list(mod.functions.items()):
@@ -46,9 +46,8 @@ def schedule_module(mod, vec: VectorShape, threads: int = 1):
                 mod[gv] = func.with_attr(SCHEDULE_ATTR, TUNED)
             continue
         pending.append((gv, func))
-    with ThreadPoolExecutor(max(1, min(threads, len(pending))),
-                            thread_name_prefix="graphopt-schedule") as pool:
-        results = list(pool.map(lambda item: schedule_func(item[1], vec), pending))
+    results = map_in_threads(lambda item: schedule_func(item[1], vec), pending, threads,
+                             "graphopt-schedule")
     for (gv, _), (scheduled, rule) in zip(pending, results):
         if scheduled is not None:
             mod[gv] = scheduled.with_attr("tirx.is_scheduled", True).with_attr(SCHEDULE_ATTR, rule)
