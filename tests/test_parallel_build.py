@@ -49,7 +49,8 @@ def feeds():
 
 
 @pytest.mark.parametrize("kernels, threads, parts", [
-    (1, 8, 1), (7, 2, 1), (8, 2, 2), (138, 2, 2), (138, 16, 16), (20, 16, 5), (138, 1, 1)])
+    (1, 8, 1), (2, 2, 2), (7, 2, 2), (138, 2, 2), (138, 16, 16), (5, 16, 5), (138, 1, 1),
+    (0, 2, 1)])
 def test_part_count(kernels, threads, parts):
     assert parallel_build.part_count(kernels, threads) == parts
 
