@@ -1065,7 +1065,7 @@ def test_parallel_kernels_make_tasks_for_several_threads(mcpu):
 def test_concatenation_feeding_a_pointwise_conv_is_split_into_pieces():
     """On AVX-512 a 1x1 conv on a plane of whole vectors reads its input flattened to [N, C,
     H * W]: that reshape joins the concatenation's kernel, which is still split by channels;
-    pieces of 32 channels x 56 x 56 run in parallel over their channels (a loop that starts at
+    a piece per input runs in parallel over its channels (a loop that starts at
     the piece's offset: fuse would refuse it, and the whole kernel was left unscheduled)."""
     with dsl.Builder("dense_concat_pointwise", seed=0) as b:
         xs = [b.input(f"x{i}", (1, 64 if i == 0 else 32, 56, 56)) for i in range(3)]
@@ -1074,23 +1074,28 @@ def test_concatenation_feeding_a_pointwise_conv_is_split_into_pieces():
     (func,) = [f for name, f in kernels.items() if "concatenate" in name]
     text = func.script()
     assert func.attrs[SCHEDULE_ATTR] == "generic"
-    assert "T_reshape" in text and text.count('_partition"') == 4, text
-    assert text.count("T.parallel(") == 4, text
+    assert "T_reshape" in text and text.count('_partition"') == 3, text
+    assert text.count("T.parallel(") == 3, text
     feeds = {v.name: np.random.default_rng(i).standard_normal(v.shape).astype(np.float32)
              for i, v in enumerate(graph.inputs)}
     assert go.compare(graph, go.compile(graph), feeds).ok
 
 
-def test_concatenation_is_split_into_pieces():
+@pytest.mark.parametrize("channels", [(64, 32, 32, 32, 32), (24, 40, 8), (8, 0, 16)])
+def test_concatenation_is_split_into_pieces(channels):
     """DenseNet's dense-block concatenation with its batch norm and relu: one loop nest per
-    32 channels (in which lowering's simplifier resolves the choice of input)."""
+    input, in which lowering's simplifier resolves the choice of input (inputs of any sizes,
+    in the order of the axis; an empty one adds no piece)."""
     with dsl.Builder("dense_concat", seed=0) as b:
-        xs = [b.input(f"x{i}", (1, 64 if i == 0 else 32, 7, 7)) for i in range(5)]
+        xs = [b.input(f"x{i}", (1, c, 7, 7)) for i, c in enumerate(channels)]
         graph = b.output(dsl.relu(dsl.batch_norm(dsl.concat(xs, axis=1))))
     (func,) = _scheduled_kernels(graph, AVX512_CPU).values()
     text = func.script()
     assert func.attrs[SCHEDULE_ATTR] == "generic"
-    assert text.count('_partition"') == 6, text
+    assert text.count('_partition"') == sum(1 for c in channels if c), text
+    ends = np.cumsum([c for c in channels if c])
+    pieces = re.findall(r"in (?:range|T\.parallel)\(T\.int64\((\d+)\), T\.int64\((\d+)\)\)", text)
+    assert [(int(a), int(b)) for a, b in pieces] == list(zip(ends[:-1], ends[1:])), text
     feeds = {v.name: np.random.default_rng(i).standard_normal(v.shape).astype(np.float32)
              for i, v in enumerate(graph.inputs)}
     assert go.compare(graph, go.compile(graph), feeds).ok
