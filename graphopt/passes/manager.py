@@ -123,6 +123,9 @@ class Sandbox:
         # id of a read-only buffer's owner -> (that owner, the caller's array, the array read)
         self._shadows: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._frozen: list[np.ndarray] = []      # arrays the passes built, made read-only here
+        # The last graph checked and its fingerprint: a pass that returns its input unchanged
+        # hands the next pass a graph whose fingerprint was just taken.
+        self._checked: tuple[Graph | None, tuple] = (None, ())
         for value in self.graph.constants.values():
             data = value.data
             source = data if data.flags.c_contiguous else data.copy()
@@ -139,7 +142,8 @@ class Sandbox:
             if value.data.flags.writeable:
                 value.data.flags.writeable = False
                 self._frozen.append(value.data)
-        before = fingerprint(graph)
+        checked, known = self._checked
+        before = known if checked is graph else fingerprint(graph)
         start = time.perf_counter()
         try:
             result = fn(graph)
@@ -151,7 +155,8 @@ class Sandbox:
             raise PassError(f"pass '{name}' failed: {detail}", node=getattr(e, "node", None),
                             op=getattr(e, "op", None)) from e
         seconds = time.perf_counter() - start
-        if fingerprint(graph) != before:
+        self._checked = (graph, fingerprint(graph))
+        if self._checked[1] != before:
             raise PassError(f"pass '{name}' modified its input graph in place; return a new graph "
                             f"in PassResult")
         if not isinstance(result, PassResult) or not isinstance(result.graph, Graph):
@@ -342,6 +347,7 @@ class PassManager:
             inputs = dict(self.inputs) if self.inputs is not None else probe_inputs(graph)
             expected = _interpret64(graph, inputs)
         records: list[PassRecord] = []
+        sizes = _Sizes()
         sandbox = Sandbox(graph)
         current = sandbox.graph
         try:
@@ -358,10 +364,11 @@ class PassManager:
                             found = _interpret64(after, inputs)
                             error = self._check(name, before, after, inputs, expected, found)
                             expected = found
+                    (params_before, macs_before), (params, macs) = sizes(before), sizes(after)
                     records.append(PassRecord(
                         name, round_, result.changed, (len(before.nodes), len(after.nodes)),
-                        (count_params(before), count_params(after)),
-                        (count_macs(before), count_macs(after)), seconds, error, result.stats))
+                        (params_before, params), (macs_before, macs), seconds, error,
+                        result.stats))
                     changed_this_round |= result.changed
                     current = after
                 if not changed_this_round:
@@ -388,6 +395,20 @@ class PassManager:
         if failures:
             raise _divergence_error(name, before, after, inputs, failures[0], self.tolerance)
         return worst
+
+
+class _Sizes:
+    """(params, MACs) of a graph, counted once per graph object: most passes return their input
+    unchanged, and each record counts the graph before and after (DenseNet-121's 32 pass runs
+    counted 64 graphs, 0.12 s under a profiler, of which 7 were different)."""
+
+    def __init__(self) -> None:
+        self._last: tuple[Graph | None, tuple[int, int]] = (None, (0, 0))
+
+    def __call__(self, graph: Graph) -> tuple[int, int]:
+        if self._last[0] is not graph:
+            self._last = (graph, (count_params(graph), count_macs(graph)))
+        return self._last[1]
 
 
 def _verify_after(name: str, graph: Graph) -> None:
