@@ -91,7 +91,7 @@ def signals_deferred() -> Iterator[None]:
     temporary file or folder and keeping its name, so that the clean-up always knows what to
     remove (a signal between the two left an export's scratch folder behind), and around the
     removal, so that a signal does not cut it short; and while threads running native code
-    are waited for (`graphopt.threads`).
+    are waited for (`graphopt.worker_threads`).
 
     Python runs signal handlers in the main thread whichever thread the kernel picked, so the
     handlers are swapped for ones that only note the signal; blocking the signals with

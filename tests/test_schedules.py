@@ -1101,6 +1101,18 @@ def test_concatenation_is_split_into_pieces(channels):
     assert go.compare(graph, go.compile(graph), feeds).ok
 
 
+def test_concatenation_of_one_input_twice_is_split_by_the_common_divisor():
+    """x joined twice has one read region: the pieces are the sizes' common divisor (16)."""
+    with dsl.Builder("dense_concat_twice", seed=0) as b:
+        x, y = b.input("x", (1, 32, 7, 7)), b.input("y", (1, 16, 7, 7))
+        graph = b.output(dsl.relu(dsl.batch_norm(dsl.concat([x, y, x], axis=1))))
+    (func,) = _scheduled_kernels(graph, AVX512_CPU).values()
+    assert func.script().count('_partition"') == 5
+    feeds = {v.name: np.random.default_rng(i).standard_normal(v.shape).astype(np.float32)
+             for i, v in enumerate(graph.inputs)}
+    assert go.compare(graph, go.compile(graph), feeds).ok
+
+
 @pytest.mark.parametrize("lanes", [4, 8, 16])
 @pytest.mark.parametrize("dtype", ["float32", "int32"])
 def test_register_transpose_gives_the_columns(lanes, dtype):

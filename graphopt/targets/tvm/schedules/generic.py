@@ -90,9 +90,10 @@ def partition_concat(sch, block, lanes: int) -> set[str]:
 
 def _input_slices(stmt, out: list[int]):
     """(axis, [size of each input's slice, in the order of the axis]) of a concatenation block,
-    or None where its inputs do not tile one axis of its output. The block reads its inputs in
-    the order of its chain of comparisons (TOPI's: the last input first), so each slice's place
-    is read from its index: input i is read at `axis - offset_i`."""
+    or None where they differ from it in more than one axis. The block reads its inputs in the
+    order of its chain of comparisons (TOPI's: the last input first), so each slice's place is
+    read from its index: input i is read at `axis - offset_i`. An input joined twice has one
+    read region for both: then the axis is cut in pieces of the sizes' common divisor."""
     from tvm import tirx
     from tvm.sym.analyzer import Analyzer
     analyzer = Analyzer()
@@ -110,18 +111,18 @@ def _input_slices(stmt, out: list[int]):
         start = tirx.IndexMap(iter_vars, [region.region[axis].min], None).map_indices(
             [tirx.const(0, "int64") for _ in iter_vars])[0]
         at_zero = analyzer.simplify(start)
-        if not isinstance(at_zero, tirx.IntImm):
-            return None
-        slices.append((-int(at_zero), shape[axis]))
+        offset = -int(at_zero) if isinstance(at_zero, tirx.IntImm) else -1
+        slices.append((offset, shape[axis]))
     if len(axes) != 1 or not slices:
         return None
     (axis,) = axes
     slices.sort()
     ends = [offset + size for offset, size in slices]
-    if slices[0][0] != 0 or ends[-1] != out[axis] or any(
-            offset != end for (offset, _), end in zip(slices[1:], ends)):
-        return None
-    return axis, [size for _, size in slices]
+    if slices[0][0] == 0 and ends[-1] == out[axis] and all(
+            offset == end for (offset, _), end in zip(slices[1:], ends)):
+        return axis, [size for _, size in slices]
+    piece = math.gcd(*(size for _, size in slices))
+    return axis, [piece] * (out[axis] // piece)
 
 
 def _schedule_piece(sch, block, lanes: int) -> None:
