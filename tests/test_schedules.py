@@ -149,8 +149,7 @@ CASES = {
     "global_pools": ((2, 16, 5, 5), lambda x: dsl.global_avg_pool2d(x) + dsl.global_max_pool2d(x),
                      "generic"),
     "softmax": ((4, 33), lambda x: dsl.softmax(x), "generic"),
-    # concatenations: split into pieces of the inputs' common divisor (with their elementwise
-    # tail), left whole when the inputs share none
+    # concatenations: split into a piece per input (with their elementwise tail)
     "concat_bn_relu": ((1, 16, 5, 7), lambda x: dsl.relu(dsl.batch_norm(dsl.concat(
         [x, dsl.tanh(dsl.split(x, [8, 8])[0]), dsl.sigmoid(x)], axis=1))), "generic"),
     "concat_odd_sizes": ((1, 5, 4, 6), lambda x: dsl.concat(
