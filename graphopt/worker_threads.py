@@ -3,15 +3,16 @@ that no signal leaves one running into interpreter exit.
 
 CPython 3.11's `Thread.join()`, interrupted by a signal handler's exception (Ctrl-C's
 KeyboardInterrupt, SIGTERM's `files.Terminated`), releases the still-running thread's state lock
-and marks it stopped (`threading._wait_for_tstate_lock`, bpo-45274), and a `join` that is not
-reached at all waits for nothing. Interpreter exit then goes on while the thread is inside a
-TVM call; when the call returns, CPython ends the thread with `pthread_exit`, whose unwinding
+and marks it stopped (`threading._wait_for_tstate_lock`, bpo-45274), so a second `join` (in a
+`finally`) returns at once. Interpreter exit then goes on while the thread is inside a TVM
+call; when the call returns, CPython ends the thread with `pthread_exit`, whose unwinding
 through TVM's FFI frames calls `std::terminate`: a SIGTERM during the export of LeNet-5 built in
 two parts aborted the process ("terminate called without an active exception", status -6)
 instead of ending it with status 143 in 2 of 24 tries. So SIGTERM and SIGINT are deferred
-(`files.signals_deferred`) until every thread has ended, and then handled: the wait is at most
-the other threads' share of the work, as the calling thread's own native call delays a
-handler anyway."""
+(`files.signals_deferred`) until every thread has ended, and then handled (which also keeps an
+export's clean-up from removing its scratch folder while a thread still writes into it): the
+wait is at most the other threads' share of the work, as the calling thread's own native call
+delays a handler anyway."""
 from __future__ import annotations
 
 import threading
