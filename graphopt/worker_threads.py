@@ -28,6 +28,8 @@ def in_threads(tasks: Sequence[Callable[[], T]], name: str = "graphopt-worker") 
     """Each of `tasks` in a thread of its own (`name`-1, `name`-2, ...), the first in the
     calling thread; their results in order. The first error, or a signal's exception that came
     meanwhile, is raised after every thread has ended."""
+    if not tasks:
+        return []
     results: list = [None] * len(tasks)
     errors: list = [None] * len(tasks)
 

@@ -30,6 +30,7 @@ def test_in_threads_returns_the_results_in_order():
     ended: list = []
     assert in_threads([slow(0.2, ended, "a"), slow(0.0, ended, "b"), lambda: 3]) == ["a", "b", 3]
     assert sorted(ended) == ["a", "b"]
+    assert in_threads([]) == []
 
 
 def test_in_threads_raises_the_first_error_after_every_thread_ended():
