@@ -100,17 +100,15 @@ def _build_in_threads(modules, target, tir_pipeline) -> list:
     per thread)."""
     import tvm
     context = tvm.transform.PassContext.current()
-    libs: list = [None] * len(modules)
 
-    def build(i: int) -> None:
+    def build(module):
         with context:
-            lib = tvm.tirx.build(modules[i], target=target, pipeline=tir_pipeline)
-        gvar, func = next(iter(modules[i].functions.items()))
+            lib = tvm.tirx.build(module, target=target, pipeline=tir_pipeline)
+        gvar, func = next(iter(module.functions.items()))
         lib.get_function(str(func.attrs.get("global_symbol", gvar.name_hint)))
-        libs[i] = lib
+        return lib
 
-    in_threads([lambda i=i: build(i) for i in range(len(modules))], "graphopt-build")
-    return libs
+    return in_threads([lambda m=m: build(m) for m in modules], "graphopt-build")
 
 
 def export_library(executable, path: str, addons: list[str], workspace_dir: str,
