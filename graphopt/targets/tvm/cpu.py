@@ -60,6 +60,7 @@ def pre_schedule_passes(target, onednn: bool = False) -> list:
     pass NHWC to each other (`onednn.lowering.keep_nhwc`)."""
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+    from .output_views import output_reshapes_as_views
     from .small_producers import keep_small_producers_apart
     layouts = []
     if onednn:
@@ -73,8 +74,10 @@ def pre_schedule_passes(target, onednn: bool = False) -> list:
                keep_small_producers_apart(),
                relax.transform.FuseOps(), relax.transform.FuseTIR(),
                # reshapes become views of their input before any rule schedules them as
-               # copies (the pointwise conv's flattened planes)
-               relax.transform.RewriteDataflowReshape()])
+               # copies (the pointwise conv's flattened planes), the model's outputs too; the
+               # copy kernels they leave uncalled are dropped, not scheduled and built
+               relax.transform.RewriteDataflowReshape(), output_reshapes_as_views(),
+               relax.transform.DeadCodeElimination()])
 
 
 def cpu_pipeline(target, database=None, onednn: bool = False, threads: int = 1):
