@@ -49,8 +49,8 @@ def feeds():
 
 
 @pytest.mark.parametrize("kernels, threads, parts", [
-    (1, 8, 1), (2, 2, 1), (5, 2, 1), (6, 2, 2), (7, 2, 2), (138, 2, 2), (138, 16, 16),
-    (20, 16, 6), (138, 1, 1), (0, 2, 1)])
+    (1, 8, 1), (2, 2, 1), (3, 2, 1), (4, 2, 2), (5, 2, 2), (5, 16, 2), (7, 2, 2),
+    (138, 2, 2), (138, 16, 16), (20, 16, 10), (138, 1, 1), (0, 2, 1)])
 def test_part_count(kernels, threads, parts):
     assert parallel_build.part_count(kernels, threads) == parts
 

@@ -21,8 +21,10 @@ import os
 
 from ...worker_threads import in_threads
 
-# Kernels per part at least: a graph of a few kernels is built as one module, as TVM builds it.
-MIN_KERNELS_PER_PART = 3
+# A graph of fewer kernels is built as one module, as TVM builds it ...
+SPLIT_FROM_KERNELS = 4
+# ... and a part holds this many kernels at least.
+MIN_KERNELS_PER_PART = 2
 
 # A kernel's usual build time by its schedule rule, relative to the others' (one Intel Xeon
 # thread, each kernel of ResNet-18, GoogLeNet, DenseNet-121 and MobileNetV2 built alone, mean
@@ -34,12 +36,15 @@ BUILD_COST = {"winograd": 7.0, "generic": 2.0, "dense": 1.5}
 
 def part_count(kernels: int, threads: int) -> int:
     """How many modules to build `kernels` kernels in with `threads` threads: one per thread,
-    with at least `MIN_KERNELS_PER_PART` kernels in each. On idle cores even two kernels build
-    faster in two parts (an Intel Xeon, two cores, compile seconds, one module / two parts,
-    the medians of 7-15 alternated compiles: 2 kernels 0.28 / 0.20, 5 kernels 0.50 / 0.36, DQN
-    (6) 0.46-0.51 / 0.32-0.34, LeNet-5 (7) 0.44-0.54 / 0.34-0.38); with both cores busy (the
-    test suite's two workers) a graph of two kernels in two parts cost more than it saved (the
-    op table's compiled tests: 68-77 s one module, 78-91 s two parts)."""
+    from `SPLIT_FROM_KERNELS` kernels up, with at least `MIN_KERNELS_PER_PART` in each. On idle
+    cores even two kernels build faster in two parts (an Intel Xeon, two cores, compile
+    seconds, one module / two parts, the medians of 7-15 alternated compiles: 2 kernels 0.28 /
+    0.20, 5 kernels 0.50 / 0.36, DQN (6) 0.46-0.51 / 0.32-0.34, LeNet-5 (7) 0.44-0.54 /
+    0.34-0.38); with both cores busy (the test suite's two workers) graphs of two and three
+    kernels in two parts cost more than they saved (the op table's compiled tests: 68-77 s one
+    module, 78-91 s two parts)."""
+    if kernels < SPLIT_FROM_KERNELS:
+        return 1
     return max(1, min(threads, kernels // MIN_KERNELS_PER_PART))
 
 
