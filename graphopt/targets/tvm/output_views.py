@@ -34,35 +34,30 @@ def output_reshapes_as_views():
             return None
         return args[0]
 
-    def rewritten(mod, func):
-        blocks, changed, builder = [], False, relax.BlockBuilder()
-        for block in func.body.blocks:
-            bindings = []
-            for binding in block.bindings:
-                source = reshaped_intermediate(mod, binding) \
-                    if isinstance(block, relax.DataflowBlock) else None
-                if source is not None:
-                    view = builder.normalize(relax.op.reshape(source, binding.var.ty.shape))
-                    binding = relax.VarBinding(binding.var, view)
-                    changed = True
-                bindings.append(binding)
-            blocks.append(relax.DataflowBlock(bindings)
-                          if isinstance(block, relax.DataflowBlock) else block)
-        if not changed:
-            return None
-        return relax.Function(func.params, relax.SeqExpr(blocks, func.body.body),
-                              func.ret_ty, func.is_pure, func.attrs, func.span)
+    def with_views(block, mod, builder):
+        """`block` with its outputs' reshapes of computed tensors as views; itself if none."""
+        if not isinstance(block, relax.DataflowBlock):
+            return block
+        bindings, changed = [], False
+        for binding in block.bindings:
+            source = reshaped_intermediate(mod, binding)
+            if source is not None:
+                view = builder.normalize(relax.op.reshape(source, binding.var.ty.shape))
+                binding, changed = relax.VarBinding(binding.var, view), True
+            bindings.append(binding)
+        return relax.DataflowBlock(bindings, block.span) if changed else block
 
     @tvm.transform.module_pass(opt_level=0, name="graphopt.OutputReshapesAsViews")
     def _pass(mod, _ctx):
-        updates = {}
-        for gv, func in mod.functions.items():
-            if isinstance(func, relax.Function):
-                new = rewritten(mod, func)
-                if new is not None:
-                    updates[gv] = new
-        for gv, func in updates.items():
-            mod[gv] = func
+        builder = relax.BlockBuilder()
+        for gv, func in list(mod.functions.items()):
+            if not (isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr)):
+                continue
+            blocks = list(func.body.blocks)
+            rewritten = [with_views(block, mod, builder) for block in blocks]
+            if any(new is not old for new, old in zip(rewritten, blocks)):
+                mod[gv] = relax.Function(func.params, relax.SeqExpr(rewritten, func.body.body),
+                                         func.ret_ty, func.is_pure, func.attrs, func.span)
         return mod
 
     return _pass
