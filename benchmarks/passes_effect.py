@@ -1,8 +1,9 @@
 """What graphopt's graph passes do to compiled CPU models: each zoo model compiled without them
 (`passes=()`: every node lowered as written; the CPU target passes still choose each conv's
 algorithm and weight layout) and as `go.compile` builds it by default (the default pipeline
-first), side by side in one process: graph nodes, TVM kernels, compile time and latency (runs
-alternate between the builds), plus each build's error against the float64 interpreter.
+first), side by side in one process: graph nodes, TVM kernels, compile time (wall and CPU
+seconds, the builds compiled in turn) and latency (runs alternate between the builds), plus each
+build's error against the float64 interpreter.
 
     .venv/bin/python benchmarks/passes_effect.py       # resnet18, resnet50, vgg16, googlenet
     .venv/bin/python benchmarks/passes_effect.py --models resnet18 --repeat 5 --compiles 5
@@ -21,6 +22,8 @@ from graphopt.table import format_table
 
 MODELS = ("resnet18", "resnet50", "vgg16", "googlenet")
 BUILDS = {"no graph passes": {"passes": ()}, "default pipeline": {}}
+# The most rounds of compiles `--compile-seconds` adds.
+MAX_ROUNDS = 25
 
 
 def side_by_side_ms(runs: dict, repeat: int) -> dict[str, float]:
@@ -37,18 +40,30 @@ def side_by_side_ms(runs: dict, repeat: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def measure(model: str, batch: int, repeat: int, compiles: int) -> list[tuple[str, ...]]:
-    """One row per build of `model`: the builds compiled `compiles` times in turn (median
-    seconds; the compile ratio is the median of each round's ratio to the first build, as a
-    change of the host's speed between rounds hits both builds of a round alike)."""
+def measure(model: str, batch: int, repeat: int, compiles: int,
+            compile_seconds: float = 0.0) -> list[tuple[str, ...]]:
+    """One row per build of `model`: the builds compiled in turn, `compiles` rounds and more
+    until the rounds took `compile_seconds` (at most MAX_ROUNDS), the order of the builds
+    reversed every other round (median seconds; the compile ratio is the median of each
+    round's ratio to the first build, as a change of the host's speed between rounds hits both
+    builds of a round alike; the CPU ratio the same of the process's CPU seconds, every build
+    thread's). A model that compiles in 0.3 s varies by 10-20 % from one compile to the next on
+    a shared host: three rounds could not tell 5 % apart."""
     graph = go.zoo.MODELS[model](batch=batch, seed=0)
     compiled, seconds = {}, {name: [] for name in BUILDS}
-    for _ in range(compiles):
-        for name, options in BUILDS.items():
-            start = time.perf_counter()
+    cpu_seconds: dict[str, list[float]] = {name: [] for name in BUILDS}
+    started = time.perf_counter()
+    rounds = 0
+    while rounds < compiles or (time.perf_counter() - started < compile_seconds
+                                and rounds < MAX_ROUNDS):
+        builds = list(BUILDS.items())
+        for name, options in builds if rounds % 2 == 0 else builds[::-1]:
+            start, cpu_start = time.perf_counter(), time.process_time()
             compiled[name] = go.compile(graph, **options)
             seconds[name].append(time.perf_counter() - start)
-    first = seconds[next(iter(BUILDS))]
+            cpu_seconds[name].append(time.process_time() - cpu_start)
+        rounds += 1
+    first, first_cpu = seconds[next(iter(BUILDS))], cpu_seconds[next(iter(BUILDS))]
     feeds = probe_inputs(graph)
     ms = side_by_side_ms({name: (lambda m=m: m.run(feeds)) for name, m in compiled.items()},
                          repeat)
@@ -58,8 +73,11 @@ def measure(model: str, batch: int, repeat: int, compiles: int) -> list[tuple[st
         report = go.compare(graph, m, feeds)
         error = f"{max(o.max_rel for o in report.outputs):.1e}{'' if report.ok else ' MISMATCH'}"
         ratio = statistics.median(s / f for s, f in zip(seconds[name], first))
+        cpu_ratio = statistics.median(s / f for s, f in zip(cpu_seconds[name], first_cpu))
         rows.append((model, name, str(len(m.graph.nodes)), str(m.kernel_count()),
-                     f"{statistics.median(seconds[name]):.1f}", f"{ratio:.2f}", f"{ms[name]:.1f}",
+                     f"{statistics.median(seconds[name]):.2f}", str(rounds), f"{ratio:.2f}",
+                     f"{cpu_ratio:.2f}",
+                     f"{ms[name]:.1f}",
                      f"{written / ms[name]:.2f}", error))
     return rows
 
@@ -70,17 +88,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=10, help="timed runs per model and build")
     parser.add_argument("--compiles", type=int, default=3,
-                        help="timed compiles per model and build, in turn")
+                        help="timed compiles per model and build, in turn (at least)")
+    parser.add_argument("--compile-seconds", type=float, default=10.0,
+                        help="more rounds of compiles until they took this long (at most "
+                             f"{MAX_ROUNDS})")
     args = parser.parse_args()
     print(f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs "
-          f"(default threads), batch {args.batch}, {args.compiles} alternating compiles and "
+          f"(default threads), batch {args.batch}, at least {args.compiles} alternating compiles "
+          f"(or {args.compile_seconds:g} s of them) and "
           f"{args.repeat} alternating runs each, median")
     go.compile(go.zoo.lenet5())      # load TVM before the first timed compile
-    header = ("model", "build", "nodes", "kernels", "compile s", "compile ratio", "ms",
+    header = ("model", "build", "nodes", "kernels", "compile s", "rounds", "compile ratio", "CPU ratio", "ms",
               "speedup", "error vs float64")
     rows = []
     for model in args.models:
-        for row in measure(model, args.batch, args.repeat, args.compiles):
+        for row in measure(model, args.batch, args.repeat, args.compiles, args.compile_seconds):
             rows.append(row)
             print("  ".join(row), flush=True)
     print()
