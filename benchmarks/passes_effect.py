@@ -98,8 +98,8 @@ def main() -> None:
           f"(or {args.compile_seconds:g} s of them) and "
           f"{args.repeat} alternating runs each, median")
     go.compile(go.zoo.lenet5())      # load TVM before the first timed compile
-    header = ("model", "build", "nodes", "kernels", "compile s", "rounds", "compile ratio", "CPU ratio", "ms",
-              "speedup", "error vs float64")
+    header = ("model", "build", "nodes", "kernels", "compile s", "rounds", "compile ratio",
+              "CPU ratio", "ms", "speedup", "error vs float64")
     rows = []
     for model in args.models:
         for row in measure(model, args.batch, args.repeat, args.compiles, args.compile_seconds):
