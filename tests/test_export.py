@@ -287,8 +287,37 @@ def test_loaded_model_takes_unaligned_inputs(exported, compiled, feeds, offset):
                 np.testing.assert_array_equal(found, expected[name])
 
 
+@pytest.mark.parametrize("shape, offset, passed", [
+    ((1, 1, 32, 32), 0, False),        # 4 KiB: copied, though aligned
+    ((1, 3, 64, 64), 0, True),         # 48 KiB, aligned: passed as it is
+    ((1, 3, 64, 64), 16, False)])      # 48 KiB at a 16-byte offset: copied
+def test_run_input_passes_large_aligned_arrays_and_copies_the_rest(shape, offset, passed):
+    """A run's CPU input is the caller's array where it is larger than COPIED_INPUT_BYTES and
+    aligned, else an aligned copy in the thread's staging buffer for that input (the same
+    buffer call after call), holding the array's values."""
+    import threading
+    import tvm_ffi
+    from graphopt.runtime import ALIGNMENT, COPIED_INPUT_BYTES, run_input
+    nbytes = int(np.prod(shape)) * 4
+    raw = np.empty(nbytes + 2 * ALIGNMENT, np.uint8)
+    start = (-raw.ctypes.data % ALIGNMENT) + offset
+    array = raw[start:start + nbytes].view(np.float32).reshape(shape)
+    array[...] = np.random.default_rng(0).standard_normal(shape)
+    assert (nbytes > COPIED_INPUT_BYTES) == (shape != (1, 1, 32, 32))
+    staging = threading.local().__dict__
+    cpu = tvm_ffi.device("cpu", 0)
+    tensor = run_input(array, cpu, staging, 0)
+    assert (tensor.data_ptr() == array.ctypes.data) == passed
+    assert tensor.data_ptr() % ALIGNMENT == 0
+    np.testing.assert_array_equal(np.from_dlpack(tensor), array)
+    again = run_input(array * 2, cpu, staging, 0)
+    np.testing.assert_array_equal(np.from_dlpack(again), array * 2)
+    if not passed:
+        assert again.data_ptr() == tensor.data_ptr()
+
+
 def test_compiled_run_takes_any_numpy_layout_and_returns_its_own_arrays(compiled, feeds):
-    """`CompiledModel.run` passes aligned inputs without a copy: non-contiguous and read-only
+    """`CompiledModel.run` passes large aligned inputs without a copy: non-contiguous and read-only
     inputs give the same outputs, the outputs are fresh arrays (a later run does not change
     them) and the caller's inputs are left as they were."""
     expected = compiled.run(feeds)
