@@ -327,6 +327,30 @@ def test_small_planes_block_input_channels_on_48_kib_l1(mcpu, blocked):
         assert f'annotations={{"{PREFETCH_ATTR}": 8}}' in text, text
 
 
+@pytest.mark.parametrize("mcpu", [AVX2_CPU, AVX512_CPU])
+def test_dividing_epilogues_run_on_channel_vectors(mcpu):
+    """A conv tile's SiLU on a small plane is computed on the tile's channel vectors (its loop
+    over the channel block innermost and vectorized), then a copy writes the pixels out; a relu
+    stays in the write. Both match the interpreter."""
+    with dsl.Builder("dividing_epilogue", seed=0) as b:
+        x = b.input("x", (1, 64, 7, 7))
+        graph = b.output(dsl.silu(dsl.conv2d(x, 64, 1)), dsl.relu(dsl.conv2d(x, 64, 1)),
+                         names=["gated", "rectified"])
+    texts = {f.script().count("sblock("): f.script()
+             for f in _scheduled_kernels(graph, mcpu).values()
+             if f.attrs[SCHEDULE_ATTR] == "conv2d"}
+    silu = next(t for t in texts.values() if 'sblock("silu"' in t)
+    relu = next(t for t in texts.values() if 'sblock("silu"' not in t)
+    assert 'sblock("silu_local")' in silu, silu
+    assert re.search(r"in T\.vectorized\(T\.int64\((16|32)\)\):\s+with T\.sblock\(\"silu\"\)",
+                     silu), silu
+    assert "_local\")" not in relu.replace('"compute_local")', ""), relu
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((1, 64, 7, 7)).astype(np.float32)}
+    report = go.compare(graph, go.compile(graph), feeds)
+    assert report.ok, str(report)
+
+
 @pytest.mark.parametrize("mcpu", [AVX2_CPU, "znver4"])
 def test_weights_larger_than_the_input_are_read_once_per_channel_block(mcpu):
     """A 512-channel 3x3 conv on a 7x7 plane (9 MB of weights, 166 KB of input) runs each

@@ -176,7 +176,8 @@ def schedule(sch, vec: VectorShape) -> bool:
     # measured no faster (32 ch 56x56 1.53 / 1.56, 3x3 stride-2 64 -> 128 ch 1.39 / 1.45).
     large_plane = out_width * int(block.iter_vars[2].dom.extent) >= TRANSPOSED_PLANE
     finish_tile(sch, conv, tile_loop, parallel_loops, oc_inner, [ow_inner], first_reduce, writer,
-                transpose_lanes=vec.lanes if large_plane and tile_loop is not None else 0)
+                transpose_lanes=vec.lanes if large_plane and tile_loop is not None else 0,
+                epilogue_lanes=vec.lanes)
     if ic_block and PREFETCH_NEXT_BLOCK and buffer_bytes(weight) >= PREFETCH_MIN_WEIGHT_BYTES:
         sch.annotate(oh, PREFETCH_ATTR, ic_block)
     if not per_image:

@@ -109,8 +109,18 @@ def channel_block(channels: int, vec: VectorShape, groups: int = 1) -> int:
     return min(candidates, key=cost, default=0)
 
 
+# Whether a conv tile's dividing epilogue (sigmoid, SiLU, tanh) is computed on the tile's
+# channel vectors before a copy writes the pixels out (`epilogue_on_channel_vectors`), not in
+# that write on gathered pixels. One Intel Xeon core (AMX host), the builds interleaved, time
+# with / without: 1x1 convs with SiLU, 192 -> 1152 ch on 7x7 0.91-0.94, 112 -> 672 ch on
+# 14x14 0.96-0.97, 80 -> 480 ch on 14x14 0.95, 32 -> 64 ch on 28x28 1.00 (outputs identical);
+# EfficientNet-B0 0.984, MobileNetV3-Small (hard swish: no division) 1.007.
+EPILOGUE_ON_CHANNELS = True
+
+
 def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops, first_reduce,
-                writer, writer_lanes: int | None = None, transpose_lanes: int = 0) -> None:
+                writer, writer_lanes: int | None = None, transpose_lanes: int = 0,
+                epilogue_lanes: int = 0) -> None:
     """Common tail of the tiled rules: fuse the outer loops (parallel when the kernel is big
     enough), move the writer (epilogue or copy-out) under `tile_loop` (None: the fused loop),
     vectorize and unroll the tile, then split off the accumulator initialisation (vectorize and
@@ -127,15 +137,23 @@ def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops,
     if macs >= PARALLEL_MIN_MACS:
         sch.parallel(fused)
     sch.reverse_compute_at(writer, fused if tile_loop is None else tile_loop)
+    copy = None
     if transpose_lanes:
         from .transpose import transposed_write_back
         transposed_write_back(sch, writer, transpose_lanes)
+    elif epilogue_lanes and EPILOGUE_ON_CHANNELS:
+        copy = epilogue_on_channel_vectors(sch, writer, fused if tile_loop is None else tile_loop,
+                                           epilogue_lanes)
     if vector_loop is not None:      # None: the caller tensorizes it after this
         sch.vectorize(vector_loop)
     for loop in unroll_loops:
         sch.unroll(loop)
     init = sch.decompose_reduction(main, first_reduce)
     sch.vectorize(sch.get_loops(init)[-1])
+    if copy is not None:
+        # the epilogue on whole channel vectors of the tile, then the copy-out by pixels
+        sch.vectorize(sch.get_loops(writer)[-1])
+        writer = copy
     inner = sch.get_loops(writer)[-1]
     if writer_lanes and extent(inner, sch) % writer_lanes == 0:
         registers, lanes = sch.split(inner, [None, writer_lanes])
@@ -143,6 +161,47 @@ def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops,
         sch.unroll(registers)
     elif extent(inner, sch) > 1:
         sch.vectorize(inner)
+
+
+def epilogue_on_channel_vectors(sch, writer, at, lanes: int):
+    """Where the epilogue under a conv tile (`writer`, under loop `at`) divides (sigmoid, SiLU,
+    tanh) and reads the accumulators as [..., pixel, channel] with channels in whole vectors
+    of `lanes`: compute it on the tile's channel vectors into a local tile of that layout and
+    leave the write to the output (pixels innermost) to a copy, the block returned; None where
+    nothing changed. In the writer the epilogue ran on each channel's few pixels gathered from
+    the tile: on a 7x7 plane 7 of 8 lanes (EfficientNet-B0's 1x1 192 -> 1152 ch conv on 7x7,
+    1 thread: 153 us, 285 us with its SiLU; the SiLU's share measured 71 -> 48 us)."""
+    from tvm import tirx
+    import tvm_ffi
+    block = sch.get(writer)
+    source = next((r.source for r in block.reads if r.source.scope() == "local"), None)
+    if source is None or len(source.shape) != 5 or len(block.writes) != 1 or \
+            len(block.writes[0].source.shape) != 4:
+        return None
+    step = source.shape[4]
+    if not isinstance(step, tirx.IntImm) or int(step) % lanes:
+        return None
+    step = int(step)
+    out_channels = block.writes[0].source.shape[1]
+    if not isinstance(out_channels, tirx.IntImm) or int(out_channels) % step:
+        return None   # the last block padded: its loop over channels is shorter than the block
+    divisions = []
+    tvm_ffi.structural_walk(block.body, (tirx.Div, lambda node: divisions.append(node)))
+    if not any("float" in str(d.ty) for d in divisions):
+        return None
+    loops = sch.get_loops(writer)
+    depth = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(at)))
+    own = loops[depth + 1:]      # the writer's loops over the tile: channels, then pixels
+    channels = next((loop for loop in own if extent(loop, sch) == step), None)
+    if channels is None or len(own) < 2:
+        return None
+    copy = sch.cache_write(writer, 0, "local")
+    sch.reverse_compute_at(copy, at)
+    sch.transform_layout(writer, ("write", 0), lambda n, o, h, w: (n, o // step, h, w, o % step))
+    own = sch.get_loops(writer)[depth + 1:]
+    sch.reorder(*[loop for loop in own if not sch.get(loop).same_as(sch.get(channels))],
+                channels)
+    return copy
 
 
 def accumulator_writer(sch, main):
