@@ -114,7 +114,9 @@ def channel_block(channels: int, vec: VectorShape, groups: int = 1) -> int:
 # that write on gathered pixels. One Intel Xeon core (AMX host), the builds interleaved, time
 # with / without: 1x1 convs with SiLU, 192 -> 1152 ch on 7x7 0.91-0.94, 112 -> 672 ch on
 # 14x14 0.96-0.97, 80 -> 480 ch on 14x14 0.95, 32 -> 64 ch on 28x28 1.00 (outputs identical);
-# EfficientNet-B0 0.984, MobileNetV3-Small (hard swish: no division) 1.007.
+# whole EfficientNet-B0 runs 0.984 and 0.997 at one thread, 1.009 and 1.005 at two: within
+# the host's noise (MobileNetV3, whose hard swish has no division and whose code is the same,
+# 1.007 and 1.024).
 EPILOGUE_ON_CHANNELS = True
 
 
