@@ -131,7 +131,9 @@ def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops,
     (dense), so it is vectorized by that many lanes; otherwise (conv: pixels, contiguous in the
     output, strided in the channel-vector tile) it is vectorized whole, which LLVM turns into
     register shuffles and full-width stores (resnet18 1 thread 2-4% faster than unrolled
-    scalar stores, outputs identical)."""
+    scalar stores, outputs identical). `transpose_lanes`: a large plane's tile is transposed
+    before its writer (`transpose.py`); `epilogue_lanes`: otherwise a dividing epilogue runs on
+    the tile's channel vectors (`epilogue_on_channel_vectors`)."""
     macs = 1
     for loop in sch.get_loops(main):
         macs *= extent(loop, sch)
@@ -192,7 +194,9 @@ def epilogue_on_channel_vectors(sch, writer, at, lanes: int):
     if not any("float" in str(d.ty) for d in divisions):
         return None
     loops = sch.get_loops(writer)
-    depth = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(at)))
+    depth = next((i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(at))), None)
+    if depth is None:
+        return None
     own = loops[depth + 1:]      # the writer's loops over the tile: channels, then pixels
     channels = next((loop for loop in own if extent(loop, sch) == step), None)
     if channels is None or len(own) < 2:
