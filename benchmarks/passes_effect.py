@@ -40,6 +40,11 @@ def side_by_side_ms(runs: dict, repeat: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def round_ratio(values: list[float], reference: list[float]) -> float:
+    """The median over rounds of each round's value / the reference's value in that round."""
+    return statistics.median(v / r for v, r in zip(values, reference))
+
+
 def measure(model: str, batch: int, repeat: int, compiles: int,
             compile_seconds: float = 0.0) -> list[tuple[str, ...]]:
     """One row per build of `model`: the builds compiled in turn, `compiles` rounds and more
@@ -52,18 +57,18 @@ def measure(model: str, batch: int, repeat: int, compiles: int,
     graph = go.zoo.MODELS[model](batch=batch, seed=0)
     compiled, seconds = {}, {name: [] for name in BUILDS}
     cpu_seconds: dict[str, list[float]] = {name: [] for name in BUILDS}
+    builds = list(BUILDS.items())
     started = time.perf_counter()
     rounds = 0
     while rounds < compiles or (time.perf_counter() - started < compile_seconds
                                 and rounds < MAX_ROUNDS):
-        builds = list(BUILDS.items())
         for name, options in builds if rounds % 2 == 0 else builds[::-1]:
             start, cpu_start = time.perf_counter(), time.process_time()
             compiled[name] = go.compile(graph, **options)
             seconds[name].append(time.perf_counter() - start)
             cpu_seconds[name].append(time.process_time() - cpu_start)
         rounds += 1
-    first, first_cpu = seconds[next(iter(BUILDS))], cpu_seconds[next(iter(BUILDS))]
+    reference = builds[0][0]
     feeds = probe_inputs(graph)
     ms = side_by_side_ms({name: (lambda m=m: m.run(feeds)) for name, m in compiled.items()},
                          repeat)
@@ -72,13 +77,11 @@ def measure(model: str, batch: int, repeat: int, compiles: int,
     for name, m in compiled.items():
         report = go.compare(graph, m, feeds)
         error = f"{max(o.max_rel for o in report.outputs):.1e}{'' if report.ok else ' MISMATCH'}"
-        ratio = statistics.median(s / f for s, f in zip(seconds[name], first))
-        cpu_ratio = statistics.median(s / f for s, f in zip(cpu_seconds[name], first_cpu))
+        ratio = round_ratio(seconds[name], seconds[reference])
+        cpu_ratio = round_ratio(cpu_seconds[name], cpu_seconds[reference])
         rows.append((model, name, str(len(m.graph.nodes)), str(m.kernel_count()),
                      f"{statistics.median(seconds[name]):.2f}", str(rounds), f"{ratio:.2f}",
-                     f"{cpu_ratio:.2f}",
-                     f"{ms[name]:.1f}",
-                     f"{written / ms[name]:.2f}", error))
+                     f"{cpu_ratio:.2f}", f"{ms[name]:.1f}", f"{written / ms[name]:.2f}", error))
     return rows
 
 

@@ -140,14 +140,14 @@ def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops,
     fused = sch.fuse(*parallel_loops) if len(parallel_loops) > 1 else parallel_loops[0]
     if macs >= PARALLEL_MIN_MACS:
         sch.parallel(fused)
-    sch.reverse_compute_at(writer, fused if tile_loop is None else tile_loop)
+    at = fused if tile_loop is None else tile_loop
+    sch.reverse_compute_at(writer, at)
     copy = None
     if transpose_lanes:
         from .transpose import transposed_write_back
         transposed_write_back(sch, writer, transpose_lanes)
     elif epilogue_lanes and EPILOGUE_ON_CHANNELS:
-        copy = epilogue_on_channel_vectors(sch, writer, fused if tile_loop is None else tile_loop,
-                                           epilogue_lanes)
+        copy = epilogue_on_channel_vectors(sch, writer, at, epilogue_lanes)
     if vector_loop is not None:      # None: the caller tensorizes it after this
         sch.vectorize(vector_loop)
     for loop in unroll_loops:
@@ -167,6 +167,15 @@ def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops,
         sch.vectorize(inner)
 
 
+def accumulator_read(block) -> int | None:
+    """The index of the writer `block`'s read of its conv tile's accumulators (its local
+    buffer, [N, O / block, H, W, block]), or None where its local read is not that."""
+    index = next((i for i, r in enumerate(block.reads) if r.source.scope() == "local"), None)
+    if index is None or len(block.reads[index].source.shape) != 5:
+        return None
+    return index
+
+
 def epilogue_on_channel_vectors(sch, writer, at, lanes: int):
     """Where the epilogue under a conv tile (`writer`, under loop `at`) divides (sigmoid, SiLU,
     tanh) and reads the accumulators as [..., pixel, channel] with channels in whole vectors
@@ -178,11 +187,10 @@ def epilogue_on_channel_vectors(sch, writer, at, lanes: int):
     from tvm import tirx
     import tvm_ffi
     block = sch.get(writer)
-    source = next((r.source for r in block.reads if r.source.scope() == "local"), None)
-    if source is None or len(source.shape) != 5 or len(block.writes) != 1 or \
-            len(block.writes[0].source.shape) != 4:
+    index = accumulator_read(block)
+    if index is None or len(block.writes) != 1 or len(block.writes[0].source.shape) != 4:
         return None
-    step = source.shape[4]
+    step = block.reads[index].source.shape[4]
     if not isinstance(step, tirx.IntImm) or int(step) % lanes:
         return None
     step = int(step)

@@ -11,6 +11,7 @@ lanes * log2(lanes) shuffles per block, after which each channel's pixels are on
 from __future__ import annotations
 
 from .common import registers_with_tvm
+from .tiled import accumulator_read
 
 _registered: set[str] = set()
 
@@ -160,8 +161,8 @@ def transposed_write_back(sch, writer, lanes: int) -> bool:
     fill whole vectors)."""
     from tvm import tirx
     block = sch.get(writer)
-    index = next((i for i, r in enumerate(block.reads) if r.source.scope() == "local"), None)
-    if index is None or len(block.reads[index].source.shape) != 5:
+    index = accumulator_read(block)
+    if index is None:
         return False
     extents = [sch.get(loop).extent for loop in sch.get_loops(writer)[-2:]]
     if len(extents) != 2 or not all(isinstance(e, tirx.IntImm) for e in extents):
