@@ -299,10 +299,16 @@ def test_run_input_passes_large_aligned_arrays_and_copies_the_rest(shape, offset
     import tvm_ffi
     from graphopt.runtime import ALIGNMENT, COPIED_INPUT_BYTES, run_input
     nbytes = int(np.prod(shape)) * 4
-    raw = np.empty(nbytes + 2 * ALIGNMENT, np.uint8)
-    start = (-raw.ctypes.data % ALIGNMENT) + offset
-    array = raw[start:start + nbytes].view(np.float32).reshape(shape)
-    array[...] = np.random.default_rng(0).standard_normal(shape)
+
+    def at_offset(values):
+        """`values` in a new array `offset` bytes past a 64-byte boundary."""
+        raw = np.empty(nbytes + 2 * ALIGNMENT, np.uint8)
+        start = (-raw.ctypes.data % ALIGNMENT) + offset
+        array = raw[start:start + nbytes].view(np.float32).reshape(shape)
+        array[...] = values
+        return array
+
+    array = at_offset(np.random.default_rng(0).standard_normal(shape))
     assert (nbytes > COPIED_INPUT_BYTES) == (shape != (1, 1, 32, 32))
     staging = threading.local().__dict__
     cpu = tvm_ffi.device("cpu", 0)
@@ -310,8 +316,9 @@ def test_run_input_passes_large_aligned_arrays_and_copies_the_rest(shape, offset
     assert (tensor.data_ptr() == array.ctypes.data) == passed
     assert tensor.data_ptr() % ALIGNMENT == 0
     np.testing.assert_array_equal(np.from_dlpack(tensor), array)
-    again = run_input(array * 2, cpu, staging, 0)
-    np.testing.assert_array_equal(np.from_dlpack(again), array * 2)
+    doubled = at_offset(array * 2)    # at the same offset: a bare `array * 2` may be aligned
+    again = run_input(doubled, cpu, staging, 0)
+    np.testing.assert_array_equal(np.from_dlpack(again), doubled)
     if not passed:
         assert again.data_ptr() == tensor.data_ptr()
 
