@@ -82,6 +82,9 @@ CASES = [
     Case("amx-35-wide-residual", 96, 48, 35, 3, padding=(1, 1, 1, 1), residual=True),
     # 40 output channels: the epilogue's last block of 16 stores 8
     Case("amx-40-channels-relu", 64, 40, 9, 3, padding=(1, 1, 1, 1), activation=ops.Relu()),
+    # a kernel row's taps as one tile row (`amx.folded_channels`): 5 x 12 values of 64, the
+    # input padded with its zero point
+    Case("amx-folded-12ch-5x5", 12, 32, 13, 5, padding=(2, 2, 2, 2), activation=ops.Relu()),
 ]
 
 
@@ -91,7 +94,7 @@ def fills_amx_tiles(case: Case) -> bool:
     if batch > 1 and height == width == 1 and case.kernel == 1:
         width = batch      # the target computes the images as one row's pixels
     return amx.applies(amx.INT8, case.in_channels, case.out_channels, width, case.groups,
-                       case.kernel ** 2)
+                       case.kernel ** 2, case.kernel, case.dilation)
 
 
 def quantized_conv(case: Case, seed: int = 0, weight_max: int = 127) -> Graph:

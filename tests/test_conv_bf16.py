@@ -214,6 +214,12 @@ AMX_CASES = [
     Case("amx-1x1-400ch-7x7-batch2", 400, 400, 7, 1, batch=2, activation="relu"),
     Case("amx-1x1-40-to-240-s2", 40, 240, 27, 1, stride=2),
     Case("amx-1x1-58-to-116-residual", 58, 116, 14, 1, residual=True),
+    # a kernel row's taps as one tile row (`amx.folded_channels`): 3 channels rounded up to 4,
+    # 7 x 4 values of a row's 32, stride 2; 5 channels as 6, asymmetric padding, two images;
+    # 10 channels 3 x 10, a residual
+    Case("amx-folded-stem-3ch-7x7-s2", 3, 64, 30, 7, stride=2, padding=3, activation="relu"),
+    Case("amx-folded-5ch-5x5-batch2", 5, 32, 13, 5, padding=(2, 1, 2, 0), batch=2),
+    Case("amx-folded-10-to-48-residual", 10, 48, 12, 3, padding=1, residual=True),
 ]
 
 
@@ -245,18 +251,40 @@ def test_rows_take_the_fewest_tiles_then_the_least_padding(width, expected):
     assert amx.row_tiles(width) == expected
 
 
-@pytest.mark.parametrize("channels, taps, fills", [
-    ((64, 64), 9, True), ((48, 80), 9, True),     # 64 x 96 products for 48 x 80: 1.6x
+@pytest.mark.parametrize("channels, kernel, fills", [
+    ((64, 64), 3, True), ((48, 80), 3, True),     # 64 x 96 products for 48 x 80: 1.6x
     ((16, 96), 1, False),      # 16 products per output: the pointwise rule is faster
-    ((16, 96), 9, True), ((40, 40), 1, False),    # 64 x 64 products for 40 x 40: 2.6x
-    ((64, 40), 9, True), ((58, 116), 1, True),    # output channels beyond whole vectors
-    ((8, 64), 9, False),       # 32 x 64 products for 8 x 64: 4x
+    ((16, 96), 3, True), ((40, 40), 1, False),    # 64 x 64 products for 40 x 40: 2.6x
+    ((64, 40), 3, True), ((58, 116), 1, True),    # output channels beyond whole vectors
+    # a kernel row's taps fold into one tile row: one row of 32 products per kernel row
+    ((3, 64), 7, True),        # 7 x 32 for 7 x 7 x 3: 1.5x
+    ((3, 64), 3, False),       # 3 x 32 for 3 x 3 x 3: 3.6x
+    ((6, 16), 5, False),       # 5 x 32 x 32 for 5 x 5 x 6 x 16: 2.1x
+    ((10, 48), 3, True),       # 3 x 32 x 64 for 3 x 3 x 10 x 48: 1.4x
+    ((8, 64), 3, True),        # 24 values folded: 1.3x (a tap at a time 4x)
+    ((8, 64), 5, False),       # 40 values: a tap at a time, 32 x 64 for 8 x 64: 4x
+    ((12, 64), 3, False),      # 36 values: not folded, 2.7x
 ])
-def test_which_convolutions_take_amx_tiles(channels, taps, fills):
+def test_which_convolutions_take_amx_tiles(channels, kernel, fills):
     from graphopt.targets.tvm.schedules import amx
-    assert amx.applies(amx.BFLOAT16, *channels, 14, 1, taps) == fills
-    assert not amx.applies(amx.BFLOAT16, *channels, 14, 2, taps)     # grouped
-    assert not amx.applies(amx.BFLOAT16, *channels, 3, 1, taps)      # 3-pixel tiles
+    taps = kernel * kernel
+    assert amx.applies(amx.BFLOAT16, *channels, 14, 1, taps, kernel) == fills
+    assert not amx.applies(amx.BFLOAT16, *channels, 14, 2, taps, kernel)     # grouped
+    assert not amx.applies(amx.BFLOAT16, *channels, 3, 1, taps, kernel)      # 3-pixel tiles
+
+
+# (input channels, kernel side, dilation, channels per pixel folded in bfloat16 (pairs, 32
+# values a tile row) and in int8 (fours, 64 values)); 0: not folded
+@pytest.mark.parametrize("channels, kernel, dilation, bfloat16, int8", [
+    (3, 7, 1, 4, 4), (1, 5, 1, 2, 4), (6, 5, 1, 6, 8), (16, 2, 1, 16, 16),
+    (12, 3, 1, 0, 12),         # 36 values: more than a bfloat16 tile row
+    (3, 7, 2, 0, 0),           # dilated: a row's taps are not consecutive
+    (3, 1, 1, 0, 0),           # a 1x1 conv's one tap is a tile row already
+])
+def test_a_kernel_rows_taps_fold_into_one_tile_row(channels, kernel, dilation, bfloat16, int8):
+    from graphopt.targets.tvm.schedules import amx
+    assert amx.folded_channels(amx.BFLOAT16, channels, kernel, dilation) == bfloat16
+    assert amx.folded_channels(amx.INT8, channels, kernel, dilation) == int8
 
 
 @pytest.mark.parametrize("mcpu, expected", [
@@ -270,18 +298,20 @@ def test_which_convolutions_take_amx_tiles(channels, taps, fills):
     (BF16_CPU, {"fills": "winograd_dpbf16", "partial": "dpbf16", "grouped": "direct",
                 "winograd": "winograd_dpbf16", "odd-input": "winograd",
                 "large-plane": "winograd_dpbf16", "lenet": "narrow", "image": "narrow",
-                "downsample": "dpbf16"}),
-    # AMX-BF16 hosts keep AMX tiles where the layer fills them and the widened float32 kernel
-    # elsewhere (measured faster there than vdpbf16ps: see the module's docstring)
+                "downsample": "dpbf16", "stem": "dpbf16"}),
+    # AMX-BF16 hosts keep AMX tiles where the layer fills them (the 7x7 stem's rows of taps
+    # folded into tile rows) and the widened float32 kernel elsewhere (measured faster there
+    # than vdpbf16ps: see the module's docstring)
     ("sapphirerapids", {"fills": "amx", "partial": "direct", "grouped": "direct",
                         "winograd": "amx", "odd-input": "amx", "large-plane": "amx",
-                        "lenet": "narrow", "image": "narrow", "downsample": "amx"}),
+                        "lenet": "narrow", "image": "narrow", "downsample": "amx",
+                        "stem": "amx"}),
     # no BF16: the widened float32 kernels, Winograd where float32 takes it (F(2x2) on a 14x14
     # plane of 64 channels), the direct one for the strided 1x1 downsample (`narrow.applies`)
     ("cascadelake", {"fills": "winograd", "partial": "direct", "grouped": "direct",
                      "winograd": "winograd", "odd-input": "winograd",
                      "large-plane": "winograd", "lenet": "narrow", "image": "narrow",
-                     "downsample": "direct"}),
+                     "downsample": "direct", "stem": "direct"}),
 ], ids=[BF16_CPU, "sapphirerapids", "cascadelake"])
 def test_each_cpu_gets_its_bfloat16_kernel(mcpu, expected):
     graphs = {"fills": conv_graph(Case("fills", 64, 64, 14, 3, padding=1)),
@@ -292,7 +322,8 @@ def test_each_cpu_gets_its_bfloat16_kernel(mcpu, expected):
               "large-plane": conv_graph(Case("large-plane", 64, 64, 112, 3, padding=1)),
               "lenet": conv_graph(Case("lenet", 1, 6, 32, 5)),
               "image": conv_graph(Case("image", 3, 64, 32, 3, padding=1)),
-              "downsample": conv_graph(Case("downsample", 64, 128, 56, 1, stride=2))}
+              "downsample": conv_graph(Case("downsample", 64, 128, 56, 1, stride=2)),
+              "stem": conv_graph(Case("stem", 3, 64, 32, 7, stride=2, padding=3))}
     assert {name: chosen_for(g, mcpu)[0] for name, g in graphs.items()} == expected
 
 

@@ -117,18 +117,19 @@ def select_conv_algorithm(context):
     from ..schedules.tiled import channel_block, conv_row_tile, unpadded_row_block
 
     def fills_amx_tiles(kind, in_channels: int, out_channels: int, out_w: int, groups: int,
-                        taps: int) -> bool:
-        """Whether the CPU has `kind`'s AMX product and a conv of these sizes fills its
-        tiles (`amx.applies`)."""
+                        taps: tuple[int, int], dilation_width: int = 1) -> bool:
+        """Whether the CPU has `kind`'s AMX product and a conv of these sizes (`taps`: the
+        kernel's rows and columns) fills its tiles (`amx.applies`)."""
         return (context.vector is not None and kind.feature in context.vector.amx
-                and amx.applies(kind, in_channels, out_channels, out_w, groups, taps))
+                and amx.applies(kind, in_channels, out_channels, out_w, groups,
+                                taps[0] * taps[1], taps[1], dilation_width))
 
     def conv_fills_amx_tiles(node: Node, kind, weight) -> bool:
         """`fills_amx_tiles` for the conv `node` of weight `weight`."""
         conv = getattr(node.op, "conv", node.op)
         _, out_channels, _, out_w = node.outputs[0].shape
         return fills_amx_tiles(kind, node.inputs[0].shape[1], out_channels, out_w, conv.groups,
-                               weight.shape[2] * weight.shape[3])
+                               weight.shape[2:], conv.dilation[1])
 
     def dpbf16_instead_of_direct(conv: Conv2d) -> bool:
         """Whether a bfloat16 conv that is not on AMX tiles runs on vdpbf16ps: where the CPU
@@ -329,7 +330,7 @@ def select_conv_algorithm(context):
             taps = op.subpixel_taps(w.shape[2:], x.shape[2:])
             if x.dtype == "bfloat16" and fills_amx_tiles(amx.BFLOAT16, x.shape[1],
                                                          out_channels * phases, rows_w, 1,
-                                                         taps[0] * taps[1]):
+                                                         taps):
                 # bfloat16 on AMX tiles, as a convolution that fills them (bfloat16 DCGAN's
                 # generator, one thread: 2.5 -> 1.0 ms, its float32 build 2.4)
                 as_conv = dataclasses.replace(subpixel, algorithm=amx.AMX, weight_block=amx.BLOCK)

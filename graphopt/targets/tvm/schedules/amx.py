@@ -6,8 +6,10 @@ byte A tile and a 16 x 64 byte B tile (4 int8 or 2 bfloat16 input channels per 3
 VNNI) into a 16 x 16 C tile of 32-bit accumulators: 16,384 int8 or 8,192 bfloat16 multiply-adds.
 The kernel keeps four C tiles (two output rows x two blocks of 16 channels) for a whole
 reduction, loading two A tiles (P pixels of each row x one tile row of input channels) and two B
-tiles per step of input channels and one tap. It is written by hand (no TE schedule tensorizes a
-whole reduction into tile registers), complete as lowered: the schedule rules skip it.
+tiles per step of input channels and one tap, or per kernel row where the row's taps fit one
+tile row (`folded_channels`: an image's few channels, the input laid out channels-last). It is
+written by hand (no TE schedule tensorizes a whole reduction into tile registers), complete as
+lowered: the schedule rules skip it.
 
 `select_conv_algorithm` records algorithm "amx" (weight_block 32) on a `qlinear_conv2d`, or a
 bfloat16 `conv2d` / `fused_conv2d`, where the target CPU has the AMX feature and `applies` says
@@ -71,28 +73,66 @@ def padded_channels(channels: int, multiple: int) -> int:
 
 
 def applies(kind: AmxDtype, in_channels: int, out_channels: int, out_width: int, groups: int,
-            taps: int = 1) -> bool:
-    """Whether the kernel computes this convolution (`taps` kernel positions): no groups, at
-    least one tile row (`kind.channels`) of products per output, at least MIN_PIXELS pixels per
-    tile, and at most MAX_PADDED_WORK times the layer's products once the input channels are
-    rounded up to whole tile rows and the output channels to whole blocks of 32 (zero
-    weights; the epilogue stores the real channels: ShuffleNetV2's 58/116/232-channel layers
-    in bfloat16, one / two threads, 0.67 / 0.70 of their time on the widened kernels). With
-    fewer products per output the float32 accumulators the epilogue reads back cost more than
-    the tiles save: MobileNetV2's 1x1 16 -> 96 ch 112x112 and 24 -> 144 ch 56x56 convs ran
-    1.2x slower on tiles than on the pointwise rule."""
-    if groups != 1 or row_tiles(out_width)[0] < MIN_PIXELS or \
-            in_channels * taps < kind.channels:
+            taps: int = 1, kernel_width: int = 1, dilation_width: int = 1) -> bool:
+    """Whether the kernel computes this convolution (`taps` kernel positions, `kernel_width`
+    of them in a row): no groups, at least one tile row (`kind.channels`) of products per
+    output, at least MIN_PIXELS pixels per tile, and at most MAX_PADDED_WORK times the layer's
+    products once the input channels are rounded up to whole tile rows and the output channels
+    to whole blocks of 32 (zero weights; the epilogue stores the real channels: ShuffleNetV2's
+    58/116/232-channel layers in bfloat16, one / two threads, 0.67 / 0.70 of their time on the
+    widened kernels). With fewer products per output the float32 accumulators the epilogue
+    reads back cost more than the tiles save: MobileNetV2's 1x1 16 -> 96 ch 112x112 and
+    24 -> 144 ch 56x56 convs ran 1.2x slower on tiles than on the pointwise rule.
+
+    A conv whose row of taps folds into one tile row (`folded_channels`) counts a whole tile
+    row of products per kernel row (an instruction takes as long on fewer values: 24-32 ns
+    for 20, 60 or 64 bytes a row on an AMX Xeon), against the same bound. In bfloat16 on that
+    Xeon, one thread: ResNet-18's 3 -> 64 channel 7x7 stem (1.5x) took 1.27 ms on tiles (the
+    copy, the kernel, the epilogue) against 2.44 ms on the widened float32 kernel; VGG-11's
+    3 -> 64 channel 3x3 one (3.6x) 2.41 ms against 2.42; LeNet-5's 6 -> 16 channel 5x5 one
+    (2.1x) 8.4 us against 7.8."""
+    if groups != 1 or row_tiles(out_width)[0] < MIN_PIXELS:
+        return False
+    products = in_channels * taps * out_channels
+    if folded_channels(kind, in_channels, kernel_width, dilation_width):
+        rows = taps // kernel_width
+        return rows * kind.channels * padded_channels(out_channels, BLOCK) <= \
+            MAX_PADDED_WORK * products
+    if in_channels * taps < kind.channels:
         return False
     padded = padded_channels(in_channels, kind.channels) * padded_channels(out_channels, BLOCK)
     return padded <= MAX_PADDED_WORK * in_channels * out_channels
 
 
-def pack_weight(weight: np.ndarray, kind: AmxDtype) -> np.ndarray:
+def folded_channels(kind: AmxDtype, in_channels: int, kernel_width: int,
+                    dilation_width: int = 1) -> int:
+    """The channels per pixel of the row-folded input, or 0 where the conv's taps are not
+    folded. Folded, the input is laid out channels-last with its channels rounded up to whole
+    32-bit lanes (`kind.pair`), so a kernel row's taps are consecutive in memory: one A tile
+    row reads all of them (KW x I' values) and one instruction per kernel row does what KW
+    did (an image's 3 channels, 7x7: 7 instructions on 28 of 32 values, against 49 on 3).
+    For convs whose row of taps fits a tile row (`kind.channels`) without dilation."""
+    channels = padded_channels(in_channels, kind.pair)
+    if kernel_width > 1 and dilation_width == 1 and kernel_width * channels <= kind.channels:
+        return channels
+    return 0
+
+
+def pack_weight(weight: np.ndarray, kind: AmxDtype, folded: int = 0) -> np.ndarray:
     """OIHW -> [O' / 16, I' / channels, KH, KW, channels / pair, 16, pair]: per block of 16
     output channels, tap and tile row of input channels, one B tile; O' and I' are O and I
-    rounded up to whole blocks of 32 and tile rows, the extra weights zero."""
+    rounded up to whole blocks of 32 and tile rows, the extra weights zero. Row-folded
+    (`folded` channels per pixel): [O' / 16, 1, KH, 1, KW * folded / pair, 16, pair], a kernel
+    row's taps in the input's order (column, then channel)."""
     o, i, kh, kw = weight.shape
+    if folded:
+        padded = np.zeros((padded_channels(o, BLOCK), folded, kh, kw), weight.dtype)
+        padded[:o, :i] = weight
+        o = padded.shape[0]
+        depth = kw * folded // kind.pair
+        return padded.reshape(o // 16, 16, folded, kh, kw).transpose(0, 3, 4, 2, 1) \
+            .reshape(o // 16, 1, kh, 1, depth, kind.pair, 16).transpose(0, 1, 2, 3, 4, 6, 5) \
+            .copy()
     c, pair = kind.channels, kind.pair
     padded = np.zeros((padded_channels(o, BLOCK), padded_channels(i, c), kh, kw), weight.dtype)
     padded[:o, :i] = weight
@@ -101,15 +141,15 @@ def pack_weight(weight: np.ndarray, kind: AmxDtype) -> np.ndarray:
         .transpose(0, 2, 5, 6, 3, 1, 4).copy()
 
 
-def pack_input(x, fill, conv, kind: AmxDtype, extra_columns: int = 0):
+def pack_input(x, fill, conv, kind: AmxDtype, extra_columns: int = 0, folded: int = 0):
     """TE: x padded with the constant `fill` (the zero point, or 0) to
     [N, I' / channels, H', W', channels] (A tile rows; channels beyond I, which meet zero
     weights, are `fill` too), with `extra_columns` more on the right for a row computed to
-    whole tiles (`row_tiles`)."""
+    whole tiles (`row_tiles`). Row-folded: [N, 1, H', W', folded]."""
     from tvm import te, tirx
     n, in_channels, height, width = (int(d) for d in x.shape)
     top, left, bottom, right = conv.padding
-    c = kind.channels
+    c = folded or kind.channels
     padding = tirx.const(fill, str(x.dtype))
 
     def value(b, g, i, j, k):
@@ -123,7 +163,8 @@ def pack_input(x, fill, conv, kind: AmxDtype, extra_columns: int = 0):
 
 
 def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blocks: int,
-           taps: tuple[int, int], out_size: tuple[int, int], pixels: int, conv):
+           taps: tuple[int, int], out_size: tuple[int, int], pixels: int, conv,
+           folded: int = 0):
     """The PrimFunc (xp as `pack_input`, wp as `pack_weight`, acc [N, O' / 16, OH, OW', 16]
     of the accumulator dtype, OW' the row computed to whole tiles of `pixels`): parallel over
     images, output-channel pairs and row pairs (the last of an odd number of rows alone); each
@@ -135,9 +176,13 @@ def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blo
     KH, KW = taps
     OH, OW = out_size
     (SH, SW), (DH, DW) = conv.stride, conv.dilation
-    C, PAIR = kind.channels, kind.pair
+    PAIR, ELEMENT = kind.pair, ROW_BYTES // kind.channels   # bytes per input value
+    C = folded or kind.channels          # input values per pixel of xp
+    DEPTH = KW * folded if folded else C  # values per A tile row (weights per B tile column)
+    if folded:
+        KW = 1                           # the row's taps are one A tile row
     P = pixels
-    ROW = SW * ROW_BYTES   # bytes between an A tile's rows (neighbouring output pixels)
+    ROW = SW * C * ELEMENT  # bytes between an A tile's rows (neighbouring output pixels)
     PAIRS = (OH + 1) // 2  # pairs of output rows; an odd last row computes alone
     TASKS = N * (OB // 2) * PAIRS
 
@@ -149,7 +194,7 @@ def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blo
 
     @T.prim_func(s_tir=True, private=True)   # add_func names it: one kernel per shape
     def amx(xp: T.Buffer((N, G, HP, WP, C), kind.input),
-            wp: T.Buffer((OB, G, KH, KW, C // PAIR, 16, PAIR), kind.weight),
+            wp: T.Buffer((OB, G, KH, KW, DEPTH // PAIR, 16, PAIR), kind.weight),
             acc: T.Buffer((N, OB, OH, OW, 16), kind.accumulator)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
                      "graphopt.schedule": NAME})
@@ -161,9 +206,10 @@ def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blo
             for i in range(64):
                 config[i] = T.uint8(0)
             config[0] = T.uint8(1)                     # palette 1
-            for t in range(8):                         # tiles 0-3 C, 4-5 A: P rows; 6-7 B: 16
-                config[16 + 2 * t] = T.uint8(ROW_BYTES)
-                config[48 + t] = T.Select(t < 6, T.uint8(P), T.uint8(16))
+            for t in range(8):      # tiles 0-3 C, 4-5 A: P rows; 6-7 B: DEPTH / PAIR rows
+                config[16 + 2 * t] = T.Select(t // 2 == 2, T.uint8(DEPTH * ELEMENT),
+                                              T.uint8(ROW_BYTES))
+                config[48 + t] = T.Select(t < 6, T.uint8(P), T.uint8(DEPTH // PAIR))
             T.evaluate(call("ldtilecfg", T.address_of(config[0])))
             for ow in range(OW // P):
                 T.evaluate(call("tilezero", tile(0)))
@@ -205,8 +251,9 @@ def lower_kernel(bb, x, fill, weight: np.ndarray, conv, kind: AmxDtype):
     `row_tiles` round them), and the output's real width OW, for `from_tiles`."""
     from tvm import relax
     from ....ops.base import OPAQUE, conv_out_size, relax_constant
-    packed = pack_weight(weight, kind)
     k_h, k_w = weight.shape[2:]
+    folded = folded_channels(kind, weight.shape[1], k_w, conv.dilation[1])
+    packed = pack_weight(weight, kind, folded)
     real_w = conv_out_size(int(x.ty.shape[3]), k_w, conv.stride[1], conv.padding[1],
                            conv.padding[3], conv.dilation[1])
     tile_pixels, out_w = row_tiles(real_w)
@@ -215,13 +262,13 @@ def lower_kernel(bb, x, fill, weight: np.ndarray, conv, kind: AmxDtype):
     # bfloat16: 66 of 76 ms, 1.9x its float32 time); computed apart, the generic rule splits
     # the concatenation into one piece per input.
     extra = (out_w - real_w) * conv.stride[1]
-    grouped = bb.emit(bb.call_te(lambda x: pack_input(x, fill, conv, kind, extra), x,
+    grouped = bb.emit(bb.call_te(lambda x: pack_input(x, fill, conv, kind, extra, folded), x,
                                  primfunc_name_hint="amx_pack",
                                  primfunc_attrs={"op_pattern": OPAQUE}))
     n, groups, height, width, _ = (int(d) for d in grouped.ty.shape)
     out_h = conv_out_size(height, k_h, conv.stride[0], 0, 0, conv.dilation[0])   # padded
     func = kernel(kind, n, groups, (height, width), packed.shape[0], (k_h, k_w),
-                  (out_h, out_w), tile_pixels, conv)
+                  (out_h, out_w), tile_pixels, conv, folded)
     acc_type = relax.TensorType((n, packed.shape[0], out_h, out_w, 16), kind.accumulator)
     acc = bb.emit(relax.call_tir(bb.add_func(func, NAME), [grouped, relax_constant(packed,
                                  kind.weight)], out_ty=acc_type))
