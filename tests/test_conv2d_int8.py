@@ -85,6 +85,8 @@ CASES = [
     # a kernel row's taps as one tile row (`amx.folded_channels`): 5 x 12 values of 64, the
     # input padded with its zero point
     Case("amx-folded-12ch-5x5", 12, 32, 13, 5, padding=(2, 2, 2, 2), activation=ops.Relu()),
+    # up to 16 output channels: one block of C tiles
+    Case("amx-one-block-64-to-16", 64, 16, 9, 3, padding=(1, 1, 1, 1)),
 ]
 
 

@@ -220,6 +220,9 @@ AMX_CASES = [
     Case("amx-folded-stem-3ch-7x7-s2", 3, 64, 30, 7, stride=2, padding=3, activation="relu"),
     Case("amx-folded-5ch-5x5-batch2", 5, 32, 13, 5, padding=(2, 1, 2, 0), batch=2),
     Case("amx-folded-10-to-48-residual", 10, 48, 12, 3, padding=1, residual=True),
+    # up to 16 output channels: one block of C tiles (LeNet-5's second conv, and a 1x1 one)
+    Case("amx-folded-6-to-16-tanh", 6, 16, 14, 5, activation="tanh"),
+    Case("amx-1x1-96-to-12-odd-rows", 96, 12, 13, 1),
 ]
 
 
@@ -259,7 +262,10 @@ def test_rows_take_the_fewest_tiles_then_the_least_padding(width, expected):
     # a kernel row's taps fold into one tile row: one row of 32 products per kernel row
     ((3, 64), 7, True),        # 7 x 32 for 7 x 7 x 3: 1.5x
     ((3, 64), 3, False),       # 3 x 32 for 3 x 3 x 3: 3.6x
-    ((6, 16), 5, False),       # 5 x 32 x 32 for 5 x 5 x 6 x 16: 2.1x
+    ((6, 16), 5, True),        # one block of 16 outputs: 5 x 32 x 16 for 5 x 5 x 6 x 16: 1.1x
+    ((6, 20), 5, True),        # two blocks: 5 x 32 x 32 for 5 x 5 x 6 x 20: 1.7x
+    ((1, 6), 5, False),        # 5 x 32 x 16 for 5 x 5 x 1 x 6: 17x
+    ((48, 16), 1, True),       # 64 x 16 for 48 x 16: 1.3x
     ((10, 48), 3, True),       # 3 x 32 x 64 for 3 x 3 x 10 x 48: 1.4x
     ((8, 64), 3, True),        # 24 values folded: 1.3x (a tap at a time 4x)
     ((8, 64), 5, False),       # 40 values: a tap at a time, 32 x 64 for 8 x 64: 4x

@@ -72,13 +72,19 @@ def padded_channels(channels: int, multiple: int) -> int:
     return -(-channels // multiple) * multiple
 
 
+def padded_outputs(out_channels: int) -> int:
+    """The output channels the kernel computes: one block of 16 for up to 16, else whole
+    pairs of blocks (BLOCK)."""
+    return 16 if out_channels <= 16 else padded_channels(out_channels, BLOCK)
+
+
 def applies(kind: AmxDtype, in_channels: int, out_channels: int, out_width: int, groups: int,
             taps: int = 1, kernel_width: int = 1, dilation_width: int = 1) -> bool:
     """Whether the kernel computes this convolution (`taps` kernel positions, `kernel_width`
     of them in a row): no groups, at least one tile row (`kind.channels`) of products per
     output, at least MIN_PIXELS pixels per tile, and at most MAX_PADDED_WORK times the layer's
     products once the input channels are rounded up to whole tile rows and the output channels
-    to whole blocks of 32 (zero weights; the epilogue stores the real channels: ShuffleNetV2's
+    to `padded_outputs` (zero weights; the epilogue stores the real channels: ShuffleNetV2's
     58/116/232-channel layers in bfloat16, one / two threads, 0.67 / 0.70 of their time on the
     widened kernels). With fewer products per output the float32 accumulators the epilogue
     reads back cost more than the tiles save: MobileNetV2's 1x1 16 -> 96 ch 112x112 and
@@ -96,11 +102,11 @@ def applies(kind: AmxDtype, in_channels: int, out_channels: int, out_width: int,
     products = in_channels * taps * out_channels
     if folded_channels(kind, in_channels, kernel_width, dilation_width):
         rows = taps // kernel_width
-        return rows * kind.channels * padded_channels(out_channels, BLOCK) <= \
+        return rows * kind.channels * padded_outputs(out_channels) <= \
             MAX_PADDED_WORK * products
     if in_channels * taps < kind.channels:
         return False
-    padded = padded_channels(in_channels, kind.channels) * padded_channels(out_channels, BLOCK)
+    padded = padded_channels(in_channels, kind.channels) * padded_outputs(out_channels)
     return padded <= MAX_PADDED_WORK * in_channels * out_channels
 
 
@@ -126,7 +132,7 @@ def pack_weight(weight: np.ndarray, kind: AmxDtype, folded: int = 0) -> np.ndarr
     row's taps in the input's order (column, then channel)."""
     o, i, kh, kw = weight.shape
     if folded:
-        padded = np.zeros((padded_channels(o, BLOCK), folded, kh, kw), weight.dtype)
+        padded = np.zeros((padded_outputs(o), folded, kh, kw), weight.dtype)
         padded[:o, :i] = weight
         o = padded.shape[0]
         depth = kw * folded // kind.pair
@@ -134,7 +140,7 @@ def pack_weight(weight: np.ndarray, kind: AmxDtype, folded: int = 0) -> np.ndarr
             .reshape(o // 16, 1, kh, 1, depth, kind.pair, 16).transpose(0, 1, 2, 3, 4, 6, 5) \
             .copy()
     c, pair = kind.channels, kind.pair
-    padded = np.zeros((padded_channels(o, BLOCK), padded_channels(i, c), kh, kw), weight.dtype)
+    padded = np.zeros((padded_outputs(o), padded_channels(i, c), kh, kw), weight.dtype)
     padded[:o, :i] = weight
     o, i = padded.shape[:2]
     return padded.reshape(o // 16, 16, i // c, c // pair, pair, kh, kw) \
@@ -184,7 +190,9 @@ def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blo
     P = pixels
     ROW = SW * C * ELEMENT  # bytes between an A tile's rows (neighbouring output pixels)
     PAIRS = (OH + 1) // 2  # pairs of output rows; an odd last row computes alone
-    TASKS = N * (OB // 2) * PAIRS
+    TWO_BLOCKS = OB > 1    # else one block of 16 channels: tiles 1, 3 and 7 unused
+    BLOCK_PAIRS = max(OB // 2, 1)
+    TASKS = N * BLOCK_PAIRS * PAIRS
 
     def call(name, *args):
         return T.call_llvm_intrin("void", f"llvm.x86.{name}", *args)
@@ -199,8 +207,8 @@ def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blo
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
                      "graphopt.schedule": NAME})
         for task in T.parallel(TASKS):
-            n = task // ((OB // 2) * PAIRS)
-            ob = task // PAIRS % (OB // 2) * 2
+            n = task // (BLOCK_PAIRS * PAIRS)
+            ob = task // PAIRS % BLOCK_PAIRS * 2
             oh = task % PAIRS * 2
             config = T.alloc_buffer((64,), "uint8", scope="local", align=64)
             for i in range(64):
@@ -221,25 +229,29 @@ def kernel(kind: AmxDtype, batch: int, groups: int, padded: tuple[int, int], blo
                         xp[n, g, oh * SH + ky * DH, ow * P * SW + kx * DW, 0]), T.int64(ROW)))
                     T.evaluate(call("tileloadd64", tile(6), T.address_of(
                         wp[ob, g, ky, kx, 0, 0, 0]), T.int64(ROW_BYTES)))
-                    T.evaluate(call("tileloadd64", tile(7), T.address_of(
-                        wp[ob + 1, g, ky, kx, 0, 0, 0]), T.int64(ROW_BYTES)))
                     T.evaluate(call(kind.instruction, tile(0), tile(4), tile(6)))
-                    T.evaluate(call(kind.instruction, tile(1), tile(4), tile(7)))
+                    if TWO_BLOCKS:
+                        T.evaluate(call("tileloadd64", tile(7), T.address_of(
+                            wp[ob + 1, g, ky, kx, 0, 0, 0]), T.int64(ROW_BYTES)))
+                        T.evaluate(call(kind.instruction, tile(1), tile(4), tile(7)))
                     if oh + 1 < OH:
                         T.evaluate(call("tileloadd64", tile(5), T.address_of(
                             xp[n, g, (oh + 1) * SH + ky * DH, ow * P * SW + kx * DW, 0]),
                             T.int64(ROW)))
                         T.evaluate(call(kind.instruction, tile(2), tile(5), tile(6)))
-                        T.evaluate(call(kind.instruction, tile(3), tile(5), tile(7)))
+                        if TWO_BLOCKS:
+                            T.evaluate(call(kind.instruction, tile(3), tile(5), tile(7)))
                 T.evaluate(call("tilestored64", tile(0), T.address_of(
                     acc[n, ob, oh, ow * P, 0]), T.int64(ROW_BYTES)))
-                T.evaluate(call("tilestored64", tile(1), T.address_of(
-                    acc[n, ob + 1, oh, ow * P, 0]), T.int64(ROW_BYTES)))
+                if TWO_BLOCKS:
+                    T.evaluate(call("tilestored64", tile(1), T.address_of(
+                        acc[n, ob + 1, oh, ow * P, 0]), T.int64(ROW_BYTES)))
                 if oh + 1 < OH:
                     T.evaluate(call("tilestored64", tile(2), T.address_of(
                         acc[n, ob, oh + 1, ow * P, 0]), T.int64(ROW_BYTES)))
-                    T.evaluate(call("tilestored64", tile(3), T.address_of(
-                        acc[n, ob + 1, oh + 1, ow * P, 0]), T.int64(ROW_BYTES)))
+                    if TWO_BLOCKS:
+                        T.evaluate(call("tilestored64", tile(3), T.address_of(
+                            acc[n, ob + 1, oh + 1, ow * P, 0]), T.int64(ROW_BYTES)))
             T.evaluate(call("tilerelease"))
 
     return amx
