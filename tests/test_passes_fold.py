@@ -94,6 +94,26 @@ def test_fold_batch_norm(case, dtype, rtol):
     assert result.graph.num_params() <= g.num_params() + 6     # a bias may appear
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("case", ["conv", "grouped conv_transpose", "linear"])
+def test_folded_weights_are_float64_products_rounded_once(case, dtype):
+    g = build(BN_HITS[case], dtype=dtype)
+    result = run_pass("fold_batch_norm", g, rtol=1e-2)
+    layer, bn = g.node("layer"), g.node("bn")
+    gamma, _, _, var = (v.data.astype(np.float64) for v in bn.inputs[1:])
+    scale = gamma / np.sqrt(var + bn.op.epsilon)
+    weight = layer.inputs[1].data.astype(np.float64)
+    if layer.op_name == "conv_transpose2d":      # [in, out / groups, kh, kw]
+        groups, (cin, per_group) = layer.op.groups, weight.shape[:2]
+        expected = (weight.reshape(groups, cin // groups, per_group, *weight.shape[2:])
+                    * scale.reshape(groups, 1, per_group, 1, 1)).reshape(weight.shape)
+    else:
+        expected = weight * scale.reshape(-1, *([1] * (weight.ndim - 1)))
+    folded = next(n for n in result.graph.nodes if n.op_name == layer.op_name)
+    assert folded.inputs[1].dtype == dtype
+    np.testing.assert_array_equal(folded.inputs[1].data, expected.astype(dtype))
+
+
 BN_MISSES = {
     "conv output used twice": lambda b, x: (lambda c: [dsl.batch_norm(c) + c])(dsl.conv2d(x, 4, 1)),
     "batch_norm after relu": lambda b, x: [dsl.batch_norm(dsl.relu(dsl.conv2d(x, 4, 1)))],
