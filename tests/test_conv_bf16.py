@@ -246,6 +246,48 @@ def test_amx_tiles_round_channels_and_rows_up(case):
             assert_one_rounding_from(found[name], expected[name])
 
 
+def two_convs(precision: str, shared: bool):
+    """conv -> relu -> conv (64 channels, 3x3, 13x13: an odd row, computed to whole tiles),
+    the first conv's output also added to the end where `shared`; quantized to `precision`
+    (int8 calibrated on two random inputs). The two epilogues differ, so each is a kernel of
+    its own."""
+    with dsl.Builder(f"two_convs_{precision}_{shared}", seed=0) as b:
+        x = b.input("input", (1, 64, 13, 13))
+        y = dsl.relu(dsl.conv2d(x, 64, 3, padding=1, name="first"))
+        z = dsl.conv2d(y, 64, 3, padding=1, name="second")
+        graph = b.output(z + y if shared else z)
+    if precision == "int8":
+        return go.quantize(graph, go.calibrate(graph, [feeds(graph, 3), feeds(graph, 4)])).graph
+    return go.quantize(graph, precision).graph
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["alone", "shared"])
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_an_amx_conv_copies_its_input_from_the_previous_ones_tiles(precision, shared):
+    """Built for an AMX CPU (on any x86 host), a conv whose input is another AMX conv's output
+    (no residual in its epilogue) computes that epilogue in its input copy, from the tiles: the
+    first conv's NCHW epilogue is built only where something else reads it. Where this host has
+    AMX the outputs are the interpreter's (bfloat16 within one rounding, int8 exactly), built
+    with bounds checks."""
+    graph = two_convs(precision, shared)
+    model = go.compile(graph, "cpu", mcpu="sapphirerapids", bounds_check=True)
+    rules = model.schedules
+    assert [name for name in rules if name.startswith("amx_pack")] == \
+        ["amx_pack", "amx_pack_epilogue"], rules
+    assert list(rules.values()).count("tile_epilogue") == (2 if shared else 1), rules
+    feature = "amx_bf16" if precision == "bfloat16" else "amx_int8"
+    if feature not in (runtime.host_cpu_flags() or ()):
+        pytest.skip(f"this CPU has no {feature}: the amx build is compile-checked only")
+    for seed in (1, 2):
+        inputs = feeds(graph, seed)
+        found, expected = model.run(inputs), go.interpret(graph, inputs)
+        for name in expected:
+            if precision == "int8":
+                np.testing.assert_array_equal(found[name], expected[name])
+            else:
+                assert_one_rounding_from(found[name], expected[name])
+
+
 @pytest.mark.parametrize("width, expected", [(56, (14, 56)), (28, (14, 28)), (7, (7, 7)),
                                              (112, (16, 112)), (17, (9, 18)), (35, (12, 36)),
                                              (73, (15, 75)), (3, (3, 3))])

@@ -177,6 +177,8 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
     if switch is None:
         out = bb.call_te(kernel, *operands, *extras, primfunc_name_hint=name_hint,
                          primfunc_attrs=attrs)
+        if conv.algorithm == "amx" and residual is None and finish is None:
+            tiles.remember_epilogue(bb, out, kernel, [*operands, *extras])
     else:
         out = call_te_switched(bb, kernel, [*operands, *extras], switch, name_hint, attrs)
     return relax.op.reshape(bb.emit(out), out_shape) if conv.algorithm == "pointwise" else out

@@ -823,10 +823,16 @@ class QLinearConv2d(Op):
             # (written by hand, complete as lowered), then the epilogue reading its int32 tiles
             acc, out_width = tiles.lower_kernel(bb, x, int(x_zero_point.reshape(-1)[0]), weight,
                                                 conv, tiles.INT8)
-            return bb.call_te(lambda acc, c, m, s, z, *r: epilogue(acc, c, m, s, z, r, out_width),
-                              acc, correction, multiplier, y_scale, y_zp, *extra,
-                              primfunc_name_hint="requantize_tiles",
+
+            def compute(acc, c, m, s, z, *r):
+                return epilogue(acc, c, m, s, z, r, out_width)
+
+            operands = [acc, correction, multiplier, y_scale, y_zp, *extra]
+            call = bb.call_te(compute, *operands, primfunc_name_hint="requantize_tiles",
                               primfunc_attrs={"op_pattern": OPAQUE, **tiles.EPILOGUE_ATTRS})
+            if not extra:   # no residual read in NCHW order
+                tiles.remember_epilogue(bb, call, compute, operands)
+            return call
 
         def kernel(x, packed, x_zp, correction, multiplier, y_scale, y_zp, *residual):
             return epilogue(kernels.conv2d_dot(x, packed, x_zp, conv, dot), correction,
