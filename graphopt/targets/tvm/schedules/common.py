@@ -99,6 +99,15 @@ def registers_with_tvm(register):
     return locked
 
 
+def accumulator_read(block) -> int | None:
+    """The index of the writer `block`'s read of its conv tile's accumulators (its local
+    buffer, [N, O / block, H, W, block]), or None where its local read is not that."""
+    index = next((i for i, r in enumerate(block.reads) if r.source.scope() == "local"), None)
+    if index is None or len(block.reads[index].source.shape) != 5:
+        return None
+    return index
+
+
 def is_reduction(block) -> bool:
     from tvm import tirx
     return any(iv.iter_type == tirx.IterVar.CommReduce for iv in block.iter_vars)

@@ -10,8 +10,8 @@ batch-norm scale/shift, residual add, activation) are computed from the accumula
 it leaves registers."""
 from __future__ import annotations
 
-from .common import (PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, is_reduction,
-                     schedule_elementwise)
+from .common import (PARALLEL_MIN_MACS, VectorShape, accumulator_read, blocks_of, extent,
+                     is_reduction, schedule_elementwise)
 
 
 def packed_weight(func, block, rank: int):
@@ -165,15 +165,6 @@ def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops,
         sch.unroll(registers)
     elif extent(inner, sch) > 1:
         sch.vectorize(inner)
-
-
-def accumulator_read(block) -> int | None:
-    """The index of the writer `block`'s read of its conv tile's accumulators (its local
-    buffer, [N, O / block, H, W, block]), or None where its local read is not that."""
-    index = next((i for i, r in enumerate(block.reads) if r.source.scope() == "local"), None)
-    if index is None or len(block.reads[index].source.shape) != 5:
-        return None
-    return index
 
 
 def epilogue_on_channel_vectors(sch, writer, at, lanes: int):

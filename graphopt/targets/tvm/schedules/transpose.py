@@ -10,8 +10,7 @@ shuffles (each round swaps one bit of the row index with the same bit of the lan
 lanes * log2(lanes) shuffles per block, after which each channel's pixels are one vector."""
 from __future__ import annotations
 
-from .common import registers_with_tvm
-from .tiled import accumulator_read
+from .common import accumulator_read, registers_with_tvm
 
 _registered: set[str] = set()
 
