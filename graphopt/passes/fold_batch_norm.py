@@ -26,14 +26,16 @@ def _check(graph: Graph, m: Match) -> str | None:
 def _scaled_weight(layer, weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """The weight with every output channel multiplied by its float64 scale: each product
     computed in float64 and rounded once to the weight's dtype, in one pass (numpy's buffered
-    cast, without a float64 copy of the whole weight)."""
+    cast, without a float64 copy of the whole weight). The scale is laid out along whole rows
+    of the weight, so numpy's inner loop runs over a row, not over one channel's taps."""
     if layer.op_name == "conv_transpose2d":   # [in, out/groups, kh, kw], groups split both
         groups = layer.op.groups
         cin, per_group = weight.shape[:2]
-        view = weight.reshape(groups, cin // groups, per_group, *weight.shape[2:])
-        scale = scale.reshape(groups, 1, per_group, 1, 1)
+        taps = int(np.prod(weight.shape[2:], dtype=np.int64))
+        view = weight.reshape(groups, cin // groups, per_group * taps)
+        scale = np.repeat(scale.reshape(groups, per_group), taps, axis=1)[:, None, :]
     else:                                     # [out, ...]
-        view, scale = weight, scale.reshape(-1, *([1] * (weight.ndim - 1)))
+        view, scale = weight.reshape(weight.shape[0], -1), scale.reshape(-1, 1)
     scaled = np.empty_like(view)
     np.multiply(view, scale, out=scaled, casting="same_kind")
     return scaled.reshape(weight.shape)
