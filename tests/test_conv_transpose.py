@@ -99,8 +99,8 @@ def test_half_precision_deconvolutions_take_the_convolution_kernel(dtype):
 def test_bfloat16_deconvolutions_fill_amx_tiles():
     """bfloat16 sub-pixel convolutions that fill AMX tiles run on them where the CPU has
     AMX-BF16 (built for sapphirerapids on any x86 host; run where this host has it), DCGAN's
-    4x4 stride-2 layers, the 3-channel output layer among them (its 4 phases x 3 channels are
-    one block of 16 C tiles' channels); the 1x1 input's layer stays on the widened kernel."""
+    4x4 stride-2 layers, the 3-channel output layer among them (its 4 phases x 3 channels fit
+    one block of 16 output channels); the 1x1 input's layer stays on the widened kernel."""
     model = go.quantize(go.zoo.dcgan_generator(), "bfloat16").graph
     compiled = go.compile(model, "cpu", mcpu="sapphirerapids", bounds_check=True)
     algorithms = [n.op.as_conv.algorithm for n in compiled.graph.nodes
