@@ -281,19 +281,14 @@ def lower_kernel(bb, x, fill, weight: np.ndarray, conv, kind: AmxDtype):
     # bfloat16: 66 of 76 ms, 1.9x its float32 time); computed apart, the generic rule splits
     # the concatenation into one piece per input.
     extra = (out_w - real_w) * conv.stride[1]
+    # Where x is another AMX conv's epilogue, the copy computes it from that conv's tiles (its
+    # NCHW kernel is left to whatever else reads it, else dropped).
     producer = epilogue_of(bb, x) if not folded else None
-    if producer is not None:
-        # x is another AMX conv's epilogue: computed here from its tiles, as this conv's
-        # tile rows (its NCHW kernel is left to whatever else reads it, else dropped)
-        compute, operands = producer
-        grouped = bb.emit(bb.call_te(
-            lambda *args: pack_input(compute(*args), fill, conv, kind, extra),
-            *operands, primfunc_name_hint="amx_pack_epilogue",
-            primfunc_attrs={"op_pattern": OPAQUE}))
-    else:
-        grouped = bb.emit(bb.call_te(lambda x: pack_input(x, fill, conv, kind, extra, folded),
-                                     x, primfunc_name_hint="amx_pack",
-                                     primfunc_attrs={"op_pattern": OPAQUE}))
+    compute, operands, name = (*producer, "amx_pack_epilogue") if producer is not None \
+        else ((lambda x: x), [x], "amx_pack")
+    grouped = bb.emit(bb.call_te(
+        lambda *args: pack_input(compute(*args), fill, conv, kind, extra, folded), *operands,
+        primfunc_name_hint=name, primfunc_attrs={"op_pattern": OPAQUE}))
     n, groups, height, width, _ = (int(d) for d in grouped.ty.shape)
     out_h = conv_out_size(height, k_h, conv.stride[0], 0, 0, conv.dilation[0])   # padded
     func = kernel(kind, n, groups, (height, width), packed.shape[0], (k_h, k_w),
