@@ -94,9 +94,19 @@ def ort_int8_runner(graph, calibration, threads: int, folder: str):
     return lambda feeds: session.run(None, feeds)[0]
 
 
+def fastest_seconds(run, times: int = 10) -> float:
+    """The fastest of `times` calls of `run`, in seconds: a GEMM's peak rate."""
+    import time
+    best = float("inf")
+    for _ in range(times):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def int8_gemm_peak(threads: int, n: int = 1024) -> float:
     """GOP/s of ORT's MatMulInteger (u8 x s8 -> s32) on n^3 at `threads` threads."""
-    import time
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -113,11 +123,7 @@ def int8_gemm_peak(threads: int, n: int = 1024) -> float:
     rng = np.random.default_rng(0)
     feeds = {"a": rng.integers(0, 256, (n, n), dtype=np.uint8),
              "b": rng.integers(-128, 128, (n, n), dtype=np.int8)}
-    best = float("inf")
-    for _ in range(10):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        best = min(best, time.perf_counter() - start)
+    best = fastest_seconds(lambda: session.run(None, feeds))
     del onnx
     return 2 * n ** 3 / best / 1e9
 
@@ -125,7 +131,6 @@ def int8_gemm_peak(threads: int, n: int = 1024) -> float:
 def bf16_gemm_peak(threads: int, n: int = 1024) -> float | None:
     """GFLOP/s of torch's bfloat16 matmul (oneDNN: AMX-BF16 tiles or vdpbf16ps where the CPU
     has them) on n^3 at `threads` threads, or None without torch."""
-    import time
     try:
         import torch
     except ImportError:
@@ -135,12 +140,8 @@ def bf16_gemm_peak(threads: int, n: int = 1024) -> float | None:
     try:
         generator = torch.Generator().manual_seed(0)
         a, b = (torch.randn(n, n, generator=generator).to(torch.bfloat16) for _ in range(2))
-        best = float("inf")
         with torch.inference_mode():
-            for _ in range(10):
-                start = time.perf_counter()
-                torch.matmul(a, b)
-                best = min(best, time.perf_counter() - start)
+            best = fastest_seconds(lambda: torch.matmul(a, b))
     finally:
         torch.set_num_threads(previous)
     return 2 * n ** 3 / best / 1e9
