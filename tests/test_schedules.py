@@ -1071,6 +1071,38 @@ def test_1x1_convs_reading_their_input_in_place_match_the_interpreter(monkeypatc
         assert go.compare(graph, model, feeds).ok
 
 
+def _strided_projections(batch: int = 1):
+    """ResNet's downsampling projections: 1x1 stride-2 convs of 64 -> 128 and 256 -> 512
+    channels (the second on a plane small enough for input-channel blocks on 48 KiB cores)."""
+    with dsl.Builder("projections", seed=0) as b:
+        x, y = b.input("x", (batch, 64, 56, 56)), b.input("y", (batch, 256, 14, 14))
+        return b.output(dsl.conv2d(x, 128, 1, stride=2), dsl.conv2d(y, 512, 1, stride=2))
+
+
+@pytest.mark.parametrize("mcpu", [AVX2_CPU, AVX512_CPU, "sapphirerapids"])
+@pytest.mark.parametrize("batch", [1, 8])
+def test_strided_1x1_convs_read_their_input_in_place(mcpu, batch):
+    """A strided 1x1 conv makes no channel-blocked copy of its input, whatever its channels
+    and ISA: the copy would cover every pixel the stride skips."""
+    kernels = [f for f in _scheduled_kernels(_strided_projections(batch), mcpu).values()
+               if f.attrs[SCHEDULE_ATTR] == "conv2d"]
+    assert len(kernels) == 2
+    for func in kernels:
+        assert BLOCKED_COPY.search(func.script()) is None, func.script()
+
+
+def test_strided_1x1_convs_match_the_interpreter():
+    """Built for the host, bounds-checked, a batch of two, on one thread and two."""
+    graph = _strided_projections(batch=2)
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((2, 64, 56, 56)).astype(np.float32),
+             "y": rng.standard_normal((2, 256, 14, 14)).astype(np.float32)}
+    model = go.compile(graph, bounds_check=True)
+    for threads in (1, 2):
+        model.threads = threads
+        assert go.compare(graph, model, feeds).ok
+
+
 @pytest.mark.parametrize("mcpu", [AVX2_CPU, AVX512_CPU])
 def test_parallel_kernels_make_tasks_for_several_threads(mcpu):
     """A 14x14 conv with 3-5 channel blocks also splits its rows into bands, and a classifier's

@@ -48,6 +48,17 @@ INPUT_BLOCK = 16
 # lanes on an Intel Xeon; with 8 (AVX2) untimed, so the copy stays.
 STRIDED_INPUT_MAX_CHANNELS = 32
 STRIDED_INPUT_LANES = (16,)
+# Whether a strided 1x1 conv (ResNet's downsampling projections) reads its NCHW input in place
+# (`_block_input`): the channel-blocked copy covers the whole input, of which the conv reads
+# one pixel in stride^2, and with a batch it is made image by image, gathering 16 planes per
+# vector. Convs alone (with ORT's own layout reorders at 1.03, 0.84 and 0.76 ms), batch 8, an
+# Intel Xeon, 2 threads, ms, copied / in place: 64 -> 128 ch 56x56 3.26 / 1.78, 256 -> 512 ch
+# 14x14 1.17 / 0.78 (128 -> 256 ch on 28x28 takes the input-channel blocks either way); at
+# batch 1 within the host's noise (0.22 / 0.24, 0.13 / 0.13). Whole models, the builds
+# alternated, time in place / copied: ResNet-50 batch 8, 2 threads, 0.955; ResNet-18 batch 8
+# 0.983 (2 threads) and 0.999 (1); at batch 1 ResNet-18, ResNet-50 and RegNetX-400MF
+# 0.984-1.006, outputs equal.
+STRIDED_CONV_IN_PLACE = True
 # Output planes from which the tile is written back through a register transpose.
 TRANSPOSED_PLANE = 112 * 112
 # Weight bytes from which weights larger than the conv's activations (its input and its
@@ -283,13 +294,16 @@ def _block_input(sch, conv, weight_buffer, lanes: int) -> bool:
     0.148 / 0.118, 0.128 / 0.089; 128 -> 32 ch 0.080 / 0.056, 0.067 / 0.046. With 64 channels
     (two 32-channel blocks) the copy paid inside Inception-v3 (192 -> 64 ch 35x35 0.59 / 0.82,
     288 -> 64 ch 1.70 / 2.06), though alone, its input hot in cache, the conv ran faster in
-    place (0.284 / 0.263)."""
+    place (0.284 / 0.263). Nor for strided convs (STRIDED_CONV_IN_PLACE), read in place whatever
+    their channels: the copy would cover every pixel the stride skips."""
     block = sch.get(conv)
     out_channels, in_channels, k_h, k_w = (int(block.iter_vars[i].dom.extent)
                                            for i in (1, 4, 5, 6))
     index = next(i for i, r in enumerate(block.reads) if not r.source.same_as(weight_buffer))
     source = block.reads[index].source
     if in_channels % INPUT_BLOCK or int(source.shape[1]) != in_channels or (k_h, k_w) != (1, 1):
+        return False
+    if STRIDED_CONV_IN_PLACE and int(source.shape[3]) > int(block.iter_vars[3].dom.extent):
         return False
     if lanes in STRIDED_INPUT_LANES and out_channels <= STRIDED_INPUT_MAX_CHANNELS:
         return False
