@@ -337,11 +337,23 @@ def copy_to_device(array: np.ndarray, device):
 
 def run_inputs(arrays, device, per_thread: threading.local) -> list:
     """A run's inputs on `device`, one tensor per array (`run_input`), the aligned copies made
-    in buffers the calling thread keeps in `per_thread` (a model's thread-local namespace)."""
+    in buffers the calling thread keeps in `per_thread` (a model's thread-local namespace).
+    A small input whose buffer is already there is copied into it straight away: the checks
+    `run_input` makes first cost twice the copy of LeNet-5's 4 KiB image (one Intel Xeon
+    core, us: 2.75 a call through them, 0.82 here)."""
     staging = per_thread.__dict__.get("staging")
     if staging is None:
         staging = per_thread.staging = {}
-    return [run_input(array, device, staging, slot) for slot, array in enumerate(arrays)]
+    tensors = []
+    for slot, array in enumerate(arrays):
+        staged = staging.get(slot)
+        if staged is not None and array.nbytes <= COPIED_INPUT_BYTES and \
+                staged[0].shape == array.shape and staged[0].dtype == array.dtype:
+            staged[0][...] = array      # made by `run_input` for an array like this one
+            tensors.append(staged[1])
+        else:
+            tensors.append(run_input(array, device, staging, slot))
+    return tensors
 
 
 # Inputs up to this many bytes are copied into the staging buffer without trying to pass the
@@ -376,12 +388,13 @@ def run_input(array: np.ndarray, device, staging: dict, slot: int):
     return tensor
 
 
-def run_output(tensor) -> np.ndarray:
+def run_output(tensor, on_cpu: bool | None = None) -> np.ndarray:
     """A run's output as a new numpy array: on the CPU a copy of numpy's DLPack view of it, else
     (another device, or a dtype numpy's DLPack lacks: bfloat16) a copy through the runtime.
     numpy is asked first because reading the tensor's dtype cost more (0.6-1.1 us) than the
-    copy of a small output."""
-    if tensor.device.dlpack_device_type() == CPU_DLPACK:
+    copy of a small output. `on_cpu`: whether the tensor is on the CPU, where the caller knows
+    (None: asked of the tensor, two runtime calls)."""
+    if on_cpu if on_cpu is not None else tensor.device.dlpack_device_type() == CPU_DLPACK:
         try:
             return np.from_dlpack(tensor).copy()
         except RuntimeError:    # numpy: "Unsupported dtype in DLTensor"
@@ -520,7 +533,8 @@ class LoadedModel:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.run_device(self._to_device(self.check(inputs)))
-        return {name: run_output(t) for name, t in zip(self._output_names, results)}
+        on_cpu = self.device_kind == "cpu"
+        return {name: run_output(t, on_cpu) for name, t in zip(self._output_names, results)}
 
     __call__ = run
 

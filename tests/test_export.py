@@ -323,6 +323,27 @@ def test_run_input_passes_large_aligned_arrays_and_copies_the_rest(shape, offset
         assert again.data_ptr() == tensor.data_ptr()
 
 
+def test_run_inputs_copies_small_inputs_into_the_buffer_made_for_them():
+    """`run_inputs` copies a small input straight into the staging buffer `run_input` made for
+    that slot (the same tensor, the new values), and makes a new one where the shape or dtype
+    changed."""
+    import threading
+    import tvm_ffi
+    from graphopt.runtime import run_inputs
+    cpu, per_thread = tvm_ffi.device("cpu", 0), threading.local()
+    rng = np.random.default_rng(0)
+    first = [rng.standard_normal((1, 1, 32, 32)).astype(np.float32)]
+    second = [rng.standard_normal((1, 1, 32, 32)).astype(np.float32)]
+    (tensor,) = run_inputs(first, cpu, per_thread)
+    (again,) = run_inputs(second, cpu, per_thread)
+    assert again.data_ptr() == tensor.data_ptr()
+    np.testing.assert_array_equal(np.from_dlpack(again), second[0])
+    for changed in (second[0].astype(np.float64), second[0][..., :16].copy()):
+        (other,) = run_inputs([changed], cpu, per_thread)
+        assert other.dtype == str(changed.dtype) and tuple(other.shape) == changed.shape
+        np.testing.assert_array_equal(np.from_dlpack(other), changed)
+
+
 def test_compiled_run_takes_any_numpy_layout_and_returns_its_own_arrays(compiled, feeds):
     """`CompiledModel.run` passes large aligned inputs without a copy: non-contiguous and read-only
     inputs give the same outputs, the outputs are fresh arrays (a later run does not change

@@ -146,9 +146,10 @@ class CompiledModel:
             args += self._weight_tensors
         result = self._main()(*args)
         names = self.signature.output_name_tuple
+        on_cpu = self.device_kind == "cpu"
         if len(names) == 1:
-            return {names[0]: run_output(result)}
-        return {name: run_output(a) for name, a in zip(names, result)}
+            return {names[0]: run_output(result, on_cpu)}
+        return {name: run_output(a, on_cpu) for name, a in zip(names, result)}
 
     def _main(self):
         """The calling thread's VM entry point, looked up once per thread."""
