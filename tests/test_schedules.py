@@ -1053,6 +1053,23 @@ def test_1x1_convs_of_few_channels_read_their_input_in_place(mcpu, in_place):
     assert found == in_place, found
 
 
+def test_channel_blocked_copy_is_vectorized_along_its_channels():
+    """Where the channel-blocked copy of a 1x1 conv's input ([N, C / 16, H, W, 16]) is its
+    padding stage (Inception-v3's 35x35 rows computed to 36 columns), each pixel's 16
+    channels are one vector, not a loop along the row left to LLVM (scatter stores)."""
+    with dsl.Builder("inception_1x1", seed=0) as b:
+        x = b.input("x", (1, 256, 35, 35))
+        graph = b.output(dsl.relu(dsl.conv2d(x, 64, 1)))
+    (script,) = [f.script() for f in _scheduled_kernels(graph, "sapphirerapids").values()
+                 if f.attrs[SCHEDULE_ATTR] == "conv2d"]
+    assert BLOCKED_COPY.search(script)
+    copy = script[script.index("T.grid", script.index("sblock_alloc_buffer")):]
+    copy = copy[:copy.index('T.sblock("pad_temp")')]
+    assert "T.vectorized(T.int64(16))" in copy, copy
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 256, 35, 35)).astype(np.float32)}
+    assert go.compare(graph, go.compile(graph, bounds_check=True), feeds).ok
+
+
 def test_1x1_convs_reading_their_input_in_place_match_the_interpreter(monkeypatch):
     """Built for the host with the in-place reads on whatever its vectors and L1 (the pointwise
     rule kept off partial planes), bounds-checked, on one thread and two; the 55x55 conv's

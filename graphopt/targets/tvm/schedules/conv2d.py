@@ -59,6 +59,15 @@ STRIDED_INPUT_LANES = (16,)
 # 0.983 (2 threads) and 0.999 (1); at batch 1 ResNet-18, ResNet-50 and RegNetX-400MF
 # 0.984-1.006, outputs equal.
 STRIDED_CONV_IN_PLACE = True
+# Whether the channel-blocked copy (`_block_input`) is vectorized along its 16 channels (16
+# loads from as many planes, one contiguous store); left to LLVM, the loop along a row was
+# vectorized into `vscatterqps` stores of 8 lanes. An Intel Xeon, one thread, convs alone, with
+# / without: 1x1 256 -> 64 ch 35x35 0.90, 192 -> 48 ch 0.85, 288 -> 64 ch 0.86 (ORT 0.85, 0.78,
+# 0.67 of the time without); Inception-v3, whose 35x35 1x1 convs copy, 0.989 and 0.991 at one
+# thread, 0.963 at two; SqueezeNet, GoogLeNet and ResNet-18 at batch 8 0.990-1.014 (noise);
+# outputs equal. The copy in parallel over rows lost (Inception-v3 1.014 / 1.006 at two / one
+# threads): the conv's tasks read it from the other core's cache either way.
+COPY_BY_CHANNEL_VECTORS = True
 # Output planes from which the tile is written back through a register transpose.
 TRANSPOSED_PLANE = 112 * 112
 # Weight bytes from which weights larger than the conv's activations (its input and its
@@ -295,7 +304,8 @@ def _block_input(sch, conv, weight_buffer, lanes: int) -> bool:
     (two 32-channel blocks) the copy paid inside Inception-v3 (192 -> 64 ch 35x35 0.59 / 0.82,
     288 -> 64 ch 1.70 / 2.06), though alone, its input hot in cache, the conv ran faster in
     place (0.284 / 0.263). Nor for strided convs (STRIDED_CONV_IN_PLACE), read in place whatever
-    their channels: the copy would cover every pixel the stride skips."""
+    their channels: the copy would cover every pixel the stride skips. The copy is one vector
+    of 16 channels per pixel (COPY_BY_CHANNEL_VECTORS)."""
     block = sch.get(conv)
     out_channels, in_channels, k_h, k_w = (int(block.iter_vars[i].dom.extent)
                                            for i in (1, 4, 5, 6))
@@ -314,6 +324,8 @@ def _block_input(sch, conv, weight_buffer, lanes: int) -> bool:
     n, c, h, w = sch.get_loops(packer)
     c_outer, c_inner = sch.split(c, [None, INPUT_BLOCK])
     sch.reorder(n, c_outer, h, w, c_inner)
+    if COPY_BY_CHANNEL_VECTORS:
+        sch.vectorize(c_inner)
     return True
 
 
