@@ -394,7 +394,9 @@ def run_output(tensor, on_cpu: bool | None = None) -> np.ndarray:
     numpy is asked first because reading the tensor's dtype cost more (0.6-1.1 us) than the
     copy of a small output. `on_cpu`: whether the tensor is on the CPU, where the caller knows
     (None: asked of the tensor, two runtime calls)."""
-    if on_cpu if on_cpu is not None else tensor.device.dlpack_device_type() == CPU_DLPACK:
+    if on_cpu is None:
+        on_cpu = tensor.device.dlpack_device_type() == CPU_DLPACK
+    if on_cpu:
         try:
             return np.from_dlpack(tensor).copy()
         except RuntimeError:    # numpy: "Unsupported dtype in DLTensor"
