@@ -317,8 +317,10 @@ def epilogue_of(bb, x):
     """(compute, operands) where the Relax var `x` is bound to a remembered epilogue, else None."""
     from tvm import relax
     bound = bb.lookup_binding(x) if isinstance(x, relax.Var) else None
+    if bound is None:
+        return None
     return next(((compute, operands) for call, compute, operands in getattr(bb, EPILOGUES, ())
-                 if bound is not None and bound.same_as(call)), None)
+                 if bound.same_as(call)), None)
 
 
 def from_tiles(acc, out_channels: int, per_channel=None, out_width: int | None = None):
