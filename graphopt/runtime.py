@@ -55,6 +55,17 @@ CUDA_RUNTIME = "libcudart.so.13"   # what the wheel's libtvm_runtime_cuda.so lin
 _DLPACK_DEVICE_TYPE = {"cpu": 1, "cuda": 2}
 _MISSING = object()
 _POOLED_ALLOCATOR = 2   # relax VM allocator kind, as tvm.relax.VirtualMachine passes it
+# The function of a CPU build that makes its intermediate tensors (`targets/tvm/workspace.py`):
+# called once per VM, its tensors passed to `main` after the model's own arguments on every run.
+WORKSPACE_FUNCTION = "graphopt_workspace"
+
+
+def vm_workspace(vm_module) -> tuple:
+    """The tensors every call of the VM's `main` takes after the model's own arguments: those
+    WORKSPACE_FUNCTION makes, once for this VM; none for a build without it."""
+    if not vm_module.implements_function(WORKSPACE_FUNCTION):
+        return ()
+    return tuple(vm_module[WORKSPACE_FUNCTION]())
 
 
 def content_key(array: np.ndarray) -> str:
@@ -488,8 +499,9 @@ class LoadedModel:
         """The calling thread's VM entry point (created on the thread's first call)."""
         main = getattr(self._per_thread, "main", None)
         if main is None:
-            self._per_thread.vm = self._new_vm()
-            main = self._per_thread.main = self._per_thread.vm["main"]
+            vm = self._per_thread.vm = self._new_vm()
+            self._per_thread.workspace = vm_workspace(vm)
+            main = self._per_thread.main = vm["main"]
         return main
 
     def check(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -525,7 +537,8 @@ class LoadedModel:
                              "bind_weights(...) first")
         if self.device_kind == "cpu":
             configure_threads(self.threads)
-        result = self._main_function()(*device_inputs, *self._weight_args)
+        main = self._main_function()
+        result = main(*device_inputs, *self._weight_args, *self._per_thread.workspace)
         return [result] if len(self._output_names) == 1 else list(result)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

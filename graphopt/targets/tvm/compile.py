@@ -13,7 +13,7 @@ import numpy as np
 from ...errors import GraphoptError, LoweringError, ModelFormatError
 from ...ir import Graph
 from ...runtime import (check_cpu_features, checked_inputs, configure_threads, run_inputs,
-                        run_output)
+                        run_output, vm_workspace)
 from ...signature import Signature
 from ...verify import verify
 from .lower import to_relax
@@ -144,7 +144,9 @@ class CompiledModel:
                     self._weight_tensors = [tvm.runtime.tensor(a, self.device)
                                             for _, a in self.weights]
             args += self._weight_tensors
-        result = self._main()(*args)
+        main = self._main()
+        args += self._per_thread.workspace
+        result = main(*args)
         names = self.signature.output_name_tuple
         on_cpu = self.device_kind == "cpu"
         if len(names) == 1:
@@ -155,7 +157,9 @@ class CompiledModel:
         """The calling thread's VM entry point, looked up once per thread."""
         main = getattr(self._per_thread, "main", None)
         if main is None:
-            main = self._per_thread.main = self.vm["main"]
+            vm = self.vm
+            self._per_thread.workspace = vm_workspace(vm.module)
+            main = self._per_thread.main = vm["main"]
         return main
 
     __call__ = run

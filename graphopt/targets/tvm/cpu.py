@@ -83,19 +83,21 @@ def pre_schedule_passes(target, onednn: bool = False) -> list:
 def cpu_pipeline(target, database=None, onednn: bool = False, threads: int = 1):
     """The whole CPU pipeline: `pre_schedule_passes`, then tuned kernels from a MetaSchedule
     `database` (None: no tuning records), then graphopt's schedule rules for every remaining
-    PrimFunc (in `threads` threads), then VM lowering."""
+    PrimFunc (in `threads` threads), then VM lowering, the intermediates made once per VM rather
+    than on every run (`workspace.py`)."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
     from .concat_in_place import concatenate_in_place
     from .schedules import apply_cpu_schedules
+    from .workspace import lift_workspace
 
     tuned = []
     if database is not None:
         tuned = [relax.transform.MetaScheduleApplyDatabase(enable_warning=False)]
     passes = (pre_schedule_passes(target, onednn) + tuned + [apply_cpu_schedules(target, threads)]
               + cpu_generic.dataflow_lower_passes(target) + [concatenate_in_place()]
-              + cpu_generic.finalize_passes(target))
+              + cpu_generic.finalize_passes(target) + [lift_workspace()])
 
     @tvm.transform.module_pass(opt_level=0, name="graphopt.CpuPipeline")
     def _pipeline(mod, _ctx):
