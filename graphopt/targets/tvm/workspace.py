@@ -2,11 +2,12 @@
 
 After TVM's memory planning (`StaticPlanBlockMemory`) the VM still runs an `alloc_storage` for
 each planned block of memory and an `alloc_tensor` for each intermediate on every call, and a
-`kill_object` for each after its last use: calls into the pooled allocator that cost more than
-some small models' kernels (LeNet-5: 4 storages, 8 tensors and 11 kills, 1.4-2 us of a 14-17 us
-run on a Zen 4 core). This pass moves every planned storage that no output of `main` is allocated
-in, with the tensors on it, into a function of its own, `WORKSPACE_FUNCTION`, which returns those
-tensors; `main` takes them as parameters after its own. The runtime calls that function once per
+`kill_object` for each after its last use: VM calls into the pooled allocator (LeNet-5: 4
+storages, 7 tensors and 10 kills around 7 kernels; made once per VM, its run took 0.92-0.97 of
+the time on a Zen 4 core, `benchmarks/LOG.md#zen4-workspace`). This pass moves every planned
+storage that no output of `main` is allocated in, with the tensors on it, into a function of
+its own, `WORKSPACE_FUNCTION`, which returns those tensors; `main` takes them as parameters
+after its own. The runtime calls that function once per
 VM (each thread has its own, so no two runs share one) and passes its tensors to every run.
 
 The outputs stay allocated per run: a caller may keep a returned tensor (`run_device`), and the
