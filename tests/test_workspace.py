@@ -1,12 +1,13 @@
 """A CPU model's intermediate tensors are made once per VM (`targets/tvm/workspace.py`): a run
-allocates only its outputs, a returned tensor is never written by a later run, and threads and
-exported libraries each get their own."""
+allocates only its outputs, a returned tensor is never written by a later run, threads and
+exported libraries each get their own, and a storage that anything but its tensors reads stays
+allocated per run."""
 import threading
 
 import numpy as np
 import pytest
 
-pytest.importorskip("tvm")
+tvm = pytest.importorskip("tvm")
 
 import graphopt as go  # noqa: E402
 from graphopt import runtime  # noqa: E402
@@ -83,3 +84,47 @@ def test_threads_running_one_model_use_their_own_workspace():
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def _planned_main(storage_reader: bool):
+    """A lowered `main` with two planned storages of one tensor each (the first killed after
+    its allocation, as TVM's KillAfterLastUse does) and its output's storage; with
+    `storage_reader`, a call reads the second storage itself."""
+    from tvm import relax
+    from tvm.script import relax as R
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", R.Tensor((4,), "float32"))
+
+    def storage():
+        return builder.emit(relax.op.vm.alloc_storage(relax.ShapeExpr([16]), 0, "uint8",
+                                                      "global"))
+
+    def tensor(on):
+        return builder.emit(relax.op.vm.alloc_tensor(on, 0, relax.ShapeExpr([4]), "float32"))
+
+    with builder.function("main", [x], attrs={"relax.force_pure": True}):
+        first, second = storage(), storage()
+        tensor(first)
+        builder.emit(relax.op.vm.kill_object(first))
+        if storage_reader:
+            builder.emit(relax.Call(relax.ExternFunc("reads_storage"), [second],
+                                    ty_args=[R.Tuple()]))
+        tensor(second)
+        builder.emit_func_output(tensor(storage()))
+    return builder.get()["main"]
+
+
+@pytest.mark.parametrize("storage_reader, lifted", [(False, 2), (True, 1)])
+def test_only_storages_that_tensors_alone_use_and_no_output_lives_in_are_lifted(storage_reader,
+                                                                               lifted):
+    from tvm import relax
+    from graphopt.targets.tvm.workspace import _with_workspace
+    main, workspace = _with_workspace(_planned_main(storage_reader))
+    assert len(main.params) == 1 + lifted
+    assert len(workspace.body.body.fields) == lifted
+    calls = [b.value.op for block in main.body.blocks for b in block.bindings
+             if isinstance(b.value, relax.Call)]
+    kept = sum(isinstance(op, tvm.ir.Op) and op.name == "relax.vm.alloc_storage" for op in calls)
+    assert kept == 3 - lifted                  # the output's storage (and the one read) stay
+    assert not any(isinstance(op, tvm.ir.Op) and op.name == "relax.vm.kill_object"
+                   for op in calls)            # the lifted storage's kill went with it
