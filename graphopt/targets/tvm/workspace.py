@@ -98,8 +98,9 @@ def _with_workspace(main):
     workspace = relax.Function([], relax.SeqExpr([relax.BindingBlock(workspace_bindings)],
                                                  returned),
                                relax.TupleType([t.ty for t in outputs]), main.is_pure)
-    attrs = dict(main.attrs) if main.attrs else {}
-    return new_main, workspace.with_attrs({**attrs, "global_symbol": WORKSPACE_FUNCTION})
+    pure = {"relax.force_pure": main.attrs["relax.force_pure"]} \
+        if main.attrs and "relax.force_pure" in main.attrs else {}
+    return new_main, workspace.with_attrs({**pure, "global_symbol": WORKSPACE_FUNCTION})
 
 
 def _static_shape(expr) -> bool:
