@@ -60,12 +60,15 @@ _POOLED_ALLOCATOR = 2   # relax VM allocator kind, as tvm.relax.VirtualMachine p
 WORKSPACE_FUNCTION = "graphopt_workspace"
 
 
-def vm_workspace(vm_module) -> tuple:
-    """The tensors every call of the VM's `main` takes after the model's own arguments: those
-    WORKSPACE_FUNCTION makes, once for this VM; none for a build without it."""
-    if not vm_module.implements_function(WORKSPACE_FUNCTION):
-        return ()
-    return tuple(vm_module[WORKSPACE_FUNCTION]())
+def enter_vm(per_thread: threading.local, vm, vm_module):
+    """The VM's `main`, kept in the calling thread's `per_thread` (a model's thread-local
+    namespace) as `main`, beside `workspace`: the tensors every call of it takes after the
+    model's own arguments, made once for this VM by WORKSPACE_FUNCTION (none for a build
+    without it). `vm_module`: the VM's runtime module (the VM itself where it is one)."""
+    per_thread.workspace = tuple(vm_module[WORKSPACE_FUNCTION]()) \
+        if vm_module.implements_function(WORKSPACE_FUNCTION) else ()
+    main = per_thread.main = vm["main"]
+    return main
 
 
 def content_key(array: np.ndarray) -> str:
@@ -500,8 +503,7 @@ class LoadedModel:
         main = getattr(self._per_thread, "main", None)
         if main is None:
             vm = self._per_thread.vm = self._new_vm()
-            self._per_thread.workspace = vm_workspace(vm)
-            main = self._per_thread.main = vm["main"]
+            main = enter_vm(self._per_thread, vm, vm)
         return main
 
     def check(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:

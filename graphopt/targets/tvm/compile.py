@@ -12,8 +12,8 @@ import numpy as np
 
 from ...errors import GraphoptError, LoweringError, ModelFormatError
 from ...ir import Graph
-from ...runtime import (check_cpu_features, checked_inputs, configure_threads, run_inputs,
-                        run_output, vm_workspace)
+from ...runtime import (check_cpu_features, checked_inputs, configure_threads, enter_vm,
+                        run_inputs, run_output)
 from ...signature import Signature
 from ...verify import verify
 from .lower import to_relax
@@ -158,8 +158,7 @@ class CompiledModel:
         main = getattr(self._per_thread, "main", None)
         if main is None:
             vm = self.vm
-            self._per_thread.workspace = vm_workspace(vm.module)
-            main = self._per_thread.main = vm["main"]
+            main = enter_vm(self._per_thread, vm, vm.module)
         return main
 
     __call__ = run

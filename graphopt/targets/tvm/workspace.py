@@ -7,8 +7,8 @@ storages, 7 tensors and 10 kills around 7 kernels; made once per VM, its run too
 the time on a Zen 4 core, `benchmarks/LOG.md#zen4-workspace`). This pass moves every planned
 storage that no output of `main` is allocated in, with the tensors on it, into a function of
 its own, `WORKSPACE_FUNCTION`, which returns those tensors; `main` takes them as parameters
-after its own. The runtime calls that function once per
-VM (each thread has its own, so no two runs share one) and passes its tensors to every run.
+after its own. The runtime calls that function once per VM (each thread has its own, so no two
+runs share one) and passes its tensors to every run.
 
 The outputs stay allocated per run: a caller may keep a returned tensor (`run_device`), and the
 next run must not write into it. Storages are kept out of the workspace when anything other
@@ -71,7 +71,7 @@ def _with_workspace(main):
     if not tensors:
         return None
 
-    params, workspace_bindings, new_storage, outputs = [], [], {}, []
+    workspace_bindings, new_storage, outputs, param_of = [], {}, [], {}
     for b in bindings:       # the workspace function: the same allocations, in order
         if b.var in storages:
             new_storage[b.var] = relax.Var(b.var.name, b.var.ty)
@@ -83,15 +83,14 @@ def _with_workspace(main):
                 call.op, [new_storage[call.args[0]], *call.args[1:]], call.attrs,
                 call.ty_args)))
             outputs.append(tensor)
-            params.append(relax.Var(f"workspace_{b.var.name}", b.var.ty))
+            param_of[b.var] = relax.Var(f"workspace_{b.var.name}", b.var.ty)
     lifted = set(storages) | set(tensors)
-    param_of = dict(zip((b.var for b in bindings if b.var in tensors), params))
     kept = []
     for b in bindings:       # main: each lifted tensor an alias of its parameter (no instruction)
         if b.var in storages or (is_call(b.value, kill) and b.value.args[0] in lifted):
             continue
         kept.append(relax.VarBinding(b.var, param_of[b.var]) if b.var in tensors else b)
-    new_main = relax.Function(list(main.params) + params,
+    new_main = relax.Function(list(main.params) + list(param_of.values()),
                               relax.SeqExpr([relax.BindingBlock(kept)], main.body.body),
                               main.ret_ty, main.is_pure, main.attrs, main.span)
     returned = relax.Tuple(outputs)
