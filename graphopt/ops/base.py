@@ -17,6 +17,10 @@ from ..ir import TensorType, dimension
 # what the kernel computes (its fusion pass, or the op's own lowering), and TVM does not
 # re-fuse around it.
 OPAQUE = 8
+# ... and for a kernel whose elementwise consumers TVM fuses into it as an epilogue, but which
+# takes no producer (kOutEWiseFusable): a reduction behind a copy stage of its own, which
+# TVM's own analysis would class as a reduction that takes its producers instead.
+OUT_ELEMWISE_FUSABLE = 4
 
 
 OPS: dict[str, type["Op"]] = {}

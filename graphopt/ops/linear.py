@@ -6,14 +6,36 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import TensorType, is_float_dtype
-from .base import (Op, accumulator, constant_operand, expect, expect_float, expect_same_dtype,
-                   integer, register, relax, relax_constant)
+from .base import (OUT_ELEMWISE_FUSABLE, Op, accumulator, constant_operand, expect, expect_float,
+                   expect_same_dtype, integer, register, relax, relax_constant)
 from .cast import accumulation_dtype, widened
 
 
 def weight_block_attribute(op) -> None:
     object.__setattr__(op, "weight_block", integer(op.weight_block, "weight_block"))
     expect(op.weight_block >= 0, f"expected a non-negative weight_block, found {op.weight_block}")
+
+
+# How a linear layer or matmul with a packed weight is computed, a target decision beside its
+# weight_block: "" float32 FMAs (half-precision operands widened), "dpbf16" bfloat16 pairs on
+# vdpbf16ps (`targets/tvm/schedules/dense_bf16.py`).
+PRODUCT_ALGORITHMS = ("", "dpbf16")
+
+
+def product_attributes(op) -> None:
+    weight_block_attribute(op)
+    expect(op.algorithm in PRODUCT_ALGORITHMS,
+           f"expected algorithm in {PRODUCT_ALGORITHMS}, found {op.algorithm!r}")
+    expect(not op.algorithm or op.weight_block,
+           f"expected a weight_block with algorithm {op.algorithm!r}")
+
+
+def product_choice(op) -> str:
+    """The target decisions of a linear layer or matmul, for `show` and the report."""
+    if not op.weight_block:
+        return ""
+    blocks = f"{op.weight_block}-column weight blocks"
+    return f"{blocks}, {op.algorithm}" if op.algorithm else blocks
 
 
 @register
@@ -27,9 +49,10 @@ class Linear(Op):
     # blocks of this many output columns ([out / block, in, block], the last block padded with
     # zero columns); 0: as written.
     weight_block: int = 0
+    algorithm: str = ""     # with a weight_block: PRODUCT_ALGORITHMS
 
     def __post_init__(self):
-        weight_block_attribute(self)
+        product_attributes(self)
 
     def infer(self, x, w, b=None):
         expect_float(x), expect_same_dtype(x, w, *([b] if b else []))
@@ -61,7 +84,7 @@ class Linear(Op):
         accumulate = accumulation_dtype(dtype)
         if self.weight_block:
             weight = constant_operand(w, f"packed {self.name}")
-            y = lower_blocked_matmul(bb, x, weight.T, self.weight_block)
+            y = lower_blocked_matmul(bb, x, weight.T, self.weight_block, self.algorithm)
         elif not isinstance(w, tvm.ir.Constant) and len(x.ty.shape) == 2:
             # A weight given at run time (weights as parameters) is read as it is, [O, I],
             # rather than transposed by a kernel at every run (VGG-16's first linear layer,
@@ -80,7 +103,7 @@ class Linear(Op):
         return R.astype(bb.emit(y), dtype)
 
     def target_choice(self) -> str:
-        return f"{self.weight_block}-column weight blocks" if self.weight_block else ""
+        return product_choice(self)
 
     def macs(self, inputs, outputs):
         return outputs[0].numel * inputs[1].shape[1]
@@ -95,9 +118,10 @@ class Matmul(Op):
     arity = (2, 2)
     # As Linear's: the constant right-hand side packed in blocks of this many columns; 0: as is.
     weight_block: int = 0
+    algorithm: str = ""     # with a weight_block: PRODUCT_ALGORITHMS
 
     def __post_init__(self):
-        weight_block_attribute(self)
+        product_attributes(self)
 
     def infer(self, a, b):
         expect_same_dtype(a, b)
@@ -124,7 +148,7 @@ class Matmul(Op):
             weight = constant_operand(b, f"packed {self.name}")
             dtype = str(a.ty.dtype)
             accumulate = accumulation_dtype(dtype)
-            y = lower_blocked_matmul(bb, a, weight, self.weight_block)
+            y = lower_blocked_matmul(bb, a, weight, self.weight_block, self.algorithm)
             # half precision: float32 sums, rounded once
             return R.astype(bb.emit(y), dtype) if accumulate != dtype else y
         dtype = str(a.ty.dtype)
@@ -134,7 +158,7 @@ class Matmul(Op):
         return R.matmul(a, b)
 
     def target_choice(self) -> str:
-        return f"{self.weight_block}-column weight blocks" if self.weight_block else ""
+        return product_choice(self)
 
     def macs(self, inputs, outputs):
         k = inputs[0].shape[-1]
@@ -160,16 +184,24 @@ def pack_columns(weight, block: int) -> np.ndarray:
 WIDENED_WEIGHT_BYTES = 256 * 1024
 
 
-def lower_blocked_matmul(bb, x, weight_kn: np.ndarray, block: int):
+def lower_blocked_matmul(bb, x, weight_kn: np.ndarray, block: int, algorithm: str = ""):
     """Relax: x [M, K] @ weight [K, N], the weight packed by `pack_columns` (a constant); with
     padded columns, the padded tile is computed and a slice keeps the real columns. Half
     precision operands stay half precision in memory (the weight is half the bytes a batch-1
     layer streams; a weight of at most WIDENED_WEIGHT_BYTES widened is widened here instead)
     and are widened in registers: the product sums in float32 (exact: every half value is a
-    float32) and is returned in float32 for the caller to round once."""
+    float32) and is returned in float32 for the caller to round once. Algorithm "dpbf16":
+    bfloat16 pairs on vdpbf16ps, the weight packed in pairs of rows
+    (`schedules/dense_bf16.py`)."""
     from tvm import te
     rx = relax()
     columns = weight_kn.shape[1]
+    if algorithm == "dpbf16":
+        from ..targets.tvm.schedules import dense_bf16
+        return bb.call_te(lambda x, packed: dense_bf16.matmul_dpbf16(x, packed, columns), x,
+                          relax_constant(dense_bf16.pack_weight(weight_kn, block)),
+                          primfunc_name_hint="matmul",
+                          primfunc_attrs={"op_pattern": OUT_ELEMWISE_FUSABLE})
     accumulate = accumulation_dtype(str(x.ty.dtype))
     if weight_kn.size * 4 <= WIDENED_WEIGHT_BYTES:
         weight_kn = weight_kn.astype(accumulate)

@@ -21,8 +21,8 @@ def find_matmul(sch):
     return found[0] if len(found) == 1 else None
 
 
-def dense_blocking(rows: int, columns: int, vec: VectorShape,
-                   depth: int | None = None) -> tuple[int, int] | None:
+def dense_blocking(rows: int, columns: int, vec: VectorShape, depth: int | None = None,
+                   half_width: bool = True) -> tuple[int, int] | None:
     """(columns per tile, lanes per register) for a rows x columns product (summing `depth`
     products per output, None: unknown), or None: what the target pass records (as the packed
     weight's block). Whole vector registers, or half-width ones, up to the accumulator budget
@@ -34,7 +34,8 @@ def dense_blocking(rows: int, columns: int, vec: VectorShape,
     whole registers (16 x 1024 -> 39, 97 columns: 0.46 and 1.04 ms against 0.07 ms for 48 and
     0.08 ms for 96). A product big enough to run in parallel takes a block that makes at
     least PARALLEL_TASKS tiles where one does: a classifier's single row as three tiles of
-    336 columns left one of two threads idle for a third of the time."""
+    336 columns left one of two threads idle for a third of the time. `half_width`: whether
+    half-width registers may be chosen (not for vdpbf16ps, `dense_bf16.py`)."""
     row_tile = balanced_tile(rows, MAX_ROW_TILE)
     registers = max(1, vec.accumulators // row_tile)
 
@@ -44,7 +45,8 @@ def dense_blocking(rows: int, columns: int, vec: VectorShape,
         return (tiles * (row_tile * count + row_tile + count),
                 columns % (count * lanes) != 0, -count * lanes)
 
-    choices = [(count, lanes) for lanes in (vec.lanes, vec.lanes // 2) if lanes >= 4
+    widths = (vec.lanes, vec.lanes // 2) if half_width else (vec.lanes,)
+    choices = [(count, lanes) for lanes in widths if lanes >= 4
                for count in range(1, registers + 1)
                if -(-columns // (count * lanes)) * count * lanes <= MAX_PADDING * columns]
     if not choices:

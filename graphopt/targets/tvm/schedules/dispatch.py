@@ -1,18 +1,19 @@
 """The module pass that schedules every PrimFunc of a fused Relax module for the CPU: the first
 rule that accepts a function wins (int8 dot-product conv2d, bfloat16 vdpbf16ps conv2d, conv2d,
-Winograd conv2d, pointwise conv2d, depthwise conv2d, narrow conv2d, dense, separable pools,
+Winograd conv2d, pointwise conv2d, depthwise conv2d, narrow conv2d, bfloat16 vdpbf16ps dense,
+dense, separable pools,
 the AMX convs' epilogue, byte table lookups on vpermi2b, then the generic rule). Weights arrive
 in the layouts the target passes chose and lowering packed; the dot-product convs' input copy
 is `interleave.py`'s."""
 from __future__ import annotations
 
 from ....worker_threads import map_in_threads
-from . import (conv2d, conv2d_bf16, conv2d_int8, dense, depthwise, generic, lookup, narrow,
-               pointwise, pool2d, tile_epilogue, winograd)
+from . import (conv2d, conv2d_bf16, conv2d_int8, dense, dense_bf16, depthwise, generic, lookup,
+               narrow, pointwise, pool2d, tile_epilogue, winograd)
 from .common import VectorShape
 
-RULES = (conv2d_int8, conv2d_bf16, conv2d, winograd, pointwise, depthwise, narrow, dense, pool2d,
-         tile_epilogue, lookup, generic)
+RULES = (conv2d_int8, conv2d_bf16, conv2d, winograd, pointwise, depthwise, narrow, dense_bf16,
+         dense, pool2d, tile_epilogue, lookup, generic)
 SCHEDULE_ATTR = "graphopt.schedule"
 TUNED = "meta_schedule"  # the SCHEDULE_ATTR of kernels taken from a tuning database
 
