@@ -157,3 +157,25 @@ def assert_within_one_rounding(found: np.ndarray, expected: np.ndarray) -> None:
     scale = float(np.abs(expected).max())
     assert np.abs(found - expected).max() <= scale * 2 ** -7
     assert np.sqrt(np.mean((found - expected) ** 2)) <= scale * 2 ** -9
+
+
+def test_exported_bf16_lenet_runs_with_only_the_runtime(tmp_path):
+    """bfloat16 LeNet-5 built for an AVX512-BF16 CPU: its convolutions and linear layers on
+    vdpbf16ps, kernels in several parts of one library (each importing the instruction's
+    wrapper); exported, it runs in a fresh process with only the runtime (where this host has
+    AVX512-BF16) as the compiled model does, at one and two threads."""
+    from test_export import run_with_only_the_runtime
+    graph = go.quantize(go.zoo.lenet5(batch=1, seed=0), "bfloat16").graph
+    model = go.compile(graph, "cpu", mcpu=BF16_CPU, threads=2)
+    assert list(model.schedules.values()).count(dense_bf16.NAME) == 3
+    path = str(tmp_path / "lenet5_bf16.so")
+    model.export(path)
+    if not host_has_bf16():
+        pytest.skip(f"this CPU has no avx512_bf16: the {BF16_CPU} library is export-checked only")
+    inputs = {"input": np.random.default_rng(0).standard_normal((1, 1, 32, 32)).astype(
+        np.float32)}
+    expected = model.run(inputs)
+    for threads in (1, 2):
+        found = run_with_only_the_runtime(path, inputs, tmp_path / str(threads), threads)
+        for name in expected:
+            np.testing.assert_array_equal(found[name], expected[name])
