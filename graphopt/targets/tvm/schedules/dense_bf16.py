@@ -88,7 +88,12 @@ def schedule(sch, vec: VectorShape) -> bool | None:
         return None
     conv2d_bf16.register_intrinsic()
     pairs = [b for b in blocks_of(sch) if sch.get(b).name_hint == PAIRS_BLOCK]
-    inline_elementwise(sch, keep=[matmul, *pairs])
+    # A producer stays a block of its own (lowering takes none into this function, see
+    # `ops.base.OUT_ELEMWISE_FUSABLE`): inlined into the copy, a cast to bfloat16 would lose
+    # its rounding (TVM computes bfloat16 expressions in float32 and rounds only on storing
+    # one, so `bits_of(cast)` took the float32 value's high half: truncated).
+    producers = [p for block in pairs for p in sch.get_producers(block)]
+    inline_elementwise(sch, keep=[matmul, *pairs, *producers])
     matmul = find_matmul(sch)
     writer = accumulator_writer(sch, matmul)
     if writer is None:
