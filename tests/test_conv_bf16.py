@@ -56,7 +56,17 @@ CASES = [
     Case("1x1-residual-batch2", 32, 48, 8, 1, batch=2, residual=True, activation="relu"),
     Case("dilated-33ch", 33, 40, 11, 3, padding=2, dilation=2),
     Case("asymmetric-padding-7-wide", 24, 40, 7, 3, padding=(0, 1, 1, 0)),
+    # images of few channels whose kernel rows' taps are the pairs ("dpbf16_taps": the input
+    # copied unfolded along the rows, per output column): strides, dilation, asymmetric
+    # padding (the unfolded columns reading the left and right padding), batches, a residual
+    Case("3ch-5x5-batch2-relu6", 3, 48, 20, 5, padding=2, batch=2, activation="relu6"),
+    Case("1ch-7x7-dilated-s2-asymmetric", 1, 32, 33, 7, stride=2, padding=(1, 5, 2, 0),
+         dilation=2),
+    Case("3ch-7x7-s2-residual", 3, 64, 21, 7, stride=2, padding=3, residual=True,
+         activation="relu"),
 ]
+ROW_TAPS_CASES = {"stem-3ch-7x7-s2", "3ch-5x5-batch2-relu6", "1ch-7x7-dilated-s2-asymmetric",
+                  "3ch-7x7-s2-residual"}
 
 
 def conv_graph(case: Case):
@@ -121,9 +131,25 @@ def check_built_kernel(case: Case, expected: tuple[str, int], schedule: str, wit
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_vdpbf16ps_convolutions_compute_what_the_interpreter_does(case):
-    """The conv runs on vdpbf16ps; the outputs are the interpreter's within one rounding."""
-    check_built_kernel(case, (conv2d_bf16.ALGORITHM, conv2d_bf16.LANES), conv2d_bf16.NAME,
+    """The conv runs on vdpbf16ps (an image's few channels with its kernel rows' taps as the
+    pairs); the outputs are the interpreter's within one rounding."""
+    algorithm = conv2d_bf16.ROW_TAPS if case.id in ROW_TAPS_CASES else conv2d_bf16.ALGORITHM
+    check_built_kernel(case, (algorithm, conv2d_bf16.LANES), conv2d_bf16.NAME,
                        assert_one_rounding_from)
+
+
+
+def test_row_taps_weight_and_choice():
+    """The unfolded weight holds tap kx of channel c as channel kx * I + c of a KH x 1 kernel;
+    row taps are taken where they save instructions (3 channels x 7 taps: 11 pairs a row
+    against 14), not for a 1-wide kernel or channels already in whole pairs."""
+    weight = np.arange(2 * 3 * 5 * 7).reshape(2, 3, 5, 7)
+    unfolded = conv2d_bf16.unfold_row_taps(weight)
+    assert unfolded.shape == (2, 21, 5, 1)
+    for o, c, ky, kx in [(0, 0, 0, 0), (1, 2, 4, 6), (0, 1, 3, 2)]:
+        assert unfolded[o, kx * 3 + c, ky, 0] == weight[o, c, ky, kx]
+    assert conv2d_bf16.row_taps_save(3, 7) and conv2d_bf16.row_taps_save(1, 3)
+    assert not conv2d_bf16.row_taps_save(3, 1) and not conv2d_bf16.row_taps_save(4, 3)
 
 
 # 3x3 'same' convs that take Winograd F(2x2) on vdpbf16ps: partial tiles (odd planes), input
@@ -342,11 +368,11 @@ def test_a_kernel_rows_taps_fold_into_one_tile_row(channels, kernel, dilation, b
     # (conv2d_bf16.py's docstring); and for the convs but 1x1 ones that the float32 rules take
     # as rows of vectors (`narrow.applies`): LeNet-5's 1 -> 6 channel 5x5 conv, a 3 -> 64
     # channel 3x3 one on an image; ResNet-18's 64 -> 128 channel 1x1 downsample is faster on
-    # vdpbf16ps
+    # vdpbf16ps; the 7x7 stem's 3 channels with its kernel rows' taps as the pairs
     (BF16_CPU, {"fills": "winograd_dpbf16", "partial": "dpbf16", "grouped": "direct",
                 "winograd": "winograd_dpbf16", "odd-input": "winograd",
                 "large-plane": "winograd_dpbf16", "lenet": "narrow", "image": "narrow",
-                "downsample": "dpbf16", "stem": "dpbf16"}),
+                "downsample": "dpbf16", "stem": "dpbf16_taps"}),
     # AMX-BF16 hosts keep AMX tiles where the layer fills them (the 7x7 stem's rows of taps
     # folded into tile rows) and the widened float32 kernel elsewhere (measured faster there
     # than vdpbf16ps: see the module's docstring)

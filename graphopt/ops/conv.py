@@ -61,6 +61,9 @@ def expect_nonempty(x: TensorType, w: TensorType) -> None:
 #   dpbf16    (bfloat16 only) AVX512-BF16's vdpbf16ps: pairs of input channels into float32,
 #             the weight packed at lowering into blocks of `weight_block` (16) output channels
 #             (targets/tvm/schedules/conv2d_bf16.py)
+#   dpbf16_taps  (bfloat16 only) dpbf16 with each kernel row's taps of every input channel as
+#             the pairs: the input copied unfolded along the rows, per output column, for
+#             images of few channels (targets/tvm/schedules/conv2d_bf16.py, ROW_TAPS)
 #   winograd_dpbf16  (bfloat16 only) Winograd F(2x2, 3x3) with its GEMMs on vdpbf16ps: the
 #             transformed input and weight rounded to bfloat16, in pairs of input channels, the
 #             weight in blocks of `weight_block` output channels (schedules/winograd.py)
@@ -72,12 +75,13 @@ EXACT_FLOAT_CONV_ALGORITHMS = ("depthwise", "direct", "narrow")
 INTEGER_CONV_ALGORITHMS = ("vnni", "pmaddubsw", "pmaddwd")
 QUANTIZED_CONV_ALGORITHMS = ("amx", *INTEGER_CONV_ALGORITHMS)
 CONV_ALGORITHMS = ("direct", "winograd", "onednn", "depthwise", "narrow", "pointwise", "dpbf16",
-                   "winograd_dpbf16", *QUANTIZED_CONV_ALGORITHMS)
+                   "dpbf16_taps", "winograd_dpbf16", *QUANTIZED_CONV_ALGORITHMS)
 # Algorithms whose `weight_block` is required: (what it counts, for the error).
 BLOCKED_ALGORITHMS = {"winograd": "output channels", "depthwise": "output columns",
                       "narrow": "output columns",
                       "pointwise": "output channels",
-                      "dpbf16": "output channels", "winograd_dpbf16": "output channels"}
+                      "dpbf16": "output channels", "dpbf16_taps": "output channels",
+                      "winograd_dpbf16": "output channels"}
 
 
 def add_channel_bias(bb, y, b):

@@ -53,19 +53,21 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
                                                out_width=out_width)
         name = "conv2d_amx_epilogue"
         attrs = tiles.EPILOGUE_ATTRS
-    elif conv.algorithm == "dpbf16":
-        # vdpbf16ps on pairs of bfloat16 input channels into a float32 register tile, this
-        # kernel's epilogue computed from it
+    elif conv.algorithm in ("dpbf16", "dpbf16_taps"):
+        # vdpbf16ps on pairs of bfloat16 input channels (or of a kernel row's taps of them)
+        # into a float32 register tile, this kernel's epilogue computed from it
         from ..targets.tvm.schedules import conv2d_bf16 as dpbf16
         from ..targets.tvm.schedules.amx import from_tiles
         weight_data = constant_operand(w, decision)
         expect(dtype == "bfloat16" and dpbf16.applies(conv.groups),
                f"the dpbf16 convolution takes ungrouped bfloat16 convolutions, found {dtype}, "
                f"groups {conv.groups}")
-        packed = dpbf16.pack_weight(weight_data)
+        row_taps = weight_data.shape[3] if conv.algorithm == dpbf16.ROW_TAPS else 0
+        packed = dpbf16.pack_weight(dpbf16.unfold_row_taps(weight_data) if row_taps
+                                    else weight_data)
         weight, name = relax_constant(packed, "uint16"), "conv2d_dpbf16"
-        compute = lambda x, w: from_tiles(dpbf16.conv2d_dpbf16(x, w, conv),  # noqa: E731
-                                          weight_data.shape[0])
+        compute = lambda x, w: from_tiles(  # noqa: E731
+            dpbf16.conv2d_dpbf16(x, w, conv, row_taps), weight_data.shape[0])
     elif conv.algorithm == "pointwise":
         # the plane flattened (a view in the VM): a GEMM with the pixels as the vector lanes,
         # the result viewed as NCHW again after the epilogue

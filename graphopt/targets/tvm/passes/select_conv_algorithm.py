@@ -35,8 +35,9 @@ at the end), or for Winograd within ~1e-5 of it, far below one half-precision ro
 VGG-11 on a Zen 4: 145 ms on the direct kernel, 75 with Winograd, float32 83); never oneDNN.
 bfloat16 ones that fill AMX tiles where the CPU has AMX-BF16 are "amx" (`schedules/amx.py`);
 ungrouped ones with constant weights where the CPU has AVX512-BF16 but no AMX-BF16 are "dpbf16"
-(vdpbf16ps, `schedules/conv2d_bf16.py`, weight_block 16), but for the 3x3 ones that Winograd
-F(2x2) with its GEMMs on the same instruction computes faster ("winograd_dpbf16",
+(vdpbf16ps, `schedules/conv2d_bf16.py`, weight_block 16; "dpbf16_taps" for an image's few
+channels, a kernel row's taps as the pairs: `conv2d_bf16.row_taps_save`), but for the 3x3 ones
+that Winograd F(2x2) with its GEMMs on the same instruction computes faster ("winograd_dpbf16",
 `PAIRED_WINOGRAD`), the remaining ones that Winograd F(4x4) in float32 computes faster
 (`BFLOAT16_WINOGRAD_MIN_CHANNELS`, `BFLOAT16_WINOGRAD_MAX_PLANE`) and those a float32 conv takes
 as "narrow", but for 1x1 ones (`narrow.applies`; in pairs of input channels and blocks of 16
@@ -207,7 +208,9 @@ def select_conv_algorithm(context):
                 # SqueezeNet's 3 -> 64 channel stem, 5.30 -> 5.00 ms), but not 1x1 convs of
                 # few input channels (ResNet-18's 64 -> 128 ch downsample 0.09 -> 0.15 ms)
                 return widened
-            return dataclasses.replace(plain, algorithm=conv2d_bf16.ALGORITHM,
+            algorithm = conv2d_bf16.ROW_TAPS if conv2d_bf16.row_taps_save(w.shape[1], w.shape[3]) \
+                else conv2d_bf16.ALGORITHM
+            return dataclasses.replace(plain, algorithm=algorithm,
                                        weight_block=conv2d_bf16.LANES)
         half = x.dtype in HALF_DTYPES and node.outputs[0].dtype == x.dtype
         if not constant or not (float32 or half):
