@@ -1,7 +1,7 @@
 """The table_lookup kernel: vpermi2b over 64-byte vectors on CPUs with AVX512-VBMI (built for
 one on any x86 host, run where this host has it), for tables of bytes and, byte plane by byte
-plane, of 2- and 4-byte entries; the generic gather elsewhere; both equal to the interpreter,
-bit for bit, for every uint8 code."""
+plane, of 2- and 4-byte entries, the elements after the last whole vector one by one; the
+generic gather elsewhere; both equal to the interpreter, bit for bit, for every uint8 code."""
 from __future__ import annotations
 
 import re
@@ -41,8 +41,9 @@ def host_has_vbmi() -> bool:
 
 
 @pytest.mark.parametrize("table_dtype", ["uint8", "float16", "float32"])
-@pytest.mark.parametrize("shape", [(1, 4, 8, 8), (1, 96, 112, 112)],
-                         ids=["one-block-of-vectors", "parallel-over-vectors"])
+@pytest.mark.parametrize("shape", [(1, 4, 8, 8), (1, 96, 112, 112), (1, 6, 28, 28), (1, 84)],
+                         ids=["one-block-of-vectors", "parallel-over-vectors",
+                              "vectors-and-a-tail", "one-vector-and-a-tail"])
 def test_vbmi_cpus_look_bytes_up_with_vpermi2b(shape, table_dtype):
     graph = lookup_graph(shape, table_dtype)
     model = go.compile(graph, "cpu", mcpu=VBMI_CPU, bounds_check=True)
@@ -62,10 +63,10 @@ def test_vbmi_cpus_look_bytes_up_with_vpermi2b(shape, table_dtype):
 
 @pytest.mark.parametrize("shape, table_dtype, mcpu", [
     ((1, 4, 8, 8), "uint8", NO_VBMI_CPU),       # no VBMI
-    ((3, 5, 7), "uint8", VBMI_CPU),              # 105 bytes: not whole vectors
+    ((3, 4, 5), "uint8", VBMI_CPU),              # 60 bytes: not one whole vector
     ((1, 4, 8, 8), "float32", NO_VBMI_CPU),      # entries of four bytes, no VBMI
     ((1, 4, 8, 8), "float64", VBMI_CPU),         # entries of eight bytes
-], ids=["no-vbmi", "partial-vector", "float-table-no-vbmi", "double-table"])
+], ids=["no-vbmi", "under-one-vector", "float-table-no-vbmi", "double-table"])
 def test_other_lookups_are_gathers(shape, table_dtype, mcpu):
     graph = lookup_graph(shape, table_dtype)
     model = go.compile(graph, "cpu", mcpu=mcpu, bounds_check=True)
