@@ -184,6 +184,16 @@ def pack_columns(weight, block: int) -> np.ndarray:
 WIDENED_WEIGHT_BYTES = 256 * 1024
 
 
+def real_columns(tile, columns: int):
+    """TE: the first `columns` columns of a product's `tile` [M, whole blocks of columns] (the
+    tile itself where the blocks end there)."""
+    from tvm import te
+    rows, padded = (int(d) for d in tile.shape)
+    if padded == columns:
+        return tile
+    return te.compute((rows, columns), lambda i, j: tile[i, j], name="real_columns")
+
+
 def lower_blocked_matmul(bb, x, weight_kn: np.ndarray, block: int, algorithm: str = ""):
     """Relax: x [M, K] @ weight [K, N], the weight packed by `pack_columns` (a constant); with
     padded columns, the padded tile is computed and a slice keeps the real columns. Half
@@ -194,7 +204,6 @@ def lower_blocked_matmul(bb, x, weight_kn: np.ndarray, block: int, algorithm: st
     bfloat16 pairs on vdpbf16ps, the weight packed in pairs of rows
     (`schedules/dense_bf16.py`)."""
     from tvm import te
-    rx = relax()
     columns = weight_kn.shape[1]
     if algorithm == "dpbf16":
         from ..targets.tvm.schedules import dense_bf16
@@ -215,9 +224,7 @@ def lower_blocked_matmul(bb, x, weight_kn: np.ndarray, block: int, algorithm: st
                                               * widened(packed[j // block, k, j % block],
                                                         accumulate), axis=k),
                           name="matmul")
-        if int(packed.shape[0]) * block == columns:
-            return tile
-        return te.compute((rows, columns), lambda i, j: tile[i, j], name="real_columns")
+        return real_columns(tile, columns)
 
     return bb.call_te(blocked_matmul, x, relax_constant(packed),
                       primfunc_name_hint="matmul")

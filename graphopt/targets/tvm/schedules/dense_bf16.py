@@ -17,10 +17,11 @@ from __future__ import annotations
 import numpy as np
 
 from ....errors import LoweringError
-from . import conv2d_bf16
+from ....ops.linear import real_columns
+from . import conv2d_bf16, conv2d_int8
 from .common import VectorShape, blocks_of, inline_elementwise, iter_kinds
 from .dense import MAX_ROW_TILE
-from .tiled import accumulator_writer, finish_tile, spatial_rest
+from .tiled import accumulator_writer, finish_tile, packed_weight, spatial_rest
 
 NAME = "dense_bf16"
 ALGORITHM = conv2d_bf16.ALGORITHM
@@ -63,9 +64,7 @@ def matmul_dpbf16(x, packed, columns: int):
                             * conv2d_bf16.widen(packed[j // block, rp, j % block, rc]),
                             axis=[rp, rc]),
         name=MATMUL_BLOCK)
-    if blocks * block == columns:
-        return tile
-    return te.compute((rows, columns), lambda i, j: tile[i, j], name="real_columns")
+    return real_columns(tile, columns)
 
 
 def find_matmul(sch):
@@ -81,8 +80,7 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     matmul = find_matmul(sch)
     if matmul is None or not conv2d_bf16.available(vec):
         return None
-    block = sch.get(matmul)
-    weight = next((r.source for r in block.reads if len(r.source.shape) == 4), None)
+    weight = packed_weight(sch.mod["main"], sch.get(matmul), rank=4)   # `pack_weight`'s
     col_block = int(weight.shape[2]) if weight is not None else 0
     if not col_block or col_block % LANES:
         return None
@@ -101,7 +99,7 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     rows = int(sch.get(matmul).iter_vars[0].dom.extent)
     # whole tiles of rows: the instruction takes no predicate (the float32 rule's balanced
     # tiles leave the last one partial)
-    row_tile = max(d for d in range(1, min(rows, MAX_ROW_TILE) + 1) if rows % d == 0)
+    row_tile = conv2d_int8.row_tile(rows, MAX_ROW_TILE)
     sch.transform_layout(matmul, ("write", 0), lambda i, j: (j // col_block, i, j % col_block))
     i, j, rp, rc = sch.get_loops(matmul)
     j_outer, j_inner = sch.split(j, [None, col_block])
