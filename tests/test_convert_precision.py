@@ -344,15 +344,28 @@ def test_half_layers_take_winograd_where_float32_does_but_not_onednn(dtype):
         assert dense and all(d.weight_block for d in dense)
 
 
+# (input channels, output channels, side, batch): F(4x4) over the whole plane (128 ch 28x28,
+# written back through the register transpose in float16), by rows of tiles (32 ch 56x56),
+# and on a plane of partial tiles at batch 2 (128 -> 64 ch 11x11: padding rows read by them)
+HALF_WINOGRAD_SHAPES = [(128, 128, 28, 1), (32, 32, 56, 1), (128, 64, 11, 2)]
+
+
 @pytest.mark.parametrize("dtype", HALF)
-def test_half_winograd_convolutions_compute_what_the_interpreter_does(dtype):
-    """The host's Winograd kernel on a half-precision conv (the input widened as the first
-    stage reads it, the transformed weight float32): the interpreter's outputs within one
-    rounding, nearly all of them identical. bfloat16 convs take AMX tiles where the host has
-    them, so that case is built for an AVX-512 CPU without AMX."""
-    graph = go.quantize(winograd_shaped(28, head=False), dtype).graph
+@pytest.mark.parametrize("shape", HALF_WINOGRAD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_half_winograd_convolutions_compute_what_the_interpreter_does(dtype, shape):
+    """The host's Winograd kernel on a half-precision conv (the input widened a channel's rows at
+    a time before the transforms, the transformed weight float32), built with bounds checks:
+    the interpreter's outputs within one rounding, nearly all of them identical. bfloat16 convs
+    take AMX tiles or vdpbf16ps where the host has them, so that case is built for an AVX-512
+    CPU without either."""
+    in_channels, out_channels, side, batch = shape
+    with dsl.Builder("half_winograd", seed=0) as b:
+        x = b.input("input", (batch, in_channels, side, side))
+        graph = b.output(dsl.relu(dsl.conv2d(x, out_channels, 3, padding=1, name="conv")))
+    graph = go.quantize(graph, dtype).graph
     flags = runtime.host_cpu_flags() or frozenset()
-    mcpu = "cascadelake" if dtype == "bfloat16" and "amx_bf16" in flags else None
+    mcpu = "cascadelake" if dtype == "bfloat16" and flags & {"amx_bf16", "avx512_bf16"} \
+        else None
     model = go.compile(graph, "cpu", bounds_check=True, **({"mcpu": mcpu} if mcpu else {}))
     [conv] = [n.op.conv for n in model.graph.nodes if n.op_name == "fused_conv2d"]
     if conv.algorithm != "winograd":

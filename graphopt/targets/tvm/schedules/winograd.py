@@ -31,7 +31,8 @@ step multiplies one broadcast pair by a [16, 2] weight vector in one instruction
 (`conv2d_bf16.PACKED_INTRINSIC`), accumulating in float32; the output transform and the epilogue
 are float32's. The two roundings cost about one more bfloat16 rounding of the output: F(2x2)'s
 transforms have coefficients 0, +-1 and +-1/2 (with F(4x4)'s points, up to +-8, it measured
-~12 roundings in numpy).
+~12 roundings in numpy). Every half-precision input, on either kernel, is widened to float32 a
+channel's rows at a time (`WIDENED`) before the input transform reads it.
 
 Where the transformed weights are small (`ROW_WEIGHT_BYTES`), every kernel, F(2x2) or F(4x4),
 float32 or bfloat16, computes a row of output tiles at a time: one parallel task transforms
@@ -48,6 +49,9 @@ NAME = "winograd"
 ROWS, INPUT, GEMM, OUTPUT = "wino_rows", "wino_input", "wino_gemm", "wino_output"
 COLUMNS = "wino_columns"
 STAGES = (ROWS, INPUT, GEMM, COLUMNS, OUTPUT)
+# A half-precision input's rows widened to float32 before the row pass reads them
+WIDENED = "wino_widened"
+KERNEL_STAGES = STAGES + (WIDENED,)    # the blocks that are not the epilogue
 # Input channels from which F(2x2) beats the direct kernel: 32 with 8 lanes (AVX2, see above);
 # with 16 lanes (AVX-512) the direct kernel's wider FMAs win below 128 (one Xeon core, ms,
 # Winograd / direct / ORT: 64 ch 56x56 2.05 / 1.56 / 1.47, 64->128 ch 112x112 15.5 / 12.6 / 12.0,
@@ -135,6 +139,18 @@ PREFETCH_NEXT_SLICE = True
 # Whether the output transform's values are written back through the register transpose
 # (`_schedule_transposed_output`) where the plane is whole tiles.
 TRANSPOSED_WRITE_BACK = True
+# Whether a bfloat16 output is written back that way too. LLVM then kept the GEMM's sums on the
+# stack (93 vector spills in a 128 -> 32 ch 28x28 kernel, 0 without, float32's 34), and the
+# output transform's stores cost less than that (one Zen 4 thread, alternated builds, per-round
+# ratios without / with: convs + relu 128 -> 32 ch 28x28 0.78, 64 ch 56x56 0.93, 128 ch 28x28
+# 0.96, VGG-11's 0.98-1.02; bfloat16 models DenseNet-121 0.954, ResNet-18 0.947, GoogLeNet
+# 0.966, VGG-11 1.010 / 0.995 at one / two threads, ResNet-18 batch 8 0.991). float16 outputs
+# keep it (convs without / with 1.01-1.04).
+BFLOAT16_TRANSPOSED_WRITE_BACK = False
+# Whether a half-precision input is widened into a float32 copy of the rows a channel's tiles
+# read (`WIDENED`) before the row pass, instead of as the pass reads each value (see
+# `winograd_conv2d`).
+WIDENED_ROWS = True
 # The tile side of bfloat16 Winograd on vdpbf16ps (`transform_weight_in_pairs`; see the module's
 # docstring).
 PAIRED_TILE = 2
@@ -315,9 +331,24 @@ def winograd_conv2d(x, u):
     # lines, now 4,702), and its six Winograd kernels took 3.0-3.4 s to build instead of
     # 2.4-2.6 (one Intel Xeon thread, the two versions alternated); the same results bit for
     # bit, single convs 1-4 % faster, whole models unchanged.
+    # A half-precision input is widened to float32 in a copy of the rows a channel's tiles read
+    # (`WIDENED`: contiguous vectors) before the row pass. Read by the pass itself, each value
+    # was a scalar load, convert and move, which LLVM did not vectorize as it did float32 reads
+    # (a bfloat16 32 ch 56x56 conv: 1,018 16-bit loads, 28 now). One Zen 4 thread, one conv +
+    # relu, us, as the pass read / widened first: float16 64 ch 56x56 2,001 / 951 (float32
+    # 865), 128 ch 28x28 992 / 761; bfloat16 F(4x4) 32 ch 56x56 470 / 343; bfloat16 F(2x2)
+    # on vdpbf16ps 128 ch 28x28 0.92, 256 ch 14x14 0.90 of its time. bfloat16 models, the two
+    # builds alternated: DenseNet-121 0.946, ResNet-18 0.981, GoogLeNet 0.976 of their time.
+    source = x
+    if str(x.dtype) in ("bfloat16", "float16") and WIDENED_ROWS:
+        # bfloat16 through its bits (`widen`), as TVM would legalize it anyway
+        source = te.compute(x.shape, lambda *i: widen(tirx.reinterpret("uint16", x(*i)))
+                            if str(x.dtype) == "bfloat16" else x(*i).astype("float32"),
+                            name=WIDENED)
+
     def padded(b, ch, row, col):
         inside = tirx.all(row >= 1, row < h + 1)
-        return tirx.if_then_else(inside, widened(x[b, ch, row - 1, col - 1], dtype), zero)
+        return tirx.if_then_else(inside, widened(source[b, ch, row - 1, col - 1], dtype), zero)
 
     def row_pass(b, ch, th, e, col):
         value = _select(e, [
@@ -388,15 +419,16 @@ def schedule(sch, vec: VectorShape) -> bool:
     names = {sch.get(b).name_hint: b for b in blocks_of(sch)}
     if not all(k in names for k in STAGES):
         return None
-    inline_elementwise(sch, keep=[names[k] for k in STAGES])
+    inline_elementwise(sch, keep=[names[k] for k in KERNEL_STAGES if k in names])
     names = {sch.get(b).name_hint: b for b in blocks_of(sch)}
+    widened_rows = names.get(WIDENED)
     rows, transformed, products, columns, output = (names[k] for k in STAGES)
     sch.set_scope(columns, 0, "local")
     tile_side = int(sch.get(rows).writes[0].source.shape[3]) - 2
     writer = _transposed_writer(sch, output, tile_side, vec)
     if writer is None:
         for block in blocks_of(sch):  # the epilogue that writes the function's output
-            if sch.get(block).name_hint not in STAGES:
+            if sch.get(block).name_hint not in KERNEL_STAGES:
                 sch.reverse_compute_inline(block)
     # With a batch, each image's transformed input and products are computed just before its
     # output transform, while they are in cache (over a whole batch they went out to memory:
@@ -447,6 +479,9 @@ def schedule(sch, vec: VectorShape) -> bool:
     t_rows, t_in_row = sch.split(t, [None, tiles_w])
     sch.reorder(ch, t_rows, e, v, t_in_row)
     sch.compute_at(rows, ch)
+    if widened_rows is not None:
+        sch.compute_at(widened_rows, ch)
+        sch.vectorize(sch.get_loops(widened_rows)[-1])   # a row (its rows may be padding)
     sch.unroll(e)
     sch.unroll(v)
     sch.vectorize(t_in_row)
@@ -519,7 +554,7 @@ def _transposed_writer(sch, output, tile_side: int, vec: VectorShape):
     if not TRANSPOSED_WRITE_BACK or str(buffer.dtype) != "float32" or \
             vec.lanes & (vec.lanes - 1) or not output_pixels(height, width, tile_side, vec.lanes):
         return None
-    epilogue = [b for b in blocks_of(sch) if sch.get(b).name_hint not in STAGES]
+    epilogue = [b for b in blocks_of(sch) if sch.get(b).name_hint not in KERNEL_STAGES]
     if not epilogue:
         return sch.cache_write(output, 0, "local")
     if len(epilogue) != 1:
@@ -533,6 +568,8 @@ def _transposed_writer(sch, output, tile_side: int, vec: VectorShape):
             isinstance(r.extent, tirx.IntImm) and int(r.extent) == 1 and r.min.same_as(v)
             for r, v in zip(reads[0].region, iters))
     if not elementwise:
+        return None
+    if str(block.writes[0].source.dtype) == "bfloat16" and not BFLOAT16_TRANSPOSED_WRITE_BACK:
         return None
     sch.set_scope(output, 0, "local")
     return epilogue[0]
