@@ -364,26 +364,28 @@ def test_a_kernel_rows_taps_fold_into_one_tile_row(channels, kernel, dilation, b
 @pytest.mark.parametrize("mcpu, expected", [
     # vdpbf16ps but for the 3x3 'same' convs of an even number of input channels and two GEMM
     # blocks of output channels, on Winograd F(2x2) with its GEMMs on vdpbf16ps; float32
-    # Winograd F(4x4) on the widened input for the odd number on a 28x28 plane
-    # (conv2d_bf16.py's docstring); and for the convs but 1x1 ones that the float32 rules take
+    # Winograd F(4x4) on the widened input for the odd number on a 28x28 plane, but not for one
+    # block of output channels (DenseNet-121's 128 -> 32 ch convs)
+    # (select_conv_algorithm.py's docstring); and for the convs but 1x1 ones that the float32 rules take
     # as rows of vectors (`narrow.applies`): LeNet-5's 1 -> 6 channel 5x5 conv, a 3 -> 64
     # channel 3x3 one on an image; ResNet-18's 64 -> 128 channel 1x1 downsample is faster on
     # vdpbf16ps; the 7x7 stem's 3 channels with its kernel rows' taps as the pairs
     (BF16_CPU, {"fills": "winograd_dpbf16", "partial": "dpbf16", "grouped": "direct",
                 "winograd": "winograd_dpbf16", "odd-input": "winograd",
-                "large-plane": "winograd_dpbf16", "lenet": "narrow", "image": "narrow",
-                "downsample": "dpbf16", "stem": "dpbf16_taps"}),
+                "one-block": "dpbf16", "large-plane": "winograd_dpbf16", "lenet": "narrow",
+                "image": "narrow", "downsample": "dpbf16", "stem": "dpbf16_taps"}),
     # AMX-BF16 hosts keep AMX tiles where the layer fills them (the 7x7 stem's rows of taps
     # folded into tile rows) and the widened float32 kernel elsewhere (measured faster there
     # than vdpbf16ps: see the module's docstring)
     ("sapphirerapids", {"fills": "amx", "partial": "direct", "grouped": "direct",
-                        "winograd": "amx", "odd-input": "amx", "large-plane": "amx",
+                        "winograd": "amx", "odd-input": "amx", "one-block": "amx",
+                        "large-plane": "amx",
                         "lenet": "narrow", "image": "narrow", "downsample": "amx",
                         "stem": "amx"}),
     # no BF16: the widened float32 kernels, Winograd where float32 takes it (F(2x2) on a 14x14
     # plane of 64 channels), the direct one for the strided 1x1 downsample (`narrow.applies`)
     ("cascadelake", {"fills": "winograd", "partial": "direct", "grouped": "direct",
-                     "winograd": "winograd", "odd-input": "winograd",
+                     "winograd": "winograd", "odd-input": "winograd", "one-block": "winograd",
                      "large-plane": "winograd", "lenet": "narrow", "image": "narrow",
                      "downsample": "direct", "stem": "direct"}),
 ], ids=[BF16_CPU, "sapphirerapids", "cascadelake"])
@@ -393,6 +395,7 @@ def test_each_cpu_gets_its_bfloat16_kernel(mcpu, expected):
               "grouped": conv_graph(Case("grouped", 32, 32, 14, 3, padding=1, groups=2)),
               "winograd": conv_graph(Case("winograd", 64, 64, 28, 3, padding=1)),
               "odd-input": conv_graph(Case("odd-input", 65, 64, 28, 3, padding=1)),
+              "one-block": conv_graph(Case("one-block", 128, 32, 28, 3, padding=1)),
               "large-plane": conv_graph(Case("large-plane", 64, 64, 112, 3, padding=1)),
               "lenet": conv_graph(Case("lenet", 1, 6, 32, 5)),
               "image": conv_graph(Case("image", 3, 64, 32, 3, padding=1)),

@@ -39,7 +39,8 @@ ungrouped ones with constant weights where the CPU has AVX512-BF16 but no AMX-BF
 channels, a kernel row's taps as the pairs: `conv2d_bf16.row_taps_save`), but for the 3x3 ones
 that Winograd F(2x2) with its GEMMs on the same instruction computes faster ("winograd_dpbf16",
 `PAIRED_WINOGRAD`), the remaining ones that Winograd F(4x4) in float32 computes faster
-(`BFLOAT16_WINOGRAD_MIN_CHANNELS`, `BFLOAT16_WINOGRAD_MAX_PLANE`) and those a float32 conv takes
+(an odd number of input channels: `BFLOAT16_WINOGRAD_MIN_CHANNELS`,
+`BFLOAT16_WINOGRAD_MAX_PLANE`) and those a float32 conv takes
 as "narrow", but for 1x1 ones (`narrow.applies`; in pairs of input channels and blocks of 16
 output channels, an image's few channels or a few output channels are mostly padding).
 
@@ -78,8 +79,10 @@ WIDENED_INT8_REASON = ("8-bit weights whose int16 pair sums can saturate it: vpm
 # (a Zen 4 core, one conv + relu, ms, vdpbf16ps / F(4x4): 64 ch 56x56 1.23 / 1.13, 128 ch 28x28
 # 1.22 / 0.97, 256 ch 56x56 20.3 / 15.0, 512 ch 28x28 17.3 / 13.9; not on 112x112, 64 -> 128
 # ch 11.4 / 14.2, nor 14x14, 256 ch 1.09 / 1.07, 512 ch 5.07 / 5.29; float32 F(2x2) lost on
-# every one). Since `PAIRED_WINOGRAD` it keeps only the convs that rule leaves: an odd number
-# of input channels, or one block of output channels (DenseNet-121's 128 -> 32 ch convs).
+# every one). Since `PAIRED_WINOGRAD` it keeps only the convs that rule leaves for an odd number
+# of input channels (us, vdpbf16ps / F(4x4): 127 -> 128 ch 28x28 1,077 / 729); with one block
+# of output channels vdpbf16ps won (DenseNet-121's 128 -> 32 ch convs, 28x28: 329 / 414;
+# 65 -> 32 ch 28x28 159 / 178; the whole bfloat16 model 0.95 of its time on vdpbf16ps).
 BFLOAT16_WINOGRAD_MIN_CHANNELS, BFLOAT16_WINOGRAD_MAX_PLANE = 64, 56 * 56
 # Whether a bfloat16 3x3 conv on vdpbf16ps takes Winograd F(2x2) with its GEMMs on the
 # instruction (`winograd_dpbf16`, `schedules/winograd.py`) instead, from 32 input channels (an
@@ -198,7 +201,8 @@ def select_conv_algorithm(context):
             tile = winograd_tile(conv, node, w)
             _, out_channels, out_h, out_w = node.outputs[0].shape
             if tile == 4 and w.shape[1] >= BFLOAT16_WINOGRAD_MIN_CHANNELS and \
-                    out_h * out_w <= BFLOAT16_WINOGRAD_MAX_PLANE:
+                    out_h * out_w <= BFLOAT16_WINOGRAD_MAX_PLANE and out_channels >= \
+                    PAIRED_WINOGRAD_MIN_OUT_BLOCKS * winograd.channel_block(context.vector):
                 return on_winograd(plain, tile)
             taps = w.shape[2] * w.shape[3]
             widened = direct(plain, out_channels, out_w, w.shape[1], taps)
