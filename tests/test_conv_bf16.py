@@ -365,11 +365,11 @@ def test_a_kernel_rows_taps_fold_into_one_tile_row(channels, kernel, dilation, b
     # vdpbf16ps but for the 3x3 'same' convs of an even number of input channels and two GEMM
     # blocks of output channels, on Winograd F(2x2) with its GEMMs on vdpbf16ps; float32
     # Winograd F(4x4) on the widened input for the odd number on a 28x28 plane, but not for one
-    # block of output channels (DenseNet-121's 128 -> 32 ch convs)
-    # (select_conv_algorithm.py's docstring); and for the convs but 1x1 ones that the float32 rules take
-    # as rows of vectors (`narrow.applies`): LeNet-5's 1 -> 6 channel 5x5 conv, a 3 -> 64
-    # channel 3x3 one on an image; ResNet-18's 64 -> 128 channel 1x1 downsample is faster on
-    # vdpbf16ps; the 7x7 stem's 3 channels with its kernel rows' taps as the pairs
+    # block of output channels (DenseNet-121's 128 -> 32 ch convs; select_conv_algorithm.py's
+    # docstring); and for the convs but 1x1 ones that the float32 rules take as rows of vectors
+    # (`narrow.applies`): LeNet-5's 1 -> 6 channel 5x5 conv, a 3 -> 64 channel 3x3 one on an
+    # image; ResNet-18's 64 -> 128 channel 1x1 downsample is faster on vdpbf16ps; the 7x7
+    # stem's 3 channels with its kernel rows' taps as the pairs
     (BF16_CPU, {"fills": "winograd_dpbf16", "partial": "dpbf16", "grouped": "direct",
                 "winograd": "winograd_dpbf16", "odd-input": "winograd",
                 "one-block": "dpbf16", "large-plane": "winograd_dpbf16", "lenet": "narrow",
@@ -379,9 +379,8 @@ def test_a_kernel_rows_taps_fold_into_one_tile_row(channels, kernel, dilation, b
     # than vdpbf16ps: see the module's docstring)
     ("sapphirerapids", {"fills": "amx", "partial": "direct", "grouped": "direct",
                         "winograd": "amx", "odd-input": "amx", "one-block": "amx",
-                        "large-plane": "amx",
-                        "lenet": "narrow", "image": "narrow", "downsample": "amx",
-                        "stem": "amx"}),
+                        "large-plane": "amx", "lenet": "narrow", "image": "narrow",
+                        "downsample": "amx", "stem": "amx"}),
     # no BF16: the widened float32 kernels, Winograd where float32 takes it (F(2x2) on a 14x14
     # plane of 64 channels), the direct one for the strided 1x1 downsample (`narrow.applies`)
     ("cascadelake", {"fills": "winograd", "partial": "direct", "grouped": "direct",

@@ -323,14 +323,6 @@ def winograd_conv2d(x, u):
     dtype = "float32" if paired else u.dtype
     zero = tirx.const(0, dtype)
 
-    # The row pass reads alpha input rows at one column. A padding row depends on the tile row
-    # and the unrolled term only, so each read keeps its own test; a padding column is the same
-    # for all alpha reads (and varies across the vector of columns, which TVM's vectorizer turns
-    # into scalar code either way), so it is tested once per value. Tested in every read, each
-    # value was alpha branches: twice the LLVM IR (ResNet-18's 64-channel 56x56 kernel 9,645
-    # lines, now 4,702), and its six Winograd kernels took 3.0-3.4 s to build instead of
-    # 2.4-2.6 (one Intel Xeon thread, the two versions alternated); the same results bit for
-    # bit, single convs 1-4 % faster, whole models unchanged.
     # A half-precision input is widened to float32 in a copy of the rows a channel's tiles read
     # (`WIDENED`: contiguous vectors) before the row pass. Read by the pass itself, each value
     # was a scalar load, convert and move, which LLVM did not vectorize as it did float32 reads
@@ -346,6 +338,14 @@ def winograd_conv2d(x, u):
                             if str(x.dtype) == "bfloat16" else x(*i).astype("float32"),
                             name=WIDENED)
 
+    # The row pass reads alpha input rows at one column. A padding row depends on the tile row
+    # and the unrolled term only, so each read keeps its own test; a padding column is the same
+    # for all alpha reads (and varies across the vector of columns, which TVM's vectorizer turns
+    # into scalar code either way), so it is tested once per value. Tested in every read, each
+    # value was alpha branches: twice the LLVM IR (ResNet-18's 64-channel 56x56 kernel 9,645
+    # lines, now 4,702), and its six Winograd kernels took 3.0-3.4 s to build instead of
+    # 2.4-2.6 (one Intel Xeon thread, the two versions alternated); the same results bit for
+    # bit, single convs 1-4 % faster, whole models unchanged.
     def padded(b, ch, row, col):
         inside = tirx.all(row >= 1, row < h + 1)
         return tirx.if_then_else(inside, widened(source[b, ch, row - 1, col - 1], dtype), zero)
