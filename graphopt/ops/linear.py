@@ -184,16 +184,6 @@ def pack_columns(weight, block: int) -> np.ndarray:
 WIDENED_WEIGHT_BYTES = 256 * 1024
 
 
-def real_columns(tile, columns: int):
-    """TE: the first `columns` columns of a product's `tile` [M, whole blocks of columns] (the
-    tile itself where the blocks end there)."""
-    from tvm import te
-    rows, padded = (int(d) for d in tile.shape)
-    if padded == columns:
-        return tile
-    return te.compute((rows, columns), lambda i, j: tile[i, j], name="real_columns")
-
-
 def lower_blocked_matmul(bb, x, weight_kn: np.ndarray, block: int, algorithm: str = ""):
     """Relax: x [M, K] @ weight [K, N], the weight packed by `pack_columns` (a constant); with
     padded columns, the padded tile is computed and a slice keeps the real columns. Half
@@ -204,6 +194,8 @@ def lower_blocked_matmul(bb, x, weight_kn: np.ndarray, block: int, algorithm: st
     bfloat16 pairs on vdpbf16ps, the weight packed in pairs of rows
     (`schedules/dense_bf16.py`)."""
     from tvm import te
+
+    from ..targets.tvm.schedules.phases import real_columns
     columns = weight_kn.shape[1]
     if algorithm == "dpbf16":
         from ..targets.tvm.schedules import dense_bf16

@@ -17,10 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from ....errors import LoweringError
-from ....ops.linear import real_columns
 from . import conv2d_bf16, conv2d_int8
 from .common import VectorShape, blocks_of, inline_elementwise, iter_kinds
 from .dense import MAX_ROW_TILE
+from .phases import real_columns
 from .tiled import accumulator_writer, finish_tile, packed_weight, spatial_rest
 
 NAME = "dense_bf16"

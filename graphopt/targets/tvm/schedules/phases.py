@@ -49,13 +49,12 @@ def column_phases(x, conv, kernel, block: int, name: str, dtype: str | None = No
 
 
 def real_columns(tile, out_w: int):
-    """TE: `tile` (NCHW rows computed to whole vectors) sliced back to `out_w` columns, or
-    `tile` itself where the rows were whole already."""
+    """TE: `tile` (rows computed to whole vectors or blocks: NCHW, or a product's [M, N])
+    sliced back to `out_w` columns, or `tile` itself where the rows were whole already."""
     from tvm import te
-    if int(tile.shape[3]) == out_w:
+    if int(tile.shape[-1]) == out_w:
         return tile
-    return te.compute((*tile.shape[:3], out_w), lambda b, c, i, j: tile[b, c, i, j],
-                      name="real_columns")
+    return te.compute((*tile.shape[:-1], out_w), lambda *i: tile(*i), name="real_columns")
 
 
 def written_width(sch, writer) -> int:
