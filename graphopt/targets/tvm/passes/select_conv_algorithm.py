@@ -138,8 +138,7 @@ def select_conv_algorithm(context):
     def dpbf16_instead_of_direct(conv: Conv2d) -> bool:
         """Whether a bfloat16 conv that is not on AMX tiles runs on vdpbf16ps: where the CPU
         has AVX512-BF16 but no AMX-BF16."""
-        return (conv2d_bf16.available(context.vector) and conv2d_bf16.applies(conv.groups)
-                and amx.BFLOAT16.feature not in context.vector.amx)
+        return conv2d_bf16.preferred(context.vector) and conv2d_bf16.applies(conv.groups)
 
     def winograd_tile(conv: Conv2d, node: Node, weight) -> int:
         """The output tile of the Winograd kernel the conv `node` takes (0: none)."""

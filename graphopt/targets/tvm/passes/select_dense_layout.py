@@ -27,10 +27,9 @@ STREAMED_MAX_ROWS, STREAMED_MIN_WEIGHT_BYTES = 8, 32 << 20
 
 def select_dense_layout(context):
     """The pass for one compile (`context`: vector shape, whether weights are constant)."""
-    from ..schedules import amx, conv2d_bf16
+    from ..schedules import conv2d_bf16, dense_bf16
     from ..schedules.dense import dense_blocking
-    pairs = conv2d_bf16.available(context.vector) and \
-        amx.BFLOAT16.feature not in context.vector.amx
+    pairs = conv2d_bf16.preferred(context.vector)
 
     def decide(node: Node):
         if node.op_name in RECURRENT:
@@ -51,7 +50,7 @@ def select_dense_layout(context):
                                       half_width=False)
             if blocking:
                 return dataclasses.replace(node.op, weight_block=blocking[0],
-                                           algorithm=conv2d_bf16.ALGORITHM)
+                                           algorithm=dense_bf16.ALGORITHM)
         blocking = dense_blocking(out.shape[0], out.shape[1], context.vector, x.shape[1])
         return dataclasses.replace(node.op, weight_block=blocking[0] if blocking else 0,
                                    algorithm="")

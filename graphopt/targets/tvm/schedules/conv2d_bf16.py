@@ -45,6 +45,7 @@ import numpy as np
 
 from ....errors import LoweringError
 from . import conv2d_int8, interleave
+from .amx import BFLOAT16 as AMX_BFLOAT16
 from .common import (VectorShape, blocks_of, inline_elementwise, iter_kinds,
                      registers_with_tvm)
 from .tiled import accumulator_writer
@@ -89,6 +90,13 @@ _registered: set[str] = set()
 def available(vec: VectorShape | None) -> bool:
     """Whether a CPU of vector shape `vec` has vdpbf16ps on zmm registers."""
     return vec is not None and vec.lanes == LANES and vec.bf16
+
+
+def preferred(vec: VectorShape | None) -> bool:
+    """Whether bfloat16 products take vdpbf16ps on a CPU of vector shape `vec` (convolutions,
+    linear layers): it has the instruction (`available`) but no AMX-BF16, whose tiles take
+    them instead where they fill them."""
+    return available(vec) and AMX_BFLOAT16.feature not in vec.amx
 
 
 def applies(groups: int) -> bool:
