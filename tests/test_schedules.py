@@ -1014,7 +1014,8 @@ def test_unpadded_convs_on_rows_of_partial_tiles_take_one_register_blocks(direct
     pointwise GEMMs): 32-channel blocks would tile the 17-pixel rows as 2 x 9, padding them to 18
     and so copying the whole input into a wider buffer first; 16-channel blocks take each row as
     one tile, reading the input as it is. A conv that pads its input anyway keeps the wider
-    block (on the direct kernel: not F(2x2), as planes up to 32x32 otherwise take)."""
+    block on this core (on the direct kernel: not F(2x2), as planes up to 32x32 otherwise
+    take; on Zen 4 it does not: the next test)."""
     with dsl.Builder("rows17", seed=0) as b:
         x = b.input("x", (1, 96, 17, 17))
         graph = b.output(dsl.relu(dsl.conv2d(x, 64, 1)), dsl.relu(dsl.conv2d(x, 64, 3, padding=1)))
@@ -1026,6 +1027,32 @@ def test_unpadded_convs_on_rows_of_partial_tiles_take_one_register_blocks(direct
     (unpadded,) = [s for s in scripts if "pad_temp" not in s]
     assert "T.unroll(T.int64(17))" in unpadded, unpadded
     feeds = {"x": np.random.default_rng(0).standard_normal((1, 96, 17, 17)).astype(np.float32)}
+    assert go.compare(graph, go.compile(graph, bounds_check=True), feeds).ok
+
+
+@pytest.mark.parametrize("mcpu, whole_rows", [("znver4", True), ("sapphirerapids", False),
+                                              ("znver5", False)])
+def test_padded_convs_on_rows_of_partial_tiles_take_whole_row_tiles_on_split_512_cores(
+        mcpu, whole_rows, direct_small_planes):
+    """Inception's 7x1 and 1x7 convs on 17x17 planes pad their input anyway: on a core that runs
+    512-bit instructions as two halves (Zen 4) they take 16-channel blocks and tile each
+    17-pixel row whole; with two full 512-bit FMA ports (Sapphire Rapids, Zen 5) they keep
+    32-channel blocks, their rows computed to 18. The host's build matches the interpreter."""
+    with dsl.Builder("rows17", seed=0) as b:
+        x = b.input("x", (1, 64, 17, 17))
+        graph = b.output(dsl.relu(dsl.conv2d(x, 64, (7, 1), padding=(3, 0))),
+                         dsl.relu(dsl.conv2d(x, 64, (1, 7), padding=(0, 3))),
+                         dsl.relu(dsl.conv2d(x, 64, 3, padding=1)))
+    optimized, _ = optimize_for_target(graph, "cpu", CompileOptions(mcpu=mcpu))
+    choices = {n.op.target_choice() for n in optimized.graph.nodes}
+    expected = "direct, 16-channel weight blocks" if whole_rows else \
+        "direct, 32-channel weight blocks, rows padded to 18"
+    assert choices == {expected}, choices
+    if whole_rows:
+        scripts = [f.script() for f in _scheduled_kernels(graph, mcpu).values()
+                   if f.attrs.get(SCHEDULE_ATTR) == "conv2d"]
+        assert len(scripts) == 3 and all("T.unroll(T.int64(17))" in s for s in scripts)
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 64, 17, 17)).astype(np.float32)}
     assert go.compare(graph, go.compile(graph, bounds_check=True), feeds).ok
 
 

@@ -25,8 +25,9 @@
   where the channels do not fill it (the kernel computes the padded tile and writes the real
   channels), unless that would more than double the work (then TVM's generic conv); rows that
   do not divide into register tiles (55, 27, 111 pixels) are computed to whole tiles
-  (`padded_width`), so that no tile runs under a predicate; convs that pad nothing else take
-  a one-register block where its tile divides the rows instead (`tiled.unpadded_row_block`).
+  (`padded_width`), so that no tile runs under a predicate; convs that pad nothing else (and
+  on cores that split 512-bit instructions, any conv) take a one-register block where its
+  tile divides the rows instead (`tiled.whole_row_block`).
 Half-precision (float16, bfloat16) convolutions are "direct" with a weight block, "pointwise",
 "depthwise", "narrow" or "winograd" as float32 ones would be: the float32 kernel on operands
 widened to float32 (the weight at lowering, the input in the kernel or as it is copied into the
@@ -118,7 +119,7 @@ TRANSPOSED_BY_PHASE = True
 def select_conv_algorithm(context):
     """The pass for one compile (`context`: vector shape, kernels, whether weights are constant)."""
     from ..schedules import amx, conv2d_bf16, depthwise, narrow, pointwise, winograd
-    from ..schedules.tiled import channel_block, conv_row_tile, unpadded_row_block
+    from ..schedules.tiled import channel_block, conv_row_tile, whole_row_block
 
     def fills_amx_tiles(kind, in_channels: int, out_channels: int, out_w: int, groups: int,
                         taps: tuple[int, int], dilation_width: int = 1) -> bool:
@@ -170,8 +171,9 @@ def select_conv_algorithm(context):
         computes badly (too few output channels for a channel block, or a short reduction
         over a thin input: `narrow.applies`) are "narrow" instead."""
         block = channel_block(out_channels // conv.groups, context.vector, conv.groups)
-        if block and not any(conv.padding):
-            block = unpadded_row_block(block, out_channels // conv.groups, out_w, context.vector)
+        if block:
+            block = whole_row_block(block, out_channels // conv.groups, out_w, context.vector,
+                                    padded_input=any(conv.padding))
         if narrow.applies(out_channels, conv.groups, out_w, context.vector, in_channels, taps,
                           block, strided=tuple(conv.stride) != (1, 1)):
             return dataclasses.replace(conv, algorithm=narrow.ALGORITHM,

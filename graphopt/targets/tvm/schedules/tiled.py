@@ -48,24 +48,33 @@ def conv_row_tile(out_width: int, block: int, vec: VectorShape) -> int:
     return tile
 
 
-# The vector width (lanes) with which convs without spatial padding take a one-register channel
-# block where its tile divides their rows and the two-register block's does not
-# (`unpadded_row_block`; 0: never). An Intel Xeon, 2 threads, Inception-v3's 1x1 768 -> 192 ch
-# 17x17 conv alone 0.45 -> 0.33-0.35 ms (1 thread 0.60-0.62 both ways); whole models, the builds
-# interleaved, 1 / 2 threads: Inception-v3 0.997 / 0.969, SqueezeNet 0.986 / 1.002. AVX-512 cores
-# of 32 KiB L1 (AMD Zen 4) are untimed; with 8 lanes (AVX2) untimed, so not taken there.
+# The vector width (lanes) with which convs take a one-register channel block where its tile
+# divides their rows and the two-register block's does not (`whole_row_block`; 0: never). An
+# Intel Xeon, 2 threads, Inception-v3's 1x1 768 -> 192 ch 17x17 conv alone 0.45 -> 0.33-0.35 ms
+# (1 thread 0.60-0.62 both ways); whole models, the builds interleaved, 1 / 2 threads:
+# Inception-v3 0.997 / 0.969, SqueezeNet 0.986 / 1.002. With 8 lanes (AVX2) untimed, so not
+# taken there.
 UNPADDED_WHOLE_ROWS_LANES = 16
 
 
-def unpadded_row_block(block: int, channels: int, out_width: int, vec: VectorShape) -> int:
-    """The channel block of a conv without spatial padding: `block`, or one vector register where
-    `block`'s tile leaves a partial tile in each row and the one-register tile divides it (the
-    whole 17-pixel rows of Inception's 17x17 convs, 27 of SqueezeNet's), with
-    UNPADDED_WHOLE_ROWS_LANES lanes. The conv2d rule computes such rows to whole tiles
-    (`padded_width`), which for a conv that pads nothing else means a padded copy of its whole
-    input before the tiles start."""
+def whole_row_block(block: int, channels: int, out_width: int, vec: VectorShape,
+                    padded_input: bool) -> int:
+    """The channel block of a conv: `block`, or one vector register where `block`'s tile leaves
+    a partial tile in each row and the one-register tile divides it (the whole 17-pixel rows of
+    Inception's 17x17 convs, 27 of SqueezeNet's and AlexNet's), with UNPADDED_WHOLE_ROWS_LANES
+    lanes. The conv2d rule computes such rows to whole tiles (`padded_width`): for a conv that
+    pads nothing else, a padded copy of its whole input before the tiles start. A conv that pads
+    its input (`padded_input`) makes that copy anyway; there the one-register tile is taken on
+    cores that split 512-bit instructions in two (`VectorShape.split_512`), where a step's
+    broadcasts cost no more than its FMAs and the padded columns' FMAs are the waste. One Zen 4
+    core, convs + relu alone, us, 2 x 9 tiles of 32 channels / 17 of 16, builds alternated, 1 /
+    2 threads: 7x1 192 ch 17x17 1402 / 1302 (0.929) and 742 / 673 (0.907), 1x7 160 ch 17x17
+    981 / 909 (0.931) and 547 / 495 (0.906), AlexNet's 5x5 64 -> 192 ch 27x27 4102 / 3932
+    (0.961) and 2165 / 2078 (0.948); whole Inception-v3 (26 convs) 0.984 / 0.914 and 0.954 in a
+    rerun. Elsewhere (two full 512-bit FMA ports, untimed) the padded convs keep `block`."""
     lanes = vec.lanes
     if lanes != UNPADDED_WHOLE_ROWS_LANES or block <= lanes or channels % lanes or \
+            (padded_input and not vec.split_512) or \
             out_width % conv_row_tile(out_width, block, vec) == 0:
         return block
     return lanes if out_width % conv_row_tile(out_width, lanes, vec) == 0 else block
