@@ -96,18 +96,19 @@ CASES = {
     # a sub-pixel conv of 3 x 4 phases = 12 channels
     "conv_transpose_3_channels": ((1, 16, 9, 9), lambda x: dsl.sigmoid(dsl.conv_transpose2d(
         x, 3, 4, stride=2, padding=1)), "conv2d"),
-    "conv_bn_residual": ((1, 16, 9, 9), lambda x: dsl.relu(
-        dsl.batch_norm(dsl.conv2d(x, 16, 3, padding=1, bias=False)) + x), "conv2d"),
+    # 8 channels: from 16, 3x3 convs with 8 lanes are Winograd F(2x2) by rows of tiles
+    "conv_bn_residual": ((1, 8, 9, 9), lambda x: dsl.relu(
+        dsl.batch_norm(dsl.conv2d(x, 8, 3, padding=1, bias=False)) + x), "conv2d"),
     "winograd_7x7_residual": ((1, 256, 7, 7), lambda x: dsl.relu(
         dsl.batch_norm(dsl.conv2d(x, 256, 3, padding=1, bias=False)) + x), "winograd"),
     "winograd_odd_plane_batch2": ((2, 256, 5, 9), lambda x: dsl.conv2d(x, 32, 3, padding=1),
                                   "winograd"),
     "winograd_64_channels": ((1, 64, 10, 11), lambda x: dsl.relu(dsl.conv2d(x, 16, 3, padding=1)),
                              "winograd"),
-    # 64 tiles per image, an odd height (no whole rows of tiles): transformed and multiplied
-    # one image at a time
-    "winograd_per_image_batch2": ((2, 128, 15, 16), lambda x: dsl.relu(dsl.conv2d(
-        x, 32, 3, padding=1)), "winograd"),
+    # 64 tiles per image, an odd height, transformed weights too large to stream by rows of
+    # tiles (1.5 MB): transformed and multiplied one image at a time
+    "winograd_per_image_batch2": ((2, 256, 15, 16), lambda x: dsl.relu(dsl.conv2d(
+        x, 96, 3, padding=1)), "winograd"),
     # F(2x2) on a small plane, a row of tiles at a time, over a batch
     "winograd_f2_by_tile_rows_batch2": ((2, 32, 8, 8), lambda x: dsl.relu(dsl.conv2d(
         x, 64, 3, padding=1)), "winograd"),
@@ -370,16 +371,16 @@ def test_weights_larger_than_the_input_are_read_once_per_channel_block(mcpu):
 
 @pytest.mark.parametrize("mcpu", [AVX2_CPU, AVX512_CPU])
 def test_small_convs_pad_their_rows_inside_each_parallel_task(mcpu):
-    """A small padded conv (3x3 16 ch on 27x27, 1.7 M products; on 28x28, DeepConvNet's, it is a
-    Winograd kernel with 8 lanes) pads its input inside each parallel task, the rows that task
-    reads: no stage before the parallel loop.
+    """A small padded conv (3x3 8 -> 16 ch on 27x27, 0.8 M products; from 16 input channels it
+    is a Winograd kernel with 8 lanes) pads its input inside each parallel task, the rows that
+    task reads: no stage before the parallel loop.
     A large one (ResNet-18's stride-2 64 -> 128 ch from 56x56) pads once, before it: its
     tasks would repeat the padding more than TASK_PADDING_LARGE_REPEATS times. A large
     grouped one with a padded input of 0.8 MB (RegNetX's stride-2 convs, each task reading its
     group's channels) pads inside the tasks again: padded once, such a copy leaves the cache.
     Wherever it pads, the copy is vectorized: the left zeros, the input's row, the right zeros."""
     with dsl.Builder("task_padding", seed=0) as b:
-        x, y = b.input("x", (1, 16, 27, 27)), b.input("y", (1, 64, 56, 56))
+        x, y = b.input("x", (1, 8, 27, 27)), b.input("y", (1, 64, 56, 56))
         z = b.input("z", (1, 32, 80, 80))
         graph = b.output(dsl.relu(dsl.conv2d(x, 16, 3, padding=1)),
                          dsl.relu(dsl.conv2d(y, 128, 3, stride=2, padding=1)),
@@ -393,7 +394,7 @@ def test_small_convs_pad_their_rows_inside_each_parallel_task(mcpu):
                 and text.index("T.parallel(") < text.index('T.sblock("pad_temp')
             # either way the input's columns are copied as one vector loop between the zeros
             assert f"in T.vectorized(T.int64(1), T.int64({width + 1})):" in text, text
-    assert padded_in_tasks == {16: True, 64: False, 32: True}, padded_in_tasks
+    assert padded_in_tasks == {8: True, 64: False, 32: True}, padded_in_tasks
 
 
 @pytest.mark.parametrize("shape, out_channels, stride, groups", [
@@ -496,18 +497,19 @@ WINOGRAD_CHOICES = {
     (64, 64, 56, 1): (2, 4, 4),      # 16 lanes: F(4x4) beats the direct kernel, F(2x2) does not
     (32, 32, 56, 1): (2, 4, 4),      # F(4x4) from 32 channels (16 with 32 KiB of L1)
     (16, 64, 56, 1): (2, 4, 0),      # ... 16 on 32 KiB cores, timed; 48 KiB lost at two threads;
-    (16, 64, 55, 1): (0, 4, 0),      # 8 lanes: F(2x2) from 16 channels a row of tiles at a time
+    (16, 64, 55, 1): (2, 4, 0),      # 8 lanes: F(2x2) from 16 channels a row of tiles at a
+                                     # time, the last row of tiles partial
     (128, 128, 28, 1): (2, 4, 4),
     (256, 256, 14, 1): (2, 2, 2),    # F(4x4)'s 4x4 tiles waste 30 % of a 14x14 plane
     (512, 512, 7, 1): (2, 0, 0),     # 16 tiles: streaming the transformed weights loses
     (512, 512, 7, 8): (2, 2, 2),     # 128 tiles over the batch
     (16, 16, 56, 1): (2, 0, 0),      # too few channels for the transforms to pay, but with 8
-    (8, 16, 56, 1): (0, 0, 0),       # lanes by rows of tiles (no whole rows on 55x55: above)
+    (8, 16, 56, 1): (0, 0, 0),       # lanes by rows of tiles (from 16 channels: above)
     (64, 64, 224, 1): (2, 4, 4),     # by rows of tiles: F(2x2) up to 224x224 with 8 lanes,
     (64, 32, 256, 1): (0, 4, 0),     # F(4x4) up to 256x256 with 32 KiB, 224x224 with 48 KiB
     (64, 64, 225, 1): (0, 4, 0),     # F(2x2) on an odd plane: whole-plane stages, to 112x112
     (32, 64, 257, 1): (0, 0, 0),
-    (32, 64, 147, 1): (0, 4, 4),     # Inception-v3's third conv
+    (32, 64, 147, 1): (2, 4, 4),     # Inception-v3's third conv (8 lanes: by rows of tiles)
     (32, 128, 27, 1): (2, 4, 4),     # SqueezeNet's: F(4x4) from 25x25 planes
     (64, 256, 13, 1): (2, 2, 2),     # ... but not F(4x4) on 13x13 (it lost on 14x14 planes)
     (64, 64, 8, 1): (2, 2, 2),       # 16 tiles, but small weights on a plane of short rows
@@ -536,12 +538,36 @@ def test_winograd_choice_per_vector_width(shape):
 @pytest.mark.parametrize("name, tasks", [("winograd_f2_by_tile_rows_batch2", 1),
                                          ("winograd_per_image_batch2", 3)])
 def test_small_winograd_weights_go_a_row_of_tiles_a_task(mcpu, name, tasks):
-    """F(2x2) with small transformed weights and whole rows of tiles: each parallel task
-    transforms, multiplies and writes back one row (one parallel loop); an odd height keeps the
-    three stages, each parallel over its own axis."""
+    """F(2x2) with small transformed weights: each parallel task transforms, multiplies and
+    writes back one row of tiles (one parallel loop); larger ones over a batch keep the three
+    stages per image, each parallel over its own axis."""
     (kernel,) = [f for k, f in _scheduled_kernels(_table_graph([name]), mcpu).items()
                  if "winograd" in k]
     assert kernel.script().count("T.parallel(") == tasks
+
+
+@pytest.mark.parametrize("mcpu, dtype, algorithm", [
+    (AVX2_CPU, "float32", "winograd F(2x2, 3x3)"), (AVX512_CPU, "float32", "winograd F(4x4, 3x3)"),
+    ("cooperlake", "bfloat16", "winograd_dpbf16 F(2x2, 3x3)")])
+def test_winograd_goes_by_rows_of_tiles_on_planes_of_partial_rows(mcpu, dtype, algorithm):
+    """A plane that is not whole rows of tiles (29 rows: 14.5 rows of 2x2 tiles, 7.25 of 4x4)
+    still goes a row of tiles a task (one parallel loop), over a batch too: the last row of
+    tiles computes the rows past the edge and writes only the plane's. Bounds-checked, where
+    this CPU runs the build, it computes the interpreter's outputs."""
+    with dsl.Builder("wino_partial_rows", seed=7) as b:
+        x = b.input("x", (2, 32, 29, 30))
+        graph = b.output(dsl.relu(dsl.conv2d(x, 64, 3, padding=1)))
+    if dtype != "float32":
+        graph = go.quantize(graph, dtype).graph
+    (kernel,) = [f for k, f in _scheduled_kernels(graph, mcpu).items() if "winograd" in k]
+    assert kernel.script().count("T.parallel(") == 1
+    model = go.compile(graph, mcpu=mcpu, bounds_check=True)
+    (choice,) = [n.op.target_choice() for n in model.graph.nodes if "conv" in n.op_name]
+    assert choice.startswith(algorithm), choice
+    skip_unless_this_cpu_runs(model)
+    feeds = {"x": np.random.default_rng(7).standard_normal((2, 32, 29, 30)).astype(np.float32)}
+    report = go.compare(graph, model, feeds)
+    assert report.ok, str(report)
 
 
 @pytest.mark.parametrize("height, width, side, lanes, pixels", [
