@@ -548,6 +548,7 @@ def test_small_winograd_weights_go_a_row_of_tiles_a_task(mcpu, name, tasks):
 
 @pytest.mark.parametrize("mcpu, dtype, algorithm", [
     (AVX2_CPU, "float32", "winograd F(2x2, 3x3)"), (AVX512_CPU, "float32", "winograd F(4x4, 3x3)"),
+    (AVX512_CPU, "float16", "winograd F(4x4, 3x3)"),     # its input widened a channel's rows
     ("cooperlake", "bfloat16", "winograd_dpbf16 F(2x2, 3x3)")])
 def test_winograd_goes_by_rows_of_tiles_on_planes_of_partial_rows(mcpu, dtype, algorithm):
     """A plane that is not whole rows of tiles (29 rows: 14.5 rows of 2x2 tiles, 7.25 of 4x4)
