@@ -54,14 +54,14 @@ def conv_row_tile(out_width: int, block: int, vec: VectorShape) -> int:
 # (1 thread 0.60-0.62 both ways); whole models, the builds interleaved, 1 / 2 threads:
 # Inception-v3 0.997 / 0.969, SqueezeNet 0.986 / 1.002. With 8 lanes (AVX2) untimed, so not
 # taken there.
-UNPADDED_WHOLE_ROWS_LANES = 16
+WHOLE_ROW_BLOCK_LANES = 16
 
 
 def whole_row_block(block: int, channels: int, out_width: int, vec: VectorShape,
                     padded_input: bool) -> int:
     """The channel block of a conv: `block`, or one vector register where `block`'s tile leaves
     a partial tile in each row and the one-register tile divides it (the whole 17-pixel rows of
-    Inception's 17x17 convs, 27 of SqueezeNet's and AlexNet's), with UNPADDED_WHOLE_ROWS_LANES
+    Inception's 17x17 convs, 27 of SqueezeNet's and AlexNet's), with WHOLE_ROW_BLOCK_LANES
     lanes. The conv2d rule computes such rows to whole tiles (`padded_width`): for a conv that
     pads nothing else, a padded copy of its whole input before the tiles start. A conv that pads
     its input (`padded_input`) makes that copy anyway; there the one-register tile is taken on
@@ -73,7 +73,7 @@ def whole_row_block(block: int, channels: int, out_width: int, vec: VectorShape,
     (0.961) and 2165 / 2078 (0.948); whole Inception-v3 (26 convs) 0.984 / 0.914 and 0.954 in a
     rerun. Elsewhere (two full 512-bit FMA ports, untimed) the padded convs keep `block`."""
     lanes = vec.lanes
-    if lanes != UNPADDED_WHOLE_ROWS_LANES or block <= lanes or channels % lanes or \
+    if lanes != WHOLE_ROW_BLOCK_LANES or block <= lanes or channels % lanes or \
             (padded_input and not vec.split_512) or \
             out_width % conv_row_tile(out_width, block, vec) == 0:
         return block
