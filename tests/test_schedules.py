@@ -507,7 +507,7 @@ WINOGRAD_CHOICES = {
     (8, 16, 56, 1): (0, 0, 0),       # lanes by rows of tiles (from 16 channels: above)
     (64, 64, 224, 1): (2, 4, 4),     # by rows of tiles: F(2x2) up to 224x224 with 8 lanes,
     (64, 32, 256, 1): (0, 4, 0),     # F(4x4) up to 256x256 with 32 KiB, 224x224 with 48 KiB
-    (64, 64, 225, 1): (0, 4, 0),     # F(2x2) on an odd plane: whole-plane stages, to 112x112
+    (64, 64, 225, 1): (0, 4, 0),     # ... and not beyond 224x224, odd planes too
     (32, 64, 257, 1): (0, 0, 0),
     (32, 64, 147, 1): (2, 4, 4),     # Inception-v3's third conv (8 lanes: by rows of tiles)
     (32, 128, 27, 1): (2, 4, 4),     # SqueezeNet's: F(4x4) from 25x25 planes
