@@ -397,6 +397,31 @@ def test_small_convs_pad_their_rows_inside_each_parallel_task(mcpu):
     assert padded_in_tasks == {8: True, 64: False, 32: True}, padded_in_tasks
 
 
+def test_padding_before_the_tile_copies_rows_as_vectors():
+    """A 7x7 stride-2 stem pads its input once, before the tile, parallel over the planes, with
+    the padding rows, the input's rows and the rows below in loops of their own: the copy is
+    vector loads and stores, and on this 112x112 output plane (tiles written back through the
+    register transpose) the kernel has no scalar load or insert at all. (In one loop over every
+    row, whether a row was the input's was a run-time select of the whole row, which LLVM built
+    element by element: 1,120 scalar loads and 840 inserts.) Bounds-checked, the host's build
+    computes the interpreter's outputs."""
+    with dsl.Builder("stem", seed=0) as b:
+        x = b.input("x", (1, 3, 224, 224))
+        graph = b.output(dsl.relu(dsl.conv2d(x, 64, 7, stride=2, padding=3)))
+    (func,) = [f for f in _scheduled_kernels(graph, AVX512_CPU).values()
+               if f.attrs[SCHEDULE_ATTR] == "conv2d"]
+    text = func.script()
+    rows = [f'T.sblock("pad_temp_i2{part}_partition")' for part in range(3)]
+    assert all(r in text for r in rows), text
+    assert text.index("T.parallel(") < text.index(rows[0])
+    model = go.compile(graph, mcpu=AVX512_CPU)
+    assembly = cpu_assembly(model.executable)
+    assert not re.search(r"\bvinsertps\b|\bvmovss\b", assembly)
+    skip_unless_this_cpu_runs(model)
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)}
+    assert go.compare(graph, go.compile(graph, mcpu=AVX512_CPU, bounds_check=True), feeds).ok
+
+
 @pytest.mark.parametrize("shape, out_channels, stride, groups", [
     ((1, 16, 28, 28), 16, 1, 1), ((1, 32, 8, 8), 64, 1, 1), ((2, 16, 28, 28), 16, 1, 1),
     ((1, 24, 13, 13), 40, 1, 1), ((1, 32, 80, 80), 32, 2, 2), ((1, 64, 8, 8), 32, 2, 1)])

@@ -129,14 +129,15 @@ def _loop_of(sch, block, axis: int):
     return next((loop for loop in loops if sch.get(loop).loop_var.same_as(value)), None)
 
 
-def leading_columns(block, source=None) -> int:
+def leading_columns(block, source=None, axis: int = -1) -> int:
     """The padding columns before the input's first in a padding block's rows: minus the input
-    column it reads (of `source`, default its first read) at its iterators' origin."""
+    column it reads (of `source`, default its first read) at its iterators' origin; with
+    `axis=-2`, the padding rows before its first row."""
     from tvm import tirx
     from tvm.sym.analyzer import Analyzer
     read = next(r for r in block.reads if source is None or r.source.same_as(source))
     iters = [iv.var for iv in block.iter_vars]
-    start = tirx.IndexMap(iters, [read.region[-1].min], None)
+    start = tirx.IndexMap(iters, [read.region[axis].min], None)
     return -int(Analyzer().simplify(start.map_indices([0] * len(iters))[0]))
 
 
