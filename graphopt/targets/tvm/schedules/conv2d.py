@@ -13,7 +13,7 @@ import math
 from ..weight_prefetch import PREFETCH_ATTR
 from .common import (PARALLEL_MIN_ELEMENTS, VectorShape, blocks_of, buffer_bytes, extent,
                      inline_elementwise, iter_kinds, repeats_if_computed_at)
-from .phases import vectorize_padded_row
+from .phases import vectorize_padded_plane, vectorize_padded_row
 from .tiled import accumulator_writer, conv_row_tile, finish_tile, packed_weight, spatial_rest
 
 NAME = "conv2d"
@@ -110,7 +110,8 @@ PREFETCH_MIN_WEIGHT_BYTES = 256 * 1024
 # Inception-v3 0.99-1.01.
 VECTORIZE_PADDING = True
 # Whether a zero-padding stage computed before the tile copies its planes' rows in up to three
-# loops, so that whether a row is the input's is known at compile time (`_padding_by_row_parts`).
+# loops, so that whether a row is the input's is known at compile time
+# (`phases.vectorize_padded_plane`).
 # In one loop over every row the copy of a row was a select that LLVM built element by element
 # on the stack (the 7x7 stem's: 1,120 scalar loads, 840 inserts; now none), 0.14 ms of the
 # stem's time against 0.04 now. One Zen 4 core, convs + relu alone, builds alternated, time with /
@@ -268,7 +269,7 @@ def _schedule_padding(sch, conv) -> None:
     shared = {sch.get(loop) for loop in sch.get_loops(conv)}
     if not any(sch.get(loop) in shared for loop in outer):   # computed once, before the tile
         if PADDING_BY_ROW_PARTS:
-            _padding_by_row_parts(sch, pad)
+            vectorize_padded_plane(sch, pad)
             return
         rows = sch.fuse(*outer)
         if extent(rows, sch) * extent(column, sch) >= PARALLEL_MIN_ELEMENTS:
@@ -276,28 +277,6 @@ def _schedule_padding(sch, conv) -> None:
     # The columns the conv reads start at the padded row's first (its first output column's
     # first tap) and may end before its last (a stride's leftover columns).
     vectorize_padded_row(sch, pad, column)
-
-
-def _padding_by_row_parts(sch, pad) -> None:
-    """A zero-padding stage computed before the tile, parallel over its planes: each plane's rows
-    as up to three loops, the padding rows above the input's, its rows and the rows below, so
-    that whether a row is the input's is known at compile time and each of its rows is copied as
-    vectors (`vectorize_padded_row`); the row test inside one loop over every row left the
-    copy a select of the whole row, which LLVM built element by element on the stack."""
-    from .phases import leading_columns, segments
-    block = sch.get(pad)
-    source = block.reads[0].source
-    *planes, row, _ = sch.get_loops(pad)
-    fused = sch.fuse(*planes) if len(planes) > 1 else planes[0]
-    rows = extent(row, sch)
-    parts, _ = segments(sch, row, leading_columns(block, source, axis=-2), int(source.shape[-2]),
-                        rows)
-    if extent(fused, sch) > 1 and \
-            extent(fused, sch) * rows * int(source.shape[-1]) >= PARALLEL_MIN_ELEMENTS:
-        sch.parallel(fused)
-    for part in parts:
-        for child in sch.get_child_blocks(part):
-            vectorize_padded_row(sch, child, sch.get_loops(child)[-1], source)
 
 
 def _nchw_padding(sch, block) -> bool:

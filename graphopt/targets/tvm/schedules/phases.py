@@ -12,7 +12,7 @@ reads outside the input, a crash where the input ends at a page boundary.)"""
 from __future__ import annotations
 
 from ....ops.cast import widened
-from .common import blocks_of, extent, inline_elementwise, iter_kinds
+from .common import PARALLEL_MIN_ELEMENTS, blocks_of, extent, inline_elementwise, iter_kinds
 from .tiled import accumulator_writer
 
 # The copy block's annotation: [top, height, left, width], the real input's rows and columns
@@ -129,7 +129,7 @@ def _loop_of(sch, block, axis: int):
     return next((loop for loop in loops if sch.get(loop).loop_var.same_as(value)), None)
 
 
-def leading_columns(block, source=None, axis: int = -1) -> int:
+def leading_padding(block, source=None, axis: int = -1) -> int:
     """The padding columns before the input's first in a padding block's rows: minus the input
     column it reads (of `source`, default its first read) at its iterators' origin; with
     `axis=-2`, the padding rows before its first row."""
@@ -147,10 +147,33 @@ def vectorize_padded_row(sch, block_rv, loop, source=None) -> None:
     read) and the right padding."""
     block = sch.get(block_rv)
     read = next(r for r in block.reads if source is None or r.source.same_as(source))
-    parts, _ = segments(sch, loop, leading_columns(block, read.source),
+    parts, _ = segments(sch, loop, leading_padding(block, read.source),
                         int(read.source.shape[-1]), extent(loop, sch))
     for part in parts:
         sch.vectorize(part)
+
+
+def vectorize_padded_plane(sch, block_rv) -> None:
+    """A zero-padding block computed on its own (not under another block's loops), parallel
+    over its planes where it copies at least PARALLEL_MIN_ELEMENTS of the input's columns: each
+    plane's rows as up to three loops, the padding rows above the input's, its rows and the rows
+    below (as `schedule_copy` splits a phase copy's), so that whether a row is the input's is
+    known at compile time, and each row's columns as `vectorize_padded_row` makes them. Tested
+    per row inside one loop over every row, the copy of a row was a select that LLVM built
+    element by element on the stack."""
+    block = sch.get(block_rv)
+    source = block.reads[0].source
+    *planes, row, _ = sch.get_loops(block_rv)
+    fused = sch.fuse(*planes) if len(planes) > 1 else planes[0]
+    rows = extent(row, sch)
+    parts, _ = segments(sch, row, leading_padding(block, source, axis=-2), int(source.shape[-2]),
+                        rows)
+    if extent(fused, sch) > 1 and \
+            extent(fused, sch) * rows * int(source.shape[-1]) >= PARALLEL_MIN_ELEMENTS:
+        sch.parallel(fused)
+    for part in parts:
+        for child in sch.get_child_blocks(part):
+            vectorize_padded_row(sch, child, sch.get_loops(child)[-1], source)
 
 
 def segments(sch, loop, start: int, size: int, total: int):
