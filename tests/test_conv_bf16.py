@@ -139,6 +139,65 @@ def test_vdpbf16ps_convolutions_compute_what_the_interpreter_does(case):
 
 
 
+# Convs of few channels the float32 rules take as rows of vectors (`narrow.applies`), of stride
+# 1: a kernel row's neighbouring taps in pairs on vdpbf16ps ("narrow_dpbf16"): odd and even
+# kernel widths (an odd row's last tap alone), rows padded to whole vectors and rows of several
+# tiles, padding on any side, batches, several output channel tiles, epilogues.
+NARROW_PAIRS_CASES = [
+    Case("lenet-1-to-6ch-5x5-tanh", 1, 6, 28, 5, activation="tanh"),
+    Case("3-to-64ch-3x3-batch2-relu", 3, 64, 20, 3, padding=1, batch=2, activation="relu"),
+    Case("2-to-5ch-4x4-asymmetric-residual", 2, 5, 19, 4, padding=(1, 2, 0, 1),
+         residual=True),
+    Case("3-to-3ch-7x7-wide-rows", 3, 3, 45, 7, padding=3, activation="relu6"),
+    Case("1-to-3ch-2x2-no-bias", 1, 3, 33, 2, bias=False),
+]
+
+
+@pytest.mark.parametrize("case", NARROW_PAIRS_CASES, ids=[c.id for c in NARROW_PAIRS_CASES])
+def test_rows_of_vectors_on_vdpbf16ps_compute_what_the_interpreter_does(case):
+    """The narrow rule's tiles with each step a vdpbf16ps on a kernel row's pair of taps; the
+    outputs are the interpreter's within one rounding."""
+    from graphopt.targets.tvm.schedules import narrow
+    check_built_kernel(case, (narrow.PAIRS_ALGORITHM, conv2d_bf16.LANES), narrow.NAME,
+                       assert_one_rounding_from)
+
+
+def test_rows_of_vectors_on_vdpbf16ps_keep_infinities_outside_the_window():
+    """An odd kernel row's last tap is paired with a zero input, not a zero weight: an infinity
+    just right of a window leaves that output finite, as in the interpreter, and the outputs
+    whose windows hold it are infinite or NaN as there."""
+    graph = conv_graph(Case("inf", 1, 6, 28, 5))
+    model = go.compile(graph, "cpu", mcpu=BF16_CPU)
+    from graphopt.targets.tvm.schedules import narrow
+    assert algorithm(model)[0] == narrow.PAIRS_ALGORITHM
+    if not host_has_bf16():
+        pytest.skip("this CPU has no avx512_bf16")
+    inputs = feeds(graph)
+    inputs["input"][0, 0, 10, 9] = np.inf
+    inputs["input"][0, 0, 3, 20] = -np.inf
+    (name, expected), = go.interpret(graph, inputs).items()
+    found, expected = model.run(inputs)[name].astype(np.float32), expected.astype(np.float32)
+    assert np.isfinite(expected[0, :, :, 4]).all() and not np.isfinite(expected).all()
+    np.testing.assert_array_equal(np.isnan(found), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(found), np.isinf(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(found[~finite], expected[~finite])
+    assert_one_rounding_from(found[finite], expected[finite])
+
+
+def test_narrow_pairs_weight():
+    """A kernel row's taps in pairs, an odd row's last pair completed by a zero tap."""
+    from graphopt.targets.tvm.schedules import narrow
+    weight = (np.arange(2 * 3 * 4 * 5) + 1).reshape(2, 3, 4, 5).astype("bfloat16")
+    packed = narrow.pack_weight_pairs(weight)
+    assert packed.shape == (2, 3, 4, 3, 2) and packed.dtype == np.uint16
+    bits = weight.view(np.uint16)
+    assert packed[1, 2, 3, 1, 1] == bits[1, 2, 3, 3] and packed[0, 1, 2, 0, 0] == bits[0, 1, 2, 0]
+    assert (packed[..., 2, 1] == 0).all() and (packed[..., 2, 0] == bits[..., 4]).all()
+    with pytest.raises(GraphoptError, match="bfloat16"):
+        narrow.pack_weight_pairs(np.zeros((2, 1, 3, 3), np.float32))
+
+
 def test_row_taps_weight_and_choice():
     """The unfolded weight holds tap kx of channel c as channel kx * I + c of a KH x 1 kernel;
     row taps are taken where they save instructions (3 channels x 7 taps: 11 pairs a row
@@ -369,25 +428,27 @@ def test_a_kernel_rows_taps_fold_into_one_tile_row(channels, kernel, dilation, b
     # block of output channels (DenseNet-121's 128 -> 32 ch convs; select_conv_algorithm.py's
     # docstring); and for the convs but 1x1 ones that the float32 rules take as rows of vectors
     # (`narrow.applies`): LeNet-5's 1 -> 6 channel 5x5 conv, a 3 -> 64 channel 3x3 one on an
-    # image; ResNet-18's 64 -> 128 channel 1x1 downsample is faster on vdpbf16ps; the 7x7
-    # stem's 3 channels with its kernel rows' taps as the pairs
+    # image, their steps on vdpbf16ps with a kernel row's taps in pairs, a strided one widened;
+    # ResNet-18's 64 -> 128 channel 1x1 downsample is faster on vdpbf16ps; the 7x7 stem's 3
+    # channels with its kernel rows' taps as the pairs
     (BF16_CPU, {"fills": "winograd_dpbf16", "partial": "dpbf16", "grouped": "direct",
                 "winograd": "winograd_dpbf16", "odd-input": "winograd",
-                "one-block": "dpbf16", "large-plane": "winograd_dpbf16", "lenet": "narrow",
-                "image": "narrow", "downsample": "dpbf16", "stem": "dpbf16_taps"}),
+                "one-block": "dpbf16", "large-plane": "winograd_dpbf16",
+                "lenet": "narrow_dpbf16", "image": "narrow_dpbf16", "image-s2": "narrow",
+                "downsample": "dpbf16", "stem": "dpbf16_taps"}),
     # AMX-BF16 hosts keep AMX tiles where the layer fills them (the 7x7 stem's rows of taps
     # folded into tile rows) and the widened float32 kernel elsewhere (measured faster there
     # than vdpbf16ps: see the module's docstring)
     ("sapphirerapids", {"fills": "amx", "partial": "direct", "grouped": "direct",
                         "winograd": "amx", "odd-input": "amx", "one-block": "amx",
                         "large-plane": "amx", "lenet": "narrow", "image": "narrow",
-                        "downsample": "amx", "stem": "amx"}),
+                        "image-s2": "narrow", "downsample": "amx", "stem": "amx"}),
     # no BF16: the widened float32 kernels, Winograd where float32 takes it (F(2x2) on a 14x14
     # plane of 64 channels), the direct one for the strided 1x1 downsample (`narrow.applies`)
     ("cascadelake", {"fills": "winograd", "partial": "direct", "grouped": "direct",
                      "winograd": "winograd", "odd-input": "winograd", "one-block": "winograd",
                      "large-plane": "winograd", "lenet": "narrow", "image": "narrow",
-                     "downsample": "direct", "stem": "direct"}),
+                     "image-s2": "narrow", "downsample": "direct", "stem": "direct"}),
 ], ids=[BF16_CPU, "sapphirerapids", "cascadelake"])
 def test_each_cpu_gets_its_bfloat16_kernel(mcpu, expected):
     graphs = {"fills": conv_graph(Case("fills", 64, 64, 14, 3, padding=1)),
@@ -399,6 +460,7 @@ def test_each_cpu_gets_its_bfloat16_kernel(mcpu, expected):
               "large-plane": conv_graph(Case("large-plane", 64, 64, 112, 3, padding=1)),
               "lenet": conv_graph(Case("lenet", 1, 6, 32, 5)),
               "image": conv_graph(Case("image", 3, 64, 32, 3, padding=1)),
+              "image-s2": conv_graph(Case("image-s2", 3, 16, 64, 3, stride=2, padding=1)),
               "downsample": conv_graph(Case("downsample", 64, 128, 56, 1, stride=2)),
               "stem": conv_graph(Case("stem", 3, 64, 32, 7, stride=2, padding=3))}
     assert {name: chosen_for(g, mcpu)[0] for name, g in graphs.items()} == expected

@@ -303,9 +303,10 @@ def test_compiled_cpu_matches_the_interpreter(model, dtype):
     # half convolutions are the float32 kernels on widened operands (the tiled, pointwise,
     # depthwise, narrow or Winograd one); bfloat16 ones go to AMX tiles where they fill them,
     # and to vdpbf16ps on an AVX512-BF16 CPU without AMX (an image's few channels with the
-    # kernel rows' taps as the pairs)
+    # kernel rows' taps as the pairs; the narrow rule's rows with them as the pairs)
     widened = ("direct", "pointwise", "depthwise", "narrow", "winograd")
-    allowed = (*widened, "amx", "dpbf16", "dpbf16_taps") if dtype == "bfloat16" else widened
+    allowed = (*widened, "amx", "dpbf16", "dpbf16_taps", "narrow_dpbf16") \
+        if dtype == "bfloat16" else widened
     for node in m.graph.nodes:
         if node.op_name in ("conv2d", "fused_conv2d"):
             conv = node.op.conv if node.op_name == "fused_conv2d" else node.op

@@ -75,10 +75,10 @@ EXACT_FLOAT_CONV_ALGORITHMS = ("depthwise", "direct", "narrow")
 INTEGER_CONV_ALGORITHMS = ("vnni", "pmaddubsw", "pmaddwd")
 QUANTIZED_CONV_ALGORITHMS = ("amx", *INTEGER_CONV_ALGORITHMS)
 CONV_ALGORITHMS = ("direct", "winograd", "onednn", "depthwise", "narrow", "pointwise", "dpbf16",
-                   "dpbf16_taps", "winograd_dpbf16", *QUANTIZED_CONV_ALGORITHMS)
+                   "dpbf16_taps", "winograd_dpbf16", "narrow_dpbf16", *QUANTIZED_CONV_ALGORITHMS)
 # Algorithms whose `weight_block` is required: (what it counts, for the error).
 BLOCKED_ALGORITHMS = {"winograd": "output channels", "depthwise": "output columns",
-                      "narrow": "output columns",
+                      "narrow": "output columns", "narrow_dpbf16": "output columns",
                       "pointwise": "output channels",
                       "dpbf16": "output channels", "dpbf16_taps": "output channels",
                       "winograd_dpbf16": "output channels"}
@@ -180,7 +180,7 @@ class Conv2d(Op):
         return lower_conv(bb, self, x, w, b)
 
     def target_choice(self) -> str:
-        unit = ("column vectors" if self.algorithm in ("depthwise", "narrow")
+        unit = ("column vectors" if self.algorithm in ("depthwise", "narrow", "narrow_dpbf16")
                 else "channel weight blocks")
         block = f", {self.weight_block}-{unit}" if self.weight_block else ""
         rows = f", rows padded to {self.padded_width}" if self.padded_width else ""

@@ -43,7 +43,9 @@ that Winograd F(2x2) with its GEMMs on the same instruction computes faster ("wi
 (an odd number of input channels: `BFLOAT16_WINOGRAD_MIN_CHANNELS`,
 `BFLOAT16_WINOGRAD_MAX_PLANE`) and those a float32 conv takes
 as "narrow", but for 1x1 ones (`narrow.applies`; in pairs of input channels and blocks of 16
-output channels, an image's few channels or a few output channels are mostly padding).
+output channels, an image's few channels or a few output channels are mostly padding): of
+those, the ones of stride and dilation 1 are "narrow_dpbf16", the narrow rule's tiles with a
+kernel row's neighbouring taps as the instruction's pairs (`narrow.pairs_apply`).
 
 A quantized convolution (`qlinear_conv2d`) is computed by the x86 dot-product instruction of the
 target CPU (`schedules/conv2d_int8.py`: "amx" tiles where the CPU has AMX-INT8 and the layer fills
@@ -208,10 +210,14 @@ def select_conv_algorithm(context):
             taps = w.shape[2] * w.shape[3]
             widened = direct(plain, out_channels, out_w, w.shape[1], taps)
             if widened.algorithm == narrow.ALGORITHM and taps > 1:
-                # rows as vectors, widened, beat vdpbf16ps tiles of mostly padding channels
-                # (one Zen 4 thread: LeNet-5's 1 -> 6 channel conv, 28 -> 22 us a run;
-                # SqueezeNet's 3 -> 64 channel stem, 5.30 -> 5.00 ms), but not 1x1 convs of
-                # few input channels (ResNet-18's 64 -> 128 ch downsample 0.09 -> 0.15 ms)
+                # rows as vectors beat vdpbf16ps tiles of mostly padding channels (one Zen 4
+                # thread: LeNet-5's 1 -> 6 channel conv, 28 -> 22 us a run; SqueezeNet's
+                # 3 -> 64 channel stem, 5.30 -> 5.00 ms), but not 1x1 convs of few input
+                # channels (ResNet-18's 64 -> 128 ch downsample 0.09 -> 0.15 ms); their steps
+                # on vdpbf16ps, a kernel row's taps in pairs, where the rows allow it
+                if narrow.pairs_apply(conv, w.shape[3]) and \
+                        widened.weight_block == conv2d_bf16.LANES:
+                    return dataclasses.replace(widened, algorithm=narrow.PAIRS_ALGORITHM)
                 return widened
             algorithm = conv2d_bf16.ROW_TAPS if conv2d_bf16.row_taps_save(w.shape[1], w.shape[3]) \
                 else conv2d_bf16.ALGORITHM

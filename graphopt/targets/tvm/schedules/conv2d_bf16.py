@@ -68,6 +68,9 @@ INTRINSIC = f"graphopt_dpbf16_{LANES}x{PAIR}_local"
 # The same instruction with the broadcast pair read as one uint32 (Winograd's transformed input,
 # `winograd.winograd_conv2d`, which packs each pair of channels into one element).
 PACKED_INTRINSIC = f"graphopt_dpbf16_{LANES}x{PAIR}_packed_local"
+# The same instruction with the broadcast pair a weight's and the vector 16 packed input pairs
+# (uint32): the narrow rule's output columns as lanes (`narrow.narrow_conv2d_pairs`).
+ROWS_INTRINSIC = f"graphopt_dpbf16_{LANES}x{PAIR}_rows_local"
 # LLVM 22's vdpbf16ps takes <32 x bfloat> operands, a type TIR cannot pass: TVM legalizes every
 # bfloat16 expression to float32 before codegen. The kernel calls this wrapper with the bits
 # as <16 x i32> instead (imported into the kernel's LLVM module by `pragma_import_llvm`;
@@ -213,52 +216,64 @@ def conv2d_dpbf16(x, packed, conv, row_taps: int = 0):
 
 @registers_with_tvm
 def register_intrinsic() -> None:
-    """Register INTRINSIC and PACKED_INTRINSIC (once per process): C[16] (float32, registers)
-    += A[2] (one broadcast pair of bfloat16 inputs; packed: the two halves of one uint32) .
-    B[16, 2] by one vdpbf16ps."""
+    """Register INTRINSIC, PACKED_INTRINSIC and ROWS_INTRINSIC (once per process): C[16]
+    (float32, registers) += A[2] (one broadcast pair of bfloat16 values; packed: the two halves
+    of one uint32) . B[16, 2] (rows: B[16], each the two halves of a uint32) by one
+    vdpbf16ps."""
     if INTRINSIC in _registered:
         return
     from tvm.script import tirx as T
-    _register_dot(INTRINSIC, PAIR, "uint16", lambda A, k: A[k],
-                  lambda A: T.reinterpret(A.vload([0], f"uint16x{PAIR}"), dtype="int32"))
+    pair = lambda A: T.reinterpret(A.vload([0], f"uint16x{PAIR}"), dtype="int32")  # noqa: E731
+    _register_dot(INTRINSIC, PAIR, "uint16", lambda A, k: A[k], pair)
     _register_dot(PACKED_INTRINSIC, 1, "uint32", lambda A, k: half_of(A[0], k),
                   lambda A: T.reinterpret(A[0], dtype="int32"))
+    _register_dot(ROWS_INTRINSIC, PAIR, "uint16", lambda A, k: A[k], pair, packed_vector=True)
     _registered.add(INTRINSIC)
 
 
-def _register_dot(name: str, a_length: int, a_dtype: str, element, pixel) -> None:
-    """Register `name`: C[16] += A . B[16, 2] by one vdpbf16ps, where A holds the broadcast pair
-    as `a_length` elements of `a_dtype`, `element(A, k)` is the bits (uint16) of its value k
-    and `pixel(A)` the pair as one int32."""
+def _register_dot(name: str, a_length: int, a_dtype: str, element, pixel,
+                  packed_vector: bool = False) -> None:
+    """Register `name`: C[16] += A . B by one vdpbf16ps, where A holds the broadcast pair as
+    `a_length` elements of `a_dtype`, `element(A, k)` is the bits (uint16) of its value k and
+    `pixel(A)` the pair as one int32; B is [16, 2] bfloat16 bits, or with `packed_vector` [16]
+    uint32, each lane's pair as its two halves."""
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
     vector = f"int32x{LANES}"   # the bits of 32 bfloat16 values
+    if packed_vector:
+        b_shape, b_dtype, b_region = (LANES,), "uint32", lambda B: B[0:LANES]
+        b_element = lambda B, i, k: half_of(B[i], k)    # noqa: E731
+        b_vector = lambda B: T.reinterpret(B.vload([0], dtype=f"uint32x{LANES}"),  # noqa: E731
+                                           dtype=vector)
+    else:
+        b_shape, b_dtype, b_region = (LANES, PAIR), "uint16", lambda B: B[0:LANES, 0:PAIR]
+        b_element = lambda B, i, k: B[i, k]             # noqa: E731
+        b_vector = lambda B: T.reinterpret(  # noqa: E731
+            B.vload([0, 0], dtype=f"uint16x{LANES * PAIR}"), dtype=vector)
 
     @T.prim_func(s_tir=True)
     def desc(A: T.Buffer((a_length,), a_dtype, offset_factor=1),
-             B: T.Buffer((LANES, PAIR), "uint16", offset_factor=1),
+             B: T.Buffer(b_shape, b_dtype, offset_factor=1),
              C: T.Buffer((LANES,), "float32", offset_factor=1, scope="local")) -> None:
         with T.sblock("root"):
-            T.reads(C[0:LANES], A[0:a_length], B[0:LANES, 0:PAIR])
+            T.reads(C[0:LANES], A[0:a_length], b_region(B))
             T.writes(C[0:LANES])
             for i in T.serial(0, LANES):
                 for k in T.serial(0, PAIR):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + widen(element(A, vk)) * widen(B[vi, vk])
+                        C[vi] = C[vi] + widen(element(A, vk)) * widen(b_element(B, vi, vk))
 
     @T.prim_func(s_tir=True)
     def impl(A: T.Buffer((a_length,), a_dtype, offset_factor=1),
-             B: T.Buffer((LANES, PAIR), "uint16", offset_factor=1),
+             B: T.Buffer(b_shape, b_dtype, offset_factor=1),
              C: T.Buffer((LANES,), "float32", offset_factor=1, scope="local")) -> None:
         with T.sblock("root"):
-            T.reads(C[0:LANES], A[0:a_length], B[0:LANES, 0:PAIR])
+            T.reads(C[0:LANES], A[0:a_length], b_region(B))
             T.writes(C[0:LANES])
-            weights = T.reinterpret(B.vload([0, 0], dtype=f"uint16x{LANES * PAIR}"),
-                                    dtype=vector)
             C[T.ramp(T.int32(0), 1, LANES)] = T.call_pure_extern(
                 f"float32x{LANES}", WRAPPER, C.vload([0], dtype=f"float32x{LANES}"),
-                T.broadcast(pixel(A), LANES), weights)
+                T.broadcast(pixel(A), LANES), b_vector(B))
 
     TensorIntrin.register(name, desc, impl, override=True)
 

@@ -20,11 +20,13 @@ from .tiled import accumulator_writer
 PADDING_ATTR = "graphopt.padding"
 
 
-def column_phases(x, conv, kernel, block: int, name: str, dtype: str | None = None):
+def column_phases(x, conv, kernel, block: int, name: str, dtype: str | None = None,
+                  extra_columns: int = 0):
     """TE: NCHW `x` zero-padded as `conv` pads it and split into `stride` column phases, [N, C,
     rows, stride, columns / stride], with the columns that output rows padded to whole blocks
-    of `block` read, as `dtype` (x's where None: half precision is widened here, once per
-    element, for a float32 kernel); and (out_h, out_w, padded_w)."""
+    of `block` read (and `extra_columns` more per phase), as `dtype` (x's where None: half
+    precision is widened here, once per element, for a float32 kernel); and (out_h, out_w,
+    padded_w)."""
     from tvm import te, tirx
     n, channels, height, width = (int(d) for d in x.shape)
     k_h, k_w = kernel
@@ -34,7 +36,7 @@ def column_phases(x, conv, kernel, block: int, name: str, dtype: str | None = No
     out_w = (width + left + right - d_w * (k_w - 1) - 1) // s_w + 1
     padded_w = -(-out_w // block) * block
     rows = (out_h - 1) * s_h + d_h * (k_h - 1) + 1
-    columns = padded_w + d_w * (k_w - 1) // s_w       # per phase
+    columns = padded_w + d_w * (k_w - 1) // s_w + extra_columns      # per phase
     dtype = dtype or str(x.dtype)
     zero = tirx.const(0, dtype)
 
@@ -107,17 +109,19 @@ def tap(phases, conv, b, c, i, j, ry, rx):
     return phases[b, c, i * s_h + ry * d_h, (rx * d_w) % s_w, j + (rx * d_w) // s_w]
 
 
-def row_conv_blocks(sch, conv_name: str, kinds: str, copy_name: str):
+def row_conv_blocks(sch, conv_name: str, kinds: str, copy_name: str, kept: tuple = ()):
     """(conv, copy, accumulator writer) of a row-vectorized conv function: the one block named
     `conv_name` with iterator kinds `kinds`, and the copy block `copy_name`, the elementwise
-    blocks around them inlined; None for functions without them."""
+    blocks around them inlined, except those named in `kept`; None for functions without
+    them."""
     blocks = blocks_of(sch)
     convs = [b for b in blocks if sch.get(b).name_hint == conv_name
              and iter_kinds(sch.get(b)) == kinds]
     copies = [b for b in blocks if sch.get(b).name_hint == copy_name]
     if len(convs) != 1 or len(copies) != 1:
         return None
-    inline_elementwise(sch, keep=[convs[0], copies[0]])
+    inline_elementwise(sch, keep=[convs[0], copies[0],
+                                  *(b for b in blocks if sch.get(b).name_hint in kept)])
     writer = accumulator_writer(sch, convs[0])
     return None if writer is None else (convs[0], copies[0], writer)
 
