@@ -397,6 +397,68 @@ def run_input(array: np.ndarray, device, staging: dict, slot: int):
     return staged[1]
 
 
+def staged_call(specs, buffers, main, args, names: tuple, threads: int):
+    """A model's run on one thread where every input is copied into its staging buffer (small
+    inputs on the CPU, `run_input`), as a function of the inputs: the whole argument tuple of
+    `main` is made once, after the thread's first run; a call checks each input against its
+    spec, copies it into its buffer and calls `main`. It returns None (the caller takes the
+    general path, which says what is wrong) for anything else than a dict of numpy arrays of
+    the model's shapes and dtypes. A closure over locals, one input and one output written
+    out: around bfloat16 LeNet-5's 8.6 us in `main`, the general path cost 3.4 us a run, this
+    one 1.7 through `run` (one Zen 4 core; a loop over one input and attributes of an object
+    cost 0.5 more). The closure holds the calling thread's thread settings: kept per thread."""
+    checks = tuple((name, shape, np_dtype, buffer)
+                   for (name, shape, _, np_dtype), buffer in zip(specs, buffers))
+    args, count, config = tuple(args), len(checks), _thread_config.__dict__
+
+    def call(inputs):
+        if type(inputs) is not dict or len(inputs) != count:
+            return None
+        for name, shape, dtype, buffer in checks:
+            array = inputs.get(name)
+            if type(array) is not np.ndarray or array.shape != shape or array.dtype != dtype:
+                return None
+            buffer[...] = array
+        if config.get("count") != threads:
+            configure_threads(threads)
+        result = main(*args)
+        if len(names) == 1:
+            return {names[0]: run_output(result, True)}
+        return {name: run_output(t, True) for name, t in zip(names, result)}
+
+    if count != 1 or len(names) != 1:
+        return call
+    ((name, shape, dtype, buffer),), output = checks, names[0]
+
+    def call_one(inputs):
+        if type(inputs) is not dict or len(inputs) != 1:
+            return None
+        array = inputs.get(name)
+        if type(array) is not np.ndarray or array.shape != shape or array.dtype != dtype:
+            return None
+        buffer[...] = array
+        if config.get("count") != threads:
+            configure_threads(threads)
+        return {output: run_output(main(*args), True)}
+
+    return call_one
+
+
+def remember_staged_call(per_thread: threading.local, specs, arrays, main, args,
+                         names: tuple, threads: int) -> None:
+    """Keep a `staged_call` in `per_thread` (as `staged_call`) after a CPU run whose `arrays`
+    all went through their staging buffers (`run_inputs`), `args` the tensors `main` took
+    after the inputs (weights, workspace)."""
+    staging = per_thread.__dict__.get("staging") or {}
+    if all(a.nbytes <= COPIED_INPUT_BYTES for a in arrays) and \
+            all(spec[3] is not None for spec in specs) and \
+            all(slot in staging for slot in range(len(arrays))):
+        staged = [staging[slot] for slot in range(len(arrays))]
+        per_thread.staged_call = staged_call(specs, [b for b, _ in staged], main,
+                                             [t for _, t in staged] + list(args), names,
+                                             threads)
+
+
 def run_output(tensor, on_cpu: bool | None = None) -> np.ndarray:
     """A run's output as a new numpy array: on the CPU a copy of numpy's DLPack view of it, else
     (another device, or a dtype numpy's DLPack lacks: bfloat16) a copy through the runtime.
@@ -544,8 +606,19 @@ class LoadedModel:
         return [result] if len(self._output_names) == 1 else list(result)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self.run_device(self._to_device(self.check(inputs)))
+        staged = self._per_thread.__dict__.get("staged_call")
+        if staged is not None:
+            outputs = staged(inputs)
+            if outputs is not None:
+                return outputs
+        arrays = self.check(inputs)
+        results = self.run_device(self._to_device(arrays))
         on_cpu = self.device_kind == "cpu"
+        if on_cpu and staged is None:
+            remember_staged_call(self._per_thread, self._input_specs, arrays,
+                                 self._main_function(),
+                                 [*self._weight_args, *self._per_thread.workspace],
+                                 self._output_names, self.threads)
         return {name: run_output(t, on_cpu) for name, t in zip(self._output_names, results)}
 
     __call__ = run

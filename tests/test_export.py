@@ -86,6 +86,41 @@ def test_loaded_model_rejects_bad_inputs(exported, bad, message):
         go.load(exported).run(bad)
 
 
+def test_runs_after_the_first_check_and_copy_each_call_s_inputs(compiled, exported, feeds):
+    """After a thread's first run, a model whose inputs are all small runs through the call it
+    keeps for that thread (`runtime.staged_call`): each call's values are used (the results of
+    a fresh model on the same inputs), other layouts give the same results, bad inputs are
+    still refused with the general path's errors, and another thread gets its own call."""
+    import threading
+    other = {"image": (feeds["image"] * 2 + 1).astype(np.float32)}
+    bad = [({"image": np.zeros((1, 3, 12, 12), np.float32)}, "expected float32[2,3,12,12]"),
+           ({"image": np.zeros((2, 3, 12, 12), np.float64)}, "found float64"),
+           ({"image": feeds["image"], "extra": np.zeros(1)}, "expected inputs"),
+           ({}, "expected inputs")]
+    for model, fresh in ((compiled, lambda: go.compile(compiled.graph, passes=())),
+                         (go.load(exported), lambda: go.load(exported))):
+        expected = {name: fresh().run(f) for name, f in (("feeds", feeds), ("other", other))}
+        model.run(feeds)
+        assert "staged_call" in model._per_thread.__dict__
+        strided = {"image": np.asfortranarray(other["image"])}
+        readonly = {"image": other["image"].copy()}
+        readonly["image"].flags.writeable = False
+        for inputs, name in ((other, "other"), (feeds, "feeds"), (strided, "other"),
+                             (readonly, "other"), (dict(feeds.items()), "feeds")):
+            for output, found in model.run(inputs).items():
+                np.testing.assert_array_equal(found, expected[name][output])
+        for inputs, message in bad:
+            with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+                model.run(inputs)
+        found = {}
+        thread = threading.Thread(target=lambda: found.update(model.run(other)))
+        thread.start()
+        thread.join()
+        for output, array in found.items():
+            np.testing.assert_array_equal(array, expected["other"][output])
+        assert set(found) == set(expected["other"])
+
+
 def test_load_rejects_files_that_are_not_graphopt_exports(compiled, tmp_path):
     with pytest.raises(ModelFormatError, match="no such file"):
         go.load(str(tmp_path / "missing.so"))

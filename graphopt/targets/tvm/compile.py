@@ -13,7 +13,7 @@ import numpy as np
 from ...errors import GraphoptError, LoweringError, ModelFormatError
 from ...ir import Graph
 from ...runtime import (check_cpu_features, checked_inputs, configure_threads, enter_vm,
-                        run_inputs, run_output)
+                        remember_staged_call, run_inputs, run_output)
 from ...signature import Signature
 from ...verify import verify
 from .lower import to_relax
@@ -133,8 +133,14 @@ class CompiledModel:
         return self.optimized.report
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        staged = self._per_thread.__dict__.get("staged_call")
+        if staged is not None:
+            outputs = staged(inputs)
+            if outputs is not None:
+                return outputs
         arrays = checked_inputs(inputs, self.signature.input_specs)
-        if self.device_kind == "cpu":
+        on_cpu = self.device_kind == "cpu"
+        if on_cpu:
             configure_threads(self.threads)
         args = run_inputs(arrays, self.device, self._per_thread)
         if self.weights is not None:
@@ -148,7 +154,9 @@ class CompiledModel:
         args += self._per_thread.workspace
         result = main(*args)
         names = self.signature.output_name_tuple
-        on_cpu = self.device_kind == "cpu"
+        if on_cpu and staged is None:
+            remember_staged_call(self._per_thread, self.signature.input_specs, arrays, main,
+                                 args[len(arrays):], names, self.threads)
         if len(names) == 1:
             return {names[0]: run_output(result, on_cpu)}
         return {name: run_output(a, on_cpu) for name, a in zip(names, result)}
