@@ -34,7 +34,9 @@ import math
 import numpy as np
 
 from ....errors import LoweringError
+from . import conv2d_bf16
 from .common import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_MACS, VectorShape, blocks_of, extent
+from .conv2d_bf16 import bits_of, half_of, widen
 from .phases import (column_phases, real_columns, row_conv_blocks, schedule_copy, tap,
                      written_width)
 
@@ -159,7 +161,6 @@ def narrow_conv2d_pairs(x, packed, conv, block: int, kernel_width: int):
     packed with its right neighbour (`PAIRS_BLOCK`: uint32, low half the column's bits), in
     rows of whole blocks."""
     from tvm import te
-    from .conv2d_bf16 import bits_of, half_of, widen
     n, channels = (int(d) for d in x.shape[:2])
     out_channels, _, k_h, pairs, _ = (int(d) for d in packed.shape)
     # every output column's last pair, in whole blocks; the copy's last column read is the
@@ -210,7 +211,7 @@ def schedule(sch, vec: VectorShape) -> bool:
     conv, copy, writer = found
     n, o, oh, ow, rc, kh, kw, *pair = sch.get_loops(conv)
     lanes = vec.lanes
-    if extent(ow, sch) % lanes:
+    if extent(ow, sch) % lanes or (paired and lanes != conv2d_bf16.LANES):
         return None   # rows are padded to whole vectors at lowering
     vectors = extent(ow, sch) // lanes
     channels = extent(o, sch)
@@ -252,7 +253,6 @@ def schedule(sch, vec: VectorShape) -> bool:
 def _schedule_pairs(sch, conv, lanes_loop, lanes: int, parallel: bool) -> None:
     """The paired kernel's packing copy (parallel over planes where the phase copy is, its rows
     as vectors) and its step, one vdpbf16ps (`conv2d_bf16.ROWS_INTRINSIC`)."""
-    from . import conv2d_bf16
     pairs = next(b for b in blocks_of(sch) if sch.get(b).name_hint == PAIRS_BLOCK)
     b, c, *_, columns = sch.get_loops(pairs)
     planes = sch.fuse(b, c)
