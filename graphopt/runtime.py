@@ -397,11 +397,12 @@ def run_input(array: np.ndarray, device, staging: dict, slot: int):
     return staged[1]
 
 
-def staged_call(specs, buffers, main, args, names: tuple, threads: int):
+def staged_call(specs, buffers, main, args, names: tuple):
     """A model's run on one thread where every input is copied into its staging buffer (small
-    inputs on the CPU, `run_input`), as a function of the inputs: the whole argument tuple of
-    `main` is made once, after the thread's first run; a call checks each input against its
-    spec, copies it into its buffer and calls `main`. It returns None (the caller takes the
+    inputs on the CPU, `run_input`), as a function of the inputs and the thread count to run
+    on: the whole argument tuple of `main` is made once, after the thread's first run; a call
+    checks each input against its spec, copies it into its buffer and calls `main`. It returns
+    None (the caller takes the
     general path, which says what is wrong) for anything else than a dict of numpy arrays of
     the model's shapes and dtypes. A closure over locals, one input and one output written
     out: around bfloat16 LeNet-5's 8.6 us in `main`, the general path cost 3.4 us a run, this
@@ -411,7 +412,7 @@ def staged_call(specs, buffers, main, args, names: tuple, threads: int):
                    for (name, shape, _, np_dtype), buffer in zip(specs, buffers))
     args, count, config = tuple(args), len(checks), _thread_config.__dict__
 
-    def call(inputs):
+    def call(inputs, threads: int):
         if type(inputs) is not dict or len(inputs) != count:
             return None
         for name, shape, dtype, buffer in checks:
@@ -430,7 +431,7 @@ def staged_call(specs, buffers, main, args, names: tuple, threads: int):
         return call
     ((name, shape, dtype, buffer),), output = checks, names[0]
 
-    def call_one(inputs):
+    def call_one(inputs, threads: int):
         if type(inputs) is not dict or len(inputs) != 1:
             return None
         array = inputs.get(name)
@@ -445,7 +446,7 @@ def staged_call(specs, buffers, main, args, names: tuple, threads: int):
 
 
 def remember_staged_call(per_thread: threading.local, specs, arrays, main, args,
-                         names: tuple, threads: int) -> None:
+                         names: tuple) -> None:
     """Keep a `staged_call` in `per_thread` (as `staged_call`) after a CPU run whose `arrays`
     all went through their staging buffers (`run_inputs`), `args` the tensors `main` took
     after the inputs (weights, workspace)."""
@@ -455,8 +456,7 @@ def remember_staged_call(per_thread: threading.local, specs, arrays, main, args,
             all(slot in staging for slot in range(len(arrays))):
         staged = [staging[slot] for slot in range(len(arrays))]
         per_thread.staged_call = staged_call(specs, [b for b, _ in staged], main,
-                                             [t for _, t in staged] + list(args), names,
-                                             threads)
+                                             [t for _, t in staged] + list(args), names)
 
 
 def run_output(tensor, on_cpu: bool | None = None) -> np.ndarray:
@@ -608,7 +608,7 @@ class LoadedModel:
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         staged = self._per_thread.__dict__.get("staged_call")
         if staged is not None:
-            outputs = staged(inputs)
+            outputs = staged(inputs, self.threads)
             if outputs is not None:
                 return outputs
         arrays = self.check(inputs)
@@ -618,7 +618,7 @@ class LoadedModel:
             remember_staged_call(self._per_thread, self._input_specs, arrays,
                                  self._main_function(),
                                  [*self._weight_args, *self._per_thread.workspace],
-                                 self._output_names, self.threads)
+                                 self._output_names)
         return {name: run_output(t, on_cpu) for name, t in zip(self._output_names, results)}
 
     __call__ = run

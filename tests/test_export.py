@@ -121,6 +121,25 @@ def test_runs_after_the_first_check_and_copy_each_call_s_inputs(compiled, export
         assert set(found) == set(expected["other"])
 
 
+def test_runs_after_the_first_take_the_model_s_thread_count(compiled, exported, feeds):
+    """The call a thread keeps runs on the thread count of the model it runs now: copies of a
+    model (which share its per-thread state) and a changed `threads` each get theirs."""
+    import copy
+    for model in (compiled, go.load(exported)):
+        model.run(feeds)
+        for threads in (1, 2, 1, 2):
+            other = copy.copy(model)
+            other.threads = threads
+            other.run(feeds)
+            assert runtime._thread_config.count == threads
+        kept = model.threads
+        for threads in (2, 1):
+            model.threads = threads
+            model.run(feeds)
+            assert runtime._thread_config.count == threads
+        model.threads = kept
+
+
 def test_load_rejects_files_that_are_not_graphopt_exports(compiled, tmp_path):
     with pytest.raises(ModelFormatError, match="no such file"):
         go.load(str(tmp_path / "missing.so"))

@@ -135,7 +135,7 @@ class CompiledModel:
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         staged = self._per_thread.__dict__.get("staged_call")
         if staged is not None:
-            outputs = staged(inputs)
+            outputs = staged(inputs, self.threads)
             if outputs is not None:
                 return outputs
         arrays = checked_inputs(inputs, self.signature.input_specs)
@@ -156,7 +156,7 @@ class CompiledModel:
         names = self.signature.output_name_tuple
         if on_cpu and staged is None:
             remember_staged_call(self._per_thread, self.signature.input_specs, arrays, main,
-                                 args[len(arrays):], names, self.threads)
+                                 args[len(arrays):], names)
         if len(names) == 1:
             return {names[0]: run_output(result, on_cpu)}
         return {name: run_output(a, on_cpu) for name, a in zip(names, result)}
