@@ -400,14 +400,14 @@ def run_input(array: np.ndarray, device, staging: dict, slot: int):
 def staged_call(specs, buffers, main, args, names: tuple):
     """A model's run on one thread where every input is copied into its staging buffer (small
     inputs on the CPU, `run_input`), as a function of the inputs and the thread count to run
-    on: the whole argument tuple of `main` is made once, after the thread's first run; a call
-    checks each input against its spec, copies it into its buffer and calls `main`. It returns
-    None (the caller takes the
-    general path, which says what is wrong) for anything else than a dict of numpy arrays of
-    the model's shapes and dtypes. A closure over locals, one input and one output written
-    out: around bfloat16 LeNet-5's 8.6 us in `main`, the general path cost 3.4 us a run, this
-    one 1.7 through `run` (one Zen 4 core; a loop over one input and attributes of an object
-    cost 0.5 more). The closure holds the calling thread's thread settings: kept per thread."""
+    on, with `main`'s whole argument tuple (`args` after the inputs) made once: a call checks
+    each input against its spec, copies it into its buffer and calls `main`. It returns None
+    for anything but a dict of numpy arrays of the model's shapes and dtypes (the caller then
+    takes the general path, which says what is wrong). A closure over locals, one input and one
+    output written out: around bfloat16 LeNet-5's 8.6 us in `main`, the general path cost 3.4
+    us a run, this one 1.7 through `run` (one Zen 4 core; a loop over the inputs and an
+    object's attributes cost 0.5 more). It reads the calling thread's thread setting: one per
+    thread."""
     checks = tuple((name, shape, np_dtype, buffer)
                    for (name, shape, _, np_dtype), buffer in zip(specs, buffers))
     args, count, config = tuple(args), len(checks), _thread_config.__dict__
@@ -614,7 +614,8 @@ class LoadedModel:
         arrays = self.check(inputs)
         results = self.run_device(self._to_device(arrays))
         on_cpu = self.device_kind == "cpu"
-        if on_cpu and staged is None:
+        # not with weights as parameters: `bind_weights` may replace them
+        if on_cpu and staged is None and not self.metadata.get("weights"):
             remember_staged_call(self._per_thread, self._input_specs, arrays,
                                  self._main_function(),
                                  [*self._weight_args, *self._per_thread.workspace],

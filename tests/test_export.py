@@ -294,6 +294,12 @@ def test_weights_as_parameters_round_trip(graph, feeds, compiled, tmp_path):
     expected = compiled.run(feeds)
     for name, found in loaded.run(feeds).items():
         np.testing.assert_allclose(found, expected[name], rtol=1e-5, atol=1e-6)
+    # weights bound again are the ones the next runs take
+    loaded.bind_weights(wrong, check_content=False)
+    assert not np.allclose(loaded.run(feeds)["logits"], expected["logits"], rtol=1e-3)
+    loaded.bind_weights(constants)
+    np.testing.assert_allclose(loaded.run(feeds)["logits"], expected["logits"], rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_unknown_weights_mode_is_rejected(graph):
