@@ -403,11 +403,10 @@ def staged_call(specs, buffers, main, args, names: tuple):
     on, with `main`'s whole argument tuple (`args` after the inputs) made once: a call checks
     each input against its spec, copies it into its buffer and calls `main`. It returns None
     for anything but a dict of numpy arrays of the model's shapes and dtypes (the caller then
-    takes the general path, which says what is wrong). A closure over locals, one input and one
-    output written out: around bfloat16 LeNet-5's 8.6 us in `main`, the general path cost 3.4
-    us a run, this one 1.7 through `run` (one Zen 4 core; a loop over the inputs and an
-    object's attributes cost 0.5 more). It reads the calling thread's thread setting: one per
-    thread."""
+    takes the general path, which says what is wrong). Around bfloat16 LeNet-5's 8.6 us in
+    `main`, the general path cost 3.4 us a run, this one 1.7 through `run` (one Zen 4 core; a
+    closure over locals: the same reading an object's attributes cost 0.5 more). It reads the
+    calling thread's thread setting: one per thread."""
     checks = tuple((name, shape, np_dtype, buffer)
                    for (name, shape, _, np_dtype), buffer in zip(specs, buffers))
     args, count, config = tuple(args), len(checks), _thread_config.__dict__
@@ -427,22 +426,7 @@ def staged_call(specs, buffers, main, args, names: tuple):
             return {names[0]: run_output(result, True)}
         return {name: run_output(t, True) for name, t in zip(names, result)}
 
-    if count != 1 or len(names) != 1:
-        return call
-    ((name, shape, dtype, buffer),), output = checks, names[0]
-
-    def call_one(inputs, threads: int):
-        if type(inputs) is not dict or len(inputs) != 1:
-            return None
-        array = inputs.get(name)
-        if type(array) is not np.ndarray or array.shape != shape or array.dtype != dtype:
-            return None
-        buffer[...] = array
-        if config.get("count") != threads:
-            configure_threads(threads)
-        return {output: run_output(main(*args), True)}
-
-    return call_one
+    return call
 
 
 def remember_staged_call(per_thread: threading.local, specs, arrays, main, args,
