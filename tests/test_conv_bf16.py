@@ -157,8 +157,7 @@ NARROW_PAIRS_CASES = [
 def test_rows_of_vectors_on_vdpbf16ps_compute_what_the_interpreter_does(case):
     """The narrow rule's tiles with each step a vdpbf16ps on a kernel row's pair of taps; the
     outputs are the interpreter's within one rounding."""
-    from graphopt.targets.tvm.schedules import narrow
-    check_built_kernel(case, (narrow.PAIRS_ALGORITHM, conv2d_bf16.LANES), narrow.NAME,
+    check_built_kernel(case, (conv2d_bf16.NARROW_PAIRS, conv2d_bf16.LANES), conv2d_bf16.NAME,
                        assert_one_rounding_from)
 
 
@@ -168,8 +167,7 @@ def test_rows_of_vectors_on_vdpbf16ps_keep_infinities_outside_the_window():
     whose windows hold it are infinite or NaN as there."""
     graph = conv_graph(Case("inf", 1, 6, 28, 5))
     model = go.compile(graph, "cpu", mcpu=BF16_CPU)
-    from graphopt.targets.tvm.schedules import narrow
-    assert algorithm(model)[0] == narrow.PAIRS_ALGORITHM
+    assert algorithm(model)[0] == conv2d_bf16.NARROW_PAIRS
     if not host_has_bf16():
         pytest.skip("this CPU has no avx512_bf16")
     inputs = feeds(graph)
@@ -187,15 +185,14 @@ def test_rows_of_vectors_on_vdpbf16ps_keep_infinities_outside_the_window():
 
 def test_narrow_pairs_weight():
     """A kernel row's taps in pairs, an odd row's last pair completed by a zero tap."""
-    from graphopt.targets.tvm.schedules import narrow
     weight = (np.arange(2 * 3 * 4 * 5) + 1).reshape(2, 3, 4, 5).astype("bfloat16")
-    packed = narrow.pack_weight_pairs(weight)
+    packed = conv2d_bf16.pack_weight_pairs(weight)
     assert packed.shape == (2, 3, 4, 3, 2) and packed.dtype == np.uint16
     bits = weight.view(np.uint16)
     assert packed[1, 2, 3, 1, 1] == bits[1, 2, 3, 3] and packed[0, 1, 2, 0, 0] == bits[0, 1, 2, 0]
     assert (packed[..., 2, 1] == 0).all() and (packed[..., 2, 0] == bits[..., 4]).all()
     with pytest.raises(GraphoptError, match="bfloat16"):
-        narrow.pack_weight_pairs(np.zeros((2, 1, 3, 3), np.float32))
+        conv2d_bf16.pack_weight_pairs(np.zeros((2, 1, 3, 3), np.float32))
 
 
 def test_row_taps_weight_and_choice():

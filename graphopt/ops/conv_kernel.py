@@ -133,17 +133,17 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
         compute = lambda x, w: narrow_conv2d(x, w, conv, conv.weight_block)  # noqa: E731
     elif conv.algorithm == "narrow_dpbf16":
         # the narrow rule's tiles on vdpbf16ps, a kernel row's taps in pairs
-        from ..targets.tvm.schedules import narrow
+        from ..targets.tvm.schedules import conv2d_bf16 as dpbf16
         weight_data = constant_operand(w, decision)
         expect(dtype == "bfloat16" and conv.groups == 1 and
-               narrow.pairs_apply(conv, weight_data.shape[3]),
+               dpbf16.pairs_apply(conv, weight_data.shape[3]),
                f"the {conv.algorithm} algorithm computes ungrouped bfloat16 convolutions of "
                f"stride and dilation 1, kernel rows of at least 2 taps, found {dtype}, groups "
                f"{conv.groups}, stride {conv.stride}, dilation {conv.dilation}, kernel "
                f"{weight_data.shape[2:]}")
-        weight = relax_constant(narrow.pack_weight_pairs(weight_data), "uint16")
+        weight = relax_constant(dpbf16.pack_weight_pairs(weight_data), "uint16")
         name, kernel_width = "narrow_conv2d_dpbf16", weight_data.shape[3]
-        compute = lambda x, w: narrow.narrow_conv2d_pairs(  # noqa: E731
+        compute = lambda x, w: dpbf16.narrow_conv2d_pairs(  # noqa: E731
             x, w, conv, conv.weight_block, kernel_width)
     elif conv.weight_block:
         # half precision runs the float32 kernel on widened operands (exact: every half value

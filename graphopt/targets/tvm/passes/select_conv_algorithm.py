@@ -45,7 +45,7 @@ that Winograd F(2x2) with its GEMMs on the same instruction computes faster ("wi
 as "narrow", but for 1x1 ones (`narrow.applies`; in pairs of input channels and blocks of 16
 output channels, an image's few channels or a few output channels are mostly padding): of
 those, the ones of stride and dilation 1 are "narrow_dpbf16", the narrow rule's tiles with a
-kernel row's neighbouring taps as the instruction's pairs (`narrow.pairs_apply`).
+kernel row's neighbouring taps as the instruction's pairs (`conv2d_bf16.pairs_apply`).
 
 A quantized convolution (`qlinear_conv2d`) is computed by the x86 dot-product instruction of the
 target CPU (`schedules/conv2d_int8.py`: "amx" tiles where the CPU has AMX-INT8 and the layer fills
@@ -215,9 +215,9 @@ def select_conv_algorithm(context):
                 # 3 -> 64 channel stem, 5.30 -> 5.00 ms), but not 1x1 convs of few input
                 # channels (ResNet-18's 64 -> 128 ch downsample 0.09 -> 0.15 ms); their steps
                 # on vdpbf16ps, a kernel row's taps in pairs, where the rows allow it
-                if narrow.pairs_apply(conv, w.shape[3]) and \
+                if conv2d_bf16.pairs_apply(conv, w.shape[3]) and \
                         widened.weight_block == conv2d_bf16.LANES:
-                    return dataclasses.replace(widened, algorithm=narrow.PAIRS_ALGORITHM)
+                    return dataclasses.replace(widened, algorithm=conv2d_bf16.NARROW_PAIRS)
                 return widened
             algorithm = conv2d_bf16.ROW_TAPS if conv2d_bf16.row_taps_save(w.shape[1], w.shape[3]) \
                 else conv2d_bf16.ALGORITHM

@@ -27,7 +27,14 @@ zero weights (and zero inputs). For an image's few channels ("dpbf16_taps", `ROW
 pairs are a kernel row's taps of every channel instead: the input is copied unfolded, each
 output column's taps as channels ([N, ceil(KW * I / 2), H', OW', 2]), and the weight is that
 of a KH x 1 convolution (`unfold_row_taps`): a 7x7 stem's 3 channels make 11 pairs a kernel
-row, against 14 pairs of channels padded to 4.
+row, against 14 pairs of channels padded to 4. Convs of stride 1 that the float32 rules take
+as output rows of vectors ("narrow_dpbf16", `NARROW_PAIRS`) keep the narrow rule's tiles
+(`narrow.tile_rows`), the output columns as the lanes, with each step one vdpbf16ps on two
+neighbouring taps of a kernel row: the weight's pair broadcast, the input a copy of the padded
+rows that packs each column with its right neighbour into one uint32 (`PAIRS_BLOCK`), so the
+16 lanes' pairs are one vector load. An odd row's last tap reads a second plane of that copy
+whose columns have a zero beside them: a zero weight on the next column would turn an infinity
+there, outside the window, into a NaN.
 
 Arithmetic: a product of two bfloat16 values is exact in float32 (8-bit significands), so
 each lane computes acc + a1 * b1 + a0 * b0 in float32 with one rounding per add (Intel's
@@ -41,13 +48,16 @@ interpreter's, the others are one bfloat16 rounding apart, as with the widened f
 kernel (the tests allow 2^-7 of the largest output)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ....errors import LoweringError
-from . import conv2d_int8, interleave
+from . import conv2d_int8, interleave, narrow
 from .amx import BFLOAT16 as AMX_BFLOAT16
-from .common import (VectorShape, blocks_of, inline_elementwise, iter_kinds,
-                     registers_with_tvm)
+from .common import (PARALLEL_MIN_ELEMENTS, VectorShape, blocks_of, extent, inline_elementwise,
+                     iter_kinds, registers_with_tvm)
+from .phases import column_phases, real_columns, row_conv_blocks
 from .tiled import accumulator_writer
 
 NAME = "conv2d_bf16"
@@ -61,6 +71,15 @@ ALGORITHM = "dpbf16"
 # 13,571 / 12,840; inside bfloat16 GoogLeNet, in the same runs, 1,934-1,953 / 1,757-1,759;
 # whole models alternated: ResNet-18 batch 1 0.977 (one thread) and 0.970 (two).
 ROW_TAPS, ROW_TAPS_MAX_STEPS = "dpbf16_taps", 0.85
+# Convs the float32 rules take as output rows of vectors (`narrow.applies`), of stride 1: the
+# same tiles with each step a vdpbf16ps on two neighbouring taps of a kernel row
+# (`narrow_conv2d_pairs`). One Zen 4 thread, the kernel alone, widened float32 / pairs:
+# LeNet-5's 1 -> 6 channel 5x5 conv with tanh 3.54 / 2.98 us, VGG-11's 3 -> 64 channel 3x3
+# 224x224 1,870 / 1,430 us; whole bfloat16 models alternated: LeNet-5 0.936, style transfer
+# (a 9x9 32 -> 3 channel conv) 0.958, VGG-11 1.000.
+NARROW_PAIRS = "narrow_dpbf16"
+PAIRS_BLOCK = "narrow_pairs"
+PAIRS_CONV_BLOCK = "narrow_conv2d_dpbf16"
 LANES = 16          # float32 accumulators per instruction (one zmm)
 PAIR = 2            # bfloat16 input channels per 32-bit lane
 FEATURE = "avx512bf16"   # LLVM's name for the target feature
@@ -292,10 +311,11 @@ def find_conv(sch):
 
 
 def schedule(sch, vec: VectorShape) -> bool | None:
-    """Schedule a conv2d_dpbf16 PrimFunc (True), or None when `sch` holds none."""
+    """Schedule a conv2d_dpbf16 or `narrow_conv2d_pairs` PrimFunc (True), or None when `sch`
+    holds neither."""
     conv = find_conv(sch)
     if conv is None:
-        return None
+        return schedule_row_pairs(sch, vec)
     register_intrinsic()
     inline_elementwise(sch, keep=[conv, *sch.get_producers(conv), *interleave.copy_blocks(sch)])
     conv = find_conv(sch)
@@ -307,3 +327,88 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     sch.tensorize(lane, INTRINSIC)
     return True
 
+
+def pairs_apply(conv, kernel_width: int) -> bool:
+    """Whether `narrow_conv2d_pairs` computes `conv`: stride and dilation 1 (a pair's taps read
+    neighbouring columns of one copy), kernel rows of at least two taps."""
+    return tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1) and kernel_width > 1
+
+
+def pack_weight_pairs(weight: np.ndarray) -> np.ndarray:
+    """OIHW bfloat16 -> the bits (uint16) of [O, I, KH, ceil(KW / 2), 2], each kernel row's taps
+    in pairs, an odd row's last pair completed by a zero tap."""
+    o, i, kh, kw = weight.shape
+    if str(weight.dtype) != "bfloat16":
+        raise LoweringError(f"the {NARROW_PAIRS} convolution takes a bfloat16 weight, found "
+                            f"{weight.dtype}")
+    padded = np.zeros((o, i, kh, -(-kw // PAIR) * PAIR), np.uint16)
+    padded[..., :kw] = weight.view(np.uint16)
+    return padded.reshape(o, i, kh, -1, PAIR)
+
+
+def narrow_conv2d_pairs(x, packed, conv, block: int, kernel_width: int):
+    """TE: the float32 conv of NCHW bfloat16 `x` with the weight `pack_weight_pairs` made (of a
+    kernel `kernel_width` wide), on rows padded to whole blocks of `block` columns and sliced
+    back to the real width: the padded copy (`column_phases`, stride 1), then each column
+    packed with its right neighbour (`PAIRS_BLOCK`: uint32, low half the column's bits), in
+    rows of whole blocks."""
+    from tvm import te
+    n, channels = (int(d) for d in x.shape[:2])
+    out_channels, _, k_h, pairs, _ = (int(d) for d in packed.shape)
+    # every output column's last pair, in whole blocks; the copy's last column read is the
+    # right neighbour of the packed row's last
+    padded_w = -(-(int(x.shape[3]) + conv.padding[1] + conv.padding[3] - kernel_width + 1)
+                 // block) * block
+    columns = padded_w + -(-PAIR * (pairs - 1) // block) * block
+    phases, (out_h, out_w, _) = column_phases(
+        x, conv, (k_h, kernel_width), block, narrow.PHASES_BLOCK,
+        extra_columns=max(0, columns + 1 - (padded_w + kernel_width - 1)))
+    odd = kernel_width % PAIR
+
+    def packed_pair(b, c, i, plane, j):   # plane 1: the column alone (an odd row's last tap)
+        right = bits_of(phases[b, c, i, 0, j + 1 - plane]).astype("uint32") * (1 - plane)
+        return bits_of(phases[b, c, i, 0, j]).astype("uint32") | (right << 16)
+
+    pairs_copy = te.compute((n, channels, int(phases.shape[2]), 1 + odd, columns), packed_pair,
+                            name=PAIRS_BLOCK)
+
+    def plane(rp):
+        return rp // (pairs - 1) if odd else 0
+
+    rc, ry = te.reduce_axis((0, channels), "rc"), te.reduce_axis((0, k_h), "ry")
+    rp, rt = te.reduce_axis((0, pairs), "rp"), te.reduce_axis((0, PAIR), "rt")
+    tile = te.compute(
+        (n, out_channels, out_h, padded_w),
+        lambda b, o, i, j: te.sum(
+            widen(packed[o, rc, ry, rp, rt])
+            * widen(half_of(pairs_copy[b, rc, i + ry, plane(rp), j + PAIR * rp], rt)),
+            axis=[rc, ry, rp, rt]),
+        name=PAIRS_CONV_BLOCK)
+    return real_columns(tile, out_w)
+
+
+def schedule_row_pairs(sch, vec: VectorShape) -> bool | None:
+    """Schedule a `narrow_conv2d_pairs` PrimFunc (True), or None when `sch` holds none: the
+    narrow rule's tiles (`narrow.tile_rows`), the packing copy after the phase copy (parallel
+    over planes where it is large, its rows as vectors) and each step one vdpbf16ps
+    (ROWS_INTRINSIC)."""
+    found = row_conv_blocks(sch, PAIRS_CONV_BLOCK, "SSSSRRRR", narrow.PHASES_BLOCK,
+                            kept=(PAIRS_BLOCK,))
+    if found is None or vec.lanes != LANES:
+        return None
+    conv = found[0]
+    lanes = narrow.tile_rows(sch, *found, vec, vectorize=False)
+    if lanes is None:
+        return None
+    packing = next(b for b in blocks_of(sch) if sch.get(b).name_hint == PAIRS_BLOCK)
+    b, c, *_, columns = sch.get_loops(packing)
+    elements = math.prod(extent(loop, sch) for loop in sch.get_loops(packing))
+    planes = sch.fuse(b, c)
+    if elements >= PARALLEL_MIN_ELEMENTS and extent(planes, sch) > 1:
+        sch.parallel(planes)
+    _, column_lanes = sch.split(columns, [None, LANES])
+    sch.vectorize(column_lanes)
+    register_intrinsic()
+    sch.annotate(sch.get_loops(conv)[0], "pragma_import_llvm", WRAPPER_IR)
+    sch.tensorize(lanes, ROWS_INTRINSIC)
+    return True

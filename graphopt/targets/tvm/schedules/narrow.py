@@ -16,27 +16,14 @@ read contiguous columns. Lowered by
 `narrow_conv2d` (algorithm "narrow", chosen by `select_conv_algorithm`), scheduled by
 `schedule`.
 
-bfloat16 convs of stride 1 on a CPU with AVX512-BF16 and no AMX take the same tiles with each
-step a `vdpbf16ps` ("narrow_dpbf16", `narrow_conv2d_pairs`): every lane adds the products of
-two neighbouring taps of a kernel row (the weight's pair, broadcast) and the two input columns
-they read. The padded copy is followed by a second one, `PAIRS_BLOCK`, that packs each column's
-bits with its right neighbour's into one uint32, so the 16 lanes' pairs are one vector load; a
-kernel row of KW taps takes ceil(KW / 2) instructions instead of KW FMAs. An odd row's last tap
-reads a second plane of that copy, each column with a zero beside it: a zero weight on the
-next column would turn an infinity there, outside the window, into a NaN. One Zen 4 thread,
-the kernel alone, widened / paired: LeNet-5's 1 -> 6 channel 5x5 conv with tanh 3.54 / 2.98
-us, VGG-11's 3 -> 64 channel 3x3 224x224 1,870 / 1,430 us; whole bfloat16 models alternated:
-LeNet-5 0.936, style transfer (a 9x9 32 -> 3 channel conv) 0.958, VGG-11 1.000."""
+bfloat16 convs of stride 1 where the CPU has AVX512-BF16 but no AMX take the same tiles with
+each step a `vdpbf16ps` on a pair of a kernel row's taps (`conv2d_bf16.narrow_conv2d_pairs`,
+scheduled by `tile_rows`)."""
 from __future__ import annotations
 
 import math
 
-import numpy as np
-
-from ....errors import LoweringError
-from . import conv2d_bf16
-from .common import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_MACS, VectorShape, blocks_of, extent
-from .conv2d_bf16 import bits_of, half_of, widen
+from .common import PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_MACS, VectorShape, extent
 from .phases import (column_phases, real_columns, row_conv_blocks, schedule_copy, tap,
                      written_width)
 
@@ -44,10 +31,6 @@ NAME = "narrow"
 ALGORITHM = "narrow"
 PHASES_BLOCK = "narrow_phases"
 CONV_BLOCK = "narrow_conv2d"
-PAIRS_ALGORITHM = "narrow_dpbf16"
-PAIRS_BLOCK = "narrow_pairs"
-PAIRS_CONV_BLOCK = "narrow_conv2d_dpbf16"
-PAIR = 2            # taps per vdpbf16ps lane
 # Output channels up to which a channel register tile is mostly padding (the conv2d rule takes
 # the rest: `tiled.channel_block`); each channel takes one accumulator per vector of the tile.
 MAX_CHANNELS = 7
@@ -136,82 +119,27 @@ def narrow_conv2d(x, weight, conv, block: int):
     return real_columns(tile, out_w)
 
 
-def pairs_apply(conv, kernel_width: int) -> bool:
-    """Whether `narrow_conv2d_pairs` computes `conv`: stride and dilation 1 (a pair's taps read
-    neighbouring columns of one copy), kernel rows of at least two taps."""
-    return tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1) and kernel_width > 1
-
-
-def pack_weight_pairs(weight: np.ndarray) -> np.ndarray:
-    """OIHW bfloat16 -> the bits (uint16) of [O, I, KH, ceil(KW / 2), 2], each kernel row's taps
-    in pairs, an odd row's last pair completed by a zero tap."""
-    o, i, kh, kw = weight.shape
-    if str(weight.dtype) != "bfloat16":
-        raise LoweringError(f"the {PAIRS_ALGORITHM} convolution takes a bfloat16 weight, found "
-                            f"{weight.dtype}")
-    padded = np.zeros((o, i, kh, -(-kw // PAIR) * PAIR), np.uint16)
-    padded[..., :kw] = weight.view(np.uint16)
-    return padded.reshape(o, i, kh, -1, PAIR)
-
-
-def narrow_conv2d_pairs(x, packed, conv, block: int, kernel_width: int):
-    """TE: the float32 conv of NCHW bfloat16 `x` with the weight `pack_weight_pairs` made (of a
-    kernel `kernel_width` wide), on rows padded to whole blocks of `block` columns and sliced
-    back to the real width: the padded copy (`column_phases`, stride 1), then each column
-    packed with its right neighbour (`PAIRS_BLOCK`: uint32, low half the column's bits), in
-    rows of whole blocks."""
-    from tvm import te
-    n, channels = (int(d) for d in x.shape[:2])
-    out_channels, _, k_h, pairs, _ = (int(d) for d in packed.shape)
-    # every output column's last pair, in whole blocks; the copy's last column read is the
-    # right neighbour of the packed row's last
-    padded_w = -(-(int(x.shape[3]) + conv.padding[1] + conv.padding[3] - kernel_width + 1)
-                 // block) * block
-    columns = padded_w + -(-PAIR * (pairs - 1) // block) * block
-    phases, (out_h, out_w, _) = column_phases(
-        x, conv, (k_h, kernel_width), block, PHASES_BLOCK,
-        extra_columns=max(0, columns + 1 - (padded_w + kernel_width - 1)))
-    odd = kernel_width % PAIR
-
-    def packed_pair(b, c, i, plane, j):   # plane 1: the column alone (an odd row's last tap)
-        right = bits_of(phases[b, c, i, 0, j + 1 - plane]).astype("uint32") * (1 - plane)
-        return bits_of(phases[b, c, i, 0, j]).astype("uint32") | (right << 16)
-
-    pairs_copy = te.compute((n, channels, int(phases.shape[2]), 1 + odd, columns), packed_pair,
-                            name=PAIRS_BLOCK)
-
-    def plane(rp):
-        return rp // (pairs - 1) if odd else 0
-
-    rc, ry = te.reduce_axis((0, channels), "rc"), te.reduce_axis((0, k_h), "ry")
-    rp, rt = te.reduce_axis((0, pairs), "rp"), te.reduce_axis((0, PAIR), "rt")
-    tile = te.compute(
-        (n, out_channels, out_h, padded_w),
-        lambda b, o, i, j: te.sum(
-            widen(packed[o, rc, ry, rp, rt])
-            * widen(half_of(pairs_copy[b, rc, i + ry, plane(rp), j + PAIR * rp], rt)),
-            axis=[rc, ry, rp, rt]),
-        name=PAIRS_CONV_BLOCK)
-    return real_columns(tile, out_w)
-
-
 def schedule(sch, vec: VectorShape) -> bool:
     """The phase buffer first (parallel over images and channels), then parallel over (image,
     output row): tiles of every output channel times a few vectors of the row, the reduction
     (input channels, then taps, unrolled) outside the tile; the epilogue writes each tile from
-    registers. The paired kernel packs its pairs after the phase buffer and tensorizes each
-    step's vdpbf16ps. None for functions this rule does not lower."""
+    registers. None for functions this rule does not lower."""
     found = row_conv_blocks(sch, CONV_BLOCK, "SSSSRRR", PHASES_BLOCK)
-    paired = found is None
-    if paired:
-        found = row_conv_blocks(sch, PAIRS_CONV_BLOCK, "SSSSRRRR", PHASES_BLOCK,
-                                kept=(PAIRS_BLOCK,))
     if found is None:
         return None
-    conv, copy, writer = found
-    n, o, oh, ow, rc, kh, kw, *pair = sch.get_loops(conv)
+    return True if tile_rows(sch, *found, vec) is not None else None
+
+
+def tile_rows(sch, conv, copy, writer, vec: VectorShape, vectorize: bool = True):
+    """Schedule a row conv block (n, o, oh, ow, then the reduction: input channels, kernel rows,
+    kernel columns, and any further reduction loops, which stay innermost) found by
+    `row_conv_blocks`: the tiles, the epilogue under them and the phase copy, as `schedule`
+    says. Returns the lane loop of the row vectors (vectorized here, or with `vectorize`
+    False left to the caller, which tensorizes it: `conv2d_bf16`'s paired kernel), or None
+    where the rows are not whole vectors."""
+    n, o, oh, ow, rc, kh, kw, *inner = sch.get_loops(conv)
     lanes = vec.lanes
-    if extent(ow, sch) % lanes or (paired and lanes != conv2d_bf16.LANES):
+    if extent(ow, sch) % lanes:
         return None   # rows are padded to whole vectors at lowering
     vectors = extent(ow, sch) // lanes
     channels = extent(o, sch)
@@ -225,41 +153,24 @@ def schedule(sch, vec: VectorShape) -> bool:
     # of the row is computed first and the writer writes the real row as one vector loop.
     whole_rows = written_width(sch, writer) != vectors * lanes and extent(ow_outer, sch) > 1
     if whole_rows:
-        sch.reorder(n, oh, o_outer, ow_outer, rc, kh, kw, o, ow_vectors, ow_lanes, *pair)
+        sch.reorder(n, oh, o_outer, ow_outer, rc, kh, kw, o, ow_vectors, ow_lanes, *inner)
     else:
-        sch.reorder(n, oh, ow_outer, o_outer, rc, kh, kw, o, ow_vectors, ow_lanes, *pair)
+        sch.reorder(n, oh, ow_outer, o_outer, rc, kh, kw, o, ow_vectors, ow_lanes, *inner)
     rows = sch.fuse(n, oh)
     macs = math.prod(extent(loop, sch) for loop in sch.get_loops(conv))
     if macs >= PARALLEL_MIN_MACS and extent(rows, sch) > 1:
         sch.parallel(rows)
     sch.reverse_compute_at(writer, o_outer)
-    if not paired:
+    if vectorize:
         sch.vectorize(ow_lanes)
     for loop in (o, ow_vectors):
         sch.unroll(loop)
     init = sch.decompose_reduction(conv, rc)
     sch.vectorize(sch.get_loops(init)[-1])
-    inner = sch.get_loops(writer)[-1]
-    if extent(inner, sch) > 1:
-        sch.vectorize(inner)
+    last = sch.get_loops(writer)[-1]
+    if extent(last, sch) > 1:
+        sch.vectorize(last)
     # the copy: parallel over (image, channel) where it is large
     elements = math.prod(extent(loop, sch) for loop in sch.get_loops(copy))
     schedule_copy(sch, copy, parallel=elements >= PARALLEL_MIN_ELEMENTS)
-    if paired:
-        _schedule_pairs(sch, conv, ow_lanes, lanes, elements >= PARALLEL_MIN_ELEMENTS)
-    return True
-
-
-def _schedule_pairs(sch, conv, lanes_loop, lanes: int, parallel: bool) -> None:
-    """The paired kernel's packing copy (parallel over planes where the phase copy is, its rows
-    as vectors) and its step, one vdpbf16ps (`conv2d_bf16.ROWS_INTRINSIC`)."""
-    pairs = next(b for b in blocks_of(sch) if sch.get(b).name_hint == PAIRS_BLOCK)
-    b, c, *_, columns = sch.get_loops(pairs)
-    planes = sch.fuse(b, c)
-    if parallel and extent(planes, sch) > 1:
-        sch.parallel(planes)
-    _, column_lanes = sch.split(columns, [None, lanes])
-    sch.vectorize(column_lanes)
-    conv2d_bf16.register_intrinsic()
-    sch.annotate(sch.get_loops(conv)[0], "pragma_import_llvm", conv2d_bf16.WRAPPER_IR)
-    sch.tensorize(lanes_loop, conv2d_bf16.ROWS_INTRINSIC)
+    return ow_lanes
