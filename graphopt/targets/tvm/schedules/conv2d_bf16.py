@@ -81,14 +81,14 @@ NARROW_PAIRS = "narrow_dpbf16"
 PAIRS_BLOCK = "narrow_pairs"
 PAIRS_CONV_BLOCK = "narrow_conv2d_dpbf16"
 LANES = 16          # float32 accumulators per instruction (one zmm)
-PAIR = 2            # bfloat16 input channels per 32-bit lane
+PAIR = 2            # bfloat16 values per 32-bit lane: input channels, or a kernel row's taps
 FEATURE = "avx512bf16"   # LLVM's name for the target feature
 INTRINSIC = f"graphopt_dpbf16_{LANES}x{PAIR}_local"
 # The same instruction with the broadcast pair read as one uint32 (Winograd's transformed input,
 # `winograd.winograd_conv2d`, which packs each pair of channels into one element).
 PACKED_INTRINSIC = f"graphopt_dpbf16_{LANES}x{PAIR}_packed_local"
 # The same instruction with the broadcast pair a weight's and the vector 16 packed input pairs
-# (uint32): the narrow rule's output columns as lanes (`narrow.narrow_conv2d_pairs`).
+# (uint32): the narrow rule's output columns as lanes (`narrow_conv2d_pairs`).
 ROWS_INTRINSIC = f"graphopt_dpbf16_{LANES}x{PAIR}_rows_local"
 # LLVM 22's vdpbf16ps takes <32 x bfloat> operands, a type TIR cannot pass: TVM legalizes every
 # bfloat16 expression to float32 before codegen. The kernel calls this wrapper with the bits
@@ -392,9 +392,11 @@ def schedule_row_pairs(sch, vec: VectorShape) -> bool | None:
     narrow rule's tiles (`narrow.tile_rows`), the packing copy after the phase copy (parallel
     over planes where it is large, its rows as vectors) and each step one vdpbf16ps
     (ROWS_INTRINSIC)."""
+    if vec.lanes != LANES:
+        return None
     found = row_conv_blocks(sch, PAIRS_CONV_BLOCK, "SSSSRRRR", narrow.PHASES_BLOCK,
                             kept=(PAIRS_BLOCK,))
-    if found is None or vec.lanes != LANES:
+    if found is None:
         return None
     conv = found[0]
     lanes = narrow.tile_rows(sch, *found, vec, vectorize=False)
