@@ -355,14 +355,14 @@ def narrow_conv2d_pairs(x, packed, conv, block: int, kernel_width: int):
     from tvm import te
     n, channels = (int(d) for d in x.shape[:2])
     out_channels, _, k_h, pairs, _ = (int(d) for d in packed.shape)
-    # every output column's last pair, in whole blocks; the copy's last column read is the
-    # right neighbour of the packed row's last
-    padded_w = -(-(int(x.shape[3]) + conv.padding[1] + conv.padding[3] - kernel_width + 1)
-                 // block) * block
-    columns = padded_w + -(-PAIR * (pairs - 1) // block) * block
-    phases, (out_h, out_w, _) = column_phases(
+    # The packed rows reach every output column's last pair, in whole blocks past the padded
+    # output row; the copy (padded_w + kernel_width - 1 columns at stride 1) is extended to
+    # the right neighbour of the packed rows' last column.
+    reach = -(-PAIR * (pairs - 1) // block) * block
+    phases, (out_h, out_w, padded_w) = column_phases(
         x, conv, (k_h, kernel_width), block, narrow.PHASES_BLOCK,
-        extra_columns=max(0, columns + 1 - (padded_w + kernel_width - 1)))
+        extra_columns=max(0, reach + 2 - kernel_width))
+    columns = padded_w + reach
     odd = kernel_width % PAIR
 
     def packed_pair(b, c, i, plane, j):   # plane 1: the column alone (an odd row's last tap)
