@@ -598,11 +598,11 @@ class LoadedModel:
         arrays = self.check(inputs)
         results = self.run_device(self._to_device(arrays))
         on_cpu = self.device_kind == "cpu"
-        # not with weights as parameters: `bind_weights` may replace them
+        # not with weights as parameters (`bind_weights` may replace them): `main` takes the
+        # workspace after the inputs
         if on_cpu and staged is None and not self.metadata.get("weights"):
             remember_staged_call(self._per_thread, self._input_specs, arrays,
-                                 self._main_function(),
-                                 [*self._weight_args, *self._per_thread.workspace],
+                                 self._main_function(), self._per_thread.workspace,
                                  self._output_names)
         return {name: run_output(t, on_cpu) for name, t in zip(self._output_names, results)}
 
