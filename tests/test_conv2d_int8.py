@@ -209,10 +209,11 @@ def test_requantize_epilogue_is_vector_code(mcpu):
     """The epilogue rounds (`nearbyint`) and stores each channel's row of pixels as vectors:
     while TVM's vectorizer left loops computing `nearbyint` scalar, LLVM vectorized them across
     channels instead and stored every output byte on its own (`vpextrb`), a third of an int8
-    VGG-11's time."""
+    VGG-11's time. With AVX2 the tile is 7 pixels of a 14-pixel row, stored as 4 + 2 + 1 bytes:
+    one `vpextrb`, for the last."""
     case = Case("3x3-64ch-relu", 64, 64, 14, 3, padding=(1, 1, 1, 1), activation=ops.Relu())
     assembly = cpu_assembly(go.compile(quantized_conv(case), "cpu", mcpu=mcpu).executable)
-    assert "vpextrb" not in assembly
+    assert assembly.count("vpextrb") <= 1
     assert re.search(r"(vrndscaleps|vroundps)\s+\$12, %[xyz]mm", assembly)    # vector nearbyint
 
 

@@ -227,17 +227,27 @@ def row_tile(width: int, limit: int) -> int:
     return max(d for d in range(1, min(width, limit) + 1) if width % d == 0)
 
 
-# Accumulators of a tile on 8 lanes (ymm registers), per instruction. The widening ones
-# (two instructions and a temporary per step) ran fastest with 4, though 12 fit; vpdpbusd
-# (one, in place) with 8 to 14: 1 thread, ResNet-18's 3x3 convs (64 ch 56x56, 128 ch 28x28,
-# 256 ch 14x14, 512 ch 7x7), ymm code on an Intel Xeon (family 6 model 167), ms.
-# vpmaddubsw: 4 accumulators (2 blocks x 2 pixels; 7 wide: 2 x 1) 1.20 / 1.08 / 1.07 / 1.34,
-# 8 (2 x 4) 1.62 / 1.52, 14 (2 x 7) 1.54 / 1.41 / 1.42 / 1.41, 7 (1 x 7) 1.53 / 1.60 / 1.59;
-# vpmaddwd: 4: 1.62 / 1.52 / 2.63, 8: 1.58, 7 (1 x 7): 2.37 / 2.35.
-# vpdpbusd (AVX-VNNI): 4: 1.27 / 1.17 / 1.14 / 2.24, 8 (2 x 4; 14 and 7 wide: 1 x 7) 0.73 /
-# 0.64 / 0.70 / 0.72, 14 (2 x 7) 0.88 / 0.79 / 0.77 / 0.81.
-# On 16 lanes (AVX-512) the widest tiles are fastest (`VectorShape.accumulators`).
-YMM_ACCUMULATORS = {"vnni": 8, "pmaddubsw": 4, "pmaddwd": 4}
+# Accumulators of a tile on 8 lanes (ymm registers), per instruction, and whether the kernel's
+# taps are one loop (`tile`). vpdpbusd (AVX-VNNI, one instruction in place), 1 thread,
+# ResNet-18's 3x3 convs (64 ch 56x56, 128 ch 28x28, 256 ch 14x14, 512 ch 7x7), ymm code on an
+# Intel Xeon (family 6 model 167), taps fused, ms: 4 accumulators 1.27 / 1.17 / 1.14 / 2.24,
+# 8 (2 blocks x 4 pixels; 14 and 7 wide: 1 x 7) 0.73 / 0.64 / 0.70 / 0.72, 14 (2 x 7) 0.88 /
+# 0.79 / 0.77 / 0.81.
+# The widening ones (two instructions and a temporary per step) keep a loop per kernel row and
+# column: LLVM leaves a fused loop of taps rolled for 8 accumulators and splits its index by
+# the kernel width at every tap (a multiply and shifts). AVX2 build (mcpu="znver3") on an AMD
+# Zen 4, 1 thread, ms. 7-bit weights (vpmaddubsw), 4 accumulators fused / 8 as loops:
+# 64 -> 128 ch 112x112 9.62 / 9.12, 128 -> 256 ch 56x56 9.10 / 8.73, 512 ch 28x28 17.06 /
+# 17.05 (8 fused: 20.34), ResNet-18's 7x7 stem 3.73 / 1.76 and 512 ch 7x7 (2 x 1 tiles either
+# way) 1.47 / 1.07; kernels in all, ResNet-18 15.8 / 12.7, VGG-11 74.2 / 72.5; whole models,
+# alternated, ResNet-18 0.82 of the time at batch 1 and 8, VGG-11 0.97. vpmaddwd (8-bit
+# weights widened to int16), convs in all, 4 fused / 4 as loops / 8 as loops: ResNet-18
+# 25.2 / 21.4 / 16.1, VGG-11 113.3 / 118.5 / 95.1. (Timed with fused taps only, an Intel
+# Xeon (model 167) ran them fastest with 4: vpmaddubsw 1.20 / 1.08 ms on ResNet-18's 64 and
+# 128 ch 3x3 convs, 8 fused 1.62 / 1.52.)
+# On 16 lanes (AVX-512) the widest tiles are fastest (`VectorShape.accumulators`), over fused
+# taps (Zen 4, VNNI, convs in all, fused / as loops: ResNet-18 6.6 / 7.8, VGG-11 38.5 / 42.5).
+YMM_TILES = {"vnni": (8, True), "pmaddubsw": (8, False), "pmaddwd": (8, False)}
 # Lanes with which the tile is written back through the register transpose (`transpose.py`)
 # instead of gathering each channel's pixels from the spilled tile. One thread, AMD Zen 4, us,
 # gathered / transposed: int8 64 -> 128 ch 112x112 4,680 / 4,626, 64 ch 56x56 608 / 602,
@@ -270,16 +280,19 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     writer = accumulator_writer(sch, conv)
     if writer is None:
         return None
-    accumulators = YMM_ACCUMULATORS[dot.algorithm] if vec.lanes == 8 else None
-    sch.tensorize(tile(sch, conv, writer, dot.lanes, vec, accumulators), dot.intrinsic)
+    accumulators, fuse_taps = YMM_TILES[dot.algorithm] if vec.lanes == 8 else (None, True)
+    sch.tensorize(tile(sch, conv, writer, dot.lanes, vec, accumulators, fuse_taps),
+                  dot.intrinsic)
     return True
 
 
-def tile(sch, conv, writer, lanes: int, vec: VectorShape, accumulators: int | None = None):
+def tile(sch, conv, writer, lanes: int, vec: VectorShape, accumulators: int | None = None,
+         fuse_taps: bool = True):
     """The register tile of a dot-product conv block (n, block, oh, ow, lane; rg, ry, rx, rc)
     with `lanes` accumulator lanes per block (`tile_shape`), its `writer` under it, the input
     copy and any other block outside it scheduled (this rule's and `conv2d_bf16`'s); returns
-    the lane loop, which the caller tensorizes with its instruction."""
+    the lane loop, which the caller tensorizes with its instruction. `fuse_taps`: the kernel's
+    rows and columns are one loop (`YMM_TILES`)."""
     n, ob, oh, ow, lane, rg, ry, rx, rc = sch.get_loops(conv)
     pair, width = tile_shape(int(sch.get(ob).extent), int(sch.get(ow).extent), lanes, vec,
                              accumulators)
@@ -289,7 +302,8 @@ def tile(sch, conv, writer, lanes: int, vec: VectorShape, accumulators: int | No
     # One loop over the taps: LLVM fully unrolled a 3-tap loop, saw that neighbouring pixels'
     # taps load the same input, kept those broadcasts live across taps and spilled the
     # accumulators (1.25 -> 0.97 ms on 64 ch 56x56); 9 taps stay a loop.
-    sch.fuse(ry, rx)
+    if fuse_taps:
+        sch.fuse(ry, rx)
     finish_tile(sch, conv, ow_outer, [n, ob_outer, oh], None, [ow_inner, ob_inner], rg, writer,
                 transpose_lanes=vec.lanes if vec.lanes in TRANSPOSED_WRITE_BACK_LANES else 0)
     copies = interleave.schedule_copy(sch, lanes)    # the input copy, ...
