@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+import as_avx2
+
 DEFAULT_MODELS = [("resnet18", 1), ("resnet18", 8), ("vgg11", 1), ("lenet5", 1), ("lenet5", 64)]
 
 
@@ -275,8 +277,11 @@ def machine() -> str:
     model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
                  platform.processor())
     flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
-    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_int8") if f in flags]
-    return (f"{model}, {os.cpu_count()} logical CPUs, {'/'.join(simd)}, "
+    hidden = as_avx2.hidden_flags()
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_int8")
+            if f in flags and f not in hidden]
+    return (f"{model}, {os.cpu_count()} logical CPUs, {'/'.join(simd)}"
+            f"{' (CPUID hides AVX-512: --as-avx2)' if hidden else ''}, "
             f"load average {os.getloadavg()[0]:.1f}")
 
 

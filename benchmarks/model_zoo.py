@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import as_avx2  # noqa: E402
 from cpu_latency import in_blocks, machine, ort_runner, tvm_runner  # noqa: E402
 
 QUICK = ["mobilenet_v2", "squeezenet1_1", "shufflenet_v2_x1_0", "efficientnet_b0"]
@@ -199,7 +200,12 @@ def main(argv=None) -> int:
                         default=None, dest="half",
                         help="time each model's low-precision graph against its float32 graph "
                              "and ORT float32 instead")
+    parser.add_argument("--as-avx2", action="store_true",
+                        help="hide AVX-512 from CPUID: ORT's and graphopt's AVX2 code on this "
+                             "host (benchmarks/as_avx2.py)")
     args = parser.parse_args(argv)
+    if args.as_avx2:
+        as_avx2.reexec()
     import graphopt as go
     unknown = sorted((set(args.models or []) | set(args.skip_models) | set(args.layers))
                      - set(go.zoo.MODELS))

@@ -1,0 +1,84 @@
+"""Run a benchmark as on a CPU without AVX-512 (--as-avx2): the peers' AVX2 kernels, timed on
+an AVX-512 host beside graphopt's AVX2 build.
+
+ONNX Runtime, numpy's BLAS, torch's oneDNN and LLVM pick their kernels from what CPUID says.
+`cpuid_mask.c`, preloaded into the benchmark's process, makes CPUID answer without AVX-512,
+AVX-VNNI and AMX (Linux's CPUID faulting: `cpuid_fault` in /proc/cpuinfo). So ORT runs its
+AVX2 kernels (int8: `vpmaddubsw`), and graphopt's host build, whose target comes from LLVM's
+host features, is its AVX2 build, on the same cores. The cores still have AVX-512: an AVX2-only
+CPU of another design (Zen 3, Haswell) has other latencies and caches, so these numbers say
+how graphopt's AVX2 code compares with ORT's, not what such a CPU measures.
+
+    python benchmarks/lowbit_latency.py --as-avx2 --models vgg11:1
+    python benchmarks/model_zoo.py --as-avx2 --threads 1
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import pathlib
+import subprocess
+import sys
+
+SOURCE = pathlib.Path(__file__).with_name("cpuid_mask.c")
+LIBRARY = pathlib.Path(__file__).resolve().parents[1] / "build" / "cpuid_mask" / \
+    "libcpuid_mask.so"
+MARKER = "GRAPHOPT_AS_AVX2"
+# What cpuid_mask.c hides, as /proc/cpuinfo names the flags.
+HIDDEN_FLAGS = frozenset({
+    "avx512f", "avx512dq", "avx512ifma", "avx512pf", "avx512er", "avx512cd", "avx512bw",
+    "avx512vl", "avx512vbmi", "avx512_vbmi2", "avx512_vnni", "avx512_bitalg",
+    "avx512_vpopcntdq", "avx512_vp2intersect", "amx_bf16", "avx512_fp16", "amx_tile",
+    "amx_int8", "avx_vnni", "avx512_bf16"})
+
+
+def cpu_flags() -> frozenset[str]:
+    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def build_library(library: pathlib.Path = LIBRARY) -> pathlib.Path:
+    """cpuid_mask.c compiled (with `cc`, or $CC) to `library`, again where the source is
+    newer."""
+    if not library.exists() or library.stat().st_mtime < SOURCE.stat().st_mtime:
+        library.parent.mkdir(parents=True, exist_ok=True)
+        compiler = os.environ.get("CC", "cc")
+        subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(library), str(SOURCE),
+                        "-ldl"], check=True)
+    return library
+
+
+def reexec() -> None:
+    """Start this script again in a process whose CPUID hides AVX-512 (returns in that
+    process). Exits with the reason where the host cannot: no Linux CPUID faulting, no AVX2."""
+    if active():
+        return
+    flags = cpu_flags()
+    if "avx2" not in flags:
+        sys.exit("--as-avx2: this CPU has no AVX2")
+    if "cpuid_fault" not in flags:
+        sys.exit("--as-avx2: this CPU or its hypervisor cannot make CPUID fault (no "
+                 "'cpuid_fault' in /proc/cpuinfo), which hiding AVX-512 from libraries needs")
+    library = build_library()
+    env = dict(os.environ, **{MARKER: "1"})
+    env["LD_PRELOAD"] = " ".join(filter(None, [str(library), env.get("LD_PRELOAD")]))
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def active() -> bool:
+    """Whether CPUID hides AVX-512 in this process."""
+    if not os.environ.get(MARKER):
+        return False
+    library = ctypes.CDLL(str(LIBRARY))    # the preloaded one: the same handle
+    if not library.cpuid_mask_active():
+        sys.exit("--as-avx2: Linux refused to make CPUID fault (arch_prctl ARCH_SET_CPUID)")
+    return True
+
+
+def hidden_flags() -> frozenset[str]:
+    """The CPU flags hidden from this process (none unless --as-avx2 started it)."""
+    return HIDDEN_FLAGS if active() else frozenset()
