@@ -239,14 +239,16 @@ def row_tile(width: int, limit: int) -> int:
 # Zen 4, 1 thread, ms. 7-bit weights (vpmaddubsw), 4 accumulators fused / 8 as loops:
 # 64 -> 128 ch 112x112 9.62 / 9.12, 128 -> 256 ch 56x56 9.10 / 8.73, 512 ch 28x28 17.06 /
 # 17.05 (8 fused: 20.34), ResNet-18's 7x7 stem 3.73 / 1.76 and 512 ch 7x7 (2 x 1 tiles either
-# way) 1.47 / 1.07; kernels in all, ResNet-18 15.8 / 12.7, VGG-11 74.2 / 72.5; whole models,
-# alternated, ResNet-18 0.82 of the time at batch 1 and 8, VGG-11 0.97. vpmaddwd (8-bit
-# weights widened to int16), convs in all, 4 fused / 4 as loops / 8 as loops: ResNet-18
-# 25.2 / 21.4 / 16.1, VGG-11 113.3 / 118.5 / 95.1. (Timed with fused taps only, an Intel
-# Xeon (model 167) ran them fastest with 4: vpmaddubsw 1.20 / 1.08 ms on ResNet-18's 64 and
-# 128 ch 3x3 convs, 8 fused 1.62 / 1.52.)
+# way) 1.47 / 1.07; each kernel once, summed, ResNet-18 15.8 / 12.7, VGG-11 74.2 / 72.5; whole
+# models, alternated, ResNet-18 0.82 of the time at batch 1 and 8, VGG-11 0.97. vpmaddwd
+# (8-bit weights widened to int16), each kernel once, 4 fused / 4 as loops / 8 as loops:
+# ResNet-18 25.2 / 21.4 / 16.1, VGG-11 113.3 / 118.5 / 95.1. (Timed with fused taps only, an
+# Intel Xeon (model 167) ran them fastest with 4: vpmaddubsw 1.20 / 1.08 ms on ResNet-18's 64
+# and 128 ch 3x3 convs, 8 fused 1.62 / 1.52.) The taps outside the channel groups (MLAS's
+# order) measured 0.99-1.12 of this.
 # On 16 lanes (AVX-512) the widest tiles are fastest (`VectorShape.accumulators`), over fused
-# taps (Zen 4, VNNI, convs in all, fused / as loops: ResNet-18 6.6 / 7.8, VGG-11 38.5 / 42.5).
+# taps (Zen 4, VNNI, each kernel once, fused / as loops: ResNet-18 6.6 / 7.8, VGG-11 38.5 /
+# 42.5).
 YMM_TILES = {"vnni": (8, True), "pmaddubsw": (8, False), "pmaddwd": (8, False)}
 # Lanes with which the tile is written back through the register transpose (`transpose.py`)
 # instead of gathering each channel's pixels from the spilled tile. One thread, AMD Zen 4, us,
