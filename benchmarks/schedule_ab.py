@@ -21,6 +21,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import as_avx2  # noqa: E402
 from cpu_latency import in_blocks, machine, ort_runner, tvm_runner  # noqa: E402
 
 
@@ -63,7 +64,12 @@ def main(argv=None) -> int:
     parser.add_argument("models", nargs="+", help="zoo names")
     parser.add_argument("--repeat", type=int, default=30, help="timed calls per runner")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--as-avx2", action="store_true",
+                        help="hide AVX-512 from CPUID: the AVX2 builds against ORT's AVX2 "
+                             "kernels (benchmarks/as_avx2.py)")
     args = parser.parse_args(argv)
+    if args.as_avx2:
+        as_avx2.reexec()
     import graphopt as go
     unknown = [m for m in args.models if m not in go.zoo.MODELS]
     if unknown:
