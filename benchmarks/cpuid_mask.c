@@ -34,6 +34,7 @@ typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
 static sigaction_fn real_sigaction;
 static struct sigaction program_handler;   /* the SIGSEGV handler the program asked for */
 static int active;
+static unsigned long faults;   /* CPUID instructions answered */
 
 static void on_segv(int sig, siginfo_t *info, void *context) {
     ucontext_t *uc = context;
@@ -54,6 +55,7 @@ static void on_segv(int sig, siginfo_t *info, void *context) {
         return;
     }
     unsigned leaf = (unsigned)regs[REG_RAX], subleaf = (unsigned)regs[REG_RCX], a, b, c, d;
+    __atomic_add_fetch(&faults, 1, __ATOMIC_RELAXED);
     syscall(SYS_arch_prctl, ARCH_SET_CPUID, 1);
     __cpuid_count(leaf, subleaf, a, b, c, d);
     syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0);
@@ -90,6 +92,9 @@ sighandler_t signal(int sig, sighandler_t handler) {
 
 /* Whether CPUID faults in this process (1), else 0: the CPU or kernel cannot make it. */
 int cpuid_mask_active(void) { return active; }
+
+/* How many CPUID instructions this process ran (each a fault: microseconds, not nanoseconds). */
+unsigned long cpuid_mask_faults(void) { return __atomic_load_n(&faults, __ATOMIC_RELAXED); }
 
 __attribute__((constructor)) static void start(void) {
     real_sigaction = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");

@@ -46,9 +46,14 @@ def test_libraries_see_the_cpu_without_avx512(tmp_path):
         for found in (dict(features()), seen[0]):
             print(*(f"{f}={int(found.get(f, False))}" for f in
                     ("avx2", "fma", "avx512f", "avx512bw", "avx512vnni")))
+        import ctypes, os
+        mask = ctypes.CDLL(os.environ["LD_PRELOAD"])
+        mask.cpuid_mask_faults.restype = ctypes.c_ulong
+        print(mask.cpuid_mask_active(), mask.cpuid_mask_faults() > 0)
         """)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["avx2=1 fma=1 avx512f=0 avx512bw=0 avx512vnni=0"] * 2
+    assert result.stdout.splitlines() == \
+        ["avx2=1 fma=1 avx512f=0 avx512bw=0 avx512vnni=0"] * 2 + ["1 True"]
 
 
 def test_other_segfaults_reach_the_program_s_handler(tmp_path):
