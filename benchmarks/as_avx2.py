@@ -73,8 +73,11 @@ def active() -> bool:
     """Whether CPUID hides AVX-512 in this process."""
     if not os.environ.get(MARKER):
         return False
-    library = ctypes.CDLL(str(LIBRARY))    # the preloaded one: the same handle
-    if not library.cpuid_mask_active():
+    # The preloaded library's symbols are in the process's global scope: no second copy.
+    check = getattr(ctypes.CDLL(None), "cpuid_mask_active", None)
+    if check is None:
+        sys.exit(f"--as-avx2: {MARKER} is set but cpuid_mask.c is not preloaded")
+    if not check():
         sys.exit("--as-avx2: Linux refused to make CPUID fault (arch_prctl ARCH_SET_CPUID)")
     return True
 

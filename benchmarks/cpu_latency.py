@@ -296,7 +296,12 @@ def main(argv=None) -> int:
                         help="runs of the interpreter and the default TVM compile")
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["default", "interpreter", "torch", "tuned", "onednn"])
+    parser.add_argument("--as-avx2", action="store_true",
+                        help="hide AVX-512 from CPUID: ORT's, torch's and graphopt's AVX2 code "
+                             "on this host (benchmarks/as_avx2.py)")
     args = parser.parse_args(argv)
+    if args.as_avx2:
+        as_avx2.reexec()
     from graphopt.runtime import available_cores
     threads = args.threads or available_cores()
     # oneDNN's OpenMP workers would spin after each call and starve TVM's pool (see
