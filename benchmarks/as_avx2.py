@@ -33,6 +33,7 @@ HIDDEN_FLAGS = frozenset({
 
 
 def cpu_flags() -> frozenset[str]:
+    """The CPU's flags as /proc/cpuinfo lists them (what the CPU has, hidden or not)."""
     with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
         for line in f:
             if line.startswith("flags"):
@@ -46,8 +47,11 @@ def build_library(library: pathlib.Path = LIBRARY) -> pathlib.Path:
     if not library.exists() or library.stat().st_mtime < SOURCE.stat().st_mtime:
         library.parent.mkdir(parents=True, exist_ok=True)
         compiler = os.environ.get("CC", "cc")
-        subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(library), str(SOURCE),
-                        "-ldl"], check=True)
+        try:
+            subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(library),
+                            str(SOURCE), "-ldl"], check=True)
+        except (OSError, subprocess.CalledProcessError) as error:
+            sys.exit(f"--as-avx2: could not compile {SOURCE.name} with {compiler!r}: {error}")
     return library
 
 
