@@ -15,6 +15,7 @@ how graphopt's AVX2 code compares with ORT's, not what such a CPU measures.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import pathlib
 import subprocess
@@ -30,15 +31,6 @@ HIDDEN_FLAGS = frozenset({
     "avx512vl", "avx512vbmi", "avx512_vbmi2", "avx512_vnni", "avx512_bitalg",
     "avx512_vpopcntdq", "avx512_vp2intersect", "amx_bf16", "avx512_fp16", "amx_tile",
     "amx_int8", "avx_vnni", "avx512_bf16"})
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU's flags as /proc/cpuinfo lists them (what the CPU has, hidden or not)."""
-    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-        for line in f:
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
 
 
 def build_library(library: pathlib.Path = LIBRARY) -> pathlib.Path:
@@ -60,7 +52,8 @@ def reexec() -> None:
     process). Exits with the reason where the host cannot: no Linux CPUID faulting, no AVX2."""
     if active():
         return
-    flags = cpu_flags()
+    from graphopt.runtime import host_cpu_flags   # /proc/cpuinfo: what the CPU has, hidden or not
+    flags = host_cpu_flags() or frozenset()
     if "avx2" not in flags:
         sys.exit("--as-avx2: this CPU has no AVX2")
     if "cpuid_fault" not in flags:
@@ -73,6 +66,7 @@ def reexec() -> None:
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
+@functools.cache   # fixed for the process's life
 def active() -> bool:
     """Whether CPUID hides AVX-512 in this process."""
     if not os.environ.get(MARKER):

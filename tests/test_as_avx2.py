@@ -12,10 +12,12 @@ import textwrap
 
 import pytest
 
+from graphopt.runtime import host_cpu_flags
+
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 import as_avx2  # noqa: E402
 
-FLAGS = as_avx2.cpu_flags() if os.path.exists("/proc/cpuinfo") else frozenset()
+FLAGS = host_cpu_flags() or frozenset()
 pytestmark = [
     pytest.mark.skipif(platform.machine() != "x86_64", reason="x86 CPUID"),
     pytest.mark.skipif("cpuid_fault" not in FLAGS,
