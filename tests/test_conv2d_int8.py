@@ -67,6 +67,8 @@ CASES = [
     Case("dilated", 16, 32, 11, 3, padding=(2, 2, 2, 2), dilation=2),
     Case("asymmetric-padding-7-wide", 24, 40, 7, 3, padding=(0, 1, 1, 0)),
     Case("linear-as-1x1", 120, 84, 1, 1, batch=4),
+    # a one-pixel row: 8 blocks of output channels a tile (`ONE_PIXEL_BLOCKS`)
+    Case("linear-8-blocks-relu", 200, 128, 1, 1, activation=ops.Relu()),
     # AMX tiles: 64 input channels a step, 32 output channels, pairs of output rows
     Case("amx-3x3-64ch", 64, 64, 14, 3, padding=(1, 1, 1, 1), activation=ops.Relu()),
     Case("amx-1x1-residual-batch2", 128, 64, 16, 1, batch=2, residual=True,
@@ -226,6 +228,24 @@ def test_the_input_copy_moves_rows_as_vectors(mcpu):
     model = go.compile(quantized_conv(case, weight_max=64), "cpu", mcpu=mcpu)
     assembly = cpu_assembly(model.executable)
     assert len(re.findall(r"\tmovb?\s+%[a-z0-9]+b,", assembly)) < 8
+
+
+@pytest.mark.parametrize("blocks, lanes, vector_lanes, accumulators, expected", [
+    (512, 8, 8, 8, (8, 1)),        # VGG-11's 4096 outputs at batch 1, AVX2
+    (256, 16, 16, 28, (8, 1)),     # the same on AVX-512
+    (12, 8, 8, 8, (4, 1)),         # the largest dividing block count
+    (125, 8, 8, 8, (1, 1)),        # 1000 outputs: 125 blocks, odd
+    (64, 16, 8, 8, (4, 1)),        # 16 lanes on 8-lane vectors: 2 registers a block
+])
+def test_a_one_pixel_row_tiles_several_blocks(blocks, lanes, vector_lanes, accumulators,
+                                              expected):
+    """A dense layer at batch 1 (a row of one pixel) streams its weights once: its tile takes
+    up to 8 blocks of output channels, as many as divide the blocks and fit the accumulators,
+    so that one broadcast feeds them all."""
+    from graphopt.targets.tvm.schedules.common import VectorShape
+    from graphopt.targets.tvm.schedules.conv2d_int8 import tile_shape
+    vec = VectorShape(lanes=vector_lanes, accumulators=28)
+    assert tile_shape(blocks, 1, lanes, vec, accumulators) == expected
 
 
 def test_avx512_tiles_write_back_through_the_register_transpose():

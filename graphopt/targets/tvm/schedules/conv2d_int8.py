@@ -257,15 +257,26 @@ YMM_TILES = {"vnni": (8, True), "pmaddubsw": (8, False), "pmaddwd": (8, False)}
 # VGG-11 0.983, bfloat16 VGG-11 0.986, ResNet-18 1.00. With 8 lanes (AVX2 build, same host)
 # 0.99-1.03: gathered.
 TRANSPOSED_WRITE_BACK_LANES = (16,)
+# Blocks of a tile whose row is one pixel (a dense layer at batch 1: a GEMV whose weights
+# stream from memory once), the largest dividing the blocks within the accumulators: one
+# broadcast feeds them all and the loop keeps that many weight streams in flight.
+# VGG-11's 25088 -> 4096 and 4096 -> 4096 int8 layers at batch 1, 1 thread, AMD Zen 4, ms,
+# 2 / 4 / 8 blocks: AVX2 build 4.36 / 3.62 / 3.55 and 0.48 / 0.30 / 0.28, VNNI 4.80 / 4.91 /
+# 4.51 and 0.32 / 0.26 / 0.25 (ORT int8 with its AVX2 kernels: 3.91 and 0.71).
+ONE_PIXEL_BLOCKS = (8, 4, 2, 1)
 
 
 def tile_shape(blocks: int, width: int, lanes: int, vec: VectorShape,
                accumulators: int | None = None) -> tuple[int, int]:
     """(blocks of `lanes` output channels, pixels of a row) of the register tile: the most of
     `accumulators` vector registers (default: the target's) in use, pixels dividing the row;
-    two blocks share each pixel's broadcast where they pair up and fill as many."""
+    two blocks share each pixel's broadcast where they pair up and fill as many; a row of one
+    pixel takes up to 8 blocks (`ONE_PIXEL_BLOCKS`)."""
     registers = max(1, lanes // vec.lanes)
     accumulators = accumulators or vec.accumulators
+    if width == 1:
+        return max(b for b in ONE_PIXEL_BLOCKS
+                   if blocks % b == 0 and b * registers <= max(accumulators, registers)), 1
     shapes = [(pair, row_tile(width, max(1, accumulators // (pair * registers))))
               for pair in ((2, 1) if blocks % 2 == 0 else (1,))]
     return max(shapes, key=lambda shape: shape[0] * shape[1])
