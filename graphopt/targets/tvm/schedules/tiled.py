@@ -131,7 +131,7 @@ EPILOGUE_ON_CHANNELS = True
 
 def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops, first_reduce,
                 writer, writer_lanes: int | None = None, transpose_lanes: int = 0,
-                epilogue_lanes: int = 0) -> None:
+                epilogue_lanes: int = 0, every_epilogue: bool = False) -> None:
     """Common tail of the tiled rules: fuse the outer loops (parallel when the kernel is big
     enough), move the writer (epilogue or copy-out) under `tile_loop` (None: the fused loop),
     vectorize and unroll the tile, then split off the accumulator initialisation (vectorize and
@@ -141,8 +141,9 @@ def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops,
     output, strided in the channel-vector tile) it is vectorized whole, which LLVM turns into
     register shuffles and full-width stores (resnet18 1 thread 2-4% faster than unrolled
     scalar stores, outputs identical). `transpose_lanes`: a large plane's tile is transposed
-    before its writer (`transpose.py`); `epilogue_lanes`: otherwise a dividing epilogue runs on
-    the tile's channel vectors (`epilogue_on_channel_vectors`)."""
+    before its writer (`transpose.py`); `epilogue_lanes`: otherwise a dividing epilogue (any
+    epilogue with `every_epilogue`) runs on the tile's channel vectors
+    (`epilogue_on_channel_vectors`)."""
     macs = 1
     for loop in sch.get_loops(main):
         macs *= extent(loop, sch)
@@ -156,7 +157,8 @@ def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops,
         from .transpose import transposed_write_back
         transposed_write_back(sch, writer, transpose_lanes)
     elif epilogue_lanes and EPILOGUE_ON_CHANNELS:
-        copy = epilogue_on_channel_vectors(sch, writer, at, epilogue_lanes)
+        copy = epilogue_on_channel_vectors(sch, writer, at, epilogue_lanes,
+                                           dividing_only=not every_epilogue)
     if vector_loop is not None:      # None: the caller tensorizes it after this
         sch.vectorize(vector_loop)
     for loop in unroll_loops:
@@ -176,13 +178,14 @@ def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops,
         sch.vectorize(inner)
 
 
-def epilogue_on_channel_vectors(sch, writer, at, lanes: int):
+def epilogue_on_channel_vectors(sch, writer, at, lanes: int, dividing_only: bool = True):
     """Where the epilogue under a conv tile (`writer`, under loop `at`) divides (sigmoid, SiLU,
-    tanh) and reads the accumulators as [..., pixel, channel] with channels in whole vectors
-    of `lanes`: compute it on the tile's channel vectors into a local tile of that layout and
-    leave the write to the output (pixels innermost) to a copy, the block returned; None where
-    nothing changed. In the writer the epilogue ran on each channel's few pixels gathered from
-    the tile: on a 7x7 plane 7 of 8 lanes (EfficientNet-B0's 1x1 192 -> 1152 ch conv on 7x7,
+    tanh; any epilogue unless `dividing_only`) and reads the accumulators as [..., pixel,
+    channel] with channels in whole vectors of `lanes` (one or more blocks of them per tile):
+    compute it on the tile's channel vectors into a local tile of that layout and leave the
+    write to the output (pixels innermost) to a copy, the block returned; None where nothing
+    changed. In the writer the epilogue ran on each channel's few pixels gathered from the
+    tile: on a 7x7 plane 7 of 8 lanes (EfficientNet-B0's 1x1 192 -> 1152 ch conv on 7x7,
     1 thread: 153 us, 285 us with its SiLU; the SiLU's share measured 71 -> 48 us)."""
     from tvm import tirx
     import tvm_ffi
@@ -199,22 +202,23 @@ def epilogue_on_channel_vectors(sch, writer, at, lanes: int):
         return None   # the last block padded: its loop over channels is shorter than the block
     divisions = []
     tvm_ffi.structural_walk(block.body, (tirx.Div, lambda node: divisions.append(node)))
-    if not any("float" in str(d.ty) for d in divisions):
+    if dividing_only and not any("float" in str(d.ty) for d in divisions):
         return None
     loops = sch.get_loops(writer)
     depth = next((i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(at))), None)
     if depth is None:
         return None
     own = loops[depth + 1:]      # the writer's loops over the tile: channels, then pixels
-    channels = next((loop for loop in own if extent(loop, sch) == step), None)
+    channels = next((loop for loop in own if extent(loop, sch) % step == 0), None)
     if channels is None or len(own) < 2:
         return None
     copy = sch.cache_write(writer, 0, "local")
     sch.reverse_compute_at(copy, at)
     sch.transform_layout(writer, ("write", 0), lambda n, o, h, w: (n, o // step, h, w, o % step))
+    blocks, channels = sch.split(channels, [None, step])     # blocks: 1 unless several
     own = sch.get_loops(writer)[depth + 1:]
-    sch.reorder(*[loop for loop in own if not sch.get(loop).same_as(sch.get(channels))],
-                channels)
+    sch.reorder(blocks, *[loop for loop in own if not any(
+        sch.get(loop).same_as(sch.get(c)) for c in (blocks, channels))], channels)
     return copy
 
 
