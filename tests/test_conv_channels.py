@@ -262,3 +262,33 @@ def test_padded_rows_are_recorded_and_computed(direct_small_planes):
     model = go.compile(graph, mcpu=AVX512_CPU if avx512 else None, bounds_check=True)
     report = go.compare(graph, model, _feeds(graph))
     assert report.ok, str(report)
+
+
+@pytest.mark.parametrize("mcpu, as_rows", [(AVX2_CPU, True), (AVX512_CPU, False)],
+                         ids=["avx2", "avx512"])
+def test_1x1_planes_of_padded_rows_run_as_one_row(mcpu, as_rows):
+    """On 8 lanes a 1x1 conv whose 7-pixel rows the tiles would pad (two tiles of 4) runs over
+    its plane as one row of 49 pixels (`planes_as_rows`), its residual reshaped alike; the
+    16-lane tiles of 7 divide the rows, so those builds keep the plane, as every build keeps a
+    plane of whole vectors (8x8: the pointwise rule's). The outputs are the interpreter's,
+    bounds checked, wherever this CPU runs the build."""
+    with dsl.Builder("rows", seed=3) as b:
+        x = b.input("input", (2, 48, 7, 7))
+        y = dsl.relu(dsl.conv2d(x, 48, 1) + x)             # a 1x1 conv with its residual
+        graph = b.output(dsl.conv2d(y, 64, 1))
+    optimized, _ = optimize_for_target(graph, "cpu", CompileOptions(mcpu=mcpu))
+    convs = [n for n in optimized.graph.nodes if "conv" in n.op_name]
+    shape = (2, 48, 1, 49) if as_rows else (2, 48, 7, 7)
+    assert [n.inputs[0].shape for n in convs] == [shape, shape]
+    assert any(getattr(n.op, "has_residual", False) for n in convs)
+    with dsl.Builder("whole_vectors", seed=3) as b:
+        x = b.input("input", (1, 48, 8, 8))
+        whole = b.output(dsl.relu(dsl.conv2d(x, 40, 1)))
+    optimized, _ = optimize_for_target(whole, "cpu", CompileOptions(mcpu=mcpu))
+    assert [n.inputs[0].shape for n in optimized.graph.nodes if "conv" in n.op_name] == \
+        [(1, 48, 8, 8)]
+    if not _host_runs(mcpu):
+        pytest.skip(f"this CPU cannot run code compiled for {mcpu}")
+    model = go.compile(graph, mcpu=mcpu, bounds_check=True)
+    report = go.compare(graph, model, _feeds(graph))
+    assert report.ok, str(report)

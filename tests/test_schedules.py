@@ -1049,13 +1049,15 @@ def test_a_bug_in_a_rule_fails_loudly(monkeypatch):
 
 def test_weight_layouts_are_decisions_on_the_nodes():
     """The target passes record each conv's and dense layer's weight block on the node; the
-    rules read the weights as lowering packed them (a 5-D conv weight, a 3-D dense weight)."""
+    rules read the weights as lowering packed them (a 5-D conv weight, a 3-D dense weight).
+    The 1x1 conv's 7x7 plane runs as one row of 49 pixels on 8 lanes (`planes_as_rows`: the
+    reshapes around it), in tiles of 6."""
     graph = _table_graph(["dense", "conv1x1"])
     optimized, _ = optimize_for_target(graph, "cpu", CompileOptions(mcpu=AVX2_CPU))
     choices = {n.op_name: n.op.target_choice() for n in optimized.graph.nodes}
     assert choices == {"linear": "24-column weight blocks",
-                       "conv2d": "direct, 16-channel weight blocks, rows padded to 8",
-                       "relu": ""}
+                       "conv2d": "direct, 16-channel weight blocks, rows padded to 54",
+                       "reshape": "", "relu": ""}
     kernels = _scheduled_kernels(graph)
     shapes = {name: sorted(len(p.shape) for p in f.params) for name, f in kernels.items()}
     assert any(5 in s for s in shapes.values()) and any(3 in s for s in shapes.values())

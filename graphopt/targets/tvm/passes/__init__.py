@@ -1,7 +1,7 @@
 """Target passes: ordinary graphopt passes (`Graph -> PassResult`) that record on each node how
 the target will compute it (a convolution's algorithm and weight layout, the kernels convs share,
 a dense layer's weight layout, separable pooling, concatenations computed in place), and the
-rewrites those choices need (`pad_for_winograd`, `images_as_pixels`).
+rewrites those choices need (`pad_for_winograd`, `images_as_pixels`, `planes_as_rows`).
 `compile` runs them after the default pipeline; lowering then builds what they recorded, so no
 target code re-discovers structure in Relax. `graphopt show --target cpu` shows the decisions.
 """
@@ -15,6 +15,7 @@ from .annotate import annotate
 from .images_as_pixels import images_as_pixels
 from .pad_for_winograd import pad_for_winograd
 from .place_concatenations import place_concatenations
+from .planes_as_rows import planes_as_rows
 from .select_conv_algorithm import select_conv_algorithm
 from .select_dense_layout import select_dense_layout
 from .separate_pools import separate_pools
@@ -23,6 +24,7 @@ from .share_residual_kernels import share_residual_kernels
 # name -> factory(context) building the pass for one compile; `context` is a `TargetContext`.
 TARGET_PASSES: dict[str, dict[str, Callable]] = {
     "cpu": {"images_as_pixels": images_as_pixels,
+            "planes_as_rows": planes_as_rows,
             "pad_for_winograd": pad_for_winograd,
             "select_conv_algorithm": select_conv_algorithm,
             "share_residual_kernels": share_residual_kernels,
