@@ -30,10 +30,12 @@ def planes_as_rows(context):
         node = m.root
         conv = getattr(node.op, "conv", node.op)
         x, w = node.inputs[0], node.inputs[1]
-        batch, channels, height, width = x.shape
-        out_channels = node.output.shape[1]
         if vector is None or vector.lanes not in ROW_LANES:
             return "a target of other vector widths"
+        if not all(isinstance(d, int) for d in (*x.shape, *node.output.shape)):
+            return "a shape not known at compile time"
+        _, _, height, width = x.shape
+        out_channels = node.output.shape[1]
         if x.dtype != "float32" or node.output.dtype != "float32":
             return "not float32"
         if not (context.constant_weights and w.is_constant):
