@@ -63,6 +63,12 @@ def cpu_flags() -> frozenset[str]:
     return (host_cpu_flags() or frozenset()) - as_avx2.hidden_flags()
 
 
+def host_vnni() -> bool:
+    """Whether the CPU (as this process sees it) has an int8 dot-product instruction (VNNI,
+    AVX-VNNI or AMX), so graphopt's int8 builds keep 8-bit weights."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
+
+
 def host() -> str:
     model, flags = "unknown CPU", cpu_flags()
     with open("/proc/cpuinfo") as f:
@@ -209,12 +215,11 @@ def bench(model: str, batch: int, threads: int, repeat: int, folder: str,
     graph, calibration, feeds, held_out = workload(model, batch, digits)
     calib = go.calibrate(graph, calibration)
     int8 = go.quantize(graph, calib).graph
-    host_vnni = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
     # 7-bit weights (vpmaddubsw), for the builds without VNNI
-    int7 = go.quantize(graph, calib, reduce_range=True).graph if older or not host_vnni else None
+    int7 = go.quantize(graph, calib, reduce_range=True).graph if older or not host_vnni() else None
     host_build = go.compile(int8, threads=threads)
     builds = {f"graphopt int8 ({kernel_of(host_build)})": host_build}
-    if not host_vnni:
+    if not host_vnni():
         build = go.compile(int7, threads=threads)
         builds[f"graphopt int8, 7-bit weights ({kernel_of(build)})"] = build
     if older:
@@ -298,8 +303,7 @@ def layer_rows(model: str, batch: int, threads: int, rounds: int, folder: str,
     import graphopt as go
     from graphopt.report.profile import kernel_times
     graph, calibration, feeds, _ = workload(model, batch, digits)
-    host_vnni = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
-    int8 = go.quantize(graph, go.calibrate(graph, calibration), reduce_range=not host_vnni).graph
+    int8 = go.quantize(graph, go.calibrate(graph, calibration), reduce_range=not host_vnni()).graph
     build = go.compile(int8, threads=threads)
     session = ort_int8_session(graph, calibration, threads, folder, profile=True)
     ours: dict[str, tuple[float, int]] = {}

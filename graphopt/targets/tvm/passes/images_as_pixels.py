@@ -9,9 +9,10 @@ comparisons read, keeps the images' layout."""
 from __future__ import annotations
 
 from ....ir import Graph, Value
-from ....ops.shape import Reshape, Transpose
+from ....ops.shape import Transpose
 from ....passes.manager import PassResult
 from ....passes.pattern import Match, Rule, apply_rules, op
+from .views import reshaped
 
 
 def images_as_pixels(context):
@@ -30,10 +31,6 @@ def images_as_pixels(context):
         if node.op.has_residual:
             return "a residual in the images' layout"
         return None
-
-    def reshaped(graph: Graph, value: Value, shape, name: str, provenance) -> Value:
-        return graph.add_node(Reshape(tuple(shape)), [value], name=graph.fresh_name(name),
-                              provenance=provenance).output
 
     def transposed(graph: Graph, value: Value, name: str, provenance) -> Value:
         return graph.add_node(Transpose((1, 0)), [value], name=graph.fresh_name(name),

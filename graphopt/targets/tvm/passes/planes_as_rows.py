@@ -9,10 +9,10 @@ targets, whose tiles of 7 divide these rows."""
 from __future__ import annotations
 
 from ....ir import Graph, Value
-from ....ops.shape import Reshape
 from ....passes.manager import PassResult
 from ....passes.pattern import Match, Rule, apply_rules, op
 from ..schedules.tiled import channel_block, conv_row_tile
+from .views import reshaped
 
 # The vector widths (float32 lanes) whose targets compute such planes as rows. A Zen 4 core as
 # an AVX2 CPU (mcpu="znver3"), 1 thread, conv + relu alone, us, plane / row: 400 ch 7x7 176 /
@@ -49,10 +49,6 @@ def planes_as_rows(context):
         if not block or width % conv_row_tile(width, block, vector) == 0:
             return "rows of whole tiles"
         return None
-
-    def reshaped(graph: Graph, value: Value, shape, name: str, provenance) -> Value:
-        return graph.add_node(Reshape(tuple(shape)), [value], name=graph.fresh_name(name),
-                              provenance=provenance).output
 
     def rewrite(graph: Graph, m: Match) -> Value:
         node = m.root
