@@ -222,6 +222,27 @@ def test_requantize_epilogue_is_vector_code(mcpu):
     assert re.search(r"(vrndscaleps|vroundps)\s+\$12, %[xyz]mm", assembly)    # vector nearbyint
 
 
+@pytest.mark.parametrize("case", [
+    Case("3x3-64ch-relu", 64, 64, 14, 3, padding=(1, 1, 1, 1), activation=ops.Relu()),
+    Case("1x1-stride-2", 64, 128, 28, 1, stride=2),
+    Case("3x3-64-to-128ch-56", 64, 128, 56, 3, padding=(1, 1, 1, 1)),
+], ids=lambda case: case.id)
+def test_avx2_tiles_write_channel_rows_by_shuffles(case):
+    """On 8 lanes the requantized tile of channel vectors goes out one channel's row of pixels
+    at a time, each a shuffle of the tile's pixel vectors (`transpose.channel_rows`): left to
+    LLVM, the copy gathered each row byte by byte (`vpextrb` into a register, then `vpinsrb`)."""
+    model = go.compile(quantized_conv(case, weight_max=64), "cpu", mcpu="haswell")
+    assert chosen(model) == "pmaddubsw"
+    assembly = cpu_assembly(model.executable)
+    assert not re.search(r"\tvpextrb\s+\$\d+, %xmm\d+, %e", assembly)
+    skip_unless_this_cpu_runs(model)
+    graph = quantized_conv(case, weight_max=64)
+    model = go.compile(graph, "cpu", mcpu="haswell", bounds_check=True)
+    for seed in (1, 2):
+        inputs = feeds(graph, seed)
+        np.testing.assert_array_equal(model.run(inputs)["y"], go.interpret(graph, inputs)["y"])
+
+
 @pytest.mark.parametrize("mcpu", [VNNI_CPU, "haswell"])
 def test_the_input_copy_moves_rows_as_vectors(mcpu):
     """The padded copy of a 56-pixel-wide input moves each row as its padding and its input

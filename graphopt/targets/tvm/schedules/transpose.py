@@ -1,5 +1,5 @@
 """Register transposes for the register-tiled conv rule's write-back and the AMX convs' epilogue
-(`tile_epilogue.py`).
+(`tile_epilogue.py`), and the shuffled copy-out of a tile of channel vectors (`channel_rows`).
 
 The conv2d rule accumulates a tile of `pixels` output pixels x `lanes` output channels with the
 channels as the vector lanes; its NCHW output wants the pixels contiguous. Left to LLVM, the
@@ -179,4 +179,76 @@ def transposed_write_back(sch, writer, lanes: int) -> bool:
     sch.tensorize(w, register(pixels, lanes, str(block.reads[index].source.dtype), wide=wide))
     if wide:    # each channel's row of the copy padded to `lanes` pixels: the wide stores fit
         sch.storage_align(sch.get_sblock(f"{name}_o"), 0, 3, lanes, 0)
+    return True
+
+
+def channel_rows_name(pixels: int, lanes: int, dtype: str) -> str:
+    return f"graphopt_channel_rows_{pixels}x{lanes}_{dtype}"
+
+
+@registers_with_tvm
+def register_channel_rows(pixels: int, lanes: int, dtype: str) -> str:
+    """Register (once per process) the intrinsic storing B[lanes, 1, pixels] = A[pixels,
+    lanes]^T, A a tile of channel vectors in registers and B one row of `lanes` channel planes
+    of an NCHW output: each channel's pixels are one shuffle of A's rows and one small store.
+    Return its name."""
+    name = channel_rows_name(pixels, lanes, dtype)
+    if name in _registered:
+        return name
+    from tvm import tirx
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder import tirx as B_
+
+    @T.prim_func(s_tir=True)
+    def desc(a_handle: T.handle, b_handle: T.handle) -> None:
+        a_stride, plane, row = T.int64(), T.int64(), T.int64()
+        A = T.match_buffer(a_handle, (pixels, lanes), dtype, strides=[a_stride, 1],
+                           offset_factor=1, scope="local")
+        B = T.match_buffer(b_handle, (lanes, 1, pixels), dtype, strides=[plane, row, 1],
+                           offset_factor=1)
+        with T.sblock("root"):
+            T.reads(A[0:pixels, 0:lanes])
+            T.writes(B[0:lanes, 0, 0:pixels])
+            for i, j in T.grid(lanes, pixels):
+                with T.sblock("channel_rows"):
+                    vi, vj = T.axis.remap("SS", [i, j])
+                    B[vi, 0, vj] = A[vj, vi]
+
+    with IRBuilder() as builder:
+        with B_.prim_func():
+            B_.func_name("impl")
+            a_handle, b_handle = B_.arg("A", T.handle()), B_.arg("B", T.handle())
+            a = B_.match_buffer(a_handle, (pixels, lanes), dtype, offset_factor=1,
+                                strides=[tirx.Var("a_stride", "int64"), 1], scope="local")
+            b = B_.match_buffer(b_handle, (lanes, 1, pixels), dtype, offset_factor=1,
+                                strides=[tirx.Var("plane", "int64"), tirx.Var("row", "int64"), 1])
+            with B_.sblock("root"):
+                B_.reads(a[0:pixels, 0:lanes])
+                B_.writes(b[0:lanes, 0, 0:pixels])
+                rows = [a.vload([p, 0], f"{dtype}x{lanes}") for p in range(pixels)]
+                for channel in range(lanes):
+                    value = tirx.Shuffle(rows, [tirx.IntImm("int32", p * lanes + channel)
+                                                for p in range(pixels)])
+                    B_.buffer_store(b, value, [channel, 0, tirx.Ramp(tirx.const(0, "int32"), 1,
+                                                                     pixels)])
+    TensorIntrin.register(name, desc, builder.get(), override=True)
+    _registered.add(name)
+    return name
+
+
+def channel_rows(sch, copy, lanes: int) -> bool:
+    """Write the copy-out of a tile of channel vectors (`copy`: its last two loops over the
+    tile's channels and pixels, from `tiled.epilogue_on_channel_vectors`) `lanes` channels at a
+    time by `register_channel_rows`. Left to LLVM, the vectorized copy gathered each channel's
+    pixels byte by byte from the spilled tile (`vpextrb`, `vpinsrb`). False (nothing changed)
+    where the channels do not fill whole vectors or a tile row is one pixel."""
+    from .common import extent
+    channels, pixels = sch.get_loops(copy)[-2:]
+    if extent(channels, sch) % lanes or not 1 < extent(pixels, sch) <= lanes:
+        return False
+    _, inner = sch.split(channels, [None, lanes])
+    dtype = str(sch.get(copy).writes[0].source.dtype)
+    sch.tensorize(inner, register_channel_rows(extent(pixels, sch), lanes, dtype))
     return True
