@@ -5,6 +5,7 @@ kernel computes what the interpreter does, exactly, over a table of shapes (odd 
 strides, padding, dilation, batches, epilogues)."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -19,11 +20,13 @@ from graphopt.ir import Graph, TensorType
 pytest.importorskip("tvm")
 
 from graphopt.targets.tvm.cpu import cpu_assembly  # noqa: E402
+from graphopt.targets.tvm.schedules.conv2d_int8 import STREAMED_WEIGHT_PIXELS  # noqa: E402
 
 # (LLVM CPU, the largest weight magnitude, the algorithm chosen for it, lanes, an instruction
 # its kernel must contain); on an AMX CPU the layers that fill AMX tiles get "amx"
 # (`AMX_BUILD`), the others VNNI. Without VNNI, 7-bit weights (reduce_range) are multiplied
-# by vpmaddubsw, full-range ones widened to int16 (vpmaddwd), both exactly.
+# by vpmaddubsw, full-range ones widened to int16 (vpmaddwd), both exactly; layers of few
+# output pixels keep those weights in int8 and widen them as they load (`pmaddwd_s8`).
 BUILDS = [("cascadelake", 127, "vnni", 16, r"vpdpbusd\s+.*zmm"),
           ("skylake-avx512", 127, "pmaddwd", 16, r"vpmaddwd\s+.*zmm"),
           ("skylake-avx512", 64, "pmaddubsw", 16, r"vpmaddubsw\s+.*zmm"),
@@ -157,12 +160,19 @@ def test_each_cpu_gets_its_instruction_and_the_interpreter_s_results(case, mcpu,
         mcpu, algorithm, lanes, instruction = AMX_BUILD
     graph = quantized_conv(case, weight_max=weight_max)
     model = go.compile(graph, "cpu", mcpu=mcpu, bounds_check=True)
-    conv = the_conv(model.graph).op.conv
+    node = the_conv(model.graph)
+    conv = node.op.conv
+    streamed = algorithm == "pmaddwd" and \
+        math.prod(node.output.shape[:1] + node.output.shape[2:]) <= STREAMED_WEIGHT_PIXELS
+    if streamed:
+        algorithm = "pmaddwd_s8"
     assert (conv.algorithm, conv.weight_block) == (algorithm, lanes)
     if algorithm == "amx":   # the tiles read back through the transposing epilogue rule
         assert model.schedules["requantize_tiles"] == "tile_epilogue", model.schedules
     assembly = cpu_assembly(model.executable)
     assert re.search(instruction, assembly)
+    if streamed:     # the int8 weights widened as they load
+        assert re.search(r"vpmovsxbw\s+-?\d*\(%\w+", assembly)
     if algorithm != "vnni":
         assert "vpdpbusd" not in assembly
     skip_unless_this_cpu_runs(model)   # the layer's instruction, or another of `mcpu`'s (AMX)

@@ -57,7 +57,9 @@ def expect_nonempty(x: TensorType, w: TensorType) -> None:
 #   vnni      (qlinear_conv2d only) uint8 x int8 -> int32 by vpdpbusd (AVX-512 VNNI, AVX-VNNI), or
 #   pmaddubsw vpmaddubsw + vpmaddwd (weights whose int16 pair sums cannot saturate), or
 #   pmaddwd   vpmaddwd on int16-widened operands; the weight packed at lowering into blocks of
-#             `weight_block` output channels (targets/tvm/schedules/conv2d_int8.py)
+#             `weight_block` output channels (targets/tvm/schedules/conv2d_int8.py), or
+#   pmaddwd_s8  vpmaddwd with the weight kept in int8 and widened as it loads (convs of few
+#             output pixels, whose weights stream from memory)
 #   dpbf16    (bfloat16 only) AVX512-BF16's vdpbf16ps: pairs of input channels into float32,
 #             the weight packed at lowering into blocks of `weight_block` (16) output channels
 #             (targets/tvm/schedules/conv2d_bf16.py)
@@ -72,7 +74,7 @@ def expect_nonempty(x: TensorType, w: TensorType) -> None:
 # kernels do not compute, and those with so few channels that their tiles would be mostly
 # padding.
 EXACT_FLOAT_CONV_ALGORITHMS = ("depthwise", "direct", "narrow")
-INTEGER_CONV_ALGORITHMS = ("vnni", "pmaddubsw", "pmaddwd")
+INTEGER_CONV_ALGORITHMS = ("vnni", "pmaddubsw", "pmaddwd", "pmaddwd_s8")
 QUANTIZED_CONV_ALGORITHMS = ("amx", *INTEGER_CONV_ALGORITHMS)
 CONV_ALGORITHMS = ("direct", "winograd", "onednn", "depthwise", "narrow", "pointwise", "dpbf16",
                    "dpbf16_taps", "winograd_dpbf16", "narrow_dpbf16", *QUANTIZED_CONV_ALGORITHMS)

@@ -50,7 +50,8 @@ kernel row's neighbouring taps as the instruction's pairs (`conv2d_bf16.pairs_ap
 A quantized convolution (`qlinear_conv2d`) is computed by the x86 dot-product instruction of the
 target CPU (`schedules/conv2d_int8.py`: "amx" tiles where the CPU has AMX-INT8 and the layer fills
 them, else "vnni" with AVX-512 VNNI or AVX-VNNI, else "pmaddubsw" for weights whose int16 pair sums
-cannot saturate, e.g. 7-bit ones, else "pmaddwd") where the layer is what those kernels compute:
+cannot saturate, e.g. 7-bit ones, else "pmaddwd" ("pmaddwd_s8" for few output pixels)) where the
+layer is what those kernels compute:
 uint8 input, constant int8 weights with zero points of 0 (symmetric, as graphopt's and ONNX
 Runtime's quantizers make them), a constant input zero point and bias, no groups; but one
 the float32 rules compute as rows of vectors ("narrow": few channels, mostly padding in those
@@ -61,6 +62,7 @@ kernels' tiles) runs on that float32 kernel where its sums are exact in float32
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -255,7 +257,9 @@ def select_conv_algorithm(context):
             all(v.is_constant for v in (w, w_zp, x_zp, *([bias] if bias else [])))
         fits = (context.vector is not None and conv.groups == 1 and x.dtype == "uint8"
                 and w.dtype == "int8" and constant and not w_zp.data.any())
-        dot = dot_product_for(context.vector, w.data) if fits else None
+        pixels = math.prod(node.output.shape[:1] + node.output.shape[2:]) \
+            if all(isinstance(d, int) for d in node.output.shape) else None
+        dot = dot_product_for(context.vector, w.data, pixels) if fits else None
         narrow_exact = exact_narrow_in_float32(node, w, w_zp, dot.algorithm) \
             if dot is not None and NARROW_INT8_IN_FLOAT32 else None
         if narrow_exact is not None:
@@ -266,7 +270,7 @@ def select_conv_algorithm(context):
                 return dataclasses.replace(node.op, conv=exact)
             return None if conv == conv.plain else dataclasses.replace(node.op, conv=conv.plain)
         algorithm, block = dot.algorithm, dot.lanes
-        if algorithm == "pmaddwd":
+        if algorithm.startswith("pmaddwd"):
             misses.setdefault(WIDENED_INT8, []).append((node.name, WIDENED_INT8_REASON))
         if conv_fills_amx_tiles(node, amx.INT8, w):
             algorithm, block = amx.AMX, amx.BLOCK

@@ -17,6 +17,9 @@ packed by `pack_weight`; the rule below schedules it and tensorizes the instruct
 - "pmaddwd" (AVX2 or AVX-512 without VNNI, `vpmaddwd`): 8 or 16 int32 lanes, each += 2 int16
   products; the operands are widened to int16 first (input in its padded copy, weights when
   packed), which keeps every product and sum exact, for weights of any range.
+- "pmaddwd_s8": the same with the weights kept in int8 and widened as they load (`vpmovsxbw`),
+  for convs of few output pixels (`STREAMED_WEIGHT_PIXELS`: linear layers at small batches),
+  whose time is the weights' read from memory.
 
 Layouts: the weight is [ceil(O / lanes), ceil(I / group), KH, KW, lanes, group], so one
 instruction's weights are one aligned vector load; the input is copied, padded with its zero
@@ -71,21 +74,41 @@ DOT_PRODUCTS = {
     ("pmaddwd", 16): DotProduct("pmaddwd", 16, 2, ("int16", "int16"),
                                 "llvm.x86.avx512.pmaddw.d.512"),
     ("pmaddwd", 8): DotProduct("pmaddwd", 8, 2, ("int16", "int16"), "llvm.x86.avx2.pmadd.wd"),
+    # int8 weights widened to the instruction's int16 as they load
+    ("pmaddwd_s8", 16): DotProduct("pmaddwd_s8", 16, 2, ("int16", "int8"),
+                                   "llvm.x86.avx512.pmaddw.d.512"),
+    ("pmaddwd_s8", 8): DotProduct("pmaddwd_s8", 8, 2, ("int16", "int8"),
+                                  "llvm.x86.avx2.pmadd.wd"),
 }
 ALGORITHMS = tuple(sorted({key[0] for key in DOT_PRODUCTS}))
 _registered: set[str] = set()
 
 
-def dot_product_for(vec: VectorShape, weight: np.ndarray) -> DotProduct | None:
+# Output pixels (images x rows x columns) up to which a vpmaddwd conv keeps its weights in int8
+# (`pmaddwd_s8`): each weight then serves few products and the kernel's time is its weights'
+# read from memory, which int16 weights double. AMD Zen 4, 1 thread, 8-bit weights, ms, int16 /
+# int8 weights. AVX2 build (mcpu="znver3"): linear layers at batch 1, 25088 -> 4096 9.14 /
+# 4.85, 4096 -> 4096 1.16 / 0.50; at batch 8, 4096 -> 4096 2.72 / 2.42, 4096 -> 1000 0.47 /
+# 0.47; 1x1 512 ch on 2x2 0.025 / 0.024; whole VGG-11, alternated, 0.96 of the time at batch
+# 1, 0.97 at batch 8. AVX-512 build (mcpu="skylake-avx512"): 25088 -> 4096 at batch 1 9.17 /
+# 4.93, 4096 -> 4096 at batch 8 2.16 / 1.93. On larger planes the widening costs more than the
+# reads save: 3x3 convs, 64 -> 128 ch 56x56 3.13 / 3.36, 256 ch 28x28 5.95 / 6.40, 512 ch
+# 14x14 5.97 / 6.23 (AVX2).
+STREAMED_WEIGHT_PIXELS = 8
+
+
+def dot_product_for(vec: VectorShape, weight: np.ndarray,
+                    pixels: int | None = None) -> DotProduct | None:
     """The instruction a CPU of vector shape `vec` computes the int8 convolution of `weight`
-    (OIHW) with exactly."""
+    (OIHW) with exactly, for an output of `pixels` pixels (None: unknown)."""
     if vec.vnni:
         return DOT_PRODUCTS["vnni", 16]
     if vec.avx_vnni and vec.lanes == 8:
         return DOT_PRODUCTS["vnni", 8]
     if pairs_fit_int16(weight):
         return DOT_PRODUCTS.get(("pmaddubsw", vec.lanes))
-    return DOT_PRODUCTS.get(("pmaddwd", vec.lanes))
+    streamed = pixels is not None and pixels <= STREAMED_WEIGHT_PIXELS
+    return DOT_PRODUCTS.get(("pmaddwd_s8" if streamed else "pmaddwd", vec.lanes))
 
 
 def pairs_fit_int16(weight: np.ndarray) -> bool:
@@ -156,8 +179,11 @@ def register_intrinsic(dot: DotProduct) -> None:
     from tvm.script import tirx as T
     lanes, group = dot.lanes, dot.group
     a_dtype, b_dtype = dot.dtypes
-    width = lanes * 32 // np.dtype(b_dtype).itemsize // 8   # operand elements per register
-    lanes_i32, operand = f"int32x{lanes}", f"{b_dtype}x{width}"
+    # the instruction's operands: the weights' type, or the input's where the weights are
+    # narrower and widen as they load (`vpmovsxbw`)
+    element = a_dtype if np.dtype(a_dtype).itemsize > np.dtype(b_dtype).itemsize else b_dtype
+    width = lanes * 32 // np.dtype(element).itemsize // 8   # operand elements per register
+    lanes_i32, operand = f"int32x{lanes}", f"{element}x{width}"
 
     @T.prim_func(s_tir=True)
     def desc(A: T.Buffer((group,), a_dtype, offset_factor=1),
@@ -185,21 +211,22 @@ def register_intrinsic(dot: DotProduct) -> None:
             T.writes(C[0:lanes])
             pixel = T.reinterpret(A.vload([0], f"{a_dtype}x{group}"), dtype="int32")
             pixels = T.reinterpret(T.broadcast(pixel, lanes), dtype=operand)
+            weights = T.Cast(operand, B.vload([0, 0], dtype=f"{b_dtype}x{width}"))
             if accumulates:
                 C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
                     T.llvm_lookup_intrinsic_id(dot.llvm), C.vload([0], dtype=lanes_i32), pixels,
-                    B.vload([0, 0], dtype=operand), dtype=lanes_i32)
+                    weights, dtype=lanes_i32)
             elif widens:
                 C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], dtype=lanes_i32) + \
                     T.call_llvm_pure_intrin(
                         T.llvm_lookup_intrinsic_id(dot.widen), T.call_llvm_pure_intrin(
-                            T.llvm_lookup_intrinsic_id(dot.llvm), pixels,
-                            B.vload([0, 0], dtype=operand), dtype=pair_sums),
+                            T.llvm_lookup_intrinsic_id(dot.llvm), pixels, weights,
+                            dtype=pair_sums),
                         T.broadcast(T.int16(1), lanes * 2), dtype=lanes_i32)
             else:
                 C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], dtype=lanes_i32) + \
                     T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(dot.llvm), pixels,
-                                            B.vload([0, 0], dtype=operand), dtype=lanes_i32)
+                                            weights, dtype=lanes_i32)
 
     TensorIntrin.register(dot.intrinsic, desc, impl, override=True)
     _registered.add(dot.intrinsic)
@@ -249,7 +276,8 @@ def row_tile(width: int, limit: int) -> int:
 # On 16 lanes (AVX-512) the widest tiles are fastest (`VectorShape.accumulators`), over fused
 # taps (Zen 4, VNNI, each kernel once, fused / as loops: ResNet-18 6.6 / 7.8, VGG-11 38.5 /
 # 42.5).
-YMM_TILES = {"vnni": (8, True), "pmaddubsw": (8, False), "pmaddwd": (8, False)}
+YMM_TILES = {"vnni": (8, True), "pmaddubsw": (8, False), "pmaddwd": (8, False),
+             "pmaddwd_s8": (8, False)}
 # Lanes with which the tile is written back through the register transpose (`transpose.py`)
 # instead of gathering each channel's pixels from the spilled tile. One thread, AMD Zen 4, us,
 # gathered / transposed: int8 64 -> 128 ch 112x112 4,680 / 4,626, 64 ch 56x56 608 / 602,
