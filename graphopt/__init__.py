@@ -14,8 +14,8 @@ from . import ops
 from . import compare as _compare
 from .compare import CompareReport
 from .errors import (DeclaredShapeWarning, GraphoptError, InputError, LoweringError,
-                     ModelFormatError, OptionError, PassError, ShapeError, UnsupportedOpError,
-                     VerifyError, WriteError)
+                     ModelFormatError, OptionError, PassError, ScheduleFallbackWarning,
+                     ShapeError, UnsupportedOpError, VerifyError, WriteError)
 from .frontends import dsl
 from .ir import Graph, Node, TensorType, Value
 from .quantization import Calibration, calibrate, quantize, sensitivity
@@ -138,7 +138,7 @@ def __getattr__(name: str):
 
 
 __all__ = ["CompileOptions", "DeclaredShapeWarning", "Graph", "Node", "TensorType", "Value", "GraphoptError", "InputError", "LoweringError",
-           "ModelFormatError", "OptionError", "PassError", "ShapeError", "UnsupportedOpError", "VerifyError", "WriteError",
+           "ModelFormatError", "OptionError", "PassError", "ScheduleFallbackWarning", "ShapeError", "UnsupportedOpError", "VerifyError", "WriteError",
            "Calibration", "CompareReport", "bisect", "calibrate", "compare", "compile", "dsl", "interpret", "load", "load_onnx",
            "ops", "optimize", "passes", "quantize", "report", "save_onnx", "sensitivity", "verify", "zoo",
            "factorize", "finetune", "prune"]

@@ -56,3 +56,9 @@ class OptionError(GraphoptError):
 class DeclaredShapeWarning(UserWarning):
     """An imported model declares a value's shape (ONNX value_info or graph output) that
     disagrees with graphopt's shape inference; the inferred shape is used, as ONNX Runtime does."""
+
+
+class ScheduleFallbackWarning(UserWarning):
+    """A CPU schedule rule that took a kernel failed part-way (a schedule primitive refused it):
+    a later rule, often the generic one and many times slower, scheduled the kernel instead."""
+

@@ -253,6 +253,31 @@ def test_avx2_tiles_write_channel_rows_by_shuffles(case):
         np.testing.assert_array_equal(model.run(inputs)["y"], go.interpret(graph, inputs)["y"])
 
 
+def test_a_rule_refused_part_way_is_reported(monkeypatch):
+    """A schedule primitive that refuses the int8 rule part-way leaves the kernel to a later
+    rule (the generic one: right, but many times slower); the compile says so, naming the
+    kernel, the rule and the refusal."""
+    from tvm.s_tir import ScheduleError
+    from graphopt.targets.tvm.schedules import conv2d_int8, dispatch
+
+    def refusing(*args, **kwargs):
+        raise ScheduleError("ScheduleError: An error occurred in the schedule primitive "
+                            "'tensorize'.\nError message: the copy refused for this test")
+
+    monkeypatch.setattr(conv2d_int8.interleave, "schedule_copy", refusing)
+    case = Case("3x3-16ch", 16, 16, 8, 3, padding=(1, 1, 1, 1))
+    graph = quantized_conv(case, weight_max=64)
+    with pytest.warns(go.ScheduleFallbackWarning,
+                      match=r"qlinear_conv2d_\w+: the conv2d_int8 rule \(the copy refused for "
+                            r"this test\) failed part-way; the generic rule scheduled it"):
+        model = go.compile(graph, "cpu", mcpu="haswell")
+    assert model.schedules[next(k for k in model.schedules if "qlinear" in k)] == "generic"
+    assert dispatch.RULES[0] is conv2d_int8
+    skip_unless_this_cpu_runs(model)
+    inputs = feeds(graph)
+    np.testing.assert_array_equal(model.run(inputs)["y"], go.interpret(graph, inputs)["y"])
+
+
 @pytest.mark.parametrize("mcpu", [VNNI_CPU, "haswell"])
 def test_the_input_copy_moves_rows_as_vectors(mcpu):
     """The padded copy of a 56-pixel-wide input moves each row as its padding and its input

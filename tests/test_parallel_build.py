@@ -167,12 +167,12 @@ def test_a_rule_that_fails_in_a_thread_fails_the_compile(graph, monkeypatch):
 
     calls, counting = [], threading.Lock()
 
-    def failing_on_one(func, vec):
+    def failing_on_one(func, vec, *name):
         with counting:
             calls.append(func)
             if len(calls) == 5:
                 raise RuntimeError("rule failed")
-        return schedule_func(func, vec)
+        return schedule_func(func, vec, *name)
 
     monkeypatch.setattr(dispatch, "schedule_func", failing_on_one)
     with pytest.raises(LoweringError, match="rule failed"):

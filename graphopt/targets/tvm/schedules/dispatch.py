@@ -7,6 +7,9 @@ in the layouts the target passes chose and lowering packed; the dot-product conv
 is `interleave.py`'s."""
 from __future__ import annotations
 
+import warnings
+
+from ....errors import ScheduleFallbackWarning
 from ....worker_threads import map_in_threads
 from . import (conv2d, conv2d_bf16, conv2d_int8, dense, dense_bf16, depthwise, generic, lookup,
                narrow, pointwise, pool2d, tile_epilogue, winograd)
@@ -47,33 +50,55 @@ def schedule_module(mod, vec: VectorShape, threads: int = 1):
                 mod[gv] = func.with_attr(SCHEDULE_ATTR, TUNED)
             continue
         pending.append((gv, func))
-    results = map_in_threads(lambda item: schedule_func(item[1], vec), pending, threads,
-                             "graphopt-schedule")
+    results = map_in_threads(lambda item: schedule_func(item[1], vec, item[0].name_hint),
+                             pending, threads, "graphopt-schedule")
     for (gv, _), (scheduled, rule) in zip(pending, results):
         if scheduled is not None:
             mod[gv] = scheduled.with_attr("tirx.is_scheduled", True).with_attr(SCHEDULE_ATTR, rule)
     return mod
 
 
-def schedule_func(func, vec: VectorShape):
+def schedule_func(func, vec: VectorShape, name: str = "the kernel"):
     """(scheduled PrimFunc, rule name) for the first rule that applies, or (None, None); a rule
     that a schedule primitive refuses part-way is discarded with its schedule and the next rule
-    starts afresh; any other error in a rule is a bug and propagates. A rule with a
-    `finish(func, vec)` rewrites the function it scheduled (the pointwise rule's `likely`
-    predicates)."""
+    starts afresh, with a `ScheduleFallbackWarning` naming the kernel (`name`) and the refusal:
+    none of the zoo's kernels takes that path, and the rule left behind is usually the one
+    that makes the kernel fast (an int8 conv on the generic rule ran 15x slower). Any other
+    error in a rule is a bug and propagates. A rule with a `finish(func, vec)` rewrites the
+    function it scheduled (the pointwise rule's `likely` predicates)."""
     from tvm import s_tir
     from tvm.s_tir import ScheduleError
+    refused = []
     for rule in RULES:
         sch = s_tir.Schedule(func)
         try:
             applied = rule.schedule(sch, vec)
-        except ScheduleError:  # a schedule primitive refused this function's structure: next rule
+        except ScheduleError as error:  # a primitive refused this function's structure
+            refused.append((rule.NAME, error))
             continue
         if applied:
+            if refused:
+                _warn_fallback(name, refused, rule.NAME)
             finish = getattr(rule, "finish", None)
             scheduled = sch.mod["main"]
             return (finish(scheduled, vec) if finish else scheduled), rule.NAME
+    if refused:
+        _warn_fallback(name, refused, None)
     return None, None
+
+
+def _warn_fallback(name: str, refused: list, taken: str | None) -> None:
+    rules = ", ".join(f"the {rule} rule ({_refusal(error)})" for rule, error in refused)
+    instead = f"the {taken} rule scheduled it instead" if taken else "no rule scheduled it"
+    warnings.warn(f"{name}: {rules} failed part-way; {instead}, which can be many times "
+                  f"slower", ScheduleFallbackWarning, stacklevel=2)
+
+
+def _refusal(error) -> str:
+    """The telling line of a ScheduleError: its 'Error message:' line, else its first."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    told = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Error message:")]
+    return (told or lines or [type(error).__name__])[0][:200]
 
 
 def _is_scheduled(func) -> bool:
