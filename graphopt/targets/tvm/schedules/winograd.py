@@ -195,6 +195,11 @@ def output_tile(in_channels: int, out_channels: int, out_h: int, out_w: int, ker
     if vec.lanes == 16 and not wide_l1 and in_channels >= F4_MIN_CHANNELS and \
             F4_MIN_PLANE <= out_h * out_w <= F4_MAX_PLANE:
         return 4
+    if out_w <= 2:
+        # a row of one F(2x2) tile: the rule's loop over a row's tiles is then no loop, and a
+        # schedule primitive refuses it (DenseNet-121 at 64x64: its 2x2 planes' convs went to
+        # the generic rule); the direct kernel computes such a plane
+        return 0
     weight_bytes = transformed_weight_bytes(2, in_channels, out_channels, 4)
     rows = by_rows(weight_bytes)
     if out_h * out_w > (ROWS_MAX_PLANE if rows else MAX_PLANE):
