@@ -61,11 +61,13 @@ def schedule_module(mod, vec: VectorShape, threads: int = 1):
 def schedule_func(func, vec: VectorShape, name: str = "the kernel"):
     """(scheduled PrimFunc, rule name) for the first rule that applies, or (None, None); a rule
     that a schedule primitive refuses part-way is discarded with its schedule and the next rule
-    starts afresh, with a `ScheduleFallbackWarning` naming the kernel (`name`) and the refusal:
-    none of the zoo's kernels takes that path, and the rule left behind is usually the one
-    that makes the kernel fast (an int8 conv on the generic rule ran 15x slower). Any other
-    error in a rule is a bug and propagates. A rule with a `finish(func, vec)` rewrites the
-    function it scheduled (the pointwise rule's `likely` predicates)."""
+    starts afresh, with a `ScheduleFallbackWarning` naming the kernel (`name`) and the refusal
+    where a later rule takes it (not for a kernel of empty tensors): none of the zoo's kernels
+    takes that path, and the rule left behind is usually the one that makes the kernel fast
+    (an int8 conv on the generic rule ran 15x slower). A function no rule takes (one written
+    as loops without blocks, as TVM legalizes scatter ops) stays as lowered. Any other error in
+    a rule is a bug and propagates. A rule with a `finish(func, vec)` rewrites the function it
+    scheduled (the pointwise rule's `likely` predicates)."""
     from tvm import s_tir
     from tvm.s_tir import ScheduleError
     refused = []
@@ -77,21 +79,23 @@ def schedule_func(func, vec: VectorShape, name: str = "the kernel"):
             refused.append((rule.NAME, error))
             continue
         if applied:
-            if refused:
-                _warn_fallback(name, refused, rule.NAME)
+            if refused and not _empty(func):
+                rules = ", ".join(f"the {rule} rule ({_refusal(error)})" for rule, error in refused)
+                warnings.warn(f"{name}: {rules} failed part-way; the {rule.NAME} rule scheduled it "
+                              f"instead, which can be many times slower", ScheduleFallbackWarning)
             finish = getattr(rule, "finish", None)
             scheduled = sch.mod["main"]
             return (finish(scheduled, vec) if finish else scheduled), rule.NAME
-    if refused:
-        _warn_fallback(name, refused, None)
     return None, None
 
 
-def _warn_fallback(name: str, refused: list, taken: str | None) -> None:
-    rules = ", ".join(f"the {rule} rule ({_refusal(error)})" for rule, error in refused)
-    instead = f"the {taken} rule scheduled it instead" if taken else "no rule scheduled it"
-    warnings.warn(f"{name}: {rules} failed part-way; {instead}, which can be many times "
-                  f"slower", ScheduleFallbackWarning, stacklevel=2)
+def _empty(func) -> bool:
+    """Whether a loop of `func` runs no iterations (a kernel of zero-size tensors)."""
+    import tvm_ffi
+    from tvm import tirx
+    loops = []
+    tvm_ffi.structural_walk(func.body, (tirx.For, loops.append))
+    return any(isinstance(loop.extent, tirx.IntImm) and int(loop.extent) == 0 for loop in loops)
 
 
 def _refusal(error) -> str:
