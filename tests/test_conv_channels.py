@@ -287,6 +287,10 @@ def test_1x1_planes_of_padded_rows_run_as_one_row(mcpu, as_rows):
     optimized, _ = optimize_for_target(whole, "cpu", CompileOptions(mcpu=mcpu))
     assert [n.inputs[0].shape for n in optimized.graph.nodes if "conv" in n.op_name] == \
         [(1, 48, 8, 8)]
+    # oneDNN's convs pass NHWC to each other: no reshapes between them on any build
+    optimized, _ = optimize_for_target(graph, "cpu", CompileOptions(mcpu=mcpu, kernels="onednn"))
+    assert [n.inputs[0].shape for n in optimized.graph.nodes if "conv" in n.op_name] == \
+        [(2, 48, 7, 7)] * 2
     if not _host_runs(mcpu):
         pytest.skip(f"this CPU cannot run code compiled for {mcpu}")
     model = go.compile(graph, mcpu=mcpu, bounds_check=True)

@@ -32,6 +32,8 @@ def planes_as_rows(context):
         x, w = node.inputs[0], node.inputs[1]
         if vector is None or vector.lanes not in ROW_LANES:
             return "a target of other vector widths"
+        if context.kernels == "onednn":    # its convs pass NHWC to each other: no reshapes
+            return "oneDNN's convolutions"
         if not all(isinstance(d, int) for d in (*x.shape, *node.output.shape)):
             return "a shape not known at compile time"
         _, _, height, width = x.shape
