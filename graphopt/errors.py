@@ -61,4 +61,3 @@ class DeclaredShapeWarning(UserWarning):
 class ScheduleFallbackWarning(UserWarning):
     """A CPU schedule rule that took a kernel failed part-way (a schedule primitive refused it):
     a later rule, often the generic one and many times slower, scheduled the kernel instead."""
-

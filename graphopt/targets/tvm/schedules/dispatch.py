@@ -80,7 +80,8 @@ def schedule_func(func, vec: VectorShape, name: str = "the kernel"):
             continue
         if applied:
             if refused and not _empty(func):
-                rules = ", ".join(f"the {rule} rule ({_refusal(error)})" for rule, error in refused)
+                rules = ", ".join(f"the {refusing} rule ({_refusal(error)})"
+                                  for refusing, error in refused)
                 warnings.warn(f"{name}: {rules} failed part-way; the {rule.NAME} rule scheduled it "
                               f"instead, which can be many times slower", ScheduleFallbackWarning)
             finish = getattr(rule, "finish", None)
