@@ -257,8 +257,7 @@ def select_conv_algorithm(context):
             all(v.is_constant for v in (w, w_zp, x_zp, *([bias] if bias else [])))
         fits = (context.vector is not None and conv.groups == 1 and x.dtype == "uint8"
                 and w.dtype == "int8" and constant and not w_zp.data.any())
-        pixels = math.prod(node.output.shape[:1] + node.output.shape[2:]) \
-            if all(isinstance(d, int) for d in node.output.shape) else None
+        pixels = math.prod(node.output.shape[:1] + node.output.shape[2:])
         dot = dot_product_for(context.vector, w.data, pixels) if fits else None
         narrow_exact = exact_narrow_in_float32(node, w, w_zp, dot.algorithm) \
             if dot is not None and NARROW_INT8_IN_FLOAT32 else None

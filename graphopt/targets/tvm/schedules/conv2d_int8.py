@@ -97,17 +97,16 @@ _registered: set[str] = set()
 STREAMED_WEIGHT_PIXELS = 8
 
 
-def dot_product_for(vec: VectorShape, weight: np.ndarray,
-                    pixels: int | None = None) -> DotProduct | None:
+def dot_product_for(vec: VectorShape, weight: np.ndarray, pixels: int) -> DotProduct | None:
     """The instruction a CPU of vector shape `vec` computes the int8 convolution of `weight`
-    (OIHW) with exactly, for an output of `pixels` pixels (None: unknown)."""
+    (OIHW) with exactly, for an output of `pixels` pixels (images x rows x columns)."""
     if vec.vnni:
         return DOT_PRODUCTS["vnni", 16]
     if vec.avx_vnni and vec.lanes == 8:
         return DOT_PRODUCTS["vnni", 8]
     if pairs_fit_int16(weight):
         return DOT_PRODUCTS.get(("pmaddubsw", vec.lanes))
-    streamed = pixels is not None and pixels <= STREAMED_WEIGHT_PIXELS
+    streamed = pixels <= STREAMED_WEIGHT_PIXELS
     return DOT_PRODUCTS.get(("pmaddwd_s8" if streamed else "pmaddwd", vec.lanes))
 
 
