@@ -1140,6 +1140,42 @@ def test_1x1_convs_of_few_channels_read_their_input_in_place(mcpu, in_place):
     assert found == in_place, found
 
 
+# The blocked schedule's reduction loop over input-channel blocks outside the tiles of a row.
+INPUT_CHANNEL_BLOCKS = re.compile(r"for rc_0, \w+, j_0")
+
+
+def _projections():
+    """Bottleneck projections: MobileNetV2's 384 -> 64 ch 1x1 on 14x14, its 960 -> 160 ch on
+    7x7, and SqueezeNet's classifier (512 -> 1000 ch on 13x13: 2 MB of weights)."""
+    with dsl.Builder("projections", seed=0) as b:
+        x, y = b.input("x", (1, 384, 14, 14)), b.input("y", (1, 960, 7, 7))
+        z = b.input("z", (1, 512, 13, 13))
+        return b.output(dsl.conv2d(x, 64, 1), dsl.conv2d(y, 160, 1), dsl.conv2d(z, 1000, 1))
+
+
+@pytest.mark.parametrize("mcpu, blocked", [(AVX2_CPU, {64}), ("znver4", set())])
+def test_8_lane_convs_block_input_channels_on_14x14_planes(mcpu, blocked):
+    """With 8 lanes, whatever the L1, the conv2d rule blocks the input channels of a plane of
+    100 to 400 pixels (`BLOCKED_YMM_MIN_PIXELS`), not of a 7x7 plane nor where the weights
+    stream from memory; with 16 lanes and 32 KiB of L1 (Zen 4) of none."""
+    found = {int(func.params[-1].shape[1])
+             for func in _scheduled_kernels(_projections(), mcpu).values()
+             if func.attrs[SCHEDULE_ATTR] == "conv2d"
+             and INPUT_CHANNEL_BLOCKS.search(func.script())}
+    assert found == blocked, found
+
+
+def test_8_lane_input_channel_blocks_match_the_interpreter():
+    """The AVX2 build of the projections above, bounds-checked, on one thread and two."""
+    graph = _projections()
+    rng = np.random.default_rng(0)
+    feeds = {v.name: rng.standard_normal(v.shape).astype(np.float32) for v in graph.inputs}
+    model = go.compile(graph, mcpu=AVX2_CPU, bounds_check=True)
+    for threads in (1, 2):
+        model.threads = threads
+        assert go.compare(graph, model, feeds).ok
+
+
 def test_channel_blocked_copy_is_vectorized_along_its_channels():
     """Where the channel-blocked copy of a 1x1 conv's input ([N, C / 16, H, W, 16]) is its
     padding stage (Inception-v3's 35x35 rows computed to 36 columns), each pixel's 16

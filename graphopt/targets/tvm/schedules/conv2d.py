@@ -41,6 +41,18 @@ L1_WEIGHT_BYTES = 12 * 1024
 # 512 ch 7x7 3.27 / 2.77 / 2.42 (ORT 2.86), stride-2 256 -> 512 ch 1.16 / 1.13 / 1.08, 288 ->
 # 384 ch 1.68 / - / 1.59.
 BLOCKED_L1D = 48 * 1024
+# With 8 lanes (AVX2: 16-channel weight blocks, half the bytes per input channel) small planes
+# of at least this many output pixels take input-channel blocks whatever the L1 (0: never),
+# where the weights do not stream. AVX2 build (mcpu="znver3"), one Zen 4 core (32 KiB L1).
+# 1x1 convs + add on 14x14 alone, ms, unblocked / blocked (ORT's AVX2 kernels under
+# --as-avx2): 384 -> 64 ch 0.184 / 0.159 (0.144), 576 -> 96 0.266 / 0.255 (0.234), 384 -> 96
+# 0.177 / 0.165 (0.156), 672 -> 112 0.332 / 0.311 (0.308), 480 -> 80 0.193 / 0.181 (0.175).
+# Inside the models, each conv kernel alternated, the sums blocked / unblocked: MobileNetV2
+# 0.979, RegNetX-400MF 0.985-1.000, ResNet-50 0.972-0.992, DenseNet-121 0.977, Inception-v3
+# 0.981, GoogLeNet 0.975-0.983, MobileNetV3-Large 0.985, ResNet-18 1.000, SqueezeNet 0.997
+# (1.025 with its 2 MB classifier blocked too); whole runs alternated 0.97-1.01, the host's
+# noise. On 7x7 planes the 1x1 convs lost (320 -> 1280, 960 -> 160, 400 ch: 1.08-1.10).
+BLOCKED_YMM_MIN_PIXELS = 100
 # Input channels stored together when the input is channel-blocked: one 64-byte cache line.
 INPUT_BLOCK = 16
 # Output channels up to which a 1x1 conv reads its NCHW input in place, with these lanes,
@@ -161,7 +173,7 @@ def schedule(sch, vec: VectorShape) -> bool:
     # Rows of 56, 28, 14 or 7 pixels have no divisor near the register budget: a predicated
     # last tile is cheaper than narrow tiles (measured 1.06x vs 1.2x ORT on 56 wide rows).
     ow_outer, ow_inner = sch.split(ow, [None, width])
-    ic_block = _input_channel_block(block, oc_block, vec.l1d)
+    ic_block = _input_channel_block(block, weight, vec)
     # With a batch, the padded input is built one image at a time just before that image's
     # convolution, while it is still in cache (a whole padded batch went out to memory first:
     # ResNet-18's 56x56 layers ran 1.25x ORT at batch 8 against 1.04x at batch 1).
@@ -367,11 +379,16 @@ def _row_groups(channel_blocks: int, rows: int) -> int:
     return next((d for d in bands if channel_blocks * d >= PARALLEL_TASKS), bands[-1])
 
 
-def _input_channel_block(block, oc_block: int, l1d: int) -> int | None:
-    """Input channels per L1 weight block for small output planes on cores with `l1d` bytes of
-    L1 data cache, or None (no blocking)."""
+def _input_channel_block(block, weight, vec: VectorShape) -> int | None:
+    """Input channels per L1 block of the packed `weight` for small output planes on cores of
+    BLOCKED_L1D bytes of L1 data cache or more, or with 8 lanes on planes of
+    BLOCKED_YMM_MIN_PIXELS or more whose weights do not stream (`_streams_weights`); None (no
+    blocking) elsewhere."""
     _, _, out_h, out_w, in_c, k_h, k_w = (int(iv.dom.extent) for iv in block.iter_vars)
-    if out_h * out_w > SMALL_PLANE or l1d < BLOCKED_L1D:
+    oc_block = int(weight.shape[4])
+    ymm_plane = vec.lanes == 8 and 0 < BLOCKED_YMM_MIN_PIXELS <= out_h * out_w and \
+        not _streams_weights(block, weight)
+    if out_h * out_w > SMALL_PLANE or (vec.l1d < BLOCKED_L1D and not ymm_plane):
         return None
     fitting = [d for d in range(1, in_c) if in_c % d == 0
                and d * k_h * k_w * oc_block * 4 <= L1_WEIGHT_BYTES]
