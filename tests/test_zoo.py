@@ -114,6 +114,28 @@ def test_cpu_compile_matches_float64_interpreter(name, bounds_check):
     assert report.ok, str(report)
 
 
+@pytest.mark.filterwarnings("error::graphopt.ScheduleFallbackWarning")
+@pytest.mark.parametrize("mcpu, reduce_range", [("znver3", True), (None, False)],
+                         ids=["avx2_7bit", "host_8bit"])
+@pytest.mark.parametrize("name", [n for n in others_slow(SMALL) if n != "dcgan_generator"])
+def test_int8_compile_matches_the_interpreter(name, mcpu, reduce_range):
+    """Each model quantized to int8 (calibrated on two random inputs) compiles, every kernel
+    on the rule meant for it, and matches the interpreter running the same quantized graph:
+    7-bit weights on the AVX2 build (`vpmaddubsw`), 8-bit on the host's (VNNI, AMX or
+    `vpmaddwd`). A tie may round either way and the step travels, hence `compare`'s int8
+    tolerance; a wrong scale, zero point or layout is far beyond it. (DCGAN's generator is
+    left out: its transposed convs have no integer form, and `quantize` says so.)"""
+    g = built(name)
+    rng = np.random.default_rng(2)
+    feeds = [{v.name: rng.standard_normal(v.shape).astype(np.float32) for v in g.inputs}
+             for _ in range(3)]
+    int8 = go.quantize(g, go.calibrate(g, feeds[:2]), reduce_range=reduce_range).graph
+    assert any(n.op_name == "qlinear_conv2d" for n in int8.nodes)
+    model = go.compile(int8, "cpu", mcpu=mcpu)
+    report = go.compare(int8, model, feeds[2])
+    assert report.ok, str(report)
+
+
 def test_same_seed_same_weights_other_seed_other_weights():
     a, b, c = go.zoo.resnet18(seed=3), go.zoo.resnet18(seed=3), go.zoo.resnet18(seed=4)
     assert list(a.constants) == list(b.constants) == list(c.constants)
