@@ -51,7 +51,9 @@ BLOCKED_L1D = 48 * 1024
 # 0.979, RegNetX-400MF 0.985-1.000, ResNet-50 0.972-0.992, DenseNet-121 0.977, Inception-v3
 # 0.981, GoogLeNet 0.975-0.983, MobileNetV3-Large 0.985, ResNet-18 1.000, SqueezeNet 0.997
 # (1.025 with its 2 MB classifier blocked too); whole runs alternated 0.97-1.01, the host's
-# noise. On 7x7 planes the 1x1 convs lost (320 -> 1280, 960 -> 160, 400 ch: 1.08-1.10).
+# noise. Two threads: the blocked kernels 0.50-0.75, the sums MobileNetV2 0.943, RegNetX-400MF
+# 0.951, whole runs 0.960 / 0.974. On 7x7 planes the 1x1 convs lost (320 -> 1280, 960 -> 160,
+# 400 ch: 1.08-1.10).
 BLOCKED_YMM_MIN_PIXELS = 100
 # Input channels stored together when the input is channel-blocked: one 64-byte cache line.
 INPUT_BLOCK = 16
