@@ -91,6 +91,18 @@ def direct_small_planes(monkeypatch):
 
 
 @pytest.fixture
+def interruptible():
+    """SIGINT raising KeyboardInterrupt for the test (Python's default handler), and so at its
+    default in the processes the test starts, whatever this process inherited: a suite started
+    in the background (`nohup make test &`, or `&` in a script) inherits SIGINT ignored, and
+    so would the CLI under test and every child it starts."""
+    import signal
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     """A fresh, seeded generator per test: reproducible data, independent of test order."""
     return np.random.default_rng(1234)

@@ -21,6 +21,9 @@ from graphopt import cli, files
 from graphopt.errors import WriteError
 from graphopt.frontends import dsl
 
+# Ctrl-C as an interactive shell delivers it (`interruptible` in tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("interruptible")
+
 OLD = b"the old content\n" * 64
 
 

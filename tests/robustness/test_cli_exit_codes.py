@@ -18,6 +18,9 @@ import pytest
 from graphopt import cli, errors
 from graphopt.passes import PASSES
 
+# Ctrl-C as an interactive shell delivers it (`interruptible` in tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("interruptible")
+
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):

@@ -12,12 +12,6 @@ import pytest
 from graphopt.worker_threads import in_threads, map_in_threads
 
 
-@pytest.fixture
-def default_sigint():
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        pytest.skip("this process already handles SIGINT")
-
-
 def slow(seconds: float, ended: list, value):
     def task():
         time.sleep(seconds)     # the lock released, as in a TVM call
@@ -51,7 +45,7 @@ def test_in_threads_names_its_threads():
 
 
 @pytest.mark.parametrize("when", ["in the calling thread's task", "while waiting"])
-def test_a_signal_is_raised_after_every_thread_ended(default_sigint, when):
+def test_a_signal_is_raised_after_every_thread_ended(interruptible, when):
     """Ctrl-C during the calling thread's own task, or while it waits for the others: the
     KeyboardInterrupt comes once the other thread has ended, not before."""
     ended: list = []
@@ -70,7 +64,7 @@ def test_a_signal_is_raised_after_every_thread_ended(default_sigint, when):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_map_in_threads_maps_in_order_and_waits_through_a_signal(default_sigint):
+def test_map_in_threads_maps_in_order_and_waits_through_a_signal(interruptible):
     assert map_in_threads(lambda x: x * x, range(7), 3) == [0, 1, 4, 9, 16, 25, 36]
     assert map_in_threads(lambda x: x, [], 2) == []
     ended: list = []
