@@ -73,6 +73,17 @@ STRIDED_INPUT_LANES = (16,)
 # 0.983 (2 threads) and 0.999 (1); at batch 1 ResNet-18, ResNet-50 and RegNetX-400MF
 # 0.984-1.006, outputs equal.
 STRIDED_CONV_IN_PLACE = True
+# The vector widths with which a strided 1x1 conv onto a small plane (at most SMALL_PLANE output
+# pixels) copies its input channel-blocked after all: with 8 lanes (AVX2) reading the NCHW
+# planes in place lost to the copy. AVX2 build (mcpu="znver3"), one Zen 4 core, ms, in place /
+# copied (ORT's AVX2 kernels under --as-avx2): 512 -> 1024 ch 28x28 -> 14x14 3.74 / 2.66
+# (2.25), 1024 -> 2048 ch 14x14 -> 7x7 3.15 / 2.85 (2.67), but 256 -> 512 ch 56x56 -> 28x28
+# 2.83 / 3.42 (2.36): larger planes stay in place. Inside the models, each conv kernel of the
+# two builds alternated: ResNet-50's two 0.71 and 0.89 (two threads 0.77 and 0.79), ResNet-18's
+# 256 -> 512 ch 0.89; kernel sums ResNet-50 0.986 (two threads 0.981), ResNet-18 0.996,
+# RegNetX-400MF 0.991; at batch 8 ResNet-50's 1024 -> 2048 ch 0.85, the sums 0.999-1.019 (the
+# host's noise).
+STRIDED_COPY_LANES = (8,)
 # Whether the channel-blocked copy (`_block_input`) is vectorized along its 16 channels (16
 # loads from as many planes, one contiguous store); left to LLVM, the loop along a row was
 # vectorized into `vscatterqps` stores of 8 lanes. An Intel Xeon, one thread, convs alone, with
@@ -332,8 +343,9 @@ def _block_input(sch, conv, weight_buffer, lanes: int) -> bool:
     (two 32-channel blocks) the copy paid inside Inception-v3 (192 -> 64 ch 35x35 0.59 / 0.82,
     288 -> 64 ch 1.70 / 2.06), though alone, its input hot in cache, the conv ran faster in
     place (0.284 / 0.263). Nor for strided convs (STRIDED_CONV_IN_PLACE), read in place whatever
-    their channels: the copy would cover every pixel the stride skips. The copy is one vector
-    of 16 channels per pixel (COPY_BY_CHANNEL_VECTORS)."""
+    their channels: the copy would cover every pixel the stride skips; but with
+    STRIDED_COPY_LANES onto planes of at most SMALL_PLANE pixels. The copy is one vector of 16
+    channels per pixel (COPY_BY_CHANNEL_VECTORS)."""
     block = sch.get(conv)
     out_channels, in_channels, k_h, k_w = (int(block.iter_vars[i].dom.extent)
                                            for i in (1, 4, 5, 6))
@@ -341,7 +353,9 @@ def _block_input(sch, conv, weight_buffer, lanes: int) -> bool:
     source = block.reads[index].source
     if in_channels % INPUT_BLOCK or int(source.shape[1]) != in_channels or (k_h, k_w) != (1, 1):
         return False
-    if STRIDED_CONV_IN_PLACE and int(source.shape[3]) > int(block.iter_vars[3].dom.extent):
+    out_pixels = int(block.iter_vars[2].dom.extent) * int(block.iter_vars[3].dom.extent)
+    if STRIDED_CONV_IN_PLACE and int(source.shape[3]) > int(block.iter_vars[3].dom.extent) \
+            and not (lanes in STRIDED_COPY_LANES and out_pixels <= SMALL_PLANE):
         return False
     if lanes in STRIDED_INPUT_LANES and out_channels <= STRIDED_INPUT_MAX_CHANNELS:
         return False
