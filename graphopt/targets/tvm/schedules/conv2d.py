@@ -347,15 +347,14 @@ def _block_input(sch, conv, weight_buffer, lanes: int) -> bool:
     STRIDED_COPY_LANES onto planes of at most SMALL_PLANE pixels. The copy is one vector of 16
     channels per pixel (COPY_BY_CHANNEL_VECTORS)."""
     block = sch.get(conv)
-    out_channels, in_channels, k_h, k_w = (int(block.iter_vars[i].dom.extent)
-                                           for i in (1, 4, 5, 6))
+    _, out_channels, out_h, out_w, in_channels, k_h, k_w = (int(iv.dom.extent)
+                                                            for iv in block.iter_vars)
     index = next(i for i, r in enumerate(block.reads) if not r.source.same_as(weight_buffer))
     source = block.reads[index].source
     if in_channels % INPUT_BLOCK or int(source.shape[1]) != in_channels or (k_h, k_w) != (1, 1):
         return False
-    out_pixels = int(block.iter_vars[2].dom.extent) * int(block.iter_vars[3].dom.extent)
-    if STRIDED_CONV_IN_PLACE and int(source.shape[3]) > int(block.iter_vars[3].dom.extent) \
-            and not (lanes in STRIDED_COPY_LANES and out_pixels <= SMALL_PLANE):
+    if STRIDED_CONV_IN_PLACE and int(source.shape[3]) > out_w \
+            and not (lanes in STRIDED_COPY_LANES and out_h * out_w <= SMALL_PLANE):
         return False
     if lanes in STRIDED_INPUT_LANES and out_channels <= STRIDED_INPUT_MAX_CHANNELS:
         return False
