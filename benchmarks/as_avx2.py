@@ -9,7 +9,12 @@ host features, is its AVX2 build, on the same cores. The cores still have AVX-51
 CPU of another design (Zen 3, Haswell) has other latencies and caches, so these numbers say
 how graphopt's AVX2 code compares with ORT's, not what such a CPU measures.
 
+`--as-avx-vnni` (int8 benchmarks, on a host with AVX-VNNI) keeps AVX-VNNI visible: a CPU with
+256-bit `vpdpbusd` and no AVX-512, like Alder Lake or Sierra Forest. ORT then runs its AVX-VNNI
+int8 kernels and graphopt builds its AVX-VNNI code.
+
     python benchmarks/lowbit_latency.py --as-avx2 --models vgg11:1
+    python benchmarks/lowbit_latency.py --as-avx-vnni --models resnet18:1
     python benchmarks/model_zoo.py --as-avx2 --threads 1
 """
 from __future__ import annotations
@@ -24,7 +29,8 @@ import sys
 SOURCE = pathlib.Path(__file__).with_name("cpuid_mask.c")
 LIBRARY = pathlib.Path(__file__).resolve().parents[1] / "build" / "cpuid_mask" / \
     "libcpuid_mask.so"
-MARKER = "GRAPHOPT_AS_AVX2"
+MARKER = "GRAPHOPT_AS_AVX2"     # "1", or "avx_vnni" where AVX-VNNI stays visible
+KEEP_AVX_VNNI = "avx_vnni"
 # What cpuid_mask.c hides, as /proc/cpuinfo names the flags.
 HIDDEN_FLAGS = frozenset({
     "avx512f", "avx512dq", "avx512ifma", "avx512pf", "avx512er", "avx512cd", "avx512bw",
@@ -47,20 +53,23 @@ def build_library(library: pathlib.Path = LIBRARY) -> pathlib.Path:
     return library
 
 
-def reexec() -> None:
+def reexec(keep_avx_vnni: bool = False) -> None:
     """Start this script again in a process whose CPUID hides AVX-512 (returns in that
-    process). Exits with the reason where the host cannot: no Linux CPUID faulting, no AVX2."""
+    process), and AVX-VNNI unless `keep_avx_vnni`. Exits with the reason where the host
+    cannot: no Linux CPUID faulting, no AVX2 (no AVX-VNNI to keep)."""
     if active():
         return
     from graphopt.runtime import host_cpu_flags   # /proc/cpuinfo: what the CPU has, hidden or not
     flags = host_cpu_flags() or frozenset()
     if "avx2" not in flags:
         sys.exit("--as-avx2: this CPU has no AVX2")
+    if keep_avx_vnni and "avx_vnni" not in flags:
+        sys.exit("--as-avx-vnni: this CPU has no AVX-VNNI")
     if "cpuid_fault" not in flags:
         sys.exit("--as-avx2: this CPU or its hypervisor cannot make CPUID fault (no "
                  "'cpuid_fault' in /proc/cpuinfo), which hiding AVX-512 from libraries needs")
     library = build_library()
-    env = dict(os.environ, **{MARKER: "1"})
+    env = dict(os.environ, **{MARKER: KEEP_AVX_VNNI if keep_avx_vnni else "1"})
     env["LD_PRELOAD"] = " ".join(filter(None, [str(library), env.get("LD_PRELOAD")]))
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
@@ -82,4 +91,11 @@ def active() -> bool:
 
 def hidden_flags() -> frozenset[str]:
     """The CPU flags hidden from this process (none unless --as-avx2 started it)."""
-    return HIDDEN_FLAGS if active() else frozenset()
+    if not active():
+        return frozenset()
+    return HIDDEN_FLAGS - ({"avx_vnni"} if os.environ[MARKER] == KEEP_AVX_VNNI else set())
+
+
+def option() -> str:
+    """The command-line option this process was started with: --as-avx2 or --as-avx-vnni."""
+    return "--as-avx-vnni" if "avx_vnni" not in hidden_flags() else "--as-avx2"

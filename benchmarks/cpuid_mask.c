@@ -1,6 +1,7 @@
 /* Preloaded (LD_PRELOAD) by benchmarks/as_avx2.py: the process sees its CPU without AVX-512,
  * AVX-VNNI or AMX when it asks CPUID, as libraries do to pick their kernels (ONNX Runtime's
- * MLAS, OpenBLAS, oneDNN, LLVM's host features).
+ * MLAS, OpenBLAS, oneDNN, LLVM's host features). With GRAPHOPT_AS_AVX2=avx_vnni in the
+ * environment it keeps AVX-VNNI (256-bit vpdpbusd): a CPU like Alder Lake or Sierra Forest.
  *
  * Linux makes CPUID fault for a thread that asks (arch_prctl ARCH_SET_CPUID 0, on CPUs or
  * hypervisors with CPUID faulting: "cpuid_fault" in /proc/cpuinfo); threads started later
@@ -14,6 +15,7 @@
 #include <cpuid.h>
 #include <dlfcn.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <ucontext.h>
@@ -34,6 +36,7 @@ typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
 static sigaction_fn real_sigaction;
 static struct sigaction program_handler;   /* the SIGSEGV handler the program asked for */
 static int active;
+static unsigned hidden_7_1_eax = HIDDEN_7_1_EAX;
 static unsigned long faults;   /* CPUID instructions answered */
 
 static void on_segv(int sig, siginfo_t *info, void *context) {
@@ -64,7 +67,7 @@ static void on_segv(int sig, siginfo_t *info, void *context) {
         c &= ~HIDDEN_7_0_ECX;
         d &= ~HIDDEN_7_0_EDX;
     } else if (leaf == 7 && subleaf == 1) {
-        a &= ~HIDDEN_7_1_EAX;
+        a &= ~hidden_7_1_eax;
     }
     regs[REG_RAX] = a;
     regs[REG_RBX] = b;
@@ -98,6 +101,8 @@ unsigned long cpuid_mask_faults(void) { return __atomic_load_n(&faults, __ATOMIC
 
 __attribute__((constructor)) static void start(void) {
     real_sigaction = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
+    const char *mode = getenv("GRAPHOPT_AS_AVX2");
+    if (mode && strcmp(mode, "avx_vnni") == 0) hidden_7_1_eax &= ~(1u << 4);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_segv;

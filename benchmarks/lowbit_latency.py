@@ -12,14 +12,16 @@ bfloat16 graph built for CPUs without AMX (AVX512-BF16: the vdpbf16ps kernel; AV
 BF16: the float32 kernel on widened operands); --bf16-convs adds a table of single bfloat16
 convolutions (ResNet-18's) in those builds. With --as-avx2, CPUID hides AVX-512, VNNI and AMX
 from the process (`as_avx2.py`): ONNX Runtime runs its AVX2 kernels (int8: `vpmaddubsw`) and
-graphopt's host builds are its AVX2 builds, so an AVX-512 host times issue 12's AVX2 target.
---layers compares the host's int8 build with ORT int8 layer by layer instead (`layer_rows`).
+graphopt's host builds are its AVX2 builds, so an AVX-512 host times issue 12's AVX2 target;
+with --as-avx-vnni AVX-VNNI stays visible (ORT's AVX-VNNI kernels against graphopt's AVX-VNNI
+build: issue 12's AVX-VNNI target on a host that has it). --layers compares the host's int8 build with ORT int8 layer by layer instead (`layer_rows`).
 
     .venv/bin/python benchmarks/lowbit_latency.py
     .venv/bin/python benchmarks/lowbit_latency.py --models resnet18:1 --threads 1 --repeat 30
     .venv/bin/python benchmarks/lowbit_latency.py --models resnet18:1 --threads 1 --older-cpus \
         --bf16-convs --no-accuracy
     .venv/bin/python benchmarks/lowbit_latency.py --as-avx2 --models resnet18:1 vgg11:1
+    .venv/bin/python benchmarks/lowbit_latency.py --as-avx-vnni --models resnet18:1 vgg11:1
     .venv/bin/python benchmarks/lowbit_latency.py --layers --models vgg11:1 --threads 1
 
 Prints median milliseconds, ratios to ORT int8 and ORT fp32 (each the median over rounds of
@@ -79,7 +81,7 @@ def host() -> str:
     isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",
                        "amx_bf16")
            if f in flags]
-    hidden = " as without AVX-512 (--as-avx2)" if as_avx2.hidden_flags() else ""
+    hidden = f" as without AVX-512 ({as_avx2.option()})" if as_avx2.hidden_flags() else ""
     return f"{model}, {len(os.sched_getaffinity(0))} cores ({', '.join(isa)}){hidden}"
 
 
@@ -366,9 +368,12 @@ def main() -> None:
     parser.add_argument("--as-avx2", action="store_true",
                         help="hide AVX-512, VNNI and AMX from CPUID: ORT's AVX2 kernels against "
                              "graphopt's AVX2 builds on this host (benchmarks/as_avx2.py)")
+    parser.add_argument("--as-avx-vnni", action="store_true",
+                        help="the same, but AVX-VNNI stays visible: ORT's and graphopt's "
+                             "AVX-VNNI int8 kernels (a host with AVX-VNNI)")
     args = parser.parse_args()
-    if args.as_avx2:
-        as_avx2.reexec()
+    if args.as_avx2 or args.as_avx_vnni:
+        as_avx2.reexec(keep_avx_vnni=args.as_avx_vnni)
     if not args.no_accuracy and "lenet5" in {spec.partition(":")[0] for spec in args.models}:
         import quantization_accuracy as qa
         qa.load_digits(0)       # before the timing: exits with how to install the digits
@@ -387,8 +392,10 @@ def main() -> None:
         print(f"int8 GEMM peak (ORT MatMulInteger 1024^3, {threads} thread{plural}): "
               f"{int8_gemm_peak(threads):.0f} GOP/s")
         bf16 = bf16_gemm_peak(threads)
+        fallback = "" if {"avx512_bf16", "amx_bf16"} & cpu_flags() else \
+            " (no bfloat16 instruction visible: torch's fallback code)"
         print(f"bfloat16 GEMM peak (torch matmul 1024^3, {threads} thread{plural}): "
-              + (f"{bf16:.0f} GFLOP/s" if bf16 is not None else "untimed (no torch)"))
+              + (f"{bf16:.0f} GFLOP/s{fallback}" if bf16 is not None else "untimed (no torch)"))
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for spec in args.models:

@@ -27,9 +27,9 @@ pytestmark = [
 ]
 
 
-def run_preloaded(tmp_path, code: str) -> subprocess.CompletedProcess:
+def run_preloaded(tmp_path, code: str, mode: str = "1") -> subprocess.CompletedProcess:
     library = as_avx2.build_library(tmp_path / "libcpuid_mask.so")
-    env = dict(os.environ, LD_PRELOAD=str(library), **{as_avx2.MARKER: "1"})
+    env = dict(os.environ, LD_PRELOAD=str(library), **{as_avx2.MARKER: mode})
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -56,6 +56,25 @@ def test_libraries_see_the_cpu_without_avx512(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == \
         ["avx2=1 fma=1 avx512f=0 avx512bw=0 avx512vnni=0"] * 2 + ["1 True"]
+
+
+FEATURES = """
+    import tvm, tvm_ffi
+    found = dict(tvm_ffi.get_global_func("tvm.codegen.llvm.GetHostCPUFeatures")())
+    print(*(f"{f}={int(found.get(f, False))}" for f in
+            ("avx2", "avx512f", "avx512vnni", "avxvnni", "avx512bf16")))
+    """
+
+
+@pytest.mark.skipif("avx_vnni" not in FLAGS, reason="no AVX-VNNI to keep")
+@pytest.mark.parametrize("mode, avx_vnni", [("1", 0), (as_avx2.KEEP_AVX_VNNI, 1)])
+def test_avx_vnni_stays_visible_only_where_asked(tmp_path, mode, avx_vnni):
+    """--as-avx-vnni keeps AVX-VNNI (256-bit vpdpbusd) and still hides AVX-512's VNNI and
+    BF16; --as-avx2 hides all three."""
+    result = run_preloaded(tmp_path, FEATURES, mode)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == \
+        ["avx2=1", "avx512f=0", "avx512vnni=0", f"avxvnni={avx_vnni}", "avx512bf16=0"]
 
 
 def test_other_segfaults_reach_the_program_s_handler(tmp_path):
