@@ -307,6 +307,23 @@ def test_a_one_pixel_row_tiles_several_blocks(blocks, lanes, vector_lanes, accum
     assert tile_shape(blocks, 1, lanes, vec, accumulators) == expected
 
 
+@pytest.mark.parametrize("width, blocks, expected", [
+    (48, 8, (2, 6)),     # 12 accumulators where the row divides by 6
+    (35, 8, (2, 5)),
+    (27, 8, (1, 9)),     # 3 would pair the blocks; 9 pixels of one block fill more
+    (56, 8, (2, 4)),     # ResNet's and VGG's rows of 2^k x 7 pixels
+    (14, 8, (1, 7)),
+    (6, 5, (1, 6)),      # an odd number of blocks: one a tile
+])
+def test_avx_vnni_tiles_take_up_to_12_accumulators(width, blocks, expected):
+    """AVX-VNNI (vpdpbusd on 16 ymm registers): a tile of up to 12 accumulators, whole
+    pixels of the row (`YMM_TILES`)."""
+    from graphopt.targets.tvm.schedules.common import VectorShape
+    from graphopt.targets.tvm.schedules.conv2d_int8 import YMM_TILES, tile_shape
+    vec = VectorShape(lanes=8, accumulators=12, avx_vnni=True)
+    assert tile_shape(blocks, width, 8, vec, YMM_TILES["vnni"][0]) == expected
+
+
 def test_avx512_tiles_write_back_through_the_register_transpose():
     """On 16 lanes each channel's pixels come out of the tile by a register transpose (whole
     vectors: its rows padded to 16 pixels), not gathered one accumulator at a time from the

@@ -258,7 +258,16 @@ def row_tile(width: int, limit: int) -> int:
 # ResNet-18's 3x3 convs (64 ch 56x56, 128 ch 28x28, 256 ch 14x14, 512 ch 7x7), ymm code on an
 # Intel Xeon (family 6 model 167), taps fused, ms: 4 accumulators 1.27 / 1.17 / 1.14 / 2.24,
 # 8 (2 blocks x 4 pixels; 14 and 7 wide: 1 x 7) 0.73 / 0.64 / 0.70 / 0.72, 14 (2 x 7) 0.88 /
-# 0.79 / 0.77 / 0.81.
+# 0.79 / 0.77 / 0.81. 12 (2 x 6, 2 x 5, 1 x 9, ...: 12 accumulators, two weights and the
+# broadcast fit the 16 registers) where the row divides so; rows of 2^k x 7 pixels (ResNet's,
+# VGG's) still take 2 x 4 or 1 x 7. AMD Zen 5 run as an AVX-VNNI CPU
+# (`benchmarks/as_avx2.py --as-avx-vnni`), 3x3 convs, 8 / 12 accumulators against ORT's
+# AVX-VNNI kernel: 64 ch 48x48 1.14 / 1.02, 128 ch 24x24 1.14 / 0.99, 256 ch 12x12 1.19 /
+# 1.03, 192 ch 20x20 1.16 / 1.05, 64 ch 35x35 1.23 / 1.02, 96 ch 27x27 1.38 / 1.11, 64 ch
+# 55x55 1.54 / 1.17. Rows of whole 6-pixel tiles past the output (56 -> 60 columns, the
+# epilogue writing whole tiles, a copy cutting the rows) lost: 64 ch 56x56 0.61 ms against 0.56.
+# Whole int8 models, 12 / 8 accumulators alternated: AlexNet 0.948, SqueezeNet 1.1 0.961,
+# Inception-v3 0.982, ResNet-18 1.006 (its tiles unchanged).
 # The widening ones (two instructions and a temporary per step) keep a loop per kernel row and
 # column: LLVM leaves a fused loop of taps rolled for 8 accumulators and splits its index by
 # the kernel width at every tap (a multiply and shifts). AVX2 build (mcpu="znver3") on an AMD
@@ -275,7 +284,7 @@ def row_tile(width: int, limit: int) -> int:
 # On 16 lanes (AVX-512) the widest tiles are fastest (`VectorShape.accumulators`), over fused
 # taps (Zen 4, VNNI, each kernel once, fused / as loops: ResNet-18 6.6 / 7.8, VGG-11 38.5 /
 # 42.5).
-YMM_TILES = {"vnni": (8, True), "pmaddubsw": (8, False), "pmaddwd": (8, False),
+YMM_TILES = {"vnni": (12, True), "pmaddubsw": (8, False), "pmaddwd": (8, False),
              "pmaddwd_s8": (8, False)}
 # Lanes with which the tile is written back through the register transpose (`transpose.py`)
 # instead of gathering each channel's pixels from the spilled tile. One thread, AMD Zen 4, us,
