@@ -59,9 +59,13 @@ BLOCKED_YMM_MIN_PIXELS = 100
 INPUT_BLOCK = 16
 # Output channels up to which a 1x1 conv reads its NCHW input in place, with these lanes,
 # instead of through the channel-blocked copy (`_block_input`; 0: always copy). Timed with 16
-# lanes on an Intel Xeon; with 8 (AVX2) untimed, so the copy stays.
+# lanes on an Intel Xeon (see `_block_input`). With 8, an AVX2 build (`--as-avx2`) on an AMD
+# Zen 5, whole models alternated, in place / copied, 1 / 2 threads: SqueezeNet 1.1 0.951-0.962
+# / 0.969-0.972 (its 256 -> 32 ch squeeze on 27x27 had run slower on two threads than on one:
+# each thread read the whole copy, made by one), ShuffleNetV2 0.998 / 0.973, MobileNetV2 0.972
+# / 1.002, GoogLeNet 0.987 / 1.014, Inception-v3 0.997 / 0.994, DenseNet-121 0.995 / 0.998.
 STRIDED_INPUT_MAX_CHANNELS = 32
-STRIDED_INPUT_LANES = (16,)
+STRIDED_INPUT_LANES = (16, 8)
 # Whether a strided 1x1 conv (ResNet's downsampling projections) reads its NCHW input in place
 # (`_block_input`): the channel-blocked copy covers the whole input, of which the conv reads
 # one pixel in stride^2, and with a batch it is made image by image, gathering 16 planes per
