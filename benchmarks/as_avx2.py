@@ -90,7 +90,8 @@ def active() -> bool:
 
 
 def hidden_flags() -> frozenset[str]:
-    """The CPU flags hidden from this process (none unless --as-avx2 started it)."""
+    """The CPU flags hidden from this process (none unless --as-avx2 or --as-avx-vnni started
+    it)."""
     if not active():
         return frozenset()
     return HIDDEN_FLAGS - ({"avx_vnni"} if os.environ[MARKER] == KEEP_AVX_VNNI else set())

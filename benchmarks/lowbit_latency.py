@@ -14,7 +14,8 @@ convolutions (ResNet-18's) in those builds. With --as-avx2, CPUID hides AVX-512,
 from the process (`as_avx2.py`): ONNX Runtime runs its AVX2 kernels (int8: `vpmaddubsw`) and
 graphopt's host builds are its AVX2 builds, so an AVX-512 host times issue 12's AVX2 target;
 with --as-avx-vnni AVX-VNNI stays visible (ORT's AVX-VNNI kernels against graphopt's AVX-VNNI
-build: issue 12's AVX-VNNI target on a host that has it). --layers compares the host's int8 build with ORT int8 layer by layer instead (`layer_rows`).
+build: issue 12's AVX-VNNI target on a host that has it). --layers compares the host's int8
+build with ORT int8 layer by layer instead (`layer_rows`).
 
     .venv/bin/python benchmarks/lowbit_latency.py
     .venv/bin/python benchmarks/lowbit_latency.py --models resnet18:1 --threads 1 --repeat 30

@@ -341,12 +341,13 @@ def _block_input(sch, conv, weight_buffer, lanes: int) -> bool:
     plain), each input line being reused by the taps anyway. Nor for convs of at most
     STRIDED_INPUT_MAX_CHANNELS output channels (those the blocks compute, padding included)
     with STRIDED_INPUT_LANES `lanes`: each tile step broadcasts its pixels from the NCHW rows,
-    and so few channels do not repay the copy, a gather that is memory-bound. Inside SqueezeNet, an Intel Xeon (48 KiB L1), 1 / 2 threads,
-    ms, copied / in place: 128 -> 16 ch 55x55 0.263 / 0.182, 0.163 / 0.109; 256 -> 32 ch 27x27
-    0.148 / 0.118, 0.128 / 0.089; 128 -> 32 ch 0.080 / 0.056, 0.067 / 0.046. With 64 channels
-    (two 32-channel blocks) the copy paid inside Inception-v3 (192 -> 64 ch 35x35 0.59 / 0.82,
-    288 -> 64 ch 1.70 / 2.06), though alone, its input hot in cache, the conv ran faster in
-    place (0.284 / 0.263). Nor for strided convs (STRIDED_CONV_IN_PLACE), read in place whatever
+    and so few channels do not repay the copy, a gather that is memory-bound. Inside
+    SqueezeNet, an Intel Xeon (48 KiB L1), 1 / 2 threads, ms, copied / in place: 128 -> 16 ch
+    55x55 0.263 / 0.182, 0.163 / 0.109; 256 -> 32 ch 27x27 0.148 / 0.118, 0.128 / 0.089;
+    128 -> 32 ch 0.080 / 0.056, 0.067 / 0.046 (with 8 lanes: at `STRIDED_INPUT_LANES`). With
+    64 channels (two 32-channel blocks) the copy paid inside Inception-v3 (192 -> 64 ch 35x35
+    0.59 / 0.82, 288 -> 64 ch 1.70 / 2.06), though alone, its input hot in cache, the conv ran
+    faster in place (0.284 / 0.263). Nor for strided convs (STRIDED_CONV_IN_PLACE), read in place whatever
     their channels: the copy would cover every pixel the stride skips; but with
     STRIDED_COPY_LANES onto planes of at most SMALL_PLANE pixels. The copy is one vector of 16
     channels per pixel (COPY_BY_CHANNEL_VECTORS)."""
