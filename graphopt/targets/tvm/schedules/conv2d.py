@@ -347,8 +347,8 @@ def _block_input(sch, conv, weight_buffer, lanes: int) -> bool:
     128 -> 32 ch 0.080 / 0.056, 0.067 / 0.046 (with 8 lanes: at `STRIDED_INPUT_LANES`). With
     64 channels (two 32-channel blocks) the copy paid inside Inception-v3 (192 -> 64 ch 35x35
     0.59 / 0.82, 288 -> 64 ch 1.70 / 2.06), though alone, its input hot in cache, the conv ran
-    faster in place (0.284 / 0.263). Nor for strided convs (STRIDED_CONV_IN_PLACE), read in place whatever
-    their channels: the copy would cover every pixel the stride skips; but with
+    faster in place (0.284 / 0.263). Nor for strided convs (STRIDED_CONV_IN_PLACE), read in
+    place whatever their channels: the copy would cover every pixel the stride skips; but with
     STRIDED_COPY_LANES onto planes of at most SMALL_PLANE pixels. The copy is one vector of 16
     channels per pixel (COPY_BY_CHANNEL_VECTORS)."""
     block = sch.get(conv)
