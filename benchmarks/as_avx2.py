@@ -98,5 +98,9 @@ def hidden_flags() -> frozenset[str]:
 
 
 def option() -> str:
-    """The command-line option this process was started with: --as-avx2 or --as-avx-vnni."""
-    return "--as-avx-vnni" if "avx_vnni" not in hidden_flags() else "--as-avx2"
+    """The command-line option this process was started with: --as-avx2, --as-avx-vnni, or
+    "" where CPUID hides nothing."""
+    hidden = hidden_flags()
+    if not hidden:
+        return ""
+    return "--as-avx2" if "avx_vnni" in hidden else "--as-avx-vnni"
