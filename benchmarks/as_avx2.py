@@ -61,12 +61,13 @@ def reexec(keep_avx_vnni: bool = False) -> None:
         return
     from graphopt.runtime import host_cpu_flags   # /proc/cpuinfo: what the CPU has, hidden or not
     flags = host_cpu_flags() or frozenset()
+    name = "--as-avx-vnni" if keep_avx_vnni else "--as-avx2"
     if "avx2" not in flags:
-        sys.exit("--as-avx2: this CPU has no AVX2")
+        sys.exit(f"{name}: this CPU has no AVX2")
     if keep_avx_vnni and "avx_vnni" not in flags:
-        sys.exit("--as-avx-vnni: this CPU has no AVX-VNNI")
+        sys.exit(f"{name}: this CPU has no AVX-VNNI")
     if "cpuid_fault" not in flags:
-        sys.exit("--as-avx2: this CPU or its hypervisor cannot make CPUID fault (no "
+        sys.exit(f"{name}: this CPU or its hypervisor cannot make CPUID fault (no "
                  "'cpuid_fault' in /proc/cpuinfo), which hiding AVX-512 from libraries needs")
     library = build_library()
     env = dict(os.environ, **{MARKER: KEEP_AVX_VNNI if keep_avx_vnni else "1"})

@@ -82,7 +82,8 @@ def host() -> str:
     isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",
                        "amx_bf16")
            if f in flags]
-    hidden = f" as without AVX-512 ({as_avx2.option()})" if as_avx2.hidden_flags() else ""
+    option = as_avx2.option()
+    hidden = f" as without AVX-512 ({option})" if option else ""
     return f"{model}, {len(os.sched_getaffinity(0))} cores ({', '.join(isa)}){hidden}"
 
 

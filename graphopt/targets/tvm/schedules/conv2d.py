@@ -406,9 +406,11 @@ def _input_channel_block(block, weight, vec: VectorShape) -> int | None:
     blocking) elsewhere."""
     _, _, out_h, out_w, in_c, k_h, k_w = (int(iv.dom.extent) for iv in block.iter_vars)
     oc_block = int(weight.shape[4])
-    ymm_plane = vec.lanes == 8 and 0 < BLOCKED_YMM_MIN_PIXELS <= out_h * out_w and \
-        not _streams_weights(block, weight)
-    if out_h * out_w > SMALL_PLANE or (vec.l1d < BLOCKED_L1D and not ymm_plane):
+    pixels = out_h * out_w
+    if pixels > SMALL_PLANE:
+        return None
+    if vec.l1d < BLOCKED_L1D and (vec.lanes != 8 or not 0 < BLOCKED_YMM_MIN_PIXELS <= pixels
+                                  or _streams_weights(block, weight)):
         return None
     fitting = [d for d in range(1, in_c) if in_c % d == 0
                and d * k_h * k_w * oc_block * 4 <= L1_WEIGHT_BYTES]
