@@ -70,6 +70,13 @@ CASES = [
     Case("dilated", 16, 32, 11, 3, padding=(2, 2, 2, 2), dilation=2),
     Case("asymmetric-padding-7-wide", 24, 40, 7, 3, padding=(0, 1, 1, 0)),
     Case("linear-as-1x1", 120, 84, 1, 1, batch=4),
+    # AVX-VNNI tiles of two channel groups a step (`paired_tile_shape`) in blocks of input
+    # channels (`input_channel_block`: 24 groups in 2): 2 x 4 pixels with a residual, 2 x 2
+    # rows x 2 pixels
+    Case("3x3-96ch-residual-8-wide", 96, 32, 8, 3, padding=(1, 1, 1, 1), residual=True,
+         activation=ops.Relu()),
+    Case("3x3-96-to-16-14-wide-relu6", 96, 16, 14, 3, padding=(1, 1, 1, 1),
+         activation=ops.Clip(0.0, 6.0)),
     # a one-pixel row: 8 blocks of output channels a tile (`ONE_PIXEL_BLOCKS`)
     Case("linear-8-blocks-relu", 200, 128, 1, 1, activation=ops.Relu()),
     # AMX tiles: 64 input channels a step, 32 output channels, pairs of output rows
@@ -322,6 +329,48 @@ def test_avx_vnni_tiles_take_up_to_12_accumulators(width, blocks, expected):
     from graphopt.targets.tvm.schedules.conv2d_int8 import YMM_TILES, tile_shape
     vec = VectorShape(lanes=8, accumulators=12, avx_vnni=True)
     assert tile_shape(blocks, width, 8, vec, YMM_TILES["vnni"][0]) == expected
+
+
+@pytest.mark.parametrize("blocks, height, width, groups, unpaired, expected", [
+    (8, 56, 56, 16, (2, 4), (2, 1, 4)),     # VGG's and ResNet's rows of 2^k x 7 pixels
+    (8, 14, 14, 64, (1, 7), (2, 2, 2)),     # 14-wide: two rows of two pixels
+    (8, 7, 7, 128, (1, 7), None),           # 7x7: no such tile, 7 accumulators unpaired
+    (8, 48, 48, 16, (2, 6), None),          # 12 accumulators: chains enough unpaired
+    (5, 56, 56, 16, (1, 8), None),          # an odd number of blocks
+    (8, 56, 56, 9, (2, 4), None),           # an odd number of groups (36 input channels)
+    (128, 1, 1, 64, (8, 1), None),          # a dense layer's one-pixel row
+])
+def test_avx_vnni_8_accumulator_tiles_take_two_channel_groups_a_step(blocks, height, width,
+                                                                     groups, unpaired, expected):
+    """AVX-VNNI tiles that hold 8 accumulators (rows of 56, 28 or 14 pixels) take two
+    input-channel groups a step (`PAIRED_TILE`): 2 blocks x 4 pixels, or x 2 rows x 2."""
+    from graphopt.targets.tvm.schedules.conv2d_int8 import paired_tile_shape
+    assert paired_tile_shape(blocks, height, width, groups, unpaired) == expected
+
+
+@pytest.mark.parametrize("groups, expected", [
+    (16, None),     # 64 channels: 9 KiB of a 2 x 4 tile's 3x3 weights fit
+    (24, 12),       # 96: in two blocks
+    (128, 16),      # 512: in eight
+])
+def test_paired_tiles_block_their_input_channels(groups, expected):
+    """A paired tile's weights (2 blocks of 8 lanes x 4 channels x 9 taps = 576 bytes a group)
+    pass over the row in blocks that fit PAIRED_K_BLOCK_BYTES, an even number of groups."""
+    from graphopt.targets.tvm.schedules.conv2d_int8 import input_channel_block
+    assert input_channel_block(groups, 576) == expected
+
+
+@pytest.mark.parametrize("case, paired", [
+    (Case("3x3-64ch-56-wide", 64, 64, 56, 3, padding=(1, 1, 1, 1)), True),
+    (Case("3x3-36ch-56-wide", 36, 64, 56, 3, padding=(1, 1, 1, 1)), False),    # 9 groups
+], ids=["64ch", "36ch"])
+def test_paired_avx_vnni_tiles_add_the_second_group_s_products(case, paired):
+    """In a paired AVX-VNNI kernel every other vpdpbusd accumulates into a zeroed register that
+    a vpaddd adds to the tile; an odd number of groups keeps one vpdpbusd a step."""
+    model = go.compile(quantized_conv(case), "cpu", mcpu="alderlake")
+    assembly = cpu_assembly(model.executable)
+    products, adds = (len(re.findall(rf"{op}\s+%ymm", assembly)) for op in ("vpdpbusd", "vpaddd"))
+    assert (adds >= products // 2) == paired, (products, adds)
 
 
 def test_avx512_tiles_write_back_through_the_register_transpose():

@@ -322,7 +322,7 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     writer = accumulator_writer(sch, conv)
     if writer is None:
         return None
-    lane = conv2d_int8.tile(sch, conv, writer, LANES, vec)
+    lane, _ = conv2d_int8.tile(sch, conv, writer, LANES, vec)
     sch.annotate(sch.get_loops(conv)[0], "pragma_import_llvm", WRAPPER_IR)
     sch.tensorize(lane, INTRINSIC)
     return True

@@ -26,7 +26,9 @@ instruction's weights are one aligned vector load; the input is copied, padded w
 point, to [N, ceil(I / group), H', W', group] (`interleave.py`: W' rounded up to whole
 vectors), so one pixel's `group` input channels are one broadcast int32. Channels beyond O
 and I are zero weights. The tile is the fp32 rule's: up to 2 x lanes output channels by a row
-segment of pixels, the reduction outside it. LLVM emits neither instruction from plain loops,
+segment of pixels, the reduction outside it; AVX-VNNI tiles of 8 accumulators take two channel
+groups a step (`PAIRED_TILE`), in blocks of input channels whose weights stay in L1
+(`PAIRED_K_BLOCK_BYTES`). LLVM emits neither instruction from plain loops,
 so the inner step is a tensor intrinsic (TVM's own `dot_16x4_vnni` no longer compiles with
 LLVM 22, whose `vpdpbusd.512` takes <64 x i8> operands)."""
 from __future__ import annotations
@@ -166,6 +168,67 @@ def conv2d_dot(x, packed, x_zero_point, conv, dot: DotProduct):
             grouped[b, rg, i * s_h + ry * d_h, j * s_w + rx * d_w, rc].astype("int32")
             * packed[ob, rg, ry, rx, o, rc].astype("int32"), axis=[rg, ry, rx, rc]),
         name=f"{NAME}_{dot.algorithm}")
+
+
+def paired_intrinsic(dot: DotProduct) -> str:
+    return dot.intrinsic + "_paired"
+
+
+@registers_with_tvm
+def register_paired_intrinsic(dot: DotProduct) -> None:
+    """Register `paired_intrinsic(dot)` (vpdpbusd only, once per process): C[lanes] += A[2,
+    group] . B[2, lanes, group] over two input-channel groups, in two instructions: the first
+    adds into C, the second into a zeroed register that a vpaddd then adds to C
+    (`PAIRED_TILE`). The groups are planes of the input ([2, 1, 1, group] of
+    [N, groups, H', W', group]) and of the weight ([2, 1, 1, lanes, group])."""
+    name = paired_intrinsic(dot)
+    if name in _registered or dot.algorithm != "vnni":
+        return
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+    lanes, group = dot.lanes, dot.group
+    a_dtype, b_dtype = dot.dtypes
+    lanes_i32, operand = f"int32x{lanes}", f"{b_dtype}x{lanes * group}"
+
+    def buffers(a, b, c):
+        A = T.match_buffer(a, (2, 1, 1, group), a_dtype, offset_factor=1,
+                           strides=[T.int32(), T.int32(), T.int32(), 1])
+        B = T.match_buffer(b, (2, 1, 1, lanes, group), b_dtype, offset_factor=1,
+                           strides=[T.int32(), T.int32(), T.int32(), group, 1])
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        return A, B, C
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A, B, C = T.meta_var(buffers(a, b, c))
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:2, 0, 0, 0:group], B[0:2, 0, 0, 0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            for g, i, k in T.grid(2, lanes, group):
+                with T.sblock("update"):
+                    vi, vg, vk = T.axis.remap("SRR", [i, g, k])    # the conv block's order
+                    C[vi] = C[vi] + T.cast(A[vg, 0, 0, vk], "int32") * \
+                        T.cast(B[vg, 0, 0, vi, vk], "int32")
+
+    def product(accumulator, A, B, g):
+        pixel = T.reinterpret(A.vload([g, 0, 0, 0], f"{a_dtype}x{group}"), dtype="int32")
+        return T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(dot.llvm), accumulator,
+            T.reinterpret(T.broadcast(pixel, lanes), dtype=operand),
+            B.vload([g, 0, 0, 0, 0], dtype=operand), dtype=lanes_i32)
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A, B, C = T.meta_var(buffers(a, b, c))
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:2, 0, 0, 0:group], B[0:2, 0, 0, 0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            C[T.ramp(T.int32(0), 1, lanes)] = \
+                product(C.vload([0], dtype=lanes_i32), A, B, 0) + \
+                product(T.broadcast(T.int32(0), lanes), A, B, 1)
+
+    TensorIntrin.register(name, desc, impl, override=True)
+    _registered.add(name)
 
 
 @registers_with_tvm
@@ -309,6 +372,50 @@ CHANNEL_EPILOGUE_LANES = (8,)
 # 2 / 4 / 8 blocks: AVX2 build 4.36 / 3.62 / 3.55 and 0.48 / 0.30 / 0.28, VNNI 4.80 / 4.91 /
 # 4.51 and 0.32 / 0.26 / 0.25 (ORT int8 with its AVX2 kernels: 3.91 and 0.71).
 ONE_PIXEL_BLOCKS = (8, 4, 2, 1)
+# AVX-VNNI tiles of 8 accumulators (2 blocks x 4 pixels, or x 2 rows x 2 pixels: rows of 56,
+# 28 or 14 pixels, whose 12-accumulator tile does not divide them) take two input-channel groups
+# a step, the second's products into a zeroed register added after (`paired_intrinsic`): each
+# accumulator's chain of dependent vpdpbusd (5-cycle latency) is then one instruction and a
+# vpaddd per two products, where 8 chains of vpdpbusd alone reach 7.5 per ns of the 8.4 that
+# 12 chains or 8 paired ones do (a loop of registers only, one AMD Zen 5 core). 3x3 convs + relu
+# against ORT's AVX-VNNI kernel (`--as-avx-vnni`), one thread, single / paired: 64 ch 56x56
+# 1.13 / 1.01, 128 ch 28x28 1.16 / 1.04, 64 -> 128 ch 112x112 1.21 / 1.07, 128 ch 56x56 1.15 /
+# 1.05; on 14-wide rows 2 x 2 x 2 tiles against 1 x 7, whole int8 models alternated: VGG-11
+# 0.96-0.98 (1 thread) and 0.98-1.00 (2), ResNet-18 0.95-0.99 and 0.95-0.97.
+PAIRED_TILE = 8
+# Bytes of an AVX-VNNI paired tile's weights per block of input channels: where all of the
+# conv's exceed this, the row's accumulators wait in L1 while each block (its weights and input
+# rows in L1) passes over the row's tiles (`tile`). 3x3 convs + relu against ORT's AVX-VNNI
+# kernel, one thread, paired, unblocked / 8 / 12 / 16 / 24 KiB blocks: 512 ch 28x28 1.16 /
+# 1.07 / 1.07 / 1.07 / 1.08, 256 ch 56x56 1.14 / 1.05 / 1.05 / 1.06 / 1.17. On 16 lanes
+# (AVX-512 VNNI, 28 accumulators) it lost: whole int8 models 1.05-1.08; on AVX2's vpmaddubsw
+# no change (1.00 +- 0.01).
+PAIRED_K_BLOCK_BYTES = 12 * 1024
+
+
+def paired_tile_shape(blocks: int, height: int, width: int, groups: int,
+                      unpaired: tuple[int, int]) -> tuple[int, int, int] | None:
+    """(blocks, rows, pixels) of an AVX-VNNI tile that takes two input-channel groups a step,
+    where the 12-accumulator tile (`unpaired`, from `tile_shape`) holds at most PAIRED_TILE
+    accumulators: 2 blocks x 4 pixels, else x 2 rows x 2 pixels; None where the blocks or the
+    groups are odd or neither divides the plane."""
+    if unpaired[0] * unpaired[1] > PAIRED_TILE or blocks % 2 or groups % 2:
+        return None
+    for rows in (1, 2):
+        pixels = PAIRED_TILE // 2 // rows
+        if width % pixels == 0 and height % rows == 0:
+            return 2, rows, pixels
+    return None
+
+
+def input_channel_block(groups: int, bytes_per_group: int) -> int | None:
+    """Input-channel groups per block of a paired tile (an even divisor of `groups`) whose
+    weights fit PAIRED_K_BLOCK_BYTES; None where all the groups' fit or no such divisor does."""
+    if groups * bytes_per_group <= PAIRED_K_BLOCK_BYTES:
+        return None
+    fitting = [d for d in range(2, groups, 2)
+               if groups % d == 0 and d * bytes_per_group <= PAIRED_K_BLOCK_BYTES]
+    return max(fitting) if fitting else None
 
 
 def tile_shape(blocks: int, width: int, lanes: int, vec: VectorShape,
@@ -339,33 +446,59 @@ def schedule(sch, vec: VectorShape) -> bool | None:
     if writer is None:
         return None
     accumulators, fuse_taps = YMM_TILES[dot.algorithm] if vec.lanes == 8 else (None, True)
-    sch.tensorize(tile(sch, conv, writer, dot.lanes, vec, accumulators, fuse_taps),
-                  dot.intrinsic)
+    loop, paired = tile(sch, conv, writer, dot.lanes, vec, accumulators, fuse_taps,
+                        pair_groups=dot.algorithm == "vnni" and vec.lanes == 8)
+    if paired:
+        register_paired_intrinsic(dot)
+    sch.tensorize(loop, paired_intrinsic(dot) if paired else dot.intrinsic)
     return True
 
 
 def tile(sch, conv, writer, lanes: int, vec: VectorShape, accumulators: int | None = None,
-         fuse_taps: bool = True):
+         fuse_taps: bool = True, pair_groups: bool = False):
     """The register tile of a dot-product conv block (n, block, oh, ow, lane; rg, ry, rx, rc)
     with `lanes` accumulator lanes per block (`tile_shape`), its `writer` under it, the input
     copy and any other block outside it scheduled (this rule's and `conv2d_bf16`'s); returns
-    the lane loop, which the caller tensorizes with its instruction. `fuse_taps`: the kernel's
-    rows and columns are one loop (`YMM_TILES`)."""
+    the loop the caller tensorizes with its instruction and whether that loop covers two
+    input-channel groups (`pair_groups`, AVX-VNNI: `paired_tile_shape`, then the pair's loop
+    is returned, else the lane loop). `fuse_taps`: the kernel's rows and columns are one loop
+    (`YMM_TILES`)."""
     n, ob, oh, ow, lane, rg, ry, rx, rc = sch.get_loops(conv)
-    pair, width = tile_shape(int(sch.get(ob).extent), int(sch.get(ow).extent), lanes, vec,
-                             accumulators)
+    blocks, width, groups = (int(sch.get(loop).extent) for loop in (ob, ow, rg))
+    pair, pixels = tile_shape(blocks, width, lanes, vec, accumulators)
+    paired = pair_groups and paired_tile_shape(blocks, int(sch.get(oh).extent), width, groups,
+                                               (pair, pixels))
+    rows = 1
+    if paired:
+        pair, rows, pixels = paired
     ob_outer, ob_inner = sch.split(ob, [None, pair])
-    ow_outer, ow_inner = sch.split(ow, [None, width])
-    sch.reorder(n, ob_outer, oh, ow_outer, rg, ry, rx, ow_inner, ob_inner, lane, rc)
+    ow_outer, ow_inner = sch.split(ow, [None, pixels])
+    tile_rows = []
+    if rows > 1:
+        oh, row = sch.split(oh, [None, rows])
+        tile_rows = [row]
+    taps = int(sch.get(ry).extent) * int(sch.get(rx).extent)
+    k_block = paired and input_channel_block(groups, pair * lanes * 4 * taps)
+    if paired:
+        rg, group_pair = sch.split(rg, [None, 2])
+    in_tile = [*tile_rows, ow_inner, ob_inner, *([group_pair] if paired else []), lane, rc]
+    if k_block:
+        rg, rg_inner = sch.split(rg, [None, k_block // 2])
+        sch.reorder(n, ob_outer, oh, rg, ow_outer, rg_inner, ry, rx, *in_tile)
+    else:
+        sch.reorder(n, ob_outer, oh, ow_outer, rg, ry, rx, *in_tile)
     # One loop over the taps: LLVM fully unrolled a 3-tap loop, saw that neighbouring pixels'
     # taps load the same input, kept those broadcasts live across taps and spilled the
-    # accumulators (1.25 -> 0.97 ms on 64 ch 56x56); 9 taps stay a loop.
+    # accumulators (1.25 -> 0.97 ms on 64 ch 56x56); 9 taps stay a loop (unrolled by TVM, the
+    # paired AVX-VNNI tiles measured 1.15-1.17x the time of whole models).
     if fuse_taps:
         sch.fuse(ry, rx)
-    finish_tile(sch, conv, ow_outer, [n, ob_outer, oh], None, [ow_inner, ob_inner], rg, writer,
+    # with input-channel blocks the writer follows the last block, under the row's loop
+    finish_tile(sch, conv, None if k_block else ow_outer, [n, ob_outer, oh], None,
+                [*tile_rows, ow_inner, ob_inner], rg, writer,
                 transpose_lanes=vec.lanes if vec.lanes in TRANSPOSED_WRITE_BACK_LANES else 0,
                 epilogue_lanes=vec.lanes if vec.lanes in CHANNEL_EPILOGUE_LANES else 0,
                 every_epilogue=True)
     copies = interleave.schedule_copy(sch, lanes)    # the input copy, ...
     spatial_rest(sch, conv, vec, skip=copies)      # ... any other; before tensorize
-    return lane
+    return (group_pair, True) if paired else (lane, False)
