@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import graphopt as go
+from conftest import skip_unless_this_cpu_runs
 from graphopt.errors import GraphoptError
 from graphopt.frontends import dsl
 from graphopt.zoo.fcn import bilinear_upsampling
@@ -115,14 +116,15 @@ def test_cpu_compile_matches_float64_interpreter(name, bounds_check):
 
 
 @pytest.mark.filterwarnings("error::graphopt.ScheduleFallbackWarning")
-@pytest.mark.parametrize("mcpu, reduce_range", [("znver3", True), (None, False)],
-                         ids=["avx2_7bit", "host_8bit"])
+@pytest.mark.parametrize("mcpu, reduce_range", [("znver3", True), (None, False),
+                                                 ("alderlake", False)],
+                         ids=["avx2_7bit", "host_8bit", "avx_vnni_8bit"])
 @pytest.mark.parametrize("name", [n for n in others_slow(SMALL) if n != "dcgan_generator"])
 def test_int8_compile_matches_the_interpreter(name, mcpu, reduce_range):
     """Each model quantized to int8 (calibrated on two random inputs) compiles, every kernel
     on the rule meant for it, and matches the interpreter running the same quantized graph:
     7-bit weights on the AVX2 build (`vpmaddubsw`), 8-bit on the host's (VNNI, AMX or
-    `vpmaddwd`). A tie may round either way and the step travels, hence `compare`'s int8
+    `vpmaddwd`) and on AVX-VNNI's (`vpdpbusd` on ymm, where the host runs it). A tie may round either way and the step travels, hence `compare`'s int8
     tolerance; a wrong scale, zero point or layout is far beyond it. (DCGAN's generator is
     left out: its transposed convs have no integer form, and `quantize` says so.)"""
     g = built(name)
@@ -132,6 +134,7 @@ def test_int8_compile_matches_the_interpreter(name, mcpu, reduce_range):
     int8 = go.quantize(g, go.calibrate(g, feeds[:2]), reduce_range=reduce_range).graph
     assert any(n.op_name == "qlinear_conv2d" for n in int8.nodes)
     model = go.compile(int8, "cpu", mcpu=mcpu)
+    skip_unless_this_cpu_runs(model)
     report = go.compare(int8, model, feeds[2])
     assert report.ok, str(report)
 
