@@ -124,8 +124,9 @@ def test_int8_compile_matches_the_interpreter(name, mcpu, reduce_range):
     """Each model quantized to int8 (calibrated on two random inputs) compiles, every kernel
     on the rule meant for it, and matches the interpreter running the same quantized graph:
     7-bit weights on the AVX2 build (`vpmaddubsw`), 8-bit on the host's (VNNI, AMX or
-    `vpmaddwd`) and on AVX-VNNI's (`vpdpbusd` on ymm, where the host runs it). A tie may round either way and the step travels, hence `compare`'s int8
-    tolerance; a wrong scale, zero point or layout is far beyond it. (DCGAN's generator is
+    `vpmaddwd`) and on AVX-VNNI's (`vpdpbusd` on ymm, where the host runs it). A tie may round
+    either way and the step travels, hence `compare`'s int8 tolerance; a wrong scale, zero
+    point or layout is far beyond it. (DCGAN's generator is
     left out: its transposed convs have no integer form, and `quantize` says so.)"""
     g = built(name)
     rng = np.random.default_rng(2)

@@ -43,8 +43,8 @@ class VectorShape:
 
     @staticmethod
     def of(target) -> "VectorShape":
-        """AVX-512 (32 zmm) where the target's CPU has it, AVX2 (16 ymm) otherwise; detected from the
-        target's `mcpu` through LLVM, so a cross-compile target is honoured too."""
+        """AVX-512 (32 zmm) where the target's CPU has it, AVX2 (16 ymm) otherwise; detected
+        from the target's `mcpu` through LLVM, so a cross-compile target is honoured too."""
         from tvm.target.codegen import target_has_features
         mcpu = str(target.attrs.get("mcpu", ""))
         l1d = l1d_bytes(mcpu)
@@ -149,7 +149,8 @@ def inline_elementwise(sch, keep) -> None:
     while changed:
         changed = False
         for block in blocks_of(sch):
-            if any(sch.get(block).same_as(sch.get(k)) for k in keep) or is_reduction(sch.get(block)):
+            if any(sch.get(block).same_as(sch.get(k)) for k in keep) or \
+                    is_reduction(sch.get(block)):
                 continue
             if _is_output(sch, block):
                 continue
@@ -165,7 +166,8 @@ def inline_elementwise(sch, keep) -> None:
 
 
 def _is_output(sch, block) -> bool:
-    return any(sch.get(block).same_as(sch.get(o)) for o in sch.get_output_blocks(sch.get_sblock("root")))
+    outputs = sch.get_output_blocks(sch.get_sblock("root"))
+    return any(sch.get(block).same_as(sch.get(o)) for o in outputs)
 
 
 def _contiguous_rows(sch, block, loops: int) -> bool:

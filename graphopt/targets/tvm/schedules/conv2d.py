@@ -183,7 +183,8 @@ def schedule(sch, vec: VectorShape) -> bool:
     # rows, 32 -> 128 channels 3x3, 1 thread: 1.9x ORT predicated, 1.2-1.4x padded).
     width = conv_row_tile(out_width, oc_block, vec)
     # The accumulator tile keeps channels innermost, so each tile row is whole vector registers.
-    sch.transform_layout(conv, ("write", 0), lambda n, o, h, w: (n, o // oc_block, h, w, o % oc_block))
+    sch.transform_layout(conv, ("write", 0),
+                         lambda n, o, h, w: (n, o // oc_block, h, w, o % oc_block))
 
     n, oc, oh, ow, ic, kh, kw = sch.get_loops(conv)
     oc_outer, oc_inner = sch.split(oc, [None, oc_block])

@@ -171,6 +171,7 @@ def conv2d_dot(x, packed, x_zero_point, conv, dot: DotProduct):
 
 
 def paired_intrinsic(dot: DotProduct) -> str:
+    """The name of `dot`'s two-group intrinsic (`register_paired_intrinsic`)."""
     return dot.intrinsic + "_paired"
 
 
@@ -375,9 +376,10 @@ ONE_PIXEL_BLOCKS = (8, 4, 2, 1)
 # AVX-VNNI tiles of 8 accumulators (2 blocks x 4 pixels, or x 2 rows x 2 pixels: rows of 56,
 # 28 or 14 pixels, whose 12-accumulator tile does not divide them) take two input-channel groups
 # a step, the second's products into a zeroed register added after (`paired_intrinsic`): each
-# accumulator's chain of dependent vpdpbusd (5-cycle latency) is then one instruction and a
-# vpaddd per two products, where 8 chains of vpdpbusd alone reach 7.5 per ns of the 8.4 that
-# 12 chains or 8 paired ones do (a loop of registers only, one AMD Zen 5 core). 3x3 convs + relu
+# accumulator's chain of dependent instructions is then one vpdpbusd and a vpaddd per two
+# products instead of two vpdpbusd, whose latency 8 chains do not hide: in a loop of registers
+# only (one AMD Zen 5 core) 8 chains ran 7.4-7.6 vpdpbusd a ns, 12 chains or 8 paired ones
+# 8.2-8.4. 3x3 convs + relu
 # against ORT's AVX-VNNI kernel (`--as-avx-vnni`), one thread, single / paired: 64 ch 56x56
 # 1.13 / 1.01, 128 ch 28x28 1.16 / 1.04, 64 -> 128 ch 112x112 1.21 / 1.07, 128 ch 56x56 1.15 /
 # 1.05; on 14-wide rows 2 x 2 x 2 tiles against 1 x 7, whole int8 models alternated: VGG-11

@@ -91,13 +91,13 @@ def tile(pixels: int, out_channels: int, vec: VectorShape | None, batch: int = 1
     """(pixel vectors, output-channel block) of the register tile for a plane of `pixels`, or
     None (the target has neither 8- nor 16-lane vectors, or the plane is smaller than one
     vector, or it is not whole vectors and either smaller than MIN_PARTIAL_VECTORS vectors,
-    the lanes are not PARTIAL_PLANE_LANES or the L1 is above PARTIAL_PLANE_MAX_L1D, or with 8 lanes it is an expansion of
-    WIDE_EXPANSION_INPUT or more `in_channels`). Planes of whole vectors: the most
-    accumulators with a block dividing the channels, then a vector count dividing the plane
-    (otherwise the last pixel tile is partial), within the vector registers. Other planes: one
-    vector and the largest such block that leaves at least two blocks (the threads share the
-    blocks), when the `batch`'s channel blocks give each of the `threads` one; otherwise None
-    (the conv2d rule, which also splits the rows)."""
+    the lanes are not PARTIAL_PLANE_LANES or the L1 is above PARTIAL_PLANE_MAX_L1D, or with 8
+    lanes it is an expansion of WIDE_EXPANSION_INPUT or more `in_channels`). Planes of whole
+    vectors: the most accumulators with a block dividing the channels, then a vector count
+    dividing the plane (otherwise the last pixel tile is partial), within the vector registers.
+    Other planes: one vector and the largest such block that leaves at least two blocks (the
+    threads share the blocks), when the `batch`'s channel blocks give each of the `threads`
+    one; otherwise None (the conv2d rule, which also splits the rows)."""
     if vec is None or vec.lanes not in LANES or pixels < vec.lanes:
         return None
     if vec.lanes < 16 and in_channels is not None and \
