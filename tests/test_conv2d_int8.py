@@ -71,12 +71,13 @@ CASES = [
     Case("asymmetric-padding-7-wide", 24, 40, 7, 3, padding=(0, 1, 1, 0)),
     Case("linear-as-1x1", 120, 84, 1, 1, batch=4),
     # AVX-VNNI tiles of two channel groups a step (`paired_tile_shape`) in blocks of input
-    # channels (`input_channel_block`: 24 groups in 2): 2 x 4 pixels with a residual, 2 x 2
-    # rows x 2 pixels
+    # channels (`input_channel_block`: 24 groups in 2), 2 rows x 2 pixels, with a residual and
+    # with relu6; a 13-pixel row on one block (`ONE_BLOCK_YMM_ACCUMULATORS`)
     Case("3x3-96ch-residual-8-wide", 96, 32, 8, 3, padding=(1, 1, 1, 1), residual=True,
          activation=ops.Relu()),
     Case("3x3-96-to-16-14-wide-relu6", 96, 16, 14, 3, padding=(1, 1, 1, 1),
          activation=ops.Clip(0.0, 6.0)),
+    Case("3x3-40-to-24-13-wide", 40, 24, 13, 3, padding=(1, 1, 1, 1), activation=ops.Relu()),
     # a one-pixel row: 8 blocks of output channels a tile (`ONE_PIXEL_BLOCKS`)
     Case("linear-8-blocks-relu", 200, 128, 1, 1, activation=ops.Relu()),
     # AMX tiles: 64 input channels a step, 32 output channels, pairs of output rows
@@ -320,15 +321,20 @@ def test_a_one_pixel_row_tiles_several_blocks(blocks, lanes, vector_lanes, accum
     (27, 8, (1, 9)),     # 3 would pair the blocks; 9 pixels of one block fill more
     (56, 8, (2, 4)),     # ResNet's and VGG's rows of 2^k x 7 pixels
     (14, 8, (1, 7)),
+    (13, 8, (1, 13)),    # one block: 13 accumulators (SqueezeNet's and AlexNet's 13x13)
+    (17, 8, (2, 1)),     # a prime beyond them
     (6, 5, (1, 6)),      # an odd number of blocks: one a tile
 ])
 def test_avx_vnni_tiles_take_up_to_12_accumulators(width, blocks, expected):
-    """AVX-VNNI (vpdpbusd on 16 ymm registers): a tile of up to 12 accumulators, whole
-    pixels of the row (`YMM_TILES`)."""
+    """AVX-VNNI (vpdpbusd on 16 ymm registers): a tile of up to 12 accumulators, 13 on one
+    block (its one weight register leaves room), whole pixels of the row (`YMM_TILES`,
+    `ONE_BLOCK_YMM_ACCUMULATORS`)."""
     from graphopt.targets.tvm.schedules.common import VectorShape
-    from graphopt.targets.tvm.schedules.conv2d_int8 import YMM_TILES, tile_shape
+    from graphopt.targets.tvm.schedules.conv2d_int8 import (ONE_BLOCK_YMM_ACCUMULATORS,
+                                                            YMM_TILES, tile_shape)
     vec = VectorShape(lanes=8, accumulators=12, avx_vnni=True)
-    assert tile_shape(blocks, width, 8, vec, YMM_TILES["vnni"][0]) == expected
+    assert tile_shape(blocks, width, 8, vec, YMM_TILES["vnni"][0],
+                      ONE_BLOCK_YMM_ACCUMULATORS) == expected
 
 
 @pytest.mark.parametrize("blocks, height, width, groups, unpaired, expected", [
@@ -346,6 +352,18 @@ def test_avx_vnni_8_accumulator_tiles_take_two_channel_groups_a_step(blocks, hei
     input-channel groups a step (`PAIRED_TILE`): 2 blocks x 4 pixels, or x 2 rows x 2."""
     from graphopt.targets.tvm.schedules.conv2d_int8 import paired_tile_shape
     assert paired_tile_shape(blocks, height, width, groups, unpaired) == expected
+
+
+@pytest.mark.parametrize("height, width, expected", [
+    (56, 56, (2, 2, 2)),     # VGG's 128-256 ch 56x56 convs
+    (28, 28, (2, 2, 2)),
+    (7, 28, (2, 1, 4)),      # an odd number of rows: one row of 4
+])
+def test_paired_tiles_of_blocked_convs_take_two_rows_first(height, width, expected):
+    """Where a paired tile's input channels come in blocks, each block's input rows serve two
+    output rows: 2 rows x 2 pixels before one row of 4 (`TWO_ROW_BLOCKED`)."""
+    from graphopt.targets.tvm.schedules.conv2d_int8 import paired_tile_shape
+    assert paired_tile_shape(32, height, width, 64, (2, 4), blocked=True) == expected
 
 
 @pytest.mark.parametrize("groups, expected", [

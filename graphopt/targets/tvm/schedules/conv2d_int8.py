@@ -350,6 +350,14 @@ def row_tile(width: int, limit: int) -> int:
 # 42.5).
 YMM_TILES = {"vnni": (12, True), "pmaddubsw": (8, False), "pmaddwd": (8, False),
              "pmaddwd_s8": (8, False)}
+# Accumulators of an AVX-VNNI tile of one block: one weight register fewer than two blocks', so
+# 13 (with the weight and the broadcast, 15 of the 16 registers). Rows of 13 pixels (SqueezeNet's
+# and AlexNet's 13x13 planes) otherwise took 2 blocks x 1 pixel: 2 chains of vpdpbusd, which do
+# not hide its latency. Zen 5 run as an AVX-VNNI CPU, 3x3 convs + relu against ORT's AVX-VNNI
+# kernel, one thread, 2 x 1 / 1 x 13 / 1 x 13 with 14 accumulators allowed: 384 ch 13x13 3.74-3.76
+# / 1.22-1.23 / 1.21-1.22, 256 ch 13x13 3.65-3.69 / 1.18-1.21 / 1.17-1.19; whole int8
+# SqueezeNet 1.1 0.51-0.56 of the time.
+ONE_BLOCK_YMM_ACCUMULATORS = 13
 # Lanes with which the tile is written back through the register transpose (`transpose.py`)
 # instead of gathering each channel's pixels from the spilled tile. One thread, AMD Zen 4, us,
 # gathered / transposed: int8 64 -> 128 ch 112x112 4,680 / 4,626, 64 ch 56x56 608 / 602,
@@ -393,17 +401,26 @@ PAIRED_TILE = 8
 # (AVX-512 VNNI, 28 accumulators) it lost: whole int8 models 1.05-1.08; on AVX2's vpmaddubsw
 # no change (1.00 +- 0.01).
 PAIRED_K_BLOCK_BYTES = 12 * 1024
+# Whether paired tiles of convs in input-channel blocks take 2 rows x 2 pixels before one row of
+# 4 (`paired_tile_shape`): each block's input rows then serve two output rows. 3x3 convs +
+# relu against ORT's AVX-VNNI kernel, one thread, 1 x 4 / 2 x 2: 128 -> 256 ch 56x56 1.11-1.14
+# / 1.05-1.10, 256 ch 56x56 1.05-1.11 / 1.04-1.08, 512 ch 28x28 1.03-1.06 / 1.03-1.07; on 64
+# ch 56x56 (unblocked) 2 x 2 lost, 0.97 / 1.05. Whole int8 models alternated: VGG-11 0.965-0.980
+# (one thread), 0.979-1.022 (two), ResNet-18 0.986-0.993 and 0.974-0.980.
+TWO_ROW_BLOCKED = True
 
 
 def paired_tile_shape(blocks: int, height: int, width: int, groups: int,
-                      unpaired: tuple[int, int]) -> tuple[int, int, int] | None:
+                      unpaired: tuple[int, int], blocked: bool = False
+                      ) -> tuple[int, int, int] | None:
     """(blocks, rows, pixels) of an AVX-VNNI tile that takes two input-channel groups a step,
     where the 12-accumulator tile (`unpaired`, from `tile_shape`) holds at most PAIRED_TILE
-    accumulators: 2 blocks x 4 pixels, else x 2 rows x 2 pixels; None where the blocks or the
-    groups are odd or neither divides the plane."""
+    accumulators: 2 blocks x 4 pixels, else x 2 rows x 2 pixels, which `blocked` convs (their
+    input channels in blocks, `input_channel_block`) take first (`TWO_ROW_BLOCKED`); None where
+    the blocks or the groups are odd or neither divides the plane."""
     if unpaired[0] * unpaired[1] > PAIRED_TILE or blocks % 2 or groups % 2:
         return None
-    for rows in (1, 2):
+    for rows in ((2, 1) if blocked and TWO_ROW_BLOCKED else (1, 2)):
         pixels = PAIRED_TILE // 2 // rows
         if width % pixels == 0 and height % rows == 0:
             return 2, rows, pixels
@@ -421,17 +438,20 @@ def input_channel_block(groups: int, bytes_per_group: int) -> int | None:
 
 
 def tile_shape(blocks: int, width: int, lanes: int, vec: VectorShape,
-               accumulators: int | None = None) -> tuple[int, int]:
+               accumulators: int | None = None,
+               one_block_accumulators: int | None = None) -> tuple[int, int]:
     """(blocks of `lanes` output channels, pixels of a row) of the register tile: the most of
-    `accumulators` vector registers (default: the target's) in use, pixels dividing the row;
-    two blocks share each pixel's broadcast where they pair up and fill as many; a row of one
-    pixel takes up to 8 blocks (`ONE_PIXEL_BLOCKS`)."""
+    `accumulators` vector registers (default: the target's; `one_block_accumulators` for a tile
+    of one block, which holds one weight register fewer) in use, pixels dividing the row; two
+    blocks share each pixel's broadcast where they pair up and fill as many; a row of one pixel
+    takes up to 8 blocks (`ONE_PIXEL_BLOCKS`)."""
     registers = max(1, lanes // vec.lanes)
     accumulators = accumulators or vec.accumulators
     if width == 1:
         return max(b for b in ONE_PIXEL_BLOCKS
                    if blocks % b == 0 and b * registers <= max(accumulators, registers)), 1
-    shapes = [(pair, row_tile(width, max(1, accumulators // (pair * registers))))
+    budget = {2: accumulators, 1: one_block_accumulators or accumulators}
+    shapes = [(pair, row_tile(width, max(1, budget[pair] // (pair * registers))))
               for pair in ((2, 1) if blocks % 2 == 0 else (1,))]
     return max(shapes, key=lambda shape: shape[0] * shape[1])
 
@@ -467,20 +487,24 @@ def tile(sch, conv, writer, lanes: int, vec: VectorShape, accumulators: int | No
     (`YMM_TILES`)."""
     n, ob, oh, ow, lane, rg, ry, rx, rc = sch.get_loops(conv)
     blocks, width, groups = (int(sch.get(loop).extent) for loop in (ob, ow, rg))
-    pair, pixels = tile_shape(blocks, width, lanes, vec, accumulators)
+    pair, pixels = tile_shape(blocks, width, lanes, vec, accumulators,
+                              ONE_BLOCK_YMM_ACCUMULATORS if pair_groups else None)
+    taps = int(sch.get(ry).extent) * int(sch.get(rx).extent)
+    # a paired tile's weights: 2 blocks of `lanes` x 4 channels a tap
+    k_block = pair_groups and input_channel_block(groups, 2 * lanes * 4 * taps)
     paired = pair_groups and paired_tile_shape(blocks, int(sch.get(oh).extent), width, groups,
-                                               (pair, pixels))
+                                               (pair, pixels), bool(k_block))
     rows = 1
     if paired:
         pair, rows, pixels = paired
+    else:
+        k_block = None
     ob_outer, ob_inner = sch.split(ob, [None, pair])
     ow_outer, ow_inner = sch.split(ow, [None, pixels])
     tile_rows = []
     if rows > 1:
         oh, row = sch.split(oh, [None, rows])
         tile_rows = [row]
-    taps = int(sch.get(ry).extent) * int(sch.get(rx).extent)
-    k_block = paired and input_channel_block(groups, pair * lanes * 4 * taps)
     if paired:
         rg, group_pair = sch.split(rg, [None, 2])
     in_tile = [*tile_rows, ow_inner, ob_inner, *([group_pair] if paired else []), lane, rc]
