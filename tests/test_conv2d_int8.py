@@ -78,6 +78,9 @@ CASES = [
     Case("3x3-96-to-16-14-wide-relu6", 96, 16, 14, 3, padding=(1, 1, 1, 1),
          activation=ops.Clip(0.0, 6.0)),
     Case("3x3-40-to-24-13-wide", 40, 24, 13, 3, padding=(1, 1, 1, 1), activation=ops.Relu()),
+    # AVX-VNNI rows of 17 pixels computed to 18 (`padded_row`), with a residual, at batch 2
+    Case("3x3-17-wide-padded-row-residual", 24, 48, 17, 3, padding=(1, 1, 1, 1), batch=2,
+         residual=True, activation=ops.Relu()),
     # a one-pixel row: 8 blocks of output channels a tile (`ONE_PIXEL_BLOCKS`)
     Case("linear-8-blocks-relu", 200, 128, 1, 1, activation=ops.Relu()),
     # AMX tiles: 64 input channels a step, 32 output channels, pairs of output rows
@@ -352,6 +355,24 @@ def test_avx_vnni_8_accumulator_tiles_take_two_channel_groups_a_step(blocks, hei
     input-channel groups a step (`PAIRED_TILE`): 2 blocks x 4 pixels, or x 2 rows x 2."""
     from graphopt.targets.tvm.schedules.conv2d_int8 import paired_tile_shape
     assert paired_tile_shape(blocks, height, width, groups, unpaired) == expected
+
+
+@pytest.mark.parametrize("width, expected", [
+    (17, 18),     # Inception-v3's 17x17: 2 x 6 tiles
+    (71, 72),     # its 71x71 stem conv
+    (19, 20),     # 2 x 5: the narrowest of 10 accumulators or more
+    (13, 13),     # one block of 13
+    (7, 7),       # one block of 7
+    (56, 56),
+    (1, 1),
+])
+def test_avx_vnni_rows_of_a_large_prime_width_are_computed_wider(width, expected):
+    """An AVX-VNNI row whose tile would hold 2 accumulators (a prime width above 13) is
+    computed to a few more columns that whole tiles of 10 or more divide (`padded_row`)."""
+    from graphopt.targets.tvm.schedules.common import VectorShape
+    from graphopt.targets.tvm.schedules.conv2d_int8 import padded_row
+    vec = VectorShape(lanes=8, accumulators=12, avx_vnni=True)
+    assert padded_row(8, width, vec) == expected
 
 
 @pytest.mark.parametrize("height, width, expected", [

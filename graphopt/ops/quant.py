@@ -835,8 +835,13 @@ class QLinearConv2d(Op):
             return call
 
         def kernel(x, packed, x_zp, correction, multiplier, y_scale, y_zp, *residual):
+            # where the rows are computed to whole tiles (`padded_width`), the real ones
+            _, left, _, right = conv.padding
+            real_width = (int(x.shape[3]) + left + right - conv.dilation[1]
+                          * (int(packed.shape[3]) - 1) - 1) // conv.stride[1] + 1
             return epilogue(kernels.conv2d_dot(x, packed, x_zp, conv, dot), correction,
-                            multiplier, y_scale, y_zp, residual)
+                            multiplier, y_scale, y_zp, residual,
+                            real_width if conv.padded_width else None)
 
         packed = kernels.pack_weight(weight, dot)
         return bb.call_te(kernel, x, relax_constant(packed), x_zp, correction,

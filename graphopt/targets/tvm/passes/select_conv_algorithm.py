@@ -249,7 +249,7 @@ def select_conv_algorithm(context):
         return direct(plain, out_channels, out_w, w.shape[1], w.shape[2] * w.shape[3])
 
     def choose_integer(node: Node, misses: dict[str, list[tuple[str, str]]]):
-        from ..schedules.conv2d_int8 import dot_product_for
+        from ..schedules.conv2d_int8 import dot_product_for, padded_row
         conv = node.op.conv
         x, _, x_zp, w, _, w_zp, *_ = node.inputs
         bias = node.inputs[8] if node.op.has_bias else None
@@ -271,10 +271,16 @@ def select_conv_algorithm(context):
         algorithm, block = dot.algorithm, dot.lanes
         if algorithm.startswith("pmaddwd"):
             misses.setdefault(WIDENED_INT8, []).append((node.name, WIDENED_INT8_REASON))
+        padded = 0
         if conv_fills_amx_tiles(node, amx.INT8, w):
             algorithm, block = amx.AMX, amx.BLOCK
+        elif algorithm == "vnni" and block == 8 == context.vector.lanes:
+            # AVX-VNNI rows of a prime width above 13 computed to whole tiles (`padded_row`)
+            out_w = node.output.shape[3]
+            padded = padded_row(-(-node.output.shape[1] // block), out_w, context.vector)
+            padded = padded if padded != out_w else 0
         return dataclasses.replace(node.op, conv=dataclasses.replace(
-            conv.plain, algorithm=algorithm, weight_block=block))
+            conv.plain, algorithm=algorithm, weight_block=block, padded_width=padded))
 
     def exact_narrow_in_float32(node: Node, w, w_zp, dot: str) -> Conv2d | None:
         """An ungrouped `qlinear_conv2d` that the float32 rules compute as rows of vectors

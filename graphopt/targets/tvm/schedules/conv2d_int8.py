@@ -142,14 +142,16 @@ def pack_weight(weight: np.ndarray, dot: DotProduct) -> np.ndarray:
 def conv2d_dot(x, packed, x_zero_point, conv, dot: DotProduct):
     """TE: sum over each window of x (padded with its zero point) times the packed weight, int32,
     laid out [N, ceil(O / lanes), OH, OW, lanes] (the zero points are corrected by the
-    caller)."""
+    caller); OW is `conv.padded_width` where set (rows computed to whole tiles, the columns
+    beyond the real ones from more zero-point padding, which the epilogue does not read)."""
     from tvm import te, tirx
     n, channels, height, width = (int(d) for d in x.shape)
     blocks, groups, k_h, k_w = (int(d) for d in packed.shape[:4])
     (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
     top, left, bottom, right = conv.padding
     out_h = (height + top + bottom - d_h * (k_h - 1) - 1) // s_h + 1
-    out_w = (width + left + right - d_w * (k_w - 1) - 1) // s_w + 1
+    out_w = max(conv.padded_width, (width + left + right - d_w * (k_w - 1) - 1) // s_w + 1)
+    read_w = max(width + left + right, (out_w - 1) * s_w + d_w * (k_w - 1) + 1)
     fill = x_zero_point[(0,) * len(x_zero_point.shape)]
     dtype, group = dot.dtypes[0], dot.group
 
@@ -158,8 +160,8 @@ def conv2d_dot(x, packed, x_zero_point, conv, dot: DotProduct):
                           g * group + c < channels)
         return tirx.if_then_else(inside, x[b, g * group + c, i - top, j - left], fill)
 
-    grouped = interleave.interleaved(padded, n, groups, group, height + top + bottom,
-                                     width + left + right, dot.lanes, dtype)
+    grouped = interleave.interleaved(padded, n, groups, group, height + top + bottom, read_w,
+                                     dot.lanes, dtype)
     rg, ry = te.reduce_axis((0, groups), "rg"), te.reduce_axis((0, k_h), "ry")
     rx, rc = te.reduce_axis((0, k_w), "rx"), te.reduce_axis((0, group), "rc")
     return te.compute(
@@ -358,6 +360,14 @@ YMM_TILES = {"vnni": (12, True), "pmaddubsw": (8, False), "pmaddwd": (8, False),
 # / 1.22-1.23 / 1.21-1.22, 256 ch 13x13 3.65-3.69 / 1.18-1.21 / 1.17-1.19; whole int8
 # SqueezeNet 1.1 0.51-0.56 of the time.
 ONE_BLOCK_YMM_ACCUMULATORS = 13
+# AVX-VNNI rows whose tile would hold fewer accumulators than this are computed a few columns
+# wider, to whole tiles of at least PADDED_ROW_ACCUMULATORS (`padded_row`; the epilogue keeps
+# the real columns). Zen 5 run as an AVX-VNNI CPU, 3x3 convs + relu against ORT's AVX-VNNI
+# kernel, one thread, 2 x 1 tiles / rows computed to 18 and 72 pixels (2 x 6): 192 ch 17x17
+# 3.67-3.69 / 1.10, 128 ch 17x17 3.45-3.47 / 1.11, 64 ch 71x71 3.10 / 1.08.
+PADDED_ROW_MIN_ACCUMULATORS = 4
+PADDED_ROW_ACCUMULATORS = 10
+PADDED_ROW_EXTRA = 5
 # Lanes with which the tile is written back through the register transpose (`transpose.py`)
 # instead of gathering each channel's pixels from the spilled tile. One thread, AMD Zen 4, us,
 # gathered / transposed: int8 64 -> 128 ch 112x112 4,680 / 4,626, 64 ch 56x56 608 / 602,
@@ -435,6 +445,24 @@ def input_channel_block(groups: int, bytes_per_group: int) -> int | None:
     fitting = [d for d in range(2, groups, 2)
                if groups % d == 0 and d * bytes_per_group <= PAIRED_K_BLOCK_BYTES]
     return max(fitting) if fitting else None
+
+
+def padded_row(blocks: int, width: int, vec: VectorShape) -> int:
+    """The width an AVX-VNNI int8 conv's rows are computed to (`Conv2d.padded_width`): the
+    real `width`, or, where its tile would hold fewer than PADDED_ROW_MIN_ACCUMULATORS
+    accumulators (rows of a prime width above 13: 2 blocks x 1 pixel), the narrowest width up to
+    PADDED_ROW_EXTRA wider whose tile holds PADDED_ROW_ACCUMULATORS, else the one holding the
+    most."""
+    def held(w: int) -> int:
+        pair, pixels = tile_shape(blocks, w, 8, vec, YMM_TILES["vnni"][0],
+                                  ONE_BLOCK_YMM_ACCUMULATORS)
+        return pair * pixels
+    if width <= 1 or held(width) >= PADDED_ROW_MIN_ACCUMULATORS:
+        return width
+    wider = range(width + 1, width + PADDED_ROW_EXTRA + 1)
+    best = next((w for w in wider if held(w) >= PADDED_ROW_ACCUMULATORS),
+                max(wider, key=lambda w: (held(w), -w)))
+    return best if held(best) > held(width) else width
 
 
 def tile_shape(blocks: int, width: int, lanes: int, vec: VectorShape,

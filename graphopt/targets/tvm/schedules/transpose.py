@@ -243,10 +243,15 @@ def channel_rows(sch, copy, lanes: int) -> bool:
     tile's channels and pixels, from `tiled.epilogue_on_channel_vectors`) `lanes` channels at a
     time by `register_channel_rows`. Left to LLVM, the vectorized copy gathered each channel's
     pixels byte by byte from the spilled tile (`vpextrb`, `vpinsrb`). False (nothing changed)
-    where the channels do not fill whole vectors or a tile row is one pixel."""
+    where the channels do not fill whole vectors, a tile row is one pixel, or the copy runs
+    under a predicate (a row computed past the output: `Conv2d.padded_width`)."""
+    import tvm_ffi
+    from tvm import tirx
     from .common import extent
     channels, pixels = sch.get_loops(copy)[-2:]
-    if extent(channels, sch) % lanes or not 1 < extent(pixels, sch) <= lanes:
+    realize = tvm_ffi.get_global_func("s_tir.schedule.GetSBlockRealize")(sch, copy)
+    if extent(channels, sch) % lanes or not 1 < extent(pixels, sch) <= lanes or \
+            not (isinstance(realize.predicate, tirx.IntImm) and int(realize.predicate)):
         return False
     _, inner = sch.split(channels, [None, lanes])
     dtype = str(sch.get(copy).writes[0].source.dtype)
