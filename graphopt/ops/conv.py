@@ -109,9 +109,9 @@ class Conv2d(Op):
     weight_block: int = 0         # output channels per block of a target weight layout (need
                                   # not divide a group's channels: the last block is padded);
                                   # for "depthwise" and "narrow", output columns per vector
-    padded_width: int = 0         # "direct" with a weight block: the output width computed, in
-                                  # whole register tiles (the epilogue writes the real columns);
-                                  # 0: the real width
+    padded_width: int = 0         # "direct" with a weight block, or an AVX-VNNI "vnni" int8
+                                  # conv: the output width computed, in whole register tiles
+                                  # (the epilogue writes the real columns); 0: the real width
     output_tile: int = 0          # "winograd": the output tile side m of F(m x m, 3x3)
 
     def __post_init__(self):
