@@ -837,8 +837,8 @@ class QLinearConv2d(Op):
         def kernel(x, packed, x_zp, correction, multiplier, y_scale, y_zp, *residual):
             # where the rows are computed to whole tiles (`padded_width`), the real ones
             _, left, _, right = conv.padding
-            real_width = (int(x.shape[3]) + left + right - conv.dilation[1]
-                          * (int(packed.shape[3]) - 1) - 1) // conv.stride[1] + 1
+            real_width = conv_out_size(int(x.shape[3]), int(packed.shape[3]), conv.stride[1],
+                                       left, right, conv.dilation[1])
             return epilogue(kernels.conv2d_dot(x, packed, x_zp, conv, dot), correction,
                             multiplier, y_scale, y_zp, residual,
                             real_width if conv.padded_width else None)

@@ -145,12 +145,13 @@ def conv2d_dot(x, packed, x_zero_point, conv, dot: DotProduct):
     caller); OW is `conv.padded_width` where set (rows computed to whole tiles, the columns
     beyond the real ones from more zero-point padding, which the epilogue does not read)."""
     from tvm import te, tirx
+    from ....ops.base import conv_out_size
     n, channels, height, width = (int(d) for d in x.shape)
     blocks, groups, k_h, k_w = (int(d) for d in packed.shape[:4])
     (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
     top, left, bottom, right = conv.padding
-    out_h = (height + top + bottom - d_h * (k_h - 1) - 1) // s_h + 1
-    out_w = max(conv.padded_width, (width + left + right - d_w * (k_w - 1) - 1) // s_w + 1)
+    out_h = conv_out_size(height, k_h, s_h, top, bottom, d_h)
+    out_w = max(conv.padded_width, conv_out_size(width, k_w, s_w, left, right, d_w))
     read_w = max(width + left + right, (out_w - 1) * s_w + d_w * (k_w - 1) + 1)
     fill = x_zero_point[(0,) * len(x_zero_point.shape)]
     dtype, group = dot.dtypes[0], dot.group
@@ -519,14 +520,13 @@ def tile(sch, conv, writer, lanes: int, vec: VectorShape, accumulators: int | No
                               ONE_BLOCK_YMM_ACCUMULATORS if pair_groups else None)
     taps = int(sch.get(ry).extent) * int(sch.get(rx).extent)
     # a paired tile's weights: 2 blocks of `lanes` x 4 channels a tap
-    k_block = pair_groups and input_channel_block(groups, 2 * lanes * 4 * taps)
+    blocked = pair_groups and input_channel_block(groups, 2 * lanes * 4 * taps)
     paired = pair_groups and paired_tile_shape(blocks, int(sch.get(oh).extent), width, groups,
-                                               (pair, pixels), bool(k_block))
+                                               (pair, pixels), bool(blocked))
+    k_block = blocked if paired else None
     rows = 1
     if paired:
         pair, rows, pixels = paired
-    else:
-        k_block = None
     ob_outer, ob_inner = sch.split(ob, [None, pair])
     ow_outer, ow_inner = sch.split(ow, [None, pixels])
     tile_rows = []
