@@ -68,6 +68,12 @@ CONVS = {
         x, 20, 3, padding=1, groups=2)), 16, 16),
     "grouped_g3_out15_in9_s2": ((1, 9, 11, 11), lambda x: dsl.conv2d(x, 15, 3, stride=2,
                                                                       padding=1, groups=3), 8, 8),
+    # several padded groups in one parallel kernel: a tile's epilogue writes its own group's
+    # channels only (`conv_kernel.by_group`), with a residual; ResNeXt's 4 channels a group
+    "grouped_g4_out48_in48_residual": ((1, 48, 28, 28), lambda x: dsl.relu(dsl.conv2d(
+        x, 48, 3, padding=1, groups=4) + x), 16, 16),
+    "grouped_g32_out128_in128": ((1, 128, 28, 28), lambda x: dsl.relu(dsl.conv2d(
+        x, 128, 3, padding=1, groups=32)), 8, 8),
     "grouped_g4_out12_in8": ((1, 8, 9, 9), lambda x: dsl.conv2d(x, 12, 3, padding=1, groups=4),
                              0, 0),
     "grouped_g2_out78_in4": ((1, 4, 8, 8), lambda x: dsl.conv2d(x, 78, 3, padding=1, groups=2),
@@ -174,6 +180,25 @@ def test_half_precision_odd_channels(dtype):
     assert 0 not in blocks, blocks
     report = go.compare(graph, model, _feeds(graph))
     assert report.ok, str(report)
+
+
+@pytest.mark.parametrize("mcpu", [AVX2_CPU, AVX512_CPU])
+@pytest.mark.parametrize("name, per_group", [("grouped_g4_out48_in48_residual", 12),
+                                             ("grouped_g32_out128_in128", 4)])
+def test_a_padded_group_s_tile_writes_its_own_channels(name, per_group, mcpu):
+    """The epilogue under a tile of a padded group iterates that group's real channels, not
+    the block's: with the block's, a parallel task wrote the next group's first channels from
+    accumulators it never computed (a race, the results wrong wherever it lost)."""
+    import tvm_ffi
+    from tvm import s_tir
+    [func] = [f for k, f in _scheduled_kernels(_table([name]), mcpu).items() if "conv2d" in k]
+    sch = s_tir.Schedule(func)
+    writer = sch.get_sblock("by_group")     # [N, groups, per_group, H, W]
+    realize = tvm_ffi.get_global_func("s_tir.schedule.GetSBlockRealize")(sch, writer)
+    channel = realize.iter_values[2]
+    [loop] = [sch.get(loop) for loop in sch.get_loops(writer)
+              if sch.get(loop).loop_var.same_as(channel)]
+    assert int(loop.extent) == per_group, sch.mod.script()
 
 
 # channels per group, groups -> block on AVX2, on AVX-512

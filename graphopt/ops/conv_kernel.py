@@ -39,7 +39,7 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
     # as the reference kernel does.
     dtype = relax_type(x).dtype
     accumulate = "float32" if read is not None else accumulation_dtype(dtype)
-    operands, attrs = [x], {}
+    operands, attrs, group_shape = [x], {}, None
     if conv.algorithm == "amx":
         # AMX tiles (bfloat16): the input padded and grouped, the hand-written kernel, and this
         # kernel's epilogue reading its float32 tiles
@@ -156,6 +156,8 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
                f"channels each within one block (the conv2d rule's epilogue placement needs it)")
         packed = pack_weight(weight_data, conv.weight_block, conv.groups)
         weight, name = relax_constant(packed, accumulate), "conv2d"
+        if conv.groups > 1 and per_group % conv.weight_block:
+            group_shape = (conv.groups, per_group)
         compute = lambda x, w: blocked_conv2d(x if x.dtype == accumulate else
                                               topi.cast(x, accumulate), w, conv,
                                               weight_data.shape[0])
@@ -176,7 +178,8 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
         y = compute(*inputs)
         rest = list(args[len(operands):])
         if finish is not None:
-            return finish(y, *rest)
+            y = finish(y, *rest)
+            return y if group_shape is None else by_group(y, *group_shape)
         if b is not None:
             bias, conv_out = rest.pop(0), y
             y = te.compute(y.shape, lambda *i: conv_out(*i) + bias[i[1]].astype(conv_out.dtype),
@@ -186,7 +189,8 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
             add = topi.cast(add, y.dtype) if add.dtype != y.dtype else add
             y = topi.add(y, add) if switch is None else switched_add(y, add, on)
         y = EPILOGUE[activation.name].te(activation, y) if activation is not None else y
-        return topi.cast(y, dtype) if y.dtype != dtype else y
+        y = topi.cast(y, dtype) if y.dtype != dtype else y
+        return y if group_shape is None else by_group(y, *group_shape)
 
     fused = any(v is not None for v in (b, residual, activation, finish))
     name_hint, attrs = ("fused_" if fused else "") + name, {"op_pattern": OPAQUE, **attrs}
@@ -197,7 +201,24 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
             tiles.remember_epilogue(bb, out, kernel, [*operands, *extras])
     else:
         out = call_te_switched(bb, kernel, [*operands, *extras], switch, name_hint, attrs)
+    if group_shape is not None:     # a view of the kernel's [N, G, O / G, H, W] output
+        out = bb.emit(out)
+        n, groups, per_group, height, width = (int(d) for d in relax_type(out).shape)
+        return relax.op.reshape(out, (n, groups * per_group, height, width))
     return relax.op.reshape(bb.emit(out), out_shape) if conv.algorithm == "pointwise" else out
+
+
+def by_group(y, groups: int, per_group: int):
+    """TE: the NCHW `y` as [N, groups, per_group, H, W] (the kernel's output, viewed as NCHW
+    after it). Where the conv2d rule's blocks pad each group's channels (12 a group in blocks
+    of 16), the epilogue under a tile then iterates that tile's group and its real channels;
+    iterating the output's channels it read the tile as [c // 12, ..., c % 12], and TVM placed
+    it under the tile with all 16 of the block's channels, the last 4 of them the next group's,
+    which that tile does not compute: written over that group's results by another task."""
+    from tvm import te
+    n, _, height, width = (int(d) for d in y.shape)
+    return te.compute((n, groups, per_group, height, width),
+                      lambda b, g, c, i, j: y[b, g * per_group + c, i, j], name="by_group")
 
 
 def switched_add(y, add, on):

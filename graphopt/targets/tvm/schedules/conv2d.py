@@ -5,7 +5,8 @@ chosen by the target pass `select_conv_algorithm`, the packing done at lowering)
 innermost reduction (input channels) walks it contiguously; the rule changes no weight. Where
 the block pads a group's channels, the tile computes the zero filters too and the epilogue,
 placed under each tile, writes the real channels (a predicate on its channel loop, outside
-the vectorized pixel row)."""
+the vectorized pixel row; in a grouped conv a loop over the group's channels:
+`conv_kernel.by_group`)."""
 from __future__ import annotations
 
 import math

@@ -104,7 +104,8 @@ def channel_block(channels: int, vec: VectorShape, groups: int = 1) -> int:
     63 x 16); 39 as 3 x 16; 64 as 2 x 32; 200 as 13 x 16. In a grouped conv a padded group
     fits one block: TVM places the epilogue under each tile by solving its channel index for
     the tile's, which padding after several blocks of a group makes non-affine
-    (reverse_compute_at fails)."""
+    (reverse_compute_at fails); the epilogue iterates by group (`conv_kernel.by_group`), so
+    that under a tile it covers that tile's group only."""
     def cost(block: int):
         registers = max(1, block // vec.lanes)
         steps = -(-channels // block) * registers
