@@ -83,6 +83,14 @@ CASES = [
          residual=True, activation=ops.Relu()),
     # a one-pixel row: 8 blocks of output channels a tile (`ONE_PIXEL_BLOCKS`)
     Case("linear-8-blocks-relu", 200, 128, 1, 1, activation=ops.Relu()),
+    # grouped convs whose groups fill whole blocks (`grouped_fits`): a block reads its group's
+    # input channels; with 16 lanes a tile's two blocks lie in two groups of 16 channels
+    Case("grouped-2-3x3-relu", 64, 64, 14, 3, padding=(1, 1, 1, 1), groups=2,
+         activation=ops.Relu()),
+    Case("grouped-4x16-s2-residual", 64, 64, 15, 3, stride=2, padding=(1, 1, 1, 1), groups=4,
+         residual=True, activation=ops.Relu()),
+    Case("grouped-2-5x5-13-wide-batch2", 32, 64, 13, 5, padding=(2, 2, 2, 2), groups=2,
+         batch=2),
     # AMX tiles: 64 input channels a step, 32 output channels, pairs of output rows
     Case("amx-3x3-64ch", 64, 64, 14, 3, padding=(1, 1, 1, 1), activation=ops.Relu()),
     Case("amx-1x1-residual-batch2", 128, 64, 16, 1, batch=2, residual=True,
@@ -426,8 +434,8 @@ def test_avx512_tiles_write_back_through_the_register_transpose():
 @pytest.mark.parametrize("case, why", [
     (Case("asymmetric-weights", 16, 16, 8, 3, w_zero_point=3), "w zero point"),
     # 128 x 9 weights of about 64 in magnitude per output: 255 times their sum passes 2^24,
-    # so the sums may not be exact in float32
-    (Case("grouped-deep", 256, 32, 6, 3, groups=2), "sums beyond float32's integers"),
+    # so the sums may not be exact in float32; 8 output channels a group fill no VNNI block
+    (Case("grouped-deep", 256, 16, 6, 3, groups=2), "sums beyond float32's integers"),
 ], ids=["weight-zero-point", "grouped-deep"])
 def test_layers_no_kernel_computes_stay_as_written(case, why):
     graph = quantized_conv(case)
@@ -439,6 +447,25 @@ def test_layers_no_kernel_computes_stay_as_written(case, why):
         np.testing.assert_array_equal(model.run(inputs)["y"], go.interpret(graph, inputs)["y"])
 
 
+@pytest.mark.parametrize("out_channels, in_channels, groups, lanes, group, fits", [
+    (128, 48, 2, 16, 4, True),       # AlexNet's 96 -> 256 ch conv, two groups
+    (64, 16, 4, 16, 4, True),        # RegNetX's groups of 16 channels: one block each
+    (64, 16, 4, 8, 4, True),         # two blocks each on 8 lanes
+    (48, 12, 4, 16, 4, False),       # 12 outputs a group: no whole block
+    (16, 4, 4, 8, 2, False),         # 4 outputs a group on 8 lanes
+    (32, 6, 2, 16, 4, False),        # 6 inputs a group: a channel group would span two
+    (32, 6, 2, 16, 2, True),         # ... but not vpmaddwd's pairs
+    (32, 1, 32, 8, 4, False),        # depthwise
+    (24, 40, 1, 16, 4, True),        # ungrouped convs pad their blocks
+])
+def test_grouped_convs_whose_groups_fill_whole_blocks_take_dot_products(
+        out_channels, in_channels, groups, lanes, group, fits):
+    from graphopt.targets.tvm.schedules.conv2d_int8 import DotProduct, grouped_fits
+    dot = DotProduct("vnni", lanes, group, ("uint8", "int8"), "")
+    weight = np.zeros((out_channels, in_channels, 3, 3), np.int8)
+    assert grouped_fits(weight, groups, dot) == fits
+
+
 GROUPED = [
     Case("depthwise-3x3-relu6", 32, 32, 14, 3, padding=(1, 1, 1, 1), groups=32,
          activation=ops.Clip(0.0, 6.0)),
@@ -446,9 +473,9 @@ GROUPED = [
          batch=2),
     Case("depthwise-5x5-weight-zero-point", 16, 16, 9, 5, padding=(2, 2, 2, 2), groups=16,
          w_zero_point=-3),
-    Case("grouped-2x8-relu", 16, 16, 8, 3, padding=(1, 1, 1, 1), groups=2,
+    Case("grouped-4x4-relu", 16, 16, 8, 3, padding=(1, 1, 1, 1), groups=4,
          activation=ops.Relu()),
-    Case("grouped-16-wide-residual", 64, 64, 7, 3, padding=(1, 1, 1, 1), groups=4,
+    Case("grouped-4x12-7-wide-residual", 48, 48, 7, 3, padding=(1, 1, 1, 1), groups=4,
          residual=True),
 ]
 
@@ -456,9 +483,10 @@ GROUPED = [
 @pytest.mark.parametrize("mcpu, lanes", [("skylake-avx512", 16), ("haswell", 8)])
 @pytest.mark.parametrize("case", GROUPED, ids=[c.id for c in GROUPED])
 def test_grouped_convs_run_exactly_on_float32_kernels(case, mcpu, lanes):
-    """Grouped and depthwise int8 convolutions, which no dot-product kernel computes, run on
-    the float32 depthwise or blocked direct kernel, on x - xz and w - wz, whose sums float32
-    holds exactly: the results equal the interpreter's (the host's build, bounds-checked)."""
+    """Depthwise int8 convolutions, and grouped ones whose groups fill no whole block of
+    output channels (`grouped_fits`), which no dot-product kernel computes, run on the float32
+    depthwise or blocked direct kernel, on x - xz and w - wz, whose sums float32 holds
+    exactly: the results equal the interpreter's (the host's build, bounds-checked)."""
     graph = quantized_conv(case)
     conv = the_conv(go.compile(graph, "cpu", mcpu=mcpu).graph).op.conv
     expected = "depthwise" if case.groups == case.in_channels else "direct"

@@ -53,10 +53,12 @@ them, else "vnni" with AVX-512 VNNI or AVX-VNNI, else "pmaddubsw" for weights wh
 cannot saturate, e.g. 7-bit ones, else "pmaddwd" ("pmaddwd_s8" for few output pixels)) where the
 layer is what those kernels compute:
 uint8 input, constant int8 weights with zero points of 0 (symmetric, as graphopt's and ONNX
-Runtime's quantizers make them), a constant input zero point and bias, no groups; but one
+Runtime's quantizers make them), a constant input zero point and bias, no groups or groups
+that fill whole blocks of output channels and of input channels (`conv2d_int8.grouped_fits`:
+AlexNet's, RegNetX's); but one
 the float32 rules compute as rows of vectors ("narrow": few channels, mostly padding in those
 kernels' tiles) runs on that float32 kernel where its sums are exact in float32
-(`exact_narrow_in_float32`). A grouped or depthwise one whose sums are exact in float32
+(`exact_narrow_in_float32`). Another grouped or a depthwise one whose sums are exact in float32
 (`exact_in_float32`) runs on the float32 "depthwise" or blocked "direct" kernel
 (`QLinearConv2d.lower_in_float32`); otherwise it stays as written (TVM's integer conv2d)."""
 from __future__ import annotations
@@ -115,6 +117,17 @@ NARROW_INT8_IN_FLOAT32 = True
 # won or tied (SqueezeNet's 3 -> 64 ch 527 / 569, MobileNetV2's 3 -> 32 ch 257 / 239), and on
 # one input channel (DeepConvNet 4.5 / 6.2).
 VNNI_STEM_MIN_CHANNELS = 3
+# Whether a grouped int8 conv whose groups fill whole blocks of output channels and channel
+# groups (`conv2d_int8.grouped_fits`) runs on dot-product tiles rather than exactly on the
+# float32 blocked kernel (`exact_in_float32`). One AMD Zen 5 thread, convs + relu alone, us,
+# float32 / dot products / ORT int8: AlexNet's 5x5 48 -> 128 ch in 2 groups on 27x27 611 / 162
+# / 278, 3x3 192 -> 128 ch in 2 groups on 13x13 182 / 67 / 71; RegNetX's groups of 16
+# channels: 32 ch on 56x56 172 / 81 / 249, 160 ch on 14x14 63 / 29 / 80, 400 ch on 7x7 50 / 31
+# / 56. Built as an AVX-VNNI CPU (`--as-avx-vnni`) 3.1-3.6x and 1.3-1.4x faster, as an AVX2
+# one 1.6-1.9x and 1.4-1.7x. Whole int8 models, the builds alternated, outputs equal, time
+# with / without: AlexNet 0.64-0.71 (1 and 2 threads, batch 1 and 8), RegNetX-400MF 0.67-0.77;
+# AVX-VNNI 0.59-0.60 and 0.65-0.69, AVX2 0.72-0.73 and 0.44-0.46.
+GROUPED_ON_DOT_PRODUCTS = True
 # Whether a transposed conv's output phases may be convolved one by one
 # (`ConvTranspose2d.by_phase`, `phase_convolution`).
 TRANSPOSED_BY_PHASE = True
@@ -249,16 +262,19 @@ def select_conv_algorithm(context):
         return direct(plain, out_channels, out_w, w.shape[1], w.shape[2] * w.shape[3])
 
     def choose_integer(node: Node, misses: dict[str, list[tuple[str, str]]]):
-        from ..schedules.conv2d_int8 import dot_product_for, padded_row
+        from ..schedules.conv2d_int8 import dot_product_for, grouped_fits, padded_row
         conv = node.op.conv
         x, _, x_zp, w, _, w_zp, *_ = node.inputs
         bias = node.inputs[8] if node.op.has_bias else None
         constant = context.constant_weights and \
             all(v.is_constant for v in (w, w_zp, x_zp, *([bias] if bias else [])))
-        fits = (context.vector is not None and conv.groups == 1 and x.dtype == "uint8"
-                and w.dtype == "int8" and constant and not w_zp.data.any())
+        fits = (context.vector is not None and x.dtype == "uint8" and w.dtype == "int8"
+                and constant and not w_zp.data.any())
         pixels = math.prod(node.output.shape[:1] + node.output.shape[2:])
         dot = dot_product_for(context.vector, w.data, pixels) if fits else None
+        if dot is not None and conv.groups > 1 and not (
+                GROUPED_ON_DOT_PRODUCTS and grouped_fits(w.data, conv.groups, dot)):
+            dot = None
         narrow_exact = exact_narrow_in_float32(node, w, w_zp, dot.algorithm) \
             if dot is not None and NARROW_INT8_IN_FLOAT32 else None
         if narrow_exact is not None:

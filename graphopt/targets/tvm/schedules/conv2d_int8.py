@@ -25,9 +25,11 @@ Layouts: the weight is [ceil(O / lanes), ceil(I / group), KH, KW, lanes, group],
 instruction's weights are one aligned vector load; the input is copied, padded with its zero
 point, to [N, ceil(I / group), H', W', group] (`interleave.py`: W' rounded up to whole
 vectors), so one pixel's `group` input channels are one broadcast int32. Channels beyond O
-and I are zero weights. The tile is the fp32 rule's: up to 2 x lanes output channels by a row
-segment of pixels, the reduction outside it; AVX-VNNI tiles of 8 accumulators take two channel
-groups a step (`PAIRED_TILE`), in blocks of input channels whose weights stay in L1
+and I are zero weights. A grouped conv's weight is packed the same way (I: a group's input
+channels), each block reading its own group's channel groups of the input (`grouped_fits`).
+The tile is the fp32 rule's: up to 2 x lanes output channels by a row segment of pixels, the
+reduction outside it; AVX-VNNI tiles of 8 accumulators take two channel groups a step
+(`PAIRED_TILE`), in blocks of input channels whose weights stay in L1
 (`PAIRED_K_BLOCK_BYTES`). LLVM emits neither instruction from plain loops,
 so the inner step is a tensor intrinsic (TVM's own `dot_16x4_vnni` no longer compiles with
 LLVM 22, whose `vpdpbusd.512` takes <64 x i8> operands)."""
@@ -127,6 +129,15 @@ def pairs_fit_int16(weight: np.ndarray) -> bool:
     return 255 * int(most) <= int16.max and 255 * int(least) >= int16.min
 
 
+def grouped_fits(weight: np.ndarray, groups: int, dot: DotProduct) -> bool:
+    """Whether `conv2d_dot` computes a conv of `groups` groups and this weight (OIHW, I the
+    input channels of a group): each group's output channels whole blocks of `dot.lanes` and
+    its input channels whole channel groups of `dot.group`, so that no block or channel group
+    straddles two conv groups; a depthwise conv (one input channel a group) does not."""
+    o, i = weight.shape[:2]
+    return groups == 1 or (o // groups % dot.lanes == 0 and i % dot.group == 0)
+
+
 def pack_weight(weight: np.ndarray, dot: DotProduct) -> np.ndarray:
     """OIHW int8 -> [ceil(O / lanes), ceil(I / group), KH, KW, lanes, group] in the
     instruction's weight dtype, zero-padded (the output channels beyond O are computed and
@@ -148,6 +159,7 @@ def conv2d_dot(x, packed, x_zero_point, conv, dot: DotProduct):
     from ....ops.base import conv_out_size
     n, channels, height, width = (int(d) for d in x.shape)
     blocks, groups, k_h, k_w = (int(d) for d in packed.shape[:4])
+    in_groups = -(-channels // dot.group)
     (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
     top, left, bottom, right = conv.padding
     out_h = conv_out_size(height, k_h, s_h, top, bottom, d_h)
@@ -161,14 +173,21 @@ def conv2d_dot(x, packed, x_zero_point, conv, dot: DotProduct):
                           g * group + c < channels)
         return tirx.if_then_else(inside, x[b, g * group + c, i - top, j - left], fill)
 
-    grouped = interleave.interleaved(padded, n, groups, group, height + top + bottom, read_w,
-                                     dot.lanes, dtype)
+    grouped = interleave.interleaved(padded, n, in_groups, group, height + top + bottom,
+                                     read_w, dot.lanes, dtype)
     rg, ry = te.reduce_axis((0, groups), "rg"), te.reduce_axis((0, k_h), "ry")
     rx, rc = te.reduce_axis((0, k_w), "rx"), te.reduce_axis((0, group), "rc")
+
+    def channel_group(ob, rg):
+        """The input's channel group that output block `ob` reads as its `rg`-th: a grouped
+        conv's blocks read their conv group's `groups` (`grouped_fits`)."""
+        return ob // (blocks // conv.groups) * groups + rg if conv.groups > 1 else rg
+
     return te.compute(
         (n, blocks, out_h, out_w, dot.lanes),
         lambda b, ob, i, j, o: te.sum(
-            grouped[b, rg, i * s_h + ry * d_h, j * s_w + rx * d_w, rc].astype("int32")
+            grouped[b, channel_group(ob, rg), i * s_h + ry * d_h, j * s_w + rx * d_w, rc]
+            .astype("int32")
             * packed[ob, rg, ry, rx, o, rc].astype("int32"), axis=[rg, ry, rx, rc]),
         name=f"{NAME}_{dot.algorithm}")
 
