@@ -64,6 +64,11 @@ CASES = [
          dilation=2),
     Case("3ch-7x7-s2-residual", 3, 64, 21, 7, stride=2, padding=3, residual=True,
          activation="relu"),
+    # grouped convs whose groups are whole blocks (`conv2d_bf16.applies`): each block reads its
+    # group's pairs of channels; 16 channels a group at stride 2, two tiles' blocks apart
+    Case("grouped-2-residual-relu", 64, 64, 14, 3, padding=1, groups=2, residual=True,
+         activation="relu"),
+    Case("grouped-4x16-s2-batch2", 64, 64, 15, 3, stride=2, padding=1, groups=4, batch=2),
 ]
 ROW_TAPS_CASES = {"stem-3ch-7x7-s2", "3ch-5x5-batch2-relu6", "1ch-7x7-dilated-s2-asymmetric",
                   "3ch-7x7-s2-residual"}
@@ -428,7 +433,8 @@ def test_a_kernel_rows_taps_fold_into_one_tile_row(channels, kernel, dilation, b
     # image, their steps on vdpbf16ps with a kernel row's taps in pairs, a strided one widened;
     # ResNet-18's 64 -> 128 channel 1x1 downsample is faster on vdpbf16ps; the 7x7 stem's 3
     # channels with its kernel rows' taps as the pairs
-    (BF16_CPU, {"fills": "winograd_dpbf16", "partial": "dpbf16", "grouped": "direct",
+    (BF16_CPU, {"fills": "winograd_dpbf16", "partial": "dpbf16", "grouped": "dpbf16",
+                "grouped-12": "direct",
                 "winograd": "winograd_dpbf16", "odd-input": "winograd",
                 "one-block": "dpbf16", "large-plane": "winograd_dpbf16",
                 "lenet": "narrow_dpbf16", "image": "narrow_dpbf16", "image-s2": "narrow",
@@ -437,12 +443,14 @@ def test_a_kernel_rows_taps_fold_into_one_tile_row(channels, kernel, dilation, b
     # folded into tile rows) and the widened float32 kernel elsewhere (measured faster there
     # than vdpbf16ps: see the module's docstring)
     ("sapphirerapids", {"fills": "amx", "partial": "direct", "grouped": "direct",
+                        "grouped-12": "direct",
                         "winograd": "amx", "odd-input": "amx", "one-block": "amx",
                         "large-plane": "amx", "lenet": "narrow", "image": "narrow",
                         "image-s2": "narrow", "downsample": "amx", "stem": "amx"}),
     # no BF16: the widened float32 kernels, Winograd where float32 takes it (F(2x2) on a 14x14
     # plane of 64 channels), the direct one for the strided 1x1 downsample (`narrow.applies`)
     ("cascadelake", {"fills": "winograd", "partial": "direct", "grouped": "direct",
+                     "grouped-12": "direct",
                      "winograd": "winograd", "odd-input": "winograd", "one-block": "winograd",
                      "large-plane": "winograd", "lenet": "narrow", "image": "narrow",
                      "image-s2": "narrow", "downsample": "direct", "stem": "direct"}),
@@ -451,6 +459,8 @@ def test_each_cpu_gets_its_bfloat16_kernel(mcpu, expected):
     graphs = {"fills": conv_graph(Case("fills", 64, 64, 14, 3, padding=1)),
               "partial": conv_graph(Case("partial", 48, 40, 14, 3, padding=1)),
               "grouped": conv_graph(Case("grouped", 32, 32, 14, 3, padding=1, groups=2)),
+              # 12 output channels a group: no whole block of 16
+              "grouped-12": conv_graph(Case("grouped-12", 24, 24, 14, 3, padding=1, groups=2)),
               "winograd": conv_graph(Case("winograd", 64, 64, 28, 3, padding=1)),
               "odd-input": conv_graph(Case("odd-input", 65, 64, 28, 3, padding=1)),
               "one-block": conv_graph(Case("one-block", 128, 32, 28, 3, padding=1)),

@@ -59,9 +59,9 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
         from ..targets.tvm.schedules import conv2d_bf16 as dpbf16
         from ..targets.tvm.schedules.amx import from_tiles
         weight_data = constant_operand(w, decision)
-        expect(dtype == "bfloat16" and dpbf16.applies(conv.groups),
-               f"the dpbf16 convolution takes ungrouped bfloat16 convolutions, found {dtype}, "
-               f"groups {conv.groups}")
+        expect(dtype == "bfloat16" and dpbf16.applies(conv.groups, weight_data.shape),
+               f"the dpbf16 convolution takes bfloat16 convolutions, ungrouped or of groups of "
+               f"whole blocks, found {dtype}, groups {conv.groups}, weight {weight_data.shape}")
         row_taps = weight_data.shape[3] if conv.algorithm == dpbf16.ROW_TAPS else 0
         packed = dpbf16.pack_weight(dpbf16.unfold_row_taps(weight_data) if row_taps
                                     else weight_data)

@@ -35,17 +35,17 @@ phase buffer), which is the interpreter's arithmetic (products and sums in float
 at the end), or for Winograd within ~1e-5 of it, far below one half-precision rounding (float16
 VGG-11 on a Zen 4: 145 ms on the direct kernel, 75 with Winograd, float32 83); never oneDNN.
 bfloat16 ones that fill AMX tiles where the CPU has AMX-BF16 are "amx" (`schedules/amx.py`);
-ungrouped ones with constant weights where the CPU has AVX512-BF16 but no AMX-BF16 are "dpbf16"
-(vdpbf16ps, `schedules/conv2d_bf16.py`, weight_block 16; "dpbf16_taps" for an image's few
-channels, a kernel row's taps as the pairs: `conv2d_bf16.row_taps_save`), but for the 3x3 ones
-that Winograd F(2x2) with its GEMMs on the same instruction computes faster ("winograd_dpbf16",
-`PAIRED_WINOGRAD`), the remaining ones that Winograd F(4x4) in float32 computes faster
-(an odd number of input channels: `BFLOAT16_WINOGRAD_MIN_CHANNELS`,
-`BFLOAT16_WINOGRAD_MAX_PLANE`) and those a float32 conv takes
-as "narrow", but for 1x1 ones (`narrow.applies`; in pairs of input channels and blocks of 16
-output channels, an image's few channels or a few output channels are mostly padding): of
-those, the ones of stride and dilation 1 are "narrow_dpbf16", the narrow rule's tiles with a
-kernel row's neighbouring taps as the instruction's pairs (`conv2d_bf16.pairs_apply`).
+ungrouped ones (or grouped in whole blocks: `conv2d_bf16.applies`) with constant weights where the
+CPU has AVX512-BF16 but no AMX-BF16 are "dpbf16" (vdpbf16ps, `schedules/conv2d_bf16.py`,
+weight_block 16; "dpbf16_taps" for an image's few channels, a kernel row's taps as the pairs:
+`conv2d_bf16.row_taps_save`), but for the 3x3 ones that Winograd F(2x2) with its GEMMs on the same
+instruction computes faster ("winograd_dpbf16", `PAIRED_WINOGRAD`), the remaining ones that Winograd
+F(4x4) in float32 computes faster (an odd number of input channels:
+`BFLOAT16_WINOGRAD_MIN_CHANNELS`, `BFLOAT16_WINOGRAD_MAX_PLANE`) and those a float32 conv takes as
+"narrow", but for 1x1 ones (`narrow.applies`; in pairs of input channels and blocks of 16 output
+channels, an image's few channels or a few output channels are mostly padding): of those, the ones
+of stride and dilation 1 are "narrow_dpbf16", the narrow rule's tiles with a kernel row's
+neighbouring taps as the instruction's pairs (`conv2d_bf16.pairs_apply`).
 
 A quantized convolution (`qlinear_conv2d`) is computed by the x86 dot-product instruction of the
 target CPU (`schedules/conv2d_int8.py`: "amx" tiles where the CPU has AMX-INT8 and the layer fills
@@ -153,10 +153,11 @@ def select_conv_algorithm(context):
         return fills_amx_tiles(kind, node.inputs[0].shape[1], out_channels, out_w, conv.groups,
                                weight.shape[2:], conv.dilation[1])
 
-    def dpbf16_instead_of_direct(conv: Conv2d) -> bool:
+    def dpbf16_instead_of_direct(conv: Conv2d, weight) -> bool:
         """Whether a bfloat16 conv that is not on AMX tiles runs on vdpbf16ps: where the CPU
         has AVX512-BF16 but no AMX-BF16."""
-        return conv2d_bf16.preferred(context.vector) and conv2d_bf16.applies(conv.groups)
+        return conv2d_bf16.preferred(context.vector) and \
+            conv2d_bf16.applies(conv.groups, weight.shape)
 
     def winograd_tile(conv: Conv2d, node: Node, weight) -> int:
         """The output tile of the Winograd kernel the conv `node` takes (0: none)."""
@@ -210,7 +211,7 @@ def select_conv_algorithm(context):
                 conv_fills_amx_tiles(node, amx.BFLOAT16, w) and (bias is None or bias.is_constant):
             return dataclasses.replace(plain, algorithm=amx.AMX, weight_block=amx.BLOCK)
         if constant and x.dtype == node.outputs[0].dtype == "bfloat16" and \
-                dpbf16_instead_of_direct(conv):
+                dpbf16_instead_of_direct(conv, w):
             if paired_winograd(conv, w):
                 return dataclasses.replace(plain, algorithm="winograd_dpbf16",
                                            output_tile=winograd.PAIRED_TILE,
@@ -234,8 +235,8 @@ def select_conv_algorithm(context):
                         widened.weight_block == conv2d_bf16.LANES:
                     return dataclasses.replace(widened, algorithm=conv2d_bf16.NARROW_PAIRS)
                 return widened
-            algorithm = conv2d_bf16.ROW_TAPS if conv2d_bf16.row_taps_save(w.shape[1], w.shape[3]) \
-                else conv2d_bf16.ALGORITHM
+            row_taps = conv.groups == 1 and conv2d_bf16.row_taps_save(w.shape[1], w.shape[3])
+            algorithm = conv2d_bf16.ROW_TAPS if row_taps else conv2d_bf16.ALGORITHM
             return dataclasses.replace(plain, algorithm=algorithm,
                                        weight_block=conv2d_bf16.LANES)
         half = x.dtype in HALF_DTYPES and node.outputs[0].dtype == x.dtype

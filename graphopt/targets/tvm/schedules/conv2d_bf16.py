@@ -2,22 +2,21 @@
 the products of a pair of bfloat16 input channels and the pair's weights.
 
 `select_conv_algorithm` records algorithm "dpbf16" (weight_block 16) on a bfloat16 `conv2d` /
-`fused_conv2d` with constant weights, no groups, where the target CPU has AVX512-BF16 but no
-AMX-BF16 (Cooper Lake, Zen 4), except on the 3x3 layers that Winograd F(2x2) computes faster
-with its GEMMs on this instruction ("winograd_dpbf16", `winograd.py`: 2.25x fewer products;
-`PAIRED_WINOGRAD` there), or float32 Winograd F(4x4) on the widened input, where the first
-does not apply (`BFLOAT16_WINOGRAD_MIN_CHANNELS`: the instruction does only twice an FMA's
-multiply-adds, F(4x4) four times fewer), and on the convs the float32 "narrow" rule
-takes (`narrow.applies`: an image's few channels or few output channels, mostly padding in
-pairs and blocks of 16). Where it has AMX-BF16, the layers that do not fill AMX tiles stay
-on the widened float32 kernel: on an AMX Xeon one vdpbf16ps issues
-every ~0.8-1.0 ns against ~0.21 ns for a zmm FMA (which does half the multiply-adds), and
-the kernel measured 1.3-1.8x slower than the float32 one (1 thread, ms: 3x3 64 ch 56x56 3.6
-vs 2.2, 3x3 128 ch 28x28 3.1 vs 1.7, 1x1 256 -> 64 ch 56x56 2.7 vs 2.1), at about the
-instruction's rate. `ops.conv_kernel.lower_conv` builds `conv2d_dpbf16` with the weight packed
-by `pack_weight` and the float32 epilogue read from the tile (`amx.from_tiles`), rounded once to
-bfloat16; the rule below schedules it as the int8 dot-product rule does (`conv2d_int8.py`) and
-tensorizes the instruction.
+`fused_conv2d` with constant weights, no groups or groups of whole blocks (`applies`), where the
+target CPU has AVX512-BF16 but no AMX-BF16 (Cooper Lake, Zen 4), except on the 3x3 layers that
+Winograd F(2x2) computes faster with its GEMMs on this instruction ("winograd_dpbf16",
+`winograd.py`: 2.25x fewer products; `PAIRED_WINOGRAD` there), or float32 Winograd F(4x4) on the
+widened input, where the first does not apply (`BFLOAT16_WINOGRAD_MIN_CHANNELS`: the instruction
+does only twice an FMA's multiply-adds, F(4x4) four times fewer), and on the convs the float32
+"narrow" rule takes (`narrow.applies`: an image's few channels or few output channels, mostly
+padding in pairs and blocks of 16). Where it has AMX-BF16, the layers that do not fill AMX tiles
+stay on the widened float32 kernel: on an AMX Xeon one vdpbf16ps issues every ~0.8-1.0 ns against
+~0.21 ns for a zmm FMA (which does half the multiply-adds), and the kernel measured 1.3-1.8x slower
+than the float32 one (1 thread, ms: 3x3 64 ch 56x56 3.6 vs 2.2, 3x3 128 ch 28x28 3.1 vs 1.7, 1x1
+256 -> 64 ch 56x56 2.7 vs 2.1), at about the instruction's rate. `ops.conv_kernel.lower_conv`
+builds `conv2d_dpbf16` with the weight packed by `pack_weight` and the float32 epilogue read from
+the tile (`amx.from_tiles`), rounded once to bfloat16; the rule below schedules it as the int8
+dot-product rule does (`conv2d_int8.py`) and tensorizes the instruction.
 
 Layouts (bfloat16 as its uint16 bits, see `widen`): the weight is [ceil(O / 16), ceil(I / 2),
 KH, KW, 16, 2], so one instruction's weights are one aligned vector load; the input is copied,
@@ -121,10 +120,24 @@ def preferred(vec: VectorShape | None) -> bool:
     return available(vec) and AMX_BFLOAT16.feature not in vec.amx
 
 
-def applies(groups: int) -> bool:
-    """Whether the kernel computes a convolution of `groups` groups (one pixel broadcast per
-    step spans the input channels of the whole output block: ungrouped only)."""
-    return groups == 1
+# Whether grouped convs whose groups fill whole blocks take the kernel (`applies`) rather than
+# the widened float32 one. Whole bfloat16 models on an AMD Zen 5, the builds alternated, time
+# with / without, 1 / 2 threads: RegNetX-400MF (groups of 16 channels) 0.84-0.87 / 0.65-0.85,
+# AlexNet (two groups) 0.86-0.91 / 0.85-0.86; outputs within bfloat16's rounding of the
+# interpreter's (3e-3 and 6e-3 of the largest).
+GROUPED = True
+
+
+def applies(groups: int, weight_shape: tuple[int, ...] = ()) -> bool:
+    """Whether the kernel computes a convolution of `groups` groups and weight `weight_shape`
+    (OIHW): one pixel broadcast per step spans the input channels of the whole output block,
+    so ungrouped ones, or (`GROUPED`) grouped ones whose groups are whole blocks of output
+    channels and pairs of input channels, each block reading its own group's pairs."""
+    if groups == 1:
+        return True
+    out_channels, group_channels = (tuple(weight_shape) + (0, 0))[:2]
+    return GROUPED and out_channels > 0 and out_channels // groups % LANES == 0 and \
+        group_channels % PAIR == 0
 
 
 def pack_weight(weight: np.ndarray) -> np.ndarray:
@@ -221,14 +234,20 @@ def conv2d_dpbf16(x, packed, conv, row_taps: int = 0):
         paired = interleave.interleaved(unfolded, n, pairs, PAIR, rows, out_w, LANES, "uint16")
         s_w = d_w = 1                  # the copy holds each output column's taps
     else:
-        paired = interleave.interleaved(padded, n, pairs, PAIR, rows, width + left + right,
-                                        LANES, "uint16")
+        paired = interleave.interleaved(padded, n, -(-channels // PAIR), PAIR, rows,
+                                        width + left + right, LANES, "uint16")
     rg, ry = te.reduce_axis((0, pairs), "rg"), te.reduce_axis((0, k_h), "ry")
     rx, rc = te.reduce_axis((0, k_w), "rx"), te.reduce_axis((0, PAIR), "rc")
+
+    def pair(ob, rg):
+        """The input's pair of channels output block `ob` reads as its `rg`-th (`applies`:
+        a grouped conv's blocks read their group's)."""
+        return ob // (blocks // conv.groups) * pairs + rg if conv.groups > 1 else rg
+
     return te.compute(
         (n, blocks, out_h, out_w, LANES),
         lambda b, ob, i, j, o: te.sum(
-            widen(paired[b, rg, i * s_h + ry * d_h, j * s_w + rx * d_w, rc])
+            widen(paired[b, pair(ob, rg), i * s_h + ry * d_h, j * s_w + rx * d_w, rc])
             * widen(packed[ob, rg, ry, rx, o, rc]), axis=[rg, ry, rx, rc]),
         name="conv2d_bf16")
 
