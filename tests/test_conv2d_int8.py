@@ -420,15 +420,23 @@ def test_paired_avx_vnni_tiles_add_the_second_group_s_products(case, paired):
     assert (adds >= products // 2) == paired, (products, adds)
 
 
-def test_avx512_tiles_write_back_through_the_register_transpose():
-    """On 16 lanes each channel's pixels come out of the tile by a register transpose (whole
-    vectors: its rows padded to 16 pixels), not gathered one accumulator at a time from the
-    spilled tile (`vpinsrd`)."""
-    case = Case("3x3-64ch-relu", 64, 64, 14, 3, padding=(1, 1, 1, 1), activation=ops.Relu())
+@pytest.mark.parametrize("residual", [True, False], ids=["residual", "no-residual"])
+def test_avx512_tiles_write_back_whole_vectors(residual):
+    """On 16 lanes an epilogue reading a residual (NCHW: a channel's pixels contiguous) takes
+    each channel's pixels out of the tile by a register transpose (whole vectors: its rows
+    padded to 16 pixels); one without runs on the tile's channel vectors, each converted and
+    narrowed to 16 bytes whole (`UNFUSED_CHANNEL_EPILOGUE_LANES`); neither gathers one
+    accumulator at a time from the spilled tile (`vpinsrd`)."""
+    case = Case("3x3-64ch-relu", 64, 64, 14, 3, padding=(1, 1, 1, 1), activation=ops.Relu(),
+                residual=residual)
     model = go.compile(quantized_conv(case), "cpu", mcpu=VNNI_CPU)
     assembly = cpu_assembly(model.executable)
     assert assembly.count("vpinsrd") < 16      # 15 per channel where gathered
-    assert re.search(r"vpunpckldq\s+%zmm", assembly)
+    transposed = len(re.findall(r"vpunpckldq\s+%zmm", assembly))
+    on_channels = len(re.findall(r"vpmovdb\s+%zmm", assembly))
+    # a tile of 2 blocks x 14 pixels: 28 channel vectors
+    assert (transposed > 0, on_channels >= 28) == (residual, not residual), \
+        (transposed, on_channels)
 
 
 @pytest.mark.parametrize("case, why", [

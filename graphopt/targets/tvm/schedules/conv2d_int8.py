@@ -404,6 +404,19 @@ TRANSPOSED_WRITE_BACK_LANES = (16,)
 # 512 ch 14x14 alike; whole models alternated, ResNet-18 18.87 / 18.71 (8-bit weights 24.59 /
 # 24.40), VGG-11 76.44 / 76.20.
 CHANNEL_EPILOGUE_LANES = (8,)
+# Lanes with which the int8 epilogue runs on the tile's channel vectors where it reads no
+# residual (`reads_a_residual`), instead of through the register transpose. It then converts and
+# requantizes whole vectors, where after the transpose it ran on each channel's row of the tile
+# (11 or 14 pixels: partial vectors); a residual read on channel vectors gathers one value a
+# plane apart for each lane. One AMD Zen 5 thread, int8 convs + relu alone, us, transposed /
+# on channels: 1x1 16 -> 64 ch 55x55 45.7 / 35.8, 64 ch 56x56 66.6 / 62.3, 64 -> 256 ch 56x56
+# 223 / 207, 512 -> 2048 ch 7x7 135 / 125, 3x3 16 -> 64 ch 55x55 93 / 84, 64 -> 128 ch 112x112
+# 2,192 / 2,142, 128 ch 28x28 and 512 ch 7x7 alike; with a residual 1x1 64 -> 256 ch 56x56
+# 265 / 339, 3x3 64 ch 56x56 292 / 310. Whole int8 models, alternated, 1 / 2 threads:
+# SqueezeNet 1.1 0.96-0.97 (1), GoogLeNet 0.95 / 0.98-0.99, VGG-11 0.97-0.99 / 0.82-0.89,
+# ResNet-50 0.89-1.00 / 0.97-0.99, ResNet-18 0.96-1.01 / 0.93-1.02. bfloat16 models, on the
+# same tiles (`conv2d_bf16`), kept the transpose (ResNet-18 and VGG-11 1.00-1.01 at 1 thread).
+UNFUSED_CHANNEL_EPILOGUE_LANES = (16,)
 # Blocks of a tile whose row is one pixel (a dense layer at batch 1: a GEMV whose weights
 # stream from memory once), the largest dividing the blocks within the accumulators: one
 # broadcast feeds them all and the loop keeps that many weight streams in flight.
@@ -517,22 +530,30 @@ def schedule(sch, vec: VectorShape) -> bool | None:
         return None
     accumulators, fuse_taps = YMM_TILES[dot.algorithm] if vec.lanes == 8 else (None, True)
     loop, paired = tile(sch, conv, writer, dot.lanes, vec, accumulators, fuse_taps,
-                        pair_groups=dot.algorithm == "vnni" and vec.lanes == 8)
+                        pair_groups=dot.algorithm == "vnni" and vec.lanes == 8,
+                        unfused_on_channels=vec.lanes in UNFUSED_CHANNEL_EPILOGUE_LANES)
     if paired:
         register_paired_intrinsic(dot)
     sch.tensorize(loop, paired_intrinsic(dot) if paired else dot.intrinsic)
     return True
 
 
+def reads_a_residual(sch, writer) -> bool:
+    """Whether the epilogue `writer` reads an NCHW tensor besides the tile (a residual)."""
+    return any(len(r.source.shape) == 4 and r.source.scope() != "local"
+               for r in sch.get(writer).reads)
+
+
 def tile(sch, conv, writer, lanes: int, vec: VectorShape, accumulators: int | None = None,
-         fuse_taps: bool = True, pair_groups: bool = False):
+         fuse_taps: bool = True, pair_groups: bool = False, unfused_on_channels: bool = False):
     """The register tile of a dot-product conv block (n, block, oh, ow, lane; rg, ry, rx, rc)
     with `lanes` accumulator lanes per block (`tile_shape`), its `writer` under it, the input
     copy and any other block outside it scheduled (this rule's and `conv2d_bf16`'s); returns
     the loop the caller tensorizes with its instruction and whether that loop covers two
     input-channel groups (`pair_groups`, AVX-VNNI: `paired_tile_shape`, then the pair's loop
     is returned, else the lane loop). `fuse_taps`: the kernel's rows and columns are one loop
-    (`YMM_TILES`)."""
+    (`YMM_TILES`); `unfused_on_channels`: an epilogue without a residual runs on the tile's
+    channel vectors (`UNFUSED_CHANNEL_EPILOGUE_LANES`)."""
     n, ob, oh, ow, lane, rg, ry, rx, rc = sch.get_loops(conv)
     blocks, width, groups = (int(sch.get(loop).extent) for loop in (ob, ow, rg))
     pair, pixels = tile_shape(blocks, width, lanes, vec, accumulators,
@@ -566,12 +587,14 @@ def tile(sch, conv, writer, lanes: int, vec: VectorShape, accumulators: int | No
     # paired AVX-VNNI tiles measured 1.15-1.17x the time of whole models).
     if fuse_taps:
         sch.fuse(ry, rx)
+    on_channels = vec.lanes in CHANNEL_EPILOGUE_LANES or \
+        unfused_on_channels and not reads_a_residual(sch, writer)
     # with input-channel blocks the writer follows the last block, under the row's loop
     finish_tile(sch, conv, None if k_block else ow_outer, [n, ob_outer, oh], None,
                 [*tile_rows, ow_inner, ob_inner], rg, writer,
-                transpose_lanes=vec.lanes if vec.lanes in TRANSPOSED_WRITE_BACK_LANES else 0,
-                epilogue_lanes=vec.lanes if vec.lanes in CHANNEL_EPILOGUE_LANES else 0,
-                every_epilogue=True)
+                transpose_lanes=vec.lanes if vec.lanes in TRANSPOSED_WRITE_BACK_LANES
+                and not on_channels else 0,
+                epilogue_lanes=vec.lanes if on_channels else 0, every_epilogue=True)
     copies = interleave.schedule_copy(sch, lanes)    # the input copy, ...
     spatial_rest(sch, conv, vec, skip=copies)      # ... any other; before tensorize
     return (group_pair, True) if paired else (lane, False)
