@@ -752,10 +752,10 @@ class QLinearConv2d(Op):
         """Relax: the convolution on a float32 kernel (`conv.algorithm` "depthwise", or
         "direct" with a weight block: the grouped convolutions no dot-product kernel
         computes, `conv2d_int8.grouped_fits`; "narrow": so few channels that a dot-product
-        tile would be mostly padding), exactly: it reads x - xz and the weight w - wz as float32, whose products and sums
-        are integers below 2^24 (`select_conv_algorithm` checks the weights), which
-        float32 holds exactly; the epilogue converts the sums to int32, adds the bias and
-        requantizes, in the same kernel."""
+        tile would be mostly padding), exactly: it reads x - xz and the weight w - wz as
+        float32, whose products and sums are integers below 2^24 (`select_conv_algorithm`
+        checks the weights), which float32 holds exactly; the epilogue converts the sums to
+        int32, adds the bias and requantizes, in the same kernel."""
         from tvm import te, tirx
         from .conv_kernel import lower_conv
         rx = relax()

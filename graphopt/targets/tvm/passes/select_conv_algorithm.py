@@ -51,16 +51,15 @@ A quantized convolution (`qlinear_conv2d`) is computed by the x86 dot-product in
 target CPU (`schedules/conv2d_int8.py`: "amx" tiles where the CPU has AMX-INT8 and the layer fills
 them, else "vnni" with AVX-512 VNNI or AVX-VNNI, else "pmaddubsw" for weights whose int16 pair sums
 cannot saturate, e.g. 7-bit ones, else "pmaddwd" ("pmaddwd_s8" for few output pixels)) where the
-layer is what those kernels compute:
-uint8 input, constant int8 weights with zero points of 0 (symmetric, as graphopt's and ONNX
-Runtime's quantizers make them), a constant input zero point and bias, no groups or groups
-that fill whole blocks of output channels and of input channels (`conv2d_int8.grouped_fits`:
-AlexNet's, RegNetX's); but one
-the float32 rules compute as rows of vectors ("narrow": few channels, mostly padding in those
-kernels' tiles) runs on that float32 kernel where its sums are exact in float32
-(`exact_narrow_in_float32`). Another grouped or a depthwise one whose sums are exact in float32
-(`exact_in_float32`) runs on the float32 "depthwise" or blocked "direct" kernel
-(`QLinearConv2d.lower_in_float32`); otherwise it stays as written (TVM's integer conv2d)."""
+layer is what those kernels compute: uint8 input, constant int8 weights with zero points of 0
+(symmetric, as graphopt's and ONNX Runtime's quantizers make them), a constant input zero point and
+bias, no groups or groups that fill whole blocks of output channels and of input channels
+(`conv2d_int8.grouped_fits`: AlexNet's, RegNetX's); but one the float32 rules compute as rows of
+vectors ("narrow": few channels, mostly padding in those kernels' tiles) runs on that float32
+kernel where its sums are exact in float32 (`exact_narrow_in_float32`). Another grouped or a
+depthwise one whose sums are exact in float32 (`exact_in_float32`) runs on the float32 "depthwise"
+or blocked "direct" kernel (`QLinearConv2d.lower_in_float32`); otherwise it stays as written (TVM's
+integer conv2d)."""
 from __future__ import annotations
 
 import dataclasses

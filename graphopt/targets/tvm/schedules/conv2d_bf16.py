@@ -238,16 +238,11 @@ def conv2d_dpbf16(x, packed, conv, row_taps: int = 0):
                                         width + left + right, LANES, "uint16")
     rg, ry = te.reduce_axis((0, pairs), "rg"), te.reduce_axis((0, k_h), "ry")
     rx, rc = te.reduce_axis((0, k_w), "rx"), te.reduce_axis((0, PAIR), "rc")
-
-    def pair(ob, rg):
-        """The input's pair of channels output block `ob` reads as its `rg`-th (`applies`:
-        a grouped conv's blocks read their group's)."""
-        return ob // (blocks // conv.groups) * pairs + rg if conv.groups > 1 else rg
-
     return te.compute(
         (n, blocks, out_h, out_w, LANES),
         lambda b, ob, i, j, o: te.sum(
-            widen(paired[b, pair(ob, rg), i * s_h + ry * d_h, j * s_w + rx * d_w, rc])
+            widen(paired[b, conv2d_int8.group_read(ob, rg, blocks, pairs, conv.groups),
+                         i * s_h + ry * d_h, j * s_w + rx * d_w, rc])
             * widen(packed[ob, rg, ry, rx, o, rc]), axis=[rg, ry, rx, rc]),
         name="conv2d_bf16")
 

@@ -138,6 +138,15 @@ def grouped_fits(weight: np.ndarray, groups: int, dot: DotProduct) -> bool:
     return groups == 1 or (o // groups % dot.lanes == 0 and i % dot.group == 0)
 
 
+def group_read(block, index, blocks: int, per_block: int, conv_groups: int):
+    """TE: the input's channel group (or pair) that output block `block` of `blocks` reads as
+    its `index`-th of `per_block`: in a conv of `conv_groups` groups (`grouped_fits`), one of
+    its own conv group's."""
+    if conv_groups == 1:
+        return index
+    return block // (blocks // conv_groups) * per_block + index
+
+
 def pack_weight(weight: np.ndarray, dot: DotProduct) -> np.ndarray:
     """OIHW int8 -> [ceil(O / lanes), ceil(I / group), KH, KW, lanes, group] in the
     instruction's weight dtype, zero-padded (the output channels beyond O are computed and
@@ -178,15 +187,11 @@ def conv2d_dot(x, packed, x_zero_point, conv, dot: DotProduct):
     rg, ry = te.reduce_axis((0, groups), "rg"), te.reduce_axis((0, k_h), "ry")
     rx, rc = te.reduce_axis((0, k_w), "rx"), te.reduce_axis((0, group), "rc")
 
-    def channel_group(ob, rg):
-        """The input's channel group that output block `ob` reads as its `rg`-th: a grouped
-        conv's blocks read their conv group's `groups` (`grouped_fits`)."""
-        return ob // (blocks // conv.groups) * groups + rg if conv.groups > 1 else rg
-
     return te.compute(
         (n, blocks, out_h, out_w, dot.lanes),
         lambda b, ob, i, j, o: te.sum(
-            grouped[b, channel_group(ob, rg), i * s_h + ry * d_h, j * s_w + rx * d_w, rc]
+            grouped[b, group_read(ob, rg, blocks, groups, conv.groups),
+                    i * s_h + ry * d_h, j * s_w + rx * d_w, rc]
             .astype("int32")
             * packed[ob, rg, ry, rx, o, rc].astype("int32"), axis=[rg, ry, rx, rc]),
         name=f"{NAME}_{dot.algorithm}")
