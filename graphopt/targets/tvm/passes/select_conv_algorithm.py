@@ -122,7 +122,7 @@ VNNI_STEM_MIN_CHANNELS = 3
 # float32 / dot products / ORT int8: AlexNet's 5x5 48 -> 128 ch in 2 groups on 27x27 611 / 162
 # / 278, 3x3 192 -> 128 ch in 2 groups on 13x13 182 / 67 / 71; RegNetX's groups of 16
 # channels: 32 ch on 56x56 172 / 81 / 249, 160 ch on 14x14 63 / 29 / 80, 400 ch on 7x7 50 / 31
-# / 56. Built as an AVX-VNNI CPU (`--as-avx-vnni`) 3.1-3.6x and 1.3-1.4x faster, as an AVX2
+# / 56. Built as an AVX-VNNI CPU (`--as-avx-vnni`) 3.5-3.6x and 2.1-2.9x faster, as an AVX2
 # one 1.6-1.9x and 1.4-1.7x. Whole int8 models, the builds alternated, outputs equal, time
 # with / without: AlexNet 0.64-0.71 (1 and 2 threads, batch 1 and 8), RegNetX-400MF 0.67-0.77;
 # AVX-VNNI 0.59-0.60 and 0.65-0.69, AVX2 0.72-0.73 and 0.44-0.46.
