@@ -383,6 +383,23 @@ def test_avx_vnni_rows_of_a_large_prime_width_are_computed_wider(width, expected
     assert padded_row(8, width, vec) == expected
 
 
+@pytest.mark.parametrize("width, expected", [
+    (13, 14),     # SqueezeNet's and AlexNet's 13x13: 1 x 7
+    (17, 18),     # 2 x 3: the narrowest of 6 accumulators or more
+    (71, 72),
+    (27, 27),     # 2 x 3 already
+    (56, 56),
+])
+def test_avx2_vpmaddwd_rows_of_a_prime_width_are_computed_wider(width, expected):
+    """On AVX2's vpmaddwd tiles (8 accumulators) a row of a prime width from 13 is computed to
+    whole tiles of 6 or more (`PADDED_ROW_AVX2_ACCUMULATORS`); vpmaddubsw's are not."""
+    from graphopt.targets.tvm.schedules.common import VectorShape
+    from graphopt.targets.tvm.schedules.conv2d_int8 import PADDED_ROW_ALGORITHMS, padded_row
+    vec = VectorShape(lanes=8, accumulators=12)
+    assert padded_row(8, width, vec, "pmaddwd") == expected
+    assert "pmaddubsw" not in PADDED_ROW_ALGORITHMS
+
+
 @pytest.mark.parametrize("height, width, expected", [
     (56, 56, (2, 2, 2)),     # VGG's 128-256 ch 56x56 convs
     (28, 28, (2, 2, 2)),

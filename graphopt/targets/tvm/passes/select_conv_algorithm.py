@@ -262,7 +262,8 @@ def select_conv_algorithm(context):
         return direct(plain, out_channels, out_w, w.shape[1], w.shape[2] * w.shape[3])
 
     def choose_integer(node: Node, misses: dict[str, list[tuple[str, str]]]):
-        from ..schedules.conv2d_int8 import dot_product_for, grouped_fits, padded_row
+        from ..schedules.conv2d_int8 import (PADDED_ROW_ALGORITHMS, dot_product_for,
+                                             grouped_fits, padded_row)
         conv = node.op.conv
         x, _, x_zp, w, _, w_zp, *_ = node.inputs
         bias = node.inputs[8] if node.op.has_bias else None
@@ -290,10 +291,11 @@ def select_conv_algorithm(context):
         padded = 0
         if conv_fills_amx_tiles(node, amx.INT8, w):
             algorithm, block = amx.AMX, amx.BLOCK
-        elif algorithm == "vnni" and block == 8 == context.vector.lanes:
-            # AVX-VNNI rows of a prime width above 13 computed to whole tiles (`padded_row`)
+        elif algorithm in PADDED_ROW_ALGORITHMS and block == 8 == context.vector.lanes:
+            # 8-lane rows of a prime width (above 13 on AVX-VNNI) computed to whole tiles
             out_w = node.output.shape[3]
-            padded = padded_row(-(-node.output.shape[1] // block), out_w, context.vector)
+            padded = padded_row(-(-node.output.shape[1] // block), out_w, context.vector,
+                                algorithm)
             padded = padded if padded != out_w else 0
         return dataclasses.replace(node.op, conv=dataclasses.replace(
             conv.plain, algorithm=algorithm, weight_block=block, padded_width=padded))

@@ -393,6 +393,19 @@ ONE_BLOCK_YMM_ACCUMULATORS = 13
 PADDED_ROW_MIN_ACCUMULATORS = 4
 PADDED_ROW_ACCUMULATORS = 10
 PADDED_ROW_EXTRA = 5
+# The same for AVX2's vpmaddwd tiles (8-bit weights), whose budget is 8 accumulators: rows of
+# 13 computed to 14 (1 x 7), of 17 to 18 (2 x 3), of 71 to 72. AVX2 build (mcpu="znver3") on
+# an AMD Zen 5, one thread, 3x3 convs + relu alone, us, 2 x 1 tiles / padded to 6 or more
+# accumulators / to 7 or more: 256 ch 13x13 1,795 / 1,003 / 1,005, 384 -> 256 ch 13x13 2,812
+# / 1,550, 192 ch 17x17 1,839 / 967 / 1,078, 128 ch 17x17 606 / 434 / 489, 64 ch 71x71 2,257 /
+# 1,888; 1x1 512 -> 1000 ch 13x13 1,561 / 951. Whole int8 models, alternated: SqueezeNet 1.1
+# 0.89-0.92 of the time, AlexNet 0.79-0.82, Inception-v3 0.78, ResNet-18 0.99-1.02. Not for
+# vpmaddubsw (7-bit weights), whose products add into the accumulator by one vpaddd, a short
+# chain: 192 ch 17x17 790 us on 2 x 1 tiles, 825 on 2 x 3, 921 on 2 x 4; 384 -> 256 ch 13x13
+# 1,400 / 1,290 (1 x 7).
+PADDED_ROW_AVX2_ACCUMULATORS = 6
+# The 8-lane algorithms whose rows `padded_row` may widen.
+PADDED_ROW_ALGORITHMS = ("vnni", "pmaddwd")
 # Lanes with which the tile is written back through the register transpose (`transpose.py`)
 # instead of gathering each channel's pixels from the spilled tile. One thread, AMD Zen 4, us,
 # gathered / transposed: int8 64 -> 128 ch 112x112 4,680 / 4,626, 64 ch 56x56 608 / 602,
@@ -485,20 +498,24 @@ def input_channel_block(groups: int, bytes_per_group: int) -> int | None:
     return max(fitting) if fitting else None
 
 
-def padded_row(blocks: int, width: int, vec: VectorShape) -> int:
-    """The width an AVX-VNNI int8 conv's rows are computed to (`Conv2d.padded_width`): the
+def padded_row(blocks: int, width: int, vec: VectorShape, algorithm: str = "vnni") -> int:
+    """The width an 8-lane int8 conv's rows are computed to (`Conv2d.padded_width`): the
     real `width`, or, where its tile would hold fewer than PADDED_ROW_MIN_ACCUMULATORS
-    accumulators (rows of a prime width above 13: 2 blocks x 1 pixel), the narrowest width up to
-    PADDED_ROW_EXTRA wider whose tile holds PADDED_ROW_ACCUMULATORS, else the one holding the
+    accumulators (rows of a prime width above 13 on AVX-VNNI, from 13 on AVX2's vpmaddwd: 2
+    blocks x 1 pixel), the narrowest width up to PADDED_ROW_EXTRA wider whose tile holds
+    PADDED_ROW_ACCUMULATORS (vpmaddwd: PADDED_ROW_AVX2_ACCUMULATORS), else the one holding the
     most."""
+    vnni = algorithm == "vnni"
+
     def held(w: int) -> int:
-        pair, pixels = tile_shape(blocks, w, 8, vec, YMM_TILES["vnni"][0],
-                                  ONE_BLOCK_YMM_ACCUMULATORS)
+        pair, pixels = tile_shape(blocks, w, 8, vec, YMM_TILES[algorithm][0],
+                                  ONE_BLOCK_YMM_ACCUMULATORS if vnni else None)
         return pair * pixels
     if width <= 1 or held(width) >= PADDED_ROW_MIN_ACCUMULATORS:
         return width
+    enough = PADDED_ROW_ACCUMULATORS if vnni else PADDED_ROW_AVX2_ACCUMULATORS
     wider = range(width + 1, width + PADDED_ROW_EXTRA + 1)
-    best = next((w for w in wider if held(w) >= PADDED_ROW_ACCUMULATORS),
+    best = next((w for w in wider if held(w) >= enough),
                 max(wider, key=lambda w: (held(w), -w)))
     return best if held(best) > held(width) else width
 
