@@ -81,6 +81,9 @@ CASES = [
     # AVX-VNNI rows of 17 pixels computed to 18 (`padded_row`), with a residual, at batch 2
     Case("3x3-17-wide-padded-row-residual", 24, 48, 17, 3, padding=(1, 1, 1, 1), batch=2,
          residual=True, activation=ops.Relu()),
+    # rows of 29 pixels computed to 30 (`padded_row`) on every build but vpmaddubsw's
+    Case("3x3-29-wide-padded-row-relu6", 16, 32, 29, 3, padding=(1, 1, 1, 1),
+         activation=ops.Clip(0.0, 6.0)),
     # a one-pixel row: 8 blocks of output channels a tile (`ONE_PIXEL_BLOCKS`)
     Case("linear-8-blocks-relu", 200, 128, 1, 1, activation=ops.Relu()),
     # grouped convs whose groups fill whole blocks (`grouped_fits`): a block reads its group's
@@ -397,7 +400,21 @@ def test_avx2_vpmaddwd_rows_of_a_prime_width_are_computed_wider(width, expected)
     from graphopt.targets.tvm.schedules.conv2d_int8 import PADDED_ROW_ALGORITHMS, padded_row
     vec = VectorShape(lanes=8, accumulators=12)
     assert padded_row(8, width, vec, "pmaddwd") == expected
-    assert "pmaddubsw" not in PADDED_ROW_ALGORITHMS
+    assert "pmaddubsw" not in PADDED_ROW_ALGORITHMS[8]
+
+
+@pytest.mark.parametrize("width, expected", [
+    (71, 72), (73, 75), (149, 150),   # Inception-v3's rows: 2 x 12, 1 x 25, 1 x 25
+    (29, 30), (17, 17), (13, 13), (56, 56),
+])
+def test_16_lane_rows_of_a_large_prime_width_are_computed_wider(width, expected):
+    """With 16 lanes (28 accumulators) rows of a prime width above 28 had 2 x 1 tiles; they are
+    computed to whole tiles of 10 or more (`padded_row`)."""
+    from graphopt.targets.tvm.schedules.common import VectorShape
+    from graphopt.targets.tvm.schedules.conv2d_int8 import PADDED_ROW_ALGORITHMS, padded_row
+    vec = VectorShape(lanes=16, accumulators=28, vnni=True)
+    assert padded_row(8, width, vec) == expected
+    assert PADDED_ROW_ALGORITHMS[16] == ("vnni", "pmaddwd")
 
 
 @pytest.mark.parametrize("height, width, expected", [

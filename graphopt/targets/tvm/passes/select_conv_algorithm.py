@@ -291,8 +291,9 @@ def select_conv_algorithm(context):
         padded = 0
         if conv_fills_amx_tiles(node, amx.INT8, w):
             algorithm, block = amx.AMX, amx.BLOCK
-        elif algorithm in PADDED_ROW_ALGORITHMS and block == 8 == context.vector.lanes:
-            # 8-lane rows of a prime width (above 13 on AVX-VNNI) computed to whole tiles
+        elif algorithm in PADDED_ROW_ALGORITHMS.get(block, ()) and \
+                block == context.vector.lanes:
+            # rows of a prime width computed to whole tiles (`padded_row`)
             out_w = node.output.shape[3]
             padded = padded_row(-(-node.output.shape[1] // block), out_w, context.vector,
                                 algorithm)

@@ -404,8 +404,14 @@ PADDED_ROW_EXTRA = 5
 # chain: 192 ch 17x17 790 us on 2 x 1 tiles, 825 on 2 x 3, 921 on 2 x 4; 384 -> 256 ch 13x13
 # 1,400 / 1,290 (1 x 7).
 PADDED_ROW_AVX2_ACCUMULATORS = 6
-# The 8-lane algorithms whose rows `padded_row` may widen.
-PADDED_ROW_ALGORITHMS = ("vnni", "pmaddwd")
+# The algorithms whose rows `padded_row` may widen, by lanes. With 16 lanes (28 accumulators)
+# the rows of a prime width above 28 had 2 x 1 tiles too (Inception-v3's 149, 73 and 71): one
+# AMD Zen 5 thread, convs + relu alone, us, 2 x 1 / padded: VNNI, 3x3 80 -> 192 ch 71x71
+# 5,481 / 1,651, 32 -> 64 ch 149x149 3,138 / 1,224, 128 ch 29x29 983 / 290, 64 ch 31x31 282 /
+# 95, 1x1 64 -> 80 ch 73x73 283 / 174 (whole int8 Inception-v3, alternated, 0.82-0.91 of the
+# time); vpmaddwd (built for Skylake-SP) 10,053 / 4,562, 2,005 / 661, 401 / 315; vpmaddubsw
+# 1.00-1.01.
+PADDED_ROW_ALGORITHMS = {8: ("vnni", "pmaddwd"), 16: ("vnni", "pmaddwd")}
 # Lanes with which the tile is written back through the register transpose (`transpose.py`)
 # instead of gathering each channel's pixels from the spilled tile. One thread, AMD Zen 4, us,
 # gathered / transposed: int8 64 -> 128 ch 112x112 4,680 / 4,626, 64 ch 56x56 608 / 602,
@@ -499,15 +505,18 @@ def input_channel_block(groups: int, bytes_per_group: int) -> int | None:
 
 
 def padded_row(blocks: int, width: int, vec: VectorShape, algorithm: str = "vnni") -> int:
-    """The width an 8-lane int8 conv's rows are computed to (`Conv2d.padded_width`): the
-    real `width`, or, where its tile would hold fewer than PADDED_ROW_MIN_ACCUMULATORS
-    accumulators (rows of a prime width above 13 on AVX-VNNI, from 13 on AVX2's vpmaddwd: 2
-    blocks x 1 pixel), the narrowest width up to PADDED_ROW_EXTRA wider whose tile holds
+    """The width an int8 conv's rows are computed to (`Conv2d.padded_width`): the real
+    `width`, or, where its tile would hold fewer than PADDED_ROW_MIN_ACCUMULATORS accumulators
+    (rows of a prime width above 13 on AVX-VNNI, from 13 on AVX2's vpmaddwd, above 28 with 16
+    lanes: 2 blocks x 1 pixel), the narrowest width up to PADDED_ROW_EXTRA wider whose tile holds
     PADDED_ROW_ACCUMULATORS (vpmaddwd: PADDED_ROW_AVX2_ACCUMULATORS), else the one holding the
     most."""
     vnni = algorithm == "vnni"
 
     def held(w: int) -> int:
+        if vec.lanes != 8:
+            pair, pixels = tile_shape(blocks, w, vec.lanes, vec)
+            return pair * pixels
         pair, pixels = tile_shape(blocks, w, 8, vec, YMM_TILES[algorithm][0],
                                   ONE_BLOCK_YMM_ACCUMULATORS if vnni else None)
         return pair * pixels
