@@ -69,6 +69,11 @@ CASES = [
     Case("grouped-2-residual-relu", 64, 64, 14, 3, padding=1, groups=2, residual=True,
          activation="relu"),
     Case("grouped-4x16-s2-batch2", 64, 64, 15, 3, stride=2, padding=1, groups=4, batch=2),
+    # rows of a prime width above 28 computed to whole tiles (`conv2d_int8.padded_row`: 37 ->
+    # 38, 31 -> 32), the epilogue on the tile's channel vectors
+    Case("1x1-37-wide-padded-row-relu", 64, 80, 37, 1, activation="relu"),
+    Case("3x3-s2-31-wide-padded-row-residual", 32, 48, 61, 3, stride=2, padding=1,
+         residual=True),
 ]
 ROW_TAPS_CASES = {"stem-3ch-7x7-s2", "3ch-5x5-batch2-relu6", "1ch-7x7-dilated-s2-asymmetric",
                   "3ch-7x7-s2-residual"}

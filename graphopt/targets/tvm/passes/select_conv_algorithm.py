@@ -127,6 +127,11 @@ VNNI_STEM_MIN_CHANNELS = 3
 # with / without: AlexNet 0.64-0.71 (1 and 2 threads, batch 1 and 8), RegNetX-400MF 0.67-0.77;
 # AVX-VNNI 0.59-0.60 and 0.65-0.69, AVX2 0.72-0.73 and 0.44-0.46.
 GROUPED_ON_DOT_PRODUCTS = True
+# Whether bfloat16 convs on vdpbf16ps compute rows of a prime width above 28 to whole tiles
+# (`conv2d_int8.padded_row`) instead of on 2 x 1 tiles. One AMD Zen 5 thread, convs + relu
+# alone, us, 2 x 1 / padded: 1x1 64 -> 80 ch 73x73 (Inception-v3's) 772 / 366-414 (its 75x75
+# 347), 1x1 32 -> 64 ch 149x149 1,932 / 1,199.
+BFLOAT16_PADDED_ROWS = True
 # Whether a transposed conv's output phases may be convolved one by one
 # (`ConvTranspose2d.by_phase`, `phase_convolution`).
 TRANSPOSED_BY_PHASE = True
@@ -135,6 +140,7 @@ TRANSPOSED_BY_PHASE = True
 def select_conv_algorithm(context):
     """The pass for one compile (`context`: vector shape, kernels, whether weights are constant)."""
     from ..schedules import amx, conv2d_bf16, depthwise, narrow, pointwise, winograd
+    from ..schedules.conv2d_int8 import padded_row
     from ..schedules.tiled import channel_block, conv_row_tile, whole_row_block
 
     def fills_amx_tiles(kind, in_channels: int, out_channels: int, out_w: int, groups: int,
@@ -236,8 +242,12 @@ def select_conv_algorithm(context):
                 return widened
             row_taps = conv.groups == 1 and conv2d_bf16.row_taps_save(w.shape[1], w.shape[3])
             algorithm = conv2d_bf16.ROW_TAPS if row_taps else conv2d_bf16.ALGORITHM
+            # rows of a prime width above 28 computed to whole tiles, as int8 ones are
+            padded = padded_row(-(-out_channels // conv2d_bf16.LANES), out_w, context.vector) \
+                if BFLOAT16_PADDED_ROWS else out_w
             return dataclasses.replace(plain, algorithm=algorithm,
-                                       weight_block=conv2d_bf16.LANES)
+                                       weight_block=conv2d_bf16.LANES,
+                                       padded_width=padded if padded != out_w else 0)
         half = x.dtype in HALF_DTYPES and node.outputs[0].dtype == x.dtype
         if not constant or not (float32 or half):
             return plain
@@ -262,8 +272,7 @@ def select_conv_algorithm(context):
         return direct(plain, out_channels, out_w, w.shape[1], w.shape[2] * w.shape[3])
 
     def choose_integer(node: Node, misses: dict[str, list[tuple[str, str]]]):
-        from ..schedules.conv2d_int8 import (PADDED_ROW_ALGORITHMS, dot_product_for,
-                                             grouped_fits, padded_row)
+        from ..schedules.conv2d_int8 import PADDED_ROW_ALGORITHMS, dot_product_for, grouped_fits
         conv = node.op.conv
         x, _, x_zp, w, _, w_zp, *_ = node.inputs
         bias = node.inputs[8] if node.op.has_bias else None
