@@ -94,6 +94,9 @@ CASES = [
          residual=True, activation=ops.Relu()),
     Case("grouped-2-5x5-13-wide-batch2", 32, 64, 13, 5, padding=(2, 2, 2, 2), groups=2,
          batch=2),
+    # grouped, its 29-pixel rows computed to 30 (`padded_row`), with a residual, at batch 2
+    Case("grouped-2-29-wide-padded-residual", 64, 64, 29, 3, padding=(1, 1, 1, 1), groups=2,
+         batch=2, residual=True, activation=ops.Relu()),
     # AMX tiles: 64 input channels a step, 32 output channels, pairs of output rows
     Case("amx-3x3-64ch", 64, 64, 14, 3, padding=(1, 1, 1, 1), activation=ops.Relu()),
     Case("amx-1x1-residual-batch2", 128, 64, 16, 1, batch=2, residual=True,
