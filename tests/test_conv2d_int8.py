@@ -505,10 +505,8 @@ def test_layers_no_kernel_computes_stay_as_written(case, why):
 ])
 def test_grouped_convs_whose_groups_fill_whole_blocks_take_dot_products(
         out_channels, in_channels, groups, lanes, group, fits):
-    from graphopt.targets.tvm.schedules.conv2d_int8 import DotProduct, grouped_fits
-    dot = DotProduct("vnni", lanes, group, ("uint8", "int8"), "")
-    weight = np.zeros((out_channels, in_channels, 3, 3), np.int8)
-    assert grouped_fits(weight, groups, dot) == fits
+    from graphopt.targets.tvm.schedules.conv2d_int8 import grouped_fits
+    assert grouped_fits((out_channels, in_channels, 3, 3), groups, lanes, group) == fits
 
 
 GROUPED = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import OPAQUE, constant_operand, conv_out_size, expect, relax_constant, relax_type
+from .base import OPAQUE, constant_operand, expect, relax_constant, relax_type
 from .cast import accumulation_dtype
 from .epilogue import EPILOGUE, ONEDNN_NO_ACTIVATION
 
@@ -67,9 +67,8 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
                                     else weight_data)
         weight, name = relax_constant(packed, "uint16"), "conv2d_dpbf16"
         # where the rows are computed to whole tiles (`padded_width`), the real ones
-        _, _, _, width = relax_type(x).shape
-        real_width = conv_out_size(width, weight_data.shape[3], conv.stride[1],
-                                   conv.padding[1], conv.padding[3], conv.dilation[1])
+        real_width, _, _ = dpbf16.conv2d_int8.row_widths(conv, relax_type(x).shape[3],
+                                                         weight_data.shape[3])
         compute = lambda x, w: from_tiles(  # noqa: E731
             dpbf16.conv2d_dpbf16(x, w, conv, row_taps), weight_data.shape[0],
             out_width=real_width if conv.padded_width else None)

@@ -836,9 +836,7 @@ class QLinearConv2d(Op):
 
         def kernel(x, packed, x_zp, correction, multiplier, y_scale, y_zp, *residual):
             # where the rows are computed to whole tiles (`padded_width`), the real ones
-            _, left, _, right = conv.padding
-            real_width = conv_out_size(int(x.shape[3]), int(packed.shape[3]), conv.stride[1],
-                                       left, right, conv.dilation[1])
+            real_width, _, _ = kernels.row_widths(conv, int(x.shape[3]), int(packed.shape[3]))
             return epilogue(kernels.conv2d_dot(x, packed, x_zp, conv, dot), correction,
                             multiplier, y_scale, y_zp, residual,
                             real_width if conv.padded_width else None)

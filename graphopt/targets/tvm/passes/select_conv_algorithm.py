@@ -158,6 +158,12 @@ def select_conv_algorithm(context):
         return fills_amx_tiles(kind, node.inputs[0].shape[1], out_channels, out_w, conv.groups,
                                weight.shape[2:], conv.dilation[1])
 
+    def padded_width(out_channels: int, block: int, out_w: int, algorithm: str = "vnni") -> int:
+        """`Conv2d.padded_width` of a dot-product conv's rows (`padded_row`): 0 where they
+        stay as they are."""
+        padded = padded_row(-(-out_channels // block), out_w, context.vector, algorithm)
+        return padded if padded != out_w else 0
+
     def dpbf16_instead_of_direct(conv: Conv2d, weight) -> bool:
         """Whether a bfloat16 conv that is not on AMX tiles runs on vdpbf16ps: where the CPU
         has AVX512-BF16 but no AMX-BF16."""
@@ -243,11 +249,10 @@ def select_conv_algorithm(context):
             row_taps = conv.groups == 1 and conv2d_bf16.row_taps_save(w.shape[1], w.shape[3])
             algorithm = conv2d_bf16.ROW_TAPS if row_taps else conv2d_bf16.ALGORITHM
             # rows of a prime width above 28 computed to whole tiles, as int8 ones are
-            padded = padded_row(-(-out_channels // conv2d_bf16.LANES), out_w, context.vector) \
-                if BFLOAT16_PADDED_ROWS else out_w
+            padded = padded_width(out_channels, conv2d_bf16.LANES, out_w) \
+                if BFLOAT16_PADDED_ROWS else 0
             return dataclasses.replace(plain, algorithm=algorithm,
-                                       weight_block=conv2d_bf16.LANES,
-                                       padded_width=padded if padded != out_w else 0)
+                                       weight_block=conv2d_bf16.LANES, padded_width=padded)
         half = x.dtype in HALF_DTYPES and node.outputs[0].dtype == x.dtype
         if not constant or not (float32 or half):
             return plain
@@ -283,7 +288,8 @@ def select_conv_algorithm(context):
         pixels = math.prod(node.output.shape[:1] + node.output.shape[2:])
         dot = dot_product_for(context.vector, w.data, pixels) if fits else None
         if dot is not None and conv.groups > 1 and not (
-                GROUPED_ON_DOT_PRODUCTS and grouped_fits(w.data, conv.groups, dot)):
+                GROUPED_ON_DOT_PRODUCTS and grouped_fits(w.shape, conv.groups, dot.lanes,
+                                                         dot.group)):
             dot = None
         narrow_exact = exact_narrow_in_float32(node, w, w_zp, dot.algorithm) \
             if dot is not None and NARROW_INT8_IN_FLOAT32 else None
@@ -302,11 +308,8 @@ def select_conv_algorithm(context):
             algorithm, block = amx.AMX, amx.BLOCK
         elif algorithm in PADDED_ROW_ALGORITHMS.get(block, ()) and \
                 block == context.vector.lanes:
-            # rows of a prime width computed to whole tiles (`padded_row`)
-            out_w = node.output.shape[3]
-            padded = padded_row(-(-node.output.shape[1] // block), out_w, context.vector,
-                                algorithm)
-            padded = padded if padded != out_w else 0
+            # rows of a prime width computed to whole tiles
+            padded = padded_width(node.output.shape[1], block, node.output.shape[3], algorithm)
         return dataclasses.replace(node.op, conv=dataclasses.replace(
             conv.plain, algorithm=algorithm, weight_block=block, padded_width=padded))
 

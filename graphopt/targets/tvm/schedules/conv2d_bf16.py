@@ -128,16 +128,13 @@ def preferred(vec: VectorShape | None) -> bool:
 GROUPED = True
 
 
-def applies(groups: int, weight_shape: tuple[int, ...] = ()) -> bool:
+def applies(groups: int, weight_shape) -> bool:
     """Whether the kernel computes a convolution of `groups` groups and weight `weight_shape`
     (OIHW): one pixel broadcast per step spans the input channels of the whole output block,
     so ungrouped ones, or (`GROUPED`) grouped ones whose groups are whole blocks of output
     channels and pairs of input channels, each block reading its own group's pairs."""
-    if groups == 1:
-        return True
-    out_channels, group_channels = (tuple(weight_shape) + (0, 0))[:2]
-    return GROUPED and out_channels > 0 and out_channels // groups % LANES == 0 and \
-        group_channels % PAIR == 0
+    return groups == 1 or GROUPED and conv2d_int8.grouped_fits(weight_shape, groups, LANES,
+                                                               PAIR)
 
 
 def pack_weight(weight: np.ndarray) -> np.ndarray:
@@ -211,15 +208,13 @@ def conv2d_dpbf16(x, packed, conv, row_taps: int = 0):
     `conv.padded_width` where set (rows computed to whole tiles, `conv2d_int8.padded_row`:
     the columns beyond the real ones read zero padding, and the epilogue does not read them)."""
     from tvm import te, tirx
+    from ....ops.base import conv_out_size
     n, channels, height, width = (int(d) for d in x.shape)
     blocks, pairs, k_h, k_w = (int(d) for d in packed.shape[:4])
     (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
     top, left, bottom, right = conv.padding
-    out_h = (height + top + bottom - d_h * (k_h - 1) - 1) // s_h + 1
-    taps_w = row_taps or k_w
-    out_w = max(conv.padded_width,
-                (width + left + right - d_w * (taps_w - 1) - 1) // s_w + 1)
-    read_w = max(width + left + right, (out_w - 1) * s_w + d_w * (taps_w - 1) + 1)
+    out_h = conv_out_size(height, k_h, s_h, top, bottom, d_h)
+    _, out_w, read_w = conv2d_int8.row_widths(conv, width, row_taps or k_w)
     zero = tirx.const(0, "uint16")
 
     def padded(b, g, c, i, j):

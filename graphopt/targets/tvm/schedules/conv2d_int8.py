@@ -129,13 +129,29 @@ def pairs_fit_int16(weight: np.ndarray) -> bool:
     return 255 * int(most) <= int16.max and 255 * int(least) >= int16.min
 
 
-def grouped_fits(weight: np.ndarray, groups: int, dot: DotProduct) -> bool:
-    """Whether `conv2d_dot` computes a conv of `groups` groups and this weight (OIHW, I the
-    input channels of a group): each group's output channels whole blocks of `dot.lanes` and
-    its input channels whole channel groups of `dot.group`, so that no block or channel group
-    straddles two conv groups; a depthwise conv (one input channel a group) does not."""
-    o, i = weight.shape[:2]
-    return groups == 1 or (o // groups % dot.lanes == 0 and i % dot.group == 0)
+def grouped_fits(weight_shape, groups: int, lanes: int, group: int) -> bool:
+    """Whether a dot-product kernel of blocks of `lanes` output channels, each step reading
+    `group` input channels of a pixel, computes a conv of `groups` groups and this weight
+    (OIHW, I the input channels of a group): each group's output channels whole blocks and its
+    input channels whole channel groups, so that no block or channel group straddles two conv
+    groups; a depthwise conv (one input channel a group) does not. `conv2d_dot` (`lanes` and
+    `group` its DotProduct's) and `conv2d_bf16` (16 lanes, pairs)."""
+    o, i = weight_shape[:2]
+    return groups == 1 or (o // groups % lanes == 0 and i % group == 0)
+
+
+def row_widths(conv, width: int, kernel_width: int) -> tuple[int, int, int]:
+    """(real, computed, read) of a dot-product conv's output rows, for an input `width` wide
+    and a kernel `kernel_width` wide: the output row's width, the width the kernel computes
+    (`conv.padded_width` where set: whole tiles, `padded_row`; the epilogue keeps the real
+    columns) and the padded input columns those read."""
+    from ....ops.base import conv_out_size
+    _, left, _, right = conv.padding
+    s_w, d_w = conv.stride[1], conv.dilation[1]
+    real = conv_out_size(width, kernel_width, s_w, left, right, d_w)
+    computed = max(conv.padded_width, real)
+    return real, computed, max(width + left + right,
+                               (computed - 1) * s_w + d_w * (kernel_width - 1) + 1)
 
 
 def group_read(block, index, blocks: int, per_block: int, conv_groups: int):
@@ -172,8 +188,7 @@ def conv2d_dot(x, packed, x_zero_point, conv, dot: DotProduct):
     (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
     top, left, bottom, right = conv.padding
     out_h = conv_out_size(height, k_h, s_h, top, bottom, d_h)
-    out_w = max(conv.padded_width, conv_out_size(width, k_w, s_w, left, right, d_w))
-    read_w = max(width + left + right, (out_w - 1) * s_w + d_w * (k_w - 1) + 1)
+    _, out_w, read_w = row_widths(conv, width, k_w)
     fill = x_zero_point[(0,) * len(x_zero_point.shape)]
     dtype, group = dot.dtypes[0], dot.group
 
@@ -514,11 +529,9 @@ def padded_row(blocks: int, width: int, vec: VectorShape, algorithm: str = "vnni
     vnni = algorithm == "vnni"
 
     def held(w: int) -> int:
-        if vec.lanes != 8:
-            pair, pixels = tile_shape(blocks, w, vec.lanes, vec)
-            return pair * pixels
-        pair, pixels = tile_shape(blocks, w, 8, vec, YMM_TILES[algorithm][0],
-                                  ONE_BLOCK_YMM_ACCUMULATORS if vnni else None)
+        pair, pixels = tile_shape(blocks, w, vec.lanes, vec) if vec.lanes != 8 else \
+            tile_shape(blocks, w, 8, vec, YMM_TILES[algorithm][0],
+                       ONE_BLOCK_YMM_ACCUMULATORS if vnni else None)
         return pair * pixels
     if width <= 1 or held(width) >= PADDED_ROW_MIN_ACCUMULATORS:
         return width
