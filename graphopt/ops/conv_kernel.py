@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import OPAQUE, constant_operand, expect, relax_constant, relax_type
+from .base import OPAQUE, constant_operand, conv_out_size, expect, relax_constant, relax_type
 from .cast import accumulation_dtype
 from .epilogue import EPILOGUE, ONEDNN_NO_ACTIVATION
 
@@ -293,12 +293,12 @@ def blocked_conv2d(x, packed, conv, out_channels: int):
     padded_per_group = blocks * block // conv.groups
     (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
     top, left, bottom, right = conv.padding
-    real_w = (width + left + right - d_w * (k_w - 1) - 1) // s_w + 1
+    real_w = conv_out_size(width, k_w, s_w, left, right, d_w)
     out_w = max(conv.padded_width, real_w)
     right += (out_w - real_w) * s_w
     padded = (topi.nn.pad(x, [0, 0, top, left], [0, 0, bottom, right], name=PADDING_BLOCK)
               if (top, left, bottom, right) != (0, 0, 0, 0) else x)
-    out_h = (height + top + bottom - d_h * (k_h - 1) - 1) // s_h + 1
+    out_h = conv_out_size(height, k_h, s_h, top, bottom, d_h)
     rc = te.reduce_axis((0, group_channels), "rc")
     ry, rx = te.reduce_axis((0, k_h), "ry"), te.reduce_axis((0, k_w), "rx")
 

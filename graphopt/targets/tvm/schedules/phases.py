@@ -11,6 +11,7 @@ clamped load: TVM drops the clamp inside the Select's true branch, and the vecto
 reads outside the input, a crash where the input ends at a page boundary.)"""
 from __future__ import annotations
 
+from ....ops.base import conv_out_size
 from ....ops.cast import widened
 from .common import PARALLEL_MIN_ELEMENTS, blocks_of, extent, inline_elementwise, iter_kinds
 from .tiled import accumulator_writer
@@ -32,8 +33,8 @@ def column_phases(x, conv, kernel, block: int, name: str, dtype: str | None = No
     k_h, k_w = kernel
     (s_h, s_w), (d_h, d_w) = conv.stride, conv.dilation
     top, left, bottom, right = conv.padding
-    out_h = (height + top + bottom - d_h * (k_h - 1) - 1) // s_h + 1
-    out_w = (width + left + right - d_w * (k_w - 1) - 1) // s_w + 1
+    out_h = conv_out_size(height, k_h, s_h, top, bottom, d_h)
+    out_w = conv_out_size(width, k_w, s_w, left, right, d_w)
     padded_w = -(-out_w // block) * block
     rows = (out_h - 1) * s_h + d_h * (k_h - 1) + 1
     columns = padded_w + d_w * (k_w - 1) // s_w + extra_columns      # per phase
