@@ -301,6 +301,131 @@ def test_relu_and_clip_after_a_layer_become_its_epilogue():
             assert np.abs(other[name] - mine[name]).max() <= step * 1.001
 
 
+def fire_net(tap: str | None = None, seed: int = 3):
+    """A SqueezeNet fire module: a squeeze conv, 1x1 and 3x3 expand convs (each + relu)
+    concatenated, a max pool and a conv on the concat. `tap`: "output" makes the 3x3 branch a
+    graph output too, "reader" has another conv read it, "pool" concatenates a max pool of
+    the squeeze (no layer's output) as a third input."""
+    with dsl.Builder("fire_net", seed=seed) as b:
+        x = b.input("input", (1, 8, 12, 12))
+        s = dsl.relu(dsl.conv2d(x, 8, 1, name="squeeze"), name="squeeze_relu")
+        e1 = dsl.relu(dsl.conv2d(s, 16, 1, name="expand1x1"), name="e1_relu")
+        e3 = dsl.relu(dsl.conv2d(s, 16, 3, padding=1, name="expand3x3"), name="e3_relu")
+        branches = [e1, e3] + ([dsl.max_pool2d(s, 3, stride=1, padding=1, name="side")]
+                               if tap == "pool" else [])
+        y = dsl.max_pool2d(dsl.concat(branches, axis=1, name="cat"), 2, stride=2, name="pool")
+        y = dsl.relu(dsl.conv2d(y, 16, 3, padding=1, name="head"), name="head_relu")
+        if tap == "reader":
+            y = y + dsl.max_pool2d(dsl.conv2d(e3, 16, 1, name="other"), 2, stride=2)
+        return b.output(y, e3, names=["output", "branch"]) if tap == "output" else b.output(y)
+
+
+def test_a_concat_of_layers_concatenates_their_integers(monkeypatch):
+    """The expand convs requantize straight to the concat's calibrated scale and zero point
+    (the same constants), the concat and the max pool after it compute on uint8, and no
+    float tensor passes between the layers; within the int8 tolerance of the float graph, no
+    less accurate than dequantizing, concatenating in float and quantizing again (which
+    rounds twice); compiled exactly as the interpreter computes it, and in ONNX Runtime
+    within an output step."""
+    graph = fire_net()
+    samples = batches(graph, 16, seed=0)
+    calib = go.calibrate(graph, samples)
+    q = go.quantize(graph, calib).graph
+    assert ops_of(q) == ["quantize_linear", "qlinear_conv2d", "qlinear_conv2d",
+                         "qlinear_conv2d", "concat", "max_pool2d", "qlinear_conv2d",
+                         "dequantize_linear"]
+    concat = q.nodes[4]
+    assert concat.output.dtype == "uint8"
+    expands = [v.producer for v in concat.inputs]
+    assert [n.name for n in expands] == ["e1_relu.fused", "e3_relu.fused"]
+    assert expands[0].inputs[6] is expands[1].inputs[6] and \
+        expands[0].inputs[7] is expands[1].inputs[7]
+    scale, zero_point = calib.params(graph.node("cat").output.name)
+    assert expands[0].inputs[6].data == scale and expands[0].inputs[7].data == zero_point
+    head = q.nodes[6]                      # reads the concat's integers with those steps
+    assert head.inputs[1] is expands[0].inputs[6] and head.inputs[2] is expands[0].inputs[7]
+    monkeypatch.setattr(go.passes.quantize_int8, "INTEGER_CONCATS", False)
+    float_concat = go.quantize(graph, calib).graph
+    assert ops_of(float_concat).count("dequantize_linear") == 3
+    errors = {}
+    for name, candidate in (("integers", q), ("float", float_concat)):
+        worst = 0.0
+        for feeds in batches(graph, 6, seed=9):
+            report = go.compare(graph, candidate, feeds)
+            assert report.ok, report
+            worst += np.abs(go.interpret(candidate, feeds)["output"]
+                            - go.interpret(graph, feeds)["output"]).mean()
+        errors[name] = worst
+    assert errors["integers"] <= errors["float"] * 1.02, errors
+    compiled, exported = go.compile(q, "cpu"), go.save_onnx(q)
+    for feeds in batches(graph, 2, seed=4):
+        mine = go.interpret(q, feeds)["output"]
+        assert np.array_equal(compiled.run(feeds)["output"], mine)
+        theirs = onnxruntime_outputs(exported, feeds)["output"]
+        assert np.abs(theirs - mine).max() <= lsb(q) * 1.001
+
+
+@pytest.mark.parametrize("tap", ["output", "reader", "pool"])
+def test_a_concat_requantizes_the_inputs_that_keep_their_own_scale(tap):
+    """A branch that is also a graph output or that another layer reads keeps its own scale
+    (the concat's would widen it for its other readers), as a max pool's output keeps its
+    input's: the concat still computes on uint8, those inputs dequantized and quantized again
+    to its scale (the float concat's rounding), the others requantizing straight to it."""
+    graph = fire_net(tap)
+    calib = go.calibrate(graph, batches(graph, 16, seed=0))
+    q = go.quantize(graph, calib).graph
+    concat = next(n for n in q.nodes if n.op_name == "concat")
+    assert concat.output.dtype == "uint8"
+    scale, zero_point = calib.params(graph.node("cat").output.name)
+    feeds = batches(graph, 1, seed=9)[0]
+    values = go.interpret(q, feeds, keep=True)
+    requantized = []
+    for v in concat.inputs:
+        if v.producer.op_name == "qlinear_conv2d":
+            assert (v.producer.inputs[6].data, v.producer.inputs[7].data) == (scale, zero_point)
+            continue
+        # dequantize -> quantize, which a later pass makes a lookup table of the 256 codes
+        # where nothing else reads the dequantized tensor
+        assert v.producer.op_name in ("table_lookup", "quantize_linear")
+        source = v.producer.inputs[0]
+        if v.producer.op_name == "quantize_linear":
+            assert source.producer.op_name == "dequantize_linear" and tap == "output"
+            source = source.producer.inputs[0]
+        requantized.append(source.producer.name)
+        _, own_scale, own_zero_point = go.ops.quant.output_quantization(source)
+        real = (values[source.name].astype(np.float32) - own_zero_point) * own_scale
+        expected = np.clip(np.rint(real / np.float32(scale)) + zero_point, 0, 255)
+        assert np.array_equal(values[v.name], expected.astype(np.uint8))
+    assert requantized == (["side"] if tap == "pool" else ["e3_relu.fused"])
+    expand = q.node("e3_relu.fused")
+    own = calib.params(graph.node("e3_relu").output.name)
+    assert own != (scale, zero_point)
+    assert (expand.inputs[6].data, expand.inputs[7].data) == (own if tap != "pool" else
+                                                              (scale, zero_point))
+    compiled = go.compile(q, "cpu")
+    for feeds in batches(graph, 2, seed=9):
+        report = go.compare(graph, q, feeds)
+        assert report.ok, report
+        mine, theirs = go.interpret(q, feeds), compiled.run(feeds)
+        for name in q.output_names:      # "reader" adds two dequantized tensors in float
+            np.testing.assert_allclose(theirs[name], mine[name], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("tap", [None, "pool"])
+def test_an_integer_concat_lines_up_layer_by_layer(tap):
+    """compare(per_layer=True) reads an integer concat (and the max pool after it) in the
+    scale and zero point its inputs share, a requantized one's table lookup saying none."""
+    graph = fire_net(tap)
+    q = go.quantize(graph, go.calibrate(graph, batches(graph, 16, seed=0))).graph
+    rep = go.compare(graph, q, batches(graph, 1, seed=9)[0], per_layer=True)
+    assert rep.ok and rep.first_divergent is None, rep.layer_table()
+    rows = {layer.name: layer for layer in rep.layers}
+    assert list(rows) == ["squeeze_relu", *(["side"] if tap else []), "e1_relu", "e3_relu",
+                          "cat", "pool", "head_relu"]
+    assert rows["cat"].op == "concat" and rows["pool"].op == "max_pool2d"
+    assert all(0 < layer.max_rel < 0.05 for layer in rep.layers)
+
+
 # ---- compiled and exported -----------------------------------------------------------------------
 def lsb(q) -> float:
     """The output's quantization step: its dequantize's scale."""

@@ -864,14 +864,24 @@ KEEPS_QUANTIZATION = ("flatten", "reshape", "max_pool2d")
 def output_quantization(value) -> tuple[DequantizeLinear, np.ndarray, np.ndarray] | None:
     """How to read an integer value of a graph as the real numbers it stands for: (the
     dequantize op, scale, zero point), from the quantize_linear or qlinear op that made it
-    (looking through KEEPS_QUANTIZATION ops for per-tensor values), or None where the graph
-    does not say (an int32 accumulator, a computed scale)."""
+    (looking through KEEPS_QUANTIZATION ops for per-tensor values, and through a concat to
+    its inputs'), or None where the graph does not say (an int32 accumulator, a computed
+    scale)."""
     node, through = value.producer, False
     while node is not None and node.op_name in KEEPS_QUANTIZATION and \
             node.inputs[0].dtype in QUANTIZED:
         node, through = node.inputs[0].producer, True
     if node is None:
         return None
+    if node.op_name == "concat":
+        # an integer concat (quantize_int8's) holds its inputs in one scale and zero point:
+        # those of the inputs that say, which must agree (a table lookup's output does not say)
+        said = [q for q in map(output_quantization, node.inputs) if q is not None]
+        if not said or any(np.size(s) != 1 or not (np.array_equal(s, said[0][1])
+                                                   and np.array_equal(z, said[0][2]))
+                           for _, s, z in said):
+            return None
+        return said[0]
     if node.op_name == "quantize_linear":
         op, scale, zero_point = DequantizeLinear(node.op.axis, node.op.block_size), \
             node.inputs[1], node.inputs[2]

@@ -23,6 +23,14 @@ integers, as ONNX Runtime's static QDQ quantization does:
 - flatten, reshape and max pools reading integers compute on them, keeping their input's scale
   and zero point: exact, since dequantizing is increasing (max pools pad with the integer
   dtype's minimum as float ones pad with -inf).
+- a concat of integer values (GoogLeNet's and Inception's branches, SqueezeNet's fire
+  modules) concatenates integers, in its own calibrated scale and zero point. An input that is
+  a quantized layer's (or such a concat's) output only the concat reads takes those: the layer
+  requantizes straight to them, as TensorRT makes a concat's inputs share its scale; any other
+  input is requantized to them (dequantize -> quantize, one elementwise kernel). The float form
+  (dequantize each input, concat, quantize) rounds the shared inputs twice, to the layer's
+  scale and then to the concat's; this rounds once, to the concat's, and rounds the others as
+  it did.
 
 Stay float32, with the reason in the pass's misses: nodes the `keep` list names (node names,
 names of original nodes they stand for after fusion, or op names), layers with a value that has
@@ -47,6 +55,9 @@ from .pattern import merged_provenance, named_in
 RULE = "quantize to int8"
 LAYERS = ("conv2d", "fused_conv2d", "linear", "matmul")
 ACTIVATION_DTYPES = ("uint8", "int8")
+# Whether concats of integer values concatenate integers (`integer_concat`; False: each input
+# dequantized, the concat in float32 and quantized again, e.g. to time the difference).
+INTEGER_CONCATS = True
 
 
 def quantize_int8(calib, per_channel: bool = True, keep: Iterable[str] = (),
@@ -148,6 +159,21 @@ def absorbable_activation(node: Node, users: Mapping[int, list[Node]], public: s
     return act
 
 
+def integer_concat(node: Node, users: Mapping[int, list[Node]], public: set[int],
+                   integers: set[int], sharing: set[int], ranges: _Ranges,
+                   keep: frozenset[str]) -> list[Value] | None:
+    """Whether a float32 concat computes on integers: None where not (it is kept, has no
+    calibrated range, or an input will not exist as integers); else the inputs that take its
+    scale and zero point (`sharing`: a quantized layer's or integer concat's output) where it
+    alone reads them and they are no graph output."""
+    if not INTEGER_CONCATS or node.op_name != "concat" or named_in(node, keep) or \
+            node.output.dtype != "float32" or ranges.get(node.output) is None or \
+            not all(id(v) in integers for v in node.inputs):
+        return None
+    return [v for v in dict.fromkeys(node.inputs) if id(v) in sharing and id(v) not in public
+            and all(reader is node for reader in users.get(id(v), []))]
+
+
 def _computes_float(node: Node) -> bool:
     return any(is_float_dtype(v.dtype) for v in node.outputs) and \
         not node.op_name.startswith(("quantize", "dequantize"))
@@ -164,6 +190,8 @@ def _quantize(graph: Graph, ranges: _Ranges, keep: frozenset[str], weights: Mapp
     staying, chosen, passing, absorbed = {}, set(), set(), set()
     epilogues: dict[int, Node] = {}    # id(layer) -> the activation it applies
     integers: set[int] = set()     # ids of the values that will exist as integers
+    sharing: set[int] = set()      # ids of the outputs that can take a concat's scale
+    shared: dict[int, Value] = {}  # id(value) -> the concat output whose scale it takes
     for node in order:
         if not _computes_float(node) or id(node) in absorbed:
             continue
@@ -175,6 +203,13 @@ def _quantize(graph: Graph, ranges: _Ranges, keep: frozenset[str], weights: Mapp
                 epilogues[id(node)] = act
                 absorbed.add(id(act))
             integers.add(id((act or node).output))
+            sharing.add(id((act or node).output))
+        elif (inputs := integer_concat(node, users, public, integers, sharing, ranges,
+                                       keep)) is not None:
+            passing.add(id(node))
+            integers.add(id(node.output))
+            sharing.add(id(node.output))
+            shared.update((id(v), node.output) for v in inputs)
         elif node.op_name in ops.quant.KEEPS_QUANTIZATION and len(node.inputs) == 1 and \
                 id(node.inputs[0]) in integers and \
                 not named_in(node, keep) and node.output.dtype == "float32":
@@ -185,7 +220,7 @@ def _quantize(graph: Graph, ranges: _Ranges, keep: frozenset[str], weights: Mapp
     misses = {RULE: sorted(staying.items())} if staying else {}
     if not chosen:
         return PassResult(graph, False, {"misses": misses})
-    rebuilt = _Rebuild(graph, ranges, weights, dtype)
+    rebuilt = _Rebuild(graph, ranges, weights, dtype, shared)
     for node in order:
         if id(node) in absorbed:
             continue
@@ -209,8 +244,10 @@ class _Rebuild:
     one as float32 (`real`), as integers with its scale and zero point (`integer`), or both; the
     other form is made (quantize_linear / dequantize_linear) the first time it is asked for."""
 
-    def __init__(self, original: Graph, ranges: _Ranges, weights: Mapping[str, bool], dtype: str):
-        """`weights`: weight_params's per_channel and reduce_range."""
+    def __init__(self, original: Graph, ranges: _Ranges, weights: Mapping[str, bool], dtype: str,
+                 shared: Mapping[int, Value]):
+        """`weights`: weight_params's per_channel and reduce_range; `shared`: the values
+        quantized with another's scale and zero point (a concat's inputs: its output)."""
         from ..quantization.params import activation_params, quant_range, weight_params
         self.activation_params, self.weight_params = activation_params, weight_params
         self.original, self.ranges = original, ranges
@@ -222,15 +259,27 @@ class _Rebuild:
         self.integers: dict[int, tuple[Value, Value, Value]] = {}
         self.quantizes = self.dequantizes = 0
         self.quantized: list[tuple[str, str]] = []
+        self.shared, self.constants = shared, {}
+        self.requantizations: dict[tuple[int, int], Value] = {}
         for v in original.inputs:
             self.reals[id(v)] = self.graph.add_input(v.name, v.type)
 
     # ---- the two forms of a value ---------------------------------------------------------------
     def params(self, v: Value) -> tuple[Value, Value]:
+        """The scale and zero point `v` is quantized with: its own range's, or, for a value in
+        `shared`, the constants of the value it shares them with (one pair for all; a concat's
+        through the concat reading it)."""
+        while id(v) in self.shared:
+            v = self.shared[id(v)]
+        if id(v) in self.constants:
+            return self.constants[id(v)]
         scale, zero_point = self.activation_params(*self.ranges.get(v), dtype=self.dtype,
                                                    symmetric=self.dtype == "int8")
-        return (self.graph.add_constant(f"{v.name}.scale", np.float32(scale)),
-                self.graph.add_constant(f"{v.name}.zero_point", np.array(zero_point, self.dtype)))
+        params = (self.graph.add_constant(f"{v.name}.scale", np.float32(scale)),
+                  self.graph.add_constant(f"{v.name}.zero_point",
+                                          np.array(zero_point, self.dtype)))
+        self.constants[id(v)] = params
+        return params
 
     def real(self, v: Value) -> Value:
         if id(v) in self.reals:
@@ -264,11 +313,34 @@ class _Rebuild:
             self.reals[id(v)] = out
 
     def add_on_integers(self, node: Node) -> None:
-        q, scale, zero_point = self.integers[id(node.inputs[0])]
-        new = self.graph.add_node(node.op, [q], name=node.name, provenance=node.provenance,
+        """`node` on integers: one input's, keeping its scale and zero point, or a concat's
+        (`integer_concat`), in the concat's, each input not quantized with them requantized."""
+        if node.op_name == "concat":
+            scale, zero_point = self.params(node.output)
+            inputs = [self.requantized(v, scale, zero_point) for v in node.inputs]
+        else:
+            q, scale, zero_point = self.integers[id(node.inputs[0])]
+            inputs = [q]
+        new = self.graph.add_node(node.op, inputs, name=node.name, provenance=node.provenance,
                                   output_names=[f"{node.output.name}.{self.dtype}"])
         self.integers[id(node.output)] = (new.output, scale, zero_point)
         self.quantized.append((node.name, f"{node.op_name} on {self.dtype}"))
+
+    def requantized(self, v: Value, scale: Value, zero_point: Value) -> Value:
+        """`v`'s integers in `scale` and `zero_point`: as they are where quantized with those
+        values, else its dequantized form quantized again."""
+        q, own_scale, own_zero_point = self.integers[id(v)]
+        if np.array_equal(own_scale.data, scale.data) and \
+                np.array_equal(own_zero_point.data, zero_point.data):
+            return q
+        key = (id(v), id(scale))
+        if key not in self.requantizations:
+            node = self.graph.add_node(ops.QuantizeLinear(), [self.real(v), scale, zero_point],
+                                       name=f"{v.name}.requantize",
+                                       output_names=[f"{v.name}.requantized"])
+            self.quantizes += 1
+            self.requantizations[key] = node.output
+        return self.requantizations[key]
 
     def weights(self, w: np.ndarray, name: str) -> tuple[Value, Value, Value]:
         """int8 weights (output channels on axis 0), their scales and zero points."""
