@@ -59,6 +59,9 @@ CASES = {
                                                                   padding=1, groups=11)),
     "c24_3x3_s2_4x4": ((1, 24, 8, 8), lambda x: dsl.relu6(_dw(24, stride=2)(x))),
     "c16_3x3_24_wide": ((1, 16, 6, 24), _dw(16)),   # 3 AVX2 vectors; 2 AVX-512 ones, padded
+    # 1x1 and strided: the input copy read at one column phase (its phase loop dropped)
+    "c8_1x1_s2": ((1, 8, 13, 13), lambda x: dsl.relu(_dw(8, 1, stride=2)(x))),
+    "c16_1x1_s3_pad1": ((1, 16, 28, 28), _dw(16, 1, stride=3, padding=1)),
 }
 
 

@@ -11,6 +11,7 @@ clamped load: TVM drops the clamp inside the Select's true branch, and the vecto
 reads outside the input, a crash where the input ends at a page boundary.)"""
 from __future__ import annotations
 
+from ....errors import LoweringError
 from ....ops.base import conv_out_size
 from ....ops.cast import widened
 from .common import PARALLEL_MIN_ELEMENTS, blocks_of, extent, inline_elementwise, iter_kinds
@@ -90,9 +91,16 @@ def schedule_copy(sch, copy, at=None, parallel: bool = False) -> None:
         if k != real_rows:
             sch.vectorize(_loop_of(sch, block, 4))
             continue
-        phase_parts = [None] if stride == 1 else \
-            sch.loop_partition(_loop_of(sch, block, 3), [1] * (stride - 1) + [None])
-        for p, phase_part in enumerate(phase_parts):
+        phase_loop = _loop_of(sch, block, 3)
+        if phase_loop is None:
+            # one phase read (a 1x1 strided conv's: the copy computed where it reads only
+            # that phase), its loop dropped
+            phase_parts, phases = [None], [_constant_phase(sch, block)]
+        else:
+            phase_parts = [None] if stride == 1 else \
+                sch.loop_partition(phase_loop, [1] * (stride - 1) + [None])
+            phases = range(len(phase_parts))
+        for p, phase_part in zip(phases, phase_parts):
             phase_block = block if phase_part is None else sch.get_child_blocks(phase_part)[0]
             first = -(-(left - p) // stride) if left > p else 0
             last = -(-(left + width - p) // stride)
@@ -125,6 +133,16 @@ def row_conv_blocks(sch, conv_name: str, kinds: str, copy_name: str, kept: tuple
                                   *(b for b in blocks if sch.get(b).name_hint in kept)])
     writer = accumulator_writer(sch, convs[0])
     return None if writer is None else (convs[0], copies[0], writer)
+
+
+def _constant_phase(sch, block) -> int:
+    """The column phase that `block` (the copy, its phase loop dropped) writes."""
+    from tvm import tirx
+    value = sch.get(sch.get_loops(block)[-1]).body.iter_values[3]
+    if not isinstance(value, tirx.IntImm):
+        raise LoweringError(f"expected the column-phase copy without a phase loop to write one "
+                            f"constant phase, found {value}")
+    return int(value)
 
 
 def _loop_of(sch, block, axis: int):
