@@ -624,7 +624,23 @@ def test_winograd_writes_whole_tiles_through_the_register_transpose(mcpu, name, 
     output)."""
     (kernel,) = [f for k, f in _scheduled_kernels(_table_graph([name]), mcpu).items()
                  if "winograd" in k]
-    assert ("T.Shuffle(" in kernel.script()) == transposed
+    text = kernel.script()
+    output = text[text.index('T.sblock("wino_columns")'):]     # the stages after the GEMM
+    assert ("T.Shuffle(" in output) == transposed
+
+
+@pytest.mark.parametrize("mcpu, deinterleaved", [(AVX2_CPU, False), (AVX512_CPU, True)])
+@pytest.mark.parametrize("name", ["winograd_no_epilogue", "winograd_odd_plane_f4"])
+def test_winograd_row_pass_reads_contiguous_columns_with_16_lanes(mcpu, deinterleaved, name):
+    """With 16 lanes the row pass runs over each row's contiguous columns and one shuffle a
+    row splits them into the tile-side column phases (`DEINTERLEAVED_ROW_LANES`); with 8 the
+    pass is computed for each phase's strided columns."""
+    (kernel,) = [f for k, f in _scheduled_kernels(_table_graph([name]), mcpu).items()
+                 if "winograd" in k]
+    text = kernel.script()
+    rows = text[text.index('T.sblock("wino_rows'):text.index('T.sblock("wino_input")')]
+    assert ("T.Shuffle(" in rows) == deinterleaved
+    assert ('T.sblock("wino_row_pass")' in text) == deinterleaved
 
 
 def test_winograd_row_pass_tests_a_padding_column_once_per_value():
@@ -634,7 +650,7 @@ def test_winograd_row_pass_tests_a_padding_column_once_per_value():
     kernels = _scheduled_kernels(_table_graph(["winograd_odd_plane_f4"]), mcpu=AVX512_CPU)
     [func] = [f for f in kernels.values() if f.attrs[SCHEDULE_ATTR] == "winograd"]
     text = func.script()
-    rows = text[text.index('T.sblock("wino_rows")'):]
+    rows = text[text.index('T.sblock("wino_row_pass")'):]
     rows = rows[:rows.index("T.sblock(", 1)]
     assert rows.count("v_col - T.int64(1)]") > 6     # the reads of the six terms
     assert rows.count("<= v_col") == 1, rows

@@ -9,7 +9,10 @@ with a byte load and store and a division per pixel to recover its indices: 40 %
 and stores), and `PACKED` interleaves each run of `pixels` pixels of the group's rows into one
 vector by a register shuffle (the intrinsic below), one row of the image at a time with the
 planes' row computed just before it, in cache. Rows are padded to whole runs of `pixels`;
-the convolution never reads the columns beyond its padded width."""
+the convolution never reads the columns beyond its padded width.
+
+The inverse shuffle, one vector split into its interleaved parts (`register_deinterleave`),
+splits the Winograd row pass's columns into their phases (`winograd.DEINTERLEAVED_ROW_LANES`)."""
 from __future__ import annotations
 
 from .common import PARALLEL_MIN_ELEMENTS, blocks_of, extent, registers_with_tvm
@@ -129,3 +132,56 @@ def _vectorize_row(sch, planes) -> None:
     64 -> 128 ch 112x112 conv)."""
     source = next(r.source for r in sch.get(planes).reads if len(r.source.shape) == 4)
     vectorize_padded_row(sch, planes, sch.get_loops(planes)[-1], source)
+
+
+def deinterleave_name(parts: int, length: int, dtype: str) -> str:
+    return f"graphopt_deinterleave_{parts}x{length}_{dtype}"
+
+
+@registers_with_tvm
+def register_deinterleave(parts: int, length: int, dtype: str) -> str:
+    """Register (once per process) the intrinsic storing B[p, j] = A[j * parts + p] (p <
+    `parts`, j < `length`; B's rows `b_stride` apart) as one vector load of A and a shuffle
+    into each row of B; return its name."""
+    name = deinterleave_name(parts, length, dtype)
+    if name in _registered:
+        return name
+    from tvm import tirx
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder import tirx as B_
+    size = parts * length
+
+    @T.prim_func(s_tir=True)
+    def desc(a_handle: T.handle, b_handle: T.handle) -> None:
+        b_stride = T.int64()
+        A = T.match_buffer(a_handle, (size,), dtype, offset_factor=1)
+        B = T.match_buffer(b_handle, (parts, length), dtype, strides=[b_stride, 1],
+                           offset_factor=1)
+        with T.sblock("root"):
+            T.reads(A[0:size])
+            T.writes(B[0:parts, 0:length])
+            for p, j in T.grid(parts, length):
+                with T.sblock("deinterleave"):
+                    vp, vj = T.axis.remap("SS", [p, j])
+                    B[vp, vj] = A[vj * parts + vp]
+
+    with IRBuilder() as builder:
+        with B_.prim_func():
+            B_.func_name("impl")
+            a_handle, b_handle = B_.arg("A", T.handle()), B_.arg("B", T.handle())
+            a = B_.match_buffer(a_handle, (size,), dtype, offset_factor=1)
+            b = B_.match_buffer(b_handle, (parts, length), dtype, offset_factor=1,
+                                strides=[tirx.Var("b_stride", "int64"), 1])
+            with B_.sblock("root"):
+                B_.reads(a[0:size])
+                B_.writes(b[0:parts, 0:length])
+                whole = a.vload([0], f"{dtype}x{size}")
+                for part in range(parts):
+                    order = [tirx.IntImm("int32", j * parts + part) for j in range(length)]
+                    B_.buffer_store(b, tirx.Shuffle([whole], order),
+                                    [part, tirx.Ramp(tirx.const(0, "int32"), 1, length)])
+    TensorIntrin.register(name, desc, builder.get(), override=True)
+    _registered.add(name)
+    return name

@@ -42,16 +42,20 @@ from __future__ import annotations
 import numpy as np
 
 from ..weight_prefetch import NEXT_SLICE_ATTR
+from . import interleave
 from .conv2d import PREFETCH_MIN_WEIGHT_BYTES
 from .common import PARALLEL_MIN_MACS, VectorShape, blocks_of, extent, inline_elementwise
 
 NAME = "winograd"
 ROWS, INPUT, GEMM, OUTPUT = "wino_rows", "wino_input", "wino_gemm", "wino_output"
+# The row pass over contiguous columns, which `ROWS` splits into column phases
+# (`DEINTERLEAVED_ROW_LANES`)
+ROW_PASS = "wino_row_pass"
 COLUMNS = "wino_columns"
 STAGES = (ROWS, INPUT, GEMM, COLUMNS, OUTPUT)
 # A half-precision input's rows widened to float32 before the row pass reads them
 WIDENED = "wino_widened"
-KERNEL_STAGES = STAGES + (WIDENED,)    # the blocks that are not the epilogue
+KERNEL_STAGES = STAGES + (WIDENED, ROW_PASS)    # the blocks that are not the epilogue
 # Input channels from which F(2x2) beats the direct kernel: 32 with 8 lanes (AVX2, see above);
 # with 16 lanes (AVX-512) the direct kernel's wider FMAs win below 128 (one Xeon core, ms,
 # Winograd / direct / ORT: 64 ch 56x56 2.05 / 1.56 / 1.47, 64->128 ch 112x112 15.5 / 12.6 / 12.0,
@@ -151,6 +155,16 @@ BFLOAT16_TRANSPOSED_WRITE_BACK = False
 # read (`WIDENED`) before the row pass, instead of as the pass reads each value (see
 # `winograd_conv2d`).
 WIDENED_ROWS = True
+# Lanes with which the row pass runs over each row's contiguous columns and a shuffle then
+# splits them into the tile-side column phases the input transform reads contiguously
+# (`ROW_PASS`, `interleave.register_deinterleave`), instead of the pass reading each phase's
+# columns strided (TVM: gathers). Kernel times summed over whole models, one AMD Zen 5 thread,
+# strided / deinterleaved: bfloat16 (F(2x2) on vdpbf16ps) ResNet-18's Winograd kernels 5.21 /
+# 4.42 ms, VGG-11's 20.9 / 19.5; float32 (F(4x4) and F(2x2)) Inception-v3's 17.7 / 14.3,
+# ResNet-18's 4.78 / 4.53, VGG-11's 28.6 / 27.2, GoogLeNet's 3.51 / 3.27; single bfloat16 convs
+# + relu 64 ch 56x56 0.65-0.73 of the time, 128 ch 28x28 0.83-0.86. With 8 lanes (AVX2 build)
+# it lost: ResNet-18 15.6 / 16.4, VGG-11 80.1 / 86.3.
+DEINTERLEAVED_ROW_LANES = (16,)
 # The tile side of bfloat16 Winograd on vdpbf16ps (`transform_weight_in_pairs`; see the module's
 # docstring).
 PAIRED_TILE = 2
@@ -318,8 +332,9 @@ def winograd_conv2d(x, u):
     """TE compute of a 3x3 stride-1 'same' conv on NCHW `x` with the transformed weight `u`
     ([a, a, O / block, I, block], from `transform_weight`; the tile side is a - 2; or the
     bfloat16 bits [4, 4, O / block, I / 2, block, 2] of `transform_weight_in_pairs`). Stages:
-    `ROWS` (B^T down the columns of whole padded input rows, contiguous), `INPUT` (B along the
-    rows: V[e, n, c, tile]; in pairs, V[e, n, c / 2, tile] holds the bfloat16 values of both
+    `ROW_PASS` (B^T down the columns of whole padded input rows), `ROWS` (its columns split
+    into the tile side's phases, [..., phase, column / side], which the input transform reads
+    contiguously), `INPUT` (B along the rows: V[e, n, c, tile]; in pairs, V[e, n, c / 2, tile] holds the bfloat16 values of both
     channels of a pair in one uint32), `GEMM` (M[e, n, tile, o] = sum_c U V), `COLUMNS` (A^T M)
     and `OUTPUT` ((A^T M) A, written as NCHW)."""
     from tvm import te, tirx
@@ -371,12 +386,17 @@ def winograd_conv2d(x, u):
             for k in range(alpha)])
         return tirx.if_then_else(tirx.all(col >= 1, col < w + 1), value, zero)
 
-    rows = te.compute((n, c, tiles_h, alpha, side * (tiles_w + 1)), row_pass, name=ROWS)
+    flat = te.compute((n, c, tiles_h, alpha, side * (tiles_w + 1)), row_pass, name=ROW_PASS)
+    rows = te.compute((n, c, tiles_h, alpha, side, tiles_w + 1),
+                      lambda b, ch, th, e, p, h: flat[b, ch, th, e, h * side + p], name=ROWS)
+
+    def row_value(b, ch, th, e, tw, a):
+        return rows[b, ch, th, e, a % side, tw + a // side]
 
     def input_tile(e, v, ch, t):
         b, th, tw = t // (tiles_h * tiles_w), (t // tiles_w) % tiles_h, t % tiles_w
         return _select(v, [
-            _combine([rows[b, ch, th, e, side * tw + a] for a in range(alpha)], B_T[k])
+            _combine([row_value(b, ch, th, e, tw, a) for a in range(alpha)], B_T[k])
             for k in range(alpha)])
 
     if paired:
@@ -484,16 +504,29 @@ def schedule(sch, vec: VectorShape) -> bool:
         sch.parallel(task)  # before decompose_reduction, which leaves the loop unparallelizable
 
     # The input transform reads each row pass result at m * tile + a: stored with the columns
-    # of each residue mod m apart, those reads are contiguous and the transform vectorizes over
-    # the tiles of a row (the row pass writes each part with contiguous stores). Measured for
-    # F(2x2) on 128 channels at 28x28: 2.17 ms with the scalar transform, 1.43 ms this way.
-    tiles_w = int(sch.get(rows).writes[0].source.shape[4]) // tile_side - 1
-    sch.transform_layout(rows, ("write", 0), lambda b, c, th, e, col: (
-        b, c, th, e, col % tile_side, col // tile_side))
+    # of each residue mod m apart (`ROWS`), those reads are contiguous and the transform
+    # vectorizes over the tiles of a row. Measured for F(2x2) on 128 channels at 28x28: 2.17 ms
+    # with the scalar transform, 1.43 ms this way. The row pass then runs over a row's
+    # contiguous columns and a shuffle splits them, or is computed for each phase's columns
+    # (`DEINTERLEAVED_ROW_LANES`).
+    row_pass = names[ROW_PASS]
+    tiles_w = int(sch.get(rows).writes[0].source.shape[5]) - 1
+    deinterleaved = vec.lanes in DEINTERLEAVED_ROW_LANES
+    if not deinterleaved:        # the pass computed for each phase's strided columns
+        sch.compute_inline(row_pass)
     e, v, ch, t = sch.get_loops(transformed)[-4:]
     t_rows, t_in_row = sch.split(t, [None, tiles_w])
     sch.reorder(ch, t_rows, e, v, t_in_row)
     sch.compute_at(rows, ch)
+    *_, row_e, parity, half = sch.get_loops(rows)
+    sch.unroll(row_e)
+    if deinterleaved:
+        sch.compute_at(row_pass, row_e)
+        sch.vectorize(sch.get_loops(row_pass)[-1])
+        sch.tensorize(parity, interleave.register_deinterleave(
+            tile_side, tiles_w + 1, str(sch.get(rows).writes[0].source.dtype)))
+    else:
+        sch.vectorize(half)
     if widened_rows is not None:
         sch.compute_at(widened_rows, ch)
         sch.vectorize(sch.get_loops(widened_rows)[-1])   # a row (its rows may be padding)
@@ -502,11 +535,6 @@ def schedule(sch, vec: VectorShape) -> bool:
     sch.vectorize(t_in_row)
     if not row_tasks and extent(ch, sch) > 1:
         sch.parallel(ch)
-    *_, row_e, row_col = sch.get_loops(rows)
-    sch.unroll(row_e)
-    half, parity = sch.split(row_col, [None, tile_side])
-    sch.reorder(parity, half)
-    sch.vectorize(half)
 
     if paired:
         _schedule_paired_gemm(sch, products, weight, row_tasks, vec)
