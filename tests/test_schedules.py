@@ -1330,6 +1330,26 @@ def test_concatenation_of_one_input_twice_is_split_by_the_common_divisor():
     assert go.compare(graph, go.compile(graph), feeds).ok
 
 
+@pytest.mark.parametrize("mcpu", [AVX2_CPU, AVX512_CPU])
+@pytest.mark.parametrize("shape, axis", [((1, 16, 10, 16), 2), ((2, 16, 10, 10), 2),
+                                         ((16, 8, 10, 16), 1)],
+                         ids=["rows_of_16_channels", "rows_batch_2", "channels_of_16_images"])
+def test_concatenation_pieces_under_loops_outside_its_axis_build(mcpu, shape, axis):
+    """The loops outside a concatenation's axis hold its pieces: they stay serial, since
+    vectorized (16 channels along the rows, 16 images along the channels) they held the
+    pieces' vector rows and the kernel failed to build."""
+    with dsl.Builder("concat_outer_loops", seed=0) as b:
+        xs = [b.input(f"x{i}", shape) for i in range(2)]
+        graph = b.output(dsl.concat(xs, axis=axis))
+    (func,) = _scheduled_kernels(graph, mcpu).values()
+    assert func.script().count('_partition"') == 2
+    feeds = {v.name: np.random.default_rng(i).standard_normal(v.shape).astype(np.float32)
+             for i, v in enumerate(graph.inputs)}
+    model = go.compile(graph, mcpu=mcpu)
+    skip_unless_this_cpu_runs(model)
+    assert go.compare(graph, model, feeds).ok
+
+
 @pytest.mark.parametrize("lanes", [4, 8, 16])
 @pytest.mark.parametrize("dtype", ["float32", "int32"])
 def test_register_transpose_gives_the_columns(lanes, dtype):

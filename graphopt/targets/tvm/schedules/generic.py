@@ -45,8 +45,8 @@ def partition_concat(sch, block, lanes: int) -> set[str]:
     DenseNet-121, whose first inputs have 64-512) ran as fast but were more to build: its
     compile took 20.2-23.0 s against 18.5-19.0 s (two Xeon cores, three compiles each, outputs
     equal bit for bit). Left whole when the pieces would be too many. Returns
-    the names of the pieces, scheduled here: parallel when a piece is big enough, rows
-    vectorized (whole when shorter than 4 vectors)."""
+    the names of the pieces, scheduled here (parallel when a piece is big enough, rows
+    vectorized, whole when shorter than 4 vectors), and of the blocks holding them."""
     from tvm.s_tir import ScheduleError
     stmt = sch.get(block)
     out = [int(d) for d in stmt.writes[0].source.shape]
@@ -74,18 +74,23 @@ def partition_concat(sch, block, lanes: int) -> set[str]:
         return set()
     name = stmt.name_hint
     sch.loop_partition(loops[axis], sizes[:-1] + [None])
-    # each piece: a "<name>_ax<k>_partition" block holding the piece's loops and block
-    pieces = set()
+    # each piece: a "<name>_ax<k>_partition" block holding the piece's loops and block, under a
+    # "<name>_ax<k>_common" block holding the loops outside the axis. Those stay serial loops:
+    # vectorized, they held the pieces' vector rows (a 16-channel concat along the rows, or
+    # along the channels of 16 images, failed to build).
+    pieces, wrappers = set(), set()
     for wrapper in blocks_of(sch):
         if not sch.get(wrapper).name_hint.startswith(name):
             continue
+        wrappers.add(sch.get(wrapper).name_hint)
         for part in sch.get_child_blocks(wrapper):
             if sch.get(part).name_hint.endswith("_partition"):
+                wrappers.add(sch.get(part).name_hint)
                 for inner in sch.get_child_blocks(part):
                     pieces.add(sch.get(inner).name_hint)
     for piece_name in pieces:
         _schedule_piece(sch, sch.get_sblock(piece_name), lanes)
-    return pieces
+    return pieces | wrappers
 
 
 def _input_slices(stmt, out: list[int]):
