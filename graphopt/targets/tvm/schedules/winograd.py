@@ -334,9 +334,9 @@ def winograd_conv2d(x, u):
     bfloat16 bits [4, 4, O / block, I / 2, block, 2] of `transform_weight_in_pairs`). Stages:
     `ROW_PASS` (B^T down the columns of whole padded input rows), `ROWS` (its columns split
     into the tile side's phases, [..., phase, column / side], which the input transform reads
-    contiguously), `INPUT` (B along the rows: V[e, n, c, tile]; in pairs, V[e, n, c / 2, tile] holds the bfloat16 values of both
-    channels of a pair in one uint32), `GEMM` (M[e, n, tile, o] = sum_c U V), `COLUMNS` (A^T M)
-    and `OUTPUT` ((A^T M) A, written as NCHW)."""
+    contiguously), `INPUT` (B along the rows: V[e, n, c, tile]; in pairs, V[e, n, c / 2, tile]
+    holds the bfloat16 values of both channels of a pair in one uint32), `GEMM` (M[e, n, tile,
+    o] = sum_c U V), `COLUMNS` (A^T M) and `OUTPUT` ((A^T M) A, written as NCHW)."""
     from tvm import te, tirx
 
     from ....ops.cast import widened
