@@ -206,6 +206,22 @@ def test_each_cpu_gets_its_instruction_and_the_interpreter_s_results(case, mcpu,
         np.testing.assert_array_equal(model.run(inputs)["y"], go.interpret(graph, inputs)["y"])
 
 
+@pytest.mark.filterwarnings("error::graphopt.ScheduleFallbackWarning")
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+def test_a_one_channel_conv_with_a_residual_on_one_pixel_tiles_keeps_its_rule(mcpu):
+    """One output channel (one block) on 31-pixel rows takes vpmaddubsw tiles of one pixel; with
+    a residual its writer's loop was refused vectorizing part-way through the rule (the
+    generic rule then scheduled the layer): it stays a scalar loop instead."""
+    graph = quantized_conv(Case("1ch-1x1-residual-31-wide", 1, 1, 31, 1, residual=True,
+                                activation=ops.Relu()))
+    model = go.compile(graph, "cpu", mcpu=mcpu, bounds_check=True)
+    assert chosen(model) == "pmaddubsw"
+    assert set(model.schedules.values()) >= {"conv2d_int8"}, model.schedules
+    skip_unless_this_cpu_runs(model)
+    inputs = feeds(graph, 1)
+    np.testing.assert_array_equal(model.run(inputs)["y"], go.interpret(graph, inputs)["y"])
+
+
 # (pair of weights of input channels 2k, 2k + 1, whether vpmaddubsw computes it exactly for
 # every uint8 input): 255 * 128 = 32640 fits int16, 255 * 129 does not, on either side.
 PAIRS = [((127, 1), True), ((127, 2), False), ((-64, -64), True), ((-65, -64), False),

@@ -189,7 +189,14 @@ def finish_tile(sch, main, tile_loop, parallel_loops, vector_loop, unroll_loops,
         sch.vectorize(lanes)
         sch.unroll(registers)
     elif extent(inner, sch) > 1:
-        sch.vectorize(inner)
+        from tvm.s_tir import ScheduleError
+        try:
+            sch.vectorize(inner)
+        except ScheduleError:
+            # TVM refuses where the block under it is not a complete one (a conv of one
+            # output channel, a residual and tiles of one pixel: its writer's loop holds the
+            # epilogue's copy-out); the loop stays scalar, a few values per tile
+            pass
 
 
 def epilogue_on_channel_vectors(sch, writer, at, lanes: int, dividing_only: bool = True):
