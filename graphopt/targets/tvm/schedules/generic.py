@@ -13,6 +13,8 @@ from .common import (PARALLEL_MIN_ELEMENTS, VectorShape, blocks_of, extent,
 NAME = "generic"
 # TOPI's concatenate block; its body picks the input by a chain of comparisons on the axis.
 CONCAT_BLOCK = "T_concat"
+# The block holding a concatenation's pieces under the loops outside its axis ends so.
+COMMON_SUFFIX = "_common"
 # At most this many pieces per concatenation (one loop nest each).
 MAX_CONCAT_PIECES = 64
 
@@ -28,6 +30,9 @@ def schedule(sch, vec: VectorShape) -> bool:
     inline_elementwise(sch, keep=[])
     for block in blocks_of(sch):
         if sch.get(block).name_hint in pieces:
+            continue
+        if sch.get(block).name_hint.endswith(COMMON_SUFFIX):
+            _schedule_loops_around_pieces(sch, block, vec.lanes)
             continue
         if is_reduction(sch.get(block)):
             schedule_reduction(sch, block, vec.lanes)
@@ -45,8 +50,8 @@ def partition_concat(sch, block, lanes: int) -> set[str]:
     DenseNet-121, whose first inputs have 64-512) ran as fast but were more to build: its
     compile took 20.2-23.0 s against 18.5-19.0 s (two Xeon cores, three compiles each, outputs
     equal bit for bit). Left whole when the pieces would be too many. Returns
-    the names of the pieces, scheduled here (parallel when a piece is big enough, rows
-    vectorized, whole when shorter than 4 vectors), and of the blocks holding them."""
+    the names of the pieces, scheduled here: parallel when a piece is big enough, rows
+    vectorized (whole when shorter than 4 vectors)."""
     from tvm.s_tir import ScheduleError
     stmt = sch.get(block)
     out = [int(d) for d in stmt.writes[0].source.shape]
@@ -75,22 +80,34 @@ def partition_concat(sch, block, lanes: int) -> set[str]:
     name = stmt.name_hint
     sch.loop_partition(loops[axis], sizes[:-1] + [None])
     # each piece: a "<name>_ax<k>_partition" block holding the piece's loops and block, under a
-    # "<name>_ax<k>_common" block holding the loops outside the axis. Those stay serial loops:
-    # vectorized, they held the pieces' vector rows (a 16-channel concat along the rows, or
-    # along the channels of 16 images, failed to build).
-    pieces, wrappers = set(), set()
+    # "<name>_ax<k>_common" block holding the loops outside the axis
+    # (`_schedule_loops_around_pieces`)
+    pieces = set()
     for wrapper in blocks_of(sch):
         if not sch.get(wrapper).name_hint.startswith(name):
             continue
-        wrappers.add(sch.get(wrapper).name_hint)
         for part in sch.get_child_blocks(wrapper):
             if sch.get(part).name_hint.endswith("_partition"):
-                wrappers.add(sch.get(part).name_hint)
                 for inner in sch.get_child_blocks(part):
                     pieces.add(sch.get(inner).name_hint)
     for piece_name in pieces:
         _schedule_piece(sch, sch.get_sblock(piece_name), lanes)
-    return pieces | wrappers
+    return pieces
+
+
+def _schedule_loops_around_pieces(sch, block, lanes: int) -> None:
+    """The loops outside a concatenation's axis, which hold its pieces (the "<name>_ax<k>_common"
+    block): as an elementwise block's, but a loop of whole vectors stays serial. Split and
+    vectorized it held the pieces' vector rows and the kernel failed to build (16 channels
+    along the rows, 16 images along the channels). A shorter one, vectorized whole around
+    them, builds (TVM drops the inner vectorization) and stays so: all serial, GoogLeNet at
+    batch 4 (its concatenations along the channels) took 1.10-1.13x the time at one thread
+    and 0.83x at two, DenseNet-121 at batch 2 0.99-1.01x and 0.89-1.02x (AMD Zen 5, builds
+    alternated in one process)."""
+    loops = sch.get_loops(block)
+    if loops and extent(loops[-1], sch) % lanes == 0:
+        return
+    schedule_elementwise(sch, block, lanes)
 
 
 def _input_slices(stmt, out: list[int]):
