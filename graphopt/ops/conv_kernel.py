@@ -58,6 +58,7 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
         # into a float32 register tile, this kernel's epilogue computed from it
         from ..targets.tvm.schedules import conv2d_bf16 as dpbf16
         from ..targets.tvm.schedules.amx import from_tiles
+        from ..targets.tvm.schedules.conv2d_int8 import row_widths
         weight_data = constant_operand(w, decision)
         expect(dtype == "bfloat16" and dpbf16.applies(conv.groups, weight_data.shape),
                f"the dpbf16 convolution takes bfloat16 convolutions, ungrouped or of groups of "
@@ -67,8 +68,7 @@ def lower_conv(bb, conv, x, w, b=None, residual=None, activation=None, *, read=N
                                     else weight_data)
         weight, name = relax_constant(packed, "uint16"), "conv2d_dpbf16"
         # where the rows are computed to whole tiles (`padded_width`), the real ones
-        real_width, _, _ = dpbf16.conv2d_int8.row_widths(conv, relax_type(x).shape[3],
-                                                         weight_data.shape[3])
+        real_width, _, _ = row_widths(conv, relax_type(x).shape[3], weight_data.shape[3])
         compute = lambda x, w: from_tiles(  # noqa: E731
             dpbf16.conv2d_dpbf16(x, w, conv, row_taps), weight_data.shape[0],
             out_width=real_width if conv.padded_width else None)
