@@ -1350,6 +1350,41 @@ def test_concatenation_pieces_under_loops_outside_its_axis_build(mcpu, shape, ax
     assert go.compare(graph, model, feeds).ok
 
 
+def _largest_store(func) -> int:
+    """IR nodes in the largest statement `func` stores a value with."""
+    import tvm_ffi
+    from tvm.tirx import BufferStore
+    from graphopt.targets.tvm.schedules.common import expression_nodes
+    sizes = [0]
+    tvm_ffi.structural_walk(func.body, [(BufferStore, lambda store: sizes.append(
+        expression_nodes(store, None)[0]))])
+    return max(sizes)
+
+
+@pytest.mark.parametrize("mcpu", [AVX2_CPU, AVX512_CPU])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_inlining_stops_before_a_block_grows_too_large(mcpu, dtype):
+    """Elementwise ops that read their input several times, inlined into one another, grow
+    geometrically: a 2x2 max pool of a concatenation, then SiLU and hard-swish made one store
+    of 67,092 nodes (AVX2), whose kernel took tens of seconds to build. The chain is cut where
+    a block would pass `INLINE_MAX_NODES`: 1,149."""
+    from graphopt.targets.tvm.schedules.common import INLINE_MAX_NODES
+    with dsl.Builder("pool_concat_chain", seed=0) as b:
+        x = b.input("x", (2, 8, 29, 29))
+        convs = [dsl.relu(dsl.conv2d(x, c, k, padding=k // 2)) for c, k in ((8, 1), (24, 3))]
+        pooled = dsl.max_pool2d(dsl.concat([*convs, dsl.max_pool2d(x, 3, stride=1, padding=1)],
+                                           axis=1), 2, stride=2)
+        graph = b.output(dsl.hard_swish(dsl.silu(pooled)))
+    if dtype == "bfloat16":
+        graph = go.quantize(graph, "bfloat16").graph
+    kernels = _scheduled_kernels(graph, mcpu)
+    assert max(_largest_store(f) for f in kernels.values()) <= INLINE_MAX_NODES
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 8, 29, 29)).astype(np.float32)}
+    model = go.compile(graph, mcpu=mcpu)
+    skip_unless_this_cpu_runs(model)
+    assert go.compare(graph, model, feeds).ok
+
+
 @pytest.mark.parametrize("lanes", [4, 8, 16])
 @pytest.mark.parametrize("dtype", ["float32", "int32"])
 def test_register_transpose_gives_the_columns(lanes, dtype):
