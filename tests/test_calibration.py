@@ -321,6 +321,30 @@ def test_weight_params_along_another_axis():
     assert weight_params(np.zeros((3, 0)))[0].tolist() == [1.0, 1.0, 1.0]
 
 
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("input_scale", [1e-10, 1e-6, 0.02])
+def test_weight_scales_raised_for_an_int32_bias_as_onnxruntime_raises_them(per_channel,
+                                                                           input_scale):
+    """Where input x weight scale is too fine a step for the bias in int32, the weight scale is
+    raised as ORT's quantizer raises it; elsewhere it is left alone."""
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from graphopt.quantization.params import bias_safe_weight_scales
+    rng = np.random.default_rng(10)
+    weight = rng.standard_normal((5, 3, 3, 3)).astype(np.float32) * 0.1
+    bias = (rng.standard_normal(5) * [0.5, 20, 0, 3, 1e-4]).astype(np.float32)
+    scales, _ = weight_params(weight, per_channel=per_channel)
+    x_scale = np.array(input_scale, np.float32)
+    raised = bias_safe_weight_scales(scales, x_scale, bias)
+    _, expected = QDQQuantizer._adjust_weight_scale_for_int32_bias(
+        None, x_scale, scales.copy(), "w", onnx.numpy_helper.from_array(bias, "b"),
+        per_channel)
+    np.testing.assert_allclose(raised, expected, rtol=1e-6)   # ORT rounds some steps to float32
+    assert raised.dtype == scales.dtype and raised.shape == scales.shape
+    steps = np.round(bias / (x_scale * raised).astype(np.float64))
+    assert np.abs(steps).max() < 2**31 - 1
+    assert (raised != scales).any() == (input_scale < 1e-6)
+
+
 @pytest.mark.parametrize("call, error, match", [
     (lambda: activation_params(1.0, -1.0), InputError, "lo <= hi"),
     (lambda: activation_params(np.nan, 1.0), InputError, "1 NaN"),

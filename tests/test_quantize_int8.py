@@ -163,6 +163,29 @@ def test_random_graphs_quantize_within_the_int8_tolerance(graph):
     assert not quantize_int8(calib, source=graph)(q).changed
 
 
+def test_a_bias_after_a_near_zero_input_keeps_its_value():
+    """A linear layer reading a value that is zero up to rounding (a mean subtracted, then
+    averaged): its input scale, about 1e-10, made the bias too many steps for int32, and the
+    quantized layer's outputs came out as one step of its output scale instead of the bias.
+    Its weight scales are raised instead (as ORT's quantizer raises them)."""
+    with dsl.Builder("near_zero", seed=2) as b:
+        x = dsl.relu(b.input("input", (1, 16, 7, 31)))
+        centred = dsl.sub(x, dsl.reduce(x, "mean", axes=[2]))
+        graph = b.output(dsl.linear(dsl.flatten(dsl.global_avg_pool2d(centred)), 16, name="fc"))
+    samples = batches(graph, 2, seed=3)
+    q = go.quantize(graph, go.calibrate(graph, samples)).graph
+    assert "qlinear_conv2d" in ops_of(q)
+    (bias,) = [v for n in q.nodes for v in n.inputs if v.name == "fc.bias.int32"]
+    assert np.abs(bias.data.astype(np.int64)).max() < 2**31 - 1
+    expected = go.interpret(graph, samples[0])["output"]
+    assert np.abs(expected).max() > 0.05
+    np.testing.assert_allclose(go.interpret(q, samples[0])["output"], expected,
+                               atol=0.02 * np.abs(expected).max())
+    model = go.compile(q)
+    np.testing.assert_array_equal(model.run(samples[0])["output"],
+                                  go.interpret(q, samples[0])["output"])
+
+
 def test_check_uses_the_int8_tolerance():
     graph, calib = calibrated("residual_net")
     res = go.quantize(graph, calib, check=True)

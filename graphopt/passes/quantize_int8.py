@@ -342,9 +342,14 @@ class _Rebuild:
             self.requantizations[key] = node.output
         return self.requantizations[key]
 
-    def weights(self, w: np.ndarray, name: str) -> tuple[Value, Value, Value]:
-        """int8 weights (output channels on axis 0), their scales and zero points."""
+    def weights(self, w: np.ndarray, name: str, bias: np.ndarray | None = None,
+                input_scale: Value | None = None) -> tuple[Value, Value, Value]:
+        """int8 weights (output channels on axis 0), their scales and zero points; with `bias`,
+        scales raised where the bias would not fit int32 in steps of input x weight scale."""
         scale, zero_point = self.weight_params(w, axis=0, **self.weight_options)
+        if bias is not None:
+            from ..quantization.params import bias_safe_weight_scales
+            scale = bias_safe_weight_scales(scale, input_scale.data, bias)
         shape = (-1,) + (1,) * (w.ndim - 1)
         steps = np.round(w / np.asarray(scale, np.float32).reshape(shape if scale.ndim else ()))
         q = np.clip(steps, *self.weight_range).astype(np.int8)
@@ -353,8 +358,10 @@ class _Rebuild:
                 self.graph.add_constant(f"{name}.zero_point", np.asarray(zero_point, np.int8)))
 
     def bias(self, b: np.ndarray, x_scale: Value, w_scale: Value, name: str) -> Value:
+        """The bias in int32 steps of input x weight scale (clipped in float64: float32 rounds
+        2**31 - 1 up to 2**31, which then wrapped to -2**31)."""
         step = x_scale.data.astype(np.float32) * w_scale.data.astype(np.float32)
-        q = np.clip(np.round(b.astype(np.float32) / step), -2**31, 2**31 - 1)
+        q = np.clip(np.round(b.astype(np.float32) / step).astype(np.float64), -2**31, 2**31 - 1)
         return self.graph.add_constant(f"{name}.int32",
                                        np.broadcast_to(q, b.shape).astype(np.int32))
 
@@ -392,7 +399,7 @@ class _Rebuild:
             weight = w.data
         if epilogue is not None:
             activation = epilogue.op
-        w_q, w_scale, w_zp = self.weights(weight, w.name)
+        w_q, w_scale, w_zp = self.weights(weight, w.name, None if b is None else b.data, x_scale)
         inputs = [x, x_scale, x_zp, w_q, w_scale, w_zp, y_scale, y_zp]
         if b is not None:
             inputs.append(self.bias(b.data, x_scale, w_scale, b.name))

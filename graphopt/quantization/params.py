@@ -9,6 +9,7 @@ float32, and a range too narrow for a float32 scale (all zeros) gives scale 1, z
 
     scale, zero_point = activation_params(-0.5, 6.0)                  # uint8, asymmetric
     scales, zero_points = weight_params(conv_weight)                  # int8 per output channel
+    scales = bias_safe_weight_scales(scales, input_scale, conv_bias)  # int32 bias fits
 """
 from __future__ import annotations
 
@@ -132,3 +133,27 @@ def weight_params(array: np.ndarray, axis: int = 0, dtype: str = "int8", per_cha
     rows = np.moveaxis(values, axis, 0).reshape(channels, values.size // max(channels, 1))
     return _scale_zero_point(rows.min(axis=1, initial=0.0), rows.max(axis=1, initial=0.0),
                              dtype, symmetric, reduce_range)
+
+
+# A bias's int32 range as ORT counts it (`_adjust_weight_scale_for_int32_bias`), and the margin
+# it leaves below the limits.
+INT32_BIAS_RANGE = float(2**31 - 1) - float(-2**31 + 1)
+INT32_BIAS_MARGIN = 1.0001
+
+
+def bias_safe_weight_scales(weight_scale: np.ndarray, input_scale, bias: np.ndarray
+                            ) -> np.ndarray:
+    """`weight_scale` (per output channel, or one 0-d scale) raised where the bias's step,
+    input scale x weight scale, would be too fine for the bias in int32, as ORT's quantizer
+    raises it (`_adjust_weight_scale_for_int32_bias`, after TFLite): an input whose calibrated
+    range is nearly zero (a mean subtracted, then averaged) has a scale near 1e-10, and its
+    bias, divided by that step, saturated int32 and the layer's outputs came out wrong. The
+    weights are then quantized with the raised scale."""
+    scale = np.asarray(weight_scale, np.float64)
+    limit = np.abs(np.asarray(bias, np.float64))
+    limit = limit.max(initial=0.0) if scale.ndim == 0 else limit
+    smallest = INT32_BIAS_MARGIN * 2.0 * limit / INT32_BIAS_RANGE
+    step = float(np.asarray(input_scale, np.float64).reshape(-1)[0]) * scale
+    raised = np.where((step > 0) & (step < smallest),
+                      scale * (smallest / np.maximum(step, 1e-300)), scale)
+    return raised.astype(np.asarray(weight_scale).dtype)
