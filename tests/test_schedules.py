@@ -1350,6 +1350,32 @@ def test_concatenation_pieces_under_loops_outside_its_axis_build(mcpu, shape, ax
     assert go.compare(graph, model, feeds).ok
 
 
+STRIDED_SLICE_PRODUCERS = {
+    "max_pool": lambda xs: dsl.max_pool2d(xs[0], 3, stride=1),
+    "avg_pool_ceil": lambda xs: dsl.avg_pool2d(xs[0], 3, stride=1, ceil_mode=True),
+    "concat": lambda xs: dsl.concat(xs, axis=1),
+}
+
+
+@pytest.mark.parametrize("mcpu", [AVX2_CPU, AVX512_CPU])
+@pytest.mark.parametrize("steps", [(1, 2), (2, 1), (2, 3)], ids=["columns", "rows", "both"])
+@pytest.mark.parametrize("producer", sorted(STRIDED_SLICE_PRODUCERS))
+def test_strided_slices_of_pools_and_concatenations_build(mcpu, steps, producer):
+    """A strided slice in the kernel of a pool or a concatenation stays a block of its own:
+    pulled into the pool's column pass or the concatenation, TVM stopped the compile with an
+    internal error while inverting its index map."""
+    with dsl.Builder("strided_slice", seed=0) as b:
+        xs = [b.input(f"x{i}", (1, 8, 17, 31)) for i in range(2)]
+        y = STRIDED_SLICE_PRODUCERS[producer](xs)
+        graph = b.output(dsl.slice(y, [1, 0], [y.shape[2] - 1, y.shape[3]], axes=[2, 3],
+                                   steps=list(steps)))
+    rng = np.random.default_rng(0)
+    feeds = {v.name: rng.standard_normal(v.shape).astype(np.float32) for v in graph.inputs}
+    model = go.compile(graph, mcpu=mcpu)
+    skip_unless_this_cpu_runs(model)
+    assert go.compare(graph, model, feeds).ok
+
+
 def _largest_store(func) -> int:
     """IR nodes in the largest statement `func` stores a value with."""
     import tvm_ffi

@@ -156,18 +156,36 @@ def inline_elementwise(sch, keep) -> None:
                 continue
             if _is_output(sch, block):
                 continue
-            for move in (sch.compute_inline, sch.reverse_compute_inline):
-                if inlined_nodes(sch, block, reverse=move == sch.reverse_compute_inline) > \
-                        INLINE_MAX_NODES:
+            for reverse in (False, True):
+                if inlined_nodes(sch, block, reverse) > INLINE_MAX_NODES:
                     continue
-                try:
-                    move(block)
-                    changed = True
+                if reverse:
+                    changed = reverse_compute_inline(sch, block)
+                else:
+                    try:
+                        sch.compute_inline(block)
+                        changed = True
+                    except ScheduleError:  # e.g. read by a reduction in another layout
+                        pass
+                if changed:
                     break
-                except ScheduleError:  # not inlinable (e.g. read by a reduction in another layout)
-                    continue
             if changed:
                 break
+
+
+def reverse_compute_inline(sch, block) -> bool:
+    """`sch.reverse_compute_inline(block)` where TVM can make it; whether it was made. Tried on
+    a copy of `sch` first: on a block reading its producer with a stride (a strided slice of a
+    pool or of a concatenation) TVM 0.27 stops with an internal error while inverting the index
+    map, not with a ScheduleError, and the block is then left as it is."""
+    from tvm.error import InternalError
+    from tvm.s_tir import ScheduleError
+    try:
+        sch.copy().reverse_compute_inline(block)
+    except (ScheduleError, InternalError):
+        return False
+    sch.reverse_compute_inline(block)
+    return True
 
 
 # Inlining writes a block's expression in place of every load of its buffer, so a chain of

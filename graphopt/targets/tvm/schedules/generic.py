@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 
 from .common import (PARALLEL_MIN_ELEMENTS, VectorShape, blocks_of, extent,
-                     inline_elementwise, is_reduction, schedule_elementwise,
-                     schedule_reduction)
+                     inline_elementwise, is_reduction, reverse_compute_inline,
+                     schedule_elementwise, schedule_reduction)
 
 NAME = "generic"
 # TOPI's concatenate block; its body picks the input by a chain of comparisons on the axis.
@@ -52,7 +52,6 @@ def partition_concat(sch, block, lanes: int) -> set[str]:
     equal bit for bit). Left whole when the pieces would be too many. Returns
     the names of the pieces, scheduled here: parallel when a piece is big enough, rows
     vectorized (whole when shorter than 4 vectors)."""
-    from tvm.s_tir import ScheduleError
     stmt = sch.get(block)
     out = [int(d) for d in stmt.writes[0].source.shape]
     slices = _input_slices(stmt, out)
@@ -63,9 +62,8 @@ def partition_concat(sch, block, lanes: int) -> set[str]:
         consumers = sch.get_consumers(block)
         if len(consumers) != 1 or is_reduction(sch.get(consumers[0])):
             break
-        try:
-            sch.reverse_compute_inline(consumers[0])
-        except ScheduleError:   # e.g. a consumer reading the concatenation in another layout
+        # not made for, e.g., a consumer reading the concatenation in another layout
+        if not reverse_compute_inline(sch, consumers[0]):
             break
     # A consumer pulled in may have merged the dimensions after the axis (a reshape of NCHW to
     # [N, C, H * W] feeding a pointwise conv): the block still iterates over the concatenation,

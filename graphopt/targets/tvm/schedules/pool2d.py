@@ -15,7 +15,7 @@ from __future__ import annotations
 from ....ops.pool import COLUMNS_ATTR, COLUMNS_BLOCK, COLUMNS_SUM_BLOCK, ROWS_BLOCK, \
     ROWS_SUM_BLOCK
 from .common import (PARALLEL_MIN_ELEMENTS, blocks_of, extent, inline_elementwise,
-                     schedule_elementwise)
+                     reverse_compute_inline, schedule_elementwise)
 from .phases import segments
 
 NAME = "pool2d"
@@ -87,16 +87,12 @@ def _consumers_into_columns(sch, rows, columns, vec) -> None:
     pointwise conv, a concatenation, an unpooling) are computed by the column pass where they
     read only its output, else scheduled as elementwise loops: left alone they ran as serial
     scalar copies (GoogLeNet's stem pool + reshape, 64 ch 56x56: 200,704 serial iterations)."""
-    from tvm.s_tir import ScheduleError
     pooled = sch.get(columns).writes[0].source
     for block in blocks_of(sch):
         if any(sch.get(block).same_as(sch.get(b)) for b in (rows, columns)):
             continue
         reads = sch.get(block).reads
-        if len(reads) == 1 and reads[0].source.same_as(pooled):
-            try:
-                sch.reverse_compute_inline(block)
-                continue
-            except ScheduleError:
-                pass
+        if len(reads) == 1 and reads[0].source.same_as(pooled) and \
+                reverse_compute_inline(sch, block):
+            continue
         schedule_elementwise(sch, block, vec.lanes)
