@@ -16,6 +16,8 @@ import graphopt as go
 from graphopt import dsl, runtime
 from graphopt.errors import GraphoptError
 
+from conftest import skip_unless_this_cpu_runs
+
 pytest.importorskip("tvm")
 
 from graphopt.targets.tvm.compile import optimize_for_target  # noqa: E402
@@ -483,6 +485,23 @@ def test_only_builds_for_avx512_bf16_cpus_hold_the_instruction():
     model = go.compile(graph, "cpu", mcpu="cascadelake")
     assert algorithm(model)[0] == "winograd"   # float32's F(2x2) on the widened input
     assert "vdpbf16ps" not in cpu_assembly(model.executable)
+
+
+@pytest.mark.parametrize("mcpu", ["cascadelake", "znver3"])
+@pytest.mark.parametrize("batch, out_channels", [(3, 4), (2, 16)])
+def test_a_batch_of_one_value_per_image_widens_on_cpus_without_bf16(mcpu, batch, out_channels):
+    """A 1-channel 1x1 input (a squeeze-excite bottleneck of one channel) widened to float32
+    image by image has no loop left under the batch loop: the widened kernel's schedule
+    stopped the compile on it."""
+    with dsl.Builder("one_value", seed=0) as b:
+        x = b.input("input", (batch, 1, 1, 1))
+        graph = go.quantize(b.output(dsl.sigmoid(dsl.conv2d(x, out_channels, 1))),
+                            "bfloat16").graph
+    model = go.compile(graph, "cpu", mcpu=mcpu)
+    skip_unless_this_cpu_runs(model)
+    feeds = {"input": np.random.default_rng(0).standard_normal((batch, 1, 1, 1))
+             .astype(np.float32)}
+    assert go.compare(graph, model, feeds).ok
 
 
 def test_weights_as_parameters_stay_direct():

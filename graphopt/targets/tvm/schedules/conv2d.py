@@ -382,7 +382,10 @@ def _inputs_per_image(sch, conv, batch_loop) -> None:
     vectorized along rows and parallel over channels."""
     for producer in sch.get_producers(conv):
         sch.compute_at(producer, batch_loop)
-        *outer, row = sch.get_loops(producer)[1:]
+        loops = sch.get_loops(producer)[1:]
+        if not loops:   # one element per image (a 1-channel 1x1 input): nothing to split
+            continue
+        *outer, row = loops
         if outer:
             fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
             if extent(fused, sch) * extent(row, sch) >= PARALLEL_MIN_ELEMENTS:
