@@ -1,5 +1,5 @@
-"""The DSL's wrappers for the activations and the split that the mobile zoo models use, against
-torch's functions, and their naming and error rules."""
+"""The DSL's wrappers for the activations, elementwise functions and the split that the zoo
+models and imported ones use, against torch's functions, and their naming and error rules."""
 from __future__ import annotations
 
 import numpy as np
@@ -22,6 +22,19 @@ ROWS = [
      lambda t: F.gelu(t, approximate="tanh")),
     ("silu", dsl.silu, F.silu),
     ("exp", dsl.exp, torch.exp),
+    ("elu", lambda x: dsl.elu(x, alpha=0.5), lambda t: F.elu(t, 0.5)),
+    ("selu", dsl.selu, F.selu),
+    ("softplus", dsl.softplus, F.softplus),
+    ("softsign", dsl.softsign, F.softsign),
+    ("mish", dsl.mish, F.mish),
+    ("thresholded_relu", lambda x: dsl.thresholded_relu(x, alpha=0.5),
+     lambda t: torch.where(t > 0.5, t, 0.0)),
+    ("abs", dsl.abs, torch.abs),
+    ("neg", dsl.neg, torch.neg),
+    ("reciprocal", lambda x: dsl.reciprocal(dsl.add(dsl.abs(x), dsl.parameter(
+        "one", (1,), value=np.ones(1, np.float32)))), lambda t: 1 / (t.abs() + 1)),
+    ("maximum", lambda x: dsl.maximum(x, dsl.neg(x)), lambda t: torch.maximum(t, -t)),
+    ("minimum", lambda x: dsl.minimum(x, dsl.mul(x, x)), lambda t: torch.minimum(t, t * t)),
     ("split", lambda x: dsl.concat(dsl.split(x, [2, 1, 3])[::-1], axis=1),
      lambda t: torch.cat(torch.split(t, [2, 1, 3], dim=1)[::-1], 1)),
     ("split_last_axis", lambda x: dsl.split(x, [4, 1], axis=-1)[0],

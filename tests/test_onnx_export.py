@@ -128,9 +128,24 @@ ROWS += [
         ops.Slice((-1, 1), (-2**63, 3), (2, 1), (-2, 1)), x))),
     ("gather", lambda: build("gather", (2, 5), lambda x: apply(
         ops.Gather(1), x, constant("indices", np.array([[4, 0], [-1, 2]], np.int64))))),
+    ("elu", lambda: build("elu", (2, 6), lambda x: apply(ops.Elu(0.5), x))),
+    ("selu", lambda: build("selu", (2, 6), lambda x: apply(ops.Selu(1.5, 2.0), x))),
+    ("softplus", lambda: build("softplus", (2, 6), lambda x: apply(ops.Softplus(), x))),
+    ("softsign", lambda: build("softsign", (2, 6), lambda x: apply(ops.Softsign(), x))),
+    ("mish", lambda: build("mish", (2, 6), lambda x: apply(ops.Mish(), x))),
+    ("thresholded_relu", lambda: build("thresholded", (2, 6), lambda x: apply(
+        ops.ThresholdedRelu(0.25), x))),
+    ("abs", lambda: build("abs", (2, 6), lambda x: apply(ops.Abs(), x))),
+    ("neg", lambda: build("neg", (2, 6), lambda x: apply(ops.Neg(), x))),
+    ("reciprocal", lambda: build("reciprocal", (2, 6), lambda x: apply(
+        ops.Reciprocal(), apply(ops.Exp(), x)))),
+    ("maximum", lambda: build("maximum", (2, 6), lambda x: apply(ops.Maximum(), x, constant(
+        "floor", np.float32(0.25))))),
+    ("minimum", lambda: build("minimum", (2, 6), lambda x: apply(ops.Minimum(), x, apply(
+        ops.Neg(), x)))),
 ]
 # Rows whose op first appears in an opset above 13.
-OPSETS = {"hard_swish": 14, "layer_norm": 17, "gelu": 20}
+OPSETS = {"hard_swish": 14, "layer_norm": 17, "gelu": 20, "mish": 18}
 # Rows (by graph name) whose op form needs a higher opset than the op's other forms.
 FORM_OPSETS = {"pad_wrap": 19, "reductions_opset20": 20}
 

@@ -184,6 +184,28 @@ ROWS += [
     ("sqrt_of_exp", "Sqrt", [helper.make_node("Exp", ["x"], ["e"], name="exp"),
                              node("Sqrt", ["e"])], {"x": (2, 5)}, {}, ["exp", "sqrt"]),
     ("erf", "Erf", [node("Erf", ["x"])], {"x": (2, 5)}, {}, ["erf"]),
+    ("elu", "Elu", [node("Elu", ["x"], alpha=0.5)], {"x": (2, 5)}, {}, ["elu"]),
+    ("selu", "Selu", [node("Selu", ["x"])], {"x": (2, 5)}, {}, ["selu"]),
+    ("softplus", "Softplus", [node("Softplus", ["x"])], {"x": (2, 5)}, {}, ["softplus"]),
+    ("softsign", "Softsign", [node("Softsign", ["x"])], {"x": (2, 5)}, {}, ["softsign"]),
+    ("mish", "Mish", [node("Mish", ["x"])], {"x": (2, 5)}, {}, ["mish"]),
+    ("thresholded_relu", "ThresholdedRelu", [node("ThresholdedRelu", ["x"], alpha=0.5)],
+     {"x": (2, 5)}, {}, ["thresholded_relu"]),
+    ("abs", "Abs", [node("Abs", ["x"])], {"x": (2, 5)}, {}, ["abs"]),
+    ("neg", "Neg", [node("Neg", ["x"])], {"x": (2, 5)}, {}, ["neg"]),
+    ("reciprocal_of_exp", "Reciprocal", [helper.make_node("Exp", ["x"], ["e"], name="exp"),
+                                         node("Reciprocal", ["e"])], {"x": (2, 5)}, {},
+     ["exp", "reciprocal"]),
+    ("max_of_three", "Max", [node("Max", ["x", "z", "w"])],
+     {"x": (2, 5), "z": (5,), "w": (2, 1)}, {}, ["maximum", "maximum"]),
+    ("min_of_one", "Min", [node("Min", ["x"])], {"x": (2, 5)}, {}, ["identity"]),
+    ("pixel_shuffle", "DepthToSpace", [node("DepthToSpace", ["x"], blocksize=2)],
+     {"x": (2, 8, 3, 5)}, {}, ["reshape", "transpose", "reshape"]),
+    ("depth_to_space_crd", "DepthToSpace", [node("DepthToSpace", ["x"], blocksize=2,
+                                                  mode="CRD")],
+     {"x": (1, 12, 2, 3)}, {}, ["reshape", "transpose", "reshape"]),
+    ("space_to_depth", "SpaceToDepth", [node("SpaceToDepth", ["x"], blocksize=3)],
+     {"x": (2, 2, 6, 3)}, {}, ["reshape", "transpose", "reshape"]),
     ("pow_int_exponent", "Pow", [node("Pow", ["x", "p"])], {"x": (2, 5)}, {"p": I(2)},
      ["pow"]),
     ("pow_runtime_exponent", "Pow", [node("Pow", ["x", "z"])], {"x": (2, 5), "z": (5,)}, {},
@@ -294,7 +316,7 @@ ROWS += [
 # Rows that need a newer opset than 17 (axes as an input, newer ops).
 OPSET = {"reduce_mean_spatial": 18, "reduce_mean_last_axis": 18, "reduce_max_axes_attr": 17,
          "reduce_min_axes_input": 18, "pad_wrap": 19,
-         "gelu_tanh": 20, "swish_alpha": 24}
+         "gelu_tanh": 20, "swish_alpha": 24, "mish": 18}
 
 
 def reference_outputs(model, feeds):

@@ -1,6 +1,6 @@
-"""Models written in plain PyTorch (random weights) with the layers of MobileNetV3, transformers
-and recurrent-output indexing, exported by torch.onnx.export, imported by graphopt and compared
-with onnxruntime and torch: interpreter and compiled CPU model."""
+"""Models written in plain PyTorch (random weights) with the layers of MobileNetV3, transformers,
+recurrent-output indexing and super-resolution, exported by torch.onnx.export, imported by
+graphopt and compared with onnxruntime and torch: interpreter and compiled CPU model."""
 from __future__ import annotations
 
 import io
@@ -74,6 +74,25 @@ class TransformerBits(nn.Module):
         return torch.cat([pooled, tail], dim=-1).max(dim=-1, keepdim=True).values + last
 
 
+class SuperResolutionBits(nn.Module):
+    """ESPCN super-resolution (PyTorch's ONNX export tutorial: convs, then PixelShuffle, which
+    exports as DepthToSpace) with YOLOv4's Mish (exported as Softplus, Tanh, Mul), ELU, SELU,
+    Softplus, Softsign, PixelUnshuffle, abs, neg, reciprocal, maximum and minimum."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(8, 16, 5, padding=2), nn.Mish(),
+                                      nn.Conv2d(16, 16, 3, padding=1), nn.ELU(0.5),
+                                      nn.Conv2d(16, 8, 3, padding=1), nn.SELU())
+        self.upscale = nn.Sequential(nn.Conv2d(2 * 8, 2 * 9, 3, padding=1), nn.PixelShuffle(3))
+
+    def forward(self, x):
+        y = self.features(nn.functional.pixel_unshuffle(x, 2))
+        y = torch.maximum(nn.functional.softplus(y), nn.functional.softsign(-y))
+        y = torch.minimum(y, torch.reciprocal(torch.abs(y) + 0.5))
+        return self.upscale(torch.cat([y, y.neg()], 1))
+
+
 def export(model, x, opset) -> onnx.ModelProto:
     buffer = io.BytesIO()
     # The TorchScript exporter: the dynamo one needs onnxscript, which is not installed.
@@ -105,6 +124,9 @@ CASES = {
                                   "ReduceMean", "Gather", "Slice", "Where", "Greater", "Expand",
                                   "Exp", "Log", "ReduceSum", "ReduceMax"}),
     "transformer_bits-opset20": (TransformerBits, (2, 5, 16), 20, {"Gelu", "LayerNormalization"}),
+    "super_resolution_bits": (SuperResolutionBits, (1, 2, 12, 16), 18,
+                              {"DepthToSpace", "Softplus", "Elu", "Selu", "Max", "Min", "Abs",
+                               "Neg", "Reciprocal"}),
 }
 
 

@@ -375,6 +375,36 @@ def activation_rows():
             torch_function("nn.functional.gelu", approximate="tanh"), f64=True),
         Row("dropout", ops.Dropout(0.5), (x,), (), onnx_op("Dropout")),
         Row("dropout-int32", ops.Dropout(0.2), (ints,), (), onnx_op("Identity")),
+        *formula_rows(x),
+    ]
+
+
+def formula_rows(x):
+    """The activations ONNX defines by formula, on ORT (inputs from -9 to 9: both tails)."""
+    wide = x * 3
+    def row(id, op, onnx_name, **attrs):   # ORT has no float64 kernels for these
+        return Row(id, op, (wide,), (), onnx_op(onnx_name, engine="onnxruntime",
+                                                opset=18 if onnx_name == "Mish" else OPSET,
+                                                **attrs))
+    return [
+        row("elu", ops.Elu(), "Elu"),
+        row("elu-0.5", ops.Elu(0.5), "Elu", alpha=0.5),
+        row("selu", ops.Selu(), "Selu"),
+        row("selu-attributes", ops.Selu(1.5, 2.0), "Selu", alpha=1.5, gamma=2.0),
+        row("softplus", ops.Softplus(), "Softplus"),
+        row("softsign", ops.Softsign(), "Softsign"),
+        row("mish", ops.Mish(), "Mish"),
+        row("thresholded_relu", ops.ThresholdedRelu(), "ThresholdedRelu"),
+        row("thresholded_relu-0.5", ops.ThresholdedRelu(0.5), "ThresholdedRelu", alpha=0.5),
+        Row("softplus-large", ops.Softplus(), (x * 100,), (), torch_function(
+            "nn.functional.softplus"), f64=True),
+        Row("mish-float16", ops.Mish(), (wide.astype(np.float16),), (),
+            rounded_once(onnx_op("Mish", opset=18))),
+        Row("elu-torch", ops.Elu(), (wide,), (), torch_function("nn.functional.elu"), True),
+        # torch's SELU constants are float64, ONNX's float32: a float32 check only
+        Row("selu-torch", ops.Selu(), (wide,), (), torch_function("nn.functional.selu")),
+        Row("softsign-torch", ops.Softsign(), (wide,), (), torch_function(
+            "nn.functional.softsign"), True),
     ]
 
 
@@ -389,7 +419,22 @@ def math_rows():
             # onnx.reference computes erf in float32 even for float64 inputs: torch checks it.
             Row("erf-torch", ops.Erf(), (x * 2,), (), torch_function("special.erf"), True),
             Row("exp-float16", ops.Exp(), (x.astype(np.float16),), (),
-                rounded_once(onnx_op("Exp")))]
+                rounded_once(onnx_op("Exp"))),
+            row(ops.Reciprocal(), "Reciprocal", positive), row(ops.Abs(), "Abs", x),
+            row(ops.Neg(), "Neg", x),
+            Row("abs-int8", ops.Abs(), (rand(3, 5, dtype="int8"),), (), onnx_op("Abs")),
+            Row("neg-int32", ops.Neg(), (rand(3, 5, dtype="int32"),), (), onnx_op("Neg"))]
+
+
+def extremum_rows():
+    a, b = rand(2, 3, 4), rand(3, 1)
+    ints = rand(3, 4, dtype="int32"), rand(4, dtype="int32")
+    return [
+        Row("maximum", ops.Maximum(), (a, b), (), onnx_op("Max"), f64=True),
+        Row("minimum", ops.Minimum(), (a, b), (), onnx_op("Min"), f64=True),
+        Row("maximum-int32", ops.Maximum(), ints, (), onnx_op("Max")),
+        Row("minimum-constant", ops.Minimum(), (a,), (np.float32(0.25),), onnx_op("Min")),
+    ]
 
 
 def pow_rows():
@@ -1327,7 +1372,7 @@ def random_rows(count: int = 8, seed: int = 99, tag: str = "random"):
 
 
 ROWS: list[Row] = [*conv_rows(), *fused_conv_rows(), *conv_transpose_rows(), *batch_norm_rows(),
-                   *activation_rows(), *math_rows(), *pow_rows(), *where_rows(), *compare_rows(), *reduce_rows(),
+                   *activation_rows(), *math_rows(), *extremum_rows(), *pow_rows(), *where_rows(), *compare_rows(), *reduce_rows(),
                    *layer_norm_rows(), *instance_norm_rows(), *pool_rows(), *unpool_rows(),
                    *global_pool_rows(),
                    *lrn_rows(), *linear_rows(), *binary_rows(), *shape_rows(), *resize_rows(),

@@ -477,6 +477,15 @@ def hard_sigmoid(x, alpha=0.2, beta=0.5, name=None):
 def hard_swish(x, name=None): return _unary(x, name, ops.HardSwish)
 def gelu(x, approximate="none", name=None): return _unary(x, name, ops.Gelu, approximate)
 def exp(x, name=None): return _unary(x, name, ops.Exp)
+def elu(x, alpha=1.0, name=None): return _unary(x, name, ops.Elu, alpha)
+def selu(x, name=None): return _unary(x, name, ops.Selu)
+def softplus(x, name=None): return _unary(x, name, ops.Softplus)
+def softsign(x, name=None): return _unary(x, name, ops.Softsign)
+def mish(x, name=None): return _unary(x, name, ops.Mish)
+def thresholded_relu(x, alpha=1.0, name=None): return _unary(x, name, ops.ThresholdedRelu, alpha)
+def abs(x, name=None): return _unary(x, name, ops.Abs)   # noqa: A001 (ONNX's Abs)
+def neg(x, name=None): return _unary(x, name, ops.Neg)
+def reciprocal(x, name=None): return _unary(x, name, ops.Reciprocal)
 def softmax(x, axis=-1, name=None): return _unary(x, name, ops.Softmax, axis)
 def dropout(x, ratio=0.5, name=None): return _unary(x, name, ops.Dropout, ratio)
 def global_avg_pool2d(x, name=None): return _unary(x, name, ops.GlobalAvgPool2d)
@@ -613,6 +622,8 @@ def add(a, b, name=None): return _binary(ops.Add(), a, b, name)
 def sub(a, b, name=None): return _binary(ops.Sub(), a, b, name)
 def mul(a, b, name=None): return _binary(ops.Mul(), a, b, name)
 def div(a, b, name=None): return _binary(ops.Div(), a, b, name)
+def maximum(a, b, name=None): return _binary(ops.Maximum(), a, b, name)
+def minimum(a, b, name=None): return _binary(ops.Minimum(), a, b, name)
 def matmul(a, b, name=None): return _binary(ops.Matmul(), a, b, name)
 
 
@@ -771,4 +782,6 @@ __all__ = ["Builder", "Tensor", "current", "conv2d", "conv_transpose2d", "batch_
            "global_max_pool2d", "lrn", "reduce",
            "flatten", "reshape", "transpose", "pad", "resize", "instance_norm", "add", "sub", "mul",
            "div", "matmul", "concat", "parameter", "inputs_of", "expand", "gather", "argmax",
-           "embedding", "lstm", "gru"]   # (dsl.slice stays out: it would shadow the builtin)
+           "embedding", "lstm", "gru", "elu", "selu", "softplus", "softsign", "mish",
+           "thresholded_relu", "neg", "reciprocal", "maximum", "minimum"]
+# (dsl.slice and dsl.abs stay out: they would shadow the builtins)

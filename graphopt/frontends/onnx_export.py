@@ -76,12 +76,16 @@ DIRECT = {"identity": ("Identity",), "relu": ("Relu",), "sigmoid": ("Sigmoid",),
           "lrn": ("LRN", "size", "alpha", "beta", "bias"),
           "hard_sigmoid": ("HardSigmoid", "alpha", "beta"), "exp": ("Exp",), "log": ("Log",),
           "sqrt": ("Sqrt",), "erf": ("Erf",), "pow": ("Pow",), "where": ("Where",),
-          "gather": ("Gather", "axis"), "instance_norm": ("InstanceNormalization", "epsilon")}
+          "gather": ("Gather", "axis"), "instance_norm": ("InstanceNormalization", "epsilon"),
+          "abs": ("Abs",), "neg": ("Neg",), "reciprocal": ("Reciprocal",),
+          "maximum": ("Max",), "minimum": ("Min",), "elu": ("Elu", "alpha"),
+          "selu": ("Selu", "alpha", "gamma"), "softplus": ("Softplus",),
+          "softsign": ("Softsign",), "thresholded_relu": ("ThresholdedRelu", "alpha")}
 # Ops that map onto one ONNX node that appeared after opset 13: op -> (ONNX op type, opset,
 # attributes copied under the same name).
 NEWER = {"hard_swish": ("HardSwish", 14), "layer_norm": ("LayerNormalization", 17, "axis",
                                                          "epsilon"),
-         "gelu": ("Gelu", 20, "approximate")}
+         "gelu": ("Gelu", 20, "approximate"), "mish": ("Mish", 18)}
 
 
 @exports(*DIRECT)

@@ -355,7 +355,14 @@ def matmul(ctx):
 BINARY = {"Add": ops.Add, "Sub": ops.Sub, "Mul": ops.Mul, "Div": ops.Div}
 UNARY = {"Identity": ops.Identity, "Relu": ops.Relu, "Sigmoid": ops.Sigmoid, "Tanh": ops.Tanh,
          "HardSwish": ops.HardSwish, "Exp": ops.Exp, "Log": ops.Log, "Sqrt": ops.Sqrt,
-         "Erf": ops.Erf}
+         "Erf": ops.Erf, "Abs": ops.Abs, "Neg": ops.Neg, "Reciprocal": ops.Reciprocal,
+         "Softplus": ops.Softplus, "Softsign": ops.Softsign, "Mish": ops.Mish}
+# Activations with float attributes: ONNX op type -> (op, (attribute, default) per field)
+WITH_ALPHA = {"Elu": (ops.Elu, (("alpha", 1.0),)),
+              "Selu": (ops.Selu, (("alpha", ops.activation.SELU_ALPHA),
+                                  ("gamma", ops.activation.SELU_GAMMA))),
+              "ThresholdedRelu": (ops.ThresholdedRelu, (("alpha", 1.0),))}
+EXTREMA = {"Max": ops.Maximum, "Min": ops.Minimum}
 
 
 @converts(*BINARY)
@@ -378,6 +385,54 @@ def sum_(ctx):
 @converts(*UNARY)
 def unary(ctx):
     return ctx.emit(UNARY[ctx.op_type](), [ctx.input(0)])
+
+
+@converts(*WITH_ALPHA)
+def with_alpha(ctx):
+    op, attributes = WITH_ALPHA[ctx.op_type]
+    return ctx.emit(op(*(float(ctx.attr(name, default)) for name, default in attributes)),
+                    [ctx.input(0)])
+
+
+@converts(*EXTREMA)
+def extremum(ctx):
+    """The elementwise max (or min) of one or more tensors (with broadcasting) as a chain."""
+    count = len(ctx.node.input)
+    if count == 1:
+        return ctx.emit(ops.Identity(), [ctx.input(0)])
+    result = ctx.input(0)
+    for i in range(1, count):
+        result = ctx.emit(EXTREMA[ctx.op_type](), [result, ctx.input(i)], final=i == count - 1)
+    return result
+
+
+@converts("DepthToSpace", "SpaceToDepth")
+def depth_to_space(ctx):
+    """Channels to blocks of pixels (DepthToSpace: PixelShuffle) or back (SpaceToDepth:
+    PixelUnshuffle), the channels in DCR or CRD order, as the reshape, transpose, reshape that
+    ONNX defines them by."""
+    x = ctx.type(0)
+    if len(x.shape) != 4:
+        raise UnsupportedForm(f"{len(x.shape)}-D input (4-D NCHW is supported)")
+    n, c, h, w = x.shape
+    b, mode = int(ctx.attr("blocksize", 0)), ctx.attr("mode", "DCR")
+    to_space = ctx.op_type == "DepthToSpace"
+    divides = c % (b * b) == 0 if to_space else h % b == 0 and w % b == 0
+    if b < 1 or not divides or mode not in ("DCR", "CRD"):
+        raise ModelFormatError(f"expected a blocksize whose square divides C (DepthToSpace) or "
+                               f"that divides H and W (SpaceToDepth), and mode DCR or CRD, "
+                               f"found {b} and {mode!r} for {x}", node=ctx.name, op=ctx.op_type)
+    if to_space:
+        split, perm = ((n, b, b, c // (b * b), h, w), (0, 3, 4, 1, 5, 2)) if mode == "DCR" \
+            else ((n, c // (b * b), b, b, h, w), (0, 1, 4, 2, 5, 3))
+        out = (n, c // (b * b), h * b, w * b)
+    else:
+        split = (n, c, h // b, b, w // b, b)
+        perm = (0, 3, 5, 1, 2, 4) if mode == "DCR" else (0, 1, 3, 5, 2, 4)
+        out = (n, c * b * b, h // b, w // b)
+    y = ctx.emit(ops.Reshape(split), [ctx.input(0)], final=False)
+    y = ctx.emit(ops.Transpose(perm), [y], final=False)
+    return ctx.emit(ops.Reshape(out), [y])
 
 
 @converts("Cast")

@@ -337,3 +337,164 @@ _erf = np.frompyfunc(math.erf, 1, 1)
 def erf(x: np.ndarray) -> np.ndarray:
     """The error function elementwise, in x's (float) dtype."""
     return _erf(x.astype(np.float64)).astype(np.float64).astype(x.dtype)
+
+
+# ---- activations ONNX defines by formula (ELU, SELU, softplus, softsign, mish, thresholded relu)
+class FormulaActivation(Unary):
+    """An activation written once as `formula(x, ops)`, where `ops` is numpy for the reference
+    kernel (`NUMPY_MATH`) or TIR for the lowering (`TIR_MATH`); half precision is computed in
+    float32 and rounded once. A NaN input gives NaN (the formulas avoid min and max, which
+    TIR writes as comparisons that would drop it)."""
+
+    def formula(self, x, m):
+        raise NotImplementedError
+
+    def reference(self, x):
+        acc = accumulator(x.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self.formula(x.astype(acc), NumpyMath(acc)).astype(x.dtype)
+
+    def lower_tvm(self, bb, x):
+        return bb.call_te(lambda t: in_float32(lambda v, dtype: self.formula(v, TirMath(dtype)),
+                                               t, self.name), x, primfunc_name_hint=self.name)
+
+
+class NumpyMath:
+    """The functions the formulas use, in numpy (`dtype`: the accumulation dtype)."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def const(self, value): return self.dtype(value)
+    def exp(self, x): return np.exp(x)
+    def log(self, x): return np.log(x)
+    def abs(self, x): return np.abs(x)
+    def where(self, condition, a, b): return np.where(condition, a, b)
+
+
+class TirMath:
+    """The same functions as TIR expressions on one element of dtype `dtype`."""
+
+    def __init__(self, dtype: str):
+        self.dtype = dtype
+
+    def const(self, value):
+        from tvm import tirx
+        return tirx.const(value, self.dtype)
+
+    def exp(self, x):
+        from tvm import tirx
+        return tirx.exp(x)
+
+    def log(self, x):
+        from tvm import tirx
+        return tirx.log(x)
+
+    def abs(self, x):
+        from tvm import tirx
+        return tirx.Select(x < self.const(0), -x, x)
+
+    def where(self, condition, a, b):
+        from tvm import tirx
+        return tirx.Select(condition, a, b)
+
+
+def softplus(x, m):
+    """log(1 + e^x) as max(x, 0) + log(1 + e^-|x|): no overflow for large x (ORT's form)."""
+    zero, one = m.const(0), m.const(1)
+    return m.where(x > zero, x, zero) + m.log(one + m.exp(-m.abs(x)))
+
+
+@register
+@dataclass(frozen=True)
+class Elu(FormulaActivation):
+    """x for x >= 0, alpha * (e^x - 1) below (ONNX Elu)."""
+
+    name = "elu"
+    alpha: float = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "alpha", real(self.alpha, "alpha"))
+
+    def formula(self, x, m):
+        return m.where(x >= m.const(0), x, m.const(self.alpha) * (m.exp(x) - m.const(1)))
+
+
+# ONNX Selu's defaults (float32 values of Klambauer et al.'s constants)
+SELU_ALPHA, SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875
+
+
+@register
+@dataclass(frozen=True)
+class Selu(FormulaActivation):
+    """gamma * x for x > 0, gamma * alpha * (e^x - 1) otherwise (ONNX Selu)."""
+
+    name = "selu"
+    alpha: float = SELU_ALPHA
+    gamma: float = SELU_GAMMA
+
+    def __post_init__(self):
+        object.__setattr__(self, "alpha", real(self.alpha, "alpha"))
+        object.__setattr__(self, "gamma", real(self.gamma, "gamma"))
+
+    def formula(self, x, m):
+        below = m.const(self.alpha) * m.exp(x) - m.const(self.alpha)
+        return m.const(self.gamma) * m.where(x > m.const(0), x, below)
+
+
+@register
+@dataclass(frozen=True)
+class Softplus(FormulaActivation):
+    """log(1 + e^x) (ONNX Softplus)."""
+
+    name = "softplus"
+
+    def formula(self, x, m):
+        return softplus(x, m)
+
+
+@register
+@dataclass(frozen=True)
+class Softsign(FormulaActivation):
+    """x / (1 + |x|) (ONNX Softsign)."""
+
+    name = "softsign"
+
+    def formula(self, x, m):
+        return x / (m.const(1) + m.abs(x))
+
+
+MISH_LINEAR_FROM = 20.0
+
+
+@register
+@dataclass(frozen=True)
+class Mish(FormulaActivation):
+    """x * tanh(softplus(x)) (ONNX Mish, opset 18; YOLOv4's activation)."""
+
+    name = "mish"
+
+    def formula(self, x, m):
+        """tanh(softplus(x)) as n (n + 2) / (n (n + 2) + 2), n = e^x: tanh of a small softplus
+        lost most of its digits to cancellation in TIR's tanh (relative error 1e-3 at x = -8).
+        From x = 20 on the ratio is 1 in float32 and float64, so mish is x there (and e^x is
+        never taken of a larger x, which would overflow)."""
+        limit = m.const(MISH_LINEAR_FROM)
+        n = m.exp(m.where(x > limit, limit, x))
+        p = n * (n + m.const(2))
+        return m.where(x > limit, x, x * p / (p + m.const(2)))
+
+
+@register
+@dataclass(frozen=True)
+class ThresholdedRelu(FormulaActivation):
+    """x for x > alpha, else 0 (ONNX ThresholdedRelu)."""
+
+    name = "thresholded_relu"
+    alpha: float = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "alpha", real(self.alpha, "alpha"))
+
+    def formula(self, x, m):
+        return m.where(x > m.const(self.alpha), x, m.const(0))

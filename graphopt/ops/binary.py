@@ -1,5 +1,5 @@
 """Elementwise ops of several inputs with numpy (ONNX multidirectional) broadcasting: arithmetic,
-power and where."""
+power, maximum and minimum, and where."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -97,6 +97,39 @@ class Pow(Binary):
         if relax_type(a).dtype not in HALF_DTYPES:
             return R.power(a, b)
         return lower_in_float32(bb, a, lambda wide: R.power(wide, R.astype(b, "float32")))
+
+
+class Extremum(Binary):
+    """The larger (or smaller) of two tensors elementwise, NaN where either is NaN (numpy's
+    maximum and minimum; ONNX Max and Min of two inputs). TIR's max and min are comparisons,
+    which would drop a NaN in one of them: a NaN is put back by adding the two."""
+
+    def lower_tvm(self, bb, a, b):
+        R = relax().op
+        value = getattr(R, self.relax_name)(a, b)
+        if relax_type(a).dtype not in ("float16", "bfloat16", "float32", "float64"):
+            return value
+        return R.where(R.logical_or(R.isnan(a), R.isnan(b)), R.add(a, b), value)
+
+
+@register
+@dataclass(frozen=True)
+class Maximum(Extremum):
+    name = "maximum"
+    relax_name = "maximum"
+
+    def reference(self, a, b):
+        return np.maximum(a, b)
+
+
+@register
+@dataclass(frozen=True)
+class Minimum(Extremum):
+    name = "minimum"
+    relax_name = "minimum"
+
+    def reference(self, a, b):
+        return np.minimum(a, b)
 
 
 @register

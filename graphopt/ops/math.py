@@ -1,5 +1,6 @@
-"""Elementwise functions of one float tensor: exp, log, sqrt and erf (the parts of layer
-normalization and erf-based GELU as exporters decompose them)."""
+"""Elementwise functions of one tensor: exp, log, sqrt, erf and reciprocal on floats (the parts
+of layer normalization and erf-based GELU as exporters decompose them), abs and neg on any
+number."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +9,7 @@ from typing import Callable, ClassVar
 import numpy as np
 
 from .activation import Unary, erf
-from .base import accumulator, register, relax
+from .base import accumulator, register, relax, relax_type
 from .cast import lower_in_float32
 
 
@@ -57,3 +58,46 @@ class Erf(FloatFunction):
     name = "erf"
     function = erf
     relax_name = "erf"
+
+
+@register
+@dataclass(frozen=True)
+class Reciprocal(FloatFunction):
+    name = "reciprocal"
+    function = np.reciprocal
+
+    def lower_tvm(self, bb, x):
+        rx = relax()
+        return lower_in_float32(bb, x, lambda v: rx.op.divide(rx.const(1.0,
+                                                                       relax_type(v).dtype), v))
+
+
+class SignedFunction(Unary):
+    """`function` elementwise on a float or integer tensor, in its own dtype (integers wrap as
+    numpy's do: the negative of int8's -128 is -128)."""
+
+    float_only = False
+    function: ClassVar[Callable[[np.ndarray], np.ndarray]]
+    relax_name: ClassVar[str]
+
+    def reference(self, x):
+        return type(self).function(x).astype(x.dtype)
+
+    def lower_tvm(self, bb, x):
+        return getattr(relax().op, self.relax_name)(x)
+
+
+@register
+@dataclass(frozen=True)
+class Abs(SignedFunction):
+    name = "abs"
+    function = np.abs
+    relax_name = "abs"
+
+
+@register
+@dataclass(frozen=True)
+class Neg(SignedFunction):
+    name = "neg"
+    function = np.negative
+    relax_name = "negative"
