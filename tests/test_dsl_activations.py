@@ -35,6 +35,11 @@ ROWS = [
         "one", (1,), value=np.ones(1, np.float32)))), lambda t: 1 / (t.abs() + 1)),
     ("maximum", lambda x: dsl.maximum(x, dsl.neg(x)), lambda t: torch.maximum(t, -t)),
     ("minimum", lambda x: dsl.minimum(x, dsl.mul(x, x)), lambda t: torch.minimum(t, t * t)),
+    ("prelu", lambda x: dsl.prelu(x, init=0.3),
+     lambda t: torch.nn.functional.prelu(t, torch.tensor([0.3], dtype=torch.float64))),
+    ("prelu_per_channel", lambda x: dsl.prelu(x, 6, slope=np.linspace(-1, 1, 6).reshape(
+        6, 1, 1)), lambda t: torch.nn.functional.prelu(t, torch.linspace(-1, 1, 6,
+                                                                        dtype=torch.float64))),
     ("split", lambda x: dsl.concat(dsl.split(x, [2, 1, 3])[::-1], axis=1),
      lambda t: torch.cat(torch.split(t, [2, 1, 3], dim=1)[::-1], 1)),
     ("split_last_axis", lambda x: dsl.split(x, [4, 1], axis=-1)[0],

@@ -143,6 +143,7 @@ ROWS += [
         "floor", np.float32(0.25))))),
     ("minimum", lambda: build("minimum", (2, 6), lambda x: apply(ops.Minimum(), x, apply(
         ops.Neg(), x)))),
+    ("prelu", lambda: build("prelu", (2, 3, 4), lambda x: dsl.prelu(x, 3))),
 ]
 # Rows whose op first appears in an opset above 13.
 OPSETS = {"hard_swish": 14, "layer_norm": 17, "gelu": 20, "mish": 18}

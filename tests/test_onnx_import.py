@@ -199,6 +199,8 @@ ROWS += [
     ("max_of_three", "Max", [node("Max", ["x", "z", "w"])],
      {"x": (2, 5), "z": (5,), "w": (2, 1)}, {}, ["maximum", "maximum"]),
     ("min_of_one", "Min", [node("Min", ["x"])], {"x": (2, 5)}, {}, ["identity"]),
+    ("prelu", "PRelu", [node("PRelu", ["x", "slope"])], {"x": (2, 3, 4)},
+     {"slope": F(0.1, 0.2, 0.3).reshape(3, 1)}, ["prelu"]),
     ("pixel_shuffle", "DepthToSpace", [node("DepthToSpace", ["x"], blocksize=2)],
      {"x": (2, 8, 3, 5)}, {}, ["reshape", "transpose", "reshape"]),
     ("depth_to_space_crd", "DepthToSpace", [node("DepthToSpace", ["x"], blocksize=2,

@@ -76,12 +76,13 @@ class TransformerBits(nn.Module):
 
 class SuperResolutionBits(nn.Module):
     """ESPCN super-resolution (PyTorch's ONNX export tutorial: convs, then PixelShuffle, which
-    exports as DepthToSpace) with YOLOv4's Mish (exported as Softplus, Tanh, Mul), ELU, SELU,
-    Softplus, Softsign, PixelUnshuffle, abs, neg, reciprocal, maximum and minimum."""
+    exports as DepthToSpace) with YOLOv4's Mish (exported as Softplus, Tanh, Mul), PReLU, ELU,
+    SELU, Softplus, Softsign, PixelUnshuffle, abs, neg, reciprocal, maximum and minimum."""
 
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(8, 16, 5, padding=2), nn.Mish(),
+                                      nn.Conv2d(16, 16, 3, padding=1), nn.PReLU(16),
                                       nn.Conv2d(16, 16, 3, padding=1), nn.ELU(0.5),
                                       nn.Conv2d(16, 8, 3, padding=1), nn.SELU())
         self.upscale = nn.Sequential(nn.Conv2d(2 * 8, 2 * 9, 3, padding=1), nn.PixelShuffle(3))
@@ -125,8 +126,8 @@ CASES = {
                                   "Exp", "Log", "ReduceSum", "ReduceMax"}),
     "transformer_bits-opset20": (TransformerBits, (2, 5, 16), 20, {"Gelu", "LayerNormalization"}),
     "super_resolution_bits": (SuperResolutionBits, (1, 2, 12, 16), 18,
-                              {"DepthToSpace", "Softplus", "Elu", "Selu", "Max", "Min", "Abs",
-                               "Neg", "Reciprocal"}),
+                              {"DepthToSpace", "Softplus", "PRelu", "Elu", "Selu", "Max", "Min",
+                               "Abs", "Neg", "Reciprocal"}),
 }
 
 

@@ -434,6 +434,11 @@ def extremum_rows():
         Row("minimum", ops.Minimum(), (a, b), (), onnx_op("Min"), f64=True),
         Row("maximum-int32", ops.Maximum(), ints, (), onnx_op("Max")),
         Row("minimum-constant", ops.Minimum(), (a,), (np.float32(0.25),), onnx_op("Min")),
+        Row("prelu-per-channel", ops.PRelu(), (rand(2, 3, 4, 5),), (rand(3, 1, 1) / 4,),
+            onnx_op("PRelu"), f64=True),
+        Row("prelu-one-slope", ops.PRelu(), (a,), (np.full(1, 0.25, np.float32),),
+            onnx_op("PRelu"), f64=True),
+        Row("prelu-runtime-slope", ops.PRelu(), (a, b), (), onnx_op("PRelu")),
     ]
 
 

@@ -438,6 +438,29 @@ def instance_norm(x: Tensor, epsilon: float = 1e-5, scale=None, bias=None,
     return b.apply(op, inputs, name)
 
 
+def prelu(x: Tensor, num_parameters: int = 1, init: float = 0.25, slope=None,
+          name: str | None = None) -> Tensor:
+    """x for x >= 0, slope * x below, with learned slopes as torch's nn.PReLU has them: one for
+    the whole tensor, or `num_parameters` = the channels (axis 1) for one per channel; each
+    `init` unless `slope` gives them."""
+    b = _builder_of(x)
+    name = _name(b, name, "prelu", "prelu")
+
+    def plan():
+        _expect_tensor(x)
+        channels = x.shape[1] if len(x.shape) >= 2 else 1
+        count = _count(num_parameters, "num_parameters")
+        if count not in (1, channels):
+            raise ShapeError(f"expected num_parameters 1 or the {channels} channels of "
+                             f"'{x.name}', found {count}")
+        return (1,) if count == 1 else (channels,) + (1,) * (len(x.shape) - 2)
+
+    shape = _checked(b, name, "prelu", plan)
+    inputs = [x, b.weight(name, "slope", shape, lambda s: np.full(s, init), slope, x.dtype,
+                          op="prelu")]
+    return b.apply(_op(b, name, ops.PRelu), inputs, name)
+
+
 def linear(x: Tensor, out_features: int, bias: bool = True, weight=None, bias_value=None,
            name: str | None = None) -> Tensor:
     """Fully connected layer with a [out_features, in_features] weight (torch's layout)."""
@@ -783,5 +806,5 @@ __all__ = ["Builder", "Tensor", "current", "conv2d", "conv_transpose2d", "batch_
            "flatten", "reshape", "transpose", "pad", "resize", "instance_norm", "add", "sub", "mul",
            "div", "matmul", "concat", "parameter", "inputs_of", "expand", "gather", "argmax",
            "embedding", "lstm", "gru", "elu", "selu", "softplus", "softsign", "mish",
-           "thresholded_relu", "neg", "reciprocal", "maximum", "minimum"]
+           "thresholded_relu", "neg", "reciprocal", "maximum", "minimum", "prelu"]
 # (dsl.slice and dsl.abs stay out: they would shadow the builtins)

@@ -80,7 +80,8 @@ DIRECT = {"identity": ("Identity",), "relu": ("Relu",), "sigmoid": ("Sigmoid",),
           "abs": ("Abs",), "neg": ("Neg",), "reciprocal": ("Reciprocal",),
           "maximum": ("Max",), "minimum": ("Min",), "elu": ("Elu", "alpha"),
           "selu": ("Selu", "alpha", "gamma"), "softplus": ("Softplus",),
-          "softsign": ("Softsign",), "thresholded_relu": ("ThresholdedRelu", "alpha")}
+          "softsign": ("Softsign",), "thresholded_relu": ("ThresholdedRelu", "alpha"),
+          "prelu": ("PRelu",)}
 # Ops that map onto one ONNX node that appeared after opset 13: op -> (ONNX op type, opset,
 # attributes copied under the same name).
 NEWER = {"hard_swish": ("HardSwish", 14), "layer_norm": ("LayerNormalization", 17, "axis",

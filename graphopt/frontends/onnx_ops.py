@@ -489,6 +489,11 @@ def where(ctx):
     return ctx.emit(ops.Where(), [ctx.input(0), ctx.input(1), ctx.input(2)])
 
 
+@converts("PRelu")
+def prelu(ctx):
+    return ctx.emit(ops.PRelu(), [ctx.input(0), ctx.input(1)])
+
+
 @converts("LeakyRelu")
 def leaky_relu(ctx):
     return ctx.emit(ops.LeakyRelu(float(ctx.attr("alpha", 0.01))), [ctx.input(0)])

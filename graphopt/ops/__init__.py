@@ -6,7 +6,7 @@ from .activation import (Clip, Dropout, Elu, Gelu, HardSigmoid, HardSwish, Ident
                          Mish, Relu, Selu, Sigmoid, Softmax, Softplus, Softsign, Tanh,
                          ThresholdedRelu)
 from .base import OPS, Op, get_op, register
-from .binary import Add, Compare, Div, Maximum, Minimum, Mul, Pow, Sub, Where
+from .binary import Add, Compare, Div, Maximum, Minimum, Mul, Pow, PRelu, Sub, Where
 from .cast import Cast
 from .conv import BatchNorm, Conv2d, ConvTranspose2d
 from .fused import FusedConv2d
@@ -32,4 +32,4 @@ __all__ = ["OPS", "Op", "get_op", "register", "Add", "AvgPool2d", "BatchNorm", "
            "LayerNorm", "Log", "Pow", "ReduceMax", "ReduceMean", "ReduceSum", "Slice", "Sqrt",
            "Tile", "Where", "Compare", "InstanceNorm", "ArgMax", "ArgMin", "Gru", "Lstm",
            "TableLookup", "Abs", "Elu", "Maximum", "Minimum", "Mish", "Neg", "Reciprocal", "Selu",
-           "Softplus", "Softsign", "ThresholdedRelu"]
+           "Softplus", "Softsign", "ThresholdedRelu", "PRelu"]

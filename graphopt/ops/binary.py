@@ -1,5 +1,5 @@
 """Elementwise ops of several inputs with numpy (ONNX multidirectional) broadcasting: arithmetic,
-power, maximum and minimum, and where."""
+power, maximum and minimum, PReLU, and where."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -130,6 +130,32 @@ class Minimum(Extremum):
 
     def reference(self, a, b):
         return np.minimum(a, b)
+
+
+@register
+@dataclass(frozen=True)
+class PRelu(Op):
+    """x for x >= 0, slope * x below (ONNX PRelu), the learned slope broadcast to x (torch's
+    nn.PReLU: one per channel, shape [C, 1, 1] for NCHW, or one for the whole tensor)."""
+
+    name = "prelu"
+    arity = (2, 2)
+
+    def infer(self, x: TensorType, slope: TensorType) -> TensorType:
+        expect_float(x)
+        expect_same_dtype(x, slope)
+        expect(broadcast_shape(x.shape, slope.shape) == tuple(x.shape),
+               f"expected a slope that broadcasts to {x}, found {slope}")
+        return x
+
+    def reference(self, x, slope):
+        acc = accumulator(x.dtype)
+        return np.where(x >= 0, x, x.astype(acc) * slope.astype(acc)).astype(x.dtype)
+
+    def lower_tvm(self, bb, x, slope):
+        R, rx = relax().op, relax()
+        dtype = relax_type(x).dtype
+        return R.where(R.greater_equal(x, rx.const(0, dtype)), x, R.multiply(x, slope))
 
 
 @register
