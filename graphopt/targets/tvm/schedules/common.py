@@ -174,18 +174,18 @@ def inline_elementwise(sch, keep) -> None:
 
 
 def reverse_compute_inline(sch, block) -> bool:
-    """`sch.reverse_compute_inline(block)` where TVM can make it; whether it was made. Tried on
-    a copy of `sch` first: on a block reading its producer with a stride (a strided slice of a
-    pool or of a concatenation) TVM 0.27 stops with an internal error while inverting the index
-    map, not with a ScheduleError, and the block is then left as it is."""
+    """`sch.reverse_compute_inline(block)` where TVM can make it; whether it was made. On a
+    block reading its producer with a stride (a strided slice of a pool or of a concatenation)
+    TVM 0.27 stops with an internal error while inverting the index map, not with a
+    ScheduleError; as with a ScheduleError the schedule is left as it was (TVM replaces the
+    scope's statement only once the new one is built), and so is the block."""
     from tvm.error import InternalError
     from tvm.s_tir import ScheduleError
     try:
-        sch.copy().reverse_compute_inline(block)
+        sch.reverse_compute_inline(block)
+        return True
     except (ScheduleError, InternalError):
         return False
-    sch.reverse_compute_inline(block)
-    return True
 
 
 # Inlining writes a block's expression in place of every load of its buffer, so a chain of
