@@ -1009,7 +1009,13 @@ SEPARABLE_MAX_POOLS = [("uint8", 2, 2, 0, 1, False, (1, 16, 24, 24)),   # VGG's,
                        ("bfloat16", 3, 1, 1, 1, False, (1, 5, 28, 28)),   # GoogLeNet's
                        ("float32", 3, 1, 1, 1, False, (1, 5, 28, 28)),
                        ("float32", 5, 1, 2, 1, False, (2, 4, 19, 21)),
-                       ("float32", 3, 2, 1, 1, True, (1, 3, 12, 13))]
+                       ("float32", 3, 2, 1, 1, True, (1, 3, 12, 13)),
+                       ("float32", 2, 2, 0, 1, False, (1, 16, 24, 24)),
+                       ("float32", 3, 2, 0, 1, True, (2, 3, 10, 11)),
+                       # a global max pool (torch's AdaptiveMaxPool2d(1)): as a chain of Lets
+                       # an 8x8 window took LLVM 25 s to build, 12x12 minutes
+                       ("float32", 12, 12, 0, 1, False, (1, 16, 12, 12)),
+                       ("float32", 8, 8, 0, 1, False, (2, 3, 16, 17))]
 
 
 @pytest.mark.parametrize("dtype, kernel, stride, padding, dilation, ceil_mode, shape",
@@ -1037,6 +1043,8 @@ def test_separable_max_pools_are_exact(dtype, kernel, stride, padding, dilation,
     (name,) = [v.name for v in graph.outputs]
     np.testing.assert_array_equal(model.run({"x": x})[name].astype(np.float64),
                                   go.interpret(graph, {"x": x})[name].astype(np.float64))
+    (func,) = _scheduled_kernels(graph).values()
+    assert "T.Let(" not in func.script()   # each maximum written without Lets
 
 
 def test_long_reductions_sum_vectors_of_partial_results():

@@ -202,20 +202,22 @@ class MaxPool2d(Pool2d):
 
     def separable_max_pool(self, x, out_h: int, out_w: int):
         """TE: the max pool as a row max (`ROWS_BLOCK`) followed by a column max
-        (`COLUMNS_BLOCK`), padding reading as -inf (`Pool2d.two_passes`). A pool padding its
-        columns has its maximum written without Lets (`nan_max_of`) and its rows pass
+        (`COLUMNS_BLOCK`), padding reading as -inf (`Pool2d.two_passes`), each maximum
+        written without Lets (`nan_max_of`). A pool padding its columns has its rows pass
         vectorized in pieces by the CPU rule (the padding columns, the input's), which a
         chain of Lets came out wrong in; as one loop its per-lane bounds checks made it
         scalar (3x3 stride-1 pools, 480 ch 28x28, one core: bfloat16 5.6 -> 0.59 ms, float32
-        0.74 -> 0.57). bfloat16 is always written so: TVM computes it in float32 but keeps
-        the type of the Let variable, which it then refuses."""
+        0.74 -> 0.57). Unpadded pools were a chain of Lets, which LLVM took 25 s to compile
+        for an 8x8 window (a global max pool as torch exports AdaptiveMaxPool2d) and minutes
+        for 12x12, and which ran slower: one core, chain / no Lets, VGG's 2x2 pool of 64 ch
+        224x224 1.28 / 0.24 ms, GoogLeNet's 3x3 stride-2 one of 192 ch 56x56 79 / 49 us.
+        (bfloat16 cannot take a Let: TVM computes it in float32 but keeps the type of the
+        Let variable, which it then refuses.)"""
         from tvm import tirx
         # padding columns (a ceil-mode overhang alone stays one loop: SqueezeNet's pools ran
         # 1.18x slower at two threads in pieces)
         pieces = self.padding[1] > 0 or self.padding[3] > 0
-        combine = nan_max_of if pieces or str(x.dtype) == "bfloat16" else \
-            (lambda values: functools.reduce(nan_max, values))
-        return self.two_passes(x, out_h, out_w, tirx.min_value(x.dtype), combine,
+        return self.two_passes(x, out_h, out_w, tirx.min_value(x.dtype), nan_max_of,
                                (ROWS_BLOCK, COLUMNS_BLOCK), pieces=pieces)
 
     def max_pool(self, x, out_h: int, out_w: int):
