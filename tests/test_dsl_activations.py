@@ -40,6 +40,12 @@ ROWS = [
     ("prelu_per_channel", lambda x: dsl.prelu(x, 6, slope=np.linspace(-1, 1, 6).reshape(
         6, 1, 1)), lambda t: torch.nn.functional.prelu(t, torch.linspace(-1, 1, 6,
                                                                         dtype=torch.float64))),
+    ("celu", lambda x: dsl.celu(x, 0.5), lambda t: F.celu(t, 0.5)),
+    ("log_softmax", lambda x: dsl.log_softmax(x, axis=1), lambda t: F.log_softmax(t, 1)),
+    ("sign", dsl.sign, torch.sign),
+    ("floor", dsl.floor, torch.floor),
+    ("ceil", dsl.ceil, torch.ceil),
+    ("round", dsl.round, torch.round),
     ("split", lambda x: dsl.concat(dsl.split(x, [2, 1, 3])[::-1], axis=1),
      lambda t: torch.cat(torch.split(t, [2, 1, 3], dim=1)[::-1], 1)),
     ("split_last_axis", lambda x: dsl.split(x, [4, 1], axis=-1)[0],

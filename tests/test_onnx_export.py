@@ -144,6 +144,18 @@ ROWS += [
     ("minimum", lambda: build("minimum", (2, 6), lambda x: apply(ops.Minimum(), x, apply(
         ops.Neg(), x)))),
     ("prelu", lambda: build("prelu", (2, 3, 4), lambda x: dsl.prelu(x, 3))),
+    ("celu", lambda: build("celu", (2, 6), lambda x: dsl.celu(x, 0.5))),
+    ("log_softmax", lambda: build("log_softmax", (2, 6), lambda x: dsl.log_softmax(x))),
+    ("sign", lambda: build("sign", (2, 6), lambda x: dsl.sign(x))),
+    ("floor", lambda: build("floor", (2, 6), lambda x: dsl.floor(x))),
+    ("ceil", lambda: build("ceil", (2, 6), lambda x: dsl.ceil(x))),
+    ("round", lambda: build("round", (2, 6), lambda x: dsl.round(x))),
+    ("logical", lambda: build("logical", (2, 3), lambda x: apply(ops.Where(), apply(
+        ops.Logical("or"), apply(ops.Not(), apply(ops.Compare("greater"), x, constant(
+            "zero", np.float32(0)))), constant("mask", np.array([True, False, False]))), x,
+        constant("other", np.float32(0))))),
+    ("not", lambda: build("not", (2, 3), lambda x: apply(ops.Where(), apply(ops.Not(), apply(
+        ops.Compare("less"), x, constant("one", np.float32(1)))), x, x))),
 ]
 # Rows whose op first appears in an opset above 13.
 OPSETS = {"hard_swish": 14, "layer_norm": 17, "gelu": 20, "mish": 18}

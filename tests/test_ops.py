@@ -22,7 +22,7 @@ from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 import graphopt as go
-from graphopt import ops
+from graphopt import dsl, ops
 from graphopt.compare import onnxruntime_outputs
 from graphopt.ir import Graph, TensorType
 
@@ -403,6 +403,13 @@ def formula_rows(x):
         Row("elu-torch", ops.Elu(), (wide,), (), torch_function("nn.functional.elu"), True),
         # torch's SELU constants are float64, ONNX's float32: a float32 check only
         Row("selu-torch", ops.Selu(), (wide,), (), torch_function("nn.functional.selu")),
+        row("celu", ops.Celu(), "Celu"),
+        Row("celu-0.5-torch", ops.Celu(0.5), (wide,), (), torch_function(
+            "nn.functional.celu", alpha=0.5), True),
+        Row("log_softmax", ops.LogSoftmax(1), (wide,), (), onnx_op("LogSoftmax", axis=1),
+            f64=True),
+        Row("log_softmax-last-float16", ops.LogSoftmax(), (x.astype(np.float16),), (),
+            rounded_once(onnx_op("LogSoftmax", axis=-1))),
         Row("softsign-torch", ops.Softsign(), (wide,), (), torch_function(
             "nn.functional.softsign"), True),
     ]
@@ -423,7 +430,25 @@ def math_rows():
             row(ops.Reciprocal(), "Reciprocal", positive), row(ops.Abs(), "Abs", x),
             row(ops.Neg(), "Neg", x),
             Row("abs-int8", ops.Abs(), (rand(3, 5, dtype="int8"),), (), onnx_op("Abs")),
-            Row("neg-int32", ops.Neg(), (rand(3, 5, dtype="int32"),), (), onnx_op("Neg"))]
+            Row("neg-int32", ops.Neg(), (rand(3, 5, dtype="int32"),), (), onnx_op("Neg")),
+            row(ops.Sign(), "Sign", with_zeros(x)),
+            Row("sign-int32", ops.Sign(), (rand(3, 5, dtype="int32"),), (), onnx_op("Sign")),
+            row(ops.Floor(), "Floor", x * 4), row(ops.Ceil(), "Ceil", x * 4),
+            # halves, which Round takes to the even neighbour
+            row(ops.Round(), "Round", np.round(x * 8) / 2)]
+
+
+def with_zeros(x):
+    x = x.copy()
+    x.flat[::5] = 0
+    return x
+
+
+def logical_rows():
+    a, b = rand(2, 3, 4) > 0, rand(3, 1) > 0
+    return [Row(f"logical-{op}", ops.Logical(op), (a, b), (), onnx_op(name))
+            for op, name in (("and", "And"), ("or", "Or"), ("xor", "Xor"))] + \
+        [Row("not", ops.Not(), (a,), (), onnx_op("Not"))]
 
 
 def extremum_rows():
@@ -1377,7 +1402,7 @@ def random_rows(count: int = 8, seed: int = 99, tag: str = "random"):
 
 
 ROWS: list[Row] = [*conv_rows(), *fused_conv_rows(), *conv_transpose_rows(), *batch_norm_rows(),
-                   *activation_rows(), *math_rows(), *extremum_rows(), *pow_rows(), *where_rows(), *compare_rows(), *reduce_rows(),
+                   *activation_rows(), *math_rows(), *extremum_rows(), *logical_rows(), *pow_rows(), *where_rows(), *compare_rows(), *reduce_rows(),
                    *layer_norm_rows(), *instance_norm_rows(), *pool_rows(), *unpool_rows(),
                    *global_pool_rows(),
                    *lrn_rows(), *linear_rows(), *binary_rows(), *shape_rows(), *resize_rows(),
@@ -1469,3 +1494,13 @@ def check_compiled(op_name: str, rows: Sequence[Row], bounds_check: bool = False
         except AssertionError as e:
             failures.append(str(e).splitlines()[0])
     assert not failures, f"{len(failures)} of {len(rows)} rows differ:\n" + "\n".join(failures)
+
+
+def test_sign_of_nan_is_nan():
+    """As in numpy and ORT (TVM's own sign gives 0)."""
+    x = np.array([np.nan, -2, 0, 3, -np.inf], np.float32)
+    with dsl.Builder("sign") as b:
+        graph = b.output(dsl.sign(b.input("x", x.shape)))
+    expected = np.array([np.nan, -1, 0, 1, -1], np.float32)
+    np.testing.assert_array_equal(go.interpret(graph, {"x": x})["output"], expected)
+    np.testing.assert_array_equal(go.compile(graph).run({"x": x})["output"], expected)

@@ -510,6 +510,12 @@ def abs(x, name=None): return _unary(x, name, ops.Abs)   # noqa: A001 (ONNX's Ab
 def neg(x, name=None): return _unary(x, name, ops.Neg)
 def reciprocal(x, name=None): return _unary(x, name, ops.Reciprocal)
 def softmax(x, axis=-1, name=None): return _unary(x, name, ops.Softmax, axis)
+def log_softmax(x, axis=-1, name=None): return _unary(x, name, ops.LogSoftmax, axis)
+def celu(x, alpha=1.0, name=None): return _unary(x, name, ops.Celu, alpha)
+def sign(x, name=None): return _unary(x, name, ops.Sign)
+def floor(x, name=None): return _unary(x, name, ops.Floor)
+def ceil(x, name=None): return _unary(x, name, ops.Ceil)
+def round(x, name=None): return _unary(x, name, ops.Round)   # noqa: A001 (ONNX's Round)
 def dropout(x, ratio=0.5, name=None): return _unary(x, name, ops.Dropout, ratio)
 def global_avg_pool2d(x, name=None): return _unary(x, name, ops.GlobalAvgPool2d)
 def global_max_pool2d(x, name=None): return _unary(x, name, ops.GlobalMaxPool2d)
@@ -806,5 +812,6 @@ __all__ = ["Builder", "Tensor", "current", "conv2d", "conv_transpose2d", "batch_
            "flatten", "reshape", "transpose", "pad", "resize", "instance_norm", "add", "sub", "mul",
            "div", "matmul", "concat", "parameter", "inputs_of", "expand", "gather", "argmax",
            "embedding", "lstm", "gru", "elu", "selu", "softplus", "softsign", "mish",
-           "thresholded_relu", "neg", "reciprocal", "maximum", "minimum", "prelu"]
-# (dsl.slice and dsl.abs stay out: they would shadow the builtins)
+           "thresholded_relu", "neg", "reciprocal", "maximum", "minimum", "prelu",
+           "log_softmax", "celu", "sign", "floor", "ceil"]
+# (dsl.slice, dsl.abs and dsl.round stay out: they would shadow the builtins)

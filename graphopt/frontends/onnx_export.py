@@ -81,7 +81,9 @@ DIRECT = {"identity": ("Identity",), "relu": ("Relu",), "sigmoid": ("Sigmoid",),
           "maximum": ("Max",), "minimum": ("Min",), "elu": ("Elu", "alpha"),
           "selu": ("Selu", "alpha", "gamma"), "softplus": ("Softplus",),
           "softsign": ("Softsign",), "thresholded_relu": ("ThresholdedRelu", "alpha"),
-          "prelu": ("PRelu",)}
+          "prelu": ("PRelu",), "celu": ("Celu", "alpha"), "log_softmax": ("LogSoftmax", "axis"),
+          "sign": ("Sign",), "floor": ("Floor",), "ceil": ("Ceil",), "round": ("Round",),
+          "not": ("Not",)}
 # Ops that map onto one ONNX node that appeared after opset 13: op -> (ONNX op type, opset,
 # attributes copied under the same name).
 NEWER = {"hard_swish": ("HardSwish", 14), "layer_norm": ("LayerNormalization", 17, "axis",
@@ -143,6 +145,12 @@ def axes_as_inputs(ex: ExportContext) -> None:
 def compare(ex, node):
     from ..ops.binary import RELATIONS
     ex.add(RELATIONS[node.op.relation][2], node)
+
+
+@exports("logical")
+def logical(ex, node):
+    from ..ops.binary import LOGICAL
+    ex.add(LOGICAL[node.op.operation][2], node)
 
 
 @exports("expand", "tile")

@@ -356,12 +356,15 @@ BINARY = {"Add": ops.Add, "Sub": ops.Sub, "Mul": ops.Mul, "Div": ops.Div}
 UNARY = {"Identity": ops.Identity, "Relu": ops.Relu, "Sigmoid": ops.Sigmoid, "Tanh": ops.Tanh,
          "HardSwish": ops.HardSwish, "Exp": ops.Exp, "Log": ops.Log, "Sqrt": ops.Sqrt,
          "Erf": ops.Erf, "Abs": ops.Abs, "Neg": ops.Neg, "Reciprocal": ops.Reciprocal,
-         "Softplus": ops.Softplus, "Softsign": ops.Softsign, "Mish": ops.Mish}
+         "Softplus": ops.Softplus, "Softsign": ops.Softsign, "Mish": ops.Mish,
+         "Sign": ops.Sign, "Floor": ops.Floor, "Ceil": ops.Ceil, "Round": ops.Round,
+         "Not": ops.Not}
 # Activations with float attributes: ONNX op type -> (op, (attribute, default) per field)
 WITH_ALPHA = {"Elu": (ops.Elu, (("alpha", 1.0),)),
               "Selu": (ops.Selu, (("alpha", ops.activation.SELU_ALPHA),
                                   ("gamma", ops.activation.SELU_GAMMA))),
-              "ThresholdedRelu": (ops.ThresholdedRelu, (("alpha", 1.0),))}
+              "ThresholdedRelu": (ops.ThresholdedRelu, (("alpha", 1.0),)),
+              "Celu": (ops.Celu, (("alpha", 1.0),))}
 EXTREMA = {"Max": ops.Maximum, "Min": ops.Minimum}
 
 
@@ -499,9 +502,18 @@ def leaky_relu(ctx):
     return ctx.emit(ops.LeakyRelu(float(ctx.attr("alpha", 0.01))), [ctx.input(0)])
 
 
-@converts("Softmax")
+@converts("Softmax", "LogSoftmax")
 def softmax(ctx):
-    return ctx.emit(ops.Softmax(int(ctx.attr("axis", -1))), [ctx.input(0)])
+    op = ops.Softmax if ctx.op_type == "Softmax" else ops.LogSoftmax
+    return ctx.emit(op(int(ctx.attr("axis", -1))), [ctx.input(0)])
+
+
+LOGICAL = {onnx_type: operation for operation, (_, _, onnx_type) in ops.binary.LOGICAL.items()}
+
+
+@converts(*LOGICAL)
+def logical(ctx):
+    return ctx.emit(ops.Logical(LOGICAL[ctx.op_type]), [ctx.input(0), ctx.input(1)])
 
 
 def scalar(ctx: NodeContext, index: int, what: str) -> float:

@@ -2,16 +2,17 @@
 reference kernel, TVM lowering) and registers them; importing this package loads them all."""
 from . import (activation, binary, cast, conv, epilogue, fused, linear, math, pool,  # noqa: F401
                quant, reduce, resize, shape)
-from .activation import (Clip, Dropout, Elu, Gelu, HardSigmoid, HardSwish, Identity, LeakyRelu,
-                         Mish, Relu, Selu, Sigmoid, Softmax, Softplus, Softsign, Tanh,
-                         ThresholdedRelu)
+from .activation import (Celu, Clip, Dropout, Elu, Gelu, HardSigmoid, HardSwish, Identity,
+                         LeakyRelu, LogSoftmax, Mish, Relu, Selu, Sigmoid, Softmax, Softplus,
+                         Softsign, Tanh, ThresholdedRelu)
 from .base import OPS, Op, get_op, register
-from .binary import Add, Compare, Div, Maximum, Minimum, Mul, Pow, PRelu, Sub, Where
+from .binary import (Add, Compare, Div, Logical, Maximum, Minimum, Mul, Not, Pow, PRelu, Sub,
+                     Where)
 from .cast import Cast
 from .conv import BatchNorm, Conv2d, ConvTranspose2d
 from .fused import FusedConv2d
 from .linear import Linear, Matmul
-from .math import Abs, Erf, Exp, Log, Neg, Reciprocal, Sqrt
+from .math import Abs, Ceil, Erf, Exp, Floor, Log, Neg, Reciprocal, Round, Sign, Sqrt
 from .pool import (AvgPool2d, GlobalAvgPool2d, GlobalMaxPool2d, Lrn, MaxPool2d,
                    MaxPool2dIndices, MaxUnpool2d)
 from .quant import (Conv2dInteger, DequantizeLinear, MatmulInteger, QLinearConv2d, QLinearMatmul,
@@ -32,4 +33,5 @@ __all__ = ["OPS", "Op", "get_op", "register", "Add", "AvgPool2d", "BatchNorm", "
            "LayerNorm", "Log", "Pow", "ReduceMax", "ReduceMean", "ReduceSum", "Slice", "Sqrt",
            "Tile", "Where", "Compare", "InstanceNorm", "ArgMax", "ArgMin", "Gru", "Lstm",
            "TableLookup", "Abs", "Elu", "Maximum", "Minimum", "Mish", "Neg", "Reciprocal", "Selu",
-           "Softplus", "Softsign", "ThresholdedRelu", "PRelu"]
+           "Softplus", "Softsign", "ThresholdedRelu", "PRelu", "Celu", "LogSoftmax", "Logical", "Not",
+           "Sign", "Floor", "Ceil", "Round"]

@@ -179,6 +179,23 @@ class Softmax(Unary):
 
 @register
 @dataclass(frozen=True)
+class LogSoftmax(Softmax):
+    """log(softmax(x)) along `axis`, as x - max - log(sum(exp(x - max))) (ONNX LogSoftmax)."""
+
+    name = "log_softmax"
+
+    def reference(self, x):
+        xa = x.astype(accumulator(x.dtype))
+        shifted = xa - xa.max(axis=self.axis, keepdims=True)
+        return (shifted - np.log(np.exp(shifted).sum(axis=self.axis, keepdims=True))).astype(
+            x.dtype)
+
+    def lower_tvm(self, bb, x):
+        return lower_in_float32(bb, x, lambda v: relax().op.nn.log_softmax(v, axis=self.axis))
+
+
+@register
+@dataclass(frozen=True)
 class Dropout(Identity):
     """Identity at inference; `ratio` is kept so exports round-trip."""
 
@@ -339,7 +356,7 @@ def erf(x: np.ndarray) -> np.ndarray:
     return _erf(x.astype(np.float64)).astype(np.float64).astype(x.dtype)
 
 
-# ---- activations ONNX defines by formula (ELU, SELU, softplus, softsign, mish, thresholded relu)
+# ---- activations ONNX defines by formula (ELU, SELU, CELU, softplus, softsign, mish, ...)
 class FormulaActivation(Unary):
     """An activation written once as `formula(x, ops)`, where `ops` is numpy for the reference
     kernel (`NUMPY_MATH`) or TIR for the lowering (`TIR_MATH`); half precision is computed in
@@ -440,6 +457,23 @@ class Selu(FormulaActivation):
     def formula(self, x, m):
         below = m.const(self.alpha) * m.exp(x) - m.const(self.alpha)
         return m.const(self.gamma) * m.where(x > m.const(0), x, below)
+
+
+@register
+@dataclass(frozen=True)
+class Celu(FormulaActivation):
+    """x for x > 0, alpha * (e^(x / alpha) - 1) otherwise (ONNX Celu)."""
+
+    name = "celu"
+    alpha: float = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "alpha", real(self.alpha, "alpha"))
+        expect(self.alpha != 0, "expected a nonzero alpha")
+
+    def formula(self, x, m):
+        alpha = m.const(self.alpha)
+        return m.where(x > m.const(0), x, alpha * (m.exp(x / alpha) - m.const(1)))
 
 
 @register

@@ -1,5 +1,5 @@
 """Elementwise ops of several inputs with numpy (ONNX multidirectional) broadcasting: arithmetic,
-power, maximum and minimum, PReLU, and where."""
+power, maximum and minimum, PReLU, logical and / or / xor / not, and where."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -130,6 +130,55 @@ class Minimum(Extremum):
 
     def reference(self, a, b):
         return np.minimum(a, b)
+
+
+# operation -> (numpy function, Relax op name, ONNX op type)
+LOGICAL = {"and": (np.logical_and, "logical_and", "And"), "or": (np.logical_or, "logical_or", "Or"),
+           "xor": (np.logical_xor, "logical_xor", "Xor")}
+
+
+@register
+@dataclass(frozen=True)
+class Logical(Op):
+    """a <operation> b elementwise on bool tensors (ONNX And, Or, Xor)."""
+
+    name = "logical"
+    arity = (2, 2)
+    operation: str = "and"
+
+    def __post_init__(self):
+        expect(self.operation in LOGICAL, f"expected operation as one of "
+               f"{', '.join(LOGICAL)}, found {self.operation!r}")
+
+    def infer(self, a: TensorType, b: TensorType) -> TensorType:
+        expect(a.dtype == "bool" and b.dtype == "bool", f"expected bool operands, found {a} "
+               f"and {b}")
+        return TensorType(broadcast_shape(a.shape, b.shape), "bool")
+
+    def reference(self, a, b):
+        return LOGICAL[self.operation][0](a, b)
+
+    def lower_tvm(self, bb, a, b):
+        return getattr(relax().op, LOGICAL[self.operation][1])(a, b)
+
+
+@register
+@dataclass(frozen=True)
+class Not(Op):
+    """The negation of a bool tensor (ONNX Not)."""
+
+    name = "not"
+    arity = (1, 1)
+
+    def infer(self, x: TensorType) -> TensorType:
+        expect(x.dtype == "bool", f"expected a bool tensor, found {x}")
+        return x
+
+    def reference(self, x):
+        return np.logical_not(x)
+
+    def lower_tvm(self, bb, x):
+        return relax().op.logical_not(x)
 
 
 @register

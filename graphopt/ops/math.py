@@ -1,6 +1,6 @@
-"""Elementwise functions of one tensor: exp, log, sqrt, erf and reciprocal on floats (the parts
-of layer normalization and erf-based GELU as exporters decompose them), abs and neg on any
-number."""
+"""Elementwise functions of one tensor: exp, log, sqrt, erf, reciprocal and rounding on floats
+(the parts of layer normalization and erf-based GELU as exporters decompose them), abs, neg
+and sign on any number."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -101,3 +101,46 @@ class Neg(SignedFunction):
     name = "neg"
     function = np.negative
     relax_name = "negative"
+
+
+@register
+@dataclass(frozen=True)
+class Sign(SignedFunction):
+    """-1, 0 or 1 by the sign (0 for 0, NaN for NaN, as ORT), in the input's dtype (ONNX
+    Sign)."""
+
+    name = "sign"
+    function = np.sign
+    relax_name = "sign"
+
+    def lower_tvm(self, bb, x):
+        R = relax().op
+        if relax_type(x).dtype not in ("float16", "bfloat16", "float32", "float64"):
+            return R.sign(x)
+        return R.where(R.isnan(x), x, R.sign(x))   # TVM's sign of NaN is 0
+
+
+@register
+@dataclass(frozen=True)
+class Floor(FloatFunction):
+    name = "floor"
+    function = np.floor
+    relax_name = "floor"
+
+
+@register
+@dataclass(frozen=True)
+class Ceil(FloatFunction):
+    name = "ceil"
+    function = np.ceil
+    relax_name = "ceil"
+
+
+@register
+@dataclass(frozen=True)
+class Round(FloatFunction):
+    """To the nearest integer, halves to even (ONNX Round, numpy's round)."""
+
+    name = "round"
+    function = np.round
+    relax_name = "round"
