@@ -365,7 +365,6 @@ WITH_ALPHA = {"Elu": (ops.Elu, (("alpha", 1.0),)),
                                   ("gamma", ops.activation.SELU_GAMMA))),
               "ThresholdedRelu": (ops.ThresholdedRelu, (("alpha", 1.0),)),
               "Celu": (ops.Celu, (("alpha", 1.0),))}
-EXTREMA = {"Max": ops.Maximum, "Min": ops.Minimum}
 
 
 @converts(*BINARY)
@@ -373,16 +372,21 @@ def binary(ctx):
     return ctx.emit(BINARY[ctx.op_type](), [ctx.input(0), ctx.input(1)])
 
 
-@converts("Sum")
-def sum_(ctx):
-    """Sum of one or more tensors (with broadcasting) as a chain of adds."""
+# ONNX ops of one or more inputs (with broadcasting), imported as a chain of a binary op
+VARIADIC = {"Sum": ops.Add, "Max": ops.Maximum, "Min": ops.Minimum}
+
+
+@converts(*VARIADIC)
+def variadic(ctx):
+    """Sum, Max or Min of one or more tensors as a chain of add, maximum or minimum."""
     count = len(ctx.node.input)
     if count == 1:
         return ctx.emit(ops.Identity(), [ctx.input(0)])
-    total = ctx.input(0)
+    result = ctx.input(0)
     for i in range(1, count):
-        total = ctx.emit(ops.Add(), [total, ctx.input(i)], final=i == count - 1)
-    return total
+        result = ctx.emit(VARIADIC[ctx.op_type](), [result, ctx.input(i)],
+                          final=i == count - 1)
+    return result
 
 
 @converts(*UNARY)
@@ -395,18 +399,6 @@ def with_alpha(ctx):
     op, attributes = WITH_ALPHA[ctx.op_type]
     return ctx.emit(op(*(float(ctx.attr(name, default)) for name, default in attributes)),
                     [ctx.input(0)])
-
-
-@converts(*EXTREMA)
-def extremum(ctx):
-    """The elementwise max (or min) of one or more tensors (with broadcasting) as a chain."""
-    count = len(ctx.node.input)
-    if count == 1:
-        return ctx.emit(ops.Identity(), [ctx.input(0)])
-    result = ctx.input(0)
-    for i in range(1, count):
-        result = ctx.emit(EXTREMA[ctx.op_type](), [result, ctx.input(i)], final=i == count - 1)
-    return result
 
 
 @converts("DepthToSpace", "SpaceToDepth")
