@@ -1402,7 +1402,8 @@ def random_rows(count: int = 8, seed: int = 99, tag: str = "random"):
 
 
 ROWS: list[Row] = [*conv_rows(), *fused_conv_rows(), *conv_transpose_rows(), *batch_norm_rows(),
-                   *activation_rows(), *math_rows(), *extremum_rows(), *logical_rows(), *pow_rows(), *where_rows(), *compare_rows(), *reduce_rows(),
+                   *activation_rows(), *math_rows(), *extremum_rows(), *logical_rows(),
+                   *pow_rows(), *where_rows(), *compare_rows(), *reduce_rows(),
                    *layer_norm_rows(), *instance_norm_rows(), *pool_rows(), *unpool_rows(),
                    *global_pool_rows(),
                    *lrn_rows(), *linear_rows(), *binary_rows(), *shape_rows(), *resize_rows(),

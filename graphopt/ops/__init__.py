@@ -33,5 +33,5 @@ __all__ = ["OPS", "Op", "get_op", "register", "Add", "AvgPool2d", "BatchNorm", "
            "LayerNorm", "Log", "Pow", "ReduceMax", "ReduceMean", "ReduceSum", "Slice", "Sqrt",
            "Tile", "Where", "Compare", "InstanceNorm", "ArgMax", "ArgMin", "Gru", "Lstm",
            "TableLookup", "Abs", "Elu", "Maximum", "Minimum", "Mish", "Neg", "Reciprocal", "Selu",
-           "Softplus", "Softsign", "ThresholdedRelu", "PRelu", "Celu", "LogSoftmax", "Logical", "Not",
-           "Sign", "Floor", "Ceil", "Round"]
+           "Softplus", "Softsign", "ThresholdedRelu", "PRelu", "Celu", "LogSoftmax", "Logical",
+           "Not", "Sign", "Floor", "Ceil", "Round"]

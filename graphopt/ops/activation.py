@@ -358,10 +358,10 @@ def erf(x: np.ndarray) -> np.ndarray:
 
 # ---- activations ONNX defines by formula (ELU, SELU, CELU, softplus, softsign, mish, ...)
 class FormulaActivation(Unary):
-    """An activation written once as `formula(x, ops)`, where `ops` is numpy for the reference
-    kernel (`NUMPY_MATH`) or TIR for the lowering (`TIR_MATH`); half precision is computed in
-    float32 and rounded once. A NaN input gives NaN (the formulas avoid min and max, which
-    TIR writes as comparisons that would drop it)."""
+    """An activation written once as `formula(x, m)`, where `m` holds the functions it uses: in
+    numpy for the reference kernel (`NumpyMath`), as TIR for the lowering (`TirMath`); half
+    precision is computed in float32 and rounded once. A NaN input gives NaN (the formulas
+    avoid min and max, which TIR writes as comparisons that would drop it)."""
 
     def formula(self, x, m):
         raise NotImplementedError

@@ -9,7 +9,7 @@ import numpy as np
 from ..ir import HALF_DTYPES, TensorType
 from .base import (Op, accumulator, expect, expect_float, expect_same_dtype, register, relax,
                    relax_type)
-from .cast import lower_in_float32
+from .cast import lower_in_float32, relax_isnan
 
 
 def broadcast_shape(*shapes: tuple[int, ...]) -> tuple[int, ...]:
@@ -109,7 +109,7 @@ class Extremum(Binary):
         value = getattr(R, self.relax_name)(a, b)
         if relax_type(a).dtype not in ("float16", "bfloat16", "float32", "float64"):
             return value
-        return R.where(R.logical_or(R.isnan(a), R.isnan(b)), R.add(a, b), value)
+        return R.where(R.logical_or(relax_isnan(a), relax_isnan(b)), R.add(a, b), value)
 
 
 @register

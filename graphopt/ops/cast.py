@@ -53,6 +53,13 @@ def isnan(value):
     return tirx.isnan(value.astype("float32") if str(dtype) == "bfloat16" else value)
 
 
+def relax_isnan(x):
+    """Relax: `isnan` of a float tensor of any dtype (a bfloat16 one widened first, which keeps
+    its NaNs)."""
+    R = relax().op
+    return R.isnan(R.astype(x, "float32") if relax_type(x).dtype == "bfloat16" else x)
+
+
 def accumulation_dtype(dtype) -> str:
     """The dtype a TVM kernel of float `dtype` accumulates in before rounding its result:
     float32 for half precision, as the reference kernels do (`base.accumulator`), else `dtype`."""

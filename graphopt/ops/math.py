@@ -10,7 +10,7 @@ import numpy as np
 
 from .activation import Unary, erf
 from .base import accumulator, register, relax, relax_type
-from .cast import lower_in_float32
+from .cast import lower_in_float32, relax_isnan
 
 
 class FloatFunction(Unary):
@@ -117,7 +117,7 @@ class Sign(SignedFunction):
         R = relax().op
         if relax_type(x).dtype not in ("float16", "bfloat16", "float32", "float64"):
             return R.sign(x)
-        return R.where(R.isnan(x), x, R.sign(x))   # TVM's sign of NaN is 0
+        return R.where(relax_isnan(x), x, R.sign(x))   # TVM's sign of NaN is 0
 
 
 @register
