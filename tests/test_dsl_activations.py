@@ -86,3 +86,29 @@ def test_split_refuses_sizes_that_do_not_cover_the_axis(sizes, axis, message):
         with dsl.Builder("bad") as b:
             dsl.split(b.input("input", (1, 4, 2, 2)), sizes, axis=axis, name="parts")
     assert info.value.node == "parts"
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_elementwise_functions_compile_in_half_precision(precision):
+    """Each of these layers after a conv, in a bfloat16 or float16 model: built (TVM's isnan
+    refuses bfloat16, which maximum, minimum and sign test) and within tolerance of the
+    interpreter's half-precision graph. The steps (sign, floor, ceil, round) read the model's
+    input, which both see rounded alike: after a conv, one value on either side of a step
+    would fail any tolerance."""
+    one = np.ones(1, np.float32)
+    layers = [dsl.elu, dsl.selu, dsl.celu, dsl.softplus, dsl.softsign, dsl.mish,
+              dsl.thresholded_relu, dsl.abs, dsl.neg, lambda t: dsl.log_softmax(t, 1),
+              lambda t: dsl.prelu(t, 4), lambda t: dsl.maximum(t, dsl.neg(t)),
+              lambda t: dsl.minimum(t, dsl.abs(t)),
+              lambda t: dsl.reciprocal(dsl.add(dsl.abs(t), dsl.parameter("one", (1,),
+                                                                         value=one)))]
+    steps = [dsl.sign, dsl.floor, dsl.ceil, dsl.round]
+    with dsl.Builder("half", seed=0) as b:
+        inputs = b.input("input", (2, 3, 5, 7))
+        x = dsl.conv2d(inputs, 4, 3, padding=1)
+        outputs = [layer(x) for layer in layers] + [step(inputs) for step in steps]
+        graph = go.quantize(b.output(*outputs), precision).graph
+    feeds = {"input": np.random.default_rng(1).standard_normal((2, 3, 5, 7))
+             .astype(np.float32)}
+    report = go.compare(graph, go.compile(graph), feeds)
+    assert report.ok, report
