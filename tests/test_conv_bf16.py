@@ -487,8 +487,7 @@ def test_only_builds_for_avx512_bf16_cpus_hold_the_instruction():
     assert "vdpbf16ps" not in cpu_assembly(model.executable)
 
 
-@pytest.mark.parametrize("mcpu", ["cascadelake", "znver3"])
-@pytest.mark.parametrize("batch, out_channels", [(3, 4), (2, 16)])
+@pytest.mark.parametrize("mcpu, batch, out_channels", [("cascadelake", 3, 4), ("znver3", 2, 16)])
 def test_a_batch_of_one_value_per_image_widens_on_cpus_without_bf16(mcpu, batch, out_channels):
     """A 1-channel 1x1 input (a squeeze-excite bottleneck of one channel) widened to float32
     image by image has no loop left under the batch loop: the widened kernel's schedule

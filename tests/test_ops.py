@@ -1417,10 +1417,19 @@ assert len(set(ROW_IDS)) == len(ROW_IDS), "row ids must be unique"
 WIDE_ROWS: list[Row] = random_rows(count=40, seed=7, tag="wide")
 
 
+# Elementwise ops of one or two inputs without attributes that change their loops: their rows
+# compile as one graph (one build instead of one per op, on the suite's time budget).
+ELEMENTWISE = {"elu", "selu", "celu", "softplus", "softsign", "mish", "thresholded_relu",
+               "abs", "neg", "sign", "reciprocal", "floor", "ceil", "round", "maximum",
+               "minimum", "prelu", "logical", "not", "exp", "log", "sqrt", "erf"}
+
+
 def rows_by_op(rows: Sequence[Row] = ROWS) -> dict[str, list[Row]]:
+    """Rows by op, the ELEMENTWISE ops' together under "elementwise"."""
     groups: dict[str, list[Row]] = {}
     for r in rows:
-        groups.setdefault(r.op.name, []).append(r)
+        key = "elementwise" if r.op.name in ELEMENTWISE else r.op.name
+        groups.setdefault(key, []).append(r)
     return groups
 
 
@@ -1472,7 +1481,8 @@ def compiles(graph: Graph) -> bool:
 
 
 def check_compiled(op_name: str, rows: Sequence[Row], bounds_check: bool = False) -> None:
-    """The rows of one op compiled as one multi-output graph; every row's output is checked."""
+    """The rows of one op (or group) compiled as one multi-output graph; every row's output is
+    checked."""
     g = Graph(f"rows_{op_name}")
     g.set_outputs([r.add_to(g) for r in rows])
     feeds = {k: v for r in rows for k, v in input_feeds(r.id, r.inputs).items()}
