@@ -1515,3 +1515,19 @@ def test_sign_of_nan_is_nan():
     expected = np.array([np.nan, -1, 0, 1, -1], np.float32)
     np.testing.assert_array_equal(go.interpret(graph, {"x": x})["output"], expected)
     np.testing.assert_array_equal(go.compile(graph).run({"x": x})["output"], expected)
+
+
+def test_not_of_a_comparison_with_nan_is_true():
+    """not(NaN > 0) is True, as in numpy and ORT: TVM's simplifier rewrites not(a > b) as
+    a <= b, which is False for NaN."""
+    x = np.array([np.nan, -1, 0, 2], np.float32)
+    graph = Graph("not_nan")
+    value = graph.add_input("x", TensorType(x.shape, "float32"))
+    zero = graph.add_constant("zero", np.float32(0))
+    above = graph.add_node(ops.Compare("greater"), [value, zero]).output
+    negated = graph.add_node(ops.Not(), [above]).output
+    graph.set_outputs([graph.add_node(ops.Cast("float32"), [negated]).output])
+    (name,) = graph.output_names
+    expected = np.array([1, 1, 1, 0], np.float32)
+    np.testing.assert_array_equal(go.interpret(graph, {"x": x})[name], expected)
+    np.testing.assert_array_equal(go.compile(graph).run({"x": x})[name], expected)

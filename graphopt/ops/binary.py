@@ -178,7 +178,9 @@ class Not(Op):
         return np.logical_not(x)
 
     def lower_tvm(self, bb, x):
-        return relax().op.logical_not(x)
+        # x xor true: TVM's simplifier rewrites logical_not(a > b) as a <= b, which is False
+        # where a is NaN (numpy's and ORT's not(NaN > 0) is True)
+        return relax().op.bitwise_xor(x, relax().const(True, "bool"))
 
 
 @register
