@@ -359,12 +359,11 @@ UNARY = {"Identity": ops.Identity, "Relu": ops.Relu, "Sigmoid": ops.Sigmoid, "Ta
          "Softplus": ops.Softplus, "Softsign": ops.Softsign, "Mish": ops.Mish,
          "Sign": ops.Sign, "Floor": ops.Floor, "Ceil": ops.Ceil, "Round": ops.Round,
          "Not": ops.Not}
-# Activations with float attributes: ONNX op type -> (op, (attribute, default) per field)
-WITH_ALPHA = {"Elu": (ops.Elu, (("alpha", 1.0),)),
-              "Selu": (ops.Selu, (("alpha", ops.activation.SELU_ALPHA),
-                                  ("gamma", ops.activation.SELU_GAMMA))),
-              "ThresholdedRelu": (ops.ThresholdedRelu, (("alpha", 1.0),)),
-              "Celu": (ops.Celu, (("alpha", 1.0),))}
+# Activations whose float attributes are the op's fields, under the same names and with the
+# same defaults as ONNX's
+WITH_ATTRIBUTES = {"Elu": ops.Elu, "Selu": ops.Selu, "Celu": ops.Celu,
+                   "ThresholdedRelu": ops.ThresholdedRelu, "HardSigmoid": ops.HardSigmoid,
+                   "LeakyRelu": ops.LeakyRelu}
 
 
 @converts(*BINARY)
@@ -394,11 +393,11 @@ def unary(ctx):
     return ctx.emit(UNARY[ctx.op_type](), [ctx.input(0)])
 
 
-@converts(*WITH_ALPHA)
-def with_alpha(ctx):
-    op, attributes = WITH_ALPHA[ctx.op_type]
-    return ctx.emit(op(*(float(ctx.attr(name, default)) for name, default in attributes)),
-                    [ctx.input(0)])
+@converts(*WITH_ATTRIBUTES)
+def with_attributes(ctx):
+    op = WITH_ATTRIBUTES[ctx.op_type]
+    return ctx.emit(op(**{f.name: float(ctx.attr(f.name, f.default))
+                          for f in dataclasses.fields(op)}), [ctx.input(0)])
 
 
 @converts("DepthToSpace", "SpaceToDepth")
@@ -436,12 +435,6 @@ def cast(ctx):
     if dtype not in DTYPES or ctx.type(0).dtype not in DTYPES:
         raise UnsupportedForm(f"dtype {dtype if dtype not in DTYPES else ctx.type(0).dtype}")
     return ctx.emit(ops.Cast(dtype), [ctx.input(0)])
-
-
-@converts("HardSigmoid")
-def hard_sigmoid(ctx):
-    return ctx.emit(ops.HardSigmoid(float(ctx.attr("alpha", 0.2)), float(ctx.attr("beta", 0.5))),
-                    [ctx.input(0)])
 
 
 @converts("Gelu")
@@ -487,11 +480,6 @@ def where(ctx):
 @converts("PRelu")
 def prelu(ctx):
     return ctx.emit(ops.PRelu(), [ctx.input(0), ctx.input(1)])
-
-
-@converts("LeakyRelu")
-def leaky_relu(ctx):
-    return ctx.emit(ops.LeakyRelu(float(ctx.attr("alpha", 0.01))), [ctx.input(0)])
 
 
 @converts("Softmax", "LogSoftmax")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir import HALF_DTYPES, TensorType
+from ..ir import HALF_DTYPES, TensorType, is_float_dtype
 from .base import (Op, accumulator, expect, expect_float, expect_same_dtype, register, relax,
                    relax_type)
 from .cast import lower_in_float32, relax_isnan
@@ -107,7 +107,7 @@ class Extremum(Binary):
     def lower_tvm(self, bb, a, b):
         R = relax().op
         value = getattr(R, self.relax_name)(a, b)
-        if relax_type(a).dtype not in ("float16", "bfloat16", "float32", "float64"):
+        if not is_float_dtype(relax_type(a).dtype):
             return value
         return R.where(R.logical_or(relax_isnan(a), relax_isnan(b)), R.add(a, b), value)
 

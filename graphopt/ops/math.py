@@ -8,6 +8,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
+from ..ir import is_float_dtype
 from .activation import Unary, erf
 from .base import accumulator, register, relax, relax_type
 from .cast import lower_in_float32, relax_isnan
@@ -114,10 +115,10 @@ class Sign(SignedFunction):
     relax_name = "sign"
 
     def lower_tvm(self, bb, x):
-        R = relax().op
-        if relax_type(x).dtype not in ("float16", "bfloat16", "float32", "float64"):
-            return R.sign(x)
-        return R.where(relax_isnan(x), x, R.sign(x))   # TVM's sign of NaN is 0
+        sign = super().lower_tvm(bb, x)
+        if not is_float_dtype(relax_type(x).dtype):
+            return sign
+        return relax().op.where(relax_isnan(x), x, sign)   # TVM's sign of NaN is 0
 
 
 @register

@@ -248,8 +248,10 @@ class _Rebuild:
                  shared: Mapping[int, Value]):
         """`weights`: weight_params's per_channel and reduce_range; `shared`: the values
         quantized with another's scale and zero point (a concat's inputs: its output)."""
-        from ..quantization.params import activation_params, quant_range, weight_params
+        from ..quantization.params import (activation_params, bias_safe_weight_scales,
+                                           quant_range, weight_params)
         self.activation_params, self.weight_params = activation_params, weight_params
+        self.bias_safe_weight_scales = bias_safe_weight_scales
         self.original, self.ranges = original, ranges
         self.weight_options, self.dtype = dict(weights), dtype
         self.weight_range = quant_range("int8", True, weights["reduce_range"])
@@ -348,8 +350,7 @@ class _Rebuild:
         scales raised where the bias would not fit int32 in steps of input x weight scale."""
         scale, zero_point = self.weight_params(w, axis=0, **self.weight_options)
         if bias is not None:
-            from ..quantization.params import bias_safe_weight_scales
-            scale = bias_safe_weight_scales(scale, input_scale.data, bias)
+            scale = self.bias_safe_weight_scales(scale, input_scale.data, bias)
         shape = (-1,) + (1,) * (w.ndim - 1)
         steps = np.round(w / np.asarray(scale, np.float32).reshape(shape if scale.ndim else ()))
         q = np.clip(steps, *self.weight_range).astype(np.int8)

@@ -207,11 +207,13 @@ def inlined_nodes(sch, block, reverse: bool = False) -> int:
         pairs = [(producer, block) for producer in sch.get_producers(block)]
     else:
         pairs = [(block, consumer) for consumer in sch.get_consumers(block)]
+    # `block`'s own expression, counted once for all its consumers
+    own = None if reverse else expression_nodes(sch.get(block).body, None)[0]
     largest = 0
     for producer, consumer in pairs:
-        written = sch.get(producer).writes[0].source
-        produced, _ = expression_nodes(sch.get(producer).body, None)
-        consumed, loads = expression_nodes(sch.get(consumer).body, written)
+        stmt = sch.get(producer)
+        produced = own if own is not None else expression_nodes(stmt.body, None)[0]
+        consumed, loads = expression_nodes(sch.get(consumer).body, stmt.writes[0].source)
         largest = max(largest, consumed + loads * max(produced - 1, 0))
     return largest
 
@@ -221,9 +223,7 @@ def expression_nodes(stmt, buffer) -> tuple[int, int]:
     variable or buffer counts as one node (its type is not walked), a load as one node and its
     indices. A walk of TVM's own structural visitor: TIR's Python API has no node counter."""
     import tvm_ffi
-    from tvm import tirx
-    buffer_var = tirx.decl_buffer((1,), "int32")   # buffers are variables in TVM 0.27's TIR
-    load_type, var_type = type(tirx.BufferLoad(buffer_var, [0])), type(buffer_var)
+    load_type, var_type = _load_and_var_types()
     count = [0, 0]
 
     def on_load(load, visitor):
@@ -241,6 +241,15 @@ def expression_nodes(stmt, buffer) -> tuple[int, int]:
 
     tvm_ffi.structural_visit(stmt, [(load_type, on_load), (var_type, on_var), (object, on_node)])
     return count[0], count[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _load_and_var_types() -> tuple[type, type]:
+    """The Python classes of a TIR buffer load and of a variable (buffers are variables in TVM
+    0.27's TIR), for the structural visitor's dispatch."""
+    from tvm import tirx
+    buffer_var = tirx.decl_buffer((1,), "int32")
+    return type(tirx.BufferLoad(buffer_var, [0])), type(buffer_var)
 
 
 def _is_output(sch, block) -> bool:
