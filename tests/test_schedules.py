@@ -1404,8 +1404,8 @@ def _largest_store(func) -> int:
 def test_inlining_stops_before_a_block_grows_too_large(dtype, mcpu):
     """Elementwise ops that read their input several times, inlined into one another, grow
     geometrically: a 2x2 max pool of a concatenation, then SiLU and hard-swish made one store
-    of 67,092 nodes (AVX2), whose kernel took tens of seconds to build. The chain is cut where
-    a block would pass `INLINE_MAX_NODES`: 1,149."""
+    of 112,160 nodes (AVX2), whose kernel took tens of seconds to build. The chain is cut where
+    a block would pass `INLINE_MAX_NODES`: 1,742."""
     from graphopt.targets.tvm.schedules.common import INLINE_MAX_NODES
     with dsl.Builder("pool_concat_chain", seed=0) as b:
         x = b.input("x", (2, 8, 29, 29))

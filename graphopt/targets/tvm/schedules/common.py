@@ -192,7 +192,8 @@ def reverse_compute_inline(sch, block) -> bool:
 # elementwise ops that each read their input more than once grows geometrically: a 2x2 max
 # pool (each NaN-aware maximum reads one side twice) of a concatenation, then SiLU (its fast
 # exp reads its input five times) and hard-swish made one block of 51,012 nodes, which
-# TVM's simplifiers took 47 s to lower (136 s in bfloat16); cut at this limit, 3 s. No move
+# TVM's simplifiers took 47 s to lower (136 s in bfloat16; 112 s in float32 since max pools
+# write each value twice instead of through Lets); cut at this limit, 1-3 s. No move
 # made for the zoo's 25 models, float32, bfloat16 or int8, comes near it: the largest is
 # 2,270 nodes (DCGAN's generator's output), so the limit changes none of their kernels.
 INLINE_MAX_NODES = 4000
