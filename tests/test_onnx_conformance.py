@@ -103,7 +103,7 @@ def test_skips_are_forms_we_do_not_support():
         [c for cases in cases_by_op().values() for c in cases]) if o.status == "skipped"]
     assert reasons
     allowed = re.compile(r"dtype (u?int16|uint32|uint64|u?int[24]\b|float[48]_)|3-D input|"
-                         r"training|mask|Indices|"
+                         r"3-D window|training|mask|Indices|"
                          r"mode '(edge|reflect|wrap|cubic)'|tf_crop_and_resize|"
                          r"half_pixel_symmetric|differs from the output/input size ratio|"
                          r"antialias|not a tensor|dtype bool|dtype object|int(32|64) base|"

@@ -258,6 +258,8 @@ ROWS += [
         x, 4, "reverse", linear_before_reset=False, bias=False, name="gru"), ["y", "y_h"])),
     ("argmax", lambda: build("argmax", (3, 5), lambda x: dsl.argmax(x, axis=1, keepdims=True))),
     ("argmin", lambda: build("argmin", (3, 5), lambda x: apply(ops.ArgMin(0, False, True), x))),
+    ("cumsum", lambda: build("cumsum", (3, 5), lambda x: dsl.cumsum(x, -1, exclusive=True,
+                                                                    reverse=True))),
 ]
 
 

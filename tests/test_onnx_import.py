@@ -310,6 +310,15 @@ ROWS += [
     ("argmin_last_index", "ArgMin", [node("ArgMin", ["x"], ["i"], axis=-1, select_last_index=1),
                                      node("Cast", ["i"], to=TensorProto.FLOAT)], {"x": (3, 5)},
      {}, ["argmin", "cast"]),
+    ("cumsum_reverse", "CumSum", [node("CumSum", ["x", "a"], reverse=1, exclusive=1)],
+     {"x": (3, 5)}, {"a": I(-1)[0]}, ["cumsum"]),
+    # 3-D pools whose window spans two runs of axes run in 2-D (torch's LocalResponseNorm)
+    ("average_pool_3d_over_channels", "AveragePool",
+     [node("AveragePool", ["x"], kernel_shape=[3, 1, 1], pads=[1, 0, 0, 1, 0, 0])],
+     {"x": (2, 1, 6, 4, 5)}, {}, ["reshape", "avg_pool2d", "reshape"]),
+    ("max_pool_3d_unit_depth", "MaxPool",
+     [node("MaxPool", ["x"], kernel_shape=[1, 2, 3], strides=[1, 2, 2], ceil_mode=1)],
+     {"x": (1, 2, 3, 7, 8)}, {}, ["reshape", "max_pool2d", "reshape"]),
     # MaxPool's Indices output alone (its values unread) and beside the values.
     ("max_pool_indices", "MaxPool",
      [node("MaxPool", ["x"], ["v", "i"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
@@ -613,6 +622,47 @@ def test_runtime_shape_input_is_unsupported_form():
     assert graph.output_names == ["y"] and graph.outputs[0].shape == (3, 2)
 
 
+def shape_test_if(width, then_op="Relu", opset=17):
+    """y = If(x.shape[3] == 5, then_op(h), Neg(h)) with h = Sigmoid(x), which both branches read
+    from the main graph; the If is listed before the nodes it depends on."""
+    def branch(op, out):
+        return helper.make_graph([helper.make_node(op, ["h"], [out], name=op.lower())], op, [],
+                                 [helper.make_tensor_value_info(out, TensorProto.FLOAT,
+                                                                (2, 3, 4, width))])
+    nodes = [helper.make_node("If", ["c"], ["y"], name="if", then_branch=branch(then_op, "t"),
+                              else_branch=branch("Neg", "e")),
+             helper.make_node("Sigmoid", ["x"], ["h"], name="sigmoid"),
+             helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Gather", ["s", "three"], ["d"], name="width"),
+             helper.make_node("Equal", ["d", "five"], ["c"], name="equal")]
+    return make_model(nodes, {"x": (2, 3, 4, width)}, ["y"], {"three": I(3)[0], "five": I(5)[0]},
+                      opset=opset)
+
+
+@pytest.mark.parametrize("width", [5, 6])
+def test_if_on_a_known_condition_imports_its_branch(width):
+    """Exporters test shapes with an If (torch's LocalResponseNorm): the branch the shapes pick
+    is imported, after the nodes its branch reads, even when the model lists it before them."""
+    graph = load_onnx(shape_test_if(width))
+    assert [n.op_name for n in graph.topological_order()] == \
+        ["sigmoid", "relu" if width == 5 else "neg", "identity"]    # (y names the branch's t)
+    x = rand(2, 3, 4, width)
+    h = 1 / (1 + np.exp(-x))
+    expected = np.maximum(h, 0) if width == 5 else -h
+    np.testing.assert_allclose(go.interpret(graph, {"x": x})["y"], expected, rtol=1e-6)
+
+
+def test_if_on_a_runtime_condition_or_with_an_unsupported_branch_is_named():
+    model = shape_test_if(5)
+    del model.graph.node[2:]
+    model.graph.input.append(helper.make_tensor_value_info("c", TensorProto.BOOL, []))
+    with pytest.raises(UnsupportedOpError, match=r"If \(a condition computed at run time"):
+        load_onnx(model)
+    with pytest.raises(UnsupportedOpError) as info:   # the root cause: the branch's Sin
+        load_onnx(shape_test_if(5, then_op="Sin"))
+    assert "1 unsupported" in str(info.value) and "Sin: 1 node [if/sin]" in str(info.value)
+
+
 def test_load_from_path_and_bytes(tmp_path):
     model = make_model([node("Relu", ["x"])], {"x": (2, 3)}, ["y"])
     path = tmp_path / "relu.onnx"
@@ -833,13 +883,14 @@ def test_torch_exported_recurrent_layers_import(kind, options):
 
 
 @pytest.mark.parametrize("name", ["max_pool_indices", "reduce_log_sum_exp", "amin", "prod",
-                                  "norm_l2", "norm_l1"])
+                                  "norm_l2", "norm_l1", "local_response_norm"])
 def test_torch_exported_pooling_indices_and_reductions_import(name):
     """torch.onnx.export (TorchScript) of max_pool2d(return_indices=True) (MaxPool's Indices,
-    then the Slice / Sub that makes them per-plane, as torch's) and of the reductions it writes
-    as ReduceLogSumExp, ReduceMin, ReduceProd, ReduceL2 and ReduceL1: imported, interpreted and
-    compiled, equal to torch. (torch 2.13 cannot export max_unpool2d: its trace fails; MaxUnpool
-    is covered by the rows above and by graphopt's own exports.)"""
+    then the Slice / Sub that makes them per-plane, as torch's), of the reductions it writes
+    as ReduceLogSumExp, ReduceMin, ReduceProd, ReduceL2 and ReduceL1, and of local_response_norm
+    (a 3-D AveragePool over the channels, under an If on the input's shape): imported,
+    interpreted and compiled, equal to torch. (torch 2.13 cannot export max_unpool2d: its trace
+    fails; MaxUnpool is covered by the rows above and by graphopt's own exports.)"""
     import io
     torch = pytest.importorskip("torch")
     functions = {
@@ -850,6 +901,8 @@ def test_torch_exported_pooling_indices_and_reductions_import(name):
         "prod": lambda x: x.prod(1),
         "norm_l2": lambda x: x.norm(dim=-1, keepdim=True),
         "norm_l1": lambda x: torch.norm(x, p=1, dim=(1, 2)),
+        "local_response_norm": lambda x: torch.nn.functional.local_response_norm(
+            x * 4, 5, 1e-2, 0.75, 2.0),
     }
 
     class Module(torch.nn.Module):
@@ -867,3 +920,8 @@ def test_torch_exported_pooling_indices_and_reductions_import(name):
     if name == "max_pool_indices":
         compiled = go.compile(graph, "cpu").run({"input": x.numpy()})["output"]
         np.testing.assert_array_equal(compiled, expected)
+    if name == "local_response_norm":
+        assert {"If", "AveragePool"} <= {n.op_type for n in onnx.load_from_string(
+            buffer.getvalue()).graph.node}
+        compiled = go.compile(graph, "cpu").run({"input": x.numpy()})["output"]
+        np.testing.assert_allclose(compiled, expected, rtol=1e-5, atol=1e-6)

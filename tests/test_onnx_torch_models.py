@@ -51,7 +51,8 @@ class MobileNetV3Block(nn.Module):
 
 class TransformerBits(nn.Module):
     """LayerNorm, GELU, SiLU, a hand-written layer norm (ReduceMean, Sub, Pow, Sqrt, Div), a
-    split into halves, slicing, the last step of a sequence (Gather), exp/log, where and expand."""
+    split into halves, slicing, the last step of a sequence (Gather), exp/log, where, expand and
+    a running sum over the steps (CumSum)."""
 
     def __init__(self, width=16):
         super().__init__()
@@ -69,7 +70,7 @@ class TransformerBits(nn.Module):
         h = centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + 1e-5) * self.gain
         h = torch.where(h > 0, h, torch.exp(h) - 1)
         last = h[:, -1]                           # Gather
-        tail = h[:, 1:, ::2].sum(dim=1)           # Slice, ReduceSum
+        tail = h[:, 1:, ::2].cumsum(dim=1).sum(dim=1) / 4    # Slice, CumSum, ReduceSum
         pooled = torch.log(torch.exp(last).expand(3, -1, -1).mean(0) + 1)   # Expand
         return torch.cat([pooled, tail], dim=-1).max(dim=-1, keepdim=True).values + last
 
@@ -123,7 +124,7 @@ CASES = {
     "transformer_bits-opset17": (TransformerBits, (2, 5, 16), 17,
                                  {"LayerNormalization", "Erf", "Split", "Pow", "Sqrt",
                                   "ReduceMean", "Gather", "Slice", "Where", "Greater", "Expand",
-                                  "Exp", "Log", "ReduceSum", "ReduceMax"}),
+                                  "Exp", "Log", "CumSum", "ReduceSum", "ReduceMax"}),
     "transformer_bits-opset20": (TransformerBits, (2, 5, 16), 20, {"Gelu", "LayerNormalization"}),
     "super_resolution_bits": (SuperResolutionBits, (1, 2, 12, 16), 18,
                               {"DepthToSpace", "Softplus", "PRelu", "Elu", "Selu", "Max", "Min",

@@ -1355,6 +1355,28 @@ def arg_reduce_rows():
     ]
 
 
+def cumsum_rows():
+    x = rand(3, 4, 5)
+
+    def row(id, data=x, axis=0, exclusive=False, reverse=False, f64=False, reference=None):
+        onnx_node = onnx_op("CumSum", extra=[np.array(axis, np.int64)],
+                            exclusive=int(exclusive), reverse=int(reverse))
+        return Row(f"cumsum-{id}", ops.CumSum(axis, exclusive, reverse), (data,), (),
+                   reference or onnx_node, f64)
+    return [
+        row("axis1", axis=1, f64=True),
+        row("last-axis", axis=-1),
+        row("exclusive", axis=2, exclusive=True, f64=True),
+        row("reverse", axis=0, reverse=True),
+        row("exclusive-reverse", axis=1, exclusive=True, reverse=True, f64=True),
+        row("int32", rand(4, 6, dtype="int32"), axis=1, reverse=True),
+        row("int64-exclusive", rand(7, dtype="int64"), axis=0, exclusive=True),
+        # float16 sums in float32, rounded once (torch's CPU cumsum does the same)
+        row("float16", (x / 4).astype(np.float16), axis=2,
+            reference=rounded_once(onnx_op("CumSum", extra=[np.array(2, np.int64)]))),
+    ]
+
+
 def random_rows(count: int = 8, seed: int = 99, tag: str = "random"):
     """Seeded random attribute combinations for the ops with the most interacting attributes;
     `infer` only filters out invalid combinations, the values come from the reference."""
@@ -1410,7 +1432,7 @@ ROWS: list[Row] = [*conv_rows(), *fused_conv_rows(), *conv_transpose_rows(), *ba
                    *cast_rows(), *random_rows(),
                    *quantize_rows(), *dequantize_rows(), *integer_conv_rows(),
                    *integer_matmul_rows(), *qlinear_matmul_rows(), *qlinear_conv_rows(),
-                   *recurrent_rows(), *arg_reduce_rows()]
+                   *recurrent_rows(), *arg_reduce_rows(), *cumsum_rows()]
 ROW_IDS = [r.id for r in ROWS]
 assert len(set(ROW_IDS)) == len(ROW_IDS), "row ids must be unique"
 # More random combinations for the slow run (`-m slow`).

@@ -727,6 +727,12 @@ def argmax(x, axis: int = -1, keepdims: bool = False, name=None) -> Tensor:
     return _unary(x, name, ops.ArgMax, axis, keepdims)
 
 
+def cumsum(x, axis: int, exclusive: bool = False, reverse: bool = False, name=None) -> Tensor:
+    """The running sum along `axis` (torch's cumsum); `exclusive` leaves each entry out of its
+    own sum, `reverse` sums from the end (ONNX CumSum's attributes)."""
+    return _unary(x, name, ops.CumSum, axis, exclusive, reverse)
+
+
 def embedding(indices, num_embeddings: int | None = None, embedding_dim: int | None = None,
               weight=None, name: str | None = None) -> Tensor:
     """Rows of a [num_embeddings, embedding_dim] table at int `indices` (torch's nn.Embedding,
@@ -811,6 +817,7 @@ __all__ = ["Builder", "Tensor", "current", "conv2d", "conv_transpose2d", "batch_
            "global_max_pool2d", "lrn", "reduce",
            "flatten", "reshape", "transpose", "pad", "resize", "instance_norm", "add", "sub", "mul",
            "div", "matmul", "concat", "parameter", "inputs_of", "expand", "gather", "argmax",
+           "cumsum",
            "embedding", "lstm", "gru", "elu", "selu", "softplus", "softsign", "mish",
            "thresholded_relu", "neg", "reciprocal", "maximum", "minimum", "prelu",
            "log_softmax", "celu", "sign", "floor", "ceil"]

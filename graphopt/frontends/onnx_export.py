@@ -436,6 +436,13 @@ def arg_reduce(ex, node):
            keepdims=int(op.keepdims), select_last_index=int(op.select_last_index))
 
 
+@exports("cumsum")
+def cumsum(ex, node):
+    axis = ex.constant(f"{node.name}.axis", np.array(node.op.axis, np.int64))
+    ex.add("CumSum", node, [node.inputs[0], axis], exclusive=int(node.op.exclusive),
+           reverse=int(node.op.reverse))
+
+
 @exports("lstm", "gru")
 def recurrent(ex, node):
     """LSTM / GRU: the static sequence lengths as a constant input, the activations as ONNX's

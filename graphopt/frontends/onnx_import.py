@@ -20,8 +20,8 @@ from ..ir import DTYPES, Graph, TensorType, Value
 from ..verify import verify
 from .onnx_context import NodeContext, UnsupportedForm, onnx_dtype
 from .onnx_load import (DEFAULT_MAX_CONSTANT_BYTES, ConstantBudget, ModelSource, check_model,
-                        default_opset, first_line, read_model, sort_nodes, tensor_array,
-                        upgrade_opset)
+                        default_opset, first_line, node_inputs, node_label, read_model,
+                        sort_nodes, tensor_array, upgrade_opset)
 
 # Ops evaluated at import time when all their inputs are known (shape arithmetic, constants).
 FOLDABLE = frozenset({
@@ -179,48 +179,84 @@ class Importer:
     # ---- the walk -------------------------------------------------------------------------------
     def run(self, nodes: list[tuple[int, str, onnx.NodeProto]]) -> Graph:
         for _, label, node in nodes:
-            inputs = [n for n in node.input if n]
-            if any(n in self.poisoned for n in inputs) and not self.stand_in(inputs):
-                # Downstream of an unsupported node, of a type ONNX's inference does not know:
-                # only an op that no form of graphopt converts is a root cause of its own.
-                if not self.importable(node):
-                    self.unsupported[op_kind(node)].append(label)
-                self.poisoned.update(node.output)
-                continue
-            derived = any(n in self.derived for n in inputs)
-            if derived:
-                self.derived.update(node.output)
-            try:
-                self.convert(node, label, inputs)
-            except UnsupportedForm as e:
-                self.unsupported[f"{op_kind(node)} ({e})"].append(label)
-                self.poisoned.update(node.output)
-            except MemoryError:
-                raise   # not the model's form: the process is out of memory
-            except Exception as e:
-                if derived:
-                    # Computed from a stand-in for an unsupported node's output: the model is
-                    # refused for that node, whose real output might not have failed here.
-                    self.poisoned.update(node.output)
-                elif isinstance(e, GraphoptError):
-                    if e.node is not None:
-                        raise
-                    raise type(e)(e.detail, node=label, op=node.op_type) from None
-                else:   # a malformed node must never escape as a raw traceback
-                    raise ModelFormatError(f"cannot convert: {type(e).__name__}: "
-                                           f"{first_line(e)}", node=label,
-                                           op=node.op_type) from None
+            self.visit(node, label)
         self.raise_unsupported()
         self.finish_outputs()
         self.graph.remove_unused_constants()
         verify(self.graph)
         return self.graph
 
+    def visit(self, node: onnx.NodeProto, label: str) -> None:
+        """Convert one node, or record why it cannot be and poison its outputs."""
+        inputs = node_inputs(node)
+        if any(n in self.poisoned for n in inputs) and not self.stand_in(inputs):
+            # Downstream of an unsupported node, of a type ONNX's inference does not know:
+            # only an op that no form of graphopt converts is a root cause of its own.
+            if not self.importable(node):
+                self.unsupported[op_kind(node)].append(label)
+            self.poisoned.update(node.output)
+            return
+        derived = any(n in self.derived for n in inputs)
+        if derived:
+            self.derived.update(node.output)
+        try:
+            self.convert(node, label, inputs)
+        except UnsupportedForm as e:
+            self.unsupported[f"{op_kind(node)} ({e})"].append(label)
+            self.poisoned.update(node.output)
+        except MemoryError:
+            raise   # not the model's form: the process is out of memory
+        except Exception as e:
+            if derived:
+                # Computed from a stand-in for an unsupported node's output: the model is
+                # refused for that node, whose real output might not have failed here.
+                self.poisoned.update(node.output)
+            elif isinstance(e, GraphoptError):
+                if e.node is not None:
+                    raise
+                raise type(e)(e.detail, node=label, op=node.op_type) from None
+            else:   # a malformed node must never escape as a raw traceback
+                raise ModelFormatError(f"cannot convert: {type(e).__name__}: "
+                                       f"{first_line(e)}", node=label,
+                                       op=node.op_type) from None
+
+    def inline_branch(self, node: onnx.NodeProto, label: str) -> list | None:
+        """The outputs of an If whose condition is known at import (exporters test shapes so):
+        the chosen branch's nodes converted into the graph. None when a branch node was
+        refused (recorded as the root cause)."""
+        ctx = NodeContext(self, node, label)
+        if not ctx.is_static(0):
+            raise UnsupportedForm("a condition computed at run time (an If on values known at "
+                                  "import, such as shapes, is supported)")
+        condition = ctx.static(0, "cond")
+        if condition.size != 1:
+            raise ModelFormatError(f"cond must hold one value, found shape {list(condition.shape)}",
+                                   node=label, op=node.op_type)
+        chosen = "then_branch" if bool(condition.reshape(-1)[0]) else "else_branch"
+        branch = next((helper.get_attribute_value(a) for a in node.attribute
+                       if a.name == chosen), None)
+        if branch is None:
+            raise ModelFormatError(f"the If has no {chosen}", node=label, op=node.op_type)
+        for tensor in branch.initializer:
+            self.static[tensor.name] = tensor_array(tensor, f"initializer '{tensor.name}'",
+                                                    self.budget)
+        for index, inner in enumerate(branch.node):
+            self.visit(inner, f"{label}/{node_label(inner, index)}")
+        names = [v.name for v in branch.output]
+        if len(names) != len(node.output):
+            raise ModelFormatError(f"{chosen} has {len(names)} outputs, the If "
+                                   f"{len(node.output)}", node=label, op=node.op_type)
+        if any(n in self.poisoned for n in names):
+            return None
+        if any(n in self.derived for n in names):
+            self.derived.update(node.output)
+        return [self.static[n] if n in self.static else self.value(n) for n in names]
+
     def importable(self, node: onnx.NodeProto) -> bool:
         """Whether some form of `node` converts (or folds) when its inputs allow it."""
         return node.domain in ("", "ai.onnx") and (
             node.op_type in self.table or node.op_type in FOLDABLE
-            or node.op_type in ("Shape", "Size", "Constant"))
+            or node.op_type in ("Shape", "Size", "Constant", "If"))
 
     def stand_in(self, inputs: list[str]) -> bool:
         """Replace each poisoned input by a graph input of the type ONNX's shape inference gives
@@ -256,6 +292,11 @@ class Importer:
             results = [self.shape_of(NodeContext(self, node, label))]
         elif op_type == "Constant":
             results = [constant_value(NodeContext(self, node, label), self.budget)]
+        elif op_type == "If":
+            results = self.inline_branch(node, label)
+            if results is None:
+                self.poisoned.update(node.output)
+                return
         elif op_type in FOLDABLE and all(n in self.static for n in inputs):
             results = self.fold(node)
         elif op_type in self.table:

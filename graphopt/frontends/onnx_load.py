@@ -280,7 +280,7 @@ def sort_nodes(model: onnx.ModelProto) -> list[tuple[int, str, onnx.NodeProto]]:
     deps = nx.DiGraph()
     deps.add_nodes_from(range(len(graph.node)))
     for index, node in enumerate(graph.node):
-        for name in node.input:
+        for name in node_inputs(node):
             if not name or name in defined:
                 continue
             if name not in producers:
@@ -299,6 +299,27 @@ def sort_nodes(model: onnx.ModelProto) -> list[tuple[int, str, onnx.NodeProto]]:
         raise ModelFormatError(f"the graph has a cycle through nodes {names}",
                                node=names[0], op=graph.node[cycle[0][0]].op_type) from None
     return [(i, node_label(graph.node[i], i), graph.node[i]) for i in order]
+
+
+def node_inputs(node: onnx.NodeProto) -> list[str]:
+    """The names a node reads: its inputs, then what its subgraphs (an If's branches, a Loop's
+    body) read from the enclosing graph."""
+    return [n for n in node.input if n] + [n for n in outer_names(node) if n not in node.input]
+
+
+def outer_names(node: onnx.NodeProto) -> list[str]:
+    """The names that `node`'s subgraphs read without defining them, in order, once each."""
+    names: dict[str, None] = {}
+    for attribute in node.attribute:
+        graphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else \
+            list(attribute.graphs) if attribute.type == onnx.AttributeProto.GRAPHS else []
+        for graph in graphs:
+            defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+            defined |= {out for inner in graph.node for out in inner.output}
+            for inner in graph.node:
+                names.update((n, None) for n in node_inputs(inner) if n not in defined)
+            names.update((v.name, None) for v in graph.output if v.name not in defined)
+    return list(names)
 
 
 def check_model(model: onnx.ModelProto, order: list[int]) -> None:

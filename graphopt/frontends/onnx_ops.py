@@ -25,7 +25,8 @@ ATTRIBUTE_INPUTS = {"Clip": (1, 2), "Dropout": (1, 2), "Expand": (1,), "Pad": (1
                     "ReduceMin": (1,), "ReduceProd": (1,), "ReduceL1": (1,), "ReduceL2": (1,),
                     "ReduceSumSquare": (1,), "ReduceLogSumExp": (1,), "MaxUnpool": (2,),
                     "Resize": (1, 2, 3), "Slice": (1, 2, 3, 4), "Split": (1,), "Squeeze": (1,),
-                    "Tile": (1,), "Unsqueeze": (1,), "LSTM": (4,), "GRU": (4,)}
+                    "Tile": (1,), "Unsqueeze": (1,), "LSTM": (4,), "GRU": (4,),
+                    "CumSum": (1,)}
 
 
 def converts(*op_types: str):
@@ -156,6 +157,8 @@ def pool(ctx):
     storage_order = ctx.attr("storage_order", 0)
     if storage_order not in (0, 1):
         raise ModelFormatError("storage_order must be 0 or 1", node=ctx.name, op=ctx.op_type)
+    if ctx.type(0).ndim > 4:
+        return pool_nd(ctx)
     s = Spatial(ctx)
     kernel = s.ints("kernel_shape", 0)
     strides, dilations = s.ints("strides", 1), s.ints("dilations", 1)
@@ -175,6 +178,58 @@ def pool(ctx):
         return [None, ctx.graph.add_node(indices, [s.x], name=ctx.importer.node_name(ctx),
                                          output_names=[outputs[1]]).output]
     return [s.finish(ops.MaxPool2d(*args), [s.x]), s.finish(indices, [s.x], output=1)]
+
+
+UNIT_WINDOW = (1, 1, 1, 0, 0)   # kernel, stride, dilation, pad begin, pad end of a unit axis
+
+
+def pool_nd(ctx):
+    """A pool over three or more spatial axes with a window on the last two or on one of them,
+    run in 2-D: leading axes of a unit window (size 1, stride 1, no padding) join the channels,
+    and a later run of them becomes one axis (torch exports LocalResponseNorm as a 3-D average
+    pool over the channels alone)."""
+    x = ctx.type(0)
+    rank = x.ndim - 2
+    kernel = ctx.ints("kernel_shape", ())
+    strides, dilations = ctx.ints("strides", [1] * rank), ctx.ints("dilations", [1] * rank)
+    pads = ctx.ints("pads", [0] * 2 * rank)
+    auto = ctx.attr("auto_pad", "NOTSET")
+    if auto not in ("NOTSET", "", "VALID"):
+        raise UnsupportedForm(f"auto_pad {auto} on a {rank}-D input")
+    if any(len(a) != rank for a in (kernel, strides, dilations)) or len(pads) != 2 * rank:
+        raise ModelFormatError(f"kernel_shape, strides, dilations and pads must have {rank}, "
+                               f"{rank}, {rank} and {2 * rank} values for input {x}",
+                               node=ctx.name, op=ctx.op_type)
+    if auto == "VALID":
+        pads = (0,) * 2 * rank
+    if len([o for o in ctx.node.output if o]) > 1:
+        raise UnsupportedForm(f"the Indices output of a {rank}-D pool")
+    windows = list(zip(kernel, strides, dilations, pads[:rank], pads[rank:]))
+    lead = next((i for i, w in enumerate(windows) if w != UNIT_WINDOW), rank)
+    runs: list[list[int]] = []      # the later axes, a run of unit windows as one
+    for axis in range(lead, rank):
+        unit = windows[axis] == UNIT_WINDOW
+        if unit and runs and windows[runs[-1][0]] == UNIT_WINDOW:
+            runs[-1].append(axis)
+        else:
+            runs.append([axis])
+    if len(runs) > 2:
+        raise UnsupportedForm(f"a {rank}-D window {list(kernel)} (supported: a window on the "
+                              "last two axes or on one axis, and 1 on the others)")
+    runs = [[]] * (2 - len(runs)) + runs         # missing axes: size 1, a unit window
+    sizes = [math.prod(x.shape[2 + a] for a in run) for run in runs]
+    two_d = [windows[run[0]] if len(run) == 1 else UNIT_WINDOW for run in runs]
+    (kh, sh, dh, th, bh), (kw, sw, dw, tw, bw) = two_d
+    args = ((kh, kw), (sh, sw), (th, tw, bh, bw), (dh, dw), bool(ctx.attr("ceil_mode", 0)))
+    op = ops.AvgPool2d(*args, bool(ctx.attr("count_include_pad", 0))) \
+        if ctx.op_type == "AveragePool" else ops.MaxPool2d(*args)
+    channels = x.shape[1] * math.prod(x.shape[2:2 + lead])
+    pooled = ctx.emit(op, [ctx.input_as(0, (x.shape[0], channels, *sizes))], final=False)
+    out = list(x.shape[2:])
+    for i, run in enumerate(runs):
+        if len(run) == 1:
+            out[run[0]] = pooled.shape[2 + i]
+    return ctx.emit(ops.Reshape((*x.shape[:2], *out)), [pooled])
 
 
 @converts("MaxUnpool")
@@ -250,6 +305,16 @@ def reduce(ctx):
         return ctx.emit(ops.Reshape(x.shape[:2]), [pooled])
     return ctx.emit(REDUCE[ctx.op_type](None if axes is None else tuple(axes), keepdims),
                     [ctx.input(0)])
+
+
+@converts("CumSum")
+def cumsum(ctx):
+    axis = ctx.static_ints(1, "axis")
+    if len(axis) != 1:
+        raise ModelFormatError(f"axis (input 1) must hold one integer, found {axis}",
+                               node=ctx.name, op=ctx.op_type)
+    return ctx.emit(ops.CumSum(axis[0], bool(ctx.attr("exclusive", 0)),
+                               bool(ctx.attr("reverse", 0))), [ctx.input(0)])
 
 
 @converts("LRN")

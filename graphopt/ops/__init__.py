@@ -22,6 +22,7 @@ from .reduce import (InstanceNorm, LayerNorm, ReduceL1, ReduceL2, ReduceLogSumEx
 from .arg_reduce import ArgMax, ArgMin
 from .recurrent import Gru, Lstm
 from .resize import Resize
+from .scan import CumSum
 from .shape import Concat, Expand, Flatten, Gather, Pad, Reshape, Slice, Tile, Transpose
 
 __all__ = ["OPS", "Op", "get_op", "register", "Add", "AvgPool2d", "BatchNorm", "Cast", "Clip", "Concat",
@@ -34,4 +35,4 @@ __all__ = ["OPS", "Op", "get_op", "register", "Add", "AvgPool2d", "BatchNorm", "
            "Tile", "Where", "Compare", "InstanceNorm", "ArgMax", "ArgMin", "Gru", "Lstm",
            "TableLookup", "Abs", "Elu", "Maximum", "Minimum", "Mish", "Neg", "Reciprocal", "Selu",
            "Softplus", "Softsign", "ThresholdedRelu", "PRelu", "Celu", "LogSoftmax", "Logical",
-           "Not", "Sign", "Floor", "Ceil", "Round"]
+           "Not", "Sign", "Floor", "Ceil", "Round", "CumSum"]
