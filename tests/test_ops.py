@@ -410,6 +410,11 @@ def formula_rows(x):
             f64=True),
         Row("log_softmax-last-float16", ops.LogSoftmax(), (x.astype(np.float16),), (),
             rounded_once(onnx_op("LogSoftmax", axis=-1))),
+        # rows of 1000 classes and of 19 pixels, longer than a vector and not whole vectors
+        Row("log_softmax-classes", ops.LogSoftmax(), (rand(2, 1000) / 2,), (),
+            onnx_op("LogSoftmax", axis=-1)),
+        Row("log_softmax-channels", ops.LogSoftmax(1), (rand(1, 16, 5, 19) / 2,), (),
+            onnx_op("LogSoftmax", axis=1)),
         Row("softsign-torch", ops.Softsign(), (wide,), (), torch_function(
             "nn.functional.softsign"), True),
     ]
@@ -1553,3 +1558,27 @@ def test_not_of_a_comparison_with_nan_is_true():
     expected = np.array([1, 1, 1, 0], np.float32)
     np.testing.assert_array_equal(go.interpret(graph, {"x": x})[name], expected)
     np.testing.assert_array_equal(go.compile(graph).run({"x": x})[name], expected)
+
+
+def test_division_by_a_constant_zero_gives_infinities_and_nan():
+    """x / 0 is +-inf, and 0 / 0 NaN, as in numpy, ORT and torch (an unbiased variance of one
+    value): TVM folds a scalar constant divisor into the kernel and refused a zero there. An
+    integer division by a constant zero (undefined in ONNX) is refused, naming the node."""
+    x = np.array([np.nan, -2, 0, 3, -np.inf, np.inf, -0.0], np.float32)
+    graph = Graph("by_zero")
+    value = graph.add_input("x", TensorType(x.shape, "float32"))
+    outputs = [graph.add_node(ops.Div(), [value, graph.add_constant(f"zero{i}", zero)],
+                              name=f"div{i}").output
+               for i, zero in enumerate([np.float32(0), np.float32(-0.0)])]
+    graph.set_outputs(outputs)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = [x / np.float32(0), x / np.float32(-0.0)]
+    for found in (go.interpret(graph, {"x": x}), go.compile(graph).run({"x": x})):
+        for name, want in zip(graph.output_names, expected):
+            np.testing.assert_array_equal(found[name], want)
+    ints = Graph("int_by_zero")
+    value = ints.add_input("x", TensorType((3,), "int32"))
+    ints.set_outputs([ints.add_node(ops.Div(), [value, ints.add_constant("zero", np.int32(0))],
+                                    name="int_div").output])
+    with pytest.raises(go.GraphoptError, match="int_div.*integer division by a constant zero"):
+        go.compile(ints)

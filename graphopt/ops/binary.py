@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import LoweringError
 from ..ir import HALF_DTYPES, TensorType, is_float_dtype
 from .base import (Op, accumulator, expect, expect_float, expect_same_dtype, register, relax,
                    relax_type)
@@ -73,7 +74,23 @@ class Div(Binary):
     def reference(self, a, b):
         if np.issubdtype(a.dtype, np.integer):   # exact, unlike a round trip through float64
             return (np.abs(a) // np.abs(b) * np.sign(a) * np.sign(b)).astype(a.dtype)
-        return np.divide(a, b)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.divide(a, b)
+
+    def lower_tvm(self, bb, a, b):
+        """A float divided by a scalar constant zero (torch's unbiased variance of one value,
+        n / (n - 1)) is a product with 1 / 0 = +-inf, the same IEEE result: TVM folds a scalar
+        constant into the kernel and refuses to divide by a zero there."""
+        import tvm
+        rx = relax()
+        if isinstance(b, tvm.ir.Constant) and not relax_type(b).shape:
+            value = b.value.numpy()
+            if value == 0:
+                if not is_float_dtype(relax_type(a).dtype):
+                    raise LoweringError("integer division by a constant zero (undefined in ONNX)")
+                with np.errstate(divide="ignore"):
+                    return rx.op.multiply(a, rx.const(np.reciprocal(value), relax_type(b).dtype))
+        return super().lower_tvm(bb, a, b)
 
 
 @register

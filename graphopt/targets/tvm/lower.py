@@ -32,8 +32,10 @@ def to_relax(graph: Graph, weights: str = "embedded"):
                 args = [env[id(v)] for v in node.inputs]
                 try:
                     expr = node.op.lower_tvm(bb, *args)
-                except GraphoptError:
-                    raise
+                except GraphoptError as e:
+                    if e.node is not None:
+                        raise
+                    raise type(e)(e.detail, node=node.name, op=node.op_name) from None
                 except Exception as e:  # TVM raises many types; all mean this node failed to lower
                     raise LoweringError(f"{type(e).__name__}: {str(e).splitlines()[0]}",
                                         node=node.name, op=node.op_name) from e

@@ -306,11 +306,23 @@ def schedule_elementwise(sch, block, lanes: int) -> None:
     if width % lanes == 0:
         sch.vectorize(sch.split(inner, [None, lanes])[1])
     elif contiguous and width > lanes:
+        if _shares_a_buffer_name(sch, block):
+            return      # TVM cannot partition its loop: the row stays scalar
         whole, tail = sch.loop_partition(inner, [width // lanes * lanes, None])
         sch.vectorize(sch.split(whole, [None, lanes])[1])
         sch.vectorize(tail)
     elif contiguous and width > 1:
         sch.vectorize(inner)
+
+
+def _shares_a_buffer_name(sch, block) -> bool:
+    """Whether `block` reads or writes two buffers of one name (TOPI's log_softmax writes its
+    output "compute" from a sum it also named "compute"): TVM's `loop_partition` takes one for
+    the other and fails with an internal error (a region of one's rank on the other), leaving
+    the schedule broken."""
+    b = sch.get(block)
+    buffers = {region.source for region in [*b.reads, *b.writes]}
+    return len({str(buffer.name) for buffer in buffers}) < len(buffers)
 
 
 def schedule_reduction(sch, block, lanes: int) -> None:
