@@ -930,7 +930,10 @@ AVG_POOLS = [((3, 3), (1, 1), (1, 1, 1, 1), False, True, (1, 5, 17, 17)),   # In
              ((3, 3), (2, 2), (1, 1, 1, 1), True, False, (1, 3, 10, 11)),
              ((3, 2), (2, 1), (1, 0, 0, 1), True, True, (2, 3, 9, 8)),
              ((5, 5), (3, 3), (2, 2, 2, 2), True, False, (1, 2, 13, 16)),
-             ((3, 3), (1, 1), (0, 1, 2, 0), False, True, (1, 3, 7, 9))]
+             ((3, 3), (1, 1), (0, 1, 2, 0), False, True, (1, 3, 7, 9)),
+             # one column (torch's LocalResponseNorm export): its build crashed
+             ((3, 1), (1, 1), (1, 0, 1, 0), False, True, (1, 1, 5, 1)),
+             ((2, 1), (2, 1), (0, 0, 0, 0), False, False, (2, 16, 6, 1))]
 
 
 @pytest.mark.parametrize("kernel, stride, padding, ceil_mode, include_pad, shape", AVG_POOLS)
@@ -1015,7 +1018,10 @@ SEPARABLE_MAX_POOLS = [("uint8", 2, 2, 0, 1, False, (1, 16, 24, 24)),   # VGG's,
                        # a global max pool (torch's AdaptiveMaxPool2d(1)): as a chain of Lets
                        # an 8x8 window took LLVM 25 s to build, 12x12 minutes
                        ("float32", 12, 12, 0, 1, False, (1, 16, 12, 12)),
-                       ("float32", 8, 8, 0, 1, False, (2, 3, 16, 17))]
+                       ("float32", 8, 8, 0, 1, False, (2, 3, 16, 17)),
+                       # one column: the rows pass has no loop of its own (wrong results)
+                       ("float32", (3, 1), 1, (1, 0), 1, False, (2, 16, 9, 1)),
+                       ("int8", (3, 1), (2, 1), (1, 0), 1, True, (1, 8, 10, 1))]
 
 
 @pytest.mark.parametrize("dtype, kernel, stride, padding, dilation, ceil_mode, shape",

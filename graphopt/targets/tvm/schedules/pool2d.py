@@ -42,6 +42,11 @@ def schedule(sch, vec) -> bool:
     lanes = register_lanes(sch, columns, vec)
     sch.compute_at(rows, oh)
     vectorize_short(sch, ow, lanes)
+    if len(sch.get_loops(rows)) == 2:
+        # A row of one column: TVM gives the row pass no loop of its own under (planes, oh),
+        # and its last loop is the columns' oh, which splitting or vectorizing would break
+        # (a width-1 max pool computed wrong values, an average pool's build crashed).
+        return True
     if sch.get(rows).annotations[COLUMNS_ATTR][2]:
         _vectorize_rows(sch, rows, lanes)
     else:
