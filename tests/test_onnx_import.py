@@ -661,6 +661,15 @@ def test_if_on_a_runtime_condition_or_with_an_unsupported_branch_is_named():
     with pytest.raises(UnsupportedOpError) as info:   # the root cause: the branch's Sin
         load_onnx(shape_test_if(5, then_op="Sin"))
     assert "1 unsupported" in str(info.value) and "Sin: 1 node [if/sin]" in str(info.value)
+    model = shape_test_if(5)     # a condition computed from an unsupported node: that node
+    del model.graph.node[2:]
+    model.graph.node.extend([helper.make_node("Sin", ["x"], ["s"], name="sin"),
+                             helper.make_node("ReduceMax", ["s"], ["m"], keepdims=0),
+                             helper.make_node("Greater", ["m", "zero"], ["c"])])
+    model.graph.initializer.append(numpy_helper.from_array(np.float32(0), "zero"))
+    with pytest.raises(UnsupportedOpError) as info:
+        load_onnx(model)
+    assert "1 unsupported" in str(info.value) and "Sin: 1 node [sin]" in str(info.value)
 
 
 def test_load_from_path_and_bytes(tmp_path):

@@ -58,7 +58,7 @@ class Importer:
         self.derived: set[str] = set()   # stand-ins for poisoned values and what they compute
         self._inferred: dict[str, TensorType] | None = None
         self.unsupported: dict[str, list[str]] = collections.defaultdict(list)
-        self.value_names = {name for node in model.graph.node for name in node.output}
+        self.value_names = {name for node in nodes_within(model.graph) for name in node.output}
         self.value_names |= {v.name for v in model.graph.input}
         self.value_names |= {t.name for t in model.graph.initializer}
         self.declared = {v.name: v for v in model.graph.value_info}
@@ -226,6 +226,8 @@ class Importer:
         refused (recorded as the root cause)."""
         ctx = NodeContext(self, node, label)
         if not ctx.is_static(0):
+            if node.input[0] in self.derived:   # past an unsupported node: not a cause itself
+                return None
             raise UnsupportedForm("a condition computed at run time (an If on values known at "
                                   "import, such as shapes, is supported)")
         condition = ctx.static(0, "cond")
@@ -354,6 +356,18 @@ class Importer:
                          f"[{shown}]")
         raise UnsupportedOpError(f"model '{self.graph.name}' uses {len(parts)} unsupported op "
                                  f"type(s)/form(s): " + "; ".join(parts))
+
+
+def nodes_within(graph: onnx.GraphProto):
+    """The nodes of `graph` and of the subgraphs (If branches, Loop bodies) inside them."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from nodes_within(attribute.g)
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                for inner in attribute.graphs:
+                    yield from nodes_within(inner)
 
 
 def op_kind(node: onnx.NodeProto) -> str:
