@@ -1376,6 +1376,9 @@ def cumsum_rows():
         row("exclusive-reverse", axis=1, exclusive=True, reverse=True, f64=True),
         row("int32", rand(4, 6, dtype="int32"), axis=1, reverse=True),
         row("int64-exclusive", rand(7, dtype="int64"), axis=0, exclusive=True),
+        # rows longer than a parallel task's chunk of 1024 columns, and an empty axis
+        row("chunks-reverse", rand(2, 3, 1500) / 8, axis=1, reverse=True),
+        row("empty-axis", rand(2, 0, 3), axis=1, exclusive=True),
         # float16 sums in float32, rounded once (torch's CPU cumsum does the same)
         row("float16", (x / 4).astype(np.float16), axis=2,
             reference=rounded_once(onnx_op("CumSum", extra=[np.array(2, np.int64)]))),
