@@ -431,6 +431,19 @@ def test_half_precision_narrow_convs(dtype):
 
 
 @pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("shape, pads", [((2, 17, 1, 1), (0, 2, 1, 1)),
+                                         ((1, 3, 40, 1), (0, 8, 0, 7))])
+def test_half_copies_of_one_value_per_row_build(dtype, shape, pads):
+    """An edge pad of a one-column map copies one value along each output row (its rows of 4
+    and 16): in bfloat16 TVM's legalization failed on such a vector store, so the row stays
+    scalar (bounds-checked, the interpreter's results)."""
+    with dsl.Builder("edge_half", seed=0) as b:
+        graph = b.output(dsl.pad(b.input("x", shape, dtype), pads, mode="edge"))
+    model = go.compile(graph, bounds_check=True)
+    assert go.compare(graph, model, probe_inputs(graph)).ok
+
+
+@pytest.mark.parametrize("dtype", HALF)
 def test_half_precision_pointwise_convs(dtype):
     """1x1 convs in half precision take the pointwise rule (a GEMM over the plane), the input
     widened as the kernel reads it, the weight at lowering (bounds-checked, the interpreter's

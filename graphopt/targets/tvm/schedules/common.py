@@ -296,12 +296,15 @@ def schedule_elementwise(sch, block, lanes: int) -> None:
     total = _product(extent(l, sch) for l in loops)
     width = extent(inner, sch)
     contiguous = width % lanes != 0 and _contiguous_rows(sch, block, len(loops))
+    scalar = _copies_one_bfloat16_per_row(sch, block)
     if outer and total >= PARALLEL_MIN_ELEMENTS:
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
-    elif not outer and total >= PARALLEL_MIN_ELEMENTS * 4 and width % lanes == 0:
+    elif not outer and total >= PARALLEL_MIN_ELEMENTS * 4 and width % lanes == 0 and not scalar:
         inner, row = sch.split(inner, [None, lanes])
         sch.parallel(inner)
         sch.vectorize(row)
+        return
+    if scalar:
         return
     if width % lanes == 0:
         sch.vectorize(sch.split(inner, [None, lanes])[1])
@@ -313,6 +316,22 @@ def schedule_elementwise(sch, block, lanes: int) -> None:
         sch.vectorize(tail)
     elif contiguous and width > 1:
         sch.vectorize(inner)
+
+
+def _copies_one_bfloat16_per_row(sch, block) -> bool:
+    """Whether `block` copies bfloat16 from one element per row (an edge pad of a one-column
+    map, a broadcast): TVM's bfloat16 legalization leaves a vector store of such a broadcast
+    load typed bfloat16 into its uint16 buffer and the build fails, so the row stays scalar."""
+    from tvm.tirx.analysis import undefined_vars
+    from tvm.tirx.stmt import BufferStore
+    b = sch.get(block)
+    if not b.iter_vars or not isinstance(b.body, BufferStore) or \
+            not isinstance(b.body.value, _load_and_var_types()[0]) or \
+            str(b.body.buffer.dtype) != "bfloat16":
+        return False
+    var = b.iter_vars[-1].var
+    return not any(v.same_as(var) for region in b.reads for r in region.region
+                   for v in undefined_vars(r.min, []))
 
 
 def _shares_a_buffer_name(sch, block) -> bool:
