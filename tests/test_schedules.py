@@ -1429,6 +1429,27 @@ def test_inlining_stops_before_a_block_grows_too_large(dtype, mcpu):
     assert go.compare(graph, model, feeds).ok
 
 
+def test_inlining_stops_before_selects_nest_too_deeply():
+    """Clips and relus alternating (each a select on its input, a clip two) inlined into one
+    block nest their selects, on which TVM's simplifiers take far longer per node: seven ops,
+    12 levels, took minutes to build. The chain is cut where selects would nest deeper than
+    `INLINE_MAX_SELECT_DEPTH`; NaN still passes through every op."""
+    from graphopt.targets.tvm.schedules.common import INLINE_MAX_SELECT_DEPTH, select_depth
+    with dsl.Builder("clip_chain", seed=0) as b:
+        y = b.input("x", (1, 8, 17, 31))
+        for i in range(7):
+            y = dsl.clip(y, -1.0 - i, 6.0 + i) if i % 2 == 0 else dsl.relu(y)
+        graph = b.output(y)
+    kernels = _scheduled_kernels(graph, AVX512_CPU)
+    assert max(select_depth(f.body) for f in kernels.values()) <= INLINE_MAX_SELECT_DEPTH
+    x = np.random.default_rng(0).standard_normal((1, 8, 17, 31)).astype(np.float32) * 8
+    x.flat[::13] = np.nan
+    model = go.compile(graph, mcpu=AVX512_CPU)
+    skip_unless_this_cpu_runs(model)
+    (name,) = graph.output_names
+    np.testing.assert_array_equal(model.run({"x": x})[name], go.interpret(graph, {"x": x})[name])
+
+
 @pytest.mark.parametrize("lanes", [4, 8, 16])
 @pytest.mark.parametrize("dtype", ["float32", "int32"])
 def test_register_transpose_gives_the_columns(lanes, dtype):

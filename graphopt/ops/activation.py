@@ -96,11 +96,8 @@ def clamp(y, low: float | None, high: float | None):
 
     def clamped(*index):
         value = y(*index)
-        if high_ is not None:
-            value = tirx.Select(value > high_, high_, value)
-        if low_ is not None:
-            value = tirx.Select(value < low_, low_, value)
-        return value
+        body = value if low_ is None else tirx.Select(value < low_, low_, value)
+        return body if high_ is None else tirx.Select(value > high_, high_, body)
 
     return te.compute(y.shape, clamped, name="clamp")
 

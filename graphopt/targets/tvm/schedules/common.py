@@ -144,8 +144,9 @@ def blocks_of(sch):
 def inline_elementwise(sch, keep) -> None:
     """Inline every block that is not a reduction, not a function output and not in `keep` into its
     consumers (or, failing that, into its producer), to a fixed point. A move whose block would
-    come out larger than `INLINE_MAX_NODES` is not made (`inlined_nodes`): that block stays a
-    buffer of its own, which the rule schedules as it schedules any block left."""
+    come out larger than `INLINE_MAX_NODES` (`inlined_nodes`), or with selects nested deeper
+    than `INLINE_MAX_SELECT_DEPTH`, is not made: that block stays a buffer of its own, which the
+    rule schedules as it schedules any block left."""
     from tvm.s_tir import ScheduleError
     changed = True
     while changed:
@@ -157,7 +158,8 @@ def inline_elementwise(sch, keep) -> None:
             if _is_output(sch, block):
                 continue
             for reverse in (False, True):
-                if inlined_nodes(sch, block, reverse) > INLINE_MAX_NODES:
+                if inlined_nodes(sch, block, reverse) > INLINE_MAX_NODES or \
+                        inlined_select_depth(sch, block, reverse) > INLINE_MAX_SELECT_DEPTH:
                     continue
                 if reverse:
                     changed = reverse_compute_inline(sch, block)
@@ -217,6 +219,44 @@ def inlined_nodes(sch, block, reverse: bool = False) -> int:
         consumed, loads = expression_nodes(sch.get(consumer).body, stmt.writes[0].source)
         largest = max(largest, consumed + loads * max(produced - 1, 0))
     return largest
+
+
+# TVM's simplifiers take far longer per node on nested selects (each branch simplified under
+# its condition and those above it): clips and relus alternating (2 and 1 levels each) took,
+# inlined into one block, 0.6 s to build at 6 levels, 5.4 s at 8 (1,008 nodes), 32 s at 9
+# (1,969 nodes); cut at this depth, 0.2-0.6 s. No move made for the zoo's models nests them
+# deeper than 2 (the MobileNets' relu6 and hard-swish), so the limit changes none of their
+# kernels.
+INLINE_MAX_SELECT_DEPTH = 6
+
+
+def inlined_select_depth(sch, block, reverse: bool = False) -> int:
+    """An upper bound on how deeply selects nest in the block that inlining `block` would
+    make: its producer's depth on top of its consumer's (pairs as in `inlined_nodes`)."""
+    if reverse:
+        pairs = [(producer, block) for producer in sch.get_producers(block)]
+    else:
+        pairs = [(block, consumer) for consumer in sch.get_consumers(block)]
+    return max((select_depth(sch.get(p).body) + select_depth(sch.get(c).body)
+                for p, c in pairs), default=0)
+
+
+def select_depth(stmt) -> int:
+    """How deeply selects (and if-then-else calls) nest in `stmt`, a walk of TVM's structural
+    visitor."""
+    import tvm_ffi
+    from tvm import tirx
+    select_type = type(tirx.Select(True, tirx.const(0), tirx.const(1)))
+    level, deepest = [0], [0]
+
+    def on_select(node, visitor):
+        level[0] += 1
+        deepest[0] = max(deepest[0], level[0])
+        visitor.default_visit(node)
+        level[0] -= 1
+
+    tvm_ffi.structural_visit(stmt, [(select_type, on_select)])
+    return deepest[0]
 
 
 def expression_nodes(stmt, buffer) -> tuple[int, int]:
