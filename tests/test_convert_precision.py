@@ -431,14 +431,17 @@ def test_half_precision_narrow_convs(dtype):
 
 
 @pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("shape, pads", [((2, 17, 1, 1), (0, 2, 1, 1)),
-                                         ((1, 3, 40, 1), (0, 8, 0, 7))])
-def test_half_copies_of_one_value_per_row_build(dtype, shape, pads):
-    """An edge pad of a one-column map copies one value along each output row (its rows of 4
-    and 16): in bfloat16 TVM's legalization failed on such a vector store, so the row stays
-    scalar (bounds-checked, the interpreter's results)."""
-    with dsl.Builder("edge_half", seed=0) as b:
-        graph = b.output(dsl.pad(b.input("x", shape, dtype), pads, mode="edge"))
+@pytest.mark.parametrize("shape, layer", [
+    ((2, 17, 1, 1), lambda x: dsl.pad(x, (0, 2, 1, 1), mode="edge")),
+    ((1, 3, 40, 1), lambda x: dsl.pad(x, (0, 8, 0, 7), mode="edge")),
+    ((2, 2, 1, 1), lambda x: dsl.resize(x, size=(3, 3), mode="nearest"))],
+    ids=["edge-pad-rows-of-4", "edge-pad-rows-of-16", "nearest-resize-of-1x1"])
+def test_half_copies_of_one_value_per_row_build(dtype, shape, layer):
+    """An edge pad of a one-column map and a nearest resize of a 1x1 map copy one value along
+    each output row: in bfloat16 TVM's legalization failed on such a vector store, so the row
+    stays scalar (bounds-checked, the interpreter's results)."""
+    with dsl.Builder("copies_half", seed=0) as b:
+        graph = b.output(layer(b.input("x", shape, dtype)))
     model = go.compile(graph, bounds_check=True)
     assert go.compare(graph, model, probe_inputs(graph)).ok
 

@@ -360,14 +360,20 @@ def schedule_elementwise(sch, block, lanes: int) -> None:
 
 def _copies_one_bfloat16_per_row(sch, block) -> bool:
     """Whether `block` copies bfloat16 from one element per row (an edge pad of a one-column
-    map, a broadcast): TVM's bfloat16 legalization leaves a vector store of such a broadcast
-    load typed bfloat16 into its uint16 buffer and the build fails, so the row stays scalar."""
+    map, a nearest resize of a 1x1 map; casts to float32 and back included): TVM's bfloat16
+    legalization leaves a vector store of such a broadcast load typed bfloat16 into its uint16
+    buffer and the build fails, so the row stays scalar."""
+    from tvm import tirx
     from tvm.tirx.analysis import undefined_vars
     from tvm.tirx.stmt import BufferStore
     b = sch.get(block)
     if not b.iter_vars or not isinstance(b.body, BufferStore) or \
-            not isinstance(b.body.value, _load_and_var_types()[0]) or \
             str(b.body.buffer.dtype) != "bfloat16":
+        return False
+    value = b.body.value
+    while isinstance(value, type(tirx.Cast("float32", tirx.const(0)))):   # a round trip
+        value = value.value
+    if not isinstance(value, _load_and_var_types()[0]):
         return False
     var = b.iter_vars[-1].var
     return not any(v.same_as(var) for region in b.reads for r in region.region
