@@ -242,11 +242,9 @@ def inlined_select_depth(sch, block, reverse: bool = False) -> int:
 
 
 def select_depth(stmt) -> int:
-    """How deeply selects (and if-then-else calls) nest in `stmt`, a walk of TVM's structural
-    visitor."""
+    """How deeply selects nest in `stmt`, a walk of TVM's structural visitor."""
     import tvm_ffi
-    from tvm import tirx
-    select_type = type(tirx.Select(True, tirx.const(0), tirx.const(1)))
+    select_type, _ = _select_and_cast_types()
     level, deepest = [0], [0]
 
     def on_select(node, visitor):
@@ -291,6 +289,14 @@ def _load_and_var_types() -> tuple[type, type]:
     from tvm import tirx
     buffer_var = tirx.decl_buffer((1,), "int32")
     return type(tirx.BufferLoad(buffer_var, [0])), type(buffer_var)
+
+
+@functools.lru_cache(maxsize=None)
+def _select_and_cast_types() -> tuple[type, type]:
+    """The Python classes of a TIR select and of a cast."""
+    from tvm import tirx
+    return type(tirx.Select(True, tirx.const(0), tirx.const(1))), \
+        type(tirx.Cast("float32", tirx.const(0)))
 
 
 def _is_output(sch, block) -> bool:
@@ -363,7 +369,6 @@ def _copies_one_bfloat16_per_row(sch, block) -> bool:
     map, a nearest resize of a 1x1 map; casts to float32 and back included): TVM's bfloat16
     legalization leaves a vector store of such a broadcast load typed bfloat16 into its uint16
     buffer and the build fails, so the row stays scalar."""
-    from tvm import tirx
     from tvm.tirx.analysis import undefined_vars
     from tvm.tirx.stmt import BufferStore
     b = sch.get(block)
@@ -371,7 +376,7 @@ def _copies_one_bfloat16_per_row(sch, block) -> bool:
             str(b.body.buffer.dtype) != "bfloat16":
         return False
     value = b.body.value
-    while isinstance(value, type(tirx.Cast("float32", tirx.const(0)))):   # a round trip
+    while isinstance(value, _select_and_cast_types()[1]):   # a round trip through float32
         value = value.value
     if not isinstance(value, _load_and_var_types()[0]):
         return False
