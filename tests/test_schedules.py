@@ -1432,7 +1432,7 @@ def test_inlining_stops_before_a_block_grows_too_large(dtype, mcpu):
 def test_inlining_stops_before_selects_nest_too_deeply():
     """Clips and relus alternating (each a select on its input, a clip two) inlined into one
     block nest their selects, on which TVM's simplifiers take far longer per node: seven ops,
-    12 levels, took minutes to build. The chain is cut where selects would nest deeper than
+    11 levels, took minutes to build. The chain is cut where selects would nest deeper than
     `INLINE_MAX_SELECT_DEPTH`; NaN still passes through every op."""
     from graphopt.targets.tvm.schedules.common import INLINE_MAX_SELECT_DEPTH, select_depth
     with dsl.Builder("clip_chain", seed=0) as b:
