@@ -1429,6 +1429,24 @@ def test_inlining_stops_before_a_block_grows_too_large(dtype, mcpu):
     assert go.compare(graph, model, feeds).ok
 
 
+def test_inlining_counts_the_indices_a_producer_is_read_at():
+    """Inlined into a reflection pad, each index variable of the producer's expression becomes
+    the pad's reflected index (tens of nodes): Mish then a sigmoid gate before the pad came to
+    30,814 nodes when only the producer's own nodes were counted (a quantized Mish like it
+    took 165 s to build). The chain is cut where a block would pass `INLINE_MAX_NODES`."""
+    from graphopt.targets.tvm.schedules.common import INLINE_MAX_NODES
+    with dsl.Builder("mish_reflect_pad", seed=0) as b:
+        y = dsl.mish(b.input("x", (1, 4, 8, 19)))
+        y = dsl.pad(dsl.mul(y, dsl.sigmoid(y)), [(0, 0), (0, 0), (2, 2), (2, 2)], mode="reflect")
+        graph = b.output(dsl.conv2d(y, 8, 3))
+    kernels = _scheduled_kernels(graph, AVX512_CPU)
+    assert max(_largest_store(f) for f in kernels.values()) <= INLINE_MAX_NODES
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 4, 8, 19)).astype(np.float32)}
+    model = go.compile(graph, mcpu=AVX512_CPU)
+    skip_unless_this_cpu_runs(model)
+    assert go.compare(graph, model, feeds).ok
+
+
 def test_inlining_stops_before_selects_nest_too_deeply():
     """Clips and relus alternating (each a select on its input, a clip two) inlined into one
     block nest their selects, on which TVM's simplifiers take far longer per node: seven ops,

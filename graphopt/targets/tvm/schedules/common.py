@@ -197,7 +197,8 @@ def reverse_compute_inline(sch, block) -> bool:
 # TVM's simplifiers took 47 s to lower (136 s in bfloat16; 112 s in float32 since max pools
 # write each value twice instead of through Lets); cut at this limit, 1-3 s. No move
 # made for the zoo's 25 models, float32, bfloat16 or int8, comes near it: the largest is
-# 2,270 nodes (DCGAN's generator's output), so the limit changes none of their kernels.
+# 2,251 nodes (DCGAN's generator's output, counted with the indices a producer is read at,
+# `_index_growth`), so the limit changes none of their kernels.
 INLINE_MAX_NODES = 4000
 
 
@@ -217,8 +218,42 @@ def inlined_nodes(sch, block, reverse: bool = False) -> int:
         stmt = sch.get(producer)
         produced = own if own is not None else expression_nodes(stmt.body, None)[0]
         consumed, loads = expression_nodes(sch.get(consumer).body, stmt.writes[0].source)
-        largest = max(largest, consumed + loads * max(produced - 1, 0))
+        grown = loads * max(produced - 1, 0)
+        if not reverse:
+            grown += _index_growth(stmt, sch.get(consumer).body)
+        largest = max(largest, consumed + grown)
     return largest
+
+
+def _index_growth(producer, consumer_body) -> int:
+    """The nodes `compute_inline` adds beyond a copy of `producer`'s expression per load: each
+    use of a variable it stores at becomes the index the consumer reads there (a reflection
+    pad's index is tens of nodes: a quantized Mish before one, counted without this, grew to
+    26,369 nodes and took 165 s to build)."""
+    import tvm_ffi
+    from tvm.tirx.stmt import BufferStore
+    load_type, var_type = _load_and_var_types()
+    store = producer.body
+    if not isinstance(store, BufferStore):
+        return 0
+    uses = [0] * len(store.indices)
+
+    def on_var(var, visitor):
+        for i, index in enumerate(store.indices):
+            uses[i] += index.same_as(var)
+
+    tvm_ffi.structural_visit(store.value, [(var_type, on_var)])
+    grown = [0]
+
+    def on_load(load, visitor):
+        if load.source.same_as(store.buffer):
+            grown[0] += sum(n * (expression_nodes(index, None)[0] - 1)
+                            for n, index in zip(uses, load.indices))
+        for index in load.indices:
+            visitor.visit(index)
+
+    tvm_ffi.structural_visit(consumer_body, [(load_type, on_load)])
+    return grown[0]
 
 
 # TVM's simplifiers take far longer per node on nested selects (each branch simplified under
