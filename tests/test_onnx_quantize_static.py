@@ -68,3 +68,17 @@ def test_quantize_static_qoperator_contrib_ops_are_named(tmp_path):
     path, _ = quantized_lenet(tmp_path, True, QuantFormat.QOperator)
     with pytest.raises(UnsupportedOpError, match="QGemm.*QLinearAveragePool"):
         go.load_onnx(path)
+
+
+def test_a_quantized_concatenation_of_gated_halves_stays_small():
+    """A torch network (1x1 convs, a mean subtracted, a sigmoid gate, halves split and
+    concatenated back swapped) quantized by `quantize_static` (QDQ; `data/` holds it): blocks
+    left beside the concatenation's pieces read across their scope, where TVM lists no
+    consumer, and were inlined unmeasured, to megabytes of IR and minutes of build. Measured
+    through a walk of the function now, every block stays within `INLINE_MAX_NODES`."""
+    from pathlib import Path
+    from graphopt.targets.tvm.schedules.common import INLINE_MAX_NODES
+    from test_schedules import AVX512_CPU, _largest_store, _scheduled_kernels
+    graph = go.load_onnx(Path(__file__).parent / "data" / "quantized_gated_halves.onnx")
+    kernels = _scheduled_kernels(graph, AVX512_CPU)
+    assert max(_largest_store(f) for f in kernels.values()) <= INLINE_MAX_NODES

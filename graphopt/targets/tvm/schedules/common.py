@@ -208,21 +208,36 @@ def inlined_nodes(sch, block, reverse: bool = False) -> int:
     `reverse`, `block` with its producer's expression in place of its loads of it
     (`reverse_compute_inline`)."""
     if reverse:
-        pairs = [(producer, block) for producer in sch.get_producers(block)]
+        pairs = [(sch.get(producer), sch.get(block)) for producer in sch.get_producers(block)]
     else:
-        pairs = [(block, consumer) for consumer in sch.get_consumers(block)]
+        pairs = [(sch.get(block), sch.get(consumer)) for consumer in sch.get_consumers(block)]
+        if not pairs:   # readers in another scope (a concatenation's pieces): found by a walk
+            pairs = [(sch.get(block), reader) for reader in _readers(sch, block)]
     # `block`'s own expression, counted once for all its consumers
     own = None if reverse else expression_nodes(sch.get(block).body, None)[0]
     largest = 0
-    for producer, consumer in pairs:
-        stmt = sch.get(producer)
+    for stmt, consumer in pairs:
         produced = own if own is not None else expression_nodes(stmt.body, None)[0]
-        consumed, loads = expression_nodes(sch.get(consumer).body, stmt.writes[0].source)
+        consumed, loads = expression_nodes(consumer.body, stmt.writes[0].source)
         grown = loads * max(produced - 1, 0)
         if not reverse:
-            grown += _index_growth(stmt, sch.get(consumer).body)
+            grown += _index_growth(stmt, consumer.body)
         largest = max(largest, consumed + grown)
     return largest
+
+
+def _readers(sch, block) -> list:
+    """The blocks of the function that read what `block` writes, wherever they are nested
+    (TVM's `get_consumers` lists those in `block`'s own scope only: a block left beside a
+    concatenation's pieces, inlined into them unmeasured, grew a quantized concatenation of
+    two sigmoid-gated slices to megabytes of IR and minutes of build)."""
+    import tvm_ffi
+    from tvm.s_tir import SBlock
+    buffers = [region.source for region in sch.get(block).writes]
+    found = []
+    tvm_ffi.structural_walk(sch.mod["main"].body, [(SBlock, lambda b: found.append(b) if any(
+        region.source.same_as(buffer) for region in b.reads for buffer in buffers) else None)])
+    return found
 
 
 def _index_growth(producer, consumer_body) -> int:
