@@ -275,8 +275,8 @@ def _index_growth(producer, consumer_body) -> int:
 # its condition and those above it): clips and relus alternating (2 and 1 levels each) took,
 # inlined into one block, 0.6 s to build at 6 levels, 5.4 s at 8 (1,008 nodes), 32 s at 9
 # (1,969 nodes); cut at this depth, 0.2-0.6 s. No move made for the zoo's models nests them
-# deeper than 2 (the MobileNets' relu6 and hard-swish), so the limit changes none of their
-# kernels.
+# deeper than 2 in float32 and bfloat16 (the MobileNets' relu6 and hard-swish) or 5 in int8
+# (the style transfer's quantized epilogues), so the limit changes none of their kernels.
 INLINE_MAX_SELECT_DEPTH = 6
 
 
