@@ -158,8 +158,9 @@ def inline_elementwise(sch, keep) -> None:
             if _is_output(sch, block):
                 continue
             for reverse in (False, True):
-                if inlined_nodes(sch, block, reverse) > INLINE_MAX_NODES or \
-                        inlined_select_depth(sch, block, reverse) > INLINE_MAX_SELECT_DEPTH:
+                pairs = _inline_pairs(sch, block, reverse)
+                if _nodes_after(pairs, reverse) > INLINE_MAX_NODES or \
+                        _select_depth_after(pairs) > INLINE_MAX_SELECT_DEPTH:
                     continue
                 if reverse:
                     changed = reverse_compute_inline(sch, block)
@@ -207,14 +208,24 @@ def inlined_nodes(sch, block, reverse: bool = False) -> int:
     consumer with `block`'s expression in place of its loads (`compute_inline`), or with
     `reverse`, `block` with its producer's expression in place of its loads of it
     (`reverse_compute_inline`)."""
+    return _nodes_after(_inline_pairs(sch, block, reverse), reverse)
+
+
+def _inline_pairs(sch, block, reverse: bool) -> list:
+    """(producer, consumer) block statements that inlining `block` would merge: `block` and
+    each of its consumers, or with `reverse` each of its producers and `block`."""
     if reverse:
-        pairs = [(sch.get(producer), sch.get(block)) for producer in sch.get_producers(block)]
-    else:
-        pairs = [(sch.get(block), sch.get(consumer)) for consumer in sch.get_consumers(block)]
-        if not pairs:   # readers in another scope (a concatenation's pieces): found by a walk
-            pairs = [(sch.get(block), reader) for reader in _readers(sch, block)]
-    # `block`'s own expression, counted once for all its consumers
-    own = None if reverse else expression_nodes(sch.get(block).body, None)[0]
+        return [(sch.get(producer), sch.get(block)) for producer in sch.get_producers(block)]
+    pairs = [(sch.get(block), sch.get(consumer)) for consumer in sch.get_consumers(block)]
+    if not pairs:   # readers in another scope (a concatenation's pieces): found by a walk
+        pairs = [(sch.get(block), reader) for reader in _readers(sch, block)]
+    return pairs
+
+
+def _nodes_after(pairs, reverse: bool) -> int:
+    """`inlined_nodes` of the blocks `_inline_pairs` gave."""
+    # the producer's expression, counted once for all its consumers
+    own = expression_nodes(pairs[0][0].body, None)[0] if pairs and not reverse else None
     largest = 0
     for stmt, consumer in pairs:
         produced = own if own is not None else expression_nodes(stmt.body, None)[0]
@@ -283,12 +294,13 @@ INLINE_MAX_SELECT_DEPTH = 6
 def inlined_select_depth(sch, block, reverse: bool = False) -> int:
     """An upper bound on how deeply selects nest in the block that inlining `block` would
     make: its producer's depth on top of its consumer's (pairs as in `inlined_nodes`)."""
-    if reverse:
-        pairs = [(producer, block) for producer in sch.get_producers(block)]
-    else:
-        pairs = [(block, consumer) for consumer in sch.get_consumers(block)]
-    return max((select_depth(sch.get(p).body) + select_depth(sch.get(c).body)
-                for p, c in pairs), default=0)
+    return _select_depth_after(_inline_pairs(sch, block, reverse))
+
+
+def _select_depth_after(pairs) -> int:
+    """`inlined_select_depth` of the blocks `_inline_pairs` gave."""
+    return max((select_depth(producer.body) + select_depth(consumer.body)
+                for producer, consumer in pairs), default=0)
 
 
 def select_depth(stmt) -> int:
@@ -358,7 +370,6 @@ def _contiguous_rows(sch, block, loops: int) -> bool:
     """Whether every buffer `block` reads and writes is indexed by its innermost iterator in
     the last dimension alone, as that iterator itself (contiguous), or not at all (broadcast):
     no gathers (a reflection pad's indices) when that loop is vectorized."""
-    from tvm.tirx.analysis import undefined_vars
     b = sch.get(block)
     if len(b.iter_vars) != loops:
         return False
@@ -367,11 +378,17 @@ def _contiguous_rows(sch, block, loops: int) -> bool:
         if not region.region:         # a scalar: the same for every element
             continue
         *rest, last = (r.min for r in region.region)
-        if any(any(v.same_as(var) for v in undefined_vars(i, [])) for i in rest):
+        if any(_mentions(i, var) for i in rest):
             return False
-        if any(v.same_as(var) for v in undefined_vars(last, [])) and not last.same_as(var):
+        if _mentions(last, var) and not last.same_as(var):
             return False
     return True
+
+
+def _mentions(expr, var) -> bool:
+    """Whether the TIR expression `expr` uses the variable `var`."""
+    from tvm.tirx.analysis import undefined_vars
+    return any(v.same_as(var) for v in undefined_vars(expr, []))
 
 
 def schedule_elementwise(sch, block, lanes: int) -> None:
@@ -419,7 +436,6 @@ def _copies_one_bfloat16_per_row(sch, block) -> bool:
     map, a nearest resize of a 1x1 map; casts to float32 and back included): TVM's bfloat16
     legalization leaves a vector store of such a broadcast load typed bfloat16 into its uint16
     buffer and the build fails, so the row stays scalar."""
-    from tvm.tirx.analysis import undefined_vars
     from tvm.tirx.stmt import BufferStore
     b = sch.get(block)
     if not b.iter_vars or not isinstance(b.body, BufferStore) or \
@@ -431,8 +447,7 @@ def _copies_one_bfloat16_per_row(sch, block) -> bool:
     if not isinstance(value, _load_and_var_types()[0]):
         return False
     var = b.iter_vars[-1].var
-    return not any(v.same_as(var) for region in b.reads for r in region.region
-                   for v in undefined_vars(r.min, []))
+    return not any(_mentions(r.min, var) for region in b.reads for r in region.region)
 
 
 def _shares_a_buffer_name(sch, block) -> bool:
