@@ -1412,7 +1412,6 @@ def test_inlining_stops_before_a_block_grows_too_large(dtype, mcpu):
     geometrically: a 2x2 max pool of a concatenation, then SiLU and hard-swish made one store
     of 112,160 nodes (AVX2), whose kernel took tens of seconds to build. The chain is cut where
     a block would pass `INLINE_MAX_NODES`: 1,742."""
-    from graphopt.targets.tvm.schedules.common import INLINE_MAX_NODES
     with dsl.Builder("pool_concat_chain", seed=0) as b:
         x = b.input("x", (2, 8, 29, 29))
         convs = [dsl.relu(dsl.conv2d(x, c, k, padding=k // 2)) for c, k in ((8, 1), (24, 3))]
@@ -1421,9 +1420,17 @@ def test_inlining_stops_before_a_block_grows_too_large(dtype, mcpu):
         graph = b.output(dsl.hard_swish(dsl.silu(pooled)))
     if dtype == "bfloat16":
         graph = go.quantize(graph, "bfloat16").graph
+    _check_stores_within_the_limit(graph, mcpu)
+
+
+def _check_stores_within_the_limit(graph, mcpu):
+    """Every scheduled kernel of `graph` (one input "x") stores expressions of at most
+    `INLINE_MAX_NODES`, and the compiled model computes what the interpreter does."""
+    from graphopt.targets.tvm.schedules.common import INLINE_MAX_NODES
     kernels = _scheduled_kernels(graph, mcpu)
     assert max(_largest_store(f) for f in kernels.values()) <= INLINE_MAX_NODES
-    feeds = {"x": np.random.default_rng(0).standard_normal((2, 8, 29, 29)).astype(np.float32)}
+    shape = graph.inputs[0].shape
+    feeds = {"x": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
     model = go.compile(graph, mcpu=mcpu)
     skip_unless_this_cpu_runs(model)
     assert go.compare(graph, model, feeds).ok
@@ -1434,17 +1441,11 @@ def test_inlining_counts_the_indices_a_producer_is_read_at():
     the pad's reflected index (tens of nodes): Mish then a sigmoid gate before the pad came to
     30,814 nodes when only the producer's own nodes were counted (a quantized Mish like it
     took 165 s to build). The chain is cut where a block would pass `INLINE_MAX_NODES`."""
-    from graphopt.targets.tvm.schedules.common import INLINE_MAX_NODES
     with dsl.Builder("mish_reflect_pad", seed=0) as b:
         y = dsl.mish(b.input("x", (1, 4, 8, 19)))
         y = dsl.pad(dsl.mul(y, dsl.sigmoid(y)), [(0, 0), (0, 0), (2, 2), (2, 2)], mode="reflect")
         graph = b.output(dsl.conv2d(y, 8, 3))
-    kernels = _scheduled_kernels(graph, AVX512_CPU)
-    assert max(_largest_store(f) for f in kernels.values()) <= INLINE_MAX_NODES
-    feeds = {"x": np.random.default_rng(0).standard_normal((1, 4, 8, 19)).astype(np.float32)}
-    model = go.compile(graph, mcpu=AVX512_CPU)
-    skip_unless_this_cpu_runs(model)
-    assert go.compare(graph, model, feeds).ok
+    _check_stores_within_the_limit(graph, AVX512_CPU)
 
 
 def test_inlining_stops_before_selects_nest_too_deeply():
