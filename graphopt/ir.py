@@ -289,6 +289,24 @@ class Graph:
         for out in node.outputs:
             self._names.discard(out.name)
 
+    def remove_unused_nodes(self, candidates) -> int:
+        """Remove those of `candidates` (and then their producers, transitively) whose outputs
+        are unused and not graph outputs. Returns how many nodes were removed."""
+        outputs = {id(v) for v in self.outputs}
+        present = {id(n) for n in self.nodes}
+        stack, removed = list(candidates), 0
+        while stack:
+            node = stack.pop()
+            if id(node) not in present:
+                continue
+            if any(o.users or id(o) in outputs for o in node.outputs):
+                continue
+            self.remove_node(node)
+            present.discard(id(node))
+            removed += 1
+            stack.extend(v.producer for v in node.inputs if v.producer is not None)
+        return removed
+
     def remove_unused_constants(self) -> None:
         for name, value in list(self.constants.items()):
             if not value.users and all(value is not o for o in self.outputs):

@@ -50,9 +50,14 @@ class NodeContext:
         return self.importer.value(self.node.input[i])
 
     def static(self, i: int, what: str) -> np.ndarray:
-        if not self.is_static(i):
+        """Input i's array, known at import: a constant, or computed by one node from graph
+        constants (a QDQ model's dequantized pad value)."""
+        if self.is_static(i):
+            return self.importer.static[self.node.input[i]]
+        data = self.importer.computed_constant(self.node.input[i]) if self.has(i) else None
+        if data is None:
             raise UnsupportedForm(f"{what} (input {i}) must be a constant")
-        return self.importer.static[self.node.input[i]]
+        return data
 
     def static_ints(self, i: int, what: str) -> list[int]:
         """A constant input that ONNX defines as integers (a shape, pads, axes), flattened."""

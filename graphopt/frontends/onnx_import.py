@@ -16,7 +16,7 @@ from onnx import helper
 from .. import ops
 from ..errors import (DeclaredShapeWarning, GraphoptError, ModelFormatError, ShapeError,
                       UnsupportedOpError)
-from ..ir import DTYPES, Graph, TensorType, Value
+from ..ir import DTYPES, Graph, Node, TensorType, Value
 from ..verify import verify
 from .onnx_context import NodeContext, UnsupportedForm, onnx_dtype
 from .onnx_load import (DEFAULT_MAX_CONSTANT_BYTES, ConstantBudget, ModelSource, check_model,
@@ -31,6 +31,8 @@ FOLDABLE = frozenset({
     "Reshape", "Sign", "Slice", "Sqrt", "Squeeze", "Sub", "Tile", "Transpose", "Unsqueeze",
     "Where"})
 MAX_FOLDED_ELEMENTS = 1 << 24
+# Nodes a constant operand (a pad value, axes) may be computed through (`computed_constant`).
+COMPUTED_CONSTANT_DEPTH = 4
 FOLDED_ITEMSIZE = 8   # bytes per folded element reserved before folding (the widest numeric type)
 
 
@@ -56,6 +58,7 @@ class Importer:
         self.static: dict[str, np.ndarray] = {}
         self.poisoned: set[str] = set()
         self.derived: set[str] = set()   # stand-ins for poisoned values and what they compute
+        self.read_as_arrays: list[Node] = []   # nodes whose outputs converters read as constants
         self._inferred: dict[str, TensorType] | None = None
         self.unsupported: dict[str, list[str]] = collections.defaultdict(list)
         self.value_names = {name for node in nodes_within(model.graph) for name in node.output}
@@ -160,6 +163,27 @@ class Importer:
             self.values[name] = self.graph.add_constant(name, data)
         return self.values[name]
 
+    def computed_constant(self, name: str) -> np.ndarray | None:
+        """The array of a value the graph computes from constants alone, through at most
+        COMPUTED_CONSTANT_DEPTH nodes (a QDQ model's QuantizeLinear then DequantizeLinear of a
+        constant pad value; such nodes stay nodes at import so that weights keep their QDQ
+        form), else None."""
+        def array(value: Value, depth: int) -> np.ndarray | None:
+            if value.is_constant:
+                return value.data
+            node = value.producer
+            if node is None or depth == 0:
+                return None
+            arrays = [array(v, depth - 1) for v in node.inputs]
+            if any(a is None for a in arrays):
+                return None
+            return node.op.run(*arrays)[node.outputs.index(value)]
+        value = self.values.get(name)
+        data = None if value is None else array(value, COMPUTED_CONSTANT_DEPTH)
+        if data is not None:
+            self.read_as_arrays.append(value.producer)
+        return data
+
     def type_of(self, name: str) -> TensorType:
         if name in self.values:
             return self.values[name].type
@@ -182,6 +206,7 @@ class Importer:
             self.visit(node, label)
         self.raise_unsupported()
         self.finish_outputs()
+        self.graph.remove_unused_nodes(self.read_as_arrays)
         self.graph.remove_unused_constants()
         verify(self.graph)
         return self.graph

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from ..ir import Graph
 from .manager import PassResult, register_pass
-from .pattern import remove_dead
 
 
 def _live_nodes(graph: Graph) -> set[int]:
@@ -28,7 +27,7 @@ def eliminate_dead_code(graph: Graph) -> PassResult:
     if not dead_nodes and not dead_constants:
         return PassResult(graph, False, {})
     g = graph.copy()
-    removed = remove_dead(g, list(g.nodes))
+    removed = g.remove_unused_nodes(list(g.nodes))
     count = len(g.constants)
     g.remove_unused_constants()
     return PassResult(g, True, {"nodes removed": removed,

@@ -212,32 +212,13 @@ def replace_value(graph: Graph, old: Value, new: Value, dead: list[Node] = (),
         raise PassError(f"invalid replacement: {reason}")
     public = is_graph_output(graph, old)
     graph.replace_all_uses(old, new)
-    remove_dead(graph, dead)
+    graph.remove_unused_nodes(dead)
     gone = not any(old.producer is n for n in graph.nodes)
     if public and not gone:
         raise PassError(f"graph output %{old.name} was replaced but its node is still used",
                         node=old.producer.name)
     if (public or rename) and gone and old.name != new.name:
         graph.rename_value(new, old.name)
-
-
-def remove_dead(graph: Graph, candidates) -> int:
-    """Remove those of `candidates` (and then their producers, transitively) whose outputs are
-    unused and not graph outputs. Returns how many nodes were removed."""
-    outputs = {id(v) for v in graph.outputs}
-    present = {id(n) for n in graph.nodes}
-    stack, removed = list(candidates), 0
-    while stack:
-        node = stack.pop()
-        if id(node) not in present:
-            continue
-        if any(o.users or id(o) in outputs for o in node.outputs):
-            continue
-        graph.remove_node(node)
-        present.discard(id(node))
-        removed += 1
-        stack.extend(v.producer for v in node.inputs if v.producer is not None)
-    return removed
 
 
 def merged_provenance(*nodes: Node) -> tuple[str, ...]:
