@@ -660,12 +660,43 @@ def test_if_on_a_known_condition_imports_its_branch(width):
     np.testing.assert_allclose(go.interpret(graph, {"x": x})["y"], expected, rtol=1e-6)
 
 
-def test_if_on_a_runtime_condition_or_with_an_unsupported_branch_is_named():
+def runtime_if(shape=(1,), else_width=5):
+    """shape_test_if(5) whose condition is a graph input `c` of `shape`; its else branch's
+    output declared `else_width` wide (another width: a Slice of the Neg)."""
     model = shape_test_if(5)
     del model.graph.node[2:]
-    model.graph.input.append(helper.make_tensor_value_info("c", TensorProto.BOOL, []))
-    with pytest.raises(UnsupportedOpError, match=r"If \(a condition computed at run time"):
-        load_onnx(model)
+    model.graph.input.append(helper.make_tensor_value_info("c", TensorProto.BOOL, shape))
+    if else_width != 5:
+        branch = next(a.g for a in model.graph.node[0].attribute if a.name == "else_branch")
+        branch.node.append(helper.make_node("Slice", ["e", "zero", "end", "three"], ["cut"]))
+        branch.initializer.extend([numpy_helper.from_array(I(0), "zero"),
+                                   numpy_helper.from_array(I(else_width), "end")])
+        del branch.output[:]
+        branch.output.append(helper.make_tensor_value_info("cut", TensorProto.FLOAT,
+                                                           (2, 3, 4, else_width)))
+    return model
+
+
+@pytest.mark.parametrize("shape", [(), (1,)])
+def test_if_on_a_runtime_condition_selects_between_both_branches(shape):
+    """Both branches are computed and a Where picks each output, as onnxruntime's If would."""
+    graph = load_onnx(runtime_if(shape))
+    assert sorted(n.op_name for n in graph.nodes) == ["neg", "relu", "reshape", "sigmoid",
+                                                      "where"]
+    session = ort.InferenceSession(runtime_if(shape).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    compiled = go.compile(graph)
+    for value in (True, False):
+        feeds = {"x": rand(2, 3, 4, 5), "c": np.full(shape, value)}
+        expected = session.run(None, feeds)[0]
+        np.testing.assert_allclose(go.interpret(graph, feeds)["y"], expected, rtol=1e-6)
+        np.testing.assert_allclose(compiled.run(feeds)["y"], expected, rtol=1e-6)
+
+
+def test_if_on_a_runtime_condition_or_with_an_unsupported_branch_is_named():
+    with pytest.raises(UnsupportedOpError, match=r"If \(branches whose output 0 differs "
+                       r"\(float32\[2,3,4,5\] and float32\[2,3,4,3\]\)"):
+        load_onnx(runtime_if(else_width=3))
     with pytest.raises(UnsupportedOpError) as info:   # the root cause: the branch's Sin
         load_onnx(shape_test_if(5, then_op="Sin"))
     assert "1 unsupported" in str(info.value) and "Sin: 1 node [if/sin]" in str(info.value)

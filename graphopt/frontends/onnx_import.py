@@ -246,20 +246,27 @@ class Importer:
                                        op=node.op_type) from None
 
     def inline_branch(self, node: onnx.NodeProto, label: str) -> list | None:
-        """The outputs of an If whose condition is known at import (exporters test shapes so):
-        the chosen branch's nodes converted into the graph. None when a branch node was
-        refused (recorded as the root cause)."""
+        """The outputs of an If. A condition known at import (exporters test shapes so): the
+        chosen branch's nodes converted into the graph. A condition computed at run time: both
+        branches converted and each output selected by a Where (both are computed, as a GPU
+        computes both sides of a branch; their outputs must agree in shape and dtype). None
+        when a branch node was refused (recorded as the root cause)."""
         ctx = NodeContext(self, node, label)
         if not ctx.is_static(0):
             if node.input[0] in self.derived:   # past an unsupported node: not a cause itself
                 return None
-            raise UnsupportedForm("a condition computed at run time (an If on values known at "
-                                  "import, such as shapes, is supported)")
+            return self.select_branches(ctx)
         condition = ctx.static(0, "cond")
         if condition.size != 1:
             raise ModelFormatError(f"cond must hold one value, found shape {list(condition.shape)}",
                                    node=label, op=node.op_type)
         chosen = "then_branch" if bool(condition.reshape(-1)[0]) else "else_branch"
+        return self.branch_outputs(ctx, chosen)
+
+    def branch_outputs(self, ctx: NodeContext, chosen: str) -> list | None:
+        """The If branch `chosen`'s nodes converted into the graph; its outputs (arrays where
+        known at import), or None when a node was refused."""
+        node, label = ctx.node, ctx.name
         branch = next((helper.get_attribute_value(a) for a in node.attribute
                        if a.name == chosen), None)
         if branch is None:
@@ -278,6 +285,26 @@ class Importer:
         if any(n in self.derived for n in names):
             self.derived.update(node.output)
         return [self.static[n] if n in self.static else self.value(n) for n in names]
+
+    def select_branches(self, ctx: NodeContext) -> list | None:
+        """An If on a run-time condition: both branches, each output a Where of the two."""
+        cond = ctx.type(0)
+        if cond.dtype != "bool" or int(np.prod(cond.shape)) != 1:
+            raise ModelFormatError(f"cond must be one bool, found {cond}", node=ctx.name,
+                                   op=ctx.op_type)
+        branches = [self.branch_outputs(ctx, b) for b in ("then_branch", "else_branch")]
+        if any(b is None for b in branches):
+            return None
+        condition = ctx.emit(ops.Reshape(()), [ctx.input(0)], final=False)
+        outputs = []
+        for k, (then, other) in enumerate(zip(*branches)):
+            then, other = (v if isinstance(v, Value) else ctx.constant(f"{ctx.name}/{b}{k}", v)
+                           for v, b in ((then, "then"), (other, "else")))
+            if then.type != other.type:
+                raise UnsupportedForm(f"branches whose output {k} differs ({then.type} and "
+                                      f"{other.type}) on a condition computed at run time")
+            outputs.append(ctx.emit(ops.Where(), [condition, then, other], output=k))
+        return outputs
 
     def importable(self, node: onnx.NodeProto) -> bool:
         """Whether some form of `node` converts (or folds) when its inputs allow it."""
