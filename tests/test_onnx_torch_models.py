@@ -165,36 +165,3 @@ def test_compiled_matches_the_interpreter(exported):
     np.testing.assert_allclose(found, expected, rtol=1e-4,
                                atol=1e-5 * float(np.abs(expected).max()))
 
-
-class BranchOnTheMean(nn.Module):
-    """A data-dependent branch: torch.jit.script exports it as an If on a run-time condition."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-
-    def forward(self, x):
-        y = self.conv(x)
-        if bool(y.mean() > 0):
-            return torch.relu(y) * 2
-        return torch.sigmoid(y) - 1
-
-
-def test_a_scripted_branch_on_the_data_takes_the_branch_torch_takes():
-    torch.manual_seed(2)
-    model = torch.jit.script(BranchOnTheMean().eval())
-    proto = export(model, torch.randn(1, 3, 8, 8), 17)
-    assert "If" in {n.op_type for n in proto.graph.node}
-    graph = go.load_onnx(proto)
-    compiled = go.compile(graph, "cpu")
-    means = []
-    for shift in (-3.0, 3.0):
-        x = torch.randn(1, 3, 8, 8) + shift
-        with torch.no_grad():
-            expected = model(x).numpy()
-            means.append(float(model.conv(x).mean()))
-        np.testing.assert_allclose(go.interpret(graph, {"input": x.numpy()})["output"],
-                                   expected, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(compiled.run({"input": x.numpy()})["output"], expected,
-                                   rtol=1e-5, atol=1e-6)
-    assert min(means) < 0 < max(means)   # both branches taken

@@ -19,6 +19,8 @@ from ..errors import (DeclaredShapeWarning, GraphoptError, ModelFormatError, Sha
 from ..ir import DTYPES, Graph, Node, TensorType, Value
 from ..verify import verify
 from .onnx_context import NodeContext, UnsupportedForm, onnx_dtype
+from .onnx_control_flow import (SEQUENCE_OPS, SequenceOf, if_outputs, loop_outputs,
+                                scan_outputs, sequence_outputs)
 from .onnx_load import (DEFAULT_MAX_CONSTANT_BYTES, ConstantBudget, ModelSource, check_model,
                         default_opset, first_line, node_inputs, node_label, read_model,
                         sort_nodes, tensor_array, upgrade_opset)
@@ -30,6 +32,9 @@ FOLDABLE = frozenset({
     "Mul", "Neg", "Not", "Or", "Range", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceSum",
     "Reshape", "Sign", "Slice", "Sqrt", "Squeeze", "Sub", "Tile", "Transpose", "Unsqueeze",
     "Where"})
+# Ops whose subgraphs, or sequences, are imported as dataflow (`onnx_control_flow`).
+CONTROL_FLOW = {"If": if_outputs, "Loop": loop_outputs, "Scan": scan_outputs,
+                **dict.fromkeys(SEQUENCE_OPS, sequence_outputs)}
 MAX_FOLDED_ELEMENTS = 1 << 24
 # Nodes a constant operand (a pad value, axes) may be computed through (`computed_constant`).
 COMPUTED_CONSTANT_DEPTH = 4
@@ -58,6 +63,7 @@ class Importer:
         self.static: dict[str, np.ndarray] = {}
         self.poisoned: set[str] = set()
         self.derived: set[str] = set()   # stand-ins for poisoned values and what they compute
+        self.sequences: dict[str, SequenceOf] = {}   # sequences known at import
         self.read_as_arrays: list[Node] = []   # nodes whose outputs converters read as constants
         self._inferred: dict[str, TensorType] | None = None
         self.unsupported: dict[str, list[str]] = collections.defaultdict(list)
@@ -122,6 +128,9 @@ class Importer:
     def finish_outputs(self) -> None:
         outputs = []
         for out in self.model.graph.output:
+            if out.name in self.sequences:
+                raise UnsupportedOpError(f"output '{out.name}' is a sequence; a graph's outputs "
+                                         f"are tensors")
             value = self.value(out.name)
             if value.name != out.name or any(value is o for o in outputs):
                 # The output is an input, a constant, an alias or listed twice: an identity
@@ -157,11 +166,16 @@ class Importer:
     def value(self, name: str) -> Value:
         """The Value of an ONNX name; a known array becomes a named graph constant on first use."""
         if name not in self.values:
+            self.not_a_sequence(name)
             data = self.static[name]
             if str(data.dtype) not in DTYPES:
                 raise UnsupportedForm(f"constant '{name}' has dtype {data.dtype}")
             self.values[name] = self.graph.add_constant(name, data)
         return self.values[name]
+
+    def not_a_sequence(self, name: str) -> None:
+        if name in self.sequences:
+            raise UnsupportedForm(f"the sequence '{name}' read as a tensor")
 
     def computed_constant(self, name: str) -> np.ndarray | None:
         """The array of a value the graph computes from constants alone, through at most
@@ -187,6 +201,7 @@ class Importer:
     def type_of(self, name: str) -> TensorType:
         if name in self.values:
             return self.values[name].type
+        self.not_a_sequence(name)
         data = self.static[name]
         if str(data.dtype) not in DTYPES:
             raise UnsupportedForm(f"constant '{name}' has dtype {data.dtype}")
@@ -245,72 +260,11 @@ class Importer:
                                        f"{first_line(e)}", node=label,
                                        op=node.op_type) from None
 
-    def inline_branch(self, node: onnx.NodeProto, label: str) -> list | None:
-        """The outputs of an If. A condition known at import (exporters test shapes so): the
-        chosen branch's nodes converted into the graph. A condition computed at run time: both
-        branches converted and each output selected by a Where (both are computed, as a GPU
-        computes both sides of a branch; their outputs must agree in shape and dtype). None
-        when a branch node was refused (recorded as the root cause)."""
-        ctx = NodeContext(self, node, label)
-        if not ctx.is_static(0):
-            if node.input[0] in self.derived:   # past an unsupported node: not a cause itself
-                return None
-            return self.select_branches(ctx)
-        condition = ctx.static(0, "cond")
-        if condition.size != 1:
-            raise ModelFormatError(f"cond must hold one value, found shape {list(condition.shape)}",
-                                   node=label, op=node.op_type)
-        chosen = "then_branch" if bool(condition.reshape(-1)[0]) else "else_branch"
-        return self.branch_outputs(ctx, chosen)
-
-    def branch_outputs(self, ctx: NodeContext, chosen: str) -> list | None:
-        """The If branch `chosen`'s nodes converted into the graph; its outputs (arrays where
-        known at import), or None when a node was refused."""
-        node, label = ctx.node, ctx.name
-        branch = next((helper.get_attribute_value(a) for a in node.attribute
-                       if a.name == chosen), None)
-        if branch is None:
-            raise ModelFormatError(f"the If has no {chosen}", node=label, op=node.op_type)
-        for tensor in branch.initializer:
-            self.static[tensor.name] = tensor_array(tensor, f"initializer '{tensor.name}'",
-                                                    self.budget)
-        for index, inner in enumerate(branch.node):
-            self.visit(inner, f"{label}/{node_label(inner, index)}")
-        names = [v.name for v in branch.output]
-        if len(names) != len(node.output):
-            raise ModelFormatError(f"{chosen} has {len(names)} outputs, the If "
-                                   f"{len(node.output)}", node=label, op=node.op_type)
-        if any(n in self.poisoned for n in names):
-            return None
-        if any(n in self.derived for n in names):
-            self.derived.update(node.output)
-        return [self.static[n] if n in self.static else self.value(n) for n in names]
-
-    def select_branches(self, ctx: NodeContext) -> list | None:
-        """An If on a run-time condition: both branches, each output a Where of the two."""
-        cond = ctx.type(0)
-        if cond.dtype != "bool" or int(np.prod(cond.shape)) != 1:
-            raise ModelFormatError(f"cond must be one bool, found {cond}", node=ctx.name,
-                                   op=ctx.op_type)
-        branches = [self.branch_outputs(ctx, b) for b in ("then_branch", "else_branch")]
-        if any(b is None for b in branches):
-            return None
-        condition = ctx.emit(ops.Reshape(()), [ctx.input(0)], final=False)
-        outputs = []
-        for k, (then, other) in enumerate(zip(*branches)):
-            then, other = (v if isinstance(v, Value) else ctx.constant(f"{ctx.name}/{b}{k}", v)
-                           for v, b in ((then, "then"), (other, "else")))
-            if then.type != other.type:
-                raise UnsupportedForm(f"branches whose output {k} differs ({then.type} and "
-                                      f"{other.type}) on a condition computed at run time")
-            outputs.append(ctx.emit(ops.Where(), [condition, then, other], output=k))
-        return outputs
-
     def importable(self, node: onnx.NodeProto) -> bool:
         """Whether some form of `node` converts (or folds) when its inputs allow it."""
         return node.domain in ("", "ai.onnx") and (
             node.op_type in self.table or node.op_type in FOLDABLE
-            or node.op_type in ("Shape", "Size", "Constant", "If"))
+            or node.op_type in ("Shape", "Size", "Constant", *CONTROL_FLOW))
 
     def stand_in(self, inputs: list[str]) -> bool:
         """Replace each poisoned input by a graph input of the type ONNX's shape inference gives
@@ -346,8 +300,8 @@ class Importer:
             results = [self.shape_of(NodeContext(self, node, label))]
         elif op_type == "Constant":
             results = [constant_value(NodeContext(self, node, label), self.budget)]
-        elif op_type == "If":
-            results = self.inline_branch(node, label)
+        elif op_type in CONTROL_FLOW:
+            results = CONTROL_FLOW[op_type](self, node, label)
             if results is None:
                 self.poisoned.update(node.output)
                 return
@@ -365,6 +319,8 @@ class Importer:
                 continue
             if isinstance(result, np.ndarray):
                 self.static[name] = result
+            elif isinstance(result, SequenceOf):
+                self.sequences[name] = result
             else:
                 self.values[name] = result
                 if name in self.declared and name not in self.derived:

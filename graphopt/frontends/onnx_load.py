@@ -256,6 +256,13 @@ def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
                                f"opsets up to {newest}")
     if opset >= MIN_OPSET:
         return model
+    scans = [node_label(n, i) for i, n in enumerate(model.graph.node) if n.op_type == "Scan"]
+    if opset < 9 and scans:
+        # onnx's adapter drops Scan-8's batch axis from the model's inputs: another model
+        raise UnsupportedOpError(f"model '{model.graph.name}' uses 1 unsupported op "
+                                 f"type(s)/form(s): Scan (opset 8's batched form, with "
+                                 f"sequence_lens): {len(scans)} node{'s' if len(scans) > 1 else ''}"
+                                 f" [{', '.join(scans)}]")
     try:
         return onnx.version_converter.convert_version(model, MIN_OPSET)
     except Exception as e:
@@ -264,8 +271,8 @@ def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def sort_nodes(model: onnx.ModelProto) -> list[tuple[int, str, onnx.NodeProto]]:
-    """The main graph's nodes in dependency order, each with its index and label (name or stand-in), after
-    checking that every input is defined and that there is no cycle."""
+    """The main graph's nodes in dependency order, each with its index and label (name or
+    stand-in), after checking that every input is defined and that there is no cycle."""
     graph = model.graph
     defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
     producers: dict[str, int] = {}

@@ -26,7 +26,7 @@ ATTRIBUTE_INPUTS = {"Clip": (1, 2), "Dropout": (1, 2), "Expand": (1,), "Pad": (1
                     "ReduceSumSquare": (1,), "ReduceLogSumExp": (1,), "MaxUnpool": (2,),
                     "Resize": (1, 2, 3), "Slice": (1, 2, 3, 4), "Split": (1,), "Squeeze": (1,),
                     "Tile": (1,), "Unsqueeze": (1,), "LSTM": (4,), "GRU": (4,),
-                    "CumSum": (1,)}
+                    "CumSum": (1,), "Loop": (0, 1), "SplitToSequence": (1,)}
 
 
 def converts(*op_types: str):

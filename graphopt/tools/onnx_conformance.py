@@ -25,6 +25,7 @@ from ..errors import GraphoptError, UnsupportedOpError
 from ..files import atomic_open
 from ..frontends.onnx_import import load_onnx
 from ..frontends.onnx_load import first_line
+from ..frontends.onnx_import import CONTROL_FLOW
 from ..frontends.onnx_ops import ATTRIBUTE_INPUTS, TABLE
 from ..ir import Graph
 
@@ -59,7 +60,7 @@ class Prepared:
 
 
 def supported_op_types() -> list[str]:
-    return sorted({*TABLE, *FOLDED_OPS})
+    return sorted({*TABLE, *FOLDED_OPS, *CONTROL_FLOW})
 
 
 def collect_cases(op_types: Iterable[str] | None = None,
