@@ -280,3 +280,19 @@ def test_filled_grids_write_back_only_what_each_thread_summed():
     accumulators = set(re.findall(r"(float2?) \w+_local_ptr\[(\d+)\]", source))
     assert accumulators == {("float2", "2"), ("float", "1")}, accumulators
     assert not re.search(r"\(float[248]\*\)\(\w+_local_ptr", source)
+
+
+@pytest.mark.parametrize("epilogue", [dsl.relu, dsl.sigmoid])
+def test_a_max_pool_with_an_epilogue_gets_a_schedule_tvm_can_lower(epilogue):
+    """Max pools reduce with a NaN-aware maximum, which TVM's cross-thread reduction does not
+    recognize: dlight's GeneralReduction bound the window to threads and the build failed. The
+    reduction rules now decline it; softmax's sums and maxima keep them."""
+    with dsl.Builder("pool_epilogue", seed=1) as b:
+        x = b.input("input", (2, 16, 18, 15))
+        pooled = epilogue(dsl.max_pool2d(x, 3, stride=2, padding=1, ceil_mode=True))
+        graph = b.output(dsl.softmax(dsl.flatten(pooled)))
+    rules = go.compile(graph, target="cuda").schedule_report.rules
+    pool = [k for k in rules if "max_pool2d" in k]
+    softmax = [k for k in rules if "softmax" in k]
+    assert pool and all(rules[k] == "Fallback" for k in pool), rules
+    assert softmax and all(rules[k] in ("Reduction", "GeneralReduction") for k in softmax), rules

@@ -163,12 +163,38 @@ def grid_filling_matmul():
     return Matmul()
 
 
+def lowerable_reduction(rule):
+    """dlight's reduction rule `rule`, declining (None, so that the next rule, at last Fallback,
+    schedules the kernel) where its schedule needs a cross-thread reduction TVM cannot lower:
+    one whose combiner TVM does not recognize. Max pools reduce with graphopt's NaN-aware
+    maximum (`ops.pool.nan_max`); with an epilogue (a max pool then a relu), GeneralReduction
+    bound the window to threads and the whole build failed ("No matched reducer")."""
+    from tvm import s_tir
+    from tvm.error import InternalError
+
+    class Rule(type(rule)):
+        def apply(self, func, target, tunable):
+            space = super().apply(func, target, tunable)
+            if space is None:
+                return None
+            sch = space if isinstance(space, s_tir.Schedule) else space[0]
+            try:
+                s_tir.transform.LowerCrossThreadReduction()(sch.mod)
+            except (ValueError, InternalError):
+                return None
+            return space
+
+    Rule.__name__ = Rule.__qualname__ = type(rule).__name__   # named as dlight's in the report
+    return Rule()
+
+
 def default_rules():
     """dlight's GPU rules in the order TVM's CUDA pipeline tries them, its Matmul filling the
-    GPU (`grid_filling_matmul`)."""
+    GPU (`grid_filling_matmul`), its reductions declining what TVM cannot lower
+    (`lowerable_reduction`)."""
     from tvm.s_tir import dlight as dl
-    return [grid_filling_matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
-            dl.gpu.Fallback()]
+    return [grid_filling_matmul(), dl.gpu.GEMV(), lowerable_reduction(dl.gpu.Reduction()),
+            lowerable_reduction(dl.gpu.GeneralReduction()), dl.gpu.Fallback()]
 
 
 def recording_schedule_pass(report: ScheduleReport, rules=None):
