@@ -715,7 +715,7 @@ def load(path: str, device_id: int = 0, threads: int | None = None) -> LoadedMod
     if device_kind == "cpu":
         check_cpu_features(metadata.get("cpu_features", []), path)
     import tvm_ffi
-    if device_kind == "cuda":
+    if device_kind == "cuda" and "cuda_source_sha256" in metadata:   # else: no kernels
         if fatbin is None:
             raise ModelFormatError(f"{path}: a CUDA export without its embedded GPU binary")
         with serving_cuda_binary(fatbin, metadata["cuda_source_sha256"], path):

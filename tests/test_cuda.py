@@ -110,6 +110,20 @@ def test_export_embeds_a_binary_for_the_requested_arch(compiled, exported):
     assert metadata["cuda_source_sha256"] == cuda.source_digest(source)
 
 
+def test_a_model_of_no_kernels_exports_without_gpu_code(tmp_path):
+    """An ONNX model of an Identity compiles to no kernel: nothing to embed."""
+    from onnx import TensorProto, helper
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3]) for n in ("x", "y")]
+    proto = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])],
+                                                "no_kernels", io[:1], io[1:]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model = go.compile(go.load_onnx(proto), target="cuda")
+    assert model.kernels == []
+    metadata, fatbin = runtime.read_export(model.export(str(tmp_path / "no_kernels.so")))
+    assert metadata["device"] == "cuda" and metadata["cuda_arch"] == "sm_90"
+    assert fatbin is None and "cuda_source_sha256" not in metadata
+
+
 @needs_nvcc
 def test_cuobjdump_sees_sm_90_code_in_the_library(exported):
     tool = cuobjdump()

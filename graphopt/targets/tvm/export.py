@@ -99,9 +99,12 @@ def export_model(model, path: str) -> str:
         if model.device_kind == "cuda":
             from .cuda import compile_cuda_source, cuda_source, source_digest
             arch = str(model.tvm_target.attrs["arch"])
-            source = cuda_source(model.executable)
-            blobs[runtime.FATBIN_SYMBOL] = (compile_cuda_source(source, arch), ".nv_fatbin")
-            extra = {"cuda_arch": arch, "cuda_source_sha256": source_digest(source)}
+            extra = {"cuda_arch": arch}
+            if model.kernels:   # a model of no kernels (identities, reshapes) has no GPU code
+                source = cuda_source(model.executable)
+                blobs[runtime.FATBIN_SYMBOL] = (compile_cuda_source(source, arch),
+                                                ".nv_fatbin")
+                extra["cuda_source_sha256"] = source_digest(source)
         if model.weights is not None:   # compiled with weights="params": bound at load time
             extra["weights"] = [{"name": n, "shape": list(a.shape), "dtype": str(a.dtype),
                                  "sha256": runtime.content_key(a)} for n, a in model.weights]
