@@ -310,3 +310,15 @@ def test_a_max_pool_with_an_epilogue_gets_a_schedule_tvm_can_lower(epilogue):
     softmax = [k for k in rules if "softmax" in k]
     assert pool and all(rules[k] == "Fallback" for k in pool), rules
     assert softmax and all(rules[k] in ("Reduction", "GeneralReduction") for k in softmax), rules
+
+
+def test_an_int8_convolution_of_single_products_builds():
+    """A 1x1 int8 conv over one input channel, with its requantize epilogue and a relu."""
+    import numpy as np
+    with dsl.Builder("single_products", seed=0) as b:
+        x = b.input("input", (4, 1, 8, 12))
+        graph = b.output(dsl.relu(dsl.conv2d(x, 24, kernel=1, stride=2)))
+    feed = {"input": np.random.default_rng(0).standard_normal((4, 1, 8, 12)).astype(np.float32)}
+    quantized = go.quantize(graph, go.calibrate(graph, [feed])).graph
+    rules = go.compile(quantized, target="cuda").schedule_report.rules
+    assert any("conv2d" in k or "multiply" in k for k in rules), rules

@@ -53,6 +53,28 @@ def test_integer_convolution_lowers_to_a_conv2d_on_int8_with_int32_accumulators(
     assert tuple(int(d) for d in x.ty.shape) == (1, 8, 10, 10)   # padded with x_zero_point
 
 
+@pytest.mark.parametrize("w_zp", [0, 5])
+@pytest.mark.parametrize("channels, out_channels, groups, stride",
+                         [(1, 8, 1, 2), (4, 8, 4, 1)], ids=["one-channel", "depthwise-x2"])
+def test_a_convolution_of_single_products_lowers_without_a_reduction(channels, out_channels,
+                                                                      groups, stride, w_zp):
+    """A 1x1 kernel over one input channel per group sums one product per output: lowered
+    elementwise (TVM's CUDA schedules inlined the epilogue into its unit-extent reduction and
+    failed to build), and exact: TVM's own CPU build against the interpreter."""
+    import tvm
+    from tvm import relax
+    inputs, constants = qlinear_conv_operands(channels, out_channels, w_zp=w_zp)
+    constants[2] = constants[2][:, :1, :1, :1].copy()
+    graph = one_node_graph(ops.QLinearConv2d(ops.Conv2d(stride=stride, groups=groups)), inputs,
+                           constants)
+    module = to_relax(graph)
+    assert not relax_calls(module, "relax.nn.conv2d")
+    vm = relax.VirtualMachine(tvm.compile(module, target="llvm"), tvm.cpu())
+    found = vm["main"](tvm.runtime.tensor(inputs[0])).numpy()
+    expected = go.interpret(graph, {graph.inputs[0].name: inputs[0]})[graph.output_names[0]]
+    np.testing.assert_array_equal(found, expected)
+
+
 def test_integer_matmul_lowers_to_a_matmul_on_int8_with_int32_accumulators():
     rng = np.random.default_rng(1)
     graph = one_node_graph(ops.QLinearMatmul(), [rng.integers(-128, 128, (4, 6)).astype(np.int8)],

@@ -313,20 +313,41 @@ def lower_integer_conv(bb, conv: Conv2d, x, w, x_zp, w_zp):
     out_channels, group_channels, kh, kw = (int(d) for d in w.ty.shape)
     geometry = dict(strides=conv.stride, padding=0, dilation=conv.dilation, groups=conv.groups,
                     out_dtype="int32")
-    acc = bb.emit(R.nn.conv2d(x, w, **geometry))
+    if group_channels * kh * kw == 1:
+        acc, sums = single_tap_products(bb, conv, x, w)
+    else:
+        acc, sums = bb.emit(R.nn.conv2d(x, w, **geometry)), None
     channels = (1, -1, 1, 1)
     if not is_zero(w_zp):
-        # Each group's window sums of x (a conv with a ones weight), one per output channel.
-        ones = rx.const(np.ones((conv.groups, group_channels, kh, kw), relax_dtype(x)))
-        sums = bb.emit(R.nn.conv2d(x, ones, **geometry))
-        if 1 < conv.groups < out_channels:
-            sums = bb.emit(R.repeat(sums, out_channels // conv.groups, axis=1))
+        if sums is None:
+            # Each group's window sums of x (a conv with a ones weight), one per output channel.
+            ones = rx.const(np.ones((conv.groups, group_channels, kh, kw), relax_dtype(x)))
+            sums = bb.emit(R.nn.conv2d(x, ones, **geometry))
+            if 1 < conv.groups < out_channels:
+                sums = bb.emit(R.repeat(sums, out_channels // conv.groups, axis=1))
         correction = bb.emit(R.multiply(sums, as_int32(bb, w_zp, channels)))
         acc = bb.emit(R.subtract(acc, correction))
     if not is_zero(x_zp):
         term = zero_point_term(bb, x_zp, w, w_zp, (1, 2, 3))
         acc = bb.emit(R.add(acc, bb.emit(R.reshape(term, channels))))
     return acc
+
+
+def single_tap_products(bb, conv: Conv2d, x, w):
+    """Relax: (x * w, x) per output channel, int32, for a convolution whose every output sums
+    one product (a 1x1 kernel over one input channel per group): elementwise, with no
+    reduction. TVM's CUDA schedules took the conv's unit-extent reduction for one they could
+    inline its epilogue into, and the build failed."""
+    R = relax().op
+    _, _, height, width = (int(d) for d in x.ty.shape)
+    out_channels = int(w.ty.shape[0])
+    taps = bb.emit(R.strided_slice(x, axes=[2, 3], begin=[0, 0], end=[height, width],
+                                   strides=list(conv.stride)))
+    if out_channels > conv.groups:   # each group's input channel feeds its output channels
+        taps = bb.emit(R.repeat(taps, out_channels // conv.groups, axis=1))
+    taps = bb.emit(R.astype(taps, "int32"))
+    weight = bb.emit(R.reshape(bb.emit(R.astype(w, "int32")), (1, -1, 1, 1)))
+    return bb.emit(R.multiply(taps, weight)), taps
 
 
 def lower_integer_matmul(bb, a, b, a_zp, b_zp):
