@@ -322,3 +322,19 @@ def test_an_int8_convolution_of_single_products_builds():
     quantized = go.quantize(graph, go.calibrate(graph, [feed])).graph
     rules = go.compile(quantized, target="cuda").schedule_report.rules
     assert any("conv2d" in k or "multiply" in k for k in rules), rules
+
+
+def test_an_int8_squeeze_excite_whose_scale_is_fused_into_its_conv_builds():
+    """TVM fuses the excite conv, its hard-sigmoid and the scale of the whole map into one
+    kernel; dlight's Matmul cannot inline that broadcasting consumer and asserted, which failed
+    the build. The next rule schedules the kernel, and the report names the conv on it."""
+    import numpy as np
+    with dsl.Builder("squeeze_excite", seed=0) as b:
+        x = b.input("input", (4, 13, 7, 7))
+        squeezed = dsl.relu(dsl.conv2d(dsl.global_avg_pool2d(x), 3, kernel=1))
+        graph = b.output(x * dsl.hard_sigmoid(dsl.conv2d(squeezed, 13, kernel=1)))
+    feed = {"input": np.random.default_rng(0).standard_normal((4, 13, 7, 7)).astype(np.float32)}
+    quantized = go.quantize(graph, go.calibrate(graph, [feed])).graph
+    report = go.compile(quantized, target="cuda").schedule_report
+    fused = [k for k in report.rules if "conv2d" in k and "multiply" in k]
+    assert fused and report.naive_heavy_kernels == fused, report.rules
