@@ -338,3 +338,19 @@ def test_an_int8_squeeze_excite_whose_scale_is_fused_into_its_conv_builds():
     report = go.compile(quantized, target="cuda").schedule_report
     fused = [k for k in report.rules if "conv2d" in k and "multiply" in k]
     assert fused and report.naive_heavy_kernels == fused, report.rules
+
+
+def test_fallback_inlining_stops_at_the_cpu_rules_limits():
+    """A SiLU then two reflection pads: dlight inlined all of it into one block that TVM's
+    simplifiers worked on for more than 5 minutes. The bounded Fallback leaves one move
+    undone (`within_inline_limits`): the fused kernel launches as two."""
+    with dsl.Builder("silu_pads", seed=0) as b:
+        x = b.input("input", (1, 16, 5, 5))
+        padded = dsl.pad(dsl.pad(x * dsl.sigmoid(x), (1, 1, 0, 0), mode="reflect"),
+                         (2, 1, 2, 0), mode="reflect")
+        graph = b.output(padded)
+    model = go.compile(graph, target="cuda")
+    [kernel] = model.kernels
+    launched = re.findall(rf"__global__ void __launch_bounds__\(\d+\) ({kernel}\w*)\(",
+                          cuda.cuda_source(model.executable))
+    assert sorted(set(launched)) == [f"{kernel}_kernel", f"{kernel}_kernel_1"], launched

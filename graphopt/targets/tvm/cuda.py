@@ -188,13 +188,59 @@ def lowerable_reduction(rule):
     return Rule()
 
 
+def bounded_fallback():
+    """dlight's Fallback, whose inlining stops where graphopt's CPU rules stop
+    (`schedules.common.within_inline_limits`). dlight inlines every block it can: a SiLU
+    then two reflection pads grew into one block that TVM's simplifiers worked on for more
+    than 5 minutes. dlight's `try_inline` is written again here (it takes no limit), and the
+    Fallback rule made to call it while it schedules."""
+    from tvm.s_tir import dlight as dl
+    from tvm.s_tir.dlight.gpu import fallback
+    from tvm.s_tir.schedule import ScheduleError
+    from tvm.error import InternalError
+    from .schedules.common import within_inline_limits
+
+    def try_inline(sch, blocks):
+        """dlight's: compute_inline any block, else reverse_compute_inline any, to a fixed
+        point; the blocks left. Only moves within the limits are tried."""
+        def trial(reverse: bool):
+            for i, info in enumerate(blocks):
+                if not within_inline_limits(sch, info.block_rv, reverse):
+                    continue
+                try:
+                    (sch.reverse_compute_inline if reverse else sch.compute_inline)(
+                        info.block_rv)
+                except (ScheduleError, InternalError):
+                    continue
+                return i
+            return None
+
+        while True:
+            i = trial(False)
+            if i is None:
+                i = trial(True)
+            if i is None:
+                return blocks
+            blocks.pop(i)
+
+    class Fallback(dl.gpu.Fallback):   # named as dlight's in the schedule report
+        def apply(self, func, target, tunable):
+            unbounded, fallback.try_inline = fallback.try_inline, try_inline
+            try:
+                return super().apply(func, target, tunable)
+            finally:
+                fallback.try_inline = unbounded
+
+    return Fallback()
+
+
 def default_rules():
     """dlight's GPU rules in the order TVM's CUDA pipeline tries them, its Matmul filling the
     GPU (`grid_filling_matmul`), its reductions declining what TVM cannot lower
-    (`lowerable_reduction`)."""
+    (`lowerable_reduction`), its Fallback inlining within limits (`bounded_fallback`)."""
     from tvm.s_tir import dlight as dl
     return [grid_filling_matmul(), dl.gpu.GEMV(), lowerable_reduction(dl.gpu.Reduction()),
-            lowerable_reduction(dl.gpu.GeneralReduction()), dl.gpu.Fallback()]
+            lowerable_reduction(dl.gpu.GeneralReduction()), bounded_fallback()]
 
 
 def recording_schedule_pass(report: ScheduleReport, rules=None):

@@ -158,9 +158,7 @@ def inline_elementwise(sch, keep) -> None:
             if _is_output(sch, block):
                 continue
             for reverse in (False, True):
-                pairs = _inline_pairs(sch, block, reverse)
-                if _nodes_after(pairs, reverse) > INLINE_MAX_NODES or \
-                        _select_depth_after(pairs) > INLINE_MAX_SELECT_DEPTH:
+                if not within_inline_limits(sch, block, reverse):
                     continue
                 if reverse:
                     changed = reverse_compute_inline(sch, block)
@@ -201,6 +199,15 @@ def reverse_compute_inline(sch, block) -> bool:
 # 2,251 nodes (DCGAN's generator's output, counted with the indices a producer is read at,
 # `_index_growth`), so the limit changes none of their kernels.
 INLINE_MAX_NODES = 4000
+
+
+def within_inline_limits(sch, block, reverse: bool = False) -> bool:
+    """Whether inlining `block` (`compute_inline`, or with `reverse` `reverse_compute_inline`)
+    makes no block larger than INLINE_MAX_NODES nor nests selects deeper than
+    INLINE_MAX_SELECT_DEPTH."""
+    pairs = _inline_pairs(sch, block, reverse)
+    return _nodes_after(pairs, reverse) <= INLINE_MAX_NODES and \
+        _select_depth_after(pairs) <= INLINE_MAX_SELECT_DEPTH
 
 
 def inlined_nodes(sch, block, reverse: bool = False) -> int:
