@@ -28,6 +28,7 @@ from ..ir import Value
 from .onnx_context import NodeContext, UnsupportedForm
 from .onnx_load import node_label, tensor_array
 
+
 @dataclass(frozen=True)
 class SequenceOf:
     """An ONNX sequence known at import: the names of its tensors, in order."""
@@ -42,8 +43,8 @@ MAX_UNROLLED_NODES = 8192
 # ---- If -----------------------------------------------------------------------------------------
 def if_outputs(importer, node: onnx.NodeProto, label: str) -> list | None:
     """An If's outputs: the branch a known condition picks, or both branches and a Where per
-    output for a condition computed at run time (both are computed, as a GPU computes both
-    sides of a branch; their outputs must agree in shape and dtype)."""
+    output for a condition computed at run time (both branches are computed, every time;
+    their outputs must agree in shape and dtype)."""
     ctx = NodeContext(importer, node, label)
     if not ctx.is_static(0):
         if node.input[0] in importer.derived:   # past an unsupported node: not a cause itself
