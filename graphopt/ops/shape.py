@@ -208,8 +208,31 @@ class Pad(Op):
         return np.pad(x, self.pads, constant_values=np.array(self.value, x.dtype))
 
     def lower_tvm(self, bb, x):
+        if self.mode == "reflect":
+            return bb.call_te(reflect_pad, x, self.pads, primfunc_name_hint="reflect_pad")
         flat = [p for pair in self.pads for p in pair]
         return relax().op.nn.pad(x, flat, pad_mode=PAD_MODES[self.mode], pad_value=self.value)
+
+
+def reflect_pad(x, pads):
+    """TE: `x` padded by reflection, each index i of an axis of size n read at
+    (n - 1) - |(n - 1) - |i - before|| with |v| written max(v, -v). TOPI writes the same
+    index with TIR's abs, which lowers to selects: two reflection pads inlined one into the
+    other (and into their producers) nest those selects, and TVM's simplifiers took 8 s to
+    build the pair (0.1 s with maxima, which they bound directly)."""
+    from tvm import te, tirx
+
+    def index(i, size: int, before: int, after: int):
+        if not before and not after:
+            return i
+        offset = i - before
+        distance = tirx.max(offset, -offset)
+        return (size - 1) - tirx.max((size - 1) - distance, distance - (size - 1))
+
+    sizes = [int(d) for d in x.shape]
+    shape = [n + before + after for n, (before, after) in zip(sizes, pads)]
+    return te.compute(shape, lambda *i: x(*(index(v, n, before, after) for v, n, (before, after)
+                                            in zip(i, sizes, pads))), name="ReflectPadInput")
 
 
 def zero_size(dtype: str, shape) -> object:
