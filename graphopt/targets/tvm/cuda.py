@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 
 from ...errors import GraphoptError, LoweringError
@@ -188,6 +189,9 @@ def lowerable_reduction(rule):
     return Rule()
 
 
+_FALLBACK_PATCH = threading.Lock()
+
+
 def bounded_fallback():
     """dlight's Fallback, whose inlining stops where graphopt's CPU rules stop
     (`schedules.common.within_inline_limits`). dlight inlines every block it can: six clips
@@ -226,11 +230,12 @@ def bounded_fallback():
 
     class Fallback(dl.gpu.Fallback):   # named as dlight's in the schedule report
         def apply(self, func, target, tunable):
-            unbounded, fallback.try_inline = fallback.try_inline, try_inline
-            try:
-                return super().apply(func, target, tunable)
-            finally:
-                fallback.try_inline = unbounded
+            with _FALLBACK_PATCH:   # one schedule at a time sees the module's name replaced
+                unbounded, fallback.try_inline = fallback.try_inline, try_inline
+                try:
+                    return super().apply(func, target, tunable)
+                finally:
+                    fallback.try_inline = unbounded
 
     return Fallback()
 
