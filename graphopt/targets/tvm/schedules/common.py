@@ -182,11 +182,24 @@ def reverse_compute_inline(sch, block) -> bool:
     scope's statement only once the new one is built), and so is the block."""
     from tvm.error import InternalError
     from tvm.s_tir import ScheduleError
+    if _producers_read_elsewhere(sch, block):
+        return False
     try:
         sch.reverse_compute_inline(block)
         return True
     except (ScheduleError, InternalError):
         return False
+
+
+def _producers_read_elsewhere(sch, block) -> bool:
+    """Whether a producer of `block` has readers besides `block`. TVM's reverse_compute_inline
+    moves `block` into its producer all the same, which then no longer writes its own buffer:
+    the other readers' loads are left without a writer, and the build fails ("Buffer ... is
+    used before its definition": a QDQ average pool read by a maximum and by a multiply chain,
+    whose chain was moved into the pool's columns pass)."""
+    consumer = sch.get(block)
+    return any(not reader.same_as(consumer) for producer in sch.get_producers(block)
+               for reader in _readers(sch, producer))
 
 
 # Inlining writes a block's expression in place of every load of its buffer, so a chain of
