@@ -48,16 +48,15 @@ def check(proto, feeds, nodes_at_most=None):
     return graph
 
 
-def loop_body(condition_nodes=(), cond_out="cond_in"):
-    """v_out = v_in * 0.5 + x (x read from the main graph), scan output relu(v_out) - i."""
+def loop_body(stop=()):
+    """v_out = v_in * 0.5 + x (x read from the main graph), scan output relu(v_out) - i; the
+    condition passed on, or computed by the `stop` nodes (which write cond_out)."""
     nodes = [helper.make_node("Mul", ["v_in", "half"], ["scaled"]),
              helper.make_node("Add", ["scaled", "x"], ["v_out"]),
              helper.make_node("Relu", ["v_out"], ["r"]),
              helper.make_node("Cast", ["i"], ["i_float"], to=FLOAT),
              helper.make_node("Sub", ["r", "i_float"], ["scan"]),
-             *condition_nodes]
-    if cond_out == "cond_in":
-        nodes.append(helper.make_node("Identity", ["cond_in"], ["cond_out"]))
+             *(stop or [helper.make_node("Identity", ["cond_in"], ["cond_out"])])]
     return helper.make_graph(
         nodes, "body", [info("i", [], TensorProto.INT64), info("cond_in", [], TensorProto.BOOL),
                         info("v_in", [2, 3])],
@@ -92,7 +91,7 @@ def test_a_loop_with_a_known_trip_count_unrolls(trips):
 def test_a_loop_stops_on_a_condition_computed_from_its_iteration():
     """`while i < 2` with no trip count: the condition folds at import, so it unrolls."""
     stop = [helper.make_node("Less", ["i", "two"], ["cond_out"])]
-    body = loop_body(stop, cond_out="computed")
+    body = loop_body(stop)
     body.initializer.append(numpy_helper.from_array(np.array(2, np.int64), "two"))
     graph = check(loop_model(body, trips=None, steps=3), {"x": RNG.standard_normal((2, 3)).astype(
         np.float32)})
@@ -102,7 +101,7 @@ def test_a_loop_stops_on_a_condition_computed_from_its_iteration():
 def test_loops_that_cannot_unroll_are_named():
     data_stop = [helper.make_node("ReduceSum", ["v_out"], ["total"], keepdims=0),
                  helper.make_node("Less", ["total", "limit"], ["cond_out"])]
-    body = loop_body(data_stop, cond_out="computed")
+    body = loop_body(data_stop)
     body.initializer.append(numpy_helper.from_array(np.float32(100), "limit"))
     with pytest.raises(UnsupportedOpError, match=r"Loop \(a loop condition computed at run "
                        r"time.*1 node \[loop\]"):
