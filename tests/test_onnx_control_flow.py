@@ -12,11 +12,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import AttributeProto, TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 import graphopt as go
 from graphopt.errors import UnsupportedOpError
 from graphopt.frontends.onnx_control_flow import MAX_UNROLLED_NODES
+from graphopt.frontends.onnx_import import nodes_within
 
 RNG = np.random.default_rng(7)
 FLOAT = TensorProto.FLOAT
@@ -247,7 +248,7 @@ def test_a_scripted_loop_with_a_list_unrolls_and_matches_torch():
     x = torch.randn(1, 4, 10, 9)
     proto = scripted_export(module, x, dynamic=True)
     assert {"Loop", "If", "SequenceEmpty", "ConcatFromSequence"} <= \
-        {n.op_type for n in onnx_nodes(proto.graph)}
+        {n.op_type for n in nodes_within(proto.graph)}
     graph = go.load_onnx(proto, input_shapes={"input": (1, 4, 10, 9)})
     with torch.no_grad():
         expected = module(x).numpy()
@@ -276,11 +277,3 @@ def test_a_scripted_branch_on_the_data_takes_the_branch_torch_takes():
         np.testing.assert_allclose(compiled.run({"input": x.numpy()})["output"], expected,
                                    rtol=1e-5, atol=1e-6)
     assert min(means) < 0 < max(means)   # both branches taken
-
-
-def onnx_nodes(graph):
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            if attribute.type == AttributeProto.GRAPH:
-                yield from onnx_nodes(attribute.g)

@@ -26,7 +26,7 @@ from .. import ops
 from ..errors import ModelFormatError
 from ..ir import Value
 from .onnx_context import NodeContext, UnsupportedForm
-from .onnx_load import node_label, tensor_array
+from .onnx_load import node_label, subgraphs, tensor_array
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,7 @@ def _defined_names(graph: onnx.GraphProto) -> set[str]:
     names = {v.name for v in graph.input} | {t.name for t in graph.initializer}
     for node in graph.node:
         names.update(o for o in node.output if o)
-        for sub in _subgraphs(node):
+        for sub in subgraphs(node):
             names |= _defined_names(sub)
     return names
 
@@ -260,20 +260,14 @@ def _renamed(body: onnx.GraphProto, prefix: str) -> onnx.GraphProto:
         for node in graph.node:
             node.input[:] = [prefix + i if i in names else i for i in node.input]
             node.output[:] = [prefix + o if o in names else o for o in node.output]
-            for sub in _subgraphs(node):
+            for sub in subgraphs(node):
                 rename(sub)
     rename(copy)
     return copy
 
 
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    return [g for a in node.attribute for g in
-            ([a.g] if a.type == onnx.AttributeProto.GRAPH else
-             a.graphs if a.type == onnx.AttributeProto.GRAPHS else [])]
-
-
 def _node_count(graph: onnx.GraphProto) -> int:
-    return sum(1 + sum(_node_count(sub) for sub in _subgraphs(node)) for node in graph.node)
+    return sum(1 + sum(_node_count(sub) for sub in subgraphs(node)) for node in graph.node)
 
 
 def _check_unrolled(nodes: int, ctx: NodeContext) -> None:

@@ -23,7 +23,7 @@ from .onnx_control_flow import (SEQUENCE_OPS, SequenceOf, if_outputs, loop_outpu
                                 scan_outputs, sequence_outputs)
 from .onnx_load import (DEFAULT_MAX_CONSTANT_BYTES, ConstantBudget, ModelSource, check_model,
                         default_opset, first_line, node_inputs, node_label, read_model,
-                        sort_nodes, tensor_array, upgrade_opset)
+                        sort_nodes, subgraphs, tensor_array, upgrade_opset)
 
 # Ops evaluated at import time when all their inputs are known (shape arithmetic, constants).
 FOLDABLE = frozenset({
@@ -370,12 +370,8 @@ def nodes_within(graph: onnx.GraphProto):
     """The nodes of `graph` and of the subgraphs (If branches, Loop bodies) inside them."""
     for node in graph.node:
         yield node
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from nodes_within(attribute.g)
-            elif attribute.type == onnx.AttributeProto.GRAPHS:
-                for inner in attribute.graphs:
-                    yield from nodes_within(inner)
+        for inner in subgraphs(node):
+            yield from nodes_within(inner)
 
 
 def op_kind(node: onnx.NodeProto) -> str:

@@ -317,16 +317,20 @@ def node_inputs(node: onnx.NodeProto) -> list[str]:
 def outer_names(node: onnx.NodeProto) -> list[str]:
     """The names that `node`'s subgraphs read without defining them, in order, once each."""
     names: dict[str, None] = {}
-    for attribute in node.attribute:
-        graphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else \
-            list(attribute.graphs) if attribute.type == onnx.AttributeProto.GRAPHS else []
-        for graph in graphs:
-            defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
-            defined |= {out for inner in graph.node for out in inner.output}
-            for inner in graph.node:
-                names.update((n, None) for n in node_inputs(inner) if n not in defined)
-            names.update((v.name, None) for v in graph.output if v.name not in defined)
+    for graph in subgraphs(node):
+        defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+        defined |= {out for inner in graph.node for out in inner.output}
+        for inner in graph.node:
+            names.update((n, None) for n in node_inputs(inner) if n not in defined)
+        names.update((v.name, None) for v in graph.output if v.name not in defined)
     return list(names)
+
+
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs in `node`'s attributes (an If's branches, a Loop's or Scan's body)."""
+    return [g for a in node.attribute for g in
+            ([a.g] if a.type == onnx.AttributeProto.GRAPH else
+             a.graphs if a.type == onnx.AttributeProto.GRAPHS else [])]
 
 
 def check_model(model: onnx.ModelProto, order: list[int]) -> None:
