@@ -144,9 +144,9 @@ def blocks_of(sch):
 def inline_elementwise(sch, keep) -> None:
     """Inline every block that is not a reduction, not a function output and not in `keep` into its
     consumers (or, failing that, into its producer), to a fixed point. A move whose block would
-    come out larger than `INLINE_MAX_NODES` (`inlined_nodes`), or with selects nested deeper
-    than `INLINE_MAX_SELECT_DEPTH`, is not made: that block stays a buffer of its own, which the
-    rule schedules as it schedules any block left."""
+    come out larger than `INLINE_MAX_NODES`, or with selects nested deeper than
+    `INLINE_MAX_SELECT_DEPTH` (`within_inline_limits`), is not made: that block stays a buffer
+    of its own, which the rule schedules as it schedules any block left."""
     from tvm.s_tir import ScheduleError
     changed = True
     while changed:
@@ -223,14 +223,6 @@ def within_inline_limits(sch, block, reverse: bool = False) -> bool:
         _select_depth_after(pairs) <= INLINE_MAX_SELECT_DEPTH
 
 
-def inlined_nodes(sch, block, reverse: bool = False) -> int:
-    """The size, in IR nodes, of the largest block that inlining `block` would make: each
-    consumer with `block`'s expression in place of its loads (`compute_inline`), or with
-    `reverse`, `block` with its producer's expression in place of its loads of it
-    (`reverse_compute_inline`)."""
-    return _nodes_after(_inline_pairs(sch, block, reverse), reverse)
-
-
 def _inline_pairs(sch, block, reverse: bool) -> list:
     """(producer, consumer) block statements that inlining `block` would merge: `block` and
     each of its consumers, or with `reverse` each of its producers and `block`."""
@@ -243,7 +235,10 @@ def _inline_pairs(sch, block, reverse: bool) -> list:
 
 
 def _nodes_after(pairs, reverse: bool) -> int:
-    """`inlined_nodes` of the blocks `_inline_pairs` gave."""
+    """The size, in IR nodes, of the largest block that inlining would make of `pairs`
+    (`_inline_pairs`): each consumer with the producer's expression in place of its loads
+    (`compute_inline`), or with `reverse`, the block with its producer's expression in place
+    of its loads of it (`reverse_compute_inline`)."""
     # the producer's expression, counted once for all its consumers
     own = expression_nodes(pairs[0][0].body, None)[0] if pairs and not reverse else None
     largest = 0
@@ -311,14 +306,9 @@ def _index_growth(producer, consumer_body) -> int:
 INLINE_MAX_SELECT_DEPTH = 6
 
 
-def inlined_select_depth(sch, block, reverse: bool = False) -> int:
-    """An upper bound on how deeply selects nest in the block that inlining `block` would
-    make: its producer's depth on top of its consumer's (pairs as in `inlined_nodes`)."""
-    return _select_depth_after(_inline_pairs(sch, block, reverse))
-
-
 def _select_depth_after(pairs) -> int:
-    """`inlined_select_depth` of the blocks `_inline_pairs` gave."""
+    """An upper bound on how deeply selects nest in the block that inlining would make of
+    `pairs` (`_inline_pairs`): each producer's depth on top of its consumer's."""
     return max((select_depth(producer.body) + select_depth(consumer.body)
                 for producer, consumer in pairs), default=0)
 
