@@ -70,9 +70,11 @@ CASES = [
     Case("dilated", 16, 32, 11, 3, padding=(2, 2, 2, 2), dilation=2),
     Case("asymmetric-padding-7-wide", 24, 40, 7, 3, padding=(0, 1, 1, 0)),
     Case("linear-as-1x1", 120, 84, 1, 1, batch=4),
-    # AVX-VNNI tiles of two channel groups a step (`paired_tile_shape`) in blocks of input
-    # channels (`input_channel_block`: 24 groups in 2), 2 rows x 2 pixels, with a residual and
-    # with relu6; a 13-pixel row on one block (`ONE_BLOCK_YMM_ACCUMULATORS`)
+    # AVX-VNNI tiles of two channel groups a step on AMD cores (`paired_tile_shape`; also
+    # `test_paired_avx_vnni_tiles_are_exact`) in blocks of input channels
+    # (`input_channel_block`: 24 groups in 2), 2 rows x 2 pixels, with a residual and with
+    # relu6; a 14-pixel row computed to 15 on Intel's (`padded_row`); a 13-pixel row on one
+    # block (`ONE_BLOCK_YMM_ACCUMULATORS`)
     Case("3x3-96ch-residual-8-wide", 96, 32, 8, 3, padding=(1, 1, 1, 1), residual=True,
          activation=ops.Relu()),
     Case("3x3-96-to-16-14-wide-relu6", 96, 16, 14, 3, padding=(1, 1, 1, 1),
@@ -387,22 +389,29 @@ def test_avx_vnni_8_accumulator_tiles_take_two_channel_groups_a_step(blocks, hei
     assert paired_tile_shape(blocks, height, width, groups, unpaired) == expected
 
 
-@pytest.mark.parametrize("width, expected", [
-    (17, 18),     # Inception-v3's 17x17: 2 x 6 tiles
-    (71, 72),     # its 71x71 stem conv
-    (19, 20),     # 2 x 5: the narrowest of 10 accumulators or more
-    (13, 13),     # one block of 13
-    (7, 7),       # one block of 7
-    (56, 56),
-    (1, 1),
+@pytest.mark.parametrize("width, expected, paired_expected", [
+    (17, 18, 18),     # Inception-v3's 17x17: 2 x 6 tiles
+    (71, 72, 72),     # its 71x71 stem conv
+    (19, 20, 20),     # 2 x 5: the narrowest of 10 accumulators or more
+    (13, 13, 13),     # one block of 13
+    (14, 15, 14),     # 1 x 7 -> 2 x 5 unpaired (VGG-11's 14x14); paired: 2 x 2 x 2
+    (21, 22, 21),     # 1 x 7 -> 1 x 11
+    (7, 7, 7),        # one block of 7: no wider row within an eighth
+    (56, 56, 56),     # 2 x 4
+    (1, 1, 1),
 ])
-def test_avx_vnni_rows_of_a_large_prime_width_are_computed_wider(width, expected):
+def test_avx_vnni_rows_of_a_large_prime_width_are_computed_wider(width, expected,
+                                                                  paired_expected):
     """An AVX-VNNI row whose tile would hold 2 accumulators (a prime width above 13) is
-    computed to a few more columns that whole tiles of 10 or more divide (`padded_row`)."""
+    computed to a few more columns that whole tiles of 10 or more divide (`padded_row`); where
+    tiles take no pairs of channel groups (Intel's cores), one of 4-7 accumulators is too, by
+    at most an eighth of the row."""
     from graphopt.targets.tvm.schedules.common import VectorShape
     from graphopt.targets.tvm.schedules.conv2d_int8 import padded_row
     vec = VectorShape(lanes=8, accumulators=12, avx_vnni=True)
     assert padded_row(8, width, vec) == expected
+    paired = VectorShape(lanes=8, accumulators=12, avx_vnni=True, vnni_pairs=True)
+    assert padded_row(8, width, paired) == paired_expected
 
 
 @pytest.mark.parametrize("width, expected", [
@@ -460,17 +469,63 @@ def test_paired_tiles_block_their_input_channels(groups, expected):
     assert input_channel_block(groups, 576) == expected
 
 
-@pytest.mark.parametrize("case, paired", [
-    (Case("3x3-64ch-56-wide", 64, 64, 56, 3, padding=(1, 1, 1, 1)), True),
-    (Case("3x3-36ch-56-wide", 36, 64, 56, 3, padding=(1, 1, 1, 1)), False),    # 9 groups
-], ids=["64ch", "36ch"])
-def test_paired_avx_vnni_tiles_add_the_second_group_s_products(case, paired):
-    """In a paired AVX-VNNI kernel every other vpdpbusd accumulates into a zeroed register that
-    a vpaddd adds to the tile; an odd number of groups keeps one vpdpbusd a step."""
-    model = go.compile(quantized_conv(case), "cpu", mcpu="alderlake")
+@pytest.mark.parametrize("case, pairing_cpu, paired", [
+    (Case("3x3-64ch-56-wide", 64, 64, 56, 3, padding=(1, 1, 1, 1)), True, True),
+    (Case("3x3-36ch-56-wide", 36, 64, 56, 3, padding=(1, 1, 1, 1)), True, False),  # 9 groups
+    (Case("3x3-64ch-56-wide", 64, 64, 56, 3, padding=(1, 1, 1, 1)), False, False),
+], ids=["64ch", "36ch", "64ch-intel"])
+def test_paired_avx_vnni_tiles_add_the_second_group_s_products(case, pairing_cpu, paired,
+                                                               monkeypatch):
+    """In a paired AVX-VNNI kernel (CPUs in `VNNI_PAIR_CPUS`, AMD's; here alderlake counted in
+    to build it on any host) every other vpdpbusd accumulates into a zeroed register that a
+    vpaddd adds to the tile; an odd number of groups keeps one vpdpbusd a step, and Intel's
+    CPUs (alderlake as it is) take no pairs. Exact where this host runs AVX-VNNI."""
+    from graphopt.targets.tvm.schedules import common
+    if pairing_cpu:
+        monkeypatch.setattr(common, "VNNI_PAIR_CPUS", (*common.VNNI_PAIR_CPUS, "alderlake"))
+    graph = quantized_conv(case)
+    model = go.compile(graph, "cpu", mcpu="alderlake", bounds_check=True)
     assembly = cpu_assembly(model.executable)
     products, adds = (len(re.findall(rf"{op}\s+%ymm", assembly)) for op in ("vpdpbusd", "vpaddd"))
-    assert (adds >= products // 2) == paired, (products, adds)
+    assert products and (adds >= products // 2) == paired, (products, adds)
+    skip_unless_this_cpu_runs(model)
+    inputs = feeds(graph)
+    np.testing.assert_array_equal(model.run(inputs)["y"], go.interpret(graph, inputs)["y"])
+
+
+PAIRED_CASES = [c for c in CASES if c.id in (
+    "3x3-64ch-relu", "3x3-96ch-residual-8-wide", "3x3-96-to-16-14-wide-relu6",
+    "3x3-17-wide-padded-row-residual", "grouped-2-3x3-relu", "5x5-6ch-batch2")]
+
+
+@pytest.mark.parametrize("case", PAIRED_CASES, ids=[c.id for c in PAIRED_CASES])
+def test_paired_avx_vnni_tiles_are_exact(case, monkeypatch):
+    """The paired AVX-VNNI tiles AMD cores take (`VNNI_PAIR_CPUS`; alderlake counted in to
+    build them on any host): in blocks of input channels (96 ch: 24 groups in 2), 2 rows x 2
+    pixels, with a residual and relu6, padded rows, grouped; exact against the interpreter where
+    this host runs AVX-VNNI (the op table covers the unpaired tiles)."""
+    from graphopt.targets.tvm.schedules import common
+    monkeypatch.setattr(common, "VNNI_PAIR_CPUS", (*common.VNNI_PAIR_CPUS, "alderlake"))
+    graph = quantized_conv(case)
+    model = go.compile(graph, "cpu", mcpu="alderlake", bounds_check=True)
+    assert the_conv(model.graph).op.conv.algorithm == "vnni"
+    skip_unless_this_cpu_runs(model)
+    for seed in (1, 2):
+        inputs = feeds(graph, seed)
+        np.testing.assert_array_equal(model.run(inputs)["y"], go.interpret(graph, inputs)["y"])
+
+
+def test_only_amd_cpus_pair_avx_vnni_channel_groups():
+    """`VectorShape.vnni_pairs`: AVX-VNNI targets of AMD cores pair channel groups, Intel's
+    (the CPUs with AVX-VNNI and no AVX-512) do not; AVX-512 and AVX2 targets have no AVX-VNNI
+    tiles."""
+    from graphopt.targets.tvm.cpu import host_target
+    from graphopt.targets.tvm.schedules.common import VNNI_PAIR_CPUS, VectorShape
+    assert VectorShape.of(host_target("alderlake")).avx_vnni
+    assert not VectorShape.of(host_target("alderlake")).vnni_pairs
+    assert not VectorShape.of(host_target("znver5")).vnni_pairs      # AVX-512: 16 lanes
+    assert not VectorShape.of(host_target("znver3")).vnni_pairs      # no AVX-VNNI
+    assert "znver5".startswith(VNNI_PAIR_CPUS)
 
 
 @pytest.mark.parametrize("residual", [True, False], ids=["residual", "no-residual"])

@@ -29,7 +29,9 @@ class VectorShape:
     products it has ("amx-int8", "amx-bf16": LLVM's feature names); `l1d`: bytes of L1 data
     cache per core (`l1d_bytes`); `registers`: the vector registers (ymm0-15, zmm0-31);
     `split_512`: the core runs a 512-bit instruction as two 256-bit halves (AMD Zen 4), so
-    256-bit vectors do as much arithmetic per cycle."""
+    256-bit vectors do as much arithmetic per cycle; `vnni_pairs`: AVX-VNNI tiles of 8
+    accumulators take two input-channel groups a step (`conv2d_int8.PAIRED_TILE`: AMD cores,
+    `VNNI_PAIR_CPUS`)."""
     lanes: int
     accumulators: int
     vnni: bool = False
@@ -40,6 +42,7 @@ class VectorShape:
     l1d: int = 32 * 1024
     registers: int = 16
     split_512: bool = False
+    vnni_pairs: bool = False
 
     @staticmethod
     def of(target) -> "VectorShape":
@@ -57,8 +60,9 @@ class VectorShape:
                                vbmi=bool(target_has_features("avx512vbmi", target)), l1d=l1d,
                                split_512=mcpu in SPLIT_512)
         if target_has_features("avx2", target):
-            return VectorShape(lanes=8, accumulators=12, l1d=l1d,
-                               avx_vnni=bool(target_has_features("avxvnni", target)))
+            avx_vnni = bool(target_has_features("avxvnni", target))
+            return VectorShape(lanes=8, accumulators=12, l1d=l1d, avx_vnni=avx_vnni,
+                               vnni_pairs=avx_vnni and mcpu.startswith(VNNI_PAIR_CPUS))
         return VectorShape(lanes=4, accumulators=12, l1d=l1d)
 
 
@@ -74,6 +78,15 @@ L1D_48_KIB = frozenset({
 
 # LLVM CPUs with AVX-512 whose cores execute 512-bit instructions as two 256-bit halves.
 SPLIT_512 = frozenset({"znver4"})
+
+# Prefixes of the LLVM CPUs whose AVX-VNNI tiles of 8 accumulators take two input-channel groups
+# a step (`conv2d_int8.PAIRED_TILE`): AMD's. On an AMD Zen 5 run as an AVX-VNNI CPU, pairs took
+# 0.92-0.95 of whole int8 models' time; on an Intel Xeon's cores (model 167; the CPUs with
+# AVX-VNNI and no AVX-512 are Intel's: Alder Lake to Arrow Lake, Sierra Forest), alderlake
+# builds, one thread, VGG-11 and ResNet-18 took 1.22 and 1.18x their unpaired time (68.9 / 56.5
+# and 16.9 / 14.2 ms), SqueezeNet 1.1 and Inception-v3 0.99 and 1.02: the second group's vpaddd
+# and zeroing cost more than the latency they hide there.
+VNNI_PAIR_CPUS = ("znver",)
 
 
 def l1d_bytes(mcpu: str) -> int:

@@ -408,6 +408,13 @@ ONE_BLOCK_YMM_ACCUMULATORS = 13
 PADDED_ROW_MIN_ACCUMULATORS = 4
 PADDED_ROW_ACCUMULATORS = 10
 PADDED_ROW_EXTRA = 5
+# On CPUs whose AVX-VNNI tiles take no pairs of channel groups (`VectorShape.vnni_pairs`: Intel's
+# cores), rows whose tile would hold fewer than UNPAIRED_ROW_MIN_ACCUMULATORS are computed wider
+# too, by at most an eighth of the row (UNPAIRED_ROW_EXTRA_SHARE): 14 -> 15 (1 x 7 -> 2 x 5), 21
+# -> 22 (1 x 7 -> 1 x 11); 7 stays. Intel Xeon (model 167) cores, alderlake build, one thread,
+# 3x3 512 ch 14x14 + relu: 3.48 ms on 1 x 7 tiles, 2.83 on 2 x 5 (VGG-11's 14x14 convs).
+UNPAIRED_ROW_MIN_ACCUMULATORS = 8
+UNPAIRED_ROW_EXTRA_SHARE = 8
 # The same for AVX2's vpmaddwd tiles (8-bit weights), whose budget is 8 accumulators: rows of
 # 13 computed to 14 (1 x 7), of 17 to 18 (2 x 3), of 71 to 72. AVX2 build (mcpu="znver3") on
 # an AMD Zen 5, one thread, 3x3 convs + relu alone, us, 2 x 1 tiles / padded to 6 or more
@@ -463,9 +470,10 @@ UNFUSED_CHANNEL_EPILOGUE_LANES = (16,)
 # 2 / 4 / 8 blocks: AVX2 build 4.36 / 3.62 / 3.55 and 0.48 / 0.30 / 0.28, VNNI 4.80 / 4.91 /
 # 4.51 and 0.32 / 0.26 / 0.25 (ORT int8 with its AVX2 kernels: 3.91 and 0.71).
 ONE_PIXEL_BLOCKS = (8, 4, 2, 1)
-# AVX-VNNI tiles of 8 accumulators (2 blocks x 4 pixels, or x 2 rows x 2 pixels: rows of 56,
-# 28 or 14 pixels, whose 12-accumulator tile does not divide them) take two input-channel groups
-# a step, the second's products into a zeroed register added after (`paired_intrinsic`): each
+# On AMD cores (`VectorShape.vnni_pairs`), AVX-VNNI tiles of 8 accumulators (2 blocks x 4
+# pixels, or x 2 rows x 2 pixels: rows of 56, 28 or 14 pixels, whose 12-accumulator tile does
+# not divide them) take two input-channel groups a step, the second's products into a zeroed
+# register added after (`paired_intrinsic`): each
 # accumulator's chain of dependent instructions is then one vpdpbusd and a vpaddd per two
 # products instead of two vpdpbusd, whose latency 8 chains do not hide: in a loop of registers
 # only (one AMD Zen 5 core) 8 chains ran 7.4-7.6 vpdpbusd a ns, 12 chains or 8 paired ones
@@ -525,7 +533,8 @@ def padded_row(blocks: int, width: int, vec: VectorShape, algorithm: str = "vnni
     (rows of a prime width above 13 on AVX-VNNI, from 13 on AVX2's vpmaddwd, above 28 with 16
     lanes: 2 blocks x 1 pixel), the narrowest width up to PADDED_ROW_EXTRA wider whose tile holds
     PADDED_ROW_ACCUMULATORS (vpmaddwd: PADDED_ROW_AVX2_ACCUMULATORS), else the one holding the
-    most."""
+    most; unpaired AVX-VNNI tiles from fewer than UNPAIRED_ROW_MIN_ACCUMULATORS, by at most an
+    UNPAIRED_ROW_EXTRA_SHARE-th of the row where they hold 4 or more."""
     vnni = algorithm == "vnni"
 
     def held(w: int) -> int:
@@ -533,10 +542,16 @@ def padded_row(blocks: int, width: int, vec: VectorShape, algorithm: str = "vnni
             tile_shape(blocks, w, 8, vec, YMM_TILES[algorithm][0],
                        ONE_BLOCK_YMM_ACCUMULATORS if vnni else None)
         return pair * pixels
-    if width <= 1 or held(width) >= PADDED_ROW_MIN_ACCUMULATORS:
+    unpaired = vnni and vec.lanes == 8 and not vec.vnni_pairs
+    least = UNPAIRED_ROW_MIN_ACCUMULATORS if unpaired else PADDED_ROW_MIN_ACCUMULATORS
+    if width <= 1 or held(width) >= least:
+        return width
+    extra = PADDED_ROW_EXTRA if held(width) < PADDED_ROW_MIN_ACCUMULATORS else \
+        min(PADDED_ROW_EXTRA, width // UNPAIRED_ROW_EXTRA_SHARE)
+    if extra == 0:
         return width
     enough = PADDED_ROW_ACCUMULATORS if vnni else PADDED_ROW_AVX2_ACCUMULATORS
-    wider = range(width + 1, width + PADDED_ROW_EXTRA + 1)
+    wider = range(width + 1, width + extra + 1)
     best = next((w for w in wider if held(w) >= enough),
                 max(wider, key=lambda w: (held(w), -w)))
     return best if held(best) > held(width) else width
@@ -574,7 +589,7 @@ def schedule(sch, vec: VectorShape) -> bool | None:
         return None
     accumulators, fuse_taps = YMM_TILES[dot.algorithm] if vec.lanes == 8 else (None, True)
     loop, paired = tile(sch, conv, writer, dot.lanes, vec, accumulators, fuse_taps,
-                        pair_groups=dot.algorithm == "vnni" and vec.lanes == 8,
+                        avx_vnni=dot.algorithm == "vnni" and vec.lanes == 8,
                         unfused_on_channels=vec.lanes in UNFUSED_CHANNEL_EPILOGUE_LANES)
     if paired:
         register_paired_intrinsic(dot)
@@ -589,21 +604,23 @@ def reads_a_residual(sch, writer) -> bool:
 
 
 def tile(sch, conv, writer, lanes: int, vec: VectorShape, accumulators: int | None = None,
-         fuse_taps: bool = True, pair_groups: bool = False, unfused_on_channels: bool = False):
+         fuse_taps: bool = True, avx_vnni: bool = False, unfused_on_channels: bool = False):
     """The register tile of a dot-product conv block (n, block, oh, ow, lane; rg, ry, rx, rc)
     with `lanes` accumulator lanes per block (`tile_shape`), its `writer` under it, the input
     copy and any other block outside it scheduled (this rule's and `conv2d_bf16`'s); returns
     the loop the caller tensorizes with its instruction and whether that loop covers two
-    input-channel groups (`pair_groups`, AVX-VNNI: `paired_tile_shape`, then the pair's loop
-    is returned, else the lane loop). `fuse_taps`: the kernel's rows and columns are one loop
-    (`YMM_TILES`); `unfused_on_channels`: an epilogue without a residual runs on the tile's
-    channel vectors (`UNFUSED_CHANNEL_EPILOGUE_LANES`)."""
+    input-channel groups (`avx_vnni`: an AVX-VNNI tile, its one-block budget
+    ONE_BLOCK_YMM_ACCUMULATORS, and on CPUs with `VectorShape.vnni_pairs` `paired_tile_shape`;
+    then the pair's loop is returned, else the lane loop). `fuse_taps`: the kernel's rows and
+    columns are one loop (`YMM_TILES`); `unfused_on_channels`: an epilogue without a residual
+    runs on the tile's channel vectors (`UNFUSED_CHANNEL_EPILOGUE_LANES`)."""
     n, ob, oh, ow, lane, rg, ry, rx, rc = sch.get_loops(conv)
     blocks, width, groups = (int(sch.get(loop).extent) for loop in (ob, ow, rg))
     pair, pixels = tile_shape(blocks, width, lanes, vec, accumulators,
-                              ONE_BLOCK_YMM_ACCUMULATORS if pair_groups else None)
+                              ONE_BLOCK_YMM_ACCUMULATORS if avx_vnni else None)
     taps = int(sch.get(ry).extent) * int(sch.get(rx).extent)
     # a paired tile's weights: 2 blocks of `lanes` x 4 channels a tap
+    pair_groups = avx_vnni and vec.vnni_pairs
     blocked = pair_groups and input_channel_block(groups, 2 * lanes * 4 * taps)
     paired = pair_groups and paired_tile_shape(blocks, int(sch.get(oh).extent), width, groups,
                                                (pair, pixels), bool(blocked))
