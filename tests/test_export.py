@@ -457,6 +457,25 @@ def test_a_model_compiled_for_another_cpu_is_refused_before_it_runs(monkeypatch)
         model.run(probe_inputs(graph))
 
 
+@pytest.mark.parametrize("mcpu, own", [("znver3", "sse4a"), ("sapphirerapids", "avx512_fp16"),
+                                       ("icelake-server", "gfni")])
+def test_a_build_for_one_vendor_s_cpu_names_its_vendor_only_instructions(mcpu, own,
+                                                                        monkeypatch):
+    """An AVX2 build for AMD's Zen 3 may hold SSE4A's insertq (LLVM emits it for the zoo's
+    int8 LeNet-5), which Intel's CPUs lack; a Sapphire Rapids build AVX512-FP16, an Ice Lake
+    one GFNI, which AMD's Zen 3 and Zen 4 lack: each is a flag the build requires, so a CPU
+    without it gets a ModelFormatError naming it instead of SIGILL."""
+    from graphopt.targets.tvm.cpu import host_target
+    from graphopt.targets.tvm.export import cpu_features
+    required = set(cpu_features(host_target(mcpu)))
+    assert own in required
+    monkeypatch.setattr(runtime, "host_cpu_flags", lambda: frozenset(required - {own}))
+    graph = go.zoo.lenet5()
+    model = go.compile(graph, "cpu", mcpu=mcpu)
+    with pytest.raises(go.ModelFormatError, match=f"{own}, which this CPU lacks"):
+        model.run(probe_inputs(graph))
+
+
 def test_read_only_bfloat16_inputs_run(tmp_path):
     """A read-only bfloat16 input (numpy's DLPack exports neither bfloat16 nor read-only
     arrays) is copied to the device and runs, compiled and loaded alike."""

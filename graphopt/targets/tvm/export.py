@@ -28,8 +28,14 @@ from .parallel_build import export_library
 # LLVM target features -> the /proc/cpuinfo flags a CPU running such code must show: what
 # `runtime.load` checks before running a library (an instruction the CPU lacks is SIGILL).
 CPU_FEATURES = {"avx2": "avx2", "fma": "fma", "avx512f": "avx512f", "avx512bw": "avx512bw",
+                "avx512dq": "avx512dq", "avx512vl": "avx512vl",
                 "avx512vnni": "avx512_vnni", "avxvnni": "avx_vnni", "avx512bf16": "avx512_bf16",
-                "amx-tile": "amx_tile", "amx-int8": "amx_int8", "amx-bf16": "amx_bf16"}
+                "avx512fp16": "avx512_fp16", "avx512vbmi": "avx512vbmi",
+                "avx512vbmi2": "avx512_vbmi2", "gfni": "gfni",
+                "amx-tile": "amx_tile", "amx-int8": "amx_int8", "amx-bf16": "amx_bf16",
+                # AMD's own: LLVM emits SSE4A's insertq / extrq for Zen targets ("znver3"), and
+                # XOP, FMA4 and TBM for the Bulldozer family; Intel's CPUs have none of them
+                "sse4a": "sse4a", "xop": "xop", "fma4": "fma4", "tbm": "tbm"}
 
 
 def cpu_features(tvm_target) -> list[str]:
@@ -133,7 +139,8 @@ def export_model(model, path: str) -> str:
                 fatbin = blobs[runtime.FATBIN_SYMBOL][0]
                 extra["cuda_fatbin"] = {"offset": image.find(fatbin), "size": len(fatbin)}
                 if extra["cuda_fatbin"]["offset"] < 0:
-                    raise GraphoptError(f"exporting {path}: the linked library lacks its GPU binary")
+                    raise GraphoptError(
+                        f"exporting {path}: the linked library lacks its GPU binary")
             trailer = runtime.export_trailer(None, metadata_of(model, extra), hashlib.sha256(image))
             with open(partial, "wb") as out:
                 out.write(image)
