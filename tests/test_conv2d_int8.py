@@ -469,6 +469,20 @@ def test_paired_tiles_block_their_input_channels(groups, expected):
     assert input_channel_block(groups, 576) == expected
 
 
+@pytest.mark.parametrize("groups, expected", [
+    (8, None),      # 32 channels: 4.5 KiB of a 2 x 4 tile's 3x3 weights fit
+    (16, 8),        # 64: in two blocks
+    (24, 12),       # 96
+    (128, 8),       # 512: in sixteen
+])
+def test_unpaired_avx_vnni_tiles_block_their_input_channels(groups, expected):
+    """An unpaired AVX-VNNI tile's weights (2 blocks of 8 lanes x 4 channels x 9 taps = 576
+    bytes a group) pass over the row in blocks within UNPAIRED_K_BLOCK_BYTES."""
+    from graphopt.targets.tvm.schedules.conv2d_int8 import (UNPAIRED_K_BLOCK_BYTES,
+                                                            input_channel_block)
+    assert input_channel_block(groups, 576, UNPAIRED_K_BLOCK_BYTES) == expected
+
+
 @pytest.mark.parametrize("case, pairing_cpu, paired", [
     (Case("3x3-64ch-56-wide", 64, 64, 56, 3, padding=(1, 1, 1, 1)), True, True),
     (Case("3x3-36ch-56-wide", 36, 64, 56, 3, padding=(1, 1, 1, 1)), True, False),  # 9 groups

@@ -498,6 +498,11 @@ PAIRED_K_BLOCK_BYTES = 12 * 1024
 # ch 56x56 (unblocked) 2 x 2 lost, 0.97 / 1.05. Whole int8 models alternated: VGG-11 0.965-0.980
 # (one thread), 0.979-1.022 (two), ResNet-18 0.986-0.993 and 0.974-0.980.
 TWO_ROW_BLOCKED = True
+# Bytes of an unpaired AVX-VNNI tile's weights per block of input channels (Intel's cores: see
+# `VNNI_PAIR_CPUS`), as PAIRED_K_BLOCK_BYTES is for paired ones. Intel Xeon (model 167) cores,
+# alderlake builds, whole int8 models alternated, unblocked = 1, one / two threads: 8 KiB VGG-11
+# 0.965 / 0.963, ResNet-18 0.990 / 1.004; 6 KiB 0.964 / 0.965 and 0.998 / 0.981.
+UNPAIRED_K_BLOCK_BYTES = 8 * 1024
 
 
 def paired_tile_shape(blocks: int, height: int, width: int, groups: int,
@@ -517,13 +522,16 @@ def paired_tile_shape(blocks: int, height: int, width: int, groups: int,
     return None
 
 
-def input_channel_block(groups: int, bytes_per_group: int) -> int | None:
+def input_channel_block(groups: int, bytes_per_group: int,
+                        limit: int | None = None) -> int | None:
     """Input-channel groups per block of a paired tile (an even divisor of `groups`) whose
-    weights fit PAIRED_K_BLOCK_BYTES; None where all the groups' fit or no such divisor does."""
-    if groups * bytes_per_group <= PAIRED_K_BLOCK_BYTES:
+    weights fit `limit` (default PAIRED_K_BLOCK_BYTES); None where all the groups' fit or no
+    such divisor does."""
+    limit = limit or PAIRED_K_BLOCK_BYTES
+    if groups * bytes_per_group <= limit:
         return None
     fitting = [d for d in range(2, groups, 2)
-               if groups % d == 0 and d * bytes_per_group <= PAIRED_K_BLOCK_BYTES]
+               if groups % d == 0 and d * bytes_per_group <= limit]
     return max(fitting) if fitting else None
 
 
@@ -610,8 +618,9 @@ def tile(sch, conv, writer, lanes: int, vec: VectorShape, accumulators: int | No
     copy and any other block outside it scheduled (this rule's and `conv2d_bf16`'s); returns
     the loop the caller tensorizes with its instruction and whether that loop covers two
     input-channel groups (`avx_vnni`: an AVX-VNNI tile, its one-block budget
-    ONE_BLOCK_YMM_ACCUMULATORS, and on CPUs with `VectorShape.vnni_pairs` `paired_tile_shape`;
-    then the pair's loop is returned, else the lane loop). `fuse_taps`: the kernel's rows and
+    ONE_BLOCK_YMM_ACCUMULATORS, its input channels in blocks (`input_channel_block`), and on
+    CPUs with `VectorShape.vnni_pairs` `paired_tile_shape`; then the pair's loop is returned,
+    else the lane loop). `fuse_taps`: the kernel's rows and
     columns are one loop (`YMM_TILES`); `unfused_on_channels`: an epilogue without a residual
     runs on the tile's channel vectors (`UNFUSED_CHANNEL_EPILOGUE_LANES`)."""
     n, ob, oh, ow, lane, rg, ry, rx, rc = sch.get_loops(conv)
@@ -625,6 +634,8 @@ def tile(sch, conv, writer, lanes: int, vec: VectorShape, accumulators: int | No
     paired = pair_groups and paired_tile_shape(blocks, int(sch.get(oh).extent), width, groups,
                                                (pair, pixels), bool(blocked))
     k_block = blocked if paired else None
+    if avx_vnni and not paired:
+        k_block = input_channel_block(groups, pair * lanes * 4 * taps, UNPAIRED_K_BLOCK_BYTES)
     rows = 1
     if paired:
         pair, rows, pixels = paired
@@ -638,7 +649,7 @@ def tile(sch, conv, writer, lanes: int, vec: VectorShape, accumulators: int | No
         rg, group_pair = sch.split(rg, [None, 2])
     in_tile = [*tile_rows, ow_inner, ob_inner, *([group_pair] if paired else []), lane, rc]
     if k_block:
-        rg, rg_inner = sch.split(rg, [None, k_block // 2])
+        rg, rg_inner = sch.split(rg, [None, k_block // 2 if paired else k_block])
         sch.reorder(n, ob_outer, oh, rg, ow_outer, rg_inner, ry, rx, *in_tile)
     else:
         sch.reorder(n, ob_outer, oh, ow_outer, rg, ry, rx, *in_tile)
