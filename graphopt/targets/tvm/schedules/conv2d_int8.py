@@ -618,11 +618,12 @@ def tile(sch, conv, writer, lanes: int, vec: VectorShape, accumulators: int | No
     copy and any other block outside it scheduled (this rule's and `conv2d_bf16`'s); returns
     the loop the caller tensorizes with its instruction and whether that loop covers two
     input-channel groups (`avx_vnni`: an AVX-VNNI tile, its one-block budget
-    ONE_BLOCK_YMM_ACCUMULATORS, its input channels in blocks (`input_channel_block`), and on
-    CPUs with `VectorShape.vnni_pairs` `paired_tile_shape`; then the pair's loop is returned,
-    else the lane loop). `fuse_taps`: the kernel's rows and
-    columns are one loop (`YMM_TILES`); `unfused_on_channels`: an epilogue without a residual
-    runs on the tile's channel vectors (`UNFUSED_CHANNEL_EPILOGUE_LANES`)."""
+    ONE_BLOCK_YMM_ACCUMULATORS; on CPUs without `VectorShape.vnni_pairs` its input channels in
+    blocks of UNPAIRED_K_BLOCK_BYTES (`input_channel_block`), on CPUs with them
+    `paired_tile_shape`; then the pair's loop is returned, else the lane loop). `fuse_taps`:
+    the kernel's rows and columns are one loop (`YMM_TILES`); `unfused_on_channels`: an
+    epilogue without a residual runs on the tile's channel vectors
+    (`UNFUSED_CHANNEL_EPILOGUE_LANES`)."""
     n, ob, oh, ow, lane, rg, ry, rx, rc = sch.get_loops(conv)
     blocks, width, groups = (int(sch.get(loop).extent) for loop in (ob, ow, rg))
     pair, pixels = tile_shape(blocks, width, lanes, vec, accumulators,
@@ -634,7 +635,7 @@ def tile(sch, conv, writer, lanes: int, vec: VectorShape, accumulators: int | No
     paired = pair_groups and paired_tile_shape(blocks, int(sch.get(oh).extent), width, groups,
                                                (pair, pixels), bool(blocked))
     k_block = blocked if paired else None
-    if avx_vnni and not paired:
+    if avx_vnni and not pair_groups:
         k_block = input_channel_block(groups, pair * lanes * 4 * taps, UNPAIRED_K_BLOCK_BYTES)
     rows = 1
     if paired:
