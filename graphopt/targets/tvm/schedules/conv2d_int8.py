@@ -524,9 +524,9 @@ def paired_tile_shape(blocks: int, height: int, width: int, groups: int,
 
 def input_channel_block(groups: int, bytes_per_group: int,
                         limit: int | None = None) -> int | None:
-    """Input-channel groups per block of a paired tile (an even divisor of `groups`) whose
-    weights fit `limit` (default PAIRED_K_BLOCK_BYTES); None where all the groups' fit or no
-    such divisor does."""
+    """Input-channel groups per block of an AVX-VNNI tile (an even divisor of `groups`, which
+    a paired tile takes two at a time) whose weights fit `limit` (default
+    PAIRED_K_BLOCK_BYTES); None where all the groups' fit or no such divisor does."""
     limit = limit or PAIRED_K_BLOCK_BYTES
     if groups * bytes_per_group <= limit:
         return None
