@@ -552,9 +552,12 @@ def padded_row(blocks: int, width: int, vec: VectorShape, algorithm: str = "vnni
         return pair * pixels
     unpaired = vnni and vec.lanes == 8 and not vec.vnni_pairs
     least = UNPAIRED_ROW_MIN_ACCUMULATORS if unpaired else PADDED_ROW_MIN_ACCUMULATORS
-    if width <= 1 or held(width) >= least:
+    if width <= 1:
         return width
-    extra = PADDED_ROW_EXTRA if held(width) < PADDED_ROW_MIN_ACCUMULATORS else \
+    own = held(width)
+    if own >= least:
+        return width
+    extra = PADDED_ROW_EXTRA if own < PADDED_ROW_MIN_ACCUMULATORS else \
         min(PADDED_ROW_EXTRA, width // UNPAIRED_ROW_EXTRA_SHARE)
     if extra == 0:
         return width
@@ -562,7 +565,7 @@ def padded_row(blocks: int, width: int, vec: VectorShape, algorithm: str = "vnni
     wider = range(width + 1, width + extra + 1)
     best = next((w for w in wider if held(w) >= enough),
                 max(wider, key=lambda w: (held(w), -w)))
-    return best if held(best) > held(width) else width
+    return best if held(best) > own else width
 
 
 def tile_shape(blocks: int, width: int, lanes: int, vec: VectorShape,
